@@ -1,0 +1,183 @@
+//! The command line: parsing, logging set-up, dispatch, and exit statuses.
+//!
+//! Exit statuses: 0 when everything worked; 1 when a source could not be
+//! read, a target could not be served, or a write or reload failed; 2 for a
+//! bad command line or configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Config};
+use crate::pipeline::{self, Action, Mode, Report};
+use crate::status::Status;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mxkeys",
+    version,
+    about = "Keeps a mail server's TLS certificates valid and live"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(short, long, global = true, env = "MXKEYS_CONFIG", default_value = config::DEFAULT_PATH)]
+    config: PathBuf,
+
+    /// More detail: -v explains every refused candidate, -vv traces.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+
+    /// Only warnings and errors.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
+
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read every source, install what changed, reload what is affected.
+    Sync,
+    /// Read and select like sync, print the plan; write and run nothing.
+    Check,
+    /// Show what each target holds now.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Runs mxkeys with the process's arguments.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli);
+    let config = match Config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match cli.command {
+        Command::Sync => exit(&pipeline::reconcile(&config, Mode::Apply)),
+        Command::Check => {
+            let report = pipeline::reconcile(&config, Mode::Check);
+            print!("{}", plan_text(&report));
+            exit(&report)
+        }
+        Command::Status { json } => {
+            let status = Status::gather(&config);
+            if json {
+                match serde_json::to_string_pretty(&status) {
+                    Ok(s) => println!("{s}"),
+                    Err(e) => {
+                        tracing::error!("cannot encode the status: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            } else {
+                print!("{}", status.to_text());
+            }
+            if status.healthy() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn exit(report: &Report) -> ExitCode {
+    if report.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn init_logging(cli: &Cli) {
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("MXKEYS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("mxkeys={level},warn")));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .with_target(false);
+    match cli.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.without_time().init(),
+    }
+}
+
+/// The plan `check` prints: one line per target with its name and the
+/// chosen certificate's fingerprint, then details.
+fn plan_text(report: &Report) -> String {
+    let mut out = String::new();
+    for t in &report.targets {
+        match &t.served {
+            Some(s) => {
+                let what = match &t.action {
+                    Action::UpToDate => "up to date",
+                    Action::Changed(_) => "would install",
+                    Action::KeptInstalled => "keeps the installed certificate",
+                    Action::Unserved(_) | Action::WriteFailed(_) => "cannot be served",
+                };
+                out.push_str(&format!("{}: {} {what}\n", t.name, s.sha256));
+                out.push_str(&format!(
+                    "  from      {}{}\n",
+                    s.origin,
+                    if s.fallback {
+                        " (self-signed fallback)"
+                    } else {
+                        ""
+                    }
+                ));
+                out.push_str(&format!("  names     {}\n", s.names.join(", ")));
+                out.push_str(&format!("  key       {}\n", s.key_type));
+                out.push_str(&format!("  not after {}\n", crate::rfc3339(s.not_after)));
+                if let Action::Changed(files) = &t.action {
+                    for f in files {
+                        out.push_str(&format!("  write     {}\n", f.display()));
+                    }
+                    if let Some(argv) = &t.reload {
+                        out.push_str(&format!("  reload    {}\n", pipeline::shell_words(argv)));
+                    }
+                }
+            }
+            None => {
+                let why = match &t.action {
+                    Action::Unserved(w) | Action::WriteFailed(w) => w.as_str(),
+                    _ => "",
+                };
+                out.push_str(&format!("{}: no certificate: {why}\n", t.name));
+            }
+        }
+        for (origin, why) in &t.refused {
+            out.push_str(&format!("  refused   {origin}: {why}\n"));
+        }
+    }
+    out.push_str(&format!(
+        "{} candidates, {} source errors\n",
+        report.candidates,
+        report.errors.len()
+    ));
+    out
+}

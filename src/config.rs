@@ -1,0 +1,580 @@
+//! The configuration file: its TOML shape, defaults, and validation.
+//!
+//! Parsing is strict: an unknown key, a bad value or an impossible target is
+//! a [`ConfigError`] naming the file, the key and the problem, and `mxkeys`
+//! exits with status 2. Relative paths are resolved against the directory of
+//! the configuration file, so a configuration means the same thing from any
+//! working directory.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::names::DnsName;
+
+/// The default configuration path when neither `--config` nor
+/// `$MXKEYS_CONFIG` names one.
+pub const DEFAULT_PATH: &str = "/etc/mxkeys/mxkeys.toml";
+const DEFAULT_STATE_DIR: &str = "/var/lib/mxkeys";
+const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A configuration that could not be used. Displayed as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration {}: {message}", path.display())]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub message: String,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the configuration was read from.
+    pub path: PathBuf,
+    pub hostname: Option<DnsName>,
+    pub state_dir: PathBuf,
+    pub sources: Vec<SourceConfig>,
+    pub targets: Vec<Target>,
+}
+
+/// One `[[source]]`, with paths made absolute.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfig {
+    /// A short label for messages: `name` when given, else `TYPE:PATH`.
+    pub label: String,
+    pub kind: SourceKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SourceKind {
+    Traefik {
+        path: PathBuf,
+        resolvers: Option<Vec<String>>,
+    },
+    Certbot {
+        path: PathBuf,
+    },
+    Lego {
+        path: PathBuf,
+    },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        chain: Option<PathBuf>,
+    },
+    SelfSigned {
+        dir: PathBuf,
+        days: u32,
+    },
+}
+
+/// Which key algorithms a target accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyTypeFilter {
+    Rsa,
+    Ecdsa,
+    #[default]
+    Any,
+}
+
+impl KeyTypeFilter {
+    pub fn accepts(self, key_type: crate::cert::KeyType) -> bool {
+        match self {
+            KeyTypeFilter::Rsa => key_type.is_rsa(),
+            KeyTypeFilter::Ecdsa => key_type.is_ecdsa(),
+            KeyTypeFilter::Any => key_type != crate::cert::KeyType::Other,
+        }
+    }
+}
+
+/// One `[[target]]`: the names to serve and where to write them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    pub domains: Vec<DnsName>,
+    pub key_type: KeyTypeFilter,
+    pub files: TargetFiles,
+    pub key_mode: u32,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+    pub reload: Option<Vec<String>>,
+    pub reload_timeout: Duration,
+}
+
+/// The files a target writes; at least one holds the key.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TargetFiles {
+    pub fullchain: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    pub combined: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub chain: Option<PathBuf>,
+}
+
+impl TargetFiles {
+    /// Every configured file with its role, in the order they are written.
+    pub fn iter(&self) -> impl Iterator<Item = (FileRole, &Path)> {
+        [
+            (FileRole::Key, &self.key),
+            (FileRole::Fullchain, &self.fullchain),
+            (FileRole::Combined, &self.combined),
+            (FileRole::Cert, &self.cert),
+            (FileRole::Chain, &self.chain),
+        ]
+        .into_iter()
+        .filter_map(|(role, p)| p.as_deref().map(|p| (role, p)))
+    }
+}
+
+/// What a target file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileRole {
+    Key,
+    Fullchain,
+    Combined,
+    Cert,
+    Chain,
+}
+
+impl FileRole {
+    pub fn holds_key(self) -> bool {
+        matches!(self, FileRole::Key | FileRole::Combined)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FileRole::Key => "key",
+            FileRole::Fullchain => "fullchain",
+            FileRole::Combined => "combined",
+            FileRole::Cert => "cert",
+            FileRole::Chain => "chain",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    hostname: Option<String>,
+    state_dir: Option<PathBuf>,
+    #[serde(default, rename = "source")]
+    sources: Vec<RawSource>,
+    #[serde(default, rename = "target")]
+    targets: Vec<RawTarget>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+enum RawSource {
+    Traefik {
+        name: Option<String>,
+        path: PathBuf,
+        resolvers: Option<Vec<String>>,
+    },
+    Certbot {
+        name: Option<String>,
+        path: PathBuf,
+    },
+    Lego {
+        name: Option<String>,
+        path: PathBuf,
+    },
+    Files {
+        name: Option<String>,
+        cert: PathBuf,
+        key: PathBuf,
+        chain: Option<PathBuf>,
+    },
+    SelfSigned {
+        name: Option<String>,
+        days: Option<u32>,
+    },
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: String,
+    domains: Option<Vec<String>>,
+    #[serde(default)]
+    key_type: KeyTypeFilter,
+    fullchain: Option<PathBuf>,
+    key: Option<PathBuf>,
+    combined: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    chain: Option<PathBuf>,
+    mode: Option<String>,
+    owner: Option<String>,
+    group: Option<String>,
+    reload: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    reload_timeout: Option<Duration>,
+}
+
+impl Config {
+    /// Reads and validates the configuration at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            message: crate::source::io_reason(&e),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates configuration text that was read from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: path.to_owned(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            // toml's message spans several lines (a source excerpt); keep one.
+            let msg = e.message().trim().to_owned();
+            match e.span() {
+                Some(span) => {
+                    let start = span.start.min(text.len());
+                    let line = text[..start].matches('\n').count() + 1;
+                    let line_text: String = text
+                        .lines()
+                        .nth(line - 1)
+                        .unwrap_or_default()
+                        .trim()
+                        .chars()
+                        .take(80)
+                        .collect();
+                    err(format!("line {line} `{line_text}`: {msg}"))
+                }
+                None => err(msg),
+            }
+        })?;
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let abs = |p: &Path| -> PathBuf {
+            if p.is_absolute() {
+                normalize(p)
+            } else {
+                normalize(&base.join(p))
+            }
+        };
+
+        let hostname = raw
+            .hostname
+            .as_deref()
+            .map(DnsName::parse)
+            .transpose()
+            .map_err(|e| err(format!("key `hostname`: {e}")))?;
+        let state_dir = abs(raw
+            .state_dir
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_STATE_DIR)));
+
+        let mut sources = Vec::new();
+        let mut labels = HashSet::new();
+        for (i, s) in raw.sources.into_iter().enumerate() {
+            let (name, kind, default_label) = match s {
+                RawSource::Traefik {
+                    name,
+                    path,
+                    resolvers,
+                } => {
+                    let path = abs(&path);
+                    let label = format!("traefik:{}", path.display());
+                    (name, SourceKind::Traefik { path, resolvers }, label)
+                }
+                RawSource::Certbot { name, path } => {
+                    let path = abs(&path);
+                    let label = format!("certbot:{}", path.display());
+                    (name, SourceKind::Certbot { path }, label)
+                }
+                RawSource::Lego { name, path } => {
+                    let path = abs(&path);
+                    let label = format!("lego:{}", path.display());
+                    (name, SourceKind::Lego { path }, label)
+                }
+                RawSource::Files {
+                    name,
+                    cert,
+                    key,
+                    chain,
+                } => {
+                    let cert = abs(&cert);
+                    let label = format!("files:{}", cert.display());
+                    let kind = SourceKind::Files {
+                        cert,
+                        key: abs(&key),
+                        chain: chain.as_deref().map(abs),
+                    };
+                    (name, kind, label)
+                }
+                RawSource::SelfSigned { name, days } => {
+                    let days = days.unwrap_or(90);
+                    if !(2..=3650).contains(&days) {
+                        return Err(err(format!(
+                            "source #{}: key `days`: {days} is outside 2..=3650",
+                            i + 1
+                        )));
+                    }
+                    let label = "self-signed".to_owned();
+                    let dir = state_dir.join("self-signed");
+                    (name, SourceKind::SelfSigned { dir, days }, label)
+                }
+            };
+            let label = name.unwrap_or(default_label);
+            if !labels.insert(label.clone()) {
+                return Err(err(format!(
+                    "source #{}: two sources are both called {label:?}; give one a `name`",
+                    i + 1
+                )));
+            }
+            sources.push(SourceConfig { label, kind });
+        }
+
+        let mut targets = Vec::new();
+        let mut target_names = HashSet::new();
+        let mut written = HashSet::new();
+        for t in raw.targets {
+            let target = validate_target(t, hostname.as_ref(), &abs)
+                .map_err(|(name, m)| err(format!("target {name:?}: {m}")))?;
+            if !target_names.insert(target.name.clone()) {
+                return Err(err(format!(
+                    "target {:?}: the name is used by another target",
+                    target.name
+                )));
+            }
+            for (_, p) in target.files.iter() {
+                if !written.insert(p.to_owned()) {
+                    return Err(err(format!(
+                        "target {:?}: {} is written by another target or file too",
+                        target.name,
+                        p.display()
+                    )));
+                }
+            }
+            targets.push(target);
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            hostname,
+            state_dir,
+            sources,
+            targets,
+        })
+    }
+}
+
+fn validate_target(
+    t: RawTarget,
+    hostname: Option<&DnsName>,
+    abs: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Target, (String, String)> {
+    let name = t.name.clone();
+    let fail = |m: String| (name.clone(), m);
+    if t.name.is_empty() {
+        return Err(fail("key `name`: must not be empty".to_owned()));
+    }
+    let domains = match t.domains {
+        Some(d) if d.is_empty() => return Err(fail("key `domains`: must not be empty".to_owned())),
+        Some(d) => d
+            .iter()
+            .map(|s| DnsName::parse(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| fail(format!("key `domains`: {e}")))?,
+        None => match hostname {
+            Some(h) => vec![h.clone()],
+            None => match machine_hostname() {
+                Some(h) => vec![h],
+                None => {
+                    return Err(fail(
+                        "no `domains`, no `hostname`, and the machine's host name is not usable"
+                            .to_owned(),
+                    ));
+                }
+            },
+        },
+    };
+    let files = TargetFiles {
+        fullchain: t.fullchain.as_deref().map(abs),
+        key: t.key.as_deref().map(abs),
+        combined: t.combined.as_deref().map(abs),
+        cert: t.cert.as_deref().map(abs),
+        chain: t.chain.as_deref().map(abs),
+    };
+    if files.iter().next().is_none() {
+        return Err(fail(
+            "no file to write: set at least one of `fullchain`, `key`, `combined`, `cert`, `chain`"
+                .to_owned(),
+        ));
+    }
+    if files.key.is_none() && files.combined.is_none() {
+        return Err(fail(
+            "writes a certificate but no private key: set `key` or `combined`".to_owned(),
+        ));
+    }
+    let key_mode = match t.mode.as_deref() {
+        None => 0o600,
+        Some(m) => parse_mode(m).map_err(|e| fail(format!("key `mode`: {e}")))?,
+    };
+    if let Some(argv) = &t.reload
+        && argv.first().is_none_or(|a| a.is_empty())
+    {
+        return Err(fail(
+            "key `reload`: an argument list whose first item is the program".to_owned(),
+        ));
+    }
+    for (key, v) in [("owner", &t.owner), ("group", &t.group)] {
+        if v.as_deref().is_some_and(str::is_empty) {
+            return Err(fail(format!("key `{key}`: must not be empty")));
+        }
+    }
+    Ok(Target {
+        name: t.name,
+        domains,
+        key_type: t.key_type,
+        files,
+        key_mode,
+        owner: t.owner,
+        group: t.group,
+        reload: t.reload,
+        reload_timeout: t.reload_timeout.unwrap_or(DEFAULT_RELOAD_TIMEOUT),
+    })
+}
+
+/// Parses an octal file mode like `"0640"`. Modes that let others read a
+/// key are refused.
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    let mode = u32::from_str_radix(digits, 8)
+        .ok()
+        .filter(|m| *m <= 0o777 && !digits.is_empty())
+        .ok_or_else(|| format!("{s:?} is not an octal file mode like \"0600\""))?;
+    if mode & 0o007 != 0 {
+        return Err(format!(
+            "{s:?} lets every user of the machine read the private key; use 0600 or 0640"
+        ));
+    }
+    if mode & 0o400 == 0 {
+        return Err(format!("{s:?} does not let the owner read the file"));
+    }
+    Ok(mode)
+}
+
+/// Removes `.` and `..` components lexically, so messages show the path a
+/// person would write (symlinks are not resolved: that is the reader's job).
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        out.push(".");
+    }
+    out
+}
+
+/// The machine's host name, when it is a usable DNS name.
+fn machine_hostname() -> Option<DnsName> {
+    let name = nix::unistd::gethostname().ok()?;
+    DnsName::parse(name.to_str()?).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/etc/mxkeys/test.toml"), text)
+    }
+
+    const TARGET: &str = "[[target]]\nname = \"t\"\ndomains = [\"mail.example.com\"]\n";
+
+    #[test]
+    fn minimal_config_gets_defaults_and_absolute_paths() {
+        let c = parse(&format!(
+            "[[source]]\ntype = \"traefik\"\npath = \"acme.json\"\n{TARGET}fullchain = \"out/f.pem\"\nkey = \"/k.pem\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.state_dir, PathBuf::from("/var/lib/mxkeys"));
+        assert_eq!(
+            c.sources[0].kind,
+            SourceKind::Traefik {
+                path: "/etc/mxkeys/acme.json".into(),
+                resolvers: None
+            }
+        );
+        let t = &c.targets[0];
+        assert_eq!(t.files.fullchain, Some("/etc/mxkeys/out/f.pem".into()));
+        assert_eq!(t.key_mode, 0o600);
+        assert_eq!(t.reload_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_line() {
+        let e = parse("hostname = \"a.example\"\nfoo = 1\n").unwrap_err();
+        let msg = e.to_string();
+        assert!(msg.contains("/etc/mxkeys/test.toml"), "{msg}");
+        assert!(msg.contains("foo") && msg.contains("line 2"), "{msg}");
+        let e = parse(&format!("{TARGET}key = \"k\"\nkeys = \"x\"\n")).unwrap_err();
+        assert!(e.to_string().contains("keys"), "{e}");
+        let e = parse("[[source]]\ntype = \"traefik\"\npath = \"a\"\nresolver = [\"le\"]\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("resolver"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for (extra, needle) in [
+            ("key = \"k\"\nmode = \"0999\"\n", "mode"),
+            ("key = \"k\"\nmode = \"0644\"\n", "every user"),
+            ("fullchain = \"f\"\n", "no private key"),
+            ("key = \"k\"\nreload = []\n", "reload"),
+            ("key = \"k\"\nkey_type = \"dsa\"\n", "dsa"),
+            ("key = \"k\"\nreload_timeout = \"soon\"\n", "reload_timeout"),
+        ] {
+            let e = parse(&format!("{TARGET}{extra}")).unwrap_err().to_string();
+            assert!(e.contains(needle), "{extra:?}: {e}");
+        }
+        let e = parse("[[target]]\nname = \"t\"\ndomains = [\"a.*.example\"]\nkey = \"k\"\n")
+            .unwrap_err();
+        assert!(e.to_string().contains("wildcard"), "{e}");
+    }
+
+    #[test]
+    fn the_same_file_in_two_targets_is_refused() {
+        let e = parse(&format!(
+            "{TARGET}key = \"k\"\n[[target]]\nname = \"u\"\ndomains = [\"a.example\"]\nkey = \"k\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("another target"), "{e}");
+    }
+
+    #[test]
+    fn relative_paths_are_normalized() {
+        assert_eq!(
+            normalize(Path::new("config/../out/./a.pem")),
+            PathBuf::from("out/a.pem")
+        );
+        assert_eq!(normalize(Path::new("../a")), PathBuf::from("../a"));
+    }
+
+    #[test]
+    fn modes_parse_as_octal() {
+        assert_eq!(parse_mode("0640"), Ok(0o640));
+        assert_eq!(parse_mode("600"), Ok(0o600));
+        assert!(parse_mode("0604").is_err());
+        assert!(parse_mode("").is_err());
+    }
+}

@@ -1,0 +1,331 @@
+//! Installing: turning a chosen bundle into a target's files.
+//!
+//! Each file is written as a temporary file in the same directory, created
+//! with a mode that lets no one else read it, given its final owner and
+//! mode, written, fsynced, renamed over the old file, and the directory
+//! fsynced: a reader sees the old file or the new one, never half of one,
+//! and a key is never readable by others. Files are written only when their
+//! bytes differ. If writing one file of a target fails, the files of that
+//! target already replaced are put back, so a server never sees a key from
+//! one certificate and a chain from another.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use zeroize::Zeroizing;
+
+use crate::cert::Bundle;
+use crate::config::{FileRole, Target};
+
+/// Owner and group to give files, as numeric ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Ownership {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// One file a target should hold.
+pub struct Planned {
+    pub role: FileRole,
+    pub path: PathBuf,
+    pub bytes: Zeroizing<Vec<u8>>,
+    pub mode: u32,
+}
+
+/// The files of a target for a bundle, in write order.
+pub fn planned_files(target: &Target, bundle: &Bundle) -> Vec<Planned> {
+    target
+        .files
+        .iter()
+        .map(|(role, path)| {
+            let bytes: Zeroizing<Vec<u8>> = match role {
+                FileRole::Key => Zeroizing::new(bundle.key.to_pem().as_bytes().to_vec()),
+                FileRole::Combined => Zeroizing::new(bundle.combined_pem().as_bytes().to_vec()),
+                FileRole::Fullchain => Zeroizing::new(bundle.fullchain_pem().into_bytes()),
+                FileRole::Cert => Zeroizing::new(bundle.leaf_pem().into_bytes()),
+                FileRole::Chain => Zeroizing::new(bundle.chain_pem().into_bytes()),
+            };
+            let mode = if role.holds_key() {
+                target.key_mode
+            } else {
+                0o644
+            };
+            Planned {
+                role,
+                path: path.to_owned(),
+                bytes,
+                mode,
+            }
+        })
+        .collect()
+}
+
+/// Resolves a target's `owner` and `group` names (or numbers) to ids.
+pub fn ownership(target: &Target) -> Result<Ownership, String> {
+    let uid = match &target.owner {
+        None => None,
+        Some(name) => Some(match name.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => nix::unistd::User::from_name(name)
+                .map_err(|e| format!("owner {name:?}: {e}"))?
+                .ok_or_else(|| format!("owner {name:?}: no such user"))?
+                .uid
+                .as_raw(),
+        }),
+    };
+    let gid = match &target.group {
+        None => None,
+        Some(name) => Some(match name.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => nix::unistd::Group::from_name(name)
+                .map_err(|e| format!("group {name:?}: {e}"))?
+                .ok_or_else(|| format!("group {name:?}: no such group"))?
+                .gid
+                .as_raw(),
+        }),
+    };
+    Ok(Ownership { uid, gid })
+}
+
+/// What installing a target did.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Files whose content was replaced.
+    pub changed: Vec<PathBuf>,
+    /// Files whose content was right but whose mode or owner was fixed.
+    pub fixed: Vec<PathBuf>,
+}
+
+/// Whether a file's content differs from `bytes` (a missing file differs).
+pub fn differs(path: &Path, bytes: &[u8]) -> bool {
+    match fs::read(path) {
+        Ok(old) => {
+            let old = Zeroizing::new(old);
+            old.as_slice() != bytes
+        }
+        Err(_) => true,
+    }
+}
+
+/// A file's content and mode before mxkeys replaced it (`None`: it did not exist).
+type Previous = Option<(Zeroizing<Vec<u8>>, u32)>;
+
+/// Writes a target's planned files. On failure, files already replaced are
+/// restored (or removed if they did not exist) and the error names the file.
+pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, String> {
+    let mut outcome = Outcome::default();
+    let mut undo: Vec<(&Path, Previous)> = Vec::new();
+    for p in planned {
+        let old = match fs::read(&p.path) {
+            Ok(b) => {
+                let mode = fs::metadata(&p.path)
+                    .map(|m| m.mode() & 0o7777)
+                    .unwrap_or(p.mode);
+                Some((Zeroizing::new(b), mode))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => {
+                rollback(&undo, owner);
+                return Err(format!(
+                    "{} ({}): cannot read: {}",
+                    p.path.display(),
+                    p.role.as_str(),
+                    crate::source::io_reason(&e)
+                ));
+            }
+        };
+        if old
+            .as_ref()
+            .is_some_and(|(b, _)| b.as_slice() == p.bytes.as_slice())
+        {
+            match fix_metadata(&p.path, p.mode, owner) {
+                Ok(true) => outcome.fixed.push(p.path.clone()),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(
+                    "{}: cannot fix mode or owner: {}",
+                    p.path.display(),
+                    crate::source::io_reason(&e)
+                ),
+            }
+            continue;
+        }
+        if let Err(e) = write_atomic(&p.path, &p.bytes, p.mode, Some(owner)) {
+            rollback(&undo, owner);
+            return Err(format!(
+                "{} ({}): cannot write: {}",
+                p.path.display(),
+                p.role.as_str(),
+                crate::source::io_reason(&e)
+            ));
+        }
+        undo.push((&p.path, old));
+        outcome.changed.push(p.path.clone());
+    }
+    Ok(outcome)
+}
+
+fn rollback(undo: &[(&Path, Previous)], owner: Ownership) {
+    for (path, old) in undo.iter().rev() {
+        let result = match old {
+            Some((bytes, mode)) => write_atomic(path, bytes, *mode, Some(owner)),
+            None => fs::remove_file(path),
+        };
+        if let Err(e) = result {
+            tracing::error!("{}: cannot restore the previous file: {e}", path.display());
+        }
+    }
+}
+
+/// Sets mode and owner of an existing file when they differ. Returns
+/// whether anything changed.
+fn fix_metadata(path: &Path, mode: u32, owner: Ownership) -> io::Result<bool> {
+    let meta = fs::metadata(path)?;
+    let mut changed = false;
+    let uid_off = owner.uid.is_some_and(|u| u != meta.uid());
+    let gid_off = owner.gid.is_some_and(|g| g != meta.gid());
+    if uid_off || gid_off {
+        std::os::unix::fs::chown(path, owner.uid, owner.gid)?;
+        changed = true;
+    }
+    if meta.mode() & 0o7777 != mode {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+        changed = true;
+    }
+    Ok(changed)
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// Replaces `path` with `bytes` atomically: temporary file created 0600 in
+/// the same directory, owner and mode set, data written and fsynced,
+/// renamed over `path`, directory fsynced.
+pub fn write_atomic(
+    path: &Path,
+    bytes: &[u8],
+    mode: u32,
+    owner: Option<Ownership>,
+) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.mxkeys-{}-{}.tmp",
+        file_name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        if let Some(o) = owner
+            && (o.uid.is_some() || o.gid.is_some())
+        {
+            std::os::unix::fs::fchown(&file, o.uid, o.gid)?;
+        }
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, path)?;
+        File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The certificates a target's files hold now, leaf first: from the
+/// combined file, else fullchain, else cert plus chain.
+pub fn installed_certs(
+    target: &Target,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    let f = &target.files;
+    let read = |p: &Path| {
+        let text = Zeroizing::new(crate::source::read_limited(
+            p,
+            crate::source::PEM_SIZE_LIMIT,
+        )?);
+        crate::cert::parse_pem_certs(&text).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    if let Some(p) = f.combined.as_deref().or(f.fullchain.as_deref()) {
+        return read(p);
+    }
+    if let Some(p) = f.cert.as_deref() {
+        let mut certs = read(p)?;
+        if let Some(c) = f.chain.as_deref() {
+            certs.extend(read(c).unwrap_or_default());
+        }
+        return Ok(certs);
+    }
+    Err("the target writes no certificate file".to_owned())
+}
+
+/// The bundle a target's files hold now (certificates and key).
+pub fn installed_bundle(target: &Target) -> Result<Bundle, String> {
+    let certs = installed_certs(target)?;
+    let key_path = target
+        .files
+        .combined
+        .as_deref()
+        .or(target.files.key.as_deref())
+        .ok_or("the target writes no key file")?;
+    let text = Zeroizing::new(crate::source::read_limited(
+        key_path,
+        crate::source::PEM_SIZE_LIMIT,
+    )?);
+    let key = crate::cert::PrivateKey::from_pem(&text).map_err(|e| e.to_string())?;
+    Ok(Bundle { certs, key })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_atomic_sets_mode_and_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("k.pem");
+        write_atomic(&p, b"one", 0o600, None).unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        write_atomic(&p, b"two", 0o640, None).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o640);
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_failed_write_restores_files_already_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("key.pem");
+        fs::write(&good, b"old key").unwrap();
+        let planned = vec![
+            Planned {
+                role: FileRole::Key,
+                path: good.clone(),
+                bytes: Zeroizing::new(b"new key".to_vec()),
+                mode: 0o600,
+            },
+            Planned {
+                role: FileRole::Fullchain,
+                path: dir.path().join("missing-dir/fullchain.pem"),
+                bytes: Zeroizing::new(b"chain".to_vec()),
+                mode: 0o644,
+            },
+        ];
+        let e = apply(&planned, Ownership::default()).unwrap_err();
+        assert!(e.contains("fullchain"), "{e}");
+        assert_eq!(fs::read(&good).unwrap(), b"old key");
+    }
+}

@@ -1,0 +1,71 @@
+//! Certbot's configuration directory: `live/NAME/{fullchain,privkey}.pem`
+//! are relative symlinks into `archive/NAME/`, which reading follows.
+//!
+//! The configured path may be the config dir (holding `live/`), the `live/`
+//! directory itself, or a single `live/NAME` directory.
+
+use std::path::{Path, PathBuf};
+
+use super::{Harvest, Reader};
+
+pub fn read(reader: &Reader, path: &Path) -> Harvest {
+    let mut harvest = Harvest::default();
+    let dirs = match lineage_dirs(path) {
+        Ok(d) => d,
+        Err(reason) => {
+            harvest.errors.push(reader.error(None, reason));
+            return harvest;
+        }
+    };
+    for (index, (name, dir)) in dirs.into_iter().enumerate() {
+        let entry = format!("live/{name}");
+        let certs = super::read_pem_certs(&dir.join("fullchain.pem"))
+            .map_err(|r| reader.error(Some(format!("{entry}/fullchain.pem")), r));
+        let key = super::read_pem_key(&dir.join("privkey.pem"))
+            .map_err(|r| reader.error(Some(format!("{entry}/privkey.pem")), r));
+        match (certs, key) {
+            (Ok(certs), Ok(key)) => match reader.pem_candidate(entry, index, certs, key) {
+                Ok(c) => harvest.candidates.push(c),
+                Err(e) => harvest.errors.push(e),
+            },
+            (certs, key) => {
+                harvest.errors.extend(certs.err());
+                harvest.errors.extend(key.err());
+            }
+        }
+    }
+    harvest
+}
+
+/// The lineage directories (`live/NAME`) under `path`, sorted by name.
+fn lineage_dirs(path: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| super::io_reason(&e))?;
+    if !meta.is_dir() {
+        return Err(
+            "is not a directory (expected a Certbot config, live/ or live/NAME directory)"
+                .to_owned(),
+        );
+    }
+    if path.join("fullchain.pem").symlink_metadata().is_ok()
+        || path.join("privkey.pem").symlink_metadata().is_ok()
+    {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Ok(vec![(name, path.to_owned())]);
+    }
+    let live = if path.join("live").is_dir() {
+        path.join("live")
+    } else {
+        path.to_owned()
+    };
+    let mut dirs: Vec<(String, PathBuf)> = std::fs::read_dir(&live)
+        .map_err(|e| format!("{}: {}", live.display(), super::io_reason(&e)))?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}

@@ -1,0 +1,269 @@
+//! Sources: where certificates come from.
+//!
+//! Every reader turns its files into [`Candidate`]s: a parsed leaf (enough
+//! for selection to judge names, dates and key type) plus the material to
+//! build the full [`Bundle`] later, which is only done for candidates that
+//! could serve a target. A reader never stops at a bad entry: it reports a
+//! [`SourceError`] naming the source, the entry and the reason, and goes on.
+
+pub mod certbot;
+pub mod files;
+pub mod lego;
+pub mod selfsigned;
+pub mod traefik;
+
+use std::fmt;
+use std::io::Read as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::cert::{Bundle, CertError, Leaf, PrivateKey};
+use crate::config::{Config, SourceConfig, SourceKind};
+
+/// Largest PEM file (certificate, chain or key) mxkeys reads.
+pub const PEM_SIZE_LIMIT: u64 = 1 << 20;
+/// Largest acme.json mxkeys reads.
+pub const ACME_JSON_SIZE_LIMIT: u64 = 256 << 20;
+
+/// Where a candidate came from, for messages and ranking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The source's label (its `name`, or `TYPE:PATH`).
+    pub source: Arc<str>,
+    /// Position of the source in the configuration.
+    pub source_index: usize,
+    /// The entry inside the source, e.g. `resolver "le" #2 (main "x")`.
+    pub entry: String,
+    /// Position of the entry inside the source.
+    pub entry_index: usize,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.source, self.entry)
+    }
+}
+
+/// A certificate some source offers, judged by selection.
+#[derive(Debug)]
+pub struct Candidate {
+    pub origin: Origin,
+    pub leaf: Leaf,
+    /// Offered by the self-signed source: used only when nothing else is valid.
+    pub fallback: bool,
+    material: Material,
+}
+
+/// What a candidate's bundle is built from.
+#[derive(Debug)]
+enum Material {
+    /// Certificates and key already parsed (files, Certbot, lego, self-signed).
+    Parsed {
+        certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+        key: Arc<PrivateKey>,
+    },
+    /// Base64 fields of an acme.json entry, decoded on demand.
+    AcmeJson(traefik::EntryMaterial),
+}
+
+impl Candidate {
+    /// Builds the full bundle (all certificates and the key). The key is not
+    /// yet checked against the leaf: see [`Bundle::verify`].
+    pub fn bundle(&self) -> Result<Bundle, CertError> {
+        match &self.material {
+            Material::Parsed { certs, key } => Ok(Bundle {
+                certs: certs.clone(),
+                key: PrivateKey::clone(key),
+            }),
+            Material::AcmeJson(m) => m.bundle(),
+        }
+    }
+}
+
+/// An entry or a whole source that could not be read. One line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceError {
+    pub source: Arc<str>,
+    pub entry: Option<String>,
+    pub reason: String,
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.entry {
+            Some(entry) => write!(f, "source {}: {entry}: {}", self.source, self.reason),
+            None => write!(f, "source {}: {}", self.source, self.reason),
+        }
+    }
+}
+
+/// What reading one source produced.
+#[derive(Debug, Default)]
+pub struct Harvest {
+    pub candidates: Vec<Candidate>,
+    pub errors: Vec<SourceError>,
+    pub warnings: Vec<String>,
+}
+
+impl Harvest {
+    fn merge(&mut self, other: Harvest) {
+        self.candidates.extend(other.candidates);
+        self.errors.extend(other.errors);
+        self.warnings.extend(other.warnings);
+    }
+}
+
+/// Context a reader gets: its label and position, for [`Origin`]s.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    pub label: Arc<str>,
+    pub index: usize,
+}
+
+impl Reader {
+    fn origin(&self, entry: String, entry_index: usize) -> Origin {
+        Origin {
+            source: self.label.clone(),
+            source_index: self.index,
+            entry,
+            entry_index,
+        }
+    }
+
+    fn error(&self, entry: Option<String>, reason: impl Into<String>) -> SourceError {
+        SourceError {
+            source: self.label.clone(),
+            entry,
+            reason: reason.into(),
+        }
+    }
+
+    /// A candidate from PEM texts: a chain (leaf first) and a key.
+    fn pem_candidate(
+        &self,
+        entry: String,
+        entry_index: usize,
+        certs: Vec<rustls_pki_types::CertificateDer<'static>>,
+        key: PrivateKey,
+    ) -> Result<Candidate, SourceError> {
+        let leaf_der = certs.first().ok_or_else(|| {
+            self.error(Some(entry.clone()), CertError::NoPemCertificate.to_string())
+        })?;
+        let leaf = Leaf::parse(leaf_der.as_ref())
+            .map_err(|e| self.error(Some(entry.clone()), e.to_string()))?;
+        Ok(Candidate {
+            origin: self.origin(entry, entry_index),
+            leaf,
+            fallback: false,
+            material: Material::Parsed {
+                certs,
+                key: Arc::new(key),
+            },
+        })
+    }
+}
+
+/// What self-signed generation needs to know of the whole configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Persist {
+    /// Store generated keys and certificates (`sync`).
+    Yes,
+    /// Generate in memory only (`check` writes nothing).
+    No,
+}
+
+/// Reads every configured source, in parallel, in configuration order.
+pub fn read_all(config: &Config, persist: Persist) -> Harvest {
+    let harvests: Vec<Harvest> = config
+        .sources
+        .par_iter()
+        .enumerate()
+        .map(|(index, source)| read_one(config, index, source, persist))
+        .collect();
+    let mut all = Harvest::default();
+    for h in harvests {
+        all.merge(h);
+    }
+    all
+}
+
+fn read_one(config: &Config, index: usize, source: &SourceConfig, persist: Persist) -> Harvest {
+    let reader = Reader {
+        label: Arc::from(source.label.as_str()),
+        index,
+    };
+    match &source.kind {
+        SourceKind::Traefik { path, resolvers } => {
+            traefik::read(&reader, path, resolvers.as_deref())
+        }
+        SourceKind::Certbot { path } => certbot::read(&reader, path),
+        SourceKind::Lego { path } => lego::read(&reader, path),
+        SourceKind::Files { cert, key, chain } => files::read(&reader, cert, key, chain.as_deref()),
+        SourceKind::SelfSigned { dir, days } => {
+            selfsigned::read(&reader, dir, *days, &selfsigned::wanted(config), persist)
+        }
+    }
+}
+
+/// Why a file could not be read, in words an admin acts on. Never includes
+/// file content.
+pub fn io_reason(e: &std::io::Error) -> String {
+    use std::io::ErrorKind;
+    match e.kind() {
+        ErrorKind::NotFound => "not found".to_owned(),
+        ErrorKind::PermissionDenied => "permission denied".to_owned(),
+        ErrorKind::IsADirectory => "is a directory, expected a file".to_owned(),
+        _ => match e.raw_os_error() {
+            Some(40) => "too many levels of symbolic links (a symlink loop)".to_owned(),
+            _ => e.to_string(),
+        },
+    }
+}
+
+/// Reads a whole file that must be a regular file no larger than `limit`.
+/// The reason names the problem (not found, dangling symlink, directory,
+/// permission denied, too large, empty) in one line.
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+    let file = std::fs::File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound && path.symlink_metadata().is_ok() {
+            "dangling symlink: its target is not found".to_owned()
+        } else {
+            io_reason(&e)
+        }
+    })?;
+    let meta = file.metadata().map_err(|e| io_reason(&e))?;
+    if meta.is_dir() {
+        return Err("is a directory, expected a file".to_owned());
+    }
+    if meta.len() > limit {
+        return Err(format!(
+            "too large: {} bytes, the limit is {limit}",
+            meta.len()
+        ));
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| io_reason(&e))?;
+    if buf.len() as u64 > limit {
+        return Err(format!("too large: over the limit of {limit} bytes"));
+    }
+    if buf.iter().all(u8::is_ascii_whitespace) {
+        return Err("empty file".to_owned());
+    }
+    Ok(buf)
+}
+
+/// Reads a PEM certificate file: every certificate in it, leaf first.
+fn read_pem_certs(path: &Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    let text = read_limited(path, PEM_SIZE_LIMIT)?;
+    crate::cert::parse_pem_certs(&text).map_err(|e| e.to_string())
+}
+
+/// Reads a PEM private key file.
+fn read_pem_key(path: &Path) -> Result<PrivateKey, String> {
+    let text = zeroize::Zeroizing::new(read_limited(path, PEM_SIZE_LIMIT)?);
+    PrivateKey::from_pem(&text).map_err(|e| e.to_string())
+}

@@ -1,0 +1,579 @@
+//! Traefik's acme.json (v1, v2 and v3 layouts).
+//!
+//! v2/v3: `{RESOLVER: {"Account": ..., "Certificates": [{"domain": {...},
+//! "certificate": B64, "key": B64, "Store": ...}] | null}}`. v1: one
+//! top-level `{"Account", "Certificates": [{"Domain", "Certificate", "Key"}],
+//! "HTTPChallenges", ...}`. The `main`/`sans` fields are used only to name
+//! entries in messages: what a certificate covers is read from the
+//! certificate itself.
+//!
+//! Speed matters here (an acme.json can hold thousands of certificates):
+//! the file is parsed once with strings borrowed from the buffer, each entry
+//! is judged leniently (a wrong type in one entry is that entry's error, not
+//! the file's), only the leaf of each chain is base64-decoded and parsed, in
+//! parallel, and keys are decoded only for the candidates selection tries.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use rayon::prelude::*;
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use zeroize::Zeroizing;
+
+use super::{Candidate, Harvest, Material, Reader};
+use crate::cert::{self, Bundle, CertError, Leaf, PrivateKey};
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+/// Reads one acme.json. `resolvers` limits which resolvers are used.
+pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>) -> Harvest {
+    let mut harvest = Harvest::default();
+    let buf: Arc<[u8]> = match super::read_limited(path, super::ACME_JSON_SIZE_LIMIT) {
+        Ok(b) => b.into(),
+        Err(reason) => {
+            harvest.errors.push(reader.error(None, reason));
+            return harvest;
+        }
+    };
+    let file: AcmeFile<'_> = match serde_json::from_slice(&buf) {
+        Ok(f) => f,
+        Err(e) => {
+            harvest.errors.push(reader.error(None, json_reason(&e)));
+            return harvest;
+        }
+    };
+    let groups = match file {
+        AcmeFile::Object(groups) => groups,
+        AcmeFile::NotObject(kind) => {
+            harvest.errors.push(reader.error(
+                None,
+                format!("not a Traefik acme.json: the top level is {kind}, expected an object"),
+            ));
+            return harvest;
+        }
+    };
+
+    if let Some(wanted) = resolvers {
+        for name in wanted {
+            if !groups
+                .iter()
+                .any(|g| g.resolver.as_deref() == Some(name.as_str()))
+            {
+                harvest.warnings.push(format!(
+                    "source {}: resolver {name:?} is not in the file",
+                    reader.label
+                ));
+            }
+        }
+    }
+
+    // Flatten to (group, entry) with a running index so ranking and
+    // messages follow file order.
+    let mut work = Vec::new();
+    for group in &groups {
+        if let (Some(filter), Some(name)) = (resolvers, group.resolver.as_deref())
+            && !filter.iter().any(|f| f == name)
+        {
+            continue;
+        }
+        let group_name = match &group.resolver {
+            Some(r) => format!("resolver {r:?}"),
+            None => "v1 Certificates".to_owned(),
+        };
+        match &group.certificates {
+            Certificates::List(entries) => {
+                for (i, entry) in entries.iter().enumerate() {
+                    work.push((group_name.clone(), i, entry));
+                }
+            }
+            Certificates::Absent | Certificates::Null => {}
+            Certificates::Invalid(kind) => harvest.errors.push(reader.error(
+                Some(group_name.clone()),
+                format!("`Certificates` is {kind}, expected a list"),
+            )),
+        }
+        if let Some(kind) = group.invalid {
+            harvest.errors.push(reader.error(
+                Some(group_name),
+                format!("not a Traefik acme.json resolver: it is {kind}, expected an object"),
+            ));
+        }
+    }
+
+    let results: Vec<Result<Candidate, super::SourceError>> = work
+        .par_iter()
+        .enumerate()
+        .map(|(index, (group, i, entry))| {
+            let name = entry_name(group, *i, entry);
+            entry_candidate(entry, &buf)
+                .map(|(leaf, material)| Candidate {
+                    origin: reader.origin(name.clone(), index),
+                    leaf,
+                    fallback: false,
+                    material: Material::AcmeJson(material),
+                })
+                .map_err(|reason| reader.error(Some(name), reason))
+        })
+        .collect();
+    for r in results {
+        match r {
+            Ok(c) => harvest.candidates.push(c),
+            Err(e) => harvest.errors.push(e),
+        }
+    }
+    harvest
+}
+
+fn json_reason(e: &serde_json::Error) -> String {
+    match e.classify() {
+        serde_json::error::Category::Eof => format!(
+            "truncated JSON: the file ends too early (line {}, column {}); a writer may be mid-write",
+            e.line(),
+            e.column()
+        ),
+        serde_json::error::Category::Data => format!("not a Traefik acme.json: {e}"),
+        _ => format!("invalid JSON: {e}"),
+    }
+}
+
+fn entry_name(group: &str, i: usize, entry: &Entry<'_>) -> String {
+    match &entry.main {
+        Field::Str(main) => format!("{group} #{} (main {main:?})", i + 1),
+        _ => format!("{group} #{}", i + 1),
+    }
+}
+
+/// The key and certificate fields of one entry, kept as spans of the file
+/// buffer (or owned, when JSON escapes made a copy necessary).
+#[derive(Debug)]
+pub struct EntryMaterial {
+    buf: Arc<[u8]>,
+    cert: Text,
+    key: Text,
+}
+
+#[derive(Debug)]
+enum Text {
+    Span(Range<usize>),
+    Owned(Box<str>),
+}
+
+impl Text {
+    /// A span when `s` lies inside `buf` (borrowed by the JSON parser),
+    /// else an owned copy.
+    fn new(s: &str, buf: &Arc<[u8]>) -> Self {
+        let range = buf.as_ptr_range();
+        let start = s.as_ptr();
+        if range.contains(&start) && (start as usize + s.len()) <= range.end as usize {
+            let off = start as usize - range.start as usize;
+            Text::Span(off..off + s.len())
+        } else {
+            Text::Owned(s.into())
+        }
+    }
+
+    fn get<'b>(&'b self, buf: &'b [u8]) -> &'b [u8] {
+        match self {
+            Text::Span(r) => buf.get(r.clone()).unwrap_or_default(),
+            Text::Owned(s) => s.as_bytes(),
+        }
+    }
+}
+
+impl EntryMaterial {
+    pub(super) fn bundle(&self) -> Result<Bundle, CertError> {
+        let chain = B64
+            .decode(self.cert.get(&self.buf))
+            .map_err(|e| CertError::BadPem(format!("`certificate` is not valid base64: {e}")))?;
+        let certs = cert::parse_pem_certs(&chain)?;
+        let key_pem = Zeroizing::new(
+            B64.decode(self.key.get(&self.buf))
+                .map_err(|_| CertError::BadPem("`key` is not valid base64".to_owned()))?,
+        );
+        let key = PrivateKey::from_pem(&key_pem)?;
+        Ok(Bundle { certs, key })
+    }
+}
+
+/// Judges one entry: the leaf's facts and the spans to build its bundle.
+fn entry_candidate(entry: &Entry<'_>, buf: &Arc<[u8]>) -> Result<(Leaf, EntryMaterial), String> {
+    if let Some(kind) = entry.invalid {
+        return Err(format!("the entry is {kind}, expected an object"));
+    }
+    let cert_b64 = entry.certificate.require("certificate")?;
+    let key_b64 = entry.key.require("key")?;
+    let leaf_der = decode_leaf(cert_b64.as_bytes())?;
+    let leaf = Leaf::parse(leaf_der.as_ref()).map_err(|e| format!("certificate: {e}"))?;
+    Ok((
+        leaf,
+        EntryMaterial {
+            buf: buf.clone(),
+            cert: Text::new(cert_b64, buf),
+            key: Text::new(key_b64, buf),
+        },
+    ))
+}
+
+/// Decodes only as much of the base64 PEM chain as holds the first
+/// certificate, and returns that certificate's DER.
+fn decode_leaf(b64: &[u8]) -> Result<rustls_pki_types::CertificateDer<'static>, String> {
+    const END: &[u8] = b"-----END CERTIFICATE-----";
+    const CHUNK: usize = 1024; // base64 characters, a multiple of 4
+    let mut pem = Vec::with_capacity(2048);
+    let mut at = 0;
+    let mut searched: usize = 0;
+    while at < b64.len() {
+        let end = (at + CHUNK).min(b64.len());
+        B64.decode_vec(&b64[at..end], &mut pem).map_err(|e| {
+            // Offsets inside a chunk are relative to it; report the absolute one.
+            match e {
+                base64::DecodeError::InvalidByte(off, byte) => format!(
+                    "`certificate` is not valid base64: byte {byte:#04x} at offset {}",
+                    at + off
+                ),
+                other => format!("`certificate` is not valid base64: {other}"),
+            }
+        })?;
+        at = end;
+        let window_start = searched.saturating_sub(END.len());
+        if pem[window_start..].windows(END.len()).any(|w| w == END) {
+            break;
+        }
+        searched = pem.len();
+    }
+    cert::first_pem_cert(&pem).map_err(|e| format!("certificate: {e}"))
+}
+
+// ---- Lenient deserialisation -------------------------------------------
+
+/// The top level: an object of resolvers (v2/v3) or the v1 object.
+enum AcmeFile<'a> {
+    Object(Vec<Group<'a>>),
+    NotObject(&'static str),
+}
+
+/// A set of certificates: one resolver (v2/v3) or the v1 file itself.
+struct Group<'a> {
+    /// `None` for the v1 layout.
+    resolver: Option<String>,
+    certificates: Certificates<'a>,
+    /// Set when the resolver's value is not an object.
+    invalid: Option<&'static str>,
+}
+
+enum Certificates<'a> {
+    Absent,
+    Null,
+    List(Vec<Entry<'a>>),
+    Invalid(&'static str),
+}
+
+#[derive(Default)]
+struct Entry<'a> {
+    main: Field<'a>,
+    certificate: Field<'a>,
+    key: Field<'a>,
+    invalid: Option<&'static str>,
+}
+
+/// A string field that may be absent, null or of the wrong type.
+#[derive(Default)]
+enum Field<'a> {
+    #[default]
+    Absent,
+    Null,
+    Str(Cow<'a, str>),
+    Other(&'static str),
+}
+
+impl<'a> Field<'a> {
+    fn require(&self, name: &str) -> Result<&Cow<'a, str>, String> {
+        match self {
+            Field::Str(s) if !s.trim().is_empty() => Ok(s),
+            Field::Str(_) | Field::Absent | Field::Null => {
+                Err(format!("no {name} (`{name}` is missing or empty)"))
+            }
+            Field::Other(kind) => Err(format!("`{name}` is {kind}, expected a base64 string")),
+        }
+    }
+}
+
+/// Drains whatever value comes and names its JSON type.
+fn skip_kind<'de, A: MapAccess<'de>>(map: &mut A) -> Result<(), A::Error> {
+    map.next_value::<IgnoredAny>().map(|_| ())
+}
+
+macro_rules! other_kinds {
+    ($out:expr) => {
+        fn visit_bool<E: de::Error>(self, _: bool) -> Result<Self::Value, E> {
+            Ok($out("a boolean"))
+        }
+        fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+            Ok($out("a number"))
+        }
+        fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+            Ok($out("a number"))
+        }
+        fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+            Ok($out("a number"))
+        }
+    };
+}
+
+impl<'de: 'a, 'a> de::Deserialize<'de> for Field<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Field<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(Field::Str(Cow::Owned(s)))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Field::Null)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Field::Other("a list"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Field::Other("an object"))
+            }
+            other_kinds!(Field::Other);
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// `domain` / `Domain`: only `main` is kept, for naming the entry.
+struct Domain<'a>(Field<'a>);
+
+impl<'de: 'a, 'a> de::Deserialize<'de> for Domain<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Domain<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut main = Field::Absent;
+                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                    if k == "main" || k == "Main" {
+                        main = m.next_value()?;
+                    } else {
+                        skip_kind(&mut m)?;
+                    }
+                }
+                Ok(Domain(main))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Domain(Field::Absent))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Domain(Field::Absent))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Domain(Field::Absent))
+            }
+            other_kinds!(|_| Domain(Field::Absent));
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> de::Deserialize<'de> for Entry<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Entry<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut e = Entry::default();
+                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                    match k.as_ref() {
+                        "domain" | "Domain" => e.main = m.next_value::<Domain<'a>>()?.0,
+                        "certificate" | "Certificate" => e.certificate = m.next_value()?,
+                        "key" | "Key" => e.key = m.next_value()?,
+                        _ => skip_kind(&mut m)?,
+                    }
+                }
+                Ok(e)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(invalid_entry("a list"))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(invalid_entry("a string"))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(invalid_entry("null"))
+            }
+            other_kinds!(invalid_entry);
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+fn invalid_entry(kind: &'static str) -> Entry<'static> {
+    Entry {
+        invalid: Some(kind),
+        ..Entry::default()
+    }
+}
+
+impl<'de: 'a, 'a> de::Deserialize<'de> for Certificates<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = Certificates<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                let mut v = Vec::with_capacity(s.size_hint().unwrap_or(0));
+                while let Some(e) = s.next_element()? {
+                    v.push(e);
+                }
+                Ok(Certificates::List(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Certificates::Null)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                while m.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Certificates::Invalid("an object"))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(Certificates::Invalid("a string"))
+            }
+            other_kinds!(Certificates::Invalid);
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// A v2/v3 resolver value: `{"Account": ..., "Certificates": ...}`.
+struct ResolverValue<'a> {
+    certificates: Certificates<'a>,
+    invalid: Option<&'static str>,
+}
+
+impl<'de: 'a, 'a> de::Deserialize<'de> for ResolverValue<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        fn bad<'a>(kind: &'static str) -> ResolverValue<'a> {
+            ResolverValue {
+                certificates: Certificates::Absent,
+                invalid: Some(kind),
+            }
+        }
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = ResolverValue<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut certificates = Certificates::Absent;
+                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                    if k == "Certificates" {
+                        certificates = m.next_value()?;
+                    } else {
+                        skip_kind(&mut m)?;
+                    }
+                }
+                Ok(ResolverValue {
+                    certificates,
+                    invalid: None,
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(bad("a list"))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(bad("a string"))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(ResolverValue {
+                    certificates: Certificates::Null,
+                    invalid: None,
+                })
+            }
+            other_kinds!(bad);
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+/// Top-level keys that mark the v1 layout.
+const V1_KEYS: [&str; 5] = [
+    "Account",
+    "HTTPChallenges",
+    "TLSChallenges",
+    "DNSChallenges",
+    "Certificates",
+];
+
+impl<'de: 'a, 'a> de::Deserialize<'de> for AcmeFile<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for V<'a> {
+            type Value = AcmeFile<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<Self::Value, A::Error> {
+                let mut groups = Vec::new();
+                while let Some(k) = m.next_key::<Cow<'de, str>>()? {
+                    if k == "Certificates" {
+                        groups.push(Group {
+                            resolver: None,
+                            certificates: m.next_value()?,
+                            invalid: None,
+                        });
+                    } else if V1_KEYS.contains(&k.as_ref()) {
+                        skip_kind(&mut m)?;
+                    } else {
+                        let value: ResolverValue<'a> = m.next_value()?;
+                        groups.push(Group {
+                            resolver: Some(k.into_owned()),
+                            certificates: value.certificates,
+                            invalid: value.invalid,
+                        });
+                    }
+                }
+                Ok(AcmeFile::Object(groups))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut s: A) -> Result<Self::Value, A::Error> {
+                while s.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(AcmeFile::NotObject("a list"))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Self::Value, E> {
+                Ok(AcmeFile::NotObject("a string"))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(AcmeFile::NotObject("null"))
+            }
+            other_kinds!(AcmeFile::NotObject);
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}

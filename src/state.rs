@@ -1,0 +1,95 @@
+//! What mxkeys keeps in `state_dir`: the lock that serialises runs, and a
+//! record of what each target holds and where it came from (for `status`).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "lock";
+
+/// Held while a run changes anything; released on drop.
+#[derive(Debug)]
+pub struct Lock(#[allow(dead_code)] File);
+
+/// Takes the run lock in `state_dir`, waiting for another run to finish.
+pub fn lock(state_dir: &Path) -> io::Result<Lock> {
+    ensure_dir(state_dir)?;
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(state_dir.join(LOCK_FILE))?;
+    if file.try_lock().is_err() {
+        tracing::info!(
+            "another mxkeys run holds {}; waiting for it",
+            state_dir.display()
+        );
+        file.lock()?;
+    }
+    Ok(Lock(file))
+}
+
+/// Creates `state_dir` (mode 0700) when missing.
+pub fn ensure_dir(dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// The record kept between runs.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    #[serde(default)]
+    pub targets: BTreeMap<String, Installed>,
+    #[serde(default)]
+    pub last_run: Option<Run>,
+}
+
+/// What mxkeys last installed for a target.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Installed {
+    pub sha256: String,
+    pub source: String,
+    pub installed_at: i64,
+}
+
+/// A summary of the last run that could change anything.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Run {
+    pub command: String,
+    pub finished_at: i64,
+    pub ok: bool,
+    pub changed_targets: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+impl State {
+    /// Loads the record; a missing one is empty, a corrupt one is reported
+    /// and treated as empty (it only feeds `status`).
+    pub fn load(state_dir: &Path) -> State {
+        let path = state_dir.join(STATE_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                tracing::warn!(
+                    "{}: unreadable record, starting afresh: {e}",
+                    path.display()
+                );
+                State::default()
+            }),
+            Err(_) => State::default(),
+        }
+    }
+
+    pub fn save(&self, state_dir: &Path) -> io::Result<()> {
+        ensure_dir(state_dir)?;
+        let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        crate::install::write_atomic(&state_dir.join(STATE_FILE), &bytes, 0o644, None)
+    }
+}

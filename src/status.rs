@@ -1,0 +1,138 @@
+//! `mxkeys status`: what each target holds now, read from its files, with
+//! where it came from as recorded by the last run. Never prints key material.
+
+use serde::Serialize;
+
+use crate::cert::{self, Leaf, Timeliness};
+use crate::config::Config;
+use crate::install;
+use crate::state::{self, State};
+
+#[derive(Debug, Serialize)]
+pub struct Status {
+    pub targets: Vec<TargetStatus>,
+    pub last_run: Option<state::Run>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TargetStatus {
+    pub name: String,
+    pub domains: Vec<String>,
+    pub installed: Option<InstalledCert>,
+    /// Why `installed` is empty, when it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InstalledCert {
+    pub sans: Vec<String>,
+    pub key_type: String,
+    pub not_before: String,
+    pub not_after: String,
+    pub days_left: i64,
+    pub expired: bool,
+    pub sha256: String,
+    /// The source entry it was installed from, when mxkeys installed it.
+    pub source: Option<String>,
+}
+
+impl Status {
+    pub fn gather(config: &Config) -> Status {
+        let record = State::load(&config.state_dir);
+        let now = crate::now();
+        let targets = config
+            .targets
+            .iter()
+            .map(|t| {
+                let domains = t.domains.iter().map(|d| d.as_str().to_owned()).collect();
+                let installed = install::installed_certs(t).and_then(|certs| {
+                    let der = certs.first().ok_or("no certificate")?;
+                    let leaf = Leaf::parse(der.as_ref()).map_err(|e| e.to_string())?;
+                    Ok((leaf, cert::fingerprint(der.as_ref())))
+                });
+                match installed {
+                    Ok((leaf, sha256)) => {
+                        let source = record
+                            .targets
+                            .get(&t.name)
+                            .filter(|r| r.sha256 == sha256)
+                            .map(|r| r.source.clone());
+                        TargetStatus {
+                            name: t.name.clone(),
+                            domains,
+                            installed: Some(InstalledCert {
+                                sans: leaf.names,
+                                key_type: leaf.key_type.to_string(),
+                                not_before: crate::rfc3339(leaf.validity.not_before),
+                                not_after: crate::rfc3339(leaf.validity.not_after),
+                                days_left: (leaf.validity.not_after - now).div_euclid(86_400),
+                                expired: leaf.validity.at(now) == Timeliness::Expired,
+                                sha256,
+                                source,
+                            }),
+                            problem: None,
+                        }
+                    }
+                    Err(e) => TargetStatus {
+                        name: t.name.clone(),
+                        domains,
+                        installed: None,
+                        problem: Some(e),
+                    },
+                }
+            })
+            .collect();
+        Status {
+            targets,
+            last_run: record.last_run,
+        }
+    }
+
+    /// Every target holds a certificate that has not expired.
+    pub fn healthy(&self) -> bool {
+        self.targets
+            .iter()
+            .all(|t| t.installed.as_ref().is_some_and(|i| !i.expired))
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for t in &self.targets {
+            out.push_str(&format!("{}: {}\n", t.name, t.domains.join(", ")));
+            match (&t.installed, &t.problem) {
+                (Some(i), _) => {
+                    let left = if i.expired {
+                        "EXPIRED".to_owned()
+                    } else {
+                        format!("{} days left", i.days_left)
+                    };
+                    out.push_str(&format!("  certificate  {}\n", i.sha256));
+                    out.push_str(&format!("  names        {}\n", i.sans.join(", ")));
+                    out.push_str(&format!("  key          {}\n", i.key_type));
+                    out.push_str(&format!("  not after    {} ({left})\n", i.not_after));
+                    out.push_str(&format!(
+                        "  source       {}\n",
+                        i.source.as_deref().unwrap_or("(not installed by mxkeys)")
+                    ));
+                }
+                (None, problem) => out.push_str(&format!(
+                    "  no certificate installed: {}\n",
+                    problem.as_deref().unwrap_or("unknown")
+                )),
+            }
+        }
+        if let Some(run) = &self.last_run {
+            out.push_str(&format!(
+                "last {}: {} ({})\n",
+                run.command,
+                crate::rfc3339(run.finished_at),
+                if run.ok { "ok" } else { "with errors" }
+            ));
+            for e in &run.errors {
+                out.push_str(&format!("  {e}\n"));
+            }
+        }
+        out
+    }
+}
