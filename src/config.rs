@@ -571,6 +571,15 @@ mod tests {
     }
 
     #[test]
+    fn shipped_example_configurations_are_valid() {
+        for name in ["mxkeys.toml", "demo.toml"] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
+            let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(!c.targets.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
     fn modes_parse_as_octal() {
         assert_eq!(parse_mode("0640"), Ok(0o640));
         assert_eq!(parse_mode("600"), Ok(0o600));

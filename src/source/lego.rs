@@ -22,9 +22,8 @@ pub fn read(reader: &Reader, path: &Path) -> Harvest {
             .filter(|n| n.ends_with(".crt") && !n.ends_with(".issuer.crt"))
             .collect(),
         Err(e) => {
-            harvest
-                .errors
-                .push(reader.error(Some(dir.display().to_string()), super::io_reason(&e)));
+            let entry = (dir != path).then(|| dir.display().to_string());
+            harvest.errors.push(reader.error(entry, super::io_reason(&e)));
             return harvest;
         }
     };
