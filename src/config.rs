@@ -573,7 +573,9 @@ mod tests {
     #[test]
     fn shipped_example_configurations_are_valid() {
         for name in ["mxkeys.toml", "demo.toml"] {
-            let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config").join(name);
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("config")
+                .join(name);
             let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
             assert!(!c.targets.is_empty(), "{name}");
         }

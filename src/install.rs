@@ -35,6 +35,18 @@ pub struct Planned {
     pub mode: u32,
 }
 
+impl std::fmt::Debug for Planned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The bytes may be a private key: never print them.
+        f.debug_struct("Planned")
+            .field("role", &self.role)
+            .field("path", &self.path)
+            .field("len", &self.bytes.len())
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish()
+    }
+}
+
 /// The files of a target for a bundle, in write order.
 pub fn planned_files(target: &Target, bundle: &Bundle) -> Vec<Planned> {
     target
@@ -152,7 +164,9 @@ pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, String> {
             }
             continue;
         }
-        if let Err(e) = write_atomic(&p.path, &p.bytes, p.mode, Some(owner)) {
+        let written = ensure_parent(&p.path)
+            .and_then(|()| write_atomic(&p.path, &p.bytes, p.mode, Some(owner)));
+        if let Err(e) = written {
             rollback(&undo, owner);
             return Err(format!(
                 "{} ({}): cannot write: {}",
@@ -195,6 +209,19 @@ fn fix_metadata(path: &Path, mode: u32, owner: Ownership) -> io::Result<bool> {
         changed = true;
     }
     Ok(changed)
+}
+
+/// Creates a file's missing parent directories (mode 0755: the files in
+/// them carry their own modes).
+fn ensure_parent(path: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir),
+        _ => Ok(()),
+    }
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);

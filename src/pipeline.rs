@@ -102,73 +102,182 @@ impl Report {
     }
 }
 
-/// Runs one reconcile.
-pub fn reconcile(config: &Config, mode: Mode) -> Report {
-    let mut report = Report::default();
-    let _lock = match mode {
-        Mode::Check => None,
-        Mode::Apply => match state::lock(&config.state_dir) {
-            Ok(l) => Some(l),
-            Err(e) => {
-                let msg = format!(
-                    "state_dir {}: cannot take the lock: {}",
-                    config.state_dir.display(),
-                    source::io_reason(&e)
-                );
-                tracing::error!("{msg}");
-                report.errors.push(msg);
-                return report;
-            }
-        },
-    };
-    let persist = match mode {
-        Mode::Apply => Persist::Yes,
-        Mode::Check => Persist::No,
-    };
-    let harvest = source::read_all(config, persist);
-    for w in &harvest.warnings {
-        tracing::warn!("{w}");
-    }
-    for e in &harvest.errors {
-        tracing::error!("{e}");
-        report.errors.push(e.to_string());
-    }
-    report.candidates = harvest.candidates.len();
-    tracing::debug!(
-        "{} candidates from {} sources",
-        harvest.candidates.len(),
-        config.sources.len()
-    );
+/// What reading and selection decided, before anything is written.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub candidates: usize,
+    /// Source errors: unreadable files and broken entries, one line each.
+    pub errors: Vec<String>,
+    pub warnings: Vec<String>,
+    pub targets: Vec<TargetPlan>,
+}
 
+/// The decision for one target.
+#[derive(Debug)]
+pub struct TargetPlan {
+    pub report: TargetReport,
+    /// The files to hold when a certificate was chosen (empty otherwise).
+    files: Vec<install::Planned>,
+}
+
+impl Plan {
+    /// Whether a retry might read something better: a source was caught
+    /// mid-write (unparseable, a key from another generation).
+    pub fn is_inconsistent(&self) -> bool {
+        !self.errors.is_empty()
+    }
+
+    /// Logs the plan's errors, warnings and refusals.
+    pub fn log(&self) {
+        for w in &self.warnings {
+            tracing::warn!("{w}");
+        }
+        for e in &self.errors {
+            tracing::error!("{e}");
+        }
+        for t in &self.targets {
+            let r = &t.report;
+            for (origin, why) in &r.refused {
+                if matches!(r.action, Action::Unserved(_)) {
+                    tracing::error!("target {}: refused {origin}: {why}", r.name);
+                } else {
+                    tracing::debug!("target {}: refused {origin}: {why}", r.name);
+                }
+            }
+            match (&r.action, &r.served) {
+                (Action::Unserved(why), _) => tracing::error!("target {}: {why}", r.name),
+                (Action::KeptInstalled, Some(s)) => tracing::warn!(
+                    "target {}: no source offers a valid certificate; keeping the installed one (expires {})",
+                    r.name,
+                    crate::rfc3339(s.not_after)
+                ),
+                (_, Some(s)) if s.fallback => tracing::warn!(
+                    "target {}: no valid certificate from any source; using the self-signed fallback",
+                    r.name
+                ),
+                _ => {}
+            }
+        }
+    }
+}
+
+/// Reads every source and decides every target. Writes nothing, except the
+/// self-signed fallback's own files when `persist` says so.
+pub fn plan(config: &Config, persist: Persist) -> Plan {
+    let harvest = source::read_all(config, persist);
+    let mut plan = Plan {
+        candidates: harvest.candidates.len(),
+        errors: harvest.errors.iter().map(ToString::to_string).collect(),
+        warnings: harvest.warnings.clone(),
+        targets: Vec::new(),
+    };
     let now = crate::now();
     let mut broken_reported = HashSet::new();
     for target in &config.targets {
         let selection = select::select(target, &harvest.candidates, now);
         for (c, why) in &selection.refused {
-            if why.is_error() {
-                let line = format!("source {}: {why}", c.origin);
-                if broken_reported.insert(line.clone()) {
-                    tracing::error!("{line}");
-                    report.errors.push(line);
-                }
-            } else {
-                tracing::debug!("target {}: refused {}: {why}", target.name, c.origin);
+            let line = format!("source {}: {why}", c.origin);
+            if why.is_error() && broken_reported.insert(line.clone()) {
+                plan.errors.push(line);
             }
         }
-        report
-            .targets
-            .push(plan_target(target, selection, now, mode));
+        plan.targets.push(plan_target(target, selection, now));
     }
+    plan
+}
 
-    if mode == Mode::Apply {
-        report.reloads = run_reloads(config, &report.targets);
-        record(config, &report, now);
-    } else {
-        report.reloads = reloads_needed(config, &report.targets)
-            .into_iter()
-            .map(|(argv, _)| ReloadReport { argv, result: None })
-            .collect();
+/// Runs one reconcile: plan, then apply ([`Mode::Apply`]) or compare
+/// ([`Mode::Check`]).
+pub fn reconcile(config: &Config, mode: Mode) -> Report {
+    match mode {
+        Mode::Check => {
+            let plan = plan(config, Persist::No);
+            plan.log();
+            check(config, plan)
+        }
+        Mode::Apply => {
+            let _lock = match lock(config) {
+                Ok(l) => l,
+                Err(report) => return report,
+            };
+            let plan = plan(config, Persist::Yes);
+            plan.log();
+            apply(config, plan)
+        }
     }
+}
+
+/// Takes the run lock, or returns the report of a run that could not start.
+pub fn lock(config: &Config) -> Result<state::Lock, Report> {
+    state::lock(&config.state_dir).map_err(|e| {
+        let msg = format!(
+            "state_dir {}: cannot take the lock: {}",
+            config.state_dir.display(),
+            source::io_reason(&e)
+        );
+        tracing::error!("{msg}");
+        Report {
+            errors: vec![msg],
+            ..Report::default()
+        }
+    })
+}
+
+/// Marks which files would change; writes nothing.
+pub fn check(config: &Config, plan: Plan) -> Report {
+    let mut report = Report {
+        candidates: plan.candidates,
+        errors: plan.errors,
+        ..Report::default()
+    };
+    for t in plan.targets {
+        let mut r = t.report;
+        if !t.files.is_empty() {
+            let changed: Vec<PathBuf> = t
+                .files
+                .iter()
+                .filter(|p| install::differs(&p.path, &p.bytes))
+                .map(|p| p.path.clone())
+                .collect();
+            if !changed.is_empty() {
+                r.action = Action::Changed(changed);
+            }
+        }
+        report.targets.push(r);
+    }
+    report.reloads = reloads_needed(config, &report.targets)
+        .into_iter()
+        .map(|(argv, _)| ReloadReport { argv, result: None })
+        .collect();
+    report
+}
+
+/// Writes every target's files, then runs the reloads, then records the
+/// run in state_dir. The caller holds the lock.
+pub fn apply(config: &Config, plan: Plan) -> Report {
+    let mut report = Report {
+        candidates: plan.candidates,
+        errors: plan.errors,
+        ..Report::default()
+    };
+    for (target, t) in config.targets.iter().zip(plan.targets) {
+        let mut r = t.report;
+        if !t.files.is_empty() {
+            r.action = apply_target(target, &t.files);
+            if let (Action::Changed(files), Some(s)) = (&r.action, &r.served) {
+                tracing::info!(
+                    "target {}: installed {} from {} ({} files changed)",
+                    target.name,
+                    s.sha256,
+                    s.origin,
+                    files.len()
+                );
+            }
+        }
+        report.targets.push(r);
+    }
+    report.reloads = run_reloads(config, &report.targets);
+    record(config, &report, crate::now());
     report
 }
 
@@ -183,7 +292,7 @@ fn served(leaf: &Leaf, bundle: &Bundle, origin: String, fallback: bool) -> Serve
     }
 }
 
-fn plan_target(target: &Target, selection: Selection<'_>, now: i64, mode: Mode) -> TargetReport {
+fn plan_target(target: &Target, selection: Selection<'_>, now: i64) -> TargetPlan {
     let refused = selection
         .refused
         .iter()
@@ -209,76 +318,41 @@ fn plan_target(target: &Target, selection: Selection<'_>, now: i64, mode: Mode) 
             .as_ref()
             .is_some_and(|c| c.bundle.leaf_der() == bundle.leaf_der());
         if !is_same {
-            tracing::warn!(
-                "target {}: no source offers a valid certificate for {}; keeping the installed one (expires {})",
-                target.name,
-                domains(target),
-                crate::rfc3339(leaf.validity.not_after)
-            );
             report.served = Some(served(&leaf, &bundle, "installed".to_owned(), false));
             report.action = Action::KeptInstalled;
-            return report;
+            return TargetPlan {
+                report,
+                files: Vec::new(),
+            };
         }
     }
 
     let Some(chosen) = chosen else {
-        let why = format!(
+        report.action = Action::Unserved(format!(
             "no valid certificate for {} ({} refused, {} for other names); its files stay as they are",
             domains(target),
             report.refused.len(),
             report.unrelated
-        );
-        tracing::error!("target {}: {why}", target.name);
-        for (origin, reason) in &report.refused {
-            tracing::error!("target {}: refused {origin}: {reason}", target.name);
-        }
-        report.action = Action::Unserved(why);
-        return report;
+        ));
+        return TargetPlan {
+            report,
+            files: Vec::new(),
+        };
     };
     let c = chosen.candidate;
-    if c.fallback {
-        tracing::warn!(
-            "target {}: no valid certificate from any source; using the self-signed fallback",
-            target.name
-        );
-    }
     report.served = Some(served(
         &c.leaf,
         &chosen.bundle,
         c.origin.to_string(),
         c.fallback,
     ));
-    let planned = install::planned_files(target, &chosen.bundle);
-    report.action = match mode {
-        Mode::Check => {
-            let changed: Vec<PathBuf> = planned
-                .iter()
-                .filter(|p| install::differs(&p.path, &p.bytes))
-                .map(|p| p.path.clone())
-                .collect();
-            if changed.is_empty() {
-                Action::UpToDate
-            } else {
-                Action::Changed(changed)
-            }
-        }
-        Mode::Apply => apply(target, &planned),
-    };
-    if let (Action::Changed(files), Some(s)) = (&report.action, &report.served)
-        && mode == Mode::Apply
-    {
-        tracing::info!(
-            "target {}: installed {} from {} ({} files changed)",
-            target.name,
-            s.sha256,
-            s.origin,
-            files.len()
-        );
+    TargetPlan {
+        report,
+        files: install::planned_files(target, &chosen.bundle),
     }
-    report
 }
 
-fn apply(target: &Target, planned: &[install::Planned]) -> Action {
+fn apply_target(target: &Target, planned: &[install::Planned]) -> Action {
     let outcome = install::ownership(target).and_then(|o| install::apply(planned, o));
     match outcome {
         Ok(o) if o.changed.is_empty() => Action::UpToDate,

@@ -23,7 +23,9 @@ pub fn read(reader: &Reader, path: &Path) -> Harvest {
             .collect(),
         Err(e) => {
             let entry = (dir != path).then(|| dir.display().to_string());
-            harvest.errors.push(reader.error(entry, super::io_reason(&e)));
+            harvest
+                .errors
+                .push(reader.error(entry, super::io_reason(&e)));
             return harvest;
         }
     };
