@@ -337,6 +337,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let good = dir.path().join("key.pem");
         fs::write(&good, b"old key").unwrap();
+        // A directory where the file belongs: the rename cannot replace it.
+        let blocked = dir.path().join("fullchain.pem");
+        fs::create_dir(blocked.join("x")).ok();
+        fs::create_dir_all(blocked.join("x")).unwrap();
         let planned = vec![
             Planned {
                 role: FileRole::Key,
@@ -346,7 +350,7 @@ mod tests {
             },
             Planned {
                 role: FileRole::Fullchain,
-                path: dir.path().join("missing-dir/fullchain.pem"),
+                path: blocked.clone(),
                 bytes: Zeroizing::new(b"chain".to_vec()),
                 mode: 0o644,
             },
