@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::config::{self, Config};
+use crate::config::{self, ConfigSource};
 use crate::pipeline::{self, Action, Mode, Report};
 use crate::status::Status;
 
@@ -52,6 +52,12 @@ enum Command {
     Sync,
     /// Read and select like sync, print the plan; write and run nothing.
     Check,
+    /// Run as a daemon: reconcile at start, on every source change, and
+    /// periodically; SIGHUP re-reads the configuration.
+    Run,
+    /// Print the configuration in use as TOML (useful in container mode,
+    /// where it is built from the environment).
+    Config,
     /// Show what each target holds now.
     Status {
         /// Machine-readable output.
@@ -64,7 +70,11 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
-    let config = match Config::load(&cli.config) {
+    let loaded = ConfigSource::choose(&cli.config).and_then(|source| {
+        let config = source.load()?;
+        Ok((source, config))
+    });
+    let (source, config) = match loaded {
         Ok(c) => c,
         Err(e) => {
             tracing::error!("{e}");
@@ -72,7 +82,25 @@ pub fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Sync => exit(&pipeline::reconcile(&config, Mode::Apply)),
+        Command::Sync => {
+            let report = pipeline::reconcile(&config, Mode::Apply);
+            for w in report.expiry_warnings(config.daemon.expiry_warning, crate::now()) {
+                tracing::warn!("{w}");
+            }
+            exit(&report)
+        }
+        Command::Run => crate::daemon::run(source, config),
+        Command::Config => match source.text() {
+            Ok(text) => {
+                println!("# configuration from {source}");
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::from(2)
+            }
+        },
         Command::Check => {
             let report = pipeline::reconcile(&config, Mode::Check);
             print!("{}", plan_text(&report));
@@ -117,13 +145,20 @@ fn init_logging(cli: &Cli) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("MXKEYS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("mxkeys={level},warn")));
+    use std::io::IsTerminal as _;
     let builder = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .with_target(false);
-    match cli.log_format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.without_time().init(),
+    // One-shot commands print bare lines; the daemon stamps them, except
+    // under systemd, whose journal stamps them itself.
+    let stamped =
+        matches!(cli.command, Command::Run) && std::env::var_os("JOURNAL_STREAM").is_none();
+    match (cli.log_format, stamped) {
+        (LogFormat::Json, _) => builder.json().init(),
+        (LogFormat::Text, true) => builder.init(),
+        (LogFormat::Text, false) => builder.without_time().init(),
     }
 }
 
@@ -157,8 +192,8 @@ fn plan_text(report: &Report) -> String {
                     for f in files {
                         out.push_str(&format!("  write     {}\n", f.display()));
                     }
-                    if let Some(argv) = &t.reload {
-                        out.push_str(&format!("  reload    {}\n", pipeline::shell_words(argv)));
+                    for action in &t.reloads {
+                        out.push_str(&format!("  reload    {action}\n"));
                     }
                 }
             }

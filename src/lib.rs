@@ -10,6 +10,7 @@
 pub mod cert;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod install;
 pub mod names;
 pub mod pipeline;

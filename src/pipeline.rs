@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cert::{self, Bundle, KeyType, Leaf, Timeliness};
-use crate::config::{Config, Target};
+use crate::config::{Config, Reload, Target};
 use crate::install;
 use crate::names;
 use crate::select::{self, Selection};
@@ -30,6 +30,7 @@ pub struct Served {
     pub sha256: String,
     pub names: Vec<String>,
     pub key_type: KeyType,
+    pub not_before: i64,
     pub not_after: i64,
     /// The source entry it came from, or "installed" when kept as is.
     pub origin: String,
@@ -61,7 +62,7 @@ pub struct TargetReport {
     pub refused: Vec<(String, String)>,
     /// How many candidates covered none of its names.
     pub unrelated: usize,
-    pub reload: Option<Vec<String>>,
+    pub reloads: Vec<Reload>,
 }
 
 impl TargetReport {
@@ -75,7 +76,7 @@ impl TargetReport {
 
 #[derive(Debug)]
 pub struct ReloadReport {
-    pub argv: Vec<String>,
+    pub action: Reload,
     /// `None` in check mode (it would run).
     pub result: Option<Result<(), String>>,
 }
@@ -92,6 +93,41 @@ pub struct Report {
 }
 
 impl Report {
+    /// Every problem of the run, one line each: source errors, targets not
+    /// served or not written, failed reloads.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = self.errors.clone();
+        out.extend(self.targets.iter().filter_map(|t| match &t.action {
+            Action::Unserved(e) | Action::WriteFailed(e) => Some(format!("target {}: {e}", t.name)),
+            _ => None,
+        }));
+        out.extend(self.reloads.iter().filter_map(|r| match &r.result {
+            Some(Err(e)) => Some(format!("reload `{}`: {e}", r.action)),
+            _ => None,
+        }));
+        out
+    }
+
+    /// Targets whose certificate has less than `threshold` left.
+    pub fn expiry_warnings(&self, threshold: Duration, now: i64) -> Vec<String> {
+        let threshold = i64::try_from(threshold.as_secs()).unwrap_or(i64::MAX);
+        self.targets
+            .iter()
+            .filter_map(|t| {
+                let s = t.served.as_ref()?;
+                let left = s.not_after - now;
+                (left < threshold).then(|| {
+                    format!(
+                        "target {}: its certificate expires in {} days ({}); no source offers a newer one",
+                        t.name,
+                        left.div_euclid(86_400),
+                        crate::rfc3339(s.not_after)
+                    )
+                })
+            })
+            .collect()
+    }
+
     pub fn ok(&self) -> bool {
         self.errors.is_empty()
             && self.targets.iter().all(TargetReport::ok)
@@ -202,7 +238,7 @@ pub fn reconcile(config: &Config, mode: Mode) -> Report {
             };
             let plan = plan(config, Persist::Yes);
             plan.log();
-            apply(config, plan)
+            apply(config, plan, "sync")
         }
     }
 }
@@ -247,14 +283,17 @@ pub fn check(config: &Config, plan: Plan) -> Report {
     }
     report.reloads = reloads_needed(config, &report.targets)
         .into_iter()
-        .map(|(argv, _)| ReloadReport { argv, result: None })
+        .map(|(action, _)| ReloadReport {
+            action,
+            result: None,
+        })
         .collect();
     report
 }
 
 /// Writes every target's files, then runs the reloads, then records the
 /// run in state_dir. The caller holds the lock.
-pub fn apply(config: &Config, plan: Plan) -> Report {
+pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
     let mut report = Report {
         candidates: plan.candidates,
         errors: plan.errors,
@@ -277,7 +316,7 @@ pub fn apply(config: &Config, plan: Plan) -> Report {
         report.targets.push(r);
     }
     report.reloads = run_reloads(config, &report.targets);
-    record(config, &report, crate::now());
+    record(config, &report, command, crate::now());
     report
 }
 
@@ -286,25 +325,49 @@ fn served(leaf: &Leaf, bundle: &Bundle, origin: String, fallback: bool) -> Serve
         sha256: cert::fingerprint(bundle.leaf_der()),
         names: leaf.names.clone(),
         key_type: leaf.key_type,
+        not_before: leaf.validity.not_before,
         not_after: leaf.validity.not_after,
         origin,
         fallback,
     }
 }
 
+/// How many certificates for other names an unserved target's error lists.
+const UNRELATED_LISTED: usize = 20;
+
 fn plan_target(target: &Target, selection: Selection<'_>, now: i64) -> TargetPlan {
-    let refused = selection
+    let mut refused = selection
         .refused
         .iter()
         .map(|(c, why)| (c.origin.to_string(), why.to_string()))
         .collect::<Vec<_>>();
+    if selection.chosen.is_none() {
+        // Nothing is valid: say what every certificate for other names was.
+        for c in selection.unrelated.iter().take(UNRELATED_LISTED) {
+            let why = select::Refusal::DoesNotCover {
+                missing: target.domains.clone(),
+            };
+            let names = if c.leaf.names.is_empty() {
+                "no DNS names".to_owned()
+            } else {
+                c.leaf.names.join(", ")
+            };
+            refused.push((c.origin.to_string(), format!("{why} (it is for {names})")));
+        }
+        if selection.unrelated.len() > UNRELATED_LISTED {
+            refused.push((
+                format!("{} more", selection.unrelated.len() - UNRELATED_LISTED),
+                "certificates for other names".to_owned(),
+            ));
+        }
+    }
     let mut report = TargetReport {
         name: target.name.clone(),
         served: None,
         action: Action::UpToDate,
         refused,
-        unrelated: selection.unrelated,
-        reload: target.reload.clone(),
+        unrelated: selection.unrelated.len(),
+        reloads: target.reloads.clone(),
     };
 
     let chosen = selection.chosen;
@@ -329,9 +392,9 @@ fn plan_target(target: &Target, selection: Selection<'_>, now: i64) -> TargetPla
 
     let Some(chosen) = chosen else {
         report.action = Action::Unserved(format!(
-            "no valid certificate for {} ({} refused, {} for other names); its files stay as they are",
+            "no valid certificate for {} ({} candidates refused, {} of them for other names); its files stay as they are",
             domains(target),
-            report.refused.len(),
+            report.refused.len() - report.unrelated.min(UNRELATED_LISTED) + report.unrelated,
             report.unrelated
         ));
         return TargetPlan {
@@ -389,17 +452,19 @@ fn valid_installed(target: &Target, now: i64) -> Option<(Leaf, Bundle)> {
     ok.then_some((leaf, bundle))
 }
 
-/// Distinct reload commands of changed targets, in target order, each with
-/// the longest timeout any of its targets allows.
-fn reloads_needed(config: &Config, reports: &[TargetReport]) -> Vec<(Vec<String>, Duration)> {
-    let mut out: Vec<(Vec<String>, Duration)> = Vec::new();
+/// Distinct reloads of changed targets, in target order, each with the
+/// longest timeout any of its targets allows.
+fn reloads_needed(config: &Config, reports: &[TargetReport]) -> Vec<(Reload, Duration)> {
+    let mut out: Vec<(Reload, Duration)> = Vec::new();
     for (target, report) in config.targets.iter().zip(reports) {
-        let (Action::Changed(_), Some(argv)) = (&report.action, &target.reload) else {
+        if !matches!(report.action, Action::Changed(_)) {
             continue;
-        };
-        match out.iter_mut().find(|(a, _)| a == argv) {
-            Some((_, t)) => *t = (*t).max(target.reload_timeout),
-            None => out.push((argv.clone(), target.reload_timeout)),
+        }
+        for action in &target.reloads {
+            match out.iter_mut().find(|(a, _)| a == action) {
+                Some((_, t)) => *t = (*t).max(target.reload_timeout),
+                None => out.push((action.clone(), target.reload_timeout)),
+            }
         }
     }
     out
@@ -408,39 +473,21 @@ fn reloads_needed(config: &Config, reports: &[TargetReport]) -> Vec<(Vec<String>
 fn run_reloads(config: &Config, reports: &[TargetReport]) -> Vec<ReloadReport> {
     reloads_needed(config, reports)
         .into_iter()
-        .map(|(argv, timeout)| {
-            let shown = shell_words(&argv);
-            let result = crate::reload::run(&argv, timeout);
+        .map(|(action, timeout)| {
+            let result = crate::reload::run(&action, timeout);
             match &result {
-                Ok(()) => tracing::info!("reload `{shown}`: done"),
-                Err(e) => tracing::error!("reload `{shown}`: {e}"),
+                Ok(()) => tracing::info!("reload `{action}`: done"),
+                Err(e) => tracing::error!("reload `{action}`: {e}"),
             }
             ReloadReport {
-                argv,
+                action,
                 result: Some(result),
             }
         })
         .collect()
 }
 
-/// An argv as a person would type it, for messages.
-pub fn shell_words(argv: &[String]) -> String {
-    argv.iter()
-        .map(|a| {
-            if !a.is_empty()
-                && a.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
-            {
-                a.clone()
-            } else {
-                format!("'{}'", a.replace('\'', r"'\''"))
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn record(config: &Config, report: &Report, now: i64) {
+fn record(config: &Config, report: &Report, command: &str, now: i64) {
     let mut state = State::load(&config.state_dir);
     for t in &report.targets {
         if let (Some(s), Action::Changed(_)) = (&t.served, &t.action) {
@@ -454,17 +501,8 @@ fn record(config: &Config, report: &Report, now: i64) {
             );
         }
     }
-    let mut errors = report.errors.clone();
-    errors.extend(report.targets.iter().filter_map(|t| match &t.action {
-        Action::Unserved(e) | Action::WriteFailed(e) => Some(format!("target {}: {e}", t.name)),
-        _ => None,
-    }));
-    errors.extend(report.reloads.iter().filter_map(|r| match &r.result {
-        Some(Err(e)) => Some(format!("reload `{}`: {e}", shell_words(&r.argv))),
-        _ => None,
-    }));
     state.last_run = Some(state::Run {
-        command: "sync".to_owned(),
+        command: command.to_owned(),
         finished_at: crate::now(),
         ok: report.ok(),
         changed_targets: report
@@ -473,7 +511,7 @@ fn record(config: &Config, report: &Report, now: i64) {
             .filter(|t| matches!(t.action, Action::Changed(_)))
             .map(|t| t.name.clone())
             .collect(),
-        errors,
+        errors: report.problems(),
     });
     if let Err(e) = state.save(&config.state_dir) {
         tracing::warn!(

@@ -80,8 +80,9 @@ pub struct Selection<'c> {
     /// Candidates that cover at least one of the target's names but were
     /// refused, best-ranked first.
     pub refused: Vec<(&'c Candidate, Refusal)>,
-    /// How many candidates covered none of the target's names.
-    pub unrelated: usize,
+    /// Candidates that covered none of the target's names (for messages
+    /// when nothing is valid).
+    pub unrelated: Vec<&'c Candidate>,
 }
 
 /// Ranking key: smaller is better.
@@ -98,14 +99,14 @@ fn rank(c: &Candidate, wildcards: usize) -> (bool, std::cmp::Reverse<i64>, usize
 /// Chooses the best valid candidate for `target` at time `now`.
 pub fn select<'c>(target: &Target, candidates: &'c [Candidate], now: i64) -> Selection<'c> {
     let mut refused = Vec::new();
-    let mut unrelated = 0;
+    let mut unrelated = Vec::new();
     let mut fit = Vec::new();
     for c in candidates {
         let wildcards = match names::cover_all(&c.leaf.names, &target.domains) {
             Ok(w) => w,
             Err(missing) => {
                 if missing.len() == target.domains.len() {
-                    unrelated += 1;
+                    unrelated.push(c);
                 } else {
                     refused.push((c, Refusal::DoesNotCover { missing }));
                 }

@@ -50,6 +50,20 @@ pub struct State {
     pub targets: BTreeMap<String, Installed>,
     #[serde(default)]
     pub last_run: Option<Run>,
+    /// Written by `mxkeys run` after each reconcile.
+    #[serde(default)]
+    pub daemon: Option<Daemon>,
+}
+
+/// What the running daemon last did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Daemon {
+    pub pid: u32,
+    pub started_at: i64,
+    pub updated_at: i64,
+    pub reconciles: u64,
+    pub last_reconcile_ok: bool,
+    pub watching: Vec<String>,
 }
 
 /// What mxkeys last installed for a target.

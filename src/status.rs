@@ -12,6 +12,15 @@ use crate::state::{self, State};
 pub struct Status {
     pub targets: Vec<TargetStatus>,
     pub last_run: Option<state::Run>,
+    /// What `mxkeys run` last recorded, and whether it is still running.
+    pub daemon: Option<DaemonStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DaemonStatus {
+    #[serde(flatten)]
+    pub record: state::Daemon,
+    pub running: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -35,6 +44,17 @@ pub struct InstalledCert {
     pub sha256: String,
     /// The source entry it was installed from, when mxkeys installed it.
     pub source: Option<String>,
+}
+
+/// Whether a process with this pid exists (signal 0 probes without sending).
+fn process_alive(pid: u32) -> bool {
+    let Ok(pid) = i32::try_from(pid) else {
+        return false;
+    };
+    match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None) {
+        Ok(()) => true,
+        Err(e) => e == nix::errno::Errno::EPERM,
+    }
 }
 
 impl Status {
@@ -83,9 +103,14 @@ impl Status {
                 }
             })
             .collect();
+        let daemon = record.daemon.map(|d| DaemonStatus {
+            running: process_alive(d.pid),
+            record: d,
+        });
         Status {
             targets,
             last_run: record.last_run,
+            daemon,
         }
     }
 
@@ -120,6 +145,25 @@ impl Status {
                     "  no certificate installed: {}\n",
                     problem.as_deref().unwrap_or("unknown")
                 )),
+            }
+        }
+        if let Some(d) = &self.daemon {
+            let r = &d.record;
+            out.push_str(&format!(
+                "daemon: pid {} {} (started {}); {} reconciles, the last at {}: {}\n",
+                r.pid,
+                if d.running { "running" } else { "not running" },
+                crate::rfc3339(r.started_at),
+                r.reconciles,
+                crate::rfc3339(r.updated_at),
+                if r.last_reconcile_ok {
+                    "ok"
+                } else {
+                    "with errors"
+                }
+            ));
+            if !r.watching.is_empty() {
+                out.push_str(&format!("  watching {}\n", r.watching.join(", ")));
             }
         }
         if let Some(run) = &self.last_run {

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod env;
+
 use crate::names::DnsName;
 
 /// The default configuration path when neither `--config` nor
@@ -28,6 +30,78 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// Where the configuration comes from, so SIGHUP can read it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// Built from the environment (container sidecar mode).
+    Environment,
+}
+
+impl std::fmt::Display for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigSource::File(p) => write!(f, "{}", p.display()),
+            ConfigSource::Environment => f.write_str("the environment"),
+        }
+    }
+}
+
+impl ConfigSource {
+    /// Chooses the file when it exists; else the environment when it asks
+    /// for mxkeys (see [`env`]); else the missing file is the error.
+    pub fn choose(path: &Path) -> Result<ConfigSource, ConfigError> {
+        if path.exists() {
+            return Ok(ConfigSource::File(path.to_owned()));
+        }
+        match env::toml_from(&|k| std::env::var(k).ok(), &|p| p.exists()) {
+            Ok(Some(_)) => Ok(ConfigSource::Environment),
+            Ok(None) => Err(ConfigError {
+                path: path.to_owned(),
+                message:
+                    "not found (and no container environment such as ACME_FILE or SSL_TYPE is set)"
+                        .to_owned(),
+            }),
+            Err(message) => Err(ConfigError {
+                path: PathBuf::from(ENV_PATH),
+                message,
+            }),
+        }
+    }
+
+    /// The configuration text: the file's, or TOML built from the environment.
+    pub fn text(&self) -> Result<String, ConfigError> {
+        match self {
+            ConfigSource::File(path) => std::fs::read_to_string(path).map_err(|e| ConfigError {
+                path: path.clone(),
+                message: crate::source::io_reason(&e),
+            }),
+            ConfigSource::Environment => {
+                env::toml_from(&|k| std::env::var(k).ok(), &|p| p.exists())
+                    .map_err(|message| ConfigError {
+                        path: PathBuf::from(ENV_PATH),
+                        message,
+                    })?
+                    .ok_or_else(|| ConfigError {
+                        path: PathBuf::from(ENV_PATH),
+                        message: "the container variables are gone".to_owned(),
+                    })
+            }
+        }
+    }
+
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        let text = self.text()?;
+        match self {
+            ConfigSource::File(path) => Config::parse(path, &text),
+            ConfigSource::Environment => Config::parse(Path::new(ENV_PATH), &text),
+        }
+    }
+}
+
+/// How messages name a configuration built from the environment.
+const ENV_PATH: &str = "(environment)";
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -37,6 +111,89 @@ pub struct Config {
     pub state_dir: PathBuf,
     pub sources: Vec<SourceConfig>,
     pub targets: Vec<Target>,
+    pub daemon: Daemon,
+}
+
+/// How `mxkeys run` watches and when it acts on its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Daemon {
+    pub watch: WatchMode,
+    /// How often the polling watcher looks at the sources.
+    pub poll_interval: Duration,
+    /// Quiet time after a change before reading the sources.
+    pub debounce: Duration,
+    /// A full reconcile this often, whatever the watcher says.
+    pub resync_interval: Duration,
+    /// Warn when a target's certificate has less than this left.
+    pub expiry_warning: Duration,
+    /// Where to serve /metrics and /healthz (off when `None`).
+    pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+impl Default for Daemon {
+    fn default() -> Self {
+        Daemon {
+            watch: WatchMode::Auto,
+            poll_interval: Duration::from_secs(2),
+            debounce: Duration::from_millis(50),
+            resync_interval: Duration::from_secs(3600),
+            expiry_warning: Duration::from_secs(14 * 86_400),
+            metrics_listen: None,
+        }
+    }
+}
+
+/// How `mxkeys run` notices that a source changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum WatchMode {
+    /// inotify, falling back to polling for paths it cannot watch.
+    #[default]
+    Auto,
+    /// inotify only.
+    Inotify,
+    /// Polling only (NFS, some container volumes).
+    Poll,
+}
+
+/// One way to tell a service that its files changed.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Reload {
+    /// Run this program with these arguments (no shell).
+    Command(Vec<String>),
+    /// Send `signal` to the process whose pid is in `pidfile`.
+    Signal {
+        pidfile: PathBuf,
+        signal: nix::sys::signal::Signal,
+    },
+}
+
+impl std::fmt::Display for Reload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reload::Command(argv) => f.write_str(&shell_words(argv)),
+            Reload::Signal { pidfile, signal } => {
+                write!(f, "{signal} to the pid in {}", pidfile.display())
+            }
+        }
+    }
+}
+
+/// An argv as a person would type it, for messages.
+pub fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| {
+            let plain = !a.is_empty()
+                && a.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c));
+            if plain {
+                a.clone()
+            } else {
+                format!("'{}'", a.replace('\'', r"'\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// One `[[source]]`, with paths made absolute.
@@ -100,7 +257,8 @@ pub struct Target {
     pub key_mode: u32,
     pub owner: Option<String>,
     pub group: Option<String>,
-    pub reload: Option<Vec<String>>,
+    /// Run, in order, after this target's files changed.
+    pub reloads: Vec<Reload>,
     pub reload_timeout: Duration,
 }
 
@@ -160,10 +318,38 @@ impl FileRole {
 struct RawConfig {
     hostname: Option<String>,
     state_dir: Option<PathBuf>,
+    watch: Option<WatchMode>,
+    #[serde(default, with = "humantime_serde")]
+    poll_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    debounce: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    resync_interval: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    expiry_warning: Option<Duration>,
+    metrics: Option<RawMetrics>,
     #[serde(default, rename = "source")]
     sources: Vec<RawSource>,
     #[serde(default, rename = "target")]
     targets: Vec<RawTarget>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSignal {
+    pidfile: PathBuf,
+    #[serde(default = "default_signal")]
+    signal: String,
+}
+
+fn default_signal() -> String {
+    "HUP".to_owned()
 }
 
 #[derive(Deserialize)]
@@ -210,6 +396,7 @@ struct RawTarget {
     owner: Option<String>,
     group: Option<String>,
     reload: Option<Vec<String>>,
+    reload_signal: Option<RawSignal>,
     #[serde(default, with = "humantime_serde")]
     reload_timeout: Option<Duration>,
 }
@@ -357,12 +544,50 @@ impl Config {
             }
             targets.push(target);
         }
+        let defaults = Daemon::default();
+        let metrics_listen = match raw.metrics.and_then(|m| m.listen) {
+            None => None,
+            Some(l) => Some(l.parse().map_err(|_| {
+                err(format!(
+                    "key `metrics.listen`: {l:?} is not an address:port like \"127.0.0.1:9325\""
+                ))
+            })?),
+        };
+        let daemon = Daemon {
+            watch: raw.watch.unwrap_or(defaults.watch),
+            poll_interval: raw.poll_interval.unwrap_or(defaults.poll_interval),
+            debounce: raw.debounce.unwrap_or(defaults.debounce),
+            resync_interval: raw.resync_interval.unwrap_or(defaults.resync_interval),
+            expiry_warning: raw.expiry_warning.unwrap_or(defaults.expiry_warning),
+            metrics_listen,
+        };
+        for (key, value, min) in [
+            (
+                "poll_interval",
+                daemon.poll_interval,
+                Duration::from_millis(100),
+            ),
+            (
+                "resync_interval",
+                daemon.resync_interval,
+                Duration::from_secs(10),
+            ),
+        ] {
+            if value < min {
+                return Err(err(format!(
+                    "key `{key}`: {} is shorter than the minimum {}",
+                    humantime::format_duration(value),
+                    humantime::format_duration(min)
+                )));
+            }
+        }
         Ok(Config {
             path: path.to_owned(),
             hostname,
             state_dir,
             sources,
             targets,
+            daemon,
         })
     }
 }
@@ -419,12 +644,22 @@ fn validate_target(
         None => 0o600,
         Some(m) => parse_mode(m).map_err(|e| fail(format!("key `mode`: {e}")))?,
     };
-    if let Some(argv) = &t.reload
-        && argv.first().is_none_or(|a| a.is_empty())
-    {
-        return Err(fail(
-            "key `reload`: an argument list whose first item is the program".to_owned(),
-        ));
+    let mut reloads = Vec::new();
+    if let Some(argv) = t.reload {
+        if argv.first().is_none_or(|a| a.is_empty()) {
+            return Err(fail(
+                "key `reload`: an argument list whose first item is the program".to_owned(),
+            ));
+        }
+        reloads.push(Reload::Command(argv));
+    }
+    if let Some(sig) = t.reload_signal {
+        let signal = parse_signal(&sig.signal)
+            .map_err(|e| fail(format!("key `reload_signal.signal`: {e}")))?;
+        reloads.push(Reload::Signal {
+            pidfile: abs(&sig.pidfile),
+            signal,
+        });
     }
     for (key, v) in [("owner", &t.owner), ("group", &t.group)] {
         if v.as_deref().is_some_and(str::is_empty) {
@@ -439,9 +674,21 @@ fn validate_target(
         key_mode,
         owner: t.owner,
         group: t.group,
-        reload: t.reload,
+        reloads,
         reload_timeout: t.reload_timeout.unwrap_or(DEFAULT_RELOAD_TIMEOUT),
     })
+}
+
+/// Parses a signal name: `HUP`, `SIGHUP`, `usr1`...
+pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, String> {
+    let upper = s.trim().to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse()
+        .map_err(|_| format!("{s:?} is not a signal name like \"HUP\" or \"USR1\""))
 }
 
 /// Parses an octal file mode like `"0640"`. Modes that let others read a
@@ -579,6 +826,38 @@ mod tests {
             let c = Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
             assert!(!c.targets.is_empty(), "{name}");
         }
+    }
+
+    #[test]
+    fn daemon_keys_and_reload_signal() {
+        let c = parse(&format!(
+            "watch = \"poll\"\npoll_interval = \"500ms\"\nexpiry_warning = \"7d\"\n[metrics]\nlisten = \"127.0.0.1:9325\"\n{TARGET}key = \"k\"\nreload = [\"postfix\", \"reload\"]\nreload_signal = {{ pidfile = \"/run/dovecot/master.pid\", signal = \"usr1\" }}\n"
+        ))
+        .unwrap();
+        assert_eq!(c.daemon.watch, WatchMode::Poll);
+        assert_eq!(c.daemon.poll_interval, Duration::from_millis(500));
+        assert_eq!(c.daemon.expiry_warning, Duration::from_secs(7 * 86_400));
+        assert_eq!(
+            c.daemon.metrics_listen,
+            Some("127.0.0.1:9325".parse().unwrap())
+        );
+        assert_eq!(
+            c.targets[0].reloads,
+            vec![
+                Reload::Command(vec!["postfix".into(), "reload".into()]),
+                Reload::Signal {
+                    pidfile: "/run/dovecot/master.pid".into(),
+                    signal: nix::sys::signal::Signal::SIGUSR1
+                }
+            ]
+        );
+        let e = parse(&format!(
+            "{TARGET}key = \"k\"\nreload_signal = {{ pidfile = \"/p\", signal = \"NOPE\" }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("reload_signal.signal"), "{e}");
+        let e = parse("[metrics]\nlisten = \"localhost\"\n").unwrap_err();
+        assert!(e.to_string().contains("metrics.listen"), "{e}");
     }
 
     #[test]

@@ -1,0 +1,265 @@
+//! `mxkeys run`: the same reconcile as `sync`, at start, whenever a source
+//! changes, and on a periodic resync; until SIGTERM or SIGINT.
+//!
+//! A change is noticed by [`watch`] (inotify through notify's debouncer, or
+//! polling). A read that catches a source mid-write (unparseable JSON, a key
+//! from another generation) is read again after a short backoff before
+//! anything is written, so an inconsistent state never causes a reload;
+//! errors that survive the retries are reported and the rest is applied,
+//! and such known errors do not delay later reconciles. SIGHUP re-reads the
+//! configuration (an invalid one is reported and the old one kept).
+
+pub mod metrics;
+pub mod watch;
+
+use std::collections::HashSet;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep, sleep_until};
+
+use crate::config::{Config, ConfigSource};
+use crate::pipeline::{self, Plan, Report};
+use crate::source::Persist;
+use crate::state::{self, State};
+
+/// Delays between re-reads of a source that looks mid-write.
+const RETRY_DELAYS: [Duration; 5] = [
+    Duration::from_millis(100),
+    Duration::from_millis(200),
+    Duration::from_millis(400),
+    Duration::from_millis(800),
+    Duration::from_millis(1600),
+];
+
+/// Runs the daemon until a termination signal. The exit status is 0 after
+/// SIGTERM/SIGINT; 1 when it cannot start (runtime, signals, metrics port).
+pub fn run(source: ConfigSource, config: Config) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(async move {
+        match Daemon::start(source, config).await {
+            Ok(daemon) => daemon.serve().await,
+            Err(e) => {
+                tracing::error!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+struct Daemon {
+    source: ConfigSource,
+    config: Arc<Config>,
+    watcher: watch::Watcher,
+    changes: mpsc::UnboundedReceiver<watch::Changed>,
+    changes_tx: mpsc::UnboundedSender<watch::Changed>,
+    metrics: Arc<metrics::Metrics>,
+    /// Errors that survived a full retry cycle: stable, not mid-write.
+    known_errors: HashSet<String>,
+    started_at: i64,
+    reconciles: u64,
+}
+
+impl Daemon {
+    async fn start(source: ConfigSource, config: Config) -> Result<Daemon, String> {
+        let (changes_tx, changes) = mpsc::unbounded_channel();
+        let metrics = Arc::new(metrics::Metrics::default());
+        if let Some(listen) = config.daemon.metrics_listen {
+            metrics::serve(listen, metrics.clone())
+                .await
+                .map_err(|e| format!("metrics.listen {listen}: cannot listen: {e}"))?;
+        }
+        let watcher = watch::Watcher::new(&config, changes_tx.clone());
+        tracing::info!(
+            "mxkeys {} watching {} ({} targets)",
+            env!("CARGO_PKG_VERSION"),
+            watcher.describe().join(", "),
+            config.targets.len()
+        );
+        Ok(Daemon {
+            source,
+            config: Arc::new(config),
+            watcher,
+            changes,
+            changes_tx,
+            metrics,
+            known_errors: HashSet::new(),
+            started_at: crate::now(),
+            reconciles: 0,
+        })
+    }
+
+    async fn serve(mut self) -> ExitCode {
+        let (Ok(mut hup), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::hangup()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tracing::error!("cannot install signal handlers");
+            return ExitCode::FAILURE;
+        };
+        self.reconcile("start").await;
+        notify(&[NotifyState::Ready, NotifyState::Status("watching")]);
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut next_ping = Instant::now() + watchdog.unwrap_or(Duration::from_secs(3600));
+        let mut next_resync = Instant::now() + self.config.daemon.resync_interval;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => {
+                    self.reload_config().await;
+                    next_resync = Instant::now() + self.config.daemon.resync_interval;
+                }
+                Some(changed) = self.changes.recv() => {
+                    let mut paths = changed.paths;
+                    // Coalesce whatever else has arrived.
+                    while let Ok(more) = self.changes.try_recv() {
+                        paths.extend(more.paths);
+                    }
+                    // Empty paths: events were lost; assume the worst.
+                    if paths.is_empty() || self.watcher.relevant(&paths) {
+                        tracing::debug!("change: {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
+                        self.reconcile("change").await;
+                    }
+                    self.watcher.rearm();
+                }
+                _ = sleep_until(next_resync) => {
+                    self.reconcile("periodic resync").await;
+                    self.watcher.rearm();
+                    next_resync = Instant::now() + self.config.daemon.resync_interval;
+                }
+                _ = sleep_until(next_ping), if watchdog.is_some() => {
+                    notify(&[NotifyState::Watchdog]);
+                    next_ping = Instant::now() + watchdog.unwrap_or_default();
+                }
+            }
+        }
+        tracing::info!("stopping");
+        notify(&[NotifyState::Stopping]);
+        ExitCode::SUCCESS
+    }
+
+    async fn reload_config(&mut self) {
+        notify_reloading();
+        match self.source.load() {
+            Ok(new) => {
+                if new.daemon.metrics_listen != self.config.daemon.metrics_listen {
+                    tracing::warn!("metrics.listen changed: restart mxkeys to apply it");
+                }
+                tracing::info!("configuration reloaded from {}", self.source);
+                self.watcher = watch::Watcher::new(&new, self.changes_tx.clone());
+                let names: Vec<String> = new.targets.iter().map(|t| t.name.clone()).collect();
+                self.metrics.retain_targets(&names);
+                self.config = Arc::new(new);
+                self.known_errors.clear();
+                self.reconcile("configuration reloaded").await;
+            }
+            Err(e) => tracing::error!("{e}; keeping the configuration in use"),
+        }
+        notify(&[NotifyState::Ready]);
+    }
+
+    /// Plans (re-reading while the sources look mid-write), then applies
+    /// under the lock, then records what happened.
+    async fn reconcile(&mut self, why: &str) {
+        let started = std::time::Instant::now();
+        let mut retries = RETRY_DELAYS.iter();
+        let plan = loop {
+            let plan = self.plan().await;
+            let fresh = plan.errors.iter().find(|e| !self.known_errors.contains(*e));
+            match (fresh, retries.next()) {
+                (Some(e), Some(delay)) => {
+                    tracing::debug!(
+                        "{why}: a source looks mid-write ({e}); reading again in {delay:?}"
+                    );
+                    sleep(*delay).await;
+                    // Events from the writer finishing are covered by the re-read.
+                    while self.changes.try_recv().is_ok() {}
+                }
+                _ => break plan,
+            }
+        };
+        self.known_errors = plan.errors.iter().cloned().collect();
+        plan.log();
+        let config = self.config.clone();
+        let record = state::Daemon {
+            pid: std::process::id(),
+            started_at: self.started_at,
+            reconciles: self.reconciles + 1,
+            watching: self.watcher.describe(),
+            updated_at: 0,
+            last_reconcile_ok: false,
+        };
+        let report = tokio::task::spawn_blocking(move || {
+            let _lock = match pipeline::lock(&config) {
+                Ok(l) => l,
+                Err(report) => return report,
+            };
+            let report = pipeline::apply(&config, plan, "run");
+            let mut state = State::load(&config.state_dir);
+            state.daemon = Some(state::Daemon {
+                updated_at: crate::now(),
+                last_reconcile_ok: report.ok(),
+                ..record
+            });
+            if let Err(e) = state.save(&config.state_dir) {
+                tracing::warn!("cannot record the daemon's state: {e}");
+            }
+            report
+        })
+        .await
+        .unwrap_or_else(|e| {
+            tracing::error!("reconcile task failed: {e}");
+            Report::default()
+        });
+        self.reconciles += 1;
+        self.metrics.record(&report, crate::now());
+        for w in report.expiry_warnings(self.config.daemon.expiry_warning, crate::now()) {
+            tracing::warn!("{w}");
+        }
+        tracing::debug!("reconcile ({why}) took {:?}", started.elapsed());
+        let status = if report.ok() {
+            "ok".to_owned()
+        } else {
+            format!("{} problems", report.problems().len())
+        };
+        notify(&[NotifyState::Status(&format!("last reconcile: {status}"))]);
+    }
+
+    async fn plan(&self) -> Plan {
+        let config = self.config.clone();
+        tokio::task::spawn_blocking(move || pipeline::plan(&config, Persist::Yes))
+            .await
+            .unwrap_or_else(|e| Plan {
+                errors: vec![format!("reading the sources failed: {e}")],
+                ..Plan::default()
+            })
+    }
+}
+
+fn notify(states: &[NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(states) {
+        tracing::debug!("sd_notify: {e}");
+    }
+}
+
+fn notify_reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[NotifyState::Reloading, now]),
+        Err(_) => notify(&[NotifyState::Reloading]),
+    }
+}
