@@ -437,10 +437,14 @@ impl Config {
                 None => err(msg),
             }
         })?;
-        let base = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+        // Absolute, so watches and messages do not depend on the working
+        // directory.
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.is_absolute() {
+            base
+        } else {
+            std::env::current_dir().unwrap_or_default().join(base)
+        };
         let abs = |p: &Path| -> PathBuf {
             if p.is_absolute() {
                 normalize(p)

@@ -184,10 +184,14 @@ impl Daemon {
             match (fresh, retries.next()) {
                 (Some(e), Some(delay)) => {
                     tracing::debug!(
-                        "{why}: a source looks mid-write ({e}); reading again in {delay:?}"
+                        "{why}: a source looks mid-write ({e}); reading again within {delay:?}"
                     );
-                    sleep(*delay).await;
-                    // Events from the writer finishing are covered by the re-read.
+                    // Read again after the backoff, or as soon as the writer's
+                    // next change has settled, whichever comes first.
+                    tokio::select! {
+                        _ = sleep(*delay) => {}
+                        Some(_) = self.changes.recv() => {}
+                    }
                     while self.changes.try_recv().is_ok() {}
                 }
                 _ => break plan,
