@@ -361,6 +361,17 @@ mod tests {
     }
 
     #[test]
+    fn readme_documents_every_variable() {
+        let readme = include_str!("../../README.md");
+        for (var, _) in VARIABLES {
+            assert!(
+                readme.contains(&format!("`{var}`")),
+                "README does not document {var}"
+            );
+        }
+    }
+
+    #[test]
     fn bad_combinations_are_explained() {
         let e = build(&[("SSL_TYPE", "manual")], false).unwrap_err();
         assert!(e.contains("SSL_CERT_PATH"), "{e}");
