@@ -84,8 +84,8 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Sync => {
             let report = pipeline::reconcile(&config, Mode::Apply);
-            for w in report.expiry_warnings(config.daemon.expiry_warning, crate::now()) {
-                tracing::warn!("{w}");
+            for (_, warning) in report.expiring(config.daemon.expiry_warning, crate::now()) {
+                tracing::warn!("{warning}");
             }
             exit(&report)
         }

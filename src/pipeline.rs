@@ -108,8 +108,9 @@ impl Report {
         out
     }
 
-    /// Targets whose certificate has less than `threshold` left.
-    pub fn expiry_warnings(&self, threshold: Duration, now: i64) -> Vec<String> {
+    /// Targets whose certificate has less than `threshold` left, keyed by
+    /// (target, fingerprint), with the warning to give.
+    pub fn expiring(&self, threshold: Duration, now: i64) -> Vec<((String, String), String)> {
         let threshold = i64::try_from(threshold.as_secs()).unwrap_or(i64::MAX);
         self.targets
             .iter()
@@ -117,12 +118,13 @@ impl Report {
                 let s = t.served.as_ref()?;
                 let left = s.not_after - now;
                 (left < threshold).then(|| {
-                    format!(
+                    let message = format!(
                         "target {}: its certificate expires in {} days ({}); no source offers a newer one",
                         t.name,
                         left.div_euclid(86_400),
                         crate::rfc3339(s.not_after)
-                    )
+                    );
+                    ((t.name.clone(), s.sha256.clone()), message)
                 })
             })
             .collect()

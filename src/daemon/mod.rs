@@ -12,7 +12,7 @@
 pub mod metrics;
 pub mod watch;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,6 +69,8 @@ struct Daemon {
     metrics: Arc<metrics::Metrics>,
     /// Errors that survived a full retry cycle: stable, not mid-write.
     known_errors: HashSet<String>,
+    /// Expiry warnings already given: target and certificate, and when.
+    warned: HashMap<(String, String), Instant>,
     started_at: i64,
     reconciles: u64,
 }
@@ -97,6 +99,7 @@ impl Daemon {
             changes_tx,
             metrics,
             known_errors: HashSet::new(),
+            warned: HashMap::new(),
             started_at: crate::now(),
             reconciles: 0,
         })
@@ -232,9 +235,7 @@ impl Daemon {
         });
         self.reconciles += 1;
         self.metrics.record(&report, crate::now());
-        for w in report.expiry_warnings(self.config.daemon.expiry_warning, crate::now()) {
-            tracing::warn!("{w}");
-        }
+        self.warn_expiry(&report);
         tracing::debug!("reconcile ({why}) took {:?}", started.elapsed());
         let status = if report.ok() {
             "ok".to_owned()
@@ -242,6 +243,26 @@ impl Daemon {
             format!("{} problems", report.problems().len())
         };
         notify(&[NotifyState::Status(&format!("last reconcile: {status}"))]);
+    }
+
+    /// Expiry warnings, once per target and certificate per resync
+    /// interval: a busy source must not flood the log.
+    fn warn_expiry(&mut self, report: &Report) {
+        let threshold = self.config.daemon.expiry_warning;
+        let again_after = self.config.daemon.resync_interval;
+        let expiring = report.expiring(threshold, crate::now());
+        self.warned
+            .retain(|key, _| expiring.iter().any(|(k, _)| k == key));
+        for (key, message) in expiring {
+            let due = self
+                .warned
+                .get(&key)
+                .is_none_or(|at| at.elapsed() >= again_after);
+            if due {
+                tracing::warn!("{message}");
+                self.warned.insert(key, Instant::now());
+            }
+        }
     }
 
     async fn plan(&self) -> Plan {
