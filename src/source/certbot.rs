@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Harvest, Reader};
+use super::{Harvest, Intermediates, Reader};
 
 pub fn read(reader: &Reader, path: &Path) -> Harvest {
     let mut harvest = Harvest::default();
@@ -19,20 +19,13 @@ pub fn read(reader: &Reader, path: &Path) -> Harvest {
     };
     for (index, (name, dir)) in dirs.into_iter().enumerate() {
         let entry = format!("live/{name}");
-        let certs = super::read_pem_certs(&dir.join("fullchain.pem"))
-            .map_err(|r| reader.error(Some(format!("{entry}/fullchain.pem")), r));
-        let key = super::read_pem_key(&dir.join("privkey.pem"))
-            .map_err(|r| reader.error(Some(format!("{entry}/privkey.pem")), r));
-        match (certs, key) {
-            (Ok(certs), Ok(key)) => match reader.pem_candidate(entry, index, certs, key) {
-                Ok(c) => harvest.candidates.push(c),
-                Err(e) => harvest.errors.push(e),
-            },
-            (certs, key) => {
-                harvest.errors.extend(certs.err());
-                harvest.errors.extend(key.err());
-            }
-        }
+        reader.add_pem_files(
+            &mut harvest,
+            (entry.clone(), index),
+            (&dir.join("fullchain.pem"), format!("{entry}/fullchain.pem")),
+            (&dir.join("privkey.pem"), format!("{entry}/privkey.pem")),
+            Intermediates::InCertFile,
+        );
     }
     harvest
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use super::{Harvest, Reader};
+use super::{Harvest, Intermediates, Reader};
 
 /// `path` is lego's `--path` directory or its `certificates/` directory.
 pub fn read(reader: &Reader, path: &Path) -> Harvest {
@@ -36,28 +36,14 @@ pub fn read(reader: &Reader, path: &Path) -> Harvest {
         let crt = dir.join(crt_name);
         let key = dir.join(format!("{stem}.key"));
         let issuer = dir.join(format!("{stem}.issuer.crt"));
-        let certs = super::read_pem_certs(&crt).map_err(|r| reader.error(Some(entry.clone()), r));
-        let key = super::read_pem_key(&key)
-            .map_err(|r| reader.error(Some(format!("certificates/{stem}.key")), r));
-        match (certs, key) {
-            (Ok(mut certs), Ok(key)) => {
-                // With --no-bundle the .crt holds only the leaf.
-                if certs.len() == 1
-                    && issuer.exists()
-                    && let Ok(more) = super::read_pem_certs(&issuer)
-                {
-                    certs.extend(more);
-                }
-                match reader.pem_candidate(entry, index, certs, key) {
-                    Ok(c) => harvest.candidates.push(c),
-                    Err(e) => harvest.errors.push(e),
-                }
-            }
-            (certs, key) => {
-                harvest.errors.extend(certs.err());
-                harvest.errors.extend(key.err());
-            }
-        }
+        reader.add_pem_files(
+            &mut harvest,
+            (entry.clone(), index),
+            (&crt, entry),
+            (&key, format!("certificates/{stem}.key")),
+            // With --no-bundle the .crt holds only the leaf.
+            Intermediates::IfLeafOnly(&issuer),
+        );
     }
     harvest
 }

@@ -165,6 +165,59 @@ impl Reader {
     }
 }
 
+/// Where a PEM source's intermediates come from, besides its certificate
+/// file.
+pub(crate) enum Intermediates<'p> {
+    /// The certificate file holds the whole chain.
+    InCertFile,
+    /// A separate chain file, appended; an error if unreadable.
+    File { path: &'p Path, entry: String },
+    /// Appended only when the certificate file holds just the leaf, and
+    /// only if readable (lego's `NAME.issuer.crt` beside `--no-bundle`).
+    IfLeafOnly(&'p Path),
+}
+
+impl Reader {
+    /// Reads a certificate file and a key file into one candidate, or
+    /// records every reason it cannot. `entry` names the candidate; each
+    /// file's error names that file's entry.
+    pub(crate) fn add_pem_files(
+        &self,
+        harvest: &mut Harvest,
+        (entry, index): (String, usize),
+        cert: (&Path, String),
+        key: (&Path, String),
+        intermediates: Intermediates<'_>,
+    ) {
+        let certs = read_pem_certs(cert.0).map_err(|r| self.error(Some(cert.1), r));
+        let key = read_pem_key(key.0).map_err(|r| self.error(Some(key.1), r));
+        let extra = match intermediates {
+            Intermediates::InCertFile => Ok(Vec::new()),
+            Intermediates::File { path, entry } => {
+                read_pem_certs(path).map_err(|r| self.error(Some(entry), r))
+            }
+            Intermediates::IfLeafOnly(path) => Ok(match &certs {
+                Ok(c) if c.len() == 1 && path.exists() => read_pem_certs(path).unwrap_or_default(),
+                _ => Vec::new(),
+            }),
+        };
+        match (certs, key, extra) {
+            (Ok(mut certs), Ok(key), Ok(extra)) => {
+                certs.extend(extra);
+                match self.pem_candidate(entry, index, certs, key) {
+                    Ok(c) => harvest.candidates.push(c),
+                    Err(e) => harvest.errors.push(e),
+                }
+            }
+            (certs, key, extra) => {
+                harvest.errors.extend(certs.err());
+                harvest.errors.extend(key.err());
+                harvest.errors.extend(extra.err());
+            }
+        }
+    }
+}
+
 /// What self-signed generation needs to know of the whole configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Persist {
