@@ -32,8 +32,9 @@ const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STA
 /// Reads one acme.json. `resolvers` limits which resolvers are used.
 pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>) -> Harvest {
     let mut harvest = Harvest::default();
-    let buf: Arc<[u8]> = match super::read_limited(path, super::ACME_JSON_SIZE_LIMIT) {
-        Ok(b) => b.into(),
+    let buf: Arc<Vec<u8>> = match super::read_limited(path, super::ACME_JSON_SIZE_LIMIT) {
+        // Arc::new keeps the allocation: Vec -> Arc<[u8]> would copy the file.
+        Ok(b) => Arc::new(b),
         Err(reason) => {
             harvest.errors.push(reader.error(None, reason));
             return harvest;
@@ -151,7 +152,7 @@ fn entry_name(group: &str, i: usize, entry: &Entry<'_>) -> String {
 /// buffer (or owned, when JSON escapes made a copy necessary).
 #[derive(Debug)]
 pub struct EntryMaterial {
-    buf: Arc<[u8]>,
+    buf: Arc<Vec<u8>>,
     cert: Text,
     key: Text,
 }
@@ -165,7 +166,7 @@ enum Text {
 impl Text {
     /// A span when `s` lies inside `buf` (borrowed by the JSON parser),
     /// else an owned copy.
-    fn new(s: &str, buf: &Arc<[u8]>) -> Self {
+    fn new(s: &str, buf: &Arc<Vec<u8>>) -> Self {
         let range = buf.as_ptr_range();
         let start = s.as_ptr();
         if range.contains(&start) && (start as usize + s.len()) <= range.end as usize {
@@ -200,7 +201,7 @@ impl EntryMaterial {
 }
 
 /// Judges one entry: the leaf's facts and the spans to build its bundle.
-fn entry_candidate(entry: &Entry<'_>, buf: &Arc<[u8]>) -> Result<(Leaf, EntryMaterial), String> {
+fn entry_candidate(entry: &Entry<'_>, buf: &Arc<Vec<u8>>) -> Result<(Leaf, EntryMaterial), String> {
     if let Some(kind) = entry.invalid {
         return Err(format!("the entry is {kind}, expected an object"));
     }
