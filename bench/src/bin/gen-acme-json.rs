@@ -17,7 +17,7 @@ entries to OUTPUT, the target NAME (default mail.example.com) in a few of them
 (expired duplicates, an older valid one, one newest valid one), and an
 mxkeys.toml next to OUTPUT whose [[target]] asks for NAME. --scts N embeds N
 signed certificate timestamps per leaf (default 0; Let's Encrypt uses 2, which
-adds about 450 bytes per entry).";
+adds about 480 bytes per entry).";
 
 fn parse() -> Result<(Spec, PathBuf), String> {
     let mut spec = Spec::default();
