@@ -26,6 +26,10 @@ pub struct Spec {
     pub recursive: bool,
     /// `None`: any event under `path`. `Some`: only events naming these.
     pub files: Option<Vec<PathBuf>>,
+    /// A watch on a file's own inode (for bind mounts). It has a debouncer
+    /// of its own: in a shared one, the replaced file's delete-self would
+    /// cancel the directory's rename-in of its successor.
+    pub own_inode: bool,
 }
 
 /// What to watch for a configuration's sources.
@@ -39,6 +43,7 @@ pub fn specs(config: &Config) -> Vec<Spec> {
                 path: dir,
                 recursive: false,
                 files: Some(vec![file.to_owned()]),
+                own_inode: false,
             }),
         }
         // The file itself too: a bind-mounted file's directory never hears
@@ -47,6 +52,7 @@ pub fn specs(config: &Config) -> Vec<Spec> {
             path: file.to_owned(),
             recursive: false,
             files: None,
+            own_inode: true,
         });
     };
     let mut trees = Vec::new();
@@ -96,6 +102,7 @@ pub fn specs(config: &Config) -> Vec<Spec> {
                 path: t,
                 recursive: true,
                 files: None,
+                own_inode: false,
             });
         }
     }
@@ -118,6 +125,7 @@ struct Armed {
     at: PathBuf,
     inode: Option<u64>,
     polled: bool,
+    own_inode: bool,
 }
 
 /// The live watches of a daemon.
@@ -126,6 +134,8 @@ pub struct Watcher {
     specs: Vec<Spec>,
     armed: HashMap<PathBuf, Armed>,
     inotify: Option<Debouncer<RecommendedWatcher, RecommendedCache>>,
+    /// For watches on files' own inodes (see [`Spec::own_inode`]).
+    inotify_files: Option<Debouncer<RecommendedWatcher, RecommendedCache>>,
     poll: Option<Debouncer<PollWatcher, NoCache>>,
     tx: Sender,
     debounce: Duration,
@@ -139,6 +149,7 @@ impl Watcher {
             specs: specs(config),
             armed: HashMap::new(),
             inotify: None,
+            inotify_files: None,
             poll: None,
             tx,
             debounce: config.daemon.debounce,
@@ -199,15 +210,22 @@ impl Watcher {
                 self.unwatch(&old);
             }
             let recursive = spec.recursive && at == spec.path;
-            match self.watch(&at, recursive) {
+            // Until the file exists, its ancestor is watched like a directory.
+            let own_inode = spec.own_inode && at == spec.path;
+            match self.watch(&at, recursive, own_inode) {
                 Ok(polled) => {
                     tracing::debug!(
                         "watching {}{}",
                         at.display(),
                         if polled { " by polling" } else { "" }
                     );
-                    self.armed
-                        .insert(spec.path.clone(), Armed { at, inode, polled });
+                    let armed = Armed {
+                        at,
+                        inode,
+                        polled,
+                        own_inode,
+                    };
+                    self.armed.insert(spec.path.clone(), armed);
                 }
                 Err(e) => tracing::warn!(
                     "cannot watch {}: {e}; relying on the periodic resync",
@@ -217,14 +235,16 @@ impl Watcher {
         }
     }
 
-    fn watch(&mut self, path: &Path, recursive: bool) -> notify::Result<bool> {
+    fn watch(&mut self, path: &Path, recursive: bool, own_inode: bool) -> notify::Result<bool> {
         let mode = if recursive {
             RecursiveMode::Recursive
         } else {
             RecursiveMode::NonRecursive
         };
         if self.mode != WatchMode::Poll {
-            let result = self.inotify_debouncer().and_then(|d| d.watch(path, mode));
+            let result = self
+                .inotify_debouncer(own_inode)
+                .and_then(|d| d.watch(path, mode));
             match result {
                 Ok(()) => return Ok(false),
                 Err(e) if self.mode == WatchMode::Inotify => return Err(e),
@@ -239,10 +259,19 @@ impl Watcher {
 
     fn unwatch(&mut self, armed: &Armed) {
         // Another spec may share the watch: keep it if so.
-        if self.armed.values().any(|a| a.at == armed.at) {
+        if self
+            .armed
+            .values()
+            .any(|a| a.at == armed.at && a.own_inode == armed.own_inode)
+        {
             return;
         }
-        let result = match (armed.polled, &mut self.poll, &mut self.inotify) {
+        let inotify = if armed.own_inode {
+            &mut self.inotify_files
+        } else {
+            &mut self.inotify
+        };
+        let result = match (armed.polled, &mut self.poll, inotify) {
             (true, Some(p), _) => p.unwatch(&armed.at),
             (false, _, Some(i)) => i.unwatch(&armed.at),
             _ => Ok(()),
@@ -278,14 +307,24 @@ impl Watcher {
 
     fn inotify_debouncer(
         &mut self,
+        own_inode: bool,
     ) -> notify::Result<&mut Debouncer<RecommendedWatcher, RecommendedCache>> {
-        if self.inotify.is_none() {
-            let tick = (self.debounce / 5).max(Duration::from_millis(5));
-            let d =
-                notify_debouncer_full::new_debouncer(self.debounce, Some(tick), self.handler())?;
-            self.inotify = Some(d);
+        let tick = (self.debounce / 5).max(Duration::from_millis(5));
+        let handler = self.handler();
+        let debounce = self.debounce;
+        let slot = if own_inode {
+            &mut self.inotify_files
+        } else {
+            &mut self.inotify
+        };
+        if slot.is_none() {
+            *slot = Some(notify_debouncer_full::new_debouncer(
+                debounce,
+                Some(tick),
+                handler,
+            )?);
         }
-        Ok(self.inotify.as_mut().expect("set above"))
+        Ok(slot.as_mut().expect("set above"))
     }
 
     fn poll_debouncer(&mut self) -> notify::Result<&mut Debouncer<PollWatcher, NoCache>> {
@@ -335,10 +374,12 @@ mod tests {
             Spec {
                 path: "/acme".into(),
                 recursive: false,
-                files: Some(vec!["/acme/acme.json".into()])
+                files: Some(vec!["/acme/acme.json".into()]),
+                own_inode: false,
             }
         );
         assert_eq!(s[1].path, PathBuf::from("/acme/acme.json"));
+        assert!(s[1].own_inode);
         assert_eq!(s[2].path, PathBuf::from("/nonexistent/lego/certificates"));
         assert!(s[2].recursive);
     }

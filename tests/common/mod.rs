@@ -1388,3 +1388,433 @@ pub fn log_lines(path: &Path) -> Vec<String> {
         .map(|s| s.to_string())
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// Daemon (`mxkeys run`) helpers
+// ---------------------------------------------------------------------------
+
+/// How long any wait for the daemon may take before the test fails.
+pub const DEADLINE: StdDuration = StdDuration::from_secs(15);
+
+/// Polls `probe` every 20 ms until it returns `Some`, or fails after
+/// [`DEADLINE`] saying `what` was awaited and showing `context()`.
+#[track_caller]
+pub fn wait_for<T>(
+    what: &str,
+    mut probe: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        if start.elapsed() > DEADLINE {
+            panic!(
+                "timed out after {DEADLINE:?} waiting for {what}\n{}",
+                context()
+            );
+        }
+        std::thread::sleep(StdDuration::from_millis(20));
+    }
+}
+
+/// Waits until `observe` returns the same value twice in a row `quiet`
+/// apart (the daemon has gone idle), and returns that value.
+#[track_caller]
+pub fn settle<T: PartialEq>(quiet: StdDuration, mut observe: impl FnMut() -> T) -> T {
+    let start = std::time::Instant::now();
+    let mut last = observe();
+    loop {
+        std::thread::sleep(quiet);
+        let now = observe();
+        if now == last {
+            return now;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the daemon did not go quiet within {DEADLINE:?}"
+        );
+        last = now;
+    }
+}
+
+/// Quote for `sh`.
+pub fn sh_quote(s: impl AsRef<str>) -> String {
+    format!("'{}'", s.as_ref().replace('\'', r"'\''"))
+}
+
+/// A running `mxkeys run` (or any child process) that is killed when the
+/// guard is dropped, even when an assertion fails. Its stdout and stderr go
+/// to files so they can be read while it runs.
+pub struct Daemon {
+    pub child: Option<std::process::Child>,
+    pub cmdline: String,
+    pub stdout_path: PathBuf,
+    pub stderr_path: PathBuf,
+}
+
+impl Daemon {
+    /// Spawn `cmd` with output captured into `<log_dir>/<tag>.{stdout,stderr}`.
+    pub fn spawn(mut cmd: Command, log_dir: &Path, tag: &str) -> Daemon {
+        fs::create_dir_all(log_dir).unwrap();
+        let stdout_path = log_dir.join(format!("{tag}.stdout"));
+        let stderr_path = log_dir.join(format!("{tag}.stderr"));
+        let cmdline = format!("{cmd:?}");
+        cmd.stdin(Stdio::null())
+            .stdout(fs::File::create(&stdout_path).unwrap())
+            .stderr(fs::File::create(&stderr_path).unwrap());
+        let child = cmd.spawn().expect("spawn the daemon");
+        Daemon {
+            child: Some(child),
+            cmdline,
+            stdout_path,
+            stderr_path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon not yet reaped").id()
+    }
+
+    /// Its stderr so far, without colour sequences.
+    pub fn stderr(&self) -> String {
+        strip_ansi(&fs::read_to_string(&self.stderr_path).unwrap_or_default())
+    }
+
+    pub fn stdout(&self) -> String {
+        fs::read_to_string(&self.stdout_path).unwrap_or_default()
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "$ {}\n--- daemon stdout ---\n{}\n--- daemon stderr ---\n{}",
+            self.cmdline,
+            self.stdout(),
+            self.stderr()
+        )
+    }
+
+    /// Send `signal` (e.g. `nix::sys::signal::Signal::SIGHUP`).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal the daemon");
+    }
+
+    /// Panics when the process has exited.
+    #[track_caller]
+    pub fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("daemon not yet reaped");
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the daemon exited ({status}) while it should be running\n{}",
+                self.describe()
+            );
+        }
+    }
+
+    /// Waits for the process to exit (after a signal); panics after the
+    /// deadline.
+    #[track_caller]
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        let start = std::time::Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("daemon not yet reaped");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.child = None;
+                return status;
+            }
+            if start.elapsed() > DEADLINE {
+                panic!(
+                    "the daemon did not exit within {DEADLINE:?}\n{}",
+                    self.describe()
+                );
+            }
+            std::thread::sleep(StdDuration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then wait for the exit.
+    #[track_caller]
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        self.wait_exit()
+    }
+
+    /// Every non-empty stderr line containing `part` (case-insensitive).
+    pub fn stderr_lines_with(&self, part: &str) -> Vec<String> {
+        let part = part.to_lowercase();
+        self.stderr()
+            .lines()
+            .filter(|l| l.to_lowercase().contains(&part))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Our own child, by its handle.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Variables the daemon must not inherit from whatever runs the tests.
+pub const DAEMON_ENV_REMOVE: &[&str] = &[
+    "MXKEYS_CONFIG",
+    "MXKEYS_LOG",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_USEC",
+    "WATCHDOG_PID",
+    "JOURNAL_STREAM",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+];
+
+impl Env {
+    /// Write the config with top-level daemon keys (`top`, raw TOML lines,
+    /// which may end with a `[metrics]` table) before the sources.
+    pub fn write_config_with(&self, top: &str, sources: &[String], targets: &[&Target]) {
+        let mut s = self.header();
+        s.push_str(top);
+        if !top.ends_with('\n') {
+            s.push('\n');
+        }
+        for src in sources {
+            s.push('\n');
+            s.push_str(src);
+        }
+        for t in targets {
+            s.push('\n');
+            s.push_str(&t.toml());
+        }
+        write(&self.config, s);
+    }
+
+    /// Start `mxkeys --config CFG [args] run`.
+    pub fn daemon(&self, args: &[&str]) -> Daemon {
+        self.daemon_tagged("daemon", args)
+    }
+
+    pub fn daemon_tagged(&self, tag: &str, args: &[&str]) -> Daemon {
+        let mut full: Vec<&str> = args.to_vec();
+        full.push("run");
+        let mut c = self.cmd(&full);
+        for v in DAEMON_ENV_REMOVE {
+            c.env_remove(v);
+        }
+        Daemon::spawn(c, &self.root.join("logs"), tag)
+    }
+
+    /// The `daemon` record of state_dir/state.json, if any.
+    pub fn daemon_record(&self) -> Option<Value> {
+        let bytes = fs::read(self.state.join("state.json")).ok()?;
+        let v: Value = serde_json::from_slice(&bytes).ok()?;
+        v.get("daemon").filter(|d| !d.is_null()).cloned()
+    }
+
+    /// How many reconciles daemon `d` has recorded (0 before its first).
+    pub fn reconciles_of(&self, d: &Daemon) -> u64 {
+        self.daemon_record()
+            .filter(|r| r["pid"].as_u64() == Some(u64::from(d.pid())))
+            .and_then(|r| r["reconciles"].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// Wait until daemon `d` has finished at least `n` reconciles.
+    #[track_caller]
+    pub fn wait_reconciles(&self, d: &Daemon, n: u64) {
+        wait_for(
+            &format!("the daemon to finish {n} reconciles"),
+            || (self.reconciles_of(d) >= n).then_some(()),
+            || d.describe(),
+        );
+    }
+}
+
+/// A reload command that counts its runs and, at each run, copies the
+/// target's fullchain and key as they are at that moment.
+pub struct ReloadProbe {
+    pub log: PathBuf,
+    pub copies: PathBuf,
+}
+
+impl ReloadProbe {
+    pub fn new(env: &Env, name: &str) -> ReloadProbe {
+        let log = env.root.join(format!("{name}.reloads"));
+        let copies = env.root.join(format!("{name}.copies"));
+        fs::create_dir_all(&copies).unwrap();
+        ReloadProbe { log, copies }
+    }
+
+    /// `sh -c SCRIPT` copying `t`'s fullchain and key into the copies
+    /// directory, numbered by run, then appending a line to the log.
+    pub fn argv(&self, t: &Target) -> Vec<String> {
+        let fc = t.fullchain.as_ref().expect("target has a fullchain");
+        let key = t.key.as_ref().expect("target has a key file");
+        let log = sh_quote(self.log.to_str().unwrap());
+        let dir = self.copies.to_str().unwrap();
+        let script = format!(
+            "set -e; touch {log}; n=$(wc -l < {log} | tr -d ' '); \
+             cp {fc} {dir}/$n.fullchain.pem; cp {key} {dir}/$n.privkey.pem; echo x >> {log}",
+            fc = sh_quote(fc.to_str().unwrap()),
+            key = sh_quote(key.to_str().unwrap()),
+            dir = sh_quote(dir),
+        );
+        vec!["sh".into(), "-c".into(), script]
+    }
+
+    /// `t` with this probe as its reload command.
+    pub fn attach(&self, t: Target) -> Target {
+        let argv = self.argv(&t);
+        let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+        t.reload(&argv)
+    }
+
+    /// How many times the reload ran.
+    pub fn count(&self) -> usize {
+        log_lines(&self.log).len()
+    }
+
+    /// (fullchain, key) copies, in run order.
+    pub fn copies(&self) -> Vec<(PathBuf, PathBuf)> {
+        (0..self.count())
+            .map(|n| {
+                (
+                    self.copies.join(format!("{n}.fullchain.pem")),
+                    self.copies.join(format!("{n}.privkey.pem")),
+                )
+            })
+            .collect()
+    }
+
+    /// Fingerprint of the leaf each reload saw, after checking that every
+    /// copy is one of `allowed` (leaf, chain) with its matching key.
+    #[track_caller]
+    pub fn assert_copies_consistent(&self, allowed: &[&Leaf]) -> Vec<String> {
+        let mut seen = Vec::new();
+        for (i, (fc, key)) in self.copies().into_iter().enumerate() {
+            let certs = read_certs(&fc);
+            assert!(!certs.is_empty(), "reload #{i}: the fullchain was empty");
+            let leaf = allowed
+                .iter()
+                .find(|l| l.der == certs[0])
+                .unwrap_or_else(|| {
+                    panic!(
+                        "reload #{i}: the installed leaf {} is none of the expected ones",
+                        sha256_hex(&certs[0])
+                    )
+                });
+            assert_eq!(
+                certs[1..].to_vec(),
+                leaf.chain,
+                "reload #{i}: wrong intermediates"
+            );
+            let blocks = read_pem(&key);
+            assert_eq!(blocks.len(), 1, "reload #{i}: key file holds one block");
+            assert_eq!(
+                private_key_public_raw(&blocks[0].0, &blocks[0].1),
+                leaf.public_key_raw(),
+                "reload #{i}: the installed key does not match the installed leaf"
+            );
+            seen.push(leaf.fp());
+        }
+        seen
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// `GET path` over HTTP/1.1 on loopback: (status, body). `None` when the
+/// connection fails (not listening yet).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(StdDuration::from_secs(10)))
+        .unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        let mut out = String::new();
+        let mut rest = body;
+        loop {
+            let (size, after) = rest.split_once("\r\n")?;
+            let size = usize::from_str_radix(size.trim(), 16).ok()?;
+            if size == 0 {
+                break;
+            }
+            out.push_str(&after[..size]);
+            rest = after[size..].strip_prefix("\r\n")?;
+        }
+        out
+    } else {
+        body.to_owned()
+    };
+    Some((status, body))
+}
+
+/// The value of the Prometheus sample named exactly `series` (name with
+/// labels, e.g. `x{target="a"}`), if present.
+pub fn metric(body: &str, series: &str) -> Option<f64> {
+    body.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// A child process killed (by its handle) when dropped.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Start `sh` that writes its pid into `pidfile` once it traps HUP and
+/// USR1, and appends `hup` / `usr1` to `log` on each.
+pub fn signal_catcher(pidfile: &Path, log: &Path) -> KillOnDrop {
+    fs::create_dir_all(pidfile.parent().unwrap()).unwrap();
+    let script = format!(
+        "trap 'echo hup >> {log}' HUP; trap 'echo usr1 >> {log}' USR1; \
+         echo $$ > {tmp}; mv {tmp} {pid}; while :; do sleep 0.05; done",
+        log = sh_quote(log.to_str().unwrap()),
+        tmp = sh_quote(format!("{}.tmp", pidfile.display())),
+        pid = sh_quote(pidfile.to_str().unwrap()),
+    );
+    let child = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn sh");
+    let guard = KillOnDrop(child);
+    wait_for(
+        "the signal catcher to write its pid file",
+        || pidfile.exists().then_some(()),
+        String::new,
+    );
+    guard
+}

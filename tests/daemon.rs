@@ -1,0 +1,801 @@
+//! `mxkeys run`: reconcile at start, on source changes (inotify or polling),
+//! never on a half-written source; SIGHUP, SIGTERM, metrics, signal reloads,
+//! expiry warnings and JSON logs.
+//!
+//! Every wait polls with a generous deadline ([`common::DEADLINE`]); no test
+//! asserts how fast anything happens. Every daemon is killed when its guard
+//! drops, also when an assertion fails.
+
+mod common;
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{MetadataExt as _, symlink};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread;
+use std::time::Duration as StdDuration;
+
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+use common::*;
+
+/// How long the daemon must stay idle before counts are taken as final.
+const QUIET: StdDuration = StdDuration::from_millis(1000);
+
+fn pause(ms: u64) {
+    thread::sleep(StdDuration::from_millis(ms));
+}
+
+/// An acme.json (Traefik v2, resolver "le") holding `leaf` for HOST.
+fn acme_json(leaf: &Leaf) -> Vec<u8> {
+    serde_json::to_vec_pretty(&acme_v2(&[("le", Some(vec![AcmeEntry::new(leaf, HOST)]))])).unwrap()
+}
+
+/// Rewrite `path` in place (same inode): truncate, write `bytes`.
+fn write_in_place(path: &Path, bytes: &[u8]) {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.write_all(bytes).unwrap();
+    f.sync_data().unwrap();
+}
+
+/// What Traefik does: open the same file, truncate, write half, flush,
+/// pause, write the rest.
+fn write_in_place_slowly(path: &Path, bytes: &[u8], pause_ms: u64) {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    let half = bytes.len() / 2;
+    f.write_all(&bytes[..half]).unwrap();
+    f.flush().unwrap();
+    f.sync_data().unwrap();
+    pause(pause_ms);
+    f.write_all(&bytes[half..]).unwrap();
+    f.flush().unwrap();
+    f.sync_data().unwrap();
+}
+
+fn ino(path: &Path) -> u64 {
+    fs::metadata(path).unwrap().ino()
+}
+
+/// Wait until `t` holds `leaf` and the probe has run at least `n` times,
+/// then until the daemon is quiet.
+#[track_caller]
+fn wait_installed(env: &Env, d: &Daemon, t: &Target, leaf: &Leaf, probe: &ReloadProbe, n: usize) {
+    wait_for(
+        &format!(
+            "target {} to hold {} and {n} reload runs",
+            t.name,
+            leaf.fp()
+        ),
+        || (t.installed_fp().as_deref() == Some(&leaf.fp()) && probe.count() >= n).then_some(()),
+        || {
+            format!(
+                "installed: {:?}, reload runs: {}\n{}",
+                t.installed_fp(),
+                probe.count(),
+                d.describe()
+            )
+        },
+    );
+    settle(QUIET, || (probe.count(), env.reconciles_of(d)));
+}
+
+/// Watches a target's files on a thread until stopped: every sample must be
+/// a readable fullchain whose leaf is one of `allowed` and a key of one of
+/// them (the files are never junk, empty or half-written).
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<usize>>,
+}
+
+impl Sampler {
+    fn start(t: &Target, allowed: &[&Leaf]) -> Sampler {
+        let fc = t.fullchain.clone().unwrap();
+        let key = t.key.clone().unwrap();
+        let leaves: Vec<(Vec<u8>, Vec<u8>)> = allowed
+            .iter()
+            .map(|l| (l.der.clone(), l.public_key_raw()))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let handle = thread::spawn(move || {
+            let mut samples = 0;
+            while !stop2.load(Ordering::SeqCst) {
+                let certs = read_certs(&fc);
+                assert!(
+                    leaves.iter().any(|(der, _)| *der == certs[0]),
+                    "the target's fullchain held an unexpected leaf {}",
+                    sha256_hex(&certs[0])
+                );
+                let blocks = read_pem(&key);
+                assert_eq!(blocks.len(), 1, "the target's key file holds one block");
+                let public = private_key_public_raw(&blocks[0].0, &blocks[0].1);
+                assert!(
+                    leaves.iter().any(|(_, p)| *p == public),
+                    "the target's key file held an unexpected key"
+                );
+                samples += 1;
+                pause(5);
+            }
+            samples
+        });
+        Sampler {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stop and re-raise any failed sample.
+    fn finish(mut self) -> usize {
+        self.stop.store(true, Ordering::SeqCst);
+        match self.handle.take().unwrap().join() {
+            Ok(n) => n,
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    }
+}
+
+impl Drop for Sampler {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A Traefik setup: acme.json holding `leaf`, target "mail" with a probe.
+struct Traefik {
+    env: Env,
+    acme: PathBuf,
+    t: Target,
+    probe: ReloadProbe,
+}
+
+impl Traefik {
+    fn new(leaf: &Leaf, top: &str) -> Traefik {
+        let env = Env::new();
+        let acme = env.path("acme/acme.json");
+        write(&acme, acme_json(leaf));
+        set_mode(&acme, 0o600);
+        let probe = ReloadProbe::new(&env, "mail");
+        let t = probe.attach(Target::new(&env, "mail"));
+        env.write_config_with(top, &[src_traefik(&acme)], &[&t]);
+        Traefik {
+            env,
+            acme,
+            t,
+            probe,
+        }
+    }
+}
+
+/// Case 1: The daemon installs at start (one reload); a second start with
+/// nothing new reloads nothing.
+#[test]
+fn installs_at_start_and_a_restart_with_nothing_new_does_not_reload() {
+    let ca = Ca::new("start");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let s = Traefik::new(&a, "");
+
+    let mut d = s.env.daemon(&[]);
+    wait_installed(&s.env, &d, &s.t, &a, &s.probe, 1);
+    assert_eq!(s.probe.count(), 1, "one reload at start\n{}", d.describe());
+    s.t.assert_installed(&a);
+    s.probe.assert_copies_consistent(&[&a]);
+    let files = s.t.contents();
+    assert!(d.terminate().success(), "exit status\n{}", d.describe());
+
+    let mut d2 = s.env.daemon_tagged("daemon2", &[]);
+    s.env.wait_reconciles(&d2, 1);
+    settle(QUIET, || (s.probe.count(), s.env.reconciles_of(&d2)));
+    assert_eq!(
+        s.probe.count(),
+        1,
+        "a restart with nothing new must not reload\n{}",
+        d2.describe()
+    );
+    assert_eq!(s.t.contents(), files, "a restart rewrote the target files");
+    assert!(d2.terminate().success(), "exit status\n{}", d2.describe());
+}
+
+/// Case 2: acme.json rewritten in place the way Traefik does (truncate, half,
+/// pause, rest): exactly one more reload, with the new pair; the half file
+/// never reaches the target.
+#[test]
+fn traefik_in_place_rewrite_with_a_pause_reloads_once_with_the_new_pair() {
+    let ca = Ca::new("inplace");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let b = ca.issue(&LeafSpec::new(&[HOST]).days(80));
+    let s = Traefik::new(&a, "");
+
+    let d = s.env.daemon(&[]);
+    wait_installed(&s.env, &d, &s.t, &a, &s.probe, 1);
+    assert_eq!(s.probe.count(), 1, "{}", d.describe());
+
+    let inode = ino(&s.acme);
+    let sampler = Sampler::start(&s.t, &[&a, &b]);
+    write_in_place_slowly(&s.acme, &acme_json(&b), 300);
+    wait_installed(&s.env, &d, &s.t, &b, &s.probe, 2);
+    let samples = sampler.finish();
+    assert!(samples > 0);
+
+    assert_eq!(
+        s.probe.count(),
+        2,
+        "exactly one reload for one rewrite\n{}",
+        d.describe()
+    );
+    assert_eq!(ino(&s.acme), inode, "acme.json must keep its inode");
+    s.t.assert_installed(&b);
+    let seen = s.probe.assert_copies_consistent(&[&a, &b]);
+    assert_eq!(seen, vec![a.fp(), b.fp()]);
+}
+
+/// Case 3: acme.json replaced by rename: one reload; a later in-place update of
+/// the new file is caught too (the watch did not go deaf).
+#[test]
+fn traefik_rename_replacement_then_in_place_update() {
+    let ca = Ca::new("rename");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let b = ca.issue(&LeafSpec::new(&[HOST]).days(70));
+    let c = ca.issue(&LeafSpec::new(&[HOST]).days(80));
+    let s = Traefik::new(&a, "");
+
+    let d = s.env.daemon(&[]);
+    wait_installed(&s.env, &d, &s.t, &a, &s.probe, 1);
+
+    let old_inode = ino(&s.acme);
+    let tmp = s.env.path("acme/.acme.json.tmp");
+    write(&tmp, acme_json(&b));
+    set_mode(&tmp, 0o600);
+    fs::rename(&tmp, &s.acme).unwrap();
+    assert_ne!(ino(&s.acme), old_inode);
+    wait_installed(&s.env, &d, &s.t, &b, &s.probe, 2);
+    assert_eq!(
+        s.probe.count(),
+        2,
+        "one reload per change\n{}",
+        d.describe()
+    );
+    s.t.assert_installed(&b);
+
+    let new_inode = ino(&s.acme);
+    write_in_place(&s.acme, &acme_json(&c));
+    assert_eq!(ino(&s.acme), new_inode);
+    wait_installed(&s.env, &d, &s.t, &c, &s.probe, 3);
+    assert_eq!(
+        s.probe.count(),
+        3,
+        "one reload per change\n{}",
+        d.describe()
+    );
+    s.t.assert_installed(&c);
+    let seen = s.probe.assert_copies_consistent(&[&a, &b, &c]);
+    assert_eq!(seen, vec![a.fp(), b.fp(), c.fp()]);
+}
+
+/// Renew a Certbot lineage the way Certbot does: write the archive files
+/// N+1, then re-point each live link (unlink, symlink) in Certbot's order,
+/// pausing between links.
+fn certbot_renew_stepwise(cb: &Certbot, name: &str, leaf: &Leaf, pause_ms: u64) {
+    let archive = cb.root.join("archive").join(name);
+    let live = cb.live_name(name);
+    let mut n = 1;
+    while archive.join(format!("cert{n}.pem")).exists() {
+        n += 1;
+    }
+    for (base, contents) in [
+        ("cert", leaf.cert_pem()),
+        ("chain", leaf.chain_pem()),
+        ("fullchain", leaf.fullchain_pem()),
+        ("privkey", leaf.key_pem()),
+    ] {
+        let f = archive.join(format!("{base}{n}.pem"));
+        write(&f, contents);
+        set_mode(&f, if base == "privkey" { 0o600 } else { 0o644 });
+    }
+    for (i, base) in ["cert", "privkey", "chain", "fullchain"].iter().enumerate() {
+        if i > 0 {
+            pause(pause_ms);
+        }
+        let link = live.join(format!("{base}.pem"));
+        fs::remove_file(&link).unwrap();
+        symlink(format!("../../archive/{name}/{base}{n}.pem"), &link).unwrap();
+    }
+}
+
+/// Case 4: Certbot renewal, links swapped one at a time: exactly one reload,
+/// with the new certificate and its key.
+#[test]
+fn certbot_renewal_link_by_link_reloads_once() {
+    let env = Env::new();
+    let ca = Ca::new("certbot");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let b = ca.issue(&LeafSpec::new(&[HOST]).days(90));
+    let cb = Certbot::new(&env.path("letsencrypt"));
+    cb.add(HOST, &a);
+    let probe = ReloadProbe::new(&env, "mail");
+    let t = probe.attach(Target::new(&env, "mail"));
+    env.write_config(&[src_certbot(&cb.root)], &[&t]);
+
+    let d = env.daemon(&[]);
+    wait_installed(&env, &d, &t, &a, &probe, 1);
+    assert_eq!(probe.count(), 1, "{}", d.describe());
+
+    let sampler = Sampler::start(&t, &[&a, &b]);
+    certbot_renew_stepwise(&cb, HOST, &b, 100);
+    wait_installed(&env, &d, &t, &b, &probe, 2);
+    sampler.finish();
+    assert_eq!(
+        probe.count(),
+        2,
+        "exactly one reload for one renewal\n{}",
+        d.describe()
+    );
+    t.assert_installed(&b);
+    let seen = probe.assert_copies_consistent(&[&a, &b]);
+    assert_eq!(seen, vec![a.fp(), b.fp()]);
+}
+
+/// Case 5: A `files` source whose files are rewritten in place (as through a
+/// bind-mounted single file: same inode): caught, one reload.
+#[test]
+fn files_source_rewritten_in_place_is_caught() {
+    let env = Env::new();
+    let ca = Ca::new("files");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let b = ca.issue(&LeafSpec::new(&[HOST]).days(90));
+    let dir = env.path("mounted");
+    let src = files_source(&dir, &a);
+    let cert = dir.join("fullchain.pem");
+    let key = dir.join("privkey.pem");
+    let probe = ReloadProbe::new(&env, "mail");
+    let t = probe.attach(Target::new(&env, "mail"));
+    env.write_config(&[src], &[&t]);
+
+    let d = env.daemon(&[]);
+    wait_installed(&env, &d, &t, &a, &probe, 1);
+
+    let (ci, ki) = (ino(&cert), ino(&key));
+    write_in_place(&cert, b.fullchain_pem().as_bytes());
+    pause(100);
+    write_in_place(&key, b.key_pem().as_bytes());
+    assert_eq!((ino(&cert), ino(&key)), (ci, ki), "files kept their inodes");
+    wait_installed(&env, &d, &t, &b, &probe, 2);
+    assert_eq!(
+        probe.count(),
+        2,
+        "one reload for one change\n{}",
+        d.describe()
+    );
+    t.assert_installed(&b);
+    let seen = probe.assert_copies_consistent(&[&a, &b]);
+    assert_eq!(seen, vec![a.fp(), b.fp()]);
+}
+
+/// Case 6: Junk written into acme.json, then the good content 200 ms later:
+/// one reload, the junk never installed, the files valid throughout.
+#[test]
+fn garbage_then_good_content_reloads_once_and_never_installs_junk() {
+    let ca = Ca::new("junk");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let b = ca.issue(&LeafSpec::new(&[HOST]).days(90));
+    let s = Traefik::new(&a, "");
+
+    let d = s.env.daemon(&[]);
+    wait_installed(&s.env, &d, &s.t, &a, &s.probe, 1);
+    let sampler = Sampler::start(&s.t, &[&a, &b]);
+    write_in_place(
+        &s.acme,
+        b"\x00\x01 {\"le\": {\"Certificates\": [ garbage !!! \xff\xfe",
+    );
+    pause(200);
+    write_in_place(&s.acme, &acme_json(&b));
+    wait_installed(&s.env, &d, &s.t, &b, &s.probe, 2);
+    sampler.finish();
+    assert_eq!(s.probe.count(), 2, "one reload\n{}", d.describe());
+    s.t.assert_installed(&b);
+    let seen = s.probe.assert_copies_consistent(&[&a, &b]);
+    assert_eq!(seen, vec![a.fp(), b.fp()]);
+}
+
+/// Case 7: `watch = "poll"` with a 200 ms interval catches a change.
+#[test]
+fn polling_watch_catches_a_change() {
+    let ca = Ca::new("poll");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let b = ca.issue(&LeafSpec::new(&[HOST]).days(90));
+    let s = Traefik::new(&a, "watch = \"poll\"\npoll_interval = \"200ms\"\n");
+
+    let d = s.env.daemon(&[]);
+    wait_installed(&s.env, &d, &s.t, &a, &s.probe, 1);
+    let tmp = s.env.path("acme/acme.json.new");
+    write(&tmp, acme_json(&b));
+    fs::rename(&tmp, &s.acme).unwrap();
+    wait_installed(&s.env, &d, &s.t, &b, &s.probe, 2);
+    assert_eq!(s.probe.count(), 2, "one reload\n{}", d.describe());
+    s.t.assert_installed(&b);
+    s.probe.assert_copies_consistent(&[&a, &b]);
+}
+
+/// Case 8: SIGHUP with a broken configuration keeps the old one (and the daemon
+/// keeps reacting with it); SIGHUP with a fixed one adding a target writes
+/// that target's files.
+#[test]
+fn sighup_keeps_the_old_config_when_the_new_one_is_broken_and_applies_a_good_one() {
+    let ca = Ca::new("hup");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let b = ca.issue(&LeafSpec::new(&[HOST]).days(90));
+    let s = Traefik::new(&a, "");
+    let good_config = fs::read_to_string(&s.env.config).unwrap();
+
+    let mut d = s.env.daemon(&[]);
+    wait_installed(&s.env, &d, &s.t, &a, &s.probe, 1);
+
+    s.env
+        .write_config_raw(&format!("{good_config}\n[[target]\nname = = \"broken\n"));
+    d.signal(Signal::SIGHUP);
+    wait_for(
+        "the daemon to report the broken configuration",
+        || {
+            d.stderr()
+                .lines()
+                .any(|l| l.contains("keeping the configuration in use"))
+                .then_some(())
+        },
+        || d.describe(),
+    );
+    d.assert_running();
+    let err = d.stderr_lines_with("keeping the configuration in use");
+    assert!(
+        err[0].to_lowercase().contains("error"),
+        "the report is an error line: {err:?}"
+    );
+
+    // The old configuration still works.
+    write_in_place(&s.acme, &acme_json(&b));
+    wait_installed(&s.env, &d, &s.t, &b, &s.probe, 2);
+    assert_eq!(s.probe.count(), 2, "{}", d.describe());
+    s.t.assert_installed(&b);
+    d.assert_running();
+
+    // A good configuration with a second target.
+    let probe2 = ReloadProbe::new(&s.env, "second");
+    let t2 = probe2.attach(Target::new(&s.env, "second"));
+    assert!(!t2.fullchain.as_ref().unwrap().exists());
+    s.env.write_config(&[src_traefik(&s.acme)], &[&s.t, &t2]);
+    d.signal(Signal::SIGHUP);
+    wait_installed(&s.env, &d, &t2, &b, &probe2, 1);
+    t2.assert_installed(&b);
+    assert_eq!(probe2.count(), 1, "{}", d.describe());
+    assert_eq!(
+        s.probe.count(),
+        2,
+        "the unchanged first target is not reloaded again\n{}",
+        d.describe()
+    );
+    d.assert_running();
+    assert!(d.terminate().success(), "{}", d.describe());
+}
+
+/// Case 9: SIGTERM: exit status 0; `status --json` says the daemon is running
+/// while it runs and not running afterwards.
+#[test]
+fn sigterm_exits_zero_and_status_shows_the_daemon_record() {
+    let ca = Ca::new("term");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let s = Traefik::new(&a, "");
+
+    let mut d = s.env.daemon(&[]);
+    wait_installed(&s.env, &d, &s.t, &a, &s.probe, 1);
+    let pid = d.pid();
+
+    let (r, v) = s.env.status_json();
+    let dm = &v["daemon"];
+    assert_eq!(dm["pid"].as_u64(), Some(u64::from(pid)), "{}", r.describe());
+    assert_eq!(dm["running"], Value::Bool(true), "{}", r.describe());
+    assert!(dm["reconciles"].as_u64().unwrap() >= 1, "{}", r.describe());
+    assert_eq!(
+        dm["last_reconcile_ok"],
+        Value::Bool(true),
+        "{}",
+        r.describe()
+    );
+    assert!(dm["started_at"].as_i64().unwrap() > 0, "{}", r.describe());
+    assert!(
+        dm["updated_at"].as_i64().unwrap() >= dm["started_at"].as_i64().unwrap(),
+        "{}",
+        r.describe()
+    );
+    let watching: Vec<&str> = dm["watching"]
+        .as_array()
+        .unwrap_or_else(|| panic!("watching is a list\n{}", r.describe()))
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    let acme_dir = s.acme.parent().unwrap().to_str().unwrap();
+    assert!(
+        watching.iter().any(|w| w.starts_with(acme_dir)),
+        "watching {watching:?} should include {acme_dir}"
+    );
+    assert_eq!(v["last_run"]["command"], "run", "{}", r.describe());
+
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM exit\n{}", d.describe());
+
+    let (r, v) = s.env.status_json();
+    assert_eq!(
+        v["daemon"]["pid"].as_u64(),
+        Some(u64::from(pid)),
+        "{}",
+        r.describe()
+    );
+    assert_eq!(
+        v["daemon"]["running"],
+        Value::Bool(false),
+        "{}",
+        r.describe()
+    );
+}
+
+/// SIGINT ends the daemon with status 0 too.
+#[test]
+fn sigint_exits_zero() {
+    let ca = Ca::new("int");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let s = Traefik::new(&a, "");
+    let mut d = s.env.daemon(&[]);
+    wait_installed(&s.env, &d, &s.t, &a, &s.probe, 1);
+    d.signal(Signal::SIGINT);
+    let status = d.wait_exit();
+    assert_eq!(status.code(), Some(0), "SIGINT exit\n{}", d.describe());
+}
+
+/// Case 10: Metrics and health: the served certificate's dates, counters;
+/// /healthz 200 "ok"; when the only source can no longer serve the target
+/// (its certificate and the installed one expired), 503 and ready 0.
+#[test]
+fn metrics_and_healthz_follow_the_reconciles() {
+    let ca = Ca::new("metrics");
+    // Short-lived, so the installed copy expires during the test.
+    let a = ca.issue(&LeafSpec::new(&[HOST]).not_after(now() + time::Duration::seconds(4)));
+    let expired = ca.issue(&LeafSpec::new(&[HOST]).expired());
+    let port = free_port();
+    let s = Traefik::new(&a, &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"));
+
+    let d = s.env.daemon(&[]);
+    wait_for(
+        "the target to be installed",
+        || (s.t.installed_fp().as_deref() == Some(&a.fp()) && s.probe.count() >= 1).then_some(()),
+        || d.describe(),
+    );
+    s.env.wait_reconciles(&d, 1);
+    let body = wait_for(
+        "/metrics after the first reconcile",
+        || {
+            let (code, body) = http_get(port, "/metrics")?;
+            (code == 200
+                && metric(&body, "mxkeys_reconciles_total{result=\"success\"}")
+                    .is_some_and(|v| v >= 1.0))
+            .then_some(body)
+        },
+        || d.describe(),
+    );
+    let na = "mxkeys_certificate_not_after_timestamp_seconds{target=\"mail\"}";
+    assert_eq!(
+        metric(&body, na),
+        Some(a.not_after.unix_timestamp() as f64),
+        "{na} in\n{body}"
+    );
+    let nb = "mxkeys_certificate_not_before_timestamp_seconds{target=\"mail\"}";
+    assert_eq!(
+        metric(&body, nb),
+        Some(a.not_before.unix_timestamp() as f64),
+        "{nb} in\n{body}"
+    );
+    assert_eq!(
+        metric(&body, "mxkeys_target_ready{target=\"mail\"}"),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(
+        metric(&body, "mxkeys_reloads_total{result=\"success\"}").is_some_and(|v| v >= 1.0),
+        "{body}"
+    );
+    assert!(
+        metric(&body, "mxkeys_last_success_timestamp_seconds").is_some_and(|v| v > 0.0),
+        "{body}"
+    );
+    assert!(
+        metric(&body, "mxkeys_source_errors_total").is_some(),
+        "{body}"
+    );
+    assert!(
+        body.lines()
+            .any(|l| l.starts_with("mxkeys_build_info{version=\"") && l.ends_with(" 1")),
+        "{body}"
+    );
+    let (code, health) = http_get(port, "/healthz").expect("GET /healthz");
+    assert_eq!((code, health.trim()), (200, "ok"), "/healthz");
+
+    // Let the installed certificate expire, then offer only an expired one.
+    wait_for(
+        "the short-lived certificate to expire",
+        || {
+            (time::OffsetDateTime::now_utc() > a.not_after + time::Duration::seconds(1))
+                .then_some(())
+        },
+        String::new,
+    );
+    let before = s.env.reconciles_of(&d);
+    write_in_place(&s.acme, &acme_json(&expired));
+    s.env.wait_reconciles(&d, before + 1);
+    let (code, why) = wait_for(
+        "/healthz to turn 503",
+        || http_get(port, "/healthz").filter(|(c, _)| *c == 503),
+        || d.describe(),
+    );
+    assert_eq!(code, 503);
+    assert!(
+        !why.trim().is_empty() && why.trim() != "ok",
+        "503 body {why:?}"
+    );
+    let (code, body) = http_get(port, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200);
+    assert_eq!(
+        metric(&body, "mxkeys_target_ready{target=\"mail\"}"),
+        Some(0.0),
+        "{body}"
+    );
+    assert!(
+        metric(&body, "mxkeys_reconciles_total{result=\"failure\"}").is_some_and(|v| v >= 1.0),
+        "{body}"
+    );
+    // The expired certificate was not installed.
+    s.t.assert_installed(&a);
+}
+
+/// Case 11: `reload_signal`: the process in the pid file gets the signal once
+/// per change; identical reloads of two targets run once.
+#[test]
+fn reload_signal_is_sent_once_per_change_and_deduplicated() {
+    let env = Env::new();
+    let ca = Ca::new("signal");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let b = ca.issue(&LeafSpec::new(&[HOST]).days(90));
+    let acme = env.path("acme/acme.json");
+    write(&acme, acme_json(&a));
+    let pidfile = env.path("run/mta.pid");
+    let signals = env.path("signals.log");
+    let _catcher = signal_catcher(&pidfile, &signals);
+    let cmdlog = env.path("cmd.log");
+    let cmd = format!("echo x >> {}", sh_quote(cmdlog.to_str().unwrap()));
+    let sig = format!(
+        "reload_signal = {{ pidfile = {}, signal = \"HUP\" }}",
+        qp(&pidfile)
+    );
+    let t1 = Target::new(&env, "one")
+        .reload(&["sh", "-c", &cmd])
+        .extra(&sig);
+    let t2 = Target::new(&env, "two")
+        .reload(&["sh", "-c", &cmd])
+        .extra(&sig);
+    env.write_config(&[src_traefik(&acme)], &[&t1, &t2]);
+
+    let d = env.daemon(&[]);
+    let seen = |n: usize| {
+        wait_for(
+            &format!("{n} signals and {n} reload commands"),
+            || (log_lines(&signals).len() >= n && log_lines(&cmdlog).len() >= n).then_some(()),
+            || {
+                format!(
+                    "signals: {:?}, commands: {}\n{}",
+                    log_lines(&signals),
+                    log_lines(&cmdlog).len(),
+                    d.describe()
+                )
+            },
+        );
+        settle(QUIET, || {
+            (
+                log_lines(&signals).len(),
+                log_lines(&cmdlog).len(),
+                env.reconciles_of(&d),
+            )
+        });
+    };
+    seen(1);
+    t1.assert_installed(&a);
+    t2.assert_installed(&a);
+    assert_eq!(log_lines(&signals), ["hup"], "{}", d.describe());
+    assert_eq!(log_lines(&cmdlog).len(), 1, "{}", d.describe());
+
+    write_in_place(&acme, &acme_json(&b));
+    wait_for(
+        "both targets to hold the new certificate",
+        || (t1.installed_fp() == Some(b.fp()) && t2.installed_fp() == Some(b.fp())).then_some(()),
+        || d.describe(),
+    );
+    seen(2);
+    assert_eq!(log_lines(&signals), ["hup", "hup"], "{}", d.describe());
+    assert_eq!(log_lines(&cmdlog).len(), 2, "{}", d.describe());
+}
+
+/// Case 12: Expiry warning: 5 days left under `expiry_warning = "14d"` is
+/// logged with "expires in"; 20 days left is not.
+#[test]
+fn expiry_warning_below_the_threshold_only() {
+    let ca = Ca::new("expiry");
+    let soon = ca.issue(&LeafSpec::new(&[HOST]).days(5));
+    let later = ca.issue(&LeafSpec::new(&[HOST]).days(20));
+    let top = "expiry_warning = \"14d\"\n";
+    let s1 = Traefik::new(&soon, top);
+    let s2 = Traefik::new(&later, top);
+    let mut d1 = s1.env.daemon(&[]);
+    let mut d2 = s2.env.daemon(&[]);
+
+    let line = wait_for(
+        "an expiry warning",
+        || d1.stderr_lines_with("expires in").into_iter().next(),
+        || d1.describe(),
+    );
+    let n: i64 = line
+        .split("expires in ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no day count in {line:?}"));
+    assert!(
+        (4..=5).contains(&n),
+        "5 days left, the line says {n}: {line}"
+    );
+    assert!(
+        line.contains("mail"),
+        "the warning names the target: {line}"
+    );
+    s1.t.assert_installed(&soon);
+
+    wait_installed(&s2.env, &d2, &s2.t, &later, &s2.probe, 1);
+    assert!(d2.terminate().success());
+    assert!(
+        d2.stderr_lines_with("expires in").is_empty(),
+        "20 days left is above the 14d threshold\n{}",
+        d2.describe()
+    );
+    assert!(d1.terminate().success());
+}
+
+/// Case 13: `--log-format json`: every stderr line of the daemon is a JSON
+/// object.
+#[test]
+fn json_log_format_makes_every_line_an_object() {
+    let ca = Ca::new("json");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let b = ca.issue(&LeafSpec::new(&[HOST]).days(90));
+    let s = Traefik::new(&a, "");
+    let mut d = s.env.daemon(&["-v", "--log-format", "json"]);
+    wait_installed(&s.env, &d, &s.t, &a, &s.probe, 1);
+    // Something that logs an error and a change.
+    write_in_place(&s.acme, b"{ not json");
+    pause(200);
+    write_in_place(&s.acme, &acme_json(&b));
+    wait_installed(&s.env, &d, &s.t, &b, &s.probe, 2);
+    assert!(d.terminate().success(), "{}", d.describe());
+
+    let stderr = fs::read_to_string(&d.stderr_path).unwrap();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.len() >= 3, "too few log lines\n{}", d.describe());
+    for l in &lines {
+        let v: Value = serde_json::from_str(l)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}\n{}", d.describe()));
+        assert!(v.is_object(), "not an object: {l}");
+    }
+}
