@@ -174,6 +174,8 @@ fn plan_text(report: &Report) -> String {
                     Action::Changed(_) => "would install",
                     Action::KeptInstalled => "keeps the installed certificate",
                     Action::Unserved(_) | Action::WriteFailed(_) => "cannot be served",
+                    Action::RolledBack(_) => "was rolled back",
+                    Action::Deferred(_) => "was refused by the service; retried later",
                 };
                 out.push_str(&format!("{}: {} {what}\n", t.name, s.sha256));
                 out.push_str(&format!(
@@ -192,14 +194,14 @@ fn plan_text(report: &Report) -> String {
                     for f in files {
                         out.push_str(&format!("  write     {}\n", f.display()));
                     }
-                    for action in &t.reloads {
-                        out.push_str(&format!("  reload    {action}\n"));
-                    }
                 }
             }
             None => {
                 let why = match &t.action {
-                    Action::Unserved(w) | Action::WriteFailed(w) => w.as_str(),
+                    Action::Unserved(w)
+                    | Action::WriteFailed(w)
+                    | Action::RolledBack(w)
+                    | Action::Deferred(w) => w.as_str(),
                     _ => "",
                 };
                 out.push_str(&format!("{}: no certificate: {why}\n", t.name));
@@ -208,6 +210,9 @@ fn plan_text(report: &Report) -> String {
         for (origin, why) in &t.refused {
             out.push_str(&format!("  refused   {origin}: {why}\n"));
         }
+    }
+    for r in &report.reloads {
+        out.push_str(&format!("reload {}\n", r.action));
     }
     out.push_str(&format!(
         "{} candidates, {} source errors\n",

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use zeroize::Zeroizing;
 
 use crate::cert::Bundle;
-use crate::config::{FileRole, Target};
+use crate::config::{FileRole, Slot, Target, TargetFiles};
 
 /// Owner and group to give files, as numeric ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,10 +47,9 @@ impl std::fmt::Debug for Planned {
     }
 }
 
-/// The files of a target for a bundle, in write order.
-pub fn planned_files(target: &Target, bundle: &Bundle) -> Vec<Planned> {
-    target
-        .files
+/// The files of a target's slot for a bundle, in write order.
+pub fn planned_files(target: &Target, slot: &Slot, bundle: &Bundle) -> Vec<Planned> {
+    slot.files
         .iter()
         .map(|(role, path)| {
             let bytes: Zeroizing<Vec<u8>> = match role {
@@ -109,6 +108,49 @@ pub struct Outcome {
     pub changed: Vec<PathBuf>,
     /// Files whose content was right but whose mode or owner was fixed.
     pub fixed: Vec<PathBuf>,
+    /// How to put the replaced files back.
+    pub undo: Undo,
+}
+
+/// The previous content of files an install replaced, to restore them when
+/// the service refuses the new ones. Never printed (it may hold a key).
+#[derive(Default)]
+pub struct Undo {
+    entries: Vec<(PathBuf, Previous)>,
+    owner: Ownership,
+}
+
+impl std::fmt::Debug for Undo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let paths: Vec<_> = self.entries.iter().map(|(p, _)| p).collect();
+        f.debug_struct("Undo").field("paths", &paths).finish()
+    }
+}
+
+impl Undo {
+    /// Puts every replaced file back (a file that did not exist is
+    /// removed), last written first. Errors name the files.
+    pub fn restore(&self) -> Result<(), String> {
+        let mut failed = Vec::new();
+        for (path, old) in self.entries.iter().rev() {
+            let result = match old {
+                Some((bytes, mode)) => write_atomic(path, bytes, *mode, Some(self.owner)),
+                None => fs::remove_file(path),
+            };
+            if let Err(e) = result {
+                failed.push(format!(
+                    "{}: {}",
+                    path.display(),
+                    crate::source::io_reason(&e)
+                ));
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("cannot restore {}", failed.join("; ")))
+        }
+    }
 }
 
 /// Whether a file's content differs from `bytes` (a missing file differs).
@@ -128,8 +170,13 @@ type Previous = Option<(Zeroizing<Vec<u8>>, u32)>;
 /// Writes a target's planned files. On failure, files already replaced are
 /// restored (or removed if they did not exist) and the error names the file.
 pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, String> {
-    let mut outcome = Outcome::default();
-    let mut undo: Vec<(&Path, Previous)> = Vec::new();
+    let mut outcome = Outcome {
+        undo: Undo {
+            entries: Vec::new(),
+            owner,
+        },
+        ..Outcome::default()
+    };
     for p in planned {
         let old = match fs::read(&p.path) {
             Ok(b) => {
@@ -140,7 +187,7 @@ pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, String> {
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => None,
             Err(e) => {
-                rollback(&undo, owner);
+                restore_or_log(&outcome.undo);
                 return Err(format!(
                     "{} ({}): cannot read: {}",
                     p.path.display(),
@@ -167,7 +214,7 @@ pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, String> {
         let written = ensure_parent(&p.path)
             .and_then(|()| write_atomic(&p.path, &p.bytes, p.mode, Some(owner)));
         if let Err(e) = written {
-            rollback(&undo, owner);
+            restore_or_log(&outcome.undo);
             return Err(format!(
                 "{} ({}): cannot write: {}",
                 p.path.display(),
@@ -175,21 +222,15 @@ pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, String> {
                 crate::source::io_reason(&e)
             ));
         }
-        undo.push((&p.path, old));
+        outcome.undo.entries.push((p.path.clone(), old));
         outcome.changed.push(p.path.clone());
     }
     Ok(outcome)
 }
 
-fn rollback(undo: &[(&Path, Previous)], owner: Ownership) {
-    for (path, old) in undo.iter().rev() {
-        let result = match old {
-            Some((bytes, mode)) => write_atomic(path, bytes, *mode, Some(owner)),
-            None => fs::remove_file(path),
-        };
-        if let Err(e) = result {
-            tracing::error!("{}: cannot restore the previous file: {e}", path.display());
-        }
+fn restore_or_log(undo: &Undo) {
+    if let Err(e) = undo.restore() {
+        tracing::error!("{e}");
     }
 }
 
@@ -272,12 +313,11 @@ pub fn write_atomic(
     result
 }
 
-/// The certificates a target's files hold now, leaf first: from the
+/// The certificates a slot's files hold now, leaf first: from the
 /// combined file, else fullchain, else cert plus chain.
 pub fn installed_certs(
-    target: &Target,
+    f: &TargetFiles,
 ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
-    let f = &target.files;
     let read = |p: &Path| {
         let text = Zeroizing::new(crate::source::read_limited(
             p,
@@ -298,14 +338,13 @@ pub fn installed_certs(
     Err("the target writes no certificate file".to_owned())
 }
 
-/// The bundle a target's files hold now (certificates and key).
-pub fn installed_bundle(target: &Target) -> Result<Bundle, String> {
-    let certs = installed_certs(target)?;
-    let key_path = target
-        .files
+/// The bundle a slot's files hold now (certificates and key).
+pub fn installed_bundle(files: &TargetFiles) -> Result<Bundle, String> {
+    let certs = installed_certs(files)?;
+    let key_path = files
         .combined
         .as_deref()
-        .or(target.files.key.as_deref())
+        .or(files.key.as_deref())
         .ok_or("the target writes no key file")?;
     let text = Zeroizing::new(crate::source::read_limited(
         key_path,

@@ -19,6 +19,7 @@ pub mod select;
 pub mod source;
 pub mod state;
 pub mod status;
+pub mod verify;
 
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {

@@ -14,7 +14,7 @@
 use std::fmt;
 
 use crate::cert::{Bundle, CertError, KeyType, Timeliness};
-use crate::config::{KeyTypeFilter, Target};
+use crate::config::KeyTypeFilter;
 use crate::names::{self, DnsName};
 use crate::source::Candidate;
 
@@ -96,16 +96,22 @@ fn rank(c: &Candidate, wildcards: usize) -> (bool, std::cmp::Reverse<i64>, usize
     )
 }
 
-/// Chooses the best valid candidate for `target` at time `now`.
-pub fn select<'c>(target: &Target, candidates: &'c [Candidate], now: i64) -> Selection<'c> {
+/// Chooses the best valid candidate covering `domains` with a key of
+/// `key_type`, at time `now`.
+pub fn select<'c>(
+    domains: &[DnsName],
+    key_type: KeyTypeFilter,
+    candidates: &'c [Candidate],
+    now: i64,
+) -> Selection<'c> {
     let mut refused = Vec::new();
     let mut unrelated = Vec::new();
     let mut fit = Vec::new();
     for c in candidates {
-        let wildcards = match names::cover_all(&c.leaf.names, &target.domains) {
+        let wildcards = match names::cover_all(&c.leaf.names, domains) {
             Ok(w) => w,
             Err(missing) => {
-                if missing.len() == target.domains.len() {
+                if missing.len() == domains.len() {
                     unrelated.push(c);
                 } else {
                     refused.push((c, Refusal::DoesNotCover { missing }));
@@ -121,12 +127,10 @@ pub fn select<'c>(target: &Target, candidates: &'c [Candidate], now: i64) -> Sel
             Timeliness::NotYetValid => Some(Refusal::NotYetValid {
                 not_before: validity.not_before,
             }),
-            Timeliness::Valid if !target.key_type.accepts(c.leaf.key_type) => {
-                Some(Refusal::KeyType {
-                    found: c.leaf.key_type,
-                    wanted: target.key_type,
-                })
-            }
+            Timeliness::Valid if !key_type.accepts(c.leaf.key_type) => Some(Refusal::KeyType {
+                found: c.leaf.key_type,
+                wanted: key_type,
+            }),
             Timeliness::Valid => None,
         };
         match refusal {

@@ -53,6 +53,18 @@ pub struct State {
     /// Written by `mxkeys run` after each reconcile.
     #[serde(default)]
     pub daemon: Option<Daemon>,
+    /// Certificates a service refused, by slot: retried after `retry_at`.
+    #[serde(default)]
+    pub failures: BTreeMap<String, Failure>,
+}
+
+/// A certificate that was rolled back, and when to try it again.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Failure {
+    pub sha256: String,
+    pub attempts: u32,
+    pub retry_at: i64,
+    pub reason: String,
 }
 
 /// What the running daemon last did.

@@ -64,9 +64,11 @@ impl Status {
         let targets = config
             .targets
             .iter()
-            .map(|t| {
+            .flat_map(|t| t.slots.iter().map(move |slot| (t, slot)))
+            .map(|(t, slot)| {
+                let name = t.slot_name(slot);
                 let domains = t.domains.iter().map(|d| d.as_str().to_owned()).collect();
-                let installed = install::installed_certs(t).and_then(|certs| {
+                let installed = install::installed_certs(&slot.files).and_then(|certs| {
                     let der = certs.first().ok_or("no certificate")?;
                     let leaf = Leaf::parse(der.as_ref()).map_err(|e| e.to_string())?;
                     Ok((leaf, cert::fingerprint(der.as_ref())))
@@ -75,11 +77,11 @@ impl Status {
                     Ok((leaf, sha256)) => {
                         let source = record
                             .targets
-                            .get(&t.name)
+                            .get(&name)
                             .filter(|r| r.sha256 == sha256)
                             .map(|r| r.source.clone());
                         TargetStatus {
-                            name: t.name.clone(),
+                            name,
                             domains,
                             installed: Some(InstalledCert {
                                 sans: leaf.names,
@@ -95,7 +97,7 @@ impl Status {
                         }
                     }
                     Err(e) => TargetStatus {
-                        name: t.name.clone(),
+                        name,
                         domains,
                         installed: None,
                         problem: Some(e),

@@ -322,15 +322,15 @@ fn reloads_run_once_after_all_writes() {
 }
 
 /// A failing reload makes sync exit 1, naming the command and the tail of
-/// its stderr; files are installed and other reloads still run.
+/// its stderr; that target's new files are rolled back (the service keeps
+/// what it had), while other targets are installed and their reloads run.
 #[test]
 fn failing_reload_exits_1() {
     let env = Env::new();
     let ca = Ca::new("fail");
-    let la = ca.issue(&LeafSpec::new(&[HOST]));
+    let old = ca.issue(&LeafSpec::new(&[HOST]).days(30));
+    let la = ca.issue(&LeafSpec::new(&[HOST]).days(60));
     let lb = ca.issue(&LeafSpec::new(&[OTHER]));
-    let src_a = files_source(&env.path("src-a"), &la);
-    let src_b = files_source(&env.path("src-b"), &lb);
     let bad = env.path("bin/failing-reload");
     script(
         &bad,
@@ -340,6 +340,17 @@ fn failing_reload_exits_1() {
     let log = env.path("ok.log");
     let good = env.path("bin/ok-reload");
     script(&good, &format!("echo ran >> {}", qp(&log)));
+    // First the old certificate, with a reload that works.
+    let src_old = files_source(&env.path("src-old"), &old);
+    let ta = Target::new(&env, "a").reload(&[good.to_str().unwrap()]);
+    env.write_config(&[src_old], &[&ta]);
+    env.sync().assert_code(0);
+    ta.assert_installed(&old);
+    fs::remove_file(&log).unwrap();
+
+    // Then a newer one, whose reload fails.
+    let src_a = files_source(&env.path("src-a"), &la);
+    let src_b = files_source(&env.path("src-b"), &lb);
     let ta = Target::new(&env, "a").reload(&[bad.to_str().unwrap()]);
     let tb = Target::new(&env, "b")
         .domains(&[OTHER])
@@ -349,7 +360,8 @@ fn failing_reload_exits_1() {
     r.assert_code(1);
     r.assert_stderr_contains("failing-reload");
     r.assert_stderr_contains("boom-detail-xyz");
-    ta.assert_installed(&la);
+    r.assert_stderr_contains("rolled back");
+    ta.assert_installed(&old);
     tb.assert_installed(&lb);
     assert_eq!(log_lines(&log), vec!["ran"]);
 }
@@ -408,8 +420,15 @@ fn reload_timeout() {
     let took = start.elapsed();
     r.assert_code(1);
     r.assert_stderr_contains("slow-reload");
+    r.assert_stderr_contains("timed out");
+    r.assert_stderr_contains("rolled back");
     assert!(took < Duration::from_secs(20), "sync took {took:?}");
-    t.assert_installed(&leaf);
+    // Nothing was installed before, so the rollback leaves no file.
+    assert!(
+        !t.fullchain.as_ref().unwrap().exists(),
+        "a file whose reload timed out was left in place"
+    );
+    let _ = leaf;
 }
 
 /// Two syncs at once (sharing state_dir) do not interleave: the lock covers

@@ -28,7 +28,11 @@ fn systemd_analyze() -> Option<PathBuf> {
 fn units() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
-    for name in ["mxkeys.service", "mxkeys-renew.service", "mxkeys-renew.timer"] {
+    for name in [
+        "mxkeys.service",
+        "mxkeys-renew.service",
+        "mxkeys-renew.timer",
+    ] {
         let text = std::fs::read_to_string(src.join(name)).unwrap();
         let text = text.replace("/usr/local/bin/mxkeys", env!("CARGO_BIN_EXE_mxkeys"));
         std::fs::write(dir.path().join(name), text).unwrap();
@@ -44,14 +48,26 @@ fn units_pass_systemd_analyze_verify() {
     let dir = units();
     let out = Command::new(analyze)
         .current_dir(dir.path())
-        .args(["verify", "mxkeys.service", "mxkeys-renew.service", "mxkeys-renew.timer"])
+        .args([
+            "verify",
+            "mxkeys.service",
+            "mxkeys-renew.service",
+            "mxkeys-renew.timer",
+        ])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "systemd-analyze verify failed:\n{stderr}");
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
     // verify reports unknown or misspelled settings as warnings, not failures.
     let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("mxkeys")).collect();
-    assert!(ours.is_empty(), "systemd-analyze verify complained:\n{}", ours.join("\n"));
+    assert!(
+        ours.is_empty(),
+        "systemd-analyze verify complained:\n{}",
+        ours.join("\n")
+    );
 }
 
 #[test]
@@ -75,6 +91,9 @@ fn daemon_exposure_stays_low() {
             .and_then(|v| v.parse().ok())
             .unwrap_or_else(|| panic!("no exposure score in:\n{text}"));
         // Root, network and chown are the job; everything else is locked down.
-        assert!(score <= 2.5, "{unit}: exposure {score} (README reports 2.0)\n{text}");
+        assert!(
+            score <= 2.5,
+            "{unit}: exposure {score} (README reports 2.0)\n{text}"
+        );
     }
 }

@@ -290,7 +290,7 @@ mod tests {
         let t = &c.targets[0];
         assert_eq!(t.domains[0].as_str(), "mail.example.com");
         assert_eq!(
-            t.files.combined.as_deref(),
+            t.slots[0].files.combined.as_deref(),
             Some(Path::new("/tls/combined.pem"))
         );
     }
@@ -316,10 +316,10 @@ mod tests {
         let c = parse(&text);
         assert_eq!(c.sources.len(), 2);
         assert_eq!(c.targets.len(), 2);
-        assert_eq!(c.targets[0].key_type, super::super::KeyTypeFilter::Ecdsa);
-        assert_eq!(c.targets[1].key_type, super::super::KeyTypeFilter::Rsa);
+        assert_eq!(c.targets[0].slots[0].key_type, super::super::KeyTypeFilter::Ecdsa);
+        assert_eq!(c.targets[1].slots[0].key_type, super::super::KeyTypeFilter::Rsa);
         assert_eq!(
-            c.targets[1].files.key.as_deref(),
+            c.targets[1].slots[0].files.key.as_deref(),
             Some(Path::new("/shared/alt/privkey.pem"))
         );
         assert_eq!(c.targets[0].domains[0].as_str(), "mx.example.org");

@@ -21,6 +21,7 @@ use crate::names::DnsName;
 pub const DEFAULT_PATH: &str = "/etc/mxkeys/mxkeys.toml";
 const DEFAULT_STATE_DIR: &str = "/var/lib/mxkeys";
 const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A configuration that could not be used. Displayed as one line.
 #[derive(Debug, thiserror::Error)]
@@ -247,19 +248,68 @@ impl KeyTypeFilter {
     }
 }
 
-/// One `[[target]]`: the names to serve and where to write them.
+/// One `[[target]]`: the names to serve, where to write them, how to tell
+/// the service, and how to check what it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target {
     pub name: String,
     pub domains: Vec<DnsName>,
-    pub key_type: KeyTypeFilter,
-    pub files: TargetFiles,
+    /// One slot, or two for a dual RSA + ECDSA target.
+    pub slots: Vec<Slot>,
     pub key_mode: u32,
     pub owner: Option<String>,
     pub group: Option<String>,
     /// Run, in order, after this target's files changed.
     pub reloads: Vec<Reload>,
     pub reload_timeout: Duration,
+    /// Where to check, after a reload, that the new certificate is served.
+    pub verify: Vec<Verify>,
+    pub verify_timeout: Duration,
+}
+
+/// One certificate of a target: its key type and its files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    /// `Some("rsa")`/`Some("ecdsa")` for the sub-tables of a dual target.
+    pub label: Option<&'static str>,
+    pub key_type: KeyTypeFilter,
+    pub files: TargetFiles,
+}
+
+impl Target {
+    /// The name of a slot in messages, state and metrics: `dovecot`, or
+    /// `dovecot/rsa` for one half of a dual target.
+    pub fn slot_name(&self, slot: &Slot) -> String {
+        match slot.label {
+            Some(label) => format!("{}/{label}", self.name),
+            None => self.name.clone(),
+        }
+    }
+}
+
+/// An endpoint where a target's service presents its certificate.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verify {
+    /// `host:port`.
+    pub address: String,
+    pub protocol: VerifyProtocol,
+    /// The name to send as SNI. Default: the target's first domain.
+    pub sni: Option<String>,
+}
+
+/// How to reach TLS on a verify endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyProtocol {
+    /// SMTP with STARTTLS (ports 25, 587).
+    Smtp,
+    /// IMAP with STARTTLS (port 143).
+    Imap,
+    /// POP3 with STLS (port 110).
+    Pop3,
+    /// TLS from the first byte (ports 465, 993, 995).
+    Tls,
 }
 
 /// The files a target writes; at least one holds the key.
@@ -380,18 +430,44 @@ enum RawSource {
     },
 }
 
-#[derive(Deserialize)]
+/// `key_type` as written: a filter, or "dual" (with `[target.rsa]` and
+/// `[target.ecdsa]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawKeyType {
+    Rsa,
+    Ecdsa,
+    Any,
+    Dual,
+}
+
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-struct RawTarget {
-    name: String,
-    domains: Option<Vec<String>>,
-    #[serde(default)]
-    key_type: KeyTypeFilter,
+struct RawFiles {
     fullchain: Option<PathBuf>,
     key: Option<PathBuf>,
     combined: Option<PathBuf>,
     cert: Option<PathBuf>,
     chain: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: String,
+    domains: Option<Vec<String>>,
+    key_type: Option<RawKeyType>,
+    fullchain: Option<PathBuf>,
+    key: Option<PathBuf>,
+    combined: Option<PathBuf>,
+    cert: Option<PathBuf>,
+    chain: Option<PathBuf>,
+    rsa: Option<RawFiles>,
+    ecdsa: Option<RawFiles>,
+    #[serde(default)]
+    verify: Vec<Verify>,
+    #[serde(default, with = "humantime_serde")]
+    verify_timeout: Option<Duration>,
     mode: Option<String>,
     owner: Option<String>,
     group: Option<String>,
@@ -537,7 +613,7 @@ impl Config {
                     target.name
                 )));
             }
-            for (_, p) in target.files.iter() {
+            for (_, p) in target.slots.iter().flat_map(|s| s.files.iter()) {
                 if !written.insert(p.to_owned()) {
                     return Err(err(format!(
                         "target {:?}: {} is written by another target or file too",
@@ -626,23 +702,104 @@ fn validate_target(
             },
         },
     };
-    let files = TargetFiles {
-        fullchain: t.fullchain.as_deref().map(abs),
-        key: t.key.as_deref().map(abs),
-        combined: t.combined.as_deref().map(abs),
-        cert: t.cert.as_deref().map(abs),
-        chain: t.chain.as_deref().map(abs),
+    let own_files = RawFiles {
+        fullchain: t.fullchain,
+        key: t.key,
+        combined: t.combined,
+        cert: t.cert,
+        chain: t.chain,
     };
-    if files.iter().next().is_none() {
-        return Err(fail(
-            "no file to write: set at least one of `fullchain`, `key`, `combined`, `cert`, `chain`"
-                .to_owned(),
-        ));
-    }
-    if files.key.is_none() && files.combined.is_none() {
-        return Err(fail(
-            "writes a certificate but no private key: set `key` or `combined`".to_owned(),
-        ));
+    let has_own = own_files.fullchain.is_some()
+        || own_files.key.is_some()
+        || own_files.combined.is_some()
+        || own_files.cert.is_some()
+        || own_files.chain.is_some();
+    let slot_files = |raw: RawFiles, what: &str| -> Result<TargetFiles, (String, String)> {
+        let files = TargetFiles {
+            fullchain: raw.fullchain.as_deref().map(abs),
+            key: raw.key.as_deref().map(abs),
+            combined: raw.combined.as_deref().map(abs),
+            cert: raw.cert.as_deref().map(abs),
+            chain: raw.chain.as_deref().map(abs),
+        };
+        if files.iter().next().is_none() {
+            return Err(fail(format!(
+                "{what}no file to write: set at least one of `fullchain`, `key`, `combined`, `cert`, `chain`"
+            )));
+        }
+        if files.key.is_none() && files.combined.is_none() {
+            return Err(fail(format!(
+                "{what}writes a certificate but no private key: set `key` or `combined`"
+            )));
+        }
+        Ok(files)
+    };
+    let slots = match (t.rsa, t.ecdsa) {
+        (None, None) => {
+            let key_type = match t.key_type {
+                None | Some(RawKeyType::Any) => KeyTypeFilter::Any,
+                Some(RawKeyType::Rsa) => KeyTypeFilter::Rsa,
+                Some(RawKeyType::Ecdsa) => KeyTypeFilter::Ecdsa,
+                Some(RawKeyType::Dual) => {
+                    return Err(fail(
+                        "key `key_type`: \"dual\" needs the [target.rsa] and [target.ecdsa] tables"
+                            .to_owned(),
+                    ));
+                }
+            };
+            vec![Slot {
+                label: None,
+                key_type,
+                files: slot_files(own_files, "")?,
+            }]
+        }
+        (rsa, ecdsa) => {
+            if has_own {
+                return Err(fail(
+                    "file keys go inside [target.rsa] and [target.ecdsa] when those tables are used"
+                        .to_owned(),
+                ));
+            }
+            if !matches!(t.key_type, None | Some(RawKeyType::Dual)) {
+                return Err(fail(
+                    "key `key_type`: with [target.rsa]/[target.ecdsa] leave it out or set \"dual\""
+                        .to_owned(),
+                ));
+            }
+            if t.key_type == Some(RawKeyType::Dual) && (rsa.is_none() || ecdsa.is_none()) {
+                return Err(fail(
+                    "key `key_type`: \"dual\" needs both [target.rsa] and [target.ecdsa]"
+                        .to_owned(),
+                ));
+            }
+            let mut slots = Vec::new();
+            if let Some(files) = ecdsa {
+                slots.push(Slot {
+                    label: Some("ecdsa"),
+                    key_type: KeyTypeFilter::Ecdsa,
+                    files: slot_files(files, "[ecdsa]: ")?,
+                });
+            }
+            if let Some(files) = rsa {
+                slots.push(Slot {
+                    label: Some("rsa"),
+                    key_type: KeyTypeFilter::Rsa,
+                    files: slot_files(files, "[rsa]: ")?,
+                });
+            }
+            slots
+        }
+    };
+    for v in &t.verify {
+        if v.address
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(fail(format!(
+                "key `verify`: address {:?} is not host:port like \"127.0.0.1:25\"",
+                v.address
+            )));
+        }
     }
     let key_mode = match t.mode.as_deref() {
         None => 0o600,
@@ -673,13 +830,14 @@ fn validate_target(
     Ok(Target {
         name: t.name,
         domains,
-        key_type: t.key_type,
-        files,
+        slots,
         key_mode,
         owner: t.owner,
         group: t.group,
         reloads,
         reload_timeout: t.reload_timeout.unwrap_or(DEFAULT_RELOAD_TIMEOUT),
+        verify: t.verify,
+        verify_timeout: t.verify_timeout.unwrap_or(DEFAULT_VERIFY_TIMEOUT),
     })
 }
 
@@ -767,7 +925,11 @@ mod tests {
             }
         );
         let t = &c.targets[0];
-        assert_eq!(t.files.fullchain, Some("/etc/mxkeys/out/f.pem".into()));
+        assert_eq!(t.slots.len(), 1);
+        assert_eq!(
+            t.slots[0].files.fullchain,
+            Some("/etc/mxkeys/out/f.pem".into())
+        );
         assert_eq!(t.key_mode, 0o600);
         assert_eq!(t.reload_timeout, Duration::from_secs(60));
     }
@@ -862,6 +1024,43 @@ mod tests {
         assert!(e.to_string().contains("reload_signal.signal"), "{e}");
         let e = parse("[metrics]\nlisten = \"localhost\"\n").unwrap_err();
         assert!(e.to_string().contains("metrics.listen"), "{e}");
+    }
+
+    #[test]
+    fn dual_targets_and_verify() {
+        let c = parse(
+            "[[target]]\nname = \"dovecot\"\ndomains = [\"a.example\"]\nkey_type = \"dual\"\nverify = [{ address = \"127.0.0.1:993\", protocol = \"tls\" }]\nverify_timeout = \"3s\"\n[target.rsa]\nkey = \"r.key\"\nfullchain = \"r.pem\"\n[target.ecdsa]\ncombined = \"e.pem\"\n",
+        )
+        .unwrap();
+        let t = &c.targets[0];
+        assert_eq!(t.slots.len(), 2);
+        assert_eq!(t.slots[0].key_type, KeyTypeFilter::Ecdsa);
+        assert_eq!(t.slot_name(&t.slots[1]), "dovecot/rsa");
+        assert_eq!(t.verify[0].protocol, VerifyProtocol::Tls);
+        assert_eq!(t.verify_timeout, Duration::from_secs(3));
+        for (text, needle) in [
+            ("key_type = \"dual\"\nkey = \"k\"\n", "dual"),
+            ("key = \"k\"\n[target.rsa]\nkey = \"r\"\n", "inside"),
+            (
+                "key_type = \"rsa\"\n[target.rsa]\nkey = \"r\"\n",
+                "key_type",
+            ),
+            (
+                "[target.rsa]\nfullchain = \"r\"\n",
+                "[rsa]: writes a certificate but no private key",
+            ),
+            (
+                "key = \"k\"\nverify = [{ address = \"localhost\", protocol = \"smtp\" }]\n",
+                "host:port",
+            ),
+            (
+                "key = \"k\"\nverify = [{ address = \"a:1\", protocol = \"ftp\" }]\n",
+                "ftp",
+            ),
+        ] {
+            let e = parse(&format!("{TARGET}{text}")).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
     }
 
     #[test]

@@ -214,7 +214,7 @@ impl Daemon {
         let report = tokio::task::spawn_blocking(move || {
             let _lock = match pipeline::lock(&config) {
                 Ok(l) => l,
-                Err(report) => return report,
+                Err(report) => return *report,
             };
             let report = pipeline::apply(&config, plan, "run");
             let mut state = State::load(&config.state_dir);

@@ -1,15 +1,22 @@
 //! The reconcile pipeline every command drives: sources produce candidates,
-//! selection makes a plan per target, install applies it, reload closes it.
+//! selection makes a plan per target slot, install applies it, reload and
+//! verification close it (see [`apply`]).
 //!
 //! `sync` runs it with [`Mode::Apply`]; `check` with [`Mode::Check`], which
-//! reads and selects the same way but writes nothing and runs nothing.
+//! reads and selects the same way but writes nothing and runs nothing. A
+//! target has one slot, or two for a dual RSA + ECDSA target; reports are
+//! per slot, named `target` or `target/rsa`.
+
+mod apply;
+
+pub use apply::apply;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cert::{self, Bundle, KeyType, Leaf, Timeliness};
-use crate::config::{Config, Reload, Target};
+use crate::config::{Config, Reload, Slot, Target};
 use crate::install;
 use crate::names;
 use crate::select::{self, Selection};
@@ -35,6 +42,8 @@ pub struct Served {
     /// The source entry it came from, or "installed" when kept as is.
     pub origin: String,
     pub fallback: bool,
+    /// The leaf's DER, to compare with what a service presents.
+    pub leaf: Vec<u8>,
 }
 
 /// What happened to one target.
@@ -51,18 +60,28 @@ pub enum Action {
     Unserved(String),
     /// Writing failed; the target's files were restored.
     WriteFailed(String),
+    /// Installed, but the reload or the verification failed, so the
+    /// previous files were put back.
+    RolledBack(String),
+    /// This certificate was rolled back before; it is retried after a
+    /// backoff.
+    Deferred(String),
 }
 
+/// What happened to one slot of a target.
 #[derive(Debug)]
 pub struct TargetReport {
+    /// The slot's name: `dovecot`, or `dovecot/rsa` in a dual target.
     pub name: String,
+    /// Position of the target in the configuration, and of the slot in it.
+    pub target: usize,
+    pub slot: usize,
     pub served: Option<Served>,
     pub action: Action,
     /// Refused candidates: origin and reason.
     pub refused: Vec<(String, String)>,
     /// How many candidates covered none of its names.
     pub unrelated: usize,
-    pub reloads: Vec<Reload>,
 }
 
 impl TargetReport {
@@ -81,6 +100,15 @@ pub struct ReloadReport {
     pub result: Option<Result<(), String>>,
 }
 
+/// One check that a service presents the installed certificate.
+#[derive(Debug)]
+pub struct VerifyReport {
+    /// The slot checked.
+    pub name: String,
+    pub address: String,
+    pub result: Result<(), String>,
+}
+
 /// Everything a reconcile did, for the caller to print and turn into an
 /// exit status. Errors were already logged as they happened.
 #[derive(Debug, Default)]
@@ -90,6 +118,9 @@ pub struct Report {
     pub errors: Vec<String>,
     pub targets: Vec<TargetReport>,
     pub reloads: Vec<ReloadReport>,
+    pub verifications: Vec<VerifyReport>,
+    /// Targets whose new files were taken back.
+    pub rollbacks: Vec<String>,
 }
 
 impl Report {
@@ -98,7 +129,10 @@ impl Report {
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.errors.clone();
         out.extend(self.targets.iter().filter_map(|t| match &t.action {
-            Action::Unserved(e) | Action::WriteFailed(e) => Some(format!("target {}: {e}", t.name)),
+            Action::Unserved(e)
+            | Action::WriteFailed(e)
+            | Action::RolledBack(e)
+            | Action::Deferred(e) => Some(format!("target {}: {e}", t.name)),
             _ => None,
         }));
         out.extend(self.reloads.iter().filter_map(|r| match &r.result {
@@ -147,24 +181,18 @@ pub struct Plan {
     /// Source errors: unreadable files and broken entries, one line each.
     pub errors: Vec<String>,
     pub warnings: Vec<String>,
-    pub targets: Vec<TargetPlan>,
+    pub slots: Vec<SlotPlan>,
 }
 
-/// The decision for one target.
+/// The decision for one slot of a target.
 #[derive(Debug)]
-pub struct TargetPlan {
+pub struct SlotPlan {
     pub report: TargetReport,
     /// The files to hold when a certificate was chosen (empty otherwise).
     files: Vec<install::Planned>,
 }
 
 impl Plan {
-    /// Whether a retry might read something better: a source was caught
-    /// mid-write (unparseable, a key from another generation).
-    pub fn is_inconsistent(&self) -> bool {
-        !self.errors.is_empty()
-    }
-
     /// Logs the plan's errors, warnings and refusals.
     pub fn log(&self) {
         for w in &self.warnings {
@@ -173,7 +201,7 @@ impl Plan {
         for e in &self.errors {
             tracing::error!("{e}");
         }
-        for t in &self.targets {
+        for t in &self.slots {
             let r = &t.report;
             for (origin, why) in &r.refused {
                 if matches!(r.action, Action::Unserved(_)) {
@@ -184,6 +212,7 @@ impl Plan {
             }
             match (&r.action, &r.served) {
                 (Action::Unserved(why), _) => tracing::error!("target {}: {why}", r.name),
+                (Action::Deferred(why), _) => tracing::warn!("target {}: {why}", r.name),
                 (Action::KeptInstalled, Some(s)) => tracing::warn!(
                     "target {}: no source offers a valid certificate; keeping the installed one (expires {})",
                     r.name,
@@ -199,29 +228,63 @@ impl Plan {
     }
 }
 
-/// Reads every source and decides every target. Writes nothing, except the
-/// self-signed fallback's own files when `persist` says so.
+/// Every (target, slot) of a configuration, with their positions.
+fn slots(config: &Config) -> impl Iterator<Item = (usize, &Target, usize, &Slot)> {
+    config.targets.iter().enumerate().flat_map(|(ti, t)| {
+        t.slots
+            .iter()
+            .enumerate()
+            .map(move |(si, slot)| (ti, t, si, slot))
+    })
+}
+
+/// Reads every source and decides every target slot. Writes nothing,
+/// except the self-signed fallback's own files when `persist` says so.
 pub fn plan(config: &Config, persist: Persist) -> Plan {
     let harvest = source::read_all(config, persist);
+    let record = State::load(&config.state_dir);
     let mut plan = Plan {
         candidates: harvest.candidates.len(),
         errors: harvest.errors.iter().map(ToString::to_string).collect(),
         warnings: harvest.warnings.clone(),
-        targets: Vec::new(),
+        slots: Vec::new(),
     };
     let now = crate::now();
     let mut broken_reported = HashSet::new();
-    for target in &config.targets {
-        let selection = select::select(target, &harvest.candidates, now);
+    for (ti, target, si, slot) in slots(config) {
+        let selection = select::select(&target.domains, slot.key_type, &harvest.candidates, now);
         for (c, why) in &selection.refused {
             let line = format!("source {}: {why}", c.origin);
             if why.is_error() && broken_reported.insert(line.clone()) {
                 plan.errors.push(line);
             }
         }
-        plan.targets.push(plan_target(target, selection, now));
+        let mut slot_plan = plan_slot(target, slot, selection, now);
+        slot_plan.report.target = ti;
+        slot_plan.report.slot = si;
+        defer_if_rolled_back(&mut slot_plan, &record, now);
+        plan.slots.push(slot_plan);
     }
     plan
+}
+
+/// A certificate that a service refused is not tried again before its
+/// backoff has passed.
+fn defer_if_rolled_back(slot_plan: &mut SlotPlan, record: &State, now: i64) {
+    let r = &mut slot_plan.report;
+    let (Some(served), Some(failure)) = (&r.served, record.failures.get(&r.name)) else {
+        return;
+    };
+    if slot_plan.files.is_empty() || served.sha256 != failure.sha256 || now >= failure.retry_at {
+        return;
+    }
+    r.action = Action::Deferred(format!(
+        "certificate {} was rolled back ({}); trying it again after {}",
+        failure.sha256,
+        failure.reason,
+        crate::rfc3339(failure.retry_at)
+    ));
+    slot_plan.files.clear();
 }
 
 /// Runs one reconcile: plan, then apply ([`Mode::Apply`]) or compare
@@ -236,7 +299,7 @@ pub fn reconcile(config: &Config, mode: Mode) -> Report {
         Mode::Apply => {
             let _lock = match lock(config) {
                 Ok(l) => l,
-                Err(report) => return report,
+                Err(report) => return *report,
             };
             let plan = plan(config, Persist::Yes);
             plan.log();
@@ -246,7 +309,7 @@ pub fn reconcile(config: &Config, mode: Mode) -> Report {
 }
 
 /// Takes the run lock, or returns the report of a run that could not start.
-pub fn lock(config: &Config) -> Result<state::Lock, Report> {
+pub fn lock(config: &Config) -> Result<state::Lock, Box<Report>> {
     state::lock(&config.state_dir).map_err(|e| {
         let msg = format!(
             "state_dir {}: cannot take the lock: {}",
@@ -254,10 +317,10 @@ pub fn lock(config: &Config) -> Result<state::Lock, Report> {
             source::io_reason(&e)
         );
         tracing::error!("{msg}");
-        Report {
+        Box::new(Report {
             errors: vec![msg],
             ..Report::default()
-        }
+        })
     })
 }
 
@@ -268,57 +331,26 @@ pub fn check(config: &Config, plan: Plan) -> Report {
         errors: plan.errors,
         ..Report::default()
     };
-    for t in plan.targets {
+    for t in plan.slots {
         let mut r = t.report;
-        if !t.files.is_empty() {
-            let changed: Vec<PathBuf> = t
-                .files
-                .iter()
-                .filter(|p| install::differs(&p.path, &p.bytes))
-                .map(|p| p.path.clone())
-                .collect();
-            if !changed.is_empty() {
-                r.action = Action::Changed(changed);
-            }
+        let changed: Vec<PathBuf> = t
+            .files
+            .iter()
+            .filter(|p| install::differs(&p.path, &p.bytes))
+            .map(|p| p.path.clone())
+            .collect();
+        if !changed.is_empty() {
+            r.action = Action::Changed(changed);
         }
         report.targets.push(r);
     }
-    report.reloads = reloads_needed(config, &report.targets)
+    report.reloads = apply::reloads_of_changed(config, &report.targets)
         .into_iter()
         .map(|(action, _)| ReloadReport {
             action,
             result: None,
         })
         .collect();
-    report
-}
-
-/// Writes every target's files, then runs the reloads, then records the
-/// run in state_dir. The caller holds the lock.
-pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
-    let mut report = Report {
-        candidates: plan.candidates,
-        errors: plan.errors,
-        ..Report::default()
-    };
-    for (target, t) in config.targets.iter().zip(plan.targets) {
-        let mut r = t.report;
-        if !t.files.is_empty() {
-            r.action = apply_target(target, &t.files);
-            if let (Action::Changed(files), Some(s)) = (&r.action, &r.served) {
-                tracing::info!(
-                    "target {}: installed {} from {} ({} files changed)",
-                    target.name,
-                    s.sha256,
-                    s.origin,
-                    files.len()
-                );
-            }
-        }
-        report.targets.push(r);
-    }
-    report.reloads = run_reloads(config, &report.targets);
-    record(config, &report, command, crate::now());
     report
 }
 
@@ -331,13 +363,14 @@ fn served(leaf: &Leaf, bundle: &Bundle, origin: String, fallback: bool) -> Serve
         not_after: leaf.validity.not_after,
         origin,
         fallback,
+        leaf: bundle.leaf_der().to_vec(),
     }
 }
 
 /// How many certificates for other names an unserved target's error lists.
 const UNRELATED_LISTED: usize = 20;
 
-fn plan_target(target: &Target, selection: Selection<'_>, now: i64) -> TargetPlan {
+fn plan_slot(target: &Target, slot: &Slot, selection: Selection<'_>, now: i64) -> SlotPlan {
     let mut refused = selection
         .refused
         .iter()
@@ -364,12 +397,13 @@ fn plan_target(target: &Target, selection: Selection<'_>, now: i64) -> TargetPla
         }
     }
     let mut report = TargetReport {
-        name: target.name.clone(),
+        name: target.slot_name(slot),
+        target: 0,
+        slot: 0,
         served: None,
         action: Action::UpToDate,
         refused,
         unrelated: selection.unrelated.len(),
-        reloads: target.reloads.clone(),
     };
 
     let chosen = selection.chosen;
@@ -377,7 +411,7 @@ fn plan_target(target: &Target, selection: Selection<'_>, now: i64) -> TargetPla
     // (or for nothing): a source that is broken for a moment must not
     // downgrade a working server.
     if chosen.as_ref().is_none_or(|c| c.candidate.fallback)
-        && let Some((leaf, bundle)) = valid_installed(target, now)
+        && let Some((leaf, bundle)) = valid_installed(target, slot, now)
     {
         let is_same = chosen
             .as_ref()
@@ -385,7 +419,7 @@ fn plan_target(target: &Target, selection: Selection<'_>, now: i64) -> TargetPla
         if !is_same {
             report.served = Some(served(&leaf, &bundle, "installed".to_owned(), false));
             report.action = Action::KeptInstalled;
-            return TargetPlan {
+            return SlotPlan {
                 report,
                 files: Vec::new(),
             };
@@ -399,7 +433,7 @@ fn plan_target(target: &Target, selection: Selection<'_>, now: i64) -> TargetPla
             report.refused.len() - report.unrelated.min(UNRELATED_LISTED) + report.unrelated,
             report.unrelated
         ));
-        return TargetPlan {
+        return SlotPlan {
             report,
             files: Vec::new(),
         };
@@ -411,24 +445,9 @@ fn plan_target(target: &Target, selection: Selection<'_>, now: i64) -> TargetPla
         c.origin.to_string(),
         c.fallback,
     ));
-    TargetPlan {
+    SlotPlan {
         report,
-        files: install::planned_files(target, &chosen.bundle),
-    }
-}
-
-fn apply_target(target: &Target, planned: &[install::Planned]) -> Action {
-    let outcome = install::ownership(target).and_then(|o| install::apply(planned, o));
-    match outcome {
-        Ok(o) if o.changed.is_empty() => Action::UpToDate,
-        Ok(o) => Action::Changed(o.changed),
-        Err(e) => {
-            tracing::error!(
-                "target {}: {e}; its previous files were restored",
-                target.name
-            );
-            Action::WriteFailed(e)
-        }
+        files: install::planned_files(target, slot, &chosen.bundle),
     }
 }
 
@@ -442,84 +461,14 @@ fn domains(target: &Target) -> String {
 }
 
 /// The installed certificate, if it is from a CA and still fully valid for
-/// the target (names, dates, key type, key match, chain).
-fn valid_installed(target: &Target, now: i64) -> Option<(Leaf, Bundle)> {
-    let bundle = install::installed_bundle(target).ok()?;
+/// the slot (names, dates, key type, key match, chain).
+fn valid_installed(target: &Target, slot: &Slot, now: i64) -> Option<(Leaf, Bundle)> {
+    let bundle = install::installed_bundle(&slot.files).ok()?;
     let leaf = Leaf::parse(bundle.leaf_der()).ok()?;
     let ok = !leaf.self_issued
         && leaf.validity.at(now) == Timeliness::Valid
-        && target.key_type.accepts(leaf.key_type)
+        && slot.key_type.accepts(leaf.key_type)
         && names::cover_all(&leaf.names, &target.domains).is_ok()
         && bundle.verify().is_ok();
     ok.then_some((leaf, bundle))
-}
-
-/// Distinct reloads of changed targets, in target order, each with the
-/// longest timeout any of its targets allows.
-fn reloads_needed(config: &Config, reports: &[TargetReport]) -> Vec<(Reload, Duration)> {
-    let mut out: Vec<(Reload, Duration)> = Vec::new();
-    for (target, report) in config.targets.iter().zip(reports) {
-        if !matches!(report.action, Action::Changed(_)) {
-            continue;
-        }
-        for action in &target.reloads {
-            match out.iter_mut().find(|(a, _)| a == action) {
-                Some((_, t)) => *t = (*t).max(target.reload_timeout),
-                None => out.push((action.clone(), target.reload_timeout)),
-            }
-        }
-    }
-    out
-}
-
-fn run_reloads(config: &Config, reports: &[TargetReport]) -> Vec<ReloadReport> {
-    reloads_needed(config, reports)
-        .into_iter()
-        .map(|(action, timeout)| {
-            let result = crate::reload::run(&action, timeout);
-            match &result {
-                Ok(()) => tracing::info!("reload `{action}`: done"),
-                Err(e) => tracing::error!("reload `{action}`: {e}"),
-            }
-            ReloadReport {
-                action,
-                result: Some(result),
-            }
-        })
-        .collect()
-}
-
-fn record(config: &Config, report: &Report, command: &str, now: i64) {
-    let mut state = State::load(&config.state_dir);
-    for t in &report.targets {
-        if let (Some(s), Action::Changed(_)) = (&t.served, &t.action) {
-            state.targets.insert(
-                t.name.clone(),
-                state::Installed {
-                    sha256: s.sha256.clone(),
-                    source: s.origin.clone(),
-                    installed_at: now,
-                },
-            );
-        }
-    }
-    state.last_run = Some(state::Run {
-        command: command.to_owned(),
-        finished_at: crate::now(),
-        ok: report.ok(),
-        changed_targets: report
-            .targets
-            .iter()
-            .filter(|t| matches!(t.action, Action::Changed(_)))
-            .map(|t| t.name.clone())
-            .collect(),
-        errors: report.problems(),
-    });
-    if let Err(e) = state.save(&config.state_dir) {
-        tracing::warn!(
-            "state_dir {}: cannot record this run: {}",
-            config.state_dir.display(),
-            source::io_reason(&e)
-        );
-    }
 }

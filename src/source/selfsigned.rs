@@ -27,9 +27,11 @@ pub fn wanted(config: &Config) -> Wanted {
     let mut w = Wanted::default();
     for t in &config.targets {
         w.names.extend(t.domains.iter().cloned());
-        match t.key_type {
-            KeyTypeFilter::Rsa => w.rsa = true,
-            KeyTypeFilter::Ecdsa | KeyTypeFilter::Any => w.ecdsa = true,
+        for slot in &t.slots {
+            match slot.key_type {
+                KeyTypeFilter::Rsa => w.rsa = true,
+                KeyTypeFilter::Ecdsa | KeyTypeFilter::Any => w.ecdsa = true,
+            }
         }
     }
     w.names.sort();

@@ -1,0 +1,333 @@
+//! Applying a plan: write every slot's files, run each distinct reload
+//! once, check that each service presents what was installed, and take back
+//! what a service refused.
+//!
+//! The order matters. All files of all targets are written before any
+//! reload, so a service reloads once and sees a complete set. A target
+//! whose reload fails, or whose service does not present the new
+//! certificate within `verify_timeout`, gets its previous files back, is
+//! reloaded again and checked again; the certificate it refused is retried
+//! only after a growing backoff (recorded in state_dir). A service is never
+//! left with a pair mxkeys did not check, nor without the files it had.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use super::{Action, Plan, ReloadReport, Report, TargetReport, VerifyReport};
+use crate::config::{Config, Reload, Target};
+use crate::install::{self, Undo};
+use crate::source;
+use crate::state::{self, State};
+use crate::verify;
+
+/// First backoff after a rollback; it grows fourfold per failure, to
+/// [`MAX_BACKOFF_SECS`].
+const FIRST_BACKOFF_SECS: i64 = 60;
+const MAX_BACKOFF_SECS: i64 = 6 * 3600;
+
+/// Writes, reloads, verifies, rolls back where needed, and records the run
+/// in state_dir. The caller holds the lock.
+pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
+    let mut report = Report {
+        candidates: plan.candidates,
+        errors: plan.errors,
+        ..Report::default()
+    };
+    // 1. Write every slot's files.
+    let mut undo: HashMap<usize, Vec<Undo>> = HashMap::new();
+    for slot_plan in plan.slots {
+        let mut r = slot_plan.report;
+        let target = &config.targets[r.target];
+        if !slot_plan.files.is_empty() {
+            r.action = match install::ownership(target)
+                .and_then(|o| install::apply(&slot_plan.files, o))
+            {
+                Ok(o) if o.changed.is_empty() => Action::UpToDate,
+                Ok(o) => {
+                    undo.entry(r.target).or_default().push(o.undo);
+                    Action::Changed(o.changed)
+                }
+                Err(e) => {
+                    tracing::error!("target {}: {e}; its previous files were restored", r.name);
+                    Action::WriteFailed(e)
+                }
+            };
+        }
+        report.targets.push(r);
+    }
+
+    // 2. Reload each distinct action of the changed targets once.
+    report.reloads = run_reloads(reloads_of_changed(config, &report.targets));
+
+    // 3. Check what each changed target serves; collect the failures.
+    let mut failed: Vec<(usize, String)> = Vec::new();
+    for (ti, target) in config.targets.iter().enumerate() {
+        if !undo.contains_key(&ti) {
+            continue;
+        }
+        let reload_failure = target.reloads.iter().find_map(|action| {
+            report
+                .reloads
+                .iter()
+                .find(|r| &r.action == action)
+                .and_then(|r| r.result.as_ref()?.as_ref().err())
+                .map(|e| format!("reload `{action}` failed: {e}"))
+        });
+        let failure = match reload_failure {
+            Some(f) => Some(f),
+            None => verify_target(config, ti, &report.targets, &mut report.verifications),
+        };
+        if let Some(why) = failure {
+            failed.push((ti, why));
+        }
+    }
+
+    // 4. Take back what failed, reload again, check the old certificate.
+    if !failed.is_empty() {
+        roll_back(config, &mut report, &failed, &undo);
+    }
+    for t in &report.targets {
+        if let (Action::Changed(files), Some(s)) = (&t.action, &t.served) {
+            tracing::info!(
+                "target {}: installed {} from {} ({} files changed)",
+                t.name,
+                s.sha256,
+                s.origin,
+                files.len()
+            );
+        }
+    }
+    record(config, &report, command, &failed);
+    report
+}
+
+/// Checks every verify endpoint of target `ti` for every slot it serves,
+/// offering only that slot's key type. `None` when all present what was
+/// installed.
+fn verify_target(
+    config: &Config,
+    ti: usize,
+    reports: &[TargetReport],
+    out: &mut Vec<VerifyReport>,
+) -> Option<String> {
+    let target = &config.targets[ti];
+    let mut failure = None;
+    for r in reports.iter().filter(|r| r.target == ti) {
+        let Some(served) = &r.served else { continue };
+        for endpoint in &target.verify {
+            let sni = endpoint
+                .sni
+                .clone()
+                .unwrap_or_else(|| target.domains[0].as_str().to_owned());
+            let result = verify::wait_for(
+                endpoint,
+                &sni,
+                served.key_type,
+                &served.leaf,
+                target.verify_timeout,
+            );
+            match &result {
+                Ok(()) => tracing::info!(
+                    "target {}: {} presents {}",
+                    r.name,
+                    endpoint.address,
+                    served.sha256
+                ),
+                Err(e) => {
+                    tracing::error!("target {}: verification failed: {e}", r.name);
+                    failure.get_or_insert_with(|| format!("verification failed: {e}"));
+                }
+            }
+            out.push(VerifyReport {
+                name: r.name.clone(),
+                address: endpoint.address.clone(),
+                result,
+            });
+        }
+    }
+    failure
+}
+
+fn roll_back(
+    config: &Config,
+    report: &mut Report,
+    failed: &[(usize, String)],
+    undo: &HashMap<usize, Vec<Undo>>,
+) {
+    for (ti, why) in failed {
+        let target = &config.targets[*ti];
+        let restored = undo
+            .get(ti)
+            .map(|u| {
+                u.iter()
+                    .map(Undo::restore)
+                    .collect::<Result<Vec<()>, String>>()
+            })
+            .unwrap_or(Ok(Vec::new()));
+        let outcome = match restored {
+            Ok(_) => format!("{why}; rolled back to the previous files"),
+            Err(e) => format!("{why}; rolling back failed: {e}"),
+        };
+        tracing::error!("target {}: {outcome}", target.name);
+        report.rollbacks.push(target.name.clone());
+        for r in report.targets.iter_mut().filter(|r| r.target == *ti) {
+            if matches!(r.action, Action::Changed(_) | Action::UpToDate) {
+                r.action = Action::RolledBack(outcome.clone());
+            }
+        }
+    }
+    // Reload the restored files once per distinct action, then check that
+    // the previous certificate is back.
+    let mut again: Vec<(Reload, Duration)> = Vec::new();
+    for (ti, _) in failed {
+        let target = &config.targets[*ti];
+        add_reloads(&mut again, target);
+    }
+    let results = run_reloads(again);
+    report.reloads.extend(results);
+    for (ti, _) in failed {
+        let target = &config.targets[*ti];
+        for slot in &target.slots {
+            let Ok(certs) = install::installed_certs(&slot.files) else {
+                continue;
+            };
+            let Some(leaf) = certs.first() else { continue };
+            let Ok(parsed) = crate::cert::Leaf::parse(leaf.as_ref()) else {
+                continue;
+            };
+            for endpoint in &target.verify {
+                let sni = endpoint
+                    .sni
+                    .clone()
+                    .unwrap_or_else(|| target.domains[0].as_str().to_owned());
+                match verify::wait_for(
+                    endpoint,
+                    &sni,
+                    parsed.key_type,
+                    leaf.as_ref(),
+                    target.verify_timeout,
+                ) {
+                    Ok(()) => tracing::info!(
+                        "target {}: {} presents the previous certificate again",
+                        target.slot_name(slot),
+                        endpoint.address
+                    ),
+                    Err(e) => tracing::error!(
+                        "target {}: after the rollback: {e}",
+                        target.slot_name(slot)
+                    ),
+                }
+            }
+        }
+    }
+}
+
+fn add_reloads(out: &mut Vec<(Reload, Duration)>, target: &Target) {
+    for action in &target.reloads {
+        match out.iter_mut().find(|(a, _)| a == action) {
+            Some((_, t)) => *t = (*t).max(target.reload_timeout),
+            None => out.push((action.clone(), target.reload_timeout)),
+        }
+    }
+}
+
+/// Distinct reloads of targets with a changed slot, in target order, each
+/// with the longest timeout any of its targets allows.
+pub(super) fn reloads_of_changed(
+    config: &Config,
+    reports: &[TargetReport],
+) -> Vec<(Reload, Duration)> {
+    let mut out = Vec::new();
+    for (ti, target) in config.targets.iter().enumerate() {
+        let changed = reports
+            .iter()
+            .any(|r| r.target == ti && matches!(r.action, Action::Changed(_)));
+        if changed {
+            add_reloads(&mut out, target);
+        }
+    }
+    out
+}
+
+fn run_reloads(reloads: Vec<(Reload, Duration)>) -> Vec<ReloadReport> {
+    reloads
+        .into_iter()
+        .map(|(action, timeout)| {
+            let result = crate::reload::run(&action, timeout);
+            match &result {
+                Ok(()) => tracing::info!("reload `{action}`: done"),
+                Err(e) => tracing::error!("reload `{action}`: {e}"),
+            }
+            ReloadReport {
+                action,
+                result: Some(result),
+            }
+        })
+        .collect()
+}
+
+/// Records what each slot holds, the backoff of refused certificates, and a
+/// summary of the run.
+fn record(config: &Config, report: &Report, command: &str, failed: &[(usize, String)]) {
+    let now = crate::now();
+    let mut st = State::load(&config.state_dir);
+    for t in &report.targets {
+        let Some(s) = &t.served else { continue };
+        match &t.action {
+            Action::Changed(_) => {
+                st.failures.remove(&t.name);
+                st.targets.insert(
+                    t.name.clone(),
+                    state::Installed {
+                        sha256: s.sha256.clone(),
+                        source: s.origin.clone(),
+                        installed_at: now,
+                    },
+                );
+            }
+            Action::RolledBack(_) => {
+                let why = failed
+                    .iter()
+                    .find(|(ti, _)| *ti == t.target)
+                    .map(|(_, w)| w.clone())
+                    .unwrap_or_default();
+                let attempts = st
+                    .failures
+                    .get(&t.name)
+                    .filter(|f| f.sha256 == s.sha256)
+                    .map_or(1, |f| f.attempts + 1);
+                let backoff =
+                    (FIRST_BACKOFF_SECS << (2 * (attempts.min(8) - 1))).min(MAX_BACKOFF_SECS);
+                st.failures.insert(
+                    t.name.clone(),
+                    state::Failure {
+                        sha256: s.sha256.clone(),
+                        attempts,
+                        retry_at: now + backoff,
+                        reason: why,
+                    },
+                );
+            }
+            _ => {}
+        }
+    }
+    st.last_run = Some(state::Run {
+        command: command.to_owned(),
+        finished_at: crate::now(),
+        ok: report.ok(),
+        changed_targets: report
+            .targets
+            .iter()
+            .filter(|t| matches!(t.action, Action::Changed(_)))
+            .map(|t| t.name.clone())
+            .collect(),
+        errors: report.problems(),
+    });
+    if let Err(e) = st.save(&config.state_dir) {
+        tracing::warn!(
+            "state_dir {}: cannot record this run: {}",
+            config.state_dir.display(),
+            source::io_reason(&e)
+        );
+    }
+}
