@@ -29,6 +29,9 @@ struct Inner {
     reconciles_failed: u64,
     reloads_ok: u64,
     reloads_failed: u64,
+    verifications_ok: u64,
+    verifications_failed: u64,
+    rollbacks: BTreeMap<String, u64>,
     source_errors: u64,
     last_success: Option<i64>,
     last_ok: Option<bool>,
@@ -66,6 +69,15 @@ impl Metrics {
                 Some(Err(_)) => m.reloads_failed += 1,
                 None => {}
             }
+        }
+        for v in &report.verifications {
+            match v.result {
+                Ok(()) => m.verifications_ok += 1,
+                Err(_) => m.verifications_failed += 1,
+            }
+        }
+        for target in &report.rollbacks {
+            *m.rollbacks.entry(target.clone()).or_default() += 1;
         }
         for t in &report.targets {
             let facts = m.targets.entry(t.name.clone()).or_default();
@@ -161,6 +173,21 @@ impl Metrics {
             "counter",
             "Reload commands and signals by result.",
             by_result(m.reloads_ok, m.reloads_failed),
+        );
+        series(
+            "mxkeys_verifications_total",
+            "counter",
+            "Checks that a service presents the installed certificate, by result.",
+            by_result(m.verifications_ok, m.verifications_failed),
+        );
+        series(
+            "mxkeys_rollbacks_total",
+            "counter",
+            "New files taken back because the reload or the verification failed, by target.",
+            m.rollbacks
+                .iter()
+                .map(|(t, n)| (format!("{{target=\"{}\"}}", escape(t)), n.to_string()))
+                .collect(),
         );
         series(
             "mxkeys_source_errors_total",
