@@ -1,0 +1,266 @@
+//! A program the user names, for any DNS host without a built-in provider
+//! (the way lego's exec provider is used). mxkeys runs it as:
+//!
+//! ```text
+//! PROGRAM [ARGS...] replace NAME TYPE TTL VALUE [VALUE...]   make the set exactly these values
+//! PROGRAM [ARGS...] remove  NAME TYPE                        delete the set
+//! PROGRAM [ARGS...] read    NAME TYPE                        print the set's values, one per line
+//! ```
+//!
+//! NAME is absolute without the trailing dot; TXT values are whole (not
+//! split). Exit 0 means done. A program that cannot read exits non-zero to
+//! `read`: mxkeys then writes without comparing first. Nothing secret is
+//! passed on the command line; the program has its own credentials.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::{Change, Error, RData, RecordStore, RecordType};
+
+/// How long one run of the program may take.
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, Clone)]
+pub struct Exec {
+    argv: Vec<String>,
+    timeout: Duration,
+}
+
+impl Exec {
+    /// `argv`: the program and its leading arguments.
+    pub fn new(argv: Vec<String>) -> Result<Exec, Error> {
+        if argv.first().is_none_or(|p| p.is_empty()) {
+            return Err(Error::Config("exec: `command` needs a program".to_owned()));
+        }
+        Ok(Exec {
+            argv,
+            timeout: TIMEOUT,
+        })
+    }
+
+    pub fn with_timeout(mut self, timeout: Duration) -> Exec {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Runs the program with `args`; its stdout on success.
+    async fn run(&self, args: &[String]) -> Result<String, Error> {
+        let mut cmd = Command::new(&self.argv[0]);
+        cmd.args(&self.argv[1..])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let what = format!(
+            "{} {}",
+            self.argv[0],
+            args.first().map_or("", String::as_str)
+        );
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::Config(format!("exec: cannot start {}: {e}", self.argv[0])))?;
+        let output = tokio::time::timeout(self.timeout, child.wait_with_output())
+            .await
+            .map_err(|_| {
+                Error::Transport(format!("exec: {what} timed out after {:?}", self.timeout))
+            })?
+            .map_err(|e| Error::Transport(format!("exec: {what}: {e}")))?;
+        if output.status.success() {
+            Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+        } else {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            let tail: String = stderr.split_whitespace().collect::<Vec<_>>().join(" ");
+            let tail: String = tail
+                .chars()
+                .rev()
+                .take(300)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            Err(Error::Refused(format!(
+                "exec: {what} failed ({}): {tail}",
+                output.status
+            )))
+        }
+    }
+}
+
+fn value_arg(value: &RData) -> String {
+    match value {
+        RData::Txt(v) => v.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn parse_value(rtype: RecordType, line: &str) -> Option<RData> {
+    match rtype {
+        RecordType::Txt => Some(RData::Txt(line.to_owned())),
+        RecordType::Cname => Some(RData::Cname(crate::canonical_name(line))),
+        RecordType::Tlsa => {
+            let mut parts = line.split_whitespace();
+            let usage = parts.next()?.parse().ok()?;
+            let selector = parts.next()?.parse().ok()?;
+            let matching = parts.next()?.parse().ok()?;
+            let hex: String = parts.collect();
+            let data = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect::<Option<Vec<u8>>>()?;
+            Some(RData::Tlsa {
+                usage,
+                selector,
+                matching,
+                data,
+            })
+        }
+    }
+}
+
+impl RecordStore for Exec {
+    async fn read(&self, name: &str, rtype: RecordType) -> Result<Vec<RData>, Error> {
+        let out = self
+            .run(&[
+                "read".to_owned(),
+                crate::canonical_name(name),
+                rtype.to_string(),
+            ])
+            .await?;
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                parse_value(rtype, l.trim_end_matches('\r')).ok_or_else(|| {
+                    Error::Transport(format!(
+                        "exec: read printed a {rtype} value mxkeys cannot parse: {l:?}"
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    async fn replace(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
+        let Some(rtype) = values.first().map(RData::record_type) else {
+            return Err(Error::Config(
+                "replace needs at least one value; use remove".to_owned(),
+            ));
+        };
+        // A program that can read lets mxkeys skip writes already in place.
+        if let Ok(current) = self.read(name, rtype).await
+            && crate::same_set(&current, values)
+        {
+            return Ok(Change::Unchanged);
+        }
+        let mut args = vec![
+            "replace".to_owned(),
+            crate::canonical_name(name),
+            rtype.to_string(),
+            ttl.to_string(),
+        ];
+        args.extend(values.iter().map(value_arg));
+        self.run(&args).await.map(|_| Change::Changed)
+    }
+
+    async fn remove(&self, name: &str, rtype: RecordType) -> Result<Change, Error> {
+        self.run(&[
+            "remove".to_owned(),
+            crate::canonical_name(name),
+            rtype.to_string(),
+        ])
+        .await
+        .map(|_| Change::Changed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    /// A program that keeps record sets in files named after NAME and TYPE.
+    fn store_script(dir: &std::path::Path) -> std::path::PathBuf {
+        let script = dir.join("dns-hook");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nset -e\nd={}\naction=$1; name=$2; type=$3; shift 3\necho \"$action $name $type\" >> $d/calls\ncase $action in\n  read) cat \"$d/$name.$type\" 2>/dev/null || true ;;\n  replace) shift; : > \"$d/$name.$type\"; for v in \"$@\"; do printf '%s\\n' \"$v\" >> \"$d/$name.$type\"; done ;;\n  remove) rm -f \"$d/$name.$type\" ;;\n  *) echo \"bad action $action\" >&2; exit 2 ;;\nesac\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        script
+    }
+
+    #[tokio::test]
+    async fn replace_read_remove_through_the_program() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Exec::new(vec![store_script(dir.path()).display().to_string()]).unwrap();
+        let long = format!("v=DKIM1; k=rsa; p={}", "A".repeat(392));
+        let values = vec![RData::Txt(long.clone()), RData::Txt("second value".into())];
+        assert_eq!(
+            store
+                .replace("sel._domainkey.example.test.", 300, &values)
+                .await,
+            Ok(Change::Changed)
+        );
+        let read = store
+            .read("sel._domainkey.example.test", RecordType::Txt)
+            .await
+            .unwrap();
+        assert!(crate::same_set(&read, &values), "{read:?}");
+        // Already in place: read, no replace call.
+        assert_eq!(
+            store
+                .replace("sel._domainkey.example.test", 300, &values)
+                .await,
+            Ok(Change::Unchanged)
+        );
+        let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+        assert_eq!(calls.matches("replace ").count(), 1, "{calls}");
+        assert_eq!(
+            store
+                .remove("sel._domainkey.example.test", RecordType::Txt)
+                .await,
+            Ok(Change::Changed)
+        );
+        assert!(
+            store
+                .read("sel._domainkey.example.test", RecordType::Txt)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failing_program_is_an_error_with_its_stderr() {
+        let store = Exec::new(vec![
+            "sh".into(),
+            "-c".into(),
+            "echo 'no such zone' >&2; exit 4".into(),
+            "hook".into(),
+        ])
+        .unwrap();
+        let e = store
+            .remove("x.example.test", RecordType::Txt)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("no such zone"), "{e}");
+        let slow = Exec::new(vec![
+            "sh".into(),
+            "-c".into(),
+            "sleep 5".into(),
+            "hook".into(),
+        ])
+        .unwrap()
+        .with_timeout(Duration::from_millis(100));
+        let e = slow
+            .remove("x.example.test", RecordType::Txt)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("timed out"), "{e}");
+    }
+}

@@ -1,0 +1,1 @@
+//! (Being written: this module lands in the next commits.)
