@@ -286,9 +286,10 @@ impl Cloudflare {
                 .header(reqwest::header::CONTENT_TYPE, content_type.as_ref())
                 .body(body);
         }
-        let response = builder.send().await.map_err(|e| {
-            Error::Transport(format!("cloudflare: {what}: {}", error_chain(&e)))
-        })?;
+        let response = builder
+            .send()
+            .await
+            .map_err(|e| Error::Transport(format!("cloudflare: {what}: {}", error_chain(&e))))?;
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -297,7 +298,10 @@ impl Cloudflare {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .map(Duration::from_secs);
         let body = response.bytes().await.map_err(|e| {
-            Error::Transport(format!("cloudflare: {what}: reading the answer: {}", error_chain(&e)))
+            Error::Transport(format!(
+                "cloudflare: {what}: reading the answer: {}",
+                error_chain(&e)
+            ))
         })?;
         Ok(Answer {
             status,

@@ -1,1 +1,644 @@
-//! (Being written: this module lands in the next commits.)
+//! Waits until every authoritative server of a name answers exactly the
+//! expected record set.
+//!
+//! Each server is asked directly, with recursion not desired (RD=0), and
+//! only authoritative answers (AA set) count: a recursive resolver's cache
+//! says nothing about what an ACME server or a DKIM verifier will see next.
+//! Values are compared as unordered sets of whole values (TXT strings
+//! joined); an empty expected set means the set must be absent (NXDOMAIN or
+//! NODATA).
+//!
+//! When a server answers a CNAME for the name (a delegated
+//! `_acme-challenge` pointing into another zone), the check moves to the
+//! target: every server of the name must agree on the CNAME, and every
+//! authoritative server of the target must answer the expected set there.
+//! Chains are followed up to [`MAX_CNAME_CHAIN`] links.
+//!
+//! **Call [`Propagation::wait`] only after the record was written.** Asking
+//! before the write gets NXDOMAIN answers, and anything that keeps them
+//! (a resolver between a verifier and the servers, the cache of the machine
+//! that asked, a secondary's negative cache) holds on to the absence for the
+//! zone's negative TTL (the SOA minimum), which delays validation long
+//! after the record is in place.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, ResponseCode};
+use hickory_proto::rr::{Name, RData as WireRData, RecordType as WireType};
+use hickory_resolver::TokioResolver;
+use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::rfc2136::{
+    check_question, display_name, from_wire, parse_name, query_message, rcode_text, wire, wire_type,
+};
+use crate::{Error, RData, RecordType};
+
+/// The longest CNAME chain followed from the name asked.
+pub const MAX_CNAME_CHAIN: usize = 8;
+
+/// Longest wait for one server's answer within a round.
+const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How to check propagation.
+#[derive(Debug, Clone)]
+pub struct Propagation {
+    /// The authoritative servers to ask, for the name and any CNAME target.
+    /// Default: found through `resolver` (SOA of the name's zone, its NS
+    /// names, their addresses, port 53).
+    pub nameservers: Option<Vec<SocketAddr>>,
+    /// The recursive resolver used only to find the authoritative servers
+    /// when `nameservers` is not set. Default: the system's
+    /// (`/etc/resolv.conf`).
+    pub resolver: Option<SocketAddr>,
+    /// Time between two rounds of questions.
+    pub interval: Duration,
+    /// Give up after this long.
+    pub timeout: Duration,
+}
+
+impl Default for Propagation {
+    fn default() -> Self {
+        Propagation {
+            nameservers: None,
+            resolver: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// One server that answered as expected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerAnswer {
+    pub server: SocketAddr,
+    /// The name asked at this server: the name given to [`Propagation::wait`],
+    /// or a CNAME target on the way.
+    pub name: String,
+    /// What it answered: the expected set, or `CNAME target.` on the way.
+    pub answer: String,
+    /// Time from the start of the wait to the first answer of the run of
+    /// matching answers that ended the wait.
+    pub first_matched_after: Duration,
+}
+
+/// What one server answered for one name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Answer {
+    Records(Vec<RData>),
+    /// NXDOMAIN or NODATA.
+    Absent(&'static str),
+    Cname(String),
+    /// No usable answer (timeout, REFUSED, not authoritative...).
+    Failed(String),
+}
+
+impl Answer {
+    fn describe(&self) -> String {
+        match self {
+            Answer::Records(values) => describe_values(values),
+            Answer::Absent(why) => (*why).to_owned(),
+            Answer::Cname(target) => format!("CNAME {target}."),
+            Answer::Failed(why) => why.clone(),
+        }
+    }
+}
+
+/// One server's answer in a round, and whether it is the one wanted.
+#[derive(Debug, Clone)]
+struct Observation {
+    server: SocketAddr,
+    name: String,
+    answer: Answer,
+    matched: bool,
+    /// Why it does not match, beyond the answer itself.
+    wanted: String,
+    at: Duration,
+}
+
+impl Propagation {
+    /// Polls every `interval` until every authoritative server answers
+    /// exactly `expected` for `name`/`rtype` (following CNAMEs), or
+    /// `timeout` passes. The error names each server still differing and
+    /// what it answered.
+    ///
+    /// Call it only after the record was written (see the module
+    /// documentation).
+    pub async fn wait(
+        &self,
+        name: &str,
+        rtype: RecordType,
+        expected: &[RData],
+    ) -> Result<Vec<ServerAnswer>, Error> {
+        if let Some(other) = expected.iter().find(|v| v.record_type() != rtype) {
+            return Err(Error::Config(format!(
+                "propagation check of {rtype} records given a {} value",
+                other.record_type()
+            )));
+        }
+        let start = Instant::now();
+        let deadline = start + self.timeout;
+        let name = parse_name(name)?;
+        let mut servers = ServerCache::new(self)?;
+        let mut first_match: HashMap<(SocketAddr, String), Duration> = HashMap::new();
+        loop {
+            let round = self
+                .round(&mut servers, &name, rtype, expected, start, deadline)
+                .await;
+            let last_problem = match round {
+                Ok(observations) => {
+                    first_match.retain(|key, _| {
+                        observations
+                            .iter()
+                            .any(|o| o.matched && (o.server, o.name.clone()) == *key)
+                    });
+                    for o in &observations {
+                        if o.matched {
+                            first_match
+                                .entry((o.server, o.name.clone()))
+                                .or_insert(o.at);
+                        }
+                        tracing::debug!(server = %o.server, name = %o.name, answer = %o.answer.describe(), matched = o.matched, "propagation");
+                    }
+                    if observations.iter().all(|o| o.matched) {
+                        return Ok(observations
+                            .into_iter()
+                            .map(|o| ServerAnswer {
+                                first_matched_after: first_match
+                                    .get(&(o.server, o.name.clone()))
+                                    .copied()
+                                    .unwrap_or(o.at),
+                                server: o.server,
+                                answer: o.answer.describe(),
+                                name: o.name,
+                            })
+                            .collect());
+                    }
+                    let mut text = String::new();
+                    for o in observations.iter().filter(|o| !o.matched) {
+                        if !text.is_empty() {
+                            text.push_str("; ");
+                        }
+                        let _ = write!(
+                            text,
+                            "{} answered {} for {}{}",
+                            o.server,
+                            o.answer.describe(),
+                            o.name,
+                            o.wanted
+                        );
+                    }
+                    text
+                }
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() + self.interval > deadline {
+                return Err(Error::Transport(format!(
+                    "{} {rtype} not propagated after {:?} (expected {}): {last_problem}",
+                    display_name(&name),
+                    self.timeout,
+                    describe_values(expected)
+                )));
+            }
+            tokio::time::sleep(self.interval).await;
+        }
+    }
+
+    /// The authoritative servers of the zone holding `name`: the configured
+    /// list, or those found through the resolver.
+    pub async fn authoritative_servers(&self, name: &str) -> Result<Vec<SocketAddr>, Error> {
+        let name = parse_name(name)?;
+        ServerCache::new(self)?.servers(&name).await
+    }
+
+    /// One round: asks every server of the name, follows a CNAME they
+    /// answer, and returns one observation per server asked.
+    async fn round(
+        &self,
+        servers: &mut ServerCache,
+        name: &Name,
+        rtype: RecordType,
+        expected: &[RData],
+        start: Instant,
+        deadline: Instant,
+    ) -> Result<Vec<Observation>, Error> {
+        let mut observations = Vec::new();
+        let mut qname = name.clone();
+        let mut chain = vec![display_name(name)];
+        loop {
+            let addrs = servers.servers(&qname).await?;
+            let limit = QUERY_TIMEOUT.min(
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .max(Duration::from_millis(200)),
+            );
+            let answers = ask_all(&addrs, &qname, rtype, limit, start).await;
+            let target = if rtype == RecordType::Cname {
+                None
+            } else {
+                answers.iter().find_map(|(_, a, _)| match a {
+                    Answer::Cname(t) => Some(t.clone()),
+                    _ => None,
+                })
+            };
+            let qdisplay = display_name(&qname);
+            match target {
+                Some(target) => {
+                    for (server, answer, at) in answers {
+                        let matched = answer == Answer::Cname(target.clone());
+                        observations.push(Observation {
+                            server,
+                            name: qdisplay.clone(),
+                            matched,
+                            wanted: if matched {
+                                String::new()
+                            } else {
+                                format!(" (others answer CNAME {target}.)")
+                            },
+                            answer,
+                            at,
+                        });
+                    }
+                    if chain.contains(&target) || chain.len() > MAX_CNAME_CHAIN {
+                        chain.push(target);
+                        return Err(Error::Transport(format!(
+                            "CNAME chain too long or looping: {}",
+                            chain.join(" -> ")
+                        )));
+                    }
+                    chain.push(target.clone());
+                    qname = parse_name(&target)?;
+                }
+                None => {
+                    for (server, answer, at) in answers {
+                        let matched = match &answer {
+                            Answer::Records(values) => crate::same_set(values, expected),
+                            Answer::Absent(_) => expected.is_empty(),
+                            Answer::Cname(_) | Answer::Failed(_) => false,
+                        };
+                        observations.push(Observation {
+                            server,
+                            name: qdisplay.clone(),
+                            answer,
+                            matched,
+                            wanted: String::new(),
+                            at,
+                        });
+                    }
+                    return Ok(observations);
+                }
+            }
+        }
+    }
+}
+
+/// Asks every server at once; answers in the order of `servers`.
+async fn ask_all(
+    servers: &[SocketAddr],
+    name: &Name,
+    rtype: RecordType,
+    limit: Duration,
+    start: Instant,
+) -> Vec<(SocketAddr, Answer, Duration)> {
+    let mut tasks = JoinSet::new();
+    for (i, server) in servers.iter().copied().enumerate() {
+        let name = name.clone();
+        tasks.spawn(async move {
+            let answer = ask(server, &name, rtype, limit).await;
+            (i, server, answer, start.elapsed())
+        });
+    }
+    let mut answers = Vec::with_capacity(servers.len());
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok(answer) = joined {
+            answers.push(answer);
+        }
+    }
+    answers.sort_by_key(|(i, ..)| *i);
+    answers
+        .into_iter()
+        .map(|(_, server, answer, at)| (server, answer, at))
+        .collect()
+}
+
+/// Asks one server directly, RD=0, and classifies its answer.
+async fn ask(server: SocketAddr, name: &Name, rtype: RecordType, limit: Duration) -> Answer {
+    let request = query_message(name, wire_type(rtype));
+    let bytes = match request.to_vec() {
+        Ok(bytes) => bytes,
+        Err(e) => return Answer::Failed(format!("cannot encode the query: {e}")),
+    };
+    let raw = match wire::exchange(server, &bytes, request.metadata.id, limit).await {
+        Ok(raw) => raw,
+        Err(e) => return Answer::Failed(e.to_string()),
+    };
+    let response = match Message::from_vec(&raw) {
+        Ok(response) => response,
+        Err(e) => return Answer::Failed(format!("an unreadable answer ({e})")),
+    };
+    if let Err(e) = check_question(&request, &response, server) {
+        return Answer::Failed(e.to_string());
+    }
+    classify(&response, name, rtype)
+}
+
+fn classify(response: &Message, name: &Name, rtype: RecordType) -> Answer {
+    let code = response.metadata.response_code;
+    if !matches!(code, ResponseCode::NoError | ResponseCode::NXDomain) {
+        return Answer::Failed(rcode_text(code));
+    }
+    if !response.metadata.authoritative {
+        return Answer::Failed(format!(
+            "a non-authoritative {} (is it a server of the zone?)",
+            rcode_text(code)
+        ));
+    }
+    let own = |t: WireType| {
+        response
+            .answers
+            .iter()
+            .filter(move |r| r.name == *name && r.record_type() == t)
+    };
+    if rtype != RecordType::Cname
+        && let Some(target) = own(WireType::CNAME).find_map(|r| match &r.data {
+            WireRData::CNAME(c) => Some(display_name(&c.0)),
+            _ => None,
+        })
+    {
+        return Answer::Cname(target);
+    }
+    let values: Vec<RData> = own(wire_type(rtype))
+        .filter_map(|r| from_wire(&r.data))
+        .collect();
+    if !values.is_empty() {
+        return Answer::Records(values);
+    }
+    Answer::Absent(if code == ResponseCode::NXDomain {
+        "NXDOMAIN"
+    } else {
+        "NODATA"
+    })
+}
+
+/// A set for messages: each value in zone-file form, long ones shortened.
+fn describe_values(values: &[RData]) -> String {
+    if values.is_empty() {
+        return "no records".to_owned();
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    sorted
+        .iter()
+        .map(|v| {
+            let text = v.to_string();
+            if text.chars().count() > 80 {
+                let head: String = text.chars().take(60).collect();
+                format!("{head}...({} bytes)", text.len())
+            } else {
+                text
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The authoritative servers of each name asked, found once per wait.
+struct ServerCache {
+    configured: Option<Vec<SocketAddr>>,
+    resolver_addr: Option<SocketAddr>,
+    resolver: Option<TokioResolver>,
+    found: HashMap<Name, Vec<SocketAddr>>,
+}
+
+impl ServerCache {
+    fn new(propagation: &Propagation) -> Result<ServerCache, Error> {
+        if let Some(list) = &propagation.nameservers
+            && list.is_empty()
+        {
+            return Err(Error::Config(
+                "propagation: the nameservers list is empty".to_owned(),
+            ));
+        }
+        Ok(ServerCache {
+            configured: propagation.nameservers.clone(),
+            resolver_addr: propagation.resolver,
+            resolver: None,
+            found: HashMap::new(),
+        })
+    }
+
+    async fn servers(&mut self, name: &Name) -> Result<Vec<SocketAddr>, Error> {
+        if let Some(list) = &self.configured {
+            return Ok(list.clone());
+        }
+        if let Some(found) = self.found.get(name) {
+            return Ok(found.clone());
+        }
+        let found = self.discover(name).await?;
+        self.found.insert(name.clone(), found.clone());
+        Ok(found)
+    }
+
+    fn resolver(&mut self) -> Result<&TokioResolver, Error> {
+        if self.resolver.is_none() {
+            let builder = match self.resolver_addr {
+                Some(addr) => {
+                    let mut connection = ConnectionConfig::udp();
+                    connection.port = addr.port();
+                    let mut tcp = ConnectionConfig::tcp();
+                    tcp.port = addr.port();
+                    let server = NameServerConfig::new(addr.ip(), true, vec![connection, tcp]);
+                    TokioResolver::builder_with_config(
+                        ResolverConfig::from_name_servers(vec![server]),
+                        TokioRuntimeProvider::default(),
+                    )
+                }
+                None => TokioResolver::builder_tokio().map_err(|e| {
+                    Error::Config(format!(
+                        "cannot read the system resolver configuration: {e}"
+                    ))
+                })?,
+            };
+            let resolver = builder
+                .build()
+                .map_err(|e| Error::Config(format!("cannot build a resolver: {e}")))?;
+            self.resolver = Some(resolver);
+        }
+        Ok(self.resolver.as_ref().expect("set above"))
+    }
+
+    /// SOA lookups from the name up to find its zone, then the zone's NS
+    /// names and their addresses.
+    async fn discover(&mut self, name: &Name) -> Result<Vec<SocketAddr>, Error> {
+        let shown = display_name(name);
+        let resolver = self.resolver()?.clone();
+        let transport =
+            |what: &str, e: &dyn std::fmt::Display| Error::Transport(format!("{what}: {e}"));
+        let mut candidate = name.clone();
+        let zone = loop {
+            match resolver.lookup(candidate.clone(), WireType::SOA).await {
+                Ok(lookup) => {
+                    if lookup
+                        .answers()
+                        .iter()
+                        .any(|r| r.record_type() == WireType::SOA && r.name == candidate)
+                    {
+                        break candidate;
+                    }
+                }
+                Err(e) if e.is_no_records_found() => {}
+                Err(e) => {
+                    return Err(transport(
+                        &format!("SOA lookup of {}", display_name(&candidate)),
+                        &e,
+                    ));
+                }
+            }
+            if candidate.is_root() {
+                return Err(Error::NoZone(shown));
+            }
+            candidate = candidate.base_name();
+        };
+        let ns = resolver
+            .lookup(zone.clone(), WireType::NS)
+            .await
+            .map_err(|e| transport(&format!("NS lookup of {}", display_name(&zone)), &e))?;
+        let hosts: Vec<Name> = ns
+            .answers()
+            .iter()
+            .filter_map(|r| match &r.data {
+                WireRData::NS(ns) => Some(ns.0.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        let mut problems = Vec::new();
+        for host in &hosts {
+            match resolver.lookup_ip(host.clone()).await {
+                Ok(ips) => {
+                    for ip in ips.iter() {
+                        let addr = SocketAddr::new(ip, 53);
+                        if !addrs.contains(&addr) {
+                            addrs.push(addr);
+                        }
+                    }
+                }
+                Err(e) => problems.push(format!("{}: {e}", display_name(host))),
+            }
+        }
+        if addrs.is_empty() {
+            return Err(Error::NoZone(format!(
+                "{shown} (zone {} has no reachable NS addresses{}{})",
+                display_name(&zone),
+                if problems.is_empty() { "" } else { ": " },
+                problems.join("; ")
+            )));
+        }
+        addrs.sort_by_key(|a| (matches!(a.ip(), IpAddr::V6(_)), *a));
+        tracing::debug!(name = %shown, zone = %display_name(&zone), servers = ?addrs, "authoritative servers");
+        Ok(addrs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{Message, OpCode};
+    use hickory_proto::rr::Record;
+    use hickory_proto::rr::rdata::{CNAME, TXT};
+
+    fn response(code: ResponseCode, aa: bool, answers: Vec<Record>) -> Message {
+        let mut m = Message::response(1, OpCode::Query);
+        m.metadata.response_code = code;
+        m.metadata.authoritative = aa;
+        m.answers = answers;
+        m
+    }
+
+    #[test]
+    fn answers_are_classified() {
+        let name = parse_name("_acme-challenge.example.test").unwrap();
+        let txt = |v: &str| {
+            Record::from_rdata(
+                name.clone(),
+                60,
+                WireRData::TXT(TXT::new(vec![v.to_owned()])),
+            )
+        };
+        assert_eq!(
+            classify(
+                &response(ResponseCode::NXDomain, true, vec![]),
+                &name,
+                RecordType::Txt
+            ),
+            Answer::Absent("NXDOMAIN")
+        );
+        assert_eq!(
+            classify(
+                &response(ResponseCode::NoError, true, vec![]),
+                &name,
+                RecordType::Txt
+            ),
+            Answer::Absent("NODATA")
+        );
+        assert_eq!(
+            classify(
+                &response(ResponseCode::NoError, true, vec![txt("a"), txt("b")]),
+                &name,
+                RecordType::Txt
+            ),
+            Answer::Records(vec![RData::Txt("a".into()), RData::Txt("b".into())])
+        );
+        assert!(matches!(
+            classify(
+                &response(ResponseCode::NoError, false, vec![txt("a")]),
+                &name,
+                RecordType::Txt
+            ),
+            Answer::Failed(_)
+        ));
+        assert_eq!(
+            classify(
+                &response(ResponseCode::Refused, true, vec![]),
+                &name,
+                RecordType::Txt
+            ),
+            Answer::Failed("REFUSED".into())
+        );
+        // A CNAME (with the target's records chased by the server) is
+        // followed, not taken as the answer.
+        let target = parse_name("x.delegated.test").unwrap();
+        let cname = Record::from_rdata(name.clone(), 60, WireRData::CNAME(CNAME(target.clone())));
+        let chased = Record::from_rdata(target, 60, WireRData::TXT(TXT::new(vec!["v".into()])));
+        assert_eq!(
+            classify(
+                &response(ResponseCode::NoError, true, vec![cname.clone(), chased]),
+                &name,
+                RecordType::Txt
+            ),
+            Answer::Cname("x.delegated.test".into())
+        );
+        // Asked for the CNAME itself, it is the answer.
+        assert_eq!(
+            classify(
+                &response(ResponseCode::NoError, true, vec![cname]),
+                &name,
+                RecordType::Cname
+            ),
+            Answer::Records(vec![RData::Cname("x.delegated.test".into())])
+        );
+    }
+
+    #[test]
+    fn long_values_are_shortened_in_messages() {
+        let long = RData::Txt("p".repeat(400));
+        let text = describe_values(&[long]);
+        assert!(text.len() < 100, "{text}");
+        assert_eq!(describe_values(&[]), "no records");
+    }
+}

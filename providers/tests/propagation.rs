@@ -1,0 +1,292 @@
+//! The propagation check against real BIND 9 servers on loopback. Every
+//! check asks the configured servers only (or a resolver on loopback):
+//! nothing here asks the system resolver.
+
+mod bind;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bind::Bind;
+use mxkeys_providers::propagation::{MAX_CNAME_CHAIN, Propagation, ServerAnswer};
+use mxkeys_providers::{Error, RData, RecordStore, RecordType};
+
+fn txt(v: &str) -> RData {
+    RData::Txt(v.to_owned())
+}
+
+/// Asks exactly `servers`, every 50 ms, for at most `timeout`.
+fn check(servers: &[SocketAddr], timeout: Duration) -> Propagation {
+    Propagation {
+        nameservers: Some(servers.to_vec()),
+        interval: Duration::from_millis(50),
+        timeout,
+        ..Propagation::default()
+    }
+}
+
+/// A short check expected to fail: its error message.
+async fn fails(p: &Propagation, name: &str, rtype: RecordType, expected: &[RData]) -> String {
+    let mut short = p.clone();
+    short.timeout = Duration::from_millis(300);
+    match short.wait(name, rtype, expected).await {
+        Err(Error::Transport(message)) => message,
+        other => panic!("expected the check to time out, got {other:?}"),
+    }
+}
+
+fn servers_of(answers: &[ServerAnswer]) -> Vec<(SocketAddr, String)> {
+    answers.iter().map(|a| (a.server, a.name.clone())).collect()
+}
+
+#[tokio::test]
+async fn passes_only_once_the_record_is_written() {
+    let Some(bind) = Bind::start() else { return };
+    let store = bind.provider();
+    let name = "_acme-challenge.www.example.test";
+    let value = format!("v=DKIM1; k=rsa; p={}", "K".repeat(392));
+    let p = check(&[bind.addr()], Duration::from_secs(20));
+
+    let before = fails(&p, name, RecordType::Txt, &[txt(&value)]).await;
+    assert!(before.contains(&bind.addr().to_string()), "{before}");
+    assert!(before.contains("NXDOMAIN"), "{before}");
+    assert!(before.contains(name), "{before}");
+
+    store.replace(name, 60, &[txt(&value)]).await.unwrap();
+    let answers = p.wait(name, RecordType::Txt, &[txt(&value)]).await.unwrap();
+    assert_eq!(servers_of(&answers), vec![(bind.addr(), name.to_owned())]);
+    // Names are absolute with or without the final dot, in any case.
+    p.wait(
+        "_ACME-challenge.www.example.test.",
+        RecordType::Txt,
+        &[txt(&value)],
+    )
+    .await
+    .unwrap();
+
+    // Another value than the one expected is not propagation: the error
+    // shows what the server has.
+    let other = fails(&p, name, RecordType::Txt, &[txt("something-else")]).await;
+    assert!(
+        other.contains(&bind.addr().to_string()) && other.contains("v=DKIM1"),
+        "{other}"
+    );
+    // A superset is not the expected set either.
+    let more = fails(&p, name, RecordType::Txt, &[txt(&value), txt("extra")]).await;
+    assert!(more.contains(&bind.addr().to_string()), "{more}");
+}
+
+/// A waiter started before the write (polling, seeing NXDOMAIN) passes
+/// once the write lands.
+#[tokio::test]
+async fn a_running_wait_sees_the_write() {
+    let Some(bind) = Bind::start() else { return };
+    let store = bind.provider();
+    let name = "later.example.test";
+    let p = check(&[bind.addr()], Duration::from_secs(20));
+    let waiter = {
+        let p = p.clone();
+        tokio::spawn(async move { p.wait(name, RecordType::Txt, &[txt("later")]).await })
+    };
+    store.replace(name, 60, &[txt("later")]).await.unwrap();
+    let answers = waiter.await.unwrap().unwrap();
+    assert_eq!(answers.len(), 1);
+    assert_eq!(answers[0].server, bind.addr());
+    assert!(answers[0].first_matched_after <= p.timeout);
+}
+
+/// Two servers: the check passes only when both answer the set.
+#[tokio::test]
+async fn every_server_must_answer() {
+    let Some(first) = Bind::start() else { return };
+    let Some(second) = Bind::start() else { return };
+    let plain = "two.example.test";
+    let p = check(&[first.addr(), second.addr()], Duration::from_secs(20));
+    first
+        .provider()
+        .replace(plain, 60, &[txt("v1")])
+        .await
+        .unwrap();
+
+    let message = fails(&p, plain, RecordType::Txt, &[txt("v1")]).await;
+    assert!(message.contains(&second.addr().to_string()), "{message}");
+    assert!(!message.contains(&first.addr().to_string()), "{message}");
+
+    second
+        .provider()
+        .replace(plain, 60, &[txt("v1")])
+        .await
+        .unwrap();
+    let answers = p.wait(plain, RecordType::Txt, &[txt("v1")]).await.unwrap();
+    assert_eq!(
+        servers_of(&answers),
+        vec![
+            (first.addr(), plain.to_owned()),
+            (second.addr(), plain.to_owned())
+        ]
+    );
+}
+
+/// `_acme-challenge.example.test CNAME x.delegated.test`: the value is
+/// checked at the target.
+#[tokio::test]
+async fn cnames_are_followed_to_the_target() {
+    let Some(bind) = Bind::start() else { return };
+    let store = bind.provider_any_zone();
+    let name = "_acme-challenge.example.test";
+    let p = check(&[bind.addr()], Duration::from_secs(20));
+
+    let before = fails(&p, name, RecordType::Txt, &[txt("token")]).await;
+    assert!(before.contains("x.delegated.test"), "{before}");
+    assert!(before.contains("NXDOMAIN"), "{before}");
+
+    store
+        .replace("x.delegated.test", 60, &[txt("token")])
+        .await
+        .unwrap();
+    let answers = p
+        .wait(name, RecordType::Txt, &[txt("token")])
+        .await
+        .unwrap();
+    assert_eq!(
+        servers_of(&answers),
+        vec![
+            (bind.addr(), "_acme-challenge.example.test".to_owned()),
+            (bind.addr(), "x.delegated.test".to_owned()),
+        ]
+    );
+    assert_eq!(answers[0].answer, "CNAME x.delegated.test.");
+    // The value at the CNAME's own name would not be what verifiers see.
+    let wrong = fails(&p, name, RecordType::Txt, &[txt("other")]).await;
+    assert!(
+        wrong.contains("x.delegated.test") && wrong.contains("token"),
+        "{wrong}"
+    );
+    // Asked for the CNAME itself, it is not followed.
+    p.wait(
+        name,
+        RecordType::Cname,
+        &[RData::Cname("x.delegated.test".to_owned())],
+    )
+    .await
+    .unwrap();
+}
+
+/// Chains of up to `MAX_CNAME_CHAIN` links are followed; longer ones fail
+/// with the chain in the message.
+#[tokio::test]
+async fn cname_chains_are_bounded() {
+    let Some(bind) = Bind::start() else { return };
+    let p = check(&[bind.addr()], Duration::from_secs(20));
+    assert_eq!(MAX_CNAME_CHAIN, 8);
+    let answers = p
+        .wait("a0.example.test", RecordType::Txt, &[txt("end")])
+        .await
+        .unwrap();
+    assert_eq!(answers.len(), 9);
+    assert_eq!(answers.last().unwrap().name, "a8.example.test");
+
+    let message = fails(&p, "b0.example.test", RecordType::Txt, &[txt("end")]).await;
+    assert!(message.contains("CNAME chain too long"), "{message}");
+    assert!(
+        message.contains("b0.example.test -> b1.example.test"),
+        "{message}"
+    );
+    assert!(
+        message.contains("b8.example.test -> b9.example.test"),
+        "{message}"
+    );
+
+    // A loop never passes (BIND itself answers SERVFAIL after chasing it).
+    let message = fails(&p, "loop1.example.test", RecordType::Txt, &[txt("x")]).await;
+    assert!(message.contains(&bind.addr().to_string()), "{message}");
+}
+
+/// An empty expected set: passes once the set is gone (NXDOMAIN or NODATA).
+#[tokio::test]
+async fn an_empty_set_passes_after_removal() {
+    let Some(bind) = Bind::start() else { return };
+    let store = bind.provider();
+    let name = "gone.example.test";
+    let p = check(&[bind.addr()], Duration::from_secs(20));
+    store.replace(name, 60, &[txt("old")]).await.unwrap();
+    // NODATA: the name keeps another type.
+    let tlsa = RData::Tlsa {
+        usage: 3,
+        selector: 1,
+        matching: 1,
+        data: vec![1; 32],
+    };
+    store.replace(name, 60, &[tlsa]).await.unwrap();
+
+    let present = fails(&p, name, RecordType::Txt, &[]).await;
+    assert!(
+        present.contains("\"old\"") && present.contains(&bind.addr().to_string()),
+        "{present}"
+    );
+
+    store.remove(name, RecordType::Txt).await.unwrap();
+    p.wait(name, RecordType::Txt, &[]).await.unwrap();
+    // NXDOMAIN.
+    store.remove(name, RecordType::Tlsa).await.unwrap();
+    p.wait(name, RecordType::Tlsa, &[]).await.unwrap();
+    p.wait("never.example.test", RecordType::Txt, &[])
+        .await
+        .unwrap();
+}
+
+/// A server that does not answer at all keeps the check from passing, and
+/// is named in the error.
+#[tokio::test]
+async fn a_silent_server_is_named() {
+    let Some(bind) = Bind::start() else { return };
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    bind.provider()
+        .replace("s.example.test", 60, &[txt("v")])
+        .await
+        .unwrap();
+    let p = check(&[bind.addr(), silent_addr], Duration::from_secs(20));
+    let message = fails(&p, "s.example.test", RecordType::Txt, &[txt("v")]).await;
+    assert!(message.contains(&silent_addr.to_string()), "{message}");
+    assert!(!message.contains(&bind.addr().to_string()), "{message}");
+}
+
+/// A server that is not authoritative for the zone does not count.
+#[tokio::test]
+async fn non_authoritative_answers_do_not_count() {
+    let Some(bind) = Bind::start() else { return };
+    let p = check(&[bind.addr()], Duration::from_secs(20));
+    let message = fails(&p, "www.elsewhere.invalid", RecordType::Txt, &[]).await;
+    assert!(message.contains("REFUSED"), "{message}");
+}
+
+/// Without a configured list, the servers are found by SOA, NS and address
+/// lookups (here through BIND itself as the resolver, so the lookups stay
+/// on loopback): `ns.example.test` is 127.0.0.1, port 53.
+#[tokio::test]
+async fn authoritative_servers_are_found_through_the_resolver() {
+    let Some(bind) = Bind::start() else { return };
+    let p = Propagation {
+        resolver: Some(bind.addr()),
+        ..Propagation::default()
+    };
+    let expected: SocketAddr = "127.0.0.1:53".parse().unwrap();
+    assert_eq!(
+        p.authoritative_servers("a.b.example.test").await.unwrap(),
+        vec![expected]
+    );
+    assert_eq!(
+        p.authoritative_servers("x.delegated.test").await.unwrap(),
+        vec![expected]
+    );
+    // The configured list wins.
+    let listed = check(&[bind.addr()], Duration::from_secs(1));
+    assert_eq!(
+        listed
+            .authoritative_servers("a.example.test")
+            .await
+            .unwrap(),
+        vec![bind.addr()]
+    );
+}
