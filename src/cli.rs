@@ -40,6 +40,19 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Debug, Subcommand)]
+enum DnsCommand {
+    /// Write a probe TXT record through a provider, wait until every
+    /// authoritative server answers it, remove it; print each step's time.
+    Test {
+        /// The `[dns.NAME]` provider to test.
+        provider: String,
+        /// The probe record's name. Default: _mxkeys-probe.ZONE.
+        #[arg(long)]
+        name: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -58,6 +71,11 @@ enum Command {
     /// Print the configuration in use as TOML (useful in container mode,
     /// where it is built from the environment).
     Config,
+    /// DNS providers.
+    Dns {
+        #[command(subcommand)]
+        command: DnsCommand,
+    },
     /// Show what each target holds now.
     Status {
         /// Machine-readable output.
@@ -90,6 +108,9 @@ pub fn main() -> ExitCode {
             exit(&report)
         }
         Command::Run => crate::daemon::run(source, config),
+        Command::Dns {
+            command: DnsCommand::Test { provider, name },
+        } => dns_test(&config, &provider, name.as_deref()),
         Command::Config => match source.text() {
             Ok(text) => {
                 println!("# configuration from {source}");
@@ -124,6 +145,40 @@ pub fn main() -> ExitCode {
             } else {
                 ExitCode::FAILURE
             }
+        }
+    }
+}
+
+fn dns_test(config: &config::Config, provider: &str, name: Option<&str>) -> ExitCode {
+    let Some(cfg) = config.dns.get(provider) else {
+        let known: Vec<&str> = config.dns.keys().map(String::as_str).collect();
+        tracing::error!(
+            "configuration {}: no [dns.{provider}] (configured: {})",
+            config.path.display(),
+            if known.is_empty() {
+                "none".to_owned()
+            } else {
+                known.join(", ")
+            }
+        );
+        return ExitCode::from(2);
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = std::io::stdout();
+    match runtime.block_on(crate::dns::test(cfg, name, &mut out)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("dns test {provider}: {e}");
+            ExitCode::FAILURE
         }
     }
 }

@@ -11,6 +11,7 @@ pub mod cert;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dns;
 pub mod install;
 pub mod names;
 pub mod pipeline;

@@ -316,8 +316,14 @@ mod tests {
         let c = parse(&text);
         assert_eq!(c.sources.len(), 2);
         assert_eq!(c.targets.len(), 2);
-        assert_eq!(c.targets[0].slots[0].key_type, super::super::KeyTypeFilter::Ecdsa);
-        assert_eq!(c.targets[1].slots[0].key_type, super::super::KeyTypeFilter::Rsa);
+        assert_eq!(
+            c.targets[0].slots[0].key_type,
+            super::super::KeyTypeFilter::Ecdsa
+        );
+        assert_eq!(
+            c.targets[1].slots[0].key_type,
+            super::super::KeyTypeFilter::Rsa
+        );
         assert_eq!(
             c.targets[1].slots[0].files.key.as_deref(),
             Some(Path::new("/shared/alt/privkey.pem"))

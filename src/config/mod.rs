@@ -113,6 +113,76 @@ pub struct Config {
     pub sources: Vec<SourceConfig>,
     pub targets: Vec<Target>,
     pub daemon: Daemon,
+    /// `[dns.NAME]` providers, by name.
+    pub dns: std::collections::BTreeMap<String, DnsProvider>,
+}
+
+/// A `[dns.NAME]` table: a DNS provider and how to check propagation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsProvider {
+    pub name: String,
+    pub kind: DnsKind,
+    /// The zone to write in; found from the record name when absent.
+    pub zone: Option<String>,
+    /// Servers to check propagation at, instead of the zone's NS set.
+    pub nameservers: Option<Vec<std::net::SocketAddr>>,
+    pub propagation_interval: Duration,
+    pub propagation_timeout: Duration,
+}
+
+/// What kind of provider, with its settings. Secrets are named here
+/// (a file or an environment variable), never held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsKind {
+    Rfc2136 {
+        server: std::net::SocketAddr,
+        tsig_name: String,
+        tsig_algorithm: String,
+        tsig_secret: Secret,
+    },
+    Cloudflare {
+        api_token: Secret,
+        api_url: Option<String>,
+    },
+    Exec {
+        command: Vec<String>,
+    },
+    Manual,
+}
+
+/// Where a secret is read from, when it is needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Secret {
+    File(PathBuf),
+    Env(String),
+}
+
+impl Secret {
+    /// Reads the secret (trimmed). The error names where, never what.
+    pub fn read(&self) -> Result<zeroize::Zeroizing<String>, String> {
+        let value = match self {
+            Secret::File(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("{}: {}", path.display(), crate::source::io_reason(&e)))?,
+            Secret::Env(var) => {
+                std::env::var(var).map_err(|_| format!("environment variable {var} is not set"))?
+            }
+        };
+        let value = zeroize::Zeroizing::new(value);
+        let trimmed = value.trim();
+        if trimmed.is_empty() {
+            return Err(format!("{self} is empty"));
+        }
+        Ok(zeroize::Zeroizing::new(trimmed.to_owned()))
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Secret::File(p) => write!(f, "{}", p.display()),
+            Secret::Env(v) => write!(f, "${v}"),
+        }
+    }
 }
 
 /// How `mxkeys run` watches and when it acts on its own.
@@ -378,6 +448,8 @@ struct RawConfig {
     #[serde(default, with = "humantime_serde")]
     expiry_warning: Option<Duration>,
     metrics: Option<RawMetrics>,
+    #[serde(default)]
+    dns: std::collections::BTreeMap<String, RawDns>,
     #[serde(default, rename = "source")]
     sources: Vec<RawSource>,
     #[serde(default, rename = "target")]
@@ -388,6 +460,52 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+enum RawDns {
+    Rfc2136 {
+        server: String,
+        zone: Option<String>,
+        tsig_name: String,
+        tsig_algorithm: Option<String>,
+        tsig_secret_file: Option<PathBuf>,
+        tsig_secret_env: Option<String>,
+        nameservers: Option<Vec<String>>,
+        #[serde(default, with = "humantime_serde")]
+        propagation_interval: Option<Duration>,
+        #[serde(default, with = "humantime_serde")]
+        propagation_timeout: Option<Duration>,
+    },
+    Cloudflare {
+        api_token_file: Option<PathBuf>,
+        api_token_env: Option<String>,
+        api_url: Option<String>,
+        zone: Option<String>,
+        nameservers: Option<Vec<String>>,
+        #[serde(default, with = "humantime_serde")]
+        propagation_interval: Option<Duration>,
+        #[serde(default, with = "humantime_serde")]
+        propagation_timeout: Option<Duration>,
+    },
+    Exec {
+        command: Vec<String>,
+        zone: Option<String>,
+        nameservers: Option<Vec<String>>,
+        #[serde(default, with = "humantime_serde")]
+        propagation_interval: Option<Duration>,
+        #[serde(default, with = "humantime_serde")]
+        propagation_timeout: Option<Duration>,
+    },
+    Manual {
+        zone: Option<String>,
+        nameservers: Option<Vec<String>>,
+        #[serde(default, with = "humantime_serde")]
+        propagation_interval: Option<Duration>,
+        #[serde(default, with = "humantime_serde")]
+        propagation_timeout: Option<Duration>,
+    },
 }
 
 #[derive(Deserialize)]
@@ -500,9 +618,13 @@ impl Config {
                 Some(span) => {
                     let start = span.start.min(text.len());
                     let line = text[..start].matches('\n').count() + 1;
+                    // Only the key: a value may be a secret pasted by mistake.
                     let line_text: String = text
                         .lines()
                         .nth(line - 1)
+                        .unwrap_or_default()
+                        .split('=')
+                        .next()
                         .unwrap_or_default()
                         .trim()
                         .chars()
@@ -661,6 +783,12 @@ impl Config {
                 )));
             }
         }
+        let mut dns = std::collections::BTreeMap::new();
+        for (name, raw) in raw.dns {
+            let provider =
+                validate_dns(&name, raw, &abs).map_err(|m| err(format!("[dns.{name}]: {m}")))?;
+            dns.insert(name, provider);
+        }
         Ok(Config {
             path: path.to_owned(),
             hostname,
@@ -668,6 +796,7 @@ impl Config {
             sources,
             targets,
             daemon,
+            dns,
         })
     }
 }
@@ -838,6 +967,143 @@ fn validate_target(
         reload_timeout: t.reload_timeout.unwrap_or(DEFAULT_RELOAD_TIMEOUT),
         verify: t.verify,
         verify_timeout: t.verify_timeout.unwrap_or(DEFAULT_VERIFY_TIMEOUT),
+    })
+}
+
+/// Parses `host:port` (port 53 when absent) into a socket address.
+fn parse_server(s: &str) -> Result<std::net::SocketAddr, String> {
+    if let Ok(a) = s.parse::<std::net::SocketAddr>() {
+        return Ok(a);
+    }
+    if let Ok(ip) = s.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Ok(std::net::SocketAddr::new(ip, 53));
+    }
+    Err(format!(
+        "{s:?} is not an IP address with an optional port, like \"192.0.2.1:53\""
+    ))
+}
+
+const DEFAULT_PROPAGATION_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn validate_dns(
+    name: &str,
+    raw: RawDns,
+    abs: &dyn Fn(&Path) -> PathBuf,
+) -> Result<DnsProvider, String> {
+    let secret = |file: Option<PathBuf>, env: Option<String>, what: &str| match (file, env) {
+        (Some(f), None) => Ok(Secret::File(abs(&f))),
+        (None, Some(e)) => Ok(Secret::Env(e)),
+        (None, None) => Err(format!(
+            "set `{what}_file` or `{what}_env`: secrets are read from a file or the environment, never from this file"
+        )),
+        (Some(_), Some(_)) => Err(format!("set only one of `{what}_file` and `{what}_env`")),
+    };
+    let servers = |list: Option<Vec<String>>| -> Result<Option<Vec<std::net::SocketAddr>>, String> {
+        list.map(|l| {
+            l.iter()
+                .map(|s| parse_server(s).map_err(|e| format!("key `nameservers`: {e}")))
+                .collect()
+        })
+        .transpose()
+    };
+    let (kind, zone, nameservers, interval, timeout) = match raw {
+        RawDns::Rfc2136 {
+            server,
+            zone,
+            tsig_name,
+            tsig_algorithm,
+            tsig_secret_file,
+            tsig_secret_env,
+            nameservers,
+            propagation_interval,
+            propagation_timeout,
+        } => {
+            let algorithm = tsig_algorithm.unwrap_or_else(|| "hmac-sha256".to_owned());
+            if !["hmac-sha256", "hmac-sha384", "hmac-sha512"].contains(&algorithm.as_str()) {
+                return Err(format!(
+                    "key `tsig_algorithm`: {algorithm:?} is not hmac-sha256, hmac-sha384 or hmac-sha512"
+                ));
+            }
+            let kind = DnsKind::Rfc2136 {
+                server: parse_server(&server).map_err(|e| format!("key `server`: {e}"))?,
+                tsig_name,
+                tsig_algorithm: algorithm,
+                tsig_secret: secret(tsig_secret_file, tsig_secret_env, "tsig_secret")?,
+            };
+            (
+                kind,
+                zone,
+                nameservers,
+                propagation_interval,
+                propagation_timeout,
+            )
+        }
+        RawDns::Cloudflare {
+            api_token_file,
+            api_token_env,
+            api_url,
+            zone,
+            nameservers,
+            propagation_interval,
+            propagation_timeout,
+        } => {
+            let kind = DnsKind::Cloudflare {
+                api_token: secret(api_token_file, api_token_env, "api_token")?,
+                api_url,
+            };
+            (
+                kind,
+                zone,
+                nameservers,
+                propagation_interval,
+                propagation_timeout,
+            )
+        }
+        RawDns::Exec {
+            command,
+            zone,
+            nameservers,
+            propagation_interval,
+            propagation_timeout,
+        } => {
+            if command.first().is_none_or(|c| c.is_empty()) {
+                return Err(
+                    "key `command`: an argument list whose first item is the program".to_owned(),
+                );
+            }
+            (
+                DnsKind::Exec { command },
+                zone,
+                nameservers,
+                propagation_interval,
+                propagation_timeout,
+            )
+        }
+        RawDns::Manual {
+            zone,
+            nameservers,
+            propagation_interval,
+            propagation_timeout,
+        } => (
+            DnsKind::Manual,
+            zone,
+            nameservers,
+            propagation_interval,
+            propagation_timeout,
+        ),
+    };
+    let zone = zone
+        .map(|z| DnsName::parse(&z).map(|n| n.as_str().to_owned()))
+        .transpose()
+        .map_err(|e| format!("key `zone`: {e}"))?;
+    Ok(DnsProvider {
+        name: name.to_owned(),
+        kind,
+        zone,
+        nameservers: servers(nameservers)?,
+        propagation_interval: interval.unwrap_or(DEFAULT_PROPAGATION_INTERVAL),
+        propagation_timeout: timeout.unwrap_or(DEFAULT_PROPAGATION_TIMEOUT),
     })
 }
 
@@ -1060,6 +1326,56 @@ mod tests {
         ] {
             let e = parse(&format!("{TARGET}{text}")).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn dns_providers_name_their_secrets_never_hold_them() {
+        let c = parse(
+            "[dns.bind]\ntype = \"rfc2136\"\nserver = \"127.0.0.1:5353\"\nzone = \"Example.Test.\"\ntsig_name = \"mxkeys\"\ntsig_secret_file = \"tsig.secret\"\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n[dns.cf]\ntype = \"cloudflare\"\napi_token_env = \"CF_TOKEN\"\npropagation_timeout = \"2m\"\n[dns.hook]\ntype = \"exec\"\ncommand = [\"/usr/local/bin/dns-hook\"]\n[dns.paste]\ntype = \"manual\"\n",
+        )
+        .unwrap();
+        let bind = &c.dns["bind"];
+        assert_eq!(bind.zone.as_deref(), Some("example.test"));
+        assert_eq!(
+            bind.kind,
+            DnsKind::Rfc2136 {
+                server: "127.0.0.1:5353".parse().unwrap(),
+                tsig_name: "mxkeys".into(),
+                tsig_algorithm: "hmac-sha256".into(),
+                tsig_secret: Secret::File("/etc/mxkeys/tsig.secret".into()),
+            }
+        );
+        assert_eq!(
+            bind.nameservers.as_ref().unwrap()[1],
+            "[::1]:53".parse().unwrap()
+        );
+        assert_eq!(c.dns["cf"].propagation_timeout, Duration::from_secs(120));
+        assert_eq!(c.dns["cf"].propagation_interval, Duration::from_secs(2));
+        assert_eq!(c.dns["paste"].kind, DnsKind::Manual);
+        for (text, needle) in [
+            (
+                "[dns.cf]\ntype = \"cloudflare\"\napi_token = \"secret123\"\n",
+                "api_token",
+            ),
+            (
+                "[dns.cf]\ntype = \"cloudflare\"\napi_token_env = \"X\"\nzone = 5\nx = \"secret123\"\n",
+                "zone",
+            ),
+            ("[dns.cf]\ntype = \"cloudflare\"\n", "never from this file"),
+            (
+                "[dns.b]\ntype = \"rfc2136\"\nserver = \"ns.example\"\ntsig_name = \"k\"\ntsig_secret_env = \"S\"\n",
+                "server",
+            ),
+            (
+                "[dns.b]\ntype = \"rfc2136\"\nserver = \"127.0.0.1\"\ntsig_name = \"k\"\ntsig_secret_env = \"S\"\ntsig_algorithm = \"hmac-md5\"\n",
+                "hmac-md5",
+            ),
+            ("[dns.x]\ntype = \"route53\"\n", "route53"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+            assert!(!e.contains("secret123"), "{e}");
         }
     }
 

@@ -1,0 +1,249 @@
+//! DNS providers as mxkeys uses them: built from `[dns.NAME]` tables (secrets
+//! read only now, from their file or environment variable), and `mxkeys dns
+//! test`, the first thing to run after configuring credentials.
+
+use std::io::Write;
+use std::time::Instant;
+
+use mxkeys_providers::cloudflare::{Cloudflare, CloudflareConfig};
+use mxkeys_providers::exec::Exec;
+use mxkeys_providers::manual::Manual;
+use mxkeys_providers::propagation::Propagation;
+use mxkeys_providers::rfc2136::{Rfc2136, Rfc2136Config};
+use mxkeys_providers::{Change, Error, RData, RecordStore, RecordType};
+
+use crate::config::{DnsKind, DnsProvider};
+
+/// Any configured provider.
+pub enum Provider {
+    Cloudflare(Cloudflare),
+    Rfc2136(Rfc2136),
+    Exec(Exec),
+    Manual(Manual),
+}
+
+impl Provider {
+    /// Builds the provider of a `[dns.NAME]` table, reading its secret.
+    /// Errors name the table and where the secret was looked for, never
+    /// the secret.
+    pub fn build(cfg: &DnsProvider) -> Result<Provider, String> {
+        let err = |e: String| format!("[dns.{}]: {e}", cfg.name);
+        Ok(match &cfg.kind {
+            DnsKind::Cloudflare { api_token, api_url } => {
+                let token = api_token
+                    .read()
+                    .map_err(|e| err(format!("api token: {e}")))?;
+                Provider::Cloudflare(
+                    Cloudflare::new(CloudflareConfig {
+                        api_token: token.to_string(),
+                        api_url: api_url.clone(),
+                        zone: cfg.zone.clone(),
+                    })
+                    .map_err(|e| err(e.to_string()))?,
+                )
+            }
+            DnsKind::Rfc2136 {
+                server,
+                tsig_name,
+                tsig_algorithm,
+                tsig_secret,
+            } => {
+                let text = tsig_secret
+                    .read()
+                    .map_err(|e| err(format!("TSIG secret: {e}")))?;
+                let secret = tsig_secret_bytes(&text)
+                    .map_err(|e| err(format!("TSIG secret in {tsig_secret}: {e}")))?;
+                Provider::Rfc2136(
+                    Rfc2136::new(Rfc2136Config {
+                        server: *server,
+                        zone: cfg.zone.clone(),
+                        tsig_name: tsig_name.clone(),
+                        tsig_algorithm: tsig_algorithm
+                            .parse()
+                            .map_err(|_| err(format!("unknown TSIG algorithm {tsig_algorithm}")))?,
+                        tsig_secret: secret.to_vec(),
+                    })
+                    .map_err(|e| err(e.to_string()))?,
+                )
+            }
+            DnsKind::Exec { command } => {
+                Provider::Exec(Exec::new(command.clone()).map_err(|e| err(e.to_string()))?)
+            }
+            DnsKind::Manual => Provider::Manual(Manual::default()),
+        })
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Provider::Cloudflare(_) => "cloudflare",
+            Provider::Rfc2136(_) => "rfc2136",
+            Provider::Exec(_) => "exec",
+            Provider::Manual(_) => "manual",
+        }
+    }
+}
+
+impl RecordStore for Provider {
+    async fn read(&self, name: &str, rtype: RecordType) -> Result<Vec<RData>, Error> {
+        match self {
+            Provider::Cloudflare(p) => p.read(name, rtype).await,
+            Provider::Rfc2136(p) => p.read(name, rtype).await,
+            Provider::Exec(p) => p.read(name, rtype).await,
+            Provider::Manual(p) => p.read(name, rtype).await,
+        }
+    }
+
+    async fn replace(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
+        match self {
+            Provider::Cloudflare(p) => p.replace(name, ttl, values).await,
+            Provider::Rfc2136(p) => p.replace(name, ttl, values).await,
+            Provider::Exec(p) => p.replace(name, ttl, values).await,
+            Provider::Manual(p) => p.replace(name, ttl, values).await,
+        }
+    }
+
+    async fn remove(&self, name: &str, rtype: RecordType) -> Result<Change, Error> {
+        match self {
+            Provider::Cloudflare(p) => p.remove(name, rtype).await,
+            Provider::Rfc2136(p) => p.remove(name, rtype).await,
+            Provider::Exec(p) => p.remove(name, rtype).await,
+            Provider::Manual(p) => p.remove(name, rtype).await,
+        }
+    }
+}
+
+/// The propagation check a `[dns.NAME]` table asks for.
+pub fn propagation(cfg: &DnsProvider) -> Propagation {
+    Propagation {
+        nameservers: cfg.nameservers.clone(),
+        interval: cfg.propagation_interval,
+        timeout: cfg.propagation_timeout,
+        ..Propagation::default()
+    }
+}
+
+/// The TSIG secret's bytes from a file holding either the base64 secret
+/// or a whole BIND key statement (`key "x" { algorithm ...; secret "..."; };`).
+fn tsig_secret_bytes(text: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    use base64::Engine as _;
+    let b64 = match text.find("secret") {
+        Some(at) => text[at + "secret".len()..]
+            .split('"')
+            .nth(1)
+            .ok_or("a `secret` clause without a quoted value")?,
+        None => text.trim(),
+    };
+    base64::engine::general_purpose::STANDARD
+        .decode(b64.trim())
+        .map(zeroize::Zeroizing::new)
+        .map_err(|_| "not valid base64 (expected the secret of a tsig-keygen key)".to_owned())
+}
+
+/// `mxkeys dns test`: writes a probe TXT record, waits until every
+/// authoritative server answers it, removes it, and prints each step with
+/// its time. `Err` says which step failed.
+pub async fn test(
+    cfg: &DnsProvider,
+    name: Option<&str>,
+    out: &mut impl Write,
+) -> Result<(), String> {
+    let provider = Provider::build(cfg)?;
+    let name = match (name, &cfg.zone) {
+        (Some(n), _) => mxkeys_providers::canonical_name(n),
+        (None, Some(zone)) => format!("_mxkeys-probe.{zone}"),
+        (None, None) => {
+            return Err(format!(
+                "[dns.{}] has no `zone`: name the probe record with --name _mxkeys-probe.YOUR.ZONE",
+                cfg.name
+            ));
+        }
+    };
+    let value = format!(
+        "mxkeys-probe {} {:08x}",
+        crate::rfc3339(crate::now()),
+        std::process::id() ^ (crate::now() as u32)
+    );
+    let expected = [RData::Txt(value.clone())];
+    let start = Instant::now();
+    let step = |out: &mut dyn Write, what: &str| {
+        let _ = writeln!(out, "{:7.2}s  {what}", start.elapsed().as_secs_f64());
+    };
+    let _ = writeln!(
+        out,
+        "dns test {} ({}): probe {name} TXT {value:?}",
+        cfg.name,
+        provider.kind()
+    );
+    step(out, "writing the probe record");
+    provider
+        .replace(&name, 60, &expected)
+        .await
+        .map_err(|e| format!("writing {name}: {e}"))?;
+    let written = start.elapsed();
+    step(
+        out,
+        "written; asking every authoritative server until each answers it",
+    );
+    let check = propagation(cfg);
+    let outcome = check.wait(&name, RecordType::Txt, &expected).await;
+    let seen = start.elapsed();
+    match &outcome {
+        Ok(answers) => {
+            for a in answers {
+                step(
+                    out,
+                    &format!(
+                        "{} answers {} for {} ({:.2}s after the write)",
+                        a.server,
+                        a.answer,
+                        a.name,
+                        a.first_matched_after.as_secs_f64()
+                    ),
+                );
+            }
+        }
+        Err(e) => step(out, &format!("not seen everywhere: {e}")),
+    }
+    step(out, "removing the probe record");
+    let removed = provider.remove(&name, RecordType::Txt).await;
+    step(
+        out,
+        if removed.is_ok() {
+            "removed"
+        } else {
+            "removal failed"
+        },
+    );
+    outcome.map_err(|e| format!("propagation of {name}: {e}"))?;
+    removed.map_err(|e| format!("removing {name}: {e}"))?;
+    let _ = writeln!(
+        out,
+        "ok: [dns.{}] works: write {:.2}s, seen on every authoritative server after {:.2}s, removal {:.2}s",
+        cfg.name,
+        written.as_secs_f64(),
+        (seen - written).as_secs_f64(),
+        (start.elapsed() - seen).as_secs_f64()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tsig_secret_from_bind_key_file_or_bare_base64() {
+        let key =
+            "key \"mxkeys\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0LWJ5dGVz\";\n};\n";
+        assert_eq!(tsig_secret_bytes(key).unwrap().as_slice(), b"secret-bytes");
+        assert_eq!(
+            tsig_secret_bytes("c2VjcmV0LWJ5dGVz\n").unwrap().as_slice(),
+            b"secret-bytes"
+        );
+        let e = tsig_secret_bytes("not base64 !!").unwrap_err();
+        assert!(
+            !e.contains("not base64 !!"),
+            "the error must not echo the secret: {e}"
+        );
+    }
+}
