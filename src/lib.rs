@@ -7,6 +7,7 @@
 //! Pure logic ([`names`], [`cert`], [`select`], [`config`]) is kept apart from
 //! effects (files, processes) so most of it is tested without servers.
 
+pub mod acme;
 pub mod cert;
 pub mod cli;
 pub mod config;

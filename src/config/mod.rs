@@ -115,6 +115,18 @@ pub struct Config {
     pub daemon: Daemon,
     /// `[dns.NAME]` providers, by name.
     pub dns: std::collections::BTreeMap<String, DnsProvider>,
+    /// The `[acme]` table (defaults when absent).
+    pub acme: AcmeAccount,
+}
+
+impl Config {
+    /// The `acme` sources, in configuration order.
+    pub fn acme_sources(&self) -> impl Iterator<Item = &AcmeSource> {
+        self.sources.iter().filter_map(|s| match &s.kind {
+            SourceKind::Acme(a) => Some(a),
+            _ => None,
+        })
+    }
 }
 
 /// A `[dns.NAME]` table: a DNS provider and how to check propagation.
@@ -296,7 +308,82 @@ pub enum SourceKind {
         dir: PathBuf,
         days: u32,
     },
+    /// Certificates mxkeys orders itself (`mxkeys renew`, or `run`).
+    Acme(AcmeSource),
 }
+
+/// A `type = "acme"` source: what to order and how to prove control.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeSource {
+    /// Its state lives in `state_dir/acme/NAME/`.
+    pub name: String,
+    pub domains: Vec<DnsName>,
+    pub challenge: Challenge,
+    pub key_type: AcmeKeyType,
+    /// Keep the private key across renewals (DANE pins it).
+    pub reuse_key: bool,
+    pub dir: PathBuf,
+}
+
+/// How an `acme` source proves control of its names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Challenge {
+    /// The built-in responder, listening only while an order runs.
+    Http01Listen(std::net::SocketAddr),
+    /// Token files written where a web server already serves them.
+    Http01Webroot(PathBuf),
+    /// TXT records through a `[dns.NAME]` provider.
+    Dns01 { provider: String },
+}
+
+/// The key of certificates an `acme` source orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+pub enum AcmeKeyType {
+    #[default]
+    #[serde(rename = "ecdsa-p256")]
+    EcdsaP256,
+    #[serde(rename = "ecdsa-p384")]
+    EcdsaP384,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    #[serde(rename = "rsa-4096")]
+    Rsa4096,
+}
+
+impl AcmeKeyType {
+    /// Whether a certificate's key is of this type.
+    pub fn matches(self, key: crate::cert::KeyType) -> bool {
+        use crate::cert::{Curve, KeyType};
+        matches!(
+            (self, key),
+            (AcmeKeyType::EcdsaP256, KeyType::Ecdsa(Curve::P256))
+                | (AcmeKeyType::EcdsaP384, KeyType::Ecdsa(Curve::P384))
+                | (AcmeKeyType::Rsa2048, KeyType::Rsa { bits: 2048 })
+                | (AcmeKeyType::Rsa3072, KeyType::Rsa { bits: 3072 })
+                | (AcmeKeyType::Rsa4096, KeyType::Rsa { bits: 4096 })
+        )
+    }
+}
+
+/// The `[acme]` table: the CA and the account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcmeAccount {
+    /// The directory URL (aliases resolved).
+    pub directory: String,
+    pub email: Option<String>,
+    /// Roots to trust for the ACME server, besides the system's.
+    pub ca_bundle: Option<PathBuf>,
+    /// External account binding: key id and where its HMAC key is.
+    pub eab: Option<(String, Secret)>,
+    pub profile: Option<String>,
+}
+
+/// Let's Encrypt's production directory, the default.
+pub const LETSENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
+/// Let's Encrypt's staging directory (`directory = "letsencrypt-staging"`).
+pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.org/directory";
 
 /// Which key algorithms a target accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -450,6 +537,7 @@ struct RawConfig {
     metrics: Option<RawMetrics>,
     #[serde(default)]
     dns: std::collections::BTreeMap<String, RawDns>,
+    acme: Option<RawAcme>,
     #[serde(default, rename = "source")]
     sources: Vec<RawSource>,
     #[serde(default, rename = "target")]
@@ -460,6 +548,18 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAcme {
+    directory: Option<String>,
+    email: Option<String>,
+    ca_bundle: Option<PathBuf>,
+    eab_kid: Option<String>,
+    eab_hmac_key_file: Option<PathBuf>,
+    eab_hmac_key_env: Option<String>,
+    profile: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -545,6 +645,18 @@ enum RawSource {
     SelfSigned {
         name: Option<String>,
         days: Option<u32>,
+    },
+    Acme {
+        name: String,
+        domains: Vec<String>,
+        challenge: String,
+        http_listen: Option<String>,
+        webroot: Option<PathBuf>,
+        dns: Option<String>,
+        #[serde(default)]
+        key_type: AcmeKeyType,
+        #[serde(default)]
+        reuse_key: bool,
     },
 }
 
@@ -712,6 +824,30 @@ impl Config {
                     let dir = state_dir.join("self-signed");
                     (name, SourceKind::SelfSigned { dir, days }, label)
                 }
+                RawSource::Acme {
+                    name,
+                    domains,
+                    challenge,
+                    http_listen,
+                    webroot,
+                    dns,
+                    key_type,
+                    reuse_key,
+                } => {
+                    let source = validate_acme_source(
+                        name,
+                        domains,
+                        &challenge,
+                        (http_listen, webroot, dns),
+                        key_type,
+                        reuse_key,
+                        &state_dir,
+                        &abs,
+                    )
+                    .map_err(|m| err(format!("source #{}: {m}", i + 1)))?;
+                    let label = format!("acme:{}", source.name);
+                    (Some(label.clone()), SourceKind::Acme(source), label)
+                }
             };
             let label = name.unwrap_or(default_label);
             if !labels.insert(label.clone()) {
@@ -789,6 +925,21 @@ impl Config {
                 validate_dns(&name, raw, &abs).map_err(|m| err(format!("[dns.{name}]: {m}")))?;
             dns.insert(name, provider);
         }
+        for s in &sources {
+            if let SourceKind::Acme(AcmeSource {
+                name,
+                challenge: Challenge::Dns01 { provider },
+                ..
+            }) = &s.kind
+                && !dns.contains_key(provider)
+            {
+                return Err(err(format!(
+                    "acme source {name:?}: key `dns`: no [dns.{provider}] table"
+                )));
+            }
+        }
+        let acme = validate_acme(raw.acme.unwrap_or_default(), &abs)
+            .map_err(|m| err(format!("[acme]: {m}")))?;
         Ok(Config {
             path: path.to_owned(),
             hostname,
@@ -797,6 +948,7 @@ impl Config {
             targets,
             daemon,
             dns,
+            acme,
         })
     }
 }
@@ -967,6 +1119,126 @@ fn validate_target(
         reload_timeout: t.reload_timeout.unwrap_or(DEFAULT_RELOAD_TIMEOUT),
         verify: t.verify,
         verify_timeout: t.verify_timeout.unwrap_or(DEFAULT_VERIFY_TIMEOUT),
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn validate_acme_source(
+    name: String,
+    domains: Vec<String>,
+    challenge: &str,
+    (http_listen, webroot, dns): (Option<String>, Option<PathBuf>, Option<String>),
+    key_type: AcmeKeyType,
+    reuse_key: bool,
+    state_dir: &Path,
+    abs: &dyn Fn(&Path) -> PathBuf,
+) -> Result<AcmeSource, String> {
+    let fail = |m: String| format!("acme source {name:?}: {m}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || name.starts_with('.')
+    {
+        return Err(fail(
+            "key `name`: letters, digits, '-', '_' and '.' only (it names a directory)".to_owned(),
+        ));
+    }
+    if domains.is_empty() {
+        return Err(fail("key `domains`: at least one name".to_owned()));
+    }
+    let domains = domains
+        .iter()
+        .map(|d| DnsName::parse(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(format!("key `domains`: {e}")))?;
+    let challenge = match (challenge, http_listen, webroot, dns) {
+        ("http-01", Some(_), Some(_), _) => {
+            return Err(fail("set `http_listen` or `webroot`, not both".to_owned()));
+        }
+        ("http-01", _, _, Some(_)) => {
+            return Err(fail(
+                "key `dns` goes with challenge = \"dns-01\"".to_owned(),
+            ));
+        }
+        ("http-01", None, Some(root), None) => Challenge::Http01Webroot(abs(&root)),
+        ("http-01", listen, None, None) => {
+            let listen = listen.unwrap_or_else(|| "0.0.0.0:80".to_owned());
+            Challenge::Http01Listen(listen.parse().map_err(|_| {
+                fail(format!(
+                    "key `http_listen`: {listen:?} is not an address:port like \"0.0.0.0:80\""
+                ))
+            })?)
+        }
+        ("dns-01", None, None, Some(provider)) => Challenge::Dns01 { provider },
+        ("dns-01", _, _, None) => {
+            return Err(fail(
+                "challenge = \"dns-01\" needs `dns`, the name of a [dns.NAME] provider".to_owned(),
+            ));
+        }
+        ("dns-01", _, _, Some(_)) => {
+            return Err(fail(
+                "`http_listen` and `webroot` go with challenge = \"http-01\"".to_owned(),
+            ));
+        }
+        (other, _, _, _) => {
+            return Err(fail(format!(
+                "key `challenge`: {other:?} is not \"http-01\" or \"dns-01\""
+            )));
+        }
+    };
+    if !matches!(challenge, Challenge::Dns01 { .. })
+        && let Some(w) = domains.iter().find(|d| d.is_wildcard())
+    {
+        return Err(fail(format!(
+            "{w} is a wildcard: CAs issue wildcards only through dns-01"
+        )));
+    }
+    let dir = state_dir.join("acme").join(&name);
+    Ok(AcmeSource {
+        name,
+        domains,
+        challenge,
+        key_type,
+        reuse_key,
+        dir,
+    })
+}
+
+fn validate_acme(raw: RawAcme, abs: &dyn Fn(&Path) -> PathBuf) -> Result<AcmeAccount, String> {
+    let directory = match raw.directory.as_deref() {
+        None | Some("letsencrypt") => LETSENCRYPT.to_owned(),
+        Some("letsencrypt-staging") => LETSENCRYPT_STAGING.to_owned(),
+        Some(url) if url.starts_with("https://") => url.to_owned(),
+        Some(other) => {
+            return Err(format!(
+                "key `directory`: {other:?} is not an https:// URL, \"letsencrypt\" or \"letsencrypt-staging\""
+            ));
+        }
+    };
+    let eab = match (raw.eab_kid, raw.eab_hmac_key_file, raw.eab_hmac_key_env) {
+        (None, None, None) => None,
+        (Some(kid), Some(f), None) => Some((kid, Secret::File(abs(&f)))),
+        (Some(kid), None, Some(e)) => Some((kid, Secret::Env(e))),
+        (None, _, _) => return Err("`eab_hmac_key_file`/`_env` needs `eab_kid`".to_owned()),
+        (Some(_), None, None) => {
+            return Err("`eab_kid` needs `eab_hmac_key_file` or `eab_hmac_key_env`".to_owned());
+        }
+        (Some(_), Some(_), Some(_)) => {
+            return Err("set only one of `eab_hmac_key_file` and `eab_hmac_key_env`".to_owned());
+        }
+    };
+    if let Some(email) = &raw.email
+        && (!email.contains('@') || email.contains(char::is_whitespace))
+    {
+        return Err(format!("key `email`: {email:?} is not an e-mail address"));
+    }
+    Ok(AcmeAccount {
+        directory,
+        email: raw.email,
+        ca_bundle: raw.ca_bundle.as_deref().map(abs),
+        eab,
+        profile: raw.profile,
     })
 }
 
@@ -1376,6 +1648,51 @@ mod tests {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
             assert!(!e.contains("secret123"), "{e}");
+        }
+    }
+
+    #[test]
+    fn acme_sources_and_account() {
+        let c = parse(
+            "[acme]\ndirectory = \"letsencrypt-staging\"\nemail = \"admin@example.com\"\nca_bundle = \"ca.pem\"\nprofile = \"tlsserver\"\n[dns.cf]\ntype = \"cloudflare\"\napi_token_env = \"T\"\n[[source]]\ntype = \"acme\"\nname = \"mail\"\ndomains = [\"mail.example.com\", \"*.example.com\"]\nchallenge = \"dns-01\"\ndns = \"cf\"\nkey_type = \"rsa-3072\"\n[[source]]\ntype = \"acme\"\nname = \"web\"\ndomains = [\"www.example.com\"]\nchallenge = \"http-01\"\n",
+        )
+        .unwrap();
+        assert_eq!(c.acme.directory, LETSENCRYPT_STAGING);
+        assert_eq!(c.acme.ca_bundle, Some("/etc/mxkeys/ca.pem".into()));
+        let sources: Vec<_> = c.acme_sources().collect();
+        assert_eq!(sources[0].key_type, AcmeKeyType::Rsa3072);
+        assert_eq!(sources[0].dir, PathBuf::from("/var/lib/mxkeys/acme/mail"));
+        assert_eq!(
+            sources[1].challenge,
+            Challenge::Http01Listen("0.0.0.0:80".parse().unwrap())
+        );
+        assert_eq!(c.sources[0].label, "acme:mail");
+        for (text, needle) in [
+            (
+                "[[source]]\ntype = \"acme\"\nname = \"m\"\ndomains = [\"*.example.com\"]\nchallenge = \"http-01\"\n",
+                "wildcard",
+            ),
+            (
+                "[[source]]\ntype = \"acme\"\nname = \"m\"\ndomains = [\"a.example\"]\nchallenge = \"dns-01\"\ndns = \"nope\"\n",
+                "[dns.nope]",
+            ),
+            (
+                "[[source]]\ntype = \"acme\"\nname = \"../x\"\ndomains = [\"a.example\"]\nchallenge = \"http-01\"\n",
+                "name",
+            ),
+            (
+                "[[source]]\ntype = \"acme\"\nname = \"m\"\ndomains = [\"a.example\"]\nchallenge = \"tls-alpn-01\"\n",
+                "tls-alpn-01",
+            ),
+            (
+                "[[source]]\ntype = \"acme\"\nname = \"m\"\ndomains = [\"a.example\"]\nchallenge = \"http-01\"\nkey_type = \"rsa-1024\"\n",
+                "rsa-1024",
+            ),
+            ("[acme]\ndirectory = \"http://ca.example/dir\"\n", "https"),
+            ("[acme]\neab_kid = \"k\"\n", "eab_hmac_key"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
         }
     }
 

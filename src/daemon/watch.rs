@@ -93,6 +93,9 @@ pub fn specs(config: &Config) -> Vec<Spec> {
                     trees.push(path.clone());
                 }
             }
+            // Written by mxkeys itself, but maybe by a `renew` timer beside
+            // a running daemon.
+            SourceKind::Acme(a) => files_in_dir(&crate::source::acme::bundle_path(a)),
             SourceKind::SelfSigned { .. } => {}
         }
     }

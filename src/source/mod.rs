@@ -6,6 +6,7 @@
 //! could serve a target. A reader never stops at a bad entry: it reports a
 //! [`SourceError`] naming the source, the entry and the reason, and goes on.
 
+pub mod acme;
 pub mod certbot;
 pub mod files;
 pub mod lego;
@@ -254,6 +255,7 @@ fn read_one(config: &Config, index: usize, source: &SourceConfig, persist: Persi
         SourceKind::Certbot { path } => certbot::read(&reader, path),
         SourceKind::Lego { path } => lego::read(&reader, path),
         SourceKind::Files { cert, key, chain } => files::read(&reader, cert, key, chain.as_deref()),
+        SourceKind::Acme(source) => acme::read(&reader, source),
         SourceKind::SelfSigned { dir, days } => {
             selfsigned::read(&reader, dir, *days, &selfsigned::wanted(config), persist)
         }
