@@ -115,6 +115,11 @@ fn verify_target(
     for r in reports.iter().filter(|r| r.target == ti) {
         let Some(served) = &r.served else { continue };
         for endpoint in &target.verify {
+            // One failure decides the rollback: do not keep a refused
+            // certificate live while the other endpoints time out too.
+            if failure.is_some() {
+                break;
+            }
             let sni = endpoint
                 .sni
                 .clone()
