@@ -4,6 +4,8 @@
 //! time into a fresh temporary directory; no key material is committed.
 #![allow(dead_code)]
 
+pub mod servers;
+
 use std::fmt::Write as _;
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
