@@ -65,6 +65,16 @@ enum Command {
     Sync,
     /// Read and select like sync, print the plan; write and run nothing.
     Check,
+    /// Order what `acme` sources need (or everything, with --force), then
+    /// sync. For timers; `run` schedules renewals itself.
+    Renew {
+        /// Order now, whatever the schedule or a previous failure says.
+        #[arg(long)]
+        force: bool,
+        /// Only this `acme` source.
+        #[arg(long)]
+        source: Option<String>,
+    },
     /// Run as a daemon: reconcile at start, on every source change, and
     /// periodically; SIGHUP re-reads the configuration.
     Run,
@@ -108,6 +118,7 @@ pub fn main() -> ExitCode {
             exit(&report)
         }
         Command::Run => crate::daemon::run(source, config),
+        Command::Renew { force, source } => renew(&config, force, source.as_deref()),
         Command::Dns {
             command: DnsCommand::Test { provider, name },
         } => dns_test(&config, &provider, name.as_deref()),
@@ -147,6 +158,39 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `mxkeys renew`: orders what is due, then syncs. Exit 0 when every
+/// target is served.
+fn renew(config: &config::Config, force: bool, only: Option<&str>) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crate::acme::renew(config, force, only)) {
+        Ok(outcomes) => {
+            for o in &outcomes {
+                println!("{}", crate::acme::describe(o));
+            }
+        }
+        Err(e) => {
+            tracing::error!("renew: {e}");
+            if only.is_some() && e.starts_with("no acme source") {
+                return ExitCode::from(2);
+            }
+        }
+    }
+    let report = pipeline::reconcile(config, Mode::Apply);
+    for (_, warning) in report.expiring(config.daemon.expiry_warning, crate::now()) {
+        tracing::warn!("{warning}");
+    }
+    exit(&report)
 }
 
 fn dns_test(config: &config::Config, provider: &str, name: Option<&str>) -> ExitCode {

@@ -1,0 +1,449 @@
+//! One ACME order: identifiers, challenges published and solved together,
+//! a CSR for a fresh (or kept) key, the issued chain checked like any
+//! candidate (key match, chain, names, dates).
+//!
+//! Challenge responses are always cleaned up, also when the order fails.
+//! Errors name the identifier, the challenge, and the CA's problem document
+//! (its type and detail).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use instant_acme::{
+    Account, AuthorizationStatus, CertificateIdentifier, ChallengeType, Identifier, NewOrder,
+    Order, OrderStatus, Problem, RetryPolicy,
+};
+use rcgen::{CertificateParams, DistinguishedName, KeyPair, RsaKeySize};
+use rustls_pki_types::CertificateDer;
+use zeroize::Zeroizing;
+
+use super::http01::{Tokens, Webroot};
+use crate::cert::{self, Bundle, Leaf, PrivateKey, Timeliness};
+use crate::config::{AcmeKeyType, AcmeSource, Challenge};
+use crate::dns::Provider;
+use crate::names;
+use mxkeys_providers::propagation::Propagation;
+use mxkeys_providers::{RData, RecordStore};
+
+/// How long the CA may take to validate, and to issue.
+const VALIDATION_TIMEOUT: Duration = Duration::from_secs(120);
+const ISSUANCE_TIMEOUT: Duration = Duration::from_secs(120);
+/// TTL of DNS-01 TXT records.
+const CHALLENGE_TTL: u32 = 60;
+
+/// What an order needs besides its source.
+pub struct Context<'a> {
+    pub account: &'a Account,
+    /// A profile the CA offers (checked by the caller).
+    pub profile: Option<&'a str>,
+    /// The shared map of the built-in HTTP-01 responders.
+    pub tokens: &'a Tokens,
+    /// The provider and propagation check of a dns-01 source.
+    pub dns: Option<(&'a Provider, &'a Propagation)>,
+}
+
+/// The certificate an `acme` source holds before this order.
+pub struct Previous {
+    pub leaf: CertificateDer<'static>,
+    /// Its key, kept when `reuse_key` asks.
+    pub key_pem: Zeroizing<String>,
+}
+
+/// An issued, checked certificate.
+pub struct Issued {
+    /// Private key, leaf, intermediates: what `bundle.pem` holds.
+    pub bundle_pem: Zeroizing<String>,
+    pub sha256: String,
+    pub not_after: i64,
+}
+
+/// A challenge to answer.
+struct Pending {
+    /// As the CA shows it (`*.example.com` for a wildcard).
+    identifier: String,
+    token: String,
+    key_authorization: String,
+    dns_value: String,
+}
+
+/// Places an order for `source` and returns the checked certificate.
+pub async fn order(
+    source: &AcmeSource,
+    ctx: &Context<'_>,
+    previous: Option<&Previous>,
+) -> Result<Issued, String> {
+    let identifiers: Vec<Identifier> = source
+        .domains
+        .iter()
+        .map(|d| Identifier::Dns(d.as_str().to_owned()))
+        .collect();
+    let mut new_order = NewOrder::new(&identifiers);
+    if let Some(profile) = ctx.profile {
+        new_order = new_order.profile(profile);
+    }
+    let replaced = previous.and_then(|p| CertificateIdentifier::try_from(&p.leaf).ok());
+    if let Some(id) = replaced {
+        new_order = new_order.replaces(id);
+    }
+    let mut order = ctx
+        .account
+        .new_order(&new_order)
+        .await
+        .map_err(|e| format!("new order: {}", acme_error(&e)))?;
+
+    let challenge_type = match source.challenge {
+        Challenge::Dns01 { .. } => ChallengeType::Dns01,
+        _ => ChallengeType::Http01,
+    };
+    let pending = collect_challenges(&mut order, &challenge_type).await?;
+    let published = publish(source, ctx, &pending).await;
+    let validated = match &published {
+        Ok(()) => validate(&mut order, &challenge_type, &pending).await,
+        Err(e) => Err(e.clone()),
+    };
+    unpublish(source, ctx, &pending).await;
+    validated?;
+
+    let key = match (source.reuse_key, previous) {
+        (true, Some(p)) => KeyPair::from_pem(&p.key_pem)
+            .map_err(|e| format!("reuse_key: the kept key cannot be used: {e}"))?,
+        _ => new_key(source.key_type)?,
+    };
+    let mut params = CertificateParams::new(
+        source
+            .domains
+            .iter()
+            .map(|d| d.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .map_err(|e| format!("CSR: {e}"))?;
+    params.distinguished_name = DistinguishedName::new();
+    let csr = params
+        .serialize_request(&key)
+        .map_err(|e| format!("CSR: {e}"))?;
+    order
+        .finalize_csr(csr.der())
+        .await
+        .map_err(|e| format!("finalize: {}", acme_error(&e)))?;
+    let chain = order
+        .poll_certificate(&RetryPolicy::new().timeout(ISSUANCE_TIMEOUT))
+        .await
+        .map_err(|e| format!("certificate: {}", acme_error(&e)))?;
+    check(source, &chain, &Zeroizing::new(key.serialize_pem()))
+}
+
+/// Every pending authorization's challenge of the wanted type.
+async fn collect_challenges(
+    order: &mut Order,
+    challenge_type: &ChallengeType,
+) -> Result<Vec<Pending>, String> {
+    let mut pending = Vec::new();
+    let mut authorizations = order.authorizations();
+    while let Some(next) = authorizations.next().await {
+        let mut authz = next.map_err(|e| format!("authorization: {}", acme_error(&e)))?;
+        let identifier = authz.identifier().to_string();
+        match authz.status {
+            AuthorizationStatus::Valid => continue,
+            AuthorizationStatus::Pending => {}
+            other => {
+                return Err(format!("{identifier}: the authorization is {other:?}"));
+            }
+        }
+        let challenge = authz.challenge(challenge_type.clone()).ok_or_else(|| {
+            format!("{identifier}: the CA offers no {challenge_type:?} challenge")
+        })?;
+        let key_authorization = challenge.key_authorization();
+        pending.push(Pending {
+            identifier,
+            token: challenge.token.clone(),
+            key_authorization: key_authorization.as_str().to_owned(),
+            dns_value: key_authorization.dns_value(),
+        });
+    }
+    Ok(pending)
+}
+
+/// `_acme-challenge.` names and their TXT values (a wildcard and its base
+/// name share one name, with two values).
+fn dns_records(pending: &[Pending]) -> BTreeMap<String, Vec<RData>> {
+    let mut records: BTreeMap<String, Vec<RData>> = BTreeMap::new();
+    for p in pending {
+        let base = p.identifier.strip_prefix("*.").unwrap_or(&p.identifier);
+        records
+            .entry(format!("_acme-challenge.{base}"))
+            .or_default()
+            .push(RData::Txt(p.dns_value.clone()));
+    }
+    records
+}
+
+/// Puts every challenge response in place; for DNS-01, waits until every
+/// authoritative server answers them.
+async fn publish(
+    source: &AcmeSource,
+    ctx: &Context<'_>,
+    pending: &[Pending],
+) -> Result<(), String> {
+    match &source.challenge {
+        Challenge::Http01Listen(_) => {
+            let mut tokens = ctx
+                .tokens
+                .lock()
+                .map_err(|_| "http-01 responder unavailable".to_owned())?;
+            for p in pending {
+                tokens.insert(p.token.clone(), p.key_authorization.clone());
+            }
+            Ok(())
+        }
+        Challenge::Http01Webroot(root) => {
+            let files: Vec<(String, String)> = pending
+                .iter()
+                .map(|p| (p.token.clone(), p.key_authorization.clone()))
+                .collect();
+            Webroot::write(root, &files).map(|_| ())
+        }
+        Challenge::Dns01 { provider: name } => {
+            let (provider, propagation) = ctx
+                .dns
+                .ok_or_else(|| format!("dns-01: no [dns.{name}] provider"))?;
+            let records = dns_records(pending);
+            for (record, values) in &records {
+                provider
+                    .replace(record, CHALLENGE_TTL, values)
+                    .await
+                    .map_err(|e| format!("dns-01: writing {record} through [dns.{name}]: {e}"))?;
+            }
+            for (record, values) in &records {
+                propagation
+                    .wait(record, mxkeys_providers::RecordType::Txt, values)
+                    .await
+                    .map_err(|e| format!("dns-01: {record}: {e}"))?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Removes every challenge response (errors are logged: the order's
+/// outcome matters more).
+async fn unpublish(source: &AcmeSource, ctx: &Context<'_>, pending: &[Pending]) {
+    match &source.challenge {
+        Challenge::Http01Listen(_) => {
+            if let Ok(mut tokens) = ctx.tokens.lock() {
+                for p in pending {
+                    tokens.remove(&p.token);
+                }
+            }
+        }
+        Challenge::Http01Webroot(root) => {
+            let dir = root.join(".well-known").join("acme-challenge");
+            for p in pending {
+                let path = dir.join(&p.token);
+                if let Err(e) = std::fs::remove_file(&path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!("webroot: cannot remove {}: {e}", path.display());
+                }
+            }
+        }
+        Challenge::Dns01 { provider: name } => {
+            let Some((provider, _)) = ctx.dns else { return };
+            for record in dns_records(pending).keys() {
+                if let Err(e) = provider
+                    .remove(record, mxkeys_providers::RecordType::Txt)
+                    .await
+                {
+                    tracing::warn!("dns-01: cannot remove {record} through [dns.{name}]: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Tells the CA the challenges are ready and waits for its verdict.
+async fn validate(
+    order: &mut Order,
+    challenge_type: &ChallengeType,
+    pending: &[Pending],
+) -> Result<(), String> {
+    let mut authorizations = order.authorizations();
+    while let Some(next) = authorizations.next().await {
+        let mut authz = next.map_err(|e| format!("authorization: {}", acme_error(&e)))?;
+        if authz.status != AuthorizationStatus::Pending {
+            continue;
+        }
+        let identifier = authz.identifier().to_string();
+        if let Some(mut challenge) = authz.challenge(challenge_type.clone()) {
+            challenge
+                .set_ready()
+                .await
+                .map_err(|e| format!("{identifier}: {challenge_type:?}: {}", acme_error(&e)))?;
+        }
+    }
+    let status = order
+        .poll_ready(&RetryPolicy::new().timeout(VALIDATION_TIMEOUT))
+        .await;
+    match status {
+        Ok(OrderStatus::Ready) => Ok(()),
+        Ok(other) => Err(failed_challenges(
+            order,
+            challenge_type,
+            pending,
+            &format!("the order is {other:?}"),
+        )
+        .await),
+        Err(e) => Err(failed_challenges(order, challenge_type, pending, &acme_error(&e)).await),
+    }
+}
+
+/// Why validation failed: each failed challenge's identifier, type and
+/// problem, or the order's own problem.
+async fn failed_challenges(
+    order: &mut Order,
+    challenge_type: &ChallengeType,
+    pending: &[Pending],
+    fallback: &str,
+) -> String {
+    let mut reasons = Vec::new();
+    {
+        let mut authorizations = order.authorizations();
+        while let Some(Ok(authz)) = authorizations.next().await {
+            let identifier = authz.identifier().to_string();
+            for challenge in authz
+                .challenges
+                .iter()
+                .filter(|c| &c.r#type == challenge_type)
+            {
+                if let Some(problem) = &challenge.error {
+                    reasons.push(format!(
+                        "{identifier}: {challenge_type:?}: {}",
+                        problem_text(problem)
+                    ));
+                }
+            }
+        }
+    }
+    if reasons.is_empty()
+        && let Some(problem) = &order.state().error
+    {
+        reasons.push(problem_text(problem));
+    }
+    if reasons.is_empty() {
+        let names: Vec<&str> = pending.iter().map(|p| p.identifier.as_str()).collect();
+        reasons.push(format!("{}: {fallback}", names.join(", ")));
+    }
+    reasons.join("; ")
+}
+
+fn problem_text(p: &Problem) -> String {
+    let mut text = format!(
+        "{}: {}",
+        p.r#type.as_deref().unwrap_or("problem"),
+        p.detail.as_deref().unwrap_or("(no detail)")
+    );
+    for sub in &p.subproblems {
+        let detail = sub.detail.as_deref().unwrap_or("");
+        text.push_str(&format!(
+            " [{}: {detail}]",
+            sub.r#type.as_deref().unwrap_or("")
+        ));
+    }
+    text
+}
+
+/// An instant-acme error, with the CA's problem document when there is one.
+pub fn acme_error(e: &instant_acme::Error) -> String {
+    match e {
+        instant_acme::Error::Api(problem) => problem_text(problem),
+        other => other.to_string(),
+    }
+}
+
+fn new_key(key_type: AcmeKeyType) -> Result<KeyPair, String> {
+    let key = match key_type {
+        AcmeKeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+        AcmeKeyType::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+        AcmeKeyType::Rsa2048 => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048)
+        }
+        AcmeKeyType::Rsa3072 => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072)
+        }
+        AcmeKeyType::Rsa4096 => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096)
+        }
+    };
+    key.map_err(|e| format!("generating a {key_type:?} key: {e}"))
+}
+
+/// Checks the issued chain like any candidate: key match, chain
+/// signatures, every name covered, valid now.
+fn check(source: &AcmeSource, chain_pem: &str, key_pem: &str) -> Result<Issued, String> {
+    let certs = cert::parse_pem_certs(chain_pem.as_bytes())
+        .map_err(|e| format!("the issued chain: {e}"))?;
+    let key = PrivateKey::from_pem(key_pem.as_bytes()).map_err(|e| format!("the new key: {e}"))?;
+    let bundle = Bundle { certs, key };
+    bundle
+        .verify()
+        .map_err(|e| format!("the issued certificate: {e}"))?;
+    let leaf =
+        Leaf::parse(bundle.leaf_der()).map_err(|e| format!("the issued certificate: {e}"))?;
+    if let Err(missing) = names::cover_all(&leaf.names, &source.domains) {
+        let missing: Vec<&str> = missing.iter().map(|n| n.as_str()).collect();
+        return Err(format!(
+            "the issued certificate does not cover {}",
+            missing.join(", ")
+        ));
+    }
+    if leaf.validity.at(crate::now()) != Timeliness::Valid {
+        return Err("the issued certificate is not valid now".to_owned());
+    }
+    Ok(Issued {
+        sha256: cert::fingerprint(bundle.leaf_der()),
+        not_after: leaf.validity.not_after,
+        bundle_pem: bundle.combined_pem(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pending(identifier: &str, value: &str) -> Pending {
+        Pending {
+            identifier: identifier.to_owned(),
+            token: String::new(),
+            key_authorization: String::new(),
+            dns_value: value.to_owned(),
+        }
+    }
+
+    #[test]
+    fn a_wildcard_and_its_base_share_one_record_with_two_values() {
+        let records = dns_records(&[
+            pending("*.example.com", "a"),
+            pending("example.com", "b"),
+            pending("mail.example.com", "c"),
+        ]);
+        assert_eq!(
+            records["_acme-challenge.example.com"],
+            vec![RData::Txt("a".into()), RData::Txt("b".into())]
+        );
+        assert_eq!(
+            records["_acme-challenge.mail.example.com"],
+            vec![RData::Txt("c".into())]
+        );
+    }
+
+    #[test]
+    fn problems_read_like_the_ca_wrote_them() {
+        let p: Problem = serde_json::from_str(
+            r#"{"type":"urn:ietf:params:acme:error:connection","detail":"127.0.0.1: Connection refused","status":400}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            problem_text(&p),
+            "urn:ietf:params:acme:error:connection: 127.0.0.1: Connection refused"
+        );
+    }
+}
