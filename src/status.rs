@@ -14,6 +14,21 @@ pub struct Status {
     pub last_run: Option<state::Run>,
     /// What `mxkeys run` last recorded, and whether it is still running.
     pub daemon: Option<DaemonStatus>,
+    /// Every `acme` source: what it holds and when it renews.
+    pub acme: Vec<AcmeStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct AcmeStatus {
+    pub name: String,
+    pub domains: Vec<String>,
+    /// The certificate it holds (SHA-256) and until when.
+    pub sha256: Option<String>,
+    pub not_after: Option<String>,
+    /// When it is next due for an order (or its backoff ends).
+    pub next_renewal: String,
+    pub failures: u32,
+    pub last_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -109,10 +124,36 @@ impl Status {
             running: process_alive(d.pid),
             record: d,
         });
+        let next = crate::acme::next_due(config);
+        let acme = config
+            .acme_sources()
+            .map(|s| {
+                let state = crate::acme::SourceState::load(s);
+                let held = crate::source::acme::read_bundle(&crate::source::acme::bundle_path(s))
+                    .ok()
+                    .and_then(|(certs, _)| {
+                        let der = certs.first()?.clone();
+                        let leaf = Leaf::parse(der.as_ref()).ok()?;
+                        Some((cert::fingerprint(der.as_ref()), leaf.validity.not_after))
+                    });
+                AcmeStatus {
+                    name: s.name.clone(),
+                    domains: s.domains.iter().map(|d| d.as_str().to_owned()).collect(),
+                    sha256: held.as_ref().map(|h| h.0.clone()),
+                    not_after: held.map(|h| crate::rfc3339(h.1)),
+                    next_renewal: next
+                        .get(&s.name)
+                        .map_or_else(String::new, |t| crate::rfc3339(*t)),
+                    failures: state.failures,
+                    last_error: state.last_error,
+                }
+            })
+            .collect();
         Status {
             targets,
             last_run: record.last_run,
             daemon,
+            acme,
         }
     }
 
@@ -147,6 +188,22 @@ impl Status {
                     "  no certificate installed: {}\n",
                     problem.as_deref().unwrap_or("unknown")
                 )),
+            }
+        }
+        for a in &self.acme {
+            out.push_str(&format!("acme {}: {}\n", a.name, a.domains.join(", ")));
+            match (&a.sha256, &a.not_after) {
+                (Some(sha), Some(until)) => {
+                    out.push_str(&format!("  holds        {sha} (until {until})\n"));
+                }
+                _ => out.push_str("  holds        nothing yet\n"),
+            }
+            out.push_str(&format!("  next renewal {}\n", a.next_renewal));
+            if let Some(e) = &a.last_error {
+                out.push_str(&format!(
+                    "  last error   {e} ({} failures in a row)\n",
+                    a.failures
+                ));
             }
         }
         if let Some(d) = &self.daemon {

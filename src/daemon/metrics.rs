@@ -33,6 +33,9 @@ struct Inner {
     verifications_failed: u64,
     rollbacks: BTreeMap<String, u64>,
     source_errors: u64,
+    acme_next: BTreeMap<String, i64>,
+    orders_ok: u64,
+    orders_failed: u64,
     last_success: Option<i64>,
     last_ok: Option<bool>,
     last_problem: String,
@@ -86,6 +89,25 @@ impl Metrics {
                 facts.not_after = Some(s.not_after);
                 facts.not_before = Some(s.not_before);
             }
+        }
+    }
+
+    /// Counts ACME orders by result.
+    pub fn record_orders(&self, outcomes: &[crate::acme::Outcome]) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        for o in outcomes {
+            match o.result {
+                Some(Ok(_)) => m.orders_ok += 1,
+                Some(Err(_)) => m.orders_failed += 1,
+                None => {}
+            }
+        }
+    }
+
+    /// When each `acme` source is next due.
+    pub fn set_next_renewals(&self, due: &BTreeMap<String, i64>) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.acme_next = due.clone();
         }
     }
 
@@ -188,6 +210,21 @@ impl Metrics {
                 .iter()
                 .map(|(t, n)| (format!("{{target=\"{}\"}}", escape(t)), n.to_string()))
                 .collect(),
+        );
+        series(
+            "mxkeys_acme_next_renewal_timestamp_seconds",
+            "gauge",
+            "When an acme source is next due for an order (or its backoff ends), as a Unix timestamp.",
+            m.acme_next
+                .iter()
+                .map(|(s, t)| (format!("{{source=\"{}\"}}", escape(s)), t.to_string()))
+                .collect(),
+        );
+        series(
+            "mxkeys_acme_orders_total",
+            "counter",
+            "ACME orders by result.",
+            by_result(m.orders_ok, m.orders_failed),
         );
         series(
             "mxkeys_source_errors_total",

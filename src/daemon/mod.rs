@@ -114,8 +114,10 @@ impl Daemon {
             tracing::error!("cannot install signal handlers");
             return ExitCode::FAILURE;
         };
+        self.renew().await;
         self.reconcile("start").await;
         notify(&[NotifyState::Ready, NotifyState::Status("watching")]);
+        let mut next_renewal = self.next_renewal();
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut next_ping = Instant::now() + watchdog.unwrap_or(Duration::from_secs(3600));
         let mut next_resync = Instant::now() + self.config.daemon.resync_interval;
@@ -126,6 +128,12 @@ impl Daemon {
                 _ = hup.recv() => {
                     self.reload_config().await;
                     next_resync = Instant::now() + self.config.daemon.resync_interval;
+                    next_renewal = self.next_renewal();
+                }
+                _ = sleep_until(next_renewal.unwrap_or_else(Instant::now)), if next_renewal.is_some() => {
+                    self.renew().await;
+                    self.reconcile("renewal").await;
+                    next_renewal = self.next_renewal();
                 }
                 Some(changed) = self.changes.recv() => {
                     let mut paths = changed.paths;
@@ -154,6 +162,32 @@ impl Daemon {
         tracing::info!("stopping");
         notify(&[NotifyState::Stopping]);
         ExitCode::SUCCESS
+    }
+
+    /// Orders what the `acme` sources need now.
+    async fn renew(&mut self) {
+        if self.config.acme_sources().next().is_none() {
+            return;
+        }
+        match crate::acme::renew(&self.config, false, None).await {
+            // Each order already logged its outcome.
+            Ok(outcomes) => self.metrics.record_orders(&outcomes),
+            Err(e) => tracing::error!("renew: {e}"),
+        }
+    }
+
+    /// When the next `acme` source is due (its backoff ends, or its ARI
+    /// window should be asked again), as a timer deadline.
+    fn next_renewal(&self) -> Option<Instant> {
+        let due = crate::acme::next_due(&self.config);
+        self.metrics.set_next_renewals(&due);
+        let at = due.values().min().copied()?;
+        let wait = (at - crate::now()).clamp(1, 7 * 86_400);
+        tracing::debug!(
+            "next acme renewal check at {}",
+            crate::rfc3339(crate::now() + wait)
+        );
+        Some(Instant::now() + Duration::from_secs(wait as u64))
     }
 
     async fn reload_config(&mut self) {
