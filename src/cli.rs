@@ -41,6 +41,42 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum DkimCommand {
+    /// Advance every due transition now; start a successor where a domain
+    /// has no key or its rotation is due (--force: now).
+    Rotate {
+        #[arg(long)]
+        domain: Option<String>,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Every key per domain: selector, algorithm, state, since, next transition.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// The records mxkeys wants published now, as zone-file lines.
+    Records,
+    /// Adopt an existing private key as the active key (its record must
+    /// already be published and is verified first).
+    Import {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+        /// The private key (PEM).
+        file: PathBuf,
+    },
+    /// Emergency: revoke a key now and bring a successor to signing.
+    Revoke {
+        #[arg(long)]
+        domain: String,
+        #[arg(long)]
+        selector: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum DnsCommand {
     /// Write a probe TXT record through a provider, wait until every
     /// authoritative server answers it, remove it; print each step's time.
@@ -81,6 +117,11 @@ enum Command {
     /// Print the configuration in use as TOML (useful in container mode,
     /// where it is built from the environment).
     Config,
+    /// DKIM keys: rotation, status, records, import, revocation.
+    Dkim {
+        #[command(subcommand)]
+        command: DkimCommand,
+    },
     /// DNS providers.
     Dns {
         #[command(subcommand)]
@@ -122,6 +163,7 @@ pub fn main() -> ExitCode {
         Command::Dns {
             command: DnsCommand::Test { provider, name },
         } => dns_test(&config, &provider, name.as_deref()),
+        Command::Dkim { command } => dkim(&config, command),
         Command::Config => match source.text() {
             Ok(text) => {
                 println!("# configuration from {source}");
@@ -158,6 +200,92 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
+fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
+    if config.dkim.is_none() {
+        tracing::error!("configuration {}: no [dkim] table", config.path.display());
+        return ExitCode::from(2);
+    }
+    let print_pass = |pass: crate::dkim::Pass| {
+        for line in &pass.done {
+            println!("{line}");
+        }
+        for line in &pass.waiting {
+            println!("waiting: {line}");
+        }
+        if pass.errors.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        }
+    };
+    let Some(rt) = runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let result = match command {
+        DkimCommand::Rotate { domain, force } => rt
+            .block_on(crate::dkim::rotate(config, domain.as_deref(), force))
+            .map(print_pass),
+        DkimCommand::Revoke { domain, selector } => rt
+            .block_on(crate::dkim::revoke(config, &domain, &selector))
+            .map(print_pass),
+        DkimCommand::Import {
+            domain,
+            selector,
+            file,
+        } => rt
+            .block_on(crate::dkim::import(config, &domain, &selector, &file))
+            .map(|line| {
+                println!("{line}");
+                ExitCode::SUCCESS
+            }),
+        DkimCommand::Records => crate::dkim::records(config).map(|text| {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }),
+        DkimCommand::Status { json } => crate::dkim::status(config).map(|keys| {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&keys).unwrap_or_default()
+                );
+            } else {
+                for k in &keys {
+                    println!(
+                        "{} {} {} {} since {}{}",
+                        k.domain,
+                        k.selector,
+                        k.algorithm,
+                        k.state,
+                        k.since,
+                        match (&k.next, &k.next_at) {
+                            (Some(what), Some(at)) => format!("; next: {what} at {at}"),
+                            _ => String::new(),
+                        }
+                    );
+                }
+            }
+            ExitCode::SUCCESS
+        }),
+    };
+    result.unwrap_or_else(|e| {
+        tracing::error!("dkim: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 /// `mxkeys renew`: orders what is due, then syncs. Exit 0 when every

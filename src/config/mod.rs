@@ -117,6 +117,77 @@ pub struct Config {
     pub dns: std::collections::BTreeMap<String, DnsProvider>,
     /// The `[acme]` table (defaults when absent).
     pub acme: AcmeAccount,
+    /// The `[dkim]` table, when DKIM keys are managed.
+    pub dkim: Option<Dkim>,
+}
+
+/// The `[dkim]` table: which keys to keep, how to rotate them, where the
+/// signer reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dkim {
+    pub domains: Vec<DnsName>,
+    pub algorithms: Vec<DkimAlgorithm>,
+    /// Selector template: `{alg}` (r/e), `{date}` (YYYYMMDD), `{n}`.
+    pub selector: String,
+    pub key_dir: PathBuf,
+    /// A `[dns.NAME]` provider, or "manual".
+    pub dns: String,
+    pub ttl: u32,
+    pub rotate_every: Duration,
+    pub lead: Duration,
+    pub drain: Duration,
+    pub revoke_hold: Duration,
+    pub signer: Signer,
+    pub signer_dir: PathBuf,
+    pub key_owner: Option<String>,
+    pub key_group: Option<String>,
+    pub key_mode: u32,
+    pub reload: Vec<Reload>,
+    pub reload_timeout: Duration,
+}
+
+/// A DKIM signing algorithm and key size.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+pub enum DkimAlgorithm {
+    #[serde(rename = "rsa-1024")]
+    Rsa1024,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+impl DkimAlgorithm {
+    pub fn is_rsa(self) -> bool {
+        !matches!(self, DkimAlgorithm::Ed25519)
+    }
+
+    /// `{alg}` in selector templates.
+    pub fn letter(self) -> &'static str {
+        if self.is_rsa() { "r" } else { "e" }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DkimAlgorithm::Rsa1024 => "rsa-1024",
+            DkimAlgorithm::Rsa2048 => "rsa-2048",
+            DkimAlgorithm::Rsa3072 => "rsa-3072",
+            DkimAlgorithm::Ed25519 => "ed25519",
+        }
+    }
+}
+
+/// Which signer's configuration mxkeys writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signer {
+    Opendkim,
+    Rspamd,
+    Amavis,
 }
 
 impl Config {
@@ -538,6 +609,7 @@ struct RawConfig {
     #[serde(default)]
     dns: std::collections::BTreeMap<String, RawDns>,
     acme: Option<RawAcme>,
+    dkim: Option<RawDkim>,
     #[serde(default, rename = "source")]
     sources: Vec<RawSource>,
     #[serde(default, rename = "target")]
@@ -548,6 +620,34 @@ struct RawConfig {
 #[serde(deny_unknown_fields)]
 struct RawMetrics {
     listen: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDkim {
+    domains: Vec<String>,
+    algorithms: Option<Vec<DkimAlgorithm>>,
+    selector: Option<String>,
+    key_dir: Option<PathBuf>,
+    dns: String,
+    ttl: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    rotate_every: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    lead: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    drain: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    revoke_hold: Option<Duration>,
+    signer: Signer,
+    signer_dir: PathBuf,
+    key_owner: Option<String>,
+    key_group: Option<String>,
+    key_mode: Option<String>,
+    reload: Option<Vec<String>>,
+    reload_signal: Option<RawSignal>,
+    #[serde(default, with = "humantime_serde")]
+    reload_timeout: Option<Duration>,
 }
 
 #[derive(Deserialize, Default)]
@@ -940,6 +1040,11 @@ impl Config {
         }
         let acme = validate_acme(raw.acme.unwrap_or_default(), &abs)
             .map_err(|m| err(format!("[acme]: {m}")))?;
+        let dkim = raw
+            .dkim
+            .map(|d| validate_dkim(d, &state_dir, &dns, &abs))
+            .transpose()
+            .map_err(|m| err(format!("[dkim]: {m}")))?;
         Ok(Config {
             path: path.to_owned(),
             hostname,
@@ -949,6 +1054,7 @@ impl Config {
             daemon,
             dns,
             acme,
+            dkim,
         })
     }
 }
@@ -1239,6 +1345,121 @@ fn validate_acme(raw: RawAcme, abs: &dyn Fn(&Path) -> PathBuf) -> Result<AcmeAcc
         ca_bundle: raw.ca_bundle.as_deref().map(abs),
         eab,
         profile: raw.profile,
+    })
+}
+
+fn validate_dkim(
+    raw: RawDkim,
+    state_dir: &Path,
+    dns: &std::collections::BTreeMap<String, DnsProvider>,
+    abs: &dyn Fn(&Path) -> PathBuf,
+) -> Result<Dkim, String> {
+    if raw.domains.is_empty() {
+        return Err("key `domains`: at least one domain".to_owned());
+    }
+    let domains = raw
+        .domains
+        .iter()
+        .map(|d| DnsName::parse(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("key `domains`: {e}"))?;
+    if let Some(w) = domains.iter().find(|d| d.is_wildcard()) {
+        return Err(format!(
+            "key `domains`: {w}: DKIM domains cannot be wildcards"
+        ));
+    }
+    let mut algorithms = raw
+        .algorithms
+        .unwrap_or_else(|| vec![DkimAlgorithm::Rsa2048]);
+    algorithms.sort();
+    algorithms.dedup();
+    if algorithms.is_empty() {
+        return Err("key `algorithms`: at least one".to_owned());
+    }
+    if !algorithms.iter().any(|a| a.is_rsa()) {
+        return Err(
+            "key `algorithms`: Ed25519 alone is refused: large receivers still do not verify it (RFC 8463); add \"rsa-2048\""
+                .to_owned(),
+        );
+    }
+    if algorithms.iter().filter(|a| a.is_rsa()).count() > 1 {
+        return Err("key `algorithms`: one RSA size at a time".to_owned());
+    }
+    if raw.signer == Signer::Amavis && algorithms.contains(&DkimAlgorithm::Ed25519) {
+        return Err(
+            "amavis signs with RSA only: remove \"ed25519\" or use opendkim or rspamd".to_owned(),
+        );
+    }
+    let selector = raw.selector.unwrap_or_else(|| "{alg}{date}".to_owned());
+    let sample = selector
+        .replace("{alg}", "r")
+        .replace("{date}", "20260101")
+        .replace("{n}", "1");
+    if sample.is_empty()
+        || sample.len() > 63
+        || !sample
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+        || sample.contains('{')
+    {
+        return Err(format!(
+            "key `selector`: {selector:?} must give a DNS label of letters, digits and '-' ({{alg}}, {{date}}, {{n}} are replaced)"
+        ));
+    }
+    if dns.get(&raw.dns).is_none() && raw.dns != "manual" {
+        return Err(format!(
+            "key `dns`: no [dns.{}] table (or \"manual\")",
+            raw.dns
+        ));
+    }
+    let day = |d: u64| Duration::from_secs(d * 86_400);
+    let rotate_every = raw.rotate_every.unwrap_or(day(90));
+    if rotate_every < Duration::from_secs(60) {
+        return Err("key `rotate_every`: at least 1m".to_owned());
+    }
+    let key_mode = match raw.key_mode.as_deref() {
+        None => 0o600,
+        Some(m) => parse_mode(m).map_err(|e| format!("key `key_mode`: {e}"))?,
+    };
+    let mut reload = Vec::new();
+    if let Some(argv) = raw.reload {
+        if argv.first().is_none_or(|a| a.is_empty()) {
+            return Err(
+                "key `reload`: an argument list whose first item is the program".to_owned(),
+            );
+        }
+        reload.push(Reload::Command(argv));
+    }
+    if let Some(sig) = raw.reload_signal {
+        let signal =
+            parse_signal(&sig.signal).map_err(|e| format!("key `reload_signal.signal`: {e}"))?;
+        reload.push(Reload::Signal {
+            pidfile: abs(&sig.pidfile),
+            signal,
+        });
+    }
+    Ok(Dkim {
+        domains,
+        algorithms,
+        selector,
+        key_dir: raw
+            .key_dir
+            .as_deref()
+            .map(abs)
+            .unwrap_or_else(|| state_dir.join("dkim")),
+        dns: raw.dns,
+        ttl: raw.ttl.unwrap_or(300),
+        rotate_every,
+        lead: raw.lead.unwrap_or(Duration::from_secs(48 * 3600)),
+        drain: raw.drain.unwrap_or(day(7)),
+        revoke_hold: raw.revoke_hold.unwrap_or(day(30)),
+        signer: raw.signer,
+        signer_dir: abs(&raw.signer_dir),
+        key_owner: raw.key_owner,
+        key_group: raw.key_group,
+        key_mode,
+        reload,
+        reload_timeout: raw.reload_timeout.unwrap_or(DEFAULT_RELOAD_TIMEOUT),
     })
 }
 
@@ -1692,6 +1913,49 @@ mod tests {
             ("[acme]\neab_kid = \"k\"\n", "eab_hmac_key"),
         ] {
             let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn dkim_table() {
+        let c = parse(
+            "[dns.cf]\ntype = \"cloudflare\"\napi_token_env = \"T\"\n[dkim]\ndomains = [\"example.com\", \"example.org\"]\nalgorithms = [\"ed25519\", \"rsa-2048\"]\ndns = \"cf\"\nlead = \"0s\"\nsigner = \"opendkim\"\nsigner_dir = \"/etc/opendkim\"\nreload = [\"sh\", \"-c\", \"kill -USR1 1\"]\n",
+        )
+        .unwrap();
+        let d = c.dkim.unwrap();
+        assert_eq!(
+            d.algorithms,
+            vec![DkimAlgorithm::Rsa2048, DkimAlgorithm::Ed25519]
+        );
+        assert_eq!(d.selector, "{alg}{date}");
+        assert_eq!(d.lead, Duration::ZERO);
+        assert_eq!(d.rotate_every, Duration::from_secs(90 * 86_400));
+        assert_eq!(d.key_dir, PathBuf::from("/var/lib/mxkeys/dkim"));
+        for (text, needle) in [
+            (
+                "algorithms = [\"ed25519\"]\nsigner = \"opendkim\"\n",
+                "Ed25519 alone",
+            ),
+            (
+                "algorithms = [\"rsa-2048\", \"ed25519\"]\nsigner = \"amavis\"\n",
+                "amavis",
+            ),
+            (
+                "signer = \"opendkim\"\nselector = \"bad_sel\"\n",
+                "selector",
+            ),
+            ("signer = \"postfix\"\n", "postfix"),
+            (
+                "signer = \"opendkim\"\nalgorithms = [\"rsa-512\"]\n",
+                "rsa-512",
+            ),
+        ] {
+            let e = parse(&format!(
+                "[dkim]\ndomains = [\"example.com\"]\ndns = \"manual\"\nsigner_dir = \"/x\"\n{text}"
+            ))
+            .unwrap_err()
+            .to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
     }

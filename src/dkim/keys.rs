@@ -1,0 +1,128 @@
+//! DKIM keys (rcgen on aws-lc-rs, PKCS#8 PEM) and the TXT records that
+//! publish them: `v=DKIM1; k=rsa; p=<SubjectPublicKeyInfo, base64>` or
+//! `v=DKIM1; k=ed25519; p=<raw 32-byte key, base64>` (RFC 6376, RFC 8463).
+
+use base64::Engine as _;
+use rcgen::{KeyPair, PublicKeyData, RsaKeySize};
+use zeroize::Zeroizing;
+
+use crate::config::DkimAlgorithm;
+
+/// A new private key and the record value that publishes it.
+pub struct NewKey {
+    pub pem: Zeroizing<String>,
+    pub record: String,
+}
+
+/// Generates a key of `algorithm`.
+pub fn generate(algorithm: DkimAlgorithm) -> Result<NewKey, String> {
+    let key = match algorithm {
+        DkimAlgorithm::Rsa1024 => {
+            return Err("rsa-1024: aws-lc-rs does not generate RSA keys under 2048 bits (RFC 8301 allows 1024, recommends 2048); import one with `mxkeys dkim import` or use rsa-2048".to_owned());
+        }
+        DkimAlgorithm::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048),
+        DkimAlgorithm::Rsa3072 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072),
+        DkimAlgorithm::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
+    }
+    .map_err(|e| format!("generating a {} key: {e}", algorithm.name()))?;
+    let record = record_of(&key)?;
+    Ok(NewKey {
+        pem: Zeroizing::new(key.serialize_pem()),
+        record,
+    })
+}
+
+/// The record value publishing a key.
+fn record_of(key: &KeyPair) -> Result<String, String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if key.algorithm() == &rcgen::PKCS_ED25519 {
+        Ok(format!(
+            "v=DKIM1; k=ed25519; p={}",
+            b64.encode(key.public_key_raw())
+        ))
+    } else if key.algorithm() == &rcgen::PKCS_RSA_SHA256 {
+        Ok(format!(
+            "v=DKIM1; k=rsa; p={}",
+            b64.encode(key.subject_public_key_info())
+        ))
+    } else {
+        Err("a DKIM key must be RSA or Ed25519".to_owned())
+    }
+}
+
+/// The algorithm and record value of an existing private key (PEM:
+/// PKCS#8, or PKCS#1 for RSA), for `mxkeys dkim import`.
+pub fn inspect(pem: &str) -> Result<(DkimAlgorithm, String), String> {
+    let key = KeyPair::from_pem(pem).map_err(|e| format!("not a usable private key: {e}"))?;
+    let record = record_of(&key)?;
+    let algorithm = if key.algorithm() == &rcgen::PKCS_ED25519 {
+        DkimAlgorithm::Ed25519
+    } else {
+        // The RSA modulus size, from the SubjectPublicKeyInfo.
+        let spki = key.subject_public_key_info();
+        let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der_ext(&spki)
+            .map_err(|e| format!("public key: {e}"))?;
+        match info.parsed().map(|p| p.key_size()) {
+            Ok(1024) => DkimAlgorithm::Rsa1024,
+            Ok(2048) => DkimAlgorithm::Rsa2048,
+            Ok(3072) => DkimAlgorithm::Rsa3072,
+            Ok(bits) => {
+                return Err(format!(
+                    "RSA keys of {bits} bits are not one of rsa-1024, rsa-2048, rsa-3072"
+                ));
+            }
+            Err(e) => return Err(format!("public key: {e}")),
+        }
+    };
+    Ok((algorithm, record))
+}
+
+/// The record value of a revoked key: an empty `p=` (RFC 6376 §3.6.1).
+pub fn revoked_record(algorithm: DkimAlgorithm) -> String {
+    if algorithm.is_rsa() {
+        "v=DKIM1; k=rsa; p=".to_owned()
+    } else {
+        "v=DKIM1; k=ed25519; p=".to_owned()
+    }
+}
+
+trait FromDerExt<'a>: Sized {
+    fn from_der_ext(der: &'a [u8]) -> Result<(&'a [u8], Self), String>;
+}
+
+impl<'a> FromDerExt<'a> for x509_parser::x509::SubjectPublicKeyInfo<'a> {
+    fn from_der_ext(der: &'a [u8]) -> Result<(&'a [u8], Self), String> {
+        use x509_parser::prelude::FromDer as _;
+        Self::from_der(der).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rsa_and_ed25519_records_have_the_rfc_shapes() {
+        let rsa = generate(DkimAlgorithm::Rsa2048).unwrap();
+        assert!(rsa.pem.starts_with("-----BEGIN PRIVATE KEY-----"));
+        let p = rsa.record.strip_prefix("v=DKIM1; k=rsa; p=").unwrap();
+        // A 2048-bit SubjectPublicKeyInfo is 294 bytes: 392 base64 characters.
+        assert_eq!(p.len(), 392);
+        let ed = generate(DkimAlgorithm::Ed25519).unwrap();
+        let p = ed.record.strip_prefix("v=DKIM1; k=ed25519; p=").unwrap();
+        assert_eq!(p.len(), 44, "the raw 32-byte key, not an SPKI");
+        assert_eq!(
+            inspect(&ed.pem).unwrap(),
+            (DkimAlgorithm::Ed25519, ed.record.clone())
+        );
+        assert_eq!(
+            inspect(&rsa.pem).unwrap(),
+            (DkimAlgorithm::Rsa2048, rsa.record.clone())
+        );
+        assert!(generate(DkimAlgorithm::Rsa1024).is_err_and(|e| e.contains("rsa-2048")));
+        assert_eq!(
+            revoked_record(DkimAlgorithm::Ed25519),
+            "v=DKIM1; k=ed25519; p="
+        );
+    }
+}

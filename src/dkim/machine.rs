@@ -1,0 +1,466 @@
+//! The DKIM key life cycle as a pure state machine, per domain and
+//! algorithm:
+//!
+//! ```text
+//! generated -> published -> (seen on every authoritative server, then `lead`)
+//!   -> active (signs) -> (successor active) -> draining (record kept)
+//!   -> (after `drain`) -> revoked (p=) -> (after `revoke_hold`) -> deleted
+//! ```
+//!
+//! A successor is generated when a group has no key on its way to signing,
+//! or when its active key is `rotate_every` old. Transitions happen only in
+//! this order: a key never signs before its record was verified, and a
+//! record never disappears while mail signed with it may still be in
+//! flight. [`next_step`] names one step at a time; the caller performs it,
+//! saves the new state, and asks again, so a crash between any two steps
+//! leaves a state the next run continues from.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::DkimAlgorithm;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyState {
+    Generated,
+    Published,
+    Active,
+    Draining,
+    Revoked,
+}
+
+impl std::fmt::Display for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeyState::Generated => "generated",
+            KeyState::Published => "published",
+            KeyState::Active => "active",
+            KeyState::Draining => "draining",
+            KeyState::Revoked => "revoked",
+        })
+    }
+}
+
+/// One key and what has happened to it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Key {
+    pub domain: String,
+    pub algorithm: DkimAlgorithm,
+    pub selector: String,
+    pub file: PathBuf,
+    /// The record value publishing it (public).
+    pub record: String,
+    pub state: KeyState,
+    /// When it entered `state`.
+    pub since: i64,
+    pub created_at: i64,
+    /// When every authoritative server was seen answering `record`.
+    pub verified_at: Option<i64>,
+    pub activated_at: Option<i64>,
+}
+
+impl Key {
+    /// `SELECTOR._domainkey.DOMAIN`.
+    pub fn record_name(&self) -> String {
+        format!("{}._domainkey.{}", self.selector, self.domain)
+    }
+}
+
+/// Every key mxkeys manages, and every selector it ever used.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Book {
+    pub keys: Vec<Key>,
+    /// Per domain: selectors used, never to be used again.
+    pub used_selectors: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// The durations of `[dkim]`, in seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Policy {
+    pub rotate_every: i64,
+    pub lead: i64,
+    pub drain: i64,
+    pub revoke_hold: i64,
+}
+
+/// One thing to do now. Indices point into [`Book::keys`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A new key (and selector) for this group.
+    Generate {
+        domain: String,
+        algorithm: DkimAlgorithm,
+    },
+    /// Write the key's record.
+    Publish(usize),
+    /// Check every authoritative server answers the record.
+    Verify(usize),
+    /// The signer starts signing with it.
+    Activate(usize),
+    /// Out of the signer; the record stays.
+    Drain(usize),
+    /// Publish `p=` (revoked).
+    Revoke(usize),
+    /// Delete the record and the key file.
+    Delete(usize),
+}
+
+/// The next step, given the configured groups (`wanted`), the time, the
+/// groups whose rotation is forced, and the keys whose verification already
+/// failed in this pass (`waiting`, not retried until the next pass).
+pub fn next_step(
+    book: &Book,
+    wanted: &[(String, DkimAlgorithm)],
+    policy: &Policy,
+    now: i64,
+    forced: &BTreeSet<(String, DkimAlgorithm)>,
+    waiting: &BTreeSet<usize>,
+) -> Option<Step> {
+    let is_wanted = |k: &Key| {
+        wanted
+            .iter()
+            .any(|(d, a)| *d == k.domain && *a == k.algorithm)
+    };
+    // Keys ordered oldest first, per group.
+    let newer_active = |i: usize| {
+        let k = &book.keys[i];
+        book.keys.iter().any(|o| {
+            o.domain == k.domain
+                && o.algorithm == k.algorithm
+                && o.state == KeyState::Active
+                && o.activated_at > k.activated_at
+        })
+    };
+    for (i, k) in book.keys.iter().enumerate() {
+        let step = match k.state {
+            KeyState::Revoked if now >= k.since + policy.revoke_hold => Some(Step::Delete(i)),
+            KeyState::Draining if now >= k.since + policy.drain => Some(Step::Revoke(i)),
+            // Never published: nothing signed with it can be in flight.
+            KeyState::Generated | KeyState::Published if !is_wanted(k) => Some(Step::Delete(i)),
+            KeyState::Active if !is_wanted(k) || newer_active(i) => Some(Step::Drain(i)),
+            KeyState::Generated => Some(Step::Publish(i)),
+            KeyState::Published if k.verified_at.is_none() && !waiting.contains(&i) => {
+                Some(Step::Verify(i))
+            }
+            KeyState::Published if k.verified_at.is_some_and(|v| now >= v + policy.lead) => {
+                Some(Step::Activate(i))
+            }
+            _ => None,
+        };
+        if step.is_some() {
+            return step;
+        }
+    }
+    for (domain, algorithm) in wanted {
+        let group: Vec<&Key> = book
+            .keys
+            .iter()
+            .filter(|k| &k.domain == domain && k.algorithm == *algorithm)
+            .collect();
+        let pending = group
+            .iter()
+            .any(|k| matches!(k.state, KeyState::Generated | KeyState::Published));
+        if pending {
+            continue;
+        }
+        let newest_active = group
+            .iter()
+            .filter(|k| k.state == KeyState::Active)
+            .filter_map(|k| k.activated_at)
+            .max();
+        let due = match newest_active {
+            None => true,
+            Some(at) => now >= at + policy.rotate_every,
+        };
+        if due || forced.contains(&(domain.clone(), *algorithm)) {
+            return Some(Step::Generate {
+                domain: domain.clone(),
+                algorithm: *algorithm,
+            });
+        }
+    }
+    None
+}
+
+/// When a key's next timed transition is due (`None` when it waits on
+/// nothing timed).
+pub fn next_transition(book: &Book, k: &Key, policy: &Policy) -> Option<(i64, &'static str)> {
+    match k.state {
+        KeyState::Generated => Some((k.since, "publish")),
+        KeyState::Published => match k.verified_at {
+            None => Some((k.since, "verify on every authoritative server")),
+            Some(v) => Some((v + policy.lead, "activate")),
+        },
+        KeyState::Active => {
+            let successor = book.keys.iter().any(|o| {
+                o.domain == k.domain
+                    && o.algorithm == k.algorithm
+                    && matches!(o.state, KeyState::Generated | KeyState::Published)
+            });
+            if successor {
+                None
+            } else {
+                k.activated_at
+                    .map(|a| (a + policy.rotate_every, "start a successor"))
+            }
+        }
+        KeyState::Draining => Some((k.since + policy.drain, "revoke")),
+        KeyState::Revoked => Some((k.since + policy.revoke_hold, "delete")),
+    }
+}
+
+/// The earliest timed transition of all keys (the daemon's next wake-up).
+pub fn earliest(book: &Book, policy: &Policy) -> Option<i64> {
+    book.keys
+        .iter()
+        .filter_map(|k| next_transition(book, k, policy).map(|(t, _)| t))
+        .min()
+}
+
+/// A selector from the template, never one used before for the domain:
+/// `{alg}` r/e, `{date}` YYYYMMDD, `{n}` 1, 2, 3...; a template without
+/// `{n}` gets `-2`, `-3`... appended when the plain form was used.
+pub fn selector(
+    template: &str,
+    algorithm: DkimAlgorithm,
+    date: &str,
+    used: &BTreeSet<String>,
+) -> String {
+    let base = template
+        .replace("{alg}", algorithm.letter())
+        .replace("{date}", date);
+    for n in 1.. {
+        let candidate = if base.contains("{n}") {
+            base.replace("{n}", &n.to_string())
+        } else if n == 1 {
+            base.clone()
+        } else {
+            format!("{base}-{n}")
+        };
+        if !used.contains(&candidate) {
+            return candidate;
+        }
+    }
+    unreachable!("an unused selector always exists")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+    const RSA: DkimAlgorithm = DkimAlgorithm::Rsa2048;
+
+    fn policy() -> Policy {
+        Policy {
+            rotate_every: 90 * DAY,
+            lead: 2 * DAY,
+            drain: 7 * DAY,
+            revoke_hold: 30 * DAY,
+        }
+    }
+
+    fn wanted() -> Vec<(String, DkimAlgorithm)> {
+        vec![("example.com".to_owned(), RSA)]
+    }
+
+    /// Performs steps like the executor, with every verification passing
+    /// when `dns_ok`, and returns the steps taken.
+    fn pass(book: &mut Book, now: i64, dns_ok: bool) -> Vec<Step> {
+        let mut taken = Vec::new();
+        let mut waiting = BTreeSet::new();
+        while let Some(step) =
+            next_step(book, &wanted(), &policy(), now, &BTreeSet::new(), &waiting)
+        {
+            taken.push(step.clone());
+            match step {
+                Step::Generate { domain, algorithm } => {
+                    let used = book.used_selectors.entry(domain.clone()).or_default();
+                    let sel = selector("{alg}{date}", algorithm, &now.to_string(), used);
+                    used.insert(sel.clone());
+                    book.keys.push(Key {
+                        domain,
+                        algorithm,
+                        file: PathBuf::from(format!("/k/{sel}")),
+                        selector: sel,
+                        record: "v=DKIM1; k=rsa; p=X".into(),
+                        state: KeyState::Generated,
+                        since: now,
+                        created_at: now,
+                        verified_at: None,
+                        activated_at: None,
+                    });
+                }
+                Step::Publish(i) => {
+                    book.keys[i].state = KeyState::Published;
+                    book.keys[i].since = now;
+                }
+                Step::Verify(i) if dns_ok => book.keys[i].verified_at = Some(now),
+                Step::Verify(i) => {
+                    waiting.insert(i);
+                }
+                Step::Activate(i) => {
+                    book.keys[i].state = KeyState::Active;
+                    book.keys[i].since = now;
+                    book.keys[i].activated_at = Some(now);
+                }
+                Step::Drain(i) => {
+                    book.keys[i].state = KeyState::Draining;
+                    book.keys[i].since = now;
+                }
+                Step::Revoke(i) => {
+                    book.keys[i].state = KeyState::Revoked;
+                    book.keys[i].since = now;
+                }
+                Step::Delete(i) => {
+                    book.keys.remove(i);
+                }
+            }
+            assert!(taken.len() < 50, "no progress: {taken:?}");
+        }
+        taken
+    }
+
+    fn states(book: &Book) -> Vec<KeyState> {
+        book.keys.iter().map(|k| k.state).collect()
+    }
+
+    #[test]
+    fn a_full_rotation_in_order() {
+        let mut b = Book::default();
+        // Day 0: generated and published, verified, but not active before the lead.
+        pass(&mut b, 0, true);
+        assert_eq!(states(&b), [KeyState::Published]);
+        pass(&mut b, DAY, true);
+        assert_eq!(states(&b), [KeyState::Published]);
+        pass(&mut b, 2 * DAY, true);
+        assert_eq!(states(&b), [KeyState::Active]);
+        // Day 92: rotation due: a successor is published, the old key still signs.
+        pass(&mut b, 92 * DAY, true);
+        assert_eq!(states(&b), [KeyState::Active, KeyState::Published]);
+        // Two days later the successor signs and the old key drains.
+        pass(&mut b, 94 * DAY, true);
+        assert_eq!(states(&b), [KeyState::Draining, KeyState::Active]);
+        assert_ne!(b.keys[0].selector, b.keys[1].selector);
+        pass(&mut b, 100 * DAY, true);
+        assert_eq!(states(&b), [KeyState::Draining, KeyState::Active]);
+        pass(&mut b, 101 * DAY, true);
+        assert_eq!(states(&b), [KeyState::Revoked, KeyState::Active]);
+        pass(&mut b, 131 * DAY, true);
+        assert_eq!(states(&b), [KeyState::Active]);
+    }
+
+    #[test]
+    fn never_active_before_verified() {
+        let mut b = Book::default();
+        for day in 0..10 {
+            pass(&mut b, day * DAY, false);
+            assert_eq!(states(&b), [KeyState::Published], "day {day}");
+        }
+        pass(&mut b, 10 * DAY, true);
+        // Verified just now: the lead starts now.
+        assert_eq!(states(&b), [KeyState::Published]);
+        pass(&mut b, 12 * DAY, true);
+        assert_eq!(states(&b), [KeyState::Active]);
+    }
+
+    #[test]
+    fn zero_lead_goes_from_nothing_to_active_in_one_pass() {
+        let mut b = Book::default();
+        let p = Policy {
+            lead: 0,
+            ..policy()
+        };
+        let mut waiting = BTreeSet::new();
+        let mut steps = 0;
+        while let Some(step) = next_step(&b, &wanted(), &p, 0, &BTreeSet::new(), &waiting) {
+            steps += 1;
+            match step {
+                Step::Generate { .. } => {
+                    pass_one_generate(&mut b);
+                }
+                Step::Publish(i) => b.keys[i].state = KeyState::Published,
+                Step::Verify(i) => b.keys[i].verified_at = Some(0),
+                Step::Activate(i) => {
+                    b.keys[i].state = KeyState::Active;
+                    b.keys[i].activated_at = Some(0);
+                }
+                other => panic!("{other:?}"),
+            }
+            waiting.clear();
+        }
+        assert_eq!(steps, 4);
+        assert_eq!(states(&b), [KeyState::Active]);
+    }
+
+    fn pass_one_generate(b: &mut Book) {
+        b.keys.push(Key {
+            domain: "example.com".into(),
+            algorithm: RSA,
+            selector: "r1".into(),
+            file: "/k".into(),
+            record: String::new(),
+            state: KeyState::Generated,
+            since: 0,
+            created_at: 0,
+            verified_at: None,
+            activated_at: None,
+        });
+    }
+
+    #[test]
+    fn forced_rotation_and_removed_domains() {
+        let mut b = Book::default();
+        pass(&mut b, 0, true);
+        pass(&mut b, 2 * DAY, true);
+        let forced: BTreeSet<_> = [("example.com".to_owned(), RSA)].into();
+        let step = next_step(&b, &wanted(), &policy(), 3 * DAY, &forced, &BTreeSet::new());
+        assert!(matches!(step, Some(Step::Generate { .. })));
+        // A domain no longer configured: its active key drains (its record stays).
+        let step = next_step(
+            &b,
+            &[],
+            &policy(),
+            3 * DAY,
+            &BTreeSet::new(),
+            &BTreeSet::new(),
+        );
+        assert_eq!(step, Some(Step::Drain(0)));
+    }
+
+    #[test]
+    fn selectors_are_never_reused() {
+        let mut used = BTreeSet::new();
+        let a = selector("{alg}{date}", RSA, "20261121", &used);
+        assert_eq!(a, "r20261121");
+        used.insert(a);
+        assert_eq!(
+            selector("{alg}{date}", RSA, "20261121", &used),
+            "r20261121-2"
+        );
+        assert_eq!(
+            selector(
+                "mx{n}",
+                DkimAlgorithm::Ed25519,
+                "x",
+                &BTreeSet::from(["mx1".to_owned()])
+            ),
+            "mx2"
+        );
+    }
+
+    #[test]
+    fn next_transitions_are_named() {
+        let mut b = Book::default();
+        pass(&mut b, 0, true);
+        assert_eq!(
+            next_transition(&b, &b.keys[0], &policy()),
+            Some((2 * DAY, "activate"))
+        );
+        pass(&mut b, 2 * DAY, true);
+        assert_eq!(earliest(&b, &policy()), Some(92 * DAY));
+    }
+}

@@ -1,0 +1,591 @@
+//! DKIM keys: generated, published, verified on every authoritative server,
+//! signing, drained, revoked and deleted in that order only, with the
+//! signer (OpenDKIM, Rspamd, amavis) configured from the keys that sign.
+//!
+//! [`machine`] decides (pure); this module acts: it performs one step,
+//! saves the state (`state_dir/dkim/state.json`), and asks for the next, so
+//! a crash anywhere leaves a state the next run continues from. The signer
+//! files are rendered from the state after every change of the signing set
+//! and the signer is reloaded once at the end of a pass.
+
+pub mod keys;
+pub mod machine;
+pub mod signer;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use machine::{Book, Key, KeyState, Policy, Step};
+use mxkeys_providers::propagation::Propagation;
+use mxkeys_providers::{RData, RecordStore, RecordType};
+use serde::Serialize;
+
+use crate::config::{Config, Dkim, DkimAlgorithm};
+use crate::dns::Provider;
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
+}
+
+pub fn policy(d: &Dkim) -> Policy {
+    Policy {
+        rotate_every: secs(d.rotate_every),
+        lead: secs(d.lead),
+        drain: secs(d.drain),
+        revoke_hold: secs(d.revoke_hold),
+    }
+}
+
+fn state_path(config: &Config) -> PathBuf {
+    config.state_dir.join("dkim").join("state.json")
+}
+
+/// Loads the key book (empty when none yet).
+pub fn load(config: &Config) -> Result<Book, String> {
+    let path = state_path(config);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Book::default()),
+        Err(e) => Err(format!(
+            "{}: {}",
+            path.display(),
+            crate::source::io_reason(&e)
+        )),
+    }
+}
+
+fn save(config: &Config, book: &Book) -> Result<(), String> {
+    let path = state_path(config);
+    if let Some(dir) = path.parent() {
+        crate::state::ensure_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let json = serde_json::to_vec_pretty(book).map_err(|e| e.to_string())?;
+    crate::install::write_atomic(&path, &json, 0o600, None)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The provider and propagation check `[dkim] dns` names.
+fn dns(config: &Config, d: &Dkim) -> Result<(Provider, Propagation), String> {
+    match config.dns.get(&d.dns) {
+        Some(cfg) => Ok((Provider::build(cfg)?, crate::dns::propagation(cfg))),
+        None => Ok((
+            Provider::Manual(mxkeys_providers::manual::Manual::default()),
+            Propagation::default(),
+        )),
+    }
+}
+
+/// What a pass did, for printing.
+#[derive(Debug, Default)]
+pub struct Pass {
+    pub done: Vec<String>,
+    /// Keys whose record is not yet seen everywhere.
+    pub waiting: Vec<String>,
+    pub signer_changed: bool,
+    pub errors: Vec<String>,
+}
+
+fn today() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::macros::format_description!("[year][month][day]"))
+        .unwrap_or_else(|_| "00000000".to_owned())
+}
+
+/// Runs the state machine until nothing more is due now: `mxkeys dkim
+/// rotate` (`force`: start a successor now), and a pass of `run`/`renew`.
+pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<Pass, String> {
+    let d = config
+        .dkim
+        .as_ref()
+        .ok_or("no [dkim] table in the configuration")?;
+    if let Some(o) = only
+        && !d.domains.iter().any(|x| x.as_str() == o)
+    {
+        return Err(format!("{o} is not one of [dkim] domains"));
+    }
+    let _lock = crate::state::lock(&config.state_dir.join("dkim"))
+        .map_err(|e| format!("dkim lock: {e}"))?;
+    let mut book = load(config)?;
+    let (provider, propagation) = dns(config, d)?;
+    let policy = policy(d);
+    let wanted: Vec<(String, DkimAlgorithm)> = d
+        .domains
+        .iter()
+        .flat_map(|dom| {
+            d.algorithms
+                .iter()
+                .map(move |a| (dom.as_str().to_owned(), *a))
+        })
+        .collect();
+    let forced: BTreeSet<(String, DkimAlgorithm)> = if force {
+        wanted
+            .iter()
+            .filter(|(dom, _)| only.is_none_or(|o| o == dom))
+            .cloned()
+            .collect()
+    } else {
+        BTreeSet::new()
+    };
+    let mut pass = Pass::default();
+    let mut waiting = BTreeSet::new();
+    let mut forced_left = forced;
+    // Keep the signer in step with the state even when nothing moves (a
+    // crash may have happened between a change and the signer's files).
+    pass.signer_changed |= signer::write(&signer::render(d.signer, &d.signer_dir, &book))?;
+    for _ in 0..10_000 {
+        let now = crate::now();
+        let Some(step) = machine::next_step(&book, &wanted, &policy, now, &forced_left, &waiting)
+        else {
+            break;
+        };
+        if let Step::Generate { domain, algorithm } = &step {
+            forced_left.remove(&(domain.clone(), *algorithm));
+        }
+        let signs_changed = matches!(step, Step::Activate(_) | Step::Drain(_));
+        match perform(config, d, &mut book, &step, &provider, &propagation).await {
+            Ok(Some(line)) => {
+                tracing::info!("dkim: {line}");
+                pass.done.push(line);
+            }
+            Ok(None) => {}
+            Err(StepError::Waiting(i, why)) => {
+                let k = &book.keys[i];
+                let line = format!(
+                    "{} not yet on every authoritative server: {why}",
+                    k.record_name()
+                );
+                tracing::warn!("dkim: {line}");
+                pass.waiting.push(line);
+                waiting.insert(i);
+            }
+            Err(StepError::Failed(e)) => {
+                tracing::error!("dkim: {e}");
+                pass.errors.push(e);
+                break;
+            }
+        }
+        if signs_changed {
+            pass.signer_changed |= signer::write(&signer::render(d.signer, &d.signer_dir, &book))?;
+        }
+    }
+    if pass.signer_changed {
+        for action in &d.reload {
+            match crate::reload::run(action, d.reload_timeout) {
+                Ok(()) => tracing::info!("dkim: reload `{action}`: done"),
+                Err(e) => {
+                    let line = format!("reload `{action}`: {e}");
+                    tracing::error!("dkim: {line}");
+                    pass.errors.push(line);
+                }
+            }
+        }
+    }
+    Ok(pass)
+}
+
+enum StepError {
+    /// A verification did not see the record everywhere yet.
+    Waiting(usize, String),
+    Failed(String),
+}
+
+/// Performs one step and saves the state. `Ok(Some(line))` says what was done.
+async fn perform(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    step: &Step,
+    provider: &Provider,
+    propagation: &Propagation,
+) -> Result<Option<String>, StepError> {
+    let now = crate::now();
+    let failed = StepError::Failed;
+    let line = match step {
+        Step::Generate { domain, algorithm } => {
+            let new = keys::generate(*algorithm).map_err(failed)?;
+            let used = book.used_selectors.entry(domain.clone()).or_default();
+            let selector = machine::selector(&d.selector, *algorithm, &today(), used);
+            used.insert(selector.clone());
+            let file = d.key_dir.join(domain).join(format!("{selector}.pem"));
+            // The selector is recorded as used before its file exists: it is
+            // never handed out twice, whatever happens next.
+            book.keys.push(Key {
+                domain: domain.clone(),
+                algorithm: *algorithm,
+                selector: selector.clone(),
+                file: file.clone(),
+                record: new.record.clone(),
+                state: KeyState::Generated,
+                since: now,
+                created_at: now,
+                verified_at: None,
+                activated_at: None,
+            });
+            save(config, book).map_err(failed)?;
+            write_key(d, &file, &new.pem).map_err(failed)?;
+            format!("{domain}: new {} key {selector}", algorithm.name())
+        }
+        Step::Publish(i) => {
+            ensure_key_file(d, &mut book.keys[*i]).map_err(failed)?;
+            save(config, book).map_err(failed)?;
+            let k = &book.keys[*i];
+            provider
+                .replace(&k.record_name(), d.ttl, &[RData::Txt(k.record.clone())])
+                .await
+                .map_err(|e| failed(format!("publishing {}: {e}", k.record_name())))?;
+            let k = &mut book.keys[*i];
+            k.state = KeyState::Published;
+            k.since = now;
+            save(config, book).map_err(failed)?;
+            format!("published {}", book.keys[*i].record_name())
+        }
+        Step::Verify(i) => {
+            let k = &book.keys[*i];
+            match propagation
+                .wait(
+                    &k.record_name(),
+                    RecordType::Txt,
+                    &[RData::Txt(k.record.clone())],
+                )
+                .await
+            {
+                Ok(_) => {
+                    book.keys[*i].verified_at = Some(crate::now());
+                    save(config, book).map_err(failed)?;
+                    format!(
+                        "verified {} on every authoritative server",
+                        book.keys[*i].record_name()
+                    )
+                }
+                Err(e) => return Err(StepError::Waiting(*i, e.to_string())),
+            }
+        }
+        Step::Activate(i) => {
+            let k = &mut book.keys[*i];
+            k.state = KeyState::Active;
+            k.since = now;
+            k.activated_at = Some(now);
+            save(config, book).map_err(failed)?;
+            format!("{}: {} signs", book.keys[*i].domain, book.keys[*i].selector)
+        }
+        Step::Drain(i) => {
+            let k = &mut book.keys[*i];
+            k.state = KeyState::Draining;
+            k.since = now;
+            save(config, book).map_err(failed)?;
+            format!(
+                "{}: {} no longer signs; its record stays while mail drains",
+                book.keys[*i].domain, book.keys[*i].selector
+            )
+        }
+        Step::Revoke(i) => {
+            let k = &book.keys[*i];
+            provider
+                .replace(
+                    &k.record_name(),
+                    d.ttl,
+                    &[RData::Txt(keys::revoked_record(k.algorithm))],
+                )
+                .await
+                .map_err(|e| failed(format!("revoking {}: {e}", k.record_name())))?;
+            let k = &mut book.keys[*i];
+            k.state = KeyState::Revoked;
+            k.since = now;
+            save(config, book).map_err(failed)?;
+            format!("revoked {} (p=)", book.keys[*i].record_name())
+        }
+        Step::Delete(i) => {
+            let k = book.keys[*i].clone();
+            if k.state != KeyState::Generated {
+                provider
+                    .remove(&k.record_name(), RecordType::Txt)
+                    .await
+                    .map_err(|e| failed(format!("deleting {}: {e}", k.record_name())))?;
+            }
+            if let Err(e) = std::fs::remove_file(&k.file)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(failed(format!("{}: cannot remove: {e}", k.file.display())));
+            }
+            book.keys.remove(*i);
+            save(config, book).map_err(failed)?;
+            format!("deleted {} and its key", k.record_name())
+        }
+    };
+    Ok(Some(line))
+}
+
+/// Writes a key file under its own name, never over another key.
+fn write_key(d: &Dkim, path: &Path, pem: &str) -> Result<(), String> {
+    if let Some(dir) = path.parent() {
+        crate::state::ensure_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
+    let target = crate::config::Target {
+        name: "dkim".into(),
+        domains: Vec::new(),
+        slots: Vec::new(),
+        key_mode: d.key_mode,
+        owner: d.key_owner.clone(),
+        group: d.key_group.clone(),
+        reloads: Vec::new(),
+        reload_timeout: d.reload_timeout,
+        verify: Vec::new(),
+        verify_timeout: d.reload_timeout,
+    };
+    let owner = crate::install::ownership(&target)?;
+    crate::install::write_atomic(path, pem.as_bytes(), d.key_mode, Some(owner))
+        .map_err(|e| format!("{}: {}", path.display(), crate::source::io_reason(&e)))
+}
+
+/// Before publishing: the key file must exist and hold the key the record
+/// names. A generated key whose file was lost (a crash right after its
+/// selector was recorded) gets a new key under the same, never published,
+/// selector.
+fn ensure_key_file(d: &Dkim, k: &mut Key) -> Result<(), String> {
+    let matches = std::fs::read_to_string(&k.file)
+        .ok()
+        .and_then(|pem| keys::inspect(&pem).ok())
+        .is_some_and(|(_, record)| record == k.record);
+    if matches {
+        return Ok(());
+    }
+    if k.state != KeyState::Generated {
+        return Err(format!(
+            "{}: the key file is missing or holds another key",
+            k.file.display()
+        ));
+    }
+    let new = keys::generate(k.algorithm)?;
+    write_key(d, &k.file, &new.pem)?;
+    k.record = new.record;
+    Ok(())
+}
+
+/// `mxkeys dkim records`: the records mxkeys wants published now, as
+/// zone-file lines.
+pub fn records(config: &Config) -> Result<String, String> {
+    let d = config
+        .dkim
+        .as_ref()
+        .ok_or("no [dkim] table in the configuration")?;
+    let book = load(config)?;
+    let mut out = String::new();
+    for k in &book.keys {
+        let value = match k.state {
+            KeyState::Generated => continue,
+            KeyState::Revoked => keys::revoked_record(k.algorithm),
+            _ => k.record.clone(),
+        };
+        out.push_str(&mxkeys_providers::manual::zone_lines(
+            &k.record_name(),
+            d.ttl,
+            &[RData::Txt(value)],
+        ));
+    }
+    Ok(out)
+}
+
+/// One key in `mxkeys dkim status`.
+#[derive(Debug, Serialize)]
+pub struct KeyStatus {
+    pub domain: String,
+    pub selector: String,
+    pub algorithm: &'static str,
+    pub state: String,
+    pub since: String,
+    pub next: Option<String>,
+    pub next_at: Option<String>,
+    pub file: PathBuf,
+}
+
+/// `mxkeys dkim status`: every key, per domain.
+pub fn status(config: &Config) -> Result<Vec<KeyStatus>, String> {
+    let d = config
+        .dkim
+        .as_ref()
+        .ok_or("no [dkim] table in the configuration")?;
+    let book = load(config)?;
+    let policy = policy(d);
+    let mut keys: Vec<&Key> = book.keys.iter().collect();
+    keys.sort_by(|a, b| (&a.domain, a.created_at).cmp(&(&b.domain, b.created_at)));
+    Ok(keys
+        .into_iter()
+        .map(|k| {
+            let next = machine::next_transition(&book, k, &policy);
+            KeyStatus {
+                domain: k.domain.clone(),
+                selector: k.selector.clone(),
+                algorithm: k.algorithm.name(),
+                state: k.state.to_string(),
+                since: crate::rfc3339(k.since),
+                next: next.map(|(_, what)| what.to_owned()),
+                next_at: next.map(|(t, _)| crate::rfc3339(t)),
+                file: k.file.clone(),
+            }
+        })
+        .collect())
+}
+
+/// The earliest timed transition (the daemon's DKIM wake-up).
+pub fn next_due(config: &Config) -> Option<i64> {
+    let d = config.dkim.as_ref()?;
+    let book = load(config).ok()?;
+    // A domain without keys needs a pass now.
+    let missing = d.domains.iter().any(|dom| {
+        d.algorithms.iter().any(|a| {
+            !book
+                .keys
+                .iter()
+                .any(|k| k.domain == dom.as_str() && k.algorithm == *a)
+        })
+    });
+    if missing {
+        return Some(crate::now());
+    }
+    machine::earliest(&book, &policy(d))
+}
+
+/// `mxkeys dkim import`: adopts an existing private key as active, once its
+/// record is seen with exactly its value on every authoritative server.
+pub async fn import(
+    config: &Config,
+    domain: &str,
+    selector: &str,
+    file: &Path,
+) -> Result<String, String> {
+    let d = config
+        .dkim
+        .as_ref()
+        .ok_or("no [dkim] table in the configuration")?;
+    if !d.domains.iter().any(|x| x.as_str() == domain) {
+        return Err(format!("{domain} is not one of [dkim] domains"));
+    }
+    let pem = zeroize::Zeroizing::new(
+        std::fs::read_to_string(file)
+            .map_err(|e| format!("{}: {}", file.display(), crate::source::io_reason(&e)))?,
+    );
+    let (algorithm, record) =
+        keys::inspect(&pem).map_err(|e| format!("{}: {e}", file.display()))?;
+    let _lock = crate::state::lock(&config.state_dir.join("dkim"))
+        .map_err(|e| format!("dkim lock: {e}"))?;
+    let mut book = load(config)?;
+    if book
+        .used_selectors
+        .get(domain)
+        .is_some_and(|u| u.contains(selector))
+    {
+        return Err(format!(
+            "selector {selector} was already used for {domain}: selectors are never reused"
+        ));
+    }
+    let (_, propagation) = dns(config, d)?;
+    let name = format!("{selector}._domainkey.{domain}");
+    propagation
+        .wait(&name, RecordType::Txt, &[RData::Txt(record.clone())])
+        .await
+        .map_err(|e| format!("{name} does not publish this key on every authoritative server ({e}); publish `{record}` first"))?;
+    let now = crate::now();
+    let dest = d.key_dir.join(domain).join(format!("{selector}.pem"));
+    write_key(d, &dest, &pem)?;
+    book.used_selectors
+        .entry(domain.to_owned())
+        .or_default()
+        .insert(selector.to_owned());
+    for k in book
+        .keys
+        .iter_mut()
+        .filter(|k| k.domain == domain && k.algorithm == algorithm && k.state == KeyState::Active)
+    {
+        k.state = KeyState::Draining;
+        k.since = now;
+    }
+    book.keys.push(Key {
+        domain: domain.to_owned(),
+        algorithm,
+        selector: selector.to_owned(),
+        file: dest,
+        record,
+        state: KeyState::Active,
+        since: now,
+        created_at: now,
+        verified_at: Some(now),
+        activated_at: Some(now),
+    });
+    save(config, &book)?;
+    if signer::write(&signer::render(d.signer, &d.signer_dir, &book))? {
+        for action in &d.reload {
+            crate::reload::run(action, d.reload_timeout)
+                .map_err(|e| format!("reload `{action}`: {e}"))?;
+        }
+    }
+    Ok(format!(
+        "{domain}: imported {selector} ({}) as the active key",
+        algorithm.name()
+    ))
+}
+
+/// `mxkeys dkim revoke`: emergency. Publishes `p=` for the key now, takes
+/// it out of the signer, and brings a successor to signing at once (the
+/// lead is skipped; its record is still verified first).
+pub async fn revoke(config: &Config, domain: &str, selector: &str) -> Result<Pass, String> {
+    let d = config
+        .dkim
+        .as_ref()
+        .ok_or("no [dkim] table in the configuration")?;
+    let (provider, _) = dns(config, d)?;
+    {
+        let _lock = crate::state::lock(&config.state_dir.join("dkim"))
+            .map_err(|e| format!("dkim lock: {e}"))?;
+        let mut book = load(config)?;
+        let i = book
+            .keys
+            .iter()
+            .position(|k| k.domain == domain && k.selector == selector)
+            .ok_or_else(|| format!("no key {selector} for {domain}"))?;
+        let k = &book.keys[i];
+        provider
+            .replace(
+                &k.record_name(),
+                d.ttl,
+                &[RData::Txt(keys::revoked_record(k.algorithm))],
+            )
+            .await
+            .map_err(|e| format!("revoking {}: {e}", k.record_name()))?;
+        let now = crate::now();
+        let k = &mut book.keys[i];
+        k.state = KeyState::Revoked;
+        k.since = now;
+        // A successor already verified signs now, whatever the lead says.
+        let algorithm = k.algorithm;
+        if let Some(s) = book.keys.iter_mut().find(|s| {
+            s.domain == domain
+                && s.algorithm == algorithm
+                && s.state == KeyState::Published
+                && s.verified_at.is_some()
+        }) {
+            s.state = KeyState::Active;
+            s.since = now;
+            s.activated_at = Some(now);
+        }
+        save(config, &book)?;
+        signer::write(&signer::render(d.signer, &d.signer_dir, &book))?;
+    }
+    // Whatever is missing now (no signing key for the group) is made by an
+    // ordinary pass; a zero lead brings it to signing at once.
+    let mut urgent = config.clone();
+    if let Some(dk) = urgent.dkim.as_mut() {
+        dk.lead = Duration::ZERO;
+    }
+    let mut pass = rotate(&urgent, Some(domain), false).await?;
+    pass.done
+        .insert(0, format!("revoked {selector}._domainkey.{domain} (p=)"));
+    if !pass.signer_changed {
+        for action in &d.reload {
+            if let Err(e) = crate::reload::run(action, d.reload_timeout) {
+                pass.errors.push(format!("reload `{action}`: {e}"));
+            }
+        }
+    }
+    Ok(pass)
+}
