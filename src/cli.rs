@@ -314,6 +314,17 @@ fn renew(config: &config::Config, force: bool, only: Option<&str>) -> ExitCode {
             }
         }
     }
+    // renew does a DKIM pass too.
+    if config.dkim.is_some() {
+        match runtime.block_on(crate::dkim::rotate(config, None, false)) {
+            Ok(pass) => {
+                for line in pass.done.iter().chain(&pass.waiting) {
+                    println!("dkim: {line}");
+                }
+            }
+            Err(e) => tracing::error!("dkim: {e}"),
+        }
+    }
     let report = pipeline::reconcile(config, Mode::Apply);
     for (_, warning) in report.expiring(config.daemon.expiry_warning, crate::now()) {
         tracing::warn!("{warning}");

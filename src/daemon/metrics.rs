@@ -34,6 +34,8 @@ struct Inner {
     rollbacks: BTreeMap<String, u64>,
     source_errors: u64,
     acme_next: BTreeMap<String, i64>,
+    dkim_keys: BTreeMap<(String, String), u64>,
+    dkim_next: Option<i64>,
     orders_ok: u64,
     orders_failed: u64,
     last_success: Option<i64>,
@@ -108,6 +110,21 @@ impl Metrics {
     pub fn set_next_renewals(&self, due: &BTreeMap<String, i64>) {
         if let Ok(mut m) = self.inner.lock() {
             m.acme_next = due.clone();
+        }
+    }
+
+    /// DKIM keys by domain and state, and the next transition.
+    pub fn set_dkim(&self, config: &crate::config::Config) {
+        let Ok(keys) = crate::dkim::status(config) else {
+            return;
+        };
+        let next = crate::dkim::next_due(config);
+        if let Ok(mut m) = self.inner.lock() {
+            m.dkim_keys.clear();
+            for k in keys {
+                *m.dkim_keys.entry((k.domain, k.state)).or_default() += 1;
+            }
+            m.dkim_next = next;
         }
     }
 
@@ -225,6 +242,29 @@ impl Metrics {
             "counter",
             "ACME orders by result.",
             by_result(m.orders_ok, m.orders_failed),
+        );
+        series(
+            "mxkeys_dkim_keys",
+            "gauge",
+            "DKIM keys by domain and state.",
+            m.dkim_keys
+                .iter()
+                .map(|((d, st), n)| {
+                    (
+                        format!("{{domain=\"{}\",state=\"{}\"}}", escape(d), escape(st)),
+                        n.to_string(),
+                    )
+                })
+                .collect(),
+        );
+        series(
+            "mxkeys_dkim_next_transition_timestamp_seconds",
+            "gauge",
+            "When the next DKIM key transition is due, as a Unix timestamp.",
+            m.dkim_next
+                .map(|t| (String::new(), t.to_string()))
+                .into_iter()
+                .collect(),
         );
         series(
             "mxkeys_source_errors_total",

@@ -115,9 +115,11 @@ impl Daemon {
             return ExitCode::FAILURE;
         };
         self.renew().await;
+        self.dkim_pass().await;
         self.reconcile("start").await;
         notify(&[NotifyState::Ready, NotifyState::Status("watching")]);
         let mut next_renewal = self.next_renewal();
+        let mut next_dkim = self.next_dkim();
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut next_ping = Instant::now() + watchdog.unwrap_or(Duration::from_secs(3600));
         let mut next_resync = Instant::now() + self.config.daemon.resync_interval;
@@ -129,6 +131,11 @@ impl Daemon {
                     self.reload_config().await;
                     next_resync = Instant::now() + self.config.daemon.resync_interval;
                     next_renewal = self.next_renewal();
+                    next_dkim = self.next_dkim();
+                }
+                _ = sleep_until(next_dkim.unwrap_or_else(Instant::now)), if next_dkim.is_some() => {
+                    self.dkim_pass().await;
+                    next_dkim = self.next_dkim();
                 }
                 _ = sleep_until(next_renewal.unwrap_or_else(Instant::now)), if next_renewal.is_some() => {
                     self.renew().await;
@@ -174,6 +181,25 @@ impl Daemon {
             Ok(outcomes) => self.metrics.record_orders(&outcomes),
             Err(e) => tracing::error!("renew: {e}"),
         }
+    }
+
+    /// Advances the DKIM keys' state machine.
+    async fn dkim_pass(&mut self) {
+        if self.config.dkim.is_none() {
+            return;
+        }
+        if let Err(e) = crate::dkim::rotate(&self.config, None, false).await {
+            tracing::error!("dkim: {e}");
+        }
+        self.metrics.set_dkim(&self.config);
+    }
+
+    /// When the next DKIM transition is due; keys waiting for their record
+    /// to appear everywhere are checked again within a minute.
+    fn next_dkim(&self) -> Option<Instant> {
+        let at = crate::dkim::next_due(&self.config)?;
+        let wait = (at - crate::now()).clamp(60, 7 * 86_400);
+        Some(Instant::now() + Duration::from_secs(wait as u64))
     }
 
     /// When the next `acme` source is due (its backoff ends, or its ARI
