@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod watch;
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,9 @@ use crate::config::{Config, ConfigSource};
 use crate::pipeline::{self, Plan, Report};
 use crate::source::Persist;
 use crate::state::{self, State};
+
+/// The longest a burst of change events can delay a reconcile.
+const MAX_SETTLE: Duration = Duration::from_secs(2);
 
 /// Delays between re-reads of a source that looks mid-write.
 const RETRY_DELAYS: [Duration; 5] = [
@@ -143,11 +147,7 @@ impl Daemon {
                     next_renewal = self.next_renewal();
                 }
                 Some(changed) = self.changes.recv() => {
-                    let mut paths = changed.paths;
-                    // Coalesce whatever else has arrived.
-                    while let Ok(more) = self.changes.try_recv() {
-                        paths.extend(more.paths);
-                    }
+                    let paths = self.settle(changed.paths).await;
                     // Empty paths: events were lost; assume the worst.
                     if paths.is_empty() || self.watcher.relevant(&paths) {
                         tracing::debug!("change: {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
@@ -181,6 +181,24 @@ impl Daemon {
             Ok(outcomes) => self.metrics.record_orders(&outcomes),
             Err(e) => tracing::error!("renew: {e}"),
         }
+    }
+
+    /// The debounce: gathers change events until none came for `debounce`
+    /// (at most [`MAX_SETTLE`] after the first), so a burst of writes makes
+    /// one reconcile. Event-driven: nothing wakes while nothing happens.
+    async fn settle(&mut self, mut paths: Vec<PathBuf>) -> Vec<PathBuf> {
+        let deadline = Instant::now() + MAX_SETTLE;
+        loop {
+            tokio::select! {
+                more = self.changes.recv() => match more {
+                    Some(m) => paths.extend(m.paths),
+                    None => break,
+                },
+                _ = sleep(self.config.daemon.debounce) => break,
+                _ = sleep_until(deadline) => break,
+            }
+        }
+        paths
     }
 
     /// Advances the DKIM keys' state machine.

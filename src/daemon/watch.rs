@@ -8,13 +8,17 @@
 //! whole. A path that does not exist yet is watched through its nearest
 //! existing ancestor until it appears. Where inotify cannot watch (NFS,
 //! some container volumes, or `watch = "poll"`), a polling watcher does.
+//!
+//! Events go to the daemon raw; the daemon debounces them (a quiet period
+//! after the last one). notify's debouncer crates wake on a fixed tick
+//! forever, even when nothing happens; inotify's thread sleeps until an
+//! event arrives, so an idle daemon wakes only for its own timers.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use notify::{EventKind, PollWatcher, RecommendedWatcher, RecursiveMode};
-use notify_debouncer_full::{DebounceEventResult, Debouncer, NoCache, RecommendedCache};
+use notify::{EventKind, PollWatcher, RecommendedWatcher, RecursiveMode, Watcher as _};
 use std::os::unix::fs::MetadataExt as _;
 
 use crate::config::{Config, SourceKind, WatchMode};
@@ -26,10 +30,6 @@ pub struct Spec {
     pub recursive: bool,
     /// `None`: any event under `path`. `Some`: only events naming these.
     pub files: Option<Vec<PathBuf>>,
-    /// A watch on a file's own inode (for bind mounts). It has a debouncer
-    /// of its own: in a shared one, the replaced file's delete-self would
-    /// cancel the directory's rename-in of its successor.
-    pub own_inode: bool,
 }
 
 /// What to watch for a configuration's sources.
@@ -43,16 +43,15 @@ pub fn specs(config: &Config) -> Vec<Spec> {
                 path: dir,
                 recursive: false,
                 files: Some(vec![file.to_owned()]),
-                own_inode: false,
             }),
         }
         // The file itself too: a bind-mounted file's directory never hears
-        // about writes made through the host's path.
+        // about writes made through the host's path. Re-armed when the
+        // file is replaced (its inode changes).
         out.push(Spec {
             path: file.to_owned(),
             recursive: false,
             files: None,
-            own_inode: true,
         });
     };
     let mut trees = Vec::new();
@@ -105,7 +104,6 @@ pub fn specs(config: &Config) -> Vec<Spec> {
                 path: t,
                 recursive: true,
                 files: None,
-                own_inode: false,
             });
         }
     }
@@ -128,7 +126,6 @@ struct Armed {
     at: PathBuf,
     inode: Option<u64>,
     polled: bool,
-    own_inode: bool,
 }
 
 /// The live watches of a daemon.
@@ -136,12 +133,9 @@ pub struct Watcher {
     mode: WatchMode,
     specs: Vec<Spec>,
     armed: HashMap<PathBuf, Armed>,
-    inotify: Option<Debouncer<RecommendedWatcher, RecommendedCache>>,
-    /// For watches on files' own inodes (see [`Spec::own_inode`]).
-    inotify_files: Option<Debouncer<RecommendedWatcher, RecommendedCache>>,
-    poll: Option<Debouncer<PollWatcher, NoCache>>,
+    inotify: Option<RecommendedWatcher>,
+    poll: Option<PollWatcher>,
     tx: Sender,
-    debounce: Duration,
     poll_interval: Duration,
 }
 
@@ -152,10 +146,8 @@ impl Watcher {
             specs: specs(config),
             armed: HashMap::new(),
             inotify: None,
-            inotify_files: None,
             poll: None,
             tx,
-            debounce: config.daemon.debounce,
             poll_interval: config.daemon.poll_interval,
         };
         w.rearm();
@@ -213,21 +205,14 @@ impl Watcher {
                 self.unwatch(&old);
             }
             let recursive = spec.recursive && at == spec.path;
-            // Until the file exists, its ancestor is watched like a directory.
-            let own_inode = spec.own_inode && at == spec.path;
-            match self.watch(&at, recursive, own_inode) {
+            match self.watch(&at, recursive) {
                 Ok(polled) => {
                     tracing::debug!(
                         "watching {}{}",
                         at.display(),
                         if polled { " by polling" } else { "" }
                     );
-                    let armed = Armed {
-                        at,
-                        inode,
-                        polled,
-                        own_inode,
-                    };
+                    let armed = Armed { at, inode, polled };
                     self.armed.insert(spec.path.clone(), armed);
                 }
                 Err(e) => tracing::warn!(
@@ -238,16 +223,14 @@ impl Watcher {
         }
     }
 
-    fn watch(&mut self, path: &Path, recursive: bool, own_inode: bool) -> notify::Result<bool> {
+    fn watch(&mut self, path: &Path, recursive: bool) -> notify::Result<bool> {
         let mode = if recursive {
             RecursiveMode::Recursive
         } else {
             RecursiveMode::NonRecursive
         };
         if self.mode != WatchMode::Poll {
-            let result = self
-                .inotify_debouncer(own_inode)
-                .and_then(|d| d.watch(path, mode));
+            let result = self.inotify_watcher().and_then(|w| w.watch(path, mode));
             match result {
                 Ok(()) => return Ok(false),
                 Err(e) if self.mode == WatchMode::Inotify => return Err(e),
@@ -256,25 +239,16 @@ impl Watcher {
                 }
             }
         }
-        self.poll_debouncer()?.watch(path, mode)?;
+        self.poll_watcher()?.watch(path, mode)?;
         Ok(true)
     }
 
     fn unwatch(&mut self, armed: &Armed) {
         // Another spec may share the watch: keep it if so.
-        if self
-            .armed
-            .values()
-            .any(|a| a.at == armed.at && a.own_inode == armed.own_inode)
-        {
+        if self.armed.values().any(|a| a.at == armed.at) {
             return;
         }
-        let inotify = if armed.own_inode {
-            &mut self.inotify_files
-        } else {
-            &mut self.inotify
-        };
-        let result = match (armed.polled, &mut self.poll, inotify) {
+        let result = match (armed.polled, &mut self.poll, &mut self.inotify) {
             (true, Some(p), _) => p.unwatch(&armed.at),
             (false, _, Some(i)) => i.unwatch(&armed.at),
             _ => Ok(()),
@@ -284,64 +258,34 @@ impl Watcher {
         }
     }
 
-    fn handler(&self) -> impl FnMut(DebounceEventResult) + Send + 'static {
+    fn handler(&self) -> impl FnMut(notify::Result<notify::Event>) + Send + 'static {
         let tx = self.tx.clone();
-        move |result: DebounceEventResult| match result {
-            Ok(events) => {
-                let paths: Vec<PathBuf> = events
-                    .iter()
-                    // mxkeys' own reads show up as access events: ignore them.
-                    .filter(|e| !matches!(e.event.kind, EventKind::Access(_)))
-                    .flat_map(|e| e.event.paths.iter().cloned())
-                    .collect();
-                if !paths.is_empty() {
-                    let _ = tx.send(Changed { paths });
-                }
+        move |result: notify::Result<notify::Event>| match result {
+            // mxkeys' own reads show up as access events: ignore them.
+            Ok(event) if matches!(event.kind, EventKind::Access(_)) => {}
+            Ok(event) => {
+                let _ = tx.send(Changed { paths: event.paths });
             }
-            Err(errors) => {
-                for e in errors {
-                    tracing::warn!("watch error: {e}");
-                }
+            Err(e) => {
+                tracing::warn!("watch error: {e}");
                 // A lost event (queue overflow) could hide a change.
                 let _ = tx.send(Changed { paths: Vec::new() });
             }
         }
     }
 
-    fn inotify_debouncer(
-        &mut self,
-        own_inode: bool,
-    ) -> notify::Result<&mut Debouncer<RecommendedWatcher, RecommendedCache>> {
-        let tick = (self.debounce / 5).max(Duration::from_millis(5));
-        let handler = self.handler();
-        let debounce = self.debounce;
-        let slot = if own_inode {
-            &mut self.inotify_files
-        } else {
-            &mut self.inotify
-        };
-        if slot.is_none() {
-            *slot = Some(notify_debouncer_full::new_debouncer(
-                debounce,
-                Some(tick),
-                handler,
-            )?);
+    fn inotify_watcher(&mut self) -> notify::Result<&mut RecommendedWatcher> {
+        if self.inotify.is_none() {
+            let handler = self.handler();
+            self.inotify = Some(RecommendedWatcher::new(handler, notify::Config::default())?);
         }
-        Ok(slot.as_mut().expect("set above"))
+        Ok(self.inotify.as_mut().expect("set above"))
     }
 
-    fn poll_debouncer(&mut self) -> notify::Result<&mut Debouncer<PollWatcher, NoCache>> {
+    fn poll_watcher(&mut self) -> notify::Result<&mut PollWatcher> {
         if self.poll.is_none() {
-            let tick = (self.debounce / 5).max(Duration::from_millis(5));
             let config = notify::Config::default().with_poll_interval(self.poll_interval);
-            let d = notify_debouncer_full::new_debouncer_opt::<_, PollWatcher, NoCache>(
-                self.debounce,
-                Some(tick),
-                self.handler(),
-                NoCache,
-                config,
-            )?;
-            self.poll = Some(d);
+            self.poll = Some(PollWatcher::new(self.handler(), config)?);
         }
         Ok(self.poll.as_mut().expect("set above"))
     }
@@ -378,11 +322,9 @@ mod tests {
                 path: "/acme".into(),
                 recursive: false,
                 files: Some(vec!["/acme/acme.json".into()]),
-                own_inode: false,
             }
         );
         assert_eq!(s[1].path, PathBuf::from("/acme/acme.json"));
-        assert!(s[1].own_inode);
         assert_eq!(s[2].path, PathBuf::from("/nonexistent/lego/certificates"));
         assert!(s[2].recursive);
     }
