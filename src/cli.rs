@@ -202,19 +202,6 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => Some(rt),
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            None
-        }
-    }
-}
-
 fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
     if config.dkim.is_none() {
         tracing::error!("configuration {}: no [dkim] table", config.path.display());
@@ -233,7 +220,7 @@ fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
             ExitCode::FAILURE
         }
     };
-    let Some(rt) = runtime() else {
+    let Some(rt) = crate::runtime() else {
         return ExitCode::FAILURE;
     };
     let result = match command {
@@ -291,15 +278,8 @@ fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
 /// `mxkeys renew`: orders what is due, then syncs. Exit 0 when every
 /// target is served.
 fn renew(config: &config::Config, force: bool, only: Option<&str>) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(crate::acme::renew(config, force, only)) {
         Ok(outcomes) => {
@@ -346,15 +326,8 @@ fn dns_test(config: &config::Config, provider: &str, name: Option<&str>) -> Exit
         );
         return ExitCode::from(2);
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::runtime() else {
+        return ExitCode::FAILURE;
     };
     let mut out = std::io::stdout();
     match runtime.block_on(crate::dns::test(cfg, name, &mut out)) {

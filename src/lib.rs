@@ -24,6 +24,22 @@ pub mod state;
 pub mod status;
 pub mod verify;
 
+/// The single-threaded tokio runtime the async parts run on (the
+/// reconcile's CPU work runs on rayon and the blocking pool). Logs why it
+/// could not start.
+pub fn runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::error!("cannot start the runtime: {e}");
+            None
+        }
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
     std::time::SystemTime::now()

@@ -43,15 +43,8 @@ const RETRY_DELAYS: [Duration; 5] = [
 /// Runs the daemon until a termination signal. The exit status is 0 after
 /// SIGTERM/SIGINT; 1 when it cannot start (runtime, signals, metrics port).
 pub fn run(source: ConfigSource, config: Config) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = crate::runtime() else {
+        return ExitCode::FAILURE;
     };
     runtime.block_on(async move {
         match Daemon::start(source, config).await {

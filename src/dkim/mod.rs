@@ -229,15 +229,19 @@ async fn perform(
         Step::Publish(i) => {
             ensure_key_file(d, &mut book.keys[*i]).map_err(failed)?;
             save(config, book).map_err(failed)?;
-            let k = &book.keys[*i];
-            provider
-                .replace(&k.record_name(), d.ttl, &[RData::Txt(k.record.clone())])
-                .await
-                .map_err(|e| failed(format!("publishing {}: {e}", k.record_name())))?;
-            let k = &mut book.keys[*i];
-            k.state = KeyState::Published;
-            k.since = now;
-            save(config, book).map_err(failed)?;
+            let value = book.keys[*i].record.clone();
+            write_record(
+                config,
+                d,
+                book,
+                *i,
+                provider,
+                value,
+                KeyState::Published,
+                "publishing",
+            )
+            .await
+            .map_err(failed)?;
             format!("published {}", book.keys[*i].record_name())
         }
         Step::Verify(i) => {
@@ -280,19 +284,19 @@ async fn perform(
             )
         }
         Step::Revoke(i) => {
-            let k = &book.keys[*i];
-            provider
-                .replace(
-                    &k.record_name(),
-                    d.ttl,
-                    &[RData::Txt(keys::revoked_record(k.algorithm))],
-                )
-                .await
-                .map_err(|e| failed(format!("revoking {}: {e}", k.record_name())))?;
-            let k = &mut book.keys[*i];
-            k.state = KeyState::Revoked;
-            k.since = now;
-            save(config, book).map_err(failed)?;
+            let value = keys::revoked_record(book.keys[*i].algorithm);
+            write_record(
+                config,
+                d,
+                book,
+                *i,
+                provider,
+                value,
+                KeyState::Revoked,
+                "revoking",
+            )
+            .await
+            .map_err(failed)?;
             format!("revoked {} (p=)", book.keys[*i].record_name())
         }
         Step::Delete(i) => {
@@ -314,6 +318,30 @@ async fn perform(
         }
     };
     Ok(Some(line))
+}
+
+/// Writes key `i`'s record with `value`, then moves the key to `state`
+/// and saves: the record is in place before the state says so.
+#[allow(clippy::too_many_arguments)]
+async fn write_record(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    i: usize,
+    provider: &Provider,
+    value: String,
+    state: KeyState,
+    what: &str,
+) -> Result<(), String> {
+    let name = book.keys[i].record_name();
+    provider
+        .replace(&name, d.ttl, &[RData::Txt(value)])
+        .await
+        .map_err(|e| format!("{what} {name}: {e}"))?;
+    let k = &mut book.keys[i];
+    k.state = state;
+    k.since = crate::now();
+    save(config, book)
 }
 
 /// Writes a key file under its own name, never over another key.
