@@ -161,10 +161,28 @@ impl Leaf {
     }
 }
 
+/// Parses a certificate strictly: the whole input must be one DER
+/// SEQUENCE, as TLS peers require (a lenient parse would let through bytes
+/// that clients then refuse).
 fn parse_x509(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
-    X509Certificate::from_der(der)
-        .map(|(_, c)| c)
-        .map_err(|e| CertError::BadDer(e.to_string()))
+    if der.first() != Some(&0x30) {
+        return Err(CertError::BadDer("not a DER SEQUENCE".to_owned()));
+    }
+    match X509Certificate::from_der(der) {
+        Ok((rest, cert)) if rest.is_empty() => {
+            if !outer_matches_inner(der, cert.tbs_certificate.as_ref()) {
+                return Err(CertError::BadDer(
+                    "the signature algorithm differs from the one signed (RFC 5280 4.1.1.2), or the certificate is malformed".to_owned(),
+                ));
+            }
+            Ok(cert)
+        }
+        Ok((rest, _)) => Err(CertError::BadDer(format!(
+            "{} bytes of trailing data",
+            rest.len()
+        ))),
+        Err(e) => Err(CertError::BadDer(e.to_string())),
+    }
 }
 
 fn key_type_of(cert: &X509Certificate<'_>) -> KeyType {
@@ -190,6 +208,58 @@ fn key_type_of(cert: &X509Certificate<'_>) -> KeyType {
         _ if spki.algorithm.algorithm == oids::OID_SIG_ED25519 => KeyType::Ed25519,
         _ => KeyType::Other,
     }
+}
+
+/// One DER TLV at the start of `b`: (tag, header length, content length).
+fn tlv(b: &[u8]) -> Option<(u8, usize, usize)> {
+    let tag = *b.first()?;
+    let first = *b.get(1)? as usize;
+    if first < 0x80 {
+        return Some((tag, 2, first));
+    }
+    let n = first & 0x7f;
+    if n == 0 || n > 4 {
+        return None;
+    }
+    let len = b
+        .get(2..2 + n)?
+        .iter()
+        .fold(0usize, |acc, x| (acc << 8) | *x as usize);
+    Some((tag, 2 + n, len))
+}
+
+/// The certificate's outer signatureAlgorithm equals, byte for byte, the
+/// `signature` AlgorithmIdentifier inside the TBS, and the signature BIT
+/// STRING ends the certificate. A lenient parser accepts damaged tags
+/// there; TLS peers do not.
+fn outer_matches_inner(der: &[u8], tbs: &[u8]) -> bool {
+    let check = || -> Option<bool> {
+        let tbs_start = (tbs.as_ptr() as usize).checked_sub(der.as_ptr() as usize)?;
+        let after = der.get(tbs_start + tbs.len()..)?;
+        let (tag, h, l) = tlv(after)?;
+        let outer = after.get(..h + l)?;
+        let (bit_tag, bh, bl) = tlv(after.get(h + l..)?)?;
+        // A signature is whole bytes: no unused bits (OpenSSL refuses any).
+        let unused_bits = *after.get(h + l + bh)?;
+        if tag != 0x30 || bit_tag != 0x03 || h + l + bh + bl != after.len() || unused_bits != 0 {
+            return Some(false);
+        }
+        // Inside the TBS: [0] version (optional), serial INTEGER, then the
+        // signature AlgorithmIdentifier.
+        let (_, th, tl) = tlv(tbs)?;
+        let mut rest = tbs.get(th..th + tl)?;
+        for expected in [0xa0u8, 0x02] {
+            let (t, h, l) = tlv(rest)?;
+            if t == expected {
+                rest = rest.get(h + l..)?;
+            } else if expected == 0x02 {
+                return Some(false);
+            }
+        }
+        let (_, ih, il) = tlv(rest)?;
+        Some(rest.get(..ih + il)? == outer)
+    };
+    check().unwrap_or(false)
 }
 
 /// SHA-256 of a certificate's DER, lower-case hex without separators.
@@ -424,11 +494,13 @@ impl Bundle {
                     parent.subject()
                 )));
             }
-            match child.verify_signature(Some(parent.public_key())) {
-                Ok(()) => {}
-                // An algorithm aws-lc-rs cannot check is not proof of a bad chain.
-                Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => {}
-                Err(e) => return Err(broken(format!("signature: {e}"))),
+            // An algorithm that cannot be checked is refused too: it is what
+            // a corrupted certificate looks like, and clients refuse it.
+            if let Err(e) = child.verify_signature(Some(parent.public_key())) {
+                return Err(broken(format!(
+                    "signature ({}): {e}",
+                    child.signature_algorithm.algorithm
+                )));
             }
         }
         Ok(())

@@ -830,19 +830,23 @@ impl Config {
                 Some(span) => {
                     let start = span.start.min(text.len());
                     let line = text[..start].matches('\n').count() + 1;
-                    // Only the key: a value may be a secret pasted by mistake.
-                    let line_text: String = text
+                    // Only the key, and only from a `key = value` line: a
+                    // value (or a bare line) may be a secret pasted by mistake.
+                    let key = text
                         .lines()
                         .nth(line - 1)
-                        .unwrap_or_default()
-                        .split('=')
-                        .next()
-                        .unwrap_or_default()
-                        .trim()
-                        .chars()
-                        .take(80)
-                        .collect();
-                    err(format!("line {line} `{line_text}`: {msg}"))
+                        .and_then(|l| l.split_once('='))
+                        .map(|(k, _)| k.trim())
+                        .filter(|k| {
+                            !k.is_empty()
+                                && k.len() <= 64
+                                && k.chars()
+                                    .all(|c| c.is_ascii_alphanumeric() || "_-.\"[]".contains(c))
+                        });
+                    match key {
+                        Some(k) => err(format!("line {line} `{k}`: {msg}")),
+                        None => err(format!("line {line}: {msg}")),
+                    }
                 }
                 None => err(msg),
             }

@@ -57,7 +57,8 @@ fn lineage_dirs(path: &Path) -> Result<Vec<(String, PathBuf)>, String> {
         .map_err(|e| format!("{}: {}", live.display(), super::io_reason(&e)))?
         .filter_map(Result::ok)
         .filter(|e| e.path().is_dir())
-        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+        // A name that is not UTF-8 is still a lineage: shown lossily.
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), e.path()))
         .collect();
     dirs.sort();
     Ok(dirs)

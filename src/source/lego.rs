@@ -2,6 +2,8 @@
 //! lego ran with `--no-bundle`), `NAME.key`, `NAME.issuer.crt`. A wildcard
 //! `*.example.com` is stored as `_.example.com`.
 
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
 use super::{Harvest, Intermediates, Reader};
@@ -15,11 +17,16 @@ pub fn read(reader: &Reader, path: &Path) -> Harvest {
     } else {
         path.to_owned()
     };
-    let mut names: Vec<String> = match std::fs::read_dir(&dir) {
+    // Stems of `NAME.crt` files, as bytes: a name need not be UTF-8.
+    let mut stems: Vec<Vec<u8>> = match std::fs::read_dir(&dir) {
         Ok(entries) => entries
             .filter_map(Result::ok)
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.ends_with(".crt") && !n.ends_with(".issuer.crt"))
+            .map(|e| e.file_name().as_bytes().to_vec())
+            .filter(|n| n.ends_with(b".crt") && !n.ends_with(b".issuer.crt"))
+            .map(|mut n| {
+                n.truncate(n.len() - b".crt".len());
+                n
+            })
             .collect(),
         Err(e) => {
             let entry = (dir != path).then(|| dir.display().to_string());
@@ -29,18 +36,23 @@ pub fn read(reader: &Reader, path: &Path) -> Harvest {
             return harvest;
         }
     };
-    names.sort();
-    for (index, crt_name) in names.iter().enumerate() {
-        let stem = crt_name.trim_end_matches(".crt");
-        let entry = format!("certificates/{crt_name}");
-        let crt = dir.join(crt_name);
-        let key = dir.join(format!("{stem}.key"));
-        let issuer = dir.join(format!("{stem}.issuer.crt"));
+    stems.sort();
+    for (index, stem) in stems.iter().enumerate() {
+        let file = |suffix: &str| {
+            let mut name = stem.clone();
+            name.extend_from_slice(suffix.as_bytes());
+            dir.join(OsStr::from_bytes(&name))
+        };
+        let shown = String::from_utf8_lossy(stem);
+        let entry = format!("certificates/{shown}.crt");
+        let crt = file(".crt");
+        let key = file(".key");
+        let issuer = file(".issuer.crt");
         reader.add_pem_files(
             &mut harvest,
             (entry.clone(), index),
             (&crt, entry),
-            (&key, format!("certificates/{stem}.key")),
+            (&key, format!("certificates/{shown}.key")),
             // With --no-bundle the .crt holds only the leaf.
             Intermediates::IfLeafOnly(&issuer),
         );

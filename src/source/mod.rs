@@ -237,7 +237,12 @@ pub fn read_all(config: &Config, persist: Persist) -> Harvest {
         .map(|(index, source)| read_one(config, index, source, persist))
         .collect();
     let mut all = Harvest::default();
-    for h in harvests {
+    for (source, mut h) in config.sources.iter().zip(harvests) {
+        let silent = h.candidates.is_empty() && h.errors.is_empty() && h.warnings.is_empty();
+        if silent && !matches!(source.kind, SourceKind::SelfSigned { .. }) {
+            h.warnings
+                .push(format!("source {}: holds no certificate", source.label));
+        }
         all.merge(h);
     }
     all
@@ -281,16 +286,32 @@ pub fn io_reason(e: &std::io::Error) -> String {
 /// The reason names the problem (not found, dangling symlink, directory,
 /// permission denied, too large, empty) in one line.
 pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
-    let file = std::fs::File::open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::NotFound && path.symlink_metadata().is_ok() {
-            "dangling symlink: its target is not found".to_owned()
-        } else {
-            io_reason(&e)
-        }
-    })?;
+    use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
+    // Non-blocking, so a FIFO in a file's place cannot hang the run (and
+    // hold the lock); it is refused below like any non-regular file.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(path)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound && path.symlink_metadata().is_ok() {
+                "dangling symlink: its target is not found".to_owned()
+            } else {
+                io_reason(&e)
+            }
+        })?;
     let meta = file.metadata().map_err(|e| io_reason(&e))?;
     if meta.is_dir() {
         return Err("is a directory, expected a file".to_owned());
+    }
+    if !meta.is_file() {
+        let kind = match meta.file_type() {
+            t if t.is_fifo() => "a FIFO",
+            t if t.is_socket() => "a socket",
+            t if t.is_block_device() || t.is_char_device() => "a device",
+            _ => "not a regular file",
+        };
+        return Err(format!("is {kind}, expected a regular file"));
     }
     if meta.len() > limit {
         return Err(format!(
