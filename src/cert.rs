@@ -169,7 +169,7 @@ fn parse_x509(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
         return Err(CertError::BadDer("not a DER SEQUENCE".to_owned()));
     }
     match X509Certificate::from_der(der) {
-        Ok((rest, cert)) if rest.is_empty() => {
+        Ok(([], cert)) => {
             if !outer_matches_inner(der, cert.tbs_certificate.as_ref()) {
                 return Err(CertError::BadDer(
                     "the signature algorithm differs from the one signed (RFC 5280 4.1.1.2), or the certificate is malformed".to_owned(),
