@@ -265,6 +265,34 @@ fn ensure_parent(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Removes temporary files left in `dir` by mxkeys runs that were killed
+/// (`.NAME.mxkeys-PID-N.tmp` whose process is gone). They were never
+/// renamed into place, so no service reads them; they may hold a key.
+pub fn clean_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let pid = name
+            .strip_suffix(".tmp")
+            .filter(|_| name.starts_with('.'))
+            .and_then(|n| n.rsplit_once(".mxkeys-"))
+            .and_then(|(_, rest)| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok());
+        let Some(pid) = pid else { continue };
+        let alive = i32::try_from(std::process::id()).is_ok_and(|me| me == pid)
+            || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if !alive && fs::remove_file(entry.path()).is_ok() {
+            tracing::debug!(
+                "removed {} left by an interrupted run",
+                entry.path().display()
+            );
+        }
+    }
+}
+
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Replaces `path` with `bytes` atomically: temporary file created 0600 in
@@ -369,6 +397,22 @@ mod tests {
         assert_eq!(fs::metadata(&p).unwrap().mode() & 0o777, 0o640);
         // No temporary file is left behind.
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn stale_temporary_files_of_dead_runs_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let dead = dir.path().join(".key.pem.mxkeys-2147483646-0.tmp");
+        let mine = dir
+            .path()
+            .join(format!(".key.pem.mxkeys-{}-7.tmp", std::process::id()));
+        let other = dir.path().join(".not-ours.tmp");
+        for p in [&dead, &mine, &other] {
+            fs::write(p, b"x").unwrap();
+        }
+        clean_stale_temps(dir.path());
+        assert!(!dead.exists());
+        assert!(mine.exists() && other.exists());
     }
 
     #[test]

@@ -56,6 +56,11 @@ pub struct State {
     /// Certificates a service refused, by slot: retried after `retry_at`.
     #[serde(default)]
     pub failures: BTreeMap<String, Failure>,
+    /// Targets whose files were (about to be) replaced but whose reload
+    /// has not run yet: recorded before the first write, cleared after the
+    /// reload, so a run killed in between still reloads next time.
+    #[serde(default)]
+    pub pending_reloads: std::collections::BTreeSet<String>,
 }
 
 /// A certificate that was rolled back, and when to try it again.

@@ -75,6 +75,10 @@ pub struct Book {
     pub keys: Vec<Key>,
     /// Per domain: selectors used, never to be used again.
     pub used_selectors: BTreeMap<String, BTreeSet<String>>,
+    /// The signer's files changed but it was not reloaded yet (a run was
+    /// interrupted): the next pass reloads it.
+    #[serde(default)]
+    pub signer_reload_pending: bool,
 }
 
 /// The durations of `[dkim]`, in seconds.
@@ -125,13 +129,13 @@ pub fn next_step(
             .any(|(d, a)| *d == k.domain && *a == k.algorithm)
     };
     // Keys ordered oldest first, per group.
+    // Keys are kept in creation order: a later active key of the same group
+    // is the successor (timestamps have one-second resolution and two
+    // activations can share a second).
     let newer_active = |i: usize| {
         let k = &book.keys[i];
-        book.keys.iter().any(|o| {
-            o.domain == k.domain
-                && o.algorithm == k.algorithm
-                && o.state == KeyState::Active
-                && o.activated_at > k.activated_at
+        book.keys[i + 1..].iter().any(|o| {
+            o.domain == k.domain && o.algorithm == k.algorithm && o.state == KeyState::Active
         })
     };
     for (i, k) in book.keys.iter().enumerate() {
@@ -428,6 +432,26 @@ mod tests {
             &BTreeSet::new(),
             &BTreeSet::new(),
         );
+        assert_eq!(step, Some(Step::Drain(0)));
+    }
+
+    #[test]
+    fn a_successor_activated_in_the_same_second_still_drains_its_predecessor() {
+        let mut b = Book::default();
+        pass(&mut b, 0, true);
+        pass(&mut b, 2 * DAY, true);
+        let forced: BTreeSet<_> = [("example.com".to_owned(), RSA)].into();
+        let p = Policy {
+            lead: 0,
+            ..policy()
+        };
+        // Successor generated, published, verified and activated at the
+        // very second the old key was activated.
+        let mut k = b.keys[0].clone();
+        k.selector = "r2".into();
+        k.state = KeyState::Active;
+        b.keys.push(k);
+        let step = next_step(&b, &wanted(), &p, 2 * DAY, &forced, &BTreeSet::new());
         assert_eq!(step, Some(Step::Drain(0)));
     }
 

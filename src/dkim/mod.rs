@@ -130,9 +130,12 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
     let mut pass = Pass::default();
     let mut waiting = BTreeSet::new();
     let mut forced_left = forced;
+    install_clean(d, &book);
     // Keep the signer in step with the state even when nothing moves (a
-    // crash may have happened between a change and the signer's files).
-    pass.signer_changed |= signer::write(&signer::render(d.signer, &d.signer_dir, &book))?;
+    // crash may have happened between a change and the signer's files, or
+    // before the reload).
+    pass.signer_changed |= book.signer_reload_pending;
+    pass.signer_changed |= update_signer(config, d, &mut book)?;
     for _ in 0..10_000 {
         let now = crate::now();
         let Some(step) = machine::next_step(&book, &wanted, &policy, now, &forced_left, &waiting)
@@ -166,22 +169,55 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
             }
         }
         if signs_changed {
-            pass.signer_changed |= signer::write(&signer::render(d.signer, &d.signer_dir, &book))?;
+            pass.signer_changed |= update_signer(config, d, &mut book)?;
         }
     }
     if pass.signer_changed {
+        let mut reloaded = true;
         for action in &d.reload {
             match crate::reload::run(action, d.reload_timeout) {
                 Ok(()) => tracing::info!("dkim: reload `{action}`: done"),
                 Err(e) => {
+                    reloaded = false;
                     let line = format!("reload `{action}`: {e}");
                     tracing::error!("dkim: {line}");
                     pass.errors.push(line);
                 }
             }
         }
+        if reloaded && book.signer_reload_pending {
+            book.signer_reload_pending = false;
+            save(config, &book)?;
+        }
     }
     Ok(pass)
+}
+
+/// Writes the signer's files from the state when they differ, recording
+/// first that a reload is owed. Returns whether anything was written.
+fn update_signer(config: &Config, d: &Dkim, book: &mut Book) -> Result<bool, String> {
+    let files = signer::render(d.signer, &d.signer_dir, book);
+    if !signer::differs(&files) {
+        return Ok(false);
+    }
+    if !book.signer_reload_pending {
+        book.signer_reload_pending = true;
+        save(config, book)?;
+    }
+    signer::write(&files)
+}
+
+/// Removes temporary files killed runs left beside keys and signer files.
+fn install_clean(d: &Dkim, book: &Book) {
+    crate::install::clean_stale_temps(&d.signer_dir);
+    let dirs: BTreeSet<PathBuf> = book
+        .keys
+        .iter()
+        .filter_map(|k| k.file.parent().map(Path::to_path_buf))
+        .collect();
+    for dir in dirs {
+        crate::install::clean_stale_temps(&dir);
+    }
 }
 
 enum StepError {
@@ -541,11 +577,13 @@ pub async fn import(
         activated_at: Some(now),
     });
     save(config, &book)?;
-    if signer::write(&signer::render(d.signer, &d.signer_dir, &book))? {
+    if update_signer(config, d, &mut book)? || book.signer_reload_pending {
         for action in &d.reload {
             crate::reload::run(action, d.reload_timeout)
                 .map_err(|e| format!("reload `{action}`: {e}"))?;
         }
+        book.signer_reload_pending = false;
+        save(config, &book)?;
     }
     Ok(format!(
         "{domain}: imported {selector} ({}) as the active key",
@@ -597,7 +635,7 @@ pub async fn revoke(config: &Config, domain: &str, selector: &str) -> Result<Pas
             s.activated_at = Some(now);
         }
         save(config, &book)?;
-        signer::write(&signer::render(d.signer, &d.signer_dir, &book))?;
+        update_signer(config, d, &mut book)?;
     }
     // Whatever is missing now (no signing key for the group) is made by an
     // ordinary pass; a zero lead brings it to signing at once.

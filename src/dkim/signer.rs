@@ -83,6 +83,13 @@ pub fn render(signer: Signer, dir: &Path, book: &Book) -> Vec<(PathBuf, String)>
     }
 }
 
+/// Whether any rendered file differs from what is on disk.
+pub fn differs(files: &[(PathBuf, String)]) -> bool {
+    files
+        .iter()
+        .any(|(path, content)| !std::fs::read(path).is_ok_and(|old| old == content.as_bytes()))
+}
+
 /// Writes the rendered files that differ; returns whether any did.
 pub fn write(files: &[(PathBuf, String)]) -> Result<bool, String> {
     let mut changed = false;

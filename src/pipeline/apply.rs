@@ -10,7 +10,7 @@
 //! only after a growing backoff (recorded in state_dir). A service is never
 //! left with a pair mxkeys did not check, nor without the files it had.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use super::{Action, Plan, ReloadReport, Report, TargetReport, VerifyReport};
@@ -33,6 +33,37 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
         errors: plan.errors,
         ..Report::default()
     };
+    // 0. Record the reloads this run will owe before writing anything: a
+    // run killed between the writes and the reloads must not leave a
+    // service on its old files forever (the next run sees nothing to write).
+    let owed_before = State::load(&config.state_dir).pending_reloads;
+    let about_to_change: BTreeSet<String> = plan
+        .slots
+        .iter()
+        .filter(|s| s.files.iter().any(|p| install::differs(&p.path, &p.bytes)))
+        .map(|s| config.targets[s.report.target].name.clone())
+        .collect();
+    if !about_to_change.is_subset(&owed_before) {
+        let mut st = State::load(&config.state_dir);
+        st.pending_reloads.extend(about_to_change);
+        if let Err(e) = st.save(&config.state_dir) {
+            tracing::warn!("state_dir: cannot record the reloads owed: {e}");
+        }
+    }
+    for dir in plan
+        .slots
+        .iter()
+        .flat_map(|s| s.files.iter().filter_map(|p| p.path.parent()))
+        .collect::<BTreeSet<_>>()
+    {
+        install::clean_stale_temps(dir);
+    }
+    for owed in &owed_before {
+        tracing::warn!(
+            "target {owed}: a previous run was interrupted before its reload; reloading now"
+        );
+    }
+
     // 1. Write every slot's files.
     let mut undo: HashMap<usize, Vec<Undo>> = HashMap::new();
     for slot_plan in plan.slots {
@@ -56,8 +87,8 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
         report.targets.push(r);
     }
 
-    // 2. Reload each distinct action of the changed targets once.
-    report.reloads = run_reloads(reloads_of_changed(config, &report.targets));
+    // 2. Reload each distinct action of the changed (or owed) targets once.
+    report.reloads = run_reloads(reloads_of_changed(config, &report.targets, &owed_before));
 
     // 3. Check what each changed target serves; collect the failures.
     let mut failed: Vec<(usize, String)> = Vec::new();
@@ -236,18 +267,20 @@ fn add_reloads(out: &mut Vec<(Reload, Duration)>, target: &Target) {
     }
 }
 
-/// Distinct reloads of targets with a changed slot, in target order, each
-/// with the longest timeout any of its targets allows.
+/// Distinct reloads of targets with a changed slot (or owed by an
+/// interrupted run), in target order, each with the longest timeout any of
+/// its targets allows.
 pub(super) fn reloads_of_changed(
     config: &Config,
     reports: &[TargetReport],
+    owed: &BTreeSet<String>,
 ) -> Vec<(Reload, Duration)> {
     let mut out = Vec::new();
     for (ti, target) in config.targets.iter().enumerate() {
         let changed = reports
             .iter()
             .any(|r| r.target == ti && matches!(r.action, Action::Changed(_)));
-        if changed {
+        if changed || owed.contains(&target.name) {
             add_reloads(&mut out, target);
         }
     }
@@ -276,6 +309,21 @@ fn run_reloads(reloads: Vec<(Reload, Duration)>) -> Vec<ReloadReport> {
 fn record(config: &Config, report: &Report, command: &str, failed: &[(usize, String)]) {
     let now = crate::now();
     let mut st = State::load(&config.state_dir);
+    // A target's owed reload is paid when every reload it has succeeded.
+    for target in &config.targets {
+        let all_ok = target.reloads.iter().all(|action| {
+            report
+                .reloads
+                .iter()
+                .filter(|r| &r.action == action)
+                .all(|r| matches!(r.result, Some(Ok(()))))
+        });
+        if all_ok {
+            st.pending_reloads.remove(&target.name);
+        }
+    }
+    st.pending_reloads
+        .retain(|name| config.targets.iter().any(|t| &t.name == name));
     for t in &report.targets {
         let Some(s) = &t.served else { continue };
         match &t.action {

@@ -344,7 +344,8 @@ pub fn check(config: &Config, plan: Plan) -> Report {
         }
         report.targets.push(r);
     }
-    report.reloads = apply::reloads_of_changed(config, &report.targets)
+    let owed = State::load(&config.state_dir).pending_reloads;
+    report.reloads = apply::reloads_of_changed(config, &report.targets, &owed)
         .into_iter()
         .map(|(action, _)| ReloadReport {
             action,
