@@ -612,3 +612,51 @@ fn config_from_environment_and_verbose_flag() {
     .ok();
     t.assert_installed(&leaf);
 }
+
+/// A certificate the service refused (here: its reload fails) is rolled
+/// back and recorded with a backoff; the next sync does not try it again
+/// before the backoff ends (no write, no reload), and says so.
+#[test]
+fn a_refused_certificate_is_retried_only_after_its_backoff() {
+    let env = Env::new();
+    let ca = Ca::new("backoff");
+    let old = ca.issue(&LeafSpec::new(&[HOST]).days(30));
+    let new = ca.issue(&LeafSpec::new(&[HOST]).days(60));
+    let log = env.path("reloads.log");
+    let good = env.path("bin/ok-reload");
+    script(&good, &format!("echo ok >> {}", qp(&log)));
+    let bad = env.path("bin/refusing-reload");
+    script(&bad, &format!("echo refused >> {}; exit 1", qp(&log)));
+    let t = Target::new(&env, "postfix").reload(&[good.to_str().unwrap()]);
+    env.write_config(&[files_source(&env.path("src-old"), &old)], &[&t]);
+    env.sync().assert_code(0);
+
+    let t = Target::new(&env, "postfix").reload(&[bad.to_str().unwrap()]);
+    env.write_config(&[files_source(&env.path("src-new"), &new)], &[&t]);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    env.sync()
+        .assert_code(1)
+        .assert_stderr_contains("rolled back");
+    t.assert_installed(&old);
+    let state: serde_json::Value =
+        serde_json::from_slice(&fs::read(env.state.join("state.json")).unwrap()).unwrap();
+    let failure = &state["failures"]["postfix"];
+    assert_eq!(failure["sha256"], new.fp(), "{state:#}");
+    assert_eq!(failure["attempts"], 1);
+    let retry_at = failure["retry_at"].as_i64().unwrap();
+    assert!(
+        (before + 55..before + 70).contains(&retry_at),
+        "first backoff is a minute: {retry_at} vs {before}"
+    );
+    let reloads_after_rollback = log_lines(&log).len();
+
+    // Within the backoff: no write, no reload, a clear word, exit 1.
+    let r = env.sync();
+    r.assert_code(1)
+        .assert_stderr_contains("trying it again after");
+    t.assert_installed(&old);
+    assert_eq!(log_lines(&log).len(), reloads_after_rollback);
+}

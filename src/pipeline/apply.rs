@@ -128,7 +128,7 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
             );
         }
     }
-    record(config, &report, command, &failed);
+    record(config, &report, command, &failed, &owed_before);
     report
 }
 
@@ -306,10 +306,18 @@ fn run_reloads(reloads: Vec<(Reload, Duration)>) -> Vec<ReloadReport> {
 
 /// Records what each slot holds, the backoff of refused certificates, and a
 /// summary of the run.
-fn record(config: &Config, report: &Report, command: &str, failed: &[(usize, String)]) {
+fn record(
+    config: &Config,
+    report: &Report,
+    command: &str,
+    failed: &[(usize, String)],
+    owed_before: &BTreeSet<String>,
+) {
     let now = crate::now();
     let mut st = State::load(&config.state_dir);
-    // A target's owed reload is paid when every reload it has succeeded.
+    // A target's owed reload is paid when every reload it has succeeded;
+    // after a rollback its files are those the service already had, so
+    // nothing is owed unless it was owed before this run.
     for target in &config.targets {
         let all_ok = target.reloads.iter().all(|action| {
             report
@@ -318,7 +326,8 @@ fn record(config: &Config, report: &Report, command: &str, failed: &[(usize, Str
                 .filter(|r| &r.action == action)
                 .all(|r| matches!(r.result, Some(Ok(()))))
         });
-        if all_ok {
+        let rolled_back = report.rollbacks.contains(&target.name);
+        if all_ok || (rolled_back && !owed_before.contains(&target.name)) {
             st.pending_reloads.remove(&target.name);
         }
     }
