@@ -815,7 +815,11 @@ fn check_converged(env: &DkimEnv, tally: &mut DkimTally, drained_gone: bool, whe
             if group.len() > 1 {
                 tally.several_active += 1;
             }
-            assert_eq!(group.len(), 1, "{when}: several active {a} keys for {d}: {keys:?}");
+            assert_eq!(
+                group.len(),
+                1,
+                "{when}: several active {a} keys for {d}: {keys:?}"
+            );
             for k in group {
                 let id = format!("{}._domainkey.{d}", k["selector"].as_str().unwrap());
                 assert_eq!(
@@ -874,7 +878,10 @@ fn check_converged(env: &DkimEnv, tally: &mut DkimTally, drained_gone: bool, whe
     {
         tally.stale_reloads += 1;
     }
-    assert_eq!(tally.stale_reloads, 0, "{when}: the signer was not reloaded after its tables changed");
+    assert_eq!(
+        tally.stale_reloads, 0,
+        "{when}: the signer was not reloaded after its tables changed"
+    );
 }
 
 #[test]
