@@ -77,19 +77,26 @@ pub async fn order(
         .iter()
         .map(|d| Identifier::Dns(d.as_str().to_owned()))
         .collect();
-    let mut new_order = NewOrder::new(&identifiers);
-    if let Some(profile) = ctx.profile {
-        new_order = new_order.profile(profile);
+    let build = |replaces: bool| {
+        let mut new_order = NewOrder::new(&identifiers);
+        if let Some(profile) = ctx.profile {
+            new_order = new_order.profile(profile);
+        }
+        // `replaces` (RFC 9773) ties a renewal to the certificate it
+        // replaces, which exempts it from rate limits at CAs with ARI.
+        if replaces && let Some(id) = previous.and_then(|p| CertificateIdentifier::try_from(&p.leaf).ok()) {
+            new_order = new_order.replaces(id);
+        }
+        new_order
+    };
+    let mut order = match ctx.account.new_order(&build(true)).await {
+        // A CA without ARI takes no `replaces`: order without it.
+        Err(instant_acme::Error::Unsupported(_)) if previous.is_some() => {
+            ctx.account.new_order(&build(false)).await
+        }
+        other => other,
     }
-    let replaced = previous.and_then(|p| CertificateIdentifier::try_from(&p.leaf).ok());
-    if let Some(id) = replaced {
-        new_order = new_order.replaces(id);
-    }
-    let mut order = ctx
-        .account
-        .new_order(&new_order)
-        .await
-        .map_err(|e| format!("new order: {}", acme_error(&e)))?;
+    .map_err(|e| format!("new order: {}", acme_error(&e)))?;
 
     let challenge_type = match source.challenge {
         Challenge::Dns01 { .. } => ChallengeType::Dns01,
@@ -163,6 +170,24 @@ async fn collect_challenges(
     Ok(pending)
 }
 
+/// Where a challenge record really goes: `_acme-challenge.NAME` is often a
+/// CNAME into a zone kept for challenges (so the main zone's credentials
+/// need not be on the mail host); the record is written at the end of the
+/// chain, as the CA will look it up.
+async fn delegated(provider: &Provider, name: &str) -> String {
+    let mut name = name.to_owned();
+    for _ in 0..8 {
+        match provider.read(&name, mxkeys_providers::RecordType::Cname).await {
+            Ok(targets) => match targets.first() {
+                Some(RData::Cname(target)) => name = target.clone(),
+                _ => break,
+            },
+            Err(_) => break,
+        }
+    }
+    name
+}
+
 /// `_acme-challenge.` names and their TXT values (a wildcard and its base
 /// name share one name, with two values).
 fn dns_records(pending: &[Pending]) -> BTreeMap<String, Vec<RData>> {
@@ -208,10 +233,11 @@ async fn publish(
                 .ok_or_else(|| format!("dns-01: no [dns.{name}] provider"))?;
             let records = dns_records(pending);
             for (record, values) in &records {
+                let target = delegated(provider, record).await;
                 provider
-                    .replace(record, CHALLENGE_TTL, values)
+                    .replace(&target, CHALLENGE_TTL, values)
                     .await
-                    .map_err(|e| format!("dns-01: writing {record} through [dns.{name}]: {e}"))?;
+                    .map_err(|e| format!("dns-01: writing {target} through [dns.{name}]: {e}"))?;
             }
             for (record, values) in &records {
                 propagation
@@ -249,11 +275,12 @@ async fn unpublish(source: &AcmeSource, ctx: &Context<'_>, pending: &[Pending]) 
         Challenge::Dns01 { provider: name } => {
             let Some((provider, _)) = ctx.dns else { return };
             for record in dns_records(pending).keys() {
+                let target = delegated(provider, record).await;
                 if let Err(e) = provider
-                    .remove(record, mxkeys_providers::RecordType::Txt)
+                    .remove(&target, mxkeys_providers::RecordType::Txt)
                     .await
                 {
-                    tracing::warn!("dns-01: cannot remove {record} through [dns.{name}]: {e}");
+                    tracing::warn!("dns-01: cannot remove {target} through [dns.{name}]: {e}");
                 }
             }
         }
