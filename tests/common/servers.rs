@@ -584,7 +584,9 @@ impl Drop for Dovecot {
 // ---------------------------------------------------------------------------
 
 /// pebble (an ACME CA) resolving every name to 127.0.0.1 through its own
-/// pebble-challtestsrv. HTTP-01 validation connects to 127.0.0.1:http_port.
+/// pebble-challtestsrv, or through a DNS server of the test's
+/// ([`Pebble::start_with_dns`]). HTTP-01 validation connects to the name's
+/// address, port http_port.
 pub struct Pebble {
     pub dir: PathBuf,
     /// The ACME directory URL.
@@ -594,14 +596,28 @@ pub struct Pebble {
     pub mgmt_port: u16,
     /// Where pebble's validator connects for HTTP-01 (certbot listens there).
     pub http_port: u16,
-    // Dropped in order: pebble first, then its DNS server.
+    // Dropped in order: pebble first, then its DNS server (none when the
+    // test brings its own).
     pebble: Child,
-    dns: Child,
+    dns: Option<Child>,
 }
 
 impl Pebble {
     #[track_caller]
     pub fn start(dir: &Path) -> Pebble {
+        Pebble::start_inner(dir, None)
+    }
+
+    /// pebble resolving names (A records for HTTP-01, TXT records for
+    /// DNS-01) through the DNS server at `dns` (e.g. a test's BIND), with no
+    /// pebble-challtestsrv.
+    #[track_caller]
+    pub fn start_with_dns(dir: &Path, dns: std::net::SocketAddr) -> Pebble {
+        Pebble::start_inner(dir, Some(dns))
+    }
+
+    #[track_caller]
+    fn start_inner(dir: &Path, dns_server: Option<std::net::SocketAddr>) -> Pebble {
         use rcgen::{
             BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
             SanType,
@@ -658,16 +674,24 @@ impl Pebble {
                 .stderr(std::fs::File::create(dir.join(format!("{tag}.stderr"))).unwrap());
             cmd.spawn().unwrap_or_else(|e| panic!("spawn {tag}: {e}"))
         };
-        let mut dns = Command::new(prog("pebble-challtestsrv"));
-        dns.args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
-            .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
-            .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
-            .args(["-management", &format!("127.0.0.1:{dns_mgmt}")]);
-        let dns = spawn(dns, "challtestsrv");
+        let (dns, dns_addr) = match dns_server {
+            Some(addr) => (None, addr.to_string()),
+            None => {
+                let mut dns = Command::new(prog("pebble-challtestsrv"));
+                dns.args(["-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""])
+                    .args(["-dns01", &format!("127.0.0.1:{dns_port}")])
+                    .args(["-http01", "", "-https01", "", "-tlsalpn01", ""])
+                    .args(["-management", &format!("127.0.0.1:{dns_mgmt}")]);
+                (
+                    Some(spawn(dns, "challtestsrv")),
+                    format!("127.0.0.1:{dns_port}"),
+                )
+            }
+        };
         let mut pb = Command::new(prog("pebble"));
         pb.arg("-config")
             .arg(dir.join("pebble.json"))
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .args(["-dnsserver", &dns_addr])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0")
             .env("PEBBLE_AUTHZREUSE", "0");
@@ -681,11 +705,13 @@ impl Pebble {
             pebble,
             dns,
         };
-        wait_port(
-            &format!("127.0.0.1:{dns_mgmt}"),
-            "pebble-challtestsrv",
-            || pebble.log(),
-        );
+        if pebble.dns.is_some() {
+            wait_port(
+                &format!("127.0.0.1:{dns_mgmt}"),
+                "pebble-challtestsrv",
+                || pebble.log(),
+            );
+        }
         wait_port(&format!("127.0.0.1:{listen}"), "pebble", || pebble.log());
         wait_port(
             &format!("127.0.0.1:{mgmt_port}"),
@@ -714,8 +740,10 @@ impl Drop for Pebble {
         // Our own children, by their handles.
         let _ = self.pebble.kill();
         let _ = self.pebble.wait();
-        let _ = self.dns.kill();
-        let _ = self.dns.wait();
+        if let Some(dns) = &mut self.dns {
+            let _ = dns.kill();
+            let _ = dns.wait();
+        }
     }
 }
 

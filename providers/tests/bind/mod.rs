@@ -108,6 +108,14 @@ impl Bind {
     /// Starts a server, or returns `None` when BIND is missing (and not in
     /// CI).
     pub fn start() -> Option<Bind> {
+        Bind::start_with_zone(ZONE_EXAMPLE)
+    }
+
+    /// Like [`Bind::start`], with `example_zone` (a whole zone file) as the
+    /// zone `example.test`: e.g. without the `_acme-challenge` CNAME and
+    /// with a wildcard A record, so an ACME CA resolving names through this
+    /// server finds every name at 127.0.0.1.
+    pub fn start_with_zone(example_zone: &str) -> Option<Bind> {
         let (named, keygen, _) = tools()?;
         let dir = tempfile::tempdir().unwrap();
         let key = Command::new(&keygen)
@@ -132,7 +140,7 @@ impl Bind {
         // named binds it: try a few.
         for _ in 0..5 {
             let port = free_port();
-            write_config(dir.path(), port);
+            write_config(dir.path(), port, example_zone);
             let log = std::fs::File::create(dir.path().join("named.log")).unwrap();
             let mut child = Command::new(&named)
                 .args(["-g", "-4", "-c"])
@@ -271,9 +279,9 @@ fn wait_ready(child: &mut Child, port: u16) -> bool {
     false
 }
 
-fn write_config(dir: &Path, port: u16) {
+fn write_config(dir: &Path, port: u16, example_zone: &str) {
     for (zone, text) in [
-        ("example.test", ZONE_EXAMPLE),
+        ("example.test", example_zone),
         ("delegated.test", ZONE_DELEGATED),
         ("readonly.test", ZONE_READONLY),
     ] {

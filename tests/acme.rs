@@ -1,0 +1,1190 @@
+//! `mxkeys renew` end to end against a real ACME CA (pebble) and a real
+//! authoritative DNS server (BIND 9, RFC 2136 with TSIG).
+//!
+//! Every test starts its own BIND (zone `example.test` with A records to
+//! 127.0.0.1 and a wildcard) and its own pebble resolving every name through
+//! that BIND (`-dnsserver`: HTTP-01's A lookups and DNS-01's TXT lookups),
+//! with `PEBBLE_VA_NOSLEEP=1`, `PEBBLE_WFE_NONCEREJECT=0` and
+//! `PEBBLE_AUTHZREUSE=0`. pebble's HTTP-01 validator connects to
+//! 127.0.0.1:`http_port`. Everything listens on loopback only.
+//!
+//! Issued chains are checked against pebble's intermediate, fetched from its
+//! management interface; pebble's log (one line per request) shows which
+//! requests reached the CA.
+//!
+//! Without pebble or BIND, a test is skipped with a message naming the
+//! Debian package; with `CI=true` it fails.
+
+mod common;
+
+#[path = "../providers/tests/bind/mod.rs"]
+mod bind;
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bind::{Bind, KEY_NAME};
+use common::servers::{Pebble, which};
+use common::*;
+use serde_json::Value;
+
+/// The zone pebble resolves through: every name at 127.0.0.1. The names
+/// the HTTP-01 tests validate have their own A records, so a DNS-01
+/// challenge below them (which turns a name into an empty non-terminal the
+/// wildcard no longer covers) never hides them.
+const ZONE: &str = "$TTL 300
+@ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60
+@ IN NS ns.example.test.
+@ IN A 127.0.0.1
+ns IN A 127.0.0.1
+mail IN A 127.0.0.1
+smtp IN A 127.0.0.1
+imap IN A 127.0.0.1
+a IN A 127.0.0.1
+b IN A 127.0.0.1
+* IN A 127.0.0.1
+_acme-challenge.deleg IN CNAME x.challenges.example.test.
+";
+
+const MAIL: &str = "mail.example.test";
+
+// ---------------------------------------------------------------------------
+// Required programs
+// ---------------------------------------------------------------------------
+
+fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// True when pebble and BIND are installed. Otherwise: with `CI=true` the
+/// test fails; without it, a loud message names the Debian packages and the
+/// test returns.
+fn require(test: &str) -> bool {
+    let needs = [
+        ("pebble", "pebble"),
+        ("named", "bind9"),
+        ("tsig-keygen", "bind9"),
+        ("dig", "bind9-dnsutils"),
+    ];
+    let mut missing = Vec::new();
+    let mut packages: Vec<&str> = Vec::new();
+    for (program, package) in needs {
+        if which(program).is_none() {
+            missing.push(program);
+            if !packages.contains(&package) {
+                packages.push(package);
+            }
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let msg = format!(
+        "missing {}: install the Debian package(s) with `apt-get install {}` (or run `bash .ci/test` as root)",
+        missing.join(", "),
+        packages.join(" ")
+    );
+    if is_ci() {
+        panic!("{test}: CI=true and {msg}");
+    }
+    eprintln!(
+        "\n************************************************************\n\
+         SKIPPING {test}: {msg}\n\
+         ************************************************************\n"
+    );
+    false
+}
+
+// ---------------------------------------------------------------------------
+// The servers and mxkeys
+// ---------------------------------------------------------------------------
+
+/// pebble, the BIND it resolves through, and a test directory.
+/// (Dropped in this order: pebble, BIND, then the directory.)
+struct Acme {
+    pebble: Pebble,
+    bind: Bind,
+    env: Env,
+}
+
+impl Acme {
+    /// Starts BIND and pebble, or returns `None` (skip) when they are not
+    /// installed and CI is not set.
+    fn start(test: &str) -> Option<Acme> {
+        if !require(test) {
+            return None;
+        }
+        let bind = Bind::start_with_zone(ZONE)?;
+        let env = Env::new();
+        let pebble = Pebble::start_with_dns(&env.path("pebble"), bind.addr());
+        Some(Acme { pebble, bind, env })
+    }
+
+    /// `state_dir`, `[acme]` and `[dns.bind]` (writing to, and checking
+    /// propagation at, `dns`).
+    fn header_with_dns(&self, dns: SocketAddr) -> String {
+        format!(
+            "state_dir = {state}\n\n\
+             [acme]\n\
+             directory = {dir}\n\
+             email = \"admin@example.test\"\n\
+             ca_bundle = {ca}\n\n\
+             [dns.bind]\n\
+             type = \"rfc2136\"\n\
+             server = \"{dns}\"\n\
+             zone = \"example.test\"\n\
+             tsig_name = \"{KEY_NAME}\"\n\
+             tsig_secret_file = {tsig}\n\
+             nameservers = [\"{dns}\"]\n\
+             propagation_interval = \"200ms\"\n\
+             propagation_timeout = \"30s\"\n",
+            state = qp(&self.env.state),
+            dir = q(&self.pebble.url),
+            ca = qp(&self.pebble.https_ca),
+            tsig = qp(&self.bind.dir().join("tsig.key")),
+        )
+    }
+
+    /// Writes the configuration: the header, then `body` (sources and
+    /// targets).
+    fn config(&self, body: &str) {
+        self.config_with_dns(self.bind.addr(), body);
+    }
+
+    fn config_with_dns(&self, dns: SocketAddr, body: &str) {
+        self.env
+            .write_config_raw(&format!("{}\n{body}", self.header_with_dns(dns)));
+    }
+
+    /// Where pebble validates HTTP-01.
+    fn http_listen(&self) -> String {
+        format!("127.0.0.1:{}", self.pebble.http_port)
+    }
+
+    /// `mxkeys --config F renew ARGS`.
+    fn renew(&self, args: &[&str]) -> Run {
+        let mut all = vec!["renew"];
+        all.extend_from_slice(args);
+        self.env.run(&all)
+    }
+
+    fn pebble_log(&self) -> String {
+        std::fs::read_to_string(self.pebble.dir.join("pebble.log")).unwrap_or_default()
+    }
+
+    /// A run's output and the end of pebble's log, for failure messages.
+    fn context(&self, run: &Run) -> String {
+        let log = self.pebble_log();
+        let start = log.len().saturating_sub(6000);
+        let start = (start..log.len())
+            .find(|&i| log.is_char_boundary(i))
+            .unwrap_or(log.len());
+        format!(
+            "{}\n--- pebble.log (end) ---\n{}",
+            run.describe(),
+            &log[start..]
+        )
+    }
+
+    /// `[[source]]` for HTTP-01 with the built-in responder on pebble's
+    /// validation port.
+    fn http_source(&self, name: &str, domains: &[&str], extra: &str) -> String {
+        format!(
+            "[[source]]\ntype = \"acme\"\nname = {}\ndomains = {}\nchallenge = \"http-01\"\nhttp_listen = {}\n{extra}\n",
+            q(name),
+            q_list(domains),
+            q(self.http_listen())
+        )
+    }
+
+    /// The state directory of an acme source.
+    fn source_dir(&self, name: &str) -> PathBuf {
+        self.env.state.join("acme").join(name)
+    }
+
+    fn state_json(&self, name: &str) -> Value {
+        let path = self.source_dir(name).join("state.json");
+        let text = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}\n{text}", path.display()))
+    }
+
+    /// pebble's current intermediate (DER), from its management interface.
+    fn intermediate(&self) -> Vec<u8> {
+        let pem = https_get(
+            &self.pebble.https_ca,
+            self.pebble.mgmt_port,
+            "/intermediates/0",
+        );
+        pem_blocks(&pem)
+            .into_iter()
+            .find(|(l, _)| l == "CERTIFICATE")
+            .map(|(_, d)| d)
+            .unwrap_or_else(|| panic!("no certificate in pebble's /intermediates/0:\n{pem}"))
+    }
+
+    /// The files under the account directory: (name, bytes, mode).
+    fn accounts(&self) -> Vec<(PathBuf, Vec<u8>, u32)> {
+        let dir = self.env.state.join("acme").join("accounts");
+        let mut out: Vec<_> = std::fs::read_dir(&dir)
+            .map(|rd| {
+                rd.map(|e| {
+                    let p = e.unwrap().path();
+                    let bytes = std::fs::read(&p).unwrap();
+                    let mode = mode_of(&p);
+                    (p, bytes, mode)
+                })
+                .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+}
+
+fn dns_source(name: &str, domains: &[&str], extra: &str) -> String {
+    format!(
+        "[[source]]\ntype = \"acme\"\nname = {}\ndomains = {}\nchallenge = \"dns-01\"\ndns = \"bind\"\n{extra}\n",
+        q(name),
+        q_list(domains)
+    )
+}
+
+/// A target writing one combined file (key, leaf, intermediates).
+fn target(name: &str, domains: &[&str], combined: &Path, extra: &str) -> String {
+    format!(
+        "[[target]]\nname = {}\ndomains = {}\ncombined = {}\n{extra}\n",
+        q(name),
+        q_list(domains),
+        qp(combined)
+    )
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// `GET path` over HTTPS from 127.0.0.1:port, trusting only `ca` (pebble's
+/// management interface): the body.
+fn https_get(ca: &Path, port: u16, path: &str) -> String {
+    use rustls::pki_types::{CertificateDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for der in read_certs(ca) {
+        roots.add(CertificateDer::from(der)).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let conn =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+            .unwrap();
+    let sock = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    write!(
+        tls,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = Vec::new();
+    // A server closing without close_notify ends the read with an error
+    // after the body: what was read counts.
+    let _ = tls.read_to_end(&mut raw);
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP answer from 127.0.0.1:{port}{path}: {text:?}"));
+    assert!(
+        head.starts_with("HTTP/1.1 200"),
+        "GET {path} on pebble's management port: {head}"
+    );
+    body.to_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Certificates as installed
+// ---------------------------------------------------------------------------
+
+/// A combined file (key, leaf, intermediates) as mxkeys wrote it.
+struct Installed {
+    key: (String, Vec<u8>),
+    leaf: Vec<u8>,
+    chain: Vec<Vec<u8>>,
+}
+
+impl Installed {
+    #[track_caller]
+    fn read(path: &Path) -> Installed {
+        let blocks = read_pem(path);
+        let keys: Vec<_> = blocks
+            .iter()
+            .filter(|(l, _)| is_private_key_label(l))
+            .cloned()
+            .collect();
+        assert_eq!(keys.len(), 1, "{}: one private key", path.display());
+        let certs: Vec<Vec<u8>> = blocks
+            .into_iter()
+            .filter(|(l, _)| l == "CERTIFICATE")
+            .map(|(_, d)| d)
+            .collect();
+        assert!(
+            certs.len() >= 2,
+            "{}: a leaf and its intermediate",
+            path.display()
+        );
+        Installed {
+            key: keys[0].clone(),
+            leaf: certs[0].clone(),
+            chain: certs[1..].to_vec(),
+        }
+    }
+
+    fn fp(&self) -> String {
+        sha256_hex(&self.leaf)
+    }
+
+    fn public_key(&self) -> Vec<u8> {
+        leaf_public_key_raw(&self.leaf)
+    }
+
+    /// The key matches the leaf; the leaf was issued (name and signature) by
+    /// pebble's current intermediate, which is the chain that follows.
+    #[track_caller]
+    fn assert_from_pebble(&self, acme: &Acme, what: &str) {
+        assert_eq!(
+            private_key_public_raw(&self.key.0, &self.key.1),
+            self.public_key(),
+            "{what}: the key does not match the leaf"
+        );
+        let inter = acme.intermediate();
+        assert_eq!(
+            self.chain,
+            vec![inter.clone()],
+            "{what}: the chain is not pebble's intermediate"
+        );
+        let (_, leaf) = x509_parser::parse_x509_certificate(&self.leaf).unwrap();
+        let (_, issuer) = x509_parser::parse_x509_certificate(&inter).unwrap();
+        assert_eq!(
+            leaf.issuer().to_string(),
+            issuer.subject().to_string(),
+            "{what}: issuer name"
+        );
+        leaf.verify_signature(Some(issuer.public_key()))
+            .unwrap_or_else(|e| panic!("{what}: the leaf's signature by the intermediate: {e:?}"));
+        assert!(
+            issuer.subject().to_string().contains("Pebble Intermediate"),
+            "{what}: issued by {}",
+            issuer.subject()
+        );
+    }
+
+    #[track_caller]
+    fn assert_names(&self, want: &[&str]) {
+        let mut got = cert_info(&self.leaf).dns_sans;
+        got.sort();
+        let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want, "the leaf's DNS names");
+    }
+}
+
+/// The `acme NAME: ...` line of a run's stdout.
+#[track_caller]
+fn line<'a>(run: &'a Run, source: &str) -> &'a str {
+    let prefix = format!("acme {source}: ");
+    run.stdout
+        .lines()
+        .find(|l| l.starts_with(&prefix))
+        .unwrap_or_else(|| panic!("no line for acme source {source}\n{}", run.describe()))
+}
+
+/// The fingerprint of an `acme NAME: issued SHA256 (REASON), valid until`
+/// line, after checking the reason.
+#[track_caller]
+fn issued(run: &Run, source: &str, reason: &str) -> String {
+    let l = line(run, source);
+    let rest = l
+        .strip_prefix(&format!("acme {source}: issued "))
+        .unwrap_or_else(|| panic!("{source} was not issued: {l:?}\n{}", run.describe()));
+    let (fp, after) = rest.split_once(' ').unwrap();
+    assert!(
+        after.starts_with(&format!("({reason}), valid until ")),
+        "{source}: reason or format: {l:?}"
+    );
+    assert_eq!(fp.len(), 64, "a SHA-256 in {l:?}");
+    fp.to_owned()
+}
+
+/// How many requests of this kind pebble logged (`POST /order-plz`,
+/// `POST /finalize-order/`, ...).
+fn requests(log: &str, what: &str) -> usize {
+    log.lines()
+        .filter(|l| l.contains(&format!("{what} -> calling handler()")))
+        .count()
+}
+
+// ---------------------------------------------------------------------------
+// A web server for the webroot test
+// ---------------------------------------------------------------------------
+
+/// Serves `webroot` on 127.0.0.1:port (plain HTTP/1.x GET) and records
+/// every request: (path, status).
+struct WebServer {
+    stop: Arc<AtomicBool>,
+    log: Arc<Mutex<Vec<(String, u16)>>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl WebServer {
+    fn start(port: u16, webroot: &Path) -> WebServer {
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (s, l, root) = (stop.clone(), log.clone(), webroot.to_path_buf());
+        let handle = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((stream, _)) => {
+                        stream.set_nonblocking(false).unwrap();
+                        if let Some(entry) = serve_one(stream, &root) {
+                            l.lock().unwrap().push(entry);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+        });
+        WebServer {
+            stop,
+            log,
+            handle: Some(handle),
+        }
+    }
+
+    fn requests(&self) -> Vec<(String, u16)> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for WebServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn serve_one(stream: TcpStream, root: &Path) -> Option<(String, u16)> {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .ok()?;
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut request = String::new();
+    reader.read_line(&mut request).ok()?;
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).ok()? == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
+    let path = request.split_whitespace().nth(1)?.to_owned();
+    // Only token files: letters, digits, '-' and '_'.
+    let file = path
+        .strip_prefix("/.well-known/acme-challenge/")
+        .filter(|t| {
+            !t.is_empty()
+                && t.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+        .map(|t| root.join(".well-known/acme-challenge").join(t));
+    let body = file.and_then(|f| std::fs::read(f).ok());
+    let status = if body.is_some() { 200 } else { 404 };
+    let body = body.unwrap_or_else(|| b"not found\n".to_vec());
+    let mut stream = stream;
+    let _ = write!(
+        stream,
+        "HTTP/1.1 {status} {}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        if status == 200 { "OK" } else { "Not Found" },
+        body.len()
+    );
+    let _ = stream.write_all(&body);
+    Some((path, status))
+}
+
+// ---------------------------------------------------------------------------
+// 1. HTTP-01, built-in responder
+// ---------------------------------------------------------------------------
+
+#[test]
+fn http01_builtin_responder_issues_a_chain_to_pebbles_intermediate_and_stops_listening() {
+    let Some(acme) = Acme::start(
+        "http01_builtin_responder_issues_a_chain_to_pebbles_intermediate_and_stops_listening",
+    ) else {
+        return;
+    };
+    let out = acme.env.out.join("chain.pem");
+    // pebble 2.4 offers no profiles: the profile is ignored with a warning.
+    let text = acme.http_source("mail", &[MAIL, "smtp.example.test"], "");
+    acme.config(&format!(
+        "{text}\n{}",
+        target("postfix", &[MAIL, "smtp.example.test"], &out, "")
+    ));
+    let config = std::fs::read_to_string(&acme.env.config).unwrap();
+    acme.env
+        .write_config_raw(&config.replace("ca_bundle =", "profile = \"shortlived\"\nca_bundle ="));
+
+    let run = acme.renew(&[]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    let fp = issued(&run, "mail", "no certificate yet");
+    run.assert_stderr_contains("profile");
+
+    let installed = Installed::read(&out);
+    assert_eq!(installed.fp(), fp, "the target holds what renew printed");
+    installed.assert_names(&[MAIL, "smtp.example.test"]);
+    installed.assert_from_pebble(&acme, "target");
+    assert_eq!(
+        cert_info(&installed.leaf).key_type,
+        "ecdsa-p256",
+        "default key type"
+    );
+    assert_mode(&out, 0o600);
+
+    // The source's own bundle: key and chain, 0600.
+    let bundle = acme.source_dir("mail").join("bundle.pem");
+    assert_mode(&bundle, 0o600);
+    assert_eq!(Installed::read(&bundle).fp(), fp);
+    let state = acme.state_json("mail");
+    assert_eq!(state["failures"], 0, "{state}");
+    assert!(state["last_issued_at"].is_i64(), "{state}");
+
+    // pebble validated through the responder...
+    let log = acme.pebble_log();
+    assert!(
+        log.contains(&format!(
+            "http://{MAIL}:{}/.well-known/acme-challenge/",
+            acme.pebble.http_port
+        )),
+        "pebble did not validate over HTTP:\n{}",
+        acme.context(&run)
+    );
+    // ...which listens no more.
+    assert!(
+        TcpStream::connect(acme.http_listen()).is_err(),
+        "something still listens on {} after renew",
+        acme.http_listen()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. HTTP-01 by webroot
+// ---------------------------------------------------------------------------
+
+#[test]
+fn http01_webroot_serves_token_files_during_the_order_and_removes_them() {
+    let Some(acme) =
+        Acme::start("http01_webroot_serves_token_files_during_the_order_and_removes_them")
+    else {
+        return;
+    };
+    let webroot = acme.env.path("www");
+    std::fs::create_dir_all(&webroot).unwrap();
+    let web = WebServer::start(acme.pebble.http_port, &webroot);
+    let out = acme.env.out.join("chain.pem");
+    acme.config(&format!(
+        "[[source]]\ntype = \"acme\"\nname = \"web\"\ndomains = {}\nchallenge = \"http-01\"\nwebroot = {}\n\n{}",
+        q_list(&[MAIL, "imap.example.test"]),
+        qp(&webroot),
+        target("dovecot", &[MAIL, "imap.example.test"], &out, "")
+    ));
+
+    let run = acme.renew(&[]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    let fp = issued(&run, "web", "no certificate yet");
+    let installed = Installed::read(&out);
+    assert_eq!(installed.fp(), fp);
+    installed.assert_names(&[MAIL, "imap.example.test"]);
+    installed.assert_from_pebble(&acme, "target");
+
+    // The validator fetched two tokens (one per name) from the webroot, and
+    // found them.
+    let served: Vec<String> = web
+        .requests()
+        .into_iter()
+        .filter(|(p, s)| p.starts_with("/.well-known/acme-challenge/") && *s == 200)
+        .map(|(p, _)| p)
+        .collect();
+    let mut tokens = served.clone();
+    tokens.sort();
+    tokens.dedup();
+    assert_eq!(
+        tokens.len(),
+        2,
+        "tokens served from the webroot: {:?}",
+        web.requests()
+    );
+    // Gone afterwards.
+    let dir = webroot.join(".well-known/acme-challenge");
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .map(|rd| rd.map(|e| e.unwrap().file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "token files left in {}: {left:?}",
+        dir.display()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. DNS-01 through RFC 2136, with a wildcard
+// ---------------------------------------------------------------------------
+
+#[test]
+fn dns01_rfc2136_issues_a_wildcard_and_removes_the_challenge_records() {
+    let Some(acme) =
+        Acme::start("dns01_rfc2136_issues_a_wildcard_and_removes_the_challenge_records")
+    else {
+        return;
+    };
+    let out = acme.env.out.join("chain.pem");
+    // `*.example.test` and `example.test` share `_acme-challenge.example.test`
+    // (one set, two values: pebble validates both against it).
+    let names = [MAIL, "*.example.test", "example.test"];
+    acme.config(&format!(
+        "{}\n{}",
+        dns_source("wild", &names, ""),
+        target("postfix", &[MAIL, "imap.example.test"], &out, "")
+    ));
+    let serial = acme.bind.serial("example.test");
+
+    let run = acme.renew(&[]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    let fp = issued(&run, "wild", "no certificate yet");
+    let installed = Installed::read(&out);
+    assert_eq!(installed.fp(), fp);
+    installed.assert_names(&names);
+    installed.assert_from_pebble(&acme, "target");
+
+    // The records were written through BIND (the zone changed), and pebble
+    // validated by DNS, not HTTP...
+    assert!(
+        acme.bind.serial("example.test") > serial,
+        "the zone was never updated"
+    );
+    assert!(
+        !acme.pebble_log().contains("Attempting to validate w/ HTTP"),
+        "{}",
+        acme.context(&run)
+    );
+    // ...and are gone.
+    for name in [
+        "_acme-challenge.example.test",
+        "_acme-challenge.mail.example.test",
+    ] {
+        assert!(
+            acme.bind.short("TXT", name).is_empty(),
+            "{name} still has records: {:?}",
+            acme.bind.short("TXT", name)
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 4. Key types
+// ---------------------------------------------------------------------------
+
+/// `_acme-challenge.deleg` is a CNAME (delegated challenges): the TXT
+/// record is written at the CNAME's target, pebble follows the CNAME, the
+/// CNAME itself is left alone and the target's record removed afterwards.
+#[test]
+fn dns01_follows_a_delegating_cname() {
+    let Some(acme) = Acme::start("dns01_follows_a_delegating_cname") else {
+        return;
+    };
+    let out = acme.env.out.join("chain.pem");
+    acme.config(&format!(
+        "{}\n{}",
+        dns_source("deleg", &["deleg.example.test"], ""),
+        target("web", &["deleg.example.test"], &out, "")
+    ));
+    let run = acme.renew(&[]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    let fp = issued(&run, "deleg", "no certificate yet");
+    assert_eq!(Installed::read(&out).fp(), fp);
+    assert_eq!(
+        acme.bind.short("CNAME", "_acme-challenge.deleg.example.test"),
+        vec!["x.challenges.example.test.".to_owned()],
+        "the delegating CNAME must stay"
+    );
+    assert!(acme.bind.txt_values("x.challenges.example.test").is_empty());
+}
+
+#[test]
+fn key_types_rsa_2048_and_ecdsa_p384_are_what_the_leaves_carry() {
+    let Some(acme) = Acme::start("key_types_rsa_2048_and_ecdsa_p384_are_what_the_leaves_carry")
+    else {
+        return;
+    };
+    let (rsa_out, ec_out) = (acme.env.out.join("rsa.pem"), acme.env.out.join("ec.pem"));
+    acme.config(&format!(
+        "{}\n{}\n{}\n{}",
+        dns_source("rsa", &["a.example.test"], "key_type = \"rsa-2048\""),
+        acme.http_source("p384", &["b.example.test"], "key_type = \"ecdsa-p384\""),
+        target("rsa", &["a.example.test"], &rsa_out, "key_type = \"rsa\""),
+        target("ec", &["b.example.test"], &ec_out, "key_type = \"ecdsa\""),
+    ));
+    let run = acme.renew(&[]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    issued(&run, "rsa", "no certificate yet");
+    issued(&run, "p384", "no certificate yet");
+
+    let rsa = Installed::read(&rsa_out);
+    assert_eq!(cert_info(&rsa.leaf).key_type, "rsa-2048");
+    rsa.assert_from_pebble(&acme, "rsa");
+    let ec = Installed::read(&ec_out);
+    assert_eq!(cert_info(&ec.leaf).key_type, "ecdsa-p384");
+    ec.assert_from_pebble(&acme, "p384");
+}
+
+// ---------------------------------------------------------------------------
+// 5. The account, the schedule, --source
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_second_renew_reuses_the_account_and_orders_nothing_that_is_not_due() {
+    let Some(acme) =
+        Acme::start("a_second_renew_reuses_the_account_and_orders_nothing_that_is_not_due")
+    else {
+        return;
+    };
+    let out = acme.env.out.join("chain.pem");
+    acme.config(&format!(
+        "{}\n{}",
+        acme.http_source("mail", &[MAIL], ""),
+        target("postfix", &[MAIL], &out, "")
+    ));
+    let first = acme.renew(&[]);
+    assert_eq!(first.code, 0, "{}", acme.context(&first));
+    let fp = issued(&first, "mail", "no certificate yet");
+    let accounts = acme.accounts();
+    assert_eq!(accounts.len(), 1, "one stored account: {accounts:?}");
+    assert_eq!(accounts[0].2, 0o600, "account file mode");
+    let installed = file_id(&out);
+    let bundle = file_id(&acme.source_dir("mail").join("bundle.pem"));
+    let orders = requests(&acme.pebble_log(), "POST /order-plz");
+    assert_eq!(orders, 1);
+
+    let second = acme.renew(&[]);
+    assert_eq!(second.code, 0, "{}", acme.context(&second));
+    let l = line(&second, "mail");
+    assert!(
+        l.starts_with("acme mail: not due; next renewal at "),
+        "{}",
+        second.describe()
+    );
+    assert!(!second.stdout.contains("issued"), "{}", second.describe());
+    assert_eq!(file_id(&out), installed, "the target file was touched");
+    assert_eq!(
+        file_id(&acme.source_dir("mail").join("bundle.pem")),
+        bundle,
+        "the bundle was touched"
+    );
+    let log = acme.pebble_log();
+    assert_eq!(requests(&log, "POST /order-plz"), orders, "a new order");
+    // Same account file, same bytes; pebble saw one account only.
+    assert_eq!(acme.accounts(), accounts, "the stored account changed");
+    assert_eq!(
+        requests(&log, "POST /sign-me-up"),
+        1,
+        "new-account requests"
+    );
+    assert!(log.contains("There are now 1 accounts in memory"), "{log}");
+    assert!(!log.contains("There are now 2 accounts"), "{log}");
+    assert_eq!(Installed::read(&out).fp(), fp);
+}
+
+#[test]
+fn renew_source_orders_only_that_source_and_an_unknown_one_exits_2() {
+    let Some(acme) = Acme::start("renew_source_orders_only_that_source_and_an_unknown_one_exits_2")
+    else {
+        return;
+    };
+    acme.config(&format!(
+        "{}\n{}\n{}",
+        acme.http_source("one", &[MAIL], ""),
+        acme.http_source("two", &["smtp.example.test"], ""),
+        target("postfix", &[MAIL], &acme.env.out.join("chain.pem"), "")
+    ));
+
+    let unknown = acme.renew(&["--source", "nope"]);
+    assert_eq!(unknown.code, 2, "{}", unknown.describe());
+    unknown.assert_stderr_contains("nope");
+    assert_eq!(requests(&acme.pebble_log(), "POST /order-plz"), 0);
+
+    let run = acme.renew(&["--source", "one"]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    issued(&run, "one", "no certificate yet");
+    assert!(
+        !run.stdout.contains("acme two:"),
+        "source two was looked at:\n{}",
+        run.describe()
+    );
+    assert!(!acme.source_dir("two").join("bundle.pem").exists());
+    assert_eq!(requests(&acme.pebble_log(), "POST /order-plz"), 1);
+
+    // Without --source, only the one still due is ordered.
+    let run = acme.renew(&[]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    issued(&run, "two", "no certificate yet");
+    assert!(
+        line(&run, "one").starts_with("acme one: not due; "),
+        "{}",
+        run.describe()
+    );
+    assert_eq!(requests(&acme.pebble_log(), "POST /order-plz"), 2);
+}
+
+#[test]
+fn renew_force_orders_a_new_certificate_with_the_same_account() {
+    let Some(acme) = Acme::start("renew_force_orders_a_new_certificate_with_the_same_account")
+    else {
+        return;
+    };
+    let out = acme.env.out.join("chain.pem");
+    acme.config(&format!(
+        "{}\n{}",
+        acme.http_source("mail", &[MAIL], ""),
+        target("postfix", &[MAIL], &out, "")
+    ));
+    let first = acme.renew(&[]);
+    assert_eq!(first.code, 0, "{}", acme.context(&first));
+    let fp1 = issued(&first, "mail", "no certificate yet");
+    let accounts = acme.accounts();
+
+    let forced = acme.renew(&["--force"]);
+    assert_eq!(forced.code, 0, "{}", acme.context(&forced));
+    let fp2 = issued(&forced, "mail", "forced");
+    assert_ne!(fp1, fp2, "--force gave the same certificate");
+    let installed = Installed::read(&out);
+    assert_eq!(installed.fp(), fp2, "the target holds the new certificate");
+    installed.assert_from_pebble(&acme, "after --force");
+    assert_eq!(acme.accounts(), accounts, "the stored account changed");
+    assert_eq!(requests(&acme.pebble_log(), "POST /sign-me-up"), 1);
+}
+
+#[test]
+fn changed_domains_are_ordered_without_force() {
+    let Some(acme) = Acme::start("changed_domains_are_ordered_without_force") else {
+        return;
+    };
+    let out = acme.env.out.join("chain.pem");
+    acme.config(&format!(
+        "{}\n{}",
+        acme.http_source("mail", &[MAIL], ""),
+        target("postfix", &[MAIL], &out, "")
+    ));
+    let first = acme.renew(&[]);
+    assert_eq!(first.code, 0, "{}", acme.context(&first));
+    issued(&first, "mail", "no certificate yet");
+
+    let names = [MAIL, "smtp.example.test"];
+    acme.config(&format!(
+        "{}\n{}",
+        acme.http_source("mail", &names, ""),
+        target("postfix", &names, &out, "")
+    ));
+    let run = acme.renew(&[]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    let fp = issued(&run, "mail", "the names changed");
+    let installed = Installed::read(&out);
+    assert_eq!(installed.fp(), fp);
+    installed.assert_names(&names);
+}
+
+// ---------------------------------------------------------------------------
+// 6. A CA error, and the backoff
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_failed_order_names_the_problem_keeps_the_installed_files_and_backs_off() {
+    let Some(acme) =
+        Acme::start("a_failed_order_names_the_problem_keeps_the_installed_files_and_backs_off")
+    else {
+        return;
+    };
+    // postfix holds a certificate installed before (from plain files);
+    // dovecot holds none yet.
+    let out = acme.env.out.join("chain.pem");
+    let dovecot = acme.env.out.join("dovecot.pem");
+    let postfix = target("postfix", &[MAIL], &out, "");
+    let tgt = format!("{postfix}\n{}", target("dovecot", &[MAIL], &dovecot, ""));
+    let ca = Ca::new("before-acme");
+    let before = ca.issue(&LeafSpec::new(&[MAIL]));
+    let files = acme.env.path("files");
+    write(&files.join("fullchain.pem"), before.fullchain_pem());
+    write(&files.join("key.pem"), before.key_pem());
+    set_mode(&files.join("key.pem"), 0o600);
+    acme.config(&format!(
+        "{}\n{postfix}",
+        src_files(&files.join("fullchain.pem"), &files.join("key.pem"), None)
+    ));
+    acme.env.sync().ok();
+    let installed = file_id(&out);
+    assert_eq!(Installed::read(&out).leaf, before.der);
+
+    // Now only an acme source, whose responder listens where pebble does
+    // not validate: the name resolves to 127.0.0.1, pebble connects to
+    // http_port, nothing answers there.
+    let elsewhere = free_port();
+    let bad = format!(
+        "[[source]]\ntype = \"acme\"\nname = \"web\"\ndomains = {}\nchallenge = \"http-01\"\nhttp_listen = \"127.0.0.1:{elsewhere}\"\n",
+        q_list(&[MAIL])
+    );
+    acme.config(&format!("{bad}\n{tgt}"));
+    let t0 = unix_now();
+    let run = acme.renew(&[]);
+    let t1 = unix_now();
+    assert_eq!(
+        run.code,
+        1,
+        "the target is unserved\n{}",
+        acme.context(&run)
+    );
+    let l = line(&run, "web");
+    assert!(l.starts_with("acme web: failed: "), "{}", run.describe());
+    for part in [
+        MAIL,
+        "urn:ietf:params:acme:error:connection",
+        "connection refused",
+    ] {
+        assert!(l.contains(part), "no {part:?} in {l:?}");
+    }
+    let lower = l.to_lowercase();
+    assert!(
+        lower.contains("http-01") || lower.contains("http01"),
+        "the challenge is not named: {l:?}"
+    );
+    assert_eq!(file_id(&out), installed, "the installed file changed");
+    assert!(!dovecot.exists(), "dovecot got a file");
+    assert!(!acme.source_dir("web").join("bundle.pem").exists());
+
+    let state = acme.state_json("web");
+    assert_eq!(state["failures"], 1, "{state}");
+    let next = state["next_attempt_at"].as_i64().unwrap();
+    assert!(
+        (t0 + 60..=t1 + 61).contains(&next),
+        "next_attempt_at {next}, expected about {t0}+60\n{state}"
+    );
+    assert!(
+        state["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("urn:ietf:params:acme:error:connection")),
+        "{state}"
+    );
+
+    // Backing off: the CA is not contacted at all.
+    let log_len = acme.pebble_log().len();
+    let again = acme.renew(&[]);
+    assert_eq!(again.code, 1, "{}", again.describe());
+    let l = line(&again, "web");
+    assert!(
+        l.starts_with("acme web: a previous order failed; next attempt after "),
+        "{}",
+        again.describe()
+    );
+    assert_eq!(
+        acme.pebble_log().len(),
+        log_len,
+        "renew contacted the CA during the backoff:\n{}",
+        acme.context(&again)
+    );
+    assert_eq!(acme.state_json("web")["failures"], 1);
+    assert_eq!(file_id(&out), installed);
+
+    // --force tries again (and fails again: the next wait is 10 min).
+    let orders = requests(&acme.pebble_log(), "POST /order-plz");
+    let t0 = unix_now();
+    let forced = acme.renew(&["--force"]);
+    let t1 = unix_now();
+    assert_eq!(forced.code, 1, "{}", acme.context(&forced));
+    assert!(line(&forced, "web").starts_with("acme web: failed: "));
+    assert_eq!(requests(&acme.pebble_log(), "POST /order-plz"), orders + 1);
+    let state = acme.state_json("web");
+    assert_eq!(state["failures"], 2, "{state}");
+    let next = state["next_attempt_at"].as_i64().unwrap();
+    assert!((t0 + 600..=t1 + 601).contains(&next), "{state}");
+    assert_eq!(file_id(&out), installed);
+
+    // Fixed: still backing off without --force; --force orders it.
+    acme.config(&format!("{}\n{tgt}", acme.http_source("web", &[MAIL], "")));
+    let waiting = acme.renew(&[]);
+    assert!(
+        line(&waiting, "web").contains("a previous order failed"),
+        "{}",
+        waiting.describe()
+    );
+    let fixed = acme.renew(&["--force"]);
+    assert_eq!(fixed.code, 0, "{}", acme.context(&fixed));
+    let fp = issued(&fixed, "web", "forced");
+    assert_eq!(Installed::read(&out).fp(), fp);
+    assert_eq!(Installed::read(&dovecot).fp(), fp);
+    let state = acme.state_json("web");
+    assert_eq!(state["failures"], 0, "{state}");
+    assert!(state["next_attempt_at"].is_null(), "{state}");
+}
+
+#[test]
+fn a_failed_dns01_order_names_the_problem_and_removes_its_records() {
+    let Some(acme) = Acme::start("a_failed_dns01_order_names_the_problem_and_removes_its_records")
+    else {
+        return;
+    };
+    // mxkeys writes to, and checks propagation at, a second BIND that pebble
+    // never asks: the records propagate where mxkeys looks, pebble finds
+    // none.
+    let Some(other) = Bind::start_with_zone(ZONE) else {
+        return;
+    };
+    acme.config_with_dns(
+        other.addr(),
+        &format!(
+            "{}\n{}",
+            dns_source("mail", &[MAIL], ""),
+            target("postfix", &[MAIL], &acme.env.out.join("chain.pem"), "")
+        ),
+    );
+    // The secret file of the server written to.
+    let config = std::fs::read_to_string(&acme.env.config).unwrap();
+    acme.env.write_config_raw(&config.replace(
+        &qp(&acme.bind.dir().join("tsig.key")),
+        &qp(&other.dir().join("tsig.key")),
+    ));
+    let serial = other.serial("example.test");
+    let run = acme.renew(&[]);
+    assert_eq!(run.code, 1, "{}", acme.context(&run));
+    let l = line(&run, "mail");
+    assert!(l.starts_with("acme mail: failed: "), "{}", run.describe());
+    assert!(l.contains(MAIL), "{l}");
+    assert!(l.contains("urn:ietf:params:acme:error:"), "{l}");
+    let lower = l.to_lowercase();
+    assert!(lower.contains("dns-01") || lower.contains("dns01"), "{l}");
+    assert!(lower.contains("txt"), "no detail about the TXT lookup: {l}");
+    // Written, then removed, also on failure.
+    assert!(other.serial("example.test") > serial, "nothing was written");
+    assert!(
+        other
+            .short("TXT", "_acme-challenge.mail.example.test")
+            .is_empty(),
+        "the challenge record was left behind"
+    );
+    assert_eq!(acme.state_json("mail")["failures"], 1);
+}
+
+// ---------------------------------------------------------------------------
+// 7. reuse_key
+// ---------------------------------------------------------------------------
+
+#[test]
+fn reuse_key_keeps_the_key_across_forced_renewals_and_the_default_does_not() {
+    let Some(acme) =
+        Acme::start("reuse_key_keeps_the_key_across_forced_renewals_and_the_default_does_not")
+    else {
+        return;
+    };
+    let (keep_out, fresh_out) = (
+        acme.env.out.join("keep.pem"),
+        acme.env.out.join("fresh.pem"),
+    );
+    acme.config(&format!(
+        "{}\n{}\n{}\n{}",
+        acme.http_source("keep", &[MAIL], "reuse_key = true"),
+        acme.http_source("fresh", &["smtp.example.test"], ""),
+        target("keep", &[MAIL], &keep_out, ""),
+        target("fresh", &["smtp.example.test"], &fresh_out, ""),
+    ));
+    let first = acme.renew(&[]);
+    assert_eq!(first.code, 0, "{}", acme.context(&first));
+    let (keep1, fresh1) = (Installed::read(&keep_out), Installed::read(&fresh_out));
+
+    for round in 1..=2 {
+        let run = acme.renew(&["--force"]);
+        assert_eq!(run.code, 0, "round {round}\n{}", acme.context(&run));
+        issued(&run, "keep", "forced");
+        issued(&run, "fresh", "forced");
+        let (keep, fresh) = (Installed::read(&keep_out), Installed::read(&fresh_out));
+        assert_ne!(keep.fp(), keep1.fp(), "round {round}: no new certificate");
+        assert_eq!(
+            keep.public_key(),
+            keep1.public_key(),
+            "round {round}: reuse_key = true changed the key"
+        );
+        keep.assert_from_pebble(&acme, "keep");
+        assert_ne!(fresh.fp(), fresh1.fp(), "round {round}: no new certificate");
+        assert_ne!(
+            fresh.public_key(),
+            fresh1.public_key(),
+            "round {round}: the default kept the key"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 8. Concurrent orders
+// ---------------------------------------------------------------------------
+
+#[test]
+fn two_sources_are_ordered_concurrently_in_one_run() {
+    let Some(acme) = Acme::start("two_sources_are_ordered_concurrently_in_one_run") else {
+        return;
+    };
+    let (a_out, b_out) = (acme.env.out.join("a.pem"), acme.env.out.join("b.pem"));
+    acme.config(&format!(
+        "{}\n{}\n{}\n{}",
+        acme.http_source("a", &["a.example.test"], ""),
+        dns_source("b", &["b.example.test"], ""),
+        target("a", &["a.example.test"], &a_out, ""),
+        target("b", &["b.example.test"], &b_out, ""),
+    ));
+    let run = acme.renew(&[]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    assert_eq!(
+        Installed::read(&a_out).fp(),
+        issued(&run, "a", "no certificate yet")
+    );
+    assert_eq!(
+        Installed::read(&b_out).fp(),
+        issued(&run, "b", "no certificate yet")
+    );
+
+    // Both orders were placed before either was finalized: not one after
+    // the other.
+    let log = acme.pebble_log();
+    let lines: Vec<&str> = log.lines().collect();
+    let at = |what: &str| -> Vec<usize> {
+        lines
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| l.contains(&format!("{what} -> calling handler()")))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let (orders, finals) = (at("POST /order-plz"), at("POST /finalize-order/"));
+    assert_eq!((orders.len(), finals.len()), (2, 2), "{log}");
+    assert!(
+        orders[1] < finals[0],
+        "the second order was placed after the first was finalized: sequential\n{log}"
+    );
+}
