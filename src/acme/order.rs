@@ -84,7 +84,9 @@ pub async fn order(
         }
         // `replaces` (RFC 9773) ties a renewal to the certificate it
         // replaces, which exempts it from rate limits at CAs with ARI.
-        if replaces && let Some(id) = previous.and_then(|p| CertificateIdentifier::try_from(&p.leaf).ok()) {
+        if replaces
+            && let Some(id) = previous.and_then(|p| CertificateIdentifier::try_from(&p.leaf).ok())
+        {
             new_order = new_order.replaces(id);
         }
         new_order
@@ -177,7 +179,10 @@ async fn collect_challenges(
 async fn delegated(provider: &Provider, name: &str) -> String {
     let mut name = name.to_owned();
     for _ in 0..8 {
-        match provider.read(&name, mxkeys_providers::RecordType::Cname).await {
+        match provider
+            .read(&name, mxkeys_providers::RecordType::Cname)
+            .await
+        {
             Ok(targets) => match targets.first() {
                 Some(RData::Cname(target)) => name = target.clone(),
                 _ => break,

@@ -206,10 +206,12 @@ impl Daemon {
     }
 
     /// When the next DKIM transition is due; keys waiting for their record
-    /// to appear everywhere are checked again within a minute.
+    /// to appear everywhere (a transition already due) are looked at again
+    /// after half a minute.
     fn next_dkim(&self) -> Option<Instant> {
         let at = crate::dkim::next_due(&self.config)?;
-        let wait = (at - crate::now()).clamp(60, 7 * 86_400);
+        let left = at - crate::now();
+        let wait = if left > 0 { left.min(7 * 86_400) } else { 30 };
         Some(Instant::now() + Duration::from_secs(wait as u64))
     }
 

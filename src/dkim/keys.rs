@@ -22,7 +22,7 @@ pub fn generate(algorithm: DkimAlgorithm) -> Result<NewKey, String> {
         }
         DkimAlgorithm::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048),
         DkimAlgorithm::Rsa3072 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072),
-        DkimAlgorithm::Ed25519 => KeyPair::generate_for(&rcgen::PKCS_ED25519),
+        DkimAlgorithm::Ed25519 => return generate_ed25519(),
     }
     .map_err(|e| format!("generating a {} key: {e}", algorithm.name()))?;
     let record = record_of(&key)?;
@@ -30,6 +30,21 @@ pub fn generate(algorithm: DkimAlgorithm) -> Result<NewKey, String> {
         pem: Zeroizing::new(key.serialize_pem()),
         record,
     })
+}
+
+/// Ed25519 keys are written as PKCS#8 v1 (RFC 5208, no public key inside):
+/// the v2 form rcgen writes is refused by OpenSSL 3.0, and so by OpenDKIM
+/// and Rspamd on Debian 12.
+fn generate_ed25519() -> Result<NewKey, String> {
+    use aws_lc_rs::signature::Ed25519KeyPair;
+    let pair = Ed25519KeyPair::generate().map_err(|e| format!("generating an ed25519 key: {e}"))?;
+    let v1 = pair
+        .to_pkcs8v1()
+        .map_err(|e| format!("encoding an ed25519 key: {e}"))?;
+    let pem = crate::cert::pem_encode("PRIVATE KEY", v1.as_ref());
+    let key = KeyPair::from_pem(&pem).map_err(|e| format!("ed25519 key: {e}"))?;
+    let record = record_of(&key)?;
+    Ok(NewKey { pem, record })
 }
 
 /// The record value publishing a key.
@@ -100,6 +115,7 @@ impl<'a> FromDerExt<'a> for x509_parser::x509::SubjectPublicKeyInfo<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rustls_pki_types::pem::PemObject as _;
 
     #[test]
     fn rsa_and_ed25519_records_have_the_rfc_shapes() {

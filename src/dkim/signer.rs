@@ -91,7 +91,40 @@ pub fn differs(files: &[(PathBuf, String)]) -> bool {
 }
 
 /// Writes the rendered files that differ; returns whether any did.
+///
+/// OpenDKIM's two tables are written so that, whenever a run stops, every
+/// key the SigningTable names is in the KeyTable: first a KeyTable holding
+/// old and new keys, then the SigningTable, then the final KeyTable.
 pub fn write(files: &[(PathBuf, String)]) -> Result<bool, String> {
+    let key_table = files.iter().find(|(p, _)| p.ends_with("KeyTable"));
+    let signing = files.iter().any(|(p, _)| p.ends_with("SigningTable"));
+    if let (Some((kt_path, kt_new)), true) = (key_table, signing) {
+        let old = std::fs::read_to_string(kt_path).unwrap_or_default();
+        let mut union = kt_new.clone();
+        for line in old
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
+            if !kt_new.lines().any(|n| n == line) {
+                union.push_str(line);
+                union.push('\n');
+            }
+        }
+        let mut changed = write_plain(&[(kt_path.clone(), union)])?;
+        changed |= write_plain(
+            &files
+                .iter()
+                .filter(|(p, _)| !p.ends_with("KeyTable"))
+                .cloned()
+                .collect::<Vec<_>>(),
+        )?;
+        changed |= write_plain(&[(kt_path.clone(), kt_new.clone())])?;
+        return Ok(changed);
+    }
+    write_plain(files)
+}
+
+fn write_plain(files: &[(PathBuf, String)]) -> Result<bool, String> {
     let mut changed = false;
     for (path, content) in files {
         if std::fs::read(path).is_ok_and(|old| old == content.as_bytes()) {
