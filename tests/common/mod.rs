@@ -4,6 +4,7 @@
 //! time into a fresh temporary directory; no key material is committed.
 #![allow(dead_code)]
 
+pub mod dkim_tools;
 pub mod servers;
 
 use std::fmt::Write as _;

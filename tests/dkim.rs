@@ -1,0 +1,1516 @@
+//! `mxkeys dkim` end to end against a real BIND 9 (RFC 2136 with TSIG) on
+//! loopback, checked only by third-party programs: `dig` for what the
+//! server publishes, `openssl` for the record a key file needs, dkimpy
+//! signing with mxkeys' key files and verifying through that server,
+//! `opendkim-testkey`, and a real OpenDKIM milter behind a real Postfix
+//! configured from mxkeys' KeyTable and SigningTable.
+//!
+//! Durations are short (lead 0-2 s, drain and revoke_hold 2 s); waits poll
+//! with deadlines, never assume how long anything takes.
+
+#[path = "../providers/tests/bind/mod.rs"]
+mod bind;
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use bind::{Bind, KEY_NAME};
+use common::dkim_tools::{
+    BIND_TOOLS, DEADLINE, DKIMPY, Dkimpy, OPENDKIM, OPENDKIM_TESTKEY, OPENSSL, OpenDkim, PERL,
+    POSTFIX, RelayPostfix, SmtpSink, message, opendkim_testkey, record_of_key_file, smtp_send,
+    testkey_conf,
+};
+use common::servers::{Need, prog, require, run_ok};
+use serde_json::Value;
+
+const DOMAIN: &str = "example.test";
+
+// ---------------------------------------------------------------------------
+// Set-up
+// ---------------------------------------------------------------------------
+
+/// The BIND server and a work directory for mxkeys, or `None` (skip) when a
+/// program is missing outside CI.
+fn setup(test: &str, needs: &[&[Need]]) -> Option<(Bind, PathBuf)> {
+    let mut all: Vec<&[Need]> = vec![BIND_TOOLS, OPENSSL];
+    all.extend_from_slice(needs);
+    if !require(test, &all) {
+        return None;
+    }
+    let bind = Bind::start()?;
+    let work = bind.dir().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    Some((bind, work))
+}
+
+/// Writes `work/mxkeys.toml`: the rfc2136 provider for the BIND server,
+/// and a `[dkim]` table of `dkim` lines (domains, key_dir, dns, signer_dir
+/// and rotate_every have defaults here when `dkim` does not set them).
+fn write_config(bind: &Bind, work: &Path, dkim: &str) -> PathBuf {
+    let mut table = String::from(dkim);
+    for (key, default) in [
+        ("domains", "domains = [\"example.test\"]"),
+        ("key_dir", "key_dir = \"keys\""),
+        ("dns", "dns = \"bind\""),
+        ("signer_dir", "signer_dir = \"signer\""),
+        ("signer", "signer = \"opendkim\""),
+        ("rotate_every", "rotate_every = \"1m\""),
+        ("ttl", "ttl = 300"),
+    ] {
+        if !dkim
+            .lines()
+            .any(|l| l.split('=').next().unwrap().trim() == key)
+        {
+            table.push_str(default);
+            table.push('\n');
+        }
+    }
+    let config = format!(
+        "state_dir = \"state\"\n\
+         [dns.bind]\n\
+         type = \"rfc2136\"\n\
+         server = \"{addr}\"\n\
+         zone = \"example.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\n\
+         tsig_secret_file = \"{tsig}\"\n\
+         nameservers = [\"{addr}\"]\n\
+         propagation_interval = \"100ms\"\n\
+         propagation_timeout = \"3s\"\n\
+         [dkim]\n{table}",
+        addr = bind.addr(),
+        tsig = bind.dir().join("tsig.key").display(),
+    );
+    let path = work.join("mxkeys.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+/// `mxkeys --config CONFIG ARGS` (never panicking).
+fn mx(config: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_mxkeys"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("MXKEYS_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "mxkeys panicked:\n{stderr}");
+    out
+}
+
+fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// `mxkeys ARGS` that must exit 0; its stdout.
+#[track_caller]
+fn mx_ok(config: &Path, args: &[&str]) -> String {
+    let out = mx(config, args);
+    assert!(
+        out.status.success(),
+        "mxkeys {args:?} failed:\n{}",
+        describe(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn today() -> String {
+    let n = common::now();
+    format!("{:04}{:02}{:02}", n.year(), u8::from(n.month()), n.day())
+}
+
+// ---------------------------------------------------------------------------
+// What mxkeys keeps, and what the signer reads
+// ---------------------------------------------------------------------------
+
+/// One key of `state_dir/dkim/state.json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Key {
+    domain: String,
+    algorithm: String,
+    selector: String,
+    file: PathBuf,
+    record: String,
+    state: String,
+    since: i64,
+    verified_at: Option<i64>,
+    activated_at: Option<i64>,
+}
+
+impl Key {
+    fn name(&self) -> String {
+        format!("{}._domainkey.{}", self.selector, self.domain)
+    }
+}
+
+fn state_json(work: &Path) -> Option<Value> {
+    let bytes = std::fs::read(work.join("state/dkim/state.json")).ok()?;
+    Some(serde_json::from_slice(&bytes).expect("state.json is JSON"))
+}
+
+fn keys(work: &Path) -> Vec<Key> {
+    let Some(v) = state_json(work) else {
+        return Vec::new();
+    };
+    v["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| Key {
+            domain: k["domain"].as_str().unwrap().to_owned(),
+            algorithm: k["algorithm"].as_str().unwrap().to_owned(),
+            selector: k["selector"].as_str().unwrap().to_owned(),
+            file: PathBuf::from(k["file"].as_str().unwrap()),
+            record: k["record"].as_str().unwrap().to_owned(),
+            state: k["state"].as_str().unwrap().to_owned(),
+            since: k["since"].as_i64().unwrap(),
+            verified_at: k["verified_at"].as_i64(),
+            activated_at: k["activated_at"].as_i64(),
+        })
+        .collect()
+}
+
+fn used_selectors(work: &Path) -> BTreeSet<String> {
+    state_json(work)
+        .and_then(|v| {
+            v["used_selectors"].as_object().map(|m| {
+                m.iter()
+                    .flat_map(|(d, sels)| {
+                        sels.as_array()
+                            .unwrap()
+                            .iter()
+                            .map(move |s| format!("{}._domainkey.{d}", s.as_str().unwrap()))
+                    })
+                    .collect()
+            })
+        })
+        .unwrap_or_default()
+}
+
+fn key(work: &Path, algorithm: &str, state: &str) -> Key {
+    let all = keys(work);
+    let found: Vec<&Key> = all
+        .iter()
+        .filter(|k| k.algorithm == algorithm && k.state == state)
+        .collect();
+    assert_eq!(
+        found.len(),
+        1,
+        "expected one {algorithm} key in state {state}: {all:#?}"
+    );
+    found[0].clone()
+}
+
+/// KeyTable lines: (id, domain, selector, key file).
+fn key_table(signer: &Path) -> Vec<(String, String, String, PathBuf)> {
+    let Ok(text) = std::fs::read_to_string(signer.join("KeyTable")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (id, value) = l.split_once(' ').unwrap();
+            let mut parts = value.splitn(3, ':');
+            (
+                id.to_owned(),
+                parts.next().unwrap().to_owned(),
+                parts.next().unwrap().to_owned(),
+                PathBuf::from(parts.next().unwrap()),
+            )
+        })
+        .collect()
+}
+
+/// SigningTable lines: (pattern, key id).
+fn signing_table(signer: &Path) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(signer.join("SigningTable")) else {
+        return Vec::new();
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .map(|l| {
+            let (p, id) = l.split_once(' ').unwrap();
+            (p.to_owned(), id.trim().to_owned())
+        })
+        .collect()
+}
+
+/// The record names the OpenDKIM tables sign with.
+fn signer_names(signer: &Path) -> BTreeSet<String> {
+    key_table(signer).into_iter().map(|(id, ..)| id).collect()
+}
+
+fn names_in(keys: &[Key], state: &str) -> BTreeSet<String> {
+    keys.iter()
+        .filter(|k| k.state == state)
+        .map(Key::name)
+        .collect()
+}
+
+/// The safety property, checked against the DNS server and the key files
+/// only: every key the signer's tables name is published with exactly the
+/// record its key file needs (computed by openssl), not revoked, and the
+/// tables agree with each other.
+#[track_caller]
+fn assert_signer_safe(bind: &Bind, signer: &Path, context: &str) {
+    let kt = key_table(signer);
+    for (id, domain, selector, file) in &kt {
+        assert_eq!(id, &format!("{selector}._domainkey.{domain}"), "{context}");
+        assert!(
+            file.is_file(),
+            "{context}: the KeyTable names {}, which does not exist",
+            file.display()
+        );
+        let want = record_of_key_file(file);
+        assert_eq!(
+            bind.txt_values(id),
+            vec![want],
+            "{context}: the signer names {id} but the server does not publish its key"
+        );
+    }
+    let ids: BTreeSet<&String> = kt.iter().map(|(id, ..)| id).collect();
+    for (pattern, id) in signing_table(signer) {
+        let domain = id.split("._domainkey.").nth(1).unwrap();
+        assert_eq!(pattern, format!("*@{domain}"), "{context}");
+        assert!(
+            ids.contains(&id),
+            "{context}: SigningTable {id} not in KeyTable"
+        );
+    }
+}
+
+/// After a kill the two OpenDKIM tables may disagree (they are two files,
+/// replaced one after the other): each key either names must still be
+/// published with exactly the record of the key mxkeys holds for it.
+/// Returns whether they disagreed.
+#[track_caller]
+fn assert_signer_safe_after_kill(bind: &Bind, work: &Path, context: &str) -> bool {
+    let signer = work.join("signer");
+    let kt = key_table(&signer);
+    for (id, domain, selector, file) in &kt {
+        assert_eq!(id, &format!("{selector}._domainkey.{domain}"), "{context}");
+        assert!(
+            file.is_file(),
+            "{context}: the KeyTable names {}, which does not exist",
+            file.display()
+        );
+        assert_eq!(
+            bind.txt_values(id),
+            vec![record_of_key_file(file)],
+            "{context}: the signer names {id} but the server does not publish its key"
+        );
+    }
+    let ids: BTreeSet<String> = kt.into_iter().map(|(id, ..)| id).collect();
+    let mut disagree = false;
+    let ks = keys(work);
+    for (_, id) in signing_table(&signer) {
+        if ids.contains(&id) {
+            continue;
+        }
+        disagree = true;
+        let k = ks.iter().find(|k| k.name() == id).unwrap_or_else(|| {
+            panic!("{context}: the SigningTable names {id}, a key mxkeys does not hold")
+        });
+        assert_eq!(
+            bind.txt_values(&id),
+            vec![k.record.clone()],
+            "{context}: the SigningTable names {id} but the server does not publish its key"
+        );
+    }
+    disagree
+}
+
+/// Every active key is on the server with exactly its record (which its
+/// key file matches), and the signer's tables name exactly the active keys.
+#[track_caller]
+fn assert_converged(bind: &Bind, work: &Path) {
+    let ks = keys(work);
+    for k in ks.iter().filter(|k| k.state == "active") {
+        assert!(k.verified_at.is_some(), "active but never verified: {k:?}");
+        assert_eq!(bind.txt_values(&k.name()), vec![k.record.clone()], "{k:?}");
+        assert_eq!(record_of_key_file(&k.file), k.record, "{k:?}");
+        assert_eq!(common::mode_of(&k.file) & 0o777, 0o600, "{k:?}");
+    }
+    assert_eq!(
+        signer_names(&work.join("signer")),
+        names_in(&ks, "active"),
+        "the signer's tables must name exactly the active keys"
+    );
+    assert_signer_safe(bind, &work.join("signer"), "converged");
+}
+
+/// `mxkeys ARGS` (a DKIM pass) with `reload` appending a line to
+/// `work/reloads.log`: the reload runs exactly once when the pass changed
+/// the signer's files, and not at all otherwise.
+#[track_caller]
+fn rotate_counting_reloads(config: &Path, work: &Path, args: &[&str]) -> String {
+    let signer_files =
+        || ["KeyTable", "SigningTable"].map(|f| std::fs::read(work.join("signer").join(f)).ok());
+    let reloads = || {
+        std::fs::read_to_string(work.join("reloads.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let (files_before, reloads_before) = (signer_files(), reloads());
+    let out = mx_ok(config, args);
+    let changed = signer_files() != files_before;
+    assert_eq!(
+        reloads() - reloads_before,
+        usize::from(changed),
+        "signer files changed: {changed}; reloads must be once per changing pass\n{out}"
+    );
+    out
+}
+
+/// Runs `dkim rotate` until `done(keys)`, every 200 ms; the transcript.
+#[track_caller]
+fn rotate_until(config: &Path, work: &Path, what: &str, done: impl Fn(&[Key]) -> bool) -> String {
+    let start = Instant::now();
+    let mut transcript = String::new();
+    loop {
+        transcript.push_str(&rotate_counting_reloads(config, work, &["dkim", "rotate"]));
+        if done(&keys(work)) {
+            return transcript;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}; keys: {:#?}\ntranscript:\n{transcript}",
+            keys(work)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn has(ks: &[Key], selector: &str, state: &str) -> bool {
+    ks.iter()
+        .any(|k| k.selector == selector && k.state == state)
+}
+
+#[track_caller]
+fn assert_verifies(py: &Dkimpy, msg: &[u8], selector: &str, algorithm: &str) {
+    let v = py.verify_one(msg);
+    assert_eq!(
+        (v.selector.as_str(), v.domain.as_str(), v.algorithm.as_str()),
+        (selector, DOMAIN, algorithm)
+    );
+    assert!(v.ok, "dkimpy: the {selector} signature must verify: {v:?}");
+}
+
+#[track_caller]
+fn assert_fails(py: &Dkimpy, msg: &[u8], selector: &str) {
+    let v = py.verify_one(msg);
+    assert_eq!(v.selector, selector);
+    assert!(
+        !v.ok,
+        "dkimpy: the {selector} signature must fail now: {v:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 1. A full rotation, RSA and Ed25519, checked by dig and dkimpy
+// ---------------------------------------------------------------------------
+
+#[test]
+fn full_rotation_through_bind_verified_by_dkimpy() {
+    let Some((bind, work)) = setup("full_rotation_through_bind_verified_by_dkimpy", &[DKIMPY])
+    else {
+        return;
+    };
+    let config = write_config(
+        &bind,
+        &work,
+        &format!(
+            "algorithms = [\"rsa-2048\", \"ed25519\"]\n\
+             selector = \"{{alg}}{{date}}\"\n\
+             lead = \"2s\"\n\
+             drain = \"2s\"\n\
+             revoke_hold = \"2s\"\n\
+             reload = [\"sh\", \"-c\", \"echo reload >> {}\"]\n",
+            work.join("reloads.log").display()
+        ),
+    );
+    let py = Dkimpy::new(&work.join("py"), bind.port);
+    let signer = work.join("signer");
+    let day = today();
+    let (r1, e1) = (format!("r{day}"), format!("e{day}"));
+    let name = |s: &str| format!("{s}._domainkey.{DOMAIN}");
+
+    // First pass: both keys generated, published and verified.
+    let out = rotate_counting_reloads(&config, &work, &["dkim", "rotate"]);
+    for line in [
+        format!("{DOMAIN}: new rsa-2048 key {r1}"),
+        format!("{DOMAIN}: new ed25519 key {e1}"),
+        format!("published {}", name(&r1)),
+        format!("published {}", name(&e1)),
+        format!("verified {} on every authoritative server", name(&r1)),
+        format!("verified {} on every authoritative server", name(&e1)),
+    ] {
+        assert!(out.lines().any(|l| l == line), "no {line:?} in:\n{out}");
+    }
+    let ks = keys(&work);
+    assert_eq!(ks.len(), 2, "{ks:#?}");
+    for k in &ks {
+        // Published on the server with exactly the record its file needs.
+        assert_eq!(bind.txt_values(&k.name()), vec![k.record.clone()]);
+        assert_eq!(record_of_key_file(&k.file), k.record);
+        assert!(
+            std::fs::read_to_string(&k.file)
+                .unwrap()
+                .starts_with("-----BEGIN PRIVATE KEY-----")
+        );
+        assert_eq!(
+            k.file,
+            work.join("keys")
+                .join(DOMAIN)
+                .join(format!("{}.pem", k.selector))
+        );
+        // The lead starts when the record was seen: never active earlier.
+        let v = k.verified_at.expect("verified");
+        match k.state.as_str() {
+            "published" => {}
+            "active" => assert!(k.activated_at.unwrap() >= v + 2, "{k:?}"),
+            other => panic!("state {other} after the first pass: {k:?}"),
+        }
+    }
+    assert_eq!(
+        bind.txt_string_counts(&name(&r1)),
+        vec![2],
+        "an RSA record is two strings of at most 255 bytes"
+    );
+    assert_eq!(signer_names(&signer), names_in(&ks, "active"));
+    assert_signer_safe(&bind, &signer, "after the first pass");
+
+    // After the lead, both sign.
+    let mut transcript = out;
+    transcript.push_str(&rotate_until(&config, &work, "r1 and e1 active", |ks| {
+        has(ks, &r1, "active") && has(ks, &e1, "active")
+    }));
+    for s in [&r1, &e1] {
+        assert!(
+            transcript.contains(&format!("{DOMAIN}: {s} signs")),
+            "{transcript}"
+        );
+    }
+    for k in keys(&work) {
+        assert!(
+            k.activated_at.unwrap() >= k.verified_at.unwrap() + 2,
+            "{k:?}"
+        );
+    }
+    assert_converged(&bind, &work);
+    assert_eq!(
+        signer_names(&signer),
+        [name(&r1), name(&e1)].into_iter().collect()
+    );
+    let st = std::fs::read_to_string(signer.join("SigningTable")).unwrap();
+    assert!(st.contains("MultipleSignatures yes"), "{st}");
+
+    // dkimpy signs with mxkeys' key files; the signatures verify through BIND.
+    let key_r1 = key(&work, "rsa-2048", "active");
+    let key_e1 = key(&work, "ed25519", "active");
+    let m_r1 = py.sign(&key_r1.file, DOMAIN, &r1, &message(DOMAIN, "old-rsa"));
+    let m_e1 = py.sign(&key_e1.file, DOMAIN, &e1, &message(DOMAIN, "old-ed25519"));
+    assert_verifies(&py, &m_r1, &r1, "rsa-sha256");
+    assert_verifies(&py, &m_e1, &e1, "ed25519-sha256");
+    // A tampered message fails: the verifier really checks.
+    let tampered = String::from_utf8(m_r1.clone())
+        .unwrap()
+        .replace("A second line", "A forged line");
+    assert_fails(&py, tampered.as_bytes(), &r1);
+
+    // A forced rotation: successors under new selectors, published and
+    // verified while the old keys still sign.
+    let (r2, e2) = (format!("r{day}-2"), format!("e{day}-2"));
+    let out = rotate_counting_reloads(&config, &work, &["dkim", "rotate", "--force"]);
+    transcript.push_str(&out);
+    assert!(
+        out.contains(&format!("{DOMAIN}: new rsa-2048 key {r2}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{DOMAIN}: new ed25519 key {e2}")),
+        "{out}"
+    );
+    let ks = keys(&work);
+    for (old, new) in [(&r1, &r2), (&e1, &e2)] {
+        let k = ks.iter().find(|k| &k.selector == new).expect("successor");
+        assert_eq!(bind.txt_values(&name(new)), vec![k.record.clone()]);
+        if k.state == "published" {
+            assert!(has(&ks, old, "active"), "{ks:#?}");
+        }
+    }
+    assert_eq!(signer_names(&signer), names_in(&ks, "active"));
+    assert_signer_safe(&bind, &signer, "after --force");
+
+    // The successors sign; the old keys drain with their records intact.
+    transcript.push_str(&rotate_until(&config, &work, "r2 and e2 active", |ks| {
+        has(ks, &r2, "active") && has(ks, &e2, "active")
+    }));
+    let ks = keys(&work);
+    assert!(
+        has(&ks, &r1, "draining") || has(&ks, &r1, "revoked"),
+        "{ks:#?}"
+    );
+    assert_converged(&bind, &work);
+    assert_eq!(
+        signer_names(&signer),
+        [name(&r2), name(&e2)].into_iter().collect()
+    );
+    for s in [&r1, &e1] {
+        assert!(
+            transcript.contains(&format!(
+                "{DOMAIN}: {s} no longer signs; its record stays while mail drains"
+            )),
+            "{transcript}"
+        );
+    }
+    let key_r2 = key(&work, "rsa-2048", "active");
+    let key_e2 = key(&work, "ed25519", "active");
+    let m_r2 = py.sign(&key_r2.file, DOMAIN, &r2, &message(DOMAIN, "new-rsa"));
+    let m_e2 = py.sign(&key_e2.file, DOMAIN, &e2, &message(DOMAIN, "new-ed25519"));
+    assert_verifies(&py, &m_r2, &r2, "rsa-sha256");
+    assert_verifies(&py, &m_e2, &e2, "ed25519-sha256");
+    if has(&ks, &r1, "draining") && has(&ks, &e1, "draining") {
+        // Mail signed before the rotation still verifies while draining.
+        assert_eq!(bind.txt_values(&name(&r1)), vec![key_r1.record.clone()]);
+        assert_verifies(&py, &m_r1, &r1, "rsa-sha256");
+        assert_verifies(&py, &m_e1, &e1, "ed25519-sha256");
+    }
+
+    // After the drain: revoked with an empty p=; old signatures fail.
+    transcript.push_str(&rotate_until(&config, &work, "r1 and e1 revoked", |ks| {
+        !has(ks, &r1, "draining") && !has(ks, &e1, "draining")
+    }));
+    let ks = keys(&work);
+    if has(&ks, &r1, "revoked") && has(&ks, &e1, "revoked") {
+        assert_eq!(bind.txt_values(&name(&r1)), vec!["v=DKIM1; k=rsa; p="]);
+        assert_eq!(bind.txt_values(&name(&e1)), vec!["v=DKIM1; k=ed25519; p="]);
+        assert!(key_r1.file.exists(), "the key stays until deleted");
+    }
+    assert_fails(&py, &m_r1, &r1);
+    assert_fails(&py, &m_e1, &e1);
+    assert_verifies(&py, &m_r2, &r2, "rsa-sha256");
+    assert_verifies(&py, &m_e2, &e2, "ed25519-sha256");
+    for s in [&r1, &e1] {
+        assert!(
+            transcript.contains(&format!("revoked {} (p=)", name(s))),
+            "{transcript}"
+        );
+    }
+    assert_converged(&bind, &work);
+
+    // After revoke_hold: the record and the key file are gone.
+    transcript.push_str(&rotate_until(&config, &work, "r1 and e1 deleted", |ks| {
+        !ks.iter().any(|k| k.selector == r1 || k.selector == e1)
+    }));
+    for (s, k) in [(&r1, &key_r1), (&e1, &key_e1)] {
+        assert!(bind.txt_values(&name(s)).is_empty(), "{s} still published");
+        assert!(!k.file.exists(), "{} still exists", k.file.display());
+        assert!(
+            transcript.contains(&format!("deleted {} and its key", name(s))),
+            "{transcript}"
+        );
+    }
+    assert_fails(&py, &m_r1, &r1);
+    assert_verifies(&py, &m_r2, &r2, "rsa-sha256");
+    assert_verifies(&py, &m_e2, &e2, "ed25519-sha256");
+    assert_converged(&bind, &work);
+    // The selectors stay used: a third rotation never hands them out again.
+    let used = used_selectors(&work);
+    for s in [&r1, &e1, &r2, &e2] {
+        assert!(used.contains(&name(s)), "{used:?}");
+    }
+    let out = rotate_counting_reloads(&config, &work, &["dkim", "rotate", "--force"]);
+    assert!(out.contains(&format!("new rsa-2048 key r{day}-3")), "{out}");
+    assert!(out.contains(&format!("new ed25519 key e{day}-3")), "{out}");
+    // The signer was reloaded: when its files were created, when r1/e1
+    // began signing, when r2/e2 did (once per such pass, checked above).
+    let reloads = std::fs::read_to_string(work.join("reloads.log")).unwrap();
+    assert!(reloads.lines().count() >= 3, "{reloads}");
+}
+
+// ---------------------------------------------------------------------------
+// 2. opendkim-testkey
+// ---------------------------------------------------------------------------
+
+#[test]
+fn opendkim_testkey_finds_the_record_matching_the_key() {
+    let Some((bind, work)) = setup(
+        "opendkim_testkey_finds_the_record_matching_the_key",
+        &[OPENDKIM_TESTKEY],
+    ) else {
+        return;
+    };
+    let config = write_config(&bind, &work, "lead = \"0s\"\n");
+    mx_ok(&config, &["dkim", "rotate"]);
+    let k = key(&work, "rsa-2048", "active");
+    let conf = testkey_conf(&work.join("testkey"), bind.port);
+    let (ok, out) = opendkim_testkey(&conf, DOMAIN, &k.selector, &k.file);
+    assert!(ok, "opendkim-testkey failed:\n{out}");
+    assert!(
+        out.contains(&format!(
+            "checking key '{}._domainkey.{DOMAIN}'",
+            k.selector
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("key OK") || out.contains("key not secure"),
+        "{out}"
+    );
+
+    // The tool really compares: another key against this record fails.
+    let other = work.join("other.pem");
+    let mut c = Command::new(prog("openssl"));
+    c.args([
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+    ])
+    .arg(&other);
+    run_ok(c);
+    let (ok, out) = opendkim_testkey(&conf, DOMAIN, &k.selector, &other);
+    assert!(!ok, "a foreign key must not match:\n{out}");
+    assert!(out.contains("do not match"), "{out}");
+}
+
+// ---------------------------------------------------------------------------
+// 3. OpenDKIM behind Postfix, configured from mxkeys' tables
+// ---------------------------------------------------------------------------
+
+#[test]
+fn opendkim_milter_behind_postfix_signs_with_the_active_key_and_the_successor() {
+    let Some((bind, work)) = setup(
+        "opendkim_milter_behind_postfix_signs_with_the_active_key_and_the_successor",
+        &[DKIMPY, OPENDKIM, POSTFIX],
+    ) else {
+        return;
+    };
+    let odk_dir = work.join("opendkim");
+    let config = write_config(
+        &bind,
+        &work,
+        &format!(
+            "lead = \"0s\"\n\
+             drain = \"1h\"\n\
+             reload_signal = {{ pidfile = \"{}\", signal = \"USR1\" }}\n",
+            odk_dir.join("opendkim.pid").display()
+        ),
+    );
+    // The first pass runs before OpenDKIM exists: its reload fails, the
+    // keys and tables are in place all the same.
+    let out = mx(&config, &["dkim", "rotate"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("reload"),
+        "{}",
+        describe(&out)
+    );
+    let first = key(&work, "rsa-2048", "active");
+    assert_converged(&bind, &work);
+
+    let mut opendkim = OpenDkim::start(&odk_dir, &work.join("signer"));
+    let sink = SmtpSink::start();
+    let postfix = RelayPostfix::start(&work.join("postfix"), opendkim.port, sink.port);
+    let py = Dkimpy::new(&work.join("py"), bind.port);
+    let context = || format!("{}\n--- opendkim ---\n{}", postfix.log(), opendkim.log());
+
+    smtp_send(
+        &postfix.addr(),
+        &format!("alice@{DOMAIN}"),
+        "bob@receiver.test",
+        &message(DOMAIN, "through-postfix-1"),
+    );
+    let got = sink.wait_for("through-postfix-1", context);
+    let v = py.verify_one(&got);
+    assert_eq!(v.selector, first.selector, "{v:?}");
+    assert_eq!(v.algorithm, "rsa-sha256");
+    assert!(v.ok, "dkimpy must verify OpenDKIM's signature: {v:?}");
+    let first_signed = got;
+
+    // A forced rotation; mxkeys signals OpenDKIM, which signs with the
+    // successor from then on.
+    let out = mx_ok(&config, &["dkim", "rotate", "--force"]);
+    let second = key(&work, "rsa-2048", "active");
+    assert_ne!(second.selector, first.selector);
+    assert!(
+        out.contains(&format!("{DOMAIN}: {} signs", second.selector)),
+        "{out}"
+    );
+    assert_converged(&bind, &work);
+    opendkim.assert_running();
+    // OpenDKIM re-reads its tables on the connection after SIGUSR1.
+    let mut n = 2;
+    let signed = common::servers::poll(
+        "OpenDKIM to sign with the successor",
+        DEADLINE,
+        || {
+            let subject = format!("through-postfix-{n}");
+            n += 1;
+            smtp_send(
+                &postfix.addr(),
+                &format!("alice@{DOMAIN}"),
+                "bob@receiver.test",
+                &message(DOMAIN, &subject),
+            );
+            let got = sink.wait_for(&subject, || postfix.log());
+            let v = py.verify_one(&got);
+            assert!(v.ok, "every signature verifies: {v:?}");
+            (v.selector == second.selector).then_some(got)
+        },
+        || opendkim.log(),
+    );
+    assert_verifies(&py, &signed, &second.selector, "rsa-sha256");
+    // Mail signed before the rotation still verifies: its record stays.
+    assert_verifies(&py, &first_signed, &first.selector, "rsa-sha256");
+}
+
+// ---------------------------------------------------------------------------
+// 4. Crash safety
+// ---------------------------------------------------------------------------
+
+/// How a killed-or-not run ended.
+enum Ended {
+    Killed,
+    Finished(Output),
+}
+
+/// Runs `mxkeys ARGS` and SIGKILLs it `delay` after the `nth` change of
+/// its state file seen (each change is one step saved); `Finished` when it
+/// ends on its own first.
+fn run_killed_after(
+    config: &Path,
+    work: &Path,
+    args: &[&str],
+    nth: usize,
+    delay: Duration,
+) -> Ended {
+    let state = work.join("state/dkim/state.json");
+    let mut last = std::fs::read(&state).ok();
+    let mut changes = 0;
+    let log = work.join("killed-run.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mxkeys"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("MXKEYS_CONFIG")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    let finished = |status| {
+        Ended::Finished(Output {
+            status,
+            stdout: std::fs::read(&log).unwrap(),
+            stderr: Vec::new(),
+        })
+    };
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return finished(status);
+        }
+        let now = std::fs::read(&state).ok();
+        if now != last {
+            last = now;
+            changes += 1;
+            if changes >= nth {
+                std::thread::sleep(delay);
+                // Our own child, by its handle.
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                if status.success() {
+                    return finished(status);
+                }
+                return Ended::Killed;
+            }
+        }
+        assert!(start.elapsed() < DEADLINE, "mxkeys {args:?} hangs");
+        std::thread::sleep(Duration::from_micros(300));
+    }
+}
+
+const DELAYS: [u64; 5] = [0, 1, 3, 7, 15];
+
+/// After a kill: the signer names only keys the server publishes with
+/// exactly their record, every active key is published, and no selector
+/// ever carried two keys.
+#[track_caller]
+fn check_after_kill(bind: &Bind, work: &Path, published: &mut Published, context: &str) {
+    if assert_signer_safe_after_kill(bind, work, context) {
+        published.tables_disagreed.push(context.to_owned());
+    }
+    for k in keys(work).iter().filter(|k| k.state == "active") {
+        assert_eq!(
+            bind.txt_values(&k.name()),
+            vec![k.record.clone()],
+            "{context}: active key not published: {k:?}"
+        );
+    }
+    published.observe(bind, work, context);
+}
+
+/// What the DNS server has published under each selector mxkeys ever
+/// used (non-revoked values), across the whole test.
+#[derive(Default)]
+struct Published {
+    values: BTreeMap<String, BTreeSet<String>>,
+    /// Kills after which KeyTable and SigningTable disagreed.
+    tables_disagreed: Vec<String>,
+}
+
+impl Published {
+    #[track_caller]
+    fn observe(&mut self, bind: &Bind, work: &Path, context: &str) {
+        let mut names = used_selectors(work);
+        names.extend(keys(work).iter().map(Key::name));
+        for name in names {
+            for v in bind.txt_values(&name) {
+                if !v.ends_with("p=") {
+                    self.values.entry(name.clone()).or_default().insert(v);
+                }
+            }
+            let values = &self.values.get(&name);
+            assert!(
+                values.is_none_or(|v| v.len() == 1),
+                "{context}: the selector {name} was published with two keys: {values:?}"
+            );
+        }
+    }
+}
+
+/// Kills `dkim rotate` after its first step, again and again, until a run
+/// completes on its own: every step is interrupted once, in order.
+/// Checks after every kill. Returns the number of kills.
+#[track_caller]
+fn crash_chain(
+    bind: &Bind,
+    config: &Path,
+    work: &Path,
+    published: &mut Published,
+    phase: &str,
+) -> usize {
+    let mut kills = 0;
+    for i in 0..400 {
+        let delay = Duration::from_millis(DELAYS[i % DELAYS.len()]);
+        match run_killed_after(config, work, &["dkim", "rotate"], 1, delay) {
+            Ended::Killed => {
+                kills += 1;
+                check_after_kill(
+                    bind,
+                    work,
+                    published,
+                    &format!("{phase}: kill {kills} ({delay:?} after a step)"),
+                );
+            }
+            Ended::Finished(out) => {
+                assert!(out.status.success(), "{phase}: {}", describe(&out));
+                return kills;
+            }
+        }
+    }
+    panic!("{phase}: no run finished after 400 attempts");
+}
+
+#[test]
+fn killed_at_every_step_the_next_run_converges() {
+    let Some((bind, work)) = setup("killed_at_every_step_the_next_run_converges", &[DKIMPY]) else {
+        return;
+    };
+    let config = write_config(
+        &bind,
+        &work,
+        "algorithms = [\"rsa-2048\", \"ed25519\"]\n\
+         lead = \"0s\"\n\
+         drain = \"1s\"\n\
+         revoke_hold = \"1s\"\n",
+    );
+    let mut published = Published::default();
+    let check_final = |published: &mut Published, phase: &str| {
+        let out = mx_ok(&config, &["dkim", "rotate"]);
+        assert_converged(&bind, &work);
+        published.observe(&bind, &work, phase);
+        let ks = keys(&work);
+        // One active key per domain and algorithm.
+        for d in [DOMAIN] {
+            for a in ["rsa-2048", "ed25519"] {
+                let n = ks
+                    .iter()
+                    .filter(|k| k.domain == d && k.algorithm == a && k.state == "active")
+                    .count();
+                assert_eq!(n, 1, "{phase}: {d} {a}: {ks:#?}\n{out}");
+            }
+        }
+        // No selector twice; every key's selector recorded as used.
+        let names: Vec<String> = ks.iter().map(Key::name).collect();
+        let unique: BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{phase}: {names:?}");
+        let used = used_selectors(&work);
+        assert!(names.iter().all(|n| used.contains(n)), "{phase}");
+        // Every selector ever used is either a key mxkeys holds (published
+        // as its state says) or absent from the server.
+        for name in &used {
+            let values = bind.txt_values(name);
+            match ks.iter().find(|k| &k.name() == name) {
+                Some(k) if k.state == "revoked" => assert!(
+                    values.len() == 1 && values[0].ends_with("p="),
+                    "{phase}: {name}: {values:?}"
+                ),
+                Some(k) if k.state != "generated" => {
+                    assert_eq!(values, vec![k.record.clone()], "{phase}: {name}")
+                }
+                _ => assert!(values.is_empty(), "{phase}: {name} left behind: {values:?}"),
+            }
+        }
+        // The key directory holds the keys mxkeys holds, nothing else
+        // (temporary files of a killed write aside).
+        let mut files = BTreeSet::new();
+        for d in std::fs::read_dir(work.join("keys")).unwrap() {
+            for f in std::fs::read_dir(d.unwrap().path()).unwrap() {
+                let p = f.unwrap().path();
+                if !p.file_name().unwrap().to_str().unwrap().starts_with('.') {
+                    files.insert(p);
+                }
+            }
+        }
+        let held: BTreeSet<PathBuf> = ks.iter().map(|k| k.file.clone()).collect();
+        assert_eq!(files, held, "{phase}: key files");
+    };
+
+    // From nothing to signing.
+    let t0 = Instant::now();
+    let kills = crash_chain(&bind, &config, &work, &mut published, "first keys");
+    // How many runs a kill lands in depends on the machine's load; that
+    // runs were killed, and the last one completed, does not.
+    assert!(kills >= 1, "no run was interrupted");
+    check_final(&mut published, "first keys");
+    eprintln!("crash test: {kills} first-key kills at {:?}", t0.elapsed());
+    let first: BTreeSet<String> = names_in(&keys(&work), "active");
+
+    // Forced rotations, each killed at its k-th step (k = 1, 2, ... until
+    // a forced pass completes), then finished by an ordinary run.
+    let mut forced_kills = 0;
+    for k in 1..200 {
+        let delay = Duration::from_millis(DELAYS[k % DELAYS.len()]);
+        match run_killed_after(&config, &work, &["dkim", "rotate", "--force"], k, delay) {
+            Ended::Killed => {
+                forced_kills += 1;
+                let context = format!("forced rotation killed at step {k} (+{delay:?})");
+                check_after_kill(&bind, &work, &mut published, &context);
+                mx_ok(&config, &["dkim", "rotate"]);
+                assert_converged(&bind, &work);
+                published.observe(&bind, &work, &context);
+            }
+            Ended::Finished(out) => {
+                assert!(out.status.success(), "{}", describe(&out));
+                break;
+            }
+        }
+    }
+    eprintln!(
+        "crash test: {forced_kills} forced kills at {:?}",
+        t0.elapsed()
+    );
+    assert!(forced_kills >= 1, "no forced run was interrupted");
+    check_final(&mut published, "rotation");
+    assert!(names_in(&keys(&work), "active").is_disjoint(&first));
+
+    // Revocation, then deletion, of the old keys.
+    let start = Instant::now();
+    while keys(&work).iter().any(|k| k.state != "active") {
+        std::thread::sleep(Duration::from_millis(300));
+        crash_chain(&bind, &config, &work, &mut published, "revoke and delete");
+        assert!(start.elapsed() < DEADLINE, "old keys never deleted");
+    }
+    check_final(&mut published, "revoke and delete");
+    if !published.tables_disagreed.is_empty() {
+        eprintln!(
+            "NOTE: KeyTable and SigningTable disagreed (a SigningTable entry without its KeyTable line) after {} kills, e.g. {}",
+            published.tables_disagreed.len(),
+            published.tables_disagreed[0]
+        );
+    }
+    for name in &first {
+        assert!(bind.txt_values(name).is_empty(), "{name}");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 5. records, import, revoke, status, configuration, other signers
+// ---------------------------------------------------------------------------
+
+#[test]
+fn records_are_zone_file_lines_split_at_255_that_named_accepts() {
+    let Some((bind, work)) = setup(
+        "records_are_zone_file_lines_split_at_255_that_named_accepts",
+        &[DKIMPY],
+    ) else {
+        return;
+    };
+    let config = write_config(
+        &bind,
+        &work,
+        "algorithms = [\"rsa-2048\", \"ed25519\"]\nlead = \"0s\"\nttl = 600\n",
+    );
+    mx_ok(&config, &["dkim", "rotate"]);
+    let out = mx_ok(&config, &["dkim", "records"]);
+    let ks = keys(&work);
+    for k in &ks {
+        let line = out
+            .lines()
+            .find(|l| l.starts_with(&format!("{}.", k.name())))
+            .unwrap_or_else(|| panic!("no line for {} in:\n{out}", k.name()));
+        assert!(line.contains(" 600 ") && line.contains(" TXT "), "{line}");
+        let strings: Vec<&str> = line.split('"').skip(1).step_by(2).collect();
+        assert!(strings.iter().all(|s| s.len() <= 255), "{line}");
+        assert_eq!(strings.concat(), k.record, "{line}");
+        if k.algorithm == "rsa-2048" {
+            assert_eq!(strings.len(), 2, "{line}");
+        }
+    }
+    // named-checkzone loads them, and reads the same values back.
+    let zone = work.join("records.zone");
+    std::fs::write(
+        &zone,
+        format!(
+            "$TTL 300\n@ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60\n\
+             @ IN NS ns.example.test.\nns IN A 127.0.0.1\n{out}"
+        ),
+    )
+    .unwrap();
+    let mut c = Command::new(prog("named-checkzone"));
+    c.args(["-D", "-o", "-", DOMAIN]).arg(&zone);
+    let dumped = String::from_utf8(run_ok(c).stdout).unwrap();
+    for k in &ks {
+        let line = dumped
+            .lines()
+            .find(|l| l.starts_with(&format!("{}.", k.name())))
+            .unwrap_or_else(|| panic!("named-checkzone lost {}:\n{dumped}", k.name()));
+        let joined: String = line.split('"').skip(1).step_by(2).collect();
+        assert_eq!(joined, k.record);
+    }
+}
+
+/// An RSA key made by openssl (PKCS#8 PEM) and the record publishing it.
+fn openssl_key(path: &Path) -> String {
+    let mut c = Command::new(prog("openssl"));
+    c.args([
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+    ])
+    .arg(path);
+    run_ok(c);
+    record_of_key_file(path)
+}
+
+/// Publishes `value` (split into 255-byte strings) with nsupdate and the
+/// server's TSIG key.
+fn nsupdate_txt(bind: &Bind, name: &str, value: &str) {
+    let strings: Vec<String> = value
+        .as_bytes()
+        .chunks(255)
+        .map(|c| format!("\"{}\"", std::str::from_utf8(c).unwrap()))
+        .collect();
+    let script = format!(
+        "server 127.0.0.1 {}\nzone example.test\nupdate delete {name} TXT\nupdate add {name} 300 TXT {}\nsend\n",
+        bind.port,
+        strings.join(" ")
+    );
+    let script_path = bind.dir().join("nsupdate.txt");
+    std::fs::write(&script_path, script).unwrap();
+    let mut c = Command::new(prog("nsupdate"));
+    c.arg("-k")
+        .arg(bind.dir().join("tsig.key"))
+        .arg(&script_path);
+    run_ok(c);
+}
+
+#[test]
+fn import_adopts_a_published_key_and_refuses_an_unpublished_one() {
+    let Some((bind, work)) = setup(
+        "import_adopts_a_published_key_and_refuses_an_unpublished_one",
+        &[DKIMPY],
+    ) else {
+        return;
+    };
+    let config = write_config(&bind, &work, "lead = \"0s\"\n");
+    let py = Dkimpy::new(&work.join("py"), bind.port);
+
+    // A key whose record is not published: refused, nothing adopted.
+    let missing = work.join("missing.pem");
+    let record = openssl_key(&missing);
+    let out = mx(
+        &config,
+        &[
+            "dkim",
+            "import",
+            "--domain",
+            DOMAIN,
+            "--selector",
+            "legacy0",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("legacy0._domainkey.example.test"), "{err}");
+    assert!(
+        err.contains(&record),
+        "the error shows the record to publish: {err}"
+    );
+    assert!(keys(&work).is_empty(), "{:#?}", keys(&work));
+    assert!(signer_names(&work.join("signer")).is_empty());
+
+    // A record published by hand (nsupdate) for a key openssl made.
+    let legacy = work.join("legacy.pem");
+    let record = openssl_key(&legacy);
+    nsupdate_txt(&bind, "legacy1._domainkey.example.test", &record);
+    let out = mx_ok(
+        &config,
+        &[
+            "dkim",
+            "import",
+            "--domain",
+            DOMAIN,
+            "--selector",
+            "legacy1",
+            legacy.to_str().unwrap(),
+        ],
+    );
+    assert!(out.contains("imported legacy1"), "{out}");
+    let k = key(&work, "rsa-2048", "active");
+    assert_eq!(k.selector, "legacy1");
+    assert_eq!(k.record, record);
+    assert_converged(&bind, &work);
+    let m = py.sign(&k.file, DOMAIN, "legacy1", &message(DOMAIN, "imported"));
+    assert_verifies(&py, &m, "legacy1", "rsa-sha256");
+    // The imported key is in mxkeys' rotation: a pass changes nothing.
+    let out = mx_ok(&config, &["dkim", "rotate"]);
+    assert!(out.trim().is_empty(), "{out}");
+    // The same selector cannot be imported twice.
+    let out = mx(
+        &config,
+        &[
+            "dkim",
+            "import",
+            "--domain",
+            DOMAIN,
+            "--selector",
+            "legacy1",
+            legacy.to_str().unwrap(),
+        ],
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+}
+
+#[test]
+fn revoke_publishes_empty_p_now_and_a_successor_signs() {
+    let Some((bind, work)) = setup(
+        "revoke_publishes_empty_p_now_and_a_successor_signs",
+        &[DKIMPY],
+    ) else {
+        return;
+    };
+    let zero = write_config(&bind, &work, "lead = \"0s\"\n");
+    mx_ok(&zero, &["dkim", "rotate"]);
+    let active = key(&work, "rsa-2048", "active");
+    // Now a long lead: revoke must skip it for the successor.
+    let config = write_config(&bind, &work, "lead = \"1h\"\n");
+    let py = Dkimpy::new(&work.join("py"), bind.port);
+    let m_old = py.sign(
+        &active.file,
+        DOMAIN,
+        &active.selector,
+        &message(DOMAIN, "before"),
+    );
+    assert_verifies(&py, &m_old, &active.selector, "rsa-sha256");
+
+    let out = mx_ok(
+        &config,
+        &[
+            "dkim",
+            "revoke",
+            "--domain",
+            DOMAIN,
+            "--selector",
+            &active.selector,
+        ],
+    );
+    assert!(
+        out.contains(&format!("revoked {} (p=)", active.name())),
+        "{out}"
+    );
+    assert_eq!(bind.txt_values(&active.name()), vec!["v=DKIM1; k=rsa; p="]);
+    assert_fails(&py, &m_old, &active.selector);
+    let successor = key(&work, "rsa-2048", "active");
+    assert_ne!(successor.selector, active.selector);
+    assert!(
+        out.contains(&format!("{DOMAIN}: {} signs", successor.selector)),
+        "{out}"
+    );
+    assert!(successor.verified_at.is_some());
+    assert_converged(&bind, &work);
+    assert_eq!(
+        signer_names(&work.join("signer")),
+        [successor.name()].into_iter().collect()
+    );
+    let m_new = py.sign(
+        &successor.file,
+        DOMAIN,
+        &successor.selector,
+        &message(DOMAIN, "after"),
+    );
+    assert_verifies(&py, &m_new, &successor.selector, "rsa-sha256");
+}
+
+#[test]
+fn status_json_names_every_key_with_its_next_transition() {
+    let Some((bind, work)) = setup("status_json_names_every_key_with_its_next_transition", &[])
+    else {
+        return;
+    };
+    let config = write_config(
+        &bind,
+        &work,
+        "algorithms = [\"rsa-2048\", \"ed25519\"]\nlead = \"0s\"\nrotate_every = \"90d\"\n",
+    );
+    mx_ok(&config, &["dkim", "rotate"]);
+    let out = mx_ok(&config, &["dkim", "status", "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let arr = v.as_array().unwrap();
+    assert_eq!(arr.len(), 2, "{out}");
+    let ks = keys(&work);
+    for entry in arr {
+        let obj = entry.as_object().unwrap();
+        let fields: BTreeSet<&str> = obj.keys().map(String::as_str).collect();
+        assert_eq!(
+            fields,
+            [
+                "domain",
+                "selector",
+                "algorithm",
+                "state",
+                "since",
+                "next",
+                "next_at",
+                "file"
+            ]
+            .into_iter()
+            .collect(),
+            "{out}"
+        );
+        let k = ks
+            .iter()
+            .find(|k| k.selector == entry["selector"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(entry["domain"], DOMAIN);
+        assert_eq!(entry["algorithm"], k.algorithm.as_str());
+        assert_eq!(entry["state"], "active");
+        assert_eq!(entry["file"], k.file.to_str().unwrap());
+        assert_eq!(entry["next"], "start a successor");
+        let at = |t: i64| common::rfc3339_z(time::OffsetDateTime::from_unix_timestamp(t).unwrap());
+        assert_eq!(entry["since"], at(k.since).as_str(), "{out}");
+        assert_eq!(
+            entry["next_at"],
+            at(k.activated_at.unwrap() + 90 * 86_400).as_str(),
+            "{out}"
+        );
+    }
+    let text = mx_ok(&config, &["dkim", "status"]);
+    assert!(
+        text.contains("active") && text.contains("next: start a successor"),
+        "{text}"
+    );
+}
+
+#[test]
+fn ed25519_alone_is_refused_with_exit_2() {
+    let Some((bind, work)) = setup("ed25519_alone_is_refused_with_exit_2", &[]) else {
+        return;
+    };
+    let config = write_config(&bind, &work, "algorithms = [\"ed25519\"]\n");
+    for args in [&["dkim", "rotate"][..], &["dkim", "status"][..]] {
+        let out = mx(&config, args);
+        assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("algorithms") && err.contains("rsa-2048"),
+            "{err}"
+        );
+    }
+    assert!(!work.join("state/dkim").exists());
+    assert!(!work.join("keys").exists());
+}
+
+#[test]
+fn rspamd_and_amavis_files_name_the_active_selectors() {
+    let Some((bind, work)) = setup("rspamd_and_amavis_files_name_the_active_selectors", &[PERL])
+    else {
+        return;
+    };
+    // Rspamd: RSA and Ed25519 under one domain block.
+    let config = write_config(
+        &bind,
+        &work,
+        "algorithms = [\"rsa-2048\", \"ed25519\"]\nlead = \"0s\"\nsigner = \"rspamd\"\n",
+    );
+    mx_ok(&config, &["dkim", "rotate"]);
+    let conf = std::fs::read_to_string(work.join("signer/dkim_signing.conf")).unwrap();
+    let ks = keys(&work);
+    assert_eq!(names_in(&ks, "active").len(), 2);
+    for k in &ks {
+        assert!(
+            conf.contains(&format!(
+                "{{ selector = \"{}\"; path = \"{}\"; }}",
+                k.selector,
+                k.file.display()
+            )),
+            "{conf}"
+        );
+    }
+    assert!(conf.contains(&format!("  {DOMAIN} {{\n")), "{conf}");
+    assert_eq!(
+        conf.matches('{').count(),
+        conf.matches('}').count(),
+        "{conf}"
+    );
+    // A forced rotation: only the successors are named.
+    mx_ok(&config, &["dkim", "rotate", "--force"]);
+    let conf = std::fs::read_to_string(work.join("signer/dkim_signing.conf")).unwrap();
+    for k in keys(&work) {
+        let named = conf.contains(&format!("selector = \"{}\";", k.selector));
+        assert_eq!(named, k.state == "active", "{k:?}\n{conf}");
+    }
+
+    // amavis: a fresh state, RSA only; the file is Perl amavisd can `do`.
+    let work2 = work.join("amavis");
+    std::fs::create_dir_all(&work2).unwrap();
+    let config = write_config(
+        &bind,
+        &work2,
+        "lead = \"0s\"\nsigner = \"amavis\"\ndomains = [\"amavis.example.test\"]\n",
+    );
+    mx_ok(&config, &["dkim", "rotate"]);
+    let k = key(&work2, "rsa-2048", "active");
+    let file = work2.join("signer/dkim_keys.conf");
+    let mut c = Command::new(prog("perl"));
+    c.arg("-e")
+        .arg(
+            "my @k; sub dkim_key { push @k, join('|', @_) } \
+             my $r = do $ARGV[0]; die \"not loaded: $@ $!\" unless $r; print \"$_\\n\" for @k;",
+        )
+        .arg(&file);
+    let printed = String::from_utf8(run_ok(c).stdout).unwrap();
+    assert_eq!(
+        printed,
+        format!("amavis.example.test|{}|{}\n", k.selector, k.file.display())
+    );
+    // Ed25519 with amavis is a configuration error.
+    let config = write_config(
+        &bind,
+        &work2,
+        "lead = \"0s\"\nsigner = \"amavis\"\nalgorithms = [\"rsa-2048\", \"ed25519\"]\n",
+    );
+    let out = mx(&config, &["dkim", "status"]);
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+}
+
+/// OpenDKIM and Rspamd load key files through OpenSSL; Debian 12's
+/// OpenSSL 3.0 must read the Ed25519 key files mxkeys writes, as it reads
+/// the RSA ones. (It does not read PKCS#8 v2, the form with the public key
+/// appended: OpenDKIM given such a key answers every message from the
+/// domain with `451 4.7.0 resource unavailable`; the same key as PKCS#8 v1
+/// signs, and dkimpy verifies the ed25519-sha256 signature.)
+#[test]
+fn ed25519_key_files_load_in_openssl() {
+    let Some((bind, work)) = setup("ed25519_key_files_load_in_openssl", &[DKIMPY]) else {
+        return;
+    };
+    let config = write_config(
+        &bind,
+        &work,
+        "algorithms = [\"rsa-2048\", \"ed25519\"]\nlead = \"0s\"\nsigner = \"rspamd\"\n",
+    );
+    mx_ok(&config, &["dkim", "rotate"]);
+    for k in keys(&work) {
+        let mut c = Command::new(prog("openssl"));
+        c.args(["pkey", "-noout", "-in"]).arg(&k.file);
+        let out = common::servers::output_within(c, Duration::from_secs(30)).unwrap();
+        assert!(
+            out.status.success(),
+            "openssl cannot load the {} key {} that the signer is told to use:\n{}\n{}",
+            k.algorithm,
+            k.file.display(),
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&k.file)
+                .unwrap()
+                .lines()
+                .next()
+                .unwrap()
+        );
+    }
+}
+
+/// `mxkeys renew` does a DKIM pass; `mxkeys run` advances the keys on its
+/// own timer: after the lead, the key signs with no command run.
+#[test]
+fn renew_and_run_advance_the_keys_on_their_own() {
+    let Some((bind, work)) = setup("renew_and_run_advance_the_keys_on_their_own", &[]) else {
+        return;
+    };
+    let config = write_config(&bind, &work, "lead = \"2s\"\n");
+    let out = mx(&config, &["renew"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!("dkim: {DOMAIN}: new rsa-2048 key r")),
+        "{}",
+        describe(&out)
+    );
+    let k = key(&work, "rsa-2048", "published");
+    assert!(k.verified_at.is_some(), "{k:?}");
+    assert_eq!(bind.txt_values(&k.name()), vec![k.record.clone()]);
+    assert!(signer_names(&work.join("signer")).is_empty());
+
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mxkeys"));
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env_remove("MXKEYS_CONFIG");
+    let mut daemon = common::Daemon::spawn(cmd, &work, "run");
+    let active = common::servers::poll(
+        "the daemon to activate the key after its lead",
+        Duration::from_secs(150),
+        || keys(&work).into_iter().find(|k| k.state == "active"),
+        || daemon.describe(),
+    );
+    assert_eq!(active.selector, k.selector);
+    assert!(active.activated_at.unwrap() >= active.verified_at.unwrap() + 2);
+    common::servers::poll(
+        "the daemon to write the signer's tables",
+        DEADLINE,
+        || (signer_names(&work.join("signer")) == names_in(&keys(&work), "active")).then_some(()),
+        || daemon.describe(),
+    );
+    assert_converged(&bind, &work);
+    daemon.assert_running();
+    daemon.terminate();
+}
