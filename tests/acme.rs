@@ -725,7 +725,8 @@ fn dns01_follows_a_delegating_cname() {
     let fp = issued(&run, "deleg", "no certificate yet");
     assert_eq!(Installed::read(&out).fp(), fp);
     assert_eq!(
-        acme.bind.short("CNAME", "_acme-challenge.deleg.example.test"),
+        acme.bind
+            .short("CNAME", "_acme-challenge.deleg.example.test"),
         vec!["x.challenges.example.test.".to_owned()],
         "the delegating CNAME must stay"
     );

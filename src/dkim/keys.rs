@@ -115,7 +115,6 @@ impl<'a> FromDerExt<'a> for x509_parser::x509::SubjectPublicKeyInfo<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rustls_pki_types::pem::PemObject as _;
 
     #[test]
     fn rsa_and_ed25519_records_have_the_rfc_shapes() {
