@@ -28,6 +28,8 @@
 # MXKEYS (default target/release/mxkeys).
 # Installs hyperfine, time and jq with apt-get when missing.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 counts="100 1000 10000"
 runs=20
@@ -81,12 +83,6 @@ mxkeys=${MXKEYS:-$repo/target/release/mxkeys}
 gen=$repo/target/release/gen-acme-json
 [[ -x $mxkeys && -x $gen ]] || die "build first (or drop --no-build)"
 
-busy_pct() {
-    local a b total=0 i
-    read -r -a a < <(head -1 /proc/stat); sleep 2; read -r -a b < <(head -1 /proc/stat)
-    for ((i = 1; i < ${#a[@]}; i++)); do total=$((total + b[i] - a[i])); done
-    echo $(( total > 0 ? 100 * (total - (b[4] - a[4]) - (b[5] - a[5])) / total : 0 ))
-}
 wait_quiet() {
     local deadline=$((SECONDS + quiet_wait)) busy
     while :; do

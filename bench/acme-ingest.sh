@@ -29,6 +29,8 @@
 # Results land in DIR: acme.json, mxkeys.toml, hyperfine.{json,md},
 # rss-*.txt and summary.txt (also printed).
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 count=10000
 target=mail.example.com
@@ -142,16 +144,6 @@ for i in "${!pythons[@]}"; do
 done
 
 # --- wait for a quiet machine ---------------------------------------------
-busy_pct() { # CPU busy % over 2 s, all CPUs
-    local a b
-    read -r -a a < <(head -1 /proc/stat)
-    sleep 2
-    read -r -a b < <(head -1 /proc/stat)
-    local total=0 idle i
-    for ((i = 1; i < ${#a[@]}; i++)); do total=$((total + b[i] - a[i])); done
-    idle=$(( (b[4] - a[4]) + (b[5] - a[5]) ))
-    echo $(( total > 0 ? 100 * (total - idle) / total : 0 ))
-}
 quiet=no
 deadline=$((SECONDS + quiet_wait))
 while :; do

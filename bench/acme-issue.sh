@@ -39,6 +39,8 @@
 # hyperfine-others.json, summary.txt (also printed), the servers' logs, each
 # client's configuration, run script and output.
 set -euo pipefail
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 count=20
 runs=3
@@ -316,16 +318,6 @@ echo "acme-issue: creating each client's account (one certificate for h00.exampl
     || { tail -30 "$cdir/prepare.log" >&2; die "certbot could not issue h00 with --dns-rfc2136-propagation-seconds $certbot_prop"; }
 
 # --- wait for a quiet machine -----------------------------------------------
-busy_pct() { # CPU busy % over 2 s, all CPUs
-    local a b
-    read -r -a a < <(head -1 /proc/stat)
-    sleep 2
-    read -r -a b < <(head -1 /proc/stat)
-    local total=0 idle i
-    for ((i = 1; i < ${#a[@]}; i++)); do total=$((total + b[i] - a[i])); done
-    idle=$(( (b[4] - a[4]) + (b[5] - a[5]) ))
-    echo $(( total > 0 ? 100 * (total - idle) / total : 0 ))
-}
 quiet=no
 deadline=$((SECONDS + quiet_wait))
 while :; do
