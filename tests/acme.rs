@@ -803,6 +803,31 @@ fn a_second_renew_reuses_the_account_and_orders_nothing_that_is_not_due() {
         bundle,
         "the bundle was touched"
     );
+    // status reports what the source holds and its next renewal: a third of
+    // the lifetime before the end (pebble issues for 90 days here).
+    let status = acme.env.run(&["status", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let src = &json["acme"][0];
+    assert_eq!(src["name"], "mail", "{json:#}");
+    assert_eq!(src["sha256"], fp.as_str(), "{json:#}");
+    let next = src["next_renewal"].as_str().unwrap();
+    let not_after = src["not_after"].as_str().unwrap();
+    let ts = |t: &str| {
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .unix_timestamp()
+    };
+    let lifetime = ts(not_after) - unix_now();
+    let expected = ts(not_after) - lifetime / 3;
+    assert!(
+        (ts(next) - expected).abs() < 3 * 86_400,
+        "next renewal {next} is not a third of the lifetime before {not_after}"
+    );
+    assert!(
+        l.ends_with(next),
+        "renew and status disagree: {l} vs {next}"
+    );
+
     let log = acme.pebble_log();
     assert_eq!(requests(&log, "POST /order-plz"), orders, "a new order");
     // Same account file, same bytes; pebble saw one account only.
