@@ -17,8 +17,7 @@
 
 mod common;
 
-#[path = "../providers/tests/bind/mod.rs"]
-mod bind;
+use common::bind;
 
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -27,8 +27,7 @@
 
 mod common;
 
-#[path = "../providers/tests/bind/mod.rs"]
-mod bind;
+use common::bind;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;

@@ -8,9 +8,9 @@
 //! Durations are short (lead 0-2 s, drain and revoke_hold 2 s); waits poll
 //! with deadlines, never assume how long anything takes.
 
-#[path = "../providers/tests/bind/mod.rs"]
-mod bind;
 mod common;
+
+use common::bind;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};

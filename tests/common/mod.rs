@@ -4,6 +4,8 @@
 //! time into a fresh temporary directory; no key material is committed.
 #![allow(dead_code)]
 
+#[path = "../../providers/tests/bind/mod.rs"]
+pub mod bind;
 pub mod dkim_tools;
 pub mod servers;
 
@@ -1729,11 +1731,7 @@ impl ReloadProbe {
     }
 }
 
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
+pub use bind::ports::free_port;
 
 /// `GET path` over HTTP/1.1 on loopback: (status, body). `None` when the
 /// connection fails (not listening yet).

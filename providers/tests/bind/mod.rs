@@ -9,7 +9,7 @@
 
 #![allow(dead_code)]
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -54,16 +54,10 @@ fn tools() -> Option<(PathBuf, PathBuf, PathBuf)> {
     None
 }
 
-/// A port free for both UDP and TCP on 127.0.0.1 right now.
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
-            return port;
-        }
-    }
-}
+#[path = "../ports/mod.rs"]
+pub mod ports;
+
+use ports::free_port;
 
 const ZONE_EXAMPLE: &str = "$TTL 300
 @ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60
