@@ -1803,15 +1803,28 @@ pub fn signal_catcher(pidfile: &Path, log: &Path) -> KillOnDrop {
         tmp = sh_quote(format!("{}.tmp", pidfile.display())),
         pid = sh_quote(pidfile.to_str().unwrap()),
     );
-    let child = Command::new("sh")
-        .arg("-c")
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
         .arg(script)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn sh");
-    let guard = KillOnDrop(child);
+        .stderr(Stdio::null());
+    // A shell cannot trap a signal that was ignored when it started, and a
+    // test run under `nohup` (or a CI runner doing the same) ignores HUP:
+    // give the catcher the default dispositions.
+    // SAFETY: between fork and exec the closure only calls sigaction, which
+    // is async-signal-safe, and touches no memory of the parent.
+    unsafe {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        use std::os::unix::process::CommandExt as _;
+        sh.pre_exec(|| {
+            for s in [Signal::SIGHUP, Signal::SIGUSR1] {
+                signal(s, SigHandler::SigDfl).map_err(std::io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    let guard = KillOnDrop(sh.spawn().expect("spawn sh"));
     wait_for(
         "the signal catcher to write its pid file",
         || pidfile.exists().then_some(()),
