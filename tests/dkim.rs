@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use bind::{Bind, KEY_NAME};
 use common::dkim_tools::{
     BIND_TOOLS, DEADLINE, DKIMPY, Dkimpy, OPENDKIM, OPENDKIM_TESTKEY, OPENSSL, OpenDkim, PERL,
-    POSTFIX, RelayPostfix, SmtpSink, message, opendkim_testkey, record_of_key_file, smtp_send,
-    testkey_conf,
+    POSTFIX, SmtpSink, message, opendkim_testkey, record_of_key_file, smtp_send, testkey_conf,
 };
 use common::servers::{Need, prog, require, run_ok};
 use serde_json::Value;
@@ -725,7 +724,8 @@ fn opendkim_milter_behind_postfix_signs_with_the_active_key_and_the_successor() 
 
     let mut opendkim = OpenDkim::start(&odk_dir, &work.join("signer"));
     let sink = SmtpSink::start();
-    let postfix = RelayPostfix::start(&work.join("postfix"), opendkim.port, sink.port);
+    let postfix =
+        common::servers::Postfix::start_relay(&work.join("postfix"), opendkim.port, sink.port);
     let py = Dkimpy::new(&work.join("py"), bind.port);
     let context = || format!("{}\n--- opendkim ---\n{}", postfix.log(), opendkim.log());
 

@@ -1,11 +1,11 @@
 //! Third-party DKIM tools for the DKIM tests, all on loopback: dkimpy
 //! (signing with a key file, verifying through a given DNS server),
 //! `opendkim-testkey` (through libunbound pointed at that server), the
-//! OpenDKIM milter, a Postfix that relays through it to an SMTP sink run
-//! by the test, and `openssl` to compute a key file's DKIM record
-//! independently of mxkeys.
+//! OpenDKIM milter, an SMTP sink run by the test (behind
+//! `servers::Postfix::start_relay`), and `openssl` to compute a key file's
+//! DKIM record independently of mxkeys.
 
-use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -555,166 +555,6 @@ pub fn smtp_send(addr: &str, from: &str, to: &str, message: &[u8]) {
     expect(&mut r, "250", "end of DATA");
     w.write_all(b"QUIT\r\n").unwrap();
     let _ = smtp_reply(&mut r);
-}
-
-// ---------------------------------------------------------------------------
-// Postfix relaying through a milter to a sink
-// ---------------------------------------------------------------------------
-
-/// A Postfix (`postfix -c DIR`) that accepts mail on 127.0.0.1:port, passes
-/// it through the milter at 127.0.0.1:`milter_port`, and relays everything
-/// to 127.0.0.1:`relay_port`.
-pub struct RelayPostfix {
-    pub dir: PathBuf,
-    pub port: u16,
-    running: bool,
-}
-
-impl RelayPostfix {
-    #[track_caller]
-    pub fn start(dir: &Path, milter_port: u16, relay_port: u16) -> RelayPostfix {
-        let port = free_port();
-        let queue = dir.join("queue");
-        let data = dir.join("data");
-        std::fs::create_dir_all(&queue).unwrap();
-        std::fs::create_dir_all(&data).unwrap();
-        let postfix = nix::unistd::User::from_name("postfix")
-            .unwrap()
-            .expect("user postfix exists");
-        nix::unistd::chown(&data, Some(postfix.uid), Some(postfix.gid)).unwrap();
-        super::set_mode(dir, 0o755);
-        let main_cf = format!(
-            "compatibility_level = 3.6\n\
-             queue_directory = {queue}\n\
-             data_directory = {data}\n\
-             mail_owner = postfix\n\
-             myhostname = mail.example.test\n\
-             mydomain = example.test\n\
-             mydestination =\n\
-             relay_domains =\n\
-             inet_interfaces = 127.0.0.1\n\
-             inet_protocols = ipv4\n\
-             mynetworks = 127.0.0.0/8\n\
-             alias_maps =\n\
-             alias_database =\n\
-             local_recipient_maps =\n\
-             biff = no\n\
-             maillog_file = {log}\n\
-             maillog_file_prefixes = {dir}\n\
-             relayhost = [127.0.0.1]:{relay_port}\n\
-             smtp_dns_support_level = disabled\n\
-             smtp_tls_security_level = none\n\
-             smtpd_milters = inet:127.0.0.1:{milter_port}\n\
-             non_smtpd_milters =\n\
-             milter_default_action = accept\n",
-            queue = queue.display(),
-            data = data.display(),
-            log = dir.join("postfix.log").display(),
-            dir = dir.display(),
-        );
-        let master_cf = format!(
-            "127.0.0.1:{port} inet n - n - - smtpd\n\
-             pickup    unix  n       -       n       60      1       pickup\n\
-             cleanup   unix  n       -       n       -       0       cleanup\n\
-             qmgr      unix  n       -       n       300     1       qmgr\n\
-             tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n\
-             rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
-             bounce    unix  -       -       n       -       0       bounce\n\
-             defer     unix  -       -       n       -       0       bounce\n\
-             trace     unix  -       -       n       -       0       bounce\n\
-             verify    unix  -       -       n       -       1       verify\n\
-             flush     unix  n       -       n       1000?   0       flush\n\
-             proxymap  unix  -       -       n       -       -       proxymap\n\
-             smtp      unix  -       -       n       -       -       smtp\n\
-             relay     unix  -       -       n       -       -       smtp\n\
-             showq     unix  n       -       n       -       -       showq\n\
-             error     unix  -       -       n       -       -       error\n\
-             retry     unix  -       -       n       -       -       error\n\
-             discard   unix  -       -       n       -       -       discard\n\
-             anvil     unix  -       -       n       -       1       anvil\n\
-             scache    unix  -       -       n       -       1       scache\n\
-             postlog   unix-dgram n  -       n       -       1       postlogd\n"
-        );
-        write(&dir.join("main.cf"), main_cf);
-        write(&dir.join("master.cf"), master_cf);
-        // Postfix commands stall up to 2 s after main.cf changed.
-        let past = std::time::SystemTime::now() - Duration::from_secs(60);
-        for f in ["main.cf", "master.cf"] {
-            std::fs::File::options()
-                .write(true)
-                .open(dir.join(f))
-                .unwrap()
-                .set_times(
-                    std::fs::FileTimes::new()
-                        .set_modified(past)
-                        .set_accessed(past),
-                )
-                .unwrap();
-        }
-        let mut pf = RelayPostfix {
-            dir: dir.to_path_buf(),
-            port,
-            running: false,
-        };
-        run_ok(pf.command("check"));
-        run_ok(pf.command("start"));
-        pf.running = true;
-        let addr = pf.addr();
-        poll(
-            "the Postfix banner",
-            DEADLINE,
-            || {
-                let c = TcpStream::connect(&addr).ok()?;
-                c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-                let mut b = [0u8; 3];
-                (&c).read_exact(&mut b).ok()?;
-                (&b == b"220").then_some(())
-            },
-            || pf.log(),
-        );
-        pf
-    }
-
-    pub fn command(&self, arg: &str) -> Command {
-        let mut c = Command::new(prog("postfix"));
-        c.arg("-c").arg(&self.dir).arg(arg);
-        c
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn log(&self) -> String {
-        format!(
-            "--- postfix log ---\n{}",
-            std::fs::read_to_string(self.dir.join("postfix.log")).unwrap_or_default()
-        )
-    }
-}
-
-impl Drop for RelayPostfix {
-    fn drop(&mut self) {
-        if !self.running {
-            return;
-        }
-        let pid: Option<i32> = std::fs::read_to_string(self.dir.join("queue/pid/master.pid"))
-            .ok()
-            .and_then(|s| s.trim().parse().ok());
-        let _ = output_within(self.command("stop"), Duration::from_secs(30));
-        if let Some(pid) = pid {
-            let pid = nix::unistd::Pid::from_raw(pid);
-            let start = Instant::now();
-            while nix::sys::signal::kill(pid, None).is_ok() {
-                if start.elapsed() > Duration::from_secs(10) {
-                    // This instance's master, by the pid it recorded.
-                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
 }
 
 /// Whether `program` is installed (for messages).

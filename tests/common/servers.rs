@@ -286,6 +286,62 @@ impl Postfix {
     /// system default for handshakes, as Dovecot has it.
     #[track_caller]
     pub fn start(dir: &Path, chain_files: &[&Path]) -> Postfix {
+        let chain: Vec<String> = chain_files
+            .iter()
+            .map(|p| p.to_str().unwrap().to_string())
+            .collect();
+        let tls_cf = format!(
+            "smtpd_banner = $myhostname ESMTP\n\
+             smtpd_tls_security_level = may\n\
+             smtpd_tls_chain_files = {chain}\n\
+             smtpd_tls_loglevel = 1\n\
+             tls_medium_cipherlist = DEFAULT:@SECLEVEL=2\n",
+            chain = chain.join(", "),
+        );
+        Postfix::launch(dir, &tls_cf, "")
+    }
+
+    /// Configure Postfix in `dir` to accept mail, pass it through the
+    /// milter at 127.0.0.1:`milter_port` and relay everything to
+    /// 127.0.0.1:`relay_port`, and start it.
+    #[track_caller]
+    pub fn start_relay(dir: &Path, milter_port: u16, relay_port: u16) -> Postfix {
+        let relay_cf = format!(
+            "relay_domains =\n\
+             relayhost = [127.0.0.1]:{relay_port}\n\
+             smtp_dns_support_level = disabled\n\
+             smtp_tls_security_level = none\n\
+             smtpd_milters = inet:127.0.0.1:{milter_port}\n\
+             non_smtpd_milters =\n\
+             milter_default_action = accept\n"
+        );
+        let delivery_services = "\
+            pickup    unix  n       -       n       60      1       pickup\n\
+            cleanup   unix  n       -       n       -       0       cleanup\n\
+            qmgr      unix  n       -       n       300     1       qmgr\n\
+            rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
+            bounce    unix  -       -       n       -       0       bounce\n\
+            defer     unix  -       -       n       -       0       bounce\n\
+            trace     unix  -       -       n       -       0       bounce\n\
+            verify    unix  -       -       n       -       1       verify\n\
+            flush     unix  n       -       n       1000?   0       flush\n\
+            proxymap  unix  -       -       n       -       -       proxymap\n\
+            smtp      unix  -       -       n       -       -       smtp\n\
+            relay     unix  -       -       n       -       -       smtp\n\
+            showq     unix  n       -       n       -       -       showq\n\
+            error     unix  -       -       n       -       -       error\n\
+            retry     unix  -       -       n       -       -       error\n\
+            discard   unix  -       -       n       -       -       discard\n\
+            scache    unix  -       -       n       -       1       scache\n";
+        Postfix::launch(dir, &relay_cf, delivery_services)
+    }
+
+    /// Write main.cf (the common settings, then `main_cf_extra`) and
+    /// master.cf (smtpd on a free loopback port and the services every
+    /// instance needs, then `master_cf_extra`), start Postfix and wait for
+    /// smtpd's banner.
+    #[track_caller]
+    fn launch(dir: &Path, main_cf_extra: &str, master_cf_extra: &str) -> Postfix {
         let port = free_port();
         std::fs::create_dir_all(dir).unwrap();
         let queue = dir.join("queue");
@@ -297,10 +353,6 @@ impl Postfix {
             .expect("user postfix exists");
         nix::unistd::chown(&data, Some(postfix.uid), Some(postfix.gid)).unwrap();
         open_dir(dir);
-        let chain: Vec<String> = chain_files
-            .iter()
-            .map(|p| p.to_str().unwrap().to_string())
-            .collect();
         let main_cf = format!(
             "compatibility_level = 3.6\n\
              queue_directory = {queue}\n\
@@ -318,22 +370,18 @@ impl Postfix {
              biff = no\n\
              maillog_file = {log}\n\
              maillog_file_prefixes = {dir}\n\
-             smtpd_banner = $myhostname ESMTP\n\
-             smtpd_tls_security_level = may\n\
-             smtpd_tls_chain_files = {chain}\n\
-             smtpd_tls_loglevel = 1\n\
-             tls_medium_cipherlist = DEFAULT:@SECLEVEL=2\n",
+             {main_cf_extra}",
             queue = queue.display(),
             data = data.display(),
             log = dir.join("postfix.log").display(),
             dir = dir.display(),
-            chain = chain.join(", "),
         );
         let master_cf = format!(
             "127.0.0.1:{port} inet n - n - - smtpd\n\
              tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n\
              anvil     unix  -       -       n       -       1       anvil\n\
-             postlog   unix-dgram n  -       n       -       1       postlogd\n"
+             postlog   unix-dgram n  -       n       -       1       postlogd\n\
+             {master_cf_extra}"
         );
         write(&dir.join("main.cf"), main_cf);
         write(&dir.join("master.cf"), master_cf);
