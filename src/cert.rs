@@ -274,6 +274,7 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// Every certificate in a PEM text, in order.
 pub fn parse_pem_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CertError> {
+    check_armor(pem)?;
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| CertError::BadPem(pem_error(&e)))?;
@@ -283,12 +284,62 @@ pub fn parse_pem_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, CertE
     Ok(certs)
 }
 
-/// The first certificate of a PEM text.
+/// The first certificate of a PEM text (which may be cut after that
+/// certificate: the armor of the whole text is checked by
+/// [`parse_pem_certs`] when the chain is read).
 pub fn first_pem_cert(pem: &[u8]) -> Result<CertificateDer<'static>, CertError> {
     match CertificateDer::from_pem_slice(pem) {
         Ok(c) => Ok(c),
         Err(pem::Error::NoItemsFound) => Err(CertError::NoPemCertificate),
         Err(e) => Err(CertError::BadPem(pem_error(&e))),
+    }
+}
+
+/// Every line that starts with five dashes must be a BEGIN or END line,
+/// in BEGIN/END pairs of one label. The PEM reader skips text it does not
+/// recognise as a block: a damaged BEGIN line (`-----BEGHN CERTIFICATE`)
+/// would silently drop that certificate, and a chain that lost its
+/// intermediate leaves the leaf's signature unchecked.
+fn check_armor(pem: &[u8]) -> Result<(), CertError> {
+    let damaged = |n: usize, why: &str| CertError::BadPem(format!("line {n}: {why}"));
+    let mut open: Option<&[u8]> = None;
+    for (i, line) in pem.split(|&b| b == b'\n').enumerate() {
+        let line = line.trim_ascii_end();
+        let Some(rest) = line.strip_prefix(b"-----") else {
+            continue;
+        };
+        let (begin, label) = if let Some(l) = rest.strip_prefix(b"BEGIN ") {
+            (true, l.strip_suffix(b"-----"))
+        } else if let Some(l) = rest.strip_prefix(b"END ") {
+            (false, l.strip_suffix(b"-----"))
+        } else {
+            (false, None)
+        };
+        let label = label
+            // RFC 7468 labels: printable characters, single spaces or
+            // hyphens between them.
+            .filter(|l| {
+                l.iter().all(|&b| b.is_ascii_graphic() || b == b' ')
+                    && !l.is_empty()
+                    && ![l[0], l[l.len() - 1]]
+                        .iter()
+                        .any(|&b| b == b' ' || b == b'-')
+                    && !l
+                        .windows(2)
+                        .any(|w| matches!(w, b"--" | b"  " | b" -" | b"- "))
+            })
+            .ok_or_else(|| damaged(i + 1, "a damaged PEM BEGIN or END line"))?;
+        match (begin, open) {
+            (true, None) => open = Some(label),
+            (true, Some(_)) => return Err(damaged(i + 1, "a PEM block begins inside another")),
+            (false, Some(o)) if o == label => open = None,
+            (false, Some(_)) => return Err(damaged(i + 1, "a PEM END line of another label")),
+            (false, None) => return Err(damaged(i + 1, "a PEM END line without its BEGIN")),
+        }
+    }
+    match open {
+        Some(_) => Err(CertError::BadPem("a PEM block has no END line".to_owned())),
+        None => Ok(()),
     }
 }
 
@@ -532,5 +583,71 @@ impl Bundle {
             .iter()
             .map(|c| pem_encode("CERTIFICATE", c.as_ref()).to_string())
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_armor;
+
+    #[test]
+    fn armor_lines_must_pair_up() {
+        let block = |label: &str| format!("-----BEGIN {label}-----\nAAAA\n-----END {label}-----\n");
+        let good = format!(
+            "subject=CN = x\n{}{}text between\r\n{}",
+            block("PRIVATE KEY"),
+            block("CERTIFICATE"),
+            block("CERTIFICATE").replace('\n', "\r\n")
+        );
+        assert!(check_armor(good.as_bytes()).is_ok());
+        for (bad, why) in [
+            (
+                good.replacen("-----BEGIN CERTIFICATE", "-----BEGHN CERTIFICATE", 1),
+                "damaged",
+            ),
+            (
+                good.replacen("-----BEGIN CERTIFICATE", ",----BEGIN CERTIFICATE", 1),
+                "without its BEGIN",
+            ),
+            (
+                good.replacen("-----END CERTIFICATE", "-----END CERTIFICATD", 1),
+                "another label",
+            ),
+            (
+                good.replacen("-----END PRIVATE KEY-----\n", "", 1),
+                "inside another",
+            ),
+            (
+                format!("{good}-----BEGIN CERTIFICATE-----\nAAAA\n"),
+                "no END line",
+            ),
+            (
+                good.replacen(
+                    "-----BEGIN CERTIFICATE-----",
+                    "-----BEGIN certificate-----",
+                    1,
+                ),
+                "another label",
+            ),
+            (
+                good.replacen(
+                    "-----BEGIN CERTIFICATE-----",
+                    "-----BEGIN CERTIFICATE----=",
+                    1,
+                ),
+                "damaged",
+            ),
+            (
+                good.replacen(
+                    "-----BEGIN CERTIFICATE-----",
+                    "-----BEGIN CERTIFICATE------",
+                    1,
+                ),
+                "damaged",
+            ),
+        ] {
+            let e = check_armor(bad.as_bytes()).unwrap_err().to_string();
+            assert!(e.contains(why), "{why}: {e}\n{bad}");
+        }
     }
 }

@@ -276,6 +276,39 @@ fn acme_entry_key_not_pem() {
     );
 }
 
+/// The entry's chain with the intermediate's BEGIN line replaced by
+/// `damaged`: the PEM reader would skip that block, and a leaf without
+/// its issuer has no signature to check.
+fn with_damaged_intermediate(e: &mut AcmeEntry, damaged: &str) {
+    let chain = String::from_utf8(B64.decode(e.certificate.as_ref().unwrap()).unwrap()).unwrap();
+    let second = chain
+        .match_indices("-----BEGIN CERTIFICATE-----")
+        .nth(1)
+        .unwrap()
+        .0;
+    let mut broken = chain.clone();
+    broken.replace_range(second..second + 27, damaged);
+    e.certificate = Some(B64.encode(broken));
+}
+
+#[test]
+fn acme_entry_damaged_begin_line() {
+    acme_entry_breaks(
+        false,
+        |e| with_damaged_intermediate(e, "-----BEGHN CERTIFICATE-----"),
+        "damaged pem begin or end line",
+    );
+}
+
+#[test]
+fn acme_entry_begin_line_without_dashes() {
+    acme_entry_breaks(
+        false,
+        |e| with_damaged_intermediate(e, ",----BEGIN CERTIFICATE-----"),
+        "pem end line without its begin",
+    );
+}
+
 fn encrypted_key_pem() -> String {
     // The body only has to look like an encrypted PKCS#8 structure.
     pem_block("ENCRYPTED PRIVATE KEY", &[0x30, 0x03, 0x02, 0x01, 0x00])
