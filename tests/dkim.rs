@@ -2,8 +2,9 @@
 //! loopback, checked only by third-party programs: `dig` for what the
 //! server publishes, `openssl` for the record a key file needs, dkimpy
 //! signing with mxkeys' key files and verifying through that server,
-//! `opendkim-testkey`, and a real OpenDKIM milter behind a real Postfix
-//! configured from mxkeys' KeyTable and SigningTable.
+//! `opendkim-testkey`, a real OpenDKIM milter behind a real Postfix
+//! configured from mxkeys' KeyTable and SigningTable, and a real Rspamd
+//! signing from mxkeys' `dkim_signing.conf`.
 //!
 //! Durations are short (lead 0-2 s, drain and revoke_hold 2 s); waits poll
 //! with deadlines, never assume how long anything takes.
@@ -20,7 +21,8 @@ use std::time::{Duration, Instant};
 use bind::{Bind, KEY_NAME};
 use common::dkim_tools::{
     BIND_TOOLS, DEADLINE, DKIMPY, Dkimpy, OPENDKIM, OPENDKIM_TESTKEY, OPENSSL, OpenDkim, PERL,
-    POSTFIX, SmtpSink, message, opendkim_testkey, record_of_key_file, smtp_send, testkey_conf,
+    POSTFIX, RSPAMD, Rspamd, SmtpSink, message, opendkim_testkey, record_of_key_file, smtp_send,
+    testkey_conf,
 };
 use common::servers::{Need, prog, require, run_ok};
 use serde_json::Value;
@@ -779,6 +781,121 @@ fn opendkim_milter_behind_postfix_signs_with_the_active_key_and_the_successor() 
     assert_verifies(&py, &first_signed, &first.selector, "rsa-sha256");
 }
 
+/// Rspamd signs from the `dkim_signing.conf` mxkeys writes, with both
+/// algorithms (Rspamd reads Ed25519 keys only in its own base64 form,
+/// which mxkeys writes beside the PEM file), as the unprivileged user
+/// `key_owner` names; after a forced rotation and mxkeys' reload, with the
+/// successors. dkimpy verifies every signature through BIND.
+#[test]
+fn rspamd_signs_with_both_algorithms_and_the_successors() {
+    let Some((bind, work)) = setup(
+        "rspamd_signs_with_both_algorithms_and_the_successors",
+        &[DKIMPY, RSPAMD],
+    ) else {
+        return;
+    };
+    // Rspamd's workers run as _rspamd: they must reach the key files.
+    for dir in [bind.dir(), work.as_path()] {
+        common::servers::open_dir(dir);
+    }
+    let rspamd = Rspamd::start(&work.join("rspamd"), bind.port);
+    let reload: Vec<String> = rspamd
+        .reload_argv()
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect();
+    let config = write_config(
+        &bind,
+        &work,
+        &format!(
+            "algorithms = [\"rsa-2048\", \"ed25519\"]\n\
+             lead = \"0s\"\n\
+             drain = \"1h\"\n\
+             signer = \"rspamd\"\n\
+             signer_dir = \"{}\"\n\
+             key_owner = \"{}\"\n\
+             reload = [{}]\n",
+            rspamd.local_d().display(),
+            Rspamd::USER,
+            reload.join(", ")
+        ),
+    );
+    let py = Dkimpy::new(&work.join("py"), bind.port);
+    let user = format!("alice@{DOMAIN}");
+    let context = || rspamd.log();
+    // Signs a message until Rspamd (reloading in the background) uses the
+    // `want` selectors; every signature it makes must verify.
+    let mut n = 0;
+    let mut signed_by = |want: &BTreeSet<String>| {
+        common::servers::poll(
+            "Rspamd to sign with the active selectors",
+            DEADLINE,
+            || {
+                n += 1;
+                let signed = rspamd.sign(&message(DOMAIN, &format!("rspamd-{n}")), &user);
+                let verdicts = py.verify(&signed);
+                for v in &verdicts {
+                    assert!(v.ok, "dkimpy must verify Rspamd's signature: {v:?}");
+                }
+                let selectors: BTreeSet<String> =
+                    verdicts.iter().map(|v| v.selector.clone()).collect();
+                (&selectors == want).then_some((signed, verdicts))
+            },
+            context,
+        )
+    };
+
+    // The active keys are on the server (the tables checks of
+    // assert_converged are OpenDKIM's; here Rspamd's signatures show it).
+    let published = |work: &Path| {
+        for k in keys(work).iter().filter(|k| k.state == "active") {
+            assert_eq!(bind.txt_values(&k.name()), vec![k.record.clone()], "{k:?}");
+        }
+    };
+    mx_ok(&config, &["dkim", "rotate"]);
+    published(&work);
+    let (rsa, ed) = (
+        key(&work, "rsa-2048", "active"),
+        key(&work, "ed25519", "active"),
+    );
+    let (first, verdicts) = signed_by(&[rsa.selector.clone(), ed.selector.clone()].into());
+    let algorithms: BTreeSet<&str> = verdicts.iter().map(|v| v.algorithm.as_str()).collect();
+    assert_eq!(algorithms, ["ed25519-sha256", "rsa-sha256"].into());
+    // Rspamd's copy of the Ed25519 key: its own form, the configured
+    // owner, mode 0600, beside the PEM file in a directory _rspamd enters.
+    use std::os::unix::fs::MetadataExt as _;
+    let rspamd_user = nix::unistd::User::from_name(Rspamd::USER).unwrap().unwrap();
+    let copy = ed.file.with_extension("rspamd");
+    let meta = std::fs::metadata(&copy).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid()),
+        (0o600, rspamd_user.uid.as_raw()),
+        "{}",
+        copy.display()
+    );
+    let dir = std::fs::metadata(ed.file.parent().unwrap()).unwrap();
+    assert_eq!(dir.uid(), rspamd_user.uid.as_raw());
+    let conf = std::fs::read_to_string(rspamd.local_d().join("dkim_signing.conf")).unwrap();
+    assert!(
+        conf.contains(&format!("path = \"{}\";", copy.display())),
+        "{conf}"
+    );
+
+    // A forced rotation: mxkeys reloads Rspamd, which signs with the
+    // successors; mail signed before still verifies.
+    mx_ok(&config, &["dkim", "rotate", "--force"]);
+    published(&work);
+    let (rsa2, ed2) = (
+        key(&work, "rsa-2048", "active"),
+        key(&work, "ed25519", "active"),
+    );
+    assert!(rsa2.selector != rsa.selector && ed2.selector != ed.selector);
+    signed_by(&[rsa2.selector.clone(), ed2.selector.clone()].into());
+    let again = py.verify(&first);
+    assert_eq!(again.len(), 2);
+    assert!(again.iter().all(|v| v.ok), "{again:?}");
+}
+
 // ---------------------------------------------------------------------------
 // 4. Crash safety
 // ---------------------------------------------------------------------------
@@ -1378,11 +1495,18 @@ fn rspamd_and_amavis_files_name_the_active_selectors() {
     let ks = keys(&work);
     assert_eq!(names_in(&ks, "active").len(), 2);
     for k in &ks {
+        // Rspamd reads Ed25519 keys from its own form, written beside the PEM.
+        let file = if k.algorithm == "ed25519" {
+            k.file.with_extension("rspamd")
+        } else {
+            k.file.clone()
+        };
+        assert_eq!(common::mode_of(&file) & 0o777, 0o600, "{}", file.display());
         assert!(
             conf.contains(&format!(
                 "{{ selector = \"{}\"; path = \"{}\"; }}",
                 k.selector,
-                k.file.display()
+                file.display()
             )),
             "{conf}"
         );

@@ -92,6 +92,27 @@ pub fn inspect(pem: &str) -> Result<(DkimAlgorithm, String), String> {
     Ok((algorithm, record))
 }
 
+/// An Ed25519 key in the form Rspamd reads: the base64 of its 32-byte
+/// seed on one line. Rspamd 3.4 reads only RSA keys from PEM files ("cannot
+/// extract rsa key from evp key"); for Ed25519 it wants this raw form.
+pub fn rspamd_ed25519(pem: &str) -> Result<Zeroizing<String>, String> {
+    use aws_lc_rs::encoding::AsBigEndian as _;
+    use aws_lc_rs::signature::Ed25519KeyPair;
+    use rustls_pki_types::PrivatePkcs8KeyDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| format!("not a PKCS#8 PEM key: {e}"))?;
+    let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
+        .map_err(|e| format!("not an ed25519 key: {e}"))?;
+    let seed = pair
+        .seed()
+        .and_then(|s| s.as_be_bytes())
+        .map_err(|_| "cannot read the ed25519 seed".to_owned())?;
+    let mut line = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(seed.as_ref()));
+    line.push('\n');
+    Ok(line)
+}
+
 /// The record value of a revoked key: an empty `p=` (RFC 6376 §3.6.1).
 pub fn revoked_record(algorithm: DkimAlgorithm) -> String {
     if algorithm.is_rsa() {
@@ -139,5 +160,22 @@ mod tests {
             revoked_record(DkimAlgorithm::Ed25519),
             "v=DKIM1; k=ed25519; p="
         );
+    }
+
+    #[test]
+    fn rspamd_form_is_the_seed_of_the_published_key() {
+        use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair as _};
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let ed = generate(DkimAlgorithm::Ed25519).unwrap();
+        let line = rspamd_ed25519(&ed.pem).unwrap();
+        assert!(line.ends_with('\n') && !line.trim_end().contains(['\n', ' ']));
+        let seed = b64.decode(line.trim_end()).unwrap();
+        assert_eq!(seed.len(), 32);
+        let pair = Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+        let published = ed.record.strip_prefix("v=DKIM1; k=ed25519; p=").unwrap();
+        assert_eq!(b64.encode(pair.public_key().as_ref()), published);
+        let rsa = generate(DkimAlgorithm::Rsa2048).unwrap();
+        assert!(rspamd_ed25519(&rsa.pem).is_err());
+        assert!(rspamd_ed25519("garbage").is_err());
     }
 }

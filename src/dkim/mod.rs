@@ -196,6 +196,18 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
 /// Writes the signer's files from the state when they differ, recording
 /// first that a reload is owed. Returns whether anything was written.
 fn update_signer(config: &Config, d: &Dkim, book: &mut Book) -> Result<bool, String> {
+    // Key files in the signer's own form first: the configuration names them.
+    for k in book.keys.iter().filter(|k| k.state == KeyState::Active) {
+        if let Some(path) = signer::derived_key_file(d.signer, k) {
+            let pem = std::fs::read_to_string(&k.file)
+                .map_err(|e| format!("{}: {}", k.file.display(), crate::source::io_reason(&e)))?;
+            let derived =
+                keys::rspamd_ed25519(&pem).map_err(|e| format!("{}: {e}", k.file.display()))?;
+            if !std::fs::read(&path).is_ok_and(|old| old == derived.as_bytes()) {
+                write_key(d, &path, &derived)?;
+            }
+        }
+    }
     let files = signer::render(d.signer, &d.signer_dir, book);
     if !signer::differs(&files) {
         return Ok(false);
@@ -343,10 +355,13 @@ async fn perform(
                     .await
                     .map_err(|e| failed(format!("deleting {}: {e}", k.record_name())))?;
             }
-            if let Err(e) = std::fs::remove_file(&k.file)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                return Err(failed(format!("{}: cannot remove: {e}", k.file.display())));
+            // The signer's own copy (written when the key signed) goes too.
+            for file in [k.file.clone(), signer::rspamd_key_file(&k.file)] {
+                if let Err(e) = std::fs::remove_file(&file)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    return Err(failed(format!("{}: cannot remove: {e}", file.display())));
+                }
             }
             book.keys.remove(*i);
             save(config, book).map_err(failed)?;
@@ -382,9 +397,42 @@ async fn write_record(
 
 /// Writes a key file under its own name, never over another key.
 fn write_key(d: &Dkim, path: &Path, pem: &str) -> Result<(), String> {
+    let owner = key_ownership(d)?;
     if let Some(dir) = path.parent() {
-        crate::state::ensure_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        key_directory(d, dir, &owner)?;
     }
+    crate::install::write_atomic(path, pem.as_bytes(), d.key_mode, Some(owner))
+        .map_err(|e| format!("{}: {}", path.display(), crate::source::io_reason(&e)))
+}
+
+/// Creates `dir` (KEY_DIR/DOMAIN) and KEY_DIR when missing, mode 0700.
+/// With `key_owner` or `key_group`, the signer runs as that user or group
+/// and must enter them: the domain directory (and KEY_DIR when mxkeys
+/// created it) then belongs to them, mode 0700 for an owner alone, 0750
+/// with a group.
+fn key_directory(d: &Dkim, dir: &Path, owner: &crate::install::Ownership) -> Result<(), String> {
+    let io =
+        |p: &Path, e: std::io::Error| format!("{}: {}", p.display(), crate::source::io_reason(&e));
+    let new_key_dir = !d.key_dir.exists();
+    crate::state::ensure_dir(dir).map_err(|e| io(dir, e))?;
+    if owner.uid.is_none() && owner.gid.is_none() {
+        return Ok(());
+    }
+    let mode = if owner.gid.is_some() { 0o750 } else { 0o700 };
+    let mut dirs = vec![dir];
+    if new_key_dir && dir != d.key_dir {
+        dirs.push(&d.key_dir);
+    }
+    for dir in dirs {
+        std::os::unix::fs::chown(dir, owner.uid, owner.gid).map_err(|e| io(dir, e))?;
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
+            .map_err(|e| io(dir, e))?;
+    }
+    Ok(())
+}
+
+/// The owner and group `key_owner` and `key_group` name.
+fn key_ownership(d: &Dkim) -> Result<crate::install::Ownership, String> {
     let target = crate::config::Target {
         name: "dkim".into(),
         domains: Vec::new(),
@@ -397,9 +445,7 @@ fn write_key(d: &Dkim, path: &Path, pem: &str) -> Result<(), String> {
         verify: Vec::new(),
         verify_timeout: d.reload_timeout,
     };
-    let owner = crate::install::ownership(&target)?;
-    crate::install::write_atomic(path, pem.as_bytes(), d.key_mode, Some(owner))
-        .map_err(|e| format!("{}: {}", path.display(), crate::source::io_reason(&e)))
+    crate::install::ownership(&target)
 }
 
 /// Before publishing: the key file must exist and hold the key the record

@@ -5,11 +5,25 @@
 
 use std::path::{Path, PathBuf};
 
-use super::machine::{Book, KeyState};
-use crate::config::Signer;
+use super::machine::{Book, Key, KeyState};
+use crate::config::{DkimAlgorithm, Signer};
 
 const HEADER: &str =
     "# Written by mxkeys from its DKIM key state: do not edit (changes are overwritten).\n";
+
+/// The file holding `k` in the form `signer` reads, when that is not the
+/// PEM file itself: Rspamd reads Ed25519 keys only as a base64 seed
+/// (see [`super::keys::rspamd_ed25519`]), written beside the PEM file as
+/// `SELECTOR.rspamd`.
+pub fn derived_key_file(signer: Signer, k: &Key) -> Option<PathBuf> {
+    (signer == Signer::Rspamd && k.algorithm == DkimAlgorithm::Ed25519)
+        .then(|| rspamd_key_file(&k.file))
+}
+
+/// Where the Rspamd form of the key in `pem_file` is written.
+pub fn rspamd_key_file(pem_file: &Path) -> PathBuf {
+    pem_file.with_extension("rspamd")
+}
 
 /// The files a signer reads, with their content.
 pub fn render(signer: Signer, dir: &Path, book: &Book) -> Vec<(PathBuf, String)> {
@@ -55,10 +69,11 @@ pub fn render(signer: Signer, dir: &Path, book: &Book) -> Vec<(PathBuf, String)>
                 conf.push_str(&format!("  {domain} {{\n    selectors [\n"));
                 while i < active.len() && &active[i].domain == domain {
                     let k = active[i];
+                    let file = derived_key_file(signer, k).unwrap_or_else(|| k.file.clone());
                     conf.push_str(&format!(
                         "      {{ selector = \"{}\"; path = \"{}\"; }},\n",
                         k.selector,
-                        k.file.display()
+                        file.display()
                     ));
                     i += 1;
                 }
@@ -221,7 +236,7 @@ mod tests {
     fn rspamd_and_amavis() {
         let r = &render(Signer::Rspamd, Path::new("/etc/rspamd/local.d"), &book())[0];
         assert_eq!(r.0, PathBuf::from("/etc/rspamd/local.d/dkim_signing.conf"));
-        assert!(r.1.contains("  example.com {\n    selectors [\n      { selector = \"r2\"; path = \"/var/lib/mxkeys/dkim/example.com/r2.pem\"; },\n      { selector = \"e2\";"));
+        assert!(r.1.contains("  example.com {\n    selectors [\n      { selector = \"r2\"; path = \"/var/lib/mxkeys/dkim/example.com/r2.pem\"; },\n      { selector = \"e2\"; path = \"/var/lib/mxkeys/dkim/example.com/e2.rspamd\"; },\n"));
         let a = &render(Signer::Amavis, Path::new("/etc/amavis"), &book())[0];
         assert!(
             a.1.contains(

@@ -1,9 +1,9 @@
 //! Third-party DKIM tools for the DKIM tests, all on loopback: dkimpy
 //! (signing with a key file, verifying through a given DNS server),
 //! `opendkim-testkey` (through libunbound pointed at that server), the
-//! OpenDKIM milter, an SMTP sink run by the test (behind
-//! `servers::Postfix::start_relay`), and `openssl` to compute a key file's
-//! DKIM record independently of mxkeys.
+//! OpenDKIM milter, Rspamd (signing through `rspamc`), an SMTP sink run by
+//! the test (behind `servers::Postfix::start_relay`), and `openssl` to
+//! compute a key file's DKIM record independently of mxkeys.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -46,6 +46,7 @@ pub const OPENDKIM_TESTKEY: &[Need] = &[("opendkim-testkey", "opendkim-tools")];
 pub const OPENDKIM: &[Need] = &[("opendkim", "opendkim")];
 pub const POSTFIX: &[Need] = &[("postfix", "postfix")];
 pub const PERL: &[Need] = &[("perl", "perl-base")];
+pub const RSPAMD: &[Need] = &[("rspamd", "rspamd"), ("rspamc", "rspamd")];
 
 /// The deadline of every wait in these tests.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -555,6 +556,174 @@ pub fn smtp_send(addr: &str, from: &str, to: &str, message: &[u8]) {
     expect(&mut r, "250", "end of DATA");
     w.write_all(b"QUIT\r\n").unwrap();
     let _ = smtp_reply(&mut r);
+}
+
+// ---------------------------------------------------------------------------
+// Rspamd
+// ---------------------------------------------------------------------------
+
+/// Rspamd (`rspamd -f`, our child) on Debian's `/etc/rspamd` configuration
+/// with everything it writes in `dir`: LOCAL_CONFDIR is `dir/local`, so the
+/// `dkim_signing.conf` mxkeys writes to [`Rspamd::local_d`] is what it
+/// signs with. The normal worker and the controller listen on free
+/// loopback ports, the proxy is off, and DNS goes to 127.0.0.1:`dns_port`
+/// (an authoritative-only server: nothing leaves loopback). Workers run as
+/// `_rspamd`, as Debian runs them.
+pub struct Rspamd {
+    child: Child,
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Rspamd {
+    pub const USER: &str = "_rspamd";
+
+    #[track_caller]
+    pub fn start(dir: &Path, dns_port: u16) -> Rspamd {
+        let user = nix::unistd::User::from_name(Rspamd::USER)
+            .unwrap()
+            .expect("user _rspamd exists (package rspamd)");
+        for sub in ["local/local.d", "local/override.d", "db", "run", "log"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        for sub in ["db", "run", "log"] {
+            nix::unistd::chown(&dir.join(sub), Some(user.uid), Some(user.gid)).unwrap();
+        }
+        super::servers::open_dir(dir);
+        let (port, controller) = (free_port(), free_port());
+        let local = dir.join("local");
+        write(
+            &local.join("override.d/worker-normal.inc"),
+            format!("bind_socket = \"127.0.0.1:{port}\";\ncount = 1;\n"),
+        );
+        write(
+            &local.join("override.d/worker-controller.inc"),
+            format!("bind_socket = \"127.0.0.1:{controller}\";\ncount = 1;\n"),
+        );
+        write(
+            &local.join("override.d/worker-proxy.inc"),
+            "enabled = false;\n",
+        );
+        write(
+            &local.join("override.d/logging.inc"),
+            format!(
+                "type = \"file\";\nfilename = \"{}\";\nlevel = \"info\";\n",
+                dir.join("log/rspamd.log").display()
+            ),
+        );
+        write(
+            &local.join("local.d/options.inc"),
+            format!("dns {{ nameserver = [\"127.0.0.1:{dns_port}\"]; }}\n"),
+        );
+        let out = std::fs::File::create(dir.join("rspamd.out")).unwrap();
+        let mut c = Command::new(prog("rspamd"));
+        c.args([
+            "-f",
+            "-u",
+            Rspamd::USER,
+            "-g",
+            Rspamd::USER,
+            "-c",
+            "/etc/rspamd/rspamd.conf",
+        ]);
+        for (var, sub) in [
+            ("LOCAL_CONFDIR", "local"),
+            ("DBDIR", "db"),
+            ("RUNDIR", "run"),
+            ("LOGDIR", "log"),
+        ] {
+            c.arg(format!("--var={var}={}", dir.join(sub).display()));
+        }
+        let child = c
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        let mut r = Rspamd {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        };
+        // The first start compiles Rspamd's regular expressions: seconds.
+        let ready = Instant::now();
+        loop {
+            if let Some(status) = r.child.try_wait().unwrap() {
+                panic!("rspamd exited ({status}): {}", r.log());
+            }
+            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            assert!(
+                ready.elapsed() < DEADLINE,
+                "rspamd did not listen: {}",
+                r.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        r
+    }
+
+    /// Where mxkeys writes `dkim_signing.conf` (its `signer_dir`).
+    pub fn local_d(&self) -> PathBuf {
+        self.dir.join("local/local.d")
+    }
+
+    /// The reload command for mxkeys: SIGHUP to Rspamd's main process,
+    /// which re-reads its configuration and restarts its workers.
+    pub fn reload_argv(&self) -> Vec<String> {
+        vec!["kill".into(), "-HUP".into(), self.child.id().to_string()]
+    }
+
+    /// The message as Rspamd returns it (`rspamc --mime`) when submitted by
+    /// the authenticated user `user` from 127.0.0.1: with the signatures
+    /// its dkim_signing module added.
+    pub fn sign(&self, message: &[u8], user: &str) -> Vec<u8> {
+        let msg = self.dir.join("to-sign.eml");
+        write(&msg, message);
+        let mut c = Command::new(prog("rspamc"));
+        c.arg("-h")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .args(["-i", "127.0.0.1", "-u", user, "-F", user, "--mime"])
+            .arg(&msg);
+        let out = run_ok(c);
+        // rspamc writes LF line ends; DKIM verification wants the CRLF
+        // message Rspamd signed.
+        let text = String::from_utf8(out.stdout).unwrap();
+        text.replace("\r\n", "\n")
+            .replace('\n', "\r\n")
+            .into_bytes()
+    }
+
+    pub fn log(&self) -> String {
+        format!(
+            "--- rspamd ---\n{}\n{}",
+            std::fs::read_to_string(self.dir.join("rspamd.out")).unwrap_or_default(),
+            std::fs::read_to_string(self.dir.join("log/rspamd.log"))
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.contains("dkim") || l.contains("error") || l.contains("cannot"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    }
+}
+
+impl Drop for Rspamd {
+    fn drop(&mut self) {
+        // Our own child: SIGTERM lets it stop its workers.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let start = Instant::now();
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if start.elapsed() > Duration::from_secs(10) {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.wait();
+    }
 }
 
 /// Whether `program` is installed (for messages).
