@@ -85,11 +85,17 @@ pub struct Selection<'c> {
     pub unrelated: Vec<&'c Candidate>,
 }
 
-/// Ranking key: smaller is better.
+/// Ranking key: smaller is better. Among the self-signed fallback's own
+/// certificates the order is fixed (ECDSA, then RSA) rather than by
+/// notAfter: which was made later says nothing about which to serve.
 fn rank(c: &Candidate, wildcards: usize) -> (bool, std::cmp::Reverse<i64>, usize, usize, usize) {
     (
         c.fallback,
-        std::cmp::Reverse(c.leaf.validity.not_after),
+        std::cmp::Reverse(if c.fallback {
+            0
+        } else {
+            c.leaf.validity.not_after
+        }),
         wildcards,
         c.origin.source_index,
         c.origin.entry_index,

@@ -369,6 +369,34 @@ fn self_signed_rsa_for_rsa_target() {
     }
 }
 
+/// Between the fallback's own certificates the order is fixed (ECDSA for a
+/// target that takes any key type), whichever was made later: the RSA one
+/// is often seconds newer (RSA keys take longer), or years when an RSA
+/// target was added later.
+#[test]
+fn self_signed_ecdsa_for_any_target_even_when_rsa_is_newer() {
+    let env = Env::new();
+    let t = Target::new(&env, "postfix");
+    let t_rsa = Target::new(&env, "legacy")
+        .key_type("rsa")
+        .domains(&[OTHER]);
+    env.write_config(&[src_self_signed()], &[&t, &t_rsa]);
+    env.sync().ok();
+    assert_eq!(cert_info(&t.installed_leaf()).key_type, "ecdsa-p256");
+    // A stored RSA fallback that lives longer than the ECDSA one.
+    let later = Ca::new("later").issue(
+        &LeafSpec::new(&[HOST, OTHER])
+            .kind(KeyKind::Rsa2048)
+            .days(3000),
+    );
+    let dir = env.state.join("self-signed");
+    write(&dir.join("rsa.crt"), later.fullchain_pem());
+    write(&dir.join("rsa.key"), later.key_pem());
+    env.sync().ok();
+    assert_eq!(cert_info(&t.installed_leaf()).key_type, "ecdsa-p256");
+    t_rsa.assert_installed(&later);
+}
+
 /// The self-signed fallback is replaced once a CA certificate shows up.
 #[test]
 fn self_signed_replaced_by_ca_certificate() {
