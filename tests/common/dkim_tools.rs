@@ -325,6 +325,27 @@ pub fn opendkim_testkey(conf: &Path, domain: &str, selector: &str, key: &Path) -
     )
 }
 
+/// Waits until `ready()`; panics with `log()` if `child` (`what`) exits
+/// first or is not ready within [`DEADLINE`].
+#[track_caller]
+fn wait_ready(child: &mut Child, what: &str, ready: impl Fn() -> bool, log: impl Fn() -> String) {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("{what} exited ({status}): {}", log());
+        }
+        if ready() {
+            return;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "{what} did not listen: {}",
+            log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 // ---------------------------------------------------------------------------
 // The OpenDKIM milter
 // ---------------------------------------------------------------------------
@@ -379,21 +400,13 @@ impl OpenDkim {
             pidfile,
             log,
         };
-        let ready = Instant::now();
-        loop {
-            if let Some(status) = o.child.try_wait().unwrap() {
-                panic!("opendkim exited ({status}): {}", o.log());
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() && o.pidfile.exists() {
-                break;
-            }
-            assert!(
-                ready.elapsed() < DEADLINE,
-                "opendkim did not listen: {}",
-                o.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let (pidfile, log) = (o.pidfile.clone(), o.log.clone());
+        wait_ready(
+            &mut o.child,
+            "opendkim",
+            || TcpStream::connect(("127.0.0.1", port)).is_ok() && pidfile.exists(),
+            || std::fs::read_to_string(&log).unwrap_or_default(),
+        );
         o
     }
 
@@ -646,21 +659,13 @@ impl Rspamd {
             dir: dir.to_path_buf(),
         };
         // The first start compiles Rspamd's regular expressions: seconds.
-        let ready = Instant::now();
-        loop {
-            if let Some(status) = r.child.try_wait().unwrap() {
-                panic!("rspamd exited ({status}): {}", r.log());
-            }
-            if TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                break;
-            }
-            assert!(
-                ready.elapsed() < DEADLINE,
-                "rspamd did not listen: {}",
-                r.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let log = Rspamd::log_of(&r.dir);
+        wait_ready(
+            &mut r.child,
+            "rspamd",
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+            log,
+        );
         r
     }
 
@@ -696,16 +701,24 @@ impl Rspamd {
     }
 
     pub fn log(&self) -> String {
-        format!(
-            "--- rspamd ---\n{}\n{}",
-            std::fs::read_to_string(self.dir.join("rspamd.out")).unwrap_or_default(),
-            std::fs::read_to_string(self.dir.join("log/rspamd.log"))
-                .unwrap_or_default()
-                .lines()
-                .filter(|l| l.contains("dkim") || l.contains("error") || l.contains("cannot"))
-                .collect::<Vec<_>>()
-                .join("\n")
-        )
+        Rspamd::log_of(&self.dir)()
+    }
+
+    /// What Rspamd in `dir` printed, and its log lines about DKIM and errors.
+    fn log_of(dir: &Path) -> impl Fn() -> String + use<> {
+        let dir = dir.to_path_buf();
+        move || {
+            format!(
+                "--- rspamd ---\n{}\n{}",
+                std::fs::read_to_string(dir.join("rspamd.out")).unwrap_or_default(),
+                std::fs::read_to_string(dir.join("log/rspamd.log"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains("dkim") || l.contains("error") || l.contains("cannot"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        }
     }
 }
 
