@@ -348,16 +348,21 @@ fn self_signed_not_used_when_ca_certificate_valid() {
     t.assert_installed(&good);
 }
 
+/// Only the self-signed source, for `postfix` (any key type, HOST) and
+/// `legacy` (key_type = "rsa", OTHER), synced once.
+fn self_signed_any_and_rsa(env: &Env) -> (Target, Target) {
+    let t = Target::new(env, "postfix");
+    let t_rsa = Target::new(env, "legacy").key_type("rsa").domains(&[OTHER]);
+    env.write_config(&[src_self_signed()], &[&t, &t_rsa]);
+    env.sync().ok();
+    (t, t_rsa)
+}
+
 /// A target with key_type = "rsa" gets an RSA-2048 self-signed certificate.
 #[test]
 fn self_signed_rsa_for_rsa_target() {
     let env = Env::new();
-    let t = Target::new(&env, "postfix");
-    let t_rsa = Target::new(&env, "legacy")
-        .key_type("rsa")
-        .domains(&[OTHER]);
-    env.write_config(&[src_self_signed()], &[&t, &t_rsa]);
-    env.sync().ok();
+    let (t, t_rsa) = self_signed_any_and_rsa(&env);
     let ec = cert_info(&t.installed_leaf());
     let rsa = cert_info(&t_rsa.installed_leaf());
     assert_eq!(ec.key_type, "ecdsa-p256");
@@ -376,12 +381,7 @@ fn self_signed_rsa_for_rsa_target() {
 #[test]
 fn self_signed_ecdsa_for_any_target_even_when_rsa_is_newer() {
     let env = Env::new();
-    let t = Target::new(&env, "postfix");
-    let t_rsa = Target::new(&env, "legacy")
-        .key_type("rsa")
-        .domains(&[OTHER]);
-    env.write_config(&[src_self_signed()], &[&t, &t_rsa]);
-    env.sync().ok();
+    let (t, t_rsa) = self_signed_any_and_rsa(&env);
     assert_eq!(cert_info(&t.installed_leaf()).key_type, "ecdsa-p256");
     // A stored RSA fallback that lives longer than the ECDSA one.
     let later = Ca::new("later").issue(
