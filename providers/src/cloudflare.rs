@@ -407,39 +407,22 @@ impl Cloudflare {
         Ok(out)
     }
 
-    async fn create(
+    /// Writes one record: a new one (POST) or, with `record_id`, over that
+    /// record in place (PATCH).
+    async fn write_record(
         &self,
         zone_id: &str,
+        record_id: Option<&str>,
         name: &str,
         ttl: u32,
         value: &RData,
     ) -> Result<(), Error> {
         let body = RecordBody::new(name, ttl, value);
-        let request = ApiRequest::new(
-            Method::POST,
-            format!("zones/{zone_id}/dns_records"),
-            None,
-            Some(to_json(&body)?),
-        );
-        let _: (serde_json::Value, _) = self.call(&request).await?;
-        Ok(())
-    }
-
-    async fn update(
-        &self,
-        zone_id: &str,
-        record_id: &str,
-        name: &str,
-        ttl: u32,
-        value: &RData,
-    ) -> Result<(), Error> {
-        let body = RecordBody::new(name, ttl, value);
-        let request = ApiRequest::new(
-            Method::PATCH,
-            format!("zones/{zone_id}/dns_records/{record_id}"),
-            None,
-            Some(to_json(&body)?),
-        );
+        let (method, path) = match record_id {
+            None => (Method::POST, format!("zones/{zone_id}/dns_records")),
+            Some(id) => (Method::PATCH, format!("zones/{zone_id}/dns_records/{id}")),
+        };
+        let request = ApiRequest::new(method, path, None, Some(to_json(&body)?));
         let _: (serde_json::Value, _) = self.call(&request).await?;
         Ok(())
     }
@@ -500,10 +483,11 @@ impl RecordStore for Cloudflare {
         );
         // Updates and creations first, deletions last: the set is never empty.
         for (record_id, value) in &plan.update {
-            self.update(&zone_id, record_id, &name, ttl, value).await?;
+            self.write_record(&zone_id, Some(record_id), &name, ttl, value)
+                .await?;
         }
         for value in &plan.create {
-            self.create(&zone_id, &name, ttl, value).await?;
+            self.write_record(&zone_id, None, &name, ttl, value).await?;
         }
         for record_id in &plan.delete {
             self.delete(&zone_id, record_id).await?;
