@@ -27,7 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bind::{Bind, KEY_NAME};
-use common::servers::{Pebble, which};
+use common::servers::{Need, Pebble, require_programs};
 use common::*;
 use serde_json::Value;
 
@@ -55,47 +55,17 @@ const MAIL: &str = "mail.example.test";
 // Required programs
 // ---------------------------------------------------------------------------
 
-fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
-}
+/// pebble and BIND. Missing: with `CI=true` the test fails; without it, a
+/// loud message names the Debian packages and the test returns.
+const NEEDS: &[Need] = &[
+    ("pebble", "pebble"),
+    ("named", "bind9"),
+    ("tsig-keygen", "bind9"),
+    ("dig", "bind9-dnsutils"),
+];
 
-/// True when pebble and BIND are installed. Otherwise: with `CI=true` the
-/// test fails; without it, a loud message names the Debian packages and the
-/// test returns.
 fn require(test: &str) -> bool {
-    let needs = [
-        ("pebble", "pebble"),
-        ("named", "bind9"),
-        ("tsig-keygen", "bind9"),
-        ("dig", "bind9-dnsutils"),
-    ];
-    let mut missing = Vec::new();
-    let mut packages: Vec<&str> = Vec::new();
-    for (program, package) in needs {
-        if which(program).is_none() {
-            missing.push(program);
-            if !packages.contains(&package) {
-                packages.push(package);
-            }
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!(
-        "missing {}: install the Debian package(s) with `apt-get install {}` (or run `bash .ci/test` as root)",
-        missing.join(", "),
-        packages.join(" ")
-    );
-    if is_ci() {
-        panic!("{test}: CI=true and {msg}");
-    }
-    eprintln!(
-        "\n************************************************************\n\
-         SKIPPING {test}: {msg}\n\
-         ************************************************************\n"
-    );
-    false
+    require_programs(test, &[NEEDS])
 }
 
 // ---------------------------------------------------------------------------

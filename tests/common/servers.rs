@@ -70,6 +70,15 @@ fn is_ci() -> bool {
 /// `CI=true` the test fails (installing them is `.ci/test`'s job); without
 /// it, a loud message names what to install and the caller returns.
 pub fn require(test: &str, needs: &[&[Need]]) -> bool {
+    check_needs(test, needs, true)
+}
+
+/// Like [`require`], for tests that start no server needing root.
+pub fn require_programs(test: &str, needs: &[&[Need]]) -> bool {
+    check_needs(test, needs, false)
+}
+
+fn check_needs(test: &str, needs: &[&[Need]], as_root: bool) -> bool {
     let mut missing_progs = Vec::new();
     let mut packages: Vec<&str> = Vec::new();
     for (p, pkg) in needs.iter().flat_map(|n| n.iter()) {
@@ -88,7 +97,7 @@ pub fn require(test: &str, needs: &[&[Need]]) -> bool {
             packages.join(" ")
         ));
     }
-    if !nix::unistd::geteuid().is_root() {
+    if as_root && !nix::unistd::geteuid().is_root() {
         problems.push("the mail servers must be started as root".to_string());
     }
     if problems.is_empty() {
