@@ -105,21 +105,10 @@ impl Container {
 /// A TOML target writing what container mode writes into `dir`.
 fn tls_target(name: &str, dir: &Path, key_type: &str) -> Target {
     Target {
-        name: name.to_owned(),
-        dir: dir.to_path_buf(),
         domains: Some(vec![HOST.to_owned()]),
         key_type: Some(key_type.to_owned()),
-        fullchain: Some(dir.join("fullchain.pem")),
-        key: Some(dir.join("privkey.pem")),
         combined: Some(dir.join("combined.pem")),
-        cert: None,
-        chain: None,
-        mode: None,
-        owner: None,
-        group: None,
-        reload: None,
-        reload_timeout: None,
-        extra: vec![],
+        ..Target::in_dir(name, dir)
     }
 }
 

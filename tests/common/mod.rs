@@ -647,44 +647,41 @@ impl AcmeEntry {
         self.sans = Some(sans.iter().map(|s| s.to_string()).collect());
         self
     }
+    /// The entry as Traefik v2/v3 writes it (lower-case keys, optionally
+    /// a `Store`).
     fn v2(&self, store: bool) -> Value {
-        let mut domain = serde_json::Map::new();
-        if let Some(m) = &self.main {
-            domain.insert("main".into(), json!(m));
-        }
-        if let Some(s) = &self.sans {
-            domain.insert("sans".into(), json!(s));
-        }
-        let mut e = serde_json::Map::new();
-        e.insert("domain".into(), Value::Object(domain));
-        if let Some(c) = &self.certificate {
-            e.insert("certificate".into(), json!(c));
-        }
-        if let Some(k) = &self.key {
-            e.insert("key".into(), json!(k));
-        }
+        let mut e = self.encode(["domain", "main", "sans", "certificate", "key"]);
         if store {
             e.insert("Store".into(), json!("default"));
         }
         Value::Object(e)
     }
+    /// The entry as Traefik v1 writes it (capitalised keys).
     fn v1(&self) -> Value {
+        Value::Object(self.encode(["Domain", "Main", "SANs", "Certificate", "Key"]))
+    }
+    /// The entry's fields under the given key names: [domain, main, sans,
+    /// certificate, key]; unset fields are left out.
+    fn encode(
+        &self,
+        [domain_k, main_k, sans_k, cert_k, key_k]: [&str; 5],
+    ) -> serde_json::Map<String, Value> {
         let mut domain = serde_json::Map::new();
         if let Some(m) = &self.main {
-            domain.insert("Main".into(), json!(m));
+            domain.insert(main_k.into(), json!(m));
         }
         if let Some(s) = &self.sans {
-            domain.insert("SANs".into(), json!(s));
+            domain.insert(sans_k.into(), json!(s));
         }
         let mut e = serde_json::Map::new();
-        e.insert("Domain".into(), Value::Object(domain));
+        e.insert(domain_k.into(), Value::Object(domain));
         if let Some(c) = &self.certificate {
-            e.insert("Certificate".into(), json!(c));
+            e.insert(cert_k.into(), json!(c));
         }
         if let Some(k) = &self.key {
-            e.insert("Key".into(), json!(k));
+            e.insert(key_k.into(), json!(k));
         }
-        Value::Object(e)
+        e
     }
 }
 
@@ -909,6 +906,13 @@ impl Target {
     pub fn new(env: &Env, name: &str) -> Target {
         let dir = env.out.join(name);
         fs::create_dir_all(&dir).unwrap();
+        Target::in_dir(name, &dir)
+    }
+
+    /// Target `name` writing `fullchain.pem` and `privkey.pem` into `dir`,
+    /// every other key unset.
+    pub fn in_dir(name: &str, dir: &Path) -> Target {
+        let dir = dir.to_path_buf();
         Target {
             name: name.to_string(),
             fullchain: Some(dir.join("fullchain.pem")),
