@@ -83,16 +83,6 @@ mxkeys=${MXKEYS:-$repo/target/release/mxkeys}
 gen=$repo/target/release/gen-acme-json
 [[ -x $mxkeys && -x $gen ]] || die "build first (or drop --no-build)"
 
-wait_quiet() {
-    local deadline=$((SECONDS + quiet_wait)) busy
-    while :; do
-        busy=$(busy_pct)
-        [[ $busy -lt 10 ]] && { echo "idle (${busy}% busy)"; return; }
-        [[ $SECONDS -ge $deadline ]] && { echo "NOT idle (${busy}% busy)"; return; }
-        echo "acme-ingest-scaling: machine ${busy}% busy, waiting" >&2
-    done
-}
-
 : >"$out/sizes.txt"
 for n in $counts; do
     d=$out/$n
@@ -106,7 +96,8 @@ for n in $counts; do
     bash -o pipefail "$d/jq.sh" || die "the jq pipeline failed on $n entries"
     "$PYTHON" bench/acme_ingest_baseline.py "$d/acme.json" "$target" >/dev/null \
         || die "the python baseline failed on $n entries"
-    quiet=$(wait_quiet)
+    wait_quiet acme-ingest-scaling "$quiet_wait"
+    if [[ $quiet == yes ]]; then quiet="idle (${busy}% busy)"; else quiet="NOT idle (${busy}% busy)"; fi
     hyperfine -N --warmup "$warmup" --min-runs "$runs" --export-json "$d/hyperfine.json" \
         --command-name mxkeys "$mxkeys --config $d/mxkeys.toml check" \
         --command-name jq "bash $d/jq.sh" \

@@ -144,17 +144,7 @@ for i in "${!pythons[@]}"; do
 done
 
 # --- wait for a quiet machine ---------------------------------------------
-quiet=no
-deadline=$((SECONDS + quiet_wait))
-while :; do
-    busy=$(busy_pct)
-    if [[ $busy -lt 10 ]]; then quiet=yes; break; fi
-    if [[ $SECONDS -ge $deadline ]]; then
-        echo "acme-ingest: WARNING: the machine is still ${busy}% busy; timing anyway" >&2
-        break
-    fi
-    echo "acme-ingest: machine ${busy}% busy, waiting for it to settle" >&2
-done
+wait_quiet acme-ingest "$quiet_wait"
 echo "== machine idle before timing: $quiet (${busy}% busy)" >&2
 
 # --- timing ---------------------------------------------------------------

@@ -149,23 +149,7 @@ $TTL 300
 ns IN A 127.0.0.1
 * IN A 127.0.0.1
 EOF
-cat >"$dnsdir/named.conf" <<EOF
-include "$dnsdir/tsig.key";
-options {
-    directory "$dnsdir";
-    pid-file "$dnsdir/named.pid";
-    session-keyfile "$dnsdir/session.key";
-    managed-keys-directory "$dnsdir";
-    listen-on port $dns_port { 127.0.0.1; };
-    listen-on-v6 { none; };
-    recursion no;
-    dnssec-validation no;
-    notify no;
-    allow-transfer { none; };
-};
-controls { };
-zone "example.test" { type primary; file "$dnsdir/example.test.zone"; allow-update { key "$key_name"; }; };
-EOF
+write_named_conf "$dnsdir" "$dns_port" "$key_name"
 named -g -4 -c "$dnsdir/named.conf" >"$dnsdir/named.log" 2>&1 &
 pids+=($!)
 wait_for "named" 20 sh -c "dig @127.0.0.1 -p $dns_port +norecurse +time=1 +tries=1 SOA example.test +short | grep -q hostmaster"
@@ -318,17 +302,7 @@ echo "acme-issue: creating each client's account (one certificate for h00.exampl
     || { tail -30 "$cdir/prepare.log" >&2; die "certbot could not issue h00 with --dns-rfc2136-propagation-seconds $certbot_prop"; }
 
 # --- wait for a quiet machine -----------------------------------------------
-quiet=no
-deadline=$((SECONDS + quiet_wait))
-while :; do
-    busy=$(busy_pct)
-    if [[ $busy -lt 10 ]]; then quiet=yes; break; fi
-    if [[ $SECONDS -ge $deadline ]]; then
-        echo "acme-issue: WARNING: the machine is still ${busy}% busy; timing anyway" >&2
-        break
-    fi
-    echo "acme-issue: machine ${busy}% busy, waiting for it to settle" >&2
-done
+wait_quiet acme-issue "$quiet_wait"
 
 # --- machine ----------------------------------------------------------------
 cpu=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)

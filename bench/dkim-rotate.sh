@@ -11,6 +11,8 @@
 # Needs bind9 and bind9-dnsutils (named, tsig-keygen, dig). Target: under 30 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 N=${N:-200}
 ALGORITHMS=${ALGORITHMS:-'"rsa-2048"'}
 
@@ -39,23 +41,7 @@ cat > "$W/example.test.zone" <<EOF
 @ IN NS ns.example.test.
 ns IN A 127.0.0.1
 EOF
-cat > "$W/named.conf" <<EOF
-include "$W/tsig.key";
-options {
-    directory "$W";
-    pid-file "$W/named.pid";
-    session-keyfile "$W/session.key";
-    managed-keys-directory "$W";
-    listen-on port $PORT { 127.0.0.1; };
-    listen-on-v6 { none; };
-    recursion no;
-    dnssec-validation no;
-    notify no;
-    allow-transfer { none; };
-};
-controls { };
-zone "example.test" { type primary; file "$W/example.test.zone"; allow-update { key "bench-key"; }; };
-EOF
+write_named_conf "$W" "$PORT" bench-key
 named -4 -c "$W/named.conf"
 for _ in $(seq 100); do
     dig @127.0.0.1 -p "$PORT" +short +time=1 +tries=1 SOA example.test | grep -q hostmaster && break
