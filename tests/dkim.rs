@@ -89,6 +89,19 @@ fn write_config(bind: &Bind, work: &Path, dkim: &str) -> PathBuf {
     path
 }
 
+/// `dkim import --domain DOMAIN --selector SELECTOR FILE`.
+fn import_args<'a>(selector: &'a str, file: &'a Path) -> [&'a str; 7] {
+    [
+        "dkim",
+        "import",
+        "--domain",
+        DOMAIN,
+        "--selector",
+        selector,
+        file.to_str().unwrap(),
+    ]
+}
+
 /// `mxkeys --config CONFIG ARGS` (never panicking).
 fn mx(config: &Path, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_mxkeys"))
@@ -1275,18 +1288,7 @@ fn import_adopts_a_published_key_and_refuses_an_unpublished_one() {
     // A key whose record is not published: refused, nothing adopted.
     let missing = work.join("missing.pem");
     let record = openssl_key(&missing);
-    let out = mx(
-        &config,
-        &[
-            "dkim",
-            "import",
-            "--domain",
-            DOMAIN,
-            "--selector",
-            "legacy0",
-            missing.to_str().unwrap(),
-        ],
-    );
+    let out = mx(&config, &import_args("legacy0", &missing));
     assert!(!out.status.success(), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("legacy0._domainkey.example.test"), "{err}");
@@ -1301,18 +1303,7 @@ fn import_adopts_a_published_key_and_refuses_an_unpublished_one() {
     let legacy = work.join("legacy.pem");
     let record = openssl_key(&legacy);
     nsupdate_txt(&bind, "legacy1._domainkey.example.test", &record);
-    let out = mx_ok(
-        &config,
-        &[
-            "dkim",
-            "import",
-            "--domain",
-            DOMAIN,
-            "--selector",
-            "legacy1",
-            legacy.to_str().unwrap(),
-        ],
-    );
+    let out = mx_ok(&config, &import_args("legacy1", &legacy));
     assert!(out.contains("imported legacy1"), "{out}");
     let k = key(&work, "rsa-2048", "active");
     assert_eq!(k.selector, "legacy1");
@@ -1324,18 +1315,7 @@ fn import_adopts_a_published_key_and_refuses_an_unpublished_one() {
     let out = mx_ok(&config, &["dkim", "rotate"]);
     assert!(out.trim().is_empty(), "{out}");
     // The same selector cannot be imported twice.
-    let out = mx(
-        &config,
-        &[
-            "dkim",
-            "import",
-            "--domain",
-            DOMAIN,
-            "--selector",
-            "legacy1",
-            legacy.to_str().unwrap(),
-        ],
-    );
+    let out = mx(&config, &import_args("legacy1", &legacy));
     assert!(!out.status.success(), "{}", describe(&out));
 }
 
