@@ -1468,7 +1468,8 @@ fn rspamd_and_amavis_files_name_the_active_selectors() {
     let config = write_config(
         &bind,
         &work,
-        "algorithms = [\"rsa-2048\", \"ed25519\"]\nlead = \"0s\"\nsigner = \"rspamd\"\n",
+        "algorithms = [\"rsa-2048\", \"ed25519\"]\nlead = \"0s\"\nsigner = \"rspamd\"\n\
+         drain = \"1s\"\nrevoke_hold = \"1s\"\n",
     );
     mx_ok(&config, &["dkim", "rotate"]);
     let conf = std::fs::read_to_string(work.join("signer/dkim_signing.conf")).unwrap();
@@ -1498,12 +1499,24 @@ fn rspamd_and_amavis_files_name_the_active_selectors() {
         "{conf}"
     );
     // A forced rotation: only the successors are named.
+    let first_ed = key(&work, "ed25519", "active");
     mx_ok(&config, &["dkim", "rotate", "--force"]);
     let conf = std::fs::read_to_string(work.join("signer/dkim_signing.conf")).unwrap();
     for k in keys(&work) {
         let named = conf.contains(&format!("selector = \"{}\";", k.selector));
         assert_eq!(named, k.state == "active", "{k:?}\n{conf}");
     }
+    // When the old Ed25519 key is deleted (drain and revoke_hold 1 s),
+    // Rspamd's copy of it goes too; the successor's stays.
+    let start = Instant::now();
+    while keys(&work).iter().any(|k| k.selector == first_ed.selector) {
+        assert!(start.elapsed() < DEADLINE, "{:#?}", keys(&work));
+        std::thread::sleep(Duration::from_millis(300));
+        mx_ok(&config, &["dkim", "rotate"]);
+    }
+    assert!(!first_ed.file.exists() && !first_ed.file.with_extension("rspamd").exists());
+    let second_ed = key(&work, "ed25519", "active");
+    assert!(second_ed.file.with_extension("rspamd").exists());
 
     // amavis: a fresh state, RSA only; the file is Perl amavisd can `do`.
     let work2 = work.join("amavis");
