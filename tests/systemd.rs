@@ -23,6 +23,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::bind::{Bind as Dns, KEY_NAME};
+use common::servers::{PEBBLE, Pebble, require_programs};
 use common::{Ca, HOST, Leaf, LeafSpec, q, read_pem, sha256_hex, src_files, write};
 use nspawn::{Bind, Guest};
 
@@ -138,9 +139,8 @@ struct Host {
 }
 
 impl Host {
-    /// A certificate for [`HOST`] as a files source, the configuration
-    /// directory and an empty [`TLS`].
-    fn new(leaf: &Leaf) -> Host {
+    /// An empty configuration directory, sources directory and [`TLS`].
+    fn new() -> Host {
         let dir = tempfile::Builder::new()
             .prefix("mxkeys-systemd-")
             .tempdir()
@@ -150,8 +150,7 @@ impl Host {
         for d in [&etc, &tls] {
             std::fs::create_dir_all(d).unwrap();
         }
-        write(&dir.path().join("src/fullchain.pem"), leaf.fullchain_pem());
-        write(&dir.path().join("src/privkey.pem"), leaf.key_pem());
+        std::fs::create_dir_all(dir.path().join("src")).unwrap();
         Host { dir, etc, tls }
     }
 
@@ -159,8 +158,11 @@ impl Host {
         self.dir.path().join(rel)
     }
 
-    /// Writes /etc/mxkeys/mxkeys.toml: the files source and `targets`.
-    fn configure(&self, rest: &str) {
+    /// Writes /etc/mxkeys/mxkeys.toml: `leaf` as a files source, then
+    /// `rest` (targets, other tables).
+    fn configure(&self, leaf: &Leaf, rest: &str) {
+        write(&self.path("src/fullchain.pem"), leaf.fullchain_pem());
+        write(&self.path("src/privkey.pem"), leaf.key_pem());
         let text = format!(
             "hostname = {}\nstate_dir = \"/var/lib/mxkeys\"\n\n{}\n{rest}",
             q(HOST),
@@ -170,6 +172,11 @@ impl Host {
                 None
             ),
         );
+        self.configure_raw(&text);
+    }
+
+    /// Writes /etc/mxkeys/mxkeys.toml as is.
+    fn configure_raw(&self, text: &str) {
         write(&self.etc.join("mxkeys.toml"), text);
     }
 
@@ -279,8 +286,8 @@ fn leaf() -> Leaf {
 fn started_daemon_unit_has_written_an_owned_target_and_run_its_reload() {
     let test = "started_daemon_unit_has_written_an_owned_target_and_run_its_reload";
     let leaf = leaf();
-    let host = Host::new(&leaf);
-    host.configure(&postfix_target());
+    let host = Host::new();
+    host.configure(&leaf, &postfix_target());
     let Some(guest) = host.boot(test, vec![]) else {
         return;
     };
@@ -310,17 +317,17 @@ fn started_daemon_unit_has_written_an_owned_target_and_run_its_reload() {
 fn systemctl_reload_applies_a_changed_target() {
     let test = "systemctl_reload_applies_a_changed_target";
     let leaf = leaf();
-    let host = Host::new(&leaf);
-    host.configure(&postfix_target());
+    let host = Host::new();
+    host.configure(&leaf, &postfix_target());
     let Some(guest) = host.boot(test, vec![]) else {
         return;
     };
     guest.ok(&["systemctl", "start", "mxkeys"]);
     let pid = guest.property("mxkeys", "MainPID");
-    host.configure(&format!(
-        "{}fullchain = \"{TLS}/fullchain.pem\"\n",
-        postfix_target()
-    ));
+    host.configure(
+        &leaf,
+        &format!("{}fullchain = \"{TLS}/fullchain.pem\"\n", postfix_target()),
+    );
     guest.ok(&["systemctl", "reload", "mxkeys"]);
     wait_until(
         &guest,
@@ -355,8 +362,8 @@ fn systemctl_reload_applies_a_changed_target() {
 fn systemctl_stop_ends_the_daemon_cleanly() {
     let test = "systemctl_stop_ends_the_daemon_cleanly";
     let leaf = leaf();
-    let host = Host::new(&leaf);
-    host.configure(&postfix_target());
+    let host = Host::new();
+    host.configure(&leaf, &postfix_target());
     let Some(guest) = host.boot(test, vec![]) else {
         return;
     };
@@ -373,15 +380,58 @@ fn systemctl_stop_ends_the_daemon_cleanly() {
     assert!(journal.contains("stopping"), "no clean stop in:\n{journal}");
 }
 
-/// The timer's service, started by hand as the timer would: `mxkeys
-/// renew` runs to success under its own sandbox and the target is written
-/// with its owner and reloaded.
+/// The zone pebble resolves through for the renew test.
+const ACME_ZONE: &str = "$TTL 300
+@ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60
+@ IN NS ns.example.test.
+ns IN A 127.0.0.1
+mail IN A 127.0.0.1
+";
+
+/// The timer's service, started by hand as the timer would: `mxkeys renew`
+/// under its own sandbox orders a certificate from a real ACME CA (pebble,
+/// DNS-01 through BIND with TSIG), keeps its account in the state
+/// directory, then syncs: the target holds the issued certificate with
+/// its owner, group and mode, and its reload ran.
 #[test]
-fn renew_service_started_as_its_timer_would_installs_an_owned_target() {
-    let test = "renew_service_started_as_its_timer_would_installs_an_owned_target";
-    let leaf = leaf();
-    let host = Host::new(&leaf);
-    host.configure(&postfix_target());
+fn renew_service_started_as_its_timer_would_orders_and_installs_an_owned_target() {
+    let test = "renew_service_started_as_its_timer_would_orders_and_installs_an_owned_target";
+    if !nspawn::available(test) || !require_programs(test, &[PEBBLE]) {
+        return;
+    }
+    let Some(dns) = Dns::start_with_zone(ACME_ZONE) else {
+        return;
+    };
+    let host = Host::new();
+    let pebble = Pebble::start_with_dns(&host.path("pebble"), dns.addr());
+    std::fs::copy(&pebble.https_ca, host.etc.join("pebble-ca.pem")).unwrap();
+    std::fs::copy(dns.dir().join("tsig.key"), host.etc.join("tsig.key")).unwrap();
+    host.configure_raw(&format!(
+        "hostname = \"mail.example.test\"\n\
+         state_dir = \"/var/lib/mxkeys\"\n\
+         [acme]\n\
+         directory = {url}\n\
+         email = \"admin@example.test\"\n\
+         ca_bundle = \"/etc/mxkeys/pebble-ca.pem\"\n\
+         [dns.bind]\n\
+         type = \"rfc2136\"\n\
+         server = \"{addr}\"\n\
+         zone = \"example.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\n\
+         tsig_secret_file = \"/etc/mxkeys/tsig.key\"\n\
+         nameservers = [\"{addr}\"]\n\
+         propagation_interval = \"200ms\"\n\
+         propagation_timeout = \"30s\"\n\
+         [[source]]\n\
+         type = \"acme\"\n\
+         name = \"pebble\"\n\
+         domains = [\"mail.example.test\"]\n\
+         challenge = \"dns-01\"\n\
+         dns = \"bind\"\n\n{target}",
+        url = q(&pebble.url),
+        addr = dns.addr(),
+        target = postfix_target(),
+    ));
     let Some(guest) = host.boot(test, vec![]) else {
         return;
     };
@@ -403,7 +453,27 @@ fn renew_service_started_as_its_timer_would_installs_an_owned_target() {
         guest.stat("%U:%G:%a", &format!("{TLS}/chain.pem")),
         "daemon:mail:640"
     );
-    assert_combined(&host.tls.join("chain.pem"), &leaf);
+    let blocks = read_pem(&host.tls.join("chain.pem"));
+    assert!(blocks.len() >= 3, "key, leaf, intermediate:\n{journal}");
+    assert!(common::is_private_key_label(&blocks[0].0));
+    assert_eq!(
+        common::private_key_public_raw(&blocks[0].0, &blocks[0].1),
+        common::leaf_public_key_raw(&blocks[1].1),
+        "the key is not the leaf's"
+    );
+    let info = common::cert_info(&blocks[1].1);
+    assert_eq!(info.dns_sans, vec!["mail.example.test".to_owned()]);
+    assert!(
+        info.issuer.to_lowercase().contains("pebble"),
+        "issued by {}",
+        info.issuer
+    );
+    // The account lives in the state directory, readable by root only.
+    let accounts = guest.stdout(&["sh", "-c", "stat -c %a /var/lib/mxkeys/acme/accounts/*"]);
+    assert!(
+        !accounts.trim().is_empty() && accounts.lines().all(|m| m == "600"),
+        "account files' modes: {accounts:?}"
+    );
     assert_eq!(reloads(&host), 1, "the reload ran once:\n{journal}");
 }
 
@@ -449,16 +519,19 @@ fn dkim_config(dns: &Dns, nameservers: &[String], timeout: &str) -> String {
 /// A host for the DKIM tests: the TLS part as in the others, the TSIG
 /// key in /etc/mxkeys, and host directories for the key and signer dirs.
 fn dkim_host(dns: &Dns, leaf: &Leaf, nameservers: &[String], timeout: &str) -> Host {
-    let host = Host::new(leaf);
+    let host = Host::new();
     std::fs::copy(dns.dir().join("tsig.key"), host.etc.join("tsig.key")).unwrap();
     for d in ["dkimkeys", "opendkim"] {
         std::fs::create_dir_all(host.path(d)).unwrap();
     }
-    host.configure(&format!(
-        "{}\n{}",
-        postfix_target(),
-        dkim_config(dns, nameservers, timeout)
-    ));
+    host.configure(
+        leaf,
+        &format!(
+            "{}\n{}",
+            postfix_target(),
+            dkim_config(dns, nameservers, timeout)
+        ),
+    );
     host
 }
 
