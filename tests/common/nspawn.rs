@@ -18,7 +18,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::common::servers::{Need, output_within, require};
@@ -37,10 +37,27 @@ const INCLUDE: &str = "systemd,systemd-sysv,dbus";
 /// How long the guest may take to boot, or to power off.
 const BOOT_DEADLINE: Duration = Duration::from_secs(60);
 
-/// True when a guest can be booted here; otherwise fails under `CI=true`,
-/// or says loudly what to install and returns false.
+/// True when a guest can be booted here: the programs are installed and
+/// the root is made (or was). Otherwise fails under `CI=true`, or says
+/// loudly what is missing and returns false.
 pub fn available(test: &str) -> bool {
-    require(test, &[NSPAWN])
+    if !require(test, &[NSPAWN]) {
+        return false;
+    }
+    match rootfs() {
+        Ok(_) => true,
+        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") => {
+            panic!("{test}: CI=true and the guest root cannot be made: {e}")
+        }
+        Err(e) => {
+            eprintln!(
+                "\n************************************************************\n\
+                 SKIPPING {test}: the guest root cannot be made: {e}\n\
+                 ************************************************************\n"
+            );
+            false
+        }
+    }
 }
 
 /// The cache directory: `$MXKEYS_NSPAWN_CACHE`, else
@@ -115,28 +132,30 @@ fn mirror(suite: &str) -> String {
 }
 
 /// The guest's root file system, made on first use (about 45 s) and reused
-/// afterwards. Panics when it cannot be made: the caller has already
-/// checked [`available`], so a failure here is a real one.
-pub fn rootfs() -> PathBuf {
-    static BUILDING: Mutex<()> = Mutex::new(());
-    let _one_thread = BUILDING.lock().unwrap_or_else(|e| e.into_inner());
+/// afterwards; one attempt per test process.
+pub fn rootfs() -> Result<PathBuf, String> {
+    static ROOT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    ROOT.get_or_init(make_rootfs).clone()
+}
+
+fn make_rootfs() -> Result<PathBuf, String> {
     let cache = cache_dir();
-    fs::create_dir_all(&cache).unwrap();
+    fs::create_dir_all(&cache).map_err(|e| format!("{}: {e}", cache.display()))?;
     // One builder across test processes too.
-    let lock = fs::File::create(cache.join("lock")).unwrap();
+    let lock = fs::File::create(cache.join("lock")).map_err(|e| format!("{e}"))?;
     let _lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-        .unwrap_or_else(|(_, e)| panic!("cannot lock {}: {e}", cache.display()));
+        .map_err(|(_, e)| format!("cannot lock {}: {e}", cache.display()))?;
     let root = cache.join("root");
     let marker = cache.join("complete");
     let suite = codename();
     let url = mirror(&suite);
     let recipe = format!("mmdebstrap --variant=minbase --include={INCLUDE} {suite} {url}\n");
     if fs::read_to_string(&marker).ok().as_deref() == Some(recipe.as_str()) && root.is_dir() {
-        return root;
+        return Ok(root);
     }
     let partial = cache.join("root.partial");
     for stale in [&marker, &root, &partial] {
-        remove_any(stale);
+        remove_any(stale).map_err(|e| format!("{}: {e}", stale.display()))?;
     }
     eprintln!("making the guest root with: {}", recipe.trim_end());
     let mut cmd = Command::new("mmdebstrap");
@@ -145,23 +164,24 @@ pub fn rootfs() -> PathBuf {
         .arg(&suite)
         .arg(&partial)
         .arg(&url);
-    let out = output_within(cmd, Duration::from_secs(600)).unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "mmdebstrap failed ({}):\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    fs::rename(&partial, &root).unwrap();
-    fs::write(&marker, recipe).unwrap();
-    root
+    let out = output_within(cmd, Duration::from_secs(600))?;
+    if !out.status.success() {
+        return Err(format!(
+            "mmdebstrap failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    fs::rename(&partial, &root).map_err(|e| format!("{}: {e}", root.display()))?;
+    fs::write(&marker, recipe).map_err(|e| format!("{}: {e}", marker.display()))?;
+    Ok(root)
 }
 
-fn remove_any(path: &Path) {
+fn remove_any(path: &Path) -> std::io::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if m.is_dir() => fs::remove_dir_all(path).unwrap(),
-        Ok(_) => fs::remove_file(path).unwrap(),
-        Err(_) => {}
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(_) => Ok(()),
     }
 }
 
@@ -212,9 +232,10 @@ fn cgroup_roots() -> Vec<PathBuf> {
 
 impl Guest {
     /// Boots `rootfs()` as machine `mxkeys-TAG-PID` with `binds`, and
-    /// waits until systemd reports the system `running`.
+    /// waits until systemd reports the system `running`. Call it after
+    /// [`available`] said yes.
     pub fn boot(tag: &str, binds: &[Bind]) -> Guest {
-        let root = rootfs();
+        let root = rootfs().unwrap_or_else(|e| panic!("the guest root: {e}"));
         // A machine name is a host name: no underscores.
         let name = format!("mxkeys-{}-{}", tag.replace('_', "-"), std::process::id());
         let dir = tempfile::Builder::new()
