@@ -477,6 +477,55 @@ fn renew_service_started_as_its_timer_would_orders_and_installs_an_owned_target(
     assert_eq!(reloads(&host), 1, "the reload ran once:\n{journal}");
 }
 
+/// The README's drop-in: a target directory the units do not list is
+/// read-only to the daemon (ProtectSystem=strict) and its target fails;
+/// after `ReadWritePaths=` for it in
+/// /etc/systemd/system/mxkeys.service.d/, the restarted daemon writes it.
+#[test]
+fn target_outside_readwritepaths_is_written_once_a_drop_in_adds_its_directory() {
+    let test = "target_outside_readwritepaths_is_written_once_a_drop_in_adds_its_directory";
+    let leaf = leaf();
+    let host = Host::new();
+    let elsewhere = host.path("srv-mail-tls");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    host.configure(
+        &leaf,
+        "[[target]]\n\
+         name = \"elsewhere\"\n\
+         combined = \"/srv/mail/tls/chain.pem\"\n\
+         owner = \"daemon\"\n",
+    );
+    let Some(guest) = host.boot(test, vec![Bind::rw(&elsewhere, "/srv/mail/tls")]) else {
+        return;
+    };
+    guest.ok(&["systemctl", "start", "mxkeys"]);
+    let journal = guest.journal(Some("mxkeys"));
+    assert!(
+        !elsewhere.join("chain.pem").exists(),
+        "written outside ReadWritePaths: the sandbox is not in force:\n{journal}"
+    );
+    assert!(
+        journal.contains("/srv/mail/tls/chain.pem"),
+        "the failed target is not reported:\n{journal}"
+    );
+    guest.ok(&[
+        "sh",
+        "-c",
+        "mkdir -p /etc/systemd/system/mxkeys.service.d && \
+         printf '[Service]\\nReadWritePaths=/srv/mail/tls\\n' \
+         > /etc/systemd/system/mxkeys.service.d/override.conf && \
+         systemctl daemon-reload",
+    ]);
+    guest.ok(&["systemctl", "restart", "mxkeys"]);
+    assert!(
+        elsewhere.join("chain.pem").exists(),
+        "not written with the drop-in:\n{}",
+        guest.journal(Some("mxkeys"))
+    );
+    assert_combined(&elsewhere.join("chain.pem"), &leaf);
+    assert_eq!(guest.stat("%U:%a", "/srv/mail/tls/chain.pem"), "daemon:600");
+}
+
 // ---------------------------------------------------------------------------
 // DKIM under the unit
 // ---------------------------------------------------------------------------
