@@ -552,7 +552,8 @@ mod tests {
         let w = names(&["mail.example.com", "smtp.example.com"]);
         let other = names(&["imap.example.com"]);
         // (issuance, directory, account, names, may replace)
-        let table: [(Option<&Issuance>, &str, &str, &[DnsName], bool); 5] = [
+        type Row<'a> = (Option<&'a Issuance>, &'a str, &'a str, &'a [DnsName], bool);
+        let table: [Row<'_>; 5] = [
             (Some(&mine), DIR, &account, &w, true),
             (Some(&mine), STAGING, &account, &w, false),
             (Some(&mine), DIR, "https://ca.example/acct/2", &w, false),
