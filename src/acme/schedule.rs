@@ -175,10 +175,12 @@ pub fn due(f: &Facts<'_>) -> Due {
     if f.now >= held.not_after {
         return Due::Now(Reason::Expired);
     }
-    if let Some(until) = quiet_until(f) {
-        return Due::Later(until);
+    let ruled = rules(f, held);
+    match (quiet_until(f), ruled) {
+        (Some(until), Due::Later(at)) => Due::Later(at.max(until)),
+        (Some(until), _) => Due::Later(until),
+        (None, ruled) => ruled,
     }
-    rules(f, held)
 }
 
 /// The end of the quiet time after a successful order, while the
@@ -522,10 +524,12 @@ mod tests {
         f.force = false;
         f.now = 7 * DAY;
         assert_eq!(due(&f), Due::Now(Reason::Expired));
-        // A healthy fresh certificate: nothing to report.
+        // A healthy fresh certificate: nothing to report, and its renewal
+        // time as the rules say.
         let mut f = facts(1001, Some(&h), &w);
         f.issuance = Some(&just);
         assert_eq!(still_due(&f), None);
+        assert_eq!(due(&f), Due::Later(3 * DAY));
     }
 
     #[test]
