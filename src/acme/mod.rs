@@ -261,35 +261,60 @@ pub fn failing(outcomes: &[Outcome]) -> bool {
     outcomes.iter().any(|o| o.urgent)
 }
 
-/// When each `acme` source is next due (or its backoff ends, its ARI
-/// window should be asked again, or a certificate stored early becomes
-/// valid): the daemon's next wake-up.
+/// When each `acme` source is next due (or its backoff ends, or its ARI
+/// window should be asked again): what `status` and the metrics show.
 pub fn next_due(config: &Config) -> BTreeMap<String, i64> {
+    times(config)
+        .into_iter()
+        .map(|(name, due, _)| (name, due))
+        .collect()
+}
+
+/// When the daemon should look again: the first source due, or with an
+/// ARI window to ask for, an order to fetch again, or a certificate
+/// stored early becoming valid.
+pub fn next_check(config: &Config) -> Option<i64> {
+    times(config).into_iter().map(|(_, _, check)| check).min()
+}
+
+/// Per source: (name, next due, next check).
+fn times(config: &Config) -> Vec<(String, i64, i64)> {
     let now = crate::now();
     config
         .acme_sources()
         .map(|s| {
             let state = SourceState::load(s);
             let held = holding(s);
-            let mut at = match decide(s, &config.acme, held.as_ref(), &state, false, now) {
+            let due = decide(s, &config.acme, held.as_ref(), &state, false, now);
+            let mut at = match due {
                 Due::Now(_) => now,
                 Due::Later(at) => at,
                 Due::BackingOff { until } => until,
             };
             if let Some(ari) = state.ari_of(held.as_ref()) {
-                at = at.min(ari.refetch_at.max(state.ari_retry_at.unwrap_or(0)));
+                at = at.min(ari.refetch_at.max(state.ari_retry_at.unwrap_or(i64::MIN)));
+            }
+            let mut check = at;
+            // The first ARI fetch (as `renew` decides it is stale), not
+            // before a failed one's retry time.
+            if held.is_some()
+                && state.ari_of(held.as_ref()).is_none()
+                && matches!(due, Due::Later(_))
+            {
+                let fetch = state.no_ari_since.map_or(now, |t| t + 86_400);
+                check = check.min(fetch.max(state.ari_retry_at.unwrap_or(i64::MIN)));
             }
             if state.pending_order.is_some() {
-                at = at.min(state.next_attempt_at.unwrap_or(now));
+                check = check.min(state.next_attempt_at.unwrap_or(now));
             }
             // A certificate stored a little before its notBefore (clock
             // skew): the reconcile after it installs it.
             if let Some(h) = &held
                 && h.facts.not_before > now
             {
-                at = at.min(h.facts.not_before + 1);
+                check = check.min(h.facts.not_before + 1);
             }
-            (s.name.clone(), at)
+            (s.name.clone(), at, check)
         })
         .collect()
 }

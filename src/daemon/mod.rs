@@ -226,7 +226,7 @@ impl Daemon {
     fn next_renewal(&self) -> Option<Instant> {
         let due = crate::acme::next_due(&self.config);
         self.metrics.set_next_renewals(&due);
-        let at = due.values().min().copied()?;
+        let at = crate::acme::next_check(&self.config)?;
         let at = crate::acme::schedule::next_wake(self.last_renewal, at);
         let wait = (at - crate::now()).clamp(1, 7 * 86_400);
         tracing::debug!(
