@@ -1361,7 +1361,15 @@ fn a_rate_limited_order_waits_for_the_retry_after_and_renew_fails_only_when_it_m
     let fixed = fake.renew(&["--force"]);
     assert_eq!(fixed.code, 0, "{}", fake.context(&fixed));
     fake.ca.set(|k| k.rate_limit_orders = Some(60));
+    let orders = fake.ca.count("POST /order");
     let forced = fake.renew(&["--force"]);
+    // A rate limit is not retried without `replaces`: one request.
+    assert_eq!(
+        fake.ca.count("POST /order"),
+        orders + 1,
+        "{}",
+        fake.ca.log()
+    );
     assert!(
         line(&forced, "web").contains("rateLimited"),
         "{}",

@@ -126,9 +126,15 @@ pub async fn order(
         new_order
     };
     let mut order = match ctx.account.new_order(&build(replaced.is_some())).await {
-        // The CA refused `replaces` (no ARI, `alreadyReplaced` after an
-        // order left pending, a certificate it does not know): once
-        // without it.
+        // A CA without ARI takes no `replaces`: order without it.
+        Err(instant_acme::Error::Unsupported(_)) if replaced.is_some() => {
+            ctx.account.new_order(&build(false)).await
+        }
+        // A rate limit applies with or without `replaces`.
+        Err(e) if is_rate_limited(&e) => Err(e),
+        // The CA refused `replaces` (`alreadyReplaced` after an order left
+        // pending, a certificate it does not know or gave another
+        // account): once without it.
         Err(e) if replaced.is_some() => {
             tracing::warn!(
                 "acme source {}: the order naming the certificate it replaces was refused ({}); ordering without `replaces`",
@@ -528,6 +534,11 @@ fn problem_text(p: &Problem) -> String {
         ));
     }
     text
+}
+
+fn is_rate_limited(e: &instant_acme::Error) -> bool {
+    matches!(e, instant_acme::Error::Api(p)
+        if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:rateLimited"))
 }
 
 /// An instant-acme error, with the CA's problem document when there is one.
