@@ -1690,3 +1690,32 @@ fn a_certificate_valid_a_little_later_than_the_local_clock_is_kept() {
     assert!(line(&run, "web").contains("not due"), "{}", run.describe());
     assert_eq!(fake.ca.count("POST /order"), 1, "{}", fake.ca.log());
 }
+
+#[test]
+fn a_failing_acme_lock_backs_off_like_a_failed_order() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    // The lock cannot be opened: a directory where its file goes.
+    std::fs::create_dir_all(fake.env.state.join("acme").join("lock")).unwrap();
+    let t0 = unix_now();
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 1, "{}", fake.context(&run));
+    assert!(
+        line(&run, "web").contains("acme lock"),
+        "{}",
+        run.describe()
+    );
+    let state = fake.state();
+    assert_eq!(state["failures"], 1, "{state}");
+    assert!(
+        state["next_attempt_at"].as_i64().unwrap() >= t0 + 60,
+        "{state}"
+    );
+    let again = fake.renew(&[]);
+    assert!(
+        line(&again, "web").contains("a previous order failed"),
+        "{}",
+        again.describe()
+    );
+    assert_eq!(fake.ca.total(), 0, "{}", fake.ca.log());
+}
