@@ -1719,3 +1719,35 @@ fn a_failing_acme_lock_backs_off_like_a_failed_order() {
     );
     assert_eq!(fake.ca.total(), 0, "{}", fake.ca.log());
 }
+
+#[test]
+fn a_certificate_due_as_soon_as_issued_is_an_error_not_an_order_loop() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    // Ten-minute certificates issued nine minutes back: the lifetime rule
+    // calls each one due the moment it arrives.
+    fake.ca.set(|k| {
+        k.lifetime = 600;
+        k.not_before_offset = -540;
+    });
+    let run = fake.renew(&[]);
+    issued(&run, "web", "no certificate yet");
+    assert!(
+        run.stderr.contains("still due"),
+        "not reported\n{}",
+        run.describe()
+    );
+    let state = fake.state();
+    assert_eq!(state["failures"], 1, "{state}");
+    assert!(
+        state["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("still due")),
+        "{state}"
+    );
+    for _ in 0..3 {
+        let run = fake.renew(&[]);
+        assert!(!run.stdout.contains("issued"), "{}", fake.context(&run));
+    }
+    assert_eq!(fake.ca.count("POST /order"), 1, "{}", fake.ca.log());
+}

@@ -779,7 +779,10 @@ fn record(
                 ..SourceState::default()
             };
             // A rule still saying "due" for the certificate just issued
-            // would order again and again: an error, with backoff.
+            // would order again and again: an error, with backoff. (A
+            // resumed order was placed for an older configuration: the
+            // rules may rightly want another.)
+            let resumed = matches!(w.due, Due::Now(Reason::Resumed));
             let held = holding(source);
             let still = with_facts(
                 source,
@@ -790,7 +793,7 @@ fn record(
                 now,
                 schedule::still_due,
             );
-            if let Some(reason) = still {
+            if let Some(reason) = still.filter(|_| !resumed) {
                 state.failures = failures;
                 let error = format!(
                     "the certificate just issued is still due ({reason}); not ordering again before the backoff ends"
