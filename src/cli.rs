@@ -276,16 +276,20 @@ fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
 }
 
 /// `mxkeys renew`: orders what is due, then syncs. Exit 0 when every
-/// target is served.
+/// target is served and no `acme` source is failing while its certificate
+/// is missing or within its renewal window; a source that merely backs off
+/// with a healthy certificate does not fail it.
 fn renew(config: &config::Config, force: bool, only: Option<&str>) -> ExitCode {
     let Some(runtime) = crate::runtime() else {
         return ExitCode::FAILURE;
     };
+    let mut failing = false;
     match runtime.block_on(crate::acme::renew(config, force, only)) {
         Ok(outcomes) => {
             for o in &outcomes {
                 println!("{}", crate::acme::describe(o));
             }
+            failing = crate::acme::failing(&outcomes);
         }
         Err(e) => {
             tracing::error!("renew: {e}");
@@ -308,6 +312,12 @@ fn renew(config: &config::Config, force: bool, only: Option<&str>) -> ExitCode {
     let report = pipeline::reconcile(config, Mode::Apply);
     for (_, warning) in report.expiring(config.daemon.expiry_warning, crate::now()) {
         tracing::warn!("{warning}");
+    }
+    if failing {
+        tracing::error!(
+            "renew: an acme source is failing and its certificate is missing or due for renewal"
+        );
+        return ExitCode::FAILURE;
     }
     exit(&report)
 }

@@ -27,9 +27,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bind::{Bind, KEY_NAME};
+use common::fake_acme::FakeAcme;
 use common::servers::{Need, Pebble, require_programs};
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 /// The zone pebble resolves through: every name at 127.0.0.1. The names
 /// the HTTP-01 tests validate have their own A records, so a DNS-01
@@ -1182,4 +1183,571 @@ fn two_sources_are_ordered_concurrently_in_one_run() {
         orders[1] < finals[0],
         "the second order was placed after the first was finalized: sequential\n{log}"
     );
+}
+
+// ---------------------------------------------------------------------------
+// 9. By the rules of real CAs: a test CA with ARI, Boulder's replacement
+//    rules and rate limits (tests/common/fake_acme.rs). In process: no
+//    program to install.
+// ---------------------------------------------------------------------------
+
+/// The fake CA, a test directory, and a webroot for HTTP-01 (the fake CA
+/// validates nothing, but mxkeys writes and removes its token files).
+struct Fake {
+    ca: FakeAcme,
+    env: Env,
+    webroot: PathBuf,
+}
+
+impl Fake {
+    fn start() -> Fake {
+        let env = Env::new();
+        let ca = FakeAcme::start(&env.path("fake-ca"));
+        let webroot = env.path("www");
+        std::fs::create_dir_all(&webroot).unwrap();
+        Fake { ca, env, webroot }
+    }
+
+    /// `[acme]` at the fake CA (`extra` lines added to it), an HTTP-01
+    /// webroot source "web" for `domains` with `source_extra`, and a target.
+    fn config(&self, acme_extra: &str, domains: &[&str], source_extra: &str) {
+        self.config_at(&self.ca, acme_extra, domains, source_extra);
+    }
+
+    fn config_at(&self, ca: &FakeAcme, acme_extra: &str, domains: &[&str], source_extra: &str) {
+        self.env.write_config_raw(&format!(
+            "state_dir = {state}\n\n[acme]\ndirectory = {dir}\nca_bundle = {bundle}\n{acme_extra}\n\n\
+             [[source]]\ntype = \"acme\"\nname = \"web\"\ndomains = {domains}\nchallenge = \"http-01\"\nwebroot = {www}\n{source_extra}\n\n{target}",
+            state = qp(&self.env.state),
+            dir = q(&ca.url),
+            bundle = qp(&ca.https_ca),
+            domains = q_list(domains),
+            www = qp(&self.webroot),
+            target = target("postfix", domains, &self.out(), ""),
+        ));
+    }
+
+    fn out(&self) -> PathBuf {
+        self.env.out.join("chain.pem")
+    }
+
+    fn renew(&self, args: &[&str]) -> Run {
+        let mut all = vec!["renew"];
+        all.extend_from_slice(args);
+        self.env.run(&all)
+    }
+
+    fn dir(&self) -> PathBuf {
+        self.env.state.join("acme").join("web")
+    }
+
+    fn state(&self) -> Value {
+        let text = std::fs::read_to_string(self.dir().join("state.json")).unwrap_or_default();
+        serde_json::from_str(&text).unwrap_or(Value::Null)
+    }
+
+    fn edit_state(&self, edit: impl FnOnce(&mut Value)) {
+        let mut state = self.state();
+        edit(&mut state);
+        write(&self.dir().join("state.json"), state.to_string());
+    }
+
+    /// A run's output and the requests the CA received.
+    fn context(&self, run: &Run) -> String {
+        format!(
+            "{}\n--- fake CA requests ---\n{}",
+            run.describe(),
+            self.ca.log()
+        )
+    }
+
+    /// Issues the first certificate; its fingerprint.
+    fn first(&self, run_args: &[&str]) -> String {
+        let run = self.renew(run_args);
+        assert_eq!(run.code, 0, "{}", self.context(&run));
+        issued(&run, "web", "no certificate yet")
+    }
+}
+
+/// The ARI identifier of the certificate in the source's bundle.
+fn held_ari_id(fake: &Fake) -> String {
+    let der = read_certs(&fake.dir().join("bundle.pem")).remove(0);
+    instant_acme::CertificateIdentifier::try_from(&rustls_pki_types::CertificateDer::from(der))
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn a_refused_account_backs_off_and_the_daemon_asks_the_ca_a_handful_of_times() {
+    let fake = Fake::start();
+    // newAccount answers rateLimited (Retry-After 1 s: the ladder decides).
+    fake.ca.set(|k| k.refuse_accounts = Some(1));
+    fake.config("", &[MAIL], "");
+
+    let t0 = unix_now();
+    let run = fake.renew(&[]);
+    assert_eq!(
+        run.code,
+        1,
+        "no certificate and failing\n{}",
+        fake.context(&run)
+    );
+    assert!(
+        line(&run, "web").contains("rateLimited"),
+        "{}",
+        run.describe()
+    );
+    let state = fake.state();
+    assert_eq!(state["failures"], 1, "{state}");
+    let next = state["next_attempt_at"].as_i64().unwrap();
+    assert!(
+        next >= t0 + 60,
+        "no backoff after an account failure: {state}"
+    );
+    // The backoff holds: the CA is not asked again.
+    let asked = fake.ca.total();
+    let again = fake.renew(&[]);
+    assert_eq!(again.code, 1, "{}", again.describe());
+    assert_eq!(fake.ca.total(), asked, "{}", fake.context(&again));
+
+    // The daemon, from a clean state, against the same refusing CA.
+    std::fs::remove_file(fake.dir().join("state.json")).unwrap();
+    let before = fake.ca.count("POST /acct");
+    let mut daemon = fake.env.daemon(&[]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while fake.state()["failures"] != 1 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(fake.state()["failures"], 1, "{}", daemon.describe());
+    std::thread::sleep(Duration::from_secs(20));
+    daemon.assert_running();
+    let asked = fake.ca.count("POST /acct") - before;
+    daemon.terminate();
+    assert!(
+        asked <= 2,
+        "{asked} newAccount requests in 20 s: a retry storm\n{}\n{}",
+        daemon.describe(),
+        fake.ca.log()
+    );
+}
+
+#[test]
+fn a_rate_limited_order_waits_for_the_retry_after_and_renew_fails_only_when_it_matters() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    fake.ca.set(|k| k.rate_limit_orders = Some(7200));
+    let t0 = unix_now();
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 1, "{}", fake.context(&run));
+    let state = fake.state();
+    let next = state["next_attempt_at"].as_i64().unwrap();
+    assert!(
+        next >= t0 + 7200,
+        "the next attempt ignores the CA's Retry-After: {state}"
+    );
+    let orders = fake.ca.count("POST /order");
+    let waiting = fake.renew(&[]);
+    assert_eq!(waiting.code, 1, "failing without a certificate");
+    assert_eq!(
+        fake.ca.count("POST /order"),
+        orders,
+        "{}",
+        fake.context(&waiting)
+    );
+
+    // With a healthy certificate far from renewal, a failing order backs
+    // off but `renew` exits 0.
+    fake.ca.set(|k| k.rate_limit_orders = None);
+    let fixed = fake.renew(&["--force"]);
+    assert_eq!(fixed.code, 0, "{}", fake.context(&fixed));
+    fake.ca.set(|k| k.rate_limit_orders = Some(60));
+    let orders = fake.ca.count("POST /order");
+    let forced = fake.renew(&["--force"]);
+    // A rate limit is not retried without `replaces`: one request.
+    assert_eq!(
+        fake.ca.count("POST /order"),
+        orders + 1,
+        "{}",
+        fake.ca.log()
+    );
+    assert!(
+        line(&forced, "web").contains("rateLimited"),
+        "{}",
+        forced.describe()
+    );
+    assert_eq!(
+        forced.code,
+        0,
+        "healthy certificate\n{}",
+        fake.context(&forced)
+    );
+    let backing_off = fake.renew(&[]);
+    assert!(line(&backing_off, "web").contains("a previous order failed"));
+    assert_eq!(backing_off.code, 0, "{}", backing_off.describe());
+
+    // The same failure with the certificate within its renewal window: 1.
+    fake.edit_state(|s| s["next_attempt_at"] = json!(0));
+    std::fs::remove_file(fake.dir().join("bundle.pem")).unwrap();
+    let missing = fake.renew(&[]);
+    assert!(
+        line(&missing, "web").contains("rateLimited"),
+        "{}",
+        missing.describe()
+    );
+    assert_eq!(missing.code, 1, "{}", missing.describe());
+}
+
+#[test]
+fn a_failed_ari_fetch_is_asked_again_only_after_its_retry_after() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    fake.first(&[]);
+    fake.ca.set(|k| k.fail_ari = Some(1800));
+    let t0 = unix_now();
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 0, "{}", fake.context(&run));
+    assert_eq!(fake.ca.count("GET /renewal-info/"), 1, "{}", fake.ca.log());
+    let state = fake.state();
+    let retry = state["ari_retry_at"].as_i64().unwrap_or(0);
+    assert!(retry >= t0 + 1800, "{state}");
+    for _ in 0..3 {
+        let again = fake.renew(&[]);
+        assert_eq!(again.code, 0, "{}", again.describe());
+    }
+    assert_eq!(
+        fake.ca.count("GET /renewal-info/"),
+        1,
+        "ARI asked again before its Retry-After\n{}",
+        fake.ca.log()
+    );
+}
+
+#[test]
+fn the_ari_point_is_kept_across_refetches_until_the_window_moves() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    fake.first(&[]);
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 0, "{}", fake.context(&run));
+    assert!(
+        run.stderr
+            .contains(&format!("{}/why", fake.ca.url.trim_end_matches("/dir"))),
+        "the explanationURL is not logged\n{}",
+        run.describe()
+    );
+    let first = fake.state()["ari"].clone();
+    let chosen = first["chosen"].as_i64().unwrap();
+    for round in 0..3 {
+        fake.edit_state(|s| s["ari"]["refetch_at"] = json!(0));
+        let run = fake.renew(&[]);
+        assert_eq!(run.code, 0, "{}", run.describe());
+        assert_eq!(
+            fake.state()["ari"]["chosen"].as_i64(),
+            Some(chosen),
+            "round {round}: a new point for the same window"
+        );
+    }
+    assert_eq!(fake.ca.count("GET /renewal-info/"), 4, "{}", fake.ca.log());
+    // The window moves: a point of the new one.
+    fake.ca.set(|k| k.ari_window = Some((86_400, 2 * 86_400)));
+    fake.edit_state(|s| s["ari"]["refetch_at"] = json!(0));
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let ari = fake.state()["ari"].clone();
+    let start = ari["window_start"].as_i64().unwrap();
+    assert_ne!(start, first["window_start"].as_i64().unwrap(), "{ari}");
+    let chosen = ari["chosen"].as_i64().unwrap();
+    assert!((start..start + 86_400).contains(&chosen), "{ari}");
+}
+
+#[test]
+fn replaces_names_only_a_certificate_of_this_account_directory_and_names() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    fake.first(&[]);
+    assert_eq!(fake.ca.orders()[0].replaces, None);
+
+    // A renewal by the same account: `replaces` names the certificate.
+    let replaced = held_ari_id(&fake);
+    let run = fake.renew(&["--force"]);
+    assert_eq!(run.code, 0, "{}", fake.context(&run));
+    assert_eq!(
+        fake.ca.orders()[1].replaces.as_deref(),
+        Some(replaced.as_str())
+    );
+
+    // A new account (its credentials lost): no `replaces`, one order.
+    std::fs::remove_dir_all(fake.env.state.join("acme").join("accounts")).unwrap();
+    let orders = fake.ca.count("POST /order");
+    let run = fake.renew(&["--force"]);
+    assert_eq!(run.code, 0, "{}", fake.context(&run));
+    assert_eq!(
+        fake.ca.count("POST /order"),
+        orders + 1,
+        "{}",
+        fake.ca.log()
+    );
+    let last = fake.ca.orders().pop().unwrap();
+    assert_eq!((last.account, last.replaces), (1, None));
+
+    // Other names altogether: no `replaces`, one order.
+    fake.config("", &["smtp.example.test"], "");
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 0, "{}", fake.context(&run));
+    issued(&run, "web", "the names changed");
+    assert_eq!(
+        fake.ca.count("POST /order"),
+        orders + 2,
+        "{}",
+        fake.ca.log()
+    );
+    assert_eq!(fake.ca.orders().pop().unwrap().replaces, None);
+}
+
+#[test]
+fn a_replacement_left_pending_by_a_failed_order_does_not_block_the_next_renewal() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    fake.first(&[]);
+    let replaced = held_ari_id(&fake);
+
+    // The challenge cannot be published (the webroot is a file): the order
+    // fails before finalizing.
+    std::fs::remove_dir_all(&fake.webroot).unwrap();
+    write(&fake.webroot, "not a directory");
+    let run = fake.renew(&["--force"]);
+    assert!(
+        line(&run, "web").contains("failed"),
+        "{}",
+        fake.context(&run)
+    );
+    let abandoned = fake.ca.orders().pop().unwrap();
+    assert_eq!(abandoned.replaces.as_deref(), Some(replaced.as_str()));
+    assert_eq!(
+        abandoned.status,
+        "invalid",
+        "the abandoned order's authorizations were not deactivated\n{}",
+        fake.ca.log()
+    );
+
+    // Fixed: the renewal replaces the same certificate, at once.
+    std::fs::remove_file(&fake.webroot).unwrap();
+    std::fs::create_dir_all(&fake.webroot).unwrap();
+    let orders = fake.ca.count("POST /order");
+    let run = fake.renew(&["--force"]);
+    assert_eq!(run.code, 0, "{}", fake.context(&run));
+    assert_eq!(
+        fake.ca.count("POST /order"),
+        orders + 1,
+        "{}",
+        fake.ca.log()
+    );
+    assert_eq!(
+        fake.ca.orders().pop().unwrap().replaces.as_deref(),
+        Some(replaced.as_str())
+    );
+}
+
+#[test]
+fn an_already_replaced_certificate_is_renewed_without_replaces() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    fake.first(&[]);
+    // A backup of the source, restored after a renewal: the CA holds a
+    // valid replacement of the certificate mxkeys holds again.
+    let bundle = std::fs::read(fake.dir().join("bundle.pem")).unwrap();
+    let state = std::fs::read(fake.dir().join("state.json")).unwrap();
+    let run = fake.renew(&["--force"]);
+    assert_eq!(run.code, 0, "{}", fake.context(&run));
+    write(&fake.dir().join("bundle.pem"), &bundle);
+    write(&fake.dir().join("state.json"), &state);
+
+    let orders = fake.ca.count("POST /order");
+    let run = fake.renew(&["--force"]);
+    assert_eq!(
+        run.code,
+        0,
+        "alreadyReplaced blocks the renewal\n{}",
+        fake.context(&run)
+    );
+    assert!(run.stderr.contains("alreadyReplaced"), "{}", run.describe());
+    assert_eq!(
+        fake.ca.count("POST /order"),
+        orders + 2,
+        "{}",
+        fake.ca.log()
+    );
+    assert_eq!(fake.ca.orders().pop().unwrap().replaces, None);
+}
+
+#[test]
+fn an_order_finalized_but_not_stored_is_fetched_again_not_ordered_anew() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    // Finalized, then the download fails.
+    fake.ca.set(|k| k.fail_downloads = 100);
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 1, "{}", fake.context(&run));
+    let state = fake.state();
+    let url = state["pending_order"]["url"].as_str().unwrap_or_default();
+    assert!(
+        url.ends_with("/order/0"),
+        "the order is not recorded: {state}"
+    );
+    assert_mode(&fake.dir().join("order-key.pem"), 0o600);
+    assert_eq!(fake.ca.issued().len(), 1);
+
+    // After the backoff, the order is fetched again and its certificate
+    // taken: no new order.
+    fake.ca.set(|k| k.fail_downloads = 0);
+    fake.edit_state(|s| s["next_attempt_at"] = json!(0));
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 0, "{}", fake.context(&run));
+    let fp = issued(&run, "web", "an order finalized before was fetched again");
+    assert_eq!(fake.ca.count("POST /order"), 1, "{}", fake.ca.log());
+    assert_eq!(fp, sha256_hex(&fake.ca.issued()[0].der));
+    assert_eq!(Installed::read(&fake.out()).fp(), fp);
+    let state = fake.state();
+    assert!(state["pending_order"].is_null(), "{state}");
+    assert!(!fake.dir().join("order-key.pem").exists());
+    // And it is not due.
+    let run = fake.renew(&[]);
+    assert!(line(&run, "web").contains("not due"), "{}", run.describe());
+    assert_eq!(fake.ca.count("POST /order"), 1);
+}
+
+#[test]
+fn reuse_key_with_a_changed_key_type_orders_once_with_a_new_key() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "reuse_key = true");
+    fake.first(&[]);
+    let p256 = Installed::read(&fake.out()).public_key();
+    fake.config("", &[MAIL], "reuse_key = true\nkey_type = \"ecdsa-p384\"");
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 0, "{}", fake.context(&run));
+    issued(&run, "web", "the key type changed");
+    let p384 = Installed::read(&fake.out());
+    assert_ne!(
+        p384.public_key(),
+        p256,
+        "the key of the old type was reused"
+    );
+    for _ in 0..3 {
+        let run = fake.renew(&[]);
+        assert!(
+            line(&run, "web").contains("not due"),
+            "{}",
+            fake.context(&run)
+        );
+    }
+    assert_eq!(fake.ca.count("POST /order"), 2, "{}", fake.ca.log());
+    // And the kept key is reused for the next (forced) renewal.
+    let run = fake.renew(&["--force"]);
+    assert_eq!(run.code, 0, "{}", fake.context(&run));
+    assert_eq!(Installed::read(&fake.out()).public_key(), p384.public_key());
+}
+
+#[test]
+fn a_change_of_profile_or_directory_orders_anew_without_replaces() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    fake.first(&[]);
+    fake.config("profile = \"shortlived\"", &[MAIL], "");
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 0, "{}", fake.context(&run));
+    issued(&run, "web", "the ACME profile changed");
+    assert_eq!(
+        fake.ca.orders().pop().unwrap().profile.as_deref(),
+        Some("shortlived")
+    );
+    let run = fake.renew(&[]);
+    assert!(line(&run, "web").contains("not due"), "{}", run.describe());
+
+    // Another CA (staging to production): ordered there, without
+    // `replaces` (a certificate it never issued).
+    let other = FakeAcme::start(&fake.env.path("other-ca"));
+    fake.config_at(&other, "profile = \"shortlived\"", &[MAIL], "");
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 0, "{}\n{}", run.describe(), other.log());
+    issued(&run, "web", "the ACME directory changed");
+    assert_eq!(other.count("POST /order"), 1, "{}", other.log());
+    assert_eq!(other.orders()[0].replaces, None);
+    let run = fake.renew(&[]);
+    assert!(line(&run, "web").contains("not due"), "{}", run.describe());
+}
+
+#[test]
+fn a_certificate_valid_a_little_later_than_the_local_clock_is_kept() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    // The CA's clock is two minutes ahead.
+    fake.ca.set(|k| k.not_before_offset = 120);
+    let run = fake.renew(&[]);
+    let fp = issued(&run, "web", "no certificate yet");
+    let stored = read_certs(&fake.dir().join("bundle.pem")).remove(0);
+    assert_eq!(sha256_hex(&stored), fp);
+    let run = fake.renew(&[]);
+    assert!(line(&run, "web").contains("not due"), "{}", run.describe());
+    assert_eq!(fake.ca.count("POST /order"), 1, "{}", fake.ca.log());
+}
+
+#[test]
+fn a_failing_acme_lock_backs_off_like_a_failed_order() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    // The lock cannot be opened: a directory where its file goes.
+    std::fs::create_dir_all(fake.env.state.join("acme").join("lock")).unwrap();
+    let t0 = unix_now();
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 1, "{}", fake.context(&run));
+    assert!(
+        line(&run, "web").contains("acme lock"),
+        "{}",
+        run.describe()
+    );
+    let state = fake.state();
+    assert_eq!(state["failures"], 1, "{state}");
+    assert!(
+        state["next_attempt_at"].as_i64().unwrap() >= t0 + 60,
+        "{state}"
+    );
+    let again = fake.renew(&[]);
+    assert!(
+        line(&again, "web").contains("a previous order failed"),
+        "{}",
+        again.describe()
+    );
+    assert_eq!(fake.ca.total(), 0, "{}", fake.ca.log());
+}
+
+#[test]
+fn a_certificate_due_as_soon_as_issued_is_an_error_not_an_order_loop() {
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    // Ten-minute certificates issued nine minutes back: the lifetime rule
+    // calls each one due the moment it arrives.
+    fake.ca.set(|k| {
+        k.lifetime = 600;
+        k.not_before_offset = -540;
+    });
+    let run = fake.renew(&[]);
+    issued(&run, "web", "no certificate yet");
+    assert!(
+        run.stderr.contains("still due"),
+        "not reported\n{}",
+        run.describe()
+    );
+    let state = fake.state();
+    assert_eq!(state["failures"], 1, "{state}");
+    assert!(
+        state["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("still due")),
+        "{state}"
+    );
+    for _ in 0..3 {
+        let run = fake.renew(&[]);
+        assert!(!run.stdout.contains("issued"), "{}", fake.context(&run));
+    }
+    assert_eq!(fake.ca.count("POST /order"), 1, "{}", fake.ca.log());
 }

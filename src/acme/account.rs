@@ -1,8 +1,15 @@
 //! The ACME account: created once per CA directory, its credentials kept in
 //! `state_dir/acme/accounts/` (mode 0600), reused afterwards.
+//!
+//! Every request goes through one HTTPS client that notes the CA's
+//! `Retry-After` on error answers (a `rateLimited` problem, a 503), for
+//! the work [`observing`] it: instant-acme drops that header, and the
+//! scheduler must never ask again sooner.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 
 use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
 use serde::{Deserialize, Serialize};
@@ -30,10 +37,9 @@ pub fn path(state_dir: &Path, directory: &str) -> PathBuf {
 pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &Path) -> Result<Account, String> {
     let file = path(state_dir, &cfg.directory);
     let builder = || -> Result<instant_acme::AccountBuilder, String> {
-        match &cfg.ca_bundle {
-            None => Account::builder().map_err(|e| format!("ACME client: {e}")),
-            Some(bundle) => Ok(Account::builder_with_http(http_client(bundle)?)),
-        }
+        Ok(Account::builder_with_http(Box::new(Observed(http_client(
+            cfg.ca_bundle.as_deref(),
+        )?))))
     };
     if let Ok(bytes) = std::fs::read(&file) {
         let stored: Stored = serde_json::from_slice(&bytes)
@@ -90,17 +96,22 @@ pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &Path) -> Result<Accou
     Ok(account)
 }
 
-/// An HTTPS client that trusts the system's roots and `bundle`'s (a test CA
-/// such as pebble, or a private CA).
-fn http_client(bundle: &Path) -> Result<Box<dyn instant_acme::HttpClient>, String> {
-    let pem = crate::source::read_limited(bundle, crate::source::PEM_SIZE_LIMIT)
-        .map_err(|e| format!("[acme] ca_bundle {}: {e}", bundle.display()))?;
-    let extra = crate::cert::parse_pem_certs(&pem)
-        .map_err(|e| format!("[acme] ca_bundle {}: {e}", bundle.display()))?;
+/// An HTTPS client that trusts the system's roots, and `bundle`'s when
+/// given (a test CA such as pebble, or a private CA).
+fn http_client(bundle: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier =
-        rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
-            .map_err(|e| format!("[acme] ca_bundle {}: {e}", bundle.display()))?;
+    let verifier = match bundle {
+        None => rustls_platform_verifier::Verifier::new(provider.clone())
+            .map_err(|e| format!("ACME client: {e}"))?,
+        Some(bundle) => {
+            let pem = crate::source::read_limited(bundle, crate::source::PEM_SIZE_LIMIT)
+                .map_err(|e| format!("[acme] ca_bundle {}: {e}", bundle.display()))?;
+            let extra = crate::cert::parse_pem_certs(&pem)
+                .map_err(|e| format!("[acme] ca_bundle {}: {e}", bundle.display()))?;
+            rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
+                .map_err(|e| format!("[acme] ca_bundle {}: {e}", bundle.display()))?
+        }
+    };
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
@@ -116,4 +127,77 @@ fn http_client(bundle: &Path) -> Result<Box<dyn instant_acme::HttpClient>, Strin
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build(connector);
     Ok(Box::new(client))
+}
+
+tokio::task_local! {
+    /// The latest `Retry-After` (a Unix time) seen by the work in scope.
+    static RETRY_AFTER: Arc<Mutex<Option<i64>>>;
+}
+
+/// Runs `work` and returns its output with the latest `Retry-After` the CA
+/// gave on an error answer during it.
+pub async fn observing<F: Future>(work: F) -> (F::Output, Option<i64>) {
+    let slot = Arc::new(Mutex::new(None));
+    let out = RETRY_AFTER.scope(slot.clone(), work).await;
+    let seen = slot.lock().ok().and_then(|s| *s);
+    (out, seen)
+}
+
+/// The HTTPS client, noting `Retry-After` for [`observing`].
+struct Observed(Box<dyn instant_acme::HttpClient>);
+
+type Answer = Result<instant_acme::BytesResponse, instant_acme::Error>;
+
+impl instant_acme::HttpClient for Observed {
+    fn request(
+        &self,
+        req: hyper::Request<instant_acme::BodyWrapper<bytes::Bytes>>,
+    ) -> Pin<Box<dyn Future<Output = Answer> + Send>> {
+        let slot = RETRY_AFTER.try_with(Arc::clone).ok();
+        let answer = self.0.request(req);
+        Box::pin(async move {
+            let rsp = answer.await?;
+            let status = rsp.parts.status;
+            if let Some(slot) = slot
+                && (status.is_client_error() || status.is_server_error())
+                && let Some(at) = rsp
+                    .parts
+                    .headers
+                    .get(hyper::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| retry_after(v, crate::now()))
+                && let Ok(mut seen) = slot.lock()
+            {
+                *seen = Some(seen.map_or(at, |s| s.max(at)));
+            }
+            Ok(rsp)
+        })
+    }
+}
+
+/// A `Retry-After` value (delay-seconds or an HTTP-date) as a Unix time.
+pub fn retry_after(value: &str, now: i64) -> Option<i64> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u32>() {
+        return Some(now + i64::from(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let secs = at.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs();
+    i64::try_from(secs).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::retry_after;
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        assert_eq!(retry_after("120", 1_000), Some(1_120));
+        assert_eq!(
+            retry_after("Sun, 06 Nov 1994 08:49:37 GMT", 0),
+            Some(784_111_777)
+        );
+        assert_eq!(retry_after("soon", 0), None);
+        assert_eq!(retry_after("-5", 0), None);
+    }
 }

@@ -7,6 +7,19 @@
 //! source's `bundle.pem` (key and chain in one file, written atomically).
 //! The targets pick it up through the ordinary pipeline. Nothing touches the
 //! network when nothing is due.
+//!
+//! The rule: every failure backs off. A failed account (bad directory,
+//! missing EAB secret, rate limit), lock or order records a failure with
+//! [`schedule::backoff`] (and the CA's Retry-After) on each source that
+//! needed the CA; a failed ARI fetch moves that source's next fetch. The
+//! decisions are [`schedule`]'s pure functions; this module does the I/O.
+//!
+//! `state.json` keeps, with the certificate held, the directory, account
+//! and profile it came from ([`schedule::Issuance`]): `replaces` names
+//! only such a certificate, and a change of directory or profile orders
+//! anew. An order about to be finalized is recorded (its URL in
+//! `state.json`, its key in `order-key.pem`, mode 0600) and fetched again
+//! on the next pass when its certificate was not stored.
 
 pub mod account;
 pub mod http01;
@@ -18,16 +31,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
 
 use crate::cert::{self, Leaf};
-use crate::config::{AcmeSource, Challenge, Config};
+use crate::config::{AcmeAccount, AcmeKeyType, AcmeSource, Challenge, Config};
 use crate::source::acme::{bundle_path, read_bundle};
-use schedule::{Due, Held};
+use schedule::{Due, Held, Issuance, Reason, Wanted};
 
 /// What is kept per `acme` source in `state_dir/acme/NAME/state.json`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SourceState {
-    /// Consecutive failed orders.
+    /// Consecutive failures (account, lock, order).
     #[serde(default)]
     pub failures: u32,
     /// No order before this time (set after a failure).
@@ -37,6 +51,12 @@ pub struct SourceState {
     pub last_error: Option<String>,
     #[serde(default)]
     pub last_issued_at: Option<i64>,
+    /// How the certificate held was ordered, and from whom.
+    #[serde(default)]
+    pub issuance: Option<Issuance>,
+    /// An order about to be finalized whose certificate was not stored yet.
+    #[serde(default)]
+    pub pending_order: Option<PendingOrder>,
     /// The CA's renewal window for the certificate held, and the point
     /// chosen in it.
     #[serde(default)]
@@ -44,6 +64,12 @@ pub struct SourceState {
     /// When the CA last said it offers no ARI (asked again a day later).
     #[serde(default)]
     pub no_ari_since: Option<i64>,
+    /// Consecutive failed ARI fetches.
+    #[serde(default)]
+    pub ari_failures: u32,
+    /// No ARI fetch before this time (set after a failed one).
+    #[serde(default)]
+    pub ari_retry_at: Option<i64>,
 }
 
 /// ARI (RFC 9773) facts for one certificate.
@@ -53,10 +79,27 @@ pub struct Ari {
     pub sha256: String,
     pub window_start: i64,
     pub window_end: i64,
-    /// When to renew: a random point of the window, kept.
+    /// When to renew: a random point of the window, kept while the window
+    /// stays.
     pub chosen: i64,
     /// When to ask the CA again (its Retry-After).
     pub refetch_at: i64,
+    /// The CA's page explaining the window, when it gave one.
+    #[serde(default)]
+    pub explanation_url: Option<String>,
+}
+
+/// An order recorded before finalizing: its URL and what it was for (its
+/// key is in `order-key.pem`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PendingOrder {
+    pub url: String,
+    pub directory: String,
+    pub account: String,
+    #[serde(default)]
+    pub profile: Option<String>,
+    pub names: Vec<String>,
+    pub key_type: String,
 }
 
 impl SourceState {
@@ -78,6 +121,55 @@ impl SourceState {
         crate::install::write_atomic(&Self::path(source), &json, 0o600, None)
             .map_err(|e| format!("{}: {e}", Self::path(source).display()))
     }
+
+    /// Records the `failures`-th consecutive failure and its backoff.
+    fn failed(&mut self, error: &str, retry_after: Option<i64>, now: i64) -> i64 {
+        self.failures += 1;
+        let next = schedule::next_attempt(now, self.failures, retry_after);
+        self.next_attempt_at = Some(next);
+        self.last_error = Some(error.to_owned());
+        next
+    }
+
+    /// Records a failed ARI fetch.
+    fn ari_failed(&mut self, retry_after: Option<i64>, now: i64) -> i64 {
+        self.ari_failures += 1;
+        let next = schedule::ari_retry(now, self.ari_failures, retry_after);
+        self.ari_retry_at = Some(next);
+        next
+    }
+
+    /// The recorded issuance, when it is about the certificate held.
+    fn issuance_of(&self, held: Option<&Holding>) -> Option<&Issuance> {
+        let held = held?;
+        self.issuance.as_ref().filter(|i| i.sha256 == held.sha256)
+    }
+
+    /// The ARI point, when it is about the certificate held.
+    fn ari_of(&self, held: Option<&Holding>) -> Option<&Ari> {
+        let held = held?;
+        self.ari.as_ref().filter(|a| a.sha256 == held.sha256)
+    }
+}
+
+/// Where the key of a recorded order is kept until its certificate is.
+fn order_key_path(source: &AcmeSource) -> PathBuf {
+    source.dir.join("order-key.pem")
+}
+
+fn forget_order(source: &AcmeSource, state: &mut SourceState) {
+    state.pending_order = None;
+    let path = order_key_path(source);
+    if let Err(e) = std::fs::remove_file(&path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!("acme source {}: {}: {e}", source.name, path.display());
+    }
+}
+
+/// The name a key type is recorded under.
+fn key_type_name(key_type: AcmeKeyType) -> String {
+    format!("{key_type:?}")
 }
 
 /// What a source holds now: its facts and the material to renew from.
@@ -106,26 +198,43 @@ fn holding(source: &AcmeSource) -> Option<Holding> {
     })
 }
 
+/// The facts of a source for [`schedule`], passed to `decide`.
+fn with_facts<T>(
+    source: &AcmeSource,
+    acme: &AcmeAccount,
+    held: Option<&Holding>,
+    state: &SourceState,
+    force: bool,
+    now: i64,
+    decide: impl FnOnce(&schedule::Facts<'_>) -> T,
+) -> T {
+    let key_type = key_type_name(source.key_type);
+    decide(&schedule::Facts {
+        now,
+        held: held.map(|h| &h.facts),
+        wanted: Wanted {
+            names: &source.domains,
+            directory: &acme.directory,
+            profile: acme.profile.as_deref(),
+            key_type: &key_type,
+        },
+        issuance: state.issuance_of(held),
+        ari_chosen: state.ari_of(held).map(|a| a.chosen),
+        next_attempt: state.next_attempt_at,
+        force,
+    })
+}
+
 /// The decision for a source, from its files and state alone.
 fn decide(
     source: &AcmeSource,
+    acme: &AcmeAccount,
     held: Option<&Holding>,
     state: &SourceState,
     force: bool,
     now: i64,
 ) -> Due {
-    let ari_chosen = match (&state.ari, held) {
-        (Some(ari), Some(h)) if ari.sha256 == h.sha256 => Some(ari.chosen),
-        _ => None,
-    };
-    schedule::due(&schedule::Facts {
-        now,
-        held: held.map(|h| &h.facts),
-        wanted: &source.domains,
-        ari_chosen,
-        next_attempt: state.next_attempt_at,
-        force,
-    })
+    with_facts(source, acme, held, state, force, now, schedule::due)
 }
 
 /// What renewing one source did.
@@ -135,6 +244,9 @@ pub struct Outcome {
     pub due: Due,
     /// `None` when no order was placed.
     pub result: Option<Result<Issued, String>>,
+    /// Failing (this pass, or backing off) while the certificate it would
+    /// replace is missing or within its renewal window.
+    pub urgent: bool,
 }
 
 /// Summary of an issued certificate.
@@ -144,28 +256,87 @@ pub struct Issued {
     pub not_after: i64,
 }
 
+/// Whether any source fails where it matters: `renew` exits 1.
+pub fn failing(outcomes: &[Outcome]) -> bool {
+    outcomes.iter().any(|o| o.urgent)
+}
+
 /// When each `acme` source is next due (or its backoff ends, or its ARI
-/// window should be asked again): the daemon's next wake-up.
+/// window should be asked again): what `status` and the metrics show.
 pub fn next_due(config: &Config) -> BTreeMap<String, i64> {
+    times(config)
+        .into_iter()
+        .map(|(name, due, _)| (name, due))
+        .collect()
+}
+
+/// When the daemon should look again: the first source due, or with an
+/// ARI window to ask for, an order to fetch again, or a certificate
+/// stored early becoming valid.
+pub fn next_check(config: &Config) -> Option<i64> {
+    times(config).into_iter().map(|(_, _, check)| check).min()
+}
+
+/// Per source: (name, next due, next check).
+fn times(config: &Config) -> Vec<(String, i64, i64)> {
     let now = crate::now();
     config
         .acme_sources()
         .map(|s| {
             let state = SourceState::load(s);
             let held = holding(s);
-            let at = match decide(s, held.as_ref(), &state, false, now) {
+            let due = decide(s, &config.acme, held.as_ref(), &state, false, now);
+            let mut at = match due {
                 Due::Now(_) => now,
                 Due::Later(at) => at,
                 Due::BackingOff { until } => until,
             };
-            let refetch = state
-                .ari
-                .as_ref()
-                .filter(|a| held.as_ref().is_some_and(|h| h.sha256 == a.sha256))
-                .map_or(i64::MAX, |a| a.refetch_at);
-            (s.name.clone(), at.min(refetch))
+            if let Some(ari) = state.ari_of(held.as_ref()) {
+                at = at.min(ari.refetch_at.max(state.ari_retry_at.unwrap_or(i64::MIN)));
+            }
+            let mut check = at;
+            // The first ARI fetch (as `renew` decides it is stale), not
+            // before a failed one's retry time.
+            if held.is_some()
+                && state.ari_of(held.as_ref()).is_none()
+                && matches!(due, Due::Later(_))
+            {
+                let fetch = state.no_ari_since.map_or(now, |t| t + 86_400);
+                check = check.min(fetch.max(state.ari_retry_at.unwrap_or(i64::MIN)));
+            }
+            if state.pending_order.is_some() {
+                check = check.min(state.next_attempt_at.unwrap_or(now));
+            }
+            // A certificate stored a little before its notBefore (clock
+            // skew): the reconcile after it installs it.
+            if let Some(h) = &held
+                && h.facts.not_before > now
+            {
+                check = check.min(h.facts.not_before + 1);
+            }
+            (s.name.clone(), at, check)
         })
         .collect()
+}
+
+/// One source's pass.
+struct Work<'c> {
+    source: &'c AcmeSource,
+    held: Option<Holding>,
+    state: SourceState,
+    due: Due,
+    /// A recorded order to fetch again first.
+    resume: bool,
+    /// Needs its ARI window asked.
+    ari_stale: bool,
+    /// Settled this pass (a resumed order, or a failure before ordering).
+    result: Option<Result<Issued, String>>,
+}
+
+impl Work<'_> {
+    fn ordering(&self) -> bool {
+        self.result.is_none() && matches!(self.due, Due::Now(_))
+    }
 }
 
 /// Orders what is due (everything selected, with `force`); `only` limits
@@ -193,59 +364,99 @@ pub async fn renew(
         ));
     }
     let now = crate::now();
-    let mut work: Vec<(&AcmeSource, Option<Holding>, SourceState, Due)> = sources
+    let mut work: Vec<Work<'_>> = sources
         .iter()
         .map(|s| {
             let state = SourceState::load(s);
             let held = holding(s);
-            let due = decide(s, held.as_ref(), &state, force, now);
-            (*s, held, state, due)
+            let due = decide(s, &config.acme, held.as_ref(), &state, force, now);
+            let resume = state.pending_order.is_some()
+                && (force || state.next_attempt_at.is_none_or(|t| t <= now));
+            let recently_unsupported = state.no_ari_since.is_some_and(|t| now - t < 86_400);
+            let ari_stale = matches!(due, Due::Later(_))
+                && !recently_unsupported
+                && state.ari_retry_at.is_none_or(|t| t <= now)
+                && held.as_ref().is_some_and(|h| {
+                    state
+                        .ari
+                        .as_ref()
+                        .is_none_or(|a| a.sha256 != h.sha256 || a.refetch_at <= now)
+                });
+            Work {
+                source: s,
+                held,
+                state,
+                due,
+                resume,
+                ari_stale,
+                result: None,
+            }
         })
         .collect();
-    let ari_stale = |held: &Option<Holding>, state: &SourceState| {
-        let recently_unsupported = state.no_ari_since.is_some_and(|t| now - t < 86_400);
-        !recently_unsupported
-            && held.as_ref().is_some_and(|h| {
-                state
-                    .ari
-                    .as_ref()
-                    .is_none_or(|a| a.sha256 != h.sha256 || a.refetch_at <= now)
-            })
-    };
-    let needs_network = work.iter().any(|(_, held, state, due)| {
-        matches!(due, Due::Now(_)) || (matches!(due, Due::Later(_)) && ari_stale(held, state))
-    });
+    let needs_network = work
+        .iter()
+        .any(|w| w.resume || w.ari_stale || matches!(w.due, Due::Now(_)));
     if !needs_network {
-        return Ok(work
-            .into_iter()
-            .map(|(s, _, _, due)| Outcome {
-                source: s.name.clone(),
-                due,
-                result: None,
-            })
-            .collect());
+        return Ok(outcomes(work, now));
     }
-    let _lock = crate::state::lock(&config.state_dir.join("acme"))
-        .map_err(|e| format!("acme lock: {e}"))?;
-    let account = account::load_or_create(&config.acme, &config.state_dir).await?;
+    let _lock = match crate::state::lock(&config.state_dir.join("acme")) {
+        Ok(lock) => lock,
+        Err(e) => return Ok(fail_all(work, &format!("acme lock: {e}"), None, now)),
+    };
+    let (account, retry_after) =
+        account::observing(account::load_or_create(&config.acme, &config.state_dir)).await;
+    let account = match account {
+        Ok(account) => account,
+        Err(e) => return Ok(fail_all(work, &e, retry_after, now)),
+    };
 
     // Ask the CA for its renewal windows (ARI) where they are stale.
-    for (source, held, state, due) in &mut work {
-        if !matches!(due, Due::Later(_)) || !ari_stale(held, state) {
+    for w in &mut work {
+        if !w.ari_stale {
             continue;
         }
-        let Some(h) = held else { continue };
-        match fetch_ari(&account, h, now).await {
+        let Some(h) = &w.held else { continue };
+        let (answer, retry_after) =
+            account::observing(fetch_ari(&account, h, w.state.ari.as_ref(), now)).await;
+        match answer {
             AriAnswer::Window(ari) => {
-                state.ari = Some(ari);
-                state.no_ari_since = None;
-                *due = decide(source, Some(h), state, force, now);
+                if let Some(url) = &ari.explanation_url
+                    && w.state
+                        .ari
+                        .as_ref()
+                        .and_then(|a| a.explanation_url.as_ref())
+                        != Some(url)
+                {
+                    tracing::info!(
+                        "acme source {}: the CA explains its renewal window at {url}",
+                        w.source.name
+                    );
+                }
+                w.state.ari = Some(ari);
+                w.state.no_ari_since = None;
+                w.state.ari_failures = 0;
+                w.state.ari_retry_at = None;
+                w.due = decide(w.source, &config.acme, Some(h), &w.state, force, now);
             }
-            AriAnswer::Unsupported => state.no_ari_since = Some(now),
-            AriAnswer::Failed => continue,
+            AriAnswer::Unsupported => w.state.no_ari_since = Some(now),
+            AriAnswer::Failed(e) => {
+                let next = w.state.ari_failed(retry_after, now);
+                tracing::warn!(
+                    "acme source {}: ARI: {e}; asking again after {}",
+                    w.source.name,
+                    crate::rfc3339(next)
+                );
+            }
         }
-        if let Err(e) = state.save(source) {
-            tracing::warn!("acme source {}: {e}", source.name);
+        if let Err(e) = w.state.save(w.source) {
+            tracing::warn!("acme source {}: {e}", w.source.name);
+        }
+    }
+
+    // Orders finalized before whose certificate was not stored.
+    for w in &mut work {
+        if w.resume {
+            resume(config, &account, w, now).await;
         }
     }
 
@@ -261,8 +472,8 @@ pub async fn renew(
     // One built-in responder per listen address, while the orders run.
     let tokens: http01::Tokens = Arc::default();
     let mut responders = BTreeMap::new();
-    for (source, _, _, due) in &work {
-        if let (Due::Now(_), Challenge::Http01Listen(addr)) = (due, &source.challenge)
+    for w in &work {
+        if let (true, Challenge::Http01Listen(addr)) = (w.ordering(), &w.source.challenge)
             && !responders.contains_key(addr)
         {
             match http01::Responder::start(*addr, tokens.clone()).await {
@@ -277,8 +488,8 @@ pub async fn renew(
         }
     }
     let mut providers = BTreeMap::new();
-    for (source, _, _, due) in &work {
-        if let (Due::Now(_), Challenge::Dns01 { provider }) = (due, &source.challenge)
+    for w in &work {
+        if let (true, Challenge::Dns01 { provider }) = (w.ordering(), &w.source.challenge)
             && !providers.contains_key(provider)
         {
             let cfg = &config.dns[provider];
@@ -287,34 +498,54 @@ pub async fn renew(
         }
     }
 
-    let orders = work.iter().map(|(source, held, _, due)| {
+    let account_id = account.id().to_owned();
+    let orders = work.iter_mut().filter(|w| w.ordering()).map(|w| {
         let account = &account;
+        let account_id = &account_id;
         let tokens = &tokens;
         let responders = &responders;
         let providers = &providers;
         async move {
-            let Due::Now(reason) = due else { return None };
+            let Due::Now(reason) = w.due else { return };
+            let source = w.source;
             let dns = match &source.challenge {
                 Challenge::Dns01 { provider } => match &providers[provider] {
                     Ok((p, prop)) => Some((p, prop)),
-                    Err(e) => return Some(Err(e.clone())),
+                    Err(e) => {
+                        let e = e.clone();
+                        record(config, account_id, w, Err(e), None);
+                        return;
+                    }
                 },
                 Challenge::Http01Listen(addr)
                     if responders.get(addr).is_some_and(Option::is_none) =>
                 {
-                    return Some(Err(format!("http-01: cannot listen on {addr}")));
+                    let e = format!("http-01: cannot listen on {addr}");
+                    record(config, account_id, w, Err(e), None);
+                    return;
                 }
                 _ => None,
             };
+            let replaces = schedule::may_replace(
+                w.state.issuance_of(w.held.as_ref()),
+                &config.acme.directory,
+                account_id,
+                &source.domains,
+            );
             tracing::info!(
-                "acme source {}: ordering {} ({reason})",
+                "acme source {}: ordering {} ({reason}{})",
                 source.name,
                 source
                     .domains
                     .iter()
                     .map(|d| d.as_str())
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                if replaces {
+                    ", replacing the certificate held"
+                } else {
+                    ""
+                }
             );
             let ctx = order::Context {
                 account,
@@ -322,31 +553,177 @@ pub async fn renew(
                 tokens,
                 dns,
             };
-            Some(order::order(source, &ctx, held.as_ref().map(|h| &h.previous)).await)
+            let renewal = order::Renewal {
+                previous: w.held.as_ref().map(|h| &h.previous),
+                replaces,
+                keep_key: schedule::keep_key(source.reuse_key, w.held.as_ref().map(|h| &h.facts)),
+            };
+            let state = &mut w.state;
+            let mut checkpoint = |url: &str, key: &Zeroizing<String>| {
+                remember(config, account_id, source, state, url, key)
+            };
+            let (result, retry_after) =
+                account::observing(order::order(source, &ctx, &renewal, &mut checkpoint)).await;
+            record(config, account_id, w, result, retry_after);
         }
     });
-    let results = futures_util::future::join_all(orders).await;
+    futures_util::future::join_all(orders).await;
     drop(responders);
-
-    let mut outcomes = Vec::new();
-    for ((source, _, mut state, due), result) in work.into_iter().zip(results) {
-        let result = result.map(|r| record(source, &mut state, r));
-        outcomes.push(Outcome {
-            source: source.name.clone(),
-            due,
-            result,
-        });
-    }
-    Ok(outcomes)
+    Ok(outcomes(work, now))
 }
 
-/// Stores an order's result: the certificate, or the failure and its
-/// backoff.
-fn record(
+/// Records an order about to be finalized: its key (0600) and its URL.
+fn remember(
+    config: &Config,
+    account: &str,
     source: &AcmeSource,
     state: &mut SourceState,
+    url: &str,
+    key: &Zeroizing<String>,
+) -> Result<(), String> {
+    crate::state::ensure_dir(&source.dir).map_err(|e| format!("{}: {e}", source.dir.display()))?;
+    let path = order_key_path(source);
+    crate::install::write_atomic(&path, key.as_bytes(), 0o600, None)
+        .map_err(|e| format!("{}: cannot keep the order's key: {e}", path.display()))?;
+    state.pending_order = Some(PendingOrder {
+        url: url.to_owned(),
+        directory: config.acme.directory.clone(),
+        account: account.to_owned(),
+        profile: config.acme.profile.clone(),
+        names: source
+            .domains
+            .iter()
+            .map(|d| d.as_str().to_owned())
+            .collect(),
+        key_type: key_type_name(source.key_type),
+    });
+    state.save(source)
+}
+
+/// Fetches a recorded order again and takes its certificate, or forgets
+/// it (the source then orders anew when due).
+async fn resume(config: &Config, account: &instant_acme::Account, w: &mut Work<'_>, now: i64) {
+    let source = w.source;
+    let Some(pending) = w.state.pending_order.clone() else {
+        return;
+    };
+    let key = crate::source::read_limited(&order_key_path(source), crate::source::PEM_SIZE_LIMIT)
+        .ok()
+        .map(|bytes| Zeroizing::new(String::from_utf8_lossy(&bytes).into_owned()));
+    let Some(key) = key
+        .filter(|_| pending.directory == config.acme.directory && pending.account == account.id())
+    else {
+        tracing::info!(
+            "acme source {}: forgetting the order {} (another CA or account, or its key is gone)",
+            source.name,
+            pending.url
+        );
+        forget_order(source, &mut w.state);
+        if let Err(e) = w.state.save(source) {
+            tracing::warn!("acme source {}: {e}", source.name);
+        }
+        return;
+    };
+    let (result, retry_after) =
+        account::observing(order::resume(source, account, &pending.url, &key)).await;
+    match result {
+        Ok(order::Resumed::Issued(issued)) => {
+            tracing::info!(
+                "acme source {}: took the certificate of the order {} finalized before",
+                source.name,
+                pending.url
+            );
+            w.due = Due::Now(Reason::Resumed);
+            record(config, account.id(), w, Ok(issued), None);
+        }
+        Ok(order::Resumed::Gone(why)) => {
+            tracing::info!(
+                "acme source {}: the order {} cannot be taken ({why}); ordering anew when due",
+                source.name,
+                pending.url
+            );
+            forget_order(source, &mut w.state);
+            if let Err(e) = w.state.save(source) {
+                tracing::warn!("acme source {}: {e}", source.name);
+            }
+        }
+        Err(e) => {
+            let next = w.state.failed(&e, retry_after, now);
+            tracing::error!(
+                "acme source {}: {e}; next attempt after {}",
+                source.name,
+                crate::rfc3339(next)
+            );
+            if let Err(e) = w.state.save(source) {
+                tracing::warn!("acme source {}: {e}", source.name);
+            }
+            w.result = Some(Err(e));
+        }
+    }
+}
+
+/// Records a failure that came before any order (the lock, the account)
+/// on every source that needed the CA, so none asks again before its
+/// backoff ends.
+fn fail_all(
+    mut work: Vec<Work<'_>>,
+    error: &str,
+    retry_after: Option<i64>,
+    now: i64,
+) -> Vec<Outcome> {
+    let mut logged = false;
+    for w in &mut work {
+        if matches!(w.due, Due::Now(_)) || w.resume {
+            let next = w.state.failed(error, retry_after, now);
+            if !logged {
+                tracing::error!("acme: {error}; next attempt after {}", crate::rfc3339(next));
+                logged = true;
+            }
+            w.result = Some(Err(error.to_owned()));
+        } else if w.ari_stale {
+            let next = w.state.ari_failed(retry_after, now);
+            tracing::warn!(
+                "acme source {}: ARI: {error}; asking again after {}",
+                w.source.name,
+                crate::rfc3339(next)
+            );
+        } else {
+            continue;
+        }
+        if let Err(e) = w.state.save(w.source) {
+            tracing::error!("acme source {}: {e}", w.source.name);
+        }
+    }
+    outcomes(work, now)
+}
+
+fn outcomes(work: Vec<Work<'_>>, now: i64) -> Vec<Outcome> {
+    work.into_iter()
+        .map(|w| {
+            let failing =
+                matches!(w.result, Some(Err(_))) || matches!(w.due, Due::BackingOff { .. });
+            let ari = w.state.ari_of(w.held.as_ref()).map(|a| a.chosen);
+            Outcome {
+                urgent: failing && schedule::urgent(now, w.held.as_ref().map(|h| &h.facts), ari),
+                source: w.source.name.clone(),
+                due: w.due,
+                result: w.result,
+            }
+        })
+        .collect()
+}
+
+/// Stores an order's result: the certificate and how it was ordered, or
+/// the failure and its backoff.
+fn record(
+    config: &Config,
+    account: &str,
+    w: &mut Work<'_>,
     result: Result<order::Issued, String>,
-) -> Result<Issued, String> {
+    retry_after: Option<i64>,
+) {
+    let source = w.source;
+    let state = &mut w.state;
     let now = crate::now();
     let stored = result.and_then(|issued| {
         crate::state::ensure_dir(&source.dir)
@@ -358,26 +735,84 @@ fn record(
     });
     let outcome = match stored {
         Ok(issued) => {
+            if issued.not_before > now {
+                tracing::warn!(
+                    "acme source {}: the certificate issued is valid only from {} (the CA's clock is ahead); it is installed then",
+                    source.name,
+                    crate::rfc3339(issued.not_before)
+                );
+            }
             tracing::info!(
                 "acme source {}: issued {} (valid until {})",
                 source.name,
                 issued.sha256,
                 crate::rfc3339(issued.not_after)
             );
+            let (names, profile, key_type) = match &state.pending_order {
+                // A resumed order: what it was placed for.
+                Some(p) if matches!(w.due, Due::Now(Reason::Resumed)) => {
+                    (p.names.clone(), p.profile.clone(), p.key_type.clone())
+                }
+                _ => (
+                    source
+                        .domains
+                        .iter()
+                        .map(|d| d.as_str().to_owned())
+                        .collect(),
+                    config.acme.profile.clone(),
+                    key_type_name(source.key_type),
+                ),
+            };
+            let failures = state.failures;
+            forget_order(source, state);
             *state = SourceState {
                 last_issued_at: Some(now),
+                issuance: Some(Issuance {
+                    sha256: issued.sha256.clone(),
+                    at: now,
+                    directory: config.acme.directory.clone(),
+                    account: account.to_owned(),
+                    profile,
+                    names,
+                    key_type,
+                }),
                 ..SourceState::default()
             };
+            // A rule still saying "due" for the certificate just issued
+            // would order again and again: an error, with backoff. (A
+            // resumed order was placed for an older configuration: the
+            // rules may rightly want another.)
+            let resumed = matches!(w.due, Due::Now(Reason::Resumed));
+            let held = holding(source);
+            let still = with_facts(
+                source,
+                &config.acme,
+                held.as_ref(),
+                state,
+                false,
+                now,
+                schedule::still_due,
+            );
+            if let Some(reason) = still.filter(|_| !resumed) {
+                state.failures = failures;
+                let error = format!(
+                    "the certificate just issued is still due ({reason}); not ordering again before the backoff ends"
+                );
+                let next = state.failed(&error, None, now);
+                tracing::error!(
+                    "acme source {}: {error} ({})",
+                    source.name,
+                    crate::rfc3339(next)
+                );
+            }
+            w.held = held;
             Ok(Issued {
                 sha256: issued.sha256,
                 not_after: issued.not_after,
             })
         }
         Err(e) => {
-            state.failures += 1;
-            let next = now + schedule::backoff(state.failures);
-            state.next_attempt_at = Some(next);
-            state.last_error = Some(e.clone());
+            let next = state.failed(&e, retry_after, now);
             tracing::error!(
                 "acme source {}: order failed: {e}; next attempt after {}",
                 source.name,
@@ -389,7 +824,7 @@ fn record(
     if let Err(e) = state.save(source) {
         tracing::error!("acme source {}: {e}", source.name);
     }
-    outcome
+    w.result = Some(outcome);
 }
 
 /// What the CA said about a certificate's renewal window.
@@ -397,35 +832,43 @@ enum AriAnswer {
     Window(Ari),
     /// The CA's directory has no `renewalInfo`.
     Unsupported,
-    /// A passing error: the lifetime rule applies this time.
-    Failed,
+    /// A passing error: asked again after Retry-After or a backoff.
+    Failed(String),
 }
 
-/// The CA's renewal window for a certificate, when the CA offers ARI.
-async fn fetch_ari(account: &instant_acme::Account, held: &Holding, now: i64) -> AriAnswer {
-    let Ok(id) = instant_acme::CertificateIdentifier::try_from(&held.previous.leaf) else {
-        return AriAnswer::Failed;
+/// The CA's renewal window for a certificate, when the CA offers ARI; the
+/// point chosen in `kept` stays while the window does.
+async fn fetch_ari(
+    account: &instant_acme::Account,
+    held: &Holding,
+    kept: Option<&Ari>,
+    now: i64,
+) -> AriAnswer {
+    let id = match instant_acme::CertificateIdentifier::try_from(&held.previous.leaf) {
+        Ok(id) => id,
+        Err(e) => return AriAnswer::Failed(format!("the certificate's identifier: {e}")),
     };
     match account.renewal_info(&id).await {
         Ok((info, retry)) => {
             let start = info.suggested_window.start.unix_timestamp();
             let end = info.suggested_window.end.unix_timestamp();
+            let kept = kept
+                .filter(|a| a.sha256 == held.sha256)
+                .map(|a| (a.window_start, a.window_end, a.chosen));
             AriAnswer::Window(Ari {
                 sha256: held.sha256.clone(),
                 window_start: start,
                 window_end: end,
-                chosen: schedule::ari_pick(start, end, schedule::random_unit(), now),
-                refetch_at: now
-                    + i64::try_from(retry.as_secs())
-                        .unwrap_or(86_400)
-                        .clamp(60, 86_400),
+                chosen: schedule::ari_pick(kept, start, end, schedule::random_unit()),
+                refetch_at: schedule::ari_refetch(
+                    now,
+                    i64::try_from(retry.as_secs()).unwrap_or(86_400),
+                ),
+                explanation_url: info.explanation_url,
             })
         }
         Err(instant_acme::Error::Unsupported(_)) => AriAnswer::Unsupported,
-        Err(e) => {
-            tracing::warn!("ARI: {}", order::acme_error(&e));
-            AriAnswer::Failed
-        }
+        Err(e) => AriAnswer::Failed(order::acme_error(&e)),
     }
 }
 
@@ -435,6 +878,11 @@ pub fn describe(outcome: &Outcome) -> String {
     match (&outcome.result, outcome.due) {
         (Some(Ok(i)), Due::Now(reason)) => format!(
             "acme {name}: issued {} ({reason}), valid until {}",
+            i.sha256,
+            crate::rfc3339(i.not_after)
+        ),
+        (Some(Ok(i)), _) => format!(
+            "acme {name}: issued {}, valid until {}",
             i.sha256,
             crate::rfc3339(i.not_after)
         ),

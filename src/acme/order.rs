@@ -5,6 +5,19 @@
 //! Challenge responses are always cleaned up, also when the order fails.
 //! Errors name the identifier, the challenge, and the CA's problem document
 //! (its type and detail).
+//!
+//! Rules for real CAs (Boulder):
+//! - `replaces` is sent only when the caller says the certificate held may
+//!   be replaced; a new-order error while it was set is retried once
+//!   without it.
+//! - An order given up before finalizing has its authorizations
+//!   deactivated, so it does not stay a pending replacement for days.
+//! - The order's URL and key are handed to a checkpoint before finalizing;
+//!   [`resume`] takes the certificate of such an order on the next pass
+//!   instead of ordering anew.
+//! - A key is kept (`reuse_key`) only when it is of the configured type.
+//! - An issued certificate whose notBefore is at most [`MAX_CLOCK_SKEW`]
+//!   ahead of the local clock is kept, not thrown away (see there).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -43,6 +56,7 @@ pub struct Context<'a> {
 }
 
 /// The certificate an `acme` source holds before this order.
+#[derive(Clone)]
 pub struct Previous {
     pub leaf: CertificateDer<'static>,
     /// Its key, kept when `reuse_key` asks.
@@ -54,6 +68,7 @@ pub struct Issued {
     /// Private key, leaf, intermediates: what `bundle.pem` holds.
     pub bundle_pem: Zeroizing<String>,
     pub sha256: String,
+    pub not_before: i64,
     pub not_after: i64,
 }
 
@@ -66,17 +81,38 @@ struct Pending {
     dns_value: String,
 }
 
+/// How an order relates to the certificate held.
+pub struct Renewal<'a> {
+    /// The certificate held, when there is one.
+    pub previous: Option<&'a Previous>,
+    /// Name it in `replaces` (the caller checked it was issued to this
+    /// account by this directory, for overlapping names).
+    pub replaces: bool,
+    /// Keep its key (`reuse_key`, and the key is of the configured type).
+    pub keep_key: bool,
+}
+
+/// Called with the order's URL and its key just before finalizing, so an
+/// order finalized but not stored can be fetched again; an error abandons
+/// the order.
+pub type Checkpoint<'a> = dyn FnMut(&str, &Zeroizing<String>) -> Result<(), String> + 'a;
+
 /// Places an order for `source` and returns the checked certificate.
 pub async fn order(
     source: &AcmeSource,
     ctx: &Context<'_>,
-    previous: Option<&Previous>,
+    renewal: &Renewal<'_>,
+    checkpoint: &mut Checkpoint<'_>,
 ) -> Result<Issued, String> {
     let identifiers: Vec<Identifier> = source
         .domains
         .iter()
         .map(|d| Identifier::Dns(d.as_str().to_owned()))
         .collect();
+    let replaced = renewal
+        .previous
+        .filter(|_| renewal.replaces)
+        .and_then(|p| CertificateIdentifier::try_from(&p.leaf).ok());
     let build = |replaces: bool| {
         let mut new_order = NewOrder::new(&identifiers);
         if let Some(profile) = ctx.profile {
@@ -84,40 +120,82 @@ pub async fn order(
         }
         // `replaces` (RFC 9773) ties a renewal to the certificate it
         // replaces, which exempts it from rate limits at CAs with ARI.
-        if replaces
-            && let Some(id) = previous.and_then(|p| CertificateIdentifier::try_from(&p.leaf).ok())
-        {
-            new_order = new_order.replaces(id);
+        if replaces && let Some(id) = &replaced {
+            new_order = new_order.replaces(id.clone());
         }
         new_order
     };
-    let mut order = match ctx.account.new_order(&build(true)).await {
+    let mut order = match ctx.account.new_order(&build(replaced.is_some())).await {
         // A CA without ARI takes no `replaces`: order without it.
-        Err(instant_acme::Error::Unsupported(_)) if previous.is_some() => {
+        Err(instant_acme::Error::Unsupported(_)) if replaced.is_some() => {
+            ctx.account.new_order(&build(false)).await
+        }
+        // A rate limit applies with or without `replaces`.
+        Err(e) if is_rate_limited(&e) => Err(e),
+        // The CA refused `replaces` (`alreadyReplaced` after an order left
+        // pending, a certificate it does not know or gave another
+        // account): once without it.
+        Err(e) if replaced.is_some() => {
+            tracing::warn!(
+                "acme source {}: the order naming the certificate it replaces was refused ({}); ordering without `replaces`",
+                source.name,
+                acme_error(&e)
+            );
             ctx.account.new_order(&build(false)).await
         }
         other => other,
     }
     .map_err(|e| format!("new order: {}", acme_error(&e)))?;
 
+    let key = match until_finalize(source, ctx, &mut order, renewal).await {
+        Ok(key) => key,
+        Err(e) => {
+            abandon(source, &mut order).await;
+            return Err(e);
+        }
+    };
+    let key_pem = Zeroizing::new(key.serialize_pem());
+    if let Err(e) = checkpoint(order.url(), &key_pem) {
+        abandon(source, &mut order).await;
+        return Err(e);
+    }
+    finish(source, &mut order, &key, &key_pem).await
+}
+
+/// The challenges answered and the key to certify, or why not.
+async fn until_finalize(
+    source: &AcmeSource,
+    ctx: &Context<'_>,
+    order: &mut Order,
+    renewal: &Renewal<'_>,
+) -> Result<KeyPair, String> {
     let challenge_type = match source.challenge {
         Challenge::Dns01 { .. } => ChallengeType::Dns01,
         _ => ChallengeType::Http01,
     };
-    let pending = collect_challenges(&mut order, &challenge_type).await?;
+    let pending = collect_challenges(order, &challenge_type).await?;
     let published = publish(source, ctx, &pending).await;
     let validated = match &published {
-        Ok(()) => validate(&mut order, &challenge_type, &pending).await,
+        Ok(()) => validate(order, &challenge_type, &pending).await,
         Err(e) => Err(e.clone()),
     };
     unpublish(source, ctx, &pending).await;
     validated?;
 
-    let key = match (source.reuse_key, previous) {
+    match (renewal.keep_key, renewal.previous) {
         (true, Some(p)) => KeyPair::from_pem(&p.key_pem)
-            .map_err(|e| format!("reuse_key: the kept key cannot be used: {e}"))?,
-        _ => new_key(source.key_type)?,
-    };
+            .map_err(|e| format!("reuse_key: the kept key cannot be used: {e}")),
+        _ => new_key(source.key_type),
+    }
+}
+
+/// Finalizes with a CSR for `key` and downloads the checked certificate.
+async fn finish(
+    source: &AcmeSource,
+    order: &mut Order,
+    key: &KeyPair,
+    key_pem: &Zeroizing<String>,
+) -> Result<Issued, String> {
     let mut params = CertificateParams::new(
         source
             .domains
@@ -128,17 +206,92 @@ pub async fn order(
     .map_err(|e| format!("CSR: {e}"))?;
     params.distinguished_name = DistinguishedName::new();
     let csr = params
-        .serialize_request(&key)
+        .serialize_request(key)
         .map_err(|e| format!("CSR: {e}"))?;
     order
         .finalize_csr(csr.der())
         .await
         .map_err(|e| format!("finalize: {}", acme_error(&e)))?;
+    download(source, order, key_pem).await
+}
+
+async fn download(
+    source: &AcmeSource,
+    order: &mut Order,
+    key_pem: &Zeroizing<String>,
+) -> Result<Issued, String> {
     let chain = order
         .poll_certificate(&RetryPolicy::new().timeout(ISSUANCE_TIMEOUT))
         .await
         .map_err(|e| format!("certificate: {}", acme_error(&e)))?;
-    check(source, &chain, &Zeroizing::new(key.serialize_pem()))
+    check(source, &chain, key_pem, crate::now())
+}
+
+/// An order given up before finalizing: its authorizations are
+/// deactivated, so the CA no longer counts it as a pending replacement
+/// (Boulder's `alreadyReplaced`) nor reuses them.
+async fn abandon(source: &AcmeSource, order: &mut Order) {
+    let mut authorizations = order.authorizations();
+    while let Some(next) = authorizations.next().await {
+        let Ok(mut authz) = next else { break };
+        if !matches!(
+            authz.status,
+            AuthorizationStatus::Pending | AuthorizationStatus::Valid
+        ) {
+            continue;
+        }
+        let identifier = authz.identifier().to_string();
+        if let Err(e) = authz.deactivate().await {
+            tracing::warn!(
+                "acme source {}: {identifier}: cannot deactivate the abandoned authorization: {}",
+                source.name,
+                acme_error(&e)
+            );
+        }
+    }
+}
+
+/// What fetching a recorded order again gave.
+pub enum Resumed {
+    /// Its certificate, checked.
+    Issued(Issued),
+    /// Nothing to take (pending, invalid, unknown to the CA): order anew.
+    Gone(String),
+}
+
+/// Fetches an order finalized before (or about to be) from its URL and
+/// takes its certificate: finalized with the recorded key if still ready,
+/// downloaded when valid. A network failure is an error (the order stays
+/// recorded); a CA's refusal or an order that never got that far is
+/// [`Resumed::Gone`].
+pub async fn resume(
+    source: &AcmeSource,
+    account: &Account,
+    url: &str,
+    key_pem: &Zeroizing<String>,
+) -> Result<Resumed, String> {
+    let mut order = match account.order(url.to_owned()).await {
+        Ok(order) => order,
+        Err(e @ instant_acme::Error::Api(_)) => return Ok(Resumed::Gone(acme_error(&e))),
+        Err(e) => return Err(format!("fetching the order {url}: {}", acme_error(&e))),
+    };
+    match order.state().status {
+        OrderStatus::Valid | OrderStatus::Processing => download(source, &mut order, key_pem)
+            .await
+            .map(Resumed::Issued),
+        OrderStatus::Ready => {
+            let key = KeyPair::from_pem(key_pem)
+                .map_err(|e| format!("the recorded order key cannot be used: {e}"))?;
+            finish(source, &mut order, &key, key_pem)
+                .await
+                .map(Resumed::Issued)
+        }
+        OrderStatus::Pending => {
+            abandon(source, &mut order).await;
+            Ok(Resumed::Gone("it was never validated".to_owned()))
+        }
+        OrderStatus::Invalid => Ok(Resumed::Gone("it is invalid".to_owned())),
+    }
 }
 
 /// Every pending authorization's challenge of the wanted type.
@@ -383,6 +536,11 @@ fn problem_text(p: &Problem) -> String {
     text
 }
 
+fn is_rate_limited(e: &instant_acme::Error) -> bool {
+    matches!(e, instant_acme::Error::Api(p)
+        if p.r#type.as_deref() == Some("urn:ietf:params:acme:error:rateLimited"))
+}
+
 /// An instant-acme error, with the CA's problem document when there is one.
 pub fn acme_error(e: &instant_acme::Error) -> String {
     match e {
@@ -408,9 +566,17 @@ fn new_key(key_type: AcmeKeyType) -> Result<KeyPair, String> {
     key.map_err(|e| format!("generating a {key_type:?} key: {e}"))
 }
 
+/// How far in the future an issued certificate's notBefore may be (the
+/// CA's clock a little ahead of ours) and still be kept: it is stored, and
+/// the pipeline installs it once it is valid by the local clock (the
+/// daemon wakes at its notBefore); the certificate held stays installed
+/// until then. Further ahead, the local clock is wrong: an error.
+pub const MAX_CLOCK_SKEW: i64 = 300;
+
 /// Checks the issued chain like any candidate: key match, chain
-/// signatures, every name covered, valid now.
-fn check(source: &AcmeSource, chain_pem: &str, key_pem: &str) -> Result<Issued, String> {
+/// signatures, every name covered, valid now (or within
+/// [`MAX_CLOCK_SKEW`] of its start).
+fn check(source: &AcmeSource, chain_pem: &str, key_pem: &str, now: i64) -> Result<Issued, String> {
     let certs = cert::parse_pem_certs(chain_pem.as_bytes())
         .map_err(|e| format!("the issued chain: {e}"))?;
     let key = PrivateKey::from_pem(key_pem.as_bytes()).map_err(|e| format!("the new key: {e}"))?;
@@ -427,11 +593,19 @@ fn check(source: &AcmeSource, chain_pem: &str, key_pem: &str) -> Result<Issued, 
             missing.join(", ")
         ));
     }
-    if leaf.validity.at(crate::now()) != Timeliness::Valid {
-        return Err("the issued certificate is not valid now".to_owned());
+    let usable = leaf.validity.at(now) == Timeliness::Valid
+        || (leaf.validity.at(now + MAX_CLOCK_SKEW) == Timeliness::Valid
+            && leaf.validity.not_before > now);
+    if !usable {
+        return Err(format!(
+            "the issued certificate is not valid now (valid from {} to {}; is the clock right?)",
+            crate::rfc3339(leaf.validity.not_before),
+            crate::rfc3339(leaf.validity.not_after)
+        ));
     }
     Ok(Issued {
         sha256: cert::fingerprint(bundle.leaf_der()),
+        not_before: leaf.validity.not_before,
         not_after: leaf.validity.not_after,
         bundle_pem: bundle.combined_pem(),
     })

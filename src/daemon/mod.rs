@@ -70,6 +70,9 @@ struct Daemon {
     warned: HashMap<(String, String), Instant>,
     started_at: i64,
     reconciles: u64,
+    /// When the last ACME pass ran: the renewal timer waits at least
+    /// [`crate::acme::schedule::MIN_PASS_INTERVAL`] after it.
+    last_renewal: i64,
 }
 
 impl Daemon {
@@ -99,6 +102,7 @@ impl Daemon {
             warned: HashMap::new(),
             started_at: crate::now(),
             reconciles: 0,
+            last_renewal: i64::MIN / 2,
         })
     }
 
@@ -169,6 +173,7 @@ impl Daemon {
         if self.config.acme_sources().next().is_none() {
             return;
         }
+        self.last_renewal = crate::now();
         match crate::acme::renew(&self.config, false, None).await {
             // Each order already logged its outcome.
             Ok(outcomes) => self.metrics.record_orders(&outcomes),
@@ -216,11 +221,13 @@ impl Daemon {
     }
 
     /// When the next `acme` source is due (its backoff ends, or its ARI
-    /// window should be asked again), as a timer deadline.
+    /// window should be asked again), as a timer deadline: never sooner
+    /// than the minimum interval after the last pass, whatever failed.
     fn next_renewal(&self) -> Option<Instant> {
         let due = crate::acme::next_due(&self.config);
         self.metrics.set_next_renewals(&due);
-        let at = due.values().min().copied()?;
+        let at = crate::acme::next_check(&self.config)?;
+        let at = crate::acme::schedule::next_wake(self.last_renewal, at);
         let wait = (at - crate::now()).clamp(1, 7 * 86_400);
         tracing::debug!(
             "next acme renewal check at {}",

@@ -7,6 +7,7 @@
 #[path = "../../providers/tests/bind/mod.rs"]
 pub mod bind;
 pub mod dkim_tools;
+pub mod fake_acme;
 pub mod servers;
 
 use std::fmt::Write as _;
