@@ -9,6 +9,7 @@
 //! network when nothing is due.
 
 pub mod account;
+pub mod dns01;
 pub mod http01;
 pub mod order;
 pub mod schedule;
