@@ -110,6 +110,24 @@ impl RecordStore for Provider {
             Provider::Manual(p) => p.remove(name, rtype).await,
         }
     }
+
+    async fn add(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
+        match self {
+            Provider::Cloudflare(p) => p.add(name, ttl, values).await,
+            Provider::Rfc2136(p) => p.add(name, ttl, values).await,
+            Provider::Exec(p) => p.add(name, ttl, values).await,
+            Provider::Manual(p) => p.add(name, ttl, values).await,
+        }
+    }
+
+    async fn remove_values(&self, name: &str, values: &[RData]) -> Result<Change, Error> {
+        match self {
+            Provider::Cloudflare(p) => p.remove_values(name, values).await,
+            Provider::Rfc2136(p) => p.remove_values(name, values).await,
+            Provider::Exec(p) => p.remove_values(name, values).await,
+            Provider::Manual(p) => p.remove_values(name, values).await,
+        }
+    }
 }
 
 /// The propagation check a `[dns.NAME]` table asks for.
