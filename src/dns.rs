@@ -130,13 +130,16 @@ impl RecordStore for Provider {
     }
 }
 
-/// The propagation check a `[dns.NAME]` table asks for.
+/// The propagation check a `[dns.NAME]` table asks for: its `nameservers`
+/// serve its `zone` only (every name without a `zone`); other names are
+/// looked up through its `resolver`.
 pub fn propagation(cfg: &DnsProvider) -> Propagation {
     Propagation {
         nameservers: cfg.nameservers.clone(),
+        zone: cfg.zone.clone(),
+        resolver: cfg.resolver,
         interval: cfg.propagation_interval,
         timeout: cfg.propagation_timeout,
-        ..Propagation::default()
     }
 }
 
