@@ -2,6 +2,18 @@
 //! publication through a `[dns.NAME]` provider, the wait until every
 //! authoritative server answers it, and its removal.
 //!
+//! Rule: an order adds and removes only its own values. Other clients
+//! answer challenges at the same names (a second `acme` source for the same
+//! names, certbot, another host): their values are never replaced or
+//! deleted, and the wait asks only that each server's set contains ours.
+//!
+//! Delegation: `_acme-challenge.NAME` may be a CNAME into a zone kept for
+//! challenges, so the main zone's credentials need not be on the mail host.
+//! The chain is followed through public resolution, as the CA will follow
+//! it ([`Propagation::follow_cnames`]), never through the provider, whose
+//! credentials may reach only the challenge zone. The values are written at
+//! the end of the chain, and the wait asks that name's servers.
+//!
 //! The order (`order.rs`) decides which challenges to answer; this module
 //! only acts on DNS. Errors name the record and the provider.
 
@@ -9,7 +21,7 @@ use std::collections::BTreeMap;
 
 use crate::dns::Provider;
 use mxkeys_providers::propagation::Propagation;
-use mxkeys_providers::{RData, RecordStore};
+use mxkeys_providers::{RData, RecordStore, RecordType};
 
 /// TTL of DNS-01 TXT records.
 const CHALLENGE_TTL: u32 = 60;
@@ -20,27 +32,6 @@ pub struct Challenge<'a> {
     pub identifier: &'a str,
     /// The TXT value (the key authorization's digest).
     pub value: &'a str,
-}
-
-/// Where a challenge record really goes: `_acme-challenge.NAME` is often a
-/// CNAME into a zone kept for challenges (so the main zone's credentials
-/// need not be on the mail host); the record is written at the end of the
-/// chain, as the CA will look it up.
-async fn delegated(provider: &Provider, name: &str) -> String {
-    let mut name = name.to_owned();
-    for _ in 0..8 {
-        match provider
-            .read(&name, mxkeys_providers::RecordType::Cname)
-            .await
-        {
-            Ok(targets) => match targets.first() {
-                Some(RData::Cname(target)) => name = target.clone(),
-                _ => break,
-            },
-            Err(_) => break,
-        }
-    }
-    name
 }
 
 /// `_acme-challenge.` names and their TXT values (a wildcard and its base
@@ -57,46 +48,61 @@ fn dns_records(challenges: &[Challenge<'_>]) -> BTreeMap<String, Vec<RData>> {
     records
 }
 
-/// Writes every challenge record through the provider `name`, then waits
-/// until every authoritative server answers them.
+/// Where the record `name` is written: the end of its CNAME chain, as the
+/// CA sees it.
+async fn delegated(propagation: &Propagation, name: &str) -> Result<String, String> {
+    propagation
+        .follow_cnames(name)
+        .await
+        .map_err(|e| format!("dns-01: following CNAMEs from {name}: {e}"))
+}
+
+/// Adds every challenge value through the provider `name`, then waits until
+/// every authoritative server's set contains them.
 pub async fn publish(
     name: &str,
     dns: Option<(&Provider, &Propagation)>,
     challenges: &[Challenge<'_>],
 ) -> Result<(), String> {
     let (provider, propagation) = dns.ok_or_else(|| format!("dns-01: no [dns.{name}] provider"))?;
-    let records = dns_records(challenges);
-    for (record, values) in &records {
-        let target = delegated(provider, record).await;
+    let mut written = Vec::new();
+    for (record, values) in dns_records(challenges) {
+        let target = delegated(propagation, &record).await?;
         provider
-            .replace(&target, CHALLENGE_TTL, values)
+            .add(&target, CHALLENGE_TTL, &values)
             .await
-            .map_err(|e| format!("dns-01: writing {target} through [dns.{name}]: {e}"))?;
+            .map_err(|e| format!("dns-01: adding to {target} through [dns.{name}]: {e}"))?;
+        written.push((target, values));
     }
-    for (record, values) in &records {
+    for (target, values) in &written {
         propagation
-            .wait(record, mxkeys_providers::RecordType::Txt, values)
+            .wait_contains(target, RecordType::Txt, values)
             .await
-            .map_err(|e| format!("dns-01: {record}: {e}"))?;
+            .map_err(|e| format!("dns-01: {target}: {e}"))?;
     }
     Ok(())
 }
 
-/// Removes the challenge records (errors are logged: the order's outcome
-/// matters more).
+/// Removes this order's challenge values, and only them (errors are logged:
+/// the order's outcome matters more).
 pub async fn unpublish(
     name: &str,
     dns: Option<(&Provider, &Propagation)>,
     challenges: &[Challenge<'_>],
 ) {
-    let Some((provider, _)) = dns else { return };
-    for record in dns_records(challenges).keys() {
-        let target = delegated(provider, record).await;
-        if let Err(e) = provider
-            .remove(&target, mxkeys_providers::RecordType::Txt)
-            .await
-        {
-            tracing::warn!("dns-01: cannot remove {target} through [dns.{name}]: {e}");
+    let Some((provider, propagation)) = dns else {
+        return;
+    };
+    for (record, values) in dns_records(challenges) {
+        let target = match delegated(propagation, &record).await {
+            Ok(target) => target,
+            Err(e) => {
+                tracing::warn!("{e}: its values stay");
+                continue;
+            }
+        };
+        if let Err(e) = provider.remove_values(&target, &values).await {
+            tracing::warn!("dns-01: cannot remove values of {target} through [dns.{name}]: {e}");
         }
     }
 }
