@@ -410,6 +410,46 @@ mod tests {
         assert!(calls.ends_with(&format!("remove {name} TXT\n")), "{calls}");
     }
 
+    /// A program that cannot read gets the values this process added, and
+    /// nothing of a value it removed.
+    #[tokio::test]
+    async fn a_program_that_cannot_read_gets_the_values_mxkeys_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls");
+        let store = Exec::new(vec![
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "[ \"$1\" = read ] && exit 1; echo \"$*\" >> {}",
+                log.display()
+            ),
+            "hook".into(),
+        ])
+        .unwrap();
+        let name = "_acme-challenge.example.test";
+        let (a, b) = (RData::Txt("order-a".into()), RData::Txt("order-b".into()));
+        store.add(name, 60, std::slice::from_ref(&a)).await.unwrap();
+        store.add(name, 60, std::slice::from_ref(&b)).await.unwrap();
+        store
+            .remove_values(name, std::slice::from_ref(&a))
+            .await
+            .unwrap();
+        store
+            .remove_values(name, std::slice::from_ref(&b))
+            .await
+            .unwrap();
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            calls,
+            format!(
+                "replace {name} TXT 60 order-a\n\
+                 replace {name} TXT 60 order-a order-b\n\
+                 replace {name} TXT 60 order-b\n\
+                 remove {name} TXT\n"
+            )
+        );
+    }
+
     #[tokio::test]
     async fn a_failing_program_is_an_error_with_its_stderr() {
         let store = Exec::new(vec![
