@@ -51,7 +51,7 @@ impl Provider {
                 let text = tsig_secret
                     .read()
                     .map_err(|e| err(format!("TSIG secret: {e}")))?;
-                let secret = tsig_secret_bytes(&text)
+                let secret = tsig_secret_bytes(&text, tsig_name)
                     .map_err(|e| err(format!("TSIG secret in {tsig_secret}: {e}")))?;
                 Provider::Rfc2136(
                     Rfc2136::new(Rfc2136Config {
@@ -110,33 +110,183 @@ impl RecordStore for Provider {
             Provider::Manual(p) => p.remove(name, rtype).await,
         }
     }
-}
 
-/// The propagation check a `[dns.NAME]` table asks for.
-pub fn propagation(cfg: &DnsProvider) -> Propagation {
-    Propagation {
-        nameservers: cfg.nameservers.clone(),
-        interval: cfg.propagation_interval,
-        timeout: cfg.propagation_timeout,
-        ..Propagation::default()
+    async fn add(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
+        match self {
+            Provider::Cloudflare(p) => p.add(name, ttl, values).await,
+            Provider::Rfc2136(p) => p.add(name, ttl, values).await,
+            Provider::Exec(p) => p.add(name, ttl, values).await,
+            Provider::Manual(p) => p.add(name, ttl, values).await,
+        }
+    }
+
+    async fn remove_values(&self, name: &str, values: &[RData]) -> Result<Change, Error> {
+        match self {
+            Provider::Cloudflare(p) => p.remove_values(name, values).await,
+            Provider::Rfc2136(p) => p.remove_values(name, values).await,
+            Provider::Exec(p) => p.remove_values(name, values).await,
+            Provider::Manual(p) => p.remove_values(name, values).await,
+        }
     }
 }
 
-/// The TSIG secret's bytes from a file holding either the base64 secret
-/// or a whole BIND key statement (`key "x" { algorithm ...; secret "..."; };`).
-fn tsig_secret_bytes(text: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+/// The propagation check a `[dns.NAME]` table asks for: its `nameservers`
+/// serve its `zone` only (every name without a `zone`); other names are
+/// looked up through its `resolver`.
+pub fn propagation(cfg: &DnsProvider) -> Propagation {
+    Propagation {
+        nameservers: cfg.nameservers.clone(),
+        zone: cfg.zone.clone(),
+        resolver: cfg.resolver,
+        interval: cfg.propagation_interval,
+        timeout: cfg.propagation_timeout,
+    }
+}
+
+/// The TSIG secret's bytes from a file holding either the bare base64
+/// secret or BIND key statements (`key "NAME" { algorithm X; secret "...";
+/// };`, as `tsig-keygen` writes them, comments allowed). With statements,
+/// the secret is the one of the key named `key_name`. Errors never quote
+/// the file.
+fn tsig_secret_bytes(text: &str, key_name: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
     use base64::Engine as _;
-    let b64 = match text.find("secret") {
-        Some(at) => text[at + "secret".len()..]
-            .split('"')
-            .nth(1)
-            .ok_or("a `secret` clause without a quoted value")?,
-        None => text.trim(),
+    let tokens = bind_tokens(text)?;
+    let b64 = match tokens.first() {
+        Some(BindToken::Word(w)) if w.eq_ignore_ascii_case("key") => {
+            key_statement_secret(&tokens, key_name)?
+        }
+        _ => text.trim(),
     };
     base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map(zeroize::Zeroizing::new)
         .map_err(|_| "not valid base64 (expected the secret of a tsig-keygen key)".to_owned())
+}
+
+/// A token of BIND's configuration syntax, borrowed from the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BindToken<'a> {
+    Word(&'a str),
+    Quoted(&'a str),
+    Open,
+    Close,
+    Semicolon,
+}
+
+/// Splits BIND configuration text into tokens, skipping `#`, `//` and
+/// `/* */` comments.
+fn bind_tokens(text: &str) -> Result<Vec<BindToken<'_>>, String> {
+    let bytes = text.as_bytes();
+    let mut tokens = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        let c = bytes[i];
+        match c {
+            b if b.is_ascii_whitespace() => i += 1,
+            b'#' => i = text[i..].find('\n').map_or(bytes.len(), |n| i + n),
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                i = text[i..].find('\n').map_or(bytes.len(), |n| i + n)
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'*') => {
+                i = text[i + 2..]
+                    .find("*/")
+                    .map(|n| i + 2 + n + 2)
+                    .ok_or("an unterminated /* comment")?
+            }
+            b'{' => {
+                tokens.push(BindToken::Open);
+                i += 1;
+            }
+            b'}' => {
+                tokens.push(BindToken::Close);
+                i += 1;
+            }
+            b';' => {
+                tokens.push(BindToken::Semicolon);
+                i += 1;
+            }
+            b'"' => {
+                let end = text[i + 1..]
+                    .find('"')
+                    .map(|n| i + 1 + n)
+                    .ok_or("an unterminated quoted string")?;
+                tokens.push(BindToken::Quoted(&text[i + 1..end]));
+                i = end + 1;
+            }
+            _ => {
+                let end = text[i..]
+                    .find(|c: char| c.is_ascii_whitespace() || "{};\"#".contains(c))
+                    .map_or(bytes.len(), |n| i + n);
+                tokens.push(BindToken::Word(&text[i..end]));
+                i = end;
+            }
+        }
+    }
+    Ok(tokens)
+}
+
+/// The `secret` of the key named `key_name` among `key NAME { ... };`
+/// statements.
+fn key_statement_secret<'a>(tokens: &[BindToken<'a>], key_name: &str) -> Result<&'a str, String> {
+    let wanted = mxkeys_providers::canonical_name(key_name);
+    let mut names = Vec::new();
+    let mut rest = tokens;
+    while !rest.is_empty() {
+        let (name, body, after) = match rest {
+            [
+                BindToken::Word(k),
+                BindToken::Word(n) | BindToken::Quoted(n),
+                BindToken::Open,
+                tail @ ..,
+            ] if k.eq_ignore_ascii_case("key") => {
+                let close = tail
+                    .iter()
+                    .position(|t| *t == BindToken::Close)
+                    .ok_or_else(|| format!("key {n:?}: no closing `}}`"))?;
+                let after = match &tail[close + 1..] {
+                    [BindToken::Semicolon, after @ ..] => after,
+                    _ => return Err(format!("key {n:?}: no `;` after its closing `}}`")),
+                };
+                (*n, &tail[..close], after)
+            }
+            _ => return Err("expected `key NAME { algorithm ...; secret \"...\"; };`".to_owned()),
+        };
+        names.push(name);
+        rest = after;
+        if mxkeys_providers::canonical_name(name) != wanted {
+            continue;
+        }
+        // Clauses: a keyword, its value, `;`.
+        let mut secret = None;
+        for clause in body.split(|t| *t == BindToken::Semicolon) {
+            match clause {
+                [] => {}
+                [
+                    BindToken::Word(w),
+                    BindToken::Quoted(v) | BindToken::Word(v),
+                ] if w.eq_ignore_ascii_case("secret") => secret = Some(*v),
+                [BindToken::Word(_), ..] => {}
+                _ => {
+                    return Err(format!(
+                        "key {name:?}: a clause that is not `keyword value;`"
+                    ));
+                }
+            }
+        }
+        return secret.ok_or_else(|| format!("key {name:?} has no `secret` clause"));
+    }
+    Err(format!(
+        "no key named {wanted:?} in the key file (it holds {})",
+        if names.is_empty() {
+            "no key".to_owned()
+        } else {
+            names
+                .iter()
+                .map(|n| format!("{n:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    ))
 }
 
 /// `mxkeys dns test`: writes a probe TXT record, waits until every
@@ -235,15 +385,45 @@ mod tests {
     fn tsig_secret_from_bind_key_file_or_bare_base64() {
         let key =
             "key \"mxkeys\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0LWJ5dGVz\";\n};\n";
-        assert_eq!(tsig_secret_bytes(key).unwrap().as_slice(), b"secret-bytes");
         assert_eq!(
-            tsig_secret_bytes("c2VjcmV0LWJ5dGVz\n").unwrap().as_slice(),
+            tsig_secret_bytes(key, "mxkeys").unwrap().as_slice(),
             b"secret-bytes"
         );
-        let e = tsig_secret_bytes("not base64 !!").unwrap_err();
+        assert_eq!(
+            tsig_secret_bytes("c2VjcmV0LWJ5dGVz\n", "mxkeys")
+                .unwrap()
+                .as_slice(),
+            b"secret-bytes"
+        );
+        let e = tsig_secret_bytes("not base64 !!", "mxkeys").unwrap_err();
         assert!(
             !e.contains("not base64 !!"),
             "the error must not echo the secret: {e}"
         );
+    }
+
+    #[test]
+    fn the_word_secret_in_a_key_name_is_not_the_secret_clause() {
+        let key = "key \"my-secret-key\" {\n\talgorithm hmac-sha256;\n\tsecret \"c2VjcmV0LWJ5dGVz\";\n};\n";
+        assert_eq!(
+            tsig_secret_bytes(key, "my-secret-key").unwrap().as_slice(),
+            b"secret-bytes"
+        );
+        // Unquoted names, comments, and a second key: the named one counts.
+        let two = "# made by tsig-keygen\nkey secret.example. { algorithm hmac-sha256; secret \"b3RoZXI=\"; };\n\
+                   /* ours */ key \"mxkeys\" { secret \"c2VjcmV0LWJ5dGVz\"; // the secret\n algorithm hmac-sha512; };";
+        assert_eq!(
+            tsig_secret_bytes(two, "mxkeys").unwrap().as_slice(),
+            b"secret-bytes"
+        );
+        assert_eq!(
+            tsig_secret_bytes(two, "Secret.Example").unwrap().as_slice(),
+            b"other"
+        );
+        let e = tsig_secret_bytes(two, "nobody").unwrap_err();
+        assert!(e.contains("\"nobody\"") && e.contains("\"mxkeys\""), "{e}");
+        assert!(!e.contains("c2VjcmV0"), "{e}");
+        let e = tsig_secret_bytes("key \"k\" { algorithm hmac-sha256; };", "k").unwrap_err();
+        assert!(e.contains("no `secret`"), "{e}");
     }
 }

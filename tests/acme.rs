@@ -1751,3 +1751,170 @@ fn a_certificate_due_as_soon_as_issued_is_an_error_not_an_order_loop() {
     }
     assert_eq!(fake.ca.count("POST /order"), 1, "{}", fake.ca.log());
 }
+
+// ---- DNS-01: own values, delegation ----
+
+/// Runs `future` (a provider call) to its end.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(future)
+}
+
+/// The dual ECDSA + RSA setup: two `acme` sources for the same names (a
+/// wildcard among them, so two challenges of each order share
+/// `_acme-challenge.example.test`), ordered at once through one provider.
+/// Each order adds and removes only its own values and waits until the
+/// servers' sets contain them: both succeed, and a value another client
+/// (certbot, another host) placed at each challenge name beforehand is
+/// still there afterwards.
+#[test]
+fn dns01_dual_ecdsa_and_rsa_sources_for_the_same_names_both_succeed_and_keep_a_foreign_value() {
+    let Some(acme) = Acme::start(
+        "dns01_dual_ecdsa_and_rsa_sources_for_the_same_names_both_succeed_and_keep_a_foreign_value",
+    ) else {
+        return;
+    };
+    let names = [MAIL, "*.example.test"];
+    let challenge_names = [
+        "_acme-challenge.mail.example.test",
+        "_acme-challenge.example.test",
+    ];
+    let foreign = mxkeys_providers::RData::Txt("certbot-elsewhere-0123456789".to_owned());
+    for name in challenge_names {
+        block_on(mxkeys_providers::RecordStore::replace(
+            &acme.bind.provider(),
+            name,
+            300,
+            std::slice::from_ref(&foreign),
+        ))
+        .unwrap();
+    }
+    let (ec_out, rsa_out) = (acme.env.out.join("ec.pem"), acme.env.out.join("rsa.pem"));
+    acme.config(&format!(
+        "{}\n{}\n{}\n{}",
+        dns_source("ec", &names, "key_type = \"ecdsa-p256\""),
+        dns_source("rsa", &names, "key_type = \"rsa-2048\""),
+        target("ec", &names, &ec_out, "key_type = \"ecdsa\""),
+        target("rsa", &names, &rsa_out, "key_type = \"rsa\""),
+    ));
+    let run = acme.renew(&[]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    let ec = Installed::read(&ec_out);
+    assert_eq!(ec.fp(), issued(&run, "ec", "no certificate yet"));
+    assert_eq!(cert_info(&ec.leaf).key_type, "ecdsa-p256");
+    ec.assert_names(&names);
+    ec.assert_from_pebble(&acme, "ec");
+    let rsa = Installed::read(&rsa_out);
+    assert_eq!(rsa.fp(), issued(&run, "rsa", "no certificate yet"));
+    assert_eq!(cert_info(&rsa.leaf).key_type, "rsa-2048");
+    rsa.assert_names(&names);
+    rsa.assert_from_pebble(&acme, "rsa");
+
+    // The orders ran at once: both placed before either was finalized.
+    let log = acme.pebble_log();
+    let at = |what: &str| -> Vec<usize> {
+        log.lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(&format!("{what} -> calling handler()")))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let (orders, finals) = (at("POST /order-plz"), at("POST /finalize-order/"));
+    assert_eq!((orders.len(), finals.len()), (2, 2), "{log}");
+    assert!(
+        orders[1] < finals[0],
+        "the orders ran one after the other\n{log}"
+    );
+
+    // Only the orders' own values are gone.
+    for name in challenge_names {
+        assert_eq!(
+            acme.bind.txt_values(name),
+            vec!["certbot-elsewhere-0123456789".to_owned()],
+            "{name}"
+        );
+    }
+}
+
+/// Starts pebble and a BIND where mxkeys' key reaches only the challenge
+/// zone `delegated.test` ([`Bind::start_split`]); `example.test` holds
+/// `_acme-challenge.split IN CNAME x.delegated.test.`.
+fn start_split(test: &str) -> Option<Acme> {
+    if !require(test) {
+        return None;
+    }
+    let zone = format!("{ZONE}_acme-challenge.split IN CNAME x.delegated.test.\n");
+    let bind = Bind::start_split(&zone)?;
+    let env = Env::new();
+    let pebble = Pebble::start_with_dns(&env.path("pebble"), bind.addr());
+    Some(Acme { pebble, bind, env })
+}
+
+/// A challenge delegated by CNAME into a zone kept for challenges, with a
+/// provider whose credentials reach only that zone: the main zone has its
+/// own key (not given to mxkeys) and does not even answer mxkeys' key. The
+/// CNAME is followed through public resolution (`resolver`), the value is
+/// written in the challenge zone (`zone`, whose servers `nameservers`
+/// are), the CA follows the CNAME, and the main zone is never written.
+#[test]
+fn dns01_cname_delegated_challenge_works_with_credentials_for_the_challenge_zone_only() {
+    let Some(acme) = start_split(
+        "dns01_cname_delegated_challenge_works_with_credentials_for_the_challenge_zone_only",
+    ) else {
+        return;
+    };
+    let dns = acme.bind.addr();
+    let out = acme.env.out.join("split.pem");
+    acme.env.write_config_raw(&format!(
+        "state_dir = {state}\n\n\
+         [acme]\n\
+         directory = {dir}\n\
+         email = \"admin@example.test\"\n\
+         ca_bundle = {ca}\n\n\
+         [dns.bind]\n\
+         type = \"rfc2136\"\n\
+         server = \"{dns}\"\n\
+         zone = \"delegated.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\n\
+         tsig_secret_file = {tsig}\n\
+         nameservers = [\"{dns}\"]\n\
+         resolver = \"{dns}\"\n\
+         propagation_interval = \"200ms\"\n\
+         propagation_timeout = \"30s\"\n\n\
+         {source}\n{target}",
+        state = qp(&acme.env.state),
+        dir = q(&acme.pebble.url),
+        ca = qp(&acme.pebble.https_ca),
+        tsig = qp(&acme.bind.dir().join("tsig.key")),
+        source = dns_source("split", &["split.example.test"], ""),
+        target = target("web", &["split.example.test"], &out, ""),
+    ));
+    let serial = acme.bind.serial("example.test");
+    let delegated_serial = acme.bind.serial("delegated.test");
+
+    let run = acme.renew(&[]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    let fp = issued(&run, "split", "no certificate yet");
+    let installed = Installed::read(&out);
+    assert_eq!(installed.fp(), fp);
+    installed.assert_from_pebble(&acme, "split");
+
+    assert!(
+        acme.bind.serial("delegated.test") > delegated_serial,
+        "nothing was written in the challenge zone"
+    );
+    assert_eq!(
+        acme.bind.serial("example.test"),
+        serial,
+        "the main zone was written"
+    );
+    assert_eq!(
+        acme.bind
+            .short("CNAME", "_acme-challenge.split.example.test"),
+        vec!["x.delegated.test.".to_owned()]
+    );
+    assert!(acme.bind.txt_values("x.delegated.test").is_empty());
+}

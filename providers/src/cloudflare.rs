@@ -12,6 +12,12 @@
 //! creations come before deletions, so the set is never empty in between.
 //! Writing a set that is already in place makes no write request.
 //!
+//! Cloudflare keeps each record on its own, so adding or removing single
+//! values creates or deletes those records only (never touching the set's
+//! other records, whoever made them); within this process, changes to one
+//! name take turns ([`NameLocks`]), so two tasks never create the same
+//! record twice.
+//!
 //! TXT values longer than 255 bytes (DKIM keys) are sent as quoted
 //! character-strings (`"part1" "part2"`), the form Cloudflare documents; on
 //! read both quoted and raw content are accepted and joined.
@@ -40,7 +46,7 @@ use cloudflare::framework::endpoint::{Method, RequestBody, serialize_query};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::{Change, Error, RData, RecordStore, RecordType};
+use crate::{Change, Error, NameLocks, RData, RecordStore, RecordType};
 
 /// The production API.
 pub const DEFAULT_API_URL: &str = "https://api.cloudflare.com/client/v4/";
@@ -100,6 +106,8 @@ pub struct Cloudflare {
     zone_ids: Mutex<HashMap<String, String>>,
     /// Record name -> zone id.
     name_zones: Mutex<HashMap<String, String>>,
+    /// Turns for adding and removing values of one name.
+    locks: NameLocks,
 }
 
 impl fmt::Debug for Cloudflare {
@@ -187,6 +195,7 @@ impl Cloudflare {
             max_wait: DEFAULT_MAX_WAIT,
             zone_ids: Mutex::new(HashMap::new()),
             name_zones: Mutex::new(HashMap::new()),
+            locks: NameLocks::default(),
         })
     }
 
@@ -504,6 +513,51 @@ impl RecordStore for Cloudflare {
         }
         tracing::info!(%name, %rtype, count = existing.len(), "cloudflare removing record set");
         for record in &existing {
+            self.delete(&zone_id, &record.id).await?;
+        }
+        Ok(Change::Changed)
+    }
+
+    async fn add(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
+        let name = checked_name(name)?;
+        let rtype = crate::values_type(values)?;
+        for value in values {
+            check_value(value)?;
+        }
+        let zone_id = self.zone_for(&name).await?;
+        let _turn = self.locks.lock(&name).await;
+        let existing = self.list(&zone_id, &name, rtype).await?;
+        let mut missing: Vec<&RData> = values
+            .iter()
+            .filter(|v| !existing.iter().any(|e| e.value == **v))
+            .collect();
+        missing.sort();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(Change::Unchanged);
+        }
+        tracing::info!(%name, %rtype, create = missing.len(), "cloudflare adding records");
+        for value in missing {
+            self.write_record(&zone_id, None, &name, ttl, value).await?;
+        }
+        Ok(Change::Changed)
+    }
+
+    async fn remove_values(&self, name: &str, values: &[RData]) -> Result<Change, Error> {
+        let name = checked_name(name)?;
+        let rtype = crate::values_type(values)?;
+        let zone_id = self.zone_for(&name).await?;
+        let _turn = self.locks.lock(&name).await;
+        let existing = self.list(&zone_id, &name, rtype).await?;
+        let doomed: Vec<&Existing> = existing
+            .iter()
+            .filter(|e| values.contains(&e.value))
+            .collect();
+        if doomed.is_empty() {
+            return Ok(Change::Unchanged);
+        }
+        tracing::info!(%name, %rtype, delete = doomed.len(), "cloudflare removing records");
+        for record in doomed {
             self.delete(&zone_id, &record.id).await?;
         }
         Ok(Change::Changed)

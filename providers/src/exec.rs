@@ -11,21 +11,44 @@
 //! split). Exit 0 means done. A program that cannot read exits non-zero to
 //! `read`: mxkeys then writes without comparing first. Nothing secret is
 //! passed on the command line; the program has its own credentials.
+//!
+//! Adding or removing single values (ACME DNS-01 shares `_acme-challenge`
+//! names with other clients) uses the same three actions: mxkeys `read`s
+//! the set, and `replace`s it with the values added or removed (or
+//! `remove`s it when none are left), so values other clients put there
+//! stay. Within this process, changes to one name take turns, so two orders
+//! never lose each other's values; the program must itself keep a `replace`
+//! from racing with writers in other processes. A program that cannot
+//! `read` gets, instead of the current set, the values this process added
+//! to that name and has not removed: another client's values there would
+//! be replaced (a warning says so).
 
+use std::collections::HashMap;
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::process::Command;
 
-use crate::{Change, Error, RData, RecordStore, RecordType};
+use crate::{Change, Error, NameLocks, RData, RecordStore, RecordType};
 
 /// How long one run of the program may take.
 const TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The TTL a set keeps when values are removed from it and the others
+/// stay, if this process never added to it.
+const DEFAULT_TTL: u32 = 300;
+
+/// Values this process added to a set (name, type), and their TTL.
+type Added = HashMap<(String, RecordType), (u32, Vec<RData>)>;
 
 #[derive(Debug, Clone)]
 pub struct Exec {
     argv: Vec<String>,
     timeout: Duration,
+    /// Turns for adding and removing values of one name.
+    locks: NameLocks,
+    added: Arc<Mutex<Added>>,
 }
 
 impl Exec {
@@ -37,6 +60,8 @@ impl Exec {
         Ok(Exec {
             argv,
             timeout: TIMEOUT,
+            locks: NameLocks::default(),
+            added: Arc::default(),
         })
     }
 
@@ -86,6 +111,75 @@ impl Exec {
                 output.status
             )))
         }
+    }
+}
+
+impl Exec {
+    /// `replace NAME TYPE TTL VALUE...` without reading first.
+    async fn write_set(
+        &self,
+        name: &str,
+        rtype: RecordType,
+        ttl: u32,
+        values: &[RData],
+    ) -> Result<Change, Error> {
+        let mut args = vec![
+            "replace".to_owned(),
+            name.to_owned(),
+            rtype.to_string(),
+            ttl.to_string(),
+        ];
+        args.extend(values.iter().map(value_arg));
+        self.run(&args).await.map(|_| Change::Changed)
+    }
+
+    /// The current set, or (when the program cannot read) the values this
+    /// process added to it.
+    async fn current(&self, name: &str, rtype: RecordType) -> (Vec<RData>, bool) {
+        match self.read(name, rtype).await {
+            Ok(values) => (values, true),
+            Err(e) => {
+                tracing::warn!(
+                    %name, %rtype,
+                    "exec: cannot read the set ({e}); writing the values mxkeys added, \
+                     which replaces any other client's values there"
+                );
+                let added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+                let own = added
+                    .get(&(name.to_owned(), rtype))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                (own, false)
+            }
+        }
+    }
+
+    fn note_added(&self, name: &str, rtype: RecordType, ttl: u32, values: &[RData]) {
+        let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = added
+            .entry((name.to_owned(), rtype))
+            .or_insert((ttl, Vec::new()));
+        entry.0 = ttl;
+        for v in values {
+            if !entry.1.contains(v) {
+                entry.1.push(v.clone());
+            }
+        }
+    }
+
+    /// Forgets `values` as added; returns the TTL the set was written with.
+    fn note_removed(&self, name: &str, rtype: RecordType, values: &[RData]) -> u32 {
+        let mut added = self.added.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (name.to_owned(), rtype);
+        let Some(entry) = added.get_mut(&key) else {
+            return DEFAULT_TTL;
+        };
+        entry.1.retain(|v| !values.contains(v));
+        let ttl = entry.0;
+        if entry.1.is_empty() {
+            added.remove(&key);
+        }
+        ttl
     }
 }
 
@@ -153,14 +247,8 @@ impl RecordStore for Exec {
         {
             return Ok(Change::Unchanged);
         }
-        let mut args = vec![
-            "replace".to_owned(),
-            crate::canonical_name(name),
-            rtype.to_string(),
-            ttl.to_string(),
-        ];
-        args.extend(values.iter().map(value_arg));
-        self.run(&args).await.map(|_| Change::Changed)
+        self.write_set(&crate::canonical_name(name), rtype, ttl, values)
+            .await
     }
 
     async fn remove(&self, name: &str, rtype: RecordType) -> Result<Change, Error> {
@@ -171,6 +259,46 @@ impl RecordStore for Exec {
         ])
         .await
         .map(|_| Change::Changed)
+    }
+
+    async fn add(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
+        let rtype = crate::values_type(values)?;
+        let name = crate::canonical_name(name);
+        let _turn = self.locks.lock(&name).await;
+        let (current, read) = self.current(&name, rtype).await;
+        let mut set = current.clone();
+        for v in values {
+            if !set.contains(v) {
+                set.push(v.clone());
+            }
+        }
+        if read && set.len() == current.len() {
+            return Ok(Change::Unchanged);
+        }
+        self.write_set(&name, rtype, ttl, &set).await?;
+        self.note_added(&name, rtype, ttl, values);
+        Ok(Change::Changed)
+    }
+
+    async fn remove_values(&self, name: &str, values: &[RData]) -> Result<Change, Error> {
+        let rtype = crate::values_type(values)?;
+        let name = crate::canonical_name(name);
+        let _turn = self.locks.lock(&name).await;
+        let (current, read) = self.current(&name, rtype).await;
+        let ttl = self.note_removed(&name, rtype, values);
+        let rest: Vec<RData> = current
+            .iter()
+            .filter(|v| !values.contains(v))
+            .cloned()
+            .collect();
+        if read && rest.len() == current.len() {
+            return Ok(Change::Unchanged);
+        }
+        if rest.is_empty() {
+            self.remove(&name, rtype).await
+        } else {
+            self.write_set(&name, rtype, ttl, &rest).await
+        }
     }
 }
 
@@ -232,6 +360,93 @@ mod tests {
                 .await
                 .unwrap()
                 .is_empty()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn adding_and_removing_values_keeps_other_values_also_when_concurrent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Exec::new(vec![store_script(dir.path()).display().to_string()]).unwrap();
+        let name = "_acme-challenge.example.test";
+        let foreign = RData::Txt("certbot's value".into());
+        store
+            .replace(name, 60, std::slice::from_ref(&foreign))
+            .await
+            .unwrap();
+        // Two orders add their values at once, through one provider.
+        let (a, b) = (RData::Txt("order-a".into()), RData::Txt("order-b".into()));
+        let (s1, s2) = (store.clone(), store.clone());
+        let (va, vb) = (a.clone(), b.clone());
+        let (r1, r2) = tokio::join!(
+            tokio::spawn(async move { s1.add(name, 60, &[va]).await }),
+            tokio::spawn(async move { s2.add(name, 60, &[vb]).await })
+        );
+        assert_eq!(r1.unwrap(), Ok(Change::Changed));
+        assert_eq!(r2.unwrap(), Ok(Change::Changed));
+        let read = store.read(name, RecordType::Txt).await.unwrap();
+        assert!(
+            crate::same_set(&read, &[foreign.clone(), a.clone(), b.clone()]),
+            "{read:?}"
+        );
+        assert_eq!(
+            store.add(name, 60, std::slice::from_ref(&a)).await,
+            Ok(Change::Unchanged)
+        );
+        assert_eq!(
+            store.remove_values(name, std::slice::from_ref(&a)).await,
+            Ok(Change::Changed)
+        );
+        assert_eq!(
+            store.remove_values(name, std::slice::from_ref(&a)).await,
+            Ok(Change::Unchanged)
+        );
+        let read = store.read(name, RecordType::Txt).await.unwrap();
+        assert!(
+            crate::same_set(&read, &[foreign.clone(), b.clone()]),
+            "{read:?}"
+        );
+        store.remove_values(name, &[foreign, b]).await.unwrap();
+        let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+        assert!(calls.ends_with(&format!("remove {name} TXT\n")), "{calls}");
+    }
+
+    /// A program that cannot read gets the values this process added, and
+    /// nothing of a value it removed.
+    #[tokio::test]
+    async fn a_program_that_cannot_read_gets_the_values_mxkeys_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("calls");
+        let store = Exec::new(vec![
+            "sh".into(),
+            "-c".into(),
+            format!(
+                "[ \"$1\" = read ] && exit 1; echo \"$*\" >> {}",
+                log.display()
+            ),
+            "hook".into(),
+        ])
+        .unwrap();
+        let name = "_acme-challenge.example.test";
+        let (a, b) = (RData::Txt("order-a".into()), RData::Txt("order-b".into()));
+        store.add(name, 60, std::slice::from_ref(&a)).await.unwrap();
+        store.add(name, 60, std::slice::from_ref(&b)).await.unwrap();
+        store
+            .remove_values(name, std::slice::from_ref(&a))
+            .await
+            .unwrap();
+        store
+            .remove_values(name, std::slice::from_ref(&b))
+            .await
+            .unwrap();
+        let calls = std::fs::read_to_string(&log).unwrap();
+        assert_eq!(
+            calls,
+            format!(
+                "replace {name} TXT 60 order-a\n\
+                 replace {name} TXT 60 order-a order-b\n\
+                 replace {name} TXT 60 order-b\n\
+                 remove {name} TXT\n"
+            )
         );
     }
 

@@ -4,14 +4,18 @@
 //! write DNS records and to know when the world can see them. Every
 //! provider implements one trait, [`RecordStore`], over *record sets* (all
 //! records of one name and type): read a set, replace it with exactly the
-//! given values, remove it. TXT values are handled as whole strings: a
+//! given values, remove it; and over single values of a set that others
+//! share (ACME DNS-01: several clients answer challenges at one
+//! `_acme-challenge` name): add values, remove values, leaving every other
+//! value alone. TXT values are handled as whole strings: a
 //! provider splits them into 255-byte character-strings on write and joins
 //! them on read ([`txt`]), so values are compared as verifiers see them.
 //!
 //! Providers: [`cloudflare`] (API v4), [`rfc2136`] (dynamic update with
 //! TSIG), [`exec`] (a program the user names), [`manual`] (prints what to
 //! set). [`propagation`] asks every authoritative server directly until each
-//! answers exactly the expected set.
+//! answers exactly the expected set, or a set containing the expected
+//! values.
 
 pub mod cloudflare;
 pub mod exec;
@@ -20,8 +24,10 @@ pub mod propagation;
 pub mod rfc2136;
 pub mod txt;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::{Arc, Mutex};
 
 /// A record type mxkeys writes. TXT first; the others fit the same trait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -146,11 +152,69 @@ pub trait RecordStore: Send + Sync {
         name: &str,
         rtype: RecordType,
     ) -> impl Future<Output = Result<Change, Error>> + Send;
+
+    /// Adds `values` (of one type) to their set with `ttl`, keeping every
+    /// value already there, whoever wrote it. Values already present are
+    /// left as they are ([`Change::Unchanged`] when all are).
+    fn add(
+        &self,
+        name: &str,
+        ttl: u32,
+        values: &[RData],
+    ) -> impl Future<Output = Result<Change, Error>> + Send;
+
+    /// Removes exactly `values` (of one type) from their set, keeping every
+    /// other value; values not present are ignored.
+    fn remove_values(
+        &self,
+        name: &str,
+        values: &[RData],
+    ) -> impl Future<Output = Result<Change, Error>> + Send;
+}
+
+/// The one record type of `values`, for [`RecordStore::add`] and
+/// [`RecordStore::remove_values`].
+pub fn values_type(values: &[RData]) -> Result<RecordType, Error> {
+    let Some(rtype) = values.first().map(RData::record_type) else {
+        return Err(Error::Config("no values given".to_owned()));
+    };
+    if let Some(other) = values.iter().find(|v| v.record_type() != rtype) {
+        return Err(Error::Unsupported(format!(
+            "values of one type expected, got {rtype} and {}",
+            other.record_type()
+        )));
+    }
+    Ok(rtype)
+}
+
+/// One async lock per record name, for providers that change a set by
+/// reading it and writing it whole: two tasks of one process changing the
+/// same set take turns, so neither loses the other's values. (Other
+/// processes are not covered: such providers say so.)
+#[derive(Debug, Clone, Default)]
+pub struct NameLocks(Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl NameLocks {
+    /// Waits for, and holds until dropped, the lock of `name`.
+    pub async fn lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = {
+            let mut map = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            // Forget locks nobody holds or waits for.
+            map.retain(|_, l| Arc::strong_count(l) > 1);
+            map.entry(canonical_name(name)).or_default().clone()
+        };
+        lock.lock_owned().await
+    }
 }
 
 /// Canonical form of a DNS name: lower case, no trailing dot.
 pub fn canonical_name(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// Whether `set` holds every value of `values`.
+pub fn contains_all(set: &[RData], values: &[RData]) -> bool {
+    values.iter().all(|v| set.contains(v))
 }
 
 /// Compares two sets as unordered collections.

@@ -1,6 +1,7 @@
 //! Manual DNS: nothing is written. mxkeys prints the records to set (or to
 //! delete) as zone-file lines, and the propagation check decides when they
-//! are there.
+//! are there. Adding or removing single values asks to add or delete just
+//! those records and to keep the set's others.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -86,6 +87,26 @@ impl RecordStore for Manual {
         ))?;
         Ok(Change::Changed)
     }
+
+    async fn add(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
+        let rtype = crate::values_type(values)?;
+        self.say(&format!(
+            "Add these {rtype} records to {} (keep any others there):\n{}",
+            crate::canonical_name(name),
+            zone_lines(name, ttl, values)
+        ))?;
+        Ok(Change::Changed)
+    }
+
+    async fn remove_values(&self, name: &str, values: &[RData]) -> Result<Change, Error> {
+        let rtype = crate::values_type(values)?;
+        self.say(&format!(
+            "Delete these {rtype} records of {} (keep any others there):\n{}",
+            crate::canonical_name(name),
+            zone_lines(name, 0, values)
+        ))?;
+        Ok(Change::Changed)
+    }
 }
 
 #[cfg(test)]
@@ -126,5 +147,26 @@ mod tests {
         assert!(strings.iter().all(|s| s.len() <= 255));
         assert!(text.contains("Delete the TXT records of old._domainkey.example.test"));
         assert!(m.read("x", RecordType::Txt).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn single_values_are_added_and_deleted_keeping_the_others() {
+        let buf = Buf::default();
+        let m = Manual::new(buf.clone());
+        let name = "_acme-challenge.example.test";
+        m.add(name, 60, &[RData::Txt("mine".into())]).await.unwrap();
+        m.remove_values(name, &[RData::Txt("mine".into())])
+            .await
+            .unwrap();
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(
+            text.contains("Add these TXT records to _acme-challenge.example.test (keep any others there):\n_acme-challenge.example.test. 60 IN TXT \"mine\"\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Delete these TXT records of _acme-challenge.example.test (keep any others there):\n"),
+            "{text}"
+        );
+        assert!(!text.contains("exactly"), "{text}");
     }
 }

@@ -1,5 +1,7 @@
 //! Waits until every authoritative server of a name answers exactly the
-//! expected record set.
+//! expected record set ([`Propagation::wait`]: DKIM keys, probes), or a set
+//! containing the expected values ([`Propagation::wait_contains`]: ACME
+//! challenges, whose name other clients may hold values at too).
 //!
 //! Each server is asked directly, with recursion not desired (RD=0), and
 //! only authoritative answers (AA set) count: a recursive resolver's cache
@@ -13,6 +15,13 @@
 //! target: every server of the name must agree on the CNAME, and every
 //! authoritative server of the target must answer the expected set there.
 //! Chains are followed up to [`MAX_CNAME_CHAIN`] links.
+//!
+//! Which servers are asked: a configured `nameservers` list serves the
+//! configured `zone` (every name when no zone is set); names outside it
+//! are asked at the authoritative servers found through the resolver.
+//! [`Propagation::follow_cnames`] resolves a CNAME chain as a CA sees it:
+//! names in the zone at the configured servers, others through the
+//! resolver, never through a DNS provider's credentials.
 //!
 //! **Call [`Propagation::wait`] only after the record was written.** Asking
 //! before the write gets NXDOMAIN answers, and anything that keeps them
@@ -48,12 +57,15 @@ const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 /// How to check propagation.
 #[derive(Debug, Clone)]
 pub struct Propagation {
-    /// The authoritative servers to ask, for the name and any CNAME target.
-    /// Default: found through `resolver` (SOA of the name's zone, its NS
-    /// names, their addresses, port 53).
+    /// The authoritative servers of `zone` (of every name when `zone` is not
+    /// set). Default, and for names outside `zone`: found through
+    /// `resolver` (SOA of the name's zone, its NS names, their addresses,
+    /// port 53).
     pub nameservers: Option<Vec<SocketAddr>>,
-    /// The recursive resolver used only to find the authoritative servers
-    /// when `nameservers` is not set. Default: the system's
+    /// The zone `nameservers` serve (absolute, without the final dot).
+    pub zone: Option<String>,
+    /// The recursive resolver used to find authoritative servers and to
+    /// follow CNAMEs outside `zone`. Default: the system's
     /// (`/etc/resolv.conf`).
     pub resolver: Option<SocketAddr>,
     /// Time between two rounds of questions.
@@ -66,6 +78,7 @@ impl Default for Propagation {
     fn default() -> Self {
         Propagation {
             nameservers: None,
+            zone: None,
             resolver: None,
             interval: Duration::from_secs(2),
             timeout: Duration::from_secs(60),
@@ -85,6 +98,15 @@ pub struct ServerAnswer {
     /// Time from the start of the wait to the first answer of the run of
     /// matching answers that ended the wait.
     pub first_matched_after: Duration,
+}
+
+/// What a wait asks of each server's set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Expect {
+    /// Exactly the expected values.
+    Exactly,
+    /// At least the expected values (others may be there too).
+    Contains,
 }
 
 /// What one server answered for one name.
@@ -135,6 +157,27 @@ impl Propagation {
         rtype: RecordType,
         expected: &[RData],
     ) -> Result<Vec<ServerAnswer>, Error> {
+        self.wait_for(name, rtype, expected, Expect::Exactly).await
+    }
+
+    /// Like [`Propagation::wait`], until every authoritative server's set
+    /// contains `values` (values of other clients may be there too).
+    pub async fn wait_contains(
+        &self,
+        name: &str,
+        rtype: RecordType,
+        values: &[RData],
+    ) -> Result<Vec<ServerAnswer>, Error> {
+        self.wait_for(name, rtype, values, Expect::Contains).await
+    }
+
+    async fn wait_for(
+        &self,
+        name: &str,
+        rtype: RecordType,
+        expected: &[RData],
+        expect: Expect,
+    ) -> Result<Vec<ServerAnswer>, Error> {
         if let Some(other) = expected.iter().find(|v| v.record_type() != rtype) {
             return Err(Error::Config(format!(
                 "propagation check of {rtype} records given a {} value",
@@ -148,7 +191,15 @@ impl Propagation {
         let mut first_match: HashMap<(SocketAddr, String), Duration> = HashMap::new();
         loop {
             let round = self
-                .round(&mut servers, &name, rtype, expected, start, deadline)
+                .round(
+                    &mut servers,
+                    &name,
+                    rtype,
+                    expected,
+                    expect,
+                    start,
+                    deadline,
+                )
                 .await;
             let last_problem = match round {
                 Ok(observations) => {
@@ -199,9 +250,14 @@ impl Propagation {
             };
             if Instant::now() + self.interval > deadline {
                 return Err(Error::Transport(format!(
-                    "{} {rtype} not propagated after {:?} (expected {}): {last_problem}",
+                    "{} {rtype} not propagated after {:?} (expected {}{}): {last_problem}",
                     display_name(&name),
                     self.timeout,
+                    if expect == Expect::Contains {
+                        "a set containing "
+                    } else {
+                        ""
+                    },
                     describe_values(expected)
                 )));
             }
@@ -216,14 +272,82 @@ impl Propagation {
         ServerCache::new(self)?.servers(&name).await
     }
 
+    /// Where the CNAME chain starting at `name` ends, as a CA resolving it
+    /// sees it: each link asked at the configured servers when it is in
+    /// their zone, otherwise through the resolver. `name` itself when it is
+    /// no CNAME.
+    pub async fn follow_cnames(&self, name: &str) -> Result<String, Error> {
+        let mut servers = ServerCache::new(self)?;
+        let mut chain = vec![crate::canonical_name(name)];
+        let mut qname = parse_name(name)?;
+        loop {
+            let target = match servers.configured_for(&qname) {
+                Some(addrs) => {
+                    let limit = QUERY_TIMEOUT;
+                    let answers =
+                        ask_all(&addrs, &qname, RecordType::Cname, limit, Instant::now()).await;
+                    let mut target = None;
+                    let mut failures = Vec::new();
+                    let mut answered = false;
+                    for (server, answer, _) in answers {
+                        match answer {
+                            Answer::Records(values) => {
+                                answered = true;
+                                target = values.into_iter().find_map(|v| match v {
+                                    RData::Cname(t) => Some(t),
+                                    _ => None,
+                                });
+                                break;
+                            }
+                            Answer::Absent(_) => {
+                                answered = true;
+                                break;
+                            }
+                            Answer::Cname(t) => {
+                                answered = true;
+                                target = Some(t);
+                                break;
+                            }
+                            Answer::Failed(why) => failures.push(format!("{server}: {why}")),
+                        }
+                    }
+                    if !answered {
+                        return Err(Error::Transport(format!(
+                            "CNAME lookup of {}: {}",
+                            display_name(&qname),
+                            failures.join("; ")
+                        )));
+                    }
+                    target
+                }
+                None => servers.resolve_cname(&qname).await?,
+            };
+            let Some(target) = target else {
+                return Ok(display_name(&qname));
+            };
+            let target = crate::canonical_name(&target);
+            if chain.contains(&target) || chain.len() > MAX_CNAME_CHAIN {
+                chain.push(target);
+                return Err(Error::Transport(format!(
+                    "CNAME chain too long or looping: {}",
+                    chain.join(" -> ")
+                )));
+            }
+            chain.push(target.clone());
+            qname = parse_name(&target)?;
+        }
+    }
+
     /// One round: asks every server of the name, follows a CNAME they
     /// answer, and returns one observation per server asked.
+    #[allow(clippy::too_many_arguments)]
     async fn round(
         &self,
         servers: &mut ServerCache,
         name: &Name,
         rtype: RecordType,
         expected: &[RData],
+        expect: Expect,
         start: Instant,
         deadline: Instant,
     ) -> Result<Vec<Observation>, Error> {
@@ -277,7 +401,10 @@ impl Propagation {
                 None => {
                     for (server, answer, at) in answers {
                         let matched = match &answer {
-                            Answer::Records(values) => crate::same_set(values, expected),
+                            Answer::Records(values) => match expect {
+                                Expect::Exactly => crate::same_set(values, expected),
+                                Expect::Contains => crate::contains_all(values, expected),
+                            },
                             Answer::Absent(_) => expected.is_empty(),
                             Answer::Cname(_) | Answer::Failed(_) => false,
                         };
@@ -410,6 +537,8 @@ fn describe_values(values: &[RData]) -> String {
 /// The authoritative servers of each name asked, found once per wait.
 struct ServerCache {
     configured: Option<Vec<SocketAddr>>,
+    /// The zone `configured` serves (all names when `None`).
+    zone: Option<Name>,
     resolver_addr: Option<SocketAddr>,
     resolver: Option<TokioResolver>,
     found: HashMap<Name, Vec<SocketAddr>>,
@@ -424,17 +553,31 @@ impl ServerCache {
                 "propagation: the nameservers list is empty".to_owned(),
             ));
         }
+        let zone = match &propagation.zone {
+            Some(zone) => Some(parse_name(zone)?),
+            None => None,
+        };
         Ok(ServerCache {
             configured: propagation.nameservers.clone(),
+            zone,
             resolver_addr: propagation.resolver,
             resolver: None,
             found: HashMap::new(),
         })
     }
 
+    /// The configured servers, when they serve `name`.
+    fn configured_for(&self, name: &Name) -> Option<Vec<SocketAddr>> {
+        let list = self.configured.as_ref()?;
+        match &self.zone {
+            Some(zone) if !zone.zone_of(name) => None,
+            _ => Some(list.clone()),
+        }
+    }
+
     async fn servers(&mut self, name: &Name) -> Result<Vec<SocketAddr>, Error> {
-        if let Some(list) = &self.configured {
-            return Ok(list.clone());
+        if let Some(list) = self.configured_for(name) {
+            return Ok(list);
         }
         if let Some(found) = self.found.get(name) {
             return Ok(found.clone());
@@ -470,6 +613,22 @@ impl ServerCache {
             self.resolver = Some(resolver);
         }
         Ok(self.resolver.as_ref().expect("set above"))
+    }
+
+    /// The CNAME target of `name` through the resolver (`None`: no CNAME).
+    async fn resolve_cname(&mut self, name: &Name) -> Result<Option<String>, Error> {
+        let resolver = self.resolver()?.clone();
+        match resolver.lookup(name.clone(), WireType::CNAME).await {
+            Ok(lookup) => Ok(lookup.answers().iter().find_map(|r| match &r.data {
+                WireRData::CNAME(c) if r.name == *name => Some(display_name(&c.0)),
+                _ => None,
+            })),
+            Err(e) if e.is_no_records_found() => Ok(None),
+            Err(e) => Err(Error::Transport(format!(
+                "CNAME lookup of {}: {e}",
+                display_name(name)
+            ))),
+        }
     }
 
     /// SOA lookups from the name up to find its zone, then the zone's NS

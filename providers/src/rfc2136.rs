@@ -5,7 +5,12 @@
 //! (TSIG-signed too, so a server that only answers the key works) with
 //! recursion not desired; writes are UPDATE messages. Replacing a set is one
 //! UPDATE that deletes the RRset and adds the new records: the server applies
-//! it atomically, so no reader ever sees the set empty. A write reads first
+//! it atomically, so no reader ever sees the set empty. Adding or removing
+//! single values is one UPDATE that adds those records or deletes those
+//! records only (RFC 2136 2.5.1, 2.5.4): the server applies each atomically
+//! to the set as it is then, so clients sharing a set (two ACME orders for
+//! one `_acme-challenge` name, in this process or not) never undo each
+//! other's values. A write reads first
 //! and sends nothing when the set already is as asked, then reads back to
 //! check the server really applied it (a server silently ignores, for
 //! example, a CNAME added next to other data).
@@ -444,6 +449,102 @@ impl RecordStore for Rfc2136 {
         tracing::info!(name = %display_name(&wire_name), %rtype, server = %self.server, "record set removed");
         Ok(Change::Changed)
     }
+
+    async fn add(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
+        self.add_values(name, ttl, values).await
+    }
+
+    async fn remove_values(&self, name: &str, values: &[RData]) -> Result<Change, Error> {
+        self.delete_values(name, values).await
+    }
+}
+
+impl Rfc2136 {
+    /// [`RecordStore::add`]: one UPDATE adding the missing records.
+    async fn add_values(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
+        let rtype = set_type(values)?;
+        let wire_name = parse_name(name)?;
+        let current: Vec<RData> = self
+            .read_wire(&wire_name, rtype, "update")
+            .await?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        let mut missing: Vec<RData> = values
+            .iter()
+            .filter(|v| !current.contains(v))
+            .cloned()
+            .collect();
+        missing.sort();
+        missing.dedup();
+        if missing.is_empty() {
+            return Ok(Change::Unchanged);
+        }
+        let zone = self.zone_of(&wire_name).await?;
+        let mut message = update_message(&zone);
+        for value in &missing {
+            message.add_authority(Record::from_rdata(wire_name.clone(), ttl, to_wire(value)?));
+        }
+        self.update(message, &wire_name, &zone).await?;
+        let written: Vec<RData> = self
+            .read_wire(&wire_name, rtype, "update")
+            .await?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        if !crate::contains_all(&written, &missing) {
+            return Err(Error::Refused(format!(
+                "{} accepted the addition to {} {rtype} but did not apply it (a CNAME next to \
+                 other data?)",
+                self.server,
+                display_name(&wire_name)
+            )));
+        }
+        tracing::info!(name = %display_name(&wire_name), %rtype, server = %self.server, added = missing.len(), "records added");
+        Ok(Change::Changed)
+    }
+
+    /// [`RecordStore::remove_values`]: one UPDATE deleting those records.
+    async fn delete_values(&self, name: &str, values: &[RData]) -> Result<Change, Error> {
+        let rtype = crate::values_type(values)?;
+        let wire_name = parse_name(name)?;
+        let current: Vec<RData> = self
+            .read_wire(&wire_name, rtype, "update")
+            .await?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect();
+        let present: Vec<&RData> = current.iter().filter(|v| values.contains(v)).collect();
+        if present.is_empty() {
+            return Ok(Change::Unchanged);
+        }
+        let zone = self.zone_of(&wire_name).await?;
+        let message = remove_values_message(&zone, &wire_name, values)?;
+        self.update(message, &wire_name, &zone).await?;
+        tracing::info!(name = %display_name(&wire_name), %rtype, server = %self.server, removed = present.len(), "records removed");
+        Ok(Change::Changed)
+    }
+}
+
+/// The UPDATE deleting exactly `values` from `name`'s set: "delete an RR
+/// from an RRset" (RFC 2136 2.5.4: class NONE, TTL 0, the record's data)
+/// for each; the set's other records stay.
+pub(crate) fn remove_values_message(
+    zone: &Name,
+    name: &Name,
+    values: &[RData],
+) -> Result<Message, Error> {
+    crate::values_type(values)?;
+    let mut message = update_message(zone);
+    let mut values = values.to_vec();
+    values.sort();
+    values.dedup();
+    for value in &values {
+        let mut record = Record::from_rdata(name.clone(), 0, to_wire(value)?);
+        record.dns_class = DNSClass::NONE;
+        message.add_authority(record);
+    }
+    Ok(message)
 }
 
 /// The type of a set to write: one type, one target for a CNAME.
@@ -810,6 +911,24 @@ mod tests {
         assert_eq!(msg.authorities.len(), 1);
         assert_eq!(msg.authorities[0].dns_class, DNSClass::ANY);
         assert_eq!(msg.authorities[0].data, WireRData::Update0(WireType::TLSA));
+    }
+
+    #[test]
+    fn removing_values_deletes_those_records_only() {
+        let values = [RData::Txt("mine".into()), RData::Txt("mine".into())];
+        let msg = remove_values_message(
+            &name("example.test"),
+            &name("_acme-challenge.example.test"),
+            &values,
+        )
+        .unwrap();
+        assert_eq!(msg.authorities.len(), 1, "duplicates are sent once");
+        let rr = &msg.authorities[0];
+        assert_eq!(rr.dns_class, DNSClass::NONE);
+        assert_eq!(rr.ttl, 0);
+        assert_eq!(from_wire(&rr.data), Some(RData::Txt("mine".into())));
+        let parsed = Message::from_vec(&msg.to_vec().unwrap()).unwrap();
+        assert_eq!(parsed.authorities[0].dns_class, DNSClass::NONE);
     }
 
     #[test]

@@ -941,3 +941,70 @@ async fn bad_configuration_and_unreachable_api() {
         other => panic!("expected Transport, got {other:?}"),
     }
 }
+
+/// ACME DNS-01 shares `_acme-challenge` names with other clients: adding
+/// and removing single values creates and deletes those records only, and
+/// another client's record is neither rewritten nor deleted, also when two
+/// orders add at once.
+#[tokio::test]
+async fn single_values_are_added_and_removed_keeping_other_clients_records() {
+    let mock = server().await;
+    let cf = provider(&mock);
+    let name = "_acme-challenge.example.com";
+    let foreign = mock.add_record(EXAMPLE, name, "TXT", "certbot-value", None, 120);
+    let (a, b) = (txt("order-a"), txt("order-b"));
+    let (added_a, added_b) = tokio::join!(
+        cf.add(name, 60, std::slice::from_ref(&a)),
+        cf.add(name, 60, std::slice::from_ref(&b))
+    );
+    assert_eq!(
+        (added_a, added_b),
+        (Ok(Change::Changed), Ok(Change::Changed))
+    );
+    assert!(same_set(
+        &cf.read(name, RecordType::Txt).await.unwrap(),
+        &[txt("certbot-value"), a.clone(), b.clone()]
+    ));
+    let kept = mock.records(name, "TXT");
+    let kept = kept.iter().find(|r| r.id == foreign).unwrap();
+    assert_eq!((kept.content.as_str(), kept.ttl), ("certbot-value", 120));
+    assert!(
+        !mock
+            .requests()
+            .iter()
+            .any(|r| r.record_id() == Some(foreign.as_str())),
+        "another client's record was written"
+    );
+
+    // Already there: no write.
+    mock.clear_requests();
+    assert_eq!(
+        cf.add(name, 60, std::slice::from_ref(&a)).await,
+        Ok(Change::Unchanged)
+    );
+    assert!(writes(&mock.requests()).is_empty());
+
+    assert_eq!(
+        cf.remove_values(name, std::slice::from_ref(&a)).await,
+        Ok(Change::Changed)
+    );
+    let w = mock.requests();
+    let w = writes(&w);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert_eq!(w[0].method, "DELETE");
+    assert_ne!(w[0].record_id(), Some(foreign.as_str()));
+    assert!(same_set(
+        &cf.read(name, RecordType::Txt).await.unwrap(),
+        &[txt("certbot-value"), b.clone()]
+    ));
+    mock.clear_requests();
+    assert_eq!(
+        cf.remove_values(name, std::slice::from_ref(&a)).await,
+        Ok(Change::Unchanged)
+    );
+    assert!(writes(&mock.requests()).is_empty());
+    cf.remove_values(name, &[b]).await.unwrap();
+    let left = mock.records(name, "TXT");
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, foreign);
+}

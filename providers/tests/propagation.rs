@@ -290,3 +290,95 @@ async fn authoritative_servers_are_found_through_the_resolver() {
         vec![bind.addr()]
     );
 }
+
+/// ACME challenges share their name with other clients' values: the
+/// "contains" wait passes when every server's set holds ours among others,
+/// where the exact wait (DKIM) does not.
+#[tokio::test]
+async fn a_set_holding_other_values_too_contains_ours_but_is_not_exactly_ours() {
+    let Some(bind) = Bind::start() else { return };
+    let store = bind.provider();
+    let name = "_acme-challenge.shared.example.test";
+    store
+        .replace(name, 60, &[txt("someone-else"), txt("ours")])
+        .await
+        .unwrap();
+    let p = check(&[bind.addr()], Duration::from_secs(20));
+    let answers = p
+        .wait_contains(name, RecordType::Txt, &[txt("ours")])
+        .await
+        .unwrap();
+    assert_eq!(servers_of(&answers), vec![(bind.addr(), name.to_owned())]);
+    let exact = fails(&p, name, RecordType::Txt, &[txt("ours")]).await;
+    assert!(exact.contains("someone-else"), "{exact}");
+    // A value that is not there is still waited for.
+    let mut short = p.clone();
+    short.timeout = Duration::from_millis(300);
+    let missing = short
+        .wait_contains(name, RecordType::Txt, &[txt("ours"), txt("not-yet")])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        missing.contains("a set containing") && missing.contains("not-yet"),
+        "{missing}"
+    );
+}
+
+/// `nameservers` serve their `zone` only: a name outside it (the main zone
+/// of a delegated `_acme-challenge`) is resolved through the resolver, as a
+/// CA would, and its servers are found through it too.
+#[tokio::test]
+async fn nameservers_serve_their_zone_and_cnames_elsewhere_are_followed_through_the_resolver() {
+    let Some(bind) = Bind::start() else { return };
+    // A list that would answer nothing for example.test: a silent socket.
+    let silent = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let p = Propagation {
+        nameservers: Some(vec![bind.addr()]),
+        zone: Some("delegated.test".to_owned()),
+        resolver: Some(bind.addr()),
+        ..check(&[bind.addr()], Duration::from_secs(5))
+    };
+    assert_eq!(
+        p.follow_cnames("_acme-challenge.example.test")
+            .await
+            .unwrap(),
+        "x.delegated.test"
+    );
+    // Not a CNAME: the name itself.
+    assert_eq!(
+        p.follow_cnames("x.delegated.test").await.unwrap(),
+        "x.delegated.test"
+    );
+    assert_eq!(
+        p.authoritative_servers("x.delegated.test").await.unwrap(),
+        vec![bind.addr()]
+    );
+    // Outside the zone: found through the resolver (ns.example.test, port 53).
+    let expected: SocketAddr = "127.0.0.1:53".parse().unwrap();
+    assert_eq!(
+        p.authoritative_servers("a.example.test").await.unwrap(),
+        vec![expected]
+    );
+    // Inside the zone, CNAMEs are asked at the listed servers, not the
+    // resolver.
+    let listed_only = Propagation {
+        nameservers: Some(vec![silent.local_addr().unwrap()]),
+        zone: Some("example.test".to_owned()),
+        resolver: Some(bind.addr()),
+        ..p.clone()
+    };
+    let e = listed_only
+        .follow_cnames("_acme-challenge.example.test")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(&silent.local_addr().unwrap().to_string()), "{e}");
+    // A loop is an error naming the chain.
+    let loops = Propagation {
+        zone: None,
+        ..p.clone()
+    };
+    let e = loops.follow_cnames("loop1.example.test").await.unwrap_err();
+    assert!(e.to_string().contains("loop"), "{e}");
+}

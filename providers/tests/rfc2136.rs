@@ -466,3 +466,49 @@ async fn a_silent_server_is_a_transport_error() {
     let (n, _) = silent.recv_from(&mut buf).await.unwrap();
     assert!(n > 12);
 }
+
+/// ACME DNS-01 shares `_acme-challenge` names with other clients: adding
+/// and removing single values (one UPDATE adding or deleting those records)
+/// leaves another client's value alone, also when two orders add at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_values_are_added_and_removed_keeping_other_clients_values() {
+    let Some(bind) = Bind::start() else { return };
+    let name = "_acme-challenge.shared.example.test";
+    let store = Arc::new(bind.provider());
+    store.replace(name, 60, &[txt("certbot")]).await.unwrap();
+    let (s1, s2) = (store.clone(), store.clone());
+    let (added_a, added_b) = tokio::join!(
+        tokio::spawn(async move { s1.add(name, 60, &[txt("order-a")]).await }),
+        tokio::spawn(async move { s2.add(name, 60, &[txt("order-b")]).await })
+    );
+    assert_eq!(added_a.unwrap(), Ok(Change::Changed));
+    assert_eq!(added_b.unwrap(), Ok(Change::Changed));
+    assert_eq!(bind.txt_values(name), vec!["certbot", "order-a", "order-b"]);
+
+    // Already there: no UPDATE.
+    let serial = bind.serial("example.test");
+    assert_eq!(
+        store.add(name, 60, &[txt("order-a")]).await,
+        Ok(Change::Unchanged)
+    );
+    assert_eq!(bind.serial("example.test"), serial);
+
+    assert_eq!(
+        store.remove_values(name, &[txt("order-a")]).await,
+        Ok(Change::Changed)
+    );
+    assert_eq!(bind.txt_values(name), vec!["certbot", "order-b"]);
+    assert_eq!(
+        store.remove_values(name, &[txt("order-a")]).await,
+        Ok(Change::Unchanged)
+    );
+    // A long (two-string) value is deleted by its whole data too.
+    let long = dkim_value('L');
+    store.add(name, 60, &[txt(&long)]).await.unwrap();
+    assert_eq!(bind.txt_values(name).len(), 3);
+    store
+        .remove_values(name, &[txt(&long), txt("order-b")])
+        .await
+        .unwrap();
+    assert_eq!(bind.txt_values(name), vec!["certbot"]);
+}

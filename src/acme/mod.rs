@@ -22,6 +22,7 @@
 //! on the next pass when its certificate was not stored.
 
 pub mod account;
+pub mod dns01;
 pub mod http01;
 pub mod order;
 pub mod schedule;

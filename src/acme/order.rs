@@ -19,7 +19,6 @@
 //! - An issued certificate whose notBefore is at most [`MAX_CLOCK_SKEW`]
 //!   ahead of the local clock is kept, not thrown away (see there).
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use instant_acme::{
@@ -30,19 +29,17 @@ use rcgen::{CertificateParams, DistinguishedName, KeyPair, RsaKeySize};
 use rustls_pki_types::CertificateDer;
 use zeroize::Zeroizing;
 
+use super::dns01;
 use super::http01::{Tokens, Webroot};
 use crate::cert::{self, Bundle, Leaf, PrivateKey, Timeliness};
 use crate::config::{AcmeKeyType, AcmeSource, Challenge};
 use crate::dns::Provider;
 use crate::names;
 use mxkeys_providers::propagation::Propagation;
-use mxkeys_providers::{RData, RecordStore};
 
 /// How long the CA may take to validate, and to issue.
 const VALIDATION_TIMEOUT: Duration = Duration::from_secs(120);
 const ISSUANCE_TIMEOUT: Duration = Duration::from_secs(120);
-/// TTL of DNS-01 TXT records.
-const CHALLENGE_TTL: u32 = 60;
 
 /// What an order needs besides its source.
 pub struct Context<'a> {
@@ -325,39 +322,15 @@ async fn collect_challenges(
     Ok(pending)
 }
 
-/// Where a challenge record really goes: `_acme-challenge.NAME` is often a
-/// CNAME into a zone kept for challenges (so the main zone's credentials
-/// need not be on the mail host); the record is written at the end of the
-/// chain, as the CA will look it up.
-async fn delegated(provider: &Provider, name: &str) -> String {
-    let mut name = name.to_owned();
-    for _ in 0..8 {
-        match provider
-            .read(&name, mxkeys_providers::RecordType::Cname)
-            .await
-        {
-            Ok(targets) => match targets.first() {
-                Some(RData::Cname(target)) => name = target.clone(),
-                _ => break,
-            },
-            Err(_) => break,
-        }
-    }
-    name
-}
-
-/// `_acme-challenge.` names and their TXT values (a wildcard and its base
-/// name share one name, with two values).
-fn dns_records(pending: &[Pending]) -> BTreeMap<String, Vec<RData>> {
-    let mut records: BTreeMap<String, Vec<RData>> = BTreeMap::new();
-    for p in pending {
-        let base = p.identifier.strip_prefix("*.").unwrap_or(&p.identifier);
-        records
-            .entry(format!("_acme-challenge.{base}"))
-            .or_default()
-            .push(RData::Txt(p.dns_value.clone()));
-    }
-    records
+/// The DNS-01 view of the pending challenges.
+fn dns_challenges(pending: &[Pending]) -> Vec<dns01::Challenge<'_>> {
+    pending
+        .iter()
+        .map(|p| dns01::Challenge {
+            identifier: &p.identifier,
+            value: &p.dns_value,
+        })
+        .collect()
 }
 
 /// Puts every challenge response in place; for DNS-01, waits until every
@@ -386,24 +359,7 @@ async fn publish(
             Webroot::write(root, &files).map(|_| ())
         }
         Challenge::Dns01 { provider: name } => {
-            let (provider, propagation) = ctx
-                .dns
-                .ok_or_else(|| format!("dns-01: no [dns.{name}] provider"))?;
-            let records = dns_records(pending);
-            for (record, values) in &records {
-                let target = delegated(provider, record).await;
-                provider
-                    .replace(&target, CHALLENGE_TTL, values)
-                    .await
-                    .map_err(|e| format!("dns-01: writing {target} through [dns.{name}]: {e}"))?;
-            }
-            for (record, values) in &records {
-                propagation
-                    .wait(record, mxkeys_providers::RecordType::Txt, values)
-                    .await
-                    .map_err(|e| format!("dns-01: {record}: {e}"))?;
-            }
-            Ok(())
+            dns01::publish(name, ctx.dns, &dns_challenges(pending)).await
         }
     }
 }
@@ -431,16 +387,7 @@ async fn unpublish(source: &AcmeSource, ctx: &Context<'_>, pending: &[Pending]) 
             }
         }
         Challenge::Dns01 { provider: name } => {
-            let Some((provider, _)) = ctx.dns else { return };
-            for record in dns_records(pending).keys() {
-                let target = delegated(provider, record).await;
-                if let Err(e) = provider
-                    .remove(&target, mxkeys_providers::RecordType::Txt)
-                    .await
-                {
-                    tracing::warn!("dns-01: cannot remove {target} through [dns.{name}]: {e}");
-                }
-            }
+            dns01::unpublish(name, ctx.dns, &dns_challenges(pending)).await
         }
     }
 }
@@ -614,32 +561,6 @@ fn check(source: &AcmeSource, chain_pem: &str, key_pem: &str, now: i64) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn pending(identifier: &str, value: &str) -> Pending {
-        Pending {
-            identifier: identifier.to_owned(),
-            token: String::new(),
-            key_authorization: String::new(),
-            dns_value: value.to_owned(),
-        }
-    }
-
-    #[test]
-    fn a_wildcard_and_its_base_share_one_record_with_two_values() {
-        let records = dns_records(&[
-            pending("*.example.com", "a"),
-            pending("example.com", "b"),
-            pending("mail.example.com", "c"),
-        ]);
-        assert_eq!(
-            records["_acme-challenge.example.com"],
-            vec![RData::Txt("a".into()), RData::Txt("b".into())]
-        );
-        assert_eq!(
-            records["_acme-challenge.mail.example.com"],
-            vec![RData::Txt("c".into())]
-        );
-    }
 
     #[test]
     fn problems_read_like_the_ca_wrote_them() {

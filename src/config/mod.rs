@@ -207,8 +207,12 @@ pub struct DnsProvider {
     pub kind: DnsKind,
     /// The zone to write in; found from the record name when absent.
     pub zone: Option<String>,
-    /// Servers to check propagation at, instead of the zone's NS set.
+    /// The authoritative servers of `zone` (of every name when `zone` is
+    /// not set), asked instead of the NS set found through DNS.
     pub nameservers: Option<Vec<std::net::SocketAddr>>,
+    /// The recursive resolver that finds other zones' servers and follows
+    /// CNAMEs outside `zone`; default: the system's.
+    pub resolver: Option<std::net::SocketAddr>,
     pub propagation_interval: Duration,
     pub propagation_timeout: Duration,
 }
@@ -673,6 +677,7 @@ enum RawDns {
         tsig_secret_file: Option<PathBuf>,
         tsig_secret_env: Option<String>,
         nameservers: Option<Vec<String>>,
+        resolver: Option<String>,
         #[serde(default, with = "humantime_serde")]
         propagation_interval: Option<Duration>,
         #[serde(default, with = "humantime_serde")]
@@ -684,6 +689,7 @@ enum RawDns {
         api_url: Option<String>,
         zone: Option<String>,
         nameservers: Option<Vec<String>>,
+        resolver: Option<String>,
         #[serde(default, with = "humantime_serde")]
         propagation_interval: Option<Duration>,
         #[serde(default, with = "humantime_serde")]
@@ -693,6 +699,7 @@ enum RawDns {
         command: Vec<String>,
         zone: Option<String>,
         nameservers: Option<Vec<String>>,
+        resolver: Option<String>,
         #[serde(default, with = "humantime_serde")]
         propagation_interval: Option<Duration>,
         #[serde(default, with = "humantime_serde")]
@@ -701,6 +708,7 @@ enum RawDns {
     Manual {
         zone: Option<String>,
         nameservers: Option<Vec<String>>,
+        resolver: Option<String>,
         #[serde(default, with = "humantime_serde")]
         propagation_interval: Option<Duration>,
         #[serde(default, with = "humantime_serde")]
@@ -1504,7 +1512,7 @@ fn validate_dns(
         })
         .transpose()
     };
-    let (kind, zone, nameservers, interval, timeout) = match raw {
+    let (kind, zone, nameservers, resolver, interval, timeout) = match raw {
         RawDns::Rfc2136 {
             server,
             zone,
@@ -1513,6 +1521,7 @@ fn validate_dns(
             tsig_secret_file,
             tsig_secret_env,
             nameservers,
+            resolver,
             propagation_interval,
             propagation_timeout,
         } => {
@@ -1532,6 +1541,7 @@ fn validate_dns(
                 kind,
                 zone,
                 nameservers,
+                resolver,
                 propagation_interval,
                 propagation_timeout,
             )
@@ -1542,6 +1552,7 @@ fn validate_dns(
             api_url,
             zone,
             nameservers,
+            resolver,
             propagation_interval,
             propagation_timeout,
         } => {
@@ -1553,6 +1564,7 @@ fn validate_dns(
                 kind,
                 zone,
                 nameservers,
+                resolver,
                 propagation_interval,
                 propagation_timeout,
             )
@@ -1561,6 +1573,7 @@ fn validate_dns(
             command,
             zone,
             nameservers,
+            resolver,
             propagation_interval,
             propagation_timeout,
         } => {
@@ -1573,6 +1586,7 @@ fn validate_dns(
                 DnsKind::Exec { command },
                 zone,
                 nameservers,
+                resolver,
                 propagation_interval,
                 propagation_timeout,
             )
@@ -1580,12 +1594,14 @@ fn validate_dns(
         RawDns::Manual {
             zone,
             nameservers,
+            resolver,
             propagation_interval,
             propagation_timeout,
         } => (
             DnsKind::Manual,
             zone,
             nameservers,
+            resolver,
             propagation_interval,
             propagation_timeout,
         ),
@@ -1599,6 +1615,9 @@ fn validate_dns(
         kind,
         zone,
         nameservers: servers(nameservers)?,
+        resolver: resolver
+            .map(|r| parse_server(&r).map_err(|e| format!("key `resolver`: {e}")))
+            .transpose()?,
         propagation_interval: interval.unwrap_or(DEFAULT_PROPAGATION_INTERVAL),
         propagation_timeout: timeout.unwrap_or(DEFAULT_PROPAGATION_TIMEOUT),
     })
@@ -1829,7 +1848,7 @@ mod tests {
     #[test]
     fn dns_providers_name_their_secrets_never_hold_them() {
         let c = parse(
-            "[dns.bind]\ntype = \"rfc2136\"\nserver = \"127.0.0.1:5353\"\nzone = \"Example.Test.\"\ntsig_name = \"mxkeys\"\ntsig_secret_file = \"tsig.secret\"\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n[dns.cf]\ntype = \"cloudflare\"\napi_token_env = \"CF_TOKEN\"\npropagation_timeout = \"2m\"\n[dns.hook]\ntype = \"exec\"\ncommand = [\"/usr/local/bin/dns-hook\"]\n[dns.paste]\ntype = \"manual\"\n",
+            "[dns.bind]\ntype = \"rfc2136\"\nserver = \"127.0.0.1:5353\"\nzone = \"Example.Test.\"\ntsig_name = \"mxkeys\"\ntsig_secret_file = \"tsig.secret\"\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n[dns.cf]\ntype = \"cloudflare\"\napi_token_env = \"CF_TOKEN\"\npropagation_timeout = \"2m\"\n[dns.hook]\ntype = \"exec\"\ncommand = [\"/usr/local/bin/dns-hook\"]\nresolver = \"192.0.2.53\"\n[dns.paste]\ntype = \"manual\"\n",
         )
         .unwrap();
         let bind = &c.dns["bind"];
@@ -1850,6 +1869,11 @@ mod tests {
         assert_eq!(c.dns["cf"].propagation_timeout, Duration::from_secs(120));
         assert_eq!(c.dns["cf"].propagation_interval, Duration::from_secs(2));
         assert_eq!(c.dns["paste"].kind, DnsKind::Manual);
+        assert_eq!(
+            c.dns["hook"].resolver,
+            Some("192.0.2.53:53".parse().unwrap())
+        );
+        assert_eq!(c.dns["bind"].resolver, None);
         for (text, needle) in [
             (
                 "[dns.cf]\ntype = \"cloudflare\"\napi_token = \"secret123\"\n",

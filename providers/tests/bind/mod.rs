@@ -4,6 +4,16 @@
 //! `readonly.test` (no updates), `named -g` in the foreground, killed on
 //! Drop.
 //!
+//! [`Bind::start_split`] gives the key only the challenge zone: a second
+//! key ([`MAIN_KEY_NAME`], in `main.key`) updates `example.test`, whose
+//! records the server answers to anyone except requests signed with
+//! [`KEY_NAME`] (as a provider whose credentials reach only the challenge
+//! zone), while [`KEY_NAME`] updates `delegated.test`. That server also
+//! recurses for 127.0.0.1, over a root zone of its own (nothing leaves
+//! loopback), so a client asking with RD=1 (pebble's validator) gets a CNAME
+//! from `example.test` into `delegated.test` chased, as a CA's resolver
+//! would; without recursion BIND chases CNAMEs only within one zone.
+//!
 //! Without `named`: the test is skipped with a loud message, or fails when
 //! `CI=true`.
 
@@ -18,6 +28,8 @@ use base64::Engine;
 use mxkeys_providers::rfc2136::{Rfc2136, Rfc2136Config, TsigAlgorithm};
 
 pub const KEY_NAME: &str = "mxkeys-test";
+/// The main zone's own key in [`Bind::start_split`].
+pub const MAIN_KEY_NAME: &str = "main-zone-key";
 
 pub struct Bind {
     dir: tempfile::TempDir,
@@ -110,6 +122,17 @@ impl Bind {
     /// with a wildcard A record, so an ACME CA resolving names through this
     /// server finds every name at 127.0.0.1.
     pub fn start_with_zone(example_zone: &str) -> Option<Bind> {
+        Bind::start_inner(example_zone, false)
+    }
+
+    /// Like [`Bind::start_with_zone`], with `example.test` updatable only
+    /// with [`MAIN_KEY_NAME`] and not even readable with [`KEY_NAME`],
+    /// which updates `delegated.test` only.
+    pub fn start_split(example_zone: &str) -> Option<Bind> {
+        Bind::start_inner(example_zone, true)
+    }
+
+    fn start_inner(example_zone: &str, split: bool) -> Option<Bind> {
         let (named, keygen, _) = tools()?;
         let dir = tempfile::tempdir().unwrap();
         let key = Command::new(&keygen)
@@ -128,13 +151,22 @@ impl Bind {
             .decode(&secret_b64)
             .unwrap();
         std::fs::write(dir.path().join("tsig.key"), &key_text).unwrap();
+        let main_key = Command::new(&keygen)
+            .args(["-a", "hmac-sha256", MAIN_KEY_NAME])
+            .output()
+            .unwrap();
+        assert!(
+            main_key.status.success(),
+            "tsig-keygen failed: {main_key:?}"
+        );
+        std::fs::write(dir.path().join("main.key"), &main_key.stdout).unwrap();
 
         let mut last_log = String::new();
         // The port is free when chosen; another process may take it before
         // named binds it: try a few.
         for _ in 0..5 {
             let port = free_port();
-            write_config(dir.path(), port, example_zone);
+            write_config(dir.path(), port, example_zone, split);
             let log = std::fs::File::create(dir.path().join("named.log")).unwrap();
             let mut child = Command::new(&named)
                 .args(["-g", "-4", "-c"])
@@ -273,7 +305,7 @@ fn wait_ready(child: &mut Child, port: u16) -> bool {
     false
 }
 
-fn write_config(dir: &Path, port: u16, example_zone: &str) {
+fn write_config(dir: &Path, port: u16, example_zone: &str, split: bool) {
     for (zone, text) in [
         ("example.test", example_zone),
         ("delegated.test", ZONE_DELEGATED),
@@ -284,8 +316,31 @@ fn write_config(dir: &Path, port: u16, example_zone: &str) {
         let _ = std::fs::remove_file(dir.join(format!("{zone}.zone.jnl")));
     }
     let d = dir.display();
+    // (recursion option, extra zone statement)
+    let (recursion, root_zone) = if split {
+        std::fs::write(
+            dir.join("root.zone"),
+            "$TTL 300\n. IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60\n\
+             . IN NS ns.example.test.\nns.example.test. IN A 127.0.0.1\n",
+        )
+        .unwrap();
+        (
+            "recursion yes; allow-recursion { 127.0.0.1; };",
+            format!("zone \".\" {{ type primary; file \"{d}/root.zone\"; }};"),
+        )
+    } else {
+        ("recursion no;", String::new())
+    };
+    let example_access = if split {
+        format!(
+            "allow-update {{ key \"{MAIN_KEY_NAME}\"; }}; allow-query {{ !key \"{KEY_NAME}\"; any; }};"
+        )
+    } else {
+        format!("allow-update {{ key \"{KEY_NAME}\"; }};")
+    };
     let conf = format!(
         r#"include "{d}/tsig.key";
+include "{d}/main.key";
 options {{
     directory "{d}";
     pid-file "{d}/named.pid";
@@ -293,15 +348,16 @@ options {{
     managed-keys-directory "{d}";
     listen-on port {port} {{ 127.0.0.1; }};
     listen-on-v6 {{ none; }};
-    recursion no;
+    {recursion}
     dnssec-validation no;
     notify no;
     allow-transfer {{ none; }};
 }};
 controls {{ }};
-zone "example.test" {{ type primary; file "{d}/example.test.zone"; allow-update {{ key "{KEY_NAME}"; }}; }};
+zone "example.test" {{ type primary; file "{d}/example.test.zone"; {example_access} }};
 zone "delegated.test" {{ type primary; file "{d}/delegated.test.zone"; allow-update {{ key "{KEY_NAME}"; }}; }};
 zone "readonly.test" {{ type primary; file "{d}/readonly.test.zone"; }};
+{root_zone}
 "#
     );
     std::fs::write(dir.join("named.conf"), conf).unwrap();

@@ -1,0 +1,134 @@
+//! DNS-01 challenge records: where each `_acme-challenge` value goes, its
+//! publication through a `[dns.NAME]` provider, the wait until every
+//! authoritative server answers it, and its removal.
+//!
+//! Rule: an order adds and removes only its own values. Other clients
+//! answer challenges at the same names (a second `acme` source for the same
+//! names, certbot, another host): their values are never replaced or
+//! deleted, and the wait asks only that each server's set contains ours.
+//!
+//! Delegation: `_acme-challenge.NAME` may be a CNAME into a zone kept for
+//! challenges, so the main zone's credentials need not be on the mail host.
+//! The chain is followed through public resolution, as the CA will follow
+//! it ([`Propagation::follow_cnames`]), never through the provider, whose
+//! credentials may reach only the challenge zone. The values are written at
+//! the end of the chain, and the wait asks that name's servers.
+//!
+//! The order (`order.rs`) decides which challenges to answer; this module
+//! only acts on DNS. Errors name the record and the provider.
+
+use std::collections::BTreeMap;
+
+use crate::dns::Provider;
+use mxkeys_providers::propagation::Propagation;
+use mxkeys_providers::{RData, RecordStore, RecordType};
+
+/// TTL of DNS-01 TXT records.
+const CHALLENGE_TTL: u32 = 60;
+
+/// One DNS-01 challenge to answer.
+pub struct Challenge<'a> {
+    /// As the CA shows it (`*.example.com` for a wildcard).
+    pub identifier: &'a str,
+    /// The TXT value (the key authorization's digest).
+    pub value: &'a str,
+}
+
+/// `_acme-challenge.` names and their TXT values (a wildcard and its base
+/// name share one name, with two values).
+fn dns_records(challenges: &[Challenge<'_>]) -> BTreeMap<String, Vec<RData>> {
+    let mut records: BTreeMap<String, Vec<RData>> = BTreeMap::new();
+    for c in challenges {
+        let base = c.identifier.strip_prefix("*.").unwrap_or(c.identifier);
+        records
+            .entry(format!("_acme-challenge.{base}"))
+            .or_default()
+            .push(RData::Txt(c.value.to_owned()));
+    }
+    records
+}
+
+/// Where the record `name` is written: the end of its CNAME chain, as the
+/// CA sees it.
+async fn delegated(propagation: &Propagation, name: &str) -> Result<String, String> {
+    propagation
+        .follow_cnames(name)
+        .await
+        .map_err(|e| format!("dns-01: following CNAMEs from {name}: {e}"))
+}
+
+/// Adds every challenge value through the provider `name`, then waits until
+/// every authoritative server's set contains them.
+pub async fn publish(
+    name: &str,
+    dns: Option<(&Provider, &Propagation)>,
+    challenges: &[Challenge<'_>],
+) -> Result<(), String> {
+    let (provider, propagation) = dns.ok_or_else(|| format!("dns-01: no [dns.{name}] provider"))?;
+    let mut written = Vec::new();
+    for (record, values) in dns_records(challenges) {
+        let target = delegated(propagation, &record).await?;
+        provider
+            .add(&target, CHALLENGE_TTL, &values)
+            .await
+            .map_err(|e| format!("dns-01: adding to {target} through [dns.{name}]: {e}"))?;
+        written.push((target, values));
+    }
+    for (target, values) in &written {
+        propagation
+            .wait_contains(target, RecordType::Txt, values)
+            .await
+            .map_err(|e| format!("dns-01: {target}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Removes this order's challenge values, and only them (errors are logged:
+/// the order's outcome matters more).
+pub async fn unpublish(
+    name: &str,
+    dns: Option<(&Provider, &Propagation)>,
+    challenges: &[Challenge<'_>],
+) {
+    let Some((provider, propagation)) = dns else {
+        return;
+    };
+    for (record, values) in dns_records(challenges) {
+        let target = match delegated(propagation, &record).await {
+            Ok(target) => target,
+            Err(e) => {
+                tracing::warn!("{e}: its values stay");
+                continue;
+            }
+        };
+        if let Err(e) = provider.remove_values(&target, &values).await {
+            tracing::warn!("dns-01: cannot remove values of {target} through [dns.{name}]: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge<'a>(identifier: &'a str, value: &'a str) -> Challenge<'a> {
+        Challenge { identifier, value }
+    }
+
+    #[test]
+    fn a_wildcard_and_its_base_share_one_record_with_two_values() {
+        let records = dns_records(&[
+            challenge("*.example.com", "a"),
+            challenge("example.com", "b"),
+            challenge("mail.example.com", "c"),
+        ]);
+        assert_eq!(
+            records["_acme-challenge.example.com"],
+            vec![RData::Txt("a".into()), RData::Txt("b".into())]
+        );
+        assert_eq!(
+            records["_acme-challenge.mail.example.com"],
+            vec![RData::Txt("c".into())]
+        );
+    }
+}
