@@ -11,8 +11,10 @@
 //! In each, a real BIND serves `example.test` on port 53 (the port mxkeys
 //! asks discovered servers at; free in a namespace of our own), and
 //! `mxkeys dns test`, a DKIM key's activation and a DNS-01 order against a
-//! real pebble (also inside the namespace) complete. Nothing leaves the
-//! namespace: it has only a loopback interface.
+//! real pebble (also inside the namespace) complete; a server with only an
+//! address of the missing family (an NS name of `other.test`, or a
+//! configured `nameservers` entry) fails the check naming it. Nothing
+//! leaves the namespace: it has only a loopback interface.
 //!
 //! Each outer test re-runs this test binary inside `unshare --net --mount`
 //! with one ignored inner test selected; the inner tests refuse to run
@@ -205,6 +207,7 @@ fn inside(family: Family) {
     let pebble = Pebble::start_with_dns(&env.path("pebble"), "127.0.0.1:53".parse().unwrap());
 
     dns_test_passes(&env, &bind, family);
+    servers_without_a_reachable_address_are_named(&env, &bind, family);
     dkim_key_activates(&env, &bind, family);
     dns01_order_completes(&env, &bind, &pebble);
 }
@@ -265,6 +268,48 @@ fn dns_test_passes(env: &Env, bind: &NsBind, family: Family) {
     assert!(skipped[0].contains("DEBUG"), "{}", run.describe());
     assert!(
         !run.stdout.contains(family.unreachable()),
+        "{}",
+        run.describe()
+    );
+}
+
+/// A zone whose only NS name has only an address of the missing family,
+/// and a configured `nameservers` list with such an address: the check
+/// fails naming the server, it does not pass on the others alone.
+fn servers_without_a_reachable_address_are_named(env: &Env, bind: &NsBind, family: Family) {
+    let secret = qp(&bind.dir.join("tsig.key"));
+    let server = family.server_addr();
+    env.write_config_raw(&format!(
+        "state_dir = {}\n\
+         [dns.other]\ntype = \"rfc2136\"\nserver = \"{server}\"\nzone = \"other.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\ntsig_secret_file = {secret}\n\
+         propagation_interval = \"100ms\"\npropagation_timeout = \"1s\"\n\
+         [dns.listed]\ntype = \"rfc2136\"\nserver = \"{server}\"\nzone = \"example.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\ntsig_secret_file = {secret}\n\
+         nameservers = [\"{server}\", \"{}\"]\n\
+         propagation_interval = \"100ms\"\npropagation_timeout = \"1s\"\n",
+        qp(&env.state),
+        family.unreachable(),
+    ));
+    let run = env.run(&["dns", "test", "other"]);
+    assert_ne!(run.code, 0, "{}", run.describe());
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        all.contains(&format!(
+            "ns.other.test: no address this host can reach ({}",
+            family.unreachable()
+        )),
+        "{}",
+        run.describe()
+    );
+    let run = env.run(&["dns", "test", "listed"]);
+    assert_ne!(run.code, 0, "{}", run.describe());
+    let all = format!("{}{}", run.stdout, run.stderr);
+    assert!(
+        all.contains(&format!(
+            "{0}: no address this host can reach ({0}",
+            family.unreachable()
+        )),
         "{}",
         run.describe()
     );
@@ -389,6 +434,20 @@ impl NsBind {
                  * IN A 127.0.0.1\n"
             ),
         );
+        // A zone whose only NS name has only the address without a route.
+        let lone = match family {
+            Family::V4 => "AAAA 2001:db8::1",
+            Family::V6 => "A 192.0.2.1",
+        };
+        write(
+            &dir.join("other.test.zone"),
+            format!(
+                "$TTL 60\n\
+                 @ IN SOA ns.other.test. hostmaster.other.test. 1 3600 600 86400 60\n\
+                 @ IN NS ns.other.test.\n\
+                 ns IN {lone}\n"
+            ),
+        );
         let (v4, v6) = match family {
             Family::V4 => ("127.0.0.1;", "none;"),
             Family::V6 => ("127.0.0.1;", "::1;"),
@@ -412,6 +471,7 @@ options {{
 }};
 controls {{ }};
 zone "example.test" {{ type primary; file "{d}/example.test.zone"; allow-update {{ key "{KEY_NAME}"; }}; }};
+zone "other.test" {{ type primary; file "{d}/other.test.zone"; allow-update {{ key "{KEY_NAME}"; }}; }};
 "#
             ),
         );
