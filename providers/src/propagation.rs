@@ -23,6 +23,18 @@
 //! names in the zone at the configured servers, others through the
 //! resolver, never through a DNS provider's credentials.
 //!
+//! A server is an NS host (or one configured address). It counts as having
+//! the record when ONE of its addresses that this host can reach answers
+//! the expected set: on a host with only IPv4 (or only IPv6), the addresses
+//! of the other family are skipped (said once per wait at debug level)
+//! instead of failing every round. "Can reach" is a route check: a UDP
+//! `connect()` to the address, which sends nothing, fails with
+//! `ENETUNREACH`/`EADDRNOTAVAIL` when this host has no route for it. A
+//! server with no reachable address, or whose address lookup fails, is an
+//! error naming it: the set of servers never silently shrinks. The
+//! decisions (`server_set`, `per_server`) are pure and table-tested;
+//! the lookups and the route check feed them.
+//!
 //! **Call [`Propagation::wait`] only after the record was written.** Asking
 //! before the write gets NXDOMAIN answers, and anything that keeps them
 //! (a resolver between a verifier and the servers, the cache of the machine
@@ -40,6 +52,7 @@ use hickory_proto::rr::{Name, RData as WireRData, RecordType as WireType};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::net::{DnsError, NetError, NoRecords};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -267,9 +280,13 @@ impl Propagation {
 
     /// The authoritative servers of the zone holding `name`: the configured
     /// list, or those found through the resolver.
+    ///
+    /// Only addresses this host can reach are listed; a server with none,
+    /// or whose address lookup fails, is an error naming it.
     pub async fn authoritative_servers(&self, name: &str) -> Result<Vec<SocketAddr>, Error> {
         let name = parse_name(name)?;
-        ServerCache::new(self)?.servers(&name).await
+        let set = ServerCache::new(self)?.servers(&name).await?;
+        Ok(addresses(&set))
     }
 
     /// Where the CNAME chain starting at `name` ends, as a CA resolving it
@@ -355,7 +372,8 @@ impl Propagation {
         let mut qname = name.clone();
         let mut chain = vec![display_name(name)];
         loop {
-            let addrs = servers.servers(&qname).await?;
+            let set = servers.servers(&qname).await?;
+            let addrs = addresses(&set);
             let limit = QUERY_TIMEOUT.min(
                 deadline
                     .saturating_duration_since(Instant::now())
@@ -371,11 +389,12 @@ impl Propagation {
                 })
             };
             let qdisplay = display_name(&qname);
+            let mut asked = Vec::with_capacity(answers.len());
             match target {
                 Some(target) => {
                     for (server, answer, at) in answers {
                         let matched = answer == Answer::Cname(target.clone());
-                        observations.push(Observation {
+                        asked.push(Observation {
                             server,
                             name: qdisplay.clone(),
                             matched,
@@ -388,6 +407,7 @@ impl Propagation {
                             at,
                         });
                     }
+                    observations.extend(per_server(&set, &qdisplay, asked));
                     if chain.contains(&target) || chain.len() > MAX_CNAME_CHAIN {
                         chain.push(target);
                         return Err(Error::Transport(format!(
@@ -408,7 +428,7 @@ impl Propagation {
                             Answer::Absent(_) => expected.is_empty(),
                             Answer::Cname(_) | Answer::Failed(_) => false,
                         };
-                        observations.push(Observation {
+                        asked.push(Observation {
                             server,
                             name: qdisplay.clone(),
                             answer,
@@ -417,6 +437,7 @@ impl Propagation {
                             at,
                         });
                     }
+                    observations.extend(per_server(&set, &qdisplay, asked));
                     return Ok(observations);
                 }
             }
@@ -534,14 +555,208 @@ fn describe_values(values: &[RData]) -> String {
         .join(", ")
 }
 
+/// One authoritative server: an NS host and the addresses of it this host
+/// can reach, or one configured address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Server {
+    /// The NS host name, or the configured address as text.
+    name: String,
+    /// Never empty; asked in this order.
+    addrs: Vec<SocketAddr>,
+}
+
+/// What finding one server's addresses gave: each address with the route
+/// check's verdict (`Err` says why this host cannot reach it), and the
+/// address lookups that failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct Found {
+    addrs: Vec<(SocketAddr, Result<(), String>)>,
+    lookup_errors: Vec<String>,
+}
+
+/// An address skipped because this host cannot reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Skipped {
+    server: String,
+    addr: SocketAddr,
+    why: String,
+}
+
+/// Pure: the servers of `zone` from what was found for each of them. Every
+/// server keeps its reachable addresses; unreachable ones are returned as
+/// skipped. A server with no address at all (lookup failed or empty) or
+/// none reachable makes the whole set an error naming each such server.
+fn server_set(
+    zone: &str,
+    found: Vec<(String, Found)>,
+) -> Result<(Vec<Server>, Vec<Skipped>), Error> {
+    let mut servers = Vec::new();
+    let mut skipped = Vec::new();
+    let mut problems = Vec::new();
+    if found.is_empty() {
+        return Err(Error::Transport(format!(
+            "zone {zone} has no authoritative servers (no NS records)"
+        )));
+    }
+    for (name, found) in found {
+        let lookups = if found.lookup_errors.is_empty() {
+            String::new()
+        } else {
+            format!("; {}", found.lookup_errors.join("; "))
+        };
+        if found.addrs.is_empty() {
+            problems.push(if found.lookup_errors.is_empty() {
+                format!("{name}: no A or AAAA records")
+            } else {
+                format!(
+                    "{name}: address lookup failed ({})",
+                    found.lookup_errors.join("; ")
+                )
+            });
+            continue;
+        }
+        let mut addrs = Vec::new();
+        let mut unreachable = Vec::new();
+        for (addr, route) in found.addrs {
+            match route {
+                Ok(()) => {
+                    if !addrs.contains(&addr) {
+                        addrs.push(addr);
+                    }
+                }
+                Err(why) => {
+                    unreachable.push(format!("{addr}: {why}"));
+                    skipped.push(Skipped {
+                        server: name.clone(),
+                        addr,
+                        why,
+                    });
+                }
+            }
+        }
+        if addrs.is_empty() {
+            problems.push(format!(
+                "{name}: no address this host can reach ({}{lookups})",
+                unreachable.join(", ")
+            ));
+            continue;
+        }
+        addrs.sort_by_key(|a| (matches!(a.ip(), IpAddr::V6(_)), *a));
+        servers.push(Server { name, addrs });
+    }
+    if !problems.is_empty() {
+        return Err(Error::Transport(format!(
+            "authoritative servers of {zone}: {}",
+            problems.join("; ")
+        )));
+    }
+    Ok((servers, skipped))
+}
+
+/// Every address to ask, each once: IPv4 first, in server order.
+fn addresses(servers: &[Server]) -> Vec<SocketAddr> {
+    let mut all: Vec<SocketAddr> = Vec::new();
+    for addr in servers.iter().flat_map(|s| &s.addrs) {
+        if !all.contains(addr) {
+            all.push(*addr);
+        }
+    }
+    all.sort_by_key(|a| matches!(a.ip(), IpAddr::V6(_)));
+    all
+}
+
+/// Pure: one round's per-address observations folded into per-server ones.
+/// A server with an address that matched is that one observation (its first
+/// matching address); a server with none keeps every address's observation,
+/// unmatched, each naming the server. An address shared by two servers is
+/// reported once. Addresses that gave no observation at all (their query
+/// task died) leave a server unmatched.
+fn per_server(servers: &[Server], name: &str, observations: Vec<Observation>) -> Vec<Observation> {
+    let mut out: Vec<Observation> = Vec::new();
+    for server in servers {
+        let mine = || {
+            server
+                .addrs
+                .iter()
+                .filter_map(|a| observations.iter().find(|o| o.server == *a))
+        };
+        let mut picked: Vec<Observation> = match mine().find(|o| o.matched) {
+            Some(o) => vec![o.clone()],
+            None => {
+                let mut all: Vec<Observation> = mine().cloned().collect();
+                for o in &mut all {
+                    if o.server.to_string() != server.name {
+                        o.wanted.push_str(&format!(" (server {})", server.name));
+                    }
+                }
+                if all.is_empty() {
+                    all = server
+                        .addrs
+                        .iter()
+                        .map(|a| Observation {
+                            server: *a,
+                            name: name.to_owned(),
+                            answer: Answer::Failed("no answer".to_owned()),
+                            matched: false,
+                            wanted: format!(" (server {})", server.name),
+                            at: Duration::ZERO,
+                        })
+                        .collect();
+                }
+                all
+            }
+        };
+        picked.retain(|o| {
+            !out.iter()
+                .any(|seen| seen.server == o.server && seen.matched == o.matched)
+        });
+        out.extend(picked);
+    }
+    out
+}
+
+/// Why an address lookup failed, or `None` when the name truly has no
+/// records of the type (NXDOMAIN or NODATA from the resolver). A REFUSED
+/// or SERVFAIL, which the resolver also reports as "no records", is a
+/// failure.
+fn lookup_failure(e: &NetError) -> Option<String> {
+    match e {
+        NetError::Dns(DnsError::NoRecordsFound(NoRecords { response_code, .. })) => {
+            match response_code {
+                ResponseCode::NXDomain | ResponseCode::NoError => None,
+                code => Some(rcode_text(*code)),
+            }
+        }
+        other => Some(other.to_string()),
+    }
+}
+
+/// Whether this host has a route to `addr`: a UDP socket of its family
+/// `connect()`ed to it (nothing is sent). `Err` says why not.
+fn route_to(addr: SocketAddr) -> Result<(), String> {
+    let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
+    let local: SocketAddr = if addr.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    std::net::UdpSocket::bind(local)
+        .and_then(|socket| socket.connect(addr))
+        .map_err(|e| format!("no {family} route from this host ({e})"))
+}
+
 /// The authoritative servers of each name asked, found once per wait.
 struct ServerCache {
     configured: Option<Vec<SocketAddr>>,
     /// The zone `configured` serves (all names when `None`).
     zone: Option<Name>,
+    /// The configured list checked for routes, once.
+    configured_set: Option<Vec<Server>>,
     resolver_addr: Option<SocketAddr>,
     resolver: Option<TokioResolver>,
-    found: HashMap<Name, Vec<SocketAddr>>,
+    found: HashMap<Name, Vec<Server>>,
+    /// Addresses already said to be skipped in this wait.
+    said: Vec<SocketAddr>,
 }
 
 impl ServerCache {
@@ -560,9 +775,11 @@ impl ServerCache {
         Ok(ServerCache {
             configured: propagation.nameservers.clone(),
             zone,
+            configured_set: None,
             resolver_addr: propagation.resolver,
             resolver: None,
             found: HashMap::new(),
+            said: Vec::new(),
         })
     }
 
@@ -575,9 +792,26 @@ impl ServerCache {
         }
     }
 
-    async fn servers(&mut self, name: &Name) -> Result<Vec<SocketAddr>, Error> {
+    async fn servers(&mut self, name: &Name) -> Result<Vec<Server>, Error> {
         if let Some(list) = self.configured_for(name) {
-            return Ok(list);
+            if let Some(set) = &self.configured_set {
+                return Ok(set.clone());
+            }
+            let found = list
+                .iter()
+                .map(|addr| {
+                    (
+                        addr.to_string(),
+                        Found {
+                            addrs: vec![(*addr, route_to(*addr))],
+                            lookup_errors: Vec::new(),
+                        },
+                    )
+                })
+                .collect();
+            let (set, _) = server_set("the configured nameservers", found)?;
+            self.configured_set = Some(set.clone());
+            return Ok(set);
         }
         if let Some(found) = self.found.get(name) {
             return Ok(found.clone());
@@ -633,7 +867,7 @@ impl ServerCache {
 
     /// SOA lookups from the name up to find its zone, then the zone's NS
     /// names and their addresses.
-    async fn discover(&mut self, name: &Name) -> Result<Vec<SocketAddr>, Error> {
+    async fn discover(&mut self, name: &Name) -> Result<Vec<Server>, Error> {
         let shown = display_name(name);
         let resolver = self.resolver()?.clone();
         let transport =
@@ -675,32 +909,42 @@ impl ServerCache {
                 _ => None,
             })
             .collect();
-        let mut addrs: Vec<SocketAddr> = Vec::new();
-        let mut problems = Vec::new();
+        let mut found = Vec::with_capacity(hosts.len());
         for host in &hosts {
-            match resolver.lookup_ip(host.clone()).await {
-                Ok(ips) => {
-                    for ip in ips.iter() {
-                        let addr = SocketAddr::new(ip, 53);
-                        if !addrs.contains(&addr) {
-                            addrs.push(addr);
+            let mut this = Found::default();
+            for family in [WireType::A, WireType::AAAA] {
+                match resolver.lookup(host.clone(), family).await {
+                    Ok(lookup) => {
+                        for r in lookup.answers() {
+                            let ip = match &r.data {
+                                WireRData::A(a) => IpAddr::V4(a.0),
+                                WireRData::AAAA(a) => IpAddr::V6(a.0),
+                                _ => continue,
+                            };
+                            let addr = SocketAddr::new(ip, 53);
+                            if !this.addrs.iter().any(|(a, _)| *a == addr) {
+                                this.addrs.push((addr, route_to(addr)));
+                            }
                         }
                     }
+                    Err(e) => match lookup_failure(&e) {
+                        None => {}
+                        Some(why) => this.lookup_errors.push(format!("{family} lookup: {why}")),
+                    },
                 }
-                Err(e) => problems.push(format!("{}: {e}", display_name(host))),
             }
+            found.push((display_name(host), this));
         }
-        if addrs.is_empty() {
-            return Err(Error::NoZone(format!(
-                "{shown} (zone {} has no reachable NS addresses{}{})",
-                display_name(&zone),
-                if problems.is_empty() { "" } else { ": " },
-                problems.join("; ")
-            )));
+        let (servers, skipped) = server_set(&display_name(&zone), found)?;
+        for s in skipped {
+            if self.said.contains(&s.addr) {
+                continue;
+            }
+            self.said.push(s.addr);
+            tracing::debug!(server = %s.server, addr = %s.addr, why = %s.why, "propagation: address skipped, this host cannot reach it");
         }
-        addrs.sort_by_key(|a| (matches!(a.ip(), IpAddr::V6(_)), *a));
-        tracing::debug!(name = %shown, zone = %display_name(&zone), servers = ?addrs, "authoritative servers");
-        Ok(addrs)
+        tracing::debug!(name = %shown, zone = %display_name(&zone), servers = ?servers, "authoritative servers");
+        Ok(servers)
     }
 }
 
@@ -791,6 +1035,188 @@ mod tests {
             ),
             Answer::Records(vec![RData::Cname("x.delegated.test".into())])
         );
+    }
+
+    fn sa(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    /// An address and its route check.
+    type Addr<'a> = (&'a str, Result<(), &'a str>);
+
+    fn found(addrs: &[Addr], lookup_errors: &[&str]) -> Found {
+        Found {
+            addrs: addrs
+                .iter()
+                .map(|(a, r)| (sa(a), r.map_err(str::to_owned)))
+                .collect(),
+            lookup_errors: lookup_errors.iter().map(|e| (*e).to_owned()).collect(),
+        }
+    }
+
+    const V4: &str = "127.0.0.1:53";
+    const V6: &str = "[::1]:53";
+    const NO_V6: Result<(), &str> = Err("no IPv6 route from this host");
+    const NO_V4: Result<(), &str> = Err("no IPv4 route from this host");
+
+    #[test]
+    fn a_server_keeps_only_the_addresses_this_host_can_reach() {
+        // (addresses with their route check, lookup errors) -> kept addresses
+        // (None: the server set is an error naming the server).
+        type Row<'a> = (&'a [Addr<'a>], &'a [&'a str], Option<&'a [&'a str]>);
+        let table: &[Row] = &[
+            // Both families reachable: both asked, IPv4 first.
+            (&[(V6, Ok(())), (V4, Ok(()))], &[], Some(&[V4, V6])),
+            // An IPv4-only host: the AAAA address is skipped.
+            (&[(V4, Ok(())), (V6, NO_V6)], &[], Some(&[V4])),
+            // An IPv6-only host: the A address is skipped.
+            (&[(V4, NO_V4), (V6, Ok(()))], &[], Some(&[V6])),
+            // One family's lookup failed, the other gave a reachable one.
+            (&[(V4, Ok(()))], &["AAAA lookup: timed out"], Some(&[V4])),
+            // Nothing reachable: an error, not a smaller set.
+            (&[(V4, NO_V4), (V6, NO_V6)], &[], None),
+            (&[(V6, NO_V6)], &["A lookup: timed out"], None),
+            // No address at all: the lookup failed or found nothing.
+            (&[], &[], None),
+            (&[], &["A lookup: SERVFAIL", "AAAA lookup: SERVFAIL"], None),
+        ];
+        for (addrs, errors, kept) in table {
+            let got = server_set(
+                "example.test",
+                vec![("ns1.example.test".to_owned(), found(addrs, errors))],
+            );
+            match (kept, got) {
+                (Some(kept), Ok((servers, skipped))) => {
+                    let want: Vec<SocketAddr> = kept.iter().map(|a| sa(a)).collect();
+                    assert_eq!(servers.len(), 1, "{addrs:?}");
+                    assert_eq!(servers[0].name, "ns1.example.test");
+                    assert_eq!(servers[0].addrs, want, "{addrs:?}");
+                    assert_eq!(skipped.len(), addrs.len() - kept.len(), "{addrs:?}");
+                    assert!(skipped.iter().all(|s| s.server == "ns1.example.test"));
+                }
+                (None, Err(Error::Transport(message))) => {
+                    assert!(message.contains("ns1.example.test"), "{message}");
+                    assert!(message.contains("example.test"), "{message}");
+                    for e in *errors {
+                        assert!(message.contains(e), "{message}");
+                    }
+                }
+                (kept, got) => panic!("{addrs:?} {errors:?}: wanted {kept:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn one_server_without_an_address_fails_the_set_and_is_named() {
+        let err = server_set(
+            "example.test",
+            vec![
+                ("ns1.example.test".to_owned(), found(&[(V4, Ok(()))], &[])),
+                ("nowhere.example.test".to_owned(), found(&[], &[])),
+                (
+                    "v6.example.test".to_owned(),
+                    found(&[("[2001:db8::1]:53", NO_V6)], &[]),
+                ),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("nowhere.example.test: no A or AAAA records"),
+            "{err}"
+        );
+        assert!(
+            err.contains("v6.example.test: no address this host can reach ([2001:db8::1]:53"),
+            "{err}"
+        );
+        assert!(!err.contains("ns1"), "{err}");
+        assert!(server_set("example.test", vec![]).is_err());
+    }
+
+    fn seen(server: &str, matched: bool) -> Observation {
+        Observation {
+            server: sa(server),
+            name: "x.example.test".to_owned(),
+            answer: if matched {
+                Answer::Records(vec![RData::Txt("v".into())])
+            } else {
+                Answer::Absent("NXDOMAIN")
+            },
+            matched,
+            wanted: String::new(),
+            at: Duration::ZERO,
+        }
+    }
+
+    fn server(name: &str, addrs: &[&str]) -> Server {
+        Server {
+            name: name.to_owned(),
+            addrs: addrs.iter().map(|a| sa(a)).collect(),
+        }
+    }
+
+    #[test]
+    fn a_server_matches_when_one_of_its_addresses_answers_the_set() {
+        let both = [server("ns1.example.test", &[V4, V6])];
+        // (per-address outcomes) -> (reported addresses, all matched)
+        type Row<'a> = (&'a [(&'a str, bool)], &'a [&'a str], bool);
+        let table: &[Row] = &[
+            (&[(V4, true), (V6, true)], &[V4], true),
+            (&[(V4, false), (V6, true)], &[V6], true),
+            (&[(V4, true), (V6, false)], &[V4], true),
+            (&[(V4, false), (V6, false)], &[V4, V6], false),
+            // An address whose query gave nothing does not count.
+            (&[(V4, false)], &[V4], false),
+            (&[], &[V4, V6], false),
+        ];
+        for (outcomes, reported, all) in table {
+            let got = per_server(
+                &both,
+                "x.example.test",
+                outcomes.iter().map(|(a, m)| seen(a, *m)).collect(),
+            );
+            let addrs: Vec<SocketAddr> = got.iter().map(|o| o.server).collect();
+            let want: Vec<SocketAddr> = reported.iter().map(|a| sa(a)).collect();
+            assert_eq!(addrs, want, "{outcomes:?}");
+            assert_eq!(got.iter().all(|o| o.matched), *all, "{outcomes:?}");
+            for o in got.iter().filter(|o| !o.matched) {
+                assert!(o.wanted.contains("ns1.example.test"), "{o:?}");
+                assert_eq!(o.name, "x.example.test");
+            }
+        }
+    }
+
+    #[test]
+    fn every_server_must_match_and_a_shared_address_is_reported_once() {
+        let two = [
+            server("ns1.example.test", &[V4]),
+            server("ns2.example.test", &["127.0.0.2:53"]),
+        ];
+        let got = per_server(
+            &two,
+            "x.example.test",
+            vec![seen(V4, true), seen("127.0.0.2:53", false)],
+        );
+        assert_eq!(got.len(), 2);
+        assert!(!got.iter().all(|o| o.matched));
+        assert!(got[1].wanted.contains("ns2.example.test"), "{got:?}");
+
+        let shared = [
+            server("ns1.example.test", &[V4]),
+            server("ns2.example.test", &[V4]),
+        ];
+        let got = per_server(&shared, "x.example.test", vec![seen(V4, true)]);
+        assert_eq!(got.len(), 1);
+        assert!(got[0].matched);
+        // A configured address is its own server name: not repeated.
+        let configured = [server(V4, &[V4])];
+        let got = per_server(&configured, "x.example.test", vec![seen(V4, false)]);
+        assert_eq!(got[0].wanted, "");
+    }
+
+    #[test]
+    fn the_route_check_tells_reachable_loopback() {
+        assert_eq!(route_to(sa("127.0.0.1:53")), Ok(()));
     }
 
     #[test]

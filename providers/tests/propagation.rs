@@ -382,3 +382,53 @@ async fn nameservers_serve_their_zone_and_cnames_elsewhere_are_followed_through_
     let e = loops.follow_cnames("loop1.example.test").await.unwrap_err();
     assert!(e.to_string().contains("loop"), "{e}");
 }
+
+/// NS names whose address lookup finds nothing (`nowhere.delegated.test`,
+/// NXDOMAIN) or fails (`ns.elsewhere.test`, REFUSED by the only server)
+/// are not silently left out of "every server": finding the servers fails
+/// naming each, and so does a wait, even though the zone's other server
+/// has the record.
+#[tokio::test]
+async fn an_ns_whose_address_lookup_fails_is_an_error_naming_it() {
+    // (BIND refuses to load a zone whose own NS names lack addresses: the
+    // address-less names live outside it.)
+    let zone = "$TTL 300
+@ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60
+@ IN NS ns.example.test.
+@ IN NS nowhere.delegated.test.
+@ IN NS ns.elsewhere.test.
+ns IN A 127.0.0.1
+";
+    let Some(bind) = Bind::start_with_zone(zone) else {
+        return;
+    };
+    bind.provider()
+        .replace("probe.example.test", 60, &[txt("v")])
+        .await
+        .unwrap();
+    let p = Propagation {
+        resolver: Some(bind.addr()),
+        interval: Duration::from_millis(50),
+        timeout: Duration::from_millis(300),
+        ..Propagation::default()
+    };
+    match p.authoritative_servers("probe.example.test").await {
+        Err(Error::Transport(message)) => {
+            assert!(
+                message.contains("nowhere.delegated.test: no A or AAAA records"),
+                "{message}"
+            );
+            assert!(
+                message.contains("ns.elsewhere.test: address lookup failed"),
+                "{message}"
+            );
+            assert!(!message.contains(" ns.example.test:"), "{message}");
+        }
+        other => panic!("expected an error naming both NS names, got {other:?}"),
+    }
+    let message = fails(&p, "probe.example.test", RecordType::Txt, &[txt("v")]).await;
+    assert!(
+        message.contains("nowhere.delegated.test") && message.contains("ns.elsewhere.test"),
+        "{message}"
+    );
+}
