@@ -6,7 +6,11 @@
 //! saves the state (`state_dir/dkim/state.json`), and asks for the next, so
 //! a crash anywhere leaves a state the next run continues from. The signer
 //! files are rendered from the state after every change of the signing set
-//! and the signer is reloaded once at the end of a pass.
+//! and the signer is reloaded once at the end of a pass; a failed reload
+//! stays owed in the state and is retried on the next pass, 30 s later.
+//! Files mxkeys did not write are never written (see [`signer`]), and a
+//! record name that already holds a record is never published over: its
+//! selector is passed over for the next free one.
 
 pub mod keys;
 pub mod machine;
@@ -349,6 +353,25 @@ async fn perform(
             ensure_key_file(d, &mut book.keys[*i]).map_err(failed)?;
             save(config, book).map_err(failed)?;
             let value = book.keys[*i].record.clone();
+            // The name was free when the selector was chosen; if a record
+            // appeared since (or an interrupted run chose it before this
+            // check existed), the key is dropped, never published over: the
+            // next pass step makes one under the next free selector.
+            let name = book.keys[*i].record_name();
+            let existing = existing_records(provider, &name).await.map_err(failed)?;
+            if !machine::name_is_free(&existing, Some(&value)) {
+                let k = book.keys.remove(*i);
+                save(config, book).map_err(failed)?;
+                if let Err(e) = std::fs::remove_file(&k.file)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    return Err(failed(format!("{}: cannot remove: {e}", k.file.display())));
+                }
+                return Ok(Some(format!(
+                    "{name} already holds a record mxkeys did not write: selector {} passed over",
+                    k.selector
+                )));
+            }
             write_record(
                 config,
                 d,
@@ -458,16 +481,7 @@ async fn free_selector(
     loop {
         let selector = machine::free_selector(&d.selector, algorithm, &date, used, &occupied);
         let name = format!("{selector}._domainkey.{domain}");
-        let mut existing = Vec::new();
-        match provider.read(&name, RecordType::Txt).await {
-            Ok(values) => existing.extend(values.iter().map(|v| v.to_string())),
-            Err(mxkeys_providers::Error::Unsupported(_)) => {}
-            Err(e) => return Err(format!("reading {name} before publishing: {e}")),
-        }
-        // A CNAME (delegated signing) where the provider can tell.
-        if let Ok(values) = provider.read(&name, RecordType::Cname).await {
-            existing.extend(values.iter().map(|v| format!("CNAME {v}")));
-        }
+        let existing = existing_records(provider, &name).await?;
         if machine::name_is_free(&existing, None) {
             return Ok(selector);
         }
@@ -483,6 +497,26 @@ async fn free_selector(
             ));
         }
     }
+}
+
+/// What `name` holds in DNS (TXT values, and a CNAME where the provider
+/// can tell), read through the provider; empty for a provider that cannot
+/// read (manual).
+async fn existing_records(provider: &Provider, name: &str) -> Result<Vec<String>, String> {
+    let mut existing = Vec::new();
+    match provider.read(name, RecordType::Txt).await {
+        Ok(values) => existing.extend(values.into_iter().map(|v| match v {
+            RData::Txt(t) => t,
+            other => other.to_string(),
+        })),
+        Err(mxkeys_providers::Error::Unsupported(_)) => {}
+        Err(e) => return Err(format!("reading {name} before publishing: {e}")),
+    }
+    // A CNAME (delegated signing) where the provider can tell.
+    if let Ok(values) = provider.read(name, RecordType::Cname).await {
+        existing.extend(values.iter().map(|v| format!("CNAME {v}")));
+    }
+    Ok(existing)
 }
 
 /// Writes key `i`'s record with `value`, then moves the key to `state`
@@ -656,8 +690,22 @@ pub fn status(config: &Config) -> Result<Vec<KeyStatus>, String> {
 pub fn next_due(config: &Config) -> Option<i64> {
     let d = config.dkim.as_ref()?;
     let book = load(config).ok()?;
-    machine::next_due(&book, &wanted(d), &policy(d), crate::now())
+    let now = crate::now();
+    let due = machine::next_due(&book, &wanted(d), &policy(d), now)?;
+    // A signer file not written by mxkeys stops every pass until `dkim
+    // import`: look again every few minutes, not every 30 s.
+    if matches!(
+        signer_decision(d, &book, false).1,
+        signer::Decision::Foreign { .. }
+    ) {
+        return Some(due.max(now + FOREIGN_RECHECK));
+    }
+    Some(due)
 }
+
+/// How often the daemon looks again at a signer file not written by
+/// mxkeys, in seconds.
+const FOREIGN_RECHECK: i64 = 300;
 
 /// `mxkeys dkim import`: adopts an existing private key as active, once its
 /// record is seen with exactly its value on every authoritative server.
