@@ -1644,9 +1644,13 @@ fn renew_and_run_advance_the_keys_on_their_own() {
 // Never wipe a signer's configuration; never publish over another record
 // ---------------------------------------------------------------------------
 
-/// The signer's two OpenDKIM tables, as bytes (`None`: absent).
-fn table_bytes(signer: &Path) -> [Option<Vec<u8>>; 2] {
-    ["KeyTable", "SigningTable"].map(|f| std::fs::read(signer.join(f)).ok())
+/// The signer's two OpenDKIM tables, byte for byte (`None`: absent).
+fn table_bytes(signer: &Path) -> [Option<String>; 2] {
+    ["KeyTable", "SigningTable"].map(|f| {
+        std::fs::read(signer.join(f))
+            .ok()
+            .map(|b| String::from_utf8(b).expect("a table is UTF-8"))
+    })
 }
 
 /// Sends a message through `postfix` (OpenDKIM behind it) and returns
