@@ -2034,3 +2034,78 @@ fn rsa_1024_is_refused_in_the_configuration_but_an_rsa_1024_key_is_imported() {
     );
     assert_converged(&bind, &work);
 }
+
+/// An admin's Rspamd `dkim_signing.conf` signing with an RSA and an
+/// Ed25519 key: left untouched by `dkim rotate`; importing one key is not
+/// enough (the other is still named only there); once both are imported
+/// mxkeys takes the file over and names both selectors.
+#[test]
+fn an_admins_rspamd_file_is_taken_over_only_once_every_selector_it_names_is_imported() {
+    let Some((bind, work)) = setup(
+        "an_admins_rspamd_file_is_taken_over_only_once_every_selector_it_names_is_imported",
+        &[DKIMPY],
+    ) else {
+        return;
+    };
+    let signer = work.join("signer");
+    std::fs::create_dir_all(&signer).unwrap();
+    let rsa = work.join("mail.key");
+    let rsa_record = openssl_key(&rsa);
+    let ed = work.join("mailed.key");
+    let mut c = Command::new(prog("openssl"));
+    c.args(["genpkey", "-algorithm", "ED25519", "-out"])
+        .arg(&ed);
+    run_ok(c);
+    let ed_record = record_of_key_file(&ed);
+    nsupdate_txt(&bind, &format!("mail._domainkey.{DOMAIN}"), &rsa_record);
+    nsupdate_txt(&bind, &format!("mailed._domainkey.{DOMAIN}"), &ed_record);
+    let conf = signer.join("dkim_signing.conf");
+    let admin = format!(
+        "# the admin's\ndomain {{\n  {DOMAIN} {{\n    selectors [\n      \
+         {{ selector = \"mail\"; path = \"{}\"; }},\n      \
+         {{ selector = \"mailed\"; path = \"{}\"; }}\n    ]\n  }}\n}}\n",
+        rsa.display(),
+        ed.display()
+    );
+    std::fs::write(&conf, &admin).unwrap();
+    let config = write_config(
+        &bind,
+        &work,
+        "algorithms = [\"rsa-2048\", \"ed25519\"]\nlead = \"0s\"\nsigner = \"rspamd\"\n",
+    );
+    let conf_name = conf.display().to_string();
+
+    let out = mx(&config, &["dkim", "rotate"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&conf_name),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), admin);
+
+    // One of the two keys imported: the file still signs with the other.
+    let out = mx(&config, &import_args("mail", &rsa));
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&conf_name) && err.contains("mailed._domainkey"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), admin);
+
+    // Both imported: mxkeys writes the file, naming both.
+    mx_ok(&config, &import_args("mailed", &ed));
+    let text = std::fs::read_to_string(&conf).unwrap();
+    assert!(text.starts_with("# Written by mxkeys"), "{text}");
+    for selector in ["mail", "mailed"] {
+        assert!(
+            text.contains(&format!("selector = \"{selector}\";")),
+            "{text}"
+        );
+    }
+    assert_eq!(names_in(&keys(&work), "active").len(), 2);
+    let status = mx_ok(&config, &["dkim", "status"]);
+    assert!(!status.contains("dkim import"), "{status}");
+}

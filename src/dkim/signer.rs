@@ -39,7 +39,7 @@ pub enum Decision {
     /// name no key of mxkeys' that must stop signing.
     Withhold { domain: String },
     /// Leave them: `file` was not written by mxkeys; `missing` lists the
-    /// keys it names that mxkeys does not hold as active (record names).
+    /// keys it names that were not imported (record names).
     Foreign { file: PathBuf, missing: Vec<String> },
 }
 
@@ -69,7 +69,8 @@ impl Decision {
 /// rendered file's current content (`None`: absent), in `rendered` order;
 /// `domains` are the configured domains; `adopt`: `mxkeys dkim import`
 /// asks to take over files not written by mxkeys, which it does only when
-/// every key they name is held active (so nothing they sign is lost).
+/// every key they name was imported (so nothing they sign is lost: an
+/// imported key signs until a later import or successor replaces it).
 pub fn decide(
     signer: Signer,
     rendered: &[(PathBuf, String)],
@@ -78,9 +79,10 @@ pub fn decide(
     domains: &[String],
     adopt: bool,
 ) -> Decision {
-    let active = |domain: Option<&str>, selector: &str| {
+    // Imported: signing, or drained by a later import of the same group.
+    let held = |domain: Option<&str>, selector: &str| {
         book.keys.iter().any(|k| {
-            k.state == KeyState::Active
+            matches!(k.state, KeyState::Active | KeyState::Draining)
                 && k.selector == selector
                 && domain.is_none_or(|d| d.eq_ignore_ascii_case(&k.domain))
         })
@@ -101,7 +103,7 @@ pub fn decide(
         let named = foreign_keys(signer, path, &text);
         let missing: Vec<String> = named
             .iter()
-            .filter(|(d, s)| !active(d.as_deref(), s))
+            .filter(|(d, s)| !held(d.as_deref(), s))
             .map(|(d, s)| format!("{s}._domainkey.{}", d.as_deref().unwrap_or("*")))
             .collect();
         // A file naming no key mxkeys can read (an empty table, a form it
@@ -458,6 +460,9 @@ mod tests {
         let admin_kt = "mail._domainkey.example.com example.com:mail:/etc/dkimkeys/mail.private\n";
         let admin_r2 = "r2._domainkey.example.com example.com:r2:/etc/dkimkeys/r2.private\n";
         let admin_st = "*@example.com mail._domainkey.example.com\n";
+        let admin_r1_r2 = format!(
+            "r1._domainkey.example.com example.com:r1:/etc/dkimkeys/r1.private\n{admin_r2}"
+        );
         // (KeyTable on disk, SigningTable on disk, import adopting, decision)
         let foreign = |missing: &[&str]| Decision::Foreign {
             file: files[0].0.clone(),
@@ -482,6 +487,9 @@ mod tests {
             // Every key the admin's KeyTable names is active in mxkeys: adopted.
             (Some(admin_r2), Some(admin_st), true, Decision::Write),
             (Some(admin_r2), Some(admin_st), false, foreign(&[])),
+            // A key imported, then replaced by a later import (draining),
+            // counts as imported.
+            (Some(&admin_r1_r2), Some(admin_st), true, Decision::Write),
             // A SigningTable of the admin's beside mxkeys' KeyTable.
             (
                 Some(&ours),
