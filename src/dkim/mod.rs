@@ -481,7 +481,15 @@ async fn free_selector(
     loop {
         let selector = machine::free_selector(&d.selector, algorithm, &date, used, &occupied);
         let name = format!("{selector}._domainkey.{domain}");
-        let existing = existing_records(provider, &name).await?;
+        // DNS unreachable now: the selector is taken as it is; Publish
+        // reads the name again before writing (and fails until it can).
+        let existing = match existing_records(provider, &name).await {
+            Ok(existing) => existing,
+            Err(e) => {
+                tracing::debug!("dkim: {e}");
+                return Ok(selector);
+            }
+        };
         if machine::name_is_free(&existing, None) {
             return Ok(selector);
         }
