@@ -178,6 +178,9 @@ pub fn main() -> ExitCode {
         Command::Check => {
             let report = pipeline::reconcile(&config, Mode::Check);
             print!("{}", plan_text(&report));
+            if let Some(line) = crate::dkim::signer_notice(&config) {
+                println!("dkim: {line}");
+            }
             exit(&report)
         }
         Command::Status { json } => {
@@ -245,6 +248,11 @@ fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
             ExitCode::SUCCESS
         }),
         DkimCommand::Status { json } => crate::dkim::status(config).map(|keys| {
+            // A signer file not written by mxkeys: import its keys first.
+            let notice = crate::dkim::signer_notice(config);
+            if let (Some(line), true) = (&notice, json) {
+                tracing::warn!("dkim: {line}");
+            }
             if json {
                 println!(
                     "{}",
@@ -265,6 +273,12 @@ fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
                         }
                     );
                 }
+            }
+            if let (Some(line), false) = (&notice, json) {
+                println!("{line}");
+            }
+            if !json && crate::dkim::health(config).reload_pending {
+                println!("signer reload pending: retried within a minute by `mxkeys run`, or by the next `mxkeys dkim rotate`");
             }
             ExitCode::SUCCESS
         }),

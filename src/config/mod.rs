@@ -1394,6 +1394,12 @@ fn validate_dkim(
                 .to_owned(),
         );
     }
+    if algorithms.contains(&DkimAlgorithm::Rsa1024) {
+        return Err(
+            "key `algorithms`: \"rsa-1024\" cannot be generated (aws-lc-rs makes RSA keys of 2048 bits or more; RFC 8301 recommends 2048): use \"rsa-2048\" (an existing rsa-1024 key can still be adopted with `mxkeys dkim import`)"
+                .to_owned(),
+        );
+    }
     if algorithms.iter().filter(|a| a.is_rsa()).count() > 1 {
         return Err("key `algorithms`: one RSA size at a time".to_owned());
     }
@@ -1977,6 +1983,10 @@ mod tests {
             (
                 "signer = \"opendkim\"\nalgorithms = [\"rsa-512\"]\n",
                 "rsa-512",
+            ),
+            (
+                "signer = \"opendkim\"\nalgorithms = [\"rsa-1024\"]\n",
+                "\"rsa-1024\" cannot be generated",
             ),
         ] {
             let e = parse(&format!(

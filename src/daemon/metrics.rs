@@ -36,6 +36,9 @@ struct Inner {
     acme_next: BTreeMap<String, i64>,
     dkim_keys: BTreeMap<(String, String), u64>,
     dkim_next: Option<i64>,
+    /// DKIM passes that failed in a row (0 after one without errors).
+    dkim_failed_passes: Option<u64>,
+    dkim_reload_pending: Option<bool>,
     orders_ok: u64,
     orders_failed: u64,
     last_success: Option<i64>,
@@ -113,18 +116,28 @@ impl Metrics {
         }
     }
 
-    /// DKIM keys by domain and state, and the next transition.
-    pub fn set_dkim(&self, config: &crate::config::Config) {
-        let Ok(keys) = crate::dkim::status(config) else {
-            return;
-        };
+    /// After a DKIM pass (`ok`: it had no error): DKIM keys by domain and
+    /// state, the next transition, the failed passes in a row, and whether
+    /// a signer reload is owed.
+    pub fn set_dkim(&self, config: &crate::config::Config, ok: bool) {
+        let keys = crate::dkim::status(config).ok();
         let next = crate::dkim::next_due(config);
+        let health = crate::dkim::health(config);
         if let Ok(mut m) = self.inner.lock() {
-            m.dkim_keys.clear();
-            for k in keys {
-                *m.dkim_keys.entry((k.domain, k.state)).or_default() += 1;
+            if let Some(keys) = keys {
+                m.dkim_keys.clear();
+                for k in keys {
+                    *m.dkim_keys.entry((k.domain, k.state)).or_default() += 1;
+                }
             }
             m.dkim_next = next;
+            let failed = if ok {
+                0
+            } else {
+                m.dkim_failed_passes.unwrap_or(0) + 1
+            };
+            m.dkim_failed_passes = Some(failed);
+            m.dkim_reload_pending = Some(health.reload_pending);
         }
     }
 
@@ -263,6 +276,24 @@ impl Metrics {
             "When the next DKIM key transition is due, as a Unix timestamp.",
             m.dkim_next
                 .map(|t| (String::new(), t.to_string()))
+                .into_iter()
+                .collect(),
+        );
+        series(
+            "mxkeys_dkim_failed_passes",
+            "gauge",
+            "DKIM passes that failed in a row (0 after a pass without errors).",
+            m.dkim_failed_passes
+                .map(|n| (String::new(), n.to_string()))
+                .into_iter()
+                .collect(),
+        );
+        series(
+            "mxkeys_dkim_signer_reload_pending",
+            "gauge",
+            "1 while the DKIM signer's files changed and its reload has not succeeded yet (retried every 30 s).",
+            m.dkim_reload_pending
+                .map(|p| (String::new(), u8::from(p).to_string()))
                 .into_iter()
                 .collect(),
         );

@@ -204,15 +204,21 @@ impl Daemon {
         if self.config.dkim.is_none() {
             return;
         }
-        if let Err(e) = crate::dkim::rotate(&self.config, None, false).await {
-            tracing::error!("dkim: {e}");
-        }
-        self.metrics.set_dkim(&self.config);
+        // The pass logged its own errors.
+        let ok = match crate::dkim::rotate(&self.config, None, false).await {
+            Ok(pass) => pass.errors.is_empty(),
+            Err(e) => {
+                tracing::error!("dkim: {e}");
+                false
+            }
+        };
+        self.metrics.set_dkim(&self.config, ok);
     }
 
-    /// When the next DKIM transition is due; keys waiting for their record
-    /// to appear everywhere (a transition already due) are looked at again
-    /// after half a minute.
+    /// When the next DKIM pass is due; keys waiting for their record to
+    /// appear everywhere (a transition already due) are looked at again
+    /// after half a minute, and a failed signer reload is retried as soon
+    /// (`dkim::next_due`).
     fn next_dkim(&self) -> Option<Instant> {
         let at = crate::dkim::next_due(&self.config)?;
         let left = at - crate::now();

@@ -68,7 +68,17 @@ fn record_of(key: &KeyPair) -> Result<String, String> {
 /// The algorithm and record value of an existing private key (PEM:
 /// PKCS#8, or PKCS#1 for RSA), for `mxkeys dkim import`.
 pub fn inspect(pem: &str) -> Result<(DkimAlgorithm, String), String> {
-    let key = KeyPair::from_pem(pem).map_err(|e| format!("not a usable private key: {e}"))?;
+    let key = match KeyPair::from_pem(pem) {
+        Ok(key) => key,
+        Err(e) => {
+            // aws-lc-rs loads no RSA key under 2048 bits; an rsa-1024 key
+            // is still adopted (mxkeys never signs with it: the signer does).
+            return match rsa_1024_record(pem) {
+                Some(record) => Ok((DkimAlgorithm::Rsa1024, record)),
+                None => Err(format!("not a usable private key: {e}")),
+            };
+        }
+    };
     let record = record_of(&key)?;
     let algorithm = if key.algorithm() == &rcgen::PKCS_ED25519 {
         DkimAlgorithm::Ed25519
@@ -90,6 +100,89 @@ pub fn inspect(pem: &str) -> Result<(DkimAlgorithm, String), String> {
         }
     };
     Ok((algorithm, record))
+}
+
+/// The record of an RSA private key of 1024 bits (PKCS#8 or PKCS#1 PEM),
+/// read from its DER: the modulus and exponent, re-encoded as the
+/// SubjectPublicKeyInfo the record publishes. `None` for anything else.
+fn rsa_1024_record(pem: &str) -> Option<String> {
+    use rustls_pki_types::PrivateKeyDer;
+    use rustls_pki_types::pem::PemObject as _;
+    const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    let der = PrivateKeyDer::from_pem_slice(pem.as_bytes()).ok()?;
+    let pkcs1 = match &der {
+        PrivateKeyDer::Pkcs1(k) => k.secret_pkcs1_der().to_vec(),
+        PrivateKeyDer::Pkcs8(k) => {
+            let (_, info, _) = der_item(k.secret_pkcs8_der(), 0x30)?;
+            let (_, _version, rest) = der_item(info, 0x02)?;
+            let (_, algorithm, rest) = der_item(rest, 0x30)?;
+            let (_, oid, _) = der_item(algorithm, 0x06)?;
+            if oid != RSA_ENCRYPTION {
+                return None;
+            }
+            der_item(rest, 0x04)?.1.to_vec()
+        }
+        _ => return None,
+    };
+    let pkcs1 = Zeroizing::new(pkcs1);
+    let (_, key, _) = der_item(&pkcs1, 0x30)?;
+    let (_, _version, rest) = der_item(key, 0x02)?;
+    let (_, n, rest) = der_item(rest, 0x02)?;
+    let (_, e, _) = der_item(rest, 0x02)?;
+    let significant = n.iter().position(|b| *b != 0).map(|i| &n[i..])?;
+    let bits = significant.len() * 8 - significant[0].leading_zeros() as usize;
+    if bits != 1024 {
+        return None;
+    }
+    let public = der_encode(0x30, &[der_encode(0x02, n), der_encode(0x02, e)].concat());
+    let algorithm = der_encode(
+        0x30,
+        &[der_encode(0x06, RSA_ENCRYPTION), vec![0x05, 0x00]].concat(),
+    );
+    let bit_string = der_encode(0x03, &[&[0u8][..], &public].concat());
+    let spki = der_encode(0x30, &[algorithm, bit_string].concat());
+    Some(format!(
+        "v=DKIM1; k=rsa; p={}",
+        base64::engine::general_purpose::STANDARD.encode(spki)
+    ))
+}
+
+/// One DER item of tag `tag` at the start of `input`: (tag, content, rest).
+fn der_item(input: &[u8], tag: u8) -> Option<(u8, &[u8], &[u8])> {
+    let (&t, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (t == tag && rest.len() >= len).then(|| (t, &rest[..len], &rest[len..]))
+}
+
+/// A DER item: tag, definite length, content.
+fn der_encode(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
 }
 
 /// An Ed25519 key in the form Rspamd reads: the base64 of its 32-byte

@@ -7,8 +7,12 @@
 //!   -> (after `drain`) -> revoked (p=) -> (after `revoke_hold`) -> deleted
 //! ```
 //!
-//! A successor is generated when a group has no key on its way to signing,
-//! or when its active key is `rotate_every` old. Transitions happen only in
+//! A group is a domain and an algorithm family (RSA or Ed25519: one RSA
+//! size is configured at a time). A successor is generated when a group has
+//! no key on its way to signing, when its active key is `rotate_every` old,
+//! or when its active key is of another size than configured (an imported
+//! rsa-1024 key, a changed `algorithms`): the old key signs until the
+//! successor does. Transitions happen only in
 //! this order: a key never signs before its record was verified, and a
 //! record never disappears while mail signed with it may still be in
 //! flight. [`next_step`] names one step at a time; the caller performs it,
@@ -123,20 +127,16 @@ pub fn next_step(
     forced: &BTreeSet<(String, DkimAlgorithm)>,
     waiting: &BTreeSet<usize>,
 ) -> Option<Step> {
-    let is_wanted = |k: &Key| {
-        wanted
-            .iter()
-            .any(|(d, a)| *d == k.domain && *a == k.algorithm)
-    };
+    let is_wanted = |k: &Key| wanted.iter().any(|(d, a)| in_group(k, d, *a));
     // Keys ordered oldest first, per group.
     // Keys are kept in creation order: a later active key of the same group
     // is the successor (timestamps have one-second resolution and two
     // activations can share a second).
     let newer_active = |i: usize| {
         let k = &book.keys[i];
-        book.keys[i + 1..].iter().any(|o| {
-            o.domain == k.domain && o.algorithm == k.algorithm && o.state == KeyState::Active
-        })
+        book.keys[i + 1..]
+            .iter()
+            .any(|o| in_group(o, &k.domain, k.algorithm) && o.state == KeyState::Active)
     };
     for (i, k) in book.keys.iter().enumerate() {
         let step = match k.state {
@@ -162,7 +162,7 @@ pub fn next_step(
         let group: Vec<&Key> = book
             .keys
             .iter()
-            .filter(|k| &k.domain == domain && k.algorithm == *algorithm)
+            .filter(|k| in_group(k, domain, *algorithm))
             .collect();
         let pending = group
             .iter()
@@ -173,11 +173,12 @@ pub fn next_step(
         let newest_active = group
             .iter()
             .filter(|k| k.state == KeyState::Active)
-            .filter_map(|k| k.activated_at)
-            .max();
+            .filter_map(|k| k.activated_at.map(|at| (at, k.algorithm)))
+            .max_by_key(|(at, _)| *at);
         let due = match newest_active {
             None => true,
-            Some(at) => now >= at + policy.rotate_every,
+            Some((_, other)) if other != *algorithm => true,
+            Some((at, _)) => now >= at + policy.rotate_every,
         };
         if due || forced.contains(&(domain.clone(), *algorithm)) {
             return Some(Step::Generate {
@@ -200,8 +201,7 @@ pub fn next_transition(book: &Book, k: &Key, policy: &Policy) -> Option<(i64, &'
         },
         KeyState::Active => {
             let successor = book.keys.iter().any(|o| {
-                o.domain == k.domain
-                    && o.algorithm == k.algorithm
+                in_group(o, &k.domain, k.algorithm)
                     && matches!(o.state, KeyState::Generated | KeyState::Published)
             });
             if successor {
@@ -214,6 +214,39 @@ pub fn next_transition(book: &Book, k: &Key, policy: &Policy) -> Option<(i64, &'
         KeyState::Draining => Some((k.since + policy.drain, "revoke")),
         KeyState::Revoked => Some((k.since + policy.revoke_hold, "delete")),
     }
+}
+
+/// Whether `k` belongs to the group of `domain` and `algorithm`: the same
+/// domain and algorithm family (an RSA key of another size is the group's
+/// key until its successor signs).
+pub fn in_group(k: &Key, domain: &str, algorithm: DkimAlgorithm) -> bool {
+    k.domain == domain && k.algorithm.is_rsa() == algorithm.is_rsa()
+}
+
+/// How long after a failed signer reload it is tried again, in seconds.
+pub const RELOAD_RETRY: i64 = 30;
+
+/// When the next DKIM pass is due: now when a step is due now (a group
+/// without a key, a key to publish or verify...), [`RELOAD_RETRY`] from
+/// now while a signer reload is owed (a reload failed: it is retried on a
+/// short timer, not at the next timed transition days away), else the
+/// earliest timed transition.
+pub fn next_due(
+    book: &Book,
+    wanted: &[(String, DkimAlgorithm)],
+    policy: &Policy,
+    now: i64,
+) -> Option<i64> {
+    let none = BTreeSet::new();
+    if next_step(book, wanted, policy, now, &none, &BTreeSet::new()).is_some() {
+        return Some(now);
+    }
+    let timed = earliest(book, policy);
+    if book.signer_reload_pending {
+        let retry = now + RELOAD_RETRY;
+        return Some(timed.map_or(retry, |t| t.min(retry)));
+    }
+    timed
 }
 
 /// The earliest timed transition of all keys (the daemon's next wake-up).
@@ -249,6 +282,28 @@ pub fn selector(
         }
     }
     unreachable!("an unused selector always exists")
+}
+
+/// The selector for a new key: [`selector`] passing over those used
+/// before and those whose record name was found `occupied` in DNS (a
+/// record mxkeys did not write: another host's key, a live record after
+/// `state_dir` was lost). An occupied name is never published over.
+pub fn free_selector(
+    template: &str,
+    algorithm: DkimAlgorithm,
+    date: &str,
+    used: &BTreeSet<String>,
+    occupied: &BTreeSet<String>,
+) -> String {
+    let skip: BTreeSet<String> = used.union(occupied).cloned().collect();
+    selector(template, algorithm, date, &skip)
+}
+
+/// Whether a record name holding `existing` may take a new key's record:
+/// only when it holds nothing (a record equal to `ours` was written by
+/// mxkeys itself in an interrupted run).
+pub fn name_is_free(existing: &[String], ours: Option<&str>) -> bool {
+    existing.is_empty() || ours.is_some_and(|o| existing.len() == 1 && existing[0] == o)
 }
 
 #[cfg(test)]
@@ -486,5 +541,114 @@ mod tests {
         );
         pass(&mut b, 2 * DAY, true);
         assert_eq!(earliest(&b, &policy()), Some(92 * DAY));
+    }
+
+    #[test]
+    fn occupied_selectors_are_passed_over_for_the_next_free_one() {
+        let set = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<BTreeSet<_>>();
+        // (template, used, occupied in DNS, chosen)
+        let table: &[(&str, &[&str], &[&str], &str)] = &[
+            ("{alg}{date}", &[], &[], "r20261129"),
+            ("{alg}{date}", &[], &["r20261129"], "r20261129-2"),
+            (
+                "{alg}{date}",
+                &["r20261129"],
+                &["r20261129-2"],
+                "r20261129-3",
+            ),
+            ("mx{n}", &[], &["mx1", "mx2"], "mx3"),
+            ("mx{n}", &["mx1"], &["mx3"], "mx2"),
+            ("fixed", &[], &["fixed", "fixed-2"], "fixed-3"),
+        ];
+        for (template, used, occupied, want) in table {
+            assert_eq!(
+                free_selector(template, RSA, "20261129", &set(used), &set(occupied)),
+                *want,
+                "{template} used {used:?} occupied {occupied:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_name_is_free_only_when_empty_or_holding_our_own_value() {
+        let v = |x: &[&str]| x.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        let table: &[(&[&str], Option<&str>, bool)] = &[
+            (&[], None, true),
+            (&[], Some("v=DKIM1; p=A"), true),
+            (&["v=DKIM1; p=B"], None, false),
+            (&["v=DKIM1; p=B"], Some("v=DKIM1; p=A"), false),
+            (&["v=DKIM1; p=A"], Some("v=DKIM1; p=A"), true),
+            (&["v=DKIM1; p=A", "other"], Some("v=DKIM1; p=A"), false),
+        ];
+        for (existing, ours, free) in table {
+            assert_eq!(
+                name_is_free(&v(existing), *ours),
+                *free,
+                "{existing:?} {ours:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_pending_signer_reload_makes_the_next_pass_due_within_a_minute() {
+        let mut b = Book::default();
+        pass(&mut b, 0, true);
+        pass(&mut b, 2 * DAY, true);
+        let now = 3 * DAY;
+        // Nothing due: the next pass is the rotation, 89 days away.
+        assert_eq!(next_due(&b, &wanted(), &policy(), now), Some(92 * DAY));
+        b.signer_reload_pending = true;
+        let due = next_due(&b, &wanted(), &policy(), now).unwrap();
+        assert!((now..=now + 60).contains(&due), "due {due}");
+        assert_eq!(due, now + RELOAD_RETRY);
+        // A group without a key is due now, pending reload or not.
+        let more = vec![wanted()[0].clone(), ("example.org".to_owned(), RSA)];
+        assert_eq!(next_due(&b, &more, &policy(), now), Some(now));
+        assert_eq!(
+            next_due(&Book::default(), &wanted(), &policy(), now),
+            Some(now)
+        );
+    }
+
+    #[test]
+    fn an_rsa_key_of_another_size_signs_until_its_successor_of_the_configured_size_does() {
+        let mut b = Book::default();
+        pass_one_generate(&mut b);
+        let mut k = b.keys.pop().unwrap();
+        // An imported rsa-1024 key, active.
+        k.algorithm = DkimAlgorithm::Rsa1024;
+        k.selector = "legacy".into();
+        k.state = KeyState::Active;
+        k.verified_at = Some(0);
+        k.activated_at = Some(0);
+        b.keys.push(k);
+        b.used_selectors
+            .entry("example.com".into())
+            .or_default()
+            .insert("legacy".into());
+        // It is not drained as unwanted: a successor of the configured size
+        // is made at once, and the old key signs meanwhile.
+        let steps = pass(&mut b, DAY, true);
+        assert!(
+            !steps.iter().any(|s| matches!(s, Step::Drain(_))),
+            "{steps:?}"
+        );
+        assert_eq!(states(&b), [KeyState::Active, KeyState::Published]);
+        assert_eq!(b.keys[1].algorithm, RSA);
+        // After the lead the successor signs and the old key drains.
+        pass(&mut b, 3 * DAY, true);
+        assert_eq!(states(&b), [KeyState::Draining, KeyState::Active]);
+        // And nothing more is due until the successor's rotation.
+        assert_eq!(
+            next_step(
+                &b,
+                &wanted(),
+                &policy(),
+                4 * DAY,
+                &BTreeSet::new(),
+                &BTreeSet::new()
+            ),
+            None
+        );
     }
 }

@@ -6,7 +6,11 @@
 //! saves the state (`state_dir/dkim/state.json`), and asks for the next, so
 //! a crash anywhere leaves a state the next run continues from. The signer
 //! files are rendered from the state after every change of the signing set
-//! and the signer is reloaded once at the end of a pass.
+//! and the signer is reloaded once at the end of a pass; a failed reload
+//! stays owed in the state and is retried on the next pass, 30 s later.
+//! Files mxkeys did not write are never written (see [`signer`]), and a
+//! record name that already holds a record is never published over: its
+//! selector is passed over for the next free one.
 
 pub mod keys;
 pub mod machine;
@@ -109,15 +113,7 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
     let mut book = load(config)?;
     let (provider, propagation) = dns(config, d)?;
     let policy = policy(d);
-    let wanted: Vec<(String, DkimAlgorithm)> = d
-        .domains
-        .iter()
-        .flat_map(|dom| {
-            d.algorithms
-                .iter()
-                .map(move |a| (dom.as_str().to_owned(), *a))
-        })
-        .collect();
+    let wanted = wanted(d);
     let forced: BTreeSet<(String, DkimAlgorithm)> = if force {
         wanted
             .iter()
@@ -135,7 +131,7 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
     // crash may have happened between a change and the signer's files, or
     // before the reload).
     pass.signer_changed |= book.signer_reload_pending;
-    pass.signer_changed |= update_signer(config, d, &mut book)?;
+    pass.signer_changed |= update_signer(config, d, &mut book, false)?;
     for _ in 0..10_000 {
         let now = crate::now();
         let Some(step) = machine::next_step(&book, &wanted, &policy, now, &forced_left, &waiting)
@@ -169,7 +165,7 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
             }
         }
         if signs_changed {
-            pass.signer_changed |= update_signer(config, d, &mut book)?;
+            pass.signer_changed |= update_signer(config, d, &mut book, false)?;
         }
     }
     if pass.signer_changed {
@@ -193,9 +189,23 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
     Ok(pass)
 }
 
-/// Writes the signer's files from the state when they differ, recording
-/// first that a reload is owed. Returns whether anything was written.
-fn update_signer(config: &Config, d: &Dkim, book: &mut Book) -> Result<bool, String> {
+/// Writes the signer's files from the state when they differ and
+/// [`signer::decide`] allows it, recording first that a reload is owed.
+/// Returns whether anything was written; a signer file not written by
+/// mxkeys is an error naming it (nothing is written). `adopt`: `mxkeys dkim
+/// import` may take over such files.
+fn update_signer(config: &Config, d: &Dkim, book: &mut Book, adopt: bool) -> Result<bool, String> {
+    let (files, decision) = signer_decision(d, book, adopt);
+    match decision {
+        signer::Decision::Write => {}
+        foreign @ signer::Decision::Foreign { .. } => return Err(foreign.describe()),
+        withhold @ signer::Decision::Withhold { .. } => {
+            if signer::differs(&files) {
+                tracing::info!("dkim: {}", withhold.describe());
+            }
+            return Ok(false);
+        }
+    }
     // Key files in the signer's own form first: the configuration names them.
     for k in book.keys.iter().filter(|k| k.state == KeyState::Active) {
         if let Some(path) = signer::derived_key_file(d.signer, k) {
@@ -208,7 +218,6 @@ fn update_signer(config: &Config, d: &Dkim, book: &mut Book) -> Result<bool, Str
             }
         }
     }
-    let files = signer::render(d.signer, &d.signer_dir, book);
     if !signer::differs(&files) {
         return Ok(false);
     }
@@ -217,6 +226,67 @@ fn update_signer(config: &Config, d: &Dkim, book: &mut Book) -> Result<bool, Str
         save(config, book)?;
     }
     signer::write(&files)
+}
+
+/// The signer's files rendered from `book`, and whether they may be
+/// written (reads the files on disk).
+fn signer_decision(
+    d: &Dkim,
+    book: &Book,
+    adopt: bool,
+) -> (Vec<(PathBuf, String)>, signer::Decision) {
+    let files = signer::render(d.signer, &d.signer_dir, book);
+    let on_disk: Vec<Option<Vec<u8>>> = files.iter().map(|(p, _)| std::fs::read(p).ok()).collect();
+    let decision = signer::decide(d.signer, &files, &on_disk, book, &domains(d), adopt);
+    (files, decision)
+}
+
+/// The configured domains, as the state names them.
+fn domains(d: &Dkim) -> Vec<String> {
+    d.domains.iter().map(|x| x.as_str().to_owned()).collect()
+}
+
+/// The configured groups: every domain with every algorithm.
+fn wanted(d: &Dkim) -> Vec<(String, DkimAlgorithm)> {
+    d.domains
+        .iter()
+        .flat_map(|dom| {
+            d.algorithms
+                .iter()
+                .map(move |a| (dom.as_str().to_owned(), *a))
+        })
+        .collect()
+}
+
+/// The line saying a signer file was not written by mxkeys (so it is left
+/// alone until `mxkeys dkim import`), for `dkim status` and `check`.
+pub fn signer_notice(config: &Config) -> Option<String> {
+    let d = config.dkim.as_ref()?;
+    let book = load(config).ok()?;
+    match signer_decision(d, &book, false).1 {
+        foreign @ signer::Decision::Foreign { .. } => Some(foreign.describe()),
+        _ => None,
+    }
+}
+
+/// What the daemon's health and metrics need from the DKIM state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Health {
+    /// The signer's files changed and its reload has not succeeded yet.
+    pub reload_pending: bool,
+    /// A signer file not written by mxkeys blocks its passes.
+    pub foreign_signer_file: bool,
+}
+
+/// The DKIM state's [`Health`] (default when there is no `[dkim]`).
+pub fn health(config: &Config) -> Health {
+    if config.dkim.is_none() {
+        return Health::default();
+    }
+    Health {
+        reload_pending: load(config).is_ok_and(|b| b.signer_reload_pending),
+        foreign_signer_file: signer_notice(config).is_some(),
+    }
 }
 
 /// Removes temporary files killed runs left beside keys and signer files.
@@ -252,9 +322,14 @@ async fn perform(
     let line = match step {
         Step::Generate { domain, algorithm } => {
             let new = keys::generate(*algorithm).map_err(failed)?;
-            let used = book.used_selectors.entry(domain.clone()).or_default();
-            let selector = machine::selector(&d.selector, *algorithm, &today(), used);
-            used.insert(selector.clone());
+            let used = book.used_selectors.get(domain).cloned().unwrap_or_default();
+            let selector = free_selector(d, domain, *algorithm, &used, provider)
+                .await
+                .map_err(failed)?;
+            book.used_selectors
+                .entry(domain.clone())
+                .or_default()
+                .insert(selector.clone());
             let file = d.key_dir.join(domain).join(format!("{selector}.pem"));
             // The selector is recorded as used before its file exists: it is
             // never handed out twice, whatever happens next.
@@ -278,6 +353,25 @@ async fn perform(
             ensure_key_file(d, &mut book.keys[*i]).map_err(failed)?;
             save(config, book).map_err(failed)?;
             let value = book.keys[*i].record.clone();
+            // The name was free when the selector was chosen; if a record
+            // appeared since (or an interrupted run chose it before this
+            // check existed), the key is dropped, never published over: the
+            // next pass step makes one under the next free selector.
+            let name = book.keys[*i].record_name();
+            let existing = existing_records(provider, &name).await.map_err(failed)?;
+            if !machine::name_is_free(&existing, Some(&value)) {
+                let k = book.keys.remove(*i);
+                save(config, book).map_err(failed)?;
+                if let Err(e) = std::fs::remove_file(&k.file)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    return Err(failed(format!("{}: cannot remove: {e}", k.file.display())));
+                }
+                return Ok(Some(format!(
+                    "{name} already holds a record mxkeys did not write: selector {} passed over",
+                    k.selector
+                )));
+            }
             write_record(
                 config,
                 d,
@@ -369,6 +463,68 @@ async fn perform(
         }
     };
     Ok(Some(line))
+}
+
+/// A new selector for `domain` whose record name holds nothing in DNS
+/// (read through the provider): a name already holding a record (another
+/// host's key, a live record after `state_dir` was lost) is passed over,
+/// never published over. Providers that cannot read (manual) are trusted.
+async fn free_selector(
+    d: &Dkim,
+    domain: &str,
+    algorithm: DkimAlgorithm,
+    used: &BTreeSet<String>,
+    provider: &Provider,
+) -> Result<String, String> {
+    let date = today();
+    let mut occupied = BTreeSet::new();
+    loop {
+        let selector = machine::free_selector(&d.selector, algorithm, &date, used, &occupied);
+        let name = format!("{selector}._domainkey.{domain}");
+        // DNS unreachable now: the selector is taken as it is; Publish
+        // reads the name again before writing (and fails until it can).
+        let existing = match existing_records(provider, &name).await {
+            Ok(existing) => existing,
+            Err(e) => {
+                tracing::debug!("dkim: {e}");
+                return Ok(selector);
+            }
+        };
+        if machine::name_is_free(&existing, None) {
+            return Ok(selector);
+        }
+        tracing::warn!(
+            "dkim: {name} already holds a record mxkeys did not write ({}): selector {selector} passed over",
+            existing.join(", ")
+        );
+        occupied.insert(selector);
+        if occupied.len() >= 100 {
+            return Err(format!(
+                "{domain}: the next 100 selectors from `{}` all hold records already",
+                d.selector
+            ));
+        }
+    }
+}
+
+/// What `name` holds in DNS (TXT values, and a CNAME where the provider
+/// can tell), read through the provider; empty for a provider that cannot
+/// read (manual).
+async fn existing_records(provider: &Provider, name: &str) -> Result<Vec<String>, String> {
+    let mut existing = Vec::new();
+    match provider.read(name, RecordType::Txt).await {
+        Ok(values) => existing.extend(values.into_iter().map(|v| match v {
+            RData::Txt(t) => t,
+            other => other.to_string(),
+        })),
+        Err(mxkeys_providers::Error::Unsupported(_)) => {}
+        Err(e) => return Err(format!("reading {name} before publishing: {e}")),
+    }
+    // A CNAME (delegated signing) where the provider can tell.
+    if let Ok(values) = provider.read(name, RecordType::Cname).await {
+        existing.extend(values.iter().map(|v| format!("CNAME {v}")));
+    }
+    Ok(existing)
 }
 
 /// Writes key `i`'s record with `value`, then moves the key to `state`
@@ -537,24 +693,27 @@ pub fn status(config: &Config) -> Result<Vec<KeyStatus>, String> {
         .collect())
 }
 
-/// The earliest timed transition (the daemon's DKIM wake-up).
+/// When the next DKIM pass is due (the daemon's DKIM wake-up): see
+/// [`machine::next_due`]; soon while a signer reload is owed.
 pub fn next_due(config: &Config) -> Option<i64> {
     let d = config.dkim.as_ref()?;
     let book = load(config).ok()?;
-    // A domain without keys needs a pass now.
-    let missing = d.domains.iter().any(|dom| {
-        d.algorithms.iter().any(|a| {
-            !book
-                .keys
-                .iter()
-                .any(|k| k.domain == dom.as_str() && k.algorithm == *a)
-        })
-    });
-    if missing {
-        return Some(crate::now());
+    let now = crate::now();
+    let due = machine::next_due(&book, &wanted(d), &policy(d), now)?;
+    // A signer file not written by mxkeys stops every pass until `dkim
+    // import`: look again every few minutes, not every 30 s.
+    if matches!(
+        signer_decision(d, &book, false).1,
+        signer::Decision::Foreign { .. }
+    ) {
+        return Some(due.max(now + FOREIGN_RECHECK));
     }
-    machine::earliest(&book, &policy(d))
+    Some(due)
 }
+
+/// How often the daemon looks again at a signer file not written by
+/// mxkeys, in seconds.
+const FOREIGN_RECHECK: i64 = 300;
 
 /// `mxkeys dkim import`: adopts an existing private key as active, once its
 /// record is seen with exactly its value on every authoritative server.
@@ -605,7 +764,7 @@ pub async fn import(
     for k in book
         .keys
         .iter_mut()
-        .filter(|k| k.domain == domain && k.algorithm == algorithm && k.state == KeyState::Active)
+        .filter(|k| machine::in_group(k, domain, algorithm) && k.state == KeyState::Active)
     {
         k.state = KeyState::Draining;
         k.since = now;
@@ -623,7 +782,17 @@ pub async fn import(
         activated_at: Some(now),
     });
     save(config, &book)?;
-    if update_signer(config, d, &mut book)? || book.signer_reload_pending {
+    let imported = format!(
+        "{domain}: imported {selector} ({}) as the active key",
+        algorithm.name()
+    );
+    // The admin's signer files are taken over once every key they name is
+    // imported; until then they stay as they are.
+    if let (_, foreign @ signer::Decision::Foreign { .. }) = signer_decision(d, &book, true) {
+        tracing::warn!("dkim: {}", foreign.describe());
+        return Ok(imported);
+    }
+    if update_signer(config, d, &mut book, true)? || book.signer_reload_pending {
         for action in &d.reload {
             crate::reload::run(action, d.reload_timeout)
                 .map_err(|e| format!("reload `{action}`: {e}"))?;
@@ -631,10 +800,7 @@ pub async fn import(
         book.signer_reload_pending = false;
         save(config, &book)?;
     }
-    Ok(format!(
-        "{domain}: imported {selector} ({}) as the active key",
-        algorithm.name()
-    ))
+    Ok(imported)
 }
 
 /// `mxkeys dkim revoke`: emergency. Publishes `p=` for the key now, takes
@@ -681,7 +847,7 @@ pub async fn revoke(config: &Config, domain: &str, selector: &str) -> Result<Pas
             s.activated_at = Some(now);
         }
         save(config, &book)?;
-        update_signer(config, d, &mut book)?;
+        update_signer(config, d, &mut book, false)?;
     }
     // Whatever is missing now (no signing key for the group) is made by an
     // ordinary pass; a zero lead brings it to signing at once.

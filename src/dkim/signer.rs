@@ -2,14 +2,210 @@
 //! KeyTable and SigningTable, Rspamd's `dkim_signing.conf`, or a file of
 //! amavis `dkim_key(...)` lines. Written atomically, only when changed;
 //! then the signer is reloaded once.
+//!
+//! The rule: mxkeys never takes signing away that it did not give. It
+//! writes a signer file only when the file does not exist or starts with
+//! its [`MARKER`]; a file without it (the admin's) is left untouched until
+//! `mxkeys dkim import` adopted every key it names. And it writes nothing
+//! while a configured domain has no active key (before the first
+//! activation, or after `state_dir` was lost, the files on disk keep
+//! signing), except to take out a key of its own that must stop signing.
+//! [`decide`] makes that choice (pure); the caller reads and writes.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::machine::{Book, Key, KeyState};
 use crate::config::{DkimAlgorithm, Signer};
 
+/// The first line of every signer file mxkeys writes: the mark of a file
+/// it may rewrite.
+pub const MARKER: &str = "# Written by mxkeys";
+
 const HEADER: &str =
     "# Written by mxkeys from its DKIM key state: do not edit (changes are overwritten).\n";
+
+/// Whether a file's content carries mxkeys' [`MARKER`] as its first line.
+pub fn is_ours(content: &[u8]) -> bool {
+    content.starts_with(MARKER.as_bytes())
+}
+
+/// What may be done with the signer's files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Write the rendered files (those that differ).
+    Write,
+    /// Leave them: `domain` has no active key yet, and the files on disk
+    /// name no key of mxkeys' that must stop signing.
+    Withhold { domain: String },
+    /// Leave them: `file` was not written by mxkeys; `missing` lists the
+    /// keys it names that were not imported (record names).
+    Foreign { file: PathBuf, missing: Vec<String> },
+}
+
+impl Decision {
+    /// The one line reporting it.
+    pub fn describe(&self) -> String {
+        match self {
+            Decision::Write => "signer files written".to_owned(),
+            Decision::Withhold { domain } => format!(
+                "signer files left as they are: {domain} has no active key yet (the files on disk keep signing)"
+            ),
+            Decision::Foreign { file, missing } => {
+                let mut line = format!(
+                    "{}: not written by mxkeys (no `{MARKER}` first line), left untouched: `mxkeys dkim import` the keys it names first, or remove the file",
+                    file.display()
+                );
+                if !missing.is_empty() {
+                    line.push_str(&format!(" (not imported yet: {})", missing.join(", ")));
+                }
+                line
+            }
+        }
+    }
+}
+
+/// Whether the signer's files may be written now. `on_disk` holds each
+/// rendered file's current content (`None`: absent), in `rendered` order;
+/// `domains` are the configured domains; `adopt`: `mxkeys dkim import`
+/// asks to take over files not written by mxkeys, which it does only when
+/// every key they name was imported (so nothing they sign is lost: an
+/// imported key signs until a later import or successor replaces it).
+pub fn decide(
+    signer: Signer,
+    rendered: &[(PathBuf, String)],
+    on_disk: &[Option<Vec<u8>>],
+    book: &Book,
+    domains: &[String],
+    adopt: bool,
+) -> Decision {
+    // Imported: signing, or drained by a later import of the same group.
+    let held = |domain: Option<&str>, selector: &str| {
+        book.keys.iter().any(|k| {
+            matches!(k.state, KeyState::Active | KeyState::Draining)
+                && k.selector == selector
+                && domain.is_none_or(|d| d.eq_ignore_ascii_case(&k.domain))
+        })
+    };
+    let lacking = domains.iter().find(|d| {
+        !book
+            .keys
+            .iter()
+            .any(|k| k.state == KeyState::Active && &k.domain == *d)
+    });
+    let mut adopted = false;
+    for ((path, _), old) in rendered.iter().zip(on_disk) {
+        let Some(old) = old else { continue };
+        if is_ours(old) {
+            continue;
+        }
+        let text = String::from_utf8_lossy(old);
+        let named = foreign_keys(signer, path, &text);
+        let missing: Vec<String> = named
+            .iter()
+            .filter(|(d, s)| !held(d.as_deref(), s))
+            .map(|(d, s)| format!("{s}._domainkey.{}", d.as_deref().unwrap_or("*")))
+            .collect();
+        // A file naming no key mxkeys can read (an empty table, a form it
+        // does not parse) is adopted only once every domain has a key; a
+        // SigningTable names its keys through the KeyTable, checked too.
+        let signing_table = signer == Signer::Opendkim && path.ends_with("SigningTable");
+        let complete = if named.is_empty() && !signing_table {
+            lacking.is_none()
+        } else {
+            missing.is_empty()
+        };
+        if !(adopt && complete) {
+            return Decision::Foreign {
+                file: path.clone(),
+                missing,
+            };
+        }
+        adopted = true;
+    }
+    if adopted {
+        return Decision::Write;
+    }
+    // A key of mxkeys' own that no longer signs (draining, revoked) and
+    // that the files still name must come out, whatever else is missing.
+    let stale = book
+        .keys
+        .iter()
+        .filter(|k| k.state != KeyState::Active)
+        .any(|k| {
+            let file = derived_key_file(signer, k).unwrap_or_else(|| k.file.clone());
+            let file = file.display().to_string();
+            on_disk
+                .iter()
+                .flatten()
+                .any(|old| String::from_utf8_lossy(old).contains(&file))
+        });
+    match lacking {
+        Some(domain) if !stale => Decision::Withhold {
+            domain: domain.clone(),
+        },
+        _ => Decision::Write,
+    }
+}
+
+/// The keys (domain when the form names it, selector) a signer file not
+/// written by mxkeys names, as far as its form can be read: OpenDKIM
+/// KeyTable lines `ID DOMAIN:SELECTOR:KEY`, amavis `dkim_key('DOMAIN',
+/// 'SELECTOR', ...)`, Rspamd `selector = "SELECTOR"`. A SigningTable
+/// names key IDs only: none.
+pub fn foreign_keys(signer: Signer, path: &Path, text: &str) -> BTreeSet<(Option<String>, String)> {
+    let lines = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'));
+    let mut out = BTreeSet::new();
+    match signer {
+        Signer::Opendkim if path.ends_with("KeyTable") => {
+            for line in lines {
+                let Some(value) = line.split_whitespace().nth(1) else {
+                    continue;
+                };
+                let mut parts = value.splitn(3, ':');
+                if let (Some(d), Some(s)) = (parts.next(), parts.next()) {
+                    let domain = (d != "%" && !d.is_empty()).then(|| d.to_ascii_lowercase());
+                    out.insert((domain, s.to_owned()));
+                }
+            }
+        }
+        Signer::Opendkim => {}
+        Signer::Amavis => {
+            for line in lines {
+                let Some(args) = line.split_once("dkim_key(").map(|(_, a)| a) else {
+                    continue;
+                };
+                let quoted: Vec<&str> =
+                    args.split(['\'', '"']).skip(1).step_by(2).take(2).collect();
+                if let [d, s] = quoted[..] {
+                    out.insert((Some(d.to_ascii_lowercase()), s.to_owned()));
+                }
+            }
+        }
+        Signer::Rspamd => {
+            for line in lines {
+                let mut rest = line;
+                while let Some(i) = rest.find("selector") {
+                    rest = &rest[i + "selector".len()..];
+                    let value = rest.trim_start();
+                    let Some(value) = value.strip_prefix(['=', ':']) else {
+                        continue;
+                    };
+                    let value = value.trim_start();
+                    if let Some(v) = value.strip_prefix('"')
+                        && let Some(end) = v.find('"')
+                    {
+                        out.insert((None, v[..end].to_owned()));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
 
 /// The file holding `k` in the form `signer` reads, when that is not the
 /// PEM file itself: Rspamd reads Ed25519 keys only as a base64 seed
@@ -245,5 +441,173 @@ mod tests {
         );
         assert!(!a.1.contains("'e2'"), "amavis signs with RSA only");
         assert!(a.1.ends_with("1;\n"));
+    }
+
+    fn on_disk(files: &[(PathBuf, String)], contents: &[Option<&str>]) -> Vec<Option<Vec<u8>>> {
+        assert_eq!(files.len(), contents.len());
+        contents
+            .iter()
+            .map(|c| c.map(|c| c.as_bytes().to_vec()))
+            .collect()
+    }
+
+    #[test]
+    fn foreign_files_are_never_written_unless_import_adopted_every_key_they_name() {
+        let b = book();
+        let files = render(Signer::Opendkim, Path::new("/etc/opendkim"), &b);
+        let domains = ["example.com".to_owned(), "example.org".to_owned()];
+        let ours = files[0].1.clone();
+        let admin_kt = "mail._domainkey.example.com example.com:mail:/etc/dkimkeys/mail.private\n";
+        let admin_r2 = "r2._domainkey.example.com example.com:r2:/etc/dkimkeys/r2.private\n";
+        let admin_st = "*@example.com mail._domainkey.example.com\n";
+        let admin_r1_r2 = format!(
+            "r1._domainkey.example.com example.com:r1:/etc/dkimkeys/r1.private\n{admin_r2}"
+        );
+        // (KeyTable on disk, SigningTable on disk, import adopting, decision)
+        let foreign = |missing: &[&str]| Decision::Foreign {
+            file: files[0].0.clone(),
+            missing: missing.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        let table: Vec<(Option<&str>, Option<&str>, bool, Decision)> = vec![
+            (None, None, false, Decision::Write),
+            (Some(&ours), Some(&ours), false, Decision::Write),
+            (
+                Some(admin_kt),
+                Some(admin_st),
+                false,
+                foreign(&["mail._domainkey.example.com"]),
+            ),
+            // Import of another key does not adopt them.
+            (
+                Some(admin_kt),
+                Some(admin_st),
+                true,
+                foreign(&["mail._domainkey.example.com"]),
+            ),
+            // Every key the admin's KeyTable names is active in mxkeys: adopted.
+            (Some(admin_r2), Some(admin_st), true, Decision::Write),
+            (Some(admin_r2), Some(admin_st), false, foreign(&[])),
+            // A key imported, then replaced by a later import (draining),
+            // counts as imported.
+            (Some(&admin_r1_r2), Some(admin_st), true, Decision::Write),
+            // A SigningTable of the admin's beside mxkeys' KeyTable.
+            (
+                Some(&ours),
+                Some(admin_st),
+                false,
+                Decision::Foreign {
+                    file: files[1].0.clone(),
+                    missing: vec![],
+                },
+            ),
+        ];
+        for (kt, st, adopt, want) in table {
+            let disk = on_disk(&files, &[kt, st]);
+            assert_eq!(
+                decide(Signer::Opendkim, &files, &disk, &b, &domains, adopt),
+                want,
+                "{kt:?} {st:?} adopt {adopt}"
+            );
+        }
+        assert!(foreign(&["x"]).describe().contains("`mxkeys dkim import`"));
+        assert!(
+            foreign(&[])
+                .describe()
+                .starts_with("/etc/opendkim/KeyTable: ")
+        );
+    }
+
+    #[test]
+    fn nothing_is_written_while_a_domain_has_no_active_key_unless_an_old_key_must_stop() {
+        let domains = ["example.com".to_owned(), "example.org".to_owned()];
+        let mut before_activation = book();
+        for k in &mut before_activation.keys {
+            k.state = KeyState::Published;
+        }
+        let empty = Book::default();
+        let all = book();
+        let mut one_drained = book();
+        // example.org has no active key; example.com's r1 drains.
+        one_drained.keys.retain(|k| k.domain == "example.com");
+        let dir = Path::new("/etc/opendkim");
+        let r1_line =
+            "r1._domainkey.example.com example.com:r1:/var/lib/mxkeys/dkim/example.com/r1.pem\n";
+        let ours_with_r1 = format!("{HEADER}{r1_line}");
+        let ours_with_unknown =
+            format!("{HEADER}old._domainkey.example.com example.com:old:/k/old.pem\n");
+        let withhold = |d: &str| Decision::Withhold {
+            domain: d.to_owned(),
+        };
+        // (book, KeyTable on disk, decision)
+        let table: Vec<(&Book, Option<&str>, Decision)> = vec![
+            // Before the first activation: absent stays absent.
+            (&before_activation, None, withhold("example.com")),
+            (&empty, None, withhold("example.com")),
+            // state_dir lost: mxkeys' own files, naming keys it no longer knows, stay.
+            (&empty, Some(&ours_with_unknown), withhold("example.com")),
+            // Every domain signs: written.
+            (&all, None, Decision::Write),
+            (&all, Some(&ours_with_unknown), Decision::Write),
+            // A domain without a key, but a drained key of mxkeys' still
+            // named: it must stop signing, so the files are written.
+            (&one_drained, Some(&ours_with_r1), Decision::Write),
+            (
+                &one_drained,
+                Some(&ours_with_unknown),
+                withhold("example.org"),
+            ),
+        ];
+        for (i, (b, kt, want)) in table.into_iter().enumerate() {
+            let files = render(Signer::Opendkim, dir, b);
+            let disk = on_disk(&files, &[kt, kt]);
+            assert_eq!(
+                decide(Signer::Opendkim, &files, &disk, b, &domains, false),
+                want,
+                "row {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_named_by_foreign_files_are_read_from_each_signers_form() {
+        let set = |v: &[(Option<&str>, &str)]| {
+            v.iter()
+                .map(|(d, s)| (d.map(str::to_owned), (*s).to_owned()))
+                .collect::<BTreeSet<_>>()
+        };
+        type Named<'a> = &'a [(Option<&'a str>, &'a str)];
+        let table: &[(Signer, &str, &str, Named)] = &[
+            (
+                Signer::Opendkim,
+                "KeyTable",
+                "# comment\nmail._domainkey.Example.com\tExample.com:mail:/etc/k.private\n%k %:s2:/k2\n\n",
+                &[(Some("example.com"), "mail"), (None, "s2")],
+            ),
+            (
+                Signer::Opendkim,
+                "SigningTable",
+                "*@example.com mail._domainkey.example.com\n",
+                &[],
+            ),
+            (
+                Signer::Amavis,
+                "dkim_keys.conf",
+                "dkim_key('example.com', 'mail', '/k.pem');\ndkim_key(\"example.org\", \"s\", \"/k2\");\n1;\n",
+                &[(Some("example.com"), "mail"), (Some("example.org"), "s")],
+            ),
+            (
+                Signer::Rspamd,
+                "dkim_signing.conf",
+                "selector = \"dkim\";\npath = \"/var/lib/rspamd/dkim/$domain.$selector.key\";\ndomain {\n  example.org {\n    selectors [ { selector: \"s1\"; path = \"/k\"; } ]\n  }\n}\n",
+                &[(None, "dkim"), (None, "s1")],
+            ),
+        ];
+        for (signer, file, text, want) in table {
+            assert_eq!(
+                foreign_keys(*signer, Path::new(file), text),
+                set(want),
+                "{file}"
+            );
+        }
     }
 }
