@@ -799,3 +799,166 @@ fn json_log_format_makes_every_line_an_object() {
         assert!(v.is_object(), "not an object: {l}");
     }
 }
+
+// ---- health: what /healthz and the gauges measure ----
+
+/// GET /healthz: (status, body) once it answers.
+fn healthz(port: u16) -> Option<(u16, String)> {
+    http_get(port, "/healthz")
+}
+
+/// An acme source for another name, whose state file says `failures`
+/// orders failed in a row and that it backs off for a day (so the daemon
+/// places no order: nothing leaves loopback).
+fn acme_failures_state(env: &Env, source: &str, failures: u32) {
+    let state = serde_json::json!({
+        "failures": failures,
+        "next_attempt_at": now().unix_timestamp() + 86_400,
+        "last_error": "newOrder: urn:ietf:params:acme:error:rateLimited\n  too many\tcertificates",
+    });
+    write(
+        &env.state.join(format!("acme/{source}/state.json")),
+        state.to_string(),
+    );
+}
+
+/// Case 14: /healthz is about targets and tasks. A broken entry for another
+/// name in the shared acme.json (a source error no target depends on)
+/// leaves it 200 "ok"; one failed ACME order does too; two in a row make it
+/// 503 with one line naming the source, and the per-source gauge counts
+/// them.
+#[test]
+fn healthz_ignores_an_unrelated_broken_entry_and_reports_repeated_acme_failures() {
+    let ca = Ca::new("health");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let env = Env::new();
+    let acme = env.path("acme/acme.json");
+    let broken = AcmeEntry {
+        main: Some("other.example.net".to_owned()),
+        sans: None,
+        certificate: Some("!!! not base64".to_owned()),
+        key: Some("!!! not base64".to_owned()),
+    };
+    write_json(
+        &acme,
+        &acme_v2(&[("le", Some(vec![AcmeEntry::new(&a, HOST), broken]))]),
+    );
+    acme_failures_state(&env, "renewals", 1);
+    let port = free_port();
+    let t = Target::new(&env, "mail");
+    let top = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[acme]\ndirectory = \"https://127.0.0.1:9/directory\"\n"
+    );
+    let renewals = "[[source]]\ntype = \"acme\"\nname = \"renewals\"\ndomains = [\"other.example.net\"]\nchallenge = \"http-01\"\nhttp_listen = \"127.0.0.1:9\"\n".to_owned();
+    env.write_config_with(&top, &[src_traefik(&acme), renewals], &[&t]);
+
+    let d = env.daemon(&[]);
+    wait_for(
+        "the target to be installed",
+        || (t.installed_fp().as_deref() == Some(&a.fp())).then_some(()),
+        || d.describe(),
+    );
+    // The broken entry is seen, and counted as a source error...
+    let body = wait_for(
+        "/metrics to count the broken entry as a source error",
+        || {
+            let (code, body) = http_get(port, "/metrics")?;
+            (code == 200 && metric(&body, "mxkeys_source_errors_total").is_some_and(|v| v >= 1.0))
+                .then_some(body)
+        },
+        || d.describe(),
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "mxkeys_acme_consecutive_failures{source=\"renewals\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    // ...but no target depends on it: healthy.
+    assert_eq!(
+        healthz(port).map(|(c, b)| (c, b.trim().to_owned())),
+        Some((200, "ok".to_owned())),
+        "{}",
+        d.describe()
+    );
+
+    // A second failure in a row: unhealthy, one line naming the source.
+    acme_failures_state(&env, "renewals", 2);
+    d.signal(Signal::SIGHUP);
+    let (code, why) = wait_for(
+        "/healthz to turn 503",
+        || healthz(port).filter(|(c, _)| *c == 503),
+        || d.describe(),
+    );
+    assert_eq!(code, 503);
+    let why = why.strip_suffix('\n').unwrap_or(&why);
+    assert!(
+        why.contains("acme source renewals") && why.contains("2 orders failed in a row"),
+        "503 body names the source: {why:?}"
+    );
+    assert!(
+        !why.contains('\n') && !why.contains('\t'),
+        "503 body is one line: {why:?}"
+    );
+    let (_, body) = http_get(port, "/metrics").expect("GET /metrics");
+    assert_eq!(
+        metric(
+            &body,
+            "mxkeys_acme_consecutive_failures{source=\"renewals\"}"
+        ),
+        Some(2.0),
+        "{body}"
+    );
+    // The certificate stays served meanwhile.
+    t.assert_installed(&a);
+    assert_eq!(
+        metric(&body, "mxkeys_target_ready{target=\"mail\"}"),
+        Some(1.0),
+        "{body}"
+    );
+
+    // A success resets the count: healthy again.
+    acme_failures_state(&env, "renewals", 0);
+    d.signal(Signal::SIGHUP);
+    wait_for(
+        "/healthz to turn 200 again",
+        || healthz(port).filter(|(c, b)| *c == 200 && b.trim() == "ok"),
+        || d.describe(),
+    );
+}
+
+/// Case 15: a failing DKIM pass (its key directory cannot be created) makes
+/// /healthz 503 naming DKIM, while every target is served.
+#[test]
+fn healthz_reports_a_failing_dkim_pass() {
+    let ca = Ca::new("health-dkim");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let env = Env::new();
+    let blocker = env.path("not-a-dir");
+    write(&blocker, "a file where key_dir's parent should be\n");
+    let src = files_source(&env.path("src"), &a);
+    let port = free_port();
+    let t = Target::new(&env, "mail");
+    let top = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[dkim]\ndomains = [\"example.test\"]\ndns = \"manual\"\nkey_dir = {}\nsigner = \"opendkim\"\nsigner_dir = {}\n",
+        qp(&blocker.join("keys")),
+        qp(&env.path("opendkim"))
+    );
+    env.write_config_with(&top, &[src], &[&t]);
+    let d = env.daemon(&[]);
+    wait_for(
+        "the target to be installed",
+        || (t.installed_fp().as_deref() == Some(&a.fp())).then_some(()),
+        || d.describe(),
+    );
+    let (code, why) = wait_for(
+        "/healthz to answer after the first reconcile",
+        || healthz(port).filter(|(_, b)| !b.contains("no reconcile has finished yet")),
+        || d.describe(),
+    );
+    assert_eq!(code, 503, "{why:?}\n{}", d.describe());
+    assert!(why.starts_with("dkim: "), "503 body names DKIM: {why:?}");
+    assert_eq!(why.trim_end().lines().count(), 1, "one line: {why:?}");
+}

@@ -199,9 +199,11 @@ impl Daemon {
         if self.config.dkim.is_none() {
             return;
         }
-        if let Err(e) = crate::dkim::rotate(&self.config, None, false).await {
+        let outcome = crate::dkim::rotate(&self.config, None, false).await;
+        if let Err(e) = &outcome {
             tracing::error!("dkim: {e}");
         }
+        self.metrics.dkim_outcome(&outcome);
         self.metrics.set_dkim(&self.config);
     }
 
@@ -307,6 +309,10 @@ impl Daemon {
             Report::default()
         });
         self.reconciles += 1;
+        // Every renewal is followed by a reconcile: the failure counts it
+        // left are read here (before the report, so a scrape that sees
+        // this reconcile sees them too).
+        self.metrics.set_acme(&self.config);
         self.metrics.record(&report, crate::now());
         self.warn_expiry(&report);
         tracing::debug!("reconcile ({why}) took {:?}", started.elapsed());

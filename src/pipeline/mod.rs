@@ -91,6 +91,17 @@ impl TargetReport {
             Action::UpToDate | Action::Changed(_) | Action::KeptInstalled
         )
     }
+
+    /// Why this slot is not served (or not written), as one report line.
+    pub fn problem(&self) -> Option<String> {
+        match &self.action {
+            Action::Unserved(e)
+            | Action::WriteFailed(e)
+            | Action::RolledBack(e)
+            | Action::Deferred(e) => Some(format!("target {}: {e}", self.name)),
+            Action::UpToDate | Action::Changed(_) | Action::KeptInstalled => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -128,13 +139,7 @@ impl Report {
     /// served or not written, failed reloads.
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.errors.clone();
-        out.extend(self.targets.iter().filter_map(|t| match &t.action {
-            Action::Unserved(e)
-            | Action::WriteFailed(e)
-            | Action::RolledBack(e)
-            | Action::Deferred(e) => Some(format!("target {}: {e}", t.name)),
-            _ => None,
-        }));
+        out.extend(self.targets.iter().filter_map(TargetReport::problem));
         out.extend(self.reloads.iter().filter_map(|r| match &r.result {
             Some(Err(e)) => Some(format!("reload `{}`: {e}", r.action)),
             _ => None,
