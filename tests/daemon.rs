@@ -962,3 +962,72 @@ fn healthz_reports_a_failing_dkim_pass() {
     assert!(why.starts_with("dkim: "), "503 body names DKIM: {why:?}");
     assert_eq!(why.trim_end().lines().count(), 1, "one line: {why:?}");
 }
+
+/// Case 16: a dual (RSA + ECDSA) target's per-slot metrics stay while the
+/// configuration is reloaded by SIGHUP: every scrape taken from the signal
+/// until the reload's reconcile has finished shows both slots. (A broken
+/// extra source makes that reconcile re-read for a few seconds, which
+/// leaves time to look.)
+#[test]
+fn dual_target_metrics_survive_sighup() {
+    let ca = Ca::new("dual-hup");
+    let ec = ca.issue(&LeafSpec::new(&[HOST]));
+    let rsa = ca.issue(&LeafSpec::new(&[HOST]).kind(KeyKind::Rsa2048));
+    let env = Env::new();
+    let port = free_port();
+    let ec_src = files_source(&env.path("src-ec"), &ec);
+    let rsa_src = files_source(&env.path("src-rsa"), &rsa);
+    let junk = env.path("src-junk/cert.pem");
+    write(&junk, "not a certificate\n");
+    write(&env.path("src-junk/key.pem"), "not a key\n");
+    let junk_src = src_files(&junk, &env.path("src-junk/key.pem"), None);
+    let out = env.out.join("mail");
+    let text = format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n{ec_src}\n{rsa_src}\n{junk_src}\n[[target]]\nname = \"mail\"\nkey_type = \"dual\"\n[target.rsa]\nkey = {}\nfullchain = {}\n[target.ecdsa]\nkey = {}\nfullchain = {}\n",
+        env.header(),
+        qp(&out.join("rsa.key")),
+        qp(&out.join("rsa.pem")),
+        qp(&out.join("ec.key")),
+        qp(&out.join("ec.pem")),
+    );
+    env.write_config_raw(&text);
+    let d = env.daemon(&[]);
+    let slots = [
+        "mxkeys_target_ready{target=\"mail/rsa\"}",
+        "mxkeys_target_ready{target=\"mail/ecdsa\"}",
+    ];
+    let both = |body: &str| slots.iter().all(|s| metric(body, s) == Some(1.0));
+    wait_for(
+        "both slots ready in /metrics",
+        || {
+            http_get(port, "/metrics")
+                .filter(|(_, b)| both(b))
+                .map(|_| ())
+        },
+        || d.describe(),
+    );
+    env.wait_reconciles(&d, 1);
+    let before = env.reconciles_of(&d);
+    d.signal(Signal::SIGHUP);
+    let mut scrapes = 0;
+    wait_for(
+        "the reload's reconcile to finish",
+        || {
+            let done = env.reconciles_of(&d) > before;
+            let (_, body) = http_get(port, "/metrics")?;
+            scrapes += 1;
+            assert!(
+                both(&body),
+                "a dual slot vanished from /metrics after SIGHUP (scrape {scrapes}):\n{body}\n{}",
+                d.describe()
+            );
+            done.then_some(())
+        },
+        || d.describe(),
+    );
+    assert!(
+        d.stderr().contains("configuration reloaded"),
+        "{}",
+        d.describe()
+    );
+}

@@ -240,8 +240,14 @@ impl Daemon {
                 }
                 tracing::info!("configuration reloaded from {}", self.source);
                 self.watcher = watch::Watcher::new(&new, self.changes_tx.clone());
-                let names: Vec<String> = new.targets.iter().map(|t| t.name.clone()).collect();
-                self.metrics.retain_targets(&names);
+                // Metrics are kept per slot: `mail`, or `mail/rsa` and
+                // `mail/ecdsa` for a dual target.
+                let slots: Vec<String> = new
+                    .targets
+                    .iter()
+                    .flat_map(|t| t.slots.iter().map(|s| t.slot_name(s)))
+                    .collect();
+                self.metrics.retain_targets(&slots);
                 self.config = Arc::new(new);
                 self.known_errors.clear();
                 self.reconcile("configuration reloaded").await;
