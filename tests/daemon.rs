@@ -734,7 +734,9 @@ fn reload_signal_is_sent_once_per_change_and_deduplicated() {
 #[test]
 fn expiry_warning_below_the_threshold_only() {
     let ca = Ca::new("expiry");
-    let soon = ca.issue(&LeafSpec::new(&[HOST]).days(5));
+    // A 90-day certificate with 5 days left (a short-lived one is judged
+    // by its lifetime: see case 17).
+    let soon = ca.issue(&LeafSpec::new(&[HOST]).not_before(days(-85)).days(5));
     let later = ca.issue(&LeafSpec::new(&[HOST]).days(20));
     let top = "expiry_warning = \"14d\"\n";
     let s1 = Traefik::new(&soon, top);
@@ -1030,4 +1032,39 @@ fn dual_target_metrics_survive_sighup() {
         "{}",
         d.describe()
     );
+}
+
+/// Case 17: a 6-day certificate fresh from its CA is not warned about under
+/// the default 14-day `expiry_warning` (it is shorter than the whole
+/// lifetime); one with 1 day of its 6 left is.
+#[test]
+fn a_fresh_short_lived_certificate_gets_no_expiry_warning() {
+    let ca = Ca::new("short");
+    let fresh = ca.issue(
+        &LeafSpec::new(&[HOST])
+            .not_before(now() - time::Duration::hours(1))
+            .not_after(now() + time::Duration::days(6) - time::Duration::hours(1)),
+    );
+    let late = ca.issue(
+        &LeafSpec::new(&[HOST])
+            .not_before(now() - time::Duration::days(5))
+            .not_after(now() + time::Duration::days(1)),
+    );
+    let s1 = Traefik::new(&fresh, "");
+    let s2 = Traefik::new(&late, "");
+    let mut d1 = s1.env.daemon(&[]);
+    let mut d2 = s2.env.daemon(&[]);
+    wait_for(
+        "a warning for the certificate with a day left",
+        || d2.stderr_lines_with("expires in").into_iter().next(),
+        || d2.describe(),
+    );
+    wait_installed(&s1.env, &d1, &s1.t, &fresh, &s1.probe, 1);
+    assert!(d1.terminate().success());
+    assert!(
+        d1.stderr_lines_with("expires in").is_empty(),
+        "a 6-day certificate with 6 days left must not be warned about\n{}",
+        d1.describe()
+    );
+    assert!(d2.terminate().success());
 }
