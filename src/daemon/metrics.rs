@@ -8,7 +8,8 @@
 //! reconcile logged: `/healthz` is 200 when every target slot is served
 //! (holds a valid certificate for its names after the last reconcile), no
 //! `acme` source has failed [`ACME_FAILURES_UNHEALTHY`] orders in a row,
-//! and the last DKIM pass had no error. A source error no target depends on
+//! no reload failed in the last reconcile, and the last DKIM pass had no
+//! error. A source error no target depends on
 //! (a broken entry for another name in a shared acme.json) is counted in
 //! `mxkeys_source_errors_total` but leaves health alone. The body is `ok`
 //! or one line naming the first failing target or task (see [`verdict`],
@@ -53,6 +54,9 @@ struct Inner {
     /// The error of the last reconcile when it could decide no target at
     /// all (its lock or state directory failed).
     reconcile_error: Option<String>,
+    /// Reloads that failed in the last reconcile (an owed reload is tried
+    /// again by every reconcile until it works).
+    reload_errors: Vec<String>,
     orders_ok: u64,
     orders_failed: u64,
     last_success: Option<i64>,
@@ -85,6 +89,14 @@ impl Metrics {
             .then(|| report.errors.first().cloned())
             .flatten();
         m.source_errors += report.errors.len() as u64;
+        m.reload_errors = report
+            .reloads
+            .iter()
+            .filter_map(|r| match &r.result {
+                Some(Err(e)) => Some(format!("reload `{}`: {e}", r.action)),
+                _ => None,
+            })
+            .collect();
         for r in &report.reloads {
             match r.result {
                 Some(Ok(())) => m.reloads_ok += 1,
@@ -363,6 +375,7 @@ fn verdict(m: &Inner) -> Result<(), String> {
                     .unwrap_or_else(|| format!("target {name}: not served"))
             }),
     );
+    failing.extend(m.reload_errors.iter().cloned());
     failing.extend(
         m.acme_failures
             .iter()
@@ -472,5 +485,103 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
             "text/plain",
             "try /metrics or /healthz\n".to_owned(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(ok: bool, problem: Option<&str>) -> TargetFacts {
+        TargetFacts {
+            not_after: Some(1),
+            not_before: Some(0),
+            served: ok,
+            problem: problem.map(str::to_owned),
+        }
+    }
+
+    /// A daemon after a reconcile where everything is fine.
+    fn healthy() -> Inner {
+        let mut m = Inner {
+            last_ok: Some(false),
+            ..Inner::default()
+        };
+        m.targets.insert("mail".to_owned(), served(true, None));
+        m.targets
+            .insert("dovecot/rsa".to_owned(), served(true, None));
+        m.acme_failures
+            .insert("mx".to_owned(), (1, Some("timeout".to_owned())));
+        m
+    }
+
+    #[test]
+    fn health_is_about_targets_and_repeated_failures_in_one_line() {
+        type Change = fn(&mut Inner);
+        let cases: [(&str, Change, Result<(), &str>); 8] = [
+            ("all served, one ACME failure", |_| {}, Ok(())),
+            (
+                "no reconcile yet",
+                |m| m.last_ok = None,
+                Err("no reconcile has finished yet"),
+            ),
+            (
+                "a slot not served",
+                |m| {
+                    m.targets.insert(
+                        "dovecot/rsa".to_owned(),
+                        served(false, Some("target dovecot/rsa: no valid certificate")),
+                    );
+                },
+                Err("target dovecot/rsa: no valid certificate"),
+            ),
+            (
+                "two ACME failures in a row",
+                |m| {
+                    m.acme_failures.insert(
+                        "mx".to_owned(),
+                        (2, Some("newOrder:\n  rateLimited\tslow down".to_owned())),
+                    );
+                },
+                Err("acme source mx: 2 orders failed in a row (newOrder: rateLimited slow down)"),
+            ),
+            (
+                "a DKIM pass failed",
+                |m| m.dkim_error = Some("key_dir /x: not a directory".to_owned()),
+                Err("dkim: key_dir /x: not a directory"),
+            ),
+            (
+                "a reload failed",
+                |m| m.reload_errors = vec!["reload `postfix reload`: exit 1".to_owned()],
+                Err("reload `postfix reload`: exit 1"),
+            ),
+            (
+                "no target could be decided",
+                |m| m.reconcile_error = Some("state_dir /s: cannot take the lock".to_owned()),
+                Err("state_dir /s: cannot take the lock"),
+            ),
+            (
+                "several at once: the first, and how many more",
+                |m| {
+                    m.dkim_error = Some("d".to_owned());
+                    m.acme_failures.insert("mx".to_owned(), (5, None));
+                },
+                Err("acme source mx: 5 orders failed in a row (no error recorded) (and 1 more)"),
+            ),
+        ];
+        for (case, change, want) in cases {
+            let mut m = healthy();
+            change(&mut m);
+            assert_eq!(verdict(&m), want.map_err(str::to_owned), "{case}");
+        }
+    }
+
+    #[test]
+    fn a_long_health_line_is_cut() {
+        let mut m = healthy();
+        m.dkim_error = Some("x".repeat(1000));
+        let why = verdict(&m).unwrap_err();
+        assert_eq!(why.chars().count(), HEALTH_LINE_MAX);
+        assert!(why.starts_with("dkim: xxx") && why.ends_with('…'), "{why}");
     }
 }
