@@ -129,6 +129,9 @@ pub struct Leaf {
     pub key_type: KeyType,
     /// Subject and issuer are the same name (a self-signed certificate).
     pub self_issued: bool,
+    /// A CA's certificate (basicConstraints cA): a chain that starts with
+    /// one is out of order (see [`order_chain`]).
+    pub is_ca: bool,
 }
 
 impl Leaf {
@@ -165,6 +168,7 @@ impl Leaf {
             },
             key_type: key_type_of(&cert),
             self_issued: cert.subject().as_raw() == cert.issuer().as_raw(),
+            is_ca: cert.is_ca(),
         })
     }
 }

@@ -720,6 +720,33 @@ fn out_of_order_chains_are_installed_in_issuing_order_and_unrelated_extras_refus
         );
     }
 
+    // The same in a Traefik acme.json entry (decoded in full only when its
+    // first certificate is a CA's).
+    for (case, order) in [
+        ("acme.json: intermediate before the leaf", [1, 0, 2]),
+        ("acme.json: all reversed", [2, 1, 0]),
+        ("acme.json: root before intermediate", [0, 2, 1]),
+    ] {
+        use base64::Engine as _;
+        let env = Env::new();
+        let acme = env.path("acme/acme.json");
+        let mut entry = AcmeEntry::new(&leaf, HOST);
+        entry.certificate = Some(
+            base64::engine::general_purpose::STANDARD
+                .encode(order.iter().map(|&i| pems[i].as_str()).collect::<String>()),
+        );
+        write_json(&acme, &acme_v2(&[("le", Some(vec![entry]))]));
+        let t = Target::new(&env, "mail");
+        env.write_config(&[src_traefik(&acme)], &[&t]);
+        let r = env.sync();
+        assert_eq!(r.code, 0, "{case}: {}", r.describe());
+        assert_eq!(
+            read_certs(t.fullchain.as_ref().unwrap()),
+            want,
+            "{case}: the installed fullchain is leaf, intermediate, root"
+        );
+    }
+
     // An intermediate of another CA among them: refused, nothing installed.
     let other = Ca::new("order-other");
     for (case, chain) in [
