@@ -5,6 +5,14 @@
 //! type) can run on every certificate of a large acme.json, while the costly
 //! part ([`Bundle::verify`]: key match and chain signatures) runs only for
 //! certificates that could serve a target.
+//!
+//! A chain given out of order (intermediates before the leaf, root and
+//! intermediate swapped) is put in order by [`order_chain`] before any of
+//! this: the leaf is the certificate whose public key matches the private
+//! key, then each next one is the issuer of the one before (by name). A
+//! chain holding a certificate that is not part of that path (an unrelated
+//! extra) is not reordered nor trimmed: it stays as given, and
+//! [`Bundle::verify`] refuses it, naming the pair that does not link.
 
 use std::fmt;
 
@@ -121,6 +129,9 @@ pub struct Leaf {
     pub key_type: KeyType,
     /// Subject and issuer are the same name (a self-signed certificate).
     pub self_issued: bool,
+    /// A CA's certificate (basicConstraints cA): a chain that starts with
+    /// one is out of order (see [`order_chain`]).
+    pub is_ca: bool,
 }
 
 impl Leaf {
@@ -157,6 +168,7 @@ impl Leaf {
             },
             key_type: key_type_of(&cert),
             self_issued: cert.subject().as_raw() == cert.issuer().as_raw(),
+            is_ca: cert.is_ca(),
         })
     }
 }
@@ -495,6 +507,49 @@ pub fn pem_encode(label: &str, der: &[u8]) -> Zeroizing<String> {
     out.push_str(label);
     out.push_str("-----\n");
     out
+}
+
+/// `certs` in issuing order (leaf first), when they are the leaf of `key`
+/// and its issuers given in another order; otherwise `certs` unchanged
+/// (already in order, or not one path: [`Bundle::verify`] says why). The
+/// key is looked at only when the order is broken.
+pub fn order_chain(
+    certs: Vec<CertificateDer<'static>>,
+    key: &PrivateKey,
+) -> Vec<CertificateDer<'static>> {
+    let Some(reordered) = chain_order(&certs, key) else {
+        return certs;
+    };
+    reordered.into_iter().map(|i| certs[i].clone()).collect()
+}
+
+/// The positions of `certs` in issuing order, or `None` when nothing is
+/// to be changed.
+fn chain_order(certs: &[CertificateDer<'static>], key: &PrivateKey) -> Option<Vec<usize>> {
+    let parsed = certs
+        .iter()
+        .map(|c| parse_x509(c.as_ref()).ok())
+        .collect::<Option<Vec<_>>>()?;
+    let linked = |child: &X509Certificate<'_>, parent: &X509Certificate<'_>| {
+        child.issuer().as_raw() == parent.subject().as_raw()
+    };
+    if parsed.windows(2).all(|w| linked(&w[0], &w[1])) {
+        return None;
+    }
+    let hint = key_type_of(&parsed[0]);
+    let (_, public) = key.public_key(hint).ok()?;
+    let leaf = parsed
+        .iter()
+        .position(|c| c.public_key().subject_public_key.data.as_ref() == public.as_slice())?;
+    let mut order = vec![leaf];
+    let mut current = leaf;
+    while let Some(next) =
+        (0..parsed.len()).find(|i| !order.contains(i) && linked(&parsed[current], &parsed[*i]))
+    {
+        order.push(next);
+        current = next;
+    }
+    (order.len() == certs.len()).then_some(order)
 }
 
 /// A leaf, its intermediates and its private key: everything a target needs.

@@ -1,5 +1,7 @@
 //! `mxkeys status`: what each target holds now, read from its files, with
 //! where it came from as recorded by the last run. Never prints key material.
+//!
+//! In `--json`, a value that does not exist is `null`, never `""`.
 
 use serde::Serialize;
 
@@ -25,8 +27,9 @@ pub struct AcmeStatus {
     /// The certificate it holds (SHA-256) and until when.
     pub sha256: Option<String>,
     pub not_after: Option<String>,
-    /// When it is next due for an order (or its backoff ends).
-    pub next_renewal: String,
+    /// When it is next due for an order (or its backoff ends); null when
+    /// nothing is scheduled.
+    pub next_renewal: Option<String>,
     pub failures: u32,
     pub last_error: Option<String>,
 }
@@ -143,7 +146,8 @@ impl Status {
                     not_after: held.map(|h| crate::rfc3339(h.1)),
                     next_renewal: next
                         .get(&s.name)
-                        .map_or_else(String::new, |t| crate::rfc3339(*t)),
+                        .filter(|t| **t < i64::MAX)
+                        .map(|t| crate::rfc3339(*t)),
                     failures: state.failures,
                     last_error: state.last_error,
                 }
@@ -198,7 +202,10 @@ impl Status {
                 }
                 _ => out.push_str("  holds        nothing yet\n"),
             }
-            out.push_str(&format!("  next renewal {}\n", a.next_renewal));
+            out.push_str(&format!(
+                "  next renewal {}\n",
+                a.next_renewal.as_deref().unwrap_or("none")
+            ));
             if let Some(e) = &a.last_error {
                 out.push_str(&format!(
                     "  last error   {e} ({} failures in a row)\n",
@@ -237,5 +244,42 @@ impl Status {
             }
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_next_renewal_is_null_in_json_and_none_in_text() {
+        let status = Status {
+            targets: Vec::new(),
+            last_run: None,
+            daemon: None,
+            acme: vec![AcmeStatus {
+                name: "mx".to_owned(),
+                domains: vec!["mx.example".to_owned()],
+                sha256: None,
+                not_after: None,
+                next_renewal: None,
+                failures: 0,
+                last_error: None,
+            }],
+        };
+        let json = serde_json::to_value(&status).unwrap();
+        assert_eq!(json["acme"][0]["next_renewal"], serde_json::Value::Null);
+        let text = status.to_text();
+        assert!(text.contains("  next renewal none\n"), "{text}");
+        // No other field of the document is an empty string.
+        fn no_empty_strings(v: &serde_json::Value) -> bool {
+            match v {
+                serde_json::Value::String(s) => !s.is_empty(),
+                serde_json::Value::Array(a) => a.iter().all(no_empty_strings),
+                serde_json::Value::Object(o) => o.values().all(no_empty_strings),
+                _ => true,
+            }
+        }
+        assert!(no_empty_strings(&json), "{json}");
     }
 }

@@ -734,7 +734,9 @@ fn reload_signal_is_sent_once_per_change_and_deduplicated() {
 #[test]
 fn expiry_warning_below_the_threshold_only() {
     let ca = Ca::new("expiry");
-    let soon = ca.issue(&LeafSpec::new(&[HOST]).days(5));
+    // A 90-day certificate with 5 days left (a short-lived one is judged
+    // by its lifetime: see case 17).
+    let soon = ca.issue(&LeafSpec::new(&[HOST]).not_before(days(-85)).days(5));
     let later = ca.issue(&LeafSpec::new(&[HOST]).days(20));
     let top = "expiry_warning = \"14d\"\n";
     let s1 = Traefik::new(&soon, top);
@@ -798,4 +800,271 @@ fn json_log_format_makes_every_line_an_object() {
             .unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}\n{}", d.describe()));
         assert!(v.is_object(), "not an object: {l}");
     }
+}
+
+// ---- health: what /healthz and the gauges measure ----
+
+/// GET /healthz: (status, body) once it answers.
+fn healthz(port: u16) -> Option<(u16, String)> {
+    http_get(port, "/healthz")
+}
+
+/// An acme source for another name, whose state file says `failures`
+/// orders failed in a row and that it backs off for a day (so the daemon
+/// places no order: nothing leaves loopback).
+fn acme_failures_state(env: &Env, source: &str, failures: u32) {
+    let state = serde_json::json!({
+        "failures": failures,
+        "next_attempt_at": now().unix_timestamp() + 86_400,
+        "last_error": "newOrder: urn:ietf:params:acme:error:rateLimited\n  too many\tcertificates",
+    });
+    write(
+        &env.state.join(format!("acme/{source}/state.json")),
+        state.to_string(),
+    );
+}
+
+/// Case 14: /healthz is about targets and tasks. A broken entry for another
+/// name in the shared acme.json (a source error no target depends on)
+/// leaves it 200 "ok"; one failed ACME order does too; two in a row make it
+/// 503 with one line naming the source, and the per-source gauge counts
+/// them.
+#[test]
+fn healthz_ignores_an_unrelated_broken_entry_and_reports_repeated_acme_failures() {
+    let ca = Ca::new("health");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let env = Env::new();
+    let acme = env.path("acme/acme.json");
+    let broken = AcmeEntry {
+        main: Some("other.example.net".to_owned()),
+        sans: None,
+        certificate: Some("!!! not base64".to_owned()),
+        key: Some("!!! not base64".to_owned()),
+    };
+    write_json(
+        &acme,
+        &acme_v2(&[("le", Some(vec![AcmeEntry::new(&a, HOST), broken]))]),
+    );
+    acme_failures_state(&env, "renewals", 1);
+    let port = free_port();
+    let t = Target::new(&env, "mail");
+    let top = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[acme]\ndirectory = \"https://127.0.0.1:9/directory\"\n"
+    );
+    let renewals = "[[source]]\ntype = \"acme\"\nname = \"renewals\"\ndomains = [\"other.example.net\"]\nchallenge = \"http-01\"\nhttp_listen = \"127.0.0.1:9\"\n".to_owned();
+    env.write_config_with(&top, &[src_traefik(&acme), renewals], &[&t]);
+
+    let d = env.daemon(&[]);
+    wait_for(
+        "the target to be installed",
+        || (t.installed_fp().as_deref() == Some(&a.fp())).then_some(()),
+        || d.describe(),
+    );
+    // The broken entry is seen, and counted as a source error...
+    let body = wait_for(
+        "/metrics to count the broken entry as a source error",
+        || {
+            let (code, body) = http_get(port, "/metrics")?;
+            (code == 200 && metric(&body, "mxkeys_source_errors_total").is_some_and(|v| v >= 1.0))
+                .then_some(body)
+        },
+        || d.describe(),
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "mxkeys_acme_consecutive_failures{source=\"renewals\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    // ...but no target depends on it: healthy.
+    assert_eq!(
+        healthz(port).map(|(c, b)| (c, b.trim().to_owned())),
+        Some((200, "ok".to_owned())),
+        "{}",
+        d.describe()
+    );
+
+    // A second failure in a row: unhealthy, one line naming the source.
+    acme_failures_state(&env, "renewals", 2);
+    d.signal(Signal::SIGHUP);
+    let (code, why) = wait_for(
+        "/healthz to turn 503",
+        || healthz(port).filter(|(c, _)| *c == 503),
+        || d.describe(),
+    );
+    assert_eq!(code, 503);
+    let why = why.strip_suffix('\n').unwrap_or(&why);
+    assert!(
+        why.contains("acme source renewals") && why.contains("2 orders failed in a row"),
+        "503 body names the source: {why:?}"
+    );
+    assert!(
+        !why.contains('\n') && !why.contains('\t'),
+        "503 body is one line: {why:?}"
+    );
+    let (_, body) = http_get(port, "/metrics").expect("GET /metrics");
+    assert_eq!(
+        metric(
+            &body,
+            "mxkeys_acme_consecutive_failures{source=\"renewals\"}"
+        ),
+        Some(2.0),
+        "{body}"
+    );
+    // The certificate stays served meanwhile.
+    t.assert_installed(&a);
+    assert_eq!(
+        metric(&body, "mxkeys_target_ready{target=\"mail\"}"),
+        Some(1.0),
+        "{body}"
+    );
+
+    // A success resets the count: healthy again.
+    acme_failures_state(&env, "renewals", 0);
+    d.signal(Signal::SIGHUP);
+    wait_for(
+        "/healthz to turn 200 again",
+        || healthz(port).filter(|(c, b)| *c == 200 && b.trim() == "ok"),
+        || d.describe(),
+    );
+}
+
+/// Case 15: a failing DKIM pass (its key directory cannot be created) makes
+/// /healthz 503 naming DKIM, while every target is served.
+#[test]
+fn healthz_reports_a_failing_dkim_pass() {
+    let ca = Ca::new("health-dkim");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let env = Env::new();
+    let blocker = env.path("not-a-dir");
+    write(&blocker, "a file where key_dir's parent should be\n");
+    let src = files_source(&env.path("src"), &a);
+    let port = free_port();
+    let t = Target::new(&env, "mail");
+    let top = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{port}\"\n[dkim]\ndomains = [\"example.test\"]\ndns = \"manual\"\nkey_dir = {}\nsigner = \"opendkim\"\nsigner_dir = {}\n",
+        qp(&blocker.join("keys")),
+        qp(&env.path("opendkim"))
+    );
+    env.write_config_with(&top, &[src], &[&t]);
+    let d = env.daemon(&[]);
+    wait_for(
+        "the target to be installed",
+        || (t.installed_fp().as_deref() == Some(&a.fp())).then_some(()),
+        || d.describe(),
+    );
+    let (code, why) = wait_for(
+        "/healthz to answer after the first reconcile",
+        || healthz(port).filter(|(_, b)| !b.contains("no reconcile has finished yet")),
+        || d.describe(),
+    );
+    assert_eq!(code, 503, "{why:?}\n{}", d.describe());
+    assert!(why.starts_with("dkim: "), "503 body names DKIM: {why:?}");
+    assert_eq!(why.trim_end().lines().count(), 1, "one line: {why:?}");
+}
+
+/// Case 16: a dual (RSA + ECDSA) target's per-slot metrics stay while the
+/// configuration is reloaded by SIGHUP: every scrape taken from the signal
+/// until the reload's reconcile has finished shows both slots. (A broken
+/// extra source makes that reconcile re-read for a few seconds, which
+/// leaves time to look.)
+#[test]
+fn dual_target_metrics_survive_sighup() {
+    let ca = Ca::new("dual-hup");
+    let ec = ca.issue(&LeafSpec::new(&[HOST]));
+    let rsa = ca.issue(&LeafSpec::new(&[HOST]).kind(KeyKind::Rsa2048));
+    let env = Env::new();
+    let port = free_port();
+    let ec_src = files_source(&env.path("src-ec"), &ec);
+    let rsa_src = files_source(&env.path("src-rsa"), &rsa);
+    let junk = env.path("src-junk/cert.pem");
+    write(&junk, "not a certificate\n");
+    write(&env.path("src-junk/key.pem"), "not a key\n");
+    let junk_src = src_files(&junk, &env.path("src-junk/key.pem"), None);
+    let out = env.out.join("mail");
+    let text = format!(
+        "{}[metrics]\nlisten = \"127.0.0.1:{port}\"\n{ec_src}\n{rsa_src}\n{junk_src}\n[[target]]\nname = \"mail\"\nkey_type = \"dual\"\n[target.rsa]\nkey = {}\nfullchain = {}\n[target.ecdsa]\nkey = {}\nfullchain = {}\n",
+        env.header(),
+        qp(&out.join("rsa.key")),
+        qp(&out.join("rsa.pem")),
+        qp(&out.join("ec.key")),
+        qp(&out.join("ec.pem")),
+    );
+    env.write_config_raw(&text);
+    let d = env.daemon(&[]);
+    let slots = [
+        "mxkeys_target_ready{target=\"mail/rsa\"}",
+        "mxkeys_target_ready{target=\"mail/ecdsa\"}",
+    ];
+    let both = |body: &str| slots.iter().all(|s| metric(body, s) == Some(1.0));
+    wait_for(
+        "both slots ready in /metrics",
+        || {
+            http_get(port, "/metrics")
+                .filter(|(_, b)| both(b))
+                .map(|_| ())
+        },
+        || d.describe(),
+    );
+    env.wait_reconciles(&d, 1);
+    let before = env.reconciles_of(&d);
+    d.signal(Signal::SIGHUP);
+    let mut scrapes = 0;
+    wait_for(
+        "the reload's reconcile to finish",
+        || {
+            let done = env.reconciles_of(&d) > before;
+            let (_, body) = http_get(port, "/metrics")?;
+            scrapes += 1;
+            assert!(
+                both(&body),
+                "a dual slot vanished from /metrics after SIGHUP (scrape {scrapes}):\n{body}\n{}",
+                d.describe()
+            );
+            done.then_some(())
+        },
+        || d.describe(),
+    );
+    assert!(
+        d.stderr().contains("configuration reloaded"),
+        "{}",
+        d.describe()
+    );
+}
+
+/// Case 17: a 6-day certificate fresh from its CA is not warned about under
+/// the default 14-day `expiry_warning` (it is shorter than the whole
+/// lifetime); one with 1 day of its 6 left is.
+#[test]
+fn a_fresh_short_lived_certificate_gets_no_expiry_warning() {
+    let ca = Ca::new("short");
+    let fresh = ca.issue(
+        &LeafSpec::new(&[HOST])
+            .not_before(now() - time::Duration::hours(1))
+            .not_after(now() + time::Duration::days(6) - time::Duration::hours(1)),
+    );
+    let late = ca.issue(
+        &LeafSpec::new(&[HOST])
+            .not_before(now() - time::Duration::days(5))
+            .not_after(now() + time::Duration::days(1)),
+    );
+    let s1 = Traefik::new(&fresh, "");
+    let s2 = Traefik::new(&late, "");
+    let mut d1 = s1.env.daemon(&[]);
+    let mut d2 = s2.env.daemon(&[]);
+    wait_for(
+        "a warning for the certificate with a day left",
+        || d2.stderr_lines_with("expires in").into_iter().next(),
+        || d2.describe(),
+    );
+    wait_installed(&s1.env, &d1, &s1.t, &fresh, &s1.probe, 1);
+    assert!(d1.terminate().success());
+    assert!(
+        d1.stderr_lines_with("expires in").is_empty(),
+        "a 6-day certificate with 6 days left must not be warned about\n{}",
+        d1.describe()
+    );
+    assert!(d2.terminate().success());
 }

@@ -660,3 +660,125 @@ fn a_refused_certificate_is_retried_only_after_its_backoff() {
     t.assert_installed(&old);
     assert_eq!(log_lines(&log).len(), reloads_after_rollback);
 }
+
+/// A chain given out of order (intermediate before the leaf, everything
+/// reversed, root before intermediate; in the certificate file or in a
+/// separate chain file) is installed in issuing order: leaf, intermediate,
+/// root. A chain with a certificate that belongs to no path from the leaf
+/// is still refused and nothing is installed.
+#[test]
+fn out_of_order_chains_are_installed_in_issuing_order_and_unrelated_extras_refused() {
+    let ca = Ca::new("order");
+    let leaf = ca.issue(&LeafSpec::new(&[HOST]));
+    let pems = [
+        pem_block("CERTIFICATE", &leaf.der),
+        pem_block("CERTIFICATE", &ca.inter_der),
+        pem_block("CERTIFICATE", &ca.root_der),
+    ];
+    let want = vec![leaf.der.clone(), ca.inter_der.clone(), ca.root_der.clone()];
+    // (case, certificate file, chain file)
+    for (case, in_cert, in_chain) in [
+        ("intermediate before the leaf", vec![1, 0, 2], vec![]),
+        ("all reversed", vec![2, 1, 0], vec![]),
+        ("root before intermediate", vec![0, 2, 1], vec![]),
+        ("chain file reversed", vec![0], vec![2, 1]),
+    ] {
+        let env = Env::new();
+        let cert = env.path("src/cert.pem");
+        let key = env.path("src/privkey.pem");
+        write(
+            &cert,
+            in_cert
+                .iter()
+                .map(|&i| pems[i].as_str())
+                .collect::<String>(),
+        );
+        write(&key, leaf.key_pem());
+        let chain = env.path("src/chain.pem");
+        if !in_chain.is_empty() {
+            write(
+                &chain,
+                in_chain
+                    .iter()
+                    .map(|&i| pems[i].as_str())
+                    .collect::<String>(),
+            );
+        }
+        let t = Target::new(&env, "mail");
+        let src = src_files(
+            &cert,
+            &key,
+            (!in_chain.is_empty()).then_some(chain.as_path()),
+        );
+        env.write_config(&[src], &[&t]);
+        let r = env.sync();
+        assert_eq!(r.code, 0, "{case}: {}", r.describe());
+        assert_eq!(
+            read_certs(t.fullchain.as_ref().unwrap()),
+            want,
+            "{case}: the installed fullchain is leaf, intermediate, root"
+        );
+    }
+
+    // The same in a Traefik acme.json entry (decoded in full only when its
+    // first certificate is a CA's).
+    for (case, order) in [
+        ("acme.json: intermediate before the leaf", [1, 0, 2]),
+        ("acme.json: all reversed", [2, 1, 0]),
+        ("acme.json: root before intermediate", [0, 2, 1]),
+    ] {
+        use base64::Engine as _;
+        let env = Env::new();
+        let acme = env.path("acme/acme.json");
+        let mut entry = AcmeEntry::new(&leaf, HOST);
+        entry.certificate = Some(
+            base64::engine::general_purpose::STANDARD
+                .encode(order.iter().map(|&i| pems[i].as_str()).collect::<String>()),
+        );
+        write_json(&acme, &acme_v2(&[("le", Some(vec![entry]))]));
+        let t = Target::new(&env, "mail");
+        env.write_config(&[src_traefik(&acme)], &[&t]);
+        let r = env.sync();
+        assert_eq!(r.code, 0, "{case}: {}", r.describe());
+        assert_eq!(
+            read_certs(t.fullchain.as_ref().unwrap()),
+            want,
+            "{case}: the installed fullchain is leaf, intermediate, root"
+        );
+    }
+
+    // An intermediate of another CA among them: refused, nothing installed.
+    let other = Ca::new("order-other");
+    for (case, chain) in [
+        (
+            "unrelated extra at the end",
+            vec![
+                pems[1].clone(),
+                pems[0].clone(),
+                pem_block("CERTIFICATE", &other.inter_der),
+            ],
+        ),
+        (
+            "unrelated extra in the middle",
+            vec![
+                pems[0].clone(),
+                pem_block("CERTIFICATE", &other.inter_der),
+                pems[1].clone(),
+            ],
+        ),
+    ] {
+        let env = Env::new();
+        let cert = env.path("src/cert.pem");
+        let key = env.path("src/privkey.pem");
+        write(&cert, chain.concat());
+        write(&key, leaf.key_pem());
+        let t = Target::new(&env, "mail");
+        env.write_config(&[src_files(&cert, &key, None)], &[&t]);
+        let r = env.sync();
+        assert_eq!(r.code, 1, "{case}: {}", r.describe());
+        assert!(
+            t.installed_fp().is_none(),
+            "{case}: a chain with an unrelated certificate was installed"
+        );
+    }
+}

@@ -1,6 +1,12 @@
 //! HTTP-01: the built-in responder, bound only while orders run, and the
 //! webroot alternative (token files where a web server already serves
 //! `/.well-known/acme-challenge/`).
+//!
+//! Webroot files are for a web server running as another user, whatever
+//! mxkeys' umask (systemd units run it with `UMask=0077`): the
+//! `.well-known` and `acme-challenge` directories are made 0755 (created so,
+//! or an existing one given the missing r-x bits; never narrowed) and each
+//! token file 0644, set on the open descriptor (fchmod).
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -76,6 +82,26 @@ fn answer<B>(req: &Request<B>, tokens: &Tokens) -> Response<Full<Bytes>> {
         .unwrap_or_default()
 }
 
+/// Makes `dir` (creating it if needed) readable and searchable by everyone:
+/// 0755 when created, else its mode plus the missing r-x bits.
+fn public_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+    match std::fs::DirBuilder::new().mode(0o755).create(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let handle = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECTORY.bits())
+        .open(dir)?;
+    let mode = handle.metadata()?.permissions().mode() & 0o7777;
+    if mode & 0o755 != 0o755 {
+        handle.set_permissions(std::fs::Permissions::from_mode(mode | 0o755))?;
+    }
+    Ok(())
+}
+
 /// Token files written into a webroot, removed on [`Webroot::clean`].
 pub struct Webroot {
     written: Vec<PathBuf>,
@@ -84,8 +110,13 @@ pub struct Webroot {
 impl Webroot {
     /// Writes `webroot/.well-known/acme-challenge/TOKEN` for each token.
     pub fn write(webroot: &Path, tokens: &[(String, String)]) -> Result<Webroot, String> {
-        let dir = webroot.join(".well-known").join("acme-challenge");
-        std::fs::create_dir_all(&dir).map_err(|e| format!("webroot {}: {e}", dir.display()))?;
+        std::fs::create_dir_all(webroot)
+            .map_err(|e| format!("webroot {}: {e}", webroot.display()))?;
+        let well_known = webroot.join(".well-known");
+        let dir = well_known.join("acme-challenge");
+        for d in [&well_known, &dir] {
+            public_dir(d).map_err(|e| format!("webroot {}: {e}", d.display()))?;
+        }
         let mut written = Vec::new();
         for (token, key_authorization) in tokens {
             if token.is_empty()
@@ -109,5 +140,73 @@ impl Webroot {
                 tracing::warn!("webroot: cannot remove {}: {e}", path.display());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::Webroot;
+
+    /// Set in the child process that runs the test under umask 077.
+    const CHILD: &str = "MXKEYS_TEST_WEBROOT_UMASK_CHILD";
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    /// The umask is per process and the test harness runs tests in
+    /// threads, so the test runs itself again in a child process that
+    /// sets umask 077 (as `UMask=0077` does) and checks the modes there.
+    #[test]
+    fn webroot_directories_and_tokens_are_world_readable_under_umask_077() {
+        if std::env::var_os(CHILD).is_none() {
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "acme::http01::tests::webroot_directories_and_tokens_are_world_readable_under_umask_077",
+                    "--test-threads=1",
+                    "--nocapture",
+                ])
+                .env(CHILD, "1")
+                .output()
+                .unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(out.status.success(), "the child failed:\n{text}");
+            assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+            return;
+        }
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+        let tmp = tempfile::tempdir().unwrap();
+        let webroot = tmp.path().join("www");
+        std::fs::create_dir(&webroot).unwrap();
+        let written = Webroot::write(
+            &webroot,
+            &[("tok-1_A".to_owned(), "tok-1_A.thumb".to_owned())],
+        )
+        .unwrap();
+        let dir = webroot.join(".well-known/acme-challenge");
+        assert_eq!(mode(&webroot.join(".well-known")), 0o755);
+        assert_eq!(mode(&dir), 0o755);
+        assert_eq!(mode(&dir.join("tok-1_A")), 0o644);
+        assert_eq!(
+            std::fs::read(dir.join("tok-1_A")).unwrap(),
+            b"tok-1_A.thumb"
+        );
+        written.clean();
+        assert!(!dir.join("tok-1_A").exists());
+
+        // A directory left 0700 by an earlier run is opened up (never
+        // narrowed: the sticky and group-write bits stay).
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1770)).unwrap();
+        Webroot::write(&webroot, &[("t2".to_owned(), "t2.x".to_owned())])
+            .unwrap()
+            .clean();
+        assert_eq!(mode(&dir), 0o1775);
     }
 }

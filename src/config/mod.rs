@@ -1057,6 +1057,7 @@ impl Config {
             .map(|d| validate_dkim(d, &state_dir, &dns, &abs))
             .transpose()
             .map_err(|m| err(format!("[dkim]: {m}")))?;
+        check_target_overlaps(&targets, &state_dir, dkim.as_ref()).map_err(err)?;
         Ok(Config {
             path: path.to_owned(),
             hostname,
@@ -1069,6 +1070,60 @@ impl Config {
             dkim,
         })
     }
+}
+
+/// Target files are written over whatever is there: none may lie inside
+/// `state_dir` (mxkeys' own records, ACME keys, the DKIM keys by default),
+/// inside `[dkim] key_dir`, or be one of the signer files mxkeys writes in
+/// `[dkim] signer_dir`. One line naming both keys.
+fn check_target_overlaps(
+    targets: &[Target],
+    state_dir: &Path,
+    dkim: Option<&Dkim>,
+) -> Result<(), String> {
+    let mut owned: Vec<(String, PathBuf, bool)> =
+        vec![("state_dir".to_owned(), state_dir.to_owned(), true)];
+    if let Some(d) = dkim {
+        owned.push(("[dkim] key_dir".to_owned(), d.key_dir.clone(), true));
+        let names: &[&str] = match d.signer {
+            Signer::Opendkim => &["KeyTable", "SigningTable"],
+            Signer::Rspamd => &["dkim_signing.conf"],
+            Signer::Amavis => &["dkim_keys.conf"],
+        };
+        for n in names {
+            owned.push(("[dkim] signer_dir".to_owned(), d.signer_dir.join(n), false));
+        }
+    }
+    for t in targets {
+        for slot in &t.slots {
+            for (role, path) in slot.files.iter() {
+                let clash = owned.iter().find(|(_, other, is_dir)| {
+                    if *is_dir {
+                        path.starts_with(other) || other.starts_with(path)
+                    } else {
+                        path == other
+                    }
+                });
+                if let Some((key, other, is_dir)) = clash {
+                    let how = if !*is_dir {
+                        "is the signer file"
+                    } else if path.starts_with(other) {
+                        "is inside"
+                    } else {
+                        "contains"
+                    };
+                    return Err(format!(
+                        "target {:?}: key `{}` ({}) {how} `{key}` ({}): mxkeys would overwrite its own files",
+                        t.name,
+                        role.as_str(),
+                        path.display(),
+                        other.display()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn validate_target(

@@ -3,6 +3,17 @@
 //! Names follow cert-manager's and x509-certificate-exporter's conventions:
 //! expiry as a `*_timestamp_seconds` gauge per target, counters with a
 //! `result` label, the time of the last success as a timestamp gauge.
+//!
+//! Health measures what matters to the mail server, not every line a
+//! reconcile logged: `/healthz` is 200 when every target slot is served
+//! (holds a valid certificate for its names after the last reconcile), no
+//! `acme` source has failed [`ACME_FAILURES_UNHEALTHY`] orders in a row,
+//! no reload failed in the last reconcile, and the last DKIM pass had no
+//! error. A source error no target depends on
+//! (a broken entry for another name in a shared acme.json) is counted in
+//! `mxkeys_source_errors_total` but leaves health alone. The body is `ok`
+//! or one line naming the first failing target or task (see [`verdict`],
+//! pure).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -39,11 +50,20 @@ struct Inner {
     /// DKIM passes that failed in a row (0 after one without errors).
     dkim_failed_passes: Option<u64>,
     dkim_reload_pending: Option<bool>,
+    /// Consecutive failed orders and the last error, per `acme` source.
+    acme_failures: BTreeMap<String, (u32, Option<String>)>,
+    /// The error of the last DKIM pass, if it failed.
+    dkim_error: Option<String>,
+    /// The error of the last reconcile when it could decide no target at
+    /// all (its lock or state directory failed).
+    reconcile_error: Option<String>,
+    /// Reloads that failed in the last reconcile (an owed reload is tried
+    /// again by every reconcile until it works).
+    reload_errors: Vec<String>,
     orders_ok: u64,
     orders_failed: u64,
     last_success: Option<i64>,
     last_ok: Option<bool>,
-    last_problem: String,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -51,6 +71,8 @@ struct TargetFacts {
     not_after: Option<i64>,
     not_before: Option<i64>,
     served: bool,
+    /// Why it is not served, when it is not.
+    problem: Option<String>,
 }
 
 impl Metrics {
@@ -60,17 +82,24 @@ impl Metrics {
         if ok {
             m.reconciles_ok += 1;
             m.last_success = Some(now);
-            m.last_problem.clear();
         } else {
             m.reconciles_failed += 1;
-            m.last_problem = report
-                .problems()
-                .first()
-                .cloned()
-                .unwrap_or_else(|| "the last reconcile failed".to_owned());
         }
         m.last_ok = Some(ok);
+        m.reconcile_error = report
+            .targets
+            .is_empty()
+            .then(|| report.errors.first().cloned())
+            .flatten();
         m.source_errors += report.errors.len() as u64;
+        m.reload_errors = report
+            .reloads
+            .iter()
+            .filter_map(|r| match &r.result {
+                Some(Err(e)) => Some(format!("reload `{}`: {e}", r.action)),
+                _ => None,
+            })
+            .collect();
         for r in &report.reloads {
             match r.result {
                 Some(Ok(())) => m.reloads_ok += 1,
@@ -90,6 +119,7 @@ impl Metrics {
         for t in &report.targets {
             let facts = m.targets.entry(t.name.clone()).or_default();
             facts.served = t.ok();
+            facts.problem = t.problem();
             if let Some(s) = &t.served {
                 facts.not_after = Some(s.not_after);
                 facts.not_before = Some(s.not_before);
@@ -141,22 +171,48 @@ impl Metrics {
         }
     }
 
-    /// Forget targets that are no longer configured (after SIGHUP).
+    /// Consecutive failed orders of every `acme` source, read from their
+    /// state files (`state_dir/acme/NAME/state.json`).
+    pub fn set_acme(&self, config: &crate::config::Config) {
+        let failures: BTreeMap<String, (u32, Option<String>)> = config
+            .acme_sources()
+            .map(|s| {
+                let state = crate::acme::SourceState::load(s);
+                (s.name.clone(), (state.failures, state.last_error))
+            })
+            .collect();
+        if let Ok(mut m) = self.inner.lock() {
+            m.acme_failures = failures;
+        }
+    }
+
+    /// The outcome of a DKIM pass: its error, or its first per-key error.
+    pub fn dkim_outcome(&self, outcome: &Result<crate::dkim::Pass, String>) {
+        let error = match outcome {
+            Err(e) => Some(e.clone()),
+            Ok(pass) => pass.errors.first().cloned(),
+        };
+        if let Ok(mut m) = self.inner.lock() {
+            m.dkim_error = error;
+        }
+    }
+
+    /// Forget target slots that are no longer configured (after SIGHUP):
+    /// `names` are slot names (`mail`, or `mail/rsa` and `mail/ecdsa`).
     pub fn retain_targets(&self, names: &[String]) {
         if let Ok(mut m) = self.inner.lock() {
             m.targets.retain(|k, _| names.contains(k));
         }
     }
 
-    /// `(healthy, explanation)` for /healthz.
+    /// `(healthy, explanation)` for /healthz: see [`verdict`].
     pub fn health(&self) -> (bool, String) {
         let Ok(m) = self.inner.lock() else {
             return (false, "metrics unavailable".to_owned());
         };
-        match m.last_ok {
-            Some(true) => (true, "ok".to_owned()),
-            Some(false) => (false, m.last_problem.clone()),
-            None => (false, "no reconcile has finished yet".to_owned()),
+        match verdict(&m) {
+            Ok(()) => (true, "ok".to_owned()),
+            Err(why) => (false, why),
         }
     }
 
@@ -251,6 +307,15 @@ impl Metrics {
                 .collect(),
         );
         series(
+            "mxkeys_acme_consecutive_failures",
+            "gauge",
+            "Failed ACME orders in a row, per acme source (0 after a success).",
+            m.acme_failures
+                .iter()
+                .map(|(s, (n, _))| (format!("{{source=\"{}\"}}", escape(s)), n.to_string()))
+                .collect(),
+        );
+        series(
             "mxkeys_acme_orders_total",
             "counter",
             "ACME orders by result.",
@@ -314,6 +379,74 @@ impl Metrics {
         );
         out + &out2
     }
+}
+
+/// An `acme` source with this many failed orders in a row makes the daemon
+/// unhealthy: one failure is retried after a backoff, a second in a row is
+/// a problem someone must look at.
+pub const ACME_FAILURES_UNHEALTHY: u32 = 2;
+
+/// Longest health line (a CA's error detail can be long).
+const HEALTH_LINE_MAX: usize = 300;
+
+/// The health rule (pure): the first failing target or task, as one line,
+/// with how many more there are.
+fn verdict(m: &Inner) -> Result<(), String> {
+    if m.last_ok.is_none() {
+        return Err("no reconcile has finished yet".to_owned());
+    }
+    let mut failing: Vec<String> = m.reconcile_error.iter().cloned().collect();
+    failing.extend(
+        m.targets
+            .iter()
+            .filter(|(_, t)| !t.served)
+            .map(|(name, t)| {
+                t.problem
+                    .clone()
+                    .unwrap_or_else(|| format!("target {name}: not served"))
+            }),
+    );
+    failing.extend(m.reload_errors.iter().cloned());
+    failing.extend(
+        m.acme_failures
+            .iter()
+            .filter(|(_, (n, _))| *n >= ACME_FAILURES_UNHEALTHY)
+            .map(|(name, (n, e))| {
+                format!(
+                    "acme source {name}: {n} orders failed in a row ({})",
+                    e.as_deref().unwrap_or("no error recorded")
+                )
+            }),
+    );
+    failing.extend(m.dkim_error.iter().map(|e| format!("dkim: {e}")));
+    let Some(first) = failing.first() else {
+        return Ok(());
+    };
+    let mut line = one_line(first);
+    if failing.len() > 1 {
+        line.push_str(&format!(" (and {} more)", failing.len() - 1));
+    }
+    Err(line)
+}
+
+/// Whitespace and control characters folded to single spaces, cut at
+/// [`HEALTH_LINE_MAX`] characters.
+fn one_line(text: &str) -> String {
+    let mut out = String::new();
+    for word in text.split(|c: char| c.is_whitespace() || c.is_control()) {
+        if word.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    if out.chars().count() > HEALTH_LINE_MAX {
+        out = out.chars().take(HEALTH_LINE_MAX - 1).collect();
+        out.push('…');
+    }
+    out
 }
 
 fn escape(label: &str) -> String {
@@ -383,5 +516,103 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
             "text/plain",
             "try /metrics or /healthz\n".to_owned(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn served(ok: bool, problem: Option<&str>) -> TargetFacts {
+        TargetFacts {
+            not_after: Some(1),
+            not_before: Some(0),
+            served: ok,
+            problem: problem.map(str::to_owned),
+        }
+    }
+
+    /// A daemon after a reconcile where everything is fine.
+    fn healthy() -> Inner {
+        let mut m = Inner {
+            last_ok: Some(false),
+            ..Inner::default()
+        };
+        m.targets.insert("mail".to_owned(), served(true, None));
+        m.targets
+            .insert("dovecot/rsa".to_owned(), served(true, None));
+        m.acme_failures
+            .insert("mx".to_owned(), (1, Some("timeout".to_owned())));
+        m
+    }
+
+    #[test]
+    fn health_is_about_targets_and_repeated_failures_in_one_line() {
+        type Change = fn(&mut Inner);
+        let cases: [(&str, Change, Result<(), &str>); 8] = [
+            ("all served, one ACME failure", |_| {}, Ok(())),
+            (
+                "no reconcile yet",
+                |m| m.last_ok = None,
+                Err("no reconcile has finished yet"),
+            ),
+            (
+                "a slot not served",
+                |m| {
+                    m.targets.insert(
+                        "dovecot/rsa".to_owned(),
+                        served(false, Some("target dovecot/rsa: no valid certificate")),
+                    );
+                },
+                Err("target dovecot/rsa: no valid certificate"),
+            ),
+            (
+                "two ACME failures in a row",
+                |m| {
+                    m.acme_failures.insert(
+                        "mx".to_owned(),
+                        (2, Some("newOrder:\n  rateLimited\tslow down".to_owned())),
+                    );
+                },
+                Err("acme source mx: 2 orders failed in a row (newOrder: rateLimited slow down)"),
+            ),
+            (
+                "a DKIM pass failed",
+                |m| m.dkim_error = Some("key_dir /x: not a directory".to_owned()),
+                Err("dkim: key_dir /x: not a directory"),
+            ),
+            (
+                "a reload failed",
+                |m| m.reload_errors = vec!["reload `postfix reload`: exit 1".to_owned()],
+                Err("reload `postfix reload`: exit 1"),
+            ),
+            (
+                "no target could be decided",
+                |m| m.reconcile_error = Some("state_dir /s: cannot take the lock".to_owned()),
+                Err("state_dir /s: cannot take the lock"),
+            ),
+            (
+                "several at once: the first, and how many more",
+                |m| {
+                    m.dkim_error = Some("d".to_owned());
+                    m.acme_failures.insert("mx".to_owned(), (5, None));
+                },
+                Err("acme source mx: 5 orders failed in a row (no error recorded) (and 1 more)"),
+            ),
+        ];
+        for (case, change, want) in cases {
+            let mut m = healthy();
+            change(&mut m);
+            assert_eq!(verdict(&m), want.map_err(str::to_owned), "{case}");
+        }
+    }
+
+    #[test]
+    fn a_long_health_line_is_cut() {
+        let mut m = healthy();
+        m.dkim_error = Some("x".repeat(1000));
+        let why = verdict(&m).unwrap_err();
+        assert_eq!(why.chars().count(), HEALTH_LINE_MAX);
+        assert!(why.starts_with("dkim: xxx") && why.ends_with('…'), "{why}");
     }
 }

@@ -204,14 +204,13 @@ impl Daemon {
         if self.config.dkim.is_none() {
             return;
         }
+        let outcome = crate::dkim::rotate(&self.config, None, false).await;
+        if let Err(e) = &outcome {
+            tracing::error!("dkim: {e}");
+        }
         // The pass logged its own errors.
-        let ok = match crate::dkim::rotate(&self.config, None, false).await {
-            Ok(pass) => pass.errors.is_empty(),
-            Err(e) => {
-                tracing::error!("dkim: {e}");
-                false
-            }
-        };
+        let ok = outcome.as_ref().is_ok_and(|pass| pass.errors.is_empty());
+        self.metrics.dkim_outcome(&outcome);
         self.metrics.set_dkim(&self.config, ok);
     }
 
@@ -251,8 +250,14 @@ impl Daemon {
                 }
                 tracing::info!("configuration reloaded from {}", self.source);
                 self.watcher = watch::Watcher::new(&new, self.changes_tx.clone());
-                let names: Vec<String> = new.targets.iter().map(|t| t.name.clone()).collect();
-                self.metrics.retain_targets(&names);
+                // Metrics are kept per slot: `mail`, or `mail/rsa` and
+                // `mail/ecdsa` for a dual target.
+                let slots: Vec<String> = new
+                    .targets
+                    .iter()
+                    .flat_map(|t| t.slots.iter().map(|s| t.slot_name(s)))
+                    .collect();
+                self.metrics.retain_targets(&slots);
                 self.config = Arc::new(new);
                 self.known_errors.clear();
                 self.reconcile("configuration reloaded").await;
@@ -320,6 +325,10 @@ impl Daemon {
             Report::default()
         });
         self.reconciles += 1;
+        // Every renewal is followed by a reconcile: the failure counts it
+        // left are read here (before the report, so a scrape that sees
+        // this reconcile sees them too).
+        self.metrics.set_acme(&self.config);
         self.metrics.record(&report, crate::now());
         self.warn_expiry(&report);
         tracing::debug!("reconcile ({why}) took {:?}", started.elapsed());

@@ -6,6 +6,11 @@
 //! reads and selects the same way but writes nothing and runs nothing. A
 //! target has one slot, or two for a dual RSA + ECDSA target; reports are
 //! per slot, named `target` or `target/rsa`.
+//!
+//! Expiry warnings ([`Report::expiring`]) respect the certificate's own
+//! lifetime: less than `expiry_warning` left, or less than a third of its
+//! lifetime for a short-lived one, whichever is shorter
+//! ([`warning_threshold`], pure).
 
 mod apply;
 
@@ -91,6 +96,17 @@ impl TargetReport {
             Action::UpToDate | Action::Changed(_) | Action::KeptInstalled
         )
     }
+
+    /// Why this slot is not served (or not written), as one report line.
+    pub fn problem(&self) -> Option<String> {
+        match &self.action {
+            Action::Unserved(e)
+            | Action::WriteFailed(e)
+            | Action::RolledBack(e)
+            | Action::Deferred(e) => Some(format!("target {}: {e}", self.name)),
+            Action::UpToDate | Action::Changed(_) | Action::KeptInstalled => None,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -128,13 +144,7 @@ impl Report {
     /// served or not written, failed reloads.
     pub fn problems(&self) -> Vec<String> {
         let mut out = self.errors.clone();
-        out.extend(self.targets.iter().filter_map(|t| match &t.action {
-            Action::Unserved(e)
-            | Action::WriteFailed(e)
-            | Action::RolledBack(e)
-            | Action::Deferred(e) => Some(format!("target {}: {e}", t.name)),
-            _ => None,
-        }));
+        out.extend(self.targets.iter().filter_map(TargetReport::problem));
         out.extend(self.reloads.iter().filter_map(|r| match &r.result {
             Some(Err(e)) => Some(format!("reload `{}`: {e}", r.action)),
             _ => None,
@@ -142,16 +152,17 @@ impl Report {
         out
     }
 
-    /// Targets whose certificate has less than `threshold` left, keyed by
-    /// (target, fingerprint), with the warning to give.
+    /// Targets whose certificate is close to expiry (see
+    /// [`warning_threshold`]: `threshold`, or a third of a short-lived
+    /// certificate's lifetime), keyed by (target, fingerprint), with the
+    /// warning to give.
     pub fn expiring(&self, threshold: Duration, now: i64) -> Vec<((String, String), String)> {
-        let threshold = i64::try_from(threshold.as_secs()).unwrap_or(i64::MAX);
         self.targets
             .iter()
             .filter_map(|t| {
                 let s = t.served.as_ref()?;
                 let left = s.not_after - now;
-                (left < threshold).then(|| {
+                (left < warning_threshold(threshold, s.not_before, s.not_after)).then(|| {
                     let message = format!(
                         "target {}: its certificate expires in {} days ({}); no source offers a newer one",
                         t.name,
@@ -172,6 +183,18 @@ impl Report {
                 .iter()
                 .all(|r| !matches!(r.result, Some(Err(_))))
     }
+}
+
+/// How much time left makes a certificate "expiring" (pure): the
+/// configured `expiry_warning`, but at most a third of the certificate's
+/// lifetime. A 90-day certificate is warned about 14 days (the default)
+/// before expiry; a 6-day one only when less than 2 days are left, i.e.
+/// when its renewal (due at about half its lifetime) is a day late, not
+/// from the hour it is installed.
+pub fn warning_threshold(configured: Duration, not_before: i64, not_after: i64) -> i64 {
+    let configured = i64::try_from(configured.as_secs()).unwrap_or(i64::MAX);
+    let lifetime = not_after.saturating_sub(not_before).max(0);
+    configured.min(lifetime / 3)
 }
 
 /// What reading and selection decided, before anything is written.
@@ -472,4 +495,88 @@ fn valid_installed(target: &Target, slot: &Slot, now: i64) -> Option<(Leaf, Bund
         && names::cover_all(&leaf.names, &target.domains).is_ok()
         && bundle.verify().is_ok();
     ok.then_some((leaf, bundle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+    /// A fixed "now" (2026-01-01T00:00:00Z): the fake clock.
+    const NOW: i64 = 1_767_225_600;
+
+    fn report_with(not_before: i64, not_after: i64) -> Report {
+        Report {
+            targets: vec![TargetReport {
+                name: "mail".to_owned(),
+                target: 0,
+                slot: 0,
+                served: Some(Served {
+                    sha256: "ab".to_owned(),
+                    names: vec!["mx.example".to_owned()],
+                    key_type: KeyType::Ed25519,
+                    not_before,
+                    not_after,
+                    origin: "test".to_owned(),
+                    fallback: false,
+                    leaf: Vec::new(),
+                }),
+                action: Action::UpToDate,
+                refused: Vec::new(),
+                unrelated: 0,
+            }],
+            ..Report::default()
+        }
+    }
+
+    #[test]
+    fn a_short_lived_certificate_is_warned_about_only_late_in_its_life() {
+        let fourteen_days = Duration::from_secs(14 * DAY as u64);
+        // (lifetime, time since issuance, warned?)
+        for (lifetime, age, warned) in [
+            // 6-day certificate: fresh, at its renewal point, a day late.
+            (6 * DAY, 0, false),
+            (6 * DAY, DAY, false),
+            (6 * DAY, 3 * DAY, false),
+            (6 * DAY, 4 * DAY + 1, true),
+            (6 * DAY, 5 * DAY, true),
+            // 90-day certificate: the configured 14 days rule.
+            (90 * DAY, 60 * DAY, false),
+            (90 * DAY, 76 * DAY, false),
+            (90 * DAY, 76 * DAY + 1, true),
+            (90 * DAY, 89 * DAY, true),
+            // Expired: always.
+            (6 * DAY, 7 * DAY, true),
+        ] {
+            let not_before = NOW - age;
+            let report = report_with(not_before, not_before + lifetime);
+            let got = !report.expiring(fourteen_days, NOW).is_empty();
+            assert_eq!(
+                got,
+                warned,
+                "lifetime {} days, issued {} s ago",
+                lifetime / DAY,
+                age
+            );
+        }
+    }
+
+    #[test]
+    fn the_warning_threshold_is_the_shorter_of_the_setting_and_a_third_of_the_lifetime() {
+        let d = |days: u64| Duration::from_secs(days * DAY as u64);
+        for (configured, lifetime, want) in [
+            (d(14), 90 * DAY, 14 * DAY),
+            (d(14), 6 * DAY, 2 * DAY),
+            (d(1), 6 * DAY, DAY),
+            (d(14), 30 * DAY, 10 * DAY),
+            (d(14), 0, 0),
+            (d(14), -DAY, 0),
+        ] {
+            assert_eq!(
+                warning_threshold(configured, NOW, NOW + lifetime),
+                want,
+                "{configured:?}, lifetime {lifetime}"
+            );
+        }
+    }
 }

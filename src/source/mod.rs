@@ -141,7 +141,8 @@ impl Reader {
         }
     }
 
-    /// A candidate from PEM texts: a chain (leaf first) and a key.
+    /// A candidate from PEM texts: a chain (leaf first, or put in that
+    /// order by [`crate::cert::order_chain`]) and a key.
     fn pem_candidate(
         &self,
         entry: String,
@@ -149,6 +150,7 @@ impl Reader {
         certs: Vec<rustls_pki_types::CertificateDer<'static>>,
         key: PrivateKey,
     ) -> Result<Candidate, SourceError> {
+        let certs = crate::cert::order_chain(certs, &key);
         let leaf_der = certs.first().ok_or_else(|| {
             self.error(Some(entry.clone()), CertError::NoPemCertificate.to_string())
         })?;

@@ -196,6 +196,7 @@ impl EntryMaterial {
                 .map_err(|_| CertError::BadPem("`key` is not valid base64".to_owned()))?,
         );
         let key = PrivateKey::from_pem(&key_pem)?;
+        let certs = cert::order_chain(certs, &key);
         Ok(Bundle { certs, key })
     }
 }
@@ -208,15 +209,20 @@ fn entry_candidate(entry: &Entry<'_>, buf: &Arc<Vec<u8>>) -> Result<(Leaf, Entry
     let cert_b64 = entry.certificate.require("certificate")?;
     let key_b64 = entry.key.require("key")?;
     let leaf_der = decode_leaf(cert_b64.as_bytes())?;
-    let leaf = Leaf::parse(leaf_der.as_ref()).map_err(|e| format!("certificate: {e}"))?;
-    Ok((
-        leaf,
-        EntryMaterial {
-            buf: buf.clone(),
-            cert: Text::new(cert_b64, buf),
-            key: Text::new(key_b64, buf),
-        },
-    ))
+    let material = EntryMaterial {
+        buf: buf.clone(),
+        cert: Text::new(cert_b64, buf),
+        key: Text::new(key_b64, buf),
+    };
+    // A chain that starts with a CA certificate is out of order: only then
+    // is the whole entry decoded, to find its leaf (see cert::order_chain).
+    let first = Leaf::parse(leaf_der.as_ref()).map_err(|e| format!("certificate: {e}"))?;
+    if !first.is_ca {
+        return Ok((first, material));
+    }
+    let bundle = material.bundle().map_err(|e| e.to_string())?;
+    let leaf = Leaf::parse(bundle.leaf_der()).map_err(|e| format!("certificate: {e}"))?;
+    Ok((leaf, material))
 }
 
 /// Decodes only as much of the base64 PEM chain as holds the first
