@@ -392,6 +392,39 @@ fn record(
     outcome
 }
 
+/// After the daemon cut a pass short at shutdown: every source that was due
+/// for an order is recorded as failed (with the ordinary backoff), so the
+/// next start waits instead of ordering again at once. Returns the names.
+pub fn record_cut(config: &Config) -> Vec<String> {
+    let now = crate::now();
+    let mut cut = Vec::new();
+    for source in config.acme_sources() {
+        let mut state = SourceState::load(source);
+        let held = holding(source);
+        if !matches!(
+            decide(source, held.as_ref(), &state, false, now),
+            Due::Now(_)
+        ) {
+            continue;
+        }
+        state.failures += 1;
+        let next = now + schedule::backoff(state.failures);
+        state.next_attempt_at = Some(next);
+        state.last_error =
+            Some("the order was cut short: mxkeys stopped while it was under way".to_owned());
+        tracing::warn!(
+            "acme source {}: the order under way was cut at shutdown; next attempt after {}",
+            source.name,
+            crate::rfc3339(next)
+        );
+        if let Err(e) = state.save(source) {
+            tracing::error!("acme source {}: {e}", source.name);
+        }
+        cut.push(source.name.clone());
+    }
+    cut
+}
+
 /// What the CA said about a certificate's renewal window.
 enum AriAnswer {
     Window(Ari),
