@@ -1037,7 +1037,11 @@ fn sigterm_during_a_hanging_order_exits_and_the_next_start_backs_off() {
     let st = Stuck::new(&a);
     let notify = NotifySocket::new(&st.s.env, "notify.sock");
     let mut d = st.daemon("daemon", &notify);
-    st.wait_both_stuck(&d);
+    wait_for(
+        "an ACME order hanging at the CA",
+        || (st.ca.accepted() >= 1).then_some(()),
+        || d.describe(),
+    );
 
     let status = d.terminate();
     assert_eq!(status.code(), Some(0), "SIGTERM exit\n{}", d.describe());
