@@ -1081,3 +1081,42 @@ fn sigterm_during_a_hanging_order_exits_and_the_next_start_backs_off() {
     d2.assert_running();
     assert_eq!(d2.terminate().code(), Some(0), "{}", d2.describe());
 }
+
+/// SIGHUP while an ACME order hangs and a DKIM key waits: the new
+/// configuration (a second target) is applied at once, and READY follows
+/// the RELOADING it announced.
+#[test]
+fn sighup_is_applied_while_an_acme_order_hangs_and_a_dkim_key_waits() {
+    let ca = Ca::new("busyhup");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let st = Stuck::new(&a);
+    let notify = NotifySocket::new(&st.s.env, "notify.sock");
+    let mut d = st.daemon("daemon", &notify);
+    wait_installed(&st.s.env, &d, &st.s.t, &a, &st.s.probe, 1);
+    st.wait_both_stuck(&d);
+    let readies = notify.count("READY=1");
+
+    let probe2 = ReloadProbe::new(&st.s.env, "second");
+    let t2 = probe2.attach(Target::new(&st.s.env, "second"));
+    let config = fs::read_to_string(&st.s.env.config).unwrap();
+    st.s.env
+        .write_config_raw(&format!("{config}\n{}", t2.toml()));
+    d.signal(Signal::SIGHUP);
+    wait_installed(&st.s.env, &d, &t2, &a, &probe2, 1);
+    t2.assert_installed(&a);
+    wait_for(
+        "READY=1 after the reload",
+        || (notify.count("READY=1") > readies).then_some(()),
+        || format!("notifications: {:?}\n{}", notify.lines(), d.describe()),
+    );
+    assert!(
+        notify.lines().iter().any(|l| l == "RELOADING=1"),
+        "{:?}",
+        notify.lines()
+    );
+    assert!(
+        st.acme_state()["last_issued_at"].is_null(),
+        "the order is still under way"
+    );
+    d.assert_running();
+}
