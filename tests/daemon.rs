@@ -1046,7 +1046,8 @@ fn sigterm_during_a_hanging_order_exits_and_the_next_start_backs_off() {
     let status = d.terminate();
     assert_eq!(status.code(), Some(0), "SIGTERM exit\n{}", d.describe());
     assert!(
-        !d.stderr_lines_with("cut at shutdown").is_empty(),
+        !d.stderr_lines_with("acme source ordered: the order under way was cut")
+            .is_empty(),
         "the cut order is reported\n{}",
         d.describe()
     );
@@ -1119,4 +1120,45 @@ fn sighup_is_applied_while_an_acme_order_hangs_and_a_dkim_key_waits() {
         "the order is still under way"
     );
     d.assert_running();
+}
+
+/// A certificate the ACME task orders (pebble, HTTP-01 by the built-in
+/// responder) is installed and reloaded through the reconcile task, while
+/// the daemon keeps running.
+#[test]
+fn a_certificate_the_acme_task_orders_is_installed_and_reloaded() {
+    let test = "a_certificate_the_acme_task_orders_is_installed_and_reloaded";
+    if !servers::require_programs(test, &[servers::PEBBLE]) {
+        return;
+    }
+    let env = Env::new();
+    let pebble = servers::Pebble::start(&env.path("pebble"));
+    let probe = ReloadProbe::new(&env, "mail");
+    let t = probe.attach(Target::new(&env, "mail").domains(&[servers::MAIL]));
+    env.write_config_raw(&format!(
+        "{header}\n[acme]\ndirectory = {dir}\nca_bundle = {ca}\n\n\
+         [[source]]\ntype = \"acme\"\nname = \"mail\"\ndomains = {domains}\n\
+         challenge = \"http-01\"\nhttp_listen = \"127.0.0.1:{port}\"\n\n{target}",
+        header = env.header(),
+        dir = q(&pebble.url),
+        ca = qp(&pebble.https_ca),
+        domains = q_list(&[servers::MAIL]),
+        port = pebble.http_port,
+        target = t.toml(),
+    ));
+    let mut d = env.daemon(&[]);
+    wait_for(
+        "the ordered certificate to be installed and reloaded",
+        || (t.installed_fp().is_some() && probe.count() >= 1).then_some(()),
+        || format!("reload runs: {}\n{}", probe.count(), d.describe()),
+    );
+    let bundle = read_certs(&env.state.join("acme/mail/bundle.pem"));
+    assert_eq!(
+        t.installed_fp(),
+        Some(sha256_hex(&bundle[0])),
+        "the target holds the ordered certificate\n{}",
+        d.describe()
+    );
+    d.assert_running();
+    assert_eq!(d.terminate().code(), Some(0), "{}", d.describe());
 }
