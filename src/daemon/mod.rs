@@ -217,6 +217,8 @@ impl AcmeTask {
         let mut next_renewal = self.next_renewal();
         loop {
             tokio::select! {
+                // A stop wins over a pass falling due at the same moment.
+                biased;
                 _ = self.stop.changed() => break,
                 Ok(()) = config.changed() => {
                     self.config = config.borrow_and_update().clone();
@@ -309,6 +311,8 @@ impl DkimTask {
         let mut next_dkim = Some(Instant::now());
         loop {
             tokio::select! {
+                // A stop wins over a pass falling due at the same moment.
+                biased;
                 _ = self.stop.changed() => break,
                 Ok(()) = config.changed() => {
                     self.config = config.borrow_and_update().clone();
