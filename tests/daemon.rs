@@ -921,10 +921,16 @@ impl Stuck {
 
     /// `mxkeys run` with `NOTIFY_SOCKET` (and a 1 s watchdog) set.
     fn daemon(&self, tag: &str, notify: &NotifySocket) -> Daemon {
+        self.daemon_logging(tag, notify, "mxkeys=info,warn")
+    }
+
+    /// The same with `MXKEYS_LOG` set to `filter`.
+    fn daemon_logging(&self, tag: &str, notify: &NotifySocket, filter: &str) -> Daemon {
         let mut c = self.s.env.cmd(&["run"]);
         for v in DAEMON_ENV_REMOVE {
             c.env_remove(v);
         }
+        c.env("MXKEYS_LOG", filter);
         c.env("NOTIFY_SOCKET", &notify.path);
         c.env("WATCHDOG_USEC", "1000000");
         Daemon::spawn(c, &self.s.env.root.join("logs"), tag)
@@ -1061,18 +1067,25 @@ fn sigterm_during_a_hanging_order_exits_and_the_next_start_backs_off() {
 
     let before = st.ca.accepted();
     let notify2 = NotifySocket::new(&st.s.env, "notify2.sock");
-    let mut d2 = st.daemon("daemon2", &notify2);
-    wait_for(
-        "READY=1 from the second start",
-        || (notify2.count("READY=1") >= 1).then_some(()),
+    let mut d2 = st.daemon_logging("daemon2", &notify2, "mxkeys=debug");
+    // The ACME task says when it looks next: not before the backoff ends.
+    let line = wait_for(
+        "the second start's ACME task to plan its next look",
+        || {
+            d2.stderr_lines_with("next acme renewal check at")
+                .into_iter()
+                .next()
+        },
         || d2.describe(),
     );
-    wait_for(
-        "the DKIM key of the second start to wait again",
-        || st.dkim_states().contains("\"published\"").then_some(()),
-        || d2.describe(),
+    let at = line.rsplit(' ').next().unwrap_or_default();
+    let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{at:?}: {e}\n{}", d2.describe()));
+    assert!(
+        at.unix_timestamp() >= next,
+        "the second start looks again at {at}, before the backoff ends at {next}\n{}",
+        d2.describe()
     );
-    settle(QUIET, || st.ca.accepted());
     assert_eq!(
         st.ca.accepted(),
         before,
