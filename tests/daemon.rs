@@ -1068,3 +1068,379 @@ fn a_fresh_short_lived_certificate_gets_no_expiry_warning() {
     );
     assert!(d2.terminate().success());
 }
+
+// ---- independent tasks ----
+
+/// An ACME CA that accepts TCP connections and never answers: every order
+/// against it hangs. Counts and holds the connections.
+struct HangingCa {
+    port: u16,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    stop: Arc<AtomicBool>,
+}
+
+impl HangingCa {
+    fn start() -> HangingCa {
+        let port = free_port();
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (count, stopped) = (accepted.clone(), stop.clone());
+        thread::spawn(move || {
+            let mut held = Vec::new();
+            while !stopped.load(Ordering::SeqCst) {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        held.push(s);
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => pause(20),
+                }
+            }
+        });
+        HangingCa {
+            port,
+            accepted,
+            stop,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for HangingCa {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The sd_notify socket a test hands to the daemon (`NOTIFY_SOCKET`).
+struct NotifySocket {
+    path: PathBuf,
+    sock: std::os::unix::net::UnixDatagram,
+    seen: std::cell::RefCell<Vec<String>>,
+}
+
+impl NotifySocket {
+    fn new(env: &Env, name: &str) -> NotifySocket {
+        let path = env.path(name);
+        let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+        sock.set_nonblocking(true).unwrap();
+        NotifySocket {
+            path,
+            sock,
+            seen: Default::default(),
+        }
+    }
+
+    /// Every message received so far, one line per variable.
+    fn lines(&self) -> Vec<String> {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = self.sock.recv(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.seen
+                .borrow_mut()
+                .extend(text.lines().map(str::to_owned));
+        }
+        self.seen.borrow().clone()
+    }
+
+    fn count(&self, line: &str) -> usize {
+        self.lines().iter().filter(|l| *l == line).count()
+    }
+}
+
+/// A Traefik source and target, plus an `acme` source whose CA hangs and
+/// a `[dkim]` key whose record never shows on its (silent) authoritative
+/// server: the two long waits of a real daemon, held for the whole test.
+struct Stuck {
+    s: Traefik,
+    ca: HangingCa,
+    /// Held so that the DNS queries go to a socket that never answers.
+    _dns: std::net::UdpSocket,
+}
+
+impl Stuck {
+    fn new(leaf: &Leaf) -> Stuck {
+        let ca = HangingCa::start();
+        let dns_port = free_port();
+        let dns = std::net::UdpSocket::bind(("127.0.0.1", dns_port)).unwrap();
+        // Traefik::new writes the config; the top lines come first.
+        let s = Traefik::new(leaf, "stop_timeout = \"2s\"\n");
+        let extra = format!(
+            "\n[acme]\ndirectory = \"https://127.0.0.1:{port}/directory\"\n\n\
+             [dns.paste]\ntype = \"manual\"\nzone = \"example.com\"\n\
+             nameservers = [\"127.0.0.1:{dns_port}\"]\n\
+             propagation_interval = \"1s\"\npropagation_timeout = \"10m\"\n\n\
+             [dkim]\ndomains = [\"example.com\"]\nkey_dir = {keys}\ndns = \"paste\"\n\
+             signer = \"opendkim\"\nsigner_dir = {signer}\n\n\
+             [[source]]\ntype = \"acme\"\nname = \"ordered\"\ndomains = [\"acme.example.com\"]\n\
+             challenge = \"dns-01\"\ndns = \"paste\"\n",
+            port = ca.port,
+            keys = qp(&s.env.path("dkim-keys")),
+            signer = qp(&s.env.path("signer")),
+        );
+        let config = fs::read_to_string(&s.env.config).unwrap();
+        s.env.write_config_raw(&format!("{config}{extra}"));
+        Stuck { s, ca, _dns: dns }
+    }
+
+    /// `mxkeys run` with `NOTIFY_SOCKET` (and a 1 s watchdog) set.
+    fn daemon(&self, tag: &str, notify: &NotifySocket) -> Daemon {
+        self.daemon_logging(tag, notify, "mxkeys=info,warn")
+    }
+
+    /// The same with `MXKEYS_LOG` set to `filter`.
+    fn daemon_logging(&self, tag: &str, notify: &NotifySocket, filter: &str) -> Daemon {
+        let mut c = self.s.env.cmd(&["run"]);
+        for v in DAEMON_ENV_REMOVE {
+            c.env_remove(v);
+        }
+        c.env("MXKEYS_LOG", filter);
+        c.env("NOTIFY_SOCKET", &notify.path);
+        c.env("WATCHDOG_USEC", "1000000");
+        Daemon::spawn(c, &self.s.env.root.join("logs"), tag)
+    }
+
+    /// The DKIM key's state as recorded (`published` while it waits).
+    fn dkim_states(&self) -> String {
+        fs::read_to_string(self.s.env.state.join("dkim/state.json")).unwrap_or_default()
+    }
+
+    fn acme_state(&self) -> Value {
+        let path = self.s.env.state.join("acme/ordered/state.json");
+        serde_json::from_slice(&fs::read(&path).unwrap_or_default()).unwrap_or(Value::Null)
+    }
+
+    /// Waits until the ACME order hangs at the CA and the DKIM key waits
+    /// for its record.
+    #[track_caller]
+    fn wait_both_stuck(&self, d: &Daemon) {
+        wait_for(
+            "an ACME order hanging at the CA and a DKIM key waiting for its record",
+            || {
+                (self.ca.accepted() >= 1 && self.dkim_states().contains("\"published\""))
+                    .then_some(())
+            },
+            || {
+                format!(
+                    "CA connections: {}\ndkim state: {}\n{}",
+                    self.ca.accepted(),
+                    self.dkim_states(),
+                    d.describe()
+                )
+            },
+        );
+    }
+}
+
+/// While an ACME order hangs and a DKIM key waits for propagation, an
+/// acme.json rewrite is still installed and reloaded; both waits are still
+/// under way when it is. The sequential daemon never got past the order.
+#[test]
+fn a_change_is_installed_while_an_acme_order_hangs_and_a_dkim_key_waits() {
+    let ca = Ca::new("busy");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let b = ca.issue(&LeafSpec::new(&[HOST]).days(80));
+    let st = Stuck::new(&a);
+    let notify = NotifySocket::new(&st.s.env, "notify.sock");
+    let mut d = st.daemon("daemon", &notify);
+    wait_installed(&st.s.env, &d, &st.s.t, &a, &st.s.probe, 1);
+    st.wait_both_stuck(&d);
+
+    write_in_place(&st.s.acme, &acme_json(&b));
+    wait_installed(&st.s.env, &d, &st.s.t, &b, &st.s.probe, 2);
+    st.s.t.assert_installed(&b);
+    assert_eq!(st.s.probe.count(), 2, "{}", d.describe());
+    let dkim = st.dkim_states();
+    assert!(
+        dkim.contains("\"published\"") && !dkim.contains("\"active\""),
+        "the DKIM key is still waiting for its record: {dkim}"
+    );
+    assert!(
+        st.acme_state()["last_issued_at"].is_null(),
+        "the order is still under way"
+    );
+    d.assert_running();
+}
+
+/// READY=1 comes after the first reconcile (the target is installed by
+/// then), while the ACME order hangs, and the watchdog keeps being pinged
+/// through both waits.
+#[test]
+fn ready_and_watchdog_pings_come_while_an_acme_order_hangs() {
+    let ca = Ca::new("ready");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let st = Stuck::new(&a);
+    let notify = NotifySocket::new(&st.s.env, "notify.sock");
+    let mut d = st.daemon("daemon", &notify);
+    wait_for(
+        "READY=1",
+        || (notify.count("READY=1") >= 1).then_some(()),
+        || format!("notifications: {:?}\n{}", notify.lines(), d.describe()),
+    );
+    assert_eq!(
+        st.s.t.installed_fp(),
+        Some(a.fp()),
+        "READY comes after the first reconcile\n{}",
+        d.describe()
+    );
+    st.wait_both_stuck(&d);
+    let pings = notify.count("WATCHDOG=1");
+    wait_for(
+        "three more watchdog pings while both waits go on",
+        || (notify.count("WATCHDOG=1") >= pings + 3).then_some(()),
+        || format!("notifications: {:?}\n{}", notify.lines(), d.describe()),
+    );
+    assert!(
+        st.acme_state()["last_issued_at"].is_null(),
+        "the order is still under way"
+    );
+    d.assert_running();
+}
+
+/// SIGTERM while the ACME order hangs: the daemon exits 0 once
+/// `stop_timeout` has passed, having recorded the cut order as failed; the
+/// next start backs off instead of contacting the CA again at once.
+#[test]
+fn sigterm_during_a_hanging_order_exits_and_the_next_start_backs_off() {
+    let ca = Ca::new("cut");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let st = Stuck::new(&a);
+    let notify = NotifySocket::new(&st.s.env, "notify.sock");
+    let mut d = st.daemon("daemon", &notify);
+    wait_for(
+        "an ACME order hanging at the CA",
+        || (st.ca.accepted() >= 1).then_some(()),
+        || d.describe(),
+    );
+
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0), "SIGTERM exit\n{}", d.describe());
+    assert!(
+        !d.stderr_lines_with("acme source ordered: the order under way was cut")
+            .is_empty(),
+        "the cut order is reported\n{}",
+        d.describe()
+    );
+    let state = st.acme_state();
+    assert!(state["failures"].as_u64() >= Some(1), "{state}");
+    let next = state["next_attempt_at"].as_i64().unwrap_or(0);
+    assert!(
+        next > now().unix_timestamp(),
+        "the next attempt is later: {state}"
+    );
+
+    let before = st.ca.accepted();
+    let notify2 = NotifySocket::new(&st.s.env, "notify2.sock");
+    let mut d2 = st.daemon_logging("daemon2", &notify2, "mxkeys=debug");
+    // The ACME task says when it looks next: not before the backoff ends.
+    let line = wait_for(
+        "the second start's ACME task to plan its next look",
+        || {
+            d2.stderr_lines_with("next acme renewal check at")
+                .into_iter()
+                .next()
+        },
+        || d2.describe(),
+    );
+    let at = line.rsplit(' ').next().unwrap_or_default();
+    let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{at:?}: {e}\n{}", d2.describe()));
+    assert!(
+        at.unix_timestamp() >= next,
+        "the second start looks again at {at}, before the backoff ends at {next}\n{}",
+        d2.describe()
+    );
+    assert_eq!(
+        st.ca.accepted(),
+        before,
+        "the second start contacted the CA while backing off\n{}",
+        d2.describe()
+    );
+    d2.assert_running();
+    assert_eq!(d2.terminate().code(), Some(0), "{}", d2.describe());
+}
+
+/// SIGHUP while an ACME order hangs and a DKIM key waits: the new
+/// configuration (a second target) is applied at once, and READY follows
+/// the RELOADING it announced.
+#[test]
+fn sighup_is_applied_while_an_acme_order_hangs_and_a_dkim_key_waits() {
+    let ca = Ca::new("busyhup");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let st = Stuck::new(&a);
+    let notify = NotifySocket::new(&st.s.env, "notify.sock");
+    let mut d = st.daemon("daemon", &notify);
+    wait_installed(&st.s.env, &d, &st.s.t, &a, &st.s.probe, 1);
+    st.wait_both_stuck(&d);
+    let readies = notify.count("READY=1");
+
+    let probe2 = ReloadProbe::new(&st.s.env, "second");
+    let t2 = probe2.attach(Target::new(&st.s.env, "second"));
+    let config = fs::read_to_string(&st.s.env.config).unwrap();
+    st.s.env
+        .write_config_raw(&format!("{config}\n{}", t2.toml()));
+    d.signal(Signal::SIGHUP);
+    wait_installed(&st.s.env, &d, &t2, &a, &probe2, 1);
+    t2.assert_installed(&a);
+    wait_for(
+        "READY=1 after the reload",
+        || (notify.count("READY=1") > readies).then_some(()),
+        || format!("notifications: {:?}\n{}", notify.lines(), d.describe()),
+    );
+    assert!(
+        notify.lines().iter().any(|l| l == "RELOADING=1"),
+        "{:?}",
+        notify.lines()
+    );
+    assert!(
+        st.acme_state()["last_issued_at"].is_null(),
+        "the order is still under way"
+    );
+    d.assert_running();
+}
+
+/// A certificate the ACME task orders (pebble, HTTP-01 by the built-in
+/// responder) is installed and reloaded through the reconcile task, while
+/// the daemon keeps running.
+#[test]
+fn a_certificate_the_acme_task_orders_is_installed_and_reloaded() {
+    let test = "a_certificate_the_acme_task_orders_is_installed_and_reloaded";
+    if !servers::require_programs(test, &[servers::PEBBLE]) {
+        return;
+    }
+    let env = Env::new();
+    let pebble = servers::Pebble::start(&env.path("pebble"));
+    let probe = ReloadProbe::new(&env, "mail");
+    let t = probe.attach(Target::new(&env, "mail").domains(&[servers::MAIL]));
+    env.write_config_raw(&format!(
+        "{header}\n[acme]\ndirectory = {dir}\nca_bundle = {ca}\n\n\
+         [[source]]\ntype = \"acme\"\nname = \"mail\"\ndomains = {domains}\n\
+         challenge = \"http-01\"\nhttp_listen = \"127.0.0.1:{port}\"\n\n{target}",
+        header = env.header(),
+        dir = q(&pebble.url),
+        ca = qp(&pebble.https_ca),
+        domains = q_list(&[servers::MAIL]),
+        port = pebble.http_port,
+        target = t.toml(),
+    ));
+    let mut d = env.daemon(&[]);
+    wait_for(
+        "the ordered certificate to be installed and reloaded",
+        || (t.installed_fp().is_some() && probe.count() >= 1).then_some(()),
+        || format!("reload runs: {}\n{}", probe.count(), d.describe()),
+    );
+    let bundle = read_certs(&env.state.join("acme/mail/bundle.pem"));
+    assert_eq!(
+        t.installed_fp(),
+        Some(sha256_hex(&bundle[0])),
+        "the target holds the ordered certificate\n{}",
+        d.describe()
+    );
+    d.assert_running();
+    assert_eq!(d.terminate().code(), Some(0), "{}", d.describe());
+}

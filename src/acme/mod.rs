@@ -828,6 +828,39 @@ fn record(
     w.result = Some(outcome);
 }
 
+/// After the daemon cut a pass short at shutdown: every source that was due
+/// for an order is recorded as failed (with the ordinary backoff), so the
+/// next start waits instead of ordering again at once. Returns the names.
+pub fn record_cut(config: &Config) -> Vec<String> {
+    let now = crate::now();
+    let mut cut = Vec::new();
+    for source in config.acme_sources() {
+        let mut state = SourceState::load(source);
+        let held = holding(source);
+        if !matches!(
+            decide(source, &config.acme, held.as_ref(), &state, false, now),
+            Due::Now(_)
+        ) {
+            continue;
+        }
+        let next = state.failed(
+            "the order was cut short: mxkeys stopped while it was under way",
+            None,
+            now,
+        );
+        tracing::warn!(
+            "acme source {}: the order under way was cut at shutdown; next attempt after {}",
+            source.name,
+            crate::rfc3339(next)
+        );
+        if let Err(e) = state.save(source) {
+            tracing::error!("acme source {}: {e}", source.name);
+        }
+        cut.push(source.name.clone());
+    }
+    cut
+}
+
 /// What the CA said about a certificate's renewal window.
 enum AriAnswer {
     Window(Ari),

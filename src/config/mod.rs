@@ -286,6 +286,9 @@ pub struct Daemon {
     pub expiry_warning: Duration,
     /// Where to serve /metrics and /healthz (off when `None`).
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// On SIGTERM, how long an ACME pass under way may take to finish
+    /// before it is cut (and recorded as cut).
+    pub stop_timeout: Duration,
 }
 
 impl Default for Daemon {
@@ -297,6 +300,7 @@ impl Default for Daemon {
             resync_interval: Duration::from_secs(3600),
             expiry_warning: Duration::from_secs(14 * 86_400),
             metrics_listen: None,
+            stop_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -609,6 +613,8 @@ struct RawConfig {
     resync_interval: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     expiry_warning: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    stop_timeout: Option<Duration>,
     metrics: Option<RawMetrics>,
     #[serde(default)]
     dns: std::collections::BTreeMap<String, RawDns>,
@@ -1010,6 +1016,7 @@ impl Config {
             resync_interval: raw.resync_interval.unwrap_or(defaults.resync_interval),
             expiry_warning: raw.expiry_warning.unwrap_or(defaults.expiry_warning),
             metrics_listen,
+            stop_timeout: raw.stop_timeout.unwrap_or(defaults.stop_timeout),
         };
         for (key, value, min) in [
             (

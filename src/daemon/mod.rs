@@ -1,15 +1,32 @@
 //! `mxkeys run`: the same reconcile as `sync`, at start, whenever a source
 //! changes, and on a periodic resync; until SIGTERM or SIGINT.
 //!
+//! The daemon is a set of independent tasks, so that a long wait in one
+//! never delays another: the TLS reconcile ([`Reconciler`]: watch,
+//! debounce, resync), the ACME scheduler ([`AcmeTask`]), the DKIM scheduler
+//! ([`DkimTask`]), the metrics server and the watchdog ([`tasks`]); the main
+//! task only handles signals. READY=1 is sent after the first reconcile,
+//! before any network work (the ACME and DKIM tasks start after it). An
+//! issued certificate is installed by asking the reconcile task for a
+//! reconcile, never inline. ACME and DKIM passes run off the runtime's
+//! thread ([`tasks::off_runtime`]); reconciles run in the blocking pool
+//! under the pipeline lock, one at a time.
+//!
 //! A change is noticed by [`watch`] (inotify through notify's debouncer, or
 //! polling). A read that catches a source mid-write (unparseable JSON, a key
 //! from another generation) is read again after a short backoff before
 //! anything is written, so an inconsistent state never causes a reload;
 //! errors that survive the retries are reported and the rest is applied,
 //! and such known errors do not delay later reconciles. SIGHUP re-reads the
-//! configuration (an invalid one is reported and the old one kept).
+//! configuration (an invalid one is reported and the old one kept) and
+//! hands it to every task. SIGTERM lets the step under way finish: the
+//! reconcile in flight, an ACME pass for up to `stop_timeout` (then it is
+//! cut and recorded as failed, so the next start backs off), a DKIM step
+//! for up to [`DKIM_STOP_GRACE`] (every DKIM step is saved; a cut one is
+//! redone by the next pass).
 
 pub mod metrics;
+pub mod tasks;
 pub mod watch;
 
 use std::collections::{HashMap, HashSet};
@@ -20,16 +37,21 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch as channel};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::config::{Config, ConfigSource};
 use crate::pipeline::{self, Plan, Report};
 use crate::source::Persist;
 use crate::state::{self, State};
+use tasks::Pass;
 
 /// The longest a burst of change events can delay a reconcile.
 const MAX_SETTLE: Duration = Duration::from_secs(2);
+
+/// On SIGTERM, the longest a DKIM step under way may take to finish (a
+/// DNS provider's write); a propagation wait is simply cut.
+pub const DKIM_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Delays between re-reads of a source that looks mid-write.
 const RETRY_DELAYS: [Duration; 5] = [
@@ -41,12 +63,13 @@ const RETRY_DELAYS: [Duration; 5] = [
 ];
 
 /// Runs the daemon until a termination signal. The exit status is 0 after
-/// SIGTERM/SIGINT; 1 when it cannot start (runtime, signals, metrics port).
+/// SIGTERM/SIGINT; 1 when it cannot start (runtime, signals, metrics port)
+/// or when its reconcile task ended on its own.
 pub fn run(source: ConfigSource, config: Config) -> ExitCode {
     let Some(runtime) = crate::runtime() else {
         return ExitCode::FAILURE;
     };
-    runtime.block_on(async move {
+    let code = runtime.block_on(async move {
         match Daemon::start(source, config).await {
             Ok(daemon) => daemon.serve().await,
             Err(e) => {
@@ -54,55 +77,32 @@ pub fn run(source: ConfigSource, config: Config) -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-    })
+    });
+    // A pass cut at shutdown may still be inside a synchronous step on its
+    // thread: do not wait for it.
+    runtime.shutdown_background();
+    code
 }
 
+/// The main task: the configuration's source, and the signals.
 struct Daemon {
     source: ConfigSource,
     config: Arc<Config>,
-    watcher: watch::Watcher,
-    changes: mpsc::UnboundedReceiver<watch::Changed>,
-    changes_tx: mpsc::UnboundedSender<watch::Changed>,
     metrics: Arc<metrics::Metrics>,
-    /// Errors that survived a full retry cycle: stable, not mid-write.
-    known_errors: HashSet<String>,
-    /// Expiry warnings already given: target and certificate, and when.
-    warned: HashMap<(String, String), Instant>,
-    started_at: i64,
-    reconciles: u64,
-    /// When the last ACME pass ran: the renewal timer waits at least
-    /// [`crate::acme::schedule::MIN_PASS_INTERVAL`] after it.
-    last_renewal: i64,
 }
 
 impl Daemon {
     async fn start(source: ConfigSource, config: Config) -> Result<Daemon, String> {
-        let (changes_tx, changes) = mpsc::unbounded_channel();
         let metrics = Arc::new(metrics::Metrics::default());
         if let Some(listen) = config.daemon.metrics_listen {
             metrics::serve(listen, metrics.clone())
                 .await
                 .map_err(|e| format!("metrics.listen {listen}: cannot listen: {e}"))?;
         }
-        let watcher = watch::Watcher::new(&config, changes_tx.clone());
-        tracing::info!(
-            "mxkeys {} watching {} ({} targets)",
-            env!("CARGO_PKG_VERSION"),
-            watcher.describe().join(", "),
-            config.targets.len()
-        );
         Ok(Daemon {
             source,
             config: Arc::new(config),
-            watcher,
-            changes,
-            changes_tx,
             metrics,
-            known_errors: HashSet::new(),
-            warned: HashMap::new(),
-            started_at: crate::now(),
-            reconciles: 0,
-            last_renewal: i64::MIN / 2,
         })
     }
 
@@ -115,33 +115,335 @@ impl Daemon {
             tracing::error!("cannot install signal handlers");
             return ExitCode::FAILURE;
         };
-        self.renew().await;
-        self.dkim_pass().await;
-        self.reconcile("start").await;
-        notify(&[NotifyState::Ready, NotifyState::Status("watching")]);
-        let mut next_renewal = self.next_renewal();
-        let mut next_dkim = self.next_dkim();
-        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-        let mut next_ping = Instant::now() + watchdog.unwrap_or(Duration::from_secs(3600));
-        let mut next_resync = Instant::now() + self.config.daemon.resync_interval;
+        let (stop_tx, stop) = channel::channel(false);
+        let (config_tx, config) = channel::channel(self.config.clone());
+        let (ready_tx, ready) = channel::channel(false);
+        let (requests_tx, requests) = mpsc::unbounded_channel();
+        let reconciler = Reconciler::new(&self.config, self.metrics.clone());
+        tracing::info!(
+            "mxkeys {} watching {} ({} targets)",
+            env!("CARGO_PKG_VERSION"),
+            reconciler.watcher.describe().join(", "),
+            self.config.targets.len()
+        );
+        let mut tls =
+            tokio::spawn(reconciler.run(config.clone(), stop.clone(), requests, ready_tx));
+        let acme = AcmeTask {
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            requests: requests_tx,
+            stop: stop.clone(),
+            last_renewal: i64::MIN / 2,
+        };
+        let acme = tokio::spawn(acme.run(config.clone(), ready.clone()));
+        let dkim = DkimTask {
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            stop: stop.clone(),
+        };
+        let dkim = tokio::spawn(dkim.run(config, ready));
+        let watchdog = tokio::spawn(tasks::watchdog(vec![
+            ("TLS reconcile", tls.abort_handle()),
+            ("ACME", acme.abort_handle()),
+            ("DKIM", dkim.abort_handle()),
+        ]));
+        let mut code = ExitCode::SUCCESS;
         loop {
             tokio::select! {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
-                _ = hup.recv() => {
-                    self.reload_config().await;
-                    next_resync = Instant::now() + self.config.daemon.resync_interval;
+                _ = hup.recv() => self.reload_config(&config_tx),
+                r = &mut tls => {
+                    tracing::error!("the reconcile task ended ({r:?}); stopping");
+                    code = ExitCode::FAILURE;
+                    break;
+                }
+            }
+        }
+        tracing::info!("stopping");
+        notify(&[NotifyState::Stopping]);
+        let _ = stop_tx.send(true);
+        // Each task finishes or cuts its step under way within its bound.
+        if !tls.is_finished() {
+            let _ = tls.await;
+        }
+        let _ = acme.await;
+        let _ = dkim.await;
+        watchdog.abort();
+        code
+    }
+
+    /// Reads the configuration again and hands it to every task; the
+    /// reconcile task says READY once it has applied it.
+    fn reload_config(&mut self, tasks: &channel::Sender<Arc<Config>>) {
+        notify_reloading();
+        match self.source.load() {
+            Ok(new) => {
+                if new.daemon.metrics_listen != self.config.daemon.metrics_listen {
+                    tracing::warn!("metrics.listen changed: restart mxkeys to apply it");
+                }
+                tracing::info!("configuration reloaded from {}", self.source);
+                // Metrics are kept per slot: `mail`, or `mail/rsa` and
+                // `mail/ecdsa` for a dual target.
+                let slots: Vec<String> = new
+                    .targets
+                    .iter()
+                    .flat_map(|t| t.slots.iter().map(|s| t.slot_name(s)))
+                    .collect();
+                self.metrics.retain_targets(&slots);
+                self.config = Arc::new(new);
+                let _ = tasks.send(self.config.clone());
+            }
+            Err(e) => {
+                tracing::error!("{e}; keeping the configuration in use");
+                notify(&[NotifyState::Ready]);
+            }
+        }
+    }
+}
+
+/// The ACME scheduler: orders what is due, then asks for a reconcile.
+struct AcmeTask {
+    config: Arc<Config>,
+    metrics: Arc<metrics::Metrics>,
+    requests: mpsc::UnboundedSender<&'static str>,
+    stop: channel::Receiver<bool>,
+    /// When the last ACME pass ran: the renewal timer waits at least
+    /// [`crate::acme::schedule::MIN_PASS_INTERVAL`] after it.
+    last_renewal: i64,
+}
+
+impl AcmeTask {
+    async fn run(
+        mut self,
+        mut config: channel::Receiver<Arc<Config>>,
+        mut ready: channel::Receiver<bool>,
+    ) {
+        // No network work before READY.
+        tokio::select! {
+            r = ready.changed() => if r.is_err() { return },
+            _ = self.stop.changed() => return,
+        }
+        let mut next_renewal = self.next_renewal();
+        loop {
+            tokio::select! {
+                // A stop wins over a pass falling due at the same moment.
+                biased;
+                _ = self.stop.changed() => break,
+                Ok(()) = config.changed() => {
+                    self.config = config.borrow_and_update().clone();
                     next_renewal = self.next_renewal();
+                }
+                _ = sleep_until(next_renewal.unwrap_or_else(Instant::now)), if next_renewal.is_some() => {
+                    let issued = self.renew().await;
+                    if *self.stop.borrow() {
+                        break;
+                    }
+                    if issued {
+                        let _ = self.requests.send("renewal");
+                    }
+                    next_renewal = self.next_renewal();
+                }
+            }
+        }
+    }
+
+    /// Orders what the `acme` sources need now; whether a certificate was
+    /// issued. The pass runs off the runtime; at shutdown it gets
+    /// `stop_timeout` to finish, and a cut pass is recorded as failed.
+    async fn renew(&mut self) -> bool {
+        if self.config.acme_sources().next().is_none() {
+            return false;
+        }
+        self.last_renewal = crate::now();
+        let config = self.config.clone();
+        let pass = tasks::off_runtime(
+            &mut self.stop,
+            self.config.daemon.stop_timeout,
+            || async move { crate::acme::renew(&config, false, None).await },
+        )
+        .await;
+        match pass {
+            // Each order already logged its outcome.
+            Pass::Done(Ok(outcomes)) => {
+                self.metrics.record_orders(&outcomes);
+                outcomes.iter().any(|o| matches!(o.result, Some(Ok(_))))
+            }
+            Pass::Done(Err(e)) => {
+                tracing::error!("renew: {e}");
+                false
+            }
+            Pass::Cut => {
+                let config = self.config.clone();
+                let _ = tokio::task::spawn_blocking(move || crate::acme::record_cut(&config)).await;
+                false
+            }
+            Pass::Failed(e) => {
+                tracing::error!("renew: the pass failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// When the next `acme` source is due (its backoff ends, or its ARI
+    /// window should be asked again), as a timer deadline: never sooner
+    /// than the minimum interval after the last pass, whatever failed.
+    fn next_renewal(&self) -> Option<Instant> {
+        let due = crate::acme::next_due(&self.config);
+        self.metrics.set_next_renewals(&due);
+        let at = crate::acme::next_check(&self.config)?;
+        let at = crate::acme::schedule::next_wake(self.last_renewal, at);
+        let wait = (at - crate::now()).clamp(1, 7 * 86_400);
+        tracing::debug!(
+            "next acme renewal check at {}",
+            crate::rfc3339(crate::now() + wait)
+        );
+        Some(Instant::now() + Duration::from_secs(wait as u64))
+    }
+}
+
+/// The DKIM scheduler: advances the keys' state machine when a transition
+/// is due.
+struct DkimTask {
+    config: Arc<Config>,
+    metrics: Arc<metrics::Metrics>,
+    stop: channel::Receiver<bool>,
+}
+
+impl DkimTask {
+    async fn run(
+        mut self,
+        mut config: channel::Receiver<Arc<Config>>,
+        mut ready: channel::Receiver<bool>,
+    ) {
+        // No network work before READY.
+        tokio::select! {
+            r = ready.changed() => if r.is_err() { return },
+            _ = self.stop.changed() => return,
+        }
+        let mut next_dkim = Some(Instant::now());
+        loop {
+            tokio::select! {
+                // A stop wins over a pass falling due at the same moment.
+                biased;
+                _ = self.stop.changed() => break,
+                Ok(()) = config.changed() => {
+                    self.config = config.borrow_and_update().clone();
                     next_dkim = self.next_dkim();
                 }
                 _ = sleep_until(next_dkim.unwrap_or_else(Instant::now)), if next_dkim.is_some() => {
                     self.dkim_pass().await;
+                    if *self.stop.borrow() {
+                        break;
+                    }
                     next_dkim = self.next_dkim();
                 }
-                _ = sleep_until(next_renewal.unwrap_or_else(Instant::now)), if next_renewal.is_some() => {
-                    self.renew().await;
-                    self.reconcile("renewal").await;
-                    next_renewal = self.next_renewal();
+            }
+        }
+    }
+
+    /// Advances the DKIM keys' state machine, off the runtime; at shutdown
+    /// a step under way gets [`DKIM_STOP_GRACE`] (at most `stop_timeout`).
+    async fn dkim_pass(&mut self) {
+        if self.config.dkim.is_none() {
+            return;
+        }
+        let config = self.config.clone();
+        let grace = self.config.daemon.stop_timeout.min(DKIM_STOP_GRACE);
+        let pass = tasks::off_runtime(&mut self.stop, grace, || async move {
+            crate::dkim::rotate(&config, None, false).await
+        })
+        .await;
+        // The pass logged its own errors.
+        let outcome = match pass {
+            Pass::Done(outcome) => outcome,
+            Pass::Cut => {
+                tracing::info!(
+                    "dkim: the step under way was cut at shutdown; the next start continues from the saved state"
+                );
+                return;
+            }
+            Pass::Failed(e) => Err(format!("the pass failed: {e}")),
+        };
+        if let Err(e) = &outcome {
+            tracing::error!("dkim: {e}");
+        }
+        let ok = outcome.as_ref().is_ok_and(|pass| pass.errors.is_empty());
+        self.metrics.dkim_outcome(&outcome);
+        self.metrics.set_dkim(&self.config, ok);
+    }
+
+    /// When the next DKIM pass is due; keys waiting for their record to
+    /// appear everywhere (a transition already due) are looked at again
+    /// after half a minute, and a failed signer reload is retried as soon
+    /// (`dkim::next_due`).
+    fn next_dkim(&self) -> Option<Instant> {
+        let at = crate::dkim::next_due(&self.config)?;
+        let left = at - crate::now();
+        let wait = if left > 0 { left.min(7 * 86_400) } else { 30 };
+        Some(Instant::now() + Duration::from_secs(wait as u64))
+    }
+}
+
+/// The TLS reconcile task: the watches, the debounce, the periodic resync,
+/// and reconciles asked for by other tasks; one reconcile at a time.
+struct Reconciler {
+    config: Arc<Config>,
+    watcher: watch::Watcher,
+    changes: mpsc::UnboundedReceiver<watch::Changed>,
+    changes_tx: mpsc::UnboundedSender<watch::Changed>,
+    metrics: Arc<metrics::Metrics>,
+    /// Errors that survived a full retry cycle: stable, not mid-write.
+    known_errors: HashSet<String>,
+    /// Expiry warnings already given: target and certificate, and when.
+    warned: HashMap<(String, String), Instant>,
+    started_at: i64,
+    reconciles: u64,
+}
+
+impl Reconciler {
+    fn new(config: &Arc<Config>, metrics: Arc<metrics::Metrics>) -> Reconciler {
+        let (changes_tx, changes) = mpsc::unbounded_channel();
+        let watcher = watch::Watcher::new(config, changes_tx.clone());
+        Reconciler {
+            config: config.clone(),
+            watcher,
+            changes,
+            changes_tx,
+            metrics,
+            known_errors: HashSet::new(),
+            warned: HashMap::new(),
+            started_at: crate::now(),
+            reconciles: 0,
+        }
+    }
+
+    /// The first reconcile, READY, then reconciles on changes, requests,
+    /// new configurations and the resync timer until stopped (the
+    /// reconcile under way finishes first).
+    async fn run(
+        mut self,
+        mut config: channel::Receiver<Arc<Config>>,
+        mut stop: channel::Receiver<bool>,
+        mut requests: mpsc::UnboundedReceiver<&'static str>,
+        ready: channel::Sender<bool>,
+    ) {
+        self.reconcile("start").await;
+        notify(&[NotifyState::Ready, NotifyState::Status("watching")]);
+        let _ = ready.send(true);
+        let mut next_resync = Instant::now() + self.config.daemon.resync_interval;
+        loop {
+            tokio::select! {
+                biased;
+                _ = stop.changed() => break,
+                Ok(()) = config.changed() => {
+                    let new = config.borrow_and_update().clone();
+                    self.reload_config(new).await;
+                    next_resync = Instant::now() + self.config.daemon.resync_interval;
+                }
+                Some(why) = requests.recv() => {
+                    self.reconcile(why).await;
+                    self.watcher.rearm();
                 }
                 Some(changed) = self.changes.recv() => {
                     let paths = self.settle(changed.paths).await;
@@ -157,28 +459,18 @@ impl Daemon {
                     self.watcher.rearm();
                     next_resync = Instant::now() + self.config.daemon.resync_interval;
                 }
-                _ = sleep_until(next_ping), if watchdog.is_some() => {
-                    notify(&[NotifyState::Watchdog]);
-                    next_ping = Instant::now() + watchdog.unwrap_or_default();
-                }
             }
         }
-        tracing::info!("stopping");
-        notify(&[NotifyState::Stopping]);
-        ExitCode::SUCCESS
     }
 
-    /// Orders what the `acme` sources need now.
-    async fn renew(&mut self) {
-        if self.config.acme_sources().next().is_none() {
-            return;
-        }
-        self.last_renewal = crate::now();
-        match crate::acme::renew(&self.config, false, None).await {
-            // Each order already logged its outcome.
-            Ok(outcomes) => self.metrics.record_orders(&outcomes),
-            Err(e) => tracing::error!("renew: {e}"),
-        }
+    /// Applies a configuration the main task read: new watches, then a
+    /// reconcile with it, then READY.
+    async fn reload_config(&mut self, new: Arc<Config>) {
+        self.watcher = watch::Watcher::new(&new, self.changes_tx.clone());
+        self.config = new;
+        self.known_errors.clear();
+        self.reconcile("configuration reloaded").await;
+        notify(&[NotifyState::Ready]);
     }
 
     /// The debounce: gathers change events until none came for `debounce`
@@ -197,74 +489,6 @@ impl Daemon {
             }
         }
         paths
-    }
-
-    /// Advances the DKIM keys' state machine.
-    async fn dkim_pass(&mut self) {
-        if self.config.dkim.is_none() {
-            return;
-        }
-        let outcome = crate::dkim::rotate(&self.config, None, false).await;
-        if let Err(e) = &outcome {
-            tracing::error!("dkim: {e}");
-        }
-        // The pass logged its own errors.
-        let ok = outcome.as_ref().is_ok_and(|pass| pass.errors.is_empty());
-        self.metrics.dkim_outcome(&outcome);
-        self.metrics.set_dkim(&self.config, ok);
-    }
-
-    /// When the next DKIM pass is due; keys waiting for their record to
-    /// appear everywhere (a transition already due) are looked at again
-    /// after half a minute, and a failed signer reload is retried as soon
-    /// (`dkim::next_due`).
-    fn next_dkim(&self) -> Option<Instant> {
-        let at = crate::dkim::next_due(&self.config)?;
-        let left = at - crate::now();
-        let wait = if left > 0 { left.min(7 * 86_400) } else { 30 };
-        Some(Instant::now() + Duration::from_secs(wait as u64))
-    }
-
-    /// When the next `acme` source is due (its backoff ends, or its ARI
-    /// window should be asked again), as a timer deadline: never sooner
-    /// than the minimum interval after the last pass, whatever failed.
-    fn next_renewal(&self) -> Option<Instant> {
-        let due = crate::acme::next_due(&self.config);
-        self.metrics.set_next_renewals(&due);
-        let at = crate::acme::next_check(&self.config)?;
-        let at = crate::acme::schedule::next_wake(self.last_renewal, at);
-        let wait = (at - crate::now()).clamp(1, 7 * 86_400);
-        tracing::debug!(
-            "next acme renewal check at {}",
-            crate::rfc3339(crate::now() + wait)
-        );
-        Some(Instant::now() + Duration::from_secs(wait as u64))
-    }
-
-    async fn reload_config(&mut self) {
-        notify_reloading();
-        match self.source.load() {
-            Ok(new) => {
-                if new.daemon.metrics_listen != self.config.daemon.metrics_listen {
-                    tracing::warn!("metrics.listen changed: restart mxkeys to apply it");
-                }
-                tracing::info!("configuration reloaded from {}", self.source);
-                self.watcher = watch::Watcher::new(&new, self.changes_tx.clone());
-                // Metrics are kept per slot: `mail`, or `mail/rsa` and
-                // `mail/ecdsa` for a dual target.
-                let slots: Vec<String> = new
-                    .targets
-                    .iter()
-                    .flat_map(|t| t.slots.iter().map(|s| t.slot_name(s)))
-                    .collect();
-                self.metrics.retain_targets(&slots);
-                self.config = Arc::new(new);
-                self.known_errors.clear();
-                self.reconcile("configuration reloaded").await;
-            }
-            Err(e) => tracing::error!("{e}; keeping the configuration in use"),
-        }
-        notify(&[NotifyState::Ready]);
     }
 
     /// Plans (re-reading while the sources look mid-write), then applies
