@@ -1334,35 +1334,7 @@ fn sigterm_during_a_hanging_order_exits_and_the_next_start_backs_off() {
         "the next attempt is later: {state}"
     );
 
-    let before = st.ca.accepted();
-    let notify2 = NotifySocket::new(&st.s.env, "notify2.sock");
-    let mut d2 = st.daemon_logging("daemon2", &notify2, "mxkeys=debug");
-    // The ACME task says when it looks next: not before the backoff ends.
-    let line = wait_for(
-        "the second start's ACME task to plan its next look",
-        || {
-            d2.stderr_lines_with("next acme renewal check at")
-                .into_iter()
-                .next()
-        },
-        || d2.describe(),
-    );
-    let at = line.rsplit(' ').next().unwrap_or_default();
-    let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
-        .unwrap_or_else(|e| panic!("{at:?}: {e}\n{}", d2.describe()));
-    assert!(
-        at.unix_timestamp() >= next,
-        "the second start looks again at {at}, before the backoff ends at {next}\n{}",
-        d2.describe()
-    );
-    assert_eq!(
-        st.ca.accepted(),
-        before,
-        "the second start contacted the CA while backing off\n{}",
-        d2.describe()
-    );
-    d2.assert_running();
-    assert_eq!(d2.terminate().code(), Some(0), "{}", d2.describe());
+    next_start_backs_off_until(&st, next);
 }
 
 /// SIGHUP while an ACME order hangs and a DKIM key waits: the new
@@ -1443,4 +1415,66 @@ fn a_certificate_the_acme_task_orders_is_installed_and_reloaded() {
     );
     d.assert_running();
     assert_eq!(d.terminate().code(), Some(0), "{}", d.describe());
+}
+
+/// SIGKILL while an ACME order hangs: nothing runs at shutdown, yet the
+/// order was recorded before the CA was contacted, so the next start backs
+/// off instead of ordering again at once.
+#[test]
+fn sigkill_during_a_hanging_order_leaves_a_backoff_the_next_start_honours() {
+    let ca = Ca::new("killed");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let st = Stuck::new(&a);
+    let notify = NotifySocket::new(&st.s.env, "notify.sock");
+    let mut d = st.daemon("daemon", &notify);
+    wait_for(
+        "an ACME order hanging at the CA",
+        || (st.ca.accepted() >= 1).then_some(()),
+        || d.describe(),
+    );
+    d.signal(nix::sys::signal::Signal::SIGKILL);
+    d.wait_exit();
+    let state = st.acme_state();
+    assert!(state["failures"].as_u64() >= Some(1), "{state}");
+    let next = state["next_attempt_at"].as_i64().unwrap_or(0);
+    assert!(
+        next > now().unix_timestamp(),
+        "the next attempt is later: {state}"
+    );
+
+    next_start_backs_off_until(&st, next);
+}
+
+/// A second start of the daemon of `st` plans its next ACME look no earlier
+/// than `next` and does not contact the CA meanwhile.
+fn next_start_backs_off_until(st: &Stuck, next: i64) {
+    let before = st.ca.accepted();
+    let notify2 = NotifySocket::new(&st.s.env, "notify2.sock");
+    let mut d2 = st.daemon_logging("daemon2", &notify2, "mxkeys=debug");
+    // The ACME task says when it looks next: not before the backoff ends.
+    let line = wait_for(
+        "the second start's ACME task to plan its next look",
+        || {
+            d2.stderr_lines_with("next acme renewal check at")
+                .into_iter()
+                .next()
+        },
+        || d2.describe(),
+    );
+    let at = line.rsplit(' ').next().unwrap_or_default();
+    let at = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|e| panic!("{at:?}: {e}\n{}", d2.describe()));
+    assert!(
+        at.unix_timestamp() >= next,
+        "the second start looks again at {at}, before the backoff ends at {next}\n{}",
+        d2.describe()
+    );
+    assert_eq!(
+        st.ca.accepted(),
+        before,
+        "the second start contacted the CA while backing off\n{}",
+        d2.describe()
+    );
+    d2.assert_running();
+    assert_eq!(d2.terminate().code(), Some(0), "{}", d2.describe());
 }

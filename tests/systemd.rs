@@ -673,7 +673,6 @@ fn dkim_rotation_under_the_daemon_unit_gives_the_keys_to_key_owner() {
 /// start timeout, then stays active with the same main process and no
 /// restart for longer than the watchdog interval, and stops cleanly.
 #[test]
-#[ignore = "needs the concurrent daemon (issue 11 point 3)"]
 fn watchdog_keeps_the_daemon_alive_through_a_two_minute_dkim_propagation_wait() {
     let test = "watchdog_keeps_the_daemon_alive_through_a_two_minute_dkim_propagation_wait";
     if !nspawn::available(test) {

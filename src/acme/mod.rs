@@ -13,6 +13,10 @@
 //! [`schedule::backoff`] (and the CA's Retry-After) on each source that
 //! needed the CA; a failed ARI fetch moves that source's next fetch. The
 //! decisions are [`schedule`]'s pure functions; this module does the I/O.
+//! Before the CA is contacted, each source about to order is recorded as
+//! failed once more, so a run killed mid-order leaves a backoff behind and
+//! the next start never orders again at once; the pass's outcome replaces
+//! that record.
 //!
 //! `state.json` keeps, with the certificate held, the directory, account
 //! and profile it came from ([`schedule::Issuance`]): `replaces` names
@@ -404,6 +408,7 @@ pub async fn renew(
         Ok(lock) => lock,
         Err(e) => return Ok(fail_all(work, &format!("acme lock: {e}"), None, now)),
     };
+    mark_in_flight(&work, now);
     let (account, retry_after) =
         account::observing(account::load_or_create(&config.acme, &config.state_dir)).await;
     let account = match account {
@@ -499,6 +504,8 @@ pub async fn renew(
         }
     }
 
+    // Sources the ARI answers made due since.
+    mark_in_flight(&work, now);
     let account_id = account.id().to_owned();
     let orders = work.iter_mut().filter(|w| w.ordering()).map(|w| {
         let account = &account;
@@ -659,6 +666,24 @@ async fn resume(config: &Config, account: &instant_acme::Account, w: &mut Work<'
                 tracing::warn!("acme source {}: {e}", source.name);
             }
             w.result = Some(Err(e));
+        }
+    }
+}
+
+/// What a source's state says while its order is under way.
+const INTERRUPTED: &str = "the order was interrupted: mxkeys stopped while it was under way";
+
+/// Records, before the CA is contacted, that each source about to order
+/// has failed once more (with its backoff): a run killed mid-order
+/// (SIGKILL, a crash, a stop past its bound) leaves this behind, so the
+/// next start backs off instead of ordering again at once. The pass's own
+/// outcome, recorded from the state held in memory, replaces it.
+fn mark_in_flight(work: &[Work<'_>], now: i64) {
+    for w in work.iter().filter(|w| w.ordering()) {
+        let mut marked = w.state.clone();
+        marked.failed(INTERRUPTED, None, now);
+        if let Err(e) = marked.save(w.source) {
+            tracing::warn!("acme source {}: {e}", w.source.name);
         }
     }
 }
@@ -836,6 +861,16 @@ pub fn record_cut(config: &Config) -> Vec<String> {
     let mut cut = Vec::new();
     for source in config.acme_sources() {
         let mut state = SourceState::load(source);
+        if state.last_error.as_deref() == Some(INTERRUPTED) {
+            // Recorded before the CA was contacted.
+            tracing::warn!(
+                "acme source {}: the order under way was cut at shutdown; next attempt after {}",
+                source.name,
+                crate::rfc3339(state.next_attempt_at.unwrap_or(now))
+            );
+            cut.push(source.name.clone());
+            continue;
+        }
         let held = holding(source);
         if !matches!(
             decide(source, &config.acme, held.as_ref(), &state, false, now),
