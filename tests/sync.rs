@@ -402,12 +402,17 @@ fn write_failure_exits_1_others_processed() {
     );
 }
 
-/// A reload over its timeout is stopped and makes sync exit 1.
+/// A reload over its timeout is stopped and makes sync exit 1; the
+/// previous files come back.
 #[test]
 fn reload_timeout() {
     let env = Env::new();
     let ca = Ca::new("timeout");
+    let old = ca.issue(&LeafSpec::new(&[HOST]).days(30));
     let leaf = ca.issue(&LeafSpec::new(&[HOST]));
+    let before = Target::new(&env, "postfix");
+    env.write_config(&[files_source(&env.path("src-old"), &old)], &[&before]);
+    env.sync().ok();
     let src = files_source(&env.path("src"), &leaf);
     let slow = env.path("bin/slow-reload");
     script(&slow, "exec sleep 30");
@@ -423,12 +428,7 @@ fn reload_timeout() {
     r.assert_stderr_contains("timed out");
     r.assert_stderr_contains("rolled back");
     assert!(took < Duration::from_secs(20), "sync took {took:?}");
-    // Nothing was installed before, so the rollback leaves no file.
-    assert!(
-        !t.fullchain.as_ref().unwrap().exists(),
-        "a file whose reload timed out was left in place"
-    );
-    let _ = leaf;
+    t.assert_installed(&old);
 }
 
 /// Two syncs at once (sharing state_dir) do not interleave: the lock covers

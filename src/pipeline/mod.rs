@@ -66,6 +66,10 @@ pub enum Action {
     /// This certificate was rolled back before; it is retried after a
     /// backoff.
     Deferred(String),
+    /// A first install (the target had no files) whose reload or
+    /// verification failed: there is nothing to go back to, so the new
+    /// files stay and the reload is owed to the next pass.
+    Unconfirmed(String),
 }
 
 /// What happened to one slot of a target.
@@ -132,7 +136,8 @@ impl Report {
             Action::Unserved(e)
             | Action::WriteFailed(e)
             | Action::RolledBack(e)
-            | Action::Deferred(e) => Some(format!("target {}: {e}", t.name)),
+            | Action::Deferred(e)
+            | Action::Unconfirmed(e) => Some(format!("target {}: {e}", t.name)),
             _ => None,
         }));
         out.extend(self.reloads.iter().filter_map(|r| match &r.result {
