@@ -2,19 +2,23 @@
 //! HTTP-01 responder.
 //!
 //! Rule: a listener can never take the daemon's descriptors or a core. At
-//! most [`Limits::max_connections`] connections are open at once (one more
-//! is closed as soon as it is accepted); a connection that has not sent a
+//! most [`Limits::max_connections`] connections are open at once: at the
+//! cap, a new connection takes the place of the oldest one that has not
+//! sent a byte yet (so a scrape is answered at once while idle connections
+//! fill the cap), and when every open connection has spoken, the new one
+//! is closed as soon as it is accepted. A connection that has not sent a
 //! complete request head within `header_timeout` (after it opened or after
 //! its last response) is closed, and so is one with no bytes moving either
 //! way for `idle_timeout`; a failing `accept` (EMFILE, ENFILE, ENOMEM...)
 //! pauses the loop with a growing backoff, said once per episode, instead
 //! of spinning. Requests are small: headers are capped, bodies ignored.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -23,7 +27,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
 
 /// What one listener allows.
@@ -63,6 +67,7 @@ where
 {
     let handler = Arc::new(handler);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let silent = Silent::default();
     let mut backoff = Duration::ZERO;
     let mut refusing = false;
     loop {
@@ -83,10 +88,21 @@ where
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        let permit = match permits.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            // At the cap: the oldest connection that never spoke makes room.
+            Err(_) if silent.evict_oldest() => {
+                tokio::time::timeout(EVICTION_WAIT, permits.clone().acquire_owned())
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
+        let Some(permit) = permit else {
             if !refusing {
                 tracing::warn!(
-                    "{what}: {} connections open; closing new ones until some end",
+                    "{what}: {} connections open and busy; closing new ones until some end",
                     limits.max_connections
                 );
                 refusing = true;
@@ -96,10 +112,72 @@ where
         };
         refusing = false;
         let handler = handler.clone();
+        let entry = silent.register();
+        let silent = silent.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(stream, limits, handler).await;
+            serve_connection(stream, limits, handler, &entry).await;
+            silent.remove(&entry);
         });
+    }
+}
+
+/// How long a new connection waits for the slot of the connection it
+/// evicted (that one only has to be dropped).
+const EVICTION_WAIT: Duration = Duration::from_millis(500);
+
+/// A connection that has not sent a byte yet: told to close when evicted.
+struct SilentEntry {
+    id: u64,
+    spoke: AtomicBool,
+    close: Notify,
+}
+
+/// The open connections that have not sent a byte yet, oldest first.
+#[derive(Clone, Default)]
+struct Silent {
+    inner: Arc<Mutex<(u64, VecDeque<Arc<SilentEntry>>)>>,
+}
+
+impl Silent {
+    fn register(&self) -> Arc<SilentEntry> {
+        let Ok(mut g) = self.inner.lock() else {
+            return Arc::new(SilentEntry {
+                id: u64::MAX,
+                spoke: AtomicBool::new(true),
+                close: Notify::new(),
+            });
+        };
+        g.0 += 1;
+        let entry = Arc::new(SilentEntry {
+            id: g.0,
+            spoke: AtomicBool::new(false),
+            close: Notify::new(),
+        });
+        g.1.push_back(entry.clone());
+        entry
+    }
+
+    fn remove(&self, entry: &SilentEntry) {
+        if let Ok(mut g) = self.inner.lock() {
+            g.1.retain(|e| e.id != entry.id);
+        }
+    }
+
+    /// Tells the oldest connection that has still not spoken to close;
+    /// false when there is none.
+    fn evict_oldest(&self) -> bool {
+        let Ok(mut g) = self.inner.lock() else {
+            return false;
+        };
+        while let Some(e) = g.1.pop_front() {
+            if !e.spoke.load(Ordering::Relaxed) {
+                // Stored, so the task sees it even before it waits.
+                e.close.notify_one();
+                return true;
+            }
+        }
+        false
     }
 }
 
@@ -112,9 +190,14 @@ fn next_backoff(current: Duration) -> Duration {
     }
 }
 
-/// Serves one connection until it ends, times out, or goes idle.
-async fn serve_connection<H>(stream: TcpStream, limits: Limits, handler: Arc<H>)
-where
+/// Serves one connection until it ends, times out, goes idle, or is
+/// evicted before it spoke.
+async fn serve_connection<H>(
+    stream: TcpStream,
+    limits: Limits,
+    handler: Arc<H>,
+    entry: &Arc<SilentEntry>,
+) where
     H: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
     let start = Instant::now();
@@ -123,6 +206,7 @@ where
         inner: stream,
         start,
         activity: activity.clone(),
+        entry: entry.clone(),
     };
     let service = hyper::service::service_fn(move |req| {
         let handler = handler.clone();
@@ -140,6 +224,11 @@ where
         let deadline = start + Duration::from_millis(seen) + limits.idle_timeout;
         tokio::select! {
             _ = conn.as_mut() => return,
+            () = entry.close.notified() => {
+                if !entry.spoke.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
             () = tokio::time::sleep_until(deadline) => {
                 if activity.load(Ordering::Relaxed) == seen {
                     // Idle: dropping the connection closes it.
@@ -151,11 +240,12 @@ where
 }
 
 /// A stream that records when bytes last moved (milliseconds after
-/// `start`).
+/// `start`) and whether the peer has sent any.
 struct Tracked {
     inner: TcpStream,
     start: Instant,
     activity: Arc<AtomicU64>,
+    entry: Arc<SilentEntry>,
 }
 
 impl Tracked {
@@ -174,6 +264,7 @@ impl AsyncRead for Tracked {
         let before = buf.filled().len();
         let poll = Pin::new(&mut self.inner).poll_read(cx, buf);
         if matches!(poll, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.entry.spoke.store(true, Ordering::Relaxed);
             self.touch();
         }
         poll
@@ -248,7 +339,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn connections_beyond_the_cap_are_closed_at_once_and_slots_come_back() {
+    async fn at_the_cap_a_request_takes_the_place_of_the_oldest_silent_connection() {
         let limits = Limits {
             max_connections: 4,
             header_timeout: Duration::from_secs(60),
@@ -258,29 +349,48 @@ mod tests {
         let mut held = Vec::new();
         for _ in 0..4 {
             held.push(TcpStream::connect(addr).await.unwrap());
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        // Let the listener accept the four before the fifth arrives.
+        let reply = tokio::time::timeout(Duration::from_secs(10), get(addr))
+            .await
+            .expect("no answer at the cap")
+            .unwrap();
+        assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+        // The oldest silent connection made room; the newest still waits.
+        assert_eq!(
+            closed_within(&mut held[0], Duration::from_secs(10)).await,
+            Ok(())
+        );
+        assert_eq!(
+            closed_within(&mut held[3], Duration::from_millis(300)).await,
+            Err(())
+        );
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_with_every_connection_busy_a_new_one_is_closed() {
+        let limits = Limits {
+            max_connections: 2,
+            header_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let (addr, _task) = start(limits).await;
+        // Two connections that spoke (half a request head each).
+        let mut busy = Vec::new();
+        for _ in 0..2 {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+            busy.push(s);
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
         let mut extra = TcpStream::connect(addr).await.unwrap();
         assert_eq!(
             closed_within(&mut extra, Duration::from_secs(10)).await,
             Ok(())
         );
-        drop(held);
-        let mut answered = None;
-        for _ in 0..100 {
-            if let Ok(reply) = get(addr).await
-                && reply.starts_with("HTTP/1.1 200")
-            {
-                answered = Some(reply);
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        for s in &mut busy {
+            assert_eq!(closed_within(s, Duration::from_millis(200)).await, Err(()));
         }
-        assert!(
-            answered.is_some(),
-            "no answer after the held connections closed"
-        );
     }
 
     #[tokio::test]

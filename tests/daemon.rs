@@ -873,6 +873,24 @@ fn two_thousand_idle_connections_neither_exhaust_descriptors_nor_stop_the_daemon
             held.push(s);
         }
     }
+    let flood_done = std::time::Instant::now();
+
+    // /metrics answers while the connections are held (a request takes the
+    // place of the oldest silent connection), within a bounded wait.
+    let metrics_ok = || {
+        let start = std::time::Instant::now();
+        while start.elapsed() < StdDuration::from_secs(30) {
+            if http_get(port, "/metrics").is_some_and(|(c, _)| c == 200) {
+                return Some(start.elapsed());
+            }
+            pause(100);
+        }
+        None
+    };
+    let took = metrics_ok();
+    assert!(took.is_some(), "/metrics did not answer\n{}", d.describe());
+    let since_flood = flood_done.elapsed();
+
     let margin = 128;
     let mut peak = 0;
     for _ in 0..10 {
@@ -885,27 +903,19 @@ fn two_thousand_idle_connections_neither_exhaust_descriptors_nor_stop_the_daemon
         d.describe()
     );
     assert_eq!(held.len(), 2000, "connections opened\n{}", d.describe());
+    // Reported, not asserted (no timed assertions).
+    eprintln!(
+        "/metrics answered {took:?} after the first try, {since_flood:?} after the 2,000th connection; the daemon held {peak} descriptors at most"
+    );
 
     // A certificate change is still installed while the connections are held.
     write_in_place(&dir.join("fullchain.pem"), b.fullchain_pem().as_bytes());
     write_in_place(&dir.join("privkey.pem"), b.key_pem().as_bytes());
     wait_installed(&env, &d, &t, &b, &probe, 2);
     t.assert_installed(&b);
-
-    // /metrics answers again (idle connections are closed after the header
-    // timeout, freeing their slots), bounded.
-    let start = std::time::Instant::now();
-    let mut answered = false;
-    while start.elapsed() < StdDuration::from_secs(30) {
-        if http_get(port, "/metrics").is_some_and(|(c, _)| c == 200) {
-            answered = true;
-            break;
-        }
-        pause(100);
-    }
     assert!(
-        answered,
-        "/metrics did not answer within 30 s\n{}",
+        metrics_ok().is_some(),
+        "/metrics after the change\n{}",
         d.describe()
     );
     let (code, health) = http_get(port, "/healthz").expect("GET /healthz");
