@@ -3,6 +3,19 @@
 #   docker build -t mxkeys .
 #   docker run -v acme:/acme:ro -v tls:/tls -e SSL_DOMAIN=mail.example.com mxkeys
 #
+# This image has no Postfix, so with ACME_POSTHOOK unset no reload command
+# runs (said once at start): the files are installed and the mail container
+# picks them up on its own reload. To reload it at once, share its PID
+# namespace and name its master's pid file:
+#
+#   docker run --pid container:mailserver -v acme:/acme:ro -v tls:/tls \
+#     -e SSL_DOMAIN=mail.example.com \
+#     -e MXKEYS_RELOAD_PIDFILE=/var/spool/postfix/pid/master.pid mxkeys
+#
+# The pid file must belong to root (or mxkeys' user) and be writable by
+# nobody else; a first install whose reload fails keeps its files and the
+# reload is retried on the next pass.
+#
 # Configured by the environment alone (see README: Container sidecar), or by
 # a file mounted at /etc/mxkeys/mxkeys.toml.
 

@@ -411,6 +411,7 @@ fn plan_text(report: &Report) -> String {
                     Action::Unserved(_) | Action::WriteFailed(_) => "cannot be served",
                     Action::RolledBack(_) => "was rolled back",
                     Action::Deferred(_) => "was refused by the service; retried later",
+                    Action::Unconfirmed(_) => "was installed but its reload is owed",
                 };
                 out.push_str(&format!("{}: {} {what}\n", t.name, s.sha256));
                 out.push_str(&format!(
@@ -436,7 +437,8 @@ fn plan_text(report: &Report) -> String {
                     Action::Unserved(w)
                     | Action::WriteFailed(w)
                     | Action::RolledBack(w)
-                    | Action::Deferred(w) => w.as_str(),
+                    | Action::Deferred(w)
+                    | Action::Unconfirmed(w) => w.as_str(),
                     _ => "",
                 };
                 out.push_str(&format!("{}: no certificate: {why}\n", t.name));

@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod dkim;
 pub mod dns;
 pub mod install;
+pub mod listen;
 pub mod names;
 pub mod pipeline;
 pub mod reload;

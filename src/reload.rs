@@ -1,23 +1,37 @@
-//! Running reload commands: each argv once, with a timeout, keeping the
-//! tail of its stderr for the error message.
+//! Running reload commands and sending reload signals, each bounded.
+//!
+//! A command runs once in its own process group, with `reload_timeout` as
+//! the bound of the whole run, reading its stderr included: when the
+//! command itself has exited, a background child it left holding the pipe
+//! (`sleep 600 &`) does not hold up the run, and at the deadline the whole
+//! group is killed. A signal goes only to a process named by a pid file
+//! that root or mxkeys' own user owns and nobody else can write, and never
+//! to pid 0, 1 or a negative pid (a process group).
 
 use std::io::Read as _;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::process::CommandExt as _;
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
-use wait_timeout::ChildExt as _;
 
 use crate::config::Reload;
 
 /// How much of a failing command's stderr the error keeps.
 const STDERR_TAIL: usize = 400;
 
-/// Carries out one reload: runs the command (waiting up to `timeout`) or
-/// sends the signal.
+/// How often a running command is looked at (exit, output).
+const TICK: Duration = Duration::from_millis(10);
+
+/// The most stderr read after the command exited: a background child that
+/// keeps writing cannot keep the run going.
+const AFTER_EXIT_READ_LIMIT: usize = 64 * 1024;
+
+/// Carries out one reload: runs the command (all of it ends by `timeout`)
+/// or sends the signal.
 pub fn run(action: &Reload, timeout: Duration) -> Result<(), String> {
     match action {
         Reload::Command(argv) => run_command(argv, timeout),
@@ -25,16 +39,11 @@ pub fn run(action: &Reload, timeout: Duration) -> Result<(), String> {
     }
 }
 
-/// Sends `signal` to the process named by `pidfile`.
+/// Sends `signal` to the process named by `pidfile`, after checking that
+/// the file is one only root or mxkeys' user could have written and that
+/// the pid names one process other than init.
 fn send_signal(pidfile: &Path, signal: Signal) -> Result<(), String> {
-    let text = crate::source::read_limited(pidfile, 64)
-        .map_err(|e| format!("pid file {}: {e}", pidfile.display()))?;
-    let pid: i32 = String::from_utf8_lossy(&text)
-        .trim()
-        .parse()
-        .ok()
-        .filter(|p| *p > 1)
-        .ok_or_else(|| format!("pid file {}: no process id in it", pidfile.display()))?;
+    let pid = read_pidfile(pidfile, nix::unistd::geteuid().as_raw())?;
     nix::sys::signal::kill(Pid::from_raw(pid), signal).map_err(|e| {
         format!(
             "cannot signal process {pid} (from {}): {e}",
@@ -43,47 +52,166 @@ fn send_signal(pidfile: &Path, signal: Signal) -> Result<(), String> {
     })
 }
 
-/// Runs `argv` and waits up to `timeout`. `Err` says what went wrong in one
-/// line: could not start, exit status with stderr tail, or timed out.
+/// The pid in `pidfile`, refused (one line naming the file and why) unless
+/// the file is a regular file owned by root or `euid`, not writable by
+/// group or others, and holds a pid above 1.
+fn read_pidfile(pidfile: &Path, euid: u32) -> Result<i32, String> {
+    let name = pidfile.display();
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
+        .open(pidfile)
+        .map_err(|e| format!("pid file {name}: {}", crate::source::io_reason(&e)))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("pid file {name}: {}", crate::source::io_reason(&e)))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "pid file {name}: not a regular file; not signalling"
+        ));
+    }
+    if meta.uid() != 0 && meta.uid() != euid {
+        return Err(format!(
+            "pid file {name}: owned by uid {}, not root or mxkeys' user (uid {euid}); not signalling",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "pid file {name}: writable by group or others (mode {:04o}); not signalling",
+            meta.mode() & 0o7777
+        ));
+    }
+    let mut text = Vec::new();
+    file.by_ref()
+        .take(64)
+        .read_to_end(&mut text)
+        .map_err(|e| format!("pid file {name}: {}", crate::source::io_reason(&e)))?;
+    let pid: i64 = String::from_utf8_lossy(&text)
+        .trim()
+        .parse()
+        .map_err(|_| format!("pid file {name}: no process id in it"))?;
+    match i32::try_from(pid) {
+        Ok(pid) if pid > 1 => Ok(pid),
+        _ => Err(format!(
+            "pid file {name}: pid {pid} is not a single service process (0, 1 and negative pids are refused); not signalling"
+        )),
+    }
+}
+
+/// Runs `argv` in its own process group; all of it, reading its stderr
+/// included, ends by `timeout`. `Err` says what went wrong in one line:
+/// could not start, exit status with stderr tail, or timed out.
 fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
     let (program, args) = argv.split_first().ok_or("empty command")?;
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start: {}", crate::source::io_reason(&e)))?;
-    // Drain stderr on a thread so a chatty command cannot block on a full pipe.
-    let stderr = child.stderr.take().map(|mut pipe| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let _ = pipe.read_to_end(&mut buf);
-            buf
-        })
-    });
-    let status = match child.wait_timeout(timeout) {
-        Ok(Some(status)) => status,
-        Ok(None) => {
-            let _ = child.kill();
-            let _ = child.wait();
+    let mut stderr = Stderr::new(child.stderr.take());
+    let status = loop {
+        stderr.read_available(usize::MAX);
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(e) => {
+                kill_group(&mut child);
+                return Err(format!("cannot wait for it: {e}"));
+            }
+        }
+        if Instant::now() >= deadline {
+            kill_group(&mut child);
             return Err(format!(
                 "timed out after {}",
                 humantime::format_duration(timeout)
             ));
         }
-        Err(e) => return Err(format!("cannot wait for it: {e}")),
+        std::thread::sleep(TICK);
     };
-    let err_text = stderr
-        .and_then(|t| t.join().ok())
-        .map(|b| tail(&String::from_utf8_lossy(&b)))
-        .unwrap_or_default();
+    // What the command wrote before it exited is in the pipe now; whatever
+    // stays behind it (a background child holding the pipe) is not waited for.
+    stderr.read_available(AFTER_EXIT_READ_LIMIT);
+    let err_text = tail(&String::from_utf8_lossy(&stderr.buf));
     if status.success() {
         Ok(())
     } else if err_text.is_empty() {
         Err(format!("failed ({status})"))
     } else {
         Err(format!("failed ({status}): {err_text}"))
+    }
+}
+
+/// Kills the command's whole process group (it leads it) and reaps it.
+fn kill_group(child: &mut Child) {
+    if let Ok(pid) = i32::try_from(child.id()) {
+        let _ = nix::sys::signal::killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// The read end of a command's stderr, read without blocking; keeps the
+/// last part only.
+struct Stderr {
+    pipe: Option<std::process::ChildStderr>,
+    buf: Vec<u8>,
+}
+
+impl Stderr {
+    fn new(pipe: Option<std::process::ChildStderr>) -> Stderr {
+        let pipe = pipe.filter(|p| {
+            let flags = nix::fcntl::fcntl(p, nix::fcntl::FcntlArg::F_GETFL)
+                .map(nix::fcntl::OFlag::from_bits_truncate);
+            flags.is_ok_and(|f| {
+                nix::fcntl::fcntl(
+                    p,
+                    nix::fcntl::FcntlArg::F_SETFL(f | nix::fcntl::OFlag::O_NONBLOCK),
+                )
+                .is_ok()
+            })
+        });
+        Stderr {
+            pipe,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads what the pipe holds now, up to `limit` bytes; at end of file
+    /// or on an error the pipe is closed.
+    fn read_available(&mut self, limit: usize) {
+        let Some(pipe) = self.pipe.as_mut() else {
+            return;
+        };
+        let mut chunk = [0u8; 4096];
+        let mut read = 0;
+        while read < limit {
+            match pipe.read(&mut chunk) {
+                Ok(0) => {
+                    self.pipe = None;
+                    return;
+                }
+                Ok(n) => {
+                    read += n;
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    // Keep only the end: the tail is what the error shows.
+                    let keep = STDERR_TAIL * 16;
+                    if self.buf.len() > 2 * keep {
+                        self.buf.drain(..self.buf.len() - keep);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.pipe = None;
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -151,6 +279,100 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.contains("not found"), "{e}");
+    }
+
+    #[test]
+    fn a_background_child_holding_stderr_does_not_hold_up_the_reload() {
+        let started = Instant::now();
+        assert_eq!(
+            run(
+                &sh("echo starting >&2; sleep 600 & exit 0"),
+                Duration::from_secs(60)
+            ),
+            Ok(())
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the reload waited for its background child"
+        );
+        // A failing command's message is still read before it exits.
+        let e = run(
+            &sh("sleep 600 & echo 'bad config' >&2; exit 4"),
+            Duration::from_secs(60),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("exit status: 4") && e.contains("bad config"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_timeout_kills_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let script = format!("(sleep 2; touch '{}') & sleep 600", marker.display());
+        let e = run(&sh(&script), Duration::from_millis(300)).unwrap_err();
+        assert!(e.contains("timed out"), "{e}");
+        std::thread::sleep(Duration::from_secs(3));
+        assert!(
+            !marker.exists(),
+            "a child of the timed-out command kept running"
+        );
+    }
+
+    fn pidfile_with(dir: &Path, name: &str, text: &str, mode: u32) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    #[test]
+    fn pid_files_naming_init_or_groups_or_open_to_others_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let euid = nix::unistd::geteuid().as_raw();
+        let ok = pidfile_with(dir.path(), "ok.pid", "4242\n", 0o644);
+        assert_eq!(read_pidfile(&ok, euid), Ok(4242));
+        for (text, why) in [("0", "pid 0"), ("1\n", "pid 1"), ("-7", "pid -7")] {
+            let p = pidfile_with(dir.path(), "bad.pid", text, 0o644);
+            let e = read_pidfile(&p, euid).unwrap_err();
+            assert!(
+                e.contains(why) && e.contains("bad.pid") && !e.contains('\n'),
+                "{e}"
+            );
+        }
+        for mode in [0o664, 0o646, 0o666] {
+            let p = pidfile_with(dir.path(), "open.pid", "4242", mode);
+            let e = read_pidfile(&p, euid).unwrap_err();
+            assert!(e.contains("writable by group or others"), "{mode:o}: {e}");
+        }
+        // Owned by someone else (the file's owner is this process's user,
+        // so ask as if mxkeys ran as another, non-root user).
+        if euid != 0 {
+            return;
+        }
+        let mine = pidfile_with(dir.path(), "theirs.pid", "4242", 0o644);
+        nix::unistd::chown(&mine, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
+        let e = read_pidfile(&mine, 0).unwrap_err();
+        assert!(e.contains("owned by uid 65534"), "{e}");
+        assert_eq!(read_pidfile(&mine, 65534), Ok(4242));
+    }
+
+    #[test]
+    fn signal_refusals_send_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pidfile_with(dir.path(), "init.pid", "1", 0o644);
+        let e = run(
+            &Reload::Signal {
+                pidfile: p,
+                signal: Signal::SIGHUP,
+            },
+            Duration::from_secs(1),
+        )
+        .unwrap_err();
+        assert!(e.contains("pid 1"), "{e}");
     }
 
     #[test]

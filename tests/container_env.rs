@@ -484,3 +484,161 @@ fn run_in_container_mode_follows_acme_json() {
     let status = d.terminate();
     assert_eq!(status.code(), Some(0), "{}", d.describe());
 }
+
+// ---- sidecar defaults ----
+
+/// The PATH of a sidecar image without Postfix: the system's own
+/// directories that hold `sh` but not `postfix` (Debian keeps it in
+/// /usr/sbin).
+const SIDECAR_PATH: &str = "/usr/bin:/bin";
+
+/// A container invocation as `docker run` makes it: `env -i`, the
+/// documented variables the test sets, and a PATH with no `postfix`.
+fn sidecar(env: &Env, state: &Path, out: &Path) -> Container {
+    for dir in SIDECAR_PATH.split(':') {
+        assert!(
+            !Path::new(dir).join("postfix").exists(),
+            "{dir}/postfix exists: this test needs a PATH without Postfix"
+        );
+    }
+    let mut c = Container::new(env, state, out);
+    c.path = SIDECAR_PATH.to_owned();
+    c
+}
+
+/// Issue 11, point 4: with ACME_POSTHOOK unset and no Postfix in the
+/// image, the default reload is no command (said once), so the first
+/// install stays instead of being rolled back to nothing.
+#[test]
+fn unset_posthook_without_postfix_installs_and_says_so_once() {
+    let env = Env::new();
+    let ca = Ca::new("sidecar-default");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let acme = env.path("acme/acme.json");
+    write_json(
+        &acme,
+        &acme_v2(&[("le", Some(vec![AcmeEntry::new(&a, HOST)]))]),
+    );
+    let out = env.path("tls");
+    let c = sidecar(&env, &env.path("state"), &out)
+        .with("ACME_FILE", acme.to_str().unwrap())
+        .with("SSL_DOMAIN", HOST);
+    let r = c.sync();
+    r.ok();
+    tls_target("mail", &out, "any").assert_installed(&a);
+    let said: Vec<&str> = r
+        .stderr
+        .lines()
+        .filter(|l| l.contains("no `postfix` is on PATH"))
+        .collect();
+    assert_eq!(said.len(), 1, "said once\n{}", r.describe());
+    let (text, table) = printed_config(&c);
+    for t in table["target"].as_array().unwrap() {
+        assert!(t.get("reload").is_none(), "no reload command:\n{text}");
+    }
+}
+
+/// Issue 11, point 4: a first install whose reload fails keeps its files
+/// (there is nothing to go back to), exits 1 and says so in `status`; the
+/// next pass runs the reload again and, when it works, succeeds.
+#[test]
+fn a_first_install_whose_reload_fails_stays_and_the_reload_is_retried() {
+    let env = Env::new();
+    let ca = Ca::new("sidecar-first");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let acme = env.path("acme/acme.json");
+    write_json(
+        &acme,
+        &acme_v2(&[("le", Some(vec![AcmeEntry::new(&a, HOST)]))]),
+    );
+    let out = env.path("tls");
+    let ready = env.path("neighbour-ready");
+    let hooklog = env.path("hook.log");
+    // The neighbour is not up yet: the hook fails until `ready` exists.
+    let hook = format!(
+        "echo run >> {log}; test -e {ready} || {{ echo 'neighbour not running' >&2; exit 1; }}",
+        log = sh_quote(hooklog.to_str().unwrap()),
+        ready = sh_quote(ready.to_str().unwrap()),
+    );
+    let c = sidecar(&env, &env.path("state"), &out)
+        .with("ACME_FILE", acme.to_str().unwrap())
+        .with("SSL_DOMAIN", HOST)
+        .with("ACME_POSTHOOK", &hook);
+    let t = tls_target("mail", &out, "any");
+
+    let r = c.sync();
+    r.assert_code(1)
+        .assert_stderr_contains("neighbour not running");
+    t.assert_installed(&a);
+    assert_eq!(log_lines(&hooklog).len(), 1);
+    let status = c.run(&["status", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status.stdout)
+        .unwrap_or_else(|e| panic!("status --json: {e}\n{}", status.describe()));
+    assert_eq!(v["last_run"]["ok"], false, "{}", status.stdout);
+    let errors = v["last_run"]["errors"].to_string();
+    assert!(errors.contains("neighbour not running"), "{errors}");
+
+    // Still failing: the reload is tried again, the files still stay.
+    c.sync().assert_code(1);
+    t.assert_installed(&a);
+    assert_eq!(log_lines(&hooklog).len(), 2, "the owed reload is retried");
+
+    // The neighbour is up: the owed reload runs and the pass succeeds.
+    write(&ready, "");
+    c.sync().ok();
+    t.assert_installed(&a);
+    assert_eq!(log_lines(&hooklog).len(), 3);
+    c.sync().ok();
+    assert_eq!(log_lines(&hooklog).len(), 3, "nothing owed any more");
+}
+
+/// Issue 11, point 4, as the daemon runs it: the failed first reload shows
+/// in /metrics and /healthz, the files stay, and no rollback is counted.
+#[test]
+fn a_daemon_first_install_with_a_failing_reload_keeps_the_files_and_reports_it() {
+    let env = Env::new();
+    let ca = Ca::new("sidecar-daemon");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let acme = env.path("acme/acme.json");
+    write_json(
+        &acme,
+        &acme_v2(&[("le", Some(vec![AcmeEntry::new(&a, HOST)]))]),
+    );
+    let out = env.path("tls");
+    let port = free_port();
+    let c = sidecar(&env, &env.path("state"), &out)
+        .with("ACME_FILE", acme.to_str().unwrap())
+        .with("SSL_DOMAIN", HOST)
+        .with("ACME_POSTHOOK", "echo 'neighbour not running' >&2; exit 1")
+        .with("MXKEYS_METRICS_LISTEN", &format!("127.0.0.1:{port}"));
+    let t = tls_target("mail", &out, "any");
+    let mut d = c.daemon(&env.path("logs"));
+    let body = wait_for(
+        "/metrics to count the failed reload",
+        || {
+            let (code, body) = http_get(port, "/metrics")?;
+            (code == 200
+                && metric(&body, "mxkeys_reloads_total{result=\"failure\"}")
+                    .is_some_and(|v| v >= 1.0))
+            .then_some(body)
+        },
+        || d.describe(),
+    );
+    t.assert_installed(&a);
+    assert_eq!(
+        metric(&body, "mxkeys_target_ready{target=\"mail\"}"),
+        Some(0.0),
+        "{body}"
+    );
+    assert_eq!(
+        metric(&body, "mxkeys_rollbacks_total{target=\"mail\"}"),
+        None,
+        "{body}"
+    );
+    let (code, health) = http_get(port, "/healthz").expect("GET /healthz");
+    assert_eq!(code, 503, "{health}");
+    assert_eq!(health.trim_end().lines().count(), 1, "one line: {health:?}");
+    let status = d.terminate();
+    assert_eq!(status.code(), Some(0), "{}", d.describe());
+    t.assert_installed(&a);
+}

@@ -1478,3 +1478,131 @@ fn next_start_backs_off_until(st: &Stuck, next: i64) {
     d2.assert_running();
     assert_eq!(d2.terminate().code(), Some(0), "{}", d2.describe());
 }
+
+// ---- listener limits ----
+
+/// The connection cap of mxkeys' listeners (`listen::Limits::DEFAULT`).
+const LISTENER_CAP: usize = 256;
+
+/// Sets this process's (or `pid`'s) soft limit of open files to `n`, with
+/// the hard limit raised too when `hard` (root may).
+fn set_nofile(pid: u32, n: u64, hard: bool) {
+    let limit = if hard {
+        format!("--nofile={n}:{n}")
+    } else {
+        format!("--nofile={n}:")
+    };
+    let out = std::process::Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .output()
+        .expect("run prlimit (util-linux)");
+    assert!(
+        out.status.success(),
+        "prlimit --pid {pid} {limit}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Issue 11, point 6: 2,000 idle connections held to the metrics port of a
+/// daemon limited to 1,024 descriptors: the daemon keeps its descriptors
+/// bounded (the cap plus a margin), still installs a certificate change,
+/// and /metrics answers again within a bounded wait.
+#[test]
+fn two_thousand_idle_connections_neither_exhaust_descriptors_nor_stop_the_daemon() {
+    let env = Env::new();
+    let ca = Ca::new("flood");
+    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let b = ca.issue(&LeafSpec::new(&[HOST]).days(90));
+    let dir = env.path("mounted");
+    let src = files_source(&dir, &a);
+    let probe = ReloadProbe::new(&env, "mail");
+    let t = probe.attach(Target::new(&env, "mail"));
+    let port = free_port();
+    env.write_config_with(
+        &format!("[metrics]\nlisten = \"127.0.0.1:{port}\"\n"),
+        &[src],
+        &[&t],
+    );
+    let d = env.daemon(&[]);
+    // The default of most hosts, whatever this test process was given.
+    set_nofile(d.pid(), 1024, true);
+    wait_installed(&env, &d, &t, &a, &probe, 1);
+    wait_for(
+        "/metrics before the flood",
+        || http_get(port, "/metrics").filter(|(c, _)| *c == 200),
+        || d.describe(),
+    );
+    let base_fds = open_fds(d.pid());
+
+    // This process holds 2,000 sockets.
+    set_nofile(std::process::id(), 8192, false);
+    let mut held = Vec::new();
+    let connecting = std::time::Instant::now();
+    while held.len() < 2000 && connecting.elapsed() < StdDuration::from_secs(30) {
+        if let Ok(s) = std::net::TcpStream::connect_timeout(
+            &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+            StdDuration::from_millis(500),
+        ) {
+            held.push(s);
+        }
+    }
+    let flood_done = std::time::Instant::now();
+
+    // /metrics answers while the connections are held (a request takes the
+    // place of the oldest silent connection), within a bounded wait.
+    let metrics_ok = || {
+        let start = std::time::Instant::now();
+        while start.elapsed() < StdDuration::from_secs(30) {
+            if http_get(port, "/metrics").is_some_and(|(c, _)| c == 200) {
+                return Some(start.elapsed());
+            }
+            pause(100);
+        }
+        None
+    };
+    let took = metrics_ok();
+    assert!(took.is_some(), "/metrics did not answer\n{}", d.describe());
+    let since_flood = flood_done.elapsed();
+
+    let margin = 128;
+    let mut peak = 0;
+    for _ in 0..10 {
+        peak = peak.max(open_fds(d.pid()));
+        pause(100);
+    }
+    assert!(
+        peak < base_fds + LISTENER_CAP + margin,
+        "the daemon holds {peak} descriptors ({base_fds} before the flood)\n{}",
+        d.describe()
+    );
+    assert_eq!(held.len(), 2000, "connections opened\n{}", d.describe());
+    // Reported, not asserted (no timed assertions).
+    eprintln!(
+        "/metrics answered {took:?} after the first try, {since_flood:?} after the 2,000th connection; the daemon held {peak} descriptors at most"
+    );
+
+    // A certificate change is still installed while the connections are held.
+    write_in_place(&dir.join("fullchain.pem"), b.fullchain_pem().as_bytes());
+    write_in_place(&dir.join("privkey.pem"), b.key_pem().as_bytes());
+    wait_installed(&env, &d, &t, &b, &probe, 2);
+    t.assert_installed(&b);
+    assert!(
+        metrics_ok().is_some(),
+        "/metrics after the change\n{}",
+        d.describe()
+    );
+    let (code, health) = http_get(port, "/healthz").expect("GET /healthz");
+    assert_eq!((code, health.trim()), (200, "ok"), "{health:?}");
+    assert!(
+        open_fds(d.pid()) < base_fds + LISTENER_CAP + margin,
+        "{}",
+        d.describe()
+    );
+    drop(held);
+}

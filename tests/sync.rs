@@ -402,12 +402,17 @@ fn write_failure_exits_1_others_processed() {
     );
 }
 
-/// A reload over its timeout is stopped and makes sync exit 1.
+/// A reload over its timeout is stopped and makes sync exit 1; the
+/// previous files come back.
 #[test]
 fn reload_timeout() {
     let env = Env::new();
     let ca = Ca::new("timeout");
+    let old = ca.issue(&LeafSpec::new(&[HOST]).days(30));
     let leaf = ca.issue(&LeafSpec::new(&[HOST]));
+    let before = Target::new(&env, "postfix");
+    env.write_config(&[files_source(&env.path("src-old"), &old)], &[&before]);
+    env.sync().ok();
     let src = files_source(&env.path("src"), &leaf);
     let slow = env.path("bin/slow-reload");
     script(&slow, "exec sleep 30");
@@ -423,12 +428,7 @@ fn reload_timeout() {
     r.assert_stderr_contains("timed out");
     r.assert_stderr_contains("rolled back");
     assert!(took < Duration::from_secs(20), "sync took {took:?}");
-    // Nothing was installed before, so the rollback leaves no file.
-    assert!(
-        !t.fullchain.as_ref().unwrap().exists(),
-        "a file whose reload timed out was left in place"
-    );
-    let _ = leaf;
+    t.assert_installed(&old);
 }
 
 /// Two syncs at once (sharing state_dir) do not interleave: the lock covers
@@ -781,4 +781,53 @@ fn out_of_order_chains_are_installed_in_issuing_order_and_unrelated_extras_refus
             "{case}: a chain with an unrelated certificate was installed"
         );
     }
+}
+
+// ---- bounded reloads ----
+
+/// Ends the background `sleep`s whose pids a reload logged, when dropped
+/// (they are this test's).
+struct KillLogged(std::path::PathBuf);
+
+impl Drop for KillLogged {
+    fn drop(&mut self) {
+        for pid in log_lines(&self.0) {
+            let _ = Command::new("kill").arg(pid.trim()).status();
+        }
+    }
+}
+
+/// `mxkeys sync` that must end within 20 s (far below the background
+/// child's 600 s).
+fn sync_within_20s(env: &Env) -> Run {
+    let out = common::servers::output_within(env.cmd(&["sync"]), Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("sync waited for the reload's background child: {e}"));
+    Run::from_output("mxkeys sync".into(), out)
+}
+
+/// Issue 11, point 5: a reload command that leaves a background child
+/// holding its stderr (`sleep 600 &`) returns as soon as the command
+/// itself exits; the reload counts as done and nothing is rolled back.
+#[test]
+fn a_reload_leaving_a_background_child_does_not_hold_up_sync() {
+    let env = Env::new();
+    let ca = Ca::new("grandchild");
+    let old = ca.issue(&LeafSpec::new(&[HOST]).days(30));
+    let leaf = ca.issue(&LeafSpec::new(&[HOST]));
+    let pids = env.path("background.pid");
+    let _cleanup = KillLogged(pids.clone());
+    let script_text = format!("sleep 600 & echo $! >> {}; exit 0", qp(&pids));
+    let t = Target::new(&env, "postfix").reload(&["sh", "-c", &script_text]);
+    env.write_config(&[files_source(&env.path("src-old"), &old)], &[&t]);
+    sync_within_20s(&env).ok();
+    t.assert_installed(&old);
+    // A change: the reload runs again and counts as done.
+    env.write_config(&[files_source(&env.path("src-new"), &leaf)], &[&t]);
+    sync_within_20s(&env)
+        .ok()
+        .assert_stderr_lacks("rolled back");
+    t.assert_installed(&leaf);
+    assert_eq!(log_lines(&pids).len(), 2, "one reload per change");
+    let (_, status) = env.status_json();
+    assert_eq!(status["last_run"]["ok"], true, "{status:#}");
 }

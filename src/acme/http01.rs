@@ -1,5 +1,6 @@
-//! HTTP-01: the built-in responder, bound only while orders run, and the
-//! webroot alternative (token files where a web server already serves
+//! HTTP-01: the built-in responder, bound only while orders run (with the
+//! listener limits of [`crate::listen`]), and the webroot alternative
+//! (token files where a web server already serves
 //! `/.well-known/acme-challenge/`).
 //!
 //! Webroot files are for a web server running as another user, whatever
@@ -9,7 +10,6 @@
 //! token file 0644, set on the open descriptor (fchmod).
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -43,24 +43,12 @@ impl Responder {
             .map_err(|e| format!("http-01: cannot listen on {addr}: {e}"))?;
         let addr = listener.local_addr().unwrap_or(addr);
         tracing::debug!("http-01 responder on {addr}");
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let tokens = tokens.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req| {
-                        let tokens = tokens.clone();
-                        async move { Ok::<_, Infallible>(answer(&req, &tokens)) }
-                    });
-                    let io = hyper_util::rt::TokioIo::new(stream);
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(io, service)
-                        .await;
-                });
-            }
-        });
+        let task = tokio::spawn(crate::listen::serve(
+            listener,
+            crate::listen::Limits::DEFAULT,
+            "http-01 responder",
+            move |req| answer(req, &tokens),
+        ));
         Ok(Responder { addr, task })
     }
 }

@@ -20,7 +20,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
     (
         "ACME_POSTHOOK",
-        "shell command run after new files are installed (default `postfix reload`; empty: none)",
+        "shell command run after new files are installed (default `postfix reload` when `postfix` is on PATH, else none; empty: none)",
     ),
     (
         "SSL_TYPE",
@@ -201,8 +201,18 @@ pub fn toml_from(
         get("MXKEYS_KEY_TYPE").unwrap_or_else(|| if alt { "ecdsa" } else { "any" }.to_owned());
     let mut reload = Vec::new();
     match raw_get("ACME_POSTHOOK") {
-        // Unset: the mail containers' default. Set but empty: no command.
-        None => reload.push("postfix reload".to_owned()),
+        // Unset: the mail containers' default, where there is a Postfix to
+        // reload (a sidecar has none: it signals through
+        // MXKEYS_RELOAD_PIDFILE). Set but empty: no command.
+        None if on_path("postfix", raw_get, exists) => reload.push("postfix reload".to_owned()),
+        None => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::info!(
+                    "ACME_POSTHOOK is not set and no `postfix` is on PATH: no reload command runs after an install (MXKEYS_RELOAD_PIDFILE signals a neighbour process)"
+                );
+            });
+        }
         Some(hook) if hook.trim().is_empty() => {}
         Some(hook) => reload.push(hook),
     }
@@ -255,6 +265,21 @@ pub fn toml_from(
     toml::to_string(&root).map(Some).map_err(|e| e.to_string())
 }
 
+/// The search path `sh` uses when PATH is not set (dash's and busybox's).
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Whether `program` is in a directory of PATH (as `sh -c` would find it).
+fn on_path(
+    program: &str,
+    raw_get: &dyn Fn(&str) -> Option<String>,
+    exists: &dyn Fn(&Path) -> bool,
+) -> bool {
+    let path = raw_get("PATH").unwrap_or_else(|| DEFAULT_PATH.to_owned());
+    path.split(':')
+        .filter(|dir| !dir.is_empty())
+        .any(|dir| exists(&Path::new(dir).join(program)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,8 +290,9 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
+        // A `postfix` exists only in /fake-sbin.
         toml_from(&|k| map.get(k).cloned(), &|p| {
-            acme_exists && p == Path::new(DEFAULT_ACME_FILE)
+            (acme_exists && p == Path::new(DEFAULT_ACME_FILE)) || p.starts_with("/fake-sbin")
         })
     }
 
@@ -346,9 +372,12 @@ mod tests {
     #[test]
     fn empty_posthook_disables_the_default_reload() {
         let with_default = parse(
-            &build(&[("SSL_TYPE", "self-signed")], false)
-                .unwrap()
-                .unwrap(),
+            &build(
+                &[("SSL_TYPE", "self-signed"), ("PATH", "/usr/bin:/fake-sbin")],
+                false,
+            )
+            .unwrap()
+            .unwrap(),
         );
         assert_eq!(
             with_default.targets[0].reloads,
@@ -364,6 +393,33 @@ mod tests {
                 .unwrap(),
         );
         assert!(disabled.targets[0].reloads.is_empty());
+    }
+
+    #[test]
+    fn unset_posthook_without_postfix_on_path_runs_no_command() {
+        for path in [Some("/usr/bin:/bin"), None] {
+            let mut vars = vec![("SSL_TYPE", "self-signed")];
+            vars.extend(path.map(|p| ("PATH", p)));
+            let c = parse(&build(&vars, false).unwrap().unwrap());
+            assert!(c.targets[0].reloads.is_empty(), "PATH {path:?}");
+        }
+        // The neighbour is still signalled.
+        let c = parse(
+            &build(
+                &[
+                    ("SSL_TYPE", "self-signed"),
+                    ("PATH", "/usr/bin"),
+                    ("MXKEYS_RELOAD_PIDFILE", "/run/postfix/master.pid"),
+                ],
+                false,
+            )
+            .unwrap()
+            .unwrap(),
+        );
+        assert!(matches!(
+            c.targets[0].reloads[..],
+            [super::super::Reload::Signal { .. }]
+        ));
     }
 
     #[test]

@@ -16,7 +16,6 @@
 //! pure).
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -456,28 +455,18 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Binds `listen` and serves /metrics and /healthz until the runtime ends.
+/// Binds `listen` and serves /metrics and /healthz until the runtime ends,
+/// under the listener limits of [`crate::listen`] (connection cap, header
+/// and idle timeouts, backoff on accept errors).
 pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!("metrics on http://{listen}/metrics");
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let metrics = metrics.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let metrics = metrics.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &metrics)) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
-            });
-        }
-    });
+    tokio::spawn(crate::listen::serve(
+        listener,
+        crate::listen::Limits::DEFAULT,
+        "metrics",
+        move |req| respond(req, &metrics),
+    ));
     Ok(())
 }
 
@@ -509,7 +498,7 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
             } else {
                 StatusCode::SERVICE_UNAVAILABLE
             };
-            reply(status, "text/plain", format!("{why}\n"))
+            reply(status, "text/plain", format!("{}\n", one_line(&why)))
         }
         _ => reply(
             StatusCode::NOT_FOUND,

@@ -9,6 +9,9 @@
 //! reloaded again and checked again; the certificate it refused is retried
 //! only after a growing backoff (recorded in state_dir). A service is never
 //! left with a pair mxkeys did not check, nor without the files it had.
+//! A first install (none of the target's files existed) is never rolled
+//! back to nothing: its files stay, the run fails, and the reload stays
+//! owed so the next pass runs it again.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
@@ -66,9 +69,19 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
 
     // 1. Write every slot's files.
     let mut undo: HashMap<usize, Vec<Undo>> = HashMap::new();
+    // Targets that had at least one of their files before this run: only
+    // those have something to go back to.
+    let mut had_files: BTreeSet<usize> = BTreeSet::new();
     for slot_plan in plan.slots {
         let mut r = slot_plan.report;
         let target = &config.targets[r.target];
+        if slot_plan
+            .files
+            .iter()
+            .any(|p| p.path.symlink_metadata().is_ok())
+        {
+            had_files.insert(r.target);
+        }
         if !slot_plan.files.is_empty() {
             r.action = match install::ownership(target)
                 .and_then(|o| install::apply(&slot_plan.files, o))
@@ -113,9 +126,25 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
         }
     }
 
-    // 4. Take back what failed, reload again, check the old certificate.
-    if !failed.is_empty() {
-        roll_back(config, &mut report, &failed, &undo);
+    // 4. Take back what failed, reload again, check the old certificate;
+    // a first install has nothing to go back to and keeps its files.
+    let (to_roll_back, first_installs): (Vec<_>, Vec<_>) = failed
+        .iter()
+        .cloned()
+        .partition(|(ti, _)| had_files.contains(ti));
+    for (ti, why) in &first_installs {
+        let outcome = format!(
+            "{why}; first install, nothing to go back to: the new files stay and the reload is retried on the next pass"
+        );
+        tracing::error!("target {}: {outcome}", config.targets[*ti].name);
+        for r in report.targets.iter_mut().filter(|r| r.target == *ti) {
+            if matches!(r.action, Action::Changed(_) | Action::UpToDate) {
+                r.action = Action::Unconfirmed(outcome.clone());
+            }
+        }
+    }
+    if !to_roll_back.is_empty() {
+        roll_back(config, &mut report, &to_roll_back, &undo);
     }
     for t in &report.targets {
         if let (Action::Changed(files), Some(s)) = (&t.action, &t.served) {
@@ -318,7 +347,7 @@ fn record(
     // A target's owed reload is paid when every reload it has succeeded;
     // after a rollback its files are those the service already had, so
     // nothing is owed unless it was owed before this run.
-    for target in &config.targets {
+    for (ti, target) in config.targets.iter().enumerate() {
         let all_ok = target.reloads.iter().all(|action| {
             report
                 .reloads
@@ -327,7 +356,15 @@ fn record(
                 .all(|r| matches!(r.result, Some(Ok(()))))
         });
         let rolled_back = report.rollbacks.contains(&target.name);
-        if all_ok || (rolled_back && !owed_before.contains(&target.name)) {
+        // A first install kept although it failed owes its reload (and
+        // so another check) whatever the reload said.
+        let unconfirmed = report
+            .targets
+            .iter()
+            .any(|r| r.target == ti && matches!(r.action, Action::Unconfirmed(_)));
+        if unconfirmed {
+            st.pending_reloads.insert(target.name.clone());
+        } else if all_ok || (rolled_back && !owed_before.contains(&target.name)) {
             st.pending_reloads.remove(&target.name);
         }
     }
@@ -336,7 +373,8 @@ fn record(
     for t in &report.targets {
         let Some(s) = &t.served else { continue };
         match &t.action {
-            Action::Changed(_) => {
+            // An unconfirmed first install is what the files hold.
+            Action::Changed(_) | Action::Unconfirmed(_) => {
                 st.failures.remove(&t.name);
                 st.targets.insert(
                     t.name.clone(),

@@ -71,6 +71,10 @@ pub enum Action {
     /// This certificate was rolled back before; it is retried after a
     /// backoff.
     Deferred(String),
+    /// A first install (the target had no files) whose reload or
+    /// verification failed: there is nothing to go back to, so the new
+    /// files stay and the reload is owed to the next pass.
+    Unconfirmed(String),
 }
 
 /// What happened to one slot of a target.
@@ -103,7 +107,8 @@ impl TargetReport {
             Action::Unserved(e)
             | Action::WriteFailed(e)
             | Action::RolledBack(e)
-            | Action::Deferred(e) => Some(format!("target {}: {e}", self.name)),
+            | Action::Deferred(e)
+            | Action::Unconfirmed(e) => Some(format!("target {}: {e}", self.name)),
             Action::UpToDate | Action::Changed(_) | Action::KeptInstalled => None,
         }
     }
