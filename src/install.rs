@@ -419,9 +419,14 @@ pub fn exposed_target_dirs(targets: &[Target]) -> Vec<(bool, String)> {
                 if !seen.insert((t.name.clone(), dir.to_owned())) {
                     continue;
                 }
+                // A symlinked directory is refused when installing, with
+                // its own message; a link's own mode says nothing.
                 let Ok(meta) = fs::symlink_metadata(dir) else {
                     continue;
                 };
+                if meta.file_type().is_symlink() {
+                    continue;
+                }
                 if let Some(why) = dir_exposure(meta.uid(), meta.gid(), meta.mode(), owner) {
                     out.push((
                         t.strict_permissions,
