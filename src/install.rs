@@ -729,10 +729,7 @@ pub fn installed_certs(
     f: &TargetFiles,
 ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
     let read = |p: &Path| {
-        let text = Zeroizing::new(crate::source::read_limited(
-            p,
-            crate::source::PEM_SIZE_LIMIT,
-        )?);
+        let text = read_installed(p)?;
         crate::cert::parse_pem_certs(&text).map_err(|e| format!("{}: {e}", p.display()))
     };
     if let Some(p) = f.combined.as_deref().or(f.fullchain.as_deref()) {
@@ -756,12 +753,21 @@ pub fn installed_bundle(files: &TargetFiles) -> Result<Bundle, String> {
         .as_deref()
         .or(files.key.as_deref())
         .ok_or("the target writes no key file")?;
-    let text = Zeroizing::new(crate::source::read_limited(
-        key_path,
-        crate::source::PEM_SIZE_LIMIT,
-    )?);
+    let text = read_installed(key_path)?;
     let key = crate::cert::PrivateKey::from_pem(&text).map_err(|e| e.to_string())?;
     Ok(Bundle { certs, key })
+}
+
+/// An installed file's bytes, read like an old file before a write:
+/// through its directory's descriptor, only a regular file, within
+/// [`crate::source::PEM_SIZE_LIMIT`]. The reason is one line.
+fn read_installed(p: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+    let (dir, name) = split(p).map_err(|e| crate::source::io_reason(&e))?;
+    match TargetDir::open(dir).and_then(|d| d.read_old(name, crate::source::PEM_SIZE_LIMIT)) {
+        Ok(Some(old)) => Ok(old.bytes),
+        Ok(None) => Err("not found".to_owned()),
+        Err(e) => Err(crate::source::io_reason(&e)),
+    }
 }
 
 #[cfg(test)]
