@@ -1,24 +1,44 @@
 //! Installing: turning a chosen bundle into a target's files.
 //!
-//! Each file is written as a temporary file in the same directory, created
-//! with a mode that lets no one else read it, given its final owner and
-//! mode, written, fsynced, renamed over the old file, and the directory
-//! fsynced: a reader sees the old file or the new one, never half of one,
-//! and a key is never readable by others. Files are written only when their
-//! bytes differ. If writing one file of a target fails, the files of that
-//! target already replaced are put back, so a server never sees a key from
+//! Rule: a target's directory is opened once, without following a symlink
+//! (O_DIRECTORY|O_NOFOLLOW), and every read, temporary file, owner and mode
+//! change, rename, undo and fsync is done relative to that descriptor, so
+//! whoever can write the directory cannot redirect mxkeys (running as root)
+//! to a file elsewhere. The old file is read only when it is a regular file
+//! (opened with O_NOFOLLOW|O_NONBLOCK, then checked with fstat) no larger
+//! than [`TARGET_SIZE_LIMIT`]; a symlink, FIFO, device or directory at a
+//! target path is an error naming the path, found before anything is written.
+//!
+//! Each file is written as a temporary file in the same directory (created
+//! O_EXCL|O_NOFOLLOW with its final mode), given its final owner and mode,
+//! written, fsynced, renamed over the old file, and the directory fsynced:
+//! a reader sees the old file or the new one, never half of one, and a key
+//! is never readable by others. Files are written only when their bytes
+//! differ. If writing one file of a target fails, the files of that target
+//! already replaced (including one whose rename succeeded but whose
+//! directory fsync failed) are put back, so a server never sees a key from
 //! one certificate and a chain from another.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write as _};
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File};
+use std::io::{self, Read as _, Write as _};
+use std::os::fd::{AsFd as _, OwnedFd};
+use std::os::unix::fs::{FileTypeExt as _, MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use nix::errno::Errno;
+use nix::fcntl::{AT_FDCWD, OFlag, openat, renameat};
+use nix::sys::stat::Mode;
 use zeroize::Zeroizing;
 
 use crate::cert::Bundle;
 use crate::config::{FileRole, Slot, Target, TargetFiles};
+
+/// Largest target file mxkeys reads back (to compare it, and to keep it
+/// for the undo). A larger file at a target path is an error.
+pub const TARGET_SIZE_LIMIT: u64 = crate::source::PEM_SIZE_LIMIT;
 
 /// Owner and group to give files, as numeric ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -101,6 +121,330 @@ pub fn ownership(target: &Target) -> Result<Ownership, String> {
     Ok(Ownership { uid, gid })
 }
 
+/// A directory mxkeys writes into, opened once. Every operation on its
+/// files goes through this descriptor, never through the path again.
+#[derive(Debug)]
+pub struct TargetDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+/// A file's content and metadata before mxkeys replaced it, read from a
+/// regular file through a descriptor that stays open (its owner and mode
+/// are fixed through that same descriptor).
+pub struct Old {
+    file: File,
+    bytes: Zeroizing<Vec<u8>>,
+    mode: u32,
+}
+
+/// Why writing a file failed, and whether it was already renamed into
+/// place (then it must be undone like a file written successfully).
+#[derive(Debug)]
+pub struct WriteError {
+    pub error: io::Error,
+    pub renamed: bool,
+}
+
+impl From<io::Error> for WriteError {
+    fn from(error: io::Error) -> Self {
+        WriteError {
+            error,
+            renamed: false,
+        }
+    }
+}
+
+fn refused(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, what)
+}
+
+/// What a non-regular file is, for messages.
+fn kind_of(meta: &fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_socket() {
+        "a socket"
+    } else if t.is_block_device() || t.is_char_device() {
+        "a device"
+    } else {
+        "not a regular file"
+    }
+}
+
+impl TargetDir {
+    /// Opens `dir` as a directory, refusing a symlink at its last component
+    /// (the error says so).
+    pub fn open(dir: &Path) -> io::Result<TargetDir> {
+        Self::open_with(dir, OFlag::O_NOFOLLOW)
+    }
+
+    /// Opens `dir` following symlinks: for mxkeys' own directories
+    /// (state_dir, webroot) whose path the administrator chose, not for
+    /// targets.
+    fn open_following(dir: &Path) -> io::Result<TargetDir> {
+        Self::open_with(dir, OFlag::empty())
+    }
+
+    fn open_with(dir: &Path, extra: OFlag) -> io::Result<TargetDir> {
+        let path = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | extra;
+        match openat(AT_FDCWD, path, flags, Mode::empty()) {
+            Ok(fd) => Ok(TargetDir {
+                fd,
+                path: path.to_owned(),
+            }),
+            // O_DIRECTORY|O_NOFOLLOW on a symlink fails with ENOTDIR (or
+            // ELOOP): say which.
+            Err(Errno::ELOOP | Errno::ENOTDIR)
+                if extra.contains(OFlag::O_NOFOLLOW)
+                    && fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) =>
+            {
+                Err(refused(format!(
+                    "directory {} is a symbolic link; configure the directory it points to",
+                    path.display()
+                )))
+            }
+            Err(Errno::ENOTDIR) => Err(refused(format!("{} is not a directory", path.display()))),
+            Err(e) => Err(io::Error::from(e)),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the file `name` if it is a regular file within `limit` bytes
+    /// (`None`: there is none). A symlink, FIFO, device or directory is an
+    /// error; opening never blocks and never follows a link.
+    pub fn read_old(&self, name: &OsStr, limit: u64) -> io::Result<Option<Old>> {
+        let flags = OFlag::O_RDONLY
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC;
+        let fd = match openat(self.fd.as_fd(), name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => return Ok(None),
+            Err(Errno::ELOOP) => {
+                return Err(refused(
+                    "is a symbolic link, expected a regular file".to_owned(),
+                ));
+            }
+            Err(Errno::ENXIO) => {
+                return Err(refused("is a socket, expected a regular file".to_owned()));
+            }
+            Err(e) => return Err(io::Error::from(e)),
+        };
+        let file = File::from(fd);
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(refused(format!(
+                "is {}, expected a regular file",
+                kind_of(&meta)
+            )));
+        }
+        if meta.len() > limit {
+            return Err(refused(format!(
+                "too large: {} bytes, the limit is {limit}",
+                meta.len()
+            )));
+        }
+        let mut bytes = Zeroizing::new(Vec::with_capacity(meta.len() as usize));
+        (&file).take(limit + 1).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > limit {
+            return Err(refused(format!("grew past the limit of {limit} bytes")));
+        }
+        Ok(Some(Old {
+            file,
+            bytes,
+            mode: meta.mode() & 0o7777,
+        }))
+    }
+
+    /// Replaces `name` with `bytes` atomically: a temporary file created
+    /// O_EXCL|O_NOFOLLOW in this directory with the final mode, owner and
+    /// mode set on its descriptor, data written and fsynced, renamed over
+    /// `name`, directory fsynced. `renamed` in the error tells whether
+    /// `name` was already replaced.
+    pub fn write(
+        &self,
+        name: &OsStr,
+        bytes: &[u8],
+        mode: u32,
+        owner: Option<Ownership>,
+    ) -> Result<(), WriteError> {
+        let tmp = OsString::from(format!(
+            ".{}.mxkeys-{}-{}.tmp",
+            name.to_string_lossy(),
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        let created = (|| -> io::Result<()> {
+            let fd = openat(
+                self.fd.as_fd(),
+                tmp.as_os_str(),
+                OFlag::O_WRONLY
+                    | OFlag::O_CREAT
+                    | OFlag::O_EXCL
+                    | OFlag::O_NOFOLLOW
+                    | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(mode & 0o777),
+            )?;
+            let mut file = File::from(fd);
+            if let Some(o) = owner
+                && (o.uid.is_some() || o.gid.is_some())
+            {
+                std::os::unix::fs::fchown(&file, o.uid, o.gid)?;
+            }
+            // Exactly `mode`, whatever the umask took away.
+            file.set_permissions(fs::Permissions::from_mode(mode))?;
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            drop(file);
+            renameat(self.fd.as_fd(), tmp.as_os_str(), self.fd.as_fd(), name)?;
+            Ok(())
+        })();
+        if let Err(error) = created {
+            let _ = self.remove(&tmp);
+            return Err(WriteError {
+                error,
+                renamed: false,
+            });
+        }
+        self.sync().map_err(|error| WriteError {
+            error,
+            renamed: true,
+        })
+    }
+
+    /// Removes the entry `name` of this directory (not a directory).
+    pub fn remove(&self, name: &OsStr) -> io::Result<()> {
+        nix::unistd::unlinkat(
+            self.fd.as_fd(),
+            name,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        )
+        .map_err(io::Error::from)
+    }
+
+    /// Fsyncs the directory (so a rename in it is durable).
+    fn sync(&self) -> io::Result<()> {
+        #[cfg(test)]
+        if faults::take_dir_fsync_failure() {
+            return Err(io::Error::other("injected directory fsync failure"));
+        }
+        nix::unistd::fsync(self.fd.as_fd()).map_err(io::Error::from)
+    }
+}
+
+/// Test-only fault injection: make the next directory fsyncs fail.
+#[cfg(test)]
+pub(crate) mod faults {
+    use std::cell::Cell;
+
+    thread_local! {
+        /// Fsyncs to let succeed before one fails (`None`: never fail).
+        static FAIL_AFTER: Cell<Option<usize>> = const { Cell::new(None) };
+    }
+
+    /// The directory fsync after `ok` successful ones fails (once).
+    pub fn fail_dir_fsync_after(ok: usize) {
+        FAIL_AFTER.with(|c| c.set(Some(ok)));
+    }
+
+    pub(super) fn take_dir_fsync_failure() -> bool {
+        FAIL_AFTER.with(|c| match c.get() {
+            Some(0) => {
+                c.set(None);
+                true
+            }
+            Some(n) => {
+                c.set(Some(n - 1));
+                false
+            }
+            None => false,
+        })
+    }
+}
+
+/// The directory and file name of a target path.
+fn split(path: &Path) -> io::Result<(&Path, &OsStr)> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| refused("names no file".to_owned()))?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    Ok((dir, name))
+}
+
+/// Who besides root and the target's owner can write a target directory,
+/// as a phrase (`None`: no one). Pure: from the directory's owner, group
+/// and mode.
+pub fn dir_exposure(uid: u32, gid: u32, mode: u32, owner: Ownership) -> Option<String> {
+    if mode & 0o002 != 0 {
+        Some("is world-writable".to_owned())
+    } else if mode & 0o020 != 0 && gid != 0 {
+        Some(format!("is writable by group {gid}"))
+    } else if mode & 0o200 != 0 && uid != 0 && owner.uid != Some(uid) {
+        Some(format!("is owned and writable by user {uid}"))
+    } else {
+        None
+    }
+}
+
+/// Checks that no user other than root and the target's owner can write
+/// the existing directories of the targets' files. Returns one line per
+/// exposed directory (`chmod` advice included); the caller warns, or
+/// refuses the configuration for a target with `strict_permissions`.
+pub fn exposed_target_dirs(targets: &[Target]) -> Vec<(bool, String)> {
+    let mut out: Vec<(bool, String)> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for t in targets {
+        let owner = ownership(t).unwrap_or_default();
+        for slot in &t.slots {
+            for (_, path) in slot.files.iter() {
+                let Ok((dir, _)) = split(path) else { continue };
+                if !seen.insert((t.name.clone(), dir.to_owned())) {
+                    continue;
+                }
+                // A symlinked directory is refused when installing, with
+                // its own message; a link's own mode says nothing.
+                let Ok(meta) = fs::symlink_metadata(dir) else {
+                    continue;
+                };
+                if meta.file_type().is_symlink() {
+                    continue;
+                }
+                if let Some(why) = dir_exposure(meta.uid(), meta.gid(), meta.mode(), owner) {
+                    out.push((
+                        t.strict_permissions,
+                        format!(
+                            "target {}: directory {} {why}: another user could put a symlink \
+                             or FIFO where mxkeys writes; make it writable by root only \
+                             (chown root {1}; chmod go-w {1})",
+                            t.name,
+                            dir.display()
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// What installing a target did.
 #[derive(Debug, Default)]
 pub struct Outcome {
@@ -112,36 +456,48 @@ pub struct Outcome {
     pub undo: Undo,
 }
 
+/// One replaced file: its directory (by descriptor), name, and what it held.
+struct UndoEntry {
+    dir: Arc<TargetDir>,
+    name: OsString,
+    path: PathBuf,
+    old: Previous,
+}
+
 /// The previous content of files an install replaced, to restore them when
 /// the service refuses the new ones. Never printed (it may hold a key).
 #[derive(Default)]
 pub struct Undo {
-    entries: Vec<(PathBuf, Previous)>,
+    entries: Vec<UndoEntry>,
     owner: Ownership,
 }
 
 impl std::fmt::Debug for Undo {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let paths: Vec<_> = self.entries.iter().map(|(p, _)| p).collect();
+        let paths: Vec<_> = self.entries.iter().map(|e| &e.path).collect();
         f.debug_struct("Undo").field("paths", &paths).finish()
     }
 }
 
 impl Undo {
     /// Puts every replaced file back (a file that did not exist is
-    /// removed), last written first. Errors name the files.
+    /// removed), last written first, through the directory descriptors
+    /// the install used. Errors name the files.
     pub fn restore(&self) -> Result<(), String> {
         let mut failed = Vec::new();
-        for (path, old) in self.entries.iter().rev() {
-            let result = match old {
-                Some((bytes, mode)) => write_atomic(path, bytes, *mode, Some(self.owner)),
-                None => fs::remove_file(path),
+        for e in self.entries.iter().rev() {
+            let result = match &e.old {
+                Some((bytes, mode)) => e
+                    .dir
+                    .write(&e.name, bytes, *mode, Some(self.owner))
+                    .map_err(|w| w.error),
+                None => e.dir.remove(&e.name),
             };
-            if let Err(e) = result {
+            if let Err(err) = result {
                 failed.push(format!(
                     "{}: {}",
-                    path.display(),
-                    crate::source::io_reason(&e)
+                    e.path.display(),
+                    crate::source::io_reason(&err)
                 ));
             }
         }
@@ -151,24 +507,80 @@ impl Undo {
             Err(format!("cannot restore {}", failed.join("; ")))
         }
     }
+
+    /// Records a file as replaced. Called for every write that reached
+    /// the rename, failed or not (see [`must_undo`]).
+    fn push(&mut self, dir: &Arc<TargetDir>, name: &OsStr, path: &Path, old: Previous) {
+        self.entries.push(UndoEntry {
+            dir: dir.clone(),
+            name: name.to_owned(),
+            path: path.to_owned(),
+            old,
+        });
+    }
 }
 
-/// Whether a file's content differs from `bytes` (a missing file differs).
+/// Whether a write's result leaves the file replaced, so that it belongs in
+/// the undo list: on success, and on a failure after the rename (a failed
+/// directory fsync). Pure.
+pub fn must_undo(result: &Result<(), WriteError>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => e.renamed,
+    }
+}
+
+/// Whether a file's content differs from `bytes` (a missing or unreadable
+/// file, or one mxkeys would refuse, differs). Never follows a symlink and
+/// never blocks on a FIFO.
 pub fn differs(path: &Path, bytes: &[u8]) -> bool {
-    match fs::read(path) {
-        Ok(old) => {
-            let old = Zeroizing::new(old);
-            old.as_slice() != bytes
-        }
-        Err(_) => true,
+    let Ok((dir, name)) = split(path) else {
+        return true;
+    };
+    match TargetDir::open(dir).and_then(|d| d.read_old(name, TARGET_SIZE_LIMIT)) {
+        Ok(Some(old)) => old.bytes.as_slice() != bytes,
+        _ => true,
     }
 }
 
 /// A file's content and mode before mxkeys replaced it (`None`: it did not exist).
 type Previous = Option<(Zeroizing<Vec<u8>>, u32)>;
 
-/// Writes a target's planned files. On failure, files already replaced are
-/// restored (or removed if they did not exist) and the error names the file.
+/// Opens (creating when missing) the directory of each planned file, once
+/// per directory.
+fn open_dirs(planned: &[Planned]) -> Result<Vec<(Arc<TargetDir>, &OsStr)>, String> {
+    let mut opened: Vec<Arc<TargetDir>> = Vec::new();
+    let mut out = Vec::new();
+    for p in planned {
+        let fail = |e: &io::Error| {
+            format!(
+                "{} ({}): {}",
+                p.path.display(),
+                p.role.as_str(),
+                crate::source::io_reason(e)
+            )
+        };
+        let (dir, name) = split(&p.path).map_err(|e| fail(&e))?;
+        let d = match opened.iter().find(|d| d.path == dir) {
+            Some(d) => d.clone(),
+            None => {
+                let d = ensure_dir(dir)
+                    .and_then(|()| TargetDir::open(dir))
+                    .map(Arc::new)
+                    .map_err(|e| fail(&e))?;
+                opened.push(d.clone());
+                d
+            }
+        };
+        out.push((d, name));
+    }
+    Ok(out)
+}
+
+/// Writes a target's planned files. Every old file is checked (regular,
+/// within the size cap) before anything is written; on a later failure,
+/// files already replaced are restored (or removed if they did not exist)
+/// and the error names the file.
 pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, String> {
     let mut outcome = Outcome {
         undo: Undo {
@@ -177,30 +589,24 @@ pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, String> {
         },
         ..Outcome::default()
     };
-    for p in planned {
-        let old = match fs::read(&p.path) {
-            Ok(b) => {
-                let mode = fs::metadata(&p.path)
-                    .map(|m| m.mode() & 0o7777)
-                    .unwrap_or(p.mode);
-                Some((Zeroizing::new(b), mode))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
-            Err(e) => {
-                restore_or_log(&outcome.undo);
-                return Err(format!(
-                    "{} ({}): cannot read: {}",
-                    p.path.display(),
-                    p.role.as_str(),
-                    crate::source::io_reason(&e)
-                ));
-            }
-        };
-        if old
-            .as_ref()
-            .is_some_and(|(b, _)| b.as_slice() == p.bytes.as_slice())
+    let dirs = open_dirs(planned)?;
+    let mut olds = Vec::with_capacity(planned.len());
+    for (p, (dir, name)) in planned.iter().zip(&dirs) {
+        let old = dir.read_old(name, TARGET_SIZE_LIMIT).map_err(|e| {
+            format!(
+                "{} ({}): cannot read: {}",
+                p.path.display(),
+                p.role.as_str(),
+                crate::source::io_reason(&e)
+            )
+        })?;
+        olds.push(old);
+    }
+    for ((p, (dir, name)), old) in planned.iter().zip(&dirs).zip(olds) {
+        if let Some(o) = &old
+            && o.bytes.as_slice() == p.bytes.as_slice()
         {
-            match fix_metadata(&p.path, p.mode, owner) {
+            match fix_metadata(&o.file, p.mode, owner) {
                 Ok(true) => outcome.fixed.push(p.path.clone()),
                 Ok(false) => {}
                 Err(e) => tracing::warn!(
@@ -211,18 +617,20 @@ pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, String> {
             }
             continue;
         }
-        let written = ensure_parent(&p.path)
-            .and_then(|()| write_atomic(&p.path, &p.bytes, p.mode, Some(owner)));
+        let previous: Previous = old.map(|o| (o.bytes, o.mode));
+        let written = dir.write(name, &p.bytes, p.mode, Some(owner));
+        if must_undo(&written) {
+            outcome.undo.push(dir, name, &p.path, previous);
+        }
         if let Err(e) = written {
             restore_or_log(&outcome.undo);
             return Err(format!(
                 "{} ({}): cannot write: {}",
                 p.path.display(),
                 p.role.as_str(),
-                crate::source::io_reason(&e)
+                crate::source::io_reason(&e.error)
             ));
         }
-        outcome.undo.entries.push((p.path.clone(), old));
         outcome.changed.push(p.path.clone());
     }
     Ok(outcome)
@@ -234,57 +642,62 @@ fn restore_or_log(undo: &Undo) {
     }
 }
 
-/// Sets mode and owner of an existing file when they differ. Returns
-/// whether anything changed.
-fn fix_metadata(path: &Path, mode: u32, owner: Ownership) -> io::Result<bool> {
-    let meta = fs::metadata(path)?;
+/// Sets mode and owner of an open file when they differ. Returns whether
+/// anything changed.
+fn fix_metadata(file: &File, mode: u32, owner: Ownership) -> io::Result<bool> {
+    let meta = file.metadata()?;
     let mut changed = false;
     let uid_off = owner.uid.is_some_and(|u| u != meta.uid());
     let gid_off = owner.gid.is_some_and(|g| g != meta.gid());
     if uid_off || gid_off {
-        std::os::unix::fs::chown(path, owner.uid, owner.gid)?;
+        std::os::unix::fs::fchown(file, owner.uid, owner.gid)?;
         changed = true;
     }
     if meta.mode() & 0o7777 != mode {
-        fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
         changed = true;
     }
     Ok(changed)
 }
 
-/// Creates a file's missing parent directories (mode 0755: the files in
+/// Creates a missing directory and its parents (mode 0755: the files in
 /// them carry their own modes).
-fn ensure_parent(path: &Path) -> io::Result<()> {
+fn ensure_dir(dir: &Path) -> io::Result<()> {
     use std::os::unix::fs::DirBuilderExt as _;
-    match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() && !dir.exists() => fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o755)
-            .create(dir),
-        _ => Ok(()),
+    if dir.as_os_str().is_empty() || fs::symlink_metadata(dir).is_ok() {
+        return Ok(());
     }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
 }
 
 /// Removes temporary files left in `dir` by mxkeys runs that were killed
 /// (`.NAME.mxkeys-PID-N.tmp` whose process is gone). They were never
 /// renamed into place, so no service reads them; they may hold a key.
+/// Removal goes through the directory's descriptor (a symlinked `dir` is
+/// left alone).
 pub fn clean_stale_temps(dir: &Path) {
+    let Ok(d) = TargetDir::open(dir) else {
+        return;
+    };
     let Ok(entries) = fs::read_dir(dir) else {
         return;
     };
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        let pid = name
+        let Some(text) = name.to_str() else { continue };
+        let pid = text
             .strip_suffix(".tmp")
-            .filter(|_| name.starts_with('.'))
+            .filter(|_| text.starts_with('.'))
             .and_then(|n| n.rsplit_once(".mxkeys-"))
             .and_then(|(_, rest)| rest.split_once('-'))
             .and_then(|(pid, _)| pid.parse::<i32>().ok());
         let Some(pid) = pid else { continue };
         let alive = i32::try_from(std::process::id()).is_ok_and(|me| me == pid)
             || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-        if !alive && fs::remove_file(entry.path()).is_ok() {
+        if !alive && d.remove(&name).is_ok() {
             tracing::debug!(
                 "removed {} left by an interrupted run",
                 entry.path().display()
@@ -295,50 +708,19 @@ pub fn clean_stale_temps(dir: &Path) {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
-/// Replaces `path` with `bytes` atomically: temporary file created 0600 in
-/// the same directory, owner and mode set, data written and fsynced,
-/// renamed over `path`, directory fsynced.
+/// Replaces `path` with `bytes` atomically (see [`TargetDir::write`]), for
+/// mxkeys' own files (state, ACME account and orders, DKIM keys): the
+/// directory's path is followed as configured, the file itself never.
 pub fn write_atomic(
     path: &Path,
     bytes: &[u8],
     mode: u32,
     owner: Option<Ownership>,
 ) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
-    let tmp = dir.join(format!(
-        ".{}.mxkeys-{}-{}.tmp",
-        file_name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        if let Some(o) = owner
-            && (o.uid.is_some() || o.gid.is_some())
-        {
-            std::os::unix::fs::fchown(&file, o.uid, o.gid)?;
-        }
-        file.set_permissions(fs::Permissions::from_mode(mode))?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        drop(file);
-        fs::rename(&tmp, path)?;
-        File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    let (dir, name) = split(path)?;
+    TargetDir::open_following(dir)?
+        .write(name, bytes, mode, owner)
+        .map_err(|e| e.error)
 }
 
 /// The certificates a slot's files hold now, leaf first: from the
@@ -347,10 +729,7 @@ pub fn installed_certs(
     f: &TargetFiles,
 ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
     let read = |p: &Path| {
-        let text = Zeroizing::new(crate::source::read_limited(
-            p,
-            crate::source::PEM_SIZE_LIMIT,
-        )?);
+        let text = read_installed(p)?;
         crate::cert::parse_pem_certs(&text).map_err(|e| format!("{}: {e}", p.display()))
     };
     if let Some(p) = f.combined.as_deref().or(f.fullchain.as_deref()) {
@@ -374,12 +753,21 @@ pub fn installed_bundle(files: &TargetFiles) -> Result<Bundle, String> {
         .as_deref()
         .or(files.key.as_deref())
         .ok_or("the target writes no key file")?;
-    let text = Zeroizing::new(crate::source::read_limited(
-        key_path,
-        crate::source::PEM_SIZE_LIMIT,
-    )?);
+    let text = read_installed(key_path)?;
     let key = crate::cert::PrivateKey::from_pem(&text).map_err(|e| e.to_string())?;
     Ok(Bundle { certs, key })
+}
+
+/// An installed file's bytes, read like an old file before a write:
+/// through its directory's descriptor, only a regular file, within
+/// [`crate::source::PEM_SIZE_LIMIT`]. The reason is one line.
+fn read_installed(p: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
+    let (dir, name) = split(p).map_err(|e| crate::source::io_reason(&e))?;
+    match TargetDir::open(dir).and_then(|d| d.read_old(name, crate::source::PEM_SIZE_LIMIT)) {
+        Ok(Some(old)) => Ok(old.bytes),
+        Ok(None) => Err("not found".to_owned()),
+        Err(e) => Err(crate::source::io_reason(&e)),
+    }
 }
 
 #[cfg(test)]
@@ -441,5 +829,143 @@ mod tests {
         let e = apply(&planned, Ownership::default()).unwrap_err();
         assert!(e.contains("fullchain"), "{e}");
         assert_eq!(fs::read(&good).unwrap(), b"old key");
+    }
+
+    fn planned(role: FileRole, path: &Path, bytes: &[u8], mode: u32) -> Planned {
+        Planned {
+            role,
+            path: path.to_owned(),
+            bytes: Zeroizing::new(bytes.to_vec()),
+            mode,
+        }
+    }
+
+    #[test]
+    fn a_file_whose_directory_fsync_failed_after_the_rename_is_put_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        let chain = dir.path().join("fullchain.pem");
+        fs::write(&key, b"old key").unwrap();
+        fs::write(&chain, b"old chain").unwrap();
+        let plan = [
+            planned(FileRole::Key, &key, b"new key", 0o600),
+            planned(FileRole::Fullchain, &chain, b"new chain", 0o644),
+        ];
+        // The key's directory fsync succeeds, the chain's fails after its
+        // rename: the chain is already replaced and must be undone too.
+        faults::fail_dir_fsync_after(1);
+        let e = apply(&plan, Ownership::default()).unwrap_err();
+        assert!(e.contains("fullchain.pem") && e.contains("injected"), "{e}");
+        assert_eq!(fs::read(&key).unwrap(), b"old key");
+        assert_eq!(fs::read(&chain).unwrap(), b"old chain");
+    }
+
+    #[test]
+    fn only_writes_that_reached_the_rename_are_undone() {
+        let err = |renamed| {
+            Err(WriteError {
+                error: io::Error::other("x"),
+                renamed,
+            })
+        };
+        for (result, undo) in [(Ok(()), true), (err(true), true), (err(false), false)] {
+            assert_eq!(must_undo(&result), undo, "{result:?}");
+        }
+    }
+
+    #[test]
+    fn a_symlink_fifo_or_directory_at_a_target_path_is_refused_before_any_write() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let outside = dir.path().join("outside");
+        fs::write(&outside, b"secret").unwrap();
+        let t = dir.path().join("t");
+        fs::create_dir(&t).unwrap();
+        let key = t.join("key.pem");
+        fs::write(&key, b"old key").unwrap();
+        let bad = t.join("fullchain.pem");
+        let plants: [(&str, &dyn Fn()); 4] = [
+            ("a symbolic link", &|| symlink(&outside, &bad).unwrap()),
+            ("a FIFO", &|| {
+                nix::unistd::mkfifo(&bad, Mode::from_bits_truncate(0o600)).unwrap()
+            }),
+            ("a directory", &|| fs::create_dir(&bad).unwrap()),
+            ("a device", &|| symlink("/dev/zero", &bad).unwrap()),
+        ];
+        for (what, plant) in plants {
+            plant();
+            let before = fs::metadata(&key).unwrap().ino();
+            let plan = [
+                planned(FileRole::Key, &key, b"new key", 0o600),
+                planned(FileRole::Fullchain, &bad, b"chain", 0o644),
+            ];
+            // Never blocks on the FIFO, never reads /dev/zero.
+            assert!(differs(&bad, b"chain"), "{what}");
+            let e = apply(&plan, Ownership::default()).unwrap_err();
+            assert!(e.contains(&bad.display().to_string()), "{what}: {e}");
+            assert!(e.contains("expected a regular file"), "{what}: {e}");
+            assert_eq!(fs::read(&key).unwrap(), b"old key", "{what}");
+            assert_eq!(
+                fs::metadata(&key).unwrap().ino(),
+                before,
+                "{what}: key rewritten"
+            );
+            assert_eq!(fs::read(&outside).unwrap(), b"secret");
+            match fs::remove_file(&bad) {
+                Ok(()) => {}
+                Err(_) => fs::remove_dir(&bad).unwrap(),
+            }
+        }
+    }
+
+    #[test]
+    fn a_target_directory_that_is_a_symlink_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let plan = [planned(FileRole::Key, &link.join("key.pem"), b"k", 0o600)];
+        let e = apply(&plan, Ownership::default()).unwrap_err();
+        assert!(e.contains("is a symbolic link"), "{e}");
+        assert_eq!(fs::read_dir(&real).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_target_file_over_the_size_cap_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("key.pem");
+        let f = File::create(&key).unwrap();
+        f.set_len(TARGET_SIZE_LIMIT + 1).unwrap();
+        let plan = [planned(FileRole::Key, &key, b"k", 0o600)];
+        let e = apply(&plan, Ownership::default()).unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+    }
+
+    #[test]
+    fn who_else_can_write_a_target_directory() {
+        let me = Ownership {
+            uid: Some(110),
+            gid: Some(120),
+        };
+        let cases: [(u32, u32, u32, Option<&str>); 7] = [
+            (0, 0, 0o755, None),
+            (0, 0, 0o775, None),
+            (0, 120, 0o750, None),
+            (110, 120, 0o755, None),
+            (0, 120, 0o770, Some("group 120")),
+            (0, 0, 0o1777, Some("world-writable")),
+            (1000, 0, 0o755, Some("user 1000")),
+        ];
+        for (uid, gid, mode, want) in cases {
+            let got = dir_exposure(uid, gid, mode, me);
+            match want {
+                None => assert_eq!(got, None, "{uid}:{gid} {mode:o}"),
+                Some(w) => assert!(
+                    got.as_deref().is_some_and(|g| g.contains(w)),
+                    "{uid}:{gid} {mode:o}: {got:?}"
+                ),
+            }
+        }
     }
 }

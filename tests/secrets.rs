@@ -469,3 +469,78 @@ fn config_errors_never_echo_a_secret() {
         failures.join("\n")
     );
 }
+
+/// `Debug` of everything a source read (candidates built from an
+/// acme.json, whose buffer holds every key, and from PEM files) never
+/// shows a private key, neither as text nor as a list of bytes; nor does
+/// the Cloudflare provider's `Debug` show its token.
+#[test]
+fn debug_output_of_key_holding_values_never_shows_a_key() {
+    use mxkeys::source::{Reader, files, traefik};
+    let env = Env::new();
+    let leaf = Ca::new("debug").issue(&LeafSpec::new(&[HOST]));
+    let key_b64 = B64.encode(leaf.key_pem());
+    // A stretch of the key's base64 that the certificate's cannot share.
+    let middle = &key_b64[80..144];
+    let as_bytes = format!("{:?}", middle.as_bytes());
+    let as_bytes = as_bytes.trim_start_matches('[').trim_end_matches(']');
+    let mut needles = key_needles("source key", &leaf.key_pem());
+    for (what, text) in [("key base64", middle), ("key base64 as bytes", as_bytes)] {
+        needles.push(Needle {
+            what: what.to_owned(),
+            text: text.to_owned(),
+        });
+    }
+    let reader = Reader {
+        label: "t".into(),
+        index: 0,
+    };
+    let plain = env.path("acme.json");
+    write_json(
+        &plain,
+        &acme_v2(&[("le", Some(vec![AcmeEntry::new(&leaf, HOST)]))]),
+    );
+    // JSON escapes make the reader keep its own copy of the fields.
+    let escaped = env.path("escaped.json");
+    write(
+        &escaped,
+        fs::read_to_string(&plain).unwrap().replace('/', "\\/"),
+    );
+    let src = env.path("pem");
+    files_source(&src, &leaf);
+    let mut shown = Vec::new();
+    for path in [&plain, &escaped] {
+        let h = traefik::read(&reader, path, None);
+        assert_eq!(h.candidates.len(), 1, "{}: {:?}", path.display(), h.errors);
+        shown.push(format!("{h:?}"));
+    }
+    let pems: Vec<PathBuf> = fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let cert = pems
+        .iter()
+        .find(|p| !fs::read_to_string(p).unwrap().contains("PRIVATE"));
+    let key = pems
+        .iter()
+        .find(|p| fs::read_to_string(p).unwrap().contains("PRIVATE"));
+    if let (Some(cert), Some(key)) = (cert, key) {
+        let h = files::read(&reader, cert, key, None);
+        shown.push(format!("{h:?}"));
+    }
+    for s in &shown {
+        for n in &needles {
+            assert!(!s.contains(&n.text), "Debug shows the {}:\n{s}", n.what);
+        }
+    }
+
+    let cf = mxkeys_providers::cloudflare::Cloudflare::new(
+        mxkeys_providers::cloudflare::CloudflareConfig {
+            api_token: CF_FILE_TOKEN.to_owned(),
+            api_url: Some("https://127.0.0.1:1/client/v4/".to_owned()),
+            zone: None,
+        },
+    )
+    .unwrap();
+    assert!(!format!("{cf:?}").contains(CF_FILE_TOKEN), "{cf:?}");
+}

@@ -45,6 +45,7 @@ use cloudflare::framework::endpoint::spec::EndpointSpec;
 use cloudflare::framework::endpoint::{Method, RequestBody, serialize_query};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize as _, Zeroizing};
 
 use crate::{Change, Error, NameLocks, RData, RecordStore, RecordType};
 
@@ -74,6 +75,7 @@ const HTTP_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Default)]
 pub struct CloudflareConfig {
     /// An API token with DNS edit (and zone read) permission.
+    /// [`Cloudflare::new`] wipes it (zeroize) once copied.
     pub api_token: String,
     /// API base URL; default [`DEFAULT_API_URL`] (tests point it elsewhere).
     pub api_url: Option<String>,
@@ -97,8 +99,8 @@ pub struct Cloudflare {
     client: reqwest::Client,
     environment: Environment,
     credentials: Credentials,
-    /// Only to keep it out of error messages; never printed.
-    token: String,
+    /// Only to keep it out of error messages; never printed, wiped on drop.
+    token: Zeroizing<String>,
     api_url: String,
     zone: Option<String>,
     max_wait: Duration,
@@ -121,12 +123,23 @@ impl fmt::Debug for Cloudflare {
     }
 }
 
+impl Drop for Cloudflare {
+    /// Wipes the token's copy inside the crate's credentials (`token`
+    /// wipes itself).
+    fn drop(&mut self) {
+        if let Credentials::UserAuthToken { token } = &mut self.credentials {
+            token.zeroize();
+        }
+    }
+}
+
 impl Cloudflare {
     /// Builds the provider: checks the configuration and makes the HTTP
     /// client (rustls with aws-lc-rs, installed as the process default
     /// provider). No request is made.
-    pub fn new(config: CloudflareConfig) -> Result<Cloudflare, Error> {
-        let token = config.api_token.trim().to_owned();
+    pub fn new(mut config: CloudflareConfig) -> Result<Cloudflare, Error> {
+        let token = Zeroizing::new(config.api_token.trim().to_owned());
+        config.api_token.zeroize();
         if token.is_empty() {
             return Err(Error::Config(
                 "cloudflare: the API token is empty".to_owned(),
@@ -183,7 +196,7 @@ impl Cloudflare {
                 ))
             })?;
         let credentials = Credentials::UserAuthToken {
-            token: token.clone(),
+            token: String::clone(&token),
         };
         Ok(Cloudflare {
             client,
@@ -208,8 +221,8 @@ impl Cloudflare {
 
     /// Removes the token from a message, should a server echo it.
     fn scrub(&self, message: String) -> String {
-        if message.contains(&self.token) {
-            message.replace(&self.token, "<redacted>")
+        if message.contains(self.token.as_str()) {
+            message.replace(self.token.as_str(), "<redacted>")
         } else {
             message
         }

@@ -41,7 +41,7 @@ pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &Path) -> Result<Accou
             cfg.ca_bundle.as_deref(),
         )?))))
     };
-    if let Ok(bytes) = std::fs::read(&file) {
+    if let Some(bytes) = read_stored(&file)? {
         let stored: Stored = serde_json::from_slice(&bytes)
             .map_err(|e| format!("{}: unreadable account: {e}", file.display()))?;
         return builder()?
@@ -94,6 +94,22 @@ pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &Path) -> Result<Accou
         file.display()
     );
     Ok(account)
+}
+
+/// The stored account file's bytes; `None` only when it does not exist.
+/// Any other failure (permission denied, I/O error, too many open files)
+/// is an error naming the file: an account is never created anew, and its
+/// credentials never overwritten, because a read failed.
+fn read_stored(file: &Path) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, String> {
+    match std::fs::read(file) {
+        Ok(bytes) => Ok(Some(zeroize::Zeroizing::new(bytes))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!(
+            "{}: cannot read the ACME account (not creating another): {}",
+            file.display(),
+            crate::source::io_reason(&e)
+        )),
+    }
 }
 
 /// An HTTPS client that trusts the system's roots, and `bundle`'s when
@@ -188,7 +204,53 @@ pub fn retry_after(value: &str, now: i64) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::retry_after;
+    use super::*;
+
+    /// An account whose CA cannot be reached: creating one fails at once.
+    fn unreachable() -> AcmeAccount {
+        AcmeAccount {
+            directory: "https://127.0.0.1:1/directory".to_owned(),
+            email: None,
+            ca_bundle: None,
+            eab: None,
+            profile: None,
+        }
+    }
+
+    #[test]
+    fn an_unreadable_account_file_is_an_error_naming_it_not_a_new_account() {
+        let state = tempfile::tempdir().unwrap();
+        let cfg = unreachable();
+        let file = path(state.path(), &cfg.directory);
+        // A directory where the file belongs: reading fails with EISDIR,
+        // standing in for EACCES, EIO or EMFILE.
+        std::fs::create_dir_all(&file).unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let Err(e) = rt.block_on(load_or_create(&cfg, state.path())) else {
+            panic!("an unreadable account file was accepted");
+        };
+        assert!(e.contains(&file.display().to_string()), "{e}");
+        assert!(e.contains("cannot read the ACME account"), "{e}");
+        assert!(!e.contains("creating an ACME account"), "{e}");
+        assert!(file.is_dir(), "the stored account was replaced");
+    }
+
+    #[test]
+    fn only_a_missing_account_file_means_create_one() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(
+            read_stored(&dir.path().join("none.json"))
+                .unwrap()
+                .is_none()
+        );
+        let f = dir.path().join("a.json");
+        std::fs::write(&f, b"{}").unwrap();
+        assert_eq!(read_stored(&f).unwrap().unwrap().as_slice(), b"{}");
+        assert!(read_stored(dir.path()).is_err());
+    }
 
     #[test]
     fn retry_after_reads_seconds_and_http_dates() {

@@ -91,12 +91,25 @@ impl ConfigSource {
         }
     }
 
+    /// Reads and validates the configuration, then checks who can write
+    /// the targets' directories: a warning each, or the error for a target
+    /// with `strict_permissions = true`.
     pub fn load(&self) -> Result<Config, ConfigError> {
         let text = self.text()?;
-        match self {
+        let config = match self {
             ConfigSource::File(path) => Config::parse(path, &text),
             ConfigSource::Environment => Config::parse(Path::new(ENV_PATH), &text),
+        }?;
+        for (strict, why) in crate::install::exposed_target_dirs(&config.targets) {
+            if strict {
+                return Err(ConfigError {
+                    path: config.path.clone(),
+                    message: format!("{why} (strict_permissions = true)"),
+                });
+            }
+            tracing::warn!("{why}");
         }
+        Ok(config)
     }
 }
 
@@ -501,6 +514,10 @@ pub struct Target {
     /// Where to check, after a reload, that the new certificate is served.
     pub verify: Vec<Verify>,
     pub verify_timeout: Duration,
+    /// Refuse the configuration (instead of warning) when a directory of
+    /// this target's files is writable by a user other than root and the
+    /// target's owner.
+    pub strict_permissions: bool,
 }
 
 /// One certificate of a target: its key type and its files.
@@ -819,6 +836,8 @@ struct RawTarget {
     reload_signal: Option<RawSignal>,
     #[serde(default, with = "humantime_serde")]
     reload_timeout: Option<Duration>,
+    #[serde(default)]
+    strict_permissions: bool,
 }
 
 impl Config {
@@ -1299,6 +1318,7 @@ fn validate_target(
         reload_timeout: t.reload_timeout.unwrap_or(DEFAULT_RELOAD_TIMEOUT),
         verify: t.verify,
         verify_timeout: t.verify_timeout.unwrap_or(DEFAULT_VERIFY_TIMEOUT),
+        strict_permissions: t.strict_permissions,
     })
 }
 

@@ -600,6 +600,7 @@ fn key_ownership(d: &Dkim) -> Result<crate::install::Ownership, String> {
         reload_timeout: d.reload_timeout,
         verify: Vec::new(),
         verify_timeout: d.reload_timeout,
+        strict_permissions: false,
     };
     crate::install::ownership(&target)
 }

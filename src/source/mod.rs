@@ -47,8 +47,8 @@ impl fmt::Display for Origin {
     }
 }
 
-/// A certificate some source offers, judged by selection.
-#[derive(Debug)]
+/// A certificate some source offers, judged by selection. Its `Debug`
+/// never shows the private key.
 pub struct Candidate {
     pub origin: Origin,
     pub leaf: Leaf,
@@ -57,8 +57,31 @@ pub struct Candidate {
     material: Material,
 }
 
+impl fmt::Debug for Candidate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Candidate")
+            .field("origin", &self.origin)
+            .field("leaf", &self.leaf)
+            .field("fallback", &self.fallback)
+            .field("material", &self.material)
+            .finish()
+    }
+}
+
+impl fmt::Debug for Material {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Material::Parsed { certs, .. } => f
+                .debug_struct("Parsed")
+                .field("certs", &certs.len())
+                .field("key", &"<redacted>")
+                .finish(),
+            Material::AcmeJson(m) => f.debug_tuple("AcmeJson").field(m).finish(),
+        }
+    }
+}
+
 /// What a candidate's bundle is built from.
-#[derive(Debug)]
 enum Material {
     /// Certificates and key already parsed (files, Certbot, lego, self-signed).
     Parsed {

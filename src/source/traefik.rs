@@ -149,15 +149,24 @@ fn entry_name(group: &str, i: usize, entry: &Entry<'_>) -> String {
 }
 
 /// The key and certificate fields of one entry, kept as spans of the file
-/// buffer (or owned, when JSON escapes made a copy necessary).
-#[derive(Debug)]
+/// buffer (or owned, when JSON escapes made a copy necessary). Its `Debug`
+/// shows sizes only: the buffer is the whole acme.json, every key included.
 pub struct EntryMaterial {
     buf: Arc<Vec<u8>>,
     cert: Text,
     key: Text,
 }
 
-#[derive(Debug)]
+impl fmt::Debug for EntryMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EntryMaterial")
+            .field("cert_len", &self.cert.get(&self.buf).len())
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Never printed (it may be a key): see [`EntryMaterial`]'s `Debug`.
 enum Text {
     Span(Range<usize>),
     Owned(Box<str>),
