@@ -676,6 +676,8 @@ fn out_of_order_chains_are_installed_in_issuing_order_and_unrelated_extras_refus
         pem_block("CERTIFICATE", &ca.root_der),
     ];
     let want = vec![leaf.der.clone(), ca.inter_der.clone(), ca.root_der.clone()];
+    // The blocks of `pems` at `order`, as one file.
+    let joined = |order: &[usize]| order.iter().map(|&i| pems[i].as_str()).collect::<String>();
     // (case, certificate file, chain file)
     for (case, in_cert, in_chain) in [
         ("intermediate before the leaf", vec![1, 0, 2], vec![]),
@@ -686,23 +688,11 @@ fn out_of_order_chains_are_installed_in_issuing_order_and_unrelated_extras_refus
         let env = Env::new();
         let cert = env.path("src/cert.pem");
         let key = env.path("src/privkey.pem");
-        write(
-            &cert,
-            in_cert
-                .iter()
-                .map(|&i| pems[i].as_str())
-                .collect::<String>(),
-        );
+        write(&cert, joined(&in_cert));
         write(&key, leaf.key_pem());
         let chain = env.path("src/chain.pem");
         if !in_chain.is_empty() {
-            write(
-                &chain,
-                in_chain
-                    .iter()
-                    .map(|&i| pems[i].as_str())
-                    .collect::<String>(),
-            );
+            write(&chain, joined(&in_chain));
         }
         let t = Target::new(&env, "mail");
         let src = src_files(
