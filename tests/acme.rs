@@ -97,6 +97,11 @@ impl Acme {
     /// `state_dir`, `[acme]` and `[dns.bind]` (writing to, and checking
     /// propagation at, `dns`).
     fn header_with_dns(&self, dns: SocketAddr) -> String {
+        self.header_for_zone(dns, "example.test")
+    }
+
+    /// The same with `zone` as `[dns.bind]`'s zone.
+    fn header_for_zone(&self, dns: SocketAddr, zone: &str) -> String {
         format!(
             "state_dir = {state}\n\n\
              [acme]\n\
@@ -106,7 +111,7 @@ impl Acme {
              [dns.bind]\n\
              type = \"rfc2136\"\n\
              server = \"{dns}\"\n\
-             zone = \"example.test\"\n\
+             zone = \"{zone}\"\n\
              tsig_name = \"{KEY_NAME}\"\n\
              tsig_secret_file = {tsig}\n\
              nameservers = [\"{dns}\"]\n\
@@ -1840,27 +1845,10 @@ fn dns01_cname_delegated_challenge_works_with_credentials_for_the_challenge_zone
     };
     let dns = acme.bind.addr();
     let out = acme.env.out.join("split.pem");
+    // `resolver` still belongs to `[dns.bind]`, which the header ends with.
     acme.env.write_config_raw(&format!(
-        "state_dir = {state}\n\n\
-         [acme]\n\
-         directory = {dir}\n\
-         email = \"admin@example.test\"\n\
-         ca_bundle = {ca}\n\n\
-         [dns.bind]\n\
-         type = \"rfc2136\"\n\
-         server = \"{dns}\"\n\
-         zone = \"delegated.test\"\n\
-         tsig_name = \"{KEY_NAME}\"\n\
-         tsig_secret_file = {tsig}\n\
-         nameservers = [\"{dns}\"]\n\
-         resolver = \"{dns}\"\n\
-         propagation_interval = \"200ms\"\n\
-         propagation_timeout = \"30s\"\n\n\
-         {source}\n{target}",
-        state = qp(&acme.env.state),
-        dir = q(&acme.pebble.url),
-        ca = qp(&acme.pebble.https_ca),
-        tsig = qp(&acme.bind.dir().join("tsig.key")),
+        "{header}resolver = \"{dns}\"\n\n{source}\n{target}",
+        header = acme.header_for_zone(dns, "delegated.test"),
         source = dns_source("split", &["split.example.test"], ""),
         target = target("web", &["split.example.test"], &out, ""),
     ));
