@@ -1335,15 +1335,8 @@ fn sigterm_during_a_hanging_order_exits_and_the_next_start_backs_off() {
         "the cut order is reported\n{}",
         d.describe()
     );
-    let state = st.acme_state();
-    assert!(state["failures"].as_u64() >= Some(1), "{state}");
-    let next = state["next_attempt_at"].as_i64().unwrap_or(0);
-    assert!(
-        next > now().unix_timestamp(),
-        "the next attempt is later: {state}"
-    );
 
-    next_start_backs_off_until(&st, next);
+    next_start_backs_off(&st);
 }
 
 /// SIGHUP while an ACME order hangs and a DKIM key waits: the new
@@ -1429,6 +1422,15 @@ fn sigkill_during_a_hanging_order_leaves_a_backoff_the_next_start_honours() {
     st.wait_order_hangs(&d);
     d.signal(nix::sys::signal::Signal::SIGKILL);
     d.wait_exit();
+
+    next_start_backs_off(&st);
+}
+
+/// The cut order of `st` is recorded as failed with a later next attempt;
+/// a second start of its daemon plans its next ACME look no earlier than
+/// that and does not contact the CA meanwhile.
+#[track_caller]
+fn next_start_backs_off(st: &Stuck) {
     let state = st.acme_state();
     assert!(state["failures"].as_u64() >= Some(1), "{state}");
     let next = state["next_attempt_at"].as_i64().unwrap_or(0);
@@ -1436,13 +1438,6 @@ fn sigkill_during_a_hanging_order_leaves_a_backoff_the_next_start_honours() {
         next > now().unix_timestamp(),
         "the next attempt is later: {state}"
     );
-
-    next_start_backs_off_until(&st, next);
-}
-
-/// A second start of the daemon of `st` plans its next ACME look no earlier
-/// than `next` and does not contact the CA meanwhile.
-fn next_start_backs_off_until(st: &Stuck, next: i64) {
     let before = st.ca.accepted();
     let notify2 = NotifySocket::new(&st.s.env, "notify2.sock");
     let mut d2 = st.daemon_logging("daemon2", &notify2, "mxkeys=debug");
