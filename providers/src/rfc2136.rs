@@ -306,6 +306,16 @@ impl Rfc2136 {
             .collect())
     }
 
+    /// A write the server accepted (`what`: "the update of") but whose
+    /// read-back shows it did not apply.
+    fn not_applied(&self, what: &str, name: &Name, rtype: RecordType) -> Error {
+        Error::Refused(format!(
+            "{} accepted {what} {} {rtype} but did not apply it (a CNAME next to other data?)",
+            self.server,
+            display_name(name)
+        ))
+    }
+
     async fn update(&self, message: Message, name: &Name, zone: &Name) -> Result<(), Error> {
         let response = self.exchange(message, "update").await?;
         match response.metadata.response_code {
@@ -428,12 +438,7 @@ impl RecordStore for Rfc2136 {
         self.update(message, &wire_name, &zone).await?;
         let written = self.read_values(&wire_name, rtype, "update").await?;
         if !crate::same_set(&written, values) {
-            return Err(Error::Refused(format!(
-                "{} accepted the update of {} {rtype} but did not apply it (a CNAME next to \
-                 other data?)",
-                self.server,
-                display_name(&wire_name)
-            )));
+            return Err(self.not_applied("the update of", &wire_name, rtype));
         }
         tracing::info!(name = %display_name(&wire_name), %rtype, server = %self.server, "record set replaced");
         Ok(Change::Changed)
@@ -488,12 +493,7 @@ impl Rfc2136 {
         self.update(message, &wire_name, &zone).await?;
         let written = self.read_values(&wire_name, rtype, "update").await?;
         if !crate::contains_all(&written, &missing) {
-            return Err(Error::Refused(format!(
-                "{} accepted the addition to {} {rtype} but did not apply it (a CNAME next to \
-                 other data?)",
-                self.server,
-                display_name(&wire_name)
-            )));
+            return Err(self.not_applied("the addition to", &wire_name, rtype));
         }
         tracing::info!(name = %display_name(&wire_name), %rtype, server = %self.server, added = missing.len(), "records added");
         Ok(Change::Changed)
