@@ -109,6 +109,12 @@ def pct(values, p):
     return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
 
 
+def latency_cells(values):
+    """The table cells "median | p90 | p99 | max" of latencies in ms."""
+    return (f"{statistics.median(values):.0f} | {pct(values, 90):.0f} | {pct(values, 99):.0f} | "
+            f"{max(values):.0f}")
+
+
 def run_scenario(kind, mxkeys, rounds, pairs, tmp):
     d = f"{tmp}/{kind}"
     os.makedirs(d)
@@ -209,8 +215,7 @@ def main():
             for who, v, ex, mid in (("mxkeys run", lat, extra, 0),
                                     ("2 s hash loop", poll_lat, "", early)):
                 if v:
-                    print(f"| {kind} | {who} | {len(v)} | {statistics.median(v):.0f} | "
-                          f"{pct(v, 90):.0f} | {pct(v, 99):.0f} | {max(v):.0f} | {ex} | {mid} |")
+                    print(f"| {kind} | {who} | {len(v)} | {latency_cells(v)} | {ex} | {mid} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

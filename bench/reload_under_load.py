@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from reload_latency import NAME, Reloads, acme_json, make_certs, pct, sh  # noqa: E402
+from reload_latency import NAME, Reloads, acme_json, latency_cells, make_certs, sh  # noqa: E402
 
 
 def free_port():
@@ -207,8 +206,7 @@ def main():
             installed, acme_w, dkim_w, lat, missed, total = run(
                 os.path.abspath(binary), args.rounds, pairs, tmp, f"run{n}")
             yn = lambda b: "yes" if b else "no"  # noqa: E731
-            stats = (f"{statistics.median(lat):.0f} | {pct(lat, 90):.0f} | {pct(lat, 99):.0f} | "
-                     f"{max(lat):.0f}") if lat else "- | - | - | -"
+            stats = latency_cells(lat) if lat else "- | - | - | -"
             print(f"| {binary} | {yn(installed)} | {yn(acme_w)} | {yn(dkim_w)} | {args.rounds} | "
                   f"{total} | {missed} | {stats} |")
     finally:

@@ -97,6 +97,11 @@ impl Acme {
     /// `state_dir`, `[acme]` and `[dns.bind]` (writing to, and checking
     /// propagation at, `dns`).
     fn header_with_dns(&self, dns: SocketAddr) -> String {
+        self.header_for_zone(dns, "example.test")
+    }
+
+    /// The same with `zone` as `[dns.bind]`'s zone.
+    fn header_for_zone(&self, dns: SocketAddr, zone: &str) -> String {
         format!(
             "state_dir = {state}\n\n\
              [acme]\n\
@@ -106,7 +111,7 @@ impl Acme {
              [dns.bind]\n\
              type = \"rfc2136\"\n\
              server = \"{dns}\"\n\
-             zone = \"example.test\"\n\
+             zone = \"{zone}\"\n\
              tsig_name = \"{KEY_NAME}\"\n\
              tsig_secret_file = {tsig}\n\
              nameservers = [\"{dns}\"]\n\
@@ -1237,6 +1242,13 @@ impl Fake {
         self.env.run(&all)
     }
 
+    /// Runs `renew` with `args`; the run and how many orders it placed.
+    fn renew_counting_orders(&self, args: &[&str]) -> (Run, usize) {
+        let before = self.ca.count("POST /order");
+        let run = self.renew(args);
+        (run, self.ca.count("POST /order") - before)
+    }
+
     fn dir(&self) -> PathBuf {
         self.env.state.join("acme").join("web")
     }
@@ -1345,15 +1357,9 @@ fn a_rate_limited_order_waits_for_the_retry_after_and_renew_fails_only_when_it_m
         next >= t0 + 7200,
         "the next attempt ignores the CA's Retry-After: {state}"
     );
-    let orders = fake.ca.count("POST /order");
-    let waiting = fake.renew(&[]);
+    let (waiting, placed) = fake.renew_counting_orders(&[]);
     assert_eq!(waiting.code, 1, "failing without a certificate");
-    assert_eq!(
-        fake.ca.count("POST /order"),
-        orders,
-        "{}",
-        fake.context(&waiting)
-    );
+    assert_eq!(placed, 0, "{}", fake.context(&waiting));
 
     // With a healthy certificate far from renewal, a failing order backs
     // off but `renew` exits 0.
@@ -1361,15 +1367,9 @@ fn a_rate_limited_order_waits_for_the_retry_after_and_renew_fails_only_when_it_m
     let fixed = fake.renew(&["--force"]);
     assert_eq!(fixed.code, 0, "{}", fake.context(&fixed));
     fake.ca.set(|k| k.rate_limit_orders = Some(60));
-    let orders = fake.ca.count("POST /order");
-    let forced = fake.renew(&["--force"]);
+    let (forced, placed) = fake.renew_counting_orders(&["--force"]);
     // A rate limit is not retried without `replaces`: one request.
-    assert_eq!(
-        fake.ca.count("POST /order"),
-        orders + 1,
-        "{}",
-        fake.ca.log()
-    );
+    assert_eq!(placed, 1, "{}", fake.ca.log());
     assert!(
         line(&forced, "web").contains("rateLimited"),
         "{}",
@@ -1478,29 +1478,18 @@ fn replaces_names_only_a_certificate_of_this_account_directory_and_names() {
 
     // A new account (its credentials lost): no `replaces`, one order.
     std::fs::remove_dir_all(fake.env.state.join("acme").join("accounts")).unwrap();
-    let orders = fake.ca.count("POST /order");
-    let run = fake.renew(&["--force"]);
+    let (run, placed) = fake.renew_counting_orders(&["--force"]);
     assert_eq!(run.code, 0, "{}", fake.context(&run));
-    assert_eq!(
-        fake.ca.count("POST /order"),
-        orders + 1,
-        "{}",
-        fake.ca.log()
-    );
+    assert_eq!(placed, 1, "{}", fake.ca.log());
     let last = fake.ca.orders().pop().unwrap();
     assert_eq!((last.account, last.replaces), (1, None));
 
     // Other names altogether: no `replaces`, one order.
     fake.config("", &["smtp.example.test"], "");
-    let run = fake.renew(&[]);
+    let (run, placed) = fake.renew_counting_orders(&[]);
     assert_eq!(run.code, 0, "{}", fake.context(&run));
     issued(&run, "web", "the names changed");
-    assert_eq!(
-        fake.ca.count("POST /order"),
-        orders + 2,
-        "{}",
-        fake.ca.log()
-    );
+    assert_eq!(placed, 1, "{}", fake.ca.log());
     assert_eq!(fake.ca.orders().pop().unwrap().replaces, None);
 }
 
@@ -1533,15 +1522,9 @@ fn a_replacement_left_pending_by_a_failed_order_does_not_block_the_next_renewal(
     // Fixed: the renewal replaces the same certificate, at once.
     std::fs::remove_file(&fake.webroot).unwrap();
     std::fs::create_dir_all(&fake.webroot).unwrap();
-    let orders = fake.ca.count("POST /order");
-    let run = fake.renew(&["--force"]);
+    let (run, placed) = fake.renew_counting_orders(&["--force"]);
     assert_eq!(run.code, 0, "{}", fake.context(&run));
-    assert_eq!(
-        fake.ca.count("POST /order"),
-        orders + 1,
-        "{}",
-        fake.ca.log()
-    );
+    assert_eq!(placed, 1, "{}", fake.ca.log());
     assert_eq!(
         fake.ca.orders().pop().unwrap().replaces.as_deref(),
         Some(replaced.as_str())
@@ -1562,8 +1545,7 @@ fn an_already_replaced_certificate_is_renewed_without_replaces() {
     write(&fake.dir().join("bundle.pem"), &bundle);
     write(&fake.dir().join("state.json"), &state);
 
-    let orders = fake.ca.count("POST /order");
-    let run = fake.renew(&["--force"]);
+    let (run, placed) = fake.renew_counting_orders(&["--force"]);
     assert_eq!(
         run.code,
         0,
@@ -1571,12 +1553,7 @@ fn an_already_replaced_certificate_is_renewed_without_replaces() {
         fake.context(&run)
     );
     assert!(run.stderr.contains("alreadyReplaced"), "{}", run.describe());
-    assert_eq!(
-        fake.ca.count("POST /order"),
-        orders + 2,
-        "{}",
-        fake.ca.log()
-    );
+    assert_eq!(placed, 2, "{}", fake.ca.log());
     assert_eq!(fake.ca.orders().pop().unwrap().replaces, None);
 }
 
@@ -1868,27 +1845,10 @@ fn dns01_cname_delegated_challenge_works_with_credentials_for_the_challenge_zone
     };
     let dns = acme.bind.addr();
     let out = acme.env.out.join("split.pem");
+    // `resolver` still belongs to `[dns.bind]`, which the header ends with.
     acme.env.write_config_raw(&format!(
-        "state_dir = {state}\n\n\
-         [acme]\n\
-         directory = {dir}\n\
-         email = \"admin@example.test\"\n\
-         ca_bundle = {ca}\n\n\
-         [dns.bind]\n\
-         type = \"rfc2136\"\n\
-         server = \"{dns}\"\n\
-         zone = \"delegated.test\"\n\
-         tsig_name = \"{KEY_NAME}\"\n\
-         tsig_secret_file = {tsig}\n\
-         nameservers = [\"{dns}\"]\n\
-         resolver = \"{dns}\"\n\
-         propagation_interval = \"200ms\"\n\
-         propagation_timeout = \"30s\"\n\n\
-         {source}\n{target}",
-        state = qp(&acme.env.state),
-        dir = q(&acme.pebble.url),
-        ca = qp(&acme.pebble.https_ca),
-        tsig = qp(&acme.bind.dir().join("tsig.key")),
+        "{header}resolver = \"{dns}\"\n\n{source}\n{target}",
+        header = acme.header_for_zone(dns, "delegated.test"),
         source = dns_source("split", &["split.example.test"], ""),
         target = target("web", &["split.example.test"], &out, ""),
     ));

@@ -205,47 +205,31 @@ fn a_target_file_inside_the_state_directory_is_refused_naming_both_keys() {
 #[test]
 fn a_target_file_over_a_dkim_key_or_signer_file_is_refused_naming_both_keys() {
     let f = fixture();
-    let dkim = |key_dir: &std::path::Path, signer_dir: &std::path::Path| {
+    let keys = f.env.path("dkimkeys");
+    let signer = f.env.path("opendkim");
+    // The fixture's configuration with `[dkim]` and the target `t`.
+    let config = |t: &Target| {
         format!(
-            "[dkim]\ndomains = [\"example.test\"]\ndns = \"manual\"\nkey_dir = {}\nsigner = \"opendkim\"\nsigner_dir = {}\n",
-            qp(key_dir),
-            qp(signer_dir)
+            "{}\n[dkim]\ndomains = [\"example.test\"]\ndns = \"manual\"\nkey_dir = {}\nsigner = \"opendkim\"\nsigner_dir = {}\n\n{}\n{}",
+            f.env.header(),
+            qp(&keys),
+            qp(&signer),
+            f.src,
+            t.toml()
         )
     };
     // The certificate written into the DKIM key directory.
-    let keys = f.env.path("dkimkeys");
     let mut t = f.target.clone();
     t.fullchain = Some(keys.join("example.test/fullchain.pem"));
-    let text = format!(
-        "{}\n{}\n{}\n{}",
-        f.env.header(),
-        dkim(&keys, &f.env.path("opendkim")),
-        f.src,
-        t.toml()
-    );
-    f.expect_config_error(&text, &["postfix", "`fullchain`", "key_dir"]);
+    f.expect_config_error(&config(&t), &["postfix", "`fullchain`", "key_dir"]);
     // The key written over OpenDKIM's KeyTable.
-    let signer = f.env.path("opendkim");
     let mut t = f.target.clone();
     t.key = Some(signer.join("KeyTable"));
-    let text = format!(
-        "{}\n{}\n{}\n{}",
-        f.env.header(),
-        dkim(&keys, &signer),
-        f.src,
-        t.toml()
-    );
-    f.expect_config_error(&text, &["postfix", "`key`", "signer_dir", "KeyTable"]);
+    f.expect_config_error(&config(&t), &["postfix", "`key`", "signer_dir", "KeyTable"]);
     // Beside the signer files, in the same directory, is fine.
     let mut t = f.target.clone();
     t.key = Some(signer.join("mail.key"));
-    let text = format!(
-        "{}\n{}\n{}\n{}",
-        f.env.header(),
-        dkim(&keys, &signer),
-        f.src,
-        t.toml()
-    );
+    let text = config(&t);
     f.env.write_config_raw(&text);
     let r = f.env.check();
     r.assert_stderr_lacks("would overwrite");

@@ -506,6 +506,19 @@ fn sidecar(env: &Env, state: &Path, out: &Path) -> Container {
     c
 }
 
+/// A [`sidecar`] following an acme.json that holds `leaf` for HOST,
+/// installing into `out`.
+fn acme_sidecar(env: &Env, leaf: &Leaf, out: &Path) -> Container {
+    let acme = env.path("acme/acme.json");
+    write_json(
+        &acme,
+        &acme_v2(&[("le", Some(vec![AcmeEntry::new(leaf, HOST)]))]),
+    );
+    sidecar(env, &env.path("state"), out)
+        .with("ACME_FILE", acme.to_str().unwrap())
+        .with("SSL_DOMAIN", HOST)
+}
+
 /// Issue 11, point 4: with ACME_POSTHOOK unset and no Postfix in the
 /// image, the default reload is no command (said once), so the first
 /// install stays instead of being rolled back to nothing.
@@ -514,15 +527,8 @@ fn unset_posthook_without_postfix_installs_and_says_so_once() {
     let env = Env::new();
     let ca = Ca::new("sidecar-default");
     let a = ca.issue(&LeafSpec::new(&[HOST]));
-    let acme = env.path("acme/acme.json");
-    write_json(
-        &acme,
-        &acme_v2(&[("le", Some(vec![AcmeEntry::new(&a, HOST)]))]),
-    );
     let out = env.path("tls");
-    let c = sidecar(&env, &env.path("state"), &out)
-        .with("ACME_FILE", acme.to_str().unwrap())
-        .with("SSL_DOMAIN", HOST);
+    let c = acme_sidecar(&env, &a, &out);
     let r = c.sync();
     r.ok();
     tls_target("mail", &out, "any").assert_installed(&a);
@@ -546,11 +552,6 @@ fn a_first_install_whose_reload_fails_stays_and_the_reload_is_retried() {
     let env = Env::new();
     let ca = Ca::new("sidecar-first");
     let a = ca.issue(&LeafSpec::new(&[HOST]));
-    let acme = env.path("acme/acme.json");
-    write_json(
-        &acme,
-        &acme_v2(&[("le", Some(vec![AcmeEntry::new(&a, HOST)]))]),
-    );
     let out = env.path("tls");
     let ready = env.path("neighbour-ready");
     let hooklog = env.path("hook.log");
@@ -560,10 +561,7 @@ fn a_first_install_whose_reload_fails_stays_and_the_reload_is_retried() {
         log = sh_quote(hooklog.to_str().unwrap()),
         ready = sh_quote(ready.to_str().unwrap()),
     );
-    let c = sidecar(&env, &env.path("state"), &out)
-        .with("ACME_FILE", acme.to_str().unwrap())
-        .with("SSL_DOMAIN", HOST)
-        .with("ACME_POSTHOOK", &hook);
+    let c = acme_sidecar(&env, &a, &out).with("ACME_POSTHOOK", &hook);
     let t = tls_target("mail", &out, "any");
 
     let r = c.sync();
@@ -599,16 +597,9 @@ fn a_daemon_first_install_with_a_failing_reload_keeps_the_files_and_reports_it()
     let env = Env::new();
     let ca = Ca::new("sidecar-daemon");
     let a = ca.issue(&LeafSpec::new(&[HOST]));
-    let acme = env.path("acme/acme.json");
-    write_json(
-        &acme,
-        &acme_v2(&[("le", Some(vec![AcmeEntry::new(&a, HOST)]))]),
-    );
     let out = env.path("tls");
     let port = free_port();
-    let c = sidecar(&env, &env.path("state"), &out)
-        .with("ACME_FILE", acme.to_str().unwrap())
-        .with("SSL_DOMAIN", HOST)
+    let c = acme_sidecar(&env, &a, &out)
         .with("ACME_POSTHOOK", "echo 'neighbour not running' >&2; exit 1")
         .with("MXKEYS_METRICS_LISTEN", &format!("127.0.0.1:{port}"));
     let t = tls_target("mail", &out, "any");

@@ -1189,6 +1189,16 @@ impl Stuck {
         Stuck { s, ca, _dns: dns }
     }
 
+    /// The setup holding `leaf` (issued by `ca` for HOST) and its daemon
+    /// started with a notify socket.
+    fn start(ca: &Ca) -> (Stuck, Leaf, NotifySocket, Daemon) {
+        let leaf = ca.issue(&LeafSpec::new(&[HOST]));
+        let st = Stuck::new(&leaf);
+        let notify = NotifySocket::new(&st.s.env, "notify.sock");
+        let d = st.daemon("daemon", &notify);
+        (st, leaf, notify, d)
+    }
+
     /// `mxkeys run` with `NOTIFY_SOCKET` (and a 1 s watchdog) set.
     fn daemon(&self, tag: &str, notify: &NotifySocket) -> Daemon {
         self.daemon_logging(tag, notify, "mxkeys=info,warn")
@@ -1236,6 +1246,26 @@ impl Stuck {
             },
         );
     }
+
+    /// Waits until the ACME order hangs at the CA.
+    #[track_caller]
+    fn wait_order_hangs(&self, d: &Daemon) {
+        wait_for(
+            "an ACME order hanging at the CA",
+            || (self.ca.accepted() >= 1).then_some(()),
+            || d.describe(),
+        );
+    }
+
+    /// The ACME order has not finished, and the daemon still runs.
+    #[track_caller]
+    fn assert_order_under_way(&self, d: &mut Daemon) {
+        assert!(
+            self.acme_state()["last_issued_at"].is_null(),
+            "the order is still under way"
+        );
+        d.assert_running();
+    }
 }
 
 /// While an ACME order hangs and a DKIM key waits for propagation, an
@@ -1244,11 +1274,8 @@ impl Stuck {
 #[test]
 fn a_change_is_installed_while_an_acme_order_hangs_and_a_dkim_key_waits() {
     let ca = Ca::new("busy");
-    let a = ca.issue(&LeafSpec::new(&[HOST]));
+    let (st, a, _notify, mut d) = Stuck::start(&ca);
     let b = ca.issue(&LeafSpec::new(&[HOST]).days(80));
-    let st = Stuck::new(&a);
-    let notify = NotifySocket::new(&st.s.env, "notify.sock");
-    let mut d = st.daemon("daemon", &notify);
     wait_installed(&st.s.env, &d, &st.s.t, &a, &st.s.probe, 1);
     st.wait_both_stuck(&d);
 
@@ -1261,11 +1288,7 @@ fn a_change_is_installed_while_an_acme_order_hangs_and_a_dkim_key_waits() {
         dkim.contains("\"published\"") && !dkim.contains("\"active\""),
         "the DKIM key is still waiting for its record: {dkim}"
     );
-    assert!(
-        st.acme_state()["last_issued_at"].is_null(),
-        "the order is still under way"
-    );
-    d.assert_running();
+    st.assert_order_under_way(&mut d);
 }
 
 /// READY=1 comes after the first reconcile (the target is installed by
@@ -1274,10 +1297,7 @@ fn a_change_is_installed_while_an_acme_order_hangs_and_a_dkim_key_waits() {
 #[test]
 fn ready_and_watchdog_pings_come_while_an_acme_order_hangs() {
     let ca = Ca::new("ready");
-    let a = ca.issue(&LeafSpec::new(&[HOST]));
-    let st = Stuck::new(&a);
-    let notify = NotifySocket::new(&st.s.env, "notify.sock");
-    let mut d = st.daemon("daemon", &notify);
+    let (st, a, notify, mut d) = Stuck::start(&ca);
     wait_for(
         "READY=1",
         || (notify.count("READY=1") >= 1).then_some(()),
@@ -1296,11 +1316,7 @@ fn ready_and_watchdog_pings_come_while_an_acme_order_hangs() {
         || (notify.count("WATCHDOG=1") >= pings + 3).then_some(()),
         || format!("notifications: {:?}\n{}", notify.lines(), d.describe()),
     );
-    assert!(
-        st.acme_state()["last_issued_at"].is_null(),
-        "the order is still under way"
-    );
-    d.assert_running();
+    st.assert_order_under_way(&mut d);
 }
 
 /// SIGTERM while the ACME order hangs: the daemon exits 0 once
@@ -1309,15 +1325,8 @@ fn ready_and_watchdog_pings_come_while_an_acme_order_hangs() {
 #[test]
 fn sigterm_during_a_hanging_order_exits_and_the_next_start_backs_off() {
     let ca = Ca::new("cut");
-    let a = ca.issue(&LeafSpec::new(&[HOST]));
-    let st = Stuck::new(&a);
-    let notify = NotifySocket::new(&st.s.env, "notify.sock");
-    let mut d = st.daemon("daemon", &notify);
-    wait_for(
-        "an ACME order hanging at the CA",
-        || (st.ca.accepted() >= 1).then_some(()),
-        || d.describe(),
-    );
+    let (st, _, _notify, mut d) = Stuck::start(&ca);
+    st.wait_order_hangs(&d);
 
     let status = d.terminate();
     assert_eq!(status.code(), Some(0), "SIGTERM exit\n{}", d.describe());
@@ -1327,15 +1336,8 @@ fn sigterm_during_a_hanging_order_exits_and_the_next_start_backs_off() {
         "the cut order is reported\n{}",
         d.describe()
     );
-    let state = st.acme_state();
-    assert!(state["failures"].as_u64() >= Some(1), "{state}");
-    let next = state["next_attempt_at"].as_i64().unwrap_or(0);
-    assert!(
-        next > now().unix_timestamp(),
-        "the next attempt is later: {state}"
-    );
 
-    next_start_backs_off_until(&st, next);
+    next_start_backs_off(&st);
 }
 
 /// SIGHUP while an ACME order hangs and a DKIM key waits: the new
@@ -1344,10 +1346,7 @@ fn sigterm_during_a_hanging_order_exits_and_the_next_start_backs_off() {
 #[test]
 fn sighup_is_applied_while_an_acme_order_hangs_and_a_dkim_key_waits() {
     let ca = Ca::new("busyhup");
-    let a = ca.issue(&LeafSpec::new(&[HOST]));
-    let st = Stuck::new(&a);
-    let notify = NotifySocket::new(&st.s.env, "notify.sock");
-    let mut d = st.daemon("daemon", &notify);
+    let (st, a, notify, mut d) = Stuck::start(&ca);
     wait_installed(&st.s.env, &d, &st.s.t, &a, &st.s.probe, 1);
     st.wait_both_stuck(&d);
     let readies = notify.count("READY=1");
@@ -1370,11 +1369,7 @@ fn sighup_is_applied_while_an_acme_order_hangs_and_a_dkim_key_waits() {
         "{:?}",
         notify.lines()
     );
-    assert!(
-        st.acme_state()["last_issued_at"].is_null(),
-        "the order is still under way"
-    );
-    d.assert_running();
+    st.assert_order_under_way(&mut d);
 }
 
 /// A certificate the ACME task orders (pebble, HTTP-01 by the built-in
@@ -1424,17 +1419,19 @@ fn a_certificate_the_acme_task_orders_is_installed_and_reloaded() {
 #[test]
 fn sigkill_during_a_hanging_order_leaves_a_backoff_the_next_start_honours() {
     let ca = Ca::new("killed");
-    let a = ca.issue(&LeafSpec::new(&[HOST]));
-    let st = Stuck::new(&a);
-    let notify = NotifySocket::new(&st.s.env, "notify.sock");
-    let mut d = st.daemon("daemon", &notify);
-    wait_for(
-        "an ACME order hanging at the CA",
-        || (st.ca.accepted() >= 1).then_some(()),
-        || d.describe(),
-    );
+    let (st, _, _notify, mut d) = Stuck::start(&ca);
+    st.wait_order_hangs(&d);
     d.signal(nix::sys::signal::Signal::SIGKILL);
     d.wait_exit();
+
+    next_start_backs_off(&st);
+}
+
+/// The cut order of `st` is recorded as failed with a later next attempt;
+/// a second start of its daemon plans its next ACME look no earlier than
+/// that and does not contact the CA meanwhile.
+#[track_caller]
+fn next_start_backs_off(st: &Stuck) {
     let state = st.acme_state();
     assert!(state["failures"].as_u64() >= Some(1), "{state}");
     let next = state["next_attempt_at"].as_i64().unwrap_or(0);
@@ -1442,13 +1439,6 @@ fn sigkill_during_a_hanging_order_leaves_a_backoff_the_next_start_honours() {
         next > now().unix_timestamp(),
         "the next attempt is later: {state}"
     );
-
-    next_start_backs_off_until(&st, next);
-}
-
-/// A second start of the daemon of `st` plans its next ACME look no earlier
-/// than `next` and does not contact the CA meanwhile.
-fn next_start_backs_off_until(st: &Stuck, next: i64) {
     let before = st.ca.accepted();
     let notify2 = NotifySocket::new(&st.s.env, "notify2.sock");
     let mut d2 = st.daemon_logging("daemon2", &notify2, "mxkeys=debug");

@@ -676,6 +676,18 @@ fn out_of_order_chains_are_installed_in_issuing_order_and_unrelated_extras_refus
         pem_block("CERTIFICATE", &ca.root_der),
     ];
     let want = vec![leaf.der.clone(), ca.inter_der.clone(), ca.root_der.clone()];
+    // The blocks of `pems` at `order`, as one file.
+    let joined = |order: &[usize]| order.iter().map(|&i| pems[i].as_str()).collect::<String>();
+    // `sync` in `env` succeeds and `t` holds leaf, intermediate, root.
+    let syncs_in_issuing_order = |env: &Env, t: &Target, case: &str| {
+        let r = env.sync();
+        assert_eq!(r.code, 0, "{case}: {}", r.describe());
+        assert_eq!(
+            read_certs(t.fullchain.as_ref().unwrap()),
+            want,
+            "{case}: the installed fullchain is leaf, intermediate, root"
+        );
+    };
     // (case, certificate file, chain file)
     for (case, in_cert, in_chain) in [
         ("intermediate before the leaf", vec![1, 0, 2], vec![]),
@@ -686,23 +698,11 @@ fn out_of_order_chains_are_installed_in_issuing_order_and_unrelated_extras_refus
         let env = Env::new();
         let cert = env.path("src/cert.pem");
         let key = env.path("src/privkey.pem");
-        write(
-            &cert,
-            in_cert
-                .iter()
-                .map(|&i| pems[i].as_str())
-                .collect::<String>(),
-        );
+        write(&cert, joined(&in_cert));
         write(&key, leaf.key_pem());
         let chain = env.path("src/chain.pem");
         if !in_chain.is_empty() {
-            write(
-                &chain,
-                in_chain
-                    .iter()
-                    .map(|&i| pems[i].as_str())
-                    .collect::<String>(),
-            );
+            write(&chain, joined(&in_chain));
         }
         let t = Target::new(&env, "mail");
         let src = src_files(
@@ -711,13 +711,7 @@ fn out_of_order_chains_are_installed_in_issuing_order_and_unrelated_extras_refus
             (!in_chain.is_empty()).then_some(chain.as_path()),
         );
         env.write_config(&[src], &[&t]);
-        let r = env.sync();
-        assert_eq!(r.code, 0, "{case}: {}", r.describe());
-        assert_eq!(
-            read_certs(t.fullchain.as_ref().unwrap()),
-            want,
-            "{case}: the installed fullchain is leaf, intermediate, root"
-        );
+        syncs_in_issuing_order(&env, &t, case);
     }
 
     // The same in a Traefik acme.json entry (decoded in full only when its
@@ -731,20 +725,11 @@ fn out_of_order_chains_are_installed_in_issuing_order_and_unrelated_extras_refus
         let env = Env::new();
         let acme = env.path("acme/acme.json");
         let mut entry = AcmeEntry::new(&leaf, HOST);
-        entry.certificate = Some(
-            base64::engine::general_purpose::STANDARD
-                .encode(order.iter().map(|&i| pems[i].as_str()).collect::<String>()),
-        );
+        entry.certificate = Some(base64::engine::general_purpose::STANDARD.encode(joined(&order)));
         write_json(&acme, &acme_v2(&[("le", Some(vec![entry]))]));
         let t = Target::new(&env, "mail");
         env.write_config(&[src_traefik(&acme)], &[&t]);
-        let r = env.sync();
-        assert_eq!(r.code, 0, "{case}: {}", r.describe());
-        assert_eq!(
-            read_certs(t.fullchain.as_ref().unwrap()),
-            want,
-            "{case}: the installed fullchain is leaf, intermediate, root"
-        );
+        syncs_in_issuing_order(&env, &t, case);
     }
 
     // An intermediate of another CA among them: refused, nothing installed.

@@ -277,6 +277,17 @@ fn leaf() -> Leaf {
     Ca::new("systemd").issue(&LeafSpec::new(&[HOST]))
 }
 
+/// A guest whose mxkeys unit was started with a [`leaf`] and the
+/// [`postfix_target`]; `None` when the guest cannot boot here.
+fn started_postfix_unit(test: &str) -> Option<(Leaf, Host, Guest)> {
+    let leaf = leaf();
+    let host = Host::new();
+    host.configure(&leaf, &postfix_target());
+    let guest = host.boot(test, vec![])?;
+    guest.ok(&["systemctl", "start", "mxkeys"]);
+    Some((leaf, host, guest))
+}
+
 /// `systemctl start mxkeys` returns once the daemon sent READY=1, which it
 /// does after its first reconcile: by then the target is written, with
 /// its owner, group and mode, under the shipped syscall filter, and its
@@ -284,14 +295,11 @@ fn leaf() -> Leaf {
 /// unit still started.
 #[test]
 fn started_daemon_unit_has_written_an_owned_target_and_run_its_reload() {
-    let test = "started_daemon_unit_has_written_an_owned_target_and_run_its_reload";
-    let leaf = leaf();
-    let host = Host::new();
-    host.configure(&leaf, &postfix_target());
-    let Some(guest) = host.boot(test, vec![]) else {
+    let Some((leaf, host, guest)) =
+        started_postfix_unit("started_daemon_unit_has_written_an_owned_target_and_run_its_reload")
+    else {
         return;
     };
-    guest.ok(&["systemctl", "start", "mxkeys"]);
     // No wait: READY=1 came after the first reconcile.
     let journal = guest.journal(Some("mxkeys"));
     assert!(
@@ -315,14 +323,11 @@ fn started_daemon_unit_has_written_an_owned_target_and_run_its_reload() {
 /// same process.
 #[test]
 fn systemctl_reload_applies_a_changed_target() {
-    let test = "systemctl_reload_applies_a_changed_target";
-    let leaf = leaf();
-    let host = Host::new();
-    host.configure(&leaf, &postfix_target());
-    let Some(guest) = host.boot(test, vec![]) else {
+    let Some((leaf, host, guest)) =
+        started_postfix_unit("systemctl_reload_applies_a_changed_target")
+    else {
         return;
     };
-    guest.ok(&["systemctl", "start", "mxkeys"]);
     let pid = guest.property("mxkeys", "MainPID");
     host.configure(
         &leaf,
@@ -360,14 +365,11 @@ fn systemctl_reload_applies_a_changed_target() {
 /// the unit inactive with Result=success and exit status 0.
 #[test]
 fn systemctl_stop_ends_the_daemon_cleanly() {
-    let test = "systemctl_stop_ends_the_daemon_cleanly";
-    let leaf = leaf();
-    let host = Host::new();
-    host.configure(&leaf, &postfix_target());
-    let Some(guest) = host.boot(test, vec![]) else {
+    let Some((_leaf, _host, guest)) =
+        started_postfix_unit("systemctl_stop_ends_the_daemon_cleanly")
+    else {
         return;
     };
-    guest.ok(&["systemctl", "start", "mxkeys"]);
     guest.ok(&["systemctl", "stop", "mxkeys"]);
     let journal = guest.journal(Some("mxkeys"));
     assert_eq!(guest.property("mxkeys", "ActiveState"), "inactive");

@@ -343,15 +343,7 @@ impl Propagation {
                 return Ok(display_name(&qname));
             };
             let target = crate::canonical_name(&target);
-            if chain.contains(&target) || chain.len() > MAX_CNAME_CHAIN {
-                chain.push(target);
-                return Err(Error::Transport(format!(
-                    "CNAME chain too long or looping: {}",
-                    chain.join(" -> ")
-                )));
-            }
-            chain.push(target.clone());
-            qname = parse_name(&target)?;
+            qname = next_link(&mut chain, target)?;
         }
     }
 
@@ -408,15 +400,7 @@ impl Propagation {
                         });
                     }
                     observations.extend(per_server(&set, &qdisplay, asked));
-                    if chain.contains(&target) || chain.len() > MAX_CNAME_CHAIN {
-                        chain.push(target);
-                        return Err(Error::Transport(format!(
-                            "CNAME chain too long or looping: {}",
-                            chain.join(" -> ")
-                        )));
-                    }
-                    chain.push(target.clone());
-                    qname = parse_name(&target)?;
+                    qname = next_link(&mut chain, target)?;
                 }
                 None => {
                     for (server, answer, at) in answers {
@@ -443,6 +427,22 @@ impl Propagation {
             }
         }
     }
+}
+
+/// Adds `target` to the CNAME `chain` followed so far and returns it as
+/// the next name to ask; an error naming the whole chain when `target`
+/// loops back or the chain grows past [`MAX_CNAME_CHAIN`] links.
+fn next_link(chain: &mut Vec<String>, target: String) -> Result<Name, Error> {
+    if chain.contains(&target) || chain.len() > MAX_CNAME_CHAIN {
+        chain.push(target);
+        return Err(Error::Transport(format!(
+            "CNAME chain too long or looping: {}",
+            chain.join(" -> ")
+        )));
+    }
+    let next = parse_name(&target)?;
+    chain.push(target);
+    Ok(next)
 }
 
 /// Asks every server at once; answers in the order of `servers`.

@@ -291,6 +291,31 @@ impl Rfc2136 {
             .collect())
     }
 
+    /// [`Self::read_wire`] without the TTLs: the values of `name`'s set.
+    async fn read_values(
+        &self,
+        name: &Name,
+        rtype: RecordType,
+        what: &str,
+    ) -> Result<Vec<RData>, Error> {
+        Ok(self
+            .read_wire(name, rtype, what)
+            .await?
+            .into_iter()
+            .map(|(d, _)| d)
+            .collect())
+    }
+
+    /// A write the server accepted (`what`: "the update of") but whose
+    /// read-back shows it did not apply.
+    fn not_applied(&self, what: &str, name: &Name, rtype: RecordType) -> Error {
+        Error::Refused(format!(
+            "{} accepted {what} {} {rtype} but did not apply it (a CNAME next to other data?)",
+            self.server,
+            display_name(name)
+        ))
+    }
+
     async fn update(&self, message: Message, name: &Name, zone: &Name) -> Result<(), Error> {
         let response = self.exchange(message, "update").await?;
         match response.metadata.response_code {
@@ -397,12 +422,7 @@ impl Rfc2136 {
 impl RecordStore for Rfc2136 {
     async fn read(&self, name: &str, rtype: RecordType) -> Result<Vec<RData>, Error> {
         let name = parse_name(name)?;
-        Ok(self
-            .read_wire(&name, rtype, "query")
-            .await?
-            .into_iter()
-            .map(|(d, _)| d)
-            .collect())
+        self.read_values(&name, rtype, "query").await
     }
 
     async fn replace(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
@@ -416,19 +436,9 @@ impl RecordStore for Rfc2136 {
         let zone = self.zone_of(&wire_name).await?;
         let message = replace_message(&zone, &wire_name, ttl, values)?;
         self.update(message, &wire_name, &zone).await?;
-        let written: Vec<RData> = self
-            .read_wire(&wire_name, rtype, "update")
-            .await?
-            .into_iter()
-            .map(|(d, _)| d)
-            .collect();
+        let written = self.read_values(&wire_name, rtype, "update").await?;
         if !crate::same_set(&written, values) {
-            return Err(Error::Refused(format!(
-                "{} accepted the update of {} {rtype} but did not apply it (a CNAME next to \
-                 other data?)",
-                self.server,
-                display_name(&wire_name)
-            )));
+            return Err(self.not_applied("the update of", &wire_name, rtype));
         }
         tracing::info!(name = %display_name(&wire_name), %rtype, server = %self.server, "record set replaced");
         Ok(Change::Changed)
@@ -464,12 +474,7 @@ impl Rfc2136 {
     async fn add_values(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
         let rtype = set_type(values)?;
         let wire_name = parse_name(name)?;
-        let current: Vec<RData> = self
-            .read_wire(&wire_name, rtype, "update")
-            .await?
-            .into_iter()
-            .map(|(d, _)| d)
-            .collect();
+        let current = self.read_values(&wire_name, rtype, "update").await?;
         let mut missing: Vec<RData> = values
             .iter()
             .filter(|v| !current.contains(v))
@@ -486,19 +491,9 @@ impl Rfc2136 {
             message.add_authority(Record::from_rdata(wire_name.clone(), ttl, to_wire(value)?));
         }
         self.update(message, &wire_name, &zone).await?;
-        let written: Vec<RData> = self
-            .read_wire(&wire_name, rtype, "update")
-            .await?
-            .into_iter()
-            .map(|(d, _)| d)
-            .collect();
+        let written = self.read_values(&wire_name, rtype, "update").await?;
         if !crate::contains_all(&written, &missing) {
-            return Err(Error::Refused(format!(
-                "{} accepted the addition to {} {rtype} but did not apply it (a CNAME next to \
-                 other data?)",
-                self.server,
-                display_name(&wire_name)
-            )));
+            return Err(self.not_applied("the addition to", &wire_name, rtype));
         }
         tracing::info!(name = %display_name(&wire_name), %rtype, server = %self.server, added = missing.len(), "records added");
         Ok(Change::Changed)
@@ -508,12 +503,7 @@ impl Rfc2136 {
     async fn delete_values(&self, name: &str, values: &[RData]) -> Result<Change, Error> {
         let rtype = crate::values_type(values)?;
         let wire_name = parse_name(name)?;
-        let current: Vec<RData> = self
-            .read_wire(&wire_name, rtype, "update")
-            .await?
-            .into_iter()
-            .map(|(d, _)| d)
-            .collect();
+        let current = self.read_values(&wire_name, rtype, "update").await?;
         let present: Vec<&RData> = current.iter().filter(|v| values.contains(v)).collect();
         if present.is_empty() {
             return Ok(Change::Unchanged);

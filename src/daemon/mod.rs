@@ -202,6 +202,18 @@ impl Daemon {
     }
 }
 
+/// Waits for READY before a task's first network work: false when the
+/// daemon stops first (or READY can no longer come).
+async fn until_ready(
+    ready: &mut channel::Receiver<bool>,
+    stop: &mut channel::Receiver<bool>,
+) -> bool {
+    tokio::select! {
+        r = ready.changed() => r.is_ok(),
+        _ = stop.changed() => false,
+    }
+}
+
 /// The ACME scheduler: orders what is due, then asks for a reconcile.
 struct AcmeTask {
     config: Arc<Config>,
@@ -219,10 +231,8 @@ impl AcmeTask {
         mut config: channel::Receiver<Arc<Config>>,
         mut ready: channel::Receiver<bool>,
     ) {
-        // No network work before READY.
-        tokio::select! {
-            r = ready.changed() => if r.is_err() { return },
-            _ = self.stop.changed() => return,
+        if !until_ready(&mut ready, &mut self.stop).await {
+            return;
         }
         let mut next_renewal = self.next_renewal();
         loop {
@@ -316,10 +326,8 @@ impl DkimTask {
         mut config: channel::Receiver<Arc<Config>>,
         mut ready: channel::Receiver<bool>,
     ) {
-        // No network work before READY.
-        tokio::select! {
-            r = ready.changed() => if r.is_err() { return },
-            _ = self.stop.changed() => return,
+        if !until_ready(&mut ready, &mut self.stop).await {
+            return;
         }
         let mut next_dkim = Some(Instant::now());
         loop {
