@@ -88,6 +88,11 @@ pub struct Book {
     /// of the signer, whatever `drain` says.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub revoke_now: BTreeSet<String>,
+    /// When the signer was last reloaded successfully: sessions it
+    /// accepted before may still sign with a dropped key for
+    /// [`Policy::revoke_settle`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_reloaded_at: Option<i64>,
 }
 
 /// The durations of `[dkim]`, in seconds.
@@ -97,6 +102,10 @@ pub struct Policy {
     pub lead: i64,
     pub drain: i64,
     pub revoke_hold: i64,
+    /// After a successful signer reload, how long before `p=` may be
+    /// published for a key it dropped (at most `drain` for a scheduled
+    /// revocation).
+    pub revoke_settle: i64,
 }
 
 /// One thing to do now. Indices point into [`Book::keys`].
@@ -150,9 +159,7 @@ pub fn next_step(
             // Out of the signer's files, but until the signer reloaded them
             // it may still sign with it: p= waits for the reload.
             KeyState::Draining
-                if !book.signer_reload_pending
-                    && (now >= k.since + policy.drain
-                        || book.revoke_now.contains(&k.record_name())) =>
+                if !book.signer_reload_pending && now >= revoke_at(book, k, policy) =>
             {
                 Some(Step::Revoke(i))
             }
@@ -225,12 +232,31 @@ pub fn next_transition(book: &Book, k: &Key, policy: &Policy) -> Option<(i64, &'
                     .map(|a| (a + policy.rotate_every, "start a successor"))
             }
         }
-        KeyState::Draining if book.revoke_now.contains(&k.record_name()) => {
-            Some((k.since, "revoke (asked for), once the signer reloaded"))
-        }
-        KeyState::Draining => Some((k.since + policy.drain, "revoke")),
+        KeyState::Draining if book.revoke_now.contains(&k.record_name()) => Some((
+            revoke_at(book, k, policy),
+            "revoke (asked for), once the signer reloaded",
+        )),
+        KeyState::Draining => Some((revoke_at(book, k, policy), "revoke")),
         KeyState::Revoked => Some((k.since + policy.revoke_hold, "delete")),
     }
+}
+
+/// When draining key `k` may be revoked (given no signer reload is owed):
+/// after `drain`, or at once when asked for (`dkim revoke`), and in both
+/// cases once the signer's last reload settled (`revoke_settle`, at most
+/// `drain` for a scheduled revocation).
+pub fn revoke_at(book: &Book, k: &Key, policy: &Policy) -> i64 {
+    let asked = book.revoke_now.contains(&k.record_name());
+    let (due, settle) = if asked {
+        (k.since, policy.revoke_settle)
+    } else {
+        (
+            k.since + policy.drain,
+            policy.revoke_settle.min(policy.drain),
+        )
+    };
+    let settled = book.signer_reloaded_at.map_or(i64::MIN, |t| t + settle);
+    due.max(settled)
 }
 
 /// Whether `k` belongs to the group of `domain` and `algorithm`: the same
@@ -408,6 +434,7 @@ mod tests {
             lead: 2 * DAY,
             drain: 7 * DAY,
             revoke_hold: 30 * DAY,
+            revoke_settle: 5,
         }
     }
 
@@ -801,6 +828,46 @@ mod tests {
     }
 
     #[test]
+    fn a_revocation_waits_for_the_last_signer_reload_to_settle() {
+        let mut b = Book {
+            keys: vec![
+                key("old", RSA, KeyState::Draining, true),
+                key("new", RSA, KeyState::Active, true),
+            ],
+            signer_reloaded_at: Some(100),
+            ..Book::default()
+        };
+        let (none, nowait) = (BTreeSet::new(), BTreeSet::new());
+        // (drain, asked for, now, revoked): settle 5 s after the reload at
+        // 100, at most `drain` for a scheduled revocation.
+        let table: &[(i64, bool, i64, bool)] = &[
+            (0, true, 104, false),
+            (0, true, 105, true),
+            (0, false, 100, true),
+            (3, false, 102, false),
+            (3, false, 103, true),
+            (DAY, false, 105, false),
+            (DAY, false, DAY, true),
+        ];
+        for (drain, asked, now, revoked) in table {
+            let p = Policy {
+                drain: *drain,
+                ..policy()
+            };
+            b.revoke_now.clear();
+            if *asked {
+                b.revoke_now.insert("old._domainkey.example.com".into());
+            }
+            let got = next_step(&b, &wanted(), &p, *now, &none, &nowait);
+            assert_eq!(
+                got == Some(Step::Revoke(0)),
+                *revoked,
+                "drain {drain} asked {asked} now {now}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
     fn revoking_the_only_signing_key_of_a_family_needs_force() {
         use KeyState::*;
         let ed = DkimAlgorithm::Ed25519;
@@ -1101,6 +1168,7 @@ mod tests {
                     lead,
                     drain,
                     revoke_hold,
+                    revoke_settle: 0,
                 })
         }
 

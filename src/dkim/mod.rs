@@ -38,6 +38,7 @@ pub fn policy(d: &Dkim) -> Policy {
         lead: secs(d.lead),
         drain: secs(d.drain),
         revoke_hold: secs(d.revoke_hold),
+        revoke_settle: secs(d.revoke_settle),
     }
 }
 
@@ -146,6 +147,13 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
                 }
                 reload_failed = true;
             }
+            // A revocation asked for waits for the reload to settle: in
+            // this pass (seconds), not the next one.
+            if !reload_failed && let Some(at) = settling_revocation(&book, &policy, now) {
+                let wait = u64::try_from(at - now).unwrap_or(0);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                continue;
+            }
             break;
         };
         if let Step::Generate { domain, algorithm } = &step {
@@ -205,11 +213,27 @@ fn reload_signer(
             }
         }
     }
-    if reloaded && book.signer_reload_pending {
+    if reloaded {
         book.signer_reload_pending = false;
+        book.signer_reloaded_at = Some(crate::now());
         save(config, book)?;
     }
     Ok(reloaded)
+}
+
+/// When a revocation asked for (`dkim revoke`) becomes due, if that is
+/// later than `now` but within `revoke_settle` (it waits only for the
+/// last signer reload to settle).
+fn settling_revocation(book: &Book, policy: &Policy, now: i64) -> Option<i64> {
+    if book.signer_reload_pending {
+        return None;
+    }
+    book.keys
+        .iter()
+        .filter(|k| k.state == KeyState::Draining && book.revoke_now.contains(&k.record_name()))
+        .map(|k| machine::revoke_at(book, k, policy))
+        .filter(|at| *at > now && *at <= now + policy.revoke_settle)
+        .min()
 }
 
 /// Writes the signer's files from the state when they differ and
