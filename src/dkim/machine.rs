@@ -18,6 +18,15 @@
 //! flight. [`next_step`] names one step at a time; the caller performs it,
 //! saves the new state, and asks again, so a crash between any two steps
 //! leaves a state the next run continues from.
+//!
+//! No signing gap: from its first activation on, every configured group
+//! has a key of its family active at every moment (an active key drains
+//! only once a later key of its family is active), unless the user
+//! removed the family or revoked its only key with `--force`
+//! ([`request_revoke`] refuses otherwise). Safe revocation: `p=` is never
+//! due while a signer reload is owed, nor before the last reload settled
+//! ([`revoke_at`]), so DNS never calls a key revoked while the signer may
+//! still sign with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

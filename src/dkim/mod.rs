@@ -6,7 +6,9 @@
 //! saves the state (`state_dir/dkim/state.json`), and asks for the next, so
 //! a crash anywhere leaves a state the next run continues from. The signer
 //! files are rendered from the state after every change of the signing set
-//! and the signer is reloaded once at the end of a pass; a failed reload
+//! and the signer is reloaded once at the end of a pass, or earlier when a
+//! revocation waits for it (`p=` is published only after a successful
+//! reload without the key, and `revoke_settle` later); a failed reload
 //! stays owed in the state and is retried on the next pass, 30 s later.
 //! Files mxkeys did not write are never written (see [`signer`]), and a
 //! record name that already holds a record is never published over: its
