@@ -67,12 +67,19 @@ enum DkimCommand {
         /// The private key (PEM).
         file: PathBuf,
     },
-    /// Emergency: revoke a key now and bring a successor to signing.
+    /// Emergency: take a key out of the signer, reload it, then publish
+    /// its empty `p=` record, and bring a successor to signing. Revoking
+    /// the only key of a family signing for the domain is refused (exit
+    /// status 2) without `--force`.
     Revoke {
         #[arg(long)]
         domain: String,
         #[arg(long)]
         selector: String,
+        /// Revoke even the only key of its family signing for the domain
+        /// (the domain goes without that signature until a successor signs).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -230,9 +237,18 @@ fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
         DkimCommand::Rotate { domain, force } => rt
             .block_on(crate::dkim::rotate(config, domain.as_deref(), force))
             .map(print_pass),
-        DkimCommand::Revoke { domain, selector } => rt
-            .block_on(crate::dkim::revoke(config, &domain, &selector))
-            .map(print_pass),
+        DkimCommand::Revoke {
+            domain,
+            selector,
+            force,
+        } => match rt.block_on(crate::dkim::revoke(config, &domain, &selector, force)) {
+            Ok(pass) => Ok(print_pass(pass)),
+            Err(crate::dkim::RevokeError::OnlyKey(e)) => {
+                tracing::error!("dkim: {e}");
+                return ExitCode::from(2);
+            }
+            Err(crate::dkim::RevokeError::Failed(e)) => Err(e),
+        },
         DkimCommand::Import {
             domain,
             selector,

@@ -595,22 +595,34 @@ struct DkimEnv {
 
 impl DkimEnv {
     fn write_config(&self, drain: &str, revoke_hold: &str) {
-        let addr = self.bind.addr();
         let argv = hashing_reload(&self.signer_dir.join("KeyTable"), &self.reload_log, "0");
+        self.write_config_with(&ALGORITHMS, "0s", drain, revoke_hold, &argv, "");
+    }
+
+    fn write_config_with(
+        &self,
+        algorithms: &[&str],
+        lead: &str,
+        drain: &str,
+        revoke_hold: &str,
+        argv: &[String],
+        extra: &str,
+    ) {
+        let addr = self.bind.addr();
         let text = format!(
             "hostname = \"mail.example.test\"\nstate_dir = {state}\n\n\
              [dns.bind]\ntype = \"rfc2136\"\nserver = \"{addr}\"\ntsig_name = \"{key}\"\n\
              tsig_secret_file = {secret}\nnameservers = [\"{addr}\"]\n\
              propagation_interval = \"100ms\"\npropagation_timeout = \"10s\"\n\n\
              [dkim]\ndomains = {domains}\nalgorithms = {algs}\nkey_dir = {key_dir}\n\
-             dns = \"bind\"\nttl = 60\nlead = \"0s\"\ndrain = \"{drain}\"\n\
+             dns = \"bind\"\nttl = 60\nlead = \"{lead}\"\ndrain = \"{drain}\"\n\
              revoke_hold = \"{revoke_hold}\"\nsigner = \"opendkim\"\nsigner_dir = {signer_dir}\n\
-             reload = {reload}\n",
+             reload = {reload}\n{extra}",
             state = qp(&self.state),
             key = bind::KEY_NAME,
             secret = qp(&self.bind.dir().join("tsig.key")),
             domains = q_list(&DOMAINS),
-            algs = q_list(&ALGORITHMS),
+            algs = q_list(algorithms),
             key_dir = qp(&self.key_dir),
             signer_dir = qp(&self.signer_dir),
             reload = q_list(&argv.iter().map(String::as_str).collect::<Vec<_>>()),
@@ -981,6 +993,247 @@ fn dkim_rotate_killed_at_random_moments_keeps_signer_and_dns_consistent() {
         tally.several_active,
         tally.temp_max,
         tally.keys_max,
+        started.elapsed(),
+    );
+    assert!(tally.killed_running > 0, "{tally:?}");
+}
+
+// ---------------------------------------------------------------------------
+// DKIM: revocations and algorithm changes killed at random moments
+// ---------------------------------------------------------------------------
+
+/// A reload command that copies the KeyTable, as the signer would load it,
+/// to `loaded` (atomically: a copy, then a rename).
+fn loading_reload(env: &DkimEnv, loaded: &Path) -> Vec<String> {
+    let script = format!(
+        "cp {kt} {loaded}.tmp.$$ && mv {loaded}.tmp.$$ {loaded}",
+        kt = sh_quote(env.signer_dir.join("KeyTable").to_str().unwrap()),
+        loaded = sh_quote(loaded.to_str().unwrap()),
+    );
+    vec!["sh".into(), "-c".into(), script]
+}
+
+/// The invariants of a revocation and an algorithm change, at any moment:
+/// besides [`check_dkim`] (every key the KeyTable names has exactly its
+/// record: never a `p=` record for a key in the signer's tables), no key
+/// whose record is `p=` is in what the signer last loaded, and each
+/// domain keeps a key of every family in `families` (is RSA) in the tables
+/// and in what the signer loaded.
+fn check_nogap(env: &DkimEnv, tally: &mut DkimTally, loaded: &Path, families: &[bool], when: &str) {
+    check_dkim(env, tally, when);
+    let book = env.book();
+    let keys = book["keys"].as_array().unwrap();
+    let family = |domain: &str, selector: &str| {
+        keys.iter()
+            .find(|k| k["domain"] == domain && k["selector"] == selector)
+            .map(|k| k["algorithm"].as_str().unwrap() != "ed25519")
+    };
+    let tables = key_table(&env.signer_dir.join("KeyTable"));
+    let in_loaded = key_table(loaded);
+    let names: Vec<String> = in_loaded.iter().map(|(id, ..)| id.clone()).collect();
+    let dns = env.txt_many(&names);
+    for (id, ..) in &in_loaded {
+        assert!(
+            !dns[id].is_empty() && !dns[id].iter().any(|v| v.ends_with("p=")),
+            "{when}: the signer still signs with {id}, whose record is {:?}",
+            dns[id]
+        );
+    }
+    for d in DOMAINS {
+        for fam in families {
+            for (what, table) in [("tables", &tables), ("loaded signer", &in_loaded)] {
+                assert!(
+                    table
+                        .iter()
+                        .any(|(_, dom, sel, _)| dom == d && family(dom, sel) == Some(*fam)),
+                    "{when}: no {} key for {d} in the {what}: {table:?}\n{keys:?}",
+                    if *fam { "RSA" } else { "Ed25519" }
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dkim_revoke_and_algorithm_changes_killed_at_random_moments_never_leave_a_gap() {
+    let started = Instant::now();
+    let Some(bind) = bind::Bind::start() else {
+        return;
+    };
+    let root = tempfile::Builder::new()
+        .prefix("mxkeys-crash-nogap-")
+        .tempdir()
+        .unwrap();
+    let logs = root.path().join("reloads");
+    fs::create_dir_all(&logs).unwrap();
+    let env = DkimEnv {
+        config: root.path().join("mxkeys.toml"),
+        state: root.path().join("state"),
+        key_dir: root.path().join("keys"),
+        signer_dir: root.path().join("opendkim"),
+        reload_log: logs.join("opendkim"),
+        bind,
+        root,
+    };
+    fs::set_permissions(env.root.path(), fs::Permissions::from_mode(0o700)).unwrap();
+    let loaded = env.root.path().join("loaded-KeyTable");
+    let argv = loading_reload(&env, &loaded);
+    let mut tally = DkimTally::default();
+    let mut rng = Rng::new("dkim nogap");
+    let settle = "revoke_settle = \"1s\"\n";
+
+    // 1. Algorithm changes (lead, drain, revoke_hold 0s: every step of the
+    // change runs in one pass), each killed at a random moment.
+    let configs: [&[&str]; 4] = [
+        &["rsa-2048", "ed25519"],
+        &["rsa-3072", "ed25519"],
+        &["rsa-3072"],
+        &["rsa-2048", "ed25519"],
+    ];
+    env.write_config_with(configs[0], "0s", "0s", "0s", &argv, settle);
+    env.run(&["dkim", "rotate"]).assert_code(0);
+    check_nogap(&env, &mut tally, &loaded, &[true, false], "first pass");
+    let mut changes = 0;
+    // Each change's uninterrupted duration (round 0) scales its kill window.
+    let mut took = [StdDuration::ZERO; 4];
+    for round in 0..5 {
+        for (i, algs) in configs.iter().enumerate().skip(1) {
+            // Families that must sign throughout: RSA always; Ed25519 when
+            // kept (removing it is the user's choice; when added, it signs
+            // from its first activation).
+            let before = configs[i - 1].contains(&"ed25519");
+            let kept: Vec<bool> = if before && algs.contains(&"ed25519") {
+                vec![true, false]
+            } else {
+                vec![true]
+            };
+            env.write_config_with(algs, "0s", "0s", "0s", &argv, settle);
+            let when = if round == 0 {
+                let t0 = Instant::now();
+                env.run(&["dkim", "rotate"]).assert_code(0);
+                took[i] = t0.elapsed();
+                format!("round {round}: {algs:?}")
+            } else {
+                let delay = rng.delay(took[i].mul_f64(1.3));
+                tally.runs += 1;
+                if kill_after(env.cmd(&["dkim", "rotate"]), delay) {
+                    tally.killed_running += 1;
+                } else {
+                    tally.finished_before_kill += 1;
+                }
+                let when = format!("round {round}: {algs:?} killed at {delay:?}");
+                check_nogap(&env, &mut tally, &loaded, &kept, &when);
+                env.run(&["dkim", "rotate"]).assert_code(0);
+                when
+            };
+            let all: Vec<bool> = if algs.contains(&"ed25519") {
+                vec![true, false]
+            } else {
+                vec![true]
+            };
+            check_nogap(
+                &env,
+                &mut tally,
+                &loaded,
+                &all,
+                &format!("{when}, then run"),
+            );
+            // The configured RSA size signs.
+            let book = env.book();
+            let rsa = algs[0];
+            for d in DOMAINS {
+                assert!(
+                    book["keys"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|k| k["domain"] == d
+                            && k["algorithm"] == rsa
+                            && k["state"] == "active"),
+                    "{when}: no active {rsa} key for {d}: {book}"
+                );
+            }
+            changes += 1;
+        }
+    }
+
+    // 2. Revocations: each round a forced rotation (lead 1h) leaves a
+    // verified successor per group; `dkim revoke` of example.test's
+    // active RSA key is killed at a random moment; the next pass
+    // publishes p= only once the signer was reloaded without it.
+    let algs = ["rsa-2048", "ed25519"];
+    env.write_config_with(&algs, "1h", "1h", "1h", &argv, settle);
+    let mut revokes = 0;
+    let mut durations = Vec::new();
+    for round in 0..14 {
+        env.run(&["dkim", "rotate", "--force"]).assert_code(0);
+        let book = env.book();
+        let active = book["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| {
+                k["domain"] == DOMAINS[0] && k["algorithm"] == "rsa-2048" && k["state"] == "active"
+            })
+            .unwrap_or_else(|| panic!("round {round}: no active RSA key: {book}"))
+            .clone();
+        let selector = active["selector"].as_str().unwrap().to_owned();
+        let name = format!("{selector}._domainkey.{}", DOMAINS[0]);
+        let args = [
+            "dkim",
+            "revoke",
+            "--domain",
+            DOMAINS[0],
+            "--selector",
+            &selector,
+        ];
+        let when = format!("revoke round {round}");
+        if round < 2 {
+            // Uninterrupted: measures the window.
+            let t0 = Instant::now();
+            env.run(&args).assert_code(0);
+            durations.push(t0.elapsed());
+        } else {
+            let window = durations.iter().max().unwrap().mul_f64(1.3);
+            let delay = rng.delay(window);
+            tally.runs += 1;
+            if kill_after(env.cmd(&args), delay) {
+                tally.killed_running += 1;
+            } else {
+                tally.finished_before_kill += 1;
+            }
+            let when = format!("{when}: killed at {delay:?}");
+            check_nogap(&env, &mut tally, &loaded, &[true, false], &when);
+            env.run(&["dkim", "rotate"]).assert_code(0);
+        }
+        check_nogap(
+            &env,
+            &mut tally,
+            &loaded,
+            &[true, false],
+            &format!("{when}, then run"),
+        );
+        assert_eq!(
+            env.txt(&name),
+            vec!["v=DKIM1; k=rsa; p=".to_owned()],
+            "{when}: the revocation was finished by the next pass"
+        );
+        assert!(
+            env.book()["revoke_now"]
+                .as_array()
+                .is_none_or(|a| a.is_empty()),
+            "{when}: a revocation is still owed"
+        );
+        revokes += 1;
+    }
+    eprintln!(
+        "dkim nogap crash test: {changes} algorithm changes, {revokes} revocations; \
+         kills: {} ({} while running, {} had already exited); changes took {took:?}, \
+         revoke runs {durations:?}; \
+         time: {:?}",
+        tally.runs,
+        tally.killed_running,
+        tally.finished_before_kill,
         started.elapsed(),
     );
     assert!(tally.killed_running > 0, "{tally:?}");

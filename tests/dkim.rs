@@ -1358,6 +1358,7 @@ fn revoke_publishes_empty_p_now_and_a_successor_signs() {
             DOMAIN,
             "--selector",
             &active.selector,
+            "--force",
         ],
     );
     assert!(
@@ -2108,4 +2109,279 @@ fn an_admins_rspamd_file_is_taken_over_only_once_every_selector_it_names_is_impo
     assert_eq!(names_in(&keys(&work), "active").len(), 2);
     let status = mx_ok(&config, &["dkim", "status"]);
     assert!(!status.contains("dkim import"), "{status}");
+}
+
+// ---- no signing gap; safe revocation ----
+
+/// `dkim revoke --domain DOMAIN --selector SELECTOR [EXTRA]`.
+fn revoke_args<'a>(selector: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["dkim", "revoke", "--domain", DOMAIN, "--selector", selector];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The first pass with a zero lead (one active key), then a forced
+/// rotation with a long lead: a verified successor waits, published.
+fn active_and_verified_successor(bind: &Bind, work: &Path, extra: &str) -> (Key, Key) {
+    let zero = write_config(bind, work, &format!("lead = \"0s\"\n{extra}"));
+    let _ = mx(&zero, &["dkim", "rotate"]);
+    let config = write_config(bind, work, &format!("lead = \"1h\"\n{extra}"));
+    let _ = mx(&config, &["dkim", "rotate", "--force"]);
+    let active = key(work, "rsa-2048", "active");
+    let successor = key(work, "rsa-2048", "published");
+    assert!(successor.verified_at.is_some(), "{successor:?}");
+    (active, successor)
+}
+
+#[test]
+fn revoking_the_only_signing_key_is_refused_with_exit_2_unless_forced() {
+    let Some((bind, work)) = setup(
+        "revoking_the_only_signing_key_is_refused_with_exit_2_unless_forced",
+        &[],
+    ) else {
+        return;
+    };
+    let config = write_config(&bind, &work, "lead = \"0s\"\n");
+    mx_ok(&config, &["dkim", "rotate"]);
+    let only = key(&work, "rsa-2048", "active");
+    let before = std::fs::read(work.join("state/dkim/state.json")).unwrap();
+    let out = mx(&config, &revoke_args(&only.selector, &[]));
+    assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--force") && err.contains(&only.name()),
+        "one line naming the key and --force: {err}"
+    );
+    // Nothing changed: the record, the state, the signer's tables.
+    assert_eq!(bind.txt_values(&only.name()), vec![only.record.clone()]);
+    assert_eq!(
+        std::fs::read(work.join("state/dkim/state.json")).unwrap(),
+        before
+    );
+    assert_eq!(signer_names(&work.join("signer")), [only.name()].into());
+    // With --force it is revoked and a successor signs.
+    let out = mx_ok(&config, &revoke_args(&only.selector, &["--force"]));
+    assert!(
+        out.contains(&format!("revoked {} (p=)", only.name())),
+        "{out}"
+    );
+    assert_eq!(bind.txt_values(&only.name()), vec!["v=DKIM1; k=rsa; p="]);
+    let successor = key(&work, "rsa-2048", "active");
+    assert_eq!(
+        signer_names(&work.join("signer")),
+        [successor.name()].into()
+    );
+}
+
+#[test]
+fn revoke_publishes_no_empty_p_while_the_signer_reload_fails() {
+    let Some((bind, work)) = setup(
+        "revoke_publishes_no_empty_p_while_the_signer_reload_fails",
+        &[],
+    ) else {
+        return;
+    };
+    // The reload succeeds while the file `reload-ok` exists; each reload
+    // logs the TXT value of the key being revoked as the server answers it
+    // at that moment.
+    let ok = work.join("reload-ok");
+    let log = work.join("reloads.log");
+    std::fs::write(&ok, "").unwrap();
+    let reload = format!(
+        "reload = [\"sh\", \"-c\", \"echo reload >> {log}; [ -e {ok} ]\"]\n",
+        log = log.display(),
+        ok = ok.display()
+    );
+    let (active, successor) = active_and_verified_successor(&bind, &work, &reload);
+    std::fs::remove_file(&ok).unwrap();
+    let config = work.join("mxkeys.toml");
+
+    // A verified successor takes over: no --force needed. The reload
+    // fails: the key is out of the tables, but p= is not published.
+    let out = mx(&config, &revoke_args(&active.selector, &[]));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("reload"), "{err}");
+    assert!(err.contains("not revoked yet"), "{err}");
+    assert_eq!(
+        bind.txt_values(&active.name()),
+        vec![active.record.clone()],
+        "p= must wait for a successful signer reload"
+    );
+    assert_eq!(
+        signer_names(&work.join("signer")),
+        [successor.name()].into()
+    );
+    assert!(has(&keys(&work), &active.selector, "draining"));
+    // A pass while the reload still fails: still no p=.
+    let out = mx(&config, &["dkim", "rotate"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(bind.txt_values(&active.name()), vec![active.record.clone()]);
+    // The reload works again: the next pass reloads, then publishes p=.
+    std::fs::write(&ok, "").unwrap();
+    let out = mx_ok(&config, &["dkim", "rotate"]);
+    assert!(
+        out.contains(&format!("revoked {} (p=)", active.name())),
+        "{out}"
+    );
+    assert_eq!(bind.txt_values(&active.name()), vec!["v=DKIM1; k=rsa; p="]);
+    assert!(has(&keys(&work), &active.selector, "revoked"));
+    assert_eq!(
+        state_json(&work).unwrap()["signer_reload_pending"],
+        Value::Bool(false)
+    );
+}
+
+#[test]
+fn no_mail_signed_with_a_revoked_selector_leaves_postfix_after_p_is_visible() {
+    let Some((bind, work)) = setup(
+        "no_mail_signed_with_a_revoked_selector_leaves_postfix_after_p_is_visible",
+        &[DKIMPY, OPENDKIM, POSTFIX],
+    ) else {
+        return;
+    };
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let odk_dir = work.join("opendkim");
+    // A reload that takes a second, as `systemctl reload` may.
+    let reload = format!(
+        "reload = [\"sh\", \"-c\", \"sleep 1; kill -USR1 $(cat {})\"]\n",
+        odk_dir.join("opendkim.pid").display()
+    );
+    // OpenDKIM is not running yet: the first passes' reloads fail.
+    let (active, successor) = active_and_verified_successor(&bind, &work, &reload);
+    let config = work.join("mxkeys.toml");
+    let mut opendkim = OpenDkim::start(&odk_dir, &work.join("signer"));
+    let sink = Arc::new(SmtpSink::start());
+    let postfix =
+        common::servers::Postfix::start_relay(&work.join("postfix"), opendkim.port, sink.port);
+    let py = Dkimpy::new(&work.join("py"), bind.port);
+    // The owed reload is paid: OpenDKIM signs with the active key.
+    mx_ok(&config, &["dkim", "rotate"]);
+    smtp_send(
+        &postfix.addr(),
+        &format!("alice@{DOMAIN}"),
+        "bob@receiver.test",
+        &message(DOMAIN, "before-revoke"),
+    );
+    let got = sink.wait_for("before-revoke", || postfix.log());
+    assert_eq!(py.verify_one(&got).selector, active.selector);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    // When each message reached the sink (polled every 5 ms).
+    let arrivals: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let watcher = {
+        let (stop, sink, arrivals) = (stop.clone(), sink.clone(), arrivals.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let n = sink.messages().len();
+                let mut a = arrivals.lock().unwrap();
+                while a.len() < n {
+                    a.push(start.elapsed());
+                }
+                drop(a);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    // When p= was first seen on the authoritative server.
+    let revoked_seen: Arc<Mutex<Option<Duration>>> = Arc::default();
+    let digger = {
+        let (stop, seen, name, port) =
+            (stop.clone(), revoked_seen.clone(), active.name(), bind.port);
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) && seen.lock().unwrap().is_none() {
+                let out = Command::new("dig")
+                    .args([
+                        "@127.0.0.1",
+                        "-p",
+                        &port.to_string(),
+                        "TXT",
+                        &name,
+                        "+short",
+                    ])
+                    .output()
+                    .unwrap();
+                if String::from_utf8_lossy(&out.stdout).contains("\"v=DKIM1; k=rsa; p=\"") {
+                    *seen.lock().unwrap() = Some(start.elapsed());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let sender = {
+        let (stop, addr) = (stop.clone(), postfix.addr());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                smtp_send(
+                    &addr,
+                    &format!("alice@{DOMAIN}"),
+                    "bob@receiver.test",
+                    &message(DOMAIN, &format!("loop-{n}")),
+                );
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let out = mx_ok(&config, &revoke_args(&active.selector, &[]));
+    assert!(
+        out.contains(&format!("revoked {} (p=)", active.name())),
+        "{out}"
+    );
+    // Mail goes on until the successor signs and p= was seen.
+    let mut k = 0;
+    common::servers::poll(
+        "p= seen and a message signed by the successor",
+        DEADLINE,
+        || {
+            k += 1;
+            let seen = revoked_seen.lock().unwrap().is_some();
+            let signed = sink.messages().iter().rev().take(3).any(|m| {
+                py.verify(m)
+                    .iter()
+                    .any(|v| v.selector == successor.selector)
+            });
+            (seen && signed).then_some(())
+        },
+        || format!("{}\n--- opendkim ---\n{}", postfix.log(), opendkim.log()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::SeqCst);
+    let sent = sender.join().unwrap();
+    watcher.join().unwrap();
+    digger.join().unwrap();
+    // The last messages may have arrived after the watcher stopped.
+    let messages = sink.messages();
+    let arrivals = arrivals.lock().unwrap().clone();
+    let p_seen = revoked_seen.lock().unwrap().unwrap();
+    let (mut old_before, mut old_after, mut new_after) = (0, 0, 0);
+    for (i, m) in messages.iter().enumerate().skip(1) {
+        let at = arrivals.get(i).copied().unwrap_or(Duration::MAX);
+        let text = String::from_utf8_lossy(m);
+        let signed_old = text.contains(&format!("s={};", active.selector))
+            || text.contains(&format!("s={}\r", active.selector));
+        let signed_new = text.contains(&format!("s={}", successor.selector));
+        match (signed_old, at > p_seen) {
+            (true, true) => old_after += 1,
+            (true, false) => old_before += 1,
+            (false, true) if signed_new => new_after += 1,
+            _ => {}
+        }
+    }
+    eprintln!(
+        "{sent} messages sent, {} received; p= seen at {p_seen:?}; signed by the revoked \
+         selector before: {old_before}, after: {old_after}; by the successor after: {new_after}",
+        messages.len()
+    );
+    assert!(old_before > 0, "the loop ran while the old key signed");
+    assert!(new_after > 0, "the loop ran after p= was visible");
+    assert_eq!(
+        old_after, 0,
+        "a message signed with the revoked selector left Postfix after p= was visible"
+    );
+    opendkim.assert_running();
 }

@@ -150,6 +150,9 @@ pub struct Dkim {
     pub lead: Duration,
     pub drain: Duration,
     pub revoke_hold: Duration,
+    /// After a signer reload, how long sessions it accepted before may
+    /// still sign with a key it dropped: `p=` waits this long.
+    pub revoke_settle: Duration,
     pub signer: Signer,
     pub signer_dir: PathBuf,
     pub key_owner: Option<String>,
@@ -666,6 +669,8 @@ struct RawDkim {
     drain: Option<Duration>,
     #[serde(default, with = "humantime_serde")]
     revoke_hold: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    revoke_settle: Option<Duration>,
     signer: Signer,
     signer_dir: PathBuf,
     key_owner: Option<String>,
@@ -1553,6 +1558,7 @@ fn validate_dkim(
         lead: raw.lead.unwrap_or(Duration::from_secs(48 * 3600)),
         drain: raw.drain.unwrap_or(day(7)),
         revoke_hold: raw.revoke_hold.unwrap_or(day(30)),
+        revoke_settle: raw.revoke_settle.unwrap_or(Duration::from_secs(5)),
         signer: raw.signer,
         signer_dir: abs(&raw.signer_dir),
         key_owner: raw.key_owner,

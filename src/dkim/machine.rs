@@ -18,6 +18,15 @@
 //! flight. [`next_step`] names one step at a time; the caller performs it,
 //! saves the new state, and asks again, so a crash between any two steps
 //! leaves a state the next run continues from.
+//!
+//! No signing gap: from its first activation on, every configured group
+//! has a key of its family active at every moment (an active key drains
+//! only once a later key of its family is active), unless the user
+//! removed the family or revoked its only key with `--force`
+//! ([`request_revoke`] refuses otherwise). Safe revocation: `p=` is never
+//! due while a signer reload is owed, nor before the last reload settled
+//! ([`revoke_at`]), so DNS never calls a key revoked while the signer may
+//! still sign with it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -83,6 +92,16 @@ pub struct Book {
     /// interrupted): the next pass reloads it.
     #[serde(default)]
     pub signer_reload_pending: bool,
+    /// Record names (`SELECTOR._domainkey.DOMAIN`) whose revocation was
+    /// asked for (`mxkeys dkim revoke`): revoked as soon as they are out
+    /// of the signer, whatever `drain` says.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub revoke_now: BTreeSet<String>,
+    /// When the signer was last reloaded successfully: sessions it
+    /// accepted before may still sign with a dropped key for
+    /// [`Policy::revoke_settle`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer_reloaded_at: Option<i64>,
 }
 
 /// The durations of `[dkim]`, in seconds.
@@ -92,6 +111,10 @@ pub struct Policy {
     pub lead: i64,
     pub drain: i64,
     pub revoke_hold: i64,
+    /// After a successful signer reload, how long before `p=` may be
+    /// published for a key it dropped (at most `drain` for a scheduled
+    /// revocation).
+    pub revoke_settle: i64,
 }
 
 /// One thing to do now. Indices point into [`Book::keys`].
@@ -110,7 +133,8 @@ pub enum Step {
     Activate(usize),
     /// Out of the signer; the record stays.
     Drain(usize),
-    /// Publish `p=` (revoked).
+    /// Publish `p=` (revoked). Never while a signer reload is owed: the
+    /// key must be out of the signer the mail goes through first.
     Revoke(usize),
     /// Delete the record and the key file.
     Delete(usize),
@@ -141,7 +165,13 @@ pub fn next_step(
     for (i, k) in book.keys.iter().enumerate() {
         let step = match k.state {
             KeyState::Revoked if now >= k.since + policy.revoke_hold => Some(Step::Delete(i)),
-            KeyState::Draining if now >= k.since + policy.drain => Some(Step::Revoke(i)),
+            // Out of the signer's files, but until the signer reloaded them
+            // it may still sign with it: p= waits for the reload.
+            KeyState::Draining
+                if !book.signer_reload_pending && now >= revoke_at(book, k, policy) =>
+            {
+                Some(Step::Revoke(i))
+            }
             // Never published: nothing signed with it can be in flight.
             KeyState::Generated | KeyState::Published if !is_wanted(k) => Some(Step::Delete(i)),
             KeyState::Active if !is_wanted(k) || newer_active(i) => Some(Step::Drain(i)),
@@ -211,9 +241,31 @@ pub fn next_transition(book: &Book, k: &Key, policy: &Policy) -> Option<(i64, &'
                     .map(|a| (a + policy.rotate_every, "start a successor"))
             }
         }
-        KeyState::Draining => Some((k.since + policy.drain, "revoke")),
+        KeyState::Draining if book.revoke_now.contains(&k.record_name()) => Some((
+            revoke_at(book, k, policy),
+            "revoke (asked for), once the signer reloaded",
+        )),
+        KeyState::Draining => Some((revoke_at(book, k, policy), "revoke")),
         KeyState::Revoked => Some((k.since + policy.revoke_hold, "delete")),
     }
+}
+
+/// When draining key `k` may be revoked (given no signer reload is owed):
+/// after `drain`, or at once when asked for (`dkim revoke`), and in both
+/// cases once the signer's last reload settled (`revoke_settle`, at most
+/// `drain` for a scheduled revocation).
+pub fn revoke_at(book: &Book, k: &Key, policy: &Policy) -> i64 {
+    let asked = book.revoke_now.contains(&k.record_name());
+    let (due, settle) = if asked {
+        (k.since, policy.revoke_settle)
+    } else {
+        (
+            k.since + policy.drain,
+            policy.revoke_settle.min(policy.drain),
+        )
+    };
+    let settled = book.signer_reloaded_at.map_or(i64::MIN, |t| t + settle);
+    due.max(settled)
 }
 
 /// Whether `k` belongs to the group of `domain` and `algorithm`: the same
@@ -221,6 +273,76 @@ pub fn next_transition(book: &Book, k: &Key, policy: &Policy) -> Option<(i64, &'
 /// key until its successor signs).
 pub fn in_group(k: &Key, domain: &str, algorithm: DkimAlgorithm) -> bool {
     k.domain == domain && k.algorithm.is_rsa() == algorithm.is_rsa()
+}
+
+/// Whether a key of the group of `domain` and `algorithm` (its family)
+/// signs: the invariant is that every configured group signs from its
+/// first activation on, unless the user removed its family or revoked its
+/// only key with `--force`.
+pub fn signs(book: &Book, domain: &str, algorithm: DkimAlgorithm) -> bool {
+    book.keys
+        .iter()
+        .any(|k| k.state == KeyState::Active && in_group(k, domain, algorithm))
+}
+
+/// Why [`request_revoke`] did nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RevokeRefused {
+    /// Already revoked (its `p=` record is published or being deleted).
+    AlreadyRevoked,
+    /// The key is the only one of its configured family that signs for
+    /// its domain, and no verified successor can take over: revoking it
+    /// leaves the domain without a signature of that family until a new
+    /// key is published and verified. Only with `force`.
+    OnlyKey,
+}
+
+/// `mxkeys dkim revoke` decided: key `i` leaves the signer now (state
+/// draining) and is marked for revocation ([`Book::revoke_now`]), so the
+/// next [`next_step`] revokes it once the signer was reloaded without it.
+/// A verified successor of the same family signs at once, whatever the
+/// lead says. Refused when this would leave a configured family of the
+/// domain unsigned, unless `force`.
+pub fn request_revoke(
+    book: &mut Book,
+    wanted: &[(String, DkimAlgorithm)],
+    i: usize,
+    now: i64,
+    force: bool,
+) -> Result<(), RevokeRefused> {
+    let k = book.keys[i].clone();
+    if k.state == KeyState::Revoked {
+        return Err(RevokeRefused::AlreadyRevoked);
+    }
+    let successor = book.keys.iter().position(|s| {
+        in_group(s, &k.domain, k.algorithm)
+            && s.state == KeyState::Published
+            && s.verified_at.is_some()
+    });
+    let others_sign =
+        book.keys.iter().enumerate().any(|(j, o)| {
+            j != i && o.state == KeyState::Active && in_group(o, &k.domain, k.algorithm)
+        });
+    let wanted_family = wanted.iter().any(|(d, a)| in_group(&k, d, *a));
+    if k.state == KeyState::Active && wanted_family && !others_sign && successor.is_none() && !force
+    {
+        return Err(RevokeRefused::OnlyKey);
+    }
+    if k.state == KeyState::Active
+        && let Some(s) = successor
+    {
+        let s = &mut book.keys[s];
+        s.state = KeyState::Active;
+        s.since = now;
+        s.activated_at = Some(now);
+    }
+    let k = &mut book.keys[i];
+    if k.state != KeyState::Draining {
+        k.state = KeyState::Draining;
+        k.since = now;
+    }
+    book.revoke_now.insert(k.record_name());
+    Ok(())
 }
 
 /// How long after a failed signer reload it is tried again, in seconds.
@@ -243,8 +365,10 @@ pub fn next_due(
     }
     let timed = earliest(book, policy);
     if book.signer_reload_pending {
+        // A transition already past waits on the reload (a revocation):
+        // it is retried with the reload, not in a busy loop.
         let retry = now + RELOAD_RETRY;
-        return Some(timed.map_or(retry, |t| t.min(retry)));
+        return Some(timed.filter(|t| *t > now).map_or(retry, |t| t.min(retry)));
     }
     timed
 }
@@ -319,6 +443,7 @@ mod tests {
             lead: 2 * DAY,
             drain: 7 * DAY,
             revoke_hold: 30 * DAY,
+            revoke_settle: 5,
         }
     }
 
@@ -373,6 +498,8 @@ mod tests {
                 Step::Revoke(i) => {
                     book.keys[i].state = KeyState::Revoked;
                     book.keys[i].since = now;
+                    let name = book.keys[i].record_name();
+                    book.revoke_now.remove(&name);
                 }
                 Step::Delete(i) => {
                     book.keys.remove(i);
@@ -650,5 +777,694 @@ mod tests {
             ),
             None
         );
+    }
+
+    // ---- no signing gap; safe revocation ----
+
+    fn key(sel: &str, algorithm: DkimAlgorithm, state: KeyState, verified: bool) -> Key {
+        Key {
+            domain: "example.com".into(),
+            algorithm,
+            selector: sel.into(),
+            file: PathBuf::from(format!("/k/{sel}.pem")),
+            record: String::new(),
+            state,
+            since: 0,
+            created_at: 0,
+            verified_at: verified.then_some(0),
+            activated_at: (state == KeyState::Active).then_some(0),
+        }
+    }
+
+    #[test]
+    fn a_drained_key_is_revoked_only_after_the_pending_signer_reload() {
+        let p = Policy {
+            drain: 0,
+            ..policy()
+        };
+        let mut b = Book {
+            keys: vec![
+                key("old", RSA, KeyState::Draining, true),
+                key("new", RSA, KeyState::Active, true),
+            ],
+            signer_reload_pending: true,
+            ..Book::default()
+        };
+        let (none, nowait) = (BTreeSet::new(), BTreeSet::new());
+        // (reload pending, asked for by `dkim revoke`, now, expected step)
+        let table: &[(bool, bool, i64, Option<Step>)] = &[
+            (true, false, DAY, None),
+            (true, true, 0, None),
+            (false, false, DAY, Some(Step::Revoke(0))),
+            (false, true, 0, Some(Step::Revoke(0))),
+        ];
+        for (pending, asked, now, want) in table {
+            b.signer_reload_pending = *pending;
+            b.revoke_now.clear();
+            if *asked {
+                b.revoke_now.insert("old._domainkey.example.com".into());
+            }
+            let got = next_step(&b, &wanted(), &p, *now, &none, &nowait);
+            assert_eq!(&got, want, "pending {pending} asked {asked} now {now}");
+        }
+        // Waiting on the reload, the next pass is the reload's retry, never
+        // a transition already past (no busy loop).
+        b.signer_reload_pending = true;
+        assert_eq!(
+            next_due(&b, &wanted(), &p, 5 * DAY),
+            Some(5 * DAY + RELOAD_RETRY)
+        );
+    }
+
+    #[test]
+    fn a_revocation_waits_for_the_last_signer_reload_to_settle() {
+        let mut b = Book {
+            keys: vec![
+                key("old", RSA, KeyState::Draining, true),
+                key("new", RSA, KeyState::Active, true),
+            ],
+            signer_reloaded_at: Some(100),
+            ..Book::default()
+        };
+        let (none, nowait) = (BTreeSet::new(), BTreeSet::new());
+        // (drain, asked for, now, revoked): settle 5 s after the reload at
+        // 100, at most `drain` for a scheduled revocation.
+        let table: &[(i64, bool, i64, bool)] = &[
+            (0, true, 104, false),
+            (0, true, 105, true),
+            (0, false, 100, true),
+            (3, false, 102, false),
+            (3, false, 103, true),
+            (DAY, false, 105, false),
+            (DAY, false, DAY, true),
+        ];
+        for (drain, asked, now, revoked) in table {
+            let p = Policy {
+                drain: *drain,
+                ..policy()
+            };
+            b.revoke_now.clear();
+            if *asked {
+                b.revoke_now.insert("old._domainkey.example.com".into());
+            }
+            let got = next_step(&b, &wanted(), &p, *now, &none, &nowait);
+            assert_eq!(
+                got == Some(Step::Revoke(0)),
+                *revoked,
+                "drain {drain} asked {asked} now {now}: {got:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn revoking_the_only_signing_key_of_a_family_needs_force() {
+        use KeyState::*;
+        let ed = DkimAlgorithm::Ed25519;
+        let both = vec![
+            ("example.com".to_owned(), RSA),
+            ("example.com".to_owned(), ed),
+        ];
+        // (keys, configured, key revoked, force, result, who signs after)
+        type Row = (
+            Vec<Key>,
+            Vec<(String, DkimAlgorithm)>,
+            usize,
+            bool,
+            Result<(), RevokeRefused>,
+            Vec<&'static str>,
+        );
+        let table: Vec<Row> = vec![
+            // The only RSA key: refused, nothing changes.
+            (
+                vec![key("r1", RSA, Active, true)],
+                wanted(),
+                0,
+                false,
+                Err(RevokeRefused::OnlyKey),
+                vec!["r1"],
+            ),
+            (
+                vec![key("r1", RSA, Active, true)],
+                wanted(),
+                0,
+                true,
+                Ok(()),
+                vec![],
+            ),
+            // An Ed25519 key beside it does not sign for the RSA family.
+            (
+                vec![key("r1", RSA, Active, true), key("e1", ed, Active, true)],
+                both.clone(),
+                0,
+                false,
+                Err(RevokeRefused::OnlyKey),
+                vec!["r1", "e1"],
+            ),
+            // A successor not yet verified cannot take over.
+            (
+                vec![
+                    key("r1", RSA, Active, true),
+                    key("r2", RSA, Published, false),
+                ],
+                wanted(),
+                0,
+                false,
+                Err(RevokeRefused::OnlyKey),
+                vec!["r1"],
+            ),
+            // A verified successor (of another RSA size too) signs at once.
+            (
+                vec![
+                    key("r1", RSA, Active, true),
+                    key("r2", DkimAlgorithm::Rsa3072, Published, true),
+                ],
+                wanted(),
+                0,
+                false,
+                Ok(()),
+                vec!["r2"],
+            ),
+            // Another key of the family signs: no question asked.
+            (
+                vec![
+                    key("r1", DkimAlgorithm::Rsa1024, Active, true),
+                    key("r2", RSA, Active, true),
+                ],
+                wanted(),
+                0,
+                false,
+                Ok(()),
+                vec!["r2"],
+            ),
+            // A family no longer configured, a draining or published key.
+            (
+                vec![key("r1", RSA, Active, true), key("e1", ed, Active, true)],
+                wanted(),
+                1,
+                false,
+                Ok(()),
+                vec!["r1"],
+            ),
+            (
+                vec![key("r1", RSA, Draining, true), key("r2", RSA, Active, true)],
+                wanted(),
+                0,
+                false,
+                Ok(()),
+                vec!["r2"],
+            ),
+            (
+                vec![
+                    key("r1", RSA, Active, true),
+                    key("r2", RSA, Published, false),
+                ],
+                wanted(),
+                1,
+                false,
+                Ok(()),
+                vec!["r1"],
+            ),
+            (
+                vec![key("r1", RSA, Revoked, true), key("r2", RSA, Active, true)],
+                wanted(),
+                0,
+                true,
+                Err(RevokeRefused::AlreadyRevoked),
+                vec!["r2"],
+            ),
+        ];
+        for (n, (keys, configured, i, force, result, signing)) in table.into_iter().enumerate() {
+            let mut b = Book {
+                keys,
+                ..Book::default()
+            };
+            let before = b.clone();
+            let got = request_revoke(&mut b, &configured, i, DAY, force);
+            assert_eq!(got, result, "row {n}");
+            if got.is_err() {
+                assert_eq!(b, before, "row {n}: a refusal changes nothing");
+            } else {
+                assert_eq!(b.keys[i].state, KeyState::Draining, "row {n}");
+                assert!(b.revoke_now.contains(&b.keys[i].record_name()), "row {n}");
+            }
+            let active: Vec<&str> = b
+                .keys
+                .iter()
+                .filter(|k| k.state == KeyState::Active)
+                .map(|k| k.selector.as_str())
+                .collect();
+            assert_eq!(active, signing, "row {n}");
+        }
+    }
+
+    #[test]
+    fn an_asked_revocation_drains_at_once_and_a_successor_follows() {
+        let mut b = Book::default();
+        pass(&mut b, 0, true);
+        pass(&mut b, 2 * DAY, true);
+        assert!(request_revoke(&mut b, &wanted(), 0, 3 * DAY, true).is_ok());
+        // Not after `drain`: now (the signer was reloaded), and a successor
+        // of the family is started in the same pass.
+        let steps = pass(&mut b, 3 * DAY, true);
+        assert_eq!(steps[0], Step::Revoke(0), "{steps:?}");
+        assert_eq!(states(&b), [KeyState::Revoked, KeyState::Published]);
+        assert!(b.revoke_now.is_empty());
+    }
+
+    #[test]
+    fn changing_the_rsa_size_or_importing_another_size_keeps_rsa_signing_every_day() {
+        let rsa3072 = vec![("example.com".to_owned(), DkimAlgorithm::Rsa3072)];
+        let mut b = Book::default();
+        let run = |b: &mut Book, wanted: &[(String, DkimAlgorithm)], day: i64| {
+            let (none, nowait) = (BTreeSet::new(), BTreeSet::new());
+            while let Some(step) = next_step(b, wanted, &policy(), day * DAY, &none, &nowait) {
+                let now = day * DAY;
+                match step.clone() {
+                    Step::Generate { domain, algorithm } => {
+                        let sel = format!("s{}", b.keys.len() + 10 * day as usize);
+                        let mut k = key(&sel, algorithm, KeyState::Generated, false);
+                        k.domain = domain;
+                        k.since = now;
+                        b.keys.push(k);
+                    }
+                    Step::Publish(i) => b.keys[i].state = KeyState::Published,
+                    Step::Verify(i) => b.keys[i].verified_at = Some(now),
+                    Step::Activate(i) => {
+                        b.keys[i].state = KeyState::Active;
+                        b.keys[i].activated_at = Some(now);
+                    }
+                    Step::Drain(i) => {
+                        b.keys[i].state = KeyState::Draining;
+                        b.keys[i].since = now;
+                    }
+                    Step::Revoke(i) => {
+                        b.keys[i].state = KeyState::Revoked;
+                        b.keys[i].since = now;
+                    }
+                    Step::Delete(i) => {
+                        b.keys.remove(i);
+                    }
+                }
+                // At every step, not only at the end of a pass.
+                if day > 2 {
+                    assert!(signs(b, "example.com", RSA), "day {day}: {step:?}");
+                }
+            }
+        };
+        for day in 0..5 {
+            run(&mut b, &wanted(), day);
+        }
+        // rsa-2048 -> rsa-3072: the 2048 key signs until the 3072 one does.
+        for day in 5..12 {
+            run(&mut b, &rsa3072, day);
+        }
+        let active: Vec<_> = b
+            .keys
+            .iter()
+            .filter(|k| k.state == KeyState::Active)
+            .map(|k| k.algorithm)
+            .collect();
+        assert_eq!(active, [DkimAlgorithm::Rsa3072]);
+        // An imported rsa-1024 key takes over; the configured size follows.
+        for k in b.keys.iter_mut().filter(|k| k.state == KeyState::Active) {
+            k.state = KeyState::Draining;
+            k.since = 12 * DAY;
+        }
+        b.keys.push(key(
+            "legacy",
+            DkimAlgorithm::Rsa1024,
+            KeyState::Active,
+            true,
+        ));
+        for day in 12..20 {
+            run(&mut b, &rsa3072, day);
+        }
+        let active: Vec<_> = b
+            .keys
+            .iter()
+            .filter(|k| k.state == KeyState::Active)
+            .map(|k| k.algorithm)
+            .collect();
+        assert_eq!(active, [DkimAlgorithm::Rsa3072]);
+    }
+
+    mod property {
+        //! The invariant over random histories: configuration changes
+        //! (RSA size, Ed25519 on or off), imports, forced rotations,
+        //! revocations, crashes (a pass stopped after any step, the signer
+        //! tables possibly not yet rewritten), failing signer reloads and
+        //! clock jumps. After every step: each configured family of the
+        //! domain that signed once signs in the signer's tables and in
+        //! what the signer loaded (unless its family was removed or its
+        //! only key revoked with --force), and no key with a `p=` record
+        //! is in either.
+
+        use super::*;
+        use proptest::prelude::*;
+
+        const D: &str = "example.com";
+
+        #[derive(Debug, Clone)]
+        enum Event {
+            Configure { rsa: DkimAlgorithm, ed25519: bool },
+            Import(DkimAlgorithm),
+            ForceRotate,
+            Revoke { pick: usize, force: bool },
+            Pass { dns_ok: bool, reload_ok: bool },
+            Crash { after: usize, tables_written: bool },
+            Clock(i64),
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            let rsa = prop_oneof![Just(DkimAlgorithm::Rsa2048), Just(DkimAlgorithm::Rsa3072)];
+            prop_oneof![
+                (rsa, any::<bool>()).prop_map(|(rsa, ed25519)| Event::Configure { rsa, ed25519 }),
+                prop_oneof![
+                    Just(DkimAlgorithm::Rsa1024),
+                    Just(DkimAlgorithm::Rsa2048),
+                    Just(DkimAlgorithm::Rsa3072),
+                    Just(DkimAlgorithm::Ed25519)
+                ]
+                .prop_map(Event::Import),
+                Just(Event::ForceRotate),
+                (0usize..8, any::<bool>()).prop_map(|(pick, force)| Event::Revoke { pick, force }),
+                (any::<bool>(), any::<bool>())
+                    .prop_map(|(dns_ok, reload_ok)| Event::Pass { dns_ok, reload_ok }),
+                (0usize..12, any::<bool>()).prop_map(|(after, tables_written)| Event::Crash {
+                    after,
+                    tables_written
+                }),
+                prop_oneof![
+                    Just(0),
+                    Just(3600),
+                    Just(DAY),
+                    Just(3 * DAY),
+                    Just(8 * DAY),
+                    Just(100 * DAY)
+                ]
+                .prop_map(Event::Clock),
+            ]
+        }
+
+        fn policy() -> impl Strategy<Value = Policy> {
+            (
+                prop_oneof![Just(0), Just(2 * DAY)],
+                prop_oneof![Just(0), Just(7 * DAY)],
+                prop_oneof![Just(0), Just(30 * DAY)],
+            )
+                .prop_map(|(lead, drain, revoke_hold)| Policy {
+                    rotate_every: 90 * DAY,
+                    lead,
+                    drain,
+                    revoke_hold,
+                    revoke_settle: 0,
+                })
+        }
+
+        /// The world: the state, the signer's files and what it loaded.
+        struct World {
+            book: Book,
+            wanted: Vec<(String, DkimAlgorithm)>,
+            policy: Policy,
+            now: i64,
+            /// Selectors in the signer's tables on disk.
+            tables: BTreeSet<String>,
+            /// Selectors the running signer signs with (tables at its last
+            /// successful reload).
+            loaded: BTreeSet<String>,
+            /// (in the loaded signer rather than the tables, family is
+            /// RSA) that must sign: signed once there, still configured,
+            /// their only key not revoked with --force.
+            established: BTreeSet<(bool, bool)>,
+            serial: usize,
+        }
+
+        impl World {
+            fn rendered(&self) -> BTreeSet<String> {
+                self.book
+                    .keys
+                    .iter()
+                    .filter(|k| k.state == KeyState::Active)
+                    .map(|k| k.selector.clone())
+                    .collect()
+            }
+
+            /// The executor's `update_signer`: rewrite the tables when
+            /// they differ, a reload owed first.
+            fn update_signer(&mut self) {
+                let r = self.rendered();
+                if r != self.tables {
+                    self.book.signer_reload_pending = true;
+                    self.tables = r;
+                }
+            }
+
+            fn reload(&mut self, ok: bool) -> bool {
+                if ok {
+                    self.loaded = self.tables.clone();
+                    self.book.signer_reload_pending = false;
+                }
+                ok
+            }
+
+            fn check(&mut self, when: &str) {
+                // (family, state) of the key a selector names.
+                let family_of = |sel: &String| {
+                    self.book
+                        .keys
+                        .iter()
+                        .find(|k| &k.selector == sel)
+                        .map(|k| (k.algorithm.is_rsa(), k.state))
+                };
+                for fam in [true, false] {
+                    if !self.wanted.iter().any(|(_, a)| a.is_rsa() == fam) {
+                        self.established.remove(&(false, fam));
+                        self.established.remove(&(true, fam));
+                        continue;
+                    }
+                    for (loaded, set) in [(false, &self.tables), (true, &self.loaded)] {
+                        // Established by an active key; a draining key the
+                        // signer still has signs too (until it reloads).
+                        let of_family = |s: &String| {
+                            family_of(s).filter(|(f, st)| *f == fam && *st != KeyState::Revoked)
+                        };
+                        if set
+                            .iter()
+                            .any(|s| of_family(s).is_some_and(|(_, st)| st == KeyState::Active))
+                        {
+                            self.established.insert((loaded, fam));
+                        }
+                        if !set.iter().any(|s| of_family(s).is_some()) {
+                            assert!(
+                                !self.established.contains(&(loaded, fam)),
+                                "{when}: family rsa={fam} unsigned in the {}: {:?}",
+                                if loaded { "loaded signer" } else { "tables" },
+                                self.book.keys
+                            );
+                        }
+                    }
+                }
+                for k in self
+                    .book
+                    .keys
+                    .iter()
+                    .filter(|k| k.state == KeyState::Revoked)
+                {
+                    assert!(
+                        !self.tables.contains(&k.selector) && !self.loaded.contains(&k.selector),
+                        "{when}: p= published for {} while the signer has it (tables {:?}, loaded {:?})",
+                        k.selector,
+                        self.tables,
+                        self.loaded
+                    );
+                }
+            }
+
+            /// One pass like the executor's: steps until nothing is due,
+            /// the owed reload done before a revocation can follow.
+            /// `crash`: stops after that many steps (the last one's signer
+            /// files written or not), without the final reload.
+            fn pass(
+                &mut self,
+                forced: bool,
+                dns_ok: bool,
+                reload_ok: bool,
+                crash: Option<(usize, bool)>,
+            ) {
+                self.update_signer();
+                self.check("start of a pass");
+                let mut forced: BTreeSet<(String, DkimAlgorithm)> = if forced {
+                    self.wanted.iter().cloned().collect()
+                } else {
+                    BTreeSet::new()
+                };
+                let mut waiting = BTreeSet::new();
+                let mut steps = 0;
+                loop {
+                    let now = self.now;
+                    let Some(step) = next_step(
+                        &self.book,
+                        &self.wanted,
+                        &self.policy,
+                        now,
+                        &forced,
+                        &waiting,
+                    ) else {
+                        // Once a pass; a failed reload ends it.
+                        if crash.is_none()
+                            && self.book.signer_reload_pending
+                            && self.reload(reload_ok)
+                        {
+                            self.check("after a reload");
+                            continue;
+                        }
+                        break;
+                    };
+                    steps += 1;
+                    assert!(steps < 200, "no progress: {step:?}");
+                    let signs_changed = matches!(step, Step::Activate(_) | Step::Drain(_));
+                    match step.clone() {
+                        Step::Generate { domain, algorithm } => {
+                            forced.remove(&(domain.clone(), algorithm));
+                            self.serial += 1;
+                            let mut k = key(
+                                &format!("s{}", self.serial),
+                                algorithm,
+                                KeyState::Generated,
+                                false,
+                            );
+                            k.since = now;
+                            k.created_at = now;
+                            self.book.keys.push(k);
+                        }
+                        Step::Publish(i) => {
+                            self.book.keys[i].state = KeyState::Published;
+                            self.book.keys[i].since = now;
+                        }
+                        Step::Verify(i) if dns_ok => self.book.keys[i].verified_at = Some(now),
+                        Step::Verify(i) => {
+                            waiting.insert(i);
+                        }
+                        Step::Activate(i) => {
+                            let k = &mut self.book.keys[i];
+                            k.state = KeyState::Active;
+                            k.since = now;
+                            k.activated_at = Some(now);
+                        }
+                        Step::Drain(i) => {
+                            self.book.keys[i].state = KeyState::Draining;
+                            self.book.keys[i].since = now;
+                        }
+                        Step::Revoke(i) => {
+                            let k = &mut self.book.keys[i];
+                            k.state = KeyState::Revoked;
+                            k.since = now;
+                            let name = k.record_name();
+                            self.book.revoke_now.remove(&name);
+                        }
+                        Step::Delete(i) => {
+                            self.book.keys.remove(i);
+                        }
+                    }
+                    let crashed_here = crash.is_some_and(|(after, _)| steps > after);
+                    let tables_written = !crashed_here || crash.is_some_and(|(_, w)| w);
+                    if signs_changed && tables_written {
+                        self.update_signer();
+                    }
+                    self.check(&format!("after {step:?}"));
+                    if crashed_here {
+                        return;
+                    }
+                }
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig {
+                failure_persistence: None,
+                ..ProptestConfig::default()
+            })]
+
+            #[test]
+            fn every_configured_family_keeps_signing_and_no_signing_key_is_revoked(
+                policy in policy(),
+                events in proptest::collection::vec(event(), 1..40),
+            ) {
+                let mut w = World {
+                    book: Book::default(),
+                    wanted: vec![(D.to_owned(), RSA)],
+                    policy,
+                    now: 0,
+                    tables: BTreeSet::new(),
+                    loaded: BTreeSet::new(),
+                    established: BTreeSet::new(),
+                    serial: 0,
+                };
+                w.pass(false, true, true, None);
+                for e in events {
+                    match e {
+                        Event::Configure { rsa, ed25519 } => {
+                            w.wanted = vec![(D.to_owned(), rsa)];
+                            if ed25519 {
+                                w.wanted.push((D.to_owned(), DkimAlgorithm::Ed25519));
+                            }
+                            w.check("configuration changed");
+                        }
+                        Event::Import(algorithm) => {
+                            // `dkim import`: active at once, the group's
+                            // other active keys drain, the signer reloads.
+                            w.serial += 1;
+                            let now = w.now;
+                            for k in w.book.keys.iter_mut().filter(|k| {
+                                in_group(k, D, algorithm) && k.state == KeyState::Active
+                            }) {
+                                k.state = KeyState::Draining;
+                                k.since = now;
+                            }
+                            let mut k =
+                                key(&format!("s{}", w.serial), algorithm, KeyState::Active, true);
+                            k.since = now;
+                            k.created_at = now;
+                            w.book.keys.push(k);
+                            w.update_signer();
+                            w.reload(true);
+                            w.check("after an import");
+                        }
+                        Event::ForceRotate => w.pass(true, true, true, None),
+                        Event::Revoke { pick, force } => {
+                            if w.book.keys.is_empty() {
+                                continue;
+                            }
+                            let i = pick % w.book.keys.len();
+                            let k = w.book.keys[i].clone();
+                            let fam = k.algorithm.is_rsa();
+                            let before = w.book.clone();
+                            let r = request_revoke(&mut w.book, &w.wanted, i, w.now, force);
+                            if r.is_err() {
+                                prop_assert_eq!(&w.book, &before);
+                                continue;
+                            }
+                            // Revoking the only key with --force is the
+                            // user's explicit choice: excluded.
+                            if force
+                                && request_revoke(&mut before.clone(), &w.wanted, i, w.now, false)
+                                    == Err(RevokeRefused::OnlyKey)
+                            {
+                                w.established.remove(&(false, fam));
+                                w.established.remove(&(true, fam));
+                            }
+                            w.update_signer();
+                            w.check("revocation asked");
+                            w.pass(false, true, true, None);
+                        }
+                        Event::Pass { dns_ok, reload_ok } => w.pass(false, dns_ok, reload_ok, None),
+                        Event::Crash { after, tables_written } => {
+                            w.pass(false, true, true, Some((after, tables_written)));
+                        }
+                        Event::Clock(dt) => w.now += dt,
+                    }
+                }
+            }
+        }
     }
 }

@@ -6,7 +6,9 @@
 //! saves the state (`state_dir/dkim/state.json`), and asks for the next, so
 //! a crash anywhere leaves a state the next run continues from. The signer
 //! files are rendered from the state after every change of the signing set
-//! and the signer is reloaded once at the end of a pass; a failed reload
+//! and the signer is reloaded once at the end of a pass, or earlier when a
+//! revocation waits for it (`p=` is published only after a successful
+//! reload without the key, and `revoke_settle` later); a failed reload
 //! stays owed in the state and is retried on the next pass, 30 s later.
 //! Files mxkeys did not write are never written (see [`signer`]), and a
 //! record name that already holds a record is never published over: its
@@ -38,6 +40,7 @@ pub fn policy(d: &Dkim) -> Policy {
         lead: secs(d.lead),
         drain: secs(d.drain),
         revoke_hold: secs(d.revoke_hold),
+        revoke_settle: secs(d.revoke_settle),
     }
 }
 
@@ -132,10 +135,27 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
     // before the reload).
     pass.signer_changed |= book.signer_reload_pending;
     pass.signer_changed |= update_signer(config, d, &mut book, false)?;
+    // A revocation waits for the signer to be reloaded without the key:
+    // when nothing else is due and a reload is owed, it is done now (once
+    // a pass) and the pass goes on if it succeeded.
+    let mut reload_failed = false;
     for _ in 0..10_000 {
         let now = crate::now();
         let Some(step) = machine::next_step(&book, &wanted, &policy, now, &forced_left, &waiting)
         else {
+            if book.signer_reload_pending && !reload_failed {
+                if reload_signer(config, d, &mut book, &mut pass)? {
+                    continue;
+                }
+                reload_failed = true;
+            }
+            // A revocation asked for waits for the reload to settle: in
+            // this pass (seconds), not the next one.
+            if !reload_failed && let Some(at) = settling_revocation(&book, &policy, now) {
+                let wait = u64::try_from(at - now).unwrap_or(0);
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                continue;
+            }
             break;
         };
         if let Step::Generate { domain, algorithm } = &step {
@@ -168,25 +188,54 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
             pass.signer_changed |= update_signer(config, d, &mut book, false)?;
         }
     }
-    if pass.signer_changed {
-        let mut reloaded = true;
-        for action in &d.reload {
-            match crate::reload::run(action, d.reload_timeout) {
-                Ok(()) => tracing::info!("dkim: reload `{action}`: done"),
-                Err(e) => {
-                    reloaded = false;
-                    let line = format!("reload `{action}`: {e}");
-                    tracing::error!("dkim: {line}");
-                    pass.errors.push(line);
-                }
-            }
-        }
-        if reloaded && book.signer_reload_pending {
-            book.signer_reload_pending = false;
-            save(config, &book)?;
-        }
+    if book.signer_reload_pending && !reload_failed {
+        reload_signer(config, d, &mut book, &mut pass)?;
     }
     Ok(pass)
+}
+
+/// Runs every `[dkim] reload` action; when all succeed, the owed reload
+/// is cleared and saved. Returns whether all succeeded (a failure is in
+/// `pass.errors`, and the reload stays owed for the next pass).
+fn reload_signer(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    pass: &mut Pass,
+) -> Result<bool, String> {
+    let mut reloaded = true;
+    for action in &d.reload {
+        match crate::reload::run(action, d.reload_timeout) {
+            Ok(()) => tracing::info!("dkim: reload `{action}`: done"),
+            Err(e) => {
+                reloaded = false;
+                let line = format!("reload `{action}`: {e}");
+                tracing::error!("dkim: {line}");
+                pass.errors.push(line);
+            }
+        }
+    }
+    if reloaded {
+        book.signer_reload_pending = false;
+        book.signer_reloaded_at = Some(crate::now());
+        save(config, book)?;
+    }
+    Ok(reloaded)
+}
+
+/// When a revocation asked for (`dkim revoke`) becomes due, if that is
+/// later than `now` but within `revoke_settle` (it waits only for the
+/// last signer reload to settle).
+fn settling_revocation(book: &Book, policy: &Policy, now: i64) -> Option<i64> {
+    if book.signer_reload_pending {
+        return None;
+    }
+    book.keys
+        .iter()
+        .filter(|k| k.state == KeyState::Draining && book.revoke_now.contains(&k.record_name()))
+        .map(|k| machine::revoke_at(book, k, policy))
+        .filter(|at| *at > now && *at <= now + policy.revoke_settle)
+        .min()
 }
 
 /// Writes the signer's files from the state when they differ and
@@ -239,6 +288,19 @@ fn signer_decision(
     let on_disk: Vec<Option<Vec<u8>>> = files.iter().map(|(p, _)| std::fs::read(p).ok()).collect();
     let decision = signer::decide(d.signer, &files, &on_disk, book, &domains(d), adopt);
     (files, decision)
+}
+
+/// The signer file on disk that still names key `k` (its key file, or
+/// the signer's own copy of it), if any.
+fn named_by_signer(d: &Dkim, book: &Book, k: &Key) -> Option<PathBuf> {
+    let file = signer::derived_key_file(d.signer, k).unwrap_or_else(|| k.file.clone());
+    let file = file.display().to_string();
+    signer::render(d.signer, &d.signer_dir, book)
+        .into_iter()
+        .map(|(path, _)| path)
+        .find(|path| {
+            std::fs::read(path).is_ok_and(|old| String::from_utf8_lossy(&old).contains(&file))
+        })
 }
 
 /// The configured domains, as the state names them.
@@ -426,6 +488,15 @@ async fn perform(
             )
         }
         Step::Revoke(i) => {
+            // p= only once the signer's files no longer name the key (the
+            // machine already waited for their reload).
+            if let Some(file) = named_by_signer(d, book, &book.keys[*i]) {
+                return Err(failed(format!(
+                    "{}: not revoked yet: {} still names it",
+                    book.keys[*i].record_name(),
+                    file.display()
+                )));
+            }
             let value = keys::revoked_record(book.keys[*i].algorithm);
             write_record(
                 config,
@@ -439,6 +510,9 @@ async fn perform(
             )
             .await
             .map_err(failed)?;
+            if book.revoke_now.remove(&book.keys[*i].record_name()) {
+                save(config, book).map_err(failed)?;
+            }
             format!("revoked {} (p=)", book.keys[*i].record_name())
         }
         Step::Delete(i) => {
@@ -804,15 +878,25 @@ pub async fn import(
     Ok(imported)
 }
 
-/// `mxkeys dkim revoke`: emergency. Publishes `p=` for the key now, takes
-/// it out of the signer, and brings a successor to signing at once (the
-/// lead is skipped; its record is still verified first).
-pub async fn revoke(config: &Config, domain: &str, selector: &str) -> Result<Pass, String> {
+/// `mxkeys dkim revoke`: emergency, in a safe order. The key leaves the
+/// signer's files (a verified successor of its family signs at once,
+/// whatever the lead says), the signer is reloaded, and only once every
+/// reload action succeeded is `p=` published: DNS never calls a key
+/// revoked while the signer may still sign with it. A failed reload leaves
+/// the revocation owed (saved; the next pass reloads, then publishes
+/// `p=`). Revoking the only key of a configured family that signs for the
+/// domain is refused without `force` ([`RevokeError::OnlyKey`]). Whatever is
+/// missing then (a successor) is made by an ordinary pass with a zero lead.
+pub async fn revoke(
+    config: &Config,
+    domain: &str,
+    selector: &str,
+    force: bool,
+) -> Result<Pass, RevokeError> {
     let d = config
         .dkim
         .as_ref()
         .ok_or("no [dkim] table in the configuration")?;
-    let (provider, _) = dns(config, d)?;
     {
         let _lock = crate::state::lock(&config.state_dir.join("dkim"))
             .map_err(|e| format!("dkim lock: {e}"))?;
@@ -822,49 +906,75 @@ pub async fn revoke(config: &Config, domain: &str, selector: &str) -> Result<Pas
             .iter()
             .position(|k| k.domain == domain && k.selector == selector)
             .ok_or_else(|| format!("no key {selector} for {domain}"))?;
-        let k = &book.keys[i];
-        provider
-            .replace(
-                &k.record_name(),
-                d.ttl,
-                &[RData::Txt(keys::revoked_record(k.algorithm))],
-            )
-            .await
-            .map_err(|e| format!("revoking {}: {e}", k.record_name()))?;
-        let now = crate::now();
-        let k = &mut book.keys[i];
-        k.state = KeyState::Revoked;
-        k.since = now;
-        // A successor already verified signs now, whatever the lead says.
-        let algorithm = k.algorithm;
-        if let Some(s) = book.keys.iter_mut().find(|s| {
-            s.domain == domain
-                && s.algorithm == algorithm
-                && s.state == KeyState::Published
-                && s.verified_at.is_some()
-        }) {
-            s.state = KeyState::Active;
-            s.since = now;
-            s.activated_at = Some(now);
+        let name = book.keys[i].record_name();
+        let family = if book.keys[i].algorithm.is_rsa() {
+            "RSA"
+        } else {
+            "Ed25519"
+        };
+        match machine::request_revoke(&mut book, &wanted(d), i, crate::now(), force) {
+            Ok(()) => {}
+            Err(machine::RevokeRefused::AlreadyRevoked) => {
+                return Err(format!("{name} is already revoked").into());
+            }
+            Err(machine::RevokeRefused::OnlyKey) => {
+                return Err(RevokeError::OnlyKey(format!(
+                    "refused: {name} is the only {family} key signing for {domain}; \
+                     revoking it leaves {domain} without an {family} signature until a new key is \
+                     published and verified: add --force to revoke it anyway"
+                )));
+            }
         }
         save(config, &book)?;
         update_signer(config, d, &mut book, false)?;
     }
-    // Whatever is missing now (no signing key for the group) is made by an
-    // ordinary pass; a zero lead brings it to signing at once.
+    // The pass reloads the signer (now without the key), publishes p= only
+    // once that succeeded, then makes whatever is missing.
     let mut urgent = config.clone();
     if let Some(dk) = urgent.dkim.as_mut() {
         dk.lead = Duration::ZERO;
     }
     let mut pass = rotate(&urgent, Some(domain), false).await?;
-    pass.done
-        .insert(0, format!("revoked {selector}._domainkey.{domain} (p=)"));
-    if !pass.signer_changed {
-        for action in &d.reload {
-            if let Err(e) = crate::reload::run(action, d.reload_timeout) {
-                pass.errors.push(format!("reload `{action}`: {e}"));
-            }
-        }
+    let book = load(config)?;
+    if book
+        .revoke_now
+        .contains(&format!("{selector}._domainkey.{domain}"))
+    {
+        let line = format!(
+            "{selector}._domainkey.{domain} left the signer's files but is not revoked yet \
+             (p= waits for a successful signer reload; retried by the next pass)"
+        );
+        tracing::error!("dkim: {line}");
+        pass.errors.push(line);
     }
     Ok(pass)
+}
+
+/// Why `mxkeys dkim revoke` did not run.
+#[derive(Debug)]
+pub enum RevokeError {
+    /// The key is the only one of its family signing for its domain and
+    /// `--force` was not given (exit status 2: nothing was changed).
+    OnlyKey(String),
+    Failed(String),
+}
+
+impl From<String> for RevokeError {
+    fn from(e: String) -> Self {
+        RevokeError::Failed(e)
+    }
+}
+
+impl From<&str> for RevokeError {
+    fn from(e: &str) -> Self {
+        RevokeError::Failed(e.to_owned())
+    }
+}
+
+impl std::fmt::Display for RevokeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RevokeError::OnlyKey(e) | RevokeError::Failed(e) => f.write_str(e),
+        }
+    }
 }
