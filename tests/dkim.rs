@@ -2385,3 +2385,156 @@ fn no_mail_signed_with_a_revoked_selector_leaves_postfix_after_p_is_visible() {
     );
     opendkim.assert_running();
 }
+
+/// Signs a message with each RSA key the OpenDKIM KeyTable names (its own
+/// key file, as the milter would) and verifies it with dkimpy through BIND;
+/// the selectors whose signature verified. Fails when none does: the
+/// domain would be sending mail with no RSA signature.
+#[track_caller]
+fn rsa_selectors_verifying(py: &Dkimpy, bind: &Bind, work: &Path, context: &str) -> Vec<String> {
+    let signer = work.join("signer");
+    assert_signer_safe(bind, &signer, context);
+    let ks = keys(work);
+    let mut verified = Vec::new();
+    for (id, domain, selector, file) in key_table(&signer) {
+        let k = ks
+            .iter()
+            .find(|k| k.name() == id)
+            .unwrap_or_else(|| panic!("{context}: the KeyTable names {id}, unknown: {ks:#?}"));
+        if !k.algorithm.starts_with("rsa-") {
+            continue;
+        }
+        let subject = format!("{selector}-{}", verified.len());
+        let signed = py.sign(&file, &domain, &selector, &message(DOMAIN, &subject));
+        let v = py.verify_one(&signed);
+        assert!(
+            v.ok,
+            "{context}: the signer's key {id} does not verify: {v:?}"
+        );
+        assert_eq!(v.algorithm, "rsa-sha256", "{context}");
+        verified.push(selector);
+    }
+    assert!(
+        !verified.is_empty(),
+        "{context}: no RSA key in the signer's tables verifies: mail goes out without an RSA \
+         signature\nKeyTable: {:?}\nkeys: {ks:#?}",
+        key_table(&signer)
+    );
+    verified
+}
+
+#[test]
+fn changing_rsa_2048_to_rsa_3072_keeps_an_rsa_signature_verifying_at_every_step() {
+    let Some((bind, work)) = setup(
+        "changing_rsa_2048_to_rsa_3072_keeps_an_rsa_signature_verifying_at_every_step",
+        &[DKIMPY],
+    ) else {
+        return;
+    };
+    let dkim = |algorithms: &str, lead: &str| {
+        format!(
+            "algorithms = [{algorithms}]\n\
+             selector = \"{{alg}}{{date}}\"\n\
+             lead = \"{lead}\"\n\
+             drain = \"2s\"\n\
+             revoke_hold = \"2s\"\n\
+             revoke_settle = \"1s\"\n\
+             rotate_every = \"1d\"\n\
+             reload = [\"sh\", \"-c\", \"echo reload >> {}\"]\n",
+            work.join("reloads.log").display()
+        )
+    };
+    let py = Dkimpy::new(&work.join("py"), bind.port);
+    let day = today();
+    let (r2048, r3072) = (format!("r{day}"), format!("r{day}-2"));
+
+    // rsa-2048 and ed25519 sign.
+    let config = write_config(&bind, &work, &dkim("\"rsa-2048\", \"ed25519\"", "0s"));
+    let mut transcript = rotate_counting_reloads(&config, &work, &["dkim", "rotate"]);
+    let old = key(&work, "rsa-2048", "active");
+    assert_eq!(old.selector, r2048);
+    key(&work, "ed25519", "active");
+    assert_eq!(
+        rsa_selectors_verifying(&py, &bind, &work, "before the change"),
+        vec![r2048.clone()]
+    );
+    let signed_by_old = py.sign(&old.file, DOMAIN, &r2048, &message(DOMAIN, "by-2048"));
+
+    // rsa-3072 configured, with a lead the test never reaches: the 3072
+    // key is published and verified, and the 2048 key must go on signing
+    // at every pass (before the fix it was drained at the first one).
+    let config = write_config(&bind, &work, &dkim("\"rsa-3072\", \"ed25519\"", "1h"));
+    for pass in 1..=4 {
+        transcript.push_str(&rotate_counting_reloads(
+            &config,
+            &work,
+            &["dkim", "rotate"],
+        ));
+        let context = format!("pass {pass} with rsa-3072 and a lead of 1h");
+        let verified = rsa_selectors_verifying(&py, &bind, &work, &context);
+        assert_eq!(verified, vec![r2048.clone()], "{context}");
+        assert!(has(&keys(&work), &r2048, "active"), "{context}");
+        // Long enough for `drain` and `revoke_settle` to pass.
+        std::thread::sleep(Duration::from_millis(1200));
+    }
+    let new = key(&work, "rsa-3072", "published");
+    assert_eq!(new.selector, r3072);
+    assert!(new.verified_at.is_some(), "{new:?}");
+    assert_eq!(bind.txt_values(&new.name()), vec![new.record.clone()]);
+
+    // A short lead: the 3072 key takes over, then the 2048 key drains and
+    // is revoked; after every pass some RSA key of the tables verifies.
+    let config = write_config(&bind, &work, &dkim("\"rsa-3072\", \"ed25519\"", "2s"));
+    let start = Instant::now();
+    // The signers' RSA selectors, as they changed from pass to pass.
+    let mut seen = vec![vec![r2048.clone()]];
+    let mut pass = 0;
+    loop {
+        pass += 1;
+        transcript.push_str(&rotate_counting_reloads(
+            &config,
+            &work,
+            &["dkim", "rotate"],
+        ));
+        let context = format!("pass {pass} with rsa-3072 and a lead of 2s");
+        let verified = rsa_selectors_verifying(&py, &bind, &work, &context);
+        if seen.last() != Some(&verified) {
+            seen.push(verified);
+        }
+        let ks = keys(&work);
+        if has(&ks, &r3072, "active") && !ks.iter().any(|k| k.selector == r2048) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for the 2048 key to go; keys: {ks:#?}\ntranscript:\n{transcript}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // The signer went from the 2048 key to the 3072 one, never through
+    // nothing (the loop above checked that after every pass).
+    assert_eq!(seen.last(), Some(&vec![r3072.clone()]), "{seen:?}");
+    for line in [
+        format!("{DOMAIN}: new rsa-3072 key {r3072}"),
+        format!("{DOMAIN}: {r3072} signs"),
+        format!("{DOMAIN}: {r2048} no longer signs; its record stays while mail drains"),
+        format!("revoked {} (p=)", old.name()),
+        format!("deleted {} and its key", old.name()),
+    ] {
+        assert!(transcript.contains(&line), "no {line:?} in:\n{transcript}");
+    }
+    let new = key(&work, "rsa-3072", "active");
+    let bits = run_ok({
+        let mut c = Command::new("openssl");
+        c.args(["pkey", "-noout", "-text", "-in"]).arg(&new.file);
+        c
+    });
+    assert!(
+        String::from_utf8_lossy(&bits.stdout).contains("3072 bit"),
+        "the signing key is not a 3072-bit key"
+    );
+    let signed_by_new = py.sign(&new.file, DOMAIN, &r3072, &message(DOMAIN, "by-3072"));
+    assert_verifies(&py, &signed_by_new, &r3072, "rsa-sha256");
+    assert_fails(&py, &signed_by_old, &r2048);
+    assert_converged(&bind, &work);
+}
