@@ -2486,7 +2486,7 @@ fn changing_rsa_2048_to_rsa_3072_keeps_an_rsa_signature_verifying_at_every_step(
     // is revoked; after every pass some RSA key of the tables verifies.
     let config = write_config(&bind, &work, &dkim("\"rsa-3072\", \"ed25519\"", "2s"));
     let start = Instant::now();
-    // The signers' RSA selectors, as they changed from pass to pass.
+    // The signer's RSA selectors, as they changed from pass to pass.
     let mut seen = vec![vec![r2048.clone()]];
     let mut pass = 0;
     loop {
