@@ -230,19 +230,34 @@ fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
         DkimCommand::Rotate { domain, force } => rt
             .block_on(crate::dkim::rotate(config, domain.as_deref(), force))
             .map(print_pass),
-        DkimCommand::Revoke { domain, selector } => rt
-            .block_on(crate::dkim::revoke(config, &domain, &selector))
-            .map(print_pass),
+        DkimCommand::Revoke { domain, selector } => {
+            // KEY_DIR is checked before DNS changes, as at each pass.
+            let key_dir = config.dkim.as_ref().map(|d| d.key_dir.as_path());
+            if let Some(Err(e)) = key_dir.map(crate::dkim::keydir::open_key_dir) {
+                tracing::error!("dkim: {e}");
+                return ExitCode::FAILURE;
+            }
+            rt.block_on(crate::dkim::revoke(config, &domain, &selector))
+                .map(print_pass)
+        }
         DkimCommand::Import {
             domain,
             selector,
             file,
-        } => rt
+        } => {
+            // Checked before anything is read or written: the selector goes
+            // into file paths and the signer's configuration.
+            if let Err(e) = config::selector_label(&selector) {
+                tracing::error!("dkim import: {e}");
+                return ExitCode::from(2);
+            }
+            rt
             .block_on(crate::dkim::import(config, &domain, &selector, &file))
             .map(|line| {
                 println!("{line}");
                 ExitCode::SUCCESS
-            }),
+            })
+        }
         DkimCommand::Records => crate::dkim::records(config).map(|text| {
             print!("{text}");
             ExitCode::SUCCESS

@@ -1422,6 +1422,25 @@ fn validate_acme(raw: RawAcme, abs: &dyn Fn(&Path) -> PathBuf) -> Result<AcmeAcc
     })
 }
 
+/// A DKIM selector must be one DNS label: letters, digits and '-', not
+/// at either end, 1 to 63 characters (it also goes into key file paths
+/// and the signer's configuration). Pure.
+pub fn selector_label(selector: &str) -> Result<(), String> {
+    if selector.is_empty()
+        || selector.len() > 63
+        || selector.starts_with('-')
+        || selector.ends_with('-')
+        || !selector
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(format!(
+            "selector {selector:?}: must be one DNS label of 1 to 63 letters, digits and '-' (not at either end)"
+        ));
+    }
+    Ok(())
+}
+
 fn validate_dkim(
     raw: RawDkim,
     state_dir: &Path,
@@ -1475,13 +1494,7 @@ fn validate_dkim(
         .replace("{alg}", "r")
         .replace("{date}", "20260101")
         .replace("{n}", "1");
-    if sample.is_empty()
-        || sample.len() > 63
-        || !sample
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        || sample.contains('{')
-    {
+    if selector_label(&sample).is_err() {
         return Err(format!(
             "key `selector`: {selector:?} must give a DNS label of letters, digits and '-' ({{alg}}, {{date}}, {{n}} are replaced)"
         ));
