@@ -2080,4 +2080,29 @@ mod tests {
         assert!(parse_mode("0604").is_err());
         assert!(parse_mode("").is_err());
     }
+
+    #[test]
+    fn a_selector_is_one_dns_label_and_nothing_else() {
+        let long = "a".repeat(63);
+        let too_long = "a".repeat(64);
+        for (selector, ok) in [
+            ("r20260101", true),
+            ("mail-2", true),
+            ("A1", true),
+            (long.as_str(), true),
+            (too_long.as_str(), false),
+            ("", false),
+            ("../x", false),
+            ("a/b", false),
+            ("a b", false),
+            ("a.b", false),
+            ("-a", false),
+            ("a-", false),
+            ("a'b", false),
+            ("bad_sel", false),
+            ("é", false),
+        ] {
+            assert_eq!(selector_label(selector).is_ok(), ok, "{selector:?}");
+        }
+    }
 }
