@@ -22,7 +22,7 @@ use std::process::{Command, Output, Stdio};
 
 use bind::{Bind, KEY_NAME};
 use common::dkim_tools::{BIND_TOOLS, OPENSSL};
-use common::servers::{Need, open_dir, prog, require, run_ok};
+use common::servers::{Need, open_dir, output_within, prog, require, run_ok};
 
 const DOMAIN: &str = "example.test";
 const SETPRIV: &[Need] = &[("setpriv", "util-linux")];
@@ -45,6 +45,11 @@ fn setup(test: &str) -> Option<(Bind, PathBuf)> {
 /// `work/mxkeys.toml`: keys in `work/keys` owned by `nobody`, published
 /// through BIND, OpenDKIM tables in `work/signer` (no signer runs).
 fn write_config(bind: &Bind, work: &Path) -> PathBuf {
+    write_config_with(bind, work, "signer = \"opendkim\"\n")
+}
+
+/// [`write_config`] with other `signer` (and `algorithms`) lines.
+fn write_config_with(bind: &Bind, work: &Path, signer: &str) -> PathBuf {
     let config = format!(
         "state_dir = \"state\"\n\
          [dns.bind]\n\
@@ -61,7 +66,7 @@ fn write_config(bind: &Bind, work: &Path) -> PathBuf {
          key_dir = \"keys\"\n\
          key_owner = \"{SIGNER}\"\n\
          dns = \"bind\"\n\
-         signer = \"opendkim\"\n\
+         {signer}\
          signer_dir = \"signer\"\n\
          lead = \"0s\"\n\
          ttl = 300\n",
@@ -370,4 +375,40 @@ fn import_refuses_a_selector_that_is_not_a_dns_label_and_writes_nothing() {
         );
         assert_eq!(snapshot(&work), before, "{selector:?}");
     }
+}
+
+/// The signer's user puts a FIFO in place of a key file mxkeys reads
+/// (Rspamd's Ed25519 key is re-derived from its PEM file at every pass):
+/// the pass does not block on it, it fails naming the file.
+#[test]
+fn a_fifo_in_place_of_a_key_file_is_refused_not_read() {
+    let Some((bind, work)) = setup("a_fifo_in_place_of_a_key_file_is_refused_not_read") else {
+        return;
+    };
+    let config = write_config_with(
+        &bind,
+        &work,
+        "signer = \"rspamd\"\nalgorithms = [\"rsa-2048\", \"ed25519\"]\n",
+    );
+    let out = mx(&config, &["dkim", "rotate"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let domain_dir = work.join("keys").join(DOMAIN);
+    let ed = std::fs::read_dir(&domain_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.extension().is_some_and(|e| e == "pem")
+                && p.file_name().unwrap().to_string_lossy().starts_with('e')
+        })
+        .expect("the Ed25519 key file");
+    let attack = as_signer(&format!("rm {f} && mkfifo {f}", f = ed.display()));
+    assert!(attack.status.success(), "{}", describe(&attack));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_mxkeys"));
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["dkim", "rotate"])
+        .env_remove("MXKEYS_CONFIG");
+    let out = output_within(cmd, std::time::Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("mxkeys dkim rotate did not finish: {e}"));
+    assert!(fails_naming(&out, &ed), "{}", describe(&out));
 }
