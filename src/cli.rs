@@ -241,24 +241,40 @@ fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
             domain,
             selector,
             force,
-        } => match rt.block_on(crate::dkim::revoke(config, &domain, &selector, force)) {
-            Ok(pass) => Ok(print_pass(pass)),
-            Err(crate::dkim::RevokeError::OnlyKey(e)) => {
+        } => {
+            // KEY_DIR is checked before DNS changes, as at each pass.
+            let key_dir = config.dkim.as_ref().map(|d| d.key_dir.as_path());
+            if let Some(Err(e)) = key_dir.map(crate::dkim::keydir::open_key_dir) {
                 tracing::error!("dkim: {e}");
-                return ExitCode::from(2);
+                return ExitCode::FAILURE;
             }
-            Err(crate::dkim::RevokeError::Failed(e)) => Err(e),
-        },
+            match rt.block_on(crate::dkim::revoke(config, &domain, &selector, force)) {
+                Ok(pass) => Ok(print_pass(pass)),
+                Err(crate::dkim::RevokeError::OnlyKey(e)) => {
+                    tracing::error!("dkim: {e}");
+                    return ExitCode::from(2);
+                }
+                Err(crate::dkim::RevokeError::Failed(e)) => Err(e),
+            }
+        }
         DkimCommand::Import {
             domain,
             selector,
             file,
-        } => rt
+        } => {
+            // Checked before anything is read or written: the selector goes
+            // into file paths and the signer's configuration.
+            if let Err(e) = config::selector_label(&selector) {
+                tracing::error!("dkim import: {e}");
+                return ExitCode::from(2);
+            }
+            rt
             .block_on(crate::dkim::import(config, &domain, &selector, &file))
             .map(|line| {
                 println!("{line}");
                 ExitCode::SUCCESS
-            }),
+            })
+        }
         DkimCommand::Records => crate::dkim::records(config).map(|text| {
             print!("{text}");
             ExitCode::SUCCESS

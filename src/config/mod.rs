@@ -1447,6 +1447,25 @@ fn validate_acme(raw: RawAcme, abs: &dyn Fn(&Path) -> PathBuf) -> Result<AcmeAcc
     })
 }
 
+/// A DKIM selector must be one DNS label: letters, digits and '-', not
+/// at either end, 1 to 63 characters (it also goes into key file paths
+/// and the signer's configuration). Pure.
+pub fn selector_label(selector: &str) -> Result<(), String> {
+    if selector.is_empty()
+        || selector.len() > 63
+        || selector.starts_with('-')
+        || selector.ends_with('-')
+        || !selector
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-')
+    {
+        return Err(format!(
+            "selector {selector:?}: must be one DNS label of 1 to 63 letters, digits and '-' (not at either end)"
+        ));
+    }
+    Ok(())
+}
+
 fn validate_dkim(
     raw: RawDkim,
     state_dir: &Path,
@@ -1500,13 +1519,7 @@ fn validate_dkim(
         .replace("{alg}", "r")
         .replace("{date}", "20260101")
         .replace("{n}", "1");
-    if sample.is_empty()
-        || sample.len() > 63
-        || !sample
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-')
-        || sample.contains('{')
-    {
+    if selector_label(&sample).is_err() {
         return Err(format!(
             "key `selector`: {selector:?} must give a DNS label of letters, digits and '-' ({{alg}}, {{date}}, {{n}} are replaced)"
         ));
@@ -2092,5 +2105,30 @@ mod tests {
         assert_eq!(parse_mode("600"), Ok(0o600));
         assert!(parse_mode("0604").is_err());
         assert!(parse_mode("").is_err());
+    }
+
+    #[test]
+    fn a_selector_is_one_dns_label_and_nothing_else() {
+        let long = "a".repeat(63);
+        let too_long = "a".repeat(64);
+        for (selector, ok) in [
+            ("r20260101", true),
+            ("mail-2", true),
+            ("A1", true),
+            (long.as_str(), true),
+            (too_long.as_str(), false),
+            ("", false),
+            ("../x", false),
+            ("a/b", false),
+            ("a b", false),
+            ("a.b", false),
+            ("-a", false),
+            ("a-", false),
+            ("a'b", false),
+            ("bad_sel", false),
+            ("é", false),
+        ] {
+            assert_eq!(selector_label(selector).is_ok(), ok, "{selector:?}");
+        }
     }
 }

@@ -14,6 +14,7 @@
 //! record name that already holds a record is never published over: its
 //! selector is passed over for the next free one.
 
+pub mod keydir;
 pub mod keys;
 pub mod machine;
 pub mod signer;
@@ -113,6 +114,7 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
     }
     let _lock = crate::state::lock(&config.state_dir.join("dkim"))
         .map_err(|e| format!("dkim lock: {e}"))?;
+    keydir::open_key_dir(&d.key_dir)?;
     let mut book = load(config)?;
     let (provider, propagation) = dns(config, d)?;
     let policy = policy(d);
@@ -258,11 +260,11 @@ fn update_signer(config: &Config, d: &Dkim, book: &mut Book, adopt: bool) -> Res
     // Key files in the signer's own form first: the configuration names them.
     for k in book.keys.iter().filter(|k| k.state == KeyState::Active) {
         if let Some(path) = signer::derived_key_file(d.signer, k) {
-            let pem = std::fs::read_to_string(&k.file)
-                .map_err(|e| format!("{}: {}", k.file.display(), crate::source::io_reason(&e)))?;
+            let pem =
+                keydir::read(&k.file)?.ok_or_else(|| format!("{}: not found", k.file.display()))?;
             let derived =
                 keys::rspamd_ed25519(&pem).map_err(|e| format!("{}: {e}", k.file.display()))?;
-            if !std::fs::read(&path).is_ok_and(|old| old == derived.as_bytes()) {
+            if !keydir::read(&path).is_ok_and(|old| old.is_some_and(|o| *o == *derived)) {
                 write_key(d, &path, &derived)?;
             }
         }
@@ -360,7 +362,7 @@ fn install_clean(d: &Dkim, book: &Book) {
         .filter_map(|k| k.file.parent().map(Path::to_path_buf))
         .collect();
     for dir in dirs {
-        crate::install::clean_stale_temps(&dir);
+        keydir::clean_temps(&dir);
     }
 }
 
@@ -424,11 +426,7 @@ async fn perform(
             if !machine::name_is_free(&existing, Some(&value)) {
                 let k = book.keys.remove(*i);
                 save(config, book).map_err(failed)?;
-                if let Err(e) = std::fs::remove_file(&k.file)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    return Err(failed(format!("{}: cannot remove: {e}", k.file.display())));
-                }
+                keydir::remove(&k.file).map_err(failed)?;
                 return Ok(Some(format!(
                     "{name} already holds a record mxkeys did not write: selector {} passed over",
                     k.selector
@@ -525,11 +523,7 @@ async fn perform(
             }
             // The signer's own copy (written when the key signed) goes too.
             for file in [k.file.clone(), signer::rspamd_key_file(&k.file)] {
-                if let Err(e) = std::fs::remove_file(&file)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    return Err(failed(format!("{}: cannot remove: {e}", file.display())));
-                }
+                keydir::remove(&file).map_err(failed)?;
             }
             book.keys.remove(*i);
             save(config, book).map_err(failed)?;
@@ -625,40 +619,14 @@ async fn write_record(
     save(config, book)
 }
 
-/// Writes a key file under its own name, never over another key.
+/// Writes a key file under its own name, never over another key, through
+/// the descriptor of its domain directory (see [`keydir`]): created mode
+/// 0700, and with `key_owner` or `key_group` (the signer runs as that user
+/// or group and must enter it) theirs, mode 0700 for an owner alone, 0750
+/// with a group. KEY_DIR itself stays root's.
 fn write_key(d: &Dkim, path: &Path, pem: &str) -> Result<(), String> {
     let owner = key_ownership(d)?;
-    if let Some(dir) = path.parent() {
-        key_directory(d, dir, &owner)?;
-    }
-    crate::install::write_atomic(path, pem.as_bytes(), d.key_mode, Some(owner))
-        .map_err(|e| format!("{}: {}", path.display(), crate::source::io_reason(&e)))
-}
-
-/// Creates `dir` (KEY_DIR/DOMAIN) and KEY_DIR when missing, mode 0700.
-/// With `key_owner` or `key_group`, the signer runs as that user or group
-/// and must enter them: the domain directory (and KEY_DIR when mxkeys
-/// created it) then belongs to them, mode 0700 for an owner alone, 0750
-/// with a group.
-fn key_directory(d: &Dkim, dir: &Path, owner: &crate::install::Ownership) -> Result<(), String> {
-    let io =
-        |p: &Path, e: std::io::Error| format!("{}: {}", p.display(), crate::source::io_reason(&e));
-    let new_key_dir = !d.key_dir.exists();
-    crate::state::ensure_dir(dir).map_err(|e| io(dir, e))?;
-    if owner.uid.is_none() && owner.gid.is_none() {
-        return Ok(());
-    }
-    let mode = if owner.gid.is_some() { 0o750 } else { 0o700 };
-    let mut dirs = vec![dir];
-    if new_key_dir && dir != d.key_dir {
-        dirs.push(&d.key_dir);
-    }
-    for dir in dirs {
-        std::os::unix::fs::chown(dir, owner.uid, owner.gid).map_err(|e| io(dir, e))?;
-        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(mode))
-            .map_err(|e| io(dir, e))?;
-    }
-    Ok(())
+    keydir::write(path, pem.as_bytes(), d.key_mode, owner)
 }
 
 /// The owner and group `key_owner` and `key_group` name.
@@ -684,8 +652,9 @@ fn key_ownership(d: &Dkim) -> Result<crate::install::Ownership, String> {
 /// selector was recorded) gets a new key under the same, never published,
 /// selector.
 fn ensure_key_file(d: &Dkim, k: &mut Key) -> Result<(), String> {
-    let matches = std::fs::read_to_string(&k.file)
+    let matches = keydir::read(&k.file)
         .ok()
+        .flatten()
         .and_then(|pem| keys::inspect(&pem).ok())
         .is_some_and(|(_, record)| record == k.record);
     if matches {
@@ -805,6 +774,8 @@ pub async fn import(
     if !d.domains.iter().any(|x| x.as_str() == domain) {
         return Err(format!("{domain} is not one of [dkim] domains"));
     }
+    // It goes into file paths and the signer's configuration.
+    crate::config::selector_label(selector)?;
     let pem = zeroize::Zeroizing::new(
         std::fs::read_to_string(file)
             .map_err(|e| format!("{}: {}", file.display(), crate::source::io_reason(&e)))?,
@@ -813,6 +784,7 @@ pub async fn import(
         keys::inspect(&pem).map_err(|e| format!("{}: {e}", file.display()))?;
     let _lock = crate::state::lock(&config.state_dir.join("dkim"))
         .map_err(|e| format!("dkim lock: {e}"))?;
+    keydir::open_key_dir(&d.key_dir)?;
     let mut book = load(config)?;
     if book
         .used_selectors

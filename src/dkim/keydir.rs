@@ -1,0 +1,338 @@
+//! Key directories by descriptor. The rule: KEY_DIR belongs to root and
+//! only root writes it; mxkeys never changes its owner. `KEY_DIR/DOMAIN`
+//! may belong to the signer's user (`key_owner`/`key_group`), so nothing
+//! in it is trusted by path: KEY_DIR is opened with O_NOFOLLOW and
+//! checked, the domain directory is created with mkdirat and opened with
+//! openat(O_DIRECTORY|O_NOFOLLOW) relative to it, its owner and mode are
+//! set with fchown/fchmod on that descriptor, and every key file is
+//! created (O_CREAT|O_EXCL|O_NOFOLLOW, final mode), renamed, read
+//! (O_NOFOLLOW, regular files only, size-capped) and removed relative to
+//! it. A symlink (or anything not a directory) at `KEY_DIR/DOMAIN` is an
+//! error naming the path, and nothing outside KEY_DIR changes.
+//!
+//! This is the effect layer; [`refusal`] is the pure decision on KEY_DIR's
+//! owner and mode.
+
+use std::io::{Read as _, Write as _};
+use std::os::fd::{AsFd, AsRawFd as _, OwnedFd};
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::errno::Errno;
+use nix::fcntl::{OFlag, open, openat, renameat};
+use nix::sys::stat::{Mode, SFlag, fchmod, fstat, mkdirat};
+use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
+use zeroize::Zeroizing;
+
+use crate::install::Ownership;
+
+/// Largest key file mxkeys reads.
+const KEY_SIZE_LIMIT: u64 = 64 << 10;
+
+const DIR_FLAGS: OFlag = OFlag::O_RDONLY
+    .union(OFlag::O_DIRECTORY)
+    .union(OFlag::O_NOFOLLOW)
+    .union(OFlag::O_CLOEXEC);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn reason(path: &Path, e: Errno) -> String {
+    format!(
+        "{}: {}",
+        path.display(),
+        crate::source::io_reason(&std::io::Error::from(e))
+    )
+}
+
+/// Why a KEY_DIR owned by `uid` with `mode` is refused, or `None`. Pure.
+/// `me` is mxkeys' own user (root in production), which may own it too.
+pub fn refusal(path: &Path, uid: u32, mode: u32, me: u32) -> Option<String> {
+    if (uid == 0 || uid == me) && mode & 0o022 == 0 {
+        return None;
+    }
+    let owner = if me == 0 {
+        "root:root".to_owned()
+    } else {
+        me.to_string()
+    };
+    let p = path.display();
+    Some(format!(
+        "{p}: key_dir must belong to root and be writable by root only, else the signer's user can swap a key directory for a link (owner uid {uid}, mode {:04o}); fix: chown {owner} {p}; chmod 755 {p}",
+        mode & 0o7777
+    ))
+}
+
+/// Opens KEY_DIR (created root-owned, mode 0755, when absent; the
+/// directories above it are root's) and refuses it unless only root can
+/// write it.
+pub fn open_key_dir(key_dir: &Path) -> Result<OwnedFd, String> {
+    let fd = match open(key_dir, DIR_FLAGS, Mode::empty()) {
+        Err(Errno::ENOENT) => {
+            if let Some(parent) = key_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(parent)
+                    .map_err(|e| {
+                        format!("{}: {}", parent.display(), crate::source::io_reason(&e))
+                    })?;
+            }
+            let created = match std::fs::DirBuilder::new().mode(0o755).create(key_dir) {
+                Ok(()) => true,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
+                Err(e) => {
+                    return Err(format!(
+                        "{}: {}",
+                        key_dir.display(),
+                        crate::source::io_reason(&e)
+                    ));
+                }
+            };
+            let fd = open(key_dir, DIR_FLAGS, Mode::empty()).map_err(|e| not_dir(key_dir, e))?;
+            if created {
+                // The umask may have taken bits the signer needs (x).
+                fchmod(&fd, Mode::from_bits_truncate(0o755)).map_err(|e| reason(key_dir, e))?;
+            }
+            fd
+        }
+        r => r.map_err(|e| not_dir(key_dir, e))?,
+    };
+    let st = fstat(&fd).map_err(|e| reason(key_dir, e))?;
+    if let Some(why) = refusal(key_dir, st.st_uid, st.st_mode, Uid::effective().as_raw()) {
+        return Err(why);
+    }
+    Ok(fd)
+}
+
+fn not_dir(path: &Path, e: Errno) -> String {
+    match e {
+        Errno::ELOOP | Errno::ENOTDIR => format!(
+            "{}: a symlink or not a directory: refused (key directories are never followed through links)",
+            path.display()
+        ),
+        e => reason(path, e),
+    }
+}
+
+/// `path` split into KEY_DIR, the domain directory's name and the file's
+/// name: key files are `KEY_DIR/DOMAIN/NAME`.
+fn split(path: &Path) -> Result<(&Path, &std::ffi::OsStr, &std::ffi::OsStr), String> {
+    let bad = || format!("{}: not a KEY_DIR/DOMAIN/FILE path", path.display());
+    let name = path.file_name().ok_or_else(bad)?;
+    let dir = path.parent().ok_or_else(bad)?;
+    let domain = dir.file_name().ok_or_else(bad)?;
+    let key_dir = dir.parent().ok_or_else(bad)?;
+    Ok((key_dir, domain, name))
+}
+
+/// The domain directory of a key file, opened by descriptor.
+struct DomainDir {
+    fd: OwnedFd,
+    path: PathBuf,
+}
+
+impl DomainDir {
+    /// Opens `KEY_DIR/DOMAIN`; `None` when it does not exist.
+    fn open(key_dir: &Path, domain: &std::ffi::OsStr) -> Result<Option<DomainDir>, String> {
+        let kd = open_key_dir(key_dir)?;
+        let path = key_dir.join(domain);
+        match openat(&kd, domain, DIR_FLAGS, Mode::empty()) {
+            Ok(fd) => Ok(Some(DomainDir { fd, path })),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(not_dir(&path, e)),
+        }
+    }
+
+    /// Creates (mode 0700) and opens `KEY_DIR/DOMAIN`. With `key_owner` or
+    /// `key_group` the signer must enter it: it then belongs to them, mode
+    /// 0700 for an owner alone, 0750 with a group.
+    fn create(
+        key_dir: &Path,
+        domain: &std::ffi::OsStr,
+        owner: Ownership,
+    ) -> Result<DomainDir, String> {
+        let kd = open_key_dir(key_dir)?;
+        let path = key_dir.join(domain);
+        match mkdirat(&kd, domain, Mode::from_bits_truncate(0o700)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(reason(&path, e)),
+        }
+        let fd = openat(&kd, domain, DIR_FLAGS, Mode::empty()).map_err(|e| not_dir(&path, e))?;
+        if owner.uid.is_some() || owner.gid.is_some() {
+            let mode = if owner.gid.is_some() { 0o750 } else { 0o700 };
+            fchown(
+                &fd,
+                owner.uid.map(Uid::from_raw),
+                owner.gid.map(Gid::from_raw),
+            )
+            .map_err(|e| reason(&path, e))?;
+            fchmod(&fd, Mode::from_bits_truncate(mode)).map_err(|e| reason(&path, e))?;
+        }
+        Ok(DomainDir { fd, path })
+    }
+}
+
+/// Writes a key file `KEY_DIR/DOMAIN/NAME` atomically: a temporary file
+/// created in the domain directory with its final mode, owner set, data
+/// written and fsynced, renamed over NAME, directory fsynced.
+pub fn write(path: &Path, bytes: &[u8], mode: u32, owner: Ownership) -> Result<(), String> {
+    let (key_dir, domain, name) = split(path)?;
+    let dir = DomainDir::create(key_dir, domain, owner)?;
+    let tmp = format!(
+        ".{}.mxkeys-{}-{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    );
+    let fail = |e: Errno| reason(path, e);
+    let file_mode = Mode::from_bits_truncate(mode & 0o777);
+    let fd = openat(
+        &dir.fd,
+        tmp.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        file_mode,
+    )
+    .map_err(fail)?;
+    let result = (|| {
+        if owner.uid.is_some() || owner.gid.is_some() {
+            fchown(
+                &fd,
+                owner.uid.map(Uid::from_raw),
+                owner.gid.map(Gid::from_raw),
+            )
+            .map_err(fail)?;
+        }
+        // The umask may have taken bits of the configured mode.
+        fchmod(&fd, file_mode).map_err(fail)?;
+        let mut file = std::fs::File::from(fd);
+        file.write_all(bytes)
+            .map_err(|e| format!("{}: {}", path.display(), crate::source::io_reason(&e)))?;
+        fsync(&file).map_err(fail)?;
+        drop(file);
+        renameat(&dir.fd, tmp.as_str(), &dir.fd, name).map_err(fail)?;
+        fsync(&dir.fd).map_err(|e| reason(&dir.path, e))
+    })();
+    if result.is_err() {
+        let _ = unlinkat(&dir.fd, tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+    }
+    result
+}
+
+/// Reads a key file; `None` when it (or its directory) does not exist. A
+/// symlink, FIFO, device or directory in its place is an error naming it.
+pub fn read(path: &Path) -> Result<Option<Zeroizing<String>>, String> {
+    let (key_dir, domain, name) = split(path)?;
+    let Some(dir) = DomainDir::open(key_dir, domain)? else {
+        return Ok(None);
+    };
+    let fd = match openat(
+        &dir.fd,
+        name,
+        OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) => return Err(format!("{}: a symlink: refused", path.display())),
+        Err(e) => return Err(reason(path, e)),
+    };
+    let st = fstat(&fd).map_err(|e| reason(path, e))?;
+    if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
+        return Err(format!("{}: not a regular file: refused", path.display()));
+    }
+    let mut bytes = Zeroizing::new(Vec::new());
+    std::fs::File::from(fd)
+        .take(KEY_SIZE_LIMIT + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("{}: {}", path.display(), crate::source::io_reason(&e)))?;
+    if bytes.len() as u64 > KEY_SIZE_LIMIT {
+        return Err(format!("{}: larger than a key file", path.display()));
+    }
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| format!("{}: not text", path.display()))?
+        .to_owned();
+    Ok(Some(Zeroizing::new(text)))
+}
+
+/// Removes a key file (gone already is fine).
+pub fn remove(path: &Path) -> Result<(), String> {
+    let (key_dir, domain, name) = split(path)?;
+    let Some(dir) = DomainDir::open(key_dir, domain)? else {
+        return Ok(());
+    };
+    match unlinkat(&dir.fd, name, UnlinkatFlags::NoRemoveDir) {
+        Ok(()) | Err(Errno::ENOENT) => {}
+        Err(e) => return Err(format!("cannot remove {}", reason(path, e))),
+    }
+    fsync(&dir.fd).map_err(|e| reason(&dir.path, e))
+}
+
+/// Removes temporary files killed runs left in `KEY_DIR/DOMAIN`, through
+/// its descriptor (a link in its place is left alone).
+pub fn clean_temps(dir: &Path) {
+    let (Some(key_dir), Some(domain)) = (dir.parent(), dir.file_name()) else {
+        return;
+    };
+    let Ok(Some(d)) = DomainDir::open(key_dir, domain) else {
+        return;
+    };
+    let listing = PathBuf::from(format!("/proc/self/fd/{}", d.fd.as_fd().as_raw_fd()));
+    let Ok(entries) = std::fs::read_dir(listing) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        // `.NAME.mxkeys-PID-N.tmp`, as written by [`write`].
+        let pid = name
+            .strip_suffix(".tmp")
+            .filter(|_| name.starts_with('.'))
+            .and_then(|n| n.rsplit_once(".mxkeys-"))
+            .and_then(|(_, rest)| rest.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<i32>().ok());
+        let Some(pid) = pid else { continue };
+        let alive = i32::try_from(std::process::id()).is_ok_and(|me| me == pid)
+            || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+        if !alive && unlinkat(&d.fd, name, UnlinkatFlags::NoRemoveDir).is_ok() {
+            tracing::debug!(
+                "removed {} left by an interrupted run",
+                d.path.join(name).display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_dir_is_refused_unless_only_root_writes_it() {
+        let p = Path::new("/etc/dkimkeys");
+        for (uid, mode, me, refused) in [
+            (0, 0o40755, 0, false),
+            (0, 0o40700, 0, false),
+            (0, 0o40711, 0, false),
+            (0, 0o40775, 0, true),
+            (0, 0o40757, 0, true),
+            (0, 0o41777, 0, true),
+            (110, 0o40700, 0, true),
+            (110, 0o40755, 0, true),
+            (1000, 0o40755, 1000, false),
+            (110, 0o40755, 1000, true),
+        ] {
+            assert_eq!(
+                refusal(p, uid, mode, me).is_some(),
+                refused,
+                "uid {uid} mode {mode:o} me {me}"
+            );
+        }
+        let line = refusal(p, 110, 0o40700, 0).unwrap();
+        assert!(
+            line.contains("chown root:root /etc/dkimkeys; chmod 755 /etc/dkimkeys"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+    }
+}
