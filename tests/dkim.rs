@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use bind::{Bind, KEY_NAME};
 use common::dkim_tools::{
     BIND_TOOLS, DEADLINE, DKIMPY, Dkimpy, OPENDKIM, OPENDKIM_TESTKEY, OPENSSL, OpenDkim, PERL,
-    POSTFIX, RSPAMD, Rspamd, SmtpSink, message, opendkim_testkey, record_of_key_file, smtp_send,
-    testkey_conf,
+    POSTFIX, RSPAMD, Rspamd, SmtpSink, describe, message, mx, opendkim_testkey, record_of_key_file,
+    smtp_send, testkey_conf,
 };
 use common::servers::{Need, prog, require, run_ok};
 use serde_json::Value;
@@ -100,30 +100,6 @@ fn import_args<'a>(selector: &'a str, file: &'a Path) -> [&'a str; 7] {
         selector,
         file.to_str().unwrap(),
     ]
-}
-
-/// `mxkeys --config CONFIG ARGS` (never panicking).
-fn mx(config: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_mxkeys"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("MXKEYS_CONFIG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "mxkeys panicked:\n{stderr}");
-    out
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `mxkeys ARGS` that must exit 0; its stdout.

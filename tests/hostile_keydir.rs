@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use bind::{Bind, KEY_NAME};
-use common::dkim_tools::{BIND_TOOLS, OPENSSL};
+use common::dkim_tools::{BIND_TOOLS, OPENSSL, describe, mx};
 use common::servers::{Need, open_dir, output_within, prog, require, run_ok};
 
 const DOMAIN: &str = "example.test";
@@ -76,30 +76,6 @@ fn write_config_with(bind: &Bind, work: &Path, signer: &str) -> PathBuf {
     let path = work.join("mxkeys.toml");
     std::fs::write(&path, config).unwrap();
     path
-}
-
-/// `mxkeys --config CONFIG ARGS` (never panicking).
-fn mx(config: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_mxkeys"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("MXKEYS_CONFIG")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "mxkeys panicked:\n{stderr}");
-    out
-}
-
-fn describe(out: &Output) -> String {
-    format!(
-        "exit {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `sh -c SCRIPT` as the signer's user, with no supplementary groups.

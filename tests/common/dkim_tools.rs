@@ -3,12 +3,13 @@
 //! `opendkim-testkey` (through libunbound pointed at that server), the
 //! OpenDKIM milter, Rspamd (signing through `rspamc`), an SMTP sink run by
 //! the test (behind `servers::Postfix::start_relay`), and `openssl` to
-//! compute a key file's DKIM record independently of mxkeys.
+//! compute a key file's DKIM record independently of mxkeys; and `mx`,
+//! mxkeys itself run as these tests run it.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -53,6 +54,31 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// `mxkeys --config CONFIG ARGS` (never panicking).
+pub fn mx(config: &Path, args: &[&str]) -> Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_mxkeys"))
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .env_remove("MXKEYS_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "mxkeys panicked:\n{stderr}");
+    out
+}
+
+/// A run's exit code, stdout and stderr, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "exit {:?}\n--- stdout ---\n{}--- stderr ---\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 // ---------------------------------------------------------------------------
