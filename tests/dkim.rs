@@ -18,13 +18,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use bind::{Bind, KEY_NAME};
+use bind::Bind;
 use common::dkim_tools::{
-    BIND_TOOLS, DEADLINE, DKIMPY, Dkimpy, OPENDKIM, OPENDKIM_TESTKEY, OPENSSL, OpenDkim, PERL,
-    POSTFIX, RSPAMD, Rspamd, SmtpSink, describe, message, mx, opendkim_testkey, record_of_key_file,
-    smtp_send, testkey_conf,
+    DEADLINE, DKIMPY, Dkimpy, OPENDKIM, OPENDKIM_TESTKEY, OpenDkim, PERL, POSTFIX, RSPAMD, Rspamd,
+    SmtpSink, describe, message, mx, opendkim_testkey, record_of_key_file, setup, smtp_send,
+    testkey_conf, write_dkim_config,
 };
-use common::servers::{Need, prog, require, run_ok};
+use common::servers::{prog, run_ok};
 use serde_json::Value;
 
 const DOMAIN: &str = "example.test";
@@ -32,20 +32,6 @@ const DOMAIN: &str = "example.test";
 // ---------------------------------------------------------------------------
 // Set-up
 // ---------------------------------------------------------------------------
-
-/// The BIND server and a work directory for mxkeys, or `None` (skip) when a
-/// program is missing outside CI.
-fn setup(test: &str, needs: &[&[Need]]) -> Option<(Bind, PathBuf)> {
-    let mut all: Vec<&[Need]> = vec![BIND_TOOLS, OPENSSL];
-    all.extend_from_slice(needs);
-    if !require(test, &all) {
-        return None;
-    }
-    let bind = Bind::start()?;
-    let work = bind.dir().join("work");
-    std::fs::create_dir_all(&work).unwrap();
-    Some((bind, work))
-}
 
 /// Writes `work/mxkeys.toml`: the rfc2136 provider for the BIND server,
 /// and a `[dkim]` table of `dkim` lines (domains, key_dir, dns, signer_dir
@@ -69,24 +55,7 @@ fn write_config(bind: &Bind, work: &Path, dkim: &str) -> PathBuf {
             table.push('\n');
         }
     }
-    let config = format!(
-        "state_dir = \"state\"\n\
-         [dns.bind]\n\
-         type = \"rfc2136\"\n\
-         server = \"{addr}\"\n\
-         zone = \"example.test\"\n\
-         tsig_name = \"{KEY_NAME}\"\n\
-         tsig_secret_file = \"{tsig}\"\n\
-         nameservers = [\"{addr}\"]\n\
-         propagation_interval = \"100ms\"\n\
-         propagation_timeout = \"3s\"\n\
-         [dkim]\n{table}",
-        addr = bind.addr(),
-        tsig = bind.dir().join("tsig.key").display(),
-    );
-    let path = work.join("mxkeys.toml");
-    std::fs::write(&path, config).unwrap();
-    path
+    write_dkim_config(bind, work, &table)
 }
 
 /// `dkim import --domain DOMAIN --selector SELECTOR FILE`.

@@ -20,9 +20,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use bind::{Bind, KEY_NAME};
-use common::dkim_tools::{BIND_TOOLS, OPENSSL, describe, mx};
-use common::servers::{Need, open_dir, output_within, prog, require, run_ok};
+use bind::Bind;
+use common::dkim_tools::{self, describe, mx, write_dkim_config};
+use common::servers::{Need, open_dir, output_within, prog, run_ok};
 
 const DOMAIN: &str = "example.test";
 const SETPRIV: &[Need] = &[("setpriv", "util-linux")];
@@ -31,12 +31,7 @@ const SIGNER: &str = "nobody";
 /// BIND and an open work directory (`nobody` can reach KEY_DIR in it), or
 /// `None` (skip) when a program is missing outside CI.
 fn setup(test: &str) -> Option<(Bind, PathBuf)> {
-    if !require(test, &[BIND_TOOLS, OPENSSL, SETPRIV]) {
-        return None;
-    }
-    let bind = Bind::start()?;
-    let work = bind.dir().join("work");
-    std::fs::create_dir_all(&work).unwrap();
+    let (bind, work) = dkim_tools::setup(test, &[SETPRIV])?;
     open_dir(bind.dir());
     open_dir(&work);
     Some((bind, work))
@@ -50,32 +45,17 @@ fn write_config(bind: &Bind, work: &Path) -> PathBuf {
 
 /// [`write_config`] with other `signer` (and `algorithms`) lines.
 fn write_config_with(bind: &Bind, work: &Path, signer: &str) -> PathBuf {
-    let config = format!(
-        "state_dir = \"state\"\n\
-         [dns.bind]\n\
-         type = \"rfc2136\"\n\
-         server = \"{addr}\"\n\
-         zone = \"example.test\"\n\
-         tsig_name = \"{KEY_NAME}\"\n\
-         tsig_secret_file = \"{tsig}\"\n\
-         nameservers = [\"{addr}\"]\n\
-         propagation_interval = \"100ms\"\n\
-         propagation_timeout = \"3s\"\n\
-         [dkim]\n\
-         domains = [\"{DOMAIN}\"]\n\
+    let dkim = format!(
+        "domains = [\"{DOMAIN}\"]\n\
          key_dir = \"keys\"\n\
          key_owner = \"{SIGNER}\"\n\
          dns = \"bind\"\n\
          {signer}\
          signer_dir = \"signer\"\n\
          lead = \"0s\"\n\
-         ttl = 300\n",
-        addr = bind.addr(),
-        tsig = bind.dir().join("tsig.key").display(),
+         ttl = 300\n"
     );
-    let path = work.join("mxkeys.toml");
-    std::fs::write(&path, config).unwrap();
-    path
+    write_dkim_config(bind, work, &dkim)
 }
 
 /// `sh -c SCRIPT` as the signer's user, with no supplementary groups.

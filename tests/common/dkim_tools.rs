@@ -3,8 +3,9 @@
 //! `opendkim-testkey` (through libunbound pointed at that server), the
 //! OpenDKIM milter, Rspamd (signing through `rspamc`), an SMTP sink run by
 //! the test (behind `servers::Postfix::start_relay`), and `openssl` to
-//! compute a key file's DKIM record independently of mxkeys; and `mx`,
-//! mxkeys itself run as these tests run it.
+//! compute a key file's DKIM record independently of mxkeys; and the
+//! DKIM tests' own set-up: BIND with a work directory, a configuration
+//! publishing through it, and `mx`, mxkeys itself run as these tests run it.
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};
@@ -15,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
-use super::servers::{Need, output_within, poll, prog, run_ok, which};
+use super::bind::{Bind, KEY_NAME};
+use super::servers::{Need, output_within, poll, prog, require, run_ok, which};
 use super::{free_port, write};
 
 /// Debian's Python with dkimpy, dnspython and PyNaCl (Ed25519).
@@ -54,6 +56,44 @@ pub const DEADLINE: Duration = Duration::from_secs(60);
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// The BIND server and a work directory for mxkeys in it, or `None` (skip)
+/// when a program is missing outside CI: BIND's tools, openssl and `needs`.
+pub fn setup(test: &str, needs: &[&[Need]]) -> Option<(Bind, PathBuf)> {
+    let mut all: Vec<&[Need]> = vec![BIND_TOOLS, OPENSSL];
+    all.extend_from_slice(needs);
+    if !require(test, &all) {
+        return None;
+    }
+    let bind = Bind::start()?;
+    let work = bind.dir().join("work");
+    std::fs::create_dir_all(&work).unwrap();
+    Some((bind, work))
+}
+
+/// Writes `work/mxkeys.toml`: state in `work/state`, the rfc2136 provider
+/// `bind` for the BIND server (zone example.test), and the `[dkim]` table
+/// of `dkim` lines; returns its path.
+pub fn write_dkim_config(bind: &Bind, work: &Path, dkim: &str) -> PathBuf {
+    let config = format!(
+        "state_dir = \"state\"\n\
+         [dns.bind]\n\
+         type = \"rfc2136\"\n\
+         server = \"{addr}\"\n\
+         zone = \"example.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\n\
+         tsig_secret_file = \"{tsig}\"\n\
+         nameservers = [\"{addr}\"]\n\
+         propagation_interval = \"100ms\"\n\
+         propagation_timeout = \"3s\"\n\
+         [dkim]\n{dkim}",
+        addr = bind.addr(),
+        tsig = bind.dir().join("tsig.key").display(),
+    );
+    let path = work.join("mxkeys.toml");
+    std::fs::write(&path, config).unwrap();
+    path
 }
 
 /// `mxkeys --config CONFIG ARGS` (never panicking).
