@@ -697,12 +697,7 @@ fn opendkim_milter_behind_postfix_signs_with_the_active_key_and_the_successor() 
     let py = Dkimpy::new(&work.join("py"), bind.port);
     let context = || format!("{}\n--- opendkim ---\n{}", postfix.log(), opendkim.log());
 
-    smtp_send(
-        &postfix.addr(),
-        &format!("alice@{DOMAIN}"),
-        "bob@receiver.test",
-        &message(DOMAIN, "through-postfix-1"),
-    );
+    send_as_alice(&postfix.addr(), "through-postfix-1");
     let got = sink.wait_for("through-postfix-1", context);
     let v = py.verify_one(&got);
     assert_eq!(v.selector, first.selector, "{v:?}");
@@ -729,12 +724,7 @@ fn opendkim_milter_behind_postfix_signs_with_the_active_key_and_the_successor() 
         || {
             let subject = format!("through-postfix-{n}");
             n += 1;
-            smtp_send(
-                &postfix.addr(),
-                &format!("alice@{DOMAIN}"),
-                "bob@receiver.test",
-                &message(DOMAIN, &subject),
-            );
+            send_as_alice(&postfix.addr(), &subject);
             let got = sink.wait_for(&subject, || postfix.log());
             let v = py.verify_one(&got);
             assert!(v.ok, "every signature verifies: {v:?}");
@@ -1599,6 +1589,17 @@ fn table_bytes(signer: &Path) -> [Option<String>; 2] {
     })
 }
 
+/// Sends a message with `subject` from alice@DOMAIN to bob@receiver.test
+/// by SMTP to `addr`.
+fn send_as_alice(addr: &str, subject: &str) {
+    smtp_send(
+        addr,
+        &format!("alice@{DOMAIN}"),
+        "bob@receiver.test",
+        &message(DOMAIN, subject),
+    );
+}
+
 /// Sends a message through `postfix` (OpenDKIM behind it) and returns
 /// dkimpy's verdict on what the sink received.
 #[track_caller]
@@ -1608,12 +1609,7 @@ fn send_and_verify(
     py: &Dkimpy,
     subject: &str,
 ) -> common::dkim_tools::Verdict {
-    smtp_send(
-        &postfix.addr(),
-        &format!("alice@{DOMAIN}"),
-        "bob@receiver.test",
-        &message(DOMAIN, subject),
-    );
+    send_as_alice(&postfix.addr(), subject);
     let got = sink.wait_for(subject, || postfix.log());
     py.verify_one(&got)
 }
@@ -2203,14 +2199,10 @@ fn no_mail_signed_with_a_revoked_selector_leaves_postfix_after_p_is_visible() {
     let py = Dkimpy::new(&work.join("py"), bind.port);
     // The owed reload is paid: OpenDKIM signs with the active key.
     mx_ok(&config, &["dkim", "rotate"]);
-    smtp_send(
-        &postfix.addr(),
-        &format!("alice@{DOMAIN}"),
-        "bob@receiver.test",
-        &message(DOMAIN, "before-revoke"),
+    assert_eq!(
+        send_and_verify(&postfix, &sink, &py, "before-revoke").selector,
+        active.selector
     );
-    let got = sink.wait_for("before-revoke", || postfix.log());
-    assert_eq!(py.verify_one(&got).selector, active.selector);
 
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
@@ -2260,12 +2252,7 @@ fn no_mail_signed_with_a_revoked_selector_leaves_postfix_after_p_is_visible() {
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(Ordering::SeqCst) {
-                smtp_send(
-                    &addr,
-                    &format!("alice@{DOMAIN}"),
-                    "bob@receiver.test",
-                    &message(DOMAIN, &format!("loop-{n}")),
-                );
+                send_as_alice(&addr, &format!("loop-{n}"));
                 n += 1;
             }
             n
