@@ -690,11 +690,7 @@ fn opendkim_milter_behind_postfix_signs_with_the_active_key_and_the_successor() 
     let first = key(&work, "rsa-2048", "active");
     assert_converged(&bind, &work);
 
-    let mut opendkim = OpenDkim::start(&odk_dir, &work.join("signer"));
-    let sink = SmtpSink::start();
-    let postfix =
-        common::servers::Postfix::start_relay(&work.join("postfix"), opendkim.port, sink.port);
-    let py = Dkimpy::new(&work.join("py"), bind.port);
+    let (mut opendkim, sink, postfix, py) = start_mail_path(&bind, &work);
     let context = || format!("{}\n--- opendkim ---\n{}", postfix.log(), opendkim.log());
 
     send_as_alice(&postfix.addr(), "through-postfix-1");
@@ -1589,6 +1585,22 @@ fn table_bytes(signer: &Path) -> [Option<String>; 2] {
     })
 }
 
+/// The mail path of the signing tests: OpenDKIM (in `work/opendkim`,
+/// reading mxkeys' tables in `work/signer`) as the milter of a Postfix
+/// (in `work/postfix`) relaying to an SMTP sink, and dkimpy verifying
+/// through `bind`.
+fn start_mail_path(
+    bind: &Bind,
+    work: &Path,
+) -> (OpenDkim, SmtpSink, common::servers::Postfix, Dkimpy) {
+    let opendkim = OpenDkim::start(&work.join("opendkim"), &work.join("signer"));
+    let sink = SmtpSink::start();
+    let postfix =
+        common::servers::Postfix::start_relay(&work.join("postfix"), opendkim.port, sink.port);
+    let py = Dkimpy::new(&work.join("py"), bind.port);
+    (opendkim, sink, postfix, py)
+}
+
 /// Sends a message with `subject` from alice@DOMAIN to bob@receiver.test
 /// by SMTP to `addr`.
 fn send_as_alice(addr: &str, subject: &str) {
@@ -1650,11 +1662,7 @@ fn an_admins_opendkim_tables_stay_untouched_and_signing_until_dkim_import_takes_
     .unwrap();
     let admin_tables = table_bytes(&signer);
 
-    let mut opendkim = OpenDkim::start(&work.join("opendkim"), &signer);
-    let sink = SmtpSink::start();
-    let postfix =
-        common::servers::Postfix::start_relay(&work.join("postfix"), opendkim.port, sink.port);
-    let py = Dkimpy::new(&work.join("py"), bind.port);
+    let (mut opendkim, sink, postfix, py) = start_mail_path(&bind, &work);
     let v = send_and_verify(&postfix, &sink, &py, "admin-signed-1");
     assert!(v.ok && v.selector == "mail", "{v:?}");
 
@@ -2192,11 +2200,8 @@ fn no_mail_signed_with_a_revoked_selector_leaves_postfix_after_p_is_visible() {
     // OpenDKIM is not running yet: the first passes' reloads fail.
     let (active, successor) = active_and_verified_successor(&bind, &work, &reload);
     let config = work.join("mxkeys.toml");
-    let mut opendkim = OpenDkim::start(&odk_dir, &work.join("signer"));
-    let sink = Arc::new(SmtpSink::start());
-    let postfix =
-        common::servers::Postfix::start_relay(&work.join("postfix"), opendkim.port, sink.port);
-    let py = Dkimpy::new(&work.join("py"), bind.port);
+    let (mut opendkim, sink, postfix, py) = start_mail_path(&bind, &work);
+    let sink = Arc::new(sink);
     // The owed reload is paid: OpenDKIM signs with the active key.
     mx_ok(&config, &["dkim", "rotate"]);
     assert_eq!(
