@@ -283,12 +283,7 @@ impl TargetDir {
         mode: u32,
         owner: Option<Ownership>,
     ) -> Result<(), WriteError> {
-        let tmp = OsString::from(format!(
-            ".{}.mxkeys-{}-{}.tmp",
-            name.to_string_lossy(),
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let tmp = OsString::from(temp_name(name));
         let created = (|| -> io::Result<()> {
             let fd = openat(
                 self.fd.as_fd(),
@@ -688,16 +683,7 @@ pub fn clean_stale_temps(dir: &Path) {
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
         let Some(text) = name.to_str() else { continue };
-        let pid = text
-            .strip_suffix(".tmp")
-            .filter(|_| text.starts_with('.'))
-            .and_then(|n| n.rsplit_once(".mxkeys-"))
-            .and_then(|(_, rest)| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<i32>().ok());
-        let Some(pid) = pid else { continue };
-        let alive = i32::try_from(std::process::id()).is_ok_and(|me| me == pid)
-            || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-        if !alive && d.remove(&name).is_ok() {
+        if is_stale_temp(text) && d.remove(&name).is_ok() {
             tracing::debug!(
                 "removed {} left by an interrupted run",
                 entry.path().display()
@@ -707,6 +693,34 @@ pub fn clean_stale_temps(dir: &Path) {
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The temporary name a file `name` is written under before its rename
+/// into place, in the same directory: `.NAME.mxkeys-PID-N.tmp`, unique in
+/// this process (N counts up) and naming it (PID), so that
+/// [`is_stale_temp`] can tell a killed run's leftovers.
+pub(crate) fn temp_name(name: &OsStr) -> String {
+    format!(
+        ".{}.mxkeys-{}-{}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Whether `name` is a [`temp_name`] whose process is gone (a run killed
+/// before its rename): never one of this process, nor of a live one.
+pub(crate) fn is_stale_temp(name: &str) -> bool {
+    let pid = name
+        .strip_suffix(".tmp")
+        .filter(|_| name.starts_with('.'))
+        .and_then(|n| n.rsplit_once(".mxkeys-"))
+        .and_then(|(_, rest)| rest.split_once('-'))
+        .and_then(|(pid, _)| pid.parse::<i32>().ok());
+    let Some(pid) = pid else { return false };
+    let alive = i32::try_from(std::process::id()).is_ok_and(|me| me == pid)
+        || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
+    !alive
+}
 
 /// Replaces `path` with `bytes` atomically (see [`TargetDir::write`]), for
 /// mxkeys' own files (state, ACME account and orders, DKIM keys): the

@@ -17,7 +17,6 @@ use std::io::{Read as _, Write as _};
 use std::os::fd::{AsFd, AsRawFd as _, OwnedFd};
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::errno::Errno;
 use nix::fcntl::{OFlag, open, openat, renameat};
@@ -25,7 +24,7 @@ use nix::sys::stat::{Mode, SFlag, fchmod, fstat, mkdirat};
 use nix::unistd::{Gid, Uid, UnlinkatFlags, fchown, fsync, unlinkat};
 use zeroize::Zeroizing;
 
-use crate::install::Ownership;
+use crate::install::{Ownership, is_stale_temp, temp_name};
 
 /// Largest key file mxkeys reads.
 const KEY_SIZE_LIMIT: u64 = 64 << 10;
@@ -34,8 +33,6 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_DIRECTORY)
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
-
-static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 fn reason(path: &Path, e: Errno) -> String {
     format!(
@@ -179,12 +176,7 @@ impl DomainDir {
 pub fn write(path: &Path, bytes: &[u8], mode: u32, owner: Ownership) -> Result<(), String> {
     let (key_dir, domain, name) = split(path)?;
     let dir = DomainDir::create(key_dir, domain, owner)?;
-    let tmp = format!(
-        ".{}.mxkeys-{}-{}.tmp",
-        name.to_string_lossy(),
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    );
+    let tmp = temp_name(name);
     let fail = |e: Errno| reason(path, e);
     let file_mode = Mode::from_bits_truncate(mode & 0o777);
     let fd = openat(
@@ -284,17 +276,8 @@ pub fn clean_temps(dir: &Path) {
     for entry in entries.filter_map(Result::ok) {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        // `.NAME.mxkeys-PID-N.tmp`, as written by [`write`].
-        let pid = name
-            .strip_suffix(".tmp")
-            .filter(|_| name.starts_with('.'))
-            .and_then(|n| n.rsplit_once(".mxkeys-"))
-            .and_then(|(_, rest)| rest.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<i32>().ok());
-        let Some(pid) = pid else { continue };
-        let alive = i32::try_from(std::process::id()).is_ok_and(|me| me == pid)
-            || nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok();
-        if !alive && unlinkat(&d.fd, name, UnlinkatFlags::NoRemoveDir).is_ok() {
+        // A [`temp_name`] as written by [`write`].
+        if is_stale_temp(name) && unlinkat(&d.fd, name, UnlinkatFlags::NoRemoveDir).is_ok() {
             tracing::debug!(
                 "removed {} left by an interrupted run",
                 d.path.join(name).display()
@@ -334,5 +317,27 @@ mod tests {
             "{line}"
         );
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn a_killed_runs_temporary_key_file_is_removed_and_nothing_else() {
+        let root = tempfile::tempdir().unwrap();
+        let key_dir = root.path().join("keys");
+        std::fs::DirBuilder::new()
+            .mode(0o755)
+            .create(&key_dir)
+            .unwrap();
+        let dir = key_dir.join("example.test");
+        std::fs::create_dir(&dir).unwrap();
+        let dead = dir.join(".sel.private.mxkeys-2147483646-0.tmp");
+        let mine = dir.join(temp_name("sel.private".as_ref()));
+        let key = dir.join("sel.private");
+        let other = dir.join(".not-ours.tmp");
+        for p in [&dead, &mine, &key, &other] {
+            std::fs::write(p, b"x").unwrap();
+        }
+        clean_temps(&dir);
+        assert!(!dead.exists());
+        assert!(mine.exists() && key.exists() && other.exists());
     }
 }
