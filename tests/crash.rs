@@ -594,6 +594,27 @@ struct DkimEnv {
 }
 
 impl DkimEnv {
+    /// BIND and a fresh root (mode 0700, named `prefix...`) holding the
+    /// config, state, key directory, OpenDKIM tables and the reload log;
+    /// `None` (skip) without BIND.
+    fn start(prefix: &str) -> Option<DkimEnv> {
+        let bind = bind::Bind::start()?;
+        let root = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+        let logs = root.path().join("reloads");
+        fs::create_dir_all(&logs).unwrap();
+        let env = DkimEnv {
+            config: root.path().join("mxkeys.toml"),
+            state: root.path().join("state"),
+            key_dir: root.path().join("keys"),
+            signer_dir: root.path().join("opendkim"),
+            reload_log: logs.join("opendkim"),
+            bind,
+            root,
+        };
+        fs::set_permissions(env.root.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        Some(env)
+    }
+
     fn write_config(&self, drain: &str, revoke_hold: &str) {
         let argv = hashing_reload(&self.signer_dir.join("KeyTable"), &self.reload_log, "0");
         self.write_config_with(&ALGORITHMS, "0s", drain, revoke_hold, &argv, "");
@@ -898,25 +919,9 @@ fn check_converged(env: &DkimEnv, tally: &mut DkimTally, drained_gone: bool, whe
 #[test]
 fn dkim_rotate_killed_at_random_moments_keeps_signer_and_dns_consistent() {
     let started = Instant::now();
-    let Some(bind) = bind::Bind::start() else {
+    let Some(env) = DkimEnv::start("mxkeys-crash-dkim-") else {
         return;
     };
-    let root = tempfile::Builder::new()
-        .prefix("mxkeys-crash-dkim-")
-        .tempdir()
-        .unwrap();
-    let logs = root.path().join("reloads");
-    fs::create_dir_all(&logs).unwrap();
-    let env = DkimEnv {
-        config: root.path().join("mxkeys.toml"),
-        state: root.path().join("state"),
-        key_dir: root.path().join("keys"),
-        signer_dir: root.path().join("opendkim"),
-        reload_log: logs.join("opendkim"),
-        bind,
-        root,
-    };
-    fs::set_permissions(env.root.path(), fs::Permissions::from_mode(0o700)).unwrap();
     let mut tally = DkimTally::default();
 
     // Phases: (drain, revoke_hold, kills).
@@ -1057,25 +1062,9 @@ fn check_nogap(env: &DkimEnv, tally: &mut DkimTally, loaded: &Path, families: &[
 #[test]
 fn dkim_revoke_and_algorithm_changes_killed_at_random_moments_never_leave_a_gap() {
     let started = Instant::now();
-    let Some(bind) = bind::Bind::start() else {
+    let Some(env) = DkimEnv::start("mxkeys-crash-nogap-") else {
         return;
     };
-    let root = tempfile::Builder::new()
-        .prefix("mxkeys-crash-nogap-")
-        .tempdir()
-        .unwrap();
-    let logs = root.path().join("reloads");
-    fs::create_dir_all(&logs).unwrap();
-    let env = DkimEnv {
-        config: root.path().join("mxkeys.toml"),
-        state: root.path().join("state"),
-        key_dir: root.path().join("keys"),
-        signer_dir: root.path().join("opendkim"),
-        reload_log: logs.join("opendkim"),
-        bind,
-        root,
-    };
-    fs::set_permissions(env.root.path(), fs::Permissions::from_mode(0o700)).unwrap();
     let loaded = env.root.path().join("loaded-KeyTable");
     let argv = loading_reload(&env, &loaded);
     let mut tally = DkimTally::default();
