@@ -410,6 +410,23 @@ fn requests(log: &str, what: &str) -> usize {
         .count()
 }
 
+/// Pebble's `log` shows two orders and two finalizations, the second
+/// order placed before the first finalization (else `sequential` is the
+/// failure).
+#[track_caller]
+fn assert_two_orders_overlap(log: &str, sequential: &str) {
+    let at = |what: &str| -> Vec<usize> {
+        log.lines()
+            .enumerate()
+            .filter(|(_, l)| l.contains(&format!("{what} -> calling handler()")))
+            .map(|(i, _)| i)
+            .collect()
+    };
+    let (orders, finals) = (at("POST /order-plz"), at("POST /finalize-order/"));
+    assert_eq!((orders.len(), finals.len()), (2, 2), "{log}");
+    assert!(orders[1] < finals[0], "{sequential}\n{log}");
+}
+
 // ---------------------------------------------------------------------------
 // A web server for the webroot test
 // ---------------------------------------------------------------------------
@@ -1172,21 +1189,9 @@ fn two_sources_are_ordered_concurrently_in_one_run() {
 
     // Both orders were placed before either was finalized: not one after
     // the other.
-    let log = acme.pebble_log();
-    let lines: Vec<&str> = log.lines().collect();
-    let at = |what: &str| -> Vec<usize> {
-        lines
-            .iter()
-            .enumerate()
-            .filter(|(_, l)| l.contains(&format!("{what} -> calling handler()")))
-            .map(|(i, _)| i)
-            .collect()
-    };
-    let (orders, finals) = (at("POST /order-plz"), at("POST /finalize-order/"));
-    assert_eq!((orders.len(), finals.len()), (2, 2), "{log}");
-    assert!(
-        orders[1] < finals[0],
-        "the second order was placed after the first was finalized: sequential\n{log}"
+    assert_two_orders_overlap(
+        &acme.pebble_log(),
+        "the second order was placed after the first was finalized: sequential",
     );
 }
 
@@ -1791,20 +1796,7 @@ fn dns01_dual_ecdsa_and_rsa_sources_for_the_same_names_both_succeed_and_keep_a_f
     rsa.assert_from_pebble(&acme, "rsa");
 
     // The orders ran at once: both placed before either was finalized.
-    let log = acme.pebble_log();
-    let at = |what: &str| -> Vec<usize> {
-        log.lines()
-            .enumerate()
-            .filter(|(_, l)| l.contains(&format!("{what} -> calling handler()")))
-            .map(|(i, _)| i)
-            .collect()
-    };
-    let (orders, finals) = (at("POST /order-plz"), at("POST /finalize-order/"));
-    assert_eq!((orders.len(), finals.len()), (2, 2), "{log}");
-    assert!(
-        orders[1] < finals[0],
-        "the orders ran one after the other\n{log}"
-    );
+    assert_two_orders_overlap(&acme.pebble_log(), "the orders ran one after the other");
 
     // Only the orders' own values are gone.
     for name in challenge_names {
