@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use bind::Bind;
 use common::dkim_tools::{
     DEADLINE, DKIMPY, Dkimpy, OPENDKIM, OPENDKIM_TESTKEY, OpenDkim, PERL, POSTFIX, RSPAMD, Rspamd,
-    SmtpSink, describe, message, mx, opendkim_testkey, record_of_key_file, setup, smtp_send,
-    testkey_conf, write_dkim_config,
+    SmtpSink, describe, message, mx, opendkim_testkey, record_of_key_file, rsa_key_file, setup,
+    smtp_send, testkey_conf, write_dkim_config,
 };
 use common::servers::{prog, run_ok};
 use serde_json::Value;
@@ -639,17 +639,7 @@ fn opendkim_testkey_finds_the_record_matching_the_key() {
 
     // The tool really compares: another key against this record fails.
     let other = work.join("other.pem");
-    let mut c = Command::new(prog("openssl"));
-    c.args([
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-    ])
-    .arg(&other);
-    run_ok(c);
+    rsa_key_file(&other, 2048);
     let (ok, out) = opendkim_testkey(&conf, DOMAIN, &k.selector, &other);
     assert!(!ok, "a foreign key must not match:\n{out}");
     assert!(out.contains("do not match"), "{out}");
@@ -1177,17 +1167,7 @@ fn records_are_zone_file_lines_split_at_255_that_named_accepts() {
 
 /// An RSA key made by openssl (PKCS#8 PEM) and the record publishing it.
 fn openssl_key(path: &Path) -> String {
-    let mut c = Command::new(prog("openssl"));
-    c.args([
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-    ])
-    .arg(path);
-    run_ok(c);
+    rsa_key_file(path, 2048);
     record_of_key_file(path)
 }
 
@@ -1937,17 +1917,7 @@ fn rsa_1024_is_refused_in_the_configuration_but_an_rsa_1024_key_is_imported() {
 
     let config = write_config(&bind, &work, "lead = \"1h\"\n");
     let legacy = work.join("legacy1024.pem");
-    let mut c = Command::new(prog("openssl"));
-    c.args([
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:1024",
-        "-out",
-    ])
-    .arg(&legacy);
-    run_ok(c);
+    rsa_key_file(&legacy, 1024);
     let record = record_of_key_file(&legacy);
     // The same key in PKCS#1 form ("BEGIN RSA PRIVATE KEY", as older
     // opendkim-genkey writes), then in PKCS#8 under a second selector.

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use bind::Bind;
-use common::dkim_tools::{self, describe, mx, write_dkim_config};
+use common::dkim_tools::{self, describe, mx, rsa_key_file, write_dkim_config};
 use common::servers::{Need, open_dir, output_within, prog, run_ok};
 
 const DOMAIN: &str = "example.test";
@@ -290,19 +290,7 @@ fn import_refuses_a_selector_that_is_not_a_dns_label_and_writes_nothing() {
     };
     let config = write_config(&bind, &work);
     let pem = work.join("import.pem");
-    run_ok({
-        let mut c = Command::new(prog("openssl"));
-        c.args([
-            "genpkey",
-            "-algorithm",
-            "RSA",
-            "-pkeyopt",
-            "rsa_keygen_bits:2048",
-            "-out",
-        ])
-        .arg(&pem);
-        c
-    });
+    rsa_key_file(&pem, 2048);
     let before = snapshot(&work);
     for selector in ["../x", "a b", "-a", "a-", "", &"a".repeat(64)] {
         let out = mx(

@@ -125,6 +125,22 @@ pub fn describe(out: &Output) -> String {
 // Records, computed by openssl from a key file
 // ---------------------------------------------------------------------------
 
+/// Writes a new RSA private key of `bits` bits to `path` (PKCS#8 PEM), made
+/// by `openssl genpkey`, not by mxkeys.
+pub fn rsa_key_file(path: &Path, bits: u32) {
+    let mut c = Command::new(prog("openssl"));
+    c.args([
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        &format!("rsa_keygen_bits:{bits}"),
+        "-out",
+    ])
+    .arg(path);
+    run_ok(c);
+}
+
 /// The DKIM record value that publishes the private key in `file`,
 /// computed without mxkeys' code: RSA `p=` is the SubjectPublicKeyInfo
 /// from `openssl pkey`; Ed25519 `p=` the raw 32-byte public key (RFC
