@@ -21,8 +21,8 @@ use std::time::{Duration, Instant};
 use bind::Bind;
 use common::dkim_tools::{
     DEADLINE, DKIMPY, Dkimpy, OPENDKIM, OPENDKIM_TESTKEY, OpenDkim, PERL, POSTFIX, RSPAMD, Rspamd,
-    SmtpSink, describe, message, mx, opendkim_testkey, record_of_key_file, rsa_key_file, setup,
-    smtp_send, testkey_conf, write_dkim_config,
+    SmtpSink, describe, message, mx, mx_ok, opendkim_testkey, record_of_key_file, rsa_key_file,
+    setup, smtp_send, testkey_conf, write_dkim_config,
 };
 use common::servers::{prog, run_ok};
 use serde_json::Value;
@@ -69,18 +69,6 @@ fn import_args<'a>(selector: &'a str, file: &'a Path) -> [&'a str; 7] {
         selector,
         file.to_str().unwrap(),
     ]
-}
-
-/// `mxkeys ARGS` that must exit 0; its stdout.
-#[track_caller]
-fn mx_ok(config: &Path, args: &[&str]) -> String {
-    let out = mx(config, args);
-    assert!(
-        out.status.success(),
-        "mxkeys {args:?} failed:\n{}",
-        describe(&out)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 fn today() -> String {

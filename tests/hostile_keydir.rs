@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use bind::Bind;
-use common::dkim_tools::{self, describe, mx, rsa_key_file, write_dkim_config};
+use common::dkim_tools::{self, describe, mx, mx_ok, rsa_key_file, write_dkim_config};
 use common::servers::{Need, open_dir, output_within, prog, run_ok};
 
 const DOMAIN: &str = "example.test";
@@ -127,8 +127,7 @@ fn key_dir_created_by_mxkeys_stays_root_owned_and_the_domain_directory_is_the_si
         return;
     };
     let config = write_config(&bind, &work);
-    let out = mx(&config, &["dkim", "rotate"]);
-    assert!(out.status.success(), "{}", describe(&out));
+    mx_ok(&config, &["dkim", "rotate"]);
     let signer = nix::unistd::User::from_name(SIGNER).unwrap().unwrap();
     let key_dir = std::fs::symlink_metadata(work.join("keys")).unwrap();
     assert_eq!(
@@ -169,8 +168,7 @@ fn signer_user_swapping_its_key_directory_for_a_link_gains_nothing() {
     };
     let config = write_config(&bind, &work);
     let etc = etc_like(&work);
-    let out = mx(&config, &["dkim", "rotate"]);
-    assert!(out.status.success(), "{}", describe(&out));
+    mx_ok(&config, &["dkim", "rotate"]);
     let key_dir = work.join("keys");
     let domain_dir = key_dir.join(DOMAIN);
     let before = snapshot(&etc);
@@ -211,8 +209,7 @@ fn a_link_in_place_of_a_key_directory_is_an_error_naming_it_and_nothing_outside_
     };
     let config = write_config(&bind, &work);
     let etc = etc_like(&work);
-    let out = mx(&config, &["dkim", "rotate"]);
-    assert!(out.status.success(), "{}", describe(&out));
+    mx_ok(&config, &["dkim", "rotate"]);
     let key_dir = work.join("keys");
     let domain_dir = key_dir.join(DOMAIN);
     std::fs::rename(&domain_dir, key_dir.join("x")).unwrap();
@@ -334,8 +331,7 @@ fn a_fifo_in_place_of_a_key_file_is_refused_not_read() {
         &work,
         "signer = \"rspamd\"\nalgorithms = [\"rsa-2048\", \"ed25519\"]\n",
     );
-    let out = mx(&config, &["dkim", "rotate"]);
-    assert!(out.status.success(), "{}", describe(&out));
+    mx_ok(&config, &["dkim", "rotate"]);
     let domain_dir = work.join("keys").join(DOMAIN);
     let ed = std::fs::read_dir(&domain_dir)
         .unwrap()

@@ -111,6 +111,18 @@ pub fn mx(config: &Path, args: &[&str]) -> Output {
     out
 }
 
+/// `mxkeys --config CONFIG ARGS` that must exit 0; its stdout.
+#[track_caller]
+pub fn mx_ok(config: &Path, args: &[&str]) -> String {
+    let out = mx(config, args);
+    assert!(
+        out.status.success(),
+        "mxkeys {args:?} failed:\n{}",
+        describe(&out)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// A run's exit code, stdout and stderr, for assertion messages.
 pub fn describe(out: &Output) -> String {
     format!(
