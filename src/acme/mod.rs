@@ -162,6 +162,15 @@ fn order_key_path(source: &AcmeSource) -> PathBuf {
     source.dir.join("order-key.pem")
 }
 
+/// Forgets a recorded order and saves the state at once (a resume that
+/// gives up stores nothing else).
+fn forget_order_for_good(source: &AcmeSource, state: &mut SourceState) {
+    forget_order(source, state);
+    if let Err(e) = state.save(source) {
+        tracing::warn!("acme source {}: {e}", source.name);
+    }
+}
+
 fn forget_order(source: &AcmeSource, state: &mut SourceState) {
     state.pending_order = None;
     let path = order_key_path(source);
@@ -626,10 +635,7 @@ async fn resume(config: &Config, account: &instant_acme::Account, w: &mut Work<'
             source.name,
             pending.url
         );
-        forget_order(source, &mut w.state);
-        if let Err(e) = w.state.save(source) {
-            tracing::warn!("acme source {}: {e}", source.name);
-        }
+        forget_order_for_good(source, &mut w.state);
         return;
     };
     let (result, retry_after) =
@@ -650,10 +656,7 @@ async fn resume(config: &Config, account: &instant_acme::Account, w: &mut Work<'
                 source.name,
                 pending.url
             );
-            forget_order(source, &mut w.state);
-            if let Err(e) = w.state.save(source) {
-                tracing::warn!("acme source {}: {e}", source.name);
-            }
+            forget_order_for_good(source, &mut w.state);
         }
         Err(e) => {
             let next = w.state.failed(&e, retry_after, now);
