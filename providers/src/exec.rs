@@ -42,6 +42,8 @@ const DEFAULT_TTL: u32 = 300;
 /// Values this process added to a set (name, type), and their TTL.
 type Added = HashMap<(String, RecordType), (u32, Vec<RData>)>;
 
+/// A record store that runs a program the user names for every read and
+/// write (the provider for DNS hosts mxkeys has no API client for).
 #[derive(Debug, Clone)]
 pub struct Exec {
     argv: Vec<String>,
@@ -65,6 +67,8 @@ impl Exec {
         })
     }
 
+    /// How long one run of the program may take before it is killed and
+    /// the call fails (default 120 s).
     pub fn with_timeout(mut self, timeout: Duration) -> Exec {
         self.timeout = timeout;
         self

@@ -17,6 +17,8 @@
 //! answers exactly the expected set, or a set containing the expected
 //! values.
 
+#![deny(missing_docs)]
+
 pub mod cloudflare;
 pub mod exec;
 pub mod manual;
@@ -32,8 +34,12 @@ use std::sync::{Arc, Mutex};
 /// A record type mxkeys writes. TXT first; the others fit the same trait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum RecordType {
+    /// Text: ACME DNS-01 challenges and DKIM public keys.
     Txt,
+    /// DANE certificate association (RFC 6698), for the mail server's TLS keys.
     Tlsa,
+    /// An alias, followed by the propagation check when it meets one on the
+    /// way to the expected set (delegated `_acme-challenge` names).
     Cname,
 }
 
@@ -54,9 +60,14 @@ pub enum RData {
     Txt(String),
     /// DANE TLSA (RFC 6698).
     Tlsa {
+        /// Certificate usage: which certificate of the chain is matched
+        /// (3 = DANE-EE, the server's own).
         usage: u8,
+        /// Whether the whole certificate (0) or its public key (1) is matched.
         selector: u8,
+        /// How `data` was made: 0 exact bytes, 1 SHA-256, 2 SHA-512.
         matching: u8,
+        /// The association data: the selected bytes, or their digest.
         data: Vec<u8>,
     },
     /// The target name, absolute, without the trailing dot.
@@ -64,6 +75,8 @@ pub enum RData {
 }
 
 impl RData {
+    /// The type a set of this value has: every value given to one write
+    /// must match the type asked for.
     pub fn record_type(&self) -> RecordType {
         match self {
             RData::Txt(_) => RecordType::Txt,
@@ -98,6 +111,8 @@ impl fmt::Display for RData {
 pub enum Change {
     /// The set already was as asked: nothing was written.
     Unchanged,
+    /// The store was asked to change the set (replaced, values added or
+    /// removed).
     Changed,
 }
 

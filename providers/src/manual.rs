@@ -27,6 +27,7 @@ impl Default for Manual {
 }
 
 impl Manual {
+    /// Prints to `out` instead of stdout (the tests read what was asked).
     pub fn new(out: impl Write + Send + 'static) -> Manual {
         Manual {
             out: Arc::new(Mutex::new(out)),

@@ -102,6 +102,7 @@ impl Default for Propagation {
 /// One server that answered as expected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerAnswer {
+    /// The authoritative server's address, as it was asked.
     pub server: SocketAddr,
     /// The name asked at this server: the name given to [`Propagation::wait`],
     /// or a CNAME target on the way.

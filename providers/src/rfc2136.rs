@@ -52,9 +52,12 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(6);
 /// and hickory implements).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TsigAlgorithm {
+    /// HMAC-SHA256: `tsig-keygen`'s default, and ours.
     #[default]
     HmacSha256,
+    /// HMAC-SHA384.
     HmacSha384,
+    /// HMAC-SHA512.
     HmacSha512,
 }
 
@@ -106,6 +109,8 @@ pub struct Rfc2136Config {
     pub zone: Option<String>,
     /// The key's name, as in BIND's `key "NAME" { ... }`.
     pub tsig_name: String,
+    /// The key's algorithm, as in BIND's `algorithm` line; it must be the one
+    /// the server has for `tsig_name`.
     pub tsig_algorithm: TsigAlgorithm,
     /// The key's secret, decoded from the base64 in BIND's key file.
     pub tsig_secret: Vec<u8>,
@@ -147,6 +152,7 @@ impl fmt::Debug for Rfc2136 {
 }
 
 impl Rfc2136 {
+    /// Checks the key's name, secret and the zone name; contacts no server.
     pub fn new(config: Rfc2136Config) -> Result<Rfc2136, Error> {
         let key_name = crate::canonical_name(&config.tsig_name);
         if key_name.is_empty() {
@@ -192,6 +198,7 @@ impl Rfc2136 {
         self
     }
 
+    /// Where updates go: the zone's primary, as configured.
     pub fn server(&self) -> SocketAddr {
         self.server
     }
