@@ -198,11 +198,6 @@ impl Rfc2136 {
         self
     }
 
-    /// Where updates go: the zone's primary, as configured.
-    pub fn server(&self) -> SocketAddr {
-        self.server
-    }
-
     /// The zone `name` is updated in: the configured zone, or the one the
     /// server says holds `name` (the owner of the SOA it answers for the
     /// name or one of its parents).
