@@ -35,6 +35,7 @@ import sys
 import time
 import urllib.request
 
+sys.dont_write_bytecode = True  # no __pycache__ in bench/
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from reload_latency import NAME, Reloads, acme_json, make_certs, pct, sh, write_archive  # noqa: E402
 
