@@ -8,23 +8,23 @@
 //! working directory.
 //!
 //! Raw input is kept apart from validated settings (as ripgrep does):
-//! [`raw`] holds the serde shapes, one module per section validates its
+//! `raw` holds the serde shapes, one module per section validates its
 //! part (`source`, `target`, `acme`, `dns`, `dkim`, `daemon`; `env` builds
-//! the text of container mode), and [`value`] the parsers they share.
+//! the text of container mode), and `value` the parsers they share.
 //! [`Config::parse`] is pure: the facts of the machine it needs (the
 //! working directory, the host name) come in as a [`Host`].
 
 use std::path::{Path, PathBuf};
 
-pub mod acme;
-pub mod daemon;
-pub mod dkim;
-pub mod dns;
+mod acme;
+mod daemon;
+mod dkim;
+mod dns;
 pub mod env;
 mod raw;
-pub mod source;
-pub mod target;
-pub mod value;
+mod source;
+mod target;
+mod value;
 
 pub use self::acme::{
     AcmeAccount, AcmeKeyType, AcmeSource, Challenge, LETSENCRYPT, LETSENCRYPT_STAGING,
@@ -34,9 +34,7 @@ pub use self::dkim::{Dkim, Signer};
 pub use self::dns::{DnsKind, DnsProvider};
 pub use self::source::{SourceConfig, SourceKind};
 pub use self::target::{FileRole, Slot, Target, TargetFiles, Verify, VerifyProtocol};
-pub use self::value::{
-    KeyError, Reload, Secret, SecretError, ValueError, parse_signal, selector_label, shell_words,
-};
+pub use self::value::{Reload, Secret, SecretError, ValueError, selector_label};
 pub use crate::cert::KeyTypeFilter;
 pub use crate::dkim::machine::DkimAlgorithm;
 
@@ -171,7 +169,6 @@ const ENV_PATH: &str = "(environment)";
 pub struct Config {
     /// Where the configuration was read from.
     pub path: PathBuf,
-    pub hostname: Option<DnsName>,
     pub state_dir: PathBuf,
     pub sources: Vec<SourceConfig>,
     pub targets: Vec<Target>,
@@ -264,7 +261,6 @@ impl Config {
         target::check_overlaps(&targets, &state_dir, dkim.as_ref(), &ctx)?;
         Ok(Config {
             path: path.to_owned(),
-            hostname,
             state_dir,
             sources,
             targets,

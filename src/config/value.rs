@@ -82,7 +82,7 @@ pub(super) fn key_mode(s: Option<&str>) -> Result<u32, ValueError> {
 }
 
 /// Parses a signal name: `HUP`, `SIGHUP`, `usr1`...
-pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, ValueError> {
+fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal, ValueError> {
     let upper = s.trim().to_ascii_uppercase();
     let name = if upper.starts_with("SIG") {
         upper
@@ -207,7 +207,7 @@ pub(super) fn reloads(
 }
 
 /// An argv as a person would type it, for messages.
-pub fn shell_words(argv: &[String]) -> String {
+fn shell_words(argv: &[String]) -> String {
     argv.iter()
         .map(|a| {
             let plain = !a.is_empty()
