@@ -193,7 +193,7 @@ impl Config {
 
 /// What every section validator shares: the file messages name, and the
 /// directory relative paths are resolved against.
-pub(crate) struct Context<'a> {
+struct Context<'a> {
     path: &'a Path,
     base: PathBuf,
 }
@@ -201,7 +201,7 @@ pub(crate) struct Context<'a> {
 impl Context<'_> {
     /// An absolute path, `.` and `..` removed, so watches and messages do
     /// not depend on the working directory.
-    pub(crate) fn abs(&self, p: &Path) -> PathBuf {
+    fn abs(&self, p: &Path) -> PathBuf {
         if p.is_absolute() {
             value::normalize(p)
         } else {
@@ -210,7 +210,7 @@ impl Context<'_> {
     }
 
     /// The one-line error naming the file.
-    pub(crate) fn error(&self, message: impl std::fmt::Display) -> ConfigError {
+    fn error(&self, message: impl std::fmt::Display) -> ConfigError {
         ConfigError {
             path: self.path.to_owned(),
             message: message.to_string(),
@@ -273,24 +273,24 @@ impl Config {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
     use std::time::Duration;
 
     /// The machine the unit tests read configurations on: a working
     /// directory and a host name that are nobody's real ones.
-    pub(crate) fn host() -> Host {
+    pub(super) fn host() -> Host {
         Host {
             cwd: PathBuf::from("/srv/cwd"),
             hostname: Some(DnsName::parse("mx.host.test").unwrap()),
         }
     }
 
-    pub(crate) fn parse(text: &str) -> Result<Config, ConfigError> {
+    pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
         Config::parse(Path::new("/etc/mxkeys/test.toml"), text, &host())
     }
 
-    pub(crate) const TARGET: &str = "[[target]]\nname = \"t\"\ndomains = [\"mail.example.com\"]\n";
+    pub(super) const TARGET: &str = "[[target]]\nname = \"t\"\ndomains = [\"mail.example.com\"]\n";
 
     #[test]
     fn minimal_config_gets_defaults_and_absolute_paths() {
