@@ -215,4 +215,22 @@ mod tests {
             assert!(e.contains(needle), "{text:?}: {e}");
         }
     }
+
+    #[test]
+    fn algorithms_keep_the_names_of_the_configuration_and_the_state_file() {
+        for (algorithm, name) in [
+            (DkimAlgorithm::Rsa1024, "rsa-1024"),
+            (DkimAlgorithm::Rsa2048, "rsa-2048"),
+            (DkimAlgorithm::Rsa3072, "rsa-3072"),
+            (DkimAlgorithm::Ed25519, "ed25519"),
+        ] {
+            assert_eq!(algorithm.name(), name);
+            assert_eq!(
+                serde_json::to_string(&algorithm).unwrap(),
+                format!("\"{name}\"")
+            );
+            let back: DkimAlgorithm = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            assert_eq!(back, algorithm);
+        }
+    }
 }

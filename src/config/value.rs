@@ -316,6 +316,84 @@ mod tests {
     }
 
     #[test]
+    fn each_value_error_reads_as_the_message_users_already_know() {
+        fn key<T: std::fmt::Debug>(k: &'static str, r: Result<T, ValueError>) -> String {
+            at(k)(r.unwrap_err()).to_string()
+        }
+        for (got, want) in [
+            (
+                key("mode", parse_mode("0999")),
+                "key `mode`: \"0999\" is not an octal file mode like \"0600\"",
+            ),
+            (
+                key("mode", parse_mode("0644")),
+                "key `mode`: \"0644\" lets every user of the machine read the private key; use 0600 or 0640",
+            ),
+            (
+                key("key_mode", parse_mode("0200")),
+                "key `key_mode`: \"0200\" does not let the owner read the file",
+            ),
+            (
+                key("reload_signal.signal", parse_signal("NOPE")),
+                "key `reload_signal.signal`: \"NOPE\" is not a signal name like \"HUP\" or \"USR1\"",
+            ),
+            (
+                key("server", parse_server("ns.example")),
+                "key `server`: \"ns.example\" is not an IP address with an optional port, like \"192.0.2.1:53\"",
+            ),
+            (
+                key(
+                    "metrics.listen",
+                    parse_listen("localhost", "127.0.0.1:9325"),
+                ),
+                "key `metrics.listen`: \"localhost\" is not an address:port like \"127.0.0.1:9325\"",
+            ),
+            (
+                key("reload", program(&[String::new()])),
+                "key `reload`: an argument list whose first item is the program",
+            ),
+            (
+                key(
+                    "poll_interval",
+                    at_least(Duration::from_millis(10), Duration::from_millis(100)),
+                ),
+                "key `poll_interval`: 10ms is shorter than the minimum 100ms",
+            ),
+            (
+                key("domains", dns_names(&["a b".to_owned()])),
+                "key `domains`: \"a b\": character ' ' is not allowed in a host name",
+            ),
+            (
+                not_empty("owner", Some("")).unwrap_err().to_string(),
+                "key `owner`: must not be empty",
+            ),
+            (
+                selector_label("a_b").unwrap_err().to_string(),
+                "selector \"a_b\": must be one DNS label of 1 to 63 letters, digits and '-' (not at either end)",
+            ),
+        ] {
+            assert_eq!(got, want);
+        }
+    }
+
+    #[test]
+    fn a_secret_error_names_where_never_what() {
+        let dir = std::env::temp_dir().join(format!("mxkeys-secret-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let blank = dir.join("blank");
+        std::fs::write(&blank, " \n").unwrap();
+        let e = Secret::File(blank.clone()).read().unwrap_err();
+        assert_eq!(e, SecretError::Empty(Secret::File(blank.clone())));
+        assert_eq!(e.to_string(), format!("{} is empty", blank.display()));
+        let missing = Secret::Env("MXKEYS_TEST_UNSET_SECRET_VARIABLE".to_owned());
+        assert_eq!(
+            missing.read().unwrap_err().to_string(),
+            "environment variable MXKEYS_TEST_UNSET_SECRET_VARIABLE is not set"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn a_selector_is_one_dns_label_and_nothing_else() {
         let long = "a".repeat(63);
         let too_long = "a".repeat(64);
