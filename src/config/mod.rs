@@ -243,6 +243,8 @@ impl Config {
                 .as_deref()
                 .unwrap_or(Path::new(DEFAULT_STATE_DIR)),
         );
+        // The daemon's keys are read while `raw` is whole, but their error
+        // is reported after the sources' and targets', as it always was.
         let daemon = daemon::daemon(&raw, &ctx);
         let sources = source::sources(raw.sources, &state_dir, &ctx)?;
         let targets = target::targets(
