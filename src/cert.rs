@@ -51,6 +51,25 @@ impl KeyType {
     }
 }
 
+/// Which key algorithms a target accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KeyTypeFilter {
+    Rsa,
+    Ecdsa,
+    #[default]
+    Any,
+}
+
+impl KeyTypeFilter {
+    pub fn accepts(self, key_type: KeyType) -> bool {
+        match self {
+            KeyTypeFilter::Rsa => key_type.is_rsa(),
+            KeyTypeFilter::Ecdsa => key_type.is_ecdsa(),
+            KeyTypeFilter::Any => key_type != KeyType::Other,
+        }
+    }
+}
+
 impl fmt::Display for KeyType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

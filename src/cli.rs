@@ -147,7 +147,7 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
     let loaded = ConfigSource::choose(&cli.config).and_then(|source| {
-        let config = source.load()?;
+        let config = source.load(&config::Host::current())?;
         Ok((source, config))
     });
     let (source, config) = match loaded {

@@ -13,8 +13,7 @@
 
 use std::fmt;
 
-use crate::cert::{Bundle, CertError, KeyType, Timeliness};
-use crate::config::KeyTypeFilter;
+use crate::cert::{Bundle, CertError, KeyType, KeyTypeFilter, Timeliness};
 use crate::names::{self, DnsName};
 use crate::source::Candidate;
 

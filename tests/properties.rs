@@ -28,7 +28,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use common::{Ca, KeyFormat, KeyKind, LeafSpec, pem_block};
 use mxkeys::cert::{self as mx, Bundle, PrivateKey};
-use mxkeys::config::Config;
+use mxkeys::config::{Config, Host};
 use mxkeys::source::{Persist, read_all};
 use proptest::prelude::*;
 use proptest::test_runner::Config as PtConfig;
@@ -116,8 +116,9 @@ impl World {
             "{head}\n{}\n{target}",
             common::src_files(&dir.join("cert.pem"), &dir.join("key.pem"), None)
         );
-        let acme_config = Config::parse(&cfg, &acme_text).expect("acme config");
-        let files_config = Config::parse(&cfg, &files_text).expect("files config");
+        let host = Host::current();
+        let acme_config = Config::parse(&cfg, &acme_text, &host).expect("acme config");
+        let files_config = Config::parse(&cfg, &files_text, &host).expect("files config");
         World {
             _tmp: tmp,
             dir,
@@ -622,7 +623,7 @@ proptest! {
             ], 0..8).prop_map(|parts| parts.concat()),
         ],
     ) {
-        let _ = Config::parse(Path::new("/nonexistent/mxkeys.toml"), &text);
+        let _ = Config::parse(Path::new("/nonexistent/mxkeys.toml"), &text, &Host::current());
     }
 }
 

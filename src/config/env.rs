@@ -87,13 +87,29 @@ pub const VARIABLES: &[(&str, &str)] = &[
 /// Default acme.json location of the mail containers' Traefik setups.
 const DEFAULT_ACME_FILE: &str = "/acme/acme.json";
 
+/// Why the environment does not make a configuration. Displayed as the
+/// message of the configuration error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvError {
+    #[error("SSL_TYPE=manual needs {0}")]
+    ManualNeeds(&'static str),
+    #[error("SSL_ALT_CERT_PATH and SSL_ALT_KEY_PATH go together")]
+    AltHalf,
+    #[error("SSL_TYPE={0:?} is not one mxkeys reads (letsencrypt, manual, self-signed)")]
+    UnknownSslType(String),
+    #[error("no source: set ACME_FILE, mount {DEFAULT_ACME_FILE}, or set SSL_TYPE")]
+    NoSource,
+    #[error("{0}")]
+    Toml(String),
+}
+
 /// Builds configuration TOML from the environment `get`, or `None` when
 /// nothing in it asks for mxkeys (no relevant variable, no
 /// /acme/acme.json). `exists` tells whether a path exists (tests replace it).
 pub fn toml_from(
     raw_get: &dyn Fn(&str) -> Option<String>,
     exists: &dyn Fn(&Path) -> bool,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, EnvError> {
     let get = |k: &str| raw_get(k).filter(|v| !v.trim().is_empty());
     let configured = VARIABLES
         .iter()
@@ -151,7 +167,7 @@ pub fn toml_from(
             ]));
         }
         Some("manual") => {
-            let need = |k: &str| get(k).ok_or_else(|| format!("SSL_TYPE=manual needs {k}"));
+            let need = |k: &'static str| get(k).ok_or(EnvError::ManualNeeds(k));
             sources.push(source(&[
                 ("type", "files"),
                 ("name", "manual"),
@@ -169,20 +185,16 @@ pub fn toml_from(
                     ]));
                 }
                 (None, None) => {}
-                _ => return Err("SSL_ALT_CERT_PATH and SSL_ALT_KEY_PATH go together".to_owned()),
+                _ => return Err(EnvError::AltHalf),
             }
         }
         Some("self-signed") => sources.push(source(&[("type", "self-signed")])),
         Some(other) => {
-            return Err(format!(
-                "SSL_TYPE={other:?} is not one mxkeys reads (letsencrypt, manual, self-signed)"
-            ));
+            return Err(EnvError::UnknownSslType(other.to_owned()));
         }
     }
     if sources.is_empty() {
-        return Err(format!(
-            "no source: set ACME_FILE, mount {DEFAULT_ACME_FILE}, or set SSL_TYPE"
-        ));
+        return Err(EnvError::NoSource);
     }
     root.insert("source".into(), Value::Array(sources));
 
@@ -262,7 +274,9 @@ pub fn toml_from(
         )));
     }
     root.insert("target".into(), Value::Array(targets));
-    toml::to_string(&root).map(Some).map_err(|e| e.to_string())
+    toml::to_string(&root)
+        .map(Some)
+        .map_err(|e| EnvError::Toml(e.to_string()))
 }
 
 /// The search path `sh` uses when PATH is not set (dash's and busybox's).
@@ -285,7 +299,7 @@ mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn build(vars: &[(&str, &str)], acme_exists: bool) -> Result<Option<String>, String> {
+    fn build(vars: &[(&str, &str)], acme_exists: bool) -> Result<Option<String>, EnvError> {
         let map: HashMap<String, String> = vars
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -297,7 +311,12 @@ mod tests {
     }
 
     fn parse(text: &str) -> super::super::Config {
-        super::super::Config::parse(Path::new("(environment)"), text).unwrap()
+        super::super::Config::parse(
+            Path::new("(environment)"),
+            text,
+            &super::super::tests::host(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -435,9 +454,13 @@ mod tests {
 
     #[test]
     fn bad_combinations_are_explained() {
-        let e = build(&[("SSL_TYPE", "manual")], false).unwrap_err();
+        let e = build(&[("SSL_TYPE", "manual")], false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("SSL_CERT_PATH"), "{e}");
-        let e = build(&[("SSL_TYPE", "snakeoil")], false).unwrap_err();
+        let e = build(&[("SSL_TYPE", "snakeoil")], false)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("snakeoil"), "{e}");
     }
 }

@@ -177,7 +177,7 @@ impl Daemon {
     /// reconcile task says READY once it has applied it.
     fn reload_config(&mut self, tasks: &channel::Sender<Arc<Config>>) {
         notify_reloading();
-        match self.source.load() {
+        match self.source.load(&crate::config::Host::current()) {
             Ok(new) => {
                 if new.daemon.metrics_listen != self.config.daemon.metrics_listen {
                     tracing::warn!("metrics.listen changed: restart mxkeys to apply it");

@@ -313,6 +313,7 @@ mod tests {
         let c = Config::parse(
             Path::new("/etc/mxkeys/m.toml"),
             "[[source]]\ntype = \"traefik\"\npath = \"/acme/acme.json\"\n[[source]]\ntype = \"lego\"\npath = \"/nonexistent/lego\"\n",
+            &crate::config::Host::current(),
         )
         .unwrap();
         let s = specs(&c);

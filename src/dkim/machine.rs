@@ -33,7 +33,39 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::DkimAlgorithm;
+/// A DKIM signing algorithm and key size. Serialized into the state file
+/// and written in `[dkim] algorithms` by these names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+pub enum DkimAlgorithm {
+    #[serde(rename = "rsa-1024")]
+    Rsa1024,
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
+    #[serde(rename = "rsa-3072")]
+    Rsa3072,
+    #[serde(rename = "ed25519")]
+    Ed25519,
+}
+
+impl DkimAlgorithm {
+    pub fn is_rsa(self) -> bool {
+        !matches!(self, DkimAlgorithm::Ed25519)
+    }
+
+    /// `{alg}` in selector templates.
+    pub fn letter(self) -> &'static str {
+        if self.is_rsa() { "r" } else { "e" }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DkimAlgorithm::Rsa1024 => "rsa-1024",
+            DkimAlgorithm::Rsa2048 => "rsa-2048",
+            DkimAlgorithm::Rsa3072 => "rsa-3072",
+            DkimAlgorithm::Ed25519 => "ed25519",
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

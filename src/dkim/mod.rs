@@ -775,7 +775,7 @@ pub async fn import(
         return Err(format!("{domain} is not one of [dkim] domains"));
     }
     // It goes into file paths and the signer's configuration.
-    crate::config::selector_label(selector)?;
+    crate::config::selector_label(selector).map_err(|e| e.to_string())?;
     let pem = zeroize::Zeroizing::new(
         std::fs::read_to_string(file)
             .map_err(|e| format!("{}: {}", file.display(), crate::source::io_reason(&e)))?,

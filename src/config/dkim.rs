@@ -1,0 +1,236 @@
+//! The `[dkim]` table: which keys to keep, how to rotate them, where the
+//! signer reads them.
+//!
+//! Pure. Rules: at least one RSA algorithm (Ed25519 alone is not verified
+//! by large receivers), one RSA size at a time, none that cannot be
+//! generated, a selector template that gives one DNS label, a DNS provider
+//! that exists (or "manual"). The key life cycle itself is
+//! `crate::dkim::machine`, which owns [`DkimAlgorithm`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::dns::DnsProvider;
+use super::raw::RawDkim;
+use super::value::{Reload, at, dns_names, key_mode, reloads, selector_label};
+use super::{ConfigError, Context, target::DEFAULT_RELOAD_TIMEOUT};
+use crate::dkim::machine::DkimAlgorithm;
+use crate::names::DnsName;
+
+/// The `[dkim]` table: which keys to keep, how to rotate them, where the
+/// signer reads them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dkim {
+    pub domains: Vec<DnsName>,
+    pub algorithms: Vec<DkimAlgorithm>,
+    /// Selector template: `{alg}` (r/e), `{date}` (YYYYMMDD), `{n}`.
+    pub selector: String,
+    pub key_dir: PathBuf,
+    /// A `[dns.NAME]` provider, or "manual".
+    pub dns: String,
+    pub ttl: u32,
+    pub rotate_every: Duration,
+    pub lead: Duration,
+    pub drain: Duration,
+    pub revoke_hold: Duration,
+    /// After a signer reload, how long sessions it accepted before may
+    /// still sign with a key it dropped: `p=` waits this long.
+    pub revoke_settle: Duration,
+    pub signer: Signer,
+    pub signer_dir: PathBuf,
+    pub key_owner: Option<String>,
+    pub key_group: Option<String>,
+    pub key_mode: u32,
+    pub reload: Vec<Reload>,
+    pub reload_timeout: Duration,
+}
+
+/// Which signer's configuration mxkeys writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Signer {
+    Opendkim,
+    Rspamd,
+    Amavis,
+}
+
+impl Signer {
+    /// The files mxkeys writes in `signer_dir` for this signer.
+    pub fn files(self) -> &'static [&'static str] {
+        match self {
+            Signer::Opendkim => &["KeyTable", "SigningTable"],
+            Signer::Rspamd => &["dkim_signing.conf"],
+            Signer::Amavis => &["dkim_keys.conf"],
+        }
+    }
+}
+
+const fn days(d: u64) -> Duration {
+    Duration::from_secs(d * 86_400)
+}
+
+/// Validates the `[dkim]` table; `dns` holds the validated providers.
+pub(super) fn dkim(
+    raw: RawDkim,
+    state_dir: &Path,
+    dns: &BTreeMap<String, DnsProvider>,
+    ctx: &Context,
+) -> Result<Dkim, ConfigError> {
+    let fail = |m: &dyn std::fmt::Display| ctx.error(format_args!("[dkim]: {m}"));
+    if raw.domains.is_empty() {
+        return Err(fail(&"key `domains`: at least one domain"));
+    }
+    let domains = dns_names(&raw.domains).map_err(|e| fail(&at("domains")(e)))?;
+    if let Some(w) = domains.iter().find(|d| d.is_wildcard()) {
+        return Err(fail(&format_args!(
+            "key `domains`: {w}: DKIM domains cannot be wildcards"
+        )));
+    }
+    let mut algorithms = raw
+        .algorithms
+        .unwrap_or_else(|| vec![DkimAlgorithm::Rsa2048]);
+    algorithms.sort();
+    algorithms.dedup();
+    if algorithms.is_empty() {
+        return Err(fail(&"key `algorithms`: at least one"));
+    }
+    if !algorithms.iter().any(|a| a.is_rsa()) {
+        return Err(fail(
+            &"key `algorithms`: Ed25519 alone is refused: large receivers still do not verify it (RFC 8463); add \"rsa-2048\"",
+        ));
+    }
+    if algorithms.contains(&DkimAlgorithm::Rsa1024) {
+        return Err(fail(
+            &"key `algorithms`: \"rsa-1024\" cannot be generated (aws-lc-rs makes RSA keys of 2048 bits or more; RFC 8301 recommends 2048): use \"rsa-2048\" (an existing rsa-1024 key can still be adopted with `mxkeys dkim import`)",
+        ));
+    }
+    if algorithms.iter().filter(|a| a.is_rsa()).count() > 1 {
+        return Err(fail(&"key `algorithms`: one RSA size at a time"));
+    }
+    if raw.signer == Signer::Amavis && algorithms.contains(&DkimAlgorithm::Ed25519) {
+        return Err(fail(
+            &"amavis signs with RSA only: remove \"ed25519\" or use opendkim or rspamd",
+        ));
+    }
+    let selector = raw.selector.unwrap_or_else(|| "{alg}{date}".to_owned());
+    let sample = selector
+        .replace("{alg}", "r")
+        .replace("{date}", "20260101")
+        .replace("{n}", "1");
+    if selector_label(&sample).is_err() {
+        return Err(fail(&format_args!(
+            "key `selector`: {selector:?} must give a DNS label of letters, digits and '-' ({{alg}}, {{date}}, {{n}} are replaced)"
+        )));
+    }
+    if !dns.contains_key(&raw.dns) && raw.dns != "manual" {
+        return Err(fail(&format_args!(
+            "key `dns`: no [dns.{}] table (or \"manual\")",
+            raw.dns
+        )));
+    }
+    let rotate_every = raw.rotate_every.unwrap_or(days(90));
+    if rotate_every < Duration::from_secs(60) {
+        return Err(fail(&"key `rotate_every`: at least 1m"));
+    }
+    let key_mode = key_mode(raw.key_mode.as_deref()).map_err(|e| fail(&at("key_mode")(e)))?;
+    let reload = reloads(raw.reload, raw.reload_signal, &|p| ctx.abs(p)).map_err(|e| fail(&e))?;
+    Ok(Dkim {
+        domains,
+        algorithms,
+        selector,
+        key_dir: raw
+            .key_dir
+            .as_deref()
+            .map(|p| ctx.abs(p))
+            .unwrap_or_else(|| state_dir.join("dkim")),
+        dns: raw.dns,
+        ttl: raw.ttl.unwrap_or(300),
+        rotate_every,
+        lead: raw.lead.unwrap_or(Duration::from_secs(48 * 3600)),
+        drain: raw.drain.unwrap_or(days(7)),
+        revoke_hold: raw.revoke_hold.unwrap_or(days(30)),
+        revoke_settle: raw.revoke_settle.unwrap_or(Duration::from_secs(5)),
+        signer: raw.signer,
+        signer_dir: ctx.abs(&raw.signer_dir),
+        key_owner: raw.key_owner,
+        key_group: raw.key_group,
+        key_mode,
+        reload,
+        reload_timeout: raw.reload_timeout.unwrap_or(DEFAULT_RELOAD_TIMEOUT),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::parse;
+    use super::DkimAlgorithm;
+    use std::path::PathBuf;
+    use std::time::Duration;
+    #[test]
+    fn dkim_table() {
+        let c = parse(
+            "[dns.cf]\ntype = \"cloudflare\"\napi_token_env = \"T\"\n[dkim]\ndomains = [\"example.com\", \"example.org\"]\nalgorithms = [\"ed25519\", \"rsa-2048\"]\ndns = \"cf\"\nlead = \"0s\"\nsigner = \"opendkim\"\nsigner_dir = \"/etc/opendkim\"\nreload = [\"sh\", \"-c\", \"kill -USR1 1\"]\n",
+        )
+        .unwrap();
+        let d = c.dkim.unwrap();
+        assert_eq!(
+            d.algorithms,
+            vec![DkimAlgorithm::Rsa2048, DkimAlgorithm::Ed25519]
+        );
+        assert_eq!(d.selector, "{alg}{date}");
+        assert_eq!(d.lead, Duration::ZERO);
+        assert_eq!(d.rotate_every, Duration::from_secs(90 * 86_400));
+        assert_eq!(d.key_dir, PathBuf::from("/var/lib/mxkeys/dkim"));
+        for (text, needle) in [
+            (
+                "algorithms = [\"ed25519\"]\nsigner = \"opendkim\"\n",
+                "Ed25519 alone",
+            ),
+            (
+                "algorithms = [\"rsa-2048\", \"ed25519\"]\nsigner = \"amavis\"\n",
+                "amavis",
+            ),
+            (
+                "signer = \"opendkim\"\nselector = \"bad_sel\"\n",
+                "selector",
+            ),
+            ("signer = \"postfix\"\n", "postfix"),
+            (
+                "signer = \"opendkim\"\nalgorithms = [\"rsa-512\"]\n",
+                "rsa-512",
+            ),
+            (
+                "signer = \"opendkim\"\nalgorithms = [\"rsa-1024\"]\n",
+                "\"rsa-1024\" cannot be generated",
+            ),
+        ] {
+            let e = parse(&format!(
+                "[dkim]\ndomains = [\"example.com\"]\ndns = \"manual\"\nsigner_dir = \"/x\"\n{text}"
+            ))
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn algorithms_keep_the_names_of_the_configuration_and_the_state_file() {
+        for (algorithm, name) in [
+            (DkimAlgorithm::Rsa1024, "rsa-1024"),
+            (DkimAlgorithm::Rsa2048, "rsa-2048"),
+            (DkimAlgorithm::Rsa3072, "rsa-3072"),
+            (DkimAlgorithm::Ed25519, "ed25519"),
+        ] {
+            assert_eq!(algorithm.name(), name);
+            assert_eq!(
+                serde_json::to_string(&algorithm).unwrap(),
+                format!("\"{name}\"")
+            );
+            let back: DkimAlgorithm = serde_json::from_str(&format!("\"{name}\"")).unwrap();
+            assert_eq!(back, algorithm);
+        }
+    }
+}

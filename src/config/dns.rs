@@ -1,0 +1,270 @@
+//! The `[dns.NAME]` tables: DNS providers and how to check propagation.
+//!
+//! Pure: a provider's secret is named (a `_file` or an `_env`, exactly
+//! one), never held, and never accepted inline; servers are IP addresses
+//! (port 53 when absent); the zone is a DNS name. The providers are built
+//! and their secrets read in `crate::dns`, when a record is written.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::raw::RawDns;
+use super::value::{Secret, at, parse_server, program};
+use super::{ConfigError, Context};
+use crate::names::DnsName;
+
+/// A `[dns.NAME]` table: a DNS provider and how to check propagation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsProvider {
+    pub name: String,
+    pub kind: DnsKind,
+    /// The zone to write in; found from the record name when absent.
+    pub zone: Option<String>,
+    /// The authoritative servers of `zone` (of every name when `zone` is
+    /// not set), asked instead of the NS set found through DNS.
+    pub nameservers: Option<Vec<SocketAddr>>,
+    /// The recursive resolver that finds other zones' servers and follows
+    /// CNAMEs outside `zone`; default: the system's.
+    pub resolver: Option<SocketAddr>,
+    pub propagation_interval: Duration,
+    pub propagation_timeout: Duration,
+}
+
+/// What kind of provider, with its settings. Secrets are named here
+/// (a file or an environment variable), never held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsKind {
+    Rfc2136 {
+        server: SocketAddr,
+        tsig_name: String,
+        tsig_algorithm: String,
+        tsig_secret: Secret,
+    },
+    Cloudflare {
+        api_token: Secret,
+        api_url: Option<String>,
+    },
+    Exec {
+        command: Vec<String>,
+    },
+    Manual,
+}
+
+const DEFAULT_PROPAGATION_INTERVAL: Duration = Duration::from_secs(2);
+const DEFAULT_PROPAGATION_TIMEOUT: Duration = Duration::from_secs(60);
+const TSIG_ALGORITHMS: [&str; 3] = ["hmac-sha256", "hmac-sha384", "hmac-sha512"];
+
+/// Validates every `[dns.NAME]` table, by name.
+pub(super) fn providers(
+    raw: BTreeMap<String, RawDns>,
+    ctx: &Context,
+) -> Result<BTreeMap<String, DnsProvider>, ConfigError> {
+    let mut dns = BTreeMap::new();
+    for (name, raw) in raw {
+        let provider = provider(&name, raw, ctx)?;
+        dns.insert(name, provider);
+    }
+    Ok(dns)
+}
+
+/// The keys every kind of provider has.
+struct Common {
+    zone: Option<String>,
+    nameservers: Option<Vec<String>>,
+    resolver: Option<String>,
+    interval: Option<Duration>,
+    timeout: Option<Duration>,
+}
+
+fn provider(name: &str, raw: RawDns, ctx: &Context) -> Result<DnsProvider, ConfigError> {
+    let fail = |m: &dyn std::fmt::Display| ctx.error(format_args!("[dns.{name}]: {m}"));
+    let secret = |file: Option<PathBuf>, env: Option<String>, what: &str| match (file, env) {
+        (Some(f), None) => Ok(Secret::File(ctx.abs(&f))),
+        (None, Some(e)) => Ok(Secret::Env(e)),
+        (None, None) => Err(fail(&format_args!(
+            "set `{what}_file` or `{what}_env`: secrets are read from a file or the environment, never from this file"
+        ))),
+        (Some(_), Some(_)) => Err(fail(&format_args!(
+            "set only one of `{what}_file` and `{what}_env`"
+        ))),
+    };
+    let (kind, common) = match raw {
+        RawDns::Rfc2136 {
+            server,
+            zone,
+            tsig_name,
+            tsig_algorithm,
+            tsig_secret_file,
+            tsig_secret_env,
+            nameservers,
+            resolver,
+            propagation_interval,
+            propagation_timeout,
+        } => {
+            let algorithm = tsig_algorithm.unwrap_or_else(|| TSIG_ALGORITHMS[0].to_owned());
+            if !TSIG_ALGORITHMS.contains(&algorithm.as_str()) {
+                return Err(fail(&format_args!(
+                    "key `tsig_algorithm`: {algorithm:?} is not hmac-sha256, hmac-sha384 or hmac-sha512"
+                )));
+            }
+            let kind = DnsKind::Rfc2136 {
+                server: parse_server(&server).map_err(|e| fail(&at("server")(e)))?,
+                tsig_name,
+                tsig_algorithm: algorithm,
+                tsig_secret: secret(tsig_secret_file, tsig_secret_env, "tsig_secret")?,
+            };
+            let common = Common {
+                zone,
+                nameservers,
+                resolver,
+                interval: propagation_interval,
+                timeout: propagation_timeout,
+            };
+            (kind, common)
+        }
+        RawDns::Cloudflare {
+            api_token_file,
+            api_token_env,
+            api_url,
+            zone,
+            nameservers,
+            resolver,
+            propagation_interval,
+            propagation_timeout,
+        } => {
+            let kind = DnsKind::Cloudflare {
+                api_token: secret(api_token_file, api_token_env, "api_token")?,
+                api_url,
+            };
+            let common = Common {
+                zone,
+                nameservers,
+                resolver,
+                interval: propagation_interval,
+                timeout: propagation_timeout,
+            };
+            (kind, common)
+        }
+        RawDns::Exec {
+            command,
+            zone,
+            nameservers,
+            resolver,
+            propagation_interval,
+            propagation_timeout,
+        } => {
+            program(&command).map_err(|e| fail(&at("command")(e)))?;
+            let common = Common {
+                zone,
+                nameservers,
+                resolver,
+                interval: propagation_interval,
+                timeout: propagation_timeout,
+            };
+            (DnsKind::Exec { command }, common)
+        }
+        RawDns::Manual {
+            zone,
+            nameservers,
+            resolver,
+            propagation_interval,
+            propagation_timeout,
+        } => {
+            let common = Common {
+                zone,
+                nameservers,
+                resolver,
+                interval: propagation_interval,
+                timeout: propagation_timeout,
+            };
+            (DnsKind::Manual, common)
+        }
+    };
+    let zone = common
+        .zone
+        .map(|z| DnsName::parse(&z).map(|n| n.as_str().to_owned()))
+        .transpose()
+        .map_err(|e| fail(&at("zone")(e.into())))?;
+    let nameservers = common
+        .nameservers
+        .map(|l| l.iter().map(|s| parse_server(s)).collect())
+        .transpose()
+        .map_err(|e| fail(&at("nameservers")(e)))?;
+    let resolver = common
+        .resolver
+        .map(|r| parse_server(&r))
+        .transpose()
+        .map_err(|e| fail(&at("resolver")(e)))?;
+    Ok(DnsProvider {
+        name: name.to_owned(),
+        kind,
+        zone,
+        nameservers,
+        resolver,
+        propagation_interval: common.interval.unwrap_or(DEFAULT_PROPAGATION_INTERVAL),
+        propagation_timeout: common.timeout.unwrap_or(DEFAULT_PROPAGATION_TIMEOUT),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::parse;
+    use super::{DnsKind, Secret};
+    use std::time::Duration;
+    #[test]
+    fn dns_providers_name_their_secrets_never_hold_them() {
+        let c = parse(
+            "[dns.bind]\ntype = \"rfc2136\"\nserver = \"127.0.0.1:5353\"\nzone = \"Example.Test.\"\ntsig_name = \"mxkeys\"\ntsig_secret_file = \"tsig.secret\"\nnameservers = [\"127.0.0.1:5353\", \"::1\"]\n[dns.cf]\ntype = \"cloudflare\"\napi_token_env = \"CF_TOKEN\"\npropagation_timeout = \"2m\"\n[dns.hook]\ntype = \"exec\"\ncommand = [\"/usr/local/bin/dns-hook\"]\nresolver = \"192.0.2.53\"\n[dns.paste]\ntype = \"manual\"\n",
+        )
+        .unwrap();
+        let bind = &c.dns["bind"];
+        assert_eq!(bind.zone.as_deref(), Some("example.test"));
+        assert_eq!(
+            bind.kind,
+            DnsKind::Rfc2136 {
+                server: "127.0.0.1:5353".parse().unwrap(),
+                tsig_name: "mxkeys".into(),
+                tsig_algorithm: "hmac-sha256".into(),
+                tsig_secret: Secret::File("/etc/mxkeys/tsig.secret".into()),
+            }
+        );
+        assert_eq!(
+            bind.nameservers.as_ref().unwrap()[1],
+            "[::1]:53".parse().unwrap()
+        );
+        assert_eq!(c.dns["cf"].propagation_timeout, Duration::from_secs(120));
+        assert_eq!(c.dns["cf"].propagation_interval, Duration::from_secs(2));
+        assert_eq!(c.dns["paste"].kind, DnsKind::Manual);
+        assert_eq!(
+            c.dns["hook"].resolver,
+            Some("192.0.2.53:53".parse().unwrap())
+        );
+        assert_eq!(c.dns["bind"].resolver, None);
+        for (text, needle) in [
+            (
+                "[dns.cf]\ntype = \"cloudflare\"\napi_token = \"secret123\"\n",
+                "api_token",
+            ),
+            (
+                "[dns.cf]\ntype = \"cloudflare\"\napi_token_env = \"X\"\nzone = 5\nx = \"secret123\"\n",
+                "zone",
+            ),
+            ("[dns.cf]\ntype = \"cloudflare\"\n", "never from this file"),
+            (
+                "[dns.b]\ntype = \"rfc2136\"\nserver = \"ns.example\"\ntsig_name = \"k\"\ntsig_secret_env = \"S\"\n",
+                "server",
+            ),
+            (
+                "[dns.b]\ntype = \"rfc2136\"\nserver = \"127.0.0.1\"\ntsig_name = \"k\"\ntsig_secret_env = \"S\"\ntsig_algorithm = \"hmac-md5\"\n",
+                "hmac-md5",
+            ),
+            ("[dns.x]\ntype = \"route53\"\n", "route53"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+            assert!(!e.contains("secret123"), "{e}");
+        }
+    }
+}
