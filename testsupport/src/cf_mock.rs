@@ -216,10 +216,6 @@ impl Mock {
         st.watch = Some((name.to_owned(), rtype.to_owned(), exists));
     }
 
-    pub fn unwatch(&self) {
-        self.state.lock().unwrap().watch = None;
-    }
-
     pub fn violations(&self) -> Vec<String> {
         self.state.lock().unwrap().violations.clone()
     }

@@ -16,7 +16,6 @@
 //! as the client says it is ready (nothing is validated); certificates are
 //! real, for the CSR's public key, issued by a test intermediate.
 
-use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Read as _, Write as _};
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -740,12 +739,4 @@ fn issue(shared: &Shared, state: &mut CaState, n: usize, csr: &[u8]) -> Option<u
         not_after,
     });
     Some(state.issued.len() - 1)
-}
-
-/// The certificates issued, by ARI identifier (for the tests' checks).
-pub fn by_ari_id(certs: &[FakeCert]) -> BTreeMap<String, FakeCert> {
-    certs
-        .iter()
-        .map(|c| (c.ari_id.clone(), c.clone()))
-        .collect()
 }
