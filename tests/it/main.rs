@@ -1,0 +1,31 @@
+//! The integration tests of `mxkeys`, in one test binary (as ripgrep does:
+//! one link instead of one per file), one module per topic. They drive the
+//! `mxkeys` binary and real programs (BIND, pebble, Postfix, Dovecot,
+//! OpenDKIM, Rspamd, systemd in nspawn) on loopback ports in temporary
+//! directories; the harness is the `mxkeys-testsupport` crate.
+//!
+//! Tests run in parallel, as the separate binaries ran theirs: nothing here
+//! changes the process's environment, working directory or umask; every
+//! server port comes from the one pool of the process; and the tests that
+//! need a namespace of their own (`single_family`) re-run this binary
+//! inside it with one test selected by its full name.
+
+mod acme;
+mod config;
+mod container_env;
+mod crash;
+mod daemon;
+mod dkim;
+mod dns;
+mod hostile_fs;
+mod hostile_keydir;
+mod mail_servers;
+mod malformed;
+mod properties;
+mod secrets;
+mod selection;
+mod single_family;
+mod sources;
+mod status;
+mod sync;
+mod systemd;

@@ -1,0 +1,531 @@
+//! DNS propagation on single-family hosts, in network namespaces the test
+//! makes: mxkeys finds the zone's servers through the system resolver
+//! (`/etc/resolv.conf`, bind-mounted inside the namespace only), and their NS
+//! names have both A and AAAA records, one family of which has no route.
+//!
+//! - IPv4-only: IPv6 is disabled in the namespace; the NS names are A
+//!   127.0.0.1 and AAAA 2001:db8::1 (no route: `EADDRNOTAVAIL`).
+//! - IPv6-only: the NS names are A 192.0.2.1 (TEST-NET-1, no route in the
+//!   namespace: `ENETUNREACH`, nothing is sent) and AAAA ::1.
+//!
+//! In each, a real BIND serves `example.test` on port 53 (the port mxkeys
+//! asks discovered servers at; free in a namespace of our own), and
+//! `mxkeys dns test`, a DKIM key's activation and a DNS-01 order against a
+//! real pebble (also inside the namespace) complete; a server with only an
+//! address of the missing family (an NS name of `other.test`, or a
+//! configured `nameservers` entry) fails the check naming it. Nothing
+//! leaves the namespace: it has only a loopback interface.
+//!
+//! Each outer test re-runs this test binary inside `unshare --net --mount`
+//! with one ignored inner test selected; the inner tests refuse to run
+//! outside a namespace made by their outer test.
+//!
+//! Needs root, `unshare` and `mount` (util-linux), `ip` (iproute2), BIND 9
+//! and pebble: without them a test is skipped loudly, or fails with
+//! `CI=true`.
+
+use mxkeys_testsupport as common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::servers::{Need, Pebble, prog, require};
+use common::*;
+use serde_json::Value;
+
+const NEEDS: &[Need] = &[
+    ("unshare", "util-linux"),
+    ("mount", "mount"),
+    ("ip", "iproute2"),
+    ("named", "bind9"),
+    ("tsig-keygen", "bind9"),
+    ("dig", "bind9-dnsutils"),
+    ("pebble", "pebble"),
+];
+
+/// Set in the namespace to the family it keeps.
+const MARK: &str = "MXKEYS_TEST_NETNS";
+const KEY_NAME: &str = "mxkeys-test";
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    fn tag(self) -> &'static str {
+        match self {
+            Family::V4 => "ipv4-only",
+            Family::V6 => "ipv6-only",
+        }
+    }
+
+    /// Where the namespace's BIND is reached, for updates and as resolver.
+    fn server(self) -> &'static str {
+        match self {
+            Family::V4 => "127.0.0.1",
+            Family::V6 => "::1",
+        }
+    }
+
+    fn server_addr(self) -> String {
+        match self {
+            Family::V4 => "127.0.0.1:53".to_owned(),
+            Family::V6 => "[::1]:53".to_owned(),
+        }
+    }
+
+    /// The NS names' addresses: (A, AAAA), one of them without a route.
+    fn ns_addresses(self) -> (&'static str, &'static str) {
+        match self {
+            Family::V4 => ("127.0.0.1", "2001:db8::1"),
+            Family::V6 => ("192.0.2.1", "::1"),
+        }
+    }
+
+    /// The address no route leads to.
+    fn unreachable(self) -> &'static str {
+        match self {
+            Family::V4 => "[2001:db8::1]:53",
+            Family::V6 => "192.0.2.1:53",
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The outer tests: make the namespace, run the inner test in it
+// ---------------------------------------------------------------------------
+
+/// Runs the ignored test `inner` of this binary inside a new network and
+/// mount namespace keeping `family`, with a resolv.conf naming the
+/// namespace's BIND bind-mounted over /etc/resolv.conf there.
+fn in_namespace(family: Family, outer: &str, inner: &str) {
+    if !require(outer, &[NEEDS]) {
+        return;
+    }
+    let dir = tempfile::Builder::new()
+        .prefix("mxkeys-netns-")
+        .tempdir()
+        .unwrap();
+    let resolv = dir.path().join("resolv.conf");
+    write(&resolv, format!("nameserver {}\n", family.server()));
+    let setup = match family {
+        // No IPv6 at all; loopback keeps 127.0.0.1.
+        Family::V4 => "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6",
+        // IPv6 on; 127.0.0.1 stays on loopback (it always does), but no
+        // route leads to any other IPv4 address.
+        Family::V6 => "true",
+    };
+    let script = format!(
+        "set -eu\nip link set lo up\n{setup}\nmount --bind \"$1\" /etc/resolv.conf\nshift\nexec \"$@\""
+    );
+    let exe = std::env::current_exe().unwrap();
+    // The inner test's full name in this binary (`single_family::inside_...`:
+    // the module path without the crate's name), for `--exact`.
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    let inner_test = format!("{module}::{inner}");
+    let mut cmd = Command::new(prog("unshare"));
+    cmd.args(["--net", "--mount", "--propagation", "private", "--"])
+        .args(["sh", "-c", &script, "sh"])
+        .arg(&resolv)
+        .arg(&exe)
+        .args([
+            inner_test.as_str(),
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(MARK, family.tag())
+        .stdin(Stdio::null());
+    let out = common::servers::output_within(cmd, Duration::from_secs(300))
+        .unwrap_or_else(|e| panic!("{inner} in an {} namespace: {e}", family.tag()));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("1 passed"),
+        "{inner} failed in an {} namespace:\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        family.tag()
+    );
+}
+
+#[test]
+fn on_an_ipv4_only_host_dns_test_dkim_activation_and_a_dns01_order_complete() {
+    in_namespace(
+        Family::V4,
+        "on_an_ipv4_only_host_dns_test_dkim_activation_and_a_dns01_order_complete",
+        "inside_ipv4_only",
+    );
+}
+
+#[test]
+fn on_an_ipv6_only_host_dns_test_dkim_activation_and_a_dns01_order_complete() {
+    in_namespace(
+        Family::V6,
+        "on_an_ipv6_only_host_dns_test_dkim_activation_and_a_dns01_order_complete",
+        "inside_ipv6_only",
+    );
+}
+
+#[test]
+#[ignore = "run inside a network namespace by on_an_ipv4_only_host_..."]
+fn inside_ipv4_only() {
+    inside(Family::V4);
+}
+
+#[test]
+#[ignore = "run inside a network namespace by on_an_ipv6_only_host_..."]
+fn inside_ipv6_only() {
+    inside(Family::V6);
+}
+
+// ---------------------------------------------------------------------------
+// Inside the namespace
+// ---------------------------------------------------------------------------
+
+fn inside(family: Family) {
+    assert_eq!(
+        std::env::var(MARK).as_deref(),
+        Ok(family.tag()),
+        "this test binds port 53 and relies on a private /etc/resolv.conf: \
+         it runs only inside the namespace its outer test makes"
+    );
+    // The namespace is what the test says it is.
+    let (a, aaaa) = family.ns_addresses();
+    let v4_route = std::net::UdpSocket::bind("0.0.0.0:0")
+        .and_then(|s| s.connect((a, 53)))
+        .is_ok();
+    let v6_route = std::net::UdpSocket::bind("[::]:0")
+        .and_then(|s| s.connect((aaaa, 53)))
+        .is_ok();
+    assert_eq!(
+        (v4_route, v6_route),
+        (family == Family::V4, family == Family::V6),
+        "routes to the NS addresses {a} and {aaaa}"
+    );
+
+    let env = Env::new();
+    let bind = NsBind::start(&env.path("bind"), family);
+    let pebble = Pebble::start_with_dns(&env.path("pebble"), "127.0.0.1:53".parse().unwrap());
+
+    dns_test_passes(&env, &bind, family);
+    servers_without_a_reachable_address_are_named(&env, &bind, family);
+    dkim_key_activates(&env, &bind, family);
+    dns01_order_completes(&env, &bind, &pebble);
+}
+
+/// `[dns.bind]` without `nameservers`: the servers are found through the
+/// system resolver, i.e. the namespace's BIND.
+fn dns_table(bind: &NsBind, family: Family) -> String {
+    format!(
+        "[dns.bind]\n\
+         type = \"rfc2136\"\n\
+         server = \"{}\"\n\
+         zone = \"example.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\n\
+         tsig_secret_file = {}\n\
+         propagation_interval = \"200ms\"\n\
+         propagation_timeout = \"20s\"\n",
+        family.server_addr(),
+        qp(&bind.dir.join("tsig.key")),
+    )
+}
+
+fn dns_test_passes(env: &Env, bind: &NsBind, family: Family) {
+    env.write_config_raw(&format!(
+        "state_dir = {}\n{}",
+        qp(&env.state),
+        dns_table(bind, family)
+    ));
+    let mut cmd = env.cmd(&["dns", "test", "bind"]);
+    cmd.env("MXKEYS_LOG", "mxkeys_providers=debug,mxkeys=info");
+    let run = Run::from_output("mxkeys dns test bind".to_owned(), cmd.output().unwrap());
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let reachable = match family {
+        Family::V4 => "127.0.0.1:53",
+        Family::V6 => "[::1]:53",
+    };
+    // Both NS names share the reachable address: asked (and shown) once.
+    assert_eq!(
+        run.stdout
+            .lines()
+            .filter(|l| l.contains(&format!("{reachable} answers")))
+            .count(),
+        1,
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stdout.contains("ok: [dns.bind] works"),
+        "{}",
+        run.describe()
+    );
+    // The unreachable family is skipped, said once, at debug level.
+    let skipped: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("address skipped") && l.contains(family.unreachable()))
+        .collect();
+    assert_eq!(skipped.len(), 1, "{}", run.describe());
+    assert!(skipped[0].contains("DEBUG"), "{}", run.describe());
+    assert!(
+        !run.stdout.contains(family.unreachable()),
+        "{}",
+        run.describe()
+    );
+}
+
+/// A zone whose only NS name has only an address of the missing family,
+/// and a configured `nameservers` list with such an address: the check
+/// fails naming the server, it does not pass on the others alone.
+fn servers_without_a_reachable_address_are_named(env: &Env, bind: &NsBind, family: Family) {
+    let secret = qp(&bind.dir.join("tsig.key"));
+    let server = family.server_addr();
+    env.write_config_raw(&format!(
+        "state_dir = {}\n\
+         [dns.other]\ntype = \"rfc2136\"\nserver = \"{server}\"\nzone = \"other.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\ntsig_secret_file = {secret}\n\
+         propagation_interval = \"100ms\"\npropagation_timeout = \"1s\"\n\
+         [dns.listed]\ntype = \"rfc2136\"\nserver = \"{server}\"\nzone = \"example.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\ntsig_secret_file = {secret}\n\
+         nameservers = [\"{server}\", \"{}\"]\n\
+         propagation_interval = \"100ms\"\npropagation_timeout = \"1s\"\n",
+        qp(&env.state),
+        family.unreachable(),
+    ));
+    // `dns test` of `provider` fails, naming `server` as unreachable.
+    let fails_naming = |provider: &str, server: &str| {
+        let run = env.run(&["dns", "test", provider]);
+        assert_ne!(run.code, 0, "{}", run.describe());
+        let all = format!("{}{}", run.stdout, run.stderr);
+        assert!(
+            all.contains(&format!(
+                "{server}: no address this host can reach ({}",
+                family.unreachable()
+            )),
+            "{}",
+            run.describe()
+        );
+    };
+    fails_naming("other", "ns.other.test");
+    fails_naming("listed", family.unreachable());
+}
+
+fn dkim_key_activates(env: &Env, bind: &NsBind, family: Family) {
+    env.write_config_raw(&format!(
+        "state_dir = {}\n{}\n[dkim]\n\
+         domains = [\"example.test\"]\n\
+         algorithms = [\"rsa-2048\"]\n\
+         key_dir = {}\n\
+         dns = \"bind\"\n\
+         signer = \"opendkim\"\n\
+         signer_dir = {}\n\
+         rotate_every = \"1m\"\n\
+         lead = \"0s\"\n\
+         ttl = 60\n\
+         reload = [\"true\"]\n",
+        qp(&env.state),
+        dns_table(bind, family),
+        qp(&env.path("dkim-keys")),
+        qp(&env.path("signer")),
+    ));
+    let start = Instant::now();
+    let mut transcript = String::new();
+    loop {
+        let run = env.run(&["dkim", "rotate"]);
+        transcript.push_str(&run.describe());
+        assert_eq!(run.code, 0, "{transcript}");
+        let state: Value = serde_json::from_slice(
+            &std::fs::read(env.state.join("dkim/state.json")).unwrap_or_default(),
+        )
+        .unwrap_or(Value::Null);
+        let keys = state["keys"].as_array().cloned().unwrap_or_default();
+        if keys.iter().any(|k| k["state"] == "active") {
+            assert!(
+                transcript.contains("on every authoritative server"),
+                "{transcript}"
+            );
+            let selector = keys[0]["selector"].as_str().unwrap();
+            let name = format!("{selector}._domainkey.example.test");
+            assert!(
+                bind.dig(&["TXT", &name, "+short"]).contains("v=DKIM1"),
+                "{name} not published"
+            );
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no DKIM key became active:\n{transcript}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn dns01_order_completes(env: &Env, bind: &NsBind, pebble: &Pebble) {
+    let out = env.out.join("chain.pem");
+    env.write_config_raw(&format!(
+        "state_dir = {}\n\n[acme]\ndirectory = {}\nemail = \"admin@example.test\"\nca_bundle = {}\n\n{}\n\
+         [[source]]\ntype = \"acme\"\nname = \"mail\"\ndomains = [\"mail.example.test\"]\n\
+         challenge = \"dns-01\"\ndns = \"bind\"\n\n\
+         [[target]]\nname = \"postfix\"\ndomains = [\"mail.example.test\"]\ncombined = {}\n",
+        qp(&env.state),
+        q(&pebble.url),
+        qp(&pebble.https_ca),
+        dns_table(bind, bind.family),
+        qp(&out),
+    ));
+    let run = env.run(&["renew"]);
+    let log = std::fs::read_to_string(pebble.dir.join("pebble.log")).unwrap_or_default();
+    assert_eq!(run.code, 0, "{}\n--- pebble.log ---\n{log}", run.describe());
+    let certs = read_certs(&out);
+    assert!(!certs.is_empty(), "no certificate in {}", out.display());
+    assert!(
+        cert_info(&certs[0])
+            .dns_sans
+            .iter()
+            .any(|s| s == "mail.example.test"),
+        "the installed certificate does not name mail.example.test"
+    );
+    assert!(
+        bind.dig(&["TXT", "_acme-challenge.mail.example.test", "+short"])
+            .trim()
+            .is_empty(),
+        "the challenge record was not removed"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// BIND on port 53 of the namespace
+// ---------------------------------------------------------------------------
+
+/// `named` serving `example.test` (updatable with a TSIG key) on port 53 of
+/// the namespace's loopback addresses of `family`, in the foreground,
+/// killed on Drop.
+struct NsBind {
+    dir: PathBuf,
+    family: Family,
+    child: Child,
+}
+
+impl NsBind {
+    fn start(dir: &Path, family: Family) -> NsBind {
+        std::fs::create_dir_all(dir).unwrap();
+        let key = Command::new(prog("tsig-keygen"))
+            .args(["-a", "hmac-sha256", KEY_NAME])
+            .output()
+            .unwrap();
+        assert!(key.status.success(), "tsig-keygen: {key:?}");
+        write(&dir.join("tsig.key"), &key.stdout);
+        let (a, aaaa) = family.ns_addresses();
+        write(
+            &dir.join("example.test.zone"),
+            format!(
+                "$TTL 60\n\
+                 @ IN SOA ns1.example.test. hostmaster.example.test. 1 3600 600 86400 60\n\
+                 @ IN NS ns1.example.test.\n\
+                 @ IN NS ns2.example.test.\n\
+                 ns1 IN A {a}\nns1 IN AAAA {aaaa}\n\
+                 ns2 IN A {a}\nns2 IN AAAA {aaaa}\n\
+                 @ IN A 127.0.0.1\n\
+                 * IN A 127.0.0.1\n"
+            ),
+        );
+        // A zone whose only NS name has only the address without a route.
+        let lone = match family {
+            Family::V4 => "AAAA 2001:db8::1",
+            Family::V6 => "A 192.0.2.1",
+        };
+        write(
+            &dir.join("other.test.zone"),
+            format!(
+                "$TTL 60\n\
+                 @ IN SOA ns.other.test. hostmaster.other.test. 1 3600 600 86400 60\n\
+                 @ IN NS ns.other.test.\n\
+                 ns IN {lone}\n"
+            ),
+        );
+        let (v4, v6) = match family {
+            Family::V4 => ("127.0.0.1;", "none;"),
+            Family::V6 => ("127.0.0.1;", "::1;"),
+        };
+        let d = dir.display();
+        write(
+            &dir.join("named.conf"),
+            format!(
+                r#"include "{d}/tsig.key";
+options {{
+    directory "{d}";
+    pid-file "{d}/named.pid";
+    session-keyfile "{d}/session.key";
+    managed-keys-directory "{d}";
+    listen-on port 53 {{ {v4} }};
+    listen-on-v6 port 53 {{ {v6} }};
+    recursion no;
+    dnssec-validation no;
+    notify no;
+    allow-transfer {{ none; }};
+}};
+controls {{ }};
+zone "example.test" {{ type primary; file "{d}/example.test.zone"; allow-update {{ key "{KEY_NAME}"; }}; }};
+zone "other.test" {{ type primary; file "{d}/other.test.zone"; allow-update {{ key "{KEY_NAME}"; }}; }};
+"#
+            ),
+        );
+        let log = std::fs::File::create(dir.join("named.log")).unwrap();
+        let mut cmd = Command::new(prog("named"));
+        cmd.arg("-g");
+        if family == Family::V4 {
+            cmd.arg("-4");
+        }
+        let child = cmd
+            .arg("-c")
+            .arg(dir.join("named.conf"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut bind = NsBind {
+            dir: dir.to_path_buf(),
+            family,
+            child,
+        };
+        let start = Instant::now();
+        loop {
+            if bind
+                .dig(&["+time=1", "+tries=1", "SOA", "example.test", "+short"])
+                .contains("hostmaster.example.test.")
+            {
+                return bind;
+            }
+            let exited = bind.child.try_wait().unwrap().is_some();
+            if exited || start.elapsed() > Duration::from_secs(15) {
+                panic!(
+                    "named did not start:\n{}",
+                    std::fs::read_to_string(dir.join("named.log")).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `dig @SERVER -p 53 +norecurse ARGS`, stdout.
+    fn dig(&self, args: &[&str]) -> String {
+        let out = Command::new(prog("dig"))
+            .arg(format!("@{}", self.family.server()))
+            .args(["-p", "53", "+norecurse"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for NsBind {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

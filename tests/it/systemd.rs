@@ -1,0 +1,727 @@
+//! The shipped systemd units, exactly as shipped, under a real systemd.
+//!
+//! `systemd-analyze verify` accepts them and the daemon's sandbox keeps its
+//! exposure score low (both on a temporary copy whose ExecStart names the
+//! binary under test: verify checks that the executable exists).
+//!
+//! What the sandbox really allows only shows at run time, so the other
+//! tests boot systemd 252 as PID 1 in systemd-nspawn on a minimal Debian
+//! root (the test-support crate's `nspawn` module) with the unit files from systemd/ bound
+//! read-only into /etc/systemd/system and the binary under test bound at
+//! the units' ExecStart path, /usr/local/bin/mxkeys; the configuration
+//! (/etc/mxkeys), the sources and the target directories the units list in
+//! ReadWritePaths are host directories of the test. Every test boots its
+//! own guest and asserts only on it. BIND, when a test needs DNS, runs on
+//! a host loopback port (the guest shares the host's network).
+
+use mxkeys_testsupport as common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::bind::{Bind as Dns, KEY_NAME};
+use common::nspawn;
+use common::servers::{PEBBLE, Pebble, require_programs};
+use common::{Ca, HOST, Leaf, LeafSpec, q, read_pem, sha256_hex, src_files, write};
+use nspawn::{Bind, Guest};
+
+fn systemd_analyze() -> Option<PathBuf> {
+    let found = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists());
+    if found.is_none() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "systemd-analyze is missing: CI must install the `systemd` package (bash .ci/test does)"
+        );
+        eprintln!("SKIPPED: systemd-analyze not found; install it with: apt-get install systemd");
+    }
+    found
+}
+
+fn shipped(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("systemd")
+        .join(name)
+}
+
+const UNITS: [&str; 3] = [
+    "mxkeys.service",
+    "mxkeys-renew.service",
+    "mxkeys-renew.timer",
+];
+
+/// Copies the units into a temporary directory with ExecStart pointing at
+/// the binary under test.
+fn units() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for name in UNITS {
+        let text = std::fs::read_to_string(shipped(name)).unwrap();
+        let text = text.replace("/usr/local/bin/mxkeys", env!("CARGO_BIN_EXE_mxkeys"));
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    dir
+}
+
+#[test]
+fn units_pass_systemd_analyze_verify() {
+    let Some(analyze) = systemd_analyze() else {
+        return;
+    };
+    let dir = units();
+    let out = Command::new(analyze)
+        .current_dir(dir.path())
+        .args(["verify"])
+        .args(UNITS)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{stderr}"
+    );
+    // verify reports unknown or misspelled settings as warnings, not failures.
+    let ours: Vec<&str> = stderr.lines().filter(|l| l.contains("mxkeys")).collect();
+    assert!(
+        ours.is_empty(),
+        "systemd-analyze verify complained:\n{}",
+        ours.join("\n")
+    );
+}
+
+#[test]
+fn daemon_exposure_stays_low() {
+    let Some(analyze) = systemd_analyze() else {
+        return;
+    };
+    let dir = units();
+    for unit in ["mxkeys.service", "mxkeys-renew.service"] {
+        let out = Command::new(&analyze)
+            .current_dir(dir.path())
+            .args(["security", "--offline=true", "--no-pager", unit])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let score: f64 = text
+            .lines()
+            .find_map(|l| l.split("Overall exposure level for ").nth(1))
+            .and_then(|rest| rest.split(':').nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no exposure score in:\n{text}"));
+        // Root, network and chown are the job; everything else is locked down.
+        assert!(
+            score <= 2.2,
+            "{unit}: exposure {score} (README reports 2.2)\n{text}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Under a real systemd
+// ---------------------------------------------------------------------------
+
+/// Where the guest sees the test's source files.
+const SRC: &str = "/srv/mxkeys-test/src";
+/// A target directory the units list in ReadWritePaths.
+const TLS: &str = "/etc/postfix/tls";
+
+/// The host side of one guest: the directories bound into it.
+struct Host {
+    dir: tempfile::TempDir,
+    /// Host directory seen as /etc/mxkeys.
+    etc: PathBuf,
+    /// Host directory seen as [`TLS`].
+    tls: PathBuf,
+}
+
+impl Host {
+    /// An empty configuration directory, sources directory and [`TLS`].
+    fn new() -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("mxkeys-systemd-")
+            .tempdir()
+            .unwrap();
+        let etc = dir.path().join("etc-mxkeys");
+        let tls = dir.path().join("tls");
+        for d in [&etc, &tls] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        std::fs::create_dir_all(dir.path().join("src")).unwrap();
+        Host { dir, etc, tls }
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Writes /etc/mxkeys/mxkeys.toml: `leaf` as a files source, then
+    /// `rest` (targets, other tables).
+    fn configure(&self, leaf: &Leaf, rest: &str) {
+        write(&self.path("src/fullchain.pem"), leaf.fullchain_pem());
+        write(&self.path("src/privkey.pem"), leaf.key_pem());
+        let text = format!(
+            "hostname = {}\nstate_dir = \"/var/lib/mxkeys\"\n\n{}\n{rest}",
+            q(HOST),
+            src_files(
+                &Path::new(SRC).join("fullchain.pem"),
+                &Path::new(SRC).join("privkey.pem"),
+                None
+            ),
+        );
+        self.configure_raw(&text);
+    }
+
+    /// Writes /etc/mxkeys/mxkeys.toml as is.
+    fn configure_raw(&self, text: &str) {
+        write(&self.etc.join("mxkeys.toml"), text);
+    }
+
+    /// The shipped units and the binary, the configuration directory, the
+    /// sources and [`TLS`], plus `more`.
+    fn binds(&self, more: Vec<Bind>) -> Vec<Bind> {
+        let mut binds = vec![
+            Bind::ro(env!("CARGO_BIN_EXE_mxkeys"), "/usr/local/bin/mxkeys"),
+            Bind::rw(&self.etc, "/etc/mxkeys"),
+            Bind::ro(self.path("src"), SRC),
+            Bind::rw(&self.tls, TLS),
+        ];
+        for name in UNITS {
+            binds.push(Bind::ro(
+                shipped(name),
+                &format!("/etc/systemd/system/{name}"),
+            ));
+        }
+        binds.extend(more);
+        binds
+    }
+
+    fn boot(&self, test: &str, more: Vec<Bind>) -> Option<Guest> {
+        if !nspawn::available(test) {
+            return None;
+        }
+        Some(Guest::boot(test_tag(test), &self.binds(more)))
+    }
+}
+
+/// A short machine name for a test (nspawn allows 64 characters).
+fn test_tag(test: &str) -> &str {
+    &test[..test.len().min(24)]
+}
+
+/// The Postfix-style target of the issue: one combined file in [`TLS`],
+/// given to another owner and group, and a reload that leaves a trace.
+fn postfix_target() -> String {
+    format!(
+        "[[target]]\n\
+         name = \"postfix\"\n\
+         combined = \"{TLS}/chain.pem\"\n\
+         owner = \"daemon\"\n\
+         group = \"mail\"\n\
+         mode = \"0640\"\n\
+         reload = [\"/bin/sh\", \"-c\", \"echo reloaded >> {TLS}/reloads.log\"]\n"
+    )
+}
+
+/// How many times the target's reload ran.
+fn reloads(host: &Host) -> usize {
+    std::fs::read_to_string(host.tls.join("reloads.log"))
+        .unwrap_or_default()
+        .lines()
+        .count()
+}
+
+/// `path` (host side) holds `leaf`'s key, then `leaf`, then its chain.
+#[track_caller]
+fn assert_combined(path: &Path, leaf: &Leaf) {
+    let blocks = read_pem(path);
+    assert!(
+        common::is_private_key_label(&blocks[0].0),
+        "{} starts with {}",
+        path.display(),
+        blocks[0].0
+    );
+    assert_eq!(
+        common::private_key_public_raw(&blocks[0].0, &blocks[0].1),
+        leaf.public_key_raw(),
+        "{}: the key is not the leaf's",
+        path.display()
+    );
+    assert_eq!(
+        sha256_hex(&blocks[1].1),
+        leaf.fp(),
+        "{}: another leaf",
+        path.display()
+    );
+}
+
+/// Polls `probe` every 100 ms for up to `limit`; panics naming `what`
+/// and showing the guest's journal.
+#[track_caller]
+fn wait_until(guest: &Guest, what: &str, limit: Duration, mut probe: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !probe() {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}\n--- journal ---\n{}",
+            guest.journal(None)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn leaf() -> Leaf {
+    Ca::new("systemd").issue(&LeafSpec::new(&[HOST]))
+}
+
+/// A guest whose mxkeys unit was started with a [`leaf`] and the
+/// [`postfix_target`]; `None` when the guest cannot boot here.
+fn started_postfix_unit(test: &str) -> Option<(Leaf, Host, Guest)> {
+    let leaf = leaf();
+    let host = Host::new();
+    host.configure(&leaf, &postfix_target());
+    let guest = host.boot(test, vec![])?;
+    guest.ok(&["systemctl", "start", "mxkeys"]);
+    Some((leaf, host, guest))
+}
+
+/// `systemctl start mxkeys` returns once the daemon sent READY=1, which it
+/// does after its first reconcile: by then the target is written, with
+/// its owner, group and mode, under the shipped syscall filter, and its
+/// reload has run. The issue's case: `~@privileged` denied fchown and the
+/// unit still started.
+#[test]
+fn started_daemon_unit_has_written_an_owned_target_and_run_its_reload() {
+    let Some((leaf, host, guest)) =
+        started_postfix_unit("started_daemon_unit_has_written_an_owned_target_and_run_its_reload")
+    else {
+        return;
+    };
+    // No wait: READY=1 came after the first reconcile.
+    let journal = guest.journal(Some("mxkeys"));
+    assert!(
+        host.tls.join("chain.pem").exists(),
+        "the unit is started but the target is not written:\n{journal}"
+    );
+    assert_eq!(
+        guest.stat("%U:%G:%a", &format!("{TLS}/chain.pem")),
+        "daemon:mail:640"
+    );
+    assert_combined(&host.tls.join("chain.pem"), &leaf);
+    assert_eq!(reloads(&host), 1, "the reload ran once:\n{journal}");
+    assert!(!journal.contains("ERROR"), "errors in:\n{journal}");
+    assert_eq!(guest.property("mxkeys", "ActiveState"), "active");
+    assert_eq!(guest.property("mxkeys", "SubState"), "running");
+    assert_eq!(guest.property("mxkeys", "NRestarts"), "0");
+}
+
+/// `systemctl reload mxkeys` (ExecReload) succeeds and the daemon re-reads
+/// /etc/mxkeys/mxkeys.toml: a file added to the target is written, by the
+/// same process.
+#[test]
+fn systemctl_reload_applies_a_changed_target() {
+    let Some((leaf, host, guest)) =
+        started_postfix_unit("systemctl_reload_applies_a_changed_target")
+    else {
+        return;
+    };
+    let pid = guest.property("mxkeys", "MainPID");
+    host.configure(
+        &leaf,
+        &format!("{}fullchain = \"{TLS}/fullchain.pem\"\n", postfix_target()),
+    );
+    guest.ok(&["systemctl", "reload", "mxkeys"]);
+    wait_until(
+        &guest,
+        "the reloaded configuration's new file",
+        Duration::from_secs(30),
+        || host.tls.join("fullchain.pem").exists(),
+    );
+    assert_eq!(
+        sha256_hex(&common::read_certs(&host.tls.join("fullchain.pem"))[0]),
+        leaf.fp()
+    );
+    assert_eq!(
+        guest.stat("%U:%G", &format!("{TLS}/fullchain.pem")),
+        "daemon:mail"
+    );
+    let journal = guest.journal(Some("mxkeys"));
+    assert!(
+        journal.contains("configuration reloaded"),
+        "no reload in:\n{journal}"
+    );
+    assert_eq!(
+        guest.property("mxkeys", "MainPID"),
+        pid,
+        "restarted:\n{journal}"
+    );
+    assert_eq!(guest.property("mxkeys", "ActiveState"), "active");
+}
+
+/// `systemctl stop mxkeys`: SIGTERM, a clean exit within TimeoutStopSec,
+/// the unit inactive with Result=success and exit status 0.
+#[test]
+fn systemctl_stop_ends_the_daemon_cleanly() {
+    let Some((_leaf, _host, guest)) =
+        started_postfix_unit("systemctl_stop_ends_the_daemon_cleanly")
+    else {
+        return;
+    };
+    guest.ok(&["systemctl", "stop", "mxkeys"]);
+    let journal = guest.journal(Some("mxkeys"));
+    assert_eq!(guest.property("mxkeys", "ActiveState"), "inactive");
+    assert_eq!(
+        guest.property("mxkeys", "Result"),
+        "success",
+        "stop:\n{journal}"
+    );
+    assert_eq!(guest.property("mxkeys", "ExecMainStatus"), "0");
+    assert!(journal.contains("stopping"), "no clean stop in:\n{journal}");
+}
+
+/// The zone pebble resolves through for the renew test.
+const ACME_ZONE: &str = "$TTL 300
+@ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60
+@ IN NS ns.example.test.
+ns IN A 127.0.0.1
+mail IN A 127.0.0.1
+";
+
+/// The timer's service, started by hand as the timer would: `mxkeys renew`
+/// under its own sandbox orders a certificate from a real ACME CA (pebble,
+/// DNS-01 through BIND with TSIG), keeps its account in the state
+/// directory, then syncs: the target holds the issued certificate with
+/// its owner, group and mode, and its reload ran.
+#[test]
+fn renew_service_started_as_its_timer_would_orders_and_installs_an_owned_target() {
+    let test = "renew_service_started_as_its_timer_would_orders_and_installs_an_owned_target";
+    if !nspawn::available(test) || !require_programs(test, &[PEBBLE]) {
+        return;
+    }
+    let Some(dns) = Dns::start_with_zone(ACME_ZONE) else {
+        return;
+    };
+    let host = Host::new();
+    let pebble = Pebble::start_with_dns(&host.path("pebble"), dns.addr());
+    std::fs::copy(&pebble.https_ca, host.etc.join("pebble-ca.pem")).unwrap();
+    std::fs::copy(dns.dir().join("tsig.key"), host.etc.join("tsig.key")).unwrap();
+    host.configure_raw(&format!(
+        "hostname = \"mail.example.test\"\n\
+         state_dir = \"/var/lib/mxkeys\"\n\
+         [acme]\n\
+         directory = {url}\n\
+         email = \"admin@example.test\"\n\
+         ca_bundle = \"/etc/mxkeys/pebble-ca.pem\"\n\
+         [dns.bind]\n\
+         type = \"rfc2136\"\n\
+         server = \"{addr}\"\n\
+         zone = \"example.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\n\
+         tsig_secret_file = \"/etc/mxkeys/tsig.key\"\n\
+         nameservers = [\"{addr}\"]\n\
+         propagation_interval = \"200ms\"\n\
+         propagation_timeout = \"30s\"\n\
+         [[source]]\n\
+         type = \"acme\"\n\
+         name = \"pebble\"\n\
+         domains = [\"mail.example.test\"]\n\
+         challenge = \"dns-01\"\n\
+         dns = \"bind\"\n\n{target}",
+        url = q(&pebble.url),
+        addr = dns.addr(),
+        target = postfix_target(),
+    ));
+    let Some(guest) = host.boot(test, vec![]) else {
+        return;
+    };
+    // The timer is valid and names the service.
+    assert_eq!(
+        guest.property("mxkeys-renew.timer", "Triggers"),
+        "mxkeys-renew.service"
+    );
+    // A oneshot: start returns when it has finished.
+    let out = guest.run(&["systemctl", "start", "mxkeys-renew.service"]);
+    let journal = guest.journal(Some("mxkeys-renew"));
+    assert!(
+        out.status.success(),
+        "mxkeys-renew.service failed:\n{journal}"
+    );
+    assert_eq!(guest.property("mxkeys-renew", "Result"), "success");
+    assert_eq!(guest.property("mxkeys-renew", "ExecMainStatus"), "0");
+    assert_eq!(
+        guest.stat("%U:%G:%a", &format!("{TLS}/chain.pem")),
+        "daemon:mail:640"
+    );
+    let blocks = read_pem(&host.tls.join("chain.pem"));
+    assert!(blocks.len() >= 3, "key, leaf, intermediate:\n{journal}");
+    assert!(common::is_private_key_label(&blocks[0].0));
+    assert_eq!(
+        common::private_key_public_raw(&blocks[0].0, &blocks[0].1),
+        common::leaf_public_key_raw(&blocks[1].1),
+        "the key is not the leaf's"
+    );
+    let info = common::cert_info(&blocks[1].1);
+    assert_eq!(info.dns_sans, vec!["mail.example.test".to_owned()]);
+    assert!(
+        info.issuer.to_lowercase().contains("pebble"),
+        "issued by {}",
+        info.issuer
+    );
+    // The account lives in the state directory, readable by root only.
+    let accounts = guest.stdout(&["sh", "-c", "stat -c %a /var/lib/mxkeys/acme/accounts/*"]);
+    assert!(
+        !accounts.trim().is_empty() && accounts.lines().all(|m| m == "600"),
+        "account files' modes: {accounts:?}"
+    );
+    assert_eq!(reloads(&host), 1, "the reload ran once:\n{journal}");
+}
+
+/// The README's drop-in: a target directory the units do not list is
+/// read-only to the daemon (ProtectSystem=strict) and its target fails;
+/// after `ReadWritePaths=` for it in
+/// /etc/systemd/system/mxkeys.service.d/, the restarted daemon writes it.
+#[test]
+fn target_outside_readwritepaths_is_written_once_a_drop_in_adds_its_directory() {
+    let test = "target_outside_readwritepaths_is_written_once_a_drop_in_adds_its_directory";
+    let leaf = leaf();
+    let host = Host::new();
+    let elsewhere = host.path("srv-mail-tls");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    host.configure(
+        &leaf,
+        "[[target]]\n\
+         name = \"elsewhere\"\n\
+         combined = \"/srv/mail/tls/chain.pem\"\n\
+         owner = \"daemon\"\n",
+    );
+    let Some(guest) = host.boot(test, vec![Bind::rw(&elsewhere, "/srv/mail/tls")]) else {
+        return;
+    };
+    guest.ok(&["systemctl", "start", "mxkeys"]);
+    let journal = guest.journal(Some("mxkeys"));
+    assert!(
+        !elsewhere.join("chain.pem").exists(),
+        "written outside ReadWritePaths: the sandbox is not in force:\n{journal}"
+    );
+    assert!(
+        journal.contains("/srv/mail/tls/chain.pem"),
+        "the failed target is not reported:\n{journal}"
+    );
+    guest.ok(&[
+        "sh",
+        "-c",
+        "mkdir -p /etc/systemd/system/mxkeys.service.d && \
+         printf '[Service]\\nReadWritePaths=/srv/mail/tls\\n' \
+         > /etc/systemd/system/mxkeys.service.d/override.conf && \
+         systemctl daemon-reload",
+    ]);
+    guest.ok(&["systemctl", "restart", "mxkeys"]);
+    assert!(
+        elsewhere.join("chain.pem").exists(),
+        "not written with the drop-in:\n{}",
+        guest.journal(Some("mxkeys"))
+    );
+    assert_combined(&elsewhere.join("chain.pem"), &leaf);
+    assert_eq!(guest.stat("%U:%a", "/srv/mail/tls/chain.pem"), "daemon:600");
+}
+
+// ---------------------------------------------------------------------------
+// DKIM under the unit
+// ---------------------------------------------------------------------------
+
+/// The DKIM directories the units list in ReadWritePaths.
+const DKIM_KEYS: &str = "/etc/dkimkeys";
+const OPENDKIM: &str = "/etc/opendkim";
+
+/// The `[dns.bind]` and `[dkim]` tables for `dns` (the primary) with
+/// `nameservers` checked for propagation, `key_owner = "opendkim"`.
+fn dkim_config(dns: &Dns, nameservers: &[String], timeout: &str) -> String {
+    format!(
+        "[dns.bind]\n\
+         type = \"rfc2136\"\n\
+         server = \"{addr}\"\n\
+         zone = \"example.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\n\
+         tsig_secret_file = \"/etc/mxkeys/tsig.key\"\n\
+         nameservers = [{ns}]\n\
+         propagation_interval = \"200ms\"\n\
+         propagation_timeout = \"{timeout}\"\n\
+         [dkim]\n\
+         domains = [\"example.test\"]\n\
+         dns = \"bind\"\n\
+         key_dir = \"{DKIM_KEYS}\"\n\
+         signer = \"opendkim\"\n\
+         signer_dir = \"{OPENDKIM}\"\n\
+         key_owner = \"opendkim\"\n\
+         rotate_every = \"90d\"\n\
+         lead = \"0s\"\n",
+        addr = dns.addr(),
+        ns = nameservers
+            .iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", "),
+    )
+}
+
+/// A host for the DKIM tests: the TLS part as in the others, the TSIG
+/// key in /etc/mxkeys, and host directories for the key and signer dirs.
+fn dkim_host(dns: &Dns, leaf: &Leaf, nameservers: &[String], timeout: &str) -> Host {
+    let host = Host::new();
+    std::fs::copy(dns.dir().join("tsig.key"), host.etc.join("tsig.key")).unwrap();
+    for d in ["dkimkeys", "opendkim"] {
+        std::fs::create_dir_all(host.path(d)).unwrap();
+    }
+    host.configure(
+        leaf,
+        &format!(
+            "{}\n{}",
+            postfix_target(),
+            dkim_config(dns, nameservers, timeout)
+        ),
+    );
+    host
+}
+
+fn dkim_binds(host: &Host) -> Vec<Bind> {
+    vec![
+        Bind::rw(host.path("dkimkeys"), DKIM_KEYS),
+        Bind::rw(host.path("opendkim"), OPENDKIM),
+    ]
+}
+
+/// The DKIM keys of the guest's state: (selector, file, record, state).
+fn dkim_keys(guest: &Guest) -> Vec<(String, String, String, String)> {
+    let text = guest.stdout(&["cat", "/var/lib/mxkeys/dkim/state.json"]);
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    v["keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|k| {
+            let s = |f: &str| k[f].as_str().unwrap_or_default().to_owned();
+            (s("selector"), s("file"), s("record"), s("state"))
+        })
+        .collect()
+}
+
+/// The daemon unit generates, publishes and activates a DKIM key for a
+/// signer running as its own user (`key_owner`): the key file and its
+/// domain directory belong to that user, the record is on the server and
+/// OpenDKIM's KeyTable names the file.
+#[test]
+fn dkim_rotation_under_the_daemon_unit_gives_the_keys_to_key_owner() {
+    let test = "dkim_rotation_under_the_daemon_unit_gives_the_keys_to_key_owner";
+    if !nspawn::available(test) {
+        return;
+    }
+    let Some(dns) = Dns::start() else {
+        return;
+    };
+    let leaf = leaf();
+    let host = dkim_host(&dns, &leaf, &[dns.addr().to_string()], "20s");
+    let Some(guest) = host.boot(test, dkim_binds(&host)) else {
+        return;
+    };
+    guest.ok(&[
+        "useradd",
+        "--system",
+        "--no-create-home",
+        "--shell",
+        "/usr/sbin/nologin",
+        "opendkim",
+    ]);
+    guest.ok(&["systemctl", "start", "mxkeys"]);
+    wait_until(
+        &guest,
+        "an active DKIM key",
+        Duration::from_secs(60),
+        || dkim_keys(&guest).iter().any(|k| k.3 == "active"),
+    );
+    let keys = dkim_keys(&guest);
+    let (selector, file, record, _) = keys.iter().find(|k| k.3 == "active").unwrap();
+    assert!(
+        file.starts_with(&format!("{DKIM_KEYS}/example.test/")),
+        "{file}"
+    );
+    assert_eq!(guest.stat("%U:%a", file), "opendkim:600");
+    assert_eq!(
+        guest.stat("%U:%a", &format!("{DKIM_KEYS}/example.test")),
+        "opendkim:700"
+    );
+    assert_eq!(
+        dns.txt_values(&format!("{selector}._domainkey.example.test")),
+        vec![record.clone()]
+    );
+    let key_table = std::fs::read_to_string(host.path("opendkim/KeyTable")).unwrap_or_default();
+    assert!(
+        key_table.contains(file.as_str()),
+        "KeyTable does not name {file}:\n{key_table}\n--- journal ---\n{}",
+        guest.journal(Some("mxkeys"))
+    );
+    let journal = guest.journal(Some("mxkeys"));
+    assert!(!journal.contains("ERROR"), "errors in:\n{journal}");
+    assert_eq!(guest.property("mxkeys", "ActiveState"), "active");
+}
+
+/// The watchdog (WatchdogSec=3min as shipped) keeps the daemon alive while
+/// a DKIM key waits two minutes for a record the checked server never
+/// shows (a second BIND without the update): the unit starts within its
+/// start timeout, then stays active with the same main process and no
+/// restart for longer than the watchdog interval, and stops cleanly.
+#[test]
+fn watchdog_keeps_the_daemon_alive_through_a_two_minute_dkim_propagation_wait() {
+    let test = "watchdog_keeps_the_daemon_alive_through_a_two_minute_dkim_propagation_wait";
+    if !nspawn::available(test) {
+        return;
+    }
+    let (Some(dns), Some(elsewhere)) = (Dns::start(), Dns::start()) else {
+        return;
+    };
+    let leaf = leaf();
+    let host = dkim_host(&dns, &leaf, &[elsewhere.addr().to_string()], "2m");
+    let Some(guest) = host.boot("watchdog", dkim_binds(&host)) else {
+        return;
+    };
+    guest.ok(&[
+        "useradd",
+        "--system",
+        "--no-create-home",
+        "--shell",
+        "/usr/sbin/nologin",
+        "opendkim",
+    ]);
+    let started = guest.run(&["systemctl", "start", "mxkeys"]);
+    assert!(
+        started.status.success(),
+        "the unit did not start within its start timeout:\n{}",
+        guest.journal(Some("mxkeys"))
+    );
+    let pid = guest.property("mxkeys", "MainPID");
+    // Longer than WatchdogSec: without pings the watchdog would have fired.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(200) {
+        let state = guest.property("mxkeys", "ActiveState");
+        let now = guest.property("mxkeys", "MainPID");
+        assert!(
+            state == "active" && now == pid,
+            "after {:?}: {state}, main pid {now} (was {pid}), restarts {}:\n{}",
+            watch.elapsed(),
+            guest.property("mxkeys", "NRestarts"),
+            guest.journal(Some("mxkeys"))
+        );
+        std::thread::sleep(Duration::from_secs(5));
+    }
+    assert_eq!(guest.property("mxkeys", "NRestarts"), "0");
+    // The wait did happen: the key is still unverified.
+    assert!(
+        dkim_keys(&guest).iter().all(|k| k.3 != "active"),
+        "the record was seen: the test proved nothing"
+    );
+    guest.ok(&["systemctl", "stop", "mxkeys"]);
+    assert_eq!(guest.property("mxkeys", "Result"), "success");
+}
