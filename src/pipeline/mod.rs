@@ -13,18 +13,16 @@
 //! ([`warning_threshold`], pure).
 
 mod apply;
+pub mod decide;
 
 pub use apply::apply;
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::cert::{self, Bundle, KeyType, Leaf, Timeliness};
+use crate::cert::KeyType;
 use crate::config::{Config, Reload, Slot, Target};
 use crate::install;
-use crate::names;
-use crate::select::{self, Selection};
 use crate::source::{self, Persist};
 use crate::state::{self, State};
 
@@ -268,51 +266,56 @@ fn slots(config: &Config) -> impl Iterator<Item = (usize, &Target, usize, &Slot)
 
 /// Reads every source and decides every target slot. Writes nothing,
 /// except the self-signed fallback's own files when `persist` says so.
+/// Gathers the facts first (sources, installed files, state, now), then
+/// decides ([`decide::decide`], pure).
 pub fn plan(config: &Config, persist: Persist) -> Plan {
     let harvest = source::read_all(config, persist);
     let record = State::load(&config.state_dir);
-    let mut plan = Plan {
+    let facts = decide::Facts {
+        candidates: &harvest.candidates,
+        slots: slots(config)
+            .map(|(ti, target, si, slot)| {
+                let name = target.slot_name(slot);
+                decide::SlotFacts {
+                    failure: record.failures.get(&name),
+                    name,
+                    target: ti,
+                    slot: si,
+                    domains: &target.domains,
+                    key_type: slot.key_type,
+                    installed: install::installed_bundle(&slot.files).ok(),
+                }
+            })
+            .collect(),
+        now: crate::now(),
+    };
+    let decision = decide::decide(facts);
+    let mut errors: Vec<String> = harvest.errors.iter().map(ToString::to_string).collect();
+    errors.extend(
+        decision
+            .broken
+            .iter()
+            .map(|b| format!("source {}: {}", b.origin, b.refusal)),
+    );
+    Plan {
         candidates: harvest.candidates.len(),
-        errors: harvest.errors.iter().map(ToString::to_string).collect(),
-        warnings: harvest.warnings.clone(),
-        slots: Vec::new(),
-    };
-    let now = crate::now();
-    let mut broken_reported = HashSet::new();
-    for (ti, target, si, slot) in slots(config) {
-        let selection = select::select(&target.domains, slot.key_type, &harvest.candidates, now);
-        for (c, why) in &selection.refused {
-            let line = format!("source {}: {why}", c.origin);
-            if why.is_error() && broken_reported.insert(line.clone()) {
-                plan.errors.push(line);
-            }
-        }
-        let mut slot_plan = plan_slot(target, slot, selection, now);
-        slot_plan.report.target = ti;
-        slot_plan.report.slot = si;
-        defer_if_rolled_back(&mut slot_plan, &record, now);
-        plan.slots.push(slot_plan);
+        errors,
+        warnings: harvest.warnings,
+        slots: decision
+            .slots
+            .into_iter()
+            .map(|d| {
+                let target = &config.targets[d.report.target];
+                let files = d.install.as_ref().map_or_else(Vec::new, |bundle| {
+                    install::planned_files(target, &target.slots[d.report.slot], bundle)
+                });
+                SlotPlan {
+                    report: d.report,
+                    files,
+                }
+            })
+            .collect(),
     }
-    plan
-}
-
-/// A certificate that a service refused is not tried again before its
-/// backoff has passed.
-fn defer_if_rolled_back(slot_plan: &mut SlotPlan, record: &State, now: i64) {
-    let r = &mut slot_plan.report;
-    let (Some(served), Some(failure)) = (&r.served, record.failures.get(&r.name)) else {
-        return;
-    };
-    if slot_plan.files.is_empty() || served.sha256 != failure.sha256 || now >= failure.retry_at {
-        return;
-    }
-    r.action = Action::Deferred(format!(
-        "certificate {} was rolled back ({}); trying it again after {}",
-        failure.sha256,
-        failure.reason,
-        crate::rfc3339(failure.retry_at)
-    ));
-    slot_plan.files.clear();
 }
 
 /// Runs one reconcile: plan, then apply ([`Mode::Apply`]) or compare
@@ -381,125 +384,6 @@ pub fn check(config: &Config, plan: Plan) -> Report {
         })
         .collect();
     report
-}
-
-fn served(leaf: &Leaf, bundle: &Bundle, origin: String, fallback: bool) -> Served {
-    Served {
-        sha256: cert::fingerprint(bundle.leaf_der()),
-        names: leaf.names.clone(),
-        key_type: leaf.key_type,
-        not_before: leaf.validity.not_before,
-        not_after: leaf.validity.not_after,
-        origin,
-        fallback,
-        leaf: bundle.leaf_der().to_vec(),
-    }
-}
-
-/// How many certificates for other names an unserved target's error lists.
-const UNRELATED_LISTED: usize = 20;
-
-fn plan_slot(target: &Target, slot: &Slot, selection: Selection<'_>, now: i64) -> SlotPlan {
-    let mut refused = selection
-        .refused
-        .iter()
-        .map(|(c, why)| (c.origin.to_string(), why.to_string()))
-        .collect::<Vec<_>>();
-    if selection.chosen.is_none() {
-        // Nothing is valid: say what every certificate for other names was.
-        for c in selection.unrelated.iter().take(UNRELATED_LISTED) {
-            let why = select::Refusal::DoesNotCover {
-                missing: target.domains.clone(),
-            };
-            let names = if c.leaf.names.is_empty() {
-                "no DNS names".to_owned()
-            } else {
-                c.leaf.names.join(", ")
-            };
-            refused.push((c.origin.to_string(), format!("{why} (it is for {names})")));
-        }
-        if selection.unrelated.len() > UNRELATED_LISTED {
-            refused.push((
-                format!("{} more", selection.unrelated.len() - UNRELATED_LISTED),
-                "certificates for other names".to_owned(),
-            ));
-        }
-    }
-    let mut report = TargetReport {
-        name: target.slot_name(slot),
-        target: 0,
-        slot: 0,
-        served: None,
-        action: Action::UpToDate,
-        refused,
-        unrelated: selection.unrelated.len(),
-    };
-
-    let chosen = selection.chosen;
-    // Never trade a good installed certificate for the self-signed fallback
-    // (or for nothing): a source that is broken for a moment must not
-    // downgrade a working server.
-    if chosen.as_ref().is_none_or(|c| c.candidate.fallback)
-        && let Some((leaf, bundle)) = valid_installed(target, slot, now)
-    {
-        let is_same = chosen
-            .as_ref()
-            .is_some_and(|c| c.bundle.leaf_der() == bundle.leaf_der());
-        if !is_same {
-            report.served = Some(served(&leaf, &bundle, "installed".to_owned(), false));
-            report.action = Action::KeptInstalled;
-            return SlotPlan {
-                report,
-                files: Vec::new(),
-            };
-        }
-    }
-
-    let Some(chosen) = chosen else {
-        report.action = Action::Unserved(format!(
-            "no valid certificate for {} ({} candidates refused, {} of them for other names); its files stay as they are",
-            domains(target),
-            report.refused.len() - report.unrelated.min(UNRELATED_LISTED) + report.unrelated,
-            report.unrelated
-        ));
-        return SlotPlan {
-            report,
-            files: Vec::new(),
-        };
-    };
-    let c = chosen.candidate;
-    report.served = Some(served(
-        &c.leaf,
-        &chosen.bundle,
-        c.origin.to_string(),
-        c.fallback,
-    ));
-    SlotPlan {
-        report,
-        files: install::planned_files(target, slot, &chosen.bundle),
-    }
-}
-
-fn domains(target: &Target) -> String {
-    target
-        .domains
-        .iter()
-        .map(|d| d.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The installed certificate, if it is from a CA and still fully valid for
-/// the slot (names, dates, key type, key match, chain).
-fn valid_installed(target: &Target, slot: &Slot, now: i64) -> Option<(Leaf, Bundle)> {
-    let bundle = install::installed_bundle(&slot.files).ok()?;
-    let leaf = Leaf::parse(bundle.leaf_der()).ok()?;
-    let ok = !leaf.self_issued
-        && leaf.validity.at(now) == Timeliness::Valid
-        && slot.key_type.accepts(leaf.key_type)
-        && names::cover_all(&leaf.names, &target.domains).is_ok()
-        && bundle.verify().is_ok();
-    ok.then_some((leaf, bundle))
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ pub mod certbot;
 pub mod files;
 pub mod lego;
 pub mod selfsigned;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod traefik;
 
 use std::fmt;
