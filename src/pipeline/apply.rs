@@ -16,7 +16,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use super::{Action, Plan, ReloadReport, Report, SlotPlan, TargetReport, VerifyReport};
+use super::{
+    Action, Plan, ReloadReport, Report, RolledBack, ServiceFailure, SlotPlan, TargetReport,
+    VerifyReport,
+};
 use crate::config::{Config, Reload, Target};
 use crate::install::{self, Undo};
 use crate::source;
@@ -131,8 +134,8 @@ fn verify_changed(
     config: &Config,
     undo: &HashMap<usize, Vec<Undo>>,
     report: &mut Report,
-) -> Vec<(usize, String)> {
-    let mut failed: Vec<(usize, String)> = Vec::new();
+) -> Vec<(usize, ServiceFailure)> {
+    let mut failed: Vec<(usize, ServiceFailure)> = Vec::new();
     for (ti, target) in config.targets.iter().enumerate() {
         if !undo.contains_key(&ti) {
             continue;
@@ -143,7 +146,10 @@ fn verify_changed(
                 .iter()
                 .find(|r| &r.action == action)
                 .and_then(|r| r.result.as_ref()?.as_ref().err())
-                .map(|e| format!("reload `{action}` failed: {e}"))
+                .map(|e| ServiceFailure::Reload {
+                    action: action.clone(),
+                    error: e.clone(),
+                })
         });
         let failure = match reload_failure {
             Some(f) => Some(f),
@@ -161,7 +167,7 @@ fn verify_changed(
 /// files.
 fn settle_failures(
     config: &Config,
-    failed: &[(usize, String)],
+    failed: &[(usize, ServiceFailure)],
     written: &Written,
     report: &mut Report,
 ) {
@@ -170,13 +176,13 @@ fn settle_failures(
         .cloned()
         .partition(|(ti, _)| written.had_files.contains(ti));
     for (ti, why) in &first_installs {
-        let outcome = format!(
-            "{why}; first install, nothing to go back to: the new files stay and the reload is retried on the next pass"
-        );
-        tracing::error!("target {}: {outcome}", config.targets[*ti].name);
+        let outcome = Action::Unconfirmed(why.clone());
+        if let Some(line) = outcome.why() {
+            tracing::error!("target {}: {line}", config.targets[*ti].name);
+        }
         for r in report.targets.iter_mut().filter(|r| r.target == *ti) {
             if matches!(r.action, Action::Changed(_) | Action::UpToDate) {
-                r.action = Action::Unconfirmed(outcome.clone());
+                r.action = Action::Unconfirmed(why.clone());
             }
         }
     }
@@ -207,7 +213,7 @@ fn verify_target(
     ti: usize,
     reports: &[TargetReport],
     out: &mut Vec<VerifyReport>,
-) -> Option<String> {
+) -> Option<ServiceFailure> {
     let target = &config.targets[ti];
     let mut failure = None;
     for r in reports.iter().filter(|r| r.target == ti) {
@@ -238,7 +244,7 @@ fn verify_target(
                 ),
                 Err(e) => {
                     tracing::error!("target {}: verification failed: {e}", r.name);
-                    failure.get_or_insert_with(|| format!("verification failed: {e}"));
+                    failure.get_or_insert_with(|| ServiceFailure::Verify(e.clone()));
                 }
             }
             out.push(VerifyReport {
@@ -254,7 +260,7 @@ fn verify_target(
 fn roll_back(
     config: &Config,
     report: &mut Report,
-    failed: &[(usize, String)],
+    failed: &[(usize, ServiceFailure)],
     undo: &HashMap<usize, Vec<Undo>>,
 ) {
     for (ti, why) in failed {
@@ -267,9 +273,9 @@ fn roll_back(
                     .collect::<Result<Vec<()>, String>>()
             })
             .unwrap_or(Ok(Vec::new()));
-        let outcome = match restored {
-            Ok(_) => format!("{why}; rolled back to the previous files"),
-            Err(e) => format!("{why}; rolling back failed: {e}"),
+        let outcome = RolledBack {
+            cause: why.clone(),
+            restore_error: restored.err(),
         };
         tracing::error!("target {}: {outcome}", target.name);
         report.rollbacks.push(target.name.clone());
@@ -377,7 +383,7 @@ fn record(
     config: &Config,
     report: &Report,
     command: &str,
-    failed: &[(usize, String)],
+    failed: &[(usize, ServiceFailure)],
     owed_before: &BTreeSet<String>,
 ) {
     let targets: Vec<TargetRun<'_>> = config
@@ -425,7 +431,7 @@ struct RunFacts<'a> {
     report: &'a Report,
     command: &'a str,
     /// Targets whose reload or check failed (by position), with why.
-    failed: &'a [(usize, String)],
+    failed: &'a [(usize, ServiceFailure)],
     /// Reloads owed by an earlier, interrupted run.
     owed_before: &'a BTreeSet<String>,
 }
@@ -473,7 +479,7 @@ fn bookkeeping(mut st: State, run: &RunFacts<'_>, now: i64) -> State {
                     .failed
                     .iter()
                     .find(|(ti, _)| *ti == t.target)
-                    .map(|(_, w)| w.clone())
+                    .map(|(_, w)| w.to_string())
                     .unwrap_or_default();
                 let attempts = st
                     .failures
@@ -542,10 +548,21 @@ mod tests {
         }
     }
 
+    fn verify_failed() -> ServiceFailure {
+        ServiceFailure::Verify("boom".to_owned())
+    }
+
+    fn rolled_back() -> Action {
+        Action::RolledBack(RolledBack {
+            cause: verify_failed(),
+            restore_error: None,
+        })
+    }
+
     fn run_with<'a>(
         targets: &'a [TargetRun<'a>],
         report: &'a Report,
-        failed: &'a [(usize, String)],
+        failed: &'a [(usize, ServiceFailure)],
         owed_before: &'a BTreeSet<String>,
     ) -> RunFacts<'a> {
         RunFacts {
@@ -619,18 +636,18 @@ mod tests {
             reloads_ok: true,
         }];
         let report = Report {
-            targets: vec![slot(0, "mail", "bb", Action::RolledBack("why".to_owned()))],
+            targets: vec![slot(0, "mail", "bb", rolled_back())],
             rollbacks: vec!["mail".to_owned()],
             ..Report::default()
         };
-        let failed = [(0, "reload `x` failed: boom".to_owned())];
+        let failed = [(0, verify_failed())];
         let owed = BTreeSet::new();
         let mut st = State::default();
         let mut waits = Vec::new();
         for _ in 0..7 {
             st = bookkeeping(st, &run_with(&targets, &report, &failed, &owed), NOW);
             let f = &st.failures["mail"];
-            assert_eq!(f.reason, "reload `x` failed: boom");
+            assert_eq!(f.reason, "verification failed: boom");
             waits.push((f.attempts, f.retry_at - NOW));
         }
         assert_eq!(
@@ -659,11 +676,11 @@ mod tests {
             reloads_ok: false,
         }];
         let report = Report {
-            targets: vec![slot(0, "mail", "bb", Action::RolledBack("why".to_owned()))],
+            targets: vec![slot(0, "mail", "bb", rolled_back())],
             rollbacks: vec!["mail".to_owned()],
             ..Report::default()
         };
-        let failed = [(0, "why".to_owned())];
+        let failed = [(0, verify_failed())];
         let mut before = State::default();
         before.pending_reloads.insert("mail".to_owned());
         // Owed by this run only: the rollback restored what the service had.
@@ -686,7 +703,7 @@ mod tests {
             reloads_ok: true,
         }];
         let report = Report {
-            targets: vec![slot(0, "mail", "cc", Action::Unconfirmed("why".to_owned()))],
+            targets: vec![slot(0, "mail", "cc", Action::Unconfirmed(verify_failed()))],
             ..Report::default()
         };
         let owed = BTreeSet::new();
@@ -697,6 +714,12 @@ mod tests {
         );
         assert!(after.pending_reloads.contains("mail"));
         assert_eq!(after.targets["mail"].sha256, "cc");
-        assert_eq!(after.last_run.unwrap().errors, ["target mail: why"]);
+        assert_eq!(
+            after.last_run.unwrap().errors,
+            [
+                "target mail: verification failed: boom; first install, nothing to go back to: \
+              the new files stay and the reload is retried on the next pass"
+            ]
+        );
     }
 }

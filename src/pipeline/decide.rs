@@ -20,7 +20,7 @@ use crate::select::{self, Selection};
 use crate::source::{Candidate, Origin};
 use crate::state::Failure;
 
-use super::{Action, Served, TargetReport};
+use super::{Action, Deferred, Served, TargetReport, Unserved};
 
 /// Everything a decision depends on, gathered before deciding.
 #[derive(Debug)]
@@ -155,12 +155,12 @@ fn decide_slot(facts: SlotFacts<'_>, selection: Selection<'_>, now: i64) -> Slot
     }
 
     let Some(chosen) = chosen else {
-        report.action = Action::Unserved(format!(
-            "no valid certificate for {} ({} candidates refused, {} of them for other names); its files stay as they are",
-            domains(facts.domains),
-            report.refused.len() - report.unrelated.min(UNRELATED_LISTED) + report.unrelated,
-            report.unrelated
-        ));
+        report.action = Action::Unserved(Unserved {
+            domains: facts.domains.to_vec(),
+            refused: report.refused.len() - report.unrelated.min(UNRELATED_LISTED)
+                + report.unrelated,
+            unrelated: report.unrelated,
+        });
         return SlotDecision {
             report,
             install: None,
@@ -191,12 +191,11 @@ fn defer_if_rolled_back(decided: &mut SlotDecision, failure: Option<&Failure>, n
     if decided.install.is_none() || served.sha256 != failure.sha256 || now >= failure.retry_at {
         return;
     }
-    r.action = Action::Deferred(format!(
-        "certificate {} was rolled back ({}); trying it again after {}",
-        failure.sha256,
-        failure.reason,
-        crate::rfc3339(failure.retry_at)
-    ));
+    r.action = Action::Deferred(Deferred {
+        sha256: failure.sha256.clone(),
+        reason: failure.reason.clone(),
+        retry_at: failure.retry_at,
+    });
     decided.install = None;
 }
 
@@ -211,14 +210,6 @@ fn served(leaf: &Leaf, bundle: &Bundle, origin: String, fallback: bool) -> Serve
         fallback,
         leaf: bundle.leaf_der().to_vec(),
     }
-}
-
-fn domains(domains: &[DnsName]) -> String {
-    domains
-        .iter()
-        .map(DnsName::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
 }
 
 /// The installed certificate, if it is from a CA and still fully valid for
@@ -677,7 +668,7 @@ mod tests {
             panic!("{:?}", r.action)
         };
         assert_eq!(
-            why,
+            why.to_string(),
             "no valid certificate for mx.example, imap.example (1 candidates refused, 1 of them for other names); its files stay as they are"
         );
     }

@@ -17,13 +17,16 @@ pub mod decide;
 
 pub use apply::apply;
 
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cert::KeyType;
 use crate::config::{Config, Reload, Slot, Target};
 use crate::install;
-use crate::source::{self, Persist};
+use crate::names::DnsName;
+use crate::source::{self, Persist, SourceError, SourceErrorKind};
 use crate::state::{self, State};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,19 +63,117 @@ pub enum Action {
     /// it stays.
     KeptInstalled,
     /// Nothing valid: the files stay as they are.
-    Unserved(String),
+    Unserved(Unserved),
     /// Writing failed; the target's files were restored.
     WriteFailed(String),
     /// Installed, but the reload or the verification failed, so the
     /// previous files were put back.
-    RolledBack(String),
+    RolledBack(RolledBack),
     /// This certificate was rolled back before; it is retried after a
     /// backoff.
-    Deferred(String),
+    Deferred(Deferred),
     /// A first install (the target had no files) whose reload or
     /// verification failed: there is nothing to go back to, so the new
     /// files stay and the reload is owed to the next pass.
-    Unconfirmed(String),
+    Unconfirmed(ServiceFailure),
+}
+
+impl Action {
+    /// Why the slot is not served (or not written), as text; `None` when
+    /// it is.
+    pub fn why(&self) -> Option<String> {
+        match self {
+            Action::Unserved(e) => Some(e.to_string()),
+            Action::WriteFailed(e) => Some(e.clone()),
+            Action::RolledBack(e) => Some(e.to_string()),
+            Action::Deferred(e) => Some(e.to_string()),
+            Action::Unconfirmed(e) => Some(format!(
+                "{e}; first install, nothing to go back to: the new files stay and the reload is retried on the next pass"
+            )),
+            Action::UpToDate | Action::Changed(_) | Action::KeptInstalled => None,
+        }
+    }
+}
+
+/// No candidate is valid for a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unserved {
+    pub domains: Vec<DnsName>,
+    /// Candidates refused, those for other names included.
+    pub refused: usize,
+    /// Candidates for other names only.
+    pub unrelated: usize,
+}
+
+impl fmt::Display for Unserved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let domains: Vec<&str> = self.domains.iter().map(DnsName::as_str).collect();
+        write!(
+            f,
+            "no valid certificate for {} ({} candidates refused, {} of them for other names); its files stay as they are",
+            domains.join(", "),
+            self.refused,
+            self.unrelated
+        )
+    }
+}
+
+/// Why a service did not confirm a target's new files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceFailure {
+    /// One of the target's reloads failed.
+    Reload { action: Reload, error: String },
+    /// The service does not present the installed certificate.
+    Verify(String),
+}
+
+impl fmt::Display for ServiceFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceFailure::Reload { action, error } => {
+                write!(f, "reload `{action}` failed: {error}")
+            }
+            ServiceFailure::Verify(e) => write!(f, "verification failed: {e}"),
+        }
+    }
+}
+
+/// A target's new files were taken back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    pub cause: ServiceFailure,
+    /// Why the previous files could not all be restored, if so.
+    pub restore_error: Option<String>,
+}
+
+impl fmt::Display for RolledBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.restore_error {
+            None => write!(f, "{}; rolled back to the previous files", self.cause),
+            Some(e) => write!(f, "{}; rolling back failed: {e}", self.cause),
+        }
+    }
+}
+
+/// A certificate rolled back before, not tried again before its backoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferred {
+    pub sha256: String,
+    /// Why it was rolled back, as recorded in the state.
+    pub reason: String,
+    pub retry_at: i64,
+}
+
+impl fmt::Display for Deferred {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "certificate {} was rolled back ({}); trying it again after {}",
+            self.sha256,
+            self.reason,
+            crate::rfc3339(self.retry_at)
+        )
+    }
 }
 
 /// What happened to one slot of a target.
@@ -101,14 +202,8 @@ impl TargetReport {
 
     /// Why this slot is not served (or not written), as one report line.
     pub fn problem(&self) -> Option<String> {
-        match &self.action {
-            Action::Unserved(e)
-            | Action::WriteFailed(e)
-            | Action::RolledBack(e)
-            | Action::Deferred(e)
-            | Action::Unconfirmed(e) => Some(format!("target {}: {e}", self.name)),
-            Action::UpToDate | Action::Changed(_) | Action::KeptInstalled => None,
-        }
+        let why = self.action.why()?;
+        Some(format!("target {}: {why}", self.name))
     }
 }
 
@@ -128,13 +223,69 @@ pub struct VerifyReport {
     pub result: Result<(), String>,
 }
 
+/// A problem of a run that is no one target's: a source error (an
+/// unreadable file, a broken entry), the lock, or reading that did not
+/// finish. Rendered as one line by `Display`, once, at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    Source(SourceError),
+    /// The run lock in state_dir could not be taken.
+    Lock {
+        state_dir: PathBuf,
+        reason: String,
+    },
+    /// The task reading the sources failed.
+    Reading(String),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Source(e) => write!(f, "{e}"),
+            RunError::Lock { state_dir, reason } => write!(
+                f,
+                "state_dir {}: cannot take the lock: {reason}",
+                state_dir.display()
+            ),
+            RunError::Reading(e) => write!(f, "reading the sources failed: {e}"),
+        }
+    }
+}
+
+/// What tells one [`RunError`] from another, whatever its wording: the
+/// source, the entry and the kind of a source error.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RunErrorId {
+    Source {
+        source: Arc<str>,
+        entry: Option<String>,
+        kind: SourceErrorKind,
+    },
+    Lock,
+    Reading,
+}
+
+impl RunError {
+    pub fn id(&self) -> RunErrorId {
+        match self {
+            RunError::Source(e) => RunErrorId::Source {
+                source: e.source.clone(),
+                entry: e.entry.clone(),
+                kind: e.kind,
+            },
+            RunError::Lock { .. } => RunErrorId::Lock,
+            RunError::Reading(_) => RunErrorId::Reading,
+        }
+    }
+}
+
 /// Everything a reconcile did, for the caller to print and turn into an
 /// exit status. Errors were already logged as they happened.
 #[derive(Debug, Default)]
 pub struct Report {
     pub candidates: usize,
     /// Source errors: unreadable files and broken entries.
-    pub errors: Vec<String>,
+    pub errors: Vec<RunError>,
     pub targets: Vec<TargetReport>,
     pub reloads: Vec<ReloadReport>,
     pub verifications: Vec<VerifyReport>,
@@ -146,7 +297,7 @@ impl Report {
     /// Every problem of the run, one line each: source errors, targets not
     /// served or not written, failed reloads.
     pub fn problems(&self) -> Vec<String> {
-        let mut out = self.errors.clone();
+        let mut out: Vec<String> = self.errors.iter().map(ToString::to_string).collect();
         out.extend(self.targets.iter().filter_map(TargetReport::problem));
         out.extend(self.reloads.iter().filter_map(|r| match &r.result {
             Some(Err(e)) => Some(format!("reload `{}`: {e}", r.action)),
@@ -204,8 +355,8 @@ pub fn warning_threshold(configured: Duration, not_before: i64, not_after: i64) 
 #[derive(Debug, Default)]
 pub struct Plan {
     pub candidates: usize,
-    /// Source errors: unreadable files and broken entries, one line each.
-    pub errors: Vec<String>,
+    /// Source errors: unreadable files and broken entries.
+    pub errors: Vec<RunError>,
     pub warnings: Vec<String>,
     pub slots: Vec<SlotPlan>,
 }
@@ -290,13 +441,15 @@ pub fn plan(config: &Config, persist: Persist) -> Plan {
         now: crate::now(),
     };
     let decision = decide::decide(facts);
-    let mut errors: Vec<String> = harvest.errors.iter().map(ToString::to_string).collect();
-    errors.extend(
-        decision
-            .broken
-            .iter()
-            .map(|b| format!("source {}: {}", b.origin, b.refusal)),
-    );
+    let mut errors: Vec<RunError> = harvest.errors.into_iter().map(RunError::Source).collect();
+    errors.extend(decision.broken.into_iter().map(|b| {
+        RunError::Source(SourceError {
+            source: b.origin.source,
+            entry: Some(b.origin.entry),
+            kind: SourceErrorKind::Broken,
+            reason: b.refusal.to_string(),
+        })
+    }));
     Plan {
         candidates: harvest.candidates.len(),
         errors,
@@ -342,14 +495,13 @@ pub fn reconcile(config: &Config, mode: Mode) -> Report {
 /// Takes the run lock, or returns the report of a run that could not start.
 pub fn lock(config: &Config) -> Result<state::Lock, Box<Report>> {
     state::lock(&config.state_dir).map_err(|e| {
-        let msg = format!(
-            "state_dir {}: cannot take the lock: {}",
-            config.state_dir.display(),
-            source::io_reason(&e)
-        );
-        tracing::error!("{msg}");
+        let error = RunError::Lock {
+            state_dir: config.state_dir.clone(),
+            reason: source::io_reason(&e),
+        };
+        tracing::error!("{error}");
         Box::new(Report {
-            errors: vec![msg],
+            errors: vec![error],
             ..Report::default()
         })
     })

@@ -24,26 +24,36 @@ use rayon::prelude::*;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use zeroize::Zeroizing;
 
-use super::{Candidate, Harvest, Material, Reader};
+use super::{Candidate, Harvest, Material, Reader, SourceErrorKind};
 use crate::cert::{self, Bundle, CertError, Leaf, PrivateKey};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// Reads one acme.json. `resolvers` limits which resolvers are used.
 pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>) -> Harvest {
-    let mut harvest = Harvest::default();
-    let buf: Arc<Vec<u8>> = match super::read_limited(path, super::ACME_JSON_SIZE_LIMIT) {
+    match super::read_limited(path, super::ACME_JSON_SIZE_LIMIT) {
         // Arc::new keeps the allocation: Vec -> Arc<[u8]> would copy the file.
-        Ok(b) => Arc::new(b),
+        Ok(b) => parse(reader, Arc::new(b), resolvers),
         Err(reason) => {
-            harvest.errors.push(reader.error(None, reason));
-            return harvest;
+            let mut harvest = Harvest::default();
+            harvest
+                .errors
+                .push(reader.error(None, SourceErrorKind::Unreadable, reason));
+            harvest
         }
-    };
+    }
+}
+
+/// Parses the text of an acme.json (no I/O): its candidates, and an
+/// error for the file or for each entry that cannot be used.
+fn parse(reader: &Reader, buf: Arc<Vec<u8>>, resolvers: Option<&[String]>) -> Harvest {
+    let mut harvest = Harvest::default();
     let file: AcmeFile<'_> = match serde_json::from_slice(&buf) {
         Ok(f) => f,
         Err(e) => {
-            harvest.errors.push(reader.error(None, json_reason(&e)));
+            harvest
+                .errors
+                .push(reader.error(None, SourceErrorKind::Malformed, json_reason(&e)));
             return harvest;
         }
     };
@@ -52,6 +62,7 @@ pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>) -> Harve
         AcmeFile::NotObject(kind) => {
             harvest.errors.push(reader.error(
                 None,
+                SourceErrorKind::Malformed,
                 format!("not a Traefik acme.json: the top level is {kind}, expected an object"),
             ));
             return harvest;
@@ -94,12 +105,14 @@ pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>) -> Harve
             Certificates::Absent | Certificates::Null => {}
             Certificates::Invalid(kind) => harvest.errors.push(reader.error(
                 Some(group_name.clone()),
+                SourceErrorKind::Malformed,
                 format!("`Certificates` is {kind}, expected a list"),
             )),
         }
         if let Some(kind) = group.invalid {
             harvest.errors.push(reader.error(
                 Some(group_name),
+                SourceErrorKind::Malformed,
                 format!("not a Traefik acme.json resolver: it is {kind}, expected an object"),
             ));
         }
@@ -117,7 +130,7 @@ pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>) -> Harve
                     fallback: false,
                     material: Material::AcmeJson(material),
                 })
-                .map_err(|reason| reader.error(Some(name), reason))
+                .map_err(|reason| reader.error(Some(name), SourceErrorKind::Malformed, reason))
         })
         .collect();
     for r in results {
