@@ -17,7 +17,8 @@
 //! from another generation) is read again after a short backoff before
 //! anything is written, so an inconsistent state never causes a reload;
 //! errors that survive the retries are reported and the rest is applied,
-//! and such known errors do not delay later reconciles. SIGHUP re-reads the
+//! and such known errors (known by source, entry and kind, never by their
+//! text) do not delay later reconciles. SIGHUP re-reads the
 //! configuration (an invalid one is reported and the old one kept) and
 //! hands it to every task. SIGTERM lets the step under way finish: the
 //! reconcile in flight, an ACME pass for up to `stop_timeout` (then it is

@@ -2,6 +2,12 @@
 //! selection makes a plan per target slot, install applies it, reload and
 //! verification close it (see [`apply`]).
 //!
+//! Decide apart from act: [`plan`] first gathers the facts (what the sources
+//! offer, what each slot's files hold, the state's rollback records, now),
+//! then [`decide::decide`], which is pure, makes every slot's decision.
+//! Problems stay typed ([`RunError`], [`Action`]'s values) up to the edges
+//! that print them: [`Plan::log`], [`Report::problems`] and the CLI.
+//!
 //! `sync` runs it with [`Mode::Apply`]; `check` with [`Mode::Check`], which
 //! reads and selects the same way but writes nothing and runs nothing. A
 //! target has one slot, or two for a dual RSA + ECDSA target; reports are
@@ -568,6 +574,85 @@ mod tests {
             }],
             ..Report::default()
         }
+    }
+
+    #[test]
+    fn typed_problems_render_the_lines_the_cli_and_the_state_file_always_had() {
+        let reload = Reload::Command(vec!["systemctl".to_owned(), "reload".to_owned()]);
+        let failure = ServiceFailure::Reload {
+            action: reload,
+            error: "exit status 1".to_owned(),
+        };
+        let source = SourceError {
+            source: Arc::from("traefik"),
+            entry: Some("resolver \"le\" #1".to_owned()),
+            kind: SourceErrorKind::Malformed,
+            reason: "`key` is missing".to_owned(),
+        };
+        let rendered: Vec<(String, &str)> = vec![
+            (
+                RunError::Source(source).to_string(),
+                "source traefik: resolver \"le\" #1: `key` is missing",
+            ),
+            (
+                RunError::Lock {
+                    state_dir: PathBuf::from("/var/lib/mxkeys"),
+                    reason: "permission denied".to_owned(),
+                }
+                .to_string(),
+                "state_dir /var/lib/mxkeys: cannot take the lock: permission denied",
+            ),
+            (
+                RunError::Reading("task panicked".to_owned()).to_string(),
+                "reading the sources failed: task panicked",
+            ),
+            (
+                Action::Unserved(Unserved {
+                    domains: vec![crate::names::DnsName::parse("mx.example").unwrap()],
+                    refused: 2,
+                    unrelated: 1,
+                })
+                .why()
+                .unwrap(),
+                "no valid certificate for mx.example (2 candidates refused, 1 of them for other names); its files stay as they are",
+            ),
+            (
+                Action::RolledBack(RolledBack {
+                    cause: failure.clone(),
+                    restore_error: None,
+                })
+                .why()
+                .unwrap(),
+                "reload `systemctl reload` failed: exit status 1; rolled back to the previous files",
+            ),
+            (
+                Action::RolledBack(RolledBack {
+                    cause: ServiceFailure::Verify("timed out".to_owned()),
+                    restore_error: Some("disk full".to_owned()),
+                })
+                .why()
+                .unwrap(),
+                "verification failed: timed out; rolling back failed: disk full",
+            ),
+            (
+                Action::Unconfirmed(failure).why().unwrap(),
+                "reload `systemctl reload` failed: exit status 1; first install, nothing to go back to: the new files stay and the reload is retried on the next pass",
+            ),
+            (
+                Action::Deferred(Deferred {
+                    sha256: "ab".to_owned(),
+                    reason: "verification failed: timed out".to_owned(),
+                    retry_at: NOW,
+                })
+                .why()
+                .unwrap(),
+                "certificate ab was rolled back (verification failed: timed out); trying it again after 2026-01-01T00:00:00Z",
+            ),
+        ];
+        for (got, want) in rendered {
+            assert_eq!(got, want);
+        }
+        assert_eq!(Action::KeptInstalled.why(), None);
     }
 
     #[test]
