@@ -416,3 +416,63 @@ fn read_pem_key(path: &Path) -> Result<PrivateKey, FileError> {
     );
     PrivateKey::from_pem(&text).map_err(|e| (SourceErrorKind::Malformed, e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Alg, Ca};
+    use super::*;
+
+    const NOW: i64 = 1_767_225_600;
+
+    fn reader() -> Reader {
+        Reader {
+            label: Arc::from("files:/etc/ssl/mx.pem"),
+            index: 3,
+        }
+    }
+
+    #[test]
+    fn a_pem_chain_in_any_order_becomes_a_candidate_with_its_leaf_first() {
+        let issued = Ca::new().issue(&["mx.example"], Alg::Ecdsa, NOW, NOW + 86_400);
+        let mut reversed = issued.certs.clone();
+        reversed.reverse();
+        for (what, certs) in [("in order", issued.certs.clone()), ("reversed", reversed)] {
+            let c = reader()
+                .pem_candidate("mx.pem".to_owned(), 2, certs, issued.key.clone())
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(c.leaf.names, ["mx.example"], "{what}");
+            assert_eq!(c.origin.to_string(), "files:/etc/ssl/mx.pem: mx.pem");
+            assert_eq!((c.origin.source_index, c.origin.entry_index), (3, 2));
+            let bundle = c.bundle().unwrap();
+            assert_eq!(bundle.certs, issued.certs, "{what}");
+            assert!(bundle.verify().is_ok(), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_pem_file_without_certificates_is_a_malformed_entry() {
+        let issued = Ca::new().issue(&["mx.example"], Alg::Ecdsa, NOW, NOW + 86_400);
+        let e = reader()
+            .pem_candidate("mx.pem".to_owned(), 0, Vec::new(), issued.key)
+            .unwrap_err();
+        assert_eq!(e.kind, SourceErrorKind::Malformed);
+        assert_eq!(
+            e.to_string(),
+            "source files:/etc/ssl/mx.pem: mx.pem: no PEM certificate found (the text is not PEM)"
+        );
+        assert_eq!(
+            e.identity(),
+            (
+                "files:/etc/ssl/mx.pem",
+                Some("mx.pem"),
+                SourceErrorKind::Malformed
+            )
+        );
+    }
+
+    #[test]
+    fn a_source_error_without_an_entry_names_only_the_source() {
+        let e = reader().error(None, SourceErrorKind::Unreadable, "not found");
+        assert_eq!(e.to_string(), "source files:/etc/ssl/mx.pem: not found");
+    }
+}
