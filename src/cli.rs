@@ -465,14 +465,7 @@ fn plan_text(report: &Report) -> String {
                 }
             }
             None => {
-                let why = match &t.action {
-                    Action::Unserved(w)
-                    | Action::WriteFailed(w)
-                    | Action::RolledBack(w)
-                    | Action::Deferred(w)
-                    | Action::Unconfirmed(w) => w.as_str(),
-                    _ => "",
-                };
+                let why = t.action.why().unwrap_or_default();
                 out.push_str(&format!("{}: no certificate: {why}\n", t.name));
             }
         }

@@ -88,7 +88,7 @@ impl Metrics {
         m.reconcile_error = report
             .targets
             .is_empty()
-            .then(|| report.errors.first().cloned())
+            .then(|| report.errors.first().map(ToString::to_string))
             .flatten();
         m.source_errors += report.errors.len() as u64;
         m.reload_errors = report

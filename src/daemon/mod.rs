@@ -17,7 +17,8 @@
 //! from another generation) is read again after a short backoff before
 //! anything is written, so an inconsistent state never causes a reload;
 //! errors that survive the retries are reported and the rest is applied,
-//! and such known errors do not delay later reconciles. SIGHUP re-reads the
+//! and such known errors (known by source, entry and kind, never by their
+//! text) do not delay later reconciles. SIGHUP re-reads the
 //! configuration (an invalid one is reported and the old one kept) and
 //! hands it to every task. SIGTERM lets the step under way finish: the
 //! reconcile in flight, an ACME pass for up to `stop_timeout` (then it is
@@ -41,7 +42,7 @@ use tokio::sync::{mpsc, watch as channel};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::config::{Config, ConfigSource};
-use crate::pipeline::{self, Plan, Report};
+use crate::pipeline::{self, Plan, Report, RunError, RunErrorId};
 use crate::source::Persist;
 use crate::state::{self, State};
 use tasks::Pass;
@@ -402,7 +403,8 @@ struct Reconciler {
     changes_tx: mpsc::UnboundedSender<watch::Changed>,
     metrics: Arc<metrics::Metrics>,
     /// Errors that survived a full retry cycle: stable, not mid-write.
-    known_errors: HashSet<String>,
+    /// Known by source, entry and kind, never by their text.
+    known_errors: HashSet<RunErrorId>,
     /// Expiry warnings already given: target and certificate, and when.
     warned: HashMap<(String, String), Instant>,
     started_at: i64,
@@ -506,7 +508,7 @@ impl Reconciler {
         let mut retries = RETRY_DELAYS.iter();
         let plan = loop {
             let plan = self.plan().await;
-            let fresh = plan.errors.iter().find(|e| !self.known_errors.contains(*e));
+            let fresh = fresh_error(&plan.errors, &self.known_errors);
             match (fresh, retries.next()) {
                 (Some(e), Some(delay)) => {
                     tracing::debug!(
@@ -523,7 +525,7 @@ impl Reconciler {
                 _ => break plan,
             }
         };
-        self.known_errors = plan.errors.iter().cloned().collect();
+        self.known_errors = plan.errors.iter().map(RunError::id).collect();
         plan.log();
         let config = self.config.clone();
         let record = state::Daemon {
@@ -597,10 +599,17 @@ impl Reconciler {
         tokio::task::spawn_blocking(move || pipeline::plan(&config, Persist::Yes))
             .await
             .unwrap_or_else(|e| Plan {
-                errors: vec![format!("reading the sources failed: {e}")],
+                errors: vec![RunError::Reading(e.to_string())],
                 ..Plan::default()
             })
     }
+}
+
+/// The first error of a plan that is not already known (pure): a source
+/// that may be caught mid-write, worth reading again. Errors are told apart
+/// by source, entry and kind ([`RunError::id`]), never by their wording.
+fn fresh_error<'p>(errors: &'p [RunError], known: &HashSet<RunErrorId>) -> Option<&'p RunError> {
+    errors.iter().find(|e| !known.contains(&e.id()))
 }
 
 fn notify(states: &[NotifyState<'_>]) {
@@ -613,5 +622,55 @@ fn notify_reloading() {
     match NotifyState::monotonic_usec_now() {
         Ok(now) => notify(&[NotifyState::Reloading, now]),
         Err(_) => notify(&[NotifyState::Reloading]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{SourceError, SourceErrorKind};
+
+    fn source_error(entry: &str, kind: SourceErrorKind, reason: &str) -> RunError {
+        RunError::Source(SourceError {
+            source: Arc::from("traefik"),
+            entry: Some(entry.to_owned()),
+            kind,
+            reason: reason.to_owned(),
+        })
+    }
+
+    #[test]
+    fn a_known_error_is_told_by_source_entry_and_kind_not_by_its_wording() {
+        use SourceErrorKind::{Broken, Malformed};
+        let known_one = source_error("#1", Malformed, "truncated JSON (line 3, column 9)");
+        let known: HashSet<RunErrorId> = [known_one.id()].into();
+        // (what, error, fresh?)
+        for (what, error, fresh) in [
+            ("the same error", known_one.clone(), false),
+            (
+                "reworded",
+                source_error("#1", Malformed, "truncated JSON (line 40, column 2)"),
+                false,
+            ),
+            (
+                "another entry",
+                source_error("#2", Malformed, "truncated JSON"),
+                true,
+            ),
+            (
+                "another kind",
+                source_error("#1", Broken, "key mismatch"),
+                true,
+            ),
+            (
+                "reading failed",
+                RunError::Reading("panic".to_owned()),
+                true,
+            ),
+        ] {
+            let errors = [error];
+            assert_eq!(fresh_error(&errors, &known).is_some(), fresh, "{what}");
+        }
+        assert!(fresh_error(&[], &known).is_none(), "no errors");
     }
 }

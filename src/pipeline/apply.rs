@@ -16,7 +16,10 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use super::{Action, Plan, ReloadReport, Report, TargetReport, VerifyReport};
+use super::{
+    Action, Plan, ReloadReport, Report, RolledBack, ServiceFailure, SlotPlan, TargetReport,
+    VerifyReport,
+};
 use crate::config::{Config, Reload, Target};
 use crate::install::{self, Undo};
 use crate::source;
@@ -29,19 +32,32 @@ const FIRST_BACKOFF_SECS: i64 = 60;
 const MAX_BACKOFF_SECS: i64 = 6 * 3600;
 
 /// Writes, reloads, verifies, rolls back where needed, and records the run
-/// in state_dir. The caller holds the lock.
+/// in state_dir. The caller holds the lock. Each phase is a function below,
+/// in this order.
 pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
     let mut report = Report {
         candidates: plan.candidates,
         errors: plan.errors,
         ..Report::default()
     };
-    // 0. Record the reloads this run will owe before writing anything: a
-    // run killed between the writes and the reloads must not leave a
-    // service on its old files forever (the next run sees nothing to write).
+    let owed_before = record_intent(config, &plan.slots);
+    let written = write(config, plan.slots, &mut report);
+    report.reloads = run_reloads(reloads_of_changed(config, &report.targets, &owed_before));
+    let failed = verify_changed(config, &written.undo, &mut report);
+    settle_failures(config, &failed, &written, &mut report);
+    log_installed(&report);
+    record(config, &report, command, &failed, &owed_before);
+    report
+}
+
+/// Phase 0: records the reloads this run will owe before writing
+/// anything (a run killed between the writes and the reloads must not
+/// leave a service on its old files forever: the next run sees nothing to
+/// write), and clears stale temporary files. Returns the reloads owed by
+/// an earlier, interrupted run.
+fn record_intent(config: &Config, slots: &[SlotPlan]) -> BTreeSet<String> {
     let owed_before = State::load(&config.state_dir).pending_reloads;
-    let about_to_change: BTreeSet<String> = plan
-        .slots
+    let about_to_change: BTreeSet<String> = slots
         .iter()
         .filter(|s| s.files.iter().any(|p| install::differs(&p.path, &p.bytes)))
         .map(|s| config.targets[s.report.target].name.clone())
@@ -53,8 +69,7 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
             tracing::warn!("state_dir: cannot record the reloads owed: {e}");
         }
     }
-    for dir in plan
-        .slots
+    for dir in slots
         .iter()
         .flat_map(|s| s.files.iter().filter_map(|p| p.path.parent()))
         .collect::<BTreeSet<_>>()
@@ -66,13 +81,23 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
             "target {owed}: a previous run was interrupted before its reload; reloading now"
         );
     }
+    owed_before
+}
 
-    // 1. Write every slot's files.
-    let mut undo: HashMap<usize, Vec<Undo>> = HashMap::new();
-    // Targets that had at least one of their files before this run: only
-    // those have something to go back to.
-    let mut had_files: BTreeSet<usize> = BTreeSet::new();
-    for slot_plan in plan.slots {
+/// What writing left behind for the later phases.
+#[derive(Default)]
+struct Written {
+    /// How to restore each target's previous files.
+    undo: HashMap<usize, Vec<Undo>>,
+    /// Targets that had at least one of their files before this run: only
+    /// those have something to go back to.
+    had_files: BTreeSet<usize>,
+}
+
+/// Phase 1: writes every slot's files, all before any reload.
+fn write(config: &Config, slots: Vec<SlotPlan>, report: &mut Report) -> Written {
+    let mut written = Written::default();
+    for slot_plan in slots {
         let mut r = slot_plan.report;
         let target = &config.targets[r.target];
         if slot_plan
@@ -80,7 +105,7 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
             .iter()
             .any(|p| p.path.symlink_metadata().is_ok())
         {
-            had_files.insert(r.target);
+            written.had_files.insert(r.target);
         }
         if !slot_plan.files.is_empty() {
             r.action = match install::ownership(target)
@@ -88,7 +113,7 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
             {
                 Ok(o) if o.changed.is_empty() => Action::UpToDate,
                 Ok(o) => {
-                    undo.entry(r.target).or_default().push(o.undo);
+                    written.undo.entry(r.target).or_default().push(o.undo);
                     Action::Changed(o.changed)
                 }
                 Err(e) => {
@@ -99,12 +124,18 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
         }
         report.targets.push(r);
     }
+    written
+}
 
-    // 2. Reload each distinct action of the changed (or owed) targets once.
-    report.reloads = run_reloads(reloads_of_changed(config, &report.targets, &owed_before));
-
-    // 3. Check what each changed target serves; collect the failures.
-    let mut failed: Vec<(usize, String)> = Vec::new();
+/// Phase 3 (after the reloads): checks what each changed target serves.
+/// Returns the targets that failed, a failed reload or a failed check,
+/// with why.
+fn verify_changed(
+    config: &Config,
+    undo: &HashMap<usize, Vec<Undo>>,
+    report: &mut Report,
+) -> Vec<(usize, ServiceFailure)> {
+    let mut failed: Vec<(usize, ServiceFailure)> = Vec::new();
     for (ti, target) in config.targets.iter().enumerate() {
         if !undo.contains_key(&ti) {
             continue;
@@ -115,7 +146,10 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
                 .iter()
                 .find(|r| &r.action == action)
                 .and_then(|r| r.result.as_ref()?.as_ref().err())
-                .map(|e| format!("reload `{action}` failed: {e}"))
+                .map(|e| ServiceFailure::Reload {
+                    action: action.clone(),
+                    error: e.clone(),
+                })
         });
         let failure = match reload_failure {
             Some(f) => Some(f),
@@ -125,27 +159,39 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
             failed.push((ti, why));
         }
     }
+    failed
+}
 
-    // 4. Take back what failed, reload again, check the old certificate;
-    // a first install has nothing to go back to and keeps its files.
+/// Phase 4: takes back what failed, reloads again and checks the old
+/// certificate; a first install has nothing to go back to and keeps its
+/// files.
+fn settle_failures(
+    config: &Config,
+    failed: &[(usize, ServiceFailure)],
+    written: &Written,
+    report: &mut Report,
+) {
     let (to_roll_back, first_installs): (Vec<_>, Vec<_>) = failed
         .iter()
         .cloned()
-        .partition(|(ti, _)| had_files.contains(ti));
+        .partition(|(ti, _)| written.had_files.contains(ti));
     for (ti, why) in &first_installs {
-        let outcome = format!(
-            "{why}; first install, nothing to go back to: the new files stay and the reload is retried on the next pass"
-        );
-        tracing::error!("target {}: {outcome}", config.targets[*ti].name);
+        let outcome = Action::Unconfirmed(why.clone());
+        if let Some(line) = outcome.why() {
+            tracing::error!("target {}: {line}", config.targets[*ti].name);
+        }
         for r in report.targets.iter_mut().filter(|r| r.target == *ti) {
             if matches!(r.action, Action::Changed(_) | Action::UpToDate) {
-                r.action = Action::Unconfirmed(outcome.clone());
+                r.action = Action::Unconfirmed(why.clone());
             }
         }
     }
     if !to_roll_back.is_empty() {
-        roll_back(config, &mut report, &to_roll_back, &undo);
+        roll_back(config, report, &to_roll_back, &written.undo);
     }
+}
+
+fn log_installed(report: &Report) {
     for t in &report.targets {
         if let (Action::Changed(files), Some(s)) = (&t.action, &t.served) {
             tracing::info!(
@@ -157,8 +203,6 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
             );
         }
     }
-    record(config, &report, command, &failed, &owed_before);
-    report
 }
 
 /// Checks every verify endpoint of target `ti` for every slot it serves,
@@ -169,7 +213,7 @@ fn verify_target(
     ti: usize,
     reports: &[TargetReport],
     out: &mut Vec<VerifyReport>,
-) -> Option<String> {
+) -> Option<ServiceFailure> {
     let target = &config.targets[ti];
     let mut failure = None;
     for r in reports.iter().filter(|r| r.target == ti) {
@@ -200,7 +244,7 @@ fn verify_target(
                 ),
                 Err(e) => {
                     tracing::error!("target {}: verification failed: {e}", r.name);
-                    failure.get_or_insert_with(|| format!("verification failed: {e}"));
+                    failure.get_or_insert_with(|| ServiceFailure::Verify(e.clone()));
                 }
             }
             out.push(VerifyReport {
@@ -216,7 +260,7 @@ fn verify_target(
 fn roll_back(
     config: &Config,
     report: &mut Report,
-    failed: &[(usize, String)],
+    failed: &[(usize, ServiceFailure)],
     undo: &HashMap<usize, Vec<Undo>>,
 ) {
     for (ti, why) in failed {
@@ -229,9 +273,9 @@ fn roll_back(
                     .collect::<Result<Vec<()>, String>>()
             })
             .unwrap_or(Ok(Vec::new()));
-        let outcome = match restored {
-            Ok(_) => format!("{why}; rolled back to the previous files"),
-            Err(e) => format!("{why}; rolling back failed: {e}"),
+        let outcome = RolledBack {
+            cause: why.clone(),
+            restore_error: restored.err(),
         };
         tracing::error!("target {}: {outcome}", target.name);
         report.rollbacks.push(target.name.clone());
@@ -333,29 +377,74 @@ fn run_reloads(reloads: Vec<(Reload, Duration)>) -> Vec<ReloadReport> {
         .collect()
 }
 
-/// Records what each slot holds, the backoff of refused certificates, and a
-/// summary of the run.
+/// Records the run in state_dir: loads the state, applies
+/// [`bookkeeping`], saves it.
 fn record(
     config: &Config,
     report: &Report,
     command: &str,
-    failed: &[(usize, String)],
+    failed: &[(usize, ServiceFailure)],
     owed_before: &BTreeSet<String>,
 ) {
-    let now = crate::now();
-    let mut st = State::load(&config.state_dir);
+    let targets: Vec<TargetRun<'_>> = config
+        .targets
+        .iter()
+        .map(|target| TargetRun {
+            name: &target.name,
+            reloads_ok: target.reloads.iter().all(|action| {
+                report
+                    .reloads
+                    .iter()
+                    .filter(|r| &r.action == action)
+                    .all(|r| matches!(r.result, Some(Ok(()))))
+            }),
+        })
+        .collect();
+    let run = RunFacts {
+        targets: &targets,
+        report,
+        command,
+        failed,
+        owed_before,
+    };
+    let st = bookkeeping(State::load(&config.state_dir), &run, crate::now());
+    if let Err(e) = st.save(&config.state_dir) {
+        tracing::warn!(
+            "state_dir {}: cannot record this run: {}",
+            config.state_dir.display(),
+            source::io_reason(&e)
+        );
+    }
+}
+
+/// One configured target, as the bookkeeping sees it.
+struct TargetRun<'a> {
+    name: &'a str,
+    /// Every reload of the target that ran this time succeeded.
+    reloads_ok: bool,
+}
+
+/// What the bookkeeping records: the run's outcome.
+struct RunFacts<'a> {
+    /// Every configured target, in configuration order.
+    targets: &'a [TargetRun<'a>],
+    report: &'a Report,
+    command: &'a str,
+    /// Targets whose reload or check failed (by position), with why.
+    failed: &'a [(usize, ServiceFailure)],
+    /// Reloads owed by an earlier, interrupted run.
+    owed_before: &'a BTreeSet<String>,
+}
+
+/// The state after a run (pure): what each slot holds, the backoff of
+/// refused certificates, the reloads still owed, and a summary of the run.
+fn bookkeeping(mut st: State, run: &RunFacts<'_>, now: i64) -> State {
+    let report = run.report;
     // A target's owed reload is paid when every reload it has succeeded;
     // after a rollback its files are those the service already had, so
     // nothing is owed unless it was owed before this run.
-    for (ti, target) in config.targets.iter().enumerate() {
-        let all_ok = target.reloads.iter().all(|action| {
-            report
-                .reloads
-                .iter()
-                .filter(|r| &r.action == action)
-                .all(|r| matches!(r.result, Some(Ok(()))))
-        });
-        let rolled_back = report.rollbacks.contains(&target.name);
+    for (ti, target) in run.targets.iter().enumerate() {
+        let rolled_back = report.rollbacks.iter().any(|r| r == target.name);
         // A first install kept although it failed owes its reload (and
         // so another check) whatever the reload said.
         let unconfirmed = report
@@ -363,13 +452,13 @@ fn record(
             .iter()
             .any(|r| r.target == ti && matches!(r.action, Action::Unconfirmed(_)));
         if unconfirmed {
-            st.pending_reloads.insert(target.name.clone());
-        } else if all_ok || (rolled_back && !owed_before.contains(&target.name)) {
-            st.pending_reloads.remove(&target.name);
+            st.pending_reloads.insert(target.name.to_owned());
+        } else if target.reloads_ok || (rolled_back && !run.owed_before.contains(target.name)) {
+            st.pending_reloads.remove(target.name);
         }
     }
     st.pending_reloads
-        .retain(|name| config.targets.iter().any(|t| &t.name == name));
+        .retain(|name| run.targets.iter().any(|t| t.name == name));
     for t in &report.targets {
         let Some(s) = &t.served else { continue };
         match &t.action {
@@ -386,10 +475,11 @@ fn record(
                 );
             }
             Action::RolledBack(_) => {
-                let why = failed
+                let why = run
+                    .failed
                     .iter()
                     .find(|(ti, _)| *ti == t.target)
-                    .map(|(_, w)| w.clone())
+                    .map(|(_, w)| w.to_string())
                     .unwrap_or_default();
                 let attempts = st
                     .failures
@@ -412,8 +502,8 @@ fn record(
         }
     }
     st.last_run = Some(state::Run {
-        command: command.to_owned(),
-        finished_at: crate::now(),
+        command: run.command.to_owned(),
+        finished_at: now,
         ok: report.ok(),
         changed_targets: report
             .targets
@@ -423,11 +513,213 @@ fn record(
             .collect(),
         errors: report.problems(),
     });
-    if let Err(e) = st.save(&config.state_dir) {
-        tracing::warn!(
-            "state_dir {}: cannot record this run: {}",
-            config.state_dir.display(),
-            source::io_reason(&e)
+    st
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::cert::KeyType;
+    use crate::pipeline::Served;
+
+    /// A fixed "now" (2026-01-01T00:00:00Z): the fake clock.
+    const NOW: i64 = 1_767_225_600;
+
+    fn slot(target: usize, name: &str, sha256: &str, action: Action) -> TargetReport {
+        TargetReport {
+            name: name.to_owned(),
+            target,
+            slot: 0,
+            served: Some(Served {
+                sha256: sha256.to_owned(),
+                names: vec!["mx.example".to_owned()],
+                key_type: KeyType::Ed25519,
+                not_before: NOW - 86_400,
+                not_after: NOW + 80 * 86_400,
+                origin: "src: entry".to_owned(),
+                fallback: false,
+                leaf: Vec::new(),
+            }),
+            action,
+            refused: Vec::new(),
+            unrelated: 0,
+        }
+    }
+
+    fn verify_failed() -> ServiceFailure {
+        ServiceFailure::Verify("boom".to_owned())
+    }
+
+    fn rolled_back() -> Action {
+        Action::RolledBack(RolledBack {
+            cause: verify_failed(),
+            restore_error: None,
+        })
+    }
+
+    fn run_with<'a>(
+        targets: &'a [TargetRun<'a>],
+        report: &'a Report,
+        failed: &'a [(usize, ServiceFailure)],
+        owed_before: &'a BTreeSet<String>,
+    ) -> RunFacts<'a> {
+        RunFacts {
+            targets,
+            report,
+            command: "sync",
+            failed,
+            owed_before,
+        }
+    }
+
+    #[test]
+    fn an_installed_certificate_is_recorded_and_its_reload_paid() {
+        let targets = [TargetRun {
+            name: "mail",
+            reloads_ok: true,
+        }];
+        let report = Report {
+            targets: vec![slot(
+                0,
+                "mail",
+                "aa",
+                Action::Changed(vec![PathBuf::from("/x")]),
+            )],
+            ..Report::default()
+        };
+        let mut before = State::default();
+        before.pending_reloads.insert("mail".to_owned());
+        before.pending_reloads.insert("gone".to_owned());
+        before.failures.insert(
+            "mail".to_owned(),
+            state::Failure {
+                sha256: "aa".to_owned(),
+                attempts: 2,
+                retry_at: NOW - 1,
+                reason: "r".to_owned(),
+            },
+        );
+        let owed = BTreeSet::new();
+        let after = bookkeeping(before, &run_with(&targets, &report, &[], &owed), NOW);
+        assert!(
+            after.pending_reloads.is_empty(),
+            "{:?}",
+            after.pending_reloads
+        );
+        assert!(after.failures.is_empty());
+        assert_eq!(
+            after.targets["mail"],
+            state::Installed {
+                sha256: "aa".to_owned(),
+                source: "src: entry".to_owned(),
+                installed_at: NOW,
+            }
+        );
+        let last = after.last_run.unwrap();
+        assert_eq!(
+            (
+                last.command.as_str(),
+                last.ok,
+                last.changed_targets,
+                last.finished_at
+            ),
+            ("sync", true, vec!["mail".to_owned()], NOW)
+        );
+    }
+
+    #[test]
+    fn a_rolled_back_certificate_backs_off_fourfold_per_failure_up_to_six_hours() {
+        let targets = [TargetRun {
+            name: "mail",
+            reloads_ok: true,
+        }];
+        let report = Report {
+            targets: vec![slot(0, "mail", "bb", rolled_back())],
+            rollbacks: vec!["mail".to_owned()],
+            ..Report::default()
+        };
+        let failed = [(0, verify_failed())];
+        let owed = BTreeSet::new();
+        let mut st = State::default();
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            st = bookkeeping(st, &run_with(&targets, &report, &failed, &owed), NOW);
+            let f = &st.failures["mail"];
+            assert_eq!(f.reason, "verification failed: boom");
+            waits.push((f.attempts, f.retry_at - NOW));
+        }
+        assert_eq!(
+            waits,
+            [
+                (1, 60),
+                (2, 240),
+                (3, 960),
+                (4, 3840),
+                (5, 15360),
+                (6, 21600),
+                (7, 21600)
+            ]
+        );
+        assert!(
+            !st.targets.contains_key("mail"),
+            "a rollback installs nothing"
+        );
+        assert!(!st.last_run.unwrap().ok);
+    }
+
+    #[test]
+    fn a_rollback_pays_no_reload_owed_by_an_earlier_run() {
+        let targets = [TargetRun {
+            name: "mail",
+            reloads_ok: false,
+        }];
+        let report = Report {
+            targets: vec![slot(0, "mail", "bb", rolled_back())],
+            rollbacks: vec!["mail".to_owned()],
+            ..Report::default()
+        };
+        let failed = [(0, verify_failed())];
+        let mut before = State::default();
+        before.pending_reloads.insert("mail".to_owned());
+        // Owed by this run only: the rollback restored what the service had.
+        let fresh = bookkeeping(
+            before.clone(),
+            &run_with(&targets, &report, &failed, &BTreeSet::new()),
+            NOW,
+        );
+        assert!(fresh.pending_reloads.is_empty());
+        // Owed before this run: still owed.
+        let owed = BTreeSet::from(["mail".to_owned()]);
+        let old = bookkeeping(before, &run_with(&targets, &report, &failed, &owed), NOW);
+        assert!(old.pending_reloads.contains("mail"));
+    }
+
+    #[test]
+    fn an_unconfirmed_first_install_is_recorded_and_still_owes_its_reload() {
+        let targets = [TargetRun {
+            name: "mail",
+            reloads_ok: true,
+        }];
+        let report = Report {
+            targets: vec![slot(0, "mail", "cc", Action::Unconfirmed(verify_failed()))],
+            ..Report::default()
+        };
+        let owed = BTreeSet::new();
+        let after = bookkeeping(
+            State::default(),
+            &run_with(&targets, &report, &[], &owed),
+            NOW,
+        );
+        assert!(after.pending_reloads.contains("mail"));
+        assert_eq!(after.targets["mail"].sha256, "cc");
+        assert_eq!(
+            after.last_run.unwrap().errors,
+            [
+                "target mail: verification failed: boom; first install, nothing to go back to: \
+              the new files stay and the reload is retried on the next pass"
+            ]
         );
     }
 }

@@ -2,6 +2,12 @@
 //! selection makes a plan per target slot, install applies it, reload and
 //! verification close it (see [`apply`]).
 //!
+//! Decide apart from act: [`plan`] first gathers the facts (what the sources
+//! offer, what each slot's files hold, the state's rollback records, now),
+//! then [`decide::decide`], which is pure, makes every slot's decision.
+//! Problems stay typed ([`RunError`], [`Action`]'s values) up to the edges
+//! that print them: [`Plan::log`], [`Report::problems`] and the CLI.
+//!
 //! `sync` runs it with [`Mode::Apply`]; `check` with [`Mode::Check`], which
 //! reads and selects the same way but writes nothing and runs nothing. A
 //! target has one slot, or two for a dual RSA + ECDSA target; reports are
@@ -13,19 +19,20 @@
 //! ([`warning_threshold`], pure).
 
 mod apply;
+pub mod decide;
 
 pub use apply::apply;
 
-use std::collections::HashSet;
+use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cert::{self, Bundle, KeyType, Leaf, Timeliness};
+use crate::cert::KeyType;
 use crate::config::{Config, Reload, Slot, Target};
 use crate::install;
-use crate::names;
-use crate::select::{self, Selection};
-use crate::source::{self, Persist};
+use crate::names::DnsName;
+use crate::source::{self, Persist, SourceError, SourceErrorKind};
 use crate::state::{self, State};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,19 +69,117 @@ pub enum Action {
     /// it stays.
     KeptInstalled,
     /// Nothing valid: the files stay as they are.
-    Unserved(String),
+    Unserved(Unserved),
     /// Writing failed; the target's files were restored.
     WriteFailed(String),
     /// Installed, but the reload or the verification failed, so the
     /// previous files were put back.
-    RolledBack(String),
+    RolledBack(RolledBack),
     /// This certificate was rolled back before; it is retried after a
     /// backoff.
-    Deferred(String),
+    Deferred(Deferred),
     /// A first install (the target had no files) whose reload or
     /// verification failed: there is nothing to go back to, so the new
     /// files stay and the reload is owed to the next pass.
-    Unconfirmed(String),
+    Unconfirmed(ServiceFailure),
+}
+
+impl Action {
+    /// Why the slot is not served (or not written), as text; `None` when
+    /// it is.
+    pub fn why(&self) -> Option<String> {
+        match self {
+            Action::Unserved(e) => Some(e.to_string()),
+            Action::WriteFailed(e) => Some(e.clone()),
+            Action::RolledBack(e) => Some(e.to_string()),
+            Action::Deferred(e) => Some(e.to_string()),
+            Action::Unconfirmed(e) => Some(format!(
+                "{e}; first install, nothing to go back to: the new files stay and the reload is retried on the next pass"
+            )),
+            Action::UpToDate | Action::Changed(_) | Action::KeptInstalled => None,
+        }
+    }
+}
+
+/// No candidate is valid for a slot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unserved {
+    pub domains: Vec<DnsName>,
+    /// Candidates refused, those for other names included.
+    pub refused: usize,
+    /// Candidates for other names only.
+    pub unrelated: usize,
+}
+
+impl fmt::Display for Unserved {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let domains: Vec<&str> = self.domains.iter().map(DnsName::as_str).collect();
+        write!(
+            f,
+            "no valid certificate for {} ({} candidates refused, {} of them for other names); its files stay as they are",
+            domains.join(", "),
+            self.refused,
+            self.unrelated
+        )
+    }
+}
+
+/// Why a service did not confirm a target's new files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServiceFailure {
+    /// One of the target's reloads failed.
+    Reload { action: Reload, error: String },
+    /// The service does not present the installed certificate.
+    Verify(String),
+}
+
+impl fmt::Display for ServiceFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ServiceFailure::Reload { action, error } => {
+                write!(f, "reload `{action}` failed: {error}")
+            }
+            ServiceFailure::Verify(e) => write!(f, "verification failed: {e}"),
+        }
+    }
+}
+
+/// A target's new files were taken back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RolledBack {
+    pub cause: ServiceFailure,
+    /// Why the previous files could not all be restored, if so.
+    pub restore_error: Option<String>,
+}
+
+impl fmt::Display for RolledBack {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.restore_error {
+            None => write!(f, "{}; rolled back to the previous files", self.cause),
+            Some(e) => write!(f, "{}; rolling back failed: {e}", self.cause),
+        }
+    }
+}
+
+/// A certificate rolled back before, not tried again before its backoff.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deferred {
+    pub sha256: String,
+    /// Why it was rolled back, as recorded in the state.
+    pub reason: String,
+    pub retry_at: i64,
+}
+
+impl fmt::Display for Deferred {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "certificate {} was rolled back ({}); trying it again after {}",
+            self.sha256,
+            self.reason,
+            crate::rfc3339(self.retry_at)
+        )
+    }
 }
 
 /// What happened to one slot of a target.
@@ -103,14 +208,8 @@ impl TargetReport {
 
     /// Why this slot is not served (or not written), as one report line.
     pub fn problem(&self) -> Option<String> {
-        match &self.action {
-            Action::Unserved(e)
-            | Action::WriteFailed(e)
-            | Action::RolledBack(e)
-            | Action::Deferred(e)
-            | Action::Unconfirmed(e) => Some(format!("target {}: {e}", self.name)),
-            Action::UpToDate | Action::Changed(_) | Action::KeptInstalled => None,
-        }
+        let why = self.action.why()?;
+        Some(format!("target {}: {why}", self.name))
     }
 }
 
@@ -130,13 +229,69 @@ pub struct VerifyReport {
     pub result: Result<(), String>,
 }
 
+/// A problem of a run that is no one target's: a source error (an
+/// unreadable file, a broken entry), the lock, or reading that did not
+/// finish. Rendered as one line by `Display`, once, at the edge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunError {
+    Source(SourceError),
+    /// The run lock in state_dir could not be taken.
+    Lock {
+        state_dir: PathBuf,
+        reason: String,
+    },
+    /// The task reading the sources failed.
+    Reading(String),
+}
+
+impl fmt::Display for RunError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RunError::Source(e) => write!(f, "{e}"),
+            RunError::Lock { state_dir, reason } => write!(
+                f,
+                "state_dir {}: cannot take the lock: {reason}",
+                state_dir.display()
+            ),
+            RunError::Reading(e) => write!(f, "reading the sources failed: {e}"),
+        }
+    }
+}
+
+/// What tells one [`RunError`] from another, whatever its wording: the
+/// source, the entry and the kind of a source error.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RunErrorId {
+    Source {
+        source: Arc<str>,
+        entry: Option<String>,
+        kind: SourceErrorKind,
+    },
+    Lock,
+    Reading,
+}
+
+impl RunError {
+    pub fn id(&self) -> RunErrorId {
+        match self {
+            RunError::Source(e) => RunErrorId::Source {
+                source: e.source.clone(),
+                entry: e.entry.clone(),
+                kind: e.kind,
+            },
+            RunError::Lock { .. } => RunErrorId::Lock,
+            RunError::Reading(_) => RunErrorId::Reading,
+        }
+    }
+}
+
 /// Everything a reconcile did, for the caller to print and turn into an
 /// exit status. Errors were already logged as they happened.
 #[derive(Debug, Default)]
 pub struct Report {
     pub candidates: usize,
     /// Source errors: unreadable files and broken entries.
-    pub errors: Vec<String>,
+    pub errors: Vec<RunError>,
     pub targets: Vec<TargetReport>,
     pub reloads: Vec<ReloadReport>,
     pub verifications: Vec<VerifyReport>,
@@ -148,7 +303,7 @@ impl Report {
     /// Every problem of the run, one line each: source errors, targets not
     /// served or not written, failed reloads.
     pub fn problems(&self) -> Vec<String> {
-        let mut out = self.errors.clone();
+        let mut out: Vec<String> = self.errors.iter().map(ToString::to_string).collect();
         out.extend(self.targets.iter().filter_map(TargetReport::problem));
         out.extend(self.reloads.iter().filter_map(|r| match &r.result {
             Some(Err(e)) => Some(format!("reload `{}`: {e}", r.action)),
@@ -206,8 +361,8 @@ pub fn warning_threshold(configured: Duration, not_before: i64, not_after: i64) 
 #[derive(Debug, Default)]
 pub struct Plan {
     pub candidates: usize,
-    /// Source errors: unreadable files and broken entries, one line each.
-    pub errors: Vec<String>,
+    /// Source errors: unreadable files and broken entries.
+    pub errors: Vec<RunError>,
     pub warnings: Vec<String>,
     pub slots: Vec<SlotPlan>,
 }
@@ -268,51 +423,58 @@ fn slots(config: &Config) -> impl Iterator<Item = (usize, &Target, usize, &Slot)
 
 /// Reads every source and decides every target slot. Writes nothing,
 /// except the self-signed fallback's own files when `persist` says so.
+/// Gathers the facts first (sources, installed files, state, now), then
+/// decides ([`decide::decide`], pure).
 pub fn plan(config: &Config, persist: Persist) -> Plan {
     let harvest = source::read_all(config, persist);
     let record = State::load(&config.state_dir);
-    let mut plan = Plan {
+    let facts = decide::Facts {
+        candidates: &harvest.candidates,
+        slots: slots(config)
+            .map(|(ti, target, si, slot)| {
+                let name = target.slot_name(slot);
+                decide::SlotFacts {
+                    failure: record.failures.get(&name),
+                    name,
+                    target: ti,
+                    slot: si,
+                    domains: &target.domains,
+                    key_type: slot.key_type,
+                    installed: install::installed_bundle(&slot.files).ok(),
+                }
+            })
+            .collect(),
+        now: crate::now(),
+    };
+    let decision = decide::decide(facts);
+    let mut errors: Vec<RunError> = harvest.errors.into_iter().map(RunError::Source).collect();
+    errors.extend(decision.broken.into_iter().map(|b| {
+        RunError::Source(SourceError {
+            source: b.origin.source,
+            entry: Some(b.origin.entry),
+            kind: SourceErrorKind::Broken,
+            reason: b.refusal.to_string(),
+        })
+    }));
+    Plan {
         candidates: harvest.candidates.len(),
-        errors: harvest.errors.iter().map(ToString::to_string).collect(),
-        warnings: harvest.warnings.clone(),
-        slots: Vec::new(),
-    };
-    let now = crate::now();
-    let mut broken_reported = HashSet::new();
-    for (ti, target, si, slot) in slots(config) {
-        let selection = select::select(&target.domains, slot.key_type, &harvest.candidates, now);
-        for (c, why) in &selection.refused {
-            let line = format!("source {}: {why}", c.origin);
-            if why.is_error() && broken_reported.insert(line.clone()) {
-                plan.errors.push(line);
-            }
-        }
-        let mut slot_plan = plan_slot(target, slot, selection, now);
-        slot_plan.report.target = ti;
-        slot_plan.report.slot = si;
-        defer_if_rolled_back(&mut slot_plan, &record, now);
-        plan.slots.push(slot_plan);
+        errors,
+        warnings: harvest.warnings,
+        slots: decision
+            .slots
+            .into_iter()
+            .map(|d| {
+                let target = &config.targets[d.report.target];
+                let files = d.install.as_ref().map_or_else(Vec::new, |bundle| {
+                    install::planned_files(target, &target.slots[d.report.slot], bundle)
+                });
+                SlotPlan {
+                    report: d.report,
+                    files,
+                }
+            })
+            .collect(),
     }
-    plan
-}
-
-/// A certificate that a service refused is not tried again before its
-/// backoff has passed.
-fn defer_if_rolled_back(slot_plan: &mut SlotPlan, record: &State, now: i64) {
-    let r = &mut slot_plan.report;
-    let (Some(served), Some(failure)) = (&r.served, record.failures.get(&r.name)) else {
-        return;
-    };
-    if slot_plan.files.is_empty() || served.sha256 != failure.sha256 || now >= failure.retry_at {
-        return;
-    }
-    r.action = Action::Deferred(format!(
-        "certificate {} was rolled back ({}); trying it again after {}",
-        failure.sha256,
-        failure.reason,
-        crate::rfc3339(failure.retry_at)
-    ));
-    slot_plan.files.clear();
 }
 
 /// Runs one reconcile: plan, then apply ([`Mode::Apply`]) or compare
@@ -339,14 +501,13 @@ pub fn reconcile(config: &Config, mode: Mode) -> Report {
 /// Takes the run lock, or returns the report of a run that could not start.
 pub fn lock(config: &Config) -> Result<state::Lock, Box<Report>> {
     state::lock(&config.state_dir).map_err(|e| {
-        let msg = format!(
-            "state_dir {}: cannot take the lock: {}",
-            config.state_dir.display(),
-            source::io_reason(&e)
-        );
-        tracing::error!("{msg}");
+        let error = RunError::Lock {
+            state_dir: config.state_dir.clone(),
+            reason: source::io_reason(&e),
+        };
+        tracing::error!("{error}");
         Box::new(Report {
-            errors: vec![msg],
+            errors: vec![error],
             ..Report::default()
         })
     })
@@ -383,125 +544,6 @@ pub fn check(config: &Config, plan: Plan) -> Report {
     report
 }
 
-fn served(leaf: &Leaf, bundle: &Bundle, origin: String, fallback: bool) -> Served {
-    Served {
-        sha256: cert::fingerprint(bundle.leaf_der()),
-        names: leaf.names.clone(),
-        key_type: leaf.key_type,
-        not_before: leaf.validity.not_before,
-        not_after: leaf.validity.not_after,
-        origin,
-        fallback,
-        leaf: bundle.leaf_der().to_vec(),
-    }
-}
-
-/// How many certificates for other names an unserved target's error lists.
-const UNRELATED_LISTED: usize = 20;
-
-fn plan_slot(target: &Target, slot: &Slot, selection: Selection<'_>, now: i64) -> SlotPlan {
-    let mut refused = selection
-        .refused
-        .iter()
-        .map(|(c, why)| (c.origin.to_string(), why.to_string()))
-        .collect::<Vec<_>>();
-    if selection.chosen.is_none() {
-        // Nothing is valid: say what every certificate for other names was.
-        for c in selection.unrelated.iter().take(UNRELATED_LISTED) {
-            let why = select::Refusal::DoesNotCover {
-                missing: target.domains.clone(),
-            };
-            let names = if c.leaf.names.is_empty() {
-                "no DNS names".to_owned()
-            } else {
-                c.leaf.names.join(", ")
-            };
-            refused.push((c.origin.to_string(), format!("{why} (it is for {names})")));
-        }
-        if selection.unrelated.len() > UNRELATED_LISTED {
-            refused.push((
-                format!("{} more", selection.unrelated.len() - UNRELATED_LISTED),
-                "certificates for other names".to_owned(),
-            ));
-        }
-    }
-    let mut report = TargetReport {
-        name: target.slot_name(slot),
-        target: 0,
-        slot: 0,
-        served: None,
-        action: Action::UpToDate,
-        refused,
-        unrelated: selection.unrelated.len(),
-    };
-
-    let chosen = selection.chosen;
-    // Never trade a good installed certificate for the self-signed fallback
-    // (or for nothing): a source that is broken for a moment must not
-    // downgrade a working server.
-    if chosen.as_ref().is_none_or(|c| c.candidate.fallback)
-        && let Some((leaf, bundle)) = valid_installed(target, slot, now)
-    {
-        let is_same = chosen
-            .as_ref()
-            .is_some_and(|c| c.bundle.leaf_der() == bundle.leaf_der());
-        if !is_same {
-            report.served = Some(served(&leaf, &bundle, "installed".to_owned(), false));
-            report.action = Action::KeptInstalled;
-            return SlotPlan {
-                report,
-                files: Vec::new(),
-            };
-        }
-    }
-
-    let Some(chosen) = chosen else {
-        report.action = Action::Unserved(format!(
-            "no valid certificate for {} ({} candidates refused, {} of them for other names); its files stay as they are",
-            domains(target),
-            report.refused.len() - report.unrelated.min(UNRELATED_LISTED) + report.unrelated,
-            report.unrelated
-        ));
-        return SlotPlan {
-            report,
-            files: Vec::new(),
-        };
-    };
-    let c = chosen.candidate;
-    report.served = Some(served(
-        &c.leaf,
-        &chosen.bundle,
-        c.origin.to_string(),
-        c.fallback,
-    ));
-    SlotPlan {
-        report,
-        files: install::planned_files(target, slot, &chosen.bundle),
-    }
-}
-
-fn domains(target: &Target) -> String {
-    target
-        .domains
-        .iter()
-        .map(|d| d.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The installed certificate, if it is from a CA and still fully valid for
-/// the slot (names, dates, key type, key match, chain).
-fn valid_installed(target: &Target, slot: &Slot, now: i64) -> Option<(Leaf, Bundle)> {
-    let bundle = install::installed_bundle(&slot.files).ok()?;
-    let leaf = Leaf::parse(bundle.leaf_der()).ok()?;
-    let ok = !leaf.self_issued
-        && leaf.validity.at(now) == Timeliness::Valid
-        && slot.key_type.accepts(leaf.key_type)
-        && names::cover_all(&leaf.names, &target.domains).is_ok()
-        && bundle.verify().is_ok();
-    ok.then_some((leaf, bundle))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -532,6 +574,85 @@ mod tests {
             }],
             ..Report::default()
         }
+    }
+
+    #[test]
+    fn typed_problems_render_the_lines_the_cli_and_the_state_file_always_had() {
+        let reload = Reload::Command(vec!["systemctl".to_owned(), "reload".to_owned()]);
+        let failure = ServiceFailure::Reload {
+            action: reload,
+            error: "exit status 1".to_owned(),
+        };
+        let source = SourceError {
+            source: Arc::from("traefik"),
+            entry: Some("resolver \"le\" #1".to_owned()),
+            kind: SourceErrorKind::Malformed,
+            reason: "`key` is missing".to_owned(),
+        };
+        let rendered: Vec<(String, &str)> = vec![
+            (
+                RunError::Source(source).to_string(),
+                "source traefik: resolver \"le\" #1: `key` is missing",
+            ),
+            (
+                RunError::Lock {
+                    state_dir: PathBuf::from("/var/lib/mxkeys"),
+                    reason: "permission denied".to_owned(),
+                }
+                .to_string(),
+                "state_dir /var/lib/mxkeys: cannot take the lock: permission denied",
+            ),
+            (
+                RunError::Reading("task panicked".to_owned()).to_string(),
+                "reading the sources failed: task panicked",
+            ),
+            (
+                Action::Unserved(Unserved {
+                    domains: vec![crate::names::DnsName::parse("mx.example").unwrap()],
+                    refused: 2,
+                    unrelated: 1,
+                })
+                .why()
+                .unwrap(),
+                "no valid certificate for mx.example (2 candidates refused, 1 of them for other names); its files stay as they are",
+            ),
+            (
+                Action::RolledBack(RolledBack {
+                    cause: failure.clone(),
+                    restore_error: None,
+                })
+                .why()
+                .unwrap(),
+                "reload `systemctl reload` failed: exit status 1; rolled back to the previous files",
+            ),
+            (
+                Action::RolledBack(RolledBack {
+                    cause: ServiceFailure::Verify("timed out".to_owned()),
+                    restore_error: Some("disk full".to_owned()),
+                })
+                .why()
+                .unwrap(),
+                "verification failed: timed out; rolling back failed: disk full",
+            ),
+            (
+                Action::Unconfirmed(failure).why().unwrap(),
+                "reload `systemctl reload` failed: exit status 1; first install, nothing to go back to: the new files stay and the reload is retried on the next pass",
+            ),
+            (
+                Action::Deferred(Deferred {
+                    sha256: "ab".to_owned(),
+                    reason: "verification failed: timed out".to_owned(),
+                    retry_at: NOW,
+                })
+                .why()
+                .unwrap(),
+                "certificate ab was rolled back (verification failed: timed out); trying it again after 2026-01-01T00:00:00Z",
+            ),
+        ];
+        for (got, want) in rendered {
+            assert_eq!(got, want);
+        }
+        assert_eq!(Action::KeptInstalled.why(), None);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Harvest, Reader};
+use super::{Harvest, Reader, SourceErrorKind};
 use crate::cert::{self, PrivateKey};
 use crate::config::AcmeSource;
 
@@ -25,14 +25,28 @@ pub fn read(reader: &Reader, source: &AcmeSource) -> Harvest {
         return harvest;
     }
     let entry = path.display().to_string();
-    match read_bundle(&path) {
+    match read_classified(&path) {
         Ok((certs, key)) => match reader.pem_candidate(entry, 0, certs, key) {
             Ok(c) => harvest.candidates.push(c),
             Err(e) => harvest.errors.push(e),
         },
-        Err(reason) => harvest.errors.push(reader.error(Some(entry), reason)),
+        Err((kind, reason)) => harvest.errors.push(reader.error(Some(entry), kind, reason)),
     }
     harvest
+}
+
+/// The certificates and key of a bundle file, or why not, with its kind.
+type Bundle = (Vec<rustls_pki_types::CertificateDer<'static>>, PrivateKey);
+
+fn read_classified(path: &Path) -> Result<Bundle, (SourceErrorKind, String)> {
+    let text = zeroize::Zeroizing::new(
+        super::read_limited(path, super::PEM_SIZE_LIMIT)
+            .map_err(|r| (SourceErrorKind::Unreadable, r))?,
+    );
+    let malformed = |e: cert::CertError| (SourceErrorKind::Malformed, e.to_string());
+    let certs = cert::parse_pem_certs(&text).map_err(malformed)?;
+    let key = PrivateKey::from_pem(&text).map_err(malformed)?;
+    Ok((certs, key))
 }
 
 /// The certificates and key of a bundle file.

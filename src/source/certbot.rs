@@ -6,14 +6,16 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Harvest, Intermediates, Reader};
+use super::{Harvest, Intermediates, Reader, SourceErrorKind};
 
 pub fn read(reader: &Reader, path: &Path) -> Harvest {
     let mut harvest = Harvest::default();
     let dirs = match lineage_dirs(path) {
         Ok(d) => d,
         Err(reason) => {
-            harvest.errors.push(reader.error(None, reason));
+            harvest
+                .errors
+                .push(reader.error(None, SourceErrorKind::Unreadable, reason));
             return harvest;
         }
     };

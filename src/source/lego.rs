@@ -6,7 +6,7 @@ use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::Path;
 
-use super::{Harvest, Intermediates, Reader};
+use super::{Harvest, Intermediates, Reader, SourceErrorKind};
 
 /// `path` is lego's `--path` directory or its `certificates/` directory.
 pub fn read(reader: &Reader, path: &Path) -> Harvest {
@@ -30,9 +30,11 @@ pub fn read(reader: &Reader, path: &Path) -> Harvest {
             .collect(),
         Err(e) => {
             let entry = (dir != path).then(|| dir.display().to_string());
-            harvest
-                .errors
-                .push(reader.error(entry, super::io_reason(&e)));
+            harvest.errors.push(reader.error(
+                entry,
+                SourceErrorKind::Unreadable,
+                super::io_reason(&e),
+            ));
             return harvest;
         }
     };

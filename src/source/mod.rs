@@ -11,6 +11,8 @@ pub mod certbot;
 pub mod files;
 pub mod lego;
 pub mod selfsigned;
+#[cfg(test)]
+pub(crate) mod testing;
 pub mod traefik;
 
 use std::fmt;
@@ -111,7 +113,31 @@ impl Candidate {
 pub struct SourceError {
     pub source: Arc<str>,
     pub entry: Option<String>,
+    pub kind: SourceErrorKind,
     pub reason: String,
+}
+
+/// What kind of problem a [`SourceError`] is: with the source and the
+/// entry, its identity (the daemon tells a new error from one it already
+/// reported by these, never by the text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SourceErrorKind {
+    /// Missing, not readable, not a regular file, too large, or empty.
+    Unreadable,
+    /// Read, but not what its format says (JSON, PEM, base64, DER).
+    Malformed,
+    /// Parsed, but unusable: its key does not match its certificate or its
+    /// chain is broken (found when selection builds the bundle).
+    Broken,
+    /// The self-signed fallback could not make or store its certificate.
+    Fallback,
+}
+
+impl SourceError {
+    /// What tells this error from another, whatever its wording.
+    pub fn identity(&self) -> (&str, Option<&str>, SourceErrorKind) {
+        (&self.source, self.entry.as_deref(), self.kind)
+    }
 }
 
 impl fmt::Display for SourceError {
@@ -156,10 +182,16 @@ impl Reader {
         }
     }
 
-    fn error(&self, entry: Option<String>, reason: impl Into<String>) -> SourceError {
+    fn error(
+        &self,
+        entry: Option<String>,
+        kind: SourceErrorKind,
+        reason: impl Into<String>,
+    ) -> SourceError {
         SourceError {
             source: self.label.clone(),
             entry,
+            kind,
             reason: reason.into(),
         }
     }
@@ -175,10 +207,19 @@ impl Reader {
     ) -> Result<Candidate, SourceError> {
         let certs = crate::cert::order_chain(certs, &key);
         let leaf_der = certs.first().ok_or_else(|| {
-            self.error(Some(entry.clone()), CertError::NoPemCertificate.to_string())
+            self.error(
+                Some(entry.clone()),
+                SourceErrorKind::Malformed,
+                CertError::NoPemCertificate.to_string(),
+            )
         })?;
-        let leaf = Leaf::parse(leaf_der.as_ref())
-            .map_err(|e| self.error(Some(entry.clone()), e.to_string()))?;
+        let leaf = Leaf::parse(leaf_der.as_ref()).map_err(|e| {
+            self.error(
+                Some(entry.clone()),
+                SourceErrorKind::Malformed,
+                e.to_string(),
+            )
+        })?;
         Ok(Candidate {
             origin: self.origin(entry, entry_index),
             leaf,
@@ -215,12 +256,12 @@ impl Reader {
         key: (&Path, String),
         intermediates: Intermediates<'_>,
     ) {
-        let certs = read_pem_certs(cert.0).map_err(|r| self.error(Some(cert.1), r));
-        let key = read_pem_key(key.0).map_err(|r| self.error(Some(key.1), r));
+        let certs = read_pem_certs(cert.0).map_err(|(k, r)| self.error(Some(cert.1), k, r));
+        let key = read_pem_key(key.0).map_err(|(k, r)| self.error(Some(key.1), k, r));
         let extra = match intermediates {
             Intermediates::InCertFile => Ok(Vec::new()),
             Intermediates::File { path, entry } => {
-                read_pem_certs(path).map_err(|r| self.error(Some(entry), r))
+                read_pem_certs(path).map_err(|(k, r)| self.error(Some(entry), k, r))
             }
             Intermediates::IfLeafOnly(path) => Ok(match &certs {
                 Ok(c) if c.len() == 1 && path.exists() => read_pem_certs(path).unwrap_or_default(),
@@ -357,14 +398,81 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
     Ok(buf)
 }
 
+/// Why a file of a source could not be used: its kind and the reason.
+type FileError = (SourceErrorKind, String);
+
 /// Reads a PEM certificate file: every certificate in it, leaf first.
-fn read_pem_certs(path: &Path) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
-    let text = read_limited(path, PEM_SIZE_LIMIT)?;
-    crate::cert::parse_pem_certs(&text).map_err(|e| e.to_string())
+fn read_pem_certs(
+    path: &Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, FileError> {
+    let text = read_limited(path, PEM_SIZE_LIMIT).map_err(|r| (SourceErrorKind::Unreadable, r))?;
+    crate::cert::parse_pem_certs(&text).map_err(|e| (SourceErrorKind::Malformed, e.to_string()))
 }
 
 /// Reads a PEM private key file.
-fn read_pem_key(path: &Path) -> Result<PrivateKey, String> {
-    let text = zeroize::Zeroizing::new(read_limited(path, PEM_SIZE_LIMIT)?);
-    PrivateKey::from_pem(&text).map_err(|e| e.to_string())
+fn read_pem_key(path: &Path) -> Result<PrivateKey, FileError> {
+    let text = zeroize::Zeroizing::new(
+        read_limited(path, PEM_SIZE_LIMIT).map_err(|r| (SourceErrorKind::Unreadable, r))?,
+    );
+    PrivateKey::from_pem(&text).map_err(|e| (SourceErrorKind::Malformed, e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Alg, Ca};
+    use super::*;
+
+    const NOW: i64 = 1_767_225_600;
+
+    fn reader() -> Reader {
+        Reader {
+            label: Arc::from("files:/etc/ssl/mx.pem"),
+            index: 3,
+        }
+    }
+
+    #[test]
+    fn a_pem_chain_in_any_order_becomes_a_candidate_with_its_leaf_first() {
+        let issued = Ca::new().issue(&["mx.example"], Alg::Ecdsa, NOW, NOW + 86_400);
+        let mut reversed = issued.certs.clone();
+        reversed.reverse();
+        for (what, certs) in [("in order", issued.certs.clone()), ("reversed", reversed)] {
+            let c = reader()
+                .pem_candidate("mx.pem".to_owned(), 2, certs, issued.key.clone())
+                .unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(c.leaf.names, ["mx.example"], "{what}");
+            assert_eq!(c.origin.to_string(), "files:/etc/ssl/mx.pem: mx.pem");
+            assert_eq!((c.origin.source_index, c.origin.entry_index), (3, 2));
+            let bundle = c.bundle().unwrap();
+            assert_eq!(bundle.certs, issued.certs, "{what}");
+            assert!(bundle.verify().is_ok(), "{what}");
+        }
+    }
+
+    #[test]
+    fn a_pem_file_without_certificates_is_a_malformed_entry() {
+        let issued = Ca::new().issue(&["mx.example"], Alg::Ecdsa, NOW, NOW + 86_400);
+        let e = reader()
+            .pem_candidate("mx.pem".to_owned(), 0, Vec::new(), issued.key)
+            .unwrap_err();
+        assert_eq!(e.kind, SourceErrorKind::Malformed);
+        assert_eq!(
+            e.to_string(),
+            "source files:/etc/ssl/mx.pem: mx.pem: no PEM certificate found (the text is not PEM)"
+        );
+        assert_eq!(
+            e.identity(),
+            (
+                "files:/etc/ssl/mx.pem",
+                Some("mx.pem"),
+                SourceErrorKind::Malformed
+            )
+        );
+    }
+
+    #[test]
+    fn a_source_error_without_an_entry_names_only_the_source() {
+        let e = reader().error(None, SourceErrorKind::Unreadable, "not found");
+        assert_eq!(e.to_string(), "source files:/etc/ssl/mx.pem: not found");
+    }
 }

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use rcgen::{CertificateParams, DnType, KeyPair, RsaKeySize};
 
-use super::{Harvest, Persist, Reader};
+use super::{Harvest, Persist, Reader, SourceErrorKind};
 use crate::cert::{self, Timeliness};
 use crate::config::{Config, KeyTypeFilter};
 use crate::names::{self, DnsName};
@@ -53,8 +53,13 @@ pub fn read(reader: &Reader, dir: &Path, days: u32, wanted: &Wanted, persist: Pe
             harvest.candidates.push(c);
             continue;
         }
-        let generated = generate(kind == &"rsa", days, &wanted.names)
-            .map_err(|e| reader.error(Some(entry.clone()), format!("cannot generate: {e}")));
+        let generated = generate(kind == &"rsa", days, &wanted.names).map_err(|e| {
+            reader.error(
+                Some(entry.clone()),
+                SourceErrorKind::Fallback,
+                format!("cannot generate: {e}"),
+            )
+        });
         let (cert_pem, key_pem) = match generated {
             Ok(g) => g,
             Err(e) => {
@@ -76,6 +81,7 @@ pub fn read(reader: &Reader, dir: &Path, days: u32, wanted: &Wanted, persist: Pe
                 ),
                 Err(e) => harvest.errors.push(reader.error(
                     Some(entry.clone()),
+                    SourceErrorKind::Fallback,
                     format!("cannot store: {}", super::io_reason(&e)),
                 )),
             }
@@ -90,9 +96,11 @@ pub fn read(reader: &Reader, dir: &Path, days: u32, wanted: &Wanted, persist: Pe
                 }
                 Err(e) => harvest.errors.push(e),
             },
-            Err(e) => harvest
-                .errors
-                .push(reader.error(Some(entry), e.to_string())),
+            Err(e) => harvest.errors.push(reader.error(
+                Some(entry),
+                SourceErrorKind::Fallback,
+                e.to_string(),
+            )),
         }
     }
     harvest

@@ -24,26 +24,36 @@ use rayon::prelude::*;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use zeroize::Zeroizing;
 
-use super::{Candidate, Harvest, Material, Reader};
+use super::{Candidate, Harvest, Material, Reader, SourceErrorKind};
 use crate::cert::{self, Bundle, CertError, Leaf, PrivateKey};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// Reads one acme.json. `resolvers` limits which resolvers are used.
 pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>) -> Harvest {
-    let mut harvest = Harvest::default();
-    let buf: Arc<Vec<u8>> = match super::read_limited(path, super::ACME_JSON_SIZE_LIMIT) {
+    match super::read_limited(path, super::ACME_JSON_SIZE_LIMIT) {
         // Arc::new keeps the allocation: Vec -> Arc<[u8]> would copy the file.
-        Ok(b) => Arc::new(b),
+        Ok(b) => parse(reader, Arc::new(b), resolvers),
         Err(reason) => {
-            harvest.errors.push(reader.error(None, reason));
-            return harvest;
+            let mut harvest = Harvest::default();
+            harvest
+                .errors
+                .push(reader.error(None, SourceErrorKind::Unreadable, reason));
+            harvest
         }
-    };
+    }
+}
+
+/// Parses the text of an acme.json (no I/O): its candidates, and an
+/// error for the file or for each entry that cannot be used.
+fn parse(reader: &Reader, buf: Arc<Vec<u8>>, resolvers: Option<&[String]>) -> Harvest {
+    let mut harvest = Harvest::default();
     let file: AcmeFile<'_> = match serde_json::from_slice(&buf) {
         Ok(f) => f,
         Err(e) => {
-            harvest.errors.push(reader.error(None, json_reason(&e)));
+            harvest
+                .errors
+                .push(reader.error(None, SourceErrorKind::Malformed, json_reason(&e)));
             return harvest;
         }
     };
@@ -52,6 +62,7 @@ pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>) -> Harve
         AcmeFile::NotObject(kind) => {
             harvest.errors.push(reader.error(
                 None,
+                SourceErrorKind::Malformed,
                 format!("not a Traefik acme.json: the top level is {kind}, expected an object"),
             ));
             return harvest;
@@ -94,12 +105,14 @@ pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>) -> Harve
             Certificates::Absent | Certificates::Null => {}
             Certificates::Invalid(kind) => harvest.errors.push(reader.error(
                 Some(group_name.clone()),
+                SourceErrorKind::Malformed,
                 format!("`Certificates` is {kind}, expected a list"),
             )),
         }
         if let Some(kind) = group.invalid {
             harvest.errors.push(reader.error(
                 Some(group_name),
+                SourceErrorKind::Malformed,
                 format!("not a Traefik acme.json resolver: it is {kind}, expected an object"),
             ));
         }
@@ -117,7 +130,7 @@ pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>) -> Harve
                     fallback: false,
                     material: Material::AcmeJson(material),
                 })
-                .map_err(|reason| reader.error(Some(name), reason))
+                .map_err(|reason| reader.error(Some(name), SourceErrorKind::Malformed, reason))
         })
         .collect();
     for r in results {
@@ -591,5 +604,182 @@ impl<'de: 'a, 'a> de::Deserialize<'de> for AcmeFile<'a> {
             other_kinds!(AcmeFile::NotObject);
         }
         d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::SourceErrorKind;
+    use crate::source::testing::{Alg, Ca};
+
+    const NOW: i64 = 1_767_225_600;
+
+    fn reader() -> Reader {
+        Reader {
+            label: Arc::from("traefik"),
+            index: 0,
+        }
+    }
+
+    /// The base64 `certificate` and `key` fields of an entry for `names`.
+    fn fields(ca: &Ca, names: &[&str]) -> (String, String) {
+        let b = ca.issue(names, Alg::Ecdsa, NOW, NOW + 90 * 86_400).bundle();
+        (
+            B64.encode(b.fullchain_pem()),
+            B64.encode(b.key.to_pem().as_bytes()),
+        )
+    }
+
+    fn parse_text(text: &str, resolvers: Option<&[String]>) -> Harvest {
+        parse(&reader(), Arc::new(text.as_bytes().to_vec()), resolvers)
+    }
+
+    fn entries(h: &Harvest) -> Vec<String> {
+        h.candidates
+            .iter()
+            .map(|c| c.origin.entry.clone())
+            .collect()
+    }
+
+    fn errors(h: &Harvest) -> Vec<(Option<&str>, SourceErrorKind, &str)> {
+        h.errors
+            .iter()
+            .map(|e| (e.entry.as_deref(), e.kind, e.reason.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn a_v2_file_yields_one_candidate_per_entry_named_by_resolver_and_main() {
+        let ca = Ca::new();
+        let (c1, k1) = fields(&ca, &["mx.example"]);
+        let (c2, k2) = fields(&ca, &["imap.example"]);
+        let text = format!(
+            r#"{{"le": {{"Account": {{}}, "Certificates": [
+                {{"domain": {{"main": "mx.example"}}, "certificate": "{c1}", "key": "{k1}", "Store": "default"}},
+                {{"domain": {{"main": "imap.example", "sans": []}}, "certificate": "{c2}", "key": "{k2}"}}
+            ]}}, "other": {{"Certificates": null}}}}"#
+        );
+        let h = parse_text(&text, None);
+        assert_eq!(errors(&h), []);
+        assert_eq!(
+            entries(&h),
+            [
+                r#"resolver "le" #1 (main "mx.example")"#,
+                r#"resolver "le" #2 (main "imap.example")"#
+            ]
+        );
+        assert_eq!(h.candidates[1].leaf.names, ["imap.example"]);
+        assert!(h.candidates.iter().all(|c| c.bundle().is_ok()));
+    }
+
+    #[test]
+    fn a_v1_file_is_read_too() {
+        let ca = Ca::new();
+        let (c, k) = fields(&ca, &["mx.example"]);
+        let text = format!(
+            r#"{{"Account": {{}}, "Certificates": [{{"Domain": {{"Main": "mx.example", "SANs": null}}, "Certificate": "{c}", "Key": "{k}"}}], "HTTPChallenges": {{}}}}"#
+        );
+        let h = parse_text(&text, None);
+        assert_eq!(errors(&h), []);
+        assert_eq!(entries(&h), [r#"v1 Certificates #1 (main "mx.example")"#]);
+    }
+
+    #[test]
+    fn a_resolver_filter_keeps_only_those_resolvers_and_names_missing_ones() {
+        let ca = Ca::new();
+        let (c, k) = fields(&ca, &["mx.example"]);
+        let entry = format!(r#"[{{"certificate": "{c}", "key": "{k}"}}]"#);
+        let text =
+            format!(r#"{{"a": {{"Certificates": {entry}}}, "b": {{"Certificates": {entry}}}}}"#);
+        let wanted = ["b".to_owned(), "c".to_owned()];
+        let h = parse_text(&text, Some(&wanted));
+        assert_eq!(entries(&h), [r#"resolver "b" #1"#]);
+        assert_eq!(
+            h.warnings,
+            [r#"source traefik: resolver "c" is not in the file"#]
+        );
+    }
+
+    #[test]
+    fn each_malformed_input_is_one_error_of_its_kind_and_the_rest_is_read() {
+        let ca = Ca::new();
+        let (c, k) = fields(&ca, &["mx.example"]);
+        use SourceErrorKind::Malformed;
+        // (what, text, errors (entry, reason), candidates)
+        type Row = (
+            &'static str,
+            String,
+            Vec<(Option<&'static str>, &'static str)>,
+            usize,
+        );
+        let table: Vec<Row> = vec![
+            (
+                "truncated",
+                r#"{"le": {"Certificates": ["#.to_owned(),
+                vec![(
+                    None,
+                    "truncated JSON: the file ends too early (line 1, column 25); a writer may be mid-write",
+                )],
+                0,
+            ),
+            (
+                "a list at the top",
+                "[]".to_owned(),
+                vec![(
+                    None,
+                    "not a Traefik acme.json: the top level is a list, expected an object",
+                )],
+                0,
+            ),
+            (
+                "Certificates not a list",
+                r#"{"le": {"Certificates": 3}}"#.to_owned(),
+                vec![(
+                    Some(r#"resolver "le""#),
+                    "`Certificates` is a number, expected a list",
+                )],
+                0,
+            ),
+            (
+                "one entry without a key",
+                format!(
+                    r#"{{"le": {{"Certificates": [{{"certificate": "{c}"}}, {{"certificate": "{c}", "key": "{k}"}}]}}}}"#
+                ),
+                vec![(
+                    Some(r#"resolver "le" #1"#),
+                    "no key (`key` is missing or empty)",
+                )],
+                1,
+            ),
+            (
+                "one entry with bad base64",
+                format!(
+                    r#"{{"le": {{"Certificates": [{{"certificate": "@@@@", "key": "{k}"}}, {{"certificate": "{c}", "key": "{k}"}}]}}}}"#
+                ),
+                vec![(
+                    Some(r#"resolver "le" #1"#),
+                    "`certificate` is not valid base64: byte 0x40 at offset 0",
+                )],
+                1,
+            ),
+            (
+                "one entry a string",
+                format!(
+                    r#"{{"le": {{"Certificates": ["x", {{"certificate": "{c}", "key": "{k}"}}]}}}}"#
+                ),
+                vec![(
+                    Some(r#"resolver "le" #1"#),
+                    "the entry is a string, expected an object",
+                )],
+                1,
+            ),
+        ];
+        for (what, text, want, found) in table {
+            let h = parse_text(&text, None);
+            let want: Vec<_> = want.into_iter().map(|(e, r)| (e, Malformed, r)).collect();
+            assert_eq!(errors(&h), want, "{what}");
+            assert_eq!(h.candidates.len(), found, "{what}");
+        }
     }
 }
