@@ -13,8 +13,7 @@
 
 use std::collections::HashSet;
 
-use crate::cert::{self, Bundle, Leaf, Timeliness};
-use crate::config::KeyTypeFilter;
+use crate::cert::{self, Bundle, KeyTypeFilter, Leaf, Timeliness};
 use crate::names::{self, DnsName};
 use crate::select::{self, Selection};
 use crate::source::{Candidate, Origin};
