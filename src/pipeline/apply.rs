@@ -190,7 +190,8 @@ fn verify_target(
                 served.key_type,
                 &served.leaf,
                 target.verify_timeout,
-            );
+            )
+            .map_err(|e| e.to_string());
             match &result {
                 Ok(()) => tracing::info!(
                     "target {}: {} presents {}",
@@ -320,7 +321,7 @@ fn run_reloads(reloads: Vec<(Reload, Duration)>) -> Vec<ReloadReport> {
     reloads
         .into_iter()
         .map(|(action, timeout)| {
-            let result = crate::reload::run(&action, timeout);
+            let result = crate::reload::run(&action, timeout).map_err(|e| e.to_string());
             match &result {
                 Ok(()) => tracing::info!("reload `{action}`: done"),
                 Err(e) => tracing::error!("reload `{action}`: {e}"),
