@@ -94,15 +94,39 @@ pub fn planned_files(target: &Target, slot: &Slot, bundle: &Bundle) -> Vec<Plann
         .collect()
 }
 
+/// An `owner` or `group` name that names no account.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnershipError {
+    #[error("owner {name:?}: {source}")]
+    LookUpUser {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("owner {0:?}: no such user")]
+    NoSuchUser(String),
+    #[error("group {name:?}: {source}")]
+    LookUpGroup {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("group {0:?}: no such group")]
+    NoSuchGroup(String),
+}
+
 /// Resolves a target's `owner` and `group` names (or numbers) to ids.
-pub fn ownership(target: &Target) -> Result<Ownership, String> {
+pub fn ownership(target: &Target) -> Result<Ownership, OwnershipError> {
     let uid = match &target.owner {
         None => None,
         Some(name) => Some(match name.parse::<u32>() {
             Ok(n) => n,
             Err(_) => nix::unistd::User::from_name(name)
-                .map_err(|e| format!("owner {name:?}: {e}"))?
-                .ok_or_else(|| format!("owner {name:?}: no such user"))?
+                .map_err(|source| OwnershipError::LookUpUser {
+                    name: name.clone(),
+                    source,
+                })?
+                .ok_or_else(|| OwnershipError::NoSuchUser(name.clone()))?
                 .uid
                 .as_raw(),
         }),
@@ -112,8 +136,11 @@ pub fn ownership(target: &Target) -> Result<Ownership, String> {
         Some(name) => Some(match name.parse::<u32>() {
             Ok(n) => n,
             Err(_) => nix::unistd::Group::from_name(name)
-                .map_err(|e| format!("group {name:?}: {e}"))?
-                .ok_or_else(|| format!("group {name:?}: no such group"))?
+                .map_err(|source| OwnershipError::LookUpGroup {
+                    name: name.clone(),
+                    source,
+                })?
+                .ok_or_else(|| OwnershipError::NoSuchGroup(name.clone()))?
                 .gid
                 .as_raw(),
         }),

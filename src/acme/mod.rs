@@ -508,7 +508,9 @@ pub async fn renew(
             && !providers.contains_key(provider)
         {
             let cfg = &config.dns[provider];
-            let built = crate::dns::Provider::build(cfg).map(|p| (p, crate::dns::propagation(cfg)));
+            let built = crate::dns::Provider::build(cfg)
+                .map(|p| (p, crate::dns::propagation(cfg)))
+                .map_err(|e| e.to_string());
             providers.insert(provider.clone(), built);
         }
     }

@@ -84,6 +84,7 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
         }
         if !slot_plan.files.is_empty() {
             r.action = match install::ownership(target)
+                .map_err(|e| e.to_string())
                 .and_then(|o| install::apply(&slot_plan.files, o))
             {
                 Ok(o) if o.changed.is_empty() => Action::UpToDate,
