@@ -339,7 +339,7 @@ fn renew(config: &config::Config, force: bool, only: Option<&str>) -> ExitCode {
         }
         Err(e) => {
             tracing::error!("renew: {e}");
-            if only.is_some() && e.starts_with("no acme source") {
+            if matches!(e, crate::acme::AcmeError::UnknownSource { .. }) {
                 return ExitCode::from(2);
             }
         }

@@ -16,7 +16,7 @@ use crate::config::{DnsKind, DnsProvider};
 
 /// A `[dns.NAME]` table whose provider could not be built. Names the
 /// table and where its secret was looked for, never the secret.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("[dns.{table}]: {problem}")]
 pub struct BuildError {
     pub table: String,
@@ -25,7 +25,7 @@ pub struct BuildError {
 }
 
 /// What went wrong building a provider.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum BuildProblem {
     /// The API token could not be read (where, never what).
     #[error("api token: {0}")]

@@ -43,6 +43,63 @@ use crate::config::{AcmeAccount, AcmeKeyType, AcmeSource, Challenge, Config};
 use crate::source::acme::{bundle_path, read_bundle};
 use schedule::{Due, Held, Issuance, Reason, Wanted};
 
+/// Why an `acme` source got no certificate this pass, or why `renew` did
+/// not run: the source's state file, the lock, the account, the DNS
+/// provider, the responder or the order. Rendered to text where it is
+/// printed, logged or recorded as the source's `last_error`. Cloneable:
+/// one failure before ordering (the lock, the account) is every waiting
+/// source's.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AcmeError {
+    #[error("no acme source named {name:?} (configured: {})", if .known.is_empty() { "none".to_owned() } else { .known.join(", ") })]
+    UnknownSource { name: String, known: Vec<String> },
+    #[error("acme lock: {0}")]
+    Lock(#[source] Arc<std::io::Error>),
+    #[error(transparent)]
+    Account(#[from] account::AccountError),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::BuildError),
+    #[error("http-01: cannot listen on {0}")]
+    CannotListen(std::net::SocketAddr),
+    #[error(transparent)]
+    Order(#[from] order::OrderError),
+    /// The source's directory could not be made.
+    #[error("{}: {source}", .dir.display())]
+    SourceDir {
+        dir: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("{0}")]
+    EncodeState(#[source] Arc<serde_json::Error>),
+    #[error("{}: {source}", .path.display())]
+    WriteState {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("{}: cannot keep the order's key: {source}", .path.display())]
+    KeepOrderKey {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("{}: cannot store the certificate: {source}", .path.display())]
+    StoreCertificate {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+}
+
+/// Makes a source's directory (0700).
+fn ensure_source_dir(source: &AcmeSource) -> Result<(), AcmeError> {
+    crate::state::ensure_dir(&source.dir).map_err(|e| AcmeError::SourceDir {
+        dir: source.dir.clone(),
+        source: Arc::new(e),
+    })
+}
+
 /// What is kept per `acme` source in `state_dir/acme/NAME/state.json`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SourceState {
@@ -119,12 +176,15 @@ impl SourceState {
             .unwrap_or_default()
     }
 
-    fn save(&self, source: &AcmeSource) -> Result<(), String> {
-        crate::state::ensure_dir(&source.dir)
-            .map_err(|e| format!("{}: {e}", source.dir.display()))?;
-        let json = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        crate::install::write_atomic(&Self::path(source), &json, 0o600, None)
-            .map_err(|e| format!("{}: {e}", Self::path(source).display()))
+    fn save(&self, source: &AcmeSource) -> Result<(), AcmeError> {
+        ensure_source_dir(source)?;
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| AcmeError::EncodeState(Arc::new(e)))?;
+        let path = Self::path(source);
+        crate::install::write_atomic(&path, &json, 0o600, None).map_err(|e| AcmeError::WriteState {
+            path,
+            source: Arc::new(e),
+        })
     }
 
     /// Records the `failures`-th consecutive failure and its backoff.
@@ -257,7 +317,7 @@ pub struct Outcome {
     pub source: String,
     pub due: Due,
     /// `None` when no order was placed.
-    pub result: Option<Result<Issued, String>>,
+    pub result: Option<Result<Issued, AcmeError>>,
     /// Failing (this pass, or backing off) while the certificate it would
     /// replace is missing or within its renewal window.
     pub urgent: bool,
@@ -344,7 +404,7 @@ struct Work<'c> {
     /// Needs its ARI window asked.
     ari_stale: bool,
     /// Settled this pass (a resumed order, or a failure before ordering).
-    result: Option<Result<Issued, String>>,
+    result: Option<Result<Issued, AcmeError>>,
 }
 
 impl Work<'_> {
@@ -359,7 +419,7 @@ pub async fn renew(
     config: &Config,
     force: bool,
     only: Option<&str>,
-) -> Result<Vec<Outcome>, String> {
+) -> Result<Vec<Outcome>, AcmeError> {
     let sources: Vec<&AcmeSource> = config
         .acme_sources()
         .filter(|s| only.is_none_or(|o| o == s.name))
@@ -367,15 +427,10 @@ pub async fn renew(
     if let Some(name) = only
         && sources.is_empty()
     {
-        let known: Vec<&str> = config.acme_sources().map(|s| s.name.as_str()).collect();
-        return Err(format!(
-            "no acme source named {name:?} (configured: {})",
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
-        ));
+        return Err(AcmeError::UnknownSource {
+            name: name.to_owned(),
+            known: config.acme_sources().map(|s| s.name.clone()).collect(),
+        });
     }
     let now = crate::now();
     let mut work: Vec<Work<'_>> = sources
@@ -415,14 +470,14 @@ pub async fn renew(
     }
     let _lock = match crate::state::lock(&config.state_dir.join("acme")) {
         Ok(lock) => lock,
-        Err(e) => return Ok(fail_all(work, &format!("acme lock: {e}"), None, now)),
+        Err(e) => return Ok(fail_all(work, &AcmeError::Lock(Arc::new(e)), None, now)),
     };
     mark_in_flight(&work, now);
     let (account, retry_after) =
         account::observing(account::load_or_create(&config.acme, &config.state_dir)).await;
     let account = match account {
         Ok(account) => account,
-        Err(e) => return Ok(fail_all(work, &e, retry_after, now)),
+        Err(e) => return Ok(fail_all(work, &e.into(), retry_after, now)),
     };
 
     // Ask the CA for its renewal windows (ARI) where they are stale.
@@ -508,9 +563,7 @@ pub async fn renew(
             && !providers.contains_key(provider)
         {
             let cfg = &config.dns[provider];
-            let built = crate::dns::Provider::build(cfg)
-                .map(|p| (p, crate::dns::propagation(cfg)))
-                .map_err(|e| e.to_string());
+            let built = crate::dns::Provider::build(cfg).map(|p| (p, crate::dns::propagation(cfg)));
             providers.insert(provider.clone(), built);
         }
     }
@@ -531,7 +584,7 @@ pub async fn renew(
                 Challenge::Dns01 { provider } => match &providers[provider] {
                     Ok((p, prop)) => Some((p, prop)),
                     Err(e) => {
-                        let e = e.clone();
+                        let e = AcmeError::from(e.clone());
                         record(config, account_id, w, Err(e), None);
                         return;
                     }
@@ -539,7 +592,7 @@ pub async fn renew(
                 Challenge::Http01Listen(addr)
                     if responders.get(addr).is_some_and(Option::is_none) =>
                 {
-                    let e = format!("http-01: cannot listen on {addr}");
+                    let e = AcmeError::CannotListen(*addr);
                     record(config, account_id, w, Err(e), None);
                     return;
                 }
@@ -583,7 +636,13 @@ pub async fn renew(
             };
             let (result, retry_after) =
                 account::observing(order::order(source, &ctx, &renewal, &mut checkpoint)).await;
-            record(config, account_id, w, result, retry_after);
+            record(
+                config,
+                account_id,
+                w,
+                result.map_err(AcmeError::from),
+                retry_after,
+            );
         }
     });
     futures_util::future::join_all(orders).await;
@@ -599,11 +658,15 @@ fn remember(
     state: &mut SourceState,
     url: &str,
     key: &Zeroizing<String>,
-) -> Result<(), String> {
-    crate::state::ensure_dir(&source.dir).map_err(|e| format!("{}: {e}", source.dir.display()))?;
+) -> Result<(), AcmeError> {
+    ensure_source_dir(source)?;
     let path = order_key_path(source);
-    crate::install::write_atomic(&path, key.as_bytes(), 0o600, None)
-        .map_err(|e| format!("{}: cannot keep the order's key: {e}", path.display()))?;
+    crate::install::write_atomic(&path, key.as_bytes(), 0o600, None).map_err(|e| {
+        AcmeError::KeepOrderKey {
+            path: path.clone(),
+            source: Arc::new(e),
+        }
+    })?;
     state.pending_order = Some(PendingOrder {
         url: url.to_owned(),
         directory: config.acme.directory.clone(),
@@ -661,7 +724,8 @@ async fn resume(config: &Config, account: &instant_acme::Account, w: &mut Work<'
             forget_order_for_good(source, &mut w.state);
         }
         Err(e) => {
-            let next = w.state.failed(&e, retry_after, now);
+            let e = AcmeError::from(e);
+            let next = w.state.failed(&e.to_string(), retry_after, now);
             tracing::error!(
                 "acme source {}: {e}; next attempt after {}",
                 source.name,
@@ -698,19 +762,20 @@ fn mark_in_flight(work: &[Work<'_>], now: i64) {
 /// backoff ends.
 fn fail_all(
     mut work: Vec<Work<'_>>,
-    error: &str,
+    error: &AcmeError,
     retry_after: Option<i64>,
     now: i64,
 ) -> Vec<Outcome> {
+    let text = error.to_string();
     let mut logged = false;
     for w in &mut work {
         if matches!(w.due, Due::Now(_)) || w.resume {
-            let next = w.state.failed(error, retry_after, now);
+            let next = w.state.failed(&text, retry_after, now);
             if !logged {
                 tracing::error!("acme: {error}; next attempt after {}", crate::rfc3339(next));
                 logged = true;
             }
-            w.result = Some(Err(error.to_owned()));
+            w.result = Some(Err(error.clone()));
         } else if w.ari_stale {
             let next = w.state.ari_failed(retry_after, now);
             tracing::warn!(
@@ -750,18 +815,21 @@ fn record(
     config: &Config,
     account: &str,
     w: &mut Work<'_>,
-    result: Result<order::Issued, String>,
+    result: Result<order::Issued, AcmeError>,
     retry_after: Option<i64>,
 ) {
     let source = w.source;
     let state = &mut w.state;
     let now = crate::now();
     let stored = result.and_then(|issued| {
-        crate::state::ensure_dir(&source.dir)
-            .map_err(|e| format!("{}: {e}", source.dir.display()))?;
+        ensure_source_dir(source)?;
         let path = bundle_path(source);
-        crate::install::write_atomic(&path, issued.bundle_pem.as_bytes(), 0o600, None)
-            .map_err(|e| format!("{}: cannot store the certificate: {e}", path.display()))?;
+        crate::install::write_atomic(&path, issued.bundle_pem.as_bytes(), 0o600, None).map_err(
+            |e| AcmeError::StoreCertificate {
+                path: path.clone(),
+                source: Arc::new(e),
+            },
+        )?;
         Ok(issued)
     });
     let outcome = match stored {
@@ -843,7 +911,7 @@ fn record(
             })
         }
         Err(e) => {
-            let next = state.failed(&e, retry_after, now);
+            let next = state.failed(&e.to_string(), retry_after, now);
             tracing::error!(
                 "acme source {}: order failed: {e}; next attempt after {}",
                 source.name,
