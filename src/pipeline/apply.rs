@@ -84,7 +84,7 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
         }
         if !slot_plan.files.is_empty() {
             r.action = match install::ownership(target)
-                .map_err(|e| e.to_string())
+                .map_err(install::InstallError::from)
                 .and_then(|o| install::apply(&slot_plan.files, o))
             {
                 Ok(o) if o.changed.is_empty() => Action::UpToDate,
@@ -94,7 +94,7 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
                 }
                 Err(e) => {
                     tracing::error!("target {}: {e}; its previous files were restored", r.name);
-                    Action::WriteFailed(e)
+                    Action::WriteFailed(e.to_string())
                 }
             };
         }
@@ -228,7 +228,7 @@ fn roll_back(
             .map(|u| {
                 u.iter()
                     .map(Undo::restore)
-                    .collect::<Result<Vec<()>, String>>()
+                    .collect::<Result<Vec<()>, install::RestoreError>>()
             })
             .unwrap_or(Ok(Vec::new()));
         let outcome = match restored {
