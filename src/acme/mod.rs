@@ -415,11 +415,71 @@ impl Work<'_> {
 
 /// Orders what is due (everything selected, with `force`); `only` limits
 /// it to one source. Returns one outcome per source looked at.
+///
+/// The phases, in order: look at each source ([`gather_work`]); stop there
+/// when none needs the CA; take the lock and the account (a failure there
+/// is every waiting source's, [`fail_all`]); ask for stale renewal windows
+/// ([`refresh_ari`]); take the certificates of orders finalized before
+/// ([`resume`]); start what the challenges need ([`start_responders`],
+/// [`build_providers`]); place the orders ([`place_orders`]).
 pub async fn renew(
     config: &Config,
     force: bool,
     only: Option<&str>,
 ) -> Result<Vec<Outcome>, AcmeError> {
+    let now = crate::now();
+    let mut work = gather_work(config, force, only, now)?;
+    let needs_network = work
+        .iter()
+        .any(|w| w.resume || w.ari_stale || matches!(w.due, Due::Now(_)));
+    if !needs_network {
+        return Ok(outcomes(work, now));
+    }
+    let _lock = match crate::state::lock(&config.state_dir.join("acme")) {
+        Ok(lock) => lock,
+        Err(e) => return Ok(fail_all(work, &AcmeError::Lock(Arc::new(e)), None, now)),
+    };
+    mark_in_flight(&work, now);
+    let (account, retry_after) =
+        account::observing(account::load_or_create(&config.acme, &config.state_dir)).await;
+    let account = match account {
+        Ok(account) => account,
+        Err(e) => return Ok(fail_all(work, &e.into(), retry_after, now)),
+    };
+    refresh_ari(config, &account, &mut work, force, now).await;
+    // Orders finalized before whose certificate was not stored.
+    for w in &mut work {
+        if w.resume {
+            resume(config, &account, w, now).await;
+        }
+    }
+    let profile = offered_profile(config, &account);
+    // One built-in responder per listen address, while the orders run.
+    let tokens: http01::Tokens = Arc::default();
+    let responders = start_responders(&work, &tokens).await;
+    let providers = build_providers(config, &work);
+    // Sources the ARI answers made due since.
+    mark_in_flight(&work, now);
+    let ready = Ready {
+        account: &account,
+        profile,
+        tokens: &tokens,
+        responders: &responders,
+        providers: &providers,
+    };
+    place_orders(config, &ready, &mut work).await;
+    drop(responders);
+    Ok(outcomes(work, now))
+}
+
+/// The sources `renew` looks at (`only` one, when given), each with its
+/// state, the certificate it holds, and what is due.
+fn gather_work<'c>(
+    config: &'c Config,
+    force: bool,
+    only: Option<&str>,
+    now: i64,
+) -> Result<Vec<Work<'c>>, AcmeError> {
     let sources: Vec<&AcmeSource> = config
         .acme_sources()
         .filter(|s| only.is_none_or(|o| o == s.name))
@@ -432,8 +492,7 @@ pub async fn renew(
             known: config.acme_sources().map(|s| s.name.clone()).collect(),
         });
     }
-    let now = crate::now();
-    let mut work: Vec<Work<'_>> = sources
+    Ok(sources
         .iter()
         .map(|s| {
             let state = SourceState::load(s);
@@ -461,33 +520,25 @@ pub async fn renew(
                 result: None,
             }
         })
-        .collect();
-    let needs_network = work
-        .iter()
-        .any(|w| w.resume || w.ari_stale || matches!(w.due, Due::Now(_)));
-    if !needs_network {
-        return Ok(outcomes(work, now));
-    }
-    let _lock = match crate::state::lock(&config.state_dir.join("acme")) {
-        Ok(lock) => lock,
-        Err(e) => return Ok(fail_all(work, &AcmeError::Lock(Arc::new(e)), None, now)),
-    };
-    mark_in_flight(&work, now);
-    let (account, retry_after) =
-        account::observing(account::load_or_create(&config.acme, &config.state_dir)).await;
-    let account = match account {
-        Ok(account) => account,
-        Err(e) => return Ok(fail_all(work, &e.into(), retry_after, now)),
-    };
+        .collect())
+}
 
-    // Ask the CA for its renewal windows (ARI) where they are stale.
-    for w in &mut work {
+/// Asks the CA for its renewal windows (ARI) where they are stale, and
+/// decides again what is due with the answers.
+async fn refresh_ari(
+    config: &Config,
+    account: &instant_acme::Account,
+    work: &mut [Work<'_>],
+    force: bool,
+    now: i64,
+) {
+    for w in work {
         if !w.ari_stale {
             continue;
         }
         let Some(h) = &w.held else { continue };
         let (answer, retry_after) =
-            account::observing(fetch_ari(&account, h, w.state.ari.as_ref(), now)).await;
+            account::observing(fetch_ari(account, h, w.state.ari.as_ref(), now)).await;
         match answer {
             AriAnswer::Window(ari) => {
                 if let Some(url) = &ari.explanation_url
@@ -522,15 +573,12 @@ pub async fn renew(
             tracing::warn!("acme source {}: {e}", w.source.name);
         }
     }
+}
 
-    // Orders finalized before whose certificate was not stored.
-    for w in &mut work {
-        if w.resume {
-            resume(config, &account, w, now).await;
-        }
-    }
-
-    let profile = config.acme.profile.as_deref().filter(|p| {
+/// The configured `[acme] profile` when the CA offers it (else a warning,
+/// and orders go without one).
+fn offered_profile<'c>(config: &'c Config, account: &instant_acme::Account) -> Option<&'c str> {
+    config.acme.profile.as_deref().filter(|p| {
         let offered = account.profiles().any(|m| m.name == *p);
         if !offered {
             tracing::warn!(
@@ -538,11 +586,17 @@ pub async fn renew(
             );
         }
         offered
-    });
-    // One built-in responder per listen address, while the orders run.
-    let tokens: http01::Tokens = Arc::default();
+    })
+}
+
+/// One built-in HTTP-01 responder per listen address of a source about to
+/// order; `None` where the address could not be bound (logged).
+async fn start_responders(
+    work: &[Work<'_>],
+    tokens: &http01::Tokens,
+) -> BTreeMap<std::net::SocketAddr, Option<http01::Responder>> {
     let mut responders = BTreeMap::new();
-    for w in &work {
+    for w in work {
         if let (true, Challenge::Http01Listen(addr)) = (w.ordering(), &w.source.challenge)
             && !responders.contains_key(addr)
         {
@@ -557,8 +611,23 @@ pub async fn renew(
             }
         }
     }
+    responders
+}
+
+/// A DNS provider with its propagation check, or why it could not be built.
+type BuiltProvider = Result<
+    (
+        crate::dns::Provider,
+        mxkeys_providers::propagation::Propagation,
+    ),
+    crate::dns::BuildError,
+>;
+
+/// The DNS provider (and propagation check) of each dns-01 source about to
+/// order, built once per provider.
+fn build_providers(config: &Config, work: &[Work<'_>]) -> BTreeMap<String, BuiltProvider> {
     let mut providers = BTreeMap::new();
-    for w in &work {
+    for w in work {
         if let (true, Challenge::Dns01 { provider }) = (w.ordering(), &w.source.challenge)
             && !providers.contains_key(provider)
         {
@@ -567,87 +636,96 @@ pub async fn renew(
             providers.insert(provider.clone(), built);
         }
     }
+    providers
+}
 
-    // Sources the ARI answers made due since.
-    mark_in_flight(&work, now);
-    let account_id = account.id().to_owned();
-    let orders = work.iter_mut().filter(|w| w.ordering()).map(|w| {
-        let account = &account;
-        let account_id = &account_id;
-        let tokens = &tokens;
-        let responders = &responders;
-        let providers = &providers;
-        async move {
-            let Due::Now(reason) = w.due else { return };
-            let source = w.source;
-            let dns = match &source.challenge {
-                Challenge::Dns01 { provider } => match &providers[provider] {
-                    Ok((p, prop)) => Some((p, prop)),
-                    Err(e) => {
-                        let e = AcmeError::from(e.clone());
-                        record(config, account_id, w, Err(e), None);
-                        return;
-                    }
-                },
-                Challenge::Http01Listen(addr)
-                    if responders.get(addr).is_some_and(Option::is_none) =>
-                {
-                    let e = AcmeError::CannotListen(*addr);
-                    record(config, account_id, w, Err(e), None);
-                    return;
-                }
-                _ => None,
-            };
-            let replaces = schedule::may_replace(
-                w.state.issuance_of(w.held.as_ref()),
-                &config.acme.directory,
-                account_id,
-                &source.domains,
-            );
-            tracing::info!(
-                "acme source {}: ordering {} ({reason}{})",
-                source.name,
-                source
-                    .domains
-                    .iter()
-                    .map(|d| d.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if replaces {
-                    ", replacing the certificate held"
-                } else {
-                    ""
-                }
-            );
-            let ctx = order::Context {
-                account,
-                profile,
-                tokens,
-                dns,
-            };
-            let renewal = order::Renewal {
-                previous: w.held.as_ref().map(|h| &h.previous),
-                replaces,
-                keep_key: schedule::keep_key(source.reuse_key, w.held.as_ref().map(|h| &h.facts)),
-            };
-            let state = &mut w.state;
-            let mut checkpoint = |url: &str, key: &Zeroizing<String>| {
-                remember(config, account_id, source, state, url, key)
-            };
-            let (result, retry_after) =
-                account::observing(order::order(source, &ctx, &renewal, &mut checkpoint)).await;
-            record(
-                config,
-                account_id,
-                w,
-                result.map_err(AcmeError::from),
-                retry_after,
-            );
-        }
-    });
+/// What the orders of one pass share.
+struct Ready<'a> {
+    account: &'a instant_acme::Account,
+    profile: Option<&'a str>,
+    tokens: &'a http01::Tokens,
+    responders: &'a BTreeMap<std::net::SocketAddr, Option<http01::Responder>>,
+    providers: &'a BTreeMap<String, BuiltProvider>,
+}
+
+/// Places the order of every source due now, all at once, and records
+/// each result.
+async fn place_orders(config: &Config, ready: &Ready<'_>, work: &mut [Work<'_>]) {
+    let account_id = ready.account.id().to_owned();
+    let orders = work
+        .iter_mut()
+        .filter(|w| w.ordering())
+        .map(|w| place_order(config, ready, &account_id, w));
     futures_util::future::join_all(orders).await;
-    drop(responders);
-    Ok(outcomes(work, now))
+}
+
+/// Places one source's order (when its challenge can be answered) and
+/// records the result.
+async fn place_order(config: &Config, ready: &Ready<'_>, account_id: &str, w: &mut Work<'_>) {
+    let Due::Now(reason) = w.due else { return };
+    let source = w.source;
+    let dns = match &source.challenge {
+        Challenge::Dns01 { provider } => match &ready.providers[provider] {
+            Ok((p, prop)) => Some((p, prop)),
+            Err(e) => {
+                let e = AcmeError::from(e.clone());
+                record(config, account_id, w, Err(e), None);
+                return;
+            }
+        },
+        Challenge::Http01Listen(addr)
+            if ready.responders.get(addr).is_some_and(Option::is_none) =>
+        {
+            let e = AcmeError::CannotListen(*addr);
+            record(config, account_id, w, Err(e), None);
+            return;
+        }
+        _ => None,
+    };
+    let replaces = schedule::may_replace(
+        w.state.issuance_of(w.held.as_ref()),
+        &config.acme.directory,
+        account_id,
+        &source.domains,
+    );
+    tracing::info!(
+        "acme source {}: ordering {} ({reason}{})",
+        source.name,
+        source
+            .domains
+            .iter()
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if replaces {
+            ", replacing the certificate held"
+        } else {
+            ""
+        }
+    );
+    let ctx = order::Context {
+        account: ready.account,
+        profile: ready.profile,
+        tokens: ready.tokens,
+        dns,
+    };
+    let renewal = order::Renewal {
+        previous: w.held.as_ref().map(|h| &h.previous),
+        replaces,
+        keep_key: schedule::keep_key(source.reuse_key, w.held.as_ref().map(|h| &h.facts)),
+    };
+    let state = &mut w.state;
+    let mut checkpoint =
+        |url: &str, key: &Zeroizing<String>| remember(config, account_id, source, state, url, key);
+    let (result, retry_after) =
+        account::observing(order::order(source, &ctx, &renewal, &mut checkpoint)).await;
+    record(
+        config,
+        account_id,
+        w,
+        result.map_err(AcmeError::from),
+        retry_after,
+    );
 }
 
 /// Records an order about to be finalized: its key (0600) and its URL.
