@@ -509,161 +509,220 @@ async fn perform(
     propagation: &Propagation,
 ) -> Result<Option<String>, StepError> {
     let now = crate::now();
-    fn failed(e: impl Into<DkimError>) -> StepError {
-        StepError::Failed(e.into())
-    }
     let line = match step {
         Step::Generate { domain, algorithm } => {
-            let new = keys::generate(*algorithm).map_err(failed)?;
-            let used = book.used_selectors.get(domain).cloned().unwrap_or_default();
-            let selector = free_selector(d, domain, *algorithm, &used, provider)
-                .await
-                .map_err(failed)?;
-            book.used_selectors
-                .entry(domain.clone())
-                .or_default()
-                .insert(selector.clone());
-            let file = d.key_dir.join(domain).join(format!("{selector}.pem"));
-            // The selector is recorded as used before its file exists: it is
-            // never handed out twice, whatever happens next.
-            book.keys.push(Key {
-                domain: domain.clone(),
-                algorithm: *algorithm,
-                selector: selector.clone(),
-                file: file.clone(),
-                record: new.record.clone(),
-                state: KeyState::Generated,
-                since: now,
-                created_at: now,
-                verified_at: None,
-                activated_at: None,
-            });
-            save(config, book).map_err(failed)?;
-            write_key(d, &file, &new.pem).map_err(failed)?;
-            format!("{domain}: new {} key {selector}", algorithm.name())
+            generate_key(config, d, book, domain, *algorithm, provider, now).await?
         }
-        Step::Publish(i) => {
-            ensure_key_file(d, &mut book.keys[*i]).map_err(failed)?;
-            save(config, book).map_err(failed)?;
-            let value = book.keys[*i].record.clone();
-            // The name was free when the selector was chosen; if a record
-            // appeared since (or an interrupted run chose it before this
-            // check existed), the key is dropped, never published over: the
-            // next pass step makes one under the next free selector.
-            let name = book.keys[*i].record_name();
-            let existing = existing_records(provider, &name).await.map_err(failed)?;
-            if !machine::name_is_free(&existing, Some(&value)) {
-                let k = book.keys.remove(*i);
-                save(config, book).map_err(failed)?;
-                keydir::remove(&k.file).map_err(failed)?;
-                return Ok(Some(format!(
-                    "{name} already holds a record mxkeys did not write: selector {} passed over",
-                    k.selector
-                )));
-            }
-            write_record(
-                config,
-                d,
-                book,
-                *i,
-                provider,
-                value,
-                KeyState::Published,
-                "publishing",
-            )
-            .await
-            .map_err(failed)?;
-            format!("published {}", book.keys[*i].record_name())
-        }
-        Step::Verify(i) => {
-            let k = &book.keys[*i];
-            match propagation
-                .wait(
-                    &k.record_name(),
-                    RecordType::Txt,
-                    &[RData::Txt(k.record.clone())],
-                )
-                .await
-            {
-                Ok(_) => {
-                    book.keys[*i].verified_at = Some(crate::now());
-                    save(config, book).map_err(failed)?;
-                    format!(
-                        "verified {} on every authoritative server",
-                        book.keys[*i].record_name()
-                    )
-                }
-                Err(e) => return Err(StepError::Waiting(*i, e.to_string())),
-            }
-        }
-        Step::Activate(i) => {
-            let k = &mut book.keys[*i];
-            k.state = KeyState::Active;
-            k.since = now;
-            k.activated_at = Some(now);
-            save(config, book).map_err(failed)?;
-            format!("{}: {} signs", book.keys[*i].domain, book.keys[*i].selector)
-        }
-        Step::Drain(i) => {
-            let k = &mut book.keys[*i];
-            k.state = KeyState::Draining;
-            k.since = now;
-            save(config, book).map_err(failed)?;
-            format!(
-                "{}: {} no longer signs; its record stays while mail drains",
-                book.keys[*i].domain, book.keys[*i].selector
-            )
-        }
-        Step::Revoke(i) => {
-            // p= only once the signer's files no longer name the key (the
-            // machine already waited for their reload).
-            if let Some(file) = named_by_signer(d, book, &book.keys[*i]) {
-                return Err(failed(DkimError::StillNamedBySigner {
-                    name: book.keys[*i].record_name(),
-                    file,
-                }));
-            }
-            let value = keys::revoked_record(book.keys[*i].algorithm);
-            write_record(
-                config,
-                d,
-                book,
-                *i,
-                provider,
-                value,
-                KeyState::Revoked,
-                "revoking",
-            )
-            .await
-            .map_err(failed)?;
-            if book.revoke_now.remove(&book.keys[*i].record_name()) {
-                save(config, book).map_err(failed)?;
-            }
-            format!("revoked {} (p=)", book.keys[*i].record_name())
-        }
-        Step::Delete(i) => {
-            let k = book.keys[*i].clone();
-            if k.state != KeyState::Generated {
-                provider
-                    .remove(&k.record_name(), RecordType::Txt)
-                    .await
-                    .map_err(|source| {
-                        failed(DkimError::DeleteRecord {
-                            name: k.record_name(),
-                            source,
-                        })
-                    })?;
-            }
-            // The signer's own copy (written when the key signed) goes too.
-            for file in [k.file.clone(), signer::rspamd_key_file(&k.file)] {
-                keydir::remove(&file).map_err(failed)?;
-            }
-            book.keys.remove(*i);
-            save(config, book).map_err(failed)?;
-            format!("deleted {} and its key", k.record_name())
-        }
+        Step::Publish(i) => publish_key(config, d, book, *i, provider).await?,
+        Step::Verify(i) => verify_key(config, book, *i, propagation).await?,
+        Step::Activate(i) => activate_key(config, book, *i, now)?,
+        Step::Drain(i) => drain_key(config, book, *i, now)?,
+        Step::Revoke(i) => revoke_key(config, d, book, *i, provider).await?,
+        Step::Delete(i) => delete_key(config, book, *i, provider).await?,
     };
     Ok(Some(line))
+}
+
+impl From<DkimError> for StepError {
+    fn from(e: DkimError) -> Self {
+        StepError::Failed(e)
+    }
+}
+
+/// [`Step::Generate`]: a new key under a free selector, the selector
+/// recorded as used before the key file is written.
+async fn generate_key(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    domain: &str,
+    algorithm: DkimAlgorithm,
+    provider: &Provider,
+    now: i64,
+) -> Result<String, DkimError> {
+    let new = keys::generate(algorithm)?;
+    let used = book.used_selectors.get(domain).cloned().unwrap_or_default();
+    let selector = free_selector(d, domain, algorithm, &used, provider).await?;
+    book.used_selectors
+        .entry(domain.to_owned())
+        .or_default()
+        .insert(selector.clone());
+    let file = d.key_dir.join(domain).join(format!("{selector}.pem"));
+    // The selector is recorded as used before its file exists: it is
+    // never handed out twice, whatever happens next.
+    book.keys.push(Key {
+        domain: domain.to_owned(),
+        algorithm,
+        selector: selector.clone(),
+        file: file.clone(),
+        record: new.record.clone(),
+        state: KeyState::Generated,
+        since: now,
+        created_at: now,
+        verified_at: None,
+        activated_at: None,
+    });
+    save(config, book)?;
+    write_key(d, &file, &new.pem)?;
+    Ok(format!("{domain}: new {} key {selector}", algorithm.name()))
+}
+
+/// [`Step::Publish`]: the key's record, unless its name already holds one
+/// mxkeys did not write (the key is then dropped and its selector passed
+/// over).
+async fn publish_key(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    i: usize,
+    provider: &Provider,
+) -> Result<String, DkimError> {
+    ensure_key_file(d, &mut book.keys[i])?;
+    save(config, book)?;
+    let value = book.keys[i].record.clone();
+    // The name was free when the selector was chosen; if a record
+    // appeared since (or an interrupted run chose it before this
+    // check existed), the key is dropped, never published over: the
+    // next pass step makes one under the next free selector.
+    let name = book.keys[i].record_name();
+    let existing = existing_records(provider, &name).await?;
+    if !machine::name_is_free(&existing, Some(&value)) {
+        let k = book.keys.remove(i);
+        save(config, book)?;
+        keydir::remove(&k.file)?;
+        return Ok(format!(
+            "{name} already holds a record mxkeys did not write: selector {} passed over",
+            k.selector
+        ));
+    }
+    write_record(
+        config,
+        d,
+        book,
+        i,
+        provider,
+        value,
+        KeyState::Published,
+        "publishing",
+    )
+    .await?;
+    Ok(format!("published {}", book.keys[i].record_name()))
+}
+
+/// [`Step::Verify`]: the record seen on every authoritative server, or
+/// [`StepError::Waiting`].
+async fn verify_key(
+    config: &Config,
+    book: &mut Book,
+    i: usize,
+    propagation: &Propagation,
+) -> Result<String, StepError> {
+    let k = &book.keys[i];
+    match propagation
+        .wait(
+            &k.record_name(),
+            RecordType::Txt,
+            &[RData::Txt(k.record.clone())],
+        )
+        .await
+    {
+        Ok(_) => {
+            book.keys[i].verified_at = Some(crate::now());
+            save(config, book)?;
+            Ok(format!(
+                "verified {} on every authoritative server",
+                book.keys[i].record_name()
+            ))
+        }
+        Err(e) => Err(StepError::Waiting(i, e.to_string())),
+    }
+}
+
+/// [`Step::Activate`]: the key signs.
+fn activate_key(config: &Config, book: &mut Book, i: usize, now: i64) -> Result<String, DkimError> {
+    let k = &mut book.keys[i];
+    k.state = KeyState::Active;
+    k.since = now;
+    k.activated_at = Some(now);
+    save(config, book)?;
+    Ok(format!(
+        "{}: {} signs",
+        book.keys[i].domain, book.keys[i].selector
+    ))
+}
+
+/// [`Step::Drain`]: the key stops signing; its record stays.
+fn drain_key(config: &Config, book: &mut Book, i: usize, now: i64) -> Result<String, DkimError> {
+    let k = &mut book.keys[i];
+    k.state = KeyState::Draining;
+    k.since = now;
+    save(config, book)?;
+    Ok(format!(
+        "{}: {} no longer signs; its record stays while mail drains",
+        book.keys[i].domain, book.keys[i].selector
+    ))
+}
+
+/// [`Step::Revoke`]: `p=` published, only once the signer's files no
+/// longer name the key.
+async fn revoke_key(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    i: usize,
+    provider: &Provider,
+) -> Result<String, DkimError> {
+    // p= only once the signer's files no longer name the key (the
+    // machine already waited for their reload).
+    if let Some(file) = named_by_signer(d, book, &book.keys[i]) {
+        return Err(DkimError::StillNamedBySigner {
+            name: book.keys[i].record_name(),
+            file,
+        });
+    }
+    let value = keys::revoked_record(book.keys[i].algorithm);
+    write_record(
+        config,
+        d,
+        book,
+        i,
+        provider,
+        value,
+        KeyState::Revoked,
+        "revoking",
+    )
+    .await?;
+    if book.revoke_now.remove(&book.keys[i].record_name()) {
+        save(config, book)?;
+    }
+    Ok(format!("revoked {} (p=)", book.keys[i].record_name()))
+}
+
+/// [`Step::Delete`]: the record (when it was published), the key file and
+/// the signer's copy of it, then the key from the state.
+async fn delete_key(
+    config: &Config,
+    book: &mut Book,
+    i: usize,
+    provider: &Provider,
+) -> Result<String, DkimError> {
+    let k = book.keys[i].clone();
+    if k.state != KeyState::Generated {
+        provider
+            .remove(&k.record_name(), RecordType::Txt)
+            .await
+            .map_err(|source| DkimError::DeleteRecord {
+                name: k.record_name(),
+                source,
+            })?;
+    }
+    // The signer's own copy (written when the key signed) goes too.
+    for file in [k.file.clone(), signer::rspamd_key_file(&k.file)] {
+        keydir::remove(&file)?;
+    }
+    book.keys.remove(i);
+    save(config, book)?;
+    Ok(format!("deleted {} and its key", k.record_name()))
 }
 
 /// A new selector for `domain` whose record name holds nothing in DNS
