@@ -1118,3 +1118,67 @@ pub fn describe(outcome: &Outcome) -> String {
         (_, Due::Now(reason)) => format!("acme {name}: due ({reason}) but not ordered"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(std::path::Path::new("/etc/mxkeys/test.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn an_unknown_source_is_its_own_variant_naming_the_configured_ones() {
+        let none = config(
+            "[[source]]\ntype = \"traefik\"\npath = \"acme.json\"\n\
+             [[target]]\nname = \"t\"\ndomains = [\"mail.example.com\"]\nkey = \"/k.pem\"\n\
+             fullchain = \"/f.pem\"\n",
+        );
+        let Err(e) = gather_work(&none, false, Some("nope"), 0) else {
+            panic!("an unknown source was accepted");
+        };
+        // `mxkeys renew --source` exits 2 on this variant, whatever its text.
+        assert!(matches!(&e, AcmeError::UnknownSource { name, .. } if name == "nope"));
+        assert_eq!(
+            e.to_string(),
+            "no acme source named \"nope\" (configured: none)"
+        );
+        let Ok(work) = gather_work(&none, false, None, 0) else {
+            panic!("no source asked for, yet an error");
+        };
+        assert!(work.is_empty());
+    }
+
+    #[test]
+    fn failures_before_ordering_render_as_they_always_did() {
+        let io = || Arc::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        let table = [
+            (
+                AcmeError::Lock(io()),
+                "acme lock: permission denied".to_owned(),
+            ),
+            (
+                AcmeError::CannotListen("127.0.0.1:80".parse().unwrap()),
+                "http-01: cannot listen on 127.0.0.1:80".to_owned(),
+            ),
+            (
+                AcmeError::StoreCertificate {
+                    path: "/s/bundle.pem".into(),
+                    source: io(),
+                },
+                "/s/bundle.pem: cannot store the certificate: permission denied".to_owned(),
+            ),
+            (
+                order::OrderError::NotCovering(vec!["a.example".into(), "b.example".into()]).into(),
+                "the issued certificate does not cover a.example, b.example".to_owned(),
+            ),
+            (
+                order::OrderError::Validation(vec!["x: one".into(), "y: two".into()]).into(),
+                "x: one; y: two".to_owned(),
+            ),
+        ];
+        for (e, want) in table {
+            assert_eq!(e.to_string(), want, "{e:?}");
+        }
+    }
+}
