@@ -495,7 +495,7 @@ fn install_clean(d: &Dkim, book: &Book) {
 
 enum StepError {
     /// A verification did not see the record everywhere yet.
-    Waiting(usize, String),
+    Waiting(usize, mxkeys_providers::Error),
     Failed(DkimError),
 }
 
@@ -634,7 +634,7 @@ async fn verify_key(
                 book.keys[i].record_name()
             ))
         }
-        Err(e) => Err(StepError::Waiting(i, e.to_string())),
+        Err(e) => Err(StepError::Waiting(i, e)),
     }
 }
 
