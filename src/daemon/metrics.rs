@@ -189,7 +189,7 @@ impl Metrics {
     pub fn dkim_outcome<E: std::fmt::Display>(&self, outcome: &Result<crate::dkim::Pass, E>) {
         let error = match outcome {
             Err(e) => Some(e.to_string()),
-            Ok(pass) => pass.errors.first().cloned(),
+            Ok(pass) => pass.errors.first().map(ToString::to_string),
         };
         if let Ok(mut m) = self.inner.lock() {
             m.dkim_error = error;

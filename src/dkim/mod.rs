@@ -136,6 +136,12 @@ pub enum DkimError {
         #[source]
         source: crate::reload::ReloadError,
     },
+    /// `dkim revoke`: the key left the signer's files, but `p=` still
+    /// waits for a successful signer reload.
+    #[error(
+        "{0} left the signer's files but is not revoked yet (p= waits for a successful signer reload; retried by the next pass)"
+    )]
+    NotRevokedYet(String),
     #[error("no key {selector} for {domain}")]
     NoSuchKey { selector: String, domain: String },
     #[error("{0} is already revoked")]
@@ -213,7 +219,8 @@ pub struct Pass {
     /// Keys whose record is not yet seen everywhere.
     pub waiting: Vec<String>,
     pub signer_changed: bool,
-    pub errors: Vec<String>,
+    /// What failed (rendered where the pass is printed or counted).
+    pub errors: Vec<DkimError>,
 }
 
 fn today() -> String {
@@ -300,7 +307,7 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
             }
             Err(StepError::Failed(e)) => {
                 tracing::error!("dkim: {e}");
-                pass.errors.push(e.to_string());
+                pass.errors.push(e);
                 break;
             }
         }
@@ -327,11 +334,14 @@ fn reload_signer(
     for action in &d.reload {
         match crate::reload::run(action, d.reload_timeout) {
             Ok(()) => tracing::info!("dkim: reload `{action}`: done"),
-            Err(e) => {
+            Err(source) => {
                 reloaded = false;
-                let line = format!("reload `{action}`: {e}");
-                tracing::error!("dkim: {line}");
-                pass.errors.push(line);
+                let e = DkimError::Reload {
+                    action: action.clone(),
+                    source,
+                };
+                tracing::error!("dkim: {e}");
+                pass.errors.push(e);
             }
         }
     }
@@ -1107,12 +1117,9 @@ pub async fn revoke(
         .revoke_now
         .contains(&format!("{selector}._domainkey.{domain}"))
     {
-        let line = format!(
-            "{selector}._domainkey.{domain} left the signer's files but is not revoked yet \
-             (p= waits for a successful signer reload; retried by the next pass)"
-        );
-        tracing::error!("dkim: {line}");
-        pass.errors.push(line);
+        let e = DkimError::NotRevokedYet(format!("{selector}._domainkey.{domain}"));
+        tracing::error!("dkim: {e}");
+        pass.errors.push(e);
     }
     Ok(pass)
 }
