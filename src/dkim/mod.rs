@@ -1143,3 +1143,53 @@ pub enum RevokeError {
     #[error(transparent)]
     Failed(#[from] DkimError),
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dkim_problems_render_one_line_naming_their_subject() {
+        let table = [
+            (
+                RevokeError::OnlyKey {
+                    name: "s1._domainkey.example.com".into(),
+                    family: "RSA",
+                    domain: "example.com".into(),
+                }
+                .to_string(),
+                "refused: s1._domainkey.example.com is the only RSA key signing for example.com; \
+                 revoking it leaves example.com without an RSA signature until a new key is \
+                 published and verified: add --force to revoke it anyway",
+            ),
+            (
+                RevokeError::from(DkimError::AlreadyRevoked(
+                    "s1._domainkey.example.com".into(),
+                ))
+                .to_string(),
+                "s1._domainkey.example.com is already revoked",
+            ),
+            (
+                DkimError::NotRevokedYet("s1._domainkey.example.com".into()).to_string(),
+                "s1._domainkey.example.com left the signer's files but is not revoked yet \
+                 (p= waits for a successful signer reload; retried by the next pass)",
+            ),
+            (
+                DkimError::SelectorReused {
+                    selector: "s1".into(),
+                    domain: "example.com".into(),
+                }
+                .to_string(),
+                "selector s1 was already used for example.com: selectors are never reused",
+            ),
+            (
+                DkimError::KeyFileMismatch("/k/example.com/s1.pem".into()).to_string(),
+                "/k/example.com/s1.pem: the key file is missing or holds another key",
+            ),
+        ];
+        for (got, want) in table {
+            assert_eq!(got, want);
+            assert!(!got.contains('\n'), "{got}");
+        }
+    }
+}
