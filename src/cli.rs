@@ -250,7 +250,7 @@ fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
             }
             match rt.block_on(crate::dkim::revoke(config, &domain, &selector, force)) {
                 Ok(pass) => Ok(print_pass(pass)),
-                Err(crate::dkim::RevokeError::OnlyKey(e)) => {
+                Err(e @ crate::dkim::RevokeError::OnlyKey { .. }) => {
                     tracing::error!("dkim: {e}");
                     return ExitCode::from(2);
                 }
@@ -339,7 +339,7 @@ fn renew(config: &config::Config, force: bool, only: Option<&str>) -> ExitCode {
         }
         Err(e) => {
             tracing::error!("renew: {e}");
-            if only.is_some() && e.starts_with("no acme source") {
+            if matches!(e, crate::acme::AcmeError::UnknownSource { .. }) {
                 return ExitCode::from(2);
             }
         }

@@ -14,6 +14,91 @@ use mxkeys_providers::{Change, Error, RData, RecordStore, RecordType};
 
 use crate::config::{DnsKind, DnsProvider};
 
+/// A `[dns.NAME]` table whose provider could not be built. Names the
+/// table and where its secret was looked for, never the secret.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("[dns.{table}]: {problem}")]
+pub struct BuildError {
+    pub table: String,
+    #[source]
+    pub problem: BuildProblem,
+}
+
+/// What went wrong building a provider.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BuildProblem {
+    /// The API token could not be read (where, never what).
+    #[error("api token: {0}")]
+    ApiToken(crate::config::SecretError),
+    /// The TSIG secret could not be read (where, never what).
+    #[error("TSIG secret: {0}")]
+    TsigRead(crate::config::SecretError),
+    /// The TSIG secret's file does not hold a usable secret.
+    #[error("TSIG secret in {secret}: {problem}")]
+    TsigSecret {
+        /// Where the secret was read from (file or variable).
+        secret: String,
+        #[source]
+        problem: TsigFileError,
+    },
+    #[error("unknown TSIG algorithm {0}")]
+    TsigAlgorithm(String),
+    /// The provider refused its configuration.
+    #[error("{0}")]
+    Provider(#[source] Error),
+}
+
+/// Why a TSIG secret file holds no usable secret. Never quotes the file.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TsigFileError {
+    #[error("not valid base64 (expected the secret of a tsig-keygen key)")]
+    NotBase64,
+    #[error("an unterminated /* comment")]
+    UnterminatedComment,
+    #[error("an unterminated quoted string")]
+    UnterminatedQuote,
+    #[error("key {0:?}: no closing `}}`")]
+    NoClosingBrace(String),
+    #[error("key {0:?}: no `;` after its closing `}}`")]
+    NoSemicolon(String),
+    #[error("expected `key NAME {{ algorithm ...; secret \"...\"; }};`")]
+    NotAKeyStatement,
+    #[error("key {0:?}: a clause that is not `keyword value;`")]
+    BadClause(String),
+    #[error("key {0:?} has no `secret` clause")]
+    NoSecret(String),
+    /// `names` are the keys the file holds.
+    #[error("no key named {wanted:?} in the key file (it holds {})", if .names.is_empty() { "no key".to_owned() } else { .names.iter().map(|n| format!("{n:?}")).collect::<Vec<_>>().join(", ") })]
+    NoSuchKey { wanted: String, names: Vec<String> },
+}
+
+/// Why `mxkeys dns test` failed: which step.
+#[derive(Debug, thiserror::Error)]
+pub enum DnsTestError {
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("[dns.{0}] has no `zone`: name the probe record with --name _mxkeys-probe.YOUR.ZONE")]
+    NoZone(String),
+    #[error("writing {name}: {source}")]
+    Write {
+        name: String,
+        #[source]
+        source: Error,
+    },
+    #[error("propagation of {name}: {source}")]
+    Propagation {
+        name: String,
+        #[source]
+        source: Error,
+    },
+    #[error("removing {name}: {source}")]
+    Remove {
+        name: String,
+        #[source]
+        source: Error,
+    },
+}
+
 /// Any configured provider.
 pub enum Provider {
     Cloudflare(Cloudflare),
@@ -26,20 +111,23 @@ impl Provider {
     /// Builds the provider of a `[dns.NAME]` table, reading its secret.
     /// Errors name the table and where the secret was looked for, never
     /// the secret.
-    pub fn build(cfg: &DnsProvider) -> Result<Provider, String> {
-        let err = |e: String| format!("[dns.{}]: {e}", cfg.name);
+    pub fn build(cfg: &DnsProvider) -> Result<Provider, BuildError> {
+        let err = |problem| BuildError {
+            table: cfg.name.clone(),
+            problem,
+        };
         Ok(match &cfg.kind {
             DnsKind::Cloudflare { api_token, api_url } => {
                 let token = api_token
                     .read()
-                    .map_err(|e| err(format!("api token: {e}")))?;
+                    .map_err(|e| err(BuildProblem::ApiToken(e)))?;
                 Provider::Cloudflare(
                     Cloudflare::new(CloudflareConfig {
                         api_token: token.to_string(),
                         api_url: api_url.clone(),
                         zone: cfg.zone.clone(),
                     })
-                    .map_err(|e| err(e.to_string()))?,
+                    .map_err(|e| err(BuildProblem::Provider(e)))?,
                 )
             }
             DnsKind::Rfc2136 {
@@ -50,25 +138,29 @@ impl Provider {
             } => {
                 let text = tsig_secret
                     .read()
-                    .map_err(|e| err(format!("TSIG secret: {e}")))?;
-                let secret = tsig_secret_bytes(&text, tsig_name)
-                    .map_err(|e| err(format!("TSIG secret in {tsig_secret}: {e}")))?;
+                    .map_err(|e| err(BuildProblem::TsigRead(e)))?;
+                let secret = tsig_secret_bytes(&text, tsig_name).map_err(|problem| {
+                    err(BuildProblem::TsigSecret {
+                        secret: tsig_secret.to_string(),
+                        problem,
+                    })
+                })?;
                 Provider::Rfc2136(
                     Rfc2136::new(Rfc2136Config {
                         server: *server,
                         zone: cfg.zone.clone(),
                         tsig_name: tsig_name.clone(),
-                        tsig_algorithm: tsig_algorithm
-                            .parse()
-                            .map_err(|_| err(format!("unknown TSIG algorithm {tsig_algorithm}")))?,
+                        tsig_algorithm: tsig_algorithm.parse().map_err(|_| {
+                            err(BuildProblem::TsigAlgorithm(tsig_algorithm.clone()))
+                        })?,
                         tsig_secret: secret.to_vec(),
                     })
-                    .map_err(|e| err(e.to_string()))?,
+                    .map_err(|e| err(BuildProblem::Provider(e)))?,
                 )
             }
-            DnsKind::Exec { command } => {
-                Provider::Exec(Exec::new(command.clone()).map_err(|e| err(e.to_string()))?)
-            }
+            DnsKind::Exec { command } => Provider::Exec(
+                Exec::new(command.clone()).map_err(|e| err(BuildProblem::Provider(e)))?,
+            ),
             DnsKind::Manual => Provider::Manual(Manual::default()),
         })
     }
@@ -148,7 +240,10 @@ pub fn propagation(cfg: &DnsProvider) -> Propagation {
 /// };`, as `tsig-keygen` writes them, comments allowed). With statements,
 /// the secret is the one of the key named `key_name`. Errors never quote
 /// the file.
-fn tsig_secret_bytes(text: &str, key_name: &str) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+fn tsig_secret_bytes(
+    text: &str,
+    key_name: &str,
+) -> Result<zeroize::Zeroizing<Vec<u8>>, TsigFileError> {
     use base64::Engine as _;
     let tokens = bind_tokens(text)?;
     let b64 = match tokens.first() {
@@ -160,7 +255,7 @@ fn tsig_secret_bytes(text: &str, key_name: &str) -> Result<zeroize::Zeroizing<Ve
     base64::engine::general_purpose::STANDARD
         .decode(b64.trim())
         .map(zeroize::Zeroizing::new)
-        .map_err(|_| "not valid base64 (expected the secret of a tsig-keygen key)".to_owned())
+        .map_err(|_| TsigFileError::NotBase64)
 }
 
 /// A token of BIND's configuration syntax, borrowed from the file.
@@ -175,7 +270,7 @@ enum BindToken<'a> {
 
 /// Splits BIND configuration text into tokens, skipping `#`, `//` and
 /// `/* */` comments.
-fn bind_tokens(text: &str) -> Result<Vec<BindToken<'_>>, String> {
+fn bind_tokens(text: &str) -> Result<Vec<BindToken<'_>>, TsigFileError> {
     let bytes = text.as_bytes();
     let mut tokens = Vec::new();
     let mut i = 0;
@@ -191,7 +286,7 @@ fn bind_tokens(text: &str) -> Result<Vec<BindToken<'_>>, String> {
                 i = text[i + 2..]
                     .find("*/")
                     .map(|n| i + 2 + n + 2)
-                    .ok_or("an unterminated /* comment")?
+                    .ok_or(TsigFileError::UnterminatedComment)?
             }
             b'{' => {
                 tokens.push(BindToken::Open);
@@ -209,7 +304,7 @@ fn bind_tokens(text: &str) -> Result<Vec<BindToken<'_>>, String> {
                 let end = text[i + 1..]
                     .find('"')
                     .map(|n| i + 1 + n)
-                    .ok_or("an unterminated quoted string")?;
+                    .ok_or(TsigFileError::UnterminatedQuote)?;
                 tokens.push(BindToken::Quoted(&text[i + 1..end]));
                 i = end + 1;
             }
@@ -227,7 +322,10 @@ fn bind_tokens(text: &str) -> Result<Vec<BindToken<'_>>, String> {
 
 /// The `secret` of the key named `key_name` among `key NAME { ... };`
 /// statements.
-fn key_statement_secret<'a>(tokens: &[BindToken<'a>], key_name: &str) -> Result<&'a str, String> {
+fn key_statement_secret<'a>(
+    tokens: &[BindToken<'a>],
+    key_name: &str,
+) -> Result<&'a str, TsigFileError> {
     let wanted = mxkeys_providers::canonical_name(key_name);
     let mut names = Vec::new();
     let mut rest = tokens;
@@ -242,14 +340,14 @@ fn key_statement_secret<'a>(tokens: &[BindToken<'a>], key_name: &str) -> Result<
                 let close = tail
                     .iter()
                     .position(|t| *t == BindToken::Close)
-                    .ok_or_else(|| format!("key {n:?}: no closing `}}`"))?;
+                    .ok_or_else(|| TsigFileError::NoClosingBrace((*n).to_owned()))?;
                 let after = match &tail[close + 1..] {
                     [BindToken::Semicolon, after @ ..] => after,
-                    _ => return Err(format!("key {n:?}: no `;` after its closing `}}`")),
+                    _ => return Err(TsigFileError::NoSemicolon((*n).to_owned())),
                 };
                 (*n, &tail[..close], after)
             }
-            _ => return Err("expected `key NAME { algorithm ...; secret \"...\"; };`".to_owned()),
+            _ => return Err(TsigFileError::NotAKeyStatement),
         };
         names.push(name);
         rest = after;
@@ -267,26 +365,16 @@ fn key_statement_secret<'a>(tokens: &[BindToken<'a>], key_name: &str) -> Result<
                 ] if w.eq_ignore_ascii_case("secret") => secret = Some(*v),
                 [BindToken::Word(_), ..] => {}
                 _ => {
-                    return Err(format!(
-                        "key {name:?}: a clause that is not `keyword value;`"
-                    ));
+                    return Err(TsigFileError::BadClause(name.to_owned()));
                 }
             }
         }
-        return secret.ok_or_else(|| format!("key {name:?} has no `secret` clause"));
+        return secret.ok_or_else(|| TsigFileError::NoSecret(name.to_owned()));
     }
-    Err(format!(
-        "no key named {wanted:?} in the key file (it holds {})",
-        if names.is_empty() {
-            "no key".to_owned()
-        } else {
-            names
-                .iter()
-                .map(|n| format!("{n:?}"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        }
-    ))
+    Err(TsigFileError::NoSuchKey {
+        wanted,
+        names: names.into_iter().map(str::to_owned).collect(),
+    })
 }
 
 /// `mxkeys dns test`: writes a probe TXT record, waits until every
@@ -296,16 +384,13 @@ pub async fn test(
     cfg: &DnsProvider,
     name: Option<&str>,
     out: &mut impl Write,
-) -> Result<(), String> {
+) -> Result<(), DnsTestError> {
     let provider = Provider::build(cfg)?;
     let name = match (name, &cfg.zone) {
         (Some(n), _) => mxkeys_providers::canonical_name(n),
         (None, Some(zone)) => format!("_mxkeys-probe.{zone}"),
         (None, None) => {
-            return Err(format!(
-                "[dns.{}] has no `zone`: name the probe record with --name _mxkeys-probe.YOUR.ZONE",
-                cfg.name
-            ));
+            return Err(DnsTestError::NoZone(cfg.name.clone()));
         }
     };
     let value = format!(
@@ -328,7 +413,10 @@ pub async fn test(
     provider
         .replace(&name, 60, &expected)
         .await
-        .map_err(|e| format!("writing {name}: {e}"))?;
+        .map_err(|source| DnsTestError::Write {
+            name: name.clone(),
+            source,
+        })?;
     let written = start.elapsed();
     step(
         out,
@@ -364,8 +452,14 @@ pub async fn test(
             "removal failed"
         },
     );
-    outcome.map_err(|e| format!("propagation of {name}: {e}"))?;
-    removed.map_err(|e| format!("removing {name}: {e}"))?;
+    outcome.map_err(|source| DnsTestError::Propagation {
+        name: name.clone(),
+        source,
+    })?;
+    removed.map_err(|source| DnsTestError::Remove {
+        name: name.clone(),
+        source,
+    })?;
     let _ = writeln!(
         out,
         "ok: [dns.{}] works: write {:.2}s, seen on every authoritative server after {:.2}s, removal {:.2}s",
@@ -395,7 +489,9 @@ mod tests {
                 .as_slice(),
             b"secret-bytes"
         );
-        let e = tsig_secret_bytes("not base64 !!", "mxkeys").unwrap_err();
+        let e = tsig_secret_bytes("not base64 !!", "mxkeys")
+            .unwrap_err()
+            .to_string();
         assert!(
             !e.contains("not base64 !!"),
             "the error must not echo the secret: {e}"
@@ -420,10 +516,12 @@ mod tests {
             tsig_secret_bytes(two, "Secret.Example").unwrap().as_slice(),
             b"other"
         );
-        let e = tsig_secret_bytes(two, "nobody").unwrap_err();
+        let e = tsig_secret_bytes(two, "nobody").unwrap_err().to_string();
         assert!(e.contains("\"nobody\"") && e.contains("\"mxkeys\""), "{e}");
         assert!(!e.contains("c2VjcmV0"), "{e}");
-        let e = tsig_secret_bytes("key \"k\" { algorithm hmac-sha256; };", "k").unwrap_err();
+        let e = tsig_secret_bytes("key \"k\" { algorithm hmac-sha256; };", "k")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no `secret`"), "{e}");
     }
 }

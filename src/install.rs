@@ -94,15 +94,103 @@ pub fn planned_files(target: &Target, slot: &Slot, bundle: &Bundle) -> Vec<Plann
         .collect()
 }
 
+/// Why a target's files were not written (those already replaced were
+/// restored): the file, its role and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum InstallError {
+    #[error(transparent)]
+    Ownership(#[from] OwnershipError),
+    /// The file's directory could not be made or opened.
+    #[error("{} ({}): {}", .path.display(), .role.as_str(), crate::source::io_reason(.source))]
+    Directory {
+        path: PathBuf,
+        role: FileRole,
+        #[source]
+        source: io::Error,
+    },
+    /// The file in place could not be read before the write.
+    #[error("{} ({}): cannot read: {}", .path.display(), .role.as_str(), crate::source::io_reason(.source))]
+    ReadOld {
+        path: PathBuf,
+        role: FileRole,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} ({}): cannot write: {}", .path.display(), .role.as_str(), crate::source::io_reason(.source))]
+    Write {
+        path: PathBuf,
+        role: FileRole,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Files an [`Undo`] could not put back: each file and why.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot restore {}", .0.iter().map(|(p, e)| format!("{}: {}", p.display(), crate::source::io_reason(e))).collect::<Vec<_>>().join("; "))]
+pub struct RestoreError(pub Vec<(PathBuf, io::Error)>);
+
+/// Why the certificate or key a slot's files hold now could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InstalledError {
+    /// An installed file could not be read (the reason only).
+    #[error("{}", crate::source::io_reason(.0))]
+    Read(#[source] io::Error),
+    #[error("not found")]
+    NotFound,
+    #[error("{}: {source}", .path.display())]
+    Certificates {
+        path: PathBuf,
+        #[source]
+        source: crate::cert::CertError,
+    },
+    #[error("the target writes no certificate file")]
+    NoCertificateFile,
+    #[error("the target writes no key file")]
+    NoKeyFile,
+    #[error("{0}")]
+    Key(#[source] crate::cert::CertError),
+    /// The files hold no certificate at all.
+    #[error("no certificate")]
+    NoCertificate,
+    /// The leaf does not parse.
+    #[error("{0}")]
+    Leaf(#[source] crate::cert::CertError),
+}
+
+/// An `owner` or `group` name that names no account.
+#[derive(Debug, thiserror::Error)]
+pub enum OwnershipError {
+    #[error("owner {name:?}: {source}")]
+    LookUpUser {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("owner {0:?}: no such user")]
+    NoSuchUser(String),
+    #[error("group {name:?}: {source}")]
+    LookUpGroup {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("group {0:?}: no such group")]
+    NoSuchGroup(String),
+}
+
 /// Resolves a target's `owner` and `group` names (or numbers) to ids.
-pub fn ownership(target: &Target) -> Result<Ownership, String> {
+pub fn ownership(target: &Target) -> Result<Ownership, OwnershipError> {
     let uid = match &target.owner {
         None => None,
         Some(name) => Some(match name.parse::<u32>() {
             Ok(n) => n,
             Err(_) => nix::unistd::User::from_name(name)
-                .map_err(|e| format!("owner {name:?}: {e}"))?
-                .ok_or_else(|| format!("owner {name:?}: no such user"))?
+                .map_err(|source| OwnershipError::LookUpUser {
+                    name: name.clone(),
+                    source,
+                })?
+                .ok_or_else(|| OwnershipError::NoSuchUser(name.clone()))?
                 .uid
                 .as_raw(),
         }),
@@ -112,8 +200,11 @@ pub fn ownership(target: &Target) -> Result<Ownership, String> {
         Some(name) => Some(match name.parse::<u32>() {
             Ok(n) => n,
             Err(_) => nix::unistd::Group::from_name(name)
-                .map_err(|e| format!("group {name:?}: {e}"))?
-                .ok_or_else(|| format!("group {name:?}: no such group"))?
+                .map_err(|source| OwnershipError::LookUpGroup {
+                    name: name.clone(),
+                    source,
+                })?
+                .ok_or_else(|| OwnershipError::NoSuchGroup(name.clone()))?
                 .gid
                 .as_raw(),
         }),
@@ -478,7 +569,7 @@ impl Undo {
     /// Puts every replaced file back (a file that did not exist is
     /// removed), last written first, through the directory descriptors
     /// the install used. Errors name the files.
-    pub fn restore(&self) -> Result<(), String> {
+    pub fn restore(&self) -> Result<(), RestoreError> {
         let mut failed = Vec::new();
         for e in self.entries.iter().rev() {
             let result = match &e.old {
@@ -489,17 +580,13 @@ impl Undo {
                 None => e.dir.remove(&e.name),
             };
             if let Err(err) = result {
-                failed.push(format!(
-                    "{}: {}",
-                    e.path.display(),
-                    crate::source::io_reason(&err)
-                ));
+                failed.push((e.path.clone(), err));
             }
         }
         if failed.is_empty() {
             Ok(())
         } else {
-            Err(format!("cannot restore {}", failed.join("; ")))
+            Err(RestoreError(failed))
         }
     }
 
@@ -543,26 +630,23 @@ type Previous = Option<(Zeroizing<Vec<u8>>, u32)>;
 
 /// Opens (creating when missing) the directory of each planned file, once
 /// per directory.
-fn open_dirs(planned: &[Planned]) -> Result<Vec<(Arc<TargetDir>, &OsStr)>, String> {
+fn open_dirs(planned: &[Planned]) -> Result<Vec<(Arc<TargetDir>, &OsStr)>, InstallError> {
     let mut opened: Vec<Arc<TargetDir>> = Vec::new();
     let mut out = Vec::new();
     for p in planned {
-        let fail = |e: &io::Error| {
-            format!(
-                "{} ({}): {}",
-                p.path.display(),
-                p.role.as_str(),
-                crate::source::io_reason(e)
-            )
+        let fail = |source| InstallError::Directory {
+            path: p.path.clone(),
+            role: p.role,
+            source,
         };
-        let (dir, name) = split(&p.path).map_err(|e| fail(&e))?;
+        let (dir, name) = split(&p.path).map_err(fail)?;
         let d = match opened.iter().find(|d| d.path == dir) {
             Some(d) => d.clone(),
             None => {
                 let d = ensure_dir(dir)
                     .and_then(|()| TargetDir::open(dir))
                     .map(Arc::new)
-                    .map_err(|e| fail(&e))?;
+                    .map_err(fail)?;
                 opened.push(d.clone());
                 d
             }
@@ -576,7 +660,7 @@ fn open_dirs(planned: &[Planned]) -> Result<Vec<(Arc<TargetDir>, &OsStr)>, Strin
 /// within the size cap) before anything is written; on a later failure,
 /// files already replaced are restored (or removed if they did not exist)
 /// and the error names the file.
-pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, String> {
+pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, InstallError> {
     let mut outcome = Outcome {
         undo: Undo {
             entries: Vec::new(),
@@ -587,14 +671,13 @@ pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, String> {
     let dirs = open_dirs(planned)?;
     let mut olds = Vec::with_capacity(planned.len());
     for (p, (dir, name)) in planned.iter().zip(&dirs) {
-        let old = dir.read_old(name, TARGET_SIZE_LIMIT).map_err(|e| {
-            format!(
-                "{} ({}): cannot read: {}",
-                p.path.display(),
-                p.role.as_str(),
-                crate::source::io_reason(&e)
-            )
-        })?;
+        let old =
+            dir.read_old(name, TARGET_SIZE_LIMIT)
+                .map_err(|source| InstallError::ReadOld {
+                    path: p.path.clone(),
+                    role: p.role,
+                    source,
+                })?;
         olds.push(old);
     }
     for ((p, (dir, name)), old) in planned.iter().zip(&dirs).zip(olds) {
@@ -619,12 +702,11 @@ pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, String> {
         }
         if let Err(e) = written {
             restore_or_log(&outcome.undo);
-            return Err(format!(
-                "{} ({}): cannot write: {}",
-                p.path.display(),
-                p.role.as_str(),
-                crate::source::io_reason(&e.error)
-            ));
+            return Err(InstallError::Write {
+                path: p.path.clone(),
+                role: p.role,
+                source: e.error,
+            });
         }
         outcome.changed.push(p.path.clone());
     }
@@ -741,10 +823,13 @@ pub fn write_atomic(
 /// combined file, else fullchain, else cert plus chain.
 pub fn installed_certs(
     f: &TargetFiles,
-) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, InstalledError> {
     let read = |p: &Path| {
         let text = read_installed(p)?;
-        crate::cert::parse_pem_certs(&text).map_err(|e| format!("{}: {e}", p.display()))
+        crate::cert::parse_pem_certs(&text).map_err(|source| InstalledError::Certificates {
+            path: p.to_owned(),
+            source,
+        })
     };
     if let Some(p) = f.combined.as_deref().or(f.fullchain.as_deref()) {
         return read(p);
@@ -756,31 +841,31 @@ pub fn installed_certs(
         }
         return Ok(certs);
     }
-    Err("the target writes no certificate file".to_owned())
+    Err(InstalledError::NoCertificateFile)
 }
 
 /// The bundle a slot's files hold now (certificates and key).
-pub fn installed_bundle(files: &TargetFiles) -> Result<Bundle, String> {
+pub fn installed_bundle(files: &TargetFiles) -> Result<Bundle, InstalledError> {
     let certs = installed_certs(files)?;
     let key_path = files
         .combined
         .as_deref()
         .or(files.key.as_deref())
-        .ok_or("the target writes no key file")?;
+        .ok_or(InstalledError::NoKeyFile)?;
     let text = read_installed(key_path)?;
-    let key = crate::cert::PrivateKey::from_pem(&text).map_err(|e| e.to_string())?;
+    let key = crate::cert::PrivateKey::from_pem(&text).map_err(InstalledError::Key)?;
     Ok(Bundle { certs, key })
 }
 
 /// An installed file's bytes, read like an old file before a write:
 /// through its directory's descriptor, only a regular file, within
 /// [`crate::source::PEM_SIZE_LIMIT`]. The reason is one line.
-fn read_installed(p: &Path) -> Result<Zeroizing<Vec<u8>>, String> {
-    let (dir, name) = split(p).map_err(|e| crate::source::io_reason(&e))?;
+fn read_installed(p: &Path) -> Result<Zeroizing<Vec<u8>>, InstalledError> {
+    let (dir, name) = split(p).map_err(InstalledError::Read)?;
     match TargetDir::open(dir).and_then(|d| d.read_old(name, crate::source::PEM_SIZE_LIMIT)) {
         Ok(Some(old)) => Ok(old.bytes),
-        Ok(None) => Err("not found".to_owned()),
-        Err(e) => Err(crate::source::io_reason(&e)),
+        Ok(None) => Err(InstalledError::NotFound),
+        Err(e) => Err(InstalledError::Read(e)),
     }
 }
 
@@ -840,7 +925,9 @@ mod tests {
                 mode: 0o644,
             },
         ];
-        let e = apply(&planned, Ownership::default()).unwrap_err();
+        let e = apply(&planned, Ownership::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("fullchain"), "{e}");
         assert_eq!(fs::read(&good).unwrap(), b"old key");
     }
@@ -868,7 +955,7 @@ mod tests {
         // The key's directory fsync succeeds, the chain's fails after its
         // rename: the chain is already replaced and must be undone too.
         faults::fail_dir_fsync_after(1);
-        let e = apply(&plan, Ownership::default()).unwrap_err();
+        let e = apply(&plan, Ownership::default()).unwrap_err().to_string();
         assert!(e.contains("fullchain.pem") && e.contains("injected"), "{e}");
         assert_eq!(fs::read(&key).unwrap(), b"old key");
         assert_eq!(fs::read(&chain).unwrap(), b"old chain");
@@ -915,7 +1002,7 @@ mod tests {
             ];
             // Never blocks on the FIFO, never reads /dev/zero.
             assert!(differs(&bad, b"chain"), "{what}");
-            let e = apply(&plan, Ownership::default()).unwrap_err();
+            let e = apply(&plan, Ownership::default()).unwrap_err().to_string();
             assert!(e.contains(&bad.display().to_string()), "{what}: {e}");
             assert!(e.contains("expected a regular file"), "{what}: {e}");
             assert_eq!(fs::read(&key).unwrap(), b"old key", "{what}");
@@ -940,7 +1027,7 @@ mod tests {
         let link = dir.path().join("link");
         std::os::unix::fs::symlink(&real, &link).unwrap();
         let plan = [planned(FileRole::Key, &link.join("key.pem"), b"k", 0o600)];
-        let e = apply(&plan, Ownership::default()).unwrap_err();
+        let e = apply(&plan, Ownership::default()).unwrap_err().to_string();
         assert!(e.contains("is a symbolic link"), "{e}");
         assert_eq!(fs::read_dir(&real).unwrap().count(), 0);
     }
@@ -952,7 +1039,7 @@ mod tests {
         let f = File::create(&key).unwrap();
         f.set_len(TARGET_SIZE_LIMIT + 1).unwrap();
         let plan = [planned(FileRole::Key, &key, b"k", 0o600)];
-        let e = apply(&plan, Ownership::default()).unwrap_err();
+        let e = apply(&plan, Ownership::default()).unwrap_err().to_string();
         assert!(e.contains("too large"), "{e}");
     }
 

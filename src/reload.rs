@@ -11,7 +11,7 @@
 use std::io::Read as _;
 use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
 use std::os::unix::process::CommandExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,71 @@ use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::config::Reload;
+use crate::source::io_reason;
+
+/// Why a reload did not happen or failed, one line naming the pid file or
+/// what the command did.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The pid file could not be opened, inspected or read.
+    #[error("pid file {}: {}", .pidfile.display(), io_reason(.source))]
+    PidFileIo {
+        pidfile: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The pid file is not one only root or mxkeys' user could have written,
+    /// or names no single service process.
+    #[error("pid file {}: {refusal}", .pidfile.display())]
+    PidFileRefused {
+        pidfile: PathBuf,
+        refusal: PidFileRefusal,
+    },
+    /// `kill` itself failed.
+    #[error("cannot signal process {pid} (from {}): {source}", .pidfile.display())]
+    Signal {
+        pid: i32,
+        pidfile: PathBuf,
+        #[source]
+        source: nix::Error,
+    },
+    /// The command line is empty.
+    #[error("empty command")]
+    EmptyCommand,
+    /// The program could not be started.
+    #[error("cannot start: {}", io_reason(.0))]
+    Start(#[source] std::io::Error),
+    /// Waiting for the command failed.
+    #[error("cannot wait for it: {0}")]
+    Wait(#[source] std::io::Error),
+    /// The command (and its group) ran past the timeout and was killed.
+    #[error("timed out after {}", humantime::format_duration(*.0))]
+    TimedOut(Duration),
+    /// The command exited unsuccessfully; `stderr` is the tail of its
+    /// stderr on one line, maybe empty.
+    #[error("failed ({status}){}", if .stderr.is_empty() { String::new() } else { format!(": {}", .stderr) })]
+    Failed {
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+}
+
+/// Why a pid file is not trusted to name the process to signal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PidFileRefusal {
+    #[error("not a regular file; not signalling")]
+    NotRegular,
+    #[error("owned by uid {owner}, not root or mxkeys' user (uid {euid}); not signalling")]
+    ForeignOwner { owner: u32, euid: u32 },
+    #[error("writable by group or others (mode {mode:04o}); not signalling")]
+    OpenToOthers { mode: u32 },
+    #[error("no process id in it")]
+    NoPid,
+    #[error(
+        "pid {0} is not a single service process (0, 1 and negative pids are refused); not signalling"
+    )]
+    NotAServiceProcess(i64),
+}
 
 /// How much of a failing command's stderr the error keeps.
 const STDERR_TAIL: usize = 400;
@@ -32,7 +97,7 @@ const AFTER_EXIT_READ_LIMIT: usize = 64 * 1024;
 
 /// Carries out one reload: runs the command (all of it ends by `timeout`)
 /// or sends the signal.
-pub fn run(action: &Reload, timeout: Duration) -> Result<(), String> {
+pub fn run(action: &Reload, timeout: Duration) -> Result<(), ReloadError> {
     match action {
         Reload::Command(argv) => run_command(argv, timeout),
         Reload::Signal { pidfile, signal } => send_signal(pidfile, *signal),
@@ -42,69 +107,65 @@ pub fn run(action: &Reload, timeout: Duration) -> Result<(), String> {
 /// Sends `signal` to the process named by `pidfile`, after checking that
 /// the file is one only root or mxkeys' user could have written and that
 /// the pid names one process other than init.
-fn send_signal(pidfile: &Path, signal: Signal) -> Result<(), String> {
+fn send_signal(pidfile: &Path, signal: Signal) -> Result<(), ReloadError> {
     let pid = read_pidfile(pidfile, nix::unistd::geteuid().as_raw())?;
-    nix::sys::signal::kill(Pid::from_raw(pid), signal).map_err(|e| {
-        format!(
-            "cannot signal process {pid} (from {}): {e}",
-            pidfile.display()
-        )
+    nix::sys::signal::kill(Pid::from_raw(pid), signal).map_err(|source| ReloadError::Signal {
+        pid,
+        pidfile: pidfile.to_owned(),
+        source,
     })
 }
 
 /// The pid in `pidfile`, refused (one line naming the file and why) unless
 /// the file is a regular file owned by root or `euid`, not writable by
 /// group or others, and holds a pid above 1.
-fn read_pidfile(pidfile: &Path, euid: u32) -> Result<i32, String> {
-    let name = pidfile.display();
+fn read_pidfile(pidfile: &Path, euid: u32) -> Result<i32, ReloadError> {
+    let io = |source| ReloadError::PidFileIo {
+        pidfile: pidfile.to_owned(),
+        source,
+    };
+    let refused = |refusal| ReloadError::PidFileRefused {
+        pidfile: pidfile.to_owned(),
+        refusal,
+    };
     let mut file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits())
         .open(pidfile)
-        .map_err(|e| format!("pid file {name}: {}", crate::source::io_reason(&e)))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| format!("pid file {name}: {}", crate::source::io_reason(&e)))?;
+        .map_err(io)?;
+    let meta = file.metadata().map_err(io)?;
     if !meta.is_file() {
-        return Err(format!(
-            "pid file {name}: not a regular file; not signalling"
-        ));
+        return Err(refused(PidFileRefusal::NotRegular));
     }
     if meta.uid() != 0 && meta.uid() != euid {
-        return Err(format!(
-            "pid file {name}: owned by uid {}, not root or mxkeys' user (uid {euid}); not signalling",
-            meta.uid()
-        ));
+        return Err(refused(PidFileRefusal::ForeignOwner {
+            owner: meta.uid(),
+            euid,
+        }));
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "pid file {name}: writable by group or others (mode {:04o}); not signalling",
-            meta.mode() & 0o7777
-        ));
+        return Err(refused(PidFileRefusal::OpenToOthers {
+            mode: meta.mode() & 0o7777,
+        }));
     }
     let mut text = Vec::new();
-    file.by_ref()
-        .take(64)
-        .read_to_end(&mut text)
-        .map_err(|e| format!("pid file {name}: {}", crate::source::io_reason(&e)))?;
+    file.by_ref().take(64).read_to_end(&mut text).map_err(io)?;
     let pid: i64 = String::from_utf8_lossy(&text)
         .trim()
         .parse()
-        .map_err(|_| format!("pid file {name}: no process id in it"))?;
+        .map_err(|_| refused(PidFileRefusal::NoPid))?;
     match i32::try_from(pid) {
         Ok(pid) if pid > 1 => Ok(pid),
-        _ => Err(format!(
-            "pid file {name}: pid {pid} is not a single service process (0, 1 and negative pids are refused); not signalling"
-        )),
+        _ => Err(refused(PidFileRefusal::NotAServiceProcess(pid))),
     }
 }
 
 /// Runs `argv` in its own process group; all of it, reading its stderr
 /// included, ends by `timeout`. `Err` says what went wrong in one line:
 /// could not start, exit status with stderr tail, or timed out.
-fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
+fn run_command(argv: &[String], timeout: Duration) -> Result<(), ReloadError> {
     let deadline = Instant::now() + timeout;
-    let (program, args) = argv.split_first().ok_or("empty command")?;
+    let (program, args) = argv.split_first().ok_or(ReloadError::EmptyCommand)?;
     let mut child = Command::new(program)
         .args(args)
         .stdin(Stdio::null())
@@ -112,7 +173,7 @@ fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
         .stderr(Stdio::piped())
         .process_group(0)
         .spawn()
-        .map_err(|e| format!("cannot start: {}", crate::source::io_reason(&e)))?;
+        .map_err(ReloadError::Start)?;
     let mut stderr = Stderr::new(child.stderr.take());
     let status = loop {
         stderr.read_available(usize::MAX);
@@ -121,28 +182,25 @@ fn run_command(argv: &[String], timeout: Duration) -> Result<(), String> {
             Ok(None) => {}
             Err(e) => {
                 kill_group(&mut child);
-                return Err(format!("cannot wait for it: {e}"));
+                return Err(ReloadError::Wait(e));
             }
         }
         if Instant::now() >= deadline {
             kill_group(&mut child);
-            return Err(format!(
-                "timed out after {}",
-                humantime::format_duration(timeout)
-            ));
+            return Err(ReloadError::TimedOut(timeout));
         }
         std::thread::sleep(TICK);
     };
     // What the command wrote before it exited is in the pipe now; whatever
     // stays behind it (a background child holding the pipe) is not waited for.
     stderr.read_available(AFTER_EXIT_READ_LIMIT);
-    let err_text = tail(&String::from_utf8_lossy(&stderr.buf));
     if status.success() {
         Ok(())
-    } else if err_text.is_empty() {
-        Err(format!("failed ({status})"))
     } else {
-        Err(format!("failed ({status}): {err_text}"))
+        Err(ReloadError::Failed {
+            status,
+            stderr: tail(&String::from_utf8_lossy(&stderr.buf)),
+        })
     }
 }
 
@@ -234,19 +292,27 @@ mod tests {
 
     #[test]
     fn success_failure_and_timeout() {
-        assert_eq!(run(&sh("exit 0"), Duration::from_secs(5)), Ok(()));
-        let e = run(&sh("echo 'bad config' >&2; exit 3"), Duration::from_secs(5)).unwrap_err();
+        assert_eq!(
+            run(&sh("exit 0"), Duration::from_secs(5)).map_err(|e| e.to_string()),
+            Ok(())
+        );
+        let e = run(&sh("echo 'bad config' >&2; exit 3"), Duration::from_secs(5))
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("exit status: 3") && e.contains("bad config"),
             "{e}"
         );
-        let e = run(&sh("sleep 5"), Duration::from_millis(100)).unwrap_err();
+        let e = run(&sh("sleep 5"), Duration::from_millis(100))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("timed out"), "{e}");
         let e = run(
             &Reload::Command(vec!["/nonexistent/reload".into()]),
             Duration::from_secs(1),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not found"), "{e}");
     }
 
@@ -263,12 +329,17 @@ mod tests {
             pidfile: pidfile.clone(),
             signal: Signal::SIGTERM,
         };
-        assert_eq!(run(&action, Duration::from_secs(1)), Ok(()));
+        assert_eq!(
+            run(&action, Duration::from_secs(1)).map_err(|e| e.to_string()),
+            Ok(())
+        );
         let status = child.wait().unwrap();
         use std::os::unix::process::ExitStatusExt as _;
         assert_eq!(status.signal(), Some(Signal::SIGTERM as i32));
         std::fs::write(&pidfile, "garbage").unwrap();
-        let e = run(&action, Duration::from_secs(1)).unwrap_err();
+        let e = run(&action, Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("no process id"), "{e}");
         let e = run(
             &Reload::Signal {
@@ -277,7 +348,8 @@ mod tests {
             },
             Duration::from_secs(1),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("not found"), "{e}");
     }
 
@@ -288,7 +360,8 @@ mod tests {
             run(
                 &sh("echo starting >&2; sleep 600 & exit 0"),
                 Duration::from_secs(60)
-            ),
+            )
+            .map_err(|e| e.to_string()),
             Ok(())
         );
         assert!(
@@ -300,7 +373,8 @@ mod tests {
             &sh("sleep 600 & echo 'bad config' >&2; exit 4"),
             Duration::from_secs(60),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             e.contains("exit status: 4") && e.contains("bad config"),
             "{e}"
@@ -312,7 +386,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let marker = dir.path().join("survived");
         let script = format!("(sleep 2; touch '{}') & sleep 600", marker.display());
-        let e = run(&sh(&script), Duration::from_millis(300)).unwrap_err();
+        let e = run(&sh(&script), Duration::from_millis(300))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("timed out"), "{e}");
         std::thread::sleep(Duration::from_secs(3));
         assert!(
@@ -334,10 +410,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let euid = nix::unistd::geteuid().as_raw();
         let ok = pidfile_with(dir.path(), "ok.pid", "4242\n", 0o644);
-        assert_eq!(read_pidfile(&ok, euid), Ok(4242));
+        assert_eq!(read_pidfile(&ok, euid).map_err(|e| e.to_string()), Ok(4242));
         for (text, why) in [("0", "pid 0"), ("1\n", "pid 1"), ("-7", "pid -7")] {
             let p = pidfile_with(dir.path(), "bad.pid", text, 0o644);
-            let e = read_pidfile(&p, euid).unwrap_err();
+            let e = read_pidfile(&p, euid).unwrap_err().to_string();
             assert!(
                 e.contains(why) && e.contains("bad.pid") && !e.contains('\n'),
                 "{e}"
@@ -345,7 +421,7 @@ mod tests {
         }
         for mode in [0o664, 0o646, 0o666] {
             let p = pidfile_with(dir.path(), "open.pid", "4242", mode);
-            let e = read_pidfile(&p, euid).unwrap_err();
+            let e = read_pidfile(&p, euid).unwrap_err().to_string();
             assert!(e.contains("writable by group or others"), "{mode:o}: {e}");
         }
         // Owned by someone else (the file's owner is this process's user,
@@ -355,9 +431,12 @@ mod tests {
         }
         let mine = pidfile_with(dir.path(), "theirs.pid", "4242", 0o644);
         nix::unistd::chown(&mine, Some(nix::unistd::Uid::from_raw(65534)), None).unwrap();
-        let e = read_pidfile(&mine, 0).unwrap_err();
+        let e = read_pidfile(&mine, 0).unwrap_err().to_string();
         assert!(e.contains("owned by uid 65534"), "{e}");
-        assert_eq!(read_pidfile(&mine, 65534), Ok(4242));
+        assert_eq!(
+            read_pidfile(&mine, 65534).map_err(|e| e.to_string()),
+            Ok(4242)
+        );
     }
 
     #[test]
@@ -371,7 +450,8 @@ mod tests {
             },
             Duration::from_secs(1),
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("pid 1"), "{e}");
     }
 

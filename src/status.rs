@@ -87,8 +87,10 @@ impl Status {
                 let name = t.slot_name(slot);
                 let domains = t.domains.iter().map(|d| d.as_str().to_owned()).collect();
                 let installed = install::installed_certs(&slot.files).and_then(|certs| {
-                    let der = certs.first().ok_or("no certificate")?;
-                    let leaf = Leaf::parse(der.as_ref()).map_err(|e| e.to_string())?;
+                    let der = certs
+                        .first()
+                        .ok_or(install::InstalledError::NoCertificate)?;
+                    let leaf = Leaf::parse(der.as_ref()).map_err(install::InstalledError::Leaf)?;
                     Ok((leaf, cert::fingerprint(der.as_ref())))
                 });
                 match installed {
@@ -118,7 +120,7 @@ impl Status {
                         name,
                         domains,
                         installed: None,
-                        problem: Some(e),
+                        problem: Some(e.to_string()),
                     },
                 }
             })

@@ -25,6 +25,72 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between attempts while a server is still reloading.
 const RETRY_PAUSE: Duration = Duration::from_millis(250);
 
+/// A service that did not present the installed certificate by the
+/// deadline: which endpoint, and the last thing that went wrong there.
+#[derive(Debug, thiserror::Error)]
+#[error("{protocol} {address}: {problem}")]
+pub struct VerifyError {
+    /// `smtp`, `imap`, `pop3` or `tls`.
+    pub protocol: &'static str,
+    /// The endpoint's configured address.
+    pub address: String,
+    /// The last attempt's problem.
+    #[source]
+    pub problem: Failure,
+}
+
+/// What one attempt to get the served leaf ran into.
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// A handshake completed, with another certificate (fingerprints).
+    #[error("serves {served} instead of {expected}")]
+    OtherLeaf { served: String, expected: String },
+    #[error("cannot resolve: {0}")]
+    Resolve(#[source] std::io::Error),
+    #[error("no address")]
+    NoAddress,
+    #[error("cannot connect: {0}")]
+    Connect(#[source] std::io::Error),
+    /// Setting the socket's timeouts failed.
+    #[error("{0}")]
+    Socket(#[source] std::io::Error),
+    #[error("SNI {sni:?}: {source}")]
+    Sni {
+        sni: String,
+        #[source]
+        source: rustls::pki_types::InvalidDnsNameError,
+    },
+    /// The TLS client could not be set up.
+    #[error("{0}")]
+    Tls(#[source] rustls::Error),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(#[source] std::io::Error),
+    #[error("the server presented no certificate")]
+    NoCertificate,
+    /// The plain-text greeting was not the protocol's (`IMAP`, `POP3`).
+    #[error("unexpected {protocol} greeting {line:?}")]
+    Greeting {
+        protocol: &'static str,
+        line: String,
+    },
+    /// The server refused to start TLS (`command` is `STARTTLS` or `STLS`).
+    #[error("{command} refused: {line:?}")]
+    StartTlsRefused { command: &'static str, line: String },
+    #[error("SMTP server answered {line:?}, expected {expected}")]
+    Smtp {
+        line: String,
+        expected: &'static str,
+    },
+    #[error("write: {0}")]
+    Write(#[source] std::io::Error),
+    #[error("read: {0}")]
+    Read(#[source] std::io::Error),
+    #[error("the server closed the connection")]
+    Closed,
+    #[error("line too long")]
+    LineTooLong,
+}
+
 /// Keeps asking `endpoint` (offering only `key_type`'s signature schemes)
 /// until it serves `expected_leaf` or `timeout` passes. The error says what
 /// was served instead, or why no handshake completed.
@@ -34,28 +100,27 @@ pub fn wait_for(
     key_type: KeyType,
     expected_leaf: &[u8],
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), VerifyError> {
     let deadline = Instant::now() + timeout;
     loop {
         let outcome = served_leaf(endpoint, sni, key_type).and_then(|leaf| {
             if leaf == expected_leaf {
                 Ok(())
             } else {
-                Err(format!(
-                    "serves {} instead of {}",
-                    crate::cert::fingerprint(&leaf),
-                    crate::cert::fingerprint(expected_leaf)
-                ))
+                Err(Failure::OtherLeaf {
+                    served: crate::cert::fingerprint(&leaf),
+                    expected: crate::cert::fingerprint(expected_leaf),
+                })
             }
         });
         match outcome {
             Ok(()) => return Ok(()),
-            Err(e) if Instant::now() + RETRY_PAUSE >= deadline => {
-                return Err(format!(
-                    "{} {}: {e}",
-                    endpoint_name(endpoint),
-                    endpoint.address
-                ));
+            Err(problem) if Instant::now() + RETRY_PAUSE >= deadline => {
+                return Err(VerifyError {
+                    protocol: endpoint_name(endpoint),
+                    address: endpoint.address.clone(),
+                    problem,
+                });
             }
             Err(_) => std::thread::sleep(RETRY_PAUSE),
         }
@@ -73,41 +138,41 @@ fn endpoint_name(endpoint: &Verify) -> &'static str {
 
 /// The leaf certificate (DER) `endpoint` presents to a client offering only
 /// `key_type`'s signature schemes.
-pub fn served_leaf(endpoint: &Verify, sni: &str, key_type: KeyType) -> Result<Vec<u8>, String> {
+pub fn served_leaf(endpoint: &Verify, sni: &str, key_type: KeyType) -> Result<Vec<u8>, Failure> {
     let addr = endpoint
         .address
         .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve: {e}"))?
+        .map_err(Failure::Resolve)?
         .next()
-        .ok_or("no address")?;
-    let mut tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .ok_or(Failure::NoAddress)?;
+    let mut tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(Failure::Connect)?;
     tcp.set_read_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+        .map_err(Failure::Socket)?;
     tcp.set_write_timeout(Some(IO_TIMEOUT))
-        .map_err(|e| e.to_string())?;
+        .map_err(Failure::Socket)?;
     starttls(&mut tcp, endpoint.protocol)?;
 
-    let name = ServerName::try_from(sni.to_owned()).map_err(|e| format!("SNI {sni:?}: {e}"))?;
+    let name = ServerName::try_from(sni.to_owned()).map_err(|source| Failure::Sni {
+        sni: sni.to_owned(),
+        source,
+    })?;
     let config = client_config(key_type)?;
-    let mut conn =
-        rustls::ClientConnection::new(Arc::new(config), name).map_err(|e| e.to_string())?;
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(Failure::Tls)?;
     while conn.is_handshaking() {
-        conn.complete_io(&mut tcp)
-            .map_err(|e| format!("TLS handshake failed: {e}"))?;
+        conn.complete_io(&mut tcp).map_err(Failure::Handshake)?;
     }
     let leaf = conn
         .peer_certificates()
         .and_then(|c| c.first())
         .map(|c| c.as_ref().to_vec())
-        .ok_or("the server presented no certificate")?;
+        .ok_or(Failure::NoCertificate)?;
     conn.send_close_notify();
     let _ = conn.complete_io(&mut tcp);
     Ok(leaf)
 }
 
 /// The plain-text part of the protocol, up to where TLS starts.
-fn starttls(tcp: &mut TcpStream, protocol: VerifyProtocol) -> Result<(), String> {
+fn starttls(tcp: &mut TcpStream, protocol: VerifyProtocol) -> Result<(), Failure> {
     match protocol {
         VerifyProtocol::Tls => Ok(()),
         VerifyProtocol::Smtp => {
@@ -120,7 +185,10 @@ fn starttls(tcp: &mut TcpStream, protocol: VerifyProtocol) -> Result<(), String>
         VerifyProtocol::Imap => {
             let greeting = read_line(tcp)?;
             if !greeting.starts_with("* OK") {
-                return Err(format!("unexpected IMAP greeting {greeting:?}"));
+                return Err(Failure::Greeting {
+                    protocol: "IMAP",
+                    line: greeting,
+                });
             }
             send(tcp, "M1 STARTTLS\r\n")?;
             loop {
@@ -129,55 +197,66 @@ fn starttls(tcp: &mut TcpStream, protocol: VerifyProtocol) -> Result<(), String>
                     return Ok(());
                 }
                 if line.starts_with("M1 ") {
-                    return Err(format!("STARTTLS refused: {line:?}"));
+                    return Err(Failure::StartTlsRefused {
+                        command: "STARTTLS",
+                        line,
+                    });
                 }
             }
         }
         VerifyProtocol::Pop3 => {
             let greeting = read_line(tcp)?;
             if !greeting.starts_with("+OK") {
-                return Err(format!("unexpected POP3 greeting {greeting:?}"));
+                return Err(Failure::Greeting {
+                    protocol: "POP3",
+                    line: greeting,
+                });
             }
             send(tcp, "STLS\r\n")?;
             let line = read_line(tcp)?;
             if line.starts_with("+OK") {
                 Ok(())
             } else {
-                Err(format!("STLS refused: {line:?}"))
+                Err(Failure::StartTlsRefused {
+                    command: "STLS",
+                    line,
+                })
             }
         }
     }
 }
 
-fn send(tcp: &mut TcpStream, line: &str) -> Result<(), String> {
-    tcp.write_all(line.as_bytes())
-        .map_err(|e| format!("write: {e}"))
+fn send(tcp: &mut TcpStream, line: &str) -> Result<(), Failure> {
+    tcp.write_all(line.as_bytes()).map_err(Failure::Write)
 }
 
 /// Reads one CRLF-terminated line byte by byte (nothing past it is
 /// consumed: the TLS handshake follows on the same socket).
-fn read_line(tcp: &mut TcpStream) -> Result<String, String> {
+fn read_line(tcp: &mut TcpStream) -> Result<String, Failure> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while line.len() < 4096 {
         match tcp.read(&mut byte) {
-            Ok(0) => return Err("the server closed the connection".to_owned()),
+            Ok(0) => return Err(Failure::Closed),
             Ok(_) if byte[0] == b'\n' => {
                 return Ok(String::from_utf8_lossy(&line).trim_end().to_owned());
             }
             Ok(_) => line.push(byte[0]),
-            Err(e) => return Err(format!("read: {e}")),
+            Err(e) => return Err(Failure::Read(e)),
         }
     }
-    Err("line too long".to_owned())
+    Err(Failure::LineTooLong)
 }
 
 /// Reads an SMTP reply (all its continuation lines) and checks its code.
-fn expect_smtp(tcp: &mut TcpStream, code: &str) -> Result<(), String> {
+fn expect_smtp(tcp: &mut TcpStream, code: &'static str) -> Result<(), Failure> {
     loop {
         let line = read_line(tcp)?;
         if line.len() < 4 || !line.starts_with(code) {
-            return Err(format!("SMTP server answered {line:?}, expected {code}"));
+            return Err(Failure::Smtp {
+                line,
+                expected: code,
+            });
         }
         if line.as_bytes()[3] == b' ' {
             return Ok(());
@@ -187,7 +266,7 @@ fn expect_smtp(tcp: &mut TcpStream, code: &str) -> Result<(), String> {
 
 /// A client that offers only `key_type`'s signature schemes and accepts
 /// any certificate (the comparison happens afterwards).
-fn client_config(key_type: KeyType) -> Result<rustls::ClientConfig, String> {
+fn client_config(key_type: KeyType) -> Result<rustls::ClientConfig, Failure> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = Arc::new(CompareOnly {
         algorithms: provider.signature_verification_algorithms,
@@ -195,7 +274,7 @@ fn client_config(key_type: KeyType) -> Result<rustls::ClientConfig, String> {
     });
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(Failure::Tls)?
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth())

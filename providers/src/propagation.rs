@@ -571,8 +571,18 @@ struct Server {
 /// address lookups that failed.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Found {
-    addrs: Vec<(SocketAddr, Result<(), String>)>,
+    addrs: Vec<(SocketAddr, Result<(), NoRoute>)>,
     lookup_errors: Vec<String>,
+}
+
+/// Why this host cannot reach an address: its family and what `connect()`
+/// said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no {family} route from this host ({reason})")]
+struct NoRoute {
+    /// `IPv4` or `IPv6`.
+    family: &'static str,
+    reason: String,
 }
 
 /// An address skipped because this host cannot reach it.
@@ -580,7 +590,7 @@ struct Found {
 struct Skipped {
     server: String,
     addr: SocketAddr,
-    why: String,
+    why: NoRoute,
 }
 
 /// Pure: the servers of `zone` from what was found for each of them. Every
@@ -734,7 +744,7 @@ fn lookup_failure(e: &NetError) -> Option<String> {
 
 /// Whether this host has a route to `addr`: a UDP socket of its family
 /// `connect()`ed to it (nothing is sent). `Err` says why not.
-fn route_to(addr: SocketAddr) -> Result<(), String> {
+fn route_to(addr: SocketAddr) -> Result<(), NoRoute> {
     let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
     let local: SocketAddr = if addr.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
@@ -743,7 +753,10 @@ fn route_to(addr: SocketAddr) -> Result<(), String> {
     };
     std::net::UdpSocket::bind(local)
         .and_then(|socket| socket.connect(addr))
-        .map_err(|e| format!("no {family} route from this host ({e})"))
+        .map_err(|e| NoRoute {
+            family,
+            reason: e.to_string(),
+        })
 }
 
 /// The authoritative servers of each name asked, found once per wait.
@@ -1043,13 +1056,20 @@ mod tests {
     }
 
     /// An address and its route check.
-    type Addr<'a> = (&'a str, Result<(), &'a str>);
+    /// An address and its route check (`Err`: the family not routed).
+    type Addr<'a> = (&'a str, Result<(), &'static str>);
 
     fn found(addrs: &[Addr], lookup_errors: &[&str]) -> Found {
         Found {
             addrs: addrs
                 .iter()
-                .map(|(a, r)| (sa(a), r.map_err(str::to_owned)))
+                .map(|(a, r)| {
+                    let route = r.map_err(|family| NoRoute {
+                        family,
+                        reason: "unreachable".to_owned(),
+                    });
+                    (sa(a), route)
+                })
                 .collect(),
             lookup_errors: lookup_errors.iter().map(|e| (*e).to_owned()).collect(),
         }
@@ -1057,8 +1077,8 @@ mod tests {
 
     const V4: &str = "127.0.0.1:53";
     const V6: &str = "[::1]:53";
-    const NO_V6: Result<(), &str> = Err("no IPv6 route from this host");
-    const NO_V4: Result<(), &str> = Err("no IPv4 route from this host");
+    const NO_V6: Result<(), &str> = Err("IPv6");
+    const NO_V4: Result<(), &str> = Err("IPv4");
 
     #[test]
     fn a_server_keeps_only_the_addresses_this_host_can_reach() {

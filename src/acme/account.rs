@@ -32,22 +32,78 @@ pub fn path(state_dir: &Path, directory: &str) -> PathBuf {
         .join(format!("{}.json", &digest[..16]))
 }
 
+/// Why the ACME account could not be loaded, created or stored. Names the
+/// file or the setting; never carries the account's key or the EAB key.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AccountError {
+    #[error("{}: cannot read the ACME account (not creating another): {}", .file.display(), crate::source::io_reason(.source))]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("{}: unreadable account: {source}", .file.display())]
+    Unreadable {
+        file: PathBuf,
+        #[source]
+        source: Arc<serde_json::Error>,
+    },
+    /// The CA refused the stored credentials (its problem, as text).
+    #[error("ACME account from {}: {problem}", .file.display())]
+    FromCredentials { file: PathBuf, problem: String },
+    /// The EAB key could not be read (where, never what).
+    #[error("[acme] EAB HMAC key: {0}")]
+    EabRead(crate::config::SecretError),
+    #[error("[acme] EAB HMAC key in {0}: not base64url")]
+    EabNotBase64Url(String),
+    #[error("creating an ACME account at {directory}: {problem}")]
+    Create { directory: String, problem: String },
+    #[error("account: {0}")]
+    Encode(#[source] Arc<serde_json::Error>),
+    /// The account (or its directory) could not be stored.
+    #[error("{}: {source}", .path.display())]
+    StoreDir {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("{}: cannot store the account: {source}", .file.display())]
+    Store {
+        file: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("ACME client: {0}")]
+    Verifier(#[source] rustls::Error),
+    /// `ca_bundle` could not be read or used (the reader's reason).
+    #[error("[acme] ca_bundle {}: {reason}", .bundle.display())]
+    CaBundle { bundle: PathBuf, reason: String },
+    #[error("{0}")]
+    Tls(#[source] rustls::Error),
+}
+
 /// The account for the configured CA: loaded when stored, else created
 /// (and stored before it is used).
-pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &Path) -> Result<Account, String> {
+pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &Path) -> Result<Account, AccountError> {
     let file = path(state_dir, &cfg.directory);
-    let builder = || -> Result<instant_acme::AccountBuilder, String> {
+    let builder = || -> Result<instant_acme::AccountBuilder, AccountError> {
         Ok(Account::builder_with_http(Box::new(Observed(http_client(
             cfg.ca_bundle.as_deref(),
         )?))))
     };
     if let Some(bytes) = read_stored(&file)? {
-        let stored: Stored = serde_json::from_slice(&bytes)
-            .map_err(|e| format!("{}: unreadable account: {e}", file.display()))?;
+        let stored: Stored =
+            serde_json::from_slice(&bytes).map_err(|e| AccountError::Unreadable {
+                file: file.clone(),
+                source: Arc::new(e),
+            })?;
         return builder()?
             .from_credentials(stored.credentials)
             .await
-            .map_err(|e| format!("ACME account from {}: {e}", file.display()));
+            .map_err(|e| AccountError::FromCredentials {
+                file: file.clone(),
+                problem: e.to_string(),
+            });
     }
     let contact = cfg.email.as_ref().map(|e| format!("mailto:{e}"));
     let contacts: Vec<&str> = contact.iter().map(String::as_str).collect();
@@ -55,12 +111,10 @@ pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &Path) -> Result<Accou
         None => None,
         Some((kid, secret)) => {
             use base64::Engine as _;
-            let text = secret
-                .read()
-                .map_err(|e| format!("[acme] EAB HMAC key: {e}"))?;
+            let text = secret.read().map_err(AccountError::EabRead)?;
             let key = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(text.trim_end_matches('='))
-                .map_err(|_| format!("[acme] EAB HMAC key in {secret}: not base64url"))?;
+                .map_err(|_| AccountError::EabNotBase64Url(secret.to_string()))?;
             Some(ExternalAccountKey::new(kid.clone(), &key))
         }
     };
@@ -75,19 +129,27 @@ pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &Path) -> Result<Accou
             eab.as_ref(),
         )
         .await
-        .map_err(|e| format!("creating an ACME account at {}: {e}", cfg.directory))?;
+        .map_err(|e| AccountError::Create {
+            directory: cfg.directory.clone(),
+            problem: e.to_string(),
+        })?;
     let stored = Stored {
         directory: cfg.directory.clone(),
         credentials,
     };
     let json = zeroize::Zeroizing::new(
-        serde_json::to_vec_pretty(&stored).map_err(|e| format!("account: {e}"))?,
+        serde_json::to_vec_pretty(&stored).map_err(|e| AccountError::Encode(Arc::new(e)))?,
     );
     if let Some(dir) = file.parent() {
-        crate::state::ensure_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::state::ensure_dir(dir).map_err(|e| AccountError::StoreDir {
+            path: dir.to_owned(),
+            source: Arc::new(e),
+        })?;
     }
-    crate::install::write_atomic(&file, &json, 0o600, None)
-        .map_err(|e| format!("{}: cannot store the account: {e}", file.display()))?;
+    crate::install::write_atomic(&file, &json, 0o600, None).map_err(|e| AccountError::Store {
+        file: file.clone(),
+        source: Arc::new(e),
+    })?;
     tracing::info!(
         "created an ACME account at {} ({})",
         cfg.directory,
@@ -100,37 +162,45 @@ pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &Path) -> Result<Accou
 /// Any other failure (permission denied, I/O error, too many open files)
 /// is an error naming the file: an account is never created anew, and its
 /// credentials never overwritten, because a read failed.
-fn read_stored(file: &Path) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, String> {
+fn read_stored(file: &Path) -> Result<Option<zeroize::Zeroizing<Vec<u8>>>, AccountError> {
     match std::fs::read(file) {
         Ok(bytes) => Ok(Some(zeroize::Zeroizing::new(bytes))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(format!(
-            "{}: cannot read the ACME account (not creating another): {}",
-            file.display(),
-            crate::source::io_reason(&e)
-        )),
+        Err(e) => Err(AccountError::Read {
+            file: file.to_owned(),
+            source: Arc::new(e),
+        }),
     }
 }
 
 /// An HTTPS client that trusts the system's roots, and `bundle`'s when
 /// given (a test CA such as pebble, or a private CA).
-fn http_client(bundle: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient>, String> {
+fn http_client(bundle: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient>, AccountError> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let verifier = match bundle {
         None => rustls_platform_verifier::Verifier::new(provider.clone())
-            .map_err(|e| format!("ACME client: {e}"))?,
+            .map_err(AccountError::Verifier)?,
         Some(bundle) => {
-            let pem = crate::source::read_limited(bundle, crate::source::PEM_SIZE_LIMIT)
-                .map_err(|e| format!("[acme] ca_bundle {}: {e}", bundle.display()))?;
-            let extra = crate::cert::parse_pem_certs(&pem)
-                .map_err(|e| format!("[acme] ca_bundle {}: {e}", bundle.display()))?;
+            let pem = crate::source::read_limited(bundle, crate::source::PEM_SIZE_LIMIT).map_err(
+                |reason| AccountError::CaBundle {
+                    bundle: bundle.to_owned(),
+                    reason,
+                },
+            )?;
+            let extra = crate::cert::parse_pem_certs(&pem).map_err(|e| AccountError::CaBundle {
+                bundle: bundle.to_owned(),
+                reason: e.to_string(),
+            })?;
             rustls_platform_verifier::Verifier::new_with_extra_roots(extra, provider.clone())
-                .map_err(|e| format!("[acme] ca_bundle {}: {e}", bundle.display()))?
+                .map_err(|e| AccountError::CaBundle {
+                    bundle: bundle.to_owned(),
+                    reason: e.to_string(),
+                })?
         }
     };
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .map_err(AccountError::Tls)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_no_client_auth();
@@ -232,6 +302,7 @@ mod tests {
         let Err(e) = rt.block_on(load_or_create(&cfg, state.path())) else {
             panic!("an unreadable account file was accepted");
         };
+        let e = e.to_string();
         assert!(e.contains(&file.display().to_string()), "{e}");
         assert!(e.contains("cannot read the ACME account"), "{e}");
         assert!(!e.contains("creating an ACME account"), "{e}");

@@ -48,13 +48,43 @@ fn dns_records(challenges: &[Challenge<'_>]) -> BTreeMap<String, Vec<RData>> {
     records
 }
 
+/// Why the DNS-01 challenge records could not be put in place.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Dns01Error {
+    #[error("dns-01: following CNAMEs from {name}: {source}")]
+    FollowCnames {
+        name: String,
+        #[source]
+        source: mxkeys_providers::Error,
+    },
+    #[error("dns-01: no [dns.{0}] provider")]
+    NoProvider(String),
+    #[error("dns-01: adding to {target} through [dns.{provider}]: {source}")]
+    Add {
+        target: String,
+        provider: String,
+        #[source]
+        source: mxkeys_providers::Error,
+    },
+    /// The values were not seen on every authoritative server in time.
+    #[error("dns-01: {target}: {source}")]
+    Propagation {
+        target: String,
+        #[source]
+        source: mxkeys_providers::Error,
+    },
+}
+
 /// Where the record `name` is written: the end of its CNAME chain, as the
 /// CA sees it.
-async fn delegated(propagation: &Propagation, name: &str) -> Result<String, String> {
+async fn delegated(propagation: &Propagation, name: &str) -> Result<String, Dns01Error> {
     propagation
         .follow_cnames(name)
         .await
-        .map_err(|e| format!("dns-01: following CNAMEs from {name}: {e}"))
+        .map_err(|source| Dns01Error::FollowCnames {
+            name: name.to_owned(),
+            source,
+        })
 }
 
 /// Adds every challenge value through the provider `name`, then waits until
@@ -63,22 +93,29 @@ pub async fn publish(
     name: &str,
     dns: Option<(&Provider, &Propagation)>,
     challenges: &[Challenge<'_>],
-) -> Result<(), String> {
-    let (provider, propagation) = dns.ok_or_else(|| format!("dns-01: no [dns.{name}] provider"))?;
+) -> Result<(), Dns01Error> {
+    let (provider, propagation) = dns.ok_or_else(|| Dns01Error::NoProvider(name.to_owned()))?;
     let mut written = Vec::new();
     for (record, values) in dns_records(challenges) {
         let target = delegated(propagation, &record).await?;
         provider
             .add(&target, CHALLENGE_TTL, &values)
             .await
-            .map_err(|e| format!("dns-01: adding to {target} through [dns.{name}]: {e}"))?;
+            .map_err(|source| Dns01Error::Add {
+                target: target.clone(),
+                provider: name.to_owned(),
+                source,
+            })?;
         written.push((target, values));
     }
     for (target, values) in &written {
         propagation
             .wait_contains(target, RecordType::Txt, values)
             .await
-            .map_err(|e| format!("dns-01: {target}: {e}"))?;
+            .map_err(|source| Dns01Error::Propagation {
+                target: target.clone(),
+                source,
+            })?;
     }
     Ok(())
 }

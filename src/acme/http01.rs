@@ -35,12 +35,45 @@ impl Drop for Responder {
     }
 }
 
+/// Why a challenge response could not be put in place.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Http01Error {
+    #[error("http-01: cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// A webroot directory or token file could not be written.
+    #[error("webroot {}: {source}", .path.display())]
+    Webroot {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("http-01: the CA sent an unusable token {0:?}")]
+    UnusableToken(String),
+}
+
+impl Http01Error {
+    fn webroot(path: &Path) -> impl Fn(std::io::Error) -> Http01Error + '_ {
+        move |e| Http01Error::Webroot {
+            path: path.to_owned(),
+            source: Arc::new(e),
+        }
+    }
+}
+
 impl Responder {
     /// Binds `addr` and answers challenge requests from `tokens`.
-    pub async fn start(addr: SocketAddr, tokens: Tokens) -> Result<Responder, String> {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| format!("http-01: cannot listen on {addr}: {e}"))?;
+    pub async fn start(addr: SocketAddr, tokens: Tokens) -> Result<Responder, Http01Error> {
+        let listener =
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| Http01Error::Listen {
+                    addr,
+                    source: Arc::new(e),
+                })?;
         let addr = listener.local_addr().unwrap_or(addr);
         tracing::debug!("http-01 responder on {addr}");
         let task = tokio::spawn(crate::listen::serve(
@@ -97,13 +130,12 @@ pub struct Webroot {
 
 impl Webroot {
     /// Writes `webroot/.well-known/acme-challenge/TOKEN` for each token.
-    pub fn write(webroot: &Path, tokens: &[(String, String)]) -> Result<Webroot, String> {
-        std::fs::create_dir_all(webroot)
-            .map_err(|e| format!("webroot {}: {e}", webroot.display()))?;
+    pub fn write(webroot: &Path, tokens: &[(String, String)]) -> Result<Webroot, Http01Error> {
+        std::fs::create_dir_all(webroot).map_err(Http01Error::webroot(webroot))?;
         let well_known = webroot.join(".well-known");
         let dir = well_known.join("acme-challenge");
         for d in [&well_known, &dir] {
-            public_dir(d).map_err(|e| format!("webroot {}: {e}", d.display()))?;
+            public_dir(d).map_err(Http01Error::webroot(d))?;
         }
         let mut written = Vec::new();
         for (token, key_authorization) in tokens {
@@ -112,11 +144,11 @@ impl Webroot {
                     .bytes()
                     .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
             {
-                return Err(format!("http-01: the CA sent an unusable token {token:?}"));
+                return Err(Http01Error::UnusableToken(token.clone()));
             }
             let path = dir.join(token);
             crate::install::write_atomic(&path, key_authorization.as_bytes(), 0o644, None)
-                .map_err(|e| format!("webroot {}: {e}", path.display()))?;
+                .map_err(Http01Error::webroot(&path))?;
             written.push(path);
         }
         Ok(Webroot { written })

@@ -43,6 +43,63 @@ use crate::config::{AcmeAccount, AcmeKeyType, AcmeSource, Challenge, Config};
 use crate::source::acme::{bundle_path, read_bundle};
 use schedule::{Due, Held, Issuance, Reason, Wanted};
 
+/// Why an `acme` source got no certificate this pass, or why `renew` did
+/// not run: the source's state file, the lock, the account, the DNS
+/// provider, the responder or the order. Rendered to text where it is
+/// printed, logged or recorded as the source's `last_error`. Cloneable:
+/// one failure before ordering (the lock, the account) is every waiting
+/// source's.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum AcmeError {
+    #[error("no acme source named {name:?} (configured: {})", if .known.is_empty() { "none".to_owned() } else { .known.join(", ") })]
+    UnknownSource { name: String, known: Vec<String> },
+    #[error("acme lock: {0}")]
+    Lock(#[source] Arc<std::io::Error>),
+    #[error(transparent)]
+    Account(#[from] account::AccountError),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::BuildError),
+    #[error("http-01: cannot listen on {0}")]
+    CannotListen(std::net::SocketAddr),
+    #[error(transparent)]
+    Order(#[from] order::OrderError),
+    /// The source's directory could not be made.
+    #[error("{}: {source}", .dir.display())]
+    SourceDir {
+        dir: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("{0}")]
+    EncodeState(#[source] Arc<serde_json::Error>),
+    #[error("{}: {source}", .path.display())]
+    WriteState {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("{}: cannot keep the order's key: {source}", .path.display())]
+    KeepOrderKey {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    #[error("{}: cannot store the certificate: {source}", .path.display())]
+    StoreCertificate {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+}
+
+/// Makes a source's directory (0700).
+fn ensure_source_dir(source: &AcmeSource) -> Result<(), AcmeError> {
+    crate::state::ensure_dir(&source.dir).map_err(|e| AcmeError::SourceDir {
+        dir: source.dir.clone(),
+        source: Arc::new(e),
+    })
+}
+
 /// What is kept per `acme` source in `state_dir/acme/NAME/state.json`.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
 pub struct SourceState {
@@ -119,12 +176,15 @@ impl SourceState {
             .unwrap_or_default()
     }
 
-    fn save(&self, source: &AcmeSource) -> Result<(), String> {
-        crate::state::ensure_dir(&source.dir)
-            .map_err(|e| format!("{}: {e}", source.dir.display()))?;
-        let json = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        crate::install::write_atomic(&Self::path(source), &json, 0o600, None)
-            .map_err(|e| format!("{}: {e}", Self::path(source).display()))
+    fn save(&self, source: &AcmeSource) -> Result<(), AcmeError> {
+        ensure_source_dir(source)?;
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| AcmeError::EncodeState(Arc::new(e)))?;
+        let path = Self::path(source);
+        crate::install::write_atomic(&path, &json, 0o600, None).map_err(|e| AcmeError::WriteState {
+            path,
+            source: Arc::new(e),
+        })
     }
 
     /// Records the `failures`-th consecutive failure and its backoff.
@@ -257,7 +317,7 @@ pub struct Outcome {
     pub source: String,
     pub due: Due,
     /// `None` when no order was placed.
-    pub result: Option<Result<Issued, String>>,
+    pub result: Option<Result<Issued, AcmeError>>,
     /// Failing (this pass, or backing off) while the certificate it would
     /// replace is missing or within its renewal window.
     pub urgent: bool,
@@ -344,7 +404,7 @@ struct Work<'c> {
     /// Needs its ARI window asked.
     ari_stale: bool,
     /// Settled this pass (a resumed order, or a failure before ordering).
-    result: Option<Result<Issued, String>>,
+    result: Option<Result<Issued, AcmeError>>,
 }
 
 impl Work<'_> {
@@ -355,11 +415,71 @@ impl Work<'_> {
 
 /// Orders what is due (everything selected, with `force`); `only` limits
 /// it to one source. Returns one outcome per source looked at.
+///
+/// The phases, in order: look at each source ([`gather_work`]); stop there
+/// when none needs the CA; take the lock and the account (a failure there
+/// is every waiting source's, [`fail_all`]); ask for stale renewal windows
+/// ([`refresh_ari`]); take the certificates of orders finalized before
+/// ([`resume`]); start what the challenges need ([`start_responders`],
+/// [`build_providers`]); place the orders ([`place_orders`]).
 pub async fn renew(
     config: &Config,
     force: bool,
     only: Option<&str>,
-) -> Result<Vec<Outcome>, String> {
+) -> Result<Vec<Outcome>, AcmeError> {
+    let now = crate::now();
+    let mut work = gather_work(config, force, only, now)?;
+    let needs_network = work
+        .iter()
+        .any(|w| w.resume || w.ari_stale || matches!(w.due, Due::Now(_)));
+    if !needs_network {
+        return Ok(outcomes(work, now));
+    }
+    let _lock = match crate::state::lock(&config.state_dir.join("acme")) {
+        Ok(lock) => lock,
+        Err(e) => return Ok(fail_all(work, &AcmeError::Lock(Arc::new(e)), None, now)),
+    };
+    mark_in_flight(&work, now);
+    let (account, retry_after) =
+        account::observing(account::load_or_create(&config.acme, &config.state_dir)).await;
+    let account = match account {
+        Ok(account) => account,
+        Err(e) => return Ok(fail_all(work, &e.into(), retry_after, now)),
+    };
+    refresh_ari(config, &account, &mut work, force, now).await;
+    // Orders finalized before whose certificate was not stored.
+    for w in &mut work {
+        if w.resume {
+            resume(config, &account, w, now).await;
+        }
+    }
+    let profile = offered_profile(config, &account);
+    // One built-in responder per listen address, while the orders run.
+    let tokens: http01::Tokens = Arc::default();
+    let responders = start_responders(&work, &tokens).await;
+    let providers = build_providers(config, &work);
+    // Sources the ARI answers made due since.
+    mark_in_flight(&work, now);
+    let ready = Ready {
+        account: &account,
+        profile,
+        tokens: &tokens,
+        responders: &responders,
+        providers: &providers,
+    };
+    place_orders(config, &ready, &mut work).await;
+    drop(responders);
+    Ok(outcomes(work, now))
+}
+
+/// The sources `renew` looks at (`only` one, when given), each with its
+/// state, the certificate it holds, and what is due.
+fn gather_work<'c>(
+    config: &'c Config,
+    force: bool,
+    only: Option<&str>,
+    now: i64,
+) -> Result<Vec<Work<'c>>, AcmeError> {
     let sources: Vec<&AcmeSource> = config
         .acme_sources()
         .filter(|s| only.is_none_or(|o| o == s.name))
@@ -367,18 +487,12 @@ pub async fn renew(
     if let Some(name) = only
         && sources.is_empty()
     {
-        let known: Vec<&str> = config.acme_sources().map(|s| s.name.as_str()).collect();
-        return Err(format!(
-            "no acme source named {name:?} (configured: {})",
-            if known.is_empty() {
-                "none".to_owned()
-            } else {
-                known.join(", ")
-            }
-        ));
+        return Err(AcmeError::UnknownSource {
+            name: name.to_owned(),
+            known: config.acme_sources().map(|s| s.name.clone()).collect(),
+        });
     }
-    let now = crate::now();
-    let mut work: Vec<Work<'_>> = sources
+    Ok(sources
         .iter()
         .map(|s| {
             let state = SourceState::load(s);
@@ -406,33 +520,25 @@ pub async fn renew(
                 result: None,
             }
         })
-        .collect();
-    let needs_network = work
-        .iter()
-        .any(|w| w.resume || w.ari_stale || matches!(w.due, Due::Now(_)));
-    if !needs_network {
-        return Ok(outcomes(work, now));
-    }
-    let _lock = match crate::state::lock(&config.state_dir.join("acme")) {
-        Ok(lock) => lock,
-        Err(e) => return Ok(fail_all(work, &format!("acme lock: {e}"), None, now)),
-    };
-    mark_in_flight(&work, now);
-    let (account, retry_after) =
-        account::observing(account::load_or_create(&config.acme, &config.state_dir)).await;
-    let account = match account {
-        Ok(account) => account,
-        Err(e) => return Ok(fail_all(work, &e, retry_after, now)),
-    };
+        .collect())
+}
 
-    // Ask the CA for its renewal windows (ARI) where they are stale.
-    for w in &mut work {
+/// Asks the CA for its renewal windows (ARI) where they are stale, and
+/// decides again what is due with the answers.
+async fn refresh_ari(
+    config: &Config,
+    account: &instant_acme::Account,
+    work: &mut [Work<'_>],
+    force: bool,
+    now: i64,
+) {
+    for w in work {
         if !w.ari_stale {
             continue;
         }
         let Some(h) = &w.held else { continue };
         let (answer, retry_after) =
-            account::observing(fetch_ari(&account, h, w.state.ari.as_ref(), now)).await;
+            account::observing(fetch_ari(account, h, w.state.ari.as_ref(), now)).await;
         match answer {
             AriAnswer::Window(ari) => {
                 if let Some(url) = &ari.explanation_url
@@ -467,15 +573,12 @@ pub async fn renew(
             tracing::warn!("acme source {}: {e}", w.source.name);
         }
     }
+}
 
-    // Orders finalized before whose certificate was not stored.
-    for w in &mut work {
-        if w.resume {
-            resume(config, &account, w, now).await;
-        }
-    }
-
-    let profile = config.acme.profile.as_deref().filter(|p| {
+/// The configured `[acme] profile` when the CA offers it (else a warning,
+/// and orders go without one).
+fn offered_profile<'c>(config: &'c Config, account: &instant_acme::Account) -> Option<&'c str> {
+    config.acme.profile.as_deref().filter(|p| {
         let offered = account.profiles().any(|m| m.name == *p);
         if !offered {
             tracing::warn!(
@@ -483,11 +586,17 @@ pub async fn renew(
             );
         }
         offered
-    });
-    // One built-in responder per listen address, while the orders run.
-    let tokens: http01::Tokens = Arc::default();
+    })
+}
+
+/// One built-in HTTP-01 responder per listen address of a source about to
+/// order; `None` where the address could not be bound (logged).
+async fn start_responders(
+    work: &[Work<'_>],
+    tokens: &http01::Tokens,
+) -> BTreeMap<std::net::SocketAddr, Option<http01::Responder>> {
     let mut responders = BTreeMap::new();
-    for w in &work {
+    for w in work {
         if let (true, Challenge::Http01Listen(addr)) = (w.ordering(), &w.source.challenge)
             && !responders.contains_key(addr)
         {
@@ -502,8 +611,23 @@ pub async fn renew(
             }
         }
     }
+    responders
+}
+
+/// A DNS provider with its propagation check, or why it could not be built.
+type BuiltProvider = Result<
+    (
+        crate::dns::Provider,
+        mxkeys_providers::propagation::Propagation,
+    ),
+    crate::dns::BuildError,
+>;
+
+/// The DNS provider (and propagation check) of each dns-01 source about to
+/// order, built once per provider.
+fn build_providers(config: &Config, work: &[Work<'_>]) -> BTreeMap<String, BuiltProvider> {
     let mut providers = BTreeMap::new();
-    for w in &work {
+    for w in work {
         if let (true, Challenge::Dns01 { provider }) = (w.ordering(), &w.source.challenge)
             && !providers.contains_key(provider)
         {
@@ -512,81 +636,96 @@ pub async fn renew(
             providers.insert(provider.clone(), built);
         }
     }
+    providers
+}
 
-    // Sources the ARI answers made due since.
-    mark_in_flight(&work, now);
-    let account_id = account.id().to_owned();
-    let orders = work.iter_mut().filter(|w| w.ordering()).map(|w| {
-        let account = &account;
-        let account_id = &account_id;
-        let tokens = &tokens;
-        let responders = &responders;
-        let providers = &providers;
-        async move {
-            let Due::Now(reason) = w.due else { return };
-            let source = w.source;
-            let dns = match &source.challenge {
-                Challenge::Dns01 { provider } => match &providers[provider] {
-                    Ok((p, prop)) => Some((p, prop)),
-                    Err(e) => {
-                        let e = e.clone();
-                        record(config, account_id, w, Err(e), None);
-                        return;
-                    }
-                },
-                Challenge::Http01Listen(addr)
-                    if responders.get(addr).is_some_and(Option::is_none) =>
-                {
-                    let e = format!("http-01: cannot listen on {addr}");
-                    record(config, account_id, w, Err(e), None);
-                    return;
-                }
-                _ => None,
-            };
-            let replaces = schedule::may_replace(
-                w.state.issuance_of(w.held.as_ref()),
-                &config.acme.directory,
-                account_id,
-                &source.domains,
-            );
-            tracing::info!(
-                "acme source {}: ordering {} ({reason}{})",
-                source.name,
-                source
-                    .domains
-                    .iter()
-                    .map(|d| d.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                if replaces {
-                    ", replacing the certificate held"
-                } else {
-                    ""
-                }
-            );
-            let ctx = order::Context {
-                account,
-                profile,
-                tokens,
-                dns,
-            };
-            let renewal = order::Renewal {
-                previous: w.held.as_ref().map(|h| &h.previous),
-                replaces,
-                keep_key: schedule::keep_key(source.reuse_key, w.held.as_ref().map(|h| &h.facts)),
-            };
-            let state = &mut w.state;
-            let mut checkpoint = |url: &str, key: &Zeroizing<String>| {
-                remember(config, account_id, source, state, url, key)
-            };
-            let (result, retry_after) =
-                account::observing(order::order(source, &ctx, &renewal, &mut checkpoint)).await;
-            record(config, account_id, w, result, retry_after);
-        }
-    });
+/// What the orders of one pass share.
+struct Ready<'a> {
+    account: &'a instant_acme::Account,
+    profile: Option<&'a str>,
+    tokens: &'a http01::Tokens,
+    responders: &'a BTreeMap<std::net::SocketAddr, Option<http01::Responder>>,
+    providers: &'a BTreeMap<String, BuiltProvider>,
+}
+
+/// Places the order of every source due now, all at once, and records
+/// each result.
+async fn place_orders(config: &Config, ready: &Ready<'_>, work: &mut [Work<'_>]) {
+    let account_id = ready.account.id().to_owned();
+    let orders = work
+        .iter_mut()
+        .filter(|w| w.ordering())
+        .map(|w| place_order(config, ready, &account_id, w));
     futures_util::future::join_all(orders).await;
-    drop(responders);
-    Ok(outcomes(work, now))
+}
+
+/// Places one source's order (when its challenge can be answered) and
+/// records the result.
+async fn place_order(config: &Config, ready: &Ready<'_>, account_id: &str, w: &mut Work<'_>) {
+    let Due::Now(reason) = w.due else { return };
+    let source = w.source;
+    let dns = match &source.challenge {
+        Challenge::Dns01 { provider } => match &ready.providers[provider] {
+            Ok((p, prop)) => Some((p, prop)),
+            Err(e) => {
+                let e = AcmeError::from(e.clone());
+                record(config, account_id, w, Err(e), None);
+                return;
+            }
+        },
+        Challenge::Http01Listen(addr)
+            if ready.responders.get(addr).is_some_and(Option::is_none) =>
+        {
+            let e = AcmeError::CannotListen(*addr);
+            record(config, account_id, w, Err(e), None);
+            return;
+        }
+        _ => None,
+    };
+    let replaces = schedule::may_replace(
+        w.state.issuance_of(w.held.as_ref()),
+        &config.acme.directory,
+        account_id,
+        &source.domains,
+    );
+    tracing::info!(
+        "acme source {}: ordering {} ({reason}{})",
+        source.name,
+        source
+            .domains
+            .iter()
+            .map(|d| d.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+        if replaces {
+            ", replacing the certificate held"
+        } else {
+            ""
+        }
+    );
+    let ctx = order::Context {
+        account: ready.account,
+        profile: ready.profile,
+        tokens: ready.tokens,
+        dns,
+    };
+    let renewal = order::Renewal {
+        previous: w.held.as_ref().map(|h| &h.previous),
+        replaces,
+        keep_key: schedule::keep_key(source.reuse_key, w.held.as_ref().map(|h| &h.facts)),
+    };
+    let state = &mut w.state;
+    let mut checkpoint =
+        |url: &str, key: &Zeroizing<String>| remember(config, account_id, source, state, url, key);
+    let (result, retry_after) =
+        account::observing(order::order(source, &ctx, &renewal, &mut checkpoint)).await;
+    record(
+        config,
+        account_id,
+        w,
+        result.map_err(AcmeError::from),
+        retry_after,
+    );
 }
 
 /// Records an order about to be finalized: its key (0600) and its URL.
@@ -597,11 +736,15 @@ fn remember(
     state: &mut SourceState,
     url: &str,
     key: &Zeroizing<String>,
-) -> Result<(), String> {
-    crate::state::ensure_dir(&source.dir).map_err(|e| format!("{}: {e}", source.dir.display()))?;
+) -> Result<(), AcmeError> {
+    ensure_source_dir(source)?;
     let path = order_key_path(source);
-    crate::install::write_atomic(&path, key.as_bytes(), 0o600, None)
-        .map_err(|e| format!("{}: cannot keep the order's key: {e}", path.display()))?;
+    crate::install::write_atomic(&path, key.as_bytes(), 0o600, None).map_err(|e| {
+        AcmeError::KeepOrderKey {
+            path: path.clone(),
+            source: Arc::new(e),
+        }
+    })?;
     state.pending_order = Some(PendingOrder {
         url: url.to_owned(),
         directory: config.acme.directory.clone(),
@@ -659,7 +802,8 @@ async fn resume(config: &Config, account: &instant_acme::Account, w: &mut Work<'
             forget_order_for_good(source, &mut w.state);
         }
         Err(e) => {
-            let next = w.state.failed(&e, retry_after, now);
+            let e = AcmeError::from(e);
+            let next = w.state.failed(&e.to_string(), retry_after, now);
             tracing::error!(
                 "acme source {}: {e}; next attempt after {}",
                 source.name,
@@ -696,19 +840,20 @@ fn mark_in_flight(work: &[Work<'_>], now: i64) {
 /// backoff ends.
 fn fail_all(
     mut work: Vec<Work<'_>>,
-    error: &str,
+    error: &AcmeError,
     retry_after: Option<i64>,
     now: i64,
 ) -> Vec<Outcome> {
+    let text = error.to_string();
     let mut logged = false;
     for w in &mut work {
         if matches!(w.due, Due::Now(_)) || w.resume {
-            let next = w.state.failed(error, retry_after, now);
+            let next = w.state.failed(&text, retry_after, now);
             if !logged {
                 tracing::error!("acme: {error}; next attempt after {}", crate::rfc3339(next));
                 logged = true;
             }
-            w.result = Some(Err(error.to_owned()));
+            w.result = Some(Err(error.clone()));
         } else if w.ari_stale {
             let next = w.state.ari_failed(retry_after, now);
             tracing::warn!(
@@ -748,18 +893,21 @@ fn record(
     config: &Config,
     account: &str,
     w: &mut Work<'_>,
-    result: Result<order::Issued, String>,
+    result: Result<order::Issued, AcmeError>,
     retry_after: Option<i64>,
 ) {
     let source = w.source;
     let state = &mut w.state;
     let now = crate::now();
     let stored = result.and_then(|issued| {
-        crate::state::ensure_dir(&source.dir)
-            .map_err(|e| format!("{}: {e}", source.dir.display()))?;
+        ensure_source_dir(source)?;
         let path = bundle_path(source);
-        crate::install::write_atomic(&path, issued.bundle_pem.as_bytes(), 0o600, None)
-            .map_err(|e| format!("{}: cannot store the certificate: {e}", path.display()))?;
+        crate::install::write_atomic(&path, issued.bundle_pem.as_bytes(), 0o600, None).map_err(
+            |e| AcmeError::StoreCertificate {
+                path: path.clone(),
+                source: Arc::new(e),
+            },
+        )?;
         Ok(issued)
     });
     let outcome = match stored {
@@ -841,7 +989,7 @@ fn record(
             })
         }
         Err(e) => {
-            let next = state.failed(&e, retry_after, now);
+            let next = state.failed(&e.to_string(), retry_after, now);
             tracing::error!(
                 "acme source {}: order failed: {e}; next attempt after {}",
                 source.name,
@@ -968,5 +1116,74 @@ pub fn describe(outcome: &Outcome) -> String {
             crate::rfc3339(until)
         ),
         (_, Due::Now(reason)) => format!("acme {name}: due ({reason}) but not ordered"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(
+            std::path::Path::new("/etc/mxkeys/test.toml"),
+            text,
+            &crate::config::Host::current(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn an_unknown_source_is_its_own_variant_naming_the_configured_ones() {
+        let none = config(
+            "[[source]]\ntype = \"traefik\"\npath = \"acme.json\"\n\
+             [[target]]\nname = \"t\"\ndomains = [\"mail.example.com\"]\nkey = \"/k.pem\"\n\
+             fullchain = \"/f.pem\"\n",
+        );
+        let Err(e) = gather_work(&none, false, Some("nope"), 0) else {
+            panic!("an unknown source was accepted");
+        };
+        // `mxkeys renew --source` exits 2 on this variant, whatever its text.
+        assert!(matches!(&e, AcmeError::UnknownSource { name, .. } if name == "nope"));
+        assert_eq!(
+            e.to_string(),
+            "no acme source named \"nope\" (configured: none)"
+        );
+        let Ok(work) = gather_work(&none, false, None, 0) else {
+            panic!("no source asked for, yet an error");
+        };
+        assert!(work.is_empty());
+    }
+
+    #[test]
+    fn failures_before_ordering_render_as_they_always_did() {
+        let io = || Arc::new(std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+        let table = [
+            (
+                AcmeError::Lock(io()),
+                "acme lock: permission denied".to_owned(),
+            ),
+            (
+                AcmeError::CannotListen("127.0.0.1:80".parse().unwrap()),
+                "http-01: cannot listen on 127.0.0.1:80".to_owned(),
+            ),
+            (
+                AcmeError::StoreCertificate {
+                    path: "/s/bundle.pem".into(),
+                    source: io(),
+                },
+                "/s/bundle.pem: cannot store the certificate: permission denied".to_owned(),
+            ),
+            (
+                order::OrderError::NotCovering(vec!["a.example".into(), "b.example".into()]).into(),
+                "the issued certificate does not cover a.example, b.example".to_owned(),
+            ),
+            (
+                order::OrderError::Validation(vec!["x: one".into(), "y: two".into()]).into(),
+                "x: one; y: two".to_owned(),
+            ),
+        ];
+        for (e, want) in table {
+            assert_eq!(e.to_string(), want, "{e:?}");
+        }
     }
 }

@@ -41,6 +41,75 @@ use mxkeys_providers::propagation::Propagation;
 const VALIDATION_TIMEOUT: Duration = Duration::from_secs(120);
 const ISSUANCE_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Why an order (or a recorded order fetched again) gave no certificate:
+/// the step, the identifier and challenge where there is one, and the
+/// CA's problem document as text. Never carries the key.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum OrderError {
+    #[error("new order: {0}")]
+    NewOrder(String),
+    #[error("authorization: {0}")]
+    Authorization(String),
+    /// An authorization neither pending nor valid (its status, as the CA
+    /// named it).
+    #[error("{identifier}: the authorization is {status}")]
+    AuthorizationStatus { identifier: String, status: String },
+    #[error("{identifier}: the CA offers no {challenge} challenge")]
+    NoChallenge {
+        identifier: String,
+        challenge: String,
+    },
+    #[error("http-01 responder unavailable")]
+    ResponderUnavailable,
+    #[error(transparent)]
+    Http01(#[from] super::http01::Http01Error),
+    #[error(transparent)]
+    Dns01(#[from] dns01::Dns01Error),
+    /// The CA refused to hear that a challenge is ready.
+    #[error("{identifier}: {challenge}: {problem}")]
+    ChallengeReady {
+        identifier: String,
+        challenge: String,
+        problem: String,
+    },
+    /// Validation failed: each failed challenge's identifier, type and
+    /// problem, or the order's own problem.
+    #[error("{}", .0.join("; "))]
+    Validation(Vec<String>),
+    #[error("reuse_key: the kept key cannot be used: {0}")]
+    KeptKey(#[source] rcgen::Error),
+    #[error("generating a {key_type:?} key: {source}")]
+    GenerateKey {
+        key_type: AcmeKeyType,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("CSR: {0}")]
+    Csr(#[source] rcgen::Error),
+    #[error("finalize: {0}")]
+    Finalize(String),
+    #[error("certificate: {0}")]
+    Certificate(String),
+    #[error("fetching the order {url}: {problem}")]
+    FetchOrder { url: String, problem: String },
+    #[error("the recorded order key cannot be used: {0}")]
+    RecordedKey(#[source] rcgen::Error),
+    #[error("the issued chain: {0}")]
+    IssuedChain(#[source] cert::CertError),
+    #[error("the new key: {0}")]
+    NewKey(#[source] cert::CertError),
+    #[error("the issued certificate: {0}")]
+    IssuedCertificate(#[source] cert::CertError),
+    #[error("the issued certificate does not cover {}", .0.join(", "))]
+    NotCovering(Vec<String>),
+    #[error("the issued certificate is not valid now (valid from {} to {}; is the clock right?)", crate::rfc3339(*.not_before), crate::rfc3339(*.not_after))]
+    NotValidNow { not_before: i64, not_after: i64 },
+    /// The order could not be recorded before finalizing (it is
+    /// abandoned).
+    #[error(transparent)]
+    Checkpoint(Box<super::AcmeError>),
+}
+
 /// What an order needs besides its source.
 pub struct Context<'a> {
     pub account: &'a Account,
@@ -92,7 +161,7 @@ pub struct Renewal<'a> {
 /// Called with the order's URL and its key just before finalizing, so an
 /// order finalized but not stored can be fetched again; an error abandons
 /// the order.
-pub type Checkpoint<'a> = dyn FnMut(&str, &Zeroizing<String>) -> Result<(), String> + 'a;
+pub type Checkpoint<'a> = dyn FnMut(&str, &Zeroizing<String>) -> Result<(), super::AcmeError> + 'a;
 
 /// Places an order for `source` and returns the checked certificate.
 pub async fn order(
@@ -100,7 +169,7 @@ pub async fn order(
     ctx: &Context<'_>,
     renewal: &Renewal<'_>,
     checkpoint: &mut Checkpoint<'_>,
-) -> Result<Issued, String> {
+) -> Result<Issued, OrderError> {
     let identifiers: Vec<Identifier> = source
         .domains
         .iter()
@@ -142,7 +211,7 @@ pub async fn order(
         }
         other => other,
     }
-    .map_err(|e| format!("new order: {}", acme_error(&e)))?;
+    .map_err(|e| OrderError::NewOrder(acme_error(&e)))?;
 
     let key = match until_finalize(source, ctx, &mut order, renewal).await {
         Ok(key) => key,
@@ -154,7 +223,7 @@ pub async fn order(
     let key_pem = Zeroizing::new(key.serialize_pem());
     if let Err(e) = checkpoint(order.url(), &key_pem) {
         abandon(source, &mut order).await;
-        return Err(e);
+        return Err(OrderError::Checkpoint(Box::new(e)));
     }
     finish(source, &mut order, &key, &key_pem).await
 }
@@ -165,23 +234,22 @@ async fn until_finalize(
     ctx: &Context<'_>,
     order: &mut Order,
     renewal: &Renewal<'_>,
-) -> Result<KeyPair, String> {
+) -> Result<KeyPair, OrderError> {
     let challenge_type = match source.challenge {
         Challenge::Dns01 { .. } => ChallengeType::Dns01,
         _ => ChallengeType::Http01,
     };
     let pending = collect_challenges(order, &challenge_type).await?;
     let published = publish(source, ctx, &pending).await;
-    let validated = match &published {
+    let validated = match published {
         Ok(()) => validate(order, &challenge_type, &pending).await,
-        Err(e) => Err(e.clone()),
+        Err(e) => Err(e),
     };
     unpublish(source, ctx, &pending).await;
     validated?;
 
     match (renewal.keep_key, renewal.previous) {
-        (true, Some(p)) => KeyPair::from_pem(&p.key_pem)
-            .map_err(|e| format!("reuse_key: the kept key cannot be used: {e}")),
+        (true, Some(p)) => KeyPair::from_pem(&p.key_pem).map_err(OrderError::KeptKey),
         _ => new_key(source.key_type),
     }
 }
@@ -192,7 +260,7 @@ async fn finish(
     order: &mut Order,
     key: &KeyPair,
     key_pem: &Zeroizing<String>,
-) -> Result<Issued, String> {
+) -> Result<Issued, OrderError> {
     let mut params = CertificateParams::new(
         source
             .domains
@@ -200,15 +268,13 @@ async fn finish(
             .map(|d| d.as_str().to_owned())
             .collect::<Vec<_>>(),
     )
-    .map_err(|e| format!("CSR: {e}"))?;
+    .map_err(OrderError::Csr)?;
     params.distinguished_name = DistinguishedName::new();
-    let csr = params
-        .serialize_request(key)
-        .map_err(|e| format!("CSR: {e}"))?;
+    let csr = params.serialize_request(key).map_err(OrderError::Csr)?;
     order
         .finalize_csr(csr.der())
         .await
-        .map_err(|e| format!("finalize: {}", acme_error(&e)))?;
+        .map_err(|e| OrderError::Finalize(acme_error(&e)))?;
     download(source, order, key_pem).await
 }
 
@@ -216,11 +282,11 @@ async fn download(
     source: &AcmeSource,
     order: &mut Order,
     key_pem: &Zeroizing<String>,
-) -> Result<Issued, String> {
+) -> Result<Issued, OrderError> {
     let chain = order
         .poll_certificate(&RetryPolicy::new().timeout(ISSUANCE_TIMEOUT))
         .await
-        .map_err(|e| format!("certificate: {}", acme_error(&e)))?;
+        .map_err(|e| OrderError::Certificate(acme_error(&e)))?;
     check(source, &chain, key_pem, crate::now())
 }
 
@@ -266,19 +332,23 @@ pub async fn resume(
     account: &Account,
     url: &str,
     key_pem: &Zeroizing<String>,
-) -> Result<Resumed, String> {
+) -> Result<Resumed, OrderError> {
     let mut order = match account.order(url.to_owned()).await {
         Ok(order) => order,
         Err(e @ instant_acme::Error::Api(_)) => return Ok(Resumed::Gone(acme_error(&e))),
-        Err(e) => return Err(format!("fetching the order {url}: {}", acme_error(&e))),
+        Err(e) => {
+            return Err(OrderError::FetchOrder {
+                url: url.to_owned(),
+                problem: acme_error(&e),
+            });
+        }
     };
     match order.state().status {
         OrderStatus::Valid | OrderStatus::Processing => download(source, &mut order, key_pem)
             .await
             .map(Resumed::Issued),
         OrderStatus::Ready => {
-            let key = KeyPair::from_pem(key_pem)
-                .map_err(|e| format!("the recorded order key cannot be used: {e}"))?;
+            let key = KeyPair::from_pem(key_pem).map_err(OrderError::RecordedKey)?;
             finish(source, &mut order, &key, key_pem)
                 .await
                 .map(Resumed::Issued)
@@ -295,22 +365,29 @@ pub async fn resume(
 async fn collect_challenges(
     order: &mut Order,
     challenge_type: &ChallengeType,
-) -> Result<Vec<Pending>, String> {
+) -> Result<Vec<Pending>, OrderError> {
     let mut pending = Vec::new();
     let mut authorizations = order.authorizations();
     while let Some(next) = authorizations.next().await {
-        let mut authz = next.map_err(|e| format!("authorization: {}", acme_error(&e)))?;
+        let mut authz = next.map_err(|e| OrderError::Authorization(acme_error(&e)))?;
         let identifier = authz.identifier().to_string();
         match authz.status {
             AuthorizationStatus::Valid => continue,
             AuthorizationStatus::Pending => {}
             other => {
-                return Err(format!("{identifier}: the authorization is {other:?}"));
+                return Err(OrderError::AuthorizationStatus {
+                    identifier,
+                    status: format!("{other:?}"),
+                });
             }
         }
-        let challenge = authz.challenge(challenge_type.clone()).ok_or_else(|| {
-            format!("{identifier}: the CA offers no {challenge_type:?} challenge")
-        })?;
+        let challenge =
+            authz
+                .challenge(challenge_type.clone())
+                .ok_or_else(|| OrderError::NoChallenge {
+                    identifier: identifier.clone(),
+                    challenge: format!("{challenge_type:?}"),
+                })?;
         let key_authorization = challenge.key_authorization();
         pending.push(Pending {
             identifier,
@@ -339,13 +416,13 @@ async fn publish(
     source: &AcmeSource,
     ctx: &Context<'_>,
     pending: &[Pending],
-) -> Result<(), String> {
+) -> Result<(), OrderError> {
     match &source.challenge {
         Challenge::Http01Listen(_) => {
             let mut tokens = ctx
                 .tokens
                 .lock()
-                .map_err(|_| "http-01 responder unavailable".to_owned())?;
+                .map_err(|_| OrderError::ResponderUnavailable)?;
             for p in pending {
                 tokens.insert(p.token.clone(), p.key_authorization.clone());
             }
@@ -356,10 +433,10 @@ async fn publish(
                 .iter()
                 .map(|p| (p.token.clone(), p.key_authorization.clone()))
                 .collect();
-            Webroot::write(root, &files).map(|_| ())
+            Ok(Webroot::write(root, &files).map(|_| ())?)
         }
         Challenge::Dns01 { provider: name } => {
-            dns01::publish(name, ctx.dns, &dns_challenges(pending)).await
+            Ok(dns01::publish(name, ctx.dns, &dns_challenges(pending)).await?)
         }
     }
 }
@@ -397,10 +474,10 @@ async fn validate(
     order: &mut Order,
     challenge_type: &ChallengeType,
     pending: &[Pending],
-) -> Result<(), String> {
+) -> Result<(), OrderError> {
     let mut authorizations = order.authorizations();
     while let Some(next) = authorizations.next().await {
-        let mut authz = next.map_err(|e| format!("authorization: {}", acme_error(&e)))?;
+        let mut authz = next.map_err(|e| OrderError::Authorization(acme_error(&e)))?;
         if authz.status != AuthorizationStatus::Pending {
             continue;
         }
@@ -409,7 +486,11 @@ async fn validate(
             challenge
                 .set_ready()
                 .await
-                .map_err(|e| format!("{identifier}: {challenge_type:?}: {}", acme_error(&e)))?;
+                .map_err(|e| OrderError::ChallengeReady {
+                    identifier: identifier.clone(),
+                    challenge: format!("{challenge_type:?}"),
+                    problem: acme_error(&e),
+                })?;
         }
     }
     let status = order
@@ -435,7 +516,7 @@ async fn failed_challenges(
     challenge_type: &ChallengeType,
     pending: &[Pending],
     fallback: &str,
-) -> String {
+) -> OrderError {
     let mut reasons = Vec::new();
     {
         let mut authorizations = order.authorizations();
@@ -464,7 +545,7 @@ async fn failed_challenges(
         let names: Vec<&str> = pending.iter().map(|p| p.identifier.as_str()).collect();
         reasons.push(format!("{}: {fallback}", names.join(", ")));
     }
-    reasons.join("; ")
+    OrderError::Validation(reasons)
 }
 
 fn problem_text(p: &Problem) -> String {
@@ -496,7 +577,7 @@ pub fn acme_error(e: &instant_acme::Error) -> String {
     }
 }
 
-fn new_key(key_type: AcmeKeyType) -> Result<KeyPair, String> {
+fn new_key(key_type: AcmeKeyType) -> Result<KeyPair, OrderError> {
     let key = match key_type {
         AcmeKeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
         AcmeKeyType::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
@@ -510,7 +591,7 @@ fn new_key(key_type: AcmeKeyType) -> Result<KeyPair, String> {
             KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_4096)
         }
     };
-    key.map_err(|e| format!("generating a {key_type:?} key: {e}"))
+    key.map_err(|source| OrderError::GenerateKey { key_type, source })
 }
 
 /// How far in the future an issued certificate's notBefore may be (the
@@ -523,32 +604,30 @@ pub const MAX_CLOCK_SKEW: i64 = 300;
 /// Checks the issued chain like any candidate: key match, chain
 /// signatures, every name covered, valid now (or within
 /// [`MAX_CLOCK_SKEW`] of its start).
-fn check(source: &AcmeSource, chain_pem: &str, key_pem: &str, now: i64) -> Result<Issued, String> {
-    let certs = cert::parse_pem_certs(chain_pem.as_bytes())
-        .map_err(|e| format!("the issued chain: {e}"))?;
-    let key = PrivateKey::from_pem(key_pem.as_bytes()).map_err(|e| format!("the new key: {e}"))?;
+fn check(
+    source: &AcmeSource,
+    chain_pem: &str,
+    key_pem: &str,
+    now: i64,
+) -> Result<Issued, OrderError> {
+    let certs = cert::parse_pem_certs(chain_pem.as_bytes()).map_err(OrderError::IssuedChain)?;
+    let key = PrivateKey::from_pem(key_pem.as_bytes()).map_err(OrderError::NewKey)?;
     let bundle = Bundle { certs, key };
-    bundle
-        .verify()
-        .map_err(|e| format!("the issued certificate: {e}"))?;
-    let leaf =
-        Leaf::parse(bundle.leaf_der()).map_err(|e| format!("the issued certificate: {e}"))?;
+    bundle.verify().map_err(OrderError::IssuedCertificate)?;
+    let leaf = Leaf::parse(bundle.leaf_der()).map_err(OrderError::IssuedCertificate)?;
     if let Err(missing) = names::cover_all(&leaf.names, &source.domains) {
-        let missing: Vec<&str> = missing.iter().map(|n| n.as_str()).collect();
-        return Err(format!(
-            "the issued certificate does not cover {}",
-            missing.join(", ")
+        return Err(OrderError::NotCovering(
+            missing.iter().map(|n| n.as_str().to_owned()).collect(),
         ));
     }
     let usable = leaf.validity.at(now) == Timeliness::Valid
         || (leaf.validity.at(now + MAX_CLOCK_SKEW) == Timeliness::Valid
             && leaf.validity.not_before > now);
     if !usable {
-        return Err(format!(
-            "the issued certificate is not valid now (valid from {} to {}; is the clock right?)",
-            crate::rfc3339(leaf.validity.not_before),
-            crate::rfc3339(leaf.validity.not_after)
-        ));
+        return Err(OrderError::NotValidNow {
+            not_before: leaf.validity.not_before,
+            not_after: leaf.validity.not_after,
+        });
     }
     Ok(Issued {
         sha256: cert::fingerprint(bundle.leaf_der()),

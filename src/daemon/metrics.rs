@@ -186,10 +186,10 @@ impl Metrics {
     }
 
     /// The outcome of a DKIM pass: its error, or its first per-key error.
-    pub fn dkim_outcome(&self, outcome: &Result<crate::dkim::Pass, String>) {
+    pub fn dkim_outcome<E: std::fmt::Display>(&self, outcome: &Result<crate::dkim::Pass, E>) {
         let error = match outcome {
-            Err(e) => Some(e.clone()),
-            Ok(pass) => pass.errors.first().cloned(),
+            Err(e) => Some(e.to_string()),
+            Ok(pass) => pass.errors.first().map(ToString::to_string),
         };
         if let Ok(mut m) = self.inner.lock() {
             m.dkim_error = error;
@@ -211,7 +211,7 @@ impl Metrics {
         };
         match verdict(&m) {
             Ok(()) => (true, "ok".to_owned()),
-            Err(why) => (false, why),
+            Err(why) => (false, why.to_string()),
         }
     }
 
@@ -388,11 +388,22 @@ pub const ACME_FAILURES_UNHEALTHY: u32 = 2;
 /// Longest health line (a CA's error detail can be long).
 const HEALTH_LINE_MAX: usize = 300;
 
+/// Why the daemon is unhealthy, for /healthz.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unhealthy {
+    #[error("no reconcile has finished yet")]
+    NotYetReconciled,
+    /// The first failing target or task (one line, cut at
+    /// [`HEALTH_LINE_MAX`]) and how many more there are.
+    #[error("{first}{}", if *.more > 0 { format!(" (and {} more)", .more) } else { String::new() })]
+    Failing { first: String, more: usize },
+}
+
 /// The health rule (pure): the first failing target or task, as one line,
 /// with how many more there are.
-fn verdict(m: &Inner) -> Result<(), String> {
+fn verdict(m: &Inner) -> Result<(), Unhealthy> {
     if m.last_ok.is_none() {
-        return Err("no reconcile has finished yet".to_owned());
+        return Err(Unhealthy::NotYetReconciled);
     }
     let mut failing: Vec<String> = m.reconcile_error.iter().cloned().collect();
     failing.extend(
@@ -421,11 +432,10 @@ fn verdict(m: &Inner) -> Result<(), String> {
     let Some(first) = failing.first() else {
         return Ok(());
     };
-    let mut line = one_line(first);
-    if failing.len() > 1 {
-        line.push_str(&format!(" (and {} more)", failing.len() - 1));
-    }
-    Err(line)
+    Err(Unhealthy::Failing {
+        first: one_line(first),
+        more: failing.len() - 1,
+    })
 }
 
 /// Whitespace and control characters folded to single spaces, cut at
@@ -592,7 +602,11 @@ mod tests {
         for (case, change, want) in cases {
             let mut m = healthy();
             change(&mut m);
-            assert_eq!(verdict(&m), want.map_err(str::to_owned), "{case}");
+            assert_eq!(
+                verdict(&m).map_err(|e| e.to_string()),
+                want.map_err(str::to_owned),
+                "{case}"
+            );
         }
     }
 
@@ -600,7 +614,7 @@ mod tests {
     fn a_long_health_line_is_cut() {
         let mut m = healthy();
         m.dkim_error = Some("x".repeat(1000));
-        let why = verdict(&m).unwrap_err();
+        let why = verdict(&m).unwrap_err().to_string();
         assert_eq!(why.chars().count(), HEALTH_LINE_MAX);
         assert!(why.starts_with("dkim: xxx") && why.ends_with('…'), "{why}");
     }

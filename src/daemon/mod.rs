@@ -365,7 +365,7 @@ impl DkimTask {
         .await;
         // The pass logged its own errors.
         let outcome = match pass {
-            Pass::Done(outcome) => outcome,
+            Pass::Done(outcome) => outcome.map_err(|e| e.to_string()),
             Pass::Cut => {
                 tracing::info!(
                     "dkim: the step under way was cut at shutdown; the next start continues from the saved state"

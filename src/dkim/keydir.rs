@@ -34,36 +34,82 @@ const DIR_FLAGS: OFlag = OFlag::O_RDONLY
     .union(OFlag::O_NOFOLLOW)
     .union(OFlag::O_CLOEXEC);
 
-fn reason(path: &Path, e: Errno) -> String {
-    format!(
-        "{}: {}",
-        path.display(),
-        crate::source::io_reason(&std::io::Error::from(e))
-    )
+/// A key file or key directory that could not be used, naming it.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyDirError {
+    /// The system refused an operation on `path`.
+    #[error("{}: {}", .path.display(), crate::source::io_reason(.source))]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Unlinking a key file failed.
+    #[error("cannot remove {}: {}", .path.display(), crate::source::io_reason(.source))]
+    Remove {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: a symlink or not a directory: refused (key directories are never followed through links)", .0.display())]
+    NotADirectory(PathBuf),
+    #[error("{}: not a KEY_DIR/DOMAIN/FILE path", .0.display())]
+    NotAKeyPath(PathBuf),
+    #[error("{}: a symlink: refused", .0.display())]
+    Symlink(PathBuf),
+    #[error("{}: not a regular file: refused", .0.display())]
+    NotRegular(PathBuf),
+    #[error("{}: larger than a key file", .0.display())]
+    TooLarge(PathBuf),
+    #[error("{}: not text", .0.display())]
+    NotText(PathBuf),
+    /// KEY_DIR may be written by someone other than root.
+    #[error(transparent)]
+    Unsafe(#[from] UnsafeKeyDir),
+}
+
+/// A KEY_DIR someone other than root (or mxkeys' own user) may write.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{p}: key_dir must belong to root and be writable by root only, else the signer's user can swap a key directory for a link (owner uid {uid}, mode {mode:04o}); fix: chown {owner} {p}; chmod 755 {p}", p = .path.display(), mode = .mode & 0o7777, owner = if *.me == 0 { "root:root".to_owned() } else { .me.to_string() })]
+pub struct UnsafeKeyDir {
+    pub path: PathBuf,
+    pub uid: u32,
+    pub mode: u32,
+    pub me: u32,
+}
+
+fn reason(path: &Path, e: Errno) -> KeyDirError {
+    KeyDirError::Io {
+        path: path.to_owned(),
+        source: std::io::Error::from(e),
+    }
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> KeyDirError + '_ {
+    move |source| KeyDirError::Io {
+        path: path.to_owned(),
+        source,
+    }
 }
 
 /// Why a KEY_DIR owned by `uid` with `mode` is refused, or `None`. Pure.
 /// `me` is mxkeys' own user (root in production), which may own it too.
-pub fn refusal(path: &Path, uid: u32, mode: u32, me: u32) -> Option<String> {
+pub fn refusal(path: &Path, uid: u32, mode: u32, me: u32) -> Option<UnsafeKeyDir> {
     if (uid == 0 || uid == me) && mode & 0o022 == 0 {
         return None;
     }
-    let owner = if me == 0 {
-        "root:root".to_owned()
-    } else {
-        me.to_string()
-    };
-    let p = path.display();
-    Some(format!(
-        "{p}: key_dir must belong to root and be writable by root only, else the signer's user can swap a key directory for a link (owner uid {uid}, mode {:04o}); fix: chown {owner} {p}; chmod 755 {p}",
-        mode & 0o7777
-    ))
+    Some(UnsafeKeyDir {
+        path: path.to_owned(),
+        uid,
+        mode,
+        me,
+    })
 }
 
 /// Opens KEY_DIR (created root-owned, mode 0755, when absent; the
 /// directories above it are root's) and refuses it unless only root can
 /// write it.
-pub fn open_key_dir(key_dir: &Path) -> Result<OwnedFd, String> {
+pub fn open_key_dir(key_dir: &Path) -> Result<OwnedFd, KeyDirError> {
     let fd = match open(key_dir, DIR_FLAGS, Mode::empty()) {
         Err(Errno::ENOENT) => {
             if let Some(parent) = key_dir.parent().filter(|p| !p.as_os_str().is_empty()) {
@@ -71,20 +117,12 @@ pub fn open_key_dir(key_dir: &Path) -> Result<OwnedFd, String> {
                     .recursive(true)
                     .mode(0o755)
                     .create(parent)
-                    .map_err(|e| {
-                        format!("{}: {}", parent.display(), crate::source::io_reason(&e))
-                    })?;
+                    .map_err(io(parent))?;
             }
             let created = match std::fs::DirBuilder::new().mode(0o755).create(key_dir) {
                 Ok(()) => true,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => false,
-                Err(e) => {
-                    return Err(format!(
-                        "{}: {}",
-                        key_dir.display(),
-                        crate::source::io_reason(&e)
-                    ));
-                }
+                Err(e) => return Err(io(key_dir)(e)),
             };
             let fd = open(key_dir, DIR_FLAGS, Mode::empty()).map_err(|e| not_dir(key_dir, e))?;
             if created {
@@ -97,25 +135,22 @@ pub fn open_key_dir(key_dir: &Path) -> Result<OwnedFd, String> {
     };
     let st = fstat(&fd).map_err(|e| reason(key_dir, e))?;
     if let Some(why) = refusal(key_dir, st.st_uid, st.st_mode, Uid::effective().as_raw()) {
-        return Err(why);
+        return Err(why.into());
     }
     Ok(fd)
 }
 
-fn not_dir(path: &Path, e: Errno) -> String {
+fn not_dir(path: &Path, e: Errno) -> KeyDirError {
     match e {
-        Errno::ELOOP | Errno::ENOTDIR => format!(
-            "{}: a symlink or not a directory: refused (key directories are never followed through links)",
-            path.display()
-        ),
+        Errno::ELOOP | Errno::ENOTDIR => KeyDirError::NotADirectory(path.to_owned()),
         e => reason(path, e),
     }
 }
 
 /// `path` split into KEY_DIR, the domain directory's name and the file's
 /// name: key files are `KEY_DIR/DOMAIN/NAME`.
-fn split(path: &Path) -> Result<(&Path, &std::ffi::OsStr, &std::ffi::OsStr), String> {
-    let bad = || format!("{}: not a KEY_DIR/DOMAIN/FILE path", path.display());
+fn split(path: &Path) -> Result<(&Path, &std::ffi::OsStr, &std::ffi::OsStr), KeyDirError> {
+    let bad = || KeyDirError::NotAKeyPath(path.to_owned());
     let name = path.file_name().ok_or_else(bad)?;
     let dir = path.parent().ok_or_else(bad)?;
     let domain = dir.file_name().ok_or_else(bad)?;
@@ -131,7 +166,7 @@ struct DomainDir {
 
 impl DomainDir {
     /// Opens `KEY_DIR/DOMAIN`; `None` when it does not exist.
-    fn open(key_dir: &Path, domain: &std::ffi::OsStr) -> Result<Option<DomainDir>, String> {
+    fn open(key_dir: &Path, domain: &std::ffi::OsStr) -> Result<Option<DomainDir>, KeyDirError> {
         let kd = open_key_dir(key_dir)?;
         let path = key_dir.join(domain);
         match openat(&kd, domain, DIR_FLAGS, Mode::empty()) {
@@ -148,7 +183,7 @@ impl DomainDir {
         key_dir: &Path,
         domain: &std::ffi::OsStr,
         owner: Ownership,
-    ) -> Result<DomainDir, String> {
+    ) -> Result<DomainDir, KeyDirError> {
         let kd = open_key_dir(key_dir)?;
         let path = key_dir.join(domain);
         match mkdirat(&kd, domain, Mode::from_bits_truncate(0o700)) {
@@ -173,7 +208,7 @@ impl DomainDir {
 /// Writes a key file `KEY_DIR/DOMAIN/NAME` atomically: a temporary file
 /// created in the domain directory with its final mode, owner set, data
 /// written and fsynced, renamed over NAME, directory fsynced.
-pub fn write(path: &Path, bytes: &[u8], mode: u32, owner: Ownership) -> Result<(), String> {
+pub fn write(path: &Path, bytes: &[u8], mode: u32, owner: Ownership) -> Result<(), KeyDirError> {
     let (key_dir, domain, name) = split(path)?;
     let dir = DomainDir::create(key_dir, domain, owner)?;
     let tmp = temp_name(name);
@@ -198,8 +233,7 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32, owner: Ownership) -> Result<(
         // The umask may have taken bits of the configured mode.
         fchmod(&fd, file_mode).map_err(fail)?;
         let mut file = std::fs::File::from(fd);
-        file.write_all(bytes)
-            .map_err(|e| format!("{}: {}", path.display(), crate::source::io_reason(&e)))?;
+        file.write_all(bytes).map_err(io(path))?;
         fsync(&file).map_err(fail)?;
         drop(file);
         renameat(&dir.fd, tmp.as_str(), &dir.fd, name).map_err(fail)?;
@@ -213,7 +247,7 @@ pub fn write(path: &Path, bytes: &[u8], mode: u32, owner: Ownership) -> Result<(
 
 /// Reads a key file; `None` when it (or its directory) does not exist. A
 /// symlink, FIFO, device or directory in its place is an error naming it.
-pub fn read(path: &Path) -> Result<Option<Zeroizing<String>>, String> {
+pub fn read(path: &Path) -> Result<Option<Zeroizing<String>>, KeyDirError> {
     let (key_dir, domain, name) = split(path)?;
     let Some(dir) = DomainDir::open(key_dir, domain)? else {
         return Ok(None);
@@ -226,36 +260,41 @@ pub fn read(path: &Path) -> Result<Option<Zeroizing<String>>, String> {
     ) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(None),
-        Err(Errno::ELOOP) => return Err(format!("{}: a symlink: refused", path.display())),
+        Err(Errno::ELOOP) => return Err(KeyDirError::Symlink(path.to_owned())),
         Err(e) => return Err(reason(path, e)),
     };
     let st = fstat(&fd).map_err(|e| reason(path, e))?;
     if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFREG {
-        return Err(format!("{}: not a regular file: refused", path.display()));
+        return Err(KeyDirError::NotRegular(path.to_owned()));
     }
     let mut bytes = Zeroizing::new(Vec::new());
     std::fs::File::from(fd)
         .take(KEY_SIZE_LIMIT + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("{}: {}", path.display(), crate::source::io_reason(&e)))?;
+        .map_err(io(path))?;
     if bytes.len() as u64 > KEY_SIZE_LIMIT {
-        return Err(format!("{}: larger than a key file", path.display()));
+        return Err(KeyDirError::TooLarge(path.to_owned()));
     }
     let text = std::str::from_utf8(&bytes)
-        .map_err(|_| format!("{}: not text", path.display()))?
+        .map_err(|_| KeyDirError::NotText(path.to_owned()))?
         .to_owned();
     Ok(Some(Zeroizing::new(text)))
 }
 
 /// Removes a key file (gone already is fine).
-pub fn remove(path: &Path) -> Result<(), String> {
+pub fn remove(path: &Path) -> Result<(), KeyDirError> {
     let (key_dir, domain, name) = split(path)?;
     let Some(dir) = DomainDir::open(key_dir, domain)? else {
         return Ok(());
     };
     match unlinkat(&dir.fd, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => {}
-        Err(e) => return Err(format!("cannot remove {}", reason(path, e))),
+        Err(e) => {
+            return Err(KeyDirError::Remove {
+                path: path.to_owned(),
+                source: std::io::Error::from(e),
+            });
+        }
     }
     fsync(&dir.fd).map_err(|e| reason(&dir.path, e))
 }
@@ -311,7 +350,7 @@ mod tests {
                 "uid {uid} mode {mode:o} me {me}"
             );
         }
-        let line = refusal(p, 110, 0o40700, 0).unwrap();
+        let line = refusal(p, 110, 0o40700, 0).unwrap().to_string();
         assert!(
             line.contains("chown root:root /etc/dkimkeys; chmod 755 /etc/dkimkeys"),
             "{line}"

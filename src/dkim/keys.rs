@@ -6,7 +6,44 @@ use base64::Engine as _;
 use rcgen::{KeyPair, PublicKeyData, RsaKeySize};
 use zeroize::Zeroizing;
 
-use crate::config::DkimAlgorithm;
+use crate::dkim::machine::DkimAlgorithm;
+
+/// Why a key could not be generated, read or published. Never carries
+/// key material: the causes are the crypto libraries' own error values.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "rsa-1024: aws-lc-rs does not generate RSA keys under 2048 bits (RFC 8301 allows 1024, recommends 2048); import one with `mxkeys dkim import` or use rsa-2048"
+    )]
+    NoRsa1024,
+    #[error("generating a {algorithm} key: {source}", algorithm = .algorithm.name())]
+    Generate {
+        algorithm: DkimAlgorithm,
+        #[source]
+        source: rcgen::Error,
+    },
+    #[error("generating an ed25519 key: {0}")]
+    GenerateEd25519(aws_lc_rs::error::Unspecified),
+    #[error("encoding an ed25519 key: {0}")]
+    EncodeEd25519(aws_lc_rs::error::Unspecified),
+    #[error("ed25519 key: {0}")]
+    LoadEd25519(#[source] rcgen::Error),
+    #[error("a DKIM key must be RSA or Ed25519")]
+    NotRsaOrEd25519,
+    #[error("not a usable private key: {0}")]
+    Unusable(#[source] rcgen::Error),
+    /// The public key inside could not be parsed (the parser's text).
+    #[error("public key: {0}")]
+    PublicKey(String),
+    #[error("RSA keys of {0} bits are not one of rsa-1024, rsa-2048, rsa-3072")]
+    RsaSize(usize),
+    #[error("not a PKCS#8 PEM key: {0}")]
+    NotPkcs8(#[source] rustls_pki_types::pem::Error),
+    #[error("not an ed25519 key: {0}")]
+    NotEd25519(aws_lc_rs::error::KeyRejected),
+    #[error("cannot read the ed25519 seed")]
+    Seed,
+}
 
 /// A new private key and the record value that publishes it.
 pub struct NewKey {
@@ -15,16 +52,20 @@ pub struct NewKey {
 }
 
 /// Generates a key of `algorithm`.
-pub fn generate(algorithm: DkimAlgorithm) -> Result<NewKey, String> {
+pub fn generate(algorithm: DkimAlgorithm) -> Result<NewKey, KeyError> {
     let key = match algorithm {
         DkimAlgorithm::Rsa1024 => {
-            return Err("rsa-1024: aws-lc-rs does not generate RSA keys under 2048 bits (RFC 8301 allows 1024, recommends 2048); import one with `mxkeys dkim import` or use rsa-2048".to_owned());
+            return Err(KeyError::NoRsa1024);
         }
-        DkimAlgorithm::Rsa2048 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048),
-        DkimAlgorithm::Rsa3072 => KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072),
+        DkimAlgorithm::Rsa2048 => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_2048)
+        }
+        DkimAlgorithm::Rsa3072 => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, RsaKeySize::_3072)
+        }
         DkimAlgorithm::Ed25519 => return generate_ed25519(),
     }
-    .map_err(|e| format!("generating a {} key: {e}", algorithm.name()))?;
+    .map_err(|source| KeyError::Generate { algorithm, source })?;
     let record = record_of(&key)?;
     Ok(NewKey {
         pem: Zeroizing::new(key.serialize_pem()),
@@ -35,20 +76,18 @@ pub fn generate(algorithm: DkimAlgorithm) -> Result<NewKey, String> {
 /// Ed25519 keys are written as PKCS#8 v1 (RFC 5208, no public key inside):
 /// the v2 form rcgen writes is refused by OpenSSL 3.0, and so by OpenDKIM
 /// and Rspamd on Debian 12.
-fn generate_ed25519() -> Result<NewKey, String> {
+fn generate_ed25519() -> Result<NewKey, KeyError> {
     use aws_lc_rs::signature::Ed25519KeyPair;
-    let pair = Ed25519KeyPair::generate().map_err(|e| format!("generating an ed25519 key: {e}"))?;
-    let v1 = pair
-        .to_pkcs8v1()
-        .map_err(|e| format!("encoding an ed25519 key: {e}"))?;
+    let pair = Ed25519KeyPair::generate().map_err(KeyError::GenerateEd25519)?;
+    let v1 = pair.to_pkcs8v1().map_err(KeyError::EncodeEd25519)?;
     let pem = crate::cert::pem_encode("PRIVATE KEY", v1.as_ref());
-    let key = KeyPair::from_pem(&pem).map_err(|e| format!("ed25519 key: {e}"))?;
+    let key = KeyPair::from_pem(&pem).map_err(KeyError::LoadEd25519)?;
     let record = record_of(&key)?;
     Ok(NewKey { pem, record })
 }
 
 /// The record value publishing a key.
-fn record_of(key: &KeyPair) -> Result<String, String> {
+fn record_of(key: &KeyPair) -> Result<String, KeyError> {
     let b64 = base64::engine::general_purpose::STANDARD;
     if key.algorithm() == &rcgen::PKCS_ED25519 {
         Ok(format!(
@@ -61,13 +100,13 @@ fn record_of(key: &KeyPair) -> Result<String, String> {
             b64.encode(key.subject_public_key_info())
         ))
     } else {
-        Err("a DKIM key must be RSA or Ed25519".to_owned())
+        Err(KeyError::NotRsaOrEd25519)
     }
 }
 
 /// The algorithm and record value of an existing private key (PEM:
 /// PKCS#8, or PKCS#1 for RSA), for `mxkeys dkim import`.
-pub fn inspect(pem: &str) -> Result<(DkimAlgorithm, String), String> {
+pub fn inspect(pem: &str) -> Result<(DkimAlgorithm, String), KeyError> {
     let key = match KeyPair::from_pem(pem) {
         Ok(key) => key,
         Err(e) => {
@@ -75,7 +114,7 @@ pub fn inspect(pem: &str) -> Result<(DkimAlgorithm, String), String> {
             // is still adopted (mxkeys never signs with it: the signer does).
             return match rsa_1024_record(pem) {
                 Some(record) => Ok((DkimAlgorithm::Rsa1024, record)),
-                None => Err(format!("not a usable private key: {e}")),
+                None => Err(KeyError::Unusable(e)),
             };
         }
     };
@@ -84,19 +123,18 @@ pub fn inspect(pem: &str) -> Result<(DkimAlgorithm, String), String> {
         DkimAlgorithm::Ed25519
     } else {
         // The RSA modulus size, from the SubjectPublicKeyInfo.
+        use x509_parser::prelude::FromDer as _;
         let spki = key.subject_public_key_info();
-        let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der_ext(&spki)
-            .map_err(|e| format!("public key: {e}"))?;
+        let (_, info) = x509_parser::x509::SubjectPublicKeyInfo::from_der(&spki)
+            .map_err(|e| KeyError::PublicKey(e.to_string()))?;
         match info.parsed().map(|p| p.key_size()) {
             Ok(1024) => DkimAlgorithm::Rsa1024,
             Ok(2048) => DkimAlgorithm::Rsa2048,
             Ok(3072) => DkimAlgorithm::Rsa3072,
             Ok(bits) => {
-                return Err(format!(
-                    "RSA keys of {bits} bits are not one of rsa-1024, rsa-2048, rsa-3072"
-                ));
+                return Err(KeyError::RsaSize(bits));
             }
-            Err(e) => return Err(format!("public key: {e}")),
+            Err(e) => return Err(KeyError::PublicKey(e.to_string())),
         }
     };
     Ok((algorithm, record))
@@ -188,19 +226,18 @@ fn der_encode(tag: u8, content: &[u8]) -> Vec<u8> {
 /// An Ed25519 key in the form Rspamd reads: the base64 of its 32-byte
 /// seed on one line. Rspamd 3.4 reads only RSA keys from PEM files ("cannot
 /// extract rsa key from evp key"); for Ed25519 it wants this raw form.
-pub fn rspamd_ed25519(pem: &str) -> Result<Zeroizing<String>, String> {
+pub fn rspamd_ed25519(pem: &str) -> Result<Zeroizing<String>, KeyError> {
     use aws_lc_rs::encoding::AsBigEndian as _;
     use aws_lc_rs::signature::Ed25519KeyPair;
     use rustls_pki_types::PrivatePkcs8KeyDer;
     use rustls_pki_types::pem::PemObject as _;
-    let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes())
-        .map_err(|e| format!("not a PKCS#8 PEM key: {e}"))?;
+    let der = PrivatePkcs8KeyDer::from_pem_slice(pem.as_bytes()).map_err(KeyError::NotPkcs8)?;
     let pair = Ed25519KeyPair::from_pkcs8_maybe_unchecked(der.secret_pkcs8_der())
-        .map_err(|e| format!("not an ed25519 key: {e}"))?;
+        .map_err(KeyError::NotEd25519)?;
     let seed = pair
         .seed()
         .and_then(|s| s.as_be_bytes())
-        .map_err(|_| "cannot read the ed25519 seed".to_owned())?;
+        .map_err(|_| KeyError::Seed)?;
     let mut line = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(seed.as_ref()));
     line.push('\n');
     Ok(line)
@@ -212,17 +249,6 @@ pub fn revoked_record(algorithm: DkimAlgorithm) -> String {
         "v=DKIM1; k=rsa; p=".to_owned()
     } else {
         "v=DKIM1; k=ed25519; p=".to_owned()
-    }
-}
-
-trait FromDerExt<'a>: Sized {
-    fn from_der_ext(der: &'a [u8]) -> Result<(&'a [u8], Self), String>;
-}
-
-impl<'a> FromDerExt<'a> for x509_parser::x509::SubjectPublicKeyInfo<'a> {
-    fn from_der_ext(der: &'a [u8]) -> Result<(&'a [u8], Self), String> {
-        use x509_parser::prelude::FromDer as _;
-        Self::from_der(der).map_err(|e| e.to_string())
     }
 }
 
@@ -248,7 +274,9 @@ mod tests {
             inspect(&rsa.pem).unwrap(),
             (DkimAlgorithm::Rsa2048, rsa.record.clone())
         );
-        assert!(generate(DkimAlgorithm::Rsa1024).is_err_and(|e| e.contains("rsa-2048")));
+        assert!(
+            generate(DkimAlgorithm::Rsa1024).is_err_and(|e| e.to_string().contains("rsa-2048"))
+        );
         assert_eq!(
             revoked_record(DkimAlgorithm::Ed25519),
             "v=DKIM1; k=ed25519; p="

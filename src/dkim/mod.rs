@@ -31,6 +31,123 @@ use serde::Serialize;
 use crate::config::{Config, Dkim, DkimAlgorithm};
 use crate::dns::Provider;
 
+/// Why a DKIM command or step did not complete: one line naming the state
+/// file, key file, record, selector or reload command. Never carries key
+/// material.
+#[derive(Debug, thiserror::Error)]
+pub enum DkimError {
+    #[error("no [dkim] table in the configuration")]
+    NotConfigured,
+    #[error("{0} is not one of [dkim] domains")]
+    UnknownDomain(String),
+    #[error("dkim lock: {0}")]
+    Lock(#[source] std::io::Error),
+    /// The state file could not be read.
+    #[error("{}: {}", .path.display(), crate::source::io_reason(.source))]
+    ReadState {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The state file is not a key book.
+    #[error("{}: {source}", .path.display())]
+    ParseState {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The state file (or its directory) could not be written.
+    #[error("{}: {source}", .path.display())]
+    WriteState {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    EncodeState(#[source] serde_json::Error),
+    #[error(transparent)]
+    Dns(#[from] crate::dns::BuildError),
+    #[error(transparent)]
+    KeyDir(#[from] keydir::KeyDirError),
+    #[error(transparent)]
+    Key(#[from] keys::KeyError),
+    /// A key file that does not hold a usable key.
+    #[error("{}: {source}", .file.display())]
+    KeyFile {
+        file: PathBuf,
+        #[source]
+        source: keys::KeyError,
+    },
+    #[error("{}: {}", .0.display(), crate::source::io_reason(.1))]
+    ReadImport(PathBuf, #[source] std::io::Error),
+    #[error("{}: not found", .0.display())]
+    KeyFileMissing(PathBuf),
+    #[error("{}: the key file is missing or holds another key", .0.display())]
+    KeyFileMismatch(PathBuf),
+    #[error(transparent)]
+    Ownership(#[from] crate::install::OwnershipError),
+    #[error(transparent)]
+    SignerWrite(#[from] signer::SignerWriteError),
+    /// A signer file mxkeys did not write (left alone until `dkim import`).
+    #[error("{}", .0.describe())]
+    ForeignSignerFile(signer::Decision),
+    #[error("{domain}: the next 100 selectors from `{pattern}` all hold records already")]
+    SelectorsExhausted { domain: String, pattern: String },
+    /// A selector that is not a DNS label (the configuration's reason).
+    #[error("{0}")]
+    Selector(crate::config::ValueError),
+    #[error("selector {selector} was already used for {domain}: selectors are never reused")]
+    SelectorReused { selector: String, domain: String },
+    #[error("reading {name} before publishing: {source}")]
+    ReadRecord {
+        name: String,
+        #[source]
+        source: mxkeys_providers::Error,
+    },
+    /// Writing a record (`what`: publishing, revoking) failed.
+    #[error("{what} {name}: {source}")]
+    WriteRecord {
+        what: &'static str,
+        name: String,
+        #[source]
+        source: mxkeys_providers::Error,
+    },
+    #[error("deleting {name}: {source}")]
+    DeleteRecord {
+        name: String,
+        #[source]
+        source: mxkeys_providers::Error,
+    },
+    #[error("{name}: not revoked yet: {} still names it", .file.display())]
+    StillNamedBySigner { name: String, file: PathBuf },
+    /// `dkim import`: the record is not seen with the key's value.
+    #[error(
+        "{name} does not publish this key on every authoritative server ({source}); publish `{record}` first"
+    )]
+    NotPublished {
+        name: String,
+        record: String,
+        #[source]
+        source: mxkeys_providers::Error,
+    },
+    #[error("reload `{action}`: {source}")]
+    Reload {
+        action: crate::config::Reload,
+        #[source]
+        source: crate::reload::ReloadError,
+    },
+    /// `dkim revoke`: the key left the signer's files, but `p=` still
+    /// waits for a successful signer reload.
+    #[error(
+        "{0} left the signer's files but is not revoked yet (p= waits for a successful signer reload; retried by the next pass)"
+    )]
+    NotRevokedYet(String),
+    #[error("no key {selector} for {domain}")]
+    NoSuchKey { selector: String, domain: String },
+    #[error("{0} is already revoked")]
+    AlreadyRevoked(String),
+}
+
 fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
 }
@@ -50,31 +167,42 @@ fn state_path(config: &Config) -> PathBuf {
 }
 
 /// Loads the key book (empty when none yet).
-pub fn load(config: &Config) -> Result<Book, String> {
+pub fn load(config: &Config) -> Result<Book, DkimError> {
     let path = state_path(config);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(|source| DkimError::ParseState { path, source })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Book::default()),
-        Err(e) => Err(format!(
-            "{}: {}",
-            path.display(),
-            crate::source::io_reason(&e)
-        )),
+        Err(source) => Err(DkimError::ReadState { path, source }),
     }
 }
 
-fn save(config: &Config, book: &Book) -> Result<(), String> {
+fn save(config: &Config, book: &Book) -> Result<(), DkimError> {
     let path = state_path(config);
     if let Some(dir) = path.parent() {
-        crate::state::ensure_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        crate::state::ensure_dir(dir).map_err(|source| DkimError::WriteState {
+            path: dir.to_owned(),
+            source,
+        })?;
     }
-    let json = serde_json::to_vec_pretty(book).map_err(|e| e.to_string())?;
+    let json = serde_json::to_vec_pretty(book).map_err(DkimError::EncodeState)?;
     crate::install::write_atomic(&path, &json, 0o600, None)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|source| DkimError::WriteState { path, source })
+}
+
+/// The `[dkim]` table, or [`DkimError::NotConfigured`].
+fn dkim_table(config: &Config) -> Result<&Dkim, DkimError> {
+    config.dkim.as_ref().ok_or(DkimError::NotConfigured)
+}
+
+/// Takes the DKIM state's lock.
+fn lock(config: &Config) -> Result<crate::state::Lock, DkimError> {
+    crate::state::lock(&config.state_dir.join("dkim")).map_err(DkimError::Lock)
 }
 
 /// The provider and propagation check `[dkim] dns` names.
-fn dns(config: &Config, d: &Dkim) -> Result<(Provider, Propagation), String> {
+fn dns(config: &Config, d: &Dkim) -> Result<(Provider, Propagation), DkimError> {
     match config.dns.get(&d.dns) {
         Some(cfg) => Ok((Provider::build(cfg)?, crate::dns::propagation(cfg))),
         None => Ok((
@@ -91,7 +219,8 @@ pub struct Pass {
     /// Keys whose record is not yet seen everywhere.
     pub waiting: Vec<String>,
     pub signer_changed: bool,
-    pub errors: Vec<String>,
+    /// What failed (rendered where the pass is printed or counted).
+    pub errors: Vec<DkimError>,
 }
 
 fn today() -> String {
@@ -102,18 +231,14 @@ fn today() -> String {
 
 /// Runs the state machine until nothing more is due now: `mxkeys dkim
 /// rotate` (`force`: start a successor now), and a pass of `run`/`renew`.
-pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<Pass, String> {
-    let d = config
-        .dkim
-        .as_ref()
-        .ok_or("no [dkim] table in the configuration")?;
+pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<Pass, DkimError> {
+    let d = dkim_table(config)?;
     if let Some(o) = only
         && !d.domains.iter().any(|x| x.as_str() == o)
     {
-        return Err(format!("{o} is not one of [dkim] domains"));
+        return Err(DkimError::UnknownDomain(o.to_owned()));
     }
-    let _lock = crate::state::lock(&config.state_dir.join("dkim"))
-        .map_err(|e| format!("dkim lock: {e}"))?;
+    let _lock = lock(config)?;
     keydir::open_key_dir(&d.key_dir)?;
     let mut book = load(config)?;
     let (provider, propagation) = dns(config, d)?;
@@ -204,16 +329,19 @@ fn reload_signer(
     d: &Dkim,
     book: &mut Book,
     pass: &mut Pass,
-) -> Result<bool, String> {
+) -> Result<bool, DkimError> {
     let mut reloaded = true;
     for action in &d.reload {
         match crate::reload::run(action, d.reload_timeout) {
             Ok(()) => tracing::info!("dkim: reload `{action}`: done"),
-            Err(e) => {
+            Err(source) => {
                 reloaded = false;
-                let line = format!("reload `{action}`: {e}");
-                tracing::error!("dkim: {line}");
-                pass.errors.push(line);
+                let e = DkimError::Reload {
+                    action: action.clone(),
+                    source,
+                };
+                tracing::error!("dkim: {e}");
+                pass.errors.push(e);
             }
         }
     }
@@ -245,11 +373,18 @@ fn settling_revocation(book: &Book, policy: &Policy, now: i64) -> Option<i64> {
 /// Returns whether anything was written; a signer file not written by
 /// mxkeys is an error naming it (nothing is written). `adopt`: `mxkeys dkim
 /// import` may take over such files.
-fn update_signer(config: &Config, d: &Dkim, book: &mut Book, adopt: bool) -> Result<bool, String> {
+fn update_signer(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    adopt: bool,
+) -> Result<bool, DkimError> {
     let (files, decision) = signer_decision(d, book, adopt);
     match decision {
         signer::Decision::Write => {}
-        foreign @ signer::Decision::Foreign { .. } => return Err(foreign.describe()),
+        foreign @ signer::Decision::Foreign { .. } => {
+            return Err(DkimError::ForeignSignerFile(foreign));
+        }
         withhold @ signer::Decision::Withhold { .. } => {
             if signer::differs(&files) {
                 tracing::info!("dkim: {}", withhold.describe());
@@ -261,9 +396,11 @@ fn update_signer(config: &Config, d: &Dkim, book: &mut Book, adopt: bool) -> Res
     for k in book.keys.iter().filter(|k| k.state == KeyState::Active) {
         if let Some(path) = signer::derived_key_file(d.signer, k) {
             let pem =
-                keydir::read(&k.file)?.ok_or_else(|| format!("{}: not found", k.file.display()))?;
-            let derived =
-                keys::rspamd_ed25519(&pem).map_err(|e| format!("{}: {e}", k.file.display()))?;
+                keydir::read(&k.file)?.ok_or_else(|| DkimError::KeyFileMissing(k.file.clone()))?;
+            let derived = keys::rspamd_ed25519(&pem).map_err(|source| DkimError::KeyFile {
+                file: k.file.clone(),
+                source,
+            })?;
             if !keydir::read(&path).is_ok_and(|old| old.is_some_and(|o| *o == *derived)) {
                 write_key(d, &path, &derived)?;
             }
@@ -276,7 +413,7 @@ fn update_signer(config: &Config, d: &Dkim, book: &mut Book, adopt: bool) -> Res
         book.signer_reload_pending = true;
         save(config, book)?;
     }
-    signer::write(&files)
+    Ok(signer::write(&files)?)
 }
 
 /// The signer's files rendered from `book`, and whether they may be
@@ -368,8 +505,8 @@ fn install_clean(d: &Dkim, book: &Book) {
 
 enum StepError {
     /// A verification did not see the record everywhere yet.
-    Waiting(usize, String),
-    Failed(String),
+    Waiting(usize, mxkeys_providers::Error),
+    Failed(DkimError),
 }
 
 /// Performs one step and saves the state. `Ok(Some(line))` says what was done.
@@ -382,155 +519,220 @@ async fn perform(
     propagation: &Propagation,
 ) -> Result<Option<String>, StepError> {
     let now = crate::now();
-    let failed = StepError::Failed;
     let line = match step {
         Step::Generate { domain, algorithm } => {
-            let new = keys::generate(*algorithm).map_err(failed)?;
-            let used = book.used_selectors.get(domain).cloned().unwrap_or_default();
-            let selector = free_selector(d, domain, *algorithm, &used, provider)
-                .await
-                .map_err(failed)?;
-            book.used_selectors
-                .entry(domain.clone())
-                .or_default()
-                .insert(selector.clone());
-            let file = d.key_dir.join(domain).join(format!("{selector}.pem"));
-            // The selector is recorded as used before its file exists: it is
-            // never handed out twice, whatever happens next.
-            book.keys.push(Key {
-                domain: domain.clone(),
-                algorithm: *algorithm,
-                selector: selector.clone(),
-                file: file.clone(),
-                record: new.record.clone(),
-                state: KeyState::Generated,
-                since: now,
-                created_at: now,
-                verified_at: None,
-                activated_at: None,
-            });
-            save(config, book).map_err(failed)?;
-            write_key(d, &file, &new.pem).map_err(failed)?;
-            format!("{domain}: new {} key {selector}", algorithm.name())
+            generate_key(config, d, book, domain, *algorithm, provider, now).await?
         }
-        Step::Publish(i) => {
-            ensure_key_file(d, &mut book.keys[*i]).map_err(failed)?;
-            save(config, book).map_err(failed)?;
-            let value = book.keys[*i].record.clone();
-            // The name was free when the selector was chosen; if a record
-            // appeared since (or an interrupted run chose it before this
-            // check existed), the key is dropped, never published over: the
-            // next pass step makes one under the next free selector.
-            let name = book.keys[*i].record_name();
-            let existing = existing_records(provider, &name).await.map_err(failed)?;
-            if !machine::name_is_free(&existing, Some(&value)) {
-                let k = book.keys.remove(*i);
-                save(config, book).map_err(failed)?;
-                keydir::remove(&k.file).map_err(failed)?;
-                return Ok(Some(format!(
-                    "{name} already holds a record mxkeys did not write: selector {} passed over",
-                    k.selector
-                )));
-            }
-            write_record(
-                config,
-                d,
-                book,
-                *i,
-                provider,
-                value,
-                KeyState::Published,
-                "publishing",
-            )
-            .await
-            .map_err(failed)?;
-            format!("published {}", book.keys[*i].record_name())
-        }
-        Step::Verify(i) => {
-            let k = &book.keys[*i];
-            match propagation
-                .wait(
-                    &k.record_name(),
-                    RecordType::Txt,
-                    &[RData::Txt(k.record.clone())],
-                )
-                .await
-            {
-                Ok(_) => {
-                    book.keys[*i].verified_at = Some(crate::now());
-                    save(config, book).map_err(failed)?;
-                    format!(
-                        "verified {} on every authoritative server",
-                        book.keys[*i].record_name()
-                    )
-                }
-                Err(e) => return Err(StepError::Waiting(*i, e.to_string())),
-            }
-        }
-        Step::Activate(i) => {
-            let k = &mut book.keys[*i];
-            k.state = KeyState::Active;
-            k.since = now;
-            k.activated_at = Some(now);
-            save(config, book).map_err(failed)?;
-            format!("{}: {} signs", book.keys[*i].domain, book.keys[*i].selector)
-        }
-        Step::Drain(i) => {
-            let k = &mut book.keys[*i];
-            k.state = KeyState::Draining;
-            k.since = now;
-            save(config, book).map_err(failed)?;
-            format!(
-                "{}: {} no longer signs; its record stays while mail drains",
-                book.keys[*i].domain, book.keys[*i].selector
-            )
-        }
-        Step::Revoke(i) => {
-            // p= only once the signer's files no longer name the key (the
-            // machine already waited for their reload).
-            if let Some(file) = named_by_signer(d, book, &book.keys[*i]) {
-                return Err(failed(format!(
-                    "{}: not revoked yet: {} still names it",
-                    book.keys[*i].record_name(),
-                    file.display()
-                )));
-            }
-            let value = keys::revoked_record(book.keys[*i].algorithm);
-            write_record(
-                config,
-                d,
-                book,
-                *i,
-                provider,
-                value,
-                KeyState::Revoked,
-                "revoking",
-            )
-            .await
-            .map_err(failed)?;
-            if book.revoke_now.remove(&book.keys[*i].record_name()) {
-                save(config, book).map_err(failed)?;
-            }
-            format!("revoked {} (p=)", book.keys[*i].record_name())
-        }
-        Step::Delete(i) => {
-            let k = book.keys[*i].clone();
-            if k.state != KeyState::Generated {
-                provider
-                    .remove(&k.record_name(), RecordType::Txt)
-                    .await
-                    .map_err(|e| failed(format!("deleting {}: {e}", k.record_name())))?;
-            }
-            // The signer's own copy (written when the key signed) goes too.
-            for file in [k.file.clone(), signer::rspamd_key_file(&k.file)] {
-                keydir::remove(&file).map_err(failed)?;
-            }
-            book.keys.remove(*i);
-            save(config, book).map_err(failed)?;
-            format!("deleted {} and its key", k.record_name())
-        }
+        Step::Publish(i) => publish_key(config, d, book, *i, provider).await?,
+        Step::Verify(i) => verify_key(config, book, *i, propagation).await?,
+        Step::Activate(i) => activate_key(config, book, *i, now)?,
+        Step::Drain(i) => drain_key(config, book, *i, now)?,
+        Step::Revoke(i) => revoke_key(config, d, book, *i, provider).await?,
+        Step::Delete(i) => delete_key(config, book, *i, provider).await?,
     };
     Ok(Some(line))
+}
+
+impl From<DkimError> for StepError {
+    fn from(e: DkimError) -> Self {
+        StepError::Failed(e)
+    }
+}
+
+/// [`Step::Generate`]: a new key under a free selector, the selector
+/// recorded as used before the key file is written.
+async fn generate_key(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    domain: &str,
+    algorithm: DkimAlgorithm,
+    provider: &Provider,
+    now: i64,
+) -> Result<String, DkimError> {
+    let new = keys::generate(algorithm)?;
+    let used = book.used_selectors.get(domain).cloned().unwrap_or_default();
+    let selector = free_selector(d, domain, algorithm, &used, provider).await?;
+    book.used_selectors
+        .entry(domain.to_owned())
+        .or_default()
+        .insert(selector.clone());
+    let file = d.key_dir.join(domain).join(format!("{selector}.pem"));
+    // The selector is recorded as used before its file exists: it is
+    // never handed out twice, whatever happens next.
+    book.keys.push(Key {
+        domain: domain.to_owned(),
+        algorithm,
+        selector: selector.clone(),
+        file: file.clone(),
+        record: new.record.clone(),
+        state: KeyState::Generated,
+        since: now,
+        created_at: now,
+        verified_at: None,
+        activated_at: None,
+    });
+    save(config, book)?;
+    write_key(d, &file, &new.pem)?;
+    Ok(format!("{domain}: new {} key {selector}", algorithm.name()))
+}
+
+/// [`Step::Publish`]: the key's record, unless its name already holds one
+/// mxkeys did not write (the key is then dropped and its selector passed
+/// over).
+async fn publish_key(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    i: usize,
+    provider: &Provider,
+) -> Result<String, DkimError> {
+    ensure_key_file(d, &mut book.keys[i])?;
+    save(config, book)?;
+    let value = book.keys[i].record.clone();
+    // The name was free when the selector was chosen; if a record
+    // appeared since (or an interrupted run chose it before this
+    // check existed), the key is dropped, never published over: the
+    // next pass step makes one under the next free selector.
+    let name = book.keys[i].record_name();
+    let existing = existing_records(provider, &name).await?;
+    if !machine::name_is_free(&existing, Some(&value)) {
+        let k = book.keys.remove(i);
+        save(config, book)?;
+        keydir::remove(&k.file)?;
+        return Ok(format!(
+            "{name} already holds a record mxkeys did not write: selector {} passed over",
+            k.selector
+        ));
+    }
+    write_record(
+        config,
+        d,
+        book,
+        i,
+        provider,
+        value,
+        KeyState::Published,
+        "publishing",
+    )
+    .await?;
+    Ok(format!("published {}", book.keys[i].record_name()))
+}
+
+/// [`Step::Verify`]: the record seen on every authoritative server, or
+/// [`StepError::Waiting`].
+async fn verify_key(
+    config: &Config,
+    book: &mut Book,
+    i: usize,
+    propagation: &Propagation,
+) -> Result<String, StepError> {
+    let k = &book.keys[i];
+    match propagation
+        .wait(
+            &k.record_name(),
+            RecordType::Txt,
+            &[RData::Txt(k.record.clone())],
+        )
+        .await
+    {
+        Ok(_) => {
+            book.keys[i].verified_at = Some(crate::now());
+            save(config, book)?;
+            Ok(format!(
+                "verified {} on every authoritative server",
+                book.keys[i].record_name()
+            ))
+        }
+        Err(e) => Err(StepError::Waiting(i, e)),
+    }
+}
+
+/// [`Step::Activate`]: the key signs.
+fn activate_key(config: &Config, book: &mut Book, i: usize, now: i64) -> Result<String, DkimError> {
+    let k = &mut book.keys[i];
+    k.state = KeyState::Active;
+    k.since = now;
+    k.activated_at = Some(now);
+    save(config, book)?;
+    Ok(format!(
+        "{}: {} signs",
+        book.keys[i].domain, book.keys[i].selector
+    ))
+}
+
+/// [`Step::Drain`]: the key stops signing; its record stays.
+fn drain_key(config: &Config, book: &mut Book, i: usize, now: i64) -> Result<String, DkimError> {
+    let k = &mut book.keys[i];
+    k.state = KeyState::Draining;
+    k.since = now;
+    save(config, book)?;
+    Ok(format!(
+        "{}: {} no longer signs; its record stays while mail drains",
+        book.keys[i].domain, book.keys[i].selector
+    ))
+}
+
+/// [`Step::Revoke`]: `p=` published, only once the signer's files no
+/// longer name the key.
+async fn revoke_key(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    i: usize,
+    provider: &Provider,
+) -> Result<String, DkimError> {
+    // p= only once the signer's files no longer name the key (the
+    // machine already waited for their reload).
+    if let Some(file) = named_by_signer(d, book, &book.keys[i]) {
+        return Err(DkimError::StillNamedBySigner {
+            name: book.keys[i].record_name(),
+            file,
+        });
+    }
+    let value = keys::revoked_record(book.keys[i].algorithm);
+    write_record(
+        config,
+        d,
+        book,
+        i,
+        provider,
+        value,
+        KeyState::Revoked,
+        "revoking",
+    )
+    .await?;
+    if book.revoke_now.remove(&book.keys[i].record_name()) {
+        save(config, book)?;
+    }
+    Ok(format!("revoked {} (p=)", book.keys[i].record_name()))
+}
+
+/// [`Step::Delete`]: the record (when it was published), the key file and
+/// the signer's copy of it, then the key from the state.
+async fn delete_key(
+    config: &Config,
+    book: &mut Book,
+    i: usize,
+    provider: &Provider,
+) -> Result<String, DkimError> {
+    let k = book.keys[i].clone();
+    if k.state != KeyState::Generated {
+        provider
+            .remove(&k.record_name(), RecordType::Txt)
+            .await
+            .map_err(|source| DkimError::DeleteRecord {
+                name: k.record_name(),
+                source,
+            })?;
+    }
+    // The signer's own copy (written when the key signed) goes too.
+    for file in [k.file.clone(), signer::rspamd_key_file(&k.file)] {
+        keydir::remove(&file)?;
+    }
+    book.keys.remove(i);
+    save(config, book)?;
+    Ok(format!("deleted {} and its key", k.record_name()))
 }
 
 /// A new selector for `domain` whose record name holds nothing in DNS
@@ -543,7 +745,7 @@ async fn free_selector(
     algorithm: DkimAlgorithm,
     used: &BTreeSet<String>,
     provider: &Provider,
-) -> Result<String, String> {
+) -> Result<String, DkimError> {
     let date = today();
     let mut occupied = BTreeSet::new();
     loop {
@@ -567,10 +769,10 @@ async fn free_selector(
         );
         occupied.insert(selector);
         if occupied.len() >= 100 {
-            return Err(format!(
-                "{domain}: the next 100 selectors from `{}` all hold records already",
-                d.selector
-            ));
+            return Err(DkimError::SelectorsExhausted {
+                domain: domain.to_owned(),
+                pattern: d.selector.clone(),
+            });
         }
     }
 }
@@ -578,7 +780,7 @@ async fn free_selector(
 /// What `name` holds in DNS (TXT values, and a CNAME where the provider
 /// can tell), read through the provider; empty for a provider that cannot
 /// read (manual).
-async fn existing_records(provider: &Provider, name: &str) -> Result<Vec<String>, String> {
+async fn existing_records(provider: &Provider, name: &str) -> Result<Vec<String>, DkimError> {
     let mut existing = Vec::new();
     match provider.read(name, RecordType::Txt).await {
         Ok(values) => existing.extend(values.into_iter().map(|v| match v {
@@ -586,7 +788,12 @@ async fn existing_records(provider: &Provider, name: &str) -> Result<Vec<String>
             other => other.to_string(),
         })),
         Err(mxkeys_providers::Error::Unsupported(_)) => {}
-        Err(e) => return Err(format!("reading {name} before publishing: {e}")),
+        Err(source) => {
+            return Err(DkimError::ReadRecord {
+                name: name.to_owned(),
+                source,
+            });
+        }
     }
     // A CNAME (delegated signing) where the provider can tell.
     if let Ok(values) = provider.read(name, RecordType::Cname).await {
@@ -606,13 +813,17 @@ async fn write_record(
     provider: &Provider,
     value: String,
     state: KeyState,
-    what: &str,
-) -> Result<(), String> {
+    what: &'static str,
+) -> Result<(), DkimError> {
     let name = book.keys[i].record_name();
     provider
         .replace(&name, d.ttl, &[RData::Txt(value)])
         .await
-        .map_err(|e| format!("{what} {name}: {e}"))?;
+        .map_err(|source| DkimError::WriteRecord {
+            what,
+            name: name.clone(),
+            source,
+        })?;
     let k = &mut book.keys[i];
     k.state = state;
     k.since = crate::now();
@@ -624,13 +835,13 @@ async fn write_record(
 /// 0700, and with `key_owner` or `key_group` (the signer runs as that user
 /// or group and must enter it) theirs, mode 0700 for an owner alone, 0750
 /// with a group. KEY_DIR itself stays root's.
-fn write_key(d: &Dkim, path: &Path, pem: &str) -> Result<(), String> {
+fn write_key(d: &Dkim, path: &Path, pem: &str) -> Result<(), DkimError> {
     let owner = key_ownership(d)?;
-    keydir::write(path, pem.as_bytes(), d.key_mode, owner)
+    Ok(keydir::write(path, pem.as_bytes(), d.key_mode, owner)?)
 }
 
 /// The owner and group `key_owner` and `key_group` name.
-fn key_ownership(d: &Dkim) -> Result<crate::install::Ownership, String> {
+fn key_ownership(d: &Dkim) -> Result<crate::install::Ownership, crate::install::OwnershipError> {
     let target = crate::config::Target {
         name: "dkim".into(),
         domains: Vec::new(),
@@ -651,7 +862,7 @@ fn key_ownership(d: &Dkim) -> Result<crate::install::Ownership, String> {
 /// names. A generated key whose file was lost (a crash right after its
 /// selector was recorded) gets a new key under the same, never published,
 /// selector.
-fn ensure_key_file(d: &Dkim, k: &mut Key) -> Result<(), String> {
+fn ensure_key_file(d: &Dkim, k: &mut Key) -> Result<(), DkimError> {
     let matches = keydir::read(&k.file)
         .ok()
         .flatten()
@@ -661,10 +872,7 @@ fn ensure_key_file(d: &Dkim, k: &mut Key) -> Result<(), String> {
         return Ok(());
     }
     if k.state != KeyState::Generated {
-        return Err(format!(
-            "{}: the key file is missing or holds another key",
-            k.file.display()
-        ));
+        return Err(DkimError::KeyFileMismatch(k.file.clone()));
     }
     let new = keys::generate(k.algorithm)?;
     write_key(d, &k.file, &new.pem)?;
@@ -674,11 +882,8 @@ fn ensure_key_file(d: &Dkim, k: &mut Key) -> Result<(), String> {
 
 /// `mxkeys dkim records`: the records mxkeys wants published now, as
 /// zone-file lines.
-pub fn records(config: &Config) -> Result<String, String> {
-    let d = config
-        .dkim
-        .as_ref()
-        .ok_or("no [dkim] table in the configuration")?;
+pub fn records(config: &Config) -> Result<String, DkimError> {
+    let d = dkim_table(config)?;
     let book = load(config)?;
     let mut out = String::new();
     for k in &book.keys {
@@ -710,11 +915,8 @@ pub struct KeyStatus {
 }
 
 /// `mxkeys dkim status`: every key, per domain.
-pub fn status(config: &Config) -> Result<Vec<KeyStatus>, String> {
-    let d = config
-        .dkim
-        .as_ref()
-        .ok_or("no [dkim] table in the configuration")?;
+pub fn status(config: &Config) -> Result<Vec<KeyStatus>, DkimError> {
+    let d = dkim_table(config)?;
     let book = load(config)?;
     let policy = policy(d);
     let mut keys: Vec<&Key> = book.keys.iter().collect();
@@ -766,24 +968,21 @@ pub async fn import(
     domain: &str,
     selector: &str,
     file: &Path,
-) -> Result<String, String> {
-    let d = config
-        .dkim
-        .as_ref()
-        .ok_or("no [dkim] table in the configuration")?;
+) -> Result<String, DkimError> {
+    let d = dkim_table(config)?;
     if !d.domains.iter().any(|x| x.as_str() == domain) {
-        return Err(format!("{domain} is not one of [dkim] domains"));
+        return Err(DkimError::UnknownDomain(domain.to_owned()));
     }
     // It goes into file paths and the signer's configuration.
-    crate::config::selector_label(selector).map_err(|e| e.to_string())?;
+    crate::config::selector_label(selector).map_err(DkimError::Selector)?;
     let pem = zeroize::Zeroizing::new(
-        std::fs::read_to_string(file)
-            .map_err(|e| format!("{}: {}", file.display(), crate::source::io_reason(&e)))?,
+        std::fs::read_to_string(file).map_err(|e| DkimError::ReadImport(file.to_owned(), e))?,
     );
-    let (algorithm, record) =
-        keys::inspect(&pem).map_err(|e| format!("{}: {e}", file.display()))?;
-    let _lock = crate::state::lock(&config.state_dir.join("dkim"))
-        .map_err(|e| format!("dkim lock: {e}"))?;
+    let (algorithm, record) = keys::inspect(&pem).map_err(|source| DkimError::KeyFile {
+        file: file.to_owned(),
+        source,
+    })?;
+    let _lock = lock(config)?;
     keydir::open_key_dir(&d.key_dir)?;
     let mut book = load(config)?;
     if book
@@ -791,16 +990,21 @@ pub async fn import(
         .get(domain)
         .is_some_and(|u| u.contains(selector))
     {
-        return Err(format!(
-            "selector {selector} was already used for {domain}: selectors are never reused"
-        ));
+        return Err(DkimError::SelectorReused {
+            selector: selector.to_owned(),
+            domain: domain.to_owned(),
+        });
     }
     let (_, propagation) = dns(config, d)?;
     let name = format!("{selector}._domainkey.{domain}");
     propagation
         .wait(&name, RecordType::Txt, &[RData::Txt(record.clone())])
         .await
-        .map_err(|e| format!("{name} does not publish this key on every authoritative server ({e}); publish `{record}` first"))?;
+        .map_err(|source| DkimError::NotPublished {
+            name: name.clone(),
+            record: record.clone(),
+            source,
+        })?;
     let now = crate::now();
     let dest = d.key_dir.join(domain).join(format!("{selector}.pem"));
     write_key(d, &dest, &pem)?;
@@ -841,8 +1045,10 @@ pub async fn import(
     }
     if update_signer(config, d, &mut book, true)? || book.signer_reload_pending {
         for action in &d.reload {
-            crate::reload::run(action, d.reload_timeout)
-                .map_err(|e| format!("reload `{action}`: {e}"))?;
+            crate::reload::run(action, d.reload_timeout).map_err(|source| DkimError::Reload {
+                action: action.clone(),
+                source,
+            })?;
         }
         book.signer_reload_pending = false;
         save(config, &book)?;
@@ -865,19 +1071,18 @@ pub async fn revoke(
     selector: &str,
     force: bool,
 ) -> Result<Pass, RevokeError> {
-    let d = config
-        .dkim
-        .as_ref()
-        .ok_or("no [dkim] table in the configuration")?;
+    let d = dkim_table(config)?;
     {
-        let _lock = crate::state::lock(&config.state_dir.join("dkim"))
-            .map_err(|e| format!("dkim lock: {e}"))?;
+        let _lock = lock(config)?;
         let mut book = load(config)?;
         let i = book
             .keys
             .iter()
             .position(|k| k.domain == domain && k.selector == selector)
-            .ok_or_else(|| format!("no key {selector} for {domain}"))?;
+            .ok_or_else(|| DkimError::NoSuchKey {
+                selector: selector.to_owned(),
+                domain: domain.to_owned(),
+            })?;
         let name = book.keys[i].record_name();
         let family = if book.keys[i].algorithm.is_rsa() {
             "RSA"
@@ -887,14 +1092,14 @@ pub async fn revoke(
         match machine::request_revoke(&mut book, &wanted(d), i, crate::now(), force) {
             Ok(()) => {}
             Err(machine::RevokeRefused::AlreadyRevoked) => {
-                return Err(format!("{name} is already revoked").into());
+                return Err(DkimError::AlreadyRevoked(name).into());
             }
             Err(machine::RevokeRefused::OnlyKey) => {
-                return Err(RevokeError::OnlyKey(format!(
-                    "refused: {name} is the only {family} key signing for {domain}; \
-                     revoking it leaves {domain} without an {family} signature until a new key is \
-                     published and verified: add --force to revoke it anyway"
-                )));
+                return Err(RevokeError::OnlyKey {
+                    name,
+                    family,
+                    domain: domain.to_owned(),
+                });
             }
         }
         save(config, &book)?;
@@ -912,41 +1117,79 @@ pub async fn revoke(
         .revoke_now
         .contains(&format!("{selector}._domainkey.{domain}"))
     {
-        let line = format!(
-            "{selector}._domainkey.{domain} left the signer's files but is not revoked yet \
-             (p= waits for a successful signer reload; retried by the next pass)"
-        );
-        tracing::error!("dkim: {line}");
-        pass.errors.push(line);
+        let e = DkimError::NotRevokedYet(format!("{selector}._domainkey.{domain}"));
+        tracing::error!("dkim: {e}");
+        pass.errors.push(e);
     }
     Ok(pass)
 }
 
 /// Why `mxkeys dkim revoke` did not run.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum RevokeError {
     /// The key is the only one of its family signing for its domain and
     /// `--force` was not given (exit status 2: nothing was changed).
-    OnlyKey(String),
-    Failed(String),
+    #[error(
+        "refused: {name} is the only {family} key signing for {domain}; \
+         revoking it leaves {domain} without an {family} signature until a new key is \
+         published and verified: add --force to revoke it anyway"
+    )]
+    OnlyKey {
+        name: String,
+        /// `RSA` or `Ed25519`.
+        family: &'static str,
+        domain: String,
+    },
+    #[error(transparent)]
+    Failed(#[from] DkimError),
 }
 
-impl From<String> for RevokeError {
-    fn from(e: String) -> Self {
-        RevokeError::Failed(e)
-    }
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl From<&str> for RevokeError {
-    fn from(e: &str) -> Self {
-        RevokeError::Failed(e.to_owned())
-    }
-}
-
-impl std::fmt::Display for RevokeError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            RevokeError::OnlyKey(e) | RevokeError::Failed(e) => f.write_str(e),
+    #[test]
+    fn dkim_problems_render_one_line_naming_their_subject() {
+        let table = [
+            (
+                RevokeError::OnlyKey {
+                    name: "s1._domainkey.example.com".into(),
+                    family: "RSA",
+                    domain: "example.com".into(),
+                }
+                .to_string(),
+                "refused: s1._domainkey.example.com is the only RSA key signing for example.com; \
+                 revoking it leaves example.com without an RSA signature until a new key is \
+                 published and verified: add --force to revoke it anyway",
+            ),
+            (
+                RevokeError::from(DkimError::AlreadyRevoked(
+                    "s1._domainkey.example.com".into(),
+                ))
+                .to_string(),
+                "s1._domainkey.example.com is already revoked",
+            ),
+            (
+                DkimError::NotRevokedYet("s1._domainkey.example.com".into()).to_string(),
+                "s1._domainkey.example.com left the signer's files but is not revoked yet \
+                 (p= waits for a successful signer reload; retried by the next pass)",
+            ),
+            (
+                DkimError::SelectorReused {
+                    selector: "s1".into(),
+                    domain: "example.com".into(),
+                }
+                .to_string(),
+                "selector s1 was already used for example.com: selectors are never reused",
+            ),
+            (
+                DkimError::KeyFileMismatch("/k/example.com/s1.pem".into()).to_string(),
+                "/k/example.com/s1.pem: the key file is missing or holds another key",
+            ),
+        ];
+        for (got, want) in table {
+            assert_eq!(got, want);
+            assert!(!got.contains('\n'), "{got}");
         }
     }
 }

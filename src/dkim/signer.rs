@@ -301,12 +301,29 @@ pub fn differs(files: &[(PathBuf, String)]) -> bool {
         .any(|(path, content)| !std::fs::read(path).is_ok_and(|old| old == content.as_bytes()))
 }
 
+/// A signer file (or its directory) that could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum SignerWriteError {
+    #[error("{}: {source}", .dir.display())]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: {}", .path.display(), crate::source::io_reason(.source))]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// Writes the rendered files that differ; returns whether any did.
 ///
 /// OpenDKIM's two tables are written so that, whenever a run stops, every
 /// key the SigningTable names is in the KeyTable: first a KeyTable holding
 /// old and new keys, then the SigningTable, then the final KeyTable.
-pub fn write(files: &[(PathBuf, String)]) -> Result<bool, String> {
+pub fn write(files: &[(PathBuf, String)]) -> Result<bool, SignerWriteError> {
     let key_table = files.iter().find(|(p, _)| p.ends_with("KeyTable"));
     let signing = files.iter().any(|(p, _)| p.ends_with("SigningTable"));
     if let (Some((kt_path, kt_new)), true) = (key_table, signing) {
@@ -335,17 +352,24 @@ pub fn write(files: &[(PathBuf, String)]) -> Result<bool, String> {
     write_plain(files)
 }
 
-fn write_plain(files: &[(PathBuf, String)]) -> Result<bool, String> {
+fn write_plain(files: &[(PathBuf, String)]) -> Result<bool, SignerWriteError> {
     let mut changed = false;
     for (path, content) in files {
         if std::fs::read(path).is_ok_and(|old| old == content.as_bytes()) {
             continue;
         }
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            std::fs::create_dir_all(dir).map_err(|source| SignerWriteError::CreateDir {
+                dir: dir.to_owned(),
+                source,
+            })?;
         }
-        crate::install::write_atomic(path, content.as_bytes(), 0o644, None)
-            .map_err(|e| format!("{}: {}", path.display(), crate::source::io_reason(&e)))?;
+        crate::install::write_atomic(path, content.as_bytes(), 0o644, None).map_err(|source| {
+            SignerWriteError::Write {
+                path: path.clone(),
+                source,
+            }
+        })?;
         changed = true;
     }
     Ok(changed)
@@ -354,7 +378,7 @@ fn write_plain(files: &[(PathBuf, String)]) -> Result<bool, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DkimAlgorithm;
+    use crate::dkim::machine::DkimAlgorithm;
     use crate::dkim::machine::Key;
 
     fn key(domain: &str, algorithm: DkimAlgorithm, selector: &str, state: KeyState) -> Key {

@@ -109,6 +109,7 @@ fn write(config: &Config, slots: Vec<SlotPlan>, report: &mut Report) -> Written 
         }
         if !slot_plan.files.is_empty() {
             r.action = match install::ownership(target)
+                .map_err(install::InstallError::from)
                 .and_then(|o| install::apply(&slot_plan.files, o))
             {
                 Ok(o) if o.changed.is_empty() => Action::UpToDate,
@@ -118,7 +119,7 @@ fn write(config: &Config, slots: Vec<SlotPlan>, report: &mut Report) -> Written 
                 }
                 Err(e) => {
                     tracing::error!("target {}: {e}; its previous files were restored", r.name);
-                    Action::WriteFailed(e)
+                    Action::WriteFailed(e.to_string())
                 }
             };
         }
@@ -234,7 +235,8 @@ fn verify_target(
                 served.key_type,
                 &served.leaf,
                 target.verify_timeout,
-            );
+            )
+            .map_err(|e| e.to_string());
             match &result {
                 Ok(()) => tracing::info!(
                     "target {}: {} presents {}",
@@ -270,12 +272,12 @@ fn roll_back(
             .map(|u| {
                 u.iter()
                     .map(Undo::restore)
-                    .collect::<Result<Vec<()>, String>>()
+                    .collect::<Result<Vec<()>, install::RestoreError>>()
             })
             .unwrap_or(Ok(Vec::new()));
         let outcome = RolledBack {
             cause: why.clone(),
-            restore_error: restored.err(),
+            restore_error: restored.err().map(|e| e.to_string()),
         };
         tracing::error!("target {}: {outcome}", target.name);
         report.rollbacks.push(target.name.clone());
@@ -364,7 +366,7 @@ fn run_reloads(reloads: Vec<(Reload, Duration)>) -> Vec<ReloadReport> {
     reloads
         .into_iter()
         .map(|(action, timeout)| {
-            let result = crate::reload::run(&action, timeout);
+            let result = crate::reload::run(&action, timeout).map_err(|e| e.to_string());
             match &result {
                 Ok(()) => tracing::info!("reload `{action}`: done"),
                 Err(e) => tracing::error!("reload `{action}`: {e}"),
