@@ -7,7 +7,7 @@
 //! scheduler must never ask again sooner.
 
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -15,6 +15,7 @@ use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AcmeAccount;
+use crate::state::{RecordError, StateDir};
 
 /// What is stored for an account.
 #[derive(Serialize, Deserialize)]
@@ -23,25 +24,17 @@ struct Stored {
     credentials: AccountCredentials,
 }
 
-/// Where the account for `directory` is kept.
-pub fn path(state_dir: &Path, directory: &str) -> PathBuf {
-    let digest = crate::cert::fingerprint(directory.as_bytes());
-    state_dir
-        .join("acme")
-        .join("accounts")
-        .join(format!("{}.json", &digest[..16]))
-}
-
 /// The account for the configured CA: loaded when stored, else created
 /// (and stored before it is used).
-pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &Path) -> Result<Account, String> {
-    let file = path(state_dir, &cfg.directory);
+pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &StateDir) -> Result<Account, String> {
+    let record = state_dir.acme_account::<Stored>(&cfg.directory);
+    let file = record.path();
     let builder = || -> Result<instant_acme::AccountBuilder, String> {
         Ok(Account::builder_with_http(Box::new(Observed(http_client(
             cfg.ca_bundle.as_deref(),
         )?))))
     };
-    if let Some(bytes) = read_stored(&file)? {
+    if let Some(bytes) = read_stored(file)? {
         let stored: Stored = serde_json::from_slice(&bytes)
             .map_err(|e| format!("{}: unreadable account: {e}", file.display()))?;
         return builder()?
@@ -80,14 +73,12 @@ pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &Path) -> Result<Accou
         directory: cfg.directory.clone(),
         credentials,
     };
-    let json = zeroize::Zeroizing::new(
-        serde_json::to_vec_pretty(&stored).map_err(|e| format!("account: {e}"))?,
-    );
-    if let Some(dir) = file.parent() {
-        crate::state::ensure_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    crate::install::write_atomic(&file, &json, 0o600, None)
-        .map_err(|e| format!("{}: cannot store the account: {e}", file.display()))?;
+    record.save(&stored).map_err(|e| match e {
+        RecordError::Write { path, error } => {
+            format!("{}: cannot store the account: {error}", path.display())
+        }
+        other => other.to_string(),
+    })?;
     tracing::info!(
         "created an ACME account at {} ({})",
         cfg.directory,
@@ -221,7 +212,11 @@ mod tests {
     fn an_unreadable_account_file_is_an_error_naming_it_not_a_new_account() {
         let state = tempfile::tempdir().unwrap();
         let cfg = unreachable();
-        let file = path(state.path(), &cfg.directory);
+        let state_dir = StateDir::new(state.path().to_owned());
+        let file = state_dir
+            .acme_account::<Stored>(&cfg.directory)
+            .path()
+            .to_owned();
         // A directory where the file belongs: reading fails with EISDIR,
         // standing in for EACCES, EIO or EMFILE.
         std::fs::create_dir_all(&file).unwrap();
@@ -229,7 +224,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let Err(e) = rt.block_on(load_or_create(&cfg, state.path())) else {
+        let Err(e) = rt.block_on(load_or_create(&cfg, &state_dir)) else {
             panic!("an unreadable account file was accepted");
         };
         assert!(e.contains(&file.display().to_string()), "{e}");

@@ -108,23 +108,19 @@ pub struct PendingOrder {
 }
 
 impl SourceState {
-    fn path(source: &AcmeSource) -> PathBuf {
-        source.dir.join("state.json")
-    }
-
+    /// The source's record; empty when missing, unreadable or corrupt.
     pub fn load(source: &AcmeSource) -> SourceState {
-        std::fs::read(Self::path(source))
+        source
+            .dir
+            .record()
+            .load()
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .flatten()
             .unwrap_or_default()
     }
 
     fn save(&self, source: &AcmeSource) -> Result<(), String> {
-        crate::state::ensure_dir(&source.dir)
-            .map_err(|e| format!("{}: {e}", source.dir.display()))?;
-        let json = serde_json::to_vec_pretty(self).map_err(|e| e.to_string())?;
-        crate::install::write_atomic(&Self::path(source), &json, 0o600, None)
-            .map_err(|e| format!("{}: {e}", Self::path(source).display()))
+        source.dir.record().save(self).map_err(|e| e.to_string())
     }
 
     /// Records the `failures`-th consecutive failure and its backoff.
@@ -159,7 +155,7 @@ impl SourceState {
 
 /// Where the key of a recorded order is kept until its certificate is.
 fn order_key_path(source: &AcmeSource) -> PathBuf {
-    source.dir.join("order-key.pem")
+    source.dir.order_key()
 }
 
 /// Forgets a recorded order and saves the state at once (a resume that
@@ -413,7 +409,7 @@ pub async fn renew(
     if !needs_network {
         return Ok(outcomes(work, now));
     }
-    let _lock = match crate::state::lock(&config.state_dir.join("acme")) {
+    let _lock = match config.state_dir.lock_acme() {
         Ok(lock) => lock,
         Err(e) => return Ok(fail_all(work, &format!("acme lock: {e}"), None, now)),
     };
@@ -598,7 +594,10 @@ fn remember(
     url: &str,
     key: &Zeroizing<String>,
 ) -> Result<(), String> {
-    crate::state::ensure_dir(&source.dir).map_err(|e| format!("{}: {e}", source.dir.display()))?;
+    source
+        .dir
+        .ensure()
+        .map_err(|e| format!("{}: {e}", source.dir.display()))?;
     let path = order_key_path(source);
     crate::install::write_atomic(&path, key.as_bytes(), 0o600, None)
         .map_err(|e| format!("{}: cannot keep the order's key: {e}", path.display()))?;
@@ -755,7 +754,9 @@ fn record(
     let state = &mut w.state;
     let now = crate::now();
     let stored = result.and_then(|issued| {
-        crate::state::ensure_dir(&source.dir)
+        source
+            .dir
+            .ensure()
             .map_err(|e| format!("{}: {e}", source.dir.display()))?;
         let path = bundle_path(source);
         crate::install::write_atomic(&path, issued.bundle_pem.as_bytes(), 0o600, None)

@@ -122,7 +122,7 @@ pub struct Config {
     /// Where the configuration was read from.
     pub path: PathBuf,
     pub hostname: Option<DnsName>,
-    pub state_dir: PathBuf,
+    pub state_dir: crate::state::StateDir,
     pub sources: Vec<SourceConfig>,
     pub targets: Vec<Target>,
     pub daemon: Daemon,
@@ -400,7 +400,7 @@ pub enum SourceKind {
         chain: Option<PathBuf>,
     },
     SelfSigned {
-        dir: PathBuf,
+        dir: crate::state::SelfSignedDir,
         days: u32,
     },
     /// Certificates mxkeys orders itself (`mxkeys renew`, or `run`).
@@ -417,7 +417,7 @@ pub struct AcmeSource {
     pub key_type: AcmeKeyType,
     /// Keep the private key across renewals (DANE pins it).
     pub reuse_key: bool,
-    pub dir: PathBuf,
+    pub dir: crate::state::AcmeSourceDir,
 }
 
 /// How an `acme` source proves control of its names.
@@ -911,10 +911,10 @@ impl Config {
             .map(DnsName::parse)
             .transpose()
             .map_err(|e| err(format!("key `hostname`: {e}")))?;
-        let state_dir = abs(raw
+        let state_dir = crate::state::StateDir::new(abs(raw
             .state_dir
             .as_deref()
-            .unwrap_or(Path::new(DEFAULT_STATE_DIR)));
+            .unwrap_or(Path::new(DEFAULT_STATE_DIR))));
 
         let mut sources = Vec::new();
         let mut labels = HashSet::new();
@@ -963,7 +963,7 @@ impl Config {
                         )));
                     }
                     let label = "self-signed".to_owned();
-                    let dir = state_dir.join("self-signed");
+                    let dir = state_dir.self_signed();
                     (name, SourceKind::SelfSigned { dir, days }, label)
                 }
                 RawSource::Acme {
@@ -1088,7 +1088,7 @@ impl Config {
             .map(|d| validate_dkim(d, &state_dir, &dns, &abs))
             .transpose()
             .map_err(|m| err(format!("[dkim]: {m}")))?;
-        check_target_overlaps(&targets, &state_dir, dkim.as_ref()).map_err(err)?;
+        check_target_overlaps(&targets, state_dir.path(), dkim.as_ref()).map_err(err)?;
         Ok(Config {
             path: path.to_owned(),
             hostname,
@@ -1335,7 +1335,7 @@ fn validate_acme_source(
     (http_listen, webroot, dns): (Option<String>, Option<PathBuf>, Option<String>),
     key_type: AcmeKeyType,
     reuse_key: bool,
-    state_dir: &Path,
+    state_dir: &crate::state::StateDir,
     abs: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<AcmeSource, String> {
     let fail = |m: String| format!("acme source {name:?}: {m}");
@@ -1399,7 +1399,7 @@ fn validate_acme_source(
             "{w} is a wildcard: CAs issue wildcards only through dns-01"
         )));
     }
-    let dir = state_dir.join("acme").join(&name);
+    let dir = state_dir.acme_source(&name);
     Ok(AcmeSource {
         name,
         domains,
@@ -1468,7 +1468,7 @@ pub fn selector_label(selector: &str) -> Result<(), String> {
 
 fn validate_dkim(
     raw: RawDkim,
-    state_dir: &Path,
+    state_dir: &crate::state::StateDir,
     dns: &std::collections::BTreeMap<String, DnsProvider>,
     abs: &dyn Fn(&Path) -> PathBuf,
 ) -> Result<Dkim, String> {
@@ -1564,7 +1564,7 @@ fn validate_dkim(
             .key_dir
             .as_deref()
             .map(abs)
-            .unwrap_or_else(|| state_dir.join("dkim")),
+            .unwrap_or_else(|| state_dir.default_dkim_key_dir()),
         dns: raw.dns,
         ttl: raw.ttl.unwrap_or(300),
         rotate_every,

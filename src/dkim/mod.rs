@@ -45,32 +45,17 @@ pub fn policy(d: &Dkim) -> Policy {
     }
 }
 
-fn state_path(config: &Config) -> PathBuf {
-    config.state_dir.join("dkim").join("state.json")
-}
-
-/// Loads the key book (empty when none yet).
+/// Loads the key book (empty when none yet; an unreadable or corrupt one
+/// is an error naming the file).
 pub fn load(config: &Config) -> Result<Book, String> {
-    let path = state_path(config);
-    match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Book::default()),
-        Err(e) => Err(format!(
-            "{}: {}",
-            path.display(),
-            crate::source::io_reason(&e)
-        )),
-    }
+    let book = config.state_dir.dkim_record().load();
+    book.map(Option::unwrap_or_default)
+        .map_err(|e| e.to_string())
 }
 
 fn save(config: &Config, book: &Book) -> Result<(), String> {
-    let path = state_path(config);
-    if let Some(dir) = path.parent() {
-        crate::state::ensure_dir(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    }
-    let json = serde_json::to_vec_pretty(book).map_err(|e| e.to_string())?;
-    crate::install::write_atomic(&path, &json, 0o600, None)
-        .map_err(|e| format!("{}: {e}", path.display()))
+    let record = config.state_dir.dkim_record();
+    record.save(book).map_err(|e| e.to_string())
 }
 
 /// The provider and propagation check `[dkim] dns` names.
@@ -112,7 +97,9 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
     {
         return Err(format!("{o} is not one of [dkim] domains"));
     }
-    let _lock = crate::state::lock(&config.state_dir.join("dkim"))
+    let _lock = config
+        .state_dir
+        .lock_dkim()
         .map_err(|e| format!("dkim lock: {e}"))?;
     keydir::open_key_dir(&d.key_dir)?;
     let mut book = load(config)?;
@@ -782,7 +769,9 @@ pub async fn import(
     );
     let (algorithm, record) =
         keys::inspect(&pem).map_err(|e| format!("{}: {e}", file.display()))?;
-    let _lock = crate::state::lock(&config.state_dir.join("dkim"))
+    let _lock = config
+        .state_dir
+        .lock_dkim()
         .map_err(|e| format!("dkim lock: {e}"))?;
     keydir::open_key_dir(&d.key_dir)?;
     let mut book = load(config)?;
@@ -870,7 +859,9 @@ pub async fn revoke(
         .as_ref()
         .ok_or("no [dkim] table in the configuration")?;
     {
-        let _lock = crate::state::lock(&config.state_dir.join("dkim"))
+        let _lock = config
+            .state_dir
+            .lock_dkim()
             .map_err(|e| format!("dkim lock: {e}"))?;
         let mut book = load(config)?;
         let i = book

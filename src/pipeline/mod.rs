@@ -338,7 +338,7 @@ pub fn reconcile(config: &Config, mode: Mode) -> Report {
 
 /// Takes the run lock, or returns the report of a run that could not start.
 pub fn lock(config: &Config) -> Result<state::Lock, Box<Report>> {
-    state::lock(&config.state_dir).map_err(|e| {
+    config.state_dir.lock().map_err(|e| {
         let msg = format!(
             "state_dir {}: cannot take the lock: {}",
             config.state_dir.display(),
