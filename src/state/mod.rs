@@ -24,7 +24,9 @@
 //! ```
 //!
 //! Every file is replaced atomically (a temporary `.NAME.mxkeys-PID-N.tmp`
-//! in the same directory, renamed into place).
+//! in the same directory, renamed into place). Taking a lock removes the
+//! temporaries that killed runs left in the directories that lock guards,
+//! and only those: files named like them whose process is gone.
 
 mod record;
 mod run;
@@ -116,19 +118,40 @@ impl StateDir {
     }
 
     /// Takes the run lock (`sync`, `run`), waiting for another run to
-    /// finish.
+    /// finish; then removes killed runs' temporaries from `state_dir` and
+    /// `self-signed/`.
     pub fn lock(&self) -> io::Result<Lock> {
-        take_lock(&self.0)
+        let lock = take_lock(&self.0)?;
+        clean_stale_temps(&self.0);
+        clean_stale_temps(&self.self_signed().0);
+        Ok(lock)
     }
 
-    /// Takes the ACME lock (orders), waiting for another run to finish.
+    /// Takes the ACME lock (orders), waiting for another run to finish;
+    /// then removes killed runs' temporaries from `acme/`, `acme/accounts/`
+    /// and every source's directory.
     pub fn lock_acme(&self) -> io::Result<Lock> {
-        take_lock(&self.acme())
+        let acme = self.acme();
+        let lock = take_lock(&acme)?;
+        clean_stale_temps(&acme);
+        if let Ok(entries) = fs::read_dir(&acme) {
+            for entry in entries.filter_map(Result::ok) {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    clean_stale_temps(&entry.path());
+                }
+            }
+        }
+        Ok(lock)
     }
 
-    /// Takes the DKIM lock, waiting for another run to finish.
+    /// Takes the DKIM lock, waiting for another run to finish; then removes
+    /// killed runs' temporaries from `dkim/` (the key directories inside it,
+    /// when `key_dir` is the default, are cleaned by [`crate::dkim::keydir`]).
     pub fn lock_dkim(&self) -> io::Result<Lock> {
-        take_lock(&self.dkim())
+        let dkim = self.dkim();
+        let lock = take_lock(&dkim)?;
+        clean_stale_temps(&dkim);
+        Ok(lock)
     }
 }
 
@@ -229,4 +252,229 @@ fn ensure_dir(dir: &Path) -> io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
+}
+
+/// Removes from `dir` the regular files named like mxkeys' temporaries
+/// ([`crate::install::is_stale_temp`]: `.NAME.mxkeys-PID-N.tmp`) whose
+/// process is gone. They were never renamed into place; they may hold a
+/// key. Anything else, and a missing `dir`, is left alone.
+fn clean_stale_temps(dir: &Path) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let Some(text) = name.to_str() else { continue };
+        if crate::install::is_stale_temp(text)
+            && entry.file_type().is_ok_and(|t| t.is_file())
+            && fs::remove_file(entry.path()).is_ok()
+        {
+            tracing::debug!(
+                "removed {} left by an interrupted run",
+                entry.path().display()
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn temp_state_dir() -> (tempfile::TempDir, StateDir) {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = StateDir::new(tmp.path().join("state"));
+        (tmp, dir)
+    }
+
+    #[test]
+    fn every_path_is_where_existing_installs_keep_it() {
+        let s = StateDir::new(PathBuf::from("/var/lib/mxkeys"));
+        let directory = "https://acme-v02.api.letsencrypt.org/directory";
+        let digest = crate::cert::fingerprint(directory.as_bytes());
+        let acme = s.acme_source("mail");
+        let fallback = s.self_signed();
+        for (got, want) in [
+            (s.path().to_owned(), "/var/lib/mxkeys".to_owned()),
+            (
+                s.state_record().path().to_owned(),
+                "/var/lib/mxkeys/state.json".to_owned(),
+            ),
+            (
+                fallback.path().to_owned(),
+                "/var/lib/mxkeys/self-signed".to_owned(),
+            ),
+            (
+                fallback.cert("ecdsa"),
+                "/var/lib/mxkeys/self-signed/ecdsa.crt".to_owned(),
+            ),
+            (
+                fallback.key("rsa"),
+                "/var/lib/mxkeys/self-signed/rsa.key".to_owned(),
+            ),
+            (
+                acme.path().to_owned(),
+                "/var/lib/mxkeys/acme/mail".to_owned(),
+            ),
+            (
+                acme.record::<()>().path().to_owned(),
+                "/var/lib/mxkeys/acme/mail/state.json".to_owned(),
+            ),
+            (
+                acme.bundle(),
+                "/var/lib/mxkeys/acme/mail/bundle.pem".to_owned(),
+            ),
+            (
+                acme.order_key(),
+                "/var/lib/mxkeys/acme/mail/order-key.pem".to_owned(),
+            ),
+            (
+                s.acme_account::<()>(directory).path().to_owned(),
+                format!("/var/lib/mxkeys/acme/accounts/{}.json", &digest[..16]),
+            ),
+            (
+                s.dkim_record::<()>().path().to_owned(),
+                "/var/lib/mxkeys/dkim/state.json".to_owned(),
+            ),
+            (s.default_dkim_key_dir(), "/var/lib/mxkeys/dkim".to_owned()),
+        ] {
+            assert_eq!(got, PathBuf::from(&want));
+        }
+    }
+
+    #[test]
+    fn each_lock_creates_its_directory_0700_and_its_file_0600() {
+        let (_tmp, s) = temp_state_dir();
+        let run = s.lock().unwrap();
+        let acme = s.lock_acme().unwrap();
+        let dkim = s.lock_dkim().unwrap();
+        for dir in ["", "acme", "dkim"] {
+            let dir = s.path().join(dir);
+            assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+            assert_eq!(mode(&dir.join("lock")), 0o600, "{}", dir.display());
+        }
+        // The three locks are distinct: holding all at once does not block.
+        drop((run, acme, dkim));
+        drop(s.lock().unwrap());
+    }
+
+    #[test]
+    fn records_are_written_with_their_mode_in_a_0700_directory_and_read_back() {
+        let (_tmp, s) = temp_state_dir();
+        let mut state = State::default();
+        state.pending_reloads.insert("postfix".to_owned());
+        state.save(&s).unwrap();
+        assert_eq!(State::load(&s), state);
+        assert_eq!(mode(s.path()), 0o700);
+        // state.json feeds `status`: readable, as it always was.
+        assert_eq!(mode(s.state_record().path()), 0o644);
+
+        let acme = s.acme_source("mail");
+        let book: Vec<String> = vec!["a".to_owned()];
+        for record in [
+            acme.record(),
+            s.dkim_record(),
+            s.acme_account("https://ca/dir"),
+        ] {
+            record.save(&book).unwrap();
+            assert_eq!(record.load().unwrap(), Some(book.clone()));
+            assert_eq!(mode(record.path()), 0o600, "{}", record.path().display());
+            let dir = record.path().parent().unwrap();
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        }
+        acme.ensure().unwrap();
+        assert_eq!(mode(acme.path()), 0o700);
+    }
+
+    #[test]
+    fn a_missing_record_is_none_a_corrupt_or_unreadable_one_an_error_naming_the_file() {
+        let (_tmp, s) = temp_state_dir();
+        let record = s.dkim_record::<Vec<String>>();
+        assert!(record.load().unwrap().is_none());
+
+        fs::create_dir_all(record.path().parent().unwrap()).unwrap();
+        fs::write(record.path(), b"{ not json").unwrap();
+        let e = record.load().unwrap_err();
+        assert!(matches!(e, RecordError::Corrupt { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with(&record.path().display().to_string()),
+            "{e}"
+        );
+
+        fs::remove_file(record.path()).unwrap();
+        fs::create_dir(record.path()).unwrap();
+        let e = record.load().unwrap_err();
+        assert!(matches!(e, RecordError::Unreadable { .. }), "{e:?}");
+        assert!(
+            e.to_string()
+                .starts_with(&record.path().display().to_string()),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_or_corrupt_state_json_is_an_empty_record() {
+        let (_tmp, s) = temp_state_dir();
+        assert_eq!(State::load(&s), State::default());
+        fs::create_dir_all(s.path()).unwrap();
+        fs::write(s.state_record().path(), b"[1, 2").unwrap();
+        assert_eq!(State::load(&s), State::default());
+    }
+
+    #[test]
+    fn taking_a_lock_removes_only_dead_runs_temporaries_in_the_directories_it_guards() {
+        let (_tmp, s) = temp_state_dir();
+        let dead = |dir: &Path, name: &str| dir.join(format!(".{name}.mxkeys-2147483646-0.tmp"));
+        let mine = |dir: &Path, name: &str| {
+            dir.join(format!(".{name}.mxkeys-{}-7.tmp", std::process::id()))
+        };
+        let guarded = [
+            (s.path().to_owned(), "state.json"),
+            (s.self_signed().path().to_owned(), "ecdsa.key"),
+            (s.path().join("acme"), "lock"),
+            (s.path().join("acme/accounts"), "0123456789abcdef.json"),
+            (s.acme_source("mail").path().to_owned(), "bundle.pem"),
+            (s.path().join("dkim"), "state.json"),
+        ];
+        // Not state_dir's: a key directory inside dkim/ is keydir's to clean.
+        let foreign = s.path().join("dkim/example.com");
+        let mut kept = Vec::new();
+        for (dir, name) in guarded
+            .iter()
+            .map(|(d, n)| (d.as_path(), *n))
+            .chain([(foreign.as_path(), "sel.private")])
+        {
+            fs::create_dir_all(dir).unwrap();
+            for p in [dead(dir, name), mine(dir, name)] {
+                fs::write(p, b"x").unwrap();
+            }
+            fs::write(dir.join(".not-ours.tmp"), b"x").unwrap();
+            fs::write(dir.join(name), b"x").unwrap();
+            fs::create_dir(dead(dir, "a-directory")).unwrap();
+            kept.extend([
+                mine(dir, name),
+                dir.join(".not-ours.tmp"),
+                dir.join(name),
+                dead(dir, "a-directory"),
+            ]);
+        }
+        kept.push(dead(&foreign, "sel.private"));
+        drop(s.lock().unwrap());
+        drop(s.lock_acme().unwrap());
+        drop(s.lock_dkim().unwrap());
+        for (dir, name) in &guarded {
+            let p = dead(dir, name);
+            assert!(!p.exists(), "{} was left", p.display());
+        }
+        for p in kept {
+            assert!(p.exists(), "{} was removed", p.display());
+        }
+    }
 }
