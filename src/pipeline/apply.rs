@@ -36,10 +36,14 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
         errors: plan.errors,
         ..Report::default()
     };
+    // The record is loaded once, here: after the caller took the lock (the
+    // plan may have been made before it, as the daemon's is), so no other
+    // run changes it until this one saves it.
+    let mut st = State::load(&config.state_dir);
     // 0. Record the reloads this run will owe before writing anything: a
     // run killed between the writes and the reloads must not leave a
     // service on its old files forever (the next run sees nothing to write).
-    let owed_before = State::load(&config.state_dir).pending_reloads;
+    let owed_before = st.pending_reloads.clone();
     let about_to_change: BTreeSet<String> = plan
         .slots
         .iter()
@@ -47,7 +51,6 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
         .map(|s| config.targets[s.report.target].name.clone())
         .collect();
     if !about_to_change.is_subset(&owed_before) {
-        let mut st = State::load(&config.state_dir);
         st.pending_reloads.extend(about_to_change);
         if let Err(e) = st.save(&config.state_dir) {
             tracing::warn!("state_dir: cannot record the reloads owed: {e}");
@@ -157,7 +160,22 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
             );
         }
     }
-    record(config, &report, command, &failed, &owed_before);
+    record(
+        &mut st,
+        config,
+        &report,
+        command,
+        &failed,
+        &owed_before,
+        crate::now(),
+    );
+    if let Err(e) = st.save(&config.state_dir) {
+        tracing::warn!(
+            "state_dir {}: cannot record this run: {}",
+            config.state_dir.display(),
+            source::io_reason(&e)
+        );
+    }
     report
 }
 
@@ -333,17 +351,18 @@ fn run_reloads(reloads: Vec<(Reload, Duration)>) -> Vec<ReloadReport> {
         .collect()
 }
 
-/// Records what each slot holds, the backoff of refused certificates, and a
-/// summary of the run.
+/// Records in `st` what each slot holds, the backoff of refused
+/// certificates, and a summary of the run finished at `now`. Pure: the
+/// caller loads and saves the record.
 fn record(
+    st: &mut State,
     config: &Config,
     report: &Report,
     command: &str,
     failed: &[(usize, String)],
     owed_before: &BTreeSet<String>,
+    now: i64,
 ) {
-    let now = crate::now();
-    let mut st = State::load(&config.state_dir);
     // A target's owed reload is paid when every reload it has succeeded;
     // after a rollback its files are those the service already had, so
     // nothing is owed unless it was owed before this run.
@@ -413,7 +432,7 @@ fn record(
     }
     st.last_run = Some(state::Run {
         command: command.to_owned(),
-        finished_at: crate::now(),
+        finished_at: now,
         ok: report.ok(),
         changed_targets: report
             .targets
@@ -423,11 +442,4 @@ fn record(
             .collect(),
         errors: report.problems(),
     });
-    if let Err(e) = st.save(&config.state_dir) {
-        tracing::warn!(
-            "state_dir {}: cannot record this run: {}",
-            config.state_dir.display(),
-            source::io_reason(&e)
-        );
-    }
 }
