@@ -443,3 +443,224 @@ fn record(
         errors: report.problems(),
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+    use crate::cert::KeyType;
+    use crate::pipeline::{Action, Served};
+
+    /// A fixed "now" (2026-01-01T00:00:00Z): the fake clock.
+    const NOW: i64 = 1_767_225_600;
+
+    fn config() -> Config {
+        Config::parse(
+            Path::new("/etc/mxkeys/test.toml"),
+            "hostname = \"mail.example.com\"\n[[target]]\nname = \"postfix\"\ncombined = \"/etc/postfix/chain.pem\"\nreload = [\"postfix\", \"reload\"]\n",
+        )
+        .unwrap()
+    }
+
+    /// A run in which target `postfix` ended with `action` serving
+    /// certificate `sha256`, its reload succeeding or not.
+    fn run(config: &Config, action: Action, sha256: &str, reload_ok: bool) -> Report {
+        let rolled_back = matches!(action, Action::RolledBack(_));
+        Report {
+            targets: vec![TargetReport {
+                name: "postfix".to_owned(),
+                target: 0,
+                slot: 0,
+                served: Some(Served {
+                    sha256: sha256.to_owned(),
+                    names: vec!["mail.example.com".to_owned()],
+                    key_type: KeyType::Ed25519,
+                    not_before: NOW - 86_400,
+                    not_after: NOW + 90 * 86_400,
+                    origin: "files:/etc/ssl/mail.pem".to_owned(),
+                    fallback: false,
+                    leaf: Vec::new(),
+                }),
+                action,
+                refused: Vec::new(),
+                unrelated: 0,
+            }],
+            reloads: vec![ReloadReport {
+                action: config.targets[0].reloads[0].clone(),
+                result: Some(if reload_ok {
+                    Ok(())
+                } else {
+                    Err("exit status 1".to_owned())
+                }),
+            }],
+            rollbacks: if rolled_back {
+                vec!["postfix".to_owned()]
+            } else {
+                Vec::new()
+            },
+            ..Report::default()
+        }
+    }
+
+    fn changed() -> Action {
+        Action::Changed(vec![PathBuf::from("/etc/postfix/chain.pem")])
+    }
+
+    #[test]
+    fn the_record_of_a_run_follows_what_each_target_ended_with() {
+        let config = config();
+        let refused = vec![(0, "reload failed".to_owned())];
+        let owed: BTreeSet<String> = ["postfix".to_owned()].into();
+        let none = BTreeSet::new();
+        // (case, state before, action, reload ok, owed before, rolled back for,
+        //  then: installed sha, failure (attempts, retry_at), reload owed)
+        type Case<'a> = (
+            &'a str,
+            State,
+            Action,
+            bool,
+            &'a BTreeSet<String>,
+            &'a [(usize, String)],
+            Option<&'a str>,
+            Option<(u32, i64)>,
+            bool,
+        );
+        let failed_once = State {
+            failures: [(
+                "postfix".to_owned(),
+                state::Failure {
+                    sha256: "new".to_owned(),
+                    attempts: 1,
+                    retry_at: NOW - 1,
+                    reason: "reload failed".to_owned(),
+                },
+            )]
+            .into(),
+            pending_reloads: owed.clone(),
+            ..State::default()
+        };
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "installed and reloaded",
+                failed_once.clone(),
+                changed(),
+                true,
+                &owed,
+                &[],
+                Some("new"),
+                None,
+                false,
+            ),
+            (
+                "up to date, its owed reload paid",
+                State {
+                    pending_reloads: owed.clone(),
+                    ..State::default()
+                },
+                Action::UpToDate,
+                true,
+                &owed,
+                &[],
+                None,
+                None,
+                false,
+            ),
+            (
+                "owed reload failing again",
+                State {
+                    pending_reloads: owed.clone(),
+                    ..State::default()
+                },
+                Action::UpToDate,
+                false,
+                &owed,
+                &[],
+                None,
+                None,
+                true,
+            ),
+            (
+                "rolled back a first time: one minute",
+                State::default(),
+                Action::RolledBack("reload failed".to_owned()),
+                false,
+                &none,
+                &refused,
+                None,
+                Some((1, NOW + 60)),
+                false,
+            ),
+            (
+                "rolled back again: four times longer",
+                failed_once.clone(),
+                Action::RolledBack("reload failed".to_owned()),
+                false,
+                &none,
+                &refused,
+                None,
+                Some((2, NOW + 240)),
+                false,
+            ),
+            (
+                "a first install not confirmed keeps its reload owed",
+                State::default(),
+                Action::Unconfirmed("reload failed".to_owned()),
+                false,
+                &none,
+                &[],
+                Some("new"),
+                None,
+                true,
+            ),
+        ];
+        for (case, before, action, reload_ok, owed_before, failed, installed, failure, owes) in
+            cases
+        {
+            let report = run(&config, action, "new", reload_ok);
+            let mut st = before;
+            record(&mut st, &config, &report, "sync", failed, owed_before, NOW);
+            assert_eq!(
+                st.targets.get("postfix").map(|i| i.sha256.as_str()),
+                installed,
+                "{case}"
+            );
+            if let Some(i) = st.targets.get("postfix") {
+                assert_eq!(
+                    (i.installed_at, i.source.as_str()),
+                    (NOW, "files:/etc/ssl/mail.pem"),
+                    "{case}"
+                );
+            }
+            assert_eq!(
+                st.failures.get("postfix").map(|f| (f.attempts, f.retry_at)),
+                failure,
+                "{case}"
+            );
+            assert_eq!(st.pending_reloads.contains("postfix"), owes, "{case}");
+            let last = st.last_run.as_ref().unwrap();
+            assert_eq!(
+                (last.command.as_str(), last.finished_at),
+                ("sync", NOW),
+                "{case}"
+            );
+            assert_eq!(last.ok, report.ok(), "{case}");
+        }
+    }
+
+    #[test]
+    fn reloads_owed_by_targets_no_longer_configured_are_forgotten() {
+        let config = config();
+        let mut st = State {
+            pending_reloads: ["gone".to_owned()].into(),
+            ..State::default()
+        };
+        let report = run(&config, Action::UpToDate, "old", true);
+        record(&mut st, &config, &report, "run", &[], &BTreeSet::new(), NOW);
+        assert!(st.pending_reloads.is_empty());
+        assert_eq!(
+            st.last_run.map(|r| (r.ok, r.changed_targets)),
+            Some((true, Vec::new()))
+        );
+    }
+}
