@@ -10,7 +10,7 @@
 //! state_dir/                  0700
 //!   lock                      0600  serialises runs that install (sync, run)
 //!   state.json                0644  what each target holds, for `status` ([`State`])
-//!   self-signed/                    the fallback: KIND.crt (0644), KIND.key (0600)
+//!   self-signed/              umask the fallback: KIND.crt (0644), KIND.key (0600)
 //!   acme/                     0700
 //!     lock                    0600  serialises orders
 //!     accounts/HASH.json      0600  one ACME account per CA directory
