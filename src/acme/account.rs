@@ -15,21 +15,13 @@ use instant_acme::{Account, AccountCredentials, ExternalAccountKey, NewAccount};
 use serde::{Deserialize, Serialize};
 
 use crate::config::AcmeAccount;
+use crate::state::{RecordError, StateDir};
 
 /// What is stored for an account.
 #[derive(Serialize, Deserialize)]
 struct Stored {
     directory: String,
     credentials: AccountCredentials,
-}
-
-/// Where the account for `directory` is kept.
-pub fn path(state_dir: &Path, directory: &str) -> PathBuf {
-    let digest = crate::cert::fingerprint(directory.as_bytes());
-    state_dir
-        .join("acme")
-        .join("accounts")
-        .join(format!("{}.json", &digest[..16]))
 }
 
 /// Why the ACME account could not be loaded, created or stored. Names the
@@ -58,8 +50,6 @@ pub enum AccountError {
     EabNotBase64Url(String),
     #[error("creating an ACME account at {directory}: {problem}")]
     Create { directory: String, problem: String },
-    #[error("account: {0}")]
-    Encode(#[source] Arc<serde_json::Error>),
     /// The account (or its directory) could not be stored.
     #[error("{}: {source}", .path.display())]
     StoreDir {
@@ -84,8 +74,12 @@ pub enum AccountError {
 
 /// The account for the configured CA: loaded when stored, else created
 /// (and stored before it is used).
-pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &Path) -> Result<Account, AccountError> {
-    let file = path(state_dir, &cfg.directory);
+pub async fn load_or_create(
+    cfg: &AcmeAccount,
+    state_dir: &StateDir,
+) -> Result<Account, AccountError> {
+    let record = state_dir.acme_account::<Stored>(&cfg.directory);
+    let file = record.path().to_owned();
     let builder = || -> Result<instant_acme::AccountBuilder, AccountError> {
         Ok(Account::builder_with_http(Box::new(Observed(http_client(
             cfg.ca_bundle.as_deref(),
@@ -137,18 +131,21 @@ pub async fn load_or_create(cfg: &AcmeAccount, state_dir: &Path) -> Result<Accou
         directory: cfg.directory.clone(),
         credentials,
     };
-    let json = zeroize::Zeroizing::new(
-        serde_json::to_vec_pretty(&stored).map_err(|e| AccountError::Encode(Arc::new(e)))?,
-    );
-    if let Some(dir) = file.parent() {
-        crate::state::ensure_dir(dir).map_err(|e| AccountError::StoreDir {
-            path: dir.to_owned(),
-            source: Arc::new(e),
-        })?;
-    }
-    crate::install::write_atomic(&file, &json, 0o600, None).map_err(|e| AccountError::Store {
-        file: file.clone(),
-        source: Arc::new(e),
+    record.save(&stored).map_err(|e| match e {
+        RecordError::Directory { dir, error } => AccountError::StoreDir {
+            path: dir,
+            source: Arc::new(error),
+        },
+        RecordError::Write { path, error } | RecordError::Unreadable { path, error } => {
+            AccountError::Store {
+                file: path,
+                source: Arc::new(error),
+            }
+        }
+        RecordError::Corrupt { path, error } => AccountError::Store {
+            file: path,
+            source: Arc::new(error.into()),
+        },
     })?;
     tracing::info!(
         "created an ACME account at {} ({})",
@@ -291,7 +288,11 @@ mod tests {
     fn an_unreadable_account_file_is_an_error_naming_it_not_a_new_account() {
         let state = tempfile::tempdir().unwrap();
         let cfg = unreachable();
-        let file = path(state.path(), &cfg.directory);
+        let state_dir = StateDir::new(state.path().to_owned());
+        let file = state_dir
+            .acme_account::<Stored>(&cfg.directory)
+            .path()
+            .to_owned();
         // A directory where the file belongs: reading fails with EISDIR,
         // standing in for EACCES, EIO or EMFILE.
         std::fs::create_dir_all(&file).unwrap();
@@ -299,7 +300,7 @@ mod tests {
             .enable_all()
             .build()
             .unwrap();
-        let Err(e) = rt.block_on(load_or_create(&cfg, state.path())) else {
+        let Err(e) = rt.block_on(load_or_create(&cfg, &state_dir)) else {
             panic!("an unreadable account file was accepted");
         };
         let e = e.to_string();

@@ -70,14 +70,9 @@ pub enum AcmeError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// The source's record could not be saved (its file and why).
     #[error("{0}")]
-    EncodeState(#[source] Arc<serde_json::Error>),
-    #[error("{}: {source}", .path.display())]
-    WriteState {
-        path: PathBuf,
-        #[source]
-        source: Arc<std::io::Error>,
-    },
+    SaveState(#[source] Arc<crate::state::RecordError>),
     #[error("{}: cannot keep the order's key: {source}", .path.display())]
     KeepOrderKey {
         path: PathBuf,
@@ -94,8 +89,8 @@ pub enum AcmeError {
 
 /// Makes a source's directory (0700).
 fn ensure_source_dir(source: &AcmeSource) -> Result<(), AcmeError> {
-    crate::state::ensure_dir(&source.dir).map_err(|e| AcmeError::SourceDir {
-        dir: source.dir.clone(),
+    source.dir.ensure().map_err(|e| AcmeError::SourceDir {
+        dir: source.dir.path().to_owned(),
         source: Arc::new(e),
     })
 }
@@ -165,26 +160,23 @@ pub struct PendingOrder {
 }
 
 impl SourceState {
-    fn path(source: &AcmeSource) -> PathBuf {
-        source.dir.join("state.json")
-    }
-
+    /// The source's record; empty when missing, unreadable or corrupt.
     pub fn load(source: &AcmeSource) -> SourceState {
-        std::fs::read(Self::path(source))
+        source
+            .dir
+            .record()
+            .load()
             .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+            .flatten()
             .unwrap_or_default()
     }
 
     fn save(&self, source: &AcmeSource) -> Result<(), AcmeError> {
-        ensure_source_dir(source)?;
-        let json =
-            serde_json::to_vec_pretty(self).map_err(|e| AcmeError::EncodeState(Arc::new(e)))?;
-        let path = Self::path(source);
-        crate::install::write_atomic(&path, &json, 0o600, None).map_err(|e| AcmeError::WriteState {
-            path,
-            source: Arc::new(e),
-        })
+        source
+            .dir
+            .record()
+            .save(self)
+            .map_err(|e| AcmeError::SaveState(Arc::new(e)))
     }
 
     /// Records the `failures`-th consecutive failure and its backoff.
@@ -219,7 +211,7 @@ impl SourceState {
 
 /// Where the key of a recorded order is kept until its certificate is.
 fn order_key_path(source: &AcmeSource) -> PathBuf {
-    source.dir.join("order-key.pem")
+    source.dir.order_key()
 }
 
 /// Forgets a recorded order and saves the state at once (a resume that
@@ -435,7 +427,7 @@ pub async fn renew(
     if !needs_network {
         return Ok(outcomes(work, now));
     }
-    let _lock = match crate::state::lock(&config.state_dir.join("acme")) {
+    let _lock = match config.state_dir.lock_acme() {
         Ok(lock) => lock,
         Err(e) => return Ok(fail_all(work, &AcmeError::Lock(Arc::new(e)), None, now)),
     };

@@ -8,7 +8,7 @@
 //! variable), never held.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::Deserialize;
 
@@ -29,7 +29,7 @@ pub struct AcmeSource {
     pub key_type: AcmeKeyType,
     /// Keep the private key across renewals (DANE pins it).
     pub reuse_key: bool,
-    pub dir: PathBuf,
+    pub dir: crate::state::AcmeSourceDir,
 }
 
 /// How an `acme` source proves control of its names.
@@ -95,7 +95,7 @@ pub const LETSENCRYPT_STAGING: &str = "https://acme-staging-v02.api.letsencrypt.
 /// Validates an `acme` source; `entry` ("source #2") starts its errors.
 pub(super) fn source(
     raw: RawAcmeSource,
-    state_dir: &Path,
+    state_dir: &crate::state::StateDir,
     entry: &str,
     ctx: &Context,
 ) -> Result<AcmeSource, ConfigError> {
@@ -163,7 +163,7 @@ pub(super) fn source(
             "{w} is a wildcard: CAs issue wildcards only through dns-01"
         )));
     }
-    let dir = state_dir.join("acme").join(&name);
+    let dir = state_dir.acme_source(&name);
     Ok(AcmeSource {
         name,
         domains,

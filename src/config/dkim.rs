@@ -8,7 +8,7 @@
 //! `crate::dkim::machine`, which owns [`DkimAlgorithm`].
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -75,7 +75,7 @@ const fn days(d: u64) -> Duration {
 /// Validates the `[dkim]` table; `dns` holds the validated providers.
 pub(super) fn dkim(
     raw: RawDkim,
-    state_dir: &Path,
+    state_dir: &crate::state::StateDir,
     dns: &BTreeMap<String, DnsProvider>,
     ctx: &Context,
 ) -> Result<Dkim, ConfigError> {
@@ -145,7 +145,7 @@ pub(super) fn dkim(
             .key_dir
             .as_deref()
             .map(|p| ctx.abs(p))
-            .unwrap_or_else(|| state_dir.join("dkim")),
+            .unwrap_or_else(|| state_dir.default_dkim_key_dir()),
         dns: raw.dns,
         ttl: raw.ttl.unwrap_or(300),
         rotate_every,

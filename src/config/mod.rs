@@ -39,6 +39,7 @@ pub use crate::cert::KeyTypeFilter;
 pub use crate::dkim::machine::DkimAlgorithm;
 
 use crate::names::DnsName;
+use crate::state::StateDir;
 
 /// The default configuration path when neither `--config` nor
 /// `$MXKEYS_CONFIG` names one.
@@ -169,7 +170,7 @@ const ENV_PATH: &str = "(environment)";
 pub struct Config {
     /// Where the configuration was read from.
     pub path: PathBuf,
-    pub state_dir: PathBuf,
+    pub state_dir: StateDir,
     pub sources: Vec<SourceConfig>,
     pub targets: Vec<Target>,
     pub daemon: Daemon,
@@ -238,10 +239,12 @@ impl Config {
             .map(DnsName::parse)
             .transpose()
             .map_err(|e| ctx.error(format!("key `hostname`: {e}")))?;
-        let state_dir = ctx.abs(
-            raw.state_dir
-                .as_deref()
-                .unwrap_or(Path::new(DEFAULT_STATE_DIR)),
+        let state_dir = StateDir::new(
+            ctx.abs(
+                raw.state_dir
+                    .as_deref()
+                    .unwrap_or(Path::new(DEFAULT_STATE_DIR)),
+            ),
         );
         // The daemon's keys are read while `raw` is whole, but their error
         // is reported after the sources' and targets', as it always was.
@@ -260,7 +263,7 @@ impl Config {
             .dkim
             .map(|d| dkim::dkim(d, &state_dir, &dns, &ctx))
             .transpose()?;
-        target::check_overlaps(&targets, &state_dir, dkim.as_ref(), &ctx)?;
+        target::check_overlaps(&targets, state_dir.path(), dkim.as_ref(), &ctx)?;
         Ok(Config {
             path: path.to_owned(),
             state_dir,

@@ -6,7 +6,7 @@
 //! metrics use. An `acme` source is validated by [`super::acme`].
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use super::acme::AcmeSource;
 use super::raw::{RawAcmeSource, RawSource};
@@ -38,7 +38,7 @@ pub enum SourceKind {
         chain: Option<PathBuf>,
     },
     SelfSigned {
-        dir: PathBuf,
+        dir: crate::state::SelfSignedDir,
         days: u32,
     },
     /// Certificates mxkeys orders itself (`mxkeys renew`, or `run`).
@@ -48,7 +48,7 @@ pub enum SourceKind {
 /// Validates the sources in order; errors name the source by position.
 pub(super) fn sources(
     raw: Vec<RawSource>,
-    state_dir: &Path,
+    state_dir: &crate::state::StateDir,
     ctx: &Context,
 ) -> Result<Vec<SourceConfig>, ConfigError> {
     let mut sources = Vec::new();
@@ -97,7 +97,7 @@ pub(super) fn sources(
                         ctx.error(format!("{entry}: key `days`: {days} is outside 2..=3650"))
                     );
                 }
-                let dir = state_dir.join("self-signed");
+                let dir = state_dir.self_signed();
                 let label = "self-signed".to_owned();
                 (name, SourceKind::SelfSigned { dir, days }, label)
             }

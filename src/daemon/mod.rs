@@ -542,6 +542,8 @@ impl Reconciler {
                 Err(report) => return *report,
             };
             let report = pipeline::apply(&config, plan, "run");
+            // Read again what apply saved (still under the lock) to add
+            // the daemon's line to it.
             let mut state = State::load(&config.state_dir);
             state.daemon = Some(state::Daemon {
                 updated_at: crate::now(),

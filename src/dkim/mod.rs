@@ -42,29 +42,9 @@ pub enum DkimError {
     UnknownDomain(String),
     #[error("dkim lock: {0}")]
     Lock(#[source] std::io::Error),
-    /// The state file could not be read.
-    #[error("{}: {}", .path.display(), crate::source::io_reason(.source))]
-    ReadState {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    /// The state file is not a key book.
-    #[error("{}: {source}", .path.display())]
-    ParseState {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    /// The state file (or its directory) could not be written.
-    #[error("{}: {source}", .path.display())]
-    WriteState {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The key book could not be read or written (its file and why).
     #[error("{0}")]
-    EncodeState(#[source] serde_json::Error),
+    State(#[from] crate::state::RecordError),
     #[error(transparent)]
     Dns(#[from] crate::dns::BuildError),
     #[error(transparent)]
@@ -162,33 +142,15 @@ pub fn policy(d: &Dkim) -> Policy {
     }
 }
 
-fn state_path(config: &Config) -> PathBuf {
-    config.state_dir.join("dkim").join("state.json")
-}
-
-/// Loads the key book (empty when none yet).
+/// Loads the key book (empty when none yet; an unreadable or corrupt one
+/// is an error naming the file).
 pub fn load(config: &Config) -> Result<Book, DkimError> {
-    let path = state_path(config);
-    match std::fs::read(&path) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).map_err(|source| DkimError::ParseState { path, source })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Book::default()),
-        Err(source) => Err(DkimError::ReadState { path, source }),
-    }
+    let book = config.state_dir.dkim_record().load()?;
+    Ok(book.unwrap_or_default())
 }
 
 fn save(config: &Config, book: &Book) -> Result<(), DkimError> {
-    let path = state_path(config);
-    if let Some(dir) = path.parent() {
-        crate::state::ensure_dir(dir).map_err(|source| DkimError::WriteState {
-            path: dir.to_owned(),
-            source,
-        })?;
-    }
-    let json = serde_json::to_vec_pretty(book).map_err(DkimError::EncodeState)?;
-    crate::install::write_atomic(&path, &json, 0o600, None)
-        .map_err(|source| DkimError::WriteState { path, source })
+    Ok(config.state_dir.dkim_record().save(book)?)
 }
 
 /// The `[dkim]` table, or [`DkimError::NotConfigured`].
@@ -198,7 +160,7 @@ fn dkim_table(config: &Config) -> Result<&Dkim, DkimError> {
 
 /// Takes the DKIM state's lock.
 fn lock(config: &Config) -> Result<crate::state::Lock, DkimError> {
-    crate::state::lock(&config.state_dir.join("dkim")).map_err(DkimError::Lock)
+    config.state_dir.lock_dkim().map_err(DkimError::Lock)
 }
 
 /// The provider and propagation check `[dkim] dns` names.

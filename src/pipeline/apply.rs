@@ -40,13 +40,17 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
         errors: plan.errors,
         ..Report::default()
     };
-    let owed_before = record_intent(config, &plan.slots);
+    // The record is loaded once, here: after the caller took the lock (the
+    // plan may have been made before it, as the daemon's is), so no other
+    // run changes it until this one saves it.
+    let mut st = State::load(&config.state_dir);
+    let owed_before = record_intent(config, &mut st, &plan.slots);
     let written = write(config, plan.slots, &mut report);
     report.reloads = run_reloads(reloads_of_changed(config, &report.targets, &owed_before));
     let failed = verify_changed(config, &written.undo, &mut report);
     settle_failures(config, &failed, &written, &mut report);
     log_installed(&report);
-    record(config, &report, command, &failed, &owed_before);
+    record(config, st, &report, command, &failed, &owed_before);
     report
 }
 
@@ -55,15 +59,14 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
 /// leave a service on its old files forever: the next run sees nothing to
 /// write), and clears stale temporary files. Returns the reloads owed by
 /// an earlier, interrupted run.
-fn record_intent(config: &Config, slots: &[SlotPlan]) -> BTreeSet<String> {
-    let owed_before = State::load(&config.state_dir).pending_reloads;
+fn record_intent(config: &Config, st: &mut State, slots: &[SlotPlan]) -> BTreeSet<String> {
+    let owed_before = st.pending_reloads.clone();
     let about_to_change: BTreeSet<String> = slots
         .iter()
         .filter(|s| s.files.iter().any(|p| install::differs(&p.path, &p.bytes)))
         .map(|s| config.targets[s.report.target].name.clone())
         .collect();
     if !about_to_change.is_subset(&owed_before) {
-        let mut st = State::load(&config.state_dir);
         st.pending_reloads.extend(about_to_change);
         if let Err(e) = st.save(&config.state_dir) {
             tracing::warn!("state_dir: cannot record the reloads owed: {e}");
@@ -379,10 +382,11 @@ fn run_reloads(reloads: Vec<(Reload, Duration)>) -> Vec<ReloadReport> {
         .collect()
 }
 
-/// Records the run in state_dir: loads the state, applies
-/// [`bookkeeping`], saves it.
+/// Records the run in state_dir: applies [`bookkeeping`] to the state
+/// loaded at the start of the run, saves it.
 fn record(
     config: &Config,
+    st: State,
     report: &Report,
     command: &str,
     failed: &[(usize, ServiceFailure)],
@@ -409,7 +413,7 @@ fn record(
         failed,
         owed_before,
     };
-    let st = bookkeeping(State::load(&config.state_dir), &run, crate::now());
+    let st = bookkeeping(st, &run, crate::now());
     if let Err(e) = st.save(&config.state_dir) {
         tracing::warn!(
             "state_dir {}: cannot record this run: {}",

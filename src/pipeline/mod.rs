@@ -500,9 +500,9 @@ pub fn reconcile(config: &Config, mode: Mode) -> Report {
 
 /// Takes the run lock, or returns the report of a run that could not start.
 pub fn lock(config: &Config) -> Result<state::Lock, Box<Report>> {
-    state::lock(&config.state_dir).map_err(|e| {
+    config.state_dir.lock().map_err(|e| {
         let error = RunError::Lock {
-            state_dir: config.state_dir.clone(),
+            state_dir: config.state_dir.path().to_owned(),
             reason: source::io_reason(&e),
         };
         tracing::error!("{error}");

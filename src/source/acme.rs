@@ -10,7 +10,7 @@ use crate::config::AcmeSource;
 
 /// Where an `acme` source keeps its certificate.
 pub fn bundle_path(source: &AcmeSource) -> PathBuf {
-    source.dir.join("bundle.pem")
+    source.dir.bundle()
 }
 
 pub fn read(reader: &Reader, source: &AcmeSource) -> Harvest {

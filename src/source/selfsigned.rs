@@ -14,6 +14,7 @@ use super::{Harvest, Persist, Reader, SourceErrorKind};
 use crate::cert::{self, Timeliness};
 use crate::config::{Config, KeyTypeFilter};
 use crate::names::{self, DnsName};
+use crate::state::SelfSignedDir;
 
 /// What the fallback must cover.
 #[derive(Debug, Clone, Default)]
@@ -39,15 +40,21 @@ pub fn wanted(config: &Config) -> Wanted {
     w
 }
 
-pub fn read(reader: &Reader, dir: &Path, days: u32, wanted: &Wanted, persist: Persist) -> Harvest {
+pub fn read(
+    reader: &Reader,
+    dir: &SelfSignedDir,
+    days: u32,
+    wanted: &Wanted,
+    persist: Persist,
+) -> Harvest {
     let mut harvest = Harvest::default();
     if wanted.names.is_empty() {
         return harvest;
     }
     let kinds = [("ecdsa", wanted.ecdsa), ("rsa", wanted.rsa)];
     for (index, (kind, _)) in kinds.iter().enumerate().filter(|(_, (_, on))| *on) {
-        let crt = dir.join(format!("{kind}.crt"));
-        let key = dir.join(format!("{kind}.key"));
+        let crt = dir.cert(kind);
+        let key = dir.key(kind);
         let entry = crt.display().to_string();
         if let Some(c) = existing(reader, &crt, &key, days, wanted, index) {
             harvest.candidates.push(c);
@@ -68,7 +75,7 @@ pub fn read(reader: &Reader, dir: &Path, days: u32, wanted: &Wanted, persist: Pe
             }
         };
         if persist == Persist::Yes {
-            let stored = std::fs::create_dir_all(dir)
+            let stored = std::fs::create_dir_all(dir.path())
                 .and_then(|()| crate::install::write_atomic(&key, key_pem.as_bytes(), 0o600, None))
                 .and_then(|()| {
                     crate::install::write_atomic(&crt, cert_pem.as_bytes(), 0o644, None)

@@ -1,47 +1,12 @@
-//! What mxkeys keeps in `state_dir`: the lock that serialises runs, and a
-//! record of what each target holds and where it came from (for `status`).
+//! `state.json`, the run record: what each target holds and where it came
+//! from (for `status`), the certificates a service refused, the reloads
+//! owed, the last run and the daemon's last reconcile.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
-use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-const STATE_FILE: &str = "state.json";
-const LOCK_FILE: &str = "lock";
-
-/// Held while a run changes anything; released on drop.
-#[derive(Debug)]
-pub struct Lock(#[allow(dead_code)] File);
-
-/// Takes the run lock in `state_dir`, waiting for another run to finish.
-pub fn lock(state_dir: &Path) -> io::Result<Lock> {
-    ensure_dir(state_dir)?;
-    let file = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .open(state_dir.join(LOCK_FILE))?;
-    if file.try_lock().is_err() {
-        tracing::info!(
-            "another mxkeys run holds {}; waiting for it",
-            state_dir.display()
-        );
-        file.lock()?;
-    }
-    Ok(Lock(file))
-}
-
-/// Creates `state_dir` (mode 0700) when missing.
-pub fn ensure_dir(dir: &Path) -> io::Result<()> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
+use super::StateDir;
 
 /// The record kept between runs.
 #[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
@@ -102,25 +67,27 @@ pub struct Run {
 }
 
 impl State {
-    /// Loads the record; a missing one is empty, a corrupt one is reported
-    /// and treated as empty (it only feeds `status`).
-    pub fn load(state_dir: &Path) -> State {
-        let path = state_dir.join(STATE_FILE);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+    /// Loads the record; a missing or unreadable one is empty, a corrupt
+    /// one is reported and treated as empty (it only feeds `status`).
+    pub fn load(state_dir: &StateDir) -> State {
+        match state_dir.state_record().load() {
+            Ok(record) => record.unwrap_or_default(),
+            Err(super::RecordError::Corrupt { path, error }) => {
                 tracing::warn!(
-                    "{}: unreadable record, starting afresh: {e}",
+                    "{}: unreadable record, starting afresh: {error}",
                     path.display()
                 );
                 State::default()
-            }),
+            }
             Err(_) => State::default(),
         }
     }
 
-    pub fn save(&self, state_dir: &Path) -> io::Result<()> {
-        ensure_dir(state_dir)?;
-        let bytes = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        crate::install::write_atomic(&state_dir.join(STATE_FILE), &bytes, 0o644, None)
+    /// Replaces the record (mode 0644), creating `state_dir` (0700).
+    pub fn save(&self, state_dir: &StateDir) -> std::io::Result<()> {
+        state_dir
+            .state_record()
+            .save(self)
+            .map_err(super::RecordError::into_io)
     }
 }
