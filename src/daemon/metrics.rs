@@ -383,7 +383,7 @@ impl Metrics {
 /// An `acme` source with this many failed orders in a row makes the daemon
 /// unhealthy: one failure is retried after a backoff, a second in a row is
 /// a problem someone must look at.
-pub const ACME_FAILURES_UNHEALTHY: u32 = 2;
+const ACME_FAILURES_UNHEALTHY: u32 = 2;
 
 /// Longest health line (a CA's error detail can be long).
 const HEALTH_LINE_MAX: usize = 300;

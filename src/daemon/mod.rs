@@ -52,7 +52,7 @@ const MAX_SETTLE: Duration = Duration::from_secs(2);
 
 /// On SIGTERM, the longest a DKIM step under way may take to finish (a
 /// DNS provider's write); a propagation wait is simply cut.
-pub const DKIM_STOP_GRACE: Duration = Duration::from_secs(10);
+const DKIM_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Delays between re-reads of a source that looks mid-write.
 const RETRY_DELAYS: [Duration; 5] = [

@@ -352,7 +352,7 @@ impl Report {
 /// before expiry; a 6-day one only when less than 2 days are left, i.e.
 /// when its renewal (due at about half its lifetime) is a day late, not
 /// from the hour it is installed.
-pub fn warning_threshold(configured: Duration, not_before: i64, not_after: i64) -> i64 {
+fn warning_threshold(configured: Duration, not_before: i64, not_after: i64) -> i64 {
     let configured = i64::try_from(configured.as_secs()).unwrap_or(i64::MAX);
     let lifetime = not_after.saturating_sub(not_before).max(0);
     configured.min(lifetime / 3)
