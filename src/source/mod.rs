@@ -502,4 +502,28 @@ mod tests {
         let e = reader().error(None, SourceErrorKind::Unreadable, "not found");
         assert_eq!(e.to_string(), "source files:/etc/ssl/mx.pem: not found");
     }
+
+    #[test]
+    fn each_unreadable_file_is_refused_with_the_reason_it_always_had() {
+        let tmp = tempfile::tempdir().unwrap();
+        let at = |name: &str| tmp.path().join(name);
+        std::os::unix::fs::symlink(at("nowhere"), at("dangling")).unwrap();
+        std::fs::create_dir(at("dir")).unwrap();
+        nix::unistd::mkfifo(&at("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::write(at("big"), [b'x'; 11]).unwrap();
+        std::fs::write(at("blank"), b" \n\t\n").unwrap();
+        std::fs::write(at("ok"), b"x").unwrap();
+        for (name, want) in [
+            ("missing", "not found"),
+            ("dangling", "dangling symlink: its target is not found"),
+            ("dir", "is a directory, expected a file"),
+            ("fifo", "is a FIFO, expected a regular file"),
+            ("big", "too large: 11 bytes, the limit is 10"),
+            ("blank", "empty file"),
+        ] {
+            let got = read_limited(&at(name), 10).unwrap_err().to_string();
+            assert_eq!(got, want, "{name}");
+        }
+        assert_eq!(read_limited(&at("ok"), 10).unwrap(), b"x");
+    }
 }
