@@ -46,7 +46,7 @@ impl KeyType {
         matches!(self, KeyType::Rsa { .. })
     }
 
-    pub fn is_ecdsa(self) -> bool {
+    fn is_ecdsa(self) -> bool {
         matches!(self, KeyType::Ecdsa(_))
     }
 }

@@ -390,7 +390,7 @@ const HEALTH_LINE_MAX: usize = 300;
 
 /// Why the daemon is unhealthy, for /healthz.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Unhealthy {
+enum Unhealthy {
     #[error("no reconcile has finished yet")]
     NotYetReconciled,
     /// The first failing target or task (one line, cut at

@@ -53,7 +53,7 @@ impl DkimAlgorithm {
     }
 
     /// `{alg}` in selector templates.
-    pub fn letter(self) -> &'static str {
+    fn letter(self) -> &'static str {
         if self.is_rsa() { "r" } else { "e" }
     }
 
