@@ -46,7 +46,7 @@ impl KeyType {
         matches!(self, KeyType::Rsa { .. })
     }
 
-    pub fn is_ecdsa(self) -> bool {
+    fn is_ecdsa(self) -> bool {
         matches!(self, KeyType::Ecdsa(_))
     }
 }
@@ -457,16 +457,21 @@ impl PrivateKey {
             }
             c
         };
-        let ecdsa = |format: KeyFormat| {
+        /// The encodings an EC key comes in (PKCS#1 is RSA only).
+        enum Ec {
+            Sec1,
+            Pkcs8,
+        }
+        let ecdsa = |encoding: Ec| {
             curves.iter().find_map(|&curve| {
                 let alg = match curve {
                     Curve::P256 => &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
                     Curve::P384 => &signature::ECDSA_P384_SHA384_ASN1_SIGNING,
                     Curve::P521 => &signature::ECDSA_P521_SHA512_ASN1_SIGNING,
                 };
-                let pair = match format {
-                    KeyFormat::Pkcs8 => EcdsaKeyPair::from_pkcs8(alg, der),
-                    _ => EcdsaKeyPair::from_private_key_der(alg, der),
+                let pair = match encoding {
+                    Ec::Pkcs8 => EcdsaKeyPair::from_pkcs8(alg, der),
+                    Ec::Sec1 => EcdsaKeyPair::from_private_key_der(alg, der),
                 };
                 pair.ok()
                     .map(|k| (KeyType::Ecdsa(curve), k.public_key().as_ref().to_vec()))
@@ -480,9 +485,9 @@ impl PrivateKey {
         };
         let found = match self.format {
             KeyFormat::Pkcs1 => rsa(RsaKeyPair::from_der(der)),
-            KeyFormat::Sec1 => ecdsa(KeyFormat::Sec1),
+            KeyFormat::Sec1 => ecdsa(Ec::Sec1),
             KeyFormat::Pkcs8 => rsa(RsaKeyPair::from_pkcs8(der))
-                .or_else(|| ecdsa(KeyFormat::Pkcs8))
+                .or_else(|| ecdsa(Ec::Pkcs8))
                 .or_else(|| {
                     Ed25519KeyPair::from_pkcs8_maybe_unchecked(der)
                         .ok()
@@ -584,7 +589,7 @@ impl Bundle {
         self.certs.first().map(|c| c.as_ref()).unwrap_or_default()
     }
 
-    pub fn intermediates(&self) -> &[CertificateDer<'static>] {
+    fn intermediates(&self) -> &[CertificateDer<'static>] {
         self.certs.get(1..).unwrap_or_default()
     }
 

@@ -38,7 +38,7 @@ use crate::config::{FileRole, Slot, Target, TargetFiles};
 
 /// Largest target file mxkeys reads back (to compare it, and to keep it
 /// for the undo). A larger file at a target path is an error.
-pub const TARGET_SIZE_LIMIT: u64 = crate::source::PEM_SIZE_LIMIT;
+const TARGET_SIZE_LIMIT: u64 = crate::source::PEM_SIZE_LIMIT;
 
 /// Owner and group to give files, as numeric ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -215,7 +215,7 @@ pub fn ownership(target: &Target) -> Result<Ownership, OwnershipError> {
 /// A directory mxkeys writes into, opened once. Every operation on its
 /// files goes through this descriptor, never through the path again.
 #[derive(Debug)]
-pub struct TargetDir {
+struct TargetDir {
     fd: OwnedFd,
     path: PathBuf,
 }
@@ -223,7 +223,7 @@ pub struct TargetDir {
 /// A file's content and metadata before mxkeys replaced it, read from a
 /// regular file through a descriptor that stays open (its owner and mode
 /// are fixed through that same descriptor).
-pub struct Old {
+struct Old {
     file: File,
     bytes: Zeroizing<Vec<u8>>,
     mode: u32,
@@ -232,7 +232,7 @@ pub struct Old {
 /// Why writing a file failed, and whether it was already renamed into
 /// place (then it must be undone like a file written successfully).
 #[derive(Debug)]
-pub struct WriteError {
+struct WriteError {
     pub error: io::Error,
     pub renamed: bool,
 }
@@ -310,14 +310,10 @@ impl TargetDir {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Reads the file `name` if it is a regular file within `limit` bytes
     /// (`None`: there is none). A symlink, FIFO, device or directory is an
     /// error; opening never blocks and never follows a link.
-    pub fn read_old(&self, name: &OsStr, limit: u64) -> io::Result<Option<Old>> {
+    fn read_old(&self, name: &OsStr, limit: u64) -> io::Result<Option<Old>> {
         let flags = OFlag::O_RDONLY
             | OFlag::O_NOFOLLOW
             | OFlag::O_NONBLOCK
@@ -478,7 +474,7 @@ fn split(path: &Path) -> io::Result<(&Path, &OsStr)> {
 /// Who besides root and the target's owner can write a target directory,
 /// as a phrase (`None`: no one). Pure: from the directory's owner, group
 /// and mode.
-pub fn dir_exposure(uid: u32, gid: u32, mode: u32, owner: Ownership) -> Option<String> {
+fn dir_exposure(uid: u32, gid: u32, mode: u32, owner: Ownership) -> Option<String> {
     if mode & 0o002 != 0 {
         Some("is world-writable".to_owned())
     } else if mode & 0o020 != 0 && gid != 0 {
@@ -605,7 +601,7 @@ impl Undo {
 /// Whether a write's result leaves the file replaced, so that it belongs in
 /// the undo list: on success, and on a failure after the rename (a failed
 /// directory fsync). Pure.
-pub fn must_undo(result: &Result<(), WriteError>) -> bool {
+fn must_undo(result: &Result<(), WriteError>) -> bool {
     match result {
         Ok(()) => true,
         Err(e) => e.renamed,

@@ -179,9 +179,9 @@ fn http_client(bundle: Option<&Path>) -> Result<Box<dyn instant_acme::HttpClient
             .map_err(AccountError::Verifier)?,
         Some(bundle) => {
             let pem = crate::source::read_limited(bundle, crate::source::PEM_SIZE_LIMIT).map_err(
-                |reason| AccountError::CaBundle {
+                |e| AccountError::CaBundle {
                     bundle: bundle.to_owned(),
-                    reason,
+                    reason: e.to_string(),
                 },
             )?;
             let extra = crate::cert::parse_pem_certs(&pem).map_err(|e| AccountError::CaBundle {

@@ -7,7 +7,9 @@
 //! mxkeys' umask (systemd units run it with `UMask=0077`): the
 //! `.well-known` and `acme-challenge` directories are made 0755 (created so,
 //! or an existing one given the missing r-x bits; never narrowed) and each
-//! token file 0644, set on the open descriptor (fchmod).
+//! token file 0644, set on the open descriptor (fchmod). One pair of
+//! functions owns the token files: [`write_webroot_tokens`] and
+//! [`remove_webroot_tokens`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -25,7 +27,6 @@ const PREFIX: &str = "/.well-known/acme-challenge/";
 
 /// A responder listening on one address until dropped.
 pub struct Responder {
-    pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -82,7 +83,7 @@ impl Responder {
             "http-01 responder",
             move |req| answer(req, &tokens),
         ));
-        Ok(Responder { addr, task })
+        Ok(Responder { task })
     }
 }
 
@@ -123,42 +124,49 @@ fn public_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Token files written into a webroot, removed on [`Webroot::clean`].
-pub struct Webroot {
-    written: Vec<PathBuf>,
+/// Where a webroot's token files go.
+fn challenge_dir(webroot: &Path) -> PathBuf {
+    webroot.join(".well-known").join("acme-challenge")
 }
 
-impl Webroot {
-    /// Writes `webroot/.well-known/acme-challenge/TOKEN` for each token.
-    pub fn write(webroot: &Path, tokens: &[(String, String)]) -> Result<Webroot, Http01Error> {
-        std::fs::create_dir_all(webroot).map_err(Http01Error::webroot(webroot))?;
-        let well_known = webroot.join(".well-known");
-        let dir = well_known.join("acme-challenge");
-        for d in [&well_known, &dir] {
-            public_dir(d).map_err(Http01Error::webroot(d))?;
-        }
-        let mut written = Vec::new();
-        for (token, key_authorization) in tokens {
-            if token.is_empty()
-                || !token
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-            {
-                return Err(Http01Error::UnusableToken(token.clone()));
-            }
-            let path = dir.join(token);
-            crate::install::write_atomic(&path, key_authorization.as_bytes(), 0o644, None)
-                .map_err(Http01Error::webroot(&path))?;
-            written.push(path);
-        }
-        Ok(Webroot { written })
+/// Writes `webroot/.well-known/acme-challenge/TOKEN` for each token;
+/// [`remove_webroot_tokens`] takes them away.
+pub fn write_webroot_tokens(
+    webroot: &Path,
+    tokens: &[(String, String)],
+) -> Result<(), Http01Error> {
+    std::fs::create_dir_all(webroot).map_err(Http01Error::webroot(webroot))?;
+    let dir = challenge_dir(webroot);
+    let well_known = webroot.join(".well-known");
+    for d in [&well_known, &dir] {
+        public_dir(d).map_err(Http01Error::webroot(d))?;
     }
+    for (token, key_authorization) in tokens {
+        if token.is_empty()
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Http01Error::UnusableToken(token.clone()));
+        }
+        let path = dir.join(token);
+        crate::install::write_atomic(&path, key_authorization.as_bytes(), 0o644, None)
+            .map_err(Http01Error::webroot(&path))?;
+    }
+    Ok(())
+}
 
-    pub fn clean(self) {
-        for path in self.written {
-            if let Err(e) = std::fs::remove_file(&path) {
-                tracing::warn!("webroot: cannot remove {}: {e}", path.display());
-            }
+/// Removes the token files [`write_webroot_tokens`] wrote (a file already
+/// gone is fine; other errors are logged: the order's outcome matters
+/// more).
+pub fn remove_webroot_tokens<'t>(webroot: &Path, tokens: impl IntoIterator<Item = &'t str>) {
+    let dir = challenge_dir(webroot);
+    for token in tokens {
+        let path = dir.join(token);
+        if let Err(e) = std::fs::remove_file(&path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("webroot: cannot remove {}: {e}", path.display());
         }
     }
 }
@@ -167,7 +175,7 @@ impl Webroot {
 mod tests {
     use std::os::unix::fs::PermissionsExt as _;
 
-    use super::Webroot;
+    use super::{remove_webroot_tokens, write_webroot_tokens};
 
     /// Set in the child process that runs the test under umask 077.
     const CHILD: &str = "MXKEYS_TEST_WEBROOT_UMASK_CHILD";
@@ -205,7 +213,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let webroot = tmp.path().join("www");
         std::fs::create_dir(&webroot).unwrap();
-        let written = Webroot::write(
+        write_webroot_tokens(
             &webroot,
             &[("tok-1_A".to_owned(), "tok-1_A.thumb".to_owned())],
         )
@@ -218,15 +226,14 @@ mod tests {
             std::fs::read(dir.join("tok-1_A")).unwrap(),
             b"tok-1_A.thumb"
         );
-        written.clean();
+        remove_webroot_tokens(&webroot, ["tok-1_A"]);
         assert!(!dir.join("tok-1_A").exists());
 
         // A directory left 0700 by an earlier run is opened up (never
         // narrowed: the sticky and group-write bits stay).
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1770)).unwrap();
-        Webroot::write(&webroot, &[("t2".to_owned(), "t2.x".to_owned())])
-            .unwrap()
-            .clean();
+        write_webroot_tokens(&webroot, &[("t2".to_owned(), "t2.x".to_owned())]).unwrap();
+        remove_webroot_tokens(&webroot, ["t2"]);
         assert_eq!(mode(&dir), 0o1775);
     }
 }

@@ -30,7 +30,7 @@ use rustls_pki_types::CertificateDer;
 use zeroize::Zeroizing;
 
 use super::dns01;
-use super::http01::{Tokens, Webroot};
+use super::http01::{self, Tokens};
 use crate::cert::{self, Bundle, Leaf, PrivateKey, Timeliness};
 use crate::config::{AcmeKeyType, AcmeSource, Challenge};
 use crate::dns::Provider;
@@ -433,7 +433,7 @@ async fn publish(
                 .iter()
                 .map(|p| (p.token.clone(), p.key_authorization.clone()))
                 .collect();
-            Ok(Webroot::write(root, &files).map(|_| ())?)
+            Ok(http01::write_webroot_tokens(root, &files)?)
         }
         Challenge::Dns01 { provider: name } => {
             Ok(dns01::publish(name, ctx.dns, &dns_challenges(pending)).await?)
@@ -453,15 +453,7 @@ async fn unpublish(source: &AcmeSource, ctx: &Context<'_>, pending: &[Pending]) 
             }
         }
         Challenge::Http01Webroot(root) => {
-            let dir = root.join(".well-known").join("acme-challenge");
-            for p in pending {
-                let path = dir.join(&p.token);
-                if let Err(e) = std::fs::remove_file(&path)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!("webroot: cannot remove {}: {e}", path.display());
-                }
-            }
+            http01::remove_webroot_tokens(root, pending.iter().map(|p| p.token.as_str()))
         }
         Challenge::Dns01 { provider: name } => {
             dns01::unpublish(name, ctx.dns, &dns_challenges(pending)).await

@@ -30,7 +30,7 @@ use crate::names::DnsName;
 
 /// How long a source stays quiet after a successful order, unless its
 /// configuration changes.
-pub const MIN_REORDER: i64 = 3_600;
+const MIN_REORDER: i64 = 3_600;
 
 /// The daemon's renewal timer never fires sooner than this after a pass.
 pub const MIN_PASS_INTERVAL: i64 = 60;
@@ -83,7 +83,7 @@ impl Wanted<'_> {
     }
 
     /// Whether `issuance` was ordered for exactly this.
-    pub fn same_as(&self, issuance: &Issuance) -> bool {
+    fn same_as(&self, issuance: &Issuance) -> bool {
         let mut names: Vec<&str> = issuance.names.iter().map(String::as_str).collect();
         names.sort_unstable();
         names.dedup();
@@ -268,7 +268,7 @@ pub fn may_replace(
 
 /// Renewal time without ARI: a third of the lifetime before the end, or
 /// half of it for lifetimes under 10 days.
-pub fn lifetime_renewal(not_before: i64, not_after: i64) -> i64 {
+fn lifetime_renewal(not_before: i64, not_after: i64) -> i64 {
     let lifetime = (not_after - not_before).max(0);
     if lifetime < 10 * 86_400 {
         not_after - lifetime / 2

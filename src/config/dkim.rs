@@ -58,10 +58,16 @@ pub enum Signer {
 }
 
 impl Signer {
-    /// The files mxkeys writes in `signer_dir` for this signer.
+    /// OpenDKIM's key table, one of its [`Signer::files`].
+    pub const KEY_TABLE: &'static str = "KeyTable";
+    /// OpenDKIM's signing table, one of its [`Signer::files`].
+    pub const SIGNING_TABLE: &'static str = "SigningTable";
+
+    /// The files mxkeys writes in `signer_dir` for this signer (the one
+    /// list of their names: `dkim::signer` renders them in this order).
     pub fn files(self) -> &'static [&'static str] {
         match self {
-            Signer::Opendkim => &["KeyTable", "SigningTable"],
+            Signer::Opendkim => &[Signer::KEY_TABLE, Signer::SIGNING_TABLE],
             Signer::Rspamd => &["dkim_signing.conf"],
             Signer::Amavis => &["dkim_keys.conf"],
         }

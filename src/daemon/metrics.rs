@@ -383,14 +383,14 @@ impl Metrics {
 /// An `acme` source with this many failed orders in a row makes the daemon
 /// unhealthy: one failure is retried after a backoff, a second in a row is
 /// a problem someone must look at.
-pub const ACME_FAILURES_UNHEALTHY: u32 = 2;
+const ACME_FAILURES_UNHEALTHY: u32 = 2;
 
 /// Longest health line (a CA's error detail can be long).
 const HEALTH_LINE_MAX: usize = 300;
 
 /// Why the daemon is unhealthy, for /healthz.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Unhealthy {
+enum Unhealthy {
     #[error("no reconcile has finished yet")]
     NotYetReconciled,
     /// The first failing target or task (one line, cut at

@@ -52,7 +52,7 @@ const MAX_SETTLE: Duration = Duration::from_secs(2);
 
 /// On SIGTERM, the longest a DKIM step under way may take to finish (a
 /// DNS provider's write); a propagation wait is simply cut.
-pub const DKIM_STOP_GRACE: Duration = Duration::from_secs(10);
+const DKIM_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Delays between re-reads of a source that looks mid-write.
 const RETRY_DELAYS: [Duration; 5] = [
@@ -85,6 +85,18 @@ pub fn run(source: ConfigSource, config: Config) -> ExitCode {
     code
 }
 
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+enum StartError {
+    /// The metrics port could not be bound.
+    #[error("metrics.listen {listen}: cannot listen: {source}")]
+    MetricsListen {
+        listen: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// The main task: the configuration's source, and the signals.
 struct Daemon {
     source: ConfigSource,
@@ -93,12 +105,12 @@ struct Daemon {
 }
 
 impl Daemon {
-    async fn start(source: ConfigSource, config: Config) -> Result<Daemon, String> {
+    async fn start(source: ConfigSource, config: Config) -> Result<Daemon, StartError> {
         let metrics = Arc::new(metrics::Metrics::default());
         if let Some(listen) = config.daemon.metrics_listen {
             metrics::serve(listen, metrics.clone())
                 .await
-                .map_err(|e| format!("metrics.listen {listen}: cannot listen: {e}"))?;
+                .map_err(|source| StartError::MetricsListen { listen, source })?;
         }
         Ok(Daemon {
             source,

@@ -33,7 +33,7 @@ pub struct Spec {
 }
 
 /// What to watch for a configuration's sources.
-pub fn specs(config: &Config) -> Vec<Spec> {
+fn specs(config: &Config) -> Vec<Spec> {
     let mut out: Vec<Spec> = Vec::new();
     let mut files_in_dir = |file: &Path| {
         let dir = file.parent().unwrap_or(Path::new("/")).to_owned();

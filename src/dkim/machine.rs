@@ -53,7 +53,7 @@ impl DkimAlgorithm {
     }
 
     /// `{alg}` in selector templates.
-    pub fn letter(self) -> &'static str {
+    fn letter(self) -> &'static str {
         if self.is_rsa() { "r" } else { "e" }
     }
 
@@ -310,8 +310,10 @@ pub fn in_group(k: &Key, domain: &str, algorithm: DkimAlgorithm) -> bool {
 /// Whether a key of the group of `domain` and `algorithm` (its family)
 /// signs: the invariant is that every configured group signs from its
 /// first activation on, unless the user removed its family or revoked its
-/// only key with `--force`.
-pub fn signs(book: &Book, domain: &str, algorithm: DkimAlgorithm) -> bool {
+/// only key with `--force`. The tests check it after every step; the
+/// machine itself keeps it by construction.
+#[cfg(test)]
+fn signs(book: &Book, domain: &str, algorithm: DkimAlgorithm) -> bool {
     book.keys
         .iter()
         .any(|k| k.state == KeyState::Active && in_group(k, domain, algorithm))
@@ -378,7 +380,7 @@ pub fn request_revoke(
 }
 
 /// How long after a failed signer reload it is tried again, in seconds.
-pub const RELOAD_RETRY: i64 = 30;
+const RELOAD_RETRY: i64 = 30;
 
 /// When the next DKIM pass is due: now when a step is due now (a group
 /// without a key, a key to publish or verify...), [`RELOAD_RETRY`] from
@@ -406,7 +408,7 @@ pub fn next_due(
 }
 
 /// The earliest timed transition of all keys (the daemon's next wake-up).
-pub fn earliest(book: &Book, policy: &Policy) -> Option<i64> {
+fn earliest(book: &Book, policy: &Policy) -> Option<i64> {
     book.keys
         .iter()
         .filter_map(|k| next_transition(book, k, policy).map(|(t, _)| t))
@@ -425,7 +427,9 @@ pub fn selector(
     let base = template
         .replace("{alg}", algorithm.letter())
         .replace("{date}", date);
-    for n in 1.. {
+    // `used` is finite, so an unused candidate comes before `n` wraps.
+    let mut n: u64 = 1;
+    loop {
         let candidate = if base.contains("{n}") {
             base.replace("{n}", &n.to_string())
         } else if n == 1 {
@@ -436,8 +440,8 @@ pub fn selector(
         if !used.contains(&candidate) {
             return candidate;
         }
+        n = n.wrapping_add(1);
     }
-    unreachable!("an unused selector always exists")
 }
 
 /// The selector for a new key: [`selector`] passing over those used

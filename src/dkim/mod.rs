@@ -132,7 +132,7 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
 }
 
-pub fn policy(d: &Dkim) -> Policy {
+fn policy(d: &Dkim) -> Policy {
     Policy {
         rotate_every: secs(d.rotate_every),
         lead: secs(d.lead),
@@ -745,9 +745,10 @@ async fn free_selector(
 async fn existing_records(provider: &Provider, name: &str) -> Result<Vec<String>, DkimError> {
     let mut existing = Vec::new();
     match provider.read(name, RecordType::Txt).await {
-        Ok(values) => existing.extend(values.into_iter().map(|v| match v {
-            RData::Txt(t) => t,
-            other => other.to_string(),
+        // A provider returns only the type asked: every value is a TXT.
+        Ok(values) => existing.extend(values.into_iter().filter_map(|v| match v {
+            RData::Txt(t) => Some(t),
+            RData::Tlsa { .. } | RData::Cname(_) => None,
         })),
         Err(mxkeys_providers::Error::Unsupported(_)) => {}
         Err(source) => {

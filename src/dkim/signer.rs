@@ -20,13 +20,13 @@ use crate::config::{DkimAlgorithm, Signer};
 
 /// The first line of every signer file mxkeys writes: the mark of a file
 /// it may rewrite.
-pub const MARKER: &str = "# Written by mxkeys";
+const MARKER: &str = "# Written by mxkeys";
 
 const HEADER: &str =
     "# Written by mxkeys from its DKIM key state: do not edit (changes are overwritten).\n";
 
 /// Whether a file's content carries mxkeys' [`MARKER`] as its first line.
-pub fn is_ours(content: &[u8]) -> bool {
+fn is_ours(content: &[u8]) -> bool {
     content.starts_with(MARKER.as_bytes())
 }
 
@@ -109,7 +109,7 @@ pub fn decide(
         // A file naming no key mxkeys can read (an empty table, a form it
         // does not parse) is adopted only once every domain has a key; a
         // SigningTable names its keys through the KeyTable, checked too.
-        let signing_table = signer == Signer::Opendkim && path.ends_with("SigningTable");
+        let signing_table = signer == Signer::Opendkim && path.ends_with(Signer::SIGNING_TABLE);
         let complete = if named.is_empty() && !signing_table {
             lacking.is_none()
         } else {
@@ -153,14 +153,14 @@ pub fn decide(
 /// KeyTable lines `ID DOMAIN:SELECTOR:KEY`, amavis `dkim_key('DOMAIN',
 /// 'SELECTOR', ...)`, Rspamd `selector = "SELECTOR"`. A SigningTable
 /// names key IDs only: none.
-pub fn foreign_keys(signer: Signer, path: &Path, text: &str) -> BTreeSet<(Option<String>, String)> {
+fn foreign_keys(signer: Signer, path: &Path, text: &str) -> BTreeSet<(Option<String>, String)> {
     let lines = text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'));
     let mut out = BTreeSet::new();
     match signer {
-        Signer::Opendkim if path.ends_with("KeyTable") => {
+        Signer::Opendkim if path.ends_with(Signer::KEY_TABLE) => {
             for line in lines {
                 let Some(value) = line.split_whitespace().nth(1) else {
                     continue;
@@ -231,7 +231,8 @@ pub fn render(signer: Signer, dir: &Path, book: &Book) -> Vec<(PathBuf, String)>
     // Stable order: by domain, RSA before Ed25519 (the signature every
     // receiver verifies first).
     active.sort_by(|a, b| (&a.domain, a.algorithm).cmp(&(&b.domain, b.algorithm)));
-    match signer {
+    // One text per file, in the order `Signer::files` names them.
+    let texts = match signer {
         Signer::Opendkim => {
             let multiple = active.windows(2).any(|w| w[0].domain == w[1].domain);
             let mut key_table = HEADER.to_owned();
@@ -251,10 +252,7 @@ pub fn render(signer: Signer, dir: &Path, book: &Book) -> Vec<(PathBuf, String)>
                 ));
                 signing_table.push_str(&format!("*@{} {id}\n", k.domain));
             }
-            vec![
-                (dir.join("KeyTable"), key_table),
-                (dir.join("SigningTable"), signing_table),
-            ]
+            vec![key_table, signing_table]
         }
         Signer::Rspamd => {
             let mut conf = HEADER.to_owned();
@@ -276,7 +274,7 @@ pub fn render(signer: Signer, dir: &Path, book: &Book) -> Vec<(PathBuf, String)>
                 conf.push_str("    ]\n  }\n");
             }
             conf.push_str("}\n");
-            vec![(dir.join("dkim_signing.conf"), conf)]
+            vec![conf]
         }
         Signer::Amavis => {
             let mut conf = HEADER.to_owned();
@@ -289,9 +287,15 @@ pub fn render(signer: Signer, dir: &Path, book: &Book) -> Vec<(PathBuf, String)>
                 ));
             }
             conf.push_str("1;\n");
-            vec![(dir.join("dkim_keys.conf"), conf)]
+            vec![conf]
         }
-    }
+    };
+    signer
+        .files()
+        .iter()
+        .map(|name| dir.join(name))
+        .zip(texts)
+        .collect()
 }
 
 /// Whether any rendered file differs from what is on disk.
@@ -324,8 +328,10 @@ pub enum SignerWriteError {
 /// key the SigningTable names is in the KeyTable: first a KeyTable holding
 /// old and new keys, then the SigningTable, then the final KeyTable.
 pub fn write(files: &[(PathBuf, String)]) -> Result<bool, SignerWriteError> {
-    let key_table = files.iter().find(|(p, _)| p.ends_with("KeyTable"));
-    let signing = files.iter().any(|(p, _)| p.ends_with("SigningTable"));
+    let key_table = files.iter().find(|(p, _)| p.ends_with(Signer::KEY_TABLE));
+    let signing = files
+        .iter()
+        .any(|(p, _)| p.ends_with(Signer::SIGNING_TABLE));
     if let (Some((kt_path, kt_new)), true) = (key_table, signing) {
         let old = std::fs::read_to_string(kt_path).unwrap_or_default();
         let mut union = kt_new.clone();
@@ -342,7 +348,7 @@ pub fn write(files: &[(PathBuf, String)]) -> Result<bool, SignerWriteError> {
         changed |= write_plain(
             &files
                 .iter()
-                .filter(|(p, _)| !p.ends_with("KeyTable"))
+                .filter(|(p, _)| !p.ends_with(Signer::KEY_TABLE))
                 .cloned()
                 .collect::<Vec<_>>(),
         )?;

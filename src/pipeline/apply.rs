@@ -14,6 +14,7 @@
 //! owed so the next pass runs it again.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
@@ -122,7 +123,7 @@ fn write(config: &Config, slots: Vec<SlotPlan>, report: &mut Report) -> Written 
                 }
                 Err(e) => {
                     tracing::error!("target {}: {e}; its previous files were restored", r.name);
-                    Action::WriteFailed(e.to_string())
+                    Action::WriteFailed(e)
                 }
             };
         }
@@ -152,7 +153,7 @@ fn verify_changed(
                 .and_then(|r| r.result.as_ref()?.as_ref().err())
                 .map(|e| ServiceFailure::Reload {
                     action: action.clone(),
-                    error: e.clone(),
+                    error: e.to_string(),
                 })
         });
         let failure = match reload_failure {
@@ -238,8 +239,7 @@ fn verify_target(
                 served.key_type,
                 &served.leaf,
                 target.verify_timeout,
-            )
-            .map_err(|e| e.to_string());
+            );
             match &result {
                 Ok(()) => tracing::info!(
                     "target {}: {} presents {}",
@@ -249,14 +249,10 @@ fn verify_target(
                 ),
                 Err(e) => {
                     tracing::error!("target {}: verification failed: {e}", r.name);
-                    failure.get_or_insert_with(|| ServiceFailure::Verify(e.clone()));
+                    failure.get_or_insert_with(|| ServiceFailure::Verify(e.to_string()));
                 }
             }
-            out.push(VerifyReport {
-                name: r.name.clone(),
-                address: endpoint.address.clone(),
-                result,
-            });
+            out.push(VerifyReport { result });
         }
     }
     failure
@@ -280,7 +276,7 @@ fn roll_back(
             .unwrap_or(Ok(Vec::new()));
         let outcome = RolledBack {
             cause: why.clone(),
-            restore_error: restored.err().map(|e| e.to_string()),
+            restore_error: restored.err().map(Arc::new),
         };
         tracing::error!("target {}: {outcome}", target.name);
         report.rollbacks.push(target.name.clone());
@@ -369,7 +365,7 @@ fn run_reloads(reloads: Vec<(Reload, Duration)>) -> Vec<ReloadReport> {
     reloads
         .into_iter()
         .map(|(action, timeout)| {
-            let result = crate::reload::run(&action, timeout).map_err(|e| e.to_string());
+            let result = crate::reload::run(&action, timeout);
             match &result {
                 Ok(()) => tracing::info!("reload `{action}`: done"),
                 Err(e) => tracing::error!("reload `{action}`: {e}"),

@@ -32,8 +32,10 @@ use crate::cert::KeyType;
 use crate::config::{Config, Reload, Slot, Target};
 use crate::install;
 use crate::names::DnsName;
+use crate::reload::ReloadError;
 use crate::source::{self, Persist, SourceError, SourceErrorKind};
 use crate::state::{self, State};
+use crate::verify::VerifyError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -71,7 +73,7 @@ pub enum Action {
     /// Nothing valid: the files stay as they are.
     Unserved(Unserved),
     /// Writing failed; the target's files were restored.
-    WriteFailed(String),
+    WriteFailed(install::InstallError),
     /// Installed, but the reload or the verification failed, so the
     /// previous files were put back.
     RolledBack(RolledBack),
@@ -90,7 +92,7 @@ impl Action {
     pub fn why(&self) -> Option<String> {
         match self {
             Action::Unserved(e) => Some(e.to_string()),
-            Action::WriteFailed(e) => Some(e.clone()),
+            Action::WriteFailed(e) => Some(e.to_string()),
             Action::RolledBack(e) => Some(e.to_string()),
             Action::Deferred(e) => Some(e.to_string()),
             Action::Unconfirmed(e) => Some(format!(
@@ -145,11 +147,12 @@ impl fmt::Display for ServiceFailure {
 }
 
 /// A target's new files were taken back.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct RolledBack {
     pub cause: ServiceFailure,
-    /// Why the previous files could not all be restored, if so.
-    pub restore_error: Option<String>,
+    /// Why the previous files could not all be restored, if so (shared:
+    /// every slot of the target reports the same rollback).
+    pub restore_error: Option<Arc<install::RestoreError>>,
 }
 
 impl fmt::Display for RolledBack {
@@ -217,16 +220,14 @@ impl TargetReport {
 pub struct ReloadReport {
     pub action: Reload,
     /// `None` in check mode (it would run).
-    pub result: Option<Result<(), String>>,
+    pub result: Option<Result<(), ReloadError>>,
 }
 
-/// One check that a service presents the installed certificate.
+/// One check that a service presents the installed certificate (its
+/// error names the endpoint).
 #[derive(Debug)]
 pub struct VerifyReport {
-    /// The slot checked.
-    pub name: String,
-    pub address: String,
-    pub result: Result<(), String>,
+    pub result: Result<(), VerifyError>,
 }
 
 /// A problem of a run that is no one target's: a source error (an
@@ -351,7 +352,7 @@ impl Report {
 /// before expiry; a 6-day one only when less than 2 days are left, i.e.
 /// when its renewal (due at about half its lifetime) is a day late, not
 /// from the hour it is installed.
-pub fn warning_threshold(configured: Duration, not_before: i64, not_after: i64) -> i64 {
+fn warning_threshold(configured: Duration, not_before: i64, not_after: i64) -> i64 {
     let configured = i64::try_from(configured.as_secs()).unwrap_or(i64::MAX);
     let lifetime = not_after.saturating_sub(not_before).max(0);
     configured.min(lifetime / 3)
@@ -628,11 +629,14 @@ mod tests {
             (
                 Action::RolledBack(RolledBack {
                     cause: ServiceFailure::Verify("timed out".to_owned()),
-                    restore_error: Some("disk full".to_owned()),
+                    restore_error: Some(Arc::new(install::RestoreError(vec![(
+                        PathBuf::from("/etc/ssl/mx.pem"),
+                        std::io::Error::other("disk full"),
+                    )]))),
                 })
                 .why()
                 .unwrap(),
-                "verification failed: timed out; rolling back failed: disk full",
+                "verification failed: timed out; rolling back failed: cannot restore /etc/ssl/mx.pem: disk full",
             ),
             (
                 Action::Unconfirmed(failure).why().unwrap(),

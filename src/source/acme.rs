@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Harvest, Reader, SourceErrorKind};
+use super::{Harvest, ReadError, Reader, SourceErrorKind};
 use crate::cert::{self, PrivateKey};
 use crate::config::AcmeSource;
 
@@ -25,36 +25,45 @@ pub fn read(reader: &Reader, source: &AcmeSource) -> Harvest {
         return harvest;
     }
     let entry = path.display().to_string();
-    match read_classified(&path) {
+    match read_bundle(&path) {
         Ok((certs, key)) => match reader.pem_candidate(entry, 0, certs, key) {
             Ok(c) => harvest.candidates.push(c),
             Err(e) => harvest.errors.push(e),
         },
-        Err((kind, reason)) => harvest.errors.push(reader.error(Some(entry), kind, reason)),
+        Err(e) => harvest
+            .errors
+            .push(reader.error(Some(entry), e.kind(), e.to_string())),
     }
     harvest
 }
 
-/// The certificates and key of a bundle file, or why not, with its kind.
+/// The certificates and key of a bundle file.
 type Bundle = (Vec<rustls_pki_types::CertificateDer<'static>>, PrivateKey);
 
-fn read_classified(path: &Path) -> Result<Bundle, (SourceErrorKind, String)> {
-    let text = zeroize::Zeroizing::new(
-        super::read_limited(path, super::PEM_SIZE_LIMIT)
-            .map_err(|r| (SourceErrorKind::Unreadable, r))?,
-    );
-    let malformed = |e: cert::CertError| (SourceErrorKind::Malformed, e.to_string());
-    let certs = cert::parse_pem_certs(&text).map_err(malformed)?;
-    let key = PrivateKey::from_pem(&text).map_err(malformed)?;
-    Ok((certs, key))
+/// Why a bundle file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// Read, but its certificates or its key do not parse.
+    #[error(transparent)]
+    Pem(#[from] cert::CertError),
+}
+
+impl BundleError {
+    /// The kind of source error it is.
+    pub fn kind(&self) -> SourceErrorKind {
+        match self {
+            BundleError::Read(_) => SourceErrorKind::Unreadable,
+            BundleError::Pem(_) => SourceErrorKind::Malformed,
+        }
+    }
 }
 
 /// The certificates and key of a bundle file.
-pub fn read_bundle(
-    path: &Path,
-) -> Result<(Vec<rustls_pki_types::CertificateDer<'static>>, PrivateKey), String> {
+pub fn read_bundle(path: &Path) -> Result<Bundle, BundleError> {
     let text = zeroize::Zeroizing::new(super::read_limited(path, super::PEM_SIZE_LIMIT)?);
-    let certs = cert::parse_pem_certs(&text).map_err(|e| e.to_string())?;
-    let key = PrivateKey::from_pem(&text).map_err(|e| e.to_string())?;
+    let certs = cert::parse_pem_certs(&text)?;
+    let key = PrivateKey::from_pem(&text)?;
     Ok((certs, key))
 }

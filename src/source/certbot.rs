@@ -12,10 +12,10 @@ pub fn read(reader: &Reader, path: &Path) -> Harvest {
     let mut harvest = Harvest::default();
     let dirs = match lineage_dirs(path) {
         Ok(d) => d,
-        Err(reason) => {
+        Err(e) => {
             harvest
                 .errors
-                .push(reader.error(None, SourceErrorKind::Unreadable, reason));
+                .push(reader.error(None, SourceErrorKind::Unreadable, e.to_string()));
             return harvest;
         }
     };
@@ -32,14 +32,28 @@ pub fn read(reader: &Reader, path: &Path) -> Harvest {
     harvest
 }
 
+/// Why a Certbot directory holds no lineage to read.
+#[derive(Debug, thiserror::Error)]
+enum LineageError {
+    /// The configured path cannot be inspected.
+    #[error("{}", super::io_reason(.0))]
+    Path(#[source] std::io::Error),
+    #[error("is not a directory (expected a Certbot config, live/ or live/NAME directory)")]
+    NotDirectory,
+    /// The `live/` directory (or the path itself) cannot be listed.
+    #[error("{}: {}", .dir.display(), super::io_reason(.source))]
+    List {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// The lineage directories (`live/NAME`) under `path`, sorted by name.
-fn lineage_dirs(path: &Path) -> Result<Vec<(String, PathBuf)>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| super::io_reason(&e))?;
+fn lineage_dirs(path: &Path) -> Result<Vec<(String, PathBuf)>, LineageError> {
+    let meta = std::fs::metadata(path).map_err(LineageError::Path)?;
     if !meta.is_dir() {
-        return Err(
-            "is not a directory (expected a Certbot config, live/ or live/NAME directory)"
-                .to_owned(),
-        );
+        return Err(LineageError::NotDirectory);
     }
     if path.join("fullchain.pem").symlink_metadata().is_ok()
         || path.join("privkey.pem").symlink_metadata().is_ok()
@@ -56,7 +70,10 @@ fn lineage_dirs(path: &Path) -> Result<Vec<(String, PathBuf)>, String> {
         path.to_owned()
     };
     let mut dirs: Vec<(String, PathBuf)> = std::fs::read_dir(&live)
-        .map_err(|e| format!("{}: {}", live.display(), super::io_reason(&e)))?
+        .map_err(|source| LineageError::List {
+            dir: live.clone(),
+            source,
+        })?
         .filter_map(Result::ok)
         .filter(|e| e.path().is_dir())
         // A name that is not UTF-8 is still a lineage: shown lossily.

@@ -348,10 +348,35 @@ pub fn io_reason(e: &std::io::Error) -> String {
     }
 }
 
+/// Why a file could not be read ([`read_limited`]), one line in words an
+/// admin acts on; never the file's content.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The path is a symlink whose target does not exist.
+    #[error("dangling symlink: its target is not found")]
+    DanglingSymlink,
+    /// Opening, inspecting or reading it failed.
+    #[error("{}", io_reason(.0))]
+    Io(#[source] std::io::Error),
+    #[error("is a directory, expected a file")]
+    Directory,
+    /// A FIFO, a socket, a device or another special file.
+    #[error("is {0}, expected a regular file")]
+    NotRegular(&'static str),
+    #[error("too large: {size} bytes, the limit is {limit}")]
+    TooLarge { size: u64, limit: u64 },
+    /// It grew past the limit while being read.
+    #[error("too large: over the limit of {limit} bytes")]
+    GrewTooLarge { limit: u64 },
+    /// Empty, or only whitespace.
+    #[error("empty file")]
+    Empty,
+}
+
 /// Reads a whole file that must be a regular file no larger than `limit`.
-/// The reason names the problem (not found, dangling symlink, directory,
+/// The error names the problem (not found, dangling symlink, directory,
 /// permission denied, too large, empty) in one line.
-pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
+pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
     use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
     // Non-blocking, so a FIFO in a file's place cannot hang the run (and
     // hold the lock); it is refused below like any non-regular file.
@@ -361,14 +386,14 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
         .open(path)
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound && path.symlink_metadata().is_ok() {
-                "dangling symlink: its target is not found".to_owned()
+                ReadError::DanglingSymlink
             } else {
-                io_reason(&e)
+                ReadError::Io(e)
             }
         })?;
-    let meta = file.metadata().map_err(|e| io_reason(&e))?;
+    let meta = file.metadata().map_err(ReadError::Io)?;
     if meta.is_dir() {
-        return Err("is a directory, expected a file".to_owned());
+        return Err(ReadError::Directory);
     }
     if !meta.is_file() {
         let kind = match meta.file_type() {
@@ -377,23 +402,23 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, String> {
             t if t.is_block_device() || t.is_char_device() => "a device",
             _ => "not a regular file",
         };
-        return Err(format!("is {kind}, expected a regular file"));
+        return Err(ReadError::NotRegular(kind));
     }
     if meta.len() > limit {
-        return Err(format!(
-            "too large: {} bytes, the limit is {limit}",
-            meta.len()
-        ));
+        return Err(ReadError::TooLarge {
+            size: meta.len(),
+            limit,
+        });
     }
     let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
     file.take(limit + 1)
         .read_to_end(&mut buf)
-        .map_err(|e| io_reason(&e))?;
+        .map_err(ReadError::Io)?;
     if buf.len() as u64 > limit {
-        return Err(format!("too large: over the limit of {limit} bytes"));
+        return Err(ReadError::GrewTooLarge { limit });
     }
     if buf.iter().all(u8::is_ascii_whitespace) {
-        return Err("empty file".to_owned());
+        return Err(ReadError::Empty);
     }
     Ok(buf)
 }
@@ -405,14 +430,16 @@ type FileError = (SourceErrorKind, String);
 fn read_pem_certs(
     path: &Path,
 ) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, FileError> {
-    let text = read_limited(path, PEM_SIZE_LIMIT).map_err(|r| (SourceErrorKind::Unreadable, r))?;
+    let text = read_limited(path, PEM_SIZE_LIMIT)
+        .map_err(|r| (SourceErrorKind::Unreadable, r.to_string()))?;
     crate::cert::parse_pem_certs(&text).map_err(|e| (SourceErrorKind::Malformed, e.to_string()))
 }
 
 /// Reads a PEM private key file.
 fn read_pem_key(path: &Path) -> Result<PrivateKey, FileError> {
     let text = zeroize::Zeroizing::new(
-        read_limited(path, PEM_SIZE_LIMIT).map_err(|r| (SourceErrorKind::Unreadable, r))?,
+        read_limited(path, PEM_SIZE_LIMIT)
+            .map_err(|r| (SourceErrorKind::Unreadable, r.to_string()))?,
     );
     PrivateKey::from_pem(&text).map_err(|e| (SourceErrorKind::Malformed, e.to_string()))
 }
@@ -474,5 +501,29 @@ mod tests {
     fn a_source_error_without_an_entry_names_only_the_source() {
         let e = reader().error(None, SourceErrorKind::Unreadable, "not found");
         assert_eq!(e.to_string(), "source files:/etc/ssl/mx.pem: not found");
+    }
+
+    #[test]
+    fn each_unreadable_file_is_refused_with_the_reason_it_always_had() {
+        let tmp = tempfile::tempdir().unwrap();
+        let at = |name: &str| tmp.path().join(name);
+        std::os::unix::fs::symlink(at("nowhere"), at("dangling")).unwrap();
+        std::fs::create_dir(at("dir")).unwrap();
+        nix::unistd::mkfifo(&at("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::fs::write(at("big"), [b'x'; 11]).unwrap();
+        std::fs::write(at("blank"), b" \n\t\n").unwrap();
+        std::fs::write(at("ok"), b"x").unwrap();
+        for (name, want) in [
+            ("missing", "not found"),
+            ("dangling", "dangling symlink: its target is not found"),
+            ("dir", "is a directory, expected a file"),
+            ("fifo", "is a FIFO, expected a regular file"),
+            ("big", "too large: 11 bytes, the limit is 10"),
+            ("blank", "empty file"),
+        ] {
+            let got = read_limited(&at(name), 10).unwrap_err().to_string();
+            assert_eq!(got, want, "{name}");
+        }
+        assert_eq!(read_limited(&at("ok"), 10).unwrap(), b"x");
     }
 }

@@ -34,11 +34,11 @@ pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>) -> Harve
     match super::read_limited(path, super::ACME_JSON_SIZE_LIMIT) {
         // Arc::new keeps the allocation: Vec -> Arc<[u8]> would copy the file.
         Ok(b) => parse(reader, Arc::new(b), resolvers),
-        Err(reason) => {
+        Err(e) => {
             let mut harvest = Harvest::default();
             harvest
                 .errors
-                .push(reader.error(None, SourceErrorKind::Unreadable, reason));
+                .push(reader.error(None, SourceErrorKind::Unreadable, e.to_string()));
             harvest
         }
     }
@@ -130,7 +130,7 @@ fn parse(reader: &Reader, buf: Arc<Vec<u8>>, resolvers: Option<&[String]>) -> Ha
                     fallback: false,
                     material: Material::AcmeJson(material),
                 })
-                .map_err(|reason| reader.error(Some(name), SourceErrorKind::Malformed, reason))
+                .map_err(|e| reader.error(Some(name), SourceErrorKind::Malformed, e.to_string()))
         })
         .collect();
     for r in results {
@@ -223,10 +223,42 @@ impl EntryMaterial {
     }
 }
 
+/// Why an entry offers no candidate. One line, never the key.
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    /// The entry is not a JSON object (`kind` is its JSON type).
+    #[error("the entry is {0}, expected an object")]
+    NotObject(&'static str),
+    /// A required field is absent, null or empty.
+    #[error("no {0} (`{0}` is missing or empty)")]
+    Missing(&'static str),
+    /// A required field is not a string.
+    #[error("`{field}` is {kind}, expected a base64 string")]
+    NotString {
+        field: &'static str,
+        kind: &'static str,
+    },
+    /// `certificate` has a byte base64 does not allow, at `offset`.
+    #[error("`certificate` is not valid base64: byte {byte:#04x} at offset {offset}")]
+    CertificateByte { byte: u8, offset: usize },
+    #[error("`certificate` is not valid base64: {0}")]
+    CertificateBase64(base64::DecodeError),
+    /// The certificate does not parse.
+    #[error("certificate: {0}")]
+    Certificate(CertError),
+    /// The whole entry (decoded to find the leaf of a chain out of order)
+    /// does not parse.
+    #[error(transparent)]
+    Bundle(CertError),
+}
+
 /// Judges one entry: the leaf's facts and the spans to build its bundle.
-fn entry_candidate(entry: &Entry<'_>, buf: &Arc<Vec<u8>>) -> Result<(Leaf, EntryMaterial), String> {
+fn entry_candidate(
+    entry: &Entry<'_>,
+    buf: &Arc<Vec<u8>>,
+) -> Result<(Leaf, EntryMaterial), EntryError> {
     if let Some(kind) = entry.invalid {
-        return Err(format!("the entry is {kind}, expected an object"));
+        return Err(EntryError::NotObject(kind));
     }
     let cert_b64 = entry.certificate.require("certificate")?;
     let key_b64 = entry.key.require("key")?;
@@ -238,18 +270,18 @@ fn entry_candidate(entry: &Entry<'_>, buf: &Arc<Vec<u8>>) -> Result<(Leaf, Entry
     };
     // A chain that starts with a CA certificate is out of order: only then
     // is the whole entry decoded, to find its leaf (see cert::order_chain).
-    let first = Leaf::parse(leaf_der.as_ref()).map_err(|e| format!("certificate: {e}"))?;
+    let first = Leaf::parse(leaf_der.as_ref()).map_err(EntryError::Certificate)?;
     if !first.is_ca {
         return Ok((first, material));
     }
-    let bundle = material.bundle().map_err(|e| e.to_string())?;
-    let leaf = Leaf::parse(bundle.leaf_der()).map_err(|e| format!("certificate: {e}"))?;
+    let bundle = material.bundle().map_err(EntryError::Bundle)?;
+    let leaf = Leaf::parse(bundle.leaf_der()).map_err(EntryError::Certificate)?;
     Ok((leaf, material))
 }
 
 /// Decodes only as much of the base64 PEM chain as holds the first
 /// certificate, and returns that certificate's DER.
-fn decode_leaf(b64: &[u8]) -> Result<rustls_pki_types::CertificateDer<'static>, String> {
+fn decode_leaf(b64: &[u8]) -> Result<rustls_pki_types::CertificateDer<'static>, EntryError> {
     const END: &[u8] = b"-----END CERTIFICATE-----";
     const CHUNK: usize = 1024; // base64 characters, a multiple of 4
     let mut pem = Vec::with_capacity(2048);
@@ -260,11 +292,11 @@ fn decode_leaf(b64: &[u8]) -> Result<rustls_pki_types::CertificateDer<'static>, 
         B64.decode_vec(&b64[at..end], &mut pem).map_err(|e| {
             // Offsets inside a chunk are relative to it; report the absolute one.
             match e {
-                base64::DecodeError::InvalidByte(off, byte) => format!(
-                    "`certificate` is not valid base64: byte {byte:#04x} at offset {}",
-                    at + off
-                ),
-                other => format!("`certificate` is not valid base64: {other}"),
+                base64::DecodeError::InvalidByte(off, byte) => EntryError::CertificateByte {
+                    byte,
+                    offset: at + off,
+                },
+                other => EntryError::CertificateBase64(other),
             }
         })?;
         at = end;
@@ -274,7 +306,7 @@ fn decode_leaf(b64: &[u8]) -> Result<rustls_pki_types::CertificateDer<'static>, 
         }
         searched = pem.len();
     }
-    cert::first_pem_cert(&pem).map_err(|e| format!("certificate: {e}"))
+    cert::first_pem_cert(&pem).map_err(EntryError::Certificate)
 }
 
 // ---- Lenient deserialisation -------------------------------------------
@@ -320,13 +352,11 @@ enum Field<'a> {
 }
 
 impl<'a> Field<'a> {
-    fn require(&self, name: &str) -> Result<&Cow<'a, str>, String> {
+    fn require(&self, name: &'static str) -> Result<&Cow<'a, str>, EntryError> {
         match self {
             Field::Str(s) if !s.trim().is_empty() => Ok(s),
-            Field::Str(_) | Field::Absent | Field::Null => {
-                Err(format!("no {name} (`{name}` is missing or empty)"))
-            }
-            Field::Other(kind) => Err(format!("`{name}` is {kind}, expected a base64 string")),
+            Field::Str(_) | Field::Absent | Field::Null => Err(EntryError::Missing(name)),
+            Field::Other(kind) => Err(EntryError::NotString { field: name, kind }),
         }
     }
 }
