@@ -720,6 +720,9 @@ struct DkimTally {
     runs: usize,
     killed_running: usize,
     finished_before_kill: usize,
+    /// `dkim revoke` runs killed before they saved their request (run
+    /// again, as an admin would).
+    killed_before_recording: usize,
     /// Kills after which SigningTable named an id KeyTable did not hold
     /// (or the reverse).
     tables_split: usize,
@@ -1193,6 +1196,22 @@ fn dkim_revoke_and_algorithm_changes_killed_at_random_moments_never_leave_a_gap(
             }
             let when = format!("{when}: killed at {delay:?}");
             check_nogap(&env, &mut tally, &loaded, &[true, false], &when);
+            // Killed before it saved its request (the key still active and
+            // nothing asked), the command did nothing and reported nothing:
+            // the admin runs it again.
+            let book = env.book();
+            let asked = book["revoke_now"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|n| n == name.as_str()));
+            let still_active = book["keys"].as_array().unwrap().iter().any(|k| {
+                k["selector"] == selector.as_str()
+                    && k["domain"] == DOMAINS[0]
+                    && k["state"] == "active"
+            });
+            if still_active && !asked {
+                tally.killed_before_recording += 1;
+                env.run(&args).assert_code(0);
+            }
             env.run(&["dkim", "rotate"]).assert_code(0);
         }
         check_nogap(
@@ -1217,12 +1236,14 @@ fn dkim_revoke_and_algorithm_changes_killed_at_random_moments_never_leave_a_gap(
     }
     eprintln!(
         "dkim nogap crash test: {changes} algorithm changes, {revokes} revocations; \
-         kills: {} ({} while running, {} had already exited); changes took {took:?}, \
+         kills: {} ({} while running, {} had already exited, {} revokes before recording); \
+         changes took {took:?}, \
          revoke runs {durations:?}; \
          time: {:?}",
         tally.runs,
         tally.killed_running,
         tally.finished_before_kill,
+        tally.killed_before_recording,
         started.elapsed(),
     );
     assert!(tally.killed_running > 0, "{tally:?}");
