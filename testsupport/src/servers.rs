@@ -295,6 +295,13 @@ impl Postfix {
     /// system default for handshakes, as Dovecot has it.
     #[track_caller]
     pub fn start(dir: &Path, chain_files: &[&Path]) -> Postfix {
+        Postfix::start_on(dir, chain_files, free_port())
+    }
+
+    /// Like [`Postfix::start`], with smtpd on 127.0.0.1:`port` (e.g. 25 in
+    /// a network namespace of the test's own, where DANE clients look).
+    #[track_caller]
+    pub fn start_on(dir: &Path, chain_files: &[&Path], port: u16) -> Postfix {
         let chain: Vec<String> = chain_files
             .iter()
             .map(|p| p.to_str().unwrap().to_string())
@@ -307,7 +314,7 @@ impl Postfix {
              tls_medium_cipherlist = DEFAULT:@SECLEVEL=2\n",
             chain = chain.join(", "),
         );
-        Postfix::launch(dir, &tls_cf, "")
+        Postfix::launch_on(dir, port, &tls_cf, "")
     }
 
     /// Configure Postfix in `dir` to accept mail, pass it through the
@@ -351,7 +358,11 @@ impl Postfix {
     /// smtpd's banner.
     #[track_caller]
     fn launch(dir: &Path, main_cf_extra: &str, master_cf_extra: &str) -> Postfix {
-        let port = free_port();
+        Postfix::launch_on(dir, free_port(), main_cf_extra, master_cf_extra)
+    }
+
+    #[track_caller]
+    fn launch_on(dir: &Path, port: u16, main_cf_extra: &str, master_cf_extra: &str) -> Postfix {
         std::fs::create_dir_all(dir).unwrap();
         let queue = dir.join("queue");
         let data = dir.join("data");
