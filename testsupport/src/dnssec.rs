@@ -26,8 +26,14 @@
 //!   everything) unless told `local-zone: "test." nodefault`.
 //! - Unbound does not query 127.0.0.0/8 servers unless
 //!   `do-not-query-localhost: no`.
-//! - glibc drops the `ad` flag from answers unless resolv.conf says
-//!   `options trust-ad`; DANE clients then see everything as insecure.
+//! - glibc (2.31 and later) clears the `ad` flag of answers unless
+//!   resolv.conf says `options trust-ad` or the program asks for
+//!   `RES_TRUSTAD`. Postfix asks (posttls-finger verifies without the
+//!   option, checked); resolv.conf has it anyway, for clients that do not.
+//! - `ldns-dane` uses ldns' own stub resolver (reading /etc/resolv.conf)
+//!   and, without `-S`, trusts the resolver's `ad`: no `-k` anchor needed.
+//! - `posttls-finger` reads main.cf: without /etc/postfix/main.cf, set
+//!   `MAIL_CONFIG` to an instance's configuration directory.
 //! - Unbound caches NXDOMAIN for the SOA minimum; a record added later is
 //!   seen once that expires: the zone's SOA minimum is 2 s and Unbound's
 //!   `cache-max-negative-ttl` is 1.
