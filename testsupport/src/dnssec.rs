@@ -37,8 +37,11 @@
 //! - Unbound caches NXDOMAIN for the SOA minimum; a record added later is
 //!   seen once that expires: the zone's SOA minimum is 2 s and Unbound's
 //!   `cache-max-negative-ttl` is 1.
-//! - 127.0.0.2 needs no address of its own: a namespace's `lo`, once up,
-//!   holds all of 127.0.0.0/8.
+//! - 127.0.0.2 needs no address of its own for Unbound: a namespace's `lo`,
+//!   once up, routes all of 127.0.0.0/8. Postfix is stricter: its
+//!   `inet_interfaces` must be an interface's address (else `postfix check`
+//!   exits 1, silently), so the namespace gets 127.0.0.3 on `lo` for a
+//!   sender ([`SENDER`]), whose address must differ from the receiver's.
 //!
 //! Without root or one of the programs ([`NEEDS`]) the outer test is skipped
 //! loudly, or fails with `CI=true`.
@@ -58,6 +61,9 @@ pub const KEY_NAME: &str = "mxkeys-test";
 pub const AUTHORITATIVE: &str = "127.0.0.1";
 /// Where Unbound answers, inside the namespace (and what resolv.conf names).
 pub const RESOLVER: &str = "127.0.0.2";
+/// A Postfix sender's address, inside the namespace
+/// (`Postfix::start_dane_sender`).
+pub const SENDER: &str = "127.0.0.3";
 /// The zone's TTLs, in seconds (records, negative answers, DNSKEY).
 pub const TTL: u32 = 2;
 
@@ -101,8 +107,9 @@ pub fn run_in_namespace(outer: &str, inner: &str, needs: &[&[Need]]) -> bool {
         &resolv,
         format!("nameserver {RESOLVER}\noptions edns0 trust-ad\n"),
     );
-    let script =
-        "set -eu\nip link set lo up\nmount --bind \"$1\" /etc/resolv.conf\nshift\nexec \"$@\"";
+    // 127.0.0.3: a Postfix sender's own address (its `inet_interfaces`
+    // must name an address of an interface, and differ from the receiver's).
+    let script = "set -eu\nip link set lo up\nip addr add 127.0.0.3/32 dev lo\nmount --bind \"$1\" /etc/resolv.conf\nshift\nexec \"$@\"";
     let exe = std::env::current_exe().unwrap();
     let mut cmd = Command::new(prog("unshare"));
     cmd.args(["--net", "--mount", "--propagation", "private", "--"])
