@@ -20,7 +20,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::dkim_tools::smtp_send;
-use common::dnssec::{self, SignedZone, TTL, ZONE, flags};
+use common::dnssec::{self, SignedZone, TTL, UNSIGNED_ZONE, ZONE, flags};
 use common::servers::{
     MAIL, Need, OPENSSL, POSTFIX, Postfix, SERVER_DEADLINE, combined_pem, output_within, poll, prog,
 };
@@ -36,9 +36,10 @@ fn inner(name: &str) -> String {
 }
 
 #[test]
-fn a_signed_answer_through_unbound_carries_ad_and_a_record_added_by_rfc2136_appears_signed() {
+fn a_signed_answer_through_unbound_carries_ad_a_record_added_by_rfc2136_appears_signed_and_an_unsigned_zone_lacks_ad()
+ {
     dnssec::run_in_namespace(
-        "a_signed_answer_through_unbound_carries_ad_and_a_record_added_by_rfc2136_appears_signed",
+        "a_signed_answer_through_unbound_carries_ad_a_record_added_by_rfc2136_appears_signed_and_an_unsigned_zone_lacks_ad",
         &inner("inside_signed_zone_and_resolver"),
         &[],
     );
@@ -104,6 +105,19 @@ fn inside_signed_zone_and_resolver() {
             .then_some(out)
     });
     assert!(answer.contains("RRSIG"), "{answer}");
+
+    // The unsigned zone's answers, through the same resolver, lack `ad`.
+    let unsigned_name = format!("added.{UNSIGNED_ZONE}");
+    zone.update_zone(
+        UNSIGNED_ZONE,
+        &format!("update add {unsigned_name} {TTL} TXT \"plain\""),
+    );
+    let unsigned = zone.wait("the unsigned zone's TXT record", || {
+        let out = zone.resolve(&["TXT", &unsigned_name]);
+        (dnssec::answer(&out, "TXT") == ["\"plain\""]).then_some(out)
+    });
+    assert!(!flags(&unsigned).contains(&"ad".to_owned()), "{unsigned}");
+    assert!(!unsigned.contains("RRSIG"), "{unsigned}");
 }
 
 #[test]

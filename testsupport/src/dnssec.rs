@@ -13,6 +13,8 @@
 //! - Unbound listens on 127.0.0.2:53 with a `stub-zone` for `example.test`
 //!   pointing at that BIND and the zone's DNSKEY (read from BIND once it has
 //!   signed) as its only trust anchor: its answers carry `ad`;
+//! - BIND also serves [`UNSIGNED_ZONE`] unsigned, which Unbound answers
+//!   without `ad` (for tests of what must refuse an unsigned zone);
 //! - /etc/resolv.conf, inside the namespace only, names Unbound.
 //!
 //! An outer test calls [`run_in_namespace`], which re-runs the current test
@@ -55,7 +57,11 @@ use crate::{sha256_hex, write};
 
 /// The signed zone.
 pub const ZONE: &str = "example.test";
-/// The TSIG key allowed to update [`ZONE`].
+/// A zone the same BIND serves unsigned (updatable with the same key):
+/// Unbound answers it without `ad` (no trust anchor covers it), as a
+/// resolver answers a zone without DNSSEC.
+pub const UNSIGNED_ZONE: &str = "unsigned.test";
+/// The TSIG key allowed to update [`ZONE`] and [`UNSIGNED_ZONE`].
 pub const KEY_NAME: &str = "mxkeys-test";
 /// Where BIND answers, inside the namespace.
 pub const AUTHORITATIVE: &str = "127.0.0.1";
@@ -182,6 +188,15 @@ impl SignedZone {
                  {records}\n"
             ),
         );
+        write(
+            &dir.join("unsigned.test.zone"),
+            format!(
+                "$TTL {TTL}\n\
+                 @ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 {TTL}\n\
+                 @ IN NS ns.example.test.\n\
+                 mail IN A 127.0.0.1\n"
+            ),
+        );
         let d = dir.display();
         // Safety margins 0 and 2 s TTLs: the one CSK is published and used
         // at once. `inline-signing yes`: updates go to the unsigned zone and
@@ -219,6 +234,11 @@ zone "{ZONE}" {{
     key-directory "{d}/keys";
     dnssec-policy "test";
     inline-signing yes;
+    allow-update {{ key "{KEY_NAME}"; }};
+}};
+zone "{UNSIGNED_ZONE}" {{
+    type primary;
+    file "{d}/unsigned.test.zone";
     allow-update {{ key "{KEY_NAME}"; }};
 }};
 "#
@@ -276,6 +296,9 @@ remote-control:
 stub-zone:
     name: "{ZONE}"
     stub-addr: {AUTHORITATIVE}@53
+stub-zone:
+    name: "{UNSIGNED_ZONE}"
+    stub-addr: {AUTHORITATIVE}@53
 "#
             ),
         );
@@ -318,10 +341,16 @@ stub-zone:
     /// ...`) to BIND as one RFC 2136 update signed with [`KEY_NAME`].
     #[track_caller]
     pub fn update(&self, commands: &str) {
+        self.update_zone(ZONE, commands);
+    }
+
+    /// Like [`SignedZone::update`], in `zone` (e.g. [`UNSIGNED_ZONE`]).
+    #[track_caller]
+    pub fn update_zone(&self, zone: &str, commands: &str) {
         let script = self.dir.join("update.txt");
         write(
             &script,
-            format!("server {AUTHORITATIVE} 53\nzone {ZONE}\n{commands}\nsend\n"),
+            format!("server {AUTHORITATIVE} 53\nzone {zone}\n{commands}\nsend\n"),
         );
         let mut cmd = Command::new(prog("nsupdate"));
         cmd.arg("-k").arg(self.dir.join("tsig.key")).arg(&script);
