@@ -233,9 +233,10 @@ fn inside_postfix_sender() {
     );
 
     bed.zone.set_tlsa(TLSA_OWNER, &[&bed.wrong]);
-    // Gotcha: the sender's smtp process reuses a TLSA set it looked up for
-    // longer than its TTL (here it still verified against the old set 3 s
-    // after the change, with a 2 s TTL): let 3 × TTL pass before sending.
+    // Gotcha: the sender's smtp process keeps a TLSA set it looked up for
+    // about TTL + 1 s, in whole seconds (it still verified against the old
+    // set 3 s after the change with a 2 s TTL; 2 × TTL after it, the new
+    // set was used in 3 of 3 runs). 3 × TTL leaves a margin.
     std::thread::sleep(Duration::from_secs(u64::from(3 * TTL)));
     send("wrong@example.test");
     let deferred = poll(
