@@ -1,12 +1,13 @@
 //! The DNSSEC + DANE test bed of issue 14, proved with real clients: a zone
 //! BIND signs by itself, Unbound validating it with the zone's key as its
-//! only trust anchor, and `posttls-finger` and `ldns-dane` checking a
-//! Postfix receiver's certificate against `_25._tcp.mail.example.test TLSA
-//! 3 1 1` records published by RFC 2136.
+//! only trust anchor, and `posttls-finger`, `ldns-dane` and a Postfix
+//! sender in `dane` mode checking a Postfix receiver's certificate against
+//! `_25._tcp.mail.example.test TLSA 3 1 1` records published by RFC 2136.
 //!
 //! Each test re-runs this binary inside a network + mount namespace of its
 //! own (`testsupport::dnssec`): BIND on 127.0.0.1:53, Unbound on
-//! 127.0.0.2:53, Postfix on 127.0.0.1:25, /etc/resolv.conf naming Unbound
+//! 127.0.0.2:53, the receiver on 127.0.0.1:25, a sender on 127.0.0.3,
+//! /etc/resolv.conf naming Unbound
 //! there only. Each check has its "can fail" half: a wrong TLSA hash is
 //! refused by the same client.
 //!
