@@ -7,9 +7,8 @@
 //! Each test re-runs this binary inside a network + mount namespace of its
 //! own (`testsupport::dnssec`): BIND on 127.0.0.1:53, Unbound on
 //! 127.0.0.2:53, the receiver on 127.0.0.1:25, a sender on 127.0.0.3,
-//! /etc/resolv.conf naming Unbound
-//! there only. Each check has its "can fail" half: a wrong TLSA hash is
-//! refused by the same client.
+//! /etc/resolv.conf naming Unbound there only. Each check has its "can
+//! fail" half: a wrong TLSA hash is refused by the same client.
 //!
 //! Needs root, util-linux, iproute2, bind9, bind9-dnsutils, unbound,
 //! postfix, openssl and ldnsutils: without them a test is skipped loudly, or
