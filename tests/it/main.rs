@@ -15,6 +15,7 @@ mod config;
 mod container_env;
 mod crash;
 mod daemon;
+mod dane;
 mod dkim;
 mod dns;
 mod hostile_fs;

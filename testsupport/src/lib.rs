@@ -17,6 +17,7 @@
 pub mod bind;
 pub mod cf_mock;
 pub mod dkim_tools;
+pub mod dnssec;
 pub mod fake_acme;
 pub mod nspawn;
 pub mod ports;

@@ -277,6 +277,43 @@ fn terminate_child(child: &mut Child) {
 // Postfix
 // ---------------------------------------------------------------------------
 
+/// The master.cf services an instance needs to queue and deliver mail.
+const DELIVERY_SERVICES: &str = "\
+            pickup    unix  n       -       n       60      1       pickup\n\
+            cleanup   unix  n       -       n       -       0       cleanup\n\
+            qmgr      unix  n       -       n       300     1       qmgr\n\
+            rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
+            bounce    unix  -       -       n       -       0       bounce\n\
+            defer     unix  -       -       n       -       0       bounce\n\
+            trace     unix  -       -       n       -       0       bounce\n\
+            verify    unix  -       -       n       -       1       verify\n\
+            flush     unix  n       -       n       1000?   0       flush\n\
+            proxymap  unix  -       -       n       -       -       proxymap\n\
+            smtp      unix  -       -       n       -       -       smtp\n\
+            relay     unix  -       -       n       -       -       smtp\n\
+            showq     unix  n       -       n       -       -       showq\n\
+            error     unix  -       -       n       -       -       error\n\
+            retry     unix  -       -       n       -       -       error\n\
+            discard   unix  -       -       n       -       -       discard\n\
+            scache    unix  -       -       n       -       1       scache\n";
+
+/// The main.cf lines of an smtpd serving `chain_files` (each: key then
+/// certificates) with STARTTLS.
+fn smtpd_tls_cf(chain_files: &[&Path]) -> String {
+    let chain: Vec<String> = chain_files
+        .iter()
+        .map(|p| p.to_str().unwrap().to_string())
+        .collect();
+    format!(
+        "smtpd_banner = $myhostname ESMTP\n\
+         smtpd_tls_security_level = may\n\
+         smtpd_tls_chain_files = {chain}\n\
+         smtpd_tls_loglevel = 1\n\
+         tls_medium_cipherlist = DEFAULT:@SECLEVEL=2\n",
+        chain = chain.join(", "),
+    )
+}
+
 /// A Postfix instance (`postfix -c DIR`) with one smtpd on 127.0.0.1:port.
 pub struct Postfix {
     /// The configuration directory (main.cf, master.cf).
@@ -295,19 +332,44 @@ impl Postfix {
     /// system default for handshakes, as Dovecot has it.
     #[track_caller]
     pub fn start(dir: &Path, chain_files: &[&Path]) -> Postfix {
-        let chain: Vec<String> = chain_files
-            .iter()
-            .map(|p| p.to_str().unwrap().to_string())
-            .collect();
-        let tls_cf = format!(
-            "smtpd_banner = $myhostname ESMTP\n\
-             smtpd_tls_security_level = may\n\
-             smtpd_tls_chain_files = {chain}\n\
-             smtpd_tls_loglevel = 1\n\
-             tls_medium_cipherlist = DEFAULT:@SECLEVEL=2\n",
-            chain = chain.join(", "),
+        Postfix::start_on(dir, chain_files, free_port())
+    }
+
+    /// Like [`Postfix::start`], with smtpd on 127.0.0.1:`port` (e.g. 25 in
+    /// a network namespace of the test's own, where DANE clients look).
+    #[track_caller]
+    pub fn start_on(dir: &Path, chain_files: &[&Path], port: u16) -> Postfix {
+        Postfix::launch_on(dir, port, &smtpd_tls_cf(chain_files), "")
+    }
+
+    /// Like [`Postfix::start_on`], and it accepts mail for `example.test`
+    /// and discards it once queued: the receiving end of a mail loop.
+    #[track_caller]
+    pub fn start_sink_on(dir: &Path, chain_files: &[&Path], port: u16) -> Postfix {
+        let cf = format!(
+            "{}relay_domains = example.test\nrelay_transport = discard\n",
+            smtpd_tls_cf(chain_files)
         );
-        Postfix::launch(dir, &tls_cf, "")
+        Postfix::launch_on(dir, port, &cf, DELIVERY_SERVICES)
+    }
+
+    /// A sender in DANE mode: its smtpd (127.0.0.1, a free port) takes mail
+    /// from loopback clients and relays it to the recipient domain's MX
+    /// hosts, found through the system resolver, requiring TLS verified
+    /// against DNSSEC-validated TLSA records. Its own name and
+    /// `inet_interfaces` differ from a receiver's (else Postfix says "mail
+    /// loops back to myself"); `dnssec_probe` asks the test zone (the
+    /// default probes the root, unreachable in a test's namespace).
+    #[track_caller]
+    pub fn start_dane_sender(dir: &Path) -> Postfix {
+        let cf = "myhostname = sender.example.test\n\
+                  inet_interfaces = 127.0.0.3\n\
+                  relay_domains =\n\
+                  smtp_dns_support_level = dnssec\n\
+                  smtp_tls_security_level = dane\n\
+                  dnssec_probe = ns:example.test\n\
+                  smtp_tls_loglevel = 1\n";
+        Postfix::launch(dir, cf, DELIVERY_SERVICES)
     }
 
     /// Configure Postfix in `dir` to accept mail, pass it through the
@@ -324,25 +386,7 @@ impl Postfix {
              non_smtpd_milters =\n\
              milter_default_action = accept\n"
         );
-        let delivery_services = "\
-            pickup    unix  n       -       n       60      1       pickup\n\
-            cleanup   unix  n       -       n       -       0       cleanup\n\
-            qmgr      unix  n       -       n       300     1       qmgr\n\
-            rewrite   unix  -       -       n       -       -       trivial-rewrite\n\
-            bounce    unix  -       -       n       -       0       bounce\n\
-            defer     unix  -       -       n       -       0       bounce\n\
-            trace     unix  -       -       n       -       0       bounce\n\
-            verify    unix  -       -       n       -       1       verify\n\
-            flush     unix  n       -       n       1000?   0       flush\n\
-            proxymap  unix  -       -       n       -       -       proxymap\n\
-            smtp      unix  -       -       n       -       -       smtp\n\
-            relay     unix  -       -       n       -       -       smtp\n\
-            showq     unix  n       -       n       -       -       showq\n\
-            error     unix  -       -       n       -       -       error\n\
-            retry     unix  -       -       n       -       -       error\n\
-            discard   unix  -       -       n       -       -       discard\n\
-            scache    unix  -       -       n       -       1       scache\n";
-        Postfix::launch(dir, &relay_cf, delivery_services)
+        Postfix::launch(dir, &relay_cf, DELIVERY_SERVICES)
     }
 
     /// Write main.cf (the common settings, then `main_cf_extra`) and
@@ -351,7 +395,11 @@ impl Postfix {
     /// smtpd's banner.
     #[track_caller]
     fn launch(dir: &Path, main_cf_extra: &str, master_cf_extra: &str) -> Postfix {
-        let port = free_port();
+        Postfix::launch_on(dir, free_port(), main_cf_extra, master_cf_extra)
+    }
+
+    #[track_caller]
+    fn launch_on(dir: &Path, port: u16, main_cf_extra: &str, master_cf_extra: &str) -> Postfix {
         std::fs::create_dir_all(dir).unwrap();
         let queue = dir.join("queue");
         let data = dir.join("data");
