@@ -12,6 +12,7 @@ pub mod cert;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod dane;
 pub mod dkim;
 pub mod dns;
 pub mod install;
