@@ -100,8 +100,10 @@ impl Matching {
 }
 
 /// A configured kind of record, `"3 1 1"` or `"2 1 1"` in `[target.dane]
-/// records`: what to build, without the data.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// records`: what to build, without the data. Deserializes from that
+/// string, refusing anything else with the [`TlsaError`] reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub struct Spec {
     pub usage: Usage,
     pub selector: Selector,
@@ -188,6 +190,14 @@ impl FromStr for Spec {
             return Err(TlsaError::BadSpec(s.trim().to_owned()));
         }
         Ok(spec)
+    }
+}
+
+impl TryFrom<String> for Spec {
+    type Error = TlsaError;
+
+    fn try_from(s: String) -> Result<Spec, TlsaError> {
+        s.parse()
     }
 }
 
@@ -454,6 +464,22 @@ mod tests {
         }
         assert_eq!("3 1 1".parse::<Spec>(), Ok(Spec::EE));
         assert_eq!("2 1 1".parse::<Spec>(), Ok(Spec::TA));
+    }
+
+    #[test]
+    fn a_records_list_in_the_configuration_reads_as_specs_and_names_a_bad_entry() {
+        #[derive(Debug, serde::Deserialize)]
+        struct Dane {
+            records: Vec<Spec>,
+        }
+        let ok: Dane = toml::from_str(r#"records = ["3 1 1", "2 1 1"]"#).expect("parses");
+        assert_eq!(ok.records, [Spec::EE, Spec::TA]);
+        let bad = toml::from_str::<Dane>(r#"records = ["3 0 1"]"#).expect_err("refused");
+        assert!(
+            bad.to_string()
+                .contains(&TlsaError::UnsupportedSelector("0".into()).to_string()),
+            "{bad}"
+        );
     }
 
     #[test]
