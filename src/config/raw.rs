@@ -228,21 +228,13 @@ pub(super) enum RawSource {
         name: Option<String>,
         days: Option<u32>,
     },
-    Acme {
-        name: String,
-        domains: Vec<String>,
-        challenge: String,
-        http_listen: Option<String>,
-        webroot: Option<PathBuf>,
-        dns: Option<String>,
-        #[serde(default)]
-        key_type: AcmeKeyType,
-        #[serde(default)]
-        reuse_key: bool,
-    },
+    Acme(RawAcmeSource),
 }
 
-/// The keys of a `type = "acme"` source, taken out of [`RawSource`].
+/// The keys of a `type = "acme"` source (the tag is taken by
+/// [`RawSource`]).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(super) struct RawAcmeSource {
     pub(super) name: String,
     pub(super) domains: Vec<String>,
@@ -250,7 +242,9 @@ pub(super) struct RawAcmeSource {
     pub(super) http_listen: Option<String>,
     pub(super) webroot: Option<PathBuf>,
     pub(super) dns: Option<String>,
+    #[serde(default)]
     pub(super) key_type: AcmeKeyType,
+    #[serde(default)]
     pub(super) reuse_key: bool,
 }
 

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::path::PathBuf;
 
 use super::acme::AcmeSource;
-use super::raw::{RawAcmeSource, RawSource};
+use super::raw::RawSource;
 use super::{ConfigError, Context};
 
 /// One `[[source]]`, with paths made absolute.
@@ -101,26 +101,7 @@ pub(super) fn sources(
                 let label = "self-signed".to_owned();
                 (name, SourceKind::SelfSigned { dir, days }, label)
             }
-            RawSource::Acme {
-                name,
-                domains,
-                challenge,
-                http_listen,
-                webroot,
-                dns,
-                key_type,
-                reuse_key,
-            } => {
-                let raw = RawAcmeSource {
-                    name,
-                    domains,
-                    challenge,
-                    http_listen,
-                    webroot,
-                    dns,
-                    key_type,
-                    reuse_key,
-                };
+            RawSource::Acme(raw) => {
                 let source = super::acme::source(raw, state_dir, &entry, ctx)?;
                 // An acme source's label is always its name.
                 let label = format!("acme:{}", source.name);
