@@ -105,12 +105,6 @@ fn in_namespace(family: Family, outer: &str, inner: &str) {
     if !require(outer, &[NEEDS]) {
         return;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("mxkeys-netns-")
-        .tempdir()
-        .unwrap();
-    let resolv = dir.path().join("resolv.conf");
-    write(&resolv, format!("nameserver {}\n", family.server()));
     let setup = match family {
         // No IPv6 at all; loopback keeps 127.0.0.1.
         Family::V4 => "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6",
@@ -118,36 +112,15 @@ fn in_namespace(family: Family, outer: &str, inner: &str) {
         // route leads to any other IPv4 address.
         Family::V6 => "true",
     };
-    let script = format!(
-        "set -eu\nip link set lo up\n{setup}\nmount --bind \"$1\" /etc/resolv.conf\nshift\nexec \"$@\""
-    );
-    let exe = std::env::current_exe().unwrap();
     // The inner test's full name in this binary (`single_family::inside_...`:
     // the module path without the crate's name), for `--exact`.
     let module = module_path!().split_once("::").map_or("", |(_, m)| m);
-    let inner_test = format!("{module}::{inner}");
-    let mut cmd = Command::new(prog("unshare"));
-    cmd.args(["--net", "--mount", "--propagation", "private", "--"])
-        .args(["sh", "-c", &script, "sh"])
-        .arg(&resolv)
-        .arg(&exe)
-        .args([
-            inner_test.as_str(),
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(MARK, family.tag())
-        .stdin(Stdio::null());
-    let out = common::servers::output_within(cmd, Duration::from_secs(300))
-        .unwrap_or_else(|e| panic!("{inner} in an {} namespace: {e}", family.tag()));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{inner} failed in an {} namespace:\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
-        family.tag()
+    common::netns::run_inner(
+        &format!("{module}::{inner}"),
+        &format!("an {} namespace", family.tag()),
+        setup,
+        &format!("nameserver {}\n", family.server()),
+        (MARK, family.tag()),
     );
 }
 

@@ -103,42 +103,15 @@ pub fn run_in_namespace(outer: &str, inner: &str, needs: &[&[Need]]) -> bool {
     if !require(outer, &all) {
         return false;
     }
-    let dir = tempfile::Builder::new()
-        .prefix("mxkeys-dnssec-ns-")
-        .tempdir()
-        .unwrap();
-    let resolv = dir.path().join("resolv.conf");
-    // trust-ad: see the module doc.
-    write(
-        &resolv,
-        format!("nameserver {RESOLVER}\noptions edns0 trust-ad\n"),
-    );
-    // 127.0.0.3: a Postfix sender's own address (its `inet_interfaces`
-    // must name an address of an interface, and differ from the receiver's).
-    let script = "set -eu\nip link set lo up\nip addr add 127.0.0.3/32 dev lo\nmount --bind \"$1\" /etc/resolv.conf\nshift\nexec \"$@\"";
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = Command::new(prog("unshare"));
-    cmd.args(["--net", "--mount", "--propagation", "private", "--"])
-        .args(["sh", "-c", script, "sh"])
-        .arg(&resolv)
-        .arg(&exe)
-        .args([
-            inner,
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(MARK, inner);
-    let out = output_within(cmd, Duration::from_secs(300))
-        .unwrap_or_else(|e| panic!("{inner} in a namespace: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    // Shown with --nocapture: what the inner test saw.
-    eprintln!("--- {inner} in its namespace ---\n{stdout}{stderr}");
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{inner} failed in its namespace:\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}"
+    // trust-ad: see the module doc. 127.0.0.3: a Postfix sender's own
+    // address (its `inet_interfaces` must name an address of an
+    // interface, and differ from the receiver's).
+    crate::netns::run_inner(
+        inner,
+        "its namespace",
+        "ip addr add 127.0.0.3/32 dev lo",
+        &format!("nameserver {RESOLVER}\noptions edns0 trust-ad\n"),
+        (MARK, inner),
     );
     true
 }
