@@ -5,5 +5,6 @@
 //! and matches the records; [`gate`] decides, from what has been seen in
 //! DNS and since when, whether a DANE target may install a new certificate.
 
+pub mod desired;
 pub mod gate;
 pub mod tlsa;
