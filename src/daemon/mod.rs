@@ -4,7 +4,8 @@
 //! The daemon is a set of independent tasks, so that a long wait in one
 //! never delays another: the TLS reconcile ([`Reconciler`]: watch,
 //! debounce, resync), the ACME scheduler ([`AcmeTask`]), the DKIM scheduler
-//! ([`DkimTask`]), the metrics server and the watchdog ([`tasks`]); the main
+//! ([`DkimTask`]), the DANE pass ([`dane`]), the metrics server and the
+//! watchdog ([`tasks`]); the main
 //! task only handles signals. READY=1 is sent after the first reconcile,
 //! before any network work (the ACME and DKIM tasks start after it). An
 //! issued certificate is installed by asking the reconcile task for a
@@ -26,6 +27,7 @@
 //! for up to [`DKIM_STOP_GRACE`] (every DKIM step is saved; a cut one is
 //! redone by the next pass).
 
+mod dane;
 pub mod metrics;
 pub mod tasks;
 pub mod watch;
@@ -132,7 +134,9 @@ impl Daemon {
         let (config_tx, config) = channel::channel(self.config.clone());
         let (ready_tx, ready) = channel::channel(false);
         let (requests_tx, requests) = mpsc::unbounded_channel();
-        let reconciler = Reconciler::new(&self.config, self.metrics.clone());
+        let (dane_tx, dane_installed) = mpsc::unbounded_channel();
+        let mut reconciler = Reconciler::new(&self.config, self.metrics.clone());
+        reconciler.dane = Some(dane_tx);
         tracing::info!(
             "mxkeys {} watching {} ({} targets)",
             env!("CARGO_PKG_VERSION"),
@@ -141,6 +145,13 @@ impl Daemon {
         );
         let mut tls =
             tokio::spawn(reconciler.run(config.clone(), stop.clone(), requests, ready_tx));
+        let dane = dane::DaneTask {
+            config: self.config.clone(),
+            requests: requests_tx.clone(),
+            installed: dane_installed,
+            stop: stop.clone(),
+        };
+        let dane = tokio::spawn(dane.run(config.clone(), ready.clone()));
         let acme = AcmeTask {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
@@ -159,6 +170,7 @@ impl Daemon {
             ("TLS reconcile", tls.abort_handle()),
             ("ACME", acme.abort_handle()),
             ("DKIM", dkim.abort_handle()),
+            ("DANE", dane.abort_handle()),
         ]));
         let mut code = ExitCode::SUCCESS;
         loop {
@@ -182,6 +194,7 @@ impl Daemon {
         }
         let _ = acme.await;
         let _ = dkim.await;
+        let _ = dane.await;
         watchdog.abort();
         code
     }
@@ -421,6 +434,9 @@ struct Reconciler {
     warned: HashMap<(String, String), Instant>,
     started_at: i64,
     reconciles: u64,
+    /// Told after a reconcile that installed into a DANE target: the DANE
+    /// task retires the old record once the new key is served.
+    dane: Option<mpsc::UnboundedSender<()>>,
 }
 
 impl Reconciler {
@@ -437,6 +453,7 @@ impl Reconciler {
             warned: HashMap::new(),
             started_at: crate::now(),
             reconciles: 0,
+            dane: None,
         }
     }
 
@@ -573,6 +590,17 @@ impl Reconciler {
             Report::default()
         });
         self.reconciles += 1;
+        let dane_installed = report.targets.iter().any(|t| {
+            matches!(t.action, pipeline::Action::Changed(_))
+                && self
+                    .config
+                    .targets
+                    .get(t.target)
+                    .is_some_and(|c| c.dane.is_some())
+        });
+        if let (true, Some(dane)) = (dane_installed, &self.dane) {
+            let _ = dane.send(());
+        }
         // Every renewal is followed by a reconcile: the failure counts it
         // left are read here (before the report, so a scrape that sees
         // this reconcile sees them too).

@@ -49,6 +49,9 @@ pub struct DanePass {
     /// interval while a wanted record is not yet seen everywhere, else when
     /// the next record becomes aged; `None`: nothing to wait for.
     pub next_wake: Option<i64>,
+    /// When the next wanted record becomes aged (Unix seconds, after the
+    /// pass): a gate may open then, and the caller reconciles.
+    pub aged_at: Option<i64>,
     /// What could not be done, one line each, naming target and record.
     pub problems: Vec<String>,
     /// What was done (records added and removed), one line each.
@@ -386,11 +389,10 @@ async fn publish_and_observe(
         }
     }
     let poll = i64::try_from(dns.propagation_interval.as_secs()).unwrap_or(i64::MAX);
+    let next_aged = aged_at.iter().copied().filter(|&t| t > now).min();
     let wake = desired::next_wake(unseen, aged_at, now, poll);
-    out.next_wake = match (out.next_wake, wake) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    out.next_wake = earliest(out.next_wake, wake);
+    out.aged_at = earliest(out.aged_at, next_aged);
     Ok(Some(true))
 }
 
@@ -485,6 +487,13 @@ pub fn status_text(config: &Config, now: i64) -> Result<String, String> {
         }
     }
     Ok(s)
+}
+
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 fn disown(l: &mut Ledger, target: &str, owner: &str, record: &str) {

@@ -1,0 +1,109 @@
+//! The daemon's DANE task: runs the DANE pass ([`crate::dane::pass`]) at
+//! start, then again when it asked to be woken (every propagation interval
+//! while a wanted record is not yet seen everywhere, or when the next one
+//! becomes aged), after every reconcile that installed into a DANE target
+//! (so the old record is retired once the new key is in service), and on a
+//! new configuration. When a pass saw a record's `t0` change, or ran after
+//! a record became aged, a gate may have opened: it asks the reconcile
+//! task for a reconcile, as the ACME task does after an order. The pass
+//! runs off the runtime ([`super::tasks::off_runtime`]); every step of it
+//! is saved, so one cut at shutdown is simply redone by the next start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch as channel};
+use tokio::time::{Instant, sleep_until};
+
+use super::tasks::{self, Pass};
+use super::until_ready;
+use crate::config::Config;
+
+/// On SIGTERM, the longest a DNS write under way may take to finish.
+const DANE_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The longest the task sleeps without a reason (the pass runs again
+/// then, as a resync of the DNS side).
+const MAX_SLEEP: i64 = 86_400;
+
+pub(super) struct DaneTask {
+    pub config: Arc<Config>,
+    /// Reconciles asked of the reconcile task.
+    pub requests: mpsc::UnboundedSender<&'static str>,
+    /// A reconcile installed into a DANE target.
+    pub installed: mpsc::UnboundedReceiver<()>,
+    pub stop: channel::Receiver<bool>,
+}
+
+impl DaneTask {
+    pub async fn run(
+        mut self,
+        mut config: channel::Receiver<Arc<Config>>,
+        mut ready: channel::Receiver<bool>,
+    ) {
+        if !until_ready(&mut ready, &mut self.stop).await {
+            return;
+        }
+        let mut next = Some(Instant::now());
+        // When the last pass said a record becomes aged.
+        let mut aged_at: Option<i64> = None;
+        loop {
+            tokio::select! {
+                // A stop wins over a pass falling due at the same moment.
+                biased;
+                _ = self.stop.changed() => break,
+                Ok(()) = config.changed() => {
+                    self.config = config.borrow_and_update().clone();
+                    next = Some(Instant::now());
+                }
+                Some(()) = self.installed.recv() => {
+                    while self.installed.try_recv().is_ok() {}
+                    next = Some(Instant::now());
+                }
+                _ = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
+                    let Some(pass) = self.pass().await else {
+                        break;
+                    };
+                    let now = crate::now();
+                    let aged = aged_at.is_some_and(|t| now >= t);
+                    if pass.changed_seen || aged {
+                        let _ = self.requests.send("DANE record seen or aged");
+                    }
+                    aged_at = pass.aged_at;
+                    let wake = pass.next_wake.unwrap_or(now + MAX_SLEEP);
+                    let wait = (wake - now).clamp(1, MAX_SLEEP);
+                    next = Some(Instant::now() + Duration::from_secs(wait as u64));
+                }
+            }
+        }
+    }
+
+    /// One pass, off the runtime; `None` when the daemon is stopping.
+    async fn pass(&mut self) -> Option<crate::dane::DanePass> {
+        if !self.config.targets.iter().any(|t| t.dane.is_some()) {
+            return Some(crate::dane::DanePass::default());
+        }
+        let config = self.config.clone();
+        let grace = self.config.daemon.stop_timeout.min(DANE_STOP_GRACE);
+        let pass = tasks::off_runtime(&mut self.stop, grace, || async move {
+            crate::dane::pass(&config, crate::now()).await
+        })
+        .await;
+        if *self.stop.borrow() {
+            return None;
+        }
+        match pass {
+            // The pass logged its own lines.
+            Pass::Done(p) => Some(p),
+            Pass::Cut => None,
+            // Tried again in a minute.
+            Pass::Failed(e) => {
+                tracing::error!("dane: the pass failed: {e}");
+                Some(crate::dane::DanePass {
+                    next_wake: Some(crate::now() + 60),
+                    ..crate::dane::DanePass::default()
+                })
+            }
+        }
+    }
+}
