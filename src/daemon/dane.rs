@@ -1,9 +1,10 @@
 //! The daemon's DANE task: runs the DANE pass ([`crate::dane::pass`]) at
 //! start, then again when it asked to be woken (every propagation interval
 //! while a wanted record is not yet seen everywhere, or when the next one
-//! becomes aged), after every reconcile that installed into a DANE target
-//! (so the old record is retired once the new key is in service), and on a
-//! new configuration. When a pass saw a record's `t0` change, or ran after
+//! becomes aged), after every reconcile (which may have chosen a new
+//! certificate the gate holds until its record is published and aged, or
+//! installed one, whose old record is retired once the new key is in
+//! service), and on a new configuration. When a pass saw a record's `t0` change, or ran after
 //! a record became aged, a gate may have opened: it asks the reconcile
 //! task for a reconcile, as the ACME task does after an order. The pass
 //! runs off the runtime ([`super::tasks::off_runtime`]); every step of it
@@ -30,8 +31,8 @@ pub(super) struct DaneTask {
     pub config: Arc<Config>,
     /// Reconciles asked of the reconcile task.
     pub requests: mpsc::UnboundedSender<&'static str>,
-    /// A reconcile installed into a DANE target.
-    pub installed: mpsc::UnboundedReceiver<()>,
+    /// A reconcile happened.
+    pub reconciled: mpsc::UnboundedReceiver<()>,
     pub stop: channel::Receiver<bool>,
 }
 
@@ -56,8 +57,8 @@ impl DaneTask {
                     self.config = config.borrow_and_update().clone();
                     next = Some(Instant::now());
                 }
-                Some(()) = self.installed.recv() => {
-                    while self.installed.try_recv().is_ok() {}
+                Some(()) = self.reconciled.recv() => {
+                    while self.reconciled.try_recv().is_ok() {}
                     next = Some(Instant::now());
                 }
                 _ = sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {

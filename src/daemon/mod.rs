@@ -134,7 +134,7 @@ impl Daemon {
         let (config_tx, config) = channel::channel(self.config.clone());
         let (ready_tx, ready) = channel::channel(false);
         let (requests_tx, requests) = mpsc::unbounded_channel();
-        let (dane_tx, dane_installed) = mpsc::unbounded_channel();
+        let (dane_tx, dane_reconciled) = mpsc::unbounded_channel();
         let mut reconciler = Reconciler::new(&self.config, self.metrics.clone());
         reconciler.dane = Some(dane_tx);
         tracing::info!(
@@ -148,7 +148,7 @@ impl Daemon {
         let dane = dane::DaneTask {
             config: self.config.clone(),
             requests: requests_tx.clone(),
-            installed: dane_installed,
+            reconciled: dane_reconciled,
             stop: stop.clone(),
         };
         let dane = tokio::spawn(dane.run(config.clone(), ready.clone()));
@@ -434,8 +434,9 @@ struct Reconciler {
     warned: HashMap<(String, String), Instant>,
     started_at: i64,
     reconciles: u64,
-    /// Told after a reconcile that installed into a DANE target: the DANE
-    /// task retires the old record once the new key is served.
+    /// Told after every reconcile while a target has DANE: the DANE pass
+    /// publishes the record of a new candidate the gate holds, and retires
+    /// the old record once a new key is served.
     dane: Option<mpsc::UnboundedSender<()>>,
 }
 
@@ -590,15 +591,9 @@ impl Reconciler {
             Report::default()
         });
         self.reconciles += 1;
-        let dane_installed = report.targets.iter().any(|t| {
-            matches!(t.action, pipeline::Action::Changed(_))
-                && self
-                    .config
-                    .targets
-                    .get(t.target)
-                    .is_some_and(|c| c.dane.is_some())
-        });
-        if let (true, Some(dane)) = (dane_installed, &self.dane) {
+        if let Some(dane) = &self.dane
+            && self.config.targets.iter().any(|t| t.dane.is_some())
+        {
             let _ = dane.send(());
         }
         // Every renewal is followed by a reconcile: the failure counts it
