@@ -15,13 +15,15 @@
 //! TSIG), [`exec`] (a program the user names), [`manual`] (prints what to
 //! set). [`propagation`] asks every authoritative server directly until each
 //! answers exactly the expected set, or a set containing the expected
-//! values.
+//! values; [`observe`] reports, in one round, what each serves and whether
+//! it is DNSSEC-signed, and what a validating resolver answers (DANE).
 
 #![deny(missing_docs)]
 
 pub mod cloudflare;
 pub mod exec;
 pub mod manual;
+pub mod observe;
 pub mod propagation;
 pub mod rfc2136;
 pub mod txt;
