@@ -579,30 +579,45 @@ fn standby_spki(_config: &Config, _source: &str) -> Option<Vec<u8>> {
     None
 }
 
-/// TODO(observe): `Propagation::zone_signed(name)`.
-async fn zone_signed(_prop: &Propagation, _name: &str) -> Result<bool, mxkeys_providers::Error> {
-    Err(mxkeys_providers::Error::Unsupported(
-        "DNSSEC observation is not built yet".to_owned(),
-    ))
+/// Whether the zone holding `name` is DNSSEC-signed on every
+/// authoritative server.
+async fn zone_signed(prop: &Propagation, name: &str) -> Result<bool, mxkeys_providers::Error> {
+    prop.zone_signed(name).await
 }
 
-/// TODO(observe): `Propagation::observe(name, Tlsa)` as ledger views.
+/// One observation round of `name`'s TLSA set, as the ledger takes it.
 async fn observe(
-    _prop: &Propagation,
-    _name: &str,
+    prop: &Propagation,
+    name: &str,
 ) -> Result<Vec<ServerView>, mxkeys_providers::Error> {
-    Err(mxkeys_providers::Error::Unsupported(
-        "DNSSEC observation is not built yet".to_owned(),
-    ))
+    Ok(prop
+        .observe(name, RecordType::Tlsa)
+        .await?
+        .into_iter()
+        .map(|o| ServerView {
+            records: o
+                .values
+                .iter()
+                .map(|v| desired::normalize(&v.to_string()))
+                .collect(),
+            signed: o.signed,
+            ttl: o.ttl,
+            negative_ttl: o.negative_ttl,
+        })
+        .collect())
 }
 
-/// TODO(observe): `secure_lookup(resolver, host, A/AAAA)`: both answers
-/// authenticated.
+/// Whether the validating resolver vouches (AD) for `host`'s A and AAAA
+/// answers: a DANE sender ignores TLSA records of a host whose address it
+/// cannot validate.
 async fn addresses_secure(
-    _resolver: Option<SocketAddr>,
-    _host: &str,
+    resolver: Option<SocketAddr>,
+    host: &str,
 ) -> Result<bool, mxkeys_providers::Error> {
-    Ok(true)
+    use mxkeys_providers::observe::secure_lookup;
+    let a = secure_lookup(resolver, host, RecordType::A).await?;
+    let aaaa = secure_lookup(resolver, host, RecordType::Aaaa).await?;
+    Ok(a.authenticated && aaaa.authenticated)
 }
 
 /// TODO(check): `check::check_endpoint(host, port, resolver)`: every
