@@ -25,7 +25,7 @@ use rustls_pki_types::CertificateDer;
 use super::resolve::{self, RData, RecordType, Secure};
 use super::tlsa::{Spec, Tlsa};
 use crate::cert::KeyType;
-use crate::config::VerifyProtocol;
+use crate::config::{Config, VerifyProtocol};
 
 /// What one address of an endpoint (or the endpoint as a whole, when no
 /// address could be asked) came to.
@@ -255,6 +255,76 @@ pub async fn check_endpoint(host: &str, port: u16, resolver: Option<SocketAddr>)
         owner,
         results,
     }
+}
+
+/// One host and port to check, and the resolver to ask.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    /// The `resolver` of the target's `[dns.NAME]` provider; `None`: the
+    /// system's.
+    pub resolver: Option<SocketAddr>,
+}
+
+/// Why `dane check` has nothing to check.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointsError {
+    #[error("no target named {0:?}")]
+    UnknownTarget(String),
+    #[error("target {0}: no [target.dane] table")]
+    NotDane(String),
+    #[error("no target has a [target.dane] table")]
+    NoDaneTarget,
+}
+
+/// Every host and port of the DANE targets (only `only`, when given),
+/// once each, in order (pure).
+pub fn endpoints(config: &Config, only: Option<&str>) -> Result<Vec<Endpoint>, EndpointsError> {
+    if let Some(name) = only {
+        let target = config
+            .targets
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| EndpointsError::UnknownTarget(name.to_owned()))?;
+        if target.dane.is_none() {
+            return Err(EndpointsError::NotDane(name.to_owned()));
+        }
+    }
+    let mut out = Vec::new();
+    for target in &config.targets {
+        if only.is_some_and(|name| name != target.name) {
+            continue;
+        }
+        let Some(dane) = &target.dane else { continue };
+        let resolver = config.dns.get(&dane.dns).and_then(|p| p.resolver);
+        for host in &dane.hosts {
+            for &port in &dane.ports {
+                let e = Endpoint {
+                    host: host.as_str().to_owned(),
+                    port,
+                    resolver,
+                };
+                if !out.contains(&e) {
+                    out.push(e);
+                }
+            }
+        }
+    }
+    if out.is_empty() {
+        return Err(EndpointsError::NoDaneTarget);
+    }
+    Ok(out)
+}
+
+/// [`check_endpoint`] for each endpoint, all at once; results in order.
+pub async fn check_all(endpoints: &[Endpoint]) -> Vec<EndpointCheck> {
+    futures_util::future::join_all(
+        endpoints
+            .iter()
+            .map(|e| check_endpoint(&e.host, e.port, e.resolver)),
+    )
+    .await
 }
 
 fn tlsa_values(answer: &Secure) -> Vec<Published> {
