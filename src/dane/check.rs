@@ -490,4 +490,66 @@ mod tests {
         assert_eq!(protocol_for(993), VerifyProtocol::Tls);
         assert_eq!(owner("mx.example.org.", 25), "_25._tcp.mx.example.org");
     }
+
+    fn config(text: &str) -> Config {
+        let host = crate::config::Host {
+            cwd: std::path::PathBuf::from("/srv/cwd"),
+            hostname: None,
+        };
+        Config::parse(std::path::Path::new("/etc/mxkeys/test.toml"), text, &host).unwrap()
+    }
+
+    const DNS: &str = "[dns.ns]\ntype = \"manual\"\nresolver = \"192.0.2.53\"\n\
+                       [dns.sys]\ntype = \"manual\"\n";
+
+    #[test]
+    fn endpoints_are_every_host_and_port_of_the_dane_targets_once_with_their_providers_resolver() {
+        let c = config(&format!(
+            "{DNS}\
+             [[target]]\nname = \"mx\"\ndomains = [\"mx1.example.org\", \"mx2.example.org\"]\n\
+             combined = \"/t/mx.pem\"\n\
+             [target.dane]\ndns = \"ns\"\nports = [25, 465]\n\
+             [[target]]\nname = \"plain\"\ndomains = [\"www.example.org\"]\ncombined = \"/t/www.pem\"\n\
+             [[target]]\nname = \"again\"\ndomains = [\"mx1.example.org\"]\ncombined = \"/t/again.pem\"\n\
+             [target.dane]\ndns = \"sys\"\nhosts = [\"mx1.example.org\", \"mx3.example.org\"]\n"
+        ));
+        let ns = Some("192.0.2.53:53".parse().unwrap());
+        let e = |host: &str, port, resolver| Endpoint {
+            host: host.to_owned(),
+            port,
+            resolver,
+        };
+        assert_eq!(
+            endpoints(&c, None).unwrap(),
+            [
+                e("mx1.example.org", 25, ns),
+                e("mx1.example.org", 465, ns),
+                e("mx2.example.org", 25, ns),
+                e("mx2.example.org", 465, ns),
+                // Another target's resolver asks again; the same host,
+                // port and resolver is asked once.
+                e("mx1.example.org", 25, None),
+                e("mx3.example.org", 25, None),
+            ]
+        );
+        assert_eq!(
+            endpoints(&c, Some("again")).unwrap(),
+            [
+                e("mx1.example.org", 25, None),
+                e("mx3.example.org", 25, None)
+            ]
+        );
+        assert_eq!(
+            endpoints(&c, Some("plain")),
+            Err(EndpointsError::NotDane("plain".to_owned()))
+        );
+        assert_eq!(
+            endpoints(&c, Some("nope")),
+            Err(EndpointsError::UnknownTarget("nope".to_owned()))
+        );
+        let none = config(&format!(
+            "{DNS}[[target]]\nname = \"plain\"\ndomains = [\"www.example.org\"]\ncombined = \"/t/www.pem\"\n"
+        ));
+        assert_eq!(endpoints(&none, None), Err(EndpointsError::NoDaneTarget));
+    }
 }

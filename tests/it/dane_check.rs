@@ -58,6 +58,51 @@ fn dane_check_fails_on_an_unsigned_zone_even_when_the_record_matches() {
     );
 }
 
+#[test]
+fn dane_check_fails_naming_the_address_that_serves_nothing_on_a_dane_port() {
+    dnssec::run_in_namespace(
+        "dane_check_fails_naming_the_address_that_serves_nothing_on_a_dane_port",
+        &inner("inside_unreachable"),
+        &[POSTFIX, OPENSSL],
+    );
+}
+
+#[test]
+fn dane_check_exits_2_naming_an_unknown_target_a_target_without_dane_or_none_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let config = dir.path().join("mxkeys.toml");
+    write(
+        &config,
+        format!(
+            "state_dir = \"{d}/state\"\n[[target]]\nname = \"mail\"\ndomains = [\"{MAIL}\"]\n\
+             combined = \"{d}/chain.pem\"\n"
+        ),
+    );
+    for (args, why) in [
+        (
+            &["dane", "check"][..],
+            "no target has a [target.dane] table",
+        ),
+        (
+            &["dane", "check", "mail"][..],
+            "target mail: no [target.dane] table",
+        ),
+        (&["dane", "check", "nope"][..], "no target named \"nope\""),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_mxkeys"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env_remove("MXKEYS_CONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Inside the namespace
 // ---------------------------------------------------------------------------
@@ -149,6 +194,27 @@ fn inside_unsigned_zone() {
     );
 }
 
+#[test]
+#[ignore = "run inside a namespace by dane_check_fails_naming_the_address_that_serves_nothing_..."]
+fn inside_unreachable() {
+    let bed = Bed::start();
+    // Nothing listens on 465; its record is the right one.
+    let config = bed.config_with(MAIL, "ports = [25, 465]\n");
+    let good = dnssec::tlsa_3_1_1(&bed.leaf.der);
+    bed.zone.set_tlsa(OWNER, &[&good]);
+    bed.zone.set_tlsa("_465._tcp.mail.example.test", &[&good]);
+    let (ok, out) = dane_check(&config, &bed);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("mail.example.test port 25 127.0.0.1: ok, matches"),
+        "{out}"
+    );
+    assert!(
+        out.contains("mail.example.test port 465 127.0.0.1: UNREACHABLE: cannot connect"),
+        "{out}"
+    );
+}
+
 /// The signed zone, a Postfix receiver on 127.0.0.1:25 serving a fresh
 /// leaf for mail.example.test and its intermediate, and a leaf with
 /// another key from the same CA.
@@ -188,6 +254,11 @@ impl Bed {
     /// default), its records written by the bed's BIND, and no
     /// `resolver`: mxkeys asks the system's, Unbound.
     fn config(&self, host: &str) -> PathBuf {
+        self.config_with(host, "")
+    }
+
+    /// Like [`Bed::config`], with `dane` (lines) added to `[target.dane]`.
+    fn config_with(&self, host: &str, dane: &str) -> PathBuf {
         let path = self.dir.path().join("mxkeys.toml");
         let d = self.dir.path().display();
         write(
@@ -209,7 +280,7 @@ combined = "{d}/target/chain.pem"
 
 [target.dane]
 dns = "bind"
-"#,
+{dane}"#,
                 dnssec::AUTHORITATIVE,
                 self.zone.dir.join("tsig.key").display(),
             ),
