@@ -20,9 +20,10 @@
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use mxkeys_providers::propagation::{Secure, secure_lookup};
+use mxkeys_providers::{RData, RecordType};
 use rustls_pki_types::CertificateDer;
 
-use super::resolve::{self, RData, RecordType, Secure};
 use super::tlsa::{Spec, Tlsa};
 use crate::cert::KeyType;
 use crate::config::{Config, VerifyProtocol};
@@ -189,12 +190,12 @@ pub async fn check_endpoint(host: &str, port: u16, resolver: Option<SocketAddr>)
         }],
     };
     let (tlsa, a, aaaa) = tokio::join!(
-        resolve::secure_lookup(resolver, &owner, RecordType::Tlsa),
-        resolve::secure_lookup(resolver, host, RecordType::A),
-        resolve::secure_lookup(resolver, host, RecordType::Aaaa),
+        secure_lookup(resolver, &owner, RecordType::Tlsa),
+        secure_lookup(resolver, host, RecordType::A),
+        secure_lookup(resolver, host, RecordType::Aaaa),
     );
     let published = match tlsa {
-        Err(e) => return whole(Outcome::LookupFailed(e)),
+        Err(e) => return whole(Outcome::LookupFailed(e.to_string())),
         Ok(answer) if !answer.authenticated => {
             return whole(Outcome::Insecure(format!("TLSA {owner}")));
         }
@@ -206,14 +207,14 @@ pub async fn check_endpoint(host: &str, port: u16, resolver: Option<SocketAddr>)
     let mut addresses = Vec::new();
     for (answer, rtype) in [(a, "A"), (aaaa, "AAAA")] {
         match answer {
-            Err(e) => return whole(Outcome::LookupFailed(e)),
+            Err(e) => return whole(Outcome::LookupFailed(e.to_string())),
             Ok(answer) if !answer.authenticated => {
                 return whole(Outcome::Insecure(format!("{rtype} {host}")));
             }
             Ok(answer) => addresses.extend(answer.values.iter().filter_map(|v| match v {
                 RData::A(ip) => Some(IpAddr::V4(*ip)),
                 RData::Aaaa(ip) => Some(IpAddr::V6(*ip)),
-                RData::Tlsa { .. } => None,
+                _ => None,
             })),
         }
     }

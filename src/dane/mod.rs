@@ -10,5 +10,4 @@
 pub mod check;
 pub mod gate;
 pub mod ledger;
-mod resolve;
 pub mod tlsa;
