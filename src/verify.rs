@@ -6,6 +6,7 @@
 //! The certificate is not validated against a root store: the question is
 //! "is this exactly the certificate we installed", not "is it trusted". The
 //! handshake signature is still checked, so the server must hold the key.
+//! [`served_chain`] gives the whole chain at one address, for `dane check`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
