@@ -14,8 +14,9 @@
 //! Decide apart from act: [`judge`] (pure, table-tested) decides one
 //! address from the TLSA answer and the chain it served;
 //! [`check_endpoint`] does the lookups and connections. The daemon's DANE
-//! pass reuses [`check_endpoint`] to retire a record only after the new key
-//! is in service.
+//! pass uses [`check_endpoint_against`] (the records it wants instead of
+//! the published ones) to retire a record only after the new key is in
+//! service.
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
@@ -180,36 +181,78 @@ pub fn protocol_for(port: u16) -> VerifyProtocol {
 /// module doc. Never fails: every problem is an [`Outcome`].
 pub async fn check_endpoint(host: &str, port: u16, resolver: Option<SocketAddr>) -> EndpointCheck {
     let owner = owner(host, port);
-    let whole = |outcome| EndpointCheck {
-        host: host.to_owned(),
-        port,
-        owner: owner.clone(),
-        results: vec![AddressCheck {
-            address: None,
-            outcome,
-        }],
-    };
-    let (tlsa, a, aaaa) = tokio::join!(
+    let (tlsa, addresses) = tokio::join!(
         secure_lookup(resolver, &owner, RecordType::Tlsa),
+        addresses(host, resolver),
+    );
+    let published = match tlsa {
+        Err(e) => Err(Outcome::LookupFailed(e.to_string())),
+        Ok(answer) if !answer.authenticated => Err(Outcome::Insecure(format!("TLSA {owner}"))),
+        Ok(answer) => match tlsa_values(&answer) {
+            p if p.is_empty() => Err(Outcome::NoRecords),
+            p => Ok(p),
+        },
+    };
+    let addresses = published.and_then(|p| addresses.map(|a| (p, a)));
+    match addresses {
+        Err(outcome) => EndpointCheck::whole(host, port, outcome),
+        Ok((published, addresses)) => served(host, port, addresses, &published).await,
+    }
+}
+
+/// Like [`check_endpoint`], against `records` (the records the DANE pass
+/// wants) instead of the published set: the endpoint is ok when every
+/// address serves a chain one of them matches. The addresses still come
+/// from `resolver` and must be DNSSEC-validated.
+pub async fn check_endpoint_against(
+    host: &str,
+    port: u16,
+    resolver: Option<SocketAddr>,
+    records: &[Tlsa],
+) -> EndpointCheck {
+    let wanted: Vec<Published> = records
+        .iter()
+        .map(|t| Published {
+            text: t.to_string(),
+            known: Some(*t),
+        })
+        .collect();
+    if wanted.is_empty() {
+        return EndpointCheck::whole(host, port, Outcome::NoRecords);
+    }
+    match addresses(host, resolver).await {
+        Err(outcome) => EndpointCheck::whole(host, port, outcome),
+        Ok(addresses) => served(host, port, addresses, &wanted).await,
+    }
+}
+
+impl EndpointCheck {
+    /// A result for the endpoint as a whole (no address asked).
+    fn whole(host: &str, port: u16, outcome: Outcome) -> EndpointCheck {
+        EndpointCheck {
+            host: host.to_owned(),
+            port,
+            owner: owner(host, port),
+            results: vec![AddressCheck {
+                address: None,
+                outcome,
+            }],
+        }
+    }
+}
+
+/// The host's DNSSEC-validated A and AAAA addresses; at least one.
+async fn addresses(host: &str, resolver: Option<SocketAddr>) -> Result<Vec<IpAddr>, Outcome> {
+    let (a, aaaa) = tokio::join!(
         secure_lookup(resolver, host, RecordType::A),
         secure_lookup(resolver, host, RecordType::Aaaa),
     );
-    let published = match tlsa {
-        Err(e) => return whole(Outcome::LookupFailed(e.to_string())),
-        Ok(answer) if !answer.authenticated => {
-            return whole(Outcome::Insecure(format!("TLSA {owner}")));
-        }
-        Ok(answer) => tlsa_values(&answer),
-    };
-    if published.is_empty() {
-        return whole(Outcome::NoRecords);
-    }
     let mut addresses = Vec::new();
     for (answer, rtype) in [(a, "A"), (aaaa, "AAAA")] {
         match answer {
-            Err(e) => return whole(Outcome::LookupFailed(e.to_string())),
+            Err(e) => return Err(Outcome::LookupFailed(e.to_string())),
             Ok(answer) if !answer.authenticated => {
-                return whole(Outcome::Insecure(format!("{rtype} {host}")));
+                return Err(Outcome::Insecure(format!("{rtype} {host}")));
             }
             Ok(answer) => addresses.extend(answer.values.iter().filter_map(|v| match v {
                 RData::A(ip) => Some(IpAddr::V4(*ip)),
@@ -219,10 +262,21 @@ pub async fn check_endpoint(host: &str, port: u16, resolver: Option<SocketAddr>)
         }
     }
     if addresses.is_empty() {
-        return whole(Outcome::Unreachable(format!(
+        return Err(Outcome::Unreachable(format!(
             "{host} has no A or AAAA record"
         )));
     }
+    Ok(addresses)
+}
+
+/// Connects to every address at once and judges each served chain against
+/// `records`.
+async fn served(
+    host: &str,
+    port: u16,
+    addresses: Vec<IpAddr>,
+    records: &[Published],
+) -> EndpointCheck {
     let protocol = protocol_for(port);
     let connections: Vec<_> = addresses
         .iter()
@@ -241,7 +295,7 @@ pub async fn check_endpoint(host: &str, port: u16, resolver: Option<SocketAddr>)
     let mut results = Vec::with_capacity(addresses.len());
     for (ip, connection) in addresses.into_iter().zip(connections) {
         let outcome = match connection.await {
-            Ok(Ok(chain)) => judge(&published, &chain),
+            Ok(Ok(chain)) => judge(records, &chain),
             Ok(Err(e)) => Outcome::Unreachable(e.to_string()),
             Err(e) => Outcome::Unreachable(format!("the connection task failed: {e}")),
         };
@@ -253,7 +307,7 @@ pub async fn check_endpoint(host: &str, port: u16, resolver: Option<SocketAddr>)
     EndpointCheck {
         host: host.to_owned(),
         port,
-        owner,
+        owner: owner(host, port),
         results,
     }
 }

@@ -68,6 +68,15 @@ fn dane_check_fails_naming_the_address_that_serves_nothing_on_a_dane_port() {
 }
 
 #[test]
+fn a_check_against_the_wanted_records_passes_only_when_the_served_key_is_one_of_them() {
+    dnssec::run_in_namespace(
+        "a_check_against_the_wanted_records_passes_only_when_the_served_key_is_one_of_them",
+        &inner("inside_against_wanted"),
+        &[POSTFIX, OPENSSL],
+    );
+}
+
+#[test]
 fn dane_check_exits_2_naming_an_unknown_target_a_target_without_dane_or_none_at_all() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
@@ -213,6 +222,32 @@ fn inside_unreachable() {
         out.contains("mail.example.test port 465 127.0.0.1: UNREACHABLE: cannot connect"),
         "{out}"
     );
+}
+
+#[test]
+#[ignore = "run inside a namespace by a_check_against_the_wanted_records_..."]
+fn inside_against_wanted() {
+    use mxkeys::dane::check::{Outcome, check_endpoint_against};
+    use mxkeys::dane::tlsa::Tlsa;
+
+    let bed = Bed::start();
+    let good: Tlsa = dnssec::tlsa_3_1_1(&bed.leaf.der).parse().unwrap();
+    let wrong: Tlsa = dnssec::tlsa_3_1_1(&bed.other.der).parse().unwrap();
+    // What DNS publishes does not count here: only the wrong record is.
+    bed.zone.set_tlsa(OWNER, &[&wrong.to_string()]);
+    let rt = mxkeys::runtime().unwrap();
+    let check = |records: &[Tlsa]| rt.block_on(check_endpoint_against(MAIL, 25, None, records));
+
+    let both = check(&[wrong, good]);
+    assert!(both.ok(), "{both:?}");
+    assert_eq!(both.results[0].outcome, Outcome::Match { record: good });
+    let old_only = check(&[wrong]);
+    assert!(!old_only.ok(), "{old_only:?}");
+    assert!(
+        matches!(&old_only.results[0].outcome, Outcome::Mismatch { served, .. } if *served == good.to_string()),
+        "{old_only:?}"
+    );
+    assert!(!check(&[]).ok());
 }
 
 /// The signed zone, a Postfix receiver on 127.0.0.1:25 serving a fresh
