@@ -102,6 +102,13 @@ enum DaneCommand {
     /// stands for (installed, candidate, standby), since when it is seen
     /// signed everywhere and when it is aged; the gate's last decision.
     Status,
+    /// Connect to every DANE host and port like a DANE sender: match each
+    /// address's chain against the DNSSEC-validated TLSA records. Exit 1 on
+    /// any mismatch, unvalidated answer or unreachable address.
+    Check {
+        /// Only this target (default: every target with `[target.dane]`).
+        target: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -204,6 +211,9 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Dane {
+            command: DaneCommand::Check { target },
+        } => dane_check(&config, target.as_deref()),
         Command::Config => match source.text() {
             Ok(text) => {
                 println!("# configuration from {source}");
@@ -440,6 +450,32 @@ fn dane_pass(config: &config::Config) -> bool {
     rt.block_on(crate::dane::pass(config, crate::now()))
         .problems
         .is_empty()
+}
+
+/// `mxkeys dane check`: one line per host, port and address; exit 1 on any
+/// failure, 2 when there is nothing to check (or no such DANE target).
+fn dane_check(config: &config::Config, only: Option<&str>) -> ExitCode {
+    let endpoints = match crate::dane::check::endpoints(config, only) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("dane check: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(rt) = crate::runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let checks = rt.block_on(crate::dane::check::check_all(&endpoints));
+    for line in checks.iter().flat_map(|c| c.lines()) {
+        println!("{line}");
+    }
+    let failed = checks.iter().filter(|c| !c.ok()).count();
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        tracing::error!("dane check: {failed} of {} endpoints failed", checks.len());
+        ExitCode::FAILURE
+    }
 }
 
 fn exit(report: &Report) -> ExitCode {

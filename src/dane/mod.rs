@@ -7,7 +7,8 @@
 //! [`ledger`] is what the DNS side recorded (`state_dir/dane.json`);
 //! [`desired`] says which records are wanted and which edits get there.
 //!
-//! Effects, here: the DANE pass ([`pass`]), the only code that writes TLSA
+//! Effects: [`check`] looks at the served endpoints as a DANE sender would;
+//! here, the DANE pass ([`pass`]), the only code that writes TLSA
 //! records. The rule: decide apart from act, and never let the served key
 //! lack a published record. Per DANE target it refuses an unsigned zone,
 //! reports host addresses a sender cannot validate, adds the wanted
@@ -19,6 +20,7 @@
 //! authoritative server and merges that into the ledger, where the
 //! certificate pipeline's gate reads it. The pass never installs anything.
 
+pub mod check;
 pub mod desired;
 pub mod gate;
 pub mod ledger;
@@ -620,13 +622,21 @@ async fn addresses_secure(
     Ok(a.authenticated && aaaa.authenticated)
 }
 
-/// TODO(check): `check::check_endpoint(host, port, resolver)`: every
-/// address matched by a wanted record.
+/// Whether every address of `host` on `port` serves a chain that a wanted
+/// record matches, asked as a DANE sender would
+/// ([`check::check_endpoint_against`]).
 async fn served_matches(
-    _host: &str,
-    _port: u16,
-    _resolver: Option<SocketAddr>,
-    _wanted: &BTreeSet<Tlsa>,
+    host: &str,
+    port: u16,
+    resolver: Option<SocketAddr>,
+    wanted: &BTreeSet<Tlsa>,
 ) -> bool {
-    false
+    let wanted: Vec<Tlsa> = wanted.iter().copied().collect();
+    let endpoint = check::check_endpoint_against(host, port, resolver, &wanted).await;
+    if !endpoint.ok() {
+        for line in endpoint.lines() {
+            tracing::info!("dane: not retiring yet: {line}");
+        }
+    }
+    endpoint.ok()
 }
