@@ -6,7 +6,9 @@
 //! installed one, whose old record is retired once the new key is in
 //! service), and on a new configuration. When a pass saw a record's `t0` change, or ran after
 //! a record became aged, a gate may have opened: it asks the reconcile
-//! task for a reconcile, as the ACME task does after an order. The pass
+//! task for a reconcile, as the ACME task does after an order. After a
+//! pass that changed DNS, and at least every [`CHECK_EVERY`], it checks
+//! every DANE endpoint as a sender would, for `mxkeys_dane_match`. The pass
 //! runs off the runtime ([`super::tasks::off_runtime`]); every step of it
 //! is saved, so one cut at shutdown is simply redone by the next start.
 
@@ -23,12 +25,17 @@ use crate::config::Config;
 /// On SIGTERM, the longest a DNS write under way may take to finish.
 const DANE_STOP_GRACE: Duration = Duration::from_secs(10);
 
+/// How often, at least, the served endpoints are checked for the
+/// `mxkeys_dane_match` metric (more often after a pass that changed DNS).
+const CHECK_EVERY: Duration = Duration::from_secs(600);
+
 /// The longest the task sleeps without a reason (the pass runs again
 /// then, as a resync of the DNS side).
 const MAX_SLEEP: i64 = 86_400;
 
 pub(super) struct DaneTask {
     pub config: Arc<Config>,
+    pub metrics: Arc<super::metrics::Metrics>,
     /// Reconciles asked of the reconcile task.
     pub requests: mpsc::UnboundedSender<&'static str>,
     /// A reconcile happened.
@@ -48,6 +55,7 @@ impl DaneTask {
         let mut next = Some(Instant::now());
         // When the last pass said a record becomes aged.
         let mut aged_at: Option<i64> = None;
+        let mut last_check: Option<Instant> = None;
         loop {
             tokio::select! {
                 // A stop wins over a pass falling due at the same moment.
@@ -71,11 +79,33 @@ impl DaneTask {
                         let _ = self.requests.send("DANE record seen or aged");
                     }
                     aged_at = pass.aged_at;
+                    let check_due = last_check.is_none_or(|t| t.elapsed() >= CHECK_EVERY);
+                    if !pass.done.is_empty() || check_due {
+                        self.check().await;
+                        last_check = Some(Instant::now());
+                    }
                     let wake = pass.next_wake.unwrap_or(now + MAX_SLEEP);
                     let wait = (wake - now).clamp(1, MAX_SLEEP);
                     next = Some(Instant::now() + Duration::from_secs(wait as u64));
                 }
             }
+        }
+    }
+
+    /// Checks every DANE endpoint as a sender would (connections with a
+    /// timeout each), for the `mxkeys_dane_match` metric; a stop cuts it.
+    async fn check(&mut self) {
+        let Ok(endpoints) = crate::dane::check::endpoints(&self.config, None) else {
+            return;
+        };
+        tokio::select! {
+            checks = crate::dane::check::check_all(&endpoints) => {
+                for line in checks.iter().filter(|c| !c.ok()).flat_map(|c| c.lines()) {
+                    tracing::warn!("dane check: {line}");
+                }
+                self.metrics.set_dane_checks(&checks);
+            }
+            _ = self.stop.changed() => {}
         }
     }
 

@@ -147,6 +147,7 @@ impl Daemon {
             tokio::spawn(reconciler.run(config.clone(), stop.clone(), requests, ready_tx));
         let dane = dane::DaneTask {
             config: self.config.clone(),
+            metrics: self.metrics.clone(),
             requests: requests_tx.clone(),
             reconciled: dane_reconciled,
             stop: stop.clone(),
