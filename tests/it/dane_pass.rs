@@ -92,6 +92,15 @@ fn mxkeys_run_publishes_a_new_key_installs_it_once_aged_and_retires_the_old_reco
     );
 }
 
+#[test]
+fn a_rollover_to_the_published_standby_key_installs_at_once_and_publishes_the_next_standby() {
+    dnssec::run_in_namespace(
+        "a_rollover_to_the_published_standby_key_installs_at_once_and_publishes_the_next_standby",
+        &inner("inside_standby_rollover"),
+        &[POSTFIX],
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Inside the namespace
 // ---------------------------------------------------------------------------
@@ -463,6 +472,81 @@ fn inside_daemon_cycle() {
     daemon.terminate();
 }
 
+#[test]
+#[ignore = "run inside a namespace by a_rollover_to_the_published_standby_key_..."]
+fn inside_standby_rollover() {
+    let lab = Lab::start();
+    // The acme source `mail` (no CA needed: its stored bundle and standby
+    // key are written here as its ACME pass would write them).
+    let (current, standby, next) = (lab.issue(), lab.issue(), lab.issue());
+    let source = lab.dir.join("state/acme/mail");
+    std::fs::create_dir_all(&source).unwrap();
+    set_mode(&source, 0o700);
+    set_mode(&lab.dir.join("state/acme"), 0o700);
+    let put = |name: &str, text: String| {
+        write(&source.join(name), text);
+        set_mode(&source.join(name), 0o600);
+    };
+    put("bundle.pem", combined_pem(&current));
+    put("standby-key.pem", standby.key_pem());
+    lab.install(&current);
+    let postfix = Postfix::start_sink_on(&lab.dir.join("postfix"), &[&lab.combined()], 25);
+    let reload = format!(
+        "reload = [{}]\n",
+        postfix
+            .reload_argv()
+            .iter()
+            .map(q)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let acme = format!(
+        "[[source]]\ntype = \"acme\"\nname = \"mail\"\ndomains = [{}]\nchallenge = \"http-01\"\n",
+        q(MAIL)
+    );
+    lab.write_config_sources(&lab.rfc2136(), &acme, &reload, "");
+    let rec = |l: &Leaf| dnssec::tlsa_3_1_1(&l.der);
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+
+    // Current and standby are both published (the standby key is never
+    // served) and age.
+    let run = lab.sync();
+    run.ok();
+    assert_eq!(
+        sorted(lab.tlsa()),
+        sorted(vec![rec(&current), rec(&standby)]),
+        "{}",
+        run.describe()
+    );
+    lab.until_seen(&rec(&standby));
+    std::thread::sleep(Duration::from_secs(u64::from(3 * TTL)));
+
+    // The rollover: the source now holds a certificate for the standby key
+    // and a new standby key. One sync installs it at once (its record is
+    // aged), publishes the next standby, and retires the old current
+    // record once Postfix serves the new key.
+    put("bundle.pem", combined_pem(&standby));
+    put("standby-key.pem", next.key_pem());
+    let run = lab.sync();
+    run.ok();
+    assert_eq!(
+        lab.served_file_leaf(),
+        standby.der,
+        "the standby key's certificate was held\n{}",
+        run.describe()
+    );
+    assert_eq!(
+        sorted(lab.tlsa()),
+        sorted(vec![rec(&standby), rec(&next)]),
+        "{}\n{}",
+        run.describe(),
+        postfix.log()
+    );
+}
+
 /// The signed zone, a CA, and mxkeys' files: a files source (`src/`), a
 /// target writing `tls/combined.pem`, state in `state/`.
 struct Lab {
@@ -524,19 +608,26 @@ impl Lab {
     }
 
     /// `dns`: the `[dns.bind]` table; `target`: more target keys; `dane`:
-    /// more `[target.dane]` keys.
+    /// more `[target.dane]` keys. The source: the files in `src/`.
     fn write_config(&self, dns: &str, target: &str, dane: &str) {
+        let files = format!(
+            "[[source]]\ntype = \"files\"\ncert = {}\nkey = {}\n",
+            qp(&self.dir.join("src/fullchain.pem")),
+            qp(&self.dir.join("src/privkey.pem")),
+        );
+        self.write_config_sources(dns, &files, target, dane);
+    }
+
+    /// Like [`Lab::write_config`] with `sources` (TOML tables).
+    fn write_config_sources(&self, dns: &str, sources: &str, target: &str, dane: &str) {
         write(
             &self.config,
             format!(
-                "hostname = {}\nstate_dir = {}\n\n{dns}\n\
-                 [[source]]\ntype = \"files\"\ncert = {}\nkey = {}\n\n\
+                "hostname = {}\nstate_dir = {}\n\n{dns}\n{sources}\n\
                  [[target]]\nname = \"mx\"\ndomains = [{}]\ncombined = {}\n{target}\
                  [target.dane]\ndns = \"bind\"\nttl = {TTL}\n{dane}",
                 q(MAIL),
                 qp(&self.dir.join("state")),
-                qp(&self.dir.join("src/fullchain.pem")),
-                qp(&self.dir.join("src/privkey.pem")),
                 q(MAIL),
                 qp(&self.combined()),
             ),
