@@ -72,6 +72,9 @@ struct Job<'a> {
     /// SubjectPublicKeyInfo DER of the standby keys of the acme sources
     /// linked to this target.
     standby: Vec<Vec<u8>>,
+    /// How to make the sources of chosen certificates with a new key keep
+    /// their key (Certbot, lego): a renewal with the same key needs no hold.
+    reuse_hints: Vec<String>,
 }
 
 /// Runs the DANE pass for every DANE target (see the module doc) at `now`.
@@ -122,9 +125,50 @@ fn jobs(config: &Config) -> Vec<Job<'_>> {
                     .filter(|a| a.dane_targets.contains(&target.name))
                     .filter_map(|a| standby_spki(config, &a.name))
                     .collect(),
+                reuse_hints: reuse_hints(config, &plan, index, target),
             })
         })
         .collect()
+}
+
+/// For target `index`: a hint per slot whose chosen certificate, from a
+/// Certbot or lego source, has another key than the installed one (so its
+/// install waits for the gate): how to make that tool keep its key.
+fn reuse_hints(config: &Config, plan: &Plan, index: usize, target: &Target) -> Vec<String> {
+    let mut hints = Vec::new();
+    for slot in plan.slots.iter().filter(|s| s.report.target == index) {
+        let Some(served) = &slot.report.served else {
+            continue;
+        };
+        let Ok(chosen) = tlsa::Spec::EE.build(&[CertificateDer::from(served.leaf.as_slice())])
+        else {
+            continue;
+        };
+        let installed = target
+            .slots
+            .get(slot.report.slot)
+            .and_then(|s| crate::install::installed_bundle(&s.files).ok())
+            .and_then(|b| tlsa::Spec::EE.build(&b.certs).ok());
+        if installed.is_none_or(|i| i == chosen) {
+            continue;
+        }
+        let source = config
+            .sources
+            .iter()
+            .find(|s| served.origin.starts_with(&format!("{}: ", s.label)));
+        let how = match source.map(|s| &s.kind) {
+            Some(crate::config::SourceKind::Certbot { .. }) => {
+                "set `reuse_key = True` in its renewal configuration (certbot renew --reuse-key)"
+            }
+            Some(crate::config::SourceKind::Lego { .. }) => "renew with `lego renew --reuse-key`",
+            _ => continue,
+        };
+        hints.push(format!(
+            "the new certificate from {} has a new key, so it waits for its TLSA record to age: {how} to keep the key and skip the wait",
+            served.origin
+        ));
+    }
+    hints
 }
 
 impl Job<'_> {
@@ -486,6 +530,9 @@ pub fn status_text(config: &Config, now: i64) -> Result<String, String> {
         }
         for p in &t.problems {
             let _ = writeln!(s, "  problem: {p}");
+        }
+        for h in &job.reuse_hints {
+            let _ = writeln!(s, "  hint: {h}");
         }
     }
     Ok(s)

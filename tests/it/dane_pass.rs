@@ -101,6 +101,49 @@ fn a_rollover_to_the_published_standby_key_installs_at_once_and_publishes_the_ne
     );
 }
 
+/// No DNS needed: `dane status` reads files and the ledger only.
+#[test]
+fn dane_status_suggests_reuse_key_when_certbot_brings_a_new_key_to_a_dane_target() {
+    let env = Env::new();
+    let ca = Ca::new("dane-hint");
+    let (a, b) = (
+        ca.issue(&LeafSpec::new(&[MAIL])),
+        ca.issue(&LeafSpec::new(&[MAIL])),
+    );
+    let certbot = Certbot::new(&env.path("letsencrypt"));
+    let out = env.out.join("combined.pem");
+    write(&out, combined_pem(&a));
+    set_mode(&out, 0o600);
+    let config = |certbot_key: &Leaf| {
+        certbot.add("mail", certbot_key);
+        env.write_config_raw(&format!(
+            "{}{}\n[dns.paste]\ntype = \"manual\"\n\n\
+             [[target]]\nname = \"mx\"\ndomains = [{}]\ncombined = {}\n\
+             [target.dane]\ndns = \"paste\"\n",
+            env.header(),
+            src_certbot(&certbot.root),
+            q(MAIL),
+            qp(&out)
+        ));
+    };
+    // Certbot renewed with the same key: nothing to suggest.
+    config(&a);
+    let same = env.run(&["dane", "status"]);
+    same.ok();
+    assert!(!same.stdout.contains("reuse_key"), "{}", same.describe());
+    // With a new key: the hint, naming Certbot's setting.
+    config(&b);
+    let new = env.run(&["dane", "status"]);
+    new.ok();
+    let hint = new
+        .stdout_line_with("hint:")
+        .unwrap_or_else(|| panic!("{}", new.describe()));
+    assert!(
+        hint.contains("new key") && hint.contains("reuse_key = True"),
+        "{hint}"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // Inside the namespace
 // ---------------------------------------------------------------------------
