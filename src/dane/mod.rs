@@ -60,6 +60,13 @@ pub struct DanePass {
     pub done: Vec<String>,
 }
 
+/// When a pass that failed for a target (DNS unreachable, ledger
+/// unreadable) runs again, in seconds.
+const RETRY_AFTER_FAILURE: i64 = 60;
+/// When a pass that had a problem (unsigned zone, insecure addresses, a
+/// full name) runs again, in seconds.
+const RETRY_AFTER_PROBLEM: i64 = 600;
+
 /// One DANE target's part of a pass, gathered before any DNS work.
 struct Job<'a> {
     target: &'a Target,
@@ -232,6 +239,13 @@ async fn target_pass(config: &Config, job: &Job<'_>, now: i64, out: &mut DanePas
         .map(|p| format!("target {name}: {p}"))
         .collect();
     let zone_signed = outcome.as_ref().ok().copied();
+    // Look again soon after a failure, later after a refusal.
+    let retry = match (&outcome, problems.is_empty()) {
+        (Err(()), _) => Some(now + RETRY_AFTER_FAILURE),
+        (Ok(_), false) => Some(now + RETRY_AFTER_PROBLEM),
+        (Ok(_), true) => None,
+    };
+    out.next_wake = earliest(out.next_wake, retry);
     let saved = update_ledger(config, |l| {
         let t = l.targets.entry(name.to_owned()).or_default();
         if let Some(signed) = zone_signed {
@@ -267,34 +281,44 @@ async fn publish_and_observe(
         }
     };
     let prop = crate::dns::propagation(dns);
-    let Some(first_owner) = job.owners.first() else {
+    if job.owners.is_empty() {
         return Ok(None);
-    };
+    }
 
     // 1. The records wanted.
     let (wanted, build_problems) = job.wanted();
     problems.extend(build_problems);
     let wanted_texts = desired::texts(&wanted);
 
-    // 2. Only into a signed zone; and say when senders cannot trust the
-    // hosts' addresses (they then ignore TLSA records).
-    let zone = dns
-        .zone
-        .clone()
-        .unwrap_or_else(|| format!("the zone of {first_owner}"));
-    match zone_signed(&prop, first_owner).await {
-        Ok(true) => {}
-        Ok(false) => {
-            problems.push(format!(
-                "zone {zone} is not DNSSEC-signed: no TLSA record published (check with `dig +dnssec DNSKEY {zone}`)"
-            ));
-            return Ok(Some(false));
+    // 2. Only into signed zones (the zone of each host's owner names); and
+    // say when senders cannot trust the hosts' addresses (they then ignore
+    // TLSA records).
+    let mut checked = BTreeSet::new();
+    for (host, owner) in job.dane.hosts.iter().filter_map(|h| {
+        let port = job.dane.ports.first()?;
+        Some((h, format!("_{port}._tcp.{}", h.as_str())))
+    }) {
+        if !checked.insert(host.as_str()) {
+            continue;
         }
-        Err(e) => {
-            problems.push(format!(
-                "cannot tell whether {zone} is DNSSEC-signed ({e}): no TLSA record published"
-            ));
-            return Err(());
+        let zone = dns
+            .zone
+            .clone()
+            .unwrap_or_else(|| format!("the zone of {owner}"));
+        match zone_signed(&prop, &owner).await {
+            Ok(true) => {}
+            Ok(false) => {
+                problems.push(format!(
+                    "zone {zone} is not DNSSEC-signed: no TLSA record published (check with `dig +dnssec DNSKEY {zone}`)"
+                ));
+                return Ok(Some(false));
+            }
+            Err(e) => {
+                problems.push(format!(
+                    "cannot tell whether {zone} is DNSSEC-signed ({e}): no TLSA record published"
+                ));
+                return Err(());
+            }
         }
     }
     for host in &job.dane.hosts {
