@@ -2195,3 +2195,53 @@ fn a_rollover_request_killed_before_its_order_still_rolls_over_on_the_next_pass(
     assert!(!request.exists());
     assert_ne!(key_spki(&acme.standby("mail")), standby);
 }
+
+#[test]
+fn a_rollover_order_finalized_but_not_stored_is_fetched_again_and_completes_the_rollover() {
+    if !require_programs(
+        "a_rollover_order_finalized_but_not_stored_is_fetched_again_and_completes_the_rollover",
+        &[common::servers::OPENSSL],
+    ) {
+        return;
+    }
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    // The target `postfix` is last in the file: make it a DANE target.
+    let mut text = std::fs::read_to_string(&fake.env.config).unwrap();
+    text.push_str("[target.dane]\ndns = \"paste\"\n\n[dns.paste]\ntype = \"manual\"\n");
+    fake.env.write_config_raw(&text);
+    fake.first(&[]);
+    let standby = fake.dir().join("standby-key.pem");
+    let (key, next) = (
+        cert_spki(&read_certs(&fake.dir().join("bundle.pem"))[0]),
+        key_spki(&standby),
+    );
+    assert_ne!(key, next);
+
+    // Finalized with the standby key, then the download fails.
+    fake.ca.set(|k| k.fail_downloads = 100);
+    let run = fake.env.run(&["dane", "rollover", "postfix"]);
+    assert_eq!(run.code, 1, "{}", fake.context(&run));
+    assert!(fake.dir().join("rollover-request").exists());
+    assert_eq!(key_spki(&fake.dir().join("order-key.pem")), next);
+    assert_eq!(fake.ca.count("POST /order"), 2, "{}", fake.ca.log());
+
+    // Fetched again after the backoff: the rollover completes, no new order.
+    fake.ca.set(|k| k.fail_downloads = 0);
+    fake.edit_state(|s| s["next_attempt_at"] = json!(0));
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 0, "{}", fake.context(&run));
+    issued(&run, "web", "an order finalized before was fetched again");
+    assert_eq!(fake.ca.count("POST /order"), 2, "{}", fake.ca.log());
+    assert_eq!(
+        cert_spki(&read_certs(&fake.dir().join("bundle.pem"))[0]),
+        next,
+        "not the standby key"
+    );
+    assert!(!fake.dir().join("rollover-request").exists());
+    let after = key_spki(&standby);
+    assert!(after != next && after != key, "no new standby key");
+    // Fulfilled: nothing more to order.
+    let run = fake.renew(&[]);
+    assert!(line(&run, "web").contains("not due"), "{}", run.describe());
+}
