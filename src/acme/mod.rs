@@ -139,8 +139,8 @@ pub struct SourceState {
     /// No ARI fetch before this time (set after a failed one).
     #[serde(default)]
     pub ari_retry_at: Option<i64>,
-    /// DANE: renewals that kept the key since the last rollover to the
-    /// standby key (or the first certificate), for `key_rollover`.
+    /// DANE: renewals that kept the key since the certificate's key was
+    /// new (a rollover to the standby key), for `key_rollover`.
     #[serde(default)]
     pub renewals_since_rollover: u32,
 }

@@ -402,11 +402,16 @@ pub struct KeyFacts<'a> {
 /// `reuse_key` allows it, else a new one. With DANE: the held key (its
 /// record is published), except for a rollover: requested, the
 /// `key_rollover`-th renewal, or a held key of another type than
-/// configured; then the standby key. The first certificate gets a new
-/// key: the standby stays the next one.
+/// configured; then the standby key. With nothing held, the standby key
+/// too: its record may be published and aged already (a target still
+/// serving a key whose bundle was lost), a new key's is not.
 pub fn key_choice(f: &KeyFacts<'_>) -> KeyChoice {
     let Some(held) = f.held else {
-        return KeyChoice::Fresh;
+        return if f.dane {
+            KeyChoice::Standby
+        } else {
+            KeyChoice::Fresh
+        };
     };
     if !f.dane {
         return if keep_key(f.reuse_key, Some(held)) {
@@ -488,7 +493,7 @@ pub enum NewKey {
     Standby,
     /// The key of the certificate it replaces: a renewal keeping the key.
     Same,
-    /// Another key (the first certificate, or a new key).
+    /// Another key (a new key).
     Other,
 }
 
@@ -930,129 +935,42 @@ mod tests {
         let h = held(0, 90);
         let mut other_type = h.clone();
         other_type.key_type_matches = false;
-        fn f(held: Option<&Held>) -> KeyFacts<'_> {
-            KeyFacts {
-                held,
-                reuse_key: false,
-                dane: true,
-                rollover: false,
-                renewals: 0,
-                key_rollover: None,
-            }
-        }
-        let (h, other_type) = (&h, &other_type);
-        // (facts, choice)
+        let (h, other_type) = (Some(&h), Some(&other_type));
+        // (serves DANE, reuse_key, held, rollover asked, renewals,
+        // key_rollover, choice)
         let table = [
-            // Without DANE: reuse_key decides, as before.
-            (
-                KeyFacts {
-                    dane: false,
-                    ..f(Some(h))
-                },
-                Fresh,
-            ),
-            (
-                KeyFacts {
-                    dane: false,
-                    reuse_key: true,
-                    ..f(Some(h))
-                },
-                Keep,
-            ),
-            (
-                KeyFacts {
-                    dane: false,
-                    reuse_key: true,
-                    ..f(Some(other_type))
-                },
-                Fresh,
-            ),
-            // A requested rollover means nothing without DANE.
-            (
-                KeyFacts {
-                    dane: false,
-                    rollover: true,
-                    ..f(Some(h))
-                },
-                Fresh,
-            ),
+            // Without DANE: reuse_key decides, as before; a rollover
+            // request means nothing.
+            (false, false, h, false, 0, None, Fresh),
+            (false, true, h, false, 0, None, Keep),
+            (false, true, other_type, false, 0, None, Fresh),
+            (false, false, h, true, 0, None, Fresh),
+            (false, true, None, false, 0, None, Fresh),
             // DANE: the key is kept whatever reuse_key says.
-            (f(Some(h)), Keep),
-            (
-                KeyFacts {
-                    reuse_key: true,
-                    ..f(Some(h))
-                },
-                Keep,
-            ),
-            // The first certificate: a new key, the standby stays next.
-            (f(None), Fresh),
-            (
-                KeyFacts {
-                    rollover: true,
-                    ..f(None)
-                },
-                Fresh,
-            ),
-            (f(Some(other_type)), Standby),
-            (
-                KeyFacts {
-                    rollover: true,
-                    ..f(Some(h))
-                },
-                Standby,
-            ),
+            (true, false, h, false, 0, None, Keep),
+            (true, true, h, false, 0, None, Keep),
+            (true, false, h, false, 500, None, Keep),
+            // A rollover: asked, a key of another type, or nothing held
+            // (the standby's record may be aged; a new key's is not).
+            (true, false, h, true, 0, None, Standby),
+            (true, false, other_type, false, 0, None, Standby),
+            (true, false, None, false, 0, None, Standby),
             // key_rollover = 2: the first renewal keeps, the second rolls.
-            (
-                KeyFacts {
-                    key_rollover: Some(2),
-                    renewals: 0,
-                    ..f(Some(h))
-                },
-                Keep,
-            ),
-            (
-                KeyFacts {
-                    key_rollover: Some(2),
-                    renewals: 1,
-                    ..f(Some(h))
-                },
-                Standby,
-            ),
-            (
-                KeyFacts {
-                    key_rollover: Some(2),
-                    renewals: 5,
-                    ..f(Some(h))
-                },
-                Standby,
-            ),
-            (
-                KeyFacts {
-                    key_rollover: Some(1),
-                    renewals: 0,
-                    ..f(Some(h))
-                },
-                Standby,
-            ),
-            (
-                KeyFacts {
-                    key_rollover: Some(0),
-                    renewals: 0,
-                    ..f(Some(h))
-                },
-                Standby,
-            ),
-            (
-                KeyFacts {
-                    key_rollover: None,
-                    renewals: 500,
-                    ..f(Some(h))
-                },
-                Keep,
-            ),
+            (true, false, h, false, 0, Some(2), Keep),
+            (true, false, h, false, 1, Some(2), Standby),
+            (true, false, h, false, 5, Some(2), Standby),
+            (true, false, h, false, 0, Some(1), Standby),
+            (true, false, h, false, 0, Some(0), Standby),
         ];
-        for (facts, want) in table {
+        for (dane, reuse_key, held, rollover, renewals, key_rollover, want) in table {
+            let facts = KeyFacts {
+                held,
+                reuse_key,
+                dane,
+                rollover,
+                renewals,
+                key_rollover,
+            };
             assert_eq!(key_choice(&facts), want, "{facts:?}");
         }
     }
