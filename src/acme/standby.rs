@@ -66,7 +66,7 @@ fn read(source: &AcmeSource) -> Result<Option<Standby>, ()> {
         }
         Err(_) => return Err(()),
     };
-    let pem = Zeroizing::new(String::from_utf8(bytes.to_vec()).map_err(|_| ())?);
+    let pem = Zeroizing::new(std::str::from_utf8(&bytes).map_err(|_| ())?.to_owned());
     let pair = KeyPair::from_pem(&pem).map_err(|_| ())?;
     Ok(Some(Standby {
         spki: pair.subject_public_key_info(),
@@ -99,17 +99,14 @@ pub fn leaf_spki(der: &[u8]) -> Option<Vec<u8>> {
 
 /// The standby key as [`schedule::standby_needed`] sees it, next to the
 /// SPKI of the certificate held.
-fn found(source: &AcmeSource, held_spki: Option<&[u8]>) -> (StandbyFound, Option<Standby>) {
+fn found(source: &AcmeSource, held_spki: Option<&[u8]>) -> StandbyFound {
     match read(source) {
-        Ok(None) => (StandbyFound::Missing, None),
-        Err(()) => (StandbyFound::Unusable, None),
-        Ok(Some(s)) => (
-            StandbyFound::Present {
-                key_type_matches: s.key_type_matches,
-                held: held_spki == Some(s.spki.as_slice()),
-            },
-            Some(s),
-        ),
+        Ok(None) => StandbyFound::Missing,
+        Err(()) => StandbyFound::Unusable,
+        Ok(Some(s)) => StandbyFound::Present {
+            key_type_matches: s.key_type_matches,
+            held: held_spki == Some(s.spki.as_slice()),
+        },
     }
 }
 
@@ -126,7 +123,7 @@ pub fn needs_settling(config: &Config, source: &AcmeSource) -> bool {
         return false;
     }
     let held = held_spki(source);
-    let (found, _) = found(source, held.as_deref());
+    let found = found(source, held.as_deref());
     schedule::standby_needed(true, found).is_some()
 }
 
@@ -139,7 +136,7 @@ pub fn settle(config: &Config, source: &AcmeSource) -> Result<(), AcmeError> {
         return Ok(());
     }
     let held = held_spki(source);
-    let (found, _) = found(source, held.as_deref());
+    let found = found(source, held.as_deref());
     if let StandbyFound::Present { held: true, .. } = found {
         let mut state = SourceState::load(source);
         if state.renewals_since_rollover != 0 {
@@ -299,4 +296,121 @@ pub fn standby_spki(config: &Config, source: &str) -> Option<Vec<u8>> {
         .flatten()
         .filter(|s| s.key_type_matches)
         .map(|s| s.spki)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    /// A configuration with one acme source `m` of `key_type` serving the
+    /// DANE target `t`, its state under `state`.
+    fn config(state: &std::path::Path, key_type: &str) -> Config {
+        Config::parse(
+            std::path::Path::new("/etc/mxkeys/test.toml"),
+            &format!(
+                "state_dir = {state:?}\n\
+                 [[source]]\ntype = \"acme\"\nname = \"m\"\ndomains = [\"mail.example.com\"]\n\
+                 challenge = \"http-01\"\nkey_type = \"{key_type}\"\n\
+                 [[target]]\nname = \"t\"\ndomains = [\"mail.example.com\"]\ncombined = \"/c.pem\"\n\
+                 [target.dane]\ndns = \"paste\"\n\
+                 [dns.paste]\ntype = \"manual\"\n"
+            ),
+            &crate::config::Host::current(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_standby_key_is_made_0600_of_the_configured_type_and_another_type_is_never_certified() {
+        // (type made, type configured afterwards)
+        let table = [
+            ("ecdsa-p256", "ecdsa-p384"),
+            ("ecdsa-p384", "ecdsa-p256"),
+            ("rsa-2048", "rsa-3072"),
+        ];
+        for (made, then) in table {
+            let tmp = tempfile::tempdir().unwrap();
+            let state = tmp.path().join("state");
+            let before = config(&state, made);
+            let source = before.acme_sources().next().unwrap();
+            assert!(link(&before, source).is_some(), "{made}: not linked");
+            assert_eq!(found(source, None), StandbyFound::Missing);
+            assert!(needs_settling(&before, source));
+            settle(&before, source).unwrap();
+            let path = source.dir.standby_key();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{made}");
+            let Ok(Some(standby)) = read(source) else {
+                panic!("{made}: no standby key read back");
+            };
+            assert!(standby.key_type_matches, "{made}");
+            assert_eq!(standby_spki(&before, "m"), Some(standby.spki.clone()));
+            assert!(for_order(source).is_ok(), "{made}");
+            assert!(!needs_settling(&before, source), "{made}: made again");
+            // Certified now: a new one is needed.
+            let held = found(source, Some(&standby.spki));
+            assert_eq!(
+                schedule::standby_needed(true, held),
+                Some(schedule::StandbyReason::RolledOver)
+            );
+
+            let after = config(&state, then);
+            let source = after.acme_sources().next().unwrap();
+            assert_eq!(
+                found(source, None),
+                StandbyFound::Present {
+                    key_type_matches: false,
+                    held: false
+                },
+                "{made} -> {then}"
+            );
+            assert!(for_order(source).is_err(), "{made} -> {then}");
+            assert_eq!(standby_spki(&after, "m"), None, "{made} -> {then}");
+            settle(&after, source).unwrap();
+            let Ok(Some(remade)) = read(source) else {
+                panic!("{then}: no standby key read back");
+            };
+            assert!(remade.key_type_matches, "{made} -> {then}");
+            assert_ne!(remade.spki, standby.spki);
+        }
+    }
+
+    #[test]
+    fn a_corrupt_standby_key_is_replaced_and_a_source_without_dane_keeps_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let state = tmp.path().join("state");
+        let c = config(&state, "ecdsa-p256");
+        let source = c.acme_sources().next().unwrap();
+        source.dir.ensure().unwrap();
+        std::fs::write(source.dir.standby_key(), "not a key\n").unwrap();
+        assert_eq!(found(source, None), StandbyFound::Unusable);
+        assert!(for_order(source).is_err());
+        settle(&c, source).unwrap();
+        assert!(for_order(source).is_ok());
+
+        let plain = Config::parse(
+            std::path::Path::new("/etc/mxkeys/test.toml"),
+            &format!(
+                "state_dir = {:?}\n\
+                 [[source]]\ntype = \"acme\"\nname = \"p\"\ndomains = [\"mail.example.com\"]\n\
+                 challenge = \"http-01\"\n\
+                 [[target]]\nname = \"t\"\ndomains = [\"mail.example.com\"]\ncombined = \"/c.pem\"\n",
+                tmp.path().join("plain")
+            ),
+            &crate::config::Host::current(),
+        )
+        .unwrap();
+        let source = plain.acme_sources().next().unwrap();
+        assert!(link(&plain, source).is_none());
+        assert!(!needs_settling(&plain, source));
+        settle(&plain, source).unwrap();
+        assert!(!source.dir.standby_key().exists());
+        assert_eq!(standby_spki(&plain, "p"), None);
+        assert!(matches!(
+            request(&plain, "t"),
+            Err(RolloverError::UnknownTarget { .. })
+        ));
+    }
 }
