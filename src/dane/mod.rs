@@ -647,9 +647,9 @@ fn candidates(plan: &Plan, index: usize) -> Vec<Vec<CertificateDer<'static>>> {
     Vec::new()
 }
 
-/// TODO(standby): `crate::acme::standby_spki(config, source)`.
-fn standby_spki(_config: &Config, _source: &str) -> Option<Vec<u8>> {
-    None
+/// The SubjectPublicKeyInfo of acme source `source`'s standby key.
+fn standby_spki(config: &Config, source: &str) -> Option<Vec<u8>> {
+    crate::acme::standby_spki(config, source)
 }
 
 /// Whether the zone holding `name` is DNSSEC-signed on every
