@@ -74,8 +74,8 @@ impl DaneTask {
                         break;
                     };
                     let now = crate::now();
-                    let aged = aged_at.is_some_and(|t| now >= t);
-                    if pass.changed_seen || aged {
+                    let (reconcile, wait) = after_pass(&pass, aged_at, now);
+                    if reconcile {
                         let _ = self.requests.send("DANE record seen or aged");
                     }
                     aged_at = pass.aged_at;
@@ -84,9 +84,7 @@ impl DaneTask {
                         self.check().await;
                         last_check = Some(Instant::now());
                     }
-                    let wake = pass.next_wake.unwrap_or(now + MAX_SLEEP);
-                    let wait = (wake - now).clamp(1, MAX_SLEEP);
-                    next = Some(Instant::now() + Duration::from_secs(wait as u64));
+                    next = Some(Instant::now() + Duration::from_secs(wait));
                 }
             }
         }
@@ -135,6 +133,69 @@ impl DaneTask {
                     ..crate::dane::DanePass::default()
                 })
             }
+        }
+    }
+}
+
+/// What follows a pass run at `now` (pure): whether to ask for a reconcile
+/// (a record's `t0` changed, or a record became aged since the previous
+/// pass, which said when: `aged_at`), and how many seconds to sleep (to
+/// the pass's `next_wake`, at least 1 s, at most [`MAX_SLEEP`]).
+fn after_pass(pass: &crate::dane::DanePass, aged_at: Option<i64>, now: i64) -> (bool, u64) {
+    let aged = aged_at.is_some_and(|t| now >= t);
+    let wake = pass.next_wake.unwrap_or(now.saturating_add(MAX_SLEEP));
+    let wait = wake.saturating_sub(now).clamp(1, MAX_SLEEP);
+    (pass.changed_seen || aged, wait.unsigned_abs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dane::DanePass;
+
+    #[test]
+    fn a_pass_asks_for_a_reconcile_when_a_t0_changed_or_a_record_aged_and_sleeps_to_its_wake() {
+        let pass = |changed_seen, next_wake| DanePass {
+            changed_seen,
+            next_wake,
+            ..DanePass::default()
+        };
+        // (what, pass, previous aged_at, expected (reconcile, sleep))
+        let rows = [
+            ("nothing new", pass(false, Some(1_010)), None, (false, 10)),
+            (
+                "a record seen: a gate may open",
+                pass(true, Some(1_002)),
+                None,
+                (true, 2),
+            ),
+            (
+                "woke when a record aged",
+                pass(false, None),
+                Some(1_000),
+                (true, MAX_SLEEP.unsigned_abs()),
+            ),
+            (
+                "before it aged",
+                pass(false, Some(1_005)),
+                Some(1_005),
+                (false, 5),
+            ),
+            (
+                "a wake in the past: 1 s",
+                pass(false, Some(900)),
+                None,
+                (false, 1),
+            ),
+            (
+                "far away: at most a day",
+                pass(false, Some(i64::MAX)),
+                None,
+                (false, MAX_SLEEP.unsigned_abs()),
+            ),
+        ];
+        for (what, p, aged_at, want) in rows {
+            assert_eq!(after_pass(&p, aged_at, 1_000), want, "{what}");
         }
     }
 }
