@@ -512,7 +512,9 @@ fn inside_daemon_cycle() {
     assert_eq!(lab.served_file_leaf(), b.der);
     let t0 = lab.t0(&rec_b).expect("B's record seen");
     assert!(lab.installed_at() >= t0 + 2 * i64::from(TTL));
+    std::thread::sleep(Duration::from_secs(5));
     daemon.terminate();
+    eprintln!("DAEMONLOG {}", daemon.describe());
 }
 
 #[test]
