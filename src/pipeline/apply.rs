@@ -547,6 +547,7 @@ mod tests {
             action,
             refused: Vec::new(),
             unrelated: 0,
+            gate: None,
         }
     }
 

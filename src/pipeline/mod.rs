@@ -17,6 +17,13 @@
 //! lifetime: less than `expiry_warning` left, or less than a third of its
 //! lifetime for a short-lived one, whichever is shorter
 //! ([`warning_threshold`], pure).
+//!
+//! A slot of a DANE target passes the DANE gate (see [`decide`]): a
+//! certificate whose TLSA records are not yet aged is held
+//! ([`Action::Held`]: the current files stay; not a failure; the report
+//! says until when, [`Report::next_gate`]), or installed with an error
+//! when the current certificate expires within `dane_hold_max`
+//! ([`Gate::Forced`]).
 
 mod apply;
 pub mod decide;
@@ -28,8 +35,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
+
 use crate::cert::KeyType;
 use crate::config::{Config, Reload, Slot, Target};
+use crate::dane::gate::{ForceReason, WaitReason};
+use crate::dane::tlsa::Tlsa;
 use crate::install;
 use crate::names::DnsName;
 use crate::reload::ReloadError;
@@ -84,6 +95,9 @@ pub enum Action {
     /// verification failed: there is nothing to go back to, so the new
     /// files stay and the reload is owed to the next pass.
     Unconfirmed(ServiceFailure),
+    /// The DANE gate holds the chosen certificate: its TLSA record is not
+    /// yet seen or not yet aged. The current files stay; not a failure.
+    Held(DaneHold),
 }
 
 impl Action {
@@ -98,9 +112,84 @@ impl Action {
             Action::Unconfirmed(e) => Some(format!(
                 "{e}; first install, nothing to go back to: the new files stay and the reload is retried on the next pass"
             )),
+            Action::Held(h) => Some(h.to_string()),
             Action::UpToDate | Action::Changed(_) | Action::KeptInstalled => None,
         }
     }
+}
+
+/// A certificate the DANE gate holds back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaneHold {
+    /// The certificate held (SHA-256 of its leaf).
+    pub sha256: String,
+    /// The record it waits for (`None`: it cannot be built for that
+    /// chain, e.g. a `2 1 1` with no issuer in the chain).
+    pub record: Option<Tlsa>,
+    /// When the gate opens if nothing changes; `None` while the record is
+    /// not seen yet.
+    pub until: Option<i64>,
+    pub reason: WaitReason,
+}
+
+impl fmt::Display for DaneHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let until = self
+            .until
+            .map_or_else(|| "its record is seen".to_owned(), crate::rfc3339);
+        write!(
+            f,
+            "DANE gate holds certificate {} until {until}: {} (record {}); the current certificate stays",
+            self.sha256,
+            self.reason,
+            record_text(self.record.as_ref())
+        )
+    }
+}
+
+/// A certificate installed although the DANE gate was shut, because the
+/// current one expires within `dane_hold_max`: an error-level problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaneForced {
+    pub sha256: String,
+    /// The record that was not aged.
+    pub record: Option<Tlsa>,
+    pub reason: ForceReason,
+}
+
+impl fmt::Display for DaneForced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "installing {} although its TLSA record {} is not aged ({}): the current certificate \
+             expires {}, within dane_hold_max; DANE senders may refuse mail until the record ages",
+            self.sha256,
+            record_text(self.record.as_ref()),
+            self.reason.waiting,
+            crate::rfc3339(self.reason.expires)
+        )
+    }
+}
+
+fn record_text(record: Option<&Tlsa>) -> String {
+    record.map_or_else(
+        || "(cannot be built for this chain)".to_owned(),
+        ToString::to_string,
+    )
+}
+
+/// What the DANE gate did for a slot of a DANE target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Nothing to gate: nothing new to install, nothing installed, or the
+    /// new certificate keeps every configured record.
+    Clear,
+    /// The new records are aged: the certificate is installed.
+    Open,
+    /// The certificate is held ([`Action::Held`] says why and until when).
+    Held,
+    /// Installed although the gate was shut (an error).
+    Forced(DaneForced),
 }
 
 /// No candidate is valid for a slot.
@@ -199,20 +288,43 @@ pub struct TargetReport {
     pub refused: Vec<(String, String)>,
     /// How many candidates covered none of its names.
     pub unrelated: usize,
+    /// What the DANE gate did (`None`: the target has no DANE).
+    pub gate: Option<Gate>,
 }
 
 impl TargetReport {
+    /// The slot is served as it should be: a held certificate is not a
+    /// failure (the current one stays), a forced install is served (its
+    /// error is in [`TargetReport::problem`]).
     pub fn ok(&self) -> bool {
         matches!(
             self.action,
-            Action::UpToDate | Action::Changed(_) | Action::KeptInstalled
+            Action::UpToDate | Action::Changed(_) | Action::KeptInstalled | Action::Held(_)
         )
     }
 
-    /// Why this slot is not served (or not written), as one report line.
+    /// Why this slot is not served (or not written), or the error of a
+    /// forced install, as one report line. A held certificate is not a
+    /// problem.
     pub fn problem(&self) -> Option<String> {
+        if let Some(Gate::Forced(forced)) = &self.gate
+            && self.ok()
+        {
+            return Some(format!("target {}: {forced}", self.name));
+        }
+        if matches!(self.action, Action::Held(_)) {
+            return None;
+        }
         let why = self.action.why()?;
         Some(format!("target {}: {why}", self.name))
+    }
+
+    /// The DANE gate holds this slot's new certificate.
+    pub fn held(&self) -> Option<&DaneHold> {
+        match &self.action {
+            Action::Held(h) => Some(h),
+            _ => None,
+        }
     }
 }
 
@@ -336,13 +448,25 @@ impl Report {
             .collect()
     }
 
+    /// No problem at all: every slot served, no source error, no failed
+    /// reload, no install forced through the DANE gate.
     pub fn ok(&self) -> bool {
         self.errors.is_empty()
             && self.targets.iter().all(TargetReport::ok)
             && self
+                .targets
+                .iter()
+                .all(|t| !matches!(t.gate, Some(Gate::Forced(_))))
+            && self
                 .reloads
                 .iter()
                 .all(|r| !matches!(r.result, Some(Err(_))))
+    }
+
+    /// The earliest time a held certificate's gate opens (if nothing
+    /// changes): when to reconcile again.
+    pub fn next_gate(&self) -> Option<i64> {
+        self.targets.iter().filter_map(|t| t.held()?.until).min()
     }
 }
 
@@ -374,6 +498,17 @@ pub struct SlotPlan {
     pub report: TargetReport,
     /// The files to hold when a certificate was chosen (empty otherwise).
     files: Vec<install::Planned>,
+    /// The chain the slot would install, also when held or deferred.
+    candidate: Option<Vec<CertificateDer<'static>>>,
+}
+
+impl SlotPlan {
+    /// The chain this slot would install (leaf first), also when the DANE
+    /// gate holds it or a backoff defers it: the DANE pass publishes its
+    /// records. `None` when nothing new is chosen.
+    pub fn candidate(&self) -> Option<&[CertificateDer<'static>]> {
+        self.candidate.as_deref()
+    }
 }
 
 impl Plan {
@@ -397,6 +532,7 @@ impl Plan {
             match (&r.action, &r.served) {
                 (Action::Unserved(why), _) => tracing::error!("target {}: {why}", r.name),
                 (Action::Deferred(why), _) => tracing::warn!("target {}: {why}", r.name),
+                (Action::Held(why), _) => tracing::info!("target {}: {why}", r.name),
                 (Action::KeptInstalled, Some(s)) => tracing::warn!(
                     "target {}: no source offers a valid certificate; keeping the installed one (expires {})",
                     r.name,
@@ -407,6 +543,9 @@ impl Plan {
                     r.name
                 ),
                 _ => {}
+            }
+            if let Some(Gate::Forced(forced)) = &r.gate {
+                tracing::error!("target {}: {forced}", r.name);
             }
         }
     }
@@ -442,6 +581,7 @@ pub fn plan(config: &Config, persist: Persist) -> Plan {
                     domains: &target.domains,
                     key_type: slot.key_type,
                     installed: install::installed_bundle(&slot.files).ok(),
+                    dane: None,
                 }
             })
             .collect(),
@@ -472,6 +612,7 @@ pub fn plan(config: &Config, persist: Persist) -> Plan {
                 SlotPlan {
                     report: d.report,
                     files,
+                    candidate: d.candidate,
                 }
             })
             .collect(),
@@ -572,6 +713,7 @@ mod tests {
                 action: Action::UpToDate,
                 refused: Vec::new(),
                 unrelated: 0,
+                gate: None,
             }],
             ..Report::default()
         }
