@@ -30,6 +30,7 @@ pub mod decide;
 
 pub use apply::apply;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,8 +39,9 @@ use std::time::Duration;
 use rustls_pki_types::CertificateDer;
 
 use crate::cert::KeyType;
-use crate::config::{Config, Reload, Slot, Target};
+use crate::config::{Config, Dane, Reload, Slot, Target};
 use crate::dane::gate::{ForceReason, WaitReason};
+use crate::dane::ledger::Ledger;
 use crate::dane::tlsa::Tlsa;
 use crate::install;
 use crate::names::DnsName;
@@ -568,6 +570,7 @@ fn slots(config: &Config) -> impl Iterator<Item = (usize, &Target, usize, &Slot)
 pub fn plan(config: &Config, persist: Persist) -> Plan {
     let harvest = source::read_all(config, persist);
     let record = State::load(&config.state_dir);
+    let ledger = load_ledger(config);
     let facts = decide::Facts {
         candidates: &harvest.candidates,
         slots: slots(config)
@@ -581,7 +584,10 @@ pub fn plan(config: &Config, persist: Persist) -> Plan {
                     domains: &target.domains,
                     key_type: slot.key_type,
                     installed: install::installed_bundle(&slot.files).ok(),
-                    dane: None,
+                    dane: target
+                        .dane
+                        .as_ref()
+                        .map(|d| dane_facts(&ledger, &target.name, d)),
                 }
             })
             .collect(),
@@ -616,6 +622,58 @@ pub fn plan(config: &Config, persist: Persist) -> Plan {
                 }
             })
             .collect(),
+    }
+}
+
+/// The DANE ledger (`state_dir/dane.json`), read once per plan. Missing:
+/// empty. Unreadable: empty too, with a warning: nothing is seen, so the
+/// gate holds every new key (and forces it at `dane_hold_max`), the safe
+/// side.
+fn load_ledger(config: &Config) -> Ledger {
+    if config.targets.iter().all(|t| t.dane.is_none()) {
+        return Ledger::default();
+    }
+    match config.state_dir.dane_record::<Ledger>().load() {
+        Ok(ledger) => ledger.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!("{e}; the DANE gate sees no record until it is readable");
+            Ledger::default()
+        }
+    }
+}
+
+/// What the DANE gate of a slot of target `name` decides from: the
+/// configured usages and `dane_hold_max`, and from the ledger, since when
+/// each record has been seen at every owner name and the TTLs of their
+/// sets. The TTL of the records mxkeys adds counts as the new TTL when it
+/// is larger than any observed.
+fn dane_facts(ledger: &Ledger, name: &str, dane: &Dane) -> decide::DaneFacts {
+    let owners = dane.owners();
+    let hold = ledger.hold_params(name, &owners);
+    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+    let texts: BTreeSet<&String> = ledger
+        .targets
+        .get(name)
+        .map(|t| t.seen.values().flat_map(BTreeMap::keys).collect())
+        .unwrap_or_default();
+    for text in texts {
+        let (Ok(record), Some(since)) =
+            (text.parse::<Tlsa>(), ledger.seen_since(name, &owners, text))
+        else {
+            continue;
+        };
+        seen.entry(record.to_string())
+            .and_modify(|t| *t = (*t).min(since))
+            .or_insert(since);
+    }
+    decide::DaneFacts {
+        records: dane.records.clone(),
+        seen,
+        old_ttl: hold.old_ttl,
+        new_ttl: hold.new_ttl.max(dane.ttl),
+        rrset_existed: hold.rrset_existed,
+        negative_ttl: hold.negative_ttl,
+        hold_max: i64::try_from(dane.hold_max.as_secs()).unwrap_or(i64::MAX),
     }
 }
 
@@ -850,5 +908,140 @@ mod tests {
                 "{configured:?}, lifetime {lifetime}"
             );
         }
+    }
+
+    fn dane_slot(name: &str, action: Action, gate: Gate) -> TargetReport {
+        TargetReport {
+            name: name.to_owned(),
+            target: 0,
+            slot: 0,
+            served: None,
+            action,
+            refused: Vec::new(),
+            unrelated: 0,
+            gate: Some(gate),
+        }
+    }
+
+    fn held(until: Option<i64>) -> Action {
+        Action::Held(DaneHold {
+            sha256: "ab".to_owned(),
+            record: None,
+            until,
+            reason: WaitReason::NotSeen {
+                spec: crate::dane::tlsa::Spec::EE,
+            },
+        })
+    }
+
+    #[test]
+    fn a_held_slot_is_no_failure_and_the_earliest_gate_is_when_to_reconcile_again() {
+        let report = Report {
+            targets: vec![
+                dane_slot("a", held(Some(NOW + 600)), Gate::Held),
+                dane_slot("b", held(None), Gate::Held),
+                dane_slot("c", held(Some(NOW + 60)), Gate::Held),
+                dane_slot("d", Action::UpToDate, Gate::Open),
+            ],
+            ..Report::default()
+        };
+        assert!(report.ok(), "{:?}", report.problems());
+        assert!(report.problems().is_empty());
+        assert_eq!(report.next_gate(), Some(NOW + 60));
+        assert_eq!(Report::default().next_gate(), None);
+    }
+
+    #[test]
+    fn a_forced_install_is_served_but_fails_the_run_with_one_error_line() {
+        let forced = DaneForced {
+            sha256: "cd".to_owned(),
+            record: None,
+            reason: ForceReason {
+                waiting: WaitReason::NotSeen {
+                    spec: crate::dane::tlsa::Spec::EE,
+                },
+                expires: NOW,
+            },
+        };
+        let report = Report {
+            targets: vec![dane_slot(
+                "mail",
+                Action::Changed(Vec::new()),
+                Gate::Forced(forced),
+            )],
+            ..Report::default()
+        };
+        assert!(report.targets[0].ok(), "the slot is served");
+        assert!(!report.ok(), "but the run reports the error");
+        let problems = report.problems();
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with("target mail: installing cd although its TLSA record")
+                && problems[0].contains("the current certificate expires 2026-01-01T00:00:00Z"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn the_gate_sees_a_record_only_since_every_owner_shows_it() {
+        use crate::dane::ledger::{Rrset, TargetLedger};
+        let a = "aa".repeat(32);
+        let b = "bb".repeat(32);
+        let mut t = TargetLedger::default();
+        // Owner 1 shows both (one in upper case hex); owner 2 only a.
+        t.seen.insert(
+            "_25._tcp.mx.example".to_owned(),
+            BTreeMap::from([
+                (format!("3 1 1 {}", a.to_uppercase()), 100),
+                (format!("3 1 1 {b}"), 50),
+            ]),
+        );
+        t.seen.insert(
+            "_25._tcp.mx2.example".to_owned(),
+            BTreeMap::from([(format!("3 1 1 {}", a.to_uppercase()), 300)]),
+        );
+        for owner in ["_25._tcp.mx.example", "_25._tcp.mx2.example"] {
+            t.rrsets.insert(
+                owner.to_owned(),
+                Rrset {
+                    max_ttl: 60,
+                    existed_before: true,
+                    negative_ttl: 30,
+                },
+            );
+        }
+        let ledger = Ledger {
+            targets: BTreeMap::from([("mail".to_owned(), t)]),
+        };
+        let dane = Dane {
+            dns: "ns".to_owned(),
+            ports: vec![25],
+            hosts: vec![
+                DnsName::parse("mx.example").unwrap(),
+                DnsName::parse("mx2.example").unwrap(),
+            ],
+            records: vec![crate::dane::tlsa::Spec::EE],
+            ttl: 300,
+            hold_max: Duration::from_secs(86_400),
+            key_rollover: None,
+        };
+        let facts = dane_facts(&ledger, "mail", &dane);
+        assert_eq!(
+            facts.seen,
+            BTreeMap::from([(format!("3 1 1 {a}"), 300)]),
+            "normalized, the later owner's time, b missing at one owner"
+        );
+        assert_eq!(
+            (
+                facts.old_ttl,
+                facts.new_ttl,
+                facts.rrset_existed,
+                facts.negative_ttl
+            ),
+            (60, 300, true, 30),
+            "the configured TTL counts when larger"
+        );
+        assert_eq!(facts.hold_max, 86_400);
+        assert!(dane_facts(&ledger, "other", &dane).seen.is_empty());
     }
 }
