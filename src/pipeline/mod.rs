@@ -438,8 +438,12 @@ impl Report {
                 let s = t.served.as_ref()?;
                 let left = s.not_after - now;
                 (left < warning_threshold(threshold, s.not_before, s.not_after)).then(|| {
+                    let newer = match t.held() {
+                        Some(h) => format!("a newer one ({}) waits for the DANE gate", h.sha256),
+                        None => "no source offers a newer one".to_owned(),
+                    };
                     let message = format!(
-                        "target {}: its certificate expires in {} days ({}); no source offers a newer one",
+                        "target {}: its certificate expires in {} days ({}); {newer}",
                         t.name,
                         left.div_euclid(86_400),
                         crate::rfc3339(s.not_after)
@@ -1043,5 +1047,24 @@ mod tests {
         );
         assert_eq!(facts.hold_max, 86_400);
         assert!(dane_facts(&ledger, "other", &dane).seen.is_empty());
+    }
+
+    #[test]
+    fn an_expiry_warning_of_a_held_slot_says_the_newer_certificate_waits_for_the_gate() {
+        let mut report = report_with(NOW - 80 * DAY, NOW + 5 * DAY);
+        let fourteen_days = Duration::from_secs(14 * DAY as u64);
+        let plain = report.expiring(fourteen_days, NOW);
+        assert!(
+            plain[0].1.ends_with("no source offers a newer one"),
+            "{plain:?}"
+        );
+        report.targets[0].action = held(Some(NOW + 60));
+        let held = report.expiring(fourteen_days, NOW);
+        assert!(
+            held[0]
+                .1
+                .ends_with("a newer one (ab) waits for the DANE gate"),
+            "{held:?}"
+        );
     }
 }

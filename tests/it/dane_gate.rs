@@ -111,6 +111,10 @@ fn a_new_key_is_held_while_its_record_is_younger_than_two_ttls_and_installed_aft
     assert_eq!(gate["until"], rfc3339(t0 + 2 * TTL).as_str(), "{gate}");
     let reason = gate["reason"].as_str().unwrap_or_default();
     assert!(reason.contains(&tlsa_3_1_1(&new.der)), "{gate}");
+    let text = env.run(&["status"]);
+    text.ok()
+        .stdout_line_with("dane gate    waiting: DANE gate holds certificate")
+        .unwrap_or_else(|| panic!("no dane gate line\n{}", text.describe()));
 
     // `check` says the same and changes nothing.
     env.check()
