@@ -79,6 +79,37 @@ fn write_ledger(env: &Env, seen: &[(&Leaf, i64)]) {
     write_json(&env.state.join("dane.json"), &ledger);
 }
 
+/// Runs `mxkeys sync` and returns it with the reconcile's verdict as the
+/// run recorded it (`last_run` in `status --json`: `ok` and the error
+/// lines). That verdict is sync's exit status without DANE; with it, sync
+/// also fails when its DANE pass does, and there is no DNS here.
+fn sync(env: &Env) -> (Run, bool, Vec<String>) {
+    let run = env.sync();
+    let (status, json) = env.status_json();
+    status.ok();
+    let last = &json["last_run"];
+    let errors = last["errors"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|e| e.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let ok = last["ok"]
+        .as_bool()
+        .unwrap_or_else(|| panic!("no last_run.ok\n{json}\n{}", run.describe()));
+    (run, ok, errors)
+}
+
+/// Syncs and asserts the reconcile had no problem.
+#[track_caller]
+fn sync_ok(env: &Env) -> Run {
+    let (run, ok, errors) = sync(env);
+    assert!(ok, "reconcile errors {errors:?}\n{}", run.describe());
+    run
+}
+
 /// The target's `dane_gate` in `status --json`.
 fn gate_status(env: &Env) -> Value {
     let (run, status) = env.status_json();
@@ -93,7 +124,7 @@ fn a_new_key_is_held_while_its_record_is_younger_than_two_ttls_and_installed_aft
     let old = ca.issue(&LeafSpec::new(&[HOST]));
     let t = setup(&env, &old, &[]);
     // Nothing installed yet: no gate.
-    env.sync().ok();
+    sync_ok(&env);
     t.assert_installed(&old);
 
     // The source brings a new key; its record was just seen.
@@ -101,9 +132,8 @@ fn a_new_key_is_held_while_its_record_is_younger_than_two_ttls_and_installed_aft
     files_source(&env.path("src"), &new);
     let t0 = unix_now();
     write_ledger(&env, &[(&old, t0 - 86_400), (&new, t0)]);
-    let held = env.sync();
-    held.ok()
-        .assert_err_line(&["target mail", "DANE gate holds certificate", &new.fp()]);
+    // Held: not a failure.
+    sync_ok(&env).assert_err_line(&["target mail", "DANE gate holds certificate", &new.fp()]);
     t.assert_installed(&old);
     let gate = gate_status(&env);
     assert_eq!(gate["state"], "waiting", "{gate}");
@@ -128,12 +158,12 @@ fn a_new_key_is_held_while_its_record_is_younger_than_two_ttls_and_installed_aft
         &env,
         &[(&old, t0 - 86_400), (&new, unix_now() - 2 * TTL + 30)],
     );
-    env.sync().ok();
+    sync_ok(&env);
     t.assert_installed(&old);
 
     // Aged 2 × TTL: installed.
     write_ledger(&env, &[(&old, t0 - 86_400), (&new, unix_now() - 2 * TTL)]);
-    env.sync().ok();
+    sync_ok(&env);
     t.assert_installed(&new);
     assert_eq!(gate_status(&env)["state"], "open");
 }
@@ -144,14 +174,14 @@ fn a_renewal_with_the_same_key_installs_at_once_though_no_record_was_ever_seen()
     let ca = Ca::new("gate-same");
     let old = ca.issue(&LeafSpec::new(&[HOST]));
     let t = setup(&env, &old, &[]);
-    env.sync().ok();
+    sync_ok(&env);
     t.assert_installed(&old);
 
     let renewed = ca.reissue(&LeafSpec::new(&[HOST]).days(90), &old);
     assert_eq!(tlsa_3_1_1(&renewed.der), tlsa_3_1_1(&old.der));
     files_source(&env.path("src"), &renewed);
     write_ledger(&env, &[]);
-    env.sync().ok().assert_stderr_lacks("DANE gate");
+    sync_ok(&env).assert_stderr_lacks("DANE gate holds");
     t.assert_installed(&renewed);
     assert_eq!(gate_status(&env)["state"], "open");
 }
@@ -163,14 +193,21 @@ fn a_held_certificate_is_forced_in_with_an_error_when_the_current_one_expires_wi
     let ca = Ca::new("gate-force");
     let old = ca.issue(&LeafSpec::new(&[HOST]).days(3));
     let t = setup(&env, &old, &["dane_hold_max = \"4d\""]);
-    env.sync().ok();
+    sync_ok(&env);
     t.assert_installed(&old);
 
     let new = ca.issue(&LeafSpec::new(&[HOST]).days(90));
     files_source(&env.path("src"), &new);
     write_ledger(&env, &[(&old, unix_now() - 86_400), (&new, unix_now())]);
-    let forced = env.sync();
-    forced.assert_code(1).assert_err_line(&[
+    let (forced, ok, errors) = sync(&env);
+    assert!(!ok, "a forced install is an error\n{}", forced.describe());
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.starts_with("target mail: installing ")),
+        "{errors:?}"
+    );
+    forced.assert_err_line(&[
         "target mail",
         &format!("installing {} although its TLSA record", new.fp()),
         &tlsa_3_1_1(&new.der),
@@ -186,10 +223,10 @@ fn a_held_certificate_is_forced_in_with_an_error_when_the_current_one_expires_wi
     let env = Env::new();
     let old = ca.issue(&LeafSpec::new(&[HOST]).days(5));
     let t = setup(&env, &old, &["dane_hold_max = \"4d\""]);
-    env.sync().ok();
+    sync_ok(&env);
     files_source(&env.path("src"), &new);
     write_ledger(&env, &[(&old, unix_now() - 86_400), (&new, unix_now())]);
-    env.sync().ok();
+    sync_ok(&env);
     t.assert_installed(&old);
 }
 
@@ -199,7 +236,7 @@ fn the_daemon_installs_a_held_certificate_when_its_gate_is_due() {
     let ca = Ca::new("gate-daemon");
     let old = ca.issue(&LeafSpec::new(&[HOST]));
     let t = setup(&env, &old, &[]);
-    env.sync().ok();
+    sync_ok(&env);
     let new = ca.issue(&LeafSpec::new(&[HOST]).days(90));
     files_source(&env.path("src"), &new);
     // Aged in a few seconds; nothing else will make the daemon reconcile
