@@ -661,6 +661,13 @@ mod tests {
         let hold = |until| {
             Action::Held(DaneHold {
                 sha256: "ab".to_owned(),
+                origin: crate::source::Origin {
+                    source: std::sync::Arc::from("src"),
+                    source_index: 0,
+                    entry: "next".to_owned(),
+                    entry_index: 0,
+                },
+                hint: None,
                 record: None,
                 until,
                 reason: WaitReason::NotSeen { spec: Spec::EE },

@@ -820,6 +820,13 @@ mod tests {
             with_gate(
                 Action::Held(DaneHold {
                     sha256: "bb".to_owned(),
+                    origin: crate::source::Origin {
+                        source: std::sync::Arc::from("src"),
+                        source_index: 0,
+                        entry: "next".to_owned(),
+                        entry_index: 0,
+                    },
+                    hint: None,
                     record: None,
                     until: Some(NOW + 60),
                     reason: waiting,

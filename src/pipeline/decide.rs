@@ -225,14 +225,14 @@ fn decide_slot(facts: SlotFacts<'_>, selection: Selection<'_>, now: i64) -> Slot
         install: Some(chosen.bundle),
     };
     defer_if_rolled_back(&mut decided, facts.failure, now);
-    hold_at_dane_gate(&mut decided, &facts, now);
+    hold_at_dane_gate(&mut decided, &facts, &c.origin, now);
     decided
 }
 
 /// The DANE gate (see the module doc): holds, or forces with an error, an
 /// install that would change a configured TLSA record before the new
 /// record is seen and aged.
-fn hold_at_dane_gate(decided: &mut SlotDecision, facts: &SlotFacts<'_>, now: i64) {
+fn hold_at_dane_gate(decided: &mut SlotDecision, facts: &SlotFacts<'_>, origin: &Origin, now: i64) {
     let Some(dane) = &facts.dane else { return };
     let (Some(new), Some((current, installed))) = (&decided.install, serving_installed(facts))
     else {
@@ -289,9 +289,11 @@ fn hold_at_dane_gate(decided: &mut SlotDecision, facts: &SlotFacts<'_>, now: i64
         gate::Decision::Wait { until, reason } => {
             r.action = Action::Held(DaneHold {
                 sha256,
+                origin: origin.clone(),
                 record: record_of(spec_of(reason)),
                 until,
                 reason,
+                hint: None,
             });
             r.served = Some(served(&current, installed, "installed".to_owned(), false));
             r.gate = Some(Gate::Held);

@@ -39,7 +39,7 @@ use std::time::Duration;
 use rustls_pki_types::CertificateDer;
 
 use crate::cert::KeyType;
-use crate::config::{Config, Dane, Reload, Slot, Target};
+use crate::config::{Config, Dane, Reload, Slot, SourceKind, Target};
 use crate::dane::gate::{ForceReason, WaitReason};
 use crate::dane::ledger::Ledger;
 use crate::dane::tlsa::Tlsa;
@@ -125,6 +125,8 @@ impl Action {
 pub struct DaneHold {
     /// The certificate held (SHA-256 of its leaf).
     pub sha256: String,
+    /// Where it comes from.
+    pub origin: source::Origin,
     /// The record it waits for (`None`: it cannot be built for that
     /// chain, e.g. a `2 1 1` with no issuer in the chain).
     pub record: Option<Tlsa>,
@@ -132,6 +134,9 @@ pub struct DaneHold {
     /// not seen yet.
     pub until: Option<i64>,
     pub reason: WaitReason,
+    /// How to renew without a hold, when its source can keep its key
+    /// ([`reuse_key_hint`]).
+    pub hint: Option<&'static str>,
 }
 
 impl fmt::Display for DaneHold {
@@ -141,11 +146,31 @@ impl fmt::Display for DaneHold {
             .map_or_else(|| "its record is seen".to_owned(), crate::rfc3339);
         write!(
             f,
-            "DANE gate holds certificate {} until {until}: {} (record {}); the current certificate stays",
+            "DANE gate holds certificate {} from {} until {until}: {} (record {}); the current certificate stays",
             self.sha256,
+            self.origin,
             self.reason,
             record_text(self.record.as_ref())
-        )
+        )?;
+        if let Some(hint) = self.hint {
+            write!(f, "; {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How a source that makes a new key on every renewal can be told to keep
+/// it, so that a renewal changes no TLSA record and is never held (pure).
+pub fn reuse_key_hint(kind: &SourceKind) -> Option<&'static str> {
+    match kind {
+        SourceKind::Certbot { .. } => Some(
+            "to renew without a hold, keep the key: `reuse_key = True` in Certbot's renewal \
+             configuration (or `certbot renew --reuse-key`)",
+        ),
+        SourceKind::Lego { .. } => {
+            Some("to renew without a hold, keep the key: `lego renew --reuse-key`")
+        }
+        _ => None,
     }
 }
 
@@ -619,8 +644,15 @@ pub fn plan(config: &Config, persist: Persist) -> Plan {
                 let files = d.install.as_ref().map_or_else(Vec::new, |bundle| {
                     install::planned_files(target, &target.slots[d.report.slot], bundle)
                 });
+                let mut report = d.report;
+                if let Action::Held(h) = &mut report.action {
+                    h.hint = config
+                        .sources
+                        .get(h.origin.source_index)
+                        .and_then(|s| reuse_key_hint(&s.kind));
+                }
                 SlotPlan {
-                    report: d.report,
+                    report,
                     files,
                     candidate: d.candidate,
                 }
@@ -930,6 +962,13 @@ mod tests {
     fn held(until: Option<i64>) -> Action {
         Action::Held(DaneHold {
             sha256: "ab".to_owned(),
+            origin: crate::source::Origin {
+                source: std::sync::Arc::from("src"),
+                source_index: 0,
+                entry: "next".to_owned(),
+                entry_index: 0,
+            },
+            hint: None,
             record: None,
             until,
             reason: WaitReason::NotSeen {
@@ -1066,5 +1105,41 @@ mod tests {
                 .ends_with("a newer one (ab) waits for the DANE gate"),
             "{held:?}"
         );
+    }
+
+    #[test]
+    fn only_the_sources_that_can_keep_their_key_get_a_reuse_key_hint() {
+        let path = PathBuf::from("/x");
+        for (kind, want) in [
+            (
+                SourceKind::Certbot { path: path.clone() },
+                Some("reuse_key = True"),
+            ),
+            (
+                SourceKind::Lego { path: path.clone() },
+                Some("lego renew --reuse-key"),
+            ),
+            (
+                SourceKind::Traefik {
+                    path: path.clone(),
+                    resolvers: None,
+                },
+                None,
+            ),
+            (
+                SourceKind::Files {
+                    cert: path.clone(),
+                    key: path.clone(),
+                    chain: None,
+                },
+                None,
+            ),
+        ] {
+            let hint = reuse_key_hint(&kind);
+            match want {
+                Some(part) => assert!(hint.is_some_and(|h| h.contains(part)), "{kind:?}"),
+                None => assert_eq!(hint, None, "{kind:?}"),
+            }
+        }
     }
 }

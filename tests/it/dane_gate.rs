@@ -41,7 +41,11 @@ fn rfc3339(t: i64) -> String {
 /// source holding `leaf`, with a `manual` DNS provider named by
 /// `[target.dane]`; `extra` goes into `[target.dane]`.
 fn setup(env: &Env, leaf: &Leaf, extra: &[&str]) -> Target {
-    let src = files_source(&env.path("src"), leaf);
+    setup_with(env, &files_source(&env.path("src"), leaf), extra)
+}
+
+/// The same with the source `src` (a `[[source]]` table).
+fn setup_with(env: &Env, src: &str, extra: &[&str]) -> Target {
     let mut t = Target::new(env, "mail")
         .extra("[target.dane]")
         .extra("dns = \"paste\"")
@@ -263,4 +267,30 @@ fn the_daemon_installs_a_held_certificate_when_its_gate_is_due() {
         d.describe()
     );
     assert!(d.terminate().success(), "{}", d.describe());
+}
+
+#[test]
+fn a_certbot_renewal_with_a_new_key_is_held_and_the_hold_suggests_reuse_key() {
+    let env = Env::new();
+    let ca = Ca::new("gate-certbot");
+    let certbot = Certbot::new(&env.path("letsencrypt"));
+    let old = ca.issue(&LeafSpec::new(&[HOST]));
+    certbot.add("mail", &old);
+    let t = setup_with(&env, &src_certbot(&env.path("letsencrypt")), &[]);
+    sync_ok(&env);
+    t.assert_installed(&old);
+
+    // Certbot's default: a new key on every renewal.
+    let new = ca.issue(&LeafSpec::new(&[HOST]).days(90));
+    certbot.add("mail", &new);
+    write_ledger(&env, &[(&old, unix_now() - 86_400), (&new, unix_now())]);
+    sync_ok(&env).assert_err_line(&[
+        "DANE gate holds certificate",
+        &new.fp(),
+        "`reuse_key = True`",
+    ]);
+    t.assert_installed(&old);
+    let gate = gate_status(&env);
+    let reason = gate["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("certbot renew --reuse-key"), "{gate}");
 }
