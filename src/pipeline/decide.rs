@@ -242,12 +242,14 @@ fn hold_at_dane_gate(decided: &mut SlotDecision, facts: &SlotFacts<'_>, origin: 
         return;
     }
     // The records the install would change, with since when each is seen.
-    // A record that cannot be built for the new chain (a 2 1 1 with no
-    // issuer in it) can never be seen: it waits, and is forced at the end.
+    // A record that cannot be built for the new chain while the installed
+    // chain has one (a 2 1 1 with no issuer in the new chain) can never be
+    // seen: it waits, and is forced at the end. A usage neither chain can
+    // build changes nothing.
     let mut changed: Vec<(gate::Seen, Option<Tlsa>)> = Vec::new();
     for spec in &dane.records {
         let wanted = spec.build_for(new).ok();
-        if wanted.is_some() && wanted == spec.build_for(installed).ok() {
+        if wanted == spec.build_for(installed).ok() {
             continue;
         }
         let since = wanted.and_then(|r| dane.seen.get(&r.to_string()).copied());
