@@ -584,6 +584,7 @@ fn plan_text(report: &Report) -> String {
                     Action::RolledBack(_) => "was rolled back",
                     Action::Deferred(_) => "was refused by the service; retried later",
                     Action::Unconfirmed(_) => "was installed but its reload is owed",
+                    Action::Held(_) => "keeps the installed certificate (DANE gate)",
                 };
                 out.push_str(&format!("{}: {} {what}\n", t.name, s.sha256));
                 out.push_str(&format!(
@@ -602,6 +603,9 @@ fn plan_text(report: &Report) -> String {
                     for f in files {
                         out.push_str(&format!("  write     {}\n", f.display()));
                     }
+                }
+                if let Some(h) = t.held() {
+                    out.push_str(&format!("  held      {h}\n"));
                 }
             }
             None => {

@@ -637,14 +637,18 @@ fn rdata(text: &str) -> Option<RData> {
 }
 
 // ---------------------------------------------------------------------------
-// Stand-ins for what other parts of issue 14 provide (design names and
-// signatures); replaced when those land in main.
+// What the other parts of issue 14 provide, as the pass uses it.
 // ---------------------------------------------------------------------------
 
-/// TODO(gate): `SlotPlan::candidate()` of every slot of target `index`.
+/// The chains the slots of target `index` would install next (held by the
+/// gate or not).
 fn candidates(plan: &Plan, index: usize) -> Vec<Vec<CertificateDer<'static>>> {
-    let _ = plan.slots.iter().filter(|s| s.report.target == index);
-    Vec::new()
+    plan.slots
+        .iter()
+        .filter(|s| s.report.target == index)
+        .filter_map(|s| s.candidate())
+        .map(<[CertificateDer<'static>]>::to_vec)
+        .collect()
 }
 
 /// The SubjectPublicKeyInfo of acme source `source`'s standby key.
