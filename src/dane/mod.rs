@@ -132,50 +132,29 @@ fn jobs(config: &Config) -> Vec<Job<'_>> {
                     .filter(|a| a.dane_targets.contains(&target.name))
                     .filter_map(|a| standby_spki(config, &a.name))
                     .collect(),
-                reuse_hints: reuse_hints(config, &plan, index, target),
+                reuse_hints: reuse_hints(&plan, index),
             })
         })
         .collect()
 }
 
-/// For target `index`: a hint per slot whose chosen certificate, from a
-/// Certbot or lego source, has another key than the installed one (so its
-/// install waits for the gate): how to make that tool keep its key.
-fn reuse_hints(config: &Config, plan: &Plan, index: usize, target: &Target) -> Vec<String> {
-    let mut hints = Vec::new();
-    for slot in plan.slots.iter().filter(|s| s.report.target == index) {
-        let Some(served) = &slot.report.served else {
-            continue;
-        };
-        let Ok(chosen) = tlsa::Spec::EE.build(&[CertificateDer::from(served.leaf.as_slice())])
-        else {
-            continue;
-        };
-        let installed = target
-            .slots
-            .get(slot.report.slot)
-            .and_then(|s| crate::install::installed_bundle(&s.files).ok())
-            .and_then(|b| tlsa::Spec::EE.build(&b.certs).ok());
-        if installed.is_none_or(|i| i == chosen) {
-            continue;
-        }
-        let source = config
-            .sources
-            .iter()
-            .find(|s| served.origin.starts_with(&format!("{}: ", s.label)));
-        let how = match source.map(|s| &s.kind) {
-            Some(crate::config::SourceKind::Certbot { .. }) => {
-                "set `reuse_key = True` in its renewal configuration (certbot renew --reuse-key)"
-            }
-            Some(crate::config::SourceKind::Lego { .. }) => "renew with `lego renew --reuse-key`",
-            _ => continue,
-        };
-        hints.push(format!(
-            "the new certificate from {} has a new key, so it waits for its TLSA record to age: {how} to keep the key and skip the wait",
-            served.origin
-        ));
-    }
-    hints
+/// For target `index`: a hint per slot whose new certificate the gate
+/// holds and whose source can keep its key (Certbot, lego): how to renew
+/// without a hold.
+fn reuse_hints(plan: &Plan, index: usize) -> Vec<String> {
+    plan.slots
+        .iter()
+        .filter(|s| s.report.target == index)
+        .filter_map(|s| match &s.report.action {
+            crate::pipeline::Action::Held(h) => h.hint.map(|hint| {
+                format!(
+                    "the new certificate {} from {} has a new key and waits for its TLSA record to age; {hint}",
+                    h.sha256, h.origin
+                )
+            }),
+            _ => None,
+        })
+        .collect()
 }
 
 impl Job<'_> {
