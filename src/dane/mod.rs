@@ -67,6 +67,10 @@ const RETRY_AFTER_FAILURE: i64 = 60;
 /// full name) runs again, in seconds.
 const RETRY_AFTER_PROBLEM: i64 = 600;
 
+/// When a pass that kept an old record because the new key was not yet
+/// verified in service looks again, in seconds.
+const RETRY_RETIREMENT: i64 = 30;
+
 /// One DANE target's part of a pass, gathered before any DNS work.
 struct Job<'a> {
     target: &'a Target,
@@ -397,6 +401,10 @@ async fn publish_and_observe(
                 "target {name}: keeping {owner} TLSA {r} until a wanted key is verified in service on every address"
             ));
         }
+        if !edits.retiring.is_empty() {
+            // The service may take a moment to serve the new key.
+            out.next_wake = earliest(out.next_wake, Some(now + RETRY_RETIREMENT));
+        }
     }
 
     // 4. Observe every owner on every authoritative server.
@@ -689,7 +697,7 @@ async fn served_matches(
     let endpoint = check::check_endpoint_against(host, port, resolver, &wanted).await;
     if !endpoint.ok() {
         for line in endpoint.lines() {
-            tracing::info!("dane: not retiring yet: {line}");
+            tracing::debug!("dane: not retiring yet: {line}");
         }
     }
     endpoint.ok()
