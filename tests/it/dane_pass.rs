@@ -452,6 +452,14 @@ fn inside_daemon_cycle() {
             .join(", ")
     );
     lab.write_config(&lab.rfc2136(), &reload, "");
+    // With metrics, for mxkeys_dane_match.
+    let port = free_port();
+    let text = std::fs::read_to_string(&lab.config).unwrap().replacen(
+        "\n\n",
+        &format!("\n\n[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n"),
+        1,
+    );
+    write(&lab.config, text);
     let (rec_a, rec_b) = (dnssec::tlsa_3_1_1(&a.der), dnssec::tlsa_3_1_1(&b.der));
     let mut daemon = Daemon::spawn(lab.mx_cmd(&["-v", "run"]), &lab.dir, "run");
 
@@ -512,9 +520,25 @@ fn inside_daemon_cycle() {
     assert_eq!(lab.served_file_leaf(), b.der);
     let t0 = lab.t0(&rec_b).expect("B's record seen");
     assert!(lab.installed_at() >= t0 + 2 * i64::from(TTL));
-    std::thread::sleep(Duration::from_secs(5));
+    // The pass that retired A's record changed DNS: the endpoints were
+    // checked as a sender would, and the served key matches.
+    let series = format!("mxkeys_dane_match{{host=\"{MAIL}\",port=\"25\"}} 1");
+    let start = Instant::now();
+    loop {
+        let body = http_get(port, "/metrics")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        if body.lines().any(|l| l == series) {
+            break;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no {series}:\n{body}\n{}",
+            daemon.describe()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     daemon.terminate();
-    eprintln!("DAEMONLOG {}", daemon.describe());
 }
 
 #[test]
