@@ -101,6 +101,15 @@ fn a_rollover_to_the_published_standby_key_installs_at_once_and_publishes_the_ne
     );
 }
 
+#[test]
+fn a_sigkill_at_each_step_of_a_rollover_never_leaves_the_served_key_without_an_aged_record() {
+    dnssec::run_in_namespace(
+        "a_sigkill_at_each_step_of_a_rollover_never_leaves_the_served_key_without_an_aged_record",
+        &inner("inside_rollover_crashes"),
+        &[POSTFIX],
+    );
+}
+
 /// No DNS needed: `dane status` reads files and the ledger only.
 #[test]
 fn dane_status_suggests_reuse_key_when_certbot_brings_a_new_key_to_a_dane_target() {
@@ -614,6 +623,187 @@ fn inside_standby_rollover() {
         run.describe(),
         postfix.log()
     );
+}
+
+/// Where a rollover's `sync` is killed: before or after a DNS write (the
+/// first adds the next standby's record, the second removes the old
+/// current record), or in the reload between the install and the
+/// verification.
+const ROLLOVER_KILLS: [&str; 5] = [
+    "before-write-1",
+    "after-write-1",
+    "in-reload",
+    "before-write-2",
+    "after-write-2",
+];
+
+#[test]
+#[ignore = "run inside a namespace by a_sigkill_at_each_step_of_a_rollover_..."]
+fn inside_rollover_crashes() {
+    let lab = Lab::start();
+    let source = lab.dir.join("state/acme/mail");
+    std::fs::create_dir_all(&source).unwrap();
+    set_mode(&source, 0o700);
+    set_mode(&lab.dir.join("state/acme"), 0o700);
+    let put = |name: &str, text: String| {
+        write(&source.join(name), text);
+        set_mode(&source.join(name), 0o600);
+    };
+    let (mut current, mut standby) = (lab.issue(), lab.issue());
+    put("bundle.pem", combined_pem(&current));
+    put("standby-key.pem", standby.key_pem());
+    lab.install(&current);
+    let postfix = Postfix::start_sink_on(&lab.dir.join("postfix"), &[&lab.combined()], 25);
+
+    // The provider (nsupdate) and the reload (postfix reload) SIGKILL
+    // mxkeys, their parent, at the step the file `kill` names: a DNS write
+    // is counted, and killed before or after it is sent.
+    let kill = lab.dir.join("kill");
+    let count = lab.dir.join("writes");
+    let key = lab.zone.dir.join("tsig.key");
+    let provider = lab.dir.join("provider.sh");
+    write(
+        &provider,
+        format!(
+            "#!/bin/sh\n\
+             action=$1; name=$2\n\
+             step() {{ n=$(($(cat {count} 2>/dev/null || echo 0) + 1)); echo $n > {count};\n\
+               if [ \"$(cat {kill} 2>/dev/null)\" = \"$1-write-$n\" ]; then rm -f {kill}; kill -9 $PPID; sleep 5; exit 1; fi; }}\n\
+             send() {{ {nsupdate} -k {key}; }}\n\
+             case $action in\n\
+             read) exec {dig} @{AUTHORITATIVE} +norecurse +short \"$name\" TLSA ;;\n\
+             replace) ttl=$4; shift 4\n\
+               step before; n=$(cat {count})\n\
+               {{ echo 'server {AUTHORITATIVE} 53'; echo 'zone example.test'; echo \"update delete $name TLSA\";\n\
+                 for v in \"$@\"; do echo \"update add $name $ttl TLSA $v\"; done; echo send; }} | send\n\
+               echo $((n - 1)) > {count}; step after ;;\n\
+             remove) step before; n=$(cat {count})\n\
+               printf 'server {AUTHORITATIVE} 53\\nzone example.test\\nupdate delete %s TLSA\\nsend\\n' \"$name\" | send\n\
+               echo $((n - 1)) > {count}; step after ;;\n\
+             esac\n",
+            dig = prog("dig").display(),
+            nsupdate = prog("nsupdate").display(),
+            kill = kill.display(),
+            count = count.display(),
+            key = key.display(),
+        ),
+    );
+    set_mode(&provider, 0o755);
+    let reload = lab.dir.join("reload.sh");
+    write(
+        &reload,
+        format!(
+            "#!/bin/sh\n\
+             if [ \"$(cat {kill} 2>/dev/null)\" = in-reload ]; then rm -f {kill}; kill -9 $PPID; sleep 5; exit 1; fi\n\
+             exec {}\n",
+            postfix.reload_argv().join(" "),
+            kill = kill.display(),
+        ),
+    );
+    set_mode(&reload, 0o755);
+    let dns = format!(
+        "[dns.bind]\ntype = \"exec\"\ncommand = [{}]\nzone = \"example.test\"\n\
+         nameservers = [\"{AUTHORITATIVE}:53\"]\nresolver = \"{RESOLVER}:53\"\n\
+         propagation_interval = \"1s\"\n",
+        q(provider.to_str().unwrap())
+    );
+    let acme = format!(
+        "[[source]]\ntype = \"acme\"\nname = \"mail\"\ndomains = [{}]\nchallenge = \"http-01\"\n",
+        q(MAIL)
+    );
+    let target = format!(
+        "reload = [{}]\nverify = [{{ address = \"{AUTHORITATIVE}:25\", protocol = \"smtp\" }}]\n",
+        q(reload.to_str().unwrap())
+    );
+    lab.write_config_sources(&dns, &acme, &target, "");
+    let rec = |l: &Leaf| dnssec::tlsa_3_1_1(&l.der);
+    let served = || {
+        served_leaf(
+            &format!("{AUTHORITATIVE}:25"),
+            Proto::Smtp,
+            Some(MAIL),
+            Offer::Any,
+        )
+        .unwrap()
+    };
+    // The served key and the key in the target's file (which Postfix
+    // serves after any reload) each have a record in DNS, seen since long
+    // enough for every resolver to know it.
+    let assert_covered = |step: &str| {
+        let published = lab.tlsa();
+        let now = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_secs(),
+        )
+        .unwrap();
+        for (what, leaf) in [("served", served()), ("installed", lab.served_file_leaf())] {
+            let record = dnssec::tlsa_3_1_1(&leaf);
+            assert!(
+                published.contains(&record),
+                "after a kill {step}: the {what} key's record {record} is not published: {published:?}\n{:#}",
+                lab.ledger()
+            );
+            let t0 = lab.t0(&record);
+            assert!(
+                t0.is_some_and(|t0| now - t0 >= 2 * i64::from(TTL)),
+                "after a kill {step}: the {what} key's record {record} is not aged (t0 {t0:?}, now {now})\n{:#}",
+                lab.ledger()
+            );
+        }
+    };
+
+    // Before the rollovers: current and standby published and aged.
+    lab.sync().ok();
+    lab.until_seen(&rec(&standby));
+    std::thread::sleep(Duration::from_secs(u64::from(3 * TTL)));
+
+    for step in ROLLOVER_KILLS {
+        // The ACME pass stored a certificate for the standby key and made
+        // the next standby key, as a rollover does.
+        let next = lab.issue();
+        put("bundle.pem", combined_pem(&standby));
+        put("standby-key.pem", next.key_pem());
+        write(&count, "0");
+        write(&kill, step);
+        let out = output_within(lab.mx_cmd(&["sync"]), DEADLINE).unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&out.status),
+            Some(9),
+            "mxkeys was not killed {step}: {out:?}"
+        );
+        assert!(!kill.exists(), "the kill {step} did not happen");
+        assert_covered(step);
+
+        // The next runs converge: the former standby is served, the old
+        // current record is gone, the next standby is published and ages.
+        let start = Instant::now();
+        loop {
+            let run = lab.sync();
+            let published = lab.tlsa();
+            if served() == standby.der
+                && lab.served_file_leaf() == standby.der
+                && published.len() == 2
+                && published.contains(&rec(&standby))
+                && published.contains(&rec(&next))
+            {
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no convergence after a kill {step}: {published:?}\n{}\n{}",
+                run.describe(),
+                postfix.log()
+            );
+            assert_covered(step);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        lab.until_seen(&rec(&next));
+        std::thread::sleep(Duration::from_secs(u64::from(3 * TTL)));
+        (current, standby) = (standby, next);
+    }
+    assert_eq!(served(), current.der);
 }
 
 /// The signed zone, a CA, and mxkeys' files: a files source (`src/`), a
