@@ -30,6 +30,10 @@ pub struct AcmeSource {
     /// Keep the private key across renewals (DANE pins it).
     pub reuse_key: bool,
     pub dir: crate::state::AcmeSourceDir,
+    /// The `[target.dane]` targets whose every domain this source's names
+    /// cover: the source keeps a standby key for them and reuses its key on
+    /// renewal (issue 14). Filled by [`link_dane_targets`].
+    pub dane_targets: Vec<String>,
 }
 
 /// How an `acme` source proves control of its names.
@@ -171,7 +175,29 @@ pub(super) fn source(
         key_type,
         reuse_key,
         dir,
+        dane_targets: Vec::new(),
     })
+}
+
+/// Links every `acme` source to the DANE targets it can serve: those whose
+/// every domain one of its names covers (a wildcard covers one label).
+pub(super) fn link_dane_targets(sources: &mut [SourceConfig], targets: &[super::Target]) {
+    for s in sources {
+        if let SourceKind::Acme(a) = &mut s.kind {
+            a.dane_targets = targets
+                .iter()
+                .filter(|t| t.dane.is_some())
+                .filter(|t| {
+                    t.domains.iter().all(|want| {
+                        a.domains
+                            .iter()
+                            .any(|have| crate::names::covers(have.as_str(), want).is_some())
+                    })
+                })
+                .map(|t| t.name.clone())
+                .collect();
+        }
+    }
 }
 
 /// Every dns-01 source names a `[dns.NAME]` table that exists.

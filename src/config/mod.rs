@@ -33,7 +33,10 @@ pub use self::daemon::{Daemon, WatchMode};
 pub use self::dkim::{Dkim, Signer};
 pub use self::dns::{DnsKind, DnsProvider};
 pub use self::source::{SourceConfig, SourceKind};
-pub use self::target::{FileRole, Slot, Target, TargetFiles, Verify, VerifyProtocol};
+pub use self::target::{
+    DEFAULT_DANE_HOLD_MAX, DEFAULT_DANE_TTL, Dane, FileRole, Slot, Target, TargetFiles, Verify,
+    VerifyProtocol,
+};
 pub use self::value::{Reload, Secret, SecretError, ValueError, selector_label};
 pub use crate::cert::KeyTypeFilter;
 pub use crate::dkim::machine::DkimAlgorithm;
@@ -249,7 +252,7 @@ impl Config {
         // The daemon's keys are read while `raw` is whole, but their error
         // is reported after the sources' and targets', as it always was.
         let daemon = daemon::daemon(&raw, &ctx);
-        let sources = source::sources(raw.sources, &state_dir, &ctx)?;
+        let mut sources = source::sources(raw.sources, &state_dir, &ctx)?;
         let targets = target::targets(
             raw.targets,
             hostname.as_ref().or(host.hostname.as_ref()),
@@ -258,6 +261,8 @@ impl Config {
         let daemon = daemon?;
         let dns = dns::providers(raw.dns, &ctx)?;
         acme::check_providers(&sources, &dns, &ctx)?;
+        target::check_dane_providers(&targets, &dns, &ctx)?;
+        acme::link_dane_targets(&mut sources, &targets);
         let acme = acme::account(raw.acme.unwrap_or_default(), &ctx)?;
         let dkim = raw
             .dkim

@@ -295,4 +295,18 @@ pub(super) struct RawTarget {
     pub(super) reload_timeout: Option<Duration>,
     #[serde(default)]
     pub(super) strict_permissions: bool,
+    pub(super) dane: Option<RawDane>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDane {
+    pub(super) dns: String,
+    pub(super) ports: Option<Vec<u16>>,
+    pub(super) hosts: Option<Vec<String>>,
+    pub(super) records: Option<Vec<crate::dane::tlsa::Spec>>,
+    pub(super) ttl: Option<u32>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) dane_hold_max: Option<Duration>,
+    pub(super) key_rollover: Option<u32>,
 }

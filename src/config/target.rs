@@ -7,6 +7,9 @@
 //! lies inside `state_dir` or `[dkim] key_dir` or is a signer file mxkeys
 //! writes ([`check_overlaps`]). A target without `domains` serves the
 //! `hostname` key, else the machine's host name given in [`super::Host`].
+//! A `[target.dane]` table names a `[dns.NAME]` provider that exists, at
+//! least one port, host and record kind, and no wildcard host (TLSA owner
+//! names are `_PORT._tcp.HOST`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -15,10 +18,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::dkim::Dkim;
-use super::raw::{RawFiles, RawKeyType, RawTarget};
+use super::raw::{RawDane, RawFiles, RawKeyType, RawTarget};
 use super::value::{Reload, ValueError, at, dns_names, key_mode, not_empty, reloads};
 use super::{ConfigError, Context};
 use crate::cert::KeyTypeFilter;
+use crate::dane::tlsa::Spec;
 use crate::names::DnsName;
 
 pub(super) const DEFAULT_RELOAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -45,6 +49,54 @@ pub struct Target {
     /// this target's files is writable by a user other than root and the
     /// target's owner.
     pub strict_permissions: bool,
+    /// `[target.dane]`: TLSA records kept in step with this target's
+    /// certificates, and the gate that holds a new key until they are aged.
+    pub dane: Option<Dane>,
+}
+
+/// `ttl` of the TLSA records mxkeys adds, when not configured: 5 minutes, so
+/// the gate (2 × TTL) holds a new key for about ten minutes.
+pub const DEFAULT_DANE_TTL: u32 = 300;
+/// `dane_hold_max` when not configured.
+pub const DEFAULT_DANE_HOLD_MAX: Duration = Duration::from_secs(7 * 86_400);
+/// The ports senders look TLSA records up for when `ports` is not set.
+const DEFAULT_DANE_PORTS: [u16; 1] = [25];
+
+/// A target's `[target.dane]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dane {
+    /// The `[dns.NAME]` provider that writes the TLSA records.
+    pub dns: String,
+    /// The ports senders connect to (`_PORT._tcp.HOST`).
+    pub ports: Vec<u16>,
+    /// The names senders look up: the target's `domains` by default.
+    pub hosts: Vec<DnsName>,
+    /// The kinds of record to keep, each built from the chain being
+    /// installed (`3 1 1`: the leaf's key; `2 1 1`: its issuer's key).
+    pub records: Vec<Spec>,
+    /// TTL of the records mxkeys adds.
+    pub ttl: u32,
+    /// `dane_hold_max`: a held certificate is installed anyway when the
+    /// current one has less than this left.
+    pub hold_max: Duration,
+    /// `key_rollover`: an `acme` source serving this target orders with its
+    /// standby key every this many renewals; `None`: only on request.
+    pub key_rollover: Option<u32>,
+}
+
+impl Dane {
+    /// The TLSA owner names, `_PORT._tcp.HOST`, for every host and port, in
+    /// configuration order.
+    pub fn owners(&self) -> Vec<String> {
+        self.hosts
+            .iter()
+            .flat_map(|h| {
+                self.ports
+                    .iter()
+                    .map(move |p| format!("_{p}._tcp.{}", h.as_str()))
+            })
+            .collect()
+    }
 }
 
 /// One certificate of a target: its key type and its files.
@@ -200,6 +252,8 @@ enum TargetError {
     DualMissingTable,
     #[error("key `verify`: address {0:?} is not host:port like \"127.0.0.1:25\"")]
     VerifyAddress(String),
+    #[error("[target.dane]: {0}")]
+    Dane(String),
 }
 
 fn target(
@@ -297,6 +351,7 @@ fn target(
     let reloads = reloads(t.reload, t.reload_signal, &|p| ctx.abs(p))?;
     not_empty("owner", t.owner.as_deref())?;
     not_empty("group", t.group.as_deref())?;
+    let dane = t.dane.map(|d| dane(d, &domains)).transpose()?;
     Ok(Target {
         name: t.name,
         domains,
@@ -309,7 +364,92 @@ fn target(
         verify: t.verify,
         verify_timeout: t.verify_timeout.unwrap_or(DEFAULT_VERIFY_TIMEOUT),
         strict_permissions: t.strict_permissions,
+        dane,
     })
+}
+
+/// Validates `[target.dane]`; `domains` are the target's, the default hosts.
+fn dane(d: RawDane, domains: &[DnsName]) -> Result<Dane, TargetError> {
+    let bad = |m: String| TargetError::Dane(m);
+    if d.dns.is_empty() {
+        return Err(bad("key `dns`: empty".to_owned()));
+    }
+    let ports = d.ports.unwrap_or_else(|| DEFAULT_DANE_PORTS.to_vec());
+    if ports.is_empty() {
+        return Err(bad("key `ports`: empty (leave it out for [25])".to_owned()));
+    }
+    if ports.contains(&0) {
+        return Err(bad("key `ports`: 0 is not a port".to_owned()));
+    }
+    let hosts_given = d.hosts.is_some();
+    let hosts = match d.hosts {
+        Some(h) if h.is_empty() => {
+            return Err(bad(
+                "key `hosts`: empty (leave it out for the target's domains)".to_owned(),
+            ));
+        }
+        Some(h) => dns_names(&h).map_err(|e| bad(format!("key `hosts`: {e}")))?,
+        None => domains.to_vec(),
+    };
+    if let Some(w) = hosts.iter().find(|h| h.is_wildcard()) {
+        return Err(bad(format!(
+            "key `hosts`: {:?} is a wildcard; senders look TLSA records up under the MX host's own name{}",
+            w.as_str(),
+            if !hosts_given {
+                " (set `hosts` to the MX names this target serves)"
+            } else {
+                ""
+            }
+        )));
+    }
+    let mut records = d.records.unwrap_or_else(|| vec![Spec::EE]);
+    if records.is_empty() {
+        return Err(bad(
+            "key `records`: empty (leave it out for [\"3 1 1\"])".to_owned()
+        ));
+    }
+    let mut once = HashSet::new();
+    records.retain(|r| once.insert(*r));
+    let ttl = d.ttl.unwrap_or(DEFAULT_DANE_TTL);
+    if ttl == 0 {
+        return Err(bad(
+            "key `ttl`: 0 would let resolvers never cache the records".to_owned(),
+        ));
+    }
+    if d.key_rollover == Some(0) {
+        return Err(bad(
+            "key `key_rollover`: 0 (leave it out to roll only on `mxkeys dane rollover`)"
+                .to_owned(),
+        ));
+    }
+    Ok(Dane {
+        dns: d.dns,
+        ports,
+        hosts,
+        records,
+        ttl,
+        hold_max: d.dane_hold_max.unwrap_or(DEFAULT_DANE_HOLD_MAX),
+        key_rollover: d.key_rollover,
+    })
+}
+
+/// Every `[target.dane]` names a `[dns.NAME]` table that exists.
+pub(super) fn check_dane_providers(
+    targets: &[Target],
+    dns: &std::collections::BTreeMap<String, super::DnsProvider>,
+    ctx: &Context,
+) -> Result<(), ConfigError> {
+    for t in targets {
+        if let Some(d) = &t.dane
+            && !dns.contains_key(&d.dns)
+        {
+            return Err(ctx.error(format!(
+                "target {:?}: [target.dane]: key `dns`: no [dns.{}] table",
+                t.name, d.dns
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Target files are written over whatever is there: none may lie inside
@@ -400,5 +540,80 @@ mod tests {
             let e = parse(&format!("{TARGET}{text}")).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_dane_table_gets_port_25_the_target_domains_and_3_1_1_by_default() {
+        let dns = "[dns.ns]\ntype = \"manual\"\n";
+        let c = parse(&format!(
+            "{dns}{TARGET}key = \"k\"\n[target.dane]\ndns = \"ns\"\n"
+        ))
+        .unwrap();
+        let d = c.targets[0].dane.as_ref().unwrap();
+        assert_eq!(d.ports, vec![25]);
+        assert_eq!(d.owners(), vec!["_25._tcp.mail.example.com".to_owned()]);
+        assert_eq!(d.records, vec![crate::dane::tlsa::Spec::EE]);
+        assert_eq!(d.ttl, super::DEFAULT_DANE_TTL);
+        assert_eq!(d.hold_max, super::DEFAULT_DANE_HOLD_MAX);
+        assert_eq!(d.key_rollover, None);
+
+        let c = parse(&format!(
+            "{dns}{TARGET}key = \"k\"\n[target.dane]\ndns = \"ns\"\nports = [25, 465]\nhosts = [\"mx1.example.com\", \"MX2.example.com\"]\nrecords = [\"3 1 1\", \"2 1 1\", \"3 1 1\"]\nttl = 2\ndane_hold_max = \"3d\"\nkey_rollover = 4\n"
+        ))
+        .unwrap();
+        let d = c.targets[0].dane.as_ref().unwrap();
+        assert_eq!(
+            d.owners(),
+            vec![
+                "_25._tcp.mx1.example.com",
+                "_465._tcp.mx1.example.com",
+                "_25._tcp.mx2.example.com",
+                "_465._tcp.mx2.example.com"
+            ]
+        );
+        assert_eq!(
+            d.records,
+            vec![crate::dane::tlsa::Spec::EE, crate::dane::tlsa::Spec::TA]
+        );
+        assert_eq!((d.ttl, d.key_rollover), (2, Some(4)));
+        assert_eq!(d.hold_max, Duration::from_secs(3 * 86_400));
+    }
+
+    #[test]
+    fn a_dane_table_that_cannot_work_is_refused_naming_its_key() {
+        let dns = "[dns.ns]\ntype = \"manual\"\n";
+        for (table, needle) in [
+            ("dns = \"other\"\n", "no [dns.other] table"),
+            ("dns = \"ns\"\nports = []\n", "key `ports`"),
+            ("dns = \"ns\"\nports = [0]\n", "key `ports`"),
+            ("dns = \"ns\"\nhosts = []\n", "key `hosts`"),
+            ("dns = \"ns\"\nhosts = [\"*.example.com\"]\n", "wildcard"),
+            ("dns = \"ns\"\nrecords = []\n", "key `records`"),
+            ("dns = \"ns\"\nrecords = [\"3 0 1\"]\n", "records"),
+            ("dns = \"ns\"\nttl = 0\n", "key `ttl`"),
+            ("dns = \"ns\"\nkey_rollover = 0\n", "key `key_rollover`"),
+            ("dns = \"ns\"\nport = 25\n", "port"),
+        ] {
+            let e = parse(&format!("{dns}{TARGET}key = \"k\"\n[target.dane]\n{table}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{table:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_acme_source_is_linked_to_the_dane_targets_its_names_cover() {
+        let c = parse(
+            "[dns.ns]\ntype = \"manual\"\n[[source]]\ntype = \"acme\"\nname = \"wild\"\ndomains = [\"*.example.com\"]\nchallenge = \"dns-01\"\ndns = \"ns\"\n[[source]]\ntype = \"acme\"\nname = \"other\"\ndomains = [\"mail.example.org\"]\nchallenge = \"http-01\"\n[[target]]\nname = \"mx\"\ndomains = [\"mail.example.com\"]\nkey = \"k1\"\n[target.dane]\ndns = \"ns\"\n[[target]]\nname = \"plain\"\ndomains = [\"mail.example.com\"]\nkey = \"k2\"\n",
+        )
+        .unwrap();
+        let linked: Vec<(&str, &[String])> = c
+            .acme_sources()
+            .map(|a| (a.name.as_str(), a.dane_targets.as_slice()))
+            .collect();
+        assert_eq!(
+            linked,
+            vec![("wild", &["mx".to_owned()][..]), ("other", &[][..])]
+        );
     }
 }

@@ -1,9 +1,11 @@
 //! DANE (issue 14): TLSA records for a target's certificates and the gate
 //! that holds a certificate change until senders can know its key.
 //!
-//! Pure cores only, no DNS and no files: [`tlsa`] builds, parses, renders
+//! Pure cores, no DNS and no files: [`tlsa`] builds, parses, renders
 //! and matches the records; [`gate`] decides, from what has been seen in
-//! DNS and since when, whether a DANE target may install a new certificate.
+//! DNS and since when, whether a DANE target may install a new certificate;
+//! [`ledger`] is what the DNS side recorded (`state_dir/dane.json`).
 
 pub mod gate;
+pub mod ledger;
 pub mod tlsa;

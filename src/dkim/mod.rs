@@ -817,6 +817,7 @@ fn key_ownership(d: &Dkim) -> Result<crate::install::Ownership, crate::install::
         verify: Vec::new(),
         verify_timeout: d.reload_timeout,
         strict_permissions: false,
+        dane: None,
     };
     crate::install::ownership(&target)
 }

@@ -41,6 +41,7 @@ pub use run::{Daemon, Failure, Installed, Run, State};
 
 const LOCK_FILE: &str = "lock";
 const STATE_FILE: &str = "state.json";
+const DANE_FILE: &str = "dane.json";
 const SELF_SIGNED_DIR: &str = "self-signed";
 const ACME_DIR: &str = "acme";
 const ACCOUNTS_DIR: &str = "accounts";
@@ -110,6 +111,12 @@ impl StateDir {
     /// The DKIM key book.
     pub fn dkim_record<T>(&self) -> Record<T> {
         Record::new(self.dkim().join(STATE_FILE), 0o600)
+    }
+
+    /// The DANE ledger (`dane.json`): the TLSA records this host published
+    /// and since when each has been seen (see `crate::dane::ledger`).
+    pub fn dane_record<T>(&self) -> Record<T> {
+        Record::new(self.0.join(DANE_FILE), 0o600)
     }
 
     /// `[dkim] key_dir` when the configuration names none.
