@@ -16,6 +16,7 @@ mod container_env;
 mod crash;
 mod daemon;
 mod dane;
+mod dane_loop;
 mod dkim;
 mod dns;
 mod hostile_fs;

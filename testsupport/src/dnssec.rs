@@ -357,6 +357,60 @@ stub-zone:
         });
     }
 
+    /// The TLSA set BIND serves at `owner` (canonical `3 1 1 hex` strings,
+    /// sorted; empty when there is none).
+    pub fn served_tlsa(&self, owner: &str) -> Vec<String> {
+        let out = self.authoritative(&["TLSA", owner]);
+        let mut set: Vec<String> = answer(&out, "TLSA").iter().map(|r| normalize(r)).collect();
+        set.sort();
+        set
+    }
+
+    /// The TLSA set Unbound answers at `owner`, sorted, when the answer is
+    /// validated (`ad`); None when it is not.
+    pub fn resolved_tlsa(&self, owner: &str) -> Option<Vec<String>> {
+        let out = self.resolve(&["TLSA", owner]);
+        if !flags(&out).contains(&"ad".to_owned()) {
+            return None;
+        }
+        let mut set: Vec<String> = answer(&out, "TLSA").iter().map(|r| normalize(r)).collect();
+        set.sort();
+        Some(set)
+    }
+
+    /// Adds `record` (e.g. `3 1 1 HEX`) to the TLSA set at `owner`, keeping
+    /// what is there (as another host or an administrator would), and
+    /// waits until Unbound answers it with `ad`.
+    #[track_caller]
+    pub fn add_tlsa(&self, owner: &str, record: &str) {
+        self.update(&format!("update add {owner} {TTL} TLSA {record}"));
+        let want = normalize(record);
+        self.wait("Unbound to answer the added TLSA record with ad", || {
+            self.resolved_tlsa(owner)
+                .filter(|set| set.contains(&want))
+                .map(|_| ())
+        });
+    }
+
+    /// A `[dns.NAME]` table for mxkeys: RFC 2136 to this BIND for `zone`
+    /// (e.g. [`ZONE`] or [`UNSIGNED_ZONE`]) with the lab's TSIG key, BIND
+    /// as the zone's only nameserver and Unbound as the resolver.
+    pub fn rfc2136_toml(&self, name: &str, zone: &str) -> String {
+        format!(
+            "[dns.{name}]\n\
+             type = \"rfc2136\"\n\
+             server = \"{AUTHORITATIVE}:53\"\n\
+             zone = \"{zone}\"\n\
+             tsig_name = \"{KEY_NAME}\"\n\
+             tsig_algorithm = \"hmac-sha256\"\n\
+             tsig_secret_file = \"{key}\"\n\
+             nameservers = [\"{AUTHORITATIVE}\"]\n\
+             resolver = \"{RESOLVER}:53\"\n\
+             propagation_interval = \"1s\"\n",
+            key = self.dir.join("tsig.key").display(),
+        )
+    }
+
     /// The end of both servers' logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -443,7 +497,7 @@ pub fn answer(dig_output: &str, rtype: &str) -> Vec<String> {
 
 /// A TLSA record's data in one canonical form (lower-case, no spaces in the
 /// hex, which dig splits).
-fn normalize(record: &str) -> String {
+pub fn normalize(record: &str) -> String {
     let fields: Vec<&str> = record.split_whitespace().collect();
     if fields.len() < 4 {
         return record.to_lowercase();

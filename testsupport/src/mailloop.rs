@@ -186,9 +186,9 @@ impl MailLoop {
             if start.elapsed() > SETTLE {
                 let mut tally = tally;
                 tally.deferred.extend(
-                    unsettled
-                        .into_iter()
-                        .map(|to| format!("no status for <{to}> {SETTLE:?} after the loop stopped")),
+                    unsettled.into_iter().map(|to| {
+                        format!("no status for <{to}> {SETTLE:?} after the loop stopped")
+                    }),
                 );
                 return tally;
             }
@@ -268,12 +268,12 @@ fn parse_log(text: &str, tag: &str) -> Parsed {
     let prefix = format!("to=<{tag}-");
     for line in text.lines() {
         let pid = smtp_pid(line);
-        if let Some(pid) = pid {
-            if line.contains("TLS connection established to") {
-                let ok = line.contains("Verified TLS connection")
-                    || line.contains("Trusted TLS connection");
-                trust.insert(pid, ok);
-            }
+        if let Some(pid) = pid
+            && line.contains("TLS connection established to")
+        {
+            let ok =
+                line.contains("Verified TLS connection") || line.contains("Trusted TLS connection");
+            trust.insert(pid, ok);
         }
         let ours = line.contains(&prefix);
         if ours {
@@ -285,14 +285,15 @@ fn parse_log(text: &str, tag: &str) -> Parsed {
                 }
                 continue;
             }
-            if line.contains("status=") {
-                if let Some(to) = to {
-                    status.insert(to.to_owned(), Status::Other);
-                }
+            if line.contains("status=")
+                && let Some(to) = to
+            {
+                status.insert(to.to_owned(), Status::Other);
             }
         }
         let lower = line.to_ascii_lowercase();
-        let complaint = (ours && (line.contains("status=deferred") || line.contains("status=bounced")))
+        let complaint = (ours
+            && (line.contains("status=deferred") || line.contains("status=bounced")))
             || line.contains("dsn=4.7.5")
             || line.contains("TLSA")
             || lower.contains("certificate verification failed")
@@ -385,9 +386,15 @@ Nov 29 22:10:04 sender postfix/smtp[103]: DDD: to=<u-0@example.test>, relay=mail
     #[test]
     fn a_delivery_counts_as_verified_only_after_a_verified_or_trusted_line_of_its_own_process() {
         let p = parse_log(LOG, "t");
-        assert_eq!(p.status["t-0@example.test"], Status::Sent { verified: true });
+        assert_eq!(
+            p.status["t-0@example.test"],
+            Status::Sent { verified: true }
+        );
         assert_eq!(p.status["t-1@example.test"], Status::Other);
-        assert_eq!(p.status["t-2@example.test"], Status::Sent { verified: true });
+        assert_eq!(
+            p.status["t-2@example.test"],
+            Status::Sent { verified: true }
+        );
         assert!(!p.status.contains_key("u-0@example.test"));
         let p = parse_log(LOG, "u");
         assert_eq!(
@@ -429,6 +436,13 @@ Nov 29 22:10:04 sender postfix/smtp[103]: DDD: to=<u-0@example.test>, relay=mail
             }
             .all_verified()
         );
-        assert!(!Tally { delivered: 2, verified: 2, ..good }.all_verified());
+        assert!(
+            !Tally {
+                delivered: 2,
+                verified: 2,
+                ..good
+            }
+            .all_verified()
+        );
     }
 }
