@@ -53,6 +53,15 @@ fn a_mail_loop_with_a_matching_record_delivers_every_message_verified() {
 }
 
 #[test]
+fn a_mail_loop_with_a_matching_2_1_1_record_counts_its_trusted_deliveries_as_verified() {
+    dnssec::run_in_namespace(
+        "a_mail_loop_with_a_matching_2_1_1_record_counts_its_trusted_deliveries_as_verified",
+        &inner("inside_loop_with_2_1_1_record"),
+        &[POSTFIX, OPENSSL],
+    );
+}
+
+#[test]
 fn a_mail_loop_records_deferrals_when_the_served_key_changes_without_its_record() {
     dnssec::run_in_namespace(
         "a_mail_loop_records_deferrals_when_the_served_key_changes_without_its_record",
@@ -120,6 +129,26 @@ fn inside_loop_with_matching_record() {
     eprintln!("{tally:?}");
     tally.assert_every_message_verified(|| format!("{}\n{}", sender.log(), lab.receiver.log()));
     assert!(tally.verified >= 5, "{tally:?}");
+}
+
+#[test]
+#[ignore = "run inside a namespace by a_mail_loop_with_a_matching_2_1_1_record_..."]
+fn inside_loop_with_2_1_1_record() {
+    let lab = Lab::start();
+    // DANE-TA: the issuer's key, the leaf's name checked.
+    let issuer = lab.leaf.chain.first().expect("the leaf's issuer");
+    lab.zone.set_tlsa(OWNER, &[&dnssec::tlsa_2_1_1(issuer)]);
+    let sender = Postfix::start_dane_sender(&lab.dir.path().join("sender"));
+    let mail = MailLoop::start(&sender);
+    assert!(
+        mail.wait_delivered(3, STEP),
+        "the loop delivered fewer than 3 messages: {:?}\n{}",
+        mail.tally(),
+        sender.log()
+    );
+    let tally = mail.stop();
+    eprintln!("{tally:?}");
+    tally.assert_every_message_verified(|| format!("{}\n{}", sender.log(), lab.receiver.log()));
 }
 
 #[test]

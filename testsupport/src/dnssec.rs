@@ -517,3 +517,10 @@ pub fn tlsa_3_1_1(cert_der: &[u8]) -> String {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).expect("a certificate");
     format!("3 1 1 {}", sha256_hex(cert.tbs_certificate.subject_pki.raw))
 }
+
+/// The `2 1 1` TLSA data for a CA certificate (DER) in a served chain:
+/// SHA-256 of its SubjectPublicKeyInfo.
+pub fn tlsa_2_1_1(ca_der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(ca_der).expect("a certificate");
+    format!("2 1 1 {}", sha256_hex(cert.tbs_certificate.subject_pki.raw))
+}
