@@ -754,6 +754,11 @@ impl<'a> RecordBody<'a> {
                 // An ACME delegation target must be answered as a CNAME.
                 body.proxied = Some(false);
             }
+            RData::A(_) | RData::Aaaa(_) => {
+                body.content = Some(value.to_string());
+                // The address itself, not Cloudflare's proxy.
+                body.proxied = Some(false);
+            }
         }
         body
     }
@@ -884,6 +889,20 @@ fn parse_record(
         RecordType::Cname => RData::Cname(crate::canonical_name(
             record.content.as_deref().ok_or_else(unreadable)?,
         )),
+        RecordType::A => RData::A(
+            record
+                .content
+                .as_deref()
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(unreadable)?,
+        ),
+        RecordType::Aaaa => RData::Aaaa(
+            record
+                .content
+                .as_deref()
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(unreadable)?,
+        ),
         RecordType::Tlsa => {
             let from_data = record
                 .data
@@ -1129,6 +1148,7 @@ fn check_value(value: &RData) -> Result<(), Error> {
         RData::Cname(target) => Err(Error::Unsupported(format!(
             "cloudflare: invalid CNAME target {target:?}"
         ))),
+        RData::A(_) | RData::Aaaa(_) => Ok(()),
     }
 }
 

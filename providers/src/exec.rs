@@ -198,6 +198,8 @@ fn parse_value(rtype: RecordType, line: &str) -> Option<RData> {
     match rtype {
         RecordType::Txt => Some(RData::Txt(line.to_owned())),
         RecordType::Cname => Some(RData::Cname(crate::canonical_name(line))),
+        RecordType::A => line.trim().parse().ok().map(RData::A),
+        RecordType::Aaaa => line.trim().parse().ok().map(RData::Aaaa),
         RecordType::Tlsa => {
             let mut parts = line.split_whitespace();
             let usage = parts.next()?.parse().ok()?;

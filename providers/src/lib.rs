@@ -15,13 +15,15 @@
 //! TSIG), [`exec`] (a program the user names), [`manual`] (prints what to
 //! set). [`propagation`] asks every authoritative server directly until each
 //! answers exactly the expected set, or a set containing the expected
-//! values.
+//! values; [`observe`] reports, in one round, what each serves and whether
+//! it is DNSSEC-signed, and what a validating resolver answers (DANE).
 
 #![deny(missing_docs)]
 
 pub mod cloudflare;
 pub mod exec;
 pub mod manual;
+pub mod observe;
 pub mod propagation;
 pub mod rfc2136;
 pub mod txt;
@@ -29,6 +31,7 @@ pub mod txt;
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex};
 
 /// A record type mxkeys writes. TXT first; the others fit the same trait.
@@ -41,6 +44,11 @@ pub enum RecordType {
     /// An alias, followed by the propagation check when it meets one on the
     /// way to the expected set (delegated `_acme-challenge` names).
     Cname,
+    /// An IPv4 address: looked up through a validating resolver for the
+    /// DANE check of a mail host's addresses.
+    A,
+    /// An IPv6 address, as [`RecordType::A`].
+    Aaaa,
 }
 
 impl fmt::Display for RecordType {
@@ -49,6 +57,8 @@ impl fmt::Display for RecordType {
             RecordType::Txt => "TXT",
             RecordType::Tlsa => "TLSA",
             RecordType::Cname => "CNAME",
+            RecordType::A => "A",
+            RecordType::Aaaa => "AAAA",
         })
     }
 }
@@ -72,6 +82,10 @@ pub enum RData {
     },
     /// The target name, absolute, without the trailing dot.
     Cname(String),
+    /// An IPv4 address.
+    A(Ipv4Addr),
+    /// An IPv6 address.
+    Aaaa(Ipv6Addr),
 }
 
 impl RData {
@@ -82,6 +96,8 @@ impl RData {
             RData::Txt(_) => RecordType::Txt,
             RData::Tlsa { .. } => RecordType::Tlsa,
             RData::Cname(_) => RecordType::Cname,
+            RData::A(_) => RecordType::A,
+            RData::Aaaa(_) => RecordType::Aaaa,
         }
     }
 }
@@ -102,6 +118,8 @@ impl fmt::Display for RData {
                 data.iter().try_for_each(|b| write!(f, "{b:02x}"))
             }
             RData::Cname(target) => write!(f, "{target}."),
+            RData::A(ip) => write!(f, "{ip}"),
+            RData::Aaaa(ip) => write!(f, "{ip}"),
         }
     }
 }

@@ -61,11 +61,15 @@ use crate::rfc2136::{
 };
 use crate::{Error, RData, RecordType};
 
+// One round with DNSSEC (DANE): `Propagation::observe`, `zone_signed`, and
+// the validating resolver's view.
+pub use crate::observe::{Observed, Secure, secure_lookup};
+
 /// The longest CNAME chain followed from the name asked.
 pub const MAX_CNAME_CHAIN: usize = 8;
 
 /// Longest wait for one server's answer within a round.
-const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// How to check propagation.
 #[derive(Debug, Clone)]
@@ -559,11 +563,11 @@ fn describe_values(values: &[RData]) -> String {
 /// One authoritative server: an NS host and the addresses of it this host
 /// can reach, or one configured address.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Server {
+pub(crate) struct Server {
     /// The NS host name, or the configured address as text.
-    name: String,
+    pub(crate) name: String,
     /// Never empty; asked in this order.
-    addrs: Vec<SocketAddr>,
+    pub(crate) addrs: Vec<SocketAddr>,
 }
 
 /// What finding one server's addresses gave: each address with the route
@@ -665,7 +669,7 @@ fn server_set(
 }
 
 /// Every address to ask, each once: IPv4 first, in server order.
-fn addresses(servers: &[Server]) -> Vec<SocketAddr> {
+pub(crate) fn addresses(servers: &[Server]) -> Vec<SocketAddr> {
     let mut all: Vec<SocketAddr> = Vec::new();
     for addr in servers.iter().flat_map(|s| &s.addrs) {
         if !all.contains(addr) {
@@ -760,7 +764,7 @@ fn route_to(addr: SocketAddr) -> Result<(), NoRoute> {
 }
 
 /// The authoritative servers of each name asked, found once per wait.
-struct ServerCache {
+pub(crate) struct ServerCache {
     configured: Option<Vec<SocketAddr>>,
     /// The zone `configured` serves (all names when `None`).
     zone: Option<Name>,
@@ -774,7 +778,7 @@ struct ServerCache {
 }
 
 impl ServerCache {
-    fn new(propagation: &Propagation) -> Result<ServerCache, Error> {
+    pub(crate) fn new(propagation: &Propagation) -> Result<ServerCache, Error> {
         if let Some(list) = &propagation.nameservers
             && list.is_empty()
         {
@@ -806,7 +810,7 @@ impl ServerCache {
         }
     }
 
-    async fn servers(&mut self, name: &Name) -> Result<Vec<Server>, Error> {
+    pub(crate) async fn servers(&mut self, name: &Name) -> Result<Vec<Server>, Error> {
         if let Some(list) = self.configured_for(name) {
             if let Some(set) = &self.configured_set {
                 return Ok(set.clone());

@@ -685,6 +685,8 @@ pub(crate) fn wire_type(rtype: RecordType) -> WireType {
         RecordType::Txt => WireType::TXT,
         RecordType::Tlsa => WireType::TLSA,
         RecordType::Cname => WireType::CNAME,
+        RecordType::A => WireType::A,
+        RecordType::Aaaa => WireType::AAAA,
     }
 }
 
@@ -705,6 +707,8 @@ pub(crate) fn to_wire(value: &RData) -> Result<WireRData, Error> {
             data.clone(),
         )),
         RData::Cname(target) => WireRData::CNAME(CNAME(parse_name(target)?)),
+        RData::A(ip) => WireRData::A((*ip).into()),
+        RData::Aaaa(ip) => WireRData::AAAA((*ip).into()),
     })
 }
 
@@ -719,6 +723,8 @@ pub(crate) fn from_wire(data: &WireRData) -> Option<RData> {
             data: t.cert_data.clone(),
         }),
         WireRData::CNAME(c) => Some(RData::Cname(display_name(&c.0))),
+        WireRData::A(a) => Some(RData::A(a.0)),
+        WireRData::AAAA(a) => Some(RData::Aaaa(a.0)),
         _ => None,
     }
 }

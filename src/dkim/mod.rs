@@ -748,7 +748,7 @@ async fn existing_records(provider: &Provider, name: &str) -> Result<Vec<String>
         // A provider returns only the type asked: every value is a TXT.
         Ok(values) => existing.extend(values.into_iter().filter_map(|v| match v {
             RData::Txt(t) => Some(t),
-            RData::Tlsa { .. } | RData::Cname(_) => None,
+            _ => None,
         })),
         Err(mxkeys_providers::Error::Unsupported(_)) => {}
         Err(source) => {

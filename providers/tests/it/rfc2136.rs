@@ -376,6 +376,29 @@ async fn tlsa_round_trip() {
 }
 
 #[tokio::test]
+async fn a_and_aaaa_round_trip() {
+    let Some(bind) = Bind::start() else { return };
+    let store = bind.provider();
+    let name = "host.example.test";
+    let v4 = RData::A("192.0.2.7".parse().unwrap());
+    let v6 = RData::Aaaa("2001:db8::7".parse().unwrap());
+    for (value, rtype, shown) in [
+        (&v4, RecordType::A, "192.0.2.7"),
+        (&v6, RecordType::Aaaa, "2001:db8::7"),
+    ] {
+        assert_eq!(
+            store
+                .replace(name, 300, std::slice::from_ref(value))
+                .await
+                .unwrap(),
+            Change::Changed
+        );
+        assert_eq!(bind.short(&rtype.to_string(), name), vec![shown]);
+        assert_eq!(store.read(name, rtype).await.unwrap(), vec![value.clone()]);
+    }
+}
+
+#[tokio::test]
 async fn cname_round_trip() {
     let Some(bind) = Bind::start() else { return };
     let store = bind.provider();
