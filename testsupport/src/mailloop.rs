@@ -26,8 +26,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -88,7 +88,9 @@ impl Tally {
 pub struct MailLoop {
     stop: Arc<AtomicBool>,
     submitted: Arc<AtomicU64>,
-    thread: Option<JoinHandle<Vec<String>>>,
+    /// Submissions the sender refused (or that failed), one line each.
+    refused: Arc<Mutex<Vec<String>>>,
+    thread: Option<JoinHandle<()>>,
     log: PathBuf,
     /// Where the sender's log stood when the loop started.
     offset: usize,
@@ -112,11 +114,12 @@ impl MailLoop {
         );
         let stop = Arc::new(AtomicBool::new(false));
         let submitted = Arc::new(AtomicU64::new(0));
+        let refused = Arc::new(Mutex::new(Vec::new()));
         let addr = sender.addr();
         let thread = {
             let (stop, submitted, tag) = (stop.clone(), submitted.clone(), tag.clone());
+            let refused = refused.clone();
             std::thread::spawn(move || {
-                let mut refused = Vec::new();
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     let started = Instant::now();
@@ -128,18 +131,21 @@ impl MailLoop {
                             n += 1;
                             submitted.store(n, Ordering::Relaxed);
                         }
-                        Err(e) => refused.push(format!("submission to {addr} for {to}: {e}")),
+                        Err(e) => refused
+                            .lock()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .push(format!("submission to {addr} for {to}: {e}")),
                     }
                     while started.elapsed() < INTERVAL && !stop.load(Ordering::Relaxed) {
                         std::thread::sleep(Duration::from_millis(50));
                     }
                 }
-                refused
             })
         };
         MailLoop {
             stop,
             submitted,
+            refused,
             thread: Some(thread),
             log,
             offset,
@@ -151,7 +157,7 @@ impl MailLoop {
     /// neither delivered nor deferred).
     pub fn tally(&self) -> Tally {
         let submitted = self.submitted.load(Ordering::Relaxed) as usize;
-        self.read(submitted, &[]).0
+        self.read(submitted).0
     }
 
     /// Waits (at most `limit`) until `n` more messages were delivered than
@@ -172,20 +178,20 @@ impl MailLoop {
     /// status line, and returns the tally.
     pub fn stop(mut self) -> Tally {
         self.stop.store(true, Ordering::Relaxed);
-        let refused = match self.thread.take().map(JoinHandle::join) {
-            Some(Ok(refused)) => refused,
-            Some(Err(_)) => vec!["the mail loop's thread panicked".to_owned()],
-            None => Vec::new(),
-        };
+        let panicked = matches!(self.thread.take().map(JoinHandle::join), Some(Err(_)));
         let submitted = self.submitted.load(Ordering::Relaxed) as usize;
         let start = Instant::now();
         loop {
-            let (tally, unsettled) = self.read(submitted, &refused);
+            let (mut tally, unsettled) = self.read(submitted);
+            if panicked {
+                tally
+                    .deferred
+                    .push("the mail loop's thread panicked".to_owned());
+            }
             if unsettled.is_empty() {
                 return tally;
             }
             if start.elapsed() > SETTLE {
-                let mut tally = tally;
                 tally.deferred.extend(
                     unsettled.into_iter().map(|to| {
                         format!("no status for <{to}> {SETTLE:?} after the loop stopped")
@@ -200,7 +206,7 @@ impl MailLoop {
     /// Reads the sender's log since the loop started: the tally of the
     /// first `submitted` messages, and the recipients among them with no
     /// status line yet.
-    fn read(&self, submitted: usize, refused: &[String]) -> (Tally, Vec<String>) {
+    fn read(&self, submitted: usize) -> (Tally, Vec<String>) {
         let bytes = std::fs::read(&self.log).unwrap_or_default();
         let text = String::from_utf8_lossy(bytes.get(self.offset..).unwrap_or_default());
         let parsed = parse_log(&text, &self.tag);
@@ -226,7 +232,13 @@ impl MailLoop {
                 None => unsettled.push(to),
             }
         }
-        tally.deferred.extend(refused.iter().cloned());
+        tally.deferred.extend(
+            self.refused
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
         tally.deferred.extend(parsed.complaints);
         (tally, unsettled)
     }
