@@ -96,6 +96,17 @@ enum DnsCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum DaneCommand {
+    /// Connect to every DANE host and port like a DANE sender: match each
+    /// address's chain against the DNSSEC-validated TLSA records. Exit 1 on
+    /// any mismatch, unvalidated answer or unreachable address.
+    Check {
+        /// Only this target (default: every target with `[target.dane]`).
+        target: Option<String>,
+    },
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -128,6 +139,11 @@ enum Command {
     Dkim {
         #[command(subcommand)]
         command: DkimCommand,
+    },
+    /// DANE: TLSA records of the targets with `[target.dane]`.
+    Dane {
+        #[command(subcommand)]
+        command: DaneCommand,
     },
     /// DNS providers.
     Dns {
@@ -171,6 +187,9 @@ pub fn main() -> ExitCode {
             command: DnsCommand::Test { provider, name },
         } => dns_test(&config, &provider, name.as_deref()),
         Command::Dkim { command } => dkim(&config, command),
+        Command::Dane {
+            command: DaneCommand::Check { target },
+        } => dane_check(&config, target.as_deref()),
         Command::Config => match source.text() {
             Ok(text) => {
                 println!("# configuration from {source}");
@@ -392,6 +411,32 @@ fn dns_test(config: &config::Config, provider: &str, name: Option<&str>) -> Exit
             tracing::error!("dns test {provider}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `mxkeys dane check`: one line per host, port and address; exit 1 on any
+/// failure, 2 when there is nothing to check (or no such DANE target).
+fn dane_check(config: &config::Config, only: Option<&str>) -> ExitCode {
+    let endpoints = match crate::dane::check::endpoints(config, only) {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::error!("dane check: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let Some(rt) = crate::runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let checks = rt.block_on(crate::dane::check::check_all(&endpoints));
+    for line in checks.iter().flat_map(|c| c.lines()) {
+        println!("{line}");
+    }
+    let failed = checks.iter().filter(|c| !c.ok()).count();
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        tracing::error!("dane check: {failed} of {} endpoints failed", checks.len());
+        ExitCode::FAILURE
     }
 }
 

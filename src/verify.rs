@@ -6,9 +6,10 @@
 //! The certificate is not validated against a root store: the question is
 //! "is this exactly the certificate we installed", not "is it trusted". The
 //! handshake signature is still checked, so the server must hold the key.
+//! [`served_chain`] gives the whole chain at one address, for `dane check`.
 
 use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -145,12 +146,30 @@ pub fn served_leaf(endpoint: &Verify, sni: &str, key_type: KeyType) -> Result<Ve
         .map_err(Failure::Resolve)?
         .next()
         .ok_or(Failure::NoAddress)?;
+    let chain = served_chain(addr, endpoint.protocol, sni, key_type)?;
+    chain
+        .into_iter()
+        .next()
+        .map(|c| c.as_ref().to_vec())
+        .ok_or(Failure::NoCertificate)
+}
+
+/// The whole chain (leaf first, as sent) `addr` presents after `protocol`'s
+/// plain-text part to a client sending `sni` and offering only `key_type`'s
+/// signature schemes (every scheme of the provider for [`KeyType::Other`]).
+/// Any chain is accepted; the handshake signature is still checked.
+pub fn served_chain(
+    addr: SocketAddr,
+    protocol: VerifyProtocol,
+    sni: &str,
+    key_type: KeyType,
+) -> Result<Vec<CertificateDer<'static>>, Failure> {
     let mut tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(Failure::Connect)?;
     tcp.set_read_timeout(Some(IO_TIMEOUT))
         .map_err(Failure::Socket)?;
     tcp.set_write_timeout(Some(IO_TIMEOUT))
         .map_err(Failure::Socket)?;
-    starttls(&mut tcp, endpoint.protocol)?;
+    starttls(&mut tcp, protocol)?;
 
     let name = ServerName::try_from(sni.to_owned()).map_err(|source| Failure::Sni {
         sni: sni.to_owned(),
@@ -161,14 +180,16 @@ pub fn served_leaf(endpoint: &Verify, sni: &str, key_type: KeyType) -> Result<Ve
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp).map_err(Failure::Handshake)?;
     }
-    let leaf = conn
+    let chain: Vec<CertificateDer<'static>> = conn
         .peer_certificates()
-        .and_then(|c| c.first())
-        .map(|c| c.as_ref().to_vec())
-        .ok_or(Failure::NoCertificate)?;
+        .map(|c| c.iter().map(|c| c.clone().into_owned()).collect())
+        .unwrap_or_default();
+    if chain.is_empty() {
+        return Err(Failure::NoCertificate);
+    }
     conn.send_close_notify();
     let _ = conn.complete_io(&mut tcp);
-    Ok(leaf)
+    Ok(chain)
 }
 
 /// The plain-text part of the protocol, up to where TLS starts.

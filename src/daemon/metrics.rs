@@ -61,6 +61,9 @@ struct Inner {
     reload_errors: Vec<String>,
     orders_ok: u64,
     orders_failed: u64,
+    /// Whether every address of a DANE host and port served a chain its
+    /// TLSA records match, at the last DANE pass.
+    dane_match: BTreeMap<(String, u16), bool>,
     last_success: Option<i64>,
     last_ok: Option<bool>,
 }
@@ -193,6 +196,17 @@ impl Metrics {
         };
         if let Ok(mut m) = self.inner.lock() {
             m.dkim_error = error;
+        }
+    }
+
+    /// After a DANE pass: which DANE endpoints served a matching chain
+    /// (replaces the previous pass's endpoints).
+    pub fn set_dane_checks(&self, checks: &[crate::dane::check::EndpointCheck]) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.dane_match = checks
+                .iter()
+                .map(|c| ((c.host.clone(), c.port), c.ok()))
+                .collect();
         }
     }
 
@@ -359,6 +373,20 @@ impl Metrics {
             m.dkim_reload_pending
                 .map(|p| (String::new(), u8::from(p).to_string()))
                 .into_iter()
+                .collect(),
+        );
+        series(
+            "mxkeys_dane_match",
+            "gauge",
+            "1 when every address of a DANE host and port served a chain its DNSSEC-validated TLSA records match, else 0.",
+            m.dane_match
+                .iter()
+                .map(|((h, p), ok)| {
+                    (
+                        format!("{{host=\"{}\",port=\"{p}\"}}", escape(h)),
+                        u8::from(*ok).to_string(),
+                    )
+                })
                 .collect(),
         );
         series(
@@ -617,5 +645,45 @@ mod tests {
         let why = verdict(&m).unwrap_err().to_string();
         assert_eq!(why.chars().count(), HEALTH_LINE_MAX);
         assert!(why.starts_with("dkim: xxx") && why.ends_with('…'), "{why}");
+    }
+
+    #[test]
+    fn dane_match_is_one_per_host_and_port_and_the_last_pass_replaces_the_previous() {
+        use crate::dane::check::{AddressCheck, EndpointCheck, Outcome};
+        let check = |host: &str, port: u16, outcome: Outcome| EndpointCheck {
+            host: host.to_owned(),
+            port,
+            owner: crate::dane::check::owner(host, port),
+            results: vec![AddressCheck {
+                address: None,
+                outcome,
+            }],
+        };
+        let record = format!("3 1 1 {}", "ab".repeat(32)).parse().unwrap();
+        let metrics = Metrics::default();
+        metrics.set_dane_checks(&[
+            check("mx1.example.org", 25, Outcome::Match { record }),
+            check("mx1.example.org", 465, Outcome::NoRecords),
+            check("mx\"2", 25, Outcome::Insecure("TLSA".to_owned())),
+        ]);
+        let text = metrics.render();
+        for line in [
+            "mxkeys_dane_match{host=\"mx1.example.org\",port=\"25\"} 1",
+            "mxkeys_dane_match{host=\"mx1.example.org\",port=\"465\"} 0",
+            "mxkeys_dane_match{host=\"mx\\\"2\",port=\"25\"} 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+        metrics.set_dane_checks(&[check("mx1.example.org", 25, Outcome::NoRecords)]);
+        let rows: Vec<String> = metrics
+            .render()
+            .lines()
+            .filter(|l| l.starts_with("mxkeys_dane_match{"))
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            rows,
+            ["mxkeys_dane_match{host=\"mx1.example.org\",port=\"25\"} 0"]
+        );
     }
 }

@@ -17,6 +17,7 @@ mod crash;
 mod daemon;
 mod dane;
 mod dane_loop;
+mod dane_check;
 mod dkim;
 mod dns;
 mod hostile_fs;
