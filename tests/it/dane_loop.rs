@@ -615,8 +615,9 @@ impl Bed {
     }
 
     /// Lets the loop deliver a few more messages over the final state, stops
-    /// it and asserts that every message was verified and that the owner
-    /// holds exactly `records` (mxkeys') plus the foreign one.
+    /// it and asserts that every message was verified, that the owner holds
+    /// exactly `records` (mxkeys') plus the foreign one, and that `mxkeys
+    /// dane check` is satisfied.
     #[track_caller]
     fn finish(mut self, records: &[&str]) {
         let mail = self.mail.take().expect("the loop runs");
@@ -644,6 +645,15 @@ impl Bed {
             self.context()
         );
         self.assert_foreign_records_intact();
+        // mxkeys' own DANE sender view agrees.
+        let check = self.env.run(&["dane", "check"]);
+        assert_eq!(
+            check.code,
+            0,
+            "dane check after the change\n{}\n{}",
+            check.describe(),
+            self.context()
+        );
     }
 
     fn context(&self) -> String {
