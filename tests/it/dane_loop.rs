@@ -268,11 +268,13 @@ fn inside_certbot_new_key() {
     bed.until("the new certificate installed", || {
         bed.env.sync().ok();
         bed.assert_foreign_records_intact();
+        bed.assert_installed_key_published();
         bed.installed() == new.der
     });
     bed.until("the old key's record retired", || {
         bed.env.sync().ok();
         bed.assert_foreign_records_intact();
+        bed.assert_installed_key_published();
         !bed.zone.served_tlsa(OWNER).contains(&old_rec)
     });
     bed.finish(&[&new_rec]);
@@ -308,6 +310,7 @@ fn inside_traefik_new_key_daemon() {
     bed.until("the daemon to install the new certificate", || {
         daemon.assert_running();
         bed.assert_foreign_records_intact();
+        bed.assert_installed_key_published();
         let installed = bed.installed() == new.der;
         assert!(
             !installed || published,
@@ -320,6 +323,7 @@ fn inside_traefik_new_key_daemon() {
     bed.until("the daemon to retire the old key's record", || {
         daemon.assert_running();
         bed.assert_foreign_records_intact();
+        bed.assert_installed_key_published();
         !bed.zone.served_tlsa(OWNER).contains(&old_rec)
     });
     bed.finish(&[&new_rec]);
@@ -394,11 +398,13 @@ fn inside_own_acme_reuse_and_rollover() {
     bed.until("the certificate with the standby key installed", || {
         bed.env.sync().ok();
         bed.assert_foreign_records_intact();
+        bed.assert_installed_key_published();
         dnssec::tlsa_3_1_1(&bed.installed()) == standby_rec
     });
     let next_rec = bed.until_some("a new standby published and the old record retired", || {
         bed.env.sync().ok();
         bed.assert_foreign_records_intact();
+        bed.assert_installed_key_published();
         let mine = bed.own_records();
         (mine.len() == 2 && mine.contains(&standby_rec) && !mine.contains(&current_rec))
             .then(|| mine.into_iter().find(|r| *r != standby_rec))
@@ -571,6 +577,20 @@ impl Bed {
                 self.context()
             );
         }
+    }
+
+    /// The invariant, sampled: the key in the target's file (served from
+    /// the next reload on) has its record published, and so has the key
+    /// Postfix serves until then (checked by the loop).
+    #[track_caller]
+    fn assert_installed_key_published(&self) {
+        let rec = dnssec::tlsa_3_1_1(&self.installed());
+        let served = self.zone.served_tlsa(OWNER);
+        assert!(
+            served.contains(&rec),
+            "the installed key's record {rec} is not published: {served:?}\n{}",
+            self.context()
+        );
     }
 
     /// Polls `probe` every second until true; panics after [`STEP`].
