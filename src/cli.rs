@@ -105,6 +105,14 @@ enum DaneCommand {
         /// Only this target (default: every target with `[target.dane]`).
         target: Option<String>,
     },
+    /// Roll a DANE target's key over to the standby key of the acme
+    /// sources serving it (its TLSA record is published already): recorded
+    /// at once (a stopped run keeps it), ordered now, then synced. Exit
+    /// status 2 for a target without DANE or served by no acme source.
+    Rollover {
+        /// The `[[target]]` name.
+        target: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -190,6 +198,9 @@ pub fn main() -> ExitCode {
         Command::Dane {
             command: DaneCommand::Check { target },
         } => dane_check(&config, target.as_deref()),
+        Command::Dane {
+            command: DaneCommand::Rollover { target },
+        } => dane_rollover(&config, &target),
         Command::Config => match source.text() {
             Ok(text) => {
                 println!("# configuration from {source}");
@@ -387,6 +398,52 @@ fn renew(config: &config::Config, force: bool, only: Option<&str>) -> ExitCode {
     exit(&report)
 }
 
+/// `mxkeys dane rollover TARGET`: records the request on every acme source
+/// serving the target, orders their certificates for the standby keys,
+/// then syncs. Exit 1 when a source did not roll over (its request stays
+/// for the next pass).
+fn dane_rollover(config: &config::Config, target: &str) -> ExitCode {
+    use crate::acme::RolloverError;
+    let sources = match crate::acme::standby::request(config, target) {
+        Ok(sources) => sources,
+        Err(e @ (RolloverError::UnknownTarget { .. } | RolloverError::NotServed(_))) => {
+            tracing::error!("dane rollover: {e}");
+            return ExitCode::from(2);
+        }
+        Err(e) => {
+            tracing::error!("dane rollover: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let Some(runtime) = crate::runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let mut rolled = true;
+    for source in &sources {
+        println!("dane rollover {target}: requested for acme source {source}");
+        match runtime.block_on(crate::acme::renew(config, false, Some(source))) {
+            Ok(outcomes) => {
+                for o in &outcomes {
+                    println!("{}", crate::acme::describe(o));
+                    rolled &= matches!(o.result, Some(Ok(_)));
+                }
+            }
+            Err(e) => {
+                tracing::error!("dane rollover: {e}");
+                rolled = false;
+            }
+        }
+    }
+    let report = pipeline::reconcile(config, Mode::Apply);
+    if !rolled {
+        tracing::error!(
+            "dane rollover {target}: not every source rolled over; the request stays for the next pass"
+        );
+        return ExitCode::FAILURE;
+    }
+    exit(&report)
+}
+
 fn dns_test(config: &config::Config, provider: &str, name: Option<&str>) -> ExitCode {
     let Some(cfg) = config.dns.get(provider) else {
         let known: Vec<&str> = config.dns.keys().map(String::as_str).collect();
@@ -489,6 +546,7 @@ fn plan_text(report: &Report) -> String {
                     Action::RolledBack(_) => "was rolled back",
                     Action::Deferred(_) => "was refused by the service; retried later",
                     Action::Unconfirmed(_) => "was installed but its reload is owed",
+                    Action::Held(_) => "keeps the installed certificate (DANE gate)",
                 };
                 out.push_str(&format!("{}: {} {what}\n", t.name, s.sha256));
                 out.push_str(&format!(
@@ -507,6 +565,9 @@ fn plan_text(report: &Report) -> String {
                     for f in files {
                         out.push_str(&format!("  write     {}\n", f.display()));
                     }
+                }
+                if let Some(h) = t.held() {
+                    out.push_str(&format!("  held      {h}\n"));
                 }
             }
             None => {

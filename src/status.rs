@@ -2,11 +2,16 @@
 //! where it came from as recorded by the last run. Never prints key material.
 //!
 //! In `--json`, a value that does not exist is `null`, never `""`.
+//!
+//! A slot of a DANE target also shows what the DANE gate decided in the
+//! last reconcile (read from the ledger, `state_dir/dane.json`): `open`,
+//! `waiting` for which certificate and until when, or `forced`.
 
 use serde::Serialize;
 
 use crate::cert::{self, Leaf, Timeliness};
 use crate::config::Config;
+use crate::dane::ledger::{GateState, Ledger};
 use crate::install;
 use crate::state::{self, State};
 
@@ -49,6 +54,37 @@ pub struct TargetStatus {
     /// Why `installed` is empty, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub problem: Option<String>,
+    /// For a DANE target: the gate's last decision (`null` before the
+    /// first reconcile); absent for other targets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dane_gate: Option<Option<GateStatus>>,
+}
+
+/// The DANE gate's last decision for a target.
+#[derive(Debug, Serialize)]
+pub struct GateStatus {
+    /// `open`, `waiting` or `forced`.
+    pub state: String,
+    /// The certificate held or forced (SHA-256 of its leaf).
+    pub sha256: Option<String>,
+    /// When the gate opens if nothing changes.
+    pub until: Option<String>,
+    /// What it waits for (or why it was forced), one line.
+    pub reason: Option<String>,
+    /// When this was decided.
+    pub decided_at: String,
+}
+
+impl GateStatus {
+    fn from_ledger(g: &GateState) -> GateStatus {
+        GateStatus {
+            state: g.state.clone(),
+            sha256: g.sha256.clone(),
+            until: g.until.map(crate::rfc3339),
+            reason: g.reason.clone(),
+            decided_at: crate::rfc3339(g.at),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -79,6 +115,26 @@ impl Status {
     pub fn gather(config: &Config) -> Status {
         let record = State::load(&config.state_dir);
         let now = crate::now();
+        let ledger = if config.targets.iter().any(|t| t.dane.is_some()) {
+            config
+                .state_dir
+                .dane_record::<Ledger>()
+                .load()
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Ledger::default()
+        };
+        let gate_of = |t: &crate::config::Target| {
+            t.dane.as_ref().map(|_| {
+                ledger
+                    .targets
+                    .get(&t.name)
+                    .and_then(|l| l.gate.as_ref())
+                    .map(GateStatus::from_ledger)
+            })
+        };
         let targets = config
             .targets
             .iter()
@@ -86,6 +142,7 @@ impl Status {
             .map(|(t, slot)| {
                 let name = t.slot_name(slot);
                 let domains = t.domains.iter().map(|d| d.as_str().to_owned()).collect();
+                let dane_gate = gate_of(t);
                 let installed = install::installed_certs(&slot.files).and_then(|certs| {
                     let der = certs
                         .first()
@@ -114,6 +171,7 @@ impl Status {
                                 source,
                             }),
                             problem: None,
+                            dane_gate,
                         }
                     }
                     Err(e) => TargetStatus {
@@ -121,6 +179,7 @@ impl Status {
                         domains,
                         installed: None,
                         problem: Some(e.to_string()),
+                        dane_gate,
                     },
                 }
             })
@@ -194,6 +253,17 @@ impl Status {
                     "  no certificate installed: {}\n",
                     problem.as_deref().unwrap_or("unknown")
                 )),
+            }
+            match &t.dane_gate {
+                Some(Some(g)) => out.push_str(&format!(
+                    "  dane gate    {}{}\n",
+                    g.state,
+                    g.reason
+                        .as_ref()
+                        .map_or_else(String::new, |r| format!(": {r}"))
+                )),
+                Some(None) => out.push_str("  dane gate    not decided yet\n"),
+                None => {}
             }
         }
         for a in &self.acme {

@@ -24,12 +24,20 @@
 //! anew. An order about to be finalized is recorded (its URL in
 //! `state.json`, its key in `order-key.pem`, mode 0600) and fetched again
 //! on the next pass when its certificate was not stored.
+//!
+//! DANE: a source serving `[target.dane]` targets keeps a standby key
+//! (made under the ACME lock before any order) and renews with its current
+//! key; a rollover (`mxkeys dane rollover`, or every `key_rollover`
+//! renewals) orders with the standby key, and once that certificate is
+//! stored a new standby key is made ([`standby`]; the rules are
+//! [`schedule::key_choice`] and [`schedule::standby_needed`]).
 
 pub mod account;
 pub mod dns01;
 pub mod http01;
 pub mod order;
 pub mod schedule;
+pub mod standby;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,9 +47,10 @@ use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::cert::{self, Leaf};
-use crate::config::{AcmeAccount, AcmeKeyType, AcmeSource, Challenge, Config};
+use crate::config::{AcmeKeyType, AcmeSource, Challenge, Config};
 use crate::source::acme::{bundle_path, read_bundle};
 use schedule::{Due, Held, Issuance, Reason, Wanted};
+pub use standby::{RolloverError, standby_spki};
 
 /// Why an `acme` source got no certificate this pass, or why `renew` did
 /// not run: the source's state file, the lock, the account, the DNS
@@ -85,6 +94,9 @@ pub enum AcmeError {
         #[source]
         source: Arc<std::io::Error>,
     },
+    /// The DANE standby key could not be made, or used for a rollover.
+    #[error("{}: standby key: {why}", .path.display())]
+    StandbyKey { path: PathBuf, why: String },
 }
 
 /// Makes a source's directory (0700).
@@ -127,6 +139,10 @@ pub struct SourceState {
     /// No ARI fetch before this time (set after a failed one).
     #[serde(default)]
     pub ari_retry_at: Option<i64>,
+    /// DANE: renewals that kept the key since the certificate's key was
+    /// new (a rollover to the standby key), for `key_rollover`.
+    #[serde(default)]
+    pub renewals_since_rollover: u32,
 }
 
 /// ARI (RFC 9773) facts for one certificate.
@@ -266,14 +282,16 @@ fn holding(source: &AcmeSource) -> Option<Holding> {
 
 /// The facts of a source for [`schedule`], passed to `decide`.
 fn with_facts<T>(
+    config: &Config,
     source: &AcmeSource,
-    acme: &AcmeAccount,
     held: Option<&Holding>,
     state: &SourceState,
     force: bool,
     now: i64,
     decide: impl FnOnce(&schedule::Facts<'_>) -> T,
 ) -> T {
+    let acme = &config.acme;
+    let rollover = standby::requested(config, source);
     let key_type = key_type_name(source.key_type);
     decide(&schedule::Facts {
         now,
@@ -288,19 +306,20 @@ fn with_facts<T>(
         ari_chosen: state.ari_of(held).map(|a| a.chosen),
         next_attempt: state.next_attempt_at,
         force,
+        rollover,
     })
 }
 
 /// The decision for a source, from its files and state alone.
 fn decide(
+    config: &Config,
     source: &AcmeSource,
-    acme: &AcmeAccount,
     held: Option<&Holding>,
     state: &SourceState,
     force: bool,
     now: i64,
 ) -> Due {
-    with_facts(source, acme, held, state, force, now, schedule::due)
+    with_facts(config, source, held, state, force, now, schedule::due)
 }
 
 /// What renewing one source did.
@@ -351,7 +370,7 @@ fn times(config: &Config) -> Vec<(String, i64, i64)> {
         .map(|s| {
             let state = SourceState::load(s);
             let held = holding(s);
-            let due = decide(s, &config.acme, held.as_ref(), &state, false, now);
+            let due = decide(config, s, held.as_ref(), &state, false, now);
             let mut at = match due {
                 Due::Now(_) => now,
                 Due::Later(at) => at,
@@ -421,16 +440,33 @@ pub async fn renew(
 ) -> Result<Vec<Outcome>, AcmeError> {
     let now = crate::now();
     let mut work = gather_work(config, force, only, now)?;
-    let needs_network = work
+    let needs_network = |work: &[Work<'_>]| {
+        work.iter()
+            .any(|w| w.resume || w.ari_stale || matches!(w.due, Due::Now(_)))
+    };
+    let needs_standby = work
         .iter()
-        .any(|w| w.resume || w.ari_stale || matches!(w.due, Due::Now(_)));
-    if !needs_network {
+        .any(|w| standby::needs_settling(config, w.source));
+    if !needs_network(&work) && !needs_standby {
         return Ok(outcomes(work, now));
     }
     let _lock = match config.state_dir.lock_acme() {
         Ok(lock) => lock,
         Err(e) => return Ok(fail_all(work, &AcmeError::Lock(Arc::new(e)), None, now)),
     };
+    if needs_standby {
+        // Under the lock: a rollover a stopped run stored is settled, and
+        // missing or spent standby keys are made before any order.
+        for w in &work {
+            if let Err(e) = standby::settle(config, w.source) {
+                tracing::error!("acme source {}: {e}", w.source.name);
+            }
+        }
+        work = gather_work(config, force, only, now)?;
+        if !needs_network(&work) {
+            return Ok(outcomes(work, now));
+        }
+    }
     mark_in_flight(&work, now);
     let (account, retry_after) =
         account::observing(account::load_or_create(&config.acme, &config.state_dir)).await;
@@ -489,7 +525,7 @@ fn gather_work<'c>(
         .map(|s| {
             let state = SourceState::load(s);
             let held = holding(s);
-            let due = decide(s, &config.acme, held.as_ref(), &state, force, now);
+            let due = decide(config, s, held.as_ref(), &state, force, now);
             let resume = state.pending_order.is_some()
                 && (force || state.next_attempt_at.is_none_or(|t| t <= now));
             let recently_unsupported = state.no_ari_since.is_some_and(|t| now - t < 86_400);
@@ -549,7 +585,7 @@ async fn refresh_ari(
                 w.state.no_ari_since = None;
                 w.state.ari_failures = 0;
                 w.state.ari_retry_at = None;
-                w.due = decide(w.source, &config.acme, Some(h), &w.state, force, now);
+                w.due = decide(config, w.source, Some(h), &w.state, force, now);
             }
             AriAnswer::Unsupported => w.state.no_ari_since = Some(now),
             AriAnswer::Failed(e) => {
@@ -701,10 +737,39 @@ async fn place_order(config: &Config, ready: &Ready<'_>, account_id: &str, w: &m
         tokens: ready.tokens,
         dns,
     };
+    let dane = standby::link(config, source);
+    let choice = schedule::key_choice(&schedule::KeyFacts {
+        held: w.held.as_ref().map(|h| &h.facts),
+        reuse_key: source.reuse_key,
+        dane: dane.is_some(),
+        rollover: standby::requested(config, source),
+        renewals: w.state.renewals_since_rollover,
+        key_rollover: dane.and_then(|d| d.key_rollover),
+    });
+    let standby_key = match choice {
+        schedule::KeyChoice::Standby => match standby::for_order(source) {
+            Ok(pem) => {
+                tracing::info!(
+                    "acme source {}: rolling over to the standby key",
+                    source.name
+                );
+                Some(pem)
+            }
+            Err(e) => {
+                record(config, account_id, w, Err(e), None);
+                return;
+            }
+        },
+        _ => None,
+    };
     let renewal = order::Renewal {
         previous: w.held.as_ref().map(|h| &h.previous),
         replaces,
-        keep_key: schedule::keep_key(source.reuse_key, w.held.as_ref().map(|h| &h.facts)),
+        key: match choice {
+            schedule::KeyChoice::Keep => w.held.as_ref().map(|h| &h.previous.key_pem),
+            schedule::KeyChoice::Standby => standby_key.as_ref(),
+            schedule::KeyChoice::Fresh => None,
+        },
     };
     let state = &mut w.state;
     let mut checkpoint =
@@ -891,6 +956,7 @@ fn record(
     let source = w.source;
     let state = &mut w.state;
     let now = crate::now();
+    let mut rolled = false;
     let stored = result.and_then(|issued| {
         ensure_source_dir(source)?;
         let path = bundle_path(source);
@@ -934,6 +1000,22 @@ fn record(
             };
             let failures = state.failures;
             forget_order(source, state);
+            let held = holding(source);
+            // A rollover when the key is the standby key; a renewal that
+            // kept the key counts towards `key_rollover`.
+            let new_key = held.as_ref().map_or(schedule::NewKey::Other, |h| {
+                standby::new_key(
+                    source,
+                    h.previous.leaf.as_ref(),
+                    w.held.as_ref().map(|p| p.previous.leaf.as_ref()),
+                )
+            });
+            let renewals;
+            (renewals, rolled) = schedule::after_issue(state.renewals_since_rollover, new_key);
+            if rolled {
+                // Fulfilled by the certificate just stored.
+                standby::clear_request(source);
+            }
             *state = SourceState {
                 last_issued_at: Some(now),
                 issuance: Some(Issuance {
@@ -945,6 +1027,7 @@ fn record(
                     names,
                     key_type,
                 }),
+                renewals_since_rollover: renewals,
                 ..SourceState::default()
             };
             // A rule still saying "due" for the certificate just issued
@@ -952,10 +1035,9 @@ fn record(
             // resumed order was placed for an older configuration: the
             // rules may rightly want another.)
             let resumed = matches!(w.due, Due::Now(Reason::Resumed));
-            let held = holding(source);
             let still = with_facts(
+                config,
                 source,
-                &config.acme,
                 held.as_ref(),
                 state,
                 false,
@@ -993,6 +1075,13 @@ fn record(
     if let Err(e) = state.save(source) {
         tracing::error!("acme source {}: {e}", source.name);
     }
+    if rolled {
+        // The former standby key is the certificate's now: the next one is
+        // made (a stop before that settles on the next pass).
+        if let Err(e) = standby::settle(config, source) {
+            tracing::error!("acme source {}: {e}", source.name);
+        }
+    }
     w.result = Some(outcome);
 }
 
@@ -1016,7 +1105,7 @@ pub fn record_cut(config: &Config) -> Vec<String> {
         }
         let held = holding(source);
         if !matches!(
-            decide(source, &config.acme, held.as_ref(), &state, false, now),
+            decide(config, source, held.as_ref(), &state, false, now),
             Due::Now(_)
         ) {
             continue;

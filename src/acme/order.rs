@@ -15,7 +15,8 @@
 //! - The order's URL and key are handed to a checkpoint before finalizing;
 //!   [`resume`] takes the certificate of such an order on the next pass
 //!   instead of ordering anew.
-//! - A key is kept (`reuse_key`) only when it is of the configured type.
+//! - A key is kept (`reuse_key`) only when it is of the configured type;
+//!   the caller may also hand it the DANE standby key to certify.
 //! - An issued certificate whose notBefore is at most [`MAX_CLOCK_SKEW`]
 //!   ahead of the local clock is kept, not thrown away (see there).
 
@@ -76,7 +77,7 @@ pub enum OrderError {
     /// problem, or the order's own problem.
     #[error("{}", .0.join("; "))]
     Validation(Vec<String>),
-    #[error("reuse_key: the kept key cannot be used: {0}")]
+    #[error("the kept or standby key cannot be used: {0}")]
     KeptKey(#[source] rcgen::Error),
     #[error("generating a {key_type:?} key: {source}")]
     GenerateKey {
@@ -154,8 +155,9 @@ pub struct Renewal<'a> {
     /// Name it in `replaces` (the caller checked it was issued to this
     /// account by this directory, for overlapping names).
     pub replaces: bool,
-    /// Keep its key (`reuse_key`, and the key is of the configured type).
-    pub keep_key: bool,
+    /// The key to certify (PEM): the held key kept, or the DANE standby
+    /// key; `None` for a new one.
+    pub key: Option<&'a Zeroizing<String>>,
 }
 
 /// Called with the order's URL and its key just before finalizing, so an
@@ -248,9 +250,9 @@ async fn until_finalize(
     unpublish(source, ctx, &pending).await;
     validated?;
 
-    match (renewal.keep_key, renewal.previous) {
-        (true, Some(p)) => KeyPair::from_pem(&p.key_pem).map_err(OrderError::KeptKey),
-        _ => new_key(source.key_type),
+    match renewal.key {
+        Some(pem) => KeyPair::from_pem(pem).map_err(OrderError::KeptKey),
+        None => new_key(source.key_type),
     }
 }
 
@@ -569,7 +571,7 @@ pub fn acme_error(e: &instant_acme::Error) -> String {
     }
 }
 
-fn new_key(key_type: AcmeKeyType) -> Result<KeyPair, OrderError> {
+pub fn new_key(key_type: AcmeKeyType) -> Result<KeyPair, OrderError> {
     let key = match key_type {
         AcmeKeyType::EcdsaP256 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
         AcmeKeyType::EcdsaP384 => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),

@@ -23,6 +23,14 @@
 //!   new order.
 //! - The daemon looks again no sooner than [`MIN_PASS_INTERVAL`] after a
 //!   pass.
+//! - DANE (a source serving DANE targets): a requested key rollover orders
+//!   now (quiet time aside, backoff kept). Which key an order certifies is
+//!   [`key_choice`]: renewals keep the current key whatever `reuse_key`
+//!   says; a rollover (requested, or the `key_rollover`-th renewal since
+//!   the last one, or a key type change) takes the standby key, whose
+//!   TLSA record is already published. [`standby_needed`] says when a new
+//!   standby key is made: missing, unusable, of another type, or now the
+//!   certificate's key; [`after_issue`] keeps the renewal count.
 
 use serde::{Deserialize, Serialize};
 
@@ -114,6 +122,8 @@ pub enum Reason {
     /// An order finalized before, whose certificate was not stored, was
     /// fetched again (not a rule of [`due`]).
     Resumed,
+    /// A key rollover to the standby key was requested (DANE).
+    KeyRollover,
 }
 
 impl std::fmt::Display for Reason {
@@ -129,6 +139,7 @@ impl std::fmt::Display for Reason {
             Reason::RenewalWindow => "the CA's renewal window was reached",
             Reason::LifetimeRule => "a third of its lifetime is left",
             Reason::Resumed => "an order finalized before was fetched again",
+            Reason::KeyRollover => "a key rollover was requested",
         })
     }
 }
@@ -159,6 +170,9 @@ pub struct Facts<'a> {
     /// Set after a failure: no order before this time.
     pub next_attempt: Option<i64>,
     pub force: bool,
+    /// A key rollover is requested for this source (it serves DANE
+    /// targets).
+    pub rollover: bool,
 }
 
 /// Whether to order now, and if not, when.
@@ -174,6 +188,11 @@ pub fn due(f: &Facts<'_>) -> Due {
     };
     if f.now >= held.not_after {
         return Due::Now(Reason::Expired);
+    }
+    // Asked for by hand (or left by a run that was stopped): not held
+    // back by the quiet time.
+    if f.rollover {
+        return Due::Now(Reason::KeyRollover);
     }
     let ruled = rules(f, held);
     match (quiet_until(f), ruled) {
@@ -232,6 +251,9 @@ pub fn still_due(f: &Facts<'_>) -> Option<Reason> {
     let held = f.held?;
     if f.now >= held.not_after {
         return Some(Reason::Expired);
+    }
+    if f.rollover {
+        return Some(Reason::KeyRollover);
     }
     match rules(f, held) {
         Due::Now(reason) => Some(reason),
@@ -348,6 +370,145 @@ pub fn keep_key(reuse_key: bool, held: Option<&Held>) -> bool {
     reuse_key && held.is_some_and(|h| h.key_type_matches)
 }
 
+/// The key an order certifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyChoice {
+    /// A new key, made for this order.
+    Fresh,
+    /// The key of the certificate held.
+    Keep,
+    /// The standby key (DANE): its record is already published.
+    Standby,
+}
+
+/// What [`key_choice`] decides from.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyFacts<'a> {
+    pub held: Option<&'a Held>,
+    /// The source's `reuse_key`.
+    pub reuse_key: bool,
+    /// The source serves DANE targets (it keeps a standby key).
+    pub dane: bool,
+    /// A key rollover is requested.
+    pub rollover: bool,
+    /// Renewals that kept the key since the last rollover (or the first
+    /// certificate).
+    pub renewals: u32,
+    /// Roll to the standby key every this many renewals.
+    pub key_rollover: Option<u32>,
+}
+
+/// Which key an order certifies. Without DANE: the held key when
+/// `reuse_key` allows it, else a new one. With DANE: the held key (its
+/// record is published), except for a rollover: requested, the
+/// `key_rollover`-th renewal, or a held key of another type than
+/// configured; then the standby key. With nothing held, the standby key
+/// too: its record may be published and aged already (a target still
+/// serving a key whose bundle was lost), a new key's is not.
+pub fn key_choice(f: &KeyFacts<'_>) -> KeyChoice {
+    let Some(held) = f.held else {
+        return if f.dane {
+            KeyChoice::Standby
+        } else {
+            KeyChoice::Fresh
+        };
+    };
+    if !f.dane {
+        return if keep_key(f.reuse_key, Some(held)) {
+            KeyChoice::Keep
+        } else {
+            KeyChoice::Fresh
+        };
+    }
+    let counted = f
+        .key_rollover
+        .is_some_and(|n| f.renewals.saturating_add(1) >= n.max(1));
+    if f.rollover || counted || !held.key_type_matches {
+        KeyChoice::Standby
+    } else {
+        KeyChoice::Keep
+    }
+}
+
+/// The standby key as found in its file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandbyFound {
+    Missing,
+    /// Not a key mxkeys can use (corrupt, unreadable, foreign).
+    Unusable,
+    Present {
+        /// Of the source's configured key type.
+        key_type_matches: bool,
+        /// The key of the certificate the source holds now (a rollover
+        /// happened).
+        held: bool,
+    },
+}
+
+/// Why a new standby key is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StandbyReason {
+    Missing,
+    Unusable,
+    KeyTypeChanged,
+    /// The standby key became the current key.
+    RolledOver,
+}
+
+impl std::fmt::Display for StandbyReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StandbyReason::Missing => "there was none",
+            StandbyReason::Unusable => "the file held no usable key",
+            StandbyReason::KeyTypeChanged => "the key type changed",
+            StandbyReason::RolledOver => "the former standby key is now the certificate's",
+        })
+    }
+}
+
+/// Whether a source needs a new standby key, and why: only a source
+/// serving DANE targets keeps one; it is replaced when missing, unusable,
+/// of another type than configured, or once it is the key of the
+/// certificate held (the next rollover needs another).
+pub fn standby_needed(dane: bool, found: StandbyFound) -> Option<StandbyReason> {
+    if !dane {
+        return None;
+    }
+    match found {
+        StandbyFound::Missing => Some(StandbyReason::Missing),
+        StandbyFound::Unusable => Some(StandbyReason::Unusable),
+        StandbyFound::Present {
+            key_type_matches: false,
+            ..
+        } => Some(StandbyReason::KeyTypeChanged),
+        StandbyFound::Present { held: true, .. } => Some(StandbyReason::RolledOver),
+        StandbyFound::Present { .. } => None,
+    }
+}
+
+/// The key of a certificate just stored, against what the source had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NewKey {
+    /// The standby key: a rollover.
+    Standby,
+    /// The key of the certificate it replaces: a renewal keeping the key.
+    Same,
+    /// Another key (a new key).
+    Other,
+}
+
+/// After a certificate is stored: the renewals counted since the last
+/// rollover, and whether a rollover request is fulfilled (only by a
+/// certificate for the standby key, so a request outlives any failure or
+/// crash until then).
+pub fn after_issue(renewals: u32, new_key: NewKey) -> (u32, bool) {
+    match new_key {
+        NewKey::Standby => (0, true),
+        NewKey::Same => (renewals.saturating_add(1), false),
+        NewKey::Other => (0, false),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -387,6 +548,7 @@ mod tests {
             ari_chosen: None,
             next_attempt: None,
             force: false,
+            rollover: false,
         }
     }
 
@@ -743,5 +905,146 @@ mod tests {
         f.now = 1000;
         f.force = true;
         assert_eq!(due(&f), Due::Now(Reason::Forced));
+    }
+
+    #[test]
+    fn a_requested_rollover_orders_now_even_in_the_quiet_time_but_not_while_backing_off() {
+        let w = names(&["mail.example.com"]);
+        let h = held(0, 90);
+        let i = issuance(DAY);
+        let mut f = facts(DAY + 60, Some(&h), &w);
+        f.issuance = Some(&i);
+        // Quiet after the order, not due for two months.
+        assert_eq!(due(&f), Due::Later(60 * DAY));
+        f.rollover = true;
+        assert_eq!(due(&f), Due::Now(Reason::KeyRollover));
+        // Still due for the certificate just issued: the request was not
+        // fulfilled, an error rather than another order at once.
+        assert_eq!(still_due(&f), Some(Reason::KeyRollover));
+        f.next_attempt = Some(DAY + 120);
+        assert_eq!(due(&f), Due::BackingOff { until: DAY + 120 });
+        // Nothing held: the first certificate, whatever was asked.
+        let mut none = facts(DAY, None, &w);
+        none.rollover = true;
+        assert_eq!(due(&none), Due::Now(Reason::NoCertificate));
+    }
+
+    #[test]
+    fn dane_sources_keep_their_key_and_roll_to_the_standby_when_asked_or_counted() {
+        use KeyChoice::*;
+        let h = held(0, 90);
+        let mut other_type = h.clone();
+        other_type.key_type_matches = false;
+        let (h, other_type) = (Some(&h), Some(&other_type));
+        // (serves DANE, reuse_key, held, rollover asked, renewals,
+        // key_rollover, choice)
+        let table = [
+            // Without DANE: reuse_key decides, as before; a rollover
+            // request means nothing.
+            (false, false, h, false, 0, None, Fresh),
+            (false, true, h, false, 0, None, Keep),
+            (false, true, other_type, false, 0, None, Fresh),
+            (false, false, h, true, 0, None, Fresh),
+            (false, true, None, false, 0, None, Fresh),
+            // DANE: the key is kept whatever reuse_key says.
+            (true, false, h, false, 0, None, Keep),
+            (true, true, h, false, 0, None, Keep),
+            (true, false, h, false, 500, None, Keep),
+            // A rollover: asked, a key of another type, or nothing held
+            // (the standby's record may be aged; a new key's is not).
+            (true, false, h, true, 0, None, Standby),
+            (true, false, other_type, false, 0, None, Standby),
+            (true, false, None, false, 0, None, Standby),
+            // key_rollover = 2: the first renewal keeps, the second rolls.
+            (true, false, h, false, 0, Some(2), Keep),
+            (true, false, h, false, 1, Some(2), Standby),
+            (true, false, h, false, 5, Some(2), Standby),
+            (true, false, h, false, 0, Some(1), Standby),
+            (true, false, h, false, 0, Some(0), Standby),
+        ];
+        for (dane, reuse_key, held, rollover, renewals, key_rollover, want) in table {
+            let facts = KeyFacts {
+                held,
+                reuse_key,
+                dane,
+                rollover,
+                renewals,
+                key_rollover,
+            };
+            assert_eq!(key_choice(&facts), want, "{facts:?}");
+        }
+    }
+
+    #[test]
+    fn a_new_standby_key_is_made_when_missing_unusable_retyped_or_rolled_into_service() {
+        use StandbyFound::*;
+        let present = |key_type_matches, held| Present {
+            key_type_matches,
+            held,
+        };
+        // (serves DANE, found, new standby because)
+        let table = [
+            (true, Missing, Some(StandbyReason::Missing)),
+            (true, Unusable, Some(StandbyReason::Unusable)),
+            (
+                true,
+                present(false, false),
+                Some(StandbyReason::KeyTypeChanged),
+            ),
+            (
+                true,
+                present(false, true),
+                Some(StandbyReason::KeyTypeChanged),
+            ),
+            (true, present(true, true), Some(StandbyReason::RolledOver)),
+            (true, present(true, false), None),
+            // Without DANE nothing is made (nor removed).
+            (false, Missing, None),
+            (false, Unusable, None),
+            (false, present(true, true), None),
+        ];
+        for (dane, found, want) in table {
+            assert_eq!(standby_needed(dane, found), want, "{dane} {found:?}");
+        }
+    }
+
+    #[test]
+    fn renewals_are_counted_until_a_certificate_for_the_standby_key_fulfils_the_request() {
+        // (renewals before, new key, (renewals after, request fulfilled))
+        let table = [
+            (0, NewKey::Same, (1, false)),
+            (1, NewKey::Same, (2, false)),
+            (u32::MAX, NewKey::Same, (u32::MAX, false)),
+            (3, NewKey::Standby, (0, true)),
+            (0, NewKey::Standby, (0, true)),
+            (3, NewKey::Other, (0, false)),
+        ];
+        for (before, new_key, want) in table {
+            assert_eq!(after_issue(before, new_key), want, "{before} {new_key:?}");
+        }
+        // key_rollover = 2 through the rules: issue, renew (keep), renew
+        // (roll), renew (keep), renew (roll).
+        let h = held(0, 90);
+        let mut renewals = 0;
+        let mut chosen = Vec::new();
+        for _ in 0..4 {
+            let choice = key_choice(&KeyFacts {
+                held: Some(&h),
+                reuse_key: false,
+                dane: true,
+                rollover: false,
+                renewals,
+                key_rollover: Some(2),
+            });
+            let new_key = match choice {
+                KeyChoice::Standby => NewKey::Standby,
+                KeyChoice::Keep => NewKey::Same,
+                KeyChoice::Fresh => NewKey::Other,
+            };
+            renewals = after_issue(renewals, new_key).0;
+            chosen.push(choice);
+        }
+        use KeyChoice::*;
+        assert_eq!(chosen, [Keep, Standby, Keep, Standby]);
     }
 }

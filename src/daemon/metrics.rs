@@ -75,6 +75,9 @@ struct TargetFacts {
     served: bool,
     /// Why it is not served, when it is not.
     problem: Option<String>,
+    /// For a slot of a DANE target: whether the gate holds a new
+    /// certificate, and until when (if known).
+    dane_gate: Option<(bool, Option<i64>)>,
 }
 
 impl Metrics {
@@ -122,6 +125,10 @@ impl Metrics {
             let facts = m.targets.entry(t.name.clone()).or_default();
             facts.served = t.ok();
             facts.problem = t.problem();
+            facts.dane_gate = t.gate.as_ref().map(|_| {
+                let held = t.held();
+                (held.is_some(), held.and_then(|h| h.until))
+            });
             if let Some(s) = &t.served {
                 facts.not_after = Some(s.not_after);
                 facts.not_before = Some(s.not_before);
@@ -276,6 +283,22 @@ impl Metrics {
             "gauge",
             "1 when the target holds a valid certificate after the last reconcile, else 0.",
             per_target(&|t| Some(u8::from(t.served).to_string())),
+        );
+        series(
+            "mxkeys_dane_gate_waiting",
+            "gauge",
+            "1 while the DANE gate holds a new certificate of a DANE target (its TLSA record is not aged yet), else 0.",
+            per_target(&|t| t.dane_gate.map(|(held, _)| u8::from(held).to_string())),
+        );
+        series(
+            "mxkeys_dane_gate_until_seconds",
+            "gauge",
+            "When the DANE gate holding a target's new certificate opens if nothing changes, as a Unix timestamp.",
+            per_target(&|t| {
+                t.dane_gate
+                    .and_then(|(_, until)| until)
+                    .map(|u| u.to_string())
+            }),
         );
         let by_result = |ok: u64, failed: u64| {
             vec![
@@ -556,6 +579,7 @@ mod tests {
             not_before: Some(0),
             served: ok,
             problem: problem.map(str::to_owned),
+            dane_gate: None,
         }
     }
 
@@ -685,5 +709,63 @@ mod tests {
             rows,
             ["mxkeys_dane_match{host=\"mx1.example.org\",port=\"25\"} 0"]
         );
+    }
+
+    #[test]
+    fn the_dane_gate_series_show_which_dane_target_waits_and_until_when() {
+        use crate::dane::gate::WaitReason;
+        use crate::dane::tlsa::Spec;
+        use crate::pipeline::{Action, DaneHold, Gate, TargetReport};
+        let slot = |name: &str, action, gate| TargetReport {
+            name: name.to_owned(),
+            target: 0,
+            slot: 0,
+            served: None,
+            action,
+            refused: Vec::new(),
+            unrelated: 0,
+            gate,
+        };
+        let hold = |until| {
+            Action::Held(DaneHold {
+                sha256: "ab".to_owned(),
+                origin: crate::source::Origin {
+                    source: std::sync::Arc::from("src"),
+                    source_index: 0,
+                    entry: "next".to_owned(),
+                    entry_index: 0,
+                },
+                hint: None,
+                record: None,
+                until,
+                reason: WaitReason::NotSeen { spec: Spec::EE },
+            })
+        };
+        let report = Report {
+            targets: vec![
+                slot("held", hold(Some(1_800_000_000)), Some(Gate::Held)),
+                slot("unseen", hold(None), Some(Gate::Held)),
+                slot("open", Action::UpToDate, Some(Gate::Open)),
+                slot("plain", Action::UpToDate, None),
+            ],
+            ..Report::default()
+        };
+        let m = Metrics::default();
+        m.record(&report, 0);
+        let text = m.render();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("mxkeys_dane_gate"))
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                "mxkeys_dane_gate_waiting{target=\"held\"} 1",
+                "mxkeys_dane_gate_waiting{target=\"open\"} 0",
+                "mxkeys_dane_gate_waiting{target=\"unseen\"} 1",
+                "mxkeys_dane_gate_until_seconds{target=\"held\"} 1800000000",
+            ]
+        );
+        assert_eq!(m.health(), (true, "ok".to_owned()), "a hold is healthy");
     }
 }

@@ -10,7 +10,9 @@
 //! issued certificate is installed by asking the reconcile task for a
 //! reconcile, never inline. ACME and DKIM passes run off the runtime's
 //! thread ([`tasks::off_runtime`]); reconciles run in the blocking pool
-//! under the pipeline lock, one at a time.
+//! under the pipeline lock, one at a time. A certificate the DANE gate
+//! holds is reconciled again when its gate is due (the earliest `until` of
+//! the last reconcile, [`pipeline::Report::next_gate`]).
 //!
 //! A change is noticed by [`watch`] (inotify through notify's debouncer, or
 //! polling). A read that catches a source mid-write (unparseable JSON, a key
@@ -421,6 +423,9 @@ struct Reconciler {
     warned: HashMap<(String, String), Instant>,
     started_at: i64,
     reconciles: u64,
+    /// When a certificate held by the DANE gate may be installed (the
+    /// earliest `until` of the last reconcile): reconcile again then.
+    next_gate: Option<Instant>,
 }
 
 impl Reconciler {
@@ -437,6 +442,7 @@ impl Reconciler {
             warned: HashMap::new(),
             started_at: crate::now(),
             reconciles: 0,
+            next_gate: None,
         }
     }
 
@@ -474,6 +480,10 @@ impl Reconciler {
                         tracing::debug!("change: {}", paths.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "));
                         self.reconcile("change").await;
                     }
+                    self.watcher.rearm();
+                }
+                _ = sleep_until(self.next_gate.unwrap_or_else(Instant::now)), if self.next_gate.is_some() => {
+                    self.reconcile("DANE gate due").await;
                     self.watcher.rearm();
                 }
                 _ = sleep_until(next_resync) => {
@@ -578,6 +588,12 @@ impl Reconciler {
         // this reconcile sees them too).
         self.metrics.set_acme(&self.config);
         self.metrics.record(&report, crate::now());
+        self.next_gate = report.next_gate().map(|at| {
+            // At least a second later: a gate due now is reconciled once,
+            // not in a loop.
+            let left = u64::try_from(at - crate::now()).unwrap_or(0).max(1);
+            Instant::now() + Duration::from_secs(left)
+        });
         self.warn_expiry(&report);
         tracing::debug!("reconcile ({why}) took {:?}", started.elapsed());
         let status = if report.ok() {

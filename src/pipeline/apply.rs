@@ -12,16 +12,19 @@
 //! A first install (none of the target's files existed) is never rolled
 //! back to nothing: its files stay, the run fails, and the reload stays
 //! owed so the next pass runs it again.
+//! What the DANE gate decided for each DANE target is recorded in the
+//! ledger's `gate` (`state_dir/dane.json`, for `status`), when it changed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    Action, Plan, ReloadReport, Report, RolledBack, ServiceFailure, SlotPlan, TargetReport,
+    Action, Gate, Plan, ReloadReport, Report, RolledBack, ServiceFailure, SlotPlan, TargetReport,
     VerifyReport,
 };
 use crate::config::{Config, Reload, Target};
+use crate::dane::ledger::{GateState, Ledger};
 use crate::install::{self, Undo};
 use crate::source;
 use crate::state::{self, State};
@@ -52,6 +55,7 @@ pub fn apply(config: &Config, plan: Plan, command: &str) -> Report {
     settle_failures(config, &failed, &written, &mut report);
     log_installed(&report);
     record(config, st, &report, command, &failed, &owed_before);
+    record_gates(config, &report, crate::now());
     report
 }
 
@@ -419,6 +423,82 @@ fn record(
     }
 }
 
+/// Records in the ledger what the DANE gate decided for every DANE target
+/// ([`gate_state`]), saving it only when a decision changed (the DANE pass
+/// writes the same file; the caller holds the lock).
+fn record_gates(config: &Config, report: &Report, now: i64) {
+    let decided: Vec<(&str, GateState)> = config
+        .targets
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| t.dane.is_some())
+        .filter_map(|(ti, t)| {
+            let slots = report.targets.iter().filter(|r| r.target == ti);
+            Some((t.name.as_str(), gate_state(slots, now)?))
+        })
+        .collect();
+    if decided.is_empty() {
+        return;
+    }
+    let record = config.state_dir.dane_record::<Ledger>();
+    let mut ledger = match record.load() {
+        Ok(ledger) => ledger.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!("{e}; the DANE gate's decision is not recorded");
+            return;
+        }
+    };
+    let mut changed = false;
+    for (name, state) in decided {
+        let gate = &mut ledger.targets.entry(name.to_owned()).or_default().gate;
+        let same = gate.as_ref().is_some_and(|old| {
+            (&old.state, &old.sha256, old.until, &old.reason)
+                == (&state.state, &state.sha256, state.until, &state.reason)
+        });
+        if !same {
+            *gate = Some(state);
+            changed = true;
+        }
+    }
+    if changed && let Err(e) = record.save(&ledger) {
+        tracing::warn!("{e}; the DANE gate's decision is not recorded");
+    }
+}
+
+/// What the gate decided for a target, from its slots' reports (pure):
+/// `forced` if a slot was installed through a shut gate, else `waiting`
+/// if one is held, else `open`. `None` when no slot went through a gate.
+fn gate_state<'r>(
+    slots: impl Iterator<Item = &'r TargetReport> + Clone,
+    now: i64,
+) -> Option<GateState> {
+    let state = |state: &str, sha256: Option<&str>, until, reason: Option<String>| GateState {
+        state: state.to_owned(),
+        sha256: sha256.map(str::to_owned),
+        until,
+        reason,
+        at: now,
+    };
+    if let Some(f) = slots.clone().find_map(|r| match &r.gate {
+        Some(Gate::Forced(f)) => Some(f),
+        _ => None,
+    }) {
+        return Some(state("forced", Some(&f.sha256), None, Some(f.to_string())));
+    }
+    if let Some(h) = slots.clone().find_map(TargetReport::held) {
+        return Some(state(
+            "waiting",
+            Some(&h.sha256),
+            h.until,
+            Some(h.to_string()),
+        ));
+    }
+    let mut slots = slots;
+    slots
+        .any(|r| r.gate.is_some())
+        .then(|| state("open", None, None, None))
+}
+
 /// One configured target, as the bookkeeping sees it.
 struct TargetRun<'a> {
     name: &'a str,
@@ -547,6 +627,7 @@ mod tests {
             action,
             refused: Vec::new(),
             unrelated: 0,
+            gate: None,
         }
     }
 
@@ -722,6 +803,71 @@ mod tests {
                 "target mail: verification failed: boom; first install, nothing to go back to: \
               the new files stay and the reload is retried on the next pass"
             ]
+        );
+    }
+
+    #[test]
+    fn the_ledger_records_forced_over_waiting_over_open_for_a_dual_target() {
+        use crate::dane::gate::{ForceReason, WaitReason};
+        use crate::dane::tlsa::Spec;
+        use crate::pipeline::{DaneForced, DaneHold};
+        let waiting = WaitReason::NotSeen { spec: Spec::EE };
+        let with_gate = |action, gate| TargetReport {
+            gate: Some(gate),
+            ..slot(0, "mail/rsa", "aa", action)
+        };
+        let held = || {
+            with_gate(
+                Action::Held(DaneHold {
+                    sha256: "bb".to_owned(),
+                    origin: crate::source::Origin {
+                        source: std::sync::Arc::from("src"),
+                        source_index: 0,
+                        entry: "next".to_owned(),
+                        entry_index: 0,
+                    },
+                    hint: None,
+                    record: None,
+                    until: Some(NOW + 60),
+                    reason: waiting,
+                }),
+                Gate::Held,
+            )
+        };
+        let open = || with_gate(Action::UpToDate, Gate::Open);
+        let forced = || {
+            with_gate(
+                Action::Changed(Vec::new()),
+                Gate::Forced(DaneForced {
+                    sha256: "cc".to_owned(),
+                    record: None,
+                    reason: ForceReason {
+                        waiting,
+                        expires: NOW,
+                    },
+                }),
+            )
+        };
+        let state = |slots: Vec<TargetReport>| {
+            gate_state(slots.iter(), NOW).map(|g| (g.state, g.sha256, g.until))
+        };
+        assert_eq!(
+            state(vec![open(), open()]),
+            Some(("open".to_owned(), None, None))
+        );
+        assert_eq!(
+            state(vec![open(), held()]),
+            Some(("waiting".to_owned(), Some("bb".to_owned()), Some(NOW + 60)))
+        );
+        assert_eq!(
+            state(vec![held(), forced()]),
+            Some(("forced".to_owned(), Some("cc".to_owned()), None))
+        );
+        assert_eq!(state(vec![slot(0, "plain", "aa", Action::UpToDate)]), None);
+        let reason = gate_state([held()].iter(), NOW).unwrap().reason.unwrap();
+        assert!(
+            reason.contains("DANE gate holds certificate bb"),
+            "{reason}"
         );
     }
 }

@@ -10,16 +10,31 @@
 //! traded for the self-signed fallback or for nothing; with nothing valid
 //! the slot is unserved and its files stay; a certificate a service refused
 //! (recorded in state) is deferred until its backoff has passed.
+//!
+//! Then the DANE gate (issue 14), for a slot of a target with
+//! `[target.dane]`: when something is installed and the chosen certificate
+//! would change one of the configured records (`3 1 1`: another key;
+//! `2 1 1`: another issuer key), [`gate::decide`] says whether the new
+//! records have been seen and aged long enough. Open: install. Wait: the
+//! installed certificate stays ([`Action::Held`], not a failure). Shut but
+//! the installed certificate expires within `dane_hold_max`: install
+//! anyway, with an error ([`Gate::Forced`]). A renewal that keeps every
+//! configured record (same key, same issuer key) never waits, nor does a
+//! slot with nothing installed.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+
+use rustls_pki_types::CertificateDer;
 
 use crate::cert::{self, Bundle, KeyTypeFilter, Leaf, Timeliness};
+use crate::dane::gate;
+use crate::dane::tlsa::{Spec, Tlsa};
 use crate::names::{self, DnsName};
 use crate::select::{self, Selection};
 use crate::source::{Candidate, Origin};
 use crate::state::Failure;
 
-use super::{Action, Deferred, Served, TargetReport, Unserved};
+use super::{Action, DaneForced, DaneHold, Deferred, Gate, Served, TargetReport, Unserved};
 
 /// Everything a decision depends on, gathered before deciding.
 #[derive(Debug)]
@@ -47,6 +62,31 @@ pub struct SlotFacts<'c> {
     pub installed: Option<Bundle>,
     /// The certificate last rolled back on this slot, from the state.
     pub failure: Option<&'c Failure>,
+    /// For a slot of a DANE target: what its gate decides from.
+    pub dane: Option<DaneFacts>,
+}
+
+/// What the DANE gate of one slot decides from: the target's
+/// `[target.dane]` and what the DANE pass recorded in the ledger about the
+/// target's owner names (`_PORT._tcp.HOST`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DaneFacts {
+    /// The configured usages (`records`).
+    pub records: Vec<Spec>,
+    /// Record (`3 1 1 <hex>`, as [`Tlsa`] renders it) → since when it has
+    /// been seen, DNSSEC-signed, on every authoritative server of every
+    /// owner name. A record missing at one owner is not here.
+    pub seen: BTreeMap<String, i64>,
+    /// TTL of the TLSA RRsets before and after the edit (the larger over
+    /// the owners).
+    pub old_ttl: u32,
+    pub new_ttl: u32,
+    /// Whether every owner's TLSA RRset existed before mxkeys added to it.
+    pub rrset_existed: bool,
+    /// The zone's negative-caching TTL.
+    pub negative_ttl: u32,
+    /// `dane_hold_max`, in seconds.
+    pub hold_max: i64,
 }
 
 /// The decision for one slot.
@@ -55,6 +95,10 @@ pub struct SlotDecision {
     pub report: TargetReport,
     /// The bundle to write into the slot's files, if any.
     pub install: Option<Bundle>,
+    /// The chain the slot would install: the chosen certificate's, also
+    /// when the gate holds it or a backoff defers it (the DANE pass
+    /// publishes its records).
+    pub candidate: Option<Vec<CertificateDer<'static>>>,
 }
 
 /// A candidate whose material is broken (undecodable, key mismatch, bad
@@ -131,6 +175,7 @@ fn decide_slot(facts: SlotFacts<'_>, selection: Selection<'_>, now: i64) -> Slot
         action: Action::UpToDate,
         refused,
         unrelated: selection.unrelated.len(),
+        gate: facts.dane.as_ref().map(|_| Gate::Clear),
     };
 
     let chosen = selection.chosen;
@@ -149,6 +194,7 @@ fn decide_slot(facts: SlotFacts<'_>, selection: Selection<'_>, now: i64) -> Slot
             return SlotDecision {
                 report,
                 install: None,
+                candidate: None,
             };
         }
     }
@@ -163,6 +209,7 @@ fn decide_slot(facts: SlotFacts<'_>, selection: Selection<'_>, now: i64) -> Slot
         return SlotDecision {
             report,
             install: None,
+            candidate: None,
         };
     };
     let c = chosen.candidate;
@@ -174,10 +221,106 @@ fn decide_slot(facts: SlotFacts<'_>, selection: Selection<'_>, now: i64) -> Slot
     ));
     let mut decided = SlotDecision {
         report,
+        candidate: Some(chosen.bundle.certs.clone()),
         install: Some(chosen.bundle),
     };
     defer_if_rolled_back(&mut decided, facts.failure, now);
+    hold_at_dane_gate(&mut decided, &facts, &c.origin, now);
     decided
+}
+
+/// The DANE gate (see the module doc): holds, or forces with an error, an
+/// install that would change a configured TLSA record before the new
+/// record is seen and aged.
+fn hold_at_dane_gate(decided: &mut SlotDecision, facts: &SlotFacts<'_>, origin: &Origin, now: i64) {
+    let Some(dane) = &facts.dane else { return };
+    let (Some(new), Some((current, installed))) = (&decided.install, serving_installed(facts))
+    else {
+        return;
+    };
+    if new.leaf_der() == installed.leaf_der() {
+        return;
+    }
+    // The records the install would change, with since when each is seen.
+    // A record that cannot be built for the new chain while the installed
+    // chain has one (a 2 1 1 with no issuer in the new chain) can never be
+    // seen: it waits, and is forced at the end. A usage neither chain can
+    // build changes nothing.
+    let mut changed: Vec<(gate::Seen, Option<Tlsa>)> = Vec::new();
+    for spec in &dane.records {
+        let wanted = spec.build_for(new).ok();
+        if wanted == spec.build_for(installed).ok() {
+            continue;
+        }
+        let since = wanted.and_then(|r| dane.seen.get(&r.to_string()).copied());
+        changed.push((gate::Seen { spec: *spec, since }, wanted));
+    }
+    if changed.is_empty() {
+        return;
+    }
+    let seen: Vec<gate::Seen> = changed.iter().map(|(s, _)| *s).collect();
+    let inputs = gate::Inputs {
+        seen: &seen,
+        old_ttl: dane.old_ttl,
+        new_ttl: dane.new_ttl,
+        rrset_existed: dane.rrset_existed,
+        negative_ttl: dane.negative_ttl,
+        current_not_after: current.validity.not_after,
+        hold_max: dane.hold_max,
+        now,
+    };
+    let record_of = |spec: Spec| {
+        changed
+            .iter()
+            .find(|(s, _)| s.spec == spec)
+            .and_then(|(_, r)| *r)
+    };
+    let r = &mut decided.report;
+    let Some(sha256) = r.served.as_ref().map(|s| s.sha256.clone()) else {
+        return;
+    };
+    match gate::decide(&inputs) {
+        gate::Decision::Open => r.gate = Some(Gate::Open),
+        gate::Decision::ForceInstall { reason } => {
+            r.gate = Some(Gate::Forced(DaneForced {
+                sha256,
+                record: record_of(spec_of(reason.waiting)),
+                reason,
+            }));
+        }
+        gate::Decision::Wait { until, reason } => {
+            r.action = Action::Held(DaneHold {
+                sha256,
+                origin: origin.clone(),
+                record: record_of(spec_of(reason)),
+                until,
+                reason,
+                hint: None,
+            });
+            r.served = Some(served(&current, installed, "installed".to_owned(), false));
+            r.gate = Some(Gate::Held);
+            decided.install = None;
+        }
+    }
+}
+
+fn spec_of(reason: gate::WaitReason) -> Spec {
+    match reason {
+        gate::WaitReason::NotSeen { spec } | gate::WaitReason::NotAged { spec, .. } => spec,
+    }
+}
+
+/// The installed certificate, when it serves the slot's names with its
+/// key, whatever its dates (an expired one is replaced at once by the
+/// gate's `dane_hold_max` rule) and whoever issued it (DANE-EE trusts a
+/// self-signed one too).
+fn serving_installed<'f>(facts: &'f SlotFacts<'_>) -> Option<(Leaf, &'f Bundle)> {
+    let bundle = facts.installed.as_ref()?;
+    let leaf = Leaf::parse(bundle.leaf_der()).ok()?;
+    let ok = facts.key_type.accepts(leaf.key_type)
+        && names::cover_all(&leaf.names, facts.domains).is_ok()
+        && bundle.verify().is_ok();
+    ok.then_some((leaf, bundle))
 }
 
 /// A certificate that a service refused is not tried again before its
@@ -577,6 +720,7 @@ mod tests {
                     key_type: c.key_type,
                     installed: c.installed.map(|name| world[name].bundle()),
                     failure: failure.as_ref(),
+                    dane: None,
                 }],
                 now: NOW,
             };
@@ -602,6 +746,7 @@ mod tests {
             key_type,
             installed: None,
             failure: None,
+            dane: None,
         };
         let decision = decide(Facts {
             candidates: &candidates,
@@ -626,6 +771,7 @@ mod tests {
             key_type: KeyTypeFilter::Any,
             installed: None,
             failure: None,
+            dane: None,
         };
         let decision = decide(Facts {
             candidates: &candidates,
@@ -652,6 +798,7 @@ mod tests {
                 key_type: KeyTypeFilter::Any,
                 installed: None,
                 failure: None,
+                dane: None,
             }],
             now: NOW,
         });
@@ -669,6 +816,317 @@ mod tests {
         assert_eq!(
             why.to_string(),
             "no valid certificate for mx.example, imap.example (1 candidates refused, 1 of them for other names); its files stay as they are"
+        );
+    }
+
+    /// The certificates of the DANE gate table: the installed one and
+    /// what a source may bring next.
+    struct GateWorld {
+        /// Installed: 30 days left (a normal renewal point).
+        current: Issued,
+        /// Installed: 5 days left (within `dane_hold_max`).
+        expiring: Issued,
+        /// Installed: expired yesterday.
+        expired: Issued,
+        /// Renewal with the current key, same CA.
+        same_key: Issued,
+        /// Renewal with a new key, same CA.
+        new_key: Issued,
+        /// Renewal with the current key from another CA (another issuer
+        /// key: a new `2 1 1`).
+        other_ca: Issued,
+    }
+
+    fn gate_world() -> GateWorld {
+        let ca = Ca::new();
+        let other = Ca::new();
+        let current = ca.issue(&NAMES, Alg::Ecdsa, NOW - 60 * DAY, NOW + 30 * DAY);
+        GateWorld {
+            expiring: ca.reissue(&current, &NAMES, NOW - 85 * DAY, NOW + 5 * DAY),
+            expired: ca.reissue(&current, &NAMES, NOW - 100 * DAY, NOW - DAY),
+            same_key: ca.reissue(&current, &NAMES, NOW - DAY, NOW + 89 * DAY),
+            new_key: ca.issue(&NAMES, Alg::Ecdsa, NOW - DAY, NOW + 89 * DAY),
+            other_ca: other.reissue(&current, &NAMES, NOW - DAY, NOW + 89 * DAY),
+            current,
+        }
+    }
+
+    /// What the gate table expects of a slot.
+    #[derive(Debug, PartialEq)]
+    enum GateWant {
+        /// Installed; the gate says this.
+        Installs(Gate),
+        /// Installed with an error.
+        Forced,
+        /// Held, opening at NOW + this (`None`: record not seen).
+        HeldUntil(Option<i64>),
+    }
+
+    struct GateCase {
+        what: &'static str,
+        installed: Option<fn(&GateWorld) -> &Issued>,
+        candidate: fn(&GateWorld) -> &Issued,
+        records: &'static [Spec],
+        /// For each usage of the candidate's records: seen since NOW - this.
+        seen: &'static [(Spec, i64)],
+        /// (old TTL, new TTL, RRset existed, negative TTL)
+        ttls: (u32, u32, bool, u32),
+        want: GateWant,
+    }
+
+    const EE: &[Spec] = &[Spec::EE];
+    const BOTH: &[Spec] = &[Spec::EE, Spec::TA];
+    const TA: &[Spec] = &[Spec::TA];
+    const TTL_300: (u32, u32, bool, u32) = (300, 300, true, 900);
+
+    fn gate_cases() -> Vec<GateCase> {
+        use GateWant::*;
+        let base = GateCase {
+            what: "",
+            installed: Some(|w| &w.current),
+            candidate: |w| &w.new_key,
+            records: EE,
+            seen: &[],
+            ttls: TTL_300,
+            want: HeldUntil(None),
+        };
+        vec![
+            GateCase {
+                what: "nothing installed: no gate, even unseen",
+                installed: None,
+                want: Installs(Gate::Clear),
+                ..base
+            },
+            GateCase {
+                what: "a renewal with the same key installs at once, its record unseen",
+                candidate: |w| &w.same_key,
+                want: Installs(Gate::Clear),
+                ..base
+            },
+            GateCase {
+                what: "the installed certificate itself: nothing to gate",
+                candidate: |w| &w.current,
+                want: Installs(Gate::Clear),
+                ..base
+            },
+            GateCase {
+                what: "a new key whose record is not seen is held with no end",
+                ..base
+            },
+            GateCase {
+                what: "a new key seen just now is held 2 × TTL",
+                seen: &[(Spec::EE, 0)],
+                want: HeldUntil(Some(600)),
+                ..base
+            },
+            GateCase {
+                what: "one second short of 2 × TTL is held",
+                seen: &[(Spec::EE, 599)],
+                want: HeldUntil(Some(1)),
+                ..base
+            },
+            GateCase {
+                what: "aged 2 × TTL opens",
+                seen: &[(Spec::EE, 600)],
+                want: Installs(Gate::Open),
+                ..base
+            },
+            GateCase {
+                what: "the larger old TTL counts",
+                seen: &[(Spec::EE, 600)],
+                ttls: (3_600, 300, true, 900),
+                want: HeldUntil(Some(7_200 - 600)),
+                ..base
+            },
+            GateCase {
+                what: "a new RRset adds the negative TTL",
+                seen: &[(Spec::EE, 600)],
+                ttls: (300, 300, false, 900),
+                want: HeldUntil(Some(900)),
+                ..base
+            },
+            GateCase {
+                what: "an unseen record is forced when the current expires within hold_max",
+                installed: Some(|w| &w.expiring),
+                want: Forced,
+                ..base
+            },
+            GateCase {
+                what: "an ageing record is forced when the current one expired",
+                installed: Some(|w| &w.expired),
+                seen: &[(Spec::EE, 0)],
+                want: Forced,
+                ..base
+            },
+            GateCase {
+                what: "an aged record opens even when the current one expires soon",
+                installed: Some(|w| &w.expiring),
+                seen: &[(Spec::EE, DAY)],
+                want: Installs(Gate::Open),
+                ..base
+            },
+            GateCase {
+                what: "another CA, same key: 3 1 1 alone does not change",
+                candidate: |w| &w.other_ca,
+                want: Installs(Gate::Clear),
+                ..base
+            },
+            GateCase {
+                what: "another CA, same key: a configured 2 1 1 waits for its record",
+                candidate: |w| &w.other_ca,
+                records: BOTH,
+                want: HeldUntil(None),
+                ..base
+            },
+            GateCase {
+                what: "another CA, same key: an aged 2 1 1 opens",
+                candidate: |w| &w.other_ca,
+                records: BOTH,
+                seen: &[(Spec::TA, DAY)],
+                want: Installs(Gate::Open),
+                ..base
+            },
+            GateCase {
+                what: "a new key from the same CA keeps 2 1 1 alone",
+                records: TA,
+                want: Installs(Gate::Clear),
+                ..base
+            },
+            GateCase {
+                what: "a new key with both usages waits for the one still ageing",
+                records: BOTH,
+                seen: &[(Spec::EE, 100)],
+                want: HeldUntil(Some(500)),
+                ..base
+            },
+        ]
+    }
+
+    /// The DANE facts of a case: the installed certificate's records long
+    /// aged, the candidate's as the case says.
+    fn dane_facts(c: &GateCase, w: &GateWorld) -> DaneFacts {
+        let mut seen = BTreeMap::new();
+        if let Some(installed) = c.installed {
+            for spec in c.records {
+                let r = spec.build_for(&installed(w).bundle()).unwrap();
+                seen.insert(r.to_string(), NOW - 30 * DAY);
+            }
+        }
+        for (spec, ago) in c.seen {
+            let r = spec.build_for(&(c.candidate)(w).bundle()).unwrap();
+            seen.insert(r.to_string(), NOW - ago);
+        }
+        let (old_ttl, new_ttl, rrset_existed, negative_ttl) = c.ttls;
+        DaneFacts {
+            records: c.records.to_vec(),
+            seen,
+            old_ttl,
+            new_ttl,
+            rrset_existed,
+            negative_ttl,
+            hold_max: gate::DEFAULT_HOLD_MAX,
+        }
+    }
+
+    fn decide_one(
+        candidate: &Issued,
+        installed: Option<&Issued>,
+        dane: Option<DaneFacts>,
+    ) -> SlotDecision {
+        let domains = domains();
+        let candidates = vec![candidate.candidate(0, "next", 0, false)];
+        let mut d = decide(Facts {
+            candidates: &candidates,
+            slots: vec![SlotFacts {
+                name: "mail".to_owned(),
+                target: 0,
+                slot: 0,
+                domains: &domains,
+                key_type: KeyTypeFilter::Any,
+                installed: installed.map(Issued::bundle),
+                failure: None,
+                dane,
+            }],
+            now: NOW,
+        });
+        d.slots.remove(0)
+    }
+
+    fn gate_outcome(d: &SlotDecision) -> GateWant {
+        let r = &d.report;
+        match (&r.action, &r.gate, &d.install) {
+            (Action::UpToDate, Some(Gate::Forced(_)), Some(_)) => GateWant::Forced,
+            (Action::UpToDate, Some(g), Some(_)) => GateWant::Installs(g.clone()),
+            (Action::Held(h), Some(Gate::Held), None) => {
+                let s = r.served.as_ref().unwrap();
+                assert_eq!(s.origin, "installed", "a held slot serves what it has");
+                assert_ne!(h.sha256, s.sha256, "the hold names the new certificate");
+                GateWant::HeldUntil(h.until.map(|u| u - NOW))
+            }
+            other => panic!("unexpected decision {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_dane_slot_installs_holds_or_forces_as_the_gate_table_says() {
+        let w = gate_world();
+        for c in gate_cases() {
+            let d = decide_one(
+                (c.candidate)(&w),
+                c.installed.map(|i| i(&w)),
+                Some(dane_facts(&c, &w)),
+            );
+            assert_eq!(gate_outcome(&d), c.want, "{}", c.what);
+            // Held or not, the slot knows the chain it would install.
+            assert_eq!(
+                d.candidate.as_deref(),
+                Some(&(c.candidate)(&w).certs[..]),
+                "{}",
+                c.what
+            );
+        }
+    }
+
+    #[test]
+    fn a_slot_without_dane_installs_a_new_key_at_once() {
+        let w = gate_world();
+        let d = decide_one(&w.new_key, Some(&w.current), None);
+        assert!(matches!(d.report.action, Action::UpToDate) && d.install.is_some());
+        assert_eq!(d.report.gate, None);
+    }
+
+    #[test]
+    fn a_hold_and_a_forced_install_read_as_one_line_naming_the_record() {
+        let w = gate_world();
+        let record = Spec::EE.build_for(&w.new_key.bundle()).unwrap().to_string();
+        let mut facts = DaneFacts {
+            records: EE.to_vec(),
+            old_ttl: 300,
+            new_ttl: 300,
+            rrset_existed: true,
+            hold_max: gate::DEFAULT_HOLD_MAX,
+            ..DaneFacts::default()
+        };
+        facts.seen.insert(record.clone(), NOW);
+        let held = decide_one(&w.new_key, Some(&w.current), Some(facts.clone()));
+        let line = held.report.action.why().unwrap();
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains(&record) && line.contains("2026-01-01T00:10:00Z"),
+            "{line}"
+        );
+        assert_eq!(held.report.problem(), None, "a hold is not a problem");
+        assert!(held.report.ok());
+
+        let forced = decide_one(&w.new_key, Some(&w.expiring), Some(facts));
+        let problem = forced.report.problem().unwrap();
+        assert!(!problem.contains('\n'), "{problem}");
+        assert!(
+            problem.starts_with("target mail: installing ")
+                && problem.contains(&record)
+                && problem.contains("is not aged")
+                && problem.contains("the current certificate expires 2026-01-06T00:00:00Z"),
+            "{problem}"
         );
     }
 }

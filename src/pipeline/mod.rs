@@ -17,19 +17,32 @@
 //! lifetime: less than `expiry_warning` left, or less than a third of its
 //! lifetime for a short-lived one, whichever is shorter
 //! ([`warning_threshold`], pure).
+//!
+//! A slot of a DANE target passes the DANE gate (see [`decide`]): a
+//! certificate whose TLSA records are not yet aged is held
+//! ([`Action::Held`]: the current files stay; not a failure; the report
+//! says until when, [`Report::next_gate`]), or installed with an error
+//! when the current certificate expires within `dane_hold_max`
+//! ([`Gate::Forced`]).
 
 mod apply;
 pub mod decide;
 
 pub use apply::apply;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rustls_pki_types::CertificateDer;
+
 use crate::cert::KeyType;
-use crate::config::{Config, Reload, Slot, Target};
+use crate::config::{Config, Dane, Reload, Slot, SourceKind, Target};
+use crate::dane::gate::{ForceReason, WaitReason};
+use crate::dane::ledger::Ledger;
+use crate::dane::tlsa::Tlsa;
 use crate::install;
 use crate::names::DnsName;
 use crate::reload::ReloadError;
@@ -84,6 +97,9 @@ pub enum Action {
     /// verification failed: there is nothing to go back to, so the new
     /// files stay and the reload is owed to the next pass.
     Unconfirmed(ServiceFailure),
+    /// The DANE gate holds the chosen certificate: its TLSA record is not
+    /// yet seen or not yet aged. The current files stay; not a failure.
+    Held(DaneHold),
 }
 
 impl Action {
@@ -98,9 +114,109 @@ impl Action {
             Action::Unconfirmed(e) => Some(format!(
                 "{e}; first install, nothing to go back to: the new files stay and the reload is retried on the next pass"
             )),
+            Action::Held(h) => Some(h.to_string()),
             Action::UpToDate | Action::Changed(_) | Action::KeptInstalled => None,
         }
     }
+}
+
+/// A certificate the DANE gate holds back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaneHold {
+    /// The certificate held (SHA-256 of its leaf).
+    pub sha256: String,
+    /// Where it comes from.
+    pub origin: source::Origin,
+    /// The record it waits for (`None`: it cannot be built for that
+    /// chain, e.g. a `2 1 1` with no issuer in the chain).
+    pub record: Option<Tlsa>,
+    /// When the gate opens if nothing changes; `None` while the record is
+    /// not seen yet.
+    pub until: Option<i64>,
+    pub reason: WaitReason,
+    /// How to renew without a hold, when its source can keep its key
+    /// ([`reuse_key_hint`]).
+    pub hint: Option<&'static str>,
+}
+
+impl fmt::Display for DaneHold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let until = self
+            .until
+            .map_or_else(|| "its record is seen".to_owned(), crate::rfc3339);
+        write!(
+            f,
+            "DANE gate holds certificate {} from {} until {until}: {} (record {}); the current certificate stays",
+            self.sha256,
+            self.origin,
+            self.reason,
+            record_text(self.record.as_ref())
+        )?;
+        if let Some(hint) = self.hint {
+            write!(f, "; {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// How a source that makes a new key on every renewal can be told to keep
+/// it, so that a renewal changes no TLSA record and is never held (pure).
+pub fn reuse_key_hint(kind: &SourceKind) -> Option<&'static str> {
+    match kind {
+        SourceKind::Certbot { .. } => Some(
+            "to renew without a hold, keep the key: `reuse_key = True` in Certbot's renewal \
+             configuration (or `certbot renew --reuse-key`)",
+        ),
+        SourceKind::Lego { .. } => {
+            Some("to renew without a hold, keep the key: `lego renew --reuse-key`")
+        }
+        _ => None,
+    }
+}
+
+/// A certificate installed although the DANE gate was shut, because the
+/// current one expires within `dane_hold_max`: an error-level problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DaneForced {
+    pub sha256: String,
+    /// The record that was not aged.
+    pub record: Option<Tlsa>,
+    pub reason: ForceReason,
+}
+
+impl fmt::Display for DaneForced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "installing {} although its TLSA record {} is not aged ({}): the current certificate \
+             expires {}, within dane_hold_max; DANE senders may refuse mail until the record ages",
+            self.sha256,
+            record_text(self.record.as_ref()),
+            self.reason.waiting,
+            crate::rfc3339(self.reason.expires)
+        )
+    }
+}
+
+fn record_text(record: Option<&Tlsa>) -> String {
+    record.map_or_else(
+        || "(cannot be built for this chain)".to_owned(),
+        ToString::to_string,
+    )
+}
+
+/// What the DANE gate did for a slot of a DANE target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// Nothing to gate: nothing new to install, nothing installed, or the
+    /// new certificate keeps every configured record.
+    Clear,
+    /// The new records are aged: the certificate is installed.
+    Open,
+    /// The certificate is held ([`Action::Held`] says why and until when).
+    Held,
+    /// Installed although the gate was shut (an error).
+    Forced(DaneForced),
 }
 
 /// No candidate is valid for a slot.
@@ -199,20 +315,43 @@ pub struct TargetReport {
     pub refused: Vec<(String, String)>,
     /// How many candidates covered none of its names.
     pub unrelated: usize,
+    /// What the DANE gate did (`None`: the target has no DANE).
+    pub gate: Option<Gate>,
 }
 
 impl TargetReport {
+    /// The slot is served as it should be: a held certificate is not a
+    /// failure (the current one stays), a forced install is served (its
+    /// error is in [`TargetReport::problem`]).
     pub fn ok(&self) -> bool {
         matches!(
             self.action,
-            Action::UpToDate | Action::Changed(_) | Action::KeptInstalled
+            Action::UpToDate | Action::Changed(_) | Action::KeptInstalled | Action::Held(_)
         )
     }
 
-    /// Why this slot is not served (or not written), as one report line.
+    /// Why this slot is not served (or not written), or the error of a
+    /// forced install, as one report line. A held certificate is not a
+    /// problem.
     pub fn problem(&self) -> Option<String> {
+        if let Some(Gate::Forced(forced)) = &self.gate
+            && self.ok()
+        {
+            return Some(format!("target {}: {forced}", self.name));
+        }
+        if matches!(self.action, Action::Held(_)) {
+            return None;
+        }
         let why = self.action.why()?;
         Some(format!("target {}: {why}", self.name))
+    }
+
+    /// The DANE gate holds this slot's new certificate.
+    pub fn held(&self) -> Option<&DaneHold> {
+        match &self.action {
+            Action::Held(h) => Some(h),
+            _ => None,
+        }
     }
 }
 
@@ -324,8 +463,12 @@ impl Report {
                 let s = t.served.as_ref()?;
                 let left = s.not_after - now;
                 (left < warning_threshold(threshold, s.not_before, s.not_after)).then(|| {
+                    let newer = match t.held() {
+                        Some(h) => format!("a newer one ({}) waits for the DANE gate", h.sha256),
+                        None => "no source offers a newer one".to_owned(),
+                    };
                     let message = format!(
-                        "target {}: its certificate expires in {} days ({}); no source offers a newer one",
+                        "target {}: its certificate expires in {} days ({}); {newer}",
                         t.name,
                         left.div_euclid(86_400),
                         crate::rfc3339(s.not_after)
@@ -336,13 +479,25 @@ impl Report {
             .collect()
     }
 
+    /// No problem at all: every slot served, no source error, no failed
+    /// reload, no install forced through the DANE gate.
     pub fn ok(&self) -> bool {
         self.errors.is_empty()
             && self.targets.iter().all(TargetReport::ok)
             && self
+                .targets
+                .iter()
+                .all(|t| !matches!(t.gate, Some(Gate::Forced(_))))
+            && self
                 .reloads
                 .iter()
                 .all(|r| !matches!(r.result, Some(Err(_))))
+    }
+
+    /// The earliest time a held certificate's gate opens (if nothing
+    /// changes): when to reconcile again.
+    pub fn next_gate(&self) -> Option<i64> {
+        self.targets.iter().filter_map(|t| t.held()?.until).min()
     }
 }
 
@@ -374,6 +529,17 @@ pub struct SlotPlan {
     pub report: TargetReport,
     /// The files to hold when a certificate was chosen (empty otherwise).
     files: Vec<install::Planned>,
+    /// The chain the slot would install, also when held or deferred.
+    candidate: Option<Vec<CertificateDer<'static>>>,
+}
+
+impl SlotPlan {
+    /// The chain this slot would install (leaf first), also when the DANE
+    /// gate holds it or a backoff defers it: the DANE pass publishes its
+    /// records. `None` when nothing new is chosen.
+    pub fn candidate(&self) -> Option<&[CertificateDer<'static>]> {
+        self.candidate.as_deref()
+    }
 }
 
 impl Plan {
@@ -397,6 +563,7 @@ impl Plan {
             match (&r.action, &r.served) {
                 (Action::Unserved(why), _) => tracing::error!("target {}: {why}", r.name),
                 (Action::Deferred(why), _) => tracing::warn!("target {}: {why}", r.name),
+                (Action::Held(why), _) => tracing::info!("target {}: {why}", r.name),
                 (Action::KeptInstalled, Some(s)) => tracing::warn!(
                     "target {}: no source offers a valid certificate; keeping the installed one (expires {})",
                     r.name,
@@ -407,6 +574,9 @@ impl Plan {
                     r.name
                 ),
                 _ => {}
+            }
+            if let Some(Gate::Forced(forced)) = &r.gate {
+                tracing::error!("target {}: {forced}", r.name);
             }
         }
     }
@@ -429,6 +599,7 @@ fn slots(config: &Config) -> impl Iterator<Item = (usize, &Target, usize, &Slot)
 pub fn plan(config: &Config, persist: Persist) -> Plan {
     let harvest = source::read_all(config, persist);
     let record = State::load(&config.state_dir);
+    let ledger = load_ledger(config);
     let facts = decide::Facts {
         candidates: &harvest.candidates,
         slots: slots(config)
@@ -442,6 +613,10 @@ pub fn plan(config: &Config, persist: Persist) -> Plan {
                     domains: &target.domains,
                     key_type: slot.key_type,
                     installed: install::installed_bundle(&slot.files).ok(),
+                    dane: target
+                        .dane
+                        .as_ref()
+                        .map(|d| dane_facts(&ledger, &target.name, d)),
                 }
             })
             .collect(),
@@ -469,12 +644,72 @@ pub fn plan(config: &Config, persist: Persist) -> Plan {
                 let files = d.install.as_ref().map_or_else(Vec::new, |bundle| {
                     install::planned_files(target, &target.slots[d.report.slot], bundle)
                 });
+                let mut report = d.report;
+                if let Action::Held(h) = &mut report.action {
+                    h.hint = config
+                        .sources
+                        .get(h.origin.source_index)
+                        .and_then(|s| reuse_key_hint(&s.kind));
+                }
                 SlotPlan {
-                    report: d.report,
+                    report,
                     files,
+                    candidate: d.candidate,
                 }
             })
             .collect(),
+    }
+}
+
+/// The DANE ledger (`state_dir/dane.json`), read once per plan. Missing:
+/// empty. Unreadable: empty too, with a warning: nothing is seen, so the
+/// gate holds every new key (and forces it at `dane_hold_max`), the safe
+/// side.
+fn load_ledger(config: &Config) -> Ledger {
+    if config.targets.iter().all(|t| t.dane.is_none()) {
+        return Ledger::default();
+    }
+    match config.state_dir.dane_record::<Ledger>().load() {
+        Ok(ledger) => ledger.unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!("{e}; the DANE gate sees no record until it is readable");
+            Ledger::default()
+        }
+    }
+}
+
+/// What the DANE gate of a slot of target `name` decides from: the
+/// configured usages and `dane_hold_max`, and from the ledger, since when
+/// each record has been seen at every owner name and the TTLs of their
+/// sets. The TTL of the records mxkeys adds counts as the new TTL when it
+/// is larger than any observed.
+fn dane_facts(ledger: &Ledger, name: &str, dane: &Dane) -> decide::DaneFacts {
+    let owners = dane.owners();
+    let hold = ledger.hold_params(name, &owners);
+    let mut seen: BTreeMap<String, i64> = BTreeMap::new();
+    let texts: BTreeSet<&String> = ledger
+        .targets
+        .get(name)
+        .map(|t| t.seen.values().flat_map(BTreeMap::keys).collect())
+        .unwrap_or_default();
+    for text in texts {
+        let (Ok(record), Some(since)) =
+            (text.parse::<Tlsa>(), ledger.seen_since(name, &owners, text))
+        else {
+            continue;
+        };
+        seen.entry(record.to_string())
+            .and_modify(|t| *t = (*t).min(since))
+            .or_insert(since);
+    }
+    decide::DaneFacts {
+        records: dane.records.clone(),
+        seen,
+        old_ttl: hold.old_ttl,
+        new_ttl: hold.new_ttl.max(dane.ttl),
+        rrset_existed: hold.rrset_existed,
+        negative_ttl: hold.negative_ttl,
+        hold_max: i64::try_from(dane.hold_max.as_secs()).unwrap_or(i64::MAX),
     }
 }
 
@@ -572,6 +807,7 @@ mod tests {
                 action: Action::UpToDate,
                 refused: Vec::new(),
                 unrelated: 0,
+                gate: None,
             }],
             ..Report::default()
         }
@@ -707,6 +943,203 @@ mod tests {
                 want,
                 "{configured:?}, lifetime {lifetime}"
             );
+        }
+    }
+
+    fn dane_slot(name: &str, action: Action, gate: Gate) -> TargetReport {
+        TargetReport {
+            name: name.to_owned(),
+            target: 0,
+            slot: 0,
+            served: None,
+            action,
+            refused: Vec::new(),
+            unrelated: 0,
+            gate: Some(gate),
+        }
+    }
+
+    fn held(until: Option<i64>) -> Action {
+        Action::Held(DaneHold {
+            sha256: "ab".to_owned(),
+            origin: crate::source::Origin {
+                source: std::sync::Arc::from("src"),
+                source_index: 0,
+                entry: "next".to_owned(),
+                entry_index: 0,
+            },
+            hint: None,
+            record: None,
+            until,
+            reason: WaitReason::NotSeen {
+                spec: crate::dane::tlsa::Spec::EE,
+            },
+        })
+    }
+
+    #[test]
+    fn a_held_slot_is_no_failure_and_the_earliest_gate_is_when_to_reconcile_again() {
+        let report = Report {
+            targets: vec![
+                dane_slot("a", held(Some(NOW + 600)), Gate::Held),
+                dane_slot("b", held(None), Gate::Held),
+                dane_slot("c", held(Some(NOW + 60)), Gate::Held),
+                dane_slot("d", Action::UpToDate, Gate::Open),
+            ],
+            ..Report::default()
+        };
+        assert!(report.ok(), "{:?}", report.problems());
+        assert!(report.problems().is_empty());
+        assert_eq!(report.next_gate(), Some(NOW + 60));
+        assert_eq!(Report::default().next_gate(), None);
+    }
+
+    #[test]
+    fn a_forced_install_is_served_but_fails_the_run_with_one_error_line() {
+        let forced = DaneForced {
+            sha256: "cd".to_owned(),
+            record: None,
+            reason: ForceReason {
+                waiting: WaitReason::NotSeen {
+                    spec: crate::dane::tlsa::Spec::EE,
+                },
+                expires: NOW,
+            },
+        };
+        let report = Report {
+            targets: vec![dane_slot(
+                "mail",
+                Action::Changed(Vec::new()),
+                Gate::Forced(forced),
+            )],
+            ..Report::default()
+        };
+        assert!(report.targets[0].ok(), "the slot is served");
+        assert!(!report.ok(), "but the run reports the error");
+        let problems = report.problems();
+        assert_eq!(problems.len(), 1);
+        assert!(
+            problems[0].starts_with("target mail: installing cd although its TLSA record")
+                && problems[0].contains("the current certificate expires 2026-01-01T00:00:00Z"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn the_gate_sees_a_record_only_since_every_owner_shows_it() {
+        use crate::dane::ledger::{Rrset, TargetLedger};
+        let a = "aa".repeat(32);
+        let b = "bb".repeat(32);
+        let mut t = TargetLedger::default();
+        // Owner 1 shows both (one in upper case hex); owner 2 only a.
+        t.seen.insert(
+            "_25._tcp.mx.example".to_owned(),
+            BTreeMap::from([
+                (format!("3 1 1 {}", a.to_uppercase()), 100),
+                (format!("3 1 1 {b}"), 50),
+            ]),
+        );
+        t.seen.insert(
+            "_25._tcp.mx2.example".to_owned(),
+            BTreeMap::from([(format!("3 1 1 {}", a.to_uppercase()), 300)]),
+        );
+        for owner in ["_25._tcp.mx.example", "_25._tcp.mx2.example"] {
+            t.rrsets.insert(
+                owner.to_owned(),
+                Rrset {
+                    max_ttl: 60,
+                    existed_before: true,
+                    negative_ttl: 30,
+                },
+            );
+        }
+        let ledger = Ledger {
+            targets: BTreeMap::from([("mail".to_owned(), t)]),
+        };
+        let dane = Dane {
+            dns: "ns".to_owned(),
+            ports: vec![25],
+            hosts: vec![
+                DnsName::parse("mx.example").unwrap(),
+                DnsName::parse("mx2.example").unwrap(),
+            ],
+            records: vec![crate::dane::tlsa::Spec::EE],
+            ttl: 300,
+            hold_max: Duration::from_secs(86_400),
+            key_rollover: None,
+        };
+        let facts = dane_facts(&ledger, "mail", &dane);
+        assert_eq!(
+            facts.seen,
+            BTreeMap::from([(format!("3 1 1 {a}"), 300)]),
+            "normalized, the later owner's time, b missing at one owner"
+        );
+        assert_eq!(
+            (
+                facts.old_ttl,
+                facts.new_ttl,
+                facts.rrset_existed,
+                facts.negative_ttl
+            ),
+            (60, 300, true, 30),
+            "the configured TTL counts when larger"
+        );
+        assert_eq!(facts.hold_max, 86_400);
+        assert!(dane_facts(&ledger, "other", &dane).seen.is_empty());
+    }
+
+    #[test]
+    fn an_expiry_warning_of_a_held_slot_says_the_newer_certificate_waits_for_the_gate() {
+        let mut report = report_with(NOW - 80 * DAY, NOW + 5 * DAY);
+        let fourteen_days = Duration::from_secs(14 * DAY as u64);
+        let plain = report.expiring(fourteen_days, NOW);
+        assert!(
+            plain[0].1.ends_with("no source offers a newer one"),
+            "{plain:?}"
+        );
+        report.targets[0].action = held(Some(NOW + 60));
+        let held = report.expiring(fourteen_days, NOW);
+        assert!(
+            held[0]
+                .1
+                .ends_with("a newer one (ab) waits for the DANE gate"),
+            "{held:?}"
+        );
+    }
+
+    #[test]
+    fn only_the_sources_that_can_keep_their_key_get_a_reuse_key_hint() {
+        let path = PathBuf::from("/x");
+        for (kind, want) in [
+            (
+                SourceKind::Certbot { path: path.clone() },
+                Some("reuse_key = True"),
+            ),
+            (
+                SourceKind::Lego { path: path.clone() },
+                Some("lego renew --reuse-key"),
+            ),
+            (
+                SourceKind::Traefik {
+                    path: path.clone(),
+                    resolvers: None,
+                },
+                None,
+            ),
+            (
+                SourceKind::Files {
+                    cert: path.clone(),
+                    key: path.clone(),
+                    chain: None,
+                },
+                None,
+            ),
+        ] {
+            let hint = reuse_key_hint(&kind);
+            match want {
+                Some(part) => assert!(hint.is_some_and(|h| h.contains(part)), "{kind:?}"),
+                None => assert_eq!(hint, None, "{kind:?}"),
+            }
         }
     }
 }

@@ -107,7 +107,23 @@ impl Ca {
     /// A leaf for `names`, valid from `not_before` to `not_after`, with
     /// its chain (leaf, CA).
     pub fn issue(&self, names: &[&str], alg: Alg, not_before: i64, not_after: i64) -> Issued {
-        let key = key_pair(alg);
+        self.issue_for(names, key_pair(alg), not_before, not_after)
+    }
+
+    /// A leaf for `names` with the key of `previous`: a renewal that keeps
+    /// its key (from this CA or another).
+    pub fn reissue(
+        &self,
+        previous: &Issued,
+        names: &[&str],
+        not_before: i64,
+        not_after: i64,
+    ) -> Issued {
+        let key = KeyPair::from_pem(&previous.key.to_pem()).expect("test key");
+        self.issue_for(names, key, not_before, not_after)
+    }
+
+    fn issue_for(&self, names: &[&str], key: KeyPair, not_before: i64, not_after: i64) -> Issued {
         let cn = names.first().copied().unwrap_or("leaf");
         let leaf = params(names, cn, not_before, not_after)
             .signed_by(&key, &self.issuer)

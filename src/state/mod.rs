@@ -18,6 +18,8 @@
 //!       state.json            0600
 //!       bundle.pem            0600  key, leaf and chain
 //!       order-key.pem         0600  the key of an order whose certificate is not stored
+//!       standby-key.pem       0600  DANE: the next key, published before it is served
+//!       rollover-request      0600  DANE: a key rollover is asked for (its time)
 //!   dkim/                     0700  (also the default `[dkim] key_dir`)
 //!     lock                    0600
 //!     state.json              0600  the DKIM key book
@@ -47,6 +49,8 @@ const ACME_DIR: &str = "acme";
 const ACCOUNTS_DIR: &str = "accounts";
 const BUNDLE_FILE: &str = "bundle.pem";
 const ORDER_KEY_FILE: &str = "order-key.pem";
+const STANDBY_KEY_FILE: &str = "standby-key.pem";
+const ROLLOVER_REQUEST_FILE: &str = "rollover-request";
 const DKIM_DIR: &str = "dkim";
 
 /// The validated, absolute `state_dir`.
@@ -202,6 +206,19 @@ impl AcmeSourceDir {
     pub fn order_key(&self) -> PathBuf {
         self.0.join(ORDER_KEY_FILE)
     }
+
+    /// The standby key of a source serving DANE targets (mode 0600): the
+    /// next key, published in TLSA before it is ever served.
+    pub fn standby_key(&self) -> PathBuf {
+        self.0.join(STANDBY_KEY_FILE)
+    }
+
+    /// Present while a key rollover to the standby key is requested (`mxkeys
+    /// dane rollover`): its own file, so a request is never lost to a pass
+    /// saving the source's record.
+    pub fn rollover_request(&self) -> PathBuf {
+        self.0.join(ROLLOVER_REQUEST_FILE)
+    }
 }
 
 /// Compares the directory's path (configuration tests).
@@ -340,6 +357,14 @@ mod tests {
             (
                 acme.order_key(),
                 "/var/lib/mxkeys/acme/mail/order-key.pem".to_owned(),
+            ),
+            (
+                acme.standby_key(),
+                "/var/lib/mxkeys/acme/mail/standby-key.pem".to_owned(),
+            ),
+            (
+                acme.rollover_request(),
+                "/var/lib/mxkeys/acme/mail/rollover-request".to_owned(),
             ),
             (
                 s.acme_account::<()>(directory).path().to_owned(),

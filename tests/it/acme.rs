@@ -1890,3 +1890,365 @@ fn dns01_cname_delegated_challenge_works_with_credentials_for_the_challenge_zone
     );
     assert!(acme.bind.txt_values("x.delegated.test").is_empty());
 }
+
+// ---------------------------------------------------------------------------
+// DANE: the standby key, key reuse and `dane rollover` (issue 14)
+// ---------------------------------------------------------------------------
+
+/// pebble and BIND, plus openssl (which derives a key's SubjectPublicKeyInfo
+/// independently of mxkeys).
+fn start_dane(test: &str) -> Option<Acme> {
+    if !require_programs(test, &[NEEDS, common::servers::OPENSSL]) {
+        return None;
+    }
+    Acme::start(test)
+}
+
+/// The DANE target `mx` for MAIL, writing `out`; `dane` adds keys to its
+/// `[target.dane]` table. (The test zone is not signed: nothing here
+/// publishes; these tests are about the keys.)
+fn dane_target(out: &Path, dane: &str) -> String {
+    format!(
+        "{}[target.dane]\ndns = \"bind\"\n{dane}\n",
+        target("mx", &[MAIL], out, "")
+    )
+}
+
+/// The SubjectPublicKeyInfo (DER) of a private key file, as openssl derives
+/// it: what a certificate for that key carries, and what `3 1 1` hashes.
+#[track_caller]
+fn key_spki(path: &Path) -> Vec<u8> {
+    let out = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-outform", "DER", "-in"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && !out.stdout.is_empty(),
+        "openssl pkey {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// The SubjectPublicKeyInfo (DER) of a certificate.
+fn cert_spki(der: &[u8]) -> Vec<u8> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).unwrap();
+    cert.public_key().raw.to_vec()
+}
+
+impl Acme {
+    /// What an acme source holds (`bundle.pem`: key, leaf, chain).
+    #[track_caller]
+    fn bundle(&self, name: &str) -> Installed {
+        Installed::read(&self.source_dir(name).join("bundle.pem"))
+    }
+
+    fn standby(&self, name: &str) -> PathBuf {
+        self.source_dir(name).join("standby-key.pem")
+    }
+
+    fn rollover_request(&self, name: &str) -> PathBuf {
+        self.source_dir(name).join("rollover-request")
+    }
+
+    /// The SPKI of the certificate an acme source holds (after checking it
+    /// came from pebble and matches its key).
+    #[track_caller]
+    fn held_spki(&self, name: &str) -> Vec<u8> {
+        let held = self.bundle(name);
+        held.assert_from_pebble(self, name);
+        cert_spki(&held.leaf)
+    }
+}
+
+#[test]
+fn a_dane_source_keeps_a_0600_standby_key_and_its_renewals_keep_the_key_whatever_reuse_key_says() {
+    let Some(acme) = start_dane(
+        "a_dane_source_keeps_a_0600_standby_key_and_its_renewals_keep_the_key_whatever_reuse_key_says",
+    ) else {
+        return;
+    };
+    let (out, plain_out) = (acme.env.out.join("mx.pem"), acme.env.out.join("web.pem"));
+    acme.config(&format!(
+        "{}\n{}\n{}\n{}",
+        acme.http_source("mail", &[MAIL], "reuse_key = false"),
+        acme.http_source("plain", &["smtp.example.test"], ""),
+        dane_target(&out, ""),
+        target("web", &["smtp.example.test"], &plain_out, ""),
+    ));
+    let first = acme.renew(&[]);
+    assert_eq!(first.code, 0, "{}", acme.context(&first));
+    issued(&first, "mail", "no certificate yet");
+    let standby = acme.standby("mail");
+    assert_mode(&standby, 0o600);
+    let standby_bytes = std::fs::read(&standby).unwrap();
+    let standby_spki = key_spki(&standby);
+    let key = acme.held_spki("mail");
+    assert_ne!(key, standby_spki, "the standby key is the certificate's");
+    // The first certificate took the first standby key (made before the
+    // order); the next one was made after. Only their public records are
+    // logged, never a key.
+    for (why, spki) in [
+        ("there was none", &key),
+        (
+            "the former standby key is now the certificate's",
+            &standby_spki,
+        ),
+    ] {
+        let logged = format!(
+            "acme source mail: new standby key ({why}); its record: 3 1 1 {}",
+            sha256_hex(spki)
+        );
+        assert!(first.stderr.contains(&logged), "{}", first.describe());
+    }
+    assert!(
+        !first.stderr.contains("PRIVATE KEY"),
+        "{}",
+        first.describe()
+    );
+    // A source serving no DANE target keeps none.
+    assert!(!acme.standby("plain").exists());
+
+    let mut fp = acme.bundle("mail").fp();
+    for round in 1..=2 {
+        let run = acme.renew(&["--force", "--source", "mail"]);
+        assert_eq!(run.code, 0, "round {round}\n{}", acme.context(&run));
+        issued(&run, "mail", "forced");
+        let held = acme.bundle("mail");
+        assert_ne!(held.fp(), fp, "round {round}: no new certificate");
+        fp = held.fp();
+        assert_eq!(
+            acme.held_spki("mail"),
+            key,
+            "round {round}: the renewal changed the key"
+        );
+        assert_eq!(
+            std::fs::read(&standby).unwrap(),
+            standby_bytes,
+            "round {round}: the standby key changed"
+        );
+        assert_eq!(
+            acme.state_json("mail")["renewals_since_rollover"],
+            round,
+            "round {round}"
+        );
+    }
+}
+
+#[test]
+fn dane_rollover_orders_with_the_standby_key_then_makes_a_new_standby_key() {
+    let Some(acme) =
+        start_dane("dane_rollover_orders_with_the_standby_key_then_makes_a_new_standby_key")
+    else {
+        return;
+    };
+    let (out, other_out) = (acme.env.out.join("mx.pem"), acme.env.out.join("o.pem"));
+    // `other` is served by the self-signed fallback only.
+    acme.config(&format!(
+        "{}\n[[source]]\ntype = \"self-signed\"\n\n{}\n{}[target.dane]\ndns = \"bind\"\n",
+        acme.http_source("mail", &[MAIL], ""),
+        dane_target(&out, ""),
+        target("other", &["b.example.test"], &other_out, ""),
+    ));
+    let first = acme.renew(&[]);
+    assert_eq!(first.code, 0, "{}", acme.context(&first));
+    let key = acme.held_spki("mail");
+    let standby = key_spki(&acme.standby("mail"));
+    let standby_pem = std::fs::read(acme.standby("mail")).unwrap();
+
+    // A name that is no DANE target, and a DANE target no acme source
+    // serves: exit 2, nothing ordered.
+    for (name, why) in [
+        (
+            "nope",
+            "no DANE target named \"nope\" (configured: mx, other)",
+        ),
+        ("other", "DANE target \"other\": no acme source serves it"),
+    ] {
+        let run = acme.env.run(&["dane", "rollover", name]);
+        assert_eq!(run.code, 2, "{}", run.describe());
+        assert!(run.stderr.contains(why), "{}", run.describe());
+    }
+    assert_eq!(requests(&acme.pebble_log(), "POST /order-plz"), 1);
+    assert!(!acme.rollover_request("mail").exists());
+
+    let run = acme.env.run(&["dane", "rollover", "mx"]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    assert!(
+        run.stdout
+            .contains("dane rollover mx: requested for acme source mail\n"),
+        "{}",
+        run.describe()
+    );
+    issued(&run, "mail", "a key rollover was requested");
+    // The certificate carries exactly the standby key's SPKI: the record
+    // published for it (3 1 1) matches what is served now.
+    assert_eq!(acme.held_spki("mail"), standby, "not the standby key");
+    let next = key_spki(&acme.standby("mail"));
+    assert_mode(&acme.standby("mail"), 0o600);
+    assert_ne!(next, standby, "no new standby key");
+    assert_ne!(next, key, "the new standby key is the old key");
+    assert!(!acme.rollover_request("mail").exists());
+    assert_eq!(acme.state_json("mail")["renewals_since_rollover"], 0);
+
+    // Fulfilled: not due again; renewals keep the former standby key and
+    // leave the new one waiting.
+    let run = acme.renew(&[]);
+    assert!(line(&run, "mail").contains("not due"), "{}", run.describe());
+    let run = acme.renew(&["--force"]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    issued(&run, "mail", "forced");
+    assert_eq!(acme.held_spki("mail"), standby);
+    assert_eq!(key_spki(&acme.standby("mail")), next);
+
+    // As a run stopped right after storing the rollover's certificate
+    // leaves it: the request still there, the standby key the one now
+    // certified. The next pass settles it without ordering again.
+    std::fs::write(acme.standby("mail"), &standby_pem).unwrap();
+    std::fs::write(acme.rollover_request("mail"), "1\n").unwrap();
+    let orders = requests(&acme.pebble_log(), "POST /order-plz");
+    let run = acme.renew(&[]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    assert!(line(&run, "mail").contains("not due"), "{}", run.describe());
+    assert_eq!(requests(&acme.pebble_log(), "POST /order-plz"), orders);
+    assert!(!acme.rollover_request("mail").exists());
+    assert_eq!(acme.held_spki("mail"), standby);
+    let after = key_spki(&acme.standby("mail"));
+    assert!(after != standby && after != key, "no new standby key");
+    assert_mode(&acme.standby("mail"), 0o600);
+}
+
+#[test]
+fn key_rollover_2_rolls_to_the_standby_key_on_every_second_renewal() {
+    let Some(acme) = start_dane("key_rollover_2_rolls_to_the_standby_key_on_every_second_renewal")
+    else {
+        return;
+    };
+    let out = acme.env.out.join("mx.pem");
+    acme.config(&format!(
+        "{}\n{}",
+        acme.http_source("mail", &[MAIL], ""),
+        dane_target(&out, "key_rollover = 2"),
+    ));
+    let first = acme.renew(&[]);
+    assert_eq!(first.code, 0, "{}", acme.context(&first));
+    let mut key = acme.held_spki("mail");
+    let mut standby = key_spki(&acme.standby("mail"));
+    // (renewal, rolls over)
+    for (renewal, rolls) in [(1, false), (2, true), (3, false), (4, true)] {
+        let run = acme.renew(&["--force"]);
+        assert_eq!(run.code, 0, "renewal {renewal}\n{}", acme.context(&run));
+        issued(&run, "mail", "forced");
+        let now = acme.held_spki("mail");
+        let next = key_spki(&acme.standby("mail"));
+        if rolls {
+            assert_eq!(now, standby, "renewal {renewal}: no rollover");
+            assert!(next != standby && next != key, "renewal {renewal}");
+        } else {
+            assert_eq!(now, key, "renewal {renewal}: the key changed");
+            assert_eq!(next, standby, "renewal {renewal}: the standby changed");
+        }
+        (key, standby) = (now, next);
+    }
+}
+
+#[test]
+fn a_rollover_request_killed_before_its_order_still_rolls_over_on_the_next_pass() {
+    let Some(acme) =
+        start_dane("a_rollover_request_killed_before_its_order_still_rolls_over_on_the_next_pass")
+    else {
+        return;
+    };
+    let out = acme.env.out.join("mx.pem");
+    acme.config(&format!(
+        "{}\n{}",
+        acme.http_source("mail", &[MAIL], ""),
+        dane_target(&out, ""),
+    ));
+    let first = acme.renew(&[]);
+    assert_eq!(first.code, 0, "{}", acme.context(&first));
+    let key = acme.held_spki("mail");
+    let standby = key_spki(&acme.standby("mail"));
+
+    // Holding the ACME lock stops `dane rollover` right after it recorded
+    // the request, before its order: it is SIGKILLed there.
+    let lock = std::fs::File::open(acme.env.state.join("acme").join("lock")).unwrap();
+    lock.lock().unwrap();
+    let mut child = acme
+        .env
+        .cmd(&["dane", "rollover", "mx"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let request = acme.rollover_request("mail");
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !request.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    drop(lock);
+    assert!(request.exists(), "the request was not recorded");
+    assert_eq!(acme.held_spki("mail"), key, "ordered before the kill");
+
+    // The next pass, not forced, rolls over at once.
+    let run = acme.renew(&[]);
+    assert_eq!(run.code, 0, "{}", acme.context(&run));
+    issued(&run, "mail", "a key rollover was requested");
+    assert_eq!(acme.held_spki("mail"), standby);
+    assert!(!request.exists());
+    assert_ne!(key_spki(&acme.standby("mail")), standby);
+}
+
+#[test]
+fn a_rollover_order_finalized_but_not_stored_is_fetched_again_and_completes_the_rollover() {
+    if !require_programs(
+        "a_rollover_order_finalized_but_not_stored_is_fetched_again_and_completes_the_rollover",
+        &[common::servers::OPENSSL],
+    ) {
+        return;
+    }
+    let fake = Fake::start();
+    fake.config("", &[MAIL], "");
+    // The target `postfix` is last in the file: make it a DANE target.
+    let mut text = std::fs::read_to_string(&fake.env.config).unwrap();
+    text.push_str("[target.dane]\ndns = \"paste\"\n\n[dns.paste]\ntype = \"manual\"\n");
+    fake.env.write_config_raw(&text);
+    fake.first(&[]);
+    let standby = fake.dir().join("standby-key.pem");
+    let (key, next) = (
+        cert_spki(&read_certs(&fake.dir().join("bundle.pem"))[0]),
+        key_spki(&standby),
+    );
+    assert_ne!(key, next);
+
+    // Finalized with the standby key, then the download fails.
+    fake.ca.set(|k| k.fail_downloads = 100);
+    let run = fake.env.run(&["dane", "rollover", "postfix"]);
+    assert_eq!(run.code, 1, "{}", fake.context(&run));
+    assert!(fake.dir().join("rollover-request").exists());
+    assert_eq!(key_spki(&fake.dir().join("order-key.pem")), next);
+    assert_eq!(fake.ca.count("POST /order"), 2, "{}", fake.ca.log());
+
+    // Fetched again after the backoff: the rollover completes, no new order.
+    fake.ca.set(|k| k.fail_downloads = 0);
+    fake.edit_state(|s| s["next_attempt_at"] = json!(0));
+    let run = fake.renew(&[]);
+    assert_eq!(run.code, 0, "{}", fake.context(&run));
+    issued(&run, "web", "an order finalized before was fetched again");
+    assert_eq!(fake.ca.count("POST /order"), 2, "{}", fake.ca.log());
+    assert_eq!(
+        cert_spki(&read_certs(&fake.dir().join("bundle.pem"))[0]),
+        next,
+        "not the standby key"
+    );
+    assert!(!fake.dir().join("rollover-request").exists());
+    let after = key_spki(&standby);
+    assert!(after != next && after != key, "no new standby key");
+    // Fulfilled: nothing more to order.
+    let run = fake.renew(&[]);
+    assert!(line(&run, "web").contains("not due"), "{}", run.describe());
+}

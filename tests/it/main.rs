@@ -17,6 +17,7 @@ mod crash;
 mod daemon;
 mod dane;
 mod dane_check;
+mod dane_gate;
 mod dane_loop;
 mod dkim;
 mod dns;

@@ -397,7 +397,24 @@ impl Ca {
     }
 
     pub fn issue(&self, spec: &LeafSpec) -> Leaf {
-        let key = spec.kind.generate();
+        self.issue_with(spec, spec.kind.generate())
+    }
+
+    /// A new leaf for `spec` with the key of `previous`: a renewal that
+    /// keeps its key (`spec.kind` is ignored).
+    pub fn reissue(&self, spec: &LeafSpec, previous: &Leaf) -> Leaf {
+        let pem = pem_block("PRIVATE KEY", &previous.key_pkcs8);
+        let key = KeyPair::from_pem(&pem).expect("the previous leaf's key");
+        self.issue_with(
+            &LeafSpec {
+                kind: previous.kind,
+                ..spec.clone()
+            },
+            key,
+        )
+    }
+
+    fn issue_with(&self, spec: &LeafSpec, key: KeyPair) -> Leaf {
         let cert = spec.params().signed_by(&key, &self.inter).expect("leaf");
         Leaf {
             der: cert.der().to_vec(),
