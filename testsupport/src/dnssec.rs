@@ -45,6 +45,14 @@
 //!   exits 1, silently), so the namespace gets 127.0.0.3 on `lo` for a
 //!   sender ([`SENDER`]), whose address must differ from the receiver's.
 //!
+//! - A new network namespace starts with `net.unix.max_dgram_qlen` = 10.
+//!   Postfix's postlogd reads the `postlog` datagram socket and also sends
+//!   its own messages to it: when a burst (postfix-script's start-up
+//!   warnings, then smtpd's lines) fills ten datagrams, postlogd blocks on
+//!   itself, and so does every process that logs next (an smtpd then
+//!   hangs mid-session: seen as a mail loop whose submissions time out).
+//!   The namespace gets 512.
+//!
 //! Without root or one of the programs ([`NEEDS`]) the outer test is skipped
 //! loudly, or fails with `CI=true`.
 
@@ -105,11 +113,12 @@ pub fn run_in_namespace(outer: &str, inner: &str, needs: &[&[Need]]) -> bool {
     }
     // trust-ad: see the module doc. 127.0.0.3: a Postfix sender's own
     // address (its `inet_interfaces` must name an address of an
-    // interface, and differ from the receiver's).
+    // interface, and differ from the receiver's). max_dgram_qlen: see the
+    // module doc (postlogd).
     crate::netns::run_inner(
         inner,
         "its namespace",
-        "ip addr add 127.0.0.3/32 dev lo",
+        "ip addr add 127.0.0.3/32 dev lo\necho 512 > /proc/sys/net/unix/max_dgram_qlen",
         &format!("nameserver {RESOLVER}\noptions edns0 trust-ad\n"),
         (MARK, inner),
     );
