@@ -256,6 +256,16 @@ fn inside_certbot_new_key() {
         old.der,
         "the new key was installed before its record aged"
     );
+    // Both say how to renew without a hold next time.
+    for args in [&["status"][..], &["check"][..]] {
+        let run = bed.env.run(args);
+        assert!(
+            run.stdout.contains("reuse_key = True"),
+            "`mxkeys {}` does not suggest reuse_key for the held Certbot key:\n{}",
+            args.join(" "),
+            run.describe()
+        );
+    }
     let status = bed.env.run(&["dane", "status"]);
     status.ok();
     assert!(
