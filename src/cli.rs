@@ -98,6 +98,10 @@ enum DnsCommand {
 
 #[derive(Debug, Subcommand)]
 enum DaneCommand {
+    /// Per DANE target and owner name: the records published, what each
+    /// stands for (installed, candidate, standby), since when it is seen
+    /// signed everywhere and when it is aged; the gate's last decision.
+    Status,
     /// Connect to every DANE host and port like a DANE sender: match each
     /// address's chain against the DNSSEC-validated TLSA records. Exit 1 on
     /// any mismatch, unvalidated answer or unreachable address.
@@ -183,11 +187,19 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Sync => {
+            // DANE: publish the next key's record before the reconcile,
+            // retire the old one after it (once the new key is served).
+            dane_pass(&config);
             let report = pipeline::reconcile(&config, Mode::Apply);
             for (_, warning) in report.expiring(config.daemon.expiry_warning, crate::now()) {
                 tracing::warn!("{warning}");
             }
-            exit(&report)
+            let dane_ok = dane_pass(&config);
+            if dane_ok {
+                exit(&report)
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Command::Run => crate::daemon::run(source, config),
         Command::Renew { force, source } => renew(&config, force, source.as_deref()),
@@ -195,6 +207,18 @@ pub fn main() -> ExitCode {
             command: DnsCommand::Test { provider, name },
         } => dns_test(&config, &provider, name.as_deref()),
         Command::Dkim { command } => dkim(&config, command),
+        Command::Dane {
+            command: DaneCommand::Status,
+        } => match crate::dane::status_text(&config, crate::now()) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("dane status: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Dane {
             command: DaneCommand::Check { target },
         } => dane_check(&config, target.as_deref()),
@@ -469,6 +493,20 @@ fn dns_test(config: &config::Config, provider: &str, name: Option<&str>) -> Exit
             ExitCode::FAILURE
         }
     }
+}
+
+/// One DANE pass (when a target has `[target.dane]`; it logs what it did);
+/// false when it had problems (already logged).
+fn dane_pass(config: &config::Config) -> bool {
+    if !config.targets.iter().any(|t| t.dane.is_some()) {
+        return true;
+    }
+    let Some(rt) = crate::runtime() else {
+        return false;
+    };
+    rt.block_on(crate::dane::pass(config, crate::now()))
+        .problems
+        .is_empty()
 }
 
 /// `mxkeys dane check`: one line per host, port and address; exit 1 on any

@@ -48,6 +48,10 @@ const TSIG_FUDGE: u16 = 300;
 /// How long one exchange may wait for its answer, by default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(6);
 
+/// How long a write's read-back waits for the server to apply it (a
+/// server signing inline applies it to the signed zone moments later).
+const READ_BACK_WAIT: Duration = Duration::from_secs(2);
+
 /// The TSIG algorithms mxkeys signs with (those BIND's `tsig-keygen` makes
 /// and hickory implements).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -308,6 +312,28 @@ impl Rfc2136 {
             .collect())
     }
 
+    /// Reads the set back after a write until `applied` holds, for at most
+    /// [`READ_BACK_WAIT`]: a server signing inline (BIND `inline-signing`)
+    /// applies an update to its signed zone moments after answering it.
+    async fn read_back(
+        &self,
+        name: &Name,
+        rtype: RecordType,
+        applied: impl Fn(&[RData]) -> bool,
+    ) -> Result<bool, Error> {
+        let deadline = tokio::time::Instant::now() + READ_BACK_WAIT;
+        loop {
+            let written = self.read_values(name, rtype, "update").await?;
+            if applied(&written) {
+                return Ok(true);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(READ_BACK_WAIT / 20).await;
+        }
+    }
+
     /// A write the server accepted (`what`: "the update of") but whose
     /// read-back shows it did not apply.
     fn not_applied(&self, what: &str, name: &Name, rtype: RecordType) -> Error {
@@ -438,8 +464,10 @@ impl RecordStore for Rfc2136 {
         let zone = self.zone_of(&wire_name).await?;
         let message = replace_message(&zone, &wire_name, ttl, values)?;
         self.update(message, &wire_name, &zone).await?;
-        let written = self.read_values(&wire_name, rtype, "update").await?;
-        if !crate::same_set(&written, values) {
+        if !self
+            .read_back(&wire_name, rtype, |w| crate::same_set(w, values))
+            .await?
+        {
             return Err(self.not_applied("the update of", &wire_name, rtype));
         }
         tracing::info!(name = %display_name(&wire_name), %rtype, server = %self.server, "record set replaced");
@@ -493,8 +521,10 @@ impl Rfc2136 {
             message.add_authority(Record::from_rdata(wire_name.clone(), ttl, to_wire(value)?));
         }
         self.update(message, &wire_name, &zone).await?;
-        let written = self.read_values(&wire_name, rtype, "update").await?;
-        if !crate::contains_all(&written, &missing) {
+        if !self
+            .read_back(&wire_name, rtype, |w| crate::contains_all(w, &missing))
+            .await?
+        {
             return Err(self.not_applied("the addition to", &wire_name, rtype));
         }
         tracing::info!(name = %display_name(&wire_name), %rtype, server = %self.server, added = missing.len(), "records added");

@@ -4,7 +4,8 @@
 //! The daemon is a set of independent tasks, so that a long wait in one
 //! never delays another: the TLS reconcile ([`Reconciler`]: watch,
 //! debounce, resync), the ACME scheduler ([`AcmeTask`]), the DKIM scheduler
-//! ([`DkimTask`]), the metrics server and the watchdog ([`tasks`]); the main
+//! ([`DkimTask`]), the DANE pass ([`dane`]), the metrics server and the
+//! watchdog ([`tasks`]); the main
 //! task only handles signals. READY=1 is sent after the first reconcile,
 //! before any network work (the ACME and DKIM tasks start after it). An
 //! issued certificate is installed by asking the reconcile task for a
@@ -28,6 +29,7 @@
 //! for up to [`DKIM_STOP_GRACE`] (every DKIM step is saved; a cut one is
 //! redone by the next pass).
 
+mod dane;
 pub mod metrics;
 pub mod tasks;
 pub mod watch;
@@ -134,7 +136,9 @@ impl Daemon {
         let (config_tx, config) = channel::channel(self.config.clone());
         let (ready_tx, ready) = channel::channel(false);
         let (requests_tx, requests) = mpsc::unbounded_channel();
-        let reconciler = Reconciler::new(&self.config, self.metrics.clone());
+        let (dane_tx, dane_reconciled) = mpsc::unbounded_channel();
+        let mut reconciler = Reconciler::new(&self.config, self.metrics.clone());
+        reconciler.dane = Some(dane_tx);
         tracing::info!(
             "mxkeys {} watching {} ({} targets)",
             env!("CARGO_PKG_VERSION"),
@@ -143,6 +147,14 @@ impl Daemon {
         );
         let mut tls =
             tokio::spawn(reconciler.run(config.clone(), stop.clone(), requests, ready_tx));
+        let dane = dane::DaneTask {
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            requests: requests_tx.clone(),
+            reconciled: dane_reconciled,
+            stop: stop.clone(),
+        };
+        let dane = tokio::spawn(dane.run(config.clone(), ready.clone()));
         let acme = AcmeTask {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
@@ -161,6 +173,7 @@ impl Daemon {
             ("TLS reconcile", tls.abort_handle()),
             ("ACME", acme.abort_handle()),
             ("DKIM", dkim.abort_handle()),
+            ("DANE", dane.abort_handle()),
         ]));
         let mut code = ExitCode::SUCCESS;
         loop {
@@ -184,6 +197,7 @@ impl Daemon {
         }
         let _ = acme.await;
         let _ = dkim.await;
+        let _ = dane.await;
         watchdog.abort();
         code
     }
@@ -423,6 +437,10 @@ struct Reconciler {
     warned: HashMap<(String, String), Instant>,
     started_at: i64,
     reconciles: u64,
+    /// Told after every reconcile while a target has DANE: the DANE pass
+    /// publishes the record of a new candidate the gate holds, and retires
+    /// the old record once a new key is served.
+    dane: Option<mpsc::UnboundedSender<()>>,
     /// When a certificate held by the DANE gate may be installed (the
     /// earliest `until` of the last reconcile): reconcile again then.
     next_gate: Option<Instant>,
@@ -442,6 +460,7 @@ impl Reconciler {
             warned: HashMap::new(),
             started_at: crate::now(),
             reconciles: 0,
+            dane: None,
             next_gate: None,
         }
     }
@@ -583,6 +602,11 @@ impl Reconciler {
             Report::default()
         });
         self.reconciles += 1;
+        if let Some(dane) = &self.dane
+            && self.config.targets.iter().any(|t| t.dane.is_some())
+        {
+            let _ = dane.send(());
+        }
         // Every renewal is followed by a reconcile: the failure counts it
         // left are read here (before the report, so a scrape that sees
         // this reconcile sees them too).

@@ -19,6 +19,7 @@ mod dane;
 mod dane_check;
 mod dane_gate;
 mod dane_loop;
+mod dane_pass;
 mod dkim;
 mod dns;
 mod hostile_fs;
