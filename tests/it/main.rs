@@ -18,6 +18,7 @@ mod daemon;
 mod dane;
 mod dane_check;
 mod dane_gate;
+mod dane_loop;
 mod dane_pass;
 mod dkim;
 mod dns;

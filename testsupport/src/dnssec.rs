@@ -45,6 +45,14 @@
 //!   exits 1, silently), so the namespace gets 127.0.0.3 on `lo` for a
 //!   sender ([`SENDER`]), whose address must differ from the receiver's.
 //!
+//! - A new network namespace starts with `net.unix.max_dgram_qlen` = 10.
+//!   Postfix's postlogd reads the `postlog` datagram socket and also sends
+//!   its own messages to it: when a burst (postfix-script's start-up
+//!   warnings, then smtpd's lines) fills ten datagrams, postlogd blocks on
+//!   itself, and so does every process that logs next (an smtpd then
+//!   hangs mid-session: seen as a mail loop whose submissions time out).
+//!   The namespace gets 512.
+//!
 //! Without root or one of the programs ([`NEEDS`]) the outer test is skipped
 //! loudly, or fails with `CI=true`.
 
@@ -105,11 +113,12 @@ pub fn run_in_namespace(outer: &str, inner: &str, needs: &[&[Need]]) -> bool {
     }
     // trust-ad: see the module doc. 127.0.0.3: a Postfix sender's own
     // address (its `inet_interfaces` must name an address of an
-    // interface, and differ from the receiver's).
+    // interface, and differ from the receiver's). max_dgram_qlen: see the
+    // module doc (postlogd).
     crate::netns::run_inner(
         inner,
         "its namespace",
-        "ip addr add 127.0.0.3/32 dev lo",
+        "ip addr add 127.0.0.3/32 dev lo\necho 512 > /proc/sys/net/unix/max_dgram_qlen",
         &format!("nameserver {RESOLVER}\noptions edns0 trust-ad\n"),
         (MARK, inner),
     );
@@ -357,6 +366,60 @@ stub-zone:
         });
     }
 
+    /// The TLSA set BIND serves at `owner` (canonical `3 1 1 hex` strings,
+    /// sorted; empty when there is none).
+    pub fn served_tlsa(&self, owner: &str) -> Vec<String> {
+        let out = self.authoritative(&["TLSA", owner]);
+        let mut set: Vec<String> = answer(&out, "TLSA").iter().map(|r| normalize(r)).collect();
+        set.sort();
+        set
+    }
+
+    /// The TLSA set Unbound answers at `owner`, sorted, when the answer is
+    /// validated (`ad`); None when it is not.
+    pub fn resolved_tlsa(&self, owner: &str) -> Option<Vec<String>> {
+        let out = self.resolve(&["TLSA", owner]);
+        if !flags(&out).contains(&"ad".to_owned()) {
+            return None;
+        }
+        let mut set: Vec<String> = answer(&out, "TLSA").iter().map(|r| normalize(r)).collect();
+        set.sort();
+        Some(set)
+    }
+
+    /// Adds `record` (e.g. `3 1 1 HEX`) to the TLSA set at `owner`, keeping
+    /// what is there (as another host or an administrator would), and
+    /// waits until Unbound answers it with `ad`.
+    #[track_caller]
+    pub fn add_tlsa(&self, owner: &str, record: &str) {
+        self.update(&format!("update add {owner} {TTL} TLSA {record}"));
+        let want = normalize(record);
+        self.wait("Unbound to answer the added TLSA record with ad", || {
+            self.resolved_tlsa(owner)
+                .filter(|set| set.contains(&want))
+                .map(|_| ())
+        });
+    }
+
+    /// A `[dns.NAME]` table for mxkeys: RFC 2136 to this BIND for `zone`
+    /// (e.g. [`ZONE`] or [`UNSIGNED_ZONE`]) with the lab's TSIG key, BIND
+    /// as the zone's only nameserver and Unbound as the resolver.
+    pub fn rfc2136_toml(&self, name: &str, zone: &str) -> String {
+        format!(
+            "[dns.{name}]\n\
+             type = \"rfc2136\"\n\
+             server = \"{AUTHORITATIVE}:53\"\n\
+             zone = \"{zone}\"\n\
+             tsig_name = \"{KEY_NAME}\"\n\
+             tsig_algorithm = \"hmac-sha256\"\n\
+             tsig_secret_file = \"{key}\"\n\
+             nameservers = [\"{AUTHORITATIVE}\"]\n\
+             resolver = \"{RESOLVER}:53\"\n\
+             propagation_interval = \"1s\"\n",
+            key = self.dir.join("tsig.key").display(),
+        )
+    }
+
     /// The end of both servers' logs, for failure messages.
     pub fn logs(&self) -> String {
         let mut s = String::new();
@@ -443,7 +506,7 @@ pub fn answer(dig_output: &str, rtype: &str) -> Vec<String> {
 
 /// A TLSA record's data in one canonical form (lower-case, no spaces in the
 /// hex, which dig splits).
-fn normalize(record: &str) -> String {
+pub fn normalize(record: &str) -> String {
     let fields: Vec<&str> = record.split_whitespace().collect();
     if fields.len() < 4 {
         return record.to_lowercase();
@@ -462,4 +525,11 @@ fn normalize(record: &str) -> String {
 pub fn tlsa_3_1_1(cert_der: &[u8]) -> String {
     let (_, cert) = x509_parser::parse_x509_certificate(cert_der).expect("a certificate");
     format!("3 1 1 {}", sha256_hex(cert.tbs_certificate.subject_pki.raw))
+}
+
+/// The `2 1 1` TLSA data for a CA certificate (DER) in a served chain:
+/// SHA-256 of its SubjectPublicKeyInfo.
+pub fn tlsa_2_1_1(ca_der: &[u8]) -> String {
+    let (_, cert) = x509_parser::parse_x509_certificate(ca_der).expect("a certificate");
+    format!("2 1 1 {}", sha256_hex(cert.tbs_certificate.subject_pki.raw))
 }

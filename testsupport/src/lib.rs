@@ -19,6 +19,7 @@ pub mod cf_mock;
 pub mod dkim_tools;
 pub mod dnssec;
 pub mod fake_acme;
+pub mod mailloop;
 pub mod netns;
 pub mod nspawn;
 pub mod ports;
