@@ -727,19 +727,11 @@ mod tests {
             gate,
         };
         let hold = |until| {
-            Action::Held(DaneHold {
-                sha256: "ab".to_owned(),
-                origin: crate::source::Origin {
-                    source: std::sync::Arc::from("src"),
-                    source_index: 0,
-                    entry: "next".to_owned(),
-                    entry_index: 0,
-                },
-                hint: None,
-                record: None,
+            Action::Held(DaneHold::sample(
+                "ab",
                 until,
-                reason: WaitReason::NotSeen { spec: Spec::EE },
-            })
+                WaitReason::NotSeen { spec: Spec::EE },
+            ))
         };
         let report = Report {
             targets: vec![

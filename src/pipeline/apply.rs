@@ -818,19 +818,7 @@ mod tests {
         };
         let held = || {
             with_gate(
-                Action::Held(DaneHold {
-                    sha256: "bb".to_owned(),
-                    origin: crate::source::Origin {
-                        source: std::sync::Arc::from("src"),
-                        source_index: 0,
-                        entry: "next".to_owned(),
-                        entry_index: 0,
-                    },
-                    hint: None,
-                    record: None,
-                    until: Some(NOW + 60),
-                    reason: waiting,
-                }),
+                Action::Held(DaneHold::sample("bb", Some(NOW + 60), waiting)),
                 Gate::Held,
             )
         };

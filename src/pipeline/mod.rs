@@ -139,6 +139,27 @@ pub struct DaneHold {
     pub hint: Option<&'static str>,
 }
 
+#[cfg(test)]
+impl DaneHold {
+    /// A hold of certificate `sha256` from a files source's entry `next`,
+    /// without record or hint: the unit tests' fixture.
+    pub(crate) fn sample(sha256: &str, until: Option<i64>, reason: WaitReason) -> DaneHold {
+        DaneHold {
+            sha256: sha256.to_owned(),
+            origin: source::Origin {
+                source: Arc::from("src"),
+                source_index: 0,
+                entry: "next".to_owned(),
+                entry_index: 0,
+            },
+            record: None,
+            until,
+            reason,
+            hint: None,
+        }
+    }
+}
+
 impl fmt::Display for DaneHold {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let until = self
@@ -960,21 +981,13 @@ mod tests {
     }
 
     fn held(until: Option<i64>) -> Action {
-        Action::Held(DaneHold {
-            sha256: "ab".to_owned(),
-            origin: crate::source::Origin {
-                source: std::sync::Arc::from("src"),
-                source_index: 0,
-                entry: "next".to_owned(),
-                entry_index: 0,
-            },
-            hint: None,
-            record: None,
+        Action::Held(DaneHold::sample(
+            "ab",
             until,
-            reason: WaitReason::NotSeen {
+            WaitReason::NotSeen {
                 spec: crate::dane::tlsa::Spec::EE,
             },
-        })
+        ))
     }
 
     #[test]
