@@ -17,6 +17,7 @@ pub mod dkim;
 pub mod dns;
 pub mod install;
 pub mod listen;
+pub mod mta_sts;
 pub mod names;
 pub mod pipeline;
 pub mod reload;
@@ -24,6 +25,7 @@ pub mod select;
 pub mod source;
 pub mod state;
 pub mod status;
+pub mod tls_rpt;
 pub mod verify;
 
 /// The single-threaded tokio runtime the async parts run on (the
