@@ -23,6 +23,8 @@
 //!   dkim/                     0700  (also the default `[dkim] key_dir`)
 //!     lock                    0600
 //!     state.json              0600  the DKIM key book
+//!   tls-rpt/                  0700  TLS-RPT reports received (`crate::tls_rpt::store`)
+//!     ORG/REPORT-ID.json      0600  one report's JSON, names sanitised
 //! ```
 //!
 //! Every file is replaced atomically (a temporary `.NAME.mxkeys-PID-N.tmp`
@@ -52,6 +54,7 @@ const ORDER_KEY_FILE: &str = "order-key.pem";
 const STANDBY_KEY_FILE: &str = "standby-key.pem";
 const ROLLOVER_REQUEST_FILE: &str = "rollover-request";
 const DKIM_DIR: &str = "dkim";
+const TLS_RPT_DIR: &str = "tls-rpt";
 
 /// The validated, absolute `state_dir`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +124,11 @@ impl StateDir {
     /// and since when each has been seen (see `crate::dane::ledger`).
     pub fn dane_record<T>(&self) -> Record<T> {
         Record::new(self.0.join(DANE_FILE), 0o600)
+    }
+
+    /// Where received TLS-RPT reports are kept (`crate::tls_rpt::store`).
+    pub fn tls_rpt_dir(&self) -> PathBuf {
+        self.0.join(TLS_RPT_DIR)
     }
 
     /// `[dkim] key_dir` when the configuration names none.
@@ -375,6 +383,7 @@ mod tests {
                 "/var/lib/mxkeys/dkim/state.json".to_owned(),
             ),
             (s.default_dkim_key_dir(), "/var/lib/mxkeys/dkim".to_owned()),
+            (s.tls_rpt_dir(), "/var/lib/mxkeys/tls-rpt".to_owned()),
         ] {
             assert_eq!(got, PathBuf::from(&want));
         }

@@ -2,3 +2,7 @@
 //! senders where to report, and the reports they send back, read safely
 //! (bounded size, typed refusals) so a broken DANE or MTA-STS setup is
 //! seen from the senders' side.
+
+pub mod metrics;
+pub mod report;
+pub mod store;
