@@ -91,3 +91,85 @@ fn escape(label: &str) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls_rpt::report::{JSON_TYPE, accept};
+
+    fn report(org: &str, id: &str, ok: u64, failures: &[(&str, u64)]) -> Report {
+        let details: Vec<String> = failures
+            .iter()
+            .map(|(t, n)| format!(r#"{{"result-type": {t:?}, "failed-session-count": {n}}}"#))
+            .collect();
+        let failed: u64 = failures.iter().map(|(_, n)| n).sum();
+        let json = format!(
+            r#"{{"organization-name": {org:?}, "report-id": {id:?},
+                "date-range": {{"start-datetime": "s", "end-datetime": "e"}},
+                "policies": [{{"policy": {{"policy-type": "sts", "policy-domain": "example.test"}},
+                               "summary": {{"total-successful-session-count": {ok},
+                                            "total-failure-session-count": {failed}}},
+                               "failure-details": [{}]}}]}}"#,
+            details.join(",")
+        );
+        accept(json.as_bytes(), Some(JSON_TYPE)).unwrap()
+    }
+
+    #[test]
+    fn failures_are_summed_by_organization_and_result_type() {
+        let reports = [
+            report(
+                "Google",
+                "1",
+                10,
+                &[("sts-policy-invalid", 2), ("tlsa-invalid", 1)],
+            ),
+            report("Google", "2", 5, &[("sts-policy-invalid", 3)]),
+            report("Microsoft", "3", 7, &[("certificate-expired", 4)]),
+        ];
+        let mut out = String::new();
+        render(&aggregate(&reports), &mut out);
+        let series: Vec<&str> = out.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(
+            series,
+            [
+                r#"mxkeys_tls_rpt_failures_total{organization="Google",result_type="sts-policy-invalid"} 5"#,
+                r#"mxkeys_tls_rpt_failures_total{organization="Google",result_type="tlsa-invalid"} 1"#,
+                r#"mxkeys_tls_rpt_failures_total{organization="Microsoft",result_type="certificate-expired"} 4"#,
+                r#"mxkeys_tls_rpt_sessions_total{organization="Google",result="failure"} 6"#,
+                r#"mxkeys_tls_rpt_sessions_total{organization="Google",result="successful"} 15"#,
+                r#"mxkeys_tls_rpt_sessions_total{organization="Microsoft",result="failure"} 4"#,
+                r#"mxkeys_tls_rpt_sessions_total{organization="Microsoft",result="successful"} 7"#,
+            ]
+        );
+        assert!(out.contains("# TYPE mxkeys_tls_rpt_failures_total counter\n"));
+        assert!(out.contains("# TYPE mxkeys_tls_rpt_sessions_total counter\n"));
+    }
+
+    #[test]
+    fn label_values_from_senders_are_escaped() {
+        let r = report("Evil\"} 1\nx{a=\"\\", "1", 0, &[("bad\"type\n", 1)]);
+        let mut out = String::new();
+        render(&aggregate([&r]), &mut out);
+        assert!(out.contains(
+            r#"mxkeys_tls_rpt_failures_total{organization="Evil\"} 1\nx{a=\"\\",result_type="bad\"type\n"} 1"#
+        ), "{out}");
+        // One line per series: nothing a sender sends starts a line.
+        assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), 3);
+    }
+
+    #[test]
+    fn counts_saturate_instead_of_overflowing() {
+        let big = u64::MAX - 1;
+        let reports = [
+            report("O", "1", big, &[("tlsa-invalid", big)]),
+            report("O", "2", big, &[("tlsa-invalid", big)]),
+        ];
+        let t = aggregate(&reports);
+        assert_eq!(
+            t.failures[&("O".to_owned(), "tlsa-invalid".to_owned())],
+            u64::MAX
+        );
+        assert_eq!(t.sessions[&("O".to_owned(), "successful")], u64::MAX);
+    }
+}

@@ -99,10 +99,9 @@ impl Refusal {
 impl fmt::Display for Refusal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Refusal::UnsupportedType(t) => write!(
-                f,
-                "content type {t:?} is not {GZIP_TYPE} or {JSON_TYPE}"
-            ),
+            Refusal::UnsupportedType(t) => {
+                write!(f, "content type {t:?} is not {GZIP_TYPE} or {JSON_TYPE}")
+            }
             Refusal::Empty => write!(f, "the report is empty"),
             Refusal::NotGzip(why) => write!(f, "the report is not valid gzip: {why}"),
             Refusal::TooLarge { limit } => {
@@ -224,12 +223,19 @@ pub fn parse(json: Vec<u8>) -> Result<Report, Refusal> {
     let mut policies = Vec::new();
     for (i, p) in required(raw.policies, "policies")?.into_iter().enumerate() {
         let at = |field: &str| format!("policies[{i}].{field}");
-        let policy = p.policy.ok_or_else(|| Refusal::MissingField(at("policy")))?;
+        let policy = p
+            .policy
+            .ok_or_else(|| Refusal::MissingField(at("policy")))?;
         let summary = p
             .summary
             .ok_or_else(|| Refusal::MissingField(at("summary")))?;
         let mut failures = Vec::new();
-        for (j, d) in p.failure_details.unwrap_or_default().into_iter().enumerate() {
+        for (j, d) in p
+            .failure_details
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+        {
             let at = |field: &str| format!("policies[{i}].failure-details[{j}].{field}");
             failures.push(Failure {
                 result_type: required(d.result_type, &at("result-type"))?,
@@ -363,4 +369,343 @@ struct RawSummary {
 struct RawFailure {
     result_type: Option<String>,
     failed_session_count: Option<u64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write as _;
+
+    use super::*;
+
+    /// RFC 8460 §4.4's example (its multi-line string joined).
+    pub(crate) const RFC_EXAMPLE: &str = r#"{
+      "organization-name": "Company-X",
+      "date-range": {
+        "start-datetime": "2016-04-01T00:00:00Z",
+        "end-datetime": "2016-04-01T23:59:59Z"
+      },
+      "contact-info": "sts-reporting@company-x.example",
+      "report-id": "5065427c-23d3-47ca-b6e0-946ea0e8c4be",
+      "policies": [{
+        "policy": {
+          "policy-type": "sts",
+          "policy-string": ["version: STSv1","mode: testing",
+                "mx: *.mail.company-y.example","max_age: 86400"],
+          "policy-domain": "company-y.example",
+          "mx-host": "*.mail.company-y.example"
+        },
+        "summary": {
+          "total-successful-session-count": 5326,
+          "total-failure-session-count": 303
+        },
+        "failure-details": [{
+          "result-type": "certificate-expired",
+          "sending-mta-ip": "2001:db8:abcd:0012::1",
+          "receiving-mx-hostname": "mx1.mail.company-y.example",
+          "failed-session-count": 100
+        }, {
+          "result-type": "starttls-not-supported",
+          "sending-mta-ip": "2001:db8:abcd:0013::1",
+          "receiving-mx-hostname": "mx2.mail.company-y.example",
+          "receiving-ip": "203.0.113.56",
+          "failed-session-count": 200,
+          "additional-information": "https://reports.company-x.example/report_info?id=5065427c-23d3#StarttlsNotSupported"
+        }, {
+          "result-type": "validation-failure",
+          "sending-mta-ip": "198.51.100.62",
+          "receiving-ip": "203.0.113.58",
+          "receiving-mx-hostname": "mx-backup.mail.company-y.example",
+          "failed-session-count": 3,
+          "failure-reason-code": "X509_V_ERR_PROOF_OF_POSSESSION"
+        }]
+      }]
+    }"#;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(bytes).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn kind(r: &Result<Report, Refusal>) -> &'static str {
+        match r {
+            Ok(_) => "accepted",
+            Err(Refusal::UnsupportedType(_)) => "UnsupportedType",
+            Err(Refusal::Empty) => "Empty",
+            Err(Refusal::NotGzip(_)) => "NotGzip",
+            Err(Refusal::TooLarge { .. }) => "TooLarge",
+            Err(Refusal::NotJson(_)) => "NotJson",
+            Err(Refusal::MissingField(_)) => "MissingField",
+            Err(Refusal::Invalid(_)) => "Invalid",
+        }
+    }
+
+    #[test]
+    fn the_rfc_example_is_read_with_its_counts_gzip_or_not() {
+        let gz = gzip(RFC_EXAMPLE.as_bytes());
+        for (body, ct) in [
+            (RFC_EXAMPLE.as_bytes(), Some(JSON_TYPE)),
+            (&gz[..], Some(GZIP_TYPE)),
+            (&gz[..], Some("Application/TLSRPT+GZIP; charset=binary")),
+            (&gz[..], None),
+            (RFC_EXAMPLE.as_bytes(), None),
+        ] {
+            let r = accept(body, ct).unwrap();
+            assert_eq!(r.organization_name, "Company-X");
+            assert_eq!(r.report_id, "5065427c-23d3-47ca-b6e0-946ea0e8c4be");
+            assert_eq!(r.date_range.end, "2016-04-01T23:59:59Z");
+            assert_eq!(r.policies.len(), 1);
+            let p = &r.policies[0];
+            assert_eq!(
+                (p.policy_type.as_str(), p.policy_domain.as_str()),
+                ("sts", "company-y.example")
+            );
+            assert_eq!((p.successful_sessions, p.failed_sessions), (5326, 303));
+            let failures: Vec<_> = p
+                .failures
+                .iter()
+                .map(|f| (f.result_type.as_str(), f.sessions))
+                .collect();
+            assert_eq!(
+                failures,
+                [
+                    ("certificate-expired", 100),
+                    ("starttls-not-supported", 200),
+                    ("validation-failure", 3)
+                ]
+            );
+            assert_eq!(
+                r.json(),
+                RFC_EXAMPLE.as_bytes(),
+                "the JSON is kept as it came"
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_bodies_are_refused_with_a_typed_reason() {
+        let without = |field: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(RFC_EXAMPLE).unwrap();
+            let mut at = &mut v;
+            let path: Vec<&str> = field.split('.').collect();
+            for p in &path[..path.len() - 1] {
+                at = match p.parse::<usize>() {
+                    Ok(i) => &mut at[i],
+                    Err(_) => &mut at[*p],
+                };
+            }
+            at.as_object_mut().unwrap().remove(path[path.len() - 1]);
+            serde_json::to_vec(&v).unwrap()
+        };
+        let replaced = |from: &str, to: &str| RFC_EXAMPLE.replacen(from, to, 1).into_bytes();
+        let gz = gzip(RFC_EXAMPLE.as_bytes());
+        let bomb = gzip(&vec![b' '; (MAX_JSON + 1) as usize]);
+        let mut trailing = gz.clone();
+        trailing.extend_from_slice(b"garbage after the stream");
+        let cases: Vec<(&str, Vec<u8>, Option<&str>, &str)> = vec![
+            ("empty", vec![], Some(GZIP_TYPE), "Empty"),
+            ("empty json", b"  \n".to_vec(), Some(JSON_TYPE), "Empty"),
+            (
+                "json sent as gzip",
+                RFC_EXAMPLE.into(),
+                Some(GZIP_TYPE),
+                "NotGzip",
+            ),
+            ("one byte", vec![0x1f], Some(GZIP_TYPE), "NotGzip"),
+            (
+                "gzip of non-JSON",
+                gzip(b"<html>no</html>"),
+                Some(GZIP_TYPE),
+                "NotJson",
+            ),
+            ("gzip sent as json", gz.clone(), Some(JSON_TYPE), "NotJson"),
+            (
+                "truncated gzip",
+                gz[..gz.len() / 2].to_vec(),
+                Some(GZIP_TYPE),
+                "NotGzip",
+            ),
+            (
+                "gzip missing its trailer",
+                gz[..gz.len() - 4].to_vec(),
+                Some(GZIP_TYPE),
+                "NotGzip",
+            ),
+            ("garbage after gzip", trailing, Some(GZIP_TYPE), "NotGzip"),
+            (
+                "truncated json",
+                RFC_EXAMPLE.as_bytes()[..200].to_vec(),
+                Some(JSON_TYPE),
+                "NotJson",
+            ),
+            (
+                "no report-id",
+                without("report-id"),
+                Some(JSON_TYPE),
+                "MissingField",
+            ),
+            (
+                "no policies",
+                without("policies"),
+                Some(JSON_TYPE),
+                "MissingField",
+            ),
+            (
+                "no summary",
+                without("policies.0.summary"),
+                Some(JSON_TYPE),
+                "MissingField",
+            ),
+            (
+                "no policy-domain",
+                without("policies.0.policy.policy-domain"),
+                None,
+                "MissingField",
+            ),
+            (
+                "no end-datetime",
+                without("date-range.end-datetime"),
+                None,
+                "MissingField",
+            ),
+            (
+                "no result-type",
+                without("policies.0.failure-details.1.result-type"),
+                None,
+                "MissingField",
+            ),
+            (
+                "count as string",
+                replaced("5326", "\"5326\""),
+                None,
+                "Invalid",
+            ),
+            (
+                "a policy an array",
+                replaced("\"policies\": [", "\"policies\": [[")
+                    .into_iter()
+                    .chain(b"]".iter().copied())
+                    .collect(),
+                None,
+                "Invalid",
+            ),
+            (
+                "organization a number",
+                replaced("\"Company-X\"", "7"),
+                None,
+                "Invalid",
+            ),
+            (
+                "huge count",
+                replaced("5326", "99999999999999999999999"),
+                None,
+                "Invalid",
+            ),
+            ("negative count", replaced("5326", "-1"), None, "Invalid"),
+            ("fractional count", replaced("5326", "1.5"), None, "Invalid"),
+            ("exponent count", replaced("5326", "1e400"), None, "NotJson"),
+            (
+                "blank report-id",
+                replaced("5065427c-23d3-47ca-b6e0-946ea0e8c4be", " "),
+                None,
+                "Invalid",
+            ),
+            ("an array", b"[1,2]".to_vec(), None, "Invalid"),
+            ("zip bomb", bomb, Some(GZIP_TYPE), "TooLarge"),
+            (
+                "plain body over the cap",
+                vec![b' '; (MAX_BODY + 1) as usize],
+                Some(JSON_TYPE),
+                "TooLarge",
+            ),
+            (
+                "other type",
+                RFC_EXAMPLE.into(),
+                Some("application/json"),
+                "UnsupportedType",
+            ),
+        ];
+        for (what, body, ct, want) in cases {
+            let got = accept(&body, ct);
+            assert_eq!(kind(&got), want, "{what}: {got:?}");
+            let status = got.unwrap_err().status();
+            assert!((400..500).contains(&status), "{what}: {status}");
+        }
+    }
+
+    /// A reader of `left` bytes from `inner` that counts what was taken.
+    struct Counting<R> {
+        inner: R,
+        taken: std::rc::Rc<std::cell::Cell<u64>>,
+    }
+
+    impl<R: Read> Read for Counting<R> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.inner.read(buf)?;
+            self.taken.set(self.taken.get() + n as u64);
+            Ok(n)
+        }
+    }
+
+    const HUNDRED_MB: u64 = 100 * 1024 * 1024;
+
+    #[test]
+    fn a_100_mb_gzip_body_of_zeros_is_cut_off_without_inflating_it_whole() {
+        // The body is compressed as it is read: what the decoder pulled
+        // from the 100 MB of zeros is what was inflated.
+        let inflated = std::rc::Rc::new(std::cell::Cell::new(0));
+        let zeros = Counting {
+            inner: io::repeat(0).take(HUNDRED_MB),
+            taken: inflated.clone(),
+        };
+        let body = flate2::read::GzEncoder::new(zeros, flate2::Compression::fast());
+        let got = accept_from(body, Some(GZIP_TYPE));
+        assert_eq!(got, Err(Refusal::TooLarge { limit: MAX_JSON }));
+        assert!(
+            inflated.get() < MAX_JSON + 2 * 1024 * 1024,
+            "{} bytes of zeros read",
+            inflated.get()
+        );
+    }
+
+    #[test]
+    fn a_100_mb_plain_body_is_refused_after_the_cap_not_read_whole() {
+        let taken = std::rc::Rc::new(std::cell::Cell::new(0));
+        let body = Counting {
+            inner: io::repeat(b' ').take(HUNDRED_MB),
+            taken: taken.clone(),
+        };
+        let got = accept_from(body, Some(JSON_TYPE));
+        assert!(matches!(got, Err(Refusal::TooLarge { .. })), "{got:?}");
+        assert!(taken.get() <= MAX_BODY + 1, "{} bytes read", taken.get());
+    }
+
+    #[test]
+    fn a_gzip_body_over_the_wire_cap_is_refused_even_if_it_inflates_small() {
+        // Incompressible bytes: the compressed body itself is over MAX_BODY.
+        let mut noise = Vec::with_capacity((MAX_BODY + 1024) as usize);
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        while (noise.len() as u64) < MAX_BODY + 1024 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            noise.extend_from_slice(&x.to_le_bytes());
+        }
+        let body = gzip(&noise);
+        assert!(body.len() as u64 > MAX_BODY);
+        assert!(matches!(
+            accept(&body, Some(GZIP_TYPE)),
+            Err(Refusal::TooLarge { .. })
+        ));
+    }
+
+    #[test]
+    fn refusals_say_why_in_one_line_without_the_body() {
+        let secretish = "organization-name-SECRET";
+        let body = format!("{{\"{secretish}\": 1");
+        let why = accept(body.as_bytes(), Some(JSON_TYPE))
+            .unwrap_err()
+            .to_string();
+        assert!(!why.contains("SECRET") && !why.contains('\n'), "{why}");
+    }
 }

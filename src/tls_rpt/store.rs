@@ -72,7 +72,10 @@ pub struct Entry {
 /// Why the store failed: one line naming the path and the reason.
 #[derive(Debug)]
 pub enum StoreError {
-    Io { path: PathBuf, error: io::Error },
+    Io {
+        path: PathBuf,
+        error: io::Error,
+    },
     /// A stored file is not a report (it is skipped).
     Unreadable {
         path: PathBuf,
@@ -83,12 +86,9 @@ pub enum StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StoreError::Io { path, error } => write!(
-                f,
-                "{}: {}",
-                path.display(),
-                crate::source::io_reason(error)
-            ),
+            StoreError::Io { path, error } => {
+                write!(f, "{}: {}", path.display(), crate::source::io_reason(error))
+            }
             StoreError::Unreadable { path, refusal } => {
                 write!(f, "{}: {refusal}", path.display())
             }
@@ -315,4 +315,192 @@ pub fn file_name(name: &str) -> String {
         out.push_str(&digest[..16]);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::tls_rpt::report::{JSON_TYPE, accept};
+
+    fn report(org: &str, id: &str) -> Report {
+        let json = format!(
+            r#"{{"organization-name": {org:?}, "report-id": {id:?},
+                "date-range": {{"start-datetime": "2026-11-28T00:00:00Z",
+                                "end-datetime": "2026-11-28T23:59:59Z"}},
+                "policies": [{{"policy": {{"policy-type": "tlsa", "policy-domain": "example.test"}},
+                               "summary": {{"total-successful-session-count": 2,
+                                            "total-failure-session-count": 1}},
+                               "failure-details": [{{"result-type": "tlsa-invalid",
+                                                     "failed-session-count": 1}}]}}]}}"#
+        );
+        accept(json.as_bytes(), Some(JSON_TYPE)).unwrap()
+    }
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).unwrap().permissions().mode() & 0o7777
+    }
+
+    fn store(limits: Limits) -> (tempfile::TempDir, Store) {
+        let tmp = tempfile::tempdir().unwrap();
+        let s = Store::new(tmp.path().join("state/tls-rpt"), limits);
+        (tmp, s)
+    }
+
+    #[test]
+    fn a_report_is_stored_0600_in_0700_directories_once_and_read_back() {
+        let (_tmp, s) = store(Limits::default());
+        let r = report("Company-X", "abc-1");
+        let Saved::New { path, dropped } = s.save(&r).unwrap() else {
+            panic!("not stored")
+        };
+        assert_eq!(path, s.dir().join("Company-X/abc-1.json"));
+        assert_eq!(dropped, 0);
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(s.dir()), 0o700);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(fs::read(&path).unwrap(), r.json());
+        // The same id again: not written twice.
+        fs::write(&path, r.json()).unwrap();
+        let before = fs::metadata(&path).unwrap().modified().unwrap();
+        assert_eq!(s.save(&r).unwrap(), Saved::Duplicate(path.clone()));
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), before);
+        let (reports, skipped) = s.load().unwrap();
+        assert_eq!(reports, [r]);
+        assert!(skipped.is_empty());
+    }
+
+    #[test]
+    fn senders_names_become_safe_distinct_file_names() {
+        for (name, want) in [
+            ("Company-X", "Company-X".to_owned()),
+            ("google.com", "google.com".to_owned()),
+            ("a@b+c_d", "a@b+c_d".to_owned()),
+        ] {
+            assert_eq!(file_name(name), want);
+        }
+        for hostile in [
+            "..",
+            ".",
+            ".hidden",
+            "../../etc/passwd",
+            "a/b",
+            "a\\b",
+            "a\0b",
+            "é",
+            "a b",
+            &"x".repeat(300),
+        ] {
+            let got = file_name(hostile);
+            assert!(!got.starts_with('.'), "{hostile:?} -> {got}");
+            assert!(got.len() <= NAME_MAX + 17, "{hostile:?} -> {got}");
+            assert!(
+                got.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.@+".contains(c)),
+                "{hostile:?} -> {got}"
+            );
+        }
+        // Names that sanitise alike still differ.
+        assert_ne!(file_name("a/b"), file_name("a_b"));
+        assert_ne!(file_name("a/b"), file_name("a:b"));
+        assert_ne!(file_name(&"x".repeat(65)), file_name(&"x".repeat(66)));
+    }
+
+    #[test]
+    fn a_hostile_organization_name_stays_inside_the_store() {
+        let (tmp, s) = store(Limits::default());
+        let r = report("../../escape", "../id");
+        let Saved::New { path, .. } = s.save(&r).unwrap() else {
+            panic!("not stored")
+        };
+        assert_eq!(path.parent().unwrap().parent().unwrap(), s.dir());
+        assert!(!tmp.path().join("escape").exists());
+        assert_eq!(s.load().unwrap().0, [r]);
+    }
+
+    fn entry(name: &str, age_s: u64, size: u64) -> Entry {
+        Entry {
+            path: PathBuf::from(name),
+            modified: SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000 - age_s),
+            size,
+        }
+    }
+
+    #[test]
+    fn over_the_cap_the_oldest_are_dropped_never_the_new_one() {
+        let e = || {
+            vec![
+                entry("b", 10, 100),
+                entry("new", 0, 100),
+                entry("a", 30, 100),
+                entry("c", 20, 100),
+            ]
+        };
+        let limits = |max_reports, max_bytes| Limits {
+            max_reports,
+            max_bytes,
+        };
+        let new = Path::new("new");
+        for (limits, want) in [
+            (limits(4, 400), vec![]),
+            (limits(3, 400), vec!["a"]),
+            (limits(2, 400), vec!["a", "c"]),
+            (limits(4, 250), vec!["a", "c"]),
+            (limits(1, 400), vec!["a", "c", "b"]),
+            // Even when the new one alone is over: the others go, it stays.
+            (limits(0, 0), vec!["a", "c", "b"]),
+        ] {
+            let want: Vec<PathBuf> = want.into_iter().map(PathBuf::from).collect();
+            assert_eq!(over_cap(e(), limits, new), want, "{limits:?}");
+        }
+        // Same time: by path.
+        let tied = vec![entry("y", 5, 1), entry("x", 5, 1), entry("new", 0, 1)];
+        assert_eq!(over_cap(tied, limits(2, 100), new), [PathBuf::from("x")]);
+    }
+
+    #[test]
+    fn saving_over_the_cap_removes_the_oldest_report_and_its_empty_directory() {
+        let (_tmp, s) = store(Limits {
+            max_reports: 2,
+            max_bytes: u64::MAX,
+        });
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        let mut paths = Vec::new();
+        for (i, org) in ["Old-Org", "Mid-Org", "New-Org"].into_iter().enumerate() {
+            let Saved::New { path, dropped } = s.save(&report(org, "r")).unwrap() else {
+                panic!("not stored")
+            };
+            assert_eq!(dropped, usize::from(i == 2), "{org}");
+            if i < 2 {
+                let f = fs::File::options().write(true).open(&path).unwrap();
+                f.set_modified(old + Duration::from_secs(i as u64)).unwrap();
+            }
+            paths.push(path);
+        }
+        assert!(!paths[0].exists() && paths[1].exists() && paths[2].exists());
+        assert!(!s.dir().join("Old-Org").exists(), "empty directory left");
+        assert_eq!(s.entries().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_refused_body_stores_nothing_and_a_stored_file_that_is_not_a_report_is_skipped() {
+        let (_tmp, s) = store(Limits::default());
+        let got = s.receive(&b"{\"organization-name\": 1"[..], Some(JSON_TYPE));
+        assert!(matches!(&got, Err(Received::Refused(_))), "{got:?}");
+        assert_eq!(got.unwrap_err().status(), 400);
+        assert!(!s.dir().exists());
+        s.save(&report("Org", "good")).unwrap();
+        fs::write(s.dir().join("Org/bad.json"), b"not json").unwrap();
+        fs::write(s.dir().join("Org/.tmp.json"), b"ignored").unwrap();
+        let (reports, skipped) = s.load().unwrap();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(skipped.len(), 1);
+        assert!(
+            skipped[0].to_string().contains("bad.json"),
+            "{}",
+            skipped[0]
+        );
+    }
 }
