@@ -34,3 +34,4 @@ mod sources;
 mod status;
 mod sync;
 mod systemd;
+mod tls_rpt;
