@@ -8,11 +8,30 @@
 //!   sessions by `failure-details[].result-type`;
 //! - `mxkeys_tls_rpt_sessions_total{organization,result}`: sessions by
 //!   `result` = `successful` | `failure` (the summary totals).
+//!
+//! A `result_type` outside RFC 8460's registry ([`RESULT_TYPES`]) is
+//! counted as `other`: a sender cannot make a series per made-up type.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::report::Report;
+
+/// The result types of RFC 8460 §4.3 (the IANA registry's initial
+/// content); any other is counted as `other`.
+pub const RESULT_TYPES: &[&str] = &[
+    "starttls-not-supported",
+    "certificate-host-mismatch",
+    "certificate-expired",
+    "certificate-not-trusted",
+    "validation-failure",
+    "tlsa-invalid",
+    "dnssec-invalid",
+    "dane-required",
+    "sts-policy-fetch-error",
+    "sts-policy-invalid",
+    "sts-webpki-invalid",
+];
 
 /// The sums over a set of reports. Counts saturate.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -39,13 +58,22 @@ pub fn aggregate<'a>(reports: impl IntoIterator<Item = &'a Report>) -> Totals {
             for f in &p.failures {
                 let slot = t
                     .failures
-                    .entry((org.clone(), f.result_type.clone()))
+                    .entry((org.clone(), result_type(&f.result_type).to_owned()))
                     .or_default();
                 *slot = slot.saturating_add(f.sessions);
             }
         }
     }
     t
+}
+
+/// `result_type` if registered, else `other`.
+fn result_type(result_type: &str) -> &str {
+    if RESULT_TYPES.contains(&result_type) {
+        result_type
+    } else {
+        "other"
+    }
 }
 
 /// Appends the two series (HELP, TYPE, one line per label set, sorted) to
@@ -148,14 +176,31 @@ mod tests {
 
     #[test]
     fn label_values_from_senders_are_escaped() {
-        let r = report("Evil\"} 1\nx{a=\"\\", "1", 0, &[("bad\"type\n", 1)]);
+        let r = report("Evil\"} 1\nx{a=\"\\", "1", 0, &[("tlsa-invalid", 1)]);
         let mut out = String::new();
         render(&aggregate([&r]), &mut out);
         assert!(out.contains(
-            r#"mxkeys_tls_rpt_failures_total{organization="Evil\"} 1\nx{a=\"\\",result_type="bad\"type\n"} 1"#
+            r#"mxkeys_tls_rpt_failures_total{organization="Evil\"} 1\nx{a=\"\\",result_type="tlsa-invalid"} 1"#
         ), "{out}");
         // One line per series: nothing a sender sends starts a line.
         assert_eq!(out.lines().filter(|l| !l.starts_with('#')).count(), 3);
+    }
+
+    #[test]
+    fn result_types_outside_the_registry_are_counted_as_other() {
+        let made_up: Vec<String> = (0..1000).map(|i| format!("made-up-{i}\"\n")).collect();
+        let failures: Vec<(&str, u64)> = made_up
+            .iter()
+            .map(|t| (t.as_str(), 1))
+            .chain([("dane-required", 2)])
+            .collect();
+        let t = aggregate([&report("O", "1", 0, &failures)]);
+        let types: Vec<(&str, u64)> = t
+            .failures
+            .iter()
+            .map(|((_, t), n)| (t.as_str(), *n))
+            .collect();
+        assert_eq!(types, [("dane-required", 2), ("other", 1000)]);
     }
 
     #[test]
