@@ -2,3 +2,5 @@
 //! senders where to report, and the reports they send back, read safely
 //! (bounded size, typed refusals) so a broken DANE or MTA-STS setup is
 //! seen from the senders' side.
+
+pub mod record;
