@@ -21,7 +21,7 @@ use super::dns::DnsProvider;
 use super::raw::{RawMtaSts, RawTlsRpt};
 use super::value::{at, dns_names, parse_listen};
 use super::{ConfigError, Context};
-use crate::mta_sts::policy::{MAX_AGE_LIMIT, Mode, MxPattern};
+use crate::mta_sts::policy::{MAX_AGE_LIMIT, Mode, MxPattern, Policy, PolicyError};
 use crate::names::DnsName;
 use crate::tls_rpt::record::Rua;
 
@@ -51,6 +51,19 @@ pub enum Serve {
     Listen(SocketAddr),
     /// Files under this directory, for an existing web server.
     Webroot(PathBuf),
+}
+
+impl MtaSts {
+    /// The policy to publish: the configured `mx` patterns, or when there
+    /// are none, `dns_mx` (the domains' MX hosts as read from DNS).
+    pub fn policy(&self, dns_mx: &[MxPattern]) -> Result<Policy, PolicyError> {
+        let mx = if self.mx.is_empty() {
+            dns_mx.to_vec()
+        } else {
+            self.mx.clone()
+        };
+        Policy::new(self.mode, mx, self.max_age)
+    }
 }
 
 /// The `[tls_rpt]` table.
@@ -244,6 +257,25 @@ mod tests {
             .unwrap();
             assert_eq!(c.mta_sts.unwrap().max_age, seconds, "{max_age}");
         }
+    }
+
+    #[test]
+    fn the_policy_lists_the_configured_mx_else_the_ones_read_from_dns() {
+        let from_dns = [MxPattern::parse("mx.example.com").unwrap()];
+        let common = "[mta_sts]\ndomains = [\"example.com\"]\ndns = \"bind\"\nwebroot = \"/w\"\nmax_age = \"1d\"\n";
+        let m = table(common).unwrap().mta_sts.unwrap();
+        let p = m.policy(&from_dns).unwrap();
+        assert_eq!(
+            (p.mode(), p.mx(), p.max_age()),
+            (Mode::Testing, &from_dns[..], 86_400)
+        );
+        assert_eq!(m.policy(&[]), Err(PolicyError::NoMx(Mode::Testing)));
+        let m = table(&format!("{common}mx = [\"*.example.net\"]\n"))
+            .unwrap()
+            .mta_sts
+            .unwrap();
+        let p = m.policy(&from_dns).unwrap();
+        assert_eq!(p.mx(), [MxPattern::parse("*.example.net").unwrap()]);
     }
 
     #[test]

@@ -133,6 +133,20 @@ impl MxPattern {
     pub fn is_wildcard(&self) -> bool {
         self.0.starts_with("*.")
     }
+
+    /// Whether an MX host name matches, as senders decide (RFC 8461 §4.1):
+    /// case-insensitively, a trailing dot ignored, a wildcard standing for
+    /// exactly one label (`*.example.com` matches `mx.example.com`, not
+    /// `example.com`, not `a.mx.example.com`).
+    pub fn matches(&self, host: &str) -> bool {
+        let host = crate::names::canonical(host);
+        match self.0.strip_prefix("*.") {
+            Some(parent) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+            None => host == self.0,
+        }
+    }
 }
 
 impl fmt::Display for MxPattern {
@@ -179,6 +193,11 @@ impl Policy {
 
     pub fn max_age(&self) -> u32 {
         self.max_age
+    }
+
+    /// Whether some `mx` pattern matches an MX host name.
+    pub fn covers(&self, host: &str) -> bool {
+        self.mx.iter().any(|p| p.matches(host))
     }
 
     /// The body to serve, in canonical form: `version`, `mode`, the sorted
@@ -479,6 +498,25 @@ mod tests {
             ("a..b", false),
         ] {
             assert_eq!(MxPattern::parse(input).is_ok(), ok, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn a_wildcard_pattern_matches_exactly_one_label_in_its_place() {
+        let p = policy(Mode::Enforce, &["mail.example.com", "*.mx.example.net"], 1);
+        for (host, covered) in [
+            ("mail.example.com", true),
+            ("MAIL.example.com.", true),
+            ("a.mx.example.net", true),
+            ("B.MX.example.net.", true),
+            ("mx.example.net", false),
+            ("a.b.mx.example.net", false),
+            (".mx.example.net", false),
+            ("other.example.com", false),
+            ("mail.example.com.evil.test", false),
+            ("", false),
+        ] {
+            assert_eq!(p.covers(host), covered, "{host:?}");
         }
     }
 
