@@ -280,6 +280,7 @@ impl Config {
             .mta_sts
             .map(|m| mta_sts::mta_sts(m, &dns, &ctx))
             .transpose()?;
+        mta_sts::check_listen(mta_sts.as_ref(), daemon.metrics_listen, &sources, &ctx)?;
         let tls_rpt = raw
             .tls_rpt
             .map(|t| mta_sts::tls_rpt(t, mta_sts.as_ref(), &dns, &ctx))

@@ -171,6 +171,50 @@ pub(super) fn tls_rpt(
     })
 }
 
+/// Refuses a `[mta_sts] listen` address another listener of mxkeys binds
+/// too (the metrics endpoint, an `acme` source's HTTP-01 responder): the
+/// second bind would fail only at run time.
+pub(super) fn check_listen(
+    mta_sts: Option<&MtaSts>,
+    metrics: Option<SocketAddr>,
+    sources: &[super::SourceConfig],
+    ctx: &Context,
+) -> Result<(), ConfigError> {
+    let Some(Serve::Listen(listen)) = mta_sts.map(|m| &m.serve) else {
+        return Ok(());
+    };
+    let http01 = sources.iter().filter_map(|s| match &s.kind {
+        super::SourceKind::Acme(a) => match a.challenge {
+            super::Challenge::Http01Listen(addr) => {
+                Some((format!("source {:?} `http_listen`", a.name), addr))
+            }
+            _ => None,
+        },
+        _ => None,
+    });
+    let others = metrics
+        .map(|m| ("[metrics] `listen`".to_owned(), m))
+        .into_iter()
+        .chain(http01);
+    for (what, other) in others {
+        if same_socket(*listen, other) {
+            return Err(ctx.error(format_args!(
+                "[mta_sts]: key `listen`: {listen} is also {what} ({other}): give each its own address or port"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Whether binding both addresses would clash: the same port, and the
+/// same address, or a wildcard covering the other (`[::]` covers IPv4
+/// too, as Linux binds it by default; `0.0.0.0` covers IPv4 only).
+fn same_socket(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers =
+        |w: SocketAddr, o: SocketAddr| w.ip().is_unspecified() && (w.is_ipv6() || o.is_ipv4());
+    a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
+}
+
 /// A `domains` list: at least one, no wildcard; sorted, deduplicated.
 fn domains(raw: &[String]) -> Result<Vec<DnsName>, String> {
     if raw.is_empty() {
@@ -372,6 +416,60 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn a_listen_address_another_listener_of_mxkeys_binds_is_refused() {
+        let mta_sts = |listen: &str| {
+            format!(
+                "[mta_sts]\ndomains = [\"example.com\"]\ndns = \"bind\"\nlisten = \"{listen}\"\n"
+            )
+        };
+        let acme = "[[source]]\ntype = \"acme\"\nname = \"le\"\ndomains = [\"mta-sts.example.com\"]\nchallenge = \"http-01\"\nhttp_listen = \"0.0.0.0:80\"\n";
+        for (listen, others, clash) in [
+            (
+                "127.0.0.1:9325",
+                "[metrics]\nlisten = \"127.0.0.1:9325\"\n",
+                true,
+            ),
+            (
+                "0.0.0.0:9325",
+                "[metrics]\nlisten = \"127.0.0.1:9325\"\n",
+                true,
+            ),
+            (
+                "127.0.0.1:9325",
+                "[metrics]\nlisten = \"[::]:9325\"\n",
+                true,
+            ),
+            (
+                "0.0.0.0:9325",
+                "[metrics]\nlisten = \"[::1]:9325\"\n",
+                false,
+            ),
+            (
+                "0.0.0.0:443",
+                "[metrics]\nlisten = \"0.0.0.0:9325\"\n",
+                false,
+            ),
+            ("192.0.2.1:80", acme, true),
+            ("192.0.2.1:443", acme, false),
+        ] {
+            let got = table(&format!("{others}{}", mta_sts(listen)));
+            match (clash, got) {
+                (false, Ok(_)) => {}
+                (true, Err(e)) => assert!(
+                    e.contains("[mta_sts]: key `listen`: ") && e.contains("is also"),
+                    "{e}"
+                ),
+                (_, other) => panic!("{listen} with {others:?}: {other:?}"),
+            }
+        }
+        let e = table(&format!("{acme}{}", mta_sts("[::]:80"))).unwrap_err();
+        assert!(
+            e.ends_with("[mta_sts]: key `listen`: [::]:80 is also source \"le\" `http_listen` (0.0.0.0:80): give each its own address or port"),
+            "{e}"
+        );
     }
 
     #[test]
