@@ -7,7 +7,8 @@
 //! start), MX patterns or none (then the domains' MX hosts are read from
 //! DNS), a `max_age` of whole seconds up to 31,557,600 (default one week),
 //! a DNS provider that exists, and exactly one way to serve the policy
-//! (`listen` or `webroot`). `[tls_rpt]` names at least one `rua` URI, each
+//! (`listen`, on an address no other listener of mxkeys binds, or
+//! `webroot`). `[tls_rpt]` names at least one `rua` URI, each
 //! `mailto:` or `https:`; its `domains` and `dns` default to `[mta_sts]`'s.
 //! The values themselves are `crate::mta_sts::policy` and
 //! `crate::tls_rpt::record`.
