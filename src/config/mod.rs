@@ -9,7 +9,8 @@
 //!
 //! Raw input is kept apart from validated settings (as ripgrep does):
 //! `raw` holds the serde shapes, one module per section validates its
-//! part (`source`, `target`, `acme`, `dns`, `dkim`, `daemon`; `env` builds
+//! part (`source`, `target`, `acme`, `dns`, `dkim`, `mta_sts` (also
+//! `[tls_rpt]`), `daemon`; `env` builds
 //! the text of container mode), and `value` the parsers they share.
 //! [`Config::parse`] is pure: the facts of the machine it needs (the
 //! working directory, the host name) come in as a [`Host`].
@@ -21,6 +22,7 @@ mod daemon;
 mod dkim;
 mod dns;
 pub mod env;
+mod mta_sts;
 mod raw;
 mod source;
 mod target;
@@ -32,6 +34,7 @@ pub use self::acme::{
 pub use self::daemon::{Daemon, WatchMode};
 pub use self::dkim::{Dkim, Signer};
 pub use self::dns::{DnsKind, DnsProvider};
+pub use self::mta_sts::{DEFAULT_MTA_STS_MAX_AGE, MtaSts, Serve, TlsRpt};
 pub use self::source::{SourceConfig, SourceKind};
 pub use self::target::{
     DEFAULT_DANE_HOLD_MAX, DEFAULT_DANE_TTL, Dane, FileRole, Slot, Target, TargetFiles, Verify,
@@ -183,6 +186,10 @@ pub struct Config {
     pub acme: AcmeAccount,
     /// The `[dkim]` table, when DKIM keys are managed.
     pub dkim: Option<Dkim>,
+    /// The `[mta_sts]` table, when MTA-STS policies are published.
+    pub mta_sts: Option<MtaSts>,
+    /// The `[tls_rpt]` table, when TLS-RPT records are published.
+    pub tls_rpt: Option<TlsRpt>,
 }
 
 impl Config {
@@ -269,6 +276,15 @@ impl Config {
             .map(|d| dkim::dkim(d, &state_dir, &dns, &ctx))
             .transpose()?;
         target::check_overlaps(&targets, state_dir.path(), dkim.as_ref(), &ctx)?;
+        let mta_sts = raw
+            .mta_sts
+            .map(|m| mta_sts::mta_sts(m, &dns, &ctx))
+            .transpose()?;
+        mta_sts::check_listen(mta_sts.as_ref(), daemon.metrics_listen, &sources, &ctx)?;
+        let tls_rpt = raw
+            .tls_rpt
+            .map(|t| mta_sts::tls_rpt(t, mta_sts.as_ref(), &dns, &ctx))
+            .transpose()?;
         Ok(Config {
             path: path.to_owned(),
             state_dir,
@@ -278,6 +294,8 @@ impl Config {
             dns,
             acme,
             dkim,
+            mta_sts,
+            tls_rpt,
         })
     }
 }

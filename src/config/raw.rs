@@ -86,6 +86,8 @@ pub(super) struct RawConfig {
     pub(super) dns: std::collections::BTreeMap<String, RawDns>,
     pub(super) acme: Option<RawAcme>,
     pub(super) dkim: Option<RawDkim>,
+    pub(super) mta_sts: Option<RawMtaSts>,
+    pub(super) tls_rpt: Option<RawTlsRpt>,
     #[serde(default, rename = "source")]
     pub(super) sources: Vec<RawSource>,
     #[serde(default, rename = "target")]
@@ -126,6 +128,27 @@ pub(super) struct RawDkim {
     pub(super) reload_signal: Option<RawSignal>,
     #[serde(default, with = "humantime_serde")]
     pub(super) reload_timeout: Option<Duration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMtaSts {
+    pub(super) domains: Vec<String>,
+    pub(super) mode: Option<String>,
+    pub(super) mx: Option<Vec<String>>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) max_age: Option<Duration>,
+    pub(super) dns: String,
+    pub(super) listen: Option<String>,
+    pub(super) webroot: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawTlsRpt {
+    pub(super) rua: Vec<String>,
+    pub(super) domains: Option<Vec<String>>,
+    pub(super) dns: Option<String>,
 }
 
 #[derive(Deserialize, Default)]

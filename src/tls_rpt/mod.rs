@@ -4,5 +4,6 @@
 //! seen from the senders' side.
 
 pub mod metrics;
+pub mod record;
 pub mod report;
 pub mod store;
