@@ -5,8 +5,15 @@
 //! by SNI. Certificates are generated at test time and read from files,
 //! as the responder reads the files another part installs.
 //!
-//! Needs curl: without it a test is skipped loudly, or fails with
-//! `CI=true`.
+//! `postfix-mta-sts-resolver`'s `mta-sts-query` fetches the policy as a
+//! Postfix sender's resolver does: the `_mta-sts` TXT record and the
+//! `mta-sts.example.test` address from BIND (through the validating
+//! resolver of `testsupport::dnssec`, in a namespace of the test's own),
+//! then the body over HTTPS on port 443 from the responder.
+//!
+//! Needs curl (and for the resolver's test root, BIND, Unbound and
+//! postfix-mta-sts-resolver): without them a test is skipped loudly, or
+//! fails with `CI=true`.
 
 use mxkeys_testsupport as common;
 
@@ -15,7 +22,8 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::servers::{Need, require_programs};
+use common::dnssec::{self, SignedZone};
+use common::servers::{Need, output_within, require_programs};
 use common::*;
 use mxkeys::mta_sts::responder::{CertFiles, POLICY_PATH, Responder};
 use mxkeys::names::DnsName;
@@ -93,7 +101,8 @@ struct Fetched {
     status: String,
     content_type: String,
     body: String,
-    certs: Vec<Vec<u8>>,
+    /// SHA-256 of each served certificate, leaf first.
+    certs: Vec<String>,
     stderr: String,
 }
 
@@ -131,7 +140,7 @@ async fn curl(bed: &Bed, r: &Responder, name: &str, path: &str, extra: &[&str]) 
     let certs = pem_blocks(lines.next().unwrap_or_default())
         .into_iter()
         .filter(|(label, _)| label == "CERTIFICATE")
-        .map(|(_, der)| der)
+        .map(|(_, der)| sha256_hex(&der))
         .collect();
     Fetched {
         exit: out.status.code().unwrap_or(-1),
@@ -158,7 +167,7 @@ async fn curl_trusting_the_test_ca_fetches_the_policy_of_mta_sts_example_test_by
     assert_eq!(got.status, "200", "{got:?}");
     assert_eq!(got.content_type, "text/plain", "{got:?}");
     assert_eq!(got.body, BODY);
-    assert_eq!(got.certs.first(), Some(&leaf.der), "{got:?}");
+    assert_eq!(got.certs.first(), Some(&leaf.fp()), "{got:?}");
 
     // HEAD: the headers, no body.
     let head = curl(&bed, &r, HOST, POLICY_PATH, &["--head"]).await;
@@ -231,21 +240,21 @@ async fn a_renewed_certificate_file_is_served_by_the_next_handshake_without_rest
     bed.install(&first);
     let r = start(&bed, &[HOST], &[("example.test", BODY)]).await;
     let got = curl(&bed, &r, HOST, POLICY_PATH, &[]).await;
-    assert_eq!(got.certs.first(), Some(&first.der), "{got:?}");
+    assert_eq!(got.certs.first(), Some(&first.fp()), "{got:?}");
 
     // Renewed with a new key: the next handshake serves it.
     let renewed = bed.ca.issue(&LeafSpec::new(&[HOST]));
     bed.install(&renewed);
     let got = curl(&bed, &r, HOST, POLICY_PATH, &[]).await;
     assert_eq!((got.exit, got.body.as_str()), (0, BODY), "{got:?}");
-    assert_eq!(got.certs.first(), Some(&renewed.der), "{got:?}");
+    assert_eq!(got.certs.first(), Some(&renewed.fp()), "{got:?}");
 
     // A pair that does not belong together (a new certificate, the old
     // key still in place) is refused: the last good one stays served.
     let half = bed.ca.issue(&LeafSpec::new(&[HOST]));
     replace(&bed.dir.join("fullchain.pem"), &half.fullchain_pem());
     let got = curl(&bed, &r, HOST, POLICY_PATH, &[]).await;
-    assert_eq!(got.certs.first(), Some(&renewed.der), "{got:?}");
+    assert_eq!(got.certs.first(), Some(&renewed.fp()), "{got:?}");
     let problems = r.reload();
     assert_eq!(problems.len(), 1, "{problems:?}");
     let problem = problems[0].to_string();
@@ -257,11 +266,87 @@ async fn a_renewed_certificate_file_is_served_by_the_next_handshake_without_rest
     // Its key arrives: served at once.
     replace(&bed.dir.join("key.pem"), &half.key_pem());
     let got = curl(&bed, &r, HOST, POLICY_PATH, &[]).await;
-    assert_eq!(got.certs.first(), Some(&half.der), "{got:?}");
+    assert_eq!(got.certs.first(), Some(&half.fp()), "{got:?}");
 
     // An expired renewal is refused too.
     let expired = bed.ca.issue(&LeafSpec::new(&[HOST]).expired());
     bed.install(&expired);
     let got = curl(&bed, &r, HOST, POLICY_PATH, &[]).await;
-    assert_eq!(got.certs.first(), Some(&half.der), "{got:?}");
+    assert_eq!(got.certs.first(), Some(&half.fp()), "{got:?}");
+}
+
+const MTA_STS_QUERY: &[Need] = &[("mta-sts-query", "postfix-mta-sts-resolver")];
+
+/// The inner test's full name in this binary (`mta_sts::NAME`).
+fn inner(name: &str) -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::{name}")
+}
+
+#[test]
+fn mta_sts_query_fetches_the_policy_from_the_responder_through_the_test_dns() {
+    dnssec::run_in_namespace(
+        "mta_sts_query_fetches_the_policy_from_the_responder_through_the_test_dns",
+        &inner("inside_mta_sts_query"),
+        &[MTA_STS_QUERY],
+    );
+}
+
+#[test]
+#[ignore = "run inside a namespace by mta_sts_query_fetches_the_policy_from_the_responder_..."]
+fn inside_mta_sts_query() {
+    dnssec::assert_in_namespace();
+    let bed = Bed::new();
+    let leaf = bed.ca.issue(&LeafSpec::new(&[HOST]));
+    bed.install(&leaf);
+    let _zone = SignedZone::start(
+        &bed.dir.join("dns"),
+        "mta-sts A 127.0.0.1\n_mta-sts TXT \"v=STSv1; id=20261129T2300\"\n",
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr: SocketAddr = "127.0.0.1:443".parse().unwrap();
+    let r = rt
+        .block_on(Responder::start(
+            addr,
+            vec![bed.files(&[HOST])],
+            policy_map(&[("example.test", BODY)]),
+        ))
+        .unwrap();
+
+    let query = |domain: &str| {
+        let mut c = Command::new("mta-sts-query");
+        c.arg(domain).env("SSL_CERT_FILE", &bed.root);
+        for v in [
+            "https_proxy",
+            "HTTPS_PROXY",
+            "http_proxy",
+            "all_proxy",
+            "ALL_PROXY",
+        ] {
+            c.env_remove(v);
+        }
+        let out = output_within(c, std::time::Duration::from_secs(60)).unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let got = query("example.test");
+    assert!(got.contains("VALID"), "{got}");
+    assert!(got.contains("20261129T2300"), "{got}");
+    assert!(
+        got.contains("enforce") && got.contains("mail.example.test"),
+        "{got}"
+    );
+
+    // The TXT record still names a policy, but the responder no longer
+    // holds it: the resolver gets none.
+    r.set_policies(HashMap::new());
+    let gone = query("example.test");
+    assert!(gone.contains("<STSFetchResult.FETCH_ERROR: 2>"), "{gone}");
 }
