@@ -485,6 +485,59 @@ mod tests {
         );
     }
 
+    /// A TLS listener with a self-signed certificate for `localhost`.
+    async fn start_tls(limits: Limits) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(serve_tls(
+            listener,
+            limits,
+            "test tls listener",
+            Arc::new(config),
+            |_: Option<&str>, req: &Request<Incoming>| ok_handler(req),
+        ));
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_that_does_not_finish_is_closed_after_the_header_timeout() {
+        let limits = Limits {
+            max_connections: 4,
+            header_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let (addr, _task) = start_tls(limits).await;
+        // The first bytes of a ClientHello record, then nothing.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(&[0x16, 0x03, 0x01, 0x00, 0x80, 0x01])
+            .await
+            .unwrap();
+        assert_eq!(
+            closed_within(&mut slow, Duration::from_secs(10)).await,
+            Ok(())
+        );
+        // Plain HTTP on the TLS port is closed too, unanswered.
+        let reply = tokio::time::timeout(Duration::from_secs(10), get(addr))
+            .await
+            .expect("not closed");
+        assert!(!reply.unwrap_or_default().contains("ok"));
+    }
+
     #[tokio::test]
     async fn a_connection_with_nothing_moving_is_closed_after_the_idle_timeout() {
         let limits = Limits {
