@@ -539,6 +539,76 @@ mod tests {
         );
     }
 
+    /// Writes a self-signed certificate for `names` and its key (or
+    /// `other_key`'s) into `dir`; returns the files for `want`.
+    fn files_for(
+        dir: &Path,
+        names: &[&str],
+        want: &[&str],
+        other_key: bool,
+    ) -> (CertFiles, String) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let key_pem = if other_key {
+            rcgen::KeyPair::generate().unwrap().serialize_pem()
+        } else {
+            key.serialize_pem()
+        };
+        std::fs::write(dir.join("fullchain.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.join("key.pem"), &key_pem).unwrap();
+        let files = CertFiles {
+            names: want.iter().map(|n| DnsName::parse(n).unwrap()).collect(),
+            fullchain: dir.join("fullchain.pem"),
+            key: dir.join("key.pem"),
+        };
+        (files, key_pem)
+    }
+
+    #[test]
+    fn a_certificate_is_used_only_with_its_key_and_covering_every_name() {
+        let tmp = tempfile::tempdir().unwrap();
+        let now = unix_now();
+        const H: &str = "mta-sts.example.test";
+        let (good, _) = files_for(tmp.path(), &[H], &[H], false);
+        assert!(load(&good, now).is_ok());
+        let (wild, _) = files_for(tmp.path(), &["*.example.test"], &[H], false);
+        assert!(load(&wild, now).is_ok());
+
+        let (uncovered, _) = files_for(tmp.path(), &["mta-sts.other.test"], &[H], false);
+        let e = load(&uncovered, now).unwrap_err().to_string();
+        assert!(
+            e.contains("fullchain.pem") && e.contains("does not cover mta-sts.example.test"),
+            "{e}"
+        );
+
+        let (mismatched, key_pem) = files_for(tmp.path(), &[H], &[H], true);
+        let e = load(&mismatched, now).unwrap_err().to_string();
+        assert!(e.contains("key.pem") && e.contains("does not match"), "{e}");
+        let body: String = key_pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        assert!(!e.contains("PRIVATE") && !e.contains(&body[..16]), "{e}");
+
+        // Past its notAfter (rcgen's default: 4096-01-01): refused.
+        let e = load(&good, 100_000_000_000).unwrap_err().to_string();
+        assert!(e.contains("expired"), "{e}");
+
+        let (mut garbled, _) = files_for(tmp.path(), &[H], &[H], false);
+        garbled.key = tmp.path().join("garbled.pem");
+        std::fs::write(
+            &garbled.key,
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let e = load(&garbled, now).unwrap_err().to_string();
+        assert!(e.contains("garbled.pem") && !e.contains("AAAA"), "{e}");
+    }
+
     #[test]
     fn only_mta_sts_names_ask_for_a_domain() {
         let table = [
