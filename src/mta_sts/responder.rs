@@ -21,7 +21,8 @@
 //! them). A changed pair that is unusable (half written, the key of another
 //! certificate, expired, not covering the names) is refused with one log
 //! line naming the file and the reason, never key material, and the last
-//! good certificate stays in service. Policies are swapped at run time
+//! good certificate stays in service, until it expires: from then on none
+//! is served (logged once). Policies are swapped at run time
 //! with [`Responder::set_policies`].
 //!
 //! Connections have the limits of [`crate::listen`]. The decisions
@@ -136,33 +137,60 @@ struct Slot {
 struct Loaded {
     /// The stamps of (fullchain, key) last looked at, loaded or refused.
     seen: Option<(Option<Stamp>, Option<Stamp>)>,
-    /// The last good certificate.
-    key: Option<Arc<CertifiedKey>>,
+    /// The last good certificate and its notAfter (Unix seconds).
+    key: Option<(Arc<CertifiedKey>, i64)>,
+    /// Whether the expiry of `key` was logged.
+    expiry_said: bool,
+}
+
+impl Loaded {
+    /// The certificate in service, unless it has expired since it was
+    /// loaded (then none: an expired certificate is never served).
+    fn serving(&mut self, files: &CertFiles, now: i64) -> Option<Arc<CertifiedKey>> {
+        let (key, not_after) = self.key.as_ref()?;
+        if now > *not_after {
+            if !self.expiry_said {
+                tracing::warn!(
+                    "mta-sts responder: {}: the certificate in service has expired; \
+                     serving none until a valid one is installed",
+                    files.fullchain.display()
+                );
+                self.expiry_said = true;
+            }
+            return None;
+        }
+        Some(key.clone())
+    }
 }
 
 impl Slot {
-    /// The certificate to serve, reading the files again first if their
-    /// stamps changed (or always with `force`).
-    fn current(&self, force: bool) -> (Option<Arc<CertifiedKey>>, Option<ResponderError>) {
-        let now = (stamp(&self.files.fullchain), stamp(&self.files.key));
+    /// The certificate to serve at `now` (Unix seconds), reading the files
+    /// again first if their stamps changed (or always with `force`).
+    fn current(
+        &self,
+        force: bool,
+        now: i64,
+    ) -> (Option<Arc<CertifiedKey>>, Option<ResponderError>) {
+        let stamps = (stamp(&self.files.fullchain), stamp(&self.files.key));
         let mut loaded = match self.loaded.lock() {
             Ok(l) => l,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if !force && loaded.seen == Some(now) {
-            return (loaded.key.clone(), None);
+        if !force && loaded.seen == Some(stamps) {
+            return (loaded.serving(&self.files, now), None);
         }
-        loaded.seen = Some(now);
-        match load(&self.files, unix_now()) {
-            Ok(key) => {
+        loaded.seen = Some(stamps);
+        match load(&self.files, now) {
+            Ok((key, not_after)) => {
                 if loaded.key.is_some() {
                     tracing::info!(
                         "mta-sts responder: serving the new certificate of {}",
                         self.files.fullchain.display()
                     );
                 }
-                loaded.key = Some(Arc::new(key));
-                (loaded.key.clone(), None)
+                loaded.key = Some((Arc::new(key), not_after));
+                loaded.expiry_said = false;
+                (loaded.serving(&self.files, now), None)
             }
             Err(e) => {
                 if loaded.key.is_some() {
@@ -170,7 +198,7 @@ impl Slot {
                 } else {
                     tracing::warn!("{e}");
                 }
-                (loaded.key.clone(), Some(e))
+                (loaded.serving(&self.files, now), Some(e))
             }
         }
     }
@@ -201,7 +229,7 @@ fn read_limited(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, ResponderErr
 
 /// Reads and checks one certificate: the key matches the leaf, the leaf is
 /// valid at `now` and covers every configured name.
-fn load(files: &CertFiles, now: i64) -> Result<CertifiedKey, ResponderError> {
+fn load(files: &CertFiles, now: i64) -> Result<(CertifiedKey, i64), ResponderError> {
     let chain_err = |reason: String| ResponderError::Certificate {
         path: files.fullchain.clone(),
         reason,
@@ -237,12 +265,13 @@ fn load(files: &CertFiles, now: i64) -> Result<CertifiedKey, ResponderError> {
     let key = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|_| key_err("no usable private key in PEM form".to_owned()))?;
     let provider = rustls::crypto::aws_lc_rs::default_provider();
-    CertifiedKey::from_der(certs, key, &provider).map_err(|e| match e {
+    let key = CertifiedKey::from_der(certs, key, &provider).map_err(|e| match e {
         rustls::Error::InconsistentKeys(_) => {
             key_err("the key does not match the certificate".to_owned())
         }
         _ => key_err("the private key cannot be used".to_owned()),
-    })
+    })?;
+    Ok((key, leaf.validity.not_after))
 }
 
 /// The domain whose policy a host name `mta-sts.DOMAIN` asks for.
@@ -339,7 +368,7 @@ impl ResolvesServerCert for Resolver {
                 .iter()
                 .any(|n| covers(n.as_str(), &name).is_some())
         })?;
-        slot.current(false).0
+        slot.current(false, unix_now()).0
     }
 }
 
@@ -372,7 +401,7 @@ impl Responder {
                 .collect(),
         });
         for slot in &shared.certs {
-            let _ = slot.current(true);
+            let _ = slot.current(true, unix_now());
         }
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
@@ -417,7 +446,7 @@ impl Responder {
         self.shared
             .certs
             .iter()
-            .filter_map(|s| s.current(true).1)
+            .filter_map(|s| s.current(true, unix_now()).1)
             .collect()
     }
 }
@@ -607,6 +636,23 @@ mod tests {
         .unwrap();
         let e = load(&garbled, now).unwrap_err().to_string();
         assert!(e.contains("garbled.pem") && !e.contains("AAAA"), "{e}");
+    }
+
+    #[test]
+    fn a_certificate_in_service_is_no_longer_served_once_it_has_expired() {
+        let tmp = tempfile::tempdir().unwrap();
+        const H: &str = "mta-sts.example.test";
+        let (files, _) = files_for(tmp.path(), &[H], &[H], false);
+        let slot = Slot {
+            files,
+            loaded: Mutex::new(Loaded::default()),
+        };
+        let now = unix_now();
+        assert!(slot.current(false, now).0.is_some());
+        // The same files, later than rcgen's default notAfter (4096-01-01).
+        let later = 100_000_000_000;
+        assert!(slot.current(false, later).0.is_none());
+        assert!(slot.current(false, now).0.is_some());
     }
 
     #[test]
