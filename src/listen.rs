@@ -1,5 +1,5 @@
-//! HTTP/1 listeners with limits, for the metrics server and the built-in
-//! HTTP-01 responder.
+//! HTTP/1 listeners with limits, for the metrics server, the built-in
+//! HTTP-01 responder and (over TLS, [`serve_tls`]) the MTA-STS responder.
 //!
 //! Rule: a listener can never take the daemon's descriptors or a core. At
 //! most [`Limits::max_connections`] connections are open at once: at the
@@ -12,6 +12,9 @@
 //! way for `idle_timeout`; a failing `accept` (EMFILE, ENFILE, ENOMEM...)
 //! pauses the loop with a growing backoff, said once per episode, instead
 //! of spinning. Requests are small: headers are capped, bodies ignored.
+//! Over TLS the handshake counts as part of the request head: it must end
+//! within `header_timeout`, and a connection whose handshake fails is
+//! closed without a word.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -65,7 +68,34 @@ pub async fn serve<H>(listener: TcpListener, limits: Limits, what: &'static str,
 where
     H: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
-    let handler = Arc::new(handler);
+    let handler = move |_: Option<&str>, req: &Request<Incoming>| handler(req);
+    accept_loop(listener, limits, what, None, Arc::new(handler)).await;
+}
+
+/// Like [`serve`], over TLS with `tls`: `handler` is also given the server
+/// name the client asked for in its handshake (SNI), if any.
+pub async fn serve_tls<H>(
+    listener: TcpListener,
+    limits: Limits,
+    what: &'static str,
+    tls: Arc<rustls::ServerConfig>,
+    handler: H,
+) where
+    H: Fn(Option<&str>, &Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    accept_loop(listener, limits, what, Some(acceptor), Arc::new(handler)).await;
+}
+
+async fn accept_loop<H>(
+    listener: TcpListener,
+    limits: Limits,
+    what: &'static str,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handler: Arc<H>,
+) where
+    H: Fn(Option<&str>, &Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let silent = Silent::default();
     let mut backoff = Duration::ZERO;
@@ -114,9 +144,10 @@ where
         let handler = handler.clone();
         let entry = silent.register();
         let silent = silent.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            serve_connection(stream, limits, handler, &entry).await;
+            serve_connection(stream, limits, tls, handler, &entry).await;
             silent.remove(&entry);
         });
     }
@@ -195,10 +226,11 @@ fn next_backoff(current: Duration) -> Duration {
 async fn serve_connection<H>(
     stream: TcpStream,
     limits: Limits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     handler: Arc<H>,
     entry: &Arc<SilentEntry>,
 ) where
-    H: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    H: Fn(Option<&str>, &Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
     let start = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
@@ -208,9 +240,47 @@ async fn serve_connection<H>(
         activity: activity.clone(),
         entry: entry.clone(),
     };
+    let Some(acceptor) = tls else {
+        return drive(io, None, limits, handler, entry, start, &activity).await;
+    };
+    let accept = tokio::time::timeout(limits.header_timeout, acceptor.accept(io));
+    tokio::pin!(accept);
+    let stream = loop {
+        tokio::select! {
+            done = accept.as_mut() => match done {
+                Ok(Ok(stream)) => break stream,
+                // A failed or slow handshake: nothing to answer.
+                _ => return,
+            },
+            () = entry.close.notified() => {
+                if !entry.spoke.load(Ordering::Relaxed) {
+                    return;
+                }
+            }
+        }
+    };
+    let sni = stream.get_ref().1.server_name().map(str::to_owned);
+    drive(stream, sni, limits, handler, entry, start, &activity).await;
+}
+
+/// Runs HTTP/1 on `io` (plain or TLS) under the limits.
+async fn drive<IO, H>(
+    io: IO,
+    sni: Option<String>,
+    limits: Limits,
+    handler: Arc<H>,
+    entry: &Arc<SilentEntry>,
+    start: Instant,
+    activity: &AtomicU64,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Option<&str>, &Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let sni: Option<Arc<str>> = sni.map(Arc::from);
     let service = hyper::service::service_fn(move |req| {
         let handler = handler.clone();
-        async move { Ok::<_, Infallible>(handler(&req)) }
+        let sni = sni.clone();
+        async move { Ok::<_, Infallible>(handler(sni.as_deref(), &req)) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -413,6 +483,59 @@ mod tests {
             closed_within(&mut slow, Duration::from_secs(10)).await,
             Ok(())
         );
+    }
+
+    /// A TLS listener with a self-signed certificate for `localhost`.
+    async fn start_tls(limits: Limits) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+            )
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(serve_tls(
+            listener,
+            limits,
+            "test tls listener",
+            Arc::new(config),
+            |_: Option<&str>, req: &Request<Incoming>| ok_handler(req),
+        ));
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn a_tls_handshake_that_does_not_finish_is_closed_after_the_header_timeout() {
+        let limits = Limits {
+            max_connections: 4,
+            header_timeout: Duration::from_millis(300),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let (addr, _task) = start_tls(limits).await;
+        // The first bytes of a ClientHello record, then nothing.
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(&[0x16, 0x03, 0x01, 0x00, 0x80, 0x01])
+            .await
+            .unwrap();
+        assert_eq!(
+            closed_within(&mut slow, Duration::from_secs(10)).await,
+            Ok(())
+        );
+        // Plain HTTP on the TLS port is closed too, unanswered.
+        let reply = tokio::time::timeout(Duration::from_secs(10), get(addr))
+            .await
+            .expect("not closed");
+        assert!(!reply.unwrap_or_default().contains("ok"));
     }
 
     #[tokio::test]

@@ -106,7 +106,7 @@ fn answer<B>(req: &Request<B>, tokens: &Tokens) -> Response<Full<Bytes>> {
 
 /// Makes `dir` (creating it if needed) readable and searchable by everyone:
 /// 0755 when created, else its mode plus the missing r-x bits.
-fn public_dir(dir: &Path) -> std::io::Result<()> {
+pub(crate) fn public_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
     match std::fs::DirBuilder::new().mode(0o755).create(dir) {
         Ok(()) => {}

@@ -8,3 +8,5 @@
 //! the effects (the HTTPS responder, the webroot writer).
 
 pub mod policy;
+pub mod responder;
+pub mod webroot;

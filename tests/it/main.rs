@@ -26,6 +26,7 @@ mod hostile_fs;
 mod hostile_keydir;
 mod mail_servers;
 mod malformed;
+mod mta_sts;
 mod mta_sts_policy;
 mod properties;
 mod secrets;
