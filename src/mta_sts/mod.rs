@@ -6,3 +6,6 @@
 //!
 //! Pure cores (the policy and its id, the planner of changes) apart from
 //! the effects (the HTTPS responder, the webroot writer).
+
+pub mod ledger;
+pub mod order;
