@@ -23,8 +23,9 @@
 //! - Adding an MX host: it is listed by the policy first; once that id is
 //!   seen everywhere since `t`, [`Step::AddMxAfter`] says the MX record may
 //!   be added at `t + TXT TTL`.
-//! - `disable`: the policy becomes `mode: none` (same MX lines) with its
-//!   new id, served and published as above; the records are deleted
+//! - `disable` (§8.3): the policy becomes `mode: none` (same MX lines, a
+//!   `max_age` of at most [`DISABLE_MAX_AGE`]) with its new id, served and
+//!   published as above; the records are deleted
 //!   ([`Step::DeleteRecords`]) once that id has been seen everywhere for
 //!   the ledger's `old_max_age`.
 //!
@@ -37,6 +38,10 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use super::ledger::{DomainLedger, TxtState};
+
+/// The largest `max_age` of the `mode: none` policy `disable` publishes
+/// (RFC 8461 §8.3: "a small max_age (e.g., one day)").
+pub const DISABLE_MAX_AGE: u64 = 86_400;
 
 /// A policy's `mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -242,7 +247,8 @@ pub fn plan(inputs: &Inputs<'_>) -> Plan {
             .live
             .as_ref()
             .map_or_else(|| inputs.wanted.mx.clone(), |p| p.mx.clone());
-        (Mode::None, mx, inputs.wanted.max_age, Vec::new(), None)
+        let max_age = inputs.wanted.max_age.min(DISABLE_MAX_AGE);
+        (Mode::None, mx, max_age, Vec::new(), None)
     } else {
         let (mx, waits) = mx_lines(inputs.wanted.mx, ledger, inputs.now);
         let mut mode = inputs.wanted.mode;
@@ -951,10 +957,22 @@ mod tests {
         }
     }
 
+    /// What `disable` serves for a live `mx1.example.org` policy: mode
+    /// none, one day.
+    fn disabled() -> Policy {
+        let mx = set(&["mx1.example.org"]);
+        Policy {
+            mode: Mode::None,
+            id: id_of(Mode::None, &mx, DISABLE_MAX_AGE),
+            mx,
+            max_age: DISABLE_MAX_AGE,
+        }
+    }
+
     #[test]
     fn disable_publishes_mode_none_and_deletes_the_records_only_after_the_old_max_age() {
         let live = policy(Mode::Enforce, &["mx1.example.org"]);
-        let none = policy(Mode::None, &["mx1.example.org"]);
+        let none = disabled();
         let id = none.id.as_str();
         let old_max_age = 31_557_600;
         fn everywhere(l: &mut DomainLedger, id: &str, since: i64) {
@@ -962,7 +980,7 @@ mod tests {
             serve(l, "r2", id);
             answer(l, "ns1", id, since);
             answer(l, "ns2", id, since);
-            l.live = Some(policy(Mode::None, &["mx1.example.org"]));
+            l.live = Some(disabled());
         }
         type Case = (&'static str, fn(&mut DomainLedger, &str), Step);
         let cases: &[Case] = &[
