@@ -34,6 +34,11 @@ pub struct DomainLedger {
     /// Authoritative server → the `_mta-sts` TXT id it answered.
     #[serde(default)]
     pub txt: BTreeMap<String, TxtSeen>,
+    /// The largest TTL the TXT records replaced by the current id had: a
+    /// resolver may hold the old id that long, so it counts towards "one
+    /// TXT TTL" with the current record's TTL.
+    #[serde(default)]
+    pub txt_ttl_before: u32,
     /// The TXT id this host last wrote to the DNS provider (seen or not).
     #[serde(default)]
     pub published_id: Option<String>,

@@ -22,7 +22,8 @@
 //!   with the old body.
 //! - Adding an MX host: it is listed by the policy first; once that id is
 //!   seen everywhere since `t`, [`Step::AddMxAfter`] says the MX record may
-//!   be added at `t + TXT TTL`.
+//!   be added at `t + TXT TTL` (the larger of the current record's TTL and
+//!   the replaced records', which resolvers may still hold).
 //! - `disable` (§8.3): the policy becomes `mode: none` (same MX lines, a
 //!   `max_age` of at most [`DISABLE_MAX_AGE`]) with its new id, served and
 //!   published as above; the records are deleted
@@ -348,7 +349,7 @@ fn next_step(inputs: &Inputs<'_>, policy: &Policy, waits: &[WaitReason]) -> Step
     if let (Some(host), false) = (adding, inputs.disable) {
         return Step::AddMxAfter {
             host: host.clone(),
-            at: since.saturating_add(i64::from(ttl)),
+            at: since.saturating_add(i64::from(ttl.max(ledger.txt_ttl_before))),
         };
     }
     if inputs.disable {
@@ -755,6 +756,14 @@ mod tests {
                 "seen everywhere long ago: the time is past",
                 |l, id| everywhere(l, id, NOW - DAY),
                 add(NOW - DAY + 300),
+            ),
+            (
+                "the old record's larger TTL counts",
+                |l, id| {
+                    everywhere(l, id, NOW);
+                    l.txt_ttl_before = 3_600;
+                },
+                add(NOW + 3_600),
             ),
             (
                 "the MX record is there: in step",
