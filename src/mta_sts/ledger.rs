@@ -4,9 +4,12 @@
 //! TTL and since when), the policy last seen live everywhere, the MX set in
 //! DNS (with its TTL, and since when each host that left it has been seen
 //! gone), and each MX host's last STARTTLS check. The planner
-//! ([`super::order`]) reads it; the MTA-STS pass (not written yet) fills it.
+//! ([`super::order`]) reads it; the MTA-STS pass (not written yet) fills it
+//! through the `observe_*` updaters, which keep each "since" without a gap,
+//! and [`DomainLedger::went_live`] once the planned id is on every server.
 //!
-//! Pure: the serde type and its accessors; no clock, files or network.
+//! Pure: the serde type, its accessors and updaters; no clock, files or
+//! network.
 //! Times are Unix seconds, TTLs and ages seconds. A responder or server the
 //! ledger does not know counts as "not seen": the accessors never take
 //! absence for agreement.
@@ -15,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::order::Policy;
+use super::order::{Policy, covers};
 
 /// Every policy domain's ledger, by domain name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,22 +37,17 @@ pub struct DomainLedger {
     /// Authoritative server → the `_mta-sts` TXT id it answered.
     #[serde(default)]
     pub txt: BTreeMap<String, TxtSeen>,
-    /// The largest TTL the TXT records replaced by the current id had: a
-    /// resolver may hold the old id that long, so it counts towards "one
-    /// TXT TTL" with the current record's TTL.
-    #[serde(default)]
-    pub txt_ttl_before: u32,
     /// The TXT id this host last wrote to the DNS provider (seen or not).
     #[serde(default)]
     pub published_id: Option<String>,
     /// The policy whose id was last seen on every authoritative server.
     #[serde(default)]
     pub live: Option<Policy>,
-    /// The largest `max_age` of the policies `live` replaced since the
-    /// records were created: a sender may hold any of them that long, so
-    /// `disable` deletes the records only after it.
+    /// Until when (Unix seconds) a sender may still hold a policy served
+    /// before `live`: the latest, over the policies replaced, of "when
+    /// replaced + its `max_age`". `disable` deletes the records only then.
     #[serde(default)]
-    pub old_max_age: u64,
+    pub held_until: i64,
     /// The domain's MX set as every authoritative server showed it.
     #[serde(default)]
     pub mx: MxSeen,
@@ -79,6 +77,10 @@ pub struct TxtSeen {
     pub ttl: u32,
     /// Since when this server has answered this id without a gap.
     pub since: i64,
+    /// The TTL of the answer this id replaced: a resolver may hold the old
+    /// id that long.
+    #[serde(default)]
+    pub replaced_ttl: u32,
 }
 
 /// The MX set in DNS.
@@ -114,7 +116,7 @@ pub struct StarttlsCheck {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TxtState {
     /// Every server answers the id: since the latest of their `since`,
-    /// with the largest TTL any gave.
+    /// with the largest TTL any gave, its own or the replaced answer's.
     Everywhere { since: i64, ttl: u32 },
     /// This server (the first, in order) does not answer it.
     Missing { server: String },
@@ -143,7 +145,7 @@ impl DomainLedger {
             match self.txt.get(s) {
                 Some(t) if t.id.as_deref() == Some(id) => {
                     since = since.max(t.since);
-                    ttl = ttl.max(t.ttl);
+                    ttl = ttl.max(t.ttl).max(t.replaced_ttl);
                 }
                 _ => {
                     return TxtState::Missing { server: s.clone() };
@@ -156,6 +158,73 @@ impl DomainLedger {
             };
         }
         TxtState::Everywhere { since, ttl }
+    }
+
+    /// Records a body fetched back from `responder` at `now` (`id`: the
+    /// policy it is the canonical form of, `None` when the fetch failed);
+    /// `since` moves only when the id changes.
+    pub fn observe_served(&mut self, responder: &str, id: Option<&str>, now: i64) {
+        let since = match self.served.get(responder) {
+            Some(f) if f.id.as_deref() == id => f.since,
+            _ => now,
+        };
+        let fetched = Fetched {
+            id: id.map(str::to_owned),
+            since,
+            at: now,
+        };
+        self.served.insert(responder.to_owned(), fetched);
+    }
+
+    /// Records one authoritative server's `_mta-sts` answer at `now`
+    /// (`ttl`: the record's, or the negative TTL when absent); a changed id
+    /// starts a new `since` and remembers the replaced answer's TTL.
+    pub fn observe_txt(&mut self, server: &str, id: Option<&str>, ttl: u32, now: i64) {
+        let seen = match self.txt.get(server) {
+            Some(t) if t.id.as_deref() == id => TxtSeen { ttl, ..t.clone() },
+            previous => TxtSeen {
+                id: id.map(str::to_owned),
+                ttl,
+                since: now,
+                replaced_ttl: previous.map_or(0, |t| t.ttl),
+            },
+        };
+        self.txt.insert(server.to_owned(), seen);
+    }
+
+    /// Records the MX set every authoritative server showed at `now`, with
+    /// its largest TTL: a host that left it is gone from `now`, one back in
+    /// it is not gone, a host the live policy lists by name that is not in
+    /// it counts as gone from `now` too; a gone host no live line covers is
+    /// forgotten.
+    pub fn observe_mx(&mut self, hosts: BTreeSet<String>, ttl: u32, now: i64) {
+        for h in self.mx.hosts.difference(&hosts) {
+            self.mx.gone.entry(h.clone()).or_insert(now);
+        }
+        let lines = self.live.as_ref().map(|p| &p.mx);
+        for p in lines.into_iter().flatten() {
+            if !p.starts_with("*.") && !hosts.contains(p) {
+                self.mx.gone.entry(p.clone()).or_insert(now);
+            }
+        }
+        self.mx.gone.retain(|h, _| {
+            !hosts.contains(h) && lines.is_some_and(|l| l.iter().any(|p| covers(p, h)))
+        });
+        self.mx.hosts = hosts;
+        self.mx.ttl = ttl;
+    }
+
+    /// Records that `policy` is live (its id answered by every
+    /// authoritative server) at `now`: a sender may hold the policy it
+    /// replaces until `now` + that policy's `max_age`.
+    pub fn went_live(&mut self, policy: &Policy, now: i64) {
+        if let Some(old) = &self.live
+            && old.id != policy.id
+        {
+            let age = i64::try_from(old.max_age).unwrap_or(i64::MAX);
+            self.held_until = self.held_until.max(now.saturating_add(age));
+        }
+        self.live = Some(policy.clone());
     }
 
     /// Whether any authoritative server still answers some `_mta-sts` id.
@@ -206,6 +275,7 @@ mod tests {
             id: id.map(str::to_owned),
             ttl,
             since,
+            replaced_ttl: 0,
         };
         l.txt.insert("ns1".into(), seen(Some("new"), 300, 100));
         l.txt.insert("ns2".into(), seen(Some("new"), 600, 50));
@@ -232,6 +302,105 @@ mod tests {
         assert!(l.txt_present());
         l.txt.retain(|_, t| t.id.is_none());
         assert!(!l.txt_present());
+    }
+
+    #[test]
+    fn a_since_moves_only_when_the_answer_changes_and_a_replaced_txt_ttl_is_remembered() {
+        let mut l = DomainLedger::default();
+        l.observe_served("r1", Some("a"), 10);
+        l.observe_served("r1", Some("a"), 20);
+        assert_eq!(l.served["r1"], fetched_at(Some("a"), 10, 20), "same id");
+        l.observe_served("r1", None, 30);
+        l.observe_served("r1", Some("a"), 40);
+        assert_eq!(l.served["r1"], fetched_at(Some("a"), 40, 40), "after a gap");
+
+        l.observe_txt("ns1", Some("a"), 3_600, 10);
+        l.observe_txt("ns1", Some("a"), 3_600, 20);
+        assert_eq!((l.txt["ns1"].since, l.txt["ns1"].replaced_ttl), (10, 0));
+        l.observe_txt("ns1", Some("b"), 300, 30);
+        assert_eq!((l.txt["ns1"].since, l.txt["ns1"].replaced_ttl), (30, 3_600));
+        assert_eq!(
+            l.txt_state(&["ns1".to_owned()], "b"),
+            TxtState::Everywhere {
+                since: 30,
+                ttl: 3_600
+            },
+            "a resolver may hold the old id for the old TTL"
+        );
+    }
+
+    fn fetched_at(id: Option<&str>, since: i64, at: i64) -> Fetched {
+        Fetched {
+            id: id.map(str::to_owned),
+            since,
+            at,
+        }
+    }
+
+    #[test]
+    fn a_host_is_gone_from_when_it_left_the_mx_set_and_forgotten_once_no_live_line_covers_it() {
+        let hosts =
+            |h: &[&str]| -> BTreeSet<String> { h.iter().map(|s| (*s).to_owned()).collect() };
+        let mut l = DomainLedger {
+            live: Some(Policy {
+                mode: super::super::order::Mode::Testing,
+                mx: hosts(&["mx1.example.org", "*.example.net", "mx3.example.org"]),
+                max_age: 100,
+                id: "a".into(),
+            }),
+            ..DomainLedger::default()
+        };
+        l.observe_mx(hosts(&["mx1.example.org", "mx.example.net"]), 600, 10);
+        assert_eq!(
+            l.mx.gone,
+            BTreeMap::from([("mx3.example.org".to_owned(), 10)]),
+            "a listed host never in the MX set"
+        );
+        l.observe_mx(hosts(&["mx1.example.org"]), 600, 20);
+        l.observe_mx(hosts(&["mx1.example.org"]), 300, 30);
+        assert_eq!(
+            l.mx.gone.get("mx.example.net"),
+            Some(&20),
+            "kept from when it left"
+        );
+        assert_eq!(
+            l.mx.gone.get("mx3.example.org"),
+            Some(&10),
+            "kept from first seen"
+        );
+        assert_eq!(l.mx.ttl, 300);
+        l.observe_mx(hosts(&["mx1.example.org", "mx.example.net"]), 300, 40);
+        assert_eq!(l.mx.gone.get("mx.example.net"), None, "back in the MX set");
+        l.observe_mx(hosts(&["mx1.example.org", "mx3.example.org"]), 300, 50);
+        l.observe_mx(hosts(&["mx1.example.org", "mx9.example.com"]), 300, 60);
+        assert_eq!(
+            l.mx.gone,
+            BTreeMap::from([
+                ("mx.example.net".to_owned(), 50),
+                ("mx3.example.org".to_owned(), 60)
+            ]),
+            "mx9.example.com, never listed, is not tracked"
+        );
+    }
+
+    #[test]
+    fn a_replaced_policy_is_held_by_senders_until_its_max_age_after_it_was_replaced() {
+        let policy = |id: &str, max_age| Policy {
+            mode: super::super::order::Mode::Testing,
+            mx: BTreeSet::new(),
+            max_age,
+            id: id.into(),
+        };
+        let mut l = DomainLedger::default();
+        l.went_live(&policy("a", 1_000), 10);
+        assert_eq!(l.held_until, 0, "nothing replaced");
+        l.went_live(&policy("a", 1_000), 20);
+        assert_eq!(l.held_until, 0, "the same policy again");
+        l.went_live(&policy("b", 50), 30);
+        assert_eq!(l.held_until, 1_030);
+        l.went_live(&policy("c", 50), 40);
+        assert_eq!(l.held_until, 1_030, "the longer hold stays");
+        assert_eq!(l.live.as_ref().map(|p| p.id.as_str()), Some("c"));
     }
 
     #[test]

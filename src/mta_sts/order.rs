@@ -27,8 +27,10 @@
 //! - `disable` (§8.3): the policy becomes `mode: none` (same MX lines, a
 //!   `max_age` of at most [`DISABLE_MAX_AGE`]) with its new id, served and
 //!   published as above; the records are deleted
-//!   ([`Step::DeleteRecords`]) once that id has been seen everywhere for
-//!   the ledger's `old_max_age`.
+//!   ([`Step::DeleteRecords`]) once every policy served before may have
+//!   expired from senders' caches: the ledger's `held_until`, and the live
+//!   policy's `max_age` after the `none` id was seen everywhere (the RFC's
+//!   31,557,600 s limit when no live policy is known).
 //!
 //! [`Policy`] here is a stand-in until `policy.rs` (the canonical form and
 //! its id) lands: the id comes from the caller's [`IdOf`].
@@ -43,6 +45,9 @@ use super::ledger::{DomainLedger, TxtState};
 /// The largest `max_age` of the `mode: none` policy `disable` publishes
 /// (RFC 8461 §8.3: "a small max_age (e.g., one day)").
 pub const DISABLE_MAX_AGE: u64 = 86_400;
+
+/// The largest `max_age` RFC 8461 §3.2 allows, in seconds.
+pub const MAX_AGE_LIMIT: u64 = 31_557_600;
 
 /// A policy's `mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -349,11 +354,19 @@ fn next_step(inputs: &Inputs<'_>, policy: &Policy, waits: &[WaitReason]) -> Step
     if let (Some(host), false) = (adding, inputs.disable) {
         return Step::AddMxAfter {
             host: host.clone(),
-            at: since.saturating_add(i64::from(ttl.max(ledger.txt_ttl_before))),
+            at: since.saturating_add(i64::from(ttl)),
         };
     }
     if inputs.disable {
-        let until = since.saturating_add(i64::try_from(ledger.old_max_age).unwrap_or(i64::MAX));
+        // The live policy was served until `since` at the latest; when
+        // `went_live` has recorded the none policy, `held_until` has it.
+        let last = match &ledger.live {
+            Some(live) if live.id == policy.id => 0,
+            Some(live) => live.max_age,
+            None => MAX_AGE_LIMIT,
+        };
+        let last = since.saturating_add(i64::try_from(last).unwrap_or(i64::MAX));
+        let until = ledger.held_until.max(last);
         if inputs.now < until {
             return Step::Wait {
                 until: Some(until),
@@ -532,6 +545,7 @@ mod tests {
                 id: Some(id.into()),
                 ttl: 300,
                 since,
+                replaced_ttl: 0,
             },
         );
     }
@@ -761,7 +775,7 @@ mod tests {
                 "the old record's larger TTL counts",
                 |l, id| {
                     everywhere(l, id, NOW);
-                    l.txt_ttl_before = 3_600;
+                    l.txt.get_mut("ns1").expect("ns1").replaced_ttl = 3_600;
                 },
                 add(NOW + 3_600),
             ),
@@ -979,18 +993,21 @@ mod tests {
     }
 
     #[test]
-    fn disable_publishes_mode_none_and_deletes_the_records_only_after_the_old_max_age() {
+    fn disable_publishes_mode_none_and_deletes_the_records_only_once_every_old_policy_expired() {
         let live = policy(Mode::Enforce, &["mx1.example.org"]);
         let none = disabled();
         let id = none.id.as_str();
-        let old_max_age = 31_557_600;
+        const W: i64 = WEEK as i64;
         fn everywhere(l: &mut DomainLedger, id: &str, since: i64) {
             serve(l, "r1", id);
             serve(l, "r2", id);
             answer(l, "ns1", id, since);
             answer(l, "ns2", id, since);
-            l.live = Some(disabled());
         }
+        let wait = |until| Step::Wait {
+            until: Some(until),
+            reason: WaitReason::OldMaxAge { until },
+        };
         type Case = (&'static str, fn(&mut DomainLedger, &str), Step);
         let cases: &[Case] = &[
             ("mode none is served first", |_, _| {}, serve_body(id, "r1")),
@@ -1004,17 +1021,40 @@ mod tests {
             ),
             (
                 "live for less than the old max_age: the records stay",
-                |l, id| everywhere(l, id, NOW - 1),
-                Step::Wait {
-                    until: Some(NOW - 1 + 31_557_600),
-                    reason: WaitReason::OldMaxAge {
-                        until: NOW - 1 + 31_557_600,
-                    },
+                |l, id| {
+                    everywhere(l, id, NOW - 1);
+                    l.went_live(&disabled(), NOW - 1);
                 },
+                wait(NOW - 1 + W),
+            ),
+            (
+                "seen everywhere, not yet recorded live: the live max_age counts",
+                |l, id| everywhere(l, id, NOW - 1),
+                wait(NOW - 1 + W),
+            ),
+            (
+                "an older policy with a longer max_age counts",
+                |l, id| {
+                    l.held_until = NOW + 100 * DAY;
+                    everywhere(l, id, NOW - W);
+                    l.went_live(&disabled(), NOW - W);
+                },
+                wait(NOW + 100 * DAY),
+            ),
+            (
+                "no live policy known: the largest max_age allowed counts",
+                |l, id| {
+                    l.live = None;
+                    everywhere(l, id, NOW - 1);
+                },
+                wait(NOW - 1 + 31_557_600),
             ),
             (
                 "live for the old max_age: delete them",
-                |l, id| everywhere(l, id, NOW - 31_557_600),
+                |l, id| {
+                    everywhere(l, id, NOW - W);
+                    l.went_live(&disabled(), NOW - W);
+                },
                 Step::DeleteRecords,
             ),
             (
@@ -1036,7 +1076,6 @@ mod tests {
         ];
         for (name, adjust, expected) in cases {
             let mut l = settled(&live);
-            l.old_max_age = old_max_age;
             adjust(&mut l, id);
             let p = plan_for(&live, &l, true);
             assert_eq!((&p.policy, &p.refused), (&none, &None), "{name}");
