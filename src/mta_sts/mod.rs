@@ -7,6 +7,8 @@
 //! Pure cores (the policy and its id, the planner of changes) apart from
 //! the effects (the HTTPS responder, the webroot writer).
 
+pub mod ledger;
+pub mod order;
 pub mod policy;
 pub mod responder;
 pub mod webroot;

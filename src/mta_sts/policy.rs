@@ -56,8 +56,40 @@ pub enum PolicyError {
     BadId(String),
 }
 
+/// The canonical form of a policy given by its parts, `mx` already in
+/// canonical order (lower case, sorted, without duplicates).
+fn canonical_of<'a>(mode: Mode, mx: impl Iterator<Item = &'a str>, max_age: u64) -> String {
+    let mut out = format!("version: STSv1\r\nmode: {mode}\r\n");
+    for p in mx {
+        out.push_str("mx: ");
+        out.push_str(p);
+        out.push_str("\r\n");
+    }
+    out.push_str(&format!("max_age: {max_age}\r\n"));
+    out
+}
+
+/// The first 16 bytes of SHA-256 of a canonical form, in lower-case hex.
+fn hash_id(canonical: &str) -> String {
+    let hash = digest(&SHA256, canonical.as_bytes());
+    hash.as_ref()[..MAX_ID / 2]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The id of the policy made of these parts, as [`Policy::id`] computes
+/// it (`mx`: canonical patterns; a set iterates them sorted): what the
+/// change planner (`super::order`) is given as its `IdOf`.
+pub fn id_of(mode: Mode, mx: &std::collections::BTreeSet<String>, max_age: u64) -> String {
+    hash_id(&canonical_of(mode, mx.iter().map(String::as_str), max_age))
+}
+
 /// What a sender does with a host the policy does not cover (RFC 8461 §5).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Report failures (TLS-RPT) but deliver anyway.
     Testing,
@@ -203,24 +235,17 @@ impl Policy {
     /// The body to serve, in canonical form: `version`, `mode`, the sorted
     /// `mx` lines, `max_age`, each line ending CRLF.
     pub fn canonical(&self) -> String {
-        let mut out = format!("version: STSv1\r\nmode: {}\r\n", self.mode);
-        for p in &self.mx {
-            out.push_str("mx: ");
-            out.push_str(p.as_str());
-            out.push_str("\r\n");
-        }
-        out.push_str(&format!("max_age: {}\r\n", self.max_age));
-        out
+        canonical_of(
+            self.mode,
+            self.mx.iter().map(MxPattern::as_str),
+            u64::from(self.max_age),
+        )
     }
 
     /// The id: the first 16 bytes of SHA-256 of [`Policy::canonical`], in
     /// lower-case hex (32 characters, all letters and digits).
     pub fn id(&self) -> String {
-        let hash = digest(&SHA256, self.canonical().as_bytes());
-        hash.as_ref()[..MAX_ID / 2]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        hash_id(&self.canonical())
     }
 
     /// Reads a served body back, as a sender does: lines end in LF or
@@ -560,5 +585,18 @@ mod tests {
         ] {
             assert_eq!(StsRecord::parse(txt), Err(want), "{txt:?}");
         }
+    }
+
+    #[test]
+    fn the_planners_id_of_the_parts_is_the_policys_id() {
+        let mx: Vec<MxPattern> = ["MX2.example.com", "mx1.example.com", "*.backup.example.com"]
+            .iter()
+            .map(|m| MxPattern::parse(m).unwrap())
+            .collect();
+        let policy = Policy::new(Mode::Enforce, mx, 604_800).unwrap();
+        let parts: std::collections::BTreeSet<String> =
+            policy.mx().iter().map(|p| p.as_str().to_owned()).collect();
+        assert_eq!(id_of(Mode::Enforce, &parts, 604_800), policy.id());
+        assert_ne!(id_of(Mode::Testing, &parts, 604_800), policy.id());
     }
 }
