@@ -119,6 +119,14 @@ enum DaneCommand {
     },
 }
 
+#[derive(Debug, Subcommand)]
+enum MtaStsCommand {
+    /// Print the policy body to serve and the `_mta-sts` and `_smtp._tls`
+    /// TXT records to publish (zone-file lines), as mxkeys computes them.
+    /// Exit 2 when neither table is configured or `mx` is not set.
+    Records,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
@@ -156,6 +164,12 @@ enum Command {
     Dane {
         #[command(subcommand)]
         command: DaneCommand,
+    },
+    /// MTA-STS and TLS-RPT (`[mta_sts]`, `[tls_rpt]`).
+    #[command(name = "mta-sts")]
+    MtaSts {
+        #[command(subcommand)]
+        command: MtaStsCommand,
     },
     /// DNS providers.
     Dns {
@@ -225,6 +239,21 @@ pub fn main() -> ExitCode {
         Command::Dane {
             command: DaneCommand::Rollover { target },
         } => dane_rollover(&config, &target),
+        Command::MtaSts {
+            command: MtaStsCommand::Records,
+        } => {
+            match crate::mta_sts::records::render(config.mta_sts.as_ref(), config.tls_rpt.as_ref())
+            {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    tracing::error!("mta-sts records: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
         Command::Config => match source.text() {
             Ok(text) => {
                 println!("# configuration from {source}");

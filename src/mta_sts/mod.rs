@@ -10,5 +10,6 @@
 pub mod ledger;
 pub mod order;
 pub mod policy;
+pub mod records;
 pub mod responder;
 pub mod webroot;

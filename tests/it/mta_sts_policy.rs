@@ -85,3 +85,64 @@ fn postfix_mta_sts_resolver_reads_the_policy_and_id_mxkeys_publishes() {
         assert_eq!(r["policy"]["mx"], serde_json::json!(want_mx), "{r}");
     }
 }
+
+#[test]
+fn mta_sts_records_prints_a_body_and_records_the_resolver_reads_with_one_id() {
+    if !require_programs(
+        "mta_sts_records_prints_a_body_and_records_the_resolver_reads_with_one_id",
+        &[RESOLVER],
+    ) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("mxkeys.toml");
+    common::write(
+        &config,
+        "[dns.ns]\ntype = \"manual\"\n\
+         [mta_sts]\ndomains = [\"example.com\", \"example.org\"]\nmode = \"enforce\"\n\
+         mx = [\"mx2.example.com\", \"MX1.example.com\"]\nmax_age = \"2d\"\ndns = \"ns\"\nwebroot = \"www\"\n\
+         [tls_rpt]\nrua = [\"mailto:tlsrpt@example.com\"]\n",
+    );
+    let mut cmd = Command::new(common::bin());
+    cmd.arg("--config")
+        .arg(&config)
+        .args(["mta-sts", "records"])
+        .env_remove("MXKEYS_CONFIG");
+    let out = output_within(cmd, Duration::from_secs(30)).unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{out:?}");
+    // The body, from the comment lines, with the CRLF line ends served.
+    let body: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(";   "))
+        .map(|l| format!("{l}\r\n"))
+        .collect();
+    let txt = |name: &str| -> String {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} line in:\n{text}"));
+        line.split_once(" IN TXT ")
+            .map(|(_, v)| v.trim_matches('"').to_owned())
+            .unwrap()
+    };
+    let read = resolver_reads(&[
+        (txt("_mta-sts.example.com. "), body.clone()),
+        (txt("_mta-sts.example.org. "), body.clone()),
+    ]);
+    let id = Policy::parse(&body).unwrap().id();
+    for r in &read {
+        assert_eq!(r["record"]["id"], id.as_str(), "{r}\n{text}");
+        assert_eq!(r["policy"]["mode"], "enforce", "{r}");
+        assert_eq!(r["policy"]["max_age"], "172800", "{r}");
+        assert_eq!(
+            r["policy"]["mx"],
+            serde_json::json!(["mx1.example.com", "mx2.example.com"]),
+            "{r}"
+        );
+    }
+    assert_eq!(
+        txt("_smtp._tls.example.org. "),
+        "v=TLSRPTv1; rua=mailto:tlsrpt@example.com"
+    );
+}
