@@ -37,7 +37,8 @@ use hickory_proto::rr::{Name, RData as WireRData, Record, RecordType as WireType
 use tokio::task::JoinSet;
 
 use crate::propagation::{
-    MAX_CNAME_CHAIN, Propagation, QUERY_TIMEOUT, Server, ServerCache, addresses,
+    MAX_CNAME_CHAIN, Propagation, QUERY_TIMEOUT, Server, ServerCache, addresses, authoritative,
+    cname_at, records_at,
 };
 use crate::rfc2136::{
     check_question, display_name, from_wire, parse_name, query_message, rcode_text, wire, wire_type,
@@ -289,21 +290,6 @@ async fn ask(server: SocketAddr, name: &Name, wtype: WireType) -> Result<Message
     Ok(response)
 }
 
-/// Pure: an authoritative answer must be NOERROR or NXDOMAIN, with AA.
-fn authoritative(response: &Message) -> Result<(), String> {
-    let code = response.metadata.response_code;
-    if !matches!(code, ResponseCode::NoError | ResponseCode::NXDomain) {
-        return Err(rcode_text(code));
-    }
-    if !response.metadata.authoritative {
-        return Err(format!(
-            "a non-authoritative {} (is it a server of the zone?)",
-            rcode_text(code)
-        ));
-    }
-    Ok(())
-}
-
 /// The type an RRSIG record covers (`None` for other records).
 fn covered(record: &Record) -> Option<WireType> {
     match &record.data {
@@ -315,17 +301,9 @@ fn covered(record: &Record) -> Option<WireType> {
 /// Pure: what one authoritative answer for `name`/`wtype` says.
 fn view(response: &Message, name: &Name, wtype: WireType) -> Result<View, String> {
     authoritative(response)?;
-    let at_name = |t: WireType| {
-        response
-            .answers
-            .iter()
-            .filter(move |r| r.name == *name && r.record_type() == t)
-    };
+    let at_name = |t: WireType| records_at(response, name, t);
     if wtype != WireType::CNAME
-        && let Some(target) = at_name(WireType::CNAME).find_map(|r| match &r.data {
-            WireRData::CNAME(c) => Some(display_name(&c.0)),
-            _ => None,
-        })
+        && let Some(target) = cname_at(response, name)
     {
         return Err(format!(
             "a CNAME to {target}. at {} (not followed when observing)",

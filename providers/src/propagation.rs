@@ -500,32 +500,54 @@ async fn ask(server: SocketAddr, name: &Name, rtype: RecordType, limit: Duration
     classify(&response, name, rtype)
 }
 
-fn classify(response: &Message, name: &Name, rtype: RecordType) -> Answer {
+/// Whether an answer counts at all: NOERROR or NXDOMAIN, with AA set
+/// (only an authoritative server's answer says what verifiers will see).
+/// The reason it does not, in one line.
+pub(crate) fn authoritative(response: &Message) -> Result<(), String> {
     let code = response.metadata.response_code;
     if !matches!(code, ResponseCode::NoError | ResponseCode::NXDomain) {
-        return Answer::Failed(rcode_text(code));
+        return Err(rcode_text(code));
     }
     if !response.metadata.authoritative {
-        return Answer::Failed(format!(
+        return Err(format!(
             "a non-authoritative {} (is it a server of the zone?)",
             rcode_text(code)
         ));
     }
-    let own = |t: WireType| {
-        response
-            .answers
-            .iter()
-            .filter(move |r| r.name == *name && r.record_type() == t)
-    };
+    Ok(())
+}
+
+/// The answer's records of type `t` owned by `name` itself.
+pub(crate) fn records_at<'a>(
+    response: &'a Message,
+    name: &'a Name,
+    t: WireType,
+) -> impl Iterator<Item = &'a hickory_proto::rr::Record> {
+    response
+        .answers
+        .iter()
+        .filter(move |r| r.name == *name && r.record_type() == t)
+}
+
+/// The target of a CNAME the answer holds at `name`, if any.
+pub(crate) fn cname_at(response: &Message, name: &Name) -> Option<String> {
+    records_at(response, name, WireType::CNAME).find_map(|r| match &r.data {
+        WireRData::CNAME(c) => Some(display_name(&c.0)),
+        _ => None,
+    })
+}
+
+fn classify(response: &Message, name: &Name, rtype: RecordType) -> Answer {
+    if let Err(why) = authoritative(response) {
+        return Answer::Failed(why);
+    }
     if rtype != RecordType::Cname
-        && let Some(target) = own(WireType::CNAME).find_map(|r| match &r.data {
-            WireRData::CNAME(c) => Some(display_name(&c.0)),
-            _ => None,
-        })
+        && let Some(target) = cname_at(response, name)
     {
         return Answer::Cname(target);
     }
-    let values: Vec<RData> = own(wire_type(rtype))
+    let code = response.metadata.response_code;
+    let values: Vec<RData> = records_at(response, name, wire_type(rtype))
         .filter_map(|r| from_wire(&r.data))
         .collect();
     if !values.is_empty() {
