@@ -388,35 +388,15 @@ fn inside_crash_before_add() {
     // its first write while the marker file exists: after the pass has
     // recorded the record as its own, before DNS holds it.
     let marker = lab.dir.join("kill-on-write");
-    let script = lab.dir.join("provider.sh");
-    let key = lab.zone.dir.join("tsig.key");
-    write(
-        &script,
-        format!(
-            "#!/bin/sh\n\
-             action=$1; name=$2\n\
-             case $action in\n\
-             read) exec {dig} @{AUTHORITATIVE} +norecurse +short \"$name\" TLSA ;;\n\
-             replace) ttl=$4; shift 4\n\
-               if [ -e {marker} ]; then rm -f {marker}; kill -9 $PPID; sleep 5; exit 1; fi\n\
-               {{ echo 'server {AUTHORITATIVE} 53'; echo 'zone example.test'; echo \"update delete $name TLSA\";\n\
-                 for v in \"$@\"; do echo \"update add $name $ttl TLSA $v\"; done; echo send; }} | {nsupdate} -k {key} ;;\n\
-             remove) printf 'server {AUTHORITATIVE} 53\\nzone example.test\\nupdate delete %s TLSA\\nsend\\n' \"$name\" | {nsupdate} -k {key} ;;\n\
-             esac\n",
-            dig = prog("dig").display(),
-            nsupdate = prog("nsupdate").display(),
-            marker = marker.display(),
-            key = key.display(),
+    let dns = lab.nsupdate_provider(
+        "",
+        &format!(
+            "if [ -e {m} ]; then rm -f {m}; kill -9 $PPID; sleep 5; exit 1; fi",
+            m = marker.display()
         ),
+        "",
     );
-    set_mode(&script, 0o755);
     write(&marker, "");
-    let dns = format!(
-        "[dns.bind]\ntype = \"exec\"\ncommand = [{}]\nzone = \"example.test\"\n\
-         nameservers = [\"{AUTHORITATIVE}:53\"]\nresolver = \"{RESOLVER}:53\"\n\
-         propagation_interval = \"1s\"\n",
-        q(script.to_str().unwrap())
-    );
     lab.write_config(&dns, "", "");
     let want = dnssec::tlsa_3_1_1(&a.der);
 
@@ -660,35 +640,16 @@ fn inside_rollover_crashes() {
     // is counted, and killed before or after it is sent.
     let kill = lab.dir.join("kill");
     let count = lab.dir.join("writes");
-    let key = lab.zone.dir.join("tsig.key");
-    let provider = lab.dir.join("provider.sh");
-    write(
-        &provider,
-        format!(
-            "#!/bin/sh\n\
-             action=$1; name=$2\n\
-             step() {{ n=$(($(cat {count} 2>/dev/null || echo 0) + 1)); echo $n > {count};\n\
-               if [ \"$(cat {kill} 2>/dev/null)\" = \"$1-write-$n\" ]; then rm -f {kill}; kill -9 $PPID; sleep 5; exit 1; fi; }}\n\
-             send() {{ {nsupdate} -k {key}; }}\n\
-             case $action in\n\
-             read) exec {dig} @{AUTHORITATIVE} +norecurse +short \"$name\" TLSA ;;\n\
-             replace) ttl=$4; shift 4\n\
-               step before; n=$(cat {count})\n\
-               {{ echo 'server {AUTHORITATIVE} 53'; echo 'zone example.test'; echo \"update delete $name TLSA\";\n\
-                 for v in \"$@\"; do echo \"update add $name $ttl TLSA $v\"; done; echo send; }} | send\n\
-               echo $((n - 1)) > {count}; step after ;;\n\
-             remove) step before; n=$(cat {count})\n\
-               printf 'server {AUTHORITATIVE} 53\\nzone example.test\\nupdate delete %s TLSA\\nsend\\n' \"$name\" | send\n\
-               echo $((n - 1)) > {count}; step after ;;\n\
-             esac\n",
-            dig = prog("dig").display(),
-            nsupdate = prog("nsupdate").display(),
+    let dns = lab.nsupdate_provider(
+        &format!(
+            "step() {{ n=$(($(cat {count} 2>/dev/null || echo 0) + 1)); echo $n > {count};\n\
+               if [ \"$(cat {kill} 2>/dev/null)\" = \"$1-write-$n\" ]; then rm -f {kill}; kill -9 $PPID; sleep 5; exit 1; fi; }}\n",
             kill = kill.display(),
             count = count.display(),
-            key = key.display(),
         ),
+        &format!("step before; n=$(cat {})", count.display()),
+        &format!("echo $((n - 1)) > {}; step after", count.display()),
     );
-    set_mode(&provider, 0o755);
     let reload = lab.dir.join("reload.sh");
     write(
         &reload,
@@ -701,12 +662,6 @@ fn inside_rollover_crashes() {
         ),
     );
     set_mode(&reload, 0o755);
-    let dns = format!(
-        "[dns.bind]\ntype = \"exec\"\ncommand = [{}]\nzone = \"example.test\"\n\
-         nameservers = [\"{AUTHORITATIVE}:53\"]\nresolver = \"{RESOLVER}:53\"\n\
-         propagation_interval = \"1s\"\n",
-        q(provider.to_str().unwrap())
-    );
     let acme = format!(
         "[[source]]\ntype = \"acme\"\nname = \"mail\"\ndomains = [{}]\nchallenge = \"http-01\"\n",
         q(MAIL)
@@ -863,6 +818,44 @@ impl Lab {
              nameservers = [\"{AUTHORITATIVE}:53\"]\nresolver = \"{RESOLVER}:53\"\n\
              propagation_interval = \"1s\"\n",
             qp(&self.zone.dir.join("tsig.key"))
+        )
+    }
+
+    /// An exec provider over nsupdate and dig (the `[dns.bind]` table):
+    /// `prelude` is shell put before the dispatch, `before` and `after`
+    /// run around every write (replace or remove), so a test can SIGKILL
+    /// mxkeys, the script's parent, at a chosen write.
+    fn nsupdate_provider(&self, prelude: &str, before: &str, after: &str) -> String {
+        let script = self.dir.join("provider.sh");
+        let key = self.zone.dir.join("tsig.key");
+        write(
+            &script,
+            format!(
+                "#!/bin/sh\n\
+                 action=$1; name=$2\n\
+                 {prelude}\
+                 case $action in\n\
+                 read) exec {dig} @{AUTHORITATIVE} +norecurse +short \"$name\" TLSA ;;\n\
+                 replace) ttl=$4; shift 4\n\
+                   {before}\n\
+                   {{ echo 'server {AUTHORITATIVE} 53'; echo 'zone example.test'; echo \"update delete $name TLSA\";\n\
+                     for v in \"$@\"; do echo \"update add $name $ttl TLSA $v\"; done; echo send; }} | {nsupdate} -k {key}\n\
+                   {after} ;;\n\
+                 remove) {before}\n\
+                   printf 'server {AUTHORITATIVE} 53\\nzone example.test\\nupdate delete %s TLSA\\nsend\\n' \"$name\" | {nsupdate} -k {key}\n\
+                   {after} ;;\n\
+                 esac\n",
+                dig = prog("dig").display(),
+                nsupdate = prog("nsupdate").display(),
+                key = key.display(),
+            ),
+        );
+        set_mode(&script, 0o755);
+        format!(
+            "[dns.bind]\ntype = \"exec\"\ncommand = [{}]\nzone = \"example.test\"\n\
+             nameservers = [\"{AUTHORITATIVE}:53\"]\nresolver = \"{RESOLVER}:53\"\n\
+             propagation_interval = \"1s\"\n",
+            q(script.to_str().unwrap())
         )
     }
 
