@@ -22,7 +22,7 @@ use std::time::Duration;
 use common::dkim_tools::smtp_send;
 use common::dnssec::{self, SignedZone, TTL, UNSIGNED_ZONE, ZONE, flags};
 use common::servers::{
-    MAIL, Need, OPENSSL, POSTFIX, Postfix, SERVER_DEADLINE, combined_pem, output_within, poll, prog,
+    MAIL, Need, OPENSSL, POSTFIX, Postfix, SERVER_DEADLINE, output_within, poll, prog,
 };
 use common::*;
 
@@ -262,35 +262,26 @@ fn inside_postfix_sender() {
 /// certificate for mail.example.test, and two TLSA records: one matching
 /// its key, one for another key.
 struct Bed {
-    // Dropped in this order: Postfix, then the DNS servers, then the files.
-    postfix: Postfix,
-    zone: SignedZone,
-    dir: tempfile::TempDir,
+    bed: dnssec::ReceiverBed,
     good: String,
     wrong: String,
 }
 
 impl Bed {
     fn start() -> Bed {
-        dnssec::assert_in_namespace();
-        let dir = tempfile::tempdir().unwrap();
-        let zone = SignedZone::start(&dir.path().join("dns"), "");
-        let ca = Ca::new("dane");
-        let leaf = ca.issue(&LeafSpec::new(&[MAIL]));
-        let other = ca.issue(&LeafSpec::new(&[MAIL]));
-        let files = dir.path().join("tls");
-        std::fs::create_dir_all(&files).unwrap();
-        let chain = files.join("chain.pem");
-        write(&chain, combined_pem(&leaf));
-        set_mode(&chain, 0o600);
-        let postfix = Postfix::start_sink_on(&dir.path().join("postfix"), &[&chain], 25);
+        let bed = dnssec::ReceiverBed::start("dane");
         Bed {
-            postfix,
-            zone,
-            good: dnssec::tlsa_3_1_1(&leaf.der),
-            wrong: dnssec::tlsa_3_1_1(&other.der),
-            dir,
+            good: dnssec::tlsa_3_1_1(&bed.leaf.der),
+            wrong: dnssec::tlsa_3_1_1(&bed.other.der),
+            bed,
         }
+    }
+}
+
+impl std::ops::Deref for Bed {
+    type Target = dnssec::ReceiverBed;
+    fn deref(&self) -> &dnssec::ReceiverBed {
+        &self.bed
     }
 }
 

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::dnssec::{self, KEY_NAME, SignedZone, TTL, UNSIGNED_ZONE};
-use common::servers::{MAIL, OPENSSL, POSTFIX, Postfix, combined_pem, output_within};
+use common::dnssec::{self, KEY_NAME, TTL, UNSIGNED_ZONE};
+use common::servers::{MAIL, OPENSSL, POSTFIX, output_within};
 use common::*;
 
 const OWNER: &str = "_25._tcp.mail.example.test";
@@ -253,36 +253,18 @@ fn inside_against_wanted() {
 /// The signed zone, a Postfix receiver on 127.0.0.1:25 serving a fresh
 /// leaf for mail.example.test and its intermediate, and a leaf with
 /// another key from the same CA.
-struct Bed {
-    // Dropped in this order: Postfix, then the DNS servers, then the files.
-    _postfix: Postfix,
-    zone: SignedZone,
-    dir: tempfile::TempDir,
-    leaf: Leaf,
-    other: Leaf,
+struct Bed(dnssec::ReceiverBed);
+
+impl std::ops::Deref for Bed {
+    type Target = dnssec::ReceiverBed;
+    fn deref(&self) -> &dnssec::ReceiverBed {
+        &self.0
+    }
 }
 
 impl Bed {
     fn start() -> Bed {
-        dnssec::assert_in_namespace();
-        let dir = tempfile::tempdir().unwrap();
-        let zone = SignedZone::start(&dir.path().join("dns"), "");
-        let ca = Ca::new("dane-check");
-        let leaf = ca.issue(&LeafSpec::new(&[MAIL]));
-        let other = ca.issue(&LeafSpec::new(&[MAIL]));
-        let files = dir.path().join("tls");
-        std::fs::create_dir_all(&files).unwrap();
-        let chain = files.join("chain.pem");
-        write(&chain, combined_pem(&leaf));
-        set_mode(&chain, 0o600);
-        let postfix = Postfix::start_sink_on(&dir.path().join("postfix"), &[&chain], 25);
-        Bed {
-            _postfix: postfix,
-            zone,
-            dir,
-            leaf,
-            other,
-        }
+        Bed(dnssec::ReceiverBed::start("dane-check"))
     }
 
     /// A configuration with one DANE target for `host` (port 25, the

@@ -533,3 +533,42 @@ pub fn tlsa_2_1_1(ca_der: &[u8]) -> String {
     let (_, cert) = x509_parser::parse_x509_certificate(ca_der).expect("a certificate");
     format!("2 1 1 {}", sha256_hex(cert.tbs_certificate.subject_pki.raw))
 }
+
+/// The DANE client tests' bed, inside a namespace: the signed zone, and a
+/// Postfix receiver on 127.0.0.1:25 serving a fresh leaf for
+/// mail.example.test (`leaf`), with a leaf of another key from the same
+/// CA (`other`) for the records that must not match.
+pub struct ReceiverBed {
+    // Dropped in this order: Postfix, then the DNS servers, then the files.
+    pub postfix: crate::servers::Postfix,
+    pub zone: SignedZone,
+    pub dir: tempfile::TempDir,
+    pub leaf: crate::Leaf,
+    pub other: crate::Leaf,
+}
+
+impl ReceiverBed {
+    /// Starts the zone and Postfix; `ca` names the test CA.
+    pub fn start(ca: &str) -> ReceiverBed {
+        assert_in_namespace();
+        let dir = tempfile::tempdir().unwrap();
+        let zone = SignedZone::start(&dir.path().join("dns"), "");
+        let ca = crate::Ca::new(ca);
+        let leaf = ca.issue(&crate::LeafSpec::new(&[crate::servers::MAIL]));
+        let other = ca.issue(&crate::LeafSpec::new(&[crate::servers::MAIL]));
+        let files = dir.path().join("tls");
+        std::fs::create_dir_all(&files).unwrap();
+        let chain = files.join("chain.pem");
+        write(&chain, crate::servers::combined_pem(&leaf));
+        crate::set_mode(&chain, 0o600);
+        let postfix =
+            crate::servers::Postfix::start_sink_on(&dir.path().join("postfix"), &[&chain], 25);
+        ReceiverBed {
+            postfix,
+            zone,
+            dir,
+            leaf,
+            other,
+        }
+    }
+}
