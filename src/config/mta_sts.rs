@@ -43,6 +43,14 @@ pub struct MtaSts {
     /// A `[dns.NAME]` provider: where the `_mta-sts` TXT records go.
     pub dns: String,
     pub serve: Serve,
+    /// Where the policy is fetched back from over HTTPS (with SNI
+    /// `mta-sts.DOMAIN`) before its id is published; empty: the `listen`
+    /// address (a wildcard one read as loopback), or with `webroot` the
+    /// addresses `mta-sts.DOMAIN` resolves to.
+    pub responders: Vec<SocketAddr>,
+    /// Certificates trusted besides the system's roots when fetching the
+    /// policy back and checking the MX hosts' STARTTLS certificates.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 /// How the policy reaches `https://mta-sts.DOMAIN/.well-known/mta-sts.txt`.
@@ -124,6 +132,13 @@ pub(super) fn mta_sts(
             ));
         }
     };
+    let responders = raw
+        .responders
+        .unwrap_or_default()
+        .iter()
+        .map(|r| parse_listen(r, "192.0.2.1:443"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| fail(&at("responders")(e)))?;
     Ok(MtaSts {
         domains,
         mode,
@@ -131,6 +146,8 @@ pub(super) fn mta_sts(
         max_age,
         dns: raw.dns,
         serve,
+        responders,
+        ca_bundle: raw.ca_bundle.as_deref().map(|p| ctx.abs(p)),
     })
 }
 

@@ -141,6 +141,8 @@ pub(super) struct RawMtaSts {
     pub(super) dns: String,
     pub(super) listen: Option<String>,
     pub(super) webroot: Option<PathBuf>,
+    pub(super) responders: Option<Vec<String>>,
+    pub(super) ca_bundle: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]

@@ -54,6 +54,10 @@ pub struct DomainLedger {
     /// MX host → its last STARTTLS certificate check.
     #[serde(default)]
     pub starttls: BTreeMap<String, StarttlsCheck>,
+    /// `mxkeys mta-sts disable DOMAIN` was asked for: the planner's
+    /// `disable` input, until the records are deleted.
+    #[serde(default)]
+    pub disable: bool,
 }
 
 /// A policy body fetched back from one responder.

@@ -9,7 +9,9 @@
 
 pub mod ledger;
 pub mod order;
+pub mod pass;
 pub mod policy;
+pub mod probe;
 pub mod records;
 pub mod responder;
 pub mod webroot;

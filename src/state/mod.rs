@@ -23,6 +23,10 @@
 //!   dkim/                     0700  (also the default `[dkim] key_dir`)
 //!     lock                    0600
 //!     state.json              0600  the DKIM key book
+//!   dane.json                 0600  the DANE ledger (`crate::dane::ledger`)
+//!   mta-sts.json              0600  the MTA-STS ledger (`crate::mta_sts::ledger`)
+//!   mta-sts-www/              0700  the policies `[mta_sts] listen` serves:
+//!     mta-sts.DOMAIN/.well-known/mta-sts.txt  (the webroot layout)
 //!   tls-rpt/                  0700  TLS-RPT reports received (`crate::tls_rpt::store`)
 //!     ORG/REPORT-ID.json      0600  one report's JSON, names sanitised
 //! ```
@@ -46,6 +50,8 @@ pub use run::{Daemon, Failure, Installed, Run, State};
 const LOCK_FILE: &str = "lock";
 const STATE_FILE: &str = "state.json";
 const DANE_FILE: &str = "dane.json";
+const MTA_STS_FILE: &str = "mta-sts.json";
+const MTA_STS_WWW_DIR: &str = "mta-sts-www";
 const SELF_SIGNED_DIR: &str = "self-signed";
 const ACME_DIR: &str = "acme";
 const ACCOUNTS_DIR: &str = "accounts";
@@ -124,6 +130,19 @@ impl StateDir {
     /// and since when each has been seen (see `crate::dane::ledger`).
     pub fn dane_record<T>(&self) -> Record<T> {
         Record::new(self.0.join(DANE_FILE), 0o600)
+    }
+
+    /// The MTA-STS ledger (`mta-sts.json`): what the responders served and
+    /// DNS showed, per policy domain (see `crate::mta_sts::ledger`).
+    pub fn mta_sts_record<T>(&self) -> Record<T> {
+        Record::new(self.0.join(MTA_STS_FILE), 0o600)
+    }
+
+    /// The policy files the built-in responder (`[mta_sts] listen`) serves,
+    /// in the webroot layout (`crate::mta_sts::webroot`): the MTA-STS pass
+    /// writes them, the responder reads them.
+    pub fn mta_sts_www(&self) -> PathBuf {
+        self.0.join(MTA_STS_WWW_DIR)
     }
 
     /// Where received TLS-RPT reports are kept (`crate::tls_rpt::store`).
@@ -384,6 +403,11 @@ mod tests {
             ),
             (s.default_dkim_key_dir(), "/var/lib/mxkeys/dkim".to_owned()),
             (s.tls_rpt_dir(), "/var/lib/mxkeys/tls-rpt".to_owned()),
+            (
+                s.mta_sts_record::<()>().path().to_owned(),
+                "/var/lib/mxkeys/mta-sts.json".to_owned(),
+            ),
+            (s.mta_sts_www(), "/var/lib/mxkeys/mta-sts-www".to_owned()),
         ] {
             assert_eq!(got, PathBuf::from(&want));
         }
