@@ -20,6 +20,7 @@ pub mod dkim_tools;
 pub mod dnssec;
 pub mod fake_acme;
 pub mod mailloop;
+pub mod mtasts;
 pub mod netns;
 pub mod nspawn;
 pub mod ports;

@@ -334,7 +334,7 @@ fn recipient(line: &str) -> Option<&str> {
 
 /// Sends one message through the SMTP server at `addr`; an error names the
 /// step the server refused.
-fn submit(addr: &str, from: &str, to: &str, message: &[u8]) -> Result<(), String> {
+pub fn submit(addr: &str, from: &str, to: &str, message: &[u8]) -> Result<(), String> {
     let conn = TcpStream::connect(addr).map_err(|e| format!("connect: {e}"))?;
     conn.set_read_timeout(Some(Duration::from_secs(30)))
         .map_err(|e| e.to_string())?;

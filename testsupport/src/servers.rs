@@ -227,7 +227,7 @@ pub fn open_dir(dir: &Path) {
     set_mode(dir, 0o755);
 }
 
-fn tail(path: &Path, max: usize) -> String {
+pub(crate) fn tail(path: &Path, max: usize) -> String {
     let s = std::fs::read_to_string(path).unwrap_or_default();
     let start = s.len().saturating_sub(max);
     let start = (start..s.len())
@@ -319,6 +319,8 @@ pub struct Postfix {
     /// The configuration directory (main.cf, master.cf).
     pub dir: PathBuf,
     pub port: u16,
+    /// The address its smtpd listens on (127.0.0.1 unless started `_at`).
+    ip: String,
     running: bool,
 }
 
@@ -351,6 +353,26 @@ impl Postfix {
             smtpd_tls_cf(chain_files)
         );
         Postfix::launch_on(dir, port, &cf, DELIVERY_SERVICES)
+    }
+
+    /// Like [`Postfix::start_sink_on`], with smtpd on `ip`:`port` (an
+    /// address of the test's namespace) and `inet_interfaces = ip`: one of
+    /// several MX hosts on port 25.
+    #[track_caller]
+    pub fn start_sink_at(dir: &Path, ip: &str, chain_files: &[&Path], port: u16) -> Postfix {
+        let cf = format!(
+            "{}relay_domains = example.test\nrelay_transport = discard\ninet_interfaces = {ip}\n",
+            smtpd_tls_cf(chain_files)
+        );
+        Postfix::launch_at(dir, ip, port, &cf, DELIVERY_SERVICES)
+    }
+
+    /// A sender with the common settings and `main_cf_extra` (its own
+    /// `myhostname`, `inet_interfaces`, TLS policy): its smtpd (127.0.0.1, a
+    /// free port) takes mail from loopback clients and relays it.
+    #[track_caller]
+    pub fn start_sender_with(dir: &Path, main_cf_extra: &str) -> Postfix {
+        Postfix::launch(dir, main_cf_extra, DELIVERY_SERVICES)
     }
 
     /// A sender in DANE mode: its smtpd (127.0.0.1, a free port) takes mail
@@ -400,6 +422,17 @@ impl Postfix {
 
     #[track_caller]
     fn launch_on(dir: &Path, port: u16, main_cf_extra: &str, master_cf_extra: &str) -> Postfix {
+        Postfix::launch_at(dir, "127.0.0.1", port, main_cf_extra, master_cf_extra)
+    }
+
+    #[track_caller]
+    fn launch_at(
+        dir: &Path,
+        ip: &str,
+        port: u16,
+        main_cf_extra: &str,
+        master_cf_extra: &str,
+    ) -> Postfix {
         std::fs::create_dir_all(dir).unwrap();
         let queue = dir.join("queue");
         let data = dir.join("data");
@@ -434,7 +467,7 @@ impl Postfix {
             dir = dir.display(),
         );
         let master_cf = format!(
-            "127.0.0.1:{port} inet n - n - - smtpd\n\
+            "{ip}:{port} inet n - n - - smtpd\n\
              tlsmgr    unix  -       -       n       1000?   1       tlsmgr\n\
              anvil     unix  -       -       n       -       1       anvil\n\
              postlog   unix-dgram n  -       n       -       1       postlogd\n\
@@ -447,6 +480,7 @@ impl Postfix {
         let pf = Postfix {
             dir: dir.to_path_buf(),
             port,
+            ip: ip.to_owned(),
             running: false,
         };
         run_ok(pf.command("check"));
@@ -473,7 +507,7 @@ impl Postfix {
     }
 
     pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.ip, self.port)
     }
 
     /// The reload command for mxkeys: `postfix -c DIR reload`.
