@@ -1,0 +1,351 @@
+//! Issue 15 end to end, with real senders: the MTA-STS policy mxkeys keeps
+//! (`mxkeys sync` writing into a webroot nginx serves, and publishing the
+//! `_mta-sts` TXT record over RFC 2136 to BIND) is read by
+//! postfix-mta-sts-resolver and applied by a Postfix sender
+//! (`testsupport::mtasts`).
+//!
+//! The lab is tested first, both ways, with a hand-written body and TXT: a
+//! sender delivers to an MX host the `enforce` policy lists, and defers
+//! mail for a host it does not list (the same host took mail before the
+//! policy was there, so the deferral is the policy's). Then mxkeys keeps
+//! the policy: the resolver reads the body mxkeys wrote and reports the id
+//! mxkeys published; under `enforce` the sender delivers to the listed MX
+//! and defers the unlisted one; `enforce` is refused (the policy stays
+//! `testing`, and mxkeys names the host) while an MX host serves a
+//! self-signed certificate; and a reader polling the TXT and the body
+//! during a policy change never sees the new id with the old body.
+//!
+//! Each test re-runs this binary inside a network + mount namespace of its
+//! own (`testsupport::dnssec`). Needs root, util-linux, iproute2, bind9,
+//! bind9-dnsutils, unbound, postfix, nginx-light, curl and
+//! postfix-mta-sts-resolver: without them a test is skipped loudly, or
+//! fails with `CI=true`.
+
+use mxkeys_testsupport as common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::dnssec;
+use common::mtasts::{Lab, MX1, MX2, Mx2};
+use common::*;
+use mxkeys::mta_sts::policy::{Mode, Policy};
+
+/// How long mxkeys may take to serve a body and publish its id.
+const STEP: Duration = Duration::from_secs(120);
+
+/// The inner test's full name in this binary (`mta_sts_send::NAME`).
+fn inner(name: &str) -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::{name}")
+}
+
+fn outer(name: &str, inside: &str) {
+    dnssec::run_in_namespace(name, &inner(inside), &[common::mtasts::NEEDS]);
+}
+
+#[test]
+fn a_hand_written_enforce_policy_delivers_to_the_listed_mx_and_defers_an_unlisted_one() {
+    outer(
+        "a_hand_written_enforce_policy_delivers_to_the_listed_mx_and_defers_an_unlisted_one",
+        "inside_hand_written_policy",
+    );
+}
+
+#[test]
+fn mta_sts_query_reads_the_policy_mxkeys_wrote_and_reports_the_id_mxkeys_published() {
+    outer(
+        "mta_sts_query_reads_the_policy_mxkeys_wrote_and_reports_the_id_mxkeys_published",
+        "inside_query_reads_mxkeys_policy",
+    );
+}
+
+#[test]
+fn under_mxkeys_enforce_policy_the_sender_delivers_to_the_listed_mx_and_defers_an_unlisted_one() {
+    outer(
+        "under_mxkeys_enforce_policy_the_sender_delivers_to_the_listed_mx_and_defers_an_unlisted_one",
+        "inside_mxkeys_enforce",
+    );
+}
+
+#[test]
+fn enforce_is_refused_while_an_mx_host_serves_a_self_signed_certificate_and_mxkeys_names_it() {
+    outer(
+        "enforce_is_refused_while_an_mx_host_serves_a_self_signed_certificate_and_mxkeys_names_it",
+        "inside_self_signed_mx_keeps_testing",
+    );
+}
+
+#[test]
+fn a_reader_during_a_policy_change_never_sees_the_new_id_with_the_old_body() {
+    outer(
+        "a_reader_during_a_policy_change_never_sees_the_new_id_with_the_old_body",
+        "inside_reader_during_change",
+    );
+}
+
+// ---------------------------------------------------------------------------
+// Inside the namespace: the lab, by hand
+// ---------------------------------------------------------------------------
+
+const HAND_ENFORCE_MX1: &str =
+    "version: STSv1\r\nmode: enforce\r\nmx: mx1.example.test\r\nmax_age: 86400\r\n";
+
+#[test]
+#[ignore = "run inside a namespace by a_hand_written_enforce_policy_..."]
+fn inside_hand_written_policy() {
+    let lab = Lab::start(Mx2::TestCa);
+
+    // No policy yet: mx2 takes mail (its certificate is the test CA's).
+    lab.set_mx(&[MX2]);
+    assert_eq!(lab.resolver_answer(), "", "{}", lab.logs());
+    let before = lab.send("before@example.test");
+    assert_sent_via(&lab, &before, MX2);
+
+    // The policy lists mx1: mail goes there, verified.
+    lab.set_mx(&[MX1]);
+    lab.write_policy(HAND_ENFORCE_MX1);
+    lab.set_txt("hand1");
+    let answer = lab.wait_resolver("secure for mx1", |a| {
+        a.contains("secure") && a.contains("match=mx1.example.test")
+    });
+    eprintln!("resolver: {answer}");
+    let listed = lab.send("listed@example.test");
+    assert_sent_via(&lab, &listed, MX1);
+
+    // DNS now names mx2 alone, which the policy does not list: deferred.
+    lab.set_mx(&[MX2]);
+    let unlisted = lab.send("unlisted@example.test");
+    assert_deferred_by_policy(&lab, &unlisted, MX2);
+}
+
+// ---------------------------------------------------------------------------
+// Inside the namespace: mxkeys keeps the policy
+// ---------------------------------------------------------------------------
+
+#[test]
+#[ignore = "run inside a namespace by mta_sts_query_reads_the_policy_mxkeys_wrote_..."]
+fn inside_query_reads_mxkeys_policy() {
+    let lab = Lab::start(Mx2::TestCa);
+    let env = Env::new();
+    env.write_config(&[lab.mxkeys_toml("testing", "max_age = \"1d\"")], &[]);
+    let id = sync_until_published(&lab, &env, |_| true);
+
+    let body = lab
+        .fetch_body()
+        .expect("nginx serves the body mxkeys wrote");
+    let policy = Policy::parse(&body).expect("the served body parses");
+    assert_eq!(policy.id(), id, "the TXT names the served body's id");
+    assert_eq!(policy.mode(), Mode::Testing, "{body}");
+
+    let got = lab.query();
+    eprintln!("mta-sts-query: {got}");
+    assert!(got.contains("VALID"), "{got}\n{}", lab.logs());
+    assert!(
+        got.contains(&id),
+        "mta-sts-query reports another id than {id}: {got}"
+    );
+    assert!(
+        got.contains("testing") && got.contains(MX1),
+        "mta-sts-query read another policy than mxkeys': {got}"
+    );
+}
+
+#[test]
+#[ignore = "run inside a namespace by under_mxkeys_enforce_policy_the_sender_..."]
+fn inside_mxkeys_enforce() {
+    let lab = Lab::start(Mx2::TestCa);
+    let env = Env::new();
+    env.write_config(
+        &[lab.mxkeys_toml("enforce", &format!("mx = [\"{MX1}\"]\nmax_age = \"1d\""))],
+        &[],
+    );
+    let id = sync_until_published(&lab, &env, |p| p.mode() == Mode::Enforce);
+    eprintln!("published {id}");
+    lab.wait_resolver("secure for mx1", |a| {
+        a.contains("secure") && a.contains(&format!("match={MX1}"))
+    });
+    let listed = lab.send("listed@example.test");
+    assert_sent_via(&lab, &listed, MX1);
+
+    // The domain's MX moves to mx2 behind mxkeys' back: the policy still
+    // lists mx1 alone, so the sender refuses mx2.
+    lab.set_mx(&[MX2]);
+    let unlisted = lab.send("unlisted@example.test");
+    assert_deferred_by_policy(&lab, &unlisted, MX2);
+}
+
+#[test]
+#[ignore = "run inside a namespace by enforce_is_refused_while_an_mx_host_serves_a_self_signed_..."]
+fn inside_self_signed_mx_keeps_testing() {
+    let lab = Lab::start(Mx2::SelfSigned);
+    lab.set_mx(&[MX1, MX2]);
+    let env = Env::new();
+    env.write_config(&[lab.mxkeys_toml("enforce", "max_age = \"1d\"")], &[]);
+    let mut outputs = String::new();
+    let id = sync_until_published_with(&lab, &env, &mut outputs, |_| true);
+
+    let body = lab
+        .fetch_body()
+        .expect("nginx serves the body mxkeys wrote");
+    let policy = Policy::parse(&body).expect("the served body parses");
+    assert_eq!(policy.id(), id);
+    assert_eq!(
+        policy.mode(),
+        Mode::Testing,
+        "enforce was published although mx2 serves a self-signed certificate:\n{body}\n{outputs}"
+    );
+    // Another pass changes nothing: still testing.
+    let again = env.sync();
+    outputs.push_str(&again.describe());
+    assert_eq!(lab.served_id().as_deref(), Some(id.as_str()), "{outputs}");
+
+    let status = env.run(&["mta-sts", "status"]);
+    let said = format!("{outputs}\n{}", status.describe());
+    let why = said
+        .lines()
+        .find(|l| l.contains(MX2) && l.to_lowercase().contains("enforce"))
+        .unwrap_or_else(|| panic!("nothing says enforce waits for {MX2}:\n{said}"));
+    eprintln!("refused: {why}");
+    assert_eq!(
+        lab.resolver_answer(),
+        "",
+        "a testing policy changes no delivery"
+    );
+}
+
+#[test]
+#[ignore = "run inside a namespace by a_reader_during_a_policy_change_..."]
+fn inside_reader_during_change() {
+    let lab = Arc::new(Lab::start(Mx2::TestCa));
+    let env = Env::new();
+    env.write_config(&[lab.mxkeys_toml("testing", "max_age = \"1d\"")], &[]);
+    let old = sync_until_published(&lab, &env, |_| true);
+
+    // The reader: the TXT first (dig at BIND), then the body (curl
+    // through nginx): a sender that sees an id fetches the body after.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (lab, stop) = (lab.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !stop.load(Ordering::SeqCst) {
+                let id = lab.served_id();
+                let body = lab.fetch_body();
+                let body_id = body
+                    .as_deref()
+                    .and_then(|b| Policy::parse(b).ok())
+                    .map(|p| p.id());
+                seen.push((id, body_id));
+            }
+            seen
+        })
+    };
+    env.write_config(
+        &[lab.mxkeys_toml("enforce", &format!("mx = [\"{MX1}\"]\nmax_age = \"1d\""))],
+        &[],
+    );
+    let new = sync_until_published(&lab, &env, |p| p.mode() == Mode::Enforce);
+    assert_ne!(old, new);
+    // A few more samples once the new id is out.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    let seen = reader.join().unwrap();
+    let with = |id: &str| {
+        seen.iter()
+            .filter(|(i, _)| i.as_deref() == Some(id))
+            .count()
+    };
+    eprintln!(
+        "{} samples: {} with the old id, {} with the new",
+        seen.len(),
+        with(&old),
+        with(&new)
+    );
+    assert!(with(&new) > 0, "the reader never saw the new id: {seen:?}");
+    for (id, body) in &seen {
+        if id.as_deref() == Some(new.as_str()) {
+            assert_eq!(
+                body.as_deref(),
+                Some(new.as_str()),
+                "the TXT named the new id while the body served was another: {seen:?}"
+            );
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------
+
+/// Runs `mxkeys sync` until BIND serves an `_mta-sts` id equal to the
+/// served body's, and that body satisfies `want`; returns the id.
+#[track_caller]
+fn sync_until_published(lab: &Lab, env: &Env, want: impl Fn(&Policy) -> bool) -> String {
+    let mut outputs = String::new();
+    sync_until_published_with(lab, env, &mut outputs, want)
+}
+
+#[track_caller]
+fn sync_until_published_with(
+    lab: &Lab,
+    env: &Env,
+    outputs: &mut String,
+    want: impl Fn(&Policy) -> bool,
+) -> String {
+    let start = Instant::now();
+    loop {
+        let run = env.sync();
+        outputs.push_str(&run.describe());
+        outputs.push('\n');
+        let served = lab
+            .fetch_body()
+            .and_then(|b| Policy::parse(&b).ok())
+            .filter(|p| want(p));
+        if let (Some(id), Some(p)) = (lab.served_id(), served)
+            && p.id() == id
+        {
+            return id;
+        }
+        assert!(
+            start.elapsed() < STEP,
+            "mxkeys did not serve and publish the wanted policy within {STEP:?}\n{outputs}\n{}",
+            lab.logs()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+#[track_caller]
+fn assert_sent_via(lab: &Lab, d: &common::mtasts::Delivery, host: &str) {
+    let text = d.lines.join("\n");
+    assert_eq!(d.status, "sent", "{text}\n{}", lab.logs());
+    assert!(
+        d.lines
+            .iter()
+            .any(|l| l.contains("status=sent") && l.contains(&format!("relay={host}["))),
+        "not delivered through {host}:\n{text}"
+    );
+}
+
+/// Deferred, by the TLS policy: the sender reached `host` and refused its
+/// certificate, which the policy's `match=` does not name.
+#[track_caller]
+fn assert_deferred_by_policy(lab: &Lab, d: &common::mtasts::Delivery, host: &str) {
+    let text = d.lines.join("\n");
+    assert_eq!(d.status, "deferred", "{text}\n{}", lab.logs());
+    let line = d
+        .lines
+        .iter()
+        .find(|l| l.contains("status=deferred"))
+        .unwrap();
+    assert!(
+        line.contains(host) && line.contains("certificate"),
+        "the deferral names neither {host} nor its certificate: {text}"
+    );
+    eprintln!("deferred: {line}");
+}
