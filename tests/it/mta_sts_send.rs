@@ -7,7 +7,9 @@
 //! The lab is tested first, both ways, with a hand-written body and TXT: a
 //! sender delivers to an MX host the `enforce` policy lists, and defers
 //! mail for a host it does not list (the same host took mail before the
-//! policy was there, so the deferral is the policy's). Then mxkeys keeps
+//! policy was there, so the deferral is the policy's); and a reader
+//! polling the TXT, then the body, catches an id published a second before
+//! its body (so the reader of the last test can fail). Then mxkeys keeps
 //! the policy: the resolver reads the body mxkeys wrote and reports the id
 //! mxkeys published; under `enforce` the sender delivers to the listed MX
 //! and defers the unlisted one; `enforce` is refused (the policy stays
@@ -50,6 +52,14 @@ fn a_hand_written_enforce_policy_delivers_to_the_listed_mx_and_defers_an_unliste
     outer(
         "a_hand_written_enforce_policy_delivers_to_the_listed_mx_and_defers_an_unlisted_one",
         "inside_hand_written_policy",
+    );
+}
+
+#[test]
+fn a_reader_catches_an_id_published_before_its_body() {
+    outer(
+        "a_reader_catches_an_id_published_before_its_body",
+        "inside_reader_catches_id_before_body",
     );
 }
 
@@ -120,6 +130,28 @@ fn inside_hand_written_policy() {
     assert_deferred_by_policy(&lab, &unlisted, MX2);
 }
 
+#[test]
+#[ignore = "run inside a namespace by a_reader_catches_an_id_published_before_its_body"]
+fn inside_reader_catches_id_before_body() {
+    let lab = Arc::new(Lab::start(Mx2::TestCa));
+    let old_body = HAND_ENFORCE_MX1.replace("enforce", "testing");
+    lab.write_policy(&old_body);
+    lab.set_txt(&Policy::parse(&old_body).unwrap().id());
+    let new = Policy::parse(HAND_ENFORCE_MX1).unwrap().id();
+
+    // The wrong order: the id first, the body a second later.
+    let reader = Reader::start(&lab);
+    std::thread::sleep(Duration::from_millis(500));
+    lab.set_txt(&new);
+    std::thread::sleep(Duration::from_secs(1));
+    lab.write_policy(HAND_ENFORCE_MX1);
+    std::thread::sleep(Duration::from_millis(500));
+    let seen = reader.finish();
+    let caught = new_id_with_another_body(&seen, &new);
+    assert!(caught.is_some(), "the reader missed the window: {seen:?}");
+    eprintln!("caught: {caught:?} in {} samples", seen.len());
+}
+
 // ---------------------------------------------------------------------------
 // Inside the namespace: mxkeys keeps the policy
 // ---------------------------------------------------------------------------
@@ -138,6 +170,9 @@ fn inside_query_reads_mxkeys_policy() {
     let policy = Policy::parse(&body).expect("the served body parses");
     assert_eq!(policy.id(), id, "the TXT names the served body's id");
     assert_eq!(policy.mode(), Mode::Testing, "{body}");
+    let written =
+        std::fs::read_to_string(lab.policy_file()).expect("mxkeys wrote the webroot file");
+    assert_eq!(written, body, "nginx serves the file mxkeys wrote");
 
     let got = lab.query();
     eprintln!("mta-sts-query: {got}");
@@ -223,25 +258,7 @@ fn inside_reader_during_change() {
     env.write_config(&[lab.mxkeys_toml("testing", "max_age = \"1d\"")], &[]);
     let old = sync_until_published(&lab, &env, |_| true);
 
-    // The reader: the TXT first (dig at BIND), then the body (curl
-    // through nginx): a sender that sees an id fetches the body after.
-    let stop = Arc::new(AtomicBool::new(false));
-    let reader = {
-        let (lab, stop) = (lab.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut seen = Vec::new();
-            while !stop.load(Ordering::SeqCst) {
-                let id = lab.served_id();
-                let body = lab.fetch_body();
-                let body_id = body
-                    .as_deref()
-                    .and_then(|b| Policy::parse(b).ok())
-                    .map(|p| p.id());
-                seen.push((id, body_id));
-            }
-            seen
-        })
-    };
+    let reader = Reader::start(&lab);
     env.write_config(
         &[lab.mxkeys_toml("enforce", &format!("mx = [\"{MX1}\"]\nmax_age = \"1d\""))],
         &[],
@@ -249,38 +266,79 @@ fn inside_reader_during_change() {
     let new = sync_until_published(&lab, &env, |p| p.mode() == Mode::Enforce);
     assert_ne!(old, new);
     // A few more samples once the new id is out.
-    let until = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < until {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    stop.store(true, Ordering::SeqCst);
-    let seen = reader.join().unwrap();
-    let with = |id: &str| {
-        seen.iter()
-            .filter(|(i, _)| i.as_deref() == Some(id))
-            .count()
-    };
+    std::thread::sleep(Duration::from_secs(3));
+    let seen = reader.finish();
     eprintln!(
         "{} samples: {} with the old id, {} with the new",
         seen.len(),
-        with(&old),
-        with(&new)
+        with_id(&seen, &old),
+        with_id(&seen, &new)
     );
-    assert!(with(&new) > 0, "the reader never saw the new id: {seen:?}");
-    for (id, body) in &seen {
-        if id.as_deref() == Some(new.as_str()) {
-            assert_eq!(
-                body.as_deref(),
-                Some(new.as_str()),
-                "the TXT named the new id while the body served was another: {seen:?}"
-            );
-        }
-    }
+    assert!(
+        with_id(&seen, &new) > 0,
+        "the reader never saw the new id: {seen:?}"
+    );
+    assert_eq!(
+        new_id_with_another_body(&seen, &new),
+        None,
+        "the TXT named the new id while the body served was another: {seen:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------
 // Helpers
 // ---------------------------------------------------------------------------
+
+/// One look of the reader: the id the TXT names (read first), then the id
+/// of the body served (read after).
+type Sample = (Option<String>, Option<String>);
+
+/// A reader polling the TXT (dig at BIND), then the body (curl through
+/// nginx), as a sender that sees an id fetches the body after.
+struct Reader {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Sample>>,
+}
+
+impl Reader {
+    fn start(lab: &Arc<Lab>) -> Reader {
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (lab, stop) = (lab.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::SeqCst) {
+                    let id = lab.served_id();
+                    let body = lab.fetch_body();
+                    let body_id = body
+                        .as_deref()
+                        .and_then(|b| Policy::parse(b).ok())
+                        .map(|p| p.id());
+                    seen.push((id, body_id));
+                }
+                seen
+            })
+        };
+        Reader { stop, thread }
+    }
+
+    fn finish(self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
+
+fn with_id(seen: &[Sample], id: &str) -> usize {
+    seen.iter()
+        .filter(|(i, _)| i.as_deref() == Some(id))
+        .count()
+}
+
+/// The first look that saw the TXT name `new` and then another body.
+fn new_id_with_another_body<'a>(seen: &'a [Sample], new: &str) -> Option<&'a Sample> {
+    seen.iter()
+        .find(|(id, body)| id.as_deref() == Some(new) && body.as_deref() != Some(new))
+}
 
 /// Runs `mxkeys sync` until BIND serves an `_mta-sts` id equal to the
 /// served body's, and that body satisfies `want`; returns the id.
@@ -300,7 +358,8 @@ fn sync_until_published_with(
     let start = Instant::now();
     loop {
         let run = env.sync();
-        outputs.push_str(&run.describe());
+        let last = run.describe();
+        outputs.push_str(&last);
         outputs.push('\n');
         let served = lab
             .fetch_body()
@@ -313,13 +372,14 @@ fn sync_until_published_with(
         }
         assert!(
             start.elapsed() < STEP,
-            "mxkeys did not serve and publish the wanted policy within {STEP:?}\n{outputs}\n{}",
+            "mxkeys did not serve and publish the wanted policy within {STEP:?}; the last sync:\n{last}\n{}",
             lab.logs()
         );
         std::thread::sleep(Duration::from_secs(1));
     }
 }
 
+/// Sent through `host`, which took the message (its own log says so).
 #[track_caller]
 fn assert_sent_via(lab: &Lab, d: &common::mtasts::Delivery, host: &str) {
     let text = d.lines.join("\n");
@@ -329,6 +389,14 @@ fn assert_sent_via(lab: &Lab, d: &common::mtasts::Delivery, host: &str) {
             .iter()
             .any(|l| l.contains("status=sent") && l.contains(&format!("relay={host}["))),
         "not delivered through {host}:\n{text}"
+    );
+    let receiver = if host == MX1 { &lab.mx1 } else { &lab.mx2 };
+    let rcpt = format!("to=<{}>", d.rcpt);
+    common::servers::poll(
+        &format!("{host} to log the message"),
+        Duration::from_secs(30),
+        || receiver.log().contains(&rcpt).then_some(()),
+        || lab.logs(),
     );
 }
 
@@ -344,8 +412,19 @@ fn assert_deferred_by_policy(lab: &Lab, d: &common::mtasts::Delivery, host: &str
         .find(|l| l.contains("status=deferred"))
         .unwrap();
     assert!(
-        line.contains(host) && line.contains("certificate"),
-        "the deferral names neither {host} nor its certificate: {text}"
+        line.contains(&format!("relay={host}[")) && line.contains("dsn=4.7.5"),
+        "the deferral is not a TLS refusal of {host}: {text}"
     );
-    eprintln!("deferred: {line}");
+    assert!(
+        line.contains("Server certificate not verified"),
+        "the deferral does not say the certificate was refused: {text}"
+    );
+    // The refusal is the MTA-STS policy's: the resolver tells Postfix to
+    // require a certificate matching the listed hosts, not this one.
+    let answer = lab.resolver_answer();
+    assert!(
+        answer.starts_with("secure match=") && !answer.contains(host),
+        "the resolver's policy does not exclude {host}: {answer:?}"
+    );
+    eprintln!("deferred: {line}\nresolver: {answer}");
 }

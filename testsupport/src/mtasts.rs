@@ -83,6 +83,7 @@ pub enum Mx2 {
 /// What the sender did with one message.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Delivery {
+    pub rcpt: String,
     /// `sent`, `deferred` or `bounced`.
     pub status: String,
     /// Every sender log line about the message (its queue id).
@@ -348,7 +349,11 @@ impl Lab {
                     })
                     .map(str::to_owned)
                     .collect();
-                return Delivery { status, lines };
+                return Delivery {
+                    rcpt: rcpt.to_owned(),
+                    status,
+                    lines,
+                };
             }
             assert!(
                 start.elapsed() < DEADLINE,
