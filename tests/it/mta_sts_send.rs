@@ -14,8 +14,10 @@
 //! mxkeys published; under `enforce` the sender delivers to the listed MX
 //! and defers the unlisted one; `enforce` is refused (the policy stays
 //! `testing`, and mxkeys names the host) while an MX host serves a
-//! self-signed certificate; and a reader polling the TXT and the body
-//! during a policy change never sees the new id with the old body.
+//! self-signed certificate; a reader polling the TXT and the body during a
+//! policy change never sees the new id with the old body; and `mxkeys run`
+//! with `listen` serves the policy itself (the certificate of a target
+//! covering `mta-sts.example.test`) and the sender applies it.
 //!
 //! Each test re-runs this binary inside a network + mount namespace of its
 //! own (`testsupport::dnssec`). Needs root, util-linux, iproute2, bind9,
@@ -30,7 +32,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::dnssec;
-use common::mtasts::{Lab, MX1, MX2, Mx2};
+use common::mtasts::{Lab, MX1, MX2, Mx2, POLICY_HOST, RESPONDER_IP};
 use common::*;
 use mxkeys::mta_sts::policy::{Mode, Policy};
 
@@ -84,6 +86,14 @@ fn enforce_is_refused_while_an_mx_host_serves_a_self_signed_certificate_and_mxke
     outer(
         "enforce_is_refused_while_an_mx_host_serves_a_self_signed_certificate_and_mxkeys_names_it",
         "inside_self_signed_mx_keeps_testing",
+    );
+}
+
+#[test]
+fn the_daemon_serves_its_enforce_policy_itself_and_the_sender_applies_it() {
+    outer(
+        "the_daemon_serves_its_enforce_policy_itself_and_the_sender_applies_it",
+        "inside_daemon_listen",
     );
 }
 
@@ -248,6 +258,52 @@ fn inside_self_signed_mx_keeps_testing() {
         "",
         "a testing policy changes no delivery"
     );
+}
+
+#[test]
+#[ignore = "run inside a namespace by the_daemon_serves_its_enforce_policy_itself_..."]
+fn inside_daemon_listen() {
+    let lab = Lab::start(Mx2::TestCa);
+    lab.point_policy_host(RESPONDER_IP);
+    let env = Env::new();
+    // The responder's certificate: a target covering mta-sts.example.test.
+    let web = lab.ca.issue(&LeafSpec::new(&[POLICY_HOST]));
+    let target = Target::new(&env, "web").domains(&[POLICY_HOST]);
+    env.write_config(
+        &[
+            files_source(&env.root, &web),
+            lab.mxkeys_toml_serving(
+                "enforce",
+                &format!("listen = \"{RESPONDER_IP}:443\""),
+                &format!("mx = [\"{MX1}\"]\nmax_age = \"1d\""),
+            ),
+        ],
+        &[&target],
+    );
+    let mut daemon = env.daemon(&[]);
+    let id = common::servers::poll(
+        "the daemon to serve its policy and publish its id",
+        STEP,
+        || {
+            let body = lab.fetch_body()?;
+            let policy = Policy::parse(&body).ok()?;
+            (policy.mode() == Mode::Enforce && lab.served_id()? == policy.id()).then(|| policy.id())
+        },
+        || format!("{}\n{}", daemon.describe(), lab.logs()),
+    );
+    let got = lab.query();
+    assert!(
+        got.contains("VALID") && got.contains(&id) && got.contains("enforce"),
+        "mta-sts-query: {got}\n{}",
+        daemon.describe()
+    );
+    lab.wait_resolver("secure for mx1", |a| {
+        a.contains("secure") && a.contains(&format!("match={MX1}"))
+    });
+    let listed = lab.send("listed@example.test");
+    assert_sent_via(&lab, &listed, MX1);
+    daemon.assert_running();
+    daemon.terminate();
 }
 
 #[test]

@@ -51,8 +51,11 @@ pub const MX1_IP: &str = "127.0.0.4";
 /// The second MX host, and its address in the namespace.
 pub const MX2: &str = "mx2.example.test";
 pub const MX2_IP: &str = "127.0.0.5";
-/// Where `mta-sts.example.test` points: nginx's address.
+/// Where `mta-sts.example.test` points at first: nginx's address.
 pub const WEB_IP: &str = "127.0.0.6";
+/// A free address for mxkeys' own responder (`listen`); point the policy
+/// host there with [`Lab::point_policy_host`].
+pub const RESPONDER_IP: &str = "127.0.0.7";
 /// The policy host of [`ZONE`].
 pub const POLICY_HOST: &str = "mta-sts.example.test";
 /// The policy's path under a policy host's directory of the webroot.
@@ -114,7 +117,7 @@ impl Lab {
     #[track_caller]
     pub fn start(mx2: Mx2) -> Lab {
         dnssec::assert_in_namespace();
-        for ip in [MX1_IP, MX2_IP, WEB_IP] {
+        for ip in [MX1_IP, MX2_IP, WEB_IP, RESPONDER_IP] {
             let mut c = Command::new(prog("ip"));
             c.args(["addr", "add", &format!("{ip}/32"), "dev", "lo"]);
             crate::servers::run_ok(c);
@@ -369,19 +372,40 @@ impl Lab {
     /// test CA, fetching back from nginx; `extra` are more lines of the
     /// table (e.g. `mx = [...]`, `max_age = "1d"`).
     pub fn mxkeys_toml(&self, mode: &str, extra: &str) -> String {
+        let serve = format!(
+            "webroot = \"{}\"\nresponders = [\"{WEB_IP}:443\"]",
+            self.webroot.display()
+        );
+        self.mxkeys_toml_serving(mode, &serve, extra)
+    }
+
+    /// Like [`Lab::mxkeys_toml`], served as `serve` says (TOML lines, e.g.
+    /// `listen = "127.0.0.7:443"`).
+    pub fn mxkeys_toml_serving(&self, mode: &str, serve: &str, extra: &str) -> String {
         format!(
             "{dns}\n[mta_sts]\n\
              domains = [\"{ZONE}\"]\n\
              mode = \"{mode}\"\n\
              dns = \"lab\"\n\
-             webroot = \"{webroot}\"\n\
-             responders = [\"{WEB_IP}:443\"]\n\
+             {serve}\n\
              ca_bundle = \"{root}\"\n\
              {extra}\n",
             dns = self.zone.rfc2136_toml("lab", ZONE),
-            webroot = self.webroot.display(),
             root = self.root.display(),
         )
+    }
+
+    /// Points `mta-sts.example.test` at `ip` and waits until the resolver
+    /// answers it.
+    #[track_caller]
+    pub fn point_policy_host(&self, ip: &str) {
+        self.zone.update(&format!(
+            "update delete {POLICY_HOST} A\nupdate add {POLICY_HOST} {TTL} A {ip}\n"
+        ));
+        self.zone
+            .wait("the resolver to answer the policy host's address", || {
+                (dnssec::answer(&self.zone.resolve(&["A", POLICY_HOST]), "A") == [ip]).then_some(())
+            });
     }
 
     /// The end of every program's log, for failure messages.
