@@ -1,5 +1,6 @@
 //! HTTP/1 listeners with limits, for the metrics server, the built-in
-//! HTTP-01 responder and (over TLS, [`serve_tls`]) the MTA-STS responder.
+//! HTTP-01 responder and (over TLS, [`serve_tls_async`]) the MTA-STS
+//! responder.
 //!
 //! Rule: a listener can never take the daemon's descriptors or a core. At
 //! most [`Limits::max_connections`] connections are open at once: at the

@@ -562,27 +562,34 @@ pub enum BodyError {
     TooLarge,
     /// The connection failed or the body was malformed (the reason).
     Broken(String),
+    /// It did not end in time.
+    TimedOut,
 }
 
-/// Reads `body` whole if it has at most `cap` bytes; stops at the first
-/// frame that passes the cap.
-pub async fn read_capped<B>(body: B, cap: u64) -> Result<Vec<u8>, BodyError>
+/// Reads `body` whole if it has at most `cap` bytes and ends `within`
+/// this time; stops at the first frame that passes the cap.
+pub async fn read_capped<B>(body: B, cap: u64, within: Duration) -> Result<Vec<u8>, BodyError>
 where
     B: Body<Data = Bytes>,
     B::Error: std::fmt::Display,
 {
-    let mut body = std::pin::pin!(body);
-    let mut out = Vec::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
-        if let Ok(data) = frame.into_data() {
-            if (out.len() + data.len()) as u64 > cap {
-                return Err(BodyError::TooLarge);
+    let read = async {
+        let mut body = std::pin::pin!(body);
+        let mut out = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| BodyError::Broken(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                if (out.len() + data.len()) as u64 > cap {
+                    return Err(BodyError::TooLarge);
+                }
+                out.extend_from_slice(&data);
             }
-            out.extend_from_slice(&data);
         }
-    }
-    Ok(out)
+        Ok(out)
+    };
+    tokio::time::timeout(within, read)
+        .await
+        .unwrap_or(Err(BodyError::TimedOut))
 }
 
 /// Receives one report: reads the body under the cap, then decodes and
@@ -614,21 +621,20 @@ async fn receive(side: &ReportSide, req: Request<Incoming>) -> Response<Full<Byt
         );
         return r;
     };
-    let body =
-        match tokio::time::timeout(REPORT_TIMEOUT, read_capped(req.into_body(), MAX_BODY)).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(BodyError::TooLarge)) => return too_large(),
-            Ok(Err(BodyError::Broken(why))) => {
-                tracing::debug!("tls-rpt: a report body broke off: {why}");
-                return closing(StatusCode::BAD_REQUEST, "the body broke off\n");
-            }
-            Err(_) => {
-                return closing(
-                    StatusCode::REQUEST_TIMEOUT,
-                    "the report did not arrive in time\n",
-                );
-            }
-        };
+    let body = match read_capped(req.into_body(), MAX_BODY, REPORT_TIMEOUT).await {
+        Ok(body) => body,
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Broken(why)) => {
+            tracing::debug!("tls-rpt: a report body broke off: {why}");
+            return closing(StatusCode::BAD_REQUEST, "the body broke off\n");
+        }
+        Err(BodyError::TimedOut) => {
+            return closing(
+                StatusCode::REQUEST_TIMEOUT,
+                "the report did not arrive in time\n",
+            );
+        }
+    };
     let store = side.store.clone();
     let writer = side.writer.clone();
     let done = tokio::task::spawn_blocking(move || {
@@ -977,9 +983,10 @@ mod tests {
                 .collect();
             StreamBody::new(futures_util::stream::iter(chunks))
         };
-        assert_eq!(read_capped(frames(3), 30).await.unwrap().len(), 30);
+        let t = Duration::from_secs(60);
+        assert_eq!(read_capped(frames(3), 30, t).await.unwrap().len(), 30);
         assert!(matches!(
-            read_capped(frames(4), 30).await,
+            read_capped(frames(4), 30, t).await,
             Err(BodyError::TooLarge)
         ));
         // An endless body stops too.
@@ -987,9 +994,30 @@ mod tests {
             Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(vec![0u8; 1024])))
         }));
         assert!(matches!(
-            read_capped(endless, 1 << 20).await,
+            read_capped(endless, 1 << 20, t).await,
             Err(BodyError::TooLarge)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stops_arriving_is_given_up_after_its_time() {
+        use http_body_util::StreamBody;
+        use hyper::body::Frame;
+        // One frame, then nothing more, ever.
+        let first = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+            Bytes::from_static(b"{"),
+        ))]);
+        let stalled = StreamBody::new(futures_util::StreamExt::chain(
+            first,
+            futures_util::stream::pending(),
+        ));
+        let got = tokio::time::timeout(
+            Duration::from_secs(30),
+            read_capped(stalled, 1 << 20, Duration::from_millis(200)),
+        )
+        .await
+        .expect("read_capped returns on its own");
+        assert!(matches!(got, Err(BodyError::TimedOut)), "{got:?}");
     }
 
     /// Writes a self-signed certificate for `names` and its key (or
