@@ -600,6 +600,31 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn responders_are_the_configured_ones_else_the_listen_address_reached_on_loopback() {
+        let s = |a: &str| a.parse::<SocketAddr>().unwrap();
+        let domain = DnsName::parse("example.test").unwrap();
+        let mut config = MtaSts {
+            domains: vec![domain.clone()],
+            mode: super::super::policy::Mode::Testing,
+            mx: Vec::new(),
+            max_age: 86_400,
+            dns: "dns".to_owned(),
+            serve: Serve::Listen(s("0.0.0.0:8443")),
+            responders: Vec::new(),
+            ca_bundle: None,
+        };
+        assert_eq!(
+            responders(&config, &domain).await.unwrap(),
+            vec![s("127.0.0.1:8443")]
+        );
+        config.responders = vec![s("192.0.2.7:443"), s("[2001:db8::7]:443")];
+        assert_eq!(
+            responders(&config, &domain).await.unwrap(),
+            config.responders
+        );
+    }
+
     #[test]
     fn a_wildcard_listener_is_fetched_back_on_loopback() {
         let s = |a: &str| a.parse::<SocketAddr>().unwrap();
