@@ -336,7 +336,9 @@ pub async fn starttls_at(
     })
 }
 
-/// `domain`'s MX set on every authoritative server.
+/// `domain`'s MX set on every authoritative server: the exchange hosts
+/// (a null MX, or no MX set, is no hosts) with the largest TTL; servers
+/// showing different hosts are an error naming each and its answer.
 pub async fn observe_mx(prop: &Propagation, domain: &DnsName) -> Result<MxView, ProbeError> {
     let name = domain.to_string();
     let seen = prop
@@ -346,7 +348,10 @@ pub async fn observe_mx(prop: &Propagation, domain: &DnsName) -> Result<MxView, 
     mx_view(&seen).map_err(|reason| dns_error(&name, RecordType::Mx, reason))
 }
 
-/// `_mta-sts.DOMAIN` on every authoritative server.
+/// `_mta-sts.DOMAIN` on every authoritative server: one entry per
+/// answering address (`IdView.server` is its `ADDR:PORT` text, as
+/// [`Propagation::observe`] reports each address a sender's resolver may
+/// ask), absent records with the negative TTL.
 pub async fn observe_ids(prop: &Propagation, domain: &DnsName) -> Result<Vec<IdView>, ProbeError> {
     let name = sts_record_name(domain);
     let seen = prop
