@@ -27,7 +27,8 @@ use common::*;
 use mxkeys::mta_sts::probe::{
     IdView, MxView, ProbeError, Trust, fetch_policy, observe_ids, observe_mx, starttls_at,
 };
-use mxkeys::mta_sts::responder::{CertFiles, Responder};
+use mxkeys::mta_sts::responder::{CertFiles, Responder, ResponderConfig};
+use mxkeys::mta_sts::webroot::write_policies;
 use mxkeys::names::DnsName;
 use mxkeys_providers::propagation::Propagation;
 
@@ -109,8 +110,17 @@ async fn fetch_policy_gets_the_responders_body_only_over_a_chain_the_trust_valid
         fullchain,
         key,
     };
+    let www = bed.dir.join("www");
     let policies = HashMap::from([(DOMAIN.to_owned(), BODY.to_owned())]);
-    let responder = Responder::start(addr, vec![files], policies).await.unwrap();
+    write_policies(&www, &policies).unwrap();
+    let responder = Responder::start(ResponderConfig {
+        addr,
+        certs: vec![files],
+        policies: www,
+        reports: None,
+    })
+    .await
+    .unwrap();
     let at = responder.local_addr();
 
     let body = fetch_policy(at, &domain(), &bed.trust()).await.unwrap();
