@@ -6,7 +6,9 @@
 //!   for another name or expired): only a 200 `text/plain` body within
 //!   64 KiB over a chain valid for `mta-sts.DOMAIN` under the trust given;
 //! - the STARTTLS check, against Postfix serving a test-CA certificate for
-//!   the MX host's name, a self-signed one, and one for another name;
+//!   the MX host's name, a self-signed one, and one for another name; and
+//!   by name, in a namespace of the test's own (`testsupport::dnssec`:
+//!   the MX host resolves through its Unbound to Postfix on port 25);
 //! - the MX set and the `_mta-sts` ids, from BIND (two servers: they must
 //!   agree on the MX hosts).
 //!
@@ -22,10 +24,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::bind::Bind;
+use common::dnssec;
 use common::servers::{Need, POSTFIX, Postfix, combined_pem, require, require_programs};
 use common::*;
 use mxkeys::mta_sts::probe::{
-    IdView, MxView, ProbeError, Trust, fetch_policy, observe_ids, observe_mx, starttls_at,
+    IdView, MxView, ProbeError, Trust, fetch_policy, observe_ids, observe_mx, starttls, starttls_at,
 };
 use mxkeys::mta_sts::responder::{CertFiles, Responder, ResponderConfig};
 use mxkeys::mta_sts::webroot::write_policies;
@@ -391,6 +394,49 @@ async fn starttls_passes_a_test_ca_certificate_for_the_mx_name_and_fails_a_self_
     let closed: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let err = starttls_error(starttls_at(MX, &[closed], &trust).await);
     assert!(err.contains(&format!("{closed}: cannot connect")), "{err}");
+}
+
+/// The inner test's full name in this binary (`mta_sts_probe::NAME`).
+fn inner(name: &str) -> String {
+    let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+    format!("{module}::{name}")
+}
+
+#[test]
+fn starttls_resolves_the_mx_host_and_checks_it_on_port_25_and_a_host_without_an_address_is_an_error_naming_it()
+ {
+    dnssec::run_in_namespace(
+        "starttls_resolves_the_mx_host_and_checks_it_on_port_25_and_a_host_without_an_address_is_an_error_naming_it",
+        &inner("inside_starttls_by_name"),
+        &[POSTFIX],
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "run inside a namespace by starttls_resolves_the_mx_host_..."]
+async fn inside_starttls_by_name() {
+    // mail.example.test resolves (through Unbound) to 127.0.0.1, where
+    // Postfix serves the bed CA's leaf for it on port 25.
+    let bed = dnssec::ReceiverBed::start("mta-sts-probe-25");
+    let issuer = bed.dir.path().join("issuer.pem");
+    write(&issuer, pem_block("CERTIFICATE", &bed.leaf.chain[0]));
+    let trust = Trust::new(Some(&issuer)).unwrap();
+
+    starttls(MX, &trust)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", bed.postfix.log()));
+
+    // Without the bed's CA: refused, naming the host, 127.0.0.1:25 and why.
+    let err = starttls_error(starttls(MX, &Trust::new(None).unwrap()).await);
+    assert!(
+        err.contains(&format!("MX host {MX}: 127.0.0.1:25: ")),
+        "{err}"
+    );
+    assert!(err.contains("UnknownIssuer"), "{err}");
+
+    // A name without an address.
+    let err = starttls_error(starttls("nowhere.example.test", &trust).await);
+    assert!(err.contains("MX host nowhere.example.test: "), "{err}");
 }
 
 // ---------------------------------------------------------------------------
