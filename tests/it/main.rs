@@ -28,6 +28,7 @@ mod mail_servers;
 mod malformed;
 mod mta_sts;
 mod mta_sts_policy;
+mod mta_sts_probe;
 mod mta_sts_send;
 mod properties;
 mod secrets;
