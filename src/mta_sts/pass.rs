@@ -702,3 +702,579 @@ fn update_domain(
         d.clone()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex, MutexGuard};
+
+    use mxkeys_providers::{Change, Error};
+
+    use super::*;
+    use crate::config::Host;
+
+    const DOMAIN: &str = "example.test";
+    const STS: &str = "_mta-sts.example.test";
+    const RPT: &str = "_smtp._tls.example.test";
+    const R1: &str = "127.0.0.1:8443";
+    const R2: &str = "127.0.0.2:8443";
+    const MX1: &str = "mx1.example.test";
+    const MX2: &str = "mx2.example.test";
+    const NOW: i64 = 1_700_000_000;
+    const DAY: i64 = 86_400;
+    /// The fake provider's propagation interval and timeout (the defaults).
+    const POLL: i64 = 2;
+    const TIMEOUT: i64 = 60;
+    const MX_TTL: u32 = 3_600;
+
+    /// What the fake DNS, web servers and MX hosts show, and the order in
+    /// which the pass changed things.
+    #[derive(Default)]
+    struct World {
+        /// The serve dir: each responder serves what the pass wrote there.
+        dir: PathBuf,
+        mx: BTreeSet<String>,
+        /// The provider's records, by owner name.
+        records: BTreeMap<String, Vec<RData>>,
+        /// Set: the second authoritative server still answers this id.
+        stale_ns2: Option<Option<String>>,
+        /// Responders whose fetch fails.
+        down: BTreeSet<String>,
+        /// Set: looking at the MX set fails with this.
+        fail_mx: Option<String>,
+        /// MX hosts whose STARTTLS check fails.
+        bad_starttls: BTreeSet<String>,
+        starttls_checks: usize,
+        /// "served R ID" per successful fetch, "txt ID" per `_mta-sts`
+        /// write, "write OWNER" / "remove OWNER" for other records.
+        events: Vec<String>,
+    }
+
+    #[derive(Clone, Default)]
+    struct Fake(Arc<Mutex<World>>);
+
+    impl Fake {
+        fn world(&self) -> MutexGuard<'_, World> {
+            self.0.lock().expect("world")
+        }
+    }
+
+    fn txt_id(values: Option<&Vec<RData>>) -> Option<String> {
+        match values?.first()? {
+            RData::Txt(t) => StsRecord::parse(t).ok().map(|r| r.id().to_owned()),
+            _ => None,
+        }
+    }
+
+    impl Look for Fake {
+        async fn responders(&self, _: &DnsName) -> Result<Vec<SocketAddr>, String> {
+            Ok(vec![R1.parse().expect("R1"), R2.parse().expect("R2")])
+        }
+
+        async fn fetch_policy(&self, at: SocketAddr, domain: &DnsName) -> Result<String, String> {
+            let mut w = self.world();
+            let at = at.to_string();
+            if w.down.contains(&at) {
+                return Err(format!("{at}: connection refused"));
+            }
+            let file = policy_file(&w.dir, domain.as_str())?;
+            let body = std::fs::read_to_string(&file).map_err(|_| format!("{at}: 404"))?;
+            let id = policy::Policy::parse(&body)
+                .map_err(|e| e.to_string())?
+                .id();
+            w.events.push(format!("served {at} {id}"));
+            Ok(body)
+        }
+
+        async fn starttls(&self, host: &str) -> Result<(), String> {
+            let mut w = self.world();
+            w.starttls_checks += 1;
+            if w.bad_starttls.contains(host) {
+                return Err("self-signed certificate".to_owned());
+            }
+            Ok(())
+        }
+
+        async fn observe_mx(&self, _: &DnsName) -> Result<MxView, String> {
+            let w = self.world();
+            if let Some(e) = &w.fail_mx {
+                return Err(e.clone());
+            }
+            Ok(MxView {
+                hosts: w.mx.clone(),
+                ttl: MX_TTL,
+            })
+        }
+
+        async fn observe_ids(&self, _: &DnsName) -> Result<Vec<IdView>, String> {
+            let w = self.world();
+            let now = txt_id(w.records.get(STS));
+            let view = |server: &str, id: Option<String>| IdView {
+                server: server.to_owned(),
+                ttl: if id.is_some() { RECORD_TTL } else { 60 },
+                id,
+            };
+            let ns2 = w.stale_ns2.clone().unwrap_or_else(|| now.clone());
+            Ok(vec![view("ns1", now), view("ns2", ns2)])
+        }
+
+        async fn pause(&self, _: Duration) {}
+    }
+
+    impl RecordStore for Fake {
+        async fn read(&self, name: &str, _: RecordType) -> Result<Vec<RData>, Error> {
+            Ok(self.world().records.get(name).cloned().unwrap_or_default())
+        }
+
+        async fn replace(&self, name: &str, _: u32, values: &[RData]) -> Result<Change, Error> {
+            let mut w = self.world();
+            w.records.insert(name.to_owned(), values.to_vec());
+            let event = match txt_id(w.records.get(name)) {
+                Some(id) if name == STS => format!("txt {id}"),
+                _ => format!("write {name}"),
+            };
+            w.events.push(event);
+            Ok(Change::Changed)
+        }
+
+        async fn remove(&self, name: &str, _: RecordType) -> Result<Change, Error> {
+            let mut w = self.world();
+            w.records.remove(name);
+            w.events.push(format!("remove {name}"));
+            Ok(Change::Changed)
+        }
+
+        async fn add(&self, _: &str, _: u32, _: &[RData]) -> Result<Change, Error> {
+            Err(Error::Unsupported("the pass never adds".to_owned()))
+        }
+
+        async fn remove_values(&self, _: &str, _: &[RData]) -> Result<Change, Error> {
+            Err(Error::Unsupported(
+                "the pass never removes values".to_owned(),
+            ))
+        }
+    }
+
+    struct Lab {
+        tmp: tempfile::TempDir,
+        config: Config,
+        fake: Fake,
+    }
+
+    impl Lab {
+        /// `[mta_sts]` for example.test (webroot, two responders, max_age
+        /// one day) with these `mx` lines and `mode`; `[tls_rpt]` with
+        /// `tls_rpt`. DNS shows `dns_mx`.
+        fn new(mx: &[&str], mode: &str, tls_rpt: bool, dns_mx: &[&str]) -> Lab {
+            let tmp = tempfile::tempdir().expect("tempdir");
+            let fake = Fake::default();
+            {
+                let mut w = fake.world();
+                w.dir = tmp.path().join("www");
+                w.mx = dns_mx.iter().map(|h| (*h).to_owned()).collect();
+            }
+            let config = config(tmp.path(), mx, mode, tls_rpt);
+            Lab { tmp, config, fake }
+        }
+
+        fn set_mx(&mut self, mx: &[&str]) {
+            let tls = self.config.tls_rpt.is_some();
+            let mode = self.config.mta_sts.as_ref().expect("mta_sts").mode;
+            self.config = config(self.tmp.path(), mx, mode.as_str(), tls);
+        }
+
+        async fn pass(&self, now: i64) -> MtaStsPass {
+            let store = self.fake.clone();
+            run(&self.config, now, Ok(&self.fake), &move |_| {
+                Ok(store.clone())
+            })
+            .await
+        }
+
+        fn ledger(&self) -> DomainLedger {
+            read_ledger(&self.config)
+                .expect("ledger")
+                .domains
+                .remove(DOMAIN)
+                .unwrap_or_default()
+        }
+
+        /// The events since the last call.
+        fn events(&self) -> Vec<String> {
+            std::mem::take(&mut self.fake.world().events)
+        }
+
+        fn file(&self) -> PathBuf {
+            policy_file(&self.tmp.path().join("www"), DOMAIN).expect("file")
+        }
+    }
+
+    fn config(dir: &Path, mx: &[&str], mode: &str, tls_rpt: bool) -> Config {
+        let mx = mx
+            .iter()
+            .map(|m| format!("\"{m}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut text = format!(
+            "state_dir = \"{d}/state\"\n[dns.fake]\ntype = \"manual\"\n\
+             [mta_sts]\ndomains = [\"{DOMAIN}\"]\nmode = \"{mode}\"\nmx = [{mx}]\n\
+             max_age = \"1d\"\ndns = \"fake\"\nwebroot = \"{d}/www\"\n\
+             responders = [\"{R1}\", \"{R2}\"]\n",
+            d = dir.display()
+        );
+        if tls_rpt {
+            text.push_str("[tls_rpt]\nrua = [\"mailto:tlsrpt@example.test\"]\n");
+        }
+        let host = Host {
+            cwd: dir.to_owned(),
+            hostname: None,
+        };
+        Config::parse(&dir.join("mxkeys.toml"), &text, &host).expect("config")
+    }
+
+    fn id(mode: Mode, mx: &[&str], max_age: u64) -> String {
+        let mx = mx.iter().map(|m| (*m).to_owned()).collect();
+        policy::id_of(mode, &mx, max_age)
+    }
+
+    fn step(out: &MtaStsPass) -> Step {
+        out.domains[0].plan.as_ref().expect("a plan").step.clone()
+    }
+
+    /// The events a first publication of `id` makes: fetched back from
+    /// both responders, then the id.
+    fn published(id: &str) -> Vec<String> {
+        vec![
+            format!("served {R1} {id}"),
+            format!("served {R2} {id}"),
+            format!("txt {id}"),
+        ]
+    }
+
+    #[tokio::test]
+    async fn a_new_body_is_fetched_back_from_every_responder_before_its_id_is_published_and_goes_live_once_every_server_answers()
+     {
+        let lab = Lab::new(&[MX1], "testing", false, &[MX1]);
+        let out = lab.pass(NOW).await;
+        let id = id(Mode::Testing, &[MX1], DAY as u64);
+        assert_eq!(out.problems, Vec::<String>::new());
+        assert_eq!(lab.events(), published(&id));
+        assert_eq!(step(&out), Step::InStep { id: id.clone() });
+        let body = std::fs::read_to_string(lab.file()).expect("body");
+        assert_eq!(
+            body,
+            format!("version: STSv1\r\nmode: testing\r\nmx: {MX1}\r\nmax_age: 86400\r\n")
+        );
+        let l = lab.ledger();
+        assert_eq!(l.published_id.as_deref(), Some(id.as_str()));
+        assert_eq!(l.live.map(|p| p.id), Some(id.clone()));
+        assert_eq!(out.next_wake, None);
+        assert!(
+            out.done.iter().any(|d| d.contains("is live")),
+            "{:?}",
+            out.done
+        );
+        let again = lab.pass(NOW + 600).await;
+        assert_eq!(
+            lab.events(),
+            [format!("served {R1} {id}"), format!("served {R2} {id}")]
+        );
+        assert_eq!(step(&again), Step::InStep { id });
+    }
+
+    #[tokio::test]
+    async fn no_id_is_published_while_one_responder_does_not_serve_the_new_body() {
+        let lab = Lab::new(&[MX1], "testing", false, &[MX1]);
+        lab.fake.world().down.insert(R2.to_owned());
+        let out = lab.pass(NOW).await;
+        let id = id(Mode::Testing, &[MX1], DAY as u64);
+        assert!(lab.events().iter().all(|e| !e.starts_with("txt")));
+        assert!(lab.fake.world().records.is_empty());
+        assert_eq!(
+            step(&out),
+            Step::ServeBody {
+                id: id.clone(),
+                responder: R2.to_owned()
+            }
+        );
+        assert_eq!(out.problems.len(), 1, "{:?}", out.problems);
+        assert!(
+            out.problems[0].starts_with("mta-sts domain example.test: policy body")
+                && out.problems[0].contains(R2)
+                && out.problems[0].contains("connection refused"),
+            "{}",
+            out.problems[0]
+        );
+        // Three tries one second apart, then again one poll later.
+        assert_eq!(out.next_wake, Some(NOW + 2 + POLL));
+        assert_eq!(lab.ledger().published_id, None);
+
+        lab.fake.world().down.clear();
+        let out = lab.pass(NOW + 10).await;
+        assert_eq!(lab.events(), published(&id));
+        assert_eq!(step(&out), Step::InStep { id });
+    }
+
+    #[tokio::test]
+    async fn an_id_one_server_does_not_answer_yet_is_not_live_and_the_pass_comes_back_one_poll_later()
+     {
+        let lab = Lab::new(&[MX1], "testing", false, &[MX1]);
+        lab.fake.world().stale_ns2 = Some(None);
+        let out = lab.pass(NOW).await;
+        let id = id(Mode::Testing, &[MX1], DAY as u64);
+        assert_eq!(lab.events(), published(&id));
+        assert_eq!(
+            step(&out),
+            Step::Wait {
+                until: None,
+                reason: WaitReason::IdNotSeen {
+                    id: id.clone(),
+                    server: "ns2".to_owned()
+                }
+            }
+        );
+        assert_eq!(lab.ledger().live, None);
+        // Observed every poll up to the propagation timeout.
+        assert_eq!(out.next_wake, Some(NOW + TIMEOUT + POLL));
+
+        lab.fake.world().stale_ns2 = None;
+        let out = lab.pass(NOW + 100).await;
+        assert!(
+            lab.events().iter().all(|e| !e.starts_with("txt")),
+            "not written again"
+        );
+        assert_eq!(step(&out), Step::InStep { id: id.clone() });
+        assert_eq!(lab.ledger().live.map(|p| p.id), Some(id));
+    }
+
+    #[tokio::test]
+    async fn a_changed_mx_set_changes_the_id_and_the_new_body_is_served_before_the_new_id() {
+        let lab = Lab::new(&[], "testing", false, &[MX1]);
+        lab.pass(NOW).await;
+        let old = id(Mode::Testing, &[MX1], DAY as u64);
+        assert_eq!(lab.events(), published(&old));
+        lab.fake.world().mx.insert(MX2.to_owned());
+        let out = lab.pass(NOW + 600).await;
+        let new = id(Mode::Testing, &[MX1, MX2], DAY as u64);
+        assert_ne!(new, old);
+        let events = lab.events();
+        assert_eq!(
+            events[2..],
+            published(&new)[..],
+            "the old body was fetched first: {events:?}"
+        );
+        assert_eq!(step(&out), Step::InStep { id: new });
+        assert!(
+            std::fs::read_to_string(lab.file())
+                .expect("body")
+                .contains(MX2)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_mx_host_is_listed_first_and_the_pass_says_when_its_record_may_be_added() {
+        let lab = Lab::new(&[MX1, MX2], "testing", false, &[MX1]);
+        let out = lab.pass(NOW).await;
+        let id = id(Mode::Testing, &[MX1, MX2], DAY as u64);
+        assert_eq!(lab.events(), published(&id));
+        // Seen everywhere after one poll; resolvers may hold the old
+        // answer for the larger of the two TTLs.
+        let at = NOW + POLL + i64::from(RECORD_TTL);
+        assert_eq!(
+            step(&out),
+            Step::AddMxAfter {
+                host: MX2.to_owned(),
+                at
+            }
+        );
+        assert_eq!(out.next_wake, Some(at));
+        assert!(
+            out.done
+                .iter()
+                .any(|d| d.contains("add MX mx2.example.test"))
+        );
+
+        lab.fake.world().mx.insert(MX2.to_owned());
+        let out = lab.pass(at).await;
+        assert_eq!(step(&out), Step::InStep { id });
+        assert_eq!(out.next_wake, None);
+    }
+
+    #[tokio::test]
+    async fn an_mx_host_leaves_the_policy_only_one_mx_ttl_after_its_record_is_seen_gone() {
+        let mut lab = Lab::new(&[MX1, MX2], "testing", false, &[MX1, MX2]);
+        lab.pass(NOW).await;
+        let both = id(Mode::Testing, &[MX1, MX2], DAY as u64);
+        assert_eq!(lab.events(), published(&both));
+        lab.set_mx(&[MX1]);
+        let out = lab.pass(NOW + 600).await;
+        assert_eq!(
+            step(&out),
+            Step::RemoveMx {
+                host: MX2.to_owned()
+            }
+        );
+        assert!(lab.events().iter().all(|e| !e.starts_with("txt")));
+
+        lab.fake.world().mx.remove(MX2);
+        let gone = NOW + 1_200;
+        let out = lab.pass(gone).await;
+        let until = gone + i64::from(MX_TTL);
+        assert_eq!(
+            step(&out),
+            Step::Wait {
+                until: Some(until),
+                reason: WaitReason::MxTtl {
+                    host: MX2.to_owned(),
+                    until
+                }
+            }
+        );
+        assert_eq!(out.next_wake, Some(until));
+        let out = lab.pass(until - 1).await;
+        assert!(matches!(step(&out), Step::Wait { .. }));
+        assert!(lab.events().iter().all(|e| !e.starts_with("txt")));
+
+        let out = lab.pass(until).await;
+        let one = id(Mode::Testing, &[MX1], DAY as u64);
+        let events = lab.events();
+        assert_eq!(events[2..], published(&one)[..], "{events:?}");
+        assert_eq!(step(&out), Step::InStep { id: one });
+    }
+
+    #[tokio::test]
+    async fn disable_serves_mode_none_and_deletes_the_txt_and_the_file_only_after_the_old_max_age()
+    {
+        let lab = Lab::new(&[MX1], "testing", true, &[MX1]);
+        lab.pass(NOW).await;
+        lab.events();
+        assert!(lab.fake.world().records.contains_key(RPT));
+        let domain = DnsName::parse(DOMAIN).expect("domain");
+        disable(&lab.config, &domain).expect("disable");
+        assert!(lab.ledger().disable);
+
+        let t = NOW + 600;
+        let out = lab.pass(t).await;
+        let none = id(Mode::None, &[MX1], DAY as u64);
+        assert_eq!(lab.events()[2..], published(&none)[..]);
+        assert!(
+            std::fs::read_to_string(lab.file())
+                .expect("body")
+                .contains("mode: none\r\n")
+        );
+        // The testing policy (one day) went out of service when the none
+        // id was seen everywhere, one poll after t.
+        let until = t + POLL + DAY;
+        assert_eq!(
+            step(&out),
+            Step::Wait {
+                until: Some(until),
+                reason: WaitReason::OldMaxAge { until }
+            }
+        );
+        assert_eq!(out.next_wake, Some(until));
+
+        let out = lab.pass(until - 1).await;
+        assert!(matches!(step(&out), Step::Wait { .. }));
+        assert!(lab.events().iter().all(|e| !e.starts_with("remove")));
+        assert!(lab.file().exists());
+
+        let out = lab.pass(until).await;
+        let events = lab.events();
+        assert_eq!(
+            events[2..],
+            [format!("remove {STS}"), format!("remove {RPT}")],
+            "{events:?}"
+        );
+        assert!(!lab.file().exists());
+        assert!(lab.fake.world().records.is_empty());
+        assert_eq!(step(&out), Step::InStep { id: none });
+        assert_eq!(
+            lab.ledger(),
+            DomainLedger {
+                disable: true,
+                ..DomainLedger::default()
+            }
+        );
+        lab.pass(until + DAY).await;
+        assert!(
+            lab.events()
+                .iter()
+                .all(|e| e.starts_with("served") || e.is_empty()),
+            "nothing comes back"
+        );
+        assert!(lab.fake.world().records.is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_tls_rpt_record_is_replaced_only_when_it_differs() {
+        let lab = Lab::new(&[MX1], "testing", true, &[MX1]);
+        let rpt = || lab.fake.world().records.get(RPT).cloned();
+        let record = || {
+            Some(vec![RData::Txt(
+                "v=TLSRPTv1; rua=mailto:tlsrpt@example.test".to_owned(),
+            )])
+        };
+        lab.pass(NOW).await;
+        assert_eq!(rpt(), record());
+        assert!(lab.events().contains(&format!("write {RPT}")));
+        lab.pass(NOW + 600).await;
+        assert!(!lab.events().contains(&format!("write {RPT}")), "the same");
+        lab.fake.world().records.insert(
+            RPT.to_owned(),
+            vec![RData::Txt("v=TLSRPTv1; rua=mailto:x@y.test".into())],
+        );
+        lab.pass(NOW + 1_200).await;
+        assert!(
+            lab.events().contains(&format!("write {RPT}")),
+            "changed by hand"
+        );
+        assert_eq!(rpt(), record());
+    }
+
+    #[tokio::test]
+    async fn a_failed_look_changes_nothing_and_is_one_problem_line_naming_domain_and_reason() {
+        let mut lab = Lab::new(&[MX1], "testing", false, &[MX1]);
+        lab.pass(NOW).await;
+        lab.events();
+        let state = lab.tmp.path().join("state/mta-sts.json");
+        let before = std::fs::read(&state).expect("ledger");
+        let body = std::fs::read(lab.file()).expect("body");
+        lab.set_mx(&[MX1, MX2]);
+        lab.fake.world().fail_mx = Some("ns1: SERVFAIL".to_owned());
+        let out = lab.pass(NOW + 600).await;
+        assert_eq!(
+            out.problems,
+            ["mta-sts domain example.test: MX set: ns1: SERVFAIL"]
+        );
+        assert_eq!(out.domains[0].plan, None);
+        assert_eq!(out.next_wake, Some(NOW + 600 + RETRY_AFTER_FAILURE));
+        assert_eq!(lab.events(), Vec::<String>::new());
+        assert_eq!(std::fs::read(&state).expect("ledger"), before);
+        assert_eq!(std::fs::read(lab.file()).expect("body"), body);
+    }
+
+    #[tokio::test]
+    async fn enforce_is_refused_while_an_mx_host_fails_starttls_and_a_passing_check_is_kept_an_hour()
+     {
+        let lab = Lab::new(&[MX1], "enforce", false, &[MX1]);
+        lab.fake.world().bad_starttls.insert(MX1.to_owned());
+        let out = lab.pass(NOW).await;
+        let plan = out.domains[0].plan.clone().expect("plan");
+        assert_eq!(plan.policy.mode, Mode::Testing);
+        assert!(out.done.iter().any(|d| d.contains("enforce refused")));
+        lab.fake.world().bad_starttls.clear();
+        let out = lab.pass(NOW + 600).await;
+        let enforce = id(Mode::Enforce, &[MX1], DAY as u64);
+        assert_eq!(step(&out), Step::InStep { id: enforce });
+        let checks = lab.fake.world().starttls_checks;
+        lab.pass(NOW + 1_200).await;
+        assert_eq!(lab.fake.world().starttls_checks, checks, "cached");
+        lab.pass(NOW + 600 + STARTTLS_FRESH).await;
+        assert_eq!(
+            lab.fake.world().starttls_checks,
+            checks + 1,
+            "checked again"
+        );
+    }
+}
