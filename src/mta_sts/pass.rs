@@ -392,10 +392,15 @@ async fn domain_pass<L: Look, S: RecordStore>(
                     }
                 }
                 if let Some(r) = d.not_serving(&names, id) {
+                    if r.is_empty() {
+                        return Err(format!(
+                            "policy body {id}: no responder to fetch it back from (set `responders`): its id is not published"
+                        ));
+                    }
                     let seen = last
                         .iter()
                         .find(|(n, _)| n == r)
-                        .map_or_else(|| "no responder configured".to_owned(), seen_text);
+                        .map_or_else(|| "not fetched".to_owned(), seen_text);
                     out.problems.push(format!(
                         "mta-sts domain {name}: policy body {id} is not served by {r} yet ({seen}): its id is not published"
                     ));
