@@ -24,7 +24,7 @@ use common::*;
 use mxkeys::config::{Config, Host};
 use mxkeys::mta_sts::order::{Step, WaitReason};
 use mxkeys::mta_sts::pass::{self, MtaStsPass};
-use mxkeys::mta_sts::policy::{Mode, id_of};
+use mxkeys::mta_sts::policy::{Mode, StsRecord, id_of};
 use mxkeys::names::DnsName;
 
 const NSUPDATE: &[Need] = &[("nsupdate", "bind9-dnsutils"), ("named", "bind9")];
@@ -200,7 +200,7 @@ fn id(mode: Mode, mx: &[&str], max_age: u64) -> String {
 }
 
 fn record(id: &str) -> Vec<String> {
-    vec![format!("v=STSv1; id={id}")]
+    vec![StsRecord::new(id).unwrap().render()]
 }
 
 fn step(out: &MtaStsPass) -> Step {
