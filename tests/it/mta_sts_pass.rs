@@ -8,6 +8,9 @@
 //! process with a later `now`, to move the clock over TTLs and `max_age`
 //! without waiting for them.
 //!
+//! `[tls_rpt]` rides along: its `_smtp._tls` record is published with the
+//! policy and goes with it after `disable`.
+//!
 //! Needs BIND (bind9, bind9-dnsutils) and openssl: without them a test is
 //! skipped loudly, or fails with `CI=true`.
 
@@ -30,6 +33,7 @@ use mxkeys::names::DnsName;
 const NSUPDATE: &[Need] = &[("nsupdate", "bind9-dnsutils"), ("named", "bind9")];
 const DOMAIN: &str = "example.test";
 const STS: &str = "_mta-sts.example.test";
+const RPT: &str = "_smtp._tls.example.test";
 const MX1: &str = "mx1.example.test";
 const MX2: &str = "mx2.example.test";
 /// The TTL of every record in the zone (the MX TTL the pass waits out).
@@ -132,7 +136,8 @@ impl Lab {
              propagation_timeout = \"10s\"\n\n\
              [mta_sts]\ndomains = [\"{DOMAIN}\"]\nmode = \"testing\"\nmx = {mx}\n\
              max_age = \"1d\"\ndns = \"bind\"\nwebroot = {www}\n\
-             responders = [\"127.0.0.1:{https}\"]\nca_bundle = {root}\n",
+             responders = [\"127.0.0.1:{https}\"]\nca_bundle = {root}\n\n\
+             [tls_rpt]\nrua = [\"mailto:tlsrpt@example.test\"]\n",
             header = self.env.header(),
             key = bind::KEY_NAME,
             secret = qp(&self.bind.dir().join("tsig.key")),
@@ -321,9 +326,10 @@ async fn an_mx_host_is_listed_before_its_record_is_added_and_after_its_record_go
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn disable_publishes_mode_none_and_deletes_the_txt_and_the_file_only_after_the_old_max_age() {
+async fn disable_publishes_mode_none_and_deletes_both_txt_records_and_the_file_only_after_the_old_max_age()
+ {
     let Some(lab) = Lab::start(
-        "disable_publishes_mode_none_and_deletes_the_txt_and_the_file_only_after_the_old_max_age",
+        "disable_publishes_mode_none_and_deletes_both_txt_records_and_the_file_only_after_the_old_max_age",
     ) else {
         return;
     };
@@ -332,6 +338,8 @@ async fn disable_publishes_mode_none_and_deletes_the_txt_and_the_file_only_after
     let out = lab.pass(t0).await;
     let testing = id(Mode::Testing, &[MX1], DAY as u64);
     assert_eq!(step(&out), Step::InStep { id: testing }, "{out:#?}");
+    let rua = "v=TLSRPTv1; rua=mailto:tlsrpt@example.test";
+    assert_eq!(lab.bind.txt_values(RPT), [rua]);
 
     pass::disable(&lab.config(), &DnsName::parse(DOMAIN).unwrap()).unwrap();
     let t1 = t0 + 60;
@@ -352,9 +360,11 @@ async fn disable_publishes_mode_none_and_deletes_the_txt_and_the_file_only_after
     assert!(matches!(step(&out), Step::Wait { .. }), "{out:#?}");
     assert_eq!(lab.txt(), record(&none));
     assert!(lab.body().is_some());
+    assert_eq!(lab.bind.txt_values(RPT), [rua], "reports still wanted");
 
     let out = lab.pass(until).await;
     assert_eq!(lab.txt(), Vec::<String>::new(), "{out:#?}");
     assert_eq!(lab.body(), None);
+    assert_eq!(lab.bind.txt_values(RPT), Vec::<String>::new());
     assert_eq!(out.problems, Vec::<String>::new());
 }
