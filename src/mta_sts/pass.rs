@@ -372,7 +372,10 @@ async fn domain_pass<L: Look, S: RecordStore>(
         }
         match &plan.step {
             Step::ServeBody { id, .. } => {
-                let file = write_body(&cx.dir, name, &plan.policy)?;
+                let file = match write_body(&cx.dir, name, &plan.policy) {
+                    Ok(file) => file,
+                    Err(e) => return Ok(failed(out, name, e, plan, clock)),
+                };
                 if let Some(file) = file {
                     out.done.push(format!(
                         "mta-sts domain {name}: wrote policy body {id} to {}",
@@ -411,10 +414,14 @@ async fn domain_pass<L: Look, S: RecordStore>(
             Step::PublishId { id } => {
                 let record = StsRecord::new(id).map_err(|e| e.to_string())?;
                 let owner = sts_record_name(domain);
-                cx.store
+                let written = cx
+                    .store
                     .replace(&owner, RECORD_TTL, &[RData::Txt(record.render())])
-                    .await
-                    .map_err(|e| format!("publishing {owner} TXT \"{record}\": {e}"))?;
+                    .await;
+                if let Err(e) = written {
+                    let e = format!("publishing {owner} TXT \"{record}\": {e}");
+                    return Ok(failed(out, name, e, plan, clock));
+                }
                 d = update_domain(cx.config, name, |d| d.published_id = Some(id.clone()))?;
                 out.done.push(format!(
                     "mta-sts domain {name}: published {owner} TXT \"{record}\""
@@ -440,7 +447,9 @@ async fn domain_pass<L: Look, S: RecordStore>(
                 }
             }
             Step::DeleteRecords => {
-                delete_records(cx, domain, out).await?;
+                if let Err(e) = delete_records(cx, domain, out).await {
+                    return Ok(failed(out, name, e, plan, clock));
+                }
                 d = update_domain(cx.config, name, |d| {
                     *d = DomainLedger {
                         disable: true,
@@ -472,6 +481,14 @@ async fn domain_pass<L: Look, S: RecordStore>(
             .push(format!("mta-sts domain {name}: next: {}", plan.step));
     }
     Ok(plan)
+}
+
+/// A write of `plan`'s step failed: one problem line, and a look again
+/// after [`RETRY_AFTER_FAILURE`]; the plan stands.
+fn failed(out: &mut MtaStsPass, domain: &str, e: String, plan: Plan, now: i64) -> Plan {
+    out.problems.push(format!("mta-sts domain {domain}: {e}"));
+    out.next_wake = earliest(out.next_wake, Some(now.saturating_add(RETRY_AFTER_FAILURE)));
+    plan
 }
 
 /// The planner's answer for `d` now.
@@ -750,6 +767,8 @@ mod tests {
         /// MX hosts whose STARTTLS check fails.
         bad_starttls: BTreeSet<String>,
         starttls_checks: usize,
+        /// Set: the provider refuses every write.
+        refuse_writes: bool,
         /// "served R ID" per successful fetch, "txt ID" per `_mta-sts`
         /// write, "write OWNER" / "remove OWNER" for other records.
         events: Vec<String>,
@@ -833,6 +852,9 @@ mod tests {
 
         async fn replace(&self, name: &str, _: u32, values: &[RData]) -> Result<Change, Error> {
             let mut w = self.world();
+            if w.refuse_writes {
+                return Err(Error::Refused("REFUSED".to_owned()));
+            }
             w.records.insert(name.to_owned(), values.to_vec());
             let event = match txt_id(w.records.get(name)) {
                 Some(id) if name == STS => format!("txt {id}"),
@@ -1017,6 +1039,36 @@ mod tests {
         lab.fake.world().down.clear();
         let out = lab.pass(NOW + 10).await;
         assert_eq!(lab.events(), published(&id));
+        assert_eq!(step(&out), Step::InStep { id });
+    }
+
+    #[tokio::test]
+    async fn a_refused_id_write_is_one_problem_line_and_the_next_pass_writes_it_again() {
+        let lab = Lab::new(&[MX1], "testing", false, &[MX1]);
+        lab.fake.world().refuse_writes = true;
+        let out = lab.pass(NOW).await;
+        let id = id(Mode::Testing, &[MX1], DAY as u64);
+        assert_eq!(
+            out.problems,
+            [format!(
+                "mta-sts domain example.test: publishing {STS} TXT \"v=STSv1; id={id};\": REFUSED"
+            )]
+        );
+        assert_eq!(step(&out), Step::PublishId { id: id.clone() });
+        assert_eq!(out.next_wake, Some(NOW + RETRY_AFTER_FAILURE));
+        assert_eq!(lab.ledger().published_id, None);
+        lab.events();
+
+        lab.fake.world().refuse_writes = false;
+        let out = lab.pass(NOW + 60).await;
+        assert_eq!(
+            lab.events(),
+            [
+                format!("served {R1} {id}"),
+                format!("served {R2} {id}"),
+                format!("txt {id}")
+            ]
+        );
         assert_eq!(step(&out), Step::InStep { id });
     }
 
