@@ -336,7 +336,9 @@ pub async fn starttls_at(
     })
 }
 
-/// `domain`'s MX set on every authoritative server.
+/// `domain`'s MX set on every authoritative server: the exchange hosts
+/// (a null MX, or no MX set, is no hosts) with the largest TTL; servers
+/// showing different hosts are an error naming each and its answer.
 pub async fn observe_mx(prop: &Propagation, domain: &DnsName) -> Result<MxView, ProbeError> {
     let name = domain.to_string();
     let seen = prop
@@ -346,7 +348,10 @@ pub async fn observe_mx(prop: &Propagation, domain: &DnsName) -> Result<MxView, 
     mx_view(&seen).map_err(|reason| dns_error(&name, RecordType::Mx, reason))
 }
 
-/// `_mta-sts.DOMAIN` on every authoritative server.
+/// `_mta-sts.DOMAIN` on every authoritative server: one entry per
+/// answering address (`IdView.server` is its `ADDR:PORT` text, as
+/// [`Propagation::observe`] reports each address a sender's resolver may
+/// ask), absent records with the negative TTL.
 pub async fn observe_ids(prop: &Propagation, domain: &DnsName) -> Result<Vec<IdView>, ProbeError> {
     let name = sts_record_name(domain);
     let seen = prop
@@ -598,6 +603,31 @@ mod tests {
         for bad in ["text/html", "application/octet-stream", "", "text/plainx"] {
             assert!(!is_text_plain(bad), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn responders_are_the_configured_ones_else_the_listen_address_reached_on_loopback() {
+        let s = |a: &str| a.parse::<SocketAddr>().unwrap();
+        let domain = DnsName::parse("example.test").unwrap();
+        let mut config = MtaSts {
+            domains: vec![domain.clone()],
+            mode: super::super::policy::Mode::Testing,
+            mx: Vec::new(),
+            max_age: 86_400,
+            dns: "dns".to_owned(),
+            serve: Serve::Listen(s("0.0.0.0:8443")),
+            responders: Vec::new(),
+            ca_bundle: None,
+        };
+        assert_eq!(
+            responders(&config, &domain).await.unwrap(),
+            vec![s("127.0.0.1:8443")]
+        );
+        config.responders = vec![s("192.0.2.7:443"), s("[2001:db8::7]:443")];
+        assert_eq!(
+            responders(&config, &domain).await.unwrap(),
+            config.responders
+        );
     }
 
     #[test]
