@@ -30,6 +30,7 @@ use crate::pipeline::Report;
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    tls_rpt: Mutex<TlsRptCache>,
 }
 
 #[derive(Debug, Default)]
@@ -64,8 +65,115 @@ struct Inner {
     /// Whether every address of a DANE host and port served a chain its
     /// TLSA records match, at the last DANE pass.
     dane_match: BTreeMap<(String, u16), bool>,
+    /// Per `[mta_sts]` domain, the plan of the last MTA-STS pass.
+    mta_sts: BTreeMap<String, MtaStsFacts>,
+    /// Where received TLS-RPT reports are kept, when `[tls_rpt]` is set.
+    tls_rpt_dir: Option<std::path::PathBuf>,
     last_success: Option<i64>,
     last_ok: Option<bool>,
+}
+
+/// One MTA-STS domain as its last plan left it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct MtaStsFacts {
+    in_step: bool,
+    enforce_refused: bool,
+    max_age: Option<u64>,
+}
+
+/// The TLS-RPT series as last rendered, and what the store looked like
+/// then ([`store_key`]): a scrape reads the reports again only when a
+/// report was added or dropped.
+#[derive(Debug, Default)]
+struct TlsRptCache {
+    key: Option<StoreKey>,
+    text: String,
+    /// How many times the store was read (for the tests).
+    loads: u64,
+}
+
+/// What identifies the store's content without reading any report: its
+/// directory's stat, and per organization directory its name, its stat
+/// and its file names (the store only ever adds a new file by renaming it
+/// into place and drops whole files, each of which changes these; the
+/// names as well as the stats, as two writes within one clock tick can
+/// leave a directory's times unchanged).
+type StoreKey = Vec<(
+    std::ffi::OsString,
+    (u64, u64, i64, i64, i64, i64),
+    Vec<std::ffi::OsString>,
+)>;
+
+/// The stat of a directory that says whether it changed (device, inode,
+/// mtime and ctime to the nanosecond).
+fn dir_stamp(meta: &std::fs::Metadata) -> (u64, u64, i64, i64, i64, i64) {
+    use std::os::unix::fs::MetadataExt as _;
+    (
+        meta.dev(),
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
+}
+
+/// The store's [`StoreKey`] (stats and directory listings, no report
+/// read); `None` when the store does not exist (yet).
+fn store_key(dir: &std::path::Path) -> Option<StoreKey> {
+    let top = std::fs::symlink_metadata(dir).ok()?;
+    let mut key = vec![(std::ffi::OsString::new(), dir_stamp(&top), Vec::new())];
+    let mut orgs: Vec<_> = std::fs::read_dir(dir).ok()?.flatten().collect();
+    orgs.sort_by_key(std::fs::DirEntry::file_name);
+    for org in orgs {
+        let Ok(meta) = std::fs::symlink_metadata(org.path()) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let mut names: Vec<_> = std::fs::read_dir(org.path())
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        names.sort();
+        key.push((org.file_name(), dir_stamp(&meta), names));
+    }
+    Some(key)
+}
+
+impl TlsRptCache {
+    /// The TLS-RPT series of the store in `dir`, read again only when
+    /// its [`StoreKey`] changed.
+    fn render(&mut self, dir: &std::path::Path) -> &str {
+        let key = store_key(dir);
+        if self.key.is_none() || self.key != key {
+            let store = crate::tls_rpt::store::Store::new(
+                dir.to_owned(),
+                crate::tls_rpt::store::Limits::default(),
+            );
+            let reports = match store.load() {
+                Ok((reports, skipped)) => {
+                    for e in skipped {
+                        tracing::debug!("tls-rpt: {e}");
+                    }
+                    reports
+                }
+                Err(e) => {
+                    tracing::warn!("tls-rpt: {e}");
+                    Vec::new()
+                }
+            };
+            let mut text = String::new();
+            crate::tls_rpt::metrics::render(
+                &crate::tls_rpt::metrics::aggregate(&reports),
+                &mut text,
+            );
+            self.text = text;
+            self.key = Some(key.unwrap_or_default());
+            self.loads += 1;
+        }
+        &self.text
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -134,6 +242,36 @@ impl Metrics {
                 facts.not_before = Some(s.not_before);
             }
         }
+    }
+
+    /// The MTA-STS series after a pass: each domain's plan (a domain the
+    /// pass could not look at counts as not in step), and where the
+    /// TLS-RPT reports are (when `[tls_rpt]` is set).
+    pub fn set_mta_sts(
+        &self,
+        config: &crate::config::Config,
+        pass: &crate::mta_sts::pass::MtaStsPass,
+    ) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        m.mta_sts = pass
+            .domains
+            .iter()
+            .map(|d| {
+                let facts = d
+                    .plan
+                    .as_ref()
+                    .map_or_else(MtaStsFacts::default, |p| MtaStsFacts {
+                        in_step: matches!(p.step, crate::mta_sts::order::Step::InStep { .. }),
+                        enforce_refused: p.refused.is_some(),
+                        max_age: Some(p.policy.max_age),
+                    });
+                (d.domain.clone(), facts)
+            })
+            .collect();
+        m.tls_rpt_dir = config
+            .tls_rpt
+            .as_ref()
+            .map(|_| config.state_dir.tls_rpt_dir());
     }
 
     /// Counts ACME orders by result.
@@ -412,6 +550,32 @@ impl Metrics {
                 })
                 .collect(),
         );
+        let per_domain = |f: &dyn Fn(&MtaStsFacts) -> Option<String>| -> Vec<(String, String)> {
+            m.mta_sts
+                .iter()
+                .filter_map(|(d, facts)| {
+                    f(facts).map(|v| (format!("{{domain=\"{}\"}}", escape(d)), v))
+                })
+                .collect()
+        };
+        series(
+            "mxkeys_mta_sts_in_step",
+            "gauge",
+            "1 when an MTA-STS domain's policy is served and published everywhere and its MX set agrees, else 0.",
+            per_domain(&|f| Some(u8::from(f.in_step).to_string())),
+        );
+        series(
+            "mxkeys_mta_sts_enforce_refused",
+            "gauge",
+            "1 while mode enforce is wanted for an MTA-STS domain but refused (an MX host not listed, unchecked or failing its STARTTLS check), else 0.",
+            per_domain(&|f| Some(u8::from(f.enforce_refused).to_string())),
+        );
+        series(
+            "mxkeys_mta_sts_policy_max_age_seconds",
+            "gauge",
+            "The max_age of the MTA-STS policy an MTA-STS domain serves now.",
+            per_domain(&|f| f.max_age.map(|a| a.to_string())),
+        );
         series(
             "mxkeys_source_errors_total",
             "counter",
@@ -427,6 +591,13 @@ impl Metrics {
                 .into_iter()
                 .collect(),
         );
+        let tls_rpt_dir = m.tls_rpt_dir.clone();
+        drop(m);
+        if let Some(dir) = tls_rpt_dir
+            && let Ok(mut cache) = self.tls_rpt.lock()
+        {
+            out2.push_str(cache.render(&dir));
+        }
         out + &out2
     }
 }
