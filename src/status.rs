@@ -604,4 +604,140 @@ mod tests {
         }
         assert!(no_empty_strings(&json), "{json}");
     }
+
+    fn sts_config(mode: &str) -> Config {
+        let host = crate::config::Host {
+            cwd: std::path::PathBuf::from("/srv"),
+            hostname: crate::names::DnsName::parse("mx.example.test").ok(),
+        };
+        Config::parse(
+            std::path::Path::new("/etc/mxkeys/t.toml"),
+            &format!(
+                "state_dir = \"/var/lib/mxkeys\"\n[dns.ns]\ntype = \"manual\"\n[mta_sts]\ndomains = [\"a.test\"]\nmode = \"{mode}\"\nmx = [\"mx.a.test\"]\nmax_age = \"1d\"\ndns = \"ns\"\nlisten = \"0.0.0.0:8443\"\n"
+            ),
+            &host,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_mta_sts_section_shows_each_domains_live_policy_next_step_and_refusal_from_the_ledger() {
+        use crate::mta_sts::ledger::{DomainLedger, Fetched, Ledger, TxtSeen};
+        use crate::mta_sts::order::{Mode, Policy};
+        const NOW: i64 = 1_800_000_000;
+        let mx: std::collections::BTreeSet<String> = ["mx.a.test".to_owned()].into();
+        let testing = crate::mta_sts::policy::id_of(Mode::Testing, &mx, 86_400);
+        let live = |id: &str| {
+            let mut l = DomainLedger::default();
+            l.served.insert(
+                "127.0.0.1:8443".to_owned(),
+                Fetched {
+                    id: Some(id.to_owned()),
+                    since: NOW - 100,
+                    at: NOW - 10,
+                },
+            );
+            l.txt.insert(
+                "192.0.2.53:53".to_owned(),
+                TxtSeen {
+                    id: Some(id.to_owned()),
+                    ttl: 300,
+                    since: NOW - 50,
+                    replaced_ttl: 0,
+                },
+            );
+            l.published_id = Some(id.to_owned());
+            l.live = Some(Policy {
+                mode: Mode::Testing,
+                mx: mx.clone(),
+                max_age: 86_400,
+                id: id.to_owned(),
+            });
+            l.mx.hosts = mx.clone();
+            l.mx.ttl = 300;
+            l
+        };
+        let ledger = |l: Option<DomainLedger>| Ledger {
+            domains: l.into_iter().map(|l| ("a.test".to_owned(), l)).collect(),
+        };
+        // (what, mode wanted, ledger, lines the section must hold)
+        let rows: Vec<(&str, &str, Ledger, Vec<String>)> = vec![
+            (
+                "nothing recorded yet: serve the body first, to the listen address (wildcard: loopback)",
+                "testing",
+                ledger(None),
+                vec![
+                    "mta-sts a.test:".to_owned(),
+                    "  live         none".to_owned(),
+                    "  published    none".to_owned(),
+                    format!("  policy       id {testing}, mode testing"),
+                    format!("  next step    serve policy body {testing}: not yet fetched back from 127.0.0.1:8443"),
+                ],
+            ),
+            (
+                "served and seen everywhere",
+                "testing",
+                ledger(Some(live(&testing))),
+                vec![
+                    format!("  live         id {testing}, mode testing"),
+                    format!("  published    {testing}"),
+                    format!("  next step    in step: policy {testing} served and published everywhere"),
+                ],
+            ),
+            (
+                "enforce wanted, the MX host never checked: refused, testing kept",
+                "enforce",
+                ledger(Some(live(&testing))),
+                vec![
+                    format!("  policy       id {testing}, mode testing"),
+                    "  refused      enforce refused: MX host mx.a.test has no STARTTLS certificate check yet; keeping mode testing".to_owned(),
+                ],
+            ),
+        ];
+        for (what, mode, ledger, want) in rows {
+            let status = MtaStsStatus::from_ledger(&sts_config(mode), &ledger, None, NOW);
+            let text = status.to_text();
+            for line in &want {
+                assert!(
+                    text.lines().any(|l| l == line),
+                    "{what}: no line {line:?} in\n{text}"
+                );
+            }
+            assert_eq!(
+                status.domains[0].in_step,
+                text.contains("in step"),
+                "{what}"
+            );
+            assert!(!text.contains("tls-rpt"), "{what}: {text}");
+        }
+
+        // TLS-RPT totals, by organization.
+        let mut totals = crate::tls_rpt::metrics::Totals::default();
+        totals
+            .sessions
+            .insert(("google.com".to_owned(), "successful"), 12);
+        totals
+            .sessions
+            .insert(("google.com".to_owned(), "failure"), 3);
+        let status = MtaStsStatus::from_ledger(
+            &sts_config("testing"),
+            &Ledger::default(),
+            Some(&totals),
+            NOW,
+        );
+        assert!(
+            status
+                .to_text()
+                .ends_with("tls-rpt: sessions reported\n  google.com: 12 successful, 3 failed\n"),
+            "{}",
+            status.to_text()
+        );
+        let none = MtaStsStatus::from_ledger(
+            &sts_config("testing"),
+            &Ledger::default(),
+            Some(&Default::default()),
+            NOW,
+        );
+        assert!(none.to_text().ends_with("tls-rpt: no reports received\n"));
+    }
 }

@@ -86,7 +86,8 @@ struct MtaStsFacts {
 /// report was added or dropped.
 #[derive(Debug, Default)]
 struct TlsRptCache {
-    key: Option<StoreKey>,
+    /// `None` before the first read; `Some(None)`: the store did not exist.
+    key: Option<Option<StoreKey>>,
     text: String,
     /// How many times the store was read (for the tests).
     loads: u64,
@@ -146,7 +147,7 @@ impl TlsRptCache {
     /// its [`StoreKey`] changed.
     fn render(&mut self, dir: &std::path::Path) -> &str {
         let key = store_key(dir);
-        if self.key.is_none() || self.key != key {
+        if self.key.as_ref() != Some(&key) {
             let store = crate::tls_rpt::store::Store::new(
                 dir.to_owned(),
                 crate::tls_rpt::store::Limits::default(),
@@ -169,7 +170,7 @@ impl TlsRptCache {
                 &mut text,
             );
             self.text = text;
-            self.key = Some(key.unwrap_or_default());
+            self.key = Some(key);
             self.loads += 1;
         }
         &self.text
@@ -930,5 +931,166 @@ mod tests {
             ]
         );
         assert_eq!(m.health(), (true, "ok".to_owned()), "a hold is healthy");
+    }
+
+    fn sts_plan(step: crate::mta_sts::order::Step, refused: bool) -> crate::mta_sts::order::Plan {
+        use crate::mta_sts::order::{Mode, Plan, Policy, Refusal, RefuseReason};
+        Plan {
+            policy: Policy {
+                mode: Mode::Testing,
+                mx: ["mx.example.test".to_owned()].into(),
+                max_age: 604_800,
+                id: "id1".to_owned(),
+            },
+            refused: refused.then(|| Refusal {
+                host: "mx.example.test".to_owned(),
+                reason: RefuseReason::NotChecked,
+                keep: Mode::Testing,
+            }),
+            step,
+        }
+    }
+
+    fn sts_config(state_dir: &std::path::Path, tls_rpt: bool) -> crate::config::Config {
+        let host = crate::config::Host {
+            cwd: std::path::PathBuf::from("/srv"),
+            hostname: crate::names::DnsName::parse("mx.example.test").ok(),
+        };
+        let rpt = if tls_rpt {
+            "[tls_rpt]\nrua = [\"mailto:t@example.test\"]\n"
+        } else {
+            ""
+        };
+        crate::config::Config::parse(
+            std::path::Path::new("/etc/mxkeys/t.toml"),
+            &format!(
+                "state_dir = {:?}\n[dns.ns]\ntype = \"manual\"\n[mta_sts]\ndomains = [\"a.test\", \"b.test\", \"c.test\"]\nmx = [\"mx.example.test\"]\ndns = \"ns\"\nwebroot = \"/var/www\"\n{rpt}",
+                state_dir.display()
+            ),
+            &host,
+        )
+        .unwrap()
+    }
+
+    fn lines_with(text: &str, prefix: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_mta_sts_series_say_per_domain_whether_it_is_in_step_refused_and_its_max_age() {
+        use crate::mta_sts::order::Step;
+        use crate::mta_sts::pass::{DomainOutcome, MtaStsPass};
+        let tmp = tempfile::tempdir().unwrap();
+        let config = sts_config(tmp.path(), false);
+        let metrics = Metrics::default();
+        let outcome = |domain: &str, plan| DomainOutcome {
+            domain: domain.to_owned(),
+            plan,
+        };
+        metrics.set_mta_sts(
+            &config,
+            &MtaStsPass {
+                domains: vec![
+                    outcome(
+                        "a.test",
+                        Some(sts_plan(
+                            Step::InStep {
+                                id: "id1".to_owned(),
+                            },
+                            false,
+                        )),
+                    ),
+                    outcome(
+                        "b.test",
+                        Some(sts_plan(
+                            Step::PublishId {
+                                id: "id1".to_owned(),
+                            },
+                            true,
+                        )),
+                    ),
+                    // Could not be looked at: not in step, no max_age.
+                    outcome("c.test", None),
+                ],
+                ..MtaStsPass::default()
+            },
+        );
+        let text = metrics.render();
+        assert_eq!(
+            lines_with(&text, "mxkeys_mta_sts_"),
+            [
+                "mxkeys_mta_sts_in_step{domain=\"a.test\"} 1",
+                "mxkeys_mta_sts_in_step{domain=\"b.test\"} 0",
+                "mxkeys_mta_sts_in_step{domain=\"c.test\"} 0",
+                "mxkeys_mta_sts_enforce_refused{domain=\"a.test\"} 0",
+                "mxkeys_mta_sts_enforce_refused{domain=\"b.test\"} 1",
+                "mxkeys_mta_sts_enforce_refused{domain=\"c.test\"} 0",
+                "mxkeys_mta_sts_policy_max_age_seconds{domain=\"a.test\"} 604800",
+                "mxkeys_mta_sts_policy_max_age_seconds{domain=\"b.test\"} 604800",
+            ]
+        );
+        // Without [tls_rpt]: no TLS-RPT series.
+        assert!(!text.contains("mxkeys_tls_rpt_"), "{text}");
+        // The next pass replaces the last: a domain no longer configured goes.
+        metrics.set_mta_sts(&config, &MtaStsPass::default());
+        assert!(lines_with(&metrics.render(), "mxkeys_mta_sts_").is_empty());
+    }
+
+    #[test]
+    fn the_tls_rpt_totals_are_read_again_only_when_the_store_changed() {
+        use crate::tls_rpt::store::{Limits, Store};
+        let tmp = tempfile::tempdir().unwrap();
+        let config = sts_config(tmp.path(), true);
+        let metrics = Metrics::default();
+        metrics.set_mta_sts(&config, &crate::mta_sts::pass::MtaStsPass::default());
+        let loads = || metrics.tls_rpt.lock().unwrap().loads;
+        let sessions = |text: &str| lines_with(text, "mxkeys_tls_rpt_sessions_total{");
+        // No store yet: the series with no line, read once.
+        assert!(sessions(&metrics.render()).is_empty());
+        metrics.render();
+        assert_eq!(loads(), 1);
+
+        let store = Store::new(config.state_dir.tls_rpt_dir(), Limits::default());
+        let report = |org: &str, id: &str, ok: u64, failed: u64| {
+            let json = format!(
+                r#"{{"organization-name": {org:?}, "report-id": {id:?},
+                "date-range": {{"start-datetime": "2026-11-28T00:00:00Z",
+                                "end-datetime": "2026-11-28T23:59:59Z"}},
+                "policies": [{{"policy": {{"policy-type": "sts", "policy-domain": "a.test"}},
+                               "summary": {{"total-successful-session-count": {ok},
+                                            "total-failure-session-count": {failed}}},
+                               "failure-details": [{{"result-type": "certificate-expired",
+                                                     "failed-session-count": {failed}}}]}}]}}"#
+            );
+            crate::tls_rpt::report::accept(json.as_bytes(), Some("application/tlsrpt+json"))
+                .unwrap()
+        };
+        store.save(&report("Org \"A\"", "r1", 5, 2)).unwrap();
+        let text = metrics.render();
+        assert_eq!(
+            sessions(&text),
+            [
+                "mxkeys_tls_rpt_sessions_total{organization=\"Org \\\"A\\\"\",result=\"failure\"} 2",
+                "mxkeys_tls_rpt_sessions_total{organization=\"Org \\\"A\\\"\",result=\"successful\"} 5",
+            ]
+        );
+        assert!(
+            text.contains("mxkeys_tls_rpt_failures_total{organization=\"Org \\\"A\\\"\",result_type=\"certificate-expired\"} 2"),
+            "{text}"
+        );
+        assert_eq!(loads(), 2);
+        // Scrapes with nothing new do not read the reports again.
+        assert_eq!(metrics.render(), text);
+        assert_eq!(loads(), 2);
+        // A second report of the same organization, written within the
+        // same clock tick as far as the test can tell: counted.
+        store.save(&report("Org \"A\"", "r2", 1, 0)).unwrap();
+        assert!(metrics.render().contains(
+            "mxkeys_tls_rpt_sessions_total{organization=\"Org \\\"A\\\"\",result=\"successful\"} 6"
+        ));
+        assert_eq!(loads(), 3);
     }
 }
