@@ -6,7 +6,9 @@
 //! The certificate is not validated against a root store: the question is
 //! "is this exactly the certificate we installed", not "is it trusted". The
 //! handshake signature is still checked, so the server must hold the key.
-//! [`served_chain`] gives the whole chain at one address, for `dane check`.
+//! [`served_chain`] gives the whole chain at one address, for `dane check`;
+//! [`served_chain_with`] the same with a client configuration of the
+//! caller's (MTA-STS validates the chain there).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
@@ -164,6 +166,19 @@ pub fn served_chain(
     sni: &str,
     key_type: KeyType,
 ) -> Result<Vec<CertificateDer<'static>>, Failure> {
+    served_chain_with(addr, protocol, sni, Arc::new(client_config(key_type)?))
+}
+
+/// Like [`served_chain`], with the handshake's checks left to `config`:
+/// with a validating verifier (MTA-STS's STARTTLS check) a chain that does
+/// not validate for `sni` fails the handshake, the verifier's reason in
+/// [`Failure::Handshake`].
+pub fn served_chain_with(
+    addr: SocketAddr,
+    protocol: VerifyProtocol,
+    sni: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Vec<CertificateDer<'static>>, Failure> {
     let mut tcp = TcpStream::connect_timeout(&addr, IO_TIMEOUT).map_err(Failure::Connect)?;
     tcp.set_read_timeout(Some(IO_TIMEOUT))
         .map_err(Failure::Socket)?;
@@ -175,8 +190,7 @@ pub fn served_chain(
         sni: sni.to_owned(),
         source,
     })?;
-    let config = client_config(key_type)?;
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), name).map_err(Failure::Tls)?;
+    let mut conn = rustls::ClientConnection::new(config, name).map_err(Failure::Tls)?;
     while conn.is_handshaking() {
         conn.complete_io(&mut tcp).map_err(Failure::Handshake)?;
     }

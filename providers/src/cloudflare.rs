@@ -519,6 +519,7 @@ impl RecordStore for Cloudflare {
 
     async fn remove(&self, name: &str, rtype: RecordType) -> Result<Change, Error> {
         let name = checked_name(name)?;
+        refuse_mx(rtype)?;
         let zone_id = self.zone_for(&name).await?;
         let existing = self.list(&zone_id, &name, rtype).await?;
         if existing.is_empty() {
@@ -559,6 +560,7 @@ impl RecordStore for Cloudflare {
     async fn remove_values(&self, name: &str, values: &[RData]) -> Result<Change, Error> {
         let name = checked_name(name)?;
         let rtype = crate::values_type(values)?;
+        refuse_mx(rtype)?;
         let zone_id = self.zone_for(&name).await?;
         let _turn = self.locks.lock(&name).await;
         let existing = self.list(&zone_id, &name, rtype).await?;
@@ -759,6 +761,8 @@ impl<'a> RecordBody<'a> {
                 // The address itself, not Cloudflare's proxy.
                 body.proxied = Some(false);
             }
+            // Refused by `check_value` before any write.
+            RData::Mx { exchange, .. } => body.content = Some(exchange.clone()),
         }
         body
     }
@@ -824,6 +828,9 @@ struct ListedRecord {
     content: Option<String>,
     #[serde(default)]
     data: Option<serde_json::Value>,
+    /// An MX record's preference.
+    #[serde(default)]
+    priority: Option<u16>,
     #[serde(default)]
     ttl: Option<u32>,
 }
@@ -903,6 +910,10 @@ fn parse_record(
                 .and_then(|c| c.parse().ok())
                 .ok_or_else(unreadable)?,
         ),
+        RecordType::Mx => RData::Mx {
+            preference: record.priority.ok_or_else(unreadable)?,
+            exchange: crate::mx_exchange(record.content.as_deref().ok_or_else(unreadable)?),
+        },
         RecordType::Tlsa => {
             let from_data = record
                 .data
@@ -1149,7 +1160,19 @@ fn check_value(value: &RData) -> Result<(), Error> {
             "cloudflare: invalid CNAME target {target:?}"
         ))),
         RData::A(_) | RData::Aaaa(_) => Ok(()),
+        RData::Mx { .. } => refuse_mx(RecordType::Mx),
     }
+}
+
+/// mxkeys reads MX sets (MTA-STS) but never writes them: the mail routing
+/// is the administrator's.
+fn refuse_mx(rtype: RecordType) -> Result<(), Error> {
+    if rtype == RecordType::Mx {
+        return Err(Error::Unsupported(
+            "cloudflare: mxkeys reads MX records but never writes them".to_owned(),
+        ));
+    }
+    Ok(())
 }
 
 fn in_zone(name: &str, zone: &str) -> bool {
@@ -1224,6 +1247,38 @@ fn check_api_url(url: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mx_records_are_read_but_never_written() {
+        let listed = serde_json::json!({
+            "id": "0123456789abcdef0123456789abcdef",
+            "name": "example.test",
+            "type": "MX",
+            "content": "MX1.Example.test",
+            "priority": 10,
+            "ttl": 300,
+        });
+        let read = parse_record(listed, "example.test", RecordType::Mx).unwrap();
+        assert_eq!(
+            read.map(|r| r.value),
+            Some(RData::Mx {
+                preference: 10,
+                exchange: "mx1.example.test".to_owned()
+            })
+        );
+        let mx = RData::Mx {
+            preference: 10,
+            exchange: "mx1.example.test".to_owned(),
+        };
+        match check_value(&mx) {
+            Err(Error::Unsupported(message)) => {
+                assert!(message.contains("never writes"), "{message}")
+            }
+            other => panic!("an MX write must be refused, got {other:?}"),
+        }
+        assert!(refuse_mx(RecordType::Mx).is_err());
+        assert!(refuse_mx(RecordType::Txt).is_ok());
+    }
 
     #[test]
     fn txt_content_round_trips() {

@@ -200,6 +200,18 @@ fn parse_value(rtype: RecordType, line: &str) -> Option<RData> {
         RecordType::Cname => Some(RData::Cname(crate::canonical_name(line))),
         RecordType::A => line.trim().parse().ok().map(RData::A),
         RecordType::Aaaa => line.trim().parse().ok().map(RData::Aaaa),
+        RecordType::Mx => {
+            let mut parts = line.split_whitespace();
+            let preference = parts.next()?.parse().ok()?;
+            let exchange = parts.next()?;
+            if parts.next().is_some() {
+                return None;
+            }
+            Some(RData::Mx {
+                preference,
+                exchange: crate::mx_exchange(exchange),
+            })
+        }
         RecordType::Tlsa => {
             let mut parts = line.split_whitespace();
             let usage = parts.next()?.parse().ok()?;
@@ -312,6 +324,30 @@ impl RecordStore for Exec {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn mx_lines_read_as_preference_and_exchange() {
+        let mx = |preference, exchange: &str| {
+            Some(RData::Mx {
+                preference,
+                exchange: exchange.to_owned(),
+            })
+        };
+        // (line, value)
+        let table: &[(&str, Option<RData>)] = &[
+            ("10 mx.example.com", mx(10, "mx.example.com")),
+            ("10 MX.Example.COM.", mx(10, "mx.example.com")),
+            ("  5\tmx2.example.com ", mx(5, "mx2.example.com")),
+            ("0 .", mx(0, ".")),
+            ("mx.example.com", None),
+            ("10", None),
+            ("70000 mx.example.com", None),
+            ("10 mx.example.com extra", None),
+        ];
+        for (line, want) in table {
+            assert_eq!(parse_value(RecordType::Mx, line), *want, "{line:?}");
+        }
+    }
 
     /// A program that keeps record sets in files named after NAME and TYPE.
     fn store_script(dir: &std::path::Path) -> std::path::PathBuf {

@@ -49,6 +49,9 @@ pub enum RecordType {
     A,
     /// An IPv6 address, as [`RecordType::A`].
     Aaaa,
+    /// A mail exchange: read (never written) for MTA-STS, whose policy
+    /// lists the domain's MX hosts.
+    Mx,
 }
 
 impl fmt::Display for RecordType {
@@ -59,6 +62,7 @@ impl fmt::Display for RecordType {
             RecordType::Cname => "CNAME",
             RecordType::A => "A",
             RecordType::Aaaa => "AAAA",
+            RecordType::Mx => "MX",
         })
     }
 }
@@ -86,6 +90,14 @@ pub enum RData {
     A(Ipv4Addr),
     /// An IPv6 address.
     Aaaa(Ipv6Addr),
+    /// A mail exchange (RFC 5321 §5.1).
+    Mx {
+        /// Lower is tried first.
+        preference: u16,
+        /// The host, lower case, without the trailing dot; the null MX
+        /// (RFC 7505: the domain accepts no mail) is `"."`.
+        exchange: String,
+    },
 }
 
 impl RData {
@@ -98,6 +110,7 @@ impl RData {
             RData::Cname(_) => RecordType::Cname,
             RData::A(_) => RecordType::A,
             RData::Aaaa(_) => RecordType::Aaaa,
+            RData::Mx { .. } => RecordType::Mx,
         }
     }
 }
@@ -120,6 +133,14 @@ impl fmt::Display for RData {
             RData::Cname(target) => write!(f, "{target}."),
             RData::A(ip) => write!(f, "{ip}"),
             RData::Aaaa(ip) => write!(f, "{ip}"),
+            RData::Mx {
+                preference,
+                exchange,
+            } if exchange == "." => write!(f, "{preference} ."),
+            RData::Mx {
+                preference,
+                exchange,
+            } => write!(f, "{preference} {exchange}."),
         }
     }
 }
@@ -243,6 +264,15 @@ impl NameLocks {
 /// Canonical form of a DNS name: lower case, no trailing dot.
 pub fn canonical_name(name: &str) -> String {
     name.trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// An MX exchange in mxkeys' form: lower case, no trailing dot; the null
+/// MX (the root name, `"."` or `""`) stays `"."`.
+pub fn mx_exchange(name: &str) -> String {
+    match canonical_name(name) {
+        root if root.is_empty() => ".".to_owned(),
+        host => host,
+    }
 }
 
 /// Whether `set` holds every value of `values`.

@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::tlsa::{CertUsage, Matching, Selector};
 use hickory_proto::rr::rdata::tsig::{TsigAlgorithm as HickoryTsigAlgorithm, TsigError};
-use hickory_proto::rr::rdata::{CNAME, TLSA, TXT};
+use hickory_proto::rr::rdata::{CNAME, MX, TLSA, TXT};
 use hickory_proto::rr::{
     DNSClass, Name, RData as WireRData, Record, RecordType as WireType, TSigner,
 };
@@ -717,6 +717,7 @@ pub(crate) fn wire_type(rtype: RecordType) -> WireType {
         RecordType::Cname => WireType::CNAME,
         RecordType::A => WireType::A,
         RecordType::Aaaa => WireType::AAAA,
+        RecordType::Mx => WireType::MX,
     }
 }
 
@@ -739,6 +740,17 @@ pub(crate) fn to_wire(value: &RData) -> Result<WireRData, Error> {
         RData::Cname(target) => WireRData::CNAME(CNAME(parse_name(target)?)),
         RData::A(ip) => WireRData::A((*ip).into()),
         RData::Aaaa(ip) => WireRData::AAAA((*ip).into()),
+        RData::Mx {
+            preference,
+            exchange,
+        } => WireRData::MX(MX::new(
+            *preference,
+            if exchange == "." {
+                Name::root()
+            } else {
+                parse_name(exchange)?
+            },
+        )),
     })
 }
 
@@ -755,6 +767,10 @@ pub(crate) fn from_wire(data: &WireRData) -> Option<RData> {
         WireRData::CNAME(c) => Some(RData::Cname(display_name(&c.0))),
         WireRData::A(a) => Some(RData::A(a.0)),
         WireRData::AAAA(a) => Some(RData::Aaaa(a.0)),
+        WireRData::MX(mx) => Some(RData::Mx {
+            preference: mx.preference,
+            exchange: crate::mx_exchange(&mx.exchange.to_ascii()),
+        }),
         _ => None,
     }
 }
@@ -1056,6 +1072,28 @@ mod tests {
         assert_eq!(from_wire(&to_wire(&cname).unwrap()), Some(cname));
         let txt = RData::Txt(String::new());
         assert_eq!(from_wire(&to_wire(&txt).unwrap()), Some(txt));
+    }
+
+    #[test]
+    fn mx_converts_both_ways_lower_case_without_the_dot_and_keeps_the_null_mx() {
+        let mx = RData::Mx {
+            preference: 10,
+            exchange: "mx1.example.test".to_owned(),
+        };
+        assert_eq!(from_wire(&to_wire(&mx).unwrap()), Some(mx));
+        let null = RData::Mx {
+            preference: 0,
+            exchange: ".".to_owned(),
+        };
+        assert_eq!(from_wire(&to_wire(&null).unwrap()), Some(null));
+        let upper = WireRData::MX(MX::new(20, Name::from_ascii("MX2.Example.TEST.").unwrap()));
+        assert_eq!(
+            from_wire(&upper),
+            Some(RData::Mx {
+                preference: 20,
+                exchange: "mx2.example.test".to_owned()
+            })
+        );
     }
 
     /// A UDP "server" that answers with TC set, and a TCP listener on the

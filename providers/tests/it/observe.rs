@@ -284,3 +284,85 @@ async fn inside_secure_lookup() {
         other => panic!("expected an error naming the resolver, got {other:?}"),
     }
 }
+
+// ---------------------------------------------------------------------------
+// MX sets (MTA-STS), against a plain BIND on a pool port
+// ---------------------------------------------------------------------------
+
+/// `example.test` with two MX hosts (one written in upper case, one
+/// relative), a null MX at `nomail`, and no MX at `ns`. (BIND refuses an
+/// update adding an MX whose host has no address: the hosts have one.)
+const MX_ZONE: &str = "$TTL 300
+@ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60
+@ IN NS ns.example.test.
+ns IN A 127.0.0.1
+mx1 IN A 127.0.0.1
+mx2 IN A 127.0.0.1
+mail IN A 127.0.0.1
+@ 120 IN MX 10 MX1.Example.TEST.
+@ 120 IN MX 20 mx2
+nomail IN MX 0 .
+";
+
+fn mx(preference: u16, exchange: &str) -> RData {
+    RData::Mx {
+        preference,
+        exchange: exchange.to_owned(),
+    }
+}
+
+#[tokio::test]
+async fn observe_reads_an_mx_set_lower_case_without_the_dot_a_null_mx_as_dot_and_an_mx_written_over_rfc2136()
+ {
+    use crate::bind_client::BindClient as _;
+    use mxkeys_providers::RecordStore as _;
+    let Some(bind) = mxkeys_testsupport::bind::Bind::start_with_zone(MX_ZONE) else {
+        return;
+    };
+    let p = Propagation {
+        nameservers: Some(vec![bind.addr()]),
+        ..Propagation::default()
+    };
+
+    let mut seen = one(p.observe(ZONE, RecordType::Mx).await.unwrap());
+    seen.values.sort();
+    assert_eq!(
+        seen.values,
+        vec![mx(10, "mx1.example.test"), mx(20, "mx2.example.test")]
+    );
+    assert_eq!(seen.ttl, Some(120));
+
+    let null = one(p
+        .observe("nomail.example.test", RecordType::Mx)
+        .await
+        .unwrap());
+    assert_eq!(null.values, vec![mx(0, ".")]);
+
+    let none = one(p.observe("ns.example.test", RecordType::Mx).await.unwrap());
+    assert!(none.values.is_empty(), "{none:?}");
+    assert_eq!(none.negative_ttl, Some(60));
+
+    // Written through RFC 2136 (the wire form out), read back the same.
+    let written = [mx(5, "mail.example.test"), mx(0, ".")];
+    let log = || std::fs::read_to_string(bind.dir().join("named.log")).unwrap_or_default();
+    for (name, values) in [("relay", &written[..1]), ("gone", &written[1..])] {
+        let name = format!("{name}.example.test");
+        if let Err(e) = bind.provider().replace(&name, 300, values).await {
+            panic!("{name}: {e}\n{}", log());
+        }
+    }
+    let relay = one(p
+        .observe("relay.example.test", RecordType::Mx)
+        .await
+        .unwrap());
+    assert_eq!(relay.values, written[..1]);
+    let gone = one(p
+        .observe("gone.example.test", RecordType::Mx)
+        .await
+        .unwrap());
+    assert_eq!(gone.values, written[1..]);
+    assert_eq!(
+        bind.short("MX", "relay.example.test"),
+        vec!["5 mail.example.test.".to_owned()]
+    );
+}
