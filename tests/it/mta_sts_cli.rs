@@ -1,0 +1,261 @@
+//! `mxkeys mta-sts status | check | disable` and the daemon's MTA-STS
+//! responder, driven as an operator does: the `mxkeys` binary on a
+//! configuration in a temp dir. `status` reads a ledger file written here
+//! (no network); `mxkeys run` with `[mta_sts] listen` on a pool port serves
+//! the policy file the pass writes (`state_dir/mta-sts-www`, written here
+//! as the pass writes it) with the certificate of the target covering
+//! `mta-sts.example.test`, fetched by curl trusting only the test CA
+//! (`--resolve` stands in for DNS); a renewal installed while it runs is
+//! served by the next handshake.
+//!
+//! Needs curl for the daemon test: without it that test is skipped loudly,
+//! or fails with `CI=true`.
+
+use mxkeys_testsupport as common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use common::servers::{Need, require_programs};
+use common::*;
+use mxkeys::mta_sts::policy::{Mode, MxPattern, Policy, id_of};
+
+const CURL: &[Need] = &[("curl", "curl")];
+const STS_HOST: &str = "mta-sts.example.test";
+
+/// `[dns.ns]` and `[mta_sts]` for example.test, served by `serve` (a
+/// `listen = ...` or `webroot = ...` line).
+fn sts_tables(mode: &str, serve: &str) -> String {
+    format!(
+        "[dns.ns]\ntype = \"manual\"\n\n[mta_sts]\ndomains = [\"example.test\"]\nmode = \"{mode}\"\nmx = [\"mx.example.test\"]\nmax_age = \"1d\"\ndns = \"ns\"\n{serve}\n"
+    )
+}
+
+#[test]
+fn mta_sts_status_on_a_prepared_ledger_prints_the_step_and_the_refusal() {
+    let env = Env::new();
+    let target = Target::new(&env, "mail").domains(&["mx.example.test"]);
+    env.write_config_with(
+        &sts_tables("enforce", "listen = \"127.0.0.1:8443\""),
+        &[],
+        &[&target],
+    );
+    // The policy in testing mode is live everywhere; the MX host was never
+    // checked, so enforce is refused and testing kept: in step.
+    let mx: BTreeSet<String> = ["mx.example.test".to_owned()].into();
+    let id = id_of(Mode::Testing, &mx, 86_400);
+    let ledger = format!(
+        r#"{{"domains": {{"example.test": {{
+            "served": {{"127.0.0.1:8443": {{"id": "{id}", "since": 1000, "at": 2000}}}},
+            "txt": {{"192.0.2.53:53": {{"id": "{id}", "ttl": 300, "since": 1500}}}},
+            "published_id": "{id}",
+            "live": {{"mode": "testing", "mx": ["mx.example.test"], "max_age": 86400, "id": "{id}"}},
+            "mx": {{"hosts": ["mx.example.test"], "ttl": 300}}
+        }}}}}}"#
+    );
+    write(&env.state.join("mta-sts.json"), ledger);
+
+    let r = env.run(&["mta-sts", "status"]);
+    r.ok();
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    for want in [
+        "mta-sts example.test:".to_owned(),
+        format!("  live         id {id}, mode testing"),
+        format!("  published    {id}"),
+        format!("  next step    in step: policy {id} served and published everywhere"),
+        "  refused      enforce refused: MX host mx.example.test has no STARTTLS certificate check yet; keeping mode testing".to_owned(),
+    ] {
+        assert!(lines.contains(&want.as_str()), "no line {want:?}\n{}", r.describe());
+    }
+
+    // The JSON says the same.
+    let r = env.run(&["mta-sts", "status", "--json"]);
+    r.ok();
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let d = &v["domains"][0];
+    assert_eq!(d["domain"], "example.test", "{v}");
+    assert_eq!(d["in_step"], true, "{v}");
+    assert_eq!(d["mode"], "testing", "{v}");
+    assert!(
+        d["refused"]
+            .as_str()
+            .unwrap_or("")
+            .contains("enforce refused"),
+        "{v}"
+    );
+
+    // `mxkeys status` has the section too.
+    let r = env.run(&["status"]);
+    assert!(
+        r.stdout.contains("mta-sts example.test:"),
+        "{}",
+        r.describe()
+    );
+}
+
+#[test]
+fn disable_on_a_domain_that_is_not_an_mta_sts_domain_exits_2_naming_it() {
+    let env = Env::new();
+    env.write_config_with(
+        &sts_tables("testing", "webroot = \"/nonexistent/www\""),
+        &[],
+        &[],
+    );
+    let r = env.run(&["mta-sts", "disable", "other.test"]);
+    assert_eq!(r.code, 2, "{}", r.describe());
+    assert!(r.stderr.contains("other.test"), "{}", r.describe());
+    // Nothing was recorded.
+    assert!(!env.state.join("mta-sts.json").exists());
+}
+
+#[test]
+fn check_and_disable_without_an_mta_sts_table_exit_2() {
+    let env = Env::new();
+    env.write_config(&[], &[]);
+    let r = env.run(&["mta-sts", "check"]);
+    assert_eq!(r.code, 2, "{}", r.describe());
+    assert!(r.stderr.contains("no [mta_sts] table"), "{}", r.describe());
+    let r = env.run(&["mta-sts", "disable", "example.test"]);
+    assert_eq!(r.code, 2, "{}", r.describe());
+    let r = env.run(&["mta-sts", "status"]);
+    assert_eq!(r.code, 2, "{}", r.describe());
+}
+
+#[test]
+fn check_names_a_policy_name_no_target_covers() {
+    let env = Env::new();
+    let target = Target::new(&env, "mail").domains(&["mx.example.test"]);
+    env.write_config_with(
+        &sts_tables("testing", "listen = \"127.0.0.1:8443\""),
+        &[src_self_signed()],
+        &[&target],
+    );
+    let r = env.check();
+    assert!(
+        r.stdout.lines().any(|l| l
+            == "mta-sts: no target covers mta-sts.example.test: the responder cannot serve it; add a [[target]] whose domains include mta-sts.example.test"),
+        "{}",
+        r.describe()
+    );
+}
+
+/// What curl got from `https://mta-sts.example.test:PORT/.well-known/mta-sts.txt`.
+#[derive(Debug)]
+struct Fetched {
+    exit: i32,
+    status: String,
+    body: String,
+    /// SHA-256 of the served leaf.
+    leaf: Option<String>,
+    stderr: String,
+}
+
+fn curl(dir: &Path, root: &Path, port: u16) -> Fetched {
+    let body_file = dir.join(format!("body-{}", free_port()));
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--noproxy", "*", "--max-time", "10", "--cacert"])
+        .arg(root)
+        .arg("--resolve")
+        .arg(format!("{STS_HOST}:{port}:127.0.0.1"))
+        .arg("-o")
+        .arg(&body_file)
+        .args(["-w", "%{http_code}\n%{certs}"])
+        .arg(format!("https://{STS_HOST}:{port}/.well-known/mta-sts.txt"));
+    for v in [
+        "https_proxy",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        c.env_remove(v);
+    }
+    let out = run_with_timeout(c);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (status, certs) = stdout.split_once('\n').unwrap_or((&stdout, ""));
+    Fetched {
+        exit: out.status.code().unwrap_or(-1),
+        status: status.to_owned(),
+        body: std::fs::read_to_string(&body_file).unwrap_or_default(),
+        leaf: pem_blocks(certs)
+            .into_iter()
+            .find(|(label, _)| label == "CERTIFICATE")
+            .map(|(_, der)| sha256_hex(&der)),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[test]
+fn run_serves_the_policy_file_with_the_covering_targets_certificate_and_a_renewal_without_restart()
+{
+    if !require_programs("mta_sts_cli_run", &[CURL]) {
+        return;
+    }
+    let env = Env::new();
+    let ca = Ca::new("mta-sts-run");
+    let root = env.path("root.pem");
+    write(&root, pem_block("CERTIFICATE", &ca.root_der));
+    let first = ca.issue(&LeafSpec::new(&[STS_HOST]));
+    let source_dir = env.path("source");
+    std::fs::create_dir_all(&source_dir).unwrap();
+    let source = files_source(&source_dir, &first);
+    let mail = Target::new(&env, "mail").domains(&["mx.example.test"]);
+    let web = Target::new(&env, "web").domains(&[STS_HOST]);
+    let port = free_port();
+    env.write_config_with(
+        &sts_tables("testing", &format!("listen = \"127.0.0.1:{port}\"")),
+        &[source, src_self_signed()],
+        &[&mail, &web],
+    );
+    // The policy file, where and as the pass writes it.
+    let policy = Policy::new(
+        Mode::Testing,
+        vec![MxPattern::parse("mx.example.test").unwrap()],
+        86_400,
+    )
+    .unwrap();
+    let body = policy.canonical();
+    let file = env
+        .state
+        .join("mta-sts-www/mta-sts.example.test/.well-known/mta-sts.txt");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    write(&file, &body);
+
+    let d = env.daemon(&[]);
+    let got = wait_for(
+        "the responder to serve the policy",
+        || {
+            let f = curl(&env.root, &root, port);
+            (f.exit == 0).then_some(f)
+        },
+        || d.describe(),
+    );
+    assert_eq!(got.status, "200", "{got:?}");
+    assert_eq!(got.body, body, "{got:?}");
+    assert_eq!(got.leaf.as_deref(), Some(first.fp().as_str()), "{got:?}");
+
+    // A renewal reaches the target's files through the source: the next
+    // handshake serves it, the daemon still running.
+    let renewed = ca.issue(&LeafSpec::new(&[STS_HOST]));
+    let tmp = source_dir.join("fullchain.tmp");
+    write(&tmp, renewed.fullchain_pem());
+    std::fs::rename(&tmp, source_dir.join("fullchain.pem")).unwrap();
+    let tmp = source_dir.join("privkey.tmp");
+    write(&tmp, renewed.key_pem());
+    std::fs::rename(&tmp, source_dir.join("privkey.pem")).unwrap();
+    wait_for(
+        "the renewal installed in the web target",
+        || (web.installed_fp().as_deref() == Some(renewed.fp().as_str())).then_some(()),
+        || d.describe(),
+    );
+    let got = curl(&env.root, &root, port);
+    assert_eq!((got.exit, got.body.as_str()), (0, body.as_str()), "{got:?}");
+    assert_eq!(
+        got.leaf.as_deref(),
+        Some(renewed.fp().as_str()),
+        "{got:?}\n{}",
+        d.describe()
+    );
+    let _ = got.stderr;
+}
