@@ -75,14 +75,44 @@ pub fn wanted_names(config: &Config) -> Vec<DnsName> {
 
 /// The host of an `https://HOST[:PORT]/PATH` URI, lower case.
 pub fn https_host(uri: &str) -> Option<String> {
+    https_endpoint(uri).map(|(host, _)| host)
+}
+
+/// The (host, path) a sender posts TLS reports to for an `https` rua: the
+/// host lower case, the path without query or fragment (`/` when none).
+pub fn https_endpoint(uri: &str) -> Option<(String, String)> {
     let rest = uri
         .get(..8)?
         .eq_ignore_ascii_case("https://")
         .then(|| &uri[8..])?;
-    let authority = rest.split(['/', '?', '#']).next()?;
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     let host = host.split(':').next()?;
-    (!host.is_empty()).then(|| host.to_ascii_lowercase())
+    if host.is_empty() {
+        return None;
+    }
+    let path = tail.split(['?', '#']).next().unwrap_or("");
+    let path = if path.is_empty() { "/" } else { path };
+    Some((host.to_ascii_lowercase(), path.to_owned()))
+}
+
+/// Every (host, path) of the `https` ruas of `[tls_rpt]`: where the
+/// responder takes reports.
+pub fn report_endpoints(config: &Config) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    for e in config
+        .tls_rpt
+        .iter()
+        .flat_map(|t| t.rua.iter())
+        .filter(|r| r.is_https())
+        .filter_map(|r| https_endpoint(r.as_str()))
+    {
+        if !out.contains(&e) {
+            out.push(e);
+        }
+    }
+    out
 }
 
 /// Which certificates the responder serves (see [`ResponderCerts`]): a
@@ -155,6 +185,8 @@ struct ResponderWant {
     certs: Vec<CertFiles>,
     policies: PathBuf,
     domains: Vec<DnsName>,
+    /// Where reports are taken (`[tls_rpt]` https ruas), and stored.
+    reports: Option<(Vec<(String, String)>, PathBuf)>,
 }
 
 fn responder_want(config: &Config) -> Option<ResponderWant> {
@@ -167,6 +199,9 @@ fn responder_want(config: &Config) -> Option<ResponderWant> {
         certs: responder_certs(config).certs,
         policies: config.state_dir.mta_sts_www(),
         domains: m.domains.clone(),
+        reports: Some(report_endpoints(config))
+            .filter(|e| !e.is_empty())
+            .map(|e| (e, config.state_dir.tls_rpt_dir())),
     })
 }
 
@@ -445,21 +480,29 @@ key = \"/etc/reports/key.pem\"
     }
 
     #[test]
-    fn an_https_rua_names_its_host() {
+    fn an_https_rua_names_the_host_and_path_reports_are_posted_to() {
         for (uri, want) in [
             (
                 "https://Reports.Example.Test/tlsrpt",
-                Some("reports.example.test"),
+                Some(("reports.example.test", "/tlsrpt")),
             ),
             (
-                "https://reports.example.test:8443/x",
-                Some("reports.example.test"),
+                "https://reports.example.test:8443/v1/x?k=v",
+                Some(("reports.example.test", "/v1/x")),
             ),
-            ("https://reports.example.test", Some("reports.example.test")),
+            (
+                "https://reports.example.test",
+                Some(("reports.example.test", "/")),
+            ),
+            ("HTTPS://r.example.test#f", Some(("r.example.test", "/"))),
             ("mailto:tlsrpt@example.test", None),
             ("https:///x", None),
+            ("http://r.example.test/x", None),
         ] {
-            assert_eq!(https_host(uri).as_deref(), want, "{uri}");
+            let got = https_endpoint(uri);
+            let got = got.as_ref().map(|(h, p)| (h.as_str(), p.as_str()));
+            assert_eq!(got, want, "{uri}");
+            assert_eq!(https_host(uri).as_deref(), want.map(|w| w.0), "{uri}");
         }
     }
 }
