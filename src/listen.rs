@@ -1,5 +1,6 @@
 //! HTTP/1 listeners with limits, for the metrics server, the built-in
-//! HTTP-01 responder and (over TLS, [`serve_tls`]) the MTA-STS responder.
+//! HTTP-01 responder and (over TLS, [`serve_tls_async`]) the MTA-STS
+//! responder.
 //!
 //! Rule: a listener can never take the daemon's descriptors or a core. At
 //! most [`Limits::max_connections`] connections are open at once: at the
@@ -11,13 +12,24 @@
 //! its last response) is closed, and so is one with no bytes moving either
 //! way for `idle_timeout`; a failing `accept` (EMFILE, ENFILE, ENOMEM...)
 //! pauses the loop with a growing backoff, said once per episode, instead
-//! of spinning. Requests are small: headers are capped, bodies ignored.
-//! Over TLS the handshake counts as part of the request head: it must end
-//! within `header_timeout`, and a connection whose handshake fails is
-//! closed without a word.
+//! of spinning. Request heads are capped; [`serve`] and [`serve_tls`]
+//! ignore bodies. Over TLS the handshake counts as part of the request
+//! head: it must end within `header_timeout`, and a connection whose
+//! handshake fails is closed without a word.
+//!
+//! [`serve_tls_async`] gives its handler the request itself, body
+//! included, for the one endpoint that takes uploads (TLS-RPT reports):
+//! the handler reads the body under its own cap, and a body also ends
+//! under the limits here, since the idle timeout applies while it is
+//! read (no byte for `idle_timeout` closes the connection); the handler
+//! bounds its total time. A connection closed after a response (a
+//! refused upload's `Connection: close`) lingers: its sending side is
+//! closed, what still arrives is discarded for at most 2 s, so the peer
+//! reads the response instead of a reset.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -68,7 +80,8 @@ pub async fn serve<H>(listener: TcpListener, limits: Limits, what: &'static str,
 where
     H: Fn(&Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
-    let handler = move |_: Option<&str>, req: &Request<Incoming>| handler(req);
+    let handler =
+        move |_: Option<Arc<str>>, req: Request<Incoming>| std::future::ready(handler(&req));
     accept_loop(listener, limits, what, None, Arc::new(handler)).await;
 }
 
@@ -83,18 +96,39 @@ pub async fn serve_tls<H>(
 ) where
     H: Fn(Option<&str>, &Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
 {
+    let handler = move |sni: Option<Arc<str>>, req: Request<Incoming>| {
+        std::future::ready(handler(sni.as_deref(), &req))
+    };
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     accept_loop(listener, limits, what, Some(acceptor), Arc::new(handler)).await;
 }
 
-async fn accept_loop<H>(
+/// Like [`serve_tls`], with an async `handler` that owns the request (and
+/// so can read its body). The connection's limits still apply while it
+/// runs: no byte moving for `idle_timeout` closes the connection.
+pub async fn serve_tls_async<H, F>(
+    listener: TcpListener,
+    limits: Limits,
+    what: &'static str,
+    tls: Arc<rustls::ServerConfig>,
+    handler: H,
+) where
+    H: Fn(Option<Arc<str>>, Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    accept_loop(listener, limits, what, Some(acceptor), Arc::new(handler)).await;
+}
+
+async fn accept_loop<H, F>(
     listener: TcpListener,
     limits: Limits,
     what: &'static str,
     tls: Option<tokio_rustls::TlsAcceptor>,
     handler: Arc<H>,
 ) where
-    H: Fn(Option<&str>, &Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    H: Fn(Option<Arc<str>>, Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let silent = Silent::default();
@@ -223,14 +257,15 @@ fn next_backoff(current: Duration) -> Duration {
 
 /// Serves one connection until it ends, times out, goes idle, or is
 /// evicted before it spoke.
-async fn serve_connection<H>(
+async fn serve_connection<H, F>(
     stream: TcpStream,
     limits: Limits,
     tls: Option<tokio_rustls::TlsAcceptor>,
     handler: Arc<H>,
     entry: &Arc<SilentEntry>,
 ) where
-    H: Fn(Option<&str>, &Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    H: Fn(Option<Arc<str>>, Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let start = Instant::now();
     let activity = Arc::new(AtomicU64::new(0));
@@ -264,7 +299,7 @@ async fn serve_connection<H>(
 }
 
 /// Runs HTTP/1 on `io` (plain or TLS) under the limits.
-async fn drive<IO, H>(
+async fn drive<IO, H, F>(
     io: IO,
     sni: Option<String>,
     limits: Limits,
@@ -274,26 +309,33 @@ async fn drive<IO, H>(
     activity: &AtomicU64,
 ) where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Option<&str>, &Request<Incoming>) -> Response<Full<Bytes>> + Send + Sync + 'static,
+    H: Fn(Option<Arc<str>>, Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     let sni: Option<Arc<str>> = sni.map(Arc::from);
     let service = hyper::service::service_fn(move |req| {
-        let handler = handler.clone();
-        let sni = sni.clone();
-        async move { Ok::<_, Infallible>(handler(sni.as_deref(), &req)) }
+        let reply = handler(sni.clone(), req);
+        async move { Ok::<_, Infallible>(reply.await) }
     });
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(MAX_HEAD);
-    let conn = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+    let conn = builder
+        .serve_connection(hyper_util::rt::TokioIo::new(io), service)
+        .without_shutdown();
     tokio::pin!(conn);
     loop {
         let seen = activity.load(Ordering::Relaxed);
         let deadline = start + Duration::from_millis(seen) + limits.idle_timeout;
         tokio::select! {
-            _ = conn.as_mut() => return,
+            done = conn.as_mut() => {
+                if let Ok(parts) = done {
+                    linger(parts.io.into_inner()).await;
+                }
+                return;
+            }
             () = entry.close.notified() => {
                 if !entry.spoke.load(Ordering::Relaxed) {
                     return;
@@ -307,6 +349,32 @@ async fn drive<IO, H>(
             }
         }
     }
+}
+
+/// How long a closed connection's unread input is still read and thrown
+/// away (see [`linger`]).
+const LINGER: Duration = Duration::from_secs(2);
+
+/// Ends a connection whose last response is written: closes the sending
+/// side, then reads and discards what the peer still sends until it
+/// closes too, for at most [`LINGER`]. Closing a socket with unread input
+/// sends a reset, which can destroy the response before the peer reads
+/// it (a client still uploading a body that was refused mid-way, 413,
+/// would never see why).
+async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(mut io: IO) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let _ = tokio::time::timeout(LINGER, async {
+        if io.shutdown().await.is_err() {
+            return;
+        }
+        let mut buf = [0u8; 16 * 1024];
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// A stream that records when bytes last moved (milliseconds after

@@ -38,3 +38,4 @@ mod status;
 mod sync;
 mod systemd;
 mod tls_rpt;
+mod tls_rpt_http;

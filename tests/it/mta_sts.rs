@@ -3,7 +3,8 @@
 //! `https://mta-sts.example.test/.well-known/mta-sts.txt` from it on a
 //! loopback port (`--resolve` stands in for DNS), picking the certificate
 //! by SNI. Certificates are generated at test time and read from files,
-//! as the responder reads the files another part installs.
+//! as the responder reads the files another part installs; policies are
+//! files in the webroot layout, as the MTA-STS pass writes them.
 //!
 //! `postfix-mta-sts-resolver`'s `mta-sts-query` fetches the policy as a
 //! Postfix sender's resolver does: the `_mta-sts` TXT record and the
@@ -25,7 +26,8 @@ use std::process::Command;
 use common::dnssec::{self, SignedZone};
 use common::servers::{Need, output_within, require_programs};
 use common::*;
-use mxkeys::mta_sts::responder::{CertFiles, POLICY_PATH, Responder};
+use mxkeys::mta_sts::responder::{CertFiles, POLICY_PATH, Responder, ResponderConfig};
+use mxkeys::mta_sts::webroot;
 use mxkeys::names::DnsName;
 
 const CURL: &[Need] = &[("curl", "curl")];
@@ -56,6 +58,32 @@ impl Bed {
         }
     }
 
+    /// Where the responder reads its policies (webroot layout).
+    fn www(&self) -> PathBuf {
+        self.dir.join("www")
+    }
+
+    /// Writes these policies (domain, body) as the pass does; a domain
+    /// without one has its file removed.
+    fn policies(&self, policies: &[(&str, &str)], removed: &[&str]) {
+        webroot::write_policies(&self.www(), &policy_map(policies)).unwrap();
+        for d in removed {
+            let file = webroot::root_of(&self.www(), d)
+                .unwrap()
+                .join(webroot::POLICY_FILE);
+            let _ = std::fs::remove_file(file);
+        }
+    }
+
+    fn config(&self, addr: SocketAddr, names: &[&str]) -> ResponderConfig {
+        ResponderConfig {
+            addr,
+            certs: vec![self.files(names)],
+            policies: self.www(),
+            reports: None,
+        }
+    }
+
     fn files(&self, names: &[&str]) -> CertFiles {
         CertFiles {
             names: names.iter().map(|n| DnsName::parse(n).unwrap()).collect(),
@@ -81,9 +109,8 @@ fn replace(path: &Path, text: &str) {
 
 async fn start(bed: &Bed, names: &[&str], policies: &[(&str, &str)]) -> Responder {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    Responder::start(addr, vec![bed.files(names)], policy_map(policies))
-        .await
-        .unwrap()
+    bed.policies(policies, &[]);
+    Responder::start(bed.config(addr, names)).await.unwrap()
 }
 
 fn policy_map(policies: &[(&str, &str)]) -> HashMap<String, String> {
@@ -219,12 +246,12 @@ async fn an_unknown_sni_path_or_host_gets_no_policy() {
     assert_eq!((host.exit, host.status.as_str()), (0, "421"), "{host:?}");
     assert!(!host.body.contains("STSv1"), "{host:?}");
 
-    // Policies swapped at run time: the new body, then none at all.
+    // Policy files changed at run time: the new body, then none at all.
     let testing = BODY.replace("enforce", "testing");
-    r.set_policies(policy_map(&[("example.test", &testing)]));
+    bed.policies(&[("example.test", &testing)], &[]);
     let swapped = curl(&bed, &r, HOST, POLICY_PATH, &[]).await;
     assert_eq!(swapped.body, testing, "{swapped:?}");
-    r.set_policies(HashMap::new());
+    bed.policies(&[], &["example.test"]);
     let gone = curl(&bed, &r, HOST, POLICY_PATH, &[]).await;
     assert_eq!(gone.exit, 35, "{}", gone.stderr);
     assert!(gone.body.is_empty(), "{gone:?}");
@@ -309,12 +336,9 @@ fn inside_mta_sts_query() {
         .build()
         .unwrap();
     let addr: SocketAddr = "127.0.0.1:443".parse().unwrap();
-    let r = rt
-        .block_on(Responder::start(
-            addr,
-            vec![bed.files(&[HOST])],
-            policy_map(&[("example.test", BODY)]),
-        ))
+    bed.policies(&[("example.test", BODY)], &[]);
+    let _r = rt
+        .block_on(Responder::start(bed.config(addr, &[HOST])))
         .unwrap();
 
     let query = |domain: &str| {
@@ -346,7 +370,7 @@ fn inside_mta_sts_query() {
 
     // The TXT record still names a policy, but the responder no longer
     // holds it: the resolver gets none.
-    r.set_policies(HashMap::new());
+    bed.policies(&[], &["example.test"]);
     let gone = query("example.test");
     assert!(gone.contains("<STSFetchResult.FETCH_ERROR: 2>"), "{gone}");
 }
