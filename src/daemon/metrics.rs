@@ -269,6 +269,14 @@ impl Metrics {
                 (d.domain.clone(), facts)
             })
             .collect();
+        drop(m);
+        self.set_tls_rpt(config);
+    }
+
+    /// Where the TLS-RPT reports are, when `[tls_rpt]` is set: their
+    /// totals are rendered from there.
+    pub fn set_tls_rpt(&self, config: &crate::config::Config) {
+        let Ok(mut m) = self.inner.lock() else { return };
         m.tls_rpt_dir = config
             .tls_rpt
             .as_ref()

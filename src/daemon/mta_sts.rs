@@ -14,6 +14,9 @@
 //! serves which name ([`responder_certs`]) is decided from the
 //! configuration alone (pure): every target whose `domains` cover
 //! `mta-sts.DOMAIN` of a policy domain, or the host of an `https` rua.
+//! With an `https` rua of `[tls_rpt]`, the responder also takes TLS
+//! reports at its (host, path) ([`report_endpoints`]) into
+//! `state_dir/tls-rpt`, whose totals the metrics render.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -27,8 +30,9 @@ use super::tasks::{self, Pass};
 use super::until_ready;
 use crate::config::{Config, Serve};
 use crate::mta_sts::pass::MtaStsPass;
-use crate::mta_sts::responder::{CertFiles, Responder};
+use crate::mta_sts::responder::{CertFiles, Reports, Responder, ResponderConfig};
 use crate::names::{DnsName, covers};
+use crate::tls_rpt::store::{Limits, Store};
 
 /// The longest the task sleeps between passes.
 pub const RESYNC: Duration = Duration::from_secs(600);
@@ -184,7 +188,6 @@ struct ResponderWant {
     addr: SocketAddr,
     certs: Vec<CertFiles>,
     policies: PathBuf,
-    domains: Vec<DnsName>,
     /// Where reports are taken (`[tls_rpt]` https ruas), and stored.
     reports: Option<(Vec<(String, String)>, PathBuf)>,
 }
@@ -198,41 +201,10 @@ fn responder_want(config: &Config) -> Option<ResponderWant> {
         addr,
         certs: responder_certs(config).certs,
         policies: config.state_dir.mta_sts_www(),
-        domains: m.domains.clone(),
         reports: Some(report_endpoints(config))
             .filter(|e| !e.is_empty())
             .map(|e| (e, config.state_dir.tls_rpt_dir())),
     })
-}
-
-/// The largest policy file read.
-const POLICY_LIMIT: u64 = 64 * 1024;
-
-/// The policy bodies under `dir` (the webroot layout the pass writes), by
-/// domain: a domain has a policy iff its file exists.
-fn read_policies(
-    dir: &std::path::Path,
-    domains: &[DnsName],
-) -> std::collections::HashMap<String, String> {
-    use std::io::Read as _;
-    let mut out = std::collections::HashMap::new();
-    for d in domains {
-        let Ok(root) = crate::mta_sts::webroot::root_of(dir, d.as_str()) else {
-            continue;
-        };
-        let path = root.join(crate::mta_sts::webroot::POLICY_FILE);
-        let Ok(file) = std::fs::File::open(&path) else {
-            continue;
-        };
-        let mut body = String::new();
-        match file.take(POLICY_LIMIT).read_to_string(&mut body) {
-            Ok(_) => {
-                out.insert(d.as_str().to_owned(), body);
-            }
-            Err(e) => tracing::warn!("mta-sts: {}: {e}", path.display()),
-        }
-    }
-    out
 }
 
 /// The running responder and what it was started with.
@@ -247,8 +219,17 @@ impl Running {
     async fn start(want: ResponderWant) -> Option<Running> {
         let mut tries = 0;
         loop {
-            let policies = read_policies(&want.policies, &want.domains);
-            match Responder::start(want.addr, want.certs.clone(), policies).await {
+            let reports = want.reports.as_ref().map(|(endpoints, dir)| Reports {
+                endpoints: endpoints.clone(),
+                store: Store::new(dir.clone(), Limits::default()),
+            });
+            let config = ResponderConfig {
+                addr: want.addr,
+                certs: want.certs.clone(),
+                policies: want.policies.clone(),
+                reports,
+            };
+            match Responder::start(config).await {
                 Ok(responder) => {
                     tracing::info!(
                         "mta-sts: responder on {} ({} certificates)",
@@ -269,12 +250,6 @@ impl Running {
             }
         }
     }
-
-    /// Serves the policy files as they are now.
-    fn refresh(&self) {
-        self.responder
-            .set_policies(read_policies(&self.want.policies, &self.want.domains));
-    }
 }
 
 pub(super) struct MtaStsTask {
@@ -294,6 +269,7 @@ impl MtaStsTask {
         if !until_ready(&mut ready, &mut self.stop).await {
             return;
         }
+        self.metrics.set_tls_rpt(&self.config);
         let mut running = None;
         self.responder(&mut running).await;
         let mut next = Some(Instant::now());
@@ -304,6 +280,7 @@ impl MtaStsTask {
                 _ = self.stop.changed() => break,
                 Ok(()) = config.changed() => {
                     self.config = config.borrow_and_update().clone();
+                    self.metrics.set_tls_rpt(&self.config);
                     self.responder(&mut running).await;
                     next = Some(Instant::now());
                 }
@@ -322,9 +299,6 @@ impl MtaStsTask {
                     };
                     // One that could not bind is tried again.
                     self.responder(&mut running).await;
-                    if let Some(r) = &running {
-                        r.refresh();
-                    }
                     self.metrics.set_mta_sts(&self.config, &pass);
                     let wait = after_pass(&pass, crate::now());
                     next = Some(Instant::now() + Duration::from_secs(wait));

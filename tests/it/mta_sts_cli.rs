@@ -152,6 +152,26 @@ struct Fetched {
 }
 
 fn curl(dir: &Path, root: &Path, port: u16) -> Fetched {
+    curl_with(dir, root, port, "/.well-known/mta-sts.txt", &[])
+}
+
+/// A TLS-RPT report of RFC 8460 §4.4's example's shape: 2 sessions fine,
+/// 1 failed.
+const REPORT: &str = r#"{"organization-name": "Company-X", "report-id": "abc-1",
+  "date-range": {"start-datetime": "2026-11-28T00:00:00Z", "end-datetime": "2026-11-28T23:59:59Z"},
+  "contact-info": "sts-reporting@company-x.example",
+  "policies": [{"policy": {"policy-type": "sts", "policy-domain": "example.test"},
+    "summary": {"total-successful-session-count": 2, "total-failure-session-count": 1},
+    "failure-details": [{"result-type": "certificate-expired", "failed-session-count": 1}]}]}"#;
+
+/// curl of `https://mta-sts.example.test:PORT{path}` with more arguments.
+fn curl_with(
+    dir: &Path,
+    root: &Path,
+    port: u16,
+    path: &str,
+    extra: &[&std::ffi::OsStr],
+) -> Fetched {
     let body_file = dir.join(format!("body-{}", free_port()));
     let mut c = Command::new("curl");
     c.args(["-sS", "--noproxy", "*", "--max-time", "10", "--cacert"])
@@ -161,7 +181,8 @@ fn curl(dir: &Path, root: &Path, port: u16) -> Fetched {
         .arg("-o")
         .arg(&body_file)
         .args(["-w", "%{http_code}\n%{certs}"])
-        .arg(format!("https://{STS_HOST}:{port}/.well-known/mta-sts.txt"));
+        .args(extra)
+        .arg(format!("https://{STS_HOST}:{port}{path}"));
     for v in [
         "https_proxy",
         "HTTPS_PROXY",
@@ -187,8 +208,7 @@ fn curl(dir: &Path, root: &Path, port: u16) -> Fetched {
 }
 
 #[test]
-fn run_serves_the_policy_file_with_the_covering_targets_certificate_and_a_renewal_without_restart()
-{
+fn run_serves_the_policy_and_takes_reports_with_the_covering_targets_certificate_and_its_renewal() {
     if !require_programs("mta_sts_cli_run", &[CURL]) {
         return;
     }
@@ -203,11 +223,12 @@ fn run_serves_the_policy_file_with_the_covering_targets_certificate_and_a_renewa
     let mail = Target::new(&env, "mail").domains(&["mx.example.test"]);
     let web = Target::new(&env, "web").domains(&[STS_HOST]);
     let port = free_port();
-    env.write_config_with(
-        &sts_tables("testing", &format!("listen = \"127.0.0.1:{port}\"")),
-        &[source, src_self_signed()],
-        &[&mail, &web],
+    let metrics_port = free_port();
+    let tables = format!(
+        "{}\n[tls_rpt]\nrua = [\"https://{STS_HOST}/tlsrpt\"]\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+        sts_tables("testing", &format!("listen = \"127.0.0.1:{port}\""))
     );
+    env.write_config_with(&tables, &[source, src_self_signed()], &[&mail, &web]);
     // The policy file, where and as the pass writes it.
     let policy = Policy::new(
         Mode::Testing,
@@ -234,6 +255,39 @@ fn run_serves_the_policy_file_with_the_covering_targets_certificate_and_a_renewa
     assert_eq!(got.status, "200", "{got:?}");
     assert_eq!(got.body, body, "{got:?}");
     assert_eq!(got.leaf.as_deref(), Some(first.fp().as_str()), "{got:?}");
+
+    // The https rua on the same name takes a report; the metrics count it.
+    let report = env.path("report.json");
+    write(&report, REPORT);
+    let posted = curl_with(
+        &env.root,
+        &root,
+        port,
+        "/tlsrpt",
+        &[
+            "--data-binary".as_ref(),
+            format!("@{}", report.display()).as_ref(),
+            "-H".as_ref(),
+            "Content-Type: application/tlsrpt+json".as_ref(),
+        ],
+    );
+    assert_eq!(
+        (posted.exit, posted.status.as_str()),
+        (0, "201"),
+        "{posted:?}"
+    );
+    let scrape = || {
+        let mut c = Command::new("curl");
+        c.args(["-sS", "--noproxy", "*", "--max-time", "10"])
+            .arg(format!("http://127.0.0.1:{metrics_port}/metrics"));
+        String::from_utf8_lossy(&run_with_timeout(c).stdout).into_owned()
+    };
+    let text = scrape();
+    assert!(
+        text.lines().any(|l| l
+            == "mxkeys_tls_rpt_sessions_total{organization=\"Company-X\",result=\"successful\"} 2"),
+        "{text}"
+    );
 
     // A renewal reaches the target's files through the source: the next
     // handshake serves it, the daemon still running.
