@@ -313,3 +313,99 @@ fn run_serves_the_policy_and_takes_reports_with_the_covering_targets_certificate
     );
     let _ = got.stderr;
 }
+
+#[test]
+fn check_agrees_when_dns_and_the_responder_show_the_policy_and_names_each_disagreement() {
+    if !require_programs("mta_sts_cli_check", &[CURL]) {
+        return;
+    }
+    let policy = Policy::new(
+        Mode::Testing,
+        vec![MxPattern::parse("mx.example.test").unwrap()],
+        86_400,
+    )
+    .unwrap();
+    let id = policy.id();
+    // A null MX: no MX host to check over STARTTLS (port 25 is not ours).
+    let zone = format!(
+        "$TTL 300\n@ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60\n@ IN NS ns.example.test.\nns IN A 127.0.0.1\n@ IN MX 0 .\n_mta-sts IN TXT \"v=STSv1; id={id}\"\n"
+    );
+    let Some(bind) = common::bind::Bind::start_with_zone(&zone) else {
+        return;
+    };
+    let env = Env::new();
+    let ca = Ca::new("mta-sts-check");
+    let root = env.path("root.pem");
+    write(&root, pem_block("CERTIFICATE", &ca.root_der));
+    let leaf = ca.issue(&LeafSpec::new(&[STS_HOST]));
+    let source_dir = env.path("source");
+    std::fs::create_dir_all(&source_dir).unwrap();
+    let source = files_source(&source_dir, &leaf);
+    let web = Target::new(&env, "web").domains(&[STS_HOST]);
+    let port = free_port();
+    let config = |trust: bool| {
+        let tables = format!(
+            "[dns.ns]\ntype = \"manual\"\nzone = \"example.test\"\nnameservers = [\"{}\"]\n\n[mta_sts]\ndomains = [\"example.test\"]\nmode = \"testing\"\nmx = [\"mx.example.test\"]\nmax_age = \"1d\"\ndns = \"ns\"\nlisten = \"127.0.0.1:{port}\"\n{}",
+            bind.addr(),
+            if trust {
+                format!("ca_bundle = {}\n", qp(&root))
+            } else {
+                String::new()
+            }
+        );
+        env.write_config_with(&tables, std::slice::from_ref(&source), &[&web]);
+    };
+    config(true);
+    let file = env
+        .state
+        .join("mta-sts-www/mta-sts.example.test/.well-known/mta-sts.txt");
+    std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+    write(&file, policy.canonical());
+    let d = env.daemon(&[]);
+    wait_for(
+        "the responder to serve the policy",
+        || (curl(&env.root, &root, port).exit == 0).then_some(()),
+        || d.describe(),
+    );
+
+    let r = env.run(&["mta-sts", "check"]);
+    assert_eq!(r.code, 0, "{}", r.describe());
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("example.test: _mta-sts id on ")
+                && l.ends_with(&format!(": {id}"))),
+        "{}",
+        r.describe()
+    );
+    let served = format!("example.test: responder 127.0.0.1:{port}: serves id {id}");
+    assert!(lines.contains(&served.as_str()), "{}", r.describe());
+    assert!(
+        lines.iter().any(|l| l.starts_with(&format!(
+            "example.test: certificate of {STS_HOST} installed until "
+        ))),
+        "{}",
+        r.describe()
+    );
+    assert!(!r.stdout.contains("DISAGREES"), "{}", r.describe());
+
+    // Without the test CA among the trusted roots, the fetch fails as a
+    // sender's would: one line, exit 1.
+    config(false);
+    let r = env.run(&["mta-sts", "check"]);
+    assert_eq!(r.code, 1, "{}", r.describe());
+    let bad: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("DISAGREES "))
+        .collect();
+    assert_eq!(bad.len(), 1, "{}", r.describe());
+    assert!(
+        bad[0].starts_with(&format!(
+            "DISAGREES example.test: responder 127.0.0.1:{port}: fetch failed"
+        )),
+        "{}",
+        r.describe()
+    );
+}
