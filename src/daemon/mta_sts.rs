@@ -315,6 +315,9 @@ impl MtaStsTask {
         }
         // The old one goes first: it holds the address.
         *running = None;
+        for line in check_lines(&self.config) {
+            tracing::warn!("{line}");
+        }
         if let Some(want) = want {
             *running = Running::start(want).await;
         }
