@@ -104,7 +104,12 @@ fn disable_on_a_domain_that_is_not_an_mta_sts_domain_exits_2_naming_it() {
     );
     let r = env.run(&["mta-sts", "disable", "other.test"]);
     assert_eq!(r.code, 2, "{}", r.describe());
-    assert!(r.stderr.contains("other.test"), "{}", r.describe());
+    assert!(
+        r.stderr
+            .contains("mta-sts disable: other.test is not a domain of [mta_sts]"),
+        "{}",
+        r.describe()
+    );
     // Nothing was recorded.
     assert!(!env.state.join("mta-sts.json").exists());
 }
@@ -118,8 +123,19 @@ fn check_and_disable_without_an_mta_sts_table_exit_2() {
     assert!(r.stderr.contains("no [mta_sts] table"), "{}", r.describe());
     let r = env.run(&["mta-sts", "disable", "example.test"]);
     assert_eq!(r.code, 2, "{}", r.describe());
+    assert!(
+        r.stderr
+            .contains("example.test is not a domain of [mta_sts]"),
+        "{}",
+        r.describe()
+    );
     let r = env.run(&["mta-sts", "status"]);
     assert_eq!(r.code, 2, "{}", r.describe());
+    assert!(
+        r.stderr.contains("no [mta_sts] or [tls_rpt] table"),
+        "{}",
+        r.describe()
+    );
 }
 
 #[test]
@@ -224,11 +240,18 @@ fn run_serves_the_policy_and_takes_reports_with_the_covering_targets_certificate
     let web = Target::new(&env, "web").domains(&[STS_HOST]);
     let port = free_port();
     let metrics_port = free_port();
-    let tables = format!(
-        "{}\n[tls_rpt]\nrua = [\"https://{STS_HOST}/tlsrpt\"]\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
-        sts_tables("testing", &format!("listen = \"127.0.0.1:{port}\""))
-    );
-    env.write_config_with(&tables, &[source, src_self_signed()], &[&mail, &web]);
+    let config = |port: u16| {
+        let tables = format!(
+            "{}\n[tls_rpt]\nrua = [\"https://{STS_HOST}/tlsrpt\"]\n\n[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n",
+            sts_tables("testing", &format!("listen = \"127.0.0.1:{port}\""))
+        );
+        env.write_config_with(
+            &tables,
+            &[source.clone(), src_self_signed()],
+            &[&mail, &web],
+        );
+    };
+    config(port);
     // The policy file, where and as the pass writes it.
     let policy = Policy::new(
         Mode::Testing,
@@ -274,7 +297,8 @@ fn run_serves_the_policy_and_takes_reports_with_the_covering_targets_certificate
     assert_eq!(
         (posted.exit, posted.status.as_str()),
         (0, "201"),
-        "{posted:?}"
+        "{}",
+        posted.stderr
     );
     let scrape = || {
         let mut c = Command::new("curl");
@@ -311,7 +335,27 @@ fn run_serves_the_policy_and_takes_reports_with_the_covering_targets_certificate
         "{got:?}\n{}",
         d.describe()
     );
-    let _ = got.stderr;
+
+    // A new configuration moves the responder: it is restarted on the new
+    // address, and the old one is closed.
+    let moved = free_port();
+    config(moved);
+    d.signal(nix::sys::signal::Signal::SIGHUP);
+    let got = wait_for(
+        "the responder on its new address",
+        || {
+            let f = curl(&env.root, &root, moved);
+            (f.exit == 0).then_some(f)
+        },
+        || d.describe(),
+    );
+    assert_eq!(got.body, body, "{got:?}");
+    // curl's 7: could not connect.
+    wait_for(
+        "the old address closed",
+        || (curl(&env.root, &root, port).exit == 7).then_some(()),
+        || d.describe(),
+    );
 }
 
 #[test]
