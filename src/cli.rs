@@ -125,6 +125,27 @@ enum MtaStsCommand {
     /// TXT records to publish (zone-file lines), as mxkeys computes them.
     /// Exit 2 when neither table is configured or `mx` is not set.
     Records,
+    /// Per policy domain: the policy live everywhere, the id published,
+    /// the next step and any refusal of enforce, from the ledger (no
+    /// network); the TLS-RPT sessions senders reported. Exit 2 when
+    /// neither table is configured.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Look now as senders look: the `_mta-sts` id on every authoritative
+    /// server, the body every responder serves (fetched over HTTPS, its
+    /// certificate validated), each MX host's STARTTLS certificate. One
+    /// line per disagreement; exit 1 when any, 2 without `[mta_sts]`.
+    Check,
+    /// Withdraw a domain's policy (RFC 8461 §8.3): publish `mode: none`
+    /// with a short max_age, then delete the records once every policy
+    /// served before may have expired. Exit 2 for a domain that is not an
+    /// `[mta_sts]` domain.
+    Disable {
+        /// The policy domain.
+        domain: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -209,7 +230,8 @@ pub fn main() -> ExitCode {
                 tracing::warn!("{warning}");
             }
             let dane_ok = dane_pass(&config);
-            if dane_ok {
+            let mta_sts_ok = mta_sts_pass(&config).is_none_or(|p| p.problems.is_empty());
+            if dane_ok && mta_sts_ok {
                 exit(&report)
             } else {
                 ExitCode::FAILURE
@@ -254,6 +276,15 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::MtaSts {
+            command: MtaStsCommand::Status { json },
+        } => mta_sts_status(&config, json),
+        Command::MtaSts {
+            command: MtaStsCommand::Check,
+        } => mta_sts_check(&config),
+        Command::MtaSts {
+            command: MtaStsCommand::Disable { domain },
+        } => mta_sts_disable(&config, &domain),
         Command::Config => match source.text() {
             Ok(text) => {
                 println!("# configuration from {source}");
@@ -268,6 +299,9 @@ pub fn main() -> ExitCode {
         Command::Check => {
             let report = pipeline::reconcile(&config, Mode::Check);
             print!("{}", plan_text(&report));
+            for line in crate::daemon::mta_sts::check_lines(&config) {
+                println!("{line}");
+            }
             if let Some(line) = crate::dkim::signer_notice(&config) {
                 println!("dkim: {line}");
             }
@@ -536,6 +570,239 @@ fn dane_pass(config: &config::Config) -> bool {
     rt.block_on(crate::dane::pass(config, crate::now()))
         .problems
         .is_empty()
+}
+
+/// One MTA-STS pass (when `[mta_sts]` or `[tls_rpt]` is set), its lines
+/// logged; `None` when there is nothing to do or no runtime.
+fn mta_sts_pass(config: &config::Config) -> Option<crate::mta_sts::pass::MtaStsPass> {
+    if config.mta_sts.is_none() && config.tls_rpt.is_none() {
+        return None;
+    }
+    let rt = crate::runtime()?;
+    let pass = rt.block_on(crate::mta_sts::pass::pass(config, crate::now()));
+    for line in &pass.done {
+        tracing::info!("mta-sts: {line}");
+    }
+    for line in &pass.problems {
+        tracing::error!("mta-sts: {line}");
+    }
+    Some(pass)
+}
+
+/// `mxkeys mta-sts status`: the ledger and the plan at now, no network.
+fn mta_sts_status(config: &config::Config, json: bool) -> ExitCode {
+    let Some(status) = crate::status::MtaStsStatus::gather(config, crate::now()) else {
+        tracing::error!(
+            "configuration {}: no [mta_sts] or [tls_rpt] table",
+            config.path.display()
+        );
+        return ExitCode::from(2);
+    };
+    if json {
+        match serde_json::to_string_pretty(&status) {
+            Ok(s) => println!("{s}"),
+            Err(e) => {
+                tracing::error!("cannot encode the status: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{}", status.to_text());
+    }
+    ExitCode::SUCCESS
+}
+
+/// `mxkeys mta-sts disable DOMAIN`: marks the domain, runs one pass, says
+/// what happens next.
+fn mta_sts_disable(config: &config::Config, domain: &str) -> ExitCode {
+    let name = crate::names::DnsName::parse(domain).ok().filter(|d| {
+        config
+            .mta_sts
+            .as_ref()
+            .is_some_and(|m| m.domains.contains(d))
+    });
+    let Some(name) = name else {
+        tracing::error!(
+            "mta-sts disable: {domain} is not a domain of [mta_sts] in {}",
+            config.path.display()
+        );
+        return ExitCode::from(2);
+    };
+    if let Err(e) = crate::mta_sts::pass::disable(config, &name) {
+        tracing::error!("mta-sts disable {name}: {e}");
+        return ExitCode::FAILURE;
+    }
+    println!("mta-sts disable {name}: recorded; the policy becomes mode none, then its records go");
+    let pass = mta_sts_pass(config);
+    for line in pass.iter().flat_map(|p| &p.done) {
+        println!("{line}");
+    }
+    let plan = pass
+        .iter()
+        .flat_map(|p| &p.domains)
+        .find(|d| d.domain == name.as_str())
+        .and_then(|d| d.plan.as_ref());
+    match plan.map(|p| &p.step) {
+        Some(crate::mta_sts::order::Step::Wait {
+            reason: crate::mta_sts::order::WaitReason::OldMaxAge { until },
+            ..
+        }) => println!(
+            "mta-sts disable {name}: mode none is live; the records are deleted at {}",
+            crate::rfc3339(*until)
+        ),
+        Some(step) => println!("mta-sts disable {name}: next: {step}"),
+        None => println!(
+            "mta-sts disable {name}: the next pass (`mxkeys sync` or the daemon) continues"
+        ),
+    }
+    if pass.is_some_and(|p| !p.problems.is_empty()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// `mxkeys mta-sts check`: what senders see now against the policy
+/// mxkeys serves (the plan from the ledger), one line each; exit 1 on any
+/// disagreement, 2 without `[mta_sts]`.
+fn mta_sts_check(config: &config::Config) -> ExitCode {
+    let Some(m) = &config.mta_sts else {
+        tracing::error!(
+            "configuration {}: no [mta_sts] table",
+            config.path.display()
+        );
+        return ExitCode::from(2);
+    };
+    let Some(rt) = crate::runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let lines = rt.block_on(mta_sts_look(config, m));
+    let mut bad = 0;
+    for (ok, line) in &lines {
+        if *ok {
+            println!("{line}");
+        } else {
+            bad += 1;
+            println!("DISAGREES {line}");
+        }
+    }
+    if bad == 0 {
+        ExitCode::SUCCESS
+    } else {
+        tracing::error!("mta-sts check: {bad} disagreements");
+        ExitCode::FAILURE
+    }
+}
+
+/// The lines of `mta-sts check`: (agrees, line).
+async fn mta_sts_look(config: &config::Config, m: &config::MtaSts) -> Vec<(bool, String)> {
+    use crate::mta_sts::{policy::Policy, probe};
+    let mut out = Vec::new();
+    let trust = match probe::Trust::new(m.ca_bundle.as_deref()) {
+        Ok(t) => t,
+        Err(e) => {
+            out.push((false, format!("mta-sts: trust roots: {e}")));
+            return out;
+        }
+    };
+    let prop = config.dns.get(&m.dns).map(crate::dns::propagation);
+    let ledger = config
+        .state_dir
+        .mta_sts_record::<crate::mta_sts::ledger::Ledger>()
+        .load()
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let plans = crate::status::mta_sts_plans(config, &ledger, crate::now());
+    for (domain, _, plan) in plans {
+        let Ok(d) = crate::names::DnsName::parse(&domain) else {
+            continue;
+        };
+        let want = &plan.policy.id;
+        out.push((
+            true,
+            format!(
+                "{d}: policy id {want}, mode {} (next step: {})",
+                plan.policy.mode, plan.step
+            ),
+        ));
+        if let Some(r) = &plan.refused {
+            out.push((false, format!("{d}: {r}")));
+        }
+        if let Some(prop) = &prop {
+            match probe::observe_ids(prop, &d).await {
+                Ok(ids) => {
+                    for v in ids {
+                        let id = v.id.as_deref().unwrap_or("none");
+                        out.push((
+                            v.id.as_deref() == Some(want.as_str()),
+                            format!("{d}: _mta-sts id on {}: {id}", v.server),
+                        ));
+                    }
+                }
+                Err(e) => out.push((false, format!("{d}: _mta-sts: {e}"))),
+            }
+        }
+        match probe::responders(m, &d).await {
+            Ok(responders) => {
+                for at in responders {
+                    let line = match probe::fetch_policy(at, &d, &trust).await {
+                        Ok(body) => match Policy::parse(&body) {
+                            Ok(p) if p.id() == *want => (true, format!("serves id {want}")),
+                            Ok(p) => (false, format!("serves id {}, not {want}", p.id())),
+                            Err(e) => (false, format!("serves a body that does not parse: {e}")),
+                        },
+                        Err(e) => (false, format!("fetch failed: {e}")),
+                    };
+                    out.push((line.0, format!("{d}: responder {at}: {}", line.1)));
+                }
+            }
+            Err(e) => out.push((false, format!("{d}: responders: {e}"))),
+        }
+        if let Some(not_after) = mta_sts_cert_expiry(config, &d) {
+            let left = (not_after - crate::now()).div_euclid(86_400);
+            out.push((
+                left >= 0,
+                format!(
+                    "{d}: certificate of mta-sts.{d} installed until {} ({left} days)",
+                    crate::rfc3339(not_after)
+                ),
+            ));
+        }
+        if let Some(prop) = &prop {
+            match probe::observe_mx(prop, &d).await {
+                Ok(mx) => {
+                    for host in &mx.hosts {
+                        let line = match probe::starttls(host, &trust).await {
+                            Ok(()) => (true, "STARTTLS certificate valid".to_owned()),
+                            Err(e) => (false, format!("STARTTLS: {e}")),
+                        };
+                        out.push((line.0, format!("{d}: MX {host}: {}", line.1)));
+                    }
+                }
+                Err(e) => out.push((false, format!("{d}: MX: {e}"))),
+            }
+        }
+    }
+    out
+}
+
+/// The notAfter of the certificate installed for `mta-sts.DOMAIN` by the
+/// first target covering it (with `[mta_sts] listen`).
+fn mta_sts_cert_expiry(config: &config::Config, domain: &crate::names::DnsName) -> Option<i64> {
+    let name = crate::names::DnsName::parse(&format!("mta-sts.{domain}")).ok()?;
+    let files = crate::daemon::mta_sts::responder_certs(config)
+        .certs
+        .into_iter()
+        .find(|f| {
+            f.names
+                .iter()
+                .any(|n| crate::names::covers(n.as_str(), &name).is_some())
+        })?;
+    let text = std::fs::read(&files.fullchain).ok()?;
+    let certs = crate::cert::parse_pem_certs(&text).ok()?;
+    let leaf = crate::cert::Leaf::parse(certs.first()?.as_ref()).ok()?;
+    Some(leaf.validity.not_after)
 }
 
 /// `mxkeys dane check`: one line per host, port and address; exit 1 on any

@@ -6,6 +6,12 @@
 //! A slot of a DANE target also shows what the DANE gate decided in the
 //! last reconcile (read from the ledger, `state_dir/dane.json`): `open`,
 //! `waiting` for which certificate and until when, or `forced`.
+//!
+//! With `[mta_sts]`, an MTA-STS section: per policy domain the policy live
+//! everywhere, the id last published, and the planner's next step and any
+//! refusal of `enforce`, recomputed at now from the ledger
+//! (`state_dir/mta-sts.json`) by [`mta_sts_plans`] (pure: no network);
+//! with `[tls_rpt]`, the sessions senders reported, by organization.
 
 use serde::Serialize;
 
@@ -23,6 +29,245 @@ pub struct Status {
     pub daemon: Option<DaemonStatus>,
     /// Every `acme` source: what it holds and when it renews.
     pub acme: Vec<AcmeStatus>,
+    /// `[mta_sts]` and `[tls_rpt]`, when either is configured.
+    pub mta_sts: Option<MtaStsStatus>,
+}
+
+/// The MTA-STS section: every policy domain, and the TLS-RPT totals.
+#[derive(Debug, Serialize)]
+pub struct MtaStsStatus {
+    pub domains: Vec<MtaStsDomainStatus>,
+    /// Sessions reported by senders, per organization (`null` without
+    /// `[tls_rpt]`).
+    pub tls_rpt: Option<Vec<TlsRptTotal>>,
+}
+
+/// One `[mta_sts]` domain: what the ledger recorded, and the plan at now.
+#[derive(Debug, Serialize)]
+pub struct MtaStsDomainStatus {
+    pub domain: String,
+    /// The policy whose id every authoritative server answered last.
+    pub live_id: Option<String>,
+    pub live_mode: Option<String>,
+    /// The `_mta-sts` id mxkeys last wrote (seen or not).
+    pub published_id: Option<String>,
+    /// `mxkeys mta-sts disable` was asked for.
+    pub disabled: bool,
+    /// The policy to serve and publish now: its id and mode.
+    pub policy_id: String,
+    pub mode: String,
+    /// The next step, one line.
+    pub step: String,
+    /// The policy is served and published everywhere, the MX set agrees.
+    pub in_step: bool,
+    /// Why `enforce` is refused, when it is.
+    pub refused: Option<String>,
+}
+
+/// One organization's reported sessions.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct TlsRptTotal {
+    pub organization: String,
+    pub successful: u64,
+    pub failure: u64,
+}
+
+/// Per `[mta_sts]` domain, the planner's answer at `now` from the ledger
+/// alone (pure). The wanted MX lines are `mx`, or when empty the MX set
+/// the ledger last saw; the responders are `responders`, else the
+/// `listen` address (a wildcard read as loopback), else those the ledger
+/// recorded; the servers are those the ledger recorded.
+pub fn mta_sts_plans(
+    config: &Config,
+    ledger: &crate::mta_sts::ledger::Ledger,
+    now: i64,
+) -> Vec<(
+    String,
+    crate::mta_sts::ledger::DomainLedger,
+    crate::mta_sts::order::Plan,
+)> {
+    use crate::mta_sts::order;
+    let Some(m) = &config.mta_sts else {
+        return Vec::new();
+    };
+    let configured: Option<Vec<String>> = if !m.responders.is_empty() {
+        Some(m.responders.iter().map(ToString::to_string).collect())
+    } else if let crate::config::Serve::Listen(addr) = m.serve {
+        Some(vec![listen_responder(addr).to_string()])
+    } else {
+        None
+    };
+    m.domains
+        .iter()
+        .map(|d| {
+            let l = ledger.domains.get(d.as_str()).cloned().unwrap_or_default();
+            let mx: std::collections::BTreeSet<String> = if m.mx.is_empty() {
+                l.mx.hosts.clone()
+            } else {
+                m.mx.iter().map(|p| p.as_str().to_owned()).collect()
+            };
+            let responders = configured
+                .clone()
+                .unwrap_or_else(|| l.served.keys().cloned().collect());
+            let servers: Vec<String> = l.txt.keys().cloned().collect();
+            let plan = order::plan(&order::Inputs {
+                wanted: order::Wanted {
+                    mode: m.mode,
+                    mx: &mx,
+                    max_age: u64::from(m.max_age),
+                },
+                disable: l.disable,
+                ledger: &l,
+                responders: &responders,
+                servers: &servers,
+                id_of: crate::mta_sts::policy::id_of,
+                now,
+            });
+            (d.as_str().to_owned(), l, plan)
+        })
+        .collect()
+}
+
+/// Where the built-in responder listening on `addr` is fetched back from:
+/// `addr`, a wildcard read as loopback.
+pub fn listen_responder(addr: std::net::SocketAddr) -> std::net::SocketAddr {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)
+        }
+        std::net::IpAddr::V6(ip) if ip.is_unspecified() => {
+            std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+        }
+        ip => ip,
+    };
+    std::net::SocketAddr::new(ip, addr.port())
+}
+
+impl MtaStsStatus {
+    /// The section from the ledger and the TLS-RPT totals (pure).
+    pub fn from_ledger(
+        config: &Config,
+        ledger: &crate::mta_sts::ledger::Ledger,
+        totals: Option<&crate::tls_rpt::metrics::Totals>,
+        now: i64,
+    ) -> MtaStsStatus {
+        let domains = mta_sts_plans(config, ledger, now)
+            .into_iter()
+            .map(|(domain, l, plan)| MtaStsDomainStatus {
+                domain,
+                live_id: l.live.as_ref().map(|p| p.id.clone()),
+                live_mode: l.live.as_ref().map(|p| p.mode.to_string()),
+                published_id: l.published_id.clone(),
+                disabled: l.disable,
+                in_step: matches!(plan.step, crate::mta_sts::order::Step::InStep { .. }),
+                policy_id: plan.policy.id.clone(),
+                mode: plan.policy.mode.to_string(),
+                step: plan.step.to_string(),
+                refused: plan.refused.as_ref().map(ToString::to_string),
+            })
+            .collect();
+        let tls_rpt = totals.map(|t| {
+            let mut by_org: std::collections::BTreeMap<&str, TlsRptTotal> =
+                std::collections::BTreeMap::new();
+            for ((org, result), n) in &t.sessions {
+                let e = by_org.entry(org).or_insert_with(|| TlsRptTotal {
+                    organization: org.clone(),
+                    successful: 0,
+                    failure: 0,
+                });
+                if *result == "successful" {
+                    e.successful = e.successful.saturating_add(*n);
+                } else {
+                    e.failure = e.failure.saturating_add(*n);
+                }
+            }
+            by_org.into_values().collect()
+        });
+        MtaStsStatus { domains, tls_rpt }
+    }
+
+    /// The section from `state_dir` (the ledger, the report store) at
+    /// `now`; `None` when neither `[mta_sts]` nor `[tls_rpt]` is set. An
+    /// unreadable ledger reads as empty (with a warning).
+    pub fn gather(config: &Config, now: i64) -> Option<MtaStsStatus> {
+        if config.mta_sts.is_none() && config.tls_rpt.is_none() {
+            return None;
+        }
+        let ledger = match config
+            .state_dir
+            .mta_sts_record::<crate::mta_sts::ledger::Ledger>()
+            .load()
+        {
+            Ok(l) => l.unwrap_or_default(),
+            Err(e) => {
+                tracing::warn!("mta-sts: {e}");
+                crate::mta_sts::ledger::Ledger::default()
+            }
+        };
+        let totals = config.tls_rpt.as_ref().map(|_| {
+            let store = crate::tls_rpt::store::Store::new(
+                config.state_dir.tls_rpt_dir(),
+                crate::tls_rpt::store::Limits::default(),
+            );
+            match store.load() {
+                Ok((reports, _)) => crate::tls_rpt::metrics::aggregate(&reports),
+                Err(e) => {
+                    tracing::warn!("tls-rpt: {e}");
+                    crate::tls_rpt::metrics::Totals::default()
+                }
+            }
+        });
+        Some(MtaStsStatus::from_ledger(
+            config,
+            &ledger,
+            totals.as_ref(),
+            now,
+        ))
+    }
+
+    /// The section as text: one block per domain, then the TLS-RPT lines.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for d in &self.domains {
+            out.push_str(&format!(
+                "mta-sts {}:{}\n",
+                d.domain,
+                if d.disabled { " (disable asked)" } else { "" }
+            ));
+            match (&d.live_id, &d.live_mode) {
+                (Some(id), Some(mode)) => {
+                    out.push_str(&format!("  live         id {id}, mode {mode}\n"));
+                }
+                _ => out.push_str("  live         none\n"),
+            }
+            out.push_str(&format!(
+                "  published    {}\n",
+                d.published_id.as_deref().unwrap_or("none")
+            ));
+            out.push_str(&format!(
+                "  policy       id {}, mode {}\n",
+                d.policy_id, d.mode
+            ));
+            out.push_str(&format!("  next step    {}\n", d.step));
+            if let Some(r) = &d.refused {
+                out.push_str(&format!("  refused      {r}\n"));
+            }
+        }
+        match &self.tls_rpt {
+            Some(orgs) if orgs.is_empty() => out.push_str("tls-rpt: no reports received\n"),
+            Some(orgs) => {
+                out.push_str("tls-rpt: sessions reported\n");
+                for o in orgs {
+                    out.push_str(&format!(
+                        "  {}: {} successful, {} failed\n",
+                        o.organization, o.successful, o.failure
+                    ));
+                }
+            }
+            None => {}
+        }
+        out
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -219,6 +464,7 @@ impl Status {
             last_run: record.last_run,
             daemon,
             acme,
+            mta_sts: MtaStsStatus::gather(config, now),
         }
     }
 
@@ -315,6 +561,9 @@ impl Status {
                 out.push_str(&format!("  {e}\n"));
             }
         }
+        if let Some(m) = &self.mta_sts {
+            out.push_str(&m.to_text());
+        }
         out
     }
 }
@@ -338,6 +587,7 @@ mod tests {
                 failures: 0,
                 last_error: None,
             }],
+            mta_sts: None,
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["acme"][0]["next_renewal"], serde_json::Value::Null);
@@ -353,5 +603,141 @@ mod tests {
             }
         }
         assert!(no_empty_strings(&json), "{json}");
+    }
+
+    fn sts_config(mode: &str) -> Config {
+        let host = crate::config::Host {
+            cwd: std::path::PathBuf::from("/srv"),
+            hostname: crate::names::DnsName::parse("mx.example.test").ok(),
+        };
+        Config::parse(
+            std::path::Path::new("/etc/mxkeys/t.toml"),
+            &format!(
+                "state_dir = \"/var/lib/mxkeys\"\n[dns.ns]\ntype = \"manual\"\n[mta_sts]\ndomains = [\"a.test\"]\nmode = \"{mode}\"\nmx = [\"mx.a.test\"]\nmax_age = \"1d\"\ndns = \"ns\"\nlisten = \"0.0.0.0:8443\"\n"
+            ),
+            &host,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn the_mta_sts_section_shows_each_domains_live_policy_next_step_and_refusal_from_the_ledger() {
+        use crate::mta_sts::ledger::{DomainLedger, Fetched, Ledger, TxtSeen};
+        use crate::mta_sts::order::{Mode, Policy};
+        const NOW: i64 = 1_800_000_000;
+        let mx: std::collections::BTreeSet<String> = ["mx.a.test".to_owned()].into();
+        let testing = crate::mta_sts::policy::id_of(Mode::Testing, &mx, 86_400);
+        let live = |id: &str| {
+            let mut l = DomainLedger::default();
+            l.served.insert(
+                "127.0.0.1:8443".to_owned(),
+                Fetched {
+                    id: Some(id.to_owned()),
+                    since: NOW - 100,
+                    at: NOW - 10,
+                },
+            );
+            l.txt.insert(
+                "192.0.2.53:53".to_owned(),
+                TxtSeen {
+                    id: Some(id.to_owned()),
+                    ttl: 300,
+                    since: NOW - 50,
+                    replaced_ttl: 0,
+                },
+            );
+            l.published_id = Some(id.to_owned());
+            l.live = Some(Policy {
+                mode: Mode::Testing,
+                mx: mx.clone(),
+                max_age: 86_400,
+                id: id.to_owned(),
+            });
+            l.mx.hosts = mx.clone();
+            l.mx.ttl = 300;
+            l
+        };
+        let ledger = |l: Option<DomainLedger>| Ledger {
+            domains: l.into_iter().map(|l| ("a.test".to_owned(), l)).collect(),
+        };
+        // (what, mode wanted, ledger, lines the section must hold)
+        let rows: Vec<(&str, &str, Ledger, Vec<String>)> = vec![
+            (
+                "nothing recorded yet: serve the body first, to the listen address (wildcard: loopback)",
+                "testing",
+                ledger(None),
+                vec![
+                    "mta-sts a.test:".to_owned(),
+                    "  live         none".to_owned(),
+                    "  published    none".to_owned(),
+                    format!("  policy       id {testing}, mode testing"),
+                    format!("  next step    serve policy body {testing}: not yet fetched back from 127.0.0.1:8443"),
+                ],
+            ),
+            (
+                "served and seen everywhere",
+                "testing",
+                ledger(Some(live(&testing))),
+                vec![
+                    format!("  live         id {testing}, mode testing"),
+                    format!("  published    {testing}"),
+                    format!("  next step    in step: policy {testing} served and published everywhere"),
+                ],
+            ),
+            (
+                "enforce wanted, the MX host never checked: refused, testing kept",
+                "enforce",
+                ledger(Some(live(&testing))),
+                vec![
+                    format!("  policy       id {testing}, mode testing"),
+                    "  refused      enforce refused: MX host mx.a.test has no STARTTLS certificate check yet; keeping mode testing".to_owned(),
+                ],
+            ),
+        ];
+        for (what, mode, ledger, want) in rows {
+            let status = MtaStsStatus::from_ledger(&sts_config(mode), &ledger, None, NOW);
+            let text = status.to_text();
+            for line in &want {
+                assert!(
+                    text.lines().any(|l| l == line),
+                    "{what}: no line {line:?} in\n{text}"
+                );
+            }
+            assert_eq!(
+                status.domains[0].in_step,
+                text.contains("in step"),
+                "{what}"
+            );
+            assert!(!text.contains("tls-rpt"), "{what}: {text}");
+        }
+
+        // TLS-RPT totals, by organization.
+        let mut totals = crate::tls_rpt::metrics::Totals::default();
+        totals
+            .sessions
+            .insert(("google.com".to_owned(), "successful"), 12);
+        totals
+            .sessions
+            .insert(("google.com".to_owned(), "failure"), 3);
+        let status = MtaStsStatus::from_ledger(
+            &sts_config("testing"),
+            &Ledger::default(),
+            Some(&totals),
+            NOW,
+        );
+        assert!(
+            status
+                .to_text()
+                .ends_with("tls-rpt: sessions reported\n  google.com: 12 successful, 3 failed\n"),
+            "{}",
+            status.to_text()
+        );
+        let none = MtaStsStatus::from_ledger(
+            &sts_config("testing"),
+            &Ledger::default(),
+            Some(&Default::default()),
+            NOW,
+        );
+        assert!(none.to_text().ends_with("tls-rpt: no reports received\n"));
     }
 }

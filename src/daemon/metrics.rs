@@ -30,6 +30,7 @@ use crate::pipeline::Report;
 #[derive(Debug, Default)]
 pub struct Metrics {
     inner: Mutex<Inner>,
+    tls_rpt: Mutex<TlsRptCache>,
 }
 
 #[derive(Debug, Default)]
@@ -64,8 +65,116 @@ struct Inner {
     /// Whether every address of a DANE host and port served a chain its
     /// TLSA records match, at the last DANE pass.
     dane_match: BTreeMap<(String, u16), bool>,
+    /// Per `[mta_sts]` domain, the plan of the last MTA-STS pass.
+    mta_sts: BTreeMap<String, MtaStsFacts>,
+    /// Where received TLS-RPT reports are kept, when `[tls_rpt]` is set.
+    tls_rpt_dir: Option<std::path::PathBuf>,
     last_success: Option<i64>,
     last_ok: Option<bool>,
+}
+
+/// One MTA-STS domain as its last plan left it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct MtaStsFacts {
+    in_step: bool,
+    enforce_refused: bool,
+    max_age: Option<u64>,
+}
+
+/// The TLS-RPT series as last rendered, and what the store looked like
+/// then ([`store_key`]): a scrape reads the reports again only when a
+/// report was added or dropped.
+#[derive(Debug, Default)]
+struct TlsRptCache {
+    /// `None` before the first read; `Some(None)`: the store did not exist.
+    key: Option<Option<StoreKey>>,
+    text: String,
+    /// How many times the store was read (for the tests).
+    loads: u64,
+}
+
+/// What identifies the store's content without reading any report: its
+/// directory's stat, and per organization directory its name, its stat
+/// and its file names (the store only ever adds a new file by renaming it
+/// into place and drops whole files, each of which changes these; the
+/// names as well as the stats, as two writes within one clock tick can
+/// leave a directory's times unchanged).
+type StoreKey = Vec<(
+    std::ffi::OsString,
+    (u64, u64, i64, i64, i64, i64),
+    Vec<std::ffi::OsString>,
+)>;
+
+/// The stat of a directory that says whether it changed (device, inode,
+/// mtime and ctime to the nanosecond).
+fn dir_stamp(meta: &std::fs::Metadata) -> (u64, u64, i64, i64, i64, i64) {
+    use std::os::unix::fs::MetadataExt as _;
+    (
+        meta.dev(),
+        meta.ino(),
+        meta.mtime(),
+        meta.mtime_nsec(),
+        meta.ctime(),
+        meta.ctime_nsec(),
+    )
+}
+
+/// The store's [`StoreKey`] (stats and directory listings, no report
+/// read); `None` when the store does not exist (yet).
+fn store_key(dir: &std::path::Path) -> Option<StoreKey> {
+    let top = std::fs::symlink_metadata(dir).ok()?;
+    let mut key = vec![(std::ffi::OsString::new(), dir_stamp(&top), Vec::new())];
+    let mut orgs: Vec<_> = std::fs::read_dir(dir).ok()?.flatten().collect();
+    orgs.sort_by_key(std::fs::DirEntry::file_name);
+    for org in orgs {
+        let Ok(meta) = std::fs::symlink_metadata(org.path()) else {
+            continue;
+        };
+        if !meta.is_dir() {
+            continue;
+        }
+        let mut names: Vec<_> = std::fs::read_dir(org.path())
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        names.sort();
+        key.push((org.file_name(), dir_stamp(&meta), names));
+    }
+    Some(key)
+}
+
+impl TlsRptCache {
+    /// The TLS-RPT series of the store in `dir`, read again only when
+    /// its [`StoreKey`] changed.
+    fn render(&mut self, dir: &std::path::Path) -> &str {
+        let key = store_key(dir);
+        if self.key.as_ref() != Some(&key) {
+            let store = crate::tls_rpt::store::Store::new(
+                dir.to_owned(),
+                crate::tls_rpt::store::Limits::default(),
+            );
+            let reports = match store.load() {
+                Ok((reports, skipped)) => {
+                    for e in skipped {
+                        tracing::debug!("tls-rpt: {e}");
+                    }
+                    reports
+                }
+                Err(e) => {
+                    tracing::warn!("tls-rpt: {e}");
+                    Vec::new()
+                }
+            };
+            let mut text = String::new();
+            crate::tls_rpt::metrics::render(
+                &crate::tls_rpt::metrics::aggregate(&reports),
+                &mut text,
+            );
+            self.text = text;
+            self.key = Some(key);
+            self.loads += 1;
+        }
+        &self.text
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -134,6 +243,44 @@ impl Metrics {
                 facts.not_before = Some(s.not_before);
             }
         }
+    }
+
+    /// The MTA-STS series after a pass: each domain's plan (a domain the
+    /// pass could not look at counts as not in step), and where the
+    /// TLS-RPT reports are (when `[tls_rpt]` is set).
+    pub fn set_mta_sts(
+        &self,
+        config: &crate::config::Config,
+        pass: &crate::mta_sts::pass::MtaStsPass,
+    ) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        m.mta_sts = pass
+            .domains
+            .iter()
+            .map(|d| {
+                let facts = d
+                    .plan
+                    .as_ref()
+                    .map_or_else(MtaStsFacts::default, |p| MtaStsFacts {
+                        in_step: matches!(p.step, crate::mta_sts::order::Step::InStep { .. }),
+                        enforce_refused: p.refused.is_some(),
+                        max_age: Some(p.policy.max_age),
+                    });
+                (d.domain.clone(), facts)
+            })
+            .collect();
+        drop(m);
+        self.set_tls_rpt(config);
+    }
+
+    /// Where the TLS-RPT reports are, when `[tls_rpt]` is set: their
+    /// totals are rendered from there.
+    pub fn set_tls_rpt(&self, config: &crate::config::Config) {
+        let Ok(mut m) = self.inner.lock() else { return };
+        m.tls_rpt_dir = config
+            .tls_rpt
+            .as_ref()
+            .map(|_| config.state_dir.tls_rpt_dir());
     }
 
     /// Counts ACME orders by result.
@@ -412,6 +559,32 @@ impl Metrics {
                 })
                 .collect(),
         );
+        let per_domain = |f: &dyn Fn(&MtaStsFacts) -> Option<String>| -> Vec<(String, String)> {
+            m.mta_sts
+                .iter()
+                .filter_map(|(d, facts)| {
+                    f(facts).map(|v| (format!("{{domain=\"{}\"}}", escape(d)), v))
+                })
+                .collect()
+        };
+        series(
+            "mxkeys_mta_sts_in_step",
+            "gauge",
+            "1 when an MTA-STS domain's policy is served and published everywhere and its MX set agrees, else 0.",
+            per_domain(&|f| Some(u8::from(f.in_step).to_string())),
+        );
+        series(
+            "mxkeys_mta_sts_enforce_refused",
+            "gauge",
+            "1 while mode enforce is wanted for an MTA-STS domain but refused (an MX host not listed, unchecked or failing its STARTTLS check), else 0.",
+            per_domain(&|f| Some(u8::from(f.enforce_refused).to_string())),
+        );
+        series(
+            "mxkeys_mta_sts_policy_max_age_seconds",
+            "gauge",
+            "The max_age of the MTA-STS policy an MTA-STS domain serves now.",
+            per_domain(&|f| f.max_age.map(|a| a.to_string())),
+        );
         series(
             "mxkeys_source_errors_total",
             "counter",
@@ -427,6 +600,13 @@ impl Metrics {
                 .into_iter()
                 .collect(),
         );
+        let tls_rpt_dir = m.tls_rpt_dir.clone();
+        drop(m);
+        if let Some(dir) = tls_rpt_dir
+            && let Ok(mut cache) = self.tls_rpt.lock()
+        {
+            out2.push_str(cache.render(&dir));
+        }
         out + &out2
     }
 }
@@ -759,5 +939,166 @@ mod tests {
             ]
         );
         assert_eq!(m.health(), (true, "ok".to_owned()), "a hold is healthy");
+    }
+
+    fn sts_plan(step: crate::mta_sts::order::Step, refused: bool) -> crate::mta_sts::order::Plan {
+        use crate::mta_sts::order::{Mode, Plan, Policy, Refusal, RefuseReason};
+        Plan {
+            policy: Policy {
+                mode: Mode::Testing,
+                mx: ["mx.example.test".to_owned()].into(),
+                max_age: 604_800,
+                id: "id1".to_owned(),
+            },
+            refused: refused.then(|| Refusal {
+                host: "mx.example.test".to_owned(),
+                reason: RefuseReason::NotChecked,
+                keep: Mode::Testing,
+            }),
+            step,
+        }
+    }
+
+    fn sts_config(state_dir: &std::path::Path, tls_rpt: bool) -> crate::config::Config {
+        let host = crate::config::Host {
+            cwd: std::path::PathBuf::from("/srv"),
+            hostname: crate::names::DnsName::parse("mx.example.test").ok(),
+        };
+        let rpt = if tls_rpt {
+            "[tls_rpt]\nrua = [\"mailto:t@example.test\"]\n"
+        } else {
+            ""
+        };
+        crate::config::Config::parse(
+            std::path::Path::new("/etc/mxkeys/t.toml"),
+            &format!(
+                "state_dir = {:?}\n[dns.ns]\ntype = \"manual\"\n[mta_sts]\ndomains = [\"a.test\", \"b.test\", \"c.test\"]\nmx = [\"mx.example.test\"]\ndns = \"ns\"\nwebroot = \"/var/www\"\n{rpt}",
+                state_dir.display()
+            ),
+            &host,
+        )
+        .unwrap()
+    }
+
+    fn lines_with(text: &str, prefix: &str) -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with(prefix))
+            .map(str::to_owned)
+            .collect()
+    }
+
+    #[test]
+    fn the_mta_sts_series_say_per_domain_whether_it_is_in_step_refused_and_its_max_age() {
+        use crate::mta_sts::order::Step;
+        use crate::mta_sts::pass::{DomainOutcome, MtaStsPass};
+        let tmp = tempfile::tempdir().unwrap();
+        let config = sts_config(tmp.path(), false);
+        let metrics = Metrics::default();
+        let outcome = |domain: &str, plan| DomainOutcome {
+            domain: domain.to_owned(),
+            plan,
+        };
+        metrics.set_mta_sts(
+            &config,
+            &MtaStsPass {
+                domains: vec![
+                    outcome(
+                        "a.test",
+                        Some(sts_plan(
+                            Step::InStep {
+                                id: "id1".to_owned(),
+                            },
+                            false,
+                        )),
+                    ),
+                    outcome(
+                        "b.test",
+                        Some(sts_plan(
+                            Step::PublishId {
+                                id: "id1".to_owned(),
+                            },
+                            true,
+                        )),
+                    ),
+                    // Could not be looked at: not in step, no max_age.
+                    outcome("c.test", None),
+                ],
+                ..MtaStsPass::default()
+            },
+        );
+        let text = metrics.render();
+        assert_eq!(
+            lines_with(&text, "mxkeys_mta_sts_"),
+            [
+                "mxkeys_mta_sts_in_step{domain=\"a.test\"} 1",
+                "mxkeys_mta_sts_in_step{domain=\"b.test\"} 0",
+                "mxkeys_mta_sts_in_step{domain=\"c.test\"} 0",
+                "mxkeys_mta_sts_enforce_refused{domain=\"a.test\"} 0",
+                "mxkeys_mta_sts_enforce_refused{domain=\"b.test\"} 1",
+                "mxkeys_mta_sts_enforce_refused{domain=\"c.test\"} 0",
+                "mxkeys_mta_sts_policy_max_age_seconds{domain=\"a.test\"} 604800",
+                "mxkeys_mta_sts_policy_max_age_seconds{domain=\"b.test\"} 604800",
+            ]
+        );
+        // Without [tls_rpt]: no TLS-RPT series.
+        assert!(!text.contains("mxkeys_tls_rpt_"), "{text}");
+        // The next pass replaces the last: a domain no longer configured goes.
+        metrics.set_mta_sts(&config, &MtaStsPass::default());
+        assert!(lines_with(&metrics.render(), "mxkeys_mta_sts_").is_empty());
+    }
+
+    #[test]
+    fn the_tls_rpt_totals_are_read_again_only_when_the_store_changed() {
+        use crate::tls_rpt::store::{Limits, Store};
+        let tmp = tempfile::tempdir().unwrap();
+        let config = sts_config(tmp.path(), true);
+        let metrics = Metrics::default();
+        metrics.set_mta_sts(&config, &crate::mta_sts::pass::MtaStsPass::default());
+        let loads = || metrics.tls_rpt.lock().unwrap().loads;
+        let sessions = |text: &str| lines_with(text, "mxkeys_tls_rpt_sessions_total{");
+        // No store yet: the series with no line, read once.
+        assert!(sessions(&metrics.render()).is_empty());
+        metrics.render();
+        assert_eq!(loads(), 1);
+
+        let store = Store::new(config.state_dir.tls_rpt_dir(), Limits::default());
+        let report = |org: &str, id: &str, ok: u64, failed: u64| {
+            let json = format!(
+                r#"{{"organization-name": {org:?}, "report-id": {id:?},
+                "date-range": {{"start-datetime": "2026-11-28T00:00:00Z",
+                                "end-datetime": "2026-11-28T23:59:59Z"}},
+                "policies": [{{"policy": {{"policy-type": "sts", "policy-domain": "a.test"}},
+                               "summary": {{"total-successful-session-count": {ok},
+                                            "total-failure-session-count": {failed}}},
+                               "failure-details": [{{"result-type": "certificate-expired",
+                                                     "failed-session-count": {failed}}}]}}]}}"#
+            );
+            crate::tls_rpt::report::accept(json.as_bytes(), Some("application/tlsrpt+json"))
+                .unwrap()
+        };
+        store.save(&report("Org \"A\"", "r1", 5, 2)).unwrap();
+        let text = metrics.render();
+        assert_eq!(
+            sessions(&text),
+            [
+                "mxkeys_tls_rpt_sessions_total{organization=\"Org \\\"A\\\"\",result=\"failure\"} 2",
+                "mxkeys_tls_rpt_sessions_total{organization=\"Org \\\"A\\\"\",result=\"successful\"} 5",
+            ]
+        );
+        assert!(
+            text.contains("mxkeys_tls_rpt_failures_total{organization=\"Org \\\"A\\\"\",result_type=\"certificate-expired\"} 2"),
+            "{text}"
+        );
+        assert_eq!(loads(), 2);
+        // Scrapes with nothing new do not read the reports again.
+        assert_eq!(metrics.render(), text);
+        assert_eq!(loads(), 2);
+        // A second report of the same organization, written within the
+        // same clock tick as far as the test can tell: counted.
+        store.save(&report("Org \"A\"", "r2", 1, 0)).unwrap();
+        assert!(metrics.render().contains(
+            "mxkeys_tls_rpt_sessions_total{organization=\"Org \\\"A\\\"\",result=\"successful\"} 6"
+        ));
+        assert_eq!(loads(), 3);
     }
 }

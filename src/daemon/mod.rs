@@ -4,7 +4,8 @@
 //! The daemon is a set of independent tasks, so that a long wait in one
 //! never delays another: the TLS reconcile ([`Reconciler`]: watch,
 //! debounce, resync), the ACME scheduler ([`AcmeTask`]), the DKIM scheduler
-//! ([`DkimTask`]), the DANE pass ([`dane`]), the metrics server and the
+//! ([`DkimTask`]), the DANE pass ([`dane`]), the MTA-STS pass and
+//! responder ([`mta_sts`]), the metrics server and the
 //! watchdog ([`tasks`]); the main
 //! task only handles signals. READY=1 is sent after the first reconcile,
 //! before any network work (the ACME and DKIM tasks start after it). An
@@ -31,6 +32,7 @@
 
 mod dane;
 pub mod metrics;
+pub mod mta_sts;
 pub mod tasks;
 pub mod watch;
 
@@ -137,8 +139,10 @@ impl Daemon {
         let (ready_tx, ready) = channel::channel(false);
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let (dane_tx, dane_reconciled) = mpsc::unbounded_channel();
+        let (mta_sts_tx, mta_sts_reconciled) = mpsc::unbounded_channel();
         let mut reconciler = Reconciler::new(&self.config, self.metrics.clone());
         reconciler.dane = Some(dane_tx);
+        reconciler.mta_sts = Some(mta_sts_tx);
         tracing::info!(
             "mxkeys {} watching {} ({} targets)",
             env!("CARGO_PKG_VERSION"),
@@ -155,6 +159,13 @@ impl Daemon {
             stop: stop.clone(),
         };
         let dane = tokio::spawn(dane.run(config.clone(), ready.clone()));
+        let mta_sts = mta_sts::MtaStsTask {
+            config: self.config.clone(),
+            metrics: self.metrics.clone(),
+            reconciled: mta_sts_reconciled,
+            stop: stop.clone(),
+        };
+        let mta_sts = tokio::spawn(mta_sts.run(config.clone(), ready.clone()));
         let acme = AcmeTask {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
@@ -174,6 +185,7 @@ impl Daemon {
             ("ACME", acme.abort_handle()),
             ("DKIM", dkim.abort_handle()),
             ("DANE", dane.abort_handle()),
+            ("MTA-STS", mta_sts.abort_handle()),
         ]));
         let mut code = ExitCode::SUCCESS;
         loop {
@@ -198,6 +210,7 @@ impl Daemon {
         let _ = acme.await;
         let _ = dkim.await;
         let _ = dane.await;
+        let _ = mta_sts.await;
         watchdog.abort();
         code
     }
@@ -441,6 +454,9 @@ struct Reconciler {
     /// publishes the record of a new candidate the gate holds, and retires
     /// the old record once a new key is served.
     dane: Option<mpsc::UnboundedSender<()>>,
+    /// Told after every reconcile while `[mta_sts]` or `[tls_rpt]` is set:
+    /// the MTA-STS responder rereads its certificates, the pass runs.
+    mta_sts: Option<mpsc::UnboundedSender<()>>,
     /// When a certificate held by the DANE gate may be installed (the
     /// earliest `until` of the last reconcile): reconcile again then.
     next_gate: Option<Instant>,
@@ -461,6 +477,7 @@ impl Reconciler {
             started_at: crate::now(),
             reconciles: 0,
             dane: None,
+            mta_sts: None,
             next_gate: None,
         }
     }
@@ -606,6 +623,11 @@ impl Reconciler {
             && self.config.targets.iter().any(|t| t.dane.is_some())
         {
             let _ = dane.send(());
+        }
+        if let Some(mta_sts) = &self.mta_sts
+            && (self.config.mta_sts.is_some() || self.config.tls_rpt.is_some())
+        {
+            let _ = mta_sts.send(());
         }
         // Every renewal is followed by a reconcile: the failure counts it
         // left are read here (before the report, so a scrape that sees

@@ -4,7 +4,7 @@
 //! TTL and since when), the policy last seen live everywhere, the MX set in
 //! DNS (with its TTL, and since when each host that left it has been seen
 //! gone), and each MX host's last STARTTLS check. The planner
-//! ([`super::order`]) reads it; the MTA-STS pass (not written yet) fills it
+//! ([`super::order`]) reads it; the MTA-STS pass ([`super::pass`]) fills it
 //! through the `observe_*` updaters, which keep each "since" without a gap,
 //! and [`DomainLedger::went_live`] once the planned id is on every server.
 //!

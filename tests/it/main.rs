@@ -27,6 +27,8 @@ mod hostile_keydir;
 mod mail_servers;
 mod malformed;
 mod mta_sts;
+mod mta_sts_cli;
+mod mta_sts_pass;
 mod mta_sts_policy;
 mod mta_sts_probe;
 mod mta_sts_send;
