@@ -19,7 +19,7 @@ use std::process::Command;
 
 use common::servers::{Need, require_programs};
 use common::*;
-use mxkeys::mta_sts::policy::{Mode, MxPattern, Policy, id_of};
+use mxkeys::mta_sts::policy::{Mode, MxPattern, Policy, StsRecord, id_of};
 
 const CURL: &[Need] = &[("curl", "curl")];
 const STS_HOST: &str = "mta-sts.example.test";
@@ -451,5 +451,99 @@ fn check_agrees_when_dns_and_the_responder_show_the_policy_and_names_each_disagr
         )),
         "{}",
         r.describe()
+    );
+}
+
+const NSUPDATE: &[Need] = &[("nsupdate", "bind9-dnsutils"), ("named", "bind9")];
+
+#[test]
+fn run_makes_the_policy_live_and_disable_serves_mode_none_and_says_when_the_records_go() {
+    if !require_programs("mta_sts_cli_disable", &[CURL, NSUPDATE]) {
+        return;
+    }
+    let zone = "$TTL 300\n@ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60\n@ IN NS ns.example.test.\n@ IN MX 10 mx.example.test.\nns IN A 127.0.0.1\nmx IN A 127.0.0.1\n";
+    let Some(bind) = common::bind::Bind::start_with_zone(zone) else {
+        return;
+    };
+    let env = Env::new();
+    let ca = Ca::new("mta-sts-disable");
+    let root = env.path("root.pem");
+    write(&root, pem_block("CERTIFICATE", &ca.root_der));
+    let source_dir = env.path("source");
+    std::fs::create_dir_all(&source_dir).unwrap();
+    let source = files_source(&source_dir, &ca.issue(&LeafSpec::new(&[STS_HOST])));
+    let web = Target::new(&env, "web").domains(&[STS_HOST]);
+    let port = free_port();
+    let addr = bind.addr();
+    let tables = format!(
+        "[dns.bind]\ntype = \"rfc2136\"\nserver = \"{addr}\"\ntsig_name = \"{key}\"\n\
+         tsig_secret_file = {secret}\nzone = \"example.test\"\nnameservers = [\"{addr}\"]\n\
+         propagation_interval = \"200ms\"\npropagation_timeout = \"10s\"\n\n\
+         [mta_sts]\ndomains = [\"example.test\"]\nmode = \"testing\"\nmx = [\"mx.example.test\"]\n\
+         max_age = \"1d\"\ndns = \"bind\"\nlisten = \"127.0.0.1:{port}\"\nca_bundle = {root}\n",
+        key = common::bind::KEY_NAME,
+        secret = qp(&bind.dir().join("tsig.key")),
+        root = qp(&root),
+    );
+    env.write_config_with(&tables, &[source], &[&web]);
+    let d = env.daemon(&[]);
+    let testing = Policy::new(
+        Mode::Testing,
+        vec![MxPattern::parse("mx.example.test").unwrap()],
+        86_400,
+    )
+    .unwrap();
+    // The daemon's pass writes the body, its responder serves it, the id
+    // goes to BIND and is seen there: the policy is live.
+    let live = format!("  live         id {}, mode testing\n", testing.id());
+    wait_for(
+        "the daemon's pass to make the testing policy live",
+        || {
+            env.run(&["mta-sts", "status"])
+                .stdout
+                .contains(&live)
+                .then_some(())
+        },
+        || d.describe(),
+    );
+    let got = curl(&env.root, &root, port);
+    assert_eq!(got.body, testing.canonical(), "{got:?}");
+    assert_eq!(
+        bind.txt_values("_mta-sts.example.test"),
+        [StsRecord::for_policy(&testing).render()]
+    );
+
+    // disable: mode none is served and published in one go; the records
+    // go one old max_age (1 d) later, and the command says when.
+    let run = env.run(&["mta-sts", "disable", "example.test"]);
+    run.ok();
+    let none = Policy::new(
+        Mode::None,
+        vec![MxPattern::parse("mx.example.test").unwrap()],
+        86_400,
+    )
+    .unwrap();
+    let got = curl(&env.root, &root, port);
+    assert_eq!(got.body, none.canonical(), "{got:?}\n{}", run.describe());
+    assert_eq!(
+        bind.txt_values("_mta-sts.example.test"),
+        [StsRecord::for_policy(&none).render()],
+        "{}",
+        run.describe()
+    );
+    assert!(
+        run.stdout.lines().any(|l| l.starts_with(
+            "mta-sts disable example.test: mode none is live; the records are deleted at "
+        )),
+        "{}",
+        run.describe()
+    );
+    let status = env.run(&["mta-sts", "status"]);
+    assert!(
+        status
+            .stdout
+            .contains("mta-sts example.test: (disable asked)"),
+        "{}",
+        status.describe()
     );
 }
