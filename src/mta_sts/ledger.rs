@@ -18,7 +18,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use super::order::{Policy, covers};
+use super::order::{MAX_AGE_LIMIT, Mode, Policy, covers};
 
 /// Every policy domain's ledger, by domain name.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -221,11 +221,19 @@ impl DomainLedger {
     /// Records that `policy` is live (its id answered by every
     /// authoritative server) at `now`: a sender may hold the policy it
     /// replaces until `now` + that policy's `max_age`.
+    ///
+    /// `mode: none` replacing no known live policy replaces one this host
+    /// never saw live (its id published by another run, or before mxkeys):
+    /// a sender may hold it for up to the RFC's largest `max_age`.
     pub fn went_live(&mut self, policy: &Policy, now: i64) {
-        if let Some(old) = &self.live
-            && old.id != policy.id
-        {
-            let age = i64::try_from(old.max_age).unwrap_or(i64::MAX);
+        let held = match &self.live {
+            Some(old) if old.id != policy.id => Some(old.max_age),
+            Some(_) => None,
+            None if policy.mode == Mode::None => Some(MAX_AGE_LIMIT),
+            None => None,
+        };
+        if let Some(age) = held {
+            let age = i64::try_from(age).unwrap_or(i64::MAX);
             self.held_until = self.held_until.max(now.saturating_add(age));
         }
         self.live = Some(policy.clone());

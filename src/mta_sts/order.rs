@@ -1034,6 +1034,15 @@ mod tests {
                 wait(NOW - 1 + 31_557_600),
             ),
             (
+                "mode none went live over a policy never seen live: the largest max_age allowed counts",
+                |l, id| {
+                    l.live = None;
+                    everywhere(l, id, NOW - W);
+                    l.went_live(&disabled(), NOW - W);
+                },
+                wait(NOW - W + 31_557_600),
+            ),
+            (
                 "live for the old max_age: delete them",
                 |l, id| {
                     everywhere(l, id, NOW - W);
