@@ -572,21 +572,14 @@ fn dane_pass(config: &config::Config) -> bool {
         .is_empty()
 }
 
-/// One MTA-STS pass (when `[mta_sts]` or `[tls_rpt]` is set), its lines
-/// logged; `None` when there is nothing to do or no runtime.
+/// One MTA-STS pass (when `[mta_sts]` or `[tls_rpt]` is set; the pass logs
+/// its lines); `None` when there is nothing to do or no runtime.
 fn mta_sts_pass(config: &config::Config) -> Option<crate::mta_sts::pass::MtaStsPass> {
     if config.mta_sts.is_none() && config.tls_rpt.is_none() {
         return None;
     }
     let rt = crate::runtime()?;
-    let pass = rt.block_on(crate::mta_sts::pass::pass(config, crate::now()));
-    for line in &pass.done {
-        tracing::info!("mta-sts: {line}");
-    }
-    for line in &pass.problems {
-        tracing::error!("mta-sts: {line}");
-    }
-    Some(pass)
+    Some(rt.block_on(crate::mta_sts::pass::pass(config, crate::now())))
 }
 
 /// `mxkeys mta-sts status`: the ledger and the plan at now, no network.

@@ -338,15 +338,8 @@ impl MtaStsTask {
             return None;
         }
         match pass {
-            Pass::Done(p) => {
-                for line in &p.done {
-                    tracing::info!("mta-sts: {line}");
-                }
-                for line in &p.problems {
-                    tracing::warn!("mta-sts: {line}");
-                }
-                Some(p)
-            }
+            // The pass logged its lines.
+            Pass::Done(p) => Some(p),
             Pass::Cut => None,
             // Tried again in a minute.
             Pass::Failed(e) => {

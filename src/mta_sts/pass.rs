@@ -90,11 +90,12 @@ pub async fn pass(config: &Config, now: i64) -> MtaStsPass {
         None => Err(String::new()),
     };
     let out = run(config, now, look, &|name| provider(config, name)).await;
+    // Each line names its domain ("mta-sts domain D: ...", "tls-rpt: ...").
     for p in &out.problems {
-        tracing::error!("mta-sts: {p}");
+        tracing::error!("{p}");
     }
     for d in &out.done {
-        tracing::info!("mta-sts: {d}");
+        tracing::info!("{d}");
     }
     out
 }
