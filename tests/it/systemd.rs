@@ -725,3 +725,118 @@ fn watchdog_keeps_the_daemon_alive_through_a_two_minute_dkim_propagation_wait() 
     guest.ok(&["systemctl", "stop", "mxkeys"]);
     assert_eq!(guest.property("mxkeys", "Result"), "success");
 }
+
+/// Where the annotated configuration puts the MTA-STS webroot.
+const MTA_STS_WEBROOT: &str = "/var/www/mta-sts";
+
+/// The daemon unit as shipped runs the MTA-STS pass with the annotated
+/// configuration's `webroot`: under `ProtectSystem=strict` it writes the
+/// policy there (the unit lists it in ReadWritePaths), fetches it back over
+/// HTTPS from a web server of the host (`openssl s_server -WWW` serving the
+/// same directory with a test-CA certificate for `mta-sts.example.test`)
+/// and publishes its id to BIND over RFC 2136.
+#[test]
+fn daemon_unit_writes_the_mta_sts_policy_to_the_shipped_webroot_and_publishes_its_id() {
+    let test = "daemon_unit_writes_the_mta_sts_policy_to_the_shipped_webroot_and_publishes_its_id";
+    if !nspawn::available(test) || !require_programs(test, &[common::servers::OPENSSL]) {
+        return;
+    }
+    let Some(dns) = Dns::start() else {
+        return;
+    };
+    let leaf = leaf();
+    let host = Host::new();
+    std::fs::copy(dns.dir().join("tsig.key"), host.etc.join("tsig.key")).unwrap();
+    let ca = Ca::new("systemd-mta-sts");
+    let web = ca.issue(&LeafSpec::new(&["mta-sts.example.test"]));
+    write(
+        &host.etc.join("mta-sts-ca.pem"),
+        common::pem_block("CERTIFICATE", &ca.root_der),
+    );
+    for (name, pem) in [
+        ("web-cert.pem", web.cert_pem()),
+        ("web-chain.pem", web.chain_pem()),
+        ("web-key.pem", web.key_pem()),
+    ] {
+        write(&host.path(name), pem);
+    }
+    let www = host.path("www");
+    let root = www.join("mta-sts.example.test");
+    std::fs::create_dir_all(&root).unwrap();
+    let https = common::free_port();
+    let server = Command::new(common::servers::prog("openssl"))
+        .args(["s_server", "-WWW", "-quiet", "-accept"])
+        .arg(format!("127.0.0.1:{https}"))
+        .arg("-cert")
+        .arg(host.path("web-cert.pem"))
+        .arg("-cert_chain")
+        .arg(host.path("web-chain.pem"))
+        .arg("-key")
+        .arg(host.path("web-key.pem"))
+        .current_dir(&root)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = common::KillOnDrop(server);
+    host.configure(
+        &leaf,
+        &format!(
+            "{target}\n[dns.bind]\n\
+             type = \"rfc2136\"\n\
+             server = \"{addr}\"\n\
+             zone = \"example.test\"\n\
+             tsig_name = \"{KEY_NAME}\"\n\
+             tsig_secret_file = \"/etc/mxkeys/tsig.key\"\n\
+             nameservers = [\"{addr}\"]\n\
+             propagation_interval = \"200ms\"\n\
+             propagation_timeout = \"20s\"\n\
+             [mta_sts]\n\
+             domains = [\"example.test\"]\n\
+             mode = \"testing\"\n\
+             mx = [\"mail.example.test\"]\n\
+             dns = \"bind\"\n\
+             webroot = \"{MTA_STS_WEBROOT}\"\n\
+             responders = [\"127.0.0.1:{https}\"]\n\
+             ca_bundle = \"/etc/mxkeys/mta-sts-ca.pem\"\n",
+            target = postfix_target(),
+            addr = dns.addr(),
+        ),
+    );
+    let Some(guest) = host.boot(test, vec![Bind::rw(&www, MTA_STS_WEBROOT)]) else {
+        return;
+    };
+    guest.ok(&["systemctl", "start", "mxkeys"]);
+    let id = mxkeys::mta_sts::policy::id_of(
+        mxkeys::mta_sts::policy::Mode::Testing,
+        &["mail.example.test".to_owned()].into(),
+        604_800,
+    );
+    wait_until(
+        &guest,
+        "the policy's id in BIND",
+        Duration::from_secs(60),
+        || {
+            dns.txt_values("_mta-sts.example.test")
+                == [mxkeys::mta_sts::policy::StsRecord::new(&id)
+                    .unwrap()
+                    .render()]
+        },
+    );
+    let body = std::fs::read_to_string(root.join(".well-known/mta-sts.txt")).unwrap();
+    assert_eq!(
+        body,
+        "version: STSv1\r\nmode: testing\r\nmx: mail.example.test\r\nmax_age: 604800\r\n"
+    );
+    assert_eq!(
+        guest.stat(
+            "%a",
+            &format!("{MTA_STS_WEBROOT}/mta-sts.example.test/.well-known/mta-sts.txt")
+        ),
+        "644"
+    );
+    let journal = guest.journal(Some("mxkeys"));
+    assert!(!journal.contains("ERROR"), "errors in:\n{journal}");
+    assert_eq!(guest.property("mxkeys", "NRestarts"), "0");
+}
