@@ -605,10 +605,11 @@ struct Found {
 /// said.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("no {family} route from this host ({reason})")]
-struct NoRoute {
+pub struct NoRoute {
     /// `IPv4` or `IPv6`.
-    family: &'static str,
-    reason: String,
+    pub family: &'static str,
+    /// What `connect()` said.
+    pub reason: String,
 }
 
 /// An address skipped because this host cannot reach it.
@@ -769,8 +770,10 @@ fn lookup_failure(e: &NetError) -> Option<String> {
 }
 
 /// Whether this host has a route to `addr`: a UDP socket of its family
-/// `connect()`ed to it (nothing is sent). `Err` says why not.
-fn route_to(addr: SocketAddr) -> Result<(), NoRoute> {
+/// `connect()`ed to it (nothing is sent). `Err` says why not. Also used by
+/// mxkeys' other lookups of addresses (MTA-STS responders, MX hosts), so
+/// a single-family host skips the other family everywhere alike.
+pub fn route_to(addr: SocketAddr) -> Result<(), NoRoute> {
     let family = if addr.is_ipv4() { "IPv4" } else { "IPv6" };
     let local: SocketAddr = if addr.is_ipv4() {
         (std::net::Ipv4Addr::UNSPECIFIED, 0).into()

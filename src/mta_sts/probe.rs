@@ -164,9 +164,34 @@ pub async fn responders(mta_sts: &MtaSts, domain: &DnsName) -> Result<Vec<Socket
             if found.is_empty() {
                 return Err(fail(format!("{host} has no address")));
             }
-            Ok(found)
+            routable(&host, found).map_err(fail)
         }
     }
+}
+
+/// The addresses of `host` this host has a route to, as the propagation
+/// check keeps them: on a single-family host the other family's addresses
+/// are skipped (said at debug level), not failed; none left is an error
+/// naming why each was skipped.
+fn routable(host: &str, addrs: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, String> {
+    let mut kept = Vec::new();
+    let mut skipped = Vec::new();
+    for addr in addrs {
+        match mxkeys_providers::propagation::route_to(addr) {
+            Ok(()) => kept.push(addr),
+            Err(why) => {
+                tracing::debug!(%host, %addr, %why, "address skipped");
+                skipped.push(format!("{addr}: {why}"));
+            }
+        }
+    }
+    if kept.is_empty() {
+        return Err(format!(
+            "no address of {host} is reachable from this host ({})",
+            skipped.join("; ")
+        ));
+    }
+    Ok(kept)
 }
 
 /// Where a listener on `addr` is reached from this host: a wildcard
@@ -286,6 +311,7 @@ pub async fn starttls(host: &str, trust: &Trust) -> Result<(), ProbeError> {
     if addrs.is_empty() {
         return Err(fail("no address".to_owned()));
     }
+    let addrs = routable(&host, addrs).map_err(fail)?;
     starttls_at(&host, &addrs, trust).await
 }
 

@@ -10,8 +10,10 @@
 //!
 //! In each, a real BIND serves `example.test` on port 53 (the port mxkeys
 //! asks discovered servers at; free in a namespace of our own), and
-//! `mxkeys dns test`, a DKIM key's activation and a DNS-01 order against a
-//! real pebble (also inside the namespace) complete; a server with only an
+//! `mxkeys dns test`, a DKIM key's activation, a DNS-01 order against a
+//! real pebble (also inside the namespace) and an MTA-STS `sync` (the
+//! policy fetched back from the reachable address of `mta-sts.DOMAIN`,
+//! its id published) complete; a server with only an
 //! address of the missing family (an NS name of `other.test`, or a
 //! configured `nameservers` entry) fails the check naming it. Nothing
 //! leaves the namespace: it has only a loopback interface.
@@ -187,6 +189,7 @@ fn inside(family: Family) {
     servers_without_a_reachable_address_are_named(&env, &bind, family);
     dkim_key_activates(&env, &bind, family);
     dns01_order_completes(&env, &bind, &pebble);
+    mta_sts_policy_is_fetched_back_over_the_family_this_host_has(&env, &bind, family);
 }
 
 /// `[dns.bind]` without `nameservers`: the servers are found through the
@@ -336,6 +339,98 @@ fn dkim_key_activates(env: &Env, bind: &NsBind, family: Family) {
     }
 }
 
+/// `mxkeys sync` with an MTA-STS `webroot` and no `responders`: the
+/// policy is fetched back from the addresses `mta-sts.example.test`
+/// resolves to (A and AAAA, one family without a route), the one this host
+/// can reach serving it (`openssl s_server -WWW` with a test-CA
+/// certificate), and its id is published. Without the route filter the
+/// unreachable address counts as a responder not serving the body, and
+/// the id is never published.
+fn mta_sts_policy_is_fetched_back_over_the_family_this_host_has(
+    env: &Env,
+    bind: &NsBind,
+    family: Family,
+) {
+    let ca = Ca::new("single-family-mta-sts");
+    let leaf = ca.issue(&LeafSpec::new(&["mta-sts.example.test"]));
+    write(
+        &env.path("mta-sts-ca.pem"),
+        pem_block("CERTIFICATE", &ca.root_der),
+    );
+    write(&env.path("mta-sts-cert.pem"), leaf.cert_pem());
+    write(&env.path("mta-sts-chain.pem"), leaf.chain_pem());
+    write(&env.path("mta-sts-key.pem"), leaf.key_pem());
+    let www = env.path("www");
+    let root = www.join("mta-sts.example.test");
+    std::fs::create_dir_all(&root).unwrap();
+    let accept = match family {
+        Family::V4 => "127.0.0.1:443",
+        Family::V6 => "[::1]:443",
+    };
+    let server = Command::new(prog("openssl"))
+        .args(["s_server", "-WWW", "-quiet", "-accept", accept, "-cert"])
+        .arg(env.path("mta-sts-cert.pem"))
+        .arg("-cert_chain")
+        .arg(env.path("mta-sts-chain.pem"))
+        .arg("-key")
+        .arg(env.path("mta-sts-key.pem"))
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _server = KillOnDrop(server);
+    let reach: std::net::SocketAddr = accept.parse().unwrap();
+    let start = Instant::now();
+    while std::net::TcpStream::connect(reach).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "s_server did not listen on {accept}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    env.write_config_raw(&format!(
+        "state_dir = {}\n{}\n[mta_sts]\n\
+         domains = [\"example.test\"]\n\
+         mode = \"testing\"\n\
+         mx = [\"mx.example.test\"]\n\
+         dns = \"bind\"\n\
+         webroot = {}\n\
+         ca_bundle = {}\n",
+        qp(&env.state),
+        dns_table(bind, family),
+        qp(&www),
+        qp(&env.path("mta-sts-ca.pem")),
+    ));
+    let mut cmd = env.cmd(&["sync"]);
+    cmd.env("MXKEYS_LOG", "mxkeys=debug");
+    let run = Run::from_output("mxkeys sync".to_owned(), cmd.output().unwrap());
+    assert_eq!(run.code, 0, "{}", run.describe());
+    let id = mxkeys::mta_sts::policy::id_of(
+        mxkeys::mta_sts::policy::Mode::Testing,
+        &["mx.example.test".to_owned()].into(),
+        604_800,
+    );
+    let txt = bind.dig(&["TXT", "_mta-sts.example.test", "+short"]);
+    assert!(
+        txt.contains(&format!("id={id}")),
+        "TXT {txt:?}\n{}",
+        run.describe()
+    );
+    let skipped = match family {
+        Family::V4 => "[2001:db8::1]:443",
+        Family::V6 => "192.0.2.1:443",
+    };
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains("address skipped") && l.contains(skipped)),
+        "{}",
+        run.describe()
+    );
+}
+
 fn dns01_order_completes(env: &Env, bind: &NsBind, pebble: &Pebble) {
     let out = env.out.join("chain.pem");
     env.write_config_raw(&format!(
@@ -402,7 +497,8 @@ impl NsBind {
                  ns1 IN A {a}\nns1 IN AAAA {aaaa}\n\
                  ns2 IN A {a}\nns2 IN AAAA {aaaa}\n\
                  @ IN A 127.0.0.1\n\
-                 * IN A 127.0.0.1\n"
+                 * IN A 127.0.0.1\n\
+                 mta-sts IN A {a}\nmta-sts IN AAAA {aaaa}\n"
             ),
         );
         // A zone whose only NS name has only the address without a route.
