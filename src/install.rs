@@ -215,7 +215,7 @@ pub fn ownership(target: &Target) -> Result<Ownership, OwnershipError> {
 /// A directory mxkeys writes into, opened once. Every operation on its
 /// files goes through this descriptor, never through the path again.
 #[derive(Debug)]
-struct TargetDir {
+pub(crate) struct TargetDir {
     fd: OwnedFd,
     path: PathBuf,
 }
@@ -232,7 +232,7 @@ struct Old {
 /// Why writing a file failed, and whether it was already renamed into
 /// place (then it must be undone like a file written successfully).
 #[derive(Debug)]
-struct WriteError {
+pub(crate) struct WriteError {
     pub error: io::Error,
     pub renamed: bool,
 }
@@ -278,7 +278,7 @@ impl TargetDir {
     /// Opens `dir` following symlinks: for mxkeys' own directories
     /// (state_dir, webroot) whose path the administrator chose, not for
     /// targets.
-    fn open_following(dir: &Path) -> io::Result<TargetDir> {
+    pub(crate) fn open_following(dir: &Path) -> io::Result<TargetDir> {
         Self::open_with(dir, OFlag::empty())
     }
 
@@ -308,6 +308,59 @@ impl TargetDir {
             Err(Errno::ENOTDIR) => Err(refused(format!("{} is not a directory", path.display()))),
             Err(e) => Err(io::Error::from(e)),
         }
+    }
+
+    /// The directory `name` in this one, opened O_DIRECTORY|O_NOFOLLOW, so
+    /// a symlink planted in its place is refused (the error says so);
+    /// with `public`, created 0755 when missing and given the r-x bits for
+    /// group and others it lacks (never narrowed), for a web server
+    /// running as another user. `None`: it does not exist (only without
+    /// `public`).
+    pub(crate) fn subdir(&self, name: &str, public: bool) -> io::Result<Option<TargetDir>> {
+        let path = self.path.join(name);
+        if public {
+            match nix::sys::stat::mkdirat(self.fd.as_fd(), name, Mode::from_bits_truncate(0o755)) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(e) => return Err(io::Error::from(e)),
+            }
+        }
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+        let fd = match openat(self.fd.as_fd(), name, flags, Mode::empty()) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) if !public => return Ok(None),
+            Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                return Err(refused(format!(
+                    "{} is not a directory (a symbolic link or a file in its place)",
+                    path.display()
+                )));
+            }
+            Err(e) => return Err(io::Error::from(e)),
+        };
+        let dir = File::from(fd);
+        if public {
+            let mode = dir.metadata()?.mode() & 0o7777;
+            if mode & 0o755 != 0o755 {
+                dir.set_permissions(fs::Permissions::from_mode(mode | 0o755))?;
+            }
+        }
+        Ok(Some(TargetDir {
+            fd: OwnedFd::from(dir),
+            path,
+        }))
+    }
+
+    /// The bytes of the regular file `name` within `limit` (`None`: there
+    /// is none), read as [`Self::read_old`] reads: never following a link,
+    /// never blocking on a FIFO.
+    pub(crate) fn read_small(&self, name: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
+        Ok(self
+            .read_old(OsStr::new(name), limit)?
+            .map(|old| old.bytes.to_vec()))
+    }
+
+    /// This directory's path, for messages.
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Reads the file `name` if it is a regular file within `limit` bytes

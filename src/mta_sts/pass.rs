@@ -552,13 +552,6 @@ fn observe_ids(d: &mut DomainLedger, ids: &[IdView], now: i64) {
     }
 }
 
-/// The policy file of `domain` under `dir`.
-fn policy_file(dir: &Path, domain: &str) -> Result<PathBuf, String> {
-    Ok(webroot::root_of(dir, domain)
-        .map_err(|e| e.to_string())?
-        .join(webroot::POLICY_FILE))
-}
-
 /// Writes `policy`'s canonical body for `domain` under `dir`, unless the
 /// file already holds it; the file written, if any.
 fn write_body(dir: &Path, domain: &str, p: &order::Policy) -> Result<Option<PathBuf>, String> {
@@ -578,8 +571,9 @@ fn write_body(dir: &Path, domain: &str, p: &order::Policy) -> Result<Option<Path
         ));
     }
     let body = policy.canonical();
-    let file = policy_file(dir, domain)?;
-    if std::fs::read_to_string(&file).is_ok_and(|old| old == body) {
+    // An unreadable old file (a link, a FIFO planted there) is replaced or
+    // refused by the write below, which says why.
+    if webroot::read_policy(dir, domain).is_ok_and(|old| old.as_deref() == Some(body.as_str())) {
         return Ok(None);
     }
     let written = webroot::write_policies(dir, &HashMap::from([(domain.to_owned(), body)]))
@@ -604,14 +598,13 @@ async fn delete_records<L: Look, S: RecordStore>(
     out.done.push(format!(
         "mta-sts domain {name}: removed {owner} TXT (disabled)"
     ));
-    let file = policy_file(&cx.dir, name)?;
-    match std::fs::remove_file(&file) {
-        Ok(()) => out.done.push(format!(
+    match webroot::remove_policy(&cx.dir, name) {
+        Ok(Some(file)) => out.done.push(format!(
             "mta-sts domain {name}: removed {} (disabled)",
             file.display()
         )),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(format!("removing {}: {e}", file.display())),
+        Ok(None) => {}
+        Err(e) => return Err(format!("removing the policy file: {e}")),
     }
     if let Some(t) = &cx.config.tls_rpt
         && t.domains.contains(domain)
@@ -802,8 +795,10 @@ mod tests {
             if w.down.contains(&at) {
                 return Err(format!("{at}: connection refused"));
             }
-            let file = policy_file(&w.dir, domain.as_str())?;
-            let body = std::fs::read_to_string(&file).map_err(|_| format!("{at}: 404"))?;
+            let body = webroot::read_policy(&w.dir, domain.as_str())
+                .ok()
+                .flatten()
+                .ok_or_else(|| format!("{at}: 404"))?;
             let id = policy::Policy::parse(&body)
                 .map_err(|e| e.to_string())?
                 .id();
@@ -933,7 +928,9 @@ mod tests {
         }
 
         fn file(&self) -> PathBuf {
-            policy_file(&self.tmp.path().join("www"), DOMAIN).expect("file")
+            webroot::root_of(&self.tmp.path().join("www"), DOMAIN)
+                .expect("file")
+                .join(webroot::POLICY_FILE)
         }
     }
 

@@ -322,3 +322,61 @@ impl WithExtra for Target {
         t.extra(line)
     }
 }
+
+/// The MTA-STS webroot is the web server's: its user may write it. A
+/// symlink planted as `mta-sts.DOMAIN`, or as `.well-known` inside a
+/// directory the attacker made, pointing at a root-owned directory, is
+/// refused naming it, and nothing is created through it.
+#[test]
+fn a_symlink_planted_in_the_mta_sts_webroot_is_refused_and_nothing_is_written_through_it() {
+    let test =
+        "a_symlink_planted_in_the_mta_sts_webroot_is_refused_and_nothing_is_written_through_it";
+    if !ready(test) {
+        return;
+    }
+    let Some(bind) = common::bind::Bind::start() else {
+        return;
+    };
+    let s = Scene::new();
+    let www = s.env.out.join("www");
+    fs::create_dir_all(&www).unwrap();
+    std::os::unix::fs::chown(&www, Some(0), Some(ATTACKER)).unwrap();
+    set_mode(&www, 0o770);
+    let victim = s.env.path("etc/victim");
+    fs::create_dir_all(&victim).unwrap();
+    set_mode(&victim, 0o755);
+    let config = fs::read_to_string(&s.env.config).unwrap();
+    let addr = bind.addr();
+    write(
+        &s.env.config,
+        format!(
+            "{config}\n[dns.bind]\ntype = \"rfc2136\"\nserver = \"{addr}\"\n\
+             tsig_name = \"{key}\"\ntsig_secret_file = {secret}\nzone = \"example.test\"\n\
+             nameservers = [\"{addr}\"]\npropagation_interval = \"200ms\"\n\
+             propagation_timeout = \"5s\"\n\
+             [mta_sts]\ndomains = [\"example.test\"]\nmx = [\"mx.example.test\"]\n\
+             dns = \"bind\"\nwebroot = {www}\nresponders = [\"127.0.0.1:9\"]\n",
+            key = common::bind::KEY_NAME,
+            secret = qp(&bind.dir().join("tsig.key")),
+            www = qp(&www),
+        ),
+    );
+    let site = www.join("mta-sts.example.test");
+    let watched = [victim.as_path(), s.shadow.as_path()];
+    let before = s.idents(&watched);
+    // The site directory itself is a link to the victim.
+    s.attack("ln -s \"$1\" \"$2\"", &[&victim, &site]);
+    let r = s.sync();
+    assert_ne!(r.code, 0, "{}", r.describe());
+    r.assert_err_line(&[site.to_str().unwrap(), "symbolic link"]);
+    assert_eq!(s.idents(&watched), before, "{}", r.describe());
+    // A real site directory of the attacker's, with `.well-known` a link.
+    s.attack(
+        "rm \"$2\"; mkdir \"$2\"; ln -s \"$1\" \"$2/.well-known\"",
+        &[&victim, &site],
+    );
+    let r = s.sync();
+    assert_ne!(r.code, 0, "{}", r.describe());
+    r.assert_err_line(&[site.join(".well-known").to_str().unwrap(), "symbolic link"]);
+    assert_eq!(s.idents(&watched), before, "{}", r.describe());
+}
