@@ -146,6 +146,13 @@ enum MtaStsCommand {
         /// The policy domain.
         domain: String,
     },
+    /// Undo `disable`: serve and publish the configured policy again, with
+    /// its own id (the same order as any policy change). Exit 2 for a
+    /// domain that is not an `[mta_sts]` domain.
+    Enable {
+        /// The policy domain.
+        domain: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -285,6 +292,9 @@ pub fn main() -> ExitCode {
         Command::MtaSts {
             command: MtaStsCommand::Disable { domain },
         } => mta_sts_disable(&config, &domain),
+        Command::MtaSts {
+            command: MtaStsCommand::Enable { domain },
+        } => mta_sts_enable(&config, &domain),
         Command::Config => match source.text() {
             Ok(text) => {
                 println!("# configuration from {source}");
@@ -607,18 +617,61 @@ fn mta_sts_status(config: &config::Config, json: bool) -> ExitCode {
 
 /// `mxkeys mta-sts disable DOMAIN`: marks the domain, runs one pass, says
 /// what happens next.
-fn mta_sts_disable(config: &config::Config, domain: &str) -> ExitCode {
+/// `domain` when it is one of `[mta_sts] domains`; else the error line
+/// for `mxkeys mta-sts WHAT` is logged.
+fn mta_sts_domain(
+    config: &config::Config,
+    what: &str,
+    domain: &str,
+) -> Option<crate::names::DnsName> {
     let name = crate::names::DnsName::parse(domain).ok().filter(|d| {
         config
             .mta_sts
             .as_ref()
             .is_some_and(|m| m.domains.contains(d))
     });
-    let Some(name) = name else {
+    if name.is_none() {
         tracing::error!(
-            "mta-sts disable: {domain} is not a domain of [mta_sts] in {}",
+            "mta-sts {what}: {domain} is not a domain of [mta_sts] in {}",
             config.path.display()
         );
+    }
+    name
+}
+
+/// `mxkeys mta-sts enable DOMAIN`: clears `disable`, then one pass.
+fn mta_sts_enable(config: &config::Config, domain: &str) -> ExitCode {
+    let Some(name) = mta_sts_domain(config, "enable", domain) else {
+        return ExitCode::from(2);
+    };
+    match crate::mta_sts::pass::enable(config, &name) {
+        Ok(true) => println!(
+            "mta-sts enable {name}: recorded; the configured policy is served and published again"
+        ),
+        Ok(false) => println!("mta-sts enable {name}: it was not disabled"),
+        Err(e) => {
+            tracing::error!("mta-sts enable {name}: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let pass = mta_sts_pass(config);
+    let plan = pass
+        .iter()
+        .flat_map(|p| &p.domains)
+        .find(|d| d.domain == name.as_str())
+        .and_then(|d| d.plan.as_ref());
+    if let Some(plan) = plan {
+        println!("mta-sts enable {name}: next: {}", plan.step);
+    }
+    if pass.is_some_and(|p| !p.problems.is_empty()) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn mta_sts_disable(config: &config::Config, domain: &str) -> ExitCode {
+    let Some(name) = mta_sts_domain(config, "disable", domain) else {
         return ExitCode::from(2);
     };
     if let Err(e) = crate::mta_sts::pass::disable(config, &name) {

@@ -118,6 +118,23 @@ pub fn disable(config: &Config, domain: &DnsName) -> Result<(), String> {
     })
 }
 
+/// `mxkeys mta-sts enable DOMAIN`: undoes `disable` in the ledger (under
+/// the run lock); the next pass serves and publishes the configured policy
+/// again, with its own id. Returns whether the domain was disabled.
+pub fn enable(config: &Config, domain: &DnsName) -> Result<bool, String> {
+    let Some(m) = &config.mta_sts else {
+        return Err("no [mta_sts] table in the configuration".to_owned());
+    };
+    if !m.domains.contains(domain) {
+        return Err(format!("{domain} is not one of the [mta_sts] domains"));
+    }
+    update_ledger(config, |l| {
+        l.domains
+            .get_mut(domain.as_str())
+            .is_some_and(|d| std::mem::replace(&mut d.disable, false))
+    })
+}
+
 /// What the pass looks at: [`Probe`] in service, a fake in the unit tests.
 /// Errors are one line naming what was looked at.
 trait Look {

@@ -95,23 +95,26 @@ fn mta_sts_status_on_a_prepared_ledger_prints_the_step_and_the_refusal() {
 }
 
 #[test]
-fn disable_on_a_domain_that_is_not_an_mta_sts_domain_exits_2_naming_it() {
+fn disable_or_enable_on_a_domain_that_is_not_an_mta_sts_domain_exits_2_naming_it() {
     let env = Env::new();
     env.write_config_with(
         &sts_tables("testing", "webroot = \"/nonexistent/www\""),
         &[],
         &[],
     );
-    let r = env.run(&["mta-sts", "disable", "other.test"]);
-    assert_eq!(r.code, 2, "{}", r.describe());
-    assert!(
-        r.stderr
-            .contains("mta-sts disable: other.test is not a domain of [mta_sts]"),
-        "{}",
-        r.describe()
-    );
-    // Nothing was recorded.
-    assert!(!env.state.join("mta-sts.json").exists());
+    for verb in ["disable", "enable"] {
+        let r = env.run(&["mta-sts", verb, "other.test"]);
+        assert_eq!(r.code, 2, "{}", r.describe());
+        assert!(
+            r.stderr.contains(&format!(
+                "mta-sts {verb}: other.test is not a domain of [mta_sts]"
+            )),
+            "{}",
+            r.describe()
+        );
+        // Nothing was recorded.
+        assert!(!env.state.join("mta-sts.json").exists());
+    }
 }
 
 #[test]

@@ -367,4 +367,17 @@ async fn disable_publishes_mode_none_and_deletes_both_txt_records_and_the_file_o
     assert_eq!(lab.body(), None);
     assert_eq!(lab.bind.txt_values(RPT), Vec::<String>::new());
     assert_eq!(out.problems, Vec::<String>::new());
+
+    // Deleted stays deleted while the domain is disabled...
+    let out = lab.pass(until + 60).await;
+    assert_eq!(lab.txt(), Vec::<String>::new(), "{out:#?}");
+    // ...until `enable`: the configured policy is served and published again.
+    let domain = DnsName::parse(DOMAIN).unwrap();
+    assert!(pass::enable(&lab.config(), &domain).unwrap());
+    assert!(!pass::enable(&lab.config(), &domain).unwrap());
+    let out = lab.pass(until + 120).await;
+    let testing = id(Mode::Testing, &[MX1], DAY as u64);
+    assert_eq!(lab.txt(), record(&testing), "{out:#?}");
+    assert!(lab.body().is_some_and(|b| b.contains("mode: testing\r\n")));
+    assert_eq!(lab.bind.txt_values(RPT), [rua]);
 }
