@@ -319,16 +319,8 @@ pub fn main() -> ExitCode {
         }
         Command::Status { json } => {
             let status = Status::gather(&config);
-            if json {
-                match serde_json::to_string_pretty(&status) {
-                    Ok(s) => println!("{s}"),
-                    Err(e) => {
-                        tracing::error!("cannot encode the status: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                }
-            } else {
-                print!("{}", status.to_text());
+            if !print_status(&status, json, || status.to_text()) {
+                return ExitCode::FAILURE;
             }
             if status.healthy() {
                 ExitCode::SUCCESS
@@ -601,22 +593,37 @@ fn mta_sts_status(config: &config::Config, json: bool) -> ExitCode {
         );
         return ExitCode::from(2);
     };
-    if json {
-        match serde_json::to_string_pretty(&status) {
-            Ok(s) => println!("{s}"),
-            Err(e) => {
-                tracing::error!("cannot encode the status: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        print!("{}", status.to_text());
+    if !print_status(&status, json, || status.to_text()) {
+        return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS
 }
 
 /// `mxkeys mta-sts disable DOMAIN`: marks the domain, runs one pass, says
 /// what happens next.
+/// Prints a status as JSON or as `text`; false (the error logged) when it
+/// cannot be encoded.
+fn print_status<T: serde::Serialize>(
+    status: &T,
+    json: bool,
+    text: impl FnOnce() -> String,
+) -> bool {
+    if !json {
+        print!("{}", text());
+        return true;
+    }
+    match serde_json::to_string_pretty(status) {
+        Ok(s) => {
+            println!("{s}");
+            true
+        }
+        Err(e) => {
+            tracing::error!("cannot encode the status: {e}");
+            false
+        }
+    }
+}
+
 /// `domain` when it is one of `[mta_sts] domains`; else the error line
 /// for `mxkeys mta-sts WHAT` is logged.
 fn mta_sts_domain(

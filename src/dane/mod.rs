@@ -594,20 +594,9 @@ fn read_ledger(config: &Config) -> Result<Ledger, String> {
 /// writes the gate's decision into it too). A ledger that cannot be read
 /// is left as it is.
 fn update_ledger<R>(config: &Config, change: impl FnOnce(&mut Ledger) -> R) -> Result<R, String> {
-    let _lock = config.state_dir.lock().map_err(|e| {
-        format!(
-            "state_dir {}: cannot take the lock: {e}",
-            config.state_dir.display()
-        )
-    })?;
-    let record = config.state_dir.dane_record::<Ledger>();
-    let mut ledger = record
-        .load()
-        .map_err(|e| e.to_string())?
-        .unwrap_or_default();
-    let r = change(&mut ledger);
-    record.save(&ledger).map_err(|e| e.to_string())?;
-    Ok(r)
+    config
+        .state_dir
+        .update(config.state_dir.dane_record::<Ledger>(), change)
 }
 
 /// The provider value of a record text (`3 1 1 <hex>`).

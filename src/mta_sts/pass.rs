@@ -104,12 +104,7 @@ pub async fn pass(config: &Config, now: i64) -> MtaStsPass {
 /// the run lock); the next passes publish `mode: none` and later delete
 /// the records.
 pub fn disable(config: &Config, domain: &DnsName) -> Result<(), String> {
-    let Some(m) = &config.mta_sts else {
-        return Err("no [mta_sts] table in the configuration".to_owned());
-    };
-    if !m.domains.contains(domain) {
-        return Err(format!("{domain} is not one of the [mta_sts] domains"));
-    }
+    policy_domain(config, domain)?;
     update_ledger(config, |l| {
         l.domains
             .entry(domain.as_str().to_owned())
@@ -122,17 +117,24 @@ pub fn disable(config: &Config, domain: &DnsName) -> Result<(), String> {
 /// the run lock); the next pass serves and publishes the configured policy
 /// again, with its own id. Returns whether the domain was disabled.
 pub fn enable(config: &Config, domain: &DnsName) -> Result<bool, String> {
-    let Some(m) = &config.mta_sts else {
-        return Err("no [mta_sts] table in the configuration".to_owned());
-    };
-    if !m.domains.contains(domain) {
-        return Err(format!("{domain} is not one of the [mta_sts] domains"));
-    }
+    policy_domain(config, domain)?;
     update_ledger(config, |l| {
         l.domains
             .get_mut(domain.as_str())
             .is_some_and(|d| std::mem::replace(&mut d.disable, false))
     })
+}
+
+/// `domain` is one of `[mta_sts] domains`, or the error says why not.
+fn policy_domain(config: &Config, domain: &DnsName) -> Result<(), String> {
+    let Some(m) = &config.mta_sts else {
+        return Err("no [mta_sts] table in the configuration".to_owned());
+    };
+    if m.domains.contains(domain) {
+        Ok(())
+    } else {
+        Err(format!("{domain} is not one of the [mta_sts] domains"))
+    }
 }
 
 /// What the pass looks at: [`Probe`] in service, a fake in the unit tests.
@@ -704,23 +706,11 @@ fn read_ledger(config: &Config) -> Result<Ledger, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Loads, changes and saves the ledger under the run lock. A ledger that
-/// cannot be read is left as it is.
+/// Loads, changes and saves the ledger under the run lock.
 fn update_ledger<R>(config: &Config, change: impl FnOnce(&mut Ledger) -> R) -> Result<R, String> {
-    let _lock = config.state_dir.lock().map_err(|e| {
-        format!(
-            "state_dir {}: cannot take the lock: {e}",
-            config.state_dir.display()
-        )
-    })?;
-    let record = config.state_dir.mta_sts_record::<Ledger>();
-    let mut ledger = record
-        .load()
-        .map_err(|e| e.to_string())?
-        .unwrap_or_default();
-    let r = change(&mut ledger);
-    record.save(&ledger).map_err(|e| e.to_string())?;
-    Ok(r)
+    config
+        .state_dir
+        .update(config.state_dir.mta_sts_record::<Ledger>(), change)
 }
 
 /// Changes one domain's ledger entry; returns it as saved.

@@ -168,6 +168,30 @@ impl StateDir {
     /// Takes the ACME lock (orders), waiting for another run to finish;
     /// then removes killed runs' temporaries from `acme/`, `acme/accounts/`
     /// and every source's directory.
+    /// Loads `record` (its default when absent), changes it and saves it,
+    /// all under the run lock: for the ledgers that `sync`, `run` and the
+    /// CLI all write (DANE, MTA-STS). A record that cannot be read is left
+    /// as it is. Errors are one line naming the file.
+    pub fn update<T, R>(
+        &self,
+        record: Record<T>,
+        change: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, String>
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + Default,
+    {
+        let _lock = self
+            .lock()
+            .map_err(|e| format!("state_dir {}: cannot take the lock: {e}", self.display()))?;
+        let mut value = record
+            .load()
+            .map_err(|e| e.to_string())?
+            .unwrap_or_default();
+        let r = change(&mut value);
+        record.save(&value).map_err(|e| e.to_string())?;
+        Ok(r)
+    }
+
     pub fn lock_acme(&self) -> io::Result<Lock> {
         let acme = self.acme();
         let lock = take_lock(&acme)?;

@@ -22,8 +22,8 @@ use mxkeys::tls_rpt::store::{Limits, Received, Saved, Store};
 const GZIP: &[Need] = &[("gzip", "gzip")];
 
 /// A report shaped like RFC 8460 §4.4's example, from a sender of
-/// example.test's mail.
-const REPORT: &str = r#"{
+/// example.test's mail (also posted by `tls_rpt_http`).
+pub(super) const REPORT: &str = r#"{
   "organization-name": "Company-X",
   "date-range": {
     "start-datetime": "2026-11-28T00:00:00Z",
@@ -65,7 +65,7 @@ const REPORT: &str = r#"{
 }"#;
 
 /// `bytes` compressed by the `gzip` program.
-fn gzip(bytes: &[u8]) -> Vec<u8> {
+pub(super) fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut child = Command::new("gzip")
         .args(["-c", "-n"])
         .stdin(Stdio::piped())

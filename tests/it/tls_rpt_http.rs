@@ -15,12 +15,12 @@
 use mxkeys_testsupport as common;
 
 use std::collections::HashMap;
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use super::tls_rpt::{REPORT, gzip};
 use common::servers::{Need, require_programs};
 use common::*;
 use mxkeys::mta_sts::responder::{CertFiles, POLICY_PATH, Reports, Responder, ResponderConfig};
@@ -37,41 +37,6 @@ const REPORT_HOST: &str = "reports.example.test";
 const REPORT_PATH: &str = "/tlsrpt";
 const BODY: &str =
     "version: STSv1\r\nmode: enforce\r\nmx: mail.example.test\r\nmax_age: 604800\r\n";
-
-/// A report shaped like RFC 8460 §4.4's example.
-const REPORT: &str = r#"{
-  "organization-name": "Company-X",
-  "date-range": {
-    "start-datetime": "2026-11-28T00:00:00Z",
-    "end-datetime": "2026-11-28T23:59:59Z"
-  },
-  "contact-info": "sts-reporting@company-x.example",
-  "report-id": "5065427c-23d3-47ca-b6e0-946ea0e8c4be",
-  "policies": [{
-    "policy": {
-      "policy-type": "sts",
-      "policy-string": ["version: STSv1", "mode: enforce",
-                        "mx: mail.example.test", "max_age: 604800"],
-      "policy-domain": "example.test",
-      "mx-host": "mail.example.test"
-    },
-    "summary": {
-      "total-successful-session-count": 5326,
-      "total-failure-session-count": 303
-    },
-    "failure-details": [{
-      "result-type": "certificate-expired",
-      "sending-mta-ip": "2001:db8:abcd:0012::1",
-      "receiving-mx-hostname": "mail.example.test",
-      "failed-session-count": 100
-    }, {
-      "result-type": "sts-policy-invalid",
-      "sending-mta-ip": "2001:db8:abcd:0013::1",
-      "receiving-mx-hostname": "mail.example.test",
-      "failed-session-count": 203
-    }]
-  }]
-}"#;
 
 /// A test CA, its root in a file, one certificate for both names, the
 /// policy directory and the report store, in a temp dir.
@@ -213,23 +178,6 @@ async fn get(bed: &Bed, r: &Responder, name: &str, path: &str) -> Got {
     run(c, &out).await
 }
 
-/// `bytes` compressed by the `gzip` program.
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut child = Command::new("gzip")
-        .args(["-c", "-n"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("gzip starts");
-    let mut stdin = child.stdin.take().unwrap();
-    let input = bytes.to_vec();
-    let writer = std::thread::spawn(move || stdin.write_all(&input));
-    let out = child.wait_with_output().expect("gzip runs");
-    writer.join().unwrap().expect("gzip reads its input");
-    assert!(out.status.success(), "gzip: {:?}", out.status);
-    out.stdout
-}
-
 fn metrics_of(store: &Store) -> String {
     let (reports, skipped) = store.load().unwrap();
     assert!(skipped.is_empty(), "{skipped:?}");
@@ -258,7 +206,8 @@ async fn a_gzip_report_posted_over_https_is_stored_once_and_counted_in_the_metri
         series,
         [
             r#"mxkeys_tls_rpt_failures_total{organization="Company-X",result_type="certificate-expired"} 100"#,
-            r#"mxkeys_tls_rpt_failures_total{organization="Company-X",result_type="sts-policy-invalid"} 203"#,
+            r#"mxkeys_tls_rpt_failures_total{organization="Company-X",result_type="sts-policy-invalid"} 200"#,
+            r#"mxkeys_tls_rpt_failures_total{organization="Company-X",result_type="tlsa-invalid"} 3"#,
             r#"mxkeys_tls_rpt_sessions_total{organization="Company-X",result="failure"} 303"#,
             r#"mxkeys_tls_rpt_sessions_total{organization="Company-X",result="successful"} 5326"#,
         ]
