@@ -161,16 +161,12 @@ fn foreign_keys(signer: Signer, path: &Path, text: &str) -> BTreeSet<(Option<Str
     let mut out = BTreeSet::new();
     match signer {
         Signer::Opendkim if path.ends_with(Signer::KEY_TABLE) => {
-            for line in lines {
-                let Some(value) = line.split_whitespace().nth(1) else {
-                    continue;
-                };
-                let mut parts = value.splitn(3, ':');
-                if let (Some(d), Some(s)) = (parts.next(), parts.next()) {
-                    let domain = (d != "%" && !d.is_empty()).then(|| d.to_ascii_lowercase());
-                    out.insert((domain, s.to_owned()));
-                }
-            }
+            out.extend(
+                key_table_entries(text)
+                    .into_iter()
+                    .flatten()
+                    .map(|e| (e.domain, e.selector)),
+            );
         }
         Signer::Opendkim => {}
         Signer::Amavis => {
@@ -202,6 +198,45 @@ fn foreign_keys(signer: Signer, path: &Path, text: &str) -> BTreeSet<(Option<Str
                     }
                 }
             }
+        }
+    }
+    out
+}
+
+/// One key an OpenDKIM KeyTable line names: `ID DOMAIN:SELECTOR:KEYFILE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyTableEntry {
+    /// 1-based line number in the table.
+    pub line: usize,
+    /// Lower-cased; `None` for `%` (the signing domain) or empty.
+    pub domain: Option<String>,
+    pub selector: String,
+    /// The key file as written (`None` when the line has no third field).
+    pub key_file: Option<String>,
+}
+
+/// Every entry of an OpenDKIM KeyTable, in order; comments and blank lines
+/// skipped; `Err(line)` for a line not of the form `ID DOMAIN:SELECTOR[:KEY]`.
+pub(crate) fn key_table_entries(text: &str) -> Vec<Result<KeyTableEntry, usize>> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some(value) = line.split_whitespace().nth(1) else {
+            out.push(Err(i + 1));
+            continue;
+        };
+        let mut parts = value.splitn(3, ':');
+        match (parts.next(), parts.next()) {
+            (Some(d), Some(s)) => out.push(Ok(KeyTableEntry {
+                line: i + 1,
+                domain: (d != "%" && !d.is_empty()).then(|| d.to_ascii_lowercase()),
+                selector: s.to_owned(),
+                key_file: parts.next().map(str::to_owned),
+            })),
+            _ => out.push(Err(i + 1)),
         }
     }
     out
