@@ -14,6 +14,7 @@
 //! record name that already holds a record is never published over: its
 //! selector is passed over for the next free one.
 
+pub mod adopt;
 pub mod keydir;
 pub mod keys;
 pub mod machine;
