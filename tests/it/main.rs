@@ -21,6 +21,7 @@ mod dane_gate;
 mod dane_loop;
 mod dane_pass;
 mod dkim;
+mod dkim_adopt;
 mod dns;
 mod hostile_fs;
 mod hostile_keydir;
