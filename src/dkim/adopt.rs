@@ -427,6 +427,17 @@ pub fn dms(dir: &Path) -> Adopted {
     } else if opendkim.join("keys").is_dir() {
         let keys = opendkim.join("keys");
         for (name, kind) in list(&keys, &mut out).unwrap_or_default() {
+            if kind.is_symlink() {
+                out.error(
+                    &keys,
+                    Some(name),
+                    Reason::Io(
+                        "a symbolic link: refused (key directories are never followed through links)"
+                            .to_owned(),
+                    ),
+                );
+                continue;
+            }
             if !kind.is_dir() {
                 continue;
             }

@@ -357,12 +357,17 @@ fn a_docker_mailserver_config_directory_yields_its_opendkim_and_rspamd_keys() {
     );
     assert!(e[2].contains("symbolic link"), "{}", e[2]);
 
-    // Without a KeyTable, the keys/DOMAIN directories are read.
+    // Without a KeyTable, the keys/DOMAIN directories are read; one that
+    // is a link is refused, not followed.
     std::fs::remove_file(od.join("KeyTable")).unwrap();
     std::fs::remove_file(rd.join("rsa-2048-mail-example.org.private.txt")).unwrap();
+    std::os::unix::fs::symlink(od.join("keys/example.org"), od.join("keys/example.info")).unwrap();
     let a = adopt::dms(&config);
     assert_eq!(found(&a).len(), 3, "{:#?}", found(&a));
-    assert_errors(&a, &[]);
+    assert_errors(
+        &a,
+        &["opendkim/keys: example.info: a symbolic link: refused"],
+    );
 }
 
 #[test]
