@@ -87,6 +87,9 @@ pub enum Reason {
         #[source]
         source: super::keys::KeyError,
     },
+    /// Rspamd's raw Ed25519 form, which `dkim import` does not read yet.
+    #[error("key file {}: an Ed25519 key in Rspamd's raw base64 form, not PEM: not importable yet (convert it to PKCS#8 PEM)", .0.display())]
+    RawEd25519(PathBuf),
     /// Something in the file's form this reader does not understand.
     #[error("{0}")]
     Form(String),
@@ -164,11 +167,30 @@ fn check_key_file(path: &Path) -> Result<(), Reason> {
         .map_err(key_error)?
         .ok_or_else(|| key_error("not found".to_owned()))?;
     let text = std::str::from_utf8(&bytes).map_err(|_| key_error("not text".to_owned()))?;
-    super::keys::inspect(text).map_err(|source| Reason::NotAKey {
-        path: path.to_owned(),
-        source,
+    super::keys::inspect(text).map_err(|source| {
+        if is_raw_ed25519(text) {
+            Reason::RawEd25519(path.to_owned())
+        } else {
+            Reason::NotAKey {
+                path: path.to_owned(),
+                source,
+            }
+        }
     })?;
     Ok(())
+}
+
+/// Whether `text` is Rspamd's own Ed25519 form (what `rspamadm dkim_keygen
+/// -t ed25519` writes): one line of base64 holding a 32-byte seed or a
+/// 64-byte seed and public key.
+fn is_raw_ed25519(text: &str) -> bool {
+    use base64::Engine as _;
+    let line = text.trim();
+    !line.contains('\n')
+        && base64::engine::general_purpose::STANDARD
+            .decode(line)
+            .map(Zeroizing::new)
+            .is_ok_and(|b| b.len() == 32 || b.len() == 64)
 }
 
 fn read_text(path: &Path, out: &mut Adopted) -> Option<String> {

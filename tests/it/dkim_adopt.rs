@@ -64,6 +64,24 @@ fn rspamd_keygen(key: &Path, public: &Path, domain: &str, selector: &str) {
     std::fs::write(public, out.stdout).unwrap();
 }
 
+/// `rspamadm dkim_keygen -t ed25519`: Rspamd's raw key form.
+fn rspamd_keygen_ed25519(key: &Path, public: &Path) {
+    let mut c = Command::new(prog("rspamadm"));
+    c.args([
+        "dkim_keygen",
+        "-t",
+        "ed25519",
+        "-d",
+        "example.com",
+        "-s",
+        "mail",
+        "-k",
+    ])
+    .arg(key);
+    let out = run_ok(c);
+    std::fs::write(public, out.stdout).unwrap();
+}
+
 /// (domain, selector, key file, record file) of every key found, sorted.
 fn found(a: &Adopted) -> Vec<(String, String, PathBuf, Option<PathBuf>)> {
     let mut v: Vec<_> = a
@@ -314,6 +332,12 @@ fn a_docker_mailserver_config_directory_yields_its_opendkim_and_rspamd_keys() {
     rspamd_keygen(&key, &public, "example.net", "dkim-2024");
     let dns = rd.join(format!("{base}.public.dns.txt"));
     std::fs::write(&dns, "v=DKIM1; k=rsa; p=AAAA\n").unwrap();
+    // An Ed25519 key in Rspamd's raw form (`setup config dkim keytype
+    // ed25519`): named, not importable as it is.
+    rspamd_keygen_ed25519(
+        &rd.join("ed25519-mail-example.com.private.txt"),
+        &rd.join("ed25519-mail-example.com.public.txt"),
+    );
     // A private key replaced by a link.
     std::os::unix::fs::symlink(&key, rd.join("rsa-2048-mail-example.org.private.txt")).unwrap();
 
@@ -346,6 +370,7 @@ fn a_docker_mailserver_config_directory_yields_its_opendkim_and_rspamd_keys() {
         &[
             "KeyTable: line 3: key file ",
             "KeyTable: line 4: /root/mail.private: not under /etc/opendkim",
+            "ed25519-mail-example.com.private.txt: key file ",
             "rsa-2048-mail-example.org.private.txt: key file ",
         ],
     );
@@ -355,7 +380,8 @@ fn a_docker_mailserver_config_directory_yields_its_opendkim_and_rspamd_keys() {
         "{}",
         e[0]
     );
-    assert!(e[2].contains("symbolic link"), "{}", e[2]);
+    assert!(e[2].contains("Rspamd's raw base64 form"), "{}", e[2]);
+    assert!(e[3].contains("symbolic link"), "{}", e[3]);
 
     // Without a KeyTable, the keys/DOMAIN directories are read; one that
     // is a link is refused, not followed.
@@ -366,7 +392,10 @@ fn a_docker_mailserver_config_directory_yields_its_opendkim_and_rspamd_keys() {
     assert_eq!(found(&a).len(), 3, "{:#?}", found(&a));
     assert_errors(
         &a,
-        &["opendkim/keys: example.info: a symbolic link: refused"],
+        &[
+            "opendkim/keys: example.info: a symbolic link: refused",
+            "ed25519-mail-example.com.private.txt: key file ",
+        ],
     );
 }
 
