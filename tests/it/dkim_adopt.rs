@@ -19,6 +19,15 @@ use mxkeys::names::DnsName;
 
 const GENKEY: &[Need] = &[("opendkim-genkey", "opendkim-tools")];
 const RSPAMADM: &[Need] = &[("rspamadm", "rspamd")];
+const OPENDKIM: &[Need] = &[("opendkim", "opendkim")];
+
+/// The real OpenDKIM reads `conf` without complaint (`opendkim -n`), so the
+/// test's configuration is one OpenDKIM takes.
+fn opendkim_accepts(conf: &Path) {
+    let mut c = Command::new(prog("opendkim"));
+    c.arg("-n").arg("-x").arg(conf);
+    run_ok(c);
+}
 
 fn tmp() -> tempfile::TempDir {
     tempfile::Builder::new()
@@ -119,7 +128,7 @@ fn assert_errors(a: &Adopted, wanted: &[&str]) {
 fn an_opendkim_key_table_and_the_conf_naming_it_yield_every_key_and_one_error_per_bad_line() {
     if !require_programs(
         "an_opendkim_key_table_and_the_conf_naming_it_yield_every_key_and_one_error_per_bad_line",
-        &[GENKEY],
+        &[GENKEY, OPENDKIM],
     ) {
         return;
     }
@@ -194,6 +203,7 @@ fn an_opendkim_key_table_and_the_conf_naming_it_yield_every_key_and_one_error_pe
         &conf,
         format!(
             "Syslog\t\t\tyes\nUMask\t\t\t007\n#Domain\t\t\texample.com\n\
+             RequireSafeKeys\t\tfalse\n\
              KeyTable\t\tfile:{}\nSigningTable\t\trefile:{}\n\
              Socket\t\t\tlocal:/run/opendkim/opendkim.sock\n",
             table.display(),
@@ -201,6 +211,7 @@ fn an_opendkim_key_table_and_the_conf_naming_it_yield_every_key_and_one_error_pe
         ),
     )
     .unwrap();
+    opendkim_accepts(&conf);
     let a = adopt::opendkim(&conf);
     assert_eq!(found(&a), want_found);
     assert_errors(&a, &want_errors);
@@ -209,11 +220,13 @@ fn an_opendkim_key_table_and_the_conf_naming_it_yield_every_key_and_one_error_pe
     std::fs::write(
         &conf,
         format!(
-            "Domain\t\t\texample.com, example.org,not!a.name\nSelector\t\tmail\nKeyFile\t\t{}\n",
+            "Domain\t\t\texample.com, example.org,not!a.name\nSelector\t\tmail\nKeyFile\t\t{}\n\
+             RequireSafeKeys\t\tfalse\n",
             com.display()
         ),
     )
     .unwrap();
+    opendkim_accepts(&conf);
     let a = adopt::opendkim(&conf);
     let both: Vec<_> = found(&a)
         .into_iter()
@@ -252,6 +265,9 @@ fn a_directory_of_opendkim_genkey_output_yields_each_selector_with_the_domain_of
     let c3 = genkey(&other, "example.com", "c3");
     std::fs::copy(&c3, dir.join("c3.private")).unwrap();
     std::fs::write(dir.join("c3.txt"), "c3._domainkey IN TXT \"p=\"\n").unwrap();
+    // One whose record comment names no valid domain.
+    std::fs::copy(&c3, dir.join("d4.private")).unwrap();
+    std::fs::write(dir.join("d4.txt"), "; ----- DKIM key d4 for bad!.example\n").unwrap();
 
     let a = adopt::genkey_dir(&dir, None);
     let want = |domain: &str| {
@@ -273,9 +289,13 @@ fn a_directory_of_opendkim_genkey_output_yields_each_selector_with_the_domain_of
     assert_eq!(found(&a), want("example.com"));
     assert_errors(
         &a,
-        &["c3.txt: no `DKIM key", "keys: link.private: key file "],
+        &[
+            "c3.txt: no `DKIM key",
+            "keys: d4.private: \"bad!.example\": character '!'",
+            "keys: link.private: key file ",
+        ],
     );
-    assert!(errors(&a)[1].contains("symbolic link"));
+    assert!(errors(&a)[2].contains("symbolic link"));
 
     // The caller's domain wins over the comments (c3 is then found too).
     let given = DnsName::parse("mail.example.net").unwrap();
@@ -290,6 +310,12 @@ fn a_directory_of_opendkim_genkey_output_yields_each_selector_with_the_domain_of
             Some(dir.join("c3.txt")),
         ),
     );
+    w.push((
+        "mail.example.net".to_owned(),
+        "d4".to_owned(),
+        dir.join("d4.private"),
+        Some(dir.join("d4.txt")),
+    ));
     assert_eq!(found(&a), w);
     assert_errors(&a, &["link.private: key file "]);
 }
@@ -313,7 +339,8 @@ fn a_docker_mailserver_config_directory_yields_its_opendkim_and_rspamd_keys() {
         "mail._domainkey.example.com example.com:mail:/etc/opendkim/keys/example.com/mail.private\n\
          mail._domainkey.example.org example.org:mail:/etc/opendkim/keys/example.org/mail.private\n\
          mail._domainkey.example.net example.net:mail:/etc/opendkim/keys/example.net/mail.private\n\
-         mail._domainkey.example.info example.info:mail:/root/mail.private\n",
+         mail._domainkey.example.info example.info:mail:/root/mail.private\n\
+         mail._domainkey.bad bad!.example:mail:/etc/opendkim/keys/example.com/mail.private\n",
     )
     .unwrap();
     std::fs::write(
@@ -370,6 +397,7 @@ fn a_docker_mailserver_config_directory_yields_its_opendkim_and_rspamd_keys() {
         &[
             "KeyTable: line 3: key file ",
             "KeyTable: line 4: /root/mail.private: not under /etc/opendkim",
+            "KeyTable: line 5: \"bad!.example\": character '!'",
             "ed25519-mail-example.com.private.txt: key file ",
             "rsa-2048-mail-example.org.private.txt: key file ",
         ],
@@ -380,8 +408,8 @@ fn a_docker_mailserver_config_directory_yields_its_opendkim_and_rspamd_keys() {
         "{}",
         e[0]
     );
-    assert!(e[2].contains("Rspamd's raw base64 form"), "{}", e[2]);
-    assert!(e[3].contains("symbolic link"), "{}", e[3]);
+    assert!(e[3].contains("Rspamd's raw base64 form"), "{}", e[3]);
+    assert!(e[4].contains("symbolic link"), "{}", e[4]);
 
     // Without a KeyTable, the keys/DOMAIN directories are read; one that
     // is a link is refused, not followed.
@@ -452,6 +480,7 @@ fn an_rspamd_dkim_signing_conf_yields_its_keys_in_each_documented_form() {
     // selectors list, a missing key and a bad domain.
     let net = k("example.net", "s1");
     let net2 = k("example.net", "s2");
+    std::os::unix::fs::symlink(&com, dir.join("linked.key")).unwrap();
     std::fs::write(
         &conf,
         format!(
@@ -465,6 +494,7 @@ fn an_rspamd_dkim_signing_conf_yields_its_keys_in_each_documented_form() {
              \x20         {{ selector = \"s2\"; }}\n        ]\n    }}\n\
              \x20   gone.example {{ path = \"{d}/gone.key\"; selector = \"x\"; }}\n\
              \x20   \"bad!.example\" {{ selector = \"dkim\"; }}\n\
+             \x20   linked.example {{ path = \"{d}/linked.key\"; selector = \"dkim\"; }}\n\
              }}\n",
             d = dir.display(),
             com = com.display(),
@@ -486,6 +516,7 @@ fn an_rspamd_dkim_signing_conf_yields_its_keys_in_each_documented_form() {
         &[
             "dkim_signing.conf: line 17: domain gone.example: key file ",
             "dkim_signing.conf: line 18: domain bad!.example: \"bad!.example\"",
+            "dkim_signing.conf: line 19: domain linked.example: key file ",
         ],
     );
 
