@@ -269,9 +269,17 @@ fn opendkim_conf(file: &Path, conf: &[(usize, String, String)]) -> Adopted {
     match (get("domain"), get("selector"), get("keyfile")) {
         (Some((line, _, domains)), Some((_, _, selector)), Some((_, _, key))) => {
             let key = beside(file, key);
-            // `Domain` is a list (comma or space separated) or a file of names.
-            let list: Vec<(usize, String)> = if Path::new(domains).is_absolute() {
-                let dfile = PathBuf::from(domains);
+            // `Domain` is a dataset: a list (comma or space separated) or
+            // a file of names (`file:PATH`, `refile:PATH` or an absolute path).
+            let named = dataset_path(domains);
+            let from_file = named != domains || Path::new(named).is_absolute();
+            let source = if from_file {
+                beside(file, named)
+            } else {
+                file.to_owned()
+            };
+            let list: Vec<(usize, String)> = if from_file {
+                let dfile = source.clone();
                 match read_text(&dfile, &mut out) {
                     Some(t) => t
                         .lines()
@@ -290,7 +298,7 @@ fn opendkim_conf(file: &Path, conf: &[(usize, String, String)]) -> Adopted {
             };
             for (line, domain) in list {
                 out.key(
-                    file,
+                    &source,
                     Some(format!("line {line}")),
                     &domain,
                     selector,
@@ -402,7 +410,10 @@ pub fn genkey_dir(dir: &Path, domain: Option<&DnsName>) -> Adopted {
                         continue;
                     }
                 },
-                Ok(None) => continue,
+                Ok(None) => {
+                    out.error(txt, None, Reason::Io("not found".to_owned()));
+                    continue;
+                }
                 Err(reason) => {
                     out.error(txt, None, Reason::Io(reason));
                     continue;

@@ -240,6 +240,24 @@ fn an_opendkim_key_table_and_the_conf_naming_it_yield_every_key_and_one_error_pe
         ]
     );
     assert_errors(&a, &["opendkim.conf: line 1: \"not!a.name\""]);
+
+    // `Domain` naming a file of domains (a dataset, as `file:PATH`).
+    let domains = etc.join("domains");
+    std::fs::write(&domains, "# signed domains\nexample.com\n\nbad!.example\n").unwrap();
+    std::fs::write(
+        &conf,
+        format!(
+            "Domain\t\t\tfile:{}\nSelector\t\tmail\nKeyFile\t\t{}\nRequireSafeKeys\t\tfalse\n",
+            domains.display(),
+            com.display()
+        ),
+    )
+    .unwrap();
+    opendkim_accepts(&conf);
+    let a = adopt::opendkim(&conf);
+    assert_eq!(found(&a).len(), 1, "{:#?}", found(&a));
+    assert_eq!(a.found[0].domain.as_str(), "example.com");
+    assert_errors(&a, &["opendkim/domains: line 4: \"bad!.example\""]);
 }
 
 #[test]
