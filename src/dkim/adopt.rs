@@ -13,7 +13,9 @@
 //!
 //! Parsing reuses [`super::signer::key_table_entries`] (OpenDKIM's
 //! KeyTable, the same parser that reads an admin's signer files) and
-//! [`super::keys::inspect`] (what a key file holds).
+//! [`super::keys::inspect`] (what a key file holds). The parser of
+//! Rspamd's configuration language (`ucl`, the subset `dkim_signing.conf`
+//! uses) is pure; the readers around it do the reading.
 
 use std::path::{Path, PathBuf};
 
