@@ -24,6 +24,7 @@ mod dkim;
 mod dns;
 mod hostile_fs;
 mod hostile_keydir;
+mod init_mail;
 mod mail_servers;
 mod malformed;
 mod mta_sts;
