@@ -200,6 +200,9 @@ pub const POSTFIX_PARAMS: &[&str] = &[
     "smtpd_use_tls",
     "smtpd_enforce_tls",
     "smtpd_tls_wrappermode",
+    "postscreen_tls_security_level",
+    "postscreen_use_tls",
+    "postscreen_enforce_tls",
 ];
 
 /// `name = value` lines, as `postconf` and `doveconf` print them (without
@@ -389,25 +392,33 @@ pub fn postfix_service_port(service: &str) -> (Option<String>, Option<u16>) {
     (host, port)
 }
 
-/// The smtpd inet services that offer TLS: wrapper mode (implicit TLS), or
-/// STARTTLS when the service's security level (its `-o`, else main.cf's)
-/// is not `none`. The obsolete `smtpd_use_tls`/`smtpd_enforce_tls` count
-/// when no security level is set.
+/// The inet services that offer TLS: smtpd in wrapper mode (implicit TLS),
+/// or by STARTTLS when the service's security level (its `-o`, else
+/// main.cf's) is not `none`; postscreen (which answers port 25 in front of
+/// smtpd, its STARTTLS done by tlsproxy with smtpd's files) by its own
+/// `postscreen_` level. The obsolete `*_use_tls`/`*_enforce_tls` count when
+/// no security level is set.
 pub fn postfix_listeners(main: &BTreeMap<String, String>, master: &[MasterEntry]) -> Vec<Listener> {
     let yes = |v: Option<&String>| v.is_some_and(|v| v.trim().eq_ignore_ascii_case("yes"));
     master
         .iter()
-        .filter(|e| e.kind == "inet" && e.command == "smtpd")
+        .filter(|e| e.kind == "inet")
         .filter_map(|e| {
-            let get = |k: &str| e.overrides.get(k).or_else(|| main.get(k));
-            let tls = if yes(get("smtpd_tls_wrappermode")) {
+            let prefix = match e.command.as_str() {
+                "smtpd" => "smtpd",
+                "postscreen" => "postscreen",
+                _ => return None,
+            };
+            let get = |k: &str| {
+                let k = format!("{prefix}_{k}");
+                e.overrides.get(&k).or_else(|| main.get(&k))
+            };
+            let tls = if prefix == "smtpd" && yes(get("tls_wrappermode")) {
                 TlsMode::Implicit
             } else {
-                let level = get("smtpd_tls_security_level")
-                    .map(|v| v.trim())
-                    .unwrap_or("");
+                let level = get("tls_security_level").map(|v| v.trim()).unwrap_or("");
                 let on = if level.is_empty() {
-                    yes(get("smtpd_use_tls")) || yes(get("smtpd_enforce_tls"))
+                    yes(get("use_tls")) || yes(get("enforce_tls"))
                 } else {
                     level != "none"
                 };
@@ -976,6 +987,24 @@ mod tests {
             4
         );
         assert!(parse_master("smtp inet n - y - -\n").is_err());
+        // postscreen in front of smtpd: port 25 by its own level.
+        let screened = parse_master(
+            "smtp inet n - y - 1 postscreen\n\
+             smtpd pass - - y - - smtpd\n\
+             tlsproxy unix - - y - 0 tlsproxy\n",
+        )
+        .unwrap();
+        let levels = |ps: &str| {
+            map(&[
+                ("smtpd_tls_security_level", "may"),
+                ("postscreen_tls_security_level", ps),
+            ])
+        };
+        assert_eq!(
+            postfix_listeners(&levels("may"), &screened),
+            vec![l("smtp", None, 25, TlsMode::StartTls)]
+        );
+        assert!(postfix_listeners(&levels("none"), &screened).is_empty());
     }
 
     #[test]

@@ -46,9 +46,13 @@ pickup    unix  n       -       y       60      1       pickup
 
 /// A Postfix configuration directory with `main` and [`MASTER_CF`].
 fn postfix_dir(env: &Env, main: &str) -> PostfixProbe {
+    postfix_dir_with(env, main, MASTER_CF)
+}
+
+fn postfix_dir_with(env: &Env, main: &str, master: &str) -> PostfixProbe {
     let dir = env.path("postfix");
     write(&dir.join("main.cf"), main);
-    write(&dir.join("master.cf"), MASTER_CF);
+    write(&dir.join("master.cf"), master);
     PostfixProbe {
         postconf: prog("postconf"),
         config_dir: Some(dir),
@@ -210,6 +214,34 @@ fn postfix_without_tls_settings_serves_no_certificate_and_only_the_services_that
             ],
         }
     );
+}
+
+#[test]
+fn postfix_postscreen_on_port_25_offers_starttls_by_smtpds_level_unless_set_apart() {
+    require!(
+        "postfix_postscreen_on_port_25_offers_starttls_by_smtpds_level_unless_set_apart",
+        POSTCONF
+    );
+    let master = "\
+smtp      inet  n       -       y       -       1       postscreen
+smtpd     pass  -       -       y       -       -       smtpd
+dnsblog   unix  -       -       y       -       0       dnsblog
+tlsproxy  unix  -       -       y       -       0       tlsproxy
+";
+    let env = Env::new();
+    // postscreen_tls_security_level defaults to $smtpd_tls_security_level
+    // (expanded by postconf -x).
+    let probe = postfix_dir_with(&env, "smtpd_tls_security_level = may\n", master);
+    assert_eq!(
+        probe_postfix(&probe).unwrap().ports,
+        vec![listener("smtp", None, 25, TlsMode::StartTls)]
+    );
+    let probe = postfix_dir_with(
+        &env,
+        "smtpd_tls_security_level = may\npostscreen_tls_security_level = none\n",
+        master,
+    );
+    assert_eq!(probe_postfix(&probe).unwrap().ports, vec![]);
 }
 
 #[test]
