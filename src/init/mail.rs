@@ -23,6 +23,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use rustls_pki_types::pem::{PemObject, SectionKind};
 use zeroize::Zeroizing;
@@ -164,7 +165,8 @@ fn unparsable(key: &str, reason: impl Into<String>) -> Unparsable {
 pub enum ProbeError {
     #[error("{program}: cannot run it: {reason}")]
     Missing { program: PathBuf, reason: String },
-    #[error("{program} {args}: {status}: {stderr}")]
+    /// Exit status, or a timeout (then `stderr` is empty).
+    #[error("{program} {args}: {status}{}", if .stderr.is_empty() { String::new() } else { format!(": {}", .stderr) })]
     Status {
         program: PathBuf,
         args: String,
@@ -637,6 +639,9 @@ pub struct PostfixProbe {
     pub postconf: PathBuf,
     /// `-c DIR`; `None` for Postfix's default configuration directory.
     pub config_dir: Option<PathBuf>,
+    /// The most each `postconf` run may take (it stalls up to 2 s when
+    /// main.cf changed in the last 2 s).
+    pub timeout: Duration,
 }
 
 /// Where Dovecot's configuration printer is and which configuration it reads.
@@ -646,34 +651,71 @@ pub struct DovecotProbe {
     pub doveconf: PathBuf,
     /// `-c FILE`; `None` for Dovecot's default configuration file.
     pub config: Option<PathBuf>,
+    /// The most each `doveconf` run may take.
+    pub timeout: Duration,
 }
 
-/// Runs `program args`, its standard output as text.
-fn run(program: &Path, args: &[OsString]) -> Result<String, ProbeError> {
-    let out = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| ProbeError::Missing {
-            program: program.to_owned(),
-            reason: e.to_string(),
-        })?;
+/// Runs `program args` for at most `timeout` (then kills it), its
+/// standard output as text.
+fn run(program: &Path, args: &[OsString], timeout: Duration) -> Result<String, ProbeError> {
+    use std::io::Read as _;
+    use wait_timeout::ChildExt as _;
     let shown = || {
         args.iter()
             .map(|a| a.to_string_lossy())
             .collect::<Vec<_>>()
             .join(" ")
     };
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| ProbeError::Missing {
+            program: program.to_owned(),
+            reason: e.to_string(),
+        })?;
+    // Both pipes are drained while it runs, so a large output cannot stall it.
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let status = match child.wait_timeout(timeout) {
+        Ok(Some(status)) => status,
+        other => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(ProbeError::Status {
+                program: program.to_owned(),
+                args: shown(),
+                status: match other {
+                    Err(e) => format!("cannot wait for it: {e}"),
+                    _ => format!("timed out after {}", humantime::format_duration(timeout)),
+                },
+                stderr: String::new(),
+            });
+        }
+    };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    if !status.success() {
+        let stderr = String::from_utf8_lossy(&stderr);
         return Err(ProbeError::Status {
             program: program.to_owned(),
             args: shown(),
-            status: out.status.to_string(),
+            status: status.to_string(),
             stderr: stderr.lines().last().unwrap_or("").trim().to_owned(),
         });
     }
-    String::from_utf8(out.stdout).map_err(|_| ProbeError::Unparsable {
+    String::from_utf8(stdout).map_err(|_| ProbeError::Unparsable {
         program: program.to_owned(),
         key: shown(),
         reason: "the output is not UTF-8".to_owned(),
@@ -730,10 +772,12 @@ pub fn probe_postfix(p: &PostfixProbe) -> Result<PostfixTls, ProbeError> {
     let mut args = base.clone();
     args.push("-x".into());
     args.extend(POSTFIX_PARAMS.iter().map(OsString::from));
-    let main = parse_assignments(&run(&p.postconf, &args)?).map_err(with_program(&p.postconf))?;
+    let main = parse_assignments(&run(&p.postconf, &args, p.timeout)?)
+        .map_err(with_program(&p.postconf))?;
     let mut args = base;
     args.push("-M".into());
-    let master = parse_master(&run(&p.postconf, &args)?).map_err(with_program(&p.postconf))?;
+    let master =
+        parse_master(&run(&p.postconf, &args, p.timeout)?).map_err(with_program(&p.postconf))?;
     let mut chain_blocks = Vec::new();
     for f in postfix_list(main.get("smtpd_tls_chain_files").map_or("", |s| s)) {
         let f = PathBuf::from(f);
@@ -754,7 +798,7 @@ pub fn probe_dovecot(p: &DovecotProbe) -> Result<DovecotTls, ProbeError> {
     let get = |name: &str| {
         let mut args = base.clone();
         args.extend(["-h".into(), name.into()]);
-        run(&p.doveconf, &args)
+        run(&p.doveconf, &args, p.timeout)
     };
     let names = ["ssl_cert", "ssl_key", "ssl_alt_cert", "ssl_alt_key"];
     let mut values = Vec::new();
@@ -767,7 +811,7 @@ pub fn probe_dovecot(p: &DovecotProbe) -> Result<DovecotTls, ProbeError> {
     let ssl = get("ssl")?;
     let mut args = base;
     args.push("service".into());
-    let services = parse_dovecot_services(&run(&p.doveconf, &args)?);
+    let services = parse_dovecot_services(&run(&p.doveconf, &args, p.timeout)?);
     let fail = with_program(&p.doveconf);
     Ok(DovecotTls {
         main: main.map_err(&fail)?,

@@ -8,12 +8,16 @@
 use mxkeys_testsupport as common;
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use common::servers::{Need, combined_pem, prog, require_programs, write_atomic};
 use common::*;
 use mxkeys::init::mail::*;
 
 const MAIL: &str = "mail.example.test";
+
+/// Generous: postconf stalls up to 2 s after main.cf changed.
+const TIMEOUT: Duration = Duration::from_secs(60);
 
 const POSTCONF: &[Need] = &[("postconf", "postfix")];
 const DOVECONF: &[Need] = &[("doveconf", "dovecot-core")];
@@ -56,6 +60,7 @@ fn postfix_dir_with(env: &Env, main: &str, master: &str) -> PostfixProbe {
     PostfixProbe {
         postconf: prog("postconf"),
         config_dir: Some(dir),
+        timeout: TIMEOUT,
     }
 }
 
@@ -255,6 +260,7 @@ fn postfix_probe_errors_name_the_program_or_the_file() {
     let missing_dir = PostfixProbe {
         postconf: prog("postconf"),
         config_dir: Some(env.path("nothing-here")),
+        timeout: TIMEOUT,
     };
     let e = probe_postfix(&missing_dir).unwrap_err().to_string();
     assert!(e.contains("postconf") && e.contains("main.cf"), "{e}");
@@ -263,6 +269,7 @@ fn postfix_probe_errors_name_the_program_or_the_file() {
     let no_program = PostfixProbe {
         postconf: env.path("bin/postconf"),
         config_dir: None,
+        timeout: TIMEOUT,
     };
     let e = probe_postfix(&no_program).unwrap_err().to_string();
     assert!(
@@ -312,6 +319,7 @@ fn dovecot_conf(env: &Env, tls: &str) -> DovecotProbe {
     DovecotProbe {
         doveconf: prog("doveconf"),
         config: Some(conf),
+        timeout: TIMEOUT,
     }
 }
 
@@ -400,8 +408,27 @@ fn dovecot_probe_error_names_doveconf_and_the_reason() {
     let probe = DovecotProbe {
         doveconf: prog("doveconf"),
         config: Some(env.path("dovecot/missing.conf")),
+        timeout: TIMEOUT,
     };
     let e = probe_dovecot(&probe).unwrap_err().to_string();
     assert!(e.contains("doveconf") && e.contains("missing.conf"), "{e}");
     assert!(!e.contains('\n'), "{e}");
+}
+
+#[test]
+fn a_configuration_printer_that_hangs_is_killed_and_named() {
+    let env = Env::new();
+    // A stand-in for a postconf that never answers.
+    let hung = env.path("bin/postconf");
+    script(&hung, "exec sleep 600");
+    let probe = PostfixProbe {
+        postconf: hung,
+        config_dir: None,
+        timeout: Duration::from_secs(1),
+    };
+    let e = probe_postfix(&probe).unwrap_err().to_string();
+    assert!(
+        e.contains("bin/postconf") && e.contains("timed out after 1s"),
+        "{e}"
+    );
 }
