@@ -110,6 +110,9 @@ pub struct PostfixTls {
     pub from: PostfixParams,
     /// The smtpd services of master.cf that offer TLS.
     pub ports: Vec<Listener>,
+    /// master.cf services whose `-o` sets certificate or key files of their
+    /// own (not followed here: `init` leaves them as a comment to fill in).
+    pub own_files: Vec<String>,
 }
 
 /// Where a Dovecot `ssl_*` setting takes its PEM from.
@@ -137,6 +140,10 @@ pub struct DovecotTls {
     pub alt: Option<DovecotPair>,
     /// Login listeners of the enabled protocols that offer TLS.
     pub ports: Vec<Listener>,
+    /// Filter blocks (`local_name imap.example.test`, `local 10.0.0.1 /
+    /// protocol imap`) that set a certificate of their own (not followed
+    /// here: `init` leaves them as a comment to fill in).
+    pub scoped: Vec<String>,
 }
 
 /// Why a program's output or settings could not be understood (pure
@@ -467,8 +474,26 @@ pub fn postfix_tls(
         slots,
         from,
         ports: postfix_listeners(main, master),
+        own_files: master
+            .iter()
+            .filter(|e| {
+                e.overrides
+                    .keys()
+                    .any(|k| FILE_PARAMS.contains(&k.as_str()))
+            })
+            .map(|e| e.service.clone())
+            .collect(),
     })
 }
+
+/// The parameters that name smtpd's certificate and key files.
+const FILE_PARAMS: &[&str] = &[
+    "smtpd_tls_chain_files",
+    "smtpd_tls_cert_file",
+    "smtpd_tls_key_file",
+    "smtpd_tls_eccert_file",
+    "smtpd_tls_eckey_file",
+];
 
 // ---------------------------------------------------------------------------
 // Pure: doveconf
@@ -504,6 +529,38 @@ pub fn dovecot_pair(
             format!("is empty but {key_name} is set"),
         )),
     }
+}
+
+/// The filter blocks of `doveconf -n` output that set `ssl_cert` or
+/// `ssl_alt_cert`, as their headers joined by ` / `.
+pub fn dovecot_scoped_certs(out: &str) -> Result<Vec<String>, Unparsable> {
+    let mut stack: Vec<&str> = Vec::new();
+    let mut scoped: Vec<String> = Vec::new();
+    for line in out
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        if let Some(header) = line.strip_suffix('{') {
+            stack.push(header.trim());
+        } else if line == "}" {
+            if stack.pop().is_none() {
+                return Err(unparsable("-n", "a `}` without a block"));
+            }
+        } else if let Some((k, _)) = line.split_once(" =") {
+            let scope = stack.join(" / ");
+            if !stack.is_empty()
+                && matches!(k.trim(), "ssl_cert" | "ssl_alt_cert")
+                && !scoped.contains(&scope)
+            {
+                scoped.push(scope);
+            }
+        }
+    }
+    if let Some(open) = stack.last() {
+        return Err(unparsable(open, "a block that is not closed"));
+    }
+    Ok(scoped)
 }
 
 /// A service of `doveconf service` output with its inet listeners.
@@ -801,22 +858,28 @@ pub fn probe_dovecot(p: &DovecotProbe) -> Result<DovecotTls, ProbeError> {
         run(&p.doveconf, &args, p.timeout)
     };
     let names = ["ssl_cert", "ssl_key", "ssl_alt_cert", "ssl_alt_key"];
+    // ssl_key may hold an inline key: its text is wiped once read.
     let mut values = Vec::new();
     for n in names {
-        values.push(get(n)?);
+        values.push(Zeroizing::new(get(n)?));
     }
     let main = dovecot_pair((names[0], &values[0]), (names[1], &values[1]));
     let alt = dovecot_pair((names[2], &values[2]), (names[3], &values[3]));
     let protocols = get("protocols")?;
     let ssl = get("ssl")?;
-    let mut args = base;
+    let mut args = base.clone();
     args.push("service".into());
     let services = parse_dovecot_services(&run(&p.doveconf, &args, p.timeout)?);
+    // -n (without -P) prints the filter blocks; keys show as hidden.
+    let mut args = base;
+    args.push("-n".into());
+    let scoped = dovecot_scoped_certs(&run(&p.doveconf, &args, p.timeout)?);
     let fail = with_program(&p.doveconf);
     Ok(DovecotTls {
         main: main.map_err(&fail)?,
         alt: alt.map_err(&fail)?,
         ports: dovecot_listeners(&protocols, &ssl, &services.map_err(&fail)?),
+        scoped: scoped.map_err(&fail)?,
     })
 }
 
@@ -1031,6 +1094,16 @@ mod tests {
             4
         );
         assert!(parse_master("smtp inet n - y - -\n").is_err());
+        // A service with certificate files of its own is named.
+        let own = parse_master(
+            "smtp inet n - y - - smtpd\n\
+             submission inet n - y - - smtpd -o smtpd_tls_chain_files=/etc/sub.pem\n",
+        )
+        .unwrap();
+        assert_eq!(
+            postfix_tls(&may, &own, &[]).unwrap().own_files,
+            ["submission"]
+        );
         // postscreen in front of smtpd: port 25 by its own level.
         let screened = parse_master(
             "smtp inet n - y - 1 postscreen\n\
@@ -1098,6 +1171,14 @@ mod tests {
             ]
         );
         assert!(dovecot_listeners("imap", "no", &services).is_empty());
+        assert_eq!(
+            dovecot_scoped_certs(
+                "# 2.3.19.1\nssl_cert = </a.crt\nlocal 127.0.0.2 {\n  protocol imap {\n    ssl_cert = </c.crt\n    ssl_key = # hidden, use -P to show it\n  }\n}\n\
+                 local_name imap.example.test {\n  ssl_alt_cert = </b.crt\n}\nservice imap-login {\n  inet_listener imaps {\n    port = 993\n  }\n}\n"
+            )
+            .unwrap(),
+            ["local 127.0.0.2 / protocol imap", "local_name imap.example.test"]
+        );
         assert!(parse_dovecot_services("service x {\n").is_err());
         assert!(parse_dovecot_services("}\n").is_err());
     }

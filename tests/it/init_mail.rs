@@ -134,22 +134,29 @@ fn postfix_chain_files_give_one_slot_per_key_whether_combined_or_key_then_chain(
             combined: false,
             from: PostfixParams::ChainFiles,
             ports: tls_services(),
+            own_files: vec![],
         }
     );
 }
 
 #[test]
-fn postfix_older_cert_and_key_pairs_give_an_rsa_slot() {
+fn postfix_older_cert_and_key_pairs_give_an_rsa_slot_and_a_service_with_files_of_its_own_is_named()
+{
     require!(
-        "postfix_older_cert_and_key_pairs_give_an_rsa_slot",
+        "postfix_older_cert_and_key_pairs_give_an_rsa_slot_and_a_service_with_files_of_its_own_is_named",
         POSTCONF
     );
     let env = Env::new();
-    let probe = postfix_dir(
+    // One more service with files of its own: named, not followed.
+    let master = format!(
+        "{MASTER_CF}2587 inet n - y - - smtpd\n  -o smtpd_tls_cert_file=/etc/tls/sub.crt\n  -o smtpd_tls_key_file=/etc/tls/sub.key\n"
+    );
+    let probe = postfix_dir_with(
         &env,
         "smtpd_tls_cert_file = /etc/letsencrypt/live/mail/fullchain.pem\n\
          smtpd_tls_key_file = /etc/letsencrypt/live/mail/privkey.pem\n\
          smtpd_use_tls = yes\n",
+        &master,
     );
     let got = probe_postfix(&probe).unwrap();
     let live = PathBuf::from("/etc/letsencrypt/live/mail");
@@ -164,7 +171,12 @@ fn postfix_older_cert_and_key_pairs_give_an_rsa_slot() {
             combined: false,
             from: PostfixParams::Legacy,
             // The obsolete smtpd_use_tls still turns STARTTLS on.
-            ports: tls_services(),
+            ports: [
+                tls_services(),
+                vec![listener("2587", None, 2587, TlsMode::StartTls)]
+            ]
+            .concat(),
+            own_files: vec!["2587".to_owned()],
         }
     );
 }
@@ -217,6 +229,7 @@ fn postfix_without_tls_settings_serves_no_certificate_and_only_the_services_that
                 listener("submission", None, 587, TlsMode::StartTls),
                 listener("submissions", None, 465, TlsMode::Implicit),
             ],
+            own_files: vec![],
         }
     );
 }
@@ -339,9 +352,9 @@ fn dovecot_ports() -> Vec<Listener> {
 }
 
 #[test]
-fn dovecot_single_certificate_files_are_read_from_the_less_than_paths() {
+fn dovecot_single_certificate_files_are_read_from_the_less_than_paths_and_an_sni_block_is_named() {
     require!(
-        "dovecot_single_certificate_files_are_read_from_the_less_than_paths",
+        "dovecot_single_certificate_files_are_read_from_the_less_than_paths_and_an_sni_block_is_named",
         DOVECONF
     );
     let env = Env::new();
@@ -349,7 +362,8 @@ fn dovecot_single_certificate_files_are_read_from_the_less_than_paths() {
     let probe = dovecot_conf(
         &env,
         &format!(
-            "ssl_cert = <{}\nssl_key = <{}\n",
+            "ssl_cert = <{}\nssl_key = <{}\n\
+             local_name imap.example.test {{\n  ssl_cert = </etc/tls/imap.crt\n  ssl_key = </etc/tls/imap.key\n}}\n",
             crt.display(),
             key.display()
         ),
@@ -364,6 +378,8 @@ fn dovecot_single_certificate_files_are_read_from_the_less_than_paths() {
             }),
             alt: None,
             ports: dovecot_ports(),
+            // The SNI block's own certificate is named, not followed.
+            scoped: vec!["local_name imap.example.test".to_owned()],
         }
     );
 }
@@ -394,6 +410,7 @@ fn dovecot_alt_certificate_is_a_second_pair() {
             main: Some(pair("rsa.crt", "rsa.key")),
             alt: Some(pair("ec.crt", "ec.key")),
             ports: dovecot_ports(),
+            scoped: vec![],
         }
     );
 }
