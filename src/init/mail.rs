@@ -267,12 +267,25 @@ pub fn parse_master(out: &str) -> Result<Vec<MasterEntry>, Unparsable> {
         let mut overrides = BTreeMap::new();
         let mut args = fields[8..].iter();
         while let Some(arg) = args.next() {
-            let pair = match *arg {
+            let Some(first) = (match *arg {
                 "-o" => args.next().copied(),
                 a => a.strip_prefix("-o"),
+            }) else {
+                continue;
             };
-            if let Some((k, v)) = pair.and_then(|p| p.split_once('=')) {
-                overrides.insert(k.to_owned(), v.to_owned());
+            // `-o {name=value with spaces}` spans several fields.
+            let mut pair = first.to_owned();
+            if let Some(rest) = first.strip_prefix('{') {
+                pair = rest.to_owned();
+                while !pair.ends_with('}') {
+                    let Some(more) = args.next() else { break };
+                    pair.push(' ');
+                    pair.push_str(more);
+                }
+                pair = pair.trim_end_matches('}').to_owned();
+            }
+            if let Some((k, v)) = pair.split_once('=') {
+                overrides.insert(k.trim().to_owned(), v.trim().to_owned());
             }
         }
         entries.push(MasterEntry {
@@ -1097,12 +1110,20 @@ mod tests {
         // A service with certificate files of its own is named.
         let own = parse_master(
             "smtp inet n - y - - smtpd\n\
-             submission inet n - y - - smtpd -o smtpd_tls_chain_files=/etc/sub.pem\n",
+             submission inet n - y - - smtpd -o smtpd_tls_chain_files=/etc/sub.pem\n\
+             submissions inet n - y - - smtpd -o {smtpd_tls_chain_files=/etc/a.pem, /etc/b.pem} -o smtpd_tls_wrappermode=yes\n",
         )
         .unwrap();
         assert_eq!(
+            own[2]
+                .overrides
+                .get("smtpd_tls_chain_files")
+                .map(String::as_str),
+            Some("/etc/a.pem, /etc/b.pem")
+        );
+        assert_eq!(
             postfix_tls(&may, &own, &[]).unwrap().own_files,
-            ["submission"]
+            ["submission", "submissions"]
         );
         // postscreen in front of smtpd: port 25 by its own level.
         let screened = parse_master(
