@@ -5,9 +5,10 @@
 //! [`DovecotTls`] are pure (no files, no processes) and table-tested; the
 //! effect layer ([`probe_postfix`], [`probe_dovecot`]) only runs the two
 //! programs (given by path, with the configuration location tests point at)
-//! and reads the PEM labels of `smtpd_tls_chain_files`. Nothing is written,
-//! no key material is kept or printed: a key block's bytes are wiped as soon
-//! as its label is known. Every error is one line naming the program or
+//! and reads the PEM labels of `smtpd_tls_chain_files` (and each
+//! certificate's key algorithm). Nothing is written, no key material is
+//! kept or printed: a file's text and a key block's bytes are wiped as soon
+//! as the labels are known. Every error is one line naming the program or
 //! file, the setting and the reason.
 //!
 //! Postfix's rules followed here (postconf(5)): a non-empty
@@ -108,7 +109,7 @@ pub struct PostfixTls {
     /// Every slot keeps key and chain in one file (false without slots).
     pub combined: bool,
     pub from: PostfixParams,
-    /// The smtpd services of master.cf that offer TLS.
+    /// The smtpd and postscreen services of master.cf that offer TLS.
     pub ports: Vec<Listener>,
     /// master.cf services whose `-o` sets certificate or key files of their
     /// own (not followed here: `init` leaves them as a comment to fill in).
@@ -831,7 +832,8 @@ pub fn read_blocks(file: &Path) -> Result<Vec<Block>, ProbeError> {
     Ok(blocks)
 }
 
-/// Asks Postfix (`postconf -x`, `postconf -M`) which files smtpd serves and
+/// Asks Postfix (`postconf -x NAME...`, printed as `name = value` so an
+/// empty value cannot shift the others; `postconf -M`) which files smtpd serves and
 /// which smtpd services offer TLS; reads the PEM labels of
 /// `smtpd_tls_chain_files` to split it into slots.
 pub fn probe_postfix(p: &PostfixProbe) -> Result<PostfixTls, ProbeError> {
