@@ -729,6 +729,53 @@ fn watchdog_keeps_the_daemon_alive_through_a_two_minute_dkim_propagation_wait() 
 /// Where the annotated configuration puts the MTA-STS webroot.
 const MTA_STS_WEBROOT: &str = "/var/www/mta-sts";
 
+/// The body of the policy [`mta_sts_tables`] configures.
+const MTA_STS_BODY: &str =
+    "version: STSv1\r\nmode: testing\r\nmx: mail.example.test\r\nmax_age: 604800\r\n";
+
+/// `[dns.bind]` for `dns` and `[mta_sts]` for `example.test` (testing,
+/// `mail.example.test`, trusting /etc/mxkeys/mta-sts-ca.pem), served as
+/// `serve` says (its `listen` or `webroot` lines).
+fn mta_sts_tables(dns: &Dns, serve: &str) -> String {
+    format!(
+        "[dns.bind]\n\
+         type = \"rfc2136\"\n\
+         server = \"{addr}\"\n\
+         zone = \"example.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\n\
+         tsig_secret_file = \"/etc/mxkeys/tsig.key\"\n\
+         nameservers = [\"{addr}\"]\n\
+         propagation_interval = \"200ms\"\n\
+         propagation_timeout = \"20s\"\n\
+         [mta_sts]\n\
+         domains = [\"example.test\"]\n\
+         mode = \"testing\"\n\
+         mx = [\"mail.example.test\"]\n\
+         dns = \"bind\"\n\
+         ca_bundle = \"/etc/mxkeys/mta-sts-ca.pem\"\n\
+         {serve}\n",
+        addr = dns.addr(),
+    )
+}
+
+/// Waits until BIND serves the `_mta-sts` record of [`MTA_STS_BODY`]'s id.
+fn wait_for_the_policy_id(guest: &Guest, dns: &Dns) {
+    let id = mxkeys::mta_sts::policy::id_of(
+        mxkeys::mta_sts::policy::Mode::Testing,
+        &["mail.example.test".to_owned()].into(),
+        604_800,
+    );
+    let record = mxkeys::mta_sts::policy::StsRecord::new(&id)
+        .unwrap()
+        .render();
+    wait_until(
+        guest,
+        "the policy's id in BIND",
+        Duration::from_secs(60),
+        || dns.txt_values("_mta-sts.example.test") == [record.clone()],
+    );
+}
+
 /// The daemon unit as shipped runs the MTA-STS pass with the annotated
 /// configuration's `webroot`: under `ProtectSystem=strict` it writes the
 /// policy there (the unit lists it in ReadWritePaths), fetches it back over
@@ -783,52 +830,21 @@ fn daemon_unit_writes_the_mta_sts_policy_to_the_shipped_webroot_and_publishes_it
     host.configure(
         &leaf,
         &format!(
-            "{target}\n[dns.bind]\n\
-             type = \"rfc2136\"\n\
-             server = \"{addr}\"\n\
-             zone = \"example.test\"\n\
-             tsig_name = \"{KEY_NAME}\"\n\
-             tsig_secret_file = \"/etc/mxkeys/tsig.key\"\n\
-             nameservers = [\"{addr}\"]\n\
-             propagation_interval = \"200ms\"\n\
-             propagation_timeout = \"20s\"\n\
-             [mta_sts]\n\
-             domains = [\"example.test\"]\n\
-             mode = \"testing\"\n\
-             mx = [\"mail.example.test\"]\n\
-             dns = \"bind\"\n\
-             webroot = \"{MTA_STS_WEBROOT}\"\n\
-             responders = [\"127.0.0.1:{https}\"]\n\
-             ca_bundle = \"/etc/mxkeys/mta-sts-ca.pem\"\n",
-            target = postfix_target(),
-            addr = dns.addr(),
+            "{}\n{}",
+            postfix_target(),
+            mta_sts_tables(
+                &dns,
+                &format!("webroot = \"{MTA_STS_WEBROOT}\"\nresponders = [\"127.0.0.1:{https}\"]")
+            )
         ),
     );
     let Some(guest) = host.boot(test, vec![Bind::rw(&www, MTA_STS_WEBROOT)]) else {
         return;
     };
     guest.ok(&["systemctl", "start", "mxkeys"]);
-    let id = mxkeys::mta_sts::policy::id_of(
-        mxkeys::mta_sts::policy::Mode::Testing,
-        &["mail.example.test".to_owned()].into(),
-        604_800,
-    );
-    wait_until(
-        &guest,
-        "the policy's id in BIND",
-        Duration::from_secs(60),
-        || {
-            dns.txt_values("_mta-sts.example.test")
-                == [mxkeys::mta_sts::policy::StsRecord::new(&id)
-                    .unwrap()
-                    .render()]
-        },
-    );
+    wait_for_the_policy_id(&guest, &dns);
     let body = std::fs::read_to_string(root.join(".well-known/mta-sts.txt")).unwrap();
-    assert_eq!(
-        body,
-        "version: STSv1\r\nmode: testing\r\nmx: mail.example.test\r\nmax_age: 604800\r\n"
-    );
+    assert_eq!(body, MTA_STS_BODY);
     assert_eq!(
         guest.stat(
             "%a",
@@ -837,6 +853,67 @@ fn daemon_unit_writes_the_mta_sts_policy_to_the_shipped_webroot_and_publishes_it
         "644"
     );
     let journal = guest.journal(Some("mxkeys"));
+    assert!(!journal.contains("ERROR"), "errors in:\n{journal}");
+    assert_eq!(guest.property("mxkeys", "NRestarts"), "0");
+}
+
+/// The daemon unit as shipped runs the built-in responder on port 443
+/// (`listen`, a privileged port, under the unit's capability set and
+/// syscall filter): it serves the policy with the certificate the daemon
+/// installed for a target covering `mta-sts.example.test`, fetches it back
+/// and publishes its id. curl on the host (the guest shares its network)
+/// gets the body over HTTPS, validating that certificate.
+#[test]
+fn daemon_unit_serves_the_mta_sts_policy_on_port_443_with_a_targets_certificate() {
+    let test = "daemon_unit_serves_the_mta_sts_policy_on_port_443_with_a_targets_certificate";
+    if !nspawn::available(test) || !require_programs(test, &[&[("curl", "curl")]]) {
+        return;
+    }
+    let Some(dns) = Dns::start() else {
+        return;
+    };
+    let ca = Ca::new("systemd-mta-sts-listen");
+    let leaf = ca.issue(&LeafSpec::new(&[HOST, "mta-sts.example.test"]));
+    let host = Host::new();
+    std::fs::copy(dns.dir().join("tsig.key"), host.etc.join("tsig.key")).unwrap();
+    let root_pem = host.etc.join("mta-sts-ca.pem");
+    write(&root_pem, common::pem_block("CERTIFICATE", &ca.root_der));
+    // 127.0.0.0/8 is all loopback: an address no other test listens on.
+    let listen = "127.0.0.9:443";
+    host.configure(
+        &leaf,
+        &format!(
+            "{}\n[[target]]\n\
+             name = \"mta-sts\"\n\
+             domains = [\"mta-sts.example.test\"]\n\
+             fullchain = \"{TLS}/mta-sts-fullchain.pem\"\n\
+             key = \"{TLS}/mta-sts-key.pem\"\n\n{}",
+            postfix_target(),
+            mta_sts_tables(&dns, &format!("listen = \"{listen}\"")),
+        ),
+    );
+    let Some(guest) = host.boot(test, vec![]) else {
+        return;
+    };
+    guest.ok(&["systemctl", "start", "mxkeys"]);
+    wait_for_the_policy_id(&guest, &dns);
+    let out = Command::new(common::servers::prog("curl"))
+        .args(["--silent", "--show-error", "--max-time", "10", "--cacert"])
+        .arg(&root_pem)
+        .args([
+            "--resolve",
+            &format!("mta-sts.example.test:443:{}", &listen[..listen.len() - 4]),
+            "https://mta-sts.example.test/.well-known/mta-sts.txt",
+        ])
+        .output()
+        .unwrap();
+    let journal = guest.journal(Some("mxkeys"));
+    assert!(
+        out.status.success(),
+        "curl: {}\n--- journal ---\n{journal}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), MTA_STS_BODY);
     assert!(!journal.contains("ERROR"), "errors in:\n{journal}");
     assert_eq!(guest.property("mxkeys", "NRestarts"), "0");
 }
