@@ -585,8 +585,7 @@ fn read_ledger(config: &Config) -> Result<Ledger, String> {
     config
         .state_dir
         .dane_record::<Ledger>()
-        .load()
-        .map(Option::unwrap_or_default)
+        .load_or_default()
         .map_err(|e| e.to_string())
 }
 

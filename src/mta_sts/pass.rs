@@ -701,8 +701,7 @@ fn read_ledger(config: &Config) -> Result<Ledger, String> {
     config
         .state_dir
         .mta_sts_record::<Ledger>()
-        .load()
-        .map(Option::unwrap_or_default)
+        .load_or_default()
         .map_err(|e| e.to_string())
 }
 

@@ -183,10 +183,7 @@ impl StateDir {
         let _lock = self
             .lock()
             .map_err(|e| format!("state_dir {}: cannot take the lock: {e}", self.display()))?;
-        let mut value = record
-            .load()
-            .map_err(|e| e.to_string())?
-            .unwrap_or_default();
+        let mut value = record.load_or_default().map_err(|e| e.to_string())?;
         let r = change(&mut value);
         record.save(&value).map_err(|e| e.to_string())?;
         Ok(r)

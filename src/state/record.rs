@@ -74,6 +74,13 @@ impl<T: DeserializeOwned> Record<T> {
     }
 }
 
+impl<T: DeserializeOwned + Default> Record<T> {
+    /// [`Self::load`], with the default value when there is no file yet.
+    pub fn load_or_default(&self) -> Result<T, RecordError> {
+        self.load().map(Option::unwrap_or_default)
+    }
+}
+
 impl<T: Serialize> Record<T> {
     /// Replaces the record atomically, creating its directory (0700).
     pub fn save(&self, value: &T) -> Result<(), RecordError> {
