@@ -138,25 +138,11 @@ struct Fetched {
 async fn curl(bed: &Bed, r: &Responder, name: &str, path: &str, extra: &[&str]) -> Fetched {
     let port = r.local_addr().port();
     let body_file = bed.dir.join(format!("body-{}", free_port()));
-    let mut c = Command::new("curl");
-    c.args(["-sS", "--noproxy", "*", "--max-time", "20", "--cacert"])
-        .arg(&bed.root)
-        .arg("--resolve")
-        .arg(format!("{name}:{port}:127.0.0.1"))
-        .arg("-o")
+    let mut c = curl_https(&bed.root, name, port, path, 20);
+    c.arg("-o")
         .arg(&body_file)
         .args(["-w", "%{http_code}\n%{content_type}\n%{certs}"])
-        .args(extra)
-        .arg(format!("https://{name}:{port}{path}"));
-    for v in [
-        "https_proxy",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "all_proxy",
-        "ALL_PROXY",
-    ] {
-        c.env_remove(v);
-    }
+        .args(extra);
     let out = tokio::task::spawn_blocking(move || run_with_timeout(c))
         .await
         .unwrap();

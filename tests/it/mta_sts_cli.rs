@@ -192,25 +192,11 @@ fn curl_with(
     extra: &[&std::ffi::OsStr],
 ) -> Fetched {
     let body_file = dir.join(format!("body-{}", free_port()));
-    let mut c = Command::new("curl");
-    c.args(["-sS", "--noproxy", "*", "--max-time", "10", "--cacert"])
-        .arg(root)
-        .arg("--resolve")
-        .arg(format!("{STS_HOST}:{port}:127.0.0.1"))
-        .arg("-o")
+    let mut c = curl_https(root, STS_HOST, port, path, 10);
+    c.arg("-o")
         .arg(&body_file)
         .args(["-w", "%{http_code}\n%{certs}"])
-        .args(extra)
-        .arg(format!("https://{STS_HOST}:{port}{path}"));
-    for v in [
-        "https_proxy",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "all_proxy",
-        "ALL_PROXY",
-    ] {
-        c.env_remove(v);
-    }
+        .args(extra);
     let out = run_with_timeout(c);
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let (status, certs) = stdout.split_once('\n').unwrap_or((&stdout, ""));

@@ -120,24 +120,8 @@ struct Got {
 /// responder, trusting only the test CA, writing the status to stdout and
 /// the body to `out`.
 fn curl_command(root: &Path, port: u16, name: &str, path: &str, out: &Path) -> Command {
-    let mut c = Command::new("curl");
-    c.args(["-sS", "--noproxy", "*", "--max-time", "50", "--cacert"])
-        .arg(root)
-        .arg("--resolve")
-        .arg(format!("{name}:{port}:127.0.0.1"))
-        .arg("-o")
-        .arg(out)
-        .args(["-w", "%{http_code}"])
-        .arg(format!("https://{name}:{port}{path}"));
-    for v in [
-        "https_proxy",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "all_proxy",
-        "ALL_PROXY",
-    ] {
-        c.env_remove(v);
-    }
+    let mut c = curl_https(root, name, port, path, 50);
+    c.arg("-o").arg(out).args(["-w", "%{http_code}"]);
     c
 }
 

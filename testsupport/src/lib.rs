@@ -1308,6 +1308,31 @@ pub fn have_setpriv() -> bool {
         .unwrap_or(false)
 }
 
+/// curl for `https://NAME:PORT/PATH` reached at 127.0.0.1, trusting only
+/// `root`, ignoring any proxy of the environment, giving up after
+/// `max_time` seconds; callers add their output options (curl takes
+/// options after the URL too).
+pub fn curl_https(root: &Path, name: &str, port: u16, path: &str, max_time: u32) -> Command {
+    let mut c = Command::new("curl");
+    c.args(["-sS", "--noproxy", "*", "--max-time"])
+        .arg(max_time.to_string())
+        .arg("--cacert")
+        .arg(root)
+        .arg("--resolve")
+        .arg(format!("{name}:{port}:127.0.0.1"))
+        .arg(format!("https://{name}:{port}{path}"));
+    for v in [
+        "https_proxy",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "all_proxy",
+        "ALL_PROXY",
+    ] {
+        c.env_remove(v);
+    }
+    c
+}
+
 /// Run a command, killing it if it has not finished within 60 seconds.
 pub fn run_with_timeout(mut c: Command) -> Output {
     c.stdin(Stdio::null())
