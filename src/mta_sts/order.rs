@@ -161,15 +161,10 @@ pub struct Plan {
     pub step: Step,
 }
 
-/// Whether policy `mx` line `pattern` covers `host` (RFC 8461 §4.1: a
-/// `*.` wildcard covers exactly one leftmost label).
+/// Whether policy `mx` line `pattern` covers `host`, both lower case as
+/// the ledger keeps them (the rule is [`super::policy::line_covers`]).
 pub fn covers(pattern: &str, host: &str) -> bool {
-    match pattern.strip_prefix("*.") {
-        Some(suffix) => host
-            .split_once('.')
-            .is_some_and(|(label, rest)| !label.is_empty() && rest == suffix),
-        None => pattern == host,
-    }
+    super::policy::line_covers(pattern, host)
 }
 
 fn listed(mx: &BTreeSet<String>, host: &str) -> bool {

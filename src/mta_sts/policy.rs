@@ -171,13 +171,19 @@ impl MxPattern {
     /// exactly one label (`*.example.com` matches `mx.example.com`, not
     /// `example.com`, not `a.mx.example.com`).
     pub fn matches(&self, host: &str) -> bool {
-        let host = crate::names::canonical(host);
-        match self.0.strip_prefix("*.") {
-            Some(parent) => host
-                .split_once('.')
-                .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
-            None => host == self.0,
-        }
+        line_covers(&self.0, &crate::names::canonical(host))
+    }
+}
+
+/// Whether the `mx` line `pattern` covers `host`, both already lower case
+/// without a trailing dot (RFC 8461 §4.1: a `*.` wildcard stands for
+/// exactly one leftmost label).
+pub fn line_covers(pattern: &str, host: &str) -> bool {
+    match pattern.strip_prefix("*.") {
+        Some(parent) => host
+            .split_once('.')
+            .is_some_and(|(label, rest)| !label.is_empty() && rest == parent),
+        None => host == pattern,
     }
 }
 
