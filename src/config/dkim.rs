@@ -14,6 +14,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::dns::DnsProvider;
+use super::raw::RawAdopt;
 use super::raw::RawDkim;
 use super::value::{Reload, at, dns_names, key_mode, reloads, selector_label};
 use super::{ConfigError, Context, target::DEFAULT_RELOAD_TIMEOUT};
@@ -46,6 +47,66 @@ pub struct Dkim {
     pub key_mode: u32,
     pub reload: Vec<Reload>,
     pub reload_timeout: Duration,
+    /// Keys the host's signer already signs with, taken over as active
+    /// (`[[dkim.adopt]]`), in the order written.
+    pub adopt: Vec<Adopt>,
+}
+
+/// One `[[dkim.adopt]]` entry: where keys the host's signer already signs
+/// with are, and what must hold before one is called active.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Adopt {
+    pub from: AdoptFrom,
+    pub check: AdoptCheck,
+}
+
+/// The layouts `[[dkim.adopt]]` and `mxkeys dkim import --from` read
+/// (`crate::dkim::adopt` reads them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdoptFrom {
+    /// OpenDKIM's KeyTable, or an opendkim.conf naming one (or
+    /// `Domain`/`Selector`/`KeyFile`).
+    Opendkim(PathBuf),
+    /// Rspamd's dkim_signing.conf.
+    Rspamd(PathBuf),
+    /// amavis' configuration file with `dkim_key(...)` lines, or a
+    /// directory of them (conf.d).
+    Amavis(PathBuf),
+    /// docker-mailserver's `config` directory (its `opendkim` and
+    /// `rspamd/dkim` trees).
+    Dms(PathBuf),
+    /// A directory of `opendkim-genkey` output (`SELECTOR.private`,
+    /// `SELECTOR.txt`); the domain from the .txt comment unless given.
+    Dir {
+        dir: PathBuf,
+        domain: Option<DnsName>,
+    },
+    /// One PEM key file.
+    Key {
+        file: PathBuf,
+        domain: DnsName,
+        selector: String,
+    },
+    /// A PEM key held in an environment variable (a container's
+    /// `DKIM_PRIVATEKEY`; the BEGIN/END lines may be left out). Only the
+    /// variable's name is configuration: `mxkeys config` never prints a key.
+    Env {
+        var: String,
+        domain: DnsName,
+        selector: String,
+    },
+}
+
+/// What must hold before an adopted key is called active.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdoptCheck {
+    /// Its record is seen with exactly its value on every authoritative
+    /// server (a mismatch is reported and the key is not adopted).
+    Dns,
+    /// Nothing is looked up: the signer signs with it already and nothing
+    /// can publish (a sidecar without a DNS provider). The record to
+    /// publish is printed.
+    None,
 }
 
 /// Which signer's configuration mxkeys writes.
@@ -143,6 +204,15 @@ pub(super) fn dkim(
     }
     let key_mode = key_mode(raw.key_mode.as_deref()).map_err(|e| fail(&at("key_mode")(e)))?;
     let reload = reloads(raw.reload, raw.reload_signal, &|p| ctx.abs(p)).map_err(|e| fail(&e))?;
+    let adopt = raw
+        .adopt
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
+            adopt(a, &domains, ctx)
+                .map_err(|m| fail(&format_args!("[[dkim.adopt]] #{}: {m}", i + 1)))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(Dkim {
         domains,
         algorithms,
@@ -166,7 +236,106 @@ pub(super) fn dkim(
         key_mode,
         reload,
         reload_timeout: raw.reload_timeout.unwrap_or(DEFAULT_RELOAD_TIMEOUT),
+        adopt,
     })
+}
+
+/// Validates one `[[dkim.adopt]]` entry: the keys its `from` needs and no
+/// other, a domain among `domains`, a selector that is one DNS label.
+fn adopt(raw: RawAdopt, domains: &[DnsName], ctx: &Context) -> Result<Adopt, String> {
+    let check = match raw.check.as_deref() {
+        None | Some("dns") => AdoptCheck::Dns,
+        Some("none") => AdoptCheck::None,
+        Some(other) => return Err(format!("key `check`: {other:?} is not \"dns\" or \"none\"")),
+    };
+    let domain = || -> Result<Option<DnsName>, String> {
+        match &raw.domain {
+            None => Ok(None),
+            Some(d) => {
+                let d = DnsName::parse(d).map_err(|e| format!("key `domain`: {e}"))?;
+                if !domains.contains(&d) {
+                    return Err(format!("key `domain`: {d} is not one of [dkim] domains"));
+                }
+                Ok(Some(d))
+            }
+        }
+    };
+    let needed_domain = || -> Result<DnsName, String> {
+        domain()?.ok_or_else(|| format!("from = {:?} needs key `domain`", raw.from))
+    };
+    let selector = || -> Result<String, String> {
+        let s = raw
+            .selector
+            .clone()
+            .ok_or_else(|| format!("from = {:?} needs key `selector`", raw.from))?;
+        selector_label(&s).map_err(|e| format!("key `selector`: {e}"))?;
+        Ok(s)
+    };
+    let path = || -> Result<PathBuf, String> {
+        raw.path
+            .as_deref()
+            .map(|p| ctx.abs(p))
+            .ok_or_else(|| format!("from = {:?} needs key `path`", raw.from))
+    };
+    let only = |allowed: &[&str]| -> Result<(), String> {
+        for (key, set) in [
+            ("path", raw.path.is_some()),
+            ("domain", raw.domain.is_some()),
+            ("selector", raw.selector.is_some()),
+            ("var", raw.var.is_some()),
+        ] {
+            if set && !allowed.contains(&key) {
+                return Err(format!("from = {:?} takes no key `{key}`", raw.from));
+            }
+        }
+        Ok(())
+    };
+    let from = match raw.from.as_str() {
+        "opendkim" | "rspamd" | "amavis" | "dms" => {
+            only(&["path"])?;
+            let p = path()?;
+            match raw.from.as_str() {
+                "opendkim" => AdoptFrom::Opendkim(p),
+                "rspamd" => AdoptFrom::Rspamd(p),
+                "amavis" => AdoptFrom::Amavis(p),
+                _ => AdoptFrom::Dms(p),
+            }
+        }
+        "dir" => {
+            only(&["path", "domain"])?;
+            AdoptFrom::Dir {
+                dir: path()?,
+                domain: domain()?,
+            }
+        }
+        "key" => {
+            only(&["path", "domain", "selector"])?;
+            AdoptFrom::Key {
+                file: path()?,
+                domain: needed_domain()?,
+                selector: selector()?,
+            }
+        }
+        "env" => {
+            only(&["var", "domain", "selector"])?;
+            let var = raw
+                .var
+                .clone()
+                .filter(|v| !v.is_empty() && !v.contains('='))
+                .ok_or("from = \"env\" needs key `var` (the variable's name)")?;
+            AdoptFrom::Env {
+                var,
+                domain: needed_domain()?,
+                selector: selector()?,
+            }
+        }
+        other => {
+            return Err(format!(
+                "key `from`: {other:?} is not one of opendkim, rspamd, amavis, dms, dir, key, env"
+            ));
+        }
+    };
+    Ok(Adopt { from, check })
 }
 
 #[cfg(test)]
@@ -219,6 +388,80 @@ mod tests {
             .unwrap_err()
             .to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn adopt_entries_take_the_keys_their_layout_needs_and_no_other() {
+        use super::{Adopt, AdoptCheck, AdoptFrom};
+        let head = "[dkim]\ndomains = [\"example.com\"]\ndns = \"manual\"\nsigner = \"opendkim\"\nsigner_dir = \"/x\"\n[[dkim.adopt]]\n";
+        let name = |n: &str| crate::names::DnsName::parse(n).unwrap();
+        for (entry, want) in [
+            (
+                "from = \"opendkim\"\npath = \"/etc/opendkim/KeyTable\"\n",
+                Adopt {
+                    from: AdoptFrom::Opendkim(PathBuf::from("/etc/opendkim/KeyTable")),
+                    check: AdoptCheck::Dns,
+                },
+            ),
+            (
+                "from = \"dir\"\npath = \"/k\"\ncheck = \"none\"\n",
+                Adopt {
+                    from: AdoptFrom::Dir {
+                        dir: PathBuf::from("/k"),
+                        domain: None,
+                    },
+                    check: AdoptCheck::None,
+                },
+            ),
+            (
+                "from = \"env\"\nvar = \"DKIM_PRIVATEKEY\"\ndomain = \"example.com\"\nselector = \"default\"\n",
+                Adopt {
+                    from: AdoptFrom::Env {
+                        var: "DKIM_PRIVATEKEY".into(),
+                        domain: name("example.com"),
+                        selector: "default".into(),
+                    },
+                    check: AdoptCheck::Dns,
+                },
+            ),
+        ] {
+            let c = parse(&format!("{head}{entry}")).unwrap();
+            assert_eq!(c.dkim.unwrap().adopt, vec![want], "{entry}");
+        }
+        for (entry, needle) in [
+            ("from = \"opendkim\"\n", "needs key `path`"),
+            (
+                "from = \"key\"\npath = \"/k\"\nselector = \"s\"\n",
+                "needs key `domain`",
+            ),
+            (
+                "from = \"key\"\npath = \"/k\"\ndomain = \"example.org\"\nselector = \"s\"\n",
+                "example.org is not one of [dkim] domains",
+            ),
+            (
+                "from = \"key\"\npath = \"/k\"\ndomain = \"example.com\"\nselector = \"a_b\"\n",
+                "key `selector`",
+            ),
+            (
+                "from = \"rspamd\"\npath = \"/r\"\nvar = \"X\"\n",
+                "takes no key `var`",
+            ),
+            (
+                "from = \"env\"\ndomain = \"example.com\"\nselector = \"s\"\n",
+                "needs key `var`",
+            ),
+            ("from = \"postfix\"\n", "\"postfix\" is not one of"),
+            (
+                "from = \"dms\"\npath = \"/d\"\ncheck = \"maybe\"\n",
+                "key `check`",
+            ),
+        ] {
+            let e = parse(&format!("{head}{entry}")).unwrap_err().to_string();
+            assert!(
+                e.contains("[[dkim.adopt]] #1") && e.contains(needle),
+                "{entry:?}: {e}"
+            );
         }
     }
 

@@ -128,6 +128,21 @@ pub(super) struct RawDkim {
     pub(super) reload_signal: Option<RawSignal>,
     #[serde(default, with = "humantime_serde")]
     pub(super) reload_timeout: Option<Duration>,
+    #[serde(default)]
+    pub(super) adopt: Vec<RawAdopt>,
+}
+
+/// One `[[dkim.adopt]]` entry: a layout of keys the host's signer already
+/// signs with.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdopt {
+    pub(super) from: String,
+    pub(super) path: Option<PathBuf>,
+    pub(super) domain: Option<String>,
+    pub(super) selector: Option<String>,
+    pub(super) var: Option<String>,
+    pub(super) check: Option<String>,
 }
 
 #[derive(Deserialize)]
