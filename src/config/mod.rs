@@ -32,7 +32,7 @@ pub use self::acme::{
     AcmeAccount, AcmeKeyType, AcmeSource, Challenge, LETSENCRYPT, LETSENCRYPT_STAGING,
 };
 pub use self::daemon::{Daemon, WatchMode};
-pub use self::dkim::{Dkim, Signer};
+pub use self::dkim::{Adopt, AdoptCheck, AdoptFrom, Dkim, Signer};
 pub use self::dns::{DnsKind, DnsProvider};
 pub use self::mta_sts::{DEFAULT_MTA_STS_MAX_AGE, MtaSts, Serve, TlsRpt};
 pub use self::source::{SourceConfig, SourceKind};

@@ -49,3 +49,102 @@ pub struct Look {
     /// `hostname` to write (default: the host's name).
     pub hostname: Option<String>,
 }
+
+/// A certificate store found on the host ([`sources`] finds them): one
+/// `[[source]]` to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundSource {
+    pub kind: FoundKind,
+    /// The path to write as the source's `path` (Certbot's configuration
+    /// directory, lego's `--path`, the acme.json file).
+    pub path: PathBuf,
+    /// The certificates it holds now, to match with what the servers serve.
+    pub certs: Vec<FoundCert>,
+    /// What the admin should know (one line each, written as comments):
+    /// a lineage without `reuse_key`, a renewal hook that copies files,
+    /// an entry that could not be read...
+    pub notes: Vec<String>,
+}
+
+/// Which kind of `[[source]]` a [`FoundSource`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FoundKind {
+    Certbot,
+    Lego,
+    Traefik,
+}
+
+/// One certificate a source holds now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundCert {
+    /// Certbot's lineage name, lego's file stem, Traefik's resolver/main.
+    pub label: String,
+    /// The leaf's DNS names (subjectAltName), in its order.
+    pub names: Vec<String>,
+    pub key_type: mail::KeyTypeHint,
+    /// The leaf's notAfter, Unix seconds.
+    pub not_after: i64,
+    /// SHA-256 of the leaf's DER, lower-case hex: tells which source holds
+    /// the certificate a server serves now.
+    pub sha256: String,
+    /// Certbot: the lineage's `reuse_key` (renewal/NAME.conf); `None`
+    /// elsewhere.
+    pub reuse_key: Option<bool>,
+}
+
+/// A DKIM signer found on the host ([`dkim`] finds it): the `[dkim]` table
+/// to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundDkim {
+    pub signer: crate::config::Signer,
+    /// Where its tables are (`signer_dir`): KeyTable's directory,
+    /// Rspamd's local.d, amavis' conf.d.
+    pub signer_dir: PathBuf,
+    /// The `[[dkim.adopt]]` entries that take over its keys.
+    pub adopt: Vec<crate::config::Adopt>,
+    /// The keys those entries hold now (their domains become `domains`,
+    /// their selectors and algorithms are told in comments).
+    pub keys: Vec<FoundKey>,
+    /// The reload that fits (`["systemctl", "reload", "opendkim"]`, a pid
+    /// file and signal); `None`: undecided, left as a comment.
+    pub reload: Option<Vec<String>>,
+    pub reload_signal: Option<(PathBuf, String)>,
+    /// Entries that could not be read, and what the admin should know (one
+    /// line each, written as comments).
+    pub notes: Vec<String>,
+}
+
+/// One key a signer uses now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FoundKey {
+    pub domain: crate::names::DnsName,
+    pub selector: String,
+    pub algorithm: crate::config::DkimAlgorithm,
+    pub key_file: PathBuf,
+}
+
+/// What a server serves now, read from its files: the leaf of each slot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServedCert {
+    /// The file holding the chain (the combined file, fullchain, cert).
+    pub chain: PathBuf,
+    pub names: Vec<String>,
+    pub key_type: mail::KeyTypeHint,
+    pub not_after: i64,
+    pub sha256: String,
+}
+
+/// Everything [`render`] needs: what discovery found, and what went wrong
+/// (one line each; written as comments, reading goes on).
+#[derive(Clone, Debug, Default)]
+pub struct Discovered {
+    pub hostname: Option<String>,
+    pub state_dir: Option<PathBuf>,
+    pub postfix: Option<mail::PostfixTls>,
+    pub dovecot: Option<mail::DovecotTls>,
+    /// The leaf each Postfix and Dovecot slot serves now.
+    pub served: Vec<ServedCert>,
+    pub sources: Vec<FoundSource>,
+    pub dkim: Vec<FoundDkim>,
+    pub problems: Vec<String>,
+}
