@@ -946,6 +946,19 @@ impl CertbotDir {
 /// `certbot certonly --standalone` for `domains` as lineage `name`.
 #[track_caller]
 pub fn certbot_certonly(pebble: &Pebble, dir: &CertbotDir, name: &str, domains: &[&str]) {
+    certbot_certonly_with(pebble, dir, name, domains, &[]);
+}
+
+/// [`certbot_certonly`] with more options (`--reuse-key`, `--key-type`,
+/// `--deploy-hook`...).
+#[track_caller]
+pub fn certbot_certonly_with(
+    pebble: &Pebble,
+    dir: &CertbotDir,
+    name: &str,
+    domains: &[&str],
+    extra: &[&str],
+) {
     let port = pebble.http_port.to_string();
     let mut args = vec![
         "certonly",
@@ -967,6 +980,7 @@ pub fn certbot_certonly(pebble: &Pebble, dir: &CertbotDir, name: &str, domains: 
         args.push("-d");
         args.push(d);
     }
+    args.extend_from_slice(extra);
     let cmd = dir.command(pebble, &args);
     run_certbot(cmd, pebble, dir);
 }
