@@ -12,7 +12,9 @@
 //! certificate they hold now, and the DKIM keys the signer uses now are
 //! adopted (`[[dkim.adopt]]`) before mxkeys makes any of its own.
 
+pub mod dkim;
 pub mod mail;
+pub mod sources;
 
 use std::path::PathBuf;
 
