@@ -26,6 +26,7 @@ mod dns;
 mod hostile_fs;
 mod hostile_keydir;
 mod init_mail;
+mod init_sources;
 mod mail_servers;
 mod malformed;
 mod mta_sts;
