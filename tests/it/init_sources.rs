@@ -562,3 +562,80 @@ fn an_rspamd_dkim_signing_conf_and_amavis_dkim_key_lines_are_adopted_and_a_raw_e
     assert_eq!(keys(m), vec![]);
     assert_notes(&m.notes, &["adopted when mxkeys runs", "reload"]);
 }
+
+#[test]
+fn a_docker_mailserver_config_directory_is_adopted_whole_with_its_opendkim_or_rspamd_signer() {
+    require!(
+        "a_docker_mailserver_config_directory_is_adopted_whole_with_its_opendkim_or_rspamd_signer",
+        GENKEY,
+        RSPAMADM
+    );
+    let env = Env::new();
+    // docker-data/dms/config on the host is /tmp/docker-mailserver inside.
+    let config = env.path("docker-data/dms/config");
+    let od = config.join("opendkim");
+    let com = genkey(&od.join("keys/example.com"), "example.com", "mail");
+    write(
+        &od.join("KeyTable"),
+        "mail._domainkey.example.com example.com:mail:/etc/opendkim/keys/example.com/mail.private\n\
+         mail._domainkey.example.net example.net:mail:/etc/opendkim/keys/example.net/mail.private\n",
+    );
+    write(
+        &od.join("SigningTable"),
+        "*@example.com mail._domainkey.example.com\n",
+    );
+    let mut look = look_at_nothing(&env.root);
+    look.dms = Some(config.clone());
+    let found = mxkeys::init::dkim::dkim(&look);
+    assert_eq!(found.len(), 1, "{found:#?}");
+    let d = &found[0];
+    assert_eq!(d.signer, Signer::Opendkim);
+    assert_eq!(d.signer_dir, od);
+    assert_eq!(d.adopt, vec![adopt(AdoptFrom::Dms(config.clone()))]);
+    assert_eq!(
+        keys(d),
+        vec![(
+            "example.com".to_owned(),
+            "mail".to_owned(),
+            DkimAlgorithm::Rsa2048,
+            com
+        )]
+    );
+    assert_notes(
+        &d.notes,
+        &["copies its config directory", "KeyTable: line 2: key file"],
+    );
+
+    // Rspamd's half only (`setup config dkim` with ENABLE_RSPAMD=1).
+    std::fs::remove_dir_all(&od).unwrap();
+    let rd = config.join("rspamd/dkim");
+    std::fs::create_dir_all(&rd).unwrap();
+    let key = rd.join("rsa-2048-mail-example.org.private.txt");
+    let mut c = Command::new(prog("rspamadm"));
+    c.args([
+        "dkim_keygen",
+        "-b",
+        "2048",
+        "-d",
+        "example.org",
+        "-s",
+        "mail",
+        "-k",
+    ])
+    .arg(&key);
+    run_ok(c);
+    let found = mxkeys::init::dkim::dkim(&look);
+    let d = &found[0];
+    assert_eq!(d.signer, Signer::Rspamd);
+    assert_eq!(d.signer_dir, config.join("rspamd/override.d"));
+    assert_eq!(
+        keys(d),
+        vec![(
+            "example.org".to_owned(),
+            "mail".to_owned(),
+            DkimAlgorithm::Rsa2048,
+            key
+        )]
+    );
+    assert_notes(&d.notes, &["copies its config directory"]);
+}
