@@ -161,7 +161,10 @@ fn opendkim(conf: &Path) -> FoundDkim {
             ));
         }
         (None, None) => {
+            // It signs with no key now (Debian's opendkim.conf as
+            // installed): nothing to adopt.
             found.signer_dir = dir_of(conf);
+            found.adopt.clear();
             found.notes.push(format!(
                 "{} names no KeyTable and no KeyFile: set signer_dir to the directory of the \
                  KeyTable OpenDKIM is to read",
@@ -179,7 +182,9 @@ fn opendkim(conf: &Path) -> FoundDkim {
             );
         }
     }
-    add_keys(&mut found, adopt::opendkim(conf));
+    if !found.adopt.is_empty() {
+        add_keys(&mut found, adopt::opendkim(conf));
+    }
     found
 }
 

@@ -149,6 +149,17 @@ fn certbot_and_lego_stores_issued_by_pebble_are_found_with_names_key_types_and_r
         broken.join("privkey.pem"),
     )
     .unwrap();
+    // A deploy hook Certbot runs for every lineage.
+    let every = certbot
+        .config
+        .join("renewal-hooks")
+        .join("deploy")
+        .join("copy-to-postfix");
+    write(
+        &every,
+        "#!/bin/sh\ncp \"$RENEWED_LINEAGE\"/*.pem /etc/postfix/\n",
+    );
+    set_mode(&every, 0o755);
     let lego = env.path("lego");
     lego_run(&pebble, &lego, "lego.example.test", "rsa2048");
     lego_run(&pebble, &lego, "ec.example.test", "ec256");
@@ -202,6 +213,7 @@ fn certbot_and_lego_stores_issued_by_pebble_are_found_with_names_key_types_and_r
             "live/broken/privkey.pem",
             "lineage fresh: renewal makes a new key each time",
             &format!("lineage kept: renew_hook `{hook}`"),
+            &format!("deploy hook {} runs after each renewal", every.display()),
         ],
     );
 
@@ -486,6 +498,32 @@ fn an_opendkim_key_table_is_adopted_with_its_directory_and_pid_file_and_a_bad_li
         )]
     );
     assert_notes(&o.notes, &["names no KeyTable"]);
+
+    // Debian's opendkim.conf as installed signs with no key: nothing to
+    // adopt, one note.
+    let stock = env.path("stock.conf");
+    write(
+        &stock,
+        "Syslog yes\nUMask 007\n#Domain example.com\n#KeyFile /etc/dkimkeys/dkim.key\n\
+         #Selector 2020\nSocket local:/run/opendkim/opendkim.sock\n\
+         PidFile /run/opendkim/opendkim.pid\n",
+    );
+    opendkim_accepts(&stock);
+    look.opendkim_config = stock.clone();
+    let found = mxkeys::init::dkim::dkim(&look);
+    let o = &found[0];
+    assert_eq!(
+        (o.signer, o.adopt.len(), o.keys.len()),
+        (Signer::Opendkim, 0, 0)
+    );
+    assert_eq!(
+        o.reload_signal,
+        Some((
+            PathBuf::from("/run/opendkim/opendkim.pid"),
+            "USR1".to_owned()
+        ))
+    );
+    assert_notes(&o.notes, &["names no KeyTable and no KeyFile"]);
 }
 
 #[test]
