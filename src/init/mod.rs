@@ -13,6 +13,8 @@
 //! adopted (`[[dkim.adopt]]`) before mxkeys makes any of its own.
 
 pub mod mail;
+pub mod render;
+pub mod run;
 
 use std::path::PathBuf;
 
