@@ -857,3 +857,615 @@ fn adopt_lines(from: &AdoptFrom) -> Vec<String> {
         ],
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{
+        Adopt, Config, Host, KeyTypeFilter, Reload, Signer, SourceKind, TargetFiles, VerifyProtocol,
+    };
+    use crate::init::mail::{DovecotTls, PostfixTls, Slot};
+    use crate::init::{FoundCert, FoundKey};
+    use crate::names::DnsName;
+
+    const MAIL: &str = "mail.example.test";
+
+    fn host() -> Host {
+        Host {
+            cwd: "/".into(),
+            hostname: None,
+        }
+    }
+
+    /// The text as the real loader reads it; a refusal fails the test with
+    /// the text.
+    fn load(text: &str) -> Config {
+        Config::parse(Path::new("/etc/mxkeys/mxkeys.toml"), text, &host())
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    fn p(s: &str) -> PathBuf {
+        PathBuf::from(s)
+    }
+
+    fn served(chain: &str, key_type: KeyTypeHint, sha: &str) -> ServedCert {
+        ServedCert {
+            chain: p(chain),
+            names: vec![MAIL.to_owned(), "smtp.example.test".to_owned()],
+            key_type,
+            not_after: 2_000_000_000,
+            sha256: sha.to_owned(),
+        }
+    }
+
+    fn slot(key: &str, chain: &str, h: KeyTypeHint) -> Slot {
+        Slot {
+            key: p(key),
+            chain: p(chain),
+            key_type_hint: h,
+        }
+    }
+
+    fn listener(service: &str, address: Option<&str>, port: u16, tls: TlsMode) -> Listener {
+        Listener {
+            service: service.to_owned(),
+            address: address.map(str::to_owned),
+            port: Some(port),
+            tls,
+        }
+    }
+
+    fn postfix(slots: Vec<Slot>, from: PostfixParams) -> PostfixTls {
+        PostfixTls {
+            combined: slots.iter().all(Slot::is_combined) && !slots.is_empty(),
+            slots,
+            from,
+            ports: vec![
+                listener("smtp", None, 25, TlsMode::StartTls),
+                listener("submissions", None, 465, TlsMode::Implicit),
+            ],
+            own_files: vec![],
+        }
+    }
+
+    fn file_pair(cert: &str, key: &str) -> Option<DovecotPair> {
+        Some(DovecotPair {
+            cert: DovecotSource::File(p(cert)),
+            key: DovecotSource::File(p(key)),
+        })
+    }
+
+    fn dovecot(main: Option<DovecotPair>, alt: Option<DovecotPair>) -> DovecotTls {
+        DovecotTls {
+            main,
+            alt,
+            ports: vec![
+                listener("imap-login/imap", Some("192.0.2.7"), 143, TlsMode::StartTls),
+                listener("imap-login/imaps", None, 993, TlsMode::Implicit),
+            ],
+            scoped: vec![],
+        }
+    }
+
+    fn discovered() -> Discovered {
+        Discovered {
+            hostname: Some(MAIL.to_owned()),
+            state_dir: Some(p("/var/lib/mxkeys-test")),
+            ..Discovered::default()
+        }
+    }
+
+    fn combined(f: &str) -> TargetFiles {
+        TargetFiles {
+            combined: Some(p(f)),
+            ..TargetFiles::default()
+        }
+    }
+
+    fn split(chain: &str, key: &str) -> TargetFiles {
+        TargetFiles {
+            fullchain: Some(p(chain)),
+            key: Some(p(key)),
+            ..TargetFiles::default()
+        }
+    }
+
+    fn cmd(argv: &[&str]) -> Reload {
+        Reload::Command(argv.iter().map(|s| s.to_string()).collect())
+    }
+
+    /// name, slots as (label, key_type, files), reloads.
+    type Want = (
+        &'static str,
+        Vec<(Option<&'static str>, KeyTypeFilter, TargetFiles)>,
+        Vec<Reload>,
+    );
+
+    #[test]
+    fn targets_are_the_files_the_servers_read_now_single_dual_legacy_or_shared() {
+        use KeyTypeHint::*;
+        let postfix_reload = || vec![cmd(&["postfix", "reload"])];
+        let dovecot_reload = || vec![cmd(&["doveadm", "reload"])];
+        let table: Vec<(&str, Discovered, Vec<Want>)> = vec![
+            (
+                "combined chain file and Dovecot's own pair",
+                Discovered {
+                    postfix: Some(postfix(
+                        vec![slot("/t/pf.pem", "/t/pf.pem", Unknown)],
+                        PostfixParams::ChainFiles,
+                    )),
+                    dovecot: Some(dovecot(file_pair("/t/dv.crt", "/t/dv.key"), None)),
+                    served: vec![
+                        served("/t/pf.pem", Ecdsa, "aa"),
+                        served("/t/dv.crt", Rsa, "bb"),
+                    ],
+                    ..discovered()
+                },
+                vec![
+                    (
+                        "postfix",
+                        vec![(None, KeyTypeFilter::Ecdsa, combined("/t/pf.pem"))],
+                        postfix_reload(),
+                    ),
+                    (
+                        "dovecot",
+                        vec![(None, KeyTypeFilter::Rsa, split("/t/dv.crt", "/t/dv.key"))],
+                        dovecot_reload(),
+                    ),
+                ],
+            ),
+            (
+                "two chain-file slots of different key types: one dual target",
+                Discovered {
+                    postfix: Some(postfix(
+                        vec![
+                            slot("/t/rsa.pem", "/t/rsa.pem", Rsa),
+                            slot("/t/ec.key", "/t/ec.crt", Ecdsa),
+                        ],
+                        PostfixParams::ChainFiles,
+                    )),
+                    served: vec![
+                        served("/t/rsa.pem", Rsa, "aa"),
+                        served("/t/ec.crt", Ecdsa, "bb"),
+                    ],
+                    ..discovered()
+                },
+                vec![(
+                    "postfix",
+                    vec![
+                        (
+                            Some("ecdsa"),
+                            KeyTypeFilter::Ecdsa,
+                            split("/t/ec.crt", "/t/ec.key"),
+                        ),
+                        (Some("rsa"), KeyTypeFilter::Rsa, combined("/t/rsa.pem")),
+                    ],
+                    postfix_reload(),
+                )],
+            ),
+            (
+                "the older cert/key pair and Dovecot's main and alt pairs",
+                Discovered {
+                    postfix: Some(postfix(
+                        vec![slot("/t/old.key", "/t/old.crt", Rsa)],
+                        PostfixParams::Legacy,
+                    )),
+                    dovecot: Some(dovecot(
+                        file_pair("/t/e.crt", "/t/e.key"),
+                        file_pair("/t/r.pem", "/t/r.pem"),
+                    )),
+                    served: vec![
+                        served("/t/old.crt", Rsa, "aa"),
+                        served("/t/e.crt", Ecdsa, "bb"),
+                        served("/t/r.pem", Rsa, "cc"),
+                    ],
+                    ..discovered()
+                },
+                vec![
+                    (
+                        "postfix",
+                        vec![(None, KeyTypeFilter::Rsa, split("/t/old.crt", "/t/old.key"))],
+                        postfix_reload(),
+                    ),
+                    (
+                        "dovecot",
+                        vec![
+                            (
+                                Some("ecdsa"),
+                                KeyTypeFilter::Ecdsa,
+                                split("/t/e.crt", "/t/e.key"),
+                            ),
+                            (Some("rsa"), KeyTypeFilter::Rsa, combined("/t/r.pem")),
+                        ],
+                        dovecot_reload(),
+                    ),
+                ],
+            ),
+            (
+                "Postfix and Dovecot reading the same files: one target, both reloads",
+                Discovered {
+                    postfix: Some(postfix(
+                        vec![slot("/t/k.pem", "/t/c.pem", Unknown)],
+                        PostfixParams::Legacy,
+                    )),
+                    dovecot: Some(dovecot(file_pair("/t/c.pem", "/t/k.pem"), None)),
+                    served: vec![served("/t/c.pem", Ecdsa, "aa")],
+                    ..discovered()
+                },
+                vec![(
+                    "mail",
+                    vec![(None, KeyTypeFilter::Ecdsa, split("/t/c.pem", "/t/k.pem"))],
+                    vec![cmd(&["sh", "-c", "postfix reload && doveadm reload"])],
+                )],
+            ),
+            (
+                "Dovecot sharing one file, not all, with Postfix: left to the admin",
+                Discovered {
+                    postfix: Some(postfix(
+                        vec![slot("/t/k.pem", "/t/c.pem", Rsa)],
+                        PostfixParams::Legacy,
+                    )),
+                    dovecot: Some(dovecot(file_pair("/t/other.pem", "/t/k.pem"), None)),
+                    ..discovered()
+                },
+                vec![(
+                    "postfix",
+                    vec![(None, KeyTypeFilter::Rsa, split("/t/c.pem", "/t/k.pem"))],
+                    postfix_reload(),
+                )],
+            ),
+        ];
+        for (what, d, want) in table {
+            let text = render(&d);
+            let c = load(&text);
+            let got: Vec<Want> = c
+                .targets
+                .iter()
+                .map(|t| {
+                    let name: &'static str = match t.name.as_str() {
+                        "postfix" => "postfix",
+                        "dovecot" => "dovecot",
+                        "mail" => "mail",
+                        other => panic!("{what}: target {other}"),
+                    };
+                    let slots = t
+                        .slots
+                        .iter()
+                        .map(|s| (s.label, s.key_type, s.files.clone()))
+                        .collect();
+                    (name, slots, t.reloads.clone())
+                })
+                .collect();
+            assert_eq!(got, want, "{what}\n{text}");
+            for t in &c.targets {
+                if !d.served.is_empty() {
+                    let names: Vec<&str> = t.domains.iter().map(DnsName::as_str).collect();
+                    assert_eq!(names, [MAIL, "smtp.example.test"], "{what}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn verify_entries_follow_the_listening_ports_and_shared_files_verify_both_servers() {
+        use KeyTypeHint::*;
+        let d = Discovered {
+            postfix: Some(postfix(
+                vec![slot("/t/k.pem", "/t/c.pem", Rsa)],
+                PostfixParams::Legacy,
+            )),
+            dovecot: Some(dovecot(file_pair("/t/c.pem", "/t/k.pem"), None)),
+            served: vec![served("/t/c.pem", Rsa, "aa")],
+            ..discovered()
+        };
+        let c = load(&render(&d));
+        let got: Vec<(&str, VerifyProtocol)> = c.targets[0]
+            .verify
+            .iter()
+            .map(|v| (v.address.as_str(), v.protocol))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("127.0.0.1:25", VerifyProtocol::Smtp),
+                ("127.0.0.1:465", VerifyProtocol::Tls),
+                ("192.0.2.7:143", VerifyProtocol::Imap),
+                ("127.0.0.1:993", VerifyProtocol::Tls),
+            ]
+        );
+        for (address, want) in [
+            (None, "127.0.0.1:587"),
+            (Some("*"), "127.0.0.1:587"),
+            (Some("*, ::"), "127.0.0.1:587"),
+            (Some("::"), "[::1]:587"),
+            (Some("::1"), "[::1]:587"),
+            (Some("[::1]"), "[::1]:587"),
+            (Some("10.0.0.1 10.0.0.2"), "10.0.0.1:587"),
+        ] {
+            assert_eq!(verify_address(address, 587), want, "{address:?}");
+        }
+    }
+
+    /// The lines of a table written commented out, with their `# ` taken
+    /// away (comments of prose stay comments).
+    fn uncomment(text: &str) -> String {
+        let keys = [
+            "[[target]]",
+            "[target.",
+            "name =",
+            "domains =",
+            "key_type =",
+            "fullchain =",
+            "key =",
+            "combined =",
+            "reload =",
+            "verify =",
+            "  {",
+            "]",
+            "[dkim]",
+            "[[dkim.adopt]]",
+            "dns =",
+            "signer",
+            "from =",
+            "path =",
+        ];
+        text.lines()
+            .map(|l| match l.strip_prefix("# ") {
+                Some(rest) if keys.iter().any(|k| rest.starts_with(k)) => rest,
+                _ => l,
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn files_in_certbots_tree_are_never_targets_and_the_commented_target_points_at_mxkeys_files() {
+        use KeyTypeHint::*;
+        let le = "/etc/letsencrypt/live/mail";
+        let d = Discovered {
+            postfix: Some(postfix(
+                vec![slot(
+                    &format!("{le}/privkey.pem"),
+                    &format!("{le}/fullchain.pem"),
+                    Unknown,
+                )],
+                PostfixParams::Legacy,
+            )),
+            // A Certbot directory elsewhere, known from the source found.
+            dovecot: Some(dovecot(file_pair("/srv/le/archive/m/c1.pem", "/t/k"), None)),
+            served: vec![served(&format!("{le}/fullchain.pem"), Ecdsa, "aa")],
+            sources: vec![FoundSource {
+                kind: FoundKind::Certbot,
+                path: p("/srv/le"),
+                certs: vec![],
+                notes: vec![],
+            }],
+            ..discovered()
+        };
+        let text = render(&d);
+        assert!(load(&text).targets.is_empty(), "{text}");
+        assert!(
+            text.contains("`postconf -e 'smtpd_tls_chain_files = /etc/mxkeys/tls/postfix.key, /etc/mxkeys/tls/postfix.crt'`"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "ssl_cert = </etc/mxkeys/tls/dovecot.crt  ssl_key = </etc/mxkeys/tls/dovecot.key"
+            ),
+            "{text}"
+        );
+        // Taken out of their comments, the targets load and write only
+        // mxkeys' files.
+        let c = load(&uncomment(&text));
+        let files: Vec<&TargetFiles> = c
+            .targets
+            .iter()
+            .flat_map(|t| t.slots.iter().map(|s| &s.files))
+            .collect();
+        assert_eq!(
+            files,
+            [
+                &split("/etc/mxkeys/tls/postfix.crt", "/etc/mxkeys/tls/postfix.key"),
+                &split("/etc/mxkeys/tls/dovecot.crt", "/etc/mxkeys/tls/dovecot.key"),
+            ]
+        );
+        assert_eq!(c.targets[0].slots[0].key_type, KeyTypeFilter::Ecdsa);
+    }
+
+    fn found_cert(sha: &str, reuse_key: Option<bool>) -> FoundCert {
+        FoundCert {
+            label: "mail".to_owned(),
+            names: vec![MAIL.to_owned()],
+            key_type: KeyTypeHint::Ecdsa,
+            not_after: 2_000_000_000,
+            sha256: sha.to_owned(),
+            reuse_key,
+        }
+    }
+
+    #[test]
+    fn every_store_found_is_a_source_and_a_served_certificate_no_source_holds_is_said() {
+        let d = Discovered {
+            postfix: Some(postfix(
+                vec![slot("/t/a.pem", "/t/a.pem", KeyTypeHint::Ecdsa)],
+                PostfixParams::ChainFiles,
+            )),
+            served: vec![served("/t/a.pem", KeyTypeHint::Ecdsa, "aa")],
+            sources: vec![
+                FoundSource {
+                    kind: FoundKind::Certbot,
+                    path: p("/etc/letsencrypt"),
+                    certs: vec![found_cert("aa", Some(false))],
+                    notes: vec!["renewal hook copies files:\nmxkeys replaces it".to_owned()],
+                },
+                FoundSource {
+                    kind: FoundKind::Lego,
+                    path: p("/etc/lego"),
+                    certs: vec![],
+                    notes: vec![],
+                },
+                FoundSource {
+                    kind: FoundKind::Traefik,
+                    path: p("/etc/traefik/acme.json"),
+                    certs: vec![],
+                    notes: vec![],
+                },
+            ],
+            ..discovered()
+        };
+        let text = render(&d);
+        let kinds: Vec<SourceKind> = load(&text).sources.into_iter().map(|s| s.kind).collect();
+        assert_eq!(
+            kinds,
+            [
+                SourceKind::Certbot {
+                    path: p("/etc/letsencrypt")
+                },
+                SourceKind::Lego {
+                    path: p("/etc/lego")
+                },
+                SourceKind::Traefik {
+                    path: p("/etc/traefik/acme.json"),
+                    resolvers: None
+                },
+            ]
+        );
+        assert!(!text.contains("no source found holds"), "{text}");
+        assert!(text.contains("reuse_key = false"), "{text}");
+        // The note's line break stays inside one comment.
+        assert!(text.contains("# note: renewal hook copies files: mxkeys replaces it\n"));
+        // Held by no source: said, with the file and fingerprint.
+        let d = Discovered {
+            sources: vec![],
+            ..d
+        };
+        let text = render(&d);
+        load(&text);
+        assert!(
+            text.contains(
+                "# FILL IN: no source found holds the certificate /t/a.pem serves now (mail.example.test, smtp.example.test; sha256 aa)"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# FILL IN: no certificate store was found"));
+    }
+
+    fn dkim_found(signer: Signer, domains: &[&str]) -> FoundDkim {
+        FoundDkim {
+            signer,
+            signer_dir: p("/etc/opendkim"),
+            adopt: vec![Adopt {
+                from: AdoptFrom::Opendkim(p("/etc/opendkim.conf")),
+                check: AdoptCheck::Dns,
+            }],
+            keys: domains
+                .iter()
+                .map(|d| FoundKey {
+                    domain: DnsName::parse(d).unwrap(),
+                    selector: "default".to_owned(),
+                    algorithm: crate::config::DkimAlgorithm::Rsa2048,
+                    key_file: p("/etc/dkimkeys/default.private"),
+                })
+                .collect(),
+            reload: None,
+            reload_signal: Some((p("/run/opendkim/opendkim.pid"), "USR1".to_owned())),
+            notes: vec![],
+        }
+    }
+
+    #[test]
+    fn a_dkim_signer_found_is_adopted_and_what_cannot_be_decided_is_a_fill_in_comment() {
+        let mut rspamd = dkim_found(Signer::Rspamd, &["example.org"]);
+        rspamd.signer_dir = p("/etc/rspamd/local.d");
+        rspamd.adopt.push(Adopt {
+            from: AdoptFrom::Key {
+                file: p("/k.pem"),
+                domain: DnsName::parse("example.net").unwrap(),
+                selector: "s1".to_owned(),
+            },
+            check: AdoptCheck::None,
+        });
+        let d = Discovered {
+            dkim: vec![
+                dkim_found(Signer::Opendkim, &["example.test", "example.com"]),
+                rspamd.clone(),
+            ],
+            ..discovered()
+        };
+        let text = render(&d);
+        let k = load(&text).dkim.expect("[dkim]");
+        let domains: Vec<&str> = k.domains.iter().map(DnsName::as_str).collect();
+        assert_eq!(domains, ["example.com", "example.test"]);
+        assert_eq!((k.signer, k.dns.as_str()), (Signer::Opendkim, "manual"));
+        assert_eq!(
+            k.adopt,
+            [Adopt {
+                from: AdoptFrom::Opendkim(p("/etc/opendkim.conf")),
+                check: AdoptCheck::Dns
+            }]
+        );
+        assert_eq!(
+            k.reload,
+            [Reload::Signal {
+                pidfile: p("/run/opendkim/opendkim.pid"),
+                signal: nix::sys::signal::Signal::SIGUSR1
+            }]
+        );
+        assert!(text.contains("# FILL IN: rspamd signs here too"), "{text}");
+        assert!(text.contains("# FILL IN: dns = "), "{text}");
+        // The adopt entries of every layout load, their domains with them.
+        let d = Discovered {
+            dkim: vec![rspamd],
+            ..discovered()
+        };
+        let k = load(&render(&d)).dkim.expect("[dkim]");
+        assert_eq!(k.adopt.len(), 2);
+        assert_eq!(k.adopt[1].check, AdoptCheck::None);
+        assert_eq!(k.domains.len(), 2);
+        // No key found: no domains to sign, so the table waits commented
+        // out (and loads once filled in).
+        let mut bare = dkim_found(Signer::Opendkim, &[]);
+        bare.reload_signal = None;
+        let d = Discovered {
+            dkim: vec![bare],
+            ..discovered()
+        };
+        let text = render(&d);
+        assert!(load(&text).dkim.is_none(), "{text}");
+        assert!(text.contains("# FILL IN: domains = "), "{text}");
+        assert!(text.contains("# FILL IN: reload = [...]"), "{text}");
+        let filled = uncomment(&text).replace("[dkim]\n", "[dkim]\ndomains = [\"example.com\"]\n");
+        assert_eq!(load(&filled).dkim.expect("[dkim]").signer, Signer::Opendkim);
+    }
+
+    #[test]
+    fn nothing_found_still_loads_and_says_what_to_fill_in() {
+        let d = Discovered {
+            problems: vec!["Postfix: postconf: fatal:\nno main.cf".to_owned()],
+            ..Discovered::default()
+        };
+        let text = render(&d);
+        let c = load(&text);
+        assert!(c.targets.is_empty() && c.sources.is_empty() && c.dkim.is_none());
+        for needle in [
+            "# FILL IN: hostname = ",
+            "# - Postfix: postconf: fatal: no main.cf\n",
+            "# FILL IN: no server reads a certificate file",
+            "# state_dir = \"/var/lib/mxkeys\" (the default)",
+        ] {
+            assert!(text.contains(needle), "{needle}\n{text}");
+        }
+        // An unreadable served certificate: no `domains`, a comment instead.
+        let d = Discovered {
+            postfix: Some(postfix(
+                vec![slot("/t/a.pem", "/t/a.pem", KeyTypeHint::Rsa)],
+                PostfixParams::ChainFiles,
+            )),
+            ..discovered()
+        };
+        let text = render(&d);
+        let t = &load(&text).targets[0];
+        assert_eq!(t.domains[0].as_str(), MAIL);
+        assert!(text.contains("# FILL IN: domains = "), "{text}");
+    }
+}
