@@ -321,14 +321,14 @@ fn targets(out: &mut Out, d: &Discovered) {
             .collect();
         if paths.iter().any(|p| taken.contains(p)) {
             plan.disabled = Some(format!(
-                "{} reads some of the files of a target above, not all: a file is written by one target only; point both servers at the same files, or this one at files of its own, and write this target",
-                server_names(&plan.servers)
+                "{} some of the files of a target above, not all: a file is written by one target only; point both servers at the same files, or this one at files of its own, and write this target",
+                reads(&plan.servers)
             ));
         } else if paths.iter().any(|p| in_certbot_tree(p, &certbot_roots)) {
             let redirect = redirect(&mut plan);
             plan.disabled = Some(format!(
-                "{} reads Certbot's files, which mxkeys must not write. To let mxkeys serve it, create {MXKEYS_TLS_DIR}, then {}; remove the `#` of the lines below and run `mxkeys sync`",
-                server_names(&plan.servers),
+                "{} Certbot's files, which mxkeys must not write. To let mxkeys serve it, create {MXKEYS_TLS_DIR}, then {}; remove the `#` of the lines below and run `mxkeys sync`",
+                reads(&plan.servers),
                 redirect.join("; ")
             ));
         }
@@ -346,6 +346,12 @@ fn server_names(servers: &[Server]) -> String {
         })
         .collect::<Vec<_>>()
         .join(" and ")
+}
+
+/// "Postfix reads", "Postfix and Dovecot read".
+fn reads(servers: &[Server]) -> String {
+    let verb = if servers.len() > 1 { "read" } else { "reads" };
+    format!("{} {verb}", server_names(servers))
 }
 
 /// The files of a Postfix slot (`smtpd_tls_chain_files` or the older
@@ -665,8 +671,8 @@ fn redirect(plan: &mut Plan) -> Vec<String> {
 fn write_plan(out: &mut Out, p: &Plan) {
     out.blank();
     out.comment(&format!(
-        "{} reads these files now ({}).",
-        server_names(&p.servers),
+        "{} these files now ({}).",
+        reads(&p.servers),
         p.from
     ));
     let commented = p.disabled.is_some();
