@@ -1474,4 +1474,67 @@ mod tests {
         assert_eq!(t.domains[0].as_str(), MAIL);
         assert!(text.contains("# FILL IN: domains = "), "{text}");
     }
+
+    #[test]
+    fn what_a_target_cannot_hold_is_a_fill_in_comment_and_the_rest_still_loads() {
+        use KeyTypeHint::*;
+        let mut pf = postfix(
+            vec![
+                slot("/t/r.pem", "/t/r.pem", Rsa),
+                slot("/t/e.pem", "/t/e.pem", Ecdsa),
+                slot("/t/x.pem", "/t/x.pem", Ed25519),
+            ],
+            PostfixParams::ChainFiles,
+        );
+        pf.own_files = vec!["submission".to_owned()];
+        let mut dv = dovecot(
+            Some(DovecotPair {
+                cert: DovecotSource::Inline,
+                key: DovecotSource::Inline,
+            }),
+            None,
+        );
+        dv.scoped = vec!["local_name imap.example.test".to_owned()];
+        dv.ports.push(Listener {
+            service: "lmtp/lmtps".to_owned(),
+            address: None,
+            port: None,
+            tls: TlsMode::Implicit,
+        });
+        let d = Discovered {
+            postfix: Some(pf),
+            dovecot: Some(dv),
+            ..discovered()
+        };
+        let text = render(&d);
+        let c = load(&text);
+        // Postfix: the first of its three certificates; Dovecot: none.
+        assert_eq!(c.targets.len(), 1, "{text}");
+        assert_eq!(c.targets[0].slots[0].files, combined("/t/r.pem"));
+        for needle in [
+            "# FILL IN: Postfix serves 3 certificates (/t/r.pem (rsa), /t/e.pem (ecdsa), /t/x.pem (ed25519))",
+            "# FILL IN: Postfix service \"submission\" (master.cf) sets certificate files of its own",
+            "# FILL IN: Dovecot's block `local_name imap.example.test` sets a certificate of its own",
+            "# FILL IN: Dovecot's ssl_cert (or its key) is written inline",
+        ] {
+            assert!(text.contains(needle), "{needle}\n{text}");
+        }
+        // Two slots of one key type are not a dual target either.
+        let d = Discovered {
+            postfix: Some(postfix(
+                vec![
+                    slot("/t/a.pem", "/t/a.pem", Rsa),
+                    slot("/t/b.pem", "/t/b.pem", Rsa),
+                ],
+                PostfixParams::ChainFiles,
+            )),
+            ..discovered()
+        };
+        let text = render(&d);
+        assert_eq!(load(&text).targets[0].slots.len(), 1, "{text}");
+        assert!(
+            text.contains("# FILL IN: Postfix serves 2 certificates"),
+            "{text}"
+        );
+    }
 }
