@@ -327,7 +327,7 @@ fn targets(out: &mut Out, d: &Discovered) {
         } else if paths.iter().any(|p| in_certbot_tree(p, &certbot_roots)) {
             let redirect = redirect(&mut plan);
             plan.disabled = Some(format!(
-                "{} Certbot's files, which mxkeys must not write. To let mxkeys serve it, create {MXKEYS_TLS_DIR}, then {}; remove the `#` of the lines below and run `mxkeys sync`",
+                "{} Certbot's files, which mxkeys must not write. To let mxkeys serve it: create {MXKEYS_TLS_DIR}, remove the `#` of the lines below, run `mxkeys sync` (it writes the files), then {}",
                 reads(&plan.servers),
                 redirect.join("; ")
             ));
