@@ -210,12 +210,78 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Look at this host (Postfix, Dovecot, Certbot, lego, Traefik, DKIM
+    /// signers) and print a commented configuration that takes it over as
+    /// it is; --write creates the --config file instead. Needs no
+    /// configuration; what it cannot decide is a `# FILL IN:` comment.
+    Init(InitArgs),
+}
+
+/// `mxkeys init`'s options: where to look (each default is the usual
+/// place on a Debian host) and whether to write.
+#[derive(Debug, clap::Args)]
+struct InitArgs {
+    /// Create the --config file (mode 0644; its directory must exist)
+    /// instead of printing; an existing file is not replaced.
+    #[arg(long)]
+    write: bool,
+    /// With --write: replace an existing file (atomically).
+    #[arg(long, requires = "write")]
+    force: bool,
+    /// A Traefik acme.json (repeatable). Default: the usual places that exist.
+    #[arg(long, value_name = "FILE")]
+    acme_json: Vec<PathBuf>,
+    /// Certbot's configuration directory.
+    #[arg(long, value_name = "DIR", default_value = "/etc/letsencrypt")]
+    letsencrypt: PathBuf,
+    /// A lego --path directory (repeatable). Default: /etc/lego,
+    /// /var/lib/lego, /root/.lego, ./.lego, those that exist.
+    #[arg(long, value_name = "DIR")]
+    lego: Vec<PathBuf>,
+    /// Postfix's configuration directory (postconf -c). Default: Postfix's.
+    #[arg(long, value_name = "DIR", conflicts_with = "no_postfix")]
+    postfix_config: Option<PathBuf>,
+    /// Do not look at Postfix.
+    #[arg(long)]
+    no_postfix: bool,
+    /// Dovecot's configuration file (doveconf -c). Default: Dovecot's.
+    #[arg(long, value_name = "FILE", conflicts_with = "no_dovecot")]
+    dovecot_config: Option<PathBuf>,
+    /// Do not look at Dovecot.
+    #[arg(long)]
+    no_dovecot: bool,
+    /// OpenDKIM's configuration.
+    #[arg(long, value_name = "FILE", default_value = "/etc/opendkim.conf")]
+    opendkim_config: PathBuf,
+    /// Rspamd's dkim_signing.conf.
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "/etc/rspamd/local.d/dkim_signing.conf"
+    )]
+    rspamd_config: PathBuf,
+    /// amavis' configuration (a file, or a directory of them).
+    #[arg(long, value_name = "PATH", default_value = "/etc/amavis/conf.d")]
+    amavis_config: PathBuf,
+    /// docker-mailserver's `config` directory.
+    #[arg(long, value_name = "DIR")]
+    dms: Option<PathBuf>,
+    /// `state_dir` to write. Default: mxkeys' default.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// `hostname` to write. Default: this host's name.
+    #[arg(long, value_name = "NAME")]
+    hostname: Option<String>,
 }
 
 /// Runs mxkeys with the process's arguments.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(&cli);
+    // init works where there is no configuration yet.
+    if let Command::Init(args) = &cli.command {
+        return init(&cli.config, args);
+    }
     let loaded = ConfigSource::choose(&cli.config).and_then(|source| {
         let config = source.load(&config::Host::current())?;
         Ok((source, config))
@@ -328,6 +394,7 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
+        Command::Init(_) => unreachable!("init runs before the configuration is loaded"),
     }
 }
 
@@ -881,6 +948,57 @@ fn dane_check(config: &config::Config, only: Option<&str>) -> ExitCode {
     } else {
         tracing::error!("dane check: {failed} of {} endpoints failed", checks.len());
         ExitCode::FAILURE
+    }
+}
+
+/// `mxkeys init`: print the configuration, or write it (exit 2 when the
+/// file exists and --force was not given, 1 when writing failed).
+fn init(config: &std::path::Path, a: &InitArgs) -> ExitCode {
+    use crate::init::{Look, render, run};
+    let or_defaults = |given: &Vec<PathBuf>, defaults| {
+        if given.is_empty() {
+            run::existing(defaults)
+        } else {
+            given.clone()
+        }
+    };
+    let look = Look {
+        postfix_config: a.postfix_config.clone(),
+        skip_postfix: a.no_postfix,
+        dovecot_config: a.dovecot_config.clone(),
+        skip_dovecot: a.no_dovecot,
+        letsencrypt: a.letsencrypt.clone(),
+        lego: or_defaults(&a.lego, run::DEFAULT_LEGO),
+        acme_json: or_defaults(&a.acme_json, run::DEFAULT_ACME_JSON),
+        opendkim_config: a.opendkim_config.clone(),
+        rspamd_config: a.rspamd_config.clone(),
+        amavis_config: a.amavis_config.clone(),
+        dms: a.dms.clone(),
+        state_dir: a.state_dir.clone(),
+        hostname: a.hostname.clone(),
+    };
+    let text = render::render(&run::discover(&look));
+    if !a.write {
+        print!("{text}");
+        return ExitCode::SUCCESS;
+    }
+    match run::write_config(config, &text, a.force) {
+        Ok(()) => {
+            tracing::info!(
+                "wrote {}; `mxkeys -c {} check` prints its plan",
+                config.display(),
+                config.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e @ run::WriteError::Exists(_)) => {
+            tracing::error!("init: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            tracing::error!("init: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

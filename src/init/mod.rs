@@ -14,6 +14,8 @@
 
 pub mod dkim;
 pub mod mail;
+pub mod render;
+pub mod run;
 pub mod sources;
 
 use std::path::PathBuf;

@@ -25,6 +25,7 @@ mod dkim_adopt;
 mod dns;
 mod hostile_fs;
 mod hostile_keydir;
+mod init_cmd;
 mod init_mail;
 mod init_sources;
 mod mail_servers;
