@@ -1,5 +1,6 @@
 //! Readers of the DKIM key layouts a mail host already has, behind
-//! `mxkeys dkim import --from opendkim FILE | rspamd FILE | dms DIR | dir DIR`.
+//! `mxkeys dkim import --from opendkim FILE | rspamd FILE | amavis PATH |
+//! dms DIR | dir DIR` and `[[dkim.adopt]]`.
 //!
 //! The rule: read only, and every entry on its own. Each reader returns the
 //! keys its layout names ([`Found`]: domain, selector, key file, record file
@@ -581,6 +582,156 @@ fn dms_rspamd_name(base: &str, zone_selector: Option<&str>) -> Result<(String, S
                 .to_owned(),
         ),
     }
+}
+
+/// `--from amavis PATH`: amavis' `dkim_key('DOMAIN', 'SELECTOR',
+/// '/path/key.pem');` lines (Perl quoting, `'...'` or `"..."`; further
+/// arguments are options and ignored), in one file or in every regular
+/// file of a directory (`conf.d`).
+pub fn amavis(path: &Path) -> Adopted {
+    let mut out = Adopted::default();
+    let is_dir = path.symlink_metadata().is_ok_and(|m| m.is_dir());
+    if !is_dir {
+        if let Some(text) = read_text(path, &mut out) {
+            amavis_lines(path, &text, &mut out);
+        }
+    } else {
+        for (name, kind) in list(path, &mut out).unwrap_or_default() {
+            if kind.is_file() {
+                let file = path.join(&name);
+                if let Some(text) = read_text(&file, &mut out) {
+                    amavis_lines(&file, &text, &mut out);
+                }
+            }
+        }
+    }
+    if out.found.is_empty() && out.errors.is_empty() {
+        out.error(
+            path,
+            None,
+            Reason::Form("holds no dkim_key(...) line".to_owned()),
+        );
+    }
+    out
+}
+
+/// The `dkim_key(...)` calls of one amavis file.
+fn amavis_lines(file: &Path, text: &str, out: &mut Adopted) {
+    for (i, line) in text.lines().enumerate() {
+        let code = line.split('#').next().unwrap_or("");
+        let Some((_, args)) = code.split_once("dkim_key(") else {
+            continue;
+        };
+        let at = Some(format!("line {}", i + 1));
+        match perl_strings(args).as_slice() {
+            [domain, selector, key, ..] => {
+                let key = beside(file, key);
+                let record = genkey_record(&key);
+                out.key(file, at, domain, selector, key, record);
+            }
+            _ => out.error(
+                file,
+                at,
+                Reason::Form(
+                    "not of the form dkim_key('DOMAIN', 'SELECTOR', 'KEYFILE') on one line"
+                        .to_owned(),
+                ),
+            ),
+        }
+    }
+}
+
+/// The quoted strings (`'...'` or `"..."`, backslash escapes) before the
+/// closing `)` of a Perl argument list. Pure.
+fn perl_strings(args: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = args.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ')' => break,
+            '\'' | '"' => {
+                let mut s = String::new();
+                let mut closed = false;
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => s.extend(chars.next()),
+                        d if d == c => {
+                            closed = true;
+                            break;
+                        }
+                        d => s.push(d),
+                    }
+                }
+                if !closed {
+                    break;
+                }
+                out.push(s);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `from = "key"`: one PEM key file that signs for `domain` with `selector`.
+pub fn key_file(file: &Path, domain: &DnsName, selector: &str) -> Adopted {
+    let mut out = Adopted::default();
+    out.key(
+        file,
+        None,
+        domain.as_str(),
+        selector,
+        file.to_owned(),
+        None,
+    );
+    out
+}
+
+/// The PEM text of a key file a reader found, read without following a
+/// link in its place, zeroized.
+pub fn read_key(path: &Path) -> Result<Zeroizing<String>, Reason> {
+    let key_error = |reason: String| Reason::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let bytes = read_no_follow(path)
+        .map_err(key_error)?
+        .ok_or_else(|| key_error("not found".to_owned()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| key_error("not text".to_owned()))?;
+    Ok(Zeroizing::new(text.to_owned()))
+}
+
+/// A PEM key given as text (an environment variable's value): as it is
+/// when it has its BEGIN line, else the bare base64 wrapped as PKCS#8,
+/// then as PKCS#1 RSA, whichever holds a key. Never echoes the text.
+pub fn pem_text(value: &str) -> Result<Zeroizing<String>, super::keys::KeyError> {
+    if value.contains("-----BEGIN") {
+        let pem = Zeroizing::new(value.to_owned());
+        super::keys::inspect(&pem)?;
+        return Ok(pem);
+    }
+    let b64: Zeroizing<String> = Zeroizing::new(
+        value
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'')
+            .collect(),
+    );
+    let mut first = None;
+    for label in ["PRIVATE KEY", "RSA PRIVATE KEY"] {
+        let mut pem = Zeroizing::new(format!("-----BEGIN {label}-----\n"));
+        for chunk in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(chunk));
+            pem.push('\n');
+        }
+        pem.push_str(&format!("-----END {label}-----\n"));
+        match super::keys::inspect(&pem) {
+            Ok(_) => return Ok(pem),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    Err(first.unwrap_or(super::keys::KeyError::NotRsaOrEd25519))
 }
 
 /// `--from rspamd FILE`: Rspamd's `dkim_signing.conf`: `domain { NAME {
