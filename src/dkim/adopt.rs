@@ -676,14 +676,7 @@ fn perl_strings(args: &str) -> Vec<String> {
 /// `from = "key"`: one PEM key file that signs for `domain` with `selector`.
 pub fn key_file(file: &Path, domain: &DnsName, selector: &str) -> Adopted {
     let mut out = Adopted::default();
-    out.key(
-        file,
-        None,
-        domain.as_str(),
-        selector,
-        file.to_owned(),
-        None,
-    );
+    out.key(file, None, domain.as_str(), selector, file.to_owned(), None);
     out
 }
 

@@ -992,15 +992,7 @@ pub async fn import(
         origin: file.display().to_string(),
         pem,
     };
-    let imported = adopt_one(
-        config,
-        d,
-        &mut book,
-        &candidate,
-        Check::Wait,
-        &propagation,
-    )
-    .await?;
+    let imported = adopt_one(config, d, &mut book, &candidate, Check::Wait, &propagation).await?;
     take_over_signer(config, d, &mut book)?;
     Ok(imported)
 }
@@ -1190,7 +1182,8 @@ fn adopt_candidates(from: &crate::config::AdoptFrom) -> (Vec<Candidate>, Vec<Dki
                 var: var.clone(),
                 reason,
             };
-            let value = std::env::var_os(var).map(|v| zeroize::Zeroizing::new(v.into_encoded_bytes()));
+            let value =
+                std::env::var_os(var).map(|v| zeroize::Zeroizing::new(v.into_encoded_bytes()));
             let result = match value.as_ref().map(|v| std::str::from_utf8(v)) {
                 None => Err(env_error("not set".to_owned())),
                 Some(Err(_)) => Err(env_error("not text".to_owned())),
