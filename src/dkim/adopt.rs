@@ -727,6 +727,37 @@ pub fn pem_text(value: &str) -> Result<Zeroizing<String>, super::keys::KeyError>
     Err(first.unwrap_or(super::keys::KeyError::NotRsaOrEd25519))
 }
 
+/// Whether a published TXT value publishes the key whose record (as
+/// mxkeys writes it: `v=DKIM1; k=...; p=...`) is `ours`: the same public
+/// key (`p=`, whitespace aside) and key type (`k=`, default `rsa`), and
+/// `v=DKIM1` when `v=` is there. Other tags a tool wrote (`h=sha256`,
+/// `s=email`, `t=s` from `opendkim-genkey`) are the admin's and do not
+/// stop the key from verifying. Pure.
+pub fn record_publishes(published: &str, ours: &str) -> bool {
+    fn tags(record: &str) -> Vec<(String, String)> {
+        record
+            .split(';')
+            .filter_map(|t| t.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.trim().to_ascii_lowercase(),
+                    v.chars().filter(|c| !c.is_whitespace()).collect(),
+                )
+            })
+            .collect()
+    }
+    let (theirs, ours) = (tags(published), tags(ours));
+    let get = |tags: &[(String, String)], key: &str| {
+        tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    };
+    let p = get(&ours, "p");
+    p.as_deref().is_some_and(|p| !p.is_empty())
+        && get(&theirs, "p") == p
+        && get(&theirs, "k").unwrap_or_else(|| "rsa".to_owned())
+            == get(&ours, "k").unwrap_or_else(|| "rsa".to_owned())
+        && get(&theirs, "v").is_none_or(|v| v == "DKIM1")
+}
+
 /// `--from rspamd FILE`: Rspamd's `dkim_signing.conf`: `domain { NAME {
 /// path = ...; selector = ...; } }` (also with `selectors [ { ... } ]`),
 /// and the top-level `path`/`selector` that apply to every domain, where
@@ -1125,6 +1156,60 @@ mod tests {
         let txt = "mail._domainkey\tIN\tTXT\t( \"v=DKIM1; k=rsa; \"\n\t  \"p=AB\" )  ; ----- DKIM key mail for example.com\n";
         assert_eq!(genkey_comment_domain(txt).as_deref(), Some("example.com"));
         assert_eq!(genkey_comment_domain("mail._domainkey IN TXT \"p=\""), None);
+    }
+
+    #[test]
+    fn a_published_record_publishes_a_key_when_its_key_and_type_are_the_same() {
+        let ours = "v=DKIM1; k=rsa; p=MIIBIjAN";
+        for (published, want) in [
+            ("v=DKIM1; k=rsa; p=MIIBIjAN", true),
+            // opendkim-genkey's form, strings joined.
+            ("v=DKIM1; h=sha256; k=rsa; s=email; p=MIIB IjAN", true),
+            ("p=MIIBIjAN", true),
+            ("v=DKIM1; k=rsa; p=MIIBIjAO", false),
+            ("v=DKIM1; k=ed25519; p=MIIBIjAN", false),
+            ("v=DKIM2; k=rsa; p=MIIBIjAN", false),
+            ("v=DKIM1; k=rsa; p=", false),
+            ("v=DKIM1; k=rsa", false),
+            ("", false),
+        ] {
+            assert_eq!(record_publishes(published, ours), want, "{published}");
+        }
+        assert!(!record_publishes("v=DKIM1; p=", "v=DKIM1; k=rsa; p="));
+    }
+
+    #[test]
+    fn amavis_dkim_key_calls_give_domain_selector_and_key_in_either_quoting() {
+        for (args, want) in [
+            (
+                "'example.com', 'sel', '/k/a.pem');",
+                &["example.com", "sel", "/k/a.pem"][..],
+            ),
+            (
+                "\"example.com\", \"sel\", \"/k/a.pem\", t => 's');",
+                &["example.com", "sel", "/k/a.pem", "s"],
+            ),
+            ("'a\\'b', 'c') 'after'", &["a'b", "c"]),
+            ("'unclosed", &[]),
+        ] {
+            assert_eq!(perl_strings(args), want, "{args}");
+        }
+    }
+
+    #[test]
+    fn a_bare_base64_key_is_wrapped_and_pem_is_kept() {
+        let new =
+            crate::dkim::keys::generate(crate::dkim::machine::DkimAlgorithm::Rsa2048).unwrap();
+        let body: String = new
+            .pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let wrapped = pem_text(&body).unwrap();
+        assert_eq!(crate::dkim::keys::inspect(&wrapped).unwrap().1, new.record);
+        assert_eq!(*pem_text(&new.pem).unwrap(), *new.pem);
+        let e = pem_text("bm90IGEga2V5").unwrap_err().to_string();
+        assert!(!e.contains("bm90"), "{e}");
     }
 
     #[test]

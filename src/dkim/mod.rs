@@ -1012,8 +1012,9 @@ enum Check {
     /// Wait until every authoritative server answers it (`dkim import
     /// --domain --selector`).
     Wait,
-    /// One look at every authoritative server: anything but exactly the
-    /// key's record is a mismatch (`[[dkim.adopt]]`, `dkim import --from`).
+    /// One look at every authoritative server: each must answer one
+    /// record publishing the key ([`adopt::record_publishes`]), anything
+    /// else is a mismatch (`[[dkim.adopt]]`, `dkim import --from`).
     Once,
     /// No lookup: the record to publish is logged as a zone-file line.
     None,
@@ -1083,11 +1084,11 @@ async fn adopt_one(
                     name: name.clone(),
                     source,
                 })?;
-            if seen.is_empty()
-                || !seen
-                    .iter()
-                    .all(|o| mxkeys_providers::same_set(&o.values, &expected))
-            {
+            let publishes = |values: &[RData]| match values {
+                [RData::Txt(value)] => adopt::record_publishes(value, &record),
+                _ => false,
+            };
+            if seen.is_empty() || !seen.iter().all(|o| publishes(&o.values)) {
                 return Err(DkimError::RecordMismatch {
                     origin: c.origin.clone(),
                     name,

@@ -176,10 +176,16 @@ fn import_from_each_layout_adopts_a_published_key_and_the_signer_file_names_its_
     .unwrap();
     cases.push(("dms", "dms", config, publish(&bind, "dms", &key)));
 
-    // opendkim-genkey output alone: the domain from SELECTOR.txt.
+    // opendkim-genkey output alone: the domain from SELECTOR.txt, and its
+    // record published as that file says (`h=sha256; k=rsa; ...`), which
+    // publishes the same key in other words.
     let dir = work.join("dir");
     let key = genkey(&dir.join("admin"), DOMAIN, "gk");
-    cases.push(("dir", "gk", dir.join("admin"), publish(&bind, "gk", &key)));
+    let txt = std::fs::read_to_string(dir.join("admin").join("gk.txt")).unwrap();
+    let as_written: String = txt.split('"').skip(1).step_by(2).collect();
+    assert!(as_written.contains("h=sha256"), "{txt}");
+    nsupdate_txt(&bind, &format!("gk._domainkey.{DOMAIN}"), &as_written);
+    cases.push(("dir", "gk", dir.join("admin"), record_of_key_file(&key)));
 
     for (layout, selector, path, record) in &cases {
         let dir = work.join(layout);
@@ -348,6 +354,33 @@ fn a_key_in_an_environment_variable_without_its_pem_lines_is_adopted_by_sync() {
     let all = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
     assert!(!all.contains(&body[..40]), "the key was logged:\n{all}");
     assert_adopted(&dir, "envk", &record, "env");
+
+    // A PKCS#1 ("RSA PRIVATE KEY") body, as openssl's traditional form.
+    let pkcs1 = work.join("env-pkcs1.pem");
+    let mut c = Command::new(common::servers::prog("openssl"));
+    c.args(["pkey", "-traditional", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&pkcs1);
+    common::servers::run_ok(c);
+    let pem = std::fs::read_to_string(&pkcs1).unwrap();
+    assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "{pem}");
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let dir = work.join("env-pkcs1");
+    let config = case_config(
+        &bind,
+        &dir,
+        &format!(
+            "[[dkim.adopt]]\nfrom = \"env\"\nvar = \"DKIM_PRIVATEKEY\"\ndomain = \"{DOMAIN}\"\nselector = \"envk\"\n"
+        ),
+    );
+    let out = sync_with(&config, &[("DKIM_PRIVATEKEY", &body)]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_adopted(&dir, "envk", &record, "env, PKCS#1");
 
     // Unset: one error line naming the variable, nothing else adopted and
     // no key of mxkeys' own made for the domain.
