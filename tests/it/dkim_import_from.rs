@@ -473,3 +473,61 @@ fn a_sync_with_an_adopt_entry_takes_over_opendkim_which_signs_with_the_same_sele
     let v = send_and_verify(&postfix, &sink, &py, "after-second-sync");
     assert!(v.ok && v.selector == "mail", "{v:?}");
 }
+
+/// The daemon's passes report a key whose record does not match as a DKIM
+/// error: /healthz answers 503 with that one line, and no key of mxkeys'
+/// own is made for the domain meanwhile.
+#[test]
+fn healthz_names_an_adopted_key_whose_record_does_not_match() {
+    let Some((bind, work)) = setup(
+        "healthz_names_an_adopted_key_whose_record_does_not_match",
+        &[],
+    ) else {
+        return;
+    };
+    let key = work.join("mail.pem");
+    openssl_key(&key);
+    let stranger = work.join("stranger.pem");
+    let wrong = openssl_key(&stranger);
+    nsupdate_txt(&bind, &format!("mail._domainkey.{DOMAIN}"), &wrong);
+    let port = common::free_port();
+    let dir = work.join("daemon");
+    let config = case_config(
+        &bind,
+        &dir,
+        &format!(
+            "[[dkim.adopt]]\nfrom = \"key\"\npath = \"{}\"\ndomain = \"{DOMAIN}\"\nselector = \"mail\"\n\
+             [metrics]\nlisten = \"127.0.0.1:{port}\"\n",
+            key.display()
+        ),
+    );
+    let mut cmd = Command::new(common::bin());
+    cmd.arg("--config")
+        .arg(&config)
+        .arg("run")
+        .env_remove("MXKEYS_CONFIG");
+    let mut daemon = common::Daemon::spawn(cmd, &dir, "run");
+    let (_, why) = common::servers::poll(
+        "/healthz to report the record that does not match",
+        common::dkim_tools::DEADLINE,
+        || {
+            common::http_get(port, "/healthz").filter(|(code, body)| {
+                *code == 503 && body.contains("published record does not match the key")
+            })
+        },
+        || daemon.describe(),
+    );
+    assert_eq!(
+        why.trim_end(),
+        format!(
+            "dkim: adopt {}: mail._domainkey.{DOMAIN}: published record does not match the key",
+            key.display()
+        ),
+        "{}",
+        daemon.describe()
+    );
+    daemon.assert_running();
+    daemon.terminate();
+    assert!(keys(&dir).is_empty(), "{:#?}", keys(&dir));
+    assert!(key_files(&dir).is_empty(), "{:?}", key_files(&dir));
+}
