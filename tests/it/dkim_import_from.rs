@@ -531,3 +531,147 @@ fn healthz_names_an_adopted_key_whose_record_does_not_match() {
     assert!(keys(&dir).is_empty(), "{:#?}", keys(&dir));
     assert!(key_files(&dir).is_empty(), "{:?}", key_files(&dir));
 }
+
+/// `--check none`: a key whose record is not published yet is adopted
+/// without a look at DNS, and the record to publish is logged once as a
+/// zone-file line (what `dkim records` prints).
+#[test]
+fn check_none_adopts_without_dns_and_logs_the_record_to_publish() {
+    let Some((bind, work)) = setup(
+        "check_none_adopts_without_dns_and_logs_the_record_to_publish",
+        &[GENKEY],
+    ) else {
+        return;
+    };
+    let admin = work.join("admin");
+    let key = genkey(&admin, DOMAIN, "side");
+    let record = record_of_key_file(&key);
+    let dir = work.join("none");
+    let config = case_config(&bind, &dir, "");
+    let out = mx(
+        &config,
+        &[
+            "dkim",
+            "import",
+            "--from",
+            "dir",
+            admin.to_str().unwrap(),
+            "--check",
+            "none",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_adopted(&dir, "side", &record, "check none");
+    let records = common::dkim_tools::mx_ok(&config, &["dkim", "records"]);
+    let line = records.lines().next().unwrap().to_owned();
+    assert!(
+        line.starts_with(&format!("side._domainkey.{DOMAIN}. ")),
+        "{records}"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.lines().filter(|l| l.ends_with(&line)).count(),
+        1,
+        "the record to publish, once: {line}\n{}",
+        describe(&out)
+    );
+    assert!(
+        bind.txt_values(&format!("side._domainkey.{DOMAIN}"))
+            .is_empty()
+    );
+}
+
+/// A layout naming a key for a domain not in `[dkim] domains`: `dkim
+/// import --from` says so in its line (exit 1) and adopts the others; a
+/// pass skips it in one line. Bad arguments exit 2.
+#[test]
+fn a_key_for_another_domain_is_one_line_and_bad_arguments_exit_2() {
+    let Some((bind, work)) = setup(
+        "a_key_for_another_domain_is_one_line_and_bad_arguments_exit_2",
+        &[GENKEY],
+    ) else {
+        return;
+    };
+    let admin = work.join("admin");
+    let ours = genkey(&admin.join("ours"), DOMAIN, "ours");
+    let theirs = genkey(&admin.join("theirs"), "other.test", "theirs");
+    let record = publish(&bind, "ours", &ours);
+    let table = admin.join("KeyTable");
+    std::fs::write(
+        &table,
+        format!(
+            "ours._domainkey.{DOMAIN} {DOMAIN}:ours:{}\ntheirs._domainkey.other.test other.test:theirs:{}\n",
+            ours.display(),
+            theirs.display()
+        ),
+    )
+    .unwrap();
+    let table_arg = table.to_str().unwrap();
+
+    let dir = work.join("cli");
+    let config = case_config(&bind, &dir, "");
+    for args in [
+        &["dkim", "import", "--from", "postfix", table_arg][..],
+        &[
+            "dkim",
+            "import",
+            "--from",
+            "opendkim",
+            "--selector",
+            "s",
+            table_arg,
+        ],
+        &[
+            "dkim", "import", "--check", "none", "--domain", DOMAIN, table_arg,
+        ],
+        &["dkim", "import", table_arg],
+        &[
+            "dkim",
+            "import",
+            "--from",
+            "opendkim",
+            "--domain",
+            "nowhere.test",
+            table_arg,
+        ],
+    ] {
+        let out = mx(&config, args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", describe(&out));
+        assert!(keys(&dir).is_empty(), "{args:?}");
+    }
+    let out = mx(
+        &config,
+        &["dkim", "import", "--from", "opendkim", table_arg],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let text = stdout(&out);
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(
+        text.lines().any(|l| l.starts_with("not adopted: ")
+            && l.contains("theirs._domainkey.other.test")
+            && l.contains("other.test is not one of [dkim] domains")),
+        "{text}"
+    );
+    assert_adopted(&dir, "ours", &record, "cli");
+
+    let dir = work.join("pass");
+    let config = case_config(
+        &bind,
+        &dir,
+        &format!(
+            "[[dkim.adopt]]\nfrom = \"opendkim\"\npath = \"{}\"\n",
+            table.display()
+        ),
+    );
+    let out = mx(&config, &["dkim", "rotate"]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let skipped: Vec<&str> = err.lines().filter(|l| l.contains("other.test")).collect();
+    assert_eq!(skipped.len(), 1, "{}", describe(&out));
+    assert!(
+        skipped[0].contains("is not one of [dkim] domains: skipped"),
+        "{}",
+        skipped[0]
+    );
+    assert_adopted(&dir, "ours", &record, "pass");
+}
