@@ -13,6 +13,11 @@
 //! Files mxkeys did not write are never written (see [`signer`]), and a
 //! record name that already holds a record is never published over: its
 //! selector is passed over for the next free one.
+//!
+//! Keys the host's signer already signs with (`[[dkim.adopt]]` at the start
+//! of every pass, `dkim import`) are adopted by one function, `adopt_one`:
+//! record checked, key copied into KEY_DIR, active; a domain whose keys are
+//! not all adopted gets no key of mxkeys' own in that pass.
 
 pub mod adopt;
 pub mod keydir;
