@@ -58,13 +58,27 @@ enum DkimCommand {
     /// The records mxkeys wants published now, as zone-file lines.
     Records,
     /// Adopt an existing private key as the active key (its record must
-    /// already be published and is verified first).
+    /// already be published and is verified first): one key with
+    /// --domain and --selector (waits for its record), or every key of a
+    /// signer's layout with --from (one look at DNS: a record that does not
+    /// match is reported, the key not adopted; exit status 1).
     Import {
-        #[arg(long)]
-        domain: String,
-        #[arg(long)]
-        selector: String,
-        /// The private key (PEM).
+        /// The key's domain; with --from, only keys of this domain (and
+        /// the domain of `dir` keys).
+        #[arg(long, required_unless_present = "from")]
+        domain: Option<String>,
+        #[arg(long, required_unless_present = "from", conflicts_with = "from")]
+        selector: Option<String>,
+        /// Read every key of this layout from FILE_OR_DIR.
+        #[arg(long, value_enum)]
+        from: Option<ImportFrom>,
+        /// With --from: `none` adopts without looking at DNS (the record to
+        /// publish is logged).
+        #[arg(long, value_enum, requires = "from")]
+        check: Option<ImportCheck>,
+        /// The private key (PEM), or with --from the layout's file or
+        /// directory.
+        #[arg(value_name = "FILE_OR_DIR")]
         file: PathBuf,
     },
     /// Emergency: take a key out of the signer, reload it, then publish
@@ -81,6 +95,30 @@ enum DkimCommand {
         #[arg(long)]
         force: bool,
     },
+}
+
+/// The layouts `dkim import --from` reads (`dkim::adopt`).
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ImportFrom {
+    /// An OpenDKIM KeyTable or opendkim.conf.
+    Opendkim,
+    /// Rspamd's dkim_signing.conf.
+    Rspamd,
+    /// amavis' dkim_key(...) lines: a file or a directory of them.
+    Amavis,
+    /// docker-mailserver's config directory.
+    Dms,
+    /// A directory of opendkim-genkey output.
+    Dir,
+}
+
+/// `dkim import --check`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ImportCheck {
+    /// One look at every authoritative server (the default).
+    Dns,
+    /// No DNS lookup.
+    None,
 }
 
 #[derive(Debug, Subcommand)]
@@ -304,7 +342,8 @@ pub fn main() -> ExitCode {
             }
             let dane_ok = dane_pass(&config);
             let mta_sts_ok = mta_sts_pass(&config).is_none_or(|p| p.problems.is_empty());
-            if dane_ok && mta_sts_ok {
+            let dkim_ok = dkim_sync_pass(&config);
+            if dane_ok && mta_sts_ok && dkim_ok {
                 exit(&report)
             } else {
                 ExitCode::FAILURE
@@ -445,8 +484,19 @@ fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
         }
         DkimCommand::Import {
             domain,
-            selector,
+            selector: _,
+            from: Some(from),
+            check,
             file,
+        } => {
+            import_from(config, &rt, from, check, domain.as_deref(), file)
+        }
+        DkimCommand::Import {
+            domain: Some(domain),
+            selector: Some(selector),
+            from: None,
+            file,
+            ..
         } => {
             // Checked before anything is read or written: the selector goes
             // into file paths and the signer's configuration.
@@ -460,6 +510,10 @@ fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
                 println!("{line}");
                 ExitCode::SUCCESS
             })
+        }
+        DkimCommand::Import { .. } => {
+            tracing::error!("dkim import: give --domain and --selector, or --from");
+            return ExitCode::from(2);
         }
         DkimCommand::Records => crate::dkim::records(config).map(|text| {
             print!("{text}");
@@ -505,6 +559,87 @@ fn dkim(config: &config::Config, command: DkimCommand) -> ExitCode {
         tracing::error!("dkim: {e}");
         ExitCode::FAILURE
     })
+}
+
+/// `sync`'s DKIM pass, with `[[dkim.adopt]]` entries only (a host being
+/// taken over: its keys adopted, the signer's files taken over): adopts
+/// and does what is due. Whether it had no error.
+fn dkim_sync_pass(config: &config::Config) -> bool {
+    if config.dkim.as_ref().is_none_or(|d| d.adopt.is_empty()) {
+        return true;
+    }
+    let Some(rt) = crate::runtime() else {
+        return false;
+    };
+    match rt.block_on(crate::dkim::rotate(config, None, false)) {
+        Ok(pass) => {
+            for line in pass.done.iter().chain(&pass.waiting) {
+                println!("dkim: {line}");
+            }
+            pass.errors.is_empty()
+        }
+        Err(e) => {
+            tracing::error!("dkim: {e}");
+            false
+        }
+    }
+}
+
+/// `mxkeys dkim import --from LAYOUT PATH`: one line per key; exit 1 when
+/// one was not adopted, 2 for a domain not configured.
+fn import_from(
+    config: &config::Config,
+    rt: &tokio::runtime::Runtime,
+    from: ImportFrom,
+    check: Option<ImportCheck>,
+    domain: Option<&str>,
+    path: PathBuf,
+) -> Result<ExitCode, crate::dkim::DkimError> {
+    use crate::config::{AdoptCheck, AdoptFrom};
+    let dir_domain = match (from, domain) {
+        (ImportFrom::Dir, Some(d)) => match crate::names::DnsName::parse(d) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                tracing::error!("dkim import: --domain: {e}");
+                return Ok(ExitCode::from(2));
+            }
+        },
+        _ => None,
+    };
+    let from = match from {
+        ImportFrom::Opendkim => AdoptFrom::Opendkim(path),
+        ImportFrom::Rspamd => AdoptFrom::Rspamd(path),
+        ImportFrom::Amavis => AdoptFrom::Amavis(path),
+        ImportFrom::Dms => AdoptFrom::Dms(path),
+        ImportFrom::Dir => AdoptFrom::Dir {
+            dir: path,
+            domain: dir_domain,
+        },
+    };
+    let check = match check {
+        Some(ImportCheck::None) => AdoptCheck::None,
+        _ => AdoptCheck::Dns,
+    };
+    match rt.block_on(crate::dkim::import_from(config, &from, domain, check)) {
+        Ok(lines) => {
+            for l in &lines {
+                println!("{}", l.line);
+            }
+            if lines.is_empty() {
+                tracing::error!("dkim import: no key found");
+            }
+            Ok(if !lines.is_empty() && lines.iter().all(|l| l.adopted) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Err(e @ crate::dkim::DkimError::UnknownDomain(_)) => {
+            tracing::error!("dkim import: {e}");
+            Ok(ExitCode::from(2))
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// `mxkeys renew`: orders what is due, then syncs. Exit 0 when every

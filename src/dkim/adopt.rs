@@ -1,5 +1,6 @@
 //! Readers of the DKIM key layouts a mail host already has, behind
-//! `mxkeys dkim import --from opendkim FILE | rspamd FILE | dms DIR | dir DIR`.
+//! `mxkeys dkim import --from opendkim FILE | rspamd FILE | amavis PATH |
+//! dms DIR | dir DIR` and `[[dkim.adopt]]`.
 //!
 //! The rule: read only, and every entry on its own. Each reader returns the
 //! keys its layout names ([`Found`]: domain, selector, key file, record file
@@ -583,6 +584,180 @@ fn dms_rspamd_name(base: &str, zone_selector: Option<&str>) -> Result<(String, S
     }
 }
 
+/// `--from amavis PATH`: amavis' `dkim_key('DOMAIN', 'SELECTOR',
+/// '/path/key.pem');` lines (Perl quoting, `'...'` or `"..."`; further
+/// arguments are options and ignored), in one file or in every regular
+/// file of a directory (`conf.d`).
+pub fn amavis(path: &Path) -> Adopted {
+    let mut out = Adopted::default();
+    let is_dir = path.symlink_metadata().is_ok_and(|m| m.is_dir());
+    if !is_dir {
+        if let Some(text) = read_text(path, &mut out) {
+            amavis_lines(path, &text, &mut out);
+        }
+    } else {
+        for (name, kind) in list(path, &mut out).unwrap_or_default() {
+            if kind.is_file() {
+                let file = path.join(&name);
+                if let Some(text) = read_text(&file, &mut out) {
+                    amavis_lines(&file, &text, &mut out);
+                }
+            }
+        }
+    }
+    if out.found.is_empty() && out.errors.is_empty() {
+        out.error(
+            path,
+            None,
+            Reason::Form("holds no dkim_key(...) line".to_owned()),
+        );
+    }
+    out
+}
+
+/// The `dkim_key(...)` calls of one amavis file.
+fn amavis_lines(file: &Path, text: &str, out: &mut Adopted) {
+    for (i, line) in text.lines().enumerate() {
+        let code = line.split('#').next().unwrap_or("");
+        let Some((_, args)) = code.split_once("dkim_key(") else {
+            continue;
+        };
+        let at = Some(format!("line {}", i + 1));
+        match perl_strings(args).as_slice() {
+            [domain, selector, key, ..] => {
+                let key = beside(file, key);
+                let record = genkey_record(&key);
+                out.key(file, at, domain, selector, key, record);
+            }
+            _ => out.error(
+                file,
+                at,
+                Reason::Form(
+                    "not of the form dkim_key('DOMAIN', 'SELECTOR', 'KEYFILE') on one line"
+                        .to_owned(),
+                ),
+            ),
+        }
+    }
+}
+
+/// The quoted strings (`'...'` or `"..."`, backslash escapes) before the
+/// closing `)` of a Perl argument list. Pure.
+fn perl_strings(args: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = args.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ')' => break,
+            '\'' | '"' => {
+                let mut s = String::new();
+                let mut closed = false;
+                while let Some(d) = chars.next() {
+                    match d {
+                        '\\' => s.extend(chars.next()),
+                        d if d == c => {
+                            closed = true;
+                            break;
+                        }
+                        d => s.push(d),
+                    }
+                }
+                if !closed {
+                    break;
+                }
+                out.push(s);
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+/// `from = "key"`: one PEM key file that signs for `domain` with `selector`.
+pub fn key_file(file: &Path, domain: &DnsName, selector: &str) -> Adopted {
+    let mut out = Adopted::default();
+    out.key(file, None, domain.as_str(), selector, file.to_owned(), None);
+    out
+}
+
+/// The PEM text of a key file a reader found, read without following a
+/// link in its place, zeroized.
+pub fn read_key(path: &Path) -> Result<Zeroizing<String>, Reason> {
+    let key_error = |reason: String| Reason::KeyFile {
+        path: path.to_owned(),
+        reason,
+    };
+    let bytes = read_no_follow(path)
+        .map_err(key_error)?
+        .ok_or_else(|| key_error("not found".to_owned()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| key_error("not text".to_owned()))?;
+    Ok(Zeroizing::new(text.to_owned()))
+}
+
+/// A PEM key given as text (an environment variable's value): as it is
+/// when it has its BEGIN line, else the bare base64 wrapped as PKCS#8,
+/// then as PKCS#1 RSA, whichever holds a key. Never echoes the text.
+pub fn pem_text(value: &str) -> Result<Zeroizing<String>, super::keys::KeyError> {
+    if value.contains("-----BEGIN") {
+        let pem = Zeroizing::new(value.to_owned());
+        super::keys::inspect(&pem)?;
+        return Ok(pem);
+    }
+    let b64: Zeroizing<String> = Zeroizing::new(
+        value
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'')
+            .collect(),
+    );
+    let mut first = None;
+    for label in ["PRIVATE KEY", "RSA PRIVATE KEY"] {
+        let mut pem = Zeroizing::new(format!("-----BEGIN {label}-----\n"));
+        for chunk in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(chunk));
+            pem.push('\n');
+        }
+        pem.push_str(&format!("-----END {label}-----\n"));
+        match super::keys::inspect(&pem) {
+            Ok(_) => return Ok(pem),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    Err(first.unwrap_or(super::keys::KeyError::NotRsaOrEd25519))
+}
+
+/// Whether a published TXT value publishes the key whose record (as
+/// mxkeys writes it: `v=DKIM1; k=...; p=...`) is `ours`: the same public
+/// key (`p=`, whitespace aside) and key type (`k=`, default `rsa`), and
+/// `v=DKIM1` when `v=` is there. Other tags a tool wrote (`h=sha256`,
+/// `s=email`, `t=s` from `opendkim-genkey`) are the admin's and do not
+/// stop the key from verifying. Pure.
+pub fn record_publishes(published: &str, ours: &str) -> bool {
+    fn tags(record: &str) -> Vec<(String, String)> {
+        record
+            .split(';')
+            .filter_map(|t| t.split_once('='))
+            .map(|(k, v)| {
+                (
+                    k.trim().to_ascii_lowercase(),
+                    v.chars().filter(|c| !c.is_whitespace()).collect(),
+                )
+            })
+            .collect()
+    }
+    let (theirs, ours) = (tags(published), tags(ours));
+    let get = |tags: &[(String, String)], key: &str| {
+        tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+    };
+    let p = get(&ours, "p");
+    p.as_deref().is_some_and(|p| !p.is_empty())
+        && get(&theirs, "p") == p
+        && get(&theirs, "k").unwrap_or_else(|| "rsa".to_owned())
+            == get(&ours, "k").unwrap_or_else(|| "rsa".to_owned())
+        && get(&theirs, "v").is_none_or(|v| v == "DKIM1")
+}
+
 /// `--from rspamd FILE`: Rspamd's `dkim_signing.conf`: `domain { NAME {
 /// path = ...; selector = ...; } }` (also with `selectors [ { ... } ]`),
 /// and the top-level `path`/`selector` that apply to every domain, where
@@ -981,6 +1156,60 @@ mod tests {
         let txt = "mail._domainkey\tIN\tTXT\t( \"v=DKIM1; k=rsa; \"\n\t  \"p=AB\" )  ; ----- DKIM key mail for example.com\n";
         assert_eq!(genkey_comment_domain(txt).as_deref(), Some("example.com"));
         assert_eq!(genkey_comment_domain("mail._domainkey IN TXT \"p=\""), None);
+    }
+
+    #[test]
+    fn a_published_record_publishes_a_key_when_its_key_and_type_are_the_same() {
+        let ours = "v=DKIM1; k=rsa; p=MIIBIjAN";
+        for (published, want) in [
+            ("v=DKIM1; k=rsa; p=MIIBIjAN", true),
+            // opendkim-genkey's form, strings joined.
+            ("v=DKIM1; h=sha256; k=rsa; s=email; p=MIIB IjAN", true),
+            ("p=MIIBIjAN", true),
+            ("v=DKIM1; k=rsa; p=MIIBIjAO", false),
+            ("v=DKIM1; k=ed25519; p=MIIBIjAN", false),
+            ("v=DKIM2; k=rsa; p=MIIBIjAN", false),
+            ("v=DKIM1; k=rsa; p=", false),
+            ("v=DKIM1; k=rsa", false),
+            ("", false),
+        ] {
+            assert_eq!(record_publishes(published, ours), want, "{published}");
+        }
+        assert!(!record_publishes("v=DKIM1; p=", "v=DKIM1; k=rsa; p="));
+    }
+
+    #[test]
+    fn amavis_dkim_key_calls_give_domain_selector_and_key_in_either_quoting() {
+        for (args, want) in [
+            (
+                "'example.com', 'sel', '/k/a.pem');",
+                &["example.com", "sel", "/k/a.pem"][..],
+            ),
+            (
+                "\"example.com\", \"sel\", \"/k/a.pem\", t => 's');",
+                &["example.com", "sel", "/k/a.pem", "s"],
+            ),
+            ("'a\\'b', 'c') 'after'", &["a'b", "c"]),
+            ("'unclosed", &[]),
+        ] {
+            assert_eq!(perl_strings(args), want, "{args}");
+        }
+    }
+
+    #[test]
+    fn a_bare_base64_key_is_wrapped_and_pem_is_kept() {
+        let new =
+            crate::dkim::keys::generate(crate::dkim::machine::DkimAlgorithm::Rsa2048).unwrap();
+        let body: String = new
+            .pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect();
+        let wrapped = pem_text(&body).unwrap();
+        assert_eq!(crate::dkim::keys::inspect(&wrapped).unwrap().1, new.record);
+        assert_eq!(*pem_text(&new.pem).unwrap(), *new.pem);
+        let e = pem_text("bm90IGEga2V5").unwrap_err().to_string();
+        assert!(!e.contains("bm90"), "{e}");
     }
 
     #[test]

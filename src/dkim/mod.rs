@@ -13,6 +13,11 @@
 //! Files mxkeys did not write are never written (see [`signer`]), and a
 //! record name that already holds a record is never published over: its
 //! selector is passed over for the next free one.
+//!
+//! Keys the host's signer already signs with (`[[dkim.adopt]]` at the start
+//! of every pass, `dkim import`) are adopted by one function, `adopt_one`:
+//! record checked, key copied into KEY_DIR, active; a domain whose keys are
+//! not all adopted gets no key of mxkeys' own in that pass.
 
 pub mod adopt;
 pub mod keydir;
@@ -111,6 +116,24 @@ pub enum DkimError {
         #[source]
         source: mxkeys_providers::Error,
     },
+    /// `[[dkim.adopt]]`, `dkim import --from`: a layout's bad entry.
+    #[error("adopt {0}")]
+    Adopt(#[from] adopt::EntryError),
+    /// An adopted key's record is another value or absent on an
+    /// authoritative server (looked at once).
+    #[error("adopt {origin}: {name}: published record does not match the key")]
+    RecordMismatch { origin: String, name: String },
+    /// The one look at the authoritative servers failed.
+    #[error("adopt {origin}: {name}: {source}")]
+    AdoptLookup {
+        origin: String,
+        name: String,
+        #[source]
+        source: mxkeys_providers::Error,
+    },
+    /// A key in an environment variable that is unset or holds no key.
+    #[error("adopt ${var}: {reason}")]
+    AdoptEnv { var: String, reason: String },
     #[error("reload `{action}`: {source}")]
     Reload {
         action: crate::config::Reload,
@@ -220,18 +243,35 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
     let mut waiting = BTreeSet::new();
     let mut forced_left = forced;
     install_clean(d, &book);
+    // The keys the host's signer already signs with first: a domain whose
+    // keys are not all adopted gets no key of mxkeys' own.
+    let blocked = adopt_entries(config, d, &mut book, &propagation, &mut pass).await;
+    for domain in &blocked {
+        tracing::info!(
+            "dkim: {domain}: no key of mxkeys' own while a key [[dkim.adopt]] names is not adopted"
+        );
+    }
+    // With [[dkim.adopt]], the signer's own files are taken over once
+    // every key they name is held (as `dkim import` does).
+    let take_over = !d.adopt.is_empty();
+    let mut wanted = wanted;
+    wanted.sort_by_key(|(domain, _)| blocked.contains(domain));
     // Keep the signer in step with the state even when nothing moves (a
     // crash may have happened between a change and the signer's files, or
     // before the reload).
     pass.signer_changed |= book.signer_reload_pending;
-    pass.signer_changed |= update_signer(config, d, &mut book, false)?;
+    pass.signer_changed |= update_signer(config, d, &mut book, take_over)?;
     // A revocation waits for the signer to be reloaded without the key:
     // when nothing else is due and a reload is owed, it is done now (once
     // a pass) and the pass goes on if it succeeded.
     let mut reload_failed = false;
     for _ in 0..10_000 {
         let now = crate::now();
+        // Generate steps come after every step of existing keys, and
+        // blocked domains' groups come last in `wanted`: one for a blocked
+        // domain means nothing else is due.
         let Some(step) = machine::next_step(&book, &wanted, &policy, now, &forced_left, &waiting)
+            .filter(|s| !matches!(s, Step::Generate { domain, .. } if blocked.contains(domain)))
         else {
             if book.signer_reload_pending && !reload_failed {
                 if reload_signer(config, d, &mut book, &mut pass)? {
@@ -275,7 +315,7 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
             }
         }
         if signs_changed {
-            pass.signer_changed |= update_signer(config, d, &mut book, false)?;
+            pass.signer_changed |= update_signer(config, d, &mut book, take_over)?;
         }
     }
     if book.signer_reload_pending && !reload_failed {
@@ -943,13 +983,80 @@ pub async fn import(
     let pem = zeroize::Zeroizing::new(
         std::fs::read_to_string(file).map_err(|e| DkimError::ReadImport(file.to_owned(), e))?,
     );
-    let (algorithm, record) = keys::inspect(&pem).map_err(|source| DkimError::KeyFile {
+    keys::inspect(&pem).map_err(|source| DkimError::KeyFile {
         file: file.to_owned(),
         source,
     })?;
     let _lock = lock(config)?;
     keydir::open_key_dir(&d.key_dir)?;
     let mut book = load(config)?;
+    let (_, propagation) = dns(config, d)?;
+    let candidate = Candidate {
+        domain: domain.to_owned(),
+        selector: selector.to_owned(),
+        origin: file.display().to_string(),
+        pem,
+    };
+    let imported = adopt_one(config, d, &mut book, &candidate, Check::Wait, &propagation).await?;
+    take_over_signer(config, d, &mut book)?;
+    Ok(imported)
+}
+
+/// One key to adopt: what it signs, where it came from (a file, or
+/// `$VAR`: named in every line about it), and its PEM text.
+pub struct Candidate {
+    pub domain: String,
+    pub selector: String,
+    pub origin: String,
+    pub pem: zeroize::Zeroizing<String>,
+}
+
+/// How a key's published record is checked before it is adopted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Check {
+    /// Wait until every authoritative server answers it (`dkim import
+    /// --domain --selector`).
+    Wait,
+    /// One look at every authoritative server: each must answer one
+    /// record publishing the key ([`adopt::record_publishes`]), anything
+    /// else is a mismatch (`[[dkim.adopt]]`, `dkim import --from`).
+    Once,
+    /// No lookup: the record to publish is logged as a zone-file line.
+    None,
+}
+
+impl From<crate::config::AdoptCheck> for Check {
+    fn from(c: crate::config::AdoptCheck) -> Self {
+        match c {
+            crate::config::AdoptCheck::Dns => Check::Once,
+            crate::config::AdoptCheck::None => Check::None,
+        }
+    }
+}
+
+/// Adopts one existing key as active, the one way `dkim import` and
+/// `[[dkim.adopt]]` both do it: the record checked (`check`), the key
+/// copied into KEY_DIR with its final mode, its selector recorded as
+/// used, the active key of its group (if any) draining, and the book
+/// saved. The signer's files are left to [`take_over_signer`] or the pass.
+async fn adopt_one(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    c: &Candidate,
+    check: Check,
+    propagation: &Propagation,
+) -> Result<String, DkimError> {
+    let domain = c.domain.as_str();
+    let selector = c.selector.as_str();
+    if !d.domains.iter().any(|x| x.as_str() == domain) {
+        return Err(DkimError::UnknownDomain(domain.to_owned()));
+    }
+    crate::config::selector_label(selector).map_err(DkimError::Selector)?;
+    let (algorithm, record) = keys::inspect(&c.pem).map_err(|source| DkimError::KeyFile {
+        file: PathBuf::from(&c.origin),
+        source,
+    })?;
     if book
         .used_selectors
         .get(domain)
@@ -960,19 +1067,51 @@ pub async fn import(
             domain: domain.to_owned(),
         });
     }
-    let (_, propagation) = dns(config, d)?;
     let name = format!("{selector}._domainkey.{domain}");
-    propagation
-        .wait(&name, RecordType::Txt, &[RData::Txt(record.clone())])
-        .await
-        .map_err(|source| DkimError::NotPublished {
-            name: name.clone(),
-            record: record.clone(),
-            source,
-        })?;
+    let expected = [RData::Txt(record.clone())];
+    match check {
+        Check::Wait => {
+            propagation
+                .wait(&name, RecordType::Txt, &expected)
+                .await
+                .map_err(|source| DkimError::NotPublished {
+                    name: name.clone(),
+                    record: record.clone(),
+                    source,
+                })?;
+        }
+        Check::Once => {
+            let seen = propagation
+                .observe(&name, RecordType::Txt)
+                .await
+                .map_err(|source| DkimError::AdoptLookup {
+                    origin: c.origin.clone(),
+                    name: name.clone(),
+                    source,
+                })?;
+            let publishes = |values: &[RData]| match values {
+                [RData::Txt(value)] => adopt::record_publishes(value, &record),
+                _ => false,
+            };
+            if seen.is_empty() || !seen.iter().all(|o| publishes(&o.values)) {
+                return Err(DkimError::RecordMismatch {
+                    origin: c.origin.clone(),
+                    name,
+                });
+            }
+        }
+        Check::None => {
+            let line = mxkeys_providers::manual::zone_lines(&name, d.ttl, &expected);
+            tracing::info!(
+                "dkim: adopt {}: adopted without a DNS check; the record to publish: {}",
+                c.origin,
+                line.trim_end()
+            );
+        }
+    }
     let now = crate::now();
     let dest = d.key_dir.join(domain).join(format!("{selector}.pem"));
-    write_key(d, &dest, &pem)?;
+    write_key(d, &dest, &c.pem)?;
     book.used_selectors
         .entry(domain.to_owned())
         .or_default()
@@ -994,21 +1133,25 @@ pub async fn import(
         state: KeyState::Active,
         since: now,
         created_at: now,
-        verified_at: Some(now),
+        verified_at: (check != Check::None).then_some(now),
         activated_at: Some(now),
     });
-    save(config, &book)?;
-    let imported = format!(
+    save(config, book)?;
+    Ok(format!(
         "{domain}: imported {selector} ({}) as the active key",
         algorithm.name()
-    );
-    // The admin's signer files are taken over once every key they name is
-    // imported; until then they stay as they are.
-    if let (_, foreign @ signer::Decision::Foreign { .. }) = signer_decision(d, &book, true) {
+    ))
+}
+
+/// After `dkim import`: the admin's signer files are taken over (written
+/// and the signer reloaded) once every key they name is held; until then
+/// they stay as they are.
+fn take_over_signer(config: &Config, d: &Dkim, book: &mut Book) -> Result<(), DkimError> {
+    if let (_, foreign @ signer::Decision::Foreign { .. }) = signer_decision(d, book, true) {
         tracing::warn!("dkim: {}", foreign.describe());
-        return Ok(imported);
+        return Ok(());
     }
-    if update_signer(config, d, &mut book, true)? || book.signer_reload_pending {
+    if update_signer(config, d, book, true)? || book.signer_reload_pending {
         for action in &d.reload {
             crate::reload::run(action, d.reload_timeout).map_err(|source| DkimError::Reload {
                 action: action.clone(),
@@ -1016,9 +1159,236 @@ pub async fn import(
             })?;
         }
         book.signer_reload_pending = false;
-        save(config, &book)?;
+        save(config, book)?;
     }
-    Ok(imported)
+    Ok(())
+}
+
+/// The keys one `[[dkim.adopt]]` entry (or `dkim import --from`) names:
+/// the readers of [`adopt`] for layouts, the variable for `env`.
+fn adopt_candidates(from: &crate::config::AdoptFrom) -> (Vec<Candidate>, Vec<DkimError>) {
+    use crate::config::AdoptFrom;
+    let found = match from {
+        AdoptFrom::Opendkim(p) => adopt::opendkim(p),
+        AdoptFrom::Rspamd(p) => adopt::rspamd(p),
+        AdoptFrom::Amavis(p) => adopt::amavis(p),
+        AdoptFrom::Dms(p) => adopt::dms(p),
+        AdoptFrom::Dir { dir, domain } => adopt::genkey_dir(dir, domain.as_ref()),
+        AdoptFrom::Key {
+            file,
+            domain,
+            selector,
+        } => adopt::key_file(file, domain, selector),
+        AdoptFrom::Env {
+            var,
+            domain,
+            selector,
+        } => {
+            let env_error = |reason: String| DkimError::AdoptEnv {
+                var: var.clone(),
+                reason,
+            };
+            let value =
+                std::env::var_os(var).map(|v| zeroize::Zeroizing::new(v.into_encoded_bytes()));
+            let result = match value.as_ref().map(|v| std::str::from_utf8(v)) {
+                None => Err(env_error("not set".to_owned())),
+                Some(Err(_)) => Err(env_error("not text".to_owned())),
+                Some(Ok(text)) => adopt::pem_text(text).map_err(|e| env_error(e.to_string())),
+            };
+            return match result {
+                Ok(pem) => (
+                    vec![Candidate {
+                        domain: domain.as_str().to_owned(),
+                        selector: selector.clone(),
+                        origin: format!("${var}"),
+                        pem,
+                    }],
+                    Vec::new(),
+                ),
+                Err(e) => (Vec::new(), vec![e]),
+            };
+        }
+    };
+    let mut errors: Vec<DkimError> = found.errors.into_iter().map(DkimError::Adopt).collect();
+    let mut candidates = Vec::new();
+    for f in found.found {
+        match adopt::read_key(&f.key_file) {
+            Ok(pem) => candidates.push(Candidate {
+                domain: f.domain.as_str().to_owned(),
+                selector: f.selector,
+                origin: f.key_file.display().to_string(),
+                pem,
+            }),
+            Err(reason) => errors.push(DkimError::Adopt(adopt::EntryError {
+                file: f.key_file,
+                entry: None,
+                reason,
+            })),
+        }
+    }
+    (candidates, errors)
+}
+
+/// The start of every pass: each key `[[dkim.adopt]]` names that mxkeys
+/// does not hold yet (its selector never used for its domain) is adopted
+/// with [`adopt_one`]. A key for a domain not in `domains` is one line and
+/// skipped; a failure is one error in `pass`, repeated every pass. Returns
+/// the domains whose keys are not all adopted: they get no key of
+/// mxkeys' own this pass (a second key beside the signer's).
+async fn adopt_entries(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    propagation: &Propagation,
+    pass: &mut Pass,
+) -> BTreeSet<String> {
+    let mut blocked = BTreeSet::new();
+    for entry in &d.adopt {
+        let (candidates, errors) = adopt_candidates(&entry.from);
+        if !errors.is_empty() {
+            // Which domains a bad entry was for is not known: every
+            // domain still without an active key waits.
+            blocked.extend(
+                entry_domain(&entry.from)
+                    .map(|x| vec![x])
+                    .unwrap_or_else(|| without_active_key(d, book)),
+            );
+        }
+        for e in errors {
+            tracing::error!("dkim: {e}");
+            pass.errors.push(e);
+        }
+        for c in candidates {
+            if !d.domains.iter().any(|x| x.as_str() == c.domain) {
+                tracing::warn!(
+                    "dkim: adopt {}: {} is not one of [dkim] domains: skipped",
+                    c.origin,
+                    c.domain
+                );
+                continue;
+            }
+            if book
+                .used_selectors
+                .get(&c.domain)
+                .is_some_and(|u| u.contains(&c.selector))
+            {
+                continue;
+            }
+            match adopt_one(config, d, book, &c, entry.check.into(), propagation).await {
+                Ok(line) => {
+                    tracing::info!("dkim: {line}");
+                    pass.done.push(line);
+                }
+                Err(e) => {
+                    tracing::error!("dkim: {e}");
+                    pass.errors.push(e);
+                    blocked.insert(c.domain.clone());
+                }
+            }
+        }
+    }
+    blocked
+}
+
+/// The one domain an entry names, when it names one.
+fn entry_domain(from: &crate::config::AdoptFrom) -> Option<String> {
+    use crate::config::AdoptFrom;
+    match from {
+        AdoptFrom::Dir {
+            domain: Some(domain),
+            ..
+        }
+        | AdoptFrom::Key { domain, .. }
+        | AdoptFrom::Env { domain, .. } => Some(domain.as_str().to_owned()),
+        _ => None,
+    }
+}
+
+/// The configured domains with no active key.
+fn without_active_key(d: &Dkim, book: &Book) -> Vec<String> {
+    domains(d)
+        .into_iter()
+        .filter(|x| {
+            !book
+                .keys
+                .iter()
+                .any(|k| k.state == KeyState::Active && &k.domain == x)
+        })
+        .collect()
+}
+
+/// One key `dkim import --from` looked at: its line, and whether it was
+/// adopted (or held already).
+pub struct ImportLine {
+    pub line: String,
+    pub adopted: bool,
+}
+
+/// `mxkeys dkim import --from LAYOUT PATH`: every key the layout names
+/// (only `only`'s when given) adopted with [`adopt_one`] after one look at
+/// the authoritative servers (`check` none: none), one line per key; then
+/// the signer's files are taken over once every key they name is held.
+pub async fn import_from(
+    config: &Config,
+    from: &crate::config::AdoptFrom,
+    only: Option<&str>,
+    check: crate::config::AdoptCheck,
+) -> Result<Vec<ImportLine>, DkimError> {
+    let d = dkim_table(config)?;
+    if let Some(o) = only
+        && !d.domains.iter().any(|x| x.as_str() == o)
+    {
+        return Err(DkimError::UnknownDomain(o.to_owned()));
+    }
+    let _lock = lock(config)?;
+    keydir::open_key_dir(&d.key_dir)?;
+    let mut book = load(config)?;
+    let (_, propagation) = dns(config, d)?;
+    let (candidates, errors) = adopt_candidates(from);
+    let mut lines: Vec<ImportLine> = errors
+        .into_iter()
+        .map(|e| ImportLine {
+            line: format!("not adopted: {e}"),
+            adopted: false,
+        })
+        .collect();
+    for c in candidates {
+        if only.is_some_and(|o| o != c.domain) {
+            continue;
+        }
+        let name = format!("{}._domainkey.{}", c.selector, c.domain);
+        let held = book
+            .keys
+            .iter()
+            .any(|k| k.domain == c.domain && k.selector == c.selector);
+        if held {
+            lines.push(ImportLine {
+                line: format!("{name}: held already"),
+                adopted: true,
+            });
+            continue;
+        }
+        lines.push(
+            match adopt_one(config, d, &mut book, &c, check.into(), &propagation).await {
+                Ok(line) => ImportLine {
+                    line: format!("adopted {name} from {}: {line}", c.origin),
+                    adopted: true,
+                },
+                Err(e @ (DkimError::RecordMismatch { .. } | DkimError::AdoptLookup { .. })) => {
+                    ImportLine {
+                        line: format!("not adopted: {e}"),
+                        adopted: false,
+                    }
+                }
+                Err(e) => ImportLine {
+                    line: format!("not adopted: adopt {}: {name}: {e}", c.origin),
+                    adopted: false,
+                },
+            },
+        );
+    }
+    take_over_signer(config, d, &mut book)?;
+    Ok(lines)
 }
 
 /// `mxkeys dkim revoke`: emergency, in a safe order. The key leaves the

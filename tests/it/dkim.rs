@@ -82,16 +82,16 @@ fn today() -> String {
 
 /// One key of `state_dir/dkim/state.json`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Key {
-    domain: String,
-    algorithm: String,
-    selector: String,
-    file: PathBuf,
-    record: String,
-    state: String,
-    since: i64,
-    verified_at: Option<i64>,
-    activated_at: Option<i64>,
+pub(super) struct Key {
+    pub(super) domain: String,
+    pub(super) algorithm: String,
+    pub(super) selector: String,
+    pub(super) file: PathBuf,
+    pub(super) record: String,
+    pub(super) state: String,
+    pub(super) since: i64,
+    pub(super) verified_at: Option<i64>,
+    pub(super) activated_at: Option<i64>,
 }
 
 impl Key {
@@ -105,7 +105,7 @@ fn state_json(work: &Path) -> Option<Value> {
     Some(serde_json::from_slice(&bytes).expect("state.json is JSON"))
 }
 
-fn keys(work: &Path) -> Vec<Key> {
+pub(super) fn keys(work: &Path) -> Vec<Key> {
     let Some(v) = state_json(work) else {
         return Vec::new();
     };
@@ -193,7 +193,7 @@ fn signing_table(signer: &Path) -> Vec<(String, String)> {
 }
 
 /// The record names the OpenDKIM tables sign with.
-fn signer_names(signer: &Path) -> BTreeSet<String> {
+pub(super) fn signer_names(signer: &Path) -> BTreeSet<String> {
     key_table(signer).into_iter().map(|(id, ..)| id).collect()
 }
 
@@ -1154,14 +1154,14 @@ fn records_are_zone_file_lines_split_at_255_that_named_accepts() {
 }
 
 /// An RSA key made by openssl (PKCS#8 PEM) and the record publishing it.
-fn openssl_key(path: &Path) -> String {
+pub(super) fn openssl_key(path: &Path) -> String {
     rsa_key_file(path, 2048);
     record_of_key_file(path)
 }
 
 /// Publishes `value` (split into 255-byte strings) with nsupdate and the
 /// server's TSIG key.
-fn nsupdate_txt(bind: &Bind, name: &str, value: &str) {
+pub(super) fn nsupdate_txt(bind: &Bind, name: &str, value: &str) {
     let strings: Vec<String> = value
         .as_bytes()
         .chunks(255)
@@ -1545,7 +1545,7 @@ fn renew_and_run_advance_the_keys_on_their_own() {
 // ---------------------------------------------------------------------------
 
 /// The signer's two OpenDKIM tables, byte for byte (`None`: absent).
-fn table_bytes(signer: &Path) -> [Option<String>; 2] {
+pub(super) fn table_bytes(signer: &Path) -> [Option<String>; 2] {
     ["KeyTable", "SigningTable"].map(|f| {
         std::fs::read(signer.join(f))
             .ok()
@@ -1557,7 +1557,7 @@ fn table_bytes(signer: &Path) -> [Option<String>; 2] {
 /// reading mxkeys' tables in `work/signer`) as the milter of a Postfix
 /// (in `work/postfix`) relaying to an SMTP sink, and dkimpy verifying
 /// through `bind`.
-fn start_mail_path(
+pub(super) fn start_mail_path(
     bind: &Bind,
     work: &Path,
 ) -> (OpenDkim, SmtpSink, common::servers::Postfix, Dkimpy) {
@@ -1583,7 +1583,7 @@ fn send_as_alice(addr: &str, subject: &str) {
 /// Sends a message through `postfix` (OpenDKIM behind it) and returns
 /// dkimpy's verdict on what the sink received.
 #[track_caller]
-fn send_and_verify(
+pub(super) fn send_and_verify(
     postfix: &common::servers::Postfix,
     sink: &SmtpSink,
     py: &Dkimpy,

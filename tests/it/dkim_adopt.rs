@@ -17,8 +17,8 @@ use common::servers::{Need, prog, require_programs, run_ok};
 use mxkeys::dkim::adopt::{self, Adopted};
 use mxkeys::names::DnsName;
 
-const GENKEY: &[Need] = &[("opendkim-genkey", "opendkim-tools")];
-const RSPAMADM: &[Need] = &[("rspamadm", "rspamd")];
+pub(super) const GENKEY: &[Need] = &[("opendkim-genkey", "opendkim-tools")];
+pub(super) const RSPAMADM: &[Need] = &[("rspamadm", "rspamd")];
 const OPENDKIM: &[Need] = &[("opendkim", "opendkim")];
 
 /// The real OpenDKIM reads `conf` without complaint (`opendkim -n`), so the
@@ -38,7 +38,7 @@ fn tmp() -> tempfile::TempDir {
 
 /// `opendkim-genkey` as docker-mailserver runs it: `DIR/SELECTOR.private`
 /// and `DIR/SELECTOR.txt`.
-fn genkey(dir: &Path, domain: &str, selector: &str) -> PathBuf {
+pub(super) fn genkey(dir: &Path, domain: &str, selector: &str) -> PathBuf {
     std::fs::create_dir_all(dir).unwrap();
     let mut c = Command::new(prog("opendkim-genkey"));
     c.args([
@@ -56,7 +56,7 @@ fn genkey(dir: &Path, domain: &str, selector: &str) -> PathBuf {
 }
 
 /// `rspamadm dkim_keygen`, the public part (zone form) written to `public`.
-fn rspamd_keygen(key: &Path, public: &Path, domain: &str, selector: &str) {
+pub(super) fn rspamd_keygen(key: &Path, public: &Path, domain: &str, selector: &str) {
     let mut c = Command::new(prog("rspamadm"));
     c.args([
         "dkim_keygen",

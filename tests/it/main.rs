@@ -22,6 +22,7 @@ mod dane_loop;
 mod dane_pass;
 mod dkim;
 mod dkim_adopt;
+mod dkim_import_from;
 mod dns;
 mod hostile_fs;
 mod hostile_keydir;
