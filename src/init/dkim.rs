@@ -253,13 +253,8 @@ fn amavis(config: &Path) -> Option<FoundDkim> {
         reload_signal: None,
         notes,
     };
-    // The keys are listed once `dkim::adopt` reads amavis' files; until
-    // then `[[dkim.adopt]]` reads them when mxkeys runs.
-    if !with_keys.is_empty() {
-        found.notes.push(
-            "the keys of amavis' dkim_key lines are adopted when mxkeys runs (not listed here)"
-                .to_owned(),
-        );
+    for f in &with_keys {
+        add_keys(&mut found, crate::dkim::adopt::amavis(f));
     }
     found.notes.push(
         "amavis re-reads dkim_key lines only on reload: set `reload = [\"systemctl\", \

@@ -588,7 +588,7 @@ fn an_rspamd_dkim_signing_conf_and_amavis_dkim_key_lines_are_adopted_and_a_raw_e
             "example.com".to_owned(),
             "mail".to_owned(),
             DkimAlgorithm::Rsa2048,
-            rsa
+            rsa.clone()
         )]
     );
     assert_notes(&r.notes, &["SIGHUP", "Rspamd's raw base64 form"]);
@@ -597,8 +597,16 @@ fn an_rspamd_dkim_signing_conf_and_amavis_dkim_key_lines_are_adopted_and_a_raw_e
     assert_eq!(m.signer, Signer::Amavis);
     assert_eq!(m.signer_dir, amavis);
     assert_eq!(m.adopt, vec![adopt(AdoptFrom::Amavis(with_keys))]);
-    assert_eq!(keys(m), vec![]);
-    assert_notes(&m.notes, &["adopted when mxkeys runs", "reload"]);
+    assert_eq!(
+        keys(m),
+        vec![(
+            "example.com".to_owned(),
+            "mail".to_owned(),
+            DkimAlgorithm::Rsa2048,
+            rsa
+        )]
+    );
+    assert_notes(&m.notes, &["reload"]);
 }
 
 #[test]
