@@ -1202,6 +1202,221 @@ mod tests {
         ));
     }
 
+    /// The environment `vars` on a machine where only `files` exist.
+    fn build_on(vars: &[(&str, &str)], files: &[&str]) -> Result<Option<String>, EnvError> {
+        let map: HashMap<&str, &str> = vars.iter().copied().collect();
+        toml_from(&|k| map.get(k).map(|v| (*v).to_owned()), &|p| {
+            files.iter().any(|f| p == Path::new(f))
+        })
+    }
+
+    /// The `[[dkim.adopt]]` entries of the built configuration.
+    fn adopted(vars: &[(&str, &str)], files: &[&str]) -> Vec<super::super::Adopt> {
+        parse(&build_on(vars, files).unwrap().unwrap())
+            .dkim
+            .unwrap()
+            .adopt
+    }
+
+    #[test]
+    fn keys_the_seeds_left_on_disk_are_adopted_where_their_containers_keep_them() {
+        use super::super::{Adopt, AdoptCheck, AdoptFrom};
+        let name = |n: &str| crate::names::DnsName::parse(n).unwrap();
+        let key = |file: &str, domain: &str, selector: &str| Adopt {
+            from: AdoptFrom::Key {
+                file: file.into(),
+                domain: name(domain),
+                selector: selector.into(),
+            },
+            check: AdoptCheck::None,
+        };
+        // mlan: amavis' key for the first domain, from `amavisd genrsa`.
+        let mlan = "/var/db/dkim/example.com.s1.privkey.pem";
+        assert_eq!(
+            adopted(
+                &[
+                    ("MAIL_DOMAIN", "example.com example.org"),
+                    ("DKIM_SELECTOR", "s1")
+                ],
+                &[mlan]
+            ),
+            vec![key(mlan, "example.com", "s1")]
+        );
+        // ... and MAIL_DOMAIN with that file alone is enough.
+        assert_eq!(
+            adopted(
+                &[("MAIL_DOMAIN", "example.com")],
+                &["/var/db/dkim/example.com.default.privkey.pem"]
+            ),
+            vec![key(
+                "/var/db/dkim/example.com.default.privkey.pem",
+                "example.com",
+                "default"
+            )]
+        );
+        // boky: each domain's key that exists, with its own selector.
+        assert_eq!(
+            adopted(
+                &[
+                    (
+                        "ALLOWED_SENDER_DOMAINS",
+                        "example.com example.org,example.net"
+                    ),
+                    ("DKIM_SELECTOR", "sel,example.org=other"),
+                ],
+                &[
+                    "/etc/opendkim/keys/example.com.private",
+                    "/etc/opendkim/keys/example.org.private"
+                ]
+            ),
+            vec![
+                key(
+                    "/etc/opendkim/keys/example.com.private",
+                    "example.com",
+                    "sel"
+                ),
+                key(
+                    "/etc/opendkim/keys/example.org.private",
+                    "example.org",
+                    "other"
+                ),
+            ]
+        );
+        // docker-mailserver's OpenDKIM tree, at its own path.
+        assert_eq!(
+            adopted(
+                &[
+                    ("ENABLE_OPENDKIM", "1"),
+                    ("MXKEYS_DKIM_DOMAINS", "example.com")
+                ],
+                &["/tmp/docker-mailserver/opendkim"]
+            ),
+            vec![Adopt {
+                from: AdoptFrom::Dms("/tmp/docker-mailserver".into()),
+                check: AdoptCheck::None
+            }]
+        );
+        // Nothing there: mxkeys makes the keys.
+        assert!(
+            adopted(
+                &[
+                    ("ENABLE_OPENDKIM", "yes"),
+                    ("MXKEYS_DKIM_DOMAINS", "example.com")
+                ],
+                &[]
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn domains_alone_ask_for_no_dkim() {
+        for var in ["MAIL_DOMAIN", "ALLOWED_SENDER_DOMAINS"] {
+            assert_eq!(build_on(&[(var, "example.com")], &[]), Ok(None), "{var}");
+        }
+        assert_eq!(build_on(&[("ENABLE_OPENDKIM", "0")], &[]), Ok(None));
+    }
+
+    #[test]
+    fn dkim_and_dns_variables_are_checked_without_showing_a_key() {
+        let key = "MIIEsecretsecretsecret";
+        for (vars, needles) in [
+            (
+                &[("DKIM_PRIVATEKEY", key)][..],
+                &["DKIM_PRIVATEKEY needs MAIL_DOMAIN"][..],
+            ),
+            (
+                &[("MAIL_DOMAIN", "example.com"), ("DKIM_KEYBITS", "1024")][..],
+                &["DKIM_KEYBITS=\"1024\"", "2048 or 3072"][..],
+            ),
+            (
+                &[
+                    ("ALLOWED_SENDER_DOMAINS", "example.com"),
+                    ("DKIM_AUTOGENERATE", "maybe"),
+                ][..],
+                &["DKIM_AUTOGENERATE=\"maybe\""][..],
+            ),
+            (
+                &[
+                    ("OPENDKIM_KEYFILE", "/k"),
+                    ("OPENDKIM_DOMAIN", "example.com"),
+                ][..],
+                &["OPENDKIM_KEYFILE needs OPENDKIM_SELECTOR"][..],
+            ),
+            (
+                &[
+                    ("OPENDKIM_KEYTABLE", "/k"),
+                    ("OPENDKIM_DOMAIN", "example.com"),
+                ][..],
+                &["OPENDKIM_KEYTABLE needs OPENDKIM_SIGNINGTABLE"][..],
+            ),
+            (
+                &[("ENABLE_RSPAMD", "1")][..],
+                &["ENABLE_RSPAMD needs MXKEYS_DKIM_DOMAINS"][..],
+            ),
+            (
+                &[("MXKEYS_DKIM_DOMAINS", "example.com")][..],
+                &["MXKEYS_DKIM_DOMAINS needs"][..],
+            ),
+            (
+                &[("MXKEYS_DNS_SERVER", "127.0.0.1")][..],
+                &["MXKEYS_DNS_SERVER needs MXKEYS_DNS_TYPE"][..],
+            ),
+            (
+                &[("MXKEYS_DNS_TYPE", "route53")][..],
+                &["MXKEYS_DNS_TYPE=\"route53\""][..],
+            ),
+            (
+                &[
+                    ("MXKEYS_DNS_TYPE", "exec"),
+                    ("MXKEYS_DNS_API_TOKEN_ENV", "T"),
+                ][..],
+                &["MXKEYS_DNS_API_TOKEN_ENV", "exec"][..],
+            ),
+            (
+                &[
+                    ("MAIL_DOMAIN", "example.com"),
+                    ("DKIM_PRIVATEKEY", key),
+                    ("MXKEYS_DKIM_RELOAD_SIGNAL", "HUP"),
+                ][..],
+                &["MXKEYS_DKIM_RELOAD_SIGNAL needs MXKEYS_DKIM_RELOAD_PIDFILE"][..],
+            ),
+        ] {
+            let e = build_on(vars, &[]).unwrap_err().to_string();
+            for n in needles {
+                assert!(e.contains(n), "{vars:?}: {e}");
+            }
+            assert!(!e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_exec_provider_runs_the_command_with_mxkeys_arguments() {
+        let c = parse(
+            &build_on(
+                &[
+                    ("MXKEYS_DNS_TYPE", "exec"),
+                    ("MXKEYS_DNS_COMMAND", "/usr/local/bin/hook --zone a"),
+                ],
+                &[],
+            )
+            .unwrap()
+            .unwrap(),
+        );
+        assert_eq!(
+            c.dns["env"].kind,
+            super::super::DnsKind::Exec {
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "/usr/local/bin/hook --zone a \"$@\"".into(),
+                    "mxkeys-dns".into()
+                ]
+            }
+        );
+        assert!(c.dkim.is_none() && c.sources.is_empty());
+    }
+
     #[test]
     fn readme_documents_every_variable() {
         let readme = include_str!("../../README.md");
