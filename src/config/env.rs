@@ -529,6 +529,8 @@ enum Seed {
 /// What the seed's variables say, before it becomes the `[dkim]` table.
 struct DkimPlan {
     domains: Vec<String>,
+    /// Where the seed's users read the record to publish.
+    record_dir: Option<&'static str>,
     algorithm: Option<&'static str>,
     selector: Option<String>,
     signer: &'static str,
@@ -658,6 +660,9 @@ fn dkim_table(
     if let Some(dir) = get("MXKEYS_DKIM_KEY_DIR") {
         t.insert("key_dir".into(), s(&dir));
     }
+    if let Some(dir) = plan.record_dir {
+        t.insert("record_dir".into(), s(dir));
+    }
     t.insert("dns".into(), s(if has_dns { "env" } else { "manual" }));
     t.insert("signer".into(), s(plan.signer));
     t.insert(
@@ -705,7 +710,9 @@ fn dkim_table(
 
 /// mlan/docker-postfix (and postfix-amavis): amavis signs for the first
 /// of MAIL_DOMAIN with `/var/db/dkim/DOMAIN.SELECTOR.privkey.pem`, which
-/// DKIM_PRIVATEKEY fills, else `amavisd genrsa` made.
+/// DKIM_PRIVATEKEY fills, else `amavisd genrsa` made; its users read the
+/// record to publish from `/var/db/dkim/DOMAIN.SELECTOR._domainkey.txt`,
+/// which `record_dir` keeps writing.
 fn mlan_plan(get: &Get, exists: &dyn Fn(&Path) -> bool) -> Result<Option<DkimPlan>, EnvError> {
     let Some(domains) = get("MAIL_DOMAIN").map(|d| list(&d)) else {
         let var = if get("DKIM_PRIVATEKEY").is_some() {
@@ -755,6 +762,7 @@ fn mlan_plan(get: &Get, exists: &dyn Fn(&Path) -> bool) -> Result<Option<DkimPla
     };
     Ok(Some(DkimPlan {
         domains,
+        record_dir: Some(MLAN_DKIM_DIR),
         algorithm,
         selector: Some(selector),
         signer: "amavis",
@@ -828,6 +836,7 @@ fn mikenye_plan(get: &Get) -> Result<Option<DkimPlan>, EnvError> {
     };
     Ok(Some(DkimPlan {
         domains,
+        record_dir: None,
         algorithm: None,
         selector,
         signer: "opendkim",
@@ -885,6 +894,7 @@ fn boky_plan(get: &Get, exists: &dyn Fn(&Path) -> bool) -> Result<Option<DkimPla
     }
     Ok(Some(DkimPlan {
         domains,
+        record_dir: None,
         algorithm: None,
         selector: Some(default.clone()),
         signer: "opendkim",
@@ -927,6 +937,7 @@ fn dms_plan(get: &Get, exists: &dyn Fn(&Path) -> bool) -> Result<Option<DkimPlan
     };
     Ok(Some(DkimPlan {
         domains,
+        record_dir: None,
         algorithm: None,
         selector: None,
         signer,

@@ -18,6 +18,7 @@ pub mod adopt;
 pub mod keydir;
 pub mod keys;
 pub mod machine;
+pub mod record_file;
 pub mod signer;
 
 use std::collections::BTreeSet;
@@ -281,6 +282,7 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
     if book.signer_reload_pending && !reload_failed {
         reload_signer(config, d, &mut book, &mut pass)?;
     }
+    record_file::write(d, &book);
     Ok(pass)
 }
 

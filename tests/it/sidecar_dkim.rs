@@ -7,7 +7,9 @@
 //! loaded from the environment equals the one loaded from that file.
 //! Conflicting variables are one error naming both; a key given in the
 //! environment is never printed; the `[dns.env]` the variables make works
-//! against a real BIND (`mxkeys dns test env`).
+//! against a real BIND (`mxkeys dns test env`). mlan's users read the
+//! record to publish from `DOMAIN.SELECTOR._domainkey.txt`: `[dkim]
+//! record_dir` writes it on every pass (checked against the real BIND).
 
 use mxkeys_testsupport as common;
 
@@ -16,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::bind::{Bind, KEY_NAME};
+use common::dkim_tools::{mx_ok, record_of_key_file, setup, write_dkim_config};
 use common::servers::{Need, prog, require_programs, run_ok};
 use common::{Run, bin, run_with_timeout, write};
 use mxkeys::config::{Config, Host, env};
@@ -159,6 +162,7 @@ fn mlan_private_key_variable_is_adopted_by_name_as_the_equivalent_toml_says() {
 algorithms = ["rsa-3072"]
 dns = "manual"
 domains = ["example.com", "example.org"]
+record_dir = "/var/db/dkim"
 selector = "default"
 signer = "amavis"
 signer_dir = "/var/db/dkim"
@@ -459,4 +463,68 @@ zone = "example.test"
     for text in [&printed, &r.stdout, &r.stderr] {
         assert!(!text.contains(&bind.secret_b64), "the secret is shown");
     }
+}
+
+/// `[dkim] record_dir` (which mlan's variables set to /var/db/dkim): after
+/// a pass through a real BIND, each key's file holds the record the server
+/// answers and openssl derives from the key file; a revoked key's file
+/// says `p=` empty.
+#[test]
+fn record_dir_holds_the_record_bind_serves_for_each_key() {
+    let Some((bind, work)) = setup("record_dir_holds_the_record_bind_serves_for_each_key", &[])
+    else {
+        return;
+    };
+    let config = write_dkim_config(
+        &bind,
+        &work,
+        "domains = [\"example.test\"]\nkey_dir = \"keys\"\ndns = \"bind\"\nsigner = \"opendkim\"\nsigner_dir = \"signer\"\nlead = \"0s\"\nselector = \"default\"\nrecord_dir = \"records\"\n",
+    );
+    mx_ok(&config, &["dkim", "rotate"]);
+    let file = work.join("records/example.test.default._domainkey.txt");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("default._domainkey.example.test. "))
+        .unwrap_or_else(|| panic!("no record line in:\n{text}"));
+    let value: String = line.split('"').skip(1).step_by(2).collect();
+    assert_eq!(
+        bind.txt_values("default._domainkey.example.test"),
+        vec![value.clone()],
+        "the file is not what BIND serves"
+    );
+    assert_eq!(
+        value,
+        record_of_key_file(&work.join("keys/example.test/default.pem"))
+    );
+    assert_eq!(mode_of(&file) & 0o777, 0o644);
+
+    // Revoked: the file follows at the next pass.
+    mx_ok(
+        &config,
+        &[
+            "dkim",
+            "revoke",
+            "--domain",
+            "example.test",
+            "--selector",
+            "default",
+            "--force",
+        ],
+    );
+    mx_ok(&config, &["dkim", "rotate"]);
+    assert_eq!(
+        bind.txt_values("default._domainkey.example.test"),
+        vec!["v=DKIM1; k=rsa; p="]
+    );
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        text.contains("TXT \"v=DKIM1; k=rsa; p=\"\n"),
+        "not revoked:\n{text}"
+    );
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::metadata(p).unwrap().permissions().mode()
 }
