@@ -129,11 +129,11 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
     (
         "ENABLE_OPENDKIM",
-        "docker-mailserver: 1 when OpenDKIM signs (keys in the config directory's opendkim/)",
+        "docker-mailserver: 1 when OpenDKIM signs (keys in the config directory's opendkim/); with MXKEYS_DKIM_DOMAINS",
     ),
     (
         "ENABLE_RSPAMD",
-        "docker-mailserver: 1 when Rspamd signs (keys in the config directory's rspamd/dkim/)",
+        "docker-mailserver: 1 when Rspamd signs (keys in the config directory's rspamd/dkim/); with MXKEYS_DKIM_DOMAINS",
     ),
     (
         "MXKEYS_DMS_CONFIG",
@@ -571,7 +571,12 @@ fn dkim_table(
             "OpenDKIM reads one key file or a key table, not both",
         ));
     }
-    if flag(get, "ENABLE_OPENDKIM")? && flag(get, "ENABLE_RSPAMD")? {
+    // docker-mailserver's own variables name no domains: its DKIM is
+    // taken over once MXKEYS_DKIM_DOMAINS names them, so a sidecar
+    // sharing its mailserver.env keeps working as before.
+    let dms_flags = flag(get, "ENABLE_OPENDKIM")? || flag(get, "ENABLE_RSPAMD")?;
+    let dms_asked = dms_flags && get("MXKEYS_DKIM_DOMAINS").is_some();
+    if dms_asked && flag(get, "ENABLE_OPENDKIM")? && flag(get, "ENABLE_RSPAMD")? {
         return Err(EnvError::Conflict(
             "ENABLE_OPENDKIM",
             "ENABLE_RSPAMD",
@@ -593,7 +598,7 @@ fn dkim_table(
         ("ENABLE_OPENDKIM", flag(get, "ENABLE_OPENDKIM")?),
     ]
     .into_iter()
-    .find_map(|(v, on)| on.then_some(v));
+    .find_map(|(v, on)| (on && dms_asked).then_some(v));
     let seeds: Vec<(Seed, &'static str)> = [
         (Seed::Mlan, mlan),
         (Seed::Mikenye, mikenye),
@@ -606,6 +611,15 @@ fn dkim_table(
     // MAIL_DOMAIN alone (or ALLOWED_SENDER_DOMAINS alone) names domains
     // but asks for no DKIM unless a key of the seed is there; see below.
     let seed = match seeds[..] {
+        [] if dms_flags => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::info!(
+                    "docker-mailserver's ENABLE_OPENDKIM or ENABLE_RSPAMD is set: set MXKEYS_DKIM_DOMAINS for mxkeys to take over its DKIM keys"
+                );
+            });
+            return Ok(None);
+        }
         [] => {
             for var in [
                 "DKIM_SELECTOR",
@@ -1326,6 +1340,14 @@ mod tests {
             assert_eq!(build_on(&[(var, "example.com")], &[]), Ok(None), "{var}");
         }
         assert_eq!(build_on(&[("ENABLE_OPENDKIM", "0")], &[]), Ok(None));
+        // docker-mailserver's env file shared by a sidecar: its DKIM only
+        // once MXKEYS_DKIM_DOMAINS names the domains.
+        let both = [("ENABLE_OPENDKIM", "1"), ("ENABLE_RSPAMD", "1")];
+        assert_eq!(build_on(&both, &[]), Ok(None));
+        let tls_only = build_on(&[both[0], ("SSL_TYPE", "self-signed")], &[])
+            .unwrap()
+            .unwrap();
+        assert!(!tls_only.contains("[dkim]"), "{tls_only}");
     }
 
     #[test]
@@ -1360,10 +1382,6 @@ mod tests {
                     ("OPENDKIM_DOMAIN", "example.com"),
                 ][..],
                 &["OPENDKIM_KEYTABLE needs OPENDKIM_SIGNINGTABLE"][..],
-            ),
-            (
-                &[("ENABLE_RSPAMD", "1")][..],
-                &["ENABLE_RSPAMD needs MXKEYS_DKIM_DOMAINS"][..],
             ),
             (
                 &[("MXKEYS_DKIM_DOMAINS", "example.com")][..],
