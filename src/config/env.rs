@@ -7,6 +7,16 @@
 //! TOML text, parsed by the same code as a configuration file, so the
 //! environment and the equivalent TOML cannot mean different things.
 //! `mxkeys config` prints it.
+//!
+//! DKIM speaks the seed containers' variables (mlan/docker-postfix,
+//! mikenye/postfix, boky/postfix, docker-mailserver): a key their signer
+//! signs with already becomes a `[[dkim.adopt]]` entry (a key in a
+//! variable by the variable's name only), a domain without one gets a key
+//! mxkeys makes; variables of two containers, or two that exclude each
+//! other, are an error naming both. MXKEYS_DNS_* make `[dns.env]`; without
+//! it records are printed and adopted keys are not looked up.
+//!
+//! Pure: the environment and whether a path exists come in as functions.
 
 use std::path::Path;
 
