@@ -30,6 +30,9 @@ pub struct Dkim {
     /// Selector template: `{alg}` (r/e), `{date}` (YYYYMMDD), `{n}`.
     pub selector: String,
     pub key_dir: PathBuf,
+    /// Where each key's record is also written as
+    /// `DOMAIN.SELECTOR._domainkey.txt` (`crate::dkim::record_file`).
+    pub record_dir: Option<PathBuf>,
     /// A `[dns.NAME]` provider, or "manual".
     pub dns: String,
     pub ttl: u32,
@@ -222,6 +225,7 @@ pub(super) fn dkim(
             .as_deref()
             .map(|p| ctx.abs(p))
             .unwrap_or_else(|| state_dir.default_dkim_key_dir()),
+        record_dir: raw.record_dir.as_deref().map(|p| ctx.abs(p)),
         dns: raw.dns,
         ttl: raw.ttl.unwrap_or(300),
         rotate_every,

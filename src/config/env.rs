@@ -7,6 +7,16 @@
 //! TOML text, parsed by the same code as a configuration file, so the
 //! environment and the equivalent TOML cannot mean different things.
 //! `mxkeys config` prints it.
+//!
+//! DKIM speaks the seed containers' variables (mlan/docker-postfix,
+//! mikenye/postfix, boky/postfix, docker-mailserver): a key their signer
+//! signs with already becomes a `[[dkim.adopt]]` entry (a key in a
+//! variable by the variable's name only), a domain without one gets a key
+//! mxkeys makes; variables of two containers, or two that exclude each
+//! other, are an error naming both. MXKEYS_DNS_* make `[dns.env]`; without
+//! it records are printed and adopted keys are not looked up.
+//!
+//! Pure: the environment and whether a path exists come in as functions.
 
 use std::path::Path;
 
@@ -82,6 +92,136 @@ pub const VARIABLES: &[(&str, &str)] = &[
         "MXKEYS_METRICS_LISTEN",
         "serve /metrics and /healthz here, e.g. 0.0.0.0:9325",
     ),
+    // DKIM: the seed containers' own variables (see `dkim_seed`).
+    (
+        "MAIL_DOMAIN",
+        "mlan/docker-postfix: the domains (space-separated) to sign for; its key signs the first",
+    ),
+    (
+        "DKIM_SELECTOR",
+        "mlan: the key's selector (default `default`); boky/postfix: `SEL` or `SEL,DOMAIN=SEL,...` (default `mail`)",
+    ),
+    (
+        "DKIM_KEYBITS",
+        "mlan: size of RSA keys made (2048, the default, or 3072)",
+    ),
+    (
+        "DKIM_PRIVATEKEY",
+        "mlan: the PEM key its signer signs with (BEGIN/END lines optional); adopted by name, never printed",
+    ),
+    (
+        "OPENDKIM_DOMAIN",
+        "mikenye/postfix: the domains (comma-separated) OpenDKIM signs for",
+    ),
+    (
+        "OPENDKIM_SELECTOR",
+        "mikenye/postfix: the selector of OPENDKIM_KEYFILE",
+    ),
+    (
+        "OPENDKIM_KEYFILE",
+        "mikenye/postfix: the one key OpenDKIM signs with",
+    ),
+    (
+        "OPENDKIM_KEYTABLE",
+        "mikenye/postfix: OpenDKIM's KeyTable (instead of OPENDKIM_KEYFILE)",
+    ),
+    (
+        "OPENDKIM_SIGNINGTABLE",
+        "mikenye/postfix: OpenDKIM's SigningTable (goes with OPENDKIM_KEYTABLE)",
+    ),
+    (
+        "ALLOWED_SENDER_DOMAINS",
+        "boky/postfix: the domains (space- or comma-separated); keys in /etc/opendkim/keys/DOMAIN.private",
+    ),
+    (
+        "DKIM_AUTOGENERATE",
+        "boky/postfix: make the keys that do not exist (true/false)",
+    ),
+    (
+        "ENABLE_OPENDKIM",
+        "docker-mailserver: 1 when OpenDKIM signs (keys in the config directory's opendkim/); with MXKEYS_DKIM_DOMAINS",
+    ),
+    (
+        "ENABLE_RSPAMD",
+        "docker-mailserver: 1 when Rspamd signs (keys in the config directory's rspamd/dkim/); with MXKEYS_DKIM_DOMAINS",
+    ),
+    (
+        "MXKEYS_DMS_CONFIG",
+        "docker-mailserver's config directory as mounted here (default /tmp/docker-mailserver)",
+    ),
+    (
+        "MXKEYS_DKIM_DOMAINS",
+        "comma-separated domains to sign for (overrides the seed's; needed for docker-mailserver)",
+    ),
+    (
+        "MXKEYS_DKIM_SELECTOR",
+        "selector template of the keys mxkeys makes (default: the seed's selector)",
+    ),
+    (
+        "MXKEYS_DKIM_KEY_DIR",
+        "[dkim] key_dir (default state_dir/dkim)",
+    ),
+    (
+        "MXKEYS_DKIM_SIGNER_DIR",
+        "[dkim] signer_dir: where the signer's files are written (default: the seed's)",
+    ),
+    (
+        "MXKEYS_DKIM_RELOAD_PIDFILE",
+        "signal the signer in this pid file after its files change (shared PID namespace)",
+    ),
+    (
+        "MXKEYS_DKIM_RELOAD_SIGNAL",
+        "the signal for MXKEYS_DKIM_RELOAD_PIDFILE (default USR1 for OpenDKIM, else HUP)",
+    ),
+    // DNS: one provider, `[dns.env]`.
+    (
+        "MXKEYS_DNS_TYPE",
+        "rfc2136 | cloudflare | exec | manual: the provider [dns.env] that publishes DKIM records (unset: records are printed, adopted keys are not looked up)",
+    ),
+    (
+        "MXKEYS_DNS_SERVER",
+        "rfc2136: the primary server, IP[:port]",
+    ),
+    ("MXKEYS_DNS_ZONE", "the zone to write in"),
+    ("MXKEYS_DNS_TSIG_NAME", "rfc2136: the TSIG key's name"),
+    (
+        "MXKEYS_DNS_TSIG_ALGORITHM",
+        "rfc2136: hmac-sha256 (default), hmac-sha384, hmac-sha512",
+    ),
+    (
+        "MXKEYS_DNS_TSIG_SECRET_FILE",
+        "rfc2136: file holding the TSIG secret",
+    ),
+    (
+        "MXKEYS_DNS_TSIG_SECRET_ENV",
+        "rfc2136: name of the variable holding the TSIG secret",
+    ),
+    (
+        "MXKEYS_DNS_API_TOKEN_FILE",
+        "cloudflare: file holding the API token",
+    ),
+    (
+        "MXKEYS_DNS_API_TOKEN_ENV",
+        "cloudflare: name of the variable holding the API token",
+    ),
+    ("MXKEYS_DNS_API_URL", "cloudflare: the API's URL"),
+    (
+        "MXKEYS_DNS_COMMAND",
+        "exec: the program, run by `sh -c` with its arguments appended",
+    ),
+    (
+        "MXKEYS_DNS_NAMESERVERS",
+        "comma-separated authoritative servers of the zone",
+    ),
+    ("MXKEYS_DNS_RESOLVER", "the recursive resolver, IP[:port]"),
+    (
+        "MXKEYS_DNS_PROPAGATION_INTERVAL",
+        "how often propagation is checked, e.g. 2s",
+    ),
+    (
+        "MXKEYS_DNS_PROPAGATION_TIMEOUT",
+        "how long propagation is waited for, e.g. 60s",
+    ),
 ];
 
 /// Default acme.json location of the mail containers' Traefik setups.
@@ -99,6 +239,18 @@ pub enum EnvError {
     UnknownSslType(String),
     #[error("no source: set ACME_FILE, mount {DEFAULT_ACME_FILE}, or set SSL_TYPE")]
     NoSource,
+    #[error("{0} and {1} conflict: {2}")]
+    Conflict(&'static str, &'static str, &'static str),
+    #[error("{0} needs {1}")]
+    Needs(&'static str, &'static str),
+    /// A variable's value is refused; `shown` is the value when it is no
+    /// secret (DKIM_PRIVATEKEY's never is).
+    #[error("{var}{}: {why}", shown.as_deref().map(|v| format!("={v:?}")).unwrap_or_default())]
+    Bad {
+        var: &'static str,
+        shown: Option<String>,
+        why: String,
+    },
     #[error("{0}")]
     Toml(String),
 }
@@ -111,13 +263,24 @@ pub fn toml_from(
     exists: &dyn Fn(&Path) -> bool,
 ) -> Result<Option<String>, EnvError> {
     let get = |k: &str| raw_get(k).filter(|v| !v.trim().is_empty());
-    let configured = VARIABLES
+    // The certificate side is asked for by its own variables (and the
+    // daemon's), or a mounted acme.json; DKIM and DNS by theirs.
+    let tls_asked = VARIABLES
         .iter()
-        .any(|(k, _)| *k != "HOSTNAME" && get(k).is_some())
+        .any(|(k, _)| !is_general(k) && !is_dkim_or_dns(k) && get(k).is_some())
         || exists(Path::new(DEFAULT_ACME_FILE));
-    if !configured {
+    let general = VARIABLES
+        .iter()
+        .any(|(k, _)| *k != "HOSTNAME" && is_general(k) && get(k).is_some());
+    let dns = dns_env(&get)?;
+    let dkim = dkim_table(&get, exists, dns.is_some())?;
+    let dkim_or_dns = dkim.is_some() || dns.is_some();
+    if !tls_asked && !general && !dkim_or_dns {
         return Ok(None);
     }
+    // Without DKIM or DNS, the daemon's variables alone still ask for the
+    // certificate side (and its missing source is the error).
+    let tls_asked = tls_asked || !dkim_or_dns;
     let mut root = Table::new();
     let s = |v: &str| Value::String(v.to_owned());
     if let Some(h) = get("HOSTNAME") {
@@ -138,6 +301,21 @@ pub fn toml_from(
         let mut m = Table::new();
         m.insert("listen".into(), s(&listen));
         root.insert("metrics".into(), Value::Table(m));
+    }
+
+    if let Some(dns) = dns {
+        let mut t = Table::new();
+        t.insert("env".into(), Value::Table(dns));
+        root.insert("dns".into(), Value::Table(t));
+    }
+    if let Some(dkim) = dkim {
+        root.insert("dkim".into(), Value::Table(dkim));
+    }
+    if !tls_asked {
+        // DKIM (or DNS) alone: no certificate source, no target.
+        return toml::to_string(&root)
+            .map(Some)
+            .map_err(|e| EnvError::Toml(e.to_string()));
     }
 
     // Sources.
@@ -277,6 +455,624 @@ pub fn toml_from(
     toml::to_string(&root)
         .map(Some)
         .map_err(|e| EnvError::Toml(e.to_string()))
+}
+
+/// The seeds' DKIM variables (not the certificate side's).
+const DKIM_SEED_VARIABLES: &[&str] = &[
+    "MAIL_DOMAIN",
+    "DKIM_SELECTOR",
+    "DKIM_KEYBITS",
+    "DKIM_PRIVATEKEY",
+    "OPENDKIM_DOMAIN",
+    "OPENDKIM_SELECTOR",
+    "OPENDKIM_KEYFILE",
+    "OPENDKIM_KEYTABLE",
+    "OPENDKIM_SIGNINGTABLE",
+    "ALLOWED_SENDER_DOMAINS",
+    "DKIM_AUTOGENERATE",
+    "ENABLE_OPENDKIM",
+    "ENABLE_RSPAMD",
+];
+
+/// The variables of the daemon as a whole, not of one side.
+fn is_general(var: &str) -> bool {
+    [
+        "HOSTNAME",
+        "MXKEYS_STATE_DIR",
+        "MXKEYS_WATCH",
+        "MXKEYS_POLL_INTERVAL",
+        "MXKEYS_RESYNC_INTERVAL",
+        "MXKEYS_EXPIRY_WARNING",
+        "MXKEYS_METRICS_LISTEN",
+    ]
+    .contains(&var)
+}
+
+fn is_dkim_or_dns(var: &str) -> bool {
+    DKIM_SEED_VARIABLES.contains(&var)
+        || var.starts_with("MXKEYS_DKIM_")
+        || var.starts_with("MXKEYS_DNS_")
+        || var == "MXKEYS_DMS_CONFIG"
+}
+
+/// mlan/docker-postfix's key directory (amavis signs with
+/// `DOMAIN.SELECTOR.privkey.pem` there).
+const MLAN_DKIM_DIR: &str = "/var/db/dkim";
+/// boky/postfix's key directory (`DOMAIN.private`).
+const BOKY_KEY_DIR: &str = "/etc/opendkim/keys";
+/// Where docker-mailserver reads its config directory.
+const DMS_CONFIG: &str = "/tmp/docker-mailserver";
+
+type Get<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
+/// A yes/no variable, as the seeds' shell scripts read them.
+fn flag(get: &Get, var: &'static str) -> Result<bool, EnvError> {
+    match get(var).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("0" | "false" | "no" | "off") => Ok(false),
+        Some("1" | "true" | "yes" | "on") => Ok(true),
+        Some(other) => Err(EnvError::Bad {
+            var,
+            shown: Some(other.to_owned()),
+            why: "not a yes/no value (1, true, yes, on; 0, false, no, off)".into(),
+        }),
+    }
+}
+
+/// A list separated by commas and/or white space.
+fn list(v: &str) -> Vec<String> {
+    v.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Which seed container's DKIM variables are set, named by the first of
+/// them (for a conflict's message).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Seed {
+    Mlan,
+    Mikenye,
+    Boky,
+    Dms,
+}
+
+/// What the seed's variables say, before it becomes the `[dkim]` table.
+struct DkimPlan {
+    domains: Vec<String>,
+    /// Where the seed's users read the record to publish.
+    record_dir: Option<&'static str>,
+    algorithm: Option<&'static str>,
+    selector: Option<String>,
+    signer: &'static str,
+    signer_dir: String,
+    adopt: Vec<Table>,
+}
+
+fn adopt_entry(pairs: &[(&str, &str)]) -> Table {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), Value::String((*v).to_owned())))
+        .collect()
+}
+
+/// The `[dkim]` table the seeds' variables mean, or `None` when none asks
+/// for DKIM. A key the seed's signer signs with already is adopted
+/// (`[[dkim.adopt]]`); a domain without one gets a key mxkeys makes.
+/// Without a DNS provider (`has_dns` false) records are printed
+/// (`dns = "manual"`) and adopted keys are not looked up
+/// (`check = "none"`): the signer signs with them already.
+fn dkim_table(
+    get: &Get,
+    exists: &dyn Fn(&Path) -> bool,
+    has_dns: bool,
+) -> Result<Option<Table>, EnvError> {
+    // A key given and also one to be made.
+    if get("DKIM_PRIVATEKEY").is_some() && flag(get, "DKIM_AUTOGENERATE")? {
+        return Err(EnvError::Conflict(
+            "DKIM_PRIVATEKEY",
+            "DKIM_AUTOGENERATE",
+            "a key is given and another is to be made; unset one",
+        ));
+    }
+    if get("OPENDKIM_KEYFILE").is_some() && get("OPENDKIM_KEYTABLE").is_some() {
+        return Err(EnvError::Conflict(
+            "OPENDKIM_KEYFILE",
+            "OPENDKIM_KEYTABLE",
+            "OpenDKIM reads one key file or a key table, not both",
+        ));
+    }
+    // docker-mailserver's own variables name no domains: its DKIM is
+    // taken over once MXKEYS_DKIM_DOMAINS names them, so a sidecar
+    // sharing its mailserver.env keeps working as before.
+    let dms_flags = flag(get, "ENABLE_OPENDKIM")? || flag(get, "ENABLE_RSPAMD")?;
+    let dms_asked = dms_flags && get("MXKEYS_DKIM_DOMAINS").is_some();
+    if dms_asked && flag(get, "ENABLE_OPENDKIM")? && flag(get, "ENABLE_RSPAMD")? {
+        return Err(EnvError::Conflict(
+            "ENABLE_OPENDKIM",
+            "ENABLE_RSPAMD",
+            "docker-mailserver signs with one of them; set ENABLE_OPENDKIM=0 with Rspamd",
+        ));
+    }
+    let first = |vars: &[&'static str]| vars.iter().copied().find(|v| get(v).is_some());
+    let mlan = first(&["DKIM_PRIVATEKEY", "DKIM_KEYBITS", "MAIL_DOMAIN"]);
+    let mikenye = first(&[
+        "OPENDKIM_KEYFILE",
+        "OPENDKIM_KEYTABLE",
+        "OPENDKIM_SIGNINGTABLE",
+        "OPENDKIM_DOMAIN",
+        "OPENDKIM_SELECTOR",
+    ]);
+    let boky = first(&["DKIM_AUTOGENERATE", "ALLOWED_SENDER_DOMAINS"]);
+    let dms = [
+        ("ENABLE_RSPAMD", flag(get, "ENABLE_RSPAMD")?),
+        ("ENABLE_OPENDKIM", flag(get, "ENABLE_OPENDKIM")?),
+    ]
+    .into_iter()
+    .find_map(|(v, on)| (on && dms_asked).then_some(v));
+    let seeds: Vec<(Seed, &'static str)> = [
+        (Seed::Mlan, mlan),
+        (Seed::Mikenye, mikenye),
+        (Seed::Boky, boky),
+        (Seed::Dms, dms),
+    ]
+    .into_iter()
+    .filter_map(|(s, v)| Some((s, v?)))
+    .collect();
+    // MAIL_DOMAIN alone (or ALLOWED_SENDER_DOMAINS alone) names domains
+    // but asks for no DKIM unless a key of the seed is there; see below.
+    let seed = match seeds[..] {
+        [] if dms_flags => {
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                tracing::info!(
+                    "docker-mailserver's ENABLE_OPENDKIM or ENABLE_RSPAMD is set: set MXKEYS_DKIM_DOMAINS for mxkeys to take over its DKIM keys"
+                );
+            });
+            return Ok(None);
+        }
+        [] => {
+            for var in [
+                "DKIM_SELECTOR",
+                "MXKEYS_DKIM_DOMAINS",
+                "MXKEYS_DKIM_SELECTOR",
+            ] {
+                if get(var).is_some() {
+                    return Err(EnvError::Needs(
+                        var,
+                        "the DKIM variables of a mail container (MAIL_DOMAIN, ALLOWED_SENDER_DOMAINS, OPENDKIM_*, ENABLE_OPENDKIM or ENABLE_RSPAMD)",
+                    ));
+                }
+            }
+            return Ok(None);
+        }
+        [(seed, _)] => seed,
+        [(_, a), (_, b), ..] => {
+            return Err(EnvError::Conflict(
+                a,
+                b,
+                "they are two mail containers' DKIM variables; set one container's",
+            ));
+        }
+    };
+    let plan = match seed {
+        Seed::Mlan => mlan_plan(get, exists)?,
+        Seed::Mikenye => mikenye_plan(get)?,
+        Seed::Boky => boky_plan(get, exists)?,
+        Seed::Dms => dms_plan(get, exists)?,
+    };
+    let Some(mut plan) = plan else {
+        return Ok(None);
+    };
+    if let Some(d) = get("MXKEYS_DKIM_DOMAINS") {
+        plan.domains = list(&d);
+    }
+    if let Some(s) = get("MXKEYS_DKIM_SELECTOR") {
+        plan.selector = Some(s);
+    }
+    let s = |v: &str| Value::String(v.to_owned());
+    let mut t = Table::new();
+    t.insert(
+        "domains".into(),
+        Value::Array(plan.domains.iter().map(|d| s(d)).collect()),
+    );
+    if let Some(a) = plan.algorithm {
+        t.insert("algorithms".into(), Value::Array(vec![s(a)]));
+    }
+    if let Some(sel) = &plan.selector {
+        t.insert("selector".into(), s(sel));
+    }
+    if let Some(dir) = get("MXKEYS_DKIM_KEY_DIR") {
+        t.insert("key_dir".into(), s(&dir));
+    }
+    if let Some(dir) = plan.record_dir {
+        t.insert("record_dir".into(), s(dir));
+    }
+    t.insert("dns".into(), s(if has_dns { "env" } else { "manual" }));
+    t.insert("signer".into(), s(plan.signer));
+    t.insert(
+        "signer_dir".into(),
+        s(&get("MXKEYS_DKIM_SIGNER_DIR").unwrap_or(plan.signer_dir)),
+    );
+    match (
+        get("MXKEYS_DKIM_RELOAD_PIDFILE"),
+        get("MXKEYS_DKIM_RELOAD_SIGNAL"),
+    ) {
+        (Some(pidfile), signal) => {
+            let default = if plan.signer == "opendkim" {
+                "USR1"
+            } else {
+                "HUP"
+            };
+            let mut sig = Table::new();
+            sig.insert("pidfile".into(), s(&pidfile));
+            sig.insert("signal".into(), s(&signal.unwrap_or(default.to_owned())));
+            t.insert("reload_signal".into(), Value::Table(sig));
+        }
+        (None, Some(_)) => {
+            return Err(EnvError::Needs(
+                "MXKEYS_DKIM_RELOAD_SIGNAL",
+                "MXKEYS_DKIM_RELOAD_PIDFILE",
+            ));
+        }
+        (None, None) => {}
+    }
+    if !plan.adopt.is_empty() {
+        let adopt = plan
+            .adopt
+            .into_iter()
+            .map(|mut a| {
+                if !has_dns {
+                    a.insert("check".into(), s("none"));
+                }
+                Value::Table(a)
+            })
+            .collect();
+        t.insert("adopt".into(), Value::Array(adopt));
+    }
+    Ok(Some(t))
+}
+
+/// mlan/docker-postfix (and postfix-amavis): amavis signs for the first
+/// of MAIL_DOMAIN with `/var/db/dkim/DOMAIN.SELECTOR.privkey.pem`, which
+/// DKIM_PRIVATEKEY fills, else `amavisd genrsa` made; its users read the
+/// record to publish from `/var/db/dkim/DOMAIN.SELECTOR._domainkey.txt`,
+/// which `record_dir` keeps writing.
+fn mlan_plan(get: &Get, exists: &dyn Fn(&Path) -> bool) -> Result<Option<DkimPlan>, EnvError> {
+    let Some(domains) = get("MAIL_DOMAIN").map(|d| list(&d)) else {
+        let var = if get("DKIM_PRIVATEKEY").is_some() {
+            "DKIM_PRIVATEKEY"
+        } else {
+            "DKIM_KEYBITS"
+        };
+        return Err(EnvError::Needs(
+            var,
+            "MAIL_DOMAIN (the domain it signs for)",
+        ));
+    };
+    let main = domains[0].clone();
+    let selector = get("DKIM_SELECTOR").unwrap_or_else(|| "default".to_owned());
+    let algorithm = match get("DKIM_KEYBITS").as_deref().map(str::trim) {
+        None => None,
+        Some("2048") => Some("rsa-2048"),
+        Some("3072") => Some("rsa-3072"),
+        Some(other) => {
+            return Err(EnvError::Bad {
+                var: "DKIM_KEYBITS",
+                shown: Some(other.to_owned()),
+                why: "mxkeys makes RSA keys of 2048 or 3072 bits".into(),
+            });
+        }
+    };
+    let key_file = format!("{MLAN_DKIM_DIR}/{main}.{selector}.privkey.pem");
+    let adopt = if get("DKIM_PRIVATEKEY").is_some() {
+        vec![adopt_entry(&[
+            ("from", "env"),
+            ("var", "DKIM_PRIVATEKEY"),
+            ("domain", &main),
+            ("selector", &selector),
+        ])]
+    } else if exists(Path::new(&key_file)) {
+        vec![adopt_entry(&[
+            ("from", "key"),
+            ("path", &key_file),
+            ("domain", &main),
+            ("selector", &selector),
+        ])]
+    } else if get("DKIM_SELECTOR").is_none() && get("DKIM_KEYBITS").is_none() {
+        // MAIL_DOMAIN alone, and no key: nothing asks for DKIM.
+        return Ok(None);
+    } else {
+        Vec::new()
+    };
+    Ok(Some(DkimPlan {
+        domains,
+        record_dir: Some(MLAN_DKIM_DIR),
+        algorithm,
+        selector: Some(selector),
+        signer: "amavis",
+        signer_dir: MLAN_DKIM_DIR.to_owned(),
+        adopt,
+    }))
+}
+
+/// mikenye/postfix: OpenDKIM with OPENDKIM_KEYFILE (for OPENDKIM_DOMAIN
+/// and OPENDKIM_SELECTOR) or OPENDKIM_KEYTABLE and OPENDKIM_SIGNINGTABLE.
+fn mikenye_plan(get: &Get) -> Result<Option<DkimPlan>, EnvError> {
+    let domains = get("OPENDKIM_DOMAIN").map(|d| list(&d));
+    let selector = get("OPENDKIM_SELECTOR");
+    let mut signer_dir = "/etc/opendkim".to_owned();
+    let adopt = match (get("OPENDKIM_KEYFILE"), get("OPENDKIM_KEYTABLE")) {
+        (Some(file), _) => {
+            let domain = domains
+                .as_ref()
+                .and_then(|d| d.first().cloned())
+                .ok_or(EnvError::Needs("OPENDKIM_KEYFILE", "OPENDKIM_DOMAIN"))?;
+            let selector = selector
+                .clone()
+                .ok_or(EnvError::Needs("OPENDKIM_KEYFILE", "OPENDKIM_SELECTOR"))?;
+            vec![adopt_entry(&[
+                ("from", "key"),
+                ("path", &file),
+                ("domain", &domain),
+                ("selector", &selector),
+            ])]
+        }
+        (None, Some(table)) => {
+            if get("OPENDKIM_SIGNINGTABLE").is_none() {
+                return Err(EnvError::Needs(
+                    "OPENDKIM_KEYTABLE",
+                    "OPENDKIM_SIGNINGTABLE",
+                ));
+            }
+            if let Some(dir) = Path::new(&table)
+                .parent()
+                .and_then(Path::to_str)
+                .filter(|d| !d.is_empty())
+            {
+                signer_dir = dir.to_owned();
+            }
+            vec![adopt_entry(&[("from", "opendkim"), ("path", &table)])]
+        }
+        (None, None) => {
+            if get("OPENDKIM_SIGNINGTABLE").is_some() {
+                return Err(EnvError::Needs(
+                    "OPENDKIM_SIGNINGTABLE",
+                    "OPENDKIM_KEYTABLE",
+                ));
+            }
+            Vec::new()
+        }
+    };
+    let domains = match domains {
+        Some(d) => d,
+        None if get("MXKEYS_DKIM_DOMAINS").is_some() => Vec::new(),
+        None => {
+            let var = if get("OPENDKIM_KEYTABLE").is_some() {
+                "OPENDKIM_KEYTABLE"
+            } else {
+                "OPENDKIM_SELECTOR"
+            };
+            return Err(EnvError::Needs(
+                var,
+                "OPENDKIM_DOMAIN or MXKEYS_DKIM_DOMAINS",
+            ));
+        }
+    };
+    Ok(Some(DkimPlan {
+        domains,
+        record_dir: None,
+        algorithm: None,
+        selector,
+        signer: "opendkim",
+        signer_dir,
+        adopt,
+    }))
+}
+
+/// boky/postfix: OpenDKIM signs each of ALLOWED_SENDER_DOMAINS with
+/// `/etc/opendkim/keys/DOMAIN.private`, made when missing with
+/// DKIM_AUTOGENERATE; DKIM_SELECTOR is `SEL` or `SEL,DOMAIN=SEL,...`.
+fn boky_plan(get: &Get, exists: &dyn Fn(&Path) -> bool) -> Result<Option<DkimPlan>, EnvError> {
+    let autogenerate = flag(get, "DKIM_AUTOGENERATE")?;
+    let Some(domains) = get("ALLOWED_SENDER_DOMAINS").map(|d| list(&d)) else {
+        return Err(EnvError::Needs(
+            "DKIM_AUTOGENERATE",
+            "ALLOWED_SENDER_DOMAINS (the domains to sign for)",
+        ));
+    };
+    let mut default = "mail".to_owned();
+    let mut per_domain = Vec::new();
+    for part in get("DKIM_SELECTOR")
+        .as_deref()
+        .map(list)
+        .unwrap_or_default()
+    {
+        match part.split_once('=') {
+            Some((d, sel)) => per_domain.push((d.to_ascii_lowercase(), sel.to_owned())),
+            None => default = part,
+        }
+    }
+    let selector_of = |domain: &str| {
+        per_domain
+            .iter()
+            .find(|(d, _)| d.eq_ignore_ascii_case(domain))
+            .map_or(default.as_str(), |(_, s)| s.as_str())
+    };
+    let adopt: Vec<Table> = domains
+        .iter()
+        .filter_map(|d| {
+            let file = format!("{BOKY_KEY_DIR}/{d}.private");
+            exists(Path::new(&file)).then(|| {
+                adopt_entry(&[
+                    ("from", "key"),
+                    ("path", &file),
+                    ("domain", d),
+                    ("selector", selector_of(d)),
+                ])
+            })
+        })
+        .collect();
+    if adopt.is_empty() && !autogenerate && get("DKIM_SELECTOR").is_none() {
+        // No key and none to make: boky's OpenDKIM does not run.
+        return Ok(None);
+    }
+    Ok(Some(DkimPlan {
+        domains,
+        record_dir: None,
+        algorithm: None,
+        selector: Some(default.clone()),
+        signer: "opendkim",
+        signer_dir: "/etc/opendkim".to_owned(),
+        adopt,
+    }))
+}
+
+/// docker-mailserver: its config directory's `opendkim/` (ENABLE_OPENDKIM)
+/// or `rspamd/` (ENABLE_RSPAMD) tree, as `setup config dkim` writes it.
+fn dms_plan(get: &Get, exists: &dyn Fn(&Path) -> bool) -> Result<Option<DkimPlan>, EnvError> {
+    let rspamd = flag(get, "ENABLE_RSPAMD")?;
+    let var = if rspamd {
+        "ENABLE_RSPAMD"
+    } else {
+        "ENABLE_OPENDKIM"
+    };
+    let domains = get("MXKEYS_DKIM_DOMAINS")
+        .map(|d| list(&d))
+        .ok_or(EnvError::Needs(var, "MXKEYS_DKIM_DOMAINS"))?;
+    let config = get("MXKEYS_DMS_CONFIG").unwrap_or_else(|| DMS_CONFIG.to_owned());
+    let config = config.trim_end_matches('/');
+    let (signer, signer_dir, tree) = if rspamd {
+        (
+            "rspamd",
+            format!("{config}/rspamd/override.d"),
+            format!("{config}/rspamd/dkim"),
+        )
+    } else {
+        (
+            "opendkim",
+            format!("{config}/opendkim"),
+            format!("{config}/opendkim"),
+        )
+    };
+    let adopt = if exists(Path::new(&tree)) {
+        vec![adopt_entry(&[("from", "dms"), ("path", config)])]
+    } else {
+        Vec::new()
+    };
+    Ok(Some(DkimPlan {
+        domains,
+        record_dir: None,
+        algorithm: None,
+        selector: None,
+        signer,
+        signer_dir,
+        adopt,
+    }))
+}
+
+/// The `[dns.env]` table MXKEYS_DNS_* describe, or `None` when
+/// MXKEYS_DNS_TYPE is not set (then no other MXKEYS_DNS_* may be).
+/// Secrets are named (a file or a variable), never taken as values.
+fn dns_env(get: &Get) -> Result<Option<Table>, EnvError> {
+    const COMMON: &[(&str, &str)] = &[
+        ("MXKEYS_DNS_ZONE", "zone"),
+        ("MXKEYS_DNS_RESOLVER", "resolver"),
+        ("MXKEYS_DNS_PROPAGATION_INTERVAL", "propagation_interval"),
+        ("MXKEYS_DNS_PROPAGATION_TIMEOUT", "propagation_timeout"),
+    ];
+    const RFC2136: &[(&str, &str)] = &[
+        ("MXKEYS_DNS_SERVER", "server"),
+        ("MXKEYS_DNS_TSIG_NAME", "tsig_name"),
+        ("MXKEYS_DNS_TSIG_ALGORITHM", "tsig_algorithm"),
+        ("MXKEYS_DNS_TSIG_SECRET_FILE", "tsig_secret_file"),
+        ("MXKEYS_DNS_TSIG_SECRET_ENV", "tsig_secret_env"),
+    ];
+    const CLOUDFLARE: &[(&str, &str)] = &[
+        ("MXKEYS_DNS_API_TOKEN_FILE", "api_token_file"),
+        ("MXKEYS_DNS_API_TOKEN_ENV", "api_token_env"),
+        ("MXKEYS_DNS_API_URL", "api_url"),
+    ];
+    const EXEC: &[(&str, &str)] = &[("MXKEYS_DNS_COMMAND", "command")];
+    const NAMESERVERS: &str = "MXKEYS_DNS_NAMESERVERS";
+    let every = [COMMON, RFC2136, CLOUDFLARE, EXEC];
+    let Some(kind) = get("MXKEYS_DNS_TYPE").map(|t| t.trim().to_ascii_lowercase()) else {
+        if let Some(var) = every
+            .iter()
+            .flat_map(|l| l.iter())
+            .map(|(v, _)| *v)
+            .chain([NAMESERVERS])
+            .find(|v| get(v).is_some())
+        {
+            return Err(EnvError::Needs(
+                var,
+                "MXKEYS_DNS_TYPE (rfc2136, cloudflare, exec or manual)",
+            ));
+        }
+        return Ok(None);
+    };
+    let own: &[(&str, &str)] = match kind.as_str() {
+        "rfc2136" => RFC2136,
+        "cloudflare" => CLOUDFLARE,
+        "exec" => EXEC,
+        "manual" => &[],
+        _ => {
+            return Err(EnvError::Bad {
+                var: "MXKEYS_DNS_TYPE",
+                shown: Some(kind),
+                why: "not rfc2136, cloudflare, exec or manual".into(),
+            });
+        }
+    };
+    for (a, b) in [
+        ("MXKEYS_DNS_TSIG_SECRET_FILE", "MXKEYS_DNS_TSIG_SECRET_ENV"),
+        ("MXKEYS_DNS_API_TOKEN_FILE", "MXKEYS_DNS_API_TOKEN_ENV"),
+    ] {
+        if get(a).is_some() && get(b).is_some() {
+            return Err(EnvError::Conflict(
+                a,
+                b,
+                "the secret is read from one place: set one of them",
+            ));
+        }
+    }
+    if let Some(var) = every
+        .iter()
+        .flat_map(|l| l.iter())
+        .map(|(v, _)| *v)
+        .find(|v| get(v).is_some() && !own.iter().chain(COMMON).any(|(o, _)| o == v))
+    {
+        return Err(EnvError::Bad {
+            var,
+            shown: None,
+            why: format!("does not apply to MXKEYS_DNS_TYPE={kind}"),
+        });
+    }
+    let s = |v: &str| Value::String(v.to_owned());
+    let mut t = Table::new();
+    t.insert("type".into(), s(&kind));
+    for (var, key) in own.iter().chain(COMMON) {
+        let Some(v) = get(var) else { continue };
+        let v = v.trim();
+        let value = if *key == "command" {
+            // Run by the shell, mxkeys' arguments appended.
+            Value::Array(vec![
+                s("sh"),
+                s("-c"),
+                s(&format!("{v} \"$@\"")),
+                s("mxkeys-dns"),
+            ])
+        } else {
+            s(v)
+        };
+        t.insert((*key).into(), value);
+    }
+    if let Some(n) = get(NAMESERVERS) {
+        t.insert(
+            "nameservers".into(),
+            Value::Array(list(&n).iter().map(|v| s(v)).collect()),
+        );
+    }
+    Ok(Some(t))
 }
 
 /// The search path `sh` uses when PATH is not set (dash's and busybox's).
@@ -439,6 +1235,225 @@ mod tests {
             c.targets[0].reloads[..],
             [super::super::Reload::Signal { .. }]
         ));
+    }
+
+    /// The environment `vars` on a machine where only `files` exist.
+    fn build_on(vars: &[(&str, &str)], files: &[&str]) -> Result<Option<String>, EnvError> {
+        let map: HashMap<&str, &str> = vars.iter().copied().collect();
+        toml_from(&|k| map.get(k).map(|v| (*v).to_owned()), &|p| {
+            files.iter().any(|f| p == Path::new(f))
+        })
+    }
+
+    /// The `[[dkim.adopt]]` entries of the built configuration.
+    fn adopted(vars: &[(&str, &str)], files: &[&str]) -> Vec<super::super::Adopt> {
+        parse(&build_on(vars, files).unwrap().unwrap())
+            .dkim
+            .unwrap()
+            .adopt
+    }
+
+    #[test]
+    fn keys_the_seeds_left_on_disk_are_adopted_where_their_containers_keep_them() {
+        use super::super::{Adopt, AdoptCheck, AdoptFrom};
+        let name = |n: &str| crate::names::DnsName::parse(n).unwrap();
+        let key = |file: &str, domain: &str, selector: &str| Adopt {
+            from: AdoptFrom::Key {
+                file: file.into(),
+                domain: name(domain),
+                selector: selector.into(),
+            },
+            check: AdoptCheck::None,
+        };
+        // mlan: amavis' key for the first domain, from `amavisd genrsa`.
+        let mlan = "/var/db/dkim/example.com.s1.privkey.pem";
+        assert_eq!(
+            adopted(
+                &[
+                    ("MAIL_DOMAIN", "example.com example.org"),
+                    ("DKIM_SELECTOR", "s1")
+                ],
+                &[mlan]
+            ),
+            vec![key(mlan, "example.com", "s1")]
+        );
+        // ... and MAIL_DOMAIN with that file alone is enough.
+        assert_eq!(
+            adopted(
+                &[("MAIL_DOMAIN", "example.com")],
+                &["/var/db/dkim/example.com.default.privkey.pem"]
+            ),
+            vec![key(
+                "/var/db/dkim/example.com.default.privkey.pem",
+                "example.com",
+                "default"
+            )]
+        );
+        // boky: each domain's key that exists, with its own selector.
+        assert_eq!(
+            adopted(
+                &[
+                    (
+                        "ALLOWED_SENDER_DOMAINS",
+                        "example.com example.org,example.net"
+                    ),
+                    ("DKIM_SELECTOR", "sel,example.org=other"),
+                ],
+                &[
+                    "/etc/opendkim/keys/example.com.private",
+                    "/etc/opendkim/keys/example.org.private"
+                ]
+            ),
+            vec![
+                key(
+                    "/etc/opendkim/keys/example.com.private",
+                    "example.com",
+                    "sel"
+                ),
+                key(
+                    "/etc/opendkim/keys/example.org.private",
+                    "example.org",
+                    "other"
+                ),
+            ]
+        );
+        // docker-mailserver's OpenDKIM tree, at its own path.
+        assert_eq!(
+            adopted(
+                &[
+                    ("ENABLE_OPENDKIM", "1"),
+                    ("MXKEYS_DKIM_DOMAINS", "example.com")
+                ],
+                &["/tmp/docker-mailserver/opendkim"]
+            ),
+            vec![Adopt {
+                from: AdoptFrom::Dms("/tmp/docker-mailserver".into()),
+                check: AdoptCheck::None
+            }]
+        );
+        // Nothing there: mxkeys makes the keys.
+        assert!(
+            adopted(
+                &[
+                    ("ENABLE_OPENDKIM", "yes"),
+                    ("MXKEYS_DKIM_DOMAINS", "example.com")
+                ],
+                &[]
+            )
+            .is_empty()
+        );
+    }
+
+    #[test]
+    fn domains_alone_ask_for_no_dkim() {
+        for var in ["MAIL_DOMAIN", "ALLOWED_SENDER_DOMAINS"] {
+            assert_eq!(build_on(&[(var, "example.com")], &[]), Ok(None), "{var}");
+        }
+        assert_eq!(build_on(&[("ENABLE_OPENDKIM", "0")], &[]), Ok(None));
+        // docker-mailserver's env file shared by a sidecar: its DKIM only
+        // once MXKEYS_DKIM_DOMAINS names the domains.
+        let both = [("ENABLE_OPENDKIM", "1"), ("ENABLE_RSPAMD", "1")];
+        assert_eq!(build_on(&both, &[]), Ok(None));
+        let tls_only = build_on(&[both[0], ("SSL_TYPE", "self-signed")], &[])
+            .unwrap()
+            .unwrap();
+        assert!(!tls_only.contains("[dkim]"), "{tls_only}");
+    }
+
+    #[test]
+    fn dkim_and_dns_variables_are_checked_without_showing_a_key() {
+        let key = "MIIEsecretsecretsecret";
+        for (vars, needles) in [
+            (
+                &[("DKIM_PRIVATEKEY", key)][..],
+                &["DKIM_PRIVATEKEY needs MAIL_DOMAIN"][..],
+            ),
+            (
+                &[("MAIL_DOMAIN", "example.com"), ("DKIM_KEYBITS", "1024")][..],
+                &["DKIM_KEYBITS=\"1024\"", "2048 or 3072"][..],
+            ),
+            (
+                &[
+                    ("ALLOWED_SENDER_DOMAINS", "example.com"),
+                    ("DKIM_AUTOGENERATE", "maybe"),
+                ][..],
+                &["DKIM_AUTOGENERATE=\"maybe\""][..],
+            ),
+            (
+                &[
+                    ("OPENDKIM_KEYFILE", "/k"),
+                    ("OPENDKIM_DOMAIN", "example.com"),
+                ][..],
+                &["OPENDKIM_KEYFILE needs OPENDKIM_SELECTOR"][..],
+            ),
+            (
+                &[
+                    ("OPENDKIM_KEYTABLE", "/k"),
+                    ("OPENDKIM_DOMAIN", "example.com"),
+                ][..],
+                &["OPENDKIM_KEYTABLE needs OPENDKIM_SIGNINGTABLE"][..],
+            ),
+            (
+                &[("MXKEYS_DKIM_DOMAINS", "example.com")][..],
+                &["MXKEYS_DKIM_DOMAINS needs"][..],
+            ),
+            (
+                &[("MXKEYS_DNS_SERVER", "127.0.0.1")][..],
+                &["MXKEYS_DNS_SERVER needs MXKEYS_DNS_TYPE"][..],
+            ),
+            (
+                &[("MXKEYS_DNS_TYPE", "route53")][..],
+                &["MXKEYS_DNS_TYPE=\"route53\""][..],
+            ),
+            (
+                &[
+                    ("MXKEYS_DNS_TYPE", "exec"),
+                    ("MXKEYS_DNS_API_TOKEN_ENV", "T"),
+                ][..],
+                &["MXKEYS_DNS_API_TOKEN_ENV", "exec"][..],
+            ),
+            (
+                &[
+                    ("MAIL_DOMAIN", "example.com"),
+                    ("DKIM_PRIVATEKEY", key),
+                    ("MXKEYS_DKIM_RELOAD_SIGNAL", "HUP"),
+                ][..],
+                &["MXKEYS_DKIM_RELOAD_SIGNAL needs MXKEYS_DKIM_RELOAD_PIDFILE"][..],
+            ),
+        ] {
+            let e = build_on(vars, &[]).unwrap_err().to_string();
+            for n in needles {
+                assert!(e.contains(n), "{vars:?}: {e}");
+            }
+            assert!(!e.contains(key), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_exec_provider_runs_the_command_with_mxkeys_arguments() {
+        let c = parse(
+            &build_on(
+                &[
+                    ("MXKEYS_DNS_TYPE", "exec"),
+                    ("MXKEYS_DNS_COMMAND", "/usr/local/bin/hook --zone a"),
+                ],
+                &[],
+            )
+            .unwrap()
+            .unwrap(),
+        );
+        assert_eq!(
+            c.dns["env"].kind,
+            super::super::DnsKind::Exec {
+                command: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "/usr/local/bin/hook --zone a \"$@\"".into(),
+                    "mxkeys-dns".into()
+                ]
+            }
+        );
+        assert!(c.dkim.is_none() && c.sources.is_empty());
     }
 
     #[test]

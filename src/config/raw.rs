@@ -107,6 +107,7 @@ pub(super) struct RawDkim {
     pub(super) algorithms: Option<Vec<DkimAlgorithm>>,
     pub(super) selector: Option<String>,
     pub(super) key_dir: Option<PathBuf>,
+    pub(super) record_dir: Option<PathBuf>,
     pub(super) dns: String,
     pub(super) ttl: Option<u32>,
     #[serde(default, with = "humantime_serde")]

@@ -23,6 +23,7 @@ pub mod adopt;
 pub mod keydir;
 pub mod keys;
 pub mod machine;
+pub mod record_file;
 pub mod signer;
 
 use std::collections::BTreeSet;
@@ -321,6 +322,7 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
     if book.signer_reload_pending && !reload_failed {
         reload_signer(config, d, &mut book, &mut pass)?;
     }
+    record_file::write(d, &book);
     Ok(pass)
 }
 

@@ -40,6 +40,7 @@ mod mta_sts_send;
 mod properties;
 mod secrets;
 mod selection;
+mod sidecar_dkim;
 mod single_family;
 mod sources;
 mod status;
