@@ -27,6 +27,13 @@ macro_rules! require {
     };
 }
 
+fn new_env() -> Env {
+    let env = Env::new();
+    // The servers' own users must reach their directories below it.
+    open_dir(&env.root);
+    env
+}
+
 /// Which certificates the host serves.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -37,11 +44,13 @@ enum Kind {
     Dual,
 }
 
-/// A running host: Postfix and Dovecot serving files made from `cb`.
+/// A running host: Postfix and Dovecot serving files made from a Certbot
+/// tree.
 struct Host {
     env: Env,
     kind: Kind,
-    cb: Certbot,
+    /// The Certbot configuration directory (`/etc/letsencrypt`).
+    letsencrypt: PathBuf,
     pf: Postfix,
     /// Postfix's implicit-TLS listener (the "465").
     submissions: String,
@@ -60,14 +69,24 @@ impl Host {
     /// holding `served`, the host's files made from them by deploy-hook
     /// commands, and both servers started on them.
     fn start(kind: Kind, served: &[&Leaf]) -> Host {
-        let env = Env::new();
-        open_dir(&env.root);
+        let env = new_env();
         let cb = Certbot::new(&env.path("letsencrypt"));
+        let lives: Vec<PathBuf> = served
+            .iter()
+            .zip(["ecdsa", "rsa"])
+            .map(|(leaf, ty)| certbot_lineage(&cb, &format!("mail-{ty}"), leaf))
+            .collect();
+        Host::start_from(env, kind, &cb.root, &lives)
+    }
+
+    /// The host's files made from the `live/NAME` directories `lives` of
+    /// the Certbot tree `letsencrypt` (ECDSA, then RSA), and both servers
+    /// started on them.
+    fn start_from(env: Env, kind: Kind, letsencrypt: &Path, lives: &[PathBuf]) -> Host {
         let etc = env.path("etc");
         let mut pf_chain = Vec::new();
         let mut dv_files = Vec::new();
-        for (leaf, ty) in served.iter().zip(["ecdsa", "rsa"]) {
-            let live = certbot_lineage(&cb, &format!("mail-{ty}"), leaf);
+        for (live, ty) in lives.iter().zip(["ecdsa", "rsa"]) {
             let chain = etc.join(format!("postfix/tls/{ty}-chain.pem"));
             let cert = etc.join(format!("dovecot/tls/{ty}-fullchain.pem"));
             let key = etc.join(format!("dovecot/private/{ty}-privkey.pem"));
@@ -110,7 +129,7 @@ impl Host {
         Host {
             env,
             kind,
-            cb,
+            letsencrypt: letsencrypt.to_owned(),
             pf,
             submissions,
             dv,
@@ -208,7 +227,7 @@ fn adopting_config(host: &Host) -> String {
         "{header}\n\
          [[source]]\ntype = \"certbot\"\npath = {cb}\n",
         header = host.env.header(),
-        cb = qp(&host.cb.root),
+        cb = qp(&host.letsencrypt),
     );
     let verify_pf = format!(
         "verify = [\n  {{ address = {}, protocol = \"smtp\" }},\n  {{ address = {}, protocol = \"tls\" }},\n]\n",
@@ -273,14 +292,14 @@ fn leaves(kind: Kind, ca: &Ca, spec: &LeafSpec) -> Vec<Leaf> {
 }
 
 /// Each target slot as `check` names it, with the leaf it should serve.
-fn slots(kind: Kind, leaves: &[Leaf]) -> Vec<(String, &Leaf)> {
+fn slots(kind: Kind, fps: &[String]) -> Vec<(String, &String)> {
     let mut v = Vec::new();
     for target in ["postfix", "dovecot"] {
         match kind {
-            Kind::Single => v.push((target.to_owned(), &leaves[0])),
+            Kind::Single => v.push((target.to_owned(), &fps[0])),
             Kind::Dual => {
-                for (ty, leaf) in ["ecdsa", "rsa"].iter().zip(leaves) {
-                    v.push((format!("{target}/{ty}"), leaf));
+                for (ty, fp) in ["ecdsa", "rsa"].iter().zip(fps) {
+                    v.push((format!("{target}/{ty}"), fp));
                 }
             }
         }
@@ -288,24 +307,32 @@ fn slots(kind: Kind, leaves: &[Leaf]) -> Vec<(String, &Leaf)> {
     v
 }
 
-/// The whole proof for a host whose files are right.
+/// A host whose files are right, made from generated certificates.
 fn adopting_changes_nothing(kind: Kind) {
     let ca = Ca::new("adopt");
     let served = leaves(kind, &ca, &LeafSpec::new(&[MAIL]).days(60));
     let refs: Vec<&Leaf> = served.iter().collect();
     let host = Host::start(kind, &refs);
     host.wait_serving(&refs);
-    host.env.write_config_raw(&adopting_config(&host));
+    let fps: Vec<String> = served.iter().map(Leaf::fp).collect();
+    assert_adopting_changes_nothing(&host, &fps);
+}
+
+/// The whole proof for a host whose files are right, serving the
+/// certificates `fps` (ECDSA, then RSA).
+fn assert_adopting_changes_nothing(host: &Host, fps: &[String]) {
+    let kind = host.kind;
+    host.env.write_config_raw(&adopting_config(host));
 
     let files_before = file_marks(&host.files());
-    let certbot_before = snapshot(&host.cb.root);
+    let certbot_before = snapshot(&host.letsencrypt);
     let served_before = host.served();
 
     let check = host.env.check();
     check.ok();
-    for (slot, leaf) in slots(kind, &served) {
+    for (slot, fp) in slots(kind, fps) {
         {
-            let line = format!("{slot}: {} up to date", leaf.fp());
+            let line = format!("{slot}: {fp} up to date");
             assert!(
                 check.stdout.contains(&line),
                 "check must plan nothing to install: no `{line}`\n{}",
@@ -333,12 +360,15 @@ fn adopting_changes_nothing(kind: Kind) {
         "sync reloaded a server with nothing new\n{}",
         sync.describe()
     );
-    assert_eq!(snapshot(&host.cb.root), certbot_before, "Certbot's tree");
+    assert_eq!(
+        snapshot(&host.letsencrypt),
+        certbot_before,
+        "Certbot's tree"
+    );
     let served_after = host.served();
     assert_eq!(served_after, served_before, "{}", host.logs());
-    let want: Vec<String> = served.iter().map(Leaf::fp).collect();
     for (label, fp) in &served_after {
-        assert!(want.contains(fp), "{label} serves {fp}\n{}", host.logs());
+        assert!(fps.contains(fp), "{label} serves {fp}\n{}", host.logs());
     }
 }
 
@@ -366,6 +396,30 @@ fn adopting_a_dual_certificate_host_writes_nothing_whatever_the_key_encoding() {
     adopting_changes_nothing(Kind::Dual);
 }
 
+/// The host's files come from real Certbot (pebble issued): its PEM
+/// layout, its key encoding, pebble's chain.
+#[test]
+fn adopting_a_host_fed_by_real_certbot_writes_nothing_and_reloads_nothing() {
+    require!(
+        "adopting_a_host_fed_by_real_certbot_writes_nothing_and_reloads_nothing",
+        POSTFIX,
+        DOVECOT,
+        OPENSSL,
+        PEBBLE,
+        CERTBOT
+    );
+    let env = new_env();
+    let pebble = Pebble::start(&env.path("pebble"));
+    let cb = CertbotDir::new(&env.path("certbot"));
+    certbot_certonly(&pebble, &cb, "mail", &[MAIL]);
+    let leaf = cb.live_leaf("mail");
+    let host = Host::start_from(env, Kind::Single, &cb.config, &[cb.live("mail")]);
+    for (_, addr, proto) in host.endpoints() {
+        wait_served(&addr, proto, Some(MAIL), Offer::Any, &leaf, || host.logs());
+    }
+    assert_adopting_changes_nothing(&host, &[sha256_hex(&leaf)]);
+}
+
 /// The host serves an expired certificate and Certbot holds a newer one:
 /// the first sync installs it (each target's files once, each server
 /// reloaded once) and every port serves it; a second sync does nothing.
@@ -384,16 +438,21 @@ fn adopting_a_host_serving_an_expired_certificate_installs_the_newer_one_once() 
     host.wait_serving(&old_refs);
     let new = leaves(Kind::Dual, &ca, &LeafSpec::new(&[MAIL]).days(80));
     for (leaf, ty) in new.iter().zip(["ecdsa", "rsa"]) {
-        certbot_lineage(&host.cb, &format!("mail-{ty}"), leaf);
+        certbot_lineage(
+            &Certbot::new(&host.letsencrypt),
+            &format!("mail-{ty}"),
+            leaf,
+        );
     }
     host.env.write_config_raw(&adopting_config(&host));
     let before = file_marks(&host.files());
 
     let check = host.env.check();
     check.ok();
-    for (slot, leaf) in slots(Kind::Dual, &new) {
+    let new_fps: Vec<String> = new.iter().map(Leaf::fp).collect();
+    for (slot, fp) in slots(Kind::Dual, &new_fps) {
         {
-            let line = format!("{slot}: {} would install", leaf.fp());
+            let line = format!("{slot}: {fp} would install");
             assert!(
                 check.stdout.contains(&line),
                 "no `{line}`\n{}",
