@@ -425,14 +425,9 @@ impl PrivateKey {
                 _ if is_encrypted_pem(text) => CertError::EncryptedKey,
                 e => CertError::BadPem(pem_error(&e)),
             })?;
-            let der = Zeroizing::new(der);
-            let format = match kind {
-                SectionKind::RsaPrivateKey => KeyFormat::Pkcs1,
-                SectionKind::EcPrivateKey => KeyFormat::Sec1,
-                SectionKind::PrivateKey => KeyFormat::Pkcs8,
-                _ => continue,
-            };
-            return Ok(PrivateKey { der, format });
+            if let Some(key) = PrivateKey::from_section(kind, der) {
+                return Ok(key);
+            }
         }
         if is_encrypted_pem(text) {
             Err(CertError::EncryptedKey)
@@ -505,6 +500,37 @@ impl PrivateKey {
     /// The key as PEM, in the encoding it was given in.
     pub fn to_pem(&self) -> Zeroizing<String> {
         pem_encode(self.format.label(), &self.der)
+    }
+
+    /// Whether `other` is this key, whatever the encoding of either
+    /// (PKCS#1, SEC1, PKCS#8): the same public key (an EC or Ed25519
+    /// private key is determined by it; two RSA keys with it decrypt and
+    /// sign alike). A key that cannot be read is no match.
+    pub fn same_key(&self, other: &PrivateKey) -> bool {
+        if self.der == other.der {
+            return true;
+        }
+        match (
+            self.public_key(KeyType::Other),
+            other.public_key(KeyType::Other),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+
+    /// A key from one PEM section of a key kind (`None` for another kind).
+    pub fn from_section(kind: SectionKind, der: Vec<u8>) -> Option<Self> {
+        let format = match kind {
+            SectionKind::RsaPrivateKey => KeyFormat::Pkcs1,
+            SectionKind::EcPrivateKey => KeyFormat::Sec1,
+            SectionKind::PrivateKey => KeyFormat::Pkcs8,
+            _ => return None,
+        };
+        Some(PrivateKey {
+            der: Zeroizing::new(der),
+            format,
+        })
     }
 }
 

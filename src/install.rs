@@ -13,8 +13,9 @@
 //! O_EXCL|O_NOFOLLOW with its final mode), given its final owner and mode,
 //! written, fsynced, renamed over the old file, and the directory fsynced:
 //! a reader sees the old file or the new one, never half of one, and a key
-//! is never readable by others. Files are written only when their bytes
-//! differ. If writing one file of a target fails, the files of that target
+//! is never readable by others. Files are written only when what they hold
+//! differs: the same certificates and key in another PEM encoding or
+//! layout are no difference ([`same_content`]). If writing one file of a target fails, the files of that target
 //! already replaced (including one whose rename succeeded but whose
 //! directory fsync failed) are put back, so a server never sees a key from
 //! one certificate and a chain from another.
@@ -661,17 +662,76 @@ fn must_undo(result: &Result<(), WriteError>) -> bool {
     }
 }
 
-/// Whether a file's content differs from `bytes` (a missing or unreadable
-/// file, or one mxkeys would refuse, differs). Never follows a symlink and
+/// Whether a file's content differs from `bytes` by what it holds
+/// ([`same_content`]; a missing or unreadable file, or one mxkeys would
+/// refuse, differs). Never follows a symlink and
 /// never blocks on a FIFO.
 pub fn differs(path: &Path, bytes: &[u8]) -> bool {
     let Ok((dir, name)) = split(path) else {
         return true;
     };
     match TargetDir::open(dir).and_then(|d| d.read_old(name, TARGET_SIZE_LIMIT)) {
-        Ok(Some(old)) => old.bytes.as_slice() != bytes,
+        Ok(Some(old)) => !same_content(&old.bytes, bytes),
         _ => true,
     }
+}
+
+/// Whether a target file holding `old` already holds what `new` (the PEM
+/// text mxkeys would write) says: the same blocks in the same order,
+/// certificates byte for byte (DER) and private keys by the key itself,
+/// whatever its encoding (PKCS#1, SEC1, PKCS#8), line length, line endings
+/// or trailing newline. A host adopted as it is (a combined file made with
+/// `cat privkey.pem fullchain.pem`, a key converted by `openssl pkey`) is
+/// then up to date: not rewritten, not reloaded. Text outside the blocks
+/// is ignored, as servers ignore it; damaged armor, a block of another
+/// kind, an encrypted key or any other difference is a difference.
+fn same_content(old: &[u8], new: &[u8]) -> bool {
+    if old == new {
+        return true;
+    }
+    match (pem_blocks(old), pem_blocks(new)) {
+        (Some(a), Some(b)) => {
+            a.len() == b.len()
+                && a.iter().zip(&b).all(|pair| match pair {
+                    (Block::Cert(x), Block::Cert(y)) => x == y,
+                    (Block::Key(x), Block::Key(y)) => x.same_key(y),
+                    _ => false,
+                })
+        }
+        _ => false,
+    }
+}
+
+/// One PEM block of a target file, as a server reads it.
+enum Block {
+    Cert(Vec<u8>),
+    Key(crate::cert::PrivateKey),
+}
+
+/// The certificate and key blocks of a PEM text, in order; `None` when
+/// it holds none, its armor is damaged or it holds a block of any other
+/// kind (one the reader would skip included).
+fn pem_blocks(text: &[u8]) -> Option<Vec<Block>> {
+    use rustls_pki_types::pem::{PemObject as _, SectionKind};
+    // The armor check of the certificate reader (a text without
+    // certificates passes it too).
+    match crate::cert::parse_pem_certs(text) {
+        Ok(_) | Err(crate::cert::CertError::NoPemCertificate) => {}
+        Err(_) => return None,
+    }
+    let mut blocks = Vec::new();
+    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(text) {
+        let (kind, der) = section.ok()?;
+        blocks.push(match kind {
+            SectionKind::Certificate => Block::Cert(der),
+            kind => Block::Key(crate::cert::PrivateKey::from_section(kind, der)?),
+        });
+    }
+    let begins = text
+        .split(|&b| b == b'\n')
+        .filter(|line| line.starts_with(b"-----BEGIN "))
+        .count();
+    (!blocks.is_empty() && begins == blocks.len()).then_some(blocks)
 }
 
 /// A file's content and mode before mxkeys replaced it (`None`: it did not exist).
@@ -731,7 +791,7 @@ pub fn apply(planned: &[Planned], owner: Ownership) -> Result<Outcome, InstallEr
     }
     for ((p, (dir, name)), old) in planned.iter().zip(&dirs).zip(olds) {
         if let Some(o) = &old
-            && o.bytes.as_slice() == p.bytes.as_slice()
+            && same_content(&o.bytes, &p.bytes)
         {
             match fix_metadata(&o.file, p.mode, owner) {
                 Ok(true) => outcome.fixed.push(p.path.clone()),
@@ -949,6 +1009,106 @@ mod tests {
         clean_stale_temps(dir.path());
         assert!(!dead.exists());
         assert!(mine.exists() && other.exists());
+    }
+
+    /// A P-256 key as PKCS#8 and as SEC1 (RFC 5915) DER.
+    fn ec_key() -> (Vec<u8>, Vec<u8>) {
+        use aws_lc_rs::encoding::AsDer as _;
+        use aws_lc_rs::signature::{ECDSA_P256_SHA256_ASN1_SIGNING as P256, EcdsaKeyPair};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&P256, &rng).unwrap();
+        let pair = EcdsaKeyPair::from_pkcs8(&P256, pkcs8.as_ref()).unwrap();
+        let sec1 = pair.private_key().as_der().unwrap();
+        (pkcs8.as_ref().to_vec(), sec1.as_ref().to_vec())
+    }
+
+    #[test]
+    fn a_file_holding_the_same_certificates_and_key_in_another_encoding_is_the_same() {
+        use crate::cert::pem_encode;
+        let (pkcs8, sec1) = ec_key();
+        let (other, _) = ec_key();
+        let leaf = pem_encode("CERTIFICATE", b"the leaf's DER").to_string();
+        let inter = pem_encode("CERTIFICATE", b"the intermediate's DER").to_string();
+        let key8 = pem_encode("PRIVATE KEY", &pkcs8).to_string();
+        let key1 = pem_encode("EC PRIVATE KEY", &sec1).to_string();
+        let other8 = pem_encode("PRIVATE KEY", &other).to_string();
+        // What mxkeys writes for a combined file.
+        let written = format!("{key8}{leaf}{inter}");
+        let params =
+            "-----BEGIN EC PARAMETERS-----\nBggqhkjOPQMBBw==\n-----END EC PARAMETERS-----\n";
+        let cases: Vec<(&str, String, bool)> = vec![
+            ("the same bytes", written.clone(), true),
+            ("the key in SEC1", format!("{key1}{leaf}{inter}"), true),
+            ("CRLF line ends", written.replace('\n', "\r\n"), true),
+            ("no final newline", written.trim_end().to_owned(), true),
+            (
+                "text around the blocks",
+                format!("subject=CN = mail\n{key1}\n{leaf}{inter}\n\n"),
+                true,
+            ),
+            ("another key", format!("{other8}{leaf}{inter}"), false),
+            ("the chain reversed", format!("{key8}{inter}{leaf}"), false),
+            ("no intermediate", format!("{key8}{leaf}"), false),
+            (
+                "an extra certificate",
+                format!("{key8}{leaf}{inter}{inter}"),
+                false,
+            ),
+            ("the key last", format!("{leaf}{inter}{key8}"), false),
+            (
+                "a block of another kind",
+                format!("{params}{key1}{leaf}{inter}"),
+                false,
+            ),
+            (
+                "damaged armor",
+                written.replacen("BEGIN CERTIFICATE", "BEGHN CERTIFICATE", 1),
+                false,
+            ),
+            ("empty", String::new(), false),
+        ];
+        // Texts without PEM blocks are the same only byte for byte.
+        assert!(!same_content(b"old key", b"new key"));
+        for (what, old, same) in cases {
+            assert_eq!(
+                same_content(old.as_bytes(), written.as_bytes()),
+                same,
+                "{what}"
+            );
+        }
+        // A key file alone, and a certificate file alone.
+        assert!(same_content(key1.as_bytes(), key8.as_bytes()));
+        assert!(!same_content(other8.as_bytes(), key8.as_bytes()));
+        assert!(same_content(
+            format!("{leaf}{inter}").trim_end().as_bytes(),
+            format!("{leaf}{inter}").as_bytes()
+        ));
+    }
+
+    #[test]
+    fn a_target_file_holding_the_chosen_key_in_another_encoding_is_not_rewritten() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (pkcs8, sec1) = ec_key();
+        let path = dir.path().join("chain.pem");
+        let leaf = crate::cert::pem_encode("CERTIFICATE", b"the leaf's DER").to_string();
+        let host = format!(
+            "{}{leaf}",
+            crate::cert::pem_encode("PRIVATE KEY", &pkcs8).as_str()
+        );
+        write_atomic(&path, host.as_bytes(), 0o600, None).unwrap();
+        let ino = fs::metadata(&path).unwrap().ino();
+        let ours = format!(
+            "{}{leaf}",
+            crate::cert::pem_encode("EC PRIVATE KEY", &sec1).as_str()
+        );
+        let plan = [planned(FileRole::Combined, &path, ours.as_bytes(), 0o600)];
+
+        assert!(!differs(&path, ours.as_bytes()), "check sees it up to date");
+        let o = apply(&plan, Ownership::default()).unwrap();
+        assert!(o.changed.is_empty(), "{:?}", o.changed);
+        assert_eq!(fs::read_to_string(&path).unwrap(), host);
+        assert_eq!(fs::metadata(&path).unwrap().ino(), ino);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! inside it with one test selected by its full name.
 
 mod acme;
+mod adopt_host;
 mod config;
 mod container_env;
 mod crash;

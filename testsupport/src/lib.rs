@@ -14,6 +14,7 @@
 //! ([`bin`]), and the providers' tests build their clients from what
 //! [`bind::Bind`] exposes.
 
+pub mod adopt;
 pub mod bind;
 pub mod cf_mock;
 pub mod dkim_tools;

@@ -299,7 +299,7 @@ const DELIVERY_SERVICES: &str = "\
 
 /// The main.cf lines of an smtpd serving `chain_files` (each: key then
 /// certificates) with STARTTLS.
-fn smtpd_tls_cf(chain_files: &[&Path]) -> String {
+pub(crate) fn smtpd_tls_cf(chain_files: &[&Path]) -> String {
     let chain: Vec<String> = chain_files
         .iter()
         .map(|p| p.to_str().unwrap().to_string())
@@ -416,7 +416,7 @@ impl Postfix {
     /// instance needs, then `master_cf_extra`), start Postfix and wait for
     /// smtpd's banner.
     #[track_caller]
-    fn launch(dir: &Path, main_cf_extra: &str, master_cf_extra: &str) -> Postfix {
+    pub(crate) fn launch(dir: &Path, main_cf_extra: &str, master_cf_extra: &str) -> Postfix {
         Postfix::launch_on(dir, free_port(), main_cf_extra, master_cf_extra)
     }
 
