@@ -894,10 +894,8 @@ pub fn records(config: &Config) -> Result<String, DkimError> {
     let book = load(config)?;
     let mut out = String::new();
     for k in &book.keys {
-        let value = match k.state {
-            KeyState::Generated => continue,
-            KeyState::Revoked => keys::revoked_record(k.algorithm),
-            _ => k.record.clone(),
+        let Some(value) = record_file::published_value(k) else {
+            continue;
         };
         out.push_str(&mxkeys_providers::manual::zone_lines(
             &k.record_name(),
