@@ -145,7 +145,13 @@ pub struct Discovered {
     pub hostname: Option<String>,
     pub state_dir: Option<PathBuf>,
     pub postfix: Option<mail::PostfixTls>,
+    /// The Postfix instance's configuration directory when not the default
+    /// (`postfix -c DIR reload` then reloads that instance).
+    pub postfix_config: Option<PathBuf>,
     pub dovecot: Option<mail::DovecotTls>,
+    /// Dovecot's configuration file when not the default (`doveadm -c
+    /// FILE reload`).
+    pub dovecot_config: Option<PathBuf>,
     /// The leaf each Postfix and Dovecot slot serves now.
     pub served: Vec<ServedCert>,
     pub sources: Vec<FoundSource>,

@@ -333,8 +333,47 @@ fn targets(out: &mut Out, d: &Discovered) {
             ));
         }
         taken.extend(paths);
-        write_plan(out, &plan);
+        write_plan(out, &plan, &reloads(d));
     }
+}
+
+/// The reload command of each server: its own tool, told the instance's
+/// configuration when init was pointed at one that is not the default.
+struct Reloads {
+    postfix: Vec<String>,
+    dovecot: Vec<String>,
+}
+
+fn reloads(d: &Discovered) -> Reloads {
+    let with = |tool: &str, config: &Option<PathBuf>| {
+        let mut argv = vec![tool.to_owned()];
+        if let Some(c) = config {
+            argv.extend(["-c".to_owned(), c.display().to_string()]);
+        }
+        argv.push("reload".to_owned());
+        argv
+    };
+    Reloads {
+        postfix: with("postfix", &d.postfix_config),
+        dovecot: with("doveadm", &d.dovecot_config),
+    }
+}
+
+/// `argv` as one `sh -c` word list: each word single-quoted unless plain.
+fn shell_words(argv: &[String]) -> String {
+    argv.iter()
+        .map(|w| {
+            if !w.is_empty()
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./:=@".contains(c))
+            {
+                w.clone()
+            } else {
+                format!("'{}'", w.replace('\'', "'\\''"))
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn server_names(servers: &[Server]) -> String {
@@ -668,7 +707,7 @@ fn redirect(plan: &mut Plan) -> Vec<String> {
     lines
 }
 
-fn write_plan(out: &mut Out, p: &Plan) {
+fn write_plan(out: &mut Out, p: &Plan, reloads: &Reloads) {
     out.blank();
     out.comment(&format!(
         "{} these files now ({}).",
@@ -696,16 +735,18 @@ fn write_plan(out: &mut Out, p: &Plan) {
         lines.extend(files.lines());
     }
     match p.servers.as_slice() {
-        [Server::Postfix] => lines.push(format!("reload = {}", qa(&["postfix", "reload"]))),
-        [Server::Dovecot] => lines.push(format!("reload = {}", qa(&["doveadm", "reload"]))),
+        [Server::Postfix] => lines.push(format!("reload = {}", qa(&reloads.postfix))),
+        [Server::Dovecot] => lines.push(format!("reload = {}", qa(&reloads.dovecot))),
         _ => {
             lines.push(
                 "# A target runs one reload command: both servers read these files.".to_owned(),
             );
-            lines.push(format!(
-                "reload = {}",
-                qa(&["sh", "-c", "postfix reload && doveadm reload"])
-            ));
+            let both = format!(
+                "{} && {}",
+                shell_words(&reloads.postfix),
+                shell_words(&reloads.dovecot)
+            );
+            lines.push(format!("reload = {}", qa(&["sh", "-c", &both])));
         }
     }
     if !p.verify.is_empty() {
@@ -875,6 +916,30 @@ mod tests {
     use crate::names::DnsName;
 
     const MAIL: &str = "mail.example.test";
+
+    #[test]
+    fn reloads_name_the_instance_init_was_pointed_at_and_quote_it_for_the_shell() {
+        let mut d = Discovered::default();
+        let r = reloads(&d);
+        assert_eq!(r.postfix, ["postfix", "reload"]);
+        assert_eq!(r.dovecot, ["doveadm", "reload"]);
+        d.postfix_config = Some(PathBuf::from("/etc/postfix-out"));
+        d.dovecot_config = Some(PathBuf::from("/srv/dove cot/it's.conf"));
+        let r = reloads(&d);
+        assert_eq!(r.postfix, ["postfix", "-c", "/etc/postfix-out", "reload"]);
+        assert_eq!(
+            r.dovecot,
+            ["doveadm", "-c", "/srv/dove cot/it's.conf", "reload"]
+        );
+        assert_eq!(
+            shell_words(&r.dovecot),
+            "doveadm -c '/srv/dove cot/it'\\''s.conf' reload"
+        );
+        assert_eq!(
+            shell_words(&r.postfix),
+            "postfix -c /etc/postfix-out reload"
+        );
+    }
 
     fn host() -> Host {
         Host {

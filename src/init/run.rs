@@ -61,6 +61,8 @@ pub fn discover(look: &Look) -> Discovered {
                 .map(|h| h.to_string())
         }),
         state_dir: look.state_dir.clone(),
+        postfix_config: look.postfix_config.clone(),
+        dovecot_config: look.dovecot_config.clone(),
         ..Discovered::default()
     };
     if !look.skip_postfix {

@@ -209,78 +209,92 @@ impl Host {
     }
 }
 
-/// The configuration `mxkeys init` writes for `host`, by hand until the
-/// init command lands (then its real output, the reloads wrapped as
-/// here): the Certbot directory as the source;
-/// a `postfix` target whose `combined` files are Postfix's
-/// `smtpd_tls_chain_files`, a `dovecot` target with its `ssl_cert`/
-/// `ssl_key` as `fullchain`/`key` (a dual target with `[target.ecdsa]`/
-/// `[target.rsa]` when both key types are served); `domains` the names
-/// of the served certificate; the reloads `postfix reload` and `doveadm
-/// reload` (each wrapped to leave a mark in the host's marker); one
-/// `verify` entry per listening TLS port.
+/// The configuration `mxkeys init` writes for `host` (pointed at its
+/// Postfix and Dovecot configurations and its Certbot tree, at nothing
+/// else), as the admin would run it, with each target's reload wrapped to
+/// leave a mark in the host's marker. Checked on the way: init found what
+/// the host runs (a `postfix` and a `dovecot` target, a dual one when both
+/// key types are served, each reloading its own instance) and the Certbot
+/// tree as the source.
 fn adopting_config(host: &Host) -> String {
-    let pf_reload = marking_reload(&host.marker, "postfix", &host.pf.reload_argv());
-    let dv_reload = marking_reload(&host.marker, "dovecot", &host.dv.reload_argv());
-    let list = |v: &[String]| q_list(&v.iter().map(String::as_str).collect::<Vec<_>>());
-    let mut s = format!(
-        "{header}\n\
-         [[source]]\ntype = \"certbot\"\npath = {cb}\n",
-        header = host.env.header(),
-        cb = qp(&host.letsencrypt),
+    let nothing = host.env.path("nothing-here");
+    let state = host.env.state.display().to_string();
+    let args = [
+        "init",
+        "--hostname",
+        MAIL,
+        "--state-dir",
+        &state,
+        "--postfix-config",
+        host.pf.dir.to_str().unwrap(),
+        "--dovecot-config",
+        host.dv.conf.to_str().unwrap(),
+        "--letsencrypt",
+        host.letsencrypt.to_str().unwrap(),
+        "--lego",
+        nothing.to_str().unwrap(),
+        "--acme-json",
+        nothing.to_str().unwrap(),
+        "--opendkim-config",
+        nothing.to_str().unwrap(),
+        "--rspamd-config",
+        nothing.to_str().unwrap(),
+        "--amavis-config",
+        nothing.to_str().unwrap(),
+    ];
+    let init = host.env.run(&args);
+    init.ok();
+    let mut config: toml::Table = init
+        .stdout
+        .parse()
+        .unwrap_or_else(|e| panic!("init printed no TOML: {e}\n{}", init.describe()));
+    let sources = config["source"].as_array().expect("[[source]]");
+    assert_eq!(sources.len(), 1, "{}", init.stdout);
+    assert_eq!(sources[0]["type"].as_str(), Some("certbot"));
+    assert_eq!(
+        sources[0]["path"].as_str(),
+        host.letsencrypt.to_str(),
+        "{}",
+        init.stdout
     );
-    let verify_pf = format!(
-        "verify = [\n  {{ address = {}, protocol = \"smtp\" }},\n  {{ address = {}, protocol = \"tls\" }},\n]\n",
-        q(host.pf.addr()),
-        q(&host.submissions)
-    );
-    let verify_dv = format!(
-        "verify = [\n  {{ address = {}, protocol = \"tls\" }},\n  {{ address = {}, protocol = \"imap\" }},\n  \
-         {{ address = {}, protocol = \"pop3\" }},\n]\n",
-        q(host.dv.imaps_addr()),
-        q(host.dv.imap_addr()),
-        q(host.dv.pop3_addr())
-    );
-    let key_type = match host.kind {
-        Kind::Single => "ecdsa",
-        Kind::Dual => "dual",
-    };
-    s.push_str(&format!(
-        "\n[[target]]\nname = \"postfix\"\ndomains = [{m}]\nkey_type = \"{key_type}\"\n\
-         reload = {r}\n{verify_pf}",
-        m = q(MAIL),
-        r = list(&pf_reload),
-    ));
-    match host.kind {
-        Kind::Single => s.push_str(&format!("combined = {}\n", qp(&host.pf_chain[0]))),
-        Kind::Dual => {
-            for (ty, p) in ["ecdsa", "rsa"].iter().zip(&host.pf_chain) {
-                s.push_str(&format!("[target.{ty}]\ncombined = {}\n", qp(p)));
-            }
+    let targets = config
+        .get_mut("target")
+        .and_then(|t| t.as_array_mut())
+        .expect("[[target]]");
+    let names: Vec<&str> = targets.iter().filter_map(|t| t["name"].as_str()).collect();
+    assert_eq!(names, ["postfix", "dovecot"], "{}", init.stdout);
+    for t in targets.iter_mut() {
+        let t = t.as_table_mut().unwrap();
+        let name = t["name"].as_str().unwrap().to_owned();
+        let wanted = match name.as_str() {
+            "postfix" => host.pf.reload_argv(),
+            _ => host.dv.reload_argv(),
+        };
+        let argv: Vec<String> = t["reload"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+        // init writes the tool's name, which PATH finds; the lab's argv
+        // names the same tool by its full path.
+        assert_eq!(argv[1..], wanted[1..], "{name}: {}", init.stdout);
+        let key_type = t.get("key_type").and_then(|k| k.as_str());
+        match host.kind {
+            Kind::Single => assert!(t.get("rsa").is_none(), "{}", init.stdout),
+            Kind::Dual => assert!(
+                t.contains_key("rsa") && t.contains_key("ecdsa") && key_type != Some("ecdsa"),
+                "{}",
+                init.stdout
+            ),
         }
+        let marked = marking_reload(&host.marker, &name, &argv);
+        t.insert(
+            "reload".into(),
+            toml::Value::Array(marked.into_iter().map(toml::Value::String).collect()),
+        );
     }
-    s.push_str(&format!(
-        "\n[[target]]\nname = \"dovecot\"\ndomains = [{m}]\nkey_type = \"{key_type}\"\n\
-         reload = {r}\n{verify_dv}",
-        m = q(MAIL),
-        r = list(&dv_reload),
-    ));
-    match host.kind {
-        Kind::Single => {
-            let (c, k) = &host.dv_files[0];
-            s.push_str(&format!("fullchain = {}\nkey = {}\n", qp(c), qp(k)));
-        }
-        Kind::Dual => {
-            for (ty, (c, k)) in ["ecdsa", "rsa"].iter().zip(&host.dv_files) {
-                s.push_str(&format!(
-                    "[target.{ty}]\nfullchain = {}\nkey = {}\n",
-                    qp(c),
-                    qp(k)
-                ));
-            }
-        }
-    }
-    s
+    toml::to_string(&config).unwrap()
 }
 
 fn leaves(kind: Kind, ca: &Ca, spec: &LeafSpec) -> Vec<Leaf> {
