@@ -474,6 +474,106 @@ fn a_sync_with_an_adopt_entry_takes_over_opendkim_which_signs_with_the_same_sele
     assert!(v.ok && v.selector == "mail", "{v:?}");
 }
 
+/// `mxkeys init` pointed at a running OpenDKIM's configuration writes the
+/// `[dkim]` table that adopts its keys (its KeyTable's directory as
+/// `signer_dir`, its pid file with USR1 as the reload); with the DNS
+/// provider filled in, as the FILL IN comment asks, the first sync takes
+/// over, and OpenDKIM signs with the admin's selector before and after.
+#[test]
+fn init_adopts_a_running_opendkims_key_and_it_signs_with_the_same_selector_after_sync() {
+    let Some((bind, work)) = setup(
+        "init_adopts_a_running_opendkims_key_and_it_signs_with_the_same_selector_after_sync",
+        &[DKIMPY, OPENDKIM, POSTFIX],
+    ) else {
+        return;
+    };
+    let signer = work.join("signer");
+    std::fs::create_dir_all(&signer).unwrap();
+    std::fs::create_dir_all(work.join("admin")).unwrap();
+    let admin_key = work.join("admin").join("mail.private");
+    let record = openssl_key(&admin_key);
+    nsupdate_txt(&bind, &format!("mail._domainkey.{DOMAIN}"), &record);
+    std::fs::write(
+        signer.join("KeyTable"),
+        format!(
+            "mail._domainkey.{DOMAIN} {DOMAIN}:mail:{}\n",
+            admin_key.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        signer.join("SigningTable"),
+        format!("*@{DOMAIN} mail._domainkey.{DOMAIN}\n"),
+    )
+    .unwrap();
+    let (mut opendkim, sink, postfix, py) = start_mail_path(&bind, &work);
+    let v = send_and_verify(&postfix, &sink, &py, "before-init");
+    assert!(v.ok && v.selector == "mail", "{v:?}");
+
+    let nothing = work.join("nothing-here");
+    let conf = work.join("opendkim").join("opendkim.conf");
+    let init = Command::new(common::bin())
+        .args([
+            "init",
+            "--no-postfix",
+            "--no-dovecot",
+            "--hostname",
+            "mail.example.test",
+        ])
+        .arg("--opendkim-config")
+        .arg(&conf)
+        .args(
+            [
+                "--letsencrypt",
+                "--lego",
+                "--acme-json",
+                "--rspamd-config",
+                "--amavis-config",
+            ]
+            .iter()
+            .flat_map(|flag| [std::ffi::OsStr::new(flag), nothing.as_os_str()]),
+        )
+        .env_remove("MXKEYS_CONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(init.status.code(), Some(0), "{}", describe(&init));
+    let printed = stdout(&init);
+    let mut dkim: toml::Table = printed.parse::<toml::Table>().unwrap()["dkim"]
+        .as_table()
+        .unwrap_or_else(|| panic!("no [dkim] in\n{printed}"))
+        .clone();
+    assert_eq!(dkim["domains"].as_array().unwrap().len(), 1, "{printed}");
+    assert_eq!(dkim["domains"][0].as_str(), Some(DOMAIN), "{printed}");
+    assert_eq!(dkim["signer"].as_str(), Some("opendkim"), "{printed}");
+    assert_eq!(dkim["signer_dir"].as_str(), signer.to_str(), "{printed}");
+    assert_eq!(
+        dkim["adopt"][0]["path"].as_str(),
+        conf.to_str(),
+        "{printed}"
+    );
+    assert_eq!(
+        dkim["reload_signal"]["pidfile"].as_str(),
+        opendkim.pidfile.to_str(),
+        "{printed}"
+    );
+    assert!(printed.contains("FILL IN: dns"), "{printed}");
+    // What the admin fills in: the provider, and where mxkeys keeps keys.
+    dkim.insert("dns".into(), "bind".into());
+    dkim.insert("key_dir".into(), "keys".into());
+    let config = case_config(&bind, &work, "");
+    let mut table: toml::Table = std::fs::read_to_string(&config).unwrap().parse().unwrap();
+    table.insert("dkim".into(), toml::Value::Table(dkim));
+    std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
+
+    let out = sync_with(&config, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    assert_adopted(&work, "mail", &record, "sync");
+    opendkim.assert_running();
+    let v = send_and_verify(&postfix, &sink, &py, "after-init-sync");
+    assert!(v.ok && v.selector == "mail", "{v:?}\n{}", opendkim.log());
+}
+
 /// The daemon's passes report a key whose record does not match as a DKIM
 /// error: /healthz answers 503 with that one line, and no key of mxkeys'
 /// own is made for the domain meanwhile.
