@@ -138,6 +138,19 @@ pub struct ServedCert {
     pub sha256: String,
 }
 
+/// Who owns a file holding a private key now, and its mode: the target
+/// keeps them, so a server that reads its key as a group member still can.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyFileMeta {
+    /// Permission bits (`0o640`).
+    pub mode: u32,
+    /// The owner's and group's names (their numbers when they have none);
+    /// `None` when they are the user and group init runs as (the
+    /// default of a target).
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
 /// Everything [`render`] needs: what discovery found, and what went wrong
 /// (one line each; written as comments, reading goes on).
 #[derive(Clone, Debug, Default)]
@@ -154,6 +167,8 @@ pub struct Discovered {
     pub dovecot_config: Option<PathBuf>,
     /// The leaf each Postfix and Dovecot slot serves now.
     pub served: Vec<ServedCert>,
+    /// Owner, group and mode of each file holding a slot's private key.
+    pub key_files: std::collections::BTreeMap<PathBuf, KeyFileMeta>,
     pub sources: Vec<FoundSource>,
     pub dkim: Vec<FoundDkim>,
     pub problems: Vec<String>,

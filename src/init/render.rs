@@ -14,7 +14,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use super::mail::{DovecotPair, DovecotSource, KeyTypeHint, Listener, PostfixParams, TlsMode};
-use super::{Discovered, FoundDkim, FoundKind, FoundSource, ServedCert};
+use super::{Discovered, FoundDkim, FoundKind, FoundSource, KeyFileMeta, ServedCert};
 use crate::config::{AdoptCheck, AdoptFrom};
 
 /// Where a commented-out target (one whose server reads Certbot's files
@@ -208,6 +208,14 @@ impl Files {
         }
     }
 
+    /// The file holding the private key.
+    fn key(&self) -> &Path {
+        match self {
+            Files::Combined(p) => p,
+            Files::Split { key, .. } => key,
+        }
+    }
+
     /// The file whose first certificate is the leaf served.
     fn chain(&self) -> &Path {
         match self {
@@ -333,7 +341,7 @@ fn targets(out: &mut Out, d: &Discovered) {
             ));
         }
         taken.extend(paths);
-        write_plan(out, &plan, &reloads(d));
+        write_plan(out, &plan, &reloads(d), &d.key_files);
     }
 }
 
@@ -707,7 +715,52 @@ fn redirect(plan: &mut Plan) -> Vec<String> {
     lines
 }
 
-fn write_plan(out: &mut Out, p: &Plan, reloads: &Reloads) {
+/// The `mode`, `owner` and `group` lines that keep what the key files have
+/// now (nothing for the defaults: 0600, init's own user and group), or
+/// the comment that says why not.
+fn key_file_lines(
+    shape: &Shape,
+    metas: &std::collections::BTreeMap<PathBuf, KeyFileMeta>,
+) -> Vec<String> {
+    let files: Vec<&Path> = shape.files().into_iter().map(Files::key).collect();
+    let found: Vec<&KeyFileMeta> = files.iter().filter_map(|f| metas.get(*f)).collect();
+    let Some(first) = found.first() else {
+        return Vec::new();
+    };
+    if found.len() != files.len() || found.iter().any(|m| m != first) {
+        return vec![format!(
+            "{FILL_IN}mode, owner, group: the key files differ in them now ({}); one setting applies to all",
+            files
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )];
+    }
+    let mut lines = Vec::new();
+    if first.mode & 0o007 != 0 {
+        lines.push(format!(
+            "# The key files are mode {:04o} now, readable by every user: mxkeys writes them 0600.",
+            first.mode
+        ));
+    } else if first.mode != 0o600 {
+        lines.push(format!("mode = \"{:04o}\"", first.mode));
+    }
+    if let Some(o) = &first.owner {
+        lines.push(format!("owner = {}", q(o)));
+    }
+    if let Some(g) = &first.group {
+        lines.push(format!("group = {}", q(g)));
+    }
+    lines
+}
+
+fn write_plan(
+    out: &mut Out,
+    p: &Plan,
+    reloads: &Reloads,
+    metas: &std::collections::BTreeMap<PathBuf, KeyFileMeta>,
+) {
     out.blank();
     out.comment(&format!(
         "{} these files now ({}).",
@@ -734,6 +787,7 @@ fn write_plan(out: &mut Out, p: &Plan, reloads: &Reloads) {
         }
         lines.extend(files.lines());
     }
+    lines.extend(key_file_lines(&p.shape, metas));
     match p.servers.as_slice() {
         [Server::Postfix] => lines.push(format!("reload = {}", qa(&reloads.postfix))),
         [Server::Dovecot] => lines.push(format!("reload = {}", qa(&reloads.dovecot))),
@@ -916,6 +970,72 @@ mod tests {
     use crate::names::DnsName;
 
     const MAIL: &str = "mail.example.test";
+
+    #[test]
+    fn key_files_keep_their_mode_owner_and_group_unless_every_user_could_read_them() {
+        let meta = |mode, owner: Option<&str>, group: Option<&str>| KeyFileMeta {
+            mode,
+            owner: owner.map(str::to_owned),
+            group: group.map(str::to_owned),
+        };
+        let a = PathBuf::from("/tls/a.pem");
+        let b = PathBuf::from("/tls/b.key");
+        let dual = Shape::Dual {
+            ecdsa: Files::Combined(a.clone()),
+            rsa: Files::Split {
+                fullchain: PathBuf::from("/tls/b.pem"),
+                key: b.clone(),
+            },
+        };
+        let single = Shape::Single(Files::Combined(a.clone()), KeyTypeHint::Ecdsa);
+        let g640 = meta(0o640, None, Some("dovecot"));
+        for (what, shape, metas, want) in [
+            (
+                "defaults say nothing",
+                &single,
+                vec![(&a, meta(0o600, None, None))],
+                vec![],
+            ),
+            (
+                "a group-readable key keeps mode and group",
+                &single,
+                vec![(&a, g640.clone())],
+                vec!["mode = \"0640\"", "group = \"dovecot\""],
+            ),
+            (
+                "another owner is kept",
+                &single,
+                vec![(&a, meta(0o600, Some("_rspamd"), None))],
+                vec!["owner = \"_rspamd\""],
+            ),
+            (
+                "a world-readable key is written 0600, and said so",
+                &single,
+                vec![(&a, meta(0o644, None, None))],
+                vec![
+                    "# The key files are mode 0644 now, readable by every user: mxkeys writes them 0600.",
+                ],
+            ),
+            (
+                "both key files of a dual target alike",
+                &dual,
+                vec![(&a, g640.clone()), (&b, g640.clone())],
+                vec!["mode = \"0640\"", "group = \"dovecot\""],
+            ),
+            ("nothing known", &single, vec![], vec![]),
+        ] {
+            let metas = metas.into_iter().map(|(p, m)| (p.clone(), m)).collect();
+            assert_eq!(key_file_lines(shape, &metas), want, "{what}");
+        }
+        let metas = [(a.clone(), g640), (b, meta(0o600, None, None))]
+            .into_iter()
+            .collect();
+        let lines = key_file_lines(&dual, &metas);
+        assert!(
+            lines.len() == 1 && lines[0].starts_with(FILL_IN) && lines[0].contains("/tls/b.key"),
+            "key files that differ: {lines:?}"
+        );
+    }
 
     #[test]
     fn reloads_name_the_instance_init_was_pointed_at_and_quote_it_for_the_shell() {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::mail::{DovecotProbe, DovecotSource, PostfixProbe, probe_dovecot, probe_postfix};
-use super::{Discovered, Look};
+use super::{Discovered, KeyFileMeta, Look};
 
 /// The most one `postconf`/`doveconf` run may take (postconf stalls up to
 /// 2 s after main.cf changed).
@@ -88,8 +88,22 @@ pub fn discover(look: &Look) -> Discovered {
         }
     }
     let mut chains: Vec<PathBuf> = Vec::new();
+    let mut keys: Vec<PathBuf> = Vec::new();
     if let Some(p) = &d.postfix {
         chains.extend(p.slots.iter().map(|s| s.chain.clone()));
+        keys.extend(p.slots.iter().map(|s| s.key.clone()));
+    }
+    if let Some(t) = &d.dovecot {
+        for pair in [&t.main, &t.alt].into_iter().flatten() {
+            if let DovecotSource::File(f) = &pair.key {
+                keys.push(f.clone());
+            }
+        }
+    }
+    for k in keys {
+        if let Some(meta) = key_file_meta(&k) {
+            d.key_files.insert(k, meta);
+        }
     }
     if let Some(t) = &d.dovecot {
         for pair in [&t.main, &t.alt].into_iter().flatten() {
@@ -107,6 +121,34 @@ pub fn discover(look: &Look) -> Discovered {
     d.sources = super::sources::sources(look);
     d.dkim = super::dkim::dkim(look);
     d
+}
+
+/// Owner, group and mode of the key file `path` (not followed when it is
+/// a symlink: a link's target is no file a target writes); `None` when it
+/// cannot be looked at.
+fn key_file_meta(path: &Path) -> Option<KeyFileMeta> {
+    use std::os::unix::fs::MetadataExt as _;
+    let m = std::fs::symlink_metadata(path).ok()?;
+    if !m.file_type().is_file() {
+        return None;
+    }
+    let owner = (m.uid() != nix::unistd::geteuid().as_raw()).then(|| {
+        nix::unistd::User::from_uid(m.uid().into())
+            .ok()
+            .flatten()
+            .map_or_else(|| m.uid().to_string(), |u| u.name)
+    });
+    let group = (m.gid() != nix::unistd::getegid().as_raw()).then(|| {
+        nix::unistd::Group::from_gid(m.gid().into())
+            .ok()
+            .flatten()
+            .map_or_else(|| m.gid().to_string(), |g| g.name)
+    });
+    Some(KeyFileMeta {
+        mode: m.mode() & 0o7777,
+        owner,
+        group,
+    })
 }
 
 /// Why the configuration could not be written.

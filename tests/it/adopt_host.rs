@@ -99,7 +99,9 @@ impl Host {
             // The ECDSA files are what the common hooks write: Postfix's
             // combined file by `cat`, Dovecot's by copying. The RSA ones
             // went through `openssl pkey` (a PKCS#8 key where Certbot's is
-            // PKCS#1): the same key in another encoding.
+            // PKCS#1): the same key in another encoding. Dovecot's key is
+            // group-readable by dovecot, as some admins keep it: init
+            // keeps owner, group and mode, so nothing changes there either.
             let key_cmd = if ty == "rsa" {
                 format!("openssl pkey -in {l}/privkey.pem")
             } else {
@@ -110,7 +112,8 @@ impl Host {
                  umask 077\n\
                  {{ {key_cmd}; cat {l}/fullchain.pem; }} > {pc}\n\
                  install -m 0644 {l}/fullchain.pem {c}\n\
-                 {key_cmd} > {k}\n"
+                 {key_cmd} > {k}\n\
+                 chgrp dovecot {k} && chmod 0640 {k}\n"
             ));
             pf_chain.push(chain);
             dv_files.push((cert, key));
