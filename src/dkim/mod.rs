@@ -959,11 +959,17 @@ pub fn next_due(config: &Config) -> Option<i64> {
     ) {
         return Some(due.max(now + FOREIGN_RECHECK));
     }
+    // A domain held back by a `[[dkim.adopt]]` key not adopted yet (its
+    // record not published, or another) keeps a Generate step due: look
+    // again every few minutes, not every 30 s with the same error line.
+    if due <= now && !d.adopt.is_empty() && !without_active_key(d, &book).is_empty() {
+        return Some(now + FOREIGN_RECHECK);
+    }
     Some(due)
 }
 
 /// How often the daemon looks again at a signer file not written by
-/// mxkeys, in seconds.
+/// mxkeys, or at a `[[dkim.adopt]]` key not adopted yet, in seconds.
 const FOREIGN_RECHECK: i64 = 300;
 
 /// `mxkeys dkim import`: adopts an existing private key as active, once its
