@@ -162,14 +162,8 @@ fn read_no_follow(path: &Path) -> Result<Option<Zeroizing<Vec<u8>>>, String> {
 /// A key file is a regular file (not a symlink) holding an RSA or Ed25519
 /// private key.
 fn check_key_file(path: &Path) -> Result<(), Reason> {
-    let key_error = |reason: String| Reason::KeyFile {
-        path: path.to_owned(),
-        reason,
-    };
-    let bytes = read_no_follow(path)
-        .map_err(key_error)?
-        .ok_or_else(|| key_error("not found".to_owned()))?;
-    let text = std::str::from_utf8(&bytes).map_err(|_| key_error("not text".to_owned()))?;
+    let text = read_key(path)?;
+    let text = text.as_str();
     super::keys::inspect(text).map_err(|source| {
         if is_raw_ed25519(text) {
             Reason::RawEd25519(path.to_owned())

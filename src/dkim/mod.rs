@@ -188,6 +188,25 @@ fn lock(config: &Config) -> Result<crate::state::Lock, DkimError> {
     config.state_dir.lock_dkim().map_err(DkimError::Lock)
 }
 
+/// What a pass or command that changes keys starts with: the `[dkim]`
+/// table, `only` (a `--domain`) one of its domains, the lock held, KEY_DIR
+/// checked, the book loaded.
+fn begin<'c>(
+    config: &'c Config,
+    only: Option<&str>,
+) -> Result<(&'c Dkim, crate::state::Lock, Book), DkimError> {
+    let d = dkim_table(config)?;
+    if let Some(o) = only
+        && !d.domains.iter().any(|x| x.as_str() == o)
+    {
+        return Err(DkimError::UnknownDomain(o.to_owned()));
+    }
+    let lock = lock(config)?;
+    keydir::open_key_dir(&d.key_dir)?;
+    let book = load(config)?;
+    Ok((d, lock, book))
+}
+
 /// The provider and propagation check `[dkim] dns` names.
 fn dns(config: &Config, d: &Dkim) -> Result<(Provider, Propagation), DkimError> {
     match config.dns.get(&d.dns) {
@@ -219,15 +238,7 @@ fn today() -> String {
 /// Runs the state machine until nothing more is due now: `mxkeys dkim
 /// rotate` (`force`: start a successor now), and a pass of `run`/`renew`.
 pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<Pass, DkimError> {
-    let d = dkim_table(config)?;
-    if let Some(o) = only
-        && !d.domains.iter().any(|x| x.as_str() == o)
-    {
-        return Err(DkimError::UnknownDomain(o.to_owned()));
-    }
-    let _lock = lock(config)?;
-    keydir::open_key_dir(&d.key_dir)?;
-    let mut book = load(config)?;
+    let (d, _lock, mut book) = begin(config, only)?;
     let (provider, propagation) = dns(config, d)?;
     let policy = policy(d);
     let wanted = wanted(d);
@@ -1340,15 +1351,7 @@ pub async fn import_from(
     only: Option<&str>,
     check: crate::config::AdoptCheck,
 ) -> Result<Vec<ImportLine>, DkimError> {
-    let d = dkim_table(config)?;
-    if let Some(o) = only
-        && !d.domains.iter().any(|x| x.as_str() == o)
-    {
-        return Err(DkimError::UnknownDomain(o.to_owned()));
-    }
-    let _lock = lock(config)?;
-    keydir::open_key_dir(&d.key_dir)?;
-    let mut book = load(config)?;
+    let (d, _lock, mut book) = begin(config, only)?;
     let (_, propagation) = dns(config, d)?;
     let (candidates, errors) = adopt_candidates(from);
     let mut lines: Vec<ImportLine> = errors

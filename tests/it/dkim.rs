@@ -1557,6 +1557,42 @@ pub(super) fn table_bytes(signer: &Path) -> [Option<String>; 2] {
 /// reading mxkeys' tables in `work/signer`) as the milter of a Postfix
 /// (in `work/postfix`) relaying to an SMTP sink, and dkimpy verifying
 /// through `bind`.
+/// An admin's OpenDKIM set-up in `work`: a key `admin/mail.private`
+/// (selector `mail`), its record published by hand, and the admin's own
+/// KeyTable and SigningTable in `signer/`.
+pub(super) struct AdminSigner {
+    pub(super) signer: PathBuf,
+    pub(super) key: PathBuf,
+    pub(super) record: String,
+}
+
+pub(super) fn admin_signer(bind: &Bind, work: &Path) -> AdminSigner {
+    let signer = work.join("signer");
+    std::fs::create_dir_all(&signer).unwrap();
+    std::fs::create_dir_all(work.join("admin")).unwrap();
+    let key = work.join("admin").join("mail.private");
+    let record = openssl_key(&key);
+    nsupdate_txt(bind, &format!("mail._domainkey.{DOMAIN}"), &record);
+    std::fs::write(
+        signer.join("KeyTable"),
+        format!(
+            "# the admin's\nmail._domainkey.{DOMAIN} {DOMAIN}:mail:{}\n",
+            key.display()
+        ),
+    )
+    .unwrap();
+    std::fs::write(
+        signer.join("SigningTable"),
+        format!("*@{DOMAIN} mail._domainkey.{DOMAIN}\n"),
+    )
+    .unwrap();
+    AdminSigner {
+        signer,
+        key,
+        record,
+    }
+}
+
 pub(super) fn start_mail_path(
     bind: &Bind,
     work: &Path,
@@ -1608,26 +1644,12 @@ fn an_admins_opendkim_tables_stay_untouched_and_signing_until_dkim_import_takes_
     ) else {
         return;
     };
-    let signer = work.join("signer");
-    std::fs::create_dir_all(&signer).unwrap();
-    std::fs::create_dir_all(work.join("admin")).unwrap();
     // The admin's key, published by hand, and the admin's tables.
-    let admin_key = work.join("admin").join("mail.private");
-    let record = openssl_key(&admin_key);
-    nsupdate_txt(&bind, &format!("mail._domainkey.{DOMAIN}"), &record);
-    std::fs::write(
-        signer.join("KeyTable"),
-        format!(
-            "# the admin's\nmail._domainkey.{DOMAIN} {DOMAIN}:mail:{}\n",
-            admin_key.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        signer.join("SigningTable"),
-        format!("*@{DOMAIN} mail._domainkey.{DOMAIN}\n"),
-    )
-    .unwrap();
+    let AdminSigner {
+        signer,
+        key: admin_key,
+        ..
+    } = admin_signer(&bind, &work);
     let admin_tables = table_bytes(&signer);
 
     let (mut opendkim, sink, postfix, py) = start_mail_path(&bind, &work);

@@ -22,7 +22,8 @@ use common::dkim_tools::{
 };
 
 use super::dkim::{
-    keys, nsupdate_txt, openssl_key, send_and_verify, signer_names, start_mail_path, table_bytes,
+    AdminSigner, admin_signer, keys, nsupdate_txt, openssl_key, send_and_verify, signer_names,
+    start_mail_path, table_bytes,
 };
 use super::dkim_adopt::{GENKEY, RSPAMADM, genkey, rspamd_keygen};
 
@@ -416,25 +417,7 @@ fn a_sync_with_an_adopt_entry_takes_over_opendkim_which_signs_with_the_same_sele
     ) else {
         return;
     };
-    let signer = work.join("signer");
-    std::fs::create_dir_all(&signer).unwrap();
-    std::fs::create_dir_all(work.join("admin")).unwrap();
-    let admin_key = work.join("admin").join("mail.private");
-    let record = openssl_key(&admin_key);
-    nsupdate_txt(&bind, &format!("mail._domainkey.{DOMAIN}"), &record);
-    std::fs::write(
-        signer.join("KeyTable"),
-        format!(
-            "# the admin's\nmail._domainkey.{DOMAIN} {DOMAIN}:mail:{}\n",
-            admin_key.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        signer.join("SigningTable"),
-        format!("*@{DOMAIN} mail._domainkey.{DOMAIN}\n"),
-    )
-    .unwrap();
+    let AdminSigner { signer, record, .. } = admin_signer(&bind, &work);
     let (mut opendkim, sink, postfix, py) = start_mail_path(&bind, &work);
     let v = send_and_verify(&postfix, &sink, &py, "before-takeover");
     assert!(v.ok && v.selector == "mail", "{v:?}");
@@ -487,25 +470,7 @@ fn init_adopts_a_running_opendkims_key_and_it_signs_with_the_same_selector_after
     ) else {
         return;
     };
-    let signer = work.join("signer");
-    std::fs::create_dir_all(&signer).unwrap();
-    std::fs::create_dir_all(work.join("admin")).unwrap();
-    let admin_key = work.join("admin").join("mail.private");
-    let record = openssl_key(&admin_key);
-    nsupdate_txt(&bind, &format!("mail._domainkey.{DOMAIN}"), &record);
-    std::fs::write(
-        signer.join("KeyTable"),
-        format!(
-            "mail._domainkey.{DOMAIN} {DOMAIN}:mail:{}\n",
-            admin_key.display()
-        ),
-    )
-    .unwrap();
-    std::fs::write(
-        signer.join("SigningTable"),
-        format!("*@{DOMAIN} mail._domainkey.{DOMAIN}\n"),
-    )
-    .unwrap();
+    let AdminSigner { signer, record, .. } = admin_signer(&bind, &work);
     let (mut opendkim, sink, postfix, py) = start_mail_path(&bind, &work);
     let v = send_and_verify(&postfix, &sink, &py, "before-init");
     assert!(v.ok && v.selector == "mail", "{v:?}");
