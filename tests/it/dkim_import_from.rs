@@ -335,28 +335,8 @@ fn a_key_in_an_environment_variable_without_its_pem_lines_is_adopted_by_sync() {
     let key = work.join("env.pem");
     let record = openssl_key(&key);
     nsupdate_txt(&bind, &format!("envk._domainkey.{DOMAIN}"), &record);
-    // As a container's DKIM_PRIVATEKEY: the base64 body alone.
-    let pem = std::fs::read_to_string(&key).unwrap();
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let dir = work.join("env");
-    let config = case_config(
-        &bind,
-        &dir,
-        &format!(
-            "[[dkim.adopt]]\nfrom = \"env\"\nvar = \"DKIM_PRIVATEKEY\"\ndomain = \"{DOMAIN}\"\nselector = \"envk\"\n"
-        ),
-    );
-    let out = sync_with(&config, &[("DKIM_PRIVATEKEY", &body)]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    let all = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
-    assert!(!all.contains(&body[..40]), "the key was logged:\n{all}");
-    assert_adopted(&dir, "envk", &record, "env");
-
-    // A PKCS#1 ("RSA PRIVATE KEY") body, as openssl's traditional form.
+    // A PKCS#1 ("RSA PRIVATE KEY") form of the same key, as openssl's
+    // traditional form.
     let pkcs1 = work.join("env-pkcs1.pem");
     let mut c = Command::new(common::servers::prog("openssl"));
     c.args(["pkey", "-traditional", "-in"])
@@ -364,24 +344,35 @@ fn a_key_in_an_environment_variable_without_its_pem_lines_is_adopted_by_sync() {
         .arg("-out")
         .arg(&pkcs1);
     common::servers::run_ok(c);
-    let pem = std::fs::read_to_string(&pkcs1).unwrap();
-    assert!(pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "{pem}");
-    let body: String = pem
-        .lines()
-        .filter(|l| !l.starts_with("-----"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    let dir = work.join("env-pkcs1");
-    let config = case_config(
-        &bind,
-        &dir,
-        &format!(
-            "[[dkim.adopt]]\nfrom = \"env\"\nvar = \"DKIM_PRIVATEKEY\"\ndomain = \"{DOMAIN}\"\nselector = \"envk\"\n"
-        ),
-    );
-    let out = sync_with(&config, &[("DKIM_PRIVATEKEY", &body)]);
-    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
-    assert_adopted(&dir, "envk", &record, "env, PKCS#1");
+    for (file, case, begin) in [
+        (&key, "env", "-----BEGIN PRIVATE KEY-----"),
+        (&pkcs1, "env-pkcs1", "-----BEGIN RSA PRIVATE KEY-----"),
+    ] {
+        // As a container's DKIM_PRIVATEKEY: the base64 body alone.
+        let pem = std::fs::read_to_string(file).unwrap();
+        assert!(pem.starts_with(begin), "{pem}");
+        let body: String = pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let dir = work.join(case);
+        let config = case_config(
+            &bind,
+            &dir,
+            &format!(
+                "[[dkim.adopt]]\nfrom = \"env\"\nvar = \"DKIM_PRIVATEKEY\"\ndomain = \"{DOMAIN}\"\nselector = \"envk\"\n"
+            ),
+        );
+        let out = sync_with(&config, &[("DKIM_PRIVATEKEY", &body)]);
+        assert_eq!(out.status.code(), Some(0), "{case}: {}", describe(&out));
+        let all = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            !all.contains(&body[..40]),
+            "{case}: the key was logged:\n{all}"
+        );
+        assert_adopted(&dir, "envk", &record, case);
+    }
 
     // Unset: one error line naming the variable, nothing else adopted and
     // no key of mxkeys' own made for the domain.
