@@ -175,7 +175,10 @@ fn init_takes_over_a_postfix_chain_file_and_a_dovecot_pair_without_installing_an
         "  { address = \"127.0.0.1:465\", protocol = \"tls\" },",
         "name = \"dovecot\"",
         &format!("fullchain = \"{}\"", dv_crt.display()),
-        "reload = [\"doveadm\", \"reload\"]",
+        &format!(
+            "reload = [\"doveadm\", \"-c\", \"{}\", \"reload\"]",
+            dovecot.display()
+        ),
         "  { address = \"127.0.0.1:1143\", protocol = \"imap\" },",
         "  { address = \"127.0.0.1:1993\", protocol = \"tls\" },",
         "domains = [\"mail.example.test\"]",
@@ -240,7 +243,12 @@ fn init_makes_one_dual_target_when_postfix_and_dovecot_read_the_same_rsa_and_ecd
     let toml = &r.stdout;
     for line in [
         "name = \"mail\"",
-        "reload = [\"sh\", \"-c\", \"postfix reload && doveadm reload\"]",
+        // Both instances init was pointed at, reloaded by one command.
+        &format!(
+            "reload = [\"sh\", \"-c\", \"postfix -c {} reload && doveadm -c {} reload\"]",
+            postfix.display(),
+            dovecot.display()
+        ),
         "[target.ecdsa]",
         &format!("fullchain = \"{}\"", ec_crt.display()),
         &format!("key = \"{}\"", ec_key.display()),
