@@ -167,6 +167,9 @@ pub struct Discovered {
     pub dovecot_config: Option<PathBuf>,
     /// The leaf each Postfix and Dovecot slot serves now.
     pub served: Vec<ServedCert>,
+    /// The slots' files that are symbolic links now, with where each
+    /// points: mxkeys replaces files and never writes through a link.
+    pub links: std::collections::BTreeMap<PathBuf, PathBuf>,
     /// Owner, group and mode of each file holding a slot's private key.
     pub key_files: std::collections::BTreeMap<PathBuf, KeyFileMeta>,
     pub sources: Vec<FoundSource>,

@@ -332,10 +332,10 @@ fn targets(out: &mut Out, d: &Discovered) {
                 "{} some of the files of a target above, not all: a file is written by one target only; point both servers at the same files, or this one at files of its own, and write this target",
                 reads(&plan.servers)
             ));
-        } else if paths.iter().any(|p| in_certbot_tree(p, &certbot_roots)) {
+        } else if let Some(whose) = not_to_write(&paths, &certbot_roots, &d.links) {
             let redirect = redirect(&mut plan);
             plan.disabled = Some(format!(
-                "{} Certbot's files, which mxkeys must not write. To let mxkeys serve it: create {MXKEYS_TLS_DIR}, remove the `#` of the lines below, run `mxkeys sync` (it writes the files), then {}",
+                "{} {whose}, which mxkeys must not write. To let mxkeys serve it: create {MXKEYS_TLS_DIR}, remove the `#` of the lines below, run `mxkeys sync` (it writes the files), then {}",
                 reads(&plan.servers),
                 redirect.join("; ")
             ));
@@ -667,6 +667,35 @@ fn in_certbot_tree(p: &Path, roots: &[&Path]) -> bool {
 
 /// Points the plan at files under [`MXKEYS_TLS_DIR`] and returns the
 /// settings that make the servers read them.
+/// Why files a server reads now are not files mxkeys may write, if they
+/// are not: Certbot's tree (its renewals replace them), the system's
+/// shared certificates in /etc/ssl (Debian's snakeoil pair, read by other
+/// services too), or a link (mxkeys replaces files, never writes through a
+/// link into another directory).
+fn not_to_write(
+    paths: &[PathBuf],
+    certbot_roots: &[&Path],
+    links: &std::collections::BTreeMap<PathBuf, PathBuf>,
+) -> Option<String> {
+    if paths.iter().any(|p| in_certbot_tree(p, certbot_roots)) {
+        return Some("Certbot's files".to_owned());
+    }
+    if let Some(p) = paths.iter().find(|p| p.starts_with(SYSTEM_SSL_DIR)) {
+        return Some(format!(
+            "{}, a certificate file the system shares with other services",
+            p.display()
+        ));
+    }
+    paths.iter().find_map(|p| {
+        links
+            .get(p)
+            .map(|to| format!("{}, a link to {}", p.display(), to.display()))
+    })
+}
+
+/// The system's shared certificate store (Debian's ssl-cert package).
+const SYSTEM_SSL_DIR: &str = "/etc/ssl";
+
 fn redirect(plan: &mut Plan) -> Vec<String> {
     let dir = Path::new(MXKEYS_TLS_DIR);
     let pair = |suffix: &str| Files::Split {
@@ -1035,6 +1064,51 @@ mod tests {
             lines.len() == 1 && lines[0].starts_with(FILL_IN) && lines[0].contains("/tls/b.key"),
             "key files that differ: {lines:?}"
         );
+    }
+
+    #[test]
+    fn certbots_files_the_systems_snakeoil_and_links_are_never_written() {
+        let p = |s: &str| PathBuf::from(s);
+        let le = p("/etc/letsencrypt");
+        let roots = [le.as_path()];
+        let links: std::collections::BTreeMap<PathBuf, PathBuf> = [(
+            p("/etc/dovecot/private/dovecot.pem"),
+            p("/etc/ssl/certs/ssl-cert-snakeoil.pem"),
+        )]
+        .into_iter()
+        .collect();
+        for (paths, want) in [
+            (vec![p("/etc/postfix/tls/chain.pem")], None),
+            (
+                vec![p("/etc/letsencrypt/live/mail/fullchain.pem")],
+                Some("Certbot's files"),
+            ),
+            (
+                vec![
+                    p("/etc/ssl/certs/ssl-cert-snakeoil.pem"),
+                    p("/etc/ssl/private/ssl-cert-snakeoil.key"),
+                ],
+                Some(
+                    "/etc/ssl/certs/ssl-cert-snakeoil.pem, a certificate file the system shares with other services",
+                ),
+            ),
+            (
+                vec![
+                    p("/etc/dovecot/private/dovecot.pem"),
+                    p("/etc/dovecot/private/own.key"),
+                ],
+                Some(
+                    "/etc/dovecot/private/dovecot.pem, a link to /etc/ssl/certs/ssl-cert-snakeoil.pem",
+                ),
+            ),
+            (vec![p("/etc/sslx/mail.pem")], None),
+        ] {
+            assert_eq!(
+                not_to_write(&paths, &roots, &links).as_deref(),
+                want,
+                "{paths:?}"
+            );
+        }
     }
 
     #[test]

@@ -100,6 +100,11 @@ pub fn discover(look: &Look) -> Discovered {
             }
         }
     }
+    for f in chains.iter().chain(&keys) {
+        if let Ok(to) = std::fs::read_link(f) {
+            d.links.insert(f.clone(), to);
+        }
+    }
     for k in keys {
         if let Some(meta) = key_file_meta(&k) {
             d.key_files.insert(k, meta);

@@ -405,3 +405,62 @@ fn init_write_creates_the_config_refuses_to_replace_it_without_force_and_replace
     .assert_code(1)
     .assert_err_line(&[missing]);
 }
+
+/// Debian's Dovecot reads links into /etc/ssl (the snakeoil pair): init
+/// never makes a target of a link (mxkeys would replace the link, not what
+/// it points at, and the server's other readers would miss the change).
+/// The target is written commented out, saying which file is a link to
+/// what; the configuration loads and `sync` leaves the links and their
+/// targets as they are.
+#[test]
+fn a_dovecot_reading_links_gets_its_target_commented_out_naming_the_link() {
+    require!(
+        "a_dovecot_reading_links_gets_its_target_commented_out_naming_the_link",
+        DOVECONF
+    );
+    let env = Env::new();
+    let ca = Ca::new("init-cmd-links");
+    let rsa = leaf(&ca, KeyKind::Rsa2048);
+    let shared = env.path("ssl-shared");
+    let (crt, key) = (shared.join("cert.pem"), shared.join("key.pem"));
+    write_atomic(&crt, rsa.fullchain_pem(), 0o644);
+    write_atomic(&key, rsa.key_pem(), 0o600);
+    let private = env.path("dovecot/private");
+    std::fs::create_dir_all(&private).unwrap();
+    let (crt_link, key_link) = (private.join("dovecot.pem"), private.join("dovecot.key"));
+    std::os::unix::fs::symlink(&crt, &crt_link).unwrap();
+    std::os::unix::fs::symlink(&key, &key_link).unwrap();
+    Certbot::new(&env.path("letsencrypt")).add("mail", &rsa);
+    let dovecot = dovecot_conf(
+        &env,
+        &format!(
+            "ssl_cert = <{}\nssl_key = <{}\n",
+            crt_link.display(),
+            key_link.display()
+        ),
+    );
+    let r = init(&env, &["--no-postfix", "--dovecot-config", arg(&dovecot)]);
+    let toml = &r.stdout;
+    let fill_in = toml
+        .lines()
+        .find(|l| l.starts_with("# FILL IN: Dovecot reads"))
+        .unwrap_or_else(|| panic!("no FILL IN for the links:\n{toml}"));
+    assert!(
+        fill_in.contains(&format!("a link to {}", crt.display()))
+            || fill_in.contains(&format!("a link to {}", key.display())),
+        "{fill_in}"
+    );
+    assert!(
+        toml.lines().any(|l| l == "# [[target]]") && !toml.lines().any(|l| l == "[[target]]"),
+        "the target must be commented out:\n{toml}"
+    );
+    env.write_config_raw(toml);
+    env.check().ok();
+    let before: Vec<_> = [&crt, &key].iter().map(|f| file_id(f)).collect();
+    env.sync().ok();
+    let after: Vec<_> = [&crt, &key].iter().map(|f| file_id(f)).collect();
+    assert_eq!(before, after);
+    for (link, to) in [(&crt_link, &crt), (&key_link, &key)] {
+        assert_eq!(&std::fs::read_link(link).unwrap(), to);
+    }
+}
