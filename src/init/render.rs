@@ -873,9 +873,15 @@ fn dkim(out: &mut Out, found: &[FoundDkim]) {
             o.keys.len()
         ));
     }
-    out.comment(&format!(
-        "DKIM: {signer} signs with the keys below; [[dkim.adopt]] takes them over as active, so signing never stops."
-    ));
+    if first.keys.is_empty() {
+        out.comment(&format!(
+            "DKIM: {signer} is configured here, but no key it signs with was found."
+        ));
+    } else {
+        out.comment(&format!(
+            "DKIM: {signer} signs with the keys below; [[dkim.adopt]] takes them over as active, so signing never stops."
+        ));
+    }
     for k in &first.keys {
         out.comment(&format!(
             "adopts {}._domainkey.{} ({}, {})",
