@@ -163,7 +163,7 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
     (
         "MXKEYS_DKIM_SIGNER_DIR",
-        "[dkim] signer_dir: where the signer's files are written (default: the seed's)",
+        "[dkim] signer_dir: where the signer's files are written (default: the seed's; mlan's record_dir moves with it)",
     ),
     (
         "MXKEYS_DKIM_RELOAD_PIDFILE",
@@ -684,14 +684,18 @@ fn dkim_table(
     if let Some(dir) = get("MXKEYS_DKIM_KEY_DIR") {
         t.insert("key_dir".into(), s(&dir));
     }
+    let signer_dir = get("MXKEYS_DKIM_SIGNER_DIR");
     if let Some(dir) = plan.record_dir {
-        t.insert("record_dir".into(), s(dir));
+        // mlan keeps records and signer files in its one DKIM volume:
+        // mounted elsewhere, both move.
+        let moved = signer_dir.as_deref().filter(|_| dir == plan.signer_dir);
+        t.insert("record_dir".into(), s(moved.unwrap_or(dir)));
     }
     t.insert("dns".into(), s(if has_dns { "env" } else { "manual" }));
     t.insert("signer".into(), s(plan.signer));
     t.insert(
         "signer_dir".into(),
-        s(&get("MXKEYS_DKIM_SIGNER_DIR").unwrap_or(plan.signer_dir)),
+        s(&signer_dir.unwrap_or(plan.signer_dir)),
     );
     match (
         get("MXKEYS_DKIM_RELOAD_PIDFILE"),

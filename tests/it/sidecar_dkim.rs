@@ -528,3 +528,75 @@ fn mode_of(p: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::metadata(p).unwrap().permissions().mode()
 }
+
+/// An mlan/docker-postfix sidecar end to end, from its environment alone
+/// and without a DNS provider: `mxkeys sync` adopts `DKIM_PRIVATEKEY` (the
+/// base64 body alone) as the active key without a lookup, writes amavis'
+/// `dkim_keys.conf` naming mxkeys' copy of it with mlan's selector, writes
+/// the record to publish where mlan's users read it (its DKIM volume,
+/// mounted here at MXKEYS_DKIM_SIGNER_DIR) and prints it, never the key.
+#[test]
+fn an_mlan_sidecar_without_dns_adopts_its_key_and_prints_the_record_to_publish() {
+    if !require_programs("mlan sidecar sync", &[GENKEY]) {
+        return;
+    }
+    let mut s = Sidecar::new();
+    let key = genkey(&s.path("made"), "example.com", "default");
+    let record = record_of_key_file(&key);
+    let pem = std::fs::read_to_string(&key).unwrap();
+    let body: String = pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .join("");
+    let volume = s.path("var-db-dkim");
+    std::fs::create_dir_all(&volume).unwrap();
+    let keys = s.path("keys");
+    s.set("MAIL_DOMAIN", "example.com")
+        .set("DKIM_PRIVATEKEY", &body)
+        .set("MXKEYS_DKIM_SIGNER_DIR", volume.to_str().unwrap())
+        .set("MXKEYS_DKIM_KEY_DIR", keys.to_str().unwrap());
+    let sync = s.run(&["sync"]);
+    sync.ok();
+    let all = format!("{}{}", sync.stdout, sync.stderr);
+    assert!(
+        !all.contains(&body[100..160]),
+        "the key was printed:\n{all}"
+    );
+    // The record to publish, as a zone-file line, printed and in the file.
+    let copy = keys.join("example.com/default.pem");
+    assert_eq!(
+        record_of_key_file(&copy),
+        record,
+        "mxkeys' copy is another key"
+    );
+    let file = volume.join("example.com.default._domainkey.txt");
+    let text =
+        std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}\n{all}", file.display()));
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("default._domainkey.example.com. "))
+        .unwrap_or_else(|| panic!("no record line in:\n{text}"));
+    let value: String = line.split('"').skip(1).step_by(2).collect();
+    assert_eq!(value, record);
+    assert!(
+        all.contains(&record[..60]),
+        "the record to publish is not printed:\n{all}"
+    );
+    // amavis signs with it, under mlan's selector.
+    let conf = std::fs::read_to_string(volume.join("dkim_keys.conf")).unwrap();
+    assert!(
+        conf.contains(&format!(
+            "dkim_key('example.com', 'default', '{}');",
+            copy.display()
+        )),
+        "{conf}"
+    );
+    // The next sync finds it held: nothing changes.
+    let before = std::fs::read_to_string(volume.join("dkim_keys.conf")).unwrap();
+    s.run(&["sync"]).ok();
+    assert_eq!(
+        std::fs::read_to_string(volume.join("dkim_keys.conf")).unwrap(),
+        before
+    );
+}
