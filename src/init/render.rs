@@ -51,9 +51,46 @@ pub fn render(d: &Discovered) -> String {
         }
     }
     sources(&mut out, d);
-    targets(&mut out, d);
-    dkim(&mut out, &d.dkim);
+    let mut written = targets(&mut out, d);
+    written.extend(dkim(&mut out, &d.dkim));
+    unit_note(&mut out, &written, &unit_writable(SHIPPED_UNIT));
     out.text
+}
+
+/// The shipped unit, whose `ReadWritePaths=` say where `mxkeys run` under
+/// it may write (ProtectSystem=strict: nowhere else outside its state).
+const SHIPPED_UNIT: &str = include_str!("../../systemd/mxkeys.service");
+
+/// The directories a unit's `ReadWritePaths=` lines open (the `-` prefix,
+/// "skip when missing", dropped).
+fn unit_writable(unit: &str) -> Vec<PathBuf> {
+    unit.lines()
+        .filter_map(|l| l.trim().strip_prefix("ReadWritePaths="))
+        .flat_map(str::split_whitespace)
+        .map(|p| PathBuf::from(p.trim_start_matches('-')))
+        .collect()
+}
+
+/// Says which directories the configuration writes that the shipped unit
+/// does not open, with the drop-in that opens them: without it, `mxkeys
+/// run` under the unit fails at the first renewal, not at the first sync.
+fn unit_note(out: &mut Out, written: &[PathBuf], writable: &[PathBuf]) {
+    let mut closed: Vec<&PathBuf> = written
+        .iter()
+        .filter(|d| !writable.iter().any(|w| d.starts_with(w)))
+        .collect();
+    closed.sort();
+    closed.dedup();
+    if closed.is_empty() {
+        return;
+    }
+    let dirs: Vec<String> = closed.iter().map(|d| d.display().to_string()).collect();
+    out.blank();
+    out.comment(&format!(
+        "systemd: the shipped mxkeys.service may write only below its ReadWritePaths; this configuration also writes {}. Before `mxkeys run` under it: `systemctl edit mxkeys`, add `[Service]` and `ReadWritePaths={}`.",
+        dirs.join(", "),
+        dirs.join(" ")
+    ));
 }
 
 /// Text being built, one line at a time; comments never span lines.
@@ -276,7 +313,9 @@ struct Plan {
     disabled: Option<String>,
 }
 
-fn targets(out: &mut Out, d: &Discovered) {
+/// Writes the targets; returns the directories the uncommented ones write.
+fn targets(out: &mut Out, d: &Discovered) -> Vec<PathBuf> {
+    let mut written = Vec::new();
     out.blank();
     out.comment("Targets: the files the mail servers read now.");
     let mut plans = Vec::new();
@@ -342,7 +381,16 @@ fn targets(out: &mut Out, d: &Discovered) {
         }
         taken.extend(paths);
         write_plan(out, &plan, &reloads(d), &d.key_files);
+        if plan.disabled.is_none() {
+            written.extend(
+                plan.shape
+                    .paths()
+                    .into_iter()
+                    .filter_map(|p| p.parent().map(Path::to_path_buf)),
+            );
+        }
     }
+    written
 }
 
 /// The reload command of each server: its own tool, told the instance's
@@ -856,13 +904,15 @@ fn write_plan(
 // DKIM
 // ---------------------------------------------------------------------------
 
-fn dkim(out: &mut Out, found: &[FoundDkim]) {
+/// Writes the `[dkim]` table; returns its `signer_dir` when it is written
+/// uncommented.
+fn dkim(out: &mut Out, found: &[FoundDkim]) -> Option<PathBuf> {
     out.blank();
     let Some((first, others)) = found.split_first() else {
         out.comment(
             "No DKIM signer was found (OpenDKIM, Rspamd, amavis): add a [dkim] table to have mxkeys keep the keys (see config/mxkeys.toml).",
         );
-        return;
+        return None;
     };
     let signer = signer_name(first.signer);
     for o in others {
@@ -946,6 +996,7 @@ fn dkim(out: &mut Out, found: &[FoundDkim]) {
         }
     }
     out.lines(&lines, commented);
+    (!commented).then(|| first.signer_dir.clone())
 }
 
 fn signer_name(s: crate::config::Signer) -> &'static str {
@@ -1115,6 +1166,40 @@ mod tests {
                 "{paths:?}"
             );
         }
+    }
+
+    #[test]
+    fn directories_the_shipped_unit_does_not_open_are_named_with_the_drop_in() {
+        let writable = unit_writable(SHIPPED_UNIT);
+        for open in ["/etc/postfix/tls", "/etc/dovecot/tls", "/etc/opendkim"] {
+            assert!(writable.contains(&PathBuf::from(open)), "{writable:?}");
+        }
+        let note = |written: &[&str]| {
+            let mut out = Out::default();
+            let written: Vec<PathBuf> = written.iter().map(PathBuf::from).collect();
+            unit_note(&mut out, &written, &writable);
+            out.text
+        };
+        assert_eq!(
+            note(&["/etc/postfix/tls", "/etc/opendkim", "/etc/dovecot/tls/rsa"]),
+            ""
+        );
+        let text = note(&[
+            "/etc/postfix/ssl",
+            "/etc/postfix/tls",
+            "/srv/tls",
+            "/etc/postfix/ssl",
+        ]);
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with('#')).count(),
+            1,
+            "{text}"
+        );
+        assert!(
+            text.contains("writes /etc/postfix/ssl, /srv/tls.")
+                && text.contains("`ReadWritePaths=/etc/postfix/ssl /srv/tls`"),
+            "{text}"
+        );
     }
 
     #[test]
