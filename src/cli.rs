@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::config::{self, ConfigSource};
 use crate::pipeline::{self, Action, Mode, Report};
@@ -253,6 +253,30 @@ enum Command {
     /// it is; --write creates the --config file instead. Needs no
     /// configuration; what it cannot decide is a `# FILL IN:` comment.
     Init(InitArgs),
+    /// Write the man pages or the shell completions (for packagers).
+    #[command(hide = true, subcommand)]
+    Generate(GenerateCommand),
+}
+
+/// `mxkeys generate`: documentation built from these definitions
+/// (`crate::docs`), written at package build time.
+#[derive(Debug, Subcommand)]
+enum GenerateCommand {
+    /// mxkeys.1, one mxkeys-COMMAND.1 per subcommand, and mxkeys.toml.5.
+    Man {
+        /// The directory to write the pages in (created if missing).
+        dir: PathBuf,
+    },
+    /// mxkeys.bash, _mxkeys (zsh) and mxkeys.fish.
+    Completions {
+        /// The directory to write the scripts in (created if missing).
+        dir: PathBuf,
+    },
+}
+
+/// The command-line definition, for the man pages and completions.
+pub fn command() -> clap::Command {
+    Cli::command()
 }
 
 /// `mxkeys init`'s options: where to look (each default is the usual
@@ -319,6 +343,24 @@ pub fn main() -> ExitCode {
     // init works where there is no configuration yet.
     if let Command::Init(args) = &cli.command {
         return init(&cli.config, args);
+    }
+    if let Command::Generate(what) = &cli.command {
+        let written = match what {
+            GenerateCommand::Man { dir } => crate::docs::write_man_pages(dir),
+            GenerateCommand::Completions { dir } => crate::docs::write_completions(dir),
+        };
+        return match written {
+            Ok(files) => {
+                for file in files {
+                    println!("{}", file.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!("generate: {e}");
+                ExitCode::FAILURE
+            }
+        };
     }
     let loaded = ConfigSource::choose(&cli.config).and_then(|source| {
         let config = source.load(&config::Host::current())?;
@@ -433,7 +475,9 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         }
-        Command::Init(_) => unreachable!("init runs before the configuration is loaded"),
+        Command::Init(_) | Command::Generate(_) => {
+            unreachable!("init and generate run before the configuration is loaded")
+        }
     }
 }
 

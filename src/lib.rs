@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod dane;
 pub mod dkim;
 pub mod dns;
+pub mod docs;
 pub mod init;
 pub mod install;
 pub mod listen;
