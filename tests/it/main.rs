@@ -25,6 +25,7 @@ mod dkim;
 mod dkim_adopt;
 mod dkim_import_from;
 mod dns;
+mod docs;
 mod hostile_fs;
 mod hostile_keydir;
 mod init_cmd;
