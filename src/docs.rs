@@ -220,8 +220,23 @@ pub fn man_pages(cmd: clap::Command) -> Result<Vec<Generated>, DocsError> {
     Ok(pages)
 }
 
-/// The completion scripts: `mxkeys.bash`, `_mxkeys` (zsh), `mxkeys.fish` (pure).
+/// `cmd` without its hidden subcommands (`generate`), which clap_complete
+/// would offer like any other.
+fn visible(cmd: &clap::Command) -> clap::Command {
+    let mut out = clap::Command::new("mxkeys")
+        .about(cmd.get_about().cloned().unwrap_or_default())
+        .args(cmd.get_arguments().cloned())
+        .subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned());
+    if cmd.get_version().is_some() {
+        out = out.version(env!("CARGO_PKG_VERSION"));
+    }
+    out
+}
+
+/// The completion scripts: `mxkeys.bash`, `_mxkeys` (zsh), `mxkeys.fish`,
+/// offering every visible subcommand (pure).
 pub fn completions(cmd: clap::Command) -> Vec<Generated> {
+    let cmd = visible(&cmd);
     [Shell::Bash, Shell::Zsh, Shell::Fish]
         .into_iter()
         .map(|shell| {

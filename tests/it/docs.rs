@@ -298,10 +298,27 @@ fn the_fish_completion_loads_and_completes_dk_to_dkim() {
         .env("XDG_DATA_HOME", home.path().join("data"))
         .args(["--no-config", "-c"])
         .arg(format!(
-            "source '{}'; complete -C 'mxkeys dk'",
+            "source '{}'; complete -C 'mxkeys dk'; echo ==; complete -C 'mxkeys '",
             script.display()
         ));
     let (out, _) = run(fish);
-    let names: Vec<&str> = out.lines().filter_map(|l| l.split('\t').next()).collect();
-    assert_eq!(names, ["dkim"], "fish completes `mxkeys dk` to:\n{out}");
+    let (dk, all) = out.split_once("==\n").expect("both completions");
+    let names = |text: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.split('\t').next())
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(names(dk), ["dkim"], "fish completes `mxkeys dk` to:\n{out}");
+    let all = names(all);
+    for command in ["sync", "check", "dkim", "mta-sts", "init"] {
+        assert!(
+            all.iter().any(|n| n == command),
+            "fish does not offer {command}: {all:?}"
+        );
+    }
+    assert!(
+        !all.iter().any(|n| n == "generate"),
+        "fish offers the hidden generate command: {all:?}"
+    );
 }
