@@ -254,36 +254,80 @@ fn the_bash_completion_loads_and_completes_dk_to_dkim() {
     assert_eq!(replies, ["dkim"], "bash completes `mxkeys dk` to:\n{out}");
 }
 
+/// Completes `$2` in an interactive zsh on a pseudo-terminal (zsh/zpty)
+/// with the completion script `$1` loaded under compinit, recording every
+/// candidate the completion system is given (`HIT:NAME` lines). Each step
+/// waits for the shell's answer, at most about 30 s.
+const ZSH_COMPLETE: &str = r#"# Completes $2 in an interactive zsh on a pseudo-terminal with the script
+# $1 loaded under compinit; prints each candidate offered as HIT:NAME.
+zmodload zsh/zpty || exit 3
+# Reads from the shell until what was read matches $1 (at most ~30 s).
+read_until() {
+  local acc= line
+  integer n=0
+  while (( n++ < 300 )); do
+    if zpty -r -t z line; then
+      acc+=$line
+      if [[ $acc == $~1 ]]; then REPLY=$acc; return 0; fi
+    else
+      sleep 0.1
+    fi
+  done
+  print -r -- "no ${(q)1} in: $acc" >&2
+  exit 1
+}
+zpty z zsh -f -i
+zpty -w z 'PROMPT= ; RPROMPT= '
+zpty -w z "autoload -U compinit; compinit -u -d \$HOME/.zcompdump; source ${(q)1}"
+zpty -w z 'compadd () { builtin compadd -O __hits "$@"; print -r -l -- "HIT:${^__hits[@]}"; builtin compadd "$@" }'
+zpty -w z 'print RE""ADY'
+read_until '*READY*'
+zpty -w -n z "$2"$'\t'
+read_until '*HIT:*'
+zpty -w z $'\x03'
+zpty -w z 'print EN""D'
+local seen=$REPLY
+read_until '*END*'
+print -r -- "$seen$REPLY" | tr -d '\r' | grep -ao 'HIT:[a-z-]*' | sort -u
+zpty -d z
+"#;
+
 #[test]
-fn the_zsh_completion_loads_under_compinit_and_registers_mxkeys() {
+fn the_zsh_completion_loads_under_compinit_and_completes_dk_to_dkim() {
     require!("docs::zsh_completion", ZSH);
     let dir = generate("completions");
     let script = dir.path().join("_mxkeys");
     let home = tempfile::tempdir().expect("temporary directory");
-    let mut zsh = Command::new("zsh");
-    zsh.env("HOME", home.path())
-        .env("ZDOTDIR", home.path())
-        .args(["-f", "-c"])
-        .arg(
-            "autoload -U compinit && compinit -u -d \"$HOME/.zcompdump\" && source \"$1\" && \
-             print -r -- \"comp:$_comps[mxkeys]\" && whence -w _mxkeys && \
-             functions _mxkeys_commands",
-        )
-        .arg("zsh")
-        .arg(&script);
-    let (out, _) = run(zsh);
+    let driver = home.path().join("complete.zsh");
+    std::fs::write(&driver, ZSH_COMPLETE).expect("the zsh driver");
+    let zsh = |args: &[&str]| {
+        let mut zsh = Command::new("zsh");
+        zsh.env("HOME", home.path())
+            .env("ZDOTDIR", home.path())
+            .current_dir(home.path())
+            .arg("-f")
+            .args(args);
+        run(zsh).0
+    };
+    let script = script.to_str().expect("a UTF-8 path");
+    let bound = zsh(&[
+        "-c",
+        "autoload -U compinit && compinit -u -d \"$HOME/.zcompdump\" && source \"$1\" && \
+         print -r -- \"comp:$_comps[mxkeys]\"",
+        "zsh",
+        script,
+    ]);
     assert!(
-        out.contains("comp:_mxkeys"),
-        "mxkeys not bound to _mxkeys:\n{out}"
+        bound.contains("comp:_mxkeys"),
+        "mxkeys not bound to _mxkeys:\n{bound}"
     );
-    assert!(
-        out.contains("_mxkeys: function"),
-        "_mxkeys not defined:\n{out}"
-    );
-    assert!(
-        out.contains("'dkim:") && out.contains("'mta-sts:"),
-        "_mxkeys_commands offers no dkim or mta-sts:\n{out}"
-    );
+    let out = zsh(&[driver.to_str().expect("a UTF-8 path"), script, "mxkeys dk"]);
+    let hits: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("HIT:"))
+        .filter(|h| !h.is_empty())
+        .collect();
+    assert_eq!(hits, ["dkim"], "zsh completes `mxkeys dk` to:\n{out}");
 }
 
 #[test]
@@ -321,4 +365,24 @@ fn the_fish_completion_loads_and_completes_dk_to_dkim() {
         !all.iter().any(|n| n == "generate"),
         "fish offers the hidden generate command: {all:?}"
     );
+}
+
+#[test]
+fn generate_into_a_directory_it_cannot_make_fails_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "").expect("a file");
+    let target = file.join("man");
+    let mut cmd = Command::new(common::bin());
+    cmd.args(["generate", "man"]).arg(&target);
+    let out = output_within(cmd, LIMIT).expect("mxkeys generate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains(&target.display().to_string()),
+        "the error does not name {}: {stderr}",
+        target.display()
+    );
+    assert!(out.stdout.is_empty(), "wrote something: {:?}", out.stdout);
 }
