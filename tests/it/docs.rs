@@ -1,9 +1,9 @@
 //! `mxkeys generate man|completions DIR` (issue 17): the pages render with
-//! the real `man` (man-db and groff) without a warning, `mxkeys(1)` and
-//! each command's page list the subcommands `--help` shows, `mxkeys.toml(5)`
-//! carries every comment, key line and table of the shipped
-//! `config/mxkeys.toml`, and each completion script loads in the real bash,
-//! zsh and fish and completes a subcommand.
+//! the real `man` (man-db and groff) without a warning and have a NAME line
+//! mandb indexes; `mxkeys(1)` and each command's page list the subcommands
+//! `--help` shows; `mxkeys.toml(5)` carries every comment, key line and
+//! table of the shipped `config/mxkeys.toml`; and each completion script
+//! loads in the real bash, zsh and fish and completes a subcommand.
 
 use mxkeys_testsupport as common;
 
@@ -13,7 +13,11 @@ use std::time::Duration;
 
 use common::servers::{Need, output_within, require_programs};
 
-const MAN: &[Need] = &[("man", "man-db"), ("groff", "groff-base")];
+const MAN: &[Need] = &[
+    ("man", "man-db"),
+    ("lexgrog", "man-db"),
+    ("groff", "groff-base"),
+];
 const BASH: &[Need] = &[("bash", "bash")];
 const ZSH: &[Need] = &[("zsh", "zsh")];
 const FISH: &[Need] = &[("fish", "fish")];
@@ -132,6 +136,15 @@ fn every_generated_man_page_renders_with_man_and_groff_without_a_warning() {
         assert!(
             warnings.is_empty(),
             "groff -man -ww {} warns:\n{warnings}",
+            page.display()
+        );
+        // What lintian checks with it: mandb can index the page's NAME line.
+        let mut lexgrog = Command::new("lexgrog");
+        lexgrog.arg(page);
+        let (whatis, _) = run(lexgrog);
+        assert!(
+            whatis.contains(" - "),
+            "lexgrog finds no whatis entry in {}: {whatis}",
             page.display()
         );
     }
