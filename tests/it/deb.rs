@@ -314,6 +314,20 @@ fn installed_package_starts_nothing_until_its_edited_configuration_is_started() 
         );
     }
 
+    // The installed units, as systemd reads them with the binary they name.
+    let mut verify = vec!["systemd-analyze", "verify"];
+    let paths: Vec<String> = UNITS
+        .iter()
+        .map(|u| format!("/lib/systemd/system/{u}"))
+        .collect();
+    verify.extend(paths.iter().map(String::as_str));
+    let out = guest.ok(&verify);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.lines().any(|l| l.contains("mxkeys")),
+        "systemd-analyze verify:\n{stderr}"
+    );
+
     configure_and_start(&guest);
     host.assert_target_written(&guest);
     let journal = guest.journal(Some("mxkeys"));
@@ -323,8 +337,8 @@ fn installed_package_starts_nothing_until_its_edited_configuration_is_started() 
 
 /// An upgrade to a package whose conffile changed keeps the admin's
 /// edited configuration (the package's new one lands beside it as
-/// .dpkg-dist), enables nothing, and restarts the running daemon on the
-/// new binary.
+/// .dpkg-dist), keeps the timer the admin enabled and enables nothing
+/// else, and restarts the running daemon on the new binary.
 #[test]
 fn upgrade_keeps_the_edited_configuration_and_restarts_the_running_daemon() {
     let test = "upgrade_keeps_the_edited_configuration_and_restarts_the_running_daemon";
@@ -333,6 +347,7 @@ fn upgrade_keeps_the_edited_configuration_and_restarts_the_running_daemon() {
     };
     configure_and_start(&guest);
     host.assert_target_written(&guest);
+    guest.ok(&["systemctl", "enable", "--now", "mxkeys-renew.timer"]);
     let pid = guest.property("mxkeys", "MainPID");
     let edited = guest.stdout(&["cat", "/etc/mxkeys/mxkeys.toml"]);
 
@@ -368,14 +383,21 @@ fn upgrade_keeps_the_edited_configuration_and_restarts_the_running_daemon() {
         "disabled"
     );
     assert_eq!(
+        guest
+            .stdout(&["systemctl", "is-enabled", "mxkeys-renew.timer"])
+            .trim(),
+        "enabled"
+    );
+    assert_eq!(
         guest.property("mxkeys-renew.timer", "ActiveState"),
-        "inactive"
+        "active"
     );
 }
 
-/// `dpkg --remove` stops the running daemon and keeps the configuration
-/// and the state; `dpkg --purge` then removes both, the units' masks and
-/// systemd state, leaving only a file the admin put in /etc/mxkeys.
+/// `dpkg --remove` stops the running daemon and the enabled timer and
+/// keeps the configuration and the state; `dpkg --purge` then removes
+/// both, the units' masks and enable links, leaving only a file the admin
+/// put in /etc/mxkeys.
 #[test]
 fn remove_stops_the_daemon_and_purge_leaves_only_the_admins_own_files() {
     let test = "remove_stops_the_daemon_and_purge_leaves_only_the_admins_own_files";
@@ -384,10 +406,15 @@ fn remove_stops_the_daemon_and_purge_leaves_only_the_admins_own_files() {
     };
     configure_and_start(&guest);
     host.assert_target_written(&guest);
+    guest.ok(&["systemctl", "enable", "--now", "mxkeys-renew.timer"]);
     guest.ok(&["sh", "-c", "echo secret > /etc/mxkeys/admin.key"]);
 
     guest.ok(&["dpkg", "--remove", "mxkeys"]);
     assert_eq!(guest.property("mxkeys", "ActiveState"), "inactive");
+    assert_eq!(
+        guest.property("mxkeys-renew.timer", "ActiveState"),
+        "inactive"
+    );
     assert!(
         !guest
             .run(&["test", "-e", "/usr/bin/mxkeys"])
