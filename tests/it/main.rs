@@ -21,6 +21,7 @@ mod dane_check;
 mod dane_gate;
 mod dane_loop;
 mod dane_pass;
+mod deb;
 mod dkim;
 mod dkim_adopt;
 mod dkim_import_from;
