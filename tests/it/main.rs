@@ -27,6 +27,7 @@ mod dkim_import_from;
 mod dns;
 mod hostile_fs;
 mod hostile_keydir;
+mod image;
 mod init_cmd;
 mod init_mail;
 mod init_sources;

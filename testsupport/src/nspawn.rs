@@ -70,7 +70,7 @@ fn cache_dir() -> PathBuf {
 }
 
 /// The host's release codename (`VERSION_CODENAME` of /etc/os-release).
-fn codename() -> String {
+pub(crate) fn codename() -> String {
     let text = fs::read_to_string("/etc/os-release").unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
@@ -81,7 +81,7 @@ fn codename() -> String {
 
 /// The Debian mirror the host's apt sources use for `suite` (one-line
 /// `deb URI SUITE ...` or deb822 stanzas), else deb.debian.org.
-fn mirror(suite: &str) -> String {
+pub(crate) fn mirror(suite: &str) -> String {
     let mut texts = vec![fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
