@@ -6,15 +6,17 @@
 # This image has no Postfix, so with ACME_POSTHOOK unset no reload command
 # runs (said once at start): the files are installed and the mail container
 # picks them up on its own reload. To reload it at once, share its PID
-# namespace and name its master's pid file:
+# namespace and mount its pid directory, and name its master's pid file:
 #
 #   docker run --pid container:mailserver -v acme:/acme:ro -v tls:/tls \
-#     -e SSL_DOMAIN=mail.example.com \
-#     -e MXKEYS_RELOAD_PIDFILE=/var/spool/postfix/pid/master.pid mxkeys
+#     -v postfix-pid:/run/postfix-pid:ro -e SSL_DOMAIN=mail.example.com \
+#     -e MXKEYS_RELOAD_PIDFILE=/run/postfix-pid/master.pid mxkeys
 #
-# The pid file must belong to root (or mxkeys' user) and be writable by
-# nobody else; a first install whose reload fails keeps its files and the
-# reload is retried on the next pass.
+# (the mail container mounting postfix-pid at /var/spool/postfix/pid). The
+# pid file must belong to root (or mxkeys' user) and be writable by nobody
+# else, and never name PID 1: a mail container running `postfix start-fg`
+# needs an init (--init). A first install whose reload fails keeps its
+# files and the reload is retried on the next pass.
 #
 # Configured by the environment alone (see README: Container sidecar), or by
 # a file mounted at /etc/mxkeys/mxkeys.toml.
