@@ -131,6 +131,10 @@ pub(crate) fn mirror(suite: &str) -> String {
     "http://deb.debian.org/debian".to_owned()
 }
 
+/// Held while mmdebstrap runs (here and in [`crate::podman`]): two runs at
+/// once have produced nothing.
+pub(crate) static MMDEBSTRAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The guest's root file system, made on first use (about 45 s) and reused
 /// afterwards; one attempt per test process.
 pub fn rootfs() -> Result<PathBuf, String> {
@@ -158,6 +162,7 @@ fn make_rootfs() -> Result<PathBuf, String> {
         remove_any(stale).map_err(|e| format!("{}: {e}", stale.display()))?;
     }
     eprintln!("making the guest root with: {}", recipe.trim_end());
+    let _one = MMDEBSTRAP.lock().unwrap_or_else(|e| e.into_inner());
     let mut cmd = Command::new("mmdebstrap");
     cmd.args(["--quiet", "--variant=minbase"])
         .arg(format!("--include={INCLUDE}"))

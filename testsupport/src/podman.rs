@@ -23,7 +23,7 @@ use std::process::{Command, Output};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::nspawn::{codename, mirror};
+use crate::nspawn::{MMDEBSTRAP, codename, mirror};
 use crate::servers::{Need, output_within, require};
 
 /// What building and running images needs on the host (as root).
@@ -102,7 +102,7 @@ pub fn podman(args: &[&str]) -> Result<Output, String> {
 /// first use and reused afterwards (KEY names the recipe, so a changed
 /// package list makes a new base).
 pub fn base_image(cache: &Path, name: &str, include: &[&str]) -> Result<String, String> {
-    // mmdebstrap runs fail when two run at once: one at a time.
+    // One base at a time: a second test would make the same one.
     static ONE: Mutex<()> = Mutex::new(());
     let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let suite = codename();
@@ -125,6 +125,7 @@ pub fn base_image(cache: &Path, name: &str, include: &[&str]) -> Result<String, 
         let partial = cache.join(format!("{name}-{key}.partial.tar"));
         let _ = fs::remove_file(&partial);
         eprintln!("making base image {tag} with: {recipe}");
+        let _mmdebstrap = MMDEBSTRAP.lock().unwrap_or_else(|e| e.into_inner());
         let mut cmd = Command::new("mmdebstrap");
         cmd.args(["--quiet", "--variant=minbase"]);
         if !include.is_empty() {
