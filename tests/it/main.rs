@@ -29,6 +29,7 @@ mod dns;
 mod docs;
 mod hostile_fs;
 mod hostile_keydir;
+mod image;
 mod init_cmd;
 mod init_mail;
 mod init_sources;

@@ -24,6 +24,7 @@ pub mod mailloop;
 pub mod mtasts;
 pub mod netns;
 pub mod nspawn;
+pub mod podman;
 pub mod ports;
 pub mod servers;
 

@@ -70,7 +70,7 @@ fn cache_dir() -> PathBuf {
 }
 
 /// The host's release codename (`VERSION_CODENAME` of /etc/os-release).
-fn codename() -> String {
+pub(crate) fn codename() -> String {
     let text = fs::read_to_string("/etc/os-release").unwrap_or_default();
     text.lines()
         .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
@@ -81,7 +81,7 @@ fn codename() -> String {
 
 /// The Debian mirror the host's apt sources use for `suite` (one-line
 /// `deb URI SUITE ...` or deb822 stanzas), else deb.debian.org.
-fn mirror(suite: &str) -> String {
+pub(crate) fn mirror(suite: &str) -> String {
     let mut texts = vec![fs::read_to_string("/etc/apt/sources.list").unwrap_or_default()];
     if let Ok(dir) = fs::read_dir("/etc/apt/sources.list.d") {
         let mut paths: Vec<PathBuf> = dir.flatten().map(|e| e.path()).collect();
@@ -131,6 +131,10 @@ fn mirror(suite: &str) -> String {
     "http://deb.debian.org/debian".to_owned()
 }
 
+/// Held while mmdebstrap runs (here and in [`crate::podman`]): two runs at
+/// once have produced nothing.
+pub(crate) static MMDEBSTRAP: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The guest's root file system, made on first use (about 45 s) and reused
 /// afterwards; one attempt per test process.
 pub fn rootfs() -> Result<PathBuf, String> {
@@ -158,6 +162,7 @@ fn make_rootfs() -> Result<PathBuf, String> {
         remove_any(stale).map_err(|e| format!("{}: {e}", stale.display()))?;
     }
     eprintln!("making the guest root with: {}", recipe.trim_end());
+    let _one = MMDEBSTRAP.lock().unwrap_or_else(|e| e.into_inner());
     let mut cmd = Command::new("mmdebstrap");
     cmd.args(["--quiet", "--variant=minbase"])
         .arg(format!("--include={INCLUDE}"))
