@@ -467,12 +467,7 @@ fn run_in_container_mode_follows_acme_json() {
     );
     // In place, as Traefik writes it.
     let bytes = serde_json::to_vec_pretty(&json(&b)).unwrap();
-    fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&acme)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
-        .unwrap();
+    write_in_place(&acme, &bytes);
     assert_eq!(
         reached(&b, 2, &d),
         2,

@@ -34,17 +34,6 @@ fn acme_json(leaf: &Leaf) -> Vec<u8> {
     serde_json::to_vec_pretty(&acme_v2(&[("le", Some(vec![AcmeEntry::new(leaf, HOST)]))])).unwrap()
 }
 
-/// Rewrite `path` in place (same inode): truncate, write `bytes`.
-fn write_in_place(path: &Path, bytes: &[u8]) {
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(path)
-        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
-    f.write_all(bytes).unwrap();
-    f.sync_data().unwrap();
-}
-
 /// What Traefik does: open the same file, truncate, write half, flush,
 /// pause, write the rest.
 fn write_in_place_slowly(path: &Path, bytes: &[u8], pause_ms: u64) {

@@ -13,7 +13,6 @@
 
 use mxkeys_testsupport as common;
 
-use std::fs;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -175,12 +174,7 @@ fn the_sidecar_image_makes_postfix_in_its_mail_container_serve_each_acme_json_ch
     // Traefik rewrites acme.json in place.
     let changed = Instant::now();
     let bytes = serde_json::to_vec_pretty(&json(&b)).unwrap();
-    fs::OpenOptions::new()
-        .write(true)
-        .truncate(true)
-        .open(&acme)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, &bytes))
-        .unwrap();
+    write_in_place(&acme, &bytes);
     wait_served(&addr, Proto::Smtp, None, Offer::Any, &b.der, || {
         pod.describe()
     });

@@ -579,6 +579,19 @@ pub fn write(path: &Path, contents: impl AsRef<[u8]>) {
     fs::write(path, contents).unwrap_or_else(|e| panic!("write {}: {e}", path.display()));
 }
 
+/// Rewrite `path` in place (same inode), as Traefik rewrites acme.json:
+/// truncate, write `bytes`.
+pub fn write_in_place(path: &Path, bytes: &[u8]) {
+    use std::io::Write as _;
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.display()));
+    f.write_all(bytes).unwrap();
+    f.sync_data().unwrap();
+}
+
 pub fn set_mode(path: &Path, mode: u32) {
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
 }
