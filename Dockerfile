@@ -43,7 +43,7 @@ RUN if [ -z "$PREBUILT" ]; then \
 WORKDIR /src
 COPY . .
 RUN if [ -n "$PREBUILT" ]; then \
-      install -D -m 0755 "$PREBUILT" /out/mxkeys; \
+      mkdir -p /out && cp "$PREBUILT" /out/mxkeys && chmod 0755 /out/mxkeys; \
     else \
       cargo build --release --locked --target x86_64-unknown-linux-musl -p mxkeys \
       && install -D -m 0755 target/x86_64-unknown-linux-musl/release/mxkeys /out/mxkeys; \
@@ -53,7 +53,7 @@ RUN if [ -n "$PREBUILT" ]; then \
 # roots (DNS providers' APIs); a Debian base brings its own ca-certificates.
 FROM ${RUNTIME_IMAGE}
 RUN if command -v apk >/dev/null; then apk add --no-cache ca-certificates; fi \
- && install -d -m 0700 /var/lib/mxkeys
+ && mkdir -p -m 0700 /var/lib/mxkeys
 COPY --from=build /out/mxkeys /usr/local/bin/mxkeys
 # Root: it reads acme.json (0600, Traefik's) and sets owners of the files
 # it writes. Nothing else runs in this container.

@@ -6,9 +6,11 @@
 //! `openssl s_client -starttls smtp` on a loopback port of the pool.
 //!
 //! No registry is reachable here, so the Dockerfile is built with its bases
-//! given as build arguments (local Debian bases made by mmdebstrap, cached
-//! under target/) and a binary built on the host (PREBUILT): the same
-//! glibc as the base. Containers, volumes and the built image are removed
+//! given as build arguments and a binary built on the host (PREBUILT): the
+//! mail container's base is Debian made by mmdebstrap (cached under
+//! target/), the sidecar's a near-static one holding only the binary's
+//! libraries, CA roots and busybox, so the image weighs the binary and a
+//! few MB (checked). Containers, volumes and the built image are removed
 //! when the test ends, pass or fail.
 
 use mxkeys_testsupport as common;
@@ -16,7 +18,7 @@ use mxkeys_testsupport as common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::podman::{Pod, available, base_image, binary_context, podman};
+use common::podman::{Pod, available, base_image, binary_context, podman, tiny_base};
 use common::servers::{
     OPENSSL, Offer, Proto, poll, require, served_leaf, smtp_banner, wait_served,
 };
@@ -66,7 +68,11 @@ fn the_sidecar_image_makes_postfix_in_its_mail_container_serve_each_acme_json_ch
     let env = Env::new();
     let cache = Path::new(env!("CARGO_TARGET_TMPDIR")).join("podman-bases");
     let started = Instant::now();
-    let sidecar_base = base_image(&cache, "sidecar", &["ca-certificates"]).unwrap();
+    // The sidecar's base is near-static (the binary's libraries, CA roots,
+    // busybox): no distribution. The mail container's is Debian with Postfix.
+    let ctx = binary_context(&env.root, Path::new(bin())).unwrap();
+    let binary = ctx.join("mxkeys");
+    let sidecar_base = tiny_base(&cache, &binary).unwrap();
     let mail_base = base_image(&cache, "mail", &["postfix", "openssl"]).unwrap();
     eprintln!("bases ready after {:?}", started.elapsed());
 
@@ -79,7 +85,6 @@ fn the_sidecar_image_makes_postfix_in_its_mail_container_serve_each_acme_json_ch
 
     // The shipped Dockerfile, on the local bases, with the host's binary.
     let built = Instant::now();
-    let ctx = binary_context(&env.root, Path::new(bin())).unwrap();
     let dockerfile = Path::new(env!("CARGO_MANIFEST_DIR")).join("Dockerfile");
     pod.build(
         &image,
@@ -97,10 +102,20 @@ fn the_sidecar_image_makes_postfix_in_its_mail_container_serve_each_acme_json_ch
     )
     .unwrap();
     let size = podman(&["image", "inspect", "--format", "{{.Size}}", &image]).unwrap();
+    let size: u64 = String::from_utf8_lossy(&size.stdout)
+        .trim()
+        .parse()
+        .unwrap();
+    let binary_size = std::fs::metadata(&binary).unwrap().len();
     eprintln!(
-        "built {image} in {:?}: {} bytes (base {sidecar_base})",
+        "built {image} in {:?}: {size} bytes, the binary {binary_size} (base {sidecar_base})",
         built.elapsed(),
-        String::from_utf8_lossy(&size.stdout).trim()
+    );
+    // As small as a near-static build allows: the binary and a few MB
+    // (glibc, CA roots, busybox), not a distribution.
+    assert!(
+        size < binary_size + 12_000_000,
+        "the image is {size} bytes for a {binary_size}-byte binary"
     );
 
     // Traefik's acme.json, written by the test, mounted read-only.

@@ -6,7 +6,9 @@
 //! into a tarball cached under a directory the caller names (the tests use
 //! one under target/), keyed by the recipe (suite, mirror, packages), then
 //! `podman import`ed under a tag carrying the same key. A base is made once
-//! per cache and reused while its tarball or image is there.
+//! per cache and reused while its tarball or image is there. The
+//! sidecar's base is smaller still ([`tiny_base`]): no distribution, only
+//! what its binary needs to run.
 //!
 //! Podman's configuration (/etc/containers) must exist before the first
 //! podman command ever runs on the machine: [`available`] writes the two
@@ -33,6 +35,7 @@ pub const PODMAN: &[Need] = &[
     ("catatonit", "catatonit"),
     ("mmdebstrap", "mmdebstrap"),
     ("strip", "binutils"),
+    ("busybox", "busybox-static"),
 ];
 
 /// /etc/containers/storage.conf: overlay storage in the usual places.
@@ -144,6 +147,95 @@ pub fn base_image(cache: &Path, name: &str, include: &[&str]) -> Result<String, 
     }
     let tar = tar.to_string_lossy();
     podman(&["import", "--change", "CMD [\"/bin/bash\"]", &tar, &tag])?;
+    Ok(tag)
+}
+
+/// A near-static base `localhost/mxkeys-base-tiny:KEY` for `binary`: no
+/// distribution at all, only what the binary needs to run: the shared
+/// libraries `ldd` names (glibc, libgcc_s), the host's CA bundle, a
+/// root-only /etc/passwd and /etc/group, and the static busybox of
+/// Debian's busybox-static as /bin/sh and its applets (the Dockerfile's
+/// RUN lines and ACME_POSTHOOK need a shell). What the image of a static
+/// or near-static build weighs is then the binary plus a few MB. KEY
+/// names the libraries and busybox, so a changed host makes a new base.
+pub fn tiny_base(cache: &Path, binary: &Path) -> Result<String, String> {
+    let ldd = Command::new("ldd")
+        .arg(binary)
+        .output()
+        .map_err(|e| format!("ldd: {e}"))?;
+    if !ldd.status.success() {
+        return Err(format!("ldd {} failed", binary.display()));
+    }
+    // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or
+    // `/lib64/ld-linux-x86-64.so.2 (0x...)`; linux-vdso has no file.
+    let libs: Vec<PathBuf> = String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|l| {
+            let l = l.trim();
+            let path = l.split("=>").nth(1).unwrap_or(l).trim();
+            let path = path.split(" (").next()?.trim();
+            path.starts_with('/').then(|| PathBuf::from(path))
+        })
+        .collect();
+    let busybox = Path::new("/bin/busybox");
+    let applets = Command::new(busybox)
+        .arg("--list")
+        .output()
+        .map_err(|e| format!("{}: {e}", busybox.display()))?;
+    let mut recipe = format!("tiny: {}\n", String::from_utf8_lossy(&applets.stdout).len());
+    for f in libs.iter().chain([busybox.to_path_buf()].iter()) {
+        let bytes = fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        recipe.push_str(&format!("{} {}\n", f.display(), crate::sha256_hex(&bytes)));
+    }
+    let key = &crate::sha256_hex(recipe.as_bytes())[..16];
+    let tag = format!("localhost/mxkeys-base-tiny:{key}");
+    if podman(&["image", "exists", &tag]).is_ok() {
+        return Ok(tag);
+    }
+    let root = cache.join(format!("tiny-{key}"));
+    let _ = fs::remove_dir_all(&root);
+    let io = |what: &Path| {
+        let what = what.display().to_string();
+        move |e: std::io::Error| format!("{what}: {e}")
+    };
+    let copy = |from: &Path, to: &Path| -> Result<(), String> {
+        fs::create_dir_all(to.parent().unwrap_or(Path::new("/"))).map_err(io(to))?;
+        fs::copy(from, to).map_err(io(from)).map(|_| ())
+    };
+    for lib in &libs {
+        copy(lib, &root.join(lib.strip_prefix("/").unwrap_or(lib)))?;
+    }
+    copy(busybox, &root.join("bin/busybox"))?;
+    for applet in String::from_utf8_lossy(&applets.stdout).split_whitespace() {
+        let link = root.join("bin").join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", &link).map_err(io(&link))?;
+        }
+    }
+    copy(
+        Path::new("/etc/ssl/certs/ca-certificates.crt"),
+        &root.join("etc/ssl/certs/ca-certificates.crt"),
+    )?;
+    fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").map_err(io(&root))?;
+    fs::write(root.join("etc/group"), "root:x:0:\n").map_err(io(&root))?;
+    for dir in ["tmp", "root", "var/lib", "usr/local/bin"] {
+        fs::create_dir_all(root.join(dir)).map_err(io(&root))?;
+    }
+    let tar = cache.join(format!("tiny-{key}.tar"));
+    let mut cmd = Command::new("tar");
+    cmd.arg("-C").arg(&root).args(["-cf"]).arg(&tar).arg(".");
+    let out = output_within(cmd, Duration::from_secs(120))?;
+    if !out.status.success() {
+        return Err(format!("tar: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let _ = fs::remove_dir_all(&root);
+    podman(&[
+        "import",
+        "--change",
+        "CMD [\"/bin/sh\"]",
+        &tar.to_string_lossy(),
+        &tag,
+    ])?;
     Ok(tag)
 }
 
