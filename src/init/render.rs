@@ -87,7 +87,7 @@ fn unit_note(out: &mut Out, written: &[PathBuf], writable: &[PathBuf]) {
     let dirs: Vec<String> = closed.iter().map(|d| d.display().to_string()).collect();
     out.blank();
     out.comment(&format!(
-        "systemd: the shipped mxkeys.service may write only below its ReadWritePaths; this configuration also writes {}. Before `mxkeys run` under it: `systemctl edit mxkeys`, add `[Service]` and `ReadWritePaths={}`.",
+        "systemd: the shipped mxkeys.service may write only below its ReadWritePaths; this configuration also writes {}. Before `mxkeys run` under it (and the timer's `mxkeys renew`): `systemctl edit mxkeys` and `systemctl edit mxkeys-renew`, each with `[Service]` and `ReadWritePaths={}`.",
         dirs.join(", "),
         dirs.join(" ")
     ));
