@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use super::dkim_adopt::genkey;
 use common::servers::{
     CERTBOT, CertbotDir, Need, PEBBLE, Pebble, certbot_certonly_with, combined_pem, first_cert,
     output_within, prog, require_programs, run_ok,
@@ -351,17 +352,6 @@ fn nothing_is_found_and_nothing_noted_where_no_store_and_no_signer_exists() {
     let look = look_at_nothing(&env.root);
     assert_eq!(mxkeys::init::sources::sources(&look), vec![]);
     assert_eq!(mxkeys::init::dkim::dkim(&look), vec![]);
-}
-
-/// `opendkim-genkey` into `dir` (Debian keeps keys in /etc/dkimkeys).
-fn genkey(dir: &Path, domain: &str, selector: &str) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut c = Command::new(prog("opendkim-genkey"));
-    c.args(["--bits=2048", "--domain", domain, "--selector", selector])
-        .arg("--directory")
-        .arg(dir);
-    run_ok(c);
-    dir.join(format!("{selector}.private"))
 }
 
 /// The real OpenDKIM takes `conf` (`opendkim -n`).

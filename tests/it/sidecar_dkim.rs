@@ -17,13 +17,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::dkim_adopt::{GENKEY, genkey};
 use common::bind::{Bind, KEY_NAME};
 use common::dkim_tools::{mx_ok, record_of_key_file, setup, write_dkim_config};
-use common::servers::{Need, prog, require_programs, run_ok};
+use common::servers::require_programs;
 use common::{Run, bin, run_with_timeout, write};
 use mxkeys::config::{Config, Host, env};
-
-const GENKEY: &[Need] = &[("opendkim-genkey", "opendkim-tools")];
 
 /// The first line `mxkeys config` prints before the TOML.
 const HEADER: &str = "# configuration from the environment\n";
@@ -121,17 +120,6 @@ impl Sidecar {
     fn state(&self) -> String {
         self.vars["MXKEYS_STATE_DIR"].clone()
     }
-}
-
-/// `opendkim-genkey` output in `dir`: `SELECTOR.private` (PKCS#1 PEM).
-fn genkey(dir: &Path, domain: &str, selector: &str) -> PathBuf {
-    std::fs::create_dir_all(dir).unwrap();
-    let mut c = Command::new(prog("opendkim-genkey"));
-    c.args(["--bits=2048", "--domain", domain, "--selector", selector])
-        .arg("--directory")
-        .arg(dir);
-    run_ok(c);
-    dir.join(format!("{selector}.private"))
 }
 
 /// mlan/docker-postfix: MAIL_DOMAIN's first domain is signed by amavis with
