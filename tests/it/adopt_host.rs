@@ -18,6 +18,8 @@ use common::adopt::*;
 use common::servers::*;
 use common::*;
 
+use super::mail_servers::new_env;
+
 /// Return from the test (or fail under CI=true) when a program is missing.
 macro_rules! require {
     ($test:expr, $($needs:expr),+ $(,)?) => {
@@ -25,13 +27,6 @@ macro_rules! require {
             return;
         }
     };
-}
-
-fn new_env() -> Env {
-    let env = Env::new();
-    // The servers' own users must reach their directories below it.
-    open_dir(&env.root);
-    env
 }
 
 /// Which certificates the host serves.

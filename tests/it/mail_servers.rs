@@ -25,7 +25,8 @@ macro_rules! require {
     };
 }
 
-fn new_env() -> Env {
+/// A test environment whose root the servers' own users can enter.
+pub(super) fn new_env() -> Env {
     let env = Env::new();
     // The servers' own users must reach their directories below it.
     open_dir(&env.root);
