@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use super::dkim_adopt::genkey;
+use super::dkim_adopt::{RSPAMADM, genkey, rspamd_keygen};
 use common::servers::{
     CERTBOT, CertbotDir, Need, PEBBLE, Pebble, certbot_certonly_with, combined_pem, first_cert,
     output_within, prog, require_programs, run_ok,
@@ -28,7 +28,6 @@ const GENKEY: &[Need] = &[
     ("opendkim-genkey", "opendkim-tools"),
     ("opendkim", "opendkim"),
 ];
-const RSPAMADM: &[Need] = &[("rspamadm", "rspamd")];
 
 /// Return from the test (or fail under CI=true) when a program is missing.
 macro_rules! require {
@@ -647,19 +646,12 @@ fn a_docker_mailserver_config_directory_is_adopted_whole_with_its_opendkim_or_rs
     let rd = config.join("rspamd/dkim");
     std::fs::create_dir_all(&rd).unwrap();
     let key = rd.join("rsa-2048-mail-example.org.private.txt");
-    let mut c = Command::new(prog("rspamadm"));
-    c.args([
-        "dkim_keygen",
-        "-b",
-        "2048",
-        "-d",
+    rspamd_keygen(
+        &key,
+        &rd.join("rsa-2048-mail-example.org.public.txt"),
         "example.org",
-        "-s",
         "mail",
-        "-k",
-    ])
-    .arg(&key);
-    run_ok(c);
+    );
     let found = mxkeys::init::dkim::dkim(&look);
     let d = &found[0];
     assert_eq!(d.signer, Signer::Rspamd);
