@@ -330,15 +330,7 @@ fn inside_mta_sts_query() {
     let query = |domain: &str| {
         let mut c = Command::new("mta-sts-query");
         c.arg(domain).env("SSL_CERT_FILE", &bed.root);
-        for v in [
-            "https_proxy",
-            "HTTPS_PROXY",
-            "http_proxy",
-            "all_proxy",
-            "ALL_PROXY",
-        ] {
-            c.env_remove(v);
-        }
+        common::mtasts::clear_proxies(&mut c);
         let out = output_within(c, std::time::Duration::from_secs(60)).unwrap();
         format!(
             "{}{}",

@@ -1336,15 +1336,7 @@ pub fn curl_https(root: &Path, name: &str, port: u16, path: &str, max_time: u32)
         .arg("--resolve")
         .arg(format!("{name}:{port}:127.0.0.1"))
         .arg(format!("https://{name}:{port}{path}"));
-    for v in [
-        "https_proxy",
-        "HTTPS_PROXY",
-        "http_proxy",
-        "all_proxy",
-        "ALL_PROXY",
-    ] {
-        c.env_remove(v);
-    }
+    mtasts::clear_proxies(&mut c);
     c
 }
 

@@ -440,7 +440,9 @@ fn queue_id(line: &str) -> Option<String> {
     (!id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric())).then(|| id.to_owned())
 }
 
-fn clear_proxies(c: &mut Command) {
+/// Removes every proxy variable from `c`'s environment: test traffic goes
+/// to loopback only.
+pub fn clear_proxies(c: &mut Command) {
     for v in [
         "https_proxy",
         "HTTPS_PROXY",
