@@ -10,6 +10,7 @@
 pub mod acme;
 pub mod cert;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dane;

@@ -34,6 +34,10 @@ pub struct AcmeSource {
     /// cover: the source keeps a standby key for them and reuses its key on
     /// renewal (issue 14). Filled by [`link_dane_targets`].
     pub dane_targets: Vec<String>,
+    /// Ordered once for every host of a `[cluster]`: the leader of job
+    /// `acme/NAME` orders and stores the result (key sealed) in the
+    /// cluster; every host installs it (`crate::cluster`).
+    pub shared: bool,
 }
 
 /// How an `acme` source proves control of its names.
@@ -112,6 +116,7 @@ pub(super) fn source(
         dns,
         key_type,
         reuse_key,
+        shared,
     } = raw;
     let fail =
         |m: &dyn std::fmt::Display| ctx.error(format_args!("{entry}: acme source {name:?}: {m}"));
@@ -176,6 +181,7 @@ pub(super) fn source(
         reuse_key,
         dir,
         dane_targets: Vec::new(),
+        shared,
     })
 }
 

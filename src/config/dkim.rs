@@ -53,6 +53,10 @@ pub struct Dkim {
     /// Keys the host's signer already signs with, taken over as active
     /// (`[[dkim.adopt]]`), in the order written.
     pub adopt: Vec<Adopt>,
+    /// One key set for every host of a `[cluster]`: the leader of job
+    /// `dkim` rotates it and stores it (sealed) in the cluster; every
+    /// host's signer uses it (`crate::cluster`).
+    pub shared: bool,
 }
 
 /// One `[[dkim.adopt]]` entry: where keys the host's signer already signs
@@ -189,10 +193,11 @@ pub(super) fn dkim(
     let sample = selector
         .replace("{alg}", "r")
         .replace("{date}", "20260101")
-        .replace("{n}", "1");
+        .replace("{n}", "1")
+        .replace("{host}", "mx1");
     if selector_label(&sample).is_err() {
         return Err(fail(&format_args!(
-            "key `selector`: {selector:?} must give a DNS label of letters, digits and '-' ({{alg}}, {{date}}, {{n}} are replaced)"
+            "key `selector`: {selector:?} must give a DNS label of letters, digits and '-' ({{alg}}, {{date}}, {{n}}, {{host}} are replaced)"
         )));
     }
     if !dns.contains_key(&raw.dns) && raw.dns != "manual" {
@@ -241,6 +246,7 @@ pub(super) fn dkim(
         reload,
         reload_timeout: raw.reload_timeout.unwrap_or(DEFAULT_RELOAD_TIMEOUT),
         adopt,
+        shared: raw.shared,
     })
 }
 

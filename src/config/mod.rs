@@ -18,6 +18,7 @@
 use std::path::{Path, PathBuf};
 
 mod acme;
+mod cluster;
 mod daemon;
 mod dkim;
 mod dns;
@@ -30,6 +31,9 @@ mod value;
 
 pub use self::acme::{
     AcmeAccount, AcmeKeyType, AcmeSource, Challenge, LETSENCRYPT, LETSENCRYPT_STAGING,
+};
+pub use self::cluster::{
+    Cluster, ClusterBackend, ClusterTls, DEFAULT_LEASE_TTL, DEFAULT_PREFIX, HostId,
 };
 pub use self::daemon::{Daemon, WatchMode};
 pub use self::dkim::{Adopt, AdoptCheck, AdoptFrom, Dkim, Signer};
@@ -190,6 +194,11 @@ pub struct Config {
     pub mta_sts: Option<MtaSts>,
     /// The `[tls_rpt]` table, when TLS-RPT records are published.
     pub tls_rpt: Option<TlsRpt>,
+    /// What scopes this host's writes (`host_id`, else the first label of
+    /// the host name); `None` when neither is usable.
+    pub host_id: Option<HostId>,
+    /// The `[cluster]` table, when hosts agree through etcd.
+    pub cluster: Option<Cluster>,
 }
 
 impl Config {
@@ -285,6 +294,32 @@ impl Config {
             .tls_rpt
             .map(|t| mta_sts::tls_rpt(t, mta_sts.as_ref(), &dns, &ctx))
             .transpose()?;
+        let host_id = cluster::host_id(
+            raw.host_id.as_deref(),
+            hostname.as_ref().or(host.hostname.as_ref()),
+            &ctx,
+        )?;
+        let cluster = raw.cluster.map(|c| cluster::cluster(c, &ctx)).transpose()?;
+        let shared = sources
+            .iter()
+            .filter_map(|s| match &s.kind {
+                SourceKind::Acme(a) if a.shared => Some(format!("acme source {:?}", a.name)),
+                _ => None,
+            })
+            .chain(
+                dkim.as_ref()
+                    .filter(|d| d.shared)
+                    .map(|_| "[dkim]".to_owned()),
+            );
+        cluster::check_shared(shared, cluster.as_ref(), host_id.as_ref(), &ctx)?;
+        if let Some(d) = &dkim
+            && d.selector.contains("{host}")
+            && host_id.is_none()
+        {
+            return Err(ctx.error(
+                "[dkim]: key `selector` uses {host} but there is no `host_id` (the machine's host name is not usable)",
+            ));
+        }
         Ok(Config {
             path: path.to_owned(),
             state_dir,
@@ -296,6 +331,8 @@ impl Config {
             dkim,
             mta_sts,
             tls_rpt,
+            host_id,
+            cluster,
         })
     }
 }

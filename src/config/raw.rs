@@ -69,6 +69,8 @@ pub(super) fn from_toml(text: &str) -> Result<RawConfig, SyntaxError> {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
     pub(super) hostname: Option<String>,
+    pub(super) host_id: Option<String>,
+    pub(super) cluster: Option<RawCluster>,
     pub(super) state_dir: Option<PathBuf>,
     pub(super) watch: Option<WatchMode>,
     #[serde(default, with = "humantime_serde")]
@@ -92,6 +94,24 @@ pub(super) struct RawConfig {
     pub(super) sources: Vec<RawSource>,
     #[serde(default, rename = "target")]
     pub(super) targets: Vec<RawTarget>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCluster {
+    pub(super) backend: String,
+    #[serde(default)]
+    pub(super) endpoints: Vec<String>,
+    pub(super) prefix: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
+    pub(super) cert_file: Option<PathBuf>,
+    pub(super) key_file: Option<PathBuf>,
+    pub(super) user: Option<String>,
+    pub(super) password_file: Option<PathBuf>,
+    pub(super) password_env: Option<String>,
+    pub(super) shared_key_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub(super) lease_ttl: Option<Duration>,
 }
 
 #[derive(Deserialize)]
@@ -131,6 +151,8 @@ pub(super) struct RawDkim {
     pub(super) reload_timeout: Option<Duration>,
     #[serde(default)]
     pub(super) adopt: Vec<RawAdopt>,
+    #[serde(default)]
+    pub(super) shared: bool,
 }
 
 /// One `[[dkim.adopt]]` entry: a layout of keys the host's signer already
@@ -287,6 +309,8 @@ pub(super) struct RawAcmeSource {
     pub(super) key_type: AcmeKeyType,
     #[serde(default)]
     pub(super) reuse_key: bool,
+    #[serde(default)]
+    pub(super) shared: bool,
 }
 
 /// `key_type` as written: a filter, or "dual" (with `[target.rsa]` and

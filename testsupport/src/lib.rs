@@ -19,6 +19,7 @@ pub mod bind;
 pub mod cf_mock;
 pub mod dkim_tools;
 pub mod dnssec;
+pub mod etcd;
 pub mod fake_acme;
 pub mod mailloop;
 pub mod mtasts;

@@ -249,7 +249,7 @@ fn age_file(path: &Path) {
     .unwrap();
 }
 
-fn wait_port(addr: &str, what: &str, context: impl Fn() -> String) {
+pub fn wait_port(addr: &str, what: &str, context: impl Fn() -> String) {
     poll(
         &format!("{what} to listen on {addr}"),
         SERVER_DEADLINE,
@@ -259,7 +259,7 @@ fn wait_port(addr: &str, what: &str, context: impl Fn() -> String) {
 }
 
 /// Send SIGTERM to our own child, wait up to 10 s, then SIGKILL it.
-fn terminate_child(child: &mut Child) {
+pub fn terminate_child(child: &mut Child) {
     use nix::sys::signal::{Signal, kill};
     use wait_timeout::ChildExt as _;
     let pid = nix::unistd::Pid::from_raw(child.id() as i32);
