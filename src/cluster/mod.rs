@@ -29,7 +29,88 @@
 
 use std::future::Future;
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
+pub mod memory;
 pub mod seal;
+
+/// The store a configuration names, built once per process.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    #[cfg(feature = "etcd")]
+    Etcd(etcd::Etcd),
+    Memory(memory::Memory),
+}
+
+impl Backend {
+    /// Connects to the configured cluster as `host`.
+    pub async fn connect(
+        cluster: &crate::config::Cluster,
+        host: &crate::config::HostId,
+    ) -> Result<Backend, ClusterError> {
+        match cluster.backend {
+            #[cfg(feature = "etcd")]
+            crate::config::ClusterBackend::Etcd => {
+                etcd::Etcd::connect(cluster, host).await.map(Backend::Etcd)
+            }
+            #[cfg(not(feature = "etcd"))]
+            crate::config::ClusterBackend::Etcd => {
+                let _ = host;
+                Err(ClusterError::NotBuilt)
+            }
+        }
+    }
+}
+
+macro_rules! delegate {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            #[cfg(feature = "etcd")]
+            Backend::Etcd($s) => $e,
+            Backend::Memory($s) => $e,
+        }
+    };
+}
+
+impl SharedStore for Backend {
+    async fn campaign(&self, job: &Job) -> Result<Option<Leadership>, ClusterError> {
+        delegate!(self, s => s.campaign(job).await)
+    }
+    async fn holds(&self, lead: &Leadership) -> Result<bool, ClusterError> {
+        delegate!(self, s => s.holds(lead).await)
+    }
+    async fn resign(&self, lead: &Leadership) -> Result<(), ClusterError> {
+        delegate!(self, s => s.resign(lead).await)
+    }
+    async fn get(&self, key: &str) -> Result<Option<Stored>, ClusterError> {
+        delegate!(self, s => s.get(key).await)
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<(String, Stored)>, ClusterError> {
+        delegate!(self, s => s.list(prefix).await)
+    }
+    async fn put_fenced(
+        &self,
+        lead: &Leadership,
+        key: &str,
+        value: &[u8],
+        expect: Expect,
+    ) -> Result<Written, ClusterError> {
+        delegate!(self, s => s.put_fenced(lead, key, value, expect).await)
+    }
+    async fn put_leased(&self, key: &str, value: &[u8]) -> Result<(), ClusterError> {
+        delegate!(self, s => s.put_leased(key, value).await)
+    }
+    async fn delete(&self, key: &str) -> Result<(), ClusterError> {
+        delegate!(self, s => s.delete(key).await)
+    }
+    async fn watch(
+        &self,
+        prefix: &str,
+        after_revision: i64,
+    ) -> Result<tokio::sync::mpsc::Receiver<Event>, ClusterError> {
+        delegate!(self, s => s.watch(prefix, after_revision).await)
+    }
+}
 
 /// A job's name, e.g. `acme/NAME` or `dkim`.
 pub type Job = str;
