@@ -28,9 +28,9 @@ use super::dkim::{Key, keys};
 const DOMAINS: [&str; 2] = ["example.test", "sub.example.test"];
 
 /// One host's configuration in `work/HOST/mxkeys.toml`: `host_id = HOST`,
-/// the selector template with `{host}`, the rfc2136 provider for `bind`,
-/// rotation durations of a second or two.
-fn dkim_host(bind: &Bind, work: &Path, host: &str) -> (PathBuf, PathBuf) {
+/// the selector `template`, the rfc2136 provider for `bind`, rotation
+/// durations of a second or two.
+fn dkim_host(bind: &Bind, work: &Path, host: &str, template: &str) -> (PathBuf, PathBuf) {
     let dir = work.join(host);
     std::fs::create_dir_all(&dir).unwrap();
     let config = format!(
@@ -47,7 +47,7 @@ fn dkim_host(bind: &Bind, work: &Path, host: &str) -> (PathBuf, PathBuf) {
          propagation_timeout = \"3s\"\n\
          [dkim]\n\
          domains = [\"{}\", \"{}\"]\n\
-         selector = \"{{host}}-{{alg}}{{date}}\"\n\
+         selector = \"{template}\"\n\
          key_dir = \"keys\"\n\
          dns = \"bind\"\n\
          signer = \"opendkim\"\n\
@@ -104,14 +104,34 @@ fn records_of(ks: &[Key]) -> BTreeMap<String, Vec<String>> {
 #[test]
 fn two_hosts_keep_their_own_dkim_selectors_and_a_rotation_on_one_never_touches_the_others_records()
 {
-    let Some((bind, work)) = setup(
+    two_hosts_rotate(
         "two_hosts_keep_their_own_dkim_selectors_and_a_rotation_on_one_never_touches_the_others_records",
-        &[],
-    ) else {
+        "{host}-{alg}{date}",
+        ["mx1-", "mx2-"],
+    );
+}
+
+/// With the default template (no `{host}`) the second host passes over the
+/// first's selector (its name holds a record it did not write), and the
+/// rotations stay as apart as with `{host}`.
+#[test]
+fn two_hosts_on_the_default_selector_template_pass_over_each_others_selectors() {
+    two_hosts_rotate(
+        "two_hosts_on_the_default_selector_template_pass_over_each_others_selectors",
+        "{alg}{date}",
+        ["r", "r"],
+    );
+}
+
+/// Hosts mx1 and mx2 with selector `template` (their selectors start with
+/// `prefixes`): both sign both domains, then each rotates in turn until
+/// its old keys are deleted; BIND is checked after every step.
+fn two_hosts_rotate(test: &str, template: &str, prefixes: [&str; 2]) {
+    let Some((bind, work)) = setup(test, &[]) else {
         return;
     };
-    let (a_config, a) = dkim_host(&bind, &work, "mx1");
-    let (b_config, b) = dkim_host(&bind, &work, "mx2");
+    let (a_config, a) = dkim_host(&bind, &work, "mx1", template);
+    let (b_config, b) = dkim_host(&bind, &work, "mx2", template);
     // Every name either host ever used: checked in BIND at every step.
     let mut seen: Vec<String> = Vec::new();
     let mut remember = |ks: &[Key]| {
@@ -130,14 +150,20 @@ fn two_hosts_keep_their_own_dkim_selectors_and_a_rotation_on_one_never_touches_t
     let (ka, kb) = (keys(&a), keys(&b));
     remember(&ka);
     let names = remember(&kb);
-    for (ks, host) in [(&ka, "mx1-"), (&kb, "mx2-")] {
+    for (ks, host) in [(&ka, prefixes[0]), (&kb, prefixes[1])] {
         assert_eq!(ks.len(), DOMAINS.len(), "{ks:#?}");
         assert!(ks.iter().all(|k| k.selector.starts_with(host)), "{ks:#?}");
         assert!(ks.iter().all(|k| k.state == "active"), "{ks:#?}");
     }
+    // What BIND must hold: both books' records, never one name in both.
     let both = |ka: &[Key], kb: &[Key]| {
         let mut want = records_of(ka);
-        want.extend(records_of(kb));
+        for (name, record) in records_of(kb) {
+            assert!(
+                want.insert(name.clone(), record).is_none(),
+                "{name} is in both hosts' books\n{ka:#?}\n{kb:#?}"
+            );
+        }
         want
     };
     let served = |names: &[String]| {
@@ -167,7 +193,7 @@ fn two_hosts_keep_their_own_dkim_selectors_and_a_rotation_on_one_never_touches_t
         }
         assert_eq!(now, both(&ka, &kb), "{transcript}");
         if old_a.iter().all(|n| !names_of(&ka).contains(n)) {
-            assert!(ka.iter().all(|k| k.selector.starts_with("mx1-")));
+            assert!(ka.iter().all(|k| k.selector.starts_with(prefixes[0])));
             break;
         }
         assert!(
