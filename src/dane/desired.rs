@@ -15,6 +15,11 @@
 //!   address of every host × port against a wanted record: the old record
 //!   goes only after the new key is in service. Records others wrote are
 //!   never touched;
+//! - several hosts under one name (each its own key, issue 18): each adds
+//!   its own record; an address serving a key another host's record
+//!   matches (present, not owned here) counts as in service
+//!   ([`in_service_records`]), so no host's retirement waits for another
+//!   host's key, and no host removes another's record;
 //! - an owned record that is neither present nor wanted is forgotten (a
 //!   crash between recording ownership and the write leaves such entries;
 //!   they are harmless and dropped here).
@@ -158,6 +163,22 @@ pub fn edits(f: &OwnerFacts<'_>) -> Edits {
     e
 }
 
+/// The records a served key may match for this host's unwanted records
+/// at one owner name to retire: the wanted ones and those other hosts
+/// published there (present, not owned). Under a name several hosts
+/// serve, each with its own key, another host's address serves that
+/// host's key: it must not hold this host's old record back forever. An
+/// address still serving a key only an owned, unwanted record matches
+/// does hold it back.
+pub fn in_service_records(
+    wanted: &BTreeSet<String>,
+    owned: &BTreeSet<String>,
+    present: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let others = present.difference(owned).cloned();
+    wanted.iter().cloned().chain(others).collect()
+}
+
 /// When the DANE pass should run again: every `poll` seconds while a
 /// wanted record is not yet seen everywhere; else when the next record
 /// becomes aged (the earliest of `aged_at` after `now`); else never (the
@@ -185,6 +206,58 @@ mod tests {
 
     fn strs(v: &[String]) -> Vec<&str> {
         v.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn another_hosts_present_record_counts_as_in_service_and_this_hosts_old_one_never_does() {
+        // (what, wanted, owned, present, in service)
+        type Row<'a> = (
+            &'a str,
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+            &'a [&'a str],
+        );
+        let rows: &[Row<'_>] = &[
+            (
+                "alone",
+                &["new"],
+                &["old", "new"],
+                &["old", "new"],
+                &["new"],
+            ),
+            (
+                "another host's key under the same name",
+                &["new"],
+                &["old", "new"],
+                &["old", "new", "theirs"],
+                &["new", "theirs"],
+            ),
+            (
+                "the other host's record is not yet in DNS: not trusted",
+                &["new"],
+                &["old"],
+                &["old"],
+                &["new"],
+            ),
+            (
+                "nothing wanted yet",
+                &[],
+                &["old"],
+                &["old", "theirs"],
+                &["theirs"],
+            ),
+        ];
+        for &(what, wanted, owned, present, want) in rows {
+            let got = in_service_records(&set(wanted), &set(owned), &set(present));
+            assert_eq!(got, set(want), "{what}");
+            for r in owned.iter().filter(|r| !wanted.contains(r)) {
+                assert!(
+                    !got.contains(*r),
+                    "{what}: own retiring record {r} accepted"
+                );
+            }
+        }
     }
 
     #[test]

@@ -16,7 +16,8 @@
 //! write: after a crash an owned record that is not in DNS is harmless, one
 //! in DNS that is not owned would never be retired), removes owned records
 //! no longer wanted only once every address of every host × port serves a
-//! chain matching a wanted record, then observes every owner name on every
+//! chain matching a wanted record (or another host's record: several hosts
+//! under one name, each its own key), then observes every owner name on every
 //! authoritative server and merges that into the ledger, where the
 //! certificate pipeline's gate reads it. The pass never installs anything.
 
@@ -320,7 +321,8 @@ async fn publish_and_observe(
         .iter()
         .map(|r| (r.as_str(), before.seen_since(name, &job.owners, r)))
         .collect();
-    let mut verified: Option<bool> = None;
+    // The last in-service check: the records it accepted, and its answer.
+    let mut verified: Option<(BTreeSet<String>, bool)> = None;
     for owner in &job.owners {
         let present: BTreeSet<String> = match store.read(owner, RecordType::Tlsa).await {
             Ok(values) => values
@@ -342,14 +344,19 @@ async fn publish_and_observe(
         let retiring = owned
             .iter()
             .any(|r| !wanted_texts.contains(r) && present.contains(r));
-        if retiring && verified.is_none() {
-            verified = Some(in_service(job, dns.resolver, &wanted).await);
+        // Served keys may match a wanted record or another host's (issue
+        // 18: several hosts under one name, each its own key).
+        let accepted = desired::in_service_records(&wanted_texts, &owned, &present);
+        if retiring && verified.as_ref().is_none_or(|(set, _)| *set != accepted) {
+            let records: BTreeSet<Tlsa> = accepted.iter().filter_map(|r| r.parse().ok()).collect();
+            let ok = in_service(job, dns.resolver, &records).await;
+            verified = Some((accepted, ok));
         }
         let edits = desired::edits(&OwnerFacts {
             wanted: &wanted_texts,
             owned: &owned,
             present: &present,
-            verified: verified.unwrap_or(false),
+            verified: retiring && verified.as_ref().is_some_and(|(_, ok)| *ok),
         });
         for r in &edits.remove {
             let Some(value) = rdata(r) else { continue };
@@ -567,8 +574,10 @@ fn disown(l: &mut Ledger, target: &str, owner: &str, record: &str) {
     }
 }
 
-/// Whether every address of every host × port serves a chain that a
-/// wanted record matches: the new key is in service, the old record may go.
+/// Whether every address of every host × port serves a chain that one of
+/// `wanted` matches (the wanted records and other hosts' records, see
+/// [`desired::in_service_records`]): the new key is in service, the old
+/// record may go.
 async fn in_service(job: &Job<'_>, resolver: Option<SocketAddr>, wanted: &BTreeSet<Tlsa>) -> bool {
     for host in &job.dane.hosts {
         for &port in &job.dane.ports {

@@ -444,6 +444,17 @@ pub fn selector(
     }
 }
 
+/// This host's selector template: `{host}` replaced by its host id, so
+/// that hosts sharing a domain never pick the same selector (the
+/// configuration refuses `{host}` without a host id; a template without
+/// it is returned as it is).
+pub fn host_template(template: &str, host: Option<&str>) -> String {
+    match host {
+        Some(h) => template.replace("{host}", h),
+        None => template.to_owned(),
+    }
+}
+
 /// The selector for a new key: [`selector`] passing over those used
 /// before and those whose record name was found `occupied` in DNS (a
 /// record mxkeys did not write: another host's key, a live record after
@@ -704,6 +715,43 @@ mod tests {
         );
         pass(&mut b, 2 * DAY, true);
         assert_eq!(earliest(&b, &policy()), Some(92 * DAY));
+    }
+
+    #[test]
+    fn host_in_the_template_gives_each_host_its_own_selectors_even_from_the_same_book() {
+        let used = BTreeSet::new();
+        let empty = BTreeSet::new();
+        // (template, host, selector)
+        for (template, host, want) in [
+            ("{host}-{alg}{date}", Some("mx1"), "mx1-r20261130"),
+            ("{host}-{alg}{date}", Some("mx2"), "mx2-r20261130"),
+            ("{alg}{date}{host}", Some("b"), "r20261130b"),
+            ("{host}{n}", Some("mx1"), "mx11"),
+            ("{alg}{date}", Some("mx1"), "r20261130"),
+            ("{alg}{date}", None, "r20261130"),
+        ] {
+            let t = host_template(template, host);
+            assert_eq!(
+                free_selector(&t, RSA, "20261130", &used, &empty),
+                want,
+                "{template} on {host:?}"
+            );
+        }
+        // A selector another host made is never the one this host makes
+        // next, whatever either has used.
+        let mx1 = host_template("{host}-{alg}{date}", Some("mx1"));
+        let mx2 = host_template("{host}-{alg}{date}", Some("mx2"));
+        let mut used1 = BTreeSet::new();
+        let mut used2 = BTreeSet::new();
+        for _ in 0..5 {
+            let a = selector(&mx1, RSA, "20261130", &used1);
+            let b = selector(&mx2, RSA, "20261130", &used2);
+            assert!(a.starts_with("mx1-") && b.starts_with("mx2-"), "{a} {b}");
+            assert_ne!(a, b);
+            used1.insert(a);
+            used2.insert(b);
+        }
+        assert!(used1.is_disjoint(&used2));
     }
 
     #[test]

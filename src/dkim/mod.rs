@@ -568,7 +568,8 @@ async fn generate_key(
 ) -> Result<String, DkimError> {
     let new = keys::generate(algorithm)?;
     let used = book.used_selectors.get(domain).cloned().unwrap_or_default();
-    let selector = free_selector(d, domain, algorithm, &used, provider).await?;
+    let host = config.host_id.as_ref().map(|h| h.as_str());
+    let selector = free_selector(d, host, domain, algorithm, &used, provider).await?;
     book.used_selectors
         .entry(domain.to_owned())
         .or_default()
@@ -757,15 +758,17 @@ async fn delete_key(
 /// never published over. Providers that cannot read (manual) are trusted.
 async fn free_selector(
     d: &Dkim,
+    host: Option<&str>,
     domain: &str,
     algorithm: DkimAlgorithm,
     used: &BTreeSet<String>,
     provider: &Provider,
 ) -> Result<String, DkimError> {
     let date = today();
+    let template = machine::host_template(&d.selector, host);
     let mut occupied = BTreeSet::new();
     loop {
-        let selector = machine::free_selector(&d.selector, algorithm, &date, used, &occupied);
+        let selector = machine::free_selector(&template, algorithm, &date, used, &occupied);
         let name = format!("{selector}._domainkey.{domain}");
         // DNS unreachable now: the selector is taken as it is; Publish
         // reads the name again before writing (and fails until it can).

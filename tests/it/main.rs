@@ -52,3 +52,4 @@ mod sync;
 mod systemd;
 mod tls_rpt;
 mod tls_rpt_http;
+mod two_hosts;
