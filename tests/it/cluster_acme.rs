@@ -37,6 +37,18 @@ impl HostEnv {
     /// Host `id` with a shared HTTP-01 source whose responder listens on
     /// `http_listen`, on the cluster session `session`.
     fn new(pebble: &Pebble, id: &str, http_listen: &str, session: Memory) -> HostEnv {
+        HostEnv::with_ca(&pebble.url, &pebble.https_ca, id, http_listen, session)
+    }
+
+    /// The same with any ACME directory (one never reached, in the tests
+    /// that order nothing).
+    fn with_ca(
+        directory: &str,
+        ca: &std::path::Path,
+        id: &str,
+        http_listen: &str,
+        session: Memory,
+    ) -> HostEnv {
         let env = Env::new();
         let key_file = env.path("shared.key");
         // base64 of 32 bytes of 7 (the same on every host).
@@ -44,15 +56,16 @@ impl HostEnv {
         let text = format!(
             "hostname = \"{id}.example.test\"\nhost_id = \"{id}\"\nstate_dir = {state}\n\n\
              [acme]\ndirectory = {dir}\nemail = \"admin@example.test\"\nca_bundle = {ca}\n\n\
-             [cluster]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\n\
+             [cluster]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:{etcd}\"]\n\
              shared_key_file = {key}\n\n\
              [[source]]\ntype = \"acme\"\nname = \"mail\"\ndomains = [{MAIL:?}]\n\
              challenge = \"http-01\"\nhttp_listen = {listen}\nshared = true\n\n\
              [[target]]\nname = \"t\"\ndomains = [{MAIL:?}]\ncombined = {out}\n",
             state = qp(&env.state),
-            dir = q(&pebble.url),
-            ca = qp(&pebble.https_ca),
+            dir = q(directory),
+            ca = qp(ca),
             key = qp(&key_file),
+            etcd = free_port(),
             listen = q(http_listen),
             out = qp(&env.out.join("combined.pem")),
         );
@@ -75,6 +88,21 @@ impl HostEnv {
             .next()
             .map(|der| sha256_hex(&der))
             .unwrap_or_default()
+    }
+
+    /// The source's state records no failure (no order was attempted).
+    #[track_caller]
+    fn assert_no_failure_recorded(&self) {
+        let path = self.env.state.join("acme/mail/state.json");
+        let state: serde_json::Value = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        assert!(
+            state["failures"].as_u64().unwrap_or(0) == 0 && state["last_error"].is_null(),
+            "{}: {state}",
+            path.display()
+        );
     }
 
     async fn renew(&self, force: bool) -> Vec<acme::Outcome> {
@@ -270,4 +298,87 @@ async fn a_leader_paused_past_its_lease_is_fenced_and_every_host_keeps_its_succe
         "mx1 put the cluster's certificate back"
     );
     assert_eq!(mx2.leaf(), successor);
+}
+
+/// A bundle about to expire (due by the lifetime rule), from a test CA.
+fn expiring_bundle(host: &HostEnv) -> Vec<u8> {
+    let leaf = Ca::new("cluster-acme").issue(&LeafSpec::new(&[MAIL]).not_before(days(-60)).days(5));
+    let pem = common::servers::combined_pem(&leaf);
+    std::fs::create_dir_all(host.bundle().parent().unwrap()).unwrap();
+    write(&host.bundle(), &pem);
+    set_mode(&host.bundle(), 0o600);
+    pem.into_bytes()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_without_quorum_orders_no_shared_certificate_and_keeps_the_one_installed() {
+    let store = Memory::new("mx1");
+    let dir = Env::new();
+    let ca = dir.path("ca.pem");
+    write(&ca, pem_block("CERTIFICATE", &Ca::new("unused").root_der));
+    // A directory nobody answers at: contacting the CA would fail the source.
+    let mx1 = HostEnv::with_ca(
+        &format!("https://127.0.0.1:{}/dir", free_port()),
+        &ca,
+        "mx1",
+        &pool_addr(),
+        store.clone(),
+    );
+    let before = expiring_bundle(&mx1);
+    store.set_available(false);
+    let outcomes = mx1.renew(false).await;
+    let text = lines(&outcomes);
+    assert!(
+        outcomes[0].result.is_none(),
+        "no order, no failure:\n{text}"
+    );
+    assert!(
+        text.contains("shared: not ordered, the cluster is unreachable (cluster unavailable"),
+        "{text}"
+    );
+    assert!(!acme::failing(&outcomes), "{text}");
+    assert_eq!(
+        std::fs::read(mx1.bundle()).unwrap(),
+        before,
+        "the bundle stays"
+    );
+    mx1.assert_no_failure_recorded();
+}
+
+#[test]
+fn renew_with_a_cluster_it_cannot_reach_says_so_in_one_line_and_orders_no_shared_certificate() {
+    let dir = Env::new();
+    let ca = dir.path("ca.pem");
+    write(&ca, pem_block("CERTIFICATE", &Ca::new("unused").root_der));
+    let mx1 = HostEnv::with_ca(
+        &format!("https://127.0.0.1:{}/dir", free_port()),
+        &ca,
+        "mx1",
+        &pool_addr(),
+        Memory::new("mx1"),
+    );
+    let before = expiring_bundle(&mx1);
+    let run = mx1.env.run(&["renew"]);
+    assert!(
+        run.stdout.contains("acme mail: due") && run.stdout.contains("shared: not ordered"),
+        "{}",
+        run.describe()
+    );
+    let cluster_lines = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains("shared certificates are not ordered"))
+        .count();
+    assert_eq!(cluster_lines, 1, "{}", run.describe());
+    assert!(
+        !run.stderr.contains("account"),
+        "no CA asked: {}",
+        run.describe()
+    );
+    assert_eq!(
+        std::fs::read(mx1.bundle()).unwrap(),
+        before,
+        "the bundle stays"
+    );
+    mx1.assert_no_failure_recorded();
 }
