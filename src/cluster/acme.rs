@@ -467,4 +467,52 @@ mod tests {
         assert!(m.problems[0].contains("cluster unavailable"), "{m:?}");
         assert_eq!(read_bundle(&bundle).unwrap().0, good.certs);
     }
+
+    /// Waits (bounded) until `done` holds.
+    async fn until(mut done: impl FnMut() -> bool) -> bool {
+        for _ in 0..100 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        done()
+    }
+
+    #[tokio::test]
+    async fn a_follower_answers_the_leaders_tokens_from_its_map_and_its_webroot_until_they_go() {
+        let leader = Memory::new("mx1");
+        let follower = leader.session("mx2");
+        leader
+            .put_leased(&token_key("early"), b"early.ka")
+            .await
+            .unwrap();
+        let tokens: http01::Tokens = std::sync::Arc::default();
+        let webroot = tempfile::tempdir().unwrap();
+        let file = |t: &str| webroot.path().join(".well-known/acme-challenge").join(t);
+        let (f1, f2, t1, root) = (
+            follower.clone(),
+            follower.clone(),
+            tokens.clone(),
+            webroot.path().to_owned(),
+        );
+        let map_task = tokio::spawn(async move { answer_tokens(&f1, &t1).await });
+        let root_task = tokio::spawn(async move { answer_webroot(&f2, &root).await });
+        let has = |t: &str| tokens.lock().unwrap().get(t).cloned();
+        assert!(until(|| has("early").as_deref() == Some("early.ka")).await);
+        assert!(until(|| file("early").exists()).await);
+        leader
+            .put_leased(&token_key("tok-2"), b"tok-2.ka")
+            .await
+            .unwrap();
+        assert!(until(|| has("tok-2").as_deref() == Some("tok-2.ka")).await);
+        assert!(until(|| std::fs::read(file("tok-2")).is_ok_and(|b| b == b"tok-2.ka")).await);
+        // The order ends: deleted. The leader dies: its lease takes the rest.
+        leader.delete(&token_key("tok-2")).await.unwrap();
+        assert!(until(|| has("tok-2").is_none() && !file("tok-2").exists()).await);
+        leader.expire();
+        assert!(until(|| tokens.lock().unwrap().is_empty() && !file("early").exists()).await);
+        map_task.abort();
+        root_task.abort();
+    }
 }
