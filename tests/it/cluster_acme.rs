@@ -346,7 +346,8 @@ async fn a_cluster_without_quorum_orders_no_shared_certificate_and_keeps_the_one
 }
 
 #[test]
-fn renew_with_a_cluster_it_cannot_reach_says_so_in_one_line_and_orders_no_shared_certificate() {
+fn renew_and_sync_with_a_cluster_they_cannot_reach_say_so_in_one_line_and_order_no_shared_certificate()
+ {
     let dir = Env::new();
     let ca = dir.path("ca.pem");
     write(&ca, pem_block("CERTIFICATE", &Ca::new("unused").root_der));
@@ -364,12 +365,13 @@ fn renew_with_a_cluster_it_cannot_reach_says_so_in_one_line_and_orders_no_shared
         "{}",
         run.describe()
     );
-    let cluster_lines = run
-        .stderr
-        .lines()
-        .filter(|l| l.contains("shared certificates are not ordered"))
-        .count();
-    assert_eq!(cluster_lines, 1, "{}", run.describe());
+    let cluster_lines = |run: &Run| {
+        run.stderr
+            .lines()
+            .filter(|l| l.contains("shared certificates wait, everything installed stays"))
+            .count()
+    };
+    assert_eq!(cluster_lines(&run), 1, "{}", run.describe());
     assert!(
         !run.stderr.contains("account"),
         "no CA asked: {}",
@@ -381,4 +383,9 @@ fn renew_with_a_cluster_it_cannot_reach_says_so_in_one_line_and_orders_no_shared
         "the bundle stays"
     );
     mx1.assert_no_failure_recorded();
+    // `sync` too: one line, exit 1, the bundle stays.
+    let run = mx1.env.run(&["sync"]);
+    assert_eq!(cluster_lines(&run), 1, "{}", run.describe());
+    assert_eq!(run.code, 1, "{}", run.describe());
+    assert_eq!(std::fs::read(mx1.bundle()).unwrap(), before);
 }
