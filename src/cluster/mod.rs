@@ -29,6 +29,7 @@
 
 use std::future::Future;
 
+pub mod dkim;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod memory;

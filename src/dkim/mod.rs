@@ -151,6 +151,9 @@ pub enum DkimError {
     NoSuchKey { selector: String, domain: String },
     #[error("{0} is already revoked")]
     AlreadyRevoked(String),
+    /// `[dkim] shared`: the cluster refused, or holds what cannot be used.
+    #[error("shared dkim: {0}")]
+    Shared(#[from] crate::cluster::dkim::SharedDkimError),
 }
 
 fn secs(d: Duration) -> i64 {
@@ -174,7 +177,7 @@ pub fn load(config: &Config) -> Result<Book, DkimError> {
     Ok(book.unwrap_or_default())
 }
 
-fn save(config: &Config, book: &Book) -> Result<(), DkimError> {
+pub(crate) fn save(config: &Config, book: &Book) -> Result<(), DkimError> {
     Ok(config.state_dir.dkim_record().save(book)?)
 }
 
@@ -184,7 +187,7 @@ fn dkim_table(config: &Config) -> Result<&Dkim, DkimError> {
 }
 
 /// Takes the DKIM state's lock.
-fn lock(config: &Config) -> Result<crate::state::Lock, DkimError> {
+pub(crate) fn lock(config: &Config) -> Result<crate::state::Lock, DkimError> {
     config.state_dir.lock_dkim().map_err(DkimError::Lock)
 }
 
@@ -237,7 +240,23 @@ fn today() -> String {
 
 /// Runs the state machine until nothing more is due now: `mxkeys dkim
 /// rotate` (`force`: start a successor now), and a pass of `run`/`renew`.
+/// With `[dkim] shared = true` the pass goes through the cluster
+/// ([`crate::cluster::dkim`]): this host acts only while it leads job
+/// `dkim`, and otherwise follows the stored key set.
 pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<Pass, DkimError> {
+    if dkim_table(config)?.shared {
+        return crate::cluster::dkim::rotate(config, only, force).await;
+    }
+    rotate_local(config, only, force).await
+}
+
+/// [`rotate`] on this host's own book, whatever `shared` says (the
+/// cluster's leader runs it).
+pub(crate) async fn rotate_local(
+    config: &Config,
+    only: Option<&str>,
+    force: bool,
+) -> Result<Pass, DkimError> {
     let (d, _lock, mut book) = begin(config, only)?;
     let (provider, propagation) = dns(config, d)?;
     let policy = policy(d);
@@ -335,6 +354,22 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
     }
     record_file::write(d, &book);
     Ok(pass)
+}
+
+/// A follower's signer kept in step with `book` (mirrored from the
+/// cluster): its files written when they differ, and the reload done when
+/// one is owed. Returns whether the files changed.
+pub(crate) fn follow_signer(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    pass: &mut Pass,
+) -> Result<bool, DkimError> {
+    let changed = update_signer(config, d, book, !d.adopt.is_empty())?;
+    if book.signer_reload_pending {
+        reload_signer(config, d, book, pass)?;
+    }
+    Ok(changed)
 }
 
 /// Runs every `[dkim] reload` action; when all succeed, the owed reload
@@ -852,7 +887,7 @@ async fn write_record(
 /// 0700, and with `key_owner` or `key_group` (the signer runs as that user
 /// or group and must enter it) theirs, mode 0700 for an owner alone, 0750
 /// with a group. KEY_DIR itself stays root's.
-fn write_key(d: &Dkim, path: &Path, pem: &str) -> Result<(), DkimError> {
+pub(crate) fn write_key(d: &Dkim, path: &Path, pem: &str) -> Result<(), DkimError> {
     let owner = key_ownership(d)?;
     Ok(keydir::write(path, pem.as_bytes(), d.key_mode, owner)?)
 }
@@ -961,7 +996,12 @@ pub fn next_due(config: &Config) -> Option<i64> {
     let d = config.dkim.as_ref()?;
     let book = load(config).ok()?;
     let now = crate::now();
-    let due = machine::next_due(&book, &wanted(d), &policy(d), now)?;
+    let due = machine::next_due(&book, &wanted(d), &policy(d), now);
+    // Shared: a follower learns of the leader's changes only by looking.
+    if d.shared {
+        return Some(due.unwrap_or(i64::MAX).min(now + SHARED_POLL));
+    }
+    let due = due?;
     // A signer file not written by mxkeys stops every pass until `dkim
     // import`: look again every few minutes, not every 30 s.
     if matches!(
@@ -978,6 +1018,9 @@ pub fn next_due(config: &Config) -> Option<i64> {
     }
     Some(due)
 }
+
+/// How often a `shared` host looks at the cluster's DKIM book, in seconds.
+const SHARED_POLL: i64 = 60;
 
 /// How often the daemon looks again at a signer file not written by
 /// mxkeys, or at a `[[dkim.adopt]]` key not adopted yet, in seconds.
