@@ -12,6 +12,7 @@
 
 mod acme;
 mod adopt_host;
+mod cluster_dkim;
 mod config;
 mod container_env;
 mod crash;
