@@ -32,6 +32,12 @@
 //! `status` shows the error of every failed pass meanwhile. The leader
 //! does not wait for followers before revoking.
 //!
+//! A leader whose store was refused (it was paused past its lease, or lost
+//! the cluster mid-pass) takes the cluster's book at its next pass and
+//! drops what it did but could not store: a key it generated then is
+//! forgotten, and a record it published for that key stays in DNS until
+//! removed by hand (never one the book names: selectors are never reused).
+//!
 //! The functions above [`pass`] are pure (what is stored, what a follower
 //! installs, what is removed); [`pass`] and below act.
 

@@ -236,4 +236,25 @@ async fn two_hosts_sign_with_one_key_set_that_only_the_leader_publishes_and_rota
     pass_ok(&a, &sa, &seal, false).await;
     assert_eq!(a.keys(), b.keys());
     assert_eq!(a.key_table(), vec![(r2.clone(), a.key_file(&r2))]);
+    assert!(!a.key_file(&r1).exists(), "r1's key left a too");
+
+    // b deletes r1 after revoke_hold; when b's lease ends in turn, a leads
+    // from b's latest book (else its store would be refused as a conflict).
+    let deadline = Instant::now() + DEADLINE;
+    while b.keys().iter().any(|(s, _)| s == &r1) {
+        assert!(Instant::now() < deadline, "r1 never deleted");
+        pass_ok(&b, &sb, &seal, false).await;
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    }
+    assert!(bind.txt_values(&name(&r1)).is_empty());
+    sb.expire();
+    let done = pass_ok(&a, &sa, &seal, false).await;
+    assert_eq!(sa.get("lock/dkim").await.unwrap().unwrap().value, b"a");
+    assert!(
+        done.iter()
+            .any(|l| l.starts_with("took the cluster's DKIM book")),
+        "{done:?}"
+    );
+    assert_eq!(a.keys(), b.keys());
+    assert!(done.iter().all(|l| !l.contains(": new ")), "{done:?}");
 }
