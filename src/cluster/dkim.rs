@@ -241,8 +241,14 @@ async fn follow<S: SharedStore>(
         return Ok(());
     };
     if stored.revision == synced.revision {
-        // Nothing new; the signer still follows the book (an owed reload).
+        // Nothing new; the signer still follows the book (an owed reload),
+        // and key files a failed reload kept go now.
         pass.signer_changed |= dkim::follow_signer(config, d, &mut local, pass)?;
+        if !local.signer_reload_pending {
+            for file in files_to_remove(&local, &local) {
+                keydir::remove(&file)?;
+            }
+        }
         return Ok(());
     }
     let theirs: Book = serde_json::from_slice(&stored.value)
@@ -545,9 +551,10 @@ mod tests {
              key_dir = \"keys\"\n\
              signer = \"opendkim\"\n\
              signer_dir = \"signer\"\n\
-             reload = [\"sh\", \"-c\", \"echo reload >> {log}\"]\n",
+             reload = [\"sh\", \"-c\", \"[ ! -e {fail} ] && echo reload >> {log}\"]\n",
             seal = seal.display(),
             log = base.join("reloads.log").display(),
+            fail = base.join("fail").display(),
         );
         let path = base.join("mxkeys.toml");
         std::fs::write(&path, &text).unwrap();
@@ -635,6 +642,46 @@ mod tests {
         assert!(!table.contains("s1"), "{table}");
         assert_eq!(reloads(), 2);
         assert!(!mine.exists(), "its key file is gone");
+    }
+
+    #[tokio::test]
+    async fn a_follower_keeps_a_dropped_keys_file_until_its_signer_reloaded_without_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (host(dir.path(), "a"), host(dir.path(), "b"));
+        let sa = Memory::new("a");
+        let sb = sa.session("b");
+        let seal = seal_key();
+        let lead = sa.campaign(JOB).await.unwrap().unwrap();
+        leader_book(&a, "s1", KeyState::Active);
+        store_book(&a, a.dkim.as_ref().unwrap(), &sa, &seal, &lead)
+            .await
+            .unwrap();
+        pass(&b, &sb, &seal, None, false).await.unwrap();
+        let bd = b.dkim.as_ref().unwrap();
+        let mine = bd.key_dir.join("example.test/s1.pem");
+        assert!(mine.exists());
+
+        let mut drained = dkim::load(&a).unwrap();
+        drained.keys[0].state = KeyState::Draining;
+        dkim::save(&a, &drained).unwrap();
+        store_book(&a, a.dkim.as_ref().unwrap(), &sa, &seal, &lead)
+            .await
+            .unwrap();
+        let flag = dir.path().join("b/fail");
+        std::fs::write(&flag, "").unwrap();
+        let failed = pass(&b, &sb, &seal, None, false).await.unwrap();
+        assert_eq!(failed.errors.len(), 1, "{:?}", failed.errors);
+        let table = std::fs::read_to_string(bd.signer_dir.join("KeyTable")).unwrap_or_default();
+        assert!(
+            !table.contains("s1"),
+            "dropped from the files at once: {table}"
+        );
+        assert!(mine.exists(), "kept while the signer may still read it");
+
+        std::fs::remove_file(&flag).unwrap();
+        let ok = pass(&b, &sb, &seal, None, false).await.unwrap();
+        assert!(ok.errors.is_empty(), "{:?}", ok.errors);
+        assert!(!mine.exists(), "gone once the signer reloaded");
     }
 
     #[tokio::test]
