@@ -685,6 +685,47 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_follower_installs_nothing_of_a_book_whose_key_is_missing_or_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (host(dir.path(), "a"), host(dir.path(), "b"));
+        let sa = Memory::new("a");
+        let sb = sa.session("b");
+        let seal = seal_key();
+        let lead = sa.campaign(JOB).await.unwrap().unwrap();
+        let book = leader_book(&a, "s1", KeyState::Active);
+        store_book(&a, a.dkim.as_ref().unwrap(), &sa, &seal, &lead)
+            .await
+            .unwrap();
+        let name = key_name(&book.keys[0]);
+        let bd = b.dkim.as_ref().unwrap();
+        let untouched = || {
+            assert!(!bd.key_dir.join("example.test/s1.pem").exists());
+            assert!(!bd.signer_dir.join("KeyTable").exists());
+            assert!(dkim::load(&b).unwrap().keys.is_empty());
+        };
+
+        sa.delete(&name).await.unwrap();
+        let e = pass(&b, &sb, &seal, None, false).await.unwrap_err();
+        assert!(e.to_string().contains("not in the cluster"), "{e}");
+        untouched();
+
+        let other = keys::generate(DkimAlgorithm::Ed25519).unwrap();
+        let sealed = seal.seal(&name, other.pem.as_bytes()).unwrap();
+        sa.put_fenced(&lead, &name, sealed.as_bytes(), Expect::Absent)
+            .await
+            .unwrap();
+        let e = pass(&b, &sb, &seal, None, false).await.unwrap_err();
+        assert!(e.to_string().contains("does not hold the key"), "{e}");
+        assert!(!e.to_string().contains("PRIVATE"), "{e}");
+        untouched();
+
+        // Sealed under another shared key: refused too.
+        let wrong = SealKey::from_bytes(&[9u8; 32]).unwrap();
+        assert!(pass(&b, &sb, &wrong, None, false).await.is_err());
+        untouched();
+    }
+
+    #[tokio::test]
     async fn a_fenced_former_leaders_store_is_refused_and_the_successors_book_stays() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (host(dir.path(), "a"), host(dir.path(), "b"));
