@@ -547,7 +547,7 @@ mod tests {
              dns = \"m\"\n\
              shared = true\n\
              domains = [\"example.test\"]\n\
-             algorithms = [\"rsa-2048\", \"ed25519\"]\n\
+             algorithms = [\"rsa-2048\"]\n\
              key_dir = \"keys\"\n\
              signer = \"opendkim\"\n\
              signer_dir = \"signer\"\n\
@@ -561,12 +561,21 @@ mod tests {
         Config::parse(&path, &text, &crate::config::Host::current()).unwrap()
     }
 
-    /// The leader's book: one active Ed25519 key, its file written.
+    /// The leader's book: one RSA key (the one algorithm configured),
+    /// made now, its file written.
     fn leader_book(config: &Config, selector: &str, state: KeyState) -> Book {
         let d = config.dkim.as_ref().unwrap();
         keydir::open_key_dir(&d.key_dir).unwrap();
-        let new = keys::generate(DkimAlgorithm::Ed25519).unwrap();
-        let mut k = key(selector, state, "");
+        let new = keys::generate(DkimAlgorithm::Rsa2048).unwrap();
+        let now = crate::now();
+        let mut k = Key {
+            algorithm: DkimAlgorithm::Rsa2048,
+            since: now,
+            created_at: now,
+            verified_at: Some(now),
+            activated_at: Some(now),
+            ..key(selector, state, "")
+        };
         k.file = d
             .key_dir
             .join("example.test")
@@ -621,6 +630,11 @@ mod tests {
                 .count()
         };
         assert_eq!(reloads(), 1);
+
+        // A follower looks at the cluster again within a minute, whatever
+        // its book says is due next.
+        let due = dkim::next_due(&b).unwrap();
+        assert!(due <= crate::now() + 60, "{due}");
 
         // Nothing new: nothing written, no reload.
         pass(&b, &sb, &seal, None, false).await.unwrap();
