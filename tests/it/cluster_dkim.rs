@@ -143,6 +143,26 @@ async fn pass_ok(node: &Node, store: &Memory, seal: &SealKey, force: bool) -> Ve
     p.done
 }
 
+/// Passes of `node` (the first one `force`d) until `done` holds, with a
+/// deadline; their lines.
+async fn until(
+    node: &Node,
+    store: &Memory,
+    seal: &SealKey,
+    force: bool,
+    what: &str,
+    done: impl Fn(&Node) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut lines = pass_ok(node, store, seal, force).await;
+    while !done(node) {
+        assert!(Instant::now() < deadline, "{what}: {lines:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        lines.extend(pass_ok(node, store, seal, false).await);
+    }
+    lines
+}
+
 /// dkimpy signs with `file` as `selector` and verifies through BIND.
 fn signs_and_verifies(py: &Dkimpy, file: &Path, selector: &str) -> bool {
     let signed = py.sign(file, DOMAIN, selector, &message(DOMAIN, "shared"));
@@ -164,10 +184,11 @@ async fn two_hosts_sign_with_one_key_set_that_only_the_leader_publishes_and_rota
     let py = Dkimpy::new(&work.join("py"), bind.port);
 
     // a leads: its first key is generated, published, verified and signs.
-    let done = pass_ok(&a, &sa, &seal, false).await;
-    let r1 = a
-        .selector_in("active")
-        .unwrap_or_else(|| panic!("{done:?}"));
+    until(&a, &sa, &seal, false, "a's first key signs", |n| {
+        n.selector_in("active").is_some()
+    })
+    .await;
+    let r1 = a.selector_in("active").unwrap();
     let record = a.book()["keys"][0]["record"].as_str().unwrap().to_owned();
     assert_eq!(bind.txt_values(&name(&r1)), vec![record]);
     assert_eq!(sa.get("lock/dkim").await.unwrap().unwrap().value, b"a");
@@ -192,7 +213,10 @@ async fn two_hosts_sign_with_one_key_set_that_only_the_leader_publishes_and_rota
 
     // a rotates: r2 signs, r1 drains; b's signer moves to r2 and r1's key
     // leaves b.
-    pass_ok(&a, &sa, &seal, true).await;
+    until(&a, &sa, &seal, true, "a's second key signs", |n| {
+        n.selector_in("draining").is_some()
+    })
+    .await;
     let r2 = a.selector_in("active").unwrap();
     assert_ne!(r2, r1);
     assert_eq!(a.selector_in("draining"), Some(r1.clone()));
@@ -208,16 +232,10 @@ async fn two_hosts_sign_with_one_key_set_that_only_the_leader_publishes_and_rota
     // a is paused past its lease: b leads and continues the same book,
     // revoking r1 when its drain ends, without a key of its own.
     sa.expire();
-    let deadline = Instant::now() + DEADLINE;
-    let mut transcript = Vec::new();
-    while !b.keys().iter().any(|(s, st)| s == &r1 && st != "draining") {
-        assert!(
-            Instant::now() < deadline,
-            "r1 never revoked: {transcript:?}"
-        );
-        transcript.extend(pass_ok(&b, &sb, &seal, false).await);
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
+    let transcript = until(&b, &sb, &seal, false, "r1 revoked", |n| {
+        n.keys().iter().any(|(s, st)| s == &r1 && st != "draining")
+    })
+    .await;
     assert_eq!(sb.get("lock/dkim").await.unwrap().unwrap().value, b"b");
     assert!(
         transcript.iter().all(|l| !l.contains(": new ")),
@@ -240,12 +258,10 @@ async fn two_hosts_sign_with_one_key_set_that_only_the_leader_publishes_and_rota
 
     // b deletes r1 after revoke_hold; when b's lease ends in turn, a leads
     // from b's latest book (else its store would be refused as a conflict).
-    let deadline = Instant::now() + DEADLINE;
-    while b.keys().iter().any(|(s, _)| s == &r1) {
-        assert!(Instant::now() < deadline, "r1 never deleted");
-        pass_ok(&b, &sb, &seal, false).await;
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    }
+    until(&b, &sb, &seal, false, "r1 deleted", |n| {
+        !n.keys().iter().any(|(s, _)| s == &r1)
+    })
+    .await;
     assert!(bind.txt_values(&name(&r1)).is_empty());
     sb.expire();
     let done = pass_ok(&a, &sa, &seal, false).await;
