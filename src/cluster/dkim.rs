@@ -740,6 +740,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn commands_that_change_keys_on_one_host_alone_are_refused_when_shared() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = host(dir.path(), "b");
+        let e = dkim::revoke(&b, "example.test", "s1", true)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`mxkeys dkim revoke` is not available"), "{e}");
+        let file = dir.path().join("k.pem");
+        std::fs::write(&file, keys::generate(DkimAlgorithm::Rsa2048).unwrap().pem).unwrap();
+        let e = dkim::import(&b, "example.test", "s1", &file)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`mxkeys dkim import` is not available"), "{e}");
+        assert!(dkim::load(&b).unwrap().keys.is_empty());
+    }
+
+    #[tokio::test]
     async fn a_fenced_former_leaders_store_is_refused_and_the_successors_book_stays() {
         let dir = tempfile::tempdir().unwrap();
         let (a, b) = (host(dir.path(), "a"), host(dir.path(), "b"));

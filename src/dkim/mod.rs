@@ -151,6 +151,11 @@ pub enum DkimError {
     NoSuchKey { selector: String, domain: String },
     #[error("{0} is already revoked")]
     AlreadyRevoked(String),
+    /// `[dkim] shared`: a command that would change keys on this host alone.
+    #[error(
+        "`mxkeys {0}` is not available with [dkim] shared = true: only the cluster's leader changes the shared keys (in its DKIM passes)"
+    )]
+    SharedCommand(&'static str),
     /// `[dkim] shared`: the cluster refused, or holds what cannot be used.
     #[error("shared dkim: {0}")]
     Shared(#[from] crate::cluster::dkim::SharedDkimError),
@@ -1026,6 +1031,16 @@ const SHARED_POLL: i64 = 60;
 /// mxkeys, or at a `[[dkim.adopt]]` key not adopted yet, in seconds.
 const FOREIGN_RECHECK: i64 = 300;
 
+/// `[dkim] shared`: commands that change keys on one host alone would
+/// make it disagree with the cluster's book, and a follower never writes
+/// DNS: refused.
+fn refuse_shared(d: &Dkim, command: &'static str) -> Result<(), DkimError> {
+    if d.shared {
+        return Err(DkimError::SharedCommand(command));
+    }
+    Ok(())
+}
+
 /// `mxkeys dkim import`: adopts an existing private key as active, once its
 /// record is seen with exactly its value on every authoritative server.
 pub async fn import(
@@ -1035,6 +1050,7 @@ pub async fn import(
     file: &Path,
 ) -> Result<String, DkimError> {
     let d = dkim_table(config)?;
+    refuse_shared(d, "dkim import")?;
     if !d.domains.iter().any(|x| x.as_str() == domain) {
         return Err(DkimError::UnknownDomain(domain.to_owned()));
     }
@@ -1395,6 +1411,7 @@ pub async fn import_from(
     check: crate::config::AdoptCheck,
 ) -> Result<Vec<ImportLine>, DkimError> {
     let (d, _lock, mut book) = begin(config, only)?;
+    refuse_shared(d, "dkim import --from")?;
     let (_, propagation) = dns(config, d)?;
     let (candidates, errors) = adopt_candidates(from);
     let mut lines: Vec<ImportLine> = errors
@@ -1459,6 +1476,7 @@ pub async fn revoke(
     force: bool,
 ) -> Result<Pass, RevokeError> {
     let d = dkim_table(config)?;
+    refuse_shared(d, "dkim revoke")?;
     {
         let _lock = lock(config)?;
         let mut book = load(config)?;
