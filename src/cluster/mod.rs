@@ -30,6 +30,7 @@
 use std::future::Future;
 
 pub mod acme;
+pub mod dkim;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod memory;

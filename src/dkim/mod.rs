@@ -151,6 +151,14 @@ pub enum DkimError {
     NoSuchKey { selector: String, domain: String },
     #[error("{0} is already revoked")]
     AlreadyRevoked(String),
+    /// `[dkim] shared`: a command that would change keys on this host alone.
+    #[error(
+        "`mxkeys {0}` is not available with [dkim] shared = true: only the cluster's leader changes the shared keys (in its DKIM passes)"
+    )]
+    SharedCommand(&'static str),
+    /// `[dkim] shared`: the cluster refused, or holds what cannot be used.
+    #[error("shared dkim: {0}")]
+    Shared(#[from] crate::cluster::dkim::SharedDkimError),
 }
 
 fn secs(d: Duration) -> i64 {
@@ -174,7 +182,7 @@ pub fn load(config: &Config) -> Result<Book, DkimError> {
     Ok(book.unwrap_or_default())
 }
 
-fn save(config: &Config, book: &Book) -> Result<(), DkimError> {
+pub(crate) fn save(config: &Config, book: &Book) -> Result<(), DkimError> {
     Ok(config.state_dir.dkim_record().save(book)?)
 }
 
@@ -184,7 +192,7 @@ fn dkim_table(config: &Config) -> Result<&Dkim, DkimError> {
 }
 
 /// Takes the DKIM state's lock.
-fn lock(config: &Config) -> Result<crate::state::Lock, DkimError> {
+pub(crate) fn lock(config: &Config) -> Result<crate::state::Lock, DkimError> {
     config.state_dir.lock_dkim().map_err(DkimError::Lock)
 }
 
@@ -237,7 +245,23 @@ fn today() -> String {
 
 /// Runs the state machine until nothing more is due now: `mxkeys dkim
 /// rotate` (`force`: start a successor now), and a pass of `run`/`renew`.
+/// With `[dkim] shared = true` the pass goes through the cluster
+/// ([`crate::cluster::dkim`]): this host acts only while it leads job
+/// `dkim`, and otherwise follows the stored key set.
 pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<Pass, DkimError> {
+    if dkim_table(config)?.shared {
+        return crate::cluster::dkim::rotate(config, only, force).await;
+    }
+    rotate_local(config, only, force).await
+}
+
+/// [`rotate`] on this host's own book, whatever `shared` says (the
+/// cluster's leader runs it).
+pub(crate) async fn rotate_local(
+    config: &Config,
+    only: Option<&str>,
+    force: bool,
+) -> Result<Pass, DkimError> {
     let (d, _lock, mut book) = begin(config, only)?;
     let (provider, propagation) = dns(config, d)?;
     let policy = policy(d);
@@ -335,6 +359,22 @@ pub async fn rotate(config: &Config, only: Option<&str>, force: bool) -> Result<
     }
     record_file::write(d, &book);
     Ok(pass)
+}
+
+/// A follower's signer kept in step with `book` (mirrored from the
+/// cluster): its files written when they differ, and the reload done when
+/// one is owed. Returns whether the files changed.
+pub(crate) fn follow_signer(
+    config: &Config,
+    d: &Dkim,
+    book: &mut Book,
+    pass: &mut Pass,
+) -> Result<bool, DkimError> {
+    let changed = update_signer(config, d, book, !d.adopt.is_empty())?;
+    if book.signer_reload_pending {
+        reload_signer(config, d, book, pass)?;
+    }
+    Ok(changed)
 }
 
 /// Runs every `[dkim] reload` action; when all succeed, the owed reload
@@ -855,7 +895,7 @@ async fn write_record(
 /// 0700, and with `key_owner` or `key_group` (the signer runs as that user
 /// or group and must enter it) theirs, mode 0700 for an owner alone, 0750
 /// with a group. KEY_DIR itself stays root's.
-fn write_key(d: &Dkim, path: &Path, pem: &str) -> Result<(), DkimError> {
+pub(crate) fn write_key(d: &Dkim, path: &Path, pem: &str) -> Result<(), DkimError> {
     let owner = key_ownership(d)?;
     Ok(keydir::write(path, pem.as_bytes(), d.key_mode, owner)?)
 }
@@ -964,7 +1004,12 @@ pub fn next_due(config: &Config) -> Option<i64> {
     let d = config.dkim.as_ref()?;
     let book = load(config).ok()?;
     let now = crate::now();
-    let due = machine::next_due(&book, &wanted(d), &policy(d), now)?;
+    let due = machine::next_due(&book, &wanted(d), &policy(d), now);
+    // Shared: a follower learns of the leader's changes only by looking.
+    if d.shared {
+        return Some(due.unwrap_or(i64::MAX).min(now + SHARED_POLL));
+    }
+    let due = due?;
     // A signer file not written by mxkeys stops every pass until `dkim
     // import`: look again every few minutes, not every 30 s.
     if matches!(
@@ -982,9 +1027,22 @@ pub fn next_due(config: &Config) -> Option<i64> {
     Some(due)
 }
 
+/// How often a `shared` host looks at the cluster's DKIM book, in seconds.
+const SHARED_POLL: i64 = 60;
+
 /// How often the daemon looks again at a signer file not written by
 /// mxkeys, or at a `[[dkim.adopt]]` key not adopted yet, in seconds.
 const FOREIGN_RECHECK: i64 = 300;
+
+/// `[dkim] shared`: commands that change keys on one host alone would
+/// make it disagree with the cluster's book, and a follower never writes
+/// DNS: refused.
+fn refuse_shared(d: &Dkim, command: &'static str) -> Result<(), DkimError> {
+    if d.shared {
+        return Err(DkimError::SharedCommand(command));
+    }
+    Ok(())
+}
 
 /// `mxkeys dkim import`: adopts an existing private key as active, once its
 /// record is seen with exactly its value on every authoritative server.
@@ -995,6 +1053,7 @@ pub async fn import(
     file: &Path,
 ) -> Result<String, DkimError> {
     let d = dkim_table(config)?;
+    refuse_shared(d, "dkim import")?;
     if !d.domains.iter().any(|x| x.as_str() == domain) {
         return Err(DkimError::UnknownDomain(domain.to_owned()));
     }
@@ -1355,6 +1414,7 @@ pub async fn import_from(
     check: crate::config::AdoptCheck,
 ) -> Result<Vec<ImportLine>, DkimError> {
     let (d, _lock, mut book) = begin(config, only)?;
+    refuse_shared(d, "dkim import --from")?;
     let (_, propagation) = dns(config, d)?;
     let (candidates, errors) = adopt_candidates(from);
     let mut lines: Vec<ImportLine> = errors
@@ -1419,6 +1479,7 @@ pub async fn revoke(
     force: bool,
 ) -> Result<Pass, RevokeError> {
     let d = dkim_table(config)?;
+    refuse_shared(d, "dkim revoke")?;
     {
         let _lock = lock(config)?;
         let mut book = load(config)?;

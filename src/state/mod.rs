@@ -126,6 +126,12 @@ impl StateDir {
         Record::new(self.dkim().join(STATE_FILE), 0o600)
     }
 
+    /// What this host last saw of the cluster's DKIM book (`[dkim]
+    /// shared`, see `crate::cluster::dkim::Synced`).
+    pub fn dkim_cluster_record<T>(&self) -> Record<T> {
+        Record::new(self.dkim().join("cluster.json"), 0o600)
+    }
+
     /// The DANE ledger (`dane.json`): the TLSA records this host published
     /// and since when each has been seen (see `crate::dane::ledger`).
     pub fn dane_record<T>(&self) -> Record<T> {

@@ -13,6 +13,7 @@
 mod acme;
 mod adopt_host;
 mod cluster_acme;
+mod cluster_dkim;
 mod config;
 mod container_env;
 mod crash;

@@ -1,0 +1,276 @@
+//! `[dkim] shared = true` (issue 18): two hosts, one key set, through the
+//! library with the in-process cluster store (`cluster::memory`, etcd's
+//! semantics; the etcd backend has its own tests) and a real BIND 9 on
+//! loopback, the signatures checked by dkimpy through that server.
+//!
+//! Each host has its own state, key and signer directories and reload
+//! log; both use the one BIND zone. Durations are short (lead 0 s, drain
+//! and revoke_hold 2 s); waits poll with deadlines.
+
+use mxkeys_testsupport as common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use common::bind::{self, Bind};
+use common::dkim_tools::{DEADLINE, DKIMPY, Dkimpy, message, setup};
+use mxkeys::cluster::SharedStore as _;
+use mxkeys::cluster::dkim::pass;
+use mxkeys::cluster::memory::Memory;
+use mxkeys::cluster::seal::SealKey;
+use mxkeys::config::{Config, Host};
+use serde_json::Value;
+
+const DOMAIN: &str = "example.test";
+
+/// One host: `work/ID/mxkeys.toml` and its directories.
+struct Node {
+    dir: PathBuf,
+    config: Config,
+}
+
+impl Node {
+    fn new(bind: &Bind, work: &Path, id: &str) -> Node {
+        let dir = work.join(id);
+        std::fs::create_dir_all(&dir).unwrap();
+        let seal = work.join("shared.key");
+        std::fs::write(&seal, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=\n").unwrap();
+        let text = format!(
+            "state_dir = \"state\"\n\
+             host_id = \"{id}\"\n\
+             [dns.bind]\n\
+             type = \"rfc2136\"\n\
+             server = \"{addr}\"\n\
+             zone = \"{DOMAIN}\"\n\
+             tsig_name = \"{key}\"\n\
+             tsig_secret_file = \"{tsig}\"\n\
+             nameservers = [\"{addr}\"]\n\
+             propagation_interval = \"100ms\"\n\
+             propagation_timeout = \"3s\"\n\
+             [cluster]\n\
+             backend = \"etcd\"\n\
+             endpoints = [\"http://127.0.0.1:1\"]\n\
+             shared_key_file = \"{seal}\"\n\
+             [dkim]\n\
+             shared = true\n\
+             domains = [\"{DOMAIN}\"]\n\
+             algorithms = [\"rsa-2048\"]\n\
+             dns = \"bind\"\n\
+             key_dir = \"keys\"\n\
+             signer = \"opendkim\"\n\
+             signer_dir = \"signer\"\n\
+             rotate_every = \"1h\"\n\
+             lead = \"0s\"\n\
+             drain = \"2s\"\n\
+             revoke_hold = \"2s\"\n\
+             revoke_settle = \"1s\"\n\
+             reload = [\"sh\", \"-c\", \"echo reload >> {log}\"]\n",
+            addr = bind.addr(),
+            key = bind::KEY_NAME,
+            tsig = bind.dir().join("tsig.key").display(),
+            seal = seal.display(),
+            log = dir.join("reloads.log").display(),
+        );
+        let path = dir.join("mxkeys.toml");
+        std::fs::write(&path, &text).unwrap();
+        let config = Config::parse(&path, &text, &Host::current()).unwrap();
+        Node { dir, config }
+    }
+
+    fn book(&self) -> Value {
+        let bytes = std::fs::read(self.dir.join("state/dkim/state.json")).unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    /// (selector, state) of every key in this host's book.
+    fn keys(&self) -> BTreeSet<(String, String)> {
+        self.book()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| {
+                (
+                    k["selector"].as_str().unwrap().to_owned(),
+                    k["state"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    }
+
+    fn selector_in(&self, state: &str) -> Option<String> {
+        self.keys()
+            .into_iter()
+            .find(|(_, s)| s == state)
+            .map(|(sel, _)| sel)
+    }
+
+    fn key_file(&self, selector: &str) -> PathBuf {
+        self.dir.join(format!("keys/{DOMAIN}/{selector}.pem"))
+    }
+
+    /// The KeyTable's (selector, key file) lines.
+    fn key_table(&self) -> Vec<(String, PathBuf)> {
+        let text = std::fs::read_to_string(self.dir.join("signer/KeyTable")).unwrap_or_default();
+        text.lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .map(|l| {
+                let v: Vec<&str> = l.split_once(' ').unwrap().1.splitn(3, ':').collect();
+                (v[1].to_owned(), PathBuf::from(v[2]))
+            })
+            .collect()
+    }
+
+    fn reloads(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("reloads.log"))
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+}
+
+fn name(selector: &str) -> String {
+    format!("{selector}._domainkey.{DOMAIN}")
+}
+
+/// A pass that must report no error; its lines.
+async fn pass_ok(node: &Node, store: &Memory, seal: &SealKey, force: bool) -> Vec<String> {
+    let p = pass(&node.config, store, seal, None, force)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e}", node.dir.display()));
+    let errors: Vec<String> = p.errors.iter().map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{}: {errors:?}", node.dir.display());
+    p.done
+}
+
+/// Passes of `node` (the first one `force`d) until `done` holds, with a
+/// deadline; their lines.
+async fn until(
+    node: &Node,
+    store: &Memory,
+    seal: &SealKey,
+    force: bool,
+    what: &str,
+    done: impl Fn(&Node) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + DEADLINE;
+    let mut lines = pass_ok(node, store, seal, force).await;
+    while !done(node) {
+        assert!(Instant::now() < deadline, "{what}: {lines:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        lines.extend(pass_ok(node, store, seal, false).await);
+    }
+    lines
+}
+
+/// dkimpy signs with `file` as `selector` and verifies through BIND.
+fn signs_and_verifies(py: &Dkimpy, file: &Path, selector: &str) -> bool {
+    let signed = py.sign(file, DOMAIN, selector, &message(DOMAIN, "shared"));
+    py.verify_one(&signed).ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_sign_with_one_key_set_that_only_the_leader_publishes_and_rotates() {
+    let Some((bind, work)) = setup(
+        "two_hosts_sign_with_one_key_set_that_only_the_leader_publishes_and_rotates",
+        &[DKIMPY],
+    ) else {
+        return;
+    };
+    let (a, b) = (Node::new(&bind, &work, "a"), Node::new(&bind, &work, "b"));
+    let seal = SealKey::load(&work.join("shared.key")).unwrap();
+    let sa = Memory::new("a");
+    let sb = sa.session("b");
+    let py = Dkimpy::new(&work.join("py"), bind.port);
+
+    // a leads: its first key is generated, published, verified and signs.
+    until(&a, &sa, &seal, false, "a's first key signs", |n| {
+        n.selector_in("active").is_some()
+    })
+    .await;
+    let r1 = a.selector_in("active").unwrap();
+    let record = a.book()["keys"][0]["record"].as_str().unwrap().to_owned();
+    assert_eq!(bind.txt_values(&name(&r1)), vec![record]);
+    assert_eq!(sa.get("lock/dkim").await.unwrap().unwrap().value, b"a");
+
+    // b follows: the same key file and signer table, a reload, and not one
+    // write to the zone.
+    let serial = bind.serial(DOMAIN);
+    pass_ok(&b, &sb, &seal, false).await;
+    assert_eq!(b.keys(), a.keys());
+    assert_eq!(
+        std::fs::read(b.key_file(&r1)).unwrap(),
+        std::fs::read(a.key_file(&r1)).unwrap()
+    );
+    assert_eq!(b.key_table(), vec![(r1.clone(), b.key_file(&r1))]);
+    assert_eq!(a.key_table(), vec![(r1.clone(), a.key_file(&r1))]);
+    assert_eq!(b.reloads(), 1);
+    assert!(signs_and_verifies(&py, &b.key_file(&r1), &r1));
+    // b asked to force a rotation while a leads: b only follows.
+    pass_ok(&b, &sb, &seal, true).await;
+    assert_eq!(b.keys(), a.keys());
+    assert_eq!(bind.serial(DOMAIN), serial, "a follower never writes DNS");
+
+    // a rotates: r2 signs, r1 drains; b's signer moves to r2 and r1's key
+    // leaves b.
+    until(&a, &sa, &seal, true, "a's second key signs", |n| {
+        n.selector_in("draining").is_some()
+    })
+    .await;
+    let r2 = a.selector_in("active").unwrap();
+    assert_ne!(r2, r1);
+    assert_eq!(a.selector_in("draining"), Some(r1.clone()));
+    let serial = bind.serial(DOMAIN);
+    pass_ok(&b, &sb, &seal, false).await;
+    assert_eq!(bind.serial(DOMAIN), serial, "a follower never writes DNS");
+    assert_eq!(b.keys(), a.keys());
+    assert_eq!(b.key_table(), vec![(r2.clone(), b.key_file(&r2))]);
+    assert!(!b.key_file(&r1).exists(), "r1's key left the follower");
+    assert_eq!(b.reloads(), 2);
+    assert!(signs_and_verifies(&py, &b.key_file(&r2), &r2));
+
+    // a is paused past its lease: b leads and continues the same book,
+    // revoking r1 when its drain ends, without a key of its own.
+    sa.expire();
+    let transcript = until(&b, &sb, &seal, false, "r1 revoked", |n| {
+        n.keys().iter().any(|(s, st)| s == &r1 && st != "draining")
+    })
+    .await;
+    assert_eq!(sb.get("lock/dkim").await.unwrap().unwrap().value, b"b");
+    assert!(
+        transcript.iter().all(|l| !l.contains(": new ")),
+        "no second key for the same step: {transcript:?}"
+    );
+    assert_eq!(b.selector_in("active"), Some(r2.clone()));
+    let revoked = bind.txt_values(&name(&r1));
+    assert!(
+        revoked.iter().all(|v| v.ends_with("p=")) && !revoked.is_empty(),
+        "{revoked:?}"
+    );
+    assert!(signs_and_verifies(&py, &b.key_file(&r2), &r2));
+    assert!(!signs_and_verifies(&py, &a.key_file(&r1), &r1));
+
+    // a, resumed, follows b's book: r2 still signs there, r1 is gone.
+    pass_ok(&a, &sa, &seal, false).await;
+    assert_eq!(a.keys(), b.keys());
+    assert_eq!(a.key_table(), vec![(r2.clone(), a.key_file(&r2))]);
+    assert!(!a.key_file(&r1).exists(), "r1's key left a too");
+
+    // b deletes r1 after revoke_hold; when b's lease ends in turn, a leads
+    // from b's latest book (else its store would be refused as a conflict).
+    until(&b, &sb, &seal, false, "r1 deleted", |n| {
+        !n.keys().iter().any(|(s, _)| s == &r1)
+    })
+    .await;
+    assert!(bind.txt_values(&name(&r1)).is_empty());
+    sb.expire();
+    let done = pass_ok(&a, &sa, &seal, false).await;
+    assert_eq!(sa.get("lock/dkim").await.unwrap().unwrap().value, b"a");
+    assert!(
+        done.iter()
+            .any(|l| l.starts_with("took the cluster's DKIM book")),
+        "{done:?}"
+    );
+    assert_eq!(a.keys(), b.keys());
+    assert!(done.iter().all(|l| !l.contains(": new ")), "{done:?}");
+}
