@@ -400,8 +400,13 @@ fn map_error(what: &str, e: &etcd_client::Error) -> ClusterError {
                 }
             }
             let msg = msg.split_whitespace().collect::<Vec<_>>().join(" ");
+            // etcd refuses a wrong password or user as INVALID_ARGUMENT.
+            let refused = ["authentication failed", "user name", "permission denied"]
+                .iter()
+                .any(|m| s.message().contains(m));
             match i32::from(s.code()) {
                 UNAUTHENTICATED | PERMISSION_DENIED => ClusterError::Auth(msg),
+                _ if refused => ClusterError::Auth(msg),
                 INVALID_ARGUMENT | FAILED_PRECONDITION | OUT_OF_RANGE | UNIMPLEMENTED
                     if !s.message().contains("leader") =>
                 {

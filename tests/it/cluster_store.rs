@@ -16,7 +16,7 @@ use common::servers::require;
 use mxkeys::cluster::{
     Backend, ClusterError, Event, Expect, Fence, Leadership, SharedStore, Written,
 };
-use mxkeys::config::{Cluster, ClusterBackend, ClusterTls, HostId};
+use mxkeys::config::{Cluster, ClusterBackend, ClusterTls, HostId, Secret};
 
 const PREFIX: &str = "/mxkeys/test";
 /// The longest any single store call may take in these tests: a bound so
@@ -405,4 +405,65 @@ async fn over_tls_the_client_certificate_gets_in_and_without_it_connecting_fails
     eprintln!("without a client certificate: {msg}");
     assert!(!msg.contains('\n'), "one line: {msg}");
     assert!(msg.contains("127.0.0.1"), "names the endpoints: {msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_etcd_authentication_the_password_file_gets_in_and_a_wrong_password_is_refused_as_auth()
+ {
+    let Some((dir, etcd)) = setup(
+        "with_etcd_authentication_the_password_file_gets_in_and_a_wrong_password_is_refused_as_auth",
+    ) else {
+        return;
+    };
+    let ctl = |args: &[&str]| {
+        let out = etcd.etcdctl(args).unwrap();
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let prefix = format!("{PREFIX}/");
+    ctl(&["user", "add", "root:root-pw"]);
+    ctl(&["user", "add", "mxkeys:mxkeys-pw"]);
+    ctl(&["role", "add", "mxkeys"]);
+    ctl(&[
+        "role",
+        "grant-permission",
+        "mxkeys",
+        "--prefix=true",
+        "readwrite",
+        &prefix,
+    ]);
+    ctl(&["user", "grant-role", "mxkeys", "mxkeys"]);
+    ctl(&["auth", "enable"]);
+
+    let password = dir.path().join("etcd-password");
+    std::fs::write(&password, "mxkeys-pw\n").unwrap();
+    let mut config = cluster_config(&etcd, dir.path(), 5);
+    config.credentials = Some(("mxkeys".into(), Secret::File(password.clone())));
+    let a = connect(&config, "mx1").await;
+    let lead = bounded(a.campaign("dkim")).await.unwrap().expect("leads");
+    let w = bounded(a.put_fenced(&lead, "dkim/book", b"v1", Expect::Absent))
+        .await
+        .unwrap();
+    assert!(matches!(w, Written::Stored(_)), "{w:?}");
+    let out = etcd
+        .etcdctl(&[
+            "--user=root:root-pw",
+            "get",
+            "--print-value-only",
+            &format!("{prefix}dkim/book"),
+        ])
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "v1");
+
+    std::fs::write(&password, "not-the-password\n").unwrap();
+    let err = bounded(Backend::connect(&config, &HostId::parse("mx2").unwrap()))
+        .await
+        .expect_err("a wrong password");
+    let msg = err.to_string();
+    assert!(matches!(err, ClusterError::Auth(_)), "{err:?}");
+    assert!(!msg.contains("not-the-password"), "no secret in: {msg}");
+    assert!(!msg.contains('\n'), "one line: {msg}");
 }
