@@ -160,6 +160,29 @@ async fn a_leader_whose_lease_was_revoked_is_fenced_and_leads_again_only_after_i
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!bounded(a.holds(&lead_a)).await.unwrap());
+    // A's keep-alive finds its lease gone and grants a new one on its own
+    // (A makes no call meanwhile): etcd then has two leases again, A's new
+    // one and B's.
+    let leases = || {
+        let out = etcd
+            .etcdctl(&["lease", "list"])
+            .expect("etcdctl lease list");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .map(|l| l.trim().to_owned())
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<String>>()
+    };
+    common::servers::poll(
+        "A's keep-alive to grant a new lease",
+        BOUND,
+        || {
+            let now = leases();
+            (now.len() == 2 && !now.contains(&old_lease)).then_some(())
+        },
+        || format!("leases: {:?}", leases()),
+    );
 
     let lead_b = bounded(b.campaign(job))
         .await
