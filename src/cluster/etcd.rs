@@ -653,7 +653,14 @@ impl SharedStore for Etcd {
         tokio::spawn(async move {
             // Any error, a cancel (compaction, lost leader) or the
             // receiver going away ends the watch; the caller re-lists.
-            while let Ok(Some(resp)) = stream.message().await {
+            loop {
+                // A dropped receiver ends the watch at once, even when no
+                // event comes.
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    next = stream.message() => next,
+                };
+                let Ok(Some(resp)) = next else { break };
                 if resp.canceled() {
                     break;
                 }
