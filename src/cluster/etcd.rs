@@ -102,7 +102,7 @@ impl Etcd {
                 .with_user(user.clone(), password.as_str())
                 .with_auto_token_refresh(true);
         }
-        let endpoints = format!("etcd {}", cluster.endpoints.join(","));
+        let endpoints = format!("etcd {}", shown(&cluster.endpoints));
         let client = bounded(&endpoints, || {
             Client::connect(cluster.endpoints.clone(), Some(options.clone()))
         })
@@ -197,6 +197,18 @@ impl Etcd {
             r => r.map_err(|e| finish(&self.where_(), e)),
         }
     }
+}
+
+/// The endpoints as messages name them: without any `user:password@`.
+fn shown(endpoints: &[String]) -> String {
+    endpoints
+        .iter()
+        .map(|e| match (e.find("://"), e.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}{}", &e[..s + 3], &e[at + 1..]),
+            _ => e.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `op` within [`REQUEST_TIMEOUT`], its error mapped. An attempt that
@@ -684,5 +696,19 @@ impl SharedStore for Etcd {
             }
         });
         Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn messages_name_the_endpoints_without_credentials_in_them() {
+        let eps = [
+            "http://10.0.0.1:2379".to_owned(),
+            "https://u:secret@10.0.0.2:2379".to_owned(),
+        ];
+        assert_eq!(shown(&eps), "http://10.0.0.1:2379,https://10.0.0.2:2379");
     }
 }
