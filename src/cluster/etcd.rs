@@ -632,12 +632,28 @@ impl SharedStore for Etcd {
         prefix: &str,
         after_revision: i64,
     ) -> Result<tokio::sync::mpsc::Receiver<Event>, ClusterError> {
-        let mut options = WatchOptions::new().with_prefix();
-        if after_revision > 0 {
-            options = options.with_start_revision(after_revision + 1);
-        }
         let what = self.where_();
         let key = self.key(prefix);
+        let after = if after_revision > 0 {
+            after_revision
+        } else {
+            // "Now" as the quorum sees it (a linearizable read): a watch
+            // without a start revision starts at the revision of the member
+            // it lands on, which may be behind and replay older writes.
+            let resp = self
+                .call(|mut c| {
+                    let key = key.clone();
+                    async move {
+                        c.get(key, Some(GetOptions::new().with_prefix().with_count_only()))
+                            .await
+                    }
+                })
+                .await?;
+            resp.header().map(|h| h.revision()).unwrap_or(0)
+        };
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(after + 1);
         let mut stream = self
             .call(|mut c| {
                 let (key, options) = (key.clone(), options.clone());

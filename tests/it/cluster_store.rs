@@ -366,11 +366,18 @@ async fn without_a_quorum_calls_fail_as_unavailable_within_bounds_and_work_again
     let config = cluster_config(&etcd, dir.path(), 3);
     let a = connect(&config, "mx1").await;
     let lead = bounded(a.campaign("dkim")).await.unwrap().unwrap();
-    bounded(a.put_fenced(&lead, "dkim/book", b"v1", Expect::Absent))
+    let w = bounded(a.put_fenced(&lead, "dkim/book", b"v1", Expect::Absent))
         .await
         .unwrap();
+    assert!(matches!(w, Written::Stored(_)), "{w:?}");
+    // From now: the write before is not replayed, even if the watch lands
+    // on a member that has not applied it yet.
+    let mut events = bounded(a.watch("dkim/", 0)).await.unwrap();
     etcd.stop_member(1);
     etcd.stop_member(2);
+    // The watch ends: a member without a leader cancels it (etcd-client
+    // asks for a leader), a stopped one breaks it. The caller lists again.
+    assert_eq!(bounded(events.recv()).await, None, "the watch ended");
     let got = bounded(a.get("dkim/book")).await;
     assert!(matches!(got, Err(ClusterError::Unavailable(_))), "{got:?}");
     let msg = got.unwrap_err().to_string();
