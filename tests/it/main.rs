@@ -14,6 +14,7 @@ mod acme;
 mod adopt_host;
 mod cluster_acme;
 mod cluster_dkim;
+mod cluster_store;
 mod config;
 mod container_env;
 mod crash;
