@@ -34,10 +34,16 @@ ARG RUNTIME_IMAGE=alpine:3
 
 FROM ${BUILD_IMAGE} AS build
 ARG PREBUILT=
+# protoc (and the well-known .proto files) compile etcd's API for the etcd
+# client ([cluster], cargo feature `etcd`).
 RUN if [ -z "$PREBUILT" ]; then \
-      apt-get update \
-      && apt-get install -y --no-install-recommends musl-tools \
-      && rm -rf /var/lib/apt/lists/* \
+      if command -v apk >/dev/null; then \
+        apk add --no-cache musl-dev protobuf-dev; \
+      else \
+        apt-get update \
+        && apt-get install -y --no-install-recommends musl-tools protobuf-compiler libprotobuf-dev \
+        && rm -rf /var/lib/apt/lists/*; \
+      fi \
       && rustup target add x86_64-unknown-linux-musl; \
     fi
 WORKDIR /src
@@ -45,7 +51,7 @@ COPY . .
 RUN if [ -n "$PREBUILT" ]; then \
       mkdir -p /out && cp "$PREBUILT" /out/mxkeys && chmod 0755 /out/mxkeys; \
     else \
-      cargo build --release --locked --target x86_64-unknown-linux-musl -p mxkeys \
+      cargo build --release --locked --target x86_64-unknown-linux-musl -p mxkeys --features etcd \
       && install -D -m 0755 target/x86_64-unknown-linux-musl/release/mxkeys /out/mxkeys; \
     fi
 

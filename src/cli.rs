@@ -375,6 +375,8 @@ pub fn main() -> ExitCode {
     };
     match cli.command {
         Command::Sync => {
+            // Shared certificates: what the cluster holds first.
+            let mirror_ok = cluster_mirror(&config);
             // DANE: publish the next key's record before the reconcile,
             // retire the old one after it (once the new key is served).
             dane_pass(&config);
@@ -385,7 +387,7 @@ pub fn main() -> ExitCode {
             let dane_ok = dane_pass(&config);
             let mta_sts_ok = mta_sts_pass(&config).is_none_or(|p| p.problems.is_empty());
             let dkim_ok = dkim_sync_pass(&config);
-            if dane_ok && mta_sts_ok && dkim_ok {
+            if dane_ok && mta_sts_ok && dkim_ok && mirror_ok {
                 exit(&report)
             } else {
                 ExitCode::FAILURE
@@ -686,6 +688,41 @@ fn import_from(
     }
 }
 
+/// The cluster of a configuration with `[cluster]`, connected; `None`
+/// without one, or (one error line) when it cannot be reached: shared
+/// sources are then not ordered and everything installed stays.
+fn cluster_ctx(
+    config: &config::Config,
+    runtime: &tokio::runtime::Runtime,
+) -> Option<crate::cluster::acme::Ctx> {
+    match runtime.block_on(crate::cluster::acme::Ctx::connect(config)) {
+        Ok(ctx) => ctx,
+        Err(e) => {
+            tracing::error!("{e}; shared certificates are not ordered this time");
+            None
+        }
+    }
+}
+
+/// `sync` with `[cluster]`: installs into each shared source what the
+/// cluster holds when better. Whether it had no problem.
+fn cluster_mirror(config: &config::Config) -> bool {
+    if config.cluster.is_none() || !config.acme_sources().any(|s| s.shared) {
+        return true;
+    }
+    let Some(runtime) = crate::runtime() else {
+        return false;
+    };
+    let Some(ctx) = cluster_ctx(config, &runtime) else {
+        return false;
+    };
+    let mirrored = runtime.block_on(crate::cluster::acme::mirror(config, &ctx.store, &ctx.seal));
+    for line in &mirrored.installed {
+        println!("{line}");
+    }
+    mirrored.problems.is_empty()
+}
+
 /// `mxkeys renew`: orders what is due, then syncs. Exit 0 when every
 /// target is served and no `acme` source is failing while its certificate
 /// is missing or within its renewal window; a source that merely backs off
@@ -695,7 +732,13 @@ fn renew(config: &config::Config, force: bool, only: Option<&str>) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let mut failing = false;
-    match runtime.block_on(crate::acme::renew(config, force, only)) {
+    let cluster = cluster_ctx(config, &runtime);
+    match runtime.block_on(crate::acme::renew_with(
+        config,
+        force,
+        only,
+        cluster.as_ref(),
+    )) {
         Ok(outcomes) => {
             for o in &outcomes {
                 println!("{}", crate::acme::describe(o));
@@ -754,9 +797,15 @@ fn dane_rollover(config: &config::Config, target: &str) -> ExitCode {
         return ExitCode::FAILURE;
     };
     let mut rolled = true;
+    let cluster = cluster_ctx(config, &runtime);
     for source in &sources {
         println!("dane rollover {target}: requested for acme source {source}");
-        match runtime.block_on(crate::acme::renew(config, false, Some(source))) {
+        match runtime.block_on(crate::acme::renew_with(
+            config,
+            false,
+            Some(source),
+            cluster.as_ref(),
+        )) {
             Ok(outcomes) => {
                 for o in &outcomes {
                     println!("{}", crate::acme::describe(o));

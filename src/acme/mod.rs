@@ -31,6 +31,12 @@
 //! renewals) orders with the standby key, and once that certificate is
 //! stored a new standby key is made ([`standby`]; the rules are
 //! [`schedule::key_choice`] and [`schedule::standby_needed`]).
+//!
+//! Shared sources (`shared = true`, issue 18): given a cluster
+//! ([`renew_with`]), every shared source first takes what the cluster
+//! holds; one still due orders only on the host leading job `acme/NAME`,
+//! which stores the result in the cluster ([`crate::cluster::acme`]).
+//! Without a cluster context they are not ordered.
 
 pub mod account;
 pub mod dns01;
@@ -332,6 +338,8 @@ pub struct Outcome {
     /// Failing (this pass, or backing off) while the certificate it would
     /// replace is missing or within its renewal window.
     pub urgent: bool,
+    /// A shared source not ordered here: why ("shared: mx1 orders it").
+    pub shared: Option<String>,
 }
 
 /// Summary of an issued certificate.
@@ -416,11 +424,21 @@ struct Work<'c> {
     ari_stale: bool,
     /// Settled this pass (a resumed order, or a failure before ordering).
     result: Option<Result<Issued, AcmeError>>,
+    /// A shared source: not ordered here, and why.
+    held_back: Option<String>,
+    /// A shared source this host orders: its leadership and the revision
+    /// of `acme/NAME` it read after winning it.
+    lead: Option<(crate::cluster::Leadership, Option<i64>)>,
 }
 
 impl Work<'_> {
+    /// Orders this pass: due, not settled, and (a shared source) led by
+    /// this host.
     fn ordering(&self) -> bool {
-        self.result.is_none() && matches!(self.due, Due::Now(_))
+        self.result.is_none()
+            && self.held_back.is_none()
+            && (!self.source.shared || self.lead.is_some())
+            && matches!(self.due, Due::Now(_))
     }
 }
 
@@ -438,12 +456,54 @@ pub async fn renew(
     force: bool,
     only: Option<&str>,
 ) -> Result<Vec<Outcome>, AcmeError> {
+    renew_with(config, force, only, None).await
+}
+
+/// [`renew`] with the cluster (`sync`, `renew` and the daemon with
+/// `[cluster]`): shared sources take what the cluster holds first, and
+/// only the leader of a due one orders it and stores the result. Without
+/// `cluster`, shared sources are not ordered (the cluster could not be
+/// reached: everything installed stays).
+pub async fn renew_with(
+    config: &Config,
+    force: bool,
+    only: Option<&str>,
+    cluster: Option<&crate::cluster::acme::Ctx>,
+) -> Result<Vec<Outcome>, AcmeError> {
+    let mut leads = Vec::new();
+    let result = renew_pass(config, force, only, cluster, &mut leads).await;
+    // Every job taken is given up, whatever the pass came to.
+    if let Some(ctx) = cluster {
+        use crate::cluster::SharedStore as _;
+        for lead in leads {
+            if let Err(e) = ctx.store.resign(&lead).await {
+                tracing::warn!("cluster: giving up job {}: {e}", lead.job);
+            }
+        }
+    }
+    result
+}
+
+/// [`renew_with`]'s pass; the jobs it leads are pushed on `leads`.
+async fn renew_pass(
+    config: &Config,
+    force: bool,
+    only: Option<&str>,
+    cluster: Option<&crate::cluster::acme::Ctx>,
+    leads: &mut Vec<crate::cluster::Leadership>,
+) -> Result<Vec<Outcome>, AcmeError> {
     let now = crate::now();
     let mut work = gather_work(config, force, only, now)?;
-    let needs_network = |work: &[Work<'_>]| {
-        work.iter()
-            .any(|w| w.resume || w.ari_stale || matches!(w.due, Due::Now(_)))
-    };
+    if let Some(ctx) = cluster {
+        // What the cluster holds first: a source it makes good is not due.
+        let mirrored = crate::cluster::acme::mirror(config, &ctx.store, &ctx.seal).await;
+        if !mirrored.installed.is_empty() {
+            work = gather_work(config, force, only, now)?;
+        }
+    }
+    hold_back_shared(config, &mut work, cluster, force, now, leads).await;
+    let needs_network =
+        |work: &[Work<'_>]| work.iter().any(|w| w.resume || w.ari_stale || w.ordering());
     let needs_standby = work
         .iter()
         .any(|w| standby::needs_settling(config, w.source));
@@ -462,7 +522,16 @@ pub async fn renew(
                 tracing::error!("acme source {}: {e}", w.source.name);
             }
         }
+        let shared: BTreeMap<String, _> = work
+            .iter_mut()
+            .map(|w| (w.source.name.clone(), (w.held_back.take(), w.lead.take())))
+            .collect();
         work = gather_work(config, force, only, now)?;
+        for w in &mut work {
+            if let Some((held_back, lead)) = shared.get(&w.source.name) {
+                (w.held_back, w.lead) = (held_back.clone(), lead.clone());
+            }
+        }
         if !needs_network(&work) {
             return Ok(outcomes(work, now));
         }
@@ -495,9 +564,99 @@ pub async fn renew(
         responders: &responders,
         providers: &providers,
     };
-    place_orders(config, &ready, &mut work).await;
+    place_orders(config, &ready, &mut work, cluster).await;
     drop(responders);
+    if let Some(ctx) = cluster {
+        store_shared(ctx, &mut work).await;
+    }
     Ok(outcomes(work, now))
+}
+
+/// Decides for each shared source about to order whether this host orders
+/// it ([`crate::cluster::shared::plan`]): it campaigns for job
+/// `acme/NAME`; a leader reads `acme/NAME` again (a leader killed
+/// mid-order may have stored one) and orders only if still due.
+async fn hold_back_shared(
+    config: &Config,
+    work: &mut [Work<'_>],
+    cluster: Option<&crate::cluster::acme::Ctx>,
+    force: bool,
+    now: i64,
+    leads: &mut Vec<crate::cluster::Leadership>,
+) {
+    use crate::cluster::SharedStore as _;
+    use crate::cluster::shared::{Plan, Role, plan};
+    for w in work.iter_mut().filter(|w| w.source.shared) {
+        if w.result.is_some() || !(matches!(w.due, Due::Now(_)) || w.resume) {
+            continue;
+        }
+        let Some(ctx) = cluster else {
+            w.held_back = Some("shared: not ordered without the cluster".to_owned());
+            w.resume = false;
+            continue;
+        };
+        let job = crate::cluster::acme::job(w.source);
+        let (role, lead) = match ctx.store.campaign(&job).await {
+            Ok(Some(lead)) => (Role::Leader, Some(lead)),
+            Ok(None) => (
+                Role::Follower(crate::cluster::acme::holder(&ctx.store, &job).await),
+                None,
+            ),
+            Err(e) => (Role::Unreachable(e.to_string()), None),
+        };
+        let mut read_revision = None;
+        if let Some(lead) = &lead {
+            leads.push(lead.clone());
+            match crate::cluster::acme::mirror_source(w.source, &ctx.store, &ctx.seal, now, false)
+                .await
+            {
+                Ok(read) => {
+                    read_revision = read.revision;
+                    if read.installed.is_some() {
+                        w.held = holding(w.source);
+                        w.due = decide(config, w.source, w.held.as_ref(), &w.state, force, now);
+                    }
+                }
+                Err(e) => {
+                    // An unusable stored value: ordered over, against
+                    // the revision read.
+                    tracing::error!("acme source {}: {e}", w.source.name);
+                    read_revision = ctx.store.get(&job).await.ok().flatten().map(|s| s.revision);
+                }
+            }
+        }
+        let due = matches!(w.due, Due::Now(_)) || w.resume;
+        match (plan(due, &role), lead) {
+            (Plan::Order, Some(lead)) => w.lead = Some((lead, read_revision)),
+            (Plan::Wait(why), _) => {
+                tracing::info!("acme source {}: {why}", w.source.name);
+                w.held_back = Some(why);
+                w.resume = false;
+            }
+            // Not due any more (the cluster's certificate was taken): the
+            // job is given up at the end of the pass.
+            _ => w.resume = false,
+        }
+    }
+}
+
+/// Stores what each leader ordered in the cluster (the jobs are given up
+/// by [`renew_with`]).
+async fn store_shared(ctx: &crate::cluster::acme::Ctx, work: &mut [Work<'_>]) {
+    for w in work.iter_mut() {
+        let Some((lead, read_revision)) = w.lead.take() else {
+            continue;
+        };
+        if matches!(w.result, Some(Ok(_)))
+            && let Err(e) =
+                crate::cluster::acme::store_issued(ctx, &lead, w.source, read_revision).await
+        {
+            tracing::error!(
+                "acme source {}: not stored in the cluster: {e}",
+                w.source.name
+            );
+        }
+    }
 }
 
 /// The sources `renew` looks at (`only` one, when given), each with its
@@ -546,6 +705,8 @@ fn gather_work<'c>(
                 resume,
                 ari_stale,
                 result: None,
+                held_back: None,
+                lead: None,
             }
         })
         .collect())
@@ -678,18 +839,29 @@ struct Ready<'a> {
 
 /// Places the order of every source due now, all at once, and records
 /// each result.
-async fn place_orders(config: &Config, ready: &Ready<'_>, work: &mut [Work<'_>]) {
+async fn place_orders(
+    config: &Config,
+    ready: &Ready<'_>,
+    work: &mut [Work<'_>],
+    cluster: Option<&crate::cluster::acme::Ctx>,
+) {
     let account_id = ready.account.id().to_owned();
-    let orders = work
-        .iter_mut()
-        .filter(|w| w.ordering())
-        .map(|w| place_order(config, ready, &account_id, w));
+    let orders = work.iter_mut().filter(|w| w.ordering()).map(|w| {
+        let store = cluster.filter(|_| w.lead.is_some()).map(|c| &c.store);
+        place_order(config, ready, &account_id, w, store)
+    });
     futures_util::future::join_all(orders).await;
 }
 
 /// Places one source's order (when its challenge can be answered) and
 /// records the result.
-async fn place_order(config: &Config, ready: &Ready<'_>, account_id: &str, w: &mut Work<'_>) {
+async fn place_order(
+    config: &Config,
+    ready: &Ready<'_>,
+    account_id: &str,
+    w: &mut Work<'_>,
+    cluster: Option<&crate::cluster::Backend>,
+) {
     let Due::Now(reason) = w.due else { return };
     let source = w.source;
     let dns = match &source.challenge {
@@ -736,6 +908,7 @@ async fn place_order(config: &Config, ready: &Ready<'_>, account_id: &str, w: &m
         profile: ready.profile,
         tokens: ready.tokens,
         dns,
+        cluster,
     };
     let dane = standby::link(config, source);
     let choice = schedule::key_choice(&schedule::KeyFacts {
@@ -904,7 +1077,7 @@ fn fail_all(
     let text = error.to_string();
     let mut logged = false;
     for w in &mut work {
-        if matches!(w.due, Due::Now(_)) || w.resume {
+        if w.held_back.is_none() && (matches!(w.due, Due::Now(_)) || w.resume) {
             let next = w.state.failed(&text, retry_after, now);
             if !logged {
                 tracing::error!("acme: {error}; next attempt after {}", crate::rfc3339(next));
@@ -939,6 +1112,7 @@ fn outcomes(work: Vec<Work<'_>>, now: i64) -> Vec<Outcome> {
                 source: w.source.name.clone(),
                 due: w.due,
                 result: w.result,
+                shared: w.held_back,
             }
         })
         .collect()
@@ -1196,7 +1370,10 @@ pub fn describe(outcome: &Outcome) -> String {
             "acme {name}: a previous order failed; next attempt after {} (--force to try now)",
             crate::rfc3339(until)
         ),
-        (_, Due::Now(reason)) => format!("acme {name}: due ({reason}) but not ordered"),
+        (_, Due::Now(reason)) => match &outcome.shared {
+            Some(why) => format!("acme {name}: due ({reason}); {why}"),
+            None => format!("acme {name}: due ({reason}) but not ordered"),
+        },
     }
 }
 

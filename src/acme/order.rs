@@ -120,6 +120,10 @@ pub struct Context<'a> {
     pub tokens: &'a Tokens,
     /// The provider and propagation check of a dns-01 source.
     pub dns: Option<(&'a Provider, &'a Propagation)>,
+    /// A shared source's order (issue 18): HTTP-01 key authorizations are
+    /// also stored at `http01/TOKEN` on this host's lease, so any host's
+    /// responder can answer.
+    pub cluster: Option<&'a crate::cluster::Backend>,
 }
 
 /// The certificate an `acme` source holds before this order.
@@ -419,6 +423,18 @@ async fn publish(
     ctx: &Context<'_>,
     pending: &[Pending],
 ) -> Result<(), OrderError> {
+    if let (Some(store), Challenge::Http01Listen(_) | Challenge::Http01Webroot(_)) =
+        (ctx.cluster, &source.challenge)
+    {
+        use crate::cluster::SharedStore as _;
+        for p in pending {
+            let key = crate::cluster::acme::token_key(&p.token);
+            // This host answers itself too: a failure here is logged.
+            if let Err(e) = store.put_leased(&key, p.key_authorization.as_bytes()).await {
+                tracing::warn!("http-01: {key}: not shared through the cluster: {e}");
+            }
+        }
+    }
     match &source.challenge {
         Challenge::Http01Listen(_) => {
             let mut tokens = ctx
@@ -446,6 +462,17 @@ async fn publish(
 /// Removes every challenge response (errors are logged: the order's
 /// outcome matters more).
 async fn unpublish(source: &AcmeSource, ctx: &Context<'_>, pending: &[Pending]) {
+    if let (Some(store), Challenge::Http01Listen(_) | Challenge::Http01Webroot(_)) =
+        (ctx.cluster, &source.challenge)
+    {
+        use crate::cluster::SharedStore as _;
+        for p in pending {
+            let key = crate::cluster::acme::token_key(&p.token);
+            if let Err(e) = store.delete(&key).await {
+                tracing::warn!("http-01: {key}: {e}");
+            }
+        }
+    }
     match &source.challenge {
         Challenge::Http01Listen(_) => {
             if let Ok(mut tokens) = ctx.tokens.lock() {

@@ -29,10 +29,12 @@
 
 use std::future::Future;
 
+pub mod acme;
 #[cfg(feature = "etcd")]
 pub mod etcd;
 pub mod memory;
 pub mod seal;
+pub mod shared;
 
 /// The store a configuration names, built once per process.
 #[derive(Debug, Clone)]
