@@ -26,13 +26,13 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch as channel};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::acme::http01;
+use crate::cluster::acme::Ctx;
 use crate::cluster::{Backend, Event, Health, SharedStore as _, Stored};
 use crate::config::{Challenge, Cluster, Config};
 
@@ -235,24 +235,19 @@ pub fn responder_addrs(config: &Config, view: &View, host: &str) -> BTreeSet<Soc
         .collect()
 }
 
-/// What other tasks get from the cluster task: the connected backend
-/// (`None` while not connected) and the count of refused fenced writes.
+/// What the ACME task gets from the cluster task: the shared order path's
+/// context (store, seal key, host id, fenced-write count) while connected
+/// with a usable seal key; `None` otherwise, and shared sources are then
+/// not ordered (what is installed stays).
 #[derive(Debug, Clone)]
 pub struct ClusterHandle {
-    backend: channel::Receiver<Option<Backend>>,
-    fenced: Arc<AtomicU64>,
+    ctx: channel::Receiver<Option<Arc<Ctx>>>,
 }
 
 impl ClusterHandle {
-    /// The backend, while connected.
-    pub fn backend(&self) -> Option<Backend> {
-        self.backend.borrow().clone()
-    }
-
-    /// A fenced write was refused (a paused former leader's): counted in
-    /// `Health.fenced_writes` and `mxkeys_cluster_fenced_writes_total`.
-    pub fn fenced_write(&self) {
-        self.fenced.fetch_add(1, Ordering::Relaxed);
+    /// The context, while connected.
+    pub fn ctx(&self) -> Option<Arc<Ctx>> {
+        self.ctx.borrow().clone()
     }
 }
 
@@ -270,13 +265,13 @@ pub struct ClusterTask {
     pub metrics: Arc<Metrics>,
     pub requests: mpsc::UnboundedSender<&'static str>,
     pub stop: channel::Receiver<bool>,
-    backend_tx: channel::Sender<Option<Backend>>,
-    fenced: Arc<AtomicU64>,
+    ctx_tx: channel::Sender<Option<Arc<Ctx>>>,
+    /// The context handed out while connected (its fenced-write count).
+    ctx: Option<Arc<Ctx>>,
     health: Health,
     view: View,
     tokens: http01::Tokens,
     responders: BTreeMap<SocketAddr, http01::Responder>,
-    seal: Option<crate::cluster::seal::SealKey>,
 }
 
 impl ClusterTask {
@@ -286,24 +281,19 @@ impl ClusterTask {
         requests: mpsc::UnboundedSender<&'static str>,
         stop: channel::Receiver<bool>,
     ) -> (ClusterTask, ClusterHandle) {
-        let (backend_tx, backend) = channel::channel(None);
-        let fenced = Arc::new(AtomicU64::new(0));
-        let handle = ClusterHandle {
-            backend,
-            fenced: fenced.clone(),
-        };
+        let (ctx_tx, ctx) = channel::channel(None);
+        let handle = ClusterHandle { ctx };
         let task = ClusterTask {
             config,
             metrics,
             requests,
             stop,
-            backend_tx,
-            fenced,
+            ctx_tx,
+            ctx: None,
             health: Health::default(),
             view: View::default(),
             tokens: http01::Tokens::default(),
             responders: BTreeMap::new(),
-            seal: None,
         };
         (task, handle)
     }
@@ -326,13 +316,19 @@ impl ClusterTask {
                 Ended::Stop => break,
                 Ended::Reconfigured => {
                     tracing::info!("[cluster] changed: connecting again");
-                    let _ = self.backend_tx.send(None);
-                    self.responders.clear();
+                    self.disconnect();
                 }
             }
         }
-        let _ = self.backend_tx.send(None);
+        self.disconnect();
+    }
+
+    /// Hands no context out any more; the responders stop.
+    fn disconnect(&mut self) {
+        let _ = self.ctx_tx.send(None);
+        self.ctx = None;
         self.responders.clear();
+        self.view = View::default();
     }
 
     fn host(&self) -> String {
@@ -355,10 +351,12 @@ impl ClusterTask {
             ));
             return self.idle(config, cluster).await;
         };
-        self.seal = match crate::cluster::seal::SealKey::load(&cluster.shared_key_file) {
+        let mut seal = match crate::cluster::seal::SealKey::load(&cluster.shared_key_file) {
             Ok(k) => Some(k),
             Err(e) => {
-                tracing::error!("cluster: {e}; shared certificates cannot be installed");
+                tracing::error!(
+                    "cluster: {e}; shared certificates are neither ordered nor installed"
+                );
                 self.health.last_error = Some(e.to_string());
                 None
             }
@@ -389,7 +387,11 @@ impl ClusterTask {
             "cluster: connected to {} as {host}",
             cluster.endpoints.join(", ")
         );
-        let _ = self.backend_tx.send(Some(backend.clone()));
+        if let Some(seal) = seal.take() {
+            let ctx = Arc::new(Ctx::new(backend.clone(), seal, host.clone()));
+            self.ctx = Some(ctx.clone());
+            let _ = self.ctx_tx.send(Some(ctx));
+        }
         let probe_every = probe_interval(cluster.lease_ttl);
         let mut events: Option<mpsc::Receiver<Event>> = None;
         let mut next_probe = Instant::now();
@@ -516,14 +518,18 @@ impl ClusterTask {
         }
     }
 
-    /// Installs what `acme/` holds: the shared certificates are written into
-    /// their sources, then the reconcile task installs them.
+    /// Installs what `acme/` holds: the shared certificates better than
+    /// those held are written into their sources
+    /// ([`crate::cluster::acme::mirror`]), then the reconcile task installs
+    /// them through the pipeline.
     async fn mirror(&mut self, backend: &Backend) {
-        let _ = backend;
-        if self.seal.is_none() {
+        let Some(ctx) = &self.ctx else {
             return;
+        };
+        let mirrored = crate::cluster::acme::mirror(&self.config, backend, &ctx.seal).await;
+        if !mirrored.installed.is_empty() {
+            let _ = self.requests.send("shared certificate");
         }
-        let _ = self.requests.send("cluster");
     }
 
     /// The token map and the responders follow the view.
@@ -559,7 +565,7 @@ impl ClusterTask {
     /// Records the outcome of a request: health, file, metrics.
     fn report(&mut self, outcome: Result<(), String>) {
         let mut next = observe(&self.health, outcome, crate::now());
-        next.fenced_writes = self.fenced.load(Ordering::Relaxed);
+        next.fenced_writes = self.fenced();
         if !next.reachable {
             // Nothing is known to be led without the cluster.
             next.leading.clear();
@@ -570,9 +576,17 @@ impl ClusterTask {
         }
     }
 
+    /// Fenced writes refused since start (counted by the shared order
+    /// path in the context).
+    fn fenced(&self) -> u64 {
+        self.ctx
+            .as_ref()
+            .map_or(self.health.fenced_writes, |c| c.fenced())
+    }
+
     /// Writes `state_dir/cluster.json` (atomically) and the metrics.
     fn save(&mut self) {
-        self.health.fenced_writes = self.fenced.load(Ordering::Relaxed);
+        self.health.fenced_writes = self.fenced();
         self.metrics
             .set_cluster(&self.health, &shared_jobs(&self.config));
         if let Err(e) = self

@@ -276,9 +276,8 @@ struct AcmeTask {
     /// When the last ACME pass ran: the renewal timer waits at least
     /// [`crate::acme::schedule::MIN_PASS_INTERVAL`] after it.
     last_renewal: i64,
-    /// The cluster's backend while connected: shared sources order
-    /// through it (none while the cluster is unreachable).
-    #[allow(dead_code)]
+    /// The cluster's context while connected: shared sources order
+    /// through it (without it they are not ordered).
     cluster: cluster::ClusterHandle,
 }
 
@@ -324,12 +323,16 @@ impl AcmeTask {
         }
         self.last_renewal = crate::now();
         let config = self.config.clone();
-        let pass = tasks::off_runtime(
-            &mut self.stop,
-            self.config.daemon.stop_timeout,
-            || async move { crate::acme::renew(&config, false, None).await },
-        )
-        .await;
+        let cluster = self.cluster.ctx();
+        let pass =
+            tasks::off_runtime(
+                &mut self.stop,
+                self.config.daemon.stop_timeout,
+                || async move {
+                    crate::acme::renew_with(&config, false, None, cluster.as_deref()).await
+                },
+            )
+            .await;
         match pass {
             // Each order already logged its outcome.
             Pass::Done(Ok(outcomes)) => {
