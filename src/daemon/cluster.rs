@@ -235,6 +235,19 @@ pub fn responder_addrs(config: &Config, view: &View, host: &str) -> BTreeSet<Soc
         .collect()
 }
 
+/// Whether a shared acme job's lock held by another host is gone (pure):
+/// its leader finished, or died and its lease ended; a host still waiting
+/// for that certificate should look again now, not at its next timer.
+pub fn released_by_others(
+    before: &BTreeMap<String, String>,
+    after: &BTreeMap<String, String>,
+    host: &str,
+) -> bool {
+    before.iter().any(|(job, holder)| {
+        job.starts_with("acme/") && holder != host && after.get(job) != Some(holder)
+    })
+}
+
 /// What the ACME task gets from the cluster task: the shared order path's
 /// context (store, seal key, host id, fenced-write count) while connected
 /// with a usable seal key; `None` otherwise, and shared sources are then
@@ -242,6 +255,9 @@ pub fn responder_addrs(config: &Config, view: &View, host: &str) -> BTreeSet<Soc
 #[derive(Debug, Clone)]
 pub struct ClusterHandle {
     ctx: channel::Receiver<Option<Arc<Ctx>>>,
+    /// Bumped when another host's shared acme job ends
+    /// ([`released_by_others`]).
+    pub released: channel::Receiver<u64>,
 }
 
 impl ClusterHandle {
@@ -266,6 +282,7 @@ pub struct ClusterTask {
     pub requests: mpsc::UnboundedSender<&'static str>,
     pub stop: channel::Receiver<bool>,
     ctx_tx: channel::Sender<Option<Arc<Ctx>>>,
+    released: channel::Sender<u64>,
     /// The context handed out while connected (its fenced-write count).
     ctx: Option<Arc<Ctx>>,
     health: Health,
@@ -282,13 +299,15 @@ impl ClusterTask {
         stop: channel::Receiver<bool>,
     ) -> (ClusterTask, ClusterHandle) {
         let (ctx_tx, ctx) = channel::channel(None);
-        let handle = ClusterHandle { ctx };
+        let (released_tx, released) = channel::channel(0);
+        let handle = ClusterHandle { ctx, released };
         let task = ClusterTask {
             config,
             metrics,
             requests,
             stop,
             ctx_tx,
+            released: released_tx,
             ctx: None,
             health: Health::default(),
             view: View::default(),
@@ -418,8 +437,9 @@ impl ClusterTask {
                 }
                 event = recv(&mut events), if events.is_some() => match event {
                     Some(event) => {
+                        let before = self.view.locks.clone();
                         let changed = self.view.apply(&event);
-                        self.act(&backend, changed).await;
+                        self.act(&backend, changed, &before).await;
                     }
                     None => {
                         tracing::warn!("cluster: the watch ended; listing and watching again");
@@ -490,8 +510,9 @@ impl ClusterTask {
         match backend.list("").await {
             Ok(listing) => {
                 self.report(Ok(()));
+                let before = self.view.locks.clone();
                 let changed = self.view.relist(&listing);
-                self.act(backend, changed).await;
+                self.act(backend, changed, &before).await;
             }
             Err(e) => {
                 if self.health.reachable || self.health.since == 0 {
@@ -505,10 +526,21 @@ impl ClusterTask {
     }
 
     /// Does what a change asks for: mirror and reconcile, the responders,
-    /// the leading jobs.
-    async fn act(&mut self, backend: &Backend, changed: Changed) {
+    /// the leading jobs, and an ACME pass when another host's shared job
+    /// was given up or lost (`before`: the locks before the change).
+    async fn act(
+        &mut self,
+        backend: &Backend,
+        changed: Changed,
+        before: &BTreeMap<String, String>,
+    ) {
         if changed.acme {
             self.mirror(backend).await;
+        }
+        if changed.locks && released_by_others(before, &self.view.locks, &self.host()) {
+            // The ACME task's pass mirrors first, so a certificate the
+            // leader stored is taken, not ordered again.
+            self.released.send_modify(|n| *n += 1);
         }
         if changed.tokens || changed.locks {
             self.answer_tokens().await;
@@ -733,6 +765,52 @@ mod tests {
         );
         assert_eq!(view.leading("b"), ["acme/mx"]);
         assert_eq!(view.revision, 8);
+    }
+
+    #[test]
+    fn another_hosts_acme_job_ending_is_a_release_and_ones_own_or_dkims_is_not() {
+        let locks = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(j, h)| ((*j).to_owned(), (*h).to_owned()))
+                .collect()
+        };
+        // (what, before, after, released for host a)
+        for (what, before, after, released) in [
+            (
+                "b's lock gone",
+                locks(&[("acme/mx", "b")]),
+                locks(&[]),
+                true,
+            ),
+            (
+                "b's lock taken by c",
+                locks(&[("acme/mx", "b")]),
+                locks(&[("acme/mx", "c")]),
+                true,
+            ),
+            (
+                "a's own lock gone",
+                locks(&[("acme/mx", "a")]),
+                locks(&[]),
+                false,
+            ),
+            (
+                "dkim's lock gone",
+                locks(&[("dkim", "b")]),
+                locks(&[]),
+                false,
+            ),
+            (
+                "b's lock still there",
+                locks(&[("acme/mx", "b")]),
+                locks(&[("acme/mx", "b")]),
+                false,
+            ),
+            ("a new lock", locks(&[]), locks(&[("acme/mx", "b")]), false),
+        ] {
+            assert_eq!(released_by_others(&before, &after, "a"), released, "{what}");
+        }
     }
 
     #[test]

@@ -300,6 +300,12 @@ impl AcmeTask {
                     self.config = config.borrow_and_update().clone();
                     next_renewal = self.next_renewal();
                 }
+                // Another host's shared order ended (done, or its leader
+                // died): take its certificate, or order if still due.
+                Ok(()) = self.cluster.released.changed() => {
+                    self.cluster.released.borrow_and_update();
+                    next_renewal = Some(Instant::now());
+                }
                 _ = sleep_until(next_renewal.unwrap_or_else(Instant::now)), if next_renewal.is_some() => {
                     let issued = self.renew().await;
                     if *self.stop.borrow() {

@@ -12,6 +12,7 @@
 
 mod acme;
 mod adopt_host;
+mod cluster;
 mod config;
 mod container_env;
 mod crash;
