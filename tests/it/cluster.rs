@@ -201,8 +201,10 @@ const LOCK: &str = "/mxkeys-test/lock/acme/shared";
 const STORED: &str = "/mxkeys-test/acme/shared";
 
 /// How long a shared certificate may take to reach every host (an order
-/// through DNS-01, a lease expiry, a mirror, a reload).
-const SPREAD: std::time::Duration = std::time::Duration::from_secs(90);
+/// through DNS-01, a lease expiry, a mirror, a reload): less than the
+/// ACME task's 60 s between passes, so it is the cluster task (watch,
+/// mirror, reconcile) that spreads it, not a follower's next timer.
+const SPREAD: std::time::Duration = std::time::Duration::from_secs(45);
 
 /// One MX host: its state, its Postfix (started on a bootstrap
 /// certificate), its daemon.
@@ -454,9 +456,19 @@ fn a_leader_killed_mid_order_is_replaced_after_its_lease_with_at_most_one_more_o
         "at most one extra order after the kill\n{}",
         three.context()
     );
-    // The killed host's lock went with its lease; another host held it.
+    // The killed host's lock went with its lease; another host ordered
+    // and stored what every survivor serves.
     assert_ne!(three.leader(), Some(leader), "{}", three.context());
     assert_ne!(leaf, three.boot.der);
+    let stored: Value = serde_json::from_slice(&three.etcd.get(STORED).expect("stored"))
+        .expect("a shared certificate");
+    assert_ne!(
+        stored["host"].as_str(),
+        Some(three.hosts[leader].id.as_str()),
+        "the killed leader had already stored its certificate: the kill came too late\n{}",
+        three.context()
+    );
+    assert_eq!(three.orders(), 2, "{}", three.context());
 }
 
 #[test]
@@ -494,12 +506,13 @@ fn a_leader_paused_past_its_lease_cannot_write_when_it_resumes() {
         .signal(nix::sys::signal::Signal::SIGCONT);
     // The resumed leader's write is refused: its log says fenced, and the
     // stored value is the successor's.
-    poll(
+    let fenced = poll(
         "the resumed leader to log a fenced write",
         SPREAD,
         || {
             let d = three.hosts[leader].daemon.as_ref()?;
-            (!d.stderr_lines_with("fenced").is_empty()).then_some(())
+            let lines = d.stderr_lines_with("fenced");
+            (!lines.is_empty()).then_some(lines)
         },
         || three.context(),
     );
@@ -508,6 +521,20 @@ fn a_leader_paused_past_its_lease_cannot_write_when_it_resumes() {
         Some(stored),
         "the stored value changed after the resume\n{}",
         three.context()
+    );
+    assert!(
+        fenced.iter().any(|l| l.contains("acme/shared")),
+        "{fenced:?}"
+    );
+    // Its status counts the refused write.
+    poll(
+        "the resumed leader's status to count a fenced write",
+        SPREAD,
+        || {
+            let c = cluster_status(&three.hosts[leader].env);
+            (c["health"]["fenced_writes"].as_u64() >= Some(1)).then_some(())
+        },
+        || three.context(),
     );
     // And it ends up serving the shared certificate too.
     let all = three.wait_same_leaf(&[0, 1, 2]);
