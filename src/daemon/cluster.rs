@@ -767,6 +767,76 @@ mod tests {
         assert_eq!(view.revision, 8);
     }
 
+    /// Two shared http-01 sources, one shared dns-01, one not shared.
+    fn http_config() -> Config {
+        let host = crate::config::Host {
+            cwd: std::path::PathBuf::from("/srv"),
+            hostname: crate::names::DnsName::parse("mx1.example.test").ok(),
+        };
+        let source = |name: &str, extra: &str| {
+            format!(
+                "[[source]]\ntype = \"acme\"\nname = \"{name}\"\ndomains = [\"{name}.example.test\"]\n{extra}\n"
+            )
+        };
+        let text = format!(
+            "state_dir = \"/var/lib/mxkeys\"\n\
+             [cluster]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:2379\"]\nshared_key_file = \"/etc/mxkeys/shared.key\"\n\
+             [acme]\ndirectory = \"https://acme.example.test/dir\"\nemail = \"a@example.test\"\n\
+             [dns.ns]\ntype = \"manual\"\n\
+             {}{}{}{}",
+            source(
+                "a",
+                "challenge = \"http-01\"\nhttp_listen = \"127.0.0.1:5001\"\nshared = true"
+            ),
+            source(
+                "b",
+                "challenge = \"http-01\"\nhttp_listen = \"127.0.0.1:5002\"\nshared = true"
+            ),
+            source("c", "challenge = \"dns-01\"\ndns = \"ns\"\nshared = true"),
+            source(
+                "d",
+                "challenge = \"http-01\"\nhttp_listen = \"127.0.0.1:5004\""
+            ),
+        );
+        Config::parse(std::path::Path::new("/etc/mxkeys/t.toml"), &text, &host).unwrap()
+    }
+
+    #[test]
+    fn shared_tokens_are_answered_on_each_shared_http01_address_this_host_does_not_lead() {
+        let config = http_config();
+        assert_eq!(shared_jobs(&config), ["acme/a", "acme/b", "acme/c"]);
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        let view = |tokens: bool, locks: &[(&str, &str)]| View {
+            tokens: if tokens {
+                [("t1".to_owned(), "t1.x".to_owned())].into()
+            } else {
+                BTreeMap::new()
+            },
+            locks: locks
+                .iter()
+                .map(|(j, h)| ((*j).to_owned(), (*h).to_owned()))
+                .collect(),
+            ..View::default()
+        };
+        // (what, view, addresses for host mx1)
+        for (what, v, want) in [
+            ("no token: nothing bound", view(false, &[]), vec![]),
+            (
+                "tokens, another host leads a",
+                view(true, &[("acme/a", "mx2")]),
+                vec![addr(5001), addr(5002)],
+            ),
+            (
+                "tokens, this host leads a: its order's responder is there",
+                view(true, &[("acme/a", "mx1")]),
+                vec![addr(5002)],
+            ),
+        ] {
+            let got: Vec<SocketAddr> = responder_addrs(&config, &v, "mx1").into_iter().collect();
+            assert_eq!(got, want, "{what}");
+        }
+    }
+
     #[test]
     fn another_hosts_acme_job_ending_is_a_release_and_ones_own_or_dkims_is_not() {
         let locks = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
