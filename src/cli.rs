@@ -698,7 +698,7 @@ fn cluster_ctx(
     match runtime.block_on(crate::cluster::acme::Ctx::connect(config)) {
         Ok(ctx) => ctx,
         Err(e) => {
-            tracing::error!("{e}; shared certificates are not ordered this time");
+            tracing::error!("{e}; shared certificates wait, everything installed stays");
             None
         }
     }

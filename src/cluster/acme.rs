@@ -338,3 +338,181 @@ pub async fn answer_webroot(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::memory::Memory;
+    use crate::source::testing::{Alg, Ca, Issued};
+
+    const DAY: i64 = 86_400;
+
+    fn config(state: &Path) -> Config {
+        let text = format!(
+            "host_id = \"mx1\"\nstate_dir = {state:?}\n\
+             [acme]\ndirectory = \"https://127.0.0.1:1/dir\"\nemail = \"a@example.test\"\n\
+             [cluster]\nbackend = \"etcd\"\nendpoints = [\"http://127.0.0.1:1\"]\n\
+             shared_key_file = \"/nonexistent/shared.key\"\n\
+             [[source]]\ntype = \"acme\"\nname = \"mail\"\ndomains = [\"mail.example.test\"]\n\
+             challenge = \"http-01\"\nshared = true\n\
+             [[target]]\nname = \"t\"\ndomains = [\"mail.example.test\"]\ncombined = \"/nonexistent/c.pem\"\n",
+            state = state.display().to_string(),
+        );
+        Config::parse(
+            Path::new("/etc/mxkeys/test.toml"),
+            &text,
+            &crate::config::Host::current(),
+        )
+        .unwrap()
+    }
+
+    fn seal() -> SealKey {
+        SealKey::from_bytes(&[7; 32]).unwrap()
+    }
+
+    /// `acme/mail` as a leader would store `issued`, sealed for `name`.
+    fn value(issued: &Issued, name: &str) -> Vec<u8> {
+        let bundle = issued.bundle();
+        serde_json::to_vec(&SharedCert {
+            chain_pem: bundle.fullchain_pem(),
+            key_sealed: seal().seal(name, bundle.key.to_pem().as_bytes()).unwrap(),
+            host: "mx2".into(),
+            not_after: 0,
+            stored_at: crate::now(),
+        })
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn mirror_installs_only_a_usable_stored_certificate_and_names_the_key_of_a_bad_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = config(dir.path());
+        let bundle = dir.path().join("acme/mail/bundle.pem");
+        let now = crate::now();
+        let ca = Ca::new();
+        let good = ca.issue(
+            &["mail.example.test"],
+            Alg::Ecdsa,
+            now - DAY,
+            now + 60 * DAY,
+        );
+        let other = ca.issue(
+            &["mail.example.test"],
+            Alg::Ecdsa,
+            now - DAY,
+            now + 60 * DAY,
+        );
+        let elsewhere = ca.issue(&["www.example.test"], Alg::Ecdsa, now - DAY, now + 60 * DAY);
+        let expired = ca.issue(
+            &["mail.example.test"],
+            Alg::Ecdsa,
+            now - 90 * DAY,
+            now - DAY,
+        );
+        let store = Memory::new("mx1");
+        // (stored value, what the one problem line says)
+        let bad: [(Vec<u8>, &str); 5] = [
+            (
+                b"{not json".to_vec(),
+                "cluster value acme/mail: not a shared certificate",
+            ),
+            (
+                value(&good, "acme/other"),
+                "cluster value acme/mail: sealed value for acme/mail: does not open",
+            ),
+            (
+                value(&good.with_key_of(&other), "acme/mail"),
+                "its key does not match its chain",
+            ),
+            (
+                value(&elsewhere, "acme/mail"),
+                "it does not cover mail.example.test",
+            ),
+            (value(&expired, "acme/mail"), "it expired"),
+        ];
+        for (i, (stored, want)) in bad.into_iter().enumerate() {
+            store.put_leased("acme/mail", &stored).await.unwrap();
+            let m = mirror(&config, &store, &seal()).await;
+            assert!(m.installed.is_empty(), "row {i}: {m:?}");
+            assert_eq!(m.problems.len(), 1, "row {i}: {m:?}");
+            assert!(m.problems[0].contains(want), "row {i}: {m:?}");
+            assert!(!m.problems[0].contains("PRIVATE"), "row {i}: {m:?}");
+            assert!(!bundle.exists(), "row {i}: installed");
+        }
+        store
+            .put_leased("acme/mail", &value(&good, "acme/mail"))
+            .await
+            .unwrap();
+        let m = mirror(&config, &store, &seal()).await;
+        assert_eq!(m.installed.len(), 1, "{m:?}");
+        assert!(m.problems.is_empty(), "{m:?}");
+        let (certs, _) = read_bundle(&bundle).unwrap();
+        assert_eq!(certs, good.certs);
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&bundle).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        // The same again: nothing to do. An unusable one later: the good
+        // one stays.
+        assert_eq!(mirror(&config, &store, &seal()).await, Mirrored::default());
+        store
+            .put_leased("acme/mail", &value(&expired, "acme/mail"))
+            .await
+            .unwrap();
+        assert_eq!(mirror(&config, &store, &seal()).await.problems.len(), 1);
+        assert_eq!(read_bundle(&bundle).unwrap().0, good.certs);
+        // The cluster unreachable: one line, the bundle stays.
+        store.set_available(false);
+        let m = mirror(&config, &store, &seal()).await;
+        assert_eq!(m.problems.len(), 1, "{m:?}");
+        assert!(m.problems[0].contains("cluster unavailable"), "{m:?}");
+        assert_eq!(read_bundle(&bundle).unwrap().0, good.certs);
+    }
+
+    /// Waits (bounded) until `done` holds.
+    async fn until(mut done: impl FnMut() -> bool) -> bool {
+        for _ in 0..100 {
+            if done() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        done()
+    }
+
+    #[tokio::test]
+    async fn a_follower_answers_the_leaders_tokens_from_its_map_and_its_webroot_until_they_go() {
+        let leader = Memory::new("mx1");
+        let follower = leader.session("mx2");
+        leader
+            .put_leased(&token_key("early"), b"early.ka")
+            .await
+            .unwrap();
+        let tokens: http01::Tokens = std::sync::Arc::default();
+        let webroot = tempfile::tempdir().unwrap();
+        let file = |t: &str| webroot.path().join(".well-known/acme-challenge").join(t);
+        let (f1, f2, t1, root) = (
+            follower.clone(),
+            follower.clone(),
+            tokens.clone(),
+            webroot.path().to_owned(),
+        );
+        let map_task = tokio::spawn(async move { answer_tokens(&f1, &t1).await });
+        let root_task = tokio::spawn(async move { answer_webroot(&f2, &root).await });
+        let has = |t: &str| tokens.lock().unwrap().get(t).cloned();
+        assert!(until(|| has("early").as_deref() == Some("early.ka")).await);
+        assert!(until(|| file("early").exists()).await);
+        leader
+            .put_leased(&token_key("tok-2"), b"tok-2.ka")
+            .await
+            .unwrap();
+        assert!(until(|| has("tok-2").as_deref() == Some("tok-2.ka")).await);
+        assert!(until(|| std::fs::read(file("tok-2")).is_ok_and(|b| b == b"tok-2.ka")).await);
+        // The order ends: deleted. The leader dies: its lease takes the rest.
+        leader.delete(&token_key("tok-2")).await.unwrap();
+        assert!(until(|| has("tok-2").is_none() && !file("tok-2").exists()).await);
+        leader.expire();
+        assert!(until(|| tokens.lock().unwrap().is_empty() && !file("early").exists()).await);
+        map_task.abort();
+        root_task.abort();
+    }
+}

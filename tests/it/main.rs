@@ -13,6 +13,7 @@
 mod acme;
 mod adopt_host;
 mod cluster;
+mod cluster_acme;
 mod cluster_store;
 mod config;
 mod container_env;
