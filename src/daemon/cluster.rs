@@ -217,17 +217,21 @@ pub fn shared_jobs(config: &Config) -> Vec<String> {
     jobs
 }
 
-/// Where this host answers shared HTTP-01 tokens now (pure): while any
-/// token exists, the `http_listen` of each shared http-01 source whose job
-/// this host does not lead (the leader's order runs its own responder).
+/// Where this host answers shared HTTP-01 tokens now (pure): the
+/// `http_listen` of each shared http-01 source whose job another host
+/// leads (bound as soon as its lock appears, before its order publishes a
+/// token, so the CA never comes early), or of every shared http-01 source
+/// this host does not lead while any token exists. Never where this host
+/// leads: its order runs its own responder there.
 pub fn responder_addrs(config: &Config, view: &View, host: &str) -> BTreeSet<SocketAddr> {
-    if view.tokens.is_empty() {
-        return BTreeSet::new();
-    }
-    let leading = view.leading(host);
+    let tokens = !view.tokens.is_empty();
     config
         .acme_sources()
-        .filter(|s| s.shared && !leading.contains(&acme_job(&s.name)))
+        .filter(|s| s.shared)
+        .filter(|s| match view.locks.get(&acme_job(&s.name)) {
+            Some(holder) => holder != host,
+            None => tokens,
+        })
         .filter_map(|s| match s.challenge {
             Challenge::Http01Listen(addr) => Some(addr),
             _ => None,
@@ -542,7 +546,12 @@ impl ClusterTask {
             // leader stored is taken, not ordered again.
             self.released.send_modify(|n| *n += 1);
         }
-        if changed.tokens || changed.locks {
+        let unbound = || {
+            responder_addrs(&self.config, &self.view, &self.host())
+                .iter()
+                .any(|a| !self.responders.contains_key(a))
+        };
+        if changed.tokens || changed.locks || unbound() {
             self.answer_tokens().await;
         }
         if changed.locks {
@@ -564,11 +573,14 @@ impl ClusterTask {
         }
     }
 
-    /// The token map and the responders follow the view.
+    /// The token map, the responders and the shared webroots follow the
+    /// view.
     async fn answer_tokens(&mut self) {
-        if let Ok(mut t) = self.tokens.lock() {
-            *t = self.view.tokens.clone().into_iter().collect();
-        }
+        let before = match self.tokens.lock() {
+            Ok(mut t) => std::mem::replace(&mut *t, self.view.tokens.clone().into_iter().collect()),
+            Err(_) => Default::default(),
+        };
+        self.answer_webroots(&before);
         let want = responder_addrs(&self.config, &self.view, &self.host());
         self.responders.retain(|addr, _| want.contains(addr));
         for addr in want {
@@ -583,6 +595,40 @@ impl ClusterTask {
                 // Tried again at the next change or probe.
                 Err(e) => tracing::warn!("cluster: {e}"),
             }
+        }
+    }
+
+    /// Token files in each shared http-01 webroot this host does not lead
+    /// (the leader's order writes and removes its own): new tokens
+    /// written, gone ones removed.
+    fn answer_webroots(&self, before: &std::collections::HashMap<String, String>) {
+        let host = self.host();
+        for s in self.config.acme_sources().filter(|s| s.shared) {
+            let Challenge::Http01Webroot(root) = &s.challenge else {
+                continue;
+            };
+            if self.view.locks.get(&acme_job(&s.name)) == Some(&host) {
+                continue;
+            }
+            let new: Vec<(String, String)> = self
+                .view
+                .tokens
+                .iter()
+                .filter(|(t, ka)| before.get(*t) != Some(*ka))
+                .map(|(t, ka)| (t.clone(), ka.clone()))
+                .collect();
+            if !new.is_empty()
+                && let Err(e) = http01::write_webroot_tokens(root, &new)
+            {
+                tracing::warn!("cluster: {e}");
+            }
+            http01::remove_webroot_tokens(
+                root,
+                before
+                    .keys()
+                    .filter(|t| !self.view.tokens.contains_key(*t))
+                    .map(String::as_str),
+            );
         }
     }
 
@@ -820,7 +866,16 @@ mod tests {
         };
         // (what, view, addresses for host mx1)
         for (what, v, want) in [
-            ("no token: nothing bound", view(false, &[]), vec![]),
+            (
+                "no token, no order: nothing bound",
+                view(false, &[]),
+                vec![],
+            ),
+            (
+                "no token yet, another host's order of b under way",
+                view(false, &[("acme/b", "mx2")]),
+                vec![addr(5002)],
+            ),
             (
                 "tokens, another host leads a",
                 view(true, &[("acme/a", "mx2")]),

@@ -274,6 +274,11 @@ impl Three {
     /// Host `i`'s configuration: `[cluster]`, pebble, BIND with TSIG, one
     /// shared dns-01 source for MAIL, Postfix's combined file as target.
     fn write_config(&self, i: usize) {
+        self.write_config_with(i, "challenge = \"dns-01\"\ndns = \"bind\"");
+    }
+
+    /// The same with `challenge` (the source's challenge lines).
+    fn write_config_with(&self, i: usize, challenge: &str) {
         let h = &self.hosts[i];
         let reload = h.pf.reload_argv();
         let text = format!(
@@ -285,7 +290,7 @@ impl Three {
              tsig_name = \"{key_name}\"\ntsig_secret_file = {tsig}\nnameservers = [\"{dns}\"]\n\
              propagation_interval = \"200ms\"\npropagation_timeout = \"30s\"\n\n\
              [[source]]\ntype = \"acme\"\nname = \"shared\"\ndomains = [\"{MAIL}\"]\n\
-             challenge = \"dns-01\"\ndns = \"bind\"\nshared = true\n\n\
+             {challenge}\nshared = true\n\n\
              [[target]]\nname = \"postfix\"\ndomains = [\"{MAIL}\"]\ncombined = {chain}\n\
              reload = [{reload}]\n",
             header = h.env.header(),
@@ -580,4 +585,77 @@ fn stopping_a_majority_of_etcd_members_changes_nothing_any_host_installed_or_ser
     for i in 0..3 {
         assert_eq!(three.served(i).as_ref(), Ok(&leaf), "{}", three.hosts[i].id);
     }
+}
+
+/// HTTP-01 behind one address: the CA reaches only mx1's `http_listen`,
+/// while mx2 leads the order. The test holds the job's lock first, in
+/// mx1's name, so mx1 never takes the job (its own lock going away asks it
+/// for nothing) and mx2, told that another host's job ended, does.
+#[test]
+fn a_follower_answers_the_leaders_http01_tokens_where_the_ca_connects() {
+    let Some(mut three) =
+        Three::start("cluster::a_follower_answers_the_leaders_http01_tokens_where_the_ca_connects")
+    else {
+        return;
+    };
+    let reached = format!("127.0.0.1:{}", three.pebble.http_port);
+    let elsewhere = format!("127.0.0.1:{}", free_port());
+    three.write_config_with(
+        0,
+        &format!("challenge = \"http-01\"\nhttp_listen = {}", q(&reached)),
+    );
+    three.write_config_with(
+        1,
+        &format!("challenge = \"http-01\"\nhttp_listen = {}", q(&elsewhere)),
+    );
+    // The lock, held by the test in mx1's name on a lease of its own.
+    let grant = three.etcd.etcdctl(&["lease", "grant", "120"]).unwrap();
+    let grant = String::from_utf8_lossy(&grant.stdout).to_string();
+    let lease = grant
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_else(|| panic!("no lease id in {grant:?}"))
+        .to_owned();
+    let put = three
+        .etcd
+        .etcdctl(&["put", &format!("--lease={lease}"), LOCK, "mx1"])
+        .unwrap();
+    assert!(put.status.success(), "{put:?}");
+    three.start_daemon(0);
+    three.start_daemon(1);
+    for i in [0, 1] {
+        poll(
+            "both hosts to hold back the shared order",
+            SPREAD,
+            || {
+                let d = three.hosts[i].daemon.as_ref()?;
+                (!d.stderr_lines_with("shared: mx1 orders it").is_empty()).then_some(())
+            },
+            || three.context(),
+        );
+    }
+    assert_eq!(three.orders(), 0, "{}", three.context());
+    let del = three.etcd.etcdctl(&["del", LOCK]).unwrap();
+    assert!(del.status.success(), "{del:?}");
+
+    let leaf = three.wait_same_leaf(&[0, 1]);
+    assert_ne!(leaf, three.boot.der);
+    assert_eq!(three.orders(), 1, "{}", three.context());
+    let stored: Value = serde_json::from_slice(&three.etcd.get(STORED).expect("stored"))
+        .expect("a shared certificate");
+    assert_eq!(stored["host"], "mx2", "mx2 ordered\n{}", three.context());
+    // pebble validated over HTTP, at mx1's address, which only mx1's
+    // cluster task served.
+    assert!(
+        three.pebble_log().contains("validate w/ HTTP"),
+        "{}",
+        three.context()
+    );
+    let mx1 = three.hosts[0].daemon.as_ref().expect("running");
+    assert!(
+        !mx1.stderr_lines_with(&format!("answering shared http-01 tokens on {reached}"))
+            .is_empty(),
+        "{}",
+        three.context()
+    );
 }
