@@ -133,8 +133,15 @@ pub(crate) async fn mirror_source(
         installed: None,
     };
     let bad = |reason: String| format!("cluster value {key}: {reason}");
-    let value: SharedCert = serde_json::from_slice(&stored.value)
-        .map_err(|e| bad(format!("not a shared certificate ({e})")))?;
+    // serde's message may quote the value: only where it broke.
+    let value: SharedCert = serde_json::from_slice(&stored.value).map_err(|e| {
+        bad(format!(
+            "not a shared certificate (JSON {:?} error at line {} column {})",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
+    })?;
     let plain = seal
         .open(&key, &value.key_sealed)
         .map_err(|e| bad(e.to_string()))?;
@@ -411,10 +418,14 @@ mod tests {
         );
         let store = Memory::new("mx1");
         // (stored value, what the one problem line says)
-        let bad: [(Vec<u8>, &str); 5] = [
+        let bad: [(Vec<u8>, &str); 6] = [
             (
                 b"{not json".to_vec(),
                 "cluster value acme/mail: not a shared certificate",
+            ),
+            (
+                br#"{"chain_pem": "", "key_sealed": "", "host": "", "not_after": "SECRET", "stored_at": 0}"#.to_vec(),
+                "not a shared certificate (JSON Data error at line 1",
             ),
             (
                 value(&good, "acme/other"),
@@ -437,6 +448,7 @@ mod tests {
             assert_eq!(m.problems.len(), 1, "row {i}: {m:?}");
             assert!(m.problems[0].contains(want), "row {i}: {m:?}");
             assert!(!m.problems[0].contains("PRIVATE"), "row {i}: {m:?}");
+            assert!(!m.problems[0].contains("SECRET"), "row {i}: {m:?}");
             assert!(!bundle.exists(), "row {i}: installed");
         }
         store

@@ -88,6 +88,9 @@ impl Etcd {
             .with_require_leader(true);
         if let Some(tls) = &cluster.tls {
             options = options.with_tls(tls_options(tls)?);
+        } else if cluster.endpoints.iter().any(|e| e.starts_with("https://")) {
+            // No CA named: the system's roots.
+            options = options.with_tls(TlsOptions::new().with_native_roots());
         }
         if let Some((user, secret)) = &cluster.credentials {
             let password = secret
@@ -369,8 +372,12 @@ fn tls_options(tls: &ClusterTls) -> Result<TlsOptions, ClusterError> {
         })
     };
     let mut options = TlsOptions::new();
-    if let Some(ca) = &tls.ca_file {
-        options = options.ca_certificate(Certificate::from_pem(read(ca)?.as_slice()));
+    match &tls.ca_file {
+        Some(ca) => {
+            options = options.ca_certificate(Certificate::from_pem(read(ca)?.as_slice()));
+        }
+        // A client certificate without `ca_file`: the system's roots.
+        None => options = options.with_native_roots(),
     }
     if let Some((cert, key)) = &tls.client {
         let cert = read(cert)?;
