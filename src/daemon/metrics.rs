@@ -1043,6 +1043,49 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_series_say_up_which_shared_job_this_host_leads_and_the_fenced_writes() {
+        let m = Metrics::default();
+        assert!(
+            lines_with(&m.render(), "mxkeys_cluster_").is_empty(),
+            "no cluster series without [cluster]"
+        );
+        let jobs = ["acme/a".to_owned(), "acme/b".to_owned(), "dkim".to_owned()];
+        let health = crate::cluster::Health {
+            reachable: true,
+            since: 1,
+            last_error: None,
+            leading: vec!["acme/b".to_owned()],
+            fenced_writes: 3,
+        };
+        m.set_cluster(&health, &jobs);
+        assert_eq!(
+            lines_with(&m.render(), "mxkeys_cluster_"),
+            [
+                "mxkeys_cluster_up 1",
+                "mxkeys_cluster_leader{job=\"acme/a\"} 0",
+                "mxkeys_cluster_leader{job=\"acme/b\"} 1",
+                "mxkeys_cluster_leader{job=\"dkim\"} 0",
+                "mxkeys_cluster_fenced_writes_total 3",
+            ]
+        );
+        let lost = crate::cluster::Health {
+            reachable: false,
+            leading: Vec::new(),
+            ..health
+        };
+        m.set_cluster(&lost, &jobs);
+        let text = m.render();
+        assert_eq!(
+            lines_with(&text, "mxkeys_cluster_up "),
+            ["mxkeys_cluster_up 0"]
+        );
+        assert_eq!(
+            lines_with(&text, "mxkeys_cluster_leader{job=\"acme/b\"}"),
+            ["mxkeys_cluster_leader{job=\"acme/b\"} 0"]
+        );
+    }
+
+    #[test]
     fn the_mta_sts_series_say_per_domain_whether_it_is_in_step_refused_and_its_max_age() {
         use crate::mta_sts::order::Step;
         use crate::mta_sts::pass::{DomainOutcome, MtaStsPass};
