@@ -102,7 +102,7 @@ impl Etcd {
                 .with_user(user.clone(), password.as_str())
                 .with_auto_token_refresh(true);
         }
-        let endpoints = format!("etcd {}", cluster.endpoints.join(","));
+        let endpoints = format!("etcd {}", shown(&cluster.endpoints));
         let client = bounded(&endpoints, || {
             Client::connect(cluster.endpoints.clone(), Some(options.clone()))
         })
@@ -197,6 +197,18 @@ impl Etcd {
             r => r.map_err(|e| finish(&self.where_(), e)),
         }
     }
+}
+
+/// The endpoints as messages name them: without any `user:password@`.
+fn shown(endpoints: &[String]) -> String {
+    endpoints
+        .iter()
+        .map(|e| match (e.find("://"), e.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}{}", &e[..s + 3], &e[at + 1..]),
+            _ => e.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// `op` within [`REQUEST_TIMEOUT`], its error mapped. An attempt that
@@ -620,12 +632,28 @@ impl SharedStore for Etcd {
         prefix: &str,
         after_revision: i64,
     ) -> Result<tokio::sync::mpsc::Receiver<Event>, ClusterError> {
-        let mut options = WatchOptions::new().with_prefix();
-        if after_revision > 0 {
-            options = options.with_start_revision(after_revision + 1);
-        }
         let what = self.where_();
         let key = self.key(prefix);
+        let after = if after_revision > 0 {
+            after_revision
+        } else {
+            // "Now" as the quorum sees it (a linearizable read): a watch
+            // without a start revision starts at the revision of the member
+            // it lands on, which may be behind and replay older writes.
+            let resp = self
+                .call(|mut c| {
+                    let key = key.clone();
+                    async move {
+                        c.get(key, Some(GetOptions::new().with_prefix().with_count_only()))
+                            .await
+                    }
+                })
+                .await?;
+            resp.header().map(|h| h.revision()).unwrap_or(0)
+        };
+        let options = WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(after + 1);
         let mut stream = self
             .call(|mut c| {
                 let (key, options) = (key.clone(), options.clone());
@@ -653,7 +681,14 @@ impl SharedStore for Etcd {
         tokio::spawn(async move {
             // Any error, a cancel (compaction, lost leader) or the
             // receiver going away ends the watch; the caller re-lists.
-            while let Ok(Some(resp)) = stream.message().await {
+            loop {
+                // A dropped receiver ends the watch at once, even when no
+                // event comes.
+                let next = tokio::select! {
+                    _ = tx.closed() => return,
+                    next = stream.message() => next,
+                };
+                let Ok(Some(resp)) = next else { break };
                 if resp.canceled() {
                     break;
                 }
@@ -677,5 +712,19 @@ impl SharedStore for Etcd {
             }
         });
         Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shown;
+
+    #[test]
+    fn messages_name_the_endpoints_without_credentials_in_them() {
+        let eps = [
+            "http://10.0.0.1:2379".to_owned(),
+            "https://u:secret@10.0.0.2:2379".to_owned(),
+        ];
+        assert_eq!(shown(&eps), "http://10.0.0.1:2379,https://10.0.0.2:2379");
     }
 }

@@ -366,11 +366,18 @@ async fn without_a_quorum_calls_fail_as_unavailable_within_bounds_and_work_again
     let config = cluster_config(&etcd, dir.path(), 3);
     let a = connect(&config, "mx1").await;
     let lead = bounded(a.campaign("dkim")).await.unwrap().unwrap();
-    bounded(a.put_fenced(&lead, "dkim/book", b"v1", Expect::Absent))
+    let w = bounded(a.put_fenced(&lead, "dkim/book", b"v1", Expect::Absent))
         .await
         .unwrap();
+    assert!(matches!(w, Written::Stored(_)), "{w:?}");
+    // From now: the write before is not replayed, even if the watch lands
+    // on a member that has not applied it yet.
+    let mut events = bounded(a.watch("dkim/", 0)).await.unwrap();
     etcd.stop_member(1);
     etcd.stop_member(2);
+    // The watch ends: a member without a leader cancels it (etcd-client
+    // asks for a leader), a stopped one breaks it. The caller lists again.
+    assert_eq!(bounded(events.recv()).await, None, "the watch ended");
     let got = bounded(a.get("dkim/book")).await;
     assert!(matches!(got, Err(ClusterError::Unavailable(_))), "{got:?}");
     let msg = got.unwrap_err().to_string();
@@ -489,4 +496,53 @@ async fn with_etcd_authentication_the_password_file_gets_in_and_a_wrong_password
     assert!(matches!(err, ClusterError::Auth(_)), "{err:?}");
     assert!(!msg.contains("not-the-password"), "no secret in: {msg}");
     assert!(!msg.contains('\n'), "one line: {msg}");
+}
+
+/// etcd's count of watchers, summed over the members (their /metrics).
+fn etcd_watchers(etcd: &EtcdCluster) -> u64 {
+    use std::io::{Read, Write};
+    let mut total = 0;
+    for e in etcd.endpoints() {
+        let addr = e.trim_start_matches("http://");
+        let mut s = std::net::TcpStream::connect(addr).expect("etcd metrics");
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+        let mut body = String::new();
+        s.read_to_string(&mut body).unwrap();
+        let line = body
+            .lines()
+            .find(|l| l.starts_with("etcd_debugging_mvcc_watcher_total "))
+            .unwrap_or_else(|| panic!("no watcher gauge in {addr}'s metrics"));
+        total += line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap() as u64;
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_watch_receiver_ends_the_watch_in_etcd_even_when_nothing_changes() {
+    let Some((dir, etcd)) =
+        setup("dropping_a_watch_receiver_ends_the_watch_in_etcd_even_when_nothing_changes")
+    else {
+        return;
+    };
+    let config = cluster_config(&etcd, dir.path(), 5);
+    let a = connect(&config, "mx1").await;
+    assert_eq!(etcd_watchers(&etcd), 0);
+    let events = bounded(a.watch("acme/", 0)).await.unwrap();
+    assert_eq!(
+        etcd_watchers(&etcd),
+        1,
+        "the watch exists once watch() returned"
+    );
+    drop(events);
+    common::servers::poll(
+        "etcd to drop the watcher",
+        BOUND,
+        || (etcd_watchers(&etcd) == 0).then_some(()),
+        || format!("watchers: {}", etcd_watchers(&etcd)),
+    );
 }
