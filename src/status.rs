@@ -12,6 +12,10 @@
 //! refusal of `enforce`, recomputed at now from the ledger
 //! (`state_dir/mta-sts.json`) by [`mta_sts_plans`] (pure: no network);
 //! with `[tls_rpt]`, the sessions senders reported, by organization.
+//!
+//! With `[cluster]`, one cluster line from what the daemon's cluster task
+//! last recorded (`state_dir/cluster.json`): reachable or not and since
+//! when, the last error, the jobs this host leads, fenced writes refused.
 
 use serde::Serialize;
 
@@ -31,6 +35,74 @@ pub struct Status {
     pub acme: Vec<AcmeStatus>,
     /// `[mta_sts]` and `[tls_rpt]`, when either is configured.
     pub mta_sts: Option<MtaStsStatus>,
+    /// With `[cluster]`: this host's id and the daemon's last view of the
+    /// cluster (`health` is `null` before the daemon recorded one).
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// The cluster section: who this host is, and the recorded health.
+#[derive(Debug, Serialize)]
+pub struct ClusterStatus {
+    pub host_id: Option<String>,
+    pub health: Option<crate::cluster::Health>,
+    /// Why the record could not be read, when it could not.
+    pub problem: Option<String>,
+}
+
+impl ClusterStatus {
+    /// The section from `state_dir/cluster.json`; `None` without
+    /// `[cluster]`.
+    pub fn gather(config: &Config) -> Option<ClusterStatus> {
+        config.cluster.as_ref()?;
+        let (health, problem) = match config
+            .state_dir
+            .cluster_record::<crate::cluster::Health>()
+            .load()
+        {
+            Ok(h) => (h, None),
+            Err(e) => (None, Some(e.to_string())),
+        };
+        Some(ClusterStatus {
+            host_id: config.host_id.as_ref().map(|h| h.as_str().to_owned()),
+            health,
+            problem,
+        })
+    }
+
+    /// One line (two with a last error), pure.
+    pub fn to_text(&self) -> String {
+        let host = self.host_id.as_deref().unwrap_or("(no host_id)");
+        let Some(h) = &self.health else {
+            return format!(
+                "cluster: host {host}; {}\n",
+                self.problem
+                    .as_deref()
+                    .unwrap_or("no state recorded yet (is mxkeys run running?)")
+            );
+        };
+        let mut out = if h.reachable {
+            format!(
+                "cluster: host {host}; reachable since {}; leads {}; {} fenced writes refused\n",
+                crate::rfc3339(h.since),
+                if h.leading.is_empty() {
+                    "no job".to_owned()
+                } else {
+                    h.leading.join(", ")
+                },
+                h.fenced_writes
+            )
+        } else {
+            format!(
+                "cluster: host {host}; UNREACHABLE since {} (shared orders wait; installed certificates stay); {} fenced writes refused\n",
+                crate::rfc3339(h.since),
+                h.fenced_writes
+            )
+        };
+        if let Some(e) = &h.last_error {
+            out.push_str(&format!("  last error   {e}\n"));
+        }
+        out
+    }
 }
 
 /// The MTA-STS section: every policy domain, and the TLS-RPT totals.
@@ -465,6 +537,7 @@ impl Status {
             daemon,
             acme,
             mta_sts: MtaStsStatus::gather(config, now),
+            cluster: ClusterStatus::gather(config),
         }
     }
 
@@ -564,6 +637,9 @@ impl Status {
         if let Some(m) = &self.mta_sts {
             out.push_str(&m.to_text());
         }
+        if let Some(c) = &self.cluster {
+            out.push_str(&c.to_text());
+        }
         out
     }
 }
@@ -571,6 +647,57 @@ impl Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cluster_line_says_reachable_or_not_since_when_what_is_led_and_the_last_error() {
+        let health = |reachable, leading: &[&str], error: Option<&str>| ClusterStatus {
+            host_id: Some("mx1".to_owned()),
+            health: Some(crate::cluster::Health {
+                reachable,
+                since: 1_700_000_000,
+                last_error: error.map(str::to_owned),
+                leading: leading.iter().map(|j| (*j).to_owned()).collect(),
+                fenced_writes: 2,
+            }),
+            problem: None,
+        };
+        let since = crate::rfc3339(1_700_000_000);
+        // (status, expected text)
+        for (what, status, want) in [
+            (
+                "reachable, leading",
+                health(true, &["acme/mx"], None),
+                format!(
+                    "cluster: host mx1; reachable since {since}; leads acme/mx; 2 fenced writes refused\n"
+                ),
+            ),
+            (
+                "reachable, nothing led, an old error",
+                health(true, &[], Some("cluster unavailable: timeout")),
+                format!(
+                    "cluster: host mx1; reachable since {since}; leads no job; 2 fenced writes refused\n  last error   cluster unavailable: timeout\n"
+                ),
+            ),
+            (
+                "unreachable",
+                health(false, &[], Some("cluster unavailable: no quorum")),
+                format!(
+                    "cluster: host mx1; UNREACHABLE since {since} (shared orders wait; installed certificates stay); 2 fenced writes refused\n  last error   cluster unavailable: no quorum\n"
+                ),
+            ),
+            (
+                "no record yet",
+                ClusterStatus {
+                    host_id: Some("mx1".to_owned()),
+                    health: None,
+                    problem: None,
+                },
+                "cluster: host mx1; no state recorded yet (is mxkeys run running?)\n".to_owned(),
+            ),
+        ] {
+            assert_eq!(status.to_text(), want, "{what}");
+        }
+    }
 
     #[test]
     fn no_next_renewal_is_null_in_json_and_none_in_text() {
@@ -588,6 +715,7 @@ mod tests {
                 last_error: None,
             }],
             mta_sts: None,
+            cluster: None,
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["acme"][0]["next_renewal"], serde_json::Value::Null);

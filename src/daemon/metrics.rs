@@ -71,6 +71,17 @@ struct Inner {
     tls_rpt_dir: Option<std::path::PathBuf>,
     last_success: Option<i64>,
     last_ok: Option<bool>,
+    /// With `[cluster]`: reachable, the shared jobs (and whether this host
+    /// leads each), fenced writes refused.
+    cluster: Option<ClusterFacts>,
+}
+
+/// The cluster as the cluster task last saw it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct ClusterFacts {
+    up: bool,
+    leader: BTreeMap<String, bool>,
+    fenced_writes: u64,
 }
 
 /// One MTA-STS domain as its last plan left it.
@@ -364,6 +375,22 @@ impl Metrics {
         }
     }
 
+    /// The cluster task's health: `jobs` are the shared jobs configured
+    /// (each reported led or not), plus any job the health says is led.
+    pub fn set_cluster(&self, health: &crate::cluster::Health, jobs: &[String]) {
+        let mut leader: BTreeMap<String, bool> = jobs.iter().map(|j| (j.clone(), false)).collect();
+        for job in &health.leading {
+            leader.insert(job.clone(), true);
+        }
+        if let Ok(mut m) = self.inner.lock() {
+            m.cluster = Some(ClusterFacts {
+                up: health.reachable,
+                leader,
+                fenced_writes: health.fenced_writes,
+            });
+        }
+    }
+
     /// Forget target slots that are no longer configured (after SIGHUP):
     /// `names` are slot names (`mail`, or `mail/rsa` and `mail/ecdsa`).
     pub fn retain_targets(&self, names: &[String]) {
@@ -585,6 +612,34 @@ impl Metrics {
             "The max_age of the MTA-STS policy an MTA-STS domain serves now.",
             per_domain(&|f| f.max_age.map(|a| a.to_string())),
         );
+        if let Some(c) = &m.cluster {
+            series(
+                "mxkeys_cluster_up",
+                "gauge",
+                "1 when the last request to the [cluster] reached a quorum, else 0 (shared orders wait; installed certificates stay).",
+                vec![(String::new(), u8::from(c.up).to_string())],
+            );
+            series(
+                "mxkeys_cluster_leader",
+                "gauge",
+                "1 while this host leads a shared job (acme/NAME, dkim), else 0.",
+                c.leader
+                    .iter()
+                    .map(|(j, led)| {
+                        (
+                            format!("{{job=\"{}\"}}", escape(j)),
+                            u8::from(*led).to_string(),
+                        )
+                    })
+                    .collect(),
+            );
+            series(
+                "mxkeys_cluster_fenced_writes_total",
+                "counter",
+                "Writes to the cluster refused by fencing (this host had lost the job's lock, e.g. paused past its lease).",
+                vec![(String::new(), c.fenced_writes.to_string())],
+            );
+        }
         series(
             "mxkeys_source_errors_total",
             "counter",
@@ -985,6 +1040,49 @@ mod tests {
             .filter(|l| l.starts_with(prefix))
             .map(str::to_owned)
             .collect()
+    }
+
+    #[test]
+    fn the_cluster_series_say_up_which_shared_job_this_host_leads_and_the_fenced_writes() {
+        let m = Metrics::default();
+        assert!(
+            lines_with(&m.render(), "mxkeys_cluster_").is_empty(),
+            "no cluster series without [cluster]"
+        );
+        let jobs = ["acme/a".to_owned(), "acme/b".to_owned(), "dkim".to_owned()];
+        let health = crate::cluster::Health {
+            reachable: true,
+            since: 1,
+            last_error: None,
+            leading: vec!["acme/b".to_owned()],
+            fenced_writes: 3,
+        };
+        m.set_cluster(&health, &jobs);
+        assert_eq!(
+            lines_with(&m.render(), "mxkeys_cluster_"),
+            [
+                "mxkeys_cluster_up 1",
+                "mxkeys_cluster_leader{job=\"acme/a\"} 0",
+                "mxkeys_cluster_leader{job=\"acme/b\"} 1",
+                "mxkeys_cluster_leader{job=\"dkim\"} 0",
+                "mxkeys_cluster_fenced_writes_total 3",
+            ]
+        );
+        let lost = crate::cluster::Health {
+            reachable: false,
+            leading: Vec::new(),
+            ..health
+        };
+        m.set_cluster(&lost, &jobs);
+        let text = m.render();
+        assert_eq!(
+            lines_with(&text, "mxkeys_cluster_up "),
+            ["mxkeys_cluster_up 0"]
+        );
+        assert_eq!(
+            lines_with(&text, "mxkeys_cluster_leader{job=\"acme/b\"}"),
+            ["mxkeys_cluster_leader{job=\"acme/b\"} 0"]
+        );
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //! never delays another: the TLS reconcile ([`Reconciler`]: watch,
 //! debounce, resync), the ACME scheduler ([`AcmeTask`]), the DKIM scheduler
 //! ([`DkimTask`]), the DANE pass ([`dane`]), the MTA-STS pass and
-//! responder ([`mta_sts`]), the metrics server and the
-//! watchdog ([`tasks`]); the main
+//! responder ([`mta_sts`]), the cluster task ([`cluster`], with
+//! `[cluster]`), the metrics server and the watchdog ([`tasks`]); the main
 //! task only handles signals. READY=1 is sent after the first reconcile,
 //! before any network work (the ACME and DKIM tasks start after it). An
 //! issued certificate is installed by asking the reconcile task for a
@@ -30,6 +30,7 @@
 //! for up to [`DKIM_STOP_GRACE`] (every DKIM step is saved; a cut one is
 //! redone by the next pass).
 
+pub mod cluster;
 mod dane;
 pub mod metrics;
 pub mod mta_sts;
@@ -166,12 +167,20 @@ impl Daemon {
             stop: stop.clone(),
         };
         let mta_sts = tokio::spawn(mta_sts.run(config.clone(), ready.clone()));
+        let (cluster, cluster_handle) = cluster::ClusterTask::new(
+            self.config.clone(),
+            self.metrics.clone(),
+            requests_tx.clone(),
+            stop.clone(),
+        );
+        let cluster = tokio::spawn(cluster.run(config.clone()));
         let acme = AcmeTask {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             requests: requests_tx,
             stop: stop.clone(),
             last_renewal: i64::MIN / 2,
+            cluster: cluster_handle,
         };
         let acme = tokio::spawn(acme.run(config.clone(), ready.clone()));
         let dkim = DkimTask {
@@ -186,6 +195,7 @@ impl Daemon {
             ("DKIM", dkim.abort_handle()),
             ("DANE", dane.abort_handle()),
             ("MTA-STS", mta_sts.abort_handle()),
+            ("cluster", cluster.abort_handle()),
         ]));
         let mut code = ExitCode::SUCCESS;
         loop {
@@ -211,6 +221,7 @@ impl Daemon {
         let _ = dkim.await;
         let _ = dane.await;
         let _ = mta_sts.await;
+        let _ = cluster.await;
         watchdog.abort();
         code
     }
@@ -265,6 +276,9 @@ struct AcmeTask {
     /// When the last ACME pass ran: the renewal timer waits at least
     /// [`crate::acme::schedule::MIN_PASS_INTERVAL`] after it.
     last_renewal: i64,
+    /// The cluster's context while connected: shared sources order
+    /// through it (without it they are not ordered).
+    cluster: cluster::ClusterHandle,
 }
 
 impl AcmeTask {
@@ -285,6 +299,12 @@ impl AcmeTask {
                 Ok(()) = config.changed() => {
                     self.config = config.borrow_and_update().clone();
                     next_renewal = self.next_renewal();
+                }
+                // Another host's shared order ended (done, or its leader
+                // died): take its certificate, or order if still due.
+                Ok(()) = self.cluster.released.changed() => {
+                    self.cluster.released.borrow_and_update();
+                    next_renewal = Some(Instant::now());
                 }
                 _ = sleep_until(next_renewal.unwrap_or_else(Instant::now)), if next_renewal.is_some() => {
                     let issued = self.renew().await;
@@ -309,12 +329,16 @@ impl AcmeTask {
         }
         self.last_renewal = crate::now();
         let config = self.config.clone();
-        let pass = tasks::off_runtime(
-            &mut self.stop,
-            self.config.daemon.stop_timeout,
-            || async move { crate::acme::renew(&config, false, None).await },
-        )
-        .await;
+        let cluster = self.cluster.ctx();
+        let pass =
+            tasks::off_runtime(
+                &mut self.stop,
+                self.config.daemon.stop_timeout,
+                || async move {
+                    crate::acme::renew_with(&config, false, None, cluster.as_deref()).await
+                },
+            )
+            .await;
         match pass {
             // Each order already logged its outcome.
             Pass::Done(Ok(outcomes)) => {

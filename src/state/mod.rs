@@ -51,6 +51,7 @@ const LOCK_FILE: &str = "lock";
 const STATE_FILE: &str = "state.json";
 const DANE_FILE: &str = "dane.json";
 const MTA_STS_FILE: &str = "mta-sts.json";
+const CLUSTER_FILE: &str = "cluster.json";
 const MTA_STS_WWW_DIR: &str = "mta-sts-www";
 const SELF_SIGNED_DIR: &str = "self-signed";
 const ACME_DIR: &str = "acme";
@@ -142,6 +143,12 @@ impl StateDir {
     /// DNS showed, per policy domain (see `crate::mta_sts::ledger`).
     pub fn mta_sts_record<T>(&self) -> Record<T> {
         Record::new(self.0.join(MTA_STS_FILE), 0o600)
+    }
+
+    /// The cluster task's health (`cluster.json`): whether the cluster is
+    /// reachable, the jobs this host leads (see `crate::cluster::Health`).
+    pub fn cluster_record<T>(&self) -> Record<T> {
+        Record::new(self.0.join(CLUSTER_FILE), 0o600)
     }
 
     /// The policy files the built-in responder (`[mta_sts] listen`) serves,

@@ -12,6 +12,7 @@
 
 mod acme;
 mod adopt_host;
+mod cluster;
 mod cluster_acme;
 mod cluster_dkim;
 mod cluster_store;
