@@ -910,7 +910,7 @@ impl Lab {
         let out = self.zone.authoritative(&["TLSA", OWNER]);
         dnssec::answer(&out, "TLSA")
             .iter()
-            .map(|r| normalize(r))
+            .map(|r| common::dnssec::normalize(r))
             .collect()
     }
 
@@ -958,19 +958,4 @@ impl Lab {
             .as_secs();
         i64::try_from(secs).unwrap()
     }
-}
-
-/// A TLSA text in one form: lowercase hex joined (dig splits it).
-fn normalize(record: &str) -> String {
-    let fields: Vec<&str> = record.split_whitespace().collect();
-    if fields.len() < 4 {
-        return record.to_lowercase();
-    }
-    format!(
-        "{} {} {} {}",
-        fields[0],
-        fields[1],
-        fields[2],
-        fields[3..].concat().to_lowercase()
-    )
 }

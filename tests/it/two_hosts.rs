@@ -17,8 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::bind::{Bind, KEY_NAME};
-use common::dkim_tools::{DEADLINE, mx_ok, setup};
+use common::bind::Bind;
+use common::dkim_tools::{DEADLINE, mx_ok, setup, write_dkim_config};
 use common::dnssec::{self, AUTHORITATIVE, RESOLVER, SignedZone, TTL};
 use common::servers::{MAIL, POSTFIX, Postfix, combined_pem, prog};
 use common::*;
@@ -33,20 +33,8 @@ const DOMAINS: [&str; 2] = ["example.test", "sub.example.test"];
 fn dkim_host(bind: &Bind, work: &Path, host: &str, template: &str) -> (PathBuf, PathBuf) {
     let dir = work.join(host);
     std::fs::create_dir_all(&dir).unwrap();
-    let config = format!(
-        "host_id = \"{host}\"\n\
-         state_dir = \"state\"\n\
-         [dns.bind]\n\
-         type = \"rfc2136\"\n\
-         server = \"{addr}\"\n\
-         zone = \"example.test\"\n\
-         tsig_name = \"{KEY_NAME}\"\n\
-         tsig_secret_file = \"{tsig}\"\n\
-         nameservers = [\"{addr}\"]\n\
-         propagation_interval = \"100ms\"\n\
-         propagation_timeout = \"3s\"\n\
-         [dkim]\n\
-         domains = [\"{}\", \"{}\"]\n\
+    let dkim = format!(
+        "domains = [\"{}\", \"{}\"]\n\
          selector = \"{template}\"\n\
          key_dir = \"keys\"\n\
          dns = \"bind\"\n\
@@ -57,13 +45,12 @@ fn dkim_host(bind: &Bind, work: &Path, host: &str, template: &str) -> (PathBuf, 
          drain = \"1s\"\n\
          revoke_hold = \"1s\"\n\
          ttl = 300\n",
-        DOMAINS[0],
-        DOMAINS[1],
-        addr = bind.addr(),
-        tsig = bind.dir().join("tsig.key").display(),
+        DOMAINS[0], DOMAINS[1],
     );
-    let path = dir.join("mxkeys.toml");
-    std::fs::write(&path, config).unwrap();
+    let path = write_dkim_config(bind, &dir, &dkim);
+    // Top-level keys come before the first table.
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, format!("host_id = \"{host}\"\n{text}")).unwrap();
     (path, dir)
 }
 
@@ -342,7 +329,7 @@ fn tlsa(zone: &SignedZone) -> Vec<String> {
     let out = zone.authoritative(&["TLSA", OWNER]);
     let mut v: Vec<String> = dnssec::answer(&out, "TLSA")
         .iter()
-        .map(|r| normalize(r))
+        .map(|r| dnssec::normalize(r))
         .collect();
     v.sort();
     v
@@ -467,19 +454,4 @@ fn inside_two_hosts_tlsa() {
         "{}",
         run.describe()
     );
-}
-
-/// A TLSA text in one form: lowercase hex joined (dig splits it).
-fn normalize(record: &str) -> String {
-    let fields: Vec<&str> = record.split_whitespace().collect();
-    if fields.len() < 4 {
-        return record.to_lowercase();
-    }
-    format!(
-        "{} {} {} {}",
-        fields[0],
-        fields[1],
-        fields[2],
-        fields[3..].concat().to_lowercase()
-    )
 }

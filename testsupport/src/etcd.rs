@@ -254,20 +254,8 @@ impl Drop for EtcdCluster {
 /// A CA, a server certificate for 127.0.0.1/localhost, and a client
 /// certificate, all made now.
 fn make_tls(dir: &Path) -> EtcdTls {
-    use rcgen::{
-        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
-        KeyPair, KeyUsagePurpose, SanType,
-    };
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name
-        .push(DnType::CommonName, "etcd test CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    ca.not_before = days(-1);
-    ca.not_after = days(30);
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
+    use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, KeyPair, SanType};
+    let (ca_cert, issuer) = crate::server_ca("etcd test CA");
     let leaf = |names: Vec<String>, eku: ExtendedKeyUsagePurpose, cn: &str, file: &str| {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(names).unwrap();

@@ -55,6 +55,26 @@ pub const OTHER: &str = "other.example.com";
 // ---------------------------------------------------------------------------
 
 /// Now, truncated to whole seconds (X.509 times have second precision).
+/// A CA for a test server's own TLS (pebble's HTTPS, etcd's members):
+/// its certificate, and the issuer that signs leaves with it. Valid from a
+/// day ago for 30 days.
+pub fn server_ca(
+    common_name: &str,
+) -> (rcgen::Certificate, rcgen::Issuer<'static, rcgen::KeyPair>) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, common_name);
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    ca.not_before = days(-1);
+    ca.not_after = days(30);
+    let cert = ca.self_signed(&key).unwrap();
+    (cert, Issuer::new(ca, key))
+}
+
 pub fn now() -> OffsetDateTime {
     let n = OffsetDateTime::now_utc();
     n.replace_nanosecond(0).unwrap()

@@ -757,22 +757,10 @@ impl Pebble {
 
     #[track_caller]
     fn start_inner(dir: &Path, dns_server: Option<std::net::SocketAddr>) -> Pebble {
-        use rcgen::{
-            BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose,
-            SanType,
-        };
+        use rcgen::{CertificateParams, DnType, KeyPair, SanType};
         std::fs::create_dir_all(dir).unwrap();
         // pebble's HTTPS certificate, from a CA of our own.
-        let ca_key = KeyPair::generate().unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.distinguished_name
-            .push(DnType::CommonName, "pebble HTTPS test root");
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        ca.not_before = days(-1);
-        ca.not_after = days(30);
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
+        let (ca_cert, issuer) = crate::server_ca("pebble HTTPS test root");
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         p.subject_alt_names
