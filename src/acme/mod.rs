@@ -847,8 +847,8 @@ async fn place_orders(
 ) {
     let account_id = ready.account.id().to_owned();
     let orders = work.iter_mut().filter(|w| w.ordering()).map(|w| {
-        let store = cluster.filter(|_| w.lead.is_some()).map(|c| &c.store);
-        place_order(config, ready, &account_id, w, store)
+        let shared = cluster.filter(|_| w.lead.is_some());
+        place_order(config, ready, &account_id, w, shared)
     });
     futures_util::future::join_all(orders).await;
 }
@@ -860,7 +860,7 @@ async fn place_order(
     ready: &Ready<'_>,
     account_id: &str,
     w: &mut Work<'_>,
-    cluster: Option<&crate::cluster::Backend>,
+    cluster: Option<&crate::cluster::acme::Ctx>,
 ) {
     let Due::Now(reason) = w.due else { return };
     let source = w.source;

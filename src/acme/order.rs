@@ -122,8 +122,10 @@ pub struct Context<'a> {
     pub dns: Option<(&'a Provider, &'a Propagation)>,
     /// A shared source's order (issue 18): HTTP-01 key authorizations are
     /// also stored at `http01/TOKEN` on this host's lease, so any host's
-    /// responder can answer.
-    pub cluster: Option<&'a crate::cluster::Backend>,
+    /// responder can answer, and the CA is asked to validate once every
+    /// host that answers for the source said it does
+    /// ([`crate::cluster::acme::wait_for_answers`]).
+    pub cluster: Option<&'a crate::cluster::acme::Ctx>,
 }
 
 /// The certificate an `acme` source holds before this order.
@@ -423,17 +425,33 @@ async fn publish(
     ctx: &Context<'_>,
     pending: &[Pending],
 ) -> Result<(), OrderError> {
-    if let (Some(store), Challenge::Http01Listen(_) | Challenge::Http01Webroot(_)) =
+    if let (Some(shared), Challenge::Http01Listen(_) | Challenge::Http01Webroot(_)) =
         (ctx.cluster, &source.challenge)
     {
         use crate::cluster::SharedStore as _;
+        let mut stored = Vec::new();
         for p in pending {
             let key = crate::cluster::acme::token_key(&p.token);
             // This host answers itself too: a failure here is logged.
-            if let Err(e) = store.put_leased(&key, p.key_authorization.as_bytes()).await {
-                tracing::warn!("http-01: {key}: not shared through the cluster: {e}");
+            match shared
+                .store
+                .put_leased(&key, p.key_authorization.as_bytes())
+                .await
+            {
+                Ok(()) => stored.push(p.token.as_str()),
+                Err(e) => tracing::warn!("http-01: {key}: not shared through the cluster: {e}"),
             }
         }
+        // The CA may ask any host that answers for the source: each must
+        // have the tokens before it is asked.
+        crate::cluster::acme::wait_for_answers(
+            &shared.store,
+            &source.name,
+            &stored,
+            shared.host.as_str(),
+            crate::cluster::acme::ANSWER_WAIT,
+        )
+        .await;
     }
     match &source.challenge {
         Challenge::Http01Listen(_) => {
@@ -462,10 +480,11 @@ async fn publish(
 /// Removes every challenge response (errors are logged: the order's
 /// outcome matters more).
 async fn unpublish(source: &AcmeSource, ctx: &Context<'_>, pending: &[Pending]) {
-    if let (Some(store), Challenge::Http01Listen(_) | Challenge::Http01Webroot(_)) =
+    if let (Some(shared), Challenge::Http01Listen(_) | Challenge::Http01Webroot(_)) =
         (ctx.cluster, &source.challenge)
     {
         use crate::cluster::SharedStore as _;
+        let store = &shared.store;
         for p in pending {
             let key = crate::cluster::acme::token_key(&p.token);
             if let Err(e) = store.delete(&key).await {

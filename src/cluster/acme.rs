@@ -279,6 +279,88 @@ pub fn token_key(token: &str) -> String {
     format!("http01/{token}")
 }
 
+/// How long a leader waits for every host that answers a shared source's
+/// HTTP-01 tokens to say it has them, before it asks the CA anyway.
+pub const ANSWER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where a host whose daemon answers shared source SOURCE's HTTP-01 tokens
+/// says so: `responders/SOURCE/HOST`, on its lease (gone with the host).
+pub fn responder_key(source: &str, host: &str) -> String {
+    format!("responders/{source}/{host}")
+}
+
+/// Where a host says it answers TOKEN: `http01-ack/TOKEN/HOST`, on its
+/// lease; it deletes it when the token goes.
+pub fn ack_key(token: &str, host: &str) -> String {
+    format!("http01-ack/{token}/{host}")
+}
+
+/// The hosts (other than `me`) among `responders` that have not said they
+/// answer every one of `tokens` (pure). `keys` are the keys listed under
+/// `http01-ack/`.
+pub fn missing_answers(
+    responders: &[String],
+    acks: &[String],
+    tokens: &[&str],
+    me: &str,
+) -> Vec<String> {
+    let acked: std::collections::BTreeSet<&str> = acks.iter().map(String::as_str).collect();
+    responders
+        .iter()
+        .filter(|h| h.as_str() != me)
+        .filter(|h| {
+            tokens
+                .iter()
+                .any(|t| !acked.contains(ack_key(t, h).as_str()))
+        })
+        .cloned()
+        .collect()
+}
+
+/// A leader's wait before the CA validates: until every host registered
+/// under `responders/SOURCE/` (other than `me`) has acknowledged every
+/// token, looking every 100 ms, for at most `bound`. A host that never
+/// does (its responder could not bind, it is gone) is named in one
+/// warning and the order goes on: the CA may still reach another host.
+pub async fn wait_for_answers(
+    store: &impl SharedStore,
+    source: &str,
+    tokens: &[&str],
+    me: &str,
+    bound: std::time::Duration,
+) {
+    if tokens.is_empty() {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + bound;
+    let prefix = format!("responders/{source}/");
+    loop {
+        let missing = match (store.list(&prefix).await, store.list("http01-ack/").await) {
+            (Ok(responders), Ok(acks)) => {
+                let hosts: Vec<String> = responders
+                    .into_iter()
+                    .filter_map(|(k, _)| k.strip_prefix(&prefix).map(str::to_owned))
+                    .collect();
+                let acks: Vec<String> = acks.into_iter().map(|(k, _)| k).collect();
+                missing_answers(&hosts, &acks, tokens, me)
+            }
+            (Err(e), _) | (_, Err(e)) => vec![format!("(cannot tell: {e})")],
+        };
+        if missing.is_empty() {
+            return;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            tracing::warn!(
+                "http-01 for {source}: {} did not say they answer the tokens within {}s; asking the CA anyway",
+                missing.join(", "),
+                bound.as_secs()
+            );
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// Fills `tokens` (a responder's map) with the key authorizations the
 /// cluster holds under `http01/`, and keeps it in step with the watch
 /// until the watch ends (the caller then calls again). A follower's
@@ -526,5 +608,83 @@ mod tests {
         assert!(until(|| tokens.lock().unwrap().is_empty() && !file("early").exists()).await);
         map_task.abort();
         root_task.abort();
+    }
+    #[test]
+    fn a_leader_waits_only_for_the_other_registered_hosts_that_have_not_acknowledged_every_token() {
+        let hosts = |v: &[&str]| v.iter().map(|h| h.to_string()).collect::<Vec<_>>();
+        let acks = |v: &[(&str, &str)]| v.iter().map(|(t, h)| ack_key(t, h)).collect::<Vec<_>>();
+        // (responders, acks, tokens, missing)
+        type Row<'a> = (
+            &'a [&'a str],
+            &'a [(&'a str, &'a str)],
+            &'a [&'a str],
+            &'a [&'a str],
+        );
+        let table: &[Row] = &[
+            (&[], &[], &["t1"], &[]),
+            (&["mx1"], &[], &["t1"], &[]),
+            (&["mx1", "mx2"], &[], &["t1"], &["mx2"]),
+            (&["mx1", "mx2"], &[("t1", "mx2")], &["t1"], &[]),
+            (&["mx1", "mx2", "mx3"], &[("t1", "mx2")], &["t1"], &["mx3"]),
+            (&["mx2"], &[("t1", "mx2")], &["t1", "t2"], &["mx2"]),
+            (
+                &["mx2"],
+                &[("t1", "mx2"), ("t2", "mx2")],
+                &["t1", "t2"],
+                &[],
+            ),
+            (&["mx2"], &[("t1", "mx3")], &["t1"], &["mx2"]),
+        ];
+        for (responders, acked, tokens, missing) in table {
+            assert_eq!(
+                missing_answers(&hosts(responders), &acks(acked), tokens, "mx1"),
+                hosts(missing),
+                "{responders:?} {acked:?} {tokens:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn the_wait_ends_when_every_responder_acknowledged_and_at_the_bound_when_one_never_does()
+    {
+        let leader = Memory::new("mx1");
+        let follower = leader.session("mx2");
+        follower
+            .put_leased(&responder_key("mail", "mx2"), b"")
+            .await
+            .unwrap();
+        let bound = std::time::Duration::from_secs(30);
+        let acked = {
+            let follower = follower.clone();
+            async move {
+                tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+                follower
+                    .put_leased(&ack_key("t1", "mx2"), b"")
+                    .await
+                    .unwrap();
+            }
+        };
+        let started = std::time::Instant::now();
+        tokio::join!(
+            wait_for_answers(&leader, "mail", &["t1"], "mx1", bound),
+            acked
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(300),
+            "{waited:?}"
+        );
+        assert!(waited < bound, "{waited:?}");
+        // A registered host that never acknowledges holds the order back
+        // for the bound only.
+        let short = std::time::Duration::from_millis(400);
+        let started = std::time::Instant::now();
+        wait_for_answers(&leader, "mail", &["t2"], "mx1", short).await;
+        assert!(started.elapsed() >= short);
+        // Its lease gone, it is not waited for.
+        follower.expire();
+        let started = std::time::Instant::now();
+        wait_for_answers(&leader, "mail", &["t3"], "mx1", bound).await;
+        assert!(started.elapsed() < bound);
     }
 }

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, watch as channel};
 use tokio::time::{Instant, sleep, sleep_until};
 
 use crate::acme::http01;
-use crate::cluster::acme::Ctx;
+use crate::cluster::acme::{Ctx, ack_key, responder_key};
 use crate::cluster::{Backend, Event, Health, SharedStore as _, Stored};
 use crate::config::{Challenge, Cluster, Config};
 
@@ -239,6 +239,23 @@ pub fn responder_addrs(config: &Config, view: &View, host: &str) -> BTreeSet<Soc
         .collect()
 }
 
+/// The shared http-01 sources (listen or webroot) this host answers for
+/// now (pure): those whose job it does not lead.
+pub fn answering_sources<'c>(config: &'c Config, view: &View, host: &str) -> Vec<&'c str> {
+    config
+        .acme_sources()
+        .filter(|s| s.shared)
+        .filter(|s| {
+            matches!(
+                s.challenge,
+                Challenge::Http01Listen(_) | Challenge::Http01Webroot(_)
+            )
+        })
+        .filter(|s| view.locks.get(&acme_job(&s.name)).is_none_or(|h| h != host))
+        .map(|s| s.name.as_str())
+        .collect()
+}
+
 /// Whether a shared acme job's lock held by another host is gone (pure):
 /// its leader finished, or died and its lease ended; a host still waiting
 /// for that certificate should look again now, not at its next timer.
@@ -293,6 +310,8 @@ pub struct ClusterTask {
     view: View,
     tokens: http01::Tokens,
     responders: BTreeMap<SocketAddr, http01::Responder>,
+    /// Tokens this host said it answers (`http01-ack/TOKEN/HOST`).
+    acked: BTreeSet<String>,
 }
 
 impl ClusterTask {
@@ -317,6 +336,7 @@ impl ClusterTask {
             view: View::default(),
             tokens: http01::Tokens::default(),
             responders: BTreeMap::new(),
+            acked: BTreeSet::new(),
         };
         (task, handle)
     }
@@ -514,6 +534,7 @@ impl ClusterTask {
         match backend.list("").await {
             Ok(listing) => {
                 self.report(Ok(()));
+                self.register_responder(backend, &listing).await;
                 let before = self.view.locks.clone();
                 let changed = self.view.relist(&listing);
                 self.act(backend, changed, &before).await;
@@ -552,7 +573,7 @@ impl ClusterTask {
                 .any(|a| !self.responders.contains_key(a))
         };
         if changed.tokens || changed.locks || unbound() {
-            self.answer_tokens().await;
+            self.answer_tokens(backend).await;
         }
         if changed.locks {
             self.report_leading();
@@ -574,8 +595,10 @@ impl ClusterTask {
     }
 
     /// The token map, the responders and the shared webroots follow the
-    /// view.
-    async fn answer_tokens(&mut self) {
+    /// view; then this host says which tokens it answers, so the leader
+    /// asks the CA only once every answering host has them
+    /// ([`crate::cluster::acme::wait_for_answers`]).
+    async fn answer_tokens(&mut self, backend: &Backend) {
         let before = match self.tokens.lock() {
             Ok(mut t) => std::mem::replace(&mut *t, self.view.tokens.clone().into_iter().collect()),
             Err(_) => Default::default(),
@@ -594,6 +617,68 @@ impl ClusterTask {
                 }
                 // Tried again at the next change or probe.
                 Err(e) => tracing::warn!("cluster: {e}"),
+            }
+        }
+        self.acknowledge(backend).await;
+    }
+
+    /// Acknowledges the tokens this host answers (every responder it wants
+    /// bound, or a shared webroot source it does not lead), and withdraws
+    /// the acknowledgements of tokens gone.
+    async fn acknowledge(&mut self, backend: &Backend) {
+        let host = self.host();
+        let want = responder_addrs(&self.config, &self.view, &host);
+        let bound = want.iter().all(|a| self.responders.contains_key(a));
+        let answering = bound && !answering_sources(&self.config, &self.view, &host).is_empty();
+        let gone: Vec<String> = self
+            .acked
+            .iter()
+            .filter(|t| !answering || !self.view.tokens.contains_key(*t))
+            .cloned()
+            .collect();
+        for token in gone {
+            if backend.delete(&ack_key(&token, &host)).await.is_ok() {
+                self.acked.remove(&token);
+            }
+        }
+        if !answering {
+            return;
+        }
+        let new: Vec<String> = self
+            .view
+            .tokens
+            .keys()
+            .filter(|t| !self.acked.contains(*t))
+            .cloned()
+            .collect();
+        for token in new {
+            match backend.put_leased(&ack_key(&token, &host), b"").await {
+                Ok(()) => {
+                    self.acked.insert(token);
+                }
+                Err(e) => tracing::warn!("cluster: cannot acknowledge an http-01 token: {e}"),
+            }
+        }
+    }
+
+    /// Registers this host under `responders/SOURCE/` for each shared
+    /// http-01 source (on its lease: a new lease after a pause registers
+    /// again at the next listing).
+    async fn register_responder(&mut self, backend: &Backend, listing: &[(String, Stored)]) {
+        let host = self.host();
+        for s in self.config.acme_sources().filter(|s| s.shared) {
+            if !matches!(
+                s.challenge,
+                Challenge::Http01Listen(_) | Challenge::Http01Webroot(_)
+            ) {
+                continue;
+            }
+            let key = responder_key(&s.name, &host);
+            if listing.iter().any(|(k, _)| *k == key) {
+                continue;
+            }
+            if let Err(e) = backend.put_leased(&key, b"").await {
+                tracing::warn!("cluster: cannot register as an http-01 responder: {e}");
             }
         }
     }
