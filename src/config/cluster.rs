@@ -117,13 +117,8 @@ pub(super) fn cluster(raw: RawCluster, ctx: &Context) -> Result<Cluster, ConfigE
         return Err(fail(&"key `endpoints`: at least one URL"));
     }
     for e in &raw.endpoints {
-        let rest = e
-            .strip_prefix("http://")
-            .or_else(|| e.strip_prefix("https://"));
-        if rest.is_none_or(|r| r.is_empty() || r.contains('/')) {
-            return Err(fail(&format_args!(
-                "key `endpoints`: {e:?} is not http://HOST:PORT or https://HOST:PORT"
-            )));
+        if let Err(why) = check_endpoint(e) {
+            return Err(fail(&format_args!("key `endpoints`: {e:?} {why}")));
         }
     }
     let prefix = raw.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
@@ -186,6 +181,39 @@ pub(super) fn cluster(raw: RawCluster, ctx: &Context) -> Result<Cluster, ConfigE
 
 /// `shared = true` (an `acme` source, `[dkim]`) needs `[cluster]` and a
 /// host id.
+/// Whether `e` is `http://HOST:PORT` or `https://HOST:PORT`, HOST a name,
+/// an IPv4 address or an IPv6 address in brackets (`http://[::1]:2379`).
+/// Pure. The error completes "`e` ...".
+fn check_endpoint(e: &str) -> Result<(), String> {
+    const FORM: &str = "is not http://HOST:PORT or https://HOST:PORT";
+    let rest = e
+        .strip_prefix("http://")
+        .or_else(|| e.strip_prefix("https://"))
+        .ok_or(FORM)?;
+    if rest.contains('/') {
+        return Err(FORM.into());
+    }
+    let (host, port) = if let Some(inner) = rest.strip_prefix('[') {
+        let (addr, after) = inner.split_once(']').ok_or(FORM)?;
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("{FORM}: [{addr}] is not an IPv6 address"));
+        }
+        (addr, after.strip_prefix(':').ok_or(FORM)?)
+    } else {
+        let (host, port) = rest.rsplit_once(':').ok_or(FORM)?;
+        if host.contains(':') {
+            return Err(format!(
+                "{FORM}: write an IPv6 address in brackets, as in http://[::1]:2379"
+            ));
+        }
+        (host, port)
+    };
+    if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err(FORM.into());
+    }
+    Ok(())
+}
+
 pub(super) fn check_shared(
     shared: impl Iterator<Item = String>,
     cluster: Option<&Cluster>,
@@ -219,5 +247,32 @@ mod tests {
         assert!(HostId::parse("").is_err());
         let name = DnsName::parse("Mail-2.Example.com").unwrap();
         assert_eq!(HostId::from_hostname(&name).unwrap().as_str(), "mail-2");
+    }
+
+    #[test]
+    fn an_endpoint_is_a_url_with_a_host_and_a_port_and_an_ipv6_address_goes_in_brackets() {
+        for ok in [
+            "http://127.0.0.1:2379",
+            "https://etcd1.example.com:2379",
+            "http://[::1]:2379",
+            "https://[2001:db8::7]:2379",
+        ] {
+            assert_eq!(check_endpoint(ok), Ok(()), "{ok}");
+        }
+        for (bad, says) in [
+            ("http://::1:2379", "in brackets"),
+            ("http://2001:db8::7:2379", "in brackets"),
+            ("http://[::1]", "HOST:PORT"),
+            ("http://[not-v6]:2379", "not an IPv6 address"),
+            ("http://127.0.0.1", "HOST:PORT"),
+            ("http://127.0.0.1:0", "HOST:PORT"),
+            ("http://:2379", "HOST:PORT"),
+            ("http://etcd:2379/v3", "HOST:PORT"),
+            ("etcd:2379", "HOST:PORT"),
+            ("", "HOST:PORT"),
+        ] {
+            let why = check_endpoint(bad).expect_err(bad);
+            assert!(why.contains(says), "{bad}: {why}");
+        }
     }
 }

@@ -598,3 +598,267 @@ impl Drop for NsBind {
         let _ = self.child.wait();
     }
 }
+
+// ---------------------------------------------------------------------------
+// The cluster on a single-family host (issue 18)
+// ---------------------------------------------------------------------------
+
+/// The cluster (issue 18) on single-family hosts: a three-member etcd
+/// (Debian's etcd-server) listening on that family's loopback only, in the
+/// same kind of namespace; configurations naming `http://[::1]:PORT`
+/// validate, hosts connect, elect one leader, and share a certificate
+/// through it. Built with the etcd client only (feature `etcd`); without
+/// etcd a test is skipped naming the package, or fails with `CI=true`.
+#[cfg(feature = "etcd")]
+mod cluster {
+    use super::*;
+
+    /// Like [`in_namespace`], also needing etcd.
+    fn cluster_in_namespace(family: Family, outer: &str, inner: &str) {
+        if !require(outer, &[NEEDS, common::etcd::ETCD]) {
+            return;
+        }
+        let setup = match family {
+            Family::V4 => "echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6",
+            Family::V6 => "true",
+        };
+        let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+        common::netns::run_inner(
+            &format!("{module}::{inner}"),
+            &format!("an {} namespace", family.tag()),
+            setup,
+            "nameserver 127.0.0.1\n",
+            (MARK, family.tag()),
+        );
+    }
+
+    #[test]
+    fn on_an_ipv6_only_host_two_hosts_share_a_job_and_a_certificate_through_etcd_on_ipv6_loopback()
+    {
+        cluster_in_namespace(
+            Family::V6,
+            "on_an_ipv6_only_host_two_hosts_share_a_job_and_a_certificate_through_etcd_on_ipv6_loopback",
+            "inside_ipv6_only_cluster",
+        );
+    }
+
+    #[test]
+    fn on_an_ipv4_only_host_two_hosts_share_a_job_and_a_certificate_through_etcd() {
+        cluster_in_namespace(
+            Family::V4,
+            "on_an_ipv4_only_host_two_hosts_share_a_job_and_a_certificate_through_etcd",
+            "inside_ipv4_only_cluster",
+        );
+    }
+
+    #[test]
+    #[ignore = "run inside a network namespace by on_an_ipv6_only_host_two_hosts_..."]
+    fn inside_ipv6_only_cluster() {
+        inside_cluster(Family::V6);
+    }
+
+    #[test]
+    #[ignore = "run inside a network namespace by on_an_ipv4_only_host_two_hosts_..."]
+    fn inside_ipv4_only_cluster() {
+        inside_cluster(Family::V4);
+    }
+
+    /// Inside the namespace: a three-member etcd on the family's loopback
+    /// only (`[::1]` on the IPv6-only host), two hosts' configurations with
+    /// `[cluster]` naming its endpoints and a `shared = true` source are
+    /// accepted, and the two hosts, connected with the daemon's own
+    /// `Backend::connect`, elect one leader for the source's job; the
+    /// leader's fenced write reaches the other host's watch. Then the
+    /// one-shot commands share a real certificate the same way
+    /// ([`shared_renew_and_sync_complete`]).
+    fn inside_cluster(family: Family) {
+        assert_eq!(
+            std::env::var(MARK).as_deref(),
+            Ok(family.tag()),
+            "this test relies on a namespace of its own: it runs only inside \
+             the namespace its outer test makes"
+        );
+        use mxkeys::cluster::{Backend, Event, Expect, SharedStore, Written};
+        use mxkeys::config::{Config, Host};
+
+        let env = Env::new();
+        let etcd = match family {
+            Family::V4 => common::etcd::EtcdCluster::start(&env.path("etcd"), 3),
+            Family::V6 => common::etcd::EtcdCluster::start_ipv6(&env.path("etcd"), 3),
+        };
+        let want = match family {
+            Family::V4 => "http://127.0.0.1:",
+            Family::V6 => "http://[::1]:",
+        };
+        assert!(
+            etcd.endpoints().iter().all(|e| e.starts_with(want)),
+            "{:?}",
+            etcd.endpoints()
+        );
+        if family == Family::V6 {
+            // The members listen on [::1] only: nothing answers on 127.0.0.1.
+            for e in etcd.endpoints() {
+                let port = e.rsplit(':').next().unwrap();
+                assert!(
+                    std::net::TcpStream::connect(format!("127.0.0.1:{port}")).is_err(),
+                    "an etcd member answers on 127.0.0.1:{port}"
+                );
+            }
+        }
+        let key_file = env.path("shared.key");
+        write(&key_file, "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=\n");
+        set_mode(&key_file, 0o600);
+        let config = |id: &str| {
+            let text = format!(
+                "hostname = \"{id}.example.test\"\nhost_id = \"{id}\"\nstate_dir = {state}\n\n\
+                 [acme]\ndirectory = \"https://acme.invalid/dir\"\nemail = \"admin@example.test\"\n\n\
+                 [cluster]\nbackend = \"etcd\"\nendpoints = {endpoints}\nprefix = \"/mxkeys-sf\"\n\
+                 shared_key_file = {key}\nlease_ttl = \"3s\"\n\n\
+                 [[source]]\ntype = \"acme\"\nname = \"mail\"\ndomains = [\"mail.example.test\"]\n\
+                 challenge = \"http-01\"\nshared = true\n\n\
+                 [[target]]\nname = \"t\"\ndomains = [\"mail.example.test\"]\ncombined = {out}\n",
+                state = qp(&env.state),
+                endpoints = etcd.endpoints_toml(),
+                key = qp(&key_file),
+                out = qp(&env.out.join("combined.pem")),
+            );
+            let path = env.path(&format!("{id}.toml"));
+            write(&path, &text);
+            Config::parse(&path, &text, &Host::current())
+                .unwrap_or_else(|e| panic!("{id}'s configuration is refused: {e}"))
+        };
+        let configs = [config("mx1"), config("mx2")];
+
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let bound = Duration::from_secs(30);
+            let mut hosts = Vec::new();
+            for c in &configs {
+                let cluster = c.cluster.as_ref().expect("[cluster] parsed");
+                let id = c.host_id.as_ref().expect("host_id parsed");
+                let b = tokio::time::timeout(bound, Backend::connect(cluster, id))
+                    .await
+                    .expect("connect returned within its bound")
+                    .unwrap_or_else(|e| panic!("{id} connects to {:?}: {e}", cluster.endpoints));
+                hosts.push(b);
+            }
+            // The follower watches before the leader writes.
+            let mut events = hosts[1].watch("acme/", 0).await.expect("watch");
+            let (a, b) = tokio::join!(
+                hosts[0].campaign("acme/mail"),
+                hosts[1].campaign("acme/mail")
+            );
+            let (a, b) = (a.expect("campaign"), b.expect("campaign"));
+            assert!(a.is_some() != b.is_some(), "one leader: {a:?} {b:?}");
+            let (leader, lead) = match (a, b) {
+                (Some(l), None) => (0, l),
+                (None, Some(l)) => (1, l),
+                _ => unreachable!(),
+            };
+            assert_eq!(
+                etcd.get("/mxkeys-sf/lock/acme/mail").as_deref(),
+                Some(format!("mx{}", leader + 1).as_bytes())
+            );
+            let w = hosts[leader]
+                .put_fenced(&lead, "acme/mail", b"sealed", Expect::Absent)
+                .await
+                .expect("put_fenced");
+            assert!(matches!(w, Written::Stored(_)), "{w:?}");
+            let seen = tokio::time::timeout(bound, async {
+                while let Some(e) = events.recv().await {
+                    if let Event::Put { key, .. } = &e
+                        && key == "acme/mail"
+                    {
+                        return Some(e);
+                    }
+                }
+                None
+            })
+            .await
+            .expect("the watch reported the write within its bound");
+            assert!(seen.is_some(), "the watch ended without the write");
+            // The other host reads it back.
+            let other = 1 - leader;
+            assert!(hosts[other].get("acme/mail").await.unwrap().is_some());
+        });
+        assert_eq!(
+            etcd.get("/mxkeys-sf/acme/mail").as_deref(),
+            Some(&b"sealed"[..])
+        );
+        shared_renew_and_sync_complete(&env, &etcd, family);
+    }
+
+    /// The one-shot commands of two hosts with a shared DNS-01 source
+    /// (pebble and BIND in the namespace): `mxkeys renew` on mx1 orders
+    /// and stores the certificate in etcd, `mxkeys sync` on mx2 installs
+    /// the same certificate from there; pebble saw one order.
+    fn shared_renew_and_sync_complete(
+        root: &Env,
+        etcd: &common::etcd::EtcdCluster,
+        family: Family,
+    ) {
+        let bind = NsBind::start(&root.path("bind"), family);
+        let pebble = Pebble::start_with_dns(&root.path("pebble"), "127.0.0.1:53".parse().unwrap());
+        let key_file = root.path("shared.key");
+        let hosts: Vec<(&str, Env)> = ["mx1", "mx2"].map(|id| (id, Env::new())).into();
+        for (id, env) in &hosts {
+            env.write_config_raw(&format!(
+                "state_dir = {state}
+host_id = \"{id}\"\n\n\
+                 [cluster]\nbackend = \"etcd\"\nendpoints = {endpoints}\nprefix = \"/mxkeys-sf-renew\"\n\
+                 shared_key_file = {key}\nlease_ttl = \"3s\"\n\n\
+                 [acme]\ndirectory = {dir}\nemail = \"admin@example.test\"\nca_bundle = {ca}\n\n{dns}\n\
+                 [[source]]\ntype = \"acme\"\nname = \"mail\"\ndomains = [\"mail.example.test\"]\n\
+                 challenge = \"dns-01\"\ndns = \"bind\"\nshared = true\n\n\
+                 [[target]]\nname = \"postfix\"\ndomains = [\"mail.example.test\"]\ncombined = {out}\n",
+                state = qp(&env.state),
+                endpoints = etcd.endpoints_toml(),
+                key = qp(&key_file),
+                dir = q(&pebble.url),
+                ca = qp(&pebble.https_ca),
+                dns = dns_table(&bind, family),
+                out = qp(&env.out.join("chain.pem")),
+            ));
+        }
+        let pebble_log =
+            || std::fs::read_to_string(pebble.dir.join("pebble.log")).unwrap_or_default();
+        let run = hosts[0].1.run(&["renew"]);
+        assert_eq!(
+            run.code,
+            0,
+            "{}\n--- pebble.log ---\n{}",
+            run.describe(),
+            pebble_log()
+        );
+        let stored = etcd
+            .get("/mxkeys-sf-renew/acme/mail")
+            .unwrap_or_else(|| panic!("not stored in etcd\n{}", run.describe()));
+        assert!(!String::from_utf8_lossy(&stored).contains("PRIVATE KEY"));
+        let run = hosts[1].1.run(&["sync"]);
+        assert_eq!(run.code, 0, "{}", run.describe());
+        let leaves: Vec<Vec<u8>> = hosts
+            .iter()
+            .map(|(id, env)| {
+                let certs = read_certs(&env.out.join("chain.pem"));
+                assert!(!certs.is_empty(), "{id}: nothing installed");
+                certs[0].clone()
+            })
+            .collect();
+        assert_eq!(leaves[0], leaves[1], "the hosts installed different leaves");
+        assert!(
+            cert_info(&leaves[0])
+                .issuer
+                .to_lowercase()
+                .contains("pebble")
+        );
+        let orders = pebble_log()
+            .lines()
+            .filter(|l| l.contains("POST /order-plz -> calling handler()"))
+            .count();
+        assert_eq!(orders, 1, "one order at pebble");
+    }
+}

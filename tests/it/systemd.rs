@@ -917,3 +917,162 @@ fn daemon_unit_serves_the_mta_sts_policy_on_port_443_with_a_targets_certificate(
     assert!(!journal.contains("ERROR"), "errors in:\n{journal}");
     assert_eq!(guest.property("mxkeys", "NRestarts"), "0");
 }
+
+// ---------------------------------------------------------------------------
+// The cluster under the shipped unit (issue 18)
+// ---------------------------------------------------------------------------
+
+/// The etcd prefix of the cluster test and the shared source's keys there.
+const CLUSTER_PREFIX: &str = "/mxkeys-systemd";
+
+/// The shipped daemon unit with `[cluster]`: a real three-member etcd on
+/// the host's loopback (the guest shares the host's network), `host_id`,
+/// a 0600 `shared_key_file` and one `shared = true` ACME source (DNS-01
+/// through BIND, pebble). Under the unit's sandbox (syscall filter,
+/// MemoryDenyWriteExecute, ProtectSystem=strict, RestrictAddressFamilies)
+/// the daemon connects to etcd, takes the source's lock, orders once,
+/// stores the sealed order in etcd (no private key in clear), installs
+/// the target; `mxkeys status` in the guest says the cluster is reachable.
+#[test]
+fn daemon_unit_with_a_cluster_leads_the_shared_order_stores_it_sealed_in_etcd_and_installs_it() {
+    let test = "daemon_unit_with_a_cluster_leads_the_shared_order_stores_it_sealed_in_etcd_and_installs_it";
+    if !nspawn::available(test) || !require_programs(test, &[PEBBLE, common::etcd::ETCD]) {
+        return;
+    }
+    let Some(dns) = Dns::start_with_zone(ACME_ZONE) else {
+        return;
+    };
+    let host = Host::new();
+    let pebble = Pebble::start_with_dns(&host.path("pebble"), dns.addr());
+    let etcd = common::etcd::EtcdCluster::start(&host.path("etcd"), 3);
+    std::fs::copy(&pebble.https_ca, host.etc.join("pebble-ca.pem")).unwrap();
+    std::fs::copy(dns.dir().join("tsig.key"), host.etc.join("tsig.key")).unwrap();
+    {
+        use base64::Engine as _;
+        let mut key = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut key).unwrap();
+        let path = host.etc.join("shared.key");
+        write(
+            &path,
+            base64::engine::general_purpose::STANDARD.encode(key) + "\n",
+        );
+        common::set_mode(&path, 0o600);
+    }
+    host.configure_raw(&format!(
+        "hostname = \"mail.example.test\"\n\
+         state_dir = \"/var/lib/mxkeys\"\n\
+         host_id = \"mx1\"\n\
+         [cluster]\n\
+         backend = \"etcd\"\n\
+         endpoints = {endpoints}\n\
+         prefix = \"{CLUSTER_PREFIX}\"\n\
+         shared_key_file = \"/etc/mxkeys/shared.key\"\n\
+         lease_ttl = \"3s\"\n\
+         [acme]\n\
+         directory = {url}\n\
+         email = \"admin@example.test\"\n\
+         ca_bundle = \"/etc/mxkeys/pebble-ca.pem\"\n\
+         [dns.bind]\n\
+         type = \"rfc2136\"\n\
+         server = \"{addr}\"\n\
+         zone = \"example.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\n\
+         tsig_secret_file = \"/etc/mxkeys/tsig.key\"\n\
+         nameservers = [\"{addr}\"]\n\
+         propagation_interval = \"200ms\"\n\
+         propagation_timeout = \"30s\"\n\
+         [[source]]\n\
+         type = \"acme\"\n\
+         name = \"shared\"\n\
+         domains = [\"mail.example.test\"]\n\
+         challenge = \"dns-01\"\n\
+         dns = \"bind\"\n\
+         shared = true\n\n{target}",
+        endpoints = etcd.endpoints_toml(),
+        url = q(&pebble.url),
+        addr = dns.addr(),
+        target = postfix_target(),
+    ));
+    let Some(guest) = host.boot(test, vec![]) else {
+        return;
+    };
+    guest.ok(&["systemctl", "start", "mxkeys"]);
+    let issued = || {
+        let blocks = read_pem(&host.tls.join("chain.pem"));
+        blocks.len() >= 2
+            && common::cert_info(&blocks[1].1)
+                .issuer
+                .to_lowercase()
+                .contains("pebble")
+    };
+    wait_until(
+        &guest,
+        "the shared certificate in the target",
+        Duration::from_secs(90),
+        || host.tls.join("chain.pem").exists() && issued(),
+    );
+    let journal = guest.journal(Some("mxkeys"));
+    let context = || {
+        format!(
+            "--- journal ---\n{journal}\n--- etcd keys: {:?}\n{}",
+            etcd.keys(CLUSTER_PREFIX),
+            etcd.log()
+        )
+    };
+    // Led by this host, stored sealed.
+    let stored = format!("{CLUSTER_PREFIX}/acme/shared");
+    let value = etcd
+        .get(&stored)
+        .unwrap_or_else(|| panic!("no {stored} in etcd\n{}", context()));
+    assert!(
+        !String::from_utf8_lossy(&value).contains("PRIVATE KEY"),
+        "{stored} holds a private key in clear"
+    );
+    let log = std::fs::read_to_string(pebble.dir.join("pebble.log")).unwrap_or_default();
+    let orders = log
+        .lines()
+        .filter(|l| l.contains("POST /order-plz -> calling handler()"))
+        .count();
+    assert_eq!(orders, 1, "one order at pebble\n{}", context());
+    // The target: key, the issued leaf, its chain; owner, group, mode.
+    let blocks = read_pem(&host.tls.join("chain.pem"));
+    assert!(common::is_private_key_label(&blocks[0].0));
+    assert_eq!(
+        common::private_key_public_raw(&blocks[0].0, &blocks[0].1),
+        common::leaf_public_key_raw(&blocks[1].1),
+        "the key is not the leaf's"
+    );
+    assert_eq!(
+        common::cert_info(&blocks[1].1).dns_sans,
+        vec!["mail.example.test".to_owned()]
+    );
+    assert_eq!(
+        guest.stat("%U:%G:%a", &format!("{TLS}/chain.pem")),
+        "daemon:mail:640"
+    );
+    // `mxkeys status` in the guest: reachable, and this host led the job.
+    let mut status = String::new();
+    wait_until(
+        &guest,
+        "status to say the cluster is reachable",
+        Duration::from_secs(30),
+        || {
+            status = guest.stdout(&["mxkeys", "--config", "/etc/mxkeys/mxkeys.toml", "status"]);
+            status.contains("cluster: host mx1; reachable since")
+        },
+    );
+    // This host led the job and wrote the certificate through its lock;
+    // the only errors are the target's, before its first certificate.
+    assert!(
+        journal.contains("stored the certificate in the cluster at acme/shared"),
+        "not stored by this host:\n{}",
+        context()
+    );
+    let errors: Vec<&str> = journal
+        .lines()
+        .filter(|l| l.contains("ERROR") && !l.contains("no valid certificate"))
+        .collect();
+    assert!(errors.is_empty(), "errors: {errors:?}\n{}", context());
+    assert_eq!(guest.property("mxkeys", "ActiveState"), "active");
+    assert_eq!(guest.property("mxkeys", "NRestarts"), "0", "{}", context());
+}

@@ -36,23 +36,32 @@ pub struct EtcdCluster {
     pub tls: Option<EtcdTls>,
     members: Vec<Member>,
     initial: String,
+    /// The loopback address members listen on: `127.0.0.1` or `[::1]`.
+    ip: &'static str,
 }
 
 impl EtcdCluster {
     /// `members` plain-HTTP members on loopback.
     #[track_caller]
     pub fn start(dir: &Path, members: usize) -> EtcdCluster {
-        EtcdCluster::start_inner(dir, members, false)
+        EtcdCluster::start_inner(dir, members, false, "127.0.0.1")
+    }
+
+    /// `members` plain-HTTP members listening on `[::1]` only (clients and
+    /// peers), for an IPv6-only host.
+    #[track_caller]
+    pub fn start_ipv6(dir: &Path, members: usize) -> EtcdCluster {
+        EtcdCluster::start_inner(dir, members, false, "[::1]")
     }
 
     /// `members` members serving clients over TLS with client certificates.
     #[track_caller]
     pub fn start_tls(dir: &Path, members: usize) -> EtcdCluster {
-        EtcdCluster::start_inner(dir, members, true)
+        EtcdCluster::start_inner(dir, members, true, "127.0.0.1")
     }
 
     #[track_caller]
-    fn start_inner(dir: &Path, n: usize, tls: bool) -> EtcdCluster {
+    fn start_inner(dir: &Path, n: usize, tls: bool, ip: &'static str) -> EtcdCluster {
         std::fs::create_dir_all(dir).unwrap();
         let tls = tls.then(|| make_tls(dir));
         let members: Vec<Member> = (0..n)
@@ -65,7 +74,7 @@ impl EtcdCluster {
             .collect();
         let initial = members
             .iter()
-            .map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer_port))
+            .map(|m| format!("{}=http://{ip}:{}", m.name, m.peer_port))
             .collect::<Vec<_>>()
             .join(",");
         let mut cluster = EtcdCluster {
@@ -73,12 +82,13 @@ impl EtcdCluster {
             tls,
             members,
             initial,
+            ip,
         };
         for i in 0..n {
             cluster.spawn(i);
         }
         for i in 0..n {
-            let addr = format!("127.0.0.1:{}", cluster.members[i].client_port);
+            let addr = format!("{ip}:{}", cluster.members[i].client_port);
             wait_port(&addr, "etcd", || cluster.log());
         }
         // Wait for a leader: a write succeeds.
@@ -102,8 +112,8 @@ impl EtcdCluster {
         let scheme = self.scheme();
         let m = &self.members[i];
         let data = self.dir.join(format!("{}.data", m.name));
-        let client = format!("{scheme}://127.0.0.1:{}", m.client_port);
-        let peer = format!("http://127.0.0.1:{}", m.peer_port);
+        let client = format!("{scheme}://{}:{}", self.ip, m.client_port);
+        let peer = format!("http://{}:{}", self.ip, m.peer_port);
         let mut cmd = Command::new(prog("etcd"));
         cmd.args(["--name", &m.name])
             .arg("--data-dir")
@@ -144,7 +154,7 @@ impl EtcdCluster {
         let scheme = self.scheme();
         self.members
             .iter()
-            .map(|m| format!("{scheme}://127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{scheme}://{}:{}", self.ip, m.client_port))
             .collect()
     }
 
@@ -212,7 +222,7 @@ impl EtcdCluster {
     pub fn start_member(&mut self, i: usize) {
         if self.members[i].child.is_none() {
             self.spawn(i);
-            let addr = format!("127.0.0.1:{}", self.members[i].client_port);
+            let addr = format!("{}:{}", self.ip, self.members[i].client_port);
             wait_port(&addr, "etcd", || self.log());
         }
     }
