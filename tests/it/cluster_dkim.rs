@@ -318,6 +318,13 @@ impl Node {
         }
     }
 
+    fn selector_in_now(&self, state: &str) -> Option<String> {
+        self.keys_now()
+            .into_iter()
+            .find(|(_, s)| s == state)
+            .map(|(sel, _)| sel)
+    }
+
     /// `mxkeys run` for this host, its output in its directory.
     fn daemon(&self, tag: &str) -> Daemon {
         let mut cmd = std::process::Command::new(common::bin());
@@ -443,4 +450,112 @@ fn through_etcd_a_killed_leaders_book_is_followed_verified_and_continued_by_the_
     assert!(bind.serial(DOMAIN) != serial);
     assert_eq!(b.key_table(), vec![(r2.clone(), b.key_file(&r2))]);
     assert!(signs_and_verifies(&py, &b.key_file(&r2), &r2));
+}
+
+/// Both algorithms in `node`'s configuration, then SIGHUP to its daemon.
+fn add_ed25519(node: &Node, daemon: &Daemon) {
+    let path = node.config_path();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "algorithms = [\"rsa-2048\"]",
+        "algorithms = [\"rsa-2048\", \"ed25519\"]",
+    );
+    std::fs::write(&path, text).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+}
+
+/// How many leases etcd holds.
+fn leases(etcd: &EtcdCluster) -> usize {
+    let out = etcd.etcdctl(&["lease", "list"]).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// Well under a follower's one-minute poll: a wait this long that ends in
+/// time shows the watch ran the pass.
+const SOON: std::time::Duration = std::time::Duration::from_secs(20);
+
+#[test]
+fn through_etcd_a_follower_daemon_takes_each_stored_book_at_once_on_one_lease_and_leads_after_a_kill()
+ {
+    let test = "through_etcd_a_follower_daemon_takes_each_stored_book_at_once_on_one_lease_and_leads_after_a_kill";
+    let Some((bind, work)) = setup(test, &[DKIMPY, ETCD]) else {
+        return;
+    };
+    let etcd = EtcdCluster::start(&work.join("etcd"), 3);
+    let cluster = etcd_cluster(&etcd);
+    let a = Node::with_cluster(&bind, &work, "a", &cluster);
+    let b = Node::with_cluster(&bind, &work, "b", &cluster);
+    let lock = format!("{PREFIX}/lock/dkim");
+    let mut da = a.daemon("a");
+    let context = |ds: &[&Daemon]| {
+        let mut s = format!("etcd keys: {:?}\n", etcd.keys(PREFIX));
+        for d in ds {
+            s.push_str(&d.describe());
+        }
+        s
+    };
+    let r1 = poll(
+        "a's first key to sign and be stored in etcd",
+        DEADLINE,
+        || {
+            let r1 = a.selector_in_now("active")?;
+            (stored_keys(&etcd) == a.keys_now()).then_some(r1)
+        },
+        || context(&[&da]),
+    );
+    assert_eq!(etcd.get(&lock).as_deref(), Some(&b"a"[..]));
+
+    // b's daemon follows (its first pass), on the one lease of its
+    // connection: one lease per daemon.
+    let mut db = b.daemon("b");
+    poll(
+        "b to sign with r1",
+        DEADLINE,
+        || (b.key_table() == vec![(r1.clone(), b.key_file(&r1))]).then_some(()),
+        || context(&[&da, &db]),
+    );
+    assert_eq!(leases(&etcd), 2, "one lease per daemon");
+    let serial = bind.serial(DOMAIN);
+
+    // a adds an ed25519 key (its configuration reloaded): b signs with it
+    // as soon as a stores the book, not at its next poll.
+    add_ed25519(&a, &da);
+    let both = poll(
+        "a's ed25519 key to sign and be stored",
+        DEADLINE,
+        || {
+            let keys = stored_keys(&etcd);
+            (keys.len() == 2 && keys.iter().all(|(_, s)| s == "active")).then_some(keys)
+        },
+        || context(&[&da, &db]),
+    );
+    poll(
+        "b to sign with both keys, well before its next poll",
+        SOON,
+        || (b.keys_now() == both && b.key_table().len() == 2).then_some(()),
+        || context(&[&da, &db]),
+    );
+    assert_eq!(bind.serial(DOMAIN) - serial, 1, "a wrote the zone, b not");
+    add_ed25519(&b, &db);
+
+    // a is killed: b leads as soon as a's lease ends, and continues the
+    // same book: no new key, the zone untouched.
+    da.signal(nix::sys::signal::Signal::SIGKILL);
+    da.wait_exit();
+    poll(
+        "b to lead once a's lease ended",
+        SOON,
+        || (etcd.get(&lock).as_deref() == Some(&b"b"[..])).then_some(()),
+        || context(&[&db]),
+    );
+    let serial = bind.serial(DOMAIN);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    db.assert_running();
+    assert_eq!(b.keys_now(), both, "{}", context(&[&db]));
+    assert_eq!(stored_keys(&etcd), both);
+    assert_eq!(bind.serial(DOMAIN), serial);
+    assert_eq!(leases(&etcd), 1, "a's lease ended; b's is the only one");
 }
