@@ -3,10 +3,12 @@
 //! semantics; the etcd backend has its own tests) and a real BIND 9 on
 //! loopback, the signatures checked by dkimpy through that server.
 //!
-//! The last test runs the same path through a real three-member etcd
+//! The last two tests run the same path through a real three-member etcd
 //! (Debian's etcd-server) with each host a separate process: the leader an
 //! `mxkeys run` daemon killed with SIGKILL, the follower `mxkeys dkim
-//! rotate` one-shots (about 5 s).
+//! rotate` one-shots (about 5 s) or a daemon following each stored book
+//! through its watch (about 35 s: a step made due by SIGHUP waits the DKIM
+//! task's 30 s).
 //!
 //! Each host has its own state, key and signer directories and reload
 //! log; both use the one BIND zone. Durations are short (lead 0 s, drain
