@@ -11,7 +11,9 @@
 //! pipeline. Tokens under `http01/` are answered by the built-in responder
 //! on each shared http-01 source's `http_listen` while any exist, except
 //! where this host leads the source's job (its own order's responder is
-//! there). A watch that ends is listed and watched again; a probe (a full
+//! there). A change of `dkim/book`, or the `dkim` lock of another host
+//! gone, runs the DKIM task's shared pass at once ([`dkim_pass_due`]),
+//! through this task's connection (one lease per daemon). A watch that ends is listed and watched again; a probe (a full
 //! listing, which needs a quorum) every [`probe_interval`] keeps
 //! [`Health`] true to the cluster and the view whole even if a watch
 //! silently stalls. [`Health`] is written atomically to
@@ -63,6 +65,8 @@ pub enum Key<'k> {
     Http01(&'k str),
     /// `lock/JOB`: a job's lock; its value is the holder's host id.
     Lock(&'k str),
+    /// `dkim/book`: the shared DKIM book.
+    DkimBook,
     Other,
 }
 
@@ -76,6 +80,8 @@ pub fn classify(key: &str) -> Key<'_> {
         Key::Http01(token)
     } else if let Some(job) = part("lock/") {
         Key::Lock(job)
+    } else if key == crate::cluster::dkim::BOOK {
+        Key::DkimBook
     } else {
         Key::Other
     }
@@ -99,6 +105,8 @@ pub struct View {
     pub acme: BTreeMap<String, i64>,
     pub tokens: BTreeMap<String, String>,
     pub locks: BTreeMap<String, String>,
+    /// The DKIM book's revision (0: none stored).
+    pub dkim_book: i64,
     /// The highest revision seen: a watch starts after it.
     pub revision: i64,
 }
@@ -139,6 +147,10 @@ impl View {
                     locks: self.locks.remove(job).is_some(),
                     ..Changed::default()
                 },
+                Key::DkimBook => {
+                    self.dkim_book = 0;
+                    Changed::default()
+                }
                 Key::Other => Changed::default(),
             },
         }
@@ -165,6 +177,10 @@ impl View {
                     locks: self.locks.insert(job.to_owned(), value.clone()) != Some(value),
                     ..Changed::default()
                 }
+            }
+            Key::DkimBook => {
+                self.dkim_book = stored.revision;
+                Changed::default()
             }
             Key::Other => Changed::default(),
         }
@@ -269,6 +285,23 @@ pub fn released_by_others(
     })
 }
 
+/// Whether the DKIM task should run a shared pass now (pure), rather than
+/// at its next timer (a follower polls once a minute): the stored book's
+/// revision is not the one last handed on (`seen`; another host stored
+/// one, or this host just connected), or the `dkim` lock another host held
+/// is gone (it resigned or died and its lease ended: this host may lead).
+pub fn dkim_pass_due(
+    seen: i64,
+    view: &View,
+    before: &BTreeMap<String, String>,
+    host: &str,
+) -> bool {
+    let released = before.get(crate::cluster::dkim::JOB).is_some_and(|holder| {
+        holder != host && view.locks.get(crate::cluster::dkim::JOB) != Some(holder)
+    });
+    view.dkim_book != seen || released
+}
+
 /// What the ACME task gets from the cluster task: the shared order path's
 /// context (store, seal key, host id, fenced-write count) while connected
 /// with a usable seal key; `None` otherwise, and shared sources are then
@@ -279,6 +312,9 @@ pub struct ClusterHandle {
     /// Bumped when another host's shared acme job ends
     /// ([`released_by_others`]).
     pub released: channel::Receiver<u64>,
+    /// Bumped when a shared DKIM pass is due at once ([`dkim_pass_due`]),
+    /// and at each connection (the context is there to use).
+    pub dkim: channel::Receiver<u64>,
 }
 
 impl ClusterHandle {
@@ -304,6 +340,9 @@ pub struct ClusterTask {
     pub stop: channel::Receiver<bool>,
     ctx_tx: channel::Sender<Option<Arc<Ctx>>>,
     released: channel::Sender<u64>,
+    dkim: channel::Sender<u64>,
+    /// The DKIM book's revision last handed on (-1: none yet this session).
+    dkim_seen: i64,
     /// The context handed out while connected (its fenced-write count).
     ctx: Option<Arc<Ctx>>,
     health: Health,
@@ -323,7 +362,12 @@ impl ClusterTask {
     ) -> (ClusterTask, ClusterHandle) {
         let (ctx_tx, ctx) = channel::channel(None);
         let (released_tx, released) = channel::channel(0);
-        let handle = ClusterHandle { ctx, released };
+        let (dkim_tx, dkim) = channel::channel(0);
+        let handle = ClusterHandle {
+            ctx,
+            released,
+            dkim,
+        };
         let task = ClusterTask {
             config,
             metrics,
@@ -331,6 +375,8 @@ impl ClusterTask {
             stop,
             ctx_tx,
             released: released_tx,
+            dkim: dkim_tx,
+            dkim_seen: -1,
             ctx: None,
             health: Health::default(),
             view: View::default(),
@@ -372,6 +418,7 @@ impl ClusterTask {
         self.ctx = None;
         self.responders.clear();
         self.view = View::default();
+        self.dkim_seen = -1;
     }
 
     fn host(&self) -> String {
@@ -577,6 +624,14 @@ impl ClusterTask {
         }
         if changed.locks {
             self.report_leading();
+        }
+        let shared_dkim = self.config.dkim.as_ref().is_some_and(|d| d.shared);
+        if shared_dkim
+            && self.ctx.is_some()
+            && dkim_pass_due(self.dkim_seen, &self.view, before, &self.host())
+        {
+            self.dkim_seen = self.view.dkim_book;
+            self.dkim.send_modify(|n| *n += 1);
         }
     }
 
@@ -822,7 +877,8 @@ mod tests {
             ("lock/acme/mx", Key::Lock("acme/mx")),
             ("lock/dkim", Key::Lock("dkim")),
             ("acme/", Key::Other),
-            ("dkim/book", Key::Other),
+            ("dkim/book", Key::DkimBook),
+            ("dkim/key/s1.example.test", Key::Other),
             ("acmex/mx", Key::Other),
         ] {
             assert_eq!(classify(key), kind, "{key}");
@@ -860,6 +916,52 @@ mod tests {
             );
         }
         assert_eq!(view.revision, 10);
+    }
+
+    #[test]
+    fn a_shared_dkim_pass_is_due_when_the_book_moves_or_anothers_dkim_lock_goes() {
+        let locks = |l: &[(&str, &str)]| -> BTreeMap<String, String> {
+            l.iter()
+                .map(|(j, h)| ((*j).to_owned(), (*h).to_owned()))
+                .collect()
+        };
+        // (seen, book now, locks before, locks now, due)
+        let cases = [
+            (-1, 0, locks(&[]), locks(&[]), true),
+            (-1, 7, locks(&[]), locks(&[]), true),
+            (7, 7, locks(&[]), locks(&[]), false),
+            (7, 9, locks(&[]), locks(&[]), true),
+            (7, 0, locks(&[]), locks(&[]), true),
+            (7, 7, locks(&[("dkim", "b")]), locks(&[]), true),
+            (7, 7, locks(&[("dkim", "b")]), locks(&[("dkim", "c")]), true),
+            (
+                7,
+                7,
+                locks(&[("dkim", "b")]),
+                locks(&[("dkim", "b")]),
+                false,
+            ),
+            (7, 7, locks(&[("dkim", "a")]), locks(&[]), false),
+            (7, 7, locks(&[("acme/mx", "b")]), locks(&[]), false),
+            (7, 7, locks(&[]), locks(&[("dkim", "b")]), false),
+        ];
+        for (i, (seen, book, before, now, due)) in cases.into_iter().enumerate() {
+            let view = View {
+                dkim_book: book,
+                locks: now,
+                ..View::default()
+            };
+            assert_eq!(dkim_pass_due(seen, &view, &before, "a"), due, "case {i}");
+        }
+        let mut view = View::default();
+        view.apply(&put("dkim/book", "{}", 12));
+        assert_eq!(view.dkim_book, 12);
+        view.apply(&put("dkim/key/s1.example.test", "x", 13));
+        assert_eq!(view.dkim_book, 12, "a key is not the book");
+        view.apply(&del("dkim/book"));
+        assert_eq!(view.dkim_book, 0);
+        view.relist(&[("dkim/book".to_owned(), stored("{}", 15))]);
+        assert_eq!(view.dkim_book, 15);
     }
 
     #[test]

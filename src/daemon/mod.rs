@@ -180,13 +180,14 @@ impl Daemon {
             requests: requests_tx,
             stop: stop.clone(),
             last_renewal: i64::MIN / 2,
-            cluster: cluster_handle,
+            cluster: cluster_handle.clone(),
         };
         let acme = tokio::spawn(acme.run(config.clone(), ready.clone()));
         let dkim = DkimTask {
             config: self.config.clone(),
             metrics: self.metrics.clone(),
             stop: stop.clone(),
+            cluster: cluster_handle,
         };
         let dkim = tokio::spawn(dkim.run(config, ready));
         let watchdog = tokio::spawn(tasks::watchdog(vec![
@@ -379,11 +380,14 @@ impl AcmeTask {
 }
 
 /// The DKIM scheduler: advances the keys' state machine when a transition
-/// is due.
+/// is due. With `[dkim] shared` it passes through the cluster task's
+/// connection (one lease per daemon), and at once when the cluster task
+/// says the stored book changed or the `dkim` lock was released.
 struct DkimTask {
     config: Arc<Config>,
     metrics: Arc<metrics::Metrics>,
     stop: channel::Receiver<bool>,
+    cluster: cluster::ClusterHandle,
 }
 
 impl DkimTask {
@@ -405,6 +409,12 @@ impl DkimTask {
                     self.config = config.borrow_and_update().clone();
                     next_dkim = self.next_dkim();
                 }
+                Ok(()) = self.cluster.dkim.changed() => {
+                    self.cluster.dkim.borrow_and_update();
+                    if self.shared() {
+                        next_dkim = Some(Instant::now());
+                    }
+                }
                 _ = sleep_until(next_dkim.unwrap_or_else(Instant::now)), if next_dkim.is_some() => {
                     self.dkim_pass().await;
                     if *self.stop.borrow() {
@@ -424,8 +434,21 @@ impl DkimTask {
         }
         let config = self.config.clone();
         let grace = self.config.daemon.stop_timeout.min(DKIM_STOP_GRACE);
+        let shared = self.shared().then(|| self.cluster.ctx());
         let pass = tasks::off_runtime(&mut self.stop, grace, || async move {
-            crate::dkim::rotate(&config, None, false).await
+            match shared {
+                None => crate::dkim::rotate(&config, None, false).await,
+                Some(Some(ctx)) => {
+                    crate::cluster::dkim::pass(&config, &ctx.store, &ctx.seal, None, false).await
+                }
+                // The cluster task says when it is connected.
+                Some(None) => Err(crate::dkim::DkimError::Shared(
+                    crate::cluster::ClusterError::Unavailable(
+                        "not connected yet; the shared DKIM pass waits".into(),
+                    )
+                    .into(),
+                )),
+            }
         })
         .await;
         // The pass logged its own errors.
@@ -445,6 +468,11 @@ impl DkimTask {
         let ok = outcome.as_ref().is_ok_and(|pass| pass.errors.is_empty());
         self.metrics.dkim_outcome(&outcome);
         self.metrics.set_dkim(&self.config, ok);
+    }
+
+    /// `[dkim] shared` with `[cluster]`: passes go through the cluster task.
+    fn shared(&self) -> bool {
+        self.config.cluster.is_some() && self.config.dkim.as_ref().is_some_and(|d| d.shared)
     }
 
     /// When the next DKIM pass is due; keys waiting for their record to

@@ -3,6 +3,13 @@
 //! semantics; the etcd backend has its own tests) and a real BIND 9 on
 //! loopback, the signatures checked by dkimpy through that server.
 //!
+//! The last two tests run the same path through a real three-member etcd
+//! (Debian's etcd-server) with each host a separate process: the leader an
+//! `mxkeys run` daemon killed with SIGKILL, the follower `mxkeys dkim
+//! rotate` one-shots (about 5 s) or a daemon following each stored book
+//! through its watch (about 35 s: a step made due by SIGHUP waits the DKIM
+//! task's 30 s).
+//!
 //! Each host has its own state, key and signer directories and reload
 //! log; both use the one BIND zone. Durations are short (lead 0 s, drain
 //! and revoke_hold 2 s); waits poll with deadlines.
@@ -13,8 +20,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use common::Daemon;
 use common::bind::{self, Bind};
-use common::dkim_tools::{DEADLINE, DKIMPY, Dkimpy, message, setup};
+use common::dkim_tools::{DEADLINE, DKIMPY, Dkimpy, message, mx_ok, setup};
+use common::etcd::{ETCD, EtcdCluster};
+use common::servers::poll;
 use mxkeys::cluster::SharedStore as _;
 use mxkeys::cluster::dkim::pass;
 use mxkeys::cluster::memory::Memory;
@@ -32,6 +42,11 @@ struct Node {
 
 impl Node {
     fn new(bind: &Bind, work: &Path, id: &str) -> Node {
+        Node::with_cluster(bind, work, id, "endpoints = [\"http://127.0.0.1:1\"]\n")
+    }
+
+    /// The same with `cluster` (endpoints and further `[cluster]` lines).
+    fn with_cluster(bind: &Bind, work: &Path, id: &str, cluster: &str) -> Node {
         let dir = work.join(id);
         std::fs::create_dir_all(&dir).unwrap();
         let seal = work.join("shared.key");
@@ -50,7 +65,7 @@ impl Node {
              propagation_timeout = \"3s\"\n\
              [cluster]\n\
              backend = \"etcd\"\n\
-             endpoints = [\"http://127.0.0.1:1\"]\n\
+             {cluster}\
              shared_key_file = \"{seal}\"\n\
              [dkim]\n\
              shared = true\n\
@@ -273,4 +288,276 @@ async fn two_hosts_sign_with_one_key_set_that_only_the_leader_publishes_and_rota
     );
     assert_eq!(a.keys(), b.keys());
     assert!(done.iter().all(|l| !l.contains(": new ")), "{done:?}");
+}
+
+// ---------------------------------------------------------------------------
+// The same through a real three-member etcd and separate processes
+// ---------------------------------------------------------------------------
+
+/// Where the etcd tests keep their keys.
+const PREFIX: &str = "/mxkeys-dkim";
+
+/// `[cluster]` lines for the real etcd (lease 2 s, the least allowed).
+fn etcd_cluster(etcd: &EtcdCluster) -> String {
+    format!(
+        "endpoints = {}\nprefix = \"{PREFIX}\"\nlease_ttl = \"2s\"\n",
+        etcd.endpoints_toml()
+    )
+}
+
+impl Node {
+    fn config_path(&self) -> PathBuf {
+        self.dir.join("mxkeys.toml")
+    }
+
+    /// (selector, state) of every key in this host's book, empty while it
+    /// has none.
+    fn keys_now(&self) -> BTreeSet<(String, String)> {
+        if self.dir.join("state/dkim/state.json").exists() {
+            self.keys()
+        } else {
+            BTreeSet::new()
+        }
+    }
+
+    fn selector_in_now(&self, state: &str) -> Option<String> {
+        self.keys_now()
+            .into_iter()
+            .find(|(_, s)| s == state)
+            .map(|(sel, _)| sel)
+    }
+
+    /// `mxkeys run` for this host, its output in its directory.
+    fn daemon(&self, tag: &str) -> Daemon {
+        let mut cmd = std::process::Command::new(common::bin());
+        cmd.arg("--config")
+            .arg(self.config_path())
+            .arg("run")
+            .env_remove("MXKEYS_CONFIG");
+        Daemon::spawn(cmd, &self.dir, tag)
+    }
+
+    /// `mxkeys dkim rotate` (one process) that must succeed; its stdout.
+    fn rotate(&self, force: bool) -> String {
+        let mut args = vec!["dkim", "rotate"];
+        if force {
+            args.push("--force");
+        }
+        mx_ok(&self.config_path(), &args)
+    }
+}
+
+/// (selector, state) of every key in the cluster's stored book.
+fn stored_keys(etcd: &EtcdCluster) -> BTreeSet<(String, String)> {
+    let Some(bytes) = etcd.get(&format!("{PREFIX}/dkim/book")) else {
+        return BTreeSet::new();
+    };
+    let book: Value = serde_json::from_slice(&bytes).unwrap();
+    book["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            (
+                k["selector"].as_str().unwrap().to_owned(),
+                k["state"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn through_etcd_a_killed_leaders_book_is_followed_verified_and_continued_by_the_other_host() {
+    let test =
+        "through_etcd_a_killed_leaders_book_is_followed_verified_and_continued_by_the_other_host";
+    let Some((bind, work)) = setup(test, &[DKIMPY, ETCD]) else {
+        return;
+    };
+    let etcd = EtcdCluster::start(&work.join("etcd"), 3);
+    let cluster = etcd_cluster(&etcd);
+    let a = Node::with_cluster(&bind, &work, "a", &cluster);
+    let b = Node::with_cluster(&bind, &work, "b", &cluster);
+    let py = Dkimpy::new(&work.join("py"), bind.port);
+    let lock = format!("{PREFIX}/lock/dkim");
+
+    // a runs as a daemon and leads: its first key is published, verified,
+    // signs, and its book and sealed key are in etcd.
+    let mut da = a.daemon("a");
+    let context = |d: &Daemon| format!("{}\netcd keys: {:?}", d.describe(), etcd.keys(PREFIX));
+    let r1 = poll(
+        "a's first key to sign and be stored in etcd",
+        DEADLINE,
+        || {
+            let r1 = a
+                .keys_now()
+                .into_iter()
+                .find(|(_, s)| s == "active")
+                .map(|(sel, _)| sel)?;
+            (stored_keys(&etcd) == a.keys_now()).then_some(r1)
+        },
+        || context(&da),
+    );
+    assert_eq!(etcd.get(&lock).as_deref(), Some(&b"a"[..]));
+    let record = a.book()["keys"][0]["record"].as_str().unwrap().to_owned();
+    assert_eq!(bind.txt_values(&name(&r1)), vec![record.clone()]);
+    let sealed = etcd
+        .get(&format!("{PREFIX}/dkim/key/{r1}.{DOMAIN}"))
+        .expect("the sealed key is in etcd");
+    assert!(!String::from_utf8_lossy(&sealed).contains("PRIVATE"));
+
+    // b, another process with its own state and keys, follows: the same
+    // key file, its own KeyTable and a reload; dkimpy verifies mail signed
+    // with b's copy through BIND; b writes nothing to the zone, even
+    // asked to force a rotation.
+    let serial = bind.serial(DOMAIN);
+    b.rotate(false);
+    assert_eq!(b.keys(), a.keys());
+    assert_eq!(
+        std::fs::read(b.key_file(&r1)).unwrap(),
+        std::fs::read(a.key_file(&r1)).unwrap()
+    );
+    assert_eq!(b.key_table(), vec![(r1.clone(), b.key_file(&r1))]);
+    assert_eq!(b.reloads(), 1);
+    assert!(signs_and_verifies(&py, &b.key_file(&r1), &r1));
+    b.rotate(true);
+    assert_eq!(b.keys(), a.keys(), "a follower's --force changes nothing");
+    assert_eq!(stored_keys(&etcd), a.keys());
+    assert_eq!(bind.serial(DOMAIN), serial, "a follower never writes DNS");
+    assert_eq!(bind.txt_values(&name(&r1)), vec![record.clone()]);
+
+    // a is killed: its lock goes with its lease; b leads and continues
+    // a's book: the one step asked for (a forced rotation) makes one new
+    // key, which b publishes and signs with (lead 0 s: in this one pass),
+    // and r1 drains, its record kept.
+    da.signal(nix::sys::signal::Signal::SIGKILL);
+    da.wait_exit();
+    poll(
+        "a's lock to go with its lease",
+        DEADLINE,
+        || etcd.get(&lock).is_none().then_some(()),
+        || context(&da),
+    );
+    let out = b.rotate(true);
+    let keys = b.keys();
+    assert!(
+        keys.contains(&(r1.clone(), "draining".to_owned())),
+        "{keys:?}\n{out}"
+    );
+    let new: Vec<&(String, String)> = keys.iter().filter(|(s, _)| *s != r1).collect();
+    assert_eq!(new.len(), 1, "one new key for one step: {keys:?}\n{out}");
+    let r2 = new[0].0.clone();
+    assert_eq!(stored_keys(&etcd), keys, "b stored the book it continued");
+    assert_eq!(bind.txt_values(&name(&r1)), vec![record]);
+    assert_eq!(bind.txt_values(&name(&r2)).len(), 1, "b published r2");
+    assert!(bind.serial(DOMAIN) != serial);
+    assert_eq!(b.key_table(), vec![(r2.clone(), b.key_file(&r2))]);
+    assert!(signs_and_verifies(&py, &b.key_file(&r2), &r2));
+}
+
+/// Both algorithms in `node`'s configuration, then SIGHUP to its daemon.
+fn add_ed25519(node: &Node, daemon: &Daemon) {
+    let path = node.config_path();
+    let text = std::fs::read_to_string(&path).unwrap().replace(
+        "algorithms = [\"rsa-2048\"]",
+        "algorithms = [\"rsa-2048\", \"ed25519\"]",
+    );
+    std::fs::write(&path, text).unwrap();
+    daemon.signal(nix::sys::signal::Signal::SIGHUP);
+}
+
+/// How many leases etcd holds.
+fn leases(etcd: &EtcdCluster) -> usize {
+    let out = etcd.etcdctl(&["lease", "list"]).unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// Well under a follower's one-minute poll: a wait this long that ends in
+/// time shows the watch ran the pass.
+const SOON: std::time::Duration = std::time::Duration::from_secs(20);
+
+#[test]
+fn through_etcd_a_follower_daemon_takes_each_stored_book_at_once_on_one_lease_and_leads_after_a_kill()
+ {
+    let test = "through_etcd_a_follower_daemon_takes_each_stored_book_at_once_on_one_lease_and_leads_after_a_kill";
+    let Some((bind, work)) = setup(test, &[DKIMPY, ETCD]) else {
+        return;
+    };
+    let etcd = EtcdCluster::start(&work.join("etcd"), 3);
+    let cluster = etcd_cluster(&etcd);
+    let a = Node::with_cluster(&bind, &work, "a", &cluster);
+    let b = Node::with_cluster(&bind, &work, "b", &cluster);
+    let lock = format!("{PREFIX}/lock/dkim");
+    let mut da = a.daemon("a");
+    let context = |ds: &[&Daemon]| {
+        let mut s = format!("etcd keys: {:?}\n", etcd.keys(PREFIX));
+        for d in ds {
+            s.push_str(&d.describe());
+        }
+        s
+    };
+    let r1 = poll(
+        "a's first key to sign and be stored in etcd",
+        DEADLINE,
+        || {
+            let r1 = a.selector_in_now("active")?;
+            (stored_keys(&etcd) == a.keys_now()).then_some(r1)
+        },
+        || context(&[&da]),
+    );
+    assert_eq!(etcd.get(&lock).as_deref(), Some(&b"a"[..]));
+
+    // b's daemon follows (its first pass), on the one lease of its
+    // connection: one lease per daemon.
+    let mut db = b.daemon("b");
+    poll(
+        "b to sign with r1",
+        DEADLINE,
+        || (b.key_table() == vec![(r1.clone(), b.key_file(&r1))]).then_some(()),
+        || context(&[&da, &db]),
+    );
+    assert_eq!(leases(&etcd), 2, "one lease per daemon");
+    let serial = bind.serial(DOMAIN);
+
+    // a adds an ed25519 key (its configuration reloaded): b signs with it
+    // as soon as a stores the book, not at its next poll.
+    add_ed25519(&a, &da);
+    let both = poll(
+        "a's ed25519 key to sign and be stored",
+        DEADLINE,
+        || {
+            let keys = stored_keys(&etcd);
+            (keys.len() == 2 && keys.iter().all(|(_, s)| s == "active")).then_some(keys)
+        },
+        || context(&[&da, &db]),
+    );
+    poll(
+        "b to sign with both keys, well before its next poll",
+        SOON,
+        || (b.keys_now() == both && b.key_table().len() == 2).then_some(()),
+        || context(&[&da, &db]),
+    );
+    assert_eq!(bind.serial(DOMAIN) - serial, 1, "a wrote the zone, b not");
+    add_ed25519(&b, &db);
+
+    // a is killed: b leads as soon as a's lease ends, and continues the
+    // same book: no new key, the zone untouched.
+    da.signal(nix::sys::signal::Signal::SIGKILL);
+    da.wait_exit();
+    poll(
+        "b to lead once a's lease ended",
+        SOON,
+        || (etcd.get(&lock).as_deref() == Some(&b"b"[..])).then_some(()),
+        || context(&[&db]),
+    );
+    let serial = bind.serial(DOMAIN);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    db.assert_running();
+    assert_eq!(b.keys_now(), both, "{}", context(&[&db]));
+    assert_eq!(stored_keys(&etcd), both);
+    assert_eq!(bind.serial(DOMAIN), serial);
+    assert_eq!(leases(&etcd), 1, "a's lease ended; b's is the only one");
 }
