@@ -596,14 +596,15 @@ async fn hold_back_shared(
             continue;
         };
         let job = crate::cluster::acme::job(w.source);
-        let (role, lead) = match ctx.store.campaign(&job).await {
-            Ok(Some(lead)) => (Role::Leader, Some(lead)),
-            Ok(None) => (
-                Role::Follower(crate::cluster::acme::holder(&ctx.store, &job).await),
-                None,
-            ),
-            Err(e) => (Role::Unreachable(e.to_string()), None),
-        };
+        let (role, lead) =
+            match crate::cluster::campaign_if_free(&ctx.store, &job, ctx.host.as_str()).await {
+                Ok(Some(lead)) => (Role::Leader, Some(lead)),
+                Ok(None) => (
+                    Role::Follower(crate::cluster::acme::holder(&ctx.store, &job).await),
+                    None,
+                ),
+                Err(e) => (Role::Unreachable(e.to_string()), None),
+            };
         let mut read_revision = None;
         if let Some(lead) = &lead {
             leads.push(lead.clone());

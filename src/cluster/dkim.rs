@@ -194,7 +194,11 @@ pub async fn pass<S: SharedStore>(
     force: bool,
 ) -> Result<Pass, DkimError> {
     let d = config.dkim.as_ref().ok_or(DkimError::NotConfigured)?;
-    let lead = store.campaign(JOB).await.map_err(shared)?;
+    let lead = match &config.host_id {
+        Some(host) => super::campaign_if_free(store, JOB, host.as_str()).await,
+        None => store.campaign(JOB).await,
+    }
+    .map_err(shared)?;
     let Some(lead) = lead else {
         let mut pass = Pass::default();
         follow(config, d, store, seal, &mut pass).await?;

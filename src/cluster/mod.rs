@@ -242,6 +242,23 @@ pub trait SharedStore: Send + Sync {
     ) -> impl Future<Output = Result<tokio::sync::mpsc::Receiver<Event>, ClusterError>> + Send;
 }
 
+/// Campaigns for `job` only when its lock is free or already `host`'s. A
+/// host that finds another holder has only read: a campaign that loses is
+/// still a Raft proposal, and hosts look at shared jobs at every pass.
+/// `None` while another host holds the job.
+pub async fn campaign_if_free(
+    store: &impl SharedStore,
+    job: &Job,
+    host: &str,
+) -> Result<Option<Leadership>, ClusterError> {
+    if let Some(held) = store.get(&format!("lock/{job}")).await?
+        && String::from_utf8_lossy(&held.value).trim() != host
+    {
+        return Ok(None);
+    }
+    store.campaign(job).await
+}
+
 /// A shared certificate as stored at `acme/NAME`: JSON.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct SharedCert {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::etcd::{ETCD, EtcdCluster};
 use common::servers::require;
 use mxkeys::cluster::{
-    Backend, ClusterError, Event, Expect, Fence, Leadership, SharedStore, Written,
+    Backend, ClusterError, Event, Expect, Fence, Leadership, SharedStore, Written, campaign_if_free,
 };
 use mxkeys::config::{Cluster, ClusterBackend, ClusterTls, HostId, Secret};
 
@@ -500,8 +500,15 @@ async fn with_etcd_authentication_the_password_file_gets_in_and_a_wrong_password
 
 /// etcd's count of watchers, summed over the members (their /metrics).
 fn etcd_watchers(etcd: &EtcdCluster) -> u64 {
+    etcd_metric(etcd, "etcd_debugging_mvcc_watcher_total")
+        .iter()
+        .sum()
+}
+
+/// One metric of every member (their /metrics), in member order.
+fn etcd_metric(etcd: &EtcdCluster, name: &str) -> Vec<u64> {
     use std::io::{Read, Write};
-    let mut total = 0;
+    let mut values = Vec::new();
     for e in etcd.endpoints() {
         let addr = e.trim_start_matches("http://");
         let mut s = std::net::TcpStream::connect(addr).expect("etcd metrics");
@@ -511,15 +518,69 @@ fn etcd_watchers(etcd: &EtcdCluster) -> u64 {
         s.read_to_string(&mut body).unwrap();
         let line = body
             .lines()
-            .find(|l| l.starts_with("etcd_debugging_mvcc_watcher_total "))
-            .unwrap_or_else(|| panic!("no watcher gauge in {addr}'s metrics"));
-        total += line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap() as u64;
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {addr}'s metrics"));
+        values.push(
+            line.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap() as u64,
+        );
     }
-    total
+    values
+}
+
+/// The Raft proposals the cluster committed (the most any member saw).
+fn proposals(etcd: &EtcdCluster) -> u64 {
+    etcd_metric(etcd, "etcd_server_proposals_committed_total")
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_finds_a_job_held_by_another_reads_and_proposes_nothing() {
+    let Some((dir, etcd)) =
+        setup("a_host_that_finds_a_job_held_by_another_reads_and_proposes_nothing")
+    else {
+        return;
+    };
+    let config = cluster_config(&etcd, dir.path(), 10);
+    let a = connect(&config, "mx1").await;
+    let b = connect(&config, "mx2").await;
+    let lead = bounded(campaign_if_free(&a, "acme/mx", "mx1"))
+        .await
+        .unwrap()
+        .expect("a free job is taken");
+    // Its own job: taken again, the same fence.
+    let again = bounded(campaign_if_free(&a, "acme/mx", "mx1"))
+        .await
+        .unwrap();
+    assert_eq!(again.map(|l| l.fence), Some(lead.fence));
+    let before = proposals(&etcd);
+    for _ in 0..20 {
+        assert!(
+            bounded(campaign_if_free(&b, "acme/mx", "mx2"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+    }
+    let read_only = proposals(&etcd) - before;
+    // A campaign that loses is a proposal all the same.
+    let before = proposals(&etcd);
+    for _ in 0..20 {
+        assert!(bounded(b.campaign("acme/mx")).await.unwrap().is_none());
+    }
+    let campaigned = proposals(&etcd) - before;
+    assert!(
+        campaigned >= 20,
+        "20 lost campaigns, {campaigned} proposals"
+    );
+    assert!(
+        read_only < 5,
+        "20 looks at a held job made {read_only} proposals"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
