@@ -34,7 +34,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// One host's connection and lease.
 #[derive(Clone)]
 pub struct Etcd {
-    /// Boxed: the client is large, and `Backend` holds an `Etcd` by value.
+    /// Shared: the client is large, and `Backend` holds an `Etcd` by value.
     client: Arc<Client>,
     /// The configured prefix followed by '/'.
     prefix: String,

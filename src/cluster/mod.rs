@@ -25,6 +25,10 @@
 //! - `acme/NAME`: the shared certificate of acme source NAME ([`SharedCert`]).
 //! - `http01/TOKEN`: an HTTP-01 key authorization, on the leader's lease,
 //!   so any host the CA reaches can answer.
+//! - `responders/SOURCE/HOST` and `http01-ack/TOKEN/HOST`: a daemon that
+//!   answers shared source SOURCE's tokens, and its word that it answers
+//!   TOKEN, both on its lease; the leader asks the CA once all have it
+//!   ([`acme::wait_for_answers`]).
 //! - `dkim/...`: the shared DKIM book and sealed keys.
 
 use std::future::Future;

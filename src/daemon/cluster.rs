@@ -13,7 +13,11 @@
 //! where this host leads the source's job (its own order's responder is
 //! there). A change of `dkim/book`, or the `dkim` lock of another host
 //! gone, runs the DKIM task's shared pass at once ([`dkim_pass_due`]),
-//! through this task's connection (one lease per daemon). A watch that ends is listed and watched again; a probe (a full
+//! through this task's connection (one lease per daemon). The daemon
+//! registers as a responder of each shared http-01 source and
+//! acknowledges every token it answers, so the leader asks the CA only
+//! once every host has it. A watch that ends is listed and watched again;
+//! a probe (a full
 //! listing, which needs a quorum) every [`probe_interval`] keeps
 //! [`Health`] true to the cluster and the view whole even if a watch
 //! silently stalls. [`Health`] is written atomically to
