@@ -100,17 +100,7 @@ impl Node {
 
     /// (selector, state) of every key in this host's book.
     fn keys(&self) -> BTreeSet<(String, String)> {
-        self.book()["keys"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|k| {
-                (
-                    k["selector"].as_str().unwrap().to_owned(),
-                    k["state"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect()
+        book_keys(&self.book())
     }
 
     fn selector_in(&self, state: &str) -> Option<String> {
@@ -352,7 +342,11 @@ fn stored_keys(etcd: &EtcdCluster) -> BTreeSet<(String, String)> {
     let Some(bytes) = etcd.get(&format!("{PREFIX}/dkim/book")) else {
         return BTreeSet::new();
     };
-    let book: Value = serde_json::from_slice(&bytes).unwrap();
+    book_keys(&serde_json::from_slice(&bytes).unwrap())
+}
+
+/// (selector, state) of every key in a book (`state.json`'s shape).
+fn book_keys(book: &Value) -> BTreeSet<(String, String)> {
     book["keys"]
         .as_array()
         .unwrap()

@@ -389,6 +389,29 @@ ns IN A 127.0.0.1
 mail IN A 127.0.0.1
 ";
 
+/// The `[acme]` table for pebble (its CA copied to `/etc/mxkeys`) and
+/// `[dns.bind]` for `dns` (its TSIG key copied there), as the guest reads
+/// them.
+fn acme_tables(pebble: &Pebble, dns: &Dns) -> String {
+    format!(
+        "[acme]\n\
+         directory = {url}\n\
+         email = \"admin@example.test\"\n\
+         ca_bundle = \"/etc/mxkeys/pebble-ca.pem\"\n\
+         [dns.bind]\n\
+         type = \"rfc2136\"\n\
+         server = \"{addr}\"\n\
+         zone = \"example.test\"\n\
+         tsig_name = \"{KEY_NAME}\"\n\
+         tsig_secret_file = \"/etc/mxkeys/tsig.key\"\n\
+         nameservers = [\"{addr}\"]\n\
+         propagation_interval = \"200ms\"\n\
+         propagation_timeout = \"30s\"\n",
+        url = q(&pebble.url),
+        addr = dns.addr(),
+    )
+}
+
 /// The timer's service, started by hand as the timer would: `mxkeys renew`
 /// under its own sandbox orders a certificate from a real ACME CA (pebble,
 /// DNS-01 through BIND with TSIG), keeps its account in the state
@@ -410,27 +433,14 @@ fn renew_service_started_as_its_timer_would_orders_and_installs_an_owned_target(
     host.configure_raw(&format!(
         "hostname = \"mail.example.test\"\n\
          state_dir = \"/var/lib/mxkeys\"\n\
-         [acme]\n\
-         directory = {url}\n\
-         email = \"admin@example.test\"\n\
-         ca_bundle = \"/etc/mxkeys/pebble-ca.pem\"\n\
-         [dns.bind]\n\
-         type = \"rfc2136\"\n\
-         server = \"{addr}\"\n\
-         zone = \"example.test\"\n\
-         tsig_name = \"{KEY_NAME}\"\n\
-         tsig_secret_file = \"/etc/mxkeys/tsig.key\"\n\
-         nameservers = [\"{addr}\"]\n\
-         propagation_interval = \"200ms\"\n\
-         propagation_timeout = \"30s\"\n\
+         {acme_tables}\
          [[source]]\n\
          type = \"acme\"\n\
          name = \"pebble\"\n\
          domains = [\"mail.example.test\"]\n\
          challenge = \"dns-01\"\n\
          dns = \"bind\"\n\n{target}",
-        url = q(&pebble.url),
-        addr = dns.addr(),
+        acme_tables = acme_tables(&pebble, &dns),
         target = postfix_target(),
     ));
     let Some(guest) = host.boot(test, vec![]) else {
@@ -968,19 +978,7 @@ fn daemon_unit_with_a_cluster_leads_the_shared_order_stores_it_sealed_in_etcd_an
          prefix = \"{CLUSTER_PREFIX}\"\n\
          shared_key_file = \"/etc/mxkeys/shared.key\"\n\
          lease_ttl = \"3s\"\n\
-         [acme]\n\
-         directory = {url}\n\
-         email = \"admin@example.test\"\n\
-         ca_bundle = \"/etc/mxkeys/pebble-ca.pem\"\n\
-         [dns.bind]\n\
-         type = \"rfc2136\"\n\
-         server = \"{addr}\"\n\
-         zone = \"example.test\"\n\
-         tsig_name = \"{KEY_NAME}\"\n\
-         tsig_secret_file = \"/etc/mxkeys/tsig.key\"\n\
-         nameservers = [\"{addr}\"]\n\
-         propagation_interval = \"200ms\"\n\
-         propagation_timeout = \"30s\"\n\
+         {acme_tables}\
          [[source]]\n\
          type = \"acme\"\n\
          name = \"shared\"\n\
@@ -989,8 +987,7 @@ fn daemon_unit_with_a_cluster_leads_the_shared_order_stores_it_sealed_in_etcd_an
          dns = \"bind\"\n\
          shared = true\n\n{target}",
         endpoints = etcd.endpoints_toml(),
-        url = q(&pebble.url),
-        addr = dns.addr(),
+        acme_tables = acme_tables(&pebble, &dns),
         target = postfix_target(),
     ));
     let Some(guest) = host.boot(test, vec![]) else {

@@ -161,70 +161,53 @@ fn two_hosts_rotate(test: &str, template: &str, prefixes: [&str; 2]) {
     };
     assert_eq!(served(&names), both(&ka, &kb));
 
-    // mx1 rotates, step by step until its old keys are gone: after every
-    // step mx2's records are in BIND exactly as mx2's book says.
-    let b_before = records_of(&kb);
-    let old_a: Vec<String> = names_of(&ka);
-    let mut transcript = mx_ok(&a_config, &["dkim", "rotate", "--force"]);
-    let start = Instant::now();
-    loop {
-        let ka = keys(&a);
-        let names = remember(&ka);
-        let now = served(&names);
-        for (name, record) in &b_before {
-            assert_eq!(
-                now.get(name),
-                Some(record),
-                "mx2's {name} changed by mx1's rotation\n{transcript}"
+    // Each host in turn rotates, step by step until its old keys are gone:
+    // after every step the other's records are in BIND exactly as its book
+    // says, and the old names of the one that rotated hold nothing any more.
+    let hosts = [("mx1", &a_config, &a), ("mx2", &b_config, &b)];
+    for (mover, other) in [(0, 1), (1, 0)] {
+        let (name, config, dir) = hosts[mover];
+        let (other_name, _, other_dir) = hosts[other];
+        let still = keys(other_dir);
+        let before = records_of(&still);
+        let old = names_of(&keys(dir));
+        let mut transcript = mx_ok(config, &["dkim", "rotate", "--force"]);
+        let start = Instant::now();
+        loop {
+            let moved = keys(dir);
+            let names = remember(&moved);
+            let now = served(&names);
+            for (n, record) in &before {
+                assert_eq!(
+                    now.get(n),
+                    Some(record),
+                    "{other_name}'s {n} changed by {name}'s rotation\n{transcript}"
+                );
+            }
+            let (ka, kb) = if mover == 0 {
+                (&moved, &still)
+            } else {
+                (&still, &moved)
+            };
+            assert_eq!(now, both(ka, kb), "{transcript}");
+            if old.iter().all(|n| !names_of(&moved).contains(n)) {
+                assert!(
+                    moved
+                        .iter()
+                        .all(|k| k.selector.starts_with(prefixes[mover]))
+                );
+                break;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "{name}'s old keys never went\n{transcript}"
             );
+            std::thread::sleep(Duration::from_millis(300));
+            transcript.push_str(&mx_ok(config, &["dkim", "rotate"]));
         }
-        assert_eq!(now, both(&ka, &kb), "{transcript}");
-        if old_a.iter().all(|n| !names_of(&ka).contains(n)) {
-            assert!(ka.iter().all(|k| k.selector.starts_with(prefixes[0])));
-            break;
+        for n in &old {
+            assert_eq!(bind.txt_values(n), Vec::<String>::new(), "{n}");
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "mx1's old keys never went\n{transcript}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-        transcript.push_str(&mx_ok(&a_config, &["dkim", "rotate"]));
-    }
-    // The old names of mx1 hold nothing any more; mx2's stay.
-    for n in &old_a {
-        assert_eq!(bind.txt_values(n), Vec::<String>::new(), "{n}");
-    }
-
-    // Then mx2 rotates: mx1's new records stay as they are.
-    let ka = keys(&a);
-    let a_before = records_of(&ka);
-    let old_b = names_of(&kb);
-    let mut transcript = mx_ok(&b_config, &["dkim", "rotate", "--force"]);
-    let start = Instant::now();
-    loop {
-        let kb = keys(&b);
-        let names = remember(&kb);
-        let now = served(&names);
-        for (name, record) in &a_before {
-            assert_eq!(
-                now.get(name),
-                Some(record),
-                "mx1's {name} changed by mx2's rotation\n{transcript}"
-            );
-        }
-        assert_eq!(now, both(&ka, &kb), "{transcript}");
-        if old_b.iter().all(|n| !names_of(&kb).contains(n)) {
-            break;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "mx2's old keys never went\n{transcript}"
-        );
-        std::thread::sleep(Duration::from_millis(300));
-        transcript.push_str(&mx_ok(&b_config, &["dkim", "rotate"]));
-    }
-    for n in &old_b {
-        assert_eq!(bind.txt_values(n), Vec::<String>::new(), "{n}");
     }
 }
 
