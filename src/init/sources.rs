@@ -23,7 +23,9 @@ use zeroize::Zeroizing;
 use super::mail::KeyTypeHint;
 use super::{FoundCert, FoundKind, FoundSource, Look, ServedCert};
 use crate::cert::{Leaf, fingerprint, first_pem_cert};
-use crate::source::{Harvest, PEM_SIZE_LIMIT, Reader, certbot, lego, read_limited, traefik};
+use crate::source::{
+    Harvest, Ingest, PEM_SIZE_LIMIT, Reader, certbot, lego, read_limited, traefik,
+};
 
 /// Largest Certbot renewal configuration read.
 const RENEWAL_CONF_LIMIT: u64 = 64 << 10;
@@ -52,7 +54,7 @@ pub fn sources(look: &Look) -> Vec<FoundSource> {
         out.push(store(
             FoundKind::Traefik,
             file,
-            |r| traefik::read(r, file, None),
+            |r| traefik::read(r, file, None, Ingest::default()),
             str::to_owned,
         ));
     }

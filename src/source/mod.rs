@@ -294,13 +294,38 @@ pub enum Persist {
     No,
 }
 
+/// How an acme.json is read ([`traefik`]); the other sources ignore it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingest {
+    /// Read through a window of `window` bytes (grown only for a single
+    /// value larger than it), each window's entries judged in parallel:
+    /// memory is bounded by the window, not the file. Anything the
+    /// streaming reader does not handle itself (malformed JSON above all)
+    /// is handed to [`Ingest::Whole`], so both give the same harvest.
+    Streaming { window: usize },
+    /// The whole file read and parsed at once, entries judged one by one:
+    /// the reference the streaming reader is tested against.
+    Whole,
+}
+
+impl Default for Ingest {
+    fn default() -> Self {
+        Ingest::Streaming { window: 1 << 20 }
+    }
+}
+
 /// Reads every configured source, in parallel, in configuration order.
 pub fn read_all(config: &Config, persist: Persist) -> Harvest {
+    read_all_with(config, persist, Ingest::default())
+}
+
+/// [`read_all`] with a chosen way of reading acme.json files.
+pub fn read_all_with(config: &Config, persist: Persist, ingest: Ingest) -> Harvest {
     let harvests: Vec<Harvest> = config
         .sources
         .par_iter()
         .enumerate()
-        .map(|(index, source)| read_one(config, index, source, persist))
+        .map(|(index, source)| read_one(config, index, source, persist, ingest))
         .collect();
     let mut all = Harvest::default();
     for (source, mut h) in config.sources.iter().zip(harvests) {
@@ -314,14 +339,20 @@ pub fn read_all(config: &Config, persist: Persist) -> Harvest {
     all
 }
 
-fn read_one(config: &Config, index: usize, source: &SourceConfig, persist: Persist) -> Harvest {
+fn read_one(
+    config: &Config,
+    index: usize,
+    source: &SourceConfig,
+    persist: Persist,
+    ingest: Ingest,
+) -> Harvest {
     let reader = Reader {
         label: Arc::from(source.label.as_str()),
         index,
     };
     match &source.kind {
         SourceKind::Traefik { path, resolvers } => {
-            traefik::read(&reader, path, resolvers.as_deref())
+            traefik::read(&reader, path, resolvers.as_deref(), ingest)
         }
         SourceKind::Certbot { path } => certbot::read(&reader, path),
         SourceKind::Lego { path } => lego::read(&reader, path),

@@ -24,16 +24,20 @@ use rayon::prelude::*;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use zeroize::Zeroizing;
 
-use super::{Candidate, Harvest, Material, Reader, SourceErrorKind};
+use super::{Candidate, Harvest, Ingest, Material, Reader, SourceErrorKind};
 use crate::cert::{self, Bundle, CertError, Leaf, PrivateKey};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 /// Reads one acme.json. `resolvers` limits which resolvers are used.
-pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>) -> Harvest {
+pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>, ingest: Ingest) -> Harvest {
+    let parallel = match ingest {
+        Ingest::Streaming { .. } => true,
+        Ingest::Whole => false,
+    };
     match super::read_limited(path, super::ACME_JSON_SIZE_LIMIT) {
         // Arc::new keeps the allocation: Vec -> Arc<[u8]> would copy the file.
-        Ok(b) => parse(reader, Arc::new(b), resolvers),
+        Ok(b) => parse(reader, Arc::new(b), resolvers, parallel),
         Err(e) => {
             let mut harvest = Harvest::default();
             harvest
@@ -46,7 +50,12 @@ pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>) -> Harve
 
 /// Parses the text of an acme.json (no I/O): its candidates, and an
 /// error for the file or for each entry that cannot be used.
-fn parse(reader: &Reader, buf: Arc<Vec<u8>>, resolvers: Option<&[String]>) -> Harvest {
+fn parse(
+    reader: &Reader,
+    buf: Arc<Vec<u8>>,
+    resolvers: Option<&[String]>,
+    parallel: bool,
+) -> Harvest {
     let mut harvest = Harvest::default();
     let file: AcmeFile<'_> = match serde_json::from_slice(&buf) {
         Ok(f) => f,
@@ -118,21 +127,22 @@ fn parse(reader: &Reader, buf: Arc<Vec<u8>>, resolvers: Option<&[String]>) -> Ha
         }
     }
 
-    let results: Vec<Result<Candidate, super::SourceError>> = work
-        .par_iter()
-        .enumerate()
-        .map(|(index, (group, i, entry))| {
-            let name = entry_name(group, *i, entry);
-            entry_candidate(entry, &buf)
-                .map(|(leaf, material)| Candidate {
-                    origin: reader.origin(name.clone(), index),
-                    leaf,
-                    fallback: false,
-                    material: Material::AcmeJson(material),
-                })
-                .map_err(|e| reader.error(Some(name), SourceErrorKind::Malformed, e.to_string()))
-        })
-        .collect();
+    let judge = |(index, (group, i, entry)): (usize, &(String, usize, &Entry<'_>))| {
+        let name = entry_name(group, *i, entry);
+        entry_candidate(entry, &buf)
+            .map(|(leaf, material)| Candidate {
+                origin: reader.origin(name.clone(), index),
+                leaf,
+                fallback: false,
+                material: Material::AcmeJson(material),
+            })
+            .map_err(|e| reader.error(Some(name), SourceErrorKind::Malformed, e.to_string()))
+    };
+    let results: Vec<Result<Candidate, super::SourceError>> = if parallel {
+        work.par_iter().enumerate().map(judge).collect()
+    } else {
+        work.iter().enumerate().map(judge).collect()
+    };
     for r in results {
         match r {
             Ok(c) => harvest.candidates.push(c),
@@ -662,7 +672,12 @@ mod tests {
     }
 
     fn parse_text(text: &str, resolvers: Option<&[String]>) -> Harvest {
-        parse(&reader(), Arc::new(text.as_bytes().to_vec()), resolvers)
+        parse(
+            &reader(),
+            Arc::new(text.as_bytes().to_vec()),
+            resolvers,
+            true,
+        )
     }
 
     fn entries(h: &Harvest) -> Vec<String> {

@@ -476,7 +476,7 @@ fn config_errors_never_echo_a_secret() {
 /// the Cloudflare provider's `Debug` show its token.
 #[test]
 fn debug_output_of_key_holding_values_never_shows_a_key() {
-    use mxkeys::source::{Reader, files, traefik};
+    use mxkeys::source::{Ingest, Reader, files, traefik};
     let env = Env::new();
     let leaf = Ca::new("debug").issue(&LeafSpec::new(&[HOST]));
     let key_b64 = B64.encode(leaf.key_pem());
@@ -510,7 +510,7 @@ fn debug_output_of_key_holding_values_never_shows_a_key() {
     files_source(&src, &leaf);
     let mut shown = Vec::new();
     for path in [&plain, &escaped] {
-        let h = traefik::read(&reader, path, None);
+        let h = traefik::read(&reader, path, None, Ingest::default());
         assert_eq!(h.candidates.len(), 1, "{}: {:?}", path.display(), h.errors);
         shown.push(format!("{h:?}"));
     }
