@@ -109,6 +109,12 @@ pub enum CertError {
         parent: usize,
         why: String,
     },
+    /// The bundle built for a candidate has another leaf than the one
+    /// selection judged.
+    #[error(
+        "its certificate is no longer the one read: the file changed since it was read, or its chain's order makes another certificate the leaf"
+    )]
+    NotJudged,
 }
 
 /// Validity window in seconds since the Unix epoch.

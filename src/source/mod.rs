@@ -103,7 +103,7 @@ impl Candidate {
                 certs: certs.clone(),
                 key: PrivateKey::clone(key),
             }),
-            Material::AcmeJson(m) => m.bundle(),
+            Material::AcmeJson(m) => m.bundle(&self.leaf),
         }
     }
 }
@@ -408,6 +408,23 @@ pub enum ReadError {
 /// The error names the problem (not found, dangling symlink, directory,
 /// permission denied, too large, empty) in one line.
 pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let (file, len) = open_regular(path, limit)?;
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(limit + 1)
+        .read_to_end(&mut buf)
+        .map_err(ReadError::Io)?;
+    if buf.len() as u64 > limit {
+        return Err(ReadError::GrewTooLarge { limit });
+    }
+    if buf.iter().all(u8::is_ascii_whitespace) {
+        return Err(ReadError::Empty);
+    }
+    Ok(buf)
+}
+
+/// Opens a file that must be a regular file no larger than `limit` (its
+/// size now, which is returned); [`read_limited`] says the rest.
+pub(crate) fn open_regular(path: &Path, limit: u64) -> Result<(std::fs::File, u64), ReadError> {
     use std::os::unix::fs::{FileTypeExt as _, OpenOptionsExt as _};
     // Non-blocking, so a FIFO in a file's place cannot hang the run (and
     // hold the lock); it is refused below like any non-regular file.
@@ -441,17 +458,7 @@ pub fn read_limited(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
             limit,
         });
     }
-    let mut buf = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.take(limit + 1)
-        .read_to_end(&mut buf)
-        .map_err(ReadError::Io)?;
-    if buf.len() as u64 > limit {
-        return Err(ReadError::GrewTooLarge { limit });
-    }
-    if buf.iter().all(u8::is_ascii_whitespace) {
-        return Err(ReadError::Empty);
-    }
-    Ok(buf)
+    Ok((file, meta.len()))
 }
 
 /// Why a file of a source could not be used: its kind and the reason.

@@ -29,12 +29,25 @@ use crate::cert::{self, Bundle, CertError, Leaf, PrivateKey};
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+mod stream;
+
 /// Reads one acme.json. `resolvers` limits which resolvers are used.
 pub fn read(reader: &Reader, path: &Path, resolvers: Option<&[String]>, ingest: Ingest) -> Harvest {
-    let parallel = match ingest {
-        Ingest::Streaming { .. } => true,
-        Ingest::Whole => false,
-    };
+    match ingest {
+        Ingest::Streaming { window } => stream::read(reader, path, resolvers, window)
+            .unwrap_or_else(|stream::Defer| read_whole(reader, path, resolvers, true)),
+        Ingest::Whole => read_whole(reader, path, resolvers, false),
+    }
+}
+
+/// Reads the whole file into memory and parses it at once: the reference
+/// reader, and the one that reports malformed JSON.
+fn read_whole(
+    reader: &Reader,
+    path: &Path,
+    resolvers: Option<&[String]>,
+    parallel: bool,
+) -> Harvest {
     match super::read_limited(path, super::ACME_JSON_SIZE_LIMIT) {
         // Arc::new keeps the allocation: Vec -> Arc<[u8]> would copy the file.
         Ok(b) => parse(reader, Arc::new(b), resolvers, parallel),
@@ -84,10 +97,7 @@ fn parse(
                 .iter()
                 .any(|g| g.resolver.as_deref() == Some(name.as_str()))
             {
-                harvest.warnings.push(format!(
-                    "source {}: resolver {name:?} is not in the file",
-                    reader.label
-                ));
+                harvest.warnings.push(missing_resolver(reader, name));
             }
         }
     }
@@ -101,10 +111,7 @@ fn parse(
         {
             continue;
         }
-        let group_name = match &group.resolver {
-            Some(r) => format!("resolver {r:?}"),
-            None => "v1 Certificates".to_owned(),
-        };
+        let group_name = group_name(group.resolver.as_deref());
         match &group.certificates {
             Certificates::List(entries) => {
                 for (i, entry) in entries.iter().enumerate() {
@@ -112,24 +119,23 @@ fn parse(
                 }
             }
             Certificates::Absent | Certificates::Null => {}
-            Certificates::Invalid(kind) => harvest.errors.push(reader.error(
-                Some(group_name.clone()),
-                SourceErrorKind::Malformed,
-                format!("`Certificates` is {kind}, expected a list"),
-            )),
+            Certificates::Invalid(kind) => {
+                harvest
+                    .errors
+                    .push(certificates_not_a_list(reader, group_name.clone(), kind))
+            }
         }
         if let Some(kind) = group.invalid {
-            harvest.errors.push(reader.error(
-                Some(group_name),
-                SourceErrorKind::Malformed,
-                format!("not a Traefik acme.json resolver: it is {kind}, expected an object"),
-            ));
+            harvest
+                .errors
+                .push(resolver_not_an_object(reader, group_name, kind));
         }
     }
 
     let judge = |(index, (group, i, entry)): (usize, &(String, usize, &Entry<'_>))| {
         let name = entry_name(group, *i, entry);
-        entry_candidate(entry, &buf)
+        judge_entry(entry)
+            .and_then(|leaf| Ok((leaf, EntryMaterial::in_buffer(&buf, entry)?)))
             .map(|(leaf, material)| Candidate {
                 origin: reader.origin(name.clone(), index),
                 leaf,
@@ -152,6 +158,40 @@ fn parse(
     harvest
 }
 
+/// How messages name a resolver's entries (`None`: the v1 layout's).
+fn group_name(resolver: Option<&str>) -> String {
+    match resolver {
+        Some(r) => format!("resolver {r:?}"),
+        None => "v1 Certificates".to_owned(),
+    }
+}
+
+/// The warning for a resolver the configuration names and the file lacks.
+fn missing_resolver(reader: &Reader, name: &str) -> String {
+    format!(
+        "source {}: resolver {name:?} is not in the file",
+        reader.label
+    )
+}
+
+/// The error for a `Certificates` value that is not a list.
+fn certificates_not_a_list(reader: &Reader, group: String, kind: &str) -> super::SourceError {
+    reader.error(
+        Some(group),
+        SourceErrorKind::Malformed,
+        format!("`Certificates` is {kind}, expected a list"),
+    )
+}
+
+/// The error for a resolver whose value is not an object.
+fn resolver_not_an_object(reader: &Reader, group: String, kind: &str) -> super::SourceError {
+    reader.error(
+        Some(group),
+        SourceErrorKind::Malformed,
+        format!("not a Traefik acme.json resolver: it is {kind}, expected an object"),
+    )
+}
+
 fn json_reason(e: &serde_json::Error) -> String {
     match e.classify() {
         serde_json::error::Category::Eof => format!(
@@ -171,21 +211,36 @@ fn entry_name(group: &str, i: usize, entry: &Entry<'_>) -> String {
     }
 }
 
-/// The key and certificate fields of one entry, kept as spans of the file
-/// buffer (or owned, when JSON escapes made a copy necessary). Its `Debug`
-/// shows sizes only: the buffer is the whole acme.json, every key included.
-pub struct EntryMaterial {
-    buf: Arc<Vec<u8>>,
-    cert: Text,
-    key: Text,
+/// Where an entry's `certificate` and `key` fields are, to build its
+/// bundle when selection asks. Its `Debug` shows sizes only: the buffer is
+/// the whole acme.json, every key included.
+pub struct EntryMaterial(Where);
+
+enum Where {
+    /// Spans of the whole file, kept in memory (the whole-file reader), or
+    /// owned copies when JSON escapes made them necessary.
+    Buffer {
+        buf: Arc<Vec<u8>>,
+        cert: Text,
+        key: Text,
+    },
+    /// The entry's bytes in the open file (the streaming reader), read
+    /// again when the bundle is built: memory does not grow with the file.
+    File {
+        file: Arc<std::fs::File>,
+        offset: u64,
+        len: usize,
+    },
 }
 
 impl fmt::Debug for EntryMaterial {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EntryMaterial")
-            .field("cert_len", &self.cert.get(&self.buf).len())
-            .field("key", &"<redacted>")
-            .finish()
+        let mut d = f.debug_struct("EntryMaterial");
+        match &self.0 {
+            Where::Buffer { buf, cert, .. } => d.field("cert_len", &cert.get(buf).len()),
+            Where::File { offset, len, .. } => d.field("offset", offset).field("entry_len", len),
+        };
+        d.field("key", &"<redacted>").finish()
     }
 }
 
@@ -218,19 +273,53 @@ impl Text {
 }
 
 impl EntryMaterial {
-    pub(super) fn bundle(&self) -> Result<Bundle, CertError> {
-        let chain = B64
-            .decode(self.cert.get(&self.buf))
-            .map_err(|e| CertError::BadPem(format!("`certificate` is not valid base64: {e}")))?;
-        let certs = cert::parse_pem_certs(&chain)?;
-        let key_pem = Zeroizing::new(
-            B64.decode(self.key.get(&self.buf))
-                .map_err(|_| CertError::BadPem("`key` is not valid base64".to_owned()))?,
-        );
-        let key = PrivateKey::from_pem(&key_pem)?;
-        let certs = cert::order_chain(certs, &key);
-        Ok(Bundle { certs, key })
+    /// The entry's bundle, refused unless its leaf is `judged`, the leaf
+    /// selection judged: the file may have been rewritten in place since it
+    /// was read, or a chain out of order may have made another certificate
+    /// the leaf.
+    pub(super) fn bundle(&self, judged: &Leaf) -> Result<Bundle, CertError> {
+        let bundle = match &self.0 {
+            Where::Buffer { buf, cert, key } => decode_bundle(cert.get(buf), key.get(buf))?,
+            Where::File { file, offset, len } => {
+                use std::os::unix::fs::FileExt as _;
+                let mut bytes = Zeroizing::new(vec![0; *len]);
+                file.read_exact_at(&mut bytes, *offset)
+                    .map_err(|_| CertError::NotJudged)?;
+                let entry: Entry<'_> =
+                    serde_json::from_slice(&bytes).map_err(|_| CertError::NotJudged)?;
+                let (cert, key) = entry.fields().map_err(|_| CertError::NotJudged)?;
+                decode_bundle(cert.as_bytes(), key.as_bytes())?
+            }
+        };
+        match Leaf::parse(bundle.leaf_der()) {
+            Ok(leaf) if leaf == *judged => Ok(bundle),
+            _ => Err(CertError::NotJudged),
+        }
     }
+
+    fn in_buffer(buf: &Arc<Vec<u8>>, entry: &Entry<'_>) -> Result<Self, EntryError> {
+        let (cert, key) = entry.fields()?;
+        Ok(EntryMaterial(Where::Buffer {
+            buf: buf.clone(),
+            cert: Text::new(cert, buf),
+            key: Text::new(key, buf),
+        }))
+    }
+}
+
+/// Decodes an entry's base64 `certificate` (a PEM chain) and `key`.
+fn decode_bundle(cert_b64: &[u8], key_b64: &[u8]) -> Result<Bundle, CertError> {
+    let chain = B64
+        .decode(cert_b64)
+        .map_err(|e| CertError::BadPem(format!("`certificate` is not valid base64: {e}")))?;
+    let certs = cert::parse_pem_certs(&chain)?;
+    let key_pem = Zeroizing::new(
+        B64.decode(key_b64)
+            .map_err(|_| CertError::BadPem("`key` is not valid base64".to_owned()))?,
+    );
+    let key = PrivateKey::from_pem(&key_pem)?;
+    let certs = cert::order_chain(certs, &key);
+    Ok(Bundle { certs, key })
 }
 
 /// Why an entry offers no candidate. One line, never the key.
@@ -262,31 +351,19 @@ enum EntryError {
     Bundle(CertError),
 }
 
-/// Judges one entry: the leaf's facts and the spans to build its bundle.
-fn entry_candidate(
-    entry: &Entry<'_>,
-    buf: &Arc<Vec<u8>>,
-) -> Result<(Leaf, EntryMaterial), EntryError> {
-    if let Some(kind) = entry.invalid {
-        return Err(EntryError::NotObject(kind));
-    }
-    let cert_b64 = entry.certificate.require("certificate")?;
-    let key_b64 = entry.key.require("key")?;
+/// Judges one entry (no I/O): the facts of its leaf.
+fn judge_entry(entry: &Entry<'_>) -> Result<Leaf, EntryError> {
+    let (cert_b64, key_b64) = entry.fields()?;
     let leaf_der = decode_leaf(cert_b64.as_bytes())?;
-    let material = EntryMaterial {
-        buf: buf.clone(),
-        cert: Text::new(cert_b64, buf),
-        key: Text::new(key_b64, buf),
-    };
     // A chain that starts with a CA certificate is out of order: only then
     // is the whole entry decoded, to find its leaf (see cert::order_chain).
     let first = Leaf::parse(leaf_der.as_ref()).map_err(EntryError::Certificate)?;
     if !first.is_ca {
-        return Ok((first, material));
+        return Ok(first);
     }
-    let bundle = material.bundle().map_err(EntryError::Bundle)?;
-    let leaf = Leaf::parse(bundle.leaf_der()).map_err(EntryError::Certificate)?;
-    Ok((leaf, material))
+    let bundle =
+        decode_bundle(cert_b64.as_bytes(), key_b64.as_bytes()).map_err(EntryError::Bundle)?;
+    Leaf::parse(bundle.leaf_der()).map_err(EntryError::Certificate)
 }
 
 /// Decodes only as much of the base64 PEM chain as holds the first
@@ -359,6 +436,19 @@ enum Field<'a> {
     Null,
     Str(Cow<'a, str>),
     Other(&'static str),
+}
+
+impl Entry<'_> {
+    /// The `certificate` and `key` fields, both required.
+    fn fields(&self) -> Result<(&str, &str), EntryError> {
+        if let Some(kind) = self.invalid {
+            return Err(EntryError::NotObject(kind));
+        }
+        Ok((
+            self.certificate.require("certificate")?.as_ref(),
+            self.key.require("key")?.as_ref(),
+        ))
+    }
 }
 
 impl<'a> Field<'a> {
@@ -671,13 +761,33 @@ mod tests {
         )
     }
 
-    fn parse_text(text: &str, resolvers: Option<&[String]>) -> Harvest {
-        parse(
-            &reader(),
-            Arc::new(text.as_bytes().to_vec()),
-            resolvers,
-            true,
+    /// What a harvest found, to compare two readers' harvests.
+    type Found = (Vec<(String, usize, Leaf)>, Vec<String>, Vec<String>);
+
+    fn found(h: &Harvest) -> Found {
+        let candidates = h.candidates.iter();
+        (
+            candidates
+                .map(|c| (c.origin.entry.clone(), c.origin.entry_index, c.leaf.clone()))
+                .collect(),
+            h.errors.iter().map(ToString::to_string).collect(),
+            h.warnings.clone(),
         )
+    }
+
+    /// Reads `text` as an acme.json with the whole-file reader and with the
+    /// streaming one through windows of many sizes, checks that they agree,
+    /// and returns the streaming reader's harvest.
+    fn parse_text(text: &str, resolvers: Option<&[String]>) -> Harvest {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("acme.json");
+        std::fs::write(&path, text).unwrap();
+        let whole = read(&reader(), &path, resolvers, Ingest::Whole);
+        for window in [1, 2, 7, 64, 4096] {
+            let streamed = read(&reader(), &path, resolvers, Ingest::Streaming { window });
+            assert_eq!(found(&streamed), found(&whole), "window {window}");
+        }
+        read(&reader(), &path, resolvers, Ingest::default())
     }
 
     fn entries(h: &Harvest) -> Vec<String> {
@@ -826,5 +936,90 @@ mod tests {
             assert_eq!(errors(&h), want, "{what}");
             assert_eq!(h.candidates.len(), found, "{what}");
         }
+    }
+
+    #[test]
+    fn the_streaming_reader_takes_valid_files_itself_and_defers_the_rest() {
+        let ca = Ca::new();
+        let (c, k) = fields(&ca, &["mx.example"]);
+        let entry = format!(r#"{{"certificate": "{c}", "key": "{k}"}}"#);
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("acme.json");
+        for (what, text, itself) in [
+            (
+                "v2",
+                format!(r#"{{"le": {{"Certificates": [{entry}]}}}}"#),
+                true,
+            ),
+            ("v1", format!(r#"{{"Certificates": [{entry}]}}"#), true),
+            (
+                "escaped key",
+                format!(r#"{{"l\u0065": {{"Certificates": [{entry}]}}}}"#),
+                true,
+            ),
+            ("empty", "{}".to_owned(), true),
+            (
+                "truncated",
+                format!(r#"{{"le": {{"Certificates": [{entry}"#),
+                false,
+            ),
+            (
+                "trailing",
+                format!(r#"{{"le": {{"Certificates": [{entry}]}}}} x"#),
+                false,
+            ),
+            (
+                "a missing comma",
+                format!(r#"{{"le": {{"Certificates": [{entry} {entry}]}}}}"#),
+                false,
+            ),
+            (
+                "a bad entry",
+                r#"{"le": {"Certificates": [{"a" 1}]}}"#.to_owned(),
+                false,
+            ),
+            (
+                "two lists in one resolver",
+                format!(r#"{{"le": {{"Certificates": [{entry}], "Certificates": []}}}}"#),
+                false,
+            ),
+            ("a list at the top", "[]".to_owned(), false),
+            ("blank", " \n".to_owned(), false),
+        ] {
+            std::fs::write(&path, &text).unwrap();
+            for window in [1, 5, 1 << 20] {
+                let streamed = stream::read(&reader(), &path, None, window);
+                assert_eq!(streamed.is_ok(), itself, "{what}, window {window}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_streamed_candidate_is_built_from_the_file_and_refused_once_the_file_changes() {
+        let ca = Ca::new();
+        let (c1, k1) = fields(&ca, &["mx.example"]);
+        // The same names, issued a day later.
+        let later = ca.issue(&["mx.example"], Alg::Ecdsa, NOW + 86_400, NOW + 91 * 86_400);
+        let (c2, k2) = (
+            B64.encode(later.bundle().fullchain_pem()),
+            B64.encode(later.bundle().key.to_pem().as_bytes()),
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("acme.json");
+        let text = |c: &str, k: &str| {
+            format!(r#"{{"le": {{"Certificates": [{{"certificate": "{c}", "key": "{k}"}}]}}}}"#)
+        };
+        std::fs::write(&path, text(&c1, &k1)).unwrap();
+        let h = read(&reader(), &path, None, Ingest::default());
+        assert!(
+            format!("{:?}", h.candidates[0]).contains("offset"),
+            "read by streaming"
+        );
+        assert!(h.candidates[0].bundle().is_ok_and(|b| b.verify().is_ok()));
+        // Rewritten in place (same inode), as Traefik does: another
+        // certificate now sits where the judged one was.
+        std::fs::write(&path, text(&c2, &k2)).unwrap();
+        let e = h.candidates[0].bundle().unwrap_err();
+        assert!(matches!(e, CertError::NotJudged), "{e}");
     }
 }

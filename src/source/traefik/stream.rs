@@ -1,0 +1,572 @@
+//! The streaming acme.json reader: memory bounded by a window, not by the
+//! file.
+//!
+//! The file is read through a window of a few hundred kilobytes. This module
+//! walks the layout's outer levels itself (the top-level object, each
+//! resolver's object, each `Certificates` list) and cuts every other value
+//! out whole by its shape alone ([`value_end`]: strings, nesting, scalars).
+//! serde_json then parses every piece it cut, with the whole-file reader's
+//! lenient types. The entries of one window are judged in parallel while
+//! the next window is read. A candidate keeps its entry's offset in the
+//! open file, not its text.
+//!
+//! Its rule: it gives exactly the harvest the whole-file reader
+//! ([`super::read_whole`]) would give, or it defers to that reader. It
+//! checks the separators between the pieces, and serde_json checks every
+//! piece, so the file it accepts is valid JSON. It defers on anything it
+//! does not mirror one for one: malformed or truncated JSON (whose message,
+//! with line and column, the whole-file parse gives), a duplicate
+//! `Certificates` key in a resolver, deep nesting, an unreadable file.
+
+use std::fs::File;
+use std::io::Read as _;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+use serde::de::IgnoredAny;
+use zeroize::Zeroizing;
+
+use super::{
+    Certificates, EntryMaterial, ResolverValue, V1_KEYS, Where, certificates_not_a_list,
+    entry_name, group_name, judge_entry, missing_resolver, resolver_not_an_object,
+};
+use crate::source::{ACME_JSON_SIZE_LIMIT, Candidate, Harvest, Material, Reader, SourceError};
+use crate::source::{SourceErrorKind, open_regular};
+
+/// The streaming reader gives the file to the whole-file reader, which
+/// reads it again and says what is wrong with it.
+#[derive(Debug)]
+pub(super) struct Defer;
+
+/// Nesting deeper than this inside one cut value defers (serde_json's own
+/// limit is 128 levels, counted from the file's top).
+const MAX_DEPTH: usize = 64;
+
+/// Reads the acme.json at `path` through a window of `window` bytes.
+pub(super) fn read(
+    reader: &Reader,
+    path: &Path,
+    resolvers: Option<&[String]>,
+    window: usize,
+) -> Result<Harvest, Defer> {
+    let (file, _) = open_regular(path, ACME_JSON_SIZE_LIMIT).map_err(|_| Defer)?;
+    let mut s = Stream {
+        reader,
+        file: Arc::new(file),
+        window: window.max(1),
+        buf: Zeroizing::new(Vec::new()),
+        spare: Zeroizing::new(Vec::new()),
+        base: 0,
+        pos: 0,
+        eof: false,
+        read: 0,
+        pending: Vec::new(),
+        judged: Vec::new(),
+        next_index: 0,
+        resolvers: Vec::new(),
+        group_errors: Vec::new(),
+    };
+    s.fill()?;
+    s.file_object(resolvers)?;
+    s.judge_pending()?;
+
+    let mut harvest = Harvest::default();
+    if let Some(wanted) = resolvers {
+        for name in wanted {
+            if !s.resolvers.iter().any(|r| r == name) {
+                harvest.warnings.push(missing_resolver(reader, name));
+            }
+        }
+    }
+    harvest.errors = s.group_errors;
+    for judged in s.judged {
+        match judged {
+            Judged::Candidate(c) => harvest.candidates.push(c),
+            Judged::Error(e) => harvest.errors.push(e),
+            Judged::Valid => {}
+        }
+    }
+    Ok(harvest)
+}
+
+/// The reader's state: the window, the entries cut but not yet judged,
+/// and what was found so far.
+struct Stream<'r> {
+    reader: &'r Reader,
+    file: Arc<File>,
+    /// How much is read at a time.
+    window: usize,
+    /// The window: the file's bytes from `base` on.
+    buf: Zeroizing<Vec<u8>>,
+    /// The next window, filled while `buf`'s entries are judged.
+    spare: Zeroizing<Vec<u8>>,
+    base: u64,
+    /// The cursor in `buf`: everything before it has been walked.
+    pos: usize,
+    eof: bool,
+    /// Bytes read so far, against the size limit.
+    read: u64,
+    /// Entries cut from `buf`, to be judged before it is refilled.
+    pending: Vec<Pending>,
+    /// Judged entries, in file order.
+    judged: Vec<Judged>,
+    /// The running position of an entry among the used resolvers' entries.
+    next_index: usize,
+    /// Every resolver's name in the file (for the missing-resolver warning).
+    resolvers: Vec<String>,
+    /// Errors of whole resolvers, in file order (they come before entries').
+    group_errors: Vec<SourceError>,
+}
+
+/// An entry cut from the window.
+struct Pending {
+    /// Its range in the window.
+    at: Range<usize>,
+    /// `None` for an entry of a resolver the configuration leaves out: it
+    /// is only checked to be valid JSON, as the whole-file parse does.
+    used: Option<Used>,
+}
+
+struct Used {
+    /// How messages name its resolver.
+    group: Arc<str>,
+    /// Its position in its resolver's list.
+    i: usize,
+    /// Its position among all used entries.
+    index: usize,
+}
+
+enum Judged {
+    Candidate(Candidate),
+    Error(SourceError),
+    /// Valid JSON, and nothing more asked of it.
+    Valid,
+}
+
+impl Stream<'_> {
+    /// Reads the first window.
+    fn fill(&mut self) -> Result<(), Defer> {
+        let n = read_more(&self.file, &mut self.buf, self.window).map_err(|_| Defer)?;
+        self.account(n, self.window)
+    }
+
+    /// Counts `n` bytes read of `want` asked: fewer means the file ended.
+    fn account(&mut self, n: usize, want: usize) -> Result<(), Defer> {
+        self.read += n as u64;
+        self.eof = n < want;
+        if self.read > ACME_JSON_SIZE_LIMIT {
+            return Err(Defer);
+        }
+        Ok(())
+    }
+
+    /// Moves the unwalked bytes to the front of the other buffer and reads
+    /// more after them, while this window's cut entries are judged.
+    fn refill(&mut self) -> Result<(), Defer> {
+        let Stream {
+            reader,
+            file,
+            buf,
+            spare,
+            base,
+            pos,
+            pending,
+            judged,
+            window,
+            ..
+        } = self;
+        spare.clear();
+        spare.extend_from_slice(&buf[*pos..]);
+        // A value longer than the window is read in ever larger steps, so
+        // cutting it again from its start after each step stays linear.
+        let want = (*window).max(spare.len());
+        let (verdicts, n) = rayon::join(
+            || judge_all(reader, file, *base, buf, pending),
+            || read_more(file, spare, want),
+        );
+        judged.extend(verdicts?);
+        pending.clear();
+        let n = n.map_err(|_| Defer)?;
+        *base += *pos as u64;
+        *pos = 0;
+        std::mem::swap(buf, spare);
+        self.account(n, want)
+    }
+
+    /// Judges the entries still pending (at the end of the file).
+    fn judge_pending(&mut self) -> Result<(), Defer> {
+        let verdicts = judge_all(self.reader, &self.file, self.base, &self.buf, &self.pending)?;
+        self.judged.extend(verdicts);
+        self.pending.clear();
+        Ok(())
+    }
+
+    /// The next byte that is not JSON whitespace, or `None` at the end of
+    /// the file. The cursor stops on it.
+    fn peek(&mut self) -> Result<Option<u8>, Defer> {
+        loop {
+            let rest = &self.buf[self.pos..];
+            if let Some(k) = rest
+                .iter()
+                .position(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+            {
+                self.pos += k;
+                return Ok(Some(rest[k]));
+            }
+            self.pos = self.buf.len();
+            if self.eof {
+                return Ok(None);
+            }
+            self.refill()?;
+        }
+    }
+
+    /// Steps over `byte`, which must come next.
+    fn expect(&mut self, byte: u8) -> Result<(), Defer> {
+        match self.peek()? {
+            Some(b) if b == byte => {
+                self.pos += 1;
+                Ok(())
+            }
+            _ => Err(Defer),
+        }
+    }
+
+    /// Cuts the next value out: its range in the window, good until the
+    /// next refill. The cursor moves past it.
+    fn value(&mut self) -> Result<Range<usize>, Defer> {
+        self.peek()?.ok_or(Defer)?;
+        loop {
+            match value_end(&self.buf[self.pos..], self.eof)? {
+                Some(n) => {
+                    let at = self.pos..self.pos + n;
+                    self.pos += n;
+                    return Ok(at);
+                }
+                None if self.eof => return Err(Defer),
+                None => self.refill()?,
+            }
+        }
+    }
+
+    /// Skips the next value, checking that it is valid JSON.
+    fn skip(&mut self) -> Result<(), Defer> {
+        let at = self.value()?;
+        serde_json::from_slice::<IgnoredAny>(&self.buf[at]).map_err(|_| Defer)?;
+        Ok(())
+    }
+
+    /// Walks an object's members: `each` gets every key, with the cursor
+    /// on its value, and must step over that value.
+    fn members(
+        &mut self,
+        mut each: impl FnMut(&mut Self, String) -> Result<(), Defer>,
+    ) -> Result<(), Defer> {
+        self.expect(b'{')?;
+        if self.peek()? == Some(b'}') {
+            self.pos += 1;
+            return Ok(());
+        }
+        loop {
+            if self.peek()? != Some(b'"') {
+                return Err(Defer);
+            }
+            let at = self.value()?;
+            let key: String = serde_json::from_slice(&self.buf[at]).map_err(|_| Defer)?;
+            self.expect(b':')?;
+            each(self, key)?;
+            match self.peek()? {
+                Some(b',') => self.pos += 1,
+                Some(b'}') => {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                _ => return Err(Defer),
+            }
+        }
+    }
+
+    /// The top-level object (v2/v3 resolvers, or the v1 layout), then
+    /// nothing but whitespace.
+    fn file_object(&mut self, filter: Option<&[String]>) -> Result<(), Defer> {
+        if self.peek()? != Some(b'{') {
+            return Err(Defer);
+        }
+        self.members(|s, key| {
+            if key == "Certificates" {
+                let group = group_name(None);
+                let used = Some(Arc::from(group.as_str()));
+                if let Certificates::Invalid(kind) = s.certificates(used)? {
+                    let e = certificates_not_a_list(s.reader, group, kind);
+                    s.group_errors.push(e);
+                }
+                Ok(())
+            } else if V1_KEYS.contains(&key.as_str()) {
+                s.skip()
+            } else {
+                s.resolver(key, filter)
+            }
+        })?;
+        match self.peek()? {
+            None => Ok(()),
+            Some(_) => Err(Defer),
+        }
+    }
+
+    /// One v2/v3 resolver's value.
+    fn resolver(&mut self, name: String, filter: Option<&[String]>) -> Result<(), Defer> {
+        let used = filter.is_none_or(|f| f.contains(&name));
+        let group = group_name(Some(&name));
+        self.resolvers.push(name);
+        let certificates = if self.peek()? == Some(b'{') {
+            let shared: Arc<str> = Arc::from(group.as_str());
+            let mut certificates = None;
+            self.members(|s, key| {
+                if key != "Certificates" {
+                    return s.skip();
+                }
+                if certificates.is_some() {
+                    // The whole-file parse keeps the last list only.
+                    return Err(Defer);
+                }
+                certificates = Some(s.certificates(used.then(|| shared.clone()))?);
+                Ok(())
+            })?;
+            certificates.unwrap_or(Certificates::Absent)
+        } else {
+            let at = self.value()?;
+            let value: ResolverValue<'_> =
+                serde_json::from_slice(&self.buf[at]).map_err(|_| Defer)?;
+            if let (true, Some(kind)) = (used, value.invalid) {
+                self.group_errors
+                    .push(resolver_not_an_object(self.reader, group.clone(), kind));
+            }
+            // Not an object: its `certificates` is Absent or Null.
+            value.certificates
+        };
+        if let (true, Certificates::Invalid(kind)) = (used, &certificates) {
+            self.group_errors
+                .push(certificates_not_a_list(self.reader, group, kind));
+        }
+        Ok(())
+    }
+
+    /// A `Certificates` value: a list's entries are cut and queued; any
+    /// other value is parsed as the whole-file reader does. `group` is
+    /// `None` for a resolver the configuration leaves out.
+    fn certificates(&mut self, group: Option<Arc<str>>) -> Result<Certificates<'static>, Defer> {
+        if self.peek()? != Some(b'[') {
+            let at = self.value()?;
+            let value: Certificates<'_> =
+                serde_json::from_slice(&self.buf[at]).map_err(|_| Defer)?;
+            return match value {
+                Certificates::Absent => Ok(Certificates::Absent),
+                Certificates::Null => Ok(Certificates::Null),
+                Certificates::Invalid(kind) => Ok(Certificates::Invalid(kind)),
+                Certificates::List(_) => Err(Defer),
+            };
+        }
+        self.pos += 1;
+        if self.peek()? == Some(b']') {
+            self.pos += 1;
+            return Ok(Certificates::List(Vec::new()));
+        }
+        let mut i = 0;
+        loop {
+            let at = self.value()?;
+            let used = group.as_ref().map(|group| {
+                let index = self.next_index;
+                self.next_index += 1;
+                Used {
+                    group: group.clone(),
+                    i,
+                    index,
+                }
+            });
+            self.pending.push(Pending { at, used });
+            i += 1;
+            match self.peek()? {
+                Some(b',') => self.pos += 1,
+                Some(b']') => {
+                    self.pos += 1;
+                    return Ok(Certificates::List(Vec::new()));
+                }
+                _ => return Err(Defer),
+            }
+        }
+    }
+}
+
+/// Judges the cut entries of one window, in parallel; defers if one is
+/// not valid JSON.
+fn judge_all(
+    reader: &Reader,
+    file: &Arc<File>,
+    base: u64,
+    buf: &[u8],
+    pending: &[Pending],
+) -> Result<Vec<Judged>, Defer> {
+    pending
+        .par_iter()
+        .map(|p| judge(reader, file, base, buf, p))
+        .collect()
+}
+
+fn judge(
+    reader: &Reader,
+    file: &Arc<File>,
+    base: u64,
+    buf: &[u8],
+    p: &Pending,
+) -> Result<Judged, Defer> {
+    let bytes = &buf[p.at.clone()];
+    let Some(used) = &p.used else {
+        serde_json::from_slice::<IgnoredAny>(bytes).map_err(|_| Defer)?;
+        return Ok(Judged::Valid);
+    };
+    let entry: super::Entry<'_> = serde_json::from_slice(bytes).map_err(|_| Defer)?;
+    let name = entry_name(&used.group, used.i, &entry);
+    Ok(match judge_entry(&entry) {
+        Ok(leaf) => Judged::Candidate(Candidate {
+            origin: reader.origin(name, used.index),
+            leaf,
+            fallback: false,
+            material: Material::AcmeJson(EntryMaterial(Where::File {
+                file: file.clone(),
+                offset: base + p.at.start as u64,
+                len: bytes.len(),
+            })),
+        }),
+        Err(e) => {
+            Judged::Error(reader.error(Some(name), SourceErrorKind::Malformed, e.to_string()))
+        }
+    })
+}
+
+/// Appends up to `want` bytes of `file` to `buf`; fewer means its end.
+fn read_more(file: &File, buf: &mut Vec<u8>, want: usize) -> std::io::Result<usize> {
+    buf.reserve(want);
+    file.take(want as u64).read_to_end(buf)
+}
+
+/// Where the JSON value that starts at `s[0]` ends (exclusive), judged by
+/// its shape only: a string ends at its closing quote, an object or a list
+/// where its brackets balance, a scalar at the next delimiter. `Ok(None)`:
+/// it goes on past `s` (`eof`: nothing comes after `s`). Pure.
+///
+/// The cut need not be right for malformed JSON: serde_json parses every
+/// piece, and a piece cut wrong does not parse. A valid value's brackets
+/// balance first at its own end, so valid JSON is always cut right.
+fn value_end(s: &[u8], eof: bool) -> Result<Option<usize>, Defer> {
+    match s.first() {
+        None => Ok(None),
+        Some(b'"') => Ok(string_end(s, 1)),
+        Some(b'{' | b'[') => nested_end(s),
+        Some(_) => Ok(
+            match s
+                .iter()
+                .position(|b| matches!(b, b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r'))
+            {
+                Some(n) => Some(n),
+                None if eof => Some(s.len()),
+                None => None,
+            },
+        ),
+    }
+}
+
+/// The end (after the closing quote) of a string whose content starts at
+/// `s[from]`.
+fn string_end(s: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    loop {
+        let k = memchr::memchr2(b'"', b'\\', s.get(i..)?)?;
+        if s[i + k] == b'"' {
+            return Some(i + k + 1);
+        }
+        // A backslash: the next byte is escaped, whatever it is.
+        i += k + 2;
+    }
+}
+
+/// The end of an object or list that starts at `s[0]`.
+fn nested_end(s: &[u8]) -> Result<Option<usize>, Defer> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(&b) = s.get(i) {
+        match b {
+            b'"' => match string_end(s, i + 1) {
+                Some(end) => {
+                    i = end;
+                    continue;
+                }
+                None => return Ok(None),
+            },
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(Defer);
+                }
+            }
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Ok(Some(i + 1));
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cut(s: &str, eof: bool) -> Option<usize> {
+        value_end(s.as_bytes(), eof).unwrap_or_else(|Defer| panic!("deferred on {s:?}"))
+    }
+
+    #[test]
+    fn a_value_is_cut_where_it_ends_whatever_follows() {
+        for (text, end) in [
+            (r#""abc" , 1"#, 5),
+            (r#""a\"b\\" x"#, 8),
+            (r#"{"k": "}", "l": [1, {"m": "]"}]} rest"#, 32),
+            ("[[], {}]]", 8),
+            ("12.5e3, 4", 6),
+            ("true}", 4),
+            ("null\n", 4),
+        ] {
+            assert_eq!(cut(text, false), Some(end), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn a_value_that_runs_past_the_window_asks_for_more() {
+        for text in [
+            r#""abc"#,
+            r#""ab\"#,
+            r#"{"k": [1, 2"#,
+            r#"{"k": "}"#,
+            "12",
+            "tru",
+        ] {
+            assert_eq!(cut(text, false), None, "{text:?}");
+        }
+        assert_eq!(cut("12", true), Some(2), "a number at the end of the file");
+        assert_eq!(cut(r#"{"k": 1"#, true), None, "an object cut by the end");
+    }
+
+    #[test]
+    fn nesting_deeper_than_the_limit_defers() {
+        let deep = "[".repeat(MAX_DEPTH + 1);
+        assert!(value_end(deep.as_bytes(), false).is_err());
+        let fine = format!("{}{}", "[".repeat(MAX_DEPTH), "]".repeat(MAX_DEPTH));
+        assert_eq!(cut(&fine, false), Some(2 * MAX_DEPTH));
+    }
+}
