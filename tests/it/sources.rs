@@ -196,6 +196,63 @@ fn traefik_null_certificates_and_missing_sans_are_fine() {
 }
 
 // ---------------------------------------------------------------------------
+// Traefik acme.json: the streaming reader against the whole-file reader
+// ---------------------------------------------------------------------------
+
+/// A 2,000-entry acme.json over two resolvers, read through windows of 1,
+/// 7 and 4096 bytes and the default: every window gives the harvest the
+/// whole-file reader gives (the same 2,000 candidates in the same order,
+/// no error), and selection picks the same entries: the one latest
+/// certificate deep in the second resolver, and for RSA the first of the
+/// equal RSA entries (entry order breaks the tie, so a reordering shows).
+#[test]
+fn traefik_2000_entries_read_through_any_window_match_the_whole_file_reader() {
+    use mxkeys::source::Ingest;
+    let env = Env::new();
+    let ca = Ca::new("window");
+    let both = [HOST, "smtp.example.com"];
+    let p256 = ca.issue(&LeafSpec::new(&both).days(30));
+    let rsa = ca.issue(&LeafSpec::new(&both).kind(KeyKind::Rsa2048).days(40));
+    let expired = ca.issue(&LeafSpec::new(&both).expired());
+    let best = ca.issue(&LeafSpec::new(&both).days(80));
+    let entries = |resolver: usize| -> Vec<AcmeEntry> {
+        (0..1000)
+            .map(|i| match (resolver, i) {
+                (1, 733) => AcmeEntry::new(&best, "best.example.com"),
+                (_, i) if i % 3 == 0 => AcmeEntry::new(&expired, HOST),
+                (_, i) if i % 3 == 1 => AcmeEntry::new(&p256, HOST),
+                _ => AcmeEntry::new(&rsa, HOST).sans(&["smtp.example.com"]),
+            })
+            .collect()
+    };
+    let acme = env.path("big/acme.json");
+    write_json(
+        &acme,
+        &acme_v3(&[("le", Some(entries(0))), ("other", Some(entries(1)))]),
+    );
+    let config = crate::properties::agree_config(&env.path("big"), &acme, None);
+    let now = now().unix_timestamp();
+    let whole = crate::properties::ingest_view(&config, Ingest::Whole, now);
+    assert_eq!(whole.errors(), [] as [String; 0]);
+    assert_eq!(whole.candidates(), 2000);
+    assert_eq!(
+        whole.chosen_entries(),
+        [
+            Some(r#"resolver "other" #734 (main "best.example.com")"#.to_owned()),
+            Some(r#"resolver "le" #3 (main "mail.example.com")"#.to_owned()),
+            None
+        ]
+    );
+    let windows = [1, 7, 4096].map(|window| Ingest::Streaming { window });
+    for ingest in windows.into_iter().chain([Ingest::default()]) {
+        let streaming = crate::properties::ingest_view(&config, ingest, now);
+        if let Some(d) = crate::properties::first_difference(&whole, &streaming) {
+            panic!("{ingest:?}: {d}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
 // Certbot
 // ---------------------------------------------------------------------------
 
