@@ -125,7 +125,7 @@ struct Pending {
     /// Its range in the window.
     at: Range<usize>,
     /// `None` for an entry of a resolver the configuration leaves out: it
-    /// is only checked to be valid JSON, as the whole-file parse does.
+    /// is only parsed, as the whole-file parse does.
     used: Option<Used>,
 }
 
@@ -422,11 +422,12 @@ fn judge(
     p: &Pending,
 ) -> Result<Judged, Defer> {
     let bytes = &buf[p.at.clone()];
+    // Parsed as the whole-file parse does, even when unused: it checks the
+    // keys' UTF-8, where IgnoredAny would not.
+    let entry: super::Entry<'_> = serde_json::from_slice(bytes).map_err(|_| Defer)?;
     let Some(used) = &p.used else {
-        serde_json::from_slice::<IgnoredAny>(bytes).map_err(|_| Defer)?;
         return Ok(Judged::Valid);
     };
-    let entry: super::Entry<'_> = serde_json::from_slice(bytes).map_err(|_| Defer)?;
     let name = entry_name(&used.group, used.i, &entry);
     Ok(match judge_entry(&entry) {
         Ok(leaf) => Judged::Candidate(Candidate {
