@@ -388,7 +388,7 @@ fn decode_leaf(b64: &[u8]) -> Result<rustls_pki_types::CertificateDer<'static>, 
         })?;
         at = end;
         let window_start = searched.saturating_sub(END.len());
-        if pem[window_start..].windows(END.len()).any(|w| w == END) {
+        if memchr::memmem::find(&pem[window_start..], END).is_some() {
             break;
         }
         searched = pem.len();

@@ -51,10 +51,11 @@ pub(super) fn read(
     resolvers: Option<&[String]>,
     window: usize,
 ) -> Result<Harvest, Defer> {
-    let (file, _) = open_regular(path, ACME_JSON_SIZE_LIMIT).map_err(|_| Defer)?;
+    let (file, size) = open_regular(path, ACME_JSON_SIZE_LIMIT).map_err(|_| Defer)?;
     let mut s = Stream {
         reader,
         file: Arc::new(file),
+        size,
         window: window.max(1),
         buf: Zeroizing::new(Vec::new()),
         spare: Zeroizing::new(Vec::new()),
@@ -96,6 +97,9 @@ pub(super) fn read(
 struct Stream<'r> {
     reader: &'r Reader,
     file: Arc<File>,
+    /// The file's size when opened: no buffer is made larger than what is
+    /// left to read (plus one byte, to see the end).
+    size: u64,
     /// How much is read at a time.
     window: usize,
     /// The window: the file's bytes from `base` on.
@@ -148,8 +152,19 @@ enum Judged {
 impl Stream<'_> {
     /// Reads the first window.
     fn fill(&mut self) -> Result<(), Defer> {
-        let n = read_more(&self.file, &mut self.buf, self.window).map_err(|_| Defer)?;
-        self.account(n, self.window)
+        let want = self.want(0);
+        let n = read_more(&self.file, &mut self.buf, want).map_err(|_| Defer)?;
+        self.account(n, want)
+    }
+
+    /// How much to read next, when `tail` bytes are carried over: a window,
+    /// or more for a value longer than that (read in ever larger steps, so
+    /// cutting it again from its start after each step stays linear), but
+    /// not more than the file's size leaves.
+    fn want(&self, tail: usize) -> usize {
+        let left = self.size.saturating_sub(self.read).saturating_add(1);
+        let left = usize::try_from(left).unwrap_or(usize::MAX);
+        self.window.max(tail).min(left)
     }
 
     /// Counts `n` bytes read of `want` asked: fewer means the file ended.
@@ -165,6 +180,7 @@ impl Stream<'_> {
     /// Moves the unwalked bytes to the front of the other buffer and reads
     /// more after them, while this window's cut entries are judged.
     fn refill(&mut self) -> Result<(), Defer> {
+        let want = self.want(self.buf.len() - self.pos);
         let Stream {
             reader,
             file,
@@ -174,14 +190,10 @@ impl Stream<'_> {
             pos,
             pending,
             judged,
-            window,
             ..
         } = self;
         spare.clear();
         spare.extend_from_slice(&buf[*pos..]);
-        // A value longer than the window is read in ever larger steps, so
-        // cutting it again from its start after each step stays linear.
-        let want = (*window).max(spare.len());
         let (verdicts, n) = rayon::join(
             || judge_all(reader, file, *base, buf, pending),
             || read_more(file, spare, want),
