@@ -7,11 +7,17 @@
 //! entries in messages: what a certificate covers is read from the
 //! certificate itself.
 //!
-//! Speed matters here (an acme.json can hold thousands of certificates):
-//! the file is parsed once with strings borrowed from the buffer, each entry
-//! is judged leniently (a wrong type in one entry is that entry's error, not
-//! the file's), only the leaf of each chain is base64-decoded and parsed, in
-//! parallel, and keys are decoded only for the candidates selection tries.
+//! Speed and memory matter here (an acme.json can hold thousands of
+//! certificates, and the daemon reads it again on every change). The
+//! streaming reader ([`stream`], the default) reads the file through a
+//! window, so memory does not grow with the file, and judges each window's
+//! entries in parallel while the next is read. Each entry is judged
+//! leniently (a wrong type in one entry is that entry's error, not the
+//! file's). Only the leaf of each chain is base64-decoded and parsed, and
+//! keys are decoded only for the candidates selection tries, from the
+//! entry's bytes read again from the file. The whole-file reader
+//! ([`read_whole`]) is the reference the streaming one must match; it
+//! reports malformed JSON.
 
 use std::borrow::Cow;
 use std::fmt;

@@ -153,6 +153,10 @@ impl Stream<'_> {
     /// Reads the first window.
     fn fill(&mut self) -> Result<(), Defer> {
         let want = self.want(0);
+        // Room for a window and the partial value carried over from the
+        // last one: the buffers are not reallocated (and their pages not
+        // faulted in again) on every refill.
+        self.buf.reserve_exact(want.saturating_mul(2));
         let n = read_more(&self.file, &mut self.buf, want).map_err(|_| Defer)?;
         self.account(n, want)
     }
@@ -193,6 +197,7 @@ impl Stream<'_> {
             ..
         } = self;
         spare.clear();
+        spare.reserve_exact(buf.capacity());
         spare.extend_from_slice(&buf[*pos..]);
         let (verdicts, n) = rayon::join(
             || judge_all(reader, file, *base, buf, pending),
