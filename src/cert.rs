@@ -2,9 +2,12 @@
 //! private-key loading and matching, chain checks, and PEM output.
 //!
 //! Parsing is split so the cheap part ([`Leaf::parse`]: names, dates, key
-//! type) can run on every certificate of a large acme.json, while the costly
-//! part ([`Bundle::verify`]: key match and chain signatures) runs only for
-//! certificates that could serve a target.
+//! type, of the extensions only subjectAltName and basicConstraints) can run
+//! on every certificate of a large acme.json, while the costly part
+//! ([`Bundle::verify`]: every extension of the leaf sound, key match and
+//! chain signatures) runs only for certificates that could serve a target.
+//! Selection calls [`Bundle::verify`] before it chooses: a leaf the cheap
+//! parse lets through is never installed unless it passes.
 //!
 //! A chain given out of order (intermediates before the leaf, root and
 //! intermediate swapped) is put in order by [`order_chain`] before any of
@@ -19,7 +22,14 @@ use std::fmt;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::{self, PemObject, SectionKind};
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::der_parser::Oid;
+use x509_parser::error::X509Error;
+use x509_parser::extensions::{
+    BasicConstraints, ParsedExtension, SubjectAlternativeName, X509Extension,
+};
+use x509_parser::nom::Parser as _;
+use x509_parser::oid_registry as oids;
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate, X509CertificateParser};
 use x509_parser::public_key::PublicKey;
 use zeroize::Zeroizing;
 
@@ -103,6 +113,14 @@ pub enum CertError {
     UnsupportedKey(String),
     #[error("the private key ({key}) does not match the certificate's public key ({cert})")]
     KeyMismatch { key: String, cert: KeyType },
+    /// An extension of the leaf is malformed, repeated, or critical and
+    /// unknown: TLS clients refuse such a certificate.
+    #[error("the certificate's extension {oid} ({name}) {why}")]
+    BadExtension {
+        oid: String,
+        name: &'static str,
+        why: &'static str,
+    },
     #[error("chain: certificate {child} was not issued by certificate {parent} ({why})")]
     BrokenChain {
         child: usize,
@@ -160,52 +178,170 @@ pub struct Leaf {
 }
 
 impl Leaf {
-    /// Parses the DER of a leaf certificate.
+    /// Parses the DER of a leaf certificate, cheaply: the envelope as
+    /// strictly as [`parse_x509`] (one DER SEQUENCE, no trailing data, the
+    /// outer signature algorithm equal to the signed one), but of the
+    /// extensions only the two a [`Leaf`] holds, subjectAltName and
+    /// basicConstraints, found by OID and parsed from their raw values
+    /// (each at most once, consumed whole). The other extensions (CRL
+    /// distribution points, AIA, policies, SCTs...) are not parsed here:
+    /// [`Bundle::verify`], which selection calls before it chooses a
+    /// certificate, parses them all and refuses a malformed one.
     pub fn parse(der: &[u8]) -> Result<Self, CertError> {
-        let cert = parse_x509(der)?;
-        let mut names = Vec::new();
-        let mut has_san = false;
+        let cert = parse_x509_with(der, false)?;
+        let mut san = None;
+        let mut basic = None;
         for ext in cert.extensions() {
-            if let x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) =
-                ext.parsed_extension()
-            {
-                has_san = true;
-                for gn in &san.general_names {
-                    if let GeneralName::DNSName(n) = gn {
-                        names.push(names::canonical(n));
-                    }
+            if ext.oid == oids::OID_X509_EXT_SUBJECT_ALT_NAME {
+                let value = whole::<SubjectAlternativeName<'_>>(ext, san.is_some())?;
+                san = Some(value);
+            } else if ext.oid == oids::OID_X509_EXT_BASIC_CONSTRAINTS {
+                let value = whole::<BasicConstraints>(ext, basic.is_some())?;
+                basic = Some(value);
+            }
+        }
+        Ok(leaf_of(
+            &cert,
+            san.as_ref().map(|s| s.general_names.as_slice()),
+            basic.is_some_and(|b| b.ca),
+        ))
+    }
+}
+
+/// The [`Leaf`] of a parsed certificate, given its SAN (if it has the
+/// extension) and whether basicConstraints says cA.
+fn leaf_of(cert: &X509Certificate<'_>, san: Option<&[GeneralName<'_>]>, is_ca: bool) -> Leaf {
+    let mut names = Vec::new();
+    match san {
+        Some(general_names) => {
+            for gn in general_names {
+                if let GeneralName::DNSName(n) = gn {
+                    names.push(names::canonical(n));
                 }
             }
         }
-        if !has_san {
+        None => {
             for cn in cert.subject().iter_common_name() {
                 if let Ok(s) = cn.as_str() {
                     names.push(names::canonical(s));
                 }
             }
         }
-        let validity = cert.validity();
-        Ok(Leaf {
-            names,
-            validity: Validity {
-                not_before: validity.not_before.timestamp(),
-                not_after: validity.not_after.timestamp(),
-            },
-            key_type: key_type_of(&cert),
-            self_issued: cert.subject().as_raw() == cert.issuer().as_raw(),
-            is_ca: cert.is_ca(),
-        })
     }
+    let validity = cert.validity();
+    Leaf {
+        names,
+        validity: Validity {
+            not_before: validity.not_before.timestamp(),
+            not_after: validity.not_after.timestamp(),
+        },
+        key_type: key_type_of(cert),
+        self_issued: cert.subject().as_raw() == cert.issuer().as_raw(),
+        is_ca,
+    }
+}
+
+/// The value of one extension Leaf::parse needs, which must appear once
+/// (`seen`: it already did) and be one DER value with nothing after it.
+fn whole<'a, T: FromDer<'a, X509Error>>(
+    ext: &X509Extension<'a>,
+    seen: bool,
+) -> Result<T, CertError> {
+    let bad = |why| CertError::BadExtension {
+        oid: ext.oid.to_id_string(),
+        name: extension_name(&ext.oid),
+        why,
+    };
+    if seen {
+        return Err(bad("appears twice"));
+    }
+    match T::from_der(ext.value) {
+        Ok(([], value)) => Ok(value),
+        Ok(_) => Err(bad("is malformed (trailing data)")),
+        Err(_) => Err(bad("is malformed")),
+    }
+}
+
+/// A short name for an extension's OID, for error lines.
+fn extension_name(oid: &Oid<'_>) -> &'static str {
+    x509_parser::objects::oid2sn(oid, x509_parser::objects::oid_registry())
+        .ok()
+        .and_then(|sn| KNOWN_NAMES.iter().find(|k| **k == sn).copied())
+        .unwrap_or("unknown")
+}
+
+/// Names [`extension_name`] can give out with a `'static` lifetime.
+const KNOWN_NAMES: &[&str] = &[
+    "subjectAltName",
+    "basicConstraints",
+    "keyUsage",
+    "extendedKeyUsage",
+    "subjectKeyIdentifier",
+    "authorityKeyIdentifier",
+    "crlDistributionPoints",
+    "authorityInfoAccess",
+    "certificatePolicies",
+    "ct_cert_scts",
+    "nameConstraints",
+    "policyConstraints",
+    "policyMappings",
+    "inhibitAnyPolicy",
+    "issuerAltName",
+];
+
+/// Every extension of a deep-parsed certificate is sound: each appears
+/// once (RFC 5280 4.2), holds one DER value and nothing after it, each
+/// x509-parser knows parses, and none it does not know is critical.
+/// x509-parser's deep parse does not refuse a certificate for any of
+/// these (it records a malformed extension as `ParseError`, ignores bytes
+/// after a value, and keeps going), but TLS clients do: such a leaf must
+/// never be installed.
+fn check_extensions(cert: &X509Certificate<'_>) -> Result<(), CertError> {
+    let exts = cert.extensions();
+    for (i, ext) in exts.iter().enumerate() {
+        let bad = |why| CertError::BadExtension {
+            oid: ext.oid.to_id_string(),
+            name: extension_name(&ext.oid),
+            why,
+        };
+        if exts[..i].iter().any(|e| e.oid == ext.oid) {
+            return Err(bad("appears twice"));
+        }
+        // extnValue holds one DER value (RFC 5280 4.1); x509-parser
+        // ignores what follows it.
+        match tlv(ext.value) {
+            Some((_, h, l)) if h + l == ext.value.len() => {}
+            Some((_, h, l)) if h + l < ext.value.len() => {
+                return Err(bad("is malformed (trailing data)"));
+            }
+            _ => return Err(bad("is malformed")),
+        }
+        match ext.parsed_extension() {
+            ParsedExtension::ParseError { .. } => return Err(bad("is malformed")),
+            ParsedExtension::UnsupportedExtension { .. } if ext.critical => {
+                return Err(bad("is critical and not understood"));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Parses a certificate strictly: the whole input must be one DER
 /// SEQUENCE, as TLS peers require (a lenient parse would let through bytes
-/// that clients then refuse).
+/// that clients then refuse). Every extension is parsed.
 fn parse_x509(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
+    parse_x509_with(der, true)
+}
+
+/// [`parse_x509`], with or without x509-parser's parse of every
+/// extension's value (`deep`); the rest is the same.
+fn parse_x509_with(der: &[u8], deep: bool) -> Result<X509Certificate<'_>, CertError> {
     if der.first() != Some(&0x30) {
         return Err(CertError::BadDer("not a DER SEQUENCE".to_owned()));
     }
-    match X509Certificate::from_der(der) {
+    let mut parser = X509CertificateParser::new().with_deep_parse_extensions(deep);
+    match parser.parse(der) {
         Ok(([], cert)) => {
             if !outer_matches_inner(der, cert.tbs_certificate.as_ref()) {
                 return Err(CertError::BadDer(
@@ -223,7 +359,6 @@ fn parse_x509(der: &[u8]) -> Result<X509Certificate<'_>, CertError> {
 }
 
 fn key_type_of(cert: &X509Certificate<'_>) -> KeyType {
-    use x509_parser::oid_registry as oids;
     let spki = cert.public_key();
     match spki.parsed() {
         Ok(PublicKey::RSA(rsa)) => KeyType::Rsa {
@@ -625,10 +760,13 @@ impl Bundle {
         self.certs.get(1..).unwrap_or_default()
     }
 
-    /// Checks that the key matches the leaf and that each certificate was
-    /// issued (name and signature) by the one after it.
+    /// Checks that every extension of the leaf is sound (parsed, once, no
+    /// unknown critical one: see [`check_extensions`]), that the key
+    /// matches the leaf and that each certificate was issued (name and
+    /// signature) by the one after it.
     pub fn verify(&self) -> Result<(), CertError> {
         let leaf = parse_x509(self.leaf_der())?;
+        check_extensions(&leaf)?;
         let cert_key_type = key_type_of(&leaf);
         let (key_type, public) = self.key.public_key(cert_key_type)?;
         if public != leaf.public_key().subject_public_key.data.as_ref() {
@@ -699,7 +837,508 @@ impl Bundle {
 
 #[cfg(test)]
 mod tests {
-    use super::check_armor;
+    use super::*;
+    use crate::names::DnsName;
+    use crate::select::select;
+    use crate::source::testing::Issued;
+    use rcgen::{
+        BasicConstraints as RcBasic, CertificateParams, CertifiedIssuer, CrlDistributionPoint,
+        CustomExtension, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        KeyUsagePurpose, SanType, SignatureAlgorithm,
+    };
+
+    /// The fake clock of these tests (2026-01-01T00:00:00Z).
+    const NOW: i64 = 1_767_225_600;
+    const DAY: i64 = 86_400;
+
+    /// The full parse `Leaf::parse` did before it skipped extensions:
+    /// x509-parser's deep parse of every extension, kept as the reference
+    /// the cheap parse must agree with.
+    fn parse_full(der: &[u8]) -> Result<Leaf, CertError> {
+        let cert = parse_x509(der)?;
+        let mut names = Vec::new();
+        let mut has_san = false;
+        for ext in cert.extensions() {
+            if let ParsedExtension::SubjectAlternativeName(san) = ext.parsed_extension() {
+                has_san = true;
+                for gn in &san.general_names {
+                    if let GeneralName::DNSName(n) = gn {
+                        names.push(names::canonical(n));
+                    }
+                }
+            }
+        }
+        if !has_san {
+            for cn in cert.subject().iter_common_name() {
+                if let Ok(s) = cn.as_str() {
+                    names.push(names::canonical(s));
+                }
+            }
+        }
+        let validity = cert.validity();
+        Ok(Leaf {
+            names,
+            validity: Validity {
+                not_before: validity.not_before.timestamp(),
+                not_after: validity.not_after.timestamp(),
+            },
+            key_type: key_type_of(&cert),
+            self_issued: cert.subject().as_raw() == cert.issuer().as_raw(),
+            is_ca: cert.is_ca(),
+        })
+    }
+
+    /// A DER TLV (tag, content).
+    fn der(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match content.len() {
+            n @ 0..0x80 => out.push(n as u8),
+            n @ 0x80..0x100 => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    fn seq(parts: &[Vec<u8>]) -> Vec<u8> {
+        der(0x30, &parts.concat())
+    }
+
+    const OID_AIA: &[u64] = &[1, 3, 6, 1, 5, 5, 7, 1, 1];
+    const OID_POLICIES: &[u64] = &[2, 5, 29, 32];
+    const OID_SCTS: &[u64] = &[1, 3, 6, 1, 4, 1, 11129, 2, 4, 2];
+    const OID_SAN: &[u64] = &[2, 5, 29, 17];
+    const OID_CRL_DP: &[u64] = &[2, 5, 29, 31];
+    const OID_PRIVATE: &[u64] = &[1, 3, 6, 1, 4, 1, 55555, 1];
+
+    /// authorityInfoAccess: OCSP and caIssuers URIs, as Let's Encrypt writes it.
+    fn aia() -> CustomExtension {
+        let access = |method: u8, uri: &str| {
+            seq(&[
+                der(0x06, &[0x2b, 6, 1, 5, 5, 7, 0x30, method]),
+                der(0x86, uri.as_bytes()),
+            ])
+        };
+        CustomExtension::from_oid_content(
+            OID_AIA,
+            seq(&[
+                access(1, "http://ocsp.example.net"),
+                access(2, "http://ca.example.net/i.der"),
+            ]),
+        )
+    }
+
+    /// certificatePolicies: the CA/B Forum domain-validated policy.
+    fn policies() -> CustomExtension {
+        let dv = der(0x06, &[0x67, 0x81, 0x0c, 1, 2, 1]);
+        CustomExtension::from_oid_content(OID_POLICIES, seq(&[seq(&[dv])]))
+    }
+
+    /// Embedded SCTs: a TLS-encoded list of two made-up timestamps.
+    fn scts() -> CustomExtension {
+        let sct = |n: u8| {
+            let mut s = vec![0u8]; // v1
+            s.extend([n; 32]); // log id
+            s.extend(1_767_225_600_000u64.to_be_bytes());
+            s.extend([0, 0]); // no extensions
+            s.extend([4, 3, 0, 4, 1, 2, 3, 4]); // sha256/ecdsa, 4-byte signature
+            let mut out = (s.len() as u16).to_be_bytes().to_vec();
+            out.extend(s);
+            out
+        };
+        let list = [sct(1), sct(2)].concat();
+        let mut tls = (list.len() as u16).to_be_bytes().to_vec();
+        tls.extend(list);
+        CustomExtension::from_oid_content(OID_SCTS, der(0x04, &tls))
+    }
+
+    fn custom(oid: &[u64], content: Vec<u8>, critical: bool) -> CustomExtension {
+        let mut e = CustomExtension::from_oid_content(oid, content);
+        e.set_criticality(critical);
+        e
+    }
+
+    /// A leaf's parameters: SAN `names` (none: no SAN extension), subject
+    /// CN `cn`, valid for 90 days around the fake clock.
+    fn params(names: &[&str], cn: Option<&str>) -> CertificateParams {
+        let mut p = CertificateParams::default();
+        p.distinguished_name = DistinguishedName::new();
+        p.subject_alt_names = names
+            .iter()
+            .map(|n| SanType::DnsName((*n).try_into().expect("ia5 name")))
+            .collect();
+        if let Some(cn) = cn {
+            p.distinguished_name.push(DnType::CommonName, cn);
+        }
+        p.not_before = time::OffsetDateTime::from_unix_timestamp(NOW - 10 * DAY).expect("date");
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(NOW + 80 * DAY).expect("date");
+        p
+    }
+
+    fn key(alg: &'static SignatureAlgorithm) -> KeyPair {
+        KeyPair::generate_for(alg).expect("test key")
+    }
+
+    fn test_ca() -> CertifiedIssuer<'static, KeyPair> {
+        let mut p = params(&[], Some("mxkeys cert test CA"));
+        p.is_ca = IsCa::Ca(RcBasic::Unconstrained);
+        CertifiedIssuer::self_signed(p, key(&rcgen::PKCS_ECDSA_P384_SHA384)).expect("test CA")
+    }
+
+    /// `p` with `key`, issued by `ca`: leaf then CA certificate.
+    fn issue(ca: &CertifiedIssuer<'static, KeyPair>, p: CertificateParams, key: KeyPair) -> Issued {
+        let leaf = p.signed_by(&key, ca).expect("test leaf");
+        Issued {
+            certs: vec![leaf.der().clone(), ca.der().clone()],
+            key: PrivateKey::from_pem(key.serialize_pem().as_bytes()).expect("test key"),
+        }
+    }
+
+    #[test]
+    fn the_cheap_leaf_parse_gives_exactly_the_leaf_of_the_full_parse() {
+        let ca = test_ca();
+        let p256 = || key(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let rsa = KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+            .expect("rsa key");
+        let le_like = |p: &mut CertificateParams| {
+            p.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            p.is_ca = IsCa::ExplicitNoCa;
+            p.use_authority_key_identifier_extension = true;
+            p.crl_distribution_points = vec![CrlDistributionPoint {
+                uris: vec!["http://crl.example.net/1.crl".to_owned()],
+            }];
+            p.custom_extensions = vec![aia(), policies()];
+        };
+        let mut cases: Vec<(&str, Vec<u8>, Leaf)> = Vec::new();
+        let mut case =
+            |what: &'static str, der: &[u8], names: &[&str], key_type, ca, self_issued| {
+                let expected = Leaf {
+                    names: names.iter().map(|n| (*n).to_owned()).collect(),
+                    validity: Validity {
+                        not_before: NOW - 10 * DAY,
+                        not_after: NOW + 80 * DAY,
+                    },
+                    key_type,
+                    self_issued,
+                    is_ca: ca,
+                };
+                cases.push((what, der.to_vec(), expected));
+            };
+        let ecdsa = KeyType::Ecdsa(Curve::P256);
+        let leaf = |p: CertificateParams, k: KeyPair| issue(&ca, p, k).certs[0].to_vec();
+
+        let p = params(
+            &["mail.example.com", "mx.example.com"],
+            Some("mail.example.com"),
+        );
+        case(
+            "two SANs",
+            &leaf(p, p256()),
+            &["mail.example.com", "mx.example.com"],
+            ecdsa,
+            false,
+            false,
+        );
+        let p = params(&[], Some("Mail.Example.COM"));
+        case(
+            "no SAN: the CN, canonical",
+            &leaf(p, p256()),
+            &["mail.example.com"],
+            ecdsa,
+            false,
+            false,
+        );
+        let p = params(&[], None);
+        case(
+            "no SAN and no CN: no names",
+            &leaf(p, p256()),
+            &[],
+            ecdsa,
+            false,
+            false,
+        );
+        let p = params(&["mail.example.com"], Some("not-a-san.example.com"));
+        case(
+            "a SAN hides the CN",
+            &leaf(p, p256()),
+            &["mail.example.com"],
+            ecdsa,
+            false,
+            false,
+        );
+        let p = params(&["*.example.com", "example.com"], None);
+        case(
+            "wildcard",
+            &leaf(p, p256()),
+            &["*.example.com", "example.com"],
+            ecdsa,
+            false,
+            false,
+        );
+        let p = params(&["xn--bcher-kva.example", "MAIL.Example.COM."], None);
+        case(
+            "IDN A-label, upper case and a root dot",
+            &leaf(p, p256()),
+            &["xn--bcher-kva.example", "mail.example.com"],
+            ecdsa,
+            false,
+            false,
+        );
+        let mut p = params(&["mail.example.com"], None);
+        p.subject_alt_names
+            .push(SanType::IpAddress([192, 0, 2, 1].into()));
+        p.subject_alt_names.push(SanType::Rfc822Name(
+            "postmaster@example.com".try_into().expect("ia5"),
+        ));
+        p.subject_alt_names.push(SanType::URI(
+            "https://example.com/".try_into().expect("ia5"),
+        ));
+        case(
+            "only the dNSNames of a SAN with other kinds",
+            &leaf(p, p256()),
+            &["mail.example.com"],
+            ecdsa,
+            false,
+            false,
+        );
+        let mut p = params(&["mail.example.com"], Some("mail.example.com"));
+        le_like(&mut p);
+        case(
+            "Let's Encrypt-like (KU, EKU, BC, AKI, CRL DP, AIA, policies)",
+            &leaf(p, p256()),
+            &["mail.example.com"],
+            ecdsa,
+            false,
+            false,
+        );
+        let mut p = params(&["mail.example.com"], Some("mail.example.com"));
+        le_like(&mut p);
+        p.custom_extensions.push(scts());
+        case(
+            "with SCTs",
+            &leaf(p, p256()),
+            &["mail.example.com"],
+            ecdsa,
+            false,
+            false,
+        );
+        let mut p = params(&["mail.example.com"], None);
+        p.custom_extensions = vec![custom(OID_PRIVATE, der(0x05, &[]), false)];
+        case(
+            "an unknown non-critical extension",
+            &leaf(p, p256()),
+            &["mail.example.com"],
+            ecdsa,
+            false,
+            false,
+        );
+        let p = params(&["mail.example.com"], None);
+        case(
+            "RSA-2048",
+            &leaf(p, rsa),
+            &["mail.example.com"],
+            KeyType::Rsa { bits: 2048 },
+            false,
+            false,
+        );
+        let p = params(&["mail.example.com"], None);
+        case(
+            "ECDSA P-384",
+            &leaf(p, key(&rcgen::PKCS_ECDSA_P384_SHA384)),
+            &["mail.example.com"],
+            KeyType::Ecdsa(Curve::P384),
+            false,
+            false,
+        );
+        let p = params(&["mail.example.com"], None);
+        case(
+            "Ed25519",
+            &leaf(p, key(&rcgen::PKCS_ED25519)),
+            &["mail.example.com"],
+            KeyType::Ed25519,
+            false,
+            false,
+        );
+        let mut p = params(&[], Some("Intermediate CA"));
+        p.is_ca = IsCa::Ca(RcBasic::Constrained(0));
+        case(
+            "a CA certificate",
+            &leaf(p, p256()),
+            &["intermediate ca"],
+            ecdsa,
+            true,
+            false,
+        );
+        let k = p256();
+        let p = params(&["mail.example.com"], Some("mail.example.com"));
+        let der = p.self_signed(&k).expect("self-signed").der().to_vec();
+        case(
+            "self-signed",
+            &der,
+            &["mail.example.com"],
+            ecdsa,
+            false,
+            true,
+        );
+        case(
+            "the test CA (self-signed CA)",
+            ca.der(),
+            &["mxkeys cert test ca"],
+            KeyType::Ecdsa(Curve::P384),
+            true,
+            true,
+        );
+
+        for (what, der, expected) in &cases {
+            let cheap = Leaf::parse(der).unwrap_or_else(|e| panic!("{what}: {e}"));
+            let full = parse_full(der).unwrap_or_else(|e| panic!("{what}: {e}"));
+            assert_eq!(
+                cheap, full,
+                "{what}: the cheap parse differs from the full one"
+            );
+            assert_eq!(&cheap, expected, "{what}");
+        }
+    }
+
+    /// A leaf for `mail.example.com` from `ca` that carries `bad` besides
+    /// what `params` gives it, newer than any good one.
+    fn with_extensions(
+        ca: &CertifiedIssuer<'static, KeyPair>,
+        san: bool,
+        bad: Vec<CustomExtension>,
+    ) -> Issued {
+        let names: &[&str] = if san { &["mail.example.com"] } else { &[] };
+        let mut p = params(names, Some("mail.example.com"));
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(NOW + 85 * DAY).expect("date");
+        p.custom_extensions = bad;
+        issue(ca, p, key(&rcgen::PKCS_ECDSA_P256_SHA256))
+    }
+
+    #[test]
+    fn a_leaf_with_an_unsound_extension_is_never_chosen_and_the_reason_is_shown() {
+        let ca = test_ca();
+        let good = issue(
+            &ca,
+            params(&["mail.example.com"], None),
+            key(&rcgen::PKCS_ECDSA_P256_SHA256),
+        );
+        let truncated = seq(&[]).into_iter().chain([0x02, 0x01]).collect::<Vec<_>>();
+        let mut bogus_len = seq(&[der(0x02, &[1])]);
+        bogus_len[1] = 0x05;
+        // (case, SAN from params, extensions, what the refusal says)
+        let cases: Vec<(&str, bool, Vec<CustomExtension>, &str)> = vec![
+            (
+                "a malformed CRL DP",
+                true,
+                vec![custom(OID_CRL_DP, bogus_len.clone(), false)],
+                "2.5.29.31 (crlDistributionPoints) is malformed",
+            ),
+            (
+                "a malformed AIA",
+                true,
+                vec![custom(OID_AIA, truncated.clone(), false)],
+                "1.3.6.1.5.5.7.1.1 (authorityInfoAccess) is malformed (trailing data)",
+            ),
+            (
+                "a malformed policies",
+                true,
+                vec![custom(OID_POLICIES, der(0x02, &[1]), false)],
+                "2.5.29.32 (certificatePolicies) is malformed",
+            ),
+            (
+                "the same unknown extension twice",
+                true,
+                vec![
+                    custom(OID_PRIVATE, der(0x05, &[]), false),
+                    custom(OID_PRIVATE, der(0x05, &[]), false),
+                ],
+                "1.3.6.1.4.1.55555.1 (unknown) appears twice",
+            ),
+            (
+                "a critical unknown extension",
+                true,
+                vec![custom(OID_PRIVATE, der(0x05, &[]), true)],
+                "1.3.6.1.4.1.55555.1 (unknown) is critical and not understood",
+            ),
+        ];
+        let domains = [DnsName::parse("mail.example.com").expect("name")];
+        for (what, san, exts, reason) in cases {
+            let bad = with_extensions(&ca, san, exts);
+            let candidates = [
+                bad.candidate(0, "bad", 0, false),
+                good.candidate(0, "good", 1, false),
+            ];
+            let s = select(&domains, KeyTypeFilter::Any, &candidates, NOW);
+            let chosen = s.chosen.as_ref().map(|c| c.candidate.origin.entry.as_str());
+            assert_eq!(chosen, Some("good"), "{what}");
+            let refusals: Vec<String> = s
+                .refused
+                .iter()
+                .map(|(c, r)| format!("{}: {r}", c.origin.entry))
+                .collect();
+            assert_eq!(
+                refusals,
+                vec![format!("bad: the certificate's extension {reason}")],
+                "{what}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_malformed_or_repeated_subject_alt_name_is_refused_when_the_leaf_is_read() {
+        let ca = test_ca();
+        let bad_san = |content: Vec<u8>| custom(OID_SAN, content, false);
+        let name = der(0x82, b"mail.example.com");
+        let cases = [
+            // The full parse fell back to the CN for this one.
+            (
+                "malformed",
+                with_extensions(&ca, false, vec![bad_san(der(0x30, &[0x82, 0x05, b'x']))]),
+                "2.5.29.17 (subjectAltName) is malformed",
+            ),
+            (
+                "not a SEQUENCE",
+                with_extensions(&ca, false, vec![bad_san(der(0x04, &name))]),
+                "2.5.29.17 (subjectAltName) is malformed",
+            ),
+            (
+                "trailing data",
+                with_extensions(
+                    &ca,
+                    false,
+                    vec![bad_san(
+                        [seq(std::slice::from_ref(&name)), vec![0, 0]].concat(),
+                    )],
+                ),
+                "2.5.29.17 (subjectAltName) is malformed (trailing data)",
+            ),
+            (
+                "twice",
+                with_extensions(
+                    &ca,
+                    true,
+                    vec![bad_san(seq(&[der(0x82, b"other.example.com")]))],
+                ),
+                "2.5.29.17 (subjectAltName) appears twice",
+            ),
+        ];
+        for (what, issued, reason) in cases {
+            let e = Leaf::parse(issued.certs[0].as_ref()).expect_err(what);
+            assert_eq!(
+                e.to_string(),
+                format!("the certificate's extension {reason}"),
+                "{what}"
+            );
+            assert!(
+                issued.bundle().verify().is_err(),
+                "{what}: verify accepts it"
+            );
+        }
+    }
 
     #[test]
     fn armor_lines_must_pair_up() {
