@@ -376,7 +376,7 @@ fn judge_entry(entry: &Entry<'_>) -> Result<Leaf, EntryError> {
 /// certificate, and returns that certificate's DER.
 fn decode_leaf(b64: &[u8]) -> Result<rustls_pki_types::CertificateDer<'static>, EntryError> {
     const END: &[u8] = b"-----END CERTIFICATE-----";
-    const CHUNK: usize = 1024; // base64 characters, a multiple of 4
+    const CHUNK: usize = 256; // base64 characters, a multiple of 4: past the END line, at most 192 bytes are decoded for nothing
     let mut pem = Vec::with_capacity(2048);
     let mut at = 0;
     let mut searched: usize = 0;
