@@ -310,7 +310,9 @@ pub enum Ingest {
 
 impl Default for Ingest {
     fn default() -> Self {
-        Ingest::Streaming { window: 1 << 20 }
+        // 512 KiB: measured best between 128 KiB and 2 MiB at 10,000
+        // entries (BENCHMARKS.md, "acme.json ingest").
+        Ingest::Streaming { window: 512 << 10 }
     }
 }
 

@@ -6,9 +6,11 @@
 //! resolver's object, each `Certificates` list) and cuts every other value
 //! out whole by its shape alone ([`value_end`]: strings, nesting, scalars).
 //! serde_json then parses every piece it cut, with the whole-file reader's
-//! lenient types. The entries of one window are judged in parallel while
-//! the next window is read. A candidate keeps its entry's offset in the
-//! open file, not its text.
+//! lenient types. Each window's entries go to the rayon pool as one batch,
+//! judged (in parallel within the batch) while the next window is read and
+//! walked; at most [`IN_FLIGHT`] batches wait, so memory stays a few
+//! windows. Verdicts are put back in file order. A candidate keeps its
+//! entry's offset in the open file, not its text.
 //!
 //! Its rule: it gives exactly the harvest the whole-file reader
 //! ([`super::read_whole`]) would give, or it defers to that reader. It
@@ -22,7 +24,7 @@ use std::fs::File;
 use std::io::Read as _;
 use std::ops::Range;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use rayon::prelude::*;
 use serde::de::IgnoredAny;
@@ -52,50 +54,70 @@ pub(super) fn read(
     window: usize,
 ) -> Result<Harvest, Defer> {
     let (file, size) = open_regular(path, ACME_JSON_SIZE_LIMIT).map_err(|_| Defer)?;
-    let mut s = Stream {
-        reader,
-        file: Arc::new(file),
-        size,
-        window: window.max(1),
-        buf: Zeroizing::new(Vec::new()),
-        spare: Zeroizing::new(Vec::new()),
-        base: 0,
-        pos: 0,
-        eof: false,
-        read: 0,
-        pending: Vec::new(),
-        judged: Vec::new(),
-        next_index: 0,
-        resolvers: Vec::new(),
-        group_errors: Vec::new(),
-    };
-    s.fill()?;
-    s.file_object(resolvers)?;
-    s.judge_pending()?;
+    let (tx, rx) = mpsc::channel();
+    let walked = rayon::in_place_scope(|scope| {
+        let mut s = Stream {
+            reader,
+            scope,
+            tx,
+            rx: &rx,
+            file: Arc::new(file),
+            size,
+            window: window.max(1),
+            buf: Zeroizing::new(Vec::new()),
+            free: Vec::new(),
+            base: 0,
+            pos: 0,
+            eof: false,
+            read: 0,
+            pending: Vec::new(),
+            batches: 0,
+            in_flight: 0,
+            judged: Vec::new(),
+            next_index: 0,
+            resolvers: Vec::new(),
+            group_errors: Vec::new(),
+        };
+        s.fill()?;
+        s.file_object(resolvers)?;
+        let last = std::mem::take(&mut s.buf);
+        s.hand_off(last, s.base);
+        Ok::<_, Defer>((s.judged, s.resolvers, s.group_errors))
+    });
+    // The scope waited for every batch: the rest of the verdicts are in.
+    let (mut judged, resolvers_seen, group_errors) = walked?;
+    judged.extend(rx.try_iter().map(|done| (done.batch, done.verdicts)));
+    judged.sort_unstable_by_key(|(batch, _)| *batch);
 
     let mut harvest = Harvest::default();
     if let Some(wanted) = resolvers {
         for name in wanted {
-            if !s.resolvers.iter().any(|r| r == name) {
+            if !resolvers_seen.iter().any(|r| r == name) {
                 harvest.warnings.push(missing_resolver(reader, name));
             }
         }
     }
-    harvest.errors = s.group_errors;
-    for judged in s.judged {
-        match judged {
-            Judged::Candidate(c) => harvest.candidates.push(c),
-            Judged::Error(e) => harvest.errors.push(e),
-            Judged::Valid => {}
+    harvest.errors = group_errors;
+    for (_, verdicts) in judged {
+        for verdict in verdicts? {
+            match verdict {
+                Judged::Candidate(c) => harvest.candidates.push(c),
+                Judged::Error(e) => harvest.errors.push(e),
+                Judged::Valid => {}
+            }
         }
     }
     Ok(harvest)
 }
 
 /// The reader's state: the window, the entries cut but not yet judged,
-/// and what was found so far.
-struct Stream<'r> {
+/// the batches handed to the pool, and what was found so far.
+struct Stream<'r, 'a, 's> {
     reader: &'r Reader,
+    /// Where each window's entries are judged while the next is walked.
+    scope: &'a rayon::Scope<'s>,
+    tx: mpsc::Sender<Done>,
+    rx: &'a mpsc::Receiver<Done>,
     file: Arc<File>,
     /// The file's size when opened: no buffer is made larger than what is
     /// left to read (plus one byte, to see the end).
@@ -104,18 +126,21 @@ struct Stream<'r> {
     window: usize,
     /// The window: the file's bytes from `base` on.
     buf: Zeroizing<Vec<u8>>,
-    /// The next window, filled while `buf`'s entries are judged.
-    spare: Zeroizing<Vec<u8>>,
+    /// Buffers whose batch was judged, to be filled again.
+    free: Vec<Zeroizing<Vec<u8>>>,
     base: u64,
     /// The cursor in `buf`: everything before it has been walked.
     pos: usize,
     eof: bool,
     /// Bytes read so far, against the size limit.
     read: u64,
-    /// Entries cut from `buf`, to be judged before it is refilled.
+    /// Entries cut from `buf`, to be judged as one batch.
     pending: Vec<Pending>,
-    /// Judged entries, in file order.
-    judged: Vec<Judged>,
+    /// Batches handed off so far, and how many are not judged yet.
+    batches: usize,
+    in_flight: usize,
+    /// Verdicts received while walking: (batch, its entries' verdicts).
+    judged: Vec<(usize, Verdicts)>,
     /// The running position of an entry among the used resolvers' entries.
     next_index: usize,
     /// Every resolver's name in the file (for the missing-resolver warning).
@@ -123,6 +148,20 @@ struct Stream<'r> {
     /// Errors of whole resolvers, in file order (they come before entries').
     group_errors: Vec<SourceError>,
 }
+
+/// A batch's entries judged, in file order; `Err` if one is not valid JSON.
+type Verdicts = Result<Vec<Judged>, Defer>;
+
+/// A judged batch, and its window, to be filled again.
+struct Done {
+    batch: usize,
+    verdicts: Verdicts,
+    buf: Zeroizing<Vec<u8>>,
+}
+
+/// Batches handed off and not yet judged before walking waits: bounds
+/// memory to a few windows however large the file.
+const IN_FLIGHT: usize = 2;
 
 /// An entry cut from the window.
 struct Pending {
@@ -149,7 +188,7 @@ enum Judged {
     Valid,
 }
 
-impl Stream<'_> {
+impl<'r: 's, 's> Stream<'r, '_, 's> {
     /// Reads the first window.
     fn fill(&mut self) -> Result<(), Defer> {
         let want = self.want(0);
@@ -181,43 +220,86 @@ impl Stream<'_> {
         Ok(())
     }
 
-    /// Moves the unwalked bytes to the front of the other buffer and reads
-    /// more after them, while this window's cut entries are judged.
+    /// Hands the window's cut entries to the pool, carries the unwalked
+    /// bytes over to a fresh window and reads more after them.
     fn refill(&mut self) -> Result<(), Defer> {
         let want = self.want(self.buf.len() - self.pos);
-        let Stream {
-            reader,
-            file,
-            buf,
-            spare,
-            base,
-            pos,
-            pending,
-            judged,
-            ..
-        } = self;
-        spare.clear();
-        spare.reserve_exact(buf.capacity());
-        spare.extend_from_slice(&buf[*pos..]);
-        let (verdicts, n) = rayon::join(
-            || judge_all(reader, file, *base, buf, pending),
-            || read_more(file, spare, want),
-        );
-        judged.extend(verdicts?);
-        pending.clear();
-        let n = n.map_err(|_| Defer)?;
-        *base += *pos as u64;
-        *pos = 0;
-        std::mem::swap(buf, spare);
+        let mut next = self.spare();
+        next.reserve_exact(self.buf.capacity());
+        next.extend_from_slice(&self.buf[self.pos..]);
+        let full = std::mem::replace(&mut self.buf, next);
+        let base = self.base;
+        self.base += self.pos as u64;
+        self.pos = 0;
+        self.hand_off(full, base);
+        let n = read_more(&self.file, &mut self.buf, want).map_err(|_| Defer)?;
         self.account(n, want)
     }
 
-    /// Judges the entries still pending (at the end of the file).
-    fn judge_pending(&mut self) -> Result<(), Defer> {
-        let verdicts = judge_all(self.reader, &self.file, self.base, &self.buf, &self.pending)?;
-        self.judged.extend(verdicts);
-        self.pending.clear();
-        Ok(())
+    /// Judges `buf`'s cut entries in the pool (`base`: its offset in the
+    /// file), after waiting until fewer than [`IN_FLIGHT`] batches are.
+    fn hand_off(&mut self, buf: Zeroizing<Vec<u8>>, base: u64) {
+        if self.pending.is_empty() {
+            self.free.push(buf);
+            return;
+        }
+        while self.in_flight >= IN_FLIGHT {
+            self.wait();
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let (batch, reader, file, tx) = (
+            self.batches,
+            self.reader,
+            self.file.clone(),
+            self.tx.clone(),
+        );
+        self.batches += 1;
+        self.in_flight += 1;
+        self.scope.spawn(move |_| {
+            let verdicts = judge_all(reader, &file, base, &buf, &pending);
+            // The receiver outlives the scope: sending cannot fail.
+            let _ = tx.send(Done {
+                batch,
+                verdicts,
+                buf,
+            });
+        });
+    }
+
+    /// Takes one judged batch, helping the pool meanwhile.
+    fn wait(&mut self) {
+        let done = loop {
+            match self.rx.try_recv() {
+                Ok(done) => break done,
+                Err(mpsc::TryRecvError::Empty) => match rayon::yield_now() {
+                    Some(rayon::Yield::Executed) => {}
+                    Some(rayon::Yield::Idle) => std::thread::yield_now(),
+                    // Not a pool thread: the batches run in the pool.
+                    None => match self.rx.recv() {
+                        Ok(done) => break done,
+                        Err(mpsc::RecvError) => return,
+                    },
+                },
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        };
+        self.took(done);
+    }
+
+    fn took(&mut self, done: Done) {
+        self.in_flight -= 1;
+        self.judged.push((done.batch, done.verdicts));
+        self.free.push(done.buf);
+    }
+
+    /// A buffer to fill: one whose batch was judged, or a new one.
+    fn spare(&mut self) -> Zeroizing<Vec<u8>> {
+        while let Ok(done) = self.rx.try_recv() {
+            self.took(done);
+        }
+        let mut buf = self.free.pop().unwrap_or_default();
+        buf.clear();
+        buf
     }
 
     /// The next byte that is not JSON whitespace, or `None` at the end of
