@@ -113,6 +113,17 @@ pub fn select<'c>(
     let mut unrelated = Vec::new();
     let mut fit = Vec::new();
     for c in candidates {
+        // Most of a large acme.json covers none of the names: set those
+        // aside without building the list of missing names.
+        let related = c
+            .leaf
+            .names
+            .iter()
+            .any(|p| domains.iter().any(|d| names::covers(p, d).is_some()));
+        if !related && !domains.is_empty() {
+            unrelated.push(c);
+            continue;
+        }
         let wildcards = match names::cover_all(&c.leaf.names, domains) {
             Ok(w) => w,
             Err(missing) => {
