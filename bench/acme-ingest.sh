@@ -21,6 +21,9 @@
 #   --quiet-wait S before timing, wait up to S seconds (default 120) for the
 #                 machine to be idle (other processes using < 10% of the CPUs
 #                 over 2 s); the summary says whether it was
+#   --interleave N  rounds of the interleaved timing (default 30): every
+#                 command once per round, each round in the same order; the
+#                 verdicts on ratios use its medians (see below)
 #   --stage-iterations N  iterations of `acme-floor stages` (each stage timed
 #                 alone in one process, 1 and 2 threads; default 20)
 #
@@ -33,8 +36,9 @@
 # (optional) times an older mxkeys binary in the same run, for "no
 # regression" (e.g. at --count 10); MXKEYS_OLD_REV names its source.
 #
-# The summary prints issue 19's goals as ratios of medians, with a verdict
-# each: mxkeys / fastest Python baseline <= 0.5; mxkeys / floor <= 1.5 (floor
+# The summary prints issue 19's goals as ratios of medians (of the
+# interleaved rounds, which the machine's drift cannot skew; hyperfine's are
+# printed too), with a verdict each: mxkeys / fastest Python baseline <= 0.5; mxkeys / floor <= 1.5 (floor
 # = `acme-floor der`, one thread, all four stages in one process; the ratio to
 # `acme-floor der --threads 2` is printed too); mxkeys peak RSS / file size
 # <= 1.2; with MXKEYS_OLD, mxkeys / old <= 1.05 (time) and peak RSS no more
@@ -57,6 +61,7 @@ scts=0
 out=
 build=1
 quiet_wait=120
+interleave=30
 stage_iterations=20
 
 die() { echo "acme-ingest: $*" >&2; exit 2; }
@@ -79,6 +84,8 @@ while [[ $# -gt 0 ]]; do
         --no-build) build=0; shift ;;
         --quiet-wait) quiet_wait=${2:?}; shift 2 ;;
         --quiet-wait=*) quiet_wait=${1#*=}; shift ;;
+        --interleave) interleave=${2:?}; shift 2 ;;
+        --interleave=*) interleave=${1#*=}; shift ;;
         --stage-iterations) stage_iterations=${2:?}; shift 2 ;;
         --stage-iterations=*) stage_iterations=${1#*=}; shift ;;
         -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -196,6 +203,27 @@ echo "== hyperfine (warmup $warmup, at least $runs runs)" >&2
 hyperfine -N --warmup "$warmup" --min-runs "$runs" \
     --export-json "$out/hyperfine.json" --export-markdown "$out/hyperfine.md" \
     "${hf_cmds[@]}" >&2
+
+# --- the same commands interleaved ----------------------------------------
+# hyperfine times one command's runs, then the next's: on this VM the speed
+# of the machine drifts by 10 % over a minute, which skews ratios between
+# blocks. Round after round, each command once per round, drift hits all
+# alike; the verdicts on ratios use these medians.
+echo "== interleaved ($interleave rounds)" >&2
+INTERLEAVE=$interleave OUT=$out "$PYTHON" - "${hf_cmds[@]}" <<'EOF_I' >&2
+import json, os, shlex, subprocess, sys, time
+args = sys.argv[1:]
+cmds = [(args[i + 1], args[i + 2]) for i in range(0, len(args), 3) if args[i] == "--command-name"]
+times = {name: [] for name, _ in cmds}
+for _ in range(int(os.environ["INTERLEAVE"])):
+    for name, cmd in cmds:
+        t = time.perf_counter()
+        subprocess.run(shlex.split(cmd), stdout=subprocess.DEVNULL, check=True)
+        times[name].append(time.perf_counter() - t)
+with open(os.path.join(os.environ["OUT"], "interleaved.json"), "w") as f:
+    json.dump(times, f)
+print(f"interleaved: {len(cmds)} commands x {os.environ['INTERLEAVE']} rounds")
+EOF_I
 
 # --- each floor stage alone, in one process -------------------------------
 echo "== acme-floor stages ($stage_iterations iterations, 1 and 2 threads)" >&2
@@ -322,7 +350,17 @@ for t in (1, 2):
 
 m = med["mxkeys check"]
 for name, _ in rows[1:]:
-    print(f"ratio:     mxkeys / {name} = {m / med[name]:.2f} (medians)")
+    print(f"ratio:     mxkeys / {name} = {m / med[name]:.2f} (hyperfine medians)")
+with open(os.path.join(out, "interleaved.json")) as f:
+    inter = json.load(f)
+for name, _ in rows:
+    t = inter[name]
+    print(f"interleaved: {name}: median {ms(statistics.median(t))}, min {ms(min(t))}, {len(t)} rounds")
+# The verdicts on ratios use the interleaved medians.
+med = {name: statistics.median(inter[name]) for name, _ in rows}
+m = med["mxkeys check"]
+for name, _ in rows[1:]:
+    print(f"ratio:     mxkeys / {name} = {m / med[name]:.2f} (interleaved medians)")
 pys = [label for _, label in baselines]
 best = min(pys, key=lambda label: med[label])
 r_py = m / med[best]
