@@ -381,6 +381,71 @@ fn systemctl_stop_ends_the_daemon_cleanly() {
     assert!(journal.contains("stopping"), "no clean stop in:\n{journal}");
 }
 
+/// A Traefik acme.json of `count` entries for other names, with `leaf` for
+/// HOST at position `at`: several of the streaming reader's windows.
+fn large_acme_json(others: &Leaf, leaf: &Leaf, count: usize, at: usize) -> Vec<u8> {
+    let entries = (0..count)
+        .map(|i| match i == at {
+            true => common::AcmeEntry::new(leaf, HOST),
+            false => common::AcmeEntry::new(others, &format!("n{i}.example.net")),
+        })
+        .collect();
+    serde_json::to_vec_pretty(&common::acme_v2(&[("le", Some(entries))])).unwrap()
+}
+
+/// The daemon unit reads an acme.json of 3,000 certificates (over 4 MB,
+/// more than eight of the streaming reader's windows) under the shipped syscall
+/// filter: its pool threads, its hand-offs between them and its second read
+/// of the chosen entry are all allowed. The certificate for the host is
+/// installed, and a rewrite in place, as Traefik does, with a newer one
+/// replaces it.
+#[test]
+fn daemon_unit_installs_from_a_large_acme_json_read_in_windows_under_the_shipped_filter() {
+    let test =
+        "daemon_unit_installs_from_a_large_acme_json_read_in_windows_under_the_shipped_filter";
+    let ca = Ca::new("systemd");
+    let others = ca.issue(&LeafSpec::new(&["n.example.net"]));
+    let first = ca.issue(&LeafSpec::new(&[HOST]).days(40));
+    let newer = ca.issue(&LeafSpec::new(&[HOST]).days(80));
+    let host = Host::new();
+    let acme = host.path("src/acme.json");
+    write(&acme, large_acme_json(&others, &first, 3_000, 2_500));
+    let size = std::fs::metadata(&acme).unwrap().len();
+    assert!(size > 4 << 20, "{size} bytes: fewer windows than meant");
+    host.configure_raw(&format!(
+        "hostname = {}\nstate_dir = \"/var/lib/mxkeys\"\n\n{}\n{}",
+        q(HOST),
+        common::src_traefik(&Path::new(SRC).join("acme.json")),
+        postfix_target()
+    ));
+    let Some(guest) = host.boot(test, vec![]) else {
+        return;
+    };
+    guest.ok(&["systemctl", "start", "mxkeys"]);
+    let journal = guest.journal(Some("mxkeys"));
+    assert_combined(&host.tls.join("chain.pem"), &first);
+    assert!(!journal.contains("ERROR"), "errors in:\n{journal}");
+
+    // Traefik rewrites acme.json in place (same inode): truncate, write.
+    std::fs::write(&acme, large_acme_json(&others, &newer, 3_000, 2_900)).unwrap();
+    let chain = host.tls.join("chain.pem");
+    wait_until(
+        &guest,
+        "the newer certificate installed",
+        Duration::from_secs(20),
+        || {
+            read_pem(&chain)
+                .get(1)
+                .is_some_and(|b| sha256_hex(&b.1) == newer.fp())
+        },
+    );
+    assert_combined(&chain, &newer);
+    let journal = guest.journal(Some("mxkeys"));
+    assert_eq!(reloads(&host), 2, "one reload per certificate:\n{journal}");
+    assert_eq!(guest.property("mxkeys", "NRestarts"), "0");
+    assert_eq!(guest.property("mxkeys", "SubState"), "running");
+}
+
 /// The zone pebble resolves through for the renew test.
 const ACME_ZONE: &str = "$TTL 300
 @ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60
