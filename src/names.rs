@@ -95,6 +95,16 @@ pub fn covers(presented: &str, wanted: &DnsName) -> Option<Coverage> {
     (!first.is_empty() && rest == suffix).then_some(Coverage::Wildcard)
 }
 
+/// Does any of the certificate names `presented` cover any `wanted` name?
+/// `cover_all` lists what is missing; this answers without allocating, for
+/// the many certificates of a large store that concern none of a target's
+/// names.
+pub fn covers_any(presented: &[String], wanted: &[DnsName]) -> bool {
+    presented
+        .iter()
+        .any(|p| wanted.iter().any(|w| covers(p, w).is_some()))
+}
+
 /// How well a set of certificate names covers every wanted name: `None` when
 /// one is not covered, else the number of names covered only by a wildcard.
 pub fn cover_all(presented: &[String], wanted: &[DnsName]) -> Result<usize, Vec<DnsName>> {
@@ -159,6 +169,22 @@ mod tests {
             cover_all(&sans, &[n("a.b.example.com")]),
             Err(vec![n("a.b.example.com")])
         );
+    }
+
+    #[test]
+    fn covers_any_is_true_when_cover_all_misses_only_some_names() {
+        let sans = vec!["*.example.com".to_owned(), "example.com".to_owned()];
+        for (wanted, any) in [
+            (vec![n("mail.example.com")], true),
+            (vec![n("a.b.example.com"), n("example.com")], true),
+            (vec![n("a.b.example.com")], false),
+            (vec![n("example.net"), n("mail.example.net")], false),
+            (vec![], false),
+        ] {
+            assert_eq!(covers_any(&sans, &wanted), any, "{wanted:?}");
+            let missed_all = cover_all(&sans, &wanted).is_err_and(|m| m.len() == wanted.len());
+            assert_eq!(!any && !wanted.is_empty(), missed_all, "{wanted:?}");
+        }
     }
 
     #[test]

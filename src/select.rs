@@ -115,12 +115,7 @@ pub fn select<'c>(
     for c in candidates {
         // Most of a large acme.json covers none of the names: set those
         // aside without building the list of missing names.
-        let related = c
-            .leaf
-            .names
-            .iter()
-            .any(|p| domains.iter().any(|d| names::covers(p, d).is_some()));
-        if !related && !domains.is_empty() {
+        if !domains.is_empty() && !names::covers_any(&c.leaf.names, domains) {
             unrelated.push(c);
             continue;
         }
