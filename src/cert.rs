@@ -434,6 +434,20 @@ fn outer_matches_inner(der: &[u8], tbs: &[u8]) -> bool {
     check().unwrap_or(false)
 }
 
+/// The issuer's name as people read it: its common name, else its whole
+/// distinguished name (RFC 4514 form); `None` when the DER does not parse.
+/// For display only: nothing is decided from it.
+pub fn issuer_name(der: &[u8]) -> Option<String> {
+    let cert = parse_x509_with(der, false).ok()?;
+    let issuer = cert.issuer();
+    let cn = issuer
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+    Some(cn.unwrap_or_else(|| issuer.to_string()))
+}
+
 /// SHA-256 of a certificate's DER, lower-case hex without separators.
 pub fn fingerprint(der: &[u8]) -> String {
     let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der);

@@ -247,6 +247,11 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+        /// Also write the status as one self-contained HTML page (no
+        /// scripts, no external assets) to FILE, replaced atomically,
+        /// mode 0644.
+        #[arg(long, value_name = "FILE")]
+        html: Option<std::path::PathBuf>,
     },
     /// Look at this host (Postfix, Dovecot, Certbot, lego, Traefik, DKIM
     /// signers) and print a commented configuration that takes it over as
@@ -466,8 +471,15 @@ pub fn main() -> ExitCode {
             }
             exit(&report)
         }
-        Command::Status { json } => {
+        Command::Status { json, html } => {
             let status = Status::gather(&config);
+            if let Some(file) = html {
+                let page = crate::status::html::render(&status);
+                if let Err(e) = crate::install::write_atomic(&file, page.as_bytes(), 0o644, None) {
+                    tracing::error!("{}: cannot write the status page: {e}", file.display());
+                    return ExitCode::FAILURE;
+                }
+            }
             if !print_status(&status, json, || status.to_text()) {
                 return ExitCode::FAILURE;
             }

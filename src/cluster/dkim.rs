@@ -438,6 +438,7 @@ mod tests {
             created_at: 0,
             verified_at: None,
             activated_at: None,
+            entered: Default::default(),
         }
     }
 

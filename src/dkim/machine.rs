@@ -105,9 +105,30 @@ pub struct Key {
     /// When every authoritative server was seen answering `record`.
     pub verified_at: Option<i64>,
     pub activated_at: Option<i64>,
+    /// When it entered each state it has been in (the timeline `status`
+    /// draws). Books written before this field know only `since`, for
+    /// the present state.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub entered: BTreeMap<KeyState, i64>,
 }
 
 impl Key {
+    /// Moves the key to `state` at `now`, recording when.
+    pub fn enter(&mut self, state: KeyState, now: i64) {
+        self.state = state;
+        self.since = now;
+        self.entered.insert(state, now);
+    }
+
+    /// When it entered `state`, if known: recorded by [`Key::enter`], or
+    /// `since` for the present state of a book older than that record.
+    pub fn entered_at(&self, state: KeyState) -> Option<i64> {
+        self.entered
+            .get(&state)
+            .copied()
+            .or_else(|| (self.state == state).then_some(self.since))
+    }
+
     /// `SELECTOR._domainkey.DOMAIN`.
     pub fn record_name(&self) -> String {
         format!("{}._domainkey.{}", self.selector, self.domain)
@@ -366,14 +387,12 @@ pub fn request_revoke(
         && let Some(s) = successor
     {
         let s = &mut book.keys[s];
-        s.state = KeyState::Active;
-        s.since = now;
+        s.enter(KeyState::Active, now);
         s.activated_at = Some(now);
     }
     let k = &mut book.keys[i];
     if k.state != KeyState::Draining {
-        k.state = KeyState::Draining;
-        k.since = now;
+        k.enter(KeyState::Draining, now);
     }
     book.revoke_now.insert(k.record_name());
     Ok(())
@@ -523,6 +542,7 @@ mod tests {
                         created_at: now,
                         verified_at: None,
                         activated_at: None,
+                        entered: Default::default(),
                     });
                 }
                 Step::Publish(i) => {
@@ -641,6 +661,7 @@ mod tests {
             created_at: 0,
             verified_at: None,
             activated_at: None,
+            entered: Default::default(),
         });
     }
 
@@ -877,6 +898,7 @@ mod tests {
             created_at: 0,
             verified_at: verified.then_some(0),
             activated_at: (state == KeyState::Active).then_some(0),
+            entered: Default::default(),
         }
     }
 

@@ -628,6 +628,7 @@ async fn generate_key(
         created_at: now,
         verified_at: None,
         activated_at: None,
+        entered: [(KeyState::Generated, now)].into(),
     });
     save(config, book)?;
     write_key(d, &file, &new.pem)?;
@@ -708,8 +709,7 @@ async fn verify_key(
 /// [`Step::Activate`]: the key signs.
 fn activate_key(config: &Config, book: &mut Book, i: usize, now: i64) -> Result<String, DkimError> {
     let k = &mut book.keys[i];
-    k.state = KeyState::Active;
-    k.since = now;
+    k.enter(KeyState::Active, now);
     k.activated_at = Some(now);
     save(config, book)?;
     Ok(format!(
@@ -721,8 +721,7 @@ fn activate_key(config: &Config, book: &mut Book, i: usize, now: i64) -> Result<
 /// [`Step::Drain`]: the key stops signing; its record stays.
 fn drain_key(config: &Config, book: &mut Book, i: usize, now: i64) -> Result<String, DkimError> {
     let k = &mut book.keys[i];
-    k.state = KeyState::Draining;
-    k.since = now;
+    k.enter(KeyState::Draining, now);
     save(config, book)?;
     Ok(format!(
         "{}: {} no longer signs; its record stays while mail drains",
@@ -884,9 +883,7 @@ async fn write_record(
             name: name.clone(),
             source,
         })?;
-    let k = &mut book.keys[i];
-    k.state = state;
-    k.since = crate::now();
+    book.keys[i].enter(state, crate::now());
     save(config, book)
 }
 
@@ -973,8 +970,9 @@ pub struct KeyStatus {
     pub file: PathBuf,
 }
 
-/// `mxkeys dkim status`: every key, per domain.
-pub fn status(config: &Config) -> Result<Vec<KeyStatus>, DkimError> {
+/// Every key in the book, by domain then age, with its next transition
+/// (when, and what) as the machine schedules it.
+pub fn timeline(config: &Config) -> Result<Vec<(Key, Option<(i64, &'static str)>)>, DkimError> {
     let d = dkim_table(config)?;
     let book = load(config)?;
     let policy = policy(d);
@@ -982,18 +980,23 @@ pub fn status(config: &Config) -> Result<Vec<KeyStatus>, DkimError> {
     keys.sort_by(|a, b| (&a.domain, a.created_at).cmp(&(&b.domain, b.created_at)));
     Ok(keys
         .into_iter()
-        .map(|k| {
-            let next = machine::next_transition(&book, k, &policy);
-            KeyStatus {
-                domain: k.domain.clone(),
-                selector: k.selector.clone(),
-                algorithm: k.algorithm.name(),
-                state: k.state.to_string(),
-                since: crate::rfc3339(k.since),
-                next: next.map(|(_, what)| what.to_owned()),
-                next_at: next.map(|(t, _)| crate::rfc3339(t)),
-                file: k.file.clone(),
-            }
+        .map(|k| (k.clone(), machine::next_transition(&book, k, &policy)))
+        .collect())
+}
+
+/// `mxkeys dkim status`: every key, per domain.
+pub fn status(config: &Config) -> Result<Vec<KeyStatus>, DkimError> {
+    Ok(timeline(config)?
+        .into_iter()
+        .map(|(k, next)| KeyStatus {
+            domain: k.domain.clone(),
+            selector: k.selector.clone(),
+            algorithm: k.algorithm.name(),
+            state: k.state.to_string(),
+            since: crate::rfc3339(k.since),
+            next: next.map(|(_, what)| what.to_owned()),
+            next_at: next.map(|(t, _)| crate::rfc3339(t)),
+            file: k.file.clone(),
         })
         .collect())
 }
@@ -1200,8 +1203,7 @@ async fn adopt_one(
         .iter_mut()
         .filter(|k| machine::in_group(k, domain, algorithm) && k.state == KeyState::Active)
     {
-        k.state = KeyState::Draining;
-        k.since = now;
+        k.enter(KeyState::Draining, now);
     }
     book.keys.push(Key {
         domain: domain.to_owned(),
@@ -1214,6 +1216,7 @@ async fn adopt_one(
         created_at: now,
         verified_at: (check != Check::None).then_some(now),
         activated_at: Some(now),
+        entered: [(KeyState::Active, now)].into(),
     });
     save(config, book)?;
     Ok(format!(

@@ -96,6 +96,7 @@ mod tests {
             created_at: 0,
             verified_at: None,
             activated_at: None,
+            entered: Default::default(),
         }
     }
 

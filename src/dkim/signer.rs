@@ -434,6 +434,7 @@ mod tests {
             created_at: 0,
             verified_at: Some(0),
             activated_at: Some(0),
+            entered: Default::default(),
         }
     }
 

@@ -256,7 +256,7 @@ fn verify_target(
                     failure.get_or_insert_with(|| ServiceFailure::Verify(e.to_string()));
                 }
             }
-            out.push(VerifyReport { result });
+            out.push(VerifyReport { target: ti, result });
         }
     }
     failure
@@ -395,15 +395,42 @@ fn record(
     let targets: Vec<TargetRun<'_>> = config
         .targets
         .iter()
-        .map(|target| TargetRun {
-            name: &target.name,
-            reloads_ok: target.reloads.iter().all(|action| {
-                report
-                    .reloads
-                    .iter()
-                    .filter(|r| &r.action == action)
-                    .all(|r| matches!(r.result, Some(Ok(()))))
-            }),
+        .enumerate()
+        .map(|(ti, target)| {
+            let ran: Vec<&ReloadReport> = report
+                .reloads
+                .iter()
+                .filter(|r| target.reloads.contains(&r.action) && r.result.is_some())
+                .collect();
+            let checks: Vec<&VerifyReport> = report
+                .verifications
+                .iter()
+                .filter(|v| v.target == ti)
+                .collect();
+            TargetRun {
+                name: &target.name,
+                reloads_ok: target.reloads.iter().all(|action| {
+                    report
+                        .reloads
+                        .iter()
+                        .filter(|r| &r.action == action)
+                        .all(|r| matches!(r.result, Some(Ok(()))))
+                }),
+                reload: (!ran.is_empty()).then(|| {
+                    ran.iter()
+                        .find_map(|r| match &r.result {
+                            Some(Err(e)) => Some(format!("reload `{}`: {e}", r.action)),
+                            _ => None,
+                        })
+                        .map_or(Ok(()), Err)
+                }),
+                verification: (!checks.is_empty()).then(|| {
+                    checks
+                        .iter()
+                        .find_map(|v| v.result.as_ref().err().map(ToString::to_string))
+                        .map_or(Ok(()), Err)
+                }),
+            }
         })
         .collect();
     let run = RunFacts {
@@ -504,6 +531,11 @@ struct TargetRun<'a> {
     name: &'a str,
     /// Every reload of the target that ran this time succeeded.
     reloads_ok: bool,
+    /// Its reloads that ran this time: `Err` with the first failure's
+    /// line; `None` when none ran.
+    reload: Option<Result<(), String>>,
+    /// Its checks that ran this time, likewise.
+    verification: Option<Result<(), String>>,
 }
 
 /// What the bookkeeping records: the run's outcome.
@@ -541,6 +573,25 @@ fn bookkeeping(mut st: State, run: &RunFacts<'_>, now: i64) -> State {
     }
     st.pending_reloads
         .retain(|name| run.targets.iter().any(|t| t.name == name));
+    // The last reload and check of each target, kept until the next ones.
+    let event = |result: &Result<(), String>| state::ServiceEvent {
+        at: now,
+        error: result.as_ref().err().cloned(),
+    };
+    for target in run.targets {
+        if target.reload.is_none() && target.verification.is_none() {
+            continue;
+        }
+        let service = st.services.entry(target.name.to_owned()).or_default();
+        if let Some(r) = &target.reload {
+            service.reload = Some(event(r));
+        }
+        if let Some(v) = &target.verification {
+            service.verification = Some(event(v));
+        }
+    }
+    st.services
+        .retain(|name, _| run.targets.iter().any(|t| t.name == name));
     for t in &report.targets {
         let Some(s) = &t.served else { continue };
         match &t.action {
@@ -658,10 +709,70 @@ mod tests {
     }
 
     #[test]
+    fn a_targets_last_reload_and_check_are_kept_until_the_next_ones_ran() {
+        let targets_with = |reload, verification| {
+            [
+                TargetRun {
+                    name: "mail",
+                    reloads_ok: true,
+                    reload,
+                    verification,
+                },
+                TargetRun {
+                    name: "web",
+                    reloads_ok: true,
+                    reload: None,
+                    verification: None,
+                },
+            ]
+        };
+        let report = Report::default();
+        let owed = BTreeSet::new();
+        let mut before = State::default();
+        before
+            .services
+            .insert("gone".to_owned(), state::Service::default());
+        // A reload and a failed check ran for `mail`; nothing for `web`.
+        let targets = targets_with(Some(Ok(())), Some(Err("mx:25 presents bb".to_owned())));
+        let after = bookkeeping(before, &run_with(&targets, &report, &[], &owed), NOW);
+        let mail = &after.services["mail"];
+        assert_eq!(
+            mail.reload,
+            Some(state::ServiceEvent {
+                at: NOW,
+                error: None
+            })
+        );
+        assert_eq!(
+            mail.verification,
+            Some(state::ServiceEvent {
+                at: NOW,
+                error: Some("mx:25 presents bb".to_owned())
+            })
+        );
+        assert!(!after.services.contains_key("web"), "nothing ran for web");
+        assert!(
+            !after.services.contains_key("gone"),
+            "a target no longer configured is forgotten"
+        );
+        // A later run that only reloads keeps the last check.
+        let targets = targets_with(Some(Err("reload `x`: exit 1".to_owned())), None);
+        let later = bookkeeping(after, &run_with(&targets, &report, &[], &owed), NOW + 60);
+        let mail = &later.services["mail"];
+        assert_eq!(
+            mail.reload.as_ref().map(|e| (e.at, e.error.as_deref())),
+            Some((NOW + 60, Some("reload `x`: exit 1")))
+        );
+        assert_eq!(mail.verification.as_ref().map(|e| e.at), Some(NOW));
+    }
+
+    #[test]
     fn an_installed_certificate_is_recorded_and_its_reload_paid() {
         let targets = [TargetRun {
             name: "mail",
             reloads_ok: true,
+            reload: None,
+            verification: None,
         }];
         let report = Report {
             targets: vec![slot(
@@ -717,6 +828,8 @@ mod tests {
         let targets = [TargetRun {
             name: "mail",
             reloads_ok: true,
+            reload: None,
+            verification: None,
         }];
         let report = Report {
             targets: vec![slot(0, "mail", "bb", rolled_back())],
@@ -757,6 +870,8 @@ mod tests {
         let targets = [TargetRun {
             name: "mail",
             reloads_ok: false,
+            reload: None,
+            verification: None,
         }];
         let report = Report {
             targets: vec![slot(0, "mail", "bb", rolled_back())],
@@ -784,6 +899,8 @@ mod tests {
         let targets = [TargetRun {
             name: "mail",
             reloads_ok: true,
+            reload: None,
+            verification: None,
         }];
         let report = Report {
             targets: vec![slot(0, "mail", "cc", Action::Unconfirmed(verify_failed()))],

@@ -387,6 +387,8 @@ pub struct ReloadReport {
 /// error names the endpoint).
 #[derive(Debug)]
 pub struct VerifyReport {
+    /// The target checked (its position in the configuration).
+    pub target: usize,
     pub result: Result<(), VerifyError>,
 }
 

@@ -45,7 +45,7 @@ use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _};
 use std::path::{Path, PathBuf};
 
 pub use record::{Record, RecordError};
-pub use run::{Daemon, Failure, Installed, Run, State};
+pub use run::{Daemon, Failure, Installed, Run, Service, ServiceEvent, State};
 
 const LOCK_FILE: &str = "lock";
 const STATE_FILE: &str = "state.json";

@@ -26,6 +26,24 @@ pub struct State {
     /// reload, so a run killed in between still reloads next time.
     #[serde(default)]
     pub pending_reloads: std::collections::BTreeSet<String>,
+    /// The last reload and the last check of what each target's services
+    /// present, by target name (for `status`).
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
+}
+
+/// A target's last reload and last check.
+#[derive(Debug, Default, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Service {
+    pub reload: Option<ServiceEvent>,
+    pub verification: Option<ServiceEvent>,
+}
+
+/// When a reload or check last ran, and its error line if it failed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ServiceEvent {
+    pub at: i64,
+    pub error: Option<String>,
 }
 
 /// A certificate that was rolled back, and when to try it again.

@@ -16,6 +16,15 @@
 //! With `[cluster]`, one cluster line from what the daemon's cluster task
 //! last recorded (`state_dir/cluster.json`): reachable or not and since
 //! when, the last error, the jobs this host leads, fenced writes refused.
+//!
+//! With `[dkim]`, every key of the book with the times it entered each
+//! state and its next transition (the timeline `--html` draws).
+//!
+//! [`Status::gather`] reads; [`html`] renders one self-contained page from
+//! what it gathered (pure), for `status --html FILE` and the metrics
+//! listener's `GET /status`.
+
+pub mod html;
 
 use serde::Serialize;
 
@@ -25,8 +34,26 @@ use crate::dane::ledger::{GateState, Ledger};
 use crate::install;
 use crate::state::{self, State};
 
+/// A moment, as a Unix timestamp; written as RFC 3339 in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Time(pub i64);
+
+impl Serialize for Time {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::rfc3339(self.0))
+    }
+}
+
+impl std::fmt::Display for Time {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&crate::rfc3339(self.0))
+    }
+}
+
 #[derive(Debug, Serialize)]
 pub struct Status {
+    /// When this was gathered.
+    pub at: Time,
     pub targets: Vec<TargetStatus>,
     pub last_run: Option<state::Run>,
     /// What `mxkeys run` last recorded, and whether it is still running.
@@ -38,6 +65,112 @@ pub struct Status {
     /// With `[cluster]`: this host's id and the daemon's last view of the
     /// cluster (`health` is `null` before the daemon recorded one).
     pub cluster: Option<ClusterStatus>,
+    /// With `[dkim]`: every key, per domain, on its timeline.
+    pub dkim: Option<DkimStatus>,
+}
+
+/// The DKIM section: the keys of the book, per domain.
+#[derive(Debug, Serialize)]
+pub struct DkimStatus {
+    pub domains: Vec<DkimDomainStatus>,
+    /// Why the book could not be read, when it could not.
+    pub problem: Option<String>,
+}
+
+/// One domain's keys, oldest first.
+#[derive(Debug, Serialize)]
+pub struct DkimDomainStatus {
+    pub domain: String,
+    pub keys: Vec<DkimKeyStatus>,
+}
+
+/// One key: where it stands, when it got there, and what comes next.
+#[derive(Debug, Serialize)]
+pub struct DkimKeyStatus {
+    pub selector: String,
+    /// `SELECTOR._domainkey.DOMAIN`.
+    pub record_name: String,
+    pub algorithm: &'static str,
+    /// `generated`, `published`, `active`, `draining` or `revoked`.
+    pub state: String,
+    /// What happened to it so far, oldest first: `generated`,
+    /// `published`, `verified` (seen on every authoritative server),
+    /// `active`, `draining`, `revoked` (each once, when known).
+    pub events: Vec<KeyEvent>,
+    /// The next transition and when it is due (`null` when none is
+    /// scheduled: an active key whose successor is on its way).
+    pub next: Option<KeyEvent>,
+}
+
+/// One point on a key's timeline.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct KeyEvent {
+    pub what: String,
+    pub at: Time,
+}
+
+impl DkimStatus {
+    /// The section from the book; `None` without `[dkim]`.
+    pub fn gather(config: &Config) -> Option<DkimStatus> {
+        config.dkim.as_ref()?;
+        Some(match crate::dkim::timeline(config) {
+            Ok(keys) => DkimStatus::from_keys(keys),
+            Err(e) => DkimStatus {
+                domains: Vec::new(),
+                problem: Some(e.to_string()),
+            },
+        })
+    }
+
+    /// The section from the keys in book order with their next
+    /// transitions (pure).
+    pub fn from_keys(
+        keys: Vec<(crate::dkim::machine::Key, Option<(i64, &'static str)>)>,
+    ) -> DkimStatus {
+        use crate::dkim::machine::KeyState;
+        let mut domains: Vec<DkimDomainStatus> = Vec::new();
+        for (k, next) in keys {
+            let mut events: Vec<KeyEvent> = [
+                ("generated", Some(k.created_at)),
+                ("published", k.entered_at(KeyState::Published)),
+                ("verified", k.verified_at),
+                ("active", k.activated_at.or(k.entered_at(KeyState::Active))),
+                ("draining", k.entered_at(KeyState::Draining)),
+                ("revoked", k.entered_at(KeyState::Revoked)),
+            ]
+            .into_iter()
+            .filter_map(|(what, at)| {
+                at.map(|at| KeyEvent {
+                    what: what.to_owned(),
+                    at: Time(at),
+                })
+            })
+            .collect();
+            events.sort_by_key(|e| e.at);
+            let key = DkimKeyStatus {
+                selector: k.selector.clone(),
+                record_name: k.record_name(),
+                algorithm: k.algorithm.name(),
+                state: k.state.to_string(),
+                events,
+                next: next.map(|(at, what)| KeyEvent {
+                    what: what.to_owned(),
+                    at: Time(at),
+                }),
+            };
+            match domains.last_mut() {
+                Some(d) if d.domain == k.domain => d.keys.push(key),
+                _ => domains.push(DkimDomainStatus {
+                    domain: k.domain.clone(),
+                    keys: vec![key],
+                }),
+            }
+        }
+        DkimStatus {
+            domains,
+            problem: None,
+        }
+    }
 }
 
 /// The cluster section: who this host is, and the recorded health.
@@ -365,8 +498,16 @@ pub struct DaemonStatus {
 
 #[derive(Debug, Serialize)]
 pub struct TargetStatus {
+    /// The slot's name: the target's, or `TARGET/KIND` for a target with
+    /// one slot per key type.
     pub name: String,
+    /// The target's name.
+    pub target: String,
     pub domains: Vec<String>,
+    /// The target's last reload and last check of what its services
+    /// present, by any run (`null`: none recorded yet).
+    pub last_reload: Option<ServiceEventStatus>,
+    pub last_verification: Option<ServiceEventStatus>,
     pub installed: Option<InstalledCert>,
     /// Why `installed` is empty, when it is.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -375,6 +516,24 @@ pub struct TargetStatus {
     /// first reconcile); absent for other targets.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dane_gate: Option<Option<GateStatus>>,
+}
+
+/// When a reload or check last ran, and how it ended.
+#[derive(Debug, Serialize)]
+pub struct ServiceEventStatus {
+    pub at: Time,
+    pub ok: bool,
+    pub error: Option<String>,
+}
+
+impl ServiceEventStatus {
+    fn from_record(e: &state::ServiceEvent) -> ServiceEventStatus {
+        ServiceEventStatus {
+            at: Time(e.at),
+            ok: e.error.is_none(),
+            error: e.error.clone(),
+        }
+    }
 }
 
 /// The DANE gate's last decision for a target.
@@ -407,6 +566,8 @@ impl GateStatus {
 #[derive(Debug, Serialize)]
 pub struct InstalledCert {
     pub sans: Vec<String>,
+    /// The issuer's common name (or whole name); `null` if unreadable.
+    pub issuer: Option<String>,
     pub key_type: String,
     pub not_before: String,
     pub not_after: String,
@@ -460,15 +621,26 @@ impl Status {
                 let name = t.slot_name(slot);
                 let domains = t.domains.iter().map(|d| d.as_str().to_owned()).collect();
                 let dane_gate = gate_of(t);
+                let service = record.services.get(&t.name);
+                let last_reload = service
+                    .and_then(|s| s.reload.as_ref())
+                    .map(ServiceEventStatus::from_record);
+                let last_verification = service
+                    .and_then(|s| s.verification.as_ref())
+                    .map(ServiceEventStatus::from_record);
                 let installed = install::installed_certs(&slot.files).and_then(|certs| {
                     let der = certs
                         .first()
                         .ok_or(install::InstalledError::NoCertificate)?;
                     let leaf = Leaf::parse(der.as_ref()).map_err(install::InstalledError::Leaf)?;
-                    Ok((leaf, cert::fingerprint(der.as_ref())))
+                    Ok((
+                        leaf,
+                        cert::fingerprint(der.as_ref()),
+                        cert::issuer_name(der.as_ref()),
+                    ))
                 });
                 match installed {
-                    Ok((leaf, sha256)) => {
+                    Ok((leaf, sha256, issuer)) => {
                         let source = record
                             .targets
                             .get(&name)
@@ -476,9 +648,13 @@ impl Status {
                             .map(|r| r.source.clone());
                         TargetStatus {
                             name,
+                            target: t.name.clone(),
                             domains,
+                            last_reload,
+                            last_verification,
                             installed: Some(InstalledCert {
                                 sans: leaf.names,
+                                issuer,
                                 key_type: leaf.key_type.to_string(),
                                 not_before: crate::rfc3339(leaf.validity.not_before),
                                 not_after: crate::rfc3339(leaf.validity.not_after),
@@ -493,7 +669,10 @@ impl Status {
                     }
                     Err(e) => TargetStatus {
                         name,
+                        target: t.name.clone(),
                         domains,
+                        last_reload,
+                        last_verification,
                         installed: None,
                         problem: Some(e.to_string()),
                         dane_gate,
@@ -532,12 +711,14 @@ impl Status {
             })
             .collect();
         Status {
+            at: Time(now),
             targets,
             last_run: record.last_run,
             daemon,
             acme,
             mta_sts: MtaStsStatus::gather(config, now),
             cluster: ClusterStatus::gather(config),
+            dkim: DkimStatus::gather(config),
         }
     }
 
@@ -702,6 +883,7 @@ mod tests {
     #[test]
     fn no_next_renewal_is_null_in_json_and_none_in_text() {
         let status = Status {
+            at: Time(1_800_000_000),
             targets: Vec::new(),
             last_run: None,
             daemon: None,
@@ -716,6 +898,7 @@ mod tests {
             }],
             mta_sts: None,
             cluster: None,
+            dkim: None,
         };
         let json = serde_json::to_value(&status).unwrap();
         assert_eq!(json["acme"][0]["next_renewal"], serde_json::Value::Null);
