@@ -970,9 +970,12 @@ pub struct KeyStatus {
     pub file: PathBuf,
 }
 
+/// A key and its next transition (when, and what), if one is scheduled.
+pub type Scheduled = (Key, Option<(i64, &'static str)>);
+
 /// Every key in the book, by domain then age, with its next transition
-/// (when, and what) as the machine schedules it.
-pub fn timeline(config: &Config) -> Result<Vec<(Key, Option<(i64, &'static str)>)>, DkimError> {
+/// as the machine schedules it.
+pub fn timeline(config: &Config) -> Result<Vec<Scheduled>, DkimError> {
     let d = dkim_table(config)?;
     let book = load(config)?;
     let policy = policy(d);

@@ -124,9 +124,7 @@ impl DkimStatus {
 
     /// The section from the keys in book order with their next
     /// transitions (pure).
-    pub fn from_keys(
-        keys: Vec<(crate::dkim::machine::Key, Option<(i64, &'static str)>)>,
-    ) -> DkimStatus {
+    pub fn from_keys(keys: Vec<crate::dkim::Scheduled>) -> DkimStatus {
         use crate::dkim::machine::KeyState;
         let mut domains: Vec<DkimDomainStatus> = Vec::new();
         for (k, next) in keys {
