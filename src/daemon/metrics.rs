@@ -31,6 +31,49 @@ use crate::pipeline::Report;
 pub struct Metrics {
     inner: Mutex<Inner>,
     tls_rpt: Mutex<TlsRptCache>,
+    /// The configuration in use (`GET /status` gathers from it).
+    config: Mutex<Option<Arc<crate::config::Config>>>,
+}
+
+/// The upper bounds of `mxkeys_reconcile_duration_seconds`' buckets: a
+/// reconcile that installs nothing takes milliseconds, one that reloads
+/// and checks services seconds, one that waits out `verify_timeout` more.
+const RECONCILE_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// A Prometheus histogram over [`RECONCILE_BUCKETS`].
+#[derive(Debug, Default, Clone)]
+struct Histogram {
+    /// Observations at or under each bound (not cumulative).
+    buckets: [u64; RECONCILE_BUCKETS.len()],
+    count: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    fn observe(&mut self, seconds: f64) {
+        if let Some(i) = RECONCILE_BUCKETS.iter().position(|b| seconds <= *b) {
+            self.buckets[i] += 1;
+        }
+        self.count += 1;
+        self.sum += seconds;
+    }
+
+    /// The `_bucket`, `_sum` and `_count` samples, as what follows the
+    /// family's name on each line, and the value.
+    fn rows(&self) -> Vec<(String, String)> {
+        let mut rows = Vec::new();
+        let mut cumulative = 0;
+        for (bound, n) in RECONCILE_BUCKETS.iter().zip(self.buckets) {
+            cumulative += n;
+            rows.push((format!("_bucket{{le=\"{bound}\"}}"), cumulative.to_string()));
+        }
+        rows.push(("_bucket{le=\"+Inf\"}".to_owned(), self.count.to_string()));
+        rows.push(("_sum".to_owned(), self.sum.to_string()));
+        rows.push(("_count".to_owned(), self.count.to_string()));
+        rows
+    }
 }
 
 #[derive(Debug, Default)]
@@ -71,6 +114,15 @@ struct Inner {
     tls_rpt_dir: Option<std::path::PathBuf>,
     last_success: Option<i64>,
     last_ok: Option<bool>,
+    reconcile_durations: Histogram,
+    /// `[daemon] resync_interval`, in seconds.
+    resync_interval: Option<u64>,
+    /// Per configured DKIM domain and family that ever signed: keys
+    /// signing now.
+    dkim_signing: Vec<(String, &'static str, usize)>,
+    /// Per DKIM key not seen on every authoritative server yet (domain,
+    /// selector): when it passes its provider's `propagation_timeout`.
+    dkim_dns_deadlines: BTreeMap<(String, String), i64>,
     /// With `[cluster]`: reachable, the shared jobs (and whether this host
     /// leads each), fenced writes refused.
     cluster: Option<ClusterFacts>,
@@ -314,18 +366,28 @@ impl Metrics {
     }
 
     /// After a DKIM pass (`ok`: it had no error): DKIM keys by domain and
-    /// state, the next transition, the failed passes in a row, and whether
-    /// a signer reload is owed.
+    /// state, the keys signing per domain and family, when each key still
+    /// waiting for DNS passes its timeout, the next transition, the failed
+    /// passes in a row, and whether a signer reload is owed.
     pub fn set_dkim(&self, config: &crate::config::Config, ok: bool) {
-        let keys = crate::dkim::status(config).ok();
+        let keys = crate::dkim::timeline(config).ok();
+        let signing = crate::dkim::signing_keys(config).ok();
+        let timeout = crate::dkim::propagation_timeout(config)
+            .map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
         let next = crate::dkim::next_due(config);
         let health = crate::dkim::health(config);
         if let Ok(mut m) = self.inner.lock() {
             if let Some(keys) = keys {
                 m.dkim_keys.clear();
-                for k in keys {
-                    *m.dkim_keys.entry((k.domain, k.state)).or_default() += 1;
+                for (k, _) in &keys {
+                    *m.dkim_keys
+                        .entry((k.domain.clone(), k.state.to_string()))
+                        .or_default() += 1;
                 }
+                m.dkim_dns_deadlines = dns_deadlines(keys.iter().map(|(k, _)| k), timeout);
+            }
+            if let Some(signing) = signing {
+                m.dkim_signing = signing;
             }
             m.dkim_next = next;
             let failed = if ok {
@@ -391,11 +453,41 @@ impl Metrics {
         }
     }
 
-    /// Forget target slots that are no longer configured (after SIGHUP):
-    /// `names` are slot names (`mail`, or `mail/rsa` and `mail/ecdsa`).
-    pub fn retain_targets(&self, names: &[String]) {
+    /// Takes the configuration in use (at start and after SIGHUP): forgets
+    /// target slots no longer configured, starts every target's rollback
+    /// counter at 0 (so `increase()` sees its first rollback), and keeps
+    /// the resync interval and the configuration for `GET /status`.
+    pub fn configure(&self, config: &Arc<crate::config::Config>) {
+        // Metrics are kept per slot: `mail`, or `mail/rsa` and
+        // `mail/ecdsa` for a dual target.
+        let slots: Vec<String> = config
+            .targets
+            .iter()
+            .flat_map(|t| t.slots.iter().map(|s| t.slot_name(s)))
+            .collect();
         if let Ok(mut m) = self.inner.lock() {
-            m.targets.retain(|k, _| names.contains(k));
+            m.targets.retain(|k, _| slots.contains(k));
+            m.rollbacks
+                .retain(|k, _| config.targets.iter().any(|t| &t.name == k));
+            for t in &config.targets {
+                m.rollbacks.entry(t.name.clone()).or_default();
+            }
+            m.resync_interval = Some(config.daemon.resync_interval.as_secs());
+        }
+        if let Ok(mut c) = self.config.lock() {
+            *c = Some(config.clone());
+        }
+    }
+
+    /// The configuration in use, once [`Self::configure`] was called.
+    pub fn config(&self) -> Option<Arc<crate::config::Config>> {
+        self.config.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// How long a reconcile took, from its first plan to its record.
+    pub fn observe_reconcile(&self, took: std::time::Duration) {
+        if let Ok(mut m) = self.inner.lock() {
+            m.reconcile_durations.observe(took.as_secs_f64());
         }
     }
 
@@ -487,6 +579,30 @@ impl Metrics {
             by_result(m.reconciles_ok, m.reconciles_failed),
         );
         series(
+            "mxkeys_last_reconcile_success",
+            "gauge",
+            "1 when the last reconcile had no error, else 0 (absent before the first).",
+            m.last_ok
+                .map(|ok| (String::new(), u8::from(ok).to_string()))
+                .into_iter()
+                .collect(),
+        );
+        series(
+            "mxkeys_resync_interval_seconds",
+            "gauge",
+            "[daemon] resync_interval: every target is reconciled at least this often.",
+            m.resync_interval
+                .map(|s| (String::new(), s.to_string()))
+                .into_iter()
+                .collect(),
+        );
+        series(
+            "mxkeys_reconcile_duration_seconds",
+            "histogram",
+            "How long reconciles took, from the first plan to the record (reloads and checks included).",
+            m.reconcile_durations.rows(),
+        );
+        series(
             "mxkeys_reloads_total",
             "counter",
             "Reload commands and signals by result.",
@@ -541,6 +657,34 @@ impl Metrics {
                     (
                         format!("{{domain=\"{}\",state=\"{}\"}}", escape(d), escape(st)),
                         n.to_string(),
+                    )
+                })
+                .collect(),
+        );
+        series(
+            "mxkeys_dkim_signing_keys",
+            "gauge",
+            "DKIM keys signing now, per configured domain and algorithm family (rsa, ed25519) whose keys ever signed.",
+            m.dkim_signing
+                .iter()
+                .map(|(d, family, n)| {
+                    (
+                        format!("{{domain=\"{}\",family=\"{family}\"}}", escape(d)),
+                        n.to_string(),
+                    )
+                })
+                .collect(),
+        );
+        series(
+            "mxkeys_dkim_key_dns_deadline_timestamp_seconds",
+            "gauge",
+            "For a DKIM key whose record is not yet seen on every authoritative server: when it has waited its DNS provider's propagation_timeout, as a Unix timestamp.",
+            m.dkim_dns_deadlines
+                .iter()
+                .map(|((d, sel), t)| {
+                    (
+                        format!("{{domain=\"{}\",selector=\"{}\"}}", escape(d), escape(sel)),
+                        t.to_string(),
                     )
                 })
                 .collect(),
@@ -664,6 +808,26 @@ impl Metrics {
         }
         out + &out2
     }
+}
+
+/// Per DKIM key generated or published but not yet seen on every
+/// authoritative server: when it has waited `timeout` seconds since it
+/// entered that state (pure).
+fn dns_deadlines<'k>(
+    keys: impl Iterator<Item = &'k crate::dkim::machine::Key>,
+    timeout: i64,
+) -> BTreeMap<(String, String), i64> {
+    use crate::dkim::machine::KeyState;
+    keys.filter(|k| {
+        matches!(k.state, KeyState::Generated | KeyState::Published) && k.verified_at.is_none()
+    })
+    .map(|k| {
+        (
+            (k.domain.clone(), k.selector.clone()),
+            k.since.saturating_add(timeout),
+        )
+    })
+    .collect()
 }
 
 /// An `acme` source with this many failed orders in a row makes the daemon
@@ -895,6 +1059,93 @@ mod tests {
                 "{case}"
             );
         }
+    }
+
+    #[test]
+    fn the_reconcile_histogram_counts_each_duration_in_its_bucket_and_every_larger_one() {
+        let metrics = Metrics::default();
+        for ms in [3, 40, 40, 700, 200_000] {
+            metrics.observe_reconcile(std::time::Duration::from_millis(ms));
+        }
+        let text = metrics.render();
+        for line in [
+            "mxkeys_reconcile_duration_seconds_bucket{le=\"0.005\"} 1",
+            "mxkeys_reconcile_duration_seconds_bucket{le=\"0.025\"} 1",
+            "mxkeys_reconcile_duration_seconds_bucket{le=\"0.05\"} 3",
+            "mxkeys_reconcile_duration_seconds_bucket{le=\"1\"} 4",
+            "mxkeys_reconcile_duration_seconds_bucket{le=\"120\"} 4",
+            "mxkeys_reconcile_duration_seconds_bucket{le=\"+Inf\"} 5",
+            "mxkeys_reconcile_duration_seconds_count 5",
+            "# TYPE mxkeys_reconcile_duration_seconds histogram",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        let sum = text
+            .lines()
+            .find_map(|l| l.strip_prefix("mxkeys_reconcile_duration_seconds_sum "))
+            .and_then(|v| v.parse::<f64>().ok());
+        assert!(sum.is_some_and(|s| (s - 200.783).abs() < 1e-6), "{sum:?}");
+    }
+
+    #[test]
+    fn only_keys_not_yet_seen_everywhere_have_a_dns_deadline_their_timeout_after_they_got_there() {
+        use crate::dkim::machine::{DkimAlgorithm, Key, KeyState};
+        let key = |sel: &str, state, since, verified: Option<i64>| Key {
+            domain: "example.com".into(),
+            algorithm: DkimAlgorithm::Rsa2048,
+            selector: sel.into(),
+            file: "/k".into(),
+            record: String::new(),
+            state,
+            since,
+            created_at: 0,
+            verified_at: verified,
+            activated_at: None,
+            entered: Default::default(),
+        };
+        let keys = [
+            key("gen", KeyState::Generated, 100, None),
+            key("pub", KeyState::Published, 200, None),
+            key("seen", KeyState::Published, 200, Some(250)),
+            key("act", KeyState::Active, 300, Some(250)),
+        ];
+        let deadlines = dns_deadlines(keys.iter(), 60);
+        let want: BTreeMap<(String, String), i64> = [
+            (("example.com".to_owned(), "gen".to_owned()), 160),
+            (("example.com".to_owned(), "pub".to_owned()), 260),
+        ]
+        .into();
+        assert_eq!(deadlines, want);
+    }
+
+    #[test]
+    fn configure_starts_every_targets_rollback_counter_and_records_the_resync_interval() {
+        let host = crate::config::Host {
+            cwd: std::path::PathBuf::from("/srv"),
+            hostname: None,
+        };
+        let config = crate::config::Config::parse(
+            std::path::Path::new("/etc/mxkeys/t.toml"),
+            "resync_interval = \"2h\"\n[[source]]\ntype = \"traefik\"\npath = \"acme.json\"\n[[target]]\nname = \"mail\"\ndomains = [\"mx.example\"]\nfullchain = \"a/f.pem\"\nkey = \"a/k.pem\"\n[[target]]\nname = \"imap\"\ndomains = [\"imap.example\"]\nfullchain = \"b/f.pem\"\nkey = \"b/k.pem\"\n",
+            &host,
+        )
+        .unwrap();
+        assert_eq!(config.targets.len(), 2);
+        let metrics = Metrics::default();
+        metrics.configure(&Arc::new(config.clone()));
+        let text = metrics.render();
+        for t in &config.targets {
+            let line = format!("mxkeys_rollbacks_total{{target=\"{}\"}} 0", t.name);
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        let interval = format!(
+            "mxkeys_resync_interval_seconds {}",
+            config.daemon.resync_interval.as_secs()
+        );
+        assert!(text.lines().any(|l| l == interval), "{text}");
+        assert!(metrics.config().is_some());
+        // Before any reconcile, no last result.
+        assert!(!text.contains("\nmxkeys_last_reconcile_success "), "{text}");
     }
 
     #[test]

@@ -113,7 +113,9 @@ struct Daemon {
 
 impl Daemon {
     async fn start(source: ConfigSource, config: Config) -> Result<Daemon, StartError> {
+        let config = Arc::new(config);
         let metrics = Arc::new(metrics::Metrics::default());
+        metrics.configure(&config);
         if let Some(listen) = config.daemon.metrics_listen {
             metrics::serve(listen, metrics.clone())
                 .await
@@ -121,7 +123,7 @@ impl Daemon {
         }
         Ok(Daemon {
             source,
-            config: Arc::new(config),
+            config,
             metrics,
         })
     }
@@ -237,15 +239,8 @@ impl Daemon {
                     tracing::warn!("metrics.listen changed: restart mxkeys to apply it");
                 }
                 tracing::info!("configuration reloaded from {}", self.source);
-                // Metrics are kept per slot: `mail`, or `mail/rsa` and
-                // `mail/ecdsa` for a dual target.
-                let slots: Vec<String> = new
-                    .targets
-                    .iter()
-                    .flat_map(|t| t.slots.iter().map(|s| t.slot_name(s)))
-                    .collect();
-                self.metrics.retain_targets(&slots);
                 self.config = Arc::new(new);
+                self.metrics.configure(&self.config);
                 let _ = tasks.send(self.config.clone());
             }
             Err(e) => {
@@ -693,6 +688,7 @@ impl Reconciler {
             Instant::now() + Duration::from_secs(left)
         });
         self.warn_expiry(&report);
+        self.metrics.observe_reconcile(started.elapsed());
         tracing::debug!("reconcile ({why}) took {:?}", started.elapsed());
         let status = if report.ok() {
             "ok".to_owned()

@@ -57,6 +57,11 @@ impl DkimAlgorithm {
         if self.is_rsa() { "r" } else { "e" }
     }
 
+    /// The family a group is made of: `rsa` or `ed25519`.
+    pub fn family(self) -> &'static str {
+        if self.is_rsa() { "rsa" } else { "ed25519" }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DkimAlgorithm::Rsa1024 => "rsa-1024",
@@ -301,6 +306,34 @@ pub fn next_transition(book: &Book, k: &Key, policy: &Policy) -> Option<(i64, &'
         KeyState::Draining => Some((revoke_at(book, k, policy), "revoke")),
         KeyState::Revoked => Some((k.since + policy.revoke_hold, "delete")),
     }
+}
+
+/// Per configured group (domain and algorithm family) that a key of the
+/// book ever signed for: how many of its keys sign now. A group that never
+/// had an active key (before its first key's `lead` ran out) is left out:
+/// the signer's existing files still sign it. In `wanted` order, one entry
+/// per group.
+pub fn signing_keys<'w>(
+    book: &Book,
+    wanted: &'w [(String, DkimAlgorithm)],
+) -> Vec<(&'w str, &'static str, usize)> {
+    let mut out: Vec<(&str, &'static str, usize)> = Vec::new();
+    for (domain, algorithm) in wanted {
+        let family = algorithm.family();
+        if out.iter().any(|(d, f, _)| d == domain && *f == family) {
+            continue;
+        }
+        let group: Vec<&Key> = book
+            .keys
+            .iter()
+            .filter(|k| in_group(k, domain, *algorithm))
+            .collect();
+        if group.iter().any(|k| k.activated_at.is_some()) {
+            let active = group.iter().filter(|k| k.state == KeyState::Active).count();
+            out.push((domain, family, active));
+        }
+    }
+    out
 }
 
 /// When draining key `k` may be revoked (given no signer reload is owed):
@@ -899,6 +932,61 @@ mod tests {
             verified_at: verified.then_some(0),
             activated_at: (state == KeyState::Active).then_some(0),
             entered: Default::default(),
+        }
+    }
+
+    #[test]
+    fn signing_keys_are_counted_per_family_only_once_a_key_of_the_group_ever_signed() {
+        let ed = DkimAlgorithm::Ed25519;
+        let wanted = vec![
+            ("example.com".to_owned(), RSA),
+            ("example.com".to_owned(), ed),
+        ];
+        let with = |keys: Vec<Key>| Book {
+            keys,
+            ..Book::default()
+        };
+        let mut drained_rsa = key("r1", RSA, KeyState::Draining, true);
+        drained_rsa.activated_at = Some(0);
+        let mut revoked_ed = key("e1", ed, KeyState::Revoked, true);
+        revoked_ed.activated_at = Some(0);
+        // (what, book, expected (domain, family, signing))
+        let rows: Vec<(&str, Book, Vec<(&str, &str, usize)>)> = vec![
+            ("nothing generated yet", with(vec![]), vec![]),
+            (
+                "first keys waiting for their lead: left out",
+                with(vec![
+                    key("r1", RSA, KeyState::Published, true),
+                    key("e1", ed, KeyState::Published, true),
+                ]),
+                vec![],
+            ),
+            (
+                "both families sign",
+                with(vec![
+                    key("r1", RSA, KeyState::Active, true),
+                    key("e1", ed, KeyState::Active, true),
+                ]),
+                vec![("example.com", "rsa", 1), ("example.com", "ed25519", 1)],
+            ),
+            (
+                "rsa drained with no successor signing, ed25519 revoked: both counted at 0",
+                with(vec![drained_rsa, revoked_ed]),
+                vec![("example.com", "rsa", 0), ("example.com", "ed25519", 0)],
+            ),
+            (
+                "an imported rsa-1024 key signs for the rsa family",
+                with(vec![key(
+                    "legacy",
+                    DkimAlgorithm::Rsa1024,
+                    KeyState::Active,
+                    true,
+                )]),
+                vec![("example.com", "rsa", 1)],
+            ),
+        ];
+        for (what, book, want) in rows {
+            assert_eq!(signing_keys(&book, &wanted), want, "{what}");
         }
     }
 

@@ -226,6 +226,30 @@ fn dns(config: &Config, d: &Dkim) -> Result<(Provider, Propagation), DkimError> 
     }
 }
 
+/// How long one pass waits for a key's record on every authoritative
+/// server: the `propagation_timeout` of the provider `[dkim] dns` names.
+pub fn propagation_timeout(config: &Config) -> Option<std::time::Duration> {
+    let d = config.dkim.as_ref()?;
+    Some(
+        config
+            .dns
+            .get(&d.dns)
+            .map_or(Propagation::default().timeout, |c| c.propagation_timeout),
+    )
+}
+
+/// Per configured domain and algorithm family whose keys ever signed: how
+/// many sign now (see [`machine::signing_keys`]).
+pub fn signing_keys(config: &Config) -> Result<Vec<(String, &'static str, usize)>, DkimError> {
+    let d = dkim_table(config)?;
+    let book = load(config)?;
+    let wanted = wanted(d);
+    Ok(machine::signing_keys(&book, &wanted)
+        .into_iter()
+        .map(|(d, f, n)| (d.to_owned(), f, n))
+        .collect())
+}
+
 /// What a pass did, for printing.
 #[derive(Debug, Default)]
 pub struct Pass {
