@@ -951,7 +951,8 @@ mod tests {
         let mut revoked_ed = key("e1", ed, KeyState::Revoked, true);
         revoked_ed.activated_at = Some(0);
         // (what, book, expected (domain, family, signing))
-        let rows: Vec<(&str, Book, Vec<(&str, &str, usize)>)> = vec![
+        type Signing = Vec<(&'static str, &'static str, usize)>;
+        let rows: Vec<(&str, Book, Signing)> = vec![
             ("nothing generated yet", with(vec![]), vec![]),
             (
                 "first keys waiting for their lead: left out",
