@@ -381,6 +381,57 @@ fn systemctl_stop_ends_the_daemon_cleanly() {
     assert!(journal.contains("stopping"), "no clean stop in:\n{journal}");
 }
 
+/// The status page and the new metrics as the shipped unit serves them:
+/// the daemon gathers the page from its state directory and the target's
+/// files under the unit's sandbox and syscall filter (it probes its own
+/// pid with signal 0, reads the installed chain, parses its issuer).
+#[test]
+fn daemon_unit_serves_the_status_page_and_the_reconcile_metrics_under_the_shipped_sandbox() {
+    let test =
+        "daemon_unit_serves_the_status_page_and_the_reconcile_metrics_under_the_shipped_sandbox";
+    let leaf = leaf();
+    let host = Host::new();
+    let port = common::free_port();
+    host.configure(
+        &leaf,
+        &format!(
+            "[metrics]\nlisten = \"127.0.0.1:{port}\"\n\n{}",
+            postfix_target()
+        ),
+    );
+    let Some(guest) = host.boot(test, vec![]) else {
+        return;
+    };
+    guest.ok(&["systemctl", "start", "mxkeys"]);
+    let journal = || guest.journal(Some("mxkeys"));
+    let (code, page) = common::http_get(port, "/status")
+        .unwrap_or_else(|| panic!("no answer on /status:\n{}", journal()));
+    assert_eq!(code, 200, "{page}\n{}", journal());
+    let sha256 = common::sha256_hex(&leaf.der);
+    assert!(
+        page.contains(&sha256),
+        "the page does not show the installed certificate {sha256}:\n{page}"
+    );
+    assert!(page.contains(HOST), "{page}");
+    assert!(
+        page.contains("data-state=\"ok\""),
+        "the target is not shown ok:\n{page}"
+    );
+    let (code, metrics) = common::http_get(port, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{metrics}");
+    assert!(
+        common::metric(&metrics, "mxkeys_reconcile_duration_seconds_count")
+            .is_some_and(|n| n >= 1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        common::metric(&metrics, "mxkeys_last_reconcile_success"),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert!(!journal().contains("ERROR"), "errors in:\n{}", journal());
+}
+
 /// A Traefik acme.json of `count` entries for other names, with `leaf` for
 /// HOST at position `at`: several of the streaming reader's windows.
 fn large_acme_json(others: &Leaf, leaf: &Leaf, count: usize, at: usize) -> Vec<u8> {
