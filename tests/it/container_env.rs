@@ -626,6 +626,13 @@ fn a_daemon_first_install_with_a_failing_reload_keeps_the_files_and_reports_it()
     let (code, health) = http_get(port, "/healthz").expect("GET /healthz");
     assert_eq!(code, 503, "{health}");
     assert_eq!(health.trim_end().lines().count(), 1, "one line: {health:?}");
+    // The status page says which target and why: its last reload failed.
+    let (code, page) = http_get(port, "/status").expect("GET /status");
+    assert_eq!(code, 200, "{page}");
+    assert!(
+        page.contains("data-target=\"mail\"") && page.contains("neighbour not running"),
+        "the page does not show mail's failed reload:\n{page}"
+    );
     let status = d.terminate();
     assert_eq!(status.code(), Some(0), "{}", d.describe());
     t.assert_installed(&a);
