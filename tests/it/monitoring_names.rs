@@ -73,7 +73,9 @@ fn rules() -> Option<Value> {
     Some(serde_json::from_slice(&out.stdout).expect("python3 prints JSON"))
 }
 
-/// Every `expr` of the alert rules, and the names recording rules define.
+/// Every `expr` of the alert rules (and each `mxkeys_...` name their
+/// annotations query, as a bare selector), and the names recording rules
+/// define.
 fn rule_exprs(rules: &Value) -> (Vec<String>, BTreeSet<String>) {
     let mut exprs = Vec::new();
     let mut records = BTreeSet::new();
@@ -88,11 +90,22 @@ fn rule_exprs(rules: &Value) -> (Vec<String>, BTreeSet<String>) {
             rule["expr"].as_i64().map(|n| n.to_string())
         });
         exprs.push(expr.unwrap_or_else(|| panic!("rule without expr: {rule}")));
+        let annotations = rule["annotations"].as_object().into_iter().flatten();
+        for text in annotations.filter_map(|(_, v)| v.as_str()) {
+            exprs.extend(words(text).filter(|w| w.starts_with("mxkeys_")));
+        }
         if let Some(r) = rule["record"].as_str() {
             records.insert(r.to_owned());
         }
     }
     (exprs, records)
+}
+
+/// The identifiers of `text` (letters, digits, `_`, `:`), quoted or not.
+fn words(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == ':'))
+        .filter(|w| !w.is_empty())
+        .map(str::to_owned)
 }
 
 /// Every query of the dashboard: each `expr` anywhere (panels, their
