@@ -3,11 +3,14 @@
 //! (`config/grafana/mxkeys-dashboard.json`) or of the alert rules
 //! (`config/prometheus/mxkeys.rules.yml`) names is a `# TYPE` family of a
 //! real daemon's `/metrics`; every dashboard query is PromQL that
-//! `promtool` parses; and the dashboard is an importable Grafana model.
+//! `promtool` parses, and evaluates without error (as every rule does) in a
+//! real Prometheus scraping that daemon, the certificate panels showing the
+//! test certificate's days left; and the dashboard is an importable Grafana
+//! model.
 //!
-//! Needs promtool (Debian package `prometheus`) and, for the rules file,
-//! python3-yaml (read as JSON through `python3`): without them a test is
-//! skipped loudly, or fails with `CI=true`.
+//! Needs promtool and prometheus (Debian package `prometheus`) and, for the
+//! rules file, python3-yaml (read as JSON through `python3`): without them
+//! a test is skipped loudly, or fails with `CI=true`.
 
 use mxkeys_testsupport as common;
 
@@ -17,7 +20,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use common::servers::{Need, output_within, prog, require_programs};
+use common::servers::{self, Need, output_within, poll, prog, require_programs};
 use common::*;
 
 const PROMTOOL: &[Need] = &[("promtool", "prometheus")];
@@ -258,51 +261,74 @@ fn unknown_names(
 /// A daemon with targets, a files source, an acme source (its CA port
 /// refuses: the order fails), `[dkim]` and `[tls_rpt]` on a manual DNS
 /// provider whose authoritative server never answers, and `/metrics` on a
-/// port of the pool: its scrape after the first reconcile.
-fn scrape_a_configured_daemon() -> String {
-    let ca = Ca::new("monitoring");
-    let leaf = ca.issue(&LeafSpec::new(&[HOST]));
-    let env = Env::new();
-    let metrics_port = free_port();
-    let acme_port = free_port();
-    let dns_port = free_port();
-    // Held so that DNS queries go to a socket that never answers.
-    let _dns = std::net::UdpSocket::bind(("127.0.0.1", dns_port)).unwrap();
-    let top = format!(
-        "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
-         [acme]\ndirectory = \"https://127.0.0.1:{acme_port}/directory\"\n\n\
-         [dns.paste]\ntype = \"manual\"\nzone = \"example.com\"\n\
-         nameservers = [\"127.0.0.1:{dns_port}\"]\n\
-         propagation_interval = \"1s\"\npropagation_timeout = \"10m\"\n\n\
-         [dkim]\ndomains = [\"example.com\"]\nkey_dir = {keys}\ndns = \"paste\"\n\
-         signer = \"opendkim\"\nsigner_dir = {signer}\n\n\
-         [tls_rpt]\nrua = [\"mailto:tlsrpt@example.com\"]\ndomains = [\"example.com\"]\n\
-         dns = \"paste\"\n",
-        keys = qp(&env.path("dkim-keys")),
-        signer = qp(&env.path("signer")),
-    );
-    let files = files_source(&env.path("src"), &leaf);
-    let ordered = "[[source]]\ntype = \"acme\"\nname = \"ordered\"\n\
-                   domains = [\"acme.example.com\"]\nchallenge = \"dns-01\"\ndns = \"paste\"\n"
-        .to_owned();
-    let mail = Target::new(&env, "mail");
-    let smtp = Target::new(&env, "smtp");
-    env.write_config_with(&top, &[files, ordered], &[&mail, &smtp]);
+/// port of the pool, after its first reconcile.
+struct Running {
+    env: Env,
+    d: Daemon,
+    metrics_port: u16,
+    leaf: Leaf,
+    /// Held so that DNS queries go to a socket that never answers.
+    _dns: std::net::UdpSocket,
+}
 
-    let d = env.daemon(&[]);
-    env.wait_reconciles(&d, 1);
-    wait_for(
-        "/metrics after the first reconcile",
-        || {
-            let (code, body) = http_get(metrics_port, "/metrics")?;
-            (code == 200
-                && metric(&body, "mxkeys_reconciles_total{result=\"success\"}")
-                    .is_some_and(|v| v >= 1.0)
-                && metric(&body, "mxkeys_target_ready{target=\"mail\"}") == Some(1.0))
-            .then_some(body)
-        },
-        || d.describe(),
-    )
+impl Running {
+    fn start() -> Running {
+        let ca = Ca::new("monitoring");
+        let leaf = ca.issue(&LeafSpec::new(&[HOST]));
+        let env = Env::new();
+        let metrics_port = free_port();
+        let acme_port = free_port();
+        let dns_port = free_port();
+        let dns = std::net::UdpSocket::bind(("127.0.0.1", dns_port)).unwrap();
+        let top = format!(
+            "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+             [acme]\ndirectory = \"https://127.0.0.1:{acme_port}/directory\"\n\n\
+             [dns.paste]\ntype = \"manual\"\nzone = \"example.com\"\n\
+             nameservers = [\"127.0.0.1:{dns_port}\"]\n\
+             propagation_interval = \"1s\"\npropagation_timeout = \"10m\"\n\n\
+             [dkim]\ndomains = [\"example.com\"]\nkey_dir = {keys}\ndns = \"paste\"\n\
+             signer = \"opendkim\"\nsigner_dir = {signer}\n\n\
+             [tls_rpt]\nrua = [\"mailto:tlsrpt@example.com\"]\ndomains = [\"example.com\"]\n\
+             dns = \"paste\"\n",
+            keys = qp(&env.path("dkim-keys")),
+            signer = qp(&env.path("signer")),
+        );
+        let files = files_source(&env.path("src"), &leaf);
+        let ordered = "[[source]]\ntype = \"acme\"\nname = \"ordered\"\n\
+                       domains = [\"acme.example.com\"]\nchallenge = \"dns-01\"\ndns = \"paste\"\n"
+            .to_owned();
+        let mail = Target::new(&env, "mail");
+        let smtp = Target::new(&env, "smtp");
+        env.write_config_with(&top, &[files, ordered], &[&mail, &smtp]);
+        let d = env.daemon(&[]);
+        env.wait_reconciles(&d, 1);
+        let running = Running {
+            env,
+            d,
+            metrics_port,
+            leaf,
+            _dns: dns,
+        };
+        running.scrape();
+        running
+    }
+
+    /// `/metrics` once both targets are ready.
+    fn scrape(&self) -> String {
+        wait_for(
+            "/metrics after the first reconcile",
+            || {
+                let (code, body) = http_get(self.metrics_port, "/metrics")?;
+                (code == 200
+                    && metric(&body, "mxkeys_reconciles_total{result=\"success\"}")
+                        .is_some_and(|v| v >= 1.0)
+                    && metric(&body, "mxkeys_target_ready{target=\"mail\"}") == Some(1.0)
+                    && metric(&body, "mxkeys_target_ready{target=\"smtp\"}") == Some(1.0))
+                .then_some(body)
+            },
+            || self.d.describe(),
+        )
+    }
 }
 
 #[test]
@@ -323,7 +349,7 @@ fn every_metric_the_rules_and_dashboard_name_is_exported_by_a_running_daemon() {
         also.extend(records);
     }
 
-    let scrape = scrape_a_configured_daemon();
+    let scrape = Running::start().scrape();
     let families = families(&scrape);
     // The check can fail: a misspelled name, a histogram's bucket of a
     // gauge, and a name inside a label value are told apart.
@@ -518,4 +544,234 @@ fn names_are_read_from_queries_outside_strings_and_numbers() {
         variable_selector("label_values(mxkeys_build_info{job=\"a,b\"}, instance)"),
         "mxkeys_build_info{job=\"a,b\"}"
     );
+}
+
+const PROMETHEUS: &[Need] = &[("prometheus", "prometheus")];
+
+/// `text` percent-encoded for a query string (RFC 3986 unreserved kept).
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A real Prometheus server (Debian's `prometheus`) on a pool port,
+/// scraping one daemon every second and evaluating `rules` if given.
+struct Prometheus {
+    port: u16,
+    log: PathBuf,
+    _child: KillOnDrop,
+}
+
+impl Prometheus {
+    fn start(dir: &Path, target: &str, rules: Option<&Path>) -> Prometheus {
+        std::fs::create_dir_all(dir).unwrap();
+        let rule_files = rules
+            .map(|r| format!("rule_files:\n  - {}\n", serde_json::to_string(r).unwrap()))
+            .unwrap_or_default();
+        let config = dir.join("prometheus.yml");
+        write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}\
+                 scrape_configs:\n  - job_name: mxkeys\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            ),
+        );
+        let port = free_port();
+        let log = dir.join("prometheus.log");
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(prog("prometheus"))
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("prometheus starts");
+        Prometheus {
+            port,
+            log,
+            _child: KillOnDrop(child),
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// GET `path` of the HTTP API as JSON (`None` while not listening).
+    fn api(&self, path: &str) -> Option<Value> {
+        let (_, body) = http_get(self.port, path)?;
+        serde_json::from_str(&body).ok()
+    }
+
+    /// The instant query's answer (`status` success or error).
+    fn query(&self, q: &str) -> Value {
+        self.api(&format!("/api/v1/query?query={}", url_encode(q)))
+            .unwrap_or_else(|| panic!("no answer to {q}\n{}", self.log()))
+    }
+
+    /// The vector a successful instant query gave.
+    fn vector(&self, q: &str) -> Vec<Value> {
+        let v = self.query(q);
+        assert_eq!(v["status"], "success", "{q}: {v}");
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+/// The value of each sample of `vector` by its label `label`.
+fn by_label(vector: &[Value], label: &str) -> BTreeMap<String, f64> {
+    vector
+        .iter()
+        .filter_map(|s| {
+            let key = s["metric"][label].as_str()?.to_owned();
+            let value = s["value"][1].as_str()?.parse().ok()?;
+            Some((key, value))
+        })
+        .collect()
+}
+
+/// The `ref_id` query of the dashboard's panel `title`.
+fn panel_expr(dash: &Value, title: &str, ref_id: &str) -> String {
+    let panels = dash["panels"].as_array().expect("panels");
+    let panel = panels
+        .iter()
+        .find(|p| p["title"] == title)
+        .unwrap_or_else(|| panic!("no panel {title:?}"));
+    let target = panel["targets"]
+        .as_array()
+        .and_then(|ts| ts.iter().find(|t| t["refId"] == ref_id));
+    let target = target.unwrap_or_else(|| panic!("no query {ref_id} in {title:?}"));
+    target["expr"].as_str().expect("expr").to_owned()
+}
+
+#[test]
+fn the_dashboards_queries_and_the_rules_evaluate_in_a_real_prometheus_scraping_the_daemon() {
+    if !require_programs(
+        "the_dashboards_queries_and_the_rules_evaluate_in_a_real_prometheus_scraping_the_daemon",
+        &[PROMETHEUS],
+    ) {
+        return;
+    }
+    let run = Running::start();
+    let instance = format!("127.0.0.1:{}", run.metrics_port);
+    let rules = Some(repo(RULES)).filter(|r| r.exists());
+    let prom = Prometheus::start(&run.env.path("prometheus"), &instance, rules.as_deref());
+    poll(
+        "Prometheus to have scraped the daemon twice",
+        servers::SERVER_DEADLINE,
+        || {
+            let v = prom.api(&format!(
+                "/api/v1/query?query={}",
+                url_encode("count_over_time(mxkeys_build_info[1m]) >= 2")
+            ))?;
+            (v["data"]["result"].as_array()?.len() == 1).then_some(())
+        },
+        || format!("{}\n{}", prom.log(), run.d.describe()),
+    );
+
+    // The instance variable's query finds the daemon.
+    let dash = dashboard();
+    let values = prom
+        .api(&format!(
+            "/api/v1/label/instance/values?{}={}",
+            url_encode("match[]"),
+            url_encode(variable_selector(
+                "label_values(mxkeys_build_info, instance)"
+            ))
+        ))
+        .expect("label values");
+    assert!(
+        values["data"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|i| i == &*instance)),
+        "{values}"
+    );
+
+    // Every query evaluates on the daemon's series, without error.
+    let on_instance = |e: &str| substitute(e).replace("mx1.example.com:9300", &instance);
+    for e in dashboard_exprs(&dash) {
+        let q = on_instance(&e);
+        let v = prom.query(&q);
+        assert_eq!(v["status"], "success", "{q}: {v}");
+    }
+
+    // The days left are the test certificate's, per target.
+    let days = by_label(
+        &prom.vector(&on_instance(&panel_expr(
+            &dash,
+            "Days left per target",
+            "A",
+        ))),
+        "target",
+    );
+    let expected = (run.leaf.not_after - now()).as_seconds_f64() / 86_400.0;
+    assert_eq!(
+        days.keys().collect::<Vec<_>>(),
+        ["mail", "smtp"],
+        "{days:?}"
+    );
+    for (target, d) in &days {
+        assert!(
+            (d - expected).abs() < 0.01,
+            "{target}: {d} days left, the certificate has {expected}"
+        );
+    }
+    let ready = by_label(
+        &prom.vector(&on_instance(&panel_expr(&dash, "Target ready", "A"))),
+        "target",
+    );
+    assert_eq!(
+        ready,
+        BTreeMap::from([("mail".to_owned(), 1.0), ("smtp".to_owned(), 1.0)])
+    );
+    let last = prom.vector(&on_instance(&panel_expr(&dash, "Last reconcile", "A")));
+    assert_eq!(
+        by_label(&last, "instance"),
+        BTreeMap::from([(instance.clone(), 1.0)])
+    );
+    let age = prom.vector(&on_instance(&panel_expr(&dash, "Last success age", "A")));
+    assert!(
+        by_label(&age, "instance")
+            .get(&instance)
+            .is_some_and(|a| *a >= 0.0),
+        "{age:?}"
+    );
+
+    // Every rule evaluates without error on the same series.
+    if rules.is_some() {
+        let groups = poll(
+            "Prometheus to evaluate every rule",
+            servers::SERVER_DEADLINE,
+            || {
+                let v = prom.api("/api/v1/rules")?;
+                let groups = v["data"]["groups"].as_array()?.clone();
+                let evaluated = groups
+                    .iter()
+                    .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+                    .all(|r| r["health"] != "unknown");
+                (!groups.is_empty() && evaluated).then_some(groups)
+            },
+            || prom.log(),
+        );
+        for rule in groups
+            .iter()
+            .flat_map(|g| g["rules"].as_array().into_iter().flatten())
+        {
+            assert_eq!(
+                rule["health"], "ok",
+                "{}: {}",
+                rule["name"], rule["lastError"]
+            );
+        }
+    }
 }
