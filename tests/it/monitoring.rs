@@ -169,7 +169,7 @@ fn the_unit_tests_have_a_firing_and_a_quiet_case_for_every_alert() {
     let rules = yaml(&rules_file());
     let tests = yaml(&tests_file());
     assert!(
-        alert_rules(&rules).len() >= 18,
+        alert_rules(&rules).len() >= 19,
         "fewer alerts than shipped: {rules}"
     );
     let problems = uncovered(&rules, &tests);
