@@ -40,6 +40,7 @@ mod init_sources;
 mod mail_servers;
 mod malformed;
 mod monitoring;
+mod monitoring_names;
 mod mta_sts;
 mod mta_sts_cli;
 mod mta_sts_pass;
