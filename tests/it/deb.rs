@@ -302,7 +302,8 @@ fn installed_package_starts_nothing_until_its_edited_configuration_is_started() 
         conffiles.contains("/etc/mxkeys/mxkeys.toml"),
         "conffiles: {conffiles}"
     );
-    // The man pages and completions `mxkeys generate` made at build time.
+    // The man pages and completions `mxkeys generate` made at build time,
+    // and the monitoring files (alert rules with their tests, dashboard).
     for file in [
         "/usr/share/man/man1/mxkeys.1.gz",
         "/usr/share/man/man1/mxkeys-dkim-import.1.gz",
@@ -310,6 +311,9 @@ fn installed_package_starts_nothing_until_its_edited_configuration_is_started() 
         "/usr/share/bash-completion/completions/mxkeys",
         "/usr/share/zsh/vendor-completions/_mxkeys",
         "/usr/share/fish/vendor_completions.d/mxkeys.fish",
+        "/usr/share/mxkeys/prometheus/mxkeys.rules.yml",
+        "/usr/share/mxkeys/prometheus/mxkeys.rules.test.yml",
+        "/usr/share/mxkeys/grafana/mxkeys-dashboard.json",
     ] {
         assert_eq!(guest.stat("%U:%G:%a", file), "root:root:644", "{file}");
     }
