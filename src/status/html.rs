@@ -28,7 +28,7 @@ use super::{
 pub const EXPIRING_DAYS: i64 = 14;
 
 /// A certificate with fewer whole days left than this is `critical`: the
-/// shipped alert rule's critical threshold (3 days).
+/// shipped alert rule `MxkeysCertificateExpiryCritical` (3 days).
 pub const CRITICAL_DAYS: i64 = 3;
 
 /// What a target slot holds, at a glance.
@@ -130,6 +130,7 @@ svg .nowlbl{font-size:11px;fill:var(--bad);font-weight:600}
 .legend i{display:inline-block;width:14px;height:10px;margin-right:5px;vertical-align:-1px;border-radius:2px}
 .legend .p-next{border:1px dashed #57606a;background:#fff}
 .muted{color:#57606a}
+time{white-space:nowrap}
 ";
 
 /// The page for `status`.
@@ -299,11 +300,18 @@ fn dkim_summary(d: &DkimStatus) -> (&'static str, String) {
         text.push_str(&format!(", {rotating} in rotation"));
     }
     if unsigned.is_empty() {
-        ("s-ok", text)
-    } else {
-        text.push_str(&format!(", no active key for {}", unsigned.join(", ")));
-        ("s-bad", text)
+        return ("s-ok", text);
     }
+    text.push_str(&format!(", no active key for {}", unsigned.join(", ")));
+    // A first key on its way (generated or published) is a start, not a
+    // breakage; a domain with none is unsigned.
+    let on_its_way = d.domains.iter().all(|x| {
+        x.keys.iter().any(|k| k.state == "active")
+            || x.keys
+                .iter()
+                .any(|k| matches!(k.state.as_str(), "generated" | "published"))
+    });
+    (if on_its_way { "s-warn" } else { "s-bad" }, text)
 }
 
 /// "1 domain", "2 domains".
@@ -861,12 +869,12 @@ fn daemon(out: &mut String, status: &Status) {
         Some(d) => {
             let r = &d.record;
             out.push_str(&format!(
-                "<p data-field=\"daemon\">pid {} <span class=\"{}\">{}</span>, started {}; {} reconciles, the last at {} ({}): <span class=\"{}\">{}</span></p>\n",
+                "<p data-field=\"daemon\">pid {} <span class=\"{}\">{}</span>, started {}; {}, the last at {} ({}): <span class=\"{}\">{}</span></p>\n",
                 r.pid,
                 if d.running { "s-ok" } else { "s-bad" },
                 if d.running { "running" } else { "not running" },
                 time(Time(r.started_at)),
-                r.reconciles,
+                count(usize::try_from(r.reconciles).unwrap_or(usize::MAX), "reconcile"),
                 time(Time(r.updated_at)),
                 relative(r.updated_at, now),
                 if r.last_reconcile_ok { "s-ok" } else { "s-bad" },
@@ -1240,6 +1248,57 @@ mod tests {
         assert!(page.contains("daemon: running"));
         // The header comes first, before the sections.
         assert!(page.find("id=\"summary\"").unwrap() < page.find("<main>").unwrap());
+    }
+
+    #[test]
+    fn the_dkim_pill_is_red_only_for_an_unreadable_book_or_a_domain_with_no_key_signing_nor_coming()
+    {
+        let domain = |states: &[&str]| DkimDomainStatus {
+            domain: "example.test".to_owned(),
+            keys: states
+                .iter()
+                .enumerate()
+                .map(|(i, s)| key(&format!("k{i}"), s, vec![event("generated", NOW)], None))
+                .collect(),
+        };
+        // (states of the keys, or a problem; class, text)
+        type Keys<'a> = Result<&'a [&'a str], &'a str>;
+        let rows: [(Keys, &str, &str); 5] = [
+            (Ok(&["active"]), "s-ok", "1 domain, 1 active key"),
+            (
+                Ok(&["revoked", "draining", "active", "published"]),
+                "s-ok",
+                "1 domain, 1 active key, 2 in rotation",
+            ),
+            (
+                Ok(&["published"]),
+                "s-warn",
+                "1 domain, 0 active keys, 1 in rotation, no active key for example.test",
+            ),
+            (
+                Ok(&["revoked", "draining"]),
+                "s-bad",
+                "1 domain, 0 active keys, 1 in rotation, no active key for example.test",
+            ),
+            (
+                Err("dkim: key_dir /x: not a directory"),
+                "s-bad",
+                "cannot read the keys: dkim: key_dir /x: not a directory",
+            ),
+        ];
+        for (keys, class, text) in rows {
+            let d = match keys {
+                Ok(states) => DkimStatus {
+                    domains: vec![domain(states)],
+                    problem: None,
+                },
+                Err(p) => DkimStatus {
+                    domains: vec![],
+                    problem: Some(p.to_owned()),
+                },
+            };
+            assert_eq!(dkim_summary(&d), (class, text.to_owned()), "{keys:?}");
+        }
     }
 
     #[test]
