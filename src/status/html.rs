@@ -116,7 +116,7 @@ dt{color:#57606a}dd{margin:0;min-width:0;overflow-wrap:anywhere}
 table{border-collapse:collapse;width:100%;margin:6px 0 10px}
 th,td{text-align:left;padding:4px 8px;border-bottom:1px solid var(--line);vertical-align:top;overflow-wrap:break-word}
 th{font-size:13px;color:#57606a;font-weight:600;white-space:nowrap}
-td .pill{white-space:nowrap}
+td .pill,td[data-field=algorithm]{white-space:nowrap}
 article.dkim-domain{margin-bottom:18px}
 svg.timeline{width:100%;height:auto;display:block;border:1px solid var(--line);border-radius:6px;background:#fff}
 svg .lbl{font-size:12px;fill:#1f2328}svg .tick{font-size:11px;fill:#57606a}
@@ -531,9 +531,11 @@ pub struct Axis {
     pub x1: f64,
 }
 
-/// The axis never reaches further than this from now (a bogus far date
-/// does not squash the rest); times beyond are drawn at its edge.
-pub const AXIS_REACH: i64 = 5 * 365 * 86_400;
+/// The axis never reaches further than this from now, so the months a
+/// key signs do not squash the days its rotation takes (a 48 h lead, a
+/// 7 d drain stay visible); what lies beyond is drawn to the edge, and
+/// its dates are in the table and the hover text.
+pub const AXIS_REACH: i64 = 60 * 86_400;
 /// The shortest axis (a book created minutes ago still gets a scale).
 pub const AXIS_MIN_SPAN: i64 = 86_400;
 
@@ -1347,7 +1349,7 @@ mod tests {
     #[test]
     fn the_axis_covers_now_and_every_time_with_a_margin_and_clamps_what_lies_beyond() {
         // (times, now, start, end)
-        let rows: [(&[i64], i64, i64, i64); 4] = [
+        let rows: [(&[i64], i64, i64, i64); 5] = [
             // Ten days back to ten days on: 20 days, 1 day margin each side.
             (
                 &[NOW - 10 * DAY, NOW + 10 * DAY],
@@ -1359,6 +1361,13 @@ mod tests {
             (&[], NOW, NOW - DAY / 2 - DAY / 20, NOW + DAY / 2 + DAY / 20),
             // Everything in the past: the axis still reaches now.
             (&[NOW - 20 * DAY], NOW, NOW - 21 * DAY, NOW + DAY),
+            // A key signing for months: its start is clamped to the reach.
+            (
+                &[NOW - 200 * DAY, NOW + 5 * DAY],
+                NOW,
+                NOW - AXIS_REACH - (AXIS_REACH + 5 * DAY) / 20,
+                NOW + 5 * DAY + (AXIS_REACH + 5 * DAY) / 20,
+            ),
             // A date far off is clamped to the reach.
             (
                 &[NOW - DAY, i64::MAX],
