@@ -170,23 +170,26 @@ fn time_str(s: &str) -> String {
     format!("<time datetime=\"{s}\">{s}</time>")
 }
 
-/// "3 days ago", "in 5 hours": from `at` to `now`, roughly.
+/// "just now", "3 days ago", "in 5 hours": from `at` to `now`, roughly
+/// (no seconds, so two pages a moment apart read the same).
 fn relative(at: i64, now: i64) -> String {
     let d = at.saturating_sub(now);
     let a = d.unsigned_abs();
-    let (n, unit) = if a < 120 {
-        (a, "seconds")
-    } else if a < 2 * 3600 {
-        (a / 60, "minutes")
+    if a < 60 {
+        return "just now".to_owned();
+    }
+    let (n, unit) = if a < 2 * 3600 {
+        (a / 60, "minute")
     } else if a < 2 * 86_400 {
-        (a / 3600, "hours")
+        (a / 3600, "hour")
     } else {
-        (a / 86_400, "days")
+        (a / 86_400, "day")
     };
+    let n = count(usize::try_from(n).unwrap_or(usize::MAX), unit);
     if d >= 0 {
-        format!("in {n} {unit}")
+        format!("in {n}")
     } else {
-        format!("{n} {unit} ago")
+        format!("{n} ago")
     }
 }
 
@@ -1250,6 +1253,22 @@ mod tests {
         assert!(page.contains("daemon: running"));
         // The header comes first, before the sections.
         assert!(page.find("id=\"summary\"").unwrap() < page.find("<main>").unwrap());
+    }
+
+    #[test]
+    fn relative_times_read_in_minutes_hours_or_days_and_never_in_seconds() {
+        for (at, want) in [
+            (NOW, "just now"),
+            (NOW - 59, "just now"),
+            (NOW + 59, "just now"),
+            (NOW - 60, "1 minute ago"),
+            (NOW - 300, "5 minutes ago"),
+            (NOW + 3 * 3600, "in 3 hours"),
+            (NOW - 47 * 3600, "47 hours ago"),
+            (NOW + 178 * DAY, "in 178 days"),
+        ] {
+            assert_eq!(relative(at, NOW), want, "{}", at - NOW);
+        }
     }
 
     #[test]
