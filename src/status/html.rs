@@ -8,7 +8,9 @@
 //! under `content-security-policy: default-src 'none'`.
 //!
 //! The DOM is a contract (the headless-browser tests rely on it):
-//! `header#summary[data-ok][data-expiring][data-broken]`,
+//! `header#summary[data-ok][data-expiring][data-broken]` (slot counts:
+//! `expiring` counts `expiring` and `critical`, `broken` counts `expired`
+//! and `missing`),
 //! `section#targets > article.target[data-target][data-state]` holding
 //! `[data-field=names|issuer|key-type|days-left|not-after|sha256|source|
 //! last-reload|last-verification|dane-gate|problem]`, `section#dkim >
