@@ -85,6 +85,21 @@ where
     accept_loop(listener, limits, what, None, Arc::new(handler)).await;
 }
 
+/// Like [`serve`], with a handler that answers with a future (one that
+/// does its work off the runtime's thread, say).
+pub async fn serve_async<H, F>(
+    listener: TcpListener,
+    limits: Limits,
+    what: &'static str,
+    handler: H,
+) where
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let handler = move |_: Option<Arc<str>>, req: Request<Incoming>| handler(req);
+    accept_loop(listener, limits, what, None, Arc::new(handler)).await;
+}
+
 /// Like [`serve`], over TLS with `tls`: `handler` is also given the server
 /// name the client asked for in its handshake (SNI), if any.
 pub async fn serve_tls<H>(

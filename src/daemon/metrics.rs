@@ -915,17 +915,33 @@ fn escape(label: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Binds `listen` and serves /metrics and /healthz until the runtime ends,
-/// under the listener limits of [`crate::listen`] (connection cap, header
-/// and idle timeouts, backoff on accept errors).
+/// Binds `listen` and serves /metrics, /healthz and /status until the
+/// runtime ends, under the listener limits of [`crate::listen`]
+/// (connection cap, header and idle timeouts, backoff on accept errors).
+/// Each answer is made in the blocking pool: `/status` reads the state
+/// directory and the targets' files, which must not hold up the runtime's
+/// thread.
 pub async fn serve(listen: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     tracing::info!("metrics on http://{listen}/metrics");
-    tokio::spawn(crate::listen::serve(
+    tokio::spawn(crate::listen::serve_async(
         listener,
         crate::listen::Limits::DEFAULT,
         "metrics",
-        move |req| respond(req, &metrics),
+        move |req| {
+            let metrics = metrics.clone();
+            async move {
+                tokio::task::spawn_blocking(move || respond(&req, &metrics))
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::error!("metrics: the answer failed: {e}");
+                        Response::builder()
+                            .status(StatusCode::INTERNAL_SERVER_ERROR)
+                            .body(Full::new(Bytes::from_static(b"internal error\n")))
+                            .unwrap_or_default()
+                    })
+            }
+        },
     ));
     Ok(())
 }
