@@ -766,12 +766,12 @@ impl Metrics {
             series(
                 "mxkeys_cluster_leader",
                 "gauge",
-                "1 while this host leads a shared job (acme/NAME, dkim), else 0.",
+                "1 while this host leads a shared job (acme/NAME, dkim), else 0. The label is shared_job, not job: Prometheus keeps job for the scrape's own.",
                 c.leader
                     .iter()
                     .map(|(j, led)| {
                         (
-                            format!("{{job=\"{}\"}}", escape(j)),
+                            format!("{{shared_job=\"{}\"}}", escape(j)),
                             u8::from(*led).to_string(),
                         )
                     })
@@ -1425,9 +1425,9 @@ mod tests {
             lines_with(&m.render(), "mxkeys_cluster_"),
             [
                 "mxkeys_cluster_up 1",
-                "mxkeys_cluster_leader{job=\"acme/a\"} 0",
-                "mxkeys_cluster_leader{job=\"acme/b\"} 1",
-                "mxkeys_cluster_leader{job=\"dkim\"} 0",
+                "mxkeys_cluster_leader{shared_job=\"acme/a\"} 0",
+                "mxkeys_cluster_leader{shared_job=\"acme/b\"} 1",
+                "mxkeys_cluster_leader{shared_job=\"dkim\"} 0",
                 "mxkeys_cluster_fenced_writes_total 3",
             ]
         );
@@ -1443,8 +1443,8 @@ mod tests {
             ["mxkeys_cluster_up 0"]
         );
         assert_eq!(
-            lines_with(&text, "mxkeys_cluster_leader{job=\"acme/b\"}"),
-            ["mxkeys_cluster_leader{job=\"acme/b\"} 0"]
+            lines_with(&text, "mxkeys_cluster_leader{shared_job=\"acme/b\"}"),
+            ["mxkeys_cluster_leader{shared_job=\"acme/b\"} 0"]
         );
     }
 
