@@ -142,6 +142,8 @@ struct MtaStsFacts {
     in_step: bool,
     enforce_refused: bool,
     max_age: Option<u64>,
+    /// While the plan waits out a TTL or the old max_age: when that ends.
+    wait_until: Option<i64>,
 }
 
 /// The TLS-RPT series as last rendered, and what the store looked like
@@ -328,6 +330,11 @@ impl Metrics {
                         in_step: matches!(p.step, crate::mta_sts::order::Step::InStep { .. }),
                         enforce_refused: p.refused.is_some(),
                         max_age: Some(p.policy.max_age),
+                        wait_until: match p.step {
+                            crate::mta_sts::order::Step::Wait { until, .. } => until,
+                            crate::mta_sts::order::Step::AddMxAfter { at, .. } => Some(at),
+                            _ => None,
+                        },
                     });
                 (d.domain.clone(), facts)
             })
@@ -749,6 +756,12 @@ impl Metrics {
             "gauge",
             "1 while mode enforce is wanted for an MTA-STS domain but refused (an MX host not listed, unchecked or failing its STARTTLS check), else 0.",
             per_domain(&|f| Some(u8::from(f.enforce_refused).to_string())),
+        );
+        series(
+            "mxkeys_mta_sts_wait_until_timestamp_seconds",
+            "gauge",
+            "While an MTA-STS domain's next step waits out a TTL or the old policy's max_age (a disable): when that wait ends, as a Unix timestamp.",
+            per_domain(&|f| f.wait_until.map(|t| t.to_string())),
         );
         series(
             "mxkeys_mta_sts_policy_max_age_seconds",
@@ -1483,6 +1496,19 @@ mod tests {
                     ),
                     // Could not be looked at: not in step, no max_age.
                     outcome("c.test", None),
+                    // A disable waiting out the old max_age.
+                    outcome(
+                        "d.test",
+                        Some(sts_plan(
+                            Step::Wait {
+                                until: Some(1_800_000_000),
+                                reason: crate::mta_sts::order::WaitReason::OldMaxAge {
+                                    until: 1_800_000_000,
+                                },
+                            },
+                            false,
+                        )),
+                    ),
                 ],
                 ..MtaStsPass::default()
             },
@@ -1494,11 +1520,15 @@ mod tests {
                 "mxkeys_mta_sts_in_step{domain=\"a.test\"} 1",
                 "mxkeys_mta_sts_in_step{domain=\"b.test\"} 0",
                 "mxkeys_mta_sts_in_step{domain=\"c.test\"} 0",
+                "mxkeys_mta_sts_in_step{domain=\"d.test\"} 0",
                 "mxkeys_mta_sts_enforce_refused{domain=\"a.test\"} 0",
                 "mxkeys_mta_sts_enforce_refused{domain=\"b.test\"} 1",
                 "mxkeys_mta_sts_enforce_refused{domain=\"c.test\"} 0",
+                "mxkeys_mta_sts_enforce_refused{domain=\"d.test\"} 0",
+                "mxkeys_mta_sts_wait_until_timestamp_seconds{domain=\"d.test\"} 1800000000",
                 "mxkeys_mta_sts_policy_max_age_seconds{domain=\"a.test\"} 604800",
                 "mxkeys_mta_sts_policy_max_age_seconds{domain=\"b.test\"} 604800",
+                "mxkeys_mta_sts_policy_max_age_seconds{domain=\"d.test\"} 604800",
             ]
         );
         // Without [tls_rpt]: no TLS-RPT series.
