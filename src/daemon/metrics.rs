@@ -534,9 +534,7 @@ impl Metrics {
         let per_target = |f: &dyn Fn(&TargetFacts) -> Option<String>| -> Vec<(String, String)> {
             m.targets
                 .iter()
-                .filter_map(|(name, t)| {
-                    f(t).map(|v| (format!("{{target=\"{}\"}}", escape(name)), v))
-                })
+                .filter_map(|(name, t)| f(t).map(|v| (labels(&[("target", name)]), v)))
                 .collect()
         };
         series(
@@ -627,7 +625,7 @@ impl Metrics {
             "New files taken back because the reload or the verification failed, by target.",
             m.rollbacks
                 .iter()
-                .map(|(t, n)| (format!("{{target=\"{}\"}}", escape(t)), n.to_string()))
+                .map(|(t, n)| (labels(&[("target", t)]), n.to_string()))
                 .collect(),
         );
         series(
@@ -636,7 +634,7 @@ impl Metrics {
             "When an acme source is next due for an order (or its backoff ends), as a Unix timestamp.",
             m.acme_next
                 .iter()
-                .map(|(s, t)| (format!("{{source=\"{}\"}}", escape(s)), t.to_string()))
+                .map(|(s, t)| (labels(&[("source", s)]), t.to_string()))
                 .collect(),
         );
         series(
@@ -645,7 +643,7 @@ impl Metrics {
             "Failed ACME orders in a row, per acme source (0 after a success).",
             m.acme_failures
                 .iter()
-                .map(|(s, (n, _))| (format!("{{source=\"{}\"}}", escape(s)), n.to_string()))
+                .map(|(s, (n, _))| (labels(&[("source", s)]), n.to_string()))
                 .collect(),
         );
         series(
@@ -660,12 +658,7 @@ impl Metrics {
             "DKIM keys by domain and state.",
             m.dkim_keys
                 .iter()
-                .map(|((d, st), n)| {
-                    (
-                        format!("{{domain=\"{}\",state=\"{}\"}}", escape(d), escape(st)),
-                        n.to_string(),
-                    )
-                })
+                .map(|((d, st), n)| (labels(&[("domain", d), ("state", st)]), n.to_string()))
                 .collect(),
         );
         series(
@@ -674,12 +667,7 @@ impl Metrics {
             "DKIM keys signing now, per configured domain and algorithm family (rsa, ed25519) whose keys ever signed.",
             m.dkim_signing
                 .iter()
-                .map(|(d, family, n)| {
-                    (
-                        format!("{{domain=\"{}\",family=\"{family}\"}}", escape(d)),
-                        n.to_string(),
-                    )
-                })
+                .map(|(d, family, n)| (labels(&[("domain", d), ("family", family)]), n.to_string()))
                 .collect(),
         );
         series(
@@ -688,12 +676,7 @@ impl Metrics {
             "For a DKIM key whose record is not yet seen on every authoritative server: when it has waited its DNS provider's propagation_timeout, as a Unix timestamp.",
             m.dkim_dns_deadlines
                 .iter()
-                .map(|((d, sel), t)| {
-                    (
-                        format!("{{domain=\"{}\",selector=\"{}\"}}", escape(d), escape(sel)),
-                        t.to_string(),
-                    )
-                })
+                .map(|((d, sel), t)| (labels(&[("domain", d), ("selector", sel)]), t.to_string()))
                 .collect(),
         );
         series(
@@ -731,7 +714,7 @@ impl Metrics {
                 .iter()
                 .map(|((h, p), ok)| {
                     (
-                        format!("{{host=\"{}\",port=\"{p}\"}}", escape(h)),
+                        labels(&[("host", h), ("port", &p.to_string())]),
                         u8::from(*ok).to_string(),
                     )
                 })
@@ -740,9 +723,7 @@ impl Metrics {
         let per_domain = |f: &dyn Fn(&MtaStsFacts) -> Option<String>| -> Vec<(String, String)> {
             m.mta_sts
                 .iter()
-                .filter_map(|(d, facts)| {
-                    f(facts).map(|v| (format!("{{domain=\"{}\"}}", escape(d)), v))
-                })
+                .filter_map(|(d, facts)| f(facts).map(|v| (labels(&[("domain", d)]), v)))
                 .collect()
         };
         series(
@@ -782,12 +763,7 @@ impl Metrics {
                 "1 while this host leads a shared job (acme/NAME, dkim), else 0. The label is shared_job, not job: Prometheus keeps job for the scrape's own.",
                 c.leader
                     .iter()
-                    .map(|(j, led)| {
-                        (
-                            format!("{{shared_job=\"{}\"}}", escape(j)),
-                            u8::from(*led).to_string(),
-                        )
-                    })
+                    .map(|(j, led)| (labels(&[("shared_job", j)]), u8::from(*led).to_string()))
                     .collect(),
             );
             series(
@@ -921,11 +897,29 @@ fn one_line(text: &str) -> String {
     out
 }
 
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
+/// A sample's labels in the text format, `{name="value",...}`: each value
+/// with `\`, `"` and line feed escaped (values come from configuration,
+/// certificates and senders' reports).
+pub(crate) fn labels(pairs: &[(&str, &str)]) -> String {
+    let mut out = String::from("{");
+    for (i, (name, value)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(name);
+        out.push_str("=\"");
+        for c in value.chars() {
+            match c {
+                '\\' => out.push_str("\\\\"),
+                '"' => out.push_str("\\\""),
+                '\n' => out.push_str("\\n"),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    out.push('}');
+    out
 }
 
 /// Binds `listen` and serves /metrics, /healthz and /status until the

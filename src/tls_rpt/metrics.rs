@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::report::Report;
+use crate::daemon::metrics::labels;
 
 /// The result types of RFC 8460 §4.3 (the IANA registry's initial
 /// content); any other is counted as `other`.
@@ -87,9 +88,8 @@ pub fn render(totals: &Totals, out: &mut String) {
     for ((org, result_type), n) in &totals.failures {
         let _ = writeln!(
             out,
-            "{name}{{organization=\"{}\",result_type=\"{}\"}} {n}",
-            escape(org),
-            escape(result_type)
+            "{name}{} {n}",
+            labels(&[("organization", org), ("result_type", result_type)])
         );
     }
     let name = "mxkeys_tls_rpt_sessions_total";
@@ -100,24 +100,10 @@ pub fn render(totals: &Totals, out: &mut String) {
     for ((org, result), n) in &totals.sessions {
         let _ = writeln!(
             out,
-            "{name}{{organization=\"{}\",result=\"{result}\"}} {n}",
-            escape(org)
+            "{name}{} {n}",
+            labels(&[("organization", org), ("result", result)])
         );
     }
-}
-
-/// A label value in the text format: `\`, `"` and line feed escaped.
-fn escape(label: &str) -> String {
-    let mut out = String::with_capacity(label.len());
-    for c in label.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
