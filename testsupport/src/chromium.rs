@@ -45,11 +45,16 @@ pub struct Shown {
 /// profiles under `work`: once for a screenshot (`work/NAME.png`), once to
 /// dump the DOM.
 pub fn show(page: &Path, work: &Path) -> Shown {
-    fs::create_dir_all(work).expect("chromium work directory");
-    let url = format!("file://{}", page.display());
     let stem = page
         .file_stem()
         .map_or_else(|| "page".into(), |s| s.to_string_lossy().into_owned());
+    show_url(&format!("file://{}", page.display()), work, &stem)
+}
+
+/// [`show`] for any URL (a page served on loopback), its files in `work`
+/// named after `stem`.
+pub fn show_url(url: &str, work: &Path, stem: &str) -> Shown {
+    fs::create_dir_all(work).expect("chromium work directory");
     let png_path = work.join(format!("{stem}.png"));
     let (w, h) = WINDOW;
     let _ = fs::remove_file(&png_path);
@@ -60,7 +65,7 @@ pub fn show(page: &Path, work: &Path) -> Shown {
             format!("--window-size={w},{h}"),
             "--hide-scrollbars".to_owned(),
             format!("--screenshot={}", png_path.display()),
-            url.clone(),
+            url.to_owned(),
         ],
     );
     let png = fs::read(&png_path).unwrap_or_else(|e| {
@@ -73,7 +78,7 @@ pub fn show(page: &Path, work: &Path) -> Shown {
     let dom_text = run(
         work,
         &format!("{stem}-dom"),
-        &["--dump-dom".to_owned(), url],
+        &["--dump-dom".to_owned(), url.to_owned()],
     );
     let dom = Dom::parse(&dom_text);
     Shown { png, dom_text, dom }
