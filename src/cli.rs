@@ -249,7 +249,7 @@ enum Command {
         json: bool,
         /// Also write the status as one self-contained HTML page (no
         /// scripts, no external assets) to FILE, replaced atomically,
-        /// mode 0644.
+        /// mode 0644: the page [metrics] serves at GET /status.
         #[arg(long, value_name = "FILE")]
         html: Option<std::path::PathBuf>,
     },

@@ -960,10 +960,33 @@ fn respond<B>(req: &Request<B>, metrics: &Metrics) -> Response<Full<Bytes>> {
             };
             reply(status, "text/plain", format!("{}\n", one_line(&why)))
         }
+        "/status" => {
+            let Some(config) = metrics.config() else {
+                return reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "no configuration loaded yet\n".to_owned(),
+                );
+            };
+            let page = crate::status::html::render(&crate::status::Status::gather(&config));
+            let mut response = reply(StatusCode::OK, "text/html; charset=utf-8", page);
+            let headers = response.headers_mut();
+            headers.insert(
+                "content-security-policy",
+                hyper::header::HeaderValue::from_static(
+                    "default-src 'none'; style-src 'unsafe-inline'; img-src data:",
+                ),
+            );
+            headers.insert(
+                "x-content-type-options",
+                hyper::header::HeaderValue::from_static("nosniff"),
+            );
+            response
+        }
         _ => reply(
             StatusCode::NOT_FOUND,
             "text/plain",
-            "try /metrics or /healthz\n".to_owned(),
+            "try /metrics, /healthz or /status\n".to_owned(),
         ),
     }
 }
@@ -1146,6 +1169,79 @@ mod tests {
         assert!(metrics.config().is_some());
         // Before any reconcile, no last result.
         assert!(!text.contains("\nmxkeys_last_reconcile_success "), "{text}");
+    }
+
+    #[test]
+    fn get_status_serves_the_page_under_a_strict_policy_and_503_before_a_configuration() {
+        let get = |metrics: &Metrics, method: Method, path: &str| {
+            let req = Request::builder()
+                .method(method)
+                .uri(path)
+                .body(())
+                .unwrap();
+            respond(&req, metrics)
+        };
+        let metrics = Metrics::default();
+        let none = get(&metrics, Method::GET, "/status");
+        assert_eq!(none.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+        let host = crate::config::Host {
+            cwd: std::path::PathBuf::from("/nonexistent-mxkeys-test"),
+            hostname: None,
+        };
+        let config = crate::config::Config::parse(
+            std::path::Path::new("/etc/mxkeys/t.toml"),
+            "[[source]]\ntype = \"traefik\"\npath = \"acme.json\"\n[[target]]\nname = \"mail\"\ndomains = [\"mx.example\"]\nfullchain = \"a/f.pem\"\nkey = \"a/k.pem\"\n",
+            &host,
+        )
+        .unwrap();
+        metrics.configure(&Arc::new(config));
+        for method in [Method::GET, Method::HEAD] {
+            let page = get(&metrics, method.clone(), "/status");
+            assert_eq!(page.status(), StatusCode::OK, "{method}");
+            let header = |name: &str| {
+                page.headers()
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+            };
+            assert_eq!(
+                header("content-type").as_deref(),
+                Some("text/html; charset=utf-8")
+            );
+            assert_eq!(
+                header("content-security-policy").as_deref(),
+                Some("default-src 'none'; style-src 'unsafe-inline'; img-src data:")
+            );
+            assert_eq!(header("x-content-type-options").as_deref(), Some("nosniff"));
+        }
+        let page = get(&metrics, Method::GET, "/status");
+        let body = String::from_utf8(futures_body(page.into_body())).unwrap();
+        assert!(
+            body.contains("<article class=\"target\" data-target=\"mail\" data-state=\"missing\">"),
+            "{body}"
+        );
+        let other = get(&metrics, Method::GET, "/nope");
+        assert_eq!(other.status(), StatusCode::NOT_FOUND);
+        assert_eq!(
+            futures_body(other.into_body()),
+            b"try /metrics, /healthz or /status\n"
+        );
+    }
+
+    /// The bytes of a full body (it is ready: no runtime needed).
+    fn futures_body(body: Full<Bytes>) -> Vec<u8> {
+        use http_body_util::BodyExt as _;
+        let fut = body.collect();
+        let mut fut = std::pin::pin!(fut);
+        let waker = std::task::Waker::noop();
+        match fut
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+        {
+            std::task::Poll::Ready(Ok(c)) => c.to_bytes().to_vec(),
+            _ => Vec::new(),
+        }
     }
 
     #[test]
