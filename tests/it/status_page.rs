@@ -710,7 +710,10 @@ fn the_broken_page_shows_the_missing_certificate_the_failed_reload_and_a_script_
     let issuer = "mxkeys Test CA B2";
     let ca = ca_named(issuer);
     let smtp = Cert::issue(&ca, issuer, &[HOST], KeyKind::P256, in_days(75));
-    let src = files_source(&env.path("src"), &smtp.leaf);
+    let src = format!(
+        "{}name = \"exported\"\n",
+        files_source(&env.path("src"), &smtp.leaf)
+    );
     let reload_error = "postfix/postfix-script: fatal: the Postfix mail system is not running";
     let postfix = Target::new(&env, "postfix").reload(&[
         "sh",
@@ -810,7 +813,7 @@ fn the_rotation_page_shows_every_key_state_and_its_next_transition_on_the_timeli
     let issuer = "mxkeys Test CA E7";
     let ca = ca_named(issuer);
     let smtp = Cert::issue(&ca, issuer, &[HOST], KeyKind::P256, in_days(60));
-    let src = files_source(&env.path("src"), &smtp.leaf);
+    let src = traefik_source(&env, &[&smtp]);
     let postfix = Target::new(&env, "postfix");
     env.write_config(std::slice::from_ref(&src), &[&postfix]);
     env.sync().ok();
