@@ -8,7 +8,9 @@
 //! under `content-security-policy: default-src 'none'`.
 //!
 //! The DOM is a contract (the headless-browser tests rely on it):
-//! `header#summary[data-ok][data-expiring][data-broken]`,
+//! `header#summary[data-ok][data-expiring][data-broken]` (slot counts:
+//! `expiring` counts `expiring` and `critical`, `broken` counts `expired`
+//! and `missing`),
 //! `section#targets > article.target[data-target][data-state]` holding
 //! `[data-field=names|issuer|key-type|days-left|not-after|sha256|source|
 //! last-reload|last-verification|dane-gate|problem]`, `section#dkim >
@@ -477,6 +479,15 @@ fn key_state_class(state: &str) -> &'static str {
 }
 
 fn dkim_domain(out: &mut String, dom: &DkimDomainStatus, now: Time) {
+    if dom.keys.is_empty() {
+        out.push_str(&format!(
+            "<article class=\"dkim-domain\" data-domain=\"{}\">\n<h3>{}</h3>\n\
+             <p class=\"err\" data-field=\"problem\">no key yet: mxkeys signs nothing for this domain</p>\n</article>\n",
+            esc(&dom.domain),
+            esc(&dom.domain)
+        ));
+        return;
+    }
     out.push_str(&format!(
         "<article class=\"dkim-domain\" data-domain=\"{}\">\n<h3>{}</h3>\n\
          <table>\n<thead><tr><th>selector</th><th>algorithm</th><th>state</th><th>since</th><th>next</th><th>when</th></tr></thead>\n<tbody>\n",
@@ -1272,6 +1283,24 @@ mod tests {
     }
 
     #[test]
+    fn a_configured_domain_without_a_key_says_it_is_not_signed_and_draws_no_timeline() {
+        let mut s = status(vec![]);
+        s.dkim = Some(rotation().with_domains(["example.test", "unsigned.test"]));
+        let page = render(&s);
+        let at = page
+            .find("<article class=\"dkim-domain\" data-domain=\"unsigned.test\">")
+            .unwrap();
+        let article = &page[at..at + page[at..].find("</article>").unwrap()];
+        assert!(
+            article.contains("no key yet: mxkeys signs nothing for this domain"),
+            "{article}"
+        );
+        assert!(!article.contains("<svg"), "{article}");
+        assert_eq!(page.matches("<svg class=\"timeline\"").count(), 1);
+        assert!(page.contains("no active key for unsigned.test"));
+    }
+
+    #[test]
     fn the_dkim_pill_is_red_only_for_an_unreadable_book_or_a_domain_with_no_key_signing_nor_coming()
     {
         let domain = |states: &[&str]| DkimDomainStatus {
@@ -1284,7 +1313,7 @@ mod tests {
         };
         // (states of the keys, or a problem; class, text)
         type Keys<'a> = Result<&'a [&'a str], &'a str>;
-        let rows: [(Keys, &str, &str); 5] = [
+        let rows: [(Keys, &str, &str); 6] = [
             (Ok(&["active"]), "s-ok", "1 domain, 1 active key"),
             (
                 Ok(&["revoked", "draining", "active", "published"]),
@@ -1300,6 +1329,11 @@ mod tests {
                 Ok(&["revoked", "draining"]),
                 "s-bad",
                 "1 domain, 0 active keys, 1 in rotation, no active key for example.test",
+            ),
+            (
+                Ok(&[]),
+                "s-bad",
+                "1 domain, 0 active keys, no active key for example.test",
             ),
             (
                 Err("dkim: key_dir /x: not a directory"),

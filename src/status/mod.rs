@@ -112,14 +112,31 @@ pub struct KeyEvent {
 impl DkimStatus {
     /// The section from the book; `None` without `[dkim]`.
     pub fn gather(config: &Config) -> Option<DkimStatus> {
-        config.dkim.as_ref()?;
+        let d = config.dkim.as_ref()?;
         Some(match crate::dkim::timeline(config) {
-            Ok(keys) => DkimStatus::from_keys(keys),
+            Ok(keys) => DkimStatus::from_keys(keys)
+                .with_domains(d.domains.iter().map(crate::names::DnsName::as_str)),
             Err(e) => DkimStatus {
                 domains: Vec::new(),
                 problem: Some(e.to_string()),
             },
         })
+    }
+
+    /// Every domain of `configured` the book has no key for yet, added
+    /// with no key (unsigned, and shown so), in name order like the
+    /// book's (pure).
+    pub fn with_domains<'a>(mut self, configured: impl IntoIterator<Item = &'a str>) -> DkimStatus {
+        for domain in configured {
+            if !self.domains.iter().any(|d| d.domain == domain) {
+                self.domains.push(DkimDomainStatus {
+                    domain: domain.to_owned(),
+                    keys: Vec::new(),
+                });
+            }
+        }
+        self.domains.sort_by(|a, b| a.domain.cmp(&b.domain));
+        self
     }
 
     /// The section from the keys in book order with their next
@@ -876,6 +893,35 @@ mod tests {
         ] {
             assert_eq!(status.to_text(), want, "{what}");
         }
+    }
+
+    #[test]
+    fn a_configured_domain_without_a_key_is_listed_with_none_in_name_order() {
+        let with = |domain: &str| DkimDomainStatus {
+            domain: domain.to_owned(),
+            keys: vec![DkimKeyStatus {
+                selector: "r1".to_owned(),
+                record_name: format!("r1._domainkey.{domain}"),
+                algorithm: "rsa-2048",
+                state: "active".to_owned(),
+                events: Vec::new(),
+                next: None,
+            }],
+        };
+        let status = DkimStatus {
+            domains: vec![with("b.test"), with("d.test")],
+            problem: None,
+        }
+        .with_domains(["d.test", "c.test", "a.test", "b.test"]);
+        let got: Vec<(&str, usize)> = status
+            .domains
+            .iter()
+            .map(|d| (d.domain.as_str(), d.keys.len()))
+            .collect();
+        assert_eq!(
+            got,
+            [("a.test", 0), ("b.test", 1), ("c.test", 0), ("d.test", 1)]
+        );
     }
 
     #[test]
