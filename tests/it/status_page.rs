@@ -501,6 +501,20 @@ fn assert_dkim_shows(dom: &Dom, keys: &[BookKey]) {
     let mut selectors: Vec<&str> = keys.iter().map(|k| k.selector.as_str()).collect();
     selectors.sort();
     assert_eq!(bars, selectors, "one timeline row per key");
+    // Each row has hover text (an SVG <title>) naming its key.
+    for g in svgs[0]
+        .descendants()
+        .into_iter()
+        .filter(|e| e.name() == "g" && e.attr("data-selector").is_some())
+    {
+        let selector = g.attr("data-selector").unwrap_or_default();
+        assert!(
+            g.descendants()
+                .iter()
+                .any(|t| t.name() == "title" && t.text().contains(selector)),
+            "the timeline row of {selector} has no hover text naming it: {g:?}"
+        );
+    }
 }
 
 /// Two targets installed by `mxkeys sync` from traefik's acme.json (one
