@@ -959,10 +959,10 @@ fn assert_same_but_for_time(a: &str, b: &str) {
             .map(|c| if c.is_ascii_digit() { '#' } else { c })
             .collect();
         [
-            "just now",
-            "# minute ago",
-            "# minutes ago",
             "## minutes ago",
+            "# minutes ago",
+            "# minute ago",
+            "just now",
         ]
         .iter()
         .fold(digits, |l, ago| l.replace(ago, "(a moment) ago"))
