@@ -54,6 +54,7 @@ mod sidecar_dkim;
 mod single_family;
 mod sources;
 mod status;
+mod status_page;
 mod sync;
 mod systemd;
 mod tls_rpt;

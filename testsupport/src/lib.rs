@@ -17,6 +17,7 @@
 pub mod adopt;
 pub mod bind;
 pub mod cf_mock;
+pub mod chromium;
 pub mod dkim_tools;
 pub mod dnssec;
 pub mod etcd;
