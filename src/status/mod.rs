@@ -593,6 +593,23 @@ pub struct InstalledCert {
     pub source: Option<String>,
 }
 
+/// Why a slot shows no certificate, naming the file when the reason is
+/// about the file (`not found` alone does not say which).
+fn installed_problem(files: &crate::config::TargetFiles, e: &install::InstalledError) -> String {
+    let file = files
+        .combined
+        .as_deref()
+        .or(files.fullchain.as_deref())
+        .or(files.cert.as_deref());
+    match (e, file) {
+        (install::InstalledError::NotFound, Some(p)) => {
+            format!("{}: not found", p.display())
+        }
+        (install::InstalledError::Read(_), Some(p)) => format!("{}: {e}", p.display()),
+        _ => e.to_string(),
+    }
+}
+
 /// Whether a process with this pid exists (signal 0 probes without sending).
 fn process_alive(pid: u32) -> bool {
     let Ok(pid) = i32::try_from(pid) else {
@@ -689,7 +706,7 @@ impl Status {
                         last_reload,
                         last_verification,
                         installed: None,
-                        problem: Some(e.to_string()),
+                        problem: Some(installed_problem(&slot.files, &e)),
                         dane_gate,
                     },
                 }

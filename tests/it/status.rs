@@ -109,6 +109,13 @@ fn status_json_installed_null() {
     }
     let junk_domains = sorted_lower(&target_json(&v, "junk")["domains"]);
     assert_eq!(junk_domains, vec!["junk.example.com"]);
+    // Why, naming the file that is not there.
+    let never = empty.fullchain.as_ref().unwrap();
+    assert_eq!(
+        target_json(&v, "never")["problem"],
+        format!("{}: not found", never.display()),
+        "{v}"
+    );
     // status writes nothing either.
     assert!(!t.fullchain.as_ref().unwrap().exists());
 }
