@@ -247,3 +247,71 @@ fn a_missing_firing_or_quiet_case_is_reported() {
         ]
     );
 }
+
+/// The `mxkeys ...` commands of an action annotation, its label templates
+/// (`{{ $labels.source }}`) filled with `VALUE`.
+fn mxkeys_commands(action: &str) -> Vec<Vec<String>> {
+    action
+        .split(';')
+        .map(str::trim)
+        .filter_map(|part| part.strip_prefix("mxkeys "))
+        .map(|args| {
+            let mut filled = String::new();
+            let mut rest = args;
+            while let Some(start) = rest.find("{{") {
+                filled.push_str(&rest[..start]);
+                filled.push_str("VALUE");
+                rest = rest[start..]
+                    .find("}}")
+                    .map_or("", |end| &rest[start + end + 2..]);
+            }
+            filled.push_str(rest);
+            filled.split_whitespace().map(str::to_owned).collect()
+        })
+        .collect()
+}
+
+/// Every `mxkeys` command an alert tells the admin to run is one the real
+/// binary accepts: its subcommands and options parse (`--help` appended,
+/// so nothing runs).
+#[test]
+fn every_mxkeys_command_an_alert_names_is_accepted_by_the_binary() {
+    require!(
+        "every_mxkeys_command_an_alert_names_is_accepted_by_the_binary",
+        PYTHON_YAML
+    );
+    let rules = yaml(&rules_file());
+    let mut checked = 0;
+    let mut problems = Vec::new();
+    for r in alert_rules(&rules) {
+        let name = r["alert"].as_str().unwrap_or("?");
+        let action = r["annotations"]["action"].as_str().unwrap_or_default();
+        for args in mxkeys_commands(action) {
+            let out = Command::new(env!("CARGO_BIN_EXE_mxkeys"))
+                .args(&args)
+                .arg("--help")
+                .output()
+                .expect("run mxkeys");
+            checked += 1;
+            if !out.status.success() {
+                problems.push(format!(
+                    "{name}: `mxkeys {}` is refused: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stderr).trim()
+                ));
+            }
+        }
+    }
+    assert!(checked >= 10, "only {checked} mxkeys commands found");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // And the check itself refuses a command that does not exist.
+    assert_eq!(
+        mxkeys_commands("mxkeys dkim frobnicate {{ $labels.domain }}; journalctl -u mxkeys"),
+        [vec!["dkim", "frobnicate", "VALUE"]]
+    );
+    let bogus = Command::new(env!("CARGO_BIN_EXE_mxkeys"))
+        .args(["dkim", "frobnicate", "VALUE", "--help"])
+        .output()
+        .expect("run mxkeys");
+    assert!(!bogus.status.success(), "a bogus command was accepted");
+}
