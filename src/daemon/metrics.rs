@@ -377,24 +377,28 @@ impl Metrics {
     /// waiting for DNS passes its timeout, the next transition, the failed
     /// passes in a row, and whether a signer reload is owed.
     pub fn set_dkim(&self, config: &crate::config::Config, ok: bool) {
-        let keys = crate::dkim::timeline(config).ok();
-        let signing = crate::dkim::signing_keys(config).ok();
+        // The book is read once for the three series drawn from it.
+        let book = config
+            .dkim
+            .as_ref()
+            .and_then(|d| Some((crate::dkim::load(config).ok()?, crate::dkim::wanted(d))));
         let timeout = crate::dkim::propagation_timeout(config)
             .map_or(0, |t| i64::try_from(t.as_secs()).unwrap_or(i64::MAX));
         let next = crate::dkim::next_due(config);
         let health = crate::dkim::health(config);
         if let Ok(mut m) = self.inner.lock() {
-            if let Some(keys) = keys {
+            if let Some((book, wanted)) = book {
                 m.dkim_keys.clear();
-                for (k, _) in &keys {
+                for k in &book.keys {
                     *m.dkim_keys
                         .entry((k.domain.clone(), k.state.to_string()))
                         .or_default() += 1;
                 }
-                m.dkim_dns_deadlines = dns_deadlines(keys.iter().map(|(k, _)| k), timeout);
-            }
-            if let Some(signing) = signing {
-                m.dkim_signing = signing;
+                m.dkim_dns_deadlines = dns_deadlines(book.keys.iter(), timeout);
+                m.dkim_signing = crate::dkim::machine::signing_keys(&book, &wanted)
+                    .into_iter()
+                    .map(|(d, f, n)| (d.to_owned(), f, n))
+                    .collect();
             }
             m.dkim_next = next;
             let failed = if ok {

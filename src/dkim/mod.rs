@@ -238,18 +238,6 @@ pub fn propagation_timeout(config: &Config) -> Option<std::time::Duration> {
     )
 }
 
-/// Per configured domain and algorithm family whose keys ever signed: how
-/// many sign now (see [`machine::signing_keys`]).
-pub fn signing_keys(config: &Config) -> Result<Vec<(String, &'static str, usize)>, DkimError> {
-    let d = dkim_table(config)?;
-    let book = load(config)?;
-    let wanted = wanted(d);
-    Ok(machine::signing_keys(&book, &wanted)
-        .into_iter()
-        .map(|(d, f, n)| (d.to_owned(), f, n))
-        .collect())
-}
-
 /// What a pass did, for printing.
 #[derive(Debug, Default)]
 pub struct Pass {
@@ -528,7 +516,7 @@ fn domains(d: &Dkim) -> Vec<String> {
 }
 
 /// The configured groups: every domain with every algorithm.
-fn wanted(d: &Dkim) -> Vec<(String, DkimAlgorithm)> {
+pub(crate) fn wanted(d: &Dkim) -> Vec<(String, DkimAlgorithm)> {
     d.domains
         .iter()
         .flat_map(|dom| {
