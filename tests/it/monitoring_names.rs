@@ -775,3 +775,73 @@ fn the_dashboards_queries_and_the_rules_evaluate_in_a_real_prometheus_scraping_t
         }
     }
 }
+
+/// The DKIM series come from the daemon's own DKIM pass: a key whose
+/// record no authoritative server answers (a socket that never replies)
+/// is counted `published`, and its DNS deadline is the time it was
+/// published plus the provider's `propagation_timeout` (2 s), read back
+/// from the key book; no family has signed yet, so no signing series.
+#[test]
+fn a_key_waiting_for_dns_shows_its_deadline_in_the_daemons_metrics() {
+    let ca = Ca::new("monitoring-dkim");
+    let leaf = ca.issue(&LeafSpec::new(&[HOST]));
+    let env = Env::new();
+    let metrics_port = free_port();
+    let dns_port = free_port();
+    let _dns = std::net::UdpSocket::bind(("127.0.0.1", dns_port)).unwrap();
+    let top = format!(
+        "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n\
+         [dns.paste]\ntype = \"manual\"\nzone = \"example.com\"\n\
+         nameservers = [\"127.0.0.1:{dns_port}\"]\n\
+         propagation_interval = \"1s\"\npropagation_timeout = \"2s\"\n\
+         [dkim]\ndomains = [\"example.com\"]\nkey_dir = {keys}\ndns = \"paste\"\n\
+         signer = \"opendkim\"\nsigner_dir = {signer}\n",
+        keys = qp(&env.path("dkim-keys")),
+        signer = qp(&env.path("signer")),
+    );
+    let mail = Target::new(&env, "mail");
+    env.write_config_with(&top, &[files_source(&env.path("src"), &leaf)], &[&mail]);
+    let d = env.daemon(&[]);
+    let body = wait_for(
+        "/metrics to show the published key's DNS deadline",
+        || {
+            let (code, body) = http_get(metrics_port, "/metrics")?;
+            (code == 200
+                && body
+                    .lines()
+                    .any(|l| l.starts_with("mxkeys_dkim_key_dns_deadline_timestamp_seconds{")))
+            .then_some(body)
+        },
+        || d.describe(),
+    );
+    let book: Value = serde_json::from_str(
+        &std::fs::read_to_string(env.state.join("dkim/state.json")).expect("the key book"),
+    )
+    .unwrap();
+    let key = &book["keys"][0];
+    let selector = key["selector"].as_str().expect("a selector");
+    let since = key["since"].as_i64().expect("since");
+    assert_eq!(key["state"], "published", "{book}");
+    assert_eq!(
+        metric(
+            &body,
+            &format!(
+                "mxkeys_dkim_key_dns_deadline_timestamp_seconds{{domain=\"example.com\",selector=\"{selector}\"}}"
+            )
+        ),
+        Some((since + 2) as f64),
+        "{body}"
+    );
+    assert_eq!(
+        metric(
+            &body,
+            "mxkeys_dkim_keys{domain=\"example.com\",state=\"published\"}"
+        ),
+        Some(1.0),
+        "{body}"
+    );
+    assert!(
+        !body.contains("\nmxkeys_dkim_signing_keys{"),
+        "no family ever signed:\n{body}"
+    );
+}
