@@ -99,8 +99,17 @@ pub enum DnsTestError {
     },
 }
 
-/// Any configured provider.
-pub enum Provider {
+/// Any configured provider, with the delegation its table asks for: under
+/// `delegate_to = "ZONE"` every name is mapped to
+/// [`crate::delegation::target`] before the backend sees it, so callers
+/// always speak of the user's names.
+pub struct Provider {
+    backend: Backend,
+    delegate_to: Option<String>,
+}
+
+/// The provider proper: who writes the records.
+pub enum Backend {
     Cloudflare(Cloudflare),
     Rfc2136(Rfc2136),
     Exec(Exec),
@@ -112,6 +121,40 @@ impl Provider {
     /// Errors name the table and where the secret was looked for, never
     /// the secret.
     pub fn build(cfg: &DnsProvider) -> Result<Provider, BuildError> {
+        Ok(Provider {
+            backend: Backend::build(cfg)?,
+            delegate_to: cfg.delegate_to.clone(),
+        })
+    }
+
+    /// `dns = "manual"` without a `[dns.manual]` table: print what to set.
+    pub fn manual() -> Provider {
+        Provider {
+            backend: Backend::Manual(Manual::default()),
+            delegate_to: None,
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    /// The zone names are delegated to (`delegate_to`), if any.
+    pub fn delegate_to(&self) -> Option<&str> {
+        self.delegate_to.as_deref()
+    }
+
+    /// Where the backend writes the records of the user's `name`.
+    fn at(&self, name: &str) -> Result<String, Error> {
+        match &self.delegate_to {
+            Some(zone) => crate::delegation::target(name, zone),
+            None => Ok(name.to_owned()),
+        }
+    }
+}
+
+impl Backend {
+    fn build(cfg: &DnsProvider) -> Result<Backend, BuildError> {
         let err = |problem| BuildError {
             table: cfg.name.clone(),
             problem,
@@ -121,7 +164,7 @@ impl Provider {
                 let token = api_token
                     .read()
                     .map_err(|e| err(BuildProblem::ApiToken(e)))?;
-                Provider::Cloudflare(
+                Backend::Cloudflare(
                     Cloudflare::new(CloudflareConfig {
                         api_token: token.to_string(),
                         api_url: api_url.clone(),
@@ -145,7 +188,7 @@ impl Provider {
                         problem,
                     })
                 })?;
-                Provider::Rfc2136(
+                Backend::Rfc2136(
                     Rfc2136::new(Rfc2136Config {
                         server: *server,
                         zone: cfg.zone.clone(),
@@ -158,66 +201,88 @@ impl Provider {
                     .map_err(|e| err(BuildProblem::Provider(e)))?,
                 )
             }
-            DnsKind::Exec { command } => Provider::Exec(
+            DnsKind::Exec { command } => Backend::Exec(
                 Exec::new(command.clone()).map_err(|e| err(BuildProblem::Provider(e)))?,
             ),
-            DnsKind::Manual => Provider::Manual(Manual::default()),
+            DnsKind::Manual => Backend::Manual(Manual::default()),
         })
     }
 
-    pub fn kind(&self) -> &'static str {
+    fn kind(&self) -> &'static str {
         match self {
-            Provider::Cloudflare(_) => "cloudflare",
-            Provider::Rfc2136(_) => "rfc2136",
-            Provider::Exec(_) => "exec",
-            Provider::Manual(_) => "manual",
+            Backend::Cloudflare(_) => "cloudflare",
+            Backend::Rfc2136(_) => "rfc2136",
+            Backend::Exec(_) => "exec",
+            Backend::Manual(_) => "manual",
         }
     }
 }
 
 impl RecordStore for Provider {
     async fn read(&self, name: &str, rtype: RecordType) -> Result<Vec<RData>, Error> {
+        self.backend.read(&self.at(name)?, rtype).await
+    }
+
+    async fn replace(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
+        self.backend.replace(&self.at(name)?, ttl, values).await
+    }
+
+    async fn remove(&self, name: &str, rtype: RecordType) -> Result<Change, Error> {
+        self.backend.remove(&self.at(name)?, rtype).await
+    }
+
+    async fn add(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
+        self.backend.add(&self.at(name)?, ttl, values).await
+    }
+
+    async fn remove_values(&self, name: &str, values: &[RData]) -> Result<Change, Error> {
+        self.backend.remove_values(&self.at(name)?, values).await
+    }
+}
+
+impl RecordStore for Backend {
+    async fn read(&self, name: &str, rtype: RecordType) -> Result<Vec<RData>, Error> {
         match self {
-            Provider::Cloudflare(p) => p.read(name, rtype).await,
-            Provider::Rfc2136(p) => p.read(name, rtype).await,
-            Provider::Exec(p) => p.read(name, rtype).await,
-            Provider::Manual(p) => p.read(name, rtype).await,
+            Backend::Cloudflare(p) => p.read(name, rtype).await,
+            Backend::Rfc2136(p) => p.read(name, rtype).await,
+            Backend::Exec(p) => p.read(name, rtype).await,
+            Backend::Manual(p) => p.read(name, rtype).await,
         }
     }
 
     async fn replace(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
         match self {
-            Provider::Cloudflare(p) => p.replace(name, ttl, values).await,
-            Provider::Rfc2136(p) => p.replace(name, ttl, values).await,
-            Provider::Exec(p) => p.replace(name, ttl, values).await,
-            Provider::Manual(p) => p.replace(name, ttl, values).await,
+            Backend::Cloudflare(p) => p.replace(name, ttl, values).await,
+            Backend::Rfc2136(p) => p.replace(name, ttl, values).await,
+            Backend::Exec(p) => p.replace(name, ttl, values).await,
+            Backend::Manual(p) => p.replace(name, ttl, values).await,
         }
     }
 
     async fn remove(&self, name: &str, rtype: RecordType) -> Result<Change, Error> {
         match self {
-            Provider::Cloudflare(p) => p.remove(name, rtype).await,
-            Provider::Rfc2136(p) => p.remove(name, rtype).await,
-            Provider::Exec(p) => p.remove(name, rtype).await,
-            Provider::Manual(p) => p.remove(name, rtype).await,
+            Backend::Cloudflare(p) => p.remove(name, rtype).await,
+            Backend::Rfc2136(p) => p.remove(name, rtype).await,
+            Backend::Exec(p) => p.remove(name, rtype).await,
+            Backend::Manual(p) => p.remove(name, rtype).await,
         }
     }
 
     async fn add(&self, name: &str, ttl: u32, values: &[RData]) -> Result<Change, Error> {
         match self {
-            Provider::Cloudflare(p) => p.add(name, ttl, values).await,
-            Provider::Rfc2136(p) => p.add(name, ttl, values).await,
-            Provider::Exec(p) => p.add(name, ttl, values).await,
-            Provider::Manual(p) => p.add(name, ttl, values).await,
+            Backend::Cloudflare(p) => p.add(name, ttl, values).await,
+            Backend::Rfc2136(p) => p.add(name, ttl, values).await,
+            Backend::Exec(p) => p.add(name, ttl, values).await,
+            Backend::Manual(p) => p.add(name, ttl, values).await,
         }
     }
 
     async fn remove_values(&self, name: &str, values: &[RData]) -> Result<Change, Error> {
         match self {
-            Provider::Cloudflare(p) => p.remove_values(name, values).await,
-            Provider::Rfc2136(p) => p.remove_values(name, values).await,
-            Provider::Exec(p) => p.remove_values(name, values).await,
-            Provider::Manual(p) => p.remove_values(name, values).await,
+            Backend::Cloudflare(p) => p.remove_values(name, values).await,
+            Backend::Rfc2136(p) => p.remove_values(name, values).await,
+            Backend::Exec(p) => p.remove_values(name, values).await,
+            Backend::Manual(p) => p.remove_values(name, values).await,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod config;
 pub mod daemon;
 pub mod dane;
+pub mod delegation;
 pub mod dkim;
 pub mod dns;
 pub mod docs;

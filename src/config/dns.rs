@@ -22,6 +22,10 @@ pub struct DnsProvider {
     pub kind: DnsKind,
     /// The zone to write in; found from the record name when absent.
     pub zone: Option<String>,
+    /// Delegation by CNAME (`crate::delegation`): every record mxkeys
+    /// publishes at a user's name `N` is written at `N.ZONE` instead, and a
+    /// one-time CNAME `N -> N.ZONE` in the user's zone must point there.
+    pub delegate_to: Option<String>,
     /// The authoritative servers of `zone` (of every name when `zone` is
     /// not set), asked instead of the NS set found through DNS.
     pub nameservers: Option<Vec<SocketAddr>>,
@@ -72,6 +76,7 @@ pub(super) fn providers(
 /// The keys every kind of provider has.
 struct Common {
     zone: Option<String>,
+    delegate_to: Option<String>,
     nameservers: Option<Vec<String>>,
     resolver: Option<String>,
     interval: Option<Duration>,
@@ -94,6 +99,7 @@ fn provider(name: &str, raw: RawDns, ctx: &Context) -> Result<DnsProvider, Confi
         RawDns::Rfc2136 {
             server,
             zone,
+            delegate_to,
             tsig_name,
             tsig_algorithm,
             tsig_secret_file,
@@ -117,6 +123,7 @@ fn provider(name: &str, raw: RawDns, ctx: &Context) -> Result<DnsProvider, Confi
             };
             let common = Common {
                 zone,
+                delegate_to,
                 nameservers,
                 resolver,
                 interval: propagation_interval,
@@ -129,6 +136,7 @@ fn provider(name: &str, raw: RawDns, ctx: &Context) -> Result<DnsProvider, Confi
             api_token_env,
             api_url,
             zone,
+            delegate_to,
             nameservers,
             resolver,
             propagation_interval,
@@ -140,6 +148,7 @@ fn provider(name: &str, raw: RawDns, ctx: &Context) -> Result<DnsProvider, Confi
             };
             let common = Common {
                 zone,
+                delegate_to,
                 nameservers,
                 resolver,
                 interval: propagation_interval,
@@ -150,6 +159,7 @@ fn provider(name: &str, raw: RawDns, ctx: &Context) -> Result<DnsProvider, Confi
         RawDns::Exec {
             command,
             zone,
+            delegate_to,
             nameservers,
             resolver,
             propagation_interval,
@@ -158,6 +168,7 @@ fn provider(name: &str, raw: RawDns, ctx: &Context) -> Result<DnsProvider, Confi
             program(&command).map_err(|e| fail(&at("command")(e)))?;
             let common = Common {
                 zone,
+                delegate_to,
                 nameservers,
                 resolver,
                 interval: propagation_interval,
@@ -167,6 +178,7 @@ fn provider(name: &str, raw: RawDns, ctx: &Context) -> Result<DnsProvider, Confi
         }
         RawDns::Manual {
             zone,
+            delegate_to,
             nameservers,
             resolver,
             propagation_interval,
@@ -174,6 +186,7 @@ fn provider(name: &str, raw: RawDns, ctx: &Context) -> Result<DnsProvider, Confi
         } => {
             let common = Common {
                 zone,
+                delegate_to,
                 nameservers,
                 resolver,
                 interval: propagation_interval,
@@ -187,6 +200,19 @@ fn provider(name: &str, raw: RawDns, ctx: &Context) -> Result<DnsProvider, Confi
         .map(|z| DnsName::parse(&z).map(|n| n.as_str().to_owned()))
         .transpose()
         .map_err(|e| fail(&at("zone")(e.into())))?;
+    let delegate_to = common
+        .delegate_to
+        .map(|z| DnsName::parse(&z).map(|n| n.as_str().to_owned()))
+        .transpose()
+        .map_err(|e| fail(&at("delegate_to")(e.into())))?;
+    if let (Some(d), Some(z)) = (&delegate_to, &zone)
+        && d != z
+        && !d.ends_with(&format!(".{z}"))
+    {
+        return Err(fail(&format_args!(
+            "key `delegate_to`: {d:?} is not in `zone` {z:?}, the zone this provider writes"
+        )));
+    }
     let nameservers = common
         .nameservers
         .map(|l| l.iter().map(|s| parse_server(s)).collect())
@@ -201,6 +227,7 @@ fn provider(name: &str, raw: RawDns, ctx: &Context) -> Result<DnsProvider, Confi
         name: name.to_owned(),
         kind,
         zone,
+        delegate_to,
         nameservers,
         resolver,
         propagation_interval: common.interval.unwrap_or(DEFAULT_PROPAGATION_INTERVAL),

@@ -209,6 +209,7 @@ pub(super) enum RawDns {
     Rfc2136 {
         server: String,
         zone: Option<String>,
+        delegate_to: Option<String>,
         tsig_name: String,
         tsig_algorithm: Option<String>,
         tsig_secret_file: Option<PathBuf>,
@@ -225,6 +226,7 @@ pub(super) enum RawDns {
         api_token_env: Option<String>,
         api_url: Option<String>,
         zone: Option<String>,
+        delegate_to: Option<String>,
         nameservers: Option<Vec<String>>,
         resolver: Option<String>,
         #[serde(default, with = "humantime_serde")]
@@ -235,6 +237,7 @@ pub(super) enum RawDns {
     Exec {
         command: Vec<String>,
         zone: Option<String>,
+        delegate_to: Option<String>,
         nameservers: Option<Vec<String>>,
         resolver: Option<String>,
         #[serde(default, with = "humantime_serde")]
@@ -244,6 +247,7 @@ pub(super) enum RawDns {
     },
     Manual {
         zone: Option<String>,
+        delegate_to: Option<String>,
         nameservers: Option<Vec<String>>,
         resolver: Option<String>,
         #[serde(default, with = "humantime_serde")]

@@ -219,10 +219,7 @@ fn begin<'c>(
 fn dns(config: &Config, d: &Dkim) -> Result<(Provider, Propagation), DkimError> {
     match config.dns.get(&d.dns) {
         Some(cfg) => Ok((Provider::build(cfg)?, crate::dns::propagation(cfg))),
-        None => Ok((
-            Provider::Manual(mxkeys_providers::manual::Manual::default()),
-            Propagation::default(),
-        )),
+        None => Ok((Provider::manual(), Propagation::default())),
     }
 }
 
