@@ -450,11 +450,13 @@ pub async fn test(
     name: Option<&str>,
     out: &mut impl Write,
 ) -> Result<(), DnsTestError> {
-    let provider = Provider::build(cfg)?;
-    let name = match (name, &cfg.zone) {
-        (Some(n), _) => mxkeys_providers::canonical_name(n),
-        (None, Some(zone)) => format!("_mxkeys-probe.{zone}"),
-        (None, None) => {
+    // The probe tests where the backend writes: under `delegate_to` that is
+    // the delegated zone, so the name is never mapped (no CNAME leads to it).
+    let provider = Provider::build(cfg)?.backend;
+    let name = match (name, &cfg.delegate_to, &cfg.zone) {
+        (Some(n), _, _) => mxkeys_providers::canonical_name(n),
+        (None, Some(zone), _) | (None, None, Some(zone)) => format!("_mxkeys-probe.{zone}"),
+        (None, None, None) => {
             return Err(DnsTestError::NoZone(cfg.name.clone()));
         }
     };

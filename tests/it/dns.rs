@@ -88,6 +88,29 @@ fn dns_test_through_rfc2136_writes_waits_and_removes() {
     assert!(text(&out).0.contains("probe2.example.test"));
 }
 
+/// A delegating provider writes only its delegated zone: its probe goes
+/// there, as it is (no CNAME leads to a probe name).
+#[test]
+fn dns_test_of_a_delegating_provider_probes_the_delegated_zone() {
+    let Some(bind) = Bind::start() else { return };
+    let table = format!(
+        "[dns.d]\ntype = \"rfc2136\"\nserver = \"{0}\"\ndelegate_to = \"delegated.test\"\ntsig_name = \"{KEY_NAME}\"\ntsig_secret_file = \"tsig.key\"\nnameservers = [\"{0}\"]\npropagation_interval = \"100ms\"\npropagation_timeout = \"10s\"\n",
+        bind.addr()
+    );
+    let config = write_config(&bind, &table);
+    let out = mxkeys(&config, &["dns", "test", "d"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(
+        stdout.contains("probe _mxkeys-probe.delegated.test TXT"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("delegated.test.delegated.test"),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn dns_test_with_a_wrong_secret_fails_clearly_without_the_secret() {
     let Some(bind) = Bind::start() else { return };
