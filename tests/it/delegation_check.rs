@@ -5,14 +5,18 @@
 //! or fix for an absent or wrong one; `mxkeys dns delegation` prints the
 //! CNAMEs of a delegating provider and one status line per name (ok,
 //! missing, wrong, unsigned for a TLSA name in unsigned zones), with its
-//! exit codes.
+//! exit codes; an ACME DNS-01 order through a delegating provider is not
+//! created at the CA while a challenge CNAME is missing, and with the
+//! CNAME in place the value is written once mapped (at
+//! `N.delegated.test`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use mxkeys::delegation::check::{self, DelegationError};
 use mxkeys_providers::propagation::Propagation;
-use mxkeys_testsupport::bind::Bind;
+use mxkeys_testsupport::bind::{Bind, KEY_NAME};
+use mxkeys_testsupport::fake_acme::FakeAcme;
 
 const USER_ZONE: &str = "$TTL 300
 @ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60
@@ -257,4 +261,80 @@ fn dns_delegation_exits_2_for_an_unknown_provider_or_one_without_delegate_to() {
         assert_eq!(out.status.code(), Some(2), "{stdout}\n{stderr}");
         assert!(stderr.contains(says), "{stderr}");
     }
+}
+
+/// `[acme]` at the fake CA, `[dns.deleg]` through RFC 2136 with
+/// `delegate_to = "delegated.test"`, a DNS-01 source for `names` and a
+/// target.
+fn write_acme_config(bind: &Bind, ca: &FakeAcme, names: &[&str]) -> PathBuf {
+    let dir = bind.dir();
+    let names: Vec<String> = names.iter().map(|n| format!("\"{n}\"")).collect();
+    let text = format!(
+        "state_dir = \"{state}\"\n\
+         [acme]\ndirectory = \"{url}\"\nca_bundle = \"{bundle}\"\n\
+         [dns.deleg]\ntype = \"rfc2136\"\nserver = \"{addr}\"\ntsig_name = \"{KEY_NAME}\"\ntsig_secret_file = \"{tsig}\"\n\
+         delegate_to = \"delegated.test\"\nnameservers = [\"{addr}\"]\npropagation_interval = \"100ms\"\npropagation_timeout = \"10s\"\n\
+         [[source]]\ntype = \"acme\"\nname = \"le\"\ndomains = [{names}]\nchallenge = \"dns-01\"\ndns = \"deleg\"\n\
+         [[target]]\nname = \"mx\"\ndomains = [{names}]\ncombined = \"{out}\"\n",
+        state = dir.join("state").display(),
+        url = ca.url,
+        bundle = ca.https_ca.display(),
+        addr = bind.addr(),
+        tsig = dir.join("tsig.key").display(),
+        names = names.join(", "),
+        out = dir.join("mx.pem").display(),
+    );
+    let path = dir.join("mxkeys.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn a_missing_challenge_cname_fails_the_order_before_the_ca_hears_of_it() {
+    let Some(bind) = Bind::start_split(USER_ZONE) else {
+        return;
+    };
+    let ca = FakeAcme::start(&bind.dir().join("ca"));
+    let config = write_acme_config(&bind, &ca, &["mail.example.test", "absent.example.test"]);
+    let out = mxkeys(&config, &["renew"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "_acme-challenge.absent.example.test: no CNAME on {}; create \"_acme-challenge.absent.example.test. IN CNAME _acme-challenge.absent.example.test.delegated.test.\"",
+            bind.addr()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        ca.orders().is_empty(),
+        "an order reached the CA:\n{}",
+        ca.log()
+    );
+    assert!(
+        bind.txt_values("_acme-challenge.mail.example.test.delegated.test")
+            .is_empty()
+    );
+}
+
+#[test]
+fn with_the_cname_in_place_the_challenge_is_written_once_mapped_into_the_delegated_zone() {
+    let Some(bind) = Bind::start_split(USER_ZONE) else {
+        return;
+    };
+    let ca = FakeAcme::start(&bind.dir().join("ca"));
+    let config = write_acme_config(&bind, &ca, &["mail.example.test"]);
+    let serial = bind.serial("delegated.test");
+    let out = mxkeys(&config, &["renew"]);
+    let (stdout, stderr) = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert_eq!(ca.issued().len(), 1, "{}", ca.log());
+    // Written (and removed again) in the delegated zone; never at the end
+    // of the chain mapped a second time.
+    assert!(bind.serial("delegated.test") > serial);
+    let logged = std::fs::read_to_string(bind.dir().join("named.log")).unwrap_or_default();
+    assert!(
+        !logged.contains("delegated.test.delegated.test"),
+        "a name was mapped twice:\n{logged}"
+    );
 }
