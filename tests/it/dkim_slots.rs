@@ -135,3 +135,48 @@ fn without_the_cname_the_pass_names_it_and_publishes_nothing() {
         assert!(!key_table(&work).contains("mx1r"), "{}", key_table(&work));
     }
 }
+
+#[test]
+fn forced_rotations_alternate_slots_and_wait_while_both_are_held() {
+    let zone = user_zone(&format!(
+        "{NAME}. IN CNAME {TARGET}.\n{two}. IN CNAME {two}.delegated.test.\n",
+        two = "mx2r._domainkey.example.test"
+    ));
+    let Some((bind, work, config)) = setup(
+        "forced_rotations_alternate_slots_and_wait_while_both_are_held",
+        &zone,
+    ) else {
+        return;
+    };
+    let run = |args: &[&str]| {
+        let out = mx(&config, args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
+        stdout
+    };
+    run(&["dkim", "rotate"]);
+    run(&["dkim", "rotate", "--force"]);
+    let pair = |a: &str, b: &str| {
+        vec![
+            ("mx1r".to_owned(), a.to_owned()),
+            ("mx2r".to_owned(), b.to_owned()),
+        ]
+    };
+    assert_eq!(keys(&work), pair("draining", "active"));
+    assert_eq!(
+        bind.txt_values("mx2r._domainkey.example.test.delegated.test")
+            .len(),
+        1
+    );
+    // mx1r drains for 7 days and holds its slot until deleted: a third
+    // key waits, and says so.
+    let out = run(&["dkim", "rotate", "--force"]);
+    assert!(
+        out.contains(
+            "waiting: example.test: the next rsa key waits for a free slot (mx1r draining, mx2r active)"
+        ),
+        "{out}"
+    );
+    assert_eq!(keys(&work), pair("draining", "active"));
+}
