@@ -180,3 +180,37 @@ fn forced_rotations_alternate_slots_and_wait_while_both_are_held() {
     );
     assert_eq!(keys(&work), pair("draining", "active"));
 }
+
+#[test]
+fn a_slot_key_the_signer_files_name_is_not_adopted_again_by_the_next_pass() {
+    let zone = user_zone(&format!("{NAME}. IN CNAME {TARGET}.\n"));
+    let Some((_bind, work, config)) = setup(
+        "a_slot_key_the_signer_files_name_is_not_adopted_again_by_the_next_pass",
+        &zone,
+    ) else {
+        return;
+    };
+    // A first pass writes the signer's files, naming mxkeys' own mx1r,
+    // whose selector is recorded nowhere but in its key; then the files
+    // are named for adoption (as when they were the host's own).
+    let out = mx(&config, &["dkim", "rotate"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "[[dkim.adopt]]\nfrom = \"opendkim\"\npath = \"signer/KeyTable\"\ncheck = \"none\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    for pass in 0..3 {
+        let out = mx(&config, &["dkim", "rotate"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "pass {pass}: {stdout}\n{stderr}");
+        assert!(!stdout.contains("adopt"), "pass {pass}: {stdout}\n{stderr}");
+        assert_eq!(
+            keys(&work),
+            [("mx1r".to_owned(), "active".to_owned())],
+            "pass {pass}: {stdout}\n{stderr}"
+        );
+    }
+    assert!(key_table(&work).contains(NAME), "{}", key_table(&work));
+}
