@@ -12,7 +12,10 @@
 //! stays owed in the state and is retried on the next pass, 30 s later.
 //! Files mxkeys did not write are never written (see [`signer`]), and a
 //! record name that already holds a record is never published over: its
-//! selector is passed over for the next free one.
+//! selector is passed over for the next free one. Under delegation
+//! (`delegate_to`), a key is published only once the user's CNAME from its
+//! record name to the delegated target is seen on every authoritative
+//! server; until then it stays generated and the signing keys sign.
 //!
 //! Keys the host's signer already signs with (`[[dkim.adopt]]` at the start
 //! of every pass, `dkim import`) are adopted by one function, `adopt_one`:
