@@ -21,7 +21,6 @@ use mxkeys_providers::Error;
 
 use crate::config::Challenge;
 use crate::config::Config;
-use crate::dkim::machine::DkimAlgorithm;
 
 /// The longest DNS name in presentation form without the trailing dot.
 const MAX_NAME: usize = 253;
@@ -39,13 +38,6 @@ pub fn target(name: &str, zone: &str) -> Result<String, Error> {
     }
     Ok(target)
 }
-
-/// The DKIM selector template used under delegation when the configured
-/// one has no `{slot}` (the `[dkim]` default when its provider delegates).
-pub const DEFAULT_SLOT_TEMPLATE: &str = "mx{slot}{alg}";
-
-/// The DKIM selector slots a group rotates through under delegation.
-const SLOTS: u32 = 2;
 
 /// What mxkeys publishes at a delegated name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,24 +97,6 @@ impl Delegated {
     }
 }
 
-/// The selectors of a DKIM group under delegation: the template's `{slot}`
-/// 1 and 2, `{alg}` r/e, `{host}` the host id (mirrors the slots helper's
-/// `crate::dkim::machine::slot_selectors`, not yet on this branch).
-fn slot_selectors(template: &str, algorithm: DkimAlgorithm, host: Option<&str>) -> Vec<String> {
-    let template = if template.contains("{slot}") {
-        template
-    } else {
-        DEFAULT_SLOT_TEMPLATE
-    };
-    let letter = if algorithm.is_rsa() { "r" } else { "e" };
-    let base = template
-        .replace("{host}", host.unwrap_or_default())
-        .replace("{alg}", letter);
-    (1..=SLOTS)
-        .map(|n| base.replace("{slot}", &n.to_string()))
-        .collect()
-}
-
 /// Every name mxkeys publishes through the `[dns.PROVIDER]` table, with
 /// its target under the table's `delegate_to`, in this order: ACME DNS-01
 /// (`_acme-challenge.BASE`, a wildcard and its base once), DKIM
@@ -161,7 +135,9 @@ pub fn records(config: &Config, provider: &str) -> Result<Vec<Delegated>, Error>
         let host = config.host_id.as_ref().map(|h| h.as_str());
         for domain in &dkim.domains {
             for algorithm in &dkim.algorithms {
-                for selector in slot_selectors(&dkim.selector, *algorithm, host) {
+                for selector in
+                    crate::dkim::machine::slot_selectors(&dkim.selector, *algorithm, host)
+                {
                     wanted.push((
                         format!("{selector}._domainkey"),
                         domain.as_str().to_owned(),
@@ -334,21 +310,6 @@ mod tests {
         assert_eq!(records(&c, "direct").unwrap(), vec![]);
         assert_eq!(records(&c, "deleg").unwrap(), vec![]);
         assert_eq!(records(&c, "nosuch").unwrap(), vec![]);
-    }
-
-    #[test]
-    fn dkim_selectors_come_from_the_slots_of_the_template() {
-        for (template, host, want) in [
-            ("mx{slot}{alg}", None, ["mx1e", "mx2e"]),
-            ("{alg}{date}", None, ["mx1e", "mx2e"]),
-            ("k{slot}-{host}", Some("a"), ["k1-a", "k2-a"]),
-        ] {
-            assert_eq!(
-                slot_selectors(template, DkimAlgorithm::Ed25519, host),
-                want,
-                "{template}"
-            );
-        }
     }
 
     #[test]
