@@ -507,6 +507,29 @@ pub fn host_template(template: &str, host: Option<&str>) -> String {
     }
 }
 
+/// The slots a selector template with `{slot}` gives each group.
+pub const SLOTS: u32 = 2;
+
+/// Whether `template` names slots (`{slot}`): its selectors are a fixed
+/// set, reused in turn, so a delegating CNAME per selector is made once.
+pub fn is_slot_template(template: &str) -> bool {
+    template.contains("{slot}")
+}
+
+/// The selectors of a group under a slot template, slot 1 first: `{slot}`
+/// 1 and 2, `{alg}` r/e, `{host}` the host id when given. Empty for a
+/// template without `{slot}` (its selectors are never reused, so there is
+/// no fixed set).
+pub fn slot_selectors(template: &str, algorithm: DkimAlgorithm, host: Option<&str>) -> Vec<String> {
+    if !is_slot_template(template) {
+        return Vec::new();
+    }
+    let base = host_template(template, host).replace("{alg}", algorithm.letter());
+    (1..=SLOTS)
+        .map(|n| base.replace("{slot}", &n.to_string()))
+        .collect()
+}
+
 /// The selector for a new key: [`selector`] passing over those used
 /// before and those whose record name was found `occupied` in DNS (a
 /// record mxkeys did not write: another host's key, a live record after
@@ -736,6 +759,31 @@ mod tests {
         b.keys.push(k);
         let step = next_step(&b, &wanted(), &p, 2 * DAY, &forced, &BTreeSet::new());
         assert_eq!(step, Some(Step::Drain(0)));
+    }
+
+    #[test]
+    fn a_slot_template_gives_each_family_two_fixed_selectors() {
+        let ed = DkimAlgorithm::Ed25519;
+        // (template, algorithm, host, selectors)
+        let table: &[(&str, DkimAlgorithm, Option<&str>, &[&str])] = &[
+            ("mx{slot}{alg}", RSA, None, &["mx1r", "mx2r"]),
+            ("mx{slot}{alg}", ed, None, &["mx1e", "mx2e"]),
+            (
+                "mx{slot}{alg}",
+                DkimAlgorithm::Rsa3072,
+                None,
+                &["mx1r", "mx2r"],
+            ),
+            ("{host}-{alg}{slot}", RSA, Some("a"), &["a-r1", "a-r2"]),
+            ("{alg}{date}", RSA, None, &[]),
+        ];
+        for (template, algorithm, host, want) in table {
+            assert_eq!(
+                slot_selectors(template, *algorithm, *host),
+                *want,
+                "{template} {algorithm:?} {host:?}"
+            );
+        }
     }
 
     #[test]
