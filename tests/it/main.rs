@@ -27,6 +27,7 @@ mod dane_loop;
 mod dane_pass;
 mod deb;
 mod delegation;
+mod delegation_check;
 mod dkim;
 mod dkim_adopt;
 mod dkim_import_from;

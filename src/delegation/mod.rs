@@ -11,7 +11,9 @@
 //! selector slots (`{slot}`) for the same reason. A name whose target
 //! would pass 253 octets is refused, naming it.
 //!
-//! Pure.
+//! Pure; the checks that ask DNS are in [`check`].
+
+pub mod check;
 
 use mxkeys_providers::Error;
 
