@@ -162,8 +162,8 @@ pub struct Book {
     pub signer_reloaded_at: Option<i64>,
 }
 
-/// The durations of `[dkim]`, in seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The durations of `[dkim]`, in seconds, and its slot template.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
     pub rotate_every: i64,
     pub lead: i64,
@@ -173,6 +173,10 @@ pub struct Policy {
     /// published for a key it dropped (at most `drain` for a scheduled
     /// revocation).
     pub revoke_settle: i64,
+    /// The selector template when it names slots (`{slot}`, `{host}`
+    /// already replaced): a new key takes a free slot ([`free_slot`]) and
+    /// its group waits while none is.
+    pub slots: Option<String>,
 }
 
 /// One thing to do now. Indices point into [`Book::keys`].
@@ -268,7 +272,9 @@ pub fn next_step(
             Some((_, other)) if other != *algorithm => true,
             Some((at, _)) => now >= at + policy.rotate_every,
         };
-        if due || forced.contains(&(domain.clone(), *algorithm)) {
+        if (due || forced.contains(&(domain.clone(), *algorithm)))
+            && slot_free(book, domain, *algorithm, policy)
+        {
             return Some(Step::Generate {
                 domain: domain.clone(),
                 algorithm: *algorithm,
@@ -294,6 +300,22 @@ pub fn next_transition(book: &Book, k: &Key, policy: &Policy) -> Option<(i64, &'
             });
             if successor {
                 None
+            } else if !slot_free(book, &k.domain, k.algorithm, policy) {
+                // No slot is free: the successor waits for a key holding
+                // one to move on (its own transition, also in `earliest`).
+                let freed = slot_holders(book, &k.domain, k.algorithm, policy)
+                    .filter_map(|h| match h.state {
+                        KeyState::Draining => Some(revoke_at(book, h, policy)),
+                        KeyState::Revoked => Some(h.since + policy.revoke_hold),
+                        _ => None,
+                    })
+                    .min()?;
+                k.activated_at.map(|a| {
+                    (
+                        (a + policy.rotate_every).max(freed),
+                        "start a successor, once a slot is free",
+                    )
+                })
             } else {
                 k.activated_at
                     .map(|a| (a + policy.rotate_every, "start a successor"))
@@ -530,6 +552,107 @@ pub fn slot_selectors(template: &str, algorithm: DkimAlgorithm, host: Option<&st
         .collect()
 }
 
+/// The slots of the group of `domain` and `algorithm` under the policy's
+/// slot template that no key of the book holds, in whatever state
+/// (generated to revoked: a slot frees only when its key is deleted, its
+/// record gone), slot 1 first. Under a slot template the never-reuse rule
+/// of [`Book::used_selectors`] does not apply: the user's CNAME for each
+/// slot is fixed, and a slot's last key was revoked `revoke_hold` before
+/// its record was deleted, so mail it signed is long verified. Empty
+/// without a slot template.
+pub fn free_slots(
+    book: &Book,
+    domain: &str,
+    algorithm: DkimAlgorithm,
+    policy: &Policy,
+) -> Vec<String> {
+    let Some(template) = &policy.slots else {
+        return Vec::new();
+    };
+    slot_selectors(template, algorithm, None)
+        .into_iter()
+        .filter(|s| {
+            !book
+                .keys
+                .iter()
+                .any(|k| k.domain == domain && &k.selector == s)
+        })
+        .collect()
+}
+
+/// The first of [`free_slots`], if any.
+pub fn free_slot(
+    book: &Book,
+    domain: &str,
+    algorithm: DkimAlgorithm,
+    policy: &Policy,
+) -> Option<String> {
+    free_slots(book, domain, algorithm, policy)
+        .into_iter()
+        .next()
+}
+
+/// Whether a new key of the group can be made: always without a slot
+/// template, else when a slot is free.
+fn slot_free(book: &Book, domain: &str, algorithm: DkimAlgorithm, policy: &Policy) -> bool {
+    policy.slots.is_none() || free_slot(book, domain, algorithm, policy).is_some()
+}
+
+/// The keys of the book holding a slot of the group.
+fn slot_holders<'b>(
+    book: &'b Book,
+    domain: &str,
+    algorithm: DkimAlgorithm,
+    policy: &Policy,
+) -> impl Iterator<Item = &'b Key> {
+    let slots = policy
+        .slots
+        .as_deref()
+        .map(|t| slot_selectors(t, algorithm, None))
+        .unwrap_or_default();
+    book.keys
+        .iter()
+        .filter(move |k| k.domain == domain && slots.contains(&k.selector))
+}
+
+/// Why the group of `domain` and `algorithm` waits for a slot, when its
+/// rotation is due (or `forced`) and no slot is free: one line naming each
+/// slot and the state of the key holding it. `None` when it does not wait.
+pub fn slot_wait(
+    book: &Book,
+    domain: &str,
+    algorithm: DkimAlgorithm,
+    policy: &Policy,
+    now: i64,
+    forced: bool,
+) -> Option<String> {
+    if slot_free(book, domain, algorithm, policy) {
+        return None;
+    }
+    let newest = book
+        .keys
+        .iter()
+        .filter(|k| in_group(k, domain, algorithm) && k.state == KeyState::Active)
+        .filter_map(|k| k.activated_at)
+        .max();
+    let due = newest.is_none_or(|a| now >= a + policy.rotate_every);
+    let pending = book.keys.iter().any(|k| {
+        in_group(k, domain, algorithm)
+            && matches!(k.state, KeyState::Generated | KeyState::Published)
+    });
+    if pending || !(due || forced) {
+        return None;
+    }
+    let held: Vec<String> = slot_holders(book, domain, algorithm, policy)
+        .map(|k| format!("{} {}", k.selector, k.state))
+        .collect();
+    Some(format!(
+        "{domain}: the next {} key waits for a free slot ({}): a slot frees when its key is deleted, revoke_hold after p=",
+        algorithm.family(),
+        held.join(", ")
+    ))
+}
+
 /// The selector for a new key: [`selector`] passing over those used
 /// before and those whose record name was found `occupied` in DNS (a
 /// record mxkeys did not write: another host's key, a live record after
@@ -566,6 +689,7 @@ mod tests {
             drain: 7 * DAY,
             revoke_hold: 30 * DAY,
             revoke_settle: 5,
+            slots: None,
         }
     }
 
@@ -576,17 +700,35 @@ mod tests {
     /// Performs steps like the executor, with every verification passing
     /// when `dns_ok`, and returns the steps taken.
     fn pass(book: &mut Book, now: i64, dns_ok: bool) -> Vec<Step> {
+        pass_with(book, &wanted(), &policy(), now, dns_ok, &BTreeSet::new())
+    }
+
+    /// [`pass`] with its own groups, policy and forced groups; under a
+    /// slot template a new key takes the first free slot.
+    fn pass_with(
+        book: &mut Book,
+        wanted: &[(String, DkimAlgorithm)],
+        policy: &Policy,
+        now: i64,
+        dns_ok: bool,
+        forced: &BTreeSet<(String, DkimAlgorithm)>,
+    ) -> Vec<Step> {
         let mut taken = Vec::new();
         let mut waiting = BTreeSet::new();
-        while let Some(step) =
-            next_step(book, &wanted(), &policy(), now, &BTreeSet::new(), &waiting)
-        {
+        let mut forced = forced.clone();
+        while let Some(step) = next_step(book, wanted, policy, now, &forced, &waiting) {
             taken.push(step.clone());
             match step {
                 Step::Generate { domain, algorithm } => {
-                    let used = book.used_selectors.entry(domain.clone()).or_default();
-                    let sel = selector("{alg}{date}", algorithm, &now.to_string(), used);
-                    used.insert(sel.clone());
+                    forced.remove(&(domain.clone(), algorithm));
+                    let sel = if policy.slots.is_some() {
+                        free_slot(book, &domain, algorithm, policy).expect("a free slot")
+                    } else {
+                        let used = book.used_selectors.entry(domain.clone()).or_default();
+                        let sel = selector("{alg}{date}", algorithm, &now.to_string(), used);
+                        used.insert(sel.clone());
+                        sel
+                    };
                     book.keys.push(Key {
                         domain,
                         algorithm,
@@ -784,6 +926,153 @@ mod tests {
                 "{template} {algorithm:?} {host:?}"
             );
         }
+    }
+
+    fn slot_policy() -> Policy {
+        Policy {
+            slots: Some("mx{slot}{alg}".into()),
+            ..policy()
+        }
+    }
+
+    /// Runs passes at every moment the machine says it is due (the
+    /// daemon's wake-ups) until `until`, with `forced` groups forced in
+    /// every pass, and returns each key's (selector, activation time) in
+    /// order of activation.
+    fn run_until(
+        b: &mut Book,
+        wanted: &[(String, DkimAlgorithm)],
+        p: &Policy,
+        until: i64,
+        forced: &BTreeSet<(String, DkimAlgorithm)>,
+    ) -> Vec<(String, i64)> {
+        let mut activated = Vec::new();
+        let mut now = 0;
+        while now <= until {
+            for step in pass_with(b, wanted, p, now, true, forced) {
+                if let Step::Activate(i) = step {
+                    activated.push((b.keys[i].selector.clone(), now));
+                }
+            }
+            let next = next_due(b, wanted, p, now).expect("a next transition");
+            assert!(next > now, "busy loop at {now}: {:?}", b.keys);
+            now = next;
+        }
+        activated
+    }
+
+    #[test]
+    fn three_rotations_alternate_between_the_two_slots() {
+        let mut b = Book::default();
+        let activated = run_until(
+            &mut b,
+            &wanted(),
+            &slot_policy(),
+            300 * DAY,
+            &BTreeSet::new(),
+        );
+        // Each successor is made when due (90 days after its predecessor
+        // signed) and signs after the 2-day lead: no wait for a slot.
+        assert_eq!(
+            activated,
+            [
+                ("mx1r".to_owned(), 2 * DAY),
+                ("mx2r".to_owned(), 94 * DAY),
+                ("mx1r".to_owned(), 186 * DAY),
+                ("mx2r".to_owned(), 278 * DAY),
+            ]
+        );
+        assert!(b.used_selectors.is_empty(), "{:?}", b.used_selectors);
+    }
+
+    #[test]
+    fn a_forced_rotation_while_the_other_slot_is_still_held_waits_until_that_key_is_deleted() {
+        let mut b = Book::default();
+        let p = slot_policy();
+        let forced: BTreeSet<_> = [("example.com".to_owned(), RSA)].into();
+        run_until(&mut b, &wanted(), &p, 94 * DAY, &BTreeSet::new());
+        assert_eq!(states(&b), [KeyState::Draining, KeyState::Active]);
+        // (day, states after a forced pass) while mx1r drains, is revoked,
+        // and is held until deleted on day 131 (revoked day 101 + 30).
+        for (day, want) in [
+            (95, [KeyState::Draining, KeyState::Active]),
+            (101, [KeyState::Revoked, KeyState::Active]),
+            (130, [KeyState::Revoked, KeyState::Active]),
+        ] {
+            let steps = pass_with(&mut b, &wanted(), &p, day * DAY, true, &forced);
+            assert!(
+                !steps.iter().any(|s| matches!(s, Step::Generate { .. })),
+                "day {day}: {steps:?}"
+            );
+            assert_eq!(states(&b), want, "day {day}");
+            let why = slot_wait(&b, "example.com", RSA, &p, day * DAY, true).expect("waits");
+            assert!(why.contains("mx1r") && why.contains("mx2r active"), "{why}");
+            // The next wake-up is the holder's own transition, not now.
+            let due = next_due(&b, &wanted(), &p, day * DAY).unwrap();
+            assert!(due > day * DAY, "day {day}: due {due}");
+            assert_eq!(
+                next_transition(&b, &b.keys[1], &p),
+                Some((184 * DAY, "start a successor, once a slot is free"))
+            );
+        }
+        // Day 131: mx1r is deleted and the forced successor takes its slot.
+        let steps = pass_with(&mut b, &wanted(), &p, 131 * DAY, true, &forced);
+        assert!(matches!(steps[0], Step::Delete(0)), "{steps:?}");
+        assert_eq!(states(&b), [KeyState::Active, KeyState::Published]);
+        assert_eq!(b.keys[1].selector, "mx1r");
+        assert_eq!(slot_wait(&b, "example.com", RSA, &p, 131 * DAY, true), None);
+    }
+
+    #[test]
+    fn rsa_and_ed25519_keys_rotate_through_their_own_slots() {
+        let ed = DkimAlgorithm::Ed25519;
+        let wanted = vec![
+            ("example.com".to_owned(), RSA),
+            ("example.com".to_owned(), ed),
+        ];
+        let mut b = Book::default();
+        let activated = run_until(&mut b, &wanted, &slot_policy(), 100 * DAY, &BTreeSet::new());
+        let names: Vec<&str> = activated.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(names, ["mx1r", "mx1e", "mx2r", "mx2e"]);
+    }
+
+    #[test]
+    fn slots_are_free_when_due_exactly_when_rotate_every_covers_drain_and_revoke_hold() {
+        // The slot a key leaves frees `drain` + `revoke_hold` after its
+        // successor signs (that is when it drains), and the successor's
+        // own rotation is due `rotate_every` after it signs: so the
+        // configuration asks rotate_every > drain + revoke_hold +
+        // revoke_settle. Just long enough: every rotation on time.
+        let p = slot_policy();
+        let tight = Policy {
+            rotate_every: p.drain + p.revoke_hold + p.revoke_settle + 1,
+            ..p.clone()
+        };
+        let r = tight.rotate_every;
+        let mut b = Book::default();
+        let activated = run_until(&mut b, &wanted(), &tight, 5 * r, &BTreeSet::new());
+        for pair in activated.windows(2) {
+            assert_eq!(pair[1].1 - pair[0].1, r + p.lead, "{activated:?}");
+        }
+        assert!(activated.len() >= 5, "{activated:?}");
+        // A day shorter than drain + revoke_hold: the third key waits for
+        // its slot, past its due date.
+        let short = Policy {
+            rotate_every: p.drain + p.revoke_hold - DAY,
+            ..p
+        };
+        let mut b = Book::default();
+        let activated = run_until(
+            &mut b,
+            &wanted(),
+            &short,
+            3 * short.rotate_every,
+            &BTreeSet::new(),
+        );
+        assert!(
+            activated[2].1 - activated[1].1 > short.rotate_every + short.lead,
+            "{activated:?}"
+        );
     }
 
     #[test]
@@ -1414,13 +1703,18 @@ mod tests {
                 prop_oneof![Just(0), Just(2 * DAY)],
                 prop_oneof![Just(0), Just(7 * DAY)],
                 prop_oneof![Just(0), Just(30 * DAY)],
+                // A rotation shorter than drain + revoke_hold makes a
+                // slot template wait for a free slot.
+                prop_oneof![Just(90 * DAY), Just(20 * DAY)],
+                prop_oneof![Just(None), Just(Some("mx{slot}{alg}".to_owned()))],
             )
-                .prop_map(|(lead, drain, revoke_hold)| Policy {
-                    rotate_every: 90 * DAY,
+                .prop_map(|(lead, drain, revoke_hold, rotate_every, slots)| Policy {
+                    rotate_every,
                     lead,
                     drain,
                     revoke_hold,
                     revoke_settle: 0,
+                    slots,
                 })
         }
 
@@ -1471,6 +1765,15 @@ mod tests {
             }
 
             fn check(&mut self, when: &str) {
+                // A selector (a slot) is held by one key at a time.
+                let held: BTreeSet<&str> =
+                    self.book.keys.iter().map(|k| k.selector.as_str()).collect();
+                assert_eq!(
+                    held.len(),
+                    self.book.keys.len(),
+                    "{when}: a selector held twice: {:?}",
+                    self.book.keys
+                );
                 // (family, state) of the key a selector names.
                 let family_of = |sel: &String| {
                     self.book
@@ -1570,12 +1873,13 @@ mod tests {
                         Step::Generate { domain, algorithm } => {
                             forced.remove(&(domain.clone(), algorithm));
                             self.serial += 1;
-                            let mut k = key(
-                                &format!("s{}", self.serial),
-                                algorithm,
-                                KeyState::Generated,
-                                false,
-                            );
+                            let sel = match &self.policy.slots {
+                                // next_step generates only into a free slot.
+                                Some(_) => free_slot(&self.book, &domain, algorithm, &self.policy)
+                                    .expect("a free slot"),
+                                None => format!("s{}", self.serial),
+                            };
+                            let mut k = key(&sel, algorithm, KeyState::Generated, false);
                             k.since = now;
                             k.created_at = now;
                             self.book.keys.push(k);

@@ -165,13 +165,16 @@ fn secs(d: Duration) -> i64 {
     i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 4)
 }
 
-fn policy(d: &Dkim) -> Policy {
+fn policy(config: &Config, d: &Dkim) -> Policy {
+    let host = config.host_id.as_ref().map(|h| h.as_str());
     Policy {
         rotate_every: secs(d.rotate_every),
         lead: secs(d.lead),
         drain: secs(d.drain),
         revoke_hold: secs(d.revoke_hold),
         revoke_settle: secs(d.revoke_settle),
+        slots: machine::is_slot_template(&d.selector)
+            .then(|| machine::host_template(&d.selector, host)),
     }
 }
 
@@ -273,7 +276,7 @@ pub(crate) async fn rotate_local(
 ) -> Result<Pass, DkimError> {
     let (d, _lock, mut book) = begin(config, only)?;
     let (provider, propagation) = dns(config, d)?;
-    let policy = policy(d);
+    let policy = policy(config, d);
     let wanted = wanted(d);
     let forced: BTreeSet<(String, DkimAlgorithm)> = if force {
         wanted
@@ -987,7 +990,7 @@ pub type Scheduled = (Key, Option<(i64, &'static str)>);
 pub fn timeline(config: &Config) -> Result<Vec<Scheduled>, DkimError> {
     let d = dkim_table(config)?;
     let book = load(config)?;
-    let policy = policy(d);
+    let policy = policy(config, d);
     let mut keys: Vec<&Key> = book.keys.iter().collect();
     keys.sort_by(|a, b| (&a.domain, a.created_at).cmp(&(&b.domain, b.created_at)));
     Ok(keys
@@ -1019,7 +1022,7 @@ pub fn next_due(config: &Config) -> Option<i64> {
     let d = config.dkim.as_ref()?;
     let book = load(config).ok()?;
     let now = crate::now();
-    let due = machine::next_due(&book, &wanted(d), &policy(d), now);
+    let due = machine::next_due(&book, &wanted(d), &policy(config, d), now);
     // Shared: a follower learns of the leader's changes only by looking.
     if d.shared {
         return Some(due.unwrap_or(i64::MAX).min(now + SHARED_POLL));
