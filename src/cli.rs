@@ -132,6 +132,18 @@ enum DnsCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Print the CNAMEs a delegating provider (`delegate_to`) needs in the
+    /// user's zones, as zone-file lines, then check each on every
+    /// authoritative server: ok, missing, wrong, or unsigned (a TLSA name
+    /// needs both zones DNSSEC-signed). Exit 1 unless all are ok, 2 for an
+    /// unknown provider or one without delegate_to.
+    Delegation {
+        /// Only this `[dns.NAME]` provider (default: every delegating one).
+        provider: Option<String>,
+        /// Only print the CNAMEs; ask no DNS server.
+        #[arg(long)]
+        no_check: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -403,6 +415,9 @@ pub fn main() -> ExitCode {
         Command::Dns {
             command: DnsCommand::Test { provider, name },
         } => dns_test(&config, &provider, name.as_deref()),
+        Command::Dns {
+            command: DnsCommand::Delegation { provider, no_check },
+        } => dns_delegation(&config, provider.as_deref(), no_check),
         Command::Dkim { command } => dkim(&config, command),
         Command::Dane {
             command: DaneCommand::Status,
@@ -864,6 +879,78 @@ fn dns_test(config: &config::Config, provider: &str, name: Option<&str>) -> Exit
             tracing::error!("dns test {provider}: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `mxkeys dns delegation [PROVIDER] [--no-check]`: the CNAMEs of each
+/// delegating provider (or PROVIDER), then one status line per name.
+fn dns_delegation(config: &config::Config, provider: Option<&str>, no_check: bool) -> ExitCode {
+    let chosen: Vec<(&String, &config::DnsProvider)> = match provider {
+        Some(name) => match config.dns.get_key_value(name) {
+            Some((n, cfg)) if cfg.delegate_to.is_some() => vec![(n, cfg)],
+            Some(_) => {
+                tracing::error!(
+                    "configuration {}: [dns.{name}] has no delegate_to",
+                    config.path.display()
+                );
+                return ExitCode::from(2);
+            }
+            None => {
+                tracing::error!("configuration {}: no [dns.{name}]", config.path.display());
+                return ExitCode::from(2);
+            }
+        },
+        None => config
+            .dns
+            .iter()
+            .filter(|(_, cfg)| cfg.delegate_to.is_some())
+            .collect(),
+    };
+    if chosen.is_empty() {
+        tracing::error!(
+            "configuration {}: no [dns.NAME] table has delegate_to",
+            config.path.display()
+        );
+        return ExitCode::from(2);
+    }
+    let mut all = Vec::new();
+    for (name, cfg) in &chosen {
+        let zone = cfg.delegate_to.as_deref().unwrap_or_default();
+        match crate::delegation::records(config, name) {
+            Ok(records) => {
+                print!("{}", crate::delegation::render(name, zone, &records));
+                all.push((*cfg, records));
+            }
+            Err(e) => {
+                tracing::error!("dns delegation {name}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if no_check {
+        return ExitCode::SUCCESS;
+    }
+    let Some(runtime) = crate::runtime() else {
+        return ExitCode::FAILURE;
+    };
+    let mut ok = true;
+    println!();
+    for (cfg, records) in all {
+        let prop = crate::dns::propagation(cfg);
+        for d in records {
+            match runtime.block_on(crate::delegation::check::delegated(&prop, &d)) {
+                Ok(()) => println!("{:<8} {}", "ok", d.name),
+                Err(e) => {
+                    ok = false;
+                    println!("{:<8} {e}", e.status());
+                }
+            }
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
     }
 }
 

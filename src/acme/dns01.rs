@@ -14,6 +14,13 @@
 //! credentials may reach only the challenge zone. The values are written at
 //! the end of the chain, and the wait asks that name's servers.
 //!
+//! Under `[dns.NAME] delegate_to` the other way round: the provider maps
+//! each user's name to its place in the delegated zone itself, so the
+//! values are written at the user's name (following the chain first would
+//! map twice), the wait asks the user's name (propagation follows the
+//! CNAME), and [`preflight`] checks every challenge name's CNAME before
+//! the order is created at the CA.
+//!
 //! The order (`order.rs`) decides which challenges to answer; this module
 //! only acts on DNS. Errors name the record and the provider.
 
@@ -57,6 +64,9 @@ pub enum Dns01Error {
         #[source]
         source: mxkeys_providers::Error,
     },
+    /// A delegation CNAME is missing or wrong (checked before ordering).
+    #[error("dns-01: {0}")]
+    Delegation(#[from] crate::delegation::check::DelegationError),
     #[error("dns-01: no [dns.{0}] provider")]
     NoProvider(String),
     #[error("dns-01: adding to {target} through [dns.{provider}]: {source}")]
@@ -76,8 +86,16 @@ pub enum Dns01Error {
 }
 
 /// Where the record `name` is written: the end of its CNAME chain, as the
-/// CA sees it.
-async fn delegated(propagation: &Propagation, name: &str) -> Result<String, Dns01Error> {
+/// CA sees it; the user's name itself under `delegate_to` (the provider
+/// maps it).
+async fn delegated(
+    provider: &Provider,
+    propagation: &Propagation,
+    name: &str,
+) -> Result<String, Dns01Error> {
+    if provider.delegate_to().is_some() {
+        return Ok(name.to_owned());
+    }
     propagation
         .follow_cnames(name)
         .await
@@ -85,6 +103,38 @@ async fn delegated(propagation: &Propagation, name: &str) -> Result<String, Dns0
             name: name.to_owned(),
             source,
         })
+}
+
+/// Before the order is created: under `delegate_to`, every challenge name
+/// of `identifiers` (`_acme-challenge.BASE`, a wildcard with its base) is
+/// a CNAME to its target on every authoritative server of the user's
+/// zone. Nothing to check without delegation.
+pub async fn preflight(
+    name: &str,
+    dns: Option<(&Provider, &Propagation)>,
+    identifiers: &[&str],
+) -> Result<(), Dns01Error> {
+    let (provider, propagation) = dns.ok_or_else(|| Dns01Error::NoProvider(name.to_owned()))?;
+    let Some(zone) = provider.delegate_to() else {
+        return Ok(());
+    };
+    let challenges: Vec<Challenge<'_>> = identifiers
+        .iter()
+        .map(|identifier| Challenge {
+            identifier,
+            value: "",
+        })
+        .collect();
+    for record in dns_records(&challenges).into_keys() {
+        let target = crate::delegation::target(&record, zone).map_err(|e| {
+            crate::delegation::check::DelegationError::Lookup {
+                name: record.clone(),
+                reason: e.to_string(),
+            }
+        })?;
+        crate::delegation::check::cname(propagation, &record, &target).await?;
+    }
+    Ok(())
 }
 
 /// Adds every challenge value through the provider `name`, then waits until
@@ -97,7 +147,7 @@ pub async fn publish(
     let (provider, propagation) = dns.ok_or_else(|| Dns01Error::NoProvider(name.to_owned()))?;
     let mut written = Vec::new();
     for (record, values) in dns_records(challenges) {
-        let target = delegated(propagation, &record).await?;
+        let target = delegated(provider, propagation, &record).await?;
         provider
             .add(&target, CHALLENGE_TTL, &values)
             .await
@@ -131,7 +181,7 @@ pub async fn unpublish(
         return;
     };
     for (record, values) in dns_records(challenges) {
-        let target = match delegated(propagation, &record).await {
+        let target = match delegated(provider, propagation, &record).await {
             Ok(target) => target,
             Err(e) => {
                 tracing::warn!("{e}: its values stay");

@@ -183,6 +183,12 @@ pub async fn order(
         .iter()
         .map(|d| Identifier::Dns(d.as_str().to_owned()))
         .collect();
+    // A delegation CNAME missing or wrong is an error before the CA hears
+    // of the order.
+    if let Challenge::Dns01 { provider } = &source.challenge {
+        let names: Vec<&str> = source.domains.iter().map(|d| d.as_str()).collect();
+        dns01::preflight(provider, ctx.dns, &names).await?;
+    }
     let replaced = renewal
         .previous
         .filter(|_| renewal.replaces)

@@ -274,14 +274,45 @@ async fn publish_and_observe(
     problems.extend(build_problems);
     let wanted_texts = desired::texts(&wanted);
 
-    // 2. Only into signed zones (the zone of each host's owner names); and
+    // 2. Under `delegate_to`: each owner a CNAME to its place in the
+    // delegated zone, and both zones signed (a CNAME at a TLSA name works
+    // for DANE only then), before anything is written.
+    if let Some(zone) = dns.delegate_to.as_deref() {
+        for owner in &job.owners {
+            let target = match crate::delegation::target(owner, zone) {
+                Ok(t) => t,
+                Err(e) => {
+                    problems.push(e.to_string());
+                    return Err(());
+                }
+            };
+            match crate::delegation::check::tlsa(&prop, owner, &target).await {
+                Ok(()) => {}
+                Err(e @ crate::delegation::check::DelegationError::Unsigned { .. }) => {
+                    problems.push(format!("{e}: no TLSA record published"));
+                    return Ok(Some(false));
+                }
+                Err(e) => {
+                    problems.push(format!("{e}: no TLSA record published"));
+                    return Err(());
+                }
+            }
+        }
+    }
+    // Only into signed zones (the zone of each host's owner names); and
     // say when senders cannot trust the hosts' addresses (they then ignore
     // TLSA records).
     let mut checked = BTreeSet::new();
-    for (host, owner) in job.dane.hosts.iter().filter_map(|h| {
-        let port = job.dane.ports.first()?;
-        Some((h, format!("_{port}._tcp.{}", h.as_str())))
-    }) {
+    for (host, owner) in job
+        .dane
+        .hosts
+        .iter()
+        .filter(|_| dns.delegate_to.is_none())
+        .filter_map(|h| {
+            let port = job.dane.ports.first()?;
+            Some((h, format!("_{port}._tcp.{}", h.as_str())))
+        })
+    {
         if !checked.insert(host.as_str()) {
             continue;
         }
@@ -417,7 +448,13 @@ async fn publish_and_observe(
     // 4. Observe every owner on every authoritative server.
     let mut rounds: Vec<(&String, OwnerRound)> = Vec::new();
     for owner in &job.owners {
-        match observe(&prop, owner).await {
+        // Under delegation the set lives at the CNAME's target (checked
+        // above): observe it there.
+        let at = match dns.delegate_to.as_deref() {
+            Some(zone) => crate::delegation::target(owner, zone).unwrap_or_else(|_| owner.clone()),
+            None => owner.clone(),
+        };
+        match observe(&prop, &at).await {
             Ok(servers) => rounds.push((owner, OwnerRound { servers })),
             // Nothing is merged: a t0 is neither started nor lost on a
             // round that could not ask every server.

@@ -116,8 +116,12 @@ pub async fn cname(prop: &Propagation, name: &str, target: &str) -> Result<(), D
 pub async fn signed(prop: &Propagation, name: &str, target: &str) -> Result<(), DelegationError> {
     let name = mxkeys_providers::canonical_name(name);
     let target = mxkeys_providers::canonical_name(target);
-    for zone_of in [&name, &target] {
-        match prop.zone_signed(zone_of).await {
+    // The servers answer a CNAME owner's SOA question with the CNAME (and
+    // the target's zone): ask about its parent, which is in the same zone
+    // (a CNAME is never at a zone's apex).
+    let parent = name.split_once('.').map_or(name.as_str(), |(_, p)| p);
+    for (zone_of, asked) in [(&name, parent), (&target, target.as_str())] {
+        match prop.zone_signed(asked).await {
             Ok(true) => {}
             Ok(false) => {
                 return Err(DelegationError::Unsigned {
@@ -140,6 +144,37 @@ pub async fn signed(prop: &Propagation, name: &str, target: &str) -> Result<(), 
 pub async fn tlsa(prop: &Propagation, name: &str, target: &str) -> Result<(), DelegationError> {
     cname(prop, name, target).await?;
     signed(prop, name, target).await
+}
+
+/// Everything one delegated name needs: its CNAME, and for a TLSA name
+/// both zones signed.
+pub async fn delegated(prop: &Propagation, d: &super::Delegated) -> Result<(), DelegationError> {
+    if d.needs_dnssec {
+        tlsa(prop, &d.name, &d.target).await
+    } else {
+        cname(prop, &d.name, &d.target).await
+    }
+}
+
+/// Before anything is written through `cfg`: when it delegates, each of
+/// the user's `names` is a CNAME to its target on every authoritative
+/// server (the first problem is the error). Nothing to check otherwise.
+pub async fn preflight(
+    cfg: &crate::config::DnsProvider,
+    names: &[String],
+) -> Result<(), DelegationError> {
+    let Some(zone) = cfg.delegate_to.as_deref() else {
+        return Ok(());
+    };
+    let prop = crate::dns::propagation(cfg);
+    for name in names {
+        let target = super::target(name, zone).map_err(|e| DelegationError::Lookup {
+            name: name.clone(),
+            reason: e.to_string(),
+        })?;
+        cname(&prop, name, &target).await?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

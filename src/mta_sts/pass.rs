@@ -434,6 +434,14 @@ async fn domain_pass<L: Look, S: RecordStore>(
             Step::PublishId { id } => {
                 let record = StsRecord::new(id).map_err(|e| e.to_string())?;
                 let owner = sts_record_name(domain);
+                // Under `delegate_to`: the user's CNAME first.
+                if let Some(dns) = cx.config.dns.get(&cx.mta_sts.dns)
+                    && let Err(e) =
+                        crate::delegation::check::preflight(dns, std::slice::from_ref(&owner)).await
+                {
+                    let e = format!("publishing {owner} TXT \"{record}\": {e}");
+                    return Ok(failed(out, name, e, plan, clock));
+                }
                 let written = cx
                     .store
                     .replace(&owner, RECORD_TTL, &[RData::Txt(record.render())])
@@ -667,21 +675,39 @@ async fn tls_rpt_records<S: RecordStore>(
         let owner = record_name(domain);
         match store.read(&owner, RecordType::Txt).await {
             Ok(values) if values == std::slice::from_ref(&value) => {}
-            Ok(_) => match store
-                .replace(&owner, RECORD_TTL, std::slice::from_ref(&value))
-                .await
-            {
-                Ok(_) => out
-                    .done
-                    .push(format!("tls-rpt: published {owner} TXT \"{record}\"")),
+            Ok(_) => match preflight(config, &t.dns, &owner).await {
                 Err(e) => out
                     .problems
                     .push(format!("tls-rpt: publishing {owner} TXT: {e}")),
+                Ok(()) => match store
+                    .replace(&owner, RECORD_TTL, std::slice::from_ref(&value))
+                    .await
+                {
+                    Ok(_) => out
+                        .done
+                        .push(format!("tls-rpt: published {owner} TXT \"{record}\"")),
+                    Err(e) => out
+                        .problems
+                        .push(format!("tls-rpt: publishing {owner} TXT: {e}")),
+                },
             },
             Err(e) => out
                 .problems
                 .push(format!("tls-rpt: reading {owner} TXT: {e}")),
         }
+    }
+}
+
+/// Under the `[dns.NAME]` table's `delegate_to`: `owner` is a CNAME to its
+/// place in the delegated zone on every authoritative server.
+async fn preflight(
+    config: &Config,
+    dns: &str,
+    owner: &str,
+) -> Result<(), crate::delegation::check::DelegationError> {
+    match config.dns.get(dns) {
+        Some(cfg) => crate::delegation::check::preflight(cfg, &[owner.to_owned()]).await,
+        None => Ok(()),
     }
 }
 
