@@ -4,7 +4,12 @@
 //! Pure. Rules: at least one RSA algorithm (Ed25519 alone is not verified
 //! by large receivers), one RSA size at a time, none that cannot be
 //! generated, a selector template that gives one DNS label, a DNS provider
-//! that exists (or "manual"). The key life cycle itself is
+//! that exists (or "manual"). Under delegation (the provider has
+//! `delegate_to`) the template names fixed slots (`{slot}`, default
+//! `mx{slot}{alg}`) so the user's CNAMEs never change; a slot template
+//! rotates slower than a key takes to leave its slot (drain + revoke_hold +
+//! revoke_settle), so the other slot is free whenever a rotation is due.
+//! The key life cycle itself is
 //! `crate::dkim::machine`, which owns [`DkimAlgorithm`].
 
 use std::collections::BTreeMap;
@@ -27,7 +32,8 @@ use crate::names::DnsName;
 pub struct Dkim {
     pub domains: Vec<DnsName>,
     pub algorithms: Vec<DkimAlgorithm>,
-    /// Selector template: `{alg}` (r/e), `{date}` (YYYYMMDD), `{n}`.
+    /// Selector template: `{alg}` (r/e), `{date}` (YYYYMMDD), `{n}`,
+    /// `{host}`, or `{slot}` (1, 2: fixed selectors, reused in turn).
     pub selector: String,
     pub key_dir: PathBuf,
     /// Where each key's record is also written as
@@ -142,6 +148,26 @@ impl Signer {
     }
 }
 
+/// A duration as days, hours, minutes and seconds ("37d 5s"), for errors.
+fn show(d: Duration) -> String {
+    let s = d.as_secs();
+    let parts: Vec<String> = [
+        (s / 86_400, "d"),
+        (s / 3600 % 24, "h"),
+        (s / 60 % 60, "m"),
+        (s % 60, "s"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, u)| format!("{n}{u}"))
+    .collect();
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
 const fn days(d: u64) -> Duration {
     Duration::from_secs(d * 86_400)
 }
@@ -189,26 +215,53 @@ pub(super) fn dkim(
             &"amavis signs with RSA only: remove \"ed25519\" or use opendkim or rspamd",
         ));
     }
-    let selector = raw.selector.unwrap_or_else(|| "{alg}{date}".to_owned());
-    let sample = selector
-        .replace("{alg}", "r")
-        .replace("{date}", "20260101")
-        .replace("{n}", "1")
-        .replace("{host}", "mx1");
-    if selector_label(&sample).is_err() {
-        return Err(fail(&format_args!(
-            "key `selector`: {selector:?} must give a DNS label of letters, digits and '-' ({{alg}}, {{date}}, {{n}}, {{host}} are replaced)"
-        )));
-    }
     if !dns.contains_key(&raw.dns) && raw.dns != "manual" {
         return Err(fail(&format_args!(
             "key `dns`: no [dns.{}] table (or \"manual\")",
             raw.dns
         )));
     }
+    let delegate_to = dns.get(&raw.dns).and_then(|p| p.delegate_to.as_deref());
+    let selector = raw.selector.unwrap_or_else(|| {
+        if delegate_to.is_some() {
+            DELEGATED_SELECTOR.to_owned()
+        } else {
+            "{alg}{date}".to_owned()
+        }
+    });
+    slots(&selector, delegate_to, &raw.dns, &algorithms).map_err(|m| fail(&m))?;
+    let sample = selector
+        .replace("{slot}", "1")
+        .replace("{alg}", "r")
+        .replace("{date}", "20260101")
+        .replace("{n}", "1")
+        .replace("{host}", "mx1");
+    if selector_label(&sample).is_err() {
+        return Err(fail(&format_args!(
+            "key `selector`: {selector:?} must give a DNS label of letters, digits and '-' ({{alg}}, {{date}}, {{n}}, {{host}}, {{slot}} are replaced)"
+        )));
+    }
     let rotate_every = raw.rotate_every.unwrap_or(days(90));
     if rotate_every < Duration::from_secs(60) {
         return Err(fail(&"key `rotate_every`: at least 1m"));
+    }
+    let lead = raw.lead.unwrap_or(Duration::from_secs(48 * 3600));
+    let drain = raw.drain.unwrap_or(days(7));
+    let revoke_hold = raw.revoke_hold.unwrap_or(days(30));
+    let revoke_settle = raw.revoke_settle.unwrap_or(Duration::from_secs(5));
+    if selector.contains("{slot}") {
+        // A key leaves its slot when deleted: it drains from the moment
+        // its successor signs, is revoked `drain` later (the last reload
+        // settled), deleted `revoke_hold` after that; the successor's
+        // rotation is due `rotate_every` after it signed.
+        let held = drain + revoke_hold + revoke_settle;
+        if rotate_every <= held {
+            return Err(fail(&format_args!(
+                "key `rotate_every` ({}) must be longer than drain + revoke_hold + revoke_settle ({}) with a {{slot}} selector: a key frees its slot only when deleted, so a shorter rotation would wait for a free slot",
+                show(rotate_every),
+                show(held),
+            )));
+        }
     }
     let key_mode = key_mode(raw.key_mode.as_deref()).map_err(|e| fail(&at("key_mode")(e)))?;
     let reload = reloads(raw.reload, raw.reload_signal, &|p| ctx.abs(p)).map_err(|e| fail(&e))?;
@@ -234,10 +287,10 @@ pub(super) fn dkim(
         dns: raw.dns,
         ttl: raw.ttl.unwrap_or(300),
         rotate_every,
-        lead: raw.lead.unwrap_or(Duration::from_secs(48 * 3600)),
-        drain: raw.drain.unwrap_or(days(7)),
-        revoke_hold: raw.revoke_hold.unwrap_or(days(30)),
-        revoke_settle: raw.revoke_settle.unwrap_or(Duration::from_secs(5)),
+        lead,
+        drain,
+        revoke_hold,
+        revoke_settle,
         signer: raw.signer,
         signer_dir: ctx.abs(&raw.signer_dir),
         key_owner: raw.key_owner,
@@ -248,6 +301,43 @@ pub(super) fn dkim(
         adopt,
         shared: raw.shared,
     })
+}
+
+/// The selector template when `[dkim] dns` delegates (`delegate_to`) and
+/// none is written: two fixed slots per algorithm family (mx1r, mx2r,
+/// mx1e, mx2e).
+pub const DELEGATED_SELECTOR: &str = "mx{slot}{alg}";
+
+/// A slot template's rules: `{slot}` never with `{date}` or `{n}` (its
+/// selectors are a fixed set), `{alg}` in it when both families are
+/// configured (each has its own slots), and `{slot}` required when the
+/// provider delegates (one CNAME per selector, made once).
+fn slots(
+    selector: &str,
+    delegate_to: Option<&str>,
+    provider: &str,
+    algorithms: &[DkimAlgorithm],
+) -> Result<(), String> {
+    let slot = selector.contains("{slot}");
+    let moving = selector.contains("{date}") || selector.contains("{n}");
+    if let Some(zone) = delegate_to
+        && (!slot || moving)
+    {
+        return Err(format!(
+            "key `selector`: {selector:?}: [dns.{provider}] delegates to {zone}, so each selector needs a CNAME made once: use {{slot}} and neither {{date}} nor {{n}} (default {DELEGATED_SELECTOR:?})"
+        ));
+    }
+    if slot && moving {
+        return Err(format!(
+            "key `selector`: {selector:?}: {{slot}} names a fixed set of selectors and cannot be used with {{date}} or {{n}}"
+        ));
+    }
+    if slot && !selector.contains("{alg}") && algorithms.iter().any(|a| !a.is_rsa()) {
+        return Err(format!(
+            "key `selector`: {selector:?}: with RSA and Ed25519 keys a {{slot}} template needs {{alg}} (each family has its own slots)"
+        ));
+    }
+    Ok(())
 }
 
 /// Validates one `[[dkim.adopt]]` entry: the keys its `from` needs and no
@@ -399,6 +489,67 @@ mod tests {
             .to_string();
             assert!(e.contains(needle), "{text:?}: {e}");
         }
+    }
+
+    #[test]
+    fn a_delegating_provider_makes_the_selector_a_slot_template() {
+        let provider = "[dns.d]\ntype = \"cloudflare\"\napi_token_env = \"T\"\ndelegate_to = \"delegated.test\"\n";
+        let head =
+            "[dkim]\ndomains = [\"example.com\"]\nsigner = \"opendkim\"\nsigner_dir = \"/x\"\n";
+        // Delegating, no selector: two slots per family.
+        let c = parse(&format!("{provider}{head}dns = \"d\"\n")).unwrap();
+        assert_eq!(c.dkim.unwrap().selector, "mx{slot}{alg}");
+        // Not delegating: the dated default, and {slot} allowed.
+        let c = parse(&format!("{head}dns = \"manual\"\n")).unwrap();
+        assert_eq!(c.dkim.unwrap().selector, "{alg}{date}");
+        let c = parse(&format!(
+            "{head}dns = \"manual\"\nselector = \"k{{slot}}{{alg}}\"\n"
+        ))
+        .unwrap();
+        assert_eq!(c.dkim.unwrap().selector, "k{slot}{alg}");
+        // (provider, extra keys, what the error says)
+        for (provider, text, needle) in [
+            (
+                provider,
+                "dns = \"d\"\nselector = \"{alg}{date}\"\n",
+                "delegates to delegated.test, so each selector needs a CNAME made once",
+            ),
+            (
+                provider,
+                "dns = \"d\"\nselector = \"{alg}{slot}{n}\"\n",
+                "neither {date} nor {n}",
+            ),
+            (
+                "",
+                "dns = \"manual\"\nselector = \"{slot}{alg}{date}\"\n",
+                "cannot be used with {date} or {n}",
+            ),
+            (
+                "",
+                "dns = \"manual\"\nselector = \"mx{slot}\"\nalgorithms = [\"rsa-2048\", \"ed25519\"]\n",
+                "needs {alg}",
+            ),
+            (
+                "",
+                "dns = \"manual\"\nselector = \"mx{slot}{alg}\"\nrotate_every = \"37days\"\n",
+                "key `rotate_every` (37d) must be longer than drain + revoke_hold + revoke_settle (37d 5s)",
+            ),
+            (
+                provider,
+                "dns = \"d\"\nrotate_every = \"30days\"\ndrain = \"1day\"\nrevoke_hold = \"29days\"\nrevoke_settle = \"0s\"\n",
+                "(30d) must be longer than drain + revoke_hold + revoke_settle (30d)",
+            ),
+        ] {
+            let e = parse(&format!("{provider}{head}{text}"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+        }
+        // Just longer than what a key holds its slot for: accepted.
+        parse(&format!(
+            "{head}dns = \"manual\"\nselector = \"mx{{slot}}{{alg}}\"\nrotate_every = \"37days 6s\"\n"
+        ))
+        .unwrap();
     }
 
     #[test]

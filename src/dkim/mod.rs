@@ -80,6 +80,21 @@ pub enum DkimError {
     ForeignSignerFile(signer::Decision),
     #[error("{domain}: the next 100 selectors from `{pattern}` all hold records already")]
     SelectorsExhausted { domain: String, pattern: String },
+    /// Every free slot of a `{slot}` template holds a record mxkeys did
+    /// not write.
+    #[error(
+        "{domain}: no free {family} slot: {} hold records mxkeys did not write; delete them or change `selector`",
+        .names.join(", ")
+    )]
+    SlotsOccupied {
+        domain: String,
+        family: &'static str,
+        names: Vec<String>,
+    },
+    /// Under delegation, the user's CNAME for a key's record name is not
+    /// in place: the key is not published (the signing keys keep signing).
+    #[error("{0}; the new key stays unpublished until it is")]
+    Delegation(#[from] crate::delegation::check::DelegationError),
     /// A selector that is not a DNS label (the configuration's reason).
     #[error("{0}")]
     Selector(crate::config::ValueError),
@@ -369,6 +384,17 @@ pub(crate) async fn rotate_local(
     if book.signer_reload_pending && !reload_failed {
         reload_signer(config, d, &mut book, &mut pass)?;
     }
+    // A group due (or forced) with both slots held waits: said once a pass.
+    let now = crate::now();
+    for (domain, algorithm) in &wanted {
+        let forced = forced_left.contains(&(domain.clone(), *algorithm));
+        if let Some(why) = machine::slot_wait(&book, domain, *algorithm, &policy, now, forced) {
+            tracing::info!("dkim: {why}");
+            if forced {
+                pass.waiting.push(why);
+            }
+        }
+    }
     record_file::write(d, &book);
     Ok(pass)
 }
@@ -591,7 +617,7 @@ async fn perform(
         Step::Generate { domain, algorithm } => {
             generate_key(config, d, book, domain, *algorithm, provider, now).await?
         }
-        Step::Publish(i) => publish_key(config, d, book, *i, provider).await?,
+        Step::Publish(i) => publish_key(config, d, book, *i, provider, propagation).await?,
         Step::Verify(i) => verify_key(config, book, *i, propagation).await?,
         Step::Activate(i) => activate_key(config, book, *i, now)?,
         Step::Drain(i) => drain_key(config, book, *i, now)?,
@@ -619,13 +645,20 @@ async fn generate_key(
     now: i64,
 ) -> Result<String, DkimError> {
     let new = keys::generate(algorithm)?;
-    let used = book.used_selectors.get(domain).cloned().unwrap_or_default();
-    let host = config.host_id.as_ref().map(|h| h.as_str());
-    let selector = free_selector(d, host, domain, algorithm, &used, provider).await?;
-    book.used_selectors
-        .entry(domain.to_owned())
-        .or_default()
-        .insert(selector.clone());
+    let policy = policy(config, d);
+    let selector = if policy.slots.is_some() {
+        // A slot is held by its key until deleted: no used-selector record.
+        free_slot(book, &policy, domain, algorithm, provider).await?
+    } else {
+        let used = book.used_selectors.get(domain).cloned().unwrap_or_default();
+        let host = config.host_id.as_ref().map(|h| h.as_str());
+        let selector = free_selector(d, host, domain, algorithm, &used, provider).await?;
+        book.used_selectors
+            .entry(domain.to_owned())
+            .or_default()
+            .insert(selector.clone());
+        selector
+    };
     let file = d.key_dir.join(domain).join(format!("{selector}.pem"));
     // The selector is recorded as used before its file exists: it is
     // never handed out twice, whatever happens next.
@@ -649,16 +682,29 @@ async fn generate_key(
 
 /// [`Step::Publish`]: the key's record, unless its name already holds one
 /// mxkeys did not write (the key is then dropped and its selector passed
-/// over).
+/// over). Under delegation the user's CNAME from the record name to its
+/// target is checked on every authoritative server first: without it the
+/// key stays generated ([`DkimError::Delegation`]).
 async fn publish_key(
     config: &Config,
     d: &Dkim,
     book: &mut Book,
     i: usize,
     provider: &Provider,
+    propagation: &Propagation,
 ) -> Result<String, DkimError> {
     ensure_key_file(d, &mut book.keys[i])?;
     save(config, book)?;
+    if let Some(zone) = provider.delegate_to() {
+        let name = book.keys[i].record_name();
+        let target =
+            crate::delegation::target(&name, zone).map_err(|source| DkimError::WriteRecord {
+                what: "publishing",
+                name: name.clone(),
+                source,
+            })?;
+        crate::delegation::check::cname(propagation, &name, &target).await?;
+    }
     let value = book.keys[i].record.clone();
     // The name was free when the selector was chosen; if a record
     // appeared since (or an interrupted run chose it before this
@@ -845,6 +891,46 @@ async fn free_selector(
             });
         }
     }
+}
+
+/// The slot for a new key of `domain` (a `{slot}` template): the first
+/// slot no key of the book holds ([`machine::free_slots`]) whose record
+/// name holds nothing in DNS either; a slot holding a record mxkeys did not
+/// write is passed over, never published over.
+async fn free_slot(
+    book: &Book,
+    policy: &Policy,
+    domain: &str,
+    algorithm: DkimAlgorithm,
+    provider: &Provider,
+) -> Result<String, DkimError> {
+    let slots = machine::free_slots(book, domain, algorithm, policy);
+    for selector in &slots {
+        let name = format!("{selector}._domainkey.{domain}");
+        // DNS unreachable now: Publish reads the name again before writing.
+        let existing = match existing_records(provider, &name).await {
+            Ok(existing) => existing,
+            Err(e) => {
+                tracing::debug!("dkim: {e}");
+                return Ok(selector.clone());
+            }
+        };
+        if machine::name_is_free(&existing, None) {
+            return Ok(selector.clone());
+        }
+        tracing::warn!(
+            "dkim: {name} already holds a record mxkeys did not write ({}): slot {selector} passed over",
+            existing.join(", ")
+        );
+    }
+    Err(DkimError::SlotsOccupied {
+        domain: domain.to_owned(),
+        family: algorithm.family(),
+        names: slots
+            .iter()
+            .map(|s| format!("{s}._domainkey.{domain}"))
+            .collect(),
+    })
 }
 
 /// What `name` holds in DNS (TXT values, and a CNAME where the provider
@@ -1611,6 +1697,20 @@ mod tests {
             (
                 DkimError::KeyFileMismatch("/k/example.com/s1.pem".into()).to_string(),
                 "/k/example.com/s1.pem: the key file is missing or holds another key",
+            ),
+            (
+                DkimError::SlotsOccupied {
+                    domain: "example.com".into(),
+                    family: "rsa",
+                    names: vec![
+                        "mx1r._domainkey.example.com".into(),
+                        "mx2r._domainkey.example.com".into(),
+                    ],
+                }
+                .to_string(),
+                "example.com: no free rsa slot: mx1r._domainkey.example.com, \
+                 mx2r._domainkey.example.com hold records mxkeys did not write; delete them or \
+                 change `selector`",
             ),
         ];
         for (got, want) in table {

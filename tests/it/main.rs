@@ -31,6 +31,7 @@ mod delegation_check;
 mod dkim;
 mod dkim_adopt;
 mod dkim_import_from;
+mod dkim_slots;
 mod dns;
 mod docs;
 mod hostile_fs;
