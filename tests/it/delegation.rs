@@ -14,7 +14,9 @@
 //! `_acme-challenge.NAME.delegated.test` only; a DKIM rotation through the
 //! selector slots `mx1r`/`mx2r`, each key verified by dkimpy through its
 //! CNAME; a missing `_acme-challenge` CNAME refused before any order.
-//! `example.test`'s SOA serial never moves: mxkeys never writes there.
+//! `mxkeys dns delegation` agrees with each (the slot CNAMEs ok, the
+//! missing one named). `example.test`'s SOA serial never moves: mxkeys
+//! never writes there.
 //!
 //! Without BIND, pebble, dkimpy or openssl a test is skipped naming the
 //! Debian package; with `CI=true` it fails.
@@ -25,7 +27,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::bind::{Bind, KEY_NAME};
-use common::dkim_tools::{DKIMPY, Dkimpy, OPENSSL, message, record_of_key_file};
+use common::dkim_tools::{DKIMPY, Dkimpy, OPENSSL, describe, message, mx, record_of_key_file};
 use common::servers::{Need, Pebble, require_programs};
 use common::{Env, q, qp};
 
@@ -196,7 +198,8 @@ fn a_wildcard_dns01_order_through_a_delegating_provider_writes_only_the_delegate
 
 /// The `_acme-challenge` CNAME is missing: `mxkeys renew` fails before
 /// asking pebble for an order, with one line naming the challenge name and
-/// the CNAME to create; neither zone is written.
+/// the CNAME to create; neither zone is written, and `dns delegation`
+/// reports it missing.
 #[test]
 fn a_missing_acme_challenge_cname_is_reported_before_any_order() {
     let Some(acme) = start_acme(
@@ -241,6 +244,18 @@ fn a_missing_acme_challenge_cname_is_reported_before_any_order() {
         "{DELEGATED} was written"
     );
     assert!(txt_names_added(&acme.bind).is_empty());
+
+    // `dns delegation` says the same, and exits 1.
+    let check = acme.env.run(&["dns", "delegation", "bind"]);
+    assert_eq!(check.code, 1, "{}", check.describe());
+    assert!(
+        check
+            .stdout
+            .lines()
+            .any(|l| l.starts_with("missing ") && l.contains(&want)),
+        "{}",
+        check.describe()
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -270,8 +285,9 @@ fn assert_published(bind: &Bind, k: &Key) {
     );
 }
 
-/// A DKIM domain whose `[dkim] dns` provider delegates: with no `selector`
-/// set the keys take the slots `mx1r` then `mx2r` (after a forced
+/// A DKIM domain whose `[dkim] dns` provider delegates: `dns delegation`
+/// finds the two slot CNAMEs in place; with no `selector` set the keys
+/// take the slots `mx1r` then `mx2r` (after a forced
 /// rotation), each record lands at `SLOT._domainkey.example.test.
 /// delegated.test`, mail signed with each key verifies with dkimpy through
 /// the user's CNAME, and a third rotation, once `mx1r`'s old key is
@@ -319,6 +335,24 @@ fn dkim_rotation_through_delegated_selector_slots_verifies_with_dkimpy() {
     .unwrap();
     let user_serial = bind.serial("example.test");
     let py = Dkimpy::new(&work.join("py"), bind.port);
+
+    // `dns delegation` names exactly the two slot CNAMEs, found in place.
+    let check = mx(&config, &["dns", "delegation", "bind"]);
+    let stdout = String::from_utf8_lossy(&check.stdout).into_owned();
+    assert_eq!(check.status.code(), Some(0), "{}", describe(&check));
+    for slot in ["mx1r", "mx2r"] {
+        let (name, at) = (dkim_name(slot), dkim_target(slot));
+        assert!(
+            stdout.contains(&format!("{name}. IN CNAME {at}.")),
+            "{stdout}"
+        );
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with("ok ") && l.ends_with(&name)),
+            "{stdout}"
+        );
+    }
 
     // The first key takes slot 1, and signs once its record is seen.
     let mut transcript = rotate_until(&config, &work, "mx1r active", |ks| {
