@@ -344,6 +344,53 @@ fn inside_other_host_and_retirement() {
 }
 
 #[test]
+fn a_delegated_tlsa_name_needs_its_cname_and_both_zones_signed_before_anything_is_published() {
+    dnssec::run_in_namespace(
+        "a_delegated_tlsa_name_needs_its_cname_and_both_zones_signed_before_anything_is_published",
+        &inner("inside_delegated_tlsa"),
+        &[],
+    );
+}
+
+#[test]
+#[ignore = "run inside a namespace by a_delegated_tlsa_name_needs_..."]
+fn inside_delegated_tlsa() {
+    let lab = Lab::start();
+    let a = lab.issue();
+    lab.offer(&a);
+    lab.install(&a);
+    // The provider writes in the unsigned zone, by delegation.
+    let dns = lab.rfc2136().replace(
+        "zone = \"example.test\"",
+        &format!("delegate_to = \"{UNSIGNED_ZONE}\""),
+    );
+    lab.write_config(&dns, "", "");
+    let target = format!("{OWNER}.{UNSIGNED_ZONE}");
+
+    // No CNAME yet: named with the line to create.
+    let run = lab.sync();
+    run.assert_code(1);
+    run.assert_err_line(&[
+        &format!("{OWNER}: no CNAME on {AUTHORITATIVE}:53"),
+        &format!("create \"{OWNER}. IN CNAME {target}.\""),
+        "no TLSA record published",
+    ]);
+
+    // The CNAME in the signed zone, into the unsigned one: refused, naming
+    // the unsigned zone's name.
+    lab.zone
+        .update(&format!("update add {OWNER} {TTL} CNAME {target}."));
+    let run = lab.sync();
+    run.assert_code(1);
+    run.assert_err_line(&[
+        &format!("the zone of {target} is not DNSSEC-signed"),
+        "both the user's zone and the delegated zone are signed",
+    ]);
+    let out = lab.zone.authoritative(&["TLSA", &target]);
+    assert!(dnssec::answer(&out, "TLSA").is_empty(), "{out}");
+}
+
+#[test]
 #[ignore = "run inside a namespace by an_unsigned_zone_is_refused_..."]
 fn inside_unsigned_zone() {
     let lab = Lab::start();

@@ -26,6 +26,7 @@ _acme-challenge.mail IN CNAME _acme-challenge.mail.example.test.delegated.test.
 _acme-challenge.wrong IN CNAME elsewhere.delegated.test.
 _acme-challenge.plain IN TXT \"not a cname\"
 _25._tcp.mail IN CNAME _25._tcp.mail.example.test.delegated.test.
+_smtp._tls.mail IN CNAME _smtp._tls.mail.example.test.delegated.test.
 ";
 
 fn propagation(bind: &Bind) -> Propagation {
@@ -336,5 +337,45 @@ fn with_the_cname_in_place_the_challenge_is_written_once_mapped_into_the_delegat
     assert!(
         !logged.contains("delegated.test.delegated.test"),
         "a name was mapped twice:\n{logged}"
+    );
+}
+
+#[test]
+fn the_tls_rpt_record_is_written_through_its_cname_and_not_at_all_without_one() {
+    let Some(bind) = Bind::start_split(USER_ZONE) else {
+        return;
+    };
+    let dir = bind.dir();
+    let config = dir.join("mxkeys.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{state}\"\n\
+             [dns.deleg]\ntype = \"rfc2136\"\nserver = \"{addr}\"\ntsig_name = \"{KEY_NAME}\"\ntsig_secret_file = \"{tsig}\"\n\
+             delegate_to = \"delegated.test\"\nnameservers = [\"{addr}\"]\n\
+             [tls_rpt]\nrua = [\"mailto:tlsrpt@example.test\"]\ndomains = [\"mail.example.test\", \"absent.example.test\"]\ndns = \"deleg\"\n",
+            state = dir.join("state").display(),
+            addr = bind.addr(),
+            tsig = dir.join("tsig.key").display(),
+        ),
+    )
+    .unwrap();
+    let out = mxkeys(&config, &["sync"]);
+    let (stdout, stderr) = text(&out);
+    assert!(
+        stderr.contains(&format!(
+            "tls-rpt: publishing _smtp._tls.absent.example.test TXT: _smtp._tls.absent.example.test: no CNAME on {}",
+            bind.addr()
+        )),
+        "{stdout}\n{stderr}"
+    );
+    assert!(
+        bind.txt_values("_smtp._tls.absent.example.test.delegated.test")
+            .is_empty()
+    );
+    assert_eq!(
+        bind.txt_values("_smtp._tls.mail.example.test.delegated.test"),
+        vec!["v=TLSRPTv1; rua=mailto:tlsrpt@example.test".to_owned()],
+        "{stdout}\n{stderr}"
     );
 }
