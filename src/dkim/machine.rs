@@ -27,6 +27,13 @@
 //! due while a signer reload is owed, nor before the last reload settled
 //! ([`revoke_at`]), so DNS never calls a key revoked while the signer may
 //! still sign with it.
+//!
+//! Slots: under a selector template with `{slot}` (delegation by CNAME,
+//! where each selector needs a CNAME the user makes once) a group has two
+//! fixed selectors ([`slot_selectors`]). A new key takes one no key of the
+//! book holds in any state ([`free_slot`]); a slot frees only when its key
+//! is deleted (`revoke_hold` after `p=`), and while none is free the group
+//! waits ([`slot_wait`] says why) instead of generating.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;

@@ -12,7 +12,10 @@
 //! stays owed in the state and is retried on the next pass, 30 s later.
 //! Files mxkeys did not write are never written (see [`signer`]), and a
 //! record name that already holds a record is never published over: its
-//! selector is passed over for the next free one.
+//! selector is passed over for the next free one. Under delegation
+//! (`delegate_to`), a key is published only once the user's CNAME from its
+//! record name to the delegated target is seen on every authoritative
+//! server; until then it stays generated and the signing keys sign.
 //!
 //! Keys the host's signer already signs with (`[[dkim.adopt]]` at the start
 //! of every pass, `dkim import`) are adopted by one function, `adopt_one`:
@@ -1217,6 +1220,14 @@ impl From<crate::config::AdoptCheck> for Check {
     }
 }
 
+/// Whether a key of the book holds `selector` for `domain` (under a slot
+/// template the only record of a selector in use).
+fn held(book: &Book, domain: &str, selector: &str) -> bool {
+    book.keys
+        .iter()
+        .any(|k| k.domain == domain && k.selector == selector)
+}
+
 /// Adopts one existing key as active, the one way `dkim import` and
 /// `[[dkim.adopt]]` both do it: the record checked (`check`), the key
 /// copied into KEY_DIR with its final mode, its selector recorded as
@@ -1244,6 +1255,7 @@ async fn adopt_one(
         .used_selectors
         .get(domain)
         .is_some_and(|u| u.contains(selector))
+        || held(book, domain, selector)
     {
         return Err(DkimError::SelectorReused {
             selector: selector.to_owned(),
@@ -1450,10 +1462,13 @@ async fn adopt_entries(
                 );
                 continue;
             }
+            // Used before, or held by a key of the book (a slot's key
+            // is not recorded as used: the signer's files name it).
             if book
                 .used_selectors
                 .get(&c.domain)
                 .is_some_and(|u| u.contains(&c.selector))
+                || held(book, &c.domain, &c.selector)
             {
                 continue;
             }

@@ -135,3 +135,82 @@ fn without_the_cname_the_pass_names_it_and_publishes_nothing() {
         assert!(!key_table(&work).contains("mx1r"), "{}", key_table(&work));
     }
 }
+
+#[test]
+fn forced_rotations_alternate_slots_and_wait_while_both_are_held() {
+    let zone = user_zone(&format!(
+        "{NAME}. IN CNAME {TARGET}.\n{two}. IN CNAME {two}.delegated.test.\n",
+        two = "mx2r._domainkey.example.test"
+    ));
+    let Some((bind, work, config)) = setup(
+        "forced_rotations_alternate_slots_and_wait_while_both_are_held",
+        &zone,
+    ) else {
+        return;
+    };
+    let run = |args: &[&str]| {
+        let out = mx(&config, args);
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stdout}\n{stderr}");
+        stdout
+    };
+    run(&["dkim", "rotate"]);
+    run(&["dkim", "rotate", "--force"]);
+    let pair = |a: &str, b: &str| {
+        vec![
+            ("mx1r".to_owned(), a.to_owned()),
+            ("mx2r".to_owned(), b.to_owned()),
+        ]
+    };
+    assert_eq!(keys(&work), pair("draining", "active"));
+    assert_eq!(
+        bind.txt_values("mx2r._domainkey.example.test.delegated.test")
+            .len(),
+        1
+    );
+    // mx1r drains for 7 days and holds its slot until deleted: a third
+    // key waits, and says so.
+    let out = run(&["dkim", "rotate", "--force"]);
+    assert!(
+        out.contains(
+            "waiting: example.test: the next rsa key waits for a free slot (mx1r draining, mx2r active)"
+        ),
+        "{out}"
+    );
+    assert_eq!(keys(&work), pair("draining", "active"));
+}
+
+#[test]
+fn a_slot_key_the_signer_files_name_is_not_adopted_again_by_the_next_pass() {
+    let zone = user_zone(&format!("{NAME}. IN CNAME {TARGET}.\n"));
+    let Some((_bind, work, config)) = setup(
+        "a_slot_key_the_signer_files_name_is_not_adopted_again_by_the_next_pass",
+        &zone,
+    ) else {
+        return;
+    };
+    // A first pass writes the signer's files, naming mxkeys' own mx1r,
+    // whose selector is recorded nowhere but in its key; then the files
+    // are named for adoption (as when they were the host's own).
+    let out = mx(&config, &["dkim", "rotate"]);
+    assert!(out.status.success(), "{out:?}");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "[[dkim.adopt]]\nfrom = \"opendkim\"\npath = \"signer/KeyTable\"\ncheck = \"none\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    for pass in 0..3 {
+        let out = mx(&config, &["dkim", "rotate"]);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "pass {pass}: {stdout}\n{stderr}");
+        assert!(!stdout.contains("adopt"), "pass {pass}: {stdout}\n{stderr}");
+        assert_eq!(
+            keys(&work),
+            [("mx1r".to_owned(), "active".to_owned())],
+            "pass {pass}: {stdout}\n{stderr}"
+        );
+    }
+    assert!(key_table(&work).contains(NAME), "{}", key_table(&work));
+}
