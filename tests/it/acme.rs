@@ -56,7 +56,7 @@ impl BindProvider for Bind {
 /// the HTTP-01 tests validate have their own A records, so a DNS-01
 /// challenge below them (which turns a name into an empty non-terminal the
 /// wildcard no longer covers) never hides them.
-const ZONE: &str = "$TTL 300
+pub(crate) const ZONE: &str = "$TTL 300
 @ IN SOA ns.example.test. hostmaster.example.test. 1 3600 600 86400 60
 @ IN NS ns.example.test.
 @ IN A 127.0.0.1
@@ -78,14 +78,14 @@ const MAIL: &str = "mail.example.test";
 
 /// pebble and BIND. Missing: with `CI=true` the test fails; without it, a
 /// loud message names the Debian packages and the test returns.
-const NEEDS: &[Need] = &[
+pub(crate) const NEEDS: &[Need] = &[
     ("pebble", "pebble"),
     ("named", "bind9"),
     ("tsig-keygen", "bind9"),
     ("dig", "bind9-dnsutils"),
 ];
 
-fn require(test: &str) -> bool {
+pub(crate) fn require(test: &str) -> bool {
     require_programs(test, &[NEEDS])
 }
 
@@ -95,10 +95,10 @@ fn require(test: &str) -> bool {
 
 /// pebble, the BIND it resolves through, and a test directory.
 /// (Dropped in this order: pebble, BIND, then the directory.)
-struct Acme {
-    pebble: Pebble,
-    bind: Bind,
-    env: Env,
+pub(crate) struct Acme {
+    pub(crate) pebble: Pebble,
+    pub(crate) bind: Bind,
+    pub(crate) env: Env,
 }
 
 impl Acme {
@@ -161,18 +161,18 @@ impl Acme {
     }
 
     /// `mxkeys --config F renew ARGS`.
-    fn renew(&self, args: &[&str]) -> Run {
+    pub(crate) fn renew(&self, args: &[&str]) -> Run {
         let mut all = vec!["renew"];
         all.extend_from_slice(args);
         self.env.run(&all)
     }
 
-    fn pebble_log(&self) -> String {
+    pub(crate) fn pebble_log(&self) -> String {
         std::fs::read_to_string(self.pebble.dir.join("pebble.log")).unwrap_or_default()
     }
 
     /// A run's output and the end of pebble's log, for failure messages.
-    fn context(&self, run: &Run) -> String {
+    pub(crate) fn context(&self, run: &Run) -> String {
         let log = self.pebble_log();
         let start = log.len().saturating_sub(6000);
         let start = (start..log.len())
@@ -241,7 +241,7 @@ impl Acme {
     }
 }
 
-fn dns_source(name: &str, domains: &[&str], extra: &str) -> String {
+pub(crate) fn dns_source(name: &str, domains: &[&str], extra: &str) -> String {
     format!(
         "[[source]]\ntype = \"acme\"\nname = {}\ndomains = {}\nchallenge = \"dns-01\"\ndns = \"bind\"\n{extra}\n",
         q(name),
@@ -250,7 +250,7 @@ fn dns_source(name: &str, domains: &[&str], extra: &str) -> String {
 }
 
 /// A target writing one combined file (key, leaf, intermediates).
-fn target(name: &str, domains: &[&str], combined: &Path, extra: &str) -> String {
+pub(crate) fn target(name: &str, domains: &[&str], combined: &Path, extra: &str) -> String {
     format!(
         "[[target]]\nname = {}\ndomains = {}\ncombined = {}\n{extra}\n",
         q(name),
@@ -313,7 +313,7 @@ fn https_get(ca: &Path, port: u16, path: &str) -> String {
 // ---------------------------------------------------------------------------
 
 /// A combined file (key, leaf, intermediates) as mxkeys wrote it.
-struct Installed {
+pub(crate) struct Installed {
     key: (String, Vec<u8>),
     leaf: Vec<u8>,
     chain: Vec<Vec<u8>>,
@@ -321,7 +321,7 @@ struct Installed {
 
 impl Installed {
     #[track_caller]
-    fn read(path: &Path) -> Installed {
+    pub(crate) fn read(path: &Path) -> Installed {
         let blocks = read_pem(path);
         let keys: Vec<_> = blocks
             .iter()
@@ -346,7 +346,7 @@ impl Installed {
         }
     }
 
-    fn fp(&self) -> String {
+    pub(crate) fn fp(&self) -> String {
         sha256_hex(&self.leaf)
     }
 
@@ -357,7 +357,7 @@ impl Installed {
     /// The key matches the leaf; the leaf was issued (name and signature) by
     /// pebble's current intermediate, which is the chain that follows.
     #[track_caller]
-    fn assert_from_pebble(&self, acme: &Acme, what: &str) {
+    pub(crate) fn assert_from_pebble(&self, acme: &Acme, what: &str) {
         assert_eq!(
             private_key_public_raw(&self.key.0, &self.key.1),
             self.public_key(),
@@ -386,7 +386,7 @@ impl Installed {
     }
 
     #[track_caller]
-    fn assert_names(&self, want: &[&str]) {
+    pub(crate) fn assert_names(&self, want: &[&str]) {
         let mut got = cert_info(&self.leaf).dns_sans;
         got.sort();
         let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
@@ -408,7 +408,7 @@ fn line<'a>(run: &'a Run, source: &str) -> &'a str {
 /// The fingerprint of an `acme NAME: issued SHA256 (REASON), valid until`
 /// line, after checking the reason.
 #[track_caller]
-fn issued(run: &Run, source: &str, reason: &str) -> String {
+pub(crate) fn issued(run: &Run, source: &str, reason: &str) -> String {
     let l = line(run, source);
     let rest = l
         .strip_prefix(&format!("acme {source}: issued "))
@@ -424,7 +424,7 @@ fn issued(run: &Run, source: &str, reason: &str) -> String {
 
 /// How many requests of this kind pebble logged (`POST /order-plz`,
 /// `POST /finalize-order/`, ...).
-fn requests(log: &str, what: &str) -> usize {
+pub(crate) fn requests(log: &str, what: &str) -> usize {
     log.lines()
         .filter(|l| l.contains(&format!("{what} -> calling handler()")))
         .count()

@@ -144,7 +144,7 @@ fn used_selectors(work: &Path) -> BTreeSet<String> {
         .unwrap_or_default()
 }
 
-fn key(work: &Path, algorithm: &str, state: &str) -> Key {
+pub(super) fn key(work: &Path, algorithm: &str, state: &str) -> Key {
     let all = keys(work);
     let found: Vec<&Key> = all
         .iter()
@@ -300,7 +300,7 @@ fn assert_converged(bind: &Bind, work: &Path) {
 /// `work/reloads.log`: the reload runs exactly once when the pass changed
 /// the signer's files, and not at all otherwise.
 #[track_caller]
-fn rotate_counting_reloads(config: &Path, work: &Path, args: &[&str]) -> String {
+pub(super) fn rotate_counting_reloads(config: &Path, work: &Path, args: &[&str]) -> String {
     let signer_files =
         || ["KeyTable", "SigningTable"].map(|f| std::fs::read(work.join("signer").join(f)).ok());
     let reloads = || {
@@ -322,7 +322,12 @@ fn rotate_counting_reloads(config: &Path, work: &Path, args: &[&str]) -> String 
 
 /// Runs `dkim rotate` until `done(keys)`, every 200 ms; the transcript.
 #[track_caller]
-fn rotate_until(config: &Path, work: &Path, what: &str, done: impl Fn(&[Key]) -> bool) -> String {
+pub(super) fn rotate_until(
+    config: &Path,
+    work: &Path,
+    what: &str,
+    done: impl Fn(&[Key]) -> bool,
+) -> String {
     let start = Instant::now();
     let mut transcript = String::new();
     loop {
@@ -339,13 +344,13 @@ fn rotate_until(config: &Path, work: &Path, what: &str, done: impl Fn(&[Key]) ->
     }
 }
 
-fn has(ks: &[Key], selector: &str, state: &str) -> bool {
+pub(super) fn has(ks: &[Key], selector: &str, state: &str) -> bool {
     ks.iter()
         .any(|k| k.selector == selector && k.state == state)
 }
 
 #[track_caller]
-fn assert_verifies(py: &Dkimpy, msg: &[u8], selector: &str, algorithm: &str) {
+pub(super) fn assert_verifies(py: &Dkimpy, msg: &[u8], selector: &str, algorithm: &str) {
     let v = py.verify_one(msg);
     assert_eq!(
         (v.selector.as_str(), v.domain.as_str(), v.algorithm.as_str()),
@@ -355,7 +360,7 @@ fn assert_verifies(py: &Dkimpy, msg: &[u8], selector: &str, algorithm: &str) {
 }
 
 #[track_caller]
-fn assert_fails(py: &Dkimpy, msg: &[u8], selector: &str) {
+pub(super) fn assert_fails(py: &Dkimpy, msg: &[u8], selector: &str) {
     let v = py.verify_one(msg);
     assert_eq!(v.selector, selector);
     assert!(

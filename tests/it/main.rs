@@ -26,6 +26,7 @@ mod dane_gate;
 mod dane_loop;
 mod dane_pass;
 mod deb;
+mod delegation;
 mod delegation_check;
 mod dkim;
 mod dkim_adopt;
