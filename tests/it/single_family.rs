@@ -188,6 +188,7 @@ fn inside(family: Family) {
     dns_test_passes(&env, &bind, family);
     servers_without_a_reachable_address_are_named(&env, &bind, family);
     dkim_key_activates(&env, &bind, family);
+    delegated_dkim_key_activates(&env, &bind, family);
     dns01_order_completes(&env, &bind, &pebble);
     mta_sts_policy_is_fetched_back_over_the_family_this_host_has(&env, &bind, family);
 }
@@ -334,6 +335,86 @@ fn dkim_key_activates(env: &Env, bind: &NsBind, family: Family) {
         assert!(
             start.elapsed() < Duration::from_secs(60),
             "no DKIM key became active:\n{transcript}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Delegation by CNAME on a single-family host: `mxkeys dns delegation`
+/// finds the user zone's servers through the resolver and checks both slot
+/// CNAMEs on the address it can reach, and a DKIM key in slot mx1r is
+/// written at its delegated name and activates once seen through the
+/// CNAME on every server.
+fn delegated_dkim_key_activates(env: &Env, bind: &NsBind, family: Family) {
+    let state = env.path("state-delegated");
+    let table = dns_table(bind, family)
+        .replace("[dns.bind]", "[dns.d]")
+        .replace(
+            "zone = \"example.test\"\n",
+            "zone = \"example.test\"\ndelegate_to = \"dlg.example.test\"\n",
+        );
+    env.write_config_raw(&format!(
+        "state_dir = {}\n{table}\n[dkim]\n\
+         domains = [\"example.test\"]\n\
+         algorithms = [\"rsa-2048\"]\n\
+         key_dir = {}\n\
+         dns = \"d\"\n\
+         signer = \"opendkim\"\n\
+         signer_dir = {}\n\
+         rotate_every = \"1m\"\n\
+         drain = \"1s\"\n\
+         revoke_hold = \"1s\"\n\
+         lead = \"0s\"\n\
+         ttl = 60\n\
+         reload = [\"true\"]\n",
+        qp(&state),
+        qp(&env.path("dkim-keys-delegated")),
+        qp(&env.path("signer-delegated")),
+    ));
+    let run = env.run(&["dns", "delegation", "d"]);
+    assert_eq!(run.code, 0, "{}", run.describe());
+    for slot in ["mx1r", "mx2r"] {
+        assert!(
+            run.stdout
+                .lines()
+                .any(|l| l.starts_with("ok")
+                    && l.contains(&format!("{slot}._domainkey.example.test"))),
+            "{}",
+            run.describe()
+        );
+    }
+    assert!(
+        !format!("{}{}", run.stdout, run.stderr).contains(family.unreachable()),
+        "{}",
+        run.describe()
+    );
+    let start = Instant::now();
+    let mut transcript = String::new();
+    loop {
+        let run = env.run(&["dkim", "rotate"]);
+        transcript.push_str(&run.describe());
+        assert_eq!(run.code, 0, "{transcript}");
+        let book: Value = serde_json::from_slice(
+            &std::fs::read(state.join("dkim/state.json")).unwrap_or_default(),
+        )
+        .unwrap_or(Value::Null);
+        let keys = book["keys"].as_array().cloned().unwrap_or_default();
+        if let Some(active) = keys.iter().find(|k| k["state"] == "active") {
+            assert_eq!(active["selector"], "mx1r", "{transcript}");
+            assert!(
+                bind.dig(&[
+                    "TXT",
+                    "mx1r._domainkey.example.test.dlg.example.test",
+                    "+short"
+                ])
+                .contains("v=DKIM1"),
+                "not published at the delegated name:\n{transcript}"
+            );
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "no delegated DKIM key became active:\n{transcript}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -498,7 +579,10 @@ impl NsBind {
                  ns2 IN A {a}\nns2 IN AAAA {aaaa}\n\
                  @ IN A 127.0.0.1\n\
                  * IN A 127.0.0.1\n\
-                 mta-sts IN A {a}\nmta-sts IN AAAA {aaaa}\n"
+                 mta-sts IN A {a}\nmta-sts IN AAAA {aaaa}\n\
+                 ; delegation by CNAME (`delegate_to = \"dlg.example.test\"`)\n\
+                 mx1r._domainkey IN CNAME mx1r._domainkey.example.test.dlg.example.test.\n\
+                 mx2r._domainkey IN CNAME mx2r._domainkey.example.test.dlg.example.test.\n"
             ),
         );
         // A zone whose only NS name has only the address without a route.
