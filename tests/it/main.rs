@@ -30,6 +30,7 @@ mod dkim;
 mod dkim_adopt;
 mod dkim_import_from;
 mod dns;
+mod dns_longtail;
 mod docs;
 mod hostile_fs;
 mod hostile_keydir;
