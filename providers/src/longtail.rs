@@ -10,7 +10,10 @@
 //! the set first and writes nothing when it already is as asked. Changes
 //! of one name take turns within the process ([`NameLocks`]); the crate
 //! itself reads and writes whole sets on APIs that only know sets (Route
-//! 53), so two processes writing one set at once may lose a value there.
+//! 53 UPSERTs the set it read with the value added; Hetzner falls back to
+//! `set_records` when `add_records` finds no set, and sets the set's TTL
+//! after adding), so two processes writing one set at once may lose a
+//! value there.
 //!
 //! Each type is one [`Spec`] in [`SPECS`]: its credentials (each read by
 //! mxkeys from a `KEY_file` or `KEY_env`, never written in the
