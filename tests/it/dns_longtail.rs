@@ -1,8 +1,11 @@
 //! The long tail of DNS providers (the `dns-update` crate): Route 53's XML
 //! API and PowerDNS's JSON API against local mocks that check the exact
 //! requests (method, path, query, body, credentials), keep the values
-//! others put in a set, and answer errors and throttling; every other type
-//! of the table parsed from a configuration, its credentials read from
+//! others put in a set, and answer errors and throttling; Hetzner's JSON
+//! API, whose endpoint the crate does not let us set, reached by its real
+//! host name (`mxkeys dns test` under `unshare -m` with a hosts file naming
+//! a loopback address, and a CA made now in SSL_CERT_FILE); every other
+//! type of the table parsed from a configuration, its credentials read from
 //! files, and `mxkeys dns test` with no network at all (`unshare -n`)
 //! failing in one clear line. No credential appears in any output.
 
@@ -15,7 +18,7 @@ use mxkeys::config::{Config, Host};
 use mxkeys::dns::Provider;
 use mxkeys_providers::{Change, Error, RData, RecordStore, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const KEY_ID: &str = "AKIDMXKEYSTEST";
 const SECRET: &str = "r53-SECRET-never-shown-0123456789";
@@ -136,8 +139,8 @@ impl Mock {
     }
 }
 
-async fn serve(
-    mut stream: TcpStream,
+async fn serve<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
     state: Arc<Mutex<State>>,
     handler: Handler,
 ) -> std::io::Result<()> {
@@ -895,4 +898,247 @@ fn a_missing_credential_file_is_one_error_naming_the_table_and_the_file() {
         "{e}"
     );
     assert!(!e.contains("pasted-SECRET-value"), "{e}");
+}
+
+const HETZNER_TOKEN: &str = "hetzner-SECRET-never-shown-5555";
+/// Where the Hetzner stand-in listens: api.hetzner.cloud in the hosts file
+/// of the mount namespace mxkeys runs in.
+const HETZNER_ADDR: &str = "127.0.0.53";
+
+/// Hetzner's Cloud DNS API (v1) as far as the crate uses it: list rrsets,
+/// and the add_records, change_ttl and remove_records actions.
+fn hetzner(req: &Req, state: &mut State) -> Resp {
+    if req.headers.get("authorization") != Some(&format!("Bearer {HETZNER_TOKEN}")) {
+        return resp(401, "{\"error\": {\"code\": \"unauthorized\"}}");
+    }
+    let action = "{\"action\": {\"id\": 1, \"command\": \"x\", \"status\": \"success\"}}";
+    let Some(rest) = req.path.strip_prefix("/v1/zones/example.com/rrsets") else {
+        return resp(404, "{\"error\": {\"code\": \"not_found\"}}");
+    };
+    match (
+        req.method.as_str(),
+        rest.split('/').collect::<Vec<_>>().as_slice(),
+    ) {
+        ("GET", [""]) => {
+            let query: BTreeMap<&str, &str> = req
+                .query
+                .split('&')
+                .filter_map(|p| p.split_once('='))
+                .collect();
+            let key = (
+                query.get("name").copied().unwrap_or_default().to_owned(),
+                query.get("type").copied().unwrap_or_default().to_owned(),
+            );
+            let rrsets: Vec<serde_json::Value> = state
+                .sets
+                .get(&key)
+                .map(|(ttl, values)| {
+                    serde_json::json!({
+                        "id": format!("{}/{}", key.0, key.1), "name": key.0, "type": key.1, "ttl": ttl,
+                        "records": values.iter().map(|v| serde_json::json!({"value": v, "comment": null})).collect::<Vec<_>>(),
+                    })
+                })
+                .into_iter()
+                .collect();
+            resp(
+                200,
+                serde_json::json!({"rrsets": rrsets, "meta": {"pagination": {"page": 1, "per_page": 50, "previous_page": null, "next_page": null, "last_page": 1, "total_entries": rrsets.len()}}}).to_string(),
+            )
+        }
+        ("POST", ["", name, rtype, "actions", verb]) => {
+            let body: serde_json::Value = serde_json::from_str(&req.body).unwrap_or_default();
+            let key = ((*name).to_owned(), (*rtype).to_owned());
+            let values: Vec<String> = body["records"]
+                .as_array()
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|v| v["value"].as_str().map(str::to_owned))
+                        .collect()
+                })
+                .unwrap_or_default();
+            match *verb {
+                "add_records" => {
+                    let set = state.sets.entry(key).or_insert((3600, Vec::new()));
+                    for v in values {
+                        if !set.1.contains(&v) {
+                            set.1.push(v);
+                        }
+                    }
+                }
+                "change_ttl" => {
+                    if let Some(set) = state.sets.get_mut(&key) {
+                        set.0 = body["ttl"].as_u64().unwrap_or(0) as u32;
+                    }
+                }
+                "remove_records" => {
+                    if let Some(set) = state.sets.get_mut(&key) {
+                        set.1.retain(|v| !values.contains(v));
+                        if set.1.is_empty() {
+                            state.sets.remove(&key);
+                        }
+                    }
+                }
+                _ => return resp(422, "{\"error\": {\"code\": \"invalid_input\"}}"),
+            }
+            resp(201, action)
+        }
+        _ => resp(405, ""),
+    }
+}
+
+#[test]
+fn hetzner_through_its_real_host_name_gets_exact_requests_from_mxkeys_dns_test() {
+    let test = "hetzner_through_its_real_host_name_gets_exact_requests_from_mxkeys_dns_test";
+    if !mxkeys_testsupport::servers::require(
+        test,
+        &[&[("unshare", "util-linux"), ("mount", "mount")]],
+    ) {
+        return;
+    }
+    let dir = dir();
+    // A CA made now, and api.hetzner.cloud's certificate from it.
+    let (ca_cert, ca) = mxkeys_testsupport::server_ca("mxkeys test Hetzner CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let params = rcgen::CertificateParams::new(vec!["api.hetzner.cloud".to_owned()]).unwrap();
+    let cert = params.signed_by(&key, &ca).unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+    let hosts = dir.path().join("hosts");
+    std::fs::write(
+        &hosts,
+        format!("127.0.0.1 localhost\n{HETZNER_ADDR} api.hetzner.cloud\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("hetzner.token"), HETZNER_TOKEN).unwrap();
+    let silent = mxkeys_testsupport::ports::free_port();
+    let path = dir.path().join("mxkeys.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "state_dir = \"state\"\n[dns.hz]\ntype = \"hetzner\"\nzone = \"example.com\"\napi_token_file = \"hetzner.token\"\nnameservers = [\"127.0.0.1:{silent}\"]\npropagation_interval = \"100ms\"\npropagation_timeout = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    let rt = runtime();
+    let mock = rt.block_on(async {
+        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![cert.der().clone()],
+            rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind((HETZNER_ADDR, 443)).await.unwrap();
+        let state = Arc::new(Mutex::new(State::default()));
+        let shared = state.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (state, acceptor) = (shared.clone(), acceptor.clone());
+                tokio::spawn(async move {
+                    if let Ok(tls) = acceptor.accept(stream).await {
+                        let _ = serve(tls, state, hetzner).await;
+                    }
+                });
+            }
+        });
+        Mock {
+            url: format!("https://{HETZNER_ADDR}"),
+            state,
+        }
+    });
+    let script = format!(
+        "mount --bind {} /etc/hosts && exec {} --config {} dns test hz",
+        hosts.display(),
+        env!("CARGO_BIN_EXE_mxkeys"),
+        path.display()
+    );
+    let run = || {
+        Command::new("unshare")
+            .args(["-m", "sh", "-c", &script])
+            .env("SSL_CERT_FILE", &ca_file)
+            .env_remove("MXKEYS_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Written, not seen (no DNS server serves it here), removed.
+    assert!(stdout.contains("removed"), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("propagation of _mxkeys-probe.example.com"),
+        "{stdout}{stderr}"
+    );
+    assert!(!stdout.contains(HETZNER_TOKEN) && !stderr.contains(HETZNER_TOKEN));
+    let seen = mock.requests();
+    let lines: Vec<String> = seen.iter().map(Req::line).collect();
+    let list =
+        "GET /v1/zones/example.com/rrsets?name=_mxkeys-probe&type=TXT&per_page=50".to_owned();
+    let action =
+        |verb: &str| format!("POST /v1/zones/example.com/rrsets/_mxkeys-probe/TXT/actions/{verb}");
+    assert_eq!(
+        lines,
+        [
+            list.clone(),
+            action("add_records"),
+            action("change_ttl"),
+            list,
+            action("remove_records")
+        ],
+        "{stdout}{stderr}"
+    );
+    let probe = stdout
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(" TXT "))
+        .map(|(_, v)| v.trim().to_owned())
+        .unwrap_or_default();
+    let probe: String = serde_json::from_str(&probe).unwrap_or_default();
+    let json = |r: &Req| serde_json::from_str::<serde_json::Value>(&r.body).unwrap();
+    assert_eq!(
+        json(&seen[1]),
+        serde_json::json!({"records": [{"value": format!("\"{probe}\"")}]})
+    );
+    assert_eq!(json(&seen[2]), serde_json::json!({"ttl": 60}));
+    assert_eq!(
+        json(&seen[4]),
+        serde_json::json!({"records": [{"value": format!("\"{probe}\"")}]})
+    );
+    // Removed again, whole.
+    assert_eq!(mock.set("_mxkeys-probe", "TXT"), None);
+
+    // An error answer, then a rate limit that lasts (Retry-After honoured
+    // by the crate, three times): one ERROR line each, the right kind.
+    for (answers, needle) in [
+        (
+            vec![resp(
+                422,
+                "{\n  \"error\": {\"code\": \"invalid_input\", \"message\": \"invalid input in field 'name'\"}\n}",
+            )],
+            "writing _mxkeys-probe.example.com: hetzner: HTTP 422: { \"error\": {\"code\": \"invalid_input\"",
+        ),
+        (
+            (0..4)
+                .map(|_| Resp {
+                    status: 429,
+                    headers: vec![("retry-after", "1".to_owned())],
+                    body: "{\"error\": {\"code\": \"rate_limit_exceeded\"}}".to_owned(),
+                })
+                .collect(),
+            "writing _mxkeys-probe.example.com: rate limited: hetzner: HTTP 429",
+        ),
+    ] {
+        mock.answer_next(answers);
+        let out = run();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{stderr}");
+        assert!(errors[0].contains(needle), "{needle}: {stderr}");
+        assert!(!stderr.contains(HETZNER_TOKEN));
+    }
 }
