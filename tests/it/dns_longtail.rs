@@ -903,7 +903,7 @@ fn a_missing_credential_file_is_one_error_naming_the_table_and_the_file() {
 const HETZNER_TOKEN: &str = "hetzner-SECRET-never-shown-5555";
 /// Where the Hetzner stand-in listens: api.hetzner.cloud in the hosts file
 /// of the mount namespace mxkeys runs in.
-const HETZNER_ADDR: &str = "127.0.0.53";
+const HETZNER_ADDR: &str = "127.0.21.1";
 
 /// Hetzner's Cloud DNS API (v1) as far as the crate uses it: list rrsets,
 /// and the add_records, change_ttl and remove_records actions.
