@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use mxkeys_providers::cloudflare::{Cloudflare, CloudflareConfig};
 use mxkeys_providers::exec::Exec;
+use mxkeys_providers::longtail::{LongTail, LongTailConfig};
 use mxkeys_providers::manual::Manual;
 use mxkeys_providers::propagation::Propagation;
 use mxkeys_providers::rfc2136::{Rfc2136, Rfc2136Config};
@@ -30,6 +31,13 @@ pub enum BuildProblem {
     /// The API token could not be read (where, never what).
     #[error("api token: {0}")]
     ApiToken(crate::config::SecretError),
+    /// A credential of a long-tail provider could not be read (which key
+    /// and where, never what).
+    #[error("{key}: {source}")]
+    Credential {
+        key: String,
+        source: crate::config::SecretError,
+    },
     /// The TSIG secret could not be read (where, never what).
     #[error("TSIG secret: {0}")]
     TsigRead(crate::config::SecretError),
@@ -114,6 +122,8 @@ pub enum Backend {
     Rfc2136(Rfc2136),
     Exec(Exec),
     Manual(Manual),
+    /// Route 53, Hetzner, OVH... through the `dns-update` crate.
+    LongTail(LongTail),
 }
 
 impl Provider {
@@ -205,6 +215,33 @@ impl Backend {
                 Exec::new(command.clone()).map_err(|e| err(BuildProblem::Provider(e)))?,
             ),
             DnsKind::Manual => Backend::Manual(Manual::default()),
+            DnsKind::LongTail {
+                kind,
+                secrets,
+                settings,
+            } => {
+                // Read now, zeroized when the config below is dropped.
+                let mut read = std::collections::BTreeMap::new();
+                for (key, secret) in secrets {
+                    let value = secret.read().map_err(|source| {
+                        err(BuildProblem::Credential {
+                            key: key.clone(),
+                            source,
+                        })
+                    })?;
+                    read.insert(key.clone(), value);
+                }
+                Backend::LongTail(
+                    LongTail::new(LongTailConfig {
+                        kind: (*kind).to_owned(),
+                        secrets: read,
+                        settings: settings.clone(),
+                        zone: cfg.zone.clone(),
+                        zones: propagation(cfg),
+                    })
+                    .map_err(|e| err(BuildProblem::Provider(e)))?,
+                )
+            }
         })
     }
 
@@ -214,6 +251,7 @@ impl Backend {
             Backend::Rfc2136(_) => "rfc2136",
             Backend::Exec(_) => "exec",
             Backend::Manual(_) => "manual",
+            Backend::LongTail(p) => p.kind(),
         }
     }
 }
@@ -247,6 +285,7 @@ impl RecordStore for Backend {
             Backend::Rfc2136(p) => p.read(name, rtype).await,
             Backend::Exec(p) => p.read(name, rtype).await,
             Backend::Manual(p) => p.read(name, rtype).await,
+            Backend::LongTail(p) => p.read(name, rtype).await,
         }
     }
 
@@ -256,6 +295,7 @@ impl RecordStore for Backend {
             Backend::Rfc2136(p) => p.replace(name, ttl, values).await,
             Backend::Exec(p) => p.replace(name, ttl, values).await,
             Backend::Manual(p) => p.replace(name, ttl, values).await,
+            Backend::LongTail(p) => p.replace(name, ttl, values).await,
         }
     }
 
@@ -265,6 +305,7 @@ impl RecordStore for Backend {
             Backend::Rfc2136(p) => p.remove(name, rtype).await,
             Backend::Exec(p) => p.remove(name, rtype).await,
             Backend::Manual(p) => p.remove(name, rtype).await,
+            Backend::LongTail(p) => p.remove(name, rtype).await,
         }
     }
 
@@ -274,6 +315,7 @@ impl RecordStore for Backend {
             Backend::Rfc2136(p) => p.add(name, ttl, values).await,
             Backend::Exec(p) => p.add(name, ttl, values).await,
             Backend::Manual(p) => p.add(name, ttl, values).await,
+            Backend::LongTail(p) => p.add(name, ttl, values).await,
         }
     }
 
@@ -283,6 +325,7 @@ impl RecordStore for Backend {
             Backend::Rfc2136(p) => p.remove_values(name, values).await,
             Backend::Exec(p) => p.remove_values(name, values).await,
             Backend::Manual(p) => p.remove_values(name, values).await,
+            Backend::LongTail(p) => p.remove_values(name, values).await,
         }
     }
 }
@@ -541,6 +584,24 @@ pub async fn test(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_readme_lists_every_long_tail_type_with_the_keys_of_its_spec() {
+        let readme = include_str!("../README.md");
+        let rows = mxkeys_providers::longtail::readme_rows();
+        assert!(
+            readme.contains(&format!("|---|---|---|\n{rows}")),
+            "README's table of DNS providers differs from longtail::SPECS; it should read:\n{rows}"
+        );
+        let config = include_str!("../config/mxkeys.toml");
+        for spec in mxkeys_providers::longtail::SPECS {
+            assert!(
+                config.contains(&format!(" {}", spec.kind)),
+                "config/mxkeys.toml does not list type {}",
+                spec.kind
+            );
+        }
+    }
 
     #[test]
     fn tsig_secret_from_bind_key_file_or_bare_base64() {

@@ -13,7 +13,8 @@
 //!
 //! Providers: [`cloudflare`] (API v4), [`rfc2136`] (dynamic update with
 //! TSIG), [`exec`] (a program the user names), [`manual`] (prints what to
-//! set). [`propagation`] asks every authoritative server directly until each
+//! set), [`longtail`] (Route 53, Hetzner, OVH and the other hosts of the
+//! `dns-update` crate). [`propagation`] asks every authoritative server directly until each
 //! answers exactly the expected set, or a set containing the expected
 //! values; [`observe`] reports, in one round, what each serves and whether
 //! it is DNSSEC-signed, and what a validating resolver answers (DANE).
@@ -22,6 +23,7 @@
 
 pub mod cloudflare;
 pub mod exec;
+pub mod longtail;
 pub mod manual;
 pub mod observe;
 pub mod propagation;

@@ -294,6 +294,14 @@ impl Propagation {
         Ok(addresses(&set))
     }
 
+    /// The zone holding `name` (the owner of its SOA, found through the
+    /// resolver), for providers whose API needs it.
+    pub async fn zone_of(&self, name: &str) -> Result<String, Error> {
+        let name = parse_name(name)?;
+        let zone = ServerCache::new(self)?.zone_of(&name).await?;
+        Ok(display_name(&zone))
+    }
+
     /// Where the CNAME chain starting at `name` ends, as a CA resolving it
     /// sees it: each link asked at the configured servers when it is in
     /// their zone, otherwise through the resolver. `name` itself when it is
@@ -908,9 +916,9 @@ impl ServerCache {
         }
     }
 
-    /// SOA lookups from the name up to find its zone, then the zone's NS
-    /// names and their addresses.
-    async fn discover(&mut self, name: &Name) -> Result<Vec<Server>, Error> {
+    /// The zone holding `name`: SOA lookups through the resolver from the
+    /// name up, until one answers for the name asked.
+    async fn zone_of(&mut self, name: &Name) -> Result<Name, Error> {
         let shown = display_name(name);
         let resolver = self.resolver()?.clone();
         let transport =
@@ -940,6 +948,17 @@ impl ServerCache {
             }
             candidate = candidate.base_name();
         };
+        Ok(zone)
+    }
+
+    /// SOA lookups from the name up to find its zone, then the zone's NS
+    /// names and their addresses.
+    async fn discover(&mut self, name: &Name) -> Result<Vec<Server>, Error> {
+        let shown = display_name(name);
+        let zone = self.zone_of(name).await?;
+        let resolver = self.resolver()?.clone();
+        let transport =
+            |what: &str, e: &dyn std::fmt::Display| Error::Transport(format!("{what}: {e}"));
         let ns = resolver
             .lookup(zone.clone(), WireType::NS)
             .await

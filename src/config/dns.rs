@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::raw::RawDns;
+use super::raw::{RawDns, RawKeys};
 use super::value::{Secret, at, parse_server, program};
 use super::{ConfigError, Context};
 use crate::names::DnsName;
@@ -54,6 +54,13 @@ pub enum DnsKind {
         command: Vec<String>,
     },
     Manual,
+    /// A host of the long tail (`mxkeys_providers::longtail::SPECS`):
+    /// its credentials by key (named, never held) and plain settings.
+    LongTail {
+        kind: &'static str,
+        secrets: BTreeMap<String, Secret>,
+        settings: BTreeMap<String, String>,
+    },
 }
 
 const DEFAULT_PROPAGATION_INTERVAL: Duration = Duration::from_secs(2);
@@ -194,6 +201,10 @@ fn provider(name: &str, raw: RawDns, ctx: &Context) -> Result<DnsProvider, Confi
             };
             (DnsKind::Manual, common)
         }
+        other => match other.long_tail() {
+            Some((kind, keys)) => long_tail(kind, keys, &fail, &secret)?,
+            None => return Err(fail(&"not a provider type")),
+        },
     };
     let zone = common
         .zone
@@ -233,6 +244,125 @@ fn provider(name: &str, raw: RawDns, ctx: &Context) -> Result<DnsProvider, Confi
         propagation_interval: common.interval.unwrap_or(DEFAULT_PROPAGATION_INTERVAL),
         propagation_timeout: common.timeout.unwrap_or(DEFAULT_PROPAGATION_TIMEOUT),
     })
+}
+
+/// The keys every type of the long tail takes besides its spec's.
+const COMMON_KEYS: [&str; 6] = [
+    "zone",
+    "delegate_to",
+    "nameservers",
+    "resolver",
+    "propagation_interval",
+    "propagation_timeout",
+];
+
+/// How a table's secret is named: from its `_file` and `_env` keys.
+type SecretOf<'a> =
+    dyn Fn(Option<PathBuf>, Option<String>, &str) -> Result<Secret, ConfigError> + 'a;
+
+/// A long-tail table checked against its type's spec: every credential as
+/// `KEY_file` or `KEY_env` (exactly one; required ones present), settings
+/// as strings, the common keys, and nothing else.
+fn long_tail(
+    kind: &'static str,
+    mut keys: RawKeys,
+    fail: &dyn Fn(&dyn std::fmt::Display) -> ConfigError,
+    secret: &SecretOf<'_>,
+) -> Result<(DnsKind, Common), ConfigError> {
+    let Some(spec) = mxkeys_providers::longtail::spec(kind) else {
+        return Err(fail(&format_args!("type {kind:?} has no spec")));
+    };
+    if let Some(k) = spec.secrets.iter().find(|k| keys.contains_key(k.name)) {
+        // The key only: its value is a secret pasted by mistake.
+        return Err(fail(&format_args!(
+            "key `{0}`: secrets are read from a file or the environment, never from this file: set `{0}_file` or `{0}_env`",
+            k.name
+        )));
+    }
+    let mut string = |key: &str| -> Result<Option<String>, ConfigError> {
+        match keys.remove(key) {
+            None => Ok(None),
+            Some(toml::Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(fail(&format_args!("key `{key}`: expected a string"))),
+        }
+    };
+    let mut secrets = BTreeMap::new();
+    for key in spec.secrets {
+        let file = string(&format!("{}_file", key.name))?.map(PathBuf::from);
+        let env = string(&format!("{}_env", key.name))?;
+        if file.is_none() && env.is_none() && !key.required {
+            continue;
+        }
+        secrets.insert(key.name.to_owned(), secret(file, env, key.name)?);
+    }
+    let mut settings = BTreeMap::new();
+    for key in spec.settings {
+        match string(key.name)? {
+            Some(v) => {
+                settings.insert(key.name.to_owned(), v);
+            }
+            None if key.required => {
+                return Err(fail(&format_args!(
+                    "type {kind:?} needs key `{}`",
+                    key.name
+                )));
+            }
+            None => {}
+        }
+    }
+    let zone = string("zone")?;
+    let delegate_to = string("delegate_to")?;
+    let resolver = string("resolver")?;
+    let mut duration = |key: &str| -> Result<Option<std::time::Duration>, ConfigError> {
+        string(key)?
+            .map(|v| {
+                humantime::parse_duration(&v).map_err(|e| fail(&format_args!("key `{key}`: {e}")))
+            })
+            .transpose()
+    };
+    let interval = duration("propagation_interval")?;
+    let timeout = duration("propagation_timeout")?;
+    let nameservers = match keys.remove("nameservers") {
+        None => None,
+        Some(toml::Value::Array(list)) => Some(
+            list.into_iter()
+                .map(|v| match v {
+                    toml::Value::String(s) => Ok(s),
+                    _ => Err(fail(&"key `nameservers`: expected a list of strings")),
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(_) => return Err(fail(&"key `nameservers`: expected a list of strings")),
+    };
+    if let Some(key) = keys.keys().next() {
+        let mut known: Vec<String> = spec
+            .secrets
+            .iter()
+            .map(|k| format!("{}_file/_env", k.name))
+            .chain(spec.settings.iter().map(|k| k.name.to_owned()))
+            .chain(COMMON_KEYS.iter().map(|k| (*k).to_owned()))
+            .collect();
+        known.dedup();
+        return Err(fail(&format_args!(
+            "unknown key `{key}` for type {kind:?}; its keys: {}",
+            known.join(", ")
+        )));
+    }
+    Ok((
+        DnsKind::LongTail {
+            kind: spec.kind,
+            secrets,
+            settings,
+        },
+        Common {
+            zone,
+            delegate_to,
+            nameservers,
+            resolver,
+            interval,
+            timeout,
+        },
+    ))
 }
 
 #[cfg(test)]
@@ -287,7 +417,82 @@ mod tests {
                 "[dns.b]\ntype = \"rfc2136\"\nserver = \"127.0.0.1\"\ntsig_name = \"k\"\ntsig_secret_env = \"S\"\ntsig_algorithm = \"hmac-md5\"\n",
                 "hmac-md5",
             ),
-            ("[dns.x]\ntype = \"route53\"\n", "route53"),
+            ("[dns.x]\ntype = \"route54\"\n", "route54"),
+        ] {
+            let e = parse(text).unwrap_err().to_string();
+            assert!(e.contains(needle), "{text:?}: {e}");
+            assert!(!e.contains("secret123"), "{e}");
+        }
+    }
+
+    #[test]
+    fn every_long_tail_type_is_a_table_whose_keys_its_spec_checks() {
+        for spec in mxkeys_providers::longtail::SPECS {
+            let mut text = format!(
+                "[dns.x]\ntype = \"{}\"\nzone = \"Example.COM.\"\npropagation_timeout = \"2m\"\n",
+                spec.kind
+            );
+            for key in spec.secrets.iter().filter(|k| k.required) {
+                text.push_str(&format!("{}_env = \"VAR_{}\"\n", key.name, key.name));
+            }
+            for key in spec.settings.iter().filter(|k| k.required) {
+                text.push_str(&format!("{} = \"v\"\n", key.name));
+            }
+            let c = parse(&text).unwrap_or_else(|e| panic!("{}: {e}", spec.kind));
+            let x = &c.dns["x"];
+            assert_eq!(x.zone.as_deref(), Some("example.com"));
+            assert_eq!(x.propagation_timeout, Duration::from_secs(120));
+            let DnsKind::LongTail {
+                kind,
+                secrets,
+                settings,
+            } = &x.kind
+            else {
+                panic!("{}: {:?}", spec.kind, x.kind)
+            };
+            assert_eq!(*kind, spec.kind);
+            for key in spec.secrets.iter().filter(|k| k.required) {
+                assert_eq!(secrets[key.name], Secret::Env(format!("VAR_{}", key.name)));
+            }
+            assert_eq!(
+                settings.len(),
+                spec.settings.iter().filter(|k| k.required).count()
+            );
+            // Without its first credential: the error says how to give it.
+            let first = spec.secrets[0].name;
+            let without = text.replace(&format!("{first}_env = \"VAR_{first}\"\n"), "");
+            let e = parse(&without).unwrap_err().to_string();
+            assert!(
+                e.contains(&format!("{first}_file")) && e.contains("[dns.x]"),
+                "{}: {e}",
+                spec.kind
+            );
+        }
+        for (text, needle) in [
+            (
+                "[dns.h]\ntype = \"hetzner\"\napi_token = \"secret123\"\n",
+                "`api_token`",
+            ),
+            (
+                "[dns.h]\ntype = \"hetzner\"\napi_token_env = \"T\"\ntoken_url = \"secret123\"\n",
+                "unknown key `token_url`",
+            ),
+            (
+                "[dns.h]\ntype = \"hetzner\"\napi_token_env = \"T\"\napi_token_file = \"t\"\n",
+                "only one",
+            ),
+            (
+                "[dns.r]\ntype = \"route53\"\naccess_key_id_env = \"A\"\nsecret_access_key_env = \"S\"\nregion = 5\n",
+                "`region`",
+            ),
+            (
+                "[dns.h]\ntype = \"hetzner\"\napi_token_env = \"T\"\nzone = \"not a name!\"\n",
+                "zone",
+            ),
+            (
+                "[dns.o]\ntype = \"ovh\"\napplication_key_env = \"A\"\napplication_secret_env = \"B\"\nconsumer_key_env = \"C\"\n",
+                "`endpoint`",
+            ),
         ] {
             let e = parse(text).unwrap_err().to_string();
             assert!(e.contains(needle), "{text:?}: {e}");

@@ -255,6 +255,88 @@ pub(super) enum RawDns {
         #[serde(default, with = "humantime_serde")]
         propagation_timeout: Option<Duration>,
     },
+    // The long tail through dns-update, one line per type of
+    // `mxkeys_providers::longtail::SPECS`: the keys as written, checked
+    // against the type's spec by the validator (an unknown key is still an
+    // error naming it).
+    Route53(RawKeys),
+    Hetzner(RawKeys),
+    DigitalOcean(RawKeys),
+    Ovh(RawKeys),
+    Gandi(RawKeys),
+    Porkbun(RawKeys),
+    Ionos(RawKeys),
+    Linode(RawKeys),
+    Vultr(RawKeys),
+    GoDaddy(RawKeys),
+    Dnsimple(RawKeys),
+    Desec(RawKeys),
+    Pdns(RawKeys),
+    Bunny(RawKeys),
+    Scaleway(RawKeys),
+    Gcore(RawKeys),
+    NameSilo(RawKeys),
+    Dynu(RawKeys),
+    Netlify(RawKeys),
+    Infomaniak(RawKeys),
+    HostingDe(RawKeys),
+    Ns1(RawKeys),
+    SafeDns(RawKeys),
+    DreamHost(RawKeys),
+    Domeneshop(RawKeys),
+    DnsMadeEasy(RawKeys),
+    Exoscale(RawKeys),
+    Constellix(RawKeys),
+    Spaceship(RawKeys),
+    NameDotCom(RawKeys),
+    LuaDns(RawKeys),
+    Netcup(RawKeys),
+    Vercel(RawKeys),
+}
+
+/// A long-tail provider's table as written, but for its `type`.
+pub(super) type RawKeys = std::collections::BTreeMap<String, toml::Value>;
+
+impl RawDns {
+    /// A long-tail table's type and keys; `None` for the others.
+    pub(super) fn long_tail(self) -> Option<(&'static str, RawKeys)> {
+        Some(match self {
+            RawDns::Route53(keys) => ("route53", keys),
+            RawDns::Hetzner(keys) => ("hetzner", keys),
+            RawDns::DigitalOcean(keys) => ("digitalocean", keys),
+            RawDns::Ovh(keys) => ("ovh", keys),
+            RawDns::Gandi(keys) => ("gandi", keys),
+            RawDns::Porkbun(keys) => ("porkbun", keys),
+            RawDns::Ionos(keys) => ("ionos", keys),
+            RawDns::Linode(keys) => ("linode", keys),
+            RawDns::Vultr(keys) => ("vultr", keys),
+            RawDns::GoDaddy(keys) => ("godaddy", keys),
+            RawDns::Dnsimple(keys) => ("dnsimple", keys),
+            RawDns::Desec(keys) => ("desec", keys),
+            RawDns::Pdns(keys) => ("pdns", keys),
+            RawDns::Bunny(keys) => ("bunny", keys),
+            RawDns::Scaleway(keys) => ("scaleway", keys),
+            RawDns::Gcore(keys) => ("gcore", keys),
+            RawDns::NameSilo(keys) => ("namesilo", keys),
+            RawDns::Dynu(keys) => ("dynu", keys),
+            RawDns::Netlify(keys) => ("netlify", keys),
+            RawDns::Infomaniak(keys) => ("infomaniak", keys),
+            RawDns::HostingDe(keys) => ("hostingde", keys),
+            RawDns::Ns1(keys) => ("ns1", keys),
+            RawDns::SafeDns(keys) => ("safedns", keys),
+            RawDns::DreamHost(keys) => ("dreamhost", keys),
+            RawDns::Domeneshop(keys) => ("domeneshop", keys),
+            RawDns::DnsMadeEasy(keys) => ("dnsmadeeasy", keys),
+            RawDns::Exoscale(keys) => ("exoscale", keys),
+            RawDns::Constellix(keys) => ("constellix", keys),
+            RawDns::Spaceship(keys) => ("spaceship", keys),
+            RawDns::NameDotCom(keys) => ("namedotcom", keys),
+            RawDns::LuaDns(keys) => ("luadns", keys),
+            RawDns::Netcup(keys) => ("netcup", keys),
+            RawDns::Vercel(keys) => ("vercel", keys),
+            _ => return None,
+        })
+    }
 }
 
 #[derive(Deserialize)]

@@ -33,6 +33,7 @@ mod dkim_adopt;
 mod dkim_import_from;
 mod dkim_slots;
 mod dns;
+mod dns_longtail;
 mod docs;
 mod hostile_fs;
 mod hostile_keydir;
