@@ -14,7 +14,9 @@
 //! variable by the variable's name only), a domain without one gets a key
 //! mxkeys makes; variables of two containers, or two that exclude each
 //! other, are an error naming both. MXKEYS_DNS_* make `[dns.env]`; without
-//! it records are printed and adopted keys are not looked up.
+//! it records are printed and adopted keys are not looked up. The long
+//! tail's variables are derived from its spec table
+//! (`mxkeys_providers::longtail::SPECS`), never listed here.
 //!
 //! Pure: the environment and whether a path exists come in as functions.
 
@@ -176,13 +178,29 @@ pub const VARIABLES: &[(&str, &str)] = &[
     // DNS: one provider, `[dns.env]`.
     (
         "MXKEYS_DNS_TYPE",
-        "rfc2136 | cloudflare | exec | manual: the provider [dns.env] that publishes DKIM records (unset: records are printed, adopted keys are not looked up)",
+        "rfc2136 | cloudflare | exec | manual | a type of the long tail (route53, hetzner, ovh...: README's DNS providers): the provider [dns.env] that publishes DKIM records (unset: records are printed, adopted keys are not looked up)",
+    ),
+    (
+        "MXKEYS_DNS_<KEY>_FILE",
+        "a long-tail type: file holding its credential KEY (e.g. MXKEYS_DNS_SECRET_ACCESS_KEY_FILE for route53's secret_access_key)",
+    ),
+    (
+        "MXKEYS_DNS_<KEY>_ENV",
+        "a long-tail type: name of the variable holding its credential KEY (one of _FILE and _ENV)",
+    ),
+    (
+        "MXKEYS_DNS_<SETTING>",
+        "a long-tail type: its plain setting (e.g. MXKEYS_DNS_ENDPOINT, MXKEYS_DNS_REGION)",
     ),
     (
         "MXKEYS_DNS_SERVER",
         "rfc2136: the primary server, IP[:port]",
     ),
     ("MXKEYS_DNS_ZONE", "the zone to write in"),
+    (
+        "MXKEYS_DNS_DELEGATE_TO",
+        "delegation by CNAME: write each record at NAME.ZONE, for the user's CNAME NAME -> NAME.ZONE",
+    ),
     ("MXKEYS_DNS_TSIG_NAME", "rfc2136: the TSIG key's name"),
     (
         "MXKEYS_DNS_TSIG_ALGORITHM",
@@ -198,11 +216,11 @@ pub const VARIABLES: &[(&str, &str)] = &[
     ),
     (
         "MXKEYS_DNS_API_TOKEN_FILE",
-        "cloudflare: file holding the API token",
+        "cloudflare (and long-tail types with an api_token): file holding the API token",
     ),
     (
         "MXKEYS_DNS_API_TOKEN_ENV",
-        "cloudflare: name of the variable holding the API token",
+        "cloudflare (and long-tail types with an api_token): name of the variable holding the API token",
     ),
     ("MXKEYS_DNS_API_URL", "cloudflare: the API's URL"),
     (
@@ -974,63 +992,142 @@ fn dms_plan(get: &Get, exists: &dyn Fn(&Path) -> bool) -> Result<Option<DkimPlan
     }))
 }
 
+/// One MXKEYS_DNS_* variable and the key of `[dns.env]` it sets.
+type DnsVar = (&'static str, &'static str);
+
+/// The variables of one long-tail type, derived from its spec
+/// (`mxkeys_providers::longtail::SPECS`): `MXKEYS_DNS_<KEY>_FILE` and
+/// `_ENV` for each credential, in that order, then `MXKEYS_DNS_<SETTING>`.
+struct LongTailVars {
+    kind: &'static str,
+    /// (variable, table key); the first `2 * secrets` are file/env pairs.
+    vars: Vec<(String, String)>,
+    secrets: usize,
+}
+
+impl LongTailVars {
+    fn vars(&'static self) -> impl Iterator<Item = DnsVar> {
+        self.vars.iter().map(|(v, k)| (v.as_str(), k.as_str()))
+    }
+
+    /// Each credential's `_FILE` and `_ENV` variables.
+    fn pairs(&'static self) -> impl Iterator<Item = (&'static str, &'static str)> {
+        self.vars[..2 * self.secrets]
+            .chunks(2)
+            .map(|p| (p[0].0.as_str(), p[1].0.as_str()))
+    }
+}
+
+/// Every long-tail type's variables, made once from the spec table (so
+/// names live as long as the program, like the fixed ones).
+static LONG_TAIL_VARS: std::sync::LazyLock<Vec<LongTailVars>> = std::sync::LazyLock::new(|| {
+    let var = |key: &str| format!("MXKEYS_DNS_{}", key.to_ascii_uppercase());
+    mxkeys_providers::longtail::SPECS
+        .iter()
+        .map(|spec| {
+            let mut vars = Vec::new();
+            for key in spec.secrets {
+                for end in ["file", "env"] {
+                    let key = format!("{}_{end}", key.name);
+                    vars.push((var(&key), key));
+                }
+            }
+            for key in spec.settings {
+                vars.push((var(key.name), key.name.to_owned()));
+            }
+            LongTailVars {
+                kind: spec.kind,
+                vars,
+                secrets: spec.secrets.len(),
+            }
+        })
+        .collect()
+});
+
+/// The valid MXKEYS_DNS_TYPE values, the long tail's from its table.
+static DNS_TYPES: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    let long: Vec<&str> = mxkeys_providers::longtail::SPECS
+        .iter()
+        .map(|s| s.kind)
+        .collect();
+    format!(
+        "rfc2136, cloudflare, exec, manual, or one of the long tail: {}",
+        long.join(", ")
+    )
+});
+
+/// Where MXKEYS_DNS_TYPE is missing: what to set it to.
+static DNS_TYPE_NEEDED: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("MXKEYS_DNS_TYPE ({})", *DNS_TYPES));
+
 /// The `[dns.env]` table MXKEYS_DNS_* describe, or `None` when
 /// MXKEYS_DNS_TYPE is not set (then no other MXKEYS_DNS_* may be).
 /// Secrets are named (a file or a variable), never taken as values.
 fn dns_env(get: &Get) -> Result<Option<Table>, EnvError> {
-    const COMMON: &[(&str, &str)] = &[
+    const COMMON: &[DnsVar] = &[
         ("MXKEYS_DNS_ZONE", "zone"),
+        ("MXKEYS_DNS_DELEGATE_TO", "delegate_to"),
         ("MXKEYS_DNS_RESOLVER", "resolver"),
         ("MXKEYS_DNS_PROPAGATION_INTERVAL", "propagation_interval"),
         ("MXKEYS_DNS_PROPAGATION_TIMEOUT", "propagation_timeout"),
     ];
-    const RFC2136: &[(&str, &str)] = &[
+    const RFC2136: &[DnsVar] = &[
         ("MXKEYS_DNS_SERVER", "server"),
         ("MXKEYS_DNS_TSIG_NAME", "tsig_name"),
         ("MXKEYS_DNS_TSIG_ALGORITHM", "tsig_algorithm"),
         ("MXKEYS_DNS_TSIG_SECRET_FILE", "tsig_secret_file"),
         ("MXKEYS_DNS_TSIG_SECRET_ENV", "tsig_secret_env"),
     ];
-    const CLOUDFLARE: &[(&str, &str)] = &[
+    const CLOUDFLARE: &[DnsVar] = &[
         ("MXKEYS_DNS_API_TOKEN_FILE", "api_token_file"),
         ("MXKEYS_DNS_API_TOKEN_ENV", "api_token_env"),
         ("MXKEYS_DNS_API_URL", "api_url"),
     ];
-    const EXEC: &[(&str, &str)] = &[("MXKEYS_DNS_COMMAND", "command")];
+    const EXEC: &[DnsVar] = &[("MXKEYS_DNS_COMMAND", "command")];
     const NAMESERVERS: &str = "MXKEYS_DNS_NAMESERVERS";
-    let every = [COMMON, RFC2136, CLOUDFLARE, EXEC];
+    let long_tail: &'static [LongTailVars] = &LONG_TAIL_VARS;
+    // Every type's own variables (names may repeat across types).
+    let every = || {
+        [COMMON, RFC2136, CLOUDFLARE, EXEC]
+            .into_iter()
+            .flatten()
+            .copied()
+            .chain(long_tail.iter().flat_map(LongTailVars::vars))
+    };
     let Some(kind) = get("MXKEYS_DNS_TYPE").map(|t| t.trim().to_ascii_lowercase()) else {
-        if let Some(var) = every
-            .iter()
-            .flat_map(|l| l.iter())
-            .map(|(v, _)| *v)
+        if let Some(var) = every()
+            .map(|(v, _)| v)
             .chain([NAMESERVERS])
             .find(|v| get(v).is_some())
         {
-            return Err(EnvError::Needs(
-                var,
-                "MXKEYS_DNS_TYPE (rfc2136, cloudflare, exec or manual)",
-            ));
+            return Err(EnvError::Needs(var, &DNS_TYPE_NEEDED));
         }
         return Ok(None);
     };
-    let own: &[(&str, &str)] = match kind.as_str() {
-        "rfc2136" => RFC2136,
-        "cloudflare" => CLOUDFLARE,
-        "exec" => EXEC,
-        "manual" => &[],
-        _ => {
-            return Err(EnvError::Bad {
-                var: "MXKEYS_DNS_TYPE",
-                shown: Some(kind),
-                why: "not rfc2136, cloudflare, exec or manual".into(),
-            });
-        }
-    };
-    for (a, b) in [
+    let mut pairs = vec![
         ("MXKEYS_DNS_TSIG_SECRET_FILE", "MXKEYS_DNS_TSIG_SECRET_ENV"),
         ("MXKEYS_DNS_API_TOKEN_FILE", "MXKEYS_DNS_API_TOKEN_ENV"),
-    ] {
+    ];
+    let own: Vec<DnsVar> = match kind.as_str() {
+        "rfc2136" => RFC2136.to_vec(),
+        "cloudflare" => CLOUDFLARE.to_vec(),
+        "exec" => EXEC.to_vec(),
+        "manual" => Vec::new(),
+        _ => match long_tail.iter().find(|l| l.kind == kind) {
+            Some(l) => {
+                pairs.extend(l.pairs());
+                l.vars().collect()
+            }
+            None => {
+                return Err(EnvError::Bad {
+                    var: "MXKEYS_DNS_TYPE",
+                    shown: Some(kind),
+                    why: format!("not a provider type ({})", *DNS_TYPES),
+                });
+            }
+        },
+    };
+    for (a, b) in pairs {
         if get(a).is_some() && get(b).is_some() {
             return Err(EnvError::Conflict(
                 a,
@@ -1039,10 +1136,8 @@ fn dns_env(get: &Get) -> Result<Option<Table>, EnvError> {
             ));
         }
     }
-    if let Some(var) = every
-        .iter()
-        .flat_map(|l| l.iter())
-        .map(|(v, _)| *v)
+    if let Some(var) = every()
+        .map(|(v, _)| v)
         .find(|v| get(v).is_some() && !own.iter().chain(COMMON).any(|(o, _)| o == v))
     {
         return Err(EnvError::Bad {
@@ -1057,7 +1152,7 @@ fn dns_env(get: &Get) -> Result<Option<Table>, EnvError> {
     for (var, key) in own.iter().chain(COMMON) {
         let Some(v) = get(var) else { continue };
         let v = v.trim();
-        let value = if *key == "command" {
+        let value = if kind == "exec" && *key == "command" {
             // Run by the shell, mxkeys' arguments appended.
             Value::Array(vec![
                 s("sh"),
@@ -1406,8 +1501,8 @@ mod tests {
                 &["MXKEYS_DNS_SERVER needs MXKEYS_DNS_TYPE"][..],
             ),
             (
-                &[("MXKEYS_DNS_TYPE", "route53")][..],
-                &["MXKEYS_DNS_TYPE=\"route53\""][..],
+                &[("MXKEYS_DNS_TYPE", "route54")][..],
+                &["MXKEYS_DNS_TYPE=\"route54\""][..],
             ),
             (
                 &[
@@ -1458,6 +1553,257 @@ mod tests {
             }
         );
         assert!(c.dkim.is_none() && c.sources.is_empty());
+    }
+
+    /// The `[dns.env]` provider the environment `vars` make.
+    fn env_provider(vars: &[(&str, &str)]) -> super::super::DnsProvider {
+        let text = build_on(vars, &[])
+            .unwrap_or_else(|e| panic!("{vars:?}: {e}"))
+            .unwrap();
+        parse(&text).dns.remove("env").unwrap()
+    }
+
+    /// The provider `[dns.env]` of the configuration text `toml`.
+    fn toml_provider(toml: &str) -> super::super::DnsProvider {
+        parse(toml).dns.remove("env").unwrap()
+    }
+
+    #[test]
+    fn long_tail_types_from_the_environment_are_the_providers_their_toml_makes() {
+        for (vars, toml) in [
+            (
+                &[
+                    ("MXKEYS_DNS_TYPE", "hetzner"),
+                    ("MXKEYS_DNS_API_TOKEN_FILE", "/run/secrets/hetzner"),
+                    ("MXKEYS_DNS_ZONE", "example.com"),
+                ][..],
+                "[dns.env]\ntype = \"hetzner\"\napi_token_file = \"/run/secrets/hetzner\"\nzone = \"example.com\"\n",
+            ),
+            (
+                &[
+                    ("MXKEYS_DNS_TYPE", "Route53"),
+                    ("MXKEYS_DNS_ACCESS_KEY_ID_ENV", "AWS_ACCESS_KEY_ID"),
+                    ("MXKEYS_DNS_SECRET_ACCESS_KEY_FILE", "/run/secrets/aws"),
+                    ("MXKEYS_DNS_SESSION_TOKEN_ENV", "AWS_SESSION_TOKEN"),
+                    ("MXKEYS_DNS_REGION", "eu-west-1"),
+                    ("MXKEYS_DNS_HOSTED_ZONE_ID", "Z123"),
+                    ("MXKEYS_DNS_NAMESERVERS", "192.0.2.1, 192.0.2.2:5300"),
+                    ("MXKEYS_DNS_PROPAGATION_TIMEOUT", "5m"),
+                ][..],
+                "[dns.env]\ntype = \"route53\"\naccess_key_id_env = \"AWS_ACCESS_KEY_ID\"\nsecret_access_key_file = \"/run/secrets/aws\"\nsession_token_env = \"AWS_SESSION_TOKEN\"\nregion = \"eu-west-1\"\nhosted_zone_id = \"Z123\"\nnameservers = [\"192.0.2.1\", \"192.0.2.2:5300\"]\npropagation_timeout = \"5m\"\n",
+            ),
+            (
+                &[
+                    ("MXKEYS_DNS_TYPE", "pdns"),
+                    ("MXKEYS_DNS_API_KEY_ENV", "PDNS_KEY"),
+                    ("MXKEYS_DNS_ENDPOINT", "http://192.0.2.10:8081"),
+                    ("MXKEYS_DNS_SERVER_NAME", "localhost"),
+                    ("MXKEYS_DNS_ZONE", "example.net"),
+                    ("MXKEYS_DNS_DELEGATE_TO", "acme.example.net."),
+                ][..],
+                "[dns.env]\ntype = \"pdns\"\napi_key_env = \"PDNS_KEY\"\nendpoint = \"http://192.0.2.10:8081\"\nserver_name = \"localhost\"\nzone = \"example.net\"\ndelegate_to = \"acme.example.net\"\n",
+            ),
+        ] {
+            let from_env = env_provider(vars);
+            assert!(
+                matches!(from_env.kind, super::super::DnsKind::LongTail { .. }),
+                "{vars:?}: {:?}",
+                from_env.kind
+            );
+            assert_eq!(from_env, toml_provider(toml), "{vars:?}");
+        }
+    }
+
+    #[test]
+    fn delegate_to_passes_through_for_every_type() {
+        for (vars, toml) in [
+            (
+                &[("MXKEYS_DNS_TYPE", "manual")][..],
+                "[dns.env]\ntype = \"manual\"\n",
+            ),
+            (
+                &[
+                    ("MXKEYS_DNS_TYPE", "rfc2136"),
+                    ("MXKEYS_DNS_SERVER", "192.0.2.53"),
+                    ("MXKEYS_DNS_TSIG_NAME", "mxkeys"),
+                    ("MXKEYS_DNS_TSIG_SECRET_FILE", "/run/secrets/tsig"),
+                ][..],
+                "[dns.env]\ntype = \"rfc2136\"\nserver = \"192.0.2.53\"\ntsig_name = \"mxkeys\"\ntsig_secret_file = \"/run/secrets/tsig\"\n",
+            ),
+            (
+                &[
+                    ("MXKEYS_DNS_TYPE", "gandi"),
+                    ("MXKEYS_DNS_API_TOKEN_ENV", "GANDI_PAT"),
+                ][..],
+                "[dns.env]\ntype = \"gandi\"\napi_token_env = \"GANDI_PAT\"\n",
+            ),
+        ] {
+            let mut vars = vars.to_vec();
+            vars.push(("MXKEYS_DNS_DELEGATE_TO", "ACME.Example.NET."));
+            let p = env_provider(&vars);
+            assert_eq!(
+                p.delegate_to.as_deref(),
+                Some("acme.example.net"),
+                "{vars:?}"
+            );
+            let toml = format!("{toml}delegate_to = \"acme.example.net\"\n");
+            assert_eq!(p, toml_provider(&toml), "{vars:?}");
+        }
+        // Alone it still needs a type.
+        let e = build_on(&[("MXKEYS_DNS_DELEGATE_TO", "acme.example.net")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("MXKEYS_DNS_DELEGATE_TO needs MXKEYS_DNS_TYPE"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_dns_variable_of_another_type_is_refused_naming_it() {
+        for (vars, var) in [
+            (
+                &[
+                    ("MXKEYS_DNS_TYPE", "hetzner"),
+                    ("MXKEYS_DNS_API_TOKEN_FILE", "/t"),
+                    ("MXKEYS_DNS_ENDPOINT", "http://192.0.2.10"),
+                ][..],
+                "MXKEYS_DNS_ENDPOINT",
+            ),
+            (
+                &[
+                    ("MXKEYS_DNS_TYPE", "cloudflare"),
+                    ("MXKEYS_DNS_API_TOKEN_FILE", "/t"),
+                    ("MXKEYS_DNS_SECRET_ACCESS_KEY_ENV", "AWS_SECRET"),
+                ][..],
+                "MXKEYS_DNS_SECRET_ACCESS_KEY_ENV",
+            ),
+            (
+                &[
+                    ("MXKEYS_DNS_TYPE", "route53"),
+                    ("MXKEYS_DNS_ACCESS_KEY_ID_FILE", "/a"),
+                    ("MXKEYS_DNS_SECRET_ACCESS_KEY_FILE", "/s"),
+                    ("MXKEYS_DNS_TSIG_NAME", "k"),
+                ][..],
+                "MXKEYS_DNS_TSIG_NAME",
+            ),
+            (
+                &[
+                    ("MXKEYS_DNS_TYPE", "pdns"),
+                    ("MXKEYS_DNS_API_KEY_FILE", "/k"),
+                    ("MXKEYS_DNS_ENDPOINT", "http://192.0.2.10"),
+                    ("MXKEYS_DNS_API_TOKEN_FILE", "/t"),
+                ][..],
+                "MXKEYS_DNS_API_TOKEN_FILE",
+            ),
+        ] {
+            let e = build_on(vars, &[]).unwrap_err().to_string();
+            let kind = vars[0].1;
+            assert!(
+                e.contains(var) && e.contains(&format!("does not apply to MXKEYS_DNS_TYPE={kind}")),
+                "{vars:?}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_credential_from_both_a_file_and_a_variable_is_refused() {
+        for (kind, file, env) in [
+            (
+                "route53",
+                "MXKEYS_DNS_SECRET_ACCESS_KEY_FILE",
+                "MXKEYS_DNS_SECRET_ACCESS_KEY_ENV",
+            ),
+            (
+                "hetzner",
+                "MXKEYS_DNS_API_TOKEN_FILE",
+                "MXKEYS_DNS_API_TOKEN_ENV",
+            ),
+            ("pdns", "MXKEYS_DNS_API_KEY_FILE", "MXKEYS_DNS_API_KEY_ENV"),
+        ] {
+            let e = build_on(
+                &[
+                    ("MXKEYS_DNS_TYPE", kind),
+                    (file, "/run/secrets/x"),
+                    (env, "SOME_VAR"),
+                ],
+                &[],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(
+                e.contains(&format!("{file} and {env} conflict")),
+                "{kind}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unknown_dns_type_is_refused_listing_the_types_from_the_table() {
+        let e = build_on(&[("MXKEYS_DNS_TYPE", "route54")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("MXKEYS_DNS_TYPE=\"route54\""), "{e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+        for kind in ["rfc2136", "cloudflare", "exec", "manual"]
+            .into_iter()
+            .chain(mxkeys_providers::longtail::SPECS.iter().map(|s| s.kind))
+        {
+            assert!(e.contains(kind), "{kind} missing: {e}");
+        }
+    }
+
+    #[test]
+    fn every_long_tail_type_is_reachable_from_the_environment() {
+        // Each spec's required keys as variables make a provider of its type.
+        for spec in mxkeys_providers::longtail::SPECS {
+            let mut vars: Vec<(String, String)> =
+                vec![("MXKEYS_DNS_TYPE".into(), spec.kind.into())];
+            for key in spec.secrets.iter().filter(|k| k.required) {
+                vars.push((
+                    format!("MXKEYS_DNS_{}_ENV", key.name.to_ascii_uppercase()),
+                    format!("VAR_{}", key.name),
+                ));
+            }
+            for key in spec.settings.iter().filter(|k| k.required) {
+                vars.push((
+                    format!("MXKEYS_DNS_{}", key.name.to_ascii_uppercase()),
+                    "v".into(),
+                ));
+            }
+            let vars: Vec<(&str, &str)> =
+                vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let p = env_provider(&vars);
+            let super::super::DnsKind::LongTail { kind, secrets, .. } = p.kind else {
+                panic!("{}: {:?}", spec.kind, p.kind)
+            };
+            assert_eq!(kind, spec.kind);
+            assert_eq!(
+                secrets.len(),
+                spec.secrets.iter().filter(|k| k.required).count(),
+                "{}",
+                spec.kind
+            );
+        }
+    }
+
+    #[test]
+    fn long_tail_variables_share_a_name_only_with_a_variable_of_the_same_meaning() {
+        // A derived name equal to a fixed one must mean the same key
+        // (hetzner's api_token is cloudflare's MXKEYS_DNS_API_TOKEN_FILE).
+        let fixed: Vec<&str> = VARIABLES.iter().map(|(v, _)| *v).collect();
+        for l in LONG_TAIL_VARS.iter() {
+            for (var, key) in &l.vars {
+                assert!(var.starts_with("MXKEYS_DNS_"), "{var}");
+                if fixed.contains(&var.as_str()) {
+                    assert!(
+                        ["api_token_file", "api_token_env"].contains(&key.as_str()),
+                        "{}: {var} already means something else",
+                        l.kind
+                    );
+                }
+            }
+        }
     }
 
     #[test]

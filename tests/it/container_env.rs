@@ -69,7 +69,21 @@ impl Container {
     }
 
     fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin());
+        self.setup(Command::new(bin()), args)
+    }
+
+    /// `mxkeys ARGS` with no network at all (`unshare -n`, as root).
+    fn run_offline(&self, args: &[&str]) -> Run {
+        let mut c = Command::new("unshare");
+        c.arg("-n").arg(bin());
+        Run::from_output(
+            format!("unshare -n mxkeys {}", args.join(" ")),
+            run_with_timeout(self.setup(c, args)),
+        )
+    }
+
+    /// `c` with this container's environment (only) and `args`.
+    fn setup(&self, mut c: Command, args: &[&str]) -> Command {
         c.env_clear()
             .env("PATH", &self.path)
             .env("NO_COLOR", "1")
@@ -636,4 +650,99 @@ fn a_daemon_first_install_with_a_failing_reload_keeps_the_files_and_reports_it()
     let status = d.terminate();
     assert_eq!(status.code(), Some(0), "{}", d.describe());
     t.assert_installed(&a);
+}
+
+/// A long-tail DNS provider from the environment alone: credentials from a
+/// file, from a variable named by `_ENV`, and a setting; `mxkeys dns test
+/// env` without a network fails in one line naming the type, and neither
+/// it nor `mxkeys config` shows a credential.
+#[test]
+fn an_env_only_long_tail_provider_fails_dns_test_in_one_line_without_showing_its_token() {
+    if !mxkeys_testsupport::servers::require(
+        "an_env_only_long_tail_provider_fails_dns_test_in_one_line_without_showing_its_token",
+        &[&[("unshare", "util-linux")]],
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let secret = |kind: &str| format!("TOKEN-{kind}-env-never-shown-4242");
+    let file = |kind: &str| {
+        let f = env.path(&format!("secrets/{kind}"));
+        fs::create_dir_all(f.parent().unwrap()).unwrap();
+        fs::write(&f, secret(kind)).unwrap();
+        f.to_str().unwrap().to_owned()
+    };
+    // DNS only: no certificate variable (MXKEYS_OUTPUT_DIR asks for one).
+    let base = || {
+        let mut c = Container::new(&env, &env.path("state"), &env.path("tls"));
+        c.vars.retain(|(k, _)| k != "MXKEYS_OUTPUT_DIR");
+        c
+    };
+    let (r53_file, hz_file) = (file("route53"), file("hetzner"));
+    let cases = [
+        (
+            "route53",
+            base()
+                .with("MXKEYS_DNS_TYPE", "route53")
+                .with("MXKEYS_DNS_ACCESS_KEY_ID_FILE", &r53_file)
+                .with("MXKEYS_DNS_SECRET_ACCESS_KEY_ENV", "AWS_SECRET")
+                .with("AWS_SECRET", &secret("route53-env"))
+                .with("MXKEYS_DNS_REGION", "eu-west-1")
+                .with("MXKEYS_DNS_ZONE", "example.com"),
+            vec![secret("route53"), secret("route53-env")],
+        ),
+        (
+            "hetzner",
+            base()
+                .with("MXKEYS_DNS_TYPE", "hetzner")
+                .with("MXKEYS_DNS_API_TOKEN_FILE", &hz_file)
+                .with("MXKEYS_DNS_ZONE", "example.com"),
+            vec![secret("hetzner")],
+        ),
+        (
+            "pdns",
+            base()
+                .with("MXKEYS_DNS_TYPE", "pdns")
+                .with("MXKEYS_DNS_API_KEY_ENV", "PDNS_KEY")
+                .with("PDNS_KEY", &secret("pdns"))
+                .with("MXKEYS_DNS_ENDPOINT", "http://192.0.2.10:8081")
+                .with("MXKEYS_DNS_ZONE", "example.com")
+                .with("MXKEYS_DNS_DELEGATE_TO", "acme.example.com"),
+            vec![secret("pdns")],
+        ),
+    ];
+    for (kind, c, secrets) in &cases {
+        let shown = |r: &Run| {
+            for s in secrets {
+                assert!(
+                    !r.stdout.contains(s.as_str()) && !r.stderr.contains(s.as_str()),
+                    "{kind}: a credential is shown\n{}\n{}",
+                    r.stdout,
+                    r.stderr
+                );
+            }
+        };
+        let config = c.run(&["config"]);
+        config.assert_code(0);
+        shown(&config);
+        let printed = &config.stdout;
+        assert!(printed.contains(&format!("type = \"{kind}\"")), "{printed}");
+        if *kind == "pdns" {
+            assert!(
+                printed.contains("endpoint = \"http://192.0.2.10:8081\"")
+                    && printed.contains("delegate_to = \"acme.example.com\""),
+                "{printed}"
+            );
+        }
+        let r = c.run_offline(&["dns", "test", "env"]);
+        assert_ne!(r.code, 0, "{kind}: {}", r.stderr);
+        shown(&r);
+        let errors: Vec<&str> = r.stderr.lines().filter(|l| l.contains("ERROR")).collect();
+        assert_eq!(errors.len(), 1, "{kind}: one error line\n{}", r.stderr);
+        assert!(
+            errors[0].contains("dns test env: writing _mxkeys-probe.") && errors[0].contains(kind),
+            "{kind}: {}",
+            errors[0]
+        );
+    }
 }
