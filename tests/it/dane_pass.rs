@@ -343,6 +343,9 @@ fn inside_other_host_and_retirement() {
     assert_eq!(sorted(lab.tlsa()), sorted(vec![rec_b, other]));
 }
 
+/// DANE through delegation: a missing CNAME, then a delegated zone that is
+/// not signed, each publish nothing; with both zones signed the record is
+/// published at the target and validated through the CNAME.
 #[test]
 fn a_delegated_tlsa_name_needs_its_cname_and_both_zones_signed_before_anything_is_published() {
     dnssec::run_in_namespace(
@@ -388,6 +391,41 @@ fn inside_delegated_tlsa() {
     ]);
     let out = lab.zone.authoritative(&["TLSA", &target]);
     assert!(dnssec::answer(&out, "TLSA").is_empty(), "{out}");
+
+    // Delegated to a name inside the signed zone: both ends signed, so the
+    // record is published at the target, and a validating resolver
+    // answers it through the CNAME with `ad`, as a DANE sender sees it.
+    let signed_target = format!("{OWNER}.dane.example.test");
+    lab.zone.update(&format!(
+        "update delete {OWNER} CNAME\nupdate add {OWNER} {TTL} CNAME {signed_target}."
+    ));
+    let dns = lab.rfc2136().replace(
+        "zone = \"example.test\"",
+        "zone = \"example.test\"\ndelegate_to = \"dane.example.test\"",
+    );
+    lab.write_config(&dns, "", "");
+    let run = lab.sync();
+    run.ok();
+    let want = dnssec::tlsa_3_1_1(&a.der);
+    assert_eq!(
+        lab.zone.served_tlsa(&signed_target),
+        vec![want.clone()],
+        "{}",
+        run.describe()
+    );
+    assert!(
+        lab.zone.authoritative(&["TLSA", OWNER]).contains("CNAME"),
+        "the user's name must stay a CNAME"
+    );
+    lab.zone.wait(
+        "Unbound to answer the TLSA through the CNAME with ad",
+        || {
+            lab.zone
+                .resolved_tlsa(OWNER)
+                .filter(|set| set == std::slice::from_ref(&want))
+                .map(|_| ())
+        },
+    );
 }
 
 #[test]
