@@ -10,9 +10,9 @@
 //! CNAME in place the value is written once mapped (at
 //! `N.delegated.test`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
+use super::dns::{mxkeys, text};
 use mxkeys::delegation::check::{self, DelegationError};
 use mxkeys_providers::propagation::Propagation;
 use mxkeys_testsupport::bind::{Bind, KEY_NAME};
@@ -114,19 +114,6 @@ fn a_server_that_does_not_answer_is_a_lookup_error_naming_the_name() {
     drop(bind);
 }
 
-fn mxkeys(config: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_mxkeys"))
-        .arg("--config")
-        .arg(config)
-        .args(args)
-        .env_remove("MXKEYS_CONFIG")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!stderr.contains("panicked"), "mxkeys panicked:\n{stderr}");
-    out
-}
-
 /// A configuration whose `[dns.deleg]` delegates to `delegated.test`, for
 /// an `acme` source with `names`, and a target with DANE when `dane`.
 fn write_config(bind: &Bind, names: &[&str], dane: bool) -> PathBuf {
@@ -145,13 +132,6 @@ fn write_config(bind: &Bind, names: &[&str], dane: bool) -> PathBuf {
     let path = bind.dir().join("mxkeys.toml");
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn text(out: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

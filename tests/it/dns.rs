@@ -11,7 +11,8 @@ use std::process::{Command, Output};
 
 use bind::{Bind, KEY_NAME};
 
-fn mxkeys(config: &Path, args: &[&str]) -> Output {
+/// Runs mxkeys with `config`; fails the test on a panic.
+pub(super) fn mxkeys(config: &Path, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_mxkeys"))
         .arg("--config")
         .arg(config)
@@ -24,7 +25,8 @@ fn mxkeys(config: &Path, args: &[&str]) -> Output {
     out
 }
 
-fn text(out: &Output) -> (String, String) {
+/// stdout and stderr as text.
+pub(super) fn text(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -22,6 +22,7 @@ pub mod dkim_tools;
 pub mod dnssec;
 pub mod etcd;
 pub mod fake_acme;
+pub mod http_request;
 pub mod mailloop;
 pub mod mtasts;
 pub mod netns;
