@@ -414,6 +414,23 @@ pub enum RevokeRefused {
     OnlyKey,
 }
 
+/// Forgets the revocations asked for ([`Book::revoke_now`]) that no key
+/// still owes: the key is revoked already or gone. A run stopped between
+/// writing `p=` and forgetting the request leaves one behind; under a slot
+/// template a later key takes the same record name, and a stale request
+/// would revoke it. Returns whether any was forgotten.
+pub fn forget_finished_revocations(book: &mut Book) -> bool {
+    let before = book.revoke_now.len();
+    let owed: BTreeSet<String> = book
+        .keys
+        .iter()
+        .filter(|k| k.state != KeyState::Revoked)
+        .map(Key::record_name)
+        .collect();
+    book.revoke_now.retain(|name| owed.contains(name));
+    book.revoke_now.len() != before
+}
+
 /// `mxkeys dkim revoke` decided: key `i` leaves the signer now (state
 /// draining) and is marked for revocation ([`Book::revoke_now`]), so the
 /// next [`next_step`] revokes it once the signer was reloaded without it.
@@ -1262,6 +1279,45 @@ mod tests {
     }
 
     // ---- no signing gap; safe revocation ----
+
+    #[test]
+    fn a_revocation_request_is_forgotten_once_its_key_is_revoked_or_gone() {
+        use KeyState::*;
+        type Keys<'a> = &'a [(&'a str, KeyState)];
+        // (keys, asked, still owed)
+        let cases: [(Keys, &[&str], &[&str]); 4] = [
+            (&[("r1", Draining)], &["r1"], &["r1"]),
+            (&[("r1", Revoked)], &["r1"], &[]),
+            (&[], &["r1"], &[]),
+            // A slot reused: the old key is gone, the new one must not
+            // inherit its request; a draining key keeps its own.
+            (
+                &[("mx1r", Active), ("mx2r", Draining)],
+                &["mx2r"],
+                &["mx2r"],
+            ),
+        ];
+        for (keys, asked, owed) in cases {
+            let mut b = Book {
+                keys: keys
+                    .iter()
+                    .map(|(sel, state)| key(sel, RSA, *state, true))
+                    .collect(),
+                revoke_now: asked
+                    .iter()
+                    .map(|s| format!("{s}._domainkey.example.com"))
+                    .collect(),
+                ..Book::default()
+            };
+            let changed = forget_finished_revocations(&mut b);
+            let want: BTreeSet<String> = owed
+                .iter()
+                .map(|s| format!("{s}._domainkey.example.com"))
+                .collect();
+            assert_eq!(b.revoke_now, want, "{keys:?} {asked:?}");
+            assert_eq!(changed, asked.len() != owed.len(), "{keys:?} {asked:?}");
+        }
+    }
 
     fn key(sel: &str, algorithm: DkimAlgorithm, state: KeyState, verified: bool) -> Key {
         Key {

@@ -293,6 +293,10 @@ pub(crate) async fn rotate_local(
     force: bool,
 ) -> Result<Pass, DkimError> {
     let (d, _lock, mut book) = begin(config, only)?;
+    // A run stopped between `p=` and forgetting its request left it behind.
+    if machine::forget_finished_revocations(&mut book) {
+        save(config, &book)?;
+    }
     let (provider, propagation) = dns(config, d)?;
     let policy = policy(config, d);
     let wanted = wanted(d);
@@ -808,7 +812,12 @@ async fn revoke_key(
         });
     }
     let value = keys::revoked_record(book.keys[i].algorithm);
-    write_record(
+    // The request is forgotten in the same save that records the key
+    // revoked: a run stopped in between must not leave it owed (a later
+    // key in the same slot would inherit it).
+    let name = book.keys[i].record_name();
+    let asked = book.revoke_now.remove(&name);
+    let written = write_record(
         config,
         d,
         book,
@@ -818,11 +827,14 @@ async fn revoke_key(
         KeyState::Revoked,
         "revoking",
     )
-    .await?;
-    if book.revoke_now.remove(&book.keys[i].record_name()) {
-        save(config, book)?;
+    .await;
+    if let Err(e) = written {
+        if asked && book.keys[i].state != KeyState::Revoked {
+            book.revoke_now.insert(name);
+        }
+        return Err(e);
     }
-    Ok(format!("revoked {} (p=)", book.keys[i].record_name()))
+    Ok(format!("revoked {name} (p=)"))
 }
 
 /// [`Step::Delete`]: the record (when it was published), the key file and
