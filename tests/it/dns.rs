@@ -13,7 +13,13 @@ use bind::{Bind, KEY_NAME};
 
 /// Runs mxkeys with `config`; fails the test on a panic.
 pub(super) fn mxkeys(config: &Path, args: &[&str]) -> Output {
-    let out = Command::new(env!("CARGO_BIN_EXE_mxkeys"))
+    run_mxkeys(Command::new(env!("CARGO_BIN_EXE_mxkeys")), config, args)
+}
+
+/// Runs `cmd` (mxkeys, or a wrapper such as `unshare -n` followed by it)
+/// with `--config config` and `args`; fails the test on a panic.
+pub(super) fn run_mxkeys(mut cmd: Command, config: &Path, args: &[&str]) -> Output {
+    let out = cmd
         .arg("--config")
         .arg(config)
         .args(args)
